@@ -1,0 +1,5 @@
+"""Adapters over Hugging Face speech encoders (torch + transformers only)."""
+
+from ldrop.backbones.adapter import FAMILIES, LayerContext, SpeechBackbone, family_of, tiny_config
+
+__all__ = ["FAMILIES", "LayerContext", "SpeechBackbone", "family_of", "tiny_config"]

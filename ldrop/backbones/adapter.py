@@ -1,0 +1,377 @@
+"""One interface over the Hugging Face speech encoders: front end, one encoder layer at a time, final norm.
+
+The adapter never changes the pre-trained architecture: it calls the model's own sub-modules in the order
+the model's own ``forward`` does, so that running every layer reproduces ``model(...).last_hidden_state``.
+What it adds is the ability to run *one* layer on *any* sub-batch, which the gated engine needs.
+
+Only torch and transformers are imported here; nothing in this module knows about Lightning.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    Data2VecAudioConfig,
+    Data2VecAudioModel,
+    HubertConfig,
+    HubertModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+)
+from transformers.masking_utils import create_bidirectional_mask
+
+log = logging.getLogger(__name__)
+
+# WavLM hands F.multi_head_attention_forward a bool padding mask next to its float position bias; torch
+# merges them correctly but warns on every call.
+warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
+
+Family = Literal["wavlm", "hubert", "wav2vec2", "data2vec"]
+
+#: Family name -> (config class, model class, the ``model_type`` string of its configs).
+FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], str]] = {
+    "wavlm": (WavLMConfig, WavLMModel, "wavlm"),
+    "hubert": (HubertConfig, HubertModel, "hubert"),
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model, "wav2vec2"),
+    "data2vec": (Data2VecAudioConfig, Data2VecAudioModel, "data2vec-audio"),
+}
+_MODEL_TYPE_TO_FAMILY = {model_type: name for name, (_, _, model_type) in FAMILIES.items()}
+
+
+def family_of(config: PretrainedConfig) -> str:
+    """The ldrop family name of a Hugging Face config (``"wavlm"``, ``"hubert"``, ...).
+
+    Raises:
+        ValueError: the config's ``model_type`` is not a supported speech encoder.
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _MODEL_TYPE_TO_FAMILY:
+        raise ValueError(
+            f"unsupported backbone model_type {model_type!r}; ldrop supports "
+            f"{sorted(_MODEL_TYPE_TO_FAMILY)} (WavLM, HuBERT, wav2vec 2.0, Data2VecAudio)"
+        )
+    return _MODEL_TYPE_TO_FAMILY[model_type]
+
+
+@dataclass
+class LayerContext:
+    """Batch-independent state shared by every encoder layer of one forward pass.
+
+    Attributes:
+        max_frames: the longest sequence the context was prepared for.
+        position_bias: WavLM only: the relative position bias ``[heads, frames, frames]`` that layer 0
+            computes and every later layer consumes. Kept here so that it exists even for samples that
+            skip layer 0; sliced to each sub-batch's length (the bias depends only on relative positions).
+    """
+
+    max_frames: int
+    position_bias: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SpeechBackbone(nn.Module):
+    """Adapter over a pre-trained Hugging Face speech encoder (WavLM, HuBERT, wav2vec 2.0, Data2VecAudio).
+
+    The forward pass is split into the pieces a layer-dropping model needs:
+
+    ``extract_features`` (CNN feature encoder) -> ``frontend`` (feature projection, SpecAugment in
+    training, positional convolution, the pre-stack LayerNorm of post-norm models) -> ``run_layer(i)`` for
+    the layers that run -> ``finalize`` (the post-stack LayerNorm of ``do_stable_layer_norm`` models).
+
+    Args:
+        model: a ``WavLMModel``, ``HubertModel``, ``Wav2Vec2Model`` or ``Data2VecAudioModel``.
+        freeze_feature_encoder: keep the CNN feature encoder frozen (the usual fine-tuning set-up); it then
+            runs without autograd.
+        apply_spec_augment: SpecAugment-style time/feature masking in training; ``None`` keeps the config's
+            own setting.
+
+    Example:
+        >>> backbone = SpeechBackbone.from_pretrained("microsoft/wavlm-base-plus")  # doctest: +SKIP
+        >>> feats, mask = backbone.extract_features(waveforms, lengths)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        freeze_feature_encoder: bool = True,
+        apply_spec_augment: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.family = family_of(model.config)
+        # HF's own LayerDrop skips one layer for the whole batch, at random, in training only: ldrop decides
+        # which layers run, so the model's own dropping is switched off.
+        model.config.layerdrop = 0.0
+        if apply_spec_augment is not None:
+            model.config.apply_spec_augment = apply_spec_augment
+        if getattr(model, "adapter", None) is not None:
+            raise ValueError("backbones with add_adapter=True change the frame rate and are not supported")
+        self.model = model
+        self.freeze_feature_encoder = freeze_feature_encoder
+        if freeze_feature_encoder:
+            for p in self.model.feature_extractor.parameters():
+                p.requires_grad_(False)
+        self._mask_accepts_attention = (
+            "attention_mask" in inspect.signature(self.model._mask_hidden_states).parameters
+        )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> SpeechBackbone:
+        """Load a pre-trained encoder from a Hugging Face hub id or a local ``save_pretrained`` directory.
+
+        Weights load with no missing keys (the architecture is untouched); keys the bare encoder does not use
+        (a CTC head, a quantizer) are reported and ignored.
+
+        Args:
+            name_or_path: hub id such as ``"microsoft/wavlm-base-plus"`` or a local directory.
+            **kwargs: passed to :class:`SpeechBackbone`.
+
+        Raises:
+            FileNotFoundError: a local-looking path that does not exist or holds no ``config.json``.
+            ValueError: unsupported model type, or weights missing from the checkpoint.
+        """
+        path = Path(name_or_path)
+        looks_local = path.exists() or str(name_or_path).startswith((".", "/", "~")) or os.sep in str(path)[:1]
+        if looks_local:
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"backbone directory {str(path)!r} has no config.json; expected a folder written by "
+                    "save_pretrained (config.json + model.safetensors) or a Hugging Face hub id"
+                )
+        config = AutoConfig.from_pretrained(name_or_path)
+        family = family_of(config)
+        model_cls = FAMILIES[family][1]
+        model, info = model_cls.from_pretrained(name_or_path, output_loading_info=True)
+        if info.get("missing_keys"):
+            raise ValueError(
+                f"checkpoint {str(name_or_path)!r} lacks weights {sorted(info['missing_keys'])[:8]}... "
+                f"for {model_cls.__name__}: they would be randomly initialised"
+            )
+        if info.get("unexpected_keys"):
+            log.info("ignoring %d checkpoint keys not used by the encoder", len(info["unexpected_keys"]))
+        model.train()
+        return cls(model, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> SpeechBackbone:
+        """A randomly initialised encoder from a Hugging Face config (any supported family)."""
+        model_cls = FAMILIES[family_of(config)][1]
+        return cls(model_cls(config), **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the encoder as a ``save_pretrained`` directory that :meth:`from_pretrained` reads back."""
+        self.model.save_pretrained(directory)
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer encoder layers ``N``."""
+        return len(self.model.encoder.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the CNN feature encoder's output (what the selector reads)."""
+        return int(self.config.conv_dim[-1])
+
+    @property
+    def stable_layer_norm(self) -> bool:
+        """True for the pre-norm ("large") layout with a LayerNorm after the stack."""
+        return bool(getattr(self.config, "do_stable_layer_norm", False))
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.encoder.layers
+
+    def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
+        """Frames the CNN produces for waveforms of ``sample_lengths`` samples, ``[batch]`` long."""
+        lengths = sample_lengths.to(torch.long)
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return lengths.clamp(min=0)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples the CNN needs to produce one frame (400 at the usual 16 kHz configuration)."""
+        field_ = 1
+        for kernel, stride in reversed(list(zip(self.config.conv_kernel, self.config.conv_stride, strict=True))):
+            field_ = (field_ - 1) * stride + kernel
+        return field_
+
+    # ------------------------------------------------------------------ forward pieces
+    def extract_features(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run the CNN feature encoder.
+
+        Args:
+            waveforms: ``[batch, samples]`` float, zero-padded at the end.
+            lengths: ``[batch]`` valid samples per waveform; ``None`` means no padding.
+
+        Returns:
+            ``features [batch, frames, feature_dim]`` and ``frame_mask [batch, frames]`` (bool, True on
+            real frames).
+
+        Raises:
+            ValueError: a waveform shorter than the CNN's receptive field (pad it to at least that).
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must be [batch, samples], got shape {tuple(waveforms.shape)}")
+        batch, samples = waveforms.shape
+        if lengths is None:
+            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
+        if int(lengths.min()) < self.receptive_field:
+            raise ValueError(
+                f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); "
+                f"got a length of {int(lengths.min())}: pad short clips"
+            )
+        frozen = self.freeze_feature_encoder and not any(
+            p.requires_grad for p in self.model.feature_extractor.parameters()
+        )
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            features = self.model.feature_extractor(waveforms).transpose(1, 2)
+        frames = self.frame_lengths(lengths).clamp(max=features.shape[1])
+        frame_mask = torch.arange(features.shape[1], device=features.device)[None, :] < frames[:, None]
+        return features, frame_mask
+
+    def frontend(self, features: Tensor, frame_mask: Tensor) -> Tensor:
+        """Feature projection, SpecAugment (training), positional convolution and pre-stack norm.
+
+        Args:
+            features: ``[batch, frames, feature_dim]`` from :meth:`extract_features`.
+            frame_mask: ``[batch, frames]`` bool.
+
+        Returns:
+            ``[batch, frames, hidden]``: the input of encoder layer 0, zero on padding frames before the
+            positional convolution exactly as in the Hugging Face encoder.
+        """
+        projected = self.model.feature_projection(features)
+        hidden = projected[0] if isinstance(projected, tuple) else projected
+        if self._mask_accepts_attention:
+            hidden = self.model._mask_hidden_states(hidden, attention_mask=frame_mask)
+        else:
+            hidden = self.model._mask_hidden_states(hidden)
+        hidden = hidden.masked_fill(~frame_mask[..., None], 0.0)
+        encoder = self.model.encoder
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not self.stable_layer_norm:
+            hidden = encoder.layer_norm(hidden)
+        return encoder.dropout(hidden)
+
+    def prepare_layers(self, frame_mask: Tensor) -> LayerContext:
+        """Per-forward state every layer needs, computed once (WavLM's relative position bias)."""
+        frames = frame_mask.shape[1]
+        context = LayerContext(max_frames=frames)
+        if self.family == "wavlm":
+            # Layer 0 owns the relative-position embedding. The bias depends only on T, so it is made here,
+            # independently of whether any sample runs layer 0.
+            context.position_bias = self.layers[0].attention.compute_bias(frames, frames)
+        return context
+
+    def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor, context: LayerContext) -> Tensor:
+        """Run encoder layer ``index`` on a (sub-)batch.
+
+        Args:
+            index: layer index in ``0..num_layers-1``.
+            hidden: ``[batch, frames, hidden]`` with ``frames <= context.max_frames``.
+            frame_mask: ``[batch, frames]`` bool.
+            context: from :meth:`prepare_layers` for a batch at least this long.
+
+        Returns:
+            ``[batch, frames, hidden]``, the layer's output.
+        """
+        layer = self.layers[index]
+        batch, frames, _ = hidden.shape
+        if self.family == "wavlm":
+            heads = layer.attention.num_heads
+            bias = context.position_bias[:, :frames, :frames]
+            bias = bias.unsqueeze(0).expand(batch, heads, frames, frames).reshape(batch * heads, frames, frames)
+            # WavLM's attention takes the 2-D padding mask (it calls F.multi_head_attention_forward).
+            mask = None if bool(frame_mask.all()) else frame_mask
+            out = layer(hidden, attention_mask=mask, position_bias=bias)
+            return out[0]
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=frame_mask)
+        out = layer(hidden, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+    def finalize(self, hidden: Tensor) -> Tensor:
+        """The post-stack LayerNorm of pre-norm (``do_stable_layer_norm``) models; identity otherwise."""
+        if self.stable_layer_norm:
+            return self.model.encoder.layer_norm(hidden)
+        return hidden
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Full-depth pass: ``(hidden [batch, frames, hidden], frame_mask [batch, frames])``."""
+        features, frame_mask = self.extract_features(waveforms, lengths)
+        hidden = self.frontend(features, frame_mask)
+        context = self.prepare_layers(frame_mask)
+        for index in range(self.num_layers):
+            hidden = self.run_layer(index, hidden, frame_mask, context)
+        return self.finalize(hidden), frame_mask
+
+
+def tiny_config(
+    family: Family = "wavlm",
+    *,
+    num_layers: int = 4,
+    hidden_size: int = 32,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    conv_channels: int = 32,
+    stable_layer_norm: bool = False,
+    **overrides: Any,
+) -> PretrainedConfig:
+    """A tiny config of a supported family, for tests, the quickstart and timing-free experiments.
+
+    The CNN keeps the real kernel/stride layout (total stride 320, receptive field 400 samples: 50 frames
+    per second at 16 kHz), only narrower. ``stable_layer_norm=True`` gives the "large" pre-norm layout
+    (not available for Data2VecAudio, which has only the post-norm layout).
+    """
+    config_cls = FAMILIES[family][0]
+    kwargs: dict[str, Any] = dict(
+        num_hidden_layers=num_layers,
+        hidden_size=hidden_size,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        conv_dim=(conv_channels,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer" if stable_layer_norm else "group",
+        layerdrop=0.0,
+        mask_time_prob=0.0,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+    )
+    if family == "data2vec":
+        if stable_layer_norm:
+            raise ValueError("Data2VecAudio has only the post-norm layout")
+        kwargs.update(num_conv_pos_embeddings=3, conv_pos_kernel_size=5, feat_extract_norm="layer")
+    else:
+        kwargs["do_stable_layer_norm"] = stable_layer_norm
+    if family == "wavlm":
+        kwargs.update(num_buckets=32, max_bucket_distance=64)
+    kwargs.update(overrides)
+    return config_cls(**kwargs)

@@ -1,0 +1,290 @@
+"""The common base of ldrop's DataModules: splits, length limits, bad-file handling, batching, loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from ldrop.data.batch import collate_audio
+from ldrop.data.datasets import AudioDataset, AudioFileDataset, AudioItem, SubsetAudioDataset, resolve_items
+from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler
+
+__all__ = ["AudioDataModule", "DatasetLayoutError", "Split", "Task"]
+
+log = logging.getLogger("ldrop.data")
+
+Split = Literal["train", "val", "test", "predict"]
+Task = Literal["classification", "ctc"]
+
+_STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("predict",),
+    None: ("train", "val", "test", "predict"),
+}
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The root folder, or a split in it, is missing; the message shows the expected layout."""
+
+
+class AudioDataModule(LightningDataModule):
+    """Base of every ldrop DataModule: audio examples in, :class:`~ldrop.data.batch.AudioBatch` out.
+
+    A subclass lists the items of a split (:meth:`list_items`, for datasets on disk) or builds the
+    dataset itself (:meth:`build_dataset`, for generated data); this class does the rest:
+
+    * **setup** checks every audio header once, logs the item count and hours per split, and logs
+      (``skip_bad_files=True``) or raises (default) on missing, unreadable, empty or corrupt files.
+    * **training length limits**: training clips longer than ``max_train_seconds`` are randomly cropped
+      (``long_clip_policy="crop"``, classification) or dropped (``"filter"``, the only choice for CTC, where
+      a crop would cut the audio away from its transcript); every clip shorter than ``min_samples`` is
+      zero-padded to it.
+    * **batching**: a :class:`~ldrop.data.samplers.DynamicBatchSampler` when ``max_batch_seconds`` is set,
+      else a :class:`~ldrop.data.samplers.LengthGroupedSampler` of ``batch_size`` items (grouped by length
+      when ``group_by_length``). Both shard across DDP ranks by themselves (run multi-device training with
+      ``Trainer(use_distributed_sampler=False)``) and reshuffle per epoch from ``seed``. Validation, test and
+      predict loaders never shuffle.
+
+    Attributes:
+        task: ``"classification"`` or ``"ctc"``.
+        datasets: the datasets built by :meth:`setup`, by split.
+        num_bad_files: bad items skipped at setup, by split.
+
+    Args:
+        root: the extracted dataset folder (``None`` for generated data).
+        batch_size: items per batch when ``max_batch_seconds`` is ``None``.
+        num_workers: DataLoader worker processes.
+        max_batch_seconds: when set, batches hold at most this many seconds of padded audio
+            (``batch * longest``) and their size varies; ``batch_size`` is then ignored.
+        group_by_length: batch items of similar duration together (less padding).
+        max_train_seconds: longest training clip; ``None`` for no limit. Evaluation splits are never cut.
+        long_clip_policy: what happens to a longer training clip: ``"crop"`` a random window of
+            ``max_train_seconds`` (classification only) or ``"filter"`` it out.
+        skip_bad_files: skip unreadable, empty or corrupt files with a logged warning and a count, instead of
+            raising an error that names the file.
+        seed: seed of the batch order (and of any seeded choice a dataset makes).
+        sample_rate: sample rate of the returned waveforms; files at other rates are resampled.
+        min_samples: shorter clips are zero-padded to this many samples (400 = one 25 ms frame at 16 kHz).
+        pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
+    """
+
+    task: Task = "classification"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_batch_seconds: float | None = None,
+        group_by_length: bool = True,
+        max_train_seconds: float | None = None,
+        long_clip_policy: Literal["crop", "filter"] = "crop",
+        skip_bad_files: bool = False,
+        seed: int = 0,
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if max_batch_seconds is not None and max_batch_seconds <= 0:
+            raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
+        if max_train_seconds is not None and max_train_seconds <= 0:
+            raise ValueError(f"max_train_seconds must be positive, got {max_train_seconds}")
+        if long_clip_policy not in ("crop", "filter"):
+            raise ValueError(f"long_clip_policy must be 'crop' or 'filter', got {long_clip_policy!r}")
+        if self.task == "ctc" and long_clip_policy == "crop" and max_train_seconds is not None:
+            raise ValueError(
+                "long_clip_policy='crop' would cut CTC audio away from its transcript; use 'filter' to drop "
+                "training utterances longer than max_train_seconds"
+            )
+        if sample_rate <= 0 or min_samples < 1:
+            raise ValueError("sample_rate and min_samples must be positive")
+        self.root = os.path.expanduser(os.fspath(root)) if root is not None else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.max_batch_seconds = max_batch_seconds
+        self.group_by_length = group_by_length
+        self.max_train_seconds = max_train_seconds
+        self.long_clip_policy = long_clip_policy
+        self.skip_bad_files = skip_bad_files
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.min_samples = min_samples
+        self.pin_memory = pin_memory
+        self.datasets: dict[str, AudioDataset] = {}
+        self.num_bad_files: dict[str, int] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (classification modules; ``len(self.class_names)``)."""
+        class_names = getattr(self, "class_names", None)
+        if class_names is None:
+            raise AttributeError(f"{type(self).__name__} has no class list (task {self.task!r})")
+        return len(class_names)
+
+    # ----------------------------------------------------------------------------------- subclass hooks
+    def list_items(self, split: Split) -> list[AudioItem]:
+        """List the items of ``split`` from the files on disk, reading no audio.
+
+        Raises:
+            DatasetLayoutError: if the root or the split's folder or list file is missing.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement list_items() or build_dataset()")
+
+    def build_dataset(self, split: Split) -> AudioDataset:
+        """Build the dataset of ``split``, before the training length limits are applied.
+
+        The default lists the items, checks them with :func:`~ldrop.data.datasets.resolve_items` (raising
+        or logging bad files) and reads them with :class:`~ldrop.data.datasets.AudioFileDataset`.
+        """
+        items = self.list_items(split)
+        good, bad = resolve_items(items, self.sample_rate, self.skip_bad_files, split=split)
+        self.num_bad_files[split] = len(bad)
+        if bad:
+            shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
+            log.warning(
+                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s",
+                type(self).__name__,
+                len(bad),
+                len(items),
+                split,
+                shown,
+            )
+        return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
+
+    # ------------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets the stage needs (``fit``: train and val; ``validate``; ``test``; ``predict``)."""
+        for split in _STAGE_SPLITS[stage]:
+            if split not in self.datasets:
+                self.datasets[split] = self._prepared_dataset(split)
+
+    def dataset(self, split: Split) -> AudioDataset:
+        """The dataset of ``split``, built on first use."""
+        if split not in self.datasets:
+            self.datasets[split] = self._prepared_dataset(split)
+        return self.datasets[split]
+
+    def targets(self, split: Split = "train") -> list[int | str]:
+        """Targets (class ids or transcripts) of ``split``, in dataset order, without reading audio.
+
+        Before :meth:`setup` this lists the split from disk (no header checks, no filtering); after, it
+        returns the targets of the built dataset.
+        """
+        if split in self.datasets:
+            return self.datasets[split].targets
+        return [item.target for item in self.list_items(split)]
+
+    def transcripts(self, split: Split = "train") -> list[str]:
+        """Transcripts of ``split`` (CTC modules), e.g. to build a character vocabulary from training text.
+
+        Callable before :meth:`setup` (it then reads only the transcript files).
+        """
+        if self.task != "ctc":
+            raise AttributeError(f"{type(self).__name__} is a classification DataModule: it has no transcripts")
+        return [str(t) for t in self.targets(split)]
+
+    def _prepared_dataset(self, split: Split) -> AudioDataset:
+        dataset = self.build_dataset(split)
+        if split == "train" and self.max_train_seconds is not None:
+            max_samples = int(self.max_train_seconds * self.sample_rate)
+            if self.long_clip_policy == "crop":
+                dataset.max_samples, dataset.random_crop = max_samples, True
+            else:
+                raw = dataset.raw_lengths
+                keep = [i for i, n in enumerate(raw) if n <= max_samples]
+                if len(keep) < len(raw):
+                    log.info(
+                        "%s: dropped %d training item(s) longer than max_train_seconds=%s",
+                        type(self).__name__,
+                        len(raw) - len(keep),
+                        self.max_train_seconds,
+                    )
+                    dataset = SubsetAudioDataset(dataset, keep)
+        if len(dataset) == 0:
+            raise ValueError(f"{type(self).__name__}: split '{split}' has no items left")
+        hours = sum(dataset.lengths) / self.sample_rate / 3600
+        log.info(
+            "%s: %s split: %d items, %.2f h of audio, %d bad item(s) skipped",
+            type(self).__name__,
+            split,
+            len(dataset),
+            hours,
+            self.num_bad_files.get(split, 0),
+        )
+        return dataset
+
+    # ------------------------------------------------------------------------------------- dataloaders
+    def batch_sampler(self, split: Split) -> LengthGroupedSampler | DynamicBatchSampler:
+        """The batch sampler of ``split``: shuffled per epoch for ``train``, fixed order otherwise."""
+        lengths = self.dataset(split).lengths
+        shuffle = split == "train"
+        num_replicas, rank = self._replicas()
+        if self.max_batch_seconds is not None:
+            return DynamicBatchSampler(
+                lengths,
+                max_batch_seconds=self.max_batch_seconds,
+                sample_rate=self.sample_rate,
+                shuffle=shuffle,
+                num_replicas=num_replicas,
+                rank=rank,
+                seed=self.seed,
+            )
+        return LengthGroupedSampler(
+            lengths,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            window_batches=50 if self.group_by_length else 1,
+            num_replicas=num_replicas,
+            rank=rank,
+            seed=self.seed,
+        )
+
+    def dataloader(self, split: Split) -> DataLoader:
+        """A DataLoader of :class:`~ldrop.data.batch.AudioBatch` over ``split``."""
+        return DataLoader(
+            self.dataset(split),
+            batch_sampler=self.batch_sampler(split),
+            num_workers=self.num_workers,
+            collate_fn=collate_audio,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.dataloader("predict")
+
+    def _replicas(self) -> tuple[int | None, int | None]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.world_size, trainer.global_rank
+        return None, None  # the samplers ask torch.distributed, else assume a single process
+
+
+def as_list(value: str | Sequence[str]) -> list[str]:
+    """``"a"`` -> ``["a"]``; a list stays a list (split arguments accept one name or several)."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def layout_error(what: str, path: str, layout: str) -> DatasetLayoutError:
+    """A :class:`DatasetLayoutError` saying what is missing where, and the layout that was expected."""
+    return DatasetLayoutError(f"{what} not found: {path}\nExpected layout:\n{layout.rstrip()}")

@@ -1,0 +1,288 @@
+"""Map-style datasets of :class:`~ldrop.data.batch.AudioExample`, and the items they are listed from.
+
+A DataModule lists its split as :class:`AudioItem` records (a file, or a time range of a file, with a
+target), :func:`resolve_items` checks them against the audio headers, and :class:`AudioFileDataset`
+reads them. Every dataset knows the length of each example before reading it (:attr:`AudioDataset.lengths`)
+so that samplers can group items by length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch.utils.data import Dataset
+
+from ldrop.data.audio import AudioInfo, AudioReadError, audio_info, read_audio, resampled_length
+from ldrop.data.batch import AudioExample
+
+__all__ = ["AudioDataset", "AudioFileDataset", "AudioItem", "SubsetAudioDataset", "resolve_items"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioItem:
+    """One example on disk: a whole audio file or a time range of it.
+
+    Attributes:
+        id: identifier that traces the example back to its source (utterance id, relative path, ...).
+        path: the audio file.
+        target: class id (classification) or transcript (CTC).
+        offset: start of the range in seconds.
+        duration: length of the range in seconds; ``None`` reads to the end of the file.
+        start: first frame of the range at the file's rate; set by :func:`resolve_items` (or by a
+            DataModule that knows frames directly).
+        stop: frame after the range (file rate); ``None`` = end of file.
+        file_sample_rate: the file's sample rate, set by :func:`resolve_items`.
+        num_samples: length of the example at the target rate, set by :func:`resolve_items`.
+    """
+
+    id: str
+    path: str
+    target: int | str
+    offset: float = 0.0
+    duration: float | None = None
+    start: int | None = None
+    stop: int | None = None
+    file_sample_rate: int | None = None
+    num_samples: int | None = None
+
+
+def resolve_items(
+    items: Sequence[AudioItem],
+    sample_rate: int,
+    skip_bad_files: bool,
+    split: str = "",
+) -> tuple[list[AudioItem], list[str]]:
+    """Read the header of every file once, turn time ranges into frame ranges, and find bad items.
+
+    An item is bad when its file is missing, unreadable, empty or corrupt, or when its time range lies
+    outside the file. Ranges that run past the end of the file are clipped to it.
+
+    Args:
+        items: the listed items (several may share a file).
+        sample_rate: the target sample rate, to compute :attr:`AudioItem.num_samples`.
+        skip_bad_files: drop bad items (the caller logs them) instead of raising.
+        split: split name, for messages.
+
+    Returns:
+        The resolved good items, and one ``"<path>: <reason>"`` line per bad item.
+
+    Raises:
+        AudioReadError: naming the first bad file, if there is one and ``skip_bad_files`` is False.
+    """
+    infos: dict[str, AudioInfo | AudioReadError] = {}
+    good: list[AudioItem] = []
+    bad: list[tuple[str, str]] = []
+    for item in items:
+        if item.path not in infos:
+            try:
+                infos[item.path] = audio_info(item.path)
+            except AudioReadError as err:
+                infos[item.path] = err
+        info = infos[item.path]
+        if isinstance(info, AudioReadError):
+            bad.append((item.path, info.reason))
+            continue
+        start = item.start if item.start is not None else round(item.offset * info.sample_rate)
+        stop = item.stop
+        if stop is None and item.duration is not None:
+            stop = round((item.offset + item.duration) * info.sample_rate)
+        if stop is not None and stop <= start:
+            bad.append((item.path, f"item {item.id}: empty range of frames [{start}, {stop})"))
+            continue
+        stop = info.frames if stop is None else min(stop, info.frames)
+        if start < 0 or start >= info.frames:
+            bad.append(
+                (
+                    item.path,
+                    f"item {item.id}: range starts at {start / info.sample_rate:.3f} s, outside the file "
+                    f"({info.seconds:.3f} s long)",
+                )
+            )
+            continue
+        good.append(
+            replace(
+                item,
+                start=start,
+                stop=stop,
+                file_sample_rate=info.sample_rate,
+                num_samples=resampled_length(stop - start, info.sample_rate, sample_rate),
+            )
+        )
+    if bad and not skip_bad_files:
+        path, reason = bad[0]
+        more = f" ({len(bad) - 1} more bad items" if len(bad) > 1 else " (no other bad items"
+        where = f" in split '{split}'" if split else ""
+        raise AudioReadError(path, f"{reason}{more}{where}; skip_bad_files=True skips them with a warning)")
+    return good, [f"{path}: {reason}" for path, reason in bad]
+
+
+class AudioDataset(Dataset[AudioExample]):
+    """Base of ldrop's datasets: examples whose lengths and targets are known without reading audio.
+
+    Subclasses implement :meth:`__len__`, :meth:`load` and the :attr:`lengths`, :attr:`targets` and
+    :attr:`ids` properties; :meth:`__getitem__` fits each waveform to ``[min_samples, max_samples]``
+    (zero-padding short clips, cropping long ones).
+
+    Args:
+        sample_rate: sample rate of the returned waveforms.
+        min_samples: shorter waveforms are zero-padded to this many samples (the convolutional front end
+            of a wav2vec2-style model needs 400 samples at 16 kHz for one frame).
+        max_samples: longer waveforms are cropped to this many samples; ``None`` keeps them whole.
+        random_crop: crop at a random offset (training; drawn from torch's RNG, which Lightning seeds per
+            worker) instead of the start.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        max_samples: int | None = None,
+        random_crop: bool = False,
+    ) -> None:
+        self.sample_rate = sample_rate
+        self.min_samples = min_samples
+        self.max_samples = max_samples
+        self.random_crop = random_crop
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> AudioExample:
+        """Return example ``index`` as stored (before fitting its length)."""
+        raise NotImplementedError
+
+    @property
+    def raw_lengths(self) -> list[int]:
+        """Length of each example as stored, in samples at :attr:`sample_rate`."""
+        raise NotImplementedError
+
+    @property
+    def targets(self) -> list[int | str]:
+        """Target of each example (class id or transcript)."""
+        raise NotImplementedError
+
+    @property
+    def ids(self) -> list[str]:
+        """Id of each example."""
+        raise NotImplementedError
+
+    @property
+    def lengths(self) -> list[int]:
+        """Length of each returned waveform (after padding and cropping), in samples: ``[len(self)]``."""
+        return [self.fitted_length(n) for n in self.raw_lengths]
+
+    def fitted_length(self, num_samples: int) -> int:
+        """The length an example of ``num_samples`` samples has after padding/cropping."""
+        if self.max_samples is not None:
+            num_samples = min(num_samples, self.max_samples)
+        return max(num_samples, self.min_samples)
+
+    def __getitem__(self, index: int) -> AudioExample:
+        example = self.load(index)
+        example.waveform = self.fit(example.waveform)
+        return example
+
+    def fit(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Crop ``[samples]`` to ``max_samples`` and zero-pad it to ``min_samples``."""
+        n = waveform.shape[-1]
+        if self.max_samples is not None and n > self.max_samples:
+            offset = int(torch.randint(n - self.max_samples + 1, ())) if self.random_crop else 0
+            waveform = waveform[offset : offset + self.max_samples]
+        if waveform.shape[-1] < self.min_samples:
+            waveform = torch.nn.functional.pad(waveform, (0, self.min_samples - waveform.shape[-1]))
+        return waveform
+
+
+class AudioFileDataset(AudioDataset):
+    """Examples read from audio files (or frame ranges of them) listed as resolved :class:`AudioItem`.
+
+    Args:
+        items: items resolved by :func:`resolve_items` (``start``/``stop``/``num_samples`` set).
+        sample_rate: sample rate of the returned waveforms.
+        min_samples: see :class:`AudioDataset`.
+        max_samples: see :class:`AudioDataset`; a long item is cropped while reading, so only the kept
+            frames are decoded.
+        random_crop: see :class:`AudioDataset`.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[AudioItem],
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        max_samples: int | None = None,
+        random_crop: bool = False,
+    ) -> None:
+        super().__init__(sample_rate, min_samples, max_samples, random_crop)
+        unresolved = [it.id for it in items if it.num_samples is None or it.file_sample_rate is None]
+        if unresolved:
+            raise ValueError(f"items must be resolved with resolve_items() first, e.g. {unresolved[0]}")
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def raw_lengths(self) -> list[int]:
+        return [int(it.num_samples) for it in self.items]  # type: ignore[arg-type]
+
+    @property
+    def targets(self) -> list[int | str]:
+        return [it.target for it in self.items]
+
+    @property
+    def ids(self) -> list[str]:
+        return [it.id for it in self.items]
+
+    def load(self, index: int) -> AudioExample:
+        item = self.items[index]
+        start, stop = int(item.start or 0), int(item.stop)  # type: ignore[arg-type]
+        if self.max_samples is not None and int(item.num_samples) > self.max_samples:  # type: ignore[arg-type]
+            # Decode only the kept part (one frame of slack for the resampler's rounding); fit() trims it.
+            keep = math.ceil(self.max_samples * int(item.file_sample_rate) / self.sample_rate) + 1  # type: ignore[arg-type]
+            if keep < stop - start:
+                offset = int(torch.randint(stop - start - keep + 1, ())) if self.random_crop else 0
+                start, stop = start + offset, start + offset + keep
+        waveform = read_audio(item.path, start, stop, target_sr=self.sample_rate)
+        return AudioExample(waveform=waveform, target=item.target, id=item.id)
+
+
+class SubsetAudioDataset(AudioDataset):
+    """The examples of ``dataset`` at ``indices``, with the same length fitting.
+
+    Args:
+        dataset: the full dataset.
+        indices: positions to keep, in order.
+    """
+
+    def __init__(self, dataset: AudioDataset, indices: Sequence[int]) -> None:
+        super().__init__(dataset.sample_rate, dataset.min_samples, dataset.max_samples, dataset.random_crop)
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> AudioExample:
+        return self.dataset.load(self.indices[index])
+
+    @property
+    def raw_lengths(self) -> list[int]:
+        lengths = self.dataset.raw_lengths
+        return [lengths[i] for i in self.indices]
+
+    @property
+    def targets(self) -> list[int | str]:
+        targets = self.dataset.targets
+        return [targets[i] for i in self.indices]
+
+    @property
+    def ids(self) -> list[str]:
+        ids = self.dataset.ids
+        return [ids[i] for i in self.indices]

@@ -1,0 +1,148 @@
+"""LibriSpeech (read English audiobooks, 16 kHz FLAC) for CTC speech recognition."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Literal
+
+from ldrop.data.base import AudioDataModule, Split, as_list, layout_error
+from ldrop.data.datasets import AudioItem
+
+__all__ = ["LIBRISPEECH_SUBSETS", "LibriSpeechDataModule", "LibriSpeechSubset"]
+
+LibriSpeechSubset = Literal[
+    "train-clean-100",
+    "train-clean-360",
+    "train-other-500",
+    "dev-clean",
+    "dev-other",
+    "test-clean",
+    "test-other",
+]
+LIBRISPEECH_SUBSETS: tuple[str, ...] = LibriSpeechSubset.__args__  # type: ignore[attr-defined]
+
+LIBRISPEECH_LAYOUT = """\
+<root>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+<root>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
+(<root> may also be the LibriSpeech folder itself; <subset> is one of train-clean-100, train-clean-360,
+train-other-500, dev-clean, dev-other, test-clean, test-other)"""
+
+
+class LibriSpeechDataModule(AudioDataModule):
+    """LibriSpeech for CTC: 16 kHz FLAC utterances with the transcripts of their chapter's ``.trans.txt``.
+
+    Each split is one subset or a list of subsets (e.g. ``train_subsets: [train-clean-100,
+    train-clean-360]``). The default is the SUPERB ASR set-up: train on train-clean-100, select on
+    dev-clean, report test-clean (set ``test_subsets: test-other`` for the other test set).
+    Targets are the transcripts as written (upper case, apostrophes kept); ids are utterance ids
+    (``103-1240-0000``). :meth:`transcripts` gives the text of a split without reading audio.
+
+    Args:
+        root: folder holding ``LibriSpeech/`` (or the ``LibriSpeech`` folder itself).
+        train_subsets: subset(s) of the training split.
+        val_subsets: subset(s) of the validation split.
+        test_subsets: subset(s) of the test split.
+        predict_subsets: subset(s) of the predict split; ``None`` = the test subsets.
+        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
+        num_workers: DataLoader worker processes.
+        max_batch_seconds: audio budget per dynamic batch, in seconds.
+        group_by_length: batch utterances of similar duration together.
+        max_train_seconds: drop training utterances longer than this (LibriSpeech's longest are ~35 s).
+        long_clip_policy: only ``"filter"`` is valid for CTC.
+        skip_bad_files: skip unreadable files (logged) instead of raising.
+        seed: batch-order seed.
+        sample_rate: output sample rate.
+        min_samples: shorter clips are zero-padded to this length.
+        pin_memory: pin batches in page-locked memory.
+    """
+
+    task = "ctc"
+
+    def __init__(
+        self,
+        root: str,
+        train_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "train-clean-100",
+        val_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "dev-clean",
+        test_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "test-clean",
+        predict_subsets: LibriSpeechSubset | list[LibriSpeechSubset] | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_batch_seconds: float | None = None,
+        group_by_length: bool = True,
+        max_train_seconds: float | None = None,
+        long_clip_policy: Literal["crop", "filter"] = "filter",
+        skip_bad_files: bool = False,
+        seed: int = 0,
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            root=root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            max_batch_seconds=max_batch_seconds,
+            group_by_length=group_by_length,
+            max_train_seconds=max_train_seconds,
+            long_clip_policy=long_clip_policy,
+            skip_bad_files=skip_bad_files,
+            seed=seed,
+            sample_rate=sample_rate,
+            min_samples=min_samples,
+            pin_memory=pin_memory,
+        )
+        self.subsets: dict[str, list[str]] = {
+            "train": as_list(train_subsets),
+            "val": as_list(val_subsets),
+            "test": as_list(test_subsets),
+            "predict": as_list(predict_subsets if predict_subsets is not None else test_subsets),
+        }
+        for split, names in self.subsets.items():
+            unknown = [n for n in names if n not in LIBRISPEECH_SUBSETS]
+            if unknown or not names:
+                raise ValueError(
+                    f"{split} subsets {names} are not LibriSpeech subsets; choose from {list(LIBRISPEECH_SUBSETS)}"
+                )
+
+    def corpus_dir(self) -> str:
+        """The ``LibriSpeech`` folder under :attr:`root`."""
+        assert self.root is not None
+        nested = os.path.join(self.root, "LibriSpeech")
+        if os.path.isdir(nested):
+            return nested
+        if os.path.isdir(self.root) and any(os.path.isdir(os.path.join(self.root, s)) for s in LIBRISPEECH_SUBSETS):
+            return self.root
+        raise layout_error("LibriSpeech root", nested, LIBRISPEECH_LAYOUT)
+
+    def list_items(self, split: Split) -> list[AudioItem]:
+        corpus = self.corpus_dir()
+        items: list[AudioItem] = []
+        for subset in self.subsets[split]:
+            subset_dir = os.path.join(corpus, subset)
+            if not os.path.isdir(subset_dir):
+                raise layout_error(f"LibriSpeech subset '{subset}' (split '{split}')", subset_dir, LIBRISPEECH_LAYOUT)
+            transcript_files = sorted(glob.glob(os.path.join(glob.escape(subset_dir), "*", "*", "*.trans.txt")))
+            if not transcript_files:
+                raise layout_error(
+                    f"transcript files (*.trans.txt) of subset '{subset}'", subset_dir, LIBRISPEECH_LAYOUT
+                )
+            for transcript_file in transcript_files:
+                items.extend(_read_chapter(transcript_file))
+        return items
+
+
+def _read_chapter(transcript_file: str) -> list[AudioItem]:
+    """The utterances of one chapter: ``<utt-id> <TRANSCRIPT>`` lines, audio ``<utt-id>.flac`` beside."""
+    chapter_dir = os.path.dirname(transcript_file)
+    items = []
+    with open(transcript_file, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            utt_id, _, text = line.partition(" ")
+            if not text.strip():
+                raise ValueError(f"{transcript_file}:{line_no}: no transcript after the utterance id {utt_id!r}")
+            items.append(AudioItem(id=utt_id, path=os.path.join(chapter_dir, f"{utt_id}.flac"), target=text.strip()))
+    return items

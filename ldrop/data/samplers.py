@@ -1,0 +1,229 @@
+"""Batch samplers that group items of similar length, shard batches across DDP ranks, and reshuffle per epoch.
+
+Both samplers yield lists of dataset indices (use them as ``DataLoader(batch_sampler=...)``) and share
+the same contract:
+
+* **DDP-aware**: every rank builds the same list of batches for the epoch (same seed, same epoch) and
+  takes every ``num_replicas``-th batch starting at ``rank``, so ranks see disjoint items and every rank
+  gets the same number of batches. When the batch count does not divide by ``num_replicas``, the
+  largest batches are split in two until it does; only when the split reaches single items (a dataset
+  with fewer items than that) are batches repeated from the start to fill the last step.
+* **Deterministic**: the batches of an epoch are a function of ``(seed, epoch)`` only; call
+  :meth:`set_epoch` each epoch (Lightning does, see below) to get a new order.
+* ``shuffle=False`` (validation, test, predict) gives a fixed order: longest items first when grouping
+  by length, else the dataset order.
+
+Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``; these samplers point their
+``sampler`` attribute at themselves so that the call reaches them. Lightning cannot inject its own
+``DistributedSampler`` into a custom batch sampler, so multi-device training needs
+``Trainer(use_distributed_sampler=False)``; these samplers shard by themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch.distributed as dist
+
+__all__ = ["DynamicBatchSampler", "LengthGroupedSampler"]
+
+
+def _resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    initialized = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if initialized else 1
+    if rank is None:
+        rank = dist.get_rank() if initialized else 0
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be at least 1, got {num_replicas}")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas - 1}], got {rank}")
+    return num_replicas, rank
+
+
+class _ShardedBatchSampler:
+    """Common part: per-epoch batch list, equal split across ranks, ``set_epoch``."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        shuffle: bool,
+        num_replicas: int | None,
+        rank: int | None,
+        seed: int,
+    ) -> None:
+        self.lengths = np.maximum(np.asarray(lengths, dtype=np.int64).reshape(-1), 1)
+        self.shuffle = shuffle
+        self.num_replicas, self.rank = _resolve_replicas(num_replicas, rank)
+        self.seed = seed
+        self.epoch = 0
+        # Lightning's per-epoch hook calls ``dataloader.batch_sampler.sampler.set_epoch``.
+        self.sampler = self
+        self._cached: tuple[int, list[np.ndarray]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def _make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def global_batches(self) -> list[list[int]]:
+        """All ranks' batches of the current epoch, in step order (rank ``r`` gets ``[r::num_replicas]``)."""
+        return [batch.tolist() for batch in self._epoch_batches()]
+
+    def _epoch_batches(self) -> list[np.ndarray]:
+        if self._cached is not None and self._cached[0] == self.epoch:
+            return self._cached[1]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = _split_to_multiple([b for b in self._make_batches(rng) if len(b)], self.num_replicas)
+        if self.shuffle and batches:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+            # The costliest batch first, so an out-of-memory error shows in the first step, not hours later.
+            costs = [len(b) * int(self.lengths[b].max()) for b in batches]
+            first = int(np.argmax(costs))
+            batches[0], batches[first] = batches[first], batches[0]
+        self._cached = (self.epoch, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._epoch_batches()[self.rank :: self.num_replicas]:
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return len(self._epoch_batches()) // self.num_replicas
+
+
+def _split_to_multiple(batches: list[np.ndarray], multiple: int) -> list[np.ndarray]:
+    """Split the largest batches in two until the count divides by ``multiple``; repeat batches if stuck."""
+    batches = list(batches)
+    if not batches:
+        return batches
+    while len(batches) % multiple:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        if len(batches[largest]) < 2:
+            # Fewer items than steps x ranks: repeat batches so every rank still gets the same count.
+            missing = multiple - len(batches) % multiple
+            batches += [batches[i % len(batches)] for i in range(missing)]
+            break
+        half = len(batches[largest]) // 2
+        batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
+    return batches
+
+
+class LengthGroupedSampler(_ShardedBatchSampler):
+    """Fixed-size batches of items of similar length.
+
+    With ``shuffle=True`` each epoch permutes the items, cuts the permutation into windows of
+    ``batch_size * window_batches`` items, sorts every window by length and cuts it into batches, then
+    shuffles the order of the batches: batches hold similar lengths (little padding) yet differ from epoch
+    to epoch. With ``shuffle=False`` all items are sorted by length, longest first (ties keep dataset
+    order). ``window_batches=1`` turns the grouping off (random batches; dataset order when not shuffled).
+
+    Args:
+        lengths: length of each item (samples), ``[num_items]``.
+        batch_size: items per batch (the last batch, and batches split to even out the ranks, hold fewer).
+        shuffle: reshuffle per epoch (training) or keep a fixed order (evaluation).
+        window_batches: how many batches' worth of items are sorted together.
+        num_replicas: number of DDP ranks; default: the initialized process group's world size, else 1.
+        rank: this process's rank; default: from the process group, else 0.
+        seed: base seed; the batches of an epoch depend on ``(seed, epoch)`` only.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        window_batches: int = 50,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if window_batches < 1:
+            raise ValueError(f"window_batches must be at least 1, got {window_batches}")
+        super().__init__(lengths, shuffle, num_replicas, rank, seed)
+        self.batch_size = batch_size
+        self.window_batches = window_batches
+
+    def _make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        n, size = len(self.lengths), self.batch_size
+        grouped = self.window_batches > 1
+        if self.shuffle:
+            order = rng.permutation(n)
+            if grouped:
+                window = size * self.window_batches
+                windows = [_longest_first(order[i : i + window], self.lengths) for i in range(0, n, window)]
+                order = np.concatenate(windows) if windows else order
+        else:
+            order = _longest_first(np.arange(n), self.lengths) if grouped else np.arange(n)
+        return [order[i : i + size] for i in range(0, n, size)]
+
+
+class DynamicBatchSampler(_ShardedBatchSampler):
+    """Batches of variable size holding at most ``max_batch_seconds`` of (padded) audio each.
+
+    Items are sorted by length, longest first, and cut greedily: a batch takes as many items as fit
+    ``count * longest <= max_batch_seconds * sample_rate``, i.e. the padded ``[batch, samples]`` tensor
+    the model sees never exceeds the budget. An item longer than the budget forms a batch of its own
+    (cap training clips with ``max_train_seconds`` to avoid that). With ``shuffle=True``, items of equal
+    length are ordered randomly per epoch and the batch order is shuffled; the batch boundaries depend
+    only on the multiset of lengths, so the number of batches is the same every epoch (learning-rate
+    schedules that count steps stay valid).
+
+    Args:
+        lengths: length of each item (samples), ``[num_items]``.
+        max_batch_seconds: audio budget per batch, in seconds of padded audio.
+        sample_rate: sample rate the lengths are counted in.
+        shuffle: reshuffle per epoch (training) or keep a fixed order (evaluation).
+        max_batch_size: optional cap on the number of items per batch.
+        num_replicas: number of DDP ranks; default: the initialized process group's world size, else 1.
+        rank: this process's rank; default: from the process group, else 0.
+        seed: base seed; the batches of an epoch depend on ``(seed, epoch)`` only.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_batch_seconds: float,
+        sample_rate: int = 16000,
+        shuffle: bool = True,
+        max_batch_size: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if max_batch_seconds <= 0:
+            raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        super().__init__(lengths, shuffle, num_replicas, rank, seed)
+        self.max_batch_seconds = max_batch_seconds
+        self.sample_rate = sample_rate
+        self.max_batch_size = max_batch_size
+
+    @property
+    def budget_samples(self) -> int:
+        """The per-batch budget in samples: ``batch size * longest item <= budget_samples``."""
+        return int(self.max_batch_seconds * self.sample_rate)
+
+    def _make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        n = len(self.lengths)
+        if self.shuffle:
+            order = np.lexsort((rng.random(n), -self.lengths))
+        else:
+            order = _longest_first(np.arange(n), self.lengths)
+        budget, cap = self.budget_samples, self.max_batch_size or n
+        batches, i = [], 0
+        while i < n:
+            count = max(1, min(cap, budget // int(self.lengths[order[i]])))
+            batches.append(order[i : i + count])
+            i += count
+        return batches
+
+
+def _longest_first(indices: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    return indices[np.argsort(-lengths[indices], kind="stable")]

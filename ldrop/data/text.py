@@ -1,0 +1,43 @@
+"""Transcript normalisation, applied identically to training targets and to references."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["normalize_tedlium_transcript"]
+
+_CURLY = re.compile(r"\{[^}]*\}")  # {NOISE}, {BREATH}, {COUGH}, ...
+_ANGLE = re.compile(r"<[^>]*>")  # <unk>, <sil>, <s>, </s>
+_ALTERNATIVE = re.compile(r"\(\d+\)")  # alternative-pronunciation marks: word(2)
+_CLITIC = re.compile(r"\s+('(?:s|re|ve|ll|d|m|t)|n't)\b")  # it 's -> it's, don 't -> don't, do n't -> don't
+
+
+def normalize_tedlium_transcript(text: str) -> str:
+    """Normalise a TED-LIUM STM transcript for CTC training and WER scoring.
+
+    The rules, in order:
+
+    1. remove ``{...}`` noise tokens (``{NOISE}``, ``{BREATH}``), ``<...>`` tokens (``<unk>``, ``<sil>``)
+       and alternative-pronunciation marks (``word(2)`` -> ``word``);
+    2. lower-case;
+    3. re-attach the clitics the corpus tokenises apart: ``'s 're 've 'll 'd 'm 't`` and ``n't`` after a
+       space (``it 's`` -> ``it's``, ``don 't`` -> ``don't``, ``do n't`` -> ``don't``); other apostrophes
+       are left alone;
+    4. collapse runs of whitespace to one space and strip the ends.
+
+    Args:
+        text: the transcript field of an STM line.
+
+    Returns:
+        The normalised transcript, possibly empty (a segment that held only noise tokens).
+
+    Example:
+        >>> normalize_tedlium_transcript("{NOISE} it 's  a <unk> test(2) do n't <sil>")
+        "it's a test don't"
+    """
+    text = _CURLY.sub(" ", text)
+    text = _ANGLE.sub(" ", text)
+    text = _ALTERNATIVE.sub("", text)
+    text = text.lower()
+    text = _CLITIC.sub(r"\1", text)
+    return " ".join(text.split())

@@ -1,0 +1,5 @@
+"""Gated execution of encoder layers and compute accounting (plain PyTorch, no Lightning)."""
+
+from ldrop.engine.gated import ExecutionMode, check_keep_mask, run_gated_layers
+
+__all__ = ["ExecutionMode", "check_keep_mask", "run_gated_layers"]

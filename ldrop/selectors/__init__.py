@@ -1,0 +1,43 @@
+"""Layer selectors: input features + budget -> which encoder layers each sample runs."""
+
+from .base import LayerSelector, SelectorOutput
+from .diagnostics import mask_diversity, most_common_mask_for_all, shuffle_masks
+from .full import FullSelector
+from .input_conditioned import InputConditionedSelector, LogMelFrontend
+from .layerdrop import RandomSelector
+from .schedule import LearnedScheduleSelector
+from .static import StaticSelector, evenly_spaced_layers, greedy_subset_search
+from .topk import (
+    TopKSelector,
+    annealed_temperature,
+    calibrate_threshold,
+    gumbel_like,
+    hard_topk_mask,
+    relaxed_topk_mask,
+    straight_through_topk,
+    threshold_mask,
+)
+
+__all__ = [
+    "FullSelector",
+    "InputConditionedSelector",
+    "LayerSelector",
+    "LearnedScheduleSelector",
+    "LogMelFrontend",
+    "RandomSelector",
+    "SelectorOutput",
+    "StaticSelector",
+    "TopKSelector",
+    "annealed_temperature",
+    "calibrate_threshold",
+    "evenly_spaced_layers",
+    "greedy_subset_search",
+    "gumbel_like",
+    "hard_topk_mask",
+    "mask_diversity",
+    "most_common_mask_for_all",
+    "relaxed_topk_mask",
+    "shuffle_masks",
+    "straight_through_topk",
+    "threshold_mask",
+]

@@ -1,0 +1,101 @@
+"""The selector interface: input features + budget -> which encoder layers each sample runs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SelectorOutput:
+    """What a selector returns for one batch.
+
+    Attributes:
+        keep_mask: ``[batch, layers]`` float tensor. Its forward values are exactly 0.0 or 1.0; for a
+            trainable selector in training mode it carries a gradient to the scores (straight-through).
+        scores: ``[batch, layers]`` per-layer scores (higher = more worth running), or ``None`` for
+            selectors that have none.
+        losses: auxiliary losses, already weighted, that the task module adds to its task loss.
+        stats: detached scalars for logging (e.g. temperature), never added to the loss.
+    """
+
+    keep_mask: Tensor
+    scores: Tensor | None = None
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+class LayerSelector(nn.Module, ABC):
+    """Chooses, per input, which of the backbone's encoder layers run under a layer budget.
+
+    Subclasses are built as ``Selector(num_layers, feature_dim, **options)``: the task module supplies the
+    first two from its backbone, so a config only names the options.
+
+    Args:
+        num_layers: number of encoder layers ``N`` of the backbone.
+        feature_dim: channels ``C`` of the features the selector reads (the CNN feature encoder's output).
+    """
+
+    #: Whether ``keep_mask`` carries gradients in training (then the engine runs its differentiable path).
+    differentiable: bool = False
+
+    def __init__(self, num_layers: int, feature_dim: int) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+        self.num_layers = int(num_layers)
+        self.feature_dim = int(feature_dim)
+
+    @abstractmethod
+    def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> SelectorOutput:
+        """Select layers.
+
+        Args:
+            features: ``[batch, frames, feature_dim]`` CNN feature-encoder output.
+            frame_mask: ``[batch, frames]`` bool, True on real (non-padding) frames.
+            budget: ``[batch]`` long, layers each sample may run, each in ``1..num_layers``.
+
+        Returns:
+            A :class:`SelectorOutput` whose ``keep_mask`` is ``[batch, num_layers]``.
+        """
+
+    def check_budget(self, budget: Tensor, batch_size: int) -> Tensor:
+        """Validate a budget tensor and return it as ``[batch]`` long.
+
+        Args:
+            budget: ``[batch]`` integer tensor, layers each sample may run.
+            batch_size: the batch size the budget must match.
+
+        Returns:
+            ``budget`` as a long tensor.
+
+        Raises:
+            ValueError: naming ``budget`` when its shape, dtype or values are invalid.
+        """
+        if not isinstance(budget, Tensor):
+            raise ValueError(f"budget must be a tensor of shape [{batch_size}], got {type(budget).__name__}")
+        if budget.dtype.is_floating_point or budget.dtype.is_complex or budget.dtype == torch.bool:
+            raise ValueError(f"budget must be an integer tensor, got dtype {budget.dtype}")
+        if budget.shape != (batch_size,):
+            raise ValueError(
+                f"budget must have shape [{batch_size}] (one per sample), got {list(budget.shape)}"
+            )
+        budget = budget.long()
+        if budget.numel() and (int(budget.min()) < 1 or int(budget.max()) > self.num_layers):
+            raise ValueError(
+                f"budget values must be in 1..{self.num_layers} (num_layers), "
+                f"got min {int(budget.min())}, max {int(budget.max())}"
+            )
+        return budget
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in ``[0, 1]`` (for annealed schedules); called by the task each step."""
+
+    def flops(self, frame_lengths: Tensor) -> Tensor:
+        """Forward FLOPs of the selector per sample, ``[batch]`` float, for compute accounting."""
+        return torch.zeros(frame_lengths.shape[0], dtype=torch.float64, device=frame_lengths.device)

@@ -1,0 +1,415 @@
+"""The paper's selector: a small network reads the input features and picks which layers each input runs."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import SelectorOutput
+from .topk import Relaxation, TopKSelector, calibrate_threshold, threshold_mask
+
+#: Waveform samples per CNN feature-encoder frame of wav2vec2 / HuBERT / WavLM (20 ms at 16 kHz).
+CNN_FRAME_STRIDE = 320
+
+
+class LogMelFrontend(nn.Module):
+    """80-dim (by default) log-mel filterbank of a padded batch of waveforms, 25 ms windows every 10 ms.
+
+    Args:
+        sample_rate: waveform sample rate in Hz.
+        num_mels: mel bands.
+    """
+
+    def __init__(self, sample_rate: int = 16000, num_mels: int = 80) -> None:
+        super().__init__()
+        import torchaudio  # only this input mode needs it
+
+        self.sample_rate = int(sample_rate)
+        self.num_mels = int(num_mels)
+        self.window_length = round(0.025 * sample_rate)
+        self.hop_length = round(0.010 * sample_rate)
+        self.num_fft = 2 ** math.ceil(math.log2(self.window_length))
+        self.melspec = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=self.num_fft,
+            win_length=self.window_length,
+            hop_length=self.hop_length,
+            n_mels=num_mels,
+        )
+
+    def num_frames(self, num_samples: Tensor) -> Tensor:
+        """Frames produced for ``num_samples`` samples (centred windows), same shape as the input."""
+        return torch.div(num_samples, self.hop_length, rounding_mode="floor") + 1
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Compute log-mel features.
+
+        Args:
+            waveforms: ``[batch, samples]`` float, zero-padded.
+            lengths: ``[batch]`` real samples per waveform, or ``None`` when none is padded.
+
+        Returns:
+            ``(features, frame_mask)``: ``[batch, frames, num_mels]`` and ``[batch, frames]`` bool.
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must have shape [batch, samples], got {list(waveforms.shape)}")
+        features = torch.log(self.melspec(waveforms.float()) + 1e-6).transpose(1, 2)
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], device=waveforms.device)
+        frames = self.num_frames(lengths.to(waveforms.device)).clamp(max=features.shape[1])
+        frame_mask = torch.arange(features.shape[1], device=waveforms.device) < frames.unsqueeze(-1)
+        return features, frame_mask
+
+    def flops(self, num_frames: Tensor) -> Tensor:
+        """Matmul FLOPs (the mel projection; the FFT is not a matmul) for ``[batch]`` frame counts."""
+        return 2.0 * num_frames.double() * (self.num_fft // 2 + 1) * self.num_mels
+
+
+class InputConditionedSelector(TopKSelector):
+    """Reads the input features and scores every encoder layer; each input runs its best layers.
+
+    Architecture (``h = hidden_dim``): per-frame LayerNorm, linear ``C -> h``, GELU; one depthwise-separable
+    Conv1d over time (kernel ``kernel_size``, stride 2, halving the frames), GELU; masked mean and std
+    pooling over the real frames; MLP ``2h -> h``, (+ budget embedding), GELU, ``h -> N``. The output is
+    the input head's raw score ``z(x) [batch, layers]``.
+
+    Scores (``score_mode``):
+
+    * ``"prior+standardized"`` (default): ``prior[k, l] + alpha * (z_l(x) - mean_l) / std_l``. The learned
+      prior (one row per budget with ``budget_conditioning``, else one row) keeps a strong default schedule;
+      the input term is standardised per layer over the batch in training (running statistics in eval, like
+      BatchNorm without affine), so it always has unit spread across inputs and cannot shrink to nothing.
+      That is what prevents the collapse to one fixed mask seen with raw scores and the task loss alone.
+    * ``"standardized"``: the input term only (no prior): diverse masks, but forces roughly balanced use.
+    * ``"raw"``: ``z(x)`` as is; the baseline that collapses to a learned fixed schedule, for ablations.
+
+    ``alpha`` is learned by default (``learn_alpha``), bounded below by ``min_alpha`` so the input term keeps
+    a floor relative to the fixed-scale Gumbel noise. With ``budget_conditioning`` the standardisation
+    statistics are kept per budget (all budget rows are computed for every input in training, so each row's
+    batch statistics use the whole batch, whatever mix of budgets the batch has).
+
+    Selection (``mode``): ``"topk"`` runs exactly ``k`` layers; ``"threshold"`` runs the layers whose score
+    passes a per-budget threshold (at least one), so easy inputs can use fewer layers and hard ones more, with
+    the mean equal to ``k`` over the calibration data: call :meth:`calibrate` after training. Both modes train
+    with top-k.
+
+    Args:
+        num_layers: number of encoder layers ``N``.
+        feature_dim: channels ``C`` of the CNN features (ignored with ``input="fbank"``).
+        input: ``"cnn"`` reads the CNN feature-encoder output; ``"fbank"`` computes a log-mel filterbank
+            of the waveform itself (the task then passes ``waveforms`` and ``lengths`` to :meth:`forward`).
+        hidden_dim: width ``h`` of the network.
+        kernel_size: odd temporal kernel of the depthwise convolution.
+        pool_std: pool the std over frames as well as the mean.
+        budget_conditioning: embed the budget and add it before the last layer; per-budget prior.
+        score_mode: ``"prior+standardized"``, ``"standardized"`` or ``"raw"``.
+        alpha: initial (or fixed) scale of the standardised input term, ``> 0``.
+        learn_alpha: learn ``alpha`` (kept above ``min_alpha``).
+        min_alpha: lower bound of a learned ``alpha``, ``>= 0`` and ``< alpha``.
+        stats_momentum: momentum of the running statistics.
+        diversity_weight: weight of an auxiliary loss that rewards different inputs getting different relaxed
+            masks (``0.25 - batch variance`` of the soft mask, averaged over layers); 0 (default) disables it.
+        mode: ``"topk"`` or ``"threshold"``.
+        tau_start: relaxation temperature at the start of training.
+        tau_end: relaxation temperature at the end of training.
+        noise_scale: Gumbel noise multiplier in training.
+        relaxation: ``"sigmoid"`` or ``"softmax"`` relaxed top-k.
+        sample_rate: waveform sample rate for ``input="fbank"``.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        feature_dim: int = 512,
+        *,
+        input: Literal["cnn", "fbank"] = "cnn",
+        hidden_dim: int = 128,
+        kernel_size: int = 5,
+        pool_std: bool = True,
+        budget_conditioning: bool = True,
+        score_mode: Literal["prior+standardized", "standardized", "raw"] = "prior+standardized",
+        alpha: float = 1.0,
+        learn_alpha: bool = True,
+        min_alpha: float = 0.1,
+        stats_momentum: float = 0.1,
+        diversity_weight: float = 0.0,
+        mode: Literal["topk", "threshold"] = "topk",
+        tau_start: float = 1.0,
+        tau_end: float = 0.1,
+        noise_scale: float = 1.0,
+        relaxation: Relaxation = "sigmoid",
+        sample_rate: int = 16000,
+    ) -> None:
+        if input not in ("cnn", "fbank"):
+            raise ValueError(f"input must be 'cnn' or 'fbank', got {input!r}")
+        frontend = LogMelFrontend(sample_rate) if input == "fbank" else None
+        if frontend is not None:
+            feature_dim = frontend.num_mels
+        super().__init__(
+            num_layers,
+            feature_dim,
+            tau_start=tau_start,
+            tau_end=tau_end,
+            noise_scale=noise_scale,
+            relaxation=relaxation,
+        )
+        if score_mode not in ("prior+standardized", "standardized", "raw"):
+            raise ValueError(
+                f"score_mode must be 'prior+standardized', 'standardized' or 'raw', got {score_mode!r}"
+            )
+        if mode not in ("topk", "threshold"):
+            raise ValueError(f"mode must be 'topk' or 'threshold', got {mode!r}")
+        if hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be >= 1, got {hidden_dim}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        if learn_alpha and not 0 <= min_alpha < alpha:
+            raise ValueError(f"min_alpha must be in [0, alpha) = [0, {alpha}), got {min_alpha}")
+        if not 0 < stats_momentum <= 1:
+            raise ValueError(f"stats_momentum must be in (0, 1], got {stats_momentum}")
+        if diversity_weight < 0:
+            raise ValueError(f"diversity_weight must be >= 0, got {diversity_weight}")
+
+        self.input = input
+        self.hidden_dim = int(hidden_dim)
+        self.kernel_size = int(kernel_size)
+        self.stride = 2
+        self.pool_std = bool(pool_std)
+        self.budget_conditioning = bool(budget_conditioning)
+        self.score_mode = score_mode
+        self.learn_alpha = bool(learn_alpha)
+        self.min_alpha = float(min_alpha) if learn_alpha else float(alpha)
+        self.stats_momentum = float(stats_momentum)
+        self.diversity_weight = float(diversity_weight)
+        self.mode = mode
+        self.stats_eps = 1e-5
+
+        self.frontend = frontend
+        self.frame_norm = nn.LayerNorm(self.feature_dim)
+        self.frame_proj = nn.Linear(self.feature_dim, hidden_dim)
+        self.temporal_conv = nn.Conv1d(
+            hidden_dim,
+            hidden_dim,
+            kernel_size,
+            stride=self.stride,
+            padding=kernel_size // 2,
+            groups=hidden_dim,
+        )
+        self.channel_mix = nn.Conv1d(hidden_dim, hidden_dim, 1)
+        self.pooled_proj = nn.Linear(hidden_dim * (2 if pool_std else 1), hidden_dim)
+        self.budget_embedding = nn.Embedding(num_layers, hidden_dim) if budget_conditioning else None
+        self.score_head = nn.Linear(hidden_dim, num_layers)
+        if self.budget_embedding is not None:
+            nn.init.normal_(self.budget_embedding.weight, std=0.02)
+
+        num_rows = num_layers if budget_conditioning else 1
+        self.prior = (
+            nn.Parameter(torch.zeros(num_rows, num_layers)) if score_mode == "prior+standardized" else None
+        )
+        # alpha = min_alpha + (alpha_init - min_alpha) * exp(log_alpha_gain); gain 0 at init.
+        self.alpha_init = float(alpha)
+        if learn_alpha:
+            self.log_alpha_gain = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_buffer("log_alpha_gain", torch.zeros(()))
+        self.register_buffer("running_mean", torch.zeros(num_rows, num_layers))
+        self.register_buffer("running_var", torch.ones(num_rows, num_layers))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        #: Threshold per budget (index ``k - 1``) for ``mode="threshold"``; NaN = not calibrated.
+        self.register_buffer("thresholds", torch.full((num_layers,), math.nan))
+
+    @property
+    def alpha(self) -> Tensor:
+        """Current scale of the standardised input term (0-dim tensor)."""
+        return self.min_alpha + (self.alpha_init - self.min_alpha) * self.log_alpha_gain.exp()
+
+    def encode(self, features: Tensor, frame_mask: Tensor) -> Tensor:
+        """Pool the input into one vector per sample.
+
+        Args:
+            features: ``[batch, frames, feature_dim]``.
+            frame_mask: ``[batch, frames]`` bool, True on real frames.
+
+        Returns:
+            ``[batch, hidden_dim]`` hidden vector before the budget embedding.
+        """
+        frame_weight = frame_mask.unsqueeze(-1).to(features.dtype)
+        hidden = F.gelu(self.frame_proj(self.frame_norm(features))) * frame_weight
+        # zeroed padding makes the conv see the same zeros a shorter, unpadded input would see
+        hidden = F.gelu(self.channel_mix(self.temporal_conv(hidden.transpose(1, 2)))).transpose(1, 2)
+        frame_weight = frame_weight[:, :: self.stride]
+        count = frame_weight.sum(1).clamp(min=1.0)
+        mean = (hidden * frame_weight).sum(1) / count
+        pooled = mean
+        if self.pool_std:
+            var = (((hidden - mean.unsqueeze(1)) ** 2) * frame_weight).sum(1) / count
+            pooled = torch.cat([mean, (var + 1e-5).sqrt()], dim=-1)
+        return self.pooled_proj(pooled)
+
+    def raw_scores(self, hidden: Tensor, rows: Tensor | None) -> Tensor:
+        """Input head output ``z`` for the given budget rows.
+
+        Args:
+            hidden: ``[batch, hidden_dim]`` from :meth:`encode`.
+            rows: ``[batch]`` budget row per sample (``budget - 1``), or ``None`` for every row.
+
+        Returns:
+            ``[batch, layers]`` when ``rows`` is given, else ``[batch, rows, layers]``.
+        """
+        if self.budget_embedding is None:
+            z = self.score_head(F.gelu(hidden))
+            return z if rows is not None else z.unsqueeze(1)
+        if rows is not None:
+            return self.score_head(F.gelu(hidden + self.budget_embedding(rows)))
+        return self.score_head(F.gelu(hidden.unsqueeze(1) + self.budget_embedding.weight))
+
+    def standardized_scores(self, hidden: Tensor, rows: Tensor) -> Tensor:
+        """Standardised input term ``(z - mean) / std`` per layer, ``[batch, layers]``.
+
+        Training with a batch of >= 2 uses (and tracks) batch statistics, otherwise running statistics.
+        """
+        if self.training and hidden.shape[0] >= 2:
+            z_all = self.raw_scores(hidden, None)  # [batch, rows, layers]
+            mean = z_all.mean(0)
+            var = z_all.var(0, unbiased=False)
+            with torch.no_grad():
+                unbiased = var * hidden.shape[0] / (hidden.shape[0] - 1)
+                self.running_mean.lerp_(mean.detach(), self.stats_momentum)
+                self.running_var.lerp_(unbiased.detach(), self.stats_momentum)
+                self.num_batches_tracked += 1
+            batch_index = torch.arange(hidden.shape[0], device=hidden.device)
+            z = z_all[batch_index, rows]
+            return (z - mean[rows]) / (var[rows] + self.stats_eps).sqrt()
+        z = self.raw_scores(hidden, rows)
+        return (z - self.running_mean[rows]) / (self.running_var[rows] + self.stats_eps).sqrt()
+
+    def forward(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        budget: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> SelectorOutput:
+        """Select layers per input.
+
+        Args:
+            features: ``[batch, frames, feature_dim]`` CNN feature-encoder output (unused with fbank input).
+            frame_mask: ``[batch, frames]`` bool, True on real frames (unused with fbank input).
+            budget: ``[batch]`` long, layers per sample in ``1..num_layers`` (the mean with threshold mode).
+            waveforms: ``[batch, samples]`` raw audio; required with ``input="fbank"``, passed by the task.
+            lengths: ``[batch]`` real samples per waveform, or ``None`` when none is padded.
+
+        Returns:
+            :class:`SelectorOutput` with ``keep_mask [batch, layers]``, the clean (noise-free) ``scores``,
+            the weighted diversity loss when enabled, and stats (temperature, alpha, prior spread).
+        """
+        if self.frontend is not None:
+            if waveforms is None:
+                raise ValueError("waveforms must be given when input='fbank' (the task passes them)")
+            features, frame_mask = self.frontend(waveforms, lengths)
+        if features.dim() != 3 or features.shape[-1] != self.feature_dim:
+            raise ValueError(
+                f"features must have shape [batch, frames, {self.feature_dim}], got {list(features.shape)}"
+            )
+        if frame_mask.shape != features.shape[:2]:
+            raise ValueError(
+                f"frame_mask must have shape {list(features.shape[:2])}, got {list(frame_mask.shape)}"
+            )
+        budget = self.check_budget(budget, features.shape[0]).to(features.device)
+        rows = budget - 1 if self.budget_conditioning else torch.zeros_like(budget)
+
+        hidden = self.encode(features, frame_mask)
+        if self.score_mode == "raw":
+            scores = self.raw_scores(hidden, rows)
+        else:
+            scores = self.alpha * self.standardized_scores(hidden, rows)
+            if self.prior is not None:
+                scores = scores + self.prior[rows]
+
+        stats = {"temperature": torch.tensor(self.temperature), "alpha": self.alpha.detach().clone()}
+        if self.prior is not None:
+            stats["prior_spread"] = self.prior.detach().std(-1, unbiased=False).mean()
+        losses: dict[str, Tensor] = {}
+        if self.mode == "threshold" and not self.training:
+            keep_mask = threshold_mask(scores, self.thresholds_for(budget))
+            soft = None
+        else:
+            keep_mask, soft = self.select_topk(scores, budget)
+        if soft is not None and self.diversity_weight > 0:
+            losses["diversity"] = self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())
+        return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
+
+    def thresholds_for(self, budget: Tensor) -> Tensor:
+        """Calibrated threshold per sample, ``[batch]``; raises if a budget was never calibrated."""
+        thresholds = self.thresholds[budget - 1]
+        missing = torch.isnan(thresholds)
+        if bool(missing.any()):
+            budgets = sorted({int(k) for k in budget[missing]})
+            raise RuntimeError(
+                f"threshold mode: budgets {budgets} are not calibrated; call calibrate() with eval-mode "
+                "scores of validation inputs at those budgets after training"
+            )
+        return thresholds
+
+    def is_calibrated(self, budget: int) -> bool:
+        """Whether threshold mode has a threshold for ``budget``."""
+        if not 1 <= budget <= self.num_layers:
+            raise ValueError(f"budget must be in 1..{self.num_layers}, got {budget}")
+        return not bool(torch.isnan(self.thresholds[budget - 1]))
+
+    @torch.no_grad()
+    def calibrate(self, scores_by_budget: dict[int, Tensor]) -> dict[int, float]:
+        """Set the threshold of each given budget so inputs run ``k`` layers on average.
+
+        Args:
+            scores_by_budget: budget ``k`` -> ``[inputs, layers]`` eval-mode :attr:`SelectorOutput.scores` of
+                validation inputs computed at budget ``k``.
+
+        Returns:
+            budget -> mean executed layers achieved on the calibration data (within 0.5 of ``k``, counting
+            the at-least-one-layer rule).
+        """
+        achieved = {}
+        for budget, scores in scores_by_budget.items():
+            if not 1 <= int(budget) <= self.num_layers:
+                raise ValueError(f"scores_by_budget: budget must be in 1..{self.num_layers}, got {budget}")
+            if scores.dim() != 2 or scores.shape[1] != self.num_layers:
+                raise ValueError(
+                    f"scores_by_budget[{budget}] must have shape [inputs, {self.num_layers}], got {list(scores.shape)}"
+                )
+            threshold, achieved[int(budget)] = calibrate_threshold(scores, float(budget))
+            self.thresholds[int(budget) - 1] = threshold
+        return achieved
+
+    def flops(self, frame_lengths: Tensor) -> Tensor:
+        """Eval-mode forward FLOPs per sample (matmuls and convs, multiply-add = 2 FLOPs).
+
+        Args:
+            frame_lengths: ``[batch]`` CNN feature-encoder frames per sample. With ``input="fbank"`` they
+                are converted to filterbank frames through the 320-sample CNN frame stride.
+
+        Returns:
+            ``[batch]`` float64 FLOPs.
+        """
+        frames = frame_lengths.double()
+        total = torch.zeros_like(frames)
+        if self.frontend is not None:
+            samples = (frame_lengths.long() - 1).clamp(min=0) * CNN_FRAME_STRIDE + 400
+            frames = self.frontend.num_frames(samples).double()
+            total = total + self.frontend.flops(frames)
+        h = self.hidden_dim
+        pad = self.kernel_size // 2
+        conv_frames = torch.div(frames + 2 * pad - self.kernel_size, self.stride, rounding_mode="floor") + 1
+        total = total + 2 * frames * self.feature_dim * h  # frame_proj
+        total = total + 2 * conv_frames * h * self.kernel_size  # depthwise temporal_conv
+        total = total + 2 * conv_frames * h * h  # channel_mix
+        total = total + 2 * self.pooled_proj.in_features * h  # pooled_proj
+        return total + 2 * h * self.num_layers  # score_head

@@ -1,0 +1,70 @@
+"""Input-blind learned schedule: the baseline that tells whether reading the input adds anything."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import SelectorOutput
+from .topk import Relaxation, TopKSelector
+
+
+class LearnedScheduleSelector(TopKSelector):
+    """One learned score per (budget, layer); every input at budget ``k`` runs the same ``k`` layers.
+
+    Trained exactly like :class:`~ldrop.selectors.InputConditionedSelector` (Gumbel-perturbed top-k with a
+    straight-through relaxed backward pass and annealed temperature) but it never reads the input, so at
+    eval it is a fixed schedule per budget. Scores start at zero: ties go to the lower layers.
+
+    Args:
+        num_layers: number of encoder layers ``N``.
+        feature_dim: channels of the features (unused; kept for the common constructor).
+        tau_start: relaxation temperature at the start of training.
+        tau_end: relaxation temperature at the end of training.
+        noise_scale: Gumbel noise multiplier in training.
+        relaxation: ``"sigmoid"`` or ``"softmax"`` relaxed top-k.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        feature_dim: int = 1,
+        *,
+        tau_start: float = 1.0,
+        tau_end: float = 0.1,
+        noise_scale: float = 1.0,
+        relaxation: Relaxation = "sigmoid",
+    ) -> None:
+        super().__init__(
+            num_layers,
+            feature_dim,
+            tau_start=tau_start,
+            tau_end=tau_end,
+            noise_scale=noise_scale,
+            relaxation=relaxation,
+        )
+        #: ``[budgets, layers]``: row ``k - 1`` scores the layers at budget ``k``.
+        self.schedule_scores = nn.Parameter(torch.zeros(num_layers, num_layers))
+
+    def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> SelectorOutput:
+        """Select the scheduled layers of each sample's budget (``features`` and ``frame_mask`` unused).
+
+        Args:
+            features: ``[batch, frames, feature_dim]`` (only the batch size is read).
+            frame_mask: ``[batch, frames]`` bool (unused).
+            budget: ``[batch]`` long, layers per sample in ``1..num_layers``.
+
+        Returns:
+            :class:`SelectorOutput` with ``keep_mask`` and ``scores`` ``[batch, layers]``.
+        """
+        budget = self.check_budget(budget, features.shape[0]).to(self.schedule_scores.device)
+        scores = self.schedule_scores[budget - 1]
+        keep_mask, _ = self.select_topk(scores, budget)
+        return SelectorOutput(
+            keep_mask=keep_mask, scores=scores, stats={"temperature": torch.tensor(self.temperature)}
+        )
+
+    def schedule(self) -> dict[int, list[int]]:
+        """The eval-mode layers per budget, ``{k: sorted layer indices}``."""
+        order = torch.sort(self.schedule_scores.detach(), dim=-1, descending=True, stable=True).indices
+        return {k: sorted(order[k - 1, :k].tolist()) for k in range(1, self.num_layers + 1)}

@@ -1,0 +1,98 @@
+"""SpeechBackbone: the adapter reproduces the Hugging Face encoder and loads like it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, WavLMConfig
+
+from ldrop.backbones import SpeechBackbone, family_of, tiny_config
+from tests.helpers import LAYOUTS, make_backbone, padded_batch
+
+
+def test_full_pass_equals_hugging_face_last_hidden_state(backbone):
+    waves, lengths = padded_batch([8000, 6000, 3200])
+    attention = (torch.arange(waves.shape[1])[None, :] < lengths[:, None]).long()
+    with torch.no_grad():
+        reference = backbone.model(waves, attention_mask=attention).last_hidden_state
+        hidden, frame_mask = backbone(waves, lengths)
+    real = frame_mask[..., None]
+    assert torch.allclose(hidden.masked_fill(~real, 0), reference.masked_fill(~real, 0), atol=1e-5)
+
+
+def test_frame_mask_counts_cnn_output_frames(backbone):
+    waves, lengths = padded_batch([16000, 8000, 400])
+    features, frame_mask = backbone.extract_features(waves, lengths)
+    assert frame_mask.sum(1).tolist() == [49, 24, 1]
+    assert features.shape == (3, 49, backbone.feature_dim)
+    assert backbone.receptive_field == 400
+
+
+def test_shape_facts_come_from_the_config():
+    backbone = make_backbone("hubert", num_layers=3, hidden_size=48, num_heads=4, conv_channels=24)
+    assert (backbone.num_layers, backbone.hidden_size, backbone.feature_dim) == (3, 48, 24)
+
+
+def test_model_layerdrop_is_switched_off():
+    config = tiny_config("wav2vec2", layerdrop=0.3)
+    backbone = SpeechBackbone.from_config(config)
+    assert backbone.config.layerdrop == 0.0
+
+
+def test_feature_encoder_is_frozen_by_default_and_can_be_trained():
+    frozen = make_backbone("wavlm")
+    assert not any(p.requires_grad for p in frozen.model.feature_extractor.parameters())
+    trainable = SpeechBackbone.from_config(tiny_config("wavlm"), freeze_feature_encoder=False).train()
+    waves, lengths = padded_batch([4000, 4000])
+    features, _ = trainable.extract_features(waves, lengths)
+    assert features.requires_grad
+
+
+def test_too_short_waveform_names_the_receptive_field():
+    backbone = make_backbone("wavlm")
+    with pytest.raises(ValueError, match="400 samples"):
+        backbone.extract_features(torch.zeros(1, 399))
+
+
+def test_waveforms_must_be_two_dimensional():
+    with pytest.raises(ValueError, match=r"\[batch, samples\]"):
+        make_backbone("wavlm").extract_features(torch.zeros(1, 1, 1600))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[::2], ids=lambda lay: lay[0])
+def test_save_pretrained_directory_round_trips_without_missing_keys(tmp_path, layout):
+    family, stable = layout
+    original = make_backbone(family, stable)
+    original.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = SpeechBackbone.from_pretrained(tmp_path).eval()
+    assert loaded.family == family
+    waves, lengths = padded_batch([4000, 2400])
+    with torch.no_grad():
+        assert torch.equal(original(waves, lengths)[0], loaded(waves, lengths)[0])
+
+
+def test_local_directory_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        SpeechBackbone.from_pretrained(tmp_path)
+
+
+def test_checkpoint_missing_encoder_weights_is_rejected(tmp_path):
+    import safetensors.torch
+
+    make_backbone("hubert").save_pretrained(tmp_path)
+    weights = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    dropped = {k: v for k, v in weights.items() if "layers.1." not in k}
+    safetensors.torch.save_file(dropped, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks weights"):
+        SpeechBackbone.from_pretrained(tmp_path)
+
+
+def test_unsupported_model_type_is_named():
+    with pytest.raises(ValueError, match="'bert'"):
+        family_of(BertConfig())
+
+
+def test_family_is_detected_from_config():
+    assert family_of(WavLMConfig()) == "wavlm"
+    assert family_of(tiny_config("data2vec")) == "data2vec"
