@@ -1,0 +1,165 @@
+"""The ``ldrop`` command: LightningCLI (fit, validate, test, predict) plus ``compare`` and ``export``.
+
+Model and data are chosen in YAML by ``class_path`` (short names work: ``ClassificationTask``,
+``SpeechCommandsDataModule``); the task's output labels (class names, CTC characters) are linked from the
+datamodule, so they are never typed twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from ldrop.callbacks import AtomicCheckpointIO, JsonlPredictionWriter, TaskCheckpoint
+from ldrop.data import AudioDataModule, LibriSpeechDataModule, TedliumDataModule
+from ldrop.tasks import ENGLISH_CHARACTERS, LayerDropTask, build_vocabulary
+
+# Imported so that YAML can name every class by its short name.
+import ldrop.data  # noqa: F401, E402
+import ldrop.selectors  # noqa: F401, E402
+import ldrop.tasks  # noqa: F401, E402
+
+
+def model_labels(datamodule: AudioDataModule) -> list[str]:
+    """The output labels a task needs from its datamodule.
+
+    Classification: the class names in id order. CTC: the characters: the generated set's alphabet,
+    English letters for LibriSpeech and TED-LIUM, else every character of the training transcripts.
+    """
+    if datamodule.task == "classification":
+        return list(datamodule.class_names)
+    alphabet = getattr(datamodule, "alphabet", None)
+    if alphabet:
+        return sorted(set(alphabet) | {" "})
+    if isinstance(datamodule, LibriSpeechDataModule | TedliumDataModule):
+        return list(ENGLISH_CHARACTERS)
+    return build_vocabulary(datamodule.transcripts("train"))
+
+
+class LdropCLI(LightningCLI):
+    """LightningCLI with ldrop's links, checkpointing and prediction writer."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data", "model.init_args.labels", compute_fn=model_labels, apply_on="instantiate")
+        parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]):
+        # Rich progress bar and a learning-rate monitor by default, unless the user turned them off or chose
+        # their own (a default callback list in trainer_defaults would be replaced by any user list).
+        existing = [*callbacks, *(config.get("callbacks") or [])]
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in existing
+        ):
+            callbacks.append(RichProgressBar())
+        if config.get("logger", True) not in (False, None) and not any(
+            isinstance(c, LearningRateMonitor) for c in existing
+        ):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return super()._instantiate_trainer(config, callbacks)
+
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "ldrop"},
+    },
+    "plugins": [AtomicCheckpointIO()],
+    # ldrop's samplers shard batches across ranks themselves (length grouping needs whole batches).
+    "use_distributed_sampler": False,
+}
+
+
+def run_lightning(args: Sequence[str] | None = None) -> LdropCLI:
+    """Run the LightningCLI part (``fit``, ``validate``, ``test``, ``predict``)."""
+    return LdropCLI(
+        LayerDropTask,
+        AudioDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults=TRAINER_DEFAULTS,
+        parser_kwargs={"description": "ldrop: input-conditioned layer dropping for speech foundation models"},
+        args=args,
+    )
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    """``ldrop compare RUN_OR_CSV... [--out DIR] [--metric NAME] [--labels A,B,...]``."""
+    from ldrop.sweeps import compare_sweeps
+
+    parser = argparse.ArgumentParser(
+        prog="ldrop compare",
+        description="Overlay budget sweeps (run directories, budget_sweep.csv or .json files) in one plot "
+        "and one Markdown table.",
+    )
+    parser.add_argument("runs", nargs="+", help="run directories or sweep files")
+    parser.add_argument("--out", default="compare", help="output folder for compare.png and compare.md")
+    parser.add_argument("--metric", default=None, help="metric column (default: the sweeps' first metric)")
+    parser.add_argument("--labels", default=None, help="comma-separated labels, one per run")
+    ns = parser.parse_args(list(argv))
+    labels = ns.labels.split(",") if ns.labels else None
+    if labels is not None and len(labels) != len(ns.runs):
+        parser.error(f"--labels has {len(labels)} names for {len(ns.runs)} runs")
+    try:
+        table, plot = compare_sweeps(ns.runs, ns.out, metric=ns.metric, labels=labels)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        parser.error(str(err))
+    print(table)
+    print(f"\nplot: {plot}\ntable: {plot.with_name('compare.md')}")
+    return 0
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``ldrop export CHECKPOINT OUT_DIR``: a trained backbone as a ``save_pretrained`` directory."""
+    parser = argparse.ArgumentParser(
+        prog="ldrop export",
+        description="Write the backbone of a trained ldrop checkpoint as a Hugging Face save_pretrained "
+        "directory (usable as model.backbone), with the heads and selector in ldrop_task_state.pt beside it.",
+    )
+    parser.add_argument("checkpoint", help="a .ckpt written by ldrop fit")
+    parser.add_argument("out_dir", help="output directory")
+    ns = parser.parse_args(list(argv))
+    model = load_task_checkpoint(ns.checkpoint)
+    out = model.export_pretrained(ns.out_dir)
+    print(f"exported {type(model).__name__} backbone to {out}")
+    return 0
+
+
+def load_task_checkpoint(path: str) -> LayerDropTask:
+    """Load any ldrop task from a checkpoint (the task class is recorded in its hyper-parameters)."""
+    import torch
+
+    from ldrop.tasks import ClassificationTask, CTCTask
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = checkpoint.get("hyper_parameters", {})
+    cls = CTCTask if "lowercase" in hparams else ClassificationTask
+    class_path = hparams.get("_class_path")
+    if class_path:
+        import importlib
+
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    return cls.load_from_checkpoint(path, map_location="cpu")
+
+
+def main(argv: Sequence[str] | None = None) -> int | None:
+    """Entry point of the ``ldrop`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        return compare_main(argv[1:])
+    if argv and argv[0] == "export":
+        return export_main(argv[1:])
+    run_lightning(argv)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

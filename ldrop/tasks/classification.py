@@ -1,0 +1,81 @@
+"""Utterance classification (keyword spotting, sound events, emotion): pooled encoder states -> classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy
+
+from ldrop.tasks.base import LayerDropTask
+
+
+def masked_mean(hidden: Tensor, frame_mask: Tensor) -> Tensor:
+    """Mean over real frames: ``[batch, frames, dim]``, ``[batch, frames]`` -> ``[batch, dim]``."""
+    weights = frame_mask.to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class ClassificationTask(LayerDropTask):
+    """Utterance classification with masked mean pooling, a linear head, cross-entropy and accuracy.
+
+    Args:
+        labels: the class names in id order (the CLI links them from the datamodule); ``predict`` outputs
+            them. Give either ``labels`` or ``num_classes``.
+        num_classes: number of classes when there are no names (then ``predict`` outputs class ids).
+        label_smoothing: cross-entropy label smoothing.
+        **kwargs: the :class:`~ldrop.tasks.base.LayerDropTask` arguments (backbone, selector, budgets, ...).
+    """
+
+    metric_names = ("acc",)
+    higher_is_better = True
+
+    def __init__(
+        self,
+        labels: list[str] | None = None,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        if labels is None and num_classes is None:
+            raise ValueError("give the class names (labels) or num_classes")
+        if labels is not None and num_classes is not None and len(labels) != num_classes:
+            raise ValueError(f"labels has {len(labels)} names but num_classes={num_classes}")
+        if labels is not None and len(set(labels)) != len(labels):
+            raise ValueError("labels must be distinct class names")
+        self.num_classes = len(labels) if labels is not None else int(num_classes)
+        if self.num_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {self.num_classes}")
+        self.class_names = list(labels) if labels is not None else None
+        super().__init__(**kwargs)
+        self.save_hyperparameters("labels", "num_classes", "label_smoothing")
+
+    def configure_head(self) -> nn.Module:
+        return nn.Linear(self.backbone.hidden_size, self.num_classes)
+
+    def compute_logits(self, head: nn.Module, hidden: Tensor, frame_mask: Tensor) -> Tensor:
+        return head(masked_mean(hidden, frame_mask))
+
+    def task_loss(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
+        targets = batch.targets
+        if int(targets.max()) >= self.num_classes or int(targets.min()) < 0:
+            raise ValueError(f"a target class id is outside 0..{self.num_classes - 1}: {targets.tolist()}")
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams.label_smoothing)
+
+    def configure_metrics(self) -> dict[str, Metric]:
+        return {"acc": MulticlassAccuracy(num_classes=self.num_classes, average="micro")}
+
+    def update_metrics(self, metrics: dict[str, Metric], logits: Tensor, frame_mask: Tensor, batch: Any) -> None:
+        metrics["acc"].update(logits.argmax(-1), batch.targets)
+
+    def decode(self, logits: Tensor, frame_mask: Tensor) -> list[Any]:
+        ids = logits.argmax(-1).tolist()
+        if self.class_names is None:
+            return ids
+        return [self.class_names[i] for i in ids]
+
+
+__all__ = ["ClassificationTask", "masked_mean"]

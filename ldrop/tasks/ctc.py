@@ -1,0 +1,112 @@
+"""CTC speech recognition: character vocabulary, linear CTC head, greedy decoding, WER and CER."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from ldrop.tasks.base import LayerDropTask
+
+log = logging.getLogger(__name__)
+
+#: The English character set of LibriSpeech / TED-LIUM after lower-casing (space is the word separator).
+ENGLISH_CHARACTERS = list(" 'abcdefghijklmnopqrstuvwxyz")
+
+
+def build_vocabulary(transcripts: Iterable[str], lowercase: bool = True) -> list[str]:
+    """The sorted set of characters of ``transcripts`` (space included): a CTC vocabulary."""
+    chars: set[str] = set()
+    for text in transcripts:
+        chars.update(text.lower() if lowercase else text)
+    chars.discard("\n")
+    return sorted(chars | {" "})
+
+
+class CTCTask(LayerDropTask):
+    """Speech recognition with a linear CTC head over characters, greedy decoding, WER and CER.
+
+    Index 0 of the head is the CTC blank; index ``i + 1`` is ``vocabulary[i]``. The vocabulary is stored in
+    the checkpoint's hyper-parameters, so a loaded model decodes the same way.
+
+    Args:
+        labels: the output characters (a list, or a string of them); ``"english"`` for lower-case English
+            letters, apostrophe and space. The CLI links them from the datamodule.
+        lowercase: lower-case transcripts (references and training targets alike) before use.
+        **kwargs: the :class:`~ldrop.tasks.base.LayerDropTask` arguments (backbone, selector, budgets, ...).
+    """
+
+    metric_names = ("wer", "cer")
+    higher_is_better = False
+
+    def __init__(self, labels: list[str] | str = "english", lowercase: bool = True, **kwargs: Any) -> None:
+        chars = ENGLISH_CHARACTERS if labels == "english" else list(labels)
+        if len(chars) != len(set(chars)) or any(len(c) != 1 for c in chars):
+            raise ValueError(f"vocabulary must be distinct single characters, got {chars!r}")
+        if " " not in chars:
+            raise ValueError("vocabulary must contain the space character (the word separator)")
+        self.vocabulary = chars
+        self.char_to_index = {c: i + 1 for i, c in enumerate(chars)}
+        super().__init__(**kwargs)
+        self.save_hyperparameters("labels", "lowercase")
+        self._warned_unknown: set[str] = set()
+
+    def configure_head(self) -> nn.Module:
+        return nn.Linear(self.backbone.hidden_size, len(self.vocabulary) + 1)
+
+    def compute_logits(self, head: nn.Module, hidden: Tensor, frame_mask: Tensor) -> Tensor:
+        return head(hidden)
+
+    def normalize(self, text: str) -> str:
+        text = text.lower() if self.hparams.lowercase else text
+        return " ".join(text.split())
+
+    def encode_text(self, text: str) -> list[int]:
+        """Character ids of a transcript; characters outside the vocabulary are dropped (warned once)."""
+        ids = []
+        for c in self.normalize(text):
+            index = self.char_to_index.get(c)
+            if index is None:
+                if c not in self._warned_unknown:
+                    self._warned_unknown.add(c)
+                    log.warning("character %r is not in the CTC vocabulary and is dropped from targets", c)
+                continue
+            ids.append(index)
+        return ids
+
+    def task_loss(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
+        encoded = [torch.tensor(self.encode_text(t), dtype=torch.long) for t in batch.targets]
+        target_lengths = torch.tensor([len(t) for t in encoded], dtype=torch.long)
+        targets = torch.cat(encoded).to(logits.device) if encoded else torch.zeros(0, dtype=torch.long)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # [frames, batch, vocab]
+        input_lengths = frame_mask.sum(1)
+        return F.ctc_loss(log_probs, targets, input_lengths, target_lengths.to(logits.device), blank=0,
+                          reduction="mean", zero_infinity=True)
+
+    def configure_metrics(self) -> dict[str, Metric]:
+        return {"wer": WordErrorRate(), "cer": CharErrorRate()}
+
+    def update_metrics(self, metrics: dict[str, Metric], logits: Tensor, frame_mask: Tensor, batch: Any) -> None:
+        hypotheses = self.decode(logits, frame_mask)
+        references = [self.normalize(t) for t in batch.targets]
+        for metric in metrics.values():
+            metric.update(hypotheses, references)
+
+    def decode(self, logits: Tensor, frame_mask: Tensor) -> list[str]:
+        """Greedy CTC decoding: best class per frame, collapse repeats, drop blanks."""
+        best = logits.argmax(-1).masked_fill(~frame_mask, 0).cpu()
+        texts = []
+        for row in best:
+            collapsed = torch.unique_consecutive(row)
+            chars = [self.vocabulary[int(i) - 1] for i in collapsed if int(i) != 0]
+            texts.append(" ".join("".join(chars).split()))
+        return texts
+
+
+__all__ = ["CTCTask", "ENGLISH_CHARACTERS", "build_vocabulary"]

@@ -1,0 +1,178 @@
+"""GatingMixin: backbone adapter + selector + gated engine behind one ``forward(waveforms, lengths, budget)``."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ldrop.backbones import SpeechBackbone
+from ldrop.engine import ExecutionMode, run_gated_layers
+from ldrop.selectors import LayerSelector, SelectorOutput
+from ldrop.tasks.budget import Budget, resolve_budget
+
+
+@dataclass
+class GatedOutput:
+    """One gated forward pass.
+
+    Attributes:
+        hidden: ``[batch, frames, hidden]`` encoder output (zero on padding frames).
+        frame_mask: ``[batch, frames]`` bool, True on real frames.
+        keep_mask: ``[batch, layers]`` the layers each sample ran (0/1 forward values).
+        budget: ``[batch]`` long, the budget each sample was given.
+        selection: the selector's full output (scores, auxiliary losses), or ``None`` without a selector.
+        layer_states: with ``return_all``: the ``layers`` hidden states after each layer.
+    """
+
+    hidden: Tensor
+    frame_mask: Tensor
+    keep_mask: Tensor
+    budget: Tensor
+    selection: SelectorOutput | None = None
+    layer_states: list[Tensor] | None = None
+
+
+@dataclass
+class EncodedBatch:
+    """The budget-independent part of a forward pass, computed once and reused across budgets.
+
+    Attributes:
+        waveforms: ``[batch, samples]``.
+        lengths: ``[batch]`` valid samples.
+        features: ``[batch, frames, feature_dim]`` CNN features (what the selector reads).
+        frame_mask: ``[batch, frames]`` bool, True on real frames.
+        hidden: ``[batch, frames, hidden]`` input of encoder layer 0.
+    """
+
+    waveforms: Tensor
+    lengths: Tensor
+    features: Tensor
+    frame_mask: Tensor
+    hidden: Tensor
+
+
+class GatingMixin:
+    """Adds input-conditioned layer dropping to an ``nn.Module`` (a LightningModule in ldrop's tasks).
+
+    The host sets ``self.backbone`` (a :class:`~ldrop.backbones.SpeechBackbone`) and ``self.selector`` (a
+    :class:`~ldrop.selectors.LayerSelector` or ``None`` for full depth) through :meth:`configure_gating`.
+    The data path is the same in fit, validate, test and predict; the budget is an argument, not a mode:
+
+    waveform -> CNN features -> selector -> keep mask -> frontend -> gated layers -> hidden states.
+    """
+
+    backbone: SpeechBackbone
+    selector: LayerSelector | None
+
+    def configure_gating(self, backbone: SpeechBackbone, selector: LayerSelector | None) -> None:
+        """Attach the backbone and the selector (call from ``__init__``, after ``nn.Module.__init__``)."""
+        if not isinstance(self, nn.Module):
+            raise TypeError("GatingMixin must be mixed into an nn.Module")
+        self.backbone = backbone
+        self.selector = selector
+        self._selector_reads_waveform = selector is not None and "waveforms" in inspect.signature(
+            selector.forward
+        ).parameters
+
+    @property
+    def num_layers(self) -> int:
+        """``N``, the encoder layers of the backbone."""
+        return self.backbone.num_layers
+
+    def select_layers(
+        self, features: Tensor, frame_mask: Tensor, budget: Tensor, waveforms: Tensor, lengths: Tensor
+    ) -> SelectorOutput | None:
+        """Run the selector (``None`` when the model has none)."""
+        if self.selector is None:
+            return None
+        if self._selector_reads_waveform:
+            return self.selector(features, frame_mask, budget, waveforms=waveforms, lengths=lengths)
+        return self.selector(features, frame_mask, budget)
+
+    def execution_mode(self) -> ExecutionMode:
+        """Dense (differentiable) only when a trainable selector is being trained; sparse otherwise."""
+        if torch.is_grad_enabled() and self.selector is not None and self.selector.differentiable:
+            return "dense"
+        return "sparse"
+
+    def encode(self, waveforms: Tensor, lengths: Tensor | None = None) -> EncodedBatch:
+        """The budget-independent part: CNN features and the input of encoder layer 0.
+
+        Args:
+            waveforms: ``[batch, samples]`` float, zero-padded.
+            lengths: ``[batch]`` valid samples (``None``: no padding).
+        """
+        if lengths is None:
+            lengths = torch.full(
+                (waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device
+            )
+        features, frame_mask = self.backbone.extract_features(waveforms, lengths)
+        hidden = self.backbone.frontend(features, frame_mask)
+        return EncodedBatch(waveforms, lengths, features, frame_mask, hidden)
+
+    def decide(
+        self, encoded: EncodedBatch, budget: Budget | None = None
+    ) -> tuple[Tensor, Tensor, SelectorOutput | None]:
+        """Budget -> ``(keep_mask [batch, layers], budget [batch], selector output or None)``.
+
+        Raises:
+            ValueError: an invalid budget (``<= 0``, ``> N``, wrong shape).
+        """
+        batch = encoded.features.shape[0]
+        device = encoded.features.device
+        budget_t = resolve_budget(self.num_layers if budget is None else budget, self.num_layers, batch, device)
+        selection = self.select_layers(
+            encoded.features, encoded.frame_mask, budget_t, encoded.waveforms, encoded.lengths
+        )
+        if selection is None:
+            return torch.ones(batch, self.num_layers, device=device), budget_t, None
+        return selection.keep_mask, budget_t, selection
+
+    def run_layers(
+        self, encoded: EncodedBatch, keep_mask: Tensor, return_all: bool = False
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """Run the gated encoder layers: ``(hidden [batch, frames, hidden], per-layer states or None)``."""
+        result = run_gated_layers(
+            self.backbone,
+            encoded.hidden,
+            encoded.frame_mask,
+            keep_mask,
+            mode=self.execution_mode(),
+            return_all=return_all,
+        )
+        if return_all:
+            return result[0], result[1]
+        return result, None
+
+    def gated_forward(
+        self,
+        waveforms: Tensor,
+        lengths: Tensor | None = None,
+        budget: Budget | None = None,
+        keep_mask: Tensor | None = None,
+        return_all: bool = False,
+    ) -> GatedOutput:
+        """Waveforms -> encoder output under a budget.
+
+        Args:
+            waveforms: ``[batch, samples]`` float, zero-padded.
+            lengths: ``[batch]`` valid samples (``None``: no padding).
+            budget: layers (int), a fraction of the stack (float) or a ``[batch]`` tensor; ``None`` means
+                every layer.
+            keep_mask: ``[batch, layers]`` to bypass the selector (controls, early exit, diagnostics).
+            return_all: also return the state after each layer.
+
+        Raises:
+            ValueError: an invalid budget (``<= 0``, ``> N``, wrong shape).
+        """
+        encoded = self.encode(waveforms, lengths)
+        if keep_mask is None:
+            keep_mask, budget_t, selection = self.decide(encoded, budget)
+        else:
+            budget_t = keep_mask.detach().sum(1).long()
+            selection = None
+        hidden, states = self.run_layers(encoded, keep_mask, return_all)
+        return GatedOutput(hidden, encoded.frame_mask, keep_mask, budget_t, selection, states)
