@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from ldrop.callbacks import AtomicCheckpointIO, JsonlPredictionWriter, TaskCheckpoint
 from ldrop.data import AudioDataModule, LibriSpeechDataModule, TedliumDataModule
@@ -41,8 +44,32 @@ def model_labels(datamodule: AudioDataModule) -> list[str]:
     return build_vocabulary(datamodule.transcripts("train"))
 
 
+#: Model arguments that only shape evaluation: with ``--ckpt_path`` the config/command line decides them,
+#: not the checkpoint's hyper-parameters (which otherwise override the config in LightningCLI).
+EVALUATION_ARGUMENTS = frozenset({
+    "val_budgets", "test_budgets", "predict_budget", "sweep_repeats", "sweep_controls", "static_search",
+    "method_name", "exit_policy", "exit_confidence",
+})
+
+
 class LdropCLI(LightningCLI):
     """LightningCLI with ldrop's links, checkpointing and prediction writer."""
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams = {k: v for k, v in hparams.items() if k not in EVALUATION_ARGUMENTS and k != "_instantiator"}
+        hparams.pop("labels", None)  # linked from the datamodule at instantiation
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        else:
+            hparams = {"init_args": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.labels", compute_fn=model_labels, apply_on="instantiate")
@@ -61,6 +88,11 @@ class LdropCLI(LightningCLI):
             isinstance(c, LearningRateMonitor) for c in existing
         ):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            # Checkpoints are written to a temporary file and renamed: a crash never truncates one.
+            config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
         return super()._instantiate_trainer(config, callbacks)
 
 
@@ -69,7 +101,6 @@ TRAINER_DEFAULTS: dict[str, Any] = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "ldrop"},
     },
-    "plugins": [AtomicCheckpointIO()],
     # ldrop's samplers shard batches across ranks themselves (length grouping needs whole batches).
     "use_distributed_sampler": False,
 }
@@ -152,12 +183,12 @@ def load_task_checkpoint(path: str) -> LayerDropTask:
 
 def main(argv: Sequence[str] | None = None) -> int | None:
     """Entry point of the ``ldrop`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compare":
-        return compare_main(argv[1:])
-    if argv and argv[0] == "export":
-        return export_main(argv[1:])
-    run_lightning(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "compare":
+        return compare_main(args[1:])
+    if args and args[0] == "export":
+        return export_main(args[1:])
+    run_lightning(None if argv is None else args)
     return 0
 
 

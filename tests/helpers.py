@@ -36,3 +36,40 @@ def padded_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
     waves = torch.randn(len(lengths), max(lengths), generator=gen)
     waves[torch.arange(max(lengths))[None, :] >= lengths_t[:, None]] = 0.0
     return waves, lengths_t
+
+
+def tiny_classification_data(**overrides):
+    """A small generated keyword-style set (seeded) that trains in seconds."""
+    from ldrop.data import SyntheticClassificationDataModule
+
+    kwargs = dict(num_classes=4, num_train=32, num_val=16, num_test=16, batch_size=8,
+                  duration_range=(0.3, 0.5), seed=0)
+    kwargs.update(overrides)
+    return SyntheticClassificationDataModule(**kwargs)
+
+
+def tiny_ctc_data(**overrides):
+    """A small generated letter-sequence transcription set (seeded)."""
+    from ldrop.data import SyntheticCTCDataModule
+
+    kwargs = dict(num_train=32, num_val=16, num_test=16, batch_size=8, seed=0)
+    kwargs.update(overrides)
+    return SyntheticCTCDataModule(**kwargs)
+
+
+def quiet_trainer(tmp_path, **overrides):
+    """A CPU Trainer without logging, checkpoints or progress bars."""
+    import lightning as L
+
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)

@@ -1,0 +1,145 @@
+"""The ldrop command end to end: fit, test (budget sweep), predict, compare, export, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldrop.cli import load_task_checkpoint, main
+from ldrop.sweeps import load_sweep
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+SMALL = ["--data.init_args.num_train", "32", "--data.init_args.num_val", "16", "--data.init_args.num_test", "16",
+         "--data.init_args.duration_range", "[0.3, 0.5]", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false"]
+
+
+def _fit(tmp_path: Path, *extra: str) -> Path:
+    """ldrop fit on the quickstart config, shrunk; returns the run directory."""
+    main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "1",
+          "--trainer.logger.init_args.save_dir", str(tmp_path), *extra])
+    runs = sorted((tmp_path / "ldrop").glob("version_*"))
+    return runs[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return _fit(tmp_path_factory.mktemp("run"))
+
+
+def test_fit_writes_best_and_last_checkpoints_and_the_resolved_config(trained):
+    names = {p.name for p in (trained / "checkpoints").iterdir()}
+    assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
+    assert (trained / "config.yaml").is_file()
+    assert not list((trained / "checkpoints").glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_test_runs_the_budget_sweep_and_writes_every_file(trained, tmp_path):
+    main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.sweep_controls", "true"])
+    run = next((tmp_path / "ldrop").glob("version_*"))
+    for name in ("budget_sweep.csv", "budget_sweep.json", "budget_sweep.png", "layer_usage.png"):
+        assert (run / name).is_file(), name
+    rows = load_sweep(run)
+    assert [r["budget_layers"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["executed_layers"] == r["budget_layers"] for r in rows)
+    assert all(0.0 <= r["acc"] <= 1.0 and r["gflops_per_utterance"] > 0 for r in rows)
+    assert rows[0]["gflops_per_utterance"] < rows[-1]["gflops_per_utterance"]
+    assert {"acc_shuffled", "acc_most_common", "distinct_masks", "mean_hamming", "top_mask_share"} <= set(rows[0])
+
+
+def test_test_budgets_argument_picks_the_swept_budgets(trained, tmp_path):
+    main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.test_budgets", "[0.5, 1.0]"])
+    rows = load_sweep(next((tmp_path / "ldrop").glob("version_*")))
+    assert [(r["budget_layers"], r["budget_fraction"]) for r in rows] == [(2, 0.5), (4, 1.0)]
+
+
+def test_predict_writes_one_json_line_per_input(trained, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false",
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.predict_budget", "2",
+          "--predictions.output", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 16
+    assert all(len(r["executed_layers"]) == 2 and r["gflops"] > 0 and isinstance(r["output"], str) for r in records)
+
+
+def test_compare_overlays_sweeps_in_one_plot_and_table(trained, tmp_path, capsys):
+    main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path / "a"),
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")])
+    run = next((tmp_path / "a" / "ldrop").glob("version_*"))
+    assert main(["compare", str(run), str(run / "budget_sweep.csv"), "--labels", "selector,again",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare.png").is_file()
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| selector |" in table and "| again |" in table
+    assert "selector" in capsys.readouterr().out
+
+
+def test_compare_names_a_missing_run(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["compare", str(tmp_path / "nope")])
+
+
+def test_checkpoint_reload_gives_identical_predictions(trained):
+    model = load_task_checkpoint(str(trained / "checkpoints" / "last.ckpt")).eval()
+    again = load_task_checkpoint(str(trained / "checkpoints" / "last.ckpt")).eval()
+    waves = torch.randn(3, 8000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, keep_a = model(waves, None, 2)
+        b, keep_b = again(waves, None, 2)
+    assert torch.equal(a, b) and torch.equal(keep_a, keep_b)
+
+
+def test_export_gives_a_backbone_directory_that_a_new_run_starts_from(trained, tmp_path):
+    out = tmp_path / "exported"
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(out)]) == 0
+    assert (out / "config.json").is_file() and (out / "ldrop_task_state.pt").is_file()
+    model = load_task_checkpoint(str(trained / "checkpoints" / "last.ckpt"))
+    from ldrop.tasks import ClassificationTask
+
+    second = ClassificationTask(labels=model.class_names, backbone=str(out),
+                                init_from=str(out / "ldrop_task_state.pt"), selector=model.hparams.selector)
+    waves = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(waves, None, 4)[0], second.eval()(waves, None, 4)[0], atol=1e-6)
+
+
+def test_a_layer_dropping_run_starts_from_a_full_depth_checkpoint(tmp_path):
+    full = _fit(tmp_path / "full", "--model.init_args.selector", "null")
+    run = _fit(tmp_path / "drop", "--model.init_args.init_from", str(full / "checkpoints" / "last.ckpt"),
+               "--trainer.max_epochs", "1")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_interrupted_fit_resumes_from_last_checkpoint(trained, tmp_path):
+    main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "2",
+          "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")])
+    last = torch.load(next((tmp_path / "ldrop").glob("version_*")) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1  # continued from the first run's epoch 0
+
+
+def test_help_is_readable(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    assert "--model" in capsys.readouterr().out
+
+
+def test_ddp_fit_runs_two_cpu_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "ldrop.cli", "fit", "--config", QUICKSTART, *SMALL,
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "3",
+               "--trainer.limit_val_batches", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
+               "--model.init_args.selector", "RandomSelector"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in result.stderr + result.stdout or "world_size=2" in (result.stderr + result.stdout).replace(" ", "")
+    assert next((tmp_path / "ldrop").glob("version_*/checkpoints/last.ckpt")).is_file()
