@@ -164,20 +164,17 @@ def export_main(argv: Sequence[str]) -> int:
 
 
 def load_task_checkpoint(path: str) -> LayerDropTask:
-    """Load any ldrop task from a checkpoint (the task class is recorded in its hyper-parameters)."""
-    import torch
+    """Load any ldrop task from a checkpoint written by ``ldrop fit`` (the task class is recorded in it)."""
+    import importlib
 
-    from ldrop.tasks import ClassificationTask, CTCTask
-
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = checkpoint.get("hyper_parameters", {})
-    cls = CTCTask if "lowercase" in hparams else ClassificationTask
-    class_path = hparams.get("_class_path")
-    if class_path:
-        import importlib
-
-        module, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
+    class_path = checkpoint.get("ldrop_task_class")
+    if not class_path:
+        raise ValueError(f"{path!r} was not written by an ldrop task (no 'ldrop_task_class' entry)")
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
     return cls.load_from_checkpoint(path, map_location="cpu")
 
 

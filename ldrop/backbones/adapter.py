@@ -52,6 +52,21 @@ FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], str]] =
 _MODEL_TYPE_TO_FAMILY = {model_type: name for name, (_, _, model_type) in FAMILIES.items()}
 
 
+def register_family(
+    name: str, config_class: type[PretrainedConfig], model_class: type[PreTrainedModel], model_type: str
+) -> None:
+    """Make another Hugging Face speech encoder family loadable (``from_pretrained``, ``tiny_config``).
+
+    The family must have the wav2vec 2.0 layout that :class:`SpeechBackbone` drives: ``feature_extractor``,
+    ``feature_projection``, ``_mask_hidden_states`` and an ``encoder`` with ``pos_conv_embed``, ``layer_norm``,
+    ``dropout`` and ``layers`` whose layers take ``(hidden_states, attention_mask=...)``. A family whose layers
+    need more context (as WavLM's position bias) subclasses :class:`SpeechBackbone` and overrides
+    :meth:`~SpeechBackbone.prepare_layers` and :meth:`~SpeechBackbone.run_layer`.
+    """
+    FAMILIES[name] = (config_class, model_class, model_type)
+    _MODEL_TYPE_TO_FAMILY[model_type] = name
+
+
 def family_of(config: PretrainedConfig) -> str:
     """The ldrop family name of a Hugging Face config (``"wavlm"``, ``"hubert"``, ...).
 

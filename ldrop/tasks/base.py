@@ -7,6 +7,7 @@ details live here once, in one ``common_step``-style path, so that the tasks can
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import logging
@@ -36,7 +37,7 @@ from ldrop.selectors import (
     shuffle_masks,
 )
 from ldrop.sweeps import markdown_table, write_sweep
-from ldrop.tasks.budget import budget_list, budget_to_layers
+from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.mixin import EncodedBatch, GatingMixin
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,22 @@ def load_backbone(
     overrides: dict[str, Any] | None = None,
     freeze_feature_encoder: bool = True,
 ) -> SpeechBackbone:
-    """A :class:`SpeechBackbone` from a hub id, a local directory or ``"tiny:<family>"``.
+    """A :class:`SpeechBackbone` from a hub id, a local directory, ``"tiny:<family>"`` or ``"random:<family>"``.
 
     ``"tiny:<family>"`` (``wavlm``, ``hubert``, ``wav2vec2``, ``data2vec``; add ``-large`` for the pre-norm
-    layout) builds a tiny randomly initialised model for tests and the quickstart. ``pretrained=False``
+    layout) builds a tiny randomly initialised model for tests and the quickstart; ``"random:<family>"`` the
+    family's default (base-size) Hugging Face config, randomly initialised (benchmarks). ``pretrained=False``
     builds a randomly initialised model from the hub/local config (``overrides`` applied to it).
     """
     overrides = dict(overrides or {})
+    if backbone.startswith("random:"):
+        from ldrop.backbones.adapter import FAMILIES
+
+        family = backbone.split(":", 1)[1]
+        if family not in FAMILIES:
+            raise ValueError(f"unknown backbone family {family!r} in {backbone!r}; choose from {sorted(FAMILIES)}")
+        config = FAMILIES[family][0](**overrides)
+        return SpeechBackbone.from_config(config, freeze_feature_encoder=freeze_feature_encoder)
     if backbone.startswith("tiny:"):
         name = backbone.split(":", 1)[1]
         family, _, size = name.partition("-")
@@ -156,6 +166,9 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         schedule: after warm-up: ``"linear"`` decay to 0, ``"tri_stage"`` (hold, then exponential decay to
             5%), or ``"constant"``.
         method_name: label of this run in sweeps and ``ldrop compare`` (default: derived from the method).
+        statistics_batches: for selectors that standardise scores with running statistics: before each
+            validation during fit, the statistics are re-estimated on this many recent training batches,
+            so that the checkpoint's statistics match its weights (running averages lag behind them).
     """
 
     #: Name of the metric reported in sweeps; subclasses override.
@@ -193,6 +206,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         warmup: int | float = 0.1,
         schedule: Literal["linear", "tri_stage", "constant"] = "linear",
         method_name: str | None = None,
+        statistics_batches: int = 16,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["selector"])
@@ -220,6 +234,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         if init_from:
             self.load_weights_from(init_from)
         self._sweep: dict[str, Any] | None = None
+        # Recent training inputs of the selector, to refresh its standardisation statistics (see below).
+        self._recent_inputs: collections.deque = collections.deque(maxlen=statistics_batches)
 
     # ------------------------------------------------------------------ hooks for subclasses
     @abstractmethod
@@ -353,7 +369,13 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
     def logits_at_budget(self, encoded: EncodedBatch, budget: int | float | Tensor):
         """``(logits, keep_mask, selector output)`` for one budget, reusing the encoded batch."""
         if self.exit_layers:
-            k = budget_to_layers(budget, self.num_layers) if not isinstance(budget, Tensor) else int(budget.max())
+            if isinstance(budget, Tensor):
+                budgets = resolve_budget(budget, self.num_layers, encoded.hidden.shape[0], encoded.hidden.device)
+                if bool((budgets != budgets[0]).any()):
+                    raise ValueError("early exit takes one budget per batch, not a per-sample budget tensor")
+                k = int(budgets[0])
+            else:
+                k = budget_to_layers(budget, self.num_layers)
             if self.hparams.exit_policy == "confidence" and not self.training and k < self.num_layers:
                 return (*self.dynamic_exit(encoded, k), None)
             exit_layer = self.exit_layer_for(k)
@@ -464,6 +486,10 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         encoded = self.encode(batch.waveforms, batch.lengths)
+        if self.selector is not None and self.selector.tracks_statistics:
+            self._recent_inputs.append(
+                (encoded.features.detach(), encoded.frame_mask, batch.waveforms.detach(), batch.lengths)
+            )
         losses: dict[str, Tensor] = {}
         if self.exit_layers:
             weights = [float(k) if self.hparams.exit_loss_weights == "linear" else 1.0 for k in self.exit_layers]
@@ -513,8 +539,30 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         return sum(p.sum() for p in params) * 0.0
 
     # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def refresh_selector_statistics(self) -> None:
+        """Re-estimate the selector's standardisation statistics on the recent training inputs."""
+        if self.selector is None or not self.selector.tracks_statistics or not self._recent_inputs:
+            return
+        self.selector.reset_statistics()
+        for features, frame_mask, waveforms, lengths in self._recent_inputs:
+            self.selector.update_statistics(features, frame_mask, waveforms=waveforms, lengths=lengths)
+
     def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self.refresh_selector_statistics()
         self._val_metrics = {k: self._metrics_on_device() for k in self.val_budget_list}
+
+    def on_train_end(self) -> None:
+        self.refresh_selector_statistics()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ldrop_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # A checkpoint saved without a validation pass still gets statistics that match its weights.
+        if self.selector is not None and self.selector.tracks_statistics and self._recent_inputs:
+            self.refresh_selector_statistics()
+            for name, buffer in self.selector.named_buffers():
+                checkpoint["state_dict"][f"selector.{name}"] = buffer.detach().clone()
 
     def _metrics_on_device(self) -> dict[str, Metric]:
         return {name: metric.to(self.device) for name, metric in self.configure_metrics().items()}
@@ -572,8 +620,9 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             features, frame_mask = self.backbone.extract_features(batch.waveforms, batch.lengths)
             for k in scores:
                 budget = torch.full((len(batch),), k, dtype=torch.long, device=self.device)
-                out = self.select_layers(features, frame_mask, budget, batch.waveforms, batch.lengths)
-                scores[k].append(out.scores.float().cpu())
+                out = self.selector.score(features, frame_mask, budget, waveforms=batch.waveforms,
+                                          lengths=batch.lengths)
+                scores[k].append((out.scores if hasattr(out, "scores") else out).float().cpu())
         return self.selector.calibrate({k: torch.cat(v) for k, v in scores.items()})
 
     @torch.no_grad()

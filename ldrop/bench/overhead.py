@@ -1,0 +1,177 @@
+"""``python -m ldrop.bench overhead``: what the selector costs, and what each method costs to train.
+
+Two measurements at base size (randomly initialised weights; timing does not depend on them):
+
+1. Selector overhead: the input-conditioned selector's parameters and FLOPs as a share of the backbone's,
+   and its wall time as a share of the full inference forward on the same batch.
+2. Training-step time of each method (input-conditioned, learned schedule, random dropping, static subset,
+   early exit) relative to plain full-depth fine-tuning, on the same batch: forward + backward + AdamW step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ldrop.bench.speedup import machine_info, write_json_atomic
+from ldrop.engine.flops import count_forward_flops
+from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
+from ldrop.tasks import ClassificationTask
+
+METHODS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "input_conditioned": {"selector": InputConditionedSelector},
+    "learned_schedule": {"selector": LearnedScheduleSelector},
+    "random": {"selector": RandomSelector},
+    "static": {"selector": StaticSelector},
+    "early_exit": {"early_exit": True},
+}
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _batch(batch_size: int, seconds: float, classes: int, seed: int = 0):
+    from ldrop.data import AudioBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    samples = int(seconds * 16000)
+    return AudioBatch(
+        waveforms=torch.randn(batch_size, samples, generator=gen),
+        lengths=torch.full((batch_size,), samples, dtype=torch.long),
+        targets=torch.randint(classes, (batch_size,), generator=gen),
+        ids=[str(i) for i in range(batch_size)],
+    )
+
+
+def selector_overhead(backbone: str, batch_size: int, seconds: float, repeats: int, warmup: int) -> dict[str, Any]:
+    """Parameters, FLOPs and wall time of the default input-conditioned selector vs the full backbone."""
+    model = ClassificationTask(num_classes=10, backbone=backbone, selector=InputConditionedSelector).eval()
+    batch = _batch(batch_size, seconds, 10)
+    backbone_params = sum(p.numel() for p in model.backbone.parameters())
+    selector_params = sum(p.numel() for p in model.selector.parameters())
+    with torch.inference_mode():
+        features, frame_mask = model.backbone.extract_features(batch.waveforms, batch.lengths)
+        frames = frame_mask.sum(1)
+        budget = torch.full((batch_size,), model.num_layers // 2, dtype=torch.long)
+        selector_flops = float(model.selector.flops(frames).sum())
+        full_flops = float(count_forward_flops(model.backbone.config, batch.lengths).total.sum())
+        t_selector = _median_time(lambda: model.selector(features, frame_mask, budget), repeats, warmup)
+        t_full = _median_time(lambda: model.backbone(batch.waveforms, batch.lengths), repeats, warmup)
+    return {
+        "backbone_params": backbone_params,
+        "selector_params": selector_params,
+        "params_pct": 100.0 * selector_params / backbone_params,
+        "selector_gflops": selector_flops / 1e9,
+        "full_gflops": full_flops / 1e9,
+        "flops_pct": 100.0 * selector_flops / full_flops,
+        "selector_ms": 1000 * t_selector,
+        "full_forward_ms": 1000 * t_full,
+        "time_pct": 100.0 * t_selector / t_full,
+    }
+
+
+def training_step_times(backbone: str, batch_size: int, seconds: float, repeats: int, warmup: int,
+                        methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Seconds per training step (forward, backward, AdamW) of each method on one fixed batch."""
+    batch = _batch(batch_size, seconds, 10)
+    records = []
+    for name in methods:
+        torch.manual_seed(0)
+        model = ClassificationTask(num_classes=10, backbone=backbone, **METHODS[name]).train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        budget = model.num_layers // 2
+
+        def step() -> None:
+            encoded = model.encode(batch.waveforms, batch.lengths)
+            if model.exit_layers:
+                states = model._exit_states(encoded)
+                loss = sum(model.task_loss(model.compute_logits(model.head_for(k), h, encoded.frame_mask),
+                                           encoded.frame_mask, batch) for k, h in states) / len(states)
+            else:
+                logits, _, _ = model.logits_at_budget(encoded, budget)
+                loss = model.task_loss(logits, encoded.frame_mask, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        records.append({"method": name, "step_seconds": _median_time(step, repeats, warmup),
+                        "budget_layers": budget if METHODS[name] and not model.exit_layers else model.num_layers})
+        del model, optimizer
+    full = next((r["step_seconds"] for r in records if r["method"] == "full"), None)
+    for record in records:
+        record["relative_to_full"] = record["step_seconds"] / full if full else None
+    return records
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ldrop.bench overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="wavlm", choices=["wavlm", "hubert", "wav2vec2", "data2vec"])
+    parser.add_argument("--size", default="base", choices=["base", "tiny"], help="tiny: for smoke tests")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=4.0, help="audio seconds per input")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ",".join(METHODS))
+    parser.add_argument("--skip-training", action="store_true", help="only the selector overhead")
+    parser.add_argument("--json", default=None, help="write the results here (atomically)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        build_parser().error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    backbone = f"{'random' if args.size == 'base' else 'tiny'}:{args.backbone}"
+    result: dict[str, Any] = {
+        "machine": machine_info(torch.device("cpu")),
+        "backbone": args.backbone,
+        "batch_size": args.batch_size,
+        "seconds": args.seconds,
+        "size": args.size,
+        "selector": selector_overhead(backbone, args.batch_size, args.seconds, args.repeats, args.warmup),
+    }
+    sel = result["selector"]
+    print(f"selector: {sel['selector_params']:,} params ({sel['params_pct']:.3f}% of the backbone), "
+          f"{sel['flops_pct']:.3f}% of the forward FLOPs, {sel['time_pct']:.2f}% of the full forward's wall time "
+          f"({sel['selector_ms']:.2f} ms vs {sel['full_forward_ms']:.1f} ms)")
+    if not args.skip_training:
+        result["training"] = training_step_times(backbone, args.batch_size, args.seconds, args.repeats,
+                                                 args.warmup, methods)
+        print("\n| method | budget (layers) | s / step | vs full-depth fine-tuning |\n|---|---|---|---|")
+        for r in result["training"]:
+            rel = f"{r['relative_to_full']:.2f}x" if r["relative_to_full"] else "n/a"
+            print(f"| {r['method']} | {r['budget_layers']} | {r['step_seconds']:.3f} | {rel} |")
+    if args.json:
+        write_json_atomic(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
