@@ -75,6 +75,19 @@ class LdropCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.labels", compute_fn=model_labels, apply_on="instantiate")
         parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+        parser.add_argument(
+            "--inputs",
+            type=list[str] | None,
+            default=None,
+            help="predict only: audio files or folders to predict on instead of the datamodule's predict split",
+        )
+
+    def after_instantiate_classes(self) -> None:
+        inputs = self._get(self.config, "inputs") if self.subcommand else self.config.get("inputs")
+        if inputs:
+            if self.subcommand != "predict":
+                raise ValueError("--inputs applies to 'ldrop predict' only")
+            self.datamodule.predict_on_files(inputs)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]):
         # Rich progress bar and a learning-rate monitor by default, unless the user turned them off or chose
@@ -116,7 +129,11 @@ def run_lightning(args: Sequence[str] | None = None) -> LdropCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults=TRAINER_DEFAULTS,
-        parser_kwargs={"description": "ldrop: input-conditioned layer dropping for speech foundation models"},
+        parser_kwargs={
+            "description": "ldrop: input-conditioned layer dropping for speech foundation models. Besides the "
+            "Lightning subcommands below: 'ldrop compare RUN...' overlays budget sweeps, 'ldrop export CKPT DIR' "
+            "writes a trained backbone as a save_pretrained folder.",
+        },
         args=args,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from lightning import LightningDataModule
@@ -13,6 +14,9 @@ from torch.utils.data import DataLoader
 from ldrop.data.batch import collate_audio
 from ldrop.data.datasets import AudioDataset, AudioFileDataset, AudioItem, SubsetAudioDataset, resolve_items
 from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler
+
+#: File endings ``predict_on_files`` picks up in folders (formats libsndfile reads).
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".sph", ".ogg", ".aiff", ".aif"})
 
 __all__ = ["AudioDataModule", "DatasetLayoutError", "Split", "Task"]
 
@@ -63,7 +67,8 @@ class AudioDataModule(LightningDataModule):
         num_workers: DataLoader worker processes.
         max_batch_seconds: when set, batches hold at most this many seconds of padded audio
             (``batch * longest``) and their size varies; ``batch_size`` is then ignored.
-        group_by_length: batch items of similar duration together (less padding).
+        group_by_length: batch items of similar duration together (less padding); dynamic batches are
+            always grouped.
         max_train_seconds: longest training clip; ``None`` for no limit. Evaluation splits are never cut.
         long_clip_policy: what happens to a longer training clip: ``"crop"`` a random window of
             ``max_train_seconds`` (classification only) or ``"filter"`` it out.
@@ -142,6 +147,10 @@ class AudioDataModule(LightningDataModule):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement list_items() or build_dataset()")
 
+    def has_split(self, split: Split) -> bool:
+        """Whether the module defines ``split`` (all built-in datasets define all four)."""
+        return True
+
     def build_dataset(self, split: Split) -> AudioDataset:
         """Build the dataset of ``split``, before the training length limits are applied.
 
@@ -167,7 +176,7 @@ class AudioDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets the stage needs (``fit``: train and val; ``validate``; ``test``; ``predict``)."""
         for split in _STAGE_SPLITS[stage]:
-            if split not in self.datasets:
+            if split not in self.datasets and self.has_split(split):
                 self.datasets[split] = self._prepared_dataset(split)
 
     def dataset(self, split: Split) -> AudioDataset:
@@ -192,11 +201,54 @@ class AudioDataModule(LightningDataModule):
         Callable before :meth:`setup` (it then reads only the transcript files).
         """
         if self.task != "ctc":
-            raise AttributeError(f"{type(self).__name__} is a classification DataModule: it has no transcripts")
+            raise AttributeError(
+                f"{type(self).__name__} is a classification DataModule: it has no transcripts"
+            )
         return [str(t) for t in self.targets(split)]
 
+    #: Files ``predict`` reads instead of the predict split, set by :meth:`predict_on_files`.
+    predict_files: list[str] | None = None
+
+    def predict_on_files(self, paths: Sequence[str | os.PathLike]) -> list[str]:
+        """Make ``predict`` read these audio files (folders are searched recursively) instead of a split.
+
+        Targets are placeholders (class 0 or an empty transcript); ids are the file paths. Returns the files.
+
+        Raises:
+            FileNotFoundError: a path that does not exist, or folders holding no audio file.
+        """
+        files: list[str] = []
+        for raw in paths:
+            path = Path(raw)
+            if path.is_dir():
+                found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+                files += found
+            elif path.is_file():
+                files.append(str(path))
+            else:
+                raise FileNotFoundError(f"predict input {str(path)!r} does not exist")
+        if not files:
+            raise FileNotFoundError(
+                f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in the predict inputs {list(map(str, paths))}"
+            )
+        self.predict_files = files
+        self.datasets.pop("predict", None)
+        return files
+
+    def _files_dataset(self, paths: Sequence[str]) -> AudioDataset:
+        target: int | str = 0 if self.task == "classification" else ""
+        items = [AudioItem(id=p, path=p, target=target) for p in paths]
+        good, bad = resolve_items(items, self.sample_rate, self.skip_bad_files, split="predict")
+        self.num_bad_files["predict"] = len(bad)
+        if bad:
+            log.warning("%s: skipped %d unreadable predict input(s): %s", type(self).__name__, len(bad), bad[:10])
+        return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
+
     def _prepared_dataset(self, split: Split) -> AudioDataset:
-        dataset = self.build_dataset(split)
+        if split == "predict" and self.predict_files:
+            dataset = self._files_dataset(self.predict_files)
+        else:
+            dataset = self.build_dataset(split)
         if split == "train" and self.max_train_seconds is not None:
             max_samples = int(self.max_train_seconds * self.sample_rate)
             if self.long_clip_policy == "crop":
@@ -214,13 +266,14 @@ class AudioDataModule(LightningDataModule):
                     dataset = SubsetAudioDataset(dataset, keep)
         if len(dataset) == 0:
             raise ValueError(f"{type(self).__name__}: split '{split}' has no items left")
-        hours = sum(dataset.lengths) / self.sample_rate / 3600
+        seconds = sum(dataset.lengths) / self.sample_rate
         log.info(
-            "%s: %s split: %d items, %.2f h of audio, %d bad item(s) skipped",
+            "%s: %s split: %d items, %.1f s (%.2f h) of audio, %d bad item(s) skipped",
             type(self).__name__,
             split,
             len(dataset),
-            hours,
+            seconds,
+            seconds / 3600,
             self.num_bad_files.get(split, 0),
         )
         return dataset

@@ -143,3 +143,26 @@ def test_ddp_fit_runs_two_cpu_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in result.stderr + result.stdout or "world_size=2" in (result.stderr + result.stdout).replace(" ", "")
     assert next((tmp_path / "ldrop").glob("version_*/checkpoints/last.ckpt")).is_file()
+
+
+def test_predict_on_a_folder_of_audio_files(trained, tmp_path):
+    import soundfile as sf
+
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.wav", "b.flac", "sub/c.wav"]):
+        sf.write(folder / name, torch.randn(4000 + 800 * i).numpy() * 0.1, 16000)
+    (folder / "notes.txt").write_text("not audio")
+    out = tmp_path / "pred.jsonl"
+    main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false",
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.predict_budget", "0.5",
+          "--inputs", f"[{folder}]", "--predictions.output", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["id"]).name for r in records) == ["a.wav", "b.flac", "c.wav"]
+    assert all(len(r["executed_layers"]) == 2 for r in records)
+
+
+def test_predict_inputs_that_do_not_exist_are_named(trained, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false",
+              "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--inputs", f"[{tmp_path / 'nope'}]"])
