@@ -111,7 +111,9 @@ class LibriSpeechDataModule(AudioDataModule):
         nested = os.path.join(self.root, "LibriSpeech")
         if os.path.isdir(nested):
             return nested
-        if os.path.isdir(self.root) and any(os.path.isdir(os.path.join(self.root, s)) for s in LIBRISPEECH_SUBSETS):
+        if os.path.isdir(self.root) and any(
+            os.path.isdir(os.path.join(self.root, s)) for s in LIBRISPEECH_SUBSETS
+        ):
             return self.root
         raise layout_error("LibriSpeech root", nested, LIBRISPEECH_LAYOUT)
 
@@ -121,8 +123,12 @@ class LibriSpeechDataModule(AudioDataModule):
         for subset in self.subsets[split]:
             subset_dir = os.path.join(corpus, subset)
             if not os.path.isdir(subset_dir):
-                raise layout_error(f"LibriSpeech subset '{subset}' (split '{split}')", subset_dir, LIBRISPEECH_LAYOUT)
-            transcript_files = sorted(glob.glob(os.path.join(glob.escape(subset_dir), "*", "*", "*.trans.txt")))
+                raise layout_error(
+                    f"LibriSpeech subset '{subset}' (split '{split}')", subset_dir, LIBRISPEECH_LAYOUT
+                )
+            transcript_files = sorted(
+                glob.glob(os.path.join(glob.escape(subset_dir), "*", "*", "*.trans.txt"))
+            )
             if not transcript_files:
                 raise layout_error(
                     f"transcript files (*.trans.txt) of subset '{subset}'", subset_dir, LIBRISPEECH_LAYOUT
@@ -143,6 +149,10 @@ def _read_chapter(transcript_file: str) -> list[AudioItem]:
                 continue
             utt_id, _, text = line.partition(" ")
             if not text.strip():
-                raise ValueError(f"{transcript_file}:{line_no}: no transcript after the utterance id {utt_id!r}")
-            items.append(AudioItem(id=utt_id, path=os.path.join(chapter_dir, f"{utt_id}.flac"), target=text.strip()))
+                raise ValueError(
+                    f"{transcript_file}:{line_no}: no transcript after the utterance id {utt_id!r}"
+                )
+            items.append(
+                AudioItem(id=utt_id, path=os.path.join(chapter_dir, f"{utt_id}.flac"), target=text.strip())
+            )
     return items

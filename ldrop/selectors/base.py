@@ -41,6 +41,9 @@ class LayerSelector(nn.Module, ABC):
 
     #: Whether ``keep_mask`` carries gradients in training (then the engine runs its differentiable path).
     differentiable: bool = False
+    #: Whether the selector keeps running statistics that :meth:`update_statistics` should refresh after
+    #: training (over some training batches, after :meth:`reset_statistics`).
+    tracks_statistics: bool = False
 
     def __init__(self, num_layers: int, feature_dim: int) -> None:
         super().__init__()
@@ -52,13 +55,24 @@ class LayerSelector(nn.Module, ABC):
         self.feature_dim = int(feature_dim)
 
     @abstractmethod
-    def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> SelectorOutput:
+    def forward(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        budget: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> SelectorOutput:
         """Select layers.
 
         Args:
             features: ``[batch, frames, feature_dim]`` CNN feature-encoder output.
             frame_mask: ``[batch, frames]`` bool, True on real (non-padding) frames.
             budget: ``[batch]`` long, layers each sample may run, each in ``1..num_layers``.
+            waveforms: optional ``[batch, samples]`` raw audio, for selectors that read it (e.g. a
+                filterbank front end); the task may always pass it, the other selectors ignore it.
+            lengths: optional ``[batch]`` real samples per waveform.
 
         Returns:
             A :class:`SelectorOutput` whose ``keep_mask`` is ``[batch, num_layers]``.
@@ -92,6 +106,19 @@ class LayerSelector(nn.Module, ABC):
                 f"got min {int(budget.min())}, max {int(budget.max())}"
             )
         return budget
+
+    def reset_statistics(self) -> None:
+        """Forget running statistics (no-op unless :attr:`tracks_statistics`)."""
+
+    def update_statistics(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> None:
+        """Fold one batch into the running statistics (no-op unless :attr:`tracks_statistics`)."""
 
     def set_progress(self, progress: float) -> None:
         """Training progress in ``[0, 1]`` (for annealed schedules); called by the task each step."""

@@ -23,13 +23,23 @@ class FullSelector(LayerSelector):
     def __init__(self, num_layers: int, feature_dim: int = 1) -> None:
         super().__init__(num_layers, feature_dim)
 
-    def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> SelectorOutput:
+    def forward(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        budget: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> SelectorOutput:
         """All ones, ``[batch, num_layers]`` (``frame_mask`` unused, ``budget`` only validated).
 
         Args:
             features: ``[batch, frames, feature_dim]`` (only batch size and device are read).
             frame_mask: ``[batch, frames]`` bool (unused).
             budget: ``[batch]`` long in ``1..num_layers``; ignored.
+            waveforms: ``[batch, samples]`` raw audio (unused).
+            lengths: ``[batch]`` real samples per waveform (unused).
 
         Returns:
             :class:`SelectorOutput` with ``keep_mask [batch, layers]`` all ones.

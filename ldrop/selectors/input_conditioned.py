@@ -79,7 +79,7 @@ class InputConditionedSelector(TopKSelector):
 
     Scores (``score_mode``):
 
-    * ``"prior+standardized"`` (default): ``prior[k, l] + alpha * (z_l(x) - mean_l) / std_l``. The learned
+    * ``"prior+standardized"`` (default): ``prior[k, l] + alpha_l * (z_l(x) - mean_l) / std_l``. The learned
       prior (one row per budget with ``budget_conditioning``, else one row) keeps a strong default schedule;
       the input term is standardised per layer over the batch in training (running statistics in eval, like
       BatchNorm without affine), so it always has unit spread across inputs and cannot shrink to nothing.
@@ -87,10 +87,18 @@ class InputConditionedSelector(TopKSelector):
     * ``"standardized"``: the input term only (no prior): diverse masks, but forces roughly balanced use.
     * ``"raw"``: ``z(x)`` as is; the baseline that collapses to a learned fixed schedule, for ablations.
 
-    ``alpha`` is learned by default (``learn_alpha``), bounded below by ``min_alpha`` so the input term keeps
-    a floor relative to the fixed-scale Gumbel noise. With ``budget_conditioning`` the standardisation
+    ``alpha`` has one entry per layer, learned by default (``learn_alpha``) and bounded below by ``min_alpha``
+    so the input term keeps a floor relative to the prior and the fixed-scale Gumbel noise. Per layer, because
+    the input matters more for some layers than others: the model turns the input term up where the best
+    choice depends on the input and down to near the floor where it does not (its learned values are a
+    diagnostic of exactly that). With ``budget_conditioning`` the standardisation
     statistics are kept per budget (all budget rows are computed for every input in training, so each row's
     batch statistics use the whole batch, whatever mix of budgets the batch has).
+
+    The running statistics are an exponential average over recent training steps, so they lag behind the
+    weights; the lag matters when the raw input spread is small next to how fast the weights move (short or
+    high-learning-rate training). After training, refresh them with :meth:`reset_statistics` and
+    :meth:`update_statistics` over some training batches (as ``torch.optim.swa_utils.update_bn`` does).
 
     Selection (``mode``): ``"topk"`` runs exactly ``k`` layers; ``"threshold"`` runs the layers whose score
     passes a per-budget threshold (at least one), so easy inputs can use fewer layers and hard ones more, with
@@ -107,10 +115,11 @@ class InputConditionedSelector(TopKSelector):
         pool_std: pool the std over frames as well as the mean.
         budget_conditioning: embed the budget and add it before the last layer; per-budget prior.
         score_mode: ``"prior+standardized"``, ``"standardized"`` or ``"raw"``.
-        alpha: initial (or fixed) scale of the standardised input term, ``> 0``.
-        learn_alpha: learn ``alpha`` (kept above ``min_alpha``).
+        alpha: initial (or fixed) scale of the standardised input term, ``> 0``, the same for every layer.
+        learn_alpha: learn one ``alpha`` per layer (kept above ``min_alpha``).
         min_alpha: lower bound of a learned ``alpha``, ``>= 0`` and ``< alpha``.
-        stats_momentum: momentum of the running statistics.
+        stats_momentum: momentum of the running statistics (a cumulative average over the first
+            ``1 / stats_momentum`` training batches).
         diversity_weight: weight of an auxiliary loss that rewards different inputs getting different relaxed
             masks (``0.25 - batch variance`` of the soft mask, averaged over layers); 0 (default) disables it.
         mode: ``"topk"`` or ``"threshold"``.
@@ -188,7 +197,9 @@ class InputConditionedSelector(TopKSelector):
         self.stats_momentum = float(stats_momentum)
         self.diversity_weight = float(diversity_weight)
         self.mode = mode
-        self.stats_eps = 1e-5
+        self.tracks_statistics = score_mode != "raw"
+        # small: the standardised term must keep unit spread even when the raw spread is tiny
+        self.stats_eps = 1e-8
 
         self.frontend = frontend
         self.frame_norm = nn.LayerNorm(self.feature_dim)
@@ -212,12 +223,12 @@ class InputConditionedSelector(TopKSelector):
         self.prior = (
             nn.Parameter(torch.zeros(num_rows, num_layers)) if score_mode == "prior+standardized" else None
         )
-        # alpha = min_alpha + (alpha_init - min_alpha) * exp(log_alpha_gain); gain 0 at init.
+        # alpha = min_alpha + (alpha_init - min_alpha) * exp(log_alpha_gain), per layer; gain 0 at init.
         self.alpha_init = float(alpha)
         if learn_alpha:
-            self.log_alpha_gain = nn.Parameter(torch.zeros(()))
+            self.log_alpha_gain = nn.Parameter(torch.zeros(num_layers))
         else:
-            self.register_buffer("log_alpha_gain", torch.zeros(()))
+            self.register_buffer("log_alpha_gain", torch.zeros(num_layers))
         self.register_buffer("running_mean", torch.zeros(num_rows, num_layers))
         self.register_buffer("running_var", torch.ones(num_rows, num_layers))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
@@ -226,7 +237,7 @@ class InputConditionedSelector(TopKSelector):
 
     @property
     def alpha(self) -> Tensor:
-        """Current scale of the standardised input term (0-dim tensor)."""
+        """Current scale of the standardised input term per layer, ``[layers]``."""
         return self.min_alpha + (self.alpha_init - self.min_alpha) * self.log_alpha_gain.exp()
 
     def encode(self, features: Tensor, frame_mask: Tensor) -> Tensor:
@@ -278,16 +289,109 @@ class InputConditionedSelector(TopKSelector):
             z_all = self.raw_scores(hidden, None)  # [batch, rows, layers]
             mean = z_all.mean(0)
             var = z_all.var(0, unbiased=False)
-            with torch.no_grad():
-                unbiased = var * hidden.shape[0] / (hidden.shape[0] - 1)
-                self.running_mean.lerp_(mean.detach(), self.stats_momentum)
-                self.running_var.lerp_(unbiased.detach(), self.stats_momentum)
-                self.num_batches_tracked += 1
+            # cumulative average over the first 1 / momentum batches, then exponential: the running
+            # statistics are usable after a few batches instead of starting biased towards (0, 1)
+            self._track_statistics(z_all, max(self.stats_momentum, 1.0 / (int(self.num_batches_tracked) + 1)))
             batch_index = torch.arange(hidden.shape[0], device=hidden.device)
             z = z_all[batch_index, rows]
             return (z - mean[rows]) / (var[rows] + self.stats_eps).sqrt()
         z = self.raw_scores(hidden, rows)
         return (z - self.running_mean[rows]) / (self.running_var[rows] + self.stats_eps).sqrt()
+
+    @torch.no_grad()
+    def _track_statistics(self, z_all: Tensor, momentum: float) -> None:
+        """Fold the batch statistics of ``z_all [batch, rows, layers]`` into the running statistics."""
+        self.running_mean.lerp_(z_all.mean(0), momentum)
+        self.running_var.lerp_(z_all.var(0, unbiased=True), momentum)
+        self.num_batches_tracked += 1
+
+    def reset_statistics(self) -> None:
+        """Forget the running statistics (mean 0, variance 1, no batches tracked)."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    @torch.no_grad()
+    def update_statistics(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> None:
+        """Fold one batch into the running statistics as an equal-weight cumulative average.
+
+        The running statistics of training lag behind the weights (an exponential average over recent
+        steps); after training, :meth:`reset_statistics` and then this over some training batches gives
+        statistics of the final weights (like ``torch.optim.swa_utils.update_bn`` / precise BatchNorm).
+        Mode-independent, no gradient, no selection; batches of fewer than 2 inputs are skipped. Arguments
+        as in :meth:`forward` (no budget: every budget row is updated).
+        """
+        features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
+        if features.shape[0] < 2:
+            return
+        z_all = self.raw_scores(self.encode(features, frame_mask), None)
+        self._track_statistics(z_all, 1.0 / (int(self.num_batches_tracked) + 1))
+
+    def score(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        budget: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> Tensor:
+        """The clean (noise-free) layer scores, without selecting; what :meth:`calibrate` needs.
+
+        Call it in eval mode on validation inputs at each budget (threshold mode cannot run
+        :meth:`forward` before calibration). Arguments as in :meth:`forward`.
+
+        Returns:
+            ``[batch, layers]`` scores.
+        """
+        return self._scores(features, frame_mask, budget, waveforms, lengths)[0]
+
+    def _read_input(
+        self, features: Tensor, frame_mask: Tensor, waveforms: Tensor | None, lengths: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The features this selector reads (its own filterbank with ``input="fbank"``), validated."""
+        if self.frontend is not None:
+            if waveforms is None:
+                raise ValueError("waveforms must be given when input='fbank' (the task passes them)")
+            features, frame_mask = self.frontend(waveforms, lengths)
+        if features.dim() != 3 or features.shape[-1] != self.feature_dim:
+            raise ValueError(
+                f"features must have shape [batch, frames, {self.feature_dim}], got {list(features.shape)}"
+            )
+        if frame_mask.shape != features.shape[:2]:
+            raise ValueError(
+                f"frame_mask must have shape {list(features.shape[:2])}, got {list(frame_mask.shape)}"
+            )
+        return features, frame_mask
+
+    def _scores(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        budget: Tensor,
+        waveforms: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
+        budget = self.check_budget(budget, features.shape[0]).to(features.device)
+        rows = budget - 1 if self.budget_conditioning else torch.zeros_like(budget)
+
+        hidden = self.encode(features, frame_mask)
+        if self.score_mode == "raw":
+            scores = self.raw_scores(hidden, rows)
+        else:
+            scores = self.alpha * self.standardized_scores(hidden, rows)
+            if self.prior is not None:
+                scores = scores + self.prior[rows]
+
+        return scores, budget
 
     def forward(
         self,
@@ -309,32 +413,15 @@ class InputConditionedSelector(TopKSelector):
 
         Returns:
             :class:`SelectorOutput` with ``keep_mask [batch, layers]``, the clean (noise-free) ``scores``,
-            the weighted diversity loss when enabled, and stats (temperature, alpha, prior spread).
+            the weighted diversity loss when enabled, and stats (temperature, mean and max alpha, prior spread).
         """
-        if self.frontend is not None:
-            if waveforms is None:
-                raise ValueError("waveforms must be given when input='fbank' (the task passes them)")
-            features, frame_mask = self.frontend(waveforms, lengths)
-        if features.dim() != 3 or features.shape[-1] != self.feature_dim:
-            raise ValueError(
-                f"features must have shape [batch, frames, {self.feature_dim}], got {list(features.shape)}"
-            )
-        if frame_mask.shape != features.shape[:2]:
-            raise ValueError(
-                f"frame_mask must have shape {list(features.shape[:2])}, got {list(frame_mask.shape)}"
-            )
-        budget = self.check_budget(budget, features.shape[0]).to(features.device)
-        rows = budget - 1 if self.budget_conditioning else torch.zeros_like(budget)
-
-        hidden = self.encode(features, frame_mask)
-        if self.score_mode == "raw":
-            scores = self.raw_scores(hidden, rows)
-        else:
-            scores = self.alpha * self.standardized_scores(hidden, rows)
-            if self.prior is not None:
-                scores = scores + self.prior[rows]
-
-        stats = {"temperature": torch.tensor(self.temperature), "alpha": self.alpha.detach().clone()}
+        scores, budget = self._scores(features, frame_mask, budget, waveforms, lengths)
+        alpha = self.alpha.detach()
+        stats = {
+            "temperature": torch.tensor(self.temperature),
+            "alpha_mean": alpha.mean(),
+            "alpha_max": alpha.max(),
+        }
         if self.prior is not None:
             stats["prior_spread"] = self.prior.detach().std(-1, unbiased=False).mean()
         losses: dict[str, Tensor] = {}
@@ -370,8 +457,8 @@ class InputConditionedSelector(TopKSelector):
         """Set the threshold of each given budget so inputs run ``k`` layers on average.
 
         Args:
-            scores_by_budget: budget ``k`` -> ``[inputs, layers]`` eval-mode :attr:`SelectorOutput.scores` of
-                validation inputs computed at budget ``k``.
+            scores_by_budget: budget ``k`` -> ``[inputs, layers]`` eval-mode scores of validation inputs
+                at budget ``k``, from :meth:`score` (or :attr:`SelectorOutput.scores` of a top-k run).
 
         Returns:
             budget -> mean executed layers achieved on the calibration data (within 0.5 of ``k``, counting

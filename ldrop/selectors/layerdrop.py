@@ -56,13 +56,23 @@ class RandomSelector(LayerSelector):
         self.seed = int(seed)
         self.generator.manual_seed(self.seed)
 
-    def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> SelectorOutput:
+    def forward(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        budget: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> SelectorOutput:
         """Random (or evenly spaced) layers per sample (``features`` and ``frame_mask`` unused).
 
         Args:
             features: ``[batch, frames, feature_dim]`` (only batch size and device are read).
             frame_mask: ``[batch, frames]`` bool (unused).
             budget: ``[batch]`` long, layers per sample in ``1..num_layers``.
+            waveforms: ``[batch, samples]`` raw audio (unused).
+            lengths: ``[batch]`` real samples per waveform (unused).
 
         Returns:
             :class:`SelectorOutput` with ``keep_mask [batch, layers]``.

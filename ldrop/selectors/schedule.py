@@ -46,13 +46,23 @@ class LearnedScheduleSelector(TopKSelector):
         #: ``[budgets, layers]``: row ``k - 1`` scores the layers at budget ``k``.
         self.schedule_scores = nn.Parameter(torch.zeros(num_layers, num_layers))
 
-    def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> SelectorOutput:
+    def forward(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        budget: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> SelectorOutput:
         """Select the scheduled layers of each sample's budget (``features`` and ``frame_mask`` unused).
 
         Args:
             features: ``[batch, frames, feature_dim]`` (only the batch size is read).
             frame_mask: ``[batch, frames]`` bool (unused).
             budget: ``[batch]`` long, layers per sample in ``1..num_layers``.
+            waveforms: ``[batch, samples]`` raw audio (unused).
+            lengths: ``[batch]`` real samples per waveform (unused).
 
         Returns:
             :class:`SelectorOutput` with ``keep_mask`` and ``scores`` ``[batch, layers]``.

@@ -153,13 +153,23 @@ class StaticSelector(LayerSelector):
             if bool(row.any())
         }
 
-    def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> SelectorOutput:
+    def forward(
+        self,
+        features: Tensor,
+        frame_mask: Tensor,
+        budget: Tensor,
+        *,
+        waveforms: Tensor | None = None,
+        lengths: Tensor | None = None,
+    ) -> SelectorOutput:
         """The fixed subset of each sample's budget (``features`` and ``frame_mask`` unused).
 
         Args:
             features: ``[batch, frames, feature_dim]`` (only the batch size is read).
             frame_mask: ``[batch, frames]`` bool (unused).
             budget: ``[batch]`` long, layers per sample in ``1..num_layers``.
+            waveforms: ``[batch, samples]`` raw audio (unused).
+            lengths: ``[batch]`` real samples per waveform (unused).
 
         Returns:
             :class:`SelectorOutput` with ``keep_mask [batch, layers]``.

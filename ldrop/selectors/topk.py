@@ -1,7 +1,7 @@
 """Hard top-k layer masks and their straight-through Gumbel relaxation, shared by the trainable selectors.
 
 Forward values are always the exact 0/1 top-k mask; in training the backward pass follows a relaxed
-(soft) top-k of Gumbel-perturbed scores, ``keep_mask = hard + soft - soft.detach()``.
+(soft) top-k of Gumbel-perturbed scores, ``keep_mask = hard + (soft - soft.detach())``.
 """
 
 from __future__ import annotations
@@ -83,13 +83,14 @@ def relaxed_topk_mask(
         lower = sorted_scores.gather(-1, k.clamp(0, num_layers - 1).unsqueeze(-1))
         soft = torch.sigmoid((scores - 0.5 * (upper + lower)) / temperature)
     elif method == "softmax":
-        logits = scores / temperature
+        keys = scores  # damped in log space after each round, then divided by the temperature
+        tiny = torch.finfo(scores.dtype).tiny
         soft = torch.zeros_like(scores)
         for round_index in range(int(k.max().clamp(max=num_layers - 1)) if k.numel() else 0):
-            pick = torch.softmax(logits, dim=-1)
+            pick = torch.softmax(keys / temperature, dim=-1)
             active = (round_index < k).to(scores.dtype).unsqueeze(-1)
             soft = soft + active * pick
-            logits = logits + torch.log1p(-pick.clamp(max=1.0 - 1e-6))
+            keys = keys + torch.log((1.0 - pick).clamp(min=tiny))
     else:
         raise ValueError(f"method must be 'sigmoid' or 'softmax', got {method!r}")
     soft = torch.where(full, torch.ones_like(soft), soft)
@@ -124,7 +125,8 @@ def straight_through_topk(
         perturbed = scores + noise_scale * gumbel_like(scores, generator)
     hard = hard_topk_mask(perturbed, k)
     soft = relaxed_topk_mask(perturbed, k, temperature, method)
-    return hard + soft - soft.detach(), soft
+    # (soft - soft.detach()) is exactly 0 in the forward pass, so keep_mask is exactly 0/1
+    return hard + (soft - soft.detach()), soft
 
 
 def annealed_temperature(progress: float, start: float, end: float) -> float:

@@ -1,0 +1,188 @@
+"""Loading benchmark: seconds of audio per second of wall time through each DataModule's train loader.
+
+Each dataset's layout is built at benchmark scale in a temporary folder with the builders of
+:mod:`ldrop.data.fixtures` (real FLAC, NIST SPHERE and 44.1 kHz WAV files, realistic clip lengths), then
+its training DataLoader is iterated with ``--workers`` worker processes. Run::
+
+    python -m ldrop.bench.loading --dataset all --workers 2 --json loading.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldrop.data import (
+    AudioDataModule,
+    ESC50DataModule,
+    LibriSpeechDataModule,
+    SpeechCommandsDataModule,
+    SyntheticClassificationDataModule,
+    SyntheticCTCDataModule,
+    TedliumDataModule,
+)
+from ldrop.data.fixtures import (
+    make_esc50_tree,
+    make_librispeech_tree,
+    make_speech_commands_tree,
+    make_tedlium_tree,
+)
+
+__all__ = ["DATASETS", "benchmark_loading", "machine_info", "main"]
+
+DATASETS = ("librispeech", "tedlium", "speechcommands", "esc50", "synthetic-cls", "synthetic-ctc")
+
+
+def _n(count: float, scale: float) -> int:
+    return max(1, round(count * scale))
+
+
+def _build(name: str, folder: Path, scale: float, common: dict[str, Any]) -> AudioDataModule:
+    """Write ``name``'s layout under ``folder`` and return its DataModule."""
+    builders: dict[str, Callable[[], AudioDataModule]] = {
+        "librispeech": lambda: LibriSpeechDataModule(
+            make_librispeech_tree(
+                folder, speakers=_n(4, scale), chapters=2, utterances=_n(8, scale), seconds=(2.0, 16.0)
+            ).root,
+            **common,
+        ),
+        "tedlium": lambda: TedliumDataModule(
+            make_tedlium_tree(
+                folder, train_talks=_n(4, scale), segments_per_talk=20, seconds=(2.0, 12.0)
+            ).root,
+            **common,
+        ),
+        "speechcommands": lambda: SpeechCommandsDataModule(
+            make_speech_commands_tree(folder, clips_per_word=2 + _n(10, scale)).root, num_classes=12, **common
+        ),
+        "esc50": lambda: ESC50DataModule(
+            make_esc50_tree(folder, targets=range(_n(50, min(scale, 1.0))), seconds=5.0).root, **common
+        ),
+        "synthetic-cls": lambda: SyntheticClassificationDataModule(num_train=_n(1024, scale), **common),
+        "synthetic-ctc": lambda: SyntheticCTCDataModule(num_train=_n(1024, scale), **common),
+    }
+    return builders[name]()
+
+
+def benchmark_loading(
+    dataset: str,
+    workers: int = 2,
+    batch_size: int = 8,
+    epochs: int = 2,
+    scale: float = 1.0,
+    root: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Build ``dataset`` at benchmark scale and time full passes over its training loader.
+
+    Args:
+        dataset: one of :data:`DATASETS`.
+        workers: DataLoader worker processes.
+        batch_size: items per batch.
+        epochs: timed passes (each starts its workers anew, as Lightning does without persistent workers).
+        scale: multiplies the number of files written (1.0 = a few hundred seconds of audio per dataset).
+        root: folder to build in; default a temporary folder removed afterwards.
+
+    Returns:
+        ``dataset``, ``items``, ``batches``, ``audio_seconds`` (per pass), ``setup_seconds`` (listing and
+        header checks), ``wall_seconds`` (mean per pass), ``audio_seconds_per_second``, ``workers``.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
+    with tempfile.TemporaryDirectory(prefix=f"ldrop-bench-{dataset}-", dir=root) as tmp:
+        dm = _build(dataset, Path(tmp), scale, {"batch_size": batch_size, "num_workers": workers})
+        start = time.perf_counter()
+        dm.setup("fit")
+        setup_seconds = time.perf_counter() - start
+        loader = dm.train_dataloader()
+        walls, samples, batches = [], 0, 0
+        for epoch in range(epochs):
+            loader.batch_sampler.set_epoch(epoch)
+            samples, batches = 0, 0
+            start = time.perf_counter()
+            for batch in loader:
+                samples += int(batch.lengths.sum())
+                batches += 1
+            walls.append(time.perf_counter() - start)
+        audio_seconds = samples / dm.sample_rate
+        wall = sum(walls) / len(walls)
+        return {
+            "dataset": dataset,
+            "items": len(dm.dataset("train")),
+            "batches": batches,
+            "audio_seconds": round(audio_seconds, 2),
+            "setup_seconds": round(setup_seconds, 3),
+            "wall_seconds": round(wall, 3),
+            "audio_seconds_per_second": round(audio_seconds / wall, 1),
+            "workers": workers,
+        }
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count and library versions, to print next to the numbers."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    header = "| dataset | train items | audio (s) | setup (s) | wall / pass (s) | audio s / wall s |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(
+            f"| {r['dataset']} | {r['items']} | {r['audio_seconds']:.1f} | {r['setup_seconds']:.2f} | "
+            f"{r['wall_seconds']:.2f} | {r['audio_seconds_per_second']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m ldrop.bench.loading [--dataset NAME|all] [--workers N] [--json PATH]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ldrop.bench.loading", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2, help="timed passes per dataset (default 2)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of files written")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    names = DATASETS if args.dataset == "all" else (args.dataset,)
+    results = [
+        benchmark_loading(
+            name, workers=args.workers, batch_size=args.batch_size, epochs=args.epochs, scale=args.scale
+        )
+        for name in names
+    ]
+    info = machine_info()
+    print(f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, torch {info['torch']}")
+    print(f"workers={args.workers} batch_size={args.batch_size} epochs={args.epochs} scale={args.scale}")
+    print(_table(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"machine": info, "args": vars(args) | {"json": str(args.json)},
+                                         "results": results}, indent=2) + "\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Data modules: audio in, :class:`AudioBatch` out. They know no model.
+
+Every DataModule is an :class:`AudioDataModule` (a ``lightning.LightningDataModule``) with a ``task``
+(``"classification"`` or ``"ctc"``), reads audio with soundfile as mono float32 at ``sample_rate``, and
+yields padded :class:`AudioBatch` objects from length-grouped or dynamic, DDP-aware batch samplers.
+"""
+
+from ldrop.data.audio import AudioInfo, AudioReadError, audio_info, read_audio, resample
+from ldrop.data.base import AudioDataModule, DatasetLayoutError, Split, Task
+from ldrop.data.batch import AudioBatch, AudioExample, collate_audio
+from ldrop.data.datasets import AudioDataset, AudioFileDataset, AudioItem, SubsetAudioDataset, resolve_items
+from ldrop.data.esc50 import ESC10_TARGETS, ESC50_CLASSES, ESC50_FOLDS, ESC50DataModule, summarize_folds
+from ldrop.data.librispeech import LIBRISPEECH_SUBSETS, LibriSpeechDataModule
+from ldrop.data.manifest import ManifestDataModule, read_manifest
+from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler
+from ldrop.data.speechcommands import KEYWORDS_12, SPEECH_COMMANDS_WORDS, SpeechCommandsDataModule
+from ldrop.data.synthetic import (
+    SyntheticClassificationDataModule,
+    SyntheticClassificationDataset,
+    SyntheticCTCDataModule,
+    SyntheticCTCDataset,
+)
+from ldrop.data.tedlium import TedliumDataModule, read_stm
+from ldrop.data.text import normalize_tedlium_transcript
+
+__all__ = [
+    "AudioBatch",
+    "AudioDataModule",
+    "AudioDataset",
+    "AudioExample",
+    "AudioFileDataset",
+    "AudioInfo",
+    "AudioItem",
+    "AudioReadError",
+    "DatasetLayoutError",
+    "DynamicBatchSampler",
+    "ESC10_TARGETS",
+    "ESC50_CLASSES",
+    "ESC50_FOLDS",
+    "ESC50DataModule",
+    "KEYWORDS_12",
+    "LIBRISPEECH_SUBSETS",
+    "LengthGroupedSampler",
+    "LibriSpeechDataModule",
+    "ManifestDataModule",
+    "SPEECH_COMMANDS_WORDS",
+    "SpeechCommandsDataModule",
+    "Split",
+    "SubsetAudioDataset",
+    "SyntheticCTCDataModule",
+    "SyntheticCTCDataset",
+    "SyntheticClassificationDataModule",
+    "SyntheticClassificationDataset",
+    "Task",
+    "TedliumDataModule",
+    "audio_info",
+    "collate_audio",
+    "normalize_tedlium_transcript",
+    "read_audio",
+    "read_manifest",
+    "read_stm",
+    "resample",
+    "resolve_items",
+    "summarize_folds",
+]

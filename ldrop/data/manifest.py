@@ -1,0 +1,253 @@
+"""Users' own corpora, listed in CSV/TSV or JSON-lines manifests (one per split)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Literal
+
+from ldrop.data.base import AudioDataModule, Split, Task, layout_error
+from ldrop.data.datasets import AudioItem
+
+__all__ = ["ManifestDataModule", "read_manifest"]
+
+MANIFEST_LAYOUT = """\
+A .csv/.tsv file with a header row, or a .jsonl file with one JSON object per line, with the fields
+  path      audio file, absolute or relative to the manifest's folder        (required)
+  label     class name (task=classification)                                (required for classification)
+  text      transcript (task=ctc)                                           (required for ctc)
+  offset    start in seconds                                                (optional, default 0)
+  duration  length in seconds                                               (optional, default: to the end)
+  id        item id                                                         (optional, default: path[@offset])"""
+
+
+def read_manifest(path: str, task: Task) -> list[dict[str, Any]]:
+    """Read a manifest into records with keys ``path`` (resolved), ``target`` (str), ``offset``, ``duration``, ``id``.
+
+    Args:
+        path: the manifest (``.csv``, ``.tsv`` or ``.jsonl``/``.json`` with one object per line).
+        task: ``"classification"`` reads the ``label`` field, ``"ctc"`` the ``text`` field.
+
+    Returns:
+        One record per row, in file order.
+
+    Raises:
+        DatasetLayoutError: if the manifest is missing or lacks a required column.
+        ValueError: on a malformed row (naming the manifest and line).
+    """
+    if not os.path.isfile(path):
+        raise layout_error("manifest", path, MANIFEST_LAYOUT)
+    target_key = "label" if task == "classification" else "text"
+    base = os.path.dirname(os.path.abspath(path))
+    ext = os.path.splitext(path)[1].lower()
+    with open(path, encoding="utf-8", newline="") as f:
+        if ext in (".jsonl", ".json", ".ndjson"):
+            rows = []
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{line_no}: not a JSON object ({err})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{line_no}: not a JSON object")
+                rows.append((line_no, row))
+        elif ext in (".csv", ".tsv"):
+            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
+            missing = {"path", target_key} - set(reader.fieldnames or ())
+            if missing:
+                raise layout_error(f"column(s) {sorted(missing)} in manifest {path}", path, MANIFEST_LAYOUT)
+            rows = list(enumerate(reader, start=2))
+        else:
+            raise ValueError(f"manifest {path}: unknown extension {ext!r} (use .csv, .tsv or .jsonl)")
+    records = []
+    for line_no, row in rows:
+        where = f"{path}:{line_no}"
+        if not row.get("path") or row.get(target_key) is None:
+            raise ValueError(f"{where}: needs a 'path' and a '{target_key}' field\n{MANIFEST_LAYOUT}")
+        audio = os.path.expanduser(str(row["path"]))
+        offset = _seconds(row.get("offset"), where, "offset") or 0.0
+        duration = _seconds(row.get("duration"), where, "duration")
+        if duration is not None and duration <= 0:
+            raise ValueError(f"{where}: duration must be positive, got {duration}")
+        item_id = row.get("id") or (str(row["path"]) + (f"@{offset:g}" if offset else ""))
+        records.append(
+            {
+                "path": audio if os.path.isabs(audio) else os.path.join(base, audio),
+                "target": str(row[target_key]).strip(),
+                "offset": offset,
+                "duration": duration,
+                "id": str(item_id),
+                "where": where,
+            }
+        )
+    return records
+
+
+def _seconds(value: Any, where: str, name: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {name} must be a number of seconds, got {value!r}") from None
+    if seconds < 0:
+        raise ValueError(f"{where}: {name} must be >= 0, got {seconds}")
+    return seconds
+
+
+class ManifestDataModule(AudioDataModule):
+    """Classification or CTC on your own audio, listed in one manifest per split.
+
+    A manifest is a ``.csv``/``.tsv`` with a header or a ``.jsonl`` file, with the fields ``path``
+    (absolute, or relative to the manifest's folder), ``label`` (classification) or ``text`` (CTC), and
+    optionally ``offset`` and ``duration`` in seconds (to use a segment of a longer file; only that
+    segment is decoded) and ``id``. Example CSV::
+
+        path,label,offset,duration
+        clips/a.wav,dog,,
+        long/b.flac,cat,12.5,3.0
+
+    For classification the class list is ``class_names`` when given (a label outside it is an error), else
+    the sorted distinct labels of the training manifest (numerically sorted when all labels are integers);
+    it is available from :attr:`class_names` / :attr:`num_classes` once the training manifest has been
+    read (on first access, or at :meth:`setup`). A label of another split outside that list is an error.
+
+    Args:
+        train_manifest: manifest of the training split.
+        val_manifest: manifest of the validation split (``None``: no validation loop).
+        test_manifest: manifest of the test split.
+        predict_manifest: manifest of the predict split; ``None`` = the test manifest.
+        task: ``"classification"`` or ``"ctc"``.
+        class_names: the classes, in id order (classification).
+        root: folder that relative manifest paths (the manifest files, not the audio) are relative to.
+        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
+        num_workers: DataLoader worker processes.
+        max_batch_seconds: audio budget per dynamic batch, in seconds.
+        group_by_length: batch items of similar duration together.
+        max_train_seconds: longest training item.
+        long_clip_policy: ``"crop"`` or ``"filter"`` longer training items; ``None`` = crop for
+            classification, filter for CTC (the only valid choice there).
+        skip_bad_files: skip unreadable files (logged) instead of raising.
+        seed: batch-order seed.
+        sample_rate: output sample rate.
+        min_samples: shorter clips are zero-padded to this length.
+        pin_memory: pin batches in page-locked memory.
+    """
+
+    def __init__(
+        self,
+        train_manifest: str | None = None,
+        val_manifest: str | None = None,
+        test_manifest: str | None = None,
+        predict_manifest: str | None = None,
+        task: Task = "classification",
+        class_names: list[str] | None = None,
+        root: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_batch_seconds: float | None = None,
+        group_by_length: bool = True,
+        max_train_seconds: float | None = None,
+        long_clip_policy: Literal["crop", "filter"] | None = None,
+        skip_bad_files: bool = False,
+        seed: int = 0,
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        pin_memory: bool = False,
+    ) -> None:
+        if task not in ("classification", "ctc"):
+            raise ValueError(f"task must be 'classification' or 'ctc', got {task!r}")
+        self.task = task  # set before the base checks the clip policy against it
+        super().__init__(
+            root=root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            max_batch_seconds=max_batch_seconds,
+            group_by_length=group_by_length,
+            max_train_seconds=max_train_seconds,
+            long_clip_policy=long_clip_policy or ("crop" if task == "classification" else "filter"),
+            skip_bad_files=skip_bad_files,
+            seed=seed,
+            sample_rate=sample_rate,
+            min_samples=min_samples,
+            pin_memory=pin_memory,
+        )
+        if class_names is not None:
+            if task != "classification":
+                raise ValueError("class_names only applies to task='classification'")
+            class_names = [str(c) for c in class_names]
+            if len(set(class_names)) != len(class_names) or not class_names:
+                raise ValueError(f"class_names must be distinct and non-empty, got {class_names}")
+        self._class_names = class_names
+        predict = predict_manifest if predict_manifest is not None else test_manifest
+        self.manifests: dict[str, str | None] = {
+            split: self._resolve(m)
+            for split, m in (
+                ("train", train_manifest),
+                ("val", val_manifest),
+                ("test", test_manifest),
+                ("predict", predict),
+            )
+        }
+        if not any(self.manifests.values()):
+            raise ValueError("give at least one manifest (train_manifest, val_manifest, test_manifest, ...)")
+
+    def _resolve(self, manifest: str | None) -> str | None:
+        if manifest is None:
+            return None
+        manifest = os.path.expanduser(manifest)
+        return manifest if os.path.isabs(manifest) or self.root is None else os.path.join(self.root, manifest)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes in id order (classification); read from the training manifest if not given."""
+        if self.task != "classification":
+            raise AttributeError("class_names only exists for task='classification'")
+        if self._class_names is None:
+            train = self.manifests["train"]
+            if train is None:
+                raise ValueError(
+                    "without a train_manifest, pass class_names (in the order the model was trained on)"
+                )
+            labels = {r["target"] for r in read_manifest(train, "classification")}
+            if not labels:
+                raise ValueError(f"the training manifest {train} has no rows")
+            numeric = all(_is_int(label) for label in labels)
+            self._class_names = sorted(labels, key=int) if numeric else sorted(labels)
+        return self._class_names
+
+    def list_items(self, split: Split) -> list[AudioItem]:
+        manifest = self.manifests[split]
+        if manifest is None:
+            raise ValueError(f"ManifestDataModule has no manifest for split '{split}'")
+        records = read_manifest(manifest, self.task)
+        items = []
+        if self.task == "classification":
+            index = {name: i for i, name in enumerate(self.class_names)}
+            for r in records:
+                if r["target"] not in index:
+                    raise ValueError(
+                        f"{r['where']}: label {r['target']!r} is not in the class list {self.class_names}"
+                    )
+                items.append(AudioItem(r["id"], r["path"], index[r["target"]], r["offset"], r["duration"]))
+        else:
+            items = [AudioItem(r["id"], r["path"], r["target"], r["offset"], r["duration"]) for r in records]
+        return items
+
+    def has_split(self, split: Split) -> bool:
+        return self.manifests[split] is not None
+
+    def val_dataloader(self):
+        # No validation manifest: an empty list tells Lightning to skip the validation loop.
+        return [] if self.manifests["val"] is None else super().val_dataloader()
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,252 @@
+"""Speech Commands v0.02 (one-second spoken words, 16 kHz WAV) for keyword spotting."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+import numpy as np
+
+from ldrop.data.audio import AudioReadError, audio_info
+from ldrop.data.base import AudioDataModule, Split, layout_error
+from ldrop.data.datasets import AudioItem
+
+__all__ = [
+    "BACKGROUND_NOISE_DIR",
+    "KEYWORDS_12",
+    "SILENCE",
+    "SPEECH_COMMANDS_WORDS",
+    "SpeechCommandsDataModule",
+    "UNKNOWN",
+]
+
+SPEECH_COMMANDS_WORDS: tuple[str, ...] = (
+    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
+    "backward", "forward", "follow", "learn", "visual",
+)  # fmt: skip
+KEYWORDS_12: tuple[str, ...] = SPEECH_COMMANDS_WORDS[:10]
+UNKNOWN = "_unknown_"
+SILENCE = "_silence_"
+BACKGROUND_NOISE_DIR = "_background_noise_"
+
+SPEECH_COMMANDS_LAYOUT = """\
+<root>/<word>/<speaker>_nohash_<n>.wav   (35 word folders: yes, no, up, ..., visual)
+<root>/_background_noise_/*.wav          (needed for the 12-class task's _silence_ class)
+<root>/validation_list.txt, <root>/testing_list.txt   (one '<word>/<file>.wav' per line)
+(<root> is the extracted speech_commands_v0.02 archive)"""
+
+TEST_SET_LAYOUT = """\
+<test_root>/<class>/*.wav   (the 12 folders yes, no, up, down, left, right, on, off, stop, go, _unknown_,
+_silence_ of the separate speech_commands_test_set_v0.02 archive)"""
+
+log = logging.getLogger("ldrop.data")
+
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "predict": 2}
+
+
+class SpeechCommandsDataModule(AudioDataModule):
+    """Speech Commands v0.02 keyword spotting, as the 35-word task or the 12-class task.
+
+    * ``num_classes=35``: every word folder is a class (order of :data:`SPEECH_COMMANDS_WORDS`).
+      Validation = ``validation_list.txt``, test = ``testing_list.txt``, train = every other clip outside
+      ``_background_noise_``.
+    * ``num_classes=12`` (SUPERB KS): the 10 words yes, no, up, down, left, right, on, off, stop, go,
+      then ``_unknown_`` (every clip of the other 25 words) and ``_silence_``: random 1 s crops of the
+      ``_background_noise_`` recordings, ``silence_fraction`` times as many as the split's word clips,
+      positions drawn from ``(seed, split)`` so every run and worker sees the same crops. Crops are read
+      with soundfile ``start``/``stop``. ``test_root`` may point at the separate official 12-class test
+      archive, whose folders are the 12 classes.
+
+    Ids are paths relative to the root (``right/a69b9b3e_nohash_0.wav``), and
+    ``_silence_/<noise file>@<first frame>`` for silence crops. The predict split is the test split.
+
+    Args:
+        root: the extracted ``speech_commands_v0.02`` folder.
+        num_classes: 35 (all words) or 12 (10 keywords, ``_unknown_``, ``_silence_``).
+        silence_fraction: 12-class task: number of ``_silence_`` crops per split, as a fraction of the
+            split's word clips.
+        test_root: 12-class task: the extracted ``speech_commands_test_set_v0.02`` folder to test on
+            instead of ``testing_list.txt``.
+        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
+        num_workers: DataLoader worker processes.
+        max_batch_seconds: audio budget per dynamic batch, in seconds.
+        group_by_length: batch clips of similar duration together.
+        max_train_seconds: longest training clip.
+        long_clip_policy: ``"crop"`` or ``"filter"`` longer training clips.
+        skip_bad_files: skip unreadable files (logged) instead of raising.
+        seed: seed of the batch order and of the silence crops.
+        sample_rate: output sample rate.
+        min_samples: shorter clips are zero-padded to this length.
+        pin_memory: pin batches in page-locked memory.
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        root: str,
+        num_classes: Literal[12, 35] = 35,
+        silence_fraction: float = 0.1,
+        test_root: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_batch_seconds: float | None = None,
+        group_by_length: bool = True,
+        max_train_seconds: float | None = None,
+        long_clip_policy: Literal["crop", "filter"] = "crop",
+        skip_bad_files: bool = False,
+        seed: int = 0,
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            root=root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            max_batch_seconds=max_batch_seconds,
+            group_by_length=group_by_length,
+            max_train_seconds=max_train_seconds,
+            long_clip_policy=long_clip_policy,
+            skip_bad_files=skip_bad_files,
+            seed=seed,
+            sample_rate=sample_rate,
+            min_samples=min_samples,
+            pin_memory=pin_memory,
+        )
+        if num_classes not in (12, 35):
+            raise ValueError(f"num_classes must be 12 or 35, got {num_classes!r}")
+        if silence_fraction < 0:
+            raise ValueError(f"silence_fraction must be >= 0, got {silence_fraction}")
+        if test_root is not None and num_classes != 12:
+            raise ValueError("test_root (the official 12-class test archive) needs num_classes=12")
+        self.variant = num_classes
+        self.silence_fraction = silence_fraction
+        self.test_root = os.path.expanduser(test_root) if test_root is not None else None
+        self.class_names: list[str] = (
+            list(SPEECH_COMMANDS_WORDS) if num_classes == 35 else [*KEYWORDS_12, UNKNOWN, SILENCE]
+        )
+
+    def class_of_word(self, word: str, path: str) -> int:
+        """Class id of a clip in folder ``word``; a folder that is no Speech Commands word is an error."""
+        if self.variant == 35:
+            if word in SPEECH_COMMANDS_WORDS:
+                return SPEECH_COMMANDS_WORDS.index(word)
+        elif word in KEYWORDS_12:
+            return KEYWORDS_12.index(word)
+        elif word in SPEECH_COMMANDS_WORDS:
+            return self.class_names.index(UNKNOWN)
+        raise ValueError(
+            f"label {word!r} of {path} is not a Speech Commands v0.02 word (class list: {self.class_names})"
+        )
+
+    def list_items(self, split: Split) -> list[AudioItem]:
+        root = self._checked_root()
+        if split in ("test", "predict") and self.test_root is not None:
+            return self._official_test_items()
+        held_out = {
+            "val": _read_list(os.path.join(root, "validation_list.txt")),
+            "test": _read_list(os.path.join(root, "testing_list.txt")),
+        }
+        if split == "train":
+            excluded = held_out["val"] | held_out["test"]
+            relpaths = [p for p in _word_clips(root) if p not in excluded]
+        else:
+            relpaths = sorted(held_out["val" if split == "val" else "test"])
+        items = []
+        for rel in relpaths:
+            word = rel.split("/", 1)[0]
+            path = os.path.join(root, *rel.split("/"))
+            items.append(AudioItem(id=rel, path=path, target=self.class_of_word(word, path)))
+        if self.variant == 12 and self.silence_fraction > 0:
+            items += self._silence_items(root, split, round(self.silence_fraction * len(items)))
+        return items
+
+    def _checked_root(self) -> str:
+        assert self.root is not None
+        for name in ("validation_list.txt", "testing_list.txt"):
+            path = os.path.join(self.root, name)
+            if not os.path.isfile(path):
+                raise layout_error(f"Speech Commands list file {name}", path, SPEECH_COMMANDS_LAYOUT)
+        return self.root
+
+    def _silence_items(self, root: str, split: Split, count: int) -> list[AudioItem]:
+        noise_dir = os.path.join(root, BACKGROUND_NOISE_DIR)
+        if not os.path.isdir(noise_dir):
+            raise layout_error("background-noise folder (for _silence_)", noise_dir, SPEECH_COMMANDS_LAYOUT)
+        sources = []
+        for name in sorted(os.listdir(noise_dir)):
+            if not name.lower().endswith(".wav"):
+                continue
+            try:
+                info = audio_info(os.path.join(noise_dir, name))
+            except AudioReadError as err:
+                if not self.skip_bad_files:
+                    raise
+                log.warning("SpeechCommandsDataModule: no _silence_ crops from a bad file: %s", err)
+                continue
+            if info.frames >= info.sample_rate:
+                sources.append((name, info.frames, info.sample_rate))
+        if not sources:
+            raise layout_error("a background-noise WAV of at least 1 s", noise_dir, SPEECH_COMMANDS_LAYOUT)
+        rng = np.random.default_rng([self.seed, _SPLIT_CODES[split]])
+        label = self.class_names.index(SILENCE)
+        items = []
+        for _ in range(count):
+            name, frames, rate = sources[int(rng.integers(len(sources)))]
+            start = int(rng.integers(frames - rate + 1))
+            items.append(
+                AudioItem(
+                    id=f"{SILENCE}/{name}@{start}",
+                    path=os.path.join(noise_dir, name),
+                    target=label,
+                    start=start,
+                    stop=start + rate,
+                )
+            )
+        return items
+
+    def _official_test_items(self) -> list[AudioItem]:
+        assert self.test_root is not None
+        if not os.path.isdir(self.test_root):
+            raise layout_error("Speech Commands test-set root", self.test_root, TEST_SET_LAYOUT)
+        items = []
+        for folder in sorted(os.listdir(self.test_root)):
+            folder_path = os.path.join(self.test_root, folder)
+            if not os.path.isdir(folder_path) or folder.startswith("."):
+                continue
+            if folder not in self.class_names:
+                raise ValueError(
+                    f"label {folder!r} of {folder_path} is not one of the 12 classes {self.class_names}"
+                )
+            for name in sorted(os.listdir(folder_path)):
+                if name.lower().endswith(".wav"):
+                    items.append(
+                        AudioItem(
+                            id=f"{folder}/{name}",
+                            path=os.path.join(folder_path, name),
+                            target=self.class_names.index(folder),
+                        )
+                    )
+        if not items:
+            raise layout_error("test-set WAV files", self.test_root, TEST_SET_LAYOUT)
+        return items
+
+
+def _read_list(path: str) -> set[str]:
+    with open(path, encoding="utf-8") as f:
+        return {line.strip().replace("\\", "/") for line in f if line.strip()}
+
+
+def _word_clips(root: str) -> list[str]:
+    """``<word>/<file>.wav`` of every clip in a word folder (folders starting with ``_`` or ``.`` skipped)."""
+    clips = []
+    for word in sorted(os.listdir(root)):
+        word_dir = os.path.join(root, word)
+        if word.startswith(("_", ".")) or not os.path.isdir(word_dir):
+            continue
+        clips += [f"{word}/{name}" for name in sorted(os.listdir(word_dir)) if name.lower().endswith(".wav")]
+    return clips

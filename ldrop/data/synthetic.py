@@ -1,0 +1,481 @@
+"""Generated data: tone-pattern classification and tone-letter CTC sets that need no files.
+
+Each item is a pure function of ``(seed, split, index)``: any worker, process or machine regenerates the
+same waveform, and the length of every item is known without rendering it. Difficulty varies per item
+through the signal-to-noise ratio (white noise added at an SNR drawn from ``snr_db_range``) and the
+length. The sets are small and cheap (well under a millisecond per item) so that a tiny randomly
+initialised wav2vec2-style model learns them in minutes on a CPU: the quickstart and the model tests
+train on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ldrop.data.base import AudioDataModule, Split
+from ldrop.data.batch import AudioExample
+from ldrop.data.datasets import AudioDataset
+
+__all__ = [
+    "SyntheticCTCDataModule",
+    "SyntheticCTCDataset",
+    "SyntheticClassificationDataModule",
+    "SyntheticClassificationDataset",
+]
+
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+_LOW_HZ, _HIGH_HZ = 300.0, 3000.0
+_AM_RATES_HZ = (0.0, 3.0, 6.0)  # class c is amplitude-modulated at _AM_RATES_HZ[c % 3]
+_FADE_SECONDS = 0.01
+
+
+def _tone_grid(count: int) -> np.ndarray:
+    """``count`` log-spaced frequencies between 300 Hz and 3 kHz."""
+    return np.geomspace(_LOW_HZ, _HIGH_HZ, count) if count > 1 else np.array([_LOW_HZ * 2])
+
+
+def _fade(n: int, sample_rate: int) -> np.ndarray:
+    """``[n]`` envelope with raised-cosine ramps at both ends (no clicks at segment edges)."""
+    ramp = min(int(_FADE_SECONDS * sample_rate), n // 2)
+    env = np.ones(n)
+    if ramp > 0:
+        up = 0.5 - 0.5 * np.cos(np.linspace(0, math.pi, ramp))
+        env[:ramp], env[n - ramp :] = up, up[::-1]
+    return env
+
+
+def _add_noise(signal: np.ndarray, voiced: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Add white noise at ``snr_db`` relative to the mean power of the voiced samples; peak-normalise."""
+    power = float(np.mean(signal[voiced] ** 2)) if voiced.any() else 1e-4
+    noise = rng.standard_normal(signal.shape[0]) * math.sqrt(power / 10 ** (snr_db / 10))
+    mixed = signal + noise
+    return (0.5 * mixed / max(float(np.abs(mixed).max()), 1e-8)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _ClassificationPlan:
+    target: int
+    num_samples: int
+    snr_db: float
+
+
+class SyntheticClassificationDataset(AudioDataset):
+    """Seeded tone-pattern classification: each class is a chord with its own amplitude modulation.
+
+    Class ``c`` is a tone at the ``c``-th of ``num_classes`` log-spaced frequencies between 300 Hz and
+    3 kHz plus a quieter fifth above it (x1.5), amplitude-modulated at 0, 3 or 6 Hz (``c % 3``). Each item
+    jitters the frequencies slightly, draws random phases, a duration from ``duration_range`` and an SNR
+    from ``snr_db_range`` (low SNR = hard item). Targets cycle through the classes (balanced).
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"`` (independent draws).
+        num_items: number of items.
+        num_classes: number of classes.
+        seed: items are a function of ``(seed, split, index)``.
+        duration_range: ``(min, max)`` item duration in seconds.
+        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB.
+        sample_rate: sample rate of the waveforms.
+        min_samples: see :class:`~ldrop.data.datasets.AudioDataset`.
+    """
+
+    def __init__(
+        self,
+        split: Literal["train", "val", "test"],
+        num_items: int,
+        num_classes: int = 8,
+        seed: int = 0,
+        duration_range: tuple[float, float] = (0.5, 1.0),
+        snr_db_range: tuple[float, float] = (-5.0, 20.0),
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+    ) -> None:
+        super().__init__(sample_rate=sample_rate, min_samples=min_samples)
+        _check_range("duration_range", duration_range, positive=True)
+        _check_range("snr_db_range", snr_db_range)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.split, self.num_classes, self.seed = split, num_classes, seed
+        self.duration_range, self.snr_db_range = duration_range, snr_db_range
+        grid = _tone_grid(num_classes)
+        self.class_frequencies = grid
+        # Jitter stays well below half the spacing between neighbouring classes.
+        self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4) if num_classes > 1 else 0.03
+        self.plans = [self._plan(i) for i in range(num_items)]
+
+    def _rng(self, index: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index, stream])
+
+    def _plan(self, index: int) -> _ClassificationPlan:
+        rng = self._rng(index, 0)
+        seconds = rng.uniform(*self.duration_range)
+        return _ClassificationPlan(
+            target=index % self.num_classes,
+            num_samples=max(1, round(seconds * self.sample_rate)),
+            snr_db=float(rng.uniform(*self.snr_db_range)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    @property
+    def raw_lengths(self) -> list[int]:
+        return [p.num_samples for p in self.plans]
+
+    @property
+    def targets(self) -> list[int | str]:
+        return [p.target for p in self.plans]
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"synthetic-cls/{self.split}/{i:06d}" for i in range(len(self))]
+
+    @property
+    def snr_db(self) -> list[float]:
+        """Signal-to-noise ratio of each item in dB (lower = harder)."""
+        return [p.snr_db for p in self.plans]
+
+    def load(self, index: int) -> AudioExample:
+        plan = self.plans[index]
+        rng = self._rng(index, 1)
+        n, sr, c = plan.num_samples, self.sample_rate, plan.target
+        t = np.arange(n) / sr
+        f0 = self.class_frequencies[c] * (1 + rng.uniform(-self.jitter, self.jitter))
+        phase0, phase1, phase_am = rng.uniform(0, 2 * math.pi, size=3)
+        signal = np.sin(2 * math.pi * f0 * t + phase0) + 0.5 * np.sin(2 * math.pi * 1.5 * f0 * t + phase1)
+        am_rate = _AM_RATES_HZ[c % len(_AM_RATES_HZ)]
+        if am_rate > 0:
+            signal *= 0.55 + 0.45 * np.sin(2 * math.pi * am_rate * t + phase_am)
+        signal *= _fade(n, sr)
+        waveform = _add_noise(signal, np.ones(n, dtype=bool), plan.snr_db, rng)
+        return AudioExample(
+            torch.from_numpy(waveform), plan.target, f"synthetic-cls/{self.split}/{index:06d}"
+        )
+
+
+@dataclass(frozen=True)
+class _CTCPlan:
+    transcript: str
+    segments: tuple[tuple[int, int, int], ...]  # (letter index, first sample, sample count)
+    num_samples: int
+    snr_db: float
+
+
+class SyntheticCTCDataset(AudioDataset):
+    """Seeded tone-letter transcription: each letter is a short tone of its own frequency.
+
+    An item spells ``num_letters_range`` letters drawn from ``letters``; letter ``k`` is a tone at the
+    ``k``-th of ``len(letters)`` log-spaced frequencies between 300 Hz and 3 kHz lasting
+    ``letter_seconds_range`` seconds. Letters are separated by 20-50 ms pauses; a word break (a space in
+    the transcript, inserted between two letters with probability ``space_prob``) is a 150-250 ms pause.
+    50-150 ms of leading and trailing pause frame the item, and white noise at an SNR drawn from
+    ``snr_db_range`` covers it all. Targets are the letter strings (``"ab cd"``).
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"`` (independent draws).
+        num_items: number of items.
+        letters: the letters (single characters, no space).
+        seed: items are a function of ``(seed, split, index)``.
+        num_letters_range: ``(min, max)`` letters per item, inclusive.
+        letter_seconds_range: ``(min, max)`` duration of one letter in seconds.
+        space_prob: probability of a word break between two letters.
+        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB.
+        sample_rate: sample rate of the waveforms.
+        min_samples: see :class:`~ldrop.data.datasets.AudioDataset`.
+    """
+
+    def __init__(
+        self,
+        split: Literal["train", "val", "test"],
+        num_items: int,
+        letters: str = "abcdefgh",
+        seed: int = 0,
+        num_letters_range: tuple[int, int] = (2, 5),
+        letter_seconds_range: tuple[float, float] = (0.10, 0.15),
+        space_prob: float = 0.2,
+        snr_db_range: tuple[float, float] = (0.0, 20.0),
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+    ) -> None:
+        super().__init__(sample_rate=sample_rate, min_samples=min_samples)
+        if len(letters) < 2 or len(set(letters)) != len(letters) or " " in letters:
+            raise ValueError(f"letters must be at least 2 distinct characters without space, got {letters!r}")
+        _check_range("num_letters_range", num_letters_range, positive=True)
+        _check_range("letter_seconds_range", letter_seconds_range, positive=True)
+        _check_range("snr_db_range", snr_db_range)
+        if not 0 <= space_prob <= 1:
+            raise ValueError(f"space_prob must be in [0, 1], got {space_prob}")
+        self.split, self.letters, self.seed = split, letters, seed
+        self.num_letters_range, self.letter_seconds_range = num_letters_range, letter_seconds_range
+        self.space_prob, self.snr_db_range = space_prob, snr_db_range
+        self.letter_frequencies = _tone_grid(len(letters))
+        self.plans = [self._plan(i) for i in range(num_items)]
+
+    def _rng(self, index: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index, stream])
+
+    def _plan(self, index: int) -> _CTCPlan:
+        rng, sr = self._rng(index, 0), self.sample_rate
+        count = int(rng.integers(self.num_letters_range[0], self.num_letters_range[1] + 1))
+        letter_ids = rng.integers(len(self.letters), size=count)
+        position = round(rng.uniform(0.05, 0.15) * sr)
+        text, segments = [], []
+        for k, letter in enumerate(letter_ids):
+            if k > 0:
+                word_break = rng.random() < self.space_prob
+                position += round(
+                    rng.uniform(0.15, 0.25) * sr if word_break else rng.uniform(0.02, 0.05) * sr
+                )
+                if word_break:
+                    text.append(" ")
+            length = round(rng.uniform(*self.letter_seconds_range) * sr)
+            segments.append((int(letter), position, length))
+            text.append(self.letters[int(letter)])
+            position += length
+        position += round(rng.uniform(0.05, 0.15) * sr)
+        return _CTCPlan("".join(text), tuple(segments), position, float(rng.uniform(*self.snr_db_range)))
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    @property
+    def alphabet(self) -> str:
+        """Every character a transcript can hold: the letters, plus space when ``space_prob > 0``."""
+        return self.letters + (" " if self.space_prob > 0 else "")
+
+    @property
+    def raw_lengths(self) -> list[int]:
+        return [p.num_samples for p in self.plans]
+
+    @property
+    def targets(self) -> list[int | str]:
+        return [p.transcript for p in self.plans]
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"synthetic-ctc/{self.split}/{i:06d}" for i in range(len(self))]
+
+    @property
+    def snr_db(self) -> list[float]:
+        """Signal-to-noise ratio of each item in dB (lower = harder)."""
+        return [p.snr_db for p in self.plans]
+
+    def load(self, index: int) -> AudioExample:
+        plan = self.plans[index]
+        rng, sr = self._rng(index, 1), self.sample_rate
+        signal = np.zeros(plan.num_samples)
+        voiced = np.zeros(plan.num_samples, dtype=bool)
+        for letter, first, length in plan.segments:
+            t = np.arange(length) / sr
+            tone = np.sin(2 * math.pi * self.letter_frequencies[letter] * t + rng.uniform(0, 2 * math.pi))
+            signal[first : first + length] = tone * _fade(length, sr)
+            voiced[first : first + length] = True
+        waveform = _add_noise(signal, voiced, plan.snr_db, rng)
+        return AudioExample(
+            torch.from_numpy(waveform), plan.transcript, f"synthetic-ctc/{self.split}/{index:06d}"
+        )
+
+
+def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> None:
+    if len(bounds) != 2 or bounds[0] > bounds[1] or (positive and bounds[0] <= 0):
+        raise ValueError(
+            f"{name} must be (min, max) with min <= max{' and min > 0' if positive else ''}, got {bounds}"
+        )
+
+
+class _SyntheticDataModule(AudioDataModule):
+    """Common part of the generated-data modules: splits of fixed sizes, predict = test."""
+
+    def __init__(self, num_train: int, num_val: int, num_test: int, **kwargs) -> None:
+        super().__init__(root=None, **kwargs)
+        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+
+    def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
+        raise NotImplementedError
+
+    def build_dataset(self, split: Split) -> AudioDataset:
+        name = "test" if split == "predict" else split
+        return self.make_dataset(name, self.sizes[name])  # type: ignore[arg-type]
+
+    def targets(self, split: Split = "train") -> list[int | str]:
+        return self.dataset(split).targets
+
+
+class SyntheticClassificationDataModule(_SyntheticDataModule):
+    """Generated tone-pattern classification (:class:`SyntheticClassificationDataset`), no files needed.
+
+    Args:
+        num_classes: number of classes.
+        num_train: training items.
+        num_val: validation items.
+        num_test: test items (the predict split is the test split).
+        duration_range: ``(min, max)`` item duration in seconds.
+        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB; items at the low end are the hard ones.
+        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
+        num_workers: DataLoader worker processes.
+        max_batch_seconds: audio budget per dynamic batch, in seconds.
+        group_by_length: batch items of similar duration together.
+        max_train_seconds: longest training clip.
+        long_clip_policy: ``"crop"`` or ``"filter"`` longer training clips.
+        seed: seed of the items and of the batch order.
+        sample_rate: sample rate of the waveforms.
+        min_samples: shorter clips are zero-padded to this length.
+        pin_memory: pin batches in page-locked memory.
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        num_classes: int = 8,
+        num_train: int = 512,
+        num_val: int = 128,
+        num_test: int = 128,
+        duration_range: tuple[float, float] = (0.5, 1.0),
+        snr_db_range: tuple[float, float] = (-5.0, 20.0),
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_batch_seconds: float | None = None,
+        group_by_length: bool = True,
+        max_train_seconds: float | None = None,
+        long_clip_policy: Literal["crop", "filter"] = "crop",
+        seed: int = 0,
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            num_train,
+            num_val,
+            num_test,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            max_batch_seconds=max_batch_seconds,
+            group_by_length=group_by_length,
+            max_train_seconds=max_train_seconds,
+            long_clip_policy=long_clip_policy,
+            seed=seed,
+            sample_rate=sample_rate,
+            min_samples=min_samples,
+            pin_memory=pin_memory,
+        )
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        _check_range("duration_range", duration_range, positive=True)
+        _check_range("snr_db_range", snr_db_range)
+        self.duration_range = tuple(duration_range)
+        self.snr_db_range = tuple(snr_db_range)
+        self.class_names: list[str] = [f"class_{c}" for c in range(num_classes)]
+
+    def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
+        return SyntheticClassificationDataset(
+            split,
+            num_items,
+            num_classes=len(self.class_names),
+            seed=self.seed,
+            duration_range=self.duration_range,  # type: ignore[arg-type]
+            snr_db_range=self.snr_db_range,  # type: ignore[arg-type]
+            sample_rate=self.sample_rate,
+            min_samples=self.min_samples,
+        )
+
+
+class SyntheticCTCDataModule(_SyntheticDataModule):
+    """Generated tone-letter transcription (:class:`SyntheticCTCDataset`), no files needed.
+
+    :attr:`alphabet` lists every character of the transcripts (letters, then space), and
+    :meth:`transcripts` returns a split's transcripts, before or after setup.
+
+    Args:
+        letters: the letters (single characters, no space).
+        num_train: training items.
+        num_val: validation items.
+        num_test: test items (the predict split is the test split).
+        num_letters_range: ``(min, max)`` letters per item, inclusive.
+        letter_seconds_range: ``(min, max)`` duration of one letter in seconds.
+        space_prob: probability of a word break between two letters.
+        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB; items at the low end are the hard ones.
+        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
+        num_workers: DataLoader worker processes.
+        max_batch_seconds: audio budget per dynamic batch, in seconds.
+        group_by_length: batch items of similar duration together.
+        max_train_seconds: drop longer training items (only ``"filter"`` is valid for CTC).
+        long_clip_policy: only ``"filter"`` is valid for CTC.
+        seed: seed of the items and of the batch order.
+        sample_rate: sample rate of the waveforms.
+        min_samples: shorter clips are zero-padded to this length.
+        pin_memory: pin batches in page-locked memory.
+    """
+
+    task = "ctc"
+
+    def __init__(
+        self,
+        letters: str = "abcdefgh",
+        num_train: int = 512,
+        num_val: int = 128,
+        num_test: int = 128,
+        num_letters_range: tuple[int, int] = (2, 5),
+        letter_seconds_range: tuple[float, float] = (0.10, 0.15),
+        space_prob: float = 0.2,
+        snr_db_range: tuple[float, float] = (0.0, 20.0),
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_batch_seconds: float | None = None,
+        group_by_length: bool = True,
+        max_train_seconds: float | None = None,
+        long_clip_policy: Literal["crop", "filter"] = "filter",
+        seed: int = 0,
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            num_train,
+            num_val,
+            num_test,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            max_batch_seconds=max_batch_seconds,
+            group_by_length=group_by_length,
+            max_train_seconds=max_train_seconds,
+            long_clip_policy=long_clip_policy,
+            seed=seed,
+            sample_rate=sample_rate,
+            min_samples=min_samples,
+            pin_memory=pin_memory,
+        )
+        self.dataset_kwargs = dict(
+            letters=letters,
+            num_letters_range=tuple(num_letters_range),
+            letter_seconds_range=tuple(letter_seconds_range),
+            space_prob=space_prob,
+            snr_db_range=tuple(snr_db_range),
+        )
+        # Validate the arguments now rather than at setup.
+        SyntheticCTCDataset("train", 0, seed=seed, sample_rate=sample_rate, **self.dataset_kwargs)  # type: ignore[arg-type]
+        self.letters = letters
+        self.space_prob = space_prob
+
+    @property
+    def alphabet(self) -> str:
+        """Every character a transcript can hold: the letters, plus space when ``space_prob > 0``."""
+        return self.letters + (" " if self.space_prob > 0 else "")
+
+    def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
+        return SyntheticCTCDataset(
+            split,
+            num_items,
+            seed=self.seed,
+            sample_rate=self.sample_rate,
+            min_samples=self.min_samples,
+            **self.dataset_kwargs,  # type: ignore[arg-type]
+        )

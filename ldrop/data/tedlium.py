@@ -1,0 +1,197 @@
+"""TED-LIUM release 3 (TED talks, 16 kHz NIST SPHERE) for CTC speech recognition."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from typing import Literal
+
+from ldrop.data.base import AudioDataModule, Split, layout_error
+from ldrop.data.datasets import AudioItem
+from ldrop.data.text import normalize_tedlium_transcript
+
+__all__ = ["IGNORE_SEGMENT", "TedliumDataModule", "read_stm"]
+
+log = logging.getLogger("ldrop.data")
+
+IGNORE_SEGMENT = "ignore_time_segment_in_scoring"
+
+TEDLIUM_LAYOUT = """\
+<root>/TEDLIUM_release-3/data/sph/<TalkId>.sph and data/stm/<TalkId>.stm          (train)
+<root>/TEDLIUM_release-3/legacy/{dev,test}/{sph,stm}/<TalkId>.{sph,stm}             (val/test, default)
+<root>/TEDLIUM_release-3/speaker-adaptation/{dev,test}/{sph,stm}/<TalkId>.{sph,stm} (eval_partition=speaker-adaptation)
+(<root> may also be the TEDLIUM_release-3 folder itself; .sph files must be plain PCM SPHERE)"""
+
+
+def read_stm(stm_file: str) -> tuple[list[tuple[float, float, str]], int]:
+    """Read the segments of one talk's STM file.
+
+    Line format: ``talk_id channel speaker start end [<label>] transcript...`` (times in seconds).
+    Lines whose transcript is ``ignore_time_segment_in_scoring`` are not utterances and are skipped.
+
+    Args:
+        stm_file: path of the ``.stm`` file.
+
+    Returns:
+        ``(start, end, raw transcript)`` per utterance in file order, and the number of ignore lines.
+
+    Raises:
+        ValueError: on a malformed line (too few fields, times that are not numbers, end before start),
+            naming the file and line.
+    """
+    segments, ignored = [], 0
+    with open(stm_file, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields or fields[0].startswith(";;"):
+                continue
+            if len(fields) < 5:
+                raise ValueError(f"{stm_file}:{line_no}: expected 'talk channel speaker start end ...'")
+            try:
+                start, end = float(fields[3]), float(fields[4])
+            except ValueError:
+                raise ValueError(f"{stm_file}:{line_no}: start/end times are not numbers") from None
+            if end < start:
+                raise ValueError(f"{stm_file}:{line_no}: segment ends ({end}) before it starts ({start})")
+            words = fields[5:]
+            if words and _is_label(words[0]):
+                words = words[1:]
+            transcript = " ".join(words)
+            if transcript == IGNORE_SEGMENT:
+                ignored += 1
+                continue
+            segments.append((start, end, transcript))
+    return segments, ignored
+
+
+def _is_label(token: str) -> bool:
+    # <o,f0,male>, <o,f0,female>, <NA>; not transcript tokens such as <unk> or <sil>.
+    return token.startswith("<") and token.endswith(">") and ("," in token or token == "<NA>")
+
+
+class TedliumDataModule(AudioDataModule):
+    """TED-LIUM 3 for CTC: utterances cut out of whole-talk SPHERE files at their STM times.
+
+    Training uses every talk of ``data/`` (the 452 h release-3 training set; ``legacy/train`` is only
+    symlinks into it). Validation and test are the dev and test talks of ``legacy/`` (TED-LIUM 2's, the
+    usual benchmark) or of ``speaker-adaptation/``. Each utterance is read with soundfile ``start``/``stop``
+    frames, so only its own frames are decoded. Lines marked ``ignore_time_segment_in_scoring`` are
+    skipped, and every transcript is normalised by :func:`~ldrop.data.text.normalize_tedlium_transcript`
+    (segments left empty are dropped and counted in the log); targets are therefore also the references
+    for WER. Ids are ``<TalkId>-<start cs>-<end cs>`` (centiseconds, 7 digits).
+
+    Args:
+        root: folder holding ``TEDLIUM_release-3/`` (or that folder itself).
+        eval_partition: where the dev (validation) and test talks come from.
+        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
+        num_workers: DataLoader worker processes.
+        max_batch_seconds: audio budget per dynamic batch, in seconds.
+        group_by_length: batch utterances of similar duration together.
+        max_train_seconds: drop training utterances longer than this.
+        long_clip_policy: only ``"filter"`` is valid for CTC.
+        skip_bad_files: skip unreadable talks and segments outside their talk (logged) instead of raising.
+        seed: batch-order seed.
+        sample_rate: output sample rate.
+        min_samples: shorter clips are zero-padded to this length.
+        pin_memory: pin batches in page-locked memory.
+    """
+
+    task = "ctc"
+
+    def __init__(
+        self,
+        root: str,
+        eval_partition: Literal["legacy", "speaker-adaptation"] = "legacy",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        max_batch_seconds: float | None = None,
+        group_by_length: bool = True,
+        max_train_seconds: float | None = None,
+        long_clip_policy: Literal["crop", "filter"] = "filter",
+        skip_bad_files: bool = False,
+        seed: int = 0,
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            root=root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            max_batch_seconds=max_batch_seconds,
+            group_by_length=group_by_length,
+            max_train_seconds=max_train_seconds,
+            long_clip_policy=long_clip_policy,
+            skip_bad_files=skip_bad_files,
+            seed=seed,
+            sample_rate=sample_rate,
+            min_samples=min_samples,
+            pin_memory=pin_memory,
+        )
+        if eval_partition not in ("legacy", "speaker-adaptation"):
+            raise ValueError(
+                f"eval_partition must be 'legacy' or 'speaker-adaptation', got {eval_partition!r}"
+            )
+        self.eval_partition = eval_partition
+
+    def corpus_dir(self) -> str:
+        """The ``TEDLIUM_release-3`` folder under :attr:`root`."""
+        assert self.root is not None
+        nested = os.path.join(self.root, "TEDLIUM_release-3")
+        if os.path.isdir(nested):
+            return nested
+        if os.path.isdir(os.path.join(self.root, "data")) or os.path.isdir(os.path.join(self.root, "legacy")):
+            return self.root
+        raise layout_error("TED-LIUM 3 root", nested, TEDLIUM_LAYOUT)
+
+    def split_dir(self, split: Split) -> str:
+        """The folder holding ``sph/`` and ``stm/`` for ``split``."""
+        corpus = self.corpus_dir()
+        if split == "train":
+            return os.path.join(corpus, "data")
+        part = "dev" if split == "val" else "test"
+        return os.path.join(corpus, self.eval_partition, part)
+
+    def list_items(self, split: Split) -> list[AudioItem]:
+        split_dir = self.split_dir(split)
+        stm_dir, sph_dir = os.path.join(split_dir, "stm"), os.path.join(split_dir, "sph")
+        for folder in (stm_dir, sph_dir):
+            if not os.path.isdir(folder):
+                raise layout_error(f"TED-LIUM folder for split '{split}'", folder, TEDLIUM_LAYOUT)
+        stm_files = sorted(glob.glob(os.path.join(glob.escape(stm_dir), "*.stm")))
+        if not stm_files:
+            raise layout_error(
+                f"STM files for split '{split}'", os.path.join(stm_dir, "*.stm"), TEDLIUM_LAYOUT
+            )
+        items: list[AudioItem] = []
+        ignored = emptied = 0
+        for stm_file in stm_files:
+            talk_id = os.path.splitext(os.path.basename(stm_file))[0]
+            sph = os.path.join(sph_dir, f"{talk_id}.sph")
+            segments, n_ignored = read_stm(stm_file)
+            ignored += n_ignored
+            for start, end, raw in segments:
+                text = normalize_tedlium_transcript(raw)
+                if not text:
+                    emptied += 1
+                    continue
+                items.append(
+                    AudioItem(
+                        id=f"{talk_id}-{round(start * 100):07d}-{round(end * 100):07d}",
+                        path=sph,
+                        target=text,
+                        offset=start,
+                        duration=end - start,
+                    )
+                )
+        log.info(
+            "TedliumDataModule: %s split: %d talks, %d segments, %d ignore_time_segment_in_scoring lines "
+            "skipped, %d segments empty after normalisation dropped",
+            split,
+            len(stm_files),
+            len(items),
+            ignored,
+            emptied,
+        )
+        return items

@@ -1,0 +1,155 @@
+"""TedliumDataModule: STM segments cut from whole talks with start/stop reads, normalised transcripts."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import soundfile as sf
+import torch
+
+from ldrop.data import AudioReadError, DatasetLayoutError, TedliumDataModule, read_stm
+from ldrop.data.fixtures import time_code
+
+
+def ids(clips) -> list[str]:
+    return sorted(c.id for c in clips)
+
+
+def positions(waveform: torch.Tensor) -> list[int]:
+    """Decode time_code() samples back into frame positions modulo 32768."""
+    return (torch.round(waveform * 32768).long() + 16384).tolist()
+
+
+def test_is_a_ctc_module():
+    assert TedliumDataModule.task == "ctc"
+
+
+def test_train_comes_from_data_and_dev_and_test_from_legacy(tedlium):
+    dm = TedliumDataModule(tedlium.root)
+    dm.setup()
+    assert sorted(dm.dataset("train").ids) == ids(tedlium.splits["train"])
+    assert sorted(dm.dataset("val").ids) == ids(tedlium.splits["legacy/val"])
+    assert sorted(dm.dataset("test").ids) == ids(tedlium.splits["legacy/test"])
+
+
+def test_dev_and_test_may_come_from_speaker_adaptation(tedlium):
+    dm = TedliumDataModule(tedlium.root, eval_partition="speaker-adaptation")
+    assert sorted(dm.dataset("val").ids) == ids(tedlium.splits["speaker-adaptation/val"])
+    assert sorted(dm.dataset("test").ids) == ids(tedlium.splits["speaker-adaptation/test"])
+
+
+def test_ignore_time_segment_lines_and_noise_only_segments_are_not_utterances(tedlium):
+    # The fixture writes one ignore line per utterance and one noise-only segment per talk.
+    dm = TedliumDataModule(tedlium.root)
+    assert len(dm.dataset("train")) == len(tedlium.splits["train"])
+    assert all("ignore_time_segment_in_scoring" not in t for t in dm.dataset("train").targets)
+
+
+def test_segments_are_cut_at_their_stm_times(tedlium):
+    dm = TedliumDataModule(tedlium.root)
+    dataset = dm.dataset("train")
+    clips = {c.id: c for c in tedlium.splits["train"]}
+    for index in range(len(dataset)):
+        example = dataset[index]
+        clip = clips[example.id]
+        assert positions(example.waveform) == [(clip.start + i) % 32768 for i in range(clip.num_frames)]
+
+
+def test_segments_are_read_with_start_and_stop_frames(tedlium, monkeypatch):
+    dataset = TedliumDataModule(tedlium.root).dataset("val")
+    clips = {c.id: c for c in tedlium.splits["legacy/val"]}
+    calls = []
+    real_read = sf.read
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(sf, "read", spy)
+    example = dataset[0]
+    clip = clips[example.id]
+    assert len(calls) == 1
+    assert (calls[0]["start"], calls[0]["stop"]) == (clip.start, clip.start + clip.num_frames)
+
+
+def test_targets_are_normalised_transcripts(tedlium):
+    dataset = TedliumDataModule(tedlium.root).dataset("test")
+    expected = {c.id: c.target for c in tedlium.splits["legacy/test"]}
+    assert dict(zip(dataset.ids, dataset.targets, strict=True)) == expected
+
+
+def test_transcripts_are_available_before_setup(tedlium):
+    dm = TedliumDataModule(tedlium.root)
+    assert sorted(dm.transcripts("train")) == sorted(c.target for c in tedlium.splits["train"])
+
+
+def test_talk_files_are_nist_sphere(tedlium):
+    clip = tedlium.splits["train"][0]
+    assert sf.info(clip.path).format == "NIST"
+
+
+def test_missing_root_error_shows_the_expected_layout(tmp_path):
+    with pytest.raises(DatasetLayoutError, match=r"(?s)TED-LIUM 3 root.*legacy/\{dev,test\}"):
+        TedliumDataModule(tmp_path).setup("fit")
+
+
+def test_missing_split_folder_error_names_the_folder(tmp_path, tedlium):
+    corpus = tmp_path / "TEDLIUM_release-3"
+    shutil.copytree(tedlium.root / "TEDLIUM_release-3" / "data", corpus / "data")
+    with pytest.raises(DatasetLayoutError, match=r"legacy/dev/stm"):
+        TedliumDataModule(tmp_path).setup("validate")
+
+
+def _one_talk(tmp_path, stm_lines: str, frames: int = 32000):
+    folder = tmp_path / "TEDLIUM_release-3" / "legacy" / "dev"
+    (folder / "stm").mkdir(parents=True)
+    (folder / "sph").mkdir(parents=True)
+    (folder / "stm" / "Talk.stm").write_text(stm_lines)
+    sf.write(folder / "sph" / "Talk.sph", time_code(frames), 16000, format="NIST", subtype="PCM_16")
+    return TedliumDataModule(tmp_path)
+
+
+def test_segment_starting_after_the_talk_ends_is_an_error_naming_the_talk(tmp_path):
+    dm = _one_talk(
+        tmp_path, "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\nTalk 1 Talk 5.00 6.00 <o,f0,male> late\n"
+    )
+    with pytest.raises(AudioReadError, match="Talk.sph"):
+        dm.setup("validate")
+
+
+def test_segment_starting_after_the_talk_ends_is_skipped_and_counted_with_skip_bad_files(tmp_path, caplog):
+    dm = _one_talk(
+        tmp_path, "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\nTalk 1 Talk 5.00 6.00 <o,f0,male> late\n"
+    )
+    dm.skip_bad_files = True
+    with caplog.at_level("WARNING", logger="ldrop.data"):
+        dm.setup("validate")
+    assert dm.dataset("val").targets == ["hello"]
+    assert dm.num_bad_files["val"] == 1
+    assert "Talk.sph" in caplog.text
+
+
+def test_segment_running_past_the_talk_end_is_clipped_to_it(tmp_path):
+    dm = _one_talk(tmp_path, "Talk 1 Talk 1.50 2.50 <o,f0,male> tail\n", frames=32000)
+    assert dm.dataset("val").raw_lengths == [8000]
+
+
+def test_read_stm_skips_ignore_lines_and_strips_the_label(tmp_path):
+    stm = tmp_path / "t.stm"
+    stm.write_text(
+        ";; comment\n"
+        "T 1 T 0.5 1.25 <o,f0,female> it 's here\n"
+        "T 1 inter_segment_gap 1.25 2.0 <o,,unknown> ignore_time_segment_in_scoring\n"
+        "T 1 T 2.0 3.0 <NA> <unk> word\n"
+    )
+    segments, ignored = read_stm(str(stm))
+    assert segments == [(0.5, 1.25, "it 's here"), (2.0, 3.0, "<unk> word")]
+    assert ignored == 1
+
+
+def test_read_stm_rejects_a_line_with_bad_times_naming_file_and_line(tmp_path):
+    stm = tmp_path / "bad.stm"
+    stm.write_text("T 1 T 0.5 1.0 <NA> fine\nT 1 T zero 1.0 <NA> broken\n")
+    with pytest.raises(ValueError, match=r"bad\.stm:2"):
+        read_stm(str(stm))
