@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,14 +18,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichPr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from ldrop.callbacks import AtomicCheckpointIO, JsonlPredictionWriter, TaskCheckpoint
-from ldrop.data import AudioDataModule, LibriSpeechDataModule, TedliumDataModule
-from ldrop.tasks import ENGLISH_CHARACTERS, LayerDropTask, build_vocabulary
-
 # Imported so that YAML can name every class by its short name.
 import ldrop.data  # noqa: F401, E402
 import ldrop.selectors  # noqa: F401, E402
 import ldrop.tasks  # noqa: F401, E402
+from ldrop.callbacks import AtomicCheckpointIO, JsonlPredictionWriter, TaskCheckpoint
+from ldrop.data import AudioDataModule, LibriSpeechDataModule, TedliumDataModule
+from ldrop.tasks import ENGLISH_CHARACTERS, LayerDropTask, build_vocabulary
 
 
 def model_labels(datamodule: AudioDataModule) -> list[str]:
@@ -110,6 +109,8 @@ class LdropCLI(LightningCLI):
 
 
 TRAINER_DEFAULTS: dict[str, Any] = {
+    # Without a logger, checkpoints, config.yaml and predictions land here rather than in the working folder.
+    "default_root_dir": "runs",
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "ldrop"},

@@ -84,6 +84,25 @@ def selector_overhead(backbone: str, batch_size: int, seconds: float, repeats: i
     }
 
 
+def _training_step(model: ClassificationTask, optimizer: torch.optim.Optimizer, batch: Any, budget: int):
+    """One forward + backward + AdamW step of ``model`` on ``batch`` (early exit: the sum of exit losses)."""
+
+    def step() -> None:
+        encoded = model.encode(batch.waveforms, batch.lengths)
+        if model.exit_layers:
+            states = model._exit_states(encoded)
+            loss = sum(model.task_loss(model.compute_logits(model.head_for(k), h, encoded.frame_mask),
+                                       encoded.frame_mask, batch) for k, h in states) / len(states)
+        else:
+            logits, _, _ = model.logits_at_budget(encoded, budget)
+            loss = model.task_loss(logits, encoded.frame_mask, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def training_step_times(backbone: str, batch_size: int, seconds: float, repeats: int, warmup: int,
                         methods: Sequence[str]) -> list[dict[str, Any]]:
     """Seconds per training step (forward, backward, AdamW) of each method on one fixed batch."""
@@ -94,23 +113,9 @@ def training_step_times(backbone: str, batch_size: int, seconds: float, repeats:
         model = ClassificationTask(num_classes=10, backbone=backbone, **METHODS[name]).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         budget = model.num_layers // 2
-
-        def step() -> None:
-            encoded = model.encode(batch.waveforms, batch.lengths)
-            if model.exit_layers:
-                states = model._exit_states(encoded)
-                loss = sum(model.task_loss(model.compute_logits(model.head_for(k), h, encoded.frame_mask),
-                                           encoded.frame_mask, batch) for k, h in states) / len(states)
-            else:
-                logits, _, _ = model.logits_at_budget(encoded, budget)
-                loss = model.task_loss(logits, encoded.frame_mask, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        records.append({"method": name, "step_seconds": _median_time(step, repeats, warmup),
+        seconds_per_step = _median_time(_training_step(model, optimizer, batch, budget), repeats, warmup)
+        records.append({"method": name, "step_seconds": seconds_per_step,
                         "budget_layers": budget if METHODS[name] and not model.exit_layers else model.num_layers})
-        del model, optimizer
     full = next((r["step_seconds"] for r in records if r["method"] == "full"), None)
     for record in records:
         record["relative_to_full"] = record["step_seconds"] / full if full else None

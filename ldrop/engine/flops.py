@@ -101,7 +101,9 @@ def cnn_flops(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) -> T
     length = torch.as_tensor(sample_lengths).to(torch.long)
     flops = torch.zeros(length.shape, dtype=torch.float64, device=length.device)
     in_channels = 1
-    for out_channels, kernel, stride in zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True):
+    for out_channels, kernel, stride in zip(
+        config.conv_dim, config.conv_kernel, config.conv_stride, strict=True
+    ):
         length = _conv_output_length(length, kernel, stride)
         flops += 2.0 * length.to(torch.float64) * out_channels * in_channels * kernel
         in_channels = out_channels
@@ -115,6 +117,10 @@ def frame_lengths(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) 
     for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
         length = _conv_output_length(length, kernel, stride)
     return length
+
+
+# ``count_forward_flops`` takes a ``frame_lengths`` argument, which shadows the function inside it.
+_frames = frame_lengths
 
 
 def shortest_sample_lengths(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tensor:
@@ -225,7 +231,3 @@ def count_forward_flops(
         if not keep.is_floating_point():
             keep = keep.to(torch.float64)
     return ForwardFlops(fixed=fixed, per_layer=per_layer, keep=keep)
-
-
-def _frames(config: PretrainedConfig, sample_lengths: Tensor) -> Tensor:
-    return frame_lengths(config, sample_lengths)

@@ -63,7 +63,7 @@ def test_test_budgets_argument_picks_the_swept_budgets(trained, tmp_path):
 
 def test_predict_writes_one_json_line_per_input(trained, tmp_path):
     out = tmp_path / "pred.jsonl"
-    main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false",
+    main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
           "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.predict_budget", "2",
           "--predictions.output", str(out)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -154,7 +154,7 @@ def test_predict_on_a_folder_of_audio_files(trained, tmp_path):
         sf.write(folder / name, torch.randn(4000 + 800 * i).numpy() * 0.1, 16000)
     (folder / "notes.txt").write_text("not audio")
     out = tmp_path / "pred.jsonl"
-    main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false",
+    main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
           "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.predict_budget", "0.5",
           "--inputs", f"[{folder}]", "--predictions.output", str(out)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -164,5 +164,5 @@ def test_predict_on_a_folder_of_audio_files(trained, tmp_path):
 
 def test_predict_inputs_that_do_not_exist_are_named(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
-        main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false",
+        main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
               "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--inputs", f"[{tmp_path / 'nope'}]"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ldrop.cli import LdropCLI, TRAINER_DEFAULTS
+from ldrop.cli import TRAINER_DEFAULTS, LdropCLI
 from ldrop.data import fixtures
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
 from ldrop.tasks import ClassificationTask, CTCTask
@@ -81,14 +81,18 @@ def test_every_config_combination_instantiates(data, backbone, method, roots, tm
         assert cli.model.class_names == list(cli.datamodule.class_names)  # linked, not typed twice
 
 
-def test_quickstart_config_instantiates(tmp_path):
-    cli = _instantiate(["--config", str(CONFIGS / "quickstart.yaml")], tmp_path)
+@pytest.mark.parametrize("name", ["quickstart.yaml", "quickstart-ctc.yaml"])
+def test_quickstart_configs_instantiate(name, tmp_path):
+    cli = _instantiate(["--config", str(CONFIGS / name)], tmp_path)
     assert isinstance(cli.model.selector, InputConditionedSelector)
-    assert cli.model.num_classes == cli.datamodule.num_classes
+    if isinstance(cli.model, ClassificationTask):
+        assert cli.model.num_classes == cli.datamodule.num_classes
+    else:
+        assert set(cli.model.vocabulary) == set(cli.datamodule.alphabet) | {" "}
 
 
 def test_every_yaml_key_a_user_changes_is_commented():
-    for path in [*DATA, *BACKBONES, *METHODS, CONFIGS / "quickstart.yaml"]:
+    for path in [*DATA, *BACKBONES, *METHODS, *CONFIGS.glob("quickstart*.yaml")]:
         lines = path.read_text().splitlines()
         assert lines[0].startswith("#"), f"{path.name} has no header comment"
         for line in lines:

@@ -1,0 +1,56 @@
+"""``python -m ldrop.bench <benchmark> [options]``: run one of the benchmarks.
+
+Benchmarks are imported only when chosen, so one that needs an optional dependency does not break the
+others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Benchmark name -> (module with a ``main(argv) -> int | None``, one-line description).
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "speedup": ("ldrop.bench.speedup", "wall-clock speed-up of sparse gated execution vs the full model"),
+    "loading": ("ldrop.bench.loading", "data loading throughput"),
+    "overhead": ("ldrop.bench.overhead", "selector and gating overhead"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m ldrop.bench {" + ",".join(BENCHMARKS) + "} [options]", "", "benchmarks:"]
+    lines += [f"  {name:<10} {description}" for name, (_, description) in BENCHMARKS.items()]
+    lines += ["", "Run `python -m ldrop.bench <benchmark> --help` for a benchmark's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to the chosen benchmark's ``main`` with the remaining arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name = BENCHMARKS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise  # the benchmark exists but one of its own imports is missing
+        print(
+            f"benchmark {name!r} is not available in this version of ldrop ({module_name} is missing)",
+            file=sys.stderr,
+        )
+        return 2
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

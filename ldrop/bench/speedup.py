@@ -1,0 +1,437 @@
+"""Wall-clock speed-up of sparse gated execution against the full model.
+
+For each budget ``k`` (layers kept per sample) the benchmark times the whole inference forward (CNN, front
+end, gated layers, final norm) with
+
+* ``per_sample``: every sample keeps its own random set of ``k`` layers (the input-conditioned case),
+* ``shared``: every sample keeps the same random ``k`` layers (a static pruned model),
+
+next to the full-depth model (``full``) and the fixed part alone (``fixed``: CNN + front end). Its ideal is
+what skipping layers could save at best, ``T_full / (T_fixed + k / N * (T_full - T_fixed))``; the FLOPs
+ratio from :mod:`ldrop.engine.flops` is recorded too.
+
+Variants are interleaved (each repeat runs all of them once, in a fresh random order) so that drift on a
+shared machine hits them alike, and the median over repeats is reported. Weights are random: the speed of a
+dense model does not depend on its values.
+
+Run ``python -m ldrop.bench speedup --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import Tensor
+from transformers import PretrainedConfig
+
+from ldrop.backbones import FAMILIES, SpeechBackbone, tiny_config
+from ldrop.engine.flops import count_forward_flops
+from ldrop.engine.gated import run_gated_layers
+
+SIZES = ("base", "large", "tiny")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SAMPLING_RATE = 16_000
+
+#: The usual "large" geometry (wav2vec 2.0 / HuBERT / WavLM / data2vec large).
+LARGE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096)
+
+
+def build_config(family: str, size: str) -> PretrainedConfig:
+    """A config of ``family`` at ``size``.
+
+    ``base`` is the family's default Hugging Face config; ``large`` the 24-layer / 1024-wide geometry with
+    the pre-norm layout (``do_stable_layer_norm``, LayerNorm CNN), except Data2VecAudio, which has only the
+    post-norm layout; ``tiny`` is :func:`ldrop.backbones.tiny_config`, for tests.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown backbone {family!r}; choose from {sorted(FAMILIES)}")
+    config_cls = FAMILIES[family][0]
+    if size == "base":
+        return config_cls()
+    if size == "large":
+        if family == "data2vec":
+            return config_cls(**LARGE)
+        return config_cls(**LARGE, do_stable_layer_norm=True, feat_extract_norm="layer")
+    if size == "tiny":
+        return tiny_config(family)
+    raise ValueError(f"unknown size {size!r}; choose from {SIZES}")
+
+
+def parse_budgets(text: str, num_layers: int) -> list[int]:
+    """Comma-separated budgets as layer counts: ``"3,6,9"``, or fractions of the depth ``"0.25,0.5"``.
+
+    A value with a decimal point is a fraction of ``num_layers`` (rounded to the nearest layer); one without
+    is a number of layers. Duplicates are dropped, order is kept.
+
+    Raises:
+        ValueError: an empty list, or a budget outside ``0..num_layers``.
+    """
+    budgets: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "." in item or "e" in item.lower():
+            fraction = float(item)
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"budget fraction {item} is outside [0, 1]")
+            k = round(fraction * num_layers)
+        else:
+            k = int(item)
+        if not 0 <= k <= num_layers:
+            raise ValueError(f"budget {item} is outside 0..{num_layers} layers")
+        if k not in budgets:
+            budgets.append(k)
+    if not budgets:
+        raise ValueError("no budgets given")
+    return budgets
+
+
+def keep_masks(batch: int, num_layers: int, k: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """``{"per_sample": [batch, layers], "shared": [batch, layers]}`` 0/1 masks keeping ``k`` layers."""
+    per_sample = torch.zeros(batch, num_layers)
+    for row in range(batch):
+        per_sample[row, torch.randperm(num_layers, generator=generator)[:k]] = 1.0
+    shared = torch.zeros(num_layers)
+    shared[torch.randperm(num_layers, generator=generator)[:k]] = 1.0
+    return {"per_sample": per_sample, "shared": shared.expand(batch, num_layers).clone()}
+
+
+_THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "MKL_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # Thread-pool settings change CPU timings a lot (spin-waiting OpenMP threads on a busy machine).
+        "environment": {name: os.environ[name] for name in _THREAD_ENV if name in os.environ},
+    }
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on every platform
+        return None
+
+
+def _config_summary(config: PretrainedConfig) -> dict[str, Any]:
+    keys = (
+        "model_type",
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "intermediate_size",
+        "do_stable_layer_norm",
+        "feat_extract_norm",
+        "conv_dim",
+        "num_conv_pos_embeddings",
+        "num_conv_pos_embedding_groups",
+        "conv_pos_kernel_size",
+    )
+    summary = {key: getattr(config, key) for key in keys if hasattr(config, key)}
+    summary["attn_implementation"] = getattr(config, "_attn_implementation", None)
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in summary.items()}
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
+    """Write ``payload`` as JSON so that a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def run_speedup(
+    backbone: str = "wavlm",
+    size: str = "base",
+    batch_size: int = 8,
+    seconds: float = 4.0,
+    budgets: str | Sequence[int] = "0.25,0.5,0.75",
+    repeats: int = 10,
+    warmup: int = 1,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure the speed-up of sparse gated execution; one record per budget.
+
+    Args:
+        backbone: ``"wavlm"``, ``"hubert"``, ``"wav2vec2"`` or ``"data2vec"``.
+        size: ``"base"``, ``"large"`` or ``"tiny"`` (tests), see :func:`build_config`.
+        batch_size: utterances per forward.
+        seconds: length of every utterance.
+        budgets: layer counts, or a string for :func:`parse_budgets`.
+        repeats: timed rounds; each runs every variant once.
+        warmup: untimed rounds before them.
+        device: ``"cpu"`` or ``"cuda"``.
+        dtype: ``"fp32"`` or ``"bf16"``.
+        seed: seeds the weights, the audio, the keep masks and the order of the variants.
+        log: called with a progress line after each round.
+
+    Returns:
+        One JSON-serialisable record per budget (see the README for the fields).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    torch_device = torch.device(device)
+    torch_dtype = DTYPES[dtype]
+    sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
+
+    torch.manual_seed(seed)
+    config = build_config(backbone, size)
+    model = SpeechBackbone.from_config(config).eval().to(device=torch_device, dtype=torch_dtype)
+    num_layers = model.num_layers
+    if isinstance(budgets, str):
+        budgets = parse_budgets(budgets, num_layers)
+    samples = round(seconds * SAMPLING_RATE)
+    generator = torch.Generator().manual_seed(seed)
+    waves = torch.randn(batch_size, samples, generator=generator).to(torch_device, torch_dtype)
+    lengths = torch.full((batch_size,), samples, dtype=torch.long, device=torch_device)
+
+    def fixed_part() -> Tensor:
+        features, frame_mask = model.extract_features(waves, lengths)
+        return model.frontend(features, frame_mask)
+
+    def gated(keep: Tensor) -> Tensor:
+        features, frame_mask = model.extract_features(waves, lengths)
+        hidden = model.frontend(features, frame_mask)
+        return run_gated_layers(model, hidden, frame_mask, keep, mode="sparse")
+
+    # A fresh pair of masks per budget and round: the per-sample cost depends on how the kept layers fall
+    # into sub-batches, so the median covers many draws rather than one lucky or unlucky one.
+    mask_generator = torch.Generator().manual_seed(seed + 1)
+    order_rng = random.Random(seed)
+    variants = ["full", "fixed"] + [f"{kind}@{k}" for k in budgets for kind in ("per_sample", "shared")]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+
+    load_before = _load_average()
+    cores = os.cpu_count() or 1
+    if log is not None and torch_device.type == "cpu" and load_before is not None and load_before > cores / 2:
+        log(
+            f"note: load average {load_before:.1f} on {cores} cores; other processes will add noise (and, with "
+            "spinning OpenMP threads, slow down many-small-op runs: OMP_WAIT_POLICY=PASSIVE helps)"
+        )
+    with torch.inference_mode():
+        for round_index in range(warmup + repeats):
+            masks = {k: keep_masks(batch_size, num_layers, k, mask_generator) for k in budgets}
+            order = list(variants)
+            order_rng.shuffle(order)
+            for name in order:
+                if name == "full":
+                    run = lambda: model(waves, lengths)  # noqa: E731
+                elif name == "fixed":
+                    run = fixed_part
+                else:
+                    kind, k = name.split("@")
+                    keep = masks[int(k)][kind].to(torch_device)
+                    run = lambda keep=keep: gated(keep)  # noqa: E731
+                sync()
+                start = time.perf_counter()
+                run()
+                sync()
+                elapsed = time.perf_counter() - start
+                if name == "full":
+                    last_full = elapsed
+                if round_index >= warmup:
+                    times[name].append(elapsed)
+            if log is not None:
+                phase = "warm-up" if round_index < warmup else "round"
+                log(f"{phase} {round_index + 1}/{warmup + repeats}: full forward {last_full:.3f} s")
+
+    machine = machine_info(torch_device)
+    # Other processes competing for the cores are the main source of noise on a shared CPU machine.
+    machine["load_average_1min"] = {"before": load_before, "after": _load_average()}
+    median = {name: statistics.median(values) for name, values in times.items()}
+    t_full, t_fixed = median["full"], median["fixed"]
+    full_flops = count_forward_flops(config, lengths.cpu())
+    records = []
+    for k in budgets:
+        ideal = t_full / (t_fixed + k / num_layers * (t_full - t_fixed))
+        # All utterances have the same length, so any k kept layers cost the same FLOPs.
+        keep = torch.zeros(batch_size, num_layers)
+        keep[:, :k] = 1.0
+        flops = count_forward_flops(config, lengths.cpu(), keep)
+        speedup = {kind: t_full / median[f"{kind}@{k}"] for kind in ("per_sample", "shared")}
+        records.append(
+            {
+                "benchmark": "speedup",
+                "backbone": backbone,
+                "size": size,
+                "config": _config_summary(config),
+                "num_layers": num_layers,
+                "budget": k,
+                "budget_fraction": k / num_layers,
+                "batch_size": batch_size,
+                "seconds": seconds,
+                "sampling_rate": SAMPLING_RATE,
+                "frames": int(model.frame_lengths(lengths[:1].cpu()).item()),
+                "dtype": dtype,
+                "repeats": repeats,
+                "warmup": warmup,
+                "seed": seed,
+                "machine": machine,
+                "time_s": {
+                    "full": t_full,
+                    "fixed": t_fixed,
+                    "per_sample": median[f"per_sample@{k}"],
+                    "shared": median[f"shared@{k}"],
+                },
+                "times_s": {
+                    "full": times["full"],
+                    "fixed": times["fixed"],
+                    "per_sample": times[f"per_sample@{k}"],
+                    "shared": times[f"shared@{k}"],
+                },
+                "speedup": speedup,
+                "ideal_speedup": ideal,
+                "realized_over_ideal": {kind: value / ideal for kind, value in speedup.items()},
+                "realized_over_ideal_paired": {
+                    kind: _paired_ratio(times, kind, k, num_layers) for kind in ("per_sample", "shared")
+                },
+                "flops": {
+                    "full_per_utterance": full_flops.total[0].item(),
+                    "fixed_per_utterance": flops.fixed[0].item(),
+                    "budget_per_utterance": flops.total[0].item(),
+                    "budget_per_second": flops.per_second(lengths[:1].cpu())[0].item(),
+                    "ideal_speedup": (full_flops.total.sum() / flops.total.sum()).item(),
+                },
+            }
+        )
+    return records
+
+
+def _paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: int) -> float:
+    """Median over rounds of realized/ideal computed within each round.
+
+    The variants of one round run seconds apart, so the ratio of their times cancels load that drifts over
+    minutes on a shared machine; a cross-check of the ratio of medians.
+    """
+    ratios = []
+    for full, fixed, variant in zip(times["full"], times["fixed"], times[f"{kind}@{k}"], strict=True):
+        ideal = full / (fixed + k / num_layers * (full - fixed))
+        ratios.append(full / variant / ideal)
+    return statistics.median(ratios)
+
+
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+    """The records as a Markdown table, one row per budget."""
+    header = (
+        "| k | k/N | full (s) | fixed (s) | per-sample (s) | shared (s) | speed-up per-sample | "
+        "speed-up shared | ideal | realized/ideal per-sample | realized/ideal shared | "
+        "paired realized/ideal (per-sample / shared) | FLOPs ideal |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in records:
+        t, s, q, p = r["time_s"], r["speedup"], r["realized_over_ideal"], r["realized_over_ideal_paired"]
+        lines.append(
+            f"| {r['budget']} | {r['budget_fraction']:.2f} | {t['full']:.3f} | {t['fixed']:.3f} | "
+            f"{t['per_sample']:.3f} | {t['shared']:.3f} | {s['per_sample']:.2f}x | {s['shared']:.2f}x | "
+            f"{r['ideal_speedup']:.2f}x | {q['per_sample']:.3f} | {q['shared']:.3f} | "
+            f"{p['per_sample']:.3f} / {p['shared']:.3f} | {r['flops']['ideal_speedup']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ldrop.bench speedup",
+        description="Wall-clock speed-up of sparse gated execution vs the full model (random weights).",
+    )
+    parser.add_argument("--backbone", choices=sorted(FAMILIES), default="wavlm")
+    parser.add_argument("--size", choices=SIZES, default="base", help="tiny is for tests")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of every utterance")
+    parser.add_argument(
+        "--budgets",
+        default="0.25,0.5,0.75",
+        help="comma-separated layers kept per sample: counts (3,6,9) or fractions of the depth (0.25,0.5)",
+    )
+    parser.add_argument("--json", required=True, help="where to write the records (a JSON list)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds; the median is reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m ldrop.bench speedup``."""
+    args = build_parser().parse_args(argv)
+    previous_threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        records = run_speedup(
+            backbone=args.backbone,
+            size=args.size,
+            batch_size=args.batch_size,
+            seconds=args.seconds,
+            budgets=args.budgets,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=args.device,
+            dtype=args.dtype,
+            seed=args.seed,
+            log=lambda line: print(line, flush=True),
+        )
+    finally:
+        torch.set_num_threads(previous_threads)  # main() may run inside a larger process (tests)
+    write_json_atomic(args.json, records)
+    first = records[0]
+    print(
+        f"\n{args.backbone} {args.size}, batch {args.batch_size}, {args.seconds:g} s, {args.dtype} on "
+        f"{first['machine']['device_name']} ({first['machine']['threads']} threads, torch "
+        f"{first['machine']['torch']}), median of {args.repeats}\n"
+    )
+    print(markdown_table(records))
+    print(f"\nwrote {len(records)} records to {args.json}")
+    return 0
