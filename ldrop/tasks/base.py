@@ -780,6 +780,15 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             self.print_sweep_table(rows, columns)
             log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)
 
+    #: Short terminal headers of the sweep columns.
+    SWEEP_HEADERS = {
+        "budget_layers": "k",
+        "executed_layers": "layers run",
+        "gflops_per_utterance": "GFLOPs/utt",
+        "ms_per_utterance": "ms/utt",
+        "distinct_masks": "masks",
+    }
+
     def print_sweep_table(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
         """Print the sweep to the terminal (rich table)."""
         from rich.console import Console
@@ -787,11 +796,12 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
         table = Table(title=f"budget sweep: {self.method_label()}")
         cols = [c for c in columns if c in rows[0]]
+        cols += [c for c in rows[0] if c.endswith(("_std", "_shuffled", "_most_common"))]
         for c in cols:
-            table.add_column(c, justify="right")
+            table.add_column(self.SWEEP_HEADERS.get(c, c), justify="right", no_wrap=True)
         for row in rows:
             table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
-        Console().print(table)
+        Console(width=max(100, 14 * len(cols))).print(table)
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:

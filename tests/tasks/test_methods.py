@@ -42,6 +42,7 @@ def _eval_loss(model, batches, budget) -> float:
     for batch in batches:
         logits, _ = model(batch.waveforms, batch.lengths, budget)
         losses.append(float(model.task_loss(logits, torch.ones(1, 1, dtype=torch.bool), batch)))
+    model.train()
     return sum(losses) / len(losses)
 
 
@@ -74,6 +75,7 @@ def test_ctc_task_trains_with_the_loss_going_down(tmp_path):
             encoded = model.encode(batch.waveforms, batch.lengths)
             logits, _, _ = model.logits_at_budget(encoded, 4)
             total += float(model.task_loss(logits, encoded.frame_mask, batch))
+        model.train()
         return total / len(batches)
 
     before = loss()
