@@ -457,16 +457,26 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             confidences.append(self.exit_confidences(self.encode(batch.waveforms, batch.lengths)).cpu())
         conf = torch.cat(confidences)
         exits = torch.tensor(self.exit_layers, dtype=torch.float64)
-        candidates = torch.cat([conf.flatten().unique(), torch.tensor([float("inf")])])
+        candidates = torch.cat([conf.flatten().unique(), torch.tensor([float("inf")])]).tolist()
+
+        def mean_exit(threshold: float) -> float:
+            # The first exit whose confidence passes; the last exit when none of the earlier ones does.
+            passed = torch.cat([conf[:, :-1] >= threshold, torch.ones(len(conf), 1, dtype=torch.bool)], dim=1)
+            return float(exits[passed.float().argmax(1)].mean())
+
         thresholds = {}
         for k in range(1, self.num_layers + 1):
-            best, best_gap = float("inf"), float("inf")
-            for t in candidates.tolist():
-                passed = conf[:, :-1] >= t
-                first = torch.where(passed.any(1), passed.float().argmax(1), torch.full_like(passed[:, 0], len(exits) - 1, dtype=torch.long))
-                gap = abs(float(exits[first].mean()) - k)
-                if gap < best_gap:
-                    best, best_gap = t, gap
+            # mean_exit grows with the threshold: bisect for the first candidate reaching k, then take the
+            # closer of it and its predecessor.
+            lo, hi = 0, len(candidates) - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if mean_exit(candidates[mid]) >= k:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            options = [candidates[i] for i in (lo - 1, lo) if 0 <= i < len(candidates)]
+            best = min(options, key=lambda t: abs(mean_exit(t) - k))
             thresholds[k] = best
             self.exit_thresholds[k - 1] = best
         return thresholds
@@ -590,6 +600,17 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
     # ------------------------------------------------------------------ test: the budget sweep
     def on_test_start(self) -> None:
+        self.prepare_for_evaluation()
+
+    def on_predict_start(self) -> None:
+        self.prepare_for_evaluation()
+
+    def prepare_for_evaluation(self) -> None:
+        """Calibrate thresholds / search static subsets on the validation data when the method needs it.
+
+        Threshold-mode selectors, confidence-based early exit and ``static_search`` are fitted to the
+        validation split of the trainer's datamodule before testing or predicting.
+        """
         datamodule = getattr(self.trainer, "datamodule", None)
         needs_val = (
             (isinstance(self.selector, InputConditionedSelector) and self.selector.mode == "threshold")
