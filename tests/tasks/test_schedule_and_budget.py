@@ -1,0 +1,56 @@
+"""Learning-rate schedules and budget parsing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ldrop.tasks import budget_list, budget_to_layers, lr_schedule, resolve_budget
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    f = lr_schedule("linear", warmup_steps=10, total_steps=110)
+    assert f(0) < f(5) < f(9) <= 1.0
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5)
+    assert f(110) == 0.0
+
+
+def test_tri_stage_schedule_holds_then_decays_to_five_percent():
+    f = lr_schedule("tri_stage", warmup_steps=10, total_steps=100)
+    assert f(20) == f(49) == 1.0
+    assert 0.05 < f(75) < 1.0
+    assert f(100) == pytest.approx(0.05)
+    assert math.isclose(f(75), math.sqrt(0.05), rel_tol=1e-9)
+
+
+def test_constant_schedule_stays_at_the_base_rate_after_warm_up():
+    f = lr_schedule("constant", warmup_steps=4, total_steps=100)
+    assert f(2) < 1.0 and f(4) == f(99) == 1.0
+
+
+def test_unknown_schedule_is_named():
+    with pytest.raises(ValueError, match="cosine"):
+        lr_schedule("cosine", 0, 10)
+
+
+@pytest.mark.parametrize(("budget", "layers"), [(1, 1), (12, 12), (0.5, 6), (0.01, 1), (1.0, 12), (0.25, 3)])
+def test_budgets_convert_to_layer_counts(budget, layers):
+    assert budget_to_layers(budget, 12) == layers
+
+
+def test_fraction_tensor_budgets_round_to_layers():
+    assert resolve_budget(torch.tensor([0.25, 1.0]), 12, 2).tolist() == [3, 12]
+
+
+def test_scalar_tensor_budget_is_broadcast():
+    assert resolve_budget(torch.tensor(5), 12, 3).tolist() == [5, 5, 5]
+
+
+def test_budget_list_defaults_to_every_depth_and_deduplicates():
+    assert budget_list(None, 4) == [1, 2, 3, 4]
+    assert budget_list([0.5, 2, 1.0], 4) == [2, 4]
+    with pytest.raises(ValueError, match="empty"):
+        budget_list([], 4)
