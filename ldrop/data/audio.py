@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,18 +18,42 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-__all__ = ["AudioInfo", "AudioReadError", "audio_info", "read_audio", "resample", "resampled_length"]
+__all__ = [
+    "AudioFileNotFoundError",
+    "AudioInfo",
+    "AudioReadError",
+    "audio_info",
+    "check_audio",
+    "read_audio",
+    "resample",
+    "resampled_length",
+]
 
 PathLike = str | os.PathLike
 
 
 class AudioReadError(RuntimeError):
-    """An audio file is missing, unreadable, empty or corrupt; the message names the file."""
+    """An audio file is missing, unreadable, empty, truncated or corrupt; the message names the file.
 
-    def __init__(self, path: PathLike, reason: str) -> None:
+    Args:
+        path: the file.
+        reason: what is wrong with it.
+        what: how the message starts (``"cannot read audio file"``).
+    """
+
+    def __init__(self, path: PathLike, reason: str, what: str = "cannot read audio file") -> None:
         self.path = os.fspath(path)
         self.reason = reason
-        super().__init__(f"cannot read audio file {self.path}: {reason}")
+        super().__init__(f"{what} {self.path}: {reason}")
+
+
+class AudioFileNotFoundError(AudioReadError, FileNotFoundError):
+    """The audio file does not exist (also a :class:`FileNotFoundError`)."""
+
+    def __init__(
+        self, path: PathLike, reason: str = "the file does not exist", what: str = "cannot read audio file"
+    ) -> None:
+        super().__init__(path, reason, what)
 
 
 @dataclass(frozen=True)
@@ -60,16 +86,112 @@ def audio_info(path: PathLike) -> AudioInfo:
         Its frame count, sample rate and channel count.
 
     Raises:
-        AudioReadError: if the file is missing, unreadable or holds no frames.
+        AudioFileNotFoundError: if the file does not exist.
+        AudioReadError: if the file is unreadable, holds no frames, or is truncated: its header promises more
+            frames than the file holds (libsndfile would silently read the shorter file).
     """
+    return _inspect(path, scan_samples=False)
+
+
+def check_audio(path: PathLike) -> AudioInfo:
+    """:func:`audio_info`, and for float files (``FLOAT``/``DOUBLE`` subtypes) a scan for NaN/inf samples.
+
+    Integer PCM, FLAC and the like cannot hold non-finite samples, so only float files are decoded (once,
+    in blocks); this is the check DataModules run on every file at setup.
+
+    Raises:
+        AudioFileNotFoundError: if the file does not exist.
+        AudioReadError: as :func:`audio_info`, or if a float file holds NaN or infinite samples.
+    """
+    return _inspect(path, scan_samples=True)
+
+
+_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+# Subtypes whose bytes per frame is the header's block align, so a data size converts to frames.
+_FIXED_SIZE_SUBTYPES = frozenset(
+    {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"}
+)
+
+
+def _inspect(path: PathLike, scan_samples: bool) -> AudioInfo:
     try:
-        with sf.SoundFile(os.fspath(path)) as f:
-            info = AudioInfo(frames=int(f.frames), sample_rate=int(f.samplerate), channels=int(f.channels))
+        f = sf.SoundFile(os.fspath(path))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-        raise AudioReadError(path, _reason(err)) from err
-    if info.frames <= 0:
-        raise AudioReadError(path, "the file holds no audio frames")
+        raise _open_error(path, err) from err
+    with f:
+        info = AudioInfo(frames=int(f.frames), sample_rate=int(f.samplerate), channels=int(f.channels))
+        if info.frames <= 0:
+            raise AudioReadError(path, "the file holds no audio frames")
+        promised = _promised_frames(path, f.format, f.subtype)
+        if promised is not None and promised > info.frames:
+            raise AudioReadError(
+                path,
+                f"the file is truncated: its header promises {promised} frames "
+                f"({promised / info.sample_rate:.3f} s), it holds {info.frames} ({info.seconds:.3f} s)",
+            )
+        try:
+            if f.format == "FLAC":
+                # libsndfile trusts a FLAC header's frame count; a cut file fails only when its end is decoded.
+                f.seek(info.frames - 1)
+                if f.read(1, dtype="float32").shape[0] != 1:
+                    raise RuntimeError("the last frame cannot be read")
+            if scan_samples and f.subtype in _FLOAT_SUBTYPES:
+                f.seek(0)
+                position = 0
+                for block in f.blocks(1 << 18, dtype="float32", always_2d=True):
+                    _check_finite(path, block, position)
+                    position += block.shape[0]
+        except AudioReadError:
+            raise
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioReadError(
+                path, f"the file is truncated or corrupt: its header promises {info.frames} frames ({err})"
+            ) from err
     return info
+
+
+def _promised_frames(path: PathLike, file_format: str, subtype: str) -> int | None:
+    """Frames the header of a WAV or NIST SPHERE file promises, or ``None`` when unknown.
+
+    libsndfile shortens the frame count of a cut WAV/SPHERE file to what the file holds, without an error;
+    the header's own count tells that the file was cut.
+    """
+    if subtype not in _FIXED_SIZE_SUBTYPES:
+        return None
+    with open(os.fspath(path), "rb") as fh:
+        if file_format == "NIST":
+            match = re.search(rb"sample_count\s+-i\s+(\d+)", fh.read(1024))
+            return int(match.group(1)) if match else None
+        if file_format != "WAV" or fh.read(4) != b"RIFF" or fh.read(8)[4:] != b"WAVE":
+            return None
+        block_align = 0
+        while len(header := fh.read(8)) == 8:
+            chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk == b"data":
+                # 0 and 0xFFFFFFFF mark a WAV written as a stream, whose length was never filled in.
+                return size // block_align if block_align and size not in (0, 0xFFFFFFFF) else None
+            if chunk == b"fmt ":
+                body = fh.read(size + (size & 1))
+                block_align = struct.unpack("<H", body[12:14])[0] if len(body) >= 14 else 0
+            else:
+                fh.seek(size + (size & 1), 1)
+    return None
+
+
+def _check_finite(path: PathLike, data: np.ndarray, first_frame: int = 0) -> None:
+    finite = np.isfinite(data)
+    if not finite.all():
+        frame = first_frame + int(np.argwhere(~finite)[0][0])
+        raise AudioReadError(path, f"non-finite sample (NaN or inf) at frame {frame}")
+
+
+def _open_error(path: PathLike, err: BaseException) -> AudioReadError:
+    """The error for a file libsndfile cannot open: says so plainly when it is missing or a folder."""
+    if not os.path.exists(path):
+        return AudioFileNotFoundError(path)
+    if os.path.isdir(path):
+        return AudioReadError(path, "it is a folder, not an audio file")
+    return AudioReadError(path, _reason(err))
 
 
 def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
@@ -117,21 +239,31 @@ def read_audio(
         ``[samples]`` float32 waveform.
 
     Raises:
-        AudioReadError: if the file is missing, unreadable, corrupt, or the range holds no frames.
+        AudioFileNotFoundError: if the file does not exist.
+        AudioReadError: if the file is unreadable or corrupt, holds a NaN or infinite sample, the range holds
+            no frames, or the file ends before ``stop`` (a truncated file, or a range past its end).
     """
+    if stop is None:
+        stop = audio_info(
+            path
+        ).frames  # raises for a missing or truncated file, whose frames libsndfile hides
     try:
         data, sr = sf.read(os.fspath(path), start=start or 0, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-        raise AudioReadError(path, _reason(err)) from err
+        raise _open_error(path, err) from err
     if data.shape[0] == 0:
-        where = "" if start is None and stop is None else f" in frames [{start}, {stop})"
-        raise AudioReadError(path, f"no audio frames{where}")
+        raise AudioReadError(path, f"no audio frames in frames [{start or 0}, {stop})")
+    if data.shape[0] < stop - (start or 0):
+        raise AudioReadError(
+            path,
+            f"the file ends at frame {(start or 0) + data.shape[0]}, before the end of the range "
+            f"[{start or 0}, {stop}) (truncated file?)",
+        )
+    _check_finite(path, data, start or 0)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
     return resample(waveform, int(sr), target_sr)
 
 
 def _reason(err: BaseException) -> str:
-    if isinstance(err, FileNotFoundError):
-        return "no such file"
     return str(err) or type(err).__name__

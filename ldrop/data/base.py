@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -18,7 +19,15 @@ from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler
 #: File endings ``predict_on_files`` picks up in folders (formats libsndfile reads).
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".sph", ".ogg", ".aiff", ".aif"})
 
-__all__ = ["AudioDataModule", "DatasetLayoutError", "Split", "Task"]
+#: Default ``max_train_seconds``: longer training clips are cropped (classification) or dropped (CTC).
+#: Attention memory grows with the square of a clip's length, so one very long training file would end
+#: a run with an out-of-memory error far into training; every benchmark clip is shorter than this.
+DEFAULT_MAX_TRAIN_SECONDS = 30.0
+
+#: With ``max_train_seconds=None``, a training clip longer than this is named in a warning.
+LONG_TRAIN_CLIP_WARNING_SECONDS = 60.0
+
+__all__ = ["DEFAULT_MAX_TRAIN_SECONDS", "AudioDataModule", "DatasetLayoutError", "Split", "Task"]
 
 log = logging.getLogger("ldrop.data")
 
@@ -46,10 +55,11 @@ class AudioDataModule(LightningDataModule):
 
     * **setup** checks every audio header once, logs the item count and hours per split, and logs
       (``skip_bad_files=True``) or raises (default) on missing, unreadable, empty or corrupt files.
-    * **training length limits**: training clips longer than ``max_train_seconds`` are randomly cropped
-      (``long_clip_policy="crop"``, classification) or dropped (``"filter"``, the only choice for CTC, where
-      a crop would cut the audio away from its transcript); every clip shorter than ``min_samples`` is
-      zero-padded to it.
+    * **training length limits**: training clips longer than ``max_train_seconds`` (default
+      :data:`DEFAULT_MAX_TRAIN_SECONDS`, 30 s) are randomly cropped (``long_clip_policy="crop"``,
+      classification) or dropped with a logged count (``"filter"``, the only choice for CTC, where a crop
+      would cut the audio away from its transcript); every clip shorter than ``min_samples`` is
+      zero-padded to it. Validation, test and predict audio is never cut.
     * **batching**: a :class:`~ldrop.data.samplers.DynamicBatchSampler` when ``max_batch_seconds`` is set,
       else a :class:`~ldrop.data.samplers.LengthGroupedSampler` of ``batch_size`` items (grouped by length
       when ``group_by_length``). Both shard across DDP ranks by themselves (run multi-device training with
@@ -69,11 +79,14 @@ class AudioDataModule(LightningDataModule):
             (``batch * longest``) and their size varies; ``batch_size`` is then ignored.
         group_by_length: batch items of similar duration together (less padding); dynamic batches are
             always grouped.
-        max_train_seconds: longest training clip; ``None`` for no limit. Evaluation splits are never cut.
+        max_train_seconds: longest training clip (default 30 s); ``None`` for no limit (a training clip
+            over a minute is then named in a warning). Evaluation and predict splits are never cut.
         long_clip_policy: what happens to a longer training clip: ``"crop"`` a random window of
-            ``max_train_seconds`` (classification only) or ``"filter"`` it out.
-        skip_bad_files: skip unreadable, empty or corrupt files with a logged warning and a count, instead of
-            raising an error that names the file.
+            ``max_train_seconds`` (classification only) or ``"filter"`` it out; ``None`` = crop for
+            classification, filter for CTC.
+        skip_bad_files: skip bad items (missing, unreadable, empty, truncated or corrupt files, files with
+            NaN/inf samples, audio without a transcript, ranges outside their file) with a logged warning and
+            a count, instead of raising an error that names the file.
         seed: seed of the batch order (and of any seeded choice a dataset makes).
         sample_rate: sample rate of the returned waveforms; files at other rates are resampled.
         min_samples: shorter clips are zero-padded to this many samples (400 = one 25 ms frame at 16 kHz).
@@ -89,8 +102,8 @@ class AudioDataModule(LightningDataModule):
         num_workers: int = 0,
         max_batch_seconds: float | None = None,
         group_by_length: bool = True,
-        max_train_seconds: float | None = None,
-        long_clip_policy: Literal["crop", "filter"] = "crop",
+        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
+        long_clip_policy: Literal["crop", "filter"] | None = None,
         skip_bad_files: bool = False,
         seed: int = 0,
         sample_rate: int = 16000,
@@ -106,6 +119,8 @@ class AudioDataModule(LightningDataModule):
             raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
         if max_train_seconds is not None and max_train_seconds <= 0:
             raise ValueError(f"max_train_seconds must be positive, got {max_train_seconds}")
+        if long_clip_policy is None:
+            long_clip_policy = "filter" if self.task == "ctc" else "crop"
         if long_clip_policy not in ("crop", "filter"):
             raise ValueError(f"long_clip_policy must be 'crop' or 'filter', got {long_clip_policy!r}")
         if self.task == "ctc" and long_clip_policy == "crop" and max_train_seconds is not None:
@@ -158,7 +173,13 @@ class AudioDataModule(LightningDataModule):
         or logging bad files) and reads them with :class:`~ldrop.data.datasets.AudioFileDataset`.
         """
         items = self.list_items(split)
-        good, bad = resolve_items(items, self.sample_rate, self.skip_bad_files, split=split)
+        good, bad = resolve_items(
+            items,
+            self.sample_rate,
+            self.skip_bad_files,
+            split=split,
+            skip_option=self._accepts_skip_bad_files(),
+        )
         self.num_bad_files[split] = len(bad)
         if bad:
             shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
@@ -176,7 +197,8 @@ class AudioDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets the stage needs (``fit``: train and val; ``validate``; ``test``; ``predict``)."""
         for split in _STAGE_SPLITS[stage]:
-            if split not in self.datasets and self.has_split(split):
+            predicting_files = split == "predict" and bool(self.predict_files)
+            if split not in self.datasets and (self.has_split(split) or predicting_files):
                 self.datasets[split] = self._prepared_dataset(split)
 
     def dataset(self, split: Split) -> AudioDataset:
@@ -193,7 +215,7 @@ class AudioDataModule(LightningDataModule):
         """
         if split in self.datasets:
             return self.datasets[split].targets
-        return [item.target for item in self.list_items(split)]
+        return [item.target for item in self.list_items(split) if item.problem is None]
 
     def transcripts(self, split: Split = "train") -> list[str]:
         """Transcripts of ``split`` (CTC modules), e.g. to build a character vocabulary from training text.
@@ -209,20 +231,26 @@ class AudioDataModule(LightningDataModule):
     #: Files ``predict`` reads instead of the predict split, set by :meth:`predict_on_files`.
     predict_files: list[str] | None = None
 
-    def predict_on_files(self, paths: Sequence[str | os.PathLike]) -> list[str]:
-        """Make ``predict`` read these audio files (folders are searched recursively) instead of a split.
+    def predict_on_files(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+        """Make ``predict`` read these audio files instead of a split.
 
-        Targets are placeholders (class 0 or an empty transcript); ids are the file paths. Returns the files.
+        Folders are searched recursively for files ending in one of :data:`AUDIO_EXTENSIONS`; hidden files
+        and folders (``.x``, including macOS ``._x.wav`` resource forks) and anything that is not a file are
+        left out. A file named explicitly is always used. Targets are placeholders (class 0 or an empty
+        transcript); ids are the file paths. Returns the files.
+
+        Args:
+            paths: one file or folder, or a list of them.
 
         Raises:
             FileNotFoundError: a path that does not exist, or folders holding no audio file.
         """
+        paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         files: list[str] = []
         for raw in paths:
-            path = Path(raw)
+            path = Path(raw).expanduser()
             if path.is_dir():
-                found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-                files += found
+                files += _audio_files_in(path)
             elif path.is_file():
                 files.append(str(path))
             else:
@@ -231,18 +259,30 @@ class AudioDataModule(LightningDataModule):
             raise FileNotFoundError(
                 f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in the predict inputs {list(map(str, paths))}"
             )
-        self.predict_files = files
+        self.predict_files = list(dict.fromkeys(files))  # a file given twice (alone and in its folder) once
         self.datasets.pop("predict", None)
-        return files
+        return self.predict_files
 
     def _files_dataset(self, paths: Sequence[str]) -> AudioDataset:
         target: int | str = 0 if self.task == "classification" else ""
         items = [AudioItem(id=p, path=p, target=target) for p in paths]
-        good, bad = resolve_items(items, self.sample_rate, self.skip_bad_files, split="predict")
+        good, bad = resolve_items(
+            items,
+            self.sample_rate,
+            self.skip_bad_files,
+            split="predict",
+            skip_option=self._accepts_skip_bad_files(),
+        )
         self.num_bad_files["predict"] = len(bad)
         if bad:
-            log.warning("%s: skipped %d unreadable predict input(s): %s", type(self).__name__, len(bad), bad[:10])
+            log.warning(
+                "%s: skipped %d unreadable predict input(s): %s", type(self).__name__, len(bad), bad[:10]
+            )
         return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
+
+    def _accepts_skip_bad_files(self) -> bool:
+        """Whether this module's constructor takes ``skip_bad_files`` (so an error may suggest it)."""
+        return "skip_bad_files" in inspect.signature(type(self).__init__).parameters
 
     def _prepared_dataset(self, split: Split) -> AudioDataset:
         if split == "predict" and self.predict_files:
@@ -257,13 +297,25 @@ class AudioDataModule(LightningDataModule):
                 raw = dataset.raw_lengths
                 keep = [i for i, n in enumerate(raw) if n <= max_samples]
                 if len(keep) < len(raw):
-                    log.info(
-                        "%s: dropped %d training item(s) longer than max_train_seconds=%s",
+                    log.warning(
+                        "%s: dropped %d training item(s) of %d longer than max_train_seconds=%s",
                         type(self).__name__,
                         len(raw) - len(keep),
+                        len(raw),
                         self.max_train_seconds,
                     )
                     dataset = SubsetAudioDataset(dataset, keep)
+        elif split == "train" and len(dataset) > 0:
+            raw = dataset.raw_lengths
+            longest = max(range(len(raw)), key=raw.__getitem__)
+            if raw[longest] > LONG_TRAIN_CLIP_WARNING_SECONDS * self.sample_rate:
+                log.warning(
+                    "%s: training item %s lasts %.1f s and max_train_seconds=None keeps it whole; attention "
+                    "memory grows with the square of the length (set max_train_seconds to crop or drop it)",
+                    type(self).__name__,
+                    dataset.ids[longest],
+                    raw[longest] / self.sample_rate,
+                )
         if len(dataset) == 0:
             raise ValueError(f"{type(self).__name__}: split '{split}' has no items left")
         seconds = sum(dataset.lengths) / self.sample_rate
@@ -331,6 +383,19 @@ class AudioDataModule(LightningDataModule):
         if trainer is not None:
             return trainer.world_size, trainer.global_rank
         return None, None  # the samplers ask torch.distributed, else assume a single process
+
+
+def _audio_files_in(folder: Path) -> list[str]:
+    """Audio files under ``folder`` (recursively), sorted; hidden files and folders are left out."""
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            os.path.join(parent, n)
+            for n in names
+            if not n.startswith(".") and os.path.splitext(n)[1].lower() in AUDIO_EXTENSIONS
+        ]
+    return sorted(found)
 
 
 def as_list(value: str | Sequence[str]) -> list[str]:

@@ -16,12 +16,25 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils.data import Dataset
 
-from ldrop.data.audio import AudioInfo, AudioReadError, audio_info, read_audio, resampled_length
+from ldrop.data.audio import AudioInfo, AudioReadError, check_audio, read_audio, resampled_length
 from ldrop.data.batch import AudioExample
 
-__all__ = ["AudioDataset", "AudioFileDataset", "AudioItem", "SubsetAudioDataset", "resolve_items"]
+__all__ = [
+    "RANGE_END_TOLERANCE_SECONDS",
+    "AudioDataset",
+    "AudioFileDataset",
+    "AudioItem",
+    "SubsetAudioDataset",
+    "resolve_items",
+]
 
 log = logging.getLogger(__name__)
+
+#: How far past the end of its file an item's time range may end and still be used (clipped to the end).
+#: Transcribed corpora round segment times (TED-LIUM's STM to 10 ms) and the last segment of a talk may end
+#: a few frames after the audio; 50 ms is well below a spoken word, so no transcribed word is cut away.
+#: A range that ends later is a bad item: clipping it would keep its whole transcript for part of its audio.
+RANGE_END_TOLERANCE_SECONDS = 0.05
 
 
 @dataclass
@@ -39,6 +52,8 @@ class AudioItem:
         stop: frame after the range (file rate); ``None`` = end of file.
         file_sample_rate: the file's sample rate, set by :func:`resolve_items`.
         num_samples: length of the example at the target rate, set by :func:`resolve_items`.
+        problem: why the item cannot be used, found while listing it (e.g. audio without a transcript);
+            :func:`resolve_items` then treats it as a bad item.
     """
 
     id: str
@@ -50,6 +65,7 @@ class AudioItem:
     stop: int | None = None
     file_sample_rate: int | None = None
     num_samples: int | None = None
+    problem: str | None = None
 
 
 def resolve_items(
@@ -57,35 +73,46 @@ def resolve_items(
     sample_rate: int,
     skip_bad_files: bool,
     split: str = "",
+    skip_option: bool = True,
 ) -> tuple[list[AudioItem], list[str]]:
-    """Read the header of every file once, turn time ranges into frame ranges, and find bad items.
+    """Check every file once, turn time ranges into frame ranges, and find bad items.
 
-    An item is bad when its file is missing, unreadable, empty or corrupt, or when its time range lies
-    outside the file. Ranges that run past the end of the file are clipped to it.
+    An item is bad when it was listed with a :attr:`~AudioItem.problem`, when its file is missing,
+    unreadable, empty, truncated, corrupt or holds NaN/inf samples (:func:`~ldrop.data.audio.check_audio`),
+    or when its time range lies outside the file. A range may end at most
+    :data:`RANGE_END_TOLERANCE_SECONDS` past the end of the file (it is then clipped to the end).
 
     Args:
         items: the listed items (several may share a file).
         sample_rate: the target sample rate, to compute :attr:`AudioItem.num_samples`.
         skip_bad_files: drop bad items (the caller logs them) instead of raising.
         split: split name, for messages.
+        skip_option: whether the caller accepts ``skip_bad_files=True``; the error then suggests it.
 
     Returns:
         The resolved good items, and one ``"<path>: <reason>"`` line per bad item.
 
     Raises:
-        AudioReadError: naming the first bad file, if there is one and ``skip_bad_files`` is False.
+        AudioReadError: naming the first bad file, if there is one and ``skip_bad_files`` is False (an
+            :class:`~ldrop.data.audio.AudioFileNotFoundError` when that file does not exist).
     """
     infos: dict[str, AudioInfo | AudioReadError] = {}
     good: list[AudioItem] = []
     bad: list[tuple[str, str]] = []
+    first_error: AudioReadError | None = None  # the error of bad[0], when reading its file failed
     for item in items:
+        if item.problem is not None:
+            bad.append((item.path, item.problem))
+            continue
         if item.path not in infos:
             try:
-                infos[item.path] = audio_info(item.path)
+                infos[item.path] = check_audio(item.path)
             except AudioReadError as err:
                 infos[item.path] = err
         info = infos[item.path]
         if isinstance(info, AudioReadError):
+            if not bad:
+                first_error = info
             bad.append((item.path, info.reason))
             continue
         start = item.start if item.start is not None else round(item.offset * info.sample_rate)
@@ -95,7 +122,6 @@ def resolve_items(
         if stop is not None and stop <= start:
             bad.append((item.path, f"item {item.id}: empty range of frames [{start}, {stop})"))
             continue
-        stop = info.frames if stop is None else min(stop, info.frames)
         if start < 0 or start >= info.frames:
             bad.append(
                 (
@@ -105,6 +131,16 @@ def resolve_items(
                 )
             )
             continue
+        if stop is not None and stop > info.frames + RANGE_END_TOLERANCE_SECONDS * info.sample_rate:
+            bad.append(
+                (
+                    item.path,
+                    f"item {item.id}: range {start / info.sample_rate:.3f}-{stop / info.sample_rate:.3f} s ends "
+                    f"past the end of the file ({info.seconds:.3f} s long)",
+                )
+            )
+            continue
+        stop = info.frames if stop is None else min(stop, info.frames)
         good.append(
             replace(
                 item,
@@ -116,9 +152,13 @@ def resolve_items(
         )
     if bad and not skip_bad_files:
         path, reason = bad[0]
-        more = f" ({len(bad) - 1} more bad items" if len(bad) > 1 else " (no other bad items"
+        more = f"{len(bad) - 1} more bad items" if len(bad) > 1 else "no other bad items"
         where = f" in split '{split}'" if split else ""
-        raise AudioReadError(path, f"{reason}{more}{where}; skip_bad_files=True skips them with a warning)")
+        hint = "; skip_bad_files=True skips them with a warning" if skip_option else ""
+        reason = f"{reason} ({more}{where}{hint})"
+        if first_error is not None:
+            raise type(first_error)(path, reason)
+        raise AudioReadError(path, reason, what="cannot use audio file")
     return good, [f"{path}: {reason}" for path, reason in bad]
 
 

@@ -6,10 +6,10 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
-from ldrop.data.base import AudioDataModule, Split, layout_error
+from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = ["ESC10_TARGETS", "ESC50DataModule", "ESC50_CLASSES", "ESC50_FOLDS", "summarize_folds"]
@@ -27,7 +27,8 @@ ESC50_CLASSES: tuple[str, ...] = (
     "helicopter", "chainsaw", "siren", "car_horn", "engine", "train", "church_bells", "airplane",
     "fireworks", "hand_saw",
 )  # fmt: skip
-"""The 50 categories, indexed by ESC-50's ``target`` column."""
+"""The 50 categories of the official ESC-50, indexed by its ``target`` column (the class list itself is read
+from ``meta/esc50.csv``, so corpora in the ESC-50 layout with other classes load too)."""
 
 ESC10_TARGETS: tuple[int, ...] = (0, 1, 10, 11, 12, 20, 21, 38, 40, 41)
 """ESC-50 targets of the ESC-10 subset, in the order of their remapped ids 0-9."""
@@ -50,6 +51,11 @@ class ESC50DataModule(AudioDataModule):
     remapped to 0-9 (order of :data:`ESC10_TARGETS`). Ids are the file names. The predict split is the
     test fold.
 
+    The classes are read from ``meta/esc50.csv`` (every row, all folds): class ``i`` is the category of
+    the ``i``-th smallest ``target`` (for ESC-50 itself, class id = target). A corpus in the ESC-50 layout
+    with other categories therefore loads as it is; a target given two categories, or a category given
+    two targets, is an error naming the file and the target.
+
     Args:
         root: folder holding ``ESC-50-master/`` (or that folder itself).
         test_fold: the held-out test fold, 1-5.
@@ -61,7 +67,7 @@ class ESC50DataModule(AudioDataModule):
         num_workers: DataLoader worker processes.
         max_batch_seconds: audio budget per dynamic batch, in seconds.
         group_by_length: batch clips of similar duration together (ESC-50 clips all last 5 s).
-        max_train_seconds: longest training clip.
+        max_train_seconds: longest training clip (default 30 s; ESC-50 clips last 5 s).
         long_clip_policy: ``"crop"`` (random window) or ``"filter"`` longer training clips.
         skip_bad_files: skip unreadable files (logged) instead of raising.
         seed: batch-order seed.
@@ -82,7 +88,7 @@ class ESC50DataModule(AudioDataModule):
         num_workers: int = 0,
         max_batch_seconds: float | None = None,
         group_by_length: bool = True,
-        max_train_seconds: float | None = None,
+        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] = "crop",
         skip_bad_files: bool = False,
         seed: int = 0,
@@ -119,9 +125,43 @@ class ESC50DataModule(AudioDataModule):
         self.test_fold = test_fold
         self.val_fold = val_fold
         self.esc10 = esc10
-        self.class_names: list[str] = (
-            [ESC50_CLASSES[t] for t in ESC10_TARGETS] if esc10 else list(ESC50_CLASSES)
-        )
+        self._class_ids: dict[int, int] | None = None  # CSV target -> class id
+        self._class_names: list[str] | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """The categories in class-id order, read from ``meta/esc50.csv`` on first use."""
+        if self._class_names is None:
+            self._read_classes()
+        return self._class_names  # type: ignore[return-value]
+
+    def _read_classes(self) -> None:
+        csv_path = os.path.join(self.corpus_dir(), "meta", "esc50.csv")
+        categories: dict[int, str] = {}
+        for where, row, _, target in _rows(csv_path):
+            category = row["category"].strip()  # checked non-empty by _rows
+            known = categories.setdefault(target, category)
+            if known != category:
+                raise ValueError(
+                    f"{where}: target {target} is category {category!r} here, {known!r} on an earlier row"
+                )
+        by_category: dict[str, int] = {}
+        for target, category in sorted(categories.items()):
+            other = by_category.setdefault(category, target)
+            if other != target:
+                raise ValueError(
+                    f"{csv_path}: category {category!r} is given to both target {other} and target {target}"
+                )
+        targets = sorted(categories)
+        if self.esc10:
+            absent = [t for t in ESC10_TARGETS if t not in categories]
+            if absent:
+                raise ValueError(
+                    f"{csv_path}: esc10=True needs the ESC-10 targets {list(ESC10_TARGETS)}; {absent} are absent"
+                )
+            targets = list(ESC10_TARGETS)
+        self._class_ids = {t: i for i, t in enumerate(targets)}
+        self._class_names = [categories[t] for t in targets]
 
     @property
     def folds(self) -> dict[str, tuple[int, ...]]:
@@ -148,42 +188,42 @@ class ESC50DataModule(AudioDataModule):
         corpus = self.corpus_dir()
         csv_path = os.path.join(corpus, "meta", "esc50.csv")
         folds = self.folds[split]
-        remap = {t: i for i, t in enumerate(ESC10_TARGETS)} if self.esc10 else None
+        if self._class_ids is None:
+            self._read_classes()
+        class_ids: dict[int, int] = self._class_ids  # type: ignore[assignment]
         items = []
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"filename", "fold", "target", "category"} - set(reader.fieldnames or ())
-            if missing:
-                raise layout_error(f"columns {sorted(missing)} in {csv_path}", csv_path, ESC50_LAYOUT)
-            for line_no, row in enumerate(reader, start=2):
-                where = f"{csv_path}:{line_no} ({row['filename']})"
-                try:
-                    fold, target = int(row["fold"]), int(row["target"])
-                except ValueError:
-                    raise ValueError(f"{where}: fold and target must be integers") from None
-                if not 0 <= target < len(ESC50_CLASSES):
-                    raise ValueError(f"{where}: target {target} is outside the 50 ESC-50 classes 0-49")
-                if row["category"] != ESC50_CLASSES[target]:
-                    raise ValueError(
-                        f"{where}: category {row['category']!r} does not match target {target} "
-                        f"({ESC50_CLASSES[target]!r})"
-                    )
-                if fold not in folds:
-                    continue
-                if remap is not None:
-                    if target not in remap:
-                        continue
-                    target = remap[target]
-                items.append(
-                    AudioItem(
-                        id=row["filename"], path=os.path.join(corpus, "audio", row["filename"]), target=target
-                    )
-                )
+        for _, row, fold, target in _rows(csv_path):
+            if fold not in folds or target not in class_ids:  # target outside ESC-10 when esc10=True
+                continue
+            path = os.path.join(corpus, "audio", row["filename"])
+            items.append(AudioItem(id=row["filename"], path=path, target=class_ids[target]))
         if not items:
             raise layout_error(
                 f"clips of folds {folds} (split '{split}') in {csv_path}", csv_path, ESC50_LAYOUT
             )
         return items
+
+
+def _rows(csv_path: str) -> Iterator[tuple[str, dict[str, str], int, int]]:
+    """``(where, row, fold, target)`` per row of ``meta/esc50.csv``; ``where`` is ``file:line (filename)``."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"filename", "fold", "target", "category"} - set(reader.fieldnames or ())
+        if missing:
+            raise layout_error(f"columns {sorted(missing)} in {csv_path}", csv_path, ESC50_LAYOUT)
+        for line_no, row in enumerate(reader, start=2):
+            where = f"{csv_path}:{line_no} ({row['filename']})"
+            try:
+                fold, target = int(row["fold"]), int(row["target"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: fold and target must be integers") from None
+            if target < 0:
+                raise ValueError(f"{where}: target {target} is negative")
+            if fold not in ESC50_FOLDS:
+                raise ValueError(f"{where}: fold {fold} is not one of the folds {ESC50_FOLDS}")
+            if not (row["category"] or "").strip():
+                raise ValueError(f"{where}: no category")
+            yield where, row, fold, target
 
 
 def summarize_folds(scores: Mapping[int, float]) -> dict[str, float]:

@@ -29,7 +29,9 @@ __all__ = [
     "make_speech_commands_tree",
     "make_tedlium_tree",
     "time_code",
+    "truncate_file",
     "write_audio",
+    "write_nonfinite_wav",
 ]
 
 _WORDS = ("THE", "CAT", "SAT", "ON", "A", "MAT", "IT'S", "NOT", "MY", "DOG", "AND", "HE", "WAS", "HERE")
@@ -105,6 +107,36 @@ def write_audio(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, data.astype(np.float32), sample_rate, format=format, subtype=subtype)
+    return path
+
+
+def write_nonfinite_wav(
+    path: str | os.PathLike,
+    num_frames: int = 1600,
+    sample_rate: int = 16000,
+    bad_frame: int = 100,
+    value: float = float("nan"),
+) -> Path:
+    """Write a 32-bit float WAV whose frame ``bad_frame`` is ``value`` (NaN or inf), the rest a tone.
+
+    libsndfile reads such a file without complaint; a model trained on it would get NaN losses.
+    """
+    data = (0.3 * np.sin(2 * np.pi * 440 * np.arange(num_frames) / sample_rate)).astype(np.float32)
+    data[bad_frame] = value
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data, sample_rate, subtype="FLOAT")
+    return path
+
+
+def truncate_file(path: str | os.PathLike, keep_fraction: float = 0.5) -> Path:
+    """Cut a file to the first ``keep_fraction`` of its bytes, as an interrupted download or copy would.
+
+    The audio header still promises every frame of the original.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
     return path
 
 

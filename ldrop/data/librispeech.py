@@ -6,7 +6,7 @@ import glob
 import os
 from typing import Literal
 
-from ldrop.data.base import AudioDataModule, Split, as_list, layout_error
+from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, as_list, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = ["LIBRISPEECH_SUBSETS", "LibriSpeechDataModule", "LibriSpeechSubset"]
@@ -48,7 +48,8 @@ class LibriSpeechDataModule(AudioDataModule):
         num_workers: DataLoader worker processes.
         max_batch_seconds: audio budget per dynamic batch, in seconds.
         group_by_length: batch utterances of similar duration together.
-        max_train_seconds: drop training utterances longer than this (LibriSpeech's longest are ~35 s).
+        max_train_seconds: drop training utterances longer than this (default 30 s; the count dropped is
+            logged as a warning); ``None`` keeps all.
         long_clip_policy: only ``"filter"`` is valid for CTC.
         skip_bad_files: skip unreadable files (logged) instead of raising.
         seed: batch-order seed.
@@ -70,7 +71,7 @@ class LibriSpeechDataModule(AudioDataModule):
         num_workers: int = 0,
         max_batch_seconds: float | None = None,
         group_by_length: bool = True,
-        max_train_seconds: float | None = None,
+        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] = "filter",
         skip_bad_files: bool = False,
         seed: int = 0,
@@ -133,9 +134,35 @@ class LibriSpeechDataModule(AudioDataModule):
                 raise layout_error(
                     f"transcript files (*.trans.txt) of subset '{subset}'", subset_dir, LIBRISPEECH_LAYOUT
                 )
+            listed: list[AudioItem] = []
             for transcript_file in transcript_files:
-                items.extend(_read_chapter(transcript_file))
+                listed.extend(_read_chapter(transcript_file))
+            items += listed + _untranscribed(subset_dir, {item.path for item in listed})
         return items
+
+
+def _untranscribed(subset_dir: str, transcribed: set[str]) -> list[AudioItem]:
+    """Bad items for the FLAC files of ``subset_dir`` that no transcript line names.
+
+    Audio without a transcript cannot be trained or scored; listing it as a bad item makes setup raise
+    an error naming its chapter folder, or (``skip_bad_files``) skip and count it, instead of dropping it
+    without a word.
+    """
+    items = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(subset_dir), "*", "*", "*.flac"))):
+        if path in transcribed:
+            continue
+        chapter_dir = os.path.dirname(path)
+        speaker, chapter = os.path.basename(os.path.dirname(chapter_dir)), os.path.basename(chapter_dir)
+        transcript = os.path.join(chapter_dir, f"{speaker}-{chapter}.trans.txt")
+        problem = (
+            f"not in the transcript file {transcript}"
+            if os.path.isfile(transcript)
+            else f"no transcript: the chapter folder {chapter_dir} has no {speaker}-{chapter}.trans.txt"
+        )
+        utt_id = os.path.splitext(os.path.basename(path))[0]
+        items.append(AudioItem(id=utt_id, path=path, target="", problem=problem))
+    return items
 
 
 def _read_chapter(transcript_file: str) -> list[AudioItem]:

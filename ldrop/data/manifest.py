@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Literal
 
-from ldrop.data.base import AudioDataModule, Split, Task, layout_error
+from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, Task, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = ["ManifestDataModule", "read_manifest"]
@@ -127,7 +127,7 @@ class ManifestDataModule(AudioDataModule):
         num_workers: DataLoader worker processes.
         max_batch_seconds: audio budget per dynamic batch, in seconds.
         group_by_length: batch items of similar duration together.
-        max_train_seconds: longest training item.
+        max_train_seconds: longest training item (default 30 s); ``None`` for no limit.
         long_clip_policy: ``"crop"`` or ``"filter"`` longer training items; ``None`` = crop for
             classification, filter for CTC (the only valid choice there).
         skip_bad_files: skip unreadable files (logged) instead of raising.
@@ -150,7 +150,7 @@ class ManifestDataModule(AudioDataModule):
         num_workers: int = 0,
         max_batch_seconds: float | None = None,
         group_by_length: bool = True,
-        max_train_seconds: float | None = None,
+        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] | None = None,
         skip_bad_files: bool = False,
         seed: int = 0,

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from ldrop.data.audio import AudioReadError, audio_info
-from ldrop.data.base import AudioDataModule, Split, layout_error
+from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = [
@@ -74,7 +74,7 @@ class SpeechCommandsDataModule(AudioDataModule):
         num_workers: DataLoader worker processes.
         max_batch_seconds: audio budget per dynamic batch, in seconds.
         group_by_length: batch clips of similar duration together.
-        max_train_seconds: longest training clip.
+        max_train_seconds: longest training clip (default 30 s; clips last 1 s).
         long_clip_policy: ``"crop"`` or ``"filter"`` longer training clips.
         skip_bad_files: skip unreadable files (logged) instead of raising.
         seed: seed of the batch order and of the silence crops.
@@ -95,7 +95,7 @@ class SpeechCommandsDataModule(AudioDataModule):
         num_workers: int = 0,
         max_batch_seconds: float | None = None,
         group_by_length: bool = True,
-        max_train_seconds: float | None = None,
+        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] = "crop",
         skip_bad_files: bool = False,
         seed: int = 0,

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ldrop.data.base import AudioDataModule, Split
+from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split
 from ldrop.data.batch import AudioExample
 from ldrop.data.datasets import AudioDataset
 
@@ -323,7 +323,7 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
         num_workers: DataLoader worker processes.
         max_batch_seconds: audio budget per dynamic batch, in seconds.
         group_by_length: batch items of similar duration together.
-        max_train_seconds: longest training clip.
+        max_train_seconds: longest training clip (default 30 s).
         long_clip_policy: ``"crop"`` or ``"filter"`` longer training clips.
         seed: seed of the items and of the batch order.
         sample_rate: sample rate of the waveforms.
@@ -345,7 +345,7 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
         num_workers: int = 0,
         max_batch_seconds: float | None = None,
         group_by_length: bool = True,
-        max_train_seconds: float | None = None,
+        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] = "crop",
         seed: int = 0,
         sample_rate: int = 16000,
@@ -407,7 +407,7 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
         num_workers: DataLoader worker processes.
         max_batch_seconds: audio budget per dynamic batch, in seconds.
         group_by_length: batch items of similar duration together.
-        max_train_seconds: drop longer training items (only ``"filter"`` is valid for CTC).
+        max_train_seconds: drop longer training items (default 30 s; only ``"filter"`` is valid for CTC).
         long_clip_policy: only ``"filter"`` is valid for CTC.
         seed: seed of the items and of the batch order.
         sample_rate: sample rate of the waveforms.
@@ -431,7 +431,7 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
         num_workers: int = 0,
         max_batch_seconds: float | None = None,
         group_by_length: bool = True,
-        max_train_seconds: float | None = None,
+        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] = "filter",
         seed: int = 0,
         sample_rate: int = 16000,

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Literal
 
-from ldrop.data.base import AudioDataModule, Split, layout_error
+from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
 from ldrop.data.text import normalize_tedlium_transcript
 
@@ -88,7 +88,8 @@ class TedliumDataModule(AudioDataModule):
         num_workers: DataLoader worker processes.
         max_batch_seconds: audio budget per dynamic batch, in seconds.
         group_by_length: batch utterances of similar duration together.
-        max_train_seconds: drop training utterances longer than this.
+        max_train_seconds: drop training utterances longer than this (default 30 s; the count dropped is
+            logged as a warning); ``None`` keeps all.
         long_clip_policy: only ``"filter"`` is valid for CTC.
         skip_bad_files: skip unreadable talks and segments outside their talk (logged) instead of raising.
         seed: batch-order seed.
@@ -107,7 +108,7 @@ class TedliumDataModule(AudioDataModule):
         num_workers: int = 0,
         max_batch_seconds: float | None = None,
         group_by_length: bool = True,
-        max_train_seconds: float | None = None,
+        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] = "filter",
         skip_bad_files: bool = False,
         seed: int = 0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -10,7 +12,8 @@ import torchaudio
 import torchaudio.functional as AF
 
 from ldrop.data import AudioReadError, audio_info, read_audio
-from ldrop.data.fixtures import time_code, write_audio
+from ldrop.data.audio import AudioFileNotFoundError, check_audio
+from ldrop.data.fixtures import time_code, truncate_file, write_audio, write_nonfinite_wav
 
 
 def test_read_audio_returns_1d_float32(tmp_path):
@@ -103,3 +106,91 @@ def test_audio_info_rejects_a_file_without_frames(tmp_path):
     sf.write(tmp_path / "silent.wav", np.zeros(0, dtype=np.float32), 16000)
     with pytest.raises(AudioReadError, match="silent.wav"):
         audio_info(tmp_path / "silent.wav")
+
+
+# ------------------------------------------------------------------------- silently wrong audio (issue 8)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_float_wav_with_a_non_finite_sample_is_rejected_naming_the_file(tmp_path, value):
+    path = write_nonfinite_wav(tmp_path / "nonfinite.wav", bad_frame=321, value=value)
+    with pytest.raises(AudioReadError, match=r"nonfinite\.wav.*non-finite sample.*frame 321"):
+        read_audio(path)
+    with pytest.raises(AudioReadError, match=r"nonfinite\.wav.*non-finite"):
+        check_audio(path)
+
+
+def test_reading_a_range_of_finite_frames_of_a_nan_file_still_works(tmp_path):
+    # Only the frames read are checked at read time; check_audio (run at setup) scans the whole file.
+    path = write_nonfinite_wav(tmp_path / "nan.wav", num_frames=1600, bad_frame=1500)
+    assert torch.isfinite(read_audio(path, start=0, stop=1000)).all()
+
+
+def test_audio_info_does_not_decode_a_float_file(tmp_path):
+    assert audio_info(write_nonfinite_wav(tmp_path / "nan.wav")).frames == 1600
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("cut.wav", {}),
+        ("cut_float.wav", {"subtype": "FLOAT"}),
+        ("cut.sph", {"format": "NIST"}),
+        ("cut.flac", {}),
+    ],
+)
+def test_truncated_file_is_rejected_naming_the_file(tmp_path, name, kwargs):
+    path = truncate_file(write_audio(tmp_path / name, 16000, 16000, **kwargs), keep_fraction=0.5)
+    with pytest.raises(AudioReadError, match=rf"{name.replace('.', '[.]')}.*truncated"):
+        audio_info(path)
+    with pytest.raises(AudioReadError, match=name.replace(".", "[.]")):
+        read_audio(path)
+
+
+def test_truncation_message_gives_promised_and_present_lengths(tmp_path):
+    path = truncate_file(write_audio(tmp_path / "cut.wav", 16000, 16000), keep_fraction=0.5)
+    with pytest.raises(AudioReadError, match=r"promises 16000 frames \(1\.000 s\), it holds 79\d\d"):
+        audio_info(path)
+
+
+def test_wav_written_as_a_stream_without_a_length_is_not_called_truncated(tmp_path):
+    path = write_audio(tmp_path / "stream.wav", 16000, 16000)
+    data = bytearray(path.read_bytes())
+    assert data[36:40] == b"data"
+    data[4:8] = data[40:44] = struct.pack("<I", 0xFFFFFFFF)  # what a writer to a pipe leaves
+    path.write_bytes(bytes(data))
+    assert audio_info(path).frames == 16000
+    assert read_audio(path).shape == (16000,)
+
+
+def test_intact_files_of_every_written_kind_pass_the_checks(tmp_path):
+    for name, kwargs in [
+        ("a.wav", {}),
+        ("b.wav", {"subtype": "FLOAT"}),
+        ("c.sph", {"format": "NIST"}),
+        ("d.flac", {}),
+    ]:
+        path = write_audio(tmp_path / name, 16000, 16000, **kwargs)
+        assert check_audio(path).frames == 16000 and read_audio(path).shape == (16000,)
+
+
+def test_range_that_runs_past_the_end_of_the_file_is_an_error_not_a_short_read(tmp_path):
+    path = write_audio(tmp_path / "short.wav", 1000, 16000)
+    with pytest.raises(AudioReadError, match=r"short\.wav.*ends at frame 1000"):
+        read_audio(path, start=500, stop=1500)
+
+
+@pytest.mark.parametrize("reader", [read_audio, audio_info, check_audio])
+def test_missing_file_is_a_file_not_found_error_naming_it(tmp_path, reader):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.flac: the file does not exist"):
+        reader(tmp_path / "nowhere.flac")
+
+
+def test_missing_file_error_is_still_an_audio_read_error(tmp_path):
+    with pytest.raises(AudioFileNotFoundError) as info:
+        read_audio(tmp_path / "nowhere.flac")
+    assert isinstance(info.value, AudioReadError) and info.value.path == str(tmp_path / "nowhere.flac")
+
+
+def test_folder_named_like_an_audio_file_is_an_error_saying_so(tmp_path):
+    (tmp_path / "x.wav").mkdir()
+    with pytest.raises(AudioReadError, match=r"x\.wav: it is a folder"):
+        audio_info(tmp_path / "x.wav")

@@ -96,18 +96,72 @@ def _rewrite_first_row(tmp_path, esc50, **changes):
     return root
 
 
-def test_target_outside_the_50_classes_is_an_error(tmp_path):
+def _rewrite_rows(root, change):
+    """Rewrite ``meta/esc50.csv`` of the tree at ``root`` with ``change(row)`` applied to every row."""
+    csv_path = root / "ESC-50-master" / "meta" / "esc50.csv"
+    rows = list(csv.DictReader(open(csv_path)))
+    for row in rows:
+        change(row)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_classes_come_from_the_csv_so_other_esc50_layout_corpora_load(tmp_path):
+    tree = make_esc50_tree(tmp_path / "src", targets=[0, 1, 2])
+    names = {"0": "kettle", "1": "doorbell", "2": "tram"}
+    root = _rewrite_rows(tree.root, lambda row: row.update(category=names[row["target"]]))
+    dm = ESC50DataModule(root)
+    assert dm.class_names == ["kettle", "doorbell", "tram"]
+    dataset = dm.dataset("test")
+    expected = {c.id: ESC50_CLASSES.index(c.target) for c in tree.splits["1"]}
+    assert dict(zip(dataset.ids, dataset.targets, strict=True)) == expected
+
+
+def test_class_ids_follow_target_order_when_targets_have_gaps(tmp_path):
+    tree = make_esc50_tree(tmp_path / "src", targets=[3, 7, 40])
+    dm = ESC50DataModule(tree.root)
+    assert dm.class_names == [ESC50_CLASSES[3], ESC50_CLASSES[7], ESC50_CLASSES[40]]
+    assert sorted(set(dm.dataset("test").targets)) == [0, 1, 2]
+
+
+def test_a_target_beyond_the_official_50_is_a_class_like_any_other(tmp_path):
     tree = make_esc50_tree(tmp_path / "src", targets=[0, 1])
-    root = _rewrite_first_row(tmp_path, tree, target="50")
-    with pytest.raises(ValueError, match="target 50 is outside"):
-        ESC50DataModule(root).setup("fit")
+    root = _rewrite_first_row(tmp_path, tree, target="50", category="new_sound")
+    assert ESC50DataModule(root).class_names == ["dog", "rooster", "new_sound"]
 
 
-def test_category_that_does_not_match_its_target_is_an_error(tmp_path):
+def test_a_target_given_two_categories_is_an_error_naming_the_file_and_target(tmp_path):
     tree = make_esc50_tree(tmp_path / "src", targets=[0, 1])
     root = _rewrite_first_row(tmp_path, tree, category="cat")
-    with pytest.raises(ValueError, match="'cat' does not match target 0"):
+    with pytest.raises(
+        ValueError, match=r"esc50\.csv:\d+ .*target 0 is category 'dog' here, 'cat' on an earlier row"
+    ):
         ESC50DataModule(root).setup("fit")
+
+
+def test_a_category_given_two_targets_is_an_error_naming_the_file_and_targets(tmp_path):
+    tree = make_esc50_tree(tmp_path / "src", targets=[0, 1])
+    root = _rewrite_rows(tree.root, lambda row: row.update(category="dog"))
+    with pytest.raises(
+        ValueError, match=r"esc50\.csv: category 'dog' is given to both target 0 and target 1"
+    ):
+        _ = ESC50DataModule(root).class_names
+
+
+def test_a_fold_outside_1_to_5_in_the_csv_is_an_error(tmp_path):
+    tree = make_esc50_tree(tmp_path / "src", targets=[0, 1])
+    root = _rewrite_first_row(tmp_path, tree, fold="6")
+    with pytest.raises(ValueError, match="fold 6 is not one of the folds"):
+        ESC50DataModule(root).setup("fit")
+
+
+def test_esc10_needs_the_esc10_targets_in_the_csv(tmp_path):
+    tree = make_esc50_tree(tmp_path / "src", targets=[0, 1])
+    with pytest.raises(ValueError, match=r"esc10=True needs the ESC-10 targets"):
+        _ = ESC50DataModule(tree.root, esc10=True).class_names
 
 
 def test_test_fold_outside_1_to_5_is_rejected(esc50):

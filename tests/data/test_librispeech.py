@@ -97,3 +97,57 @@ def test_transcript_line_without_audio_is_a_bad_file_named_in_the_error(tmp_path
     missing.unlink()
     with pytest.raises(AudioReadError, match=missing.name):
         LibriSpeechDataModule(root).setup("validate")
+
+
+def _dev_clean_copy(tmp_path, librispeech):
+    root = tmp_path / "copy"
+    shutil.copytree(librispeech.root / "LibriSpeech" / "dev-clean", root / "LibriSpeech" / "dev-clean")
+    return root
+
+
+def test_chapter_without_its_transcript_file_is_an_error_naming_the_folder(tmp_path, librispeech):
+    root = _dev_clean_copy(tmp_path, librispeech)
+    transcript = sorted((root / "LibriSpeech" / "dev-clean").rglob("*.trans.txt"))[0]
+    transcript.unlink()
+    with pytest.raises(AudioReadError, match=rf"chapter folder {transcript.parent} has no {transcript.name}"):
+        LibriSpeechDataModule(root).setup("validate")
+
+
+def test_chapter_without_its_transcript_file_is_skipped_and_counted_with_skip_bad_files(
+    tmp_path, librispeech, caplog
+):
+    root = _dev_clean_copy(tmp_path, librispeech)
+    transcript = sorted((root / "LibriSpeech" / "dev-clean").rglob("*.trans.txt"))[0]
+    orphans = sorted(p.stem for p in transcript.parent.glob("*.flac"))
+    transcript.unlink()
+    dm = LibriSpeechDataModule(root, skip_bad_files=True)
+    with caplog.at_level("WARNING", logger="ldrop.data"):
+        dm.setup("validate")
+    expected = sorted(c.id for c in librispeech.splits["dev-clean"] if c.id not in orphans)
+    assert sorted(dm.dataset("val").ids) == expected
+    assert dm.num_bad_files["val"] == len(orphans) > 0
+    assert str(transcript.parent) in caplog.text
+
+
+def test_audio_missing_from_its_chapter_transcript_is_an_error_naming_the_transcript(tmp_path, librispeech):
+    root = _dev_clean_copy(tmp_path, librispeech)
+    transcript = sorted((root / "LibriSpeech" / "dev-clean").rglob("*.trans.txt"))[0]
+    lines = transcript.read_text().splitlines(keepends=True)
+    transcript.write_text("".join(lines[1:]))
+    dropped = lines[0].split()[0]
+    with pytest.raises(AudioReadError, match=rf"{dropped}\.flac: not in the transcript file"):
+        LibriSpeechDataModule(root).setup("validate")
+
+
+def test_transcripts_before_setup_leave_out_audio_without_a_transcript(tmp_path, librispeech):
+    root = _dev_clean_copy(tmp_path, librispeech)
+    sorted((root / "LibriSpeech" / "dev-clean").rglob("*.trans.txt"))[0].unlink()
+    assert "" not in LibriSpeechDataModule(root).transcripts("val")
+
+
+def test_a_missing_flac_is_a_file_not_found_error(tmp_path, librispeech):
+    root = _dev_clean_copy(tmp_path, librispeech)
+    missing = next((root / "LibriSpeech" / "dev-clean").rglob("*.flac"))
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{missing.name}: the file does not exist"):
+        LibriSpeechDataModule(root).setup("validate")

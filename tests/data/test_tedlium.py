@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from ldrop.data import AudioReadError, DatasetLayoutError, TedliumDataModule, read_stm
-from ldrop.data.fixtures import time_code
+from ldrop.data.fixtures import time_code, truncate_file
 
 
 def ids(clips) -> list[str]:
@@ -130,9 +130,44 @@ def test_segment_starting_after_the_talk_ends_is_skipped_and_counted_with_skip_b
     assert "Talk.sph" in caplog.text
 
 
-def test_segment_running_past_the_talk_end_is_clipped_to_it(tmp_path):
-    dm = _one_talk(tmp_path, "Talk 1 Talk 1.50 2.50 <o,f0,male> tail\n", frames=32000)
+def test_segment_ending_within_the_tolerance_past_the_talk_end_is_clipped_to_it(tmp_path):
+    # STM times are rounded to 10 ms: a segment may end a few frames after the audio.
+    dm = _one_talk(tmp_path, "Talk 1 Talk 1.50 2.03 <o,f0,male> tail\n", frames=32000)
     assert dm.dataset("val").raw_lengths == [8000]
+
+
+def test_segment_running_well_past_the_talk_end_is_an_error_naming_the_talk_and_segment(tmp_path):
+    # 3.90-9.50 s in a 4.38 s talk: clipping would keep the whole transcript for a tenth of its audio.
+    dm = _one_talk(
+        tmp_path,
+        "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\nTalk 1 Talk 3.90 9.50 <o,f0,male> cut off\n",
+        70080,
+    )
+    with pytest.raises(
+        AudioReadError, match=r"Talk\.sph: item Talk-0000390-0000950: range 3\.900-9\.500 s ends past"
+    ):
+        dm.setup("validate")
+
+
+def test_segment_running_well_past_the_talk_end_is_skipped_and_counted_with_skip_bad_files(tmp_path, caplog):
+    dm = _one_talk(
+        tmp_path,
+        "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\nTalk 1 Talk 3.90 9.50 <o,f0,male> cut off\n",
+        70080,
+    )
+    dm.skip_bad_files = True
+    with caplog.at_level("WARNING", logger="ldrop.data"):
+        dm.setup("validate")
+    assert dm.dataset("val").targets == ["hello"]
+    assert dm.num_bad_files["val"] == 1
+    assert "Talk-0000390-0000950" in caplog.text
+
+
+def test_a_truncated_talk_is_an_error_naming_it(tmp_path):
+    dm = _one_talk(tmp_path, "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\n", frames=32000)
+    truncate_file(tmp_path / "TEDLIUM_release-3" / "legacy" / "dev" / "sph" / "Talk.sph", keep_fraction=0.6)
+    with pytest.raises(AudioReadError, match=r"Talk\.sph: the file is truncated"):
+        dm.setup("validate")
 
 
 def test_read_stm_skips_ignore_lines_and_strips_the_label(tmp_path):
