@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 SelectorFactory = Callable[[int, int], LayerSelector]
 
+#: Checkpoint key recording whether the weights were trained on normalised waveforms.
+NORMALIZE_KEY = "ldrop_normalize_waveforms"
+
 #: File written beside an exported backbone: the task head(s) and the selector state.
 EXPORT_STATE_FILE = "ldrop_task_state.pt"
 
@@ -650,12 +653,24 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ldrop_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[NORMALIZE_KEY] = bool(self.backbone.normalize_waveforms)
         self.check_finite_weights()
         # A checkpoint saved without a validation pass still gets statistics that match its weights.
         if self.selector is not None and self.selector.tracks_statistics and self._recent_inputs:
             self.refresh_selector_statistics()
             for name, buffer in self.selector.named_buffers():
                 checkpoint["state_dict"][f"selector.{name}"] = buffer.detach().clone()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Use the input normalisation the checkpoint's weights were trained with.
+
+        Checkpoints written before ldrop read ``preprocessor_config.json`` were trained on raw waveforms.
+        """
+        trained_with = bool(checkpoint.get(NORMALIZE_KEY, False))
+        if trained_with != self.backbone.normalize_waveforms:
+            log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",
+                        "with" if trained_with else "without", self.hparams.get("normalize_waveforms"))
+            self.backbone.normalize_waveforms = trained_with
 
     def _metrics_on_device(self) -> dict[str, Metric]:
         return {name: metric.to(self.device) for name, metric in self.configure_metrics().items()}

@@ -119,3 +119,21 @@ def test_missing_local_folder_is_a_clear_file_not_found(path, pretrained):
     with pytest.raises(FileNotFoundError, match="does not exist") as info:
         load_backbone(path, pretrained=pretrained, overrides=None if pretrained else {"layerdrop": 0.0})
     assert path in str(info.value)
+
+
+def test_a_checkpoint_keeps_the_normalisation_it_was_trained_with(tmp_path, caplog):
+    from tests.helpers import quiet_trainer, tiny_classification_data
+
+    model = ClassificationTask(backbone="tiny:wavlm", num_classes=4, normalize_waveforms=True, val_budgets=[1.0])
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=tiny_classification_data())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    with caplog.at_level(logging.WARNING, logger="ldrop.tasks.base"):
+        loaded = ClassificationTask.load_from_checkpoint(path, normalize_waveforms=False)
+    assert loaded.backbone.normalize_waveforms and "trained with waveform normalisation" in caplog.text
+    # A checkpoint from before normalisation existed was trained on raw waveforms.
+    old = torch.load(path, weights_only=False)
+    del old["ldrop_normalize_waveforms"]
+    torch.save(old, path)
+    assert not ClassificationTask.load_from_checkpoint(path).backbone.normalize_waveforms
