@@ -47,7 +47,7 @@ def model_labels(datamodule: AudioDataModule) -> list[str]:
 #: not the checkpoint's hyper-parameters (which otherwise override the config in LightningCLI).
 EVALUATION_ARGUMENTS = frozenset({
     "val_budgets", "test_budgets", "predict_budget", "sweep_repeats", "sweep_controls", "static_search",
-    "method_name", "exit_policy", "exit_confidence",
+    "method_name", "exit_policy", "exit_confidence", "predict_chunk_seconds", "predict_chunk_overlap_seconds",
 })
 
 

@@ -5,8 +5,21 @@ from ldrop.backbones.adapter import (
     LayerContext,
     SpeechBackbone,
     family_of,
+    load_feature_extractor,
     register_family,
+    resolve_checkpoint,
     tiny_config,
+    zero_mean_unit_var,
 )
 
-__all__ = ["FAMILIES", "LayerContext", "SpeechBackbone", "family_of", "register_family", "tiny_config"]
+__all__ = [
+    "FAMILIES",
+    "LayerContext",
+    "SpeechBackbone",
+    "family_of",
+    "load_feature_extractor",
+    "register_family",
+    "resolve_checkpoint",
+    "tiny_config",
+    "zero_mean_unit_var",
+]

@@ -28,6 +28,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
     Wav2Vec2Model,
     WavLMConfig,
     WavLMModel,
@@ -82,6 +83,76 @@ def family_of(config: PretrainedConfig) -> str:
     return _MODEL_TYPE_TO_FAMILY[model_type]
 
 
+#: File a Hugging Face checkpoint keeps its input preprocessing in (read by ``Wav2Vec2FeatureExtractor``).
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def _is_local_reference(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` names a local folder rather than a hub id (``"org/name"`` or ``"name"``)."""
+    text = str(name_or_path)
+    if Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.endswith(("/", os.sep)):
+        return True
+    # A hub id has at most one "/"; anything deeper (or with a Windows separator) can only be a path.
+    return text.count("/") > 1 or (os.sep != "/" and os.sep in text)
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
+    """``name_or_path`` ready for ``from_pretrained``: a checked local folder (``~`` expanded) or a hub id.
+
+    Raises:
+        FileNotFoundError: a local-looking path that does not exist, or a folder without ``config.json``.
+    """
+    if not _is_local_reference(name_or_path):
+        return str(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"backbone checkpoint folder {str(name_or_path)!r} does not exist (resolved to {str(path.absolute())!r}); "
+            "give a folder written by save_pretrained / ldrop export, or a Hugging Face hub id such as "
+            "'microsoft/wavlm-base-plus'"
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"backbone directory {str(path)!r} has no config.json; expected a folder written by "
+            "save_pretrained (config.json + model.safetensors) or a Hugging Face hub id"
+        )
+    return str(path)
+
+
+def load_feature_extractor(name_or_path: str | os.PathLike) -> Wav2Vec2FeatureExtractor | None:
+    """The checkpoint's input preprocessing (``preprocessor_config.json``), or ``None`` when it has none.
+
+    Only the waveform conventions are used: ``do_normalize`` (zero mean, unit variance per utterance) and
+    ``return_attention_mask`` (whether the model was meant to see a padding mask).
+    """
+    try:
+        return Wav2Vec2FeatureExtractor.from_pretrained(str(name_or_path))
+    except OSError as err:
+        log.warning(
+            "no %s for backbone %r (%s): waveforms are passed on unnormalised; set normalize_waveforms "
+            "to choose explicitly", PREPROCESSOR_CONFIG, str(name_or_path), str(err).splitlines()[0][:200],
+        )
+        return None
+
+
+def zero_mean_unit_var(waveforms: Tensor, lengths: Tensor, eps: float = 1e-7) -> Tensor:
+    """Per-utterance zero mean and unit variance over the real samples; padding stays zero.
+
+    The padding-aware version of ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm`` (same ``eps``, the
+    population variance), so a padded batch gets what each utterance would get alone.
+
+    Args:
+        waveforms: ``[batch, samples]`` float, zero-padded at the end.
+        lengths: ``[batch]`` valid samples.
+    """
+    real = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]
+    weights = real.to(waveforms.dtype)
+    count = weights.sum(1, keepdim=True).clamp(min=1.0)
+    mean = (waveforms * weights).sum(1, keepdim=True) / count
+    var = (((waveforms - mean) * weights) ** 2).sum(1, keepdim=True) / count
+    return ((waveforms - mean) / torch.sqrt(var + eps)) * weights
+
+
 @dataclass
 class LayerContext:
     """Batch-independent state shared by every encoder layer of one forward pass.
@@ -113,6 +184,11 @@ class SpeechBackbone(nn.Module):
             runs without autograd.
         apply_spec_augment: SpecAugment-style time/feature masking in training; ``None`` keeps the config's
             own setting.
+        feature_extractor: the checkpoint's input preprocessing config (see :func:`load_feature_extractor`);
+            ``None`` for models built from a config (``tiny:``, ``random:``).
+        normalize_waveforms: normalise each waveform to zero mean and unit variance over its real samples
+            (:meth:`prepare_waveforms`); ``None`` follows ``feature_extractor.do_normalize`` (no
+            normalisation without one).
 
     Example:
         >>> backbone = SpeechBackbone.from_pretrained("microsoft/wavlm-base-plus")  # doctest: +SKIP
@@ -124,6 +200,8 @@ class SpeechBackbone(nn.Module):
         model: PreTrainedModel,
         freeze_feature_encoder: bool = True,
         apply_spec_augment: bool | None = None,
+        feature_extractor: Wav2Vec2FeatureExtractor | None = None,
+        normalize_waveforms: bool | None = None,
     ) -> None:
         super().__init__()
         self.family = family_of(model.config)
@@ -142,6 +220,19 @@ class SpeechBackbone(nn.Module):
         self._mask_accepts_attention = (
             "attention_mask" in inspect.signature(self.model._mask_hidden_states).parameters
         )
+        self.feature_extractor = feature_extractor
+        if normalize_waveforms is None:
+            normalize_waveforms = bool(feature_extractor is not None and feature_extractor.do_normalize)
+        self.normalize_waveforms = bool(normalize_waveforms)
+        if feature_extractor is not None and not feature_extractor.return_attention_mask:
+            # Hugging Face passes such models (e.g. wav2vec2-base) no padding mask and normalises over the
+            # padded array. ldrop always masks padding and normalises over real samples, so an utterance
+            # gets the same output in any batch: what HF gives it unbatched, not what HF gives it padded.
+            log.warning(
+                "this checkpoint's feature extractor has return_attention_mask=False (Hugging Face runs it "
+                "without a padding mask); ldrop masks padding frames anyway, which matches Hugging Face on "
+                "unpadded (single-utterance) input but not on zero-padded batches"
+            )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -153,20 +244,14 @@ class SpeechBackbone(nn.Module):
 
         Args:
             name_or_path: hub id such as ``"microsoft/wavlm-base-plus"`` or a local directory.
-            **kwargs: passed to :class:`SpeechBackbone`.
+            **kwargs: passed to :class:`SpeechBackbone` (``normalize_waveforms=None`` follows the
+                checkpoint's ``preprocessor_config.json``).
 
         Raises:
             FileNotFoundError: a local-looking path that does not exist or holds no ``config.json``.
             ValueError: unsupported model type, or weights missing from the checkpoint.
         """
-        path = Path(name_or_path)
-        looks_local = path.exists() or str(name_or_path).startswith((".", "/", "~")) or os.sep in str(path)[:1]
-        if looks_local:
-            if not (path / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"backbone directory {str(path)!r} has no config.json; expected a folder written by "
-                    "save_pretrained (config.json + model.safetensors) or a Hugging Face hub id"
-                )
+        name_or_path = resolve_checkpoint(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path)
         family = family_of(config)
         model_cls = FAMILIES[family][1]
@@ -179,6 +264,7 @@ class SpeechBackbone(nn.Module):
         if info.get("unexpected_keys"):
             log.info("ignoring %d checkpoint keys not used by the encoder", len(info["unexpected_keys"]))
         model.train()
+        kwargs.setdefault("feature_extractor", load_feature_extractor(name_or_path))
         return cls(model, **kwargs)
 
     @classmethod
@@ -188,8 +274,36 @@ class SpeechBackbone(nn.Module):
         return cls(model_cls(config), **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the encoder as a ``save_pretrained`` directory that :meth:`from_pretrained` reads back."""
+        """Write the encoder as a ``save_pretrained`` directory that :meth:`from_pretrained` reads back.
+
+        The input preprocessing in use (:meth:`input_processor`) is written beside the weights as
+        ``preprocessor_config.json``, so the folder loads back with the same normalisation.
+        """
         self.model.save_pretrained(directory)
+        self.input_processor().save_pretrained(directory)
+
+    def input_processor(self) -> Wav2Vec2FeatureExtractor:
+        """A feature-extractor config describing the input preprocessing in use.
+
+        The checkpoint's own one (with ``do_normalize`` set to what ldrop does), or a default
+        ``Wav2Vec2FeatureExtractor`` (16 kHz, padding value 0, attention mask) for models built from a config.
+        """
+        if self.feature_extractor is None:
+            return Wav2Vec2FeatureExtractor(do_normalize=self.normalize_waveforms, return_attention_mask=True)
+        processor = Wav2Vec2FeatureExtractor.from_dict(self.feature_extractor.to_dict())
+        processor.do_normalize = self.normalize_waveforms
+        return processor
+
+    def prepare_waveforms(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+        """The model's input: waveforms normalised per utterance over real samples when the checkpoint asks.
+
+        Args:
+            waveforms: ``[batch, samples]`` float, zero-padded at the end.
+            lengths: ``[batch]`` valid samples.
+        """
+        if not self.normalize_waveforms:
+            return waveforms
+        return zero_mean_unit_var(waveforms.float(), lengths).to(waveforms.dtype)
 
     # ------------------------------------------------------------------ shape facts
     @property

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 SelectorFactory = Callable[[int, int], LayerSelector]
 
+#: Checkpoint key recording whether the weights were trained on normalised waveforms.
+NORMALIZE_KEY = "ldrop_normalize_waveforms"
+
 #: File written beside an exported backbone: the task head(s) and the selector state.
 EXPORT_STATE_FILE = "ldrop_task_state.pt"
 
@@ -53,6 +56,7 @@ def load_backbone(
     pretrained: bool = True,
     overrides: dict[str, Any] | None = None,
     freeze_feature_encoder: bool = True,
+    normalize_waveforms: bool | None = None,
 ) -> SpeechBackbone:
     """A :class:`SpeechBackbone` from a hub id, a local directory, ``"tiny:<family>"`` or ``"random:<family>"``.
 
@@ -60,8 +64,15 @@ def load_backbone(
     layout) builds a tiny randomly initialised model for tests and the quickstart; ``"random:<family>"`` the
     family's default (base-size) Hugging Face config, randomly initialised (benchmarks). ``pretrained=False``
     builds a randomly initialised model from the hub/local config (``overrides`` applied to it).
+
+    ``normalize_waveforms=None`` follows a hub/local checkpoint's ``preprocessor_config.json``
+    (``do_normalize``) and means "no normalisation" for ``tiny:``/``random:``; ``True``/``False`` force it.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist or holds no ``config.json``.
     """
     overrides = dict(overrides or {})
+    options = dict(freeze_feature_encoder=freeze_feature_encoder, normalize_waveforms=normalize_waveforms)
     if backbone.startswith("random:"):
         from ldrop.backbones.adapter import FAMILIES
 
@@ -69,23 +80,27 @@ def load_backbone(
         if family not in FAMILIES:
             raise ValueError(f"unknown backbone family {family!r} in {backbone!r}; choose from {sorted(FAMILIES)}")
         config = FAMILIES[family][0](**overrides)
-        return SpeechBackbone.from_config(config, freeze_feature_encoder=freeze_feature_encoder)
+        return SpeechBackbone.from_config(config, **options)
     if backbone.startswith("tiny:"):
         name = backbone.split(":", 1)[1]
         family, _, size = name.partition("-")
         config = tiny_config(family, stable_layer_norm=(size == "large"), **overrides)  # type: ignore[arg-type]
-        return SpeechBackbone.from_config(config, freeze_feature_encoder=freeze_feature_encoder)
+        return SpeechBackbone.from_config(config, **options)
     if pretrained and not overrides:
-        return SpeechBackbone.from_pretrained(backbone, freeze_feature_encoder=freeze_feature_encoder)
+        return SpeechBackbone.from_pretrained(backbone, **options)
     from transformers import AutoConfig
 
+    from ldrop.backbones import load_feature_extractor, resolve_checkpoint
+
+    backbone = resolve_checkpoint(backbone)
     config = AutoConfig.from_pretrained(backbone, **overrides)
+    options["feature_extractor"] = load_feature_extractor(backbone)
     if pretrained:
         from ldrop.backbones.adapter import FAMILIES, family_of
 
         model = FAMILIES[family_of(config)][1].from_pretrained(backbone, config=config)
-        return SpeechBackbone(model, freeze_feature_encoder=freeze_feature_encoder)
-    return SpeechBackbone.from_config(config, freeze_feature_encoder=freeze_feature_encoder)
+        return SpeechBackbone(model, **options)
+    return SpeechBackbone.from_config(config, **options)
 
 
 def selector_spec(selector: SelectorFactory | dict[str, Any] | None) -> dict[str, Any] | None:
@@ -133,6 +148,10 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             with ``init_args``. ``None`` with ``early_exit=False`` is the full model (no dropping).
         pretrained: load the backbone's weights (``False``: random init from its config).
         backbone_overrides: config values to change when building the backbone (e.g. dropout).
+        normalize_waveforms: normalise each waveform to zero mean and unit variance over its real samples
+            before the CNN (padding stays zero). ``None``: as the checkpoint's ``preprocessor_config.json``
+            says (``do_normalize``); no normalisation for ``tiny:``/``random:`` backbones or a folder without
+            that file.
         freeze: ``"cnn"`` freezes the CNN feature encoder (usual fine-tuning), ``"backbone"`` trains only
             the head(s) and the selector, ``"none"`` trains everything.
         init_from: a Lightning checkpoint of an earlier ldrop run (e.g. a full-depth fine-tune) whose
@@ -151,6 +170,13 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         val_budgets: budgets evaluated at validation (metric logged as ``val/<metric>@<k>``).
         test_budgets: budgets of the test-time sweep (``None``: every ``k`` in ``1..N``).
         predict_budget: budget used by ``predict``.
+        predict_chunk_seconds: ``predict`` splits inputs longer than this into chunks of this length (each
+            chunk runs the selector and the budget on its own) and merges them: classification averages the
+            chunk logits weighted by chunk length, CTC joins the chunk logits frame by frame. Bounds memory
+            on long recordings (WavLM's position bias grows with frames squared). ``None``: no chunking.
+        predict_chunk_overlap_seconds: audio shared by consecutive chunks; for CTC each chunk's frames
+            in the first/last half of the overlap are dropped (the neighbour's, with more context, are
+            kept). At least the CNN's receptive field minus one frame hop is always shared.
         sweep_repeats: repeats of a random-subset sweep (different seeds; mean and spread reported).
         sweep_controls: also score "same masks shuffled across the batch" and "most common mask for every
             input" for selectors with scores (needs a batch size above 1).
@@ -182,6 +208,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         selector: SelectorFactory | None = None,
         pretrained: bool = True,
         backbone_overrides: dict[str, Any] | None = None,
+        normalize_waveforms: bool | None = None,
         freeze: Literal["cnn", "backbone", "none"] = "cnn",
         init_from: str | None = None,
         early_exit: bool = False,
@@ -194,6 +221,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         val_budgets: list[int | float] | None = [0.25, 0.5, 1.0],  # noqa: B006 (read-only default)
         test_budgets: list[int | float] | None = None,
         predict_budget: int | float = 1.0,
+        predict_chunk_seconds: float | None = 30.0,
+        predict_chunk_overlap_seconds: float = 2.0,
         sweep_repeats: int = 1,
         sweep_controls: bool = False,
         static_search: bool = False,
@@ -217,7 +246,15 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             raise ValueError(f"full_depth_prob must be in [0, 1], got {full_depth_prob}")
         if sweep_repeats < 1:
             raise ValueError(f"sweep_repeats must be >= 1, got {sweep_repeats}")
-        backbone_module = load_backbone(backbone, pretrained, backbone_overrides, freeze != "none")
+        if predict_chunk_seconds is not None and predict_chunk_seconds <= predict_chunk_overlap_seconds:
+            raise ValueError(
+                f"predict_chunk_seconds ({predict_chunk_seconds}) must exceed predict_chunk_overlap_seconds "
+                f"({predict_chunk_overlap_seconds}), or be None (no chunking)"
+            )
+        if predict_chunk_overlap_seconds < 0:
+            raise ValueError(f"predict_chunk_overlap_seconds must be >= 0, got {predict_chunk_overlap_seconds}")
+        backbone_module = load_backbone(backbone, pretrained, backbone_overrides, freeze != "none",
+                                        normalize_waveforms)
         self.configure_backbone_freezing(backbone_module, freeze)
         num_layers, feature_dim = backbone_module.num_layers, backbone_module.feature_dim
         self.configure_gating(
@@ -339,13 +376,31 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         if not any(k.startswith("backbone.") for k in usable):
             raise ValueError(f"init_from {checkpoint_path!r} holds no backbone weights matching this model")
 
+    def check_finite_weights(self) -> None:
+        """Refuse to save NaN/inf parameters (a diverged run) as a checkpoint or an export.
+
+        Buffers are not checked: uncalibrated thresholds are NaN by design.
+
+        Raises:
+            FloatingPointError: naming the first non-finite parameters.
+        """
+        bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            raise FloatingPointError(
+                f"refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[:4]}): training diverged; "
+                "lower the learning rate or use precision 'bf16-mixed'/'32', and resume from an earlier checkpoint"
+            )
+
     def export_pretrained(self, directory: str | Path) -> Path:
         """Write the (fine-tuned) backbone as a ``save_pretrained`` directory, heads and selector beside it.
 
         The directory works as ``model.backbone`` of a later run; the head/selector state is in
-        ``ldrop_task_state.pt`` and is picked up by ``init_from`` of that file.
+        ``ldrop_task_state.pt`` and is picked up by ``init_from`` of that file. The input preprocessing in
+        use is written as ``preprocessor_config.json`` (see :meth:`SpeechBackbone.input_processor`), so the
+        folder loads back with the same waveform normalisation.
         """
         directory = Path(directory)
+        self.check_finite_weights()
         self.backbone.save_pretrained(directory)
         extra = {f"{k}": v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
         backbone_state = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
@@ -526,6 +581,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
                     teacher = self.compute_logits(self.head, self.run_layers(teacher_input, full)[0], encoded.frame_mask)
                 losses["distill"] = self.hparams.distill_weight * self.distillation_loss(logits, teacher, encoded.frame_mask)
         loss = sum(losses.values())
+        self.check_finite_loss(loss, losses, batch)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             loss = loss + self._unused_parameter_anchor(keep)
         size = len(batch)
@@ -535,6 +591,35 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         self.log("train/executed_layers", keep.detach().sum(1).float().mean(), batch_size=size)
         self.log("train/budget", float(budget), batch_size=size)
         return loss
+
+    def check_finite_loss(self, loss: Tensor, losses: dict[str, Tensor], batch: Any) -> None:
+        """Stop training with a clear error on a NaN/inf loss, before it can reach the weights.
+
+        Raising here (before ``backward`` and the optimiser step) leaves the weights as they were, so no
+        checkpoint with NaN weights is written; one NaN loss would otherwise turn every later loss and
+        every saved checkpoint into NaN.
+
+        Raises:
+            FloatingPointError: naming the batch's item ids, the non-finite loss terms and a likely cause.
+        """
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        terms = [name for name, value in losses.items() if not bool(torch.isfinite(value.detach()).all())]
+        ids = list(getattr(batch, "ids", []))
+        shown = ", ".join(map(str, ids[:16])) + (f", ... ({len(ids)} items)" if len(ids) > 16 else "")
+        waveforms = getattr(batch, "waveforms", None)
+        if waveforms is not None and not bool(torch.isfinite(waveforms).all()):
+            cause = "the audio of this batch holds NaN/inf samples: check or remove these files"
+        elif not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            cause = ("the weights are already non-finite (an earlier step diverged): lower the learning rate, "
+                     "use precision 'bf16-mixed' or '32' instead of fp16, or enable gradient clipping")
+        else:
+            cause = ("likely causes: a learning rate too high (try a lower lr/head_lr or a longer warmup), fp16 "
+                     "overflow (use precision 'bf16-mixed' or '32'), or a corrupt/silent file among these items")
+        raise FloatingPointError(
+            f"non-finite training loss ({float(loss.detach())}; term(s): {', '.join(terms) or 'total'}) at "
+            f"step {self.global_step}, batch {shown}: {cause}. Training stopped before updating the weights."
+        )
 
     def _unused_parameter_anchor(self, keep: Tensor) -> Tensor:
         """0 x the parameters of layers no sample ran, so DDP's gradient all-reduce sees every parameter.
@@ -568,11 +653,24 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ldrop_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[NORMALIZE_KEY] = bool(self.backbone.normalize_waveforms)
+        self.check_finite_weights()
         # A checkpoint saved without a validation pass still gets statistics that match its weights.
         if self.selector is not None and self.selector.tracks_statistics and self._recent_inputs:
             self.refresh_selector_statistics()
             for name, buffer in self.selector.named_buffers():
                 checkpoint["state_dict"][f"selector.{name}"] = buffer.detach().clone()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Use the input normalisation the checkpoint's weights were trained with.
+
+        Checkpoints written before ldrop read ``preprocessor_config.json`` were trained on raw waveforms.
+        """
+        trained_with = bool(checkpoint.get(NORMALIZE_KEY, False))
+        if trained_with != self.backbone.normalize_waveforms:
+            log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",
+                        "with" if trained_with else "without", self.hparams.get("normalize_waveforms"))
+            self.backbone.normalize_waveforms = trained_with
 
     def _metrics_on_device(self) -> dict[str, Metric]:
         return {name: metric.to(self.device) for name, metric in self.configure_metrics().items()}
@@ -638,10 +736,11 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             if max_batches is not None and i >= max_batches:
                 break
             batch = self.transfer_batch_to_device(batch, self.device, 0)
-            features, frame_mask = self.backbone.extract_features(batch.waveforms, batch.lengths)
+            waveforms = self.prepare_waveforms(batch.waveforms, batch.lengths)
+            features, frame_mask = self.backbone.extract_features(waveforms, batch.lengths)
             for k in scores:
                 budget = torch.full((len(batch),), k, dtype=torch.long, device=self.device)
-                out = self.selector.score(features, frame_mask, budget, waveforms=batch.waveforms,
+                out = self.selector.score(features, frame_mask, budget, waveforms=waveforms,
                                           lengths=batch.lengths)
                 scores[k].append((out.scores if hasattr(out, "scores") else out).float().cpu())
         return self.selector.calibrate({k: torch.cat(v) for k, v in scores.items()})
@@ -826,8 +925,31 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per input: id, output (transcript or label), executed layers and GFLOPs."""
-        encoded = self.encode(batch.waveforms, batch.lengths)
+        """Per input: id, output (transcript or label), executed layers and GFLOPs.
+
+        Inputs longer than ``predict_chunk_seconds`` are predicted in chunks (:meth:`predict_long`); their
+        record also lists the chunks (``start_s``, ``end_s``, ``executed_layers``), ``executed_layers`` is the
+        union over chunks and ``gflops`` the sum.
+        """
+        long_rows = [i for i, n in enumerate(batch.lengths.tolist()) if len(self.chunk_spans(n)) > 1]
+        if not long_rows:
+            return self._predict_batch(batch.waveforms, batch.lengths, list(batch.ids))
+        records: list[dict[str, Any] | None] = [None] * len(batch)
+        short_rows = [i for i in range(len(batch)) if i not in long_rows]
+        if short_rows:
+            rows = torch.tensor(short_rows, device=batch.lengths.device)
+            lengths = batch.lengths[rows]
+            waveforms = batch.waveforms[rows, : int(lengths.max())]
+            for i, record in zip(short_rows, self._predict_batch(waveforms, lengths, [batch.ids[i] for i in short_rows]),
+                                 strict=True):
+                records[i] = record
+        for i in long_rows:
+            records[i] = self.predict_long(batch.waveforms[i, : int(batch.lengths[i])], batch.ids[i],
+                                           chunks_per_pass=len(batch))
+        return records  # type: ignore[return-value]
+
+    def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
+        encoded = self.encode(waveforms, lengths)
         logits, keep, _ = self.logits_at_budget(encoded, self.hparams.predict_budget)
         hard = (keep.detach() > 0.5).float()
         selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
@@ -840,8 +962,109 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
                 "executed_layers": hard[i].nonzero().flatten().tolist(),
                 "gflops": float(flops[i]) / 1e9,
             }
-            for i, (item_id, output) in enumerate(zip(batch.ids, outputs, strict=True))
+            for i, (item_id, output) in enumerate(zip(ids, outputs, strict=True))
         ]
+
+    @property
+    def frame_hop(self) -> int:
+        """Samples between consecutive encoder frames (320 at the usual 16 kHz configuration)."""
+        return math.prod(int(s) for s in self.backbone.config.conv_stride)
+
+    def chunk_spans(self, num_samples: int) -> list[tuple[int, int]]:
+        """``(start, end)`` sample spans predict splits an input of ``num_samples`` into (one span if short).
+
+        Chunks are ``predict_chunk_seconds`` long and start every ``chunk - overlap`` samples, rounded down
+        to whole frame hops so that chunk frames line up with the frames of the whole input; the last chunk
+        is moved back to end at the input's end (it is never a short leftover). Consecutive chunks share at
+        least ``receptive_field - frame_hop`` samples, so every frame of the whole input is in some chunk.
+        """
+        seconds = self.hparams.predict_chunk_seconds
+        if seconds is None:
+            return [(0, num_samples)]
+        rate = self.sample_rate
+        chunk = int(round(seconds * rate))
+        if num_samples <= chunk:
+            return [(0, num_samples)]
+        hop, field_ = self.frame_hop, self.backbone.receptive_field
+        if chunk < field_:
+            raise ValueError(f"predict_chunk_seconds={seconds} is shorter than the CNN's receptive field "
+                             f"({field_} samples at {rate} Hz)")
+        overlap = max(int(round(self.hparams.predict_chunk_overlap_seconds * rate)), field_ - hop)
+        step = max(hop, (chunk - overlap) // hop * hop)
+        last = (num_samples - chunk) // hop * hop
+        starts = [start for start in range(0, num_samples - chunk, step) if start < last]
+        return [(start, start + chunk) for start in starts] + [(last, num_samples)]
+
+    def chunk_frames_kept(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Per chunk, the ``[first, last)`` of its own frames kept when joining frame-level outputs.
+
+        Each overlap between neighbours is split in the middle (as Hugging Face's ASR pipeline drops its
+        ``stride_length_s`` on each side), so the kept frames tile the whole input's frames exactly once.
+        """
+        hop = self.frame_hop
+        offsets = [start // hop for start, _ in spans]
+        counts = self.backbone.frame_lengths(torch.tensor([end - start for start, end in spans])).tolist()
+        cuts = [0]
+        for i in range(1, len(spans)):
+            cuts.append((offsets[i] + offsets[i - 1] + counts[i - 1]) // 2)
+        cuts.append(offsets[-1] + counts[-1])
+        return [(cuts[i] - offsets[i], cuts[i + 1] - offsets[i]) for i in range(len(spans))]
+
+    def merge_chunk_logits(self, logits: list[Tensor], spans: list[tuple[int, int]]) -> Tensor:
+        """One input's logits from its chunks' (``[classes]`` or ``[frames, vocab]`` each, real frames only).
+
+        Utterance-level logits are averaged, weighted by chunk length in samples; frame-level logits are
+        joined, each chunk contributing the frames of :meth:`chunk_frames_kept`. Returns ``[1, ...]``.
+        """
+        if logits[0].dim() == 1:
+            weights = torch.tensor([float(end - start) for start, end in spans], device=logits[0].device)
+            stacked = torch.stack([x.float() for x in logits])
+            return ((stacked * weights[:, None]).sum(0) / weights.sum())[None].to(logits[0].dtype)
+        kept = self.chunk_frames_kept(spans)
+        return torch.cat([x[first:last] for x, (first, last) in zip(logits, kept, strict=True)])[None]
+
+    def predict_long(self, waveform: Tensor, item_id: Any, chunks_per_pass: int = 1) -> dict[str, Any]:
+        """Predict one long input in chunks, each through the same selector/budget path as a short input.
+
+        Args:
+            waveform: ``[samples]`` the input's real samples.
+            item_id: its id.
+            chunks_per_pass: chunks run together in one forward pass (bounds memory: about this many
+                chunk-length inputs at a time).
+        """
+        spans = self.chunk_spans(int(waveform.shape[0]))
+        chunk_logits: list[Tensor] = []
+        chunks: list[dict[str, Any]] = []
+        total_flops = 0.0
+        rate = self.sample_rate
+        for first in range(0, len(spans), max(1, chunks_per_pass)):
+            group = spans[first : first + max(1, chunks_per_pass)]
+            lengths = torch.tensor([end - start for start, end in group], device=waveform.device)
+            waves = waveform.new_zeros(len(group), int(lengths.max()))
+            for row, (start, end) in enumerate(group):
+                waves[row, : end - start] = waveform[start:end]
+            encoded = self.encode(waves, lengths)
+            logits, keep, _ = self.logits_at_budget(encoded, self.hparams.predict_budget)
+            hard = (keep.detach() > 0.5).float()
+            selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
+            flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
+            total_flops += float(flops.sum())
+            frames = encoded.frame_mask.sum(1).tolist()
+            for row, (start, end) in enumerate(group):
+                chunk_logits.append(logits[row] if logits.dim() == 2 else logits[row, : frames[row]])
+                chunks.append({"start_s": start / rate, "end_s": end / rate,
+                               "executed_layers": hard[row].nonzero().flatten().tolist()})
+        merged = self.merge_chunk_logits(chunk_logits, spans)
+        frame_mask = torch.ones(merged.shape[:2] if merged.dim() == 3 else (1, 1), dtype=torch.bool,
+                                device=merged.device)
+        layers = sorted({layer for chunk in chunks for layer in chunk["executed_layers"]})
+        return {
+            "id": item_id,
+            "output": self.decode(merged, frame_mask)[0],
+            "executed_layers": layers,
+            "gflops": total_flops / 1e9,
+            "chunks": chunks,
+        }
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

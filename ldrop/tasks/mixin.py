@@ -40,7 +40,7 @@ class EncodedBatch:
     """The budget-independent part of a forward pass, computed once and reused across budgets.
 
     Attributes:
-        waveforms: ``[batch, samples]``.
+        waveforms: ``[batch, samples]``, the model's input (normalised when the backbone normalises).
         lengths: ``[batch]`` valid samples.
         features: ``[batch, frames, feature_dim]`` CNN features (what the selector reads).
         frame_mask: ``[batch, frames]`` bool, True on real frames.
@@ -98,8 +98,15 @@ class GatingMixin:
             return "dense"
         return "sparse"
 
+    def prepare_waveforms(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+        """Raw zero-padded waveforms -> the model's input (the checkpoint's normalisation, padding-aware)."""
+        return self.backbone.prepare_waveforms(waveforms, lengths)
+
     def encode(self, waveforms: Tensor, lengths: Tensor | None = None) -> EncodedBatch:
         """The budget-independent part: CNN features and the input of encoder layer 0.
+
+        Every step (fit, validate, test, predict) enters the model here, so the input normalisation of
+        :meth:`prepare_waveforms` is applied once, the same way everywhere.
 
         Args:
             waveforms: ``[batch, samples]`` float, zero-padded.
@@ -109,6 +116,7 @@ class GatingMixin:
             lengths = torch.full(
                 (waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device
             )
+        waveforms = self.prepare_waveforms(waveforms, lengths)
         features, frame_mask = self.backbone.extract_features(waveforms, lengths)
         hidden = self.backbone.frontend(features, frame_mask)
         return EncodedBatch(waveforms, lengths, features, frame_mask, hidden)
