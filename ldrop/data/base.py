@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
@@ -95,6 +94,10 @@ class AudioDataModule(LightningDataModule):
 
     task: Task = "classification"
 
+    #: Whether ``skip_bad_files`` is an option of this module (so an error about a bad file may suggest
+    #: it). Subclasses take the common arguments as ``**kwargs``, so their signatures cannot tell.
+    takes_skip_bad_files: ClassVar[bool] = True
+
     def __init__(
         self,
         root: str | None = None,
@@ -178,7 +181,7 @@ class AudioDataModule(LightningDataModule):
             self.sample_rate,
             self.skip_bad_files,
             split=split,
-            skip_option=self._accepts_skip_bad_files(),
+            skip_option=self.takes_skip_bad_files,
         )
         self.num_bad_files[split] = len(bad)
         if bad:
@@ -271,7 +274,7 @@ class AudioDataModule(LightningDataModule):
             self.sample_rate,
             self.skip_bad_files,
             split="predict",
-            skip_option=self._accepts_skip_bad_files(),
+            skip_option=self.takes_skip_bad_files,
         )
         self.num_bad_files["predict"] = len(bad)
         if bad:
@@ -279,10 +282,6 @@ class AudioDataModule(LightningDataModule):
                 "%s: skipped %d unreadable predict input(s): %s", type(self).__name__, len(bad), bad[:10]
             )
         return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
-
-    def _accepts_skip_bad_files(self) -> bool:
-        """Whether this module's constructor takes ``skip_bad_files`` (so an error may suggest it)."""
-        return "skip_bad_files" in inspect.signature(type(self).__init__).parameters
 
     def _prepared_dataset(self, split: Split) -> AudioDataset:
         if split == "predict" and self.predict_files:

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split
+from ldrop.data.base import AudioDataModule, Split
 from ldrop.data.batch import AudioExample
 from ldrop.data.datasets import AudioDataset
 
@@ -291,8 +291,12 @@ def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> 
 class _SyntheticDataModule(AudioDataModule):
     """Common part of the generated-data modules: splits of fixed sizes, predict = test."""
 
+    # Generated items cannot be bad files: ``skip_bad_files`` is no option here (it stays False, and an
+    # error about a bad ``predict_on_files`` input does not suggest it).
+    takes_skip_bad_files = False
+
     def __init__(self, num_train: int, num_val: int, num_test: int, **kwargs) -> None:
-        super().__init__(root=None, **kwargs)
+        super().__init__(root=None, skip_bad_files=False, **kwargs)
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -319,16 +323,8 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
         num_test: test items (the predict split is the test split).
         duration_range: ``(min, max)`` item duration in seconds.
         snr_db_range: ``(min, max)`` signal-to-noise ratio in dB; items at the low end are the hard ones.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch items of similar duration together.
-        max_train_seconds: longest training clip (default 30 s).
-        long_clip_policy: ``"crop"`` or ``"filter"`` longer training clips.
-        seed: seed of the items and of the batch order.
-        sample_rate: sample rate of the waveforms.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``seed``, ...); ``seed`` also seeds the items.
     """
 
     task = "classification"
@@ -341,32 +337,9 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
         num_test: int = 128,
         duration_range: tuple[float, float] = (0.5, 1.0),
         snr_db_range: tuple[float, float] = (-5.0, 20.0),
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] = "crop",
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            num_train,
-            num_val,
-            num_test,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(num_train, num_val, num_test, **kwargs)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         _check_range("duration_range", duration_range, positive=True)
@@ -403,16 +376,8 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
         letter_seconds_range: ``(min, max)`` duration of one letter in seconds.
         space_prob: probability of a word break between two letters.
         snr_db_range: ``(min, max)`` signal-to-noise ratio in dB; items at the low end are the hard ones.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch items of similar duration together.
-        max_train_seconds: drop longer training items (default 30 s; only ``"filter"`` is valid for CTC).
-        long_clip_policy: only ``"filter"`` is valid for CTC.
-        seed: seed of the items and of the batch order.
-        sample_rate: sample rate of the waveforms.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``seed``, ...); ``seed`` also seeds the items.
     """
 
     task = "ctc"
@@ -427,32 +392,9 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
         letter_seconds_range: tuple[float, float] = (0.10, 0.15),
         space_prob: float = 0.2,
         snr_db_range: tuple[float, float] = (0.0, 20.0),
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] = "filter",
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            num_train,
-            num_val,
-            num_test,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(num_train, num_val, num_test, **kwargs)
         self.dataset_kwargs = dict(
             letters=letters,
             num_letters_range=tuple(num_letters_range),
@@ -461,7 +403,7 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
             snr_db_range=tuple(snr_db_range),
         )
         # Validate the arguments now rather than at setup.
-        SyntheticCTCDataset("train", 0, seed=seed, sample_rate=sample_rate, **self.dataset_kwargs)  # type: ignore[arg-type]
+        SyntheticCTCDataset("train", 0, seed=self.seed, sample_rate=self.sample_rate, **self.dataset_kwargs)  # type: ignore[arg-type]
         self.letters = letters
         self.space_prob = space_prob
 
