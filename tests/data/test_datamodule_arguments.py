@@ -78,7 +78,13 @@ def test_generated_sets_still_take_no_root_and_no_skip_bad_files(generated):
 
 @pytest.mark.parametrize("cls", list(MODULES), ids=lambda c: c.__name__)
 def test_common_arguments_from_the_command_line_reach_the_instance(cls):
-    values = {"batch_size": 3, "max_train_seconds": 5.0, "seed": 7, "max_batch_seconds": 12.5, "min_samples": 320}
+    values = {
+        "batch_size": 3,
+        "max_train_seconds": 5.0,
+        "seed": 7,
+        "max_batch_seconds": 12.5,
+        "min_samples": 320,
+    }
     args = ["--data", cls.__name__, *MODULES[cls]]
     for name, value in values.items():
         args += [f"--data.{name}", str(value)]
@@ -98,8 +104,17 @@ def test_defaults_are_those_of_audio_datamodule(cls):
     parser = _subclass_parser()
     dm = parser.instantiate(parser.parse_args(["--data", cls.__name__, *MODULES[cls]])).data
     base = inspect.signature(AudioDataModule.__init__).parameters
-    for name in ("batch_size", "num_workers", "max_batch_seconds", "group_by_length", "max_train_seconds", "seed",
-                 "sample_rate", "min_samples", "pin_memory"):
+    for name in (
+        "batch_size",
+        "num_workers",
+        "max_batch_seconds",
+        "group_by_length",
+        "max_train_seconds",
+        "seed",
+        "sample_rate",
+        "min_samples",
+        "pin_memory",
+    ):
         assert getattr(dm, name) == base[name].default, name
     assert dm.long_clip_policy == ("filter" if dm.task == "ctc" else "crop")
 
