@@ -175,26 +175,7 @@ class AudioDataModule(LightningDataModule):
         The default lists the items, checks them with :func:`~ldrop.data.datasets.resolve_items` (raising
         or logging bad files) and reads them with :class:`~ldrop.data.datasets.AudioFileDataset`.
         """
-        items = self.list_items(split)
-        good, bad = resolve_items(
-            items,
-            self.sample_rate,
-            self.skip_bad_files,
-            split=split,
-            skip_option=self.takes_skip_bad_files,
-        )
-        self.num_bad_files[split] = len(bad)
-        if bad:
-            shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
-            log.warning(
-                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s",
-                type(self).__name__,
-                len(bad),
-                len(items),
-                split,
-                shown,
-            )
-        return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
+        return self._file_dataset(self.list_items(split), split)
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
@@ -266,26 +247,33 @@ class AudioDataModule(LightningDataModule):
         self.datasets.pop("predict", None)
         return self.predict_files
 
-    def _files_dataset(self, paths: Sequence[str]) -> AudioDataset:
-        target: int | str = 0 if self.task == "classification" else ""
-        items = [AudioItem(id=p, path=p, target=target) for p in paths]
+    def _file_dataset(self, items: list[AudioItem], split: Split) -> AudioFileDataset:
+        """Check ``items`` (raising on, or logging and counting, bad ones) and read the good ones."""
         good, bad = resolve_items(
             items,
             self.sample_rate,
             self.skip_bad_files,
-            split="predict",
+            split=split,
             skip_option=self.takes_skip_bad_files,
         )
-        self.num_bad_files["predict"] = len(bad)
+        self.num_bad_files[split] = len(bad)
         if bad:
+            shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
             log.warning(
-                "%s: skipped %d unreadable predict input(s): %s", type(self).__name__, len(bad), bad[:10]
+                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s",
+                type(self).__name__,
+                len(bad),
+                len(items),
+                split,
+                shown,
             )
         return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
 
     def _prepared_dataset(self, split: Split) -> AudioDataset:
         if split == "predict" and self.predict_files:
-            dataset = self._files_dataset(self.predict_files)
+            target: int | str = 0 if self.task == "classification" else ""  # placeholder: nothing to score
+            items = [AudioItem(id=p, path=p, target=target) for p in self.predict_files]
+            dataset: AudioDataset = self._file_dataset(items, "predict")
         else:
             dataset = self.build_dataset(split)
         if split == "train" and self.max_train_seconds is not None:
