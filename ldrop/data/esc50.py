@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
+import statistics
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
@@ -216,6 +216,4 @@ def summarize_folds(scores: Mapping[int, float]) -> dict[str, float]:
             "summarize_folds: only folds %s of 1-5; the standard protocol averages all five", sorted(scores)
         )
     values = [float(v) for v in scores.values()]
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-    return {"mean": mean, "std": std, "folds": float(len(values))}
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "folds": float(len(values))}
