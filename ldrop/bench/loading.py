@@ -1,7 +1,7 @@
 """Loading benchmark: seconds of audio per second of wall time through each DataModule's train loader.
 
 Each dataset's layout is built at benchmark scale in a temporary folder with the builders of
-:mod:`ldrop.data.fixtures` (real FLAC, NIST SPHERE and 44.1 kHz WAV files, realistic clip lengths), then
+:mod:`ldrop.testing.fixtures` (real FLAC, NIST SPHERE and 44.1 kHz WAV files, realistic clip lengths), then
 its training DataLoader is iterated with ``--workers`` worker processes. Run::
 
     python -m ldrop.bench.loading --dataset all --workers 2 --json loading.json
@@ -31,7 +31,7 @@ from ldrop.data import (
     SyntheticCTCDataModule,
     TedliumDataModule,
 )
-from ldrop.data.fixtures import (
+from ldrop.testing.fixtures import (
     make_esc50_tree,
     make_librispeech_tree,
     make_speech_commands_tree,

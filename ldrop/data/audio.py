@@ -244,9 +244,8 @@ def read_audio(
             no frames, or the file ends before ``stop`` (a truncated file, or a range past its end).
     """
     if stop is None:
-        stop = audio_info(
-            path
-        ).frames  # raises for a missing or truncated file, whose frames libsndfile hides
+        # audio_info raises for a missing or truncated file, whose frames libsndfile would hide.
+        stop = audio_info(path).frames
     try:
         data, sr = sf.read(os.fspath(path), start=start or 0, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:

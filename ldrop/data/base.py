@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
@@ -95,6 +94,10 @@ class AudioDataModule(LightningDataModule):
 
     task: Task = "classification"
 
+    #: Whether ``skip_bad_files`` is an option of this module (so an error about a bad file may suggest
+    #: it). Subclasses take the common arguments as ``**kwargs``, so their signatures cannot tell.
+    takes_skip_bad_files: ClassVar[bool] = True
+
     def __init__(
         self,
         root: str | None = None,
@@ -172,26 +175,7 @@ class AudioDataModule(LightningDataModule):
         The default lists the items, checks them with :func:`~ldrop.data.datasets.resolve_items` (raising
         or logging bad files) and reads them with :class:`~ldrop.data.datasets.AudioFileDataset`.
         """
-        items = self.list_items(split)
-        good, bad = resolve_items(
-            items,
-            self.sample_rate,
-            self.skip_bad_files,
-            split=split,
-            skip_option=self._accepts_skip_bad_files(),
-        )
-        self.num_bad_files[split] = len(bad)
-        if bad:
-            shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
-            log.warning(
-                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s",
-                type(self).__name__,
-                len(bad),
-                len(items),
-                split,
-                shown,
-            )
-        return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
+        return self._file_dataset(self.list_items(split), split)
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
@@ -263,30 +247,33 @@ class AudioDataModule(LightningDataModule):
         self.datasets.pop("predict", None)
         return self.predict_files
 
-    def _files_dataset(self, paths: Sequence[str]) -> AudioDataset:
-        target: int | str = 0 if self.task == "classification" else ""
-        items = [AudioItem(id=p, path=p, target=target) for p in paths]
+    def _file_dataset(self, items: list[AudioItem], split: Split) -> AudioFileDataset:
+        """Check ``items`` (raising on, or logging and counting, bad ones) and read the good ones."""
         good, bad = resolve_items(
             items,
             self.sample_rate,
             self.skip_bad_files,
-            split="predict",
-            skip_option=self._accepts_skip_bad_files(),
+            split=split,
+            skip_option=self.takes_skip_bad_files,
         )
-        self.num_bad_files["predict"] = len(bad)
+        self.num_bad_files[split] = len(bad)
         if bad:
+            shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
             log.warning(
-                "%s: skipped %d unreadable predict input(s): %s", type(self).__name__, len(bad), bad[:10]
+                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s",
+                type(self).__name__,
+                len(bad),
+                len(items),
+                split,
+                shown,
             )
         return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
 
-    def _accepts_skip_bad_files(self) -> bool:
-        """Whether this module's constructor takes ``skip_bad_files`` (so an error may suggest it)."""
-        return "skip_bad_files" in inspect.signature(type(self).__init__).parameters
-
     def _prepared_dataset(self, split: Split) -> AudioDataset:
         if split == "predict" and self.predict_files:
-            dataset = self._files_dataset(self.predict_files)
+            target: int | str = 0 if self.task == "classification" else ""  # placeholder: nothing to score
+            items = [AudioItem(id=p, path=p, target=target) for p in self.predict_files]
+            dataset: AudioDataset = self._file_dataset(items, "predict")
         else:
             dataset = self.build_dataset(split)
         if split == "train" and self.max_train_seconds is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 __all__ = ["AudioBatch", "AudioExample", "collate_audio"]
 
@@ -84,9 +85,8 @@ def collate_audio(examples: Sequence[AudioExample]) -> AudioBatch:
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     lengths = torch.tensor([ex.waveform.shape[-1] for ex in examples], dtype=torch.long)
-    waveforms = torch.zeros(len(examples), int(lengths.max()), dtype=torch.float32)
-    for row, ex in enumerate(examples):
-        waveforms[row, : ex.waveform.shape[-1]] = ex.waveform
+    # Datasets already zero-pad clips to their ``min_samples``; here rows are padded to the longest only.
+    waveforms = pad_sequence([ex.waveform for ex in examples], batch_first=True).to(torch.float32)
     raw_targets = [ex.target for ex in examples]
     if all(isinstance(t, str) for t in raw_targets):
         targets: Tensor | list[str] = list(raw_targets)  # type: ignore[arg-type]

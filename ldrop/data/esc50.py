@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
+import statistics
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
-from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, layout_error
+from ldrop.data.base import AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = ["ESC10_TARGETS", "ESC50DataModule", "ESC50_CLASSES", "ESC50_FOLDS", "summarize_folds"]
@@ -63,17 +63,8 @@ class ESC50DataModule(AudioDataModule):
             equal to ``test_fold`` trains on 4 folds and validates on the test fold (logged as a warning:
             do not select checkpoints on it).
         esc10: use the 10-class ESC-10 subset.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch clips of similar duration together (ESC-50 clips all last 5 s).
-        max_train_seconds: longest training clip (default 30 s; ESC-50 clips last 5 s).
-        long_clip_policy: ``"crop"`` (random window) or ``"filter"`` longer training clips.
-        skip_bad_files: skip unreadable files (logged) instead of raising.
-        seed: batch-order seed.
-        sample_rate: output sample rate.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...).
     """
 
     task = "classification"
@@ -84,32 +75,9 @@ class ESC50DataModule(AudioDataModule):
         test_fold: Literal[1, 2, 3, 4, 5] = 1,
         val_fold: Literal[1, 2, 3, 4, 5] | None = None,
         esc10: bool = False,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] = "crop",
-        skip_bad_files: bool = False,
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy,
-            skip_bad_files=skip_bad_files,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(root=root, **kwargs)
         if test_fold not in ESC50_FOLDS:
             raise ValueError(f"test_fold must be one of {ESC50_FOLDS}, got {test_fold!r}")
         if val_fold is None:
@@ -248,6 +216,4 @@ def summarize_folds(scores: Mapping[int, float]) -> dict[str, float]:
             "summarize_folds: only folds %s of 1-5; the standard protocol averages all five", sorted(scores)
         )
     values = [float(v) for v in scores.values()]
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-    return {"mean": mean, "std": std, "folds": float(len(values))}
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "folds": float(len(values))}

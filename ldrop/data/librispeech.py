@@ -6,7 +6,7 @@ import glob
 import os
 from typing import Literal
 
-from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, as_list, layout_error
+from ldrop.data.base import AudioDataModule, Split, as_list, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = ["LIBRISPEECH_SUBSETS", "LibriSpeechDataModule", "LibriSpeechSubset"]
@@ -44,18 +44,10 @@ class LibriSpeechDataModule(AudioDataModule):
         val_subsets: subset(s) of the validation split.
         test_subsets: subset(s) of the test split.
         predict_subsets: subset(s) of the predict split; ``None`` = the test subsets.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch utterances of similar duration together.
-        max_train_seconds: drop training utterances longer than this (default 30 s; the count dropped is
-            logged as a warning); ``None`` keeps all.
-        long_clip_policy: only ``"filter"`` is valid for CTC.
-        skip_bad_files: skip unreadable files (logged) instead of raising.
-        seed: batch-order seed.
-        sample_rate: output sample rate.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...). Training
+            utterances longer than ``max_train_seconds`` are dropped and counted in a warning (a crop
+            would cut the audio away from its transcript).
     """
 
     task = "ctc"
@@ -67,32 +59,9 @@ class LibriSpeechDataModule(AudioDataModule):
         val_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "dev-clean",
         test_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "test-clean",
         predict_subsets: LibriSpeechSubset | list[LibriSpeechSubset] | None = None,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] = "filter",
-        skip_bad_files: bool = False,
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy,
-            skip_bad_files=skip_bad_files,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(root=root, **kwargs)
         self.subsets: dict[str, list[str]] = {
             "train": as_list(train_subsets),
             "val": as_list(val_subsets),

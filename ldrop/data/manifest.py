@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Literal
+from typing import Any
 
-from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, Task, layout_error
+from ldrop.data.base import AudioDataModule, Split, Task, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = ["ManifestDataModule", "read_manifest"]
@@ -123,18 +123,9 @@ class ManifestDataModule(AudioDataModule):
         task: ``"classification"`` or ``"ctc"``.
         class_names: the classes, in id order (classification).
         root: folder that relative manifest paths (the manifest files, not the audio) are relative to.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch items of similar duration together.
-        max_train_seconds: longest training item (default 30 s); ``None`` for no limit.
-        long_clip_policy: ``"crop"`` or ``"filter"`` longer training items; ``None`` = crop for
-            classification, filter for CTC (the only valid choice there).
-        skip_bad_files: skip unreadable files (logged) instead of raising.
-        seed: batch-order seed.
-        sample_rate: output sample rate.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``long_clip_policy``, ``skip_bad_files``,
+            ``seed``, ...).
     """
 
     def __init__(
@@ -146,35 +137,12 @@ class ManifestDataModule(AudioDataModule):
         task: Task = "classification",
         class_names: list[str] | None = None,
         root: str | None = None,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] | None = None,
-        skip_bad_files: bool = False,
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
         if task not in ("classification", "ctc"):
             raise ValueError(f"task must be 'classification' or 'ctc', got {task!r}")
-        self.task = task  # set before the base checks the clip policy against it
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy or ("crop" if task == "classification" else "filter"),
-            skip_bad_files=skip_bad_files,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        self.task = task  # set before the base resolves and checks the clip policy against it
+        super().__init__(root=root, **kwargs)
         if class_names is not None:
             if task != "classification":
                 raise ValueError("class_names only applies to task='classification'")

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from ldrop.data.audio import AudioReadError, audio_info
-from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, layout_error
+from ldrop.data.base import AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = [
@@ -70,17 +70,9 @@ class SpeechCommandsDataModule(AudioDataModule):
             split's word clips.
         test_root: 12-class task: the extracted ``speech_commands_test_set_v0.02`` folder to test on
             instead of ``testing_list.txt``.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch clips of similar duration together.
-        max_train_seconds: longest training clip (default 30 s; clips last 1 s).
-        long_clip_policy: ``"crop"`` or ``"filter"`` longer training clips.
-        skip_bad_files: skip unreadable files (logged) instead of raising.
-        seed: seed of the batch order and of the silence crops.
-        sample_rate: output sample rate.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...); ``seed``
+            also draws the silence crops.
     """
 
     task = "classification"
@@ -91,32 +83,9 @@ class SpeechCommandsDataModule(AudioDataModule):
         num_classes: Literal[12, 35] = 35,
         silence_fraction: float = 0.1,
         test_root: str | None = None,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] = "crop",
-        skip_bad_files: bool = False,
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy,
-            skip_bad_files=skip_bad_files,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(root=root, **kwargs)
         if num_classes not in (12, 35):
             raise ValueError(f"num_classes must be 12 or 35, got {num_classes!r}")
         if silence_fraction < 0:

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split
+from ldrop.data.base import AudioDataModule, Split
 from ldrop.data.batch import AudioExample
 from ldrop.data.datasets import AudioDataset
 
@@ -58,6 +58,41 @@ def _add_noise(signal: np.ndarray, voiced: np.ndarray, snr_db: float, rng: np.ra
     return (0.5 * mixed / max(float(np.abs(mixed).max()), 1e-8)).astype(np.float32)
 
 
+class _GeneratedDataset(AudioDataset):
+    """Common part of the generated datasets: one seeded plan per item, drawn at construction.
+
+    A plan holds what is known before rendering (length, SNR, target); a subclass sets :attr:`split`,
+    :attr:`seed` and :attr:`plans` and renders an item in :meth:`load` from ``(seed, split, index)``.
+    """
+
+    id_prefix = "synthetic"
+    split: Literal["train", "val", "test"]
+    seed: int
+    plans: list
+
+    def _rng(self, index: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index, stream])
+
+    def _id(self, index: int) -> str:
+        return f"{self.id_prefix}/{self.split}/{index:06d}"
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    @property
+    def raw_lengths(self) -> list[int]:
+        return [p.num_samples for p in self.plans]
+
+    @property
+    def ids(self) -> list[str]:
+        return [self._id(i) for i in range(len(self))]
+
+    @property
+    def snr_db(self) -> list[float]:
+        """Signal-to-noise ratio of each item in dB (lower = harder)."""
+        return [p.snr_db for p in self.plans]
+
+
 @dataclass(frozen=True)
 class _ClassificationPlan:
     target: int
@@ -65,7 +100,7 @@ class _ClassificationPlan:
     snr_db: float
 
 
-class SyntheticClassificationDataset(AudioDataset):
+class SyntheticClassificationDataset(_GeneratedDataset):
     """Seeded tone-pattern classification: each class is a chord with its own amplitude modulation.
 
     Class ``c`` is a tone at the ``c``-th of ``num_classes`` log-spaced frequencies between 300 Hz and
@@ -83,6 +118,8 @@ class SyntheticClassificationDataset(AudioDataset):
         sample_rate: sample rate of the waveforms.
         min_samples: see :class:`~ldrop.data.datasets.AudioDataset`.
     """
+
+    id_prefix = "synthetic-cls"
 
     def __init__(
         self,
@@ -108,9 +145,6 @@ class SyntheticClassificationDataset(AudioDataset):
         self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4) if num_classes > 1 else 0.03
         self.plans = [self._plan(i) for i in range(num_items)]
 
-    def _rng(self, index: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index, stream])
-
     def _plan(self, index: int) -> _ClassificationPlan:
         rng = self._rng(index, 0)
         seconds = rng.uniform(*self.duration_range)
@@ -120,25 +154,9 @@ class SyntheticClassificationDataset(AudioDataset):
             snr_db=float(rng.uniform(*self.snr_db_range)),
         )
 
-    def __len__(self) -> int:
-        return len(self.plans)
-
-    @property
-    def raw_lengths(self) -> list[int]:
-        return [p.num_samples for p in self.plans]
-
     @property
     def targets(self) -> list[int | str]:
         return [p.target for p in self.plans]
-
-    @property
-    def ids(self) -> list[str]:
-        return [f"synthetic-cls/{self.split}/{i:06d}" for i in range(len(self))]
-
-    @property
-    def snr_db(self) -> list[float]:
-        """Signal-to-noise ratio of each item in dB (lower = harder)."""
-        return [p.snr_db for p in self.plans]
 
     def load(self, index: int) -> AudioExample:
         plan = self.plans[index]
@@ -153,9 +171,7 @@ class SyntheticClassificationDataset(AudioDataset):
             signal *= 0.55 + 0.45 * np.sin(2 * math.pi * am_rate * t + phase_am)
         signal *= _fade(n, sr)
         waveform = _add_noise(signal, np.ones(n, dtype=bool), plan.snr_db, rng)
-        return AudioExample(
-            torch.from_numpy(waveform), plan.target, f"synthetic-cls/{self.split}/{index:06d}"
-        )
+        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
 
 
 @dataclass(frozen=True)
@@ -166,7 +182,7 @@ class _CTCPlan:
     snr_db: float
 
 
-class SyntheticCTCDataset(AudioDataset):
+class SyntheticCTCDataset(_GeneratedDataset):
     """Seeded tone-letter transcription: each letter is a short tone of its own frequency.
 
     An item spells ``num_letters_range`` letters drawn from ``letters``; letter ``k`` is a tone at the
@@ -188,6 +204,8 @@ class SyntheticCTCDataset(AudioDataset):
         sample_rate: sample rate of the waveforms.
         min_samples: see :class:`~ldrop.data.datasets.AudioDataset`.
     """
+
+    id_prefix = "synthetic-ctc"
 
     def __init__(
         self,
@@ -216,9 +234,6 @@ class SyntheticCTCDataset(AudioDataset):
         self.letter_frequencies = _tone_grid(len(letters))
         self.plans = [self._plan(i) for i in range(num_items)]
 
-    def _rng(self, index: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index, stream])
-
     def _plan(self, index: int) -> _CTCPlan:
         rng, sr = self._rng(index, 0), self.sample_rate
         count = int(rng.integers(self.num_letters_range[0], self.num_letters_range[1] + 1))
@@ -240,30 +255,14 @@ class SyntheticCTCDataset(AudioDataset):
         position += round(rng.uniform(0.05, 0.15) * sr)
         return _CTCPlan("".join(text), tuple(segments), position, float(rng.uniform(*self.snr_db_range)))
 
-    def __len__(self) -> int:
-        return len(self.plans)
-
     @property
     def alphabet(self) -> str:
         """Every character a transcript can hold: the letters, plus space when ``space_prob > 0``."""
         return self.letters + (" " if self.space_prob > 0 else "")
 
     @property
-    def raw_lengths(self) -> list[int]:
-        return [p.num_samples for p in self.plans]
-
-    @property
     def targets(self) -> list[int | str]:
         return [p.transcript for p in self.plans]
-
-    @property
-    def ids(self) -> list[str]:
-        return [f"synthetic-ctc/{self.split}/{i:06d}" for i in range(len(self))]
-
-    @property
-    def snr_db(self) -> list[float]:
-        """Signal-to-noise ratio of each item in dB (lower = harder)."""
-        return [p.snr_db for p in self.plans]
 
     def load(self, index: int) -> AudioExample:
         plan = self.plans[index]
@@ -276,9 +275,7 @@ class SyntheticCTCDataset(AudioDataset):
             signal[first : first + length] = tone * _fade(length, sr)
             voiced[first : first + length] = True
         waveform = _add_noise(signal, voiced, plan.snr_db, rng)
-        return AudioExample(
-            torch.from_numpy(waveform), plan.transcript, f"synthetic-ctc/{self.split}/{index:06d}"
-        )
+        return AudioExample(torch.from_numpy(waveform), plan.transcript, self._id(index))
 
 
 def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> None:
@@ -291,8 +288,12 @@ def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> 
 class _SyntheticDataModule(AudioDataModule):
     """Common part of the generated-data modules: splits of fixed sizes, predict = test."""
 
+    # Generated items cannot be bad files: ``skip_bad_files`` is no option here (it stays False, and an
+    # error about a bad ``predict_on_files`` input does not suggest it).
+    takes_skip_bad_files = False
+
     def __init__(self, num_train: int, num_val: int, num_test: int, **kwargs) -> None:
-        super().__init__(root=None, **kwargs)
+        super().__init__(root=None, skip_bad_files=False, **kwargs)
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -319,16 +320,8 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
         num_test: test items (the predict split is the test split).
         duration_range: ``(min, max)`` item duration in seconds.
         snr_db_range: ``(min, max)`` signal-to-noise ratio in dB; items at the low end are the hard ones.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch items of similar duration together.
-        max_train_seconds: longest training clip (default 30 s).
-        long_clip_policy: ``"crop"`` or ``"filter"`` longer training clips.
-        seed: seed of the items and of the batch order.
-        sample_rate: sample rate of the waveforms.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``seed``, ...); ``seed`` also seeds the items.
     """
 
     task = "classification"
@@ -341,32 +334,9 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
         num_test: int = 128,
         duration_range: tuple[float, float] = (0.5, 1.0),
         snr_db_range: tuple[float, float] = (-5.0, 20.0),
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] = "crop",
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            num_train,
-            num_val,
-            num_test,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(num_train, num_val, num_test, **kwargs)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         _check_range("duration_range", duration_range, positive=True)
@@ -403,16 +373,8 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
         letter_seconds_range: ``(min, max)`` duration of one letter in seconds.
         space_prob: probability of a word break between two letters.
         snr_db_range: ``(min, max)`` signal-to-noise ratio in dB; items at the low end are the hard ones.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch items of similar duration together.
-        max_train_seconds: drop longer training items (default 30 s; only ``"filter"`` is valid for CTC).
-        long_clip_policy: only ``"filter"`` is valid for CTC.
-        seed: seed of the items and of the batch order.
-        sample_rate: sample rate of the waveforms.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``seed``, ...); ``seed`` also seeds the items.
     """
 
     task = "ctc"
@@ -427,32 +389,9 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
         letter_seconds_range: tuple[float, float] = (0.10, 0.15),
         space_prob: float = 0.2,
         snr_db_range: tuple[float, float] = (0.0, 20.0),
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] = "filter",
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            num_train,
-            num_val,
-            num_test,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(num_train, num_val, num_test, **kwargs)
         self.dataset_kwargs = dict(
             letters=letters,
             num_letters_range=tuple(num_letters_range),
@@ -461,7 +400,7 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
             snr_db_range=tuple(snr_db_range),
         )
         # Validate the arguments now rather than at setup.
-        SyntheticCTCDataset("train", 0, seed=seed, sample_rate=sample_rate, **self.dataset_kwargs)  # type: ignore[arg-type]
+        SyntheticCTCDataset("train", 0, seed=self.seed, sample_rate=self.sample_rate, **self.dataset_kwargs)  # type: ignore[arg-type]
         self.letters = letters
         self.space_prob = space_prob
 

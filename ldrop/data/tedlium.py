@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Literal
 
-from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS, AudioDataModule, Split, layout_error
+from ldrop.data.base import AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
 from ldrop.data.text import normalize_tedlium_transcript
 
@@ -84,18 +84,11 @@ class TedliumDataModule(AudioDataModule):
     Args:
         root: folder holding ``TEDLIUM_release-3/`` (or that folder itself).
         eval_partition: where the dev (validation) and test talks come from.
-        batch_size: see :class:`~ldrop.data.base.AudioDataModule` (as are the remaining arguments).
-        num_workers: DataLoader worker processes.
-        max_batch_seconds: audio budget per dynamic batch, in seconds.
-        group_by_length: batch utterances of similar duration together.
-        max_train_seconds: drop training utterances longer than this (default 30 s; the count dropped is
-            logged as a warning); ``None`` keeps all.
-        long_clip_policy: only ``"filter"`` is valid for CTC.
-        skip_bad_files: skip unreadable talks and segments outside their talk (logged) instead of raising.
-        seed: batch-order seed.
-        sample_rate: output sample rate.
-        min_samples: shorter clips are zero-padded to this length.
-        pin_memory: pin batches in page-locked memory.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...). Training
+            segments longer than ``max_train_seconds`` are dropped and counted in a warning (a crop would
+            cut the audio away from its transcript); ``skip_bad_files`` also skips segments outside their
+            talk.
     """
 
     task = "ctc"
@@ -104,32 +97,9 @@ class TedliumDataModule(AudioDataModule):
         self,
         root: str,
         eval_partition: Literal["legacy", "speaker-adaptation"] = "legacy",
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
-        max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] = "filter",
-        skip_bad_files: bool = False,
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            max_batch_seconds=max_batch_seconds,
-            group_by_length=group_by_length,
-            max_train_seconds=max_train_seconds,
-            long_clip_policy=long_clip_policy,
-            skip_bad_files=skip_bad_files,
-            seed=seed,
-            sample_rate=sample_rate,
-            min_samples=min_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(root=root, **kwargs)
         if eval_partition not in ("legacy", "speaker-adaptation"):
             raise ValueError(
                 f"eval_partition must be 'legacy' or 'speaker-adaptation', got {eval_partition!r}"

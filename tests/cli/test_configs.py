@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from ldrop.cli import TRAINER_DEFAULTS, LdropCLI
-from ldrop.data import fixtures
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
 from ldrop.tasks import ClassificationTask, CTCTask
+from ldrop.testing import fixtures
 from tests.helpers import make_backbone
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -1,14 +1,14 @@
 """Shared fixtures: tiny on-disk copies of the benchmark layouts, built once per session.
 
 The trees are shared and must not be modified; a test that needs a broken tree builds its own under
-``tmp_path`` with the builders of :mod:`ldrop.data.fixtures`.
+``tmp_path`` with the builders of :mod:`ldrop.testing.fixtures`.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from ldrop.data.fixtures import (
+from ldrop.testing.fixtures import (
     FixtureTree,
     make_esc50_tree,
     make_librispeech_tree,

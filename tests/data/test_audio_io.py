@@ -13,7 +13,7 @@ import torchaudio.functional as AF
 
 from ldrop.data import AudioReadError, audio_info, read_audio
 from ldrop.data.audio import AudioFileNotFoundError, check_audio
-from ldrop.data.fixtures import time_code, truncate_file, write_audio, write_nonfinite_wav
+from ldrop.testing.fixtures import time_code, truncate_file, write_audio, write_nonfinite_wav
 
 
 def test_read_audio_returns_1d_float32(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from ldrop.data import AudioReadError, ManifestDataModule, SyntheticClassificationDataModule
 from ldrop.data.audio import AudioFileNotFoundError
 from ldrop.data.base import DEFAULT_MAX_TRAIN_SECONDS
-from ldrop.data.fixtures import truncate_file, write_audio, write_nonfinite_wav
+from ldrop.testing.fixtures import truncate_file, write_audio, write_nonfinite_wav
 
 
 def manifest_module(tmp_path, rows: list[tuple[str, str]], task: str = "classification", **kwargs):

@@ -24,6 +24,22 @@ def test_collate_pads_waveforms_to_the_longest_with_zeros():
     assert batch.waveforms[2].tolist() == [1, 0, 0, 0, 0]
 
 
+def test_collate_returns_float32_rows_whatever_the_waveform_dtype():
+    examples = [AudioExample(torch.full((n,), 0.5, dtype=torch.float64), 0, f"i{n}") for n in (2, 4)]
+    batch = collate_audio(examples)
+    assert batch.waveforms.dtype == torch.float32
+    assert batch.waveforms.tolist() == [[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]]
+
+
+def test_batches_of_short_clips_keep_the_400_sample_minimum():
+    from ldrop.data import SyntheticClassificationDataModule
+
+    dm = SyntheticClassificationDataModule(num_train=8, duration_range=(0.005, 0.01), batch_size=4)
+    for batch in dm.train_dataloader():
+        assert batch.waveforms.shape[1] == 400
+        assert batch.lengths.tolist() == [400] * len(batch)
+
+
 def test_collate_records_lengths_as_long():
     batch = collate_audio(_examples([3, 5, 1], [0, 1, 2]))
     assert batch.lengths.dtype == torch.long

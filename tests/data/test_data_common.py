@@ -21,7 +21,7 @@ from ldrop.data import (
     SyntheticCTCDataModule,
     TedliumDataModule,
 )
-from ldrop.data.fixtures import write_audio
+from ldrop.testing.fixtures import write_audio
 
 
 def ids_of(loader) -> list[str]:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from ldrop.data import ESC50_CLASSES, DatasetLayoutError, ESC50DataModule, summarize_folds
-from ldrop.data.fixtures import make_esc50_tree
+from ldrop.testing.fixtures import make_esc50_tree
 
 
 def fold_ids(tree, *folds) -> list[str]:

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from ldrop.data import DatasetLayoutError, ManifestDataModule, read_audio
-from ldrop.data.fixtures import make_manifest_corpus, write_audio
+from ldrop.testing.fixtures import make_manifest_corpus, write_audio
 
 
 def manifests(tree, fmt="csv") -> dict[str, str]:

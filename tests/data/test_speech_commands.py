@@ -15,7 +15,7 @@ from ldrop.data import (
     DatasetLayoutError,
     SpeechCommandsDataModule,
 )
-from ldrop.data.fixtures import make_speech_commands_tree, write_audio
+from ldrop.testing.fixtures import make_speech_commands_tree, write_audio
 
 
 def ids(clips) -> list[str]:

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from ldrop.data import AudioReadError, DatasetLayoutError, TedliumDataModule, read_stm
-from ldrop.data.fixtures import time_code, truncate_file
+from ldrop.testing.fixtures import time_code, truncate_file
 
 
 def ids(clips) -> list[str]:
