@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import functools
 import importlib
+import itertools
 import logging
 import math
 import time
@@ -561,7 +562,36 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
     def on_validation_epoch_start(self) -> None:
         if self.trainer.state.fn == "fit":
             self.refresh_selector_statistics()
+        self.calibrate_on_validation_batches()
         self._val_metrics = {k: self._metrics_on_device() for k in self.val_budget_list}
+
+    @torch.no_grad()
+    def calibrate_on_validation_batches(self) -> None:
+        """Calibrate threshold mode / confidence exit on the batches this validation pass is about to score.
+
+        Their thresholds depend on the current weights, so each validation pass (the sanity check included)
+        re-calibrates them first, on the same batches it then scores: ``val/<metric>@<k>`` is the method as
+        ``ldrop test`` runs it (calibrated on validation data), at a mean of ``k`` layers on those batches.
+        It costs one extra pass of the selector (threshold mode) or of the full model (confidence exit). Under
+        DDP each process calibrates on its own validation shard.
+        """
+        threshold = isinstance(self.selector, InputConditionedSelector) and self.selector.mode == "threshold"
+        confidence = bool(self.exit_layers) and self.hparams.exit_policy == "confidence"
+        if not (threshold or confidence):
+            return
+        trainer = self.trainer
+        loaders = trainer.val_dataloaders
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        limits = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+
+        def batches():  # lazily, the batches the loop will validate (limit_val_batches, sanity steps)
+            for loader, limit in zip(loaders, limits, strict=False):
+                yield from itertools.islice(loader, None if math.isinf(limit) else int(limit))
+
+        if threshold:
+            self.calibrate_thresholds(batches(), budgets=self.val_budget_list)
+        if confidence:
+            self.calibrate_exit_thresholds(batches())
 
     def on_train_end(self) -> None:
         self.refresh_selector_statistics()
@@ -631,9 +661,12 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             self.search_static_subsets(loader, self.test_budget_list)
 
     @torch.no_grad()
-    def calibrate_thresholds(self, dataloader, max_batches: int | None = None) -> dict[int, float]:
-        """Threshold mode: per budget, the score threshold giving that mean number of layers on the data."""
-        scores: dict[int, list[Tensor]] = {k: [] for k in range(1, self.num_layers + 1)}
+    def calibrate_thresholds(
+        self, dataloader, max_batches: int | None = None, budgets: Sequence[int] | None = None
+    ) -> dict[int, float]:
+        """Threshold mode: per budget (default: every ``k`` in ``1..N``), the score threshold giving that mean
+        number of layers on the data."""
+        scores: dict[int, list[Tensor]] = {k: [] for k in (budgets or range(1, self.num_layers + 1))}
         for i, batch in enumerate(dataloader):
             if max_batches is not None and i >= max_batches:
                 break
