@@ -435,8 +435,13 @@ class InputConditionedSelector(TopKSelector):
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
 
     def thresholds_for(self, budget: Tensor) -> Tensor:
-        """Calibrated threshold per sample, ``[batch]``; raises if a budget was never calibrated."""
+        """Calibrated threshold per sample, ``[batch]``; raises if a budget was never calibrated.
+
+        The full budget needs no calibration: a mean of ``N`` layers out of ``N`` means every input runs every
+        layer (threshold ``-inf``).
+        """
         thresholds = self.thresholds[budget - 1]
+        thresholds = torch.where(budget == self.num_layers, -math.inf, thresholds)
         missing = torch.isnan(thresholds)
         if bool(missing.any()):
             budgets = sorted({int(k) for k in budget[missing]})
@@ -450,7 +455,7 @@ class InputConditionedSelector(TopKSelector):
         """Whether threshold mode has a threshold for ``budget``."""
         if not 1 <= budget <= self.num_layers:
             raise ValueError(f"budget must be in 1..{self.num_layers}, got {budget}")
-        return not bool(torch.isnan(self.thresholds[budget - 1]))
+        return budget == self.num_layers or not bool(torch.isnan(self.thresholds[budget - 1]))
 
     @torch.no_grad()
     def calibrate(self, scores_by_budget: dict[int, Tensor]) -> dict[int, float]:

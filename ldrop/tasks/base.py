@@ -367,6 +367,22 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         logits, keep, _ = self.logits_at_budget(encoded, budget)
         return logits, keep
 
+    @property
+    def example_input_array(self) -> tuple[Tensor, Tensor] | Any:
+        """``(waveforms [1, samples], lengths [1])``: 1 s of silence, run by Lightning's model summary.
+
+        With it the summary shows the FLOPs (and tensor sizes) of a full-depth forward pass of one second of
+        audio, selector included; one short eval-mode pass, cheap even for a large backbone.
+        """
+        if self._example_input_array is not None:
+            return self._example_input_array
+        samples = self.sample_rate
+        return torch.zeros(1, samples), torch.tensor([samples])
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self._example_input_array = example
+
     def logits_at_budget(self, encoded: EncodedBatch, budget: int | float | Tensor):
         """``(logits, keep_mask, selector output)`` for one budget, reusing the encoded batch."""
         if self.exit_layers:

@@ -43,10 +43,39 @@ def test_fit_validates_methods_calibrated_on_validation_data(tmp_path, method):
     model = _classifier(**method)
     executed = _Executed()
     trainer = quiet_trainer(tmp_path, max_steps=2, num_sanity_val_steps=2, val_check_interval=2,
-                            callbacks=[executed])
+                            enable_model_summary=True, callbacks=[executed])
     trainer.fit(model, data)  # the sanity check and the validation pass used to ask for calibrate()
     assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
     assert {f"val/acc@{k}" for k in (1, 2, 4)} <= set(trainer.callback_metrics)
     # calibrated on the validated batches: the mean executed layers there meet each budget
     for k, counts in executed.counts.items():
         assert abs(float(torch.cat(counts).float().mean()) - k) <= 0.5
+
+
+@pytest.mark.parametrize("method", [
+    dict(),
+    dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16)),
+    dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16, mode="threshold")),  # uncalibrated
+    dict(early_exit=True, exit_policy="confidence"),
+], ids=["full", "input_conditioned", "threshold", "early_exit_confidence"])
+def test_model_summary_counts_the_full_depth_flops_of_one_second(method):
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from ldrop.engine.flops import count_forward_flops
+
+    model = _classifier(**method)
+    waveforms, lengths = model.example_input_array
+    assert waveforms.shape == (1, 16000) and lengths.tolist() == [16000]  # 1 s of audio at 16 kHz
+    summary = ModelSummary(model)
+    expected = float(count_forward_flops(model.backbone.config, lengths).full)  # every layer, no selector/head
+    assert expected <= summary.total_flops <= 1.5 * expected
+    assert "Total Flops" in str(summary) and model.training  # the summary leaves train mode as it was
+
+
+def test_threshold_mode_runs_every_layer_at_the_full_budget_without_calibration():
+    model = _classifier(selector=functools.partial(InputConditionedSelector, hidden_dim=16, mode="threshold")).eval()
+    with torch.no_grad():
+        _, keep = model(torch.randn(3, 4000), None, model.num_layers)
+        assert keep.sum(1).tolist() == [model.num_layers] * 3
+        with pytest.raises(RuntimeError, match="calibrate"):
+            model(torch.randn(3, 4000), None, model.num_layers - 1)
