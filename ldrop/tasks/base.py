@@ -22,6 +22,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -37,7 +38,7 @@ from ldrop.selectors import (
     most_common_mask_for_all,
     shuffle_masks,
 )
-from ldrop.sweeps import markdown_table, write_sweep
+from ldrop.sweeps import add_sweep_to_tensorboard, markdown_table, write_sweep
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.mixin import EncodedBatch, GatingMixin
 
@@ -849,6 +850,9 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             table = markdown_table(rows, [c for c in columns if c in rows[0]])
             self.print_sweep_table(rows, columns)
             log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):  # the plots and the table beside the curves
+                    add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=self.global_step)
 
     #: Short terminal headers of the sweep columns.
     SWEEP_HEADERS = {

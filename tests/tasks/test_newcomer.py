@@ -79,3 +79,19 @@ def test_threshold_mode_runs_every_layer_at_the_full_budget_without_calibration(
         assert keep.sum(1).tolist() == [model.num_layers] * 3
         with pytest.raises(RuntimeError, match="calibrate"):
             model(torch.randn(3, 4000), None, model.num_layers - 1)
+
+
+def test_test_sweep_goes_to_tensorboard_beside_the_files(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    L.seed_everything(0)
+    model = _classifier(selector=functools.partial(InputConditionedSelector, hidden_dim=16), test_budgets=[1, 4])
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    trainer = quiet_trainer(tmp_path, logger=logger)
+    trainer.test(model, tiny_classification_data())
+    run_dir = tmp_path / "run" / "version_0"
+    assert {"budget_sweep.png", "layer_usage.png", "budget_sweep.csv"} <= {p.name for p in run_dir.iterdir()}
+    tags = EventAccumulator(str(run_dir)).Reload().Tags()
+    assert {"sweep/budget_sweep", "sweep/layer_usage"} <= set(tags["images"])
+    assert "sweep/table/text_summary" in tags["tensors"]
