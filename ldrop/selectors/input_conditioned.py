@@ -455,7 +455,7 @@ class InputConditionedSelector(TopKSelector):
         """Whether threshold mode has a threshold for ``budget``."""
         if not 1 <= budget <= self.num_layers:
             raise ValueError(f"budget must be in 1..{self.num_layers}, got {budget}")
-        return budget == self.num_layers or not bool(torch.isnan(self.thresholds[budget - 1]))
+        return not bool(torch.isnan(self.thresholds[budget - 1]))
 
     @torch.no_grad()
     def calibrate(self, scores_by_budget: dict[int, Tensor]) -> dict[int, float]:
