@@ -435,8 +435,13 @@ class InputConditionedSelector(TopKSelector):
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
 
     def thresholds_for(self, budget: Tensor) -> Tensor:
-        """Calibrated threshold per sample, ``[batch]``; raises if a budget was never calibrated."""
+        """Calibrated threshold per sample, ``[batch]``; raises if a budget was never calibrated.
+
+        The full budget needs no calibration: a mean of ``N`` layers out of ``N`` means every input runs every
+        layer (threshold ``-inf``).
+        """
         thresholds = self.thresholds[budget - 1]
+        thresholds = torch.where(budget == self.num_layers, -math.inf, thresholds)
         missing = torch.isnan(thresholds)
         if bool(missing.any()):
             budgets = sorted({int(k) for k in budget[missing]})

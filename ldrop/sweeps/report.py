@@ -36,29 +36,44 @@ BASE_COLUMNS = [
 LOWER_IS_BETTER = {"wer", "cer", "loss"}
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a hidden temporary file beside it, fsync, ``os.replace``.
+
+    Readers see the old file or the complete new one, never a half-written file; the temporary file
+    (``.<name>.<random>.tmp``) is removed when anything fails. The file gets the usual permissions
+    (``0o666`` less the umask), not the owner-only ones of a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _atomic_savefig(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically, see :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _png(fig: Any) -> bytes:
+    """The figure rendered as PNG bytes (in memory: a failing render leaves no file behind)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def columns_of(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -87,50 +102,111 @@ def primary_metric(rows: Sequence[dict[str, Any]]) -> str:
     raise ValueError("the sweep rows hold no metric column")
 
 
-def plot_sweep(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike, metric: str | None = None) -> None:
-    """Metric vs GFLOPs per utterance, one line per run (label -> rows)."""
-    import matplotlib
+def sweep_title(rows: Iterable[dict[str, Any]], prefix: str = "budget sweep") -> str:
+    """``"<prefix>: <method(s)> | <dataset(s)> | <backbone(s)>"`` from the rows (values that are set)."""
+    rows = list(rows)
+    parts = []
+    for key in ("method", "dataset", "backbone"):
+        values = list(dict.fromkeys(str(r[key]) for r in rows if r.get(key) not in (None, "")))
+        if values:
+            parts.append(", ".join(values))
+    return f"{prefix}: " + " | ".join(parts) if parts else prefix
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _new_figure(figsize: tuple[float, float]) -> Any:
+    # A bare Figure, not pyplot: no global figure registry to leak into, no change of the user's backend.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def sweep_figure(
+    runs: dict[str, Sequence[dict[str, Any]]], metric: str | None = None, title: str | None = None
+) -> Any:
+    """Metric vs GFLOPs per utterance, one line per run (label -> rows), each point labelled ``k=<budget>``.
+
+    Returns the matplotlib ``Figure`` (titled with the runs' method, dataset and backbone by default).
+    """
+    fig = _new_figure((6, 4))
+    ax = fig.add_subplot()
+    name = metric or primary_metric(next(iter(runs.values())))
     for label, rows in runs.items():
-        name = metric or primary_metric(rows)
-        points = sorted((float(r["gflops_per_utterance"]), float(r[name])) for r in rows if r.get(name) not in (None, ""))
-        if not points:
+        rows = sorted((r for r in rows if r.get(name) not in (None, "")),
+                      key=lambda r: float(r["gflops_per_utterance"]))
+        if not rows:
             continue
-        xs, ys = zip(*points, strict=True)
-        stds = [float(r.get(f"{name}_std") or 0.0) for r in sorted(rows, key=lambda r: float(r["gflops_per_utterance"]))]
+        xs = [float(r["gflops_per_utterance"]) for r in rows]
+        ys = [float(r[name]) for r in rows]
+        stds = [float(r.get(f"{name}_std") or 0.0) for r in rows]
         line = ax.plot(xs, ys, marker="o", label=label)[0]
-        if any(stds) and len(stds) == len(ys):
+        if any(stds):
             ax.fill_between(xs, [y - s for y, s in zip(ys, stds, strict=True)],
                             [y + s for y, s in zip(ys, stds, strict=True)], color=line.get_color(), alpha=0.2)
-    name = metric or primary_metric(next(iter(runs.values())))
+        for x, y, row in zip(xs, ys, rows, strict=True):
+            if row.get("budget_layers") not in (None, ""):
+                ax.annotate(f"k={row['budget_layers']}", (x, y), xytext=(3, 4), textcoords="offset points",
+                            fontsize=7, color=line.get_color())
     ax.set_xlabel("GFLOPs per utterance")
     ax.set_ylabel(name.upper() + (" (lower is better)" if name in LOWER_IS_BETTER else ""))
+    ax.set_title(title or sweep_title(r for rows in runs.values() for r in rows), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _atomic_savefig(fig, Path(path))
-    plt.close(fig)
+    return fig
 
 
-def plot_layer_usage(usage: Sequence[Sequence[float]], budgets: Sequence[int], path: str | os.PathLike) -> None:
-    """Heat map: how often each layer ran (columns) at each budget (rows)."""
-    import matplotlib
+def plot_sweep(
+    runs: dict[str, Sequence[dict[str, Any]]],
+    path: str | os.PathLike,
+    metric: str | None = None,
+    title: str | None = None,
+) -> None:
+    """Write :func:`sweep_figure` to ``path`` (PNG, atomically)."""
+    atomic_write_bytes(path, _png(sweep_figure(runs, metric, title)))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(budgets) + 1.5))
+def layer_usage_figure(
+    usage: Sequence[Sequence[float]], budgets: Sequence[int], title: str | None = None
+) -> Any:
+    """Heat map: how often each layer ran (columns) at each budget ``k`` (rows); returns the ``Figure``."""
+    fig = _new_figure((6, 0.35 * len(budgets) + 1.5))
+    ax = fig.add_subplot()
     image = ax.imshow(usage, vmin=0.0, vmax=1.0, aspect="auto", cmap="viridis")
     ax.set_xlabel("layer")
-    ax.set_ylabel("budget (layers)")
-    ax.set_yticks(range(len(budgets)), [str(b) for b in budgets])
+    ax.set_ylabel("budget k (layers)")
+    ax.set_yticks(range(len(budgets)), [f"k={b}" for b in budgets])
     ax.set_xticks(range(len(usage[0])), [str(i) for i in range(len(usage[0]))])
+    ax.set_title(title or "layer usage", fontsize=9)
     fig.colorbar(image, ax=ax, label="share of inputs running the layer")
-    _atomic_savefig(fig, Path(path))
-    plt.close(fig)
+    return fig
+
+
+def plot_layer_usage(
+    usage: Sequence[Sequence[float]], budgets: Sequence[int], path: str | os.PathLike, title: str | None = None
+) -> None:
+    """Write :func:`layer_usage_figure` to ``path`` (PNG, atomically)."""
+    atomic_write_bytes(path, _png(layer_usage_figure(usage, budgets, title)))
+
+
+def add_sweep_to_tensorboard(
+    writer: Any,
+    rows: Sequence[dict[str, Any]],
+    layer_usage: Sequence[Sequence[float]] | None = None,
+    table: str | None = None,
+    step: int = 0,
+) -> None:
+    """Add the sweep plot, the layer-usage plot and the Markdown table to a TensorBoard ``SummaryWriter``.
+
+    Tags: ``sweep/budget_sweep``, ``sweep/layer_usage`` (figures) and ``sweep/table`` (text).
+    """
+    label = str(rows[0].get("method", "run"))
+    writer.add_figure("sweep/budget_sweep", sweep_figure({label: rows}), global_step=step)
+    if layer_usage is not None:
+        budgets = [int(r["budget_layers"]) for r in rows]
+        writer.add_figure("sweep/layer_usage", layer_usage_figure(layer_usage, budgets,
+                                                                  sweep_title(rows, "layer usage")),
+                          global_step=step)
+    writer.add_text("sweep/table", table if table is not None else markdown_table(rows), global_step=step)
+    writer.flush()
 
 
 def _fmt(value: Any) -> str:
@@ -154,25 +230,25 @@ def write_sweep(
 ) -> dict[str, Path]:
     """Write ``budget_sweep.csv``, ``budget_sweep.json``, ``budget_sweep.png`` and ``layer_usage.png``.
 
-    Every file is written atomically. Returns the paths by kind.
+    Every file is written atomically, and only once all of them are rendered: a failure (e.g. in plotting)
+    leaves an earlier sweep in ``directory`` as it was. Returns the paths by kind.
     """
     if not rows:
         raise ValueError("no sweep rows to write")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": directory / "budget_sweep.csv",
-        "json": directory / "budget_sweep.json",
-        "plot": directory / "budget_sweep.png",
+    contents = {
+        directory / "budget_sweep.csv": rows_to_csv(rows).encode("utf-8"),
+        directory / "budget_sweep.json": (json.dumps(list(rows), indent=2) + "\n").encode("utf-8"),
+        directory / "budget_sweep.png": _png(sweep_figure({str(rows[0].get("method", "run")): rows})),
     }
-    atomic_write_text(paths["csv"], rows_to_csv(rows))
-    atomic_write_text(paths["json"], json.dumps(list(rows), indent=2) + "\n")
-    label = f"{rows[0].get('method', 'run')}"
-    plot_sweep({label: rows}, paths["plot"])
     if layer_usage is not None:
-        paths["usage"] = directory / "layer_usage.png"
-        plot_layer_usage(layer_usage, [int(r["budget_layers"]) for r in rows], paths["usage"])
-    return paths
+        budgets = [int(r["budget_layers"]) for r in rows]
+        contents[directory / "layer_usage.png"] = _png(
+            layer_usage_figure(layer_usage, budgets, sweep_title(rows, "layer usage"))
+        )
+    for path, data in contents.items():
+        atomic_write_bytes(path, data)
+    return dict(zip(("csv", "json", "plot", "usage"), contents, strict=False))
 
 
 def load_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -246,6 +322,7 @@ def compare_sweeps(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     plot_path = output_dir / "compare.png"
-    plot_sweep(runs, plot_path, metric=name)
+    plot_sweep(runs, plot_path, metric=name, title=sweep_title([r for rows in runs.values() for r in rows],
+                                                               "compare"))
     atomic_write_text(output_dir / "compare.md", table + "\n")
     return table, plot_path

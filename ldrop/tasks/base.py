@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import functools
 import importlib
+import itertools
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -36,7 +38,7 @@ from ldrop.selectors import (
     most_common_mask_for_all,
     shuffle_masks,
 )
-from ldrop.sweeps import markdown_table, write_sweep
+from ldrop.sweeps import add_sweep_to_tensorboard, markdown_table, write_sweep
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.mixin import EncodedBatch, GatingMixin
 
@@ -421,6 +423,22 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         logits, keep, _ = self.logits_at_budget(encoded, budget)
         return logits, keep
 
+    @property
+    def example_input_array(self) -> tuple[Tensor, Tensor] | Any:
+        """``(waveforms [1, samples], lengths [1])``: 1 s of silence, run by Lightning's model summary.
+
+        With it the summary shows the FLOPs (and tensor sizes) of a full-depth forward pass of one second of
+        audio, selector included; one short eval-mode pass, cheap even for a large backbone.
+        """
+        if self._example_input_array is not None:
+            return self._example_input_array
+        samples = self.sample_rate
+        return torch.zeros(1, samples), torch.tensor([samples])
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self._example_input_array = example
+
     def logits_at_budget(self, encoded: EncodedBatch, budget: int | float | Tensor):
         """``(logits, keep_mask, selector output)`` for one budget, reusing the encoded batch."""
         if self.exit_layers:
@@ -646,7 +664,36 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
     def on_validation_epoch_start(self) -> None:
         if self.trainer.state.fn == "fit":
             self.refresh_selector_statistics()
+        self.calibrate_on_validation_batches()
         self._val_metrics = {k: self._metrics_on_device() for k in self.val_budget_list}
+
+    @torch.no_grad()
+    def calibrate_on_validation_batches(self) -> None:
+        """Calibrate threshold mode / confidence exit on the batches this validation pass is about to score.
+
+        Their thresholds depend on the current weights, so each validation pass (the sanity check included)
+        re-calibrates them first, on the same batches it then scores: ``val/<metric>@<k>`` is the method as
+        ``ldrop test`` runs it (calibrated on validation data), at a mean of ``k`` layers on those batches.
+        It costs one extra pass of the selector (threshold mode) or of the full model (confidence exit). Under
+        DDP each process calibrates on its own validation shard.
+        """
+        threshold = isinstance(self.selector, InputConditionedSelector) and self.selector.mode == "threshold"
+        confidence = bool(self.exit_layers) and self.hparams.exit_policy == "confidence"
+        if not (threshold or confidence):
+            return
+        trainer = self.trainer
+        loaders = trainer.val_dataloaders
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        limits = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+
+        def batches():  # lazily, the batches the loop will validate (limit_val_batches, sanity steps)
+            for loader, limit in zip(loaders, limits, strict=False):
+                yield from itertools.islice(loader, None if math.isinf(limit) else int(limit))
+
+        if threshold:
+            self.calibrate_thresholds(batches(), budgets=self.val_budget_list)
+        if confidence:
+            self.calibrate_exit_thresholds(batches())
 
     def on_train_end(self) -> None:
         self.refresh_selector_statistics()
@@ -729,9 +776,12 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             self.search_static_subsets(loader, self.test_budget_list)
 
     @torch.no_grad()
-    def calibrate_thresholds(self, dataloader, max_batches: int | None = None) -> dict[int, float]:
-        """Threshold mode: per budget, the score threshold giving that mean number of layers on the data."""
-        scores: dict[int, list[Tensor]] = {k: [] for k in range(1, self.num_layers + 1)}
+    def calibrate_thresholds(
+        self, dataloader, max_batches: int | None = None, budgets: Sequence[int] | None = None
+    ) -> dict[int, float]:
+        """Threshold mode: per budget (default: every ``k`` in ``1..N``), the score threshold giving that mean
+        number of layers on the data."""
+        scores: dict[int, list[Tensor]] = {k: [] for k in (budgets or range(1, self.num_layers + 1))}
         for i, batch in enumerate(dataloader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -899,6 +949,9 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             table = markdown_table(rows, [c for c in columns if c in rows[0]])
             self.print_sweep_table(rows, columns)
             log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):  # the plots and the table beside the curves
+                    add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=self.global_step)
 
     #: Short terminal headers of the sweep columns.
     SWEEP_HEADERS = {

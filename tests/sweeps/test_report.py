@@ -53,3 +53,100 @@ def test_compare_labels_each_run(tmp_path):
     write_sweep([{**r, "method": "n", "acc": r["acc"] - 0.1} for r in ROWS], tmp_path / "b")
     table, plot = compare_sweeps([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert plot.is_file() and "| m |" in table and "| n |" in table
+
+
+# ---------------------------------------------------------------- plots: titles, budget labels
+RUN_ROWS = [{**r, "dataset": "Synthetic", "backbone": "tiny:wavlm"} for r in ROWS]
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_sweep_figure_is_titled_and_labels_each_point_with_its_budget():
+    from ldrop.sweeps import sweep_figure
+
+    fig = sweep_figure({"m": RUN_ROWS})
+    title = fig.axes[0].get_title()
+    assert "m" in title and "Synthetic" in title and "tiny:wavlm" in title
+    assert sorted(_texts(fig)) == ["k=1", "k=2", "k=4"]
+
+
+def test_layer_usage_figure_is_titled_and_labels_budgets():
+    from ldrop.sweeps import layer_usage_figure, sweep_title
+
+    fig = layer_usage_figure([[1, 0, 0, 0], [1, 1, 0, 0]], [1, 2], sweep_title(RUN_ROWS, "layer usage"))
+    assert fig.axes[0].get_title() == "layer usage: m | Synthetic | tiny:wavlm"
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["k=1", "k=2"]
+
+
+def test_compare_plot_is_titled_with_every_method(tmp_path, monkeypatch):
+    import ldrop.sweeps.report as report
+
+    figures = []
+    original = report.sweep_figure
+    monkeypatch.setattr(report, "sweep_figure", lambda *a, **k: figures.append(original(*a, **k)) or figures[-1])
+    write_sweep(RUN_ROWS, tmp_path / "a")
+    write_sweep([{**r, "method": "n"} for r in RUN_ROWS], tmp_path / "b")
+    _, plot = compare_sweeps([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert plot.is_file()
+    assert figures[-1].axes[0].get_title() == "compare: m, n | Synthetic | tiny:wavlm"
+    assert _texts(figures[-1]).count("k=2") == 2  # one label per run's point
+
+
+def test_sweep_goes_to_a_tensorboard_writer(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ldrop.sweeps import add_sweep_to_tensorboard
+
+    writer = SummaryWriter(str(tmp_path))
+    add_sweep_to_tensorboard(writer, RUN_ROWS, [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], step=3)
+    writer.close()
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert {"sweep/budget_sweep", "sweep/layer_usage"} <= set(events.Tags()["images"])
+    assert "sweep/table/text_summary" in events.Tags()["tensors"]  # how SummaryWriter.add_text stores it
+    table = events.Tensors("sweep/table/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| budget_layers |" in table and events.Tensors("sweep/table/text_summary")[0].step == 3
+
+
+# ---------------------------------------------------------------- atomic files
+def test_sweep_files_get_the_usual_permissions_not_owner_only(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        paths = write_sweep(ROWS, tmp_path, layer_usage=[[1, 0, 0, 0]] * 3)
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in paths.values()} == {oct(0o644)}
+
+
+@pytest.mark.parametrize("failing", ["replace", "render"])
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch, failing):
+    import os
+
+    import matplotlib.figure
+
+    write_sweep(ROWS, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    if failing == "replace":
+        monkeypatch.setattr(os, "replace", fail)
+    else:
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_sweep([{**r, "acc": 0.0} for r in ROWS], tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing half-written, nothing hidden
+
+
+def test_plots_create_their_folder(tmp_path):
+    from ldrop.sweeps import plot_layer_usage, plot_sweep
+
+    plot_sweep({"m": ROWS}, tmp_path / "new" / "sweep.png")
+    plot_layer_usage([[1, 0, 0, 0]], [1], tmp_path / "new2" / "usage.png")
+    assert (tmp_path / "new" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "new2" / "usage.png").is_file()
