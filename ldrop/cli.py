@@ -24,6 +24,7 @@ import ldrop.selectors  # noqa: F401, E402
 import ldrop.tasks  # noqa: F401, E402
 from ldrop.callbacks import AtomicCheckpointIO, JsonlPredictionWriter, TaskCheckpoint
 from ldrop.data import AudioDataModule, LibriSpeechDataModule, TedliumDataModule
+from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import ENGLISH_CHARACTERS, LayerDropTask, build_vocabulary
 
 
@@ -43,36 +44,17 @@ def model_labels(datamodule: AudioDataModule) -> list[str]:
     return build_vocabulary(datamodule.transcripts("train"))
 
 
-#: Model arguments that only shape evaluation: with ``--ckpt_path`` the config/command line decides them,
-#: not the checkpoint's hyper-parameters (which otherwise override the config in LightningCLI).
-EVALUATION_ARGUMENTS = frozenset({
-    "val_budgets", "test_budgets", "predict_budget", "sweep_repeats", "sweep_controls", "static_search",
-    "method_name", "exit_policy", "exit_confidence", "predict_chunk_seconds", "predict_chunk_overlap_seconds",
-})
-
-
 class LdropCLI(LightningCLI):
-    """LightningCLI with ldrop's links, checkpointing and prediction writer."""
+    """LightningCLI with ldrop's links, checkpointing, budget sweep and prediction writer.
 
-    def _parse_ckpt_path(self) -> None:
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-        hparams = {k: v for k, v in hparams.items() if k not in EVALUATION_ARGUMENTS and k != "_instantiator"}
-        hparams.pop("labels", None)  # linked from the datamodule at instantiation
-        if not hparams:
-            return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        else:
-            hparams = {"init_args": hparams}
-        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+    ``--ckpt_path`` loads weights only: the model is built from the config and command line as given (the
+    task keeps its hyper-parameters under its own checkpoint key, see ``LayerDropTask``).
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.labels", compute_fn=model_labels, apply_on="instantiate")
         parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BudgetSweep, "sweep")
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
         parser.add_argument(
             "--inputs",

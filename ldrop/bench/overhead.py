@@ -21,7 +21,7 @@ import torch
 from ldrop.bench.speedup import machine_info, write_json_atomic
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
-from ldrop.tasks import ClassificationTask
+from ldrop.tasks import ClassificationTask, EarlyExitConfig
 
 METHODS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -29,7 +29,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "learned_schedule": {"selector": LearnedScheduleSelector},
     "random": {"selector": RandomSelector},
     "static": {"selector": StaticSelector},
-    "early_exit": {"early_exit": True},
+    "early_exit": {"early_exit": EarlyExitConfig()},
 }
 
 

@@ -1,6 +1,6 @@
 """Layer selectors: input features + budget -> which encoder layers each sample runs."""
 
-from .base import LayerSelector, SelectorOutput
+from .base import FittingData, LayerSelector, SelectorInputs, SelectorOutput
 from .diagnostics import mask_diversity, most_common_mask_for_all, shuffle_masks
 from .full import FullSelector
 from .input_conditioned import InputConditionedSelector, LogMelFrontend
@@ -19,6 +19,8 @@ from .topk import (
 )
 
 __all__ = [
+    "FittingData",
+    "SelectorInputs",
     "FullSelector",
     "InputConditionedSelector",
     "LayerSelector",

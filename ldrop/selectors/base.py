@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +30,31 @@ class SelectorOutput:
     stats: dict[str, Tensor] = field(default_factory=dict)
 
 
+class SelectorInputs(Protocol):
+    """One batch as a selector reads it (the task's encoded batch has these attributes)."""
+
+    features: Tensor  #: ``[batch, frames, feature_dim]`` CNN features.
+    frame_mask: Tensor  #: ``[batch, frames]`` bool, True on real frames.
+    waveforms: Tensor  #: ``[batch, samples]`` the model's input waveforms.
+    lengths: Tensor  #: ``[batch]`` real samples per waveform.
+
+
+class FittingData(Protocol):
+    """What a selector may fit itself on: validation batches and the task's metric (the task provides it).
+
+    Attributes:
+        higher_is_better: whether a larger :meth:`metric_with_layers` is better.
+    """
+
+    higher_is_better: bool
+
+    def inputs(self) -> Iterator[SelectorInputs]:
+        """The selector's inputs of each fitting batch (eval mode, no gradient)."""
+
+    def metric_with_layers(self, layers: Sequence[int]) -> float:
+        """The task's primary metric on the fitting batches when every input runs only ``layers``."""
+
+
 class LayerSelector(nn.Module, ABC):
     """Chooses, per input, which of the backbone's encoder layers run under a layer budget.
 
@@ -44,6 +71,14 @@ class LayerSelector(nn.Module, ABC):
     #: Whether the selector keeps running statistics that :meth:`update_statistics` should refresh after
     #: training (over some training batches, after :meth:`reset_statistics`).
     tracks_statistics: bool = False
+    #: Whether the masks depend on the input, so the sweep's controls (the same masks shuffled across the
+    #: batch, the most common mask for all) say something; False for random and fixed subsets.
+    input_dependent: bool = True
+    #: Whether evaluation draws random masks, so a sweep repeats it with :meth:`reseed` (``repeats``).
+    random_at_eval: bool = False
+    #: Whether :meth:`fit` depends on the current weights and so runs again before every validation pass
+    #: during training (cheap fits such as threshold calibration); otherwise only before test and predict.
+    fits_at_validation: bool = True
 
     def __init__(self, num_layers: int, feature_dim: int) -> None:
         super().__init__()
@@ -106,6 +141,26 @@ class LayerSelector(nn.Module, ABC):
                 f"got min {int(budget.min())}, max {int(budget.max())}"
             )
         return budget
+
+    @property
+    def needs_fitting(self) -> bool:
+        """Whether :meth:`fit` must run on validation data before the selector can evaluate.
+
+        The task runs it for any selector that says so: before ``test`` and ``predict`` (on the datamodule's
+        validation split) and, when :attr:`fits_at_validation`, before each validation pass on its batches.
+        """
+        return False
+
+    def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
+        """Fit what the selector learns from validation data (thresholds, subsets) for these budgets.
+
+        Args:
+            data: validation batches and the task's metric, see :class:`FittingData`.
+            budgets: the layer budgets (each in ``1..num_layers``) that will be evaluated.
+        """
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random draws of evaluation from ``seed`` (no-op unless :attr:`random_at_eval`)."""
 
     def reset_statistics(self) -> None:
         """Forget running statistics (no-op unless :attr:`tracks_statistics`)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SelectorOutput
+from .base import FittingData, SelectorOutput
 from .topk import Relaxation, TopKSelector, calibrate_threshold, threshold_mask
 
 #: Waveform samples per CNN feature-encoder frame of wav2vec2 / HuBERT / WavLM (20 ms at 16 kHz).
@@ -433,6 +434,23 @@ class InputConditionedSelector(TopKSelector):
         if soft is not None and self.diversity_weight > 0:
             losses["diversity"] = self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
+
+    @property
+    def needs_fitting(self) -> bool:
+        """Threshold mode needs its thresholds calibrated on validation data."""
+        return self.mode == "threshold"
+
+    @torch.no_grad()
+    def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
+        """Threshold mode: calibrate each budget's threshold on the eval-mode scores of ``data``'s inputs."""
+        scores: dict[int, list[Tensor]] = {int(k): [] for k in budgets}
+        for batch in data.inputs():
+            for k in scores:
+                budget = torch.full((batch.features.shape[0],), k, dtype=torch.long, device=batch.features.device)
+                out = self.score(batch.features, batch.frame_mask, budget, waveforms=batch.waveforms,
+                                 lengths=batch.lengths)
+                scores[k].append(out.float().cpu())
+        self.calibrate({k: torch.cat(v) for k, v in scores.items()})
 
     def thresholds_for(self, budget: Tensor) -> Tensor:
         """Calibrated threshold per sample, ``[batch]``; raises if a budget was never calibrated.

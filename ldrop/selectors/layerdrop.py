@@ -31,6 +31,8 @@ class RandomSelector(LayerSelector):
     """
 
     differentiable = False
+    input_dependent = False
+    random_at_eval = True
 
     def __init__(
         self,

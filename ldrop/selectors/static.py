@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .base import LayerSelector, SelectorOutput
+from .base import FittingData, LayerSelector, SelectorOutput
 
 SubsetRule = Literal["first", "evenly_spaced", "last"]
 
@@ -83,9 +83,14 @@ class StaticSelector(LayerSelector):
         feature_dim: channels of the features (unused; kept for the common constructor).
         subsets: ``"first"`` (layers ``0..k-1``), ``"evenly_spaced"``, ``"last"`` (the top ``k``), or an
             explicit ``{budget: layers}``, e.g. from :func:`greedy_subset_search`.
+        search: before testing or predicting, search the best subset per budget greedily on validation data
+            (:meth:`fit`); training uses ``subsets``.
     """
 
     differentiable = False
+    input_dependent = False
+    #: The greedy search costs about ``N^2 / 2`` validation passes: only before test and predict.
+    fits_at_validation = False
 
     def __init__(
         self,
@@ -93,8 +98,10 @@ class StaticSelector(LayerSelector):
         feature_dim: int = 1,
         *,
         subsets: SubsetRule | dict[int, list[int]] = "evenly_spaced",
+        search: bool = False,
     ) -> None:
         super().__init__(num_layers, feature_dim)
+        self.search = bool(search)
         self.register_buffer("subset_masks", torch.zeros(num_layers, num_layers, dtype=torch.bool))
         if isinstance(subsets, str):
             rules = {
@@ -122,6 +129,17 @@ class StaticSelector(LayerSelector):
         budgets = range(1, num_layers + 1) if budgets is None else budgets
         found = greedy_subset_search(evaluate, num_layers, budgets, higher_is_better)
         return cls(num_layers, feature_dim, subsets=found)
+
+    @property
+    def needs_fitting(self) -> bool:
+        """With ``search``, the subsets are searched on validation data before evaluation."""
+        return self.search
+
+    @torch.no_grad()
+    def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
+        """Greedy backward elimination of the best fixed subset per budget on ``data``'s metric."""
+        self.set_subsets(greedy_subset_search(data.metric_with_layers, self.num_layers, budgets,
+                                              higher_is_better=data.higher_is_better))
 
     def set_subsets(self, subsets: dict[int, list[int]]) -> None:
         """Install ``{budget: layers}``; budgets not named keep their current subset.

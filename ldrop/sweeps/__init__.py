@@ -1,5 +1,7 @@
-"""Budget-sweep results: writing, plotting and comparing (no Lightning)."""
+"""Budget sweeps: the test-time callback (:class:`BudgetSweep`), and writing, plotting and comparing results
+(``report``, plain Python)."""
 
+from ldrop.sweeps.callback import BudgetSweep
 from ldrop.sweeps.report import (
     add_sweep_to_tensorboard,
     atomic_write_bytes,
@@ -17,6 +19,7 @@ from ldrop.sweeps.report import (
 )
 
 __all__ = [
+    "BudgetSweep",
     "add_sweep_to_tensorboard",
     "atomic_write_bytes",
     "atomic_write_text",

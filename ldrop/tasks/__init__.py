@@ -4,16 +4,21 @@ from ldrop.tasks.base import LayerDropTask, build_selector, load_backbone, lr_sc
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.classification import ClassificationTask, masked_mean
 from ldrop.tasks.ctc import ENGLISH_CHARACTERS, CTCTask, build_vocabulary
+from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.mixin import EncodedBatch, GatedOutput, GatingMixin
+from ldrop.tasks.statistics import SelectorStatistics
 
 __all__ = [
     "CTCTask",
     "ClassificationTask",
     "ENGLISH_CHARACTERS",
+    "EarlyExit",
+    "EarlyExitConfig",
     "EncodedBatch",
     "GatedOutput",
     "GatingMixin",
     "LayerDropTask",
+    "SelectorStatistics",
     "budget_list",
     "budget_to_layers",
     "build_selector",

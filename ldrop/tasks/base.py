@@ -7,40 +7,30 @@ details live here once, in one ``common_step``-style path, so that the tasks can
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import functools
 import importlib
 import itertools
 import logging
 import math
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from ldrop.backbones import SpeechBackbone, tiny_config
 from ldrop.engine.flops import count_forward_flops
-from ldrop.selectors import (
-    InputConditionedSelector,
-    LayerSelector,
-    RandomSelector,
-    StaticSelector,
-    greedy_subset_search,
-    mask_diversity,
-    most_common_mask_for_all,
-    shuffle_masks,
-)
-from ldrop.sweeps import add_sweep_to_tensorboard, markdown_table, write_sweep
+from ldrop.selectors import LayerSelector
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
+from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.mixin import EncodedBatch, GatingMixin
+from ldrop.tasks.statistics import SelectorStatistics
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +137,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         backbone: Hugging Face hub id (``"microsoft/wavlm-base-plus"``), a local ``save_pretrained``
             directory, or ``"tiny:<family>"`` for a tiny random model (tests, quickstart).
         selector: builds the layer selector from ``(num_layers, feature_dim)``; in YAML a ``class_path``
-            with ``init_args``. ``None`` with ``early_exit=False`` is the full model (no dropping).
+            with ``init_args``. ``None`` without ``early_exit`` is the full model (no dropping).
         pretrained: load the backbone's weights (``False``: random init from its config).
         backbone_overrides: config values to change when building the backbone (e.g. dropout).
         normalize_waveforms: normalise each waveform to zero mean and unit variance over its real samples
@@ -158,19 +148,13 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             the head(s) and the selector, ``"none"`` trains everything.
         init_from: a Lightning checkpoint of an earlier ldrop run (e.g. a full-depth fine-tune) whose
             matching weights initialise this model; the selector is kept fresh when it is absent there.
-        early_exit: the early-exit baseline: a head after each exit layer, trained with the weighted sum of
-            exit losses; budget ``k`` exits after layer ``k`` (the last exit layer ``<= k``).
-        exit_layers: 1-based exit layers (default: every layer).
-        exit_loss_weights: ``"uniform"`` or ``"linear"`` (exit ``k`` weighted ``k``).
-        exit_policy: ``"budget"`` (fixed exit per budget) or ``"confidence"`` (each input exits at the first
-            exit whose confidence passes a threshold calibrated on validation data so that the mean exit
-            layer equals the budget).
-        exit_confidence: ``"max_prob"`` (mean maximum posterior) or ``"entropy"`` (negative mean entropy).
+        early_exit: the early-exit baseline (:class:`~ldrop.tasks.early_exit.EarlyExitConfig`: exit layers,
+            loss weights, policy, confidence): a head after each exit layer, trained with the weighted sum of
+            exit losses; budget ``k`` exits after the last exit layer ``<= k``. ``None``: no early exit.
         train_budgets: budgets sampled (uniformly, once per batch) in training; ints are layers, floats
             fractions; ``None``: every ``k`` in ``1..N``. One trained model serves every budget.
         full_depth_prob: extra probability of training a batch at full depth.
         val_budgets: budgets evaluated at validation (metric logged as ``val/<metric>@<k>``).
-        test_budgets: budgets of the test-time sweep (``None``: every ``k`` in ``1..N``).
         predict_budget: budget used by ``predict``.
         predict_chunk_seconds: ``predict`` splits inputs longer than this into chunks of this length (each
             chunk runs the selector and the budget on its own) and merges them: classification averages the
@@ -179,11 +163,6 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         predict_chunk_overlap_seconds: audio shared by consecutive chunks; for CTC each chunk's frames
             in the first/last half of the overlap are dropped (the neighbour's, with more context, are
             kept). At least the CNN's receptive field minus one frame hop is always shared.
-        sweep_repeats: repeats of a random-subset sweep (different seeds; mean and spread reported).
-        sweep_controls: also score "same masks shuffled across the batch" and "most common mask for every
-            input" for selectors with scores (needs a batch size above 1).
-        static_search: for a :class:`StaticSelector`: search the best fixed subset per budget greedily on
-            the validation data before testing.
         distill_weight: weight of self-distillation from the full-depth pass (KL, teacher without gradient).
         distill_temperature: softmax temperature of that KL.
         lr: learning rate of the backbone.
@@ -193,11 +172,19 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         warmup: warm-up steps (int) or fraction of all training steps (float).
         schedule: after warm-up: ``"linear"`` decay to 0, ``"tri_stage"`` (hold, then exponential decay to
             5%), or ``"constant"``.
-        method_name: label of this run in sweeps and ``ldrop compare`` (default: derived from the method).
         statistics_batches: for selectors that standardise scores with running statistics: before each
-            validation during fit, the statistics are re-estimated on this many recent training batches,
-            so that the checkpoint's statistics match its weights (running averages lag behind them).
+            validation during fit and at the end of training, the statistics are re-estimated on this many
+            recent training batches (:class:`~ldrop.tasks.statistics.SelectorStatistics`, which the task
+            installs), so that the checkpoint's statistics match its weights.
+
+    The test-time budget sweep (budgets, repeats, controls, method label) is the
+    :class:`~ldrop.sweeps.BudgetSweep` callback (``--sweep.*`` in the CLI), not a model setting.
     """
+
+    #: Hyper-parameters are stored under this checkpoint key (``load_from_checkpoint`` reads it). Not the
+    #: default ``"hyper_parameters"``: LightningCLI applies that over the config given with ``--ckpt_path``,
+    #: so a selector option on the command line would be silently ignored; here the command line decides.
+    CHECKPOINT_HYPER_PARAMS_KEY = "ldrop_hyper_parameters"
 
     #: Name of the metric reported in sweeps; subclasses override.
     metric_names: tuple[str, ...] = ("metric",)
@@ -213,21 +200,13 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         normalize_waveforms: bool | None = None,
         freeze: Literal["cnn", "backbone", "none"] = "cnn",
         init_from: str | None = None,
-        early_exit: bool = False,
-        exit_layers: list[int] | None = None,
-        exit_loss_weights: Literal["uniform", "linear"] = "uniform",
-        exit_policy: Literal["budget", "confidence"] = "budget",
-        exit_confidence: Literal["max_prob", "entropy"] = "max_prob",
+        early_exit: EarlyExitConfig | None = None,
         train_budgets: list[int | float] | None = None,
         full_depth_prob: float = 0.1,
         val_budgets: list[int | float] | None = [0.25, 0.5, 1.0],  # noqa: B006 (read-only default)
-        test_budgets: list[int | float] | None = None,
         predict_budget: int | float = 1.0,
         predict_chunk_seconds: float | None = 30.0,
         predict_chunk_overlap_seconds: float = 2.0,
-        sweep_repeats: int = 1,
-        sweep_controls: bool = False,
-        static_search: bool = False,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
         lr: float = 5e-5,
@@ -236,18 +215,18 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         weight_decay: float = 0.01,
         warmup: int | float = 0.1,
         schedule: Literal["linear", "tri_stage", "constant"] = "linear",
-        method_name: str | None = None,
         statistics_batches: int = 16,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["selector"])
         self.hparams["selector"] = selector_spec(selector)
-        if early_exit and selector is not None:
-            raise ValueError("early_exit=True is a method of its own: leave selector unset (None)")
+        if isinstance(early_exit, dict):  # as stored in a checkpoint
+            early_exit = EarlyExitConfig(**early_exit)
+        self.hparams["early_exit"] = dataclasses.asdict(early_exit) if early_exit is not None else None
+        if early_exit is not None and selector is not None:
+            raise ValueError("early_exit is a method of its own: leave selector unset (None)")
         if not 0.0 <= full_depth_prob <= 1.0:
             raise ValueError(f"full_depth_prob must be in [0, 1], got {full_depth_prob}")
-        if sweep_repeats < 1:
-            raise ValueError(f"sweep_repeats must be >= 1, got {sweep_repeats}")
         if predict_chunk_seconds is not None and predict_chunk_seconds <= predict_chunk_overlap_seconds:
             raise ValueError(
                 f"predict_chunk_seconds ({predict_chunk_seconds}) must exceed predict_chunk_overlap_seconds "
@@ -262,19 +241,12 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         self.configure_gating(
             backbone_module, build_selector(selector, num_layers, feature_dim) if selector is not None else None
         )
-        self.exit_layers = self._resolve_exit_layers(exit_layers) if early_exit else []
         self.train_budget_choices = budget_list(train_budgets, num_layers)
         self.val_budget_list = budget_list(val_budgets, num_layers)
-        self.test_budget_list = budget_list(test_budgets, num_layers)
         budget_to_layers(predict_budget, num_layers)  # validate early
-        self.configure_metrics_and_heads()
-        if early_exit:
-            self.register_buffer("exit_thresholds", torch.full((num_layers,), float("nan")))
+        self.configure_heads(early_exit)
         if init_from:
             self.load_weights_from(init_from)
-        self._sweep: dict[str, Any] | None = None
-        # Recent training inputs of the selector, to refresh its standardisation statistics (see below).
-        self._recent_inputs: collections.deque = collections.deque(maxlen=statistics_batches)
 
     # ------------------------------------------------------------------ hooks for subclasses
     @abstractmethod
@@ -301,18 +273,6 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
     def decode(self, logits: Tensor, frame_mask: Tensor) -> list[Any]:
         """Per-sample outputs (transcripts or label names) from logits."""
 
-    def confidence(self, logits: Tensor, frame_mask: Tensor) -> Tensor:
-        """``[batch]`` confidence of each prediction (higher = surer), for dynamic early exit."""
-        log_probs = logits.float().log_softmax(-1)
-        if self.hparams.exit_confidence == "max_prob":
-            per_position = log_probs.exp().amax(-1)
-        else:
-            per_position = (log_probs.exp() * log_probs).sum(-1)  # negative entropy
-        if per_position.dim() == 1:
-            return per_position
-        weights = frame_mask.to(per_position.dtype)
-        return (per_position * weights).sum(1) / weights.sum(1).clamp(min=1)
-
     def distillation_loss(self, student: Tensor, teacher: Tensor, frame_mask: Tensor) -> Tensor:
         """KL(teacher || student) over classes, averaged over samples (and real frames)."""
         tau = self.hparams.distill_temperature
@@ -335,31 +295,22 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
                 p.requires_grad_(False)
             backbone.freeze_feature_encoder = True
 
-    def _resolve_exit_layers(self, exit_layers: list[int] | None) -> list[int]:
-        n = self.num_layers
-        layers = sorted(set(exit_layers)) if exit_layers else list(range(1, n + 1))
-        if any(not 1 <= k <= n for k in layers):
-            raise ValueError(f"exit_layers are 1-based layer numbers in 1..{n}, got {exit_layers}")
-        if layers[-1] != n:
-            layers.append(n)  # the full model is always an exit
-        return layers
-
-    def configure_metrics_and_heads(self) -> None:
-        if self.exit_layers:
-            self.exit_heads = nn.ModuleDict({str(k): self.configure_head() for k in self.exit_layers})
+    def configure_heads(self, early_exit: EarlyExitConfig | None) -> None:
+        """The task head, or the early-exit component with one head per exit layer."""
+        if early_exit is not None:
+            self.early_exit = EarlyExit(early_exit, self.num_layers, self.configure_head)
         else:
+            self.early_exit = None
             self.head = self.configure_head()
+
+    @property
+    def exit_layers(self) -> list[int]:
+        """1-based exit layers with early exit, else empty."""
+        return self.early_exit.layers if self.early_exit is not None else []
 
     def head_for(self, exit_layer: int | None = None) -> nn.Module:
         """The head reading the output of ``exit_layer`` (early exit), or the single task head."""
-        if not self.exit_layers:
-            return self.head
-        return self.exit_heads[str(exit_layer if exit_layer is not None else self.num_layers)]
-
-    def exit_layer_for(self, budget: int) -> int:
-        """The deepest exit layer within ``budget`` layers (at least the first exit)."""
-        eligible = [k for k in self.exit_layers if k <= budget]
-        return eligible[-1] if eligible else self.exit_layers[0]
+        return self.head if self.early_exit is None else self.early_exit.head_for(exit_layer)
 
     def load_weights_from(self, checkpoint_path: str) -> None:
         """Initialise matching weights from an earlier run's Lightning checkpoint (or exported state)."""
@@ -449,9 +400,9 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
                 k = int(budgets[0])
             else:
                 k = budget_to_layers(budget, self.num_layers)
-            if self.hparams.exit_policy == "confidence" and not self.training and k < self.num_layers:
+            if self.early_exit.config.policy == "confidence" and not self.training and k < self.num_layers:
                 return (*self.dynamic_exit(encoded, k), None)
-            exit_layer = self.exit_layer_for(k)
+            exit_layer = self.early_exit.exit_layer_for(k)
             keep = torch.zeros(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
             keep[:, :exit_layer] = 1.0
             hidden, _ = self.run_layers(encoded, keep)
@@ -474,7 +425,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
     def exit_confidences(self, encoded: EncodedBatch) -> Tensor:
         """``[batch, exits]`` confidence of every exit head (all layers run)."""
         return torch.stack(
-            [self.confidence(self.compute_logits(self.head_for(k), h, encoded.frame_mask), encoded.frame_mask)
+            [self.early_exit.confidence(self.compute_logits(self.head_for(k), h, encoded.frame_mask), encoded.frame_mask)
              for k, h in self._exit_states(encoded)], dim=1,
         )
 
@@ -483,12 +434,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
         Returns ``(logits, keep_mask)``; layers run only for the inputs still active.
         """
-        threshold = float(self.exit_thresholds[budget - 1])
-        if math.isnan(threshold):
-            raise RuntimeError(
-                f"no confidence threshold calibrated for budget {budget}: run calibrate_exit_thresholds() "
-                "(ldrop test does it on the validation data)"
-            )
+        threshold = self.early_exit.threshold_for(budget)
         batch = encoded.hidden.shape[0]
         device = encoded.hidden.device
         hidden = encoded.hidden.clone()
@@ -512,7 +458,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             logits = self.compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
             if logits_out is None:
                 logits_out = logits.new_zeros((batch, *logits.shape[1:]))
-            done = self.confidence(logits, frame_mask[rows]) >= threshold
+            done = self.early_exit.confidence(logits, frame_mask[rows]) >= threshold
             if exit_layer == self.num_layers:
                 done = torch.ones_like(done)
             logits_out[rows[done]] = logits[done]
@@ -520,39 +466,13 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         return logits_out, keep
 
     @torch.no_grad()
-    def calibrate_exit_thresholds(self, dataloader, max_batches: int | None = None) -> dict[int, float]:
-        """Per budget, the confidence threshold whose mean exit layer on ``dataloader`` equals the budget."""
+    def calibrate_exit_thresholds(self, dataloader: Iterable[Any], max_batches: int | None = None) -> dict[int, float]:
+        """Confidence policy: per budget, the threshold whose mean exit layer on ``dataloader`` equals it."""
         confidences = []
-        for i, batch in enumerate(dataloader):
-            if max_batches is not None and i >= max_batches:
-                break
+        for batch in itertools.islice(dataloader, max_batches):
             batch = self.transfer_batch_to_device(batch, self.device, 0)
             confidences.append(self.exit_confidences(self.encode(batch.waveforms, batch.lengths)).cpu())
-        conf = torch.cat(confidences)
-        exits = torch.tensor(self.exit_layers, dtype=torch.float64)
-        candidates = torch.cat([conf.flatten().unique(), torch.tensor([float("inf")])]).tolist()
-
-        def mean_exit(threshold: float) -> float:
-            # The first exit whose confidence passes; the last exit when none of the earlier ones does.
-            passed = torch.cat([conf[:, :-1] >= threshold, torch.ones(len(conf), 1, dtype=torch.bool)], dim=1)
-            return float(exits[passed.float().argmax(1)].mean())
-
-        thresholds = {}
-        for k in range(1, self.num_layers + 1):
-            # mean_exit grows with the threshold: bisect for the first candidate reaching k, then take the
-            # closer of it and its predecessor.
-            lo, hi = 0, len(candidates) - 1
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if mean_exit(candidates[mid]) >= k:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            options = [candidates[i] for i in (lo - 1, lo) if 0 <= i < len(candidates)]
-            best = min(options, key=lambda t: abs(mean_exit(t) - k))
-            thresholds[k] = best
-            self.exit_thresholds[k - 1] = best
-        return thresholds
+        return self.early_exit.calibrate(torch.cat(confidences))
 
     # ------------------------------------------------------------------ training
     def sample_train_budget(self) -> int:
@@ -569,18 +489,13 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         encoded = self.encode(batch.waveforms, batch.lengths)
-        if self.selector is not None and self.selector.tracks_statistics:
-            self._recent_inputs.append(
-                (encoded.features.detach(), encoded.frame_mask, batch.waveforms.detach(), batch.lengths)
-            )
         losses: dict[str, Tensor] = {}
-        if self.exit_layers:
-            weights = [float(k) if self.hparams.exit_loss_weights == "linear" else 1.0 for k in self.exit_layers]
+        if self.early_exit is not None:
             exit_losses = [
                 self.task_loss(self.compute_logits(self.head_for(k), h, encoded.frame_mask), encoded.frame_mask, batch)
                 for k, h in self._exit_states(encoded)
             ]
-            losses["task"] = sum(w * x for w, x in zip(weights, exit_losses, strict=True)) / sum(weights)
+            losses["task"] = self.early_exit.loss(exit_losses)
             keep = torch.ones(len(batch), self.num_layers, device=self.device)
             budget = self.num_layers
         else:
@@ -608,7 +523,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             self.log(f"train/{name}_loss", value, batch_size=size)
         self.log("train/executed_layers", keep.detach().sum(1).float().mean(), batch_size=size)
         self.log("train/budget", float(budget), batch_size=size)
-        return loss
+        # The encoded batch reaches callbacks' on_train_batch_end (SelectorStatistics keeps recent inputs).
+        return {"loss": loss, "encoded": encoded}
 
     def check_finite_loss(self, loss: Tensor, losses: dict[str, Tensor], batch: Any) -> None:
         """Stop training with a clear error on a NaN/inf loss, before it can reach the weights.
@@ -652,18 +568,19 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         return sum(p.sum() for p in params) * 0.0
 
     # ------------------------------------------------------------------ validation
-    @torch.no_grad()
-    def refresh_selector_statistics(self) -> None:
-        """Re-estimate the selector's standardisation statistics on the recent training inputs."""
-        if self.selector is None or not self.selector.tracks_statistics or not self._recent_inputs:
-            return
-        self.selector.reset_statistics()
-        for features, frame_mask, waveforms, lengths in self._recent_inputs:
-            self.selector.update_statistics(features, frame_mask, waveforms=waveforms, lengths=lengths)
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The selector-statistics refresh and a default budget sweep, unless the trainer has its own."""
+        from ldrop.sweeps import BudgetSweep  # ldrop.sweeps imports the task package
+
+        present = self.trainer.callbacks if self._trainer is not None else []
+        callbacks: list[L.Callback] = []
+        if not any(isinstance(c, SelectorStatistics) for c in present):
+            callbacks.append(SelectorStatistics(self.hparams.statistics_batches))
+        if not any(isinstance(c, BudgetSweep) for c in present):
+            callbacks.append(BudgetSweep())
+        return callbacks
 
     def on_validation_epoch_start(self) -> None:
-        if self.trainer.state.fn == "fit":
-            self.refresh_selector_statistics()
         self.calibrate_on_validation_batches()
         self._val_metrics = {k: self._metrics_on_device() for k in self.val_budget_list}
 
@@ -677,9 +594,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         It costs one extra pass of the selector (threshold mode) or of the full model (confidence exit). Under
         DDP each process calibrates on its own validation shard.
         """
-        threshold = isinstance(self.selector, InputConditionedSelector) and self.selector.mode == "threshold"
-        confidence = bool(self.exit_layers) and self.hparams.exit_policy == "confidence"
-        if not (threshold or confidence):
+        if not self._needs_fitting(at_validation=True):
             return
         trainer = self.trainer
         loaders = trainer.val_dataloaders
@@ -690,23 +605,12 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             for loader, limit in zip(loaders, limits, strict=False):
                 yield from itertools.islice(loader, None if math.isinf(limit) else int(limit))
 
-        if threshold:
-            self.calibrate_thresholds(batches(), budgets=self.val_budget_list)
-        if confidence:
-            self.calibrate_exit_thresholds(batches())
-
-    def on_train_end(self) -> None:
-        self.refresh_selector_statistics()
+        self.fit_on_batches(batches, self.val_budget_list, at_validation=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ldrop_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint[NORMALIZE_KEY] = bool(self.backbone.normalize_waveforms)
         self.check_finite_weights()
-        # A checkpoint saved without a validation pass still gets statistics that match its weights.
-        if self.selector is not None and self.selector.tracks_statistics and self._recent_inputs:
-            self.refresh_selector_statistics()
-            for name, buffer in self.selector.named_buffers():
-                checkpoint["state_dict"][f"selector.{name}"] = buffer.detach().clone()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Use the input normalisation the checkpoint's weights were trained with.
@@ -743,137 +647,61 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         # Mean over the validation budgets: what checkpointing monitors ("val/<metric>").
         self.log(f"val/{primary}", torch.stack(values).mean(), prog_bar=True)
 
-    # ------------------------------------------------------------------ test: the budget sweep
-    def on_test_start(self) -> None:
-        self.prepare_for_evaluation()
+    # ------------------------------------------------------------------ fitting on validation data
+    def _needs_fitting(self, at_validation: bool = False) -> bool:
+        selector = self.selector
+        fit_selector = selector is not None and selector.needs_fitting and (
+            selector.fits_at_validation or not at_validation)
+        return fit_selector or (self.early_exit is not None and self.early_exit.needs_fitting)
 
-    def on_predict_start(self) -> None:
-        self.prepare_for_evaluation()
+    @torch.no_grad()
+    def fit_on_batches(self, batches: Callable[[], Iterable[Any]], budgets: Sequence[int],
+                       at_validation: bool = False) -> None:
+        """Fit the selector (any that says :attr:`~LayerSelector.needs_fitting`) and confidence early exit.
 
-    def prepare_for_evaluation(self) -> None:
-        """Calibrate thresholds / search static subsets on the validation data when the method needs it.
-
-        Threshold-mode selectors, confidence-based early exit and ``static_search`` are fitted to the
-        validation split of the trainer's datamodule before testing or predicting.
+        Args:
+            batches: returns a fresh iterable of validation batches each time it is called.
+            budgets: the budgets that will be evaluated (thresholds, subsets per budget).
+            at_validation: a fit before a validation pass in training: only selectors that refit each
+                validation (:attr:`~LayerSelector.fits_at_validation`).
         """
-        datamodule = getattr(self.trainer, "datamodule", None)
-        needs_val = (
-            (isinstance(self.selector, InputConditionedSelector) and self.selector.mode == "threshold")
-            or (self.exit_layers and self.hparams.exit_policy == "confidence")
-            or (isinstance(self.selector, StaticSelector) and self.hparams.static_search)
-        )
-        if not needs_val:
+        selector = self.selector
+        if selector is not None and selector.needs_fitting and (selector.fits_at_validation or not at_validation):
+            selector.fit(_TaskFittingData(self, batches), [int(k) for k in budgets])
+        if self.early_exit is not None and self.early_exit.needs_fitting:
+            self.calibrate_exit_thresholds(batches())
+
+    def fit_on_dataloader(self, dataloader: Iterable[Any], budgets: Sequence[int] | None = None,
+                          max_batches: int | None = None) -> None:
+        """:meth:`fit_on_batches` on a dataloader (``budgets`` default: every ``k`` in ``1..N``)."""
+        budgets = range(1, self.num_layers + 1) if budgets is None else budgets
+        self.fit_on_batches(lambda: itertools.islice(dataloader, max_batches), budgets)
+
+    def fit_on_validation_data(self, budgets: Sequence[int] | None = None) -> None:
+        """Fit what needs validation data on the validation split of the trainer's datamodule (test, predict).
+
+        Raises:
+            RuntimeError: fitting is needed but the trainer has no datamodule.
+        """
+        if not self._needs_fitting():
             return
+        datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise RuntimeError("calibration/search needs a datamodule with validation data")
         datamodule.setup("validate")
-        loader = datamodule.val_dataloader()
-        if isinstance(self.selector, InputConditionedSelector) and self.selector.mode == "threshold":
-            self.calibrate_thresholds(loader)
-        if self.exit_layers and self.hparams.exit_policy == "confidence":
-            self.calibrate_exit_thresholds(loader)
-        if isinstance(self.selector, StaticSelector) and self.hparams.static_search:
-            self.search_static_subsets(loader, self.test_budget_list)
+        self.fit_on_dataloader(datamodule.val_dataloader(), budgets)
 
-    @torch.no_grad()
-    def calibrate_thresholds(
-        self, dataloader, max_batches: int | None = None, budgets: Sequence[int] | None = None
-    ) -> dict[int, float]:
-        """Threshold mode: per budget (default: every ``k`` in ``1..N``), the score threshold giving that mean
-        number of layers on the data."""
-        scores: dict[int, list[Tensor]] = {k: [] for k in (budgets or range(1, self.num_layers + 1))}
-        for i, batch in enumerate(dataloader):
-            if max_batches is not None and i >= max_batches:
-                break
-            batch = self.transfer_batch_to_device(batch, self.device, 0)
-            waveforms = self.prepare_waveforms(batch.waveforms, batch.lengths)
-            features, frame_mask = self.backbone.extract_features(waveforms, batch.lengths)
-            for k in scores:
-                budget = torch.full((len(batch),), k, dtype=torch.long, device=self.device)
-                out = self.selector.score(features, frame_mask, budget, waveforms=waveforms,
-                                          lengths=batch.lengths)
-                scores[k].append((out.scores if hasattr(out, "scores") else out).float().cpu())
-        return self.selector.calibrate({k: torch.cat(v) for k, v in scores.items()})
+    # ------------------------------------------------------------------ test: see ldrop.sweeps.BudgetSweep
+    def on_predict_start(self) -> None:
+        self.fit_on_validation_data()
 
-    @torch.no_grad()
-    def search_static_subsets(self, dataloader, budgets: Sequence[int], max_batches: int | None = None):
-        """Greedy backward elimination of the best fixed subset per budget on ``dataloader``."""
-        batches = []
-        for i, batch in enumerate(dataloader):
-            if max_batches is not None and i >= max_batches:
-                break
-            batch = self.transfer_batch_to_device(batch, self.device, 0)
-            batches.append((batch, self.encode(batch.waveforms, batch.lengths)))
+    def on_test_start(self) -> None:
+        if not any(type(c).__name__ == "BudgetSweep" for c in self.trainer.callbacks):
+            log.warning("no BudgetSweep callback: ldrop test scores nothing without it")
 
-        def evaluate(layers: list[int]) -> float:
-            metrics = self._metrics_on_device()
-            for batch, encoded in batches:
-                keep = torch.zeros(len(batch), self.num_layers, device=self.device)
-                keep[:, layers] = 1.0
-                self.update_metrics(metrics, self.logits_with_mask(encoded, keep), encoded.frame_mask, batch)
-            return float(metrics[self.metric_names[0]].compute())
-
-        subsets = greedy_subset_search(evaluate, self.num_layers, budgets, higher_is_better=self.higher_is_better)
-        self.selector.set_subsets(subsets)
-        return subsets
-
-    def on_test_epoch_start(self) -> None:
-        repeats = self.hparams.sweep_repeats if isinstance(self.selector, RandomSelector) else 1
-        self._sweep = {
-            "repeats": repeats,
-            "metrics": {(k, r): self._metrics_on_device() for k in self.test_budget_list for r in range(repeats)},
-            "controls": {(k, c): self._metrics_on_device() for k in self.test_budget_list
-                         for c in ("shuffled", "most_common")} if self._controls_enabled() else {},
-            "masks": {k: [] for k in self.test_budget_list},
-            "flops": {k: 0.0 for k in self.test_budget_list},
-            "seconds_audio": 0.0,
-            "utterances": 0,
-            "time_fixed": 0.0,
-            "time": {k: 0.0 for k in self.test_budget_list},
-        }
-
-    def _controls_enabled(self) -> bool:
-        return bool(self.hparams.sweep_controls) and self.selector is not None and not isinstance(
-            self.selector, (RandomSelector, StaticSelector)
-        )
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        sweep = self._sweep
-        self._sync()
-        start = time.perf_counter()
-        encoded = self.encode(batch.waveforms, batch.lengths)
-        self._sync()
-        sweep["time_fixed"] += time.perf_counter() - start
-        sweep["utterances"] += len(batch)
-        sweep["seconds_audio"] += float(batch.lengths.sum()) / self.sample_rate
-        selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
-        for k in self.test_budget_list:
-            for r in range(sweep["repeats"]):
-                if isinstance(self.selector, RandomSelector):
-                    self.selector.reseed(1000 * r + batch_idx)
-                self._sync()
-                start = time.perf_counter()
-                logits, keep, _ = self.logits_at_budget(encoded, k)
-                self._sync()
-                if r == 0:
-                    sweep["time"][k] += time.perf_counter() - start
-                    hard = (keep.detach() > 0.5).float()
-                    sweep["masks"][k].append(hard.cpu())
-                    flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops)
-                    sweep["flops"][k] += float(flops.total.sum())
-                self.update_metrics(sweep["metrics"][(k, r)], logits, encoded.frame_mask, batch)
-            if self._controls_enabled():
-                hard = sweep["masks"][k][-1].to(self.device)
-                gen = torch.Generator().manual_seed(batch_idx)
-                controls = {"shuffled": shuffle_masks(hard.cpu(), gen).to(self.device),
-                            "most_common": most_common_mask_for_all(hard.cpu()).to(self.device)}
-                for name, mask in controls.items():
-                    logits = self.logits_with_mask(encoded, mask)
-                    self.update_metrics(sweep["controls"][(k, name)], logits, encoded.frame_mask, batch)
+    def test_step(self, batch: Any, batch_idx: int) -> EncodedBatch:
+        """The encoded batch; the :class:`~ldrop.sweeps.BudgetSweep` callback scores it at each budget."""
+        return self.encode(batch.waveforms, batch.lengths)
 
     @property
     def sample_rate(self) -> int:
@@ -881,100 +709,14 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         return int(getattr(datamodule, "sample_rate", 16000))
 
     def method_label(self) -> str:
-        """How this run is named in sweeps: ``method_name`` or one derived from the selector."""
-        if self.hparams.method_name:
-            return self.hparams.method_name
-        if self.exit_layers:
-            return "early_exit" if self.hparams.exit_policy == "budget" else "early_exit_confidence"
+        """How this run is named in sweeps (unless the sweep's ``method_name`` says otherwise)."""
+        if self.early_exit is not None:
+            return "early_exit" if self.early_exit.config.policy == "budget" else "early_exit_confidence"
         if self.selector is None:
             return "full"
         name = type(self.selector).__name__.removesuffix("Selector")
         mode = getattr(self.selector, "mode", None)
         return f"{name}-{mode}" if mode == "threshold" else name
-
-    def sweep_rows(self) -> tuple[list[dict[str, Any]], list[list[float]]]:
-        """The sweep's rows (one per budget) and the layer-usage matrix ``[budgets][layers]``."""
-        sweep = self._sweep
-        n = self.num_layers
-        utterances = max(1, sweep["utterances"])
-        datamodule = getattr(self.trainer, "datamodule", None)
-        rows, usage = [], []
-        for k in self.test_budget_list:
-            masks = torch.cat(sweep["masks"][k]) if sweep["masks"][k] else torch.zeros(0, n)
-            row: dict[str, Any] = {
-                "method": self.method_label(),
-                "backbone": self.hparams.backbone,
-                "dataset": type(datamodule).__name__.removesuffix("DataModule") if datamodule else "",
-                "budget_layers": k,
-                "budget_fraction": round(k / n, 4),
-                "executed_layers": float(masks.sum(1).mean()) if len(masks) else 0.0,
-                "gflops_per_utterance": sweep["flops"][k] / 1e9 / utterances,
-                "gflops_per_second": sweep["flops"][k] / 1e9 / max(sweep["seconds_audio"], 1e-9),
-                "ms_per_utterance": 1000.0 * (sweep["time_fixed"] + sweep["time"][k]) / utterances,
-                "utterances": sweep["utterances"],
-            }
-            if self.selector is not None and len(masks):
-                diversity = mask_diversity(masks)
-                row.update(
-                    distinct_masks=int(diversity["num_distinct"]),
-                    mean_hamming=float(diversity["mean_pairwise_hamming"]),
-                    top_mask_share=float(diversity["most_common_share"]),
-                )
-            for name in self.metric_names:
-                values = torch.stack([sweep["metrics"][(k, r)][name].compute().float().cpu()
-                                      for r in range(sweep["repeats"])])
-                row[name] = float(values.mean())
-                if sweep["repeats"] > 1:
-                    row[f"{name}_std"] = float(values.std(unbiased=True))
-            for (kk, control), metrics in sweep["controls"].items():
-                if kk == k:
-                    row[f"{self.metric_names[0]}_{control}"] = float(metrics[self.metric_names[0]].compute())
-            rows.append(row)
-            usage.append(masks.mean(0).tolist() if len(masks) else [0.0] * n)
-        return rows, usage
-
-    def on_test_epoch_end(self) -> None:
-        rows, usage = self.sweep_rows()
-        for row in rows:
-            k = row["budget_layers"]
-            for name in (*self.metric_names, "executed_layers", "gflops_per_utterance", "ms_per_utterance"):
-                if name in row:
-                    self.log(f"test/{name}@{k}", float(row[name]), sync_dist=False)
-        self.sweep_results = rows
-        if self.trainer.is_global_zero:
-            directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-            paths = write_sweep(rows, directory, usage)
-            columns = ["budget_layers", "executed_layers", *self.metric_names, "gflops_per_utterance",
-                       "ms_per_utterance", "distinct_masks"]
-            table = markdown_table(rows, [c for c in columns if c in rows[0]])
-            self.print_sweep_table(rows, columns)
-            log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)
-            for logger in self.loggers:
-                if isinstance(logger, TensorBoardLogger):  # the plots and the table beside the curves
-                    add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=self.global_step)
-
-    #: Short terminal headers of the sweep columns.
-    SWEEP_HEADERS = {
-        "budget_layers": "k",
-        "executed_layers": "layers run",
-        "gflops_per_utterance": "GFLOPs/utt",
-        "ms_per_utterance": "ms/utt",
-        "distinct_masks": "masks",
-    }
-
-    def print_sweep_table(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
-        """Print the sweep to the terminal (rich table)."""
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"budget sweep: {self.method_label()}")
-        cols = [c for c in columns if c in rows[0]]
-        cols += [c for c in rows[0] if c.endswith(("_std", "_shuffled", "_most_common"))]
-        for c in cols:
-            table.add_column(self.SWEEP_HEADERS.get(c, c), justify="right", no_wrap=True)
-        for row in rows:
-            table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
-        Console(width=max(100, 14 * len(cols))).print(table)
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
@@ -1121,15 +863,18 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
+        """AdamW with three groups: backbone (``lr``), selector (``selector_lr``) and every other trainable
+        parameter (``head_lr``: the head(s) and any module a subclass adds), then the warm-up/decay schedule."""
         head_lr = self.hparams.head_lr or self.hparams.lr
         selector_lr = self.hparams.selector_lr or head_lr
+        backbone = {id(p) for p in self.backbone.parameters()}
+        selector = {id(p) for p in self.selector.parameters()} if self.selector is not None else set()
+        trainable = [p for p in self.parameters() if p.requires_grad]
         groups = []
         for params, lr in (
-            ([p for p in self.backbone.parameters() if p.requires_grad], self.hparams.lr),
-            ([p for n, p in self.named_parameters() if n.startswith(("head.", "exit_heads.")) and p.requires_grad],
-             head_lr),
-            ([p for p in self.selector.parameters() if p.requires_grad] if self.selector is not None else [],
-             selector_lr),
+            ([p for p in trainable if id(p) in backbone], self.hparams.lr),
+            ([p for p in trainable if id(p) not in backbone and id(p) not in selector], head_lr),
+            ([p for p in trainable if id(p) in selector], selector_lr),
         ):
             if params:
                 groups.append({"params": params, "lr": lr})
@@ -1137,6 +882,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warmup = self.hparams.warmup
         warmup_steps = int(round(warmup * total)) if isinstance(warmup, float) else int(warmup)
+        # LambdaLR with a closed form rather than LinearLR + SequentialLR: one function covers the three
+        # schedules exactly (chained LinearLR multiplies per step and drifts), and tri_stage has no built-in.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda=lr_schedule(self.hparams.schedule, warmup_steps, total)
         )
@@ -1167,3 +914,35 @@ def lr_schedule(kind: str, warmup_steps: int, total_steps: int) -> Callable[[int
         return math.exp(math.log(0.05) * progress)
 
     return factor
+
+
+class _TaskFittingData:
+    """The :class:`~ldrop.selectors.base.FittingData` a task hands to ``selector.fit``: its validation batches,
+    encoded, and its primary metric with fixed layers."""
+
+    def __init__(self, task: LayerDropTask, batches: Callable[[], Iterable[Any]]) -> None:
+        self.task = task
+        self.batches = batches
+        self.higher_is_better = task.higher_is_better
+        self._encoded: list[tuple[Any, EncodedBatch]] | None = None
+
+    def _device_batches(self) -> Iterator[Any]:
+        for batch in self.batches():
+            yield self.task.transfer_batch_to_device(batch, self.task.device, 0)
+
+    def inputs(self) -> Iterator[EncodedBatch]:
+        """Each batch encoded (streamed: nothing is kept)."""
+        for batch in self._device_batches():
+            yield self.task.encode(batch.waveforms, batch.lengths)
+
+    def metric_with_layers(self, layers: Sequence[int]) -> float:
+        """The task's primary metric when every input runs ``layers`` (batches encoded once, then kept)."""
+        task = self.task
+        if self._encoded is None:
+            self._encoded = [(b, task.encode(b.waveforms, b.lengths)) for b in self._device_batches()]
+        metrics = task._metrics_on_device()
+        for batch, encoded in self._encoded:
+            keep = torch.zeros(len(batch), task.num_layers, device=task.device)
+            keep[:, list(layers)] = 1.0
+            task.update_metrics(metrics, task.logits_with_mask(encoded, keep), encoded.frame_mask, batch)
+        return float(metrics[task.metric_names[0]].compute())

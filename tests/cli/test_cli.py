@@ -42,7 +42,7 @@ def test_fit_writes_best_and_last_checkpoints_and_the_resolved_config(trained):
 
 def test_test_runs_the_budget_sweep_and_writes_every_file(trained, tmp_path):
     main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.sweep_controls", "true"])
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--sweep.controls", "true"])
     run = next((tmp_path / "ldrop").glob("version_*"))
     for name in ("budget_sweep.csv", "budget_sweep.json", "budget_sweep.png", "layer_usage.png"):
         assert (run / name).is_file(), name
@@ -56,9 +56,19 @@ def test_test_runs_the_budget_sweep_and_writes_every_file(trained, tmp_path):
 
 def test_test_budgets_argument_picks_the_swept_budgets(trained, tmp_path):
     main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.test_budgets", "[0.5, 1.0]"])
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--sweep.budgets", "[0.5, 1.0]"])
     rows = load_sweep(next((tmp_path / "ldrop").glob("version_*")))
     assert [(r["budget_layers"], r["budget_fraction"]) for r in rows] == [(2, 0.5), (4, 1.0)]
+
+
+def test_a_selector_option_on_the_command_line_wins_over_the_checkpoint(trained, tmp_path):
+    # the checkpoint was trained in top-k mode; --ckpt_path loads its weights, the command line its method
+    main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+          "--model.init_args.selector.init_args.mode", "threshold", "--sweep.budgets", "[2, 4]"])
+    rows = load_sweep(next((tmp_path / "ldrop").glob("version_*")))
+    assert [(r["method"], r["budget_layers"]) for r in rows] == [("InputConditioned-threshold", 2),
+                                                                 ("InputConditioned-threshold", 4)]
 
 
 def test_predict_writes_one_json_line_per_input(trained, tmp_path):

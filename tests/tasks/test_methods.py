@@ -14,7 +14,7 @@ from ldrop.selectors import (
     RandomSelector,
     StaticSelector,
 )
-from ldrop.tasks import ClassificationTask, CTCTask
+from ldrop.tasks import ClassificationTask, CTCTask, EarlyExitConfig
 from tests.helpers import quiet_trainer, tiny_classification_data, tiny_ctc_data
 
 METHODS = {
@@ -22,7 +22,7 @@ METHODS = {
     "schedule": dict(selector=LearnedScheduleSelector),
     "random": dict(selector=RandomSelector),
     "static": dict(selector=StaticSelector),
-    "early_exit": dict(early_exit=True),
+    "early_exit": dict(early_exit=EarlyExitConfig()),
     "full": dict(),
 }
 
@@ -132,7 +132,7 @@ def test_threshold_mode_meets_the_calibrated_mean_budget(tmp_path):
     quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
     data.setup("validate")
     model.eval()
-    model.calibrate_thresholds(data.val_dataloader())
+    model.fit_on_dataloader(data.val_dataloader())
     for k in range(1, model.num_layers + 1):
         counts = []
         with torch.no_grad():
@@ -142,7 +142,7 @@ def test_threshold_mode_meets_the_calibrated_mean_budget(tmp_path):
 
 
 def test_early_exit_at_full_depth_equals_the_full_model_head_output():
-    model = _classifier(early_exit=True).eval()
+    model = _classifier(early_exit=EarlyExitConfig()).eval()
     waves = torch.randn(3, 6400)
     with torch.no_grad():
         logits, keep = model(waves, None, model.num_layers)
@@ -153,7 +153,7 @@ def test_early_exit_at_full_depth_equals_the_full_model_head_output():
 
 
 def test_early_exit_budget_k_runs_the_first_k_layers():
-    model = _classifier(early_exit=True, exit_layers=[2, 4]).eval()
+    model = _classifier(early_exit=EarlyExitConfig(layers=[2, 4])).eval()
     with torch.no_grad():
         _, keep = model(torch.randn(2, 4000), None, 3)
     assert keep.tolist() == [[1.0, 1.0, 0.0, 0.0]] * 2  # budget 3 -> the deepest exit within it is 2
@@ -162,7 +162,7 @@ def test_early_exit_budget_k_runs_the_first_k_layers():
 def test_dynamic_early_exit_meets_the_calibrated_mean_exit(tmp_path):
     L.seed_everything(0)
     data = tiny_classification_data(num_val=48)
-    model = _classifier(early_exit=True, exit_policy="confidence")
+    model = _classifier(early_exit=EarlyExitConfig(policy="confidence"))
     quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
     data.setup("validate")
     model.eval()
@@ -176,22 +176,23 @@ def test_dynamic_early_exit_meets_the_calibrated_mean_exit(tmp_path):
 
 
 def test_dynamic_early_exit_needs_calibration():
-    model = _classifier(early_exit=True, exit_policy="confidence").eval()
+    model = _classifier(early_exit=EarlyExitConfig(policy="confidence")).eval()
     with pytest.raises(RuntimeError, match="calibrate"):
         model(torch.randn(2, 4000), None, 2)
 
 
 def test_early_exit_and_a_selector_are_mutually_exclusive():
     with pytest.raises(ValueError, match="early_exit"):
-        _classifier(early_exit=True, selector=RandomSelector)
+        _classifier(early_exit=EarlyExitConfig(), selector=RandomSelector)
 
 
 def test_static_search_installs_a_subset_per_budget(tmp_path):
     L.seed_everything(0)
     data = tiny_classification_data()
-    model = _classifier(selector=StaticSelector, static_search=True)
+    model = _classifier(selector=functools.partial(StaticSelector, search=True))
     data.setup("validate")
-    subsets = model.search_static_subsets(data.val_dataloader(), [1, 2, 3])
+    model.fit_on_dataloader(data.val_dataloader(), [1, 2, 3])
+    subsets = {k: v for k, v in model.selector.subsets.items() if k in (1, 2, 3)}  # the searched budgets
     assert {k: len(v) for k, v in subsets.items()} == {1: 1, 2: 2, 3: 3}
     with torch.no_grad():
         _, keep = model.eval()(torch.randn(2, 4000), None, 2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ldrop.selectors import InputConditionedSelector
-from ldrop.tasks import ClassificationTask
+from ldrop.tasks import ClassificationTask, EarlyExitConfig
 from tests.helpers import quiet_trainer, tiny_classification_data
 
 
@@ -35,7 +35,7 @@ class _Executed(L.Callback):
 
 @pytest.mark.parametrize("method", [
     dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16, mode="threshold")),
-    dict(early_exit=True, exit_policy="confidence"),
+    dict(early_exit=EarlyExitConfig(policy="confidence")),
 ], ids=["threshold", "early_exit_confidence"])
 def test_fit_validates_methods_calibrated_on_validation_data(tmp_path, method):
     L.seed_everything(0)
@@ -56,7 +56,7 @@ def test_fit_validates_methods_calibrated_on_validation_data(tmp_path, method):
     dict(),
     dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16)),
     dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16, mode="threshold")),  # uncalibrated
-    dict(early_exit=True, exit_policy="confidence"),
+    dict(early_exit=EarlyExitConfig(policy="confidence")),
 ], ids=["full", "input_conditioned", "threshold", "early_exit_confidence"])
 def test_model_summary_counts_the_full_depth_flops_of_one_second(method):
     from lightning.pytorch.utilities.model_summary import ModelSummary
@@ -86,9 +86,11 @@ def test_test_sweep_goes_to_tensorboard_beside_the_files(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     L.seed_everything(0)
-    model = _classifier(selector=functools.partial(InputConditionedSelector, hidden_dim=16), test_budgets=[1, 4])
+    from ldrop.sweeps import BudgetSweep
+
+    model = _classifier(selector=functools.partial(InputConditionedSelector, hidden_dim=16))
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    trainer = quiet_trainer(tmp_path, logger=logger)
+    trainer = quiet_trainer(tmp_path, logger=logger, callbacks=[BudgetSweep(budgets=[1, 4])])
     trainer.test(model, tiny_classification_data())
     run_dir = tmp_path / "run" / "version_0"
     assert {"budget_sweep.png", "layer_usage.png", "budget_sweep.csv"} <= {p.name for p in run_dir.iterdir()}

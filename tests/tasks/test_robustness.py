@@ -45,7 +45,7 @@ def test_training_step_on_nan_input_raises_naming_the_batch():
 
 def test_training_step_on_finite_input_still_returns_a_loss():
     model = _classifier()
-    loss = model.training_step(_batch([4000, 3000], torch.tensor([0, 1])), 0)
+    loss = model.training_step(_batch([4000, 3000], torch.tensor([0, 1])), 0)["loss"]
     assert torch.isfinite(loss)
 
 

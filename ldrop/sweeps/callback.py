@@ -1,0 +1,217 @@
+"""The test-time budget sweep as a Lightning callback: budgets, repeats, controls, files and plots.
+
+An evaluation protocol, not a model concern: the task's ``test_step`` only encodes the batch; this callback
+scores it at every budget through the task's public API (``logits_at_budget``, ``logits_with_mask``,
+``update_metrics``) and writes the sweep. FLOPs, timings, utterance counts and masks are accumulated in
+torchmetrics aggregation metrics, so under DDP the sweep covers the whole test set, not one rank's share.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import CatMetric, SumMetric
+
+from ldrop.engine.flops import count_forward_flops
+from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
+from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_sweep
+from ldrop.tasks.budget import budget_list
+
+log = logging.getLogger(__name__)
+
+#: Short terminal headers of the sweep columns.
+SWEEP_HEADERS = {
+    "budget_layers": "k",
+    "executed_layers": "layers run",
+    "gflops_per_utterance": "GFLOPs/utt",
+    "ms_per_utterance": "ms/utt",
+    "distinct_masks": "masks",
+}
+
+
+def _sum() -> SumMetric:
+    # float64: FLOP totals reach 1e12 and must not lose the digits the table shows.
+    return SumMetric().set_dtype(torch.float64)
+
+
+class BudgetSweep(L.Callback):
+    """Scores every test batch at each budget and writes ``budget_sweep.csv``/``.json``/``.png``.
+
+    Args:
+        budgets: budgets of the sweep (ints are layers, floats fractions; ``None``: every ``k`` in ``1..N``).
+        repeats: repeats for selectors that draw random masks at evaluation (``random_at_eval``), each
+            reseeded; mean and spread are reported.
+        controls: also score "the same masks shuffled across the batch" and "the most common mask for every
+            input", for selectors whose masks depend on the input (needs a batch size above 1).
+        method_name: label of the run in the sweep and ``ldrop compare`` (default: the task's own label).
+        directory: folder of the files (default: the trainer's log folder).
+    """
+
+    def __init__(
+        self,
+        budgets: list[int | float] | None = None,
+        repeats: int = 1,
+        controls: bool = False,
+        method_name: str | None = None,
+        directory: str | None = None,
+    ) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.budgets = budgets
+        self.repeats = int(repeats)
+        self.controls = bool(controls)
+        self.method_name = method_name
+        self.directory = directory
+        self.rows: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ set-up
+    def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.budget_layers = budget_list(self.budgets, pl_module.num_layers)
+        # Selectors (and early exit) fitted on validation data are fitted for the swept budgets.
+        pl_module.fit_on_validation_data(self.budget_layers)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        selector = pl_module.selector
+        self._repeats = self.repeats if selector is not None and selector.random_at_eval else 1
+        self._controls = self.controls and selector is not None and selector.input_dependent
+        budgets, device = self.budget_layers, pl_module.device
+        self.metrics = {(k, r): pl_module.configure_metrics() for k in budgets for r in range(self._repeats)}
+        self.control_metrics = ({(k, c): pl_module.configure_metrics() for k in budgets
+                                 for c in ("shuffled", "most_common")} if self._controls else {})
+        for metrics in (*self.metrics.values(), *self.control_metrics.values()):
+            for metric in metrics.values():
+                metric.to(device)
+        self.masks = {k: CatMetric().to(device) for k in budgets}
+        self.flops = {k: _sum().to(device) for k in budgets}
+        self.seconds = {k: _sum().to(device) for k in budgets}
+        self.totals = {name: _sum().to(device) for name in ("seconds_audio", "utterances", "seconds_fixed")}
+
+    # ------------------------------------------------------------------ per batch
+    @staticmethod
+    def _sync(pl_module: Any) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        """``outputs`` is the encoded batch the task's ``test_step`` returns."""
+        encoded = outputs
+        self._sync(pl_module)
+        self.totals["seconds_fixed"].update(time.perf_counter() - self._start)
+        self.totals["utterances"].update(float(len(batch)))
+        self.totals["seconds_audio"].update(float(batch.lengths.sum()) / pl_module.sample_rate)
+        selector = pl_module.selector
+        selector_flops = selector.flops(encoded.frame_mask.sum(1)) if selector is not None else None
+        for k in self.budget_layers:
+            hard = None
+            for r in range(self._repeats):
+                if selector is not None:
+                    selector.reseed(1000 * r + batch_idx)
+                self._sync(pl_module)
+                start = time.perf_counter()
+                logits, keep, _ = pl_module.logits_at_budget(encoded, k)
+                self._sync(pl_module)
+                if r == 0:
+                    self.seconds[k].update(time.perf_counter() - start)
+                    hard = (keep.detach() > 0.5).float()
+                    self.masks[k].update(hard)
+                    flops = count_forward_flops(pl_module.backbone.config, encoded.lengths, hard, selector_flops)
+                    self.flops[k].update(float(flops.total.sum()))
+                pl_module.update_metrics(self.metrics[(k, r)], logits, encoded.frame_mask, batch)
+            if self._controls:
+                gen = torch.Generator().manual_seed(batch_idx)
+                controls = {"shuffled": shuffle_masks(hard.cpu(), gen).to(pl_module.device),
+                            "most_common": most_common_mask_for_all(hard.cpu()).to(pl_module.device)}
+                for name, mask in controls.items():
+                    logits = pl_module.logits_with_mask(encoded, mask)
+                    pl_module.update_metrics(self.control_metrics[(k, name)], logits, encoded.frame_mask, batch)
+
+    # ------------------------------------------------------------------ results
+    def sweep_rows(self, trainer: L.Trainer, pl_module: Any) -> tuple[list[dict[str, Any]], list[list[float]]]:
+        """The sweep's rows (one per budget) and the layer-usage matrix ``[budgets][layers]``, all ranks."""
+        n = pl_module.num_layers
+        total = {name: float(metric.compute()) for name, metric in self.totals.items()}
+        utterances = max(1, int(round(total["utterances"])))
+        datamodule = getattr(trainer, "datamodule", None)
+        primary = pl_module.metric_names[0]
+        rows, usage = [], []
+        for k in self.budget_layers:
+            masks = self.masks[k].compute().float().cpu().reshape(-1, n) if self.masks[k].update_called \
+                else torch.zeros(0, n)
+            flops = float(self.flops[k].compute())
+            row: dict[str, Any] = {
+                "method": self.method_name or pl_module.method_label(),
+                "backbone": pl_module.hparams.backbone,
+                "dataset": type(datamodule).__name__.removesuffix("DataModule") if datamodule else "",
+                "budget_layers": k,
+                "budget_fraction": round(k / n, 4),
+                "executed_layers": float(masks.sum(1).mean()) if len(masks) else 0.0,
+                "gflops_per_utterance": flops / 1e9 / utterances,
+                "gflops_per_second": flops / 1e9 / max(total["seconds_audio"], 1e-9),
+                "ms_per_utterance": 1000.0 * (total["seconds_fixed"] + float(self.seconds[k].compute())) / utterances,
+                "utterances": int(round(total["utterances"])),
+            }
+            if pl_module.selector is not None and len(masks):
+                diversity = mask_diversity(masks)
+                row.update(
+                    distinct_masks=int(diversity["num_distinct"]),
+                    mean_hamming=float(diversity["mean_pairwise_hamming"]),
+                    top_mask_share=float(diversity["most_common_share"]),
+                )
+            for name in pl_module.metric_names:
+                values = torch.stack([self.metrics[(k, r)][name].compute().float().cpu()
+                                      for r in range(self._repeats)])
+                row[name] = float(values.mean())
+                if self._repeats > 1:
+                    row[f"{name}_std"] = float(values.std(unbiased=True))
+            for (kk, control), metrics in self.control_metrics.items():
+                if kk == k:
+                    row[f"{primary}_{control}"] = float(metrics[primary].compute())
+            rows.append(row)
+            usage.append(masks.mean(0).tolist() if len(masks) else [0.0] * n)
+        return rows, usage
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        rows, usage = self.sweep_rows(trainer, pl_module)
+        for row in rows:
+            k = row["budget_layers"]
+            for name in (*pl_module.metric_names, "executed_layers", "gflops_per_utterance", "ms_per_utterance"):
+                if name in row:
+                    pl_module.log(f"test/{name}@{k}", float(row[name]), sync_dist=False)  # already all ranks
+        self.rows = rows
+        if not trainer.is_global_zero:
+            return
+        directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
+        paths = write_sweep(rows, directory, usage)
+        columns = ["budget_layers", "executed_layers", *pl_module.metric_names, "gflops_per_utterance",
+                   "ms_per_utterance", "distinct_masks"]
+        table = markdown_table(rows, [c for c in columns if c in rows[0]])
+        self.print_table(rows, columns, rows[0]["method"])
+        log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):  # the plots and the table beside the curves
+                add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=trainer.global_step)
+
+    @staticmethod
+    def print_table(rows: list[dict[str, Any]], columns: list[str], method: str) -> None:
+        """Print the sweep to the terminal (rich table)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"budget sweep: {method}")
+        cols = [c for c in columns if c in rows[0]]
+        cols += [c for c in rows[0] if c.endswith(("_std", "_shuffled", "_most_common"))]
+        for c in cols:
+            table.add_column(SWEEP_HEADERS.get(c, c), justify="right", no_wrap=True)
+        for row in rows:
+            table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+        Console(width=max(100, 14 * len(cols))).print(table)

@@ -1,0 +1,136 @@
+"""Early exit, the baseline method: a head after each exit layer, its loss weights, exit rule and calibration.
+
+Composed into a task with one argument, ``early_exit: EarlyExitConfig`` (``None``: no early exit). The task
+still runs the layers (it owns the backbone); this component owns what is specific to exiting early.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ldrop.selectors import calibrate_threshold
+
+
+@dataclass
+class EarlyExitConfig:
+    """How early exit is set up (``model.init_args.early_exit`` in YAML).
+
+    Attributes:
+        layers: 1-based exit layers (``None``: every layer); the last layer is always an exit.
+        loss_weights: ``"uniform"`` or ``"linear"`` (exit ``k`` weighted ``k``) in the sum of exit losses.
+        policy: ``"budget"``: budget ``k`` exits after the deepest exit layer ``<= k``; ``"confidence"``: each
+            input exits at the first exit whose confidence passes a threshold calibrated on validation data so
+            that the mean exit layer equals the budget.
+        confidence: ``"max_prob"`` (mean maximum posterior) or ``"entropy"`` (negative mean entropy).
+    """
+
+    layers: list[int] | None = None
+    loss_weights: Literal["uniform", "linear"] = "uniform"
+    policy: Literal["budget", "confidence"] = "budget"
+    confidence: Literal["max_prob", "entropy"] = "max_prob"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("loss_weights", ("uniform", "linear")), ("policy", ("budget", "confidence")),
+                              ("confidence", ("max_prob", "entropy"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"early_exit.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+class EarlyExit(nn.Module):
+    """The exit heads (``heads[str(layer)]``), their loss weights, the exit rule and the calibrated thresholds.
+
+    Args:
+        config: the settings.
+        num_layers: encoder layers ``N`` of the backbone.
+        make_head: builds one task head (called once per exit layer).
+    """
+
+    def __init__(self, config: EarlyExitConfig, num_layers: int, make_head: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.config = config
+        self.num_layers = int(num_layers)
+        layers = sorted(set(config.layers)) if config.layers else list(range(1, num_layers + 1))
+        if any(not 1 <= k <= num_layers for k in layers):
+            raise ValueError(f"early_exit.layers are 1-based layer numbers in 1..{num_layers}, got {config.layers}")
+        if layers[-1] != num_layers:
+            layers.append(num_layers)  # the full model is always an exit
+        self.layers = layers
+        self.heads = nn.ModuleDict({str(k): make_head() for k in layers})
+        #: Confidence threshold per budget (index ``k - 1``) for the confidence policy; NaN = not calibrated.
+        self.register_buffer("thresholds", torch.full((num_layers,), float("nan")))
+
+    @property
+    def needs_fitting(self) -> bool:
+        """The confidence policy calibrates its thresholds on validation data."""
+        return self.config.policy == "confidence"
+
+    def head_for(self, exit_layer: int | None = None) -> nn.Module:
+        """The head reading the output of ``exit_layer`` (default: the last layer)."""
+        return self.heads[str(exit_layer if exit_layer is not None else self.num_layers)]
+
+    def exit_layer_for(self, budget: int) -> int:
+        """The deepest exit layer within ``budget`` layers (at least the first exit)."""
+        eligible = [k for k in self.layers if k <= budget]
+        return eligible[-1] if eligible else self.layers[0]
+
+    def loss(self, exit_losses: list[Tensor]) -> Tensor:
+        """The weighted mean of the per-exit losses (in the order of :attr:`layers`)."""
+        weights = [float(k) if self.config.loss_weights == "linear" else 1.0 for k in self.layers]
+        return sum(w * x for w, x in zip(weights, exit_losses, strict=True)) / sum(weights)
+
+    def confidence(self, logits: Tensor, frame_mask: Tensor) -> Tensor:
+        """``[batch]`` confidence of each prediction (higher = surer), averaged over real frames."""
+        log_probs = logits.float().log_softmax(-1)
+        if self.config.confidence == "max_prob":
+            per_position = log_probs.exp().amax(-1)
+        else:
+            per_position = (log_probs.exp() * log_probs).sum(-1)  # negative entropy
+        if per_position.dim() == 1:
+            return per_position
+        weights = frame_mask.to(per_position.dtype)
+        return (per_position * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    def threshold_for(self, budget: int) -> float:
+        """The calibrated confidence threshold of ``budget``.
+
+        Raises:
+            RuntimeError: ``budget`` was never calibrated.
+        """
+        threshold = float(self.thresholds[budget - 1])
+        if math.isnan(threshold):
+            raise RuntimeError(
+                f"no confidence threshold calibrated for budget {budget}: run calibrate() on validation "
+                "confidences (ldrop test does it on the validation data)"
+            )
+        return threshold
+
+    @torch.no_grad()
+    def calibrate(self, confidences: Tensor, budgets: list[int] | range | None = None) -> dict[int, float]:
+        """Per budget, the threshold whose mean exit layer on these confidences equals the budget.
+
+        Reuses :func:`~ldrop.selectors.calibrate_threshold`: an input runs layer ``l`` when no exit before
+        ``l`` passed, so with ``score_l = -max(confidence of the exits before l)`` (``+inf`` up to the first
+        exit) the layers run are those with ``score >= -threshold``, a count that function calibrates.
+
+        Args:
+            confidences: ``[inputs, exits]`` confidence of every exit head on the calibration inputs.
+            budgets: budgets to calibrate (default: every ``k`` in ``1..N``).
+
+        Returns:
+            budget -> mean exit layer achieved on the calibration inputs.
+        """
+        conf = confidences.double()
+        scores = torch.full((conf.shape[0], self.num_layers), math.inf, dtype=torch.float64)
+        for i, (earlier, later) in enumerate(zip(self.layers[:-1], self.layers[1:], strict=True)):
+            scores[:, earlier:later] = -conf[:, : i + 1].amax(1, keepdim=True)
+        achieved = {}
+        for k in budgets or range(1, self.num_layers + 1):
+            threshold, achieved[int(k)] = calibrate_threshold(scores, float(k))
+            self.thresholds[int(k) - 1] = -threshold
+        return achieved

@@ -1,0 +1,89 @@
+"""Extending ldrop without touching ``tasks/``: a user's own selector with a fitting step, a task subclass
+with its own module."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from ldrop.selectors import LayerSelector, SelectorOutput, hard_topk_mask
+from ldrop.sweeps import BudgetSweep
+from ldrop.tasks import ClassificationTask
+from tests.helpers import quiet_trainer, tiny_classification_data
+
+
+class LoudnessSelector(LayerSelector):
+    """Loud inputs run the top layers, quiet ones the bottom layers; "loud" is fitted on validation data."""
+
+    def __init__(self, num_layers: int, feature_dim: int) -> None:
+        super().__init__(num_layers, feature_dim)
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.fitted_budgets: list[list[int]] = []
+
+    @property
+    def needs_fitting(self) -> bool:
+        return True
+
+    def fit(self, data, budgets) -> None:
+        loudness = torch.cat([self.loudness(batch.waveforms, batch.lengths) for batch in data.inputs()])
+        self.threshold.fill_(float(loudness.median()))
+        self.fitted_budgets.append(list(budgets))
+
+    @staticmethod
+    def loudness(waveforms: Tensor, lengths: Tensor) -> Tensor:
+        return waveforms.abs().sum(1) / lengths.clamp(min=1)
+
+    def forward(self, features, frame_mask, budget, *, waveforms=None, lengths=None) -> SelectorOutput:
+        budget = self.check_budget(budget, features.shape[0])
+        if torch.isnan(self.threshold):
+            raise RuntimeError("LoudnessSelector is not fitted")
+        loud = (self.loudness(waveforms, lengths) > self.threshold).float()
+        order = torch.arange(self.num_layers, dtype=torch.float, device=features.device)
+        scores = loud[:, None] * order - (1 - loud[:, None]) * order
+        return SelectorOutput(keep_mask=hard_topk_mask(scores, budget.to(features.device)))
+
+
+def _classifier(**kwargs) -> ClassificationTask:
+    torch.manual_seed(0)
+    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", lr=3e-3, head_lr=1e-2, warmup=0,
+                schedule="constant", val_budgets=[2, 4])
+    return ClassificationTask(**{**base, **kwargs})
+
+
+def test_a_user_selector_with_a_fitting_step_is_fitted_before_test(tmp_path):
+    L.seed_everything(0)
+    model = _classifier(selector=LoudnessSelector)
+    sweep = BudgetSweep(budgets=[2, 4])
+    quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, tiny_classification_data())
+    assert model.selector.fitted_budgets == [[2, 4]]  # fitted once, for the swept budgets
+    assert torch.isfinite(model.selector.threshold)
+    assert [row["budget_layers"] for row in sweep.rows] == [2, 4]
+
+
+def test_a_user_selector_with_a_fitting_step_is_fitted_before_predict(tmp_path):
+    L.seed_everything(0)
+    model = _classifier(selector=LoudnessSelector, predict_budget=2)
+    data = tiny_classification_data()
+    records = quiet_trainer(tmp_path, limit_predict_batches=1).predict(model, data)
+    assert model.selector.fitted_budgets == [[1, 2, 3, 4]]  # every budget: predict's may be chosen late
+    assert all(len(r["executed_layers"]) == 2 for batch in records for r in batch)
+
+
+class TaskWithAdapter(ClassificationTask):
+    """A subclass that adds its own trainable module."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.adapter = nn.Linear(4, 4)
+
+
+def test_every_trainable_parameter_lands_in_an_optimiser_group():
+    model = TaskWithAdapter(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                            selector=LoudnessSelector, freeze="none")
+    optimizer = model.configure_optimizers()["optimizer"]
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert len(grouped) == len(set(grouped))  # no parameter twice
+    assert set(grouped) == {id(p) for p in model.parameters() if p.requires_grad}
+    adapter_group = next(g for g in optimizer.param_groups if any(p is model.adapter.weight for p in g["params"]))
+    assert adapter_group["lr"] == model.hparams.head_lr
