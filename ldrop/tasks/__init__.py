@@ -1,6 +1,6 @@
 """Lightning task modules: the gating mixin, the shared task base, CTC and classification."""
 
-from ldrop.tasks.base import LayerDropTask, build_selector, load_backbone, lr_schedule, selector_spec
+from ldrop.tasks.base import LayerDropTask, build_selector, lr_schedule, selector_spec
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.classification import ClassificationTask, masked_mean
 from ldrop.tasks.ctc import ENGLISH_CHARACTERS, CTCTask, build_vocabulary
@@ -18,7 +18,6 @@ __all__ = [
     "budget_to_layers",
     "build_selector",
     "build_vocabulary",
-    "load_backbone",
     "lr_schedule",
     "masked_mean",
     "resolve_budget",
