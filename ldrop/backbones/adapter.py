@@ -377,14 +377,15 @@ class SpeechBackbone(nn.Module):
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
         """Frames the CNN produces for waveforms of ``sample_lengths`` samples, ``[batch]`` long."""
-        lengths = sample_lengths.to(torch.long)
-        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
-            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-        return lengths.clamp(min=0)
+        # The model's own formula; it goes negative below the receptive field, where there are no frames.
+        return self.model._get_feat_extract_output_lengths(sample_lengths.to(torch.long)).clamp(min=0)
 
     @property
     def receptive_field(self) -> int:
-        """Samples the CNN needs to produce one frame (400 at the usual 16 kHz configuration)."""
+        """Samples the CNN needs to produce one frame (400 at the usual 16 kHz configuration).
+
+        Hugging Face has no helper for it; it is the inverse of :meth:`frame_lengths` at one frame.
+        """
         field_ = 1
         for kernel, stride in reversed(list(zip(self.config.conv_kernel, self.config.conv_stride, strict=True))):
             field_ = (field_ - 1) * stride + kernel
