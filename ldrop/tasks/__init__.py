@@ -4,14 +4,13 @@ from ldrop.tasks.base import LayerDropTask, build_selector, lr_schedule, selecto
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.classification import ClassificationTask, masked_mean
 from ldrop.tasks.ctc import ENGLISH_CHARACTERS, CTCTask, build_vocabulary
-from ldrop.tasks.mixin import EncodedBatch, GatedOutput, GatingMixin
+from ldrop.tasks.gating import EncodedBatch, GatingMixin
 
 __all__ = [
     "CTCTask",
     "ClassificationTask",
     "ENGLISH_CHARACTERS",
     "EncodedBatch",
-    "GatedOutput",
     "GatingMixin",
     "LayerDropTask",
     "budget_list",

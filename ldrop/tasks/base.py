@@ -38,7 +38,7 @@ from ldrop.selectors import (
 )
 from ldrop.sweeps import markdown_table, write_sweep
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
-from ldrop.tasks.mixin import EncodedBatch, GatingMixin
+from ldrop.tasks.gating import EncodedBatch, GatingMixin
 
 log = logging.getLogger(__name__)
 
