@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ldrop._io import atomic_write, atomic_write_text
+from ldrop._io import atomic_write, atomic_write_json, atomic_write_text
 
 #: Columns every sweep row has, in the order they are written.
 BASE_COLUMNS = [
@@ -146,7 +146,7 @@ def write_sweep(
         "plot": directory / "budget_sweep.png",
     }
     atomic_write_text(paths["csv"], rows_to_csv(rows))
-    atomic_write_text(paths["json"], json.dumps(list(rows), indent=2) + "\n")
+    atomic_write_json(paths["json"], list(rows))
     label = f"{rows[0].get('method', 'run')}"
     plot_sweep({label: rows}, paths["plot"])
     if layer_usage is not None:
