@@ -2,9 +2,8 @@
 
 from .base import LayerSelector, SelectorOutput
 from .diagnostics import mask_diversity, most_common_mask_for_all, shuffle_masks
-from .full import FullSelector
 from .input_conditioned import InputConditionedSelector, LogMelFrontend
-from .layerdrop import RandomSelector
+from .random import RandomSelector
 from .schedule import LearnedScheduleSelector
 from .static import StaticSelector, evenly_spaced_layers, greedy_subset_search
 from .topk import (
@@ -19,7 +18,6 @@ from .topk import (
 )
 
 __all__ = [
-    "FullSelector",
     "InputConditionedSelector",
     "LayerSelector",
     "LearnedScheduleSelector",

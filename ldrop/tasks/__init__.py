@@ -1,24 +1,22 @@
 """Lightning task modules: the gating mixin, the shared task base, CTC and classification."""
 
-from ldrop.tasks.base import LayerDropTask, build_selector, load_backbone, lr_schedule, selector_spec
+from ldrop.tasks.base import LayerDropTask, build_selector, lr_schedule, selector_spec
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.classification import ClassificationTask, masked_mean
 from ldrop.tasks.ctc import ENGLISH_CHARACTERS, CTCTask, build_vocabulary
-from ldrop.tasks.mixin import EncodedBatch, GatedOutput, GatingMixin
+from ldrop.tasks.gating import EncodedBatch, GatingMixin
 
 __all__ = [
     "CTCTask",
     "ClassificationTask",
     "ENGLISH_CHARACTERS",
     "EncodedBatch",
-    "GatedOutput",
     "GatingMixin",
     "LayerDropTask",
     "budget_list",
     "budget_to_layers",
     "build_selector",
     "build_vocabulary",
-    "load_backbone",
     "lr_schedule",
     "masked_mean",
     "resolve_budget",

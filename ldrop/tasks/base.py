@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from ldrop.backbones import SpeechBackbone, tiny_config
+from ldrop.backbones import SpeechBackbone, load_backbone
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import (
     InputConditionedSelector,
@@ -40,7 +40,7 @@ from ldrop.selectors import (
 )
 from ldrop.sweeps import add_sweep_to_tensorboard, markdown_table, write_sweep
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
-from ldrop.tasks.mixin import EncodedBatch, GatingMixin
+from ldrop.tasks.gating import EncodedBatch, GatingMixin
 
 log = logging.getLogger(__name__)
 
@@ -51,58 +51,6 @@ NORMALIZE_KEY = "ldrop_normalize_waveforms"
 
 #: File written beside an exported backbone: the task head(s) and the selector state.
 EXPORT_STATE_FILE = "ldrop_task_state.pt"
-
-
-def load_backbone(
-    backbone: str,
-    pretrained: bool = True,
-    overrides: dict[str, Any] | None = None,
-    freeze_feature_encoder: bool = True,
-    normalize_waveforms: bool | None = None,
-) -> SpeechBackbone:
-    """A :class:`SpeechBackbone` from a hub id, a local directory, ``"tiny:<family>"`` or ``"random:<family>"``.
-
-    ``"tiny:<family>"`` (``wavlm``, ``hubert``, ``wav2vec2``, ``data2vec``; add ``-large`` for the pre-norm
-    layout) builds a tiny randomly initialised model for tests and the quickstart; ``"random:<family>"`` the
-    family's default (base-size) Hugging Face config, randomly initialised (benchmarks). ``pretrained=False``
-    builds a randomly initialised model from the hub/local config (``overrides`` applied to it).
-
-    ``normalize_waveforms=None`` follows a hub/local checkpoint's ``preprocessor_config.json``
-    (``do_normalize``) and means "no normalisation" for ``tiny:``/``random:``; ``True``/``False`` force it.
-
-    Raises:
-        FileNotFoundError: a local path that does not exist or holds no ``config.json``.
-    """
-    overrides = dict(overrides or {})
-    options = dict(freeze_feature_encoder=freeze_feature_encoder, normalize_waveforms=normalize_waveforms)
-    if backbone.startswith("random:"):
-        from ldrop.backbones.adapter import FAMILIES
-
-        family = backbone.split(":", 1)[1]
-        if family not in FAMILIES:
-            raise ValueError(f"unknown backbone family {family!r} in {backbone!r}; choose from {sorted(FAMILIES)}")
-        config = FAMILIES[family][0](**overrides)
-        return SpeechBackbone.from_config(config, **options)
-    if backbone.startswith("tiny:"):
-        name = backbone.split(":", 1)[1]
-        family, _, size = name.partition("-")
-        config = tiny_config(family, stable_layer_norm=(size == "large"), **overrides)  # type: ignore[arg-type]
-        return SpeechBackbone.from_config(config, **options)
-    if pretrained and not overrides:
-        return SpeechBackbone.from_pretrained(backbone, **options)
-    from transformers import AutoConfig
-
-    from ldrop.backbones import load_feature_extractor, resolve_checkpoint
-
-    backbone = resolve_checkpoint(backbone)
-    config = AutoConfig.from_pretrained(backbone, **overrides)
-    options["feature_extractor"] = load_feature_extractor(backbone)
-    if pretrained:
-        from ldrop.backbones.adapter import FAMILIES, family_of
-
-        model = FAMILIES[family_of(config)][1].from_pretrained(backbone, config=config)
-        return SpeechBackbone(model, **options)
-    return SpeechBackbone.from_config(config, **options)
 
 
 def selector_spec(selector: SelectorFactory | dict[str, Any] | None) -> dict[str, Any] | None:
