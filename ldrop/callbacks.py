@@ -132,6 +132,10 @@ class TaskCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self.save_last and not self.last_model_path:
+            # last.ckpt already in the folder (a resumed run that was copied or moved) is replaced, not kept
+            # beside a new last-v1.ckpt.
+            self.last_model_path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
         super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
             self._last_saved_step = trainer.global_step

@@ -56,18 +56,27 @@ EVALUATION_ARGUMENTS = frozenset({
 })
 
 
-#: Lightning warnings that ldrop's own setup triggers on every run and that mean nothing is wrong (message
-#: regexes, matched from the start). Only these are silenced.
+#: Lightning warnings that ldrop's own setup triggers and that mean nothing is wrong (message regexes, matched
+#: from the start); only these are silenced, and only where they are harmless.
 HARMLESS_WARNINGS = (
-    # A resumed run continues in its own run folder, and test/predict load a checkpoint from another folder.
-    r"Checkpoint directory .* exists and is not empty",
-    r"The dirpath has changed from",
-    # ldrop's batch samplers yield every item (their last batch is simply shorter).
-    r"Trying to infer the `batch_size` from an ambiguous collection",
-    r".*`drop_last`",
-    # ldrop's data modules choose num_workers; the CPU quickstart runs with none on purpose.
-    r"The '\w+_dataloader' does not have many workers",
+    # ldrop's batch samplers yield every item whatever the split (the last batch is simply shorter).
+    r"You are using a custom batch sampler `(LengthGroupedSampler|DynamicBatchSampler)` for prediction",
 )
+#: ... with --ckpt_path in test, validate and predict: the checkpointing callbacks' state is for resuming fit.
+EVALUATION_WARNINGS = (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",)
+#: ... with fit --ckpt_path: the resumed run continues in its own, non-empty, checkpoint folder.
+RESUME_WARNINGS = (r"Checkpoint directory .* exists and is not empty",)
+
+
+def harmless_warnings(args: Sequence[str]) -> tuple[str, ...]:
+    """The message regexes of the Lightning warnings that are harmless for this command line."""
+    subcommand = args[0] if args else None
+    patterns = HARMLESS_WARNINGS
+    if subcommand in ("test", "validate", "predict"):
+        patterns += EVALUATION_WARNINGS
+    if subcommand == "fit" and any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in args):
+        patterns += RESUME_WARNINGS
+    return patterns
 
 
 class ConfigError(Exception):
@@ -337,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         if args and args[0] == "export":
             return export_main(args[1:])
         with warnings.catch_warnings():
-            for message in HARMLESS_WARNINGS:
+            for message in harmless_warnings(args):
                 warnings.filterwarnings("ignore", message=message)
             run_lightning(None if argv is None else args)
         return 0
