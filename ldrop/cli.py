@@ -174,8 +174,9 @@ class LdropCLI(LightningCLI):
                 raise ConfigError(f"--inputs: {err}") from err
 
     def _run_subcommand(self, subcommand: str) -> None:
-        log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
-        new_folder = log_dir is not None and not Path(log_dir).exists() and self.trainer.is_global_zero
+        # Rank 0 only: other ranks must not settle the logger's version before it is shared with them.
+        log_dir = self.trainer.log_dir if self.trainer.logger is not None and self.trainer.is_global_zero else None
+        new_folder = log_dir is not None and not Path(log_dir).exists()
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
