@@ -1,20 +1,39 @@
-"""Lightning callbacks and plugins the CLI installs: atomic checkpoints, best-metric checkpointing, JSONL
-predictions."""
+"""Lightning callbacks and plugins the CLI installs: atomic checkpoints, best-metric checkpointing, random
+states for exact resume, JSONL predictions."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
 from ldrop.sweeps import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+#: Temporary files of :class:`AtomicCheckpointIO` (``.<name>.<random>.tmp``); a killed run can leave them.
+TEMPORARY_PATTERN = ".*.tmp"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in ``folder``; returns the deleted paths."""
+    removed = [p for p in Path(folder).glob(TEMPORARY_PATTERN) if p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        log.info("removed %d stale temporary file(s) of an interrupted run from %s", len(removed), folder)
+    return removed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -39,7 +58,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class TaskCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that monitors the task's own validation metric (``val/acc`` max, ``val/wer`` min).
 
-    Also keeps ``last.ckpt`` so that ``ldrop fit --ckpt_path last`` resumes an interrupted run.
+    Also keeps ``last.ckpt`` so that ``ldrop fit --ckpt_path .../last.ckpt`` resumes an interrupted run.
+    With ``every_n_train_steps`` (or ``train_time_interval``) the step trigger only refreshes ``last.ckpt``,
+    also before the first validation of a long epoch; ``best-*.ckpt`` is written only right after a
+    validation, so its score is always measured on the weights it holds (the final validation included).
+    ``last.ckpt`` is always written at the end of training, at the final step. At start-up, temporary
+    files that a killed run left in the checkpoint folder are removed.
 
     Args:
         save_top_k: best checkpoints to keep.
@@ -52,6 +76,7 @@ class TaskCheckpoint(ModelCheckpoint):
             kwargs["filename"] = "best-epoch{epoch}-step{step}"
             kwargs["auto_insert_metric_name"] = False
         super().__init__(save_top_k=save_top_k, save_last=save_last, **kwargs)
+        self._last_saved_step: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.monitor is None and hasattr(pl_module, "metric_names"):
@@ -60,6 +85,122 @@ class TaskCheckpoint(ModelCheckpoint):
             self.kth_value, self.kth_best_model_path = torch.tensor(float("inf") if self.mode == "min" else -float("inf")), ""
             self.best_model_score = None
         super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
+            remove_stale_temporaries(self.dirpath)
+
+    @property
+    def _step_triggered(self) -> bool:
+        return self._every_n_train_steps >= 1 or self._train_time_interval is not None
+
+    def _may_save(self, trainer: L.Trainer) -> bool:
+        """Fitting, past the sanity check, not a ``fast_dev_run`` (unlike Lightning's check, a second save at the
+        same step is allowed: a validation right after a step-triggered save still records its score)."""
+        return not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.monitor is None or not pl_module.automatic_optimization or not self._step_triggered:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not self._may_save(trainer) or self._last_saved_step == trainer.global_step:
+            return
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if self._train_time_interval is not None:
+            now = time.monotonic()
+            elapsed = self._last_time_checked is not None and (
+                now - self._last_time_checked >= self._train_time_interval.total_seconds()
+            )
+            if trainer.strategy.broadcast(elapsed):  # rank 0 decides, so that no rank waits for the others
+                self._last_time_checked, due = now, True
+        if due:
+            # The last validation scored older weights: refresh last.ckpt only, best-* waits for a validation.
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.monitor is None or not self._step_triggered:
+            return super().on_validation_end(trainer, pl_module)
+        if self._may_save(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.monitor is None or not self._step_triggered:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Whatever the trigger, the final weights are in last.ckpt (Lightning only writes it if it never did).
+        if self.save_last and self._may_save(trainer) and self._last_saved_step != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self.save_last and not self.last_model_path:
+            # last.ckpt already in the folder (a resumed run that was copied or moved) is replaced, not kept
+            # beside a new last-v1.ckpt.
+            self.last_model_path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_saved_step = trainer.global_step
+
+
+class ExactResume(Callback):
+    """Makes ``fit --ckpt_path`` continue exactly where the checkpoint was taken, even mid-epoch.
+
+    Saves the random number generators in every checkpoint: torch (CPU and CUDA), NumPy, Python, and every
+    ``torch.Generator`` a module of the task holds (e.g. ``RandomSelector.generator``). On resume they are
+    restored when training starts, after the sanity check, so that nothing in between draws from them.
+    It also hands the train dataloader its saved position (see
+    :class:`~ldrop.data.samplers.ResumableDataLoader`): Lightning saves it but does not restore it when the
+    task asked for ``trainer.estimated_stepping_batches`` (for its learning-rate schedule), because that
+    builds the loader before the checkpoint is read.
+    """
+
+    KEY = "ldrop_rng_states"
+
+    def __init__(self) -> None:
+        self._rng_states: dict[str, Any] | None = None
+        self._loader_states: list[dict[str, Any]] | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        # Plain lists and tensors only, so that the checkpoint still loads with torch.load(weights_only=True).
+        states["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss]
+        states["python"] = list(states["python"])
+        states["modules"] = {name: g.get_state() for name, g in _module_generators(pl_module).items()}
+        checkpoint[self.KEY] = states
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._rng_states = checkpoint.get(self.KEY)
+        fit_loop_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        self._loader_states = fit_loop_state.get("combined_loader")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        loader_states, self._loader_states = self._loader_states, None
+        combined = trainer.fit_loop._combined_loader
+        if loader_states and combined is not None:
+            combined._load_state_dicts(loader_states)  # before the first batch is drawn: loaders are lazy
+        states, self._rng_states = self._rng_states, None
+        if not states:
+            return
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        modules = states.get("modules", {})
+        if not torch.cuda.is_available():
+            states = {k: v for k, v in states.items() if k != "torch.cuda"}
+        _set_rng_states({**states, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)})
+        for name, generator in _module_generators(pl_module).items():
+            if name in modules:
+                generator.set_state(modules[name])
+
+
+def _module_generators(module: torch.nn.Module) -> dict[str, torch.Generator]:
+    """Every ``torch.Generator`` held as an attribute by ``module`` or its submodules, by dotted name."""
+    return {
+        f"{prefix}.{attr}" if prefix else attr: value
+        for prefix, sub in module.named_modules()
+        for attr, value in vars(sub).items()
+        if isinstance(value, torch.Generator)
+    }
 
 
 class JsonlPredictionWriter(BasePredictionWriter):

@@ -4,6 +4,8 @@ from ldrop.backbones.adapter import (
     FAMILIES,
     LayerContext,
     SpeechBackbone,
+    WavLMBackbone,
+    adapter_class_for,
     family_of,
     load_feature_extractor,
     register_family,
@@ -11,12 +13,16 @@ from ldrop.backbones.adapter import (
     tiny_config,
     zero_mean_unit_var,
 )
+from ldrop.backbones.loading import load_backbone
 
 __all__ = [
     "FAMILIES",
     "LayerContext",
     "SpeechBackbone",
+    "WavLMBackbone",
+    "adapter_class_for",
     "family_of",
+    "load_backbone",
     "load_feature_extractor",
     "register_family",
     "resolve_checkpoint",

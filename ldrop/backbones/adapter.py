@@ -51,21 +51,40 @@ FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], str]] =
     "data2vec": (Data2VecAudioConfig, Data2VecAudioModel, "data2vec-audio"),
 }
 _MODEL_TYPE_TO_FAMILY = {model_type: name for name, (_, _, model_type) in FAMILIES.items()}
+#: Family name -> the :class:`SpeechBackbone` subclass that drives it (families not listed use the base class).
+_ADAPTERS: dict[str, type[SpeechBackbone]] = {}
 
 
 def register_family(
-    name: str, config_class: type[PretrainedConfig], model_class: type[PreTrainedModel], model_type: str
+    name: str,
+    config_class: type[PretrainedConfig],
+    model_class: type[PreTrainedModel],
+    model_type: str,
+    adapter_class: type[SpeechBackbone] | None = None,
 ) -> None:
     """Make another Hugging Face speech encoder family loadable (``from_pretrained``, ``tiny_config``).
 
     The family must have the wav2vec 2.0 layout that :class:`SpeechBackbone` drives: ``feature_extractor``,
     ``feature_projection``, ``_mask_hidden_states`` and an ``encoder`` with ``pos_conv_embed``, ``layer_norm``,
     ``dropout`` and ``layers`` whose layers take ``(hidden_states, attention_mask=...)``. A family whose layers
-    need more context (as WavLM's position bias) subclasses :class:`SpeechBackbone` and overrides
-    :meth:`~SpeechBackbone.prepare_layers` and :meth:`~SpeechBackbone.run_layer`.
+    need more context (as WavLM's position bias, see :class:`WavLMBackbone`) passes an ``adapter_class``: a
+    :class:`SpeechBackbone` subclass overriding :meth:`~SpeechBackbone.prepare_layers` and
+    :meth:`~SpeechBackbone.run_layer`, which :meth:`SpeechBackbone.from_pretrained` and
+    :meth:`SpeechBackbone.from_config` then return for that family.
     """
+    if adapter_class is not None and not (isinstance(adapter_class, type) and issubclass(adapter_class, SpeechBackbone)):
+        raise TypeError(f"adapter_class must be a SpeechBackbone subclass, got {adapter_class!r}")
     FAMILIES[name] = (config_class, model_class, model_type)
     _MODEL_TYPE_TO_FAMILY[model_type] = name
+    if adapter_class is not None:
+        _ADAPTERS[name] = adapter_class
+    else:
+        _ADAPTERS.pop(name, None)
+
+
+def adapter_class_for(family: str) -> type[SpeechBackbone]:
+    """The :class:`SpeechBackbone` (sub)class registered for ``family`` (the base class by default)."""
+    return _ADAPTERS.get(family, SpeechBackbone)
 
 
 def family_of(config: PretrainedConfig) -> str:
@@ -205,6 +224,14 @@ class SpeechBackbone(nn.Module):
     ) -> None:
         super().__init__()
         self.family = family_of(model.config)
+        required = adapter_class_for(self.family)
+        if not isinstance(self, required):
+            # The base class would run such a family's layers without the context they need (WavLM's
+            # position bias): a wrong result, not an error, so refuse it here.
+            raise TypeError(
+                f"{self.family} models need {required.__name__} (or a subclass), not {type(self).__name__}; "
+                "build them with SpeechBackbone.from_pretrained / from_config, which pick it"
+            )
         # HF's own LayerDrop skips one layer for the whole batch, at random, in training only: ldrop decides
         # which layers run, so the model's own dropping is switched off.
         model.config.layerdrop = 0.0
@@ -236,15 +263,20 @@ class SpeechBackbone(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> SpeechBackbone:
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None, **kwargs: Any
+    ) -> SpeechBackbone:
         """Load a pre-trained encoder from a Hugging Face hub id or a local ``save_pretrained`` directory.
 
         Weights load with no missing keys (the architecture is untouched); keys the bare encoder does not use
-        (a CTC head, a quantizer) are reported and ignored.
+        (a CTC head, a quantizer) are reported and ignored. Returns the adapter registered for the family
+        (:class:`WavLMBackbone` for WavLM) when called on :class:`SpeechBackbone`.
 
         Args:
             name_or_path: hub id such as ``"microsoft/wavlm-base-plus"`` or a local directory.
-            **kwargs: passed to :class:`SpeechBackbone` (``normalize_waveforms=None`` follows the
+            overrides: config attributes to change before loading (``{"mask_time_prob": 0.0}``); the
+                weights must still all be in the checkpoint.
+            **kwargs: passed to the adapter's constructor (``normalize_waveforms=None`` follows the
                 checkpoint's ``preprocessor_config.json``).
 
         Raises:
@@ -252,10 +284,11 @@ class SpeechBackbone(nn.Module):
             ValueError: unsupported model type, or weights missing from the checkpoint.
         """
         name_or_path = resolve_checkpoint(name_or_path)
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, **(overrides or {}))
         family = family_of(config)
         model_cls = FAMILIES[family][1]
-        model, info = model_cls.from_pretrained(name_or_path, output_loading_info=True)
+        # Hugging Face randomly initialises weights the checkpoint lacks and only reports them here.
+        model, info = model_cls.from_pretrained(name_or_path, config=config, output_loading_info=True)
         if info.get("missing_keys"):
             raise ValueError(
                 f"checkpoint {str(name_or_path)!r} lacks weights {sorted(info['missing_keys'])[:8]}... "
@@ -265,13 +298,22 @@ class SpeechBackbone(nn.Module):
             log.info("ignoring %d checkpoint keys not used by the encoder", len(info["unexpected_keys"]))
         model.train()
         kwargs.setdefault("feature_extractor", load_feature_extractor(name_or_path))
-        return cls(model, **kwargs)
+        return cls._adapter_for(family)(model, **kwargs)
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> SpeechBackbone:
-        """A randomly initialised encoder from a Hugging Face config (any supported family)."""
-        model_cls = FAMILIES[family_of(config)][1]
-        return cls(model_cls(config), **kwargs)
+        """A randomly initialised encoder from a Hugging Face config (any supported family).
+
+        Returns the adapter registered for the family when called on :class:`SpeechBackbone`.
+        """
+        family = family_of(config)
+        return cls._adapter_for(family)(FAMILIES[family][1](config), **kwargs)
+
+    @classmethod
+    def _adapter_for(cls, family: str) -> type[SpeechBackbone]:
+        """The registered adapter of ``family`` when it refines ``cls``; ``cls`` itself otherwise."""
+        registered = adapter_class_for(family)
+        return registered if issubclass(registered, cls) else cls
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the encoder as a ``save_pretrained`` directory that :meth:`from_pretrained` reads back.
@@ -335,14 +377,15 @@ class SpeechBackbone(nn.Module):
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
         """Frames the CNN produces for waveforms of ``sample_lengths`` samples, ``[batch]`` long."""
-        lengths = sample_lengths.to(torch.long)
-        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
-            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-        return lengths.clamp(min=0)
+        # The model's own formula; it goes negative below the receptive field, where there are no frames.
+        return self.model._get_feat_extract_output_lengths(sample_lengths.to(torch.long)).clamp(min=0)
 
     @property
     def receptive_field(self) -> int:
-        """Samples the CNN needs to produce one frame (400 at the usual 16 kHz configuration)."""
+        """Samples the CNN needs to produce one frame (400 at the usual 16 kHz configuration).
+
+        Hugging Face has no helper for it; it is the inverse of :meth:`frame_lengths` at one frame.
+        """
         field_ = 1
         for kernel, stride in reversed(list(zip(self.config.conv_kernel, self.config.conv_stride, strict=True))):
             field_ = (field_ - 1) * stride + kernel
@@ -407,14 +450,8 @@ class SpeechBackbone(nn.Module):
         return encoder.dropout(hidden)
 
     def prepare_layers(self, frame_mask: Tensor) -> LayerContext:
-        """Per-forward state every layer needs, computed once (WavLM's relative position bias)."""
-        frames = frame_mask.shape[1]
-        context = LayerContext(max_frames=frames)
-        if self.family == "wavlm":
-            # Layer 0 owns the relative-position embedding. The bias depends only on T, so it is made here,
-            # independently of whether any sample runs layer 0.
-            context.position_bias = self.layers[0].attention.compute_bias(frames, frames)
-        return context
+        """Per-forward state every layer needs, computed once (a family adapter adds its own)."""
+        return LayerContext(max_frames=frame_mask.shape[1])
 
     def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor, context: LayerContext) -> Tensor:
         """Run encoder layer ``index`` on a (sub-)batch.
@@ -428,18 +465,8 @@ class SpeechBackbone(nn.Module):
         Returns:
             ``[batch, frames, hidden]``, the layer's output.
         """
-        layer = self.layers[index]
-        batch, frames, _ = hidden.shape
-        if self.family == "wavlm":
-            heads = layer.attention.num_heads
-            bias = context.position_bias[:, :frames, :frames]
-            bias = bias.unsqueeze(0).expand(batch, heads, frames, frames).reshape(batch * heads, frames, frames)
-            # WavLM's attention takes the 2-D padding mask (it calls F.multi_head_attention_forward).
-            mask = None if bool(frame_mask.all()) else frame_mask
-            out = layer(hidden, attention_mask=mask, position_bias=bias)
-            return out[0]
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=frame_mask)
-        out = layer(hidden, attention_mask=mask)
+        out = self.layers[index](hidden, attention_mask=mask)
         return out[0] if isinstance(out, tuple) else out
 
     def finalize(self, hidden: Tensor) -> Tensor:
@@ -456,6 +483,37 @@ class SpeechBackbone(nn.Module):
         for index in range(self.num_layers):
             hidden = self.run_layer(index, hidden, frame_mask, context)
         return self.finalize(hidden), frame_mask
+
+
+class WavLMBackbone(SpeechBackbone):
+    """WavLM: every layer consumes the gated relative position bias that layer 0 owns.
+
+    In Hugging Face's ``WavLMEncoder`` layer 0 computes the bias and hands it to the next layer. Here it is
+    computed once per forward from layer 0's embedding (:meth:`prepare_layers`), so that it exists even
+    for samples that skip layer 0, and sliced to each sub-batch's length (it depends only on relative
+    positions).
+    """
+
+    def prepare_layers(self, frame_mask: Tensor) -> LayerContext:
+        """The layer context with ``position_bias [heads, frames, frames]`` from layer 0's embedding."""
+        context = super().prepare_layers(frame_mask)
+        frames = context.max_frames
+        context.position_bias = self.layers[0].attention.compute_bias(frames, frames)
+        return context
+
+    def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor, context: LayerContext) -> Tensor:
+        """Run WavLM layer ``index`` with the shared position bias (see :meth:`SpeechBackbone.run_layer`)."""
+        layer = self.layers[index]
+        batch, frames, _ = hidden.shape
+        heads = layer.attention.num_heads
+        bias = context.position_bias[:, :frames, :frames]
+        bias = bias.unsqueeze(0).expand(batch, heads, frames, frames).reshape(batch * heads, frames, frames)
+        # WavLM's attention takes the 2-D padding mask (it calls F.multi_head_attention_forward).
+        mask = None if bool(frame_mask.all()) else frame_mask
+        return layer(hidden, attention_mask=mask, position_bias=bias)[0]
+
+
+register_family("wavlm", WavLMConfig, WavLMModel, "wavlm", WavLMBackbone)
 
 
 def tiny_config(

@@ -10,9 +10,7 @@ its training DataLoader is iterated with ``--workers`` worker processes. Run::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -20,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ldrop._io import atomic_write_json
+from ldrop.bench.machine import machine_info
 from ldrop.data import (
     AudioDataModule,
     ESC50DataModule,
@@ -31,6 +29,7 @@ from ldrop.data import (
     SyntheticCTCDataModule,
     TedliumDataModule,
 )
+from ldrop.sweeps import markdown_table
 from ldrop.testing.fixtures import (
     make_esc50_tree,
     make_librispeech_tree,
@@ -127,31 +126,19 @@ def benchmark_loading(
         }
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count and library versions, to print next to the numbers."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-
-
 def _table(results: list[dict[str, Any]]) -> str:
-    header = "| dataset | train items | audio (s) | setup (s) | wall / pass (s) | audio s / wall s |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(
-            f"| {r['dataset']} | {r['items']} | {r['audio_seconds']:.1f} | {r['setup_seconds']:.2f} | "
-            f"{r['wall_seconds']:.2f} | {r['audio_seconds_per_second']:.0f} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        {
+            "dataset": r["dataset"],
+            "train items": r["items"],
+            "audio (s)": f"{r['audio_seconds']:.1f}",
+            "setup (s)": f"{r['setup_seconds']:.2f}",
+            "wall / pass (s)": f"{r['wall_seconds']:.2f}",
+            "audio s / wall s": f"{r['audio_seconds_per_second']:.0f}",
+        }
+        for r in results
+    ]
+    return markdown_table(rows, list(rows[0]) if rows else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in names
     ]
     info = machine_info()
-    print(f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, torch {info['torch']}")
+    print(f"{info['cpu']}, {info['cpu_count']} cores, Python {info['python']}, torch {info['torch']}")
     print(f"workers={args.workers} batch_size={args.batch_size} epochs={args.epochs} scale={args.scale}")
     print(_table(results))
     if args.json is not None:
-        args.json.write_text(json.dumps({"machine": info, "args": vars(args) | {"json": str(args.json)},
-                                         "results": results}, indent=2) + "\n")  # fmt: skip
+        atomic_write_json(args.json, {"machine": info, "args": vars(args) | {"json": str(args.json)},
+                                      "results": results})  # fmt: skip
     return 0
 
 

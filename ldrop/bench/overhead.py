@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
-from ldrop.bench.speedup import machine_info, write_json_atomic
+from ldrop._io import atomic_write_json
+from ldrop.bench.machine import machine_info
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
+from ldrop.sweeps import markdown_table
 from ldrop.tasks import ClassificationTask, EarlyExitConfig
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -155,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         build_parser().error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     backbone = f"{'random' if args.size == 'base' else 'tiny'}:{args.backbone}"
     result: dict[str, Any] = {
-        "machine": machine_info(torch.device("cpu")),
+        "machine": machine_info("cpu"),
         "backbone": args.backbone,
         "batch_size": args.batch_size,
         "seconds": args.seconds,
@@ -169,12 +171,18 @@ def _run(args: argparse.Namespace) -> int:
     if not args.skip_training:
         result["training"] = training_step_times(backbone, args.batch_size, args.seconds, args.repeats,
                                                  args.warmup, methods)
-        print("\n| method | budget (layers) | s / step | vs full-depth fine-tuning |\n|---|---|---|---|")
-        for r in result["training"]:
-            rel = f"{r['relative_to_full']:.2f}x" if r["relative_to_full"] else "n/a"
-            print(f"| {r['method']} | {r['budget_layers']} | {r['step_seconds']:.3f} | {rel} |")
+        rows = [
+            {
+                "method": r["method"],
+                "budget (layers)": r["budget_layers"],
+                "s / step": f"{r['step_seconds']:.3f}",
+                "vs full-depth fine-tuning": f"{r['relative_to_full']:.2f}x" if r["relative_to_full"] else "n/a",
+            }
+            for r in result["training"]
+        ]
+        print("\n" + markdown_table(rows, ["method", "budget (layers)", "s / step", "vs full-depth fine-tuning"]))
     if args.json:
-        write_json_atomic(args.json, result)
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -20,25 +20,23 @@ Run ``python -m ldrop.bench speedup --help`` for the options.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from torch import Tensor
 from transformers import PretrainedConfig
 
+from ldrop._io import atomic_write_json
 from ldrop.backbones import FAMILIES, SpeechBackbone, tiny_config
+from ldrop.bench.machine import machine_info
 from ldrop.engine.flops import count_forward_flops
 from ldrop.engine.gated import run_gated_layers
+from ldrop.sweeps import markdown_table
 
 SIZES = ("base", "large", "tiny")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -108,42 +106,6 @@ def keep_masks(batch: int, num_layers: int, k: int, generator: torch.Generator) 
     return {"per_sample": per_sample, "shared": shared.expand(batch, num_layers).clone()}
 
 
-_THREAD_ENV = (
-    "OMP_NUM_THREADS",
-    "OMP_WAIT_POLICY",
-    "GOMP_SPINCOUNT",
-    "KMP_BLOCKTIME",
-    "MKL_NUM_THREADS",
-    "CUDA_VISIBLE_DEVICES",
-)
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        # Thread-pool settings change CPU timings a lot (spin-waiting OpenMP threads on a busy machine).
-        "environment": {name: os.environ[name] for name in _THREAD_ENV if name in os.environ},
-    }
-
-
 def _load_average() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -168,23 +130,6 @@ def _config_summary(config: PretrainedConfig) -> dict[str, Any]:
     summary = {key: getattr(config, key) for key in keys if hasattr(config, key)}
     summary["attn_implementation"] = getattr(config, "_attn_implementation", None)
     return {key: list(value) if isinstance(value, tuple) else value for key, value in summary.items()}
-
-
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Write ``payload`` as JSON so that a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def run_speedup(
@@ -360,23 +305,27 @@ def _paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: 
     return statistics.median(ratios)
 
 
-def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+def results_table(records: Sequence[dict[str, Any]]) -> str:
     """The records as a Markdown table, one row per budget."""
-    header = (
-        "| k | k/N | full (s) | fixed (s) | per-sample (s) | shared (s) | speed-up per-sample | "
-        "speed-up shared | ideal | realized/ideal per-sample | realized/ideal shared | "
-        "paired realized/ideal (per-sample / shared) | FLOPs ideal |"
-    )
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    rows = []
     for r in records:
         t, s, q, p = r["time_s"], r["speedup"], r["realized_over_ideal"], r["realized_over_ideal_paired"]
-        lines.append(
-            f"| {r['budget']} | {r['budget_fraction']:.2f} | {t['full']:.3f} | {t['fixed']:.3f} | "
-            f"{t['per_sample']:.3f} | {t['shared']:.3f} | {s['per_sample']:.2f}x | {s['shared']:.2f}x | "
-            f"{r['ideal_speedup']:.2f}x | {q['per_sample']:.3f} | {q['shared']:.3f} | "
-            f"{p['per_sample']:.3f} / {p['shared']:.3f} | {r['flops']['ideal_speedup']:.2f}x |"
-        )
-    return "\n".join(lines)
+        rows.append({
+            "k": r["budget"],
+            "k/N": f"{r['budget_fraction']:.2f}",
+            "full (s)": f"{t['full']:.3f}",
+            "fixed (s)": f"{t['fixed']:.3f}",
+            "per-sample (s)": f"{t['per_sample']:.3f}",
+            "shared (s)": f"{t['shared']:.3f}",
+            "speed-up per-sample": f"{s['per_sample']:.2f}x",
+            "speed-up shared": f"{s['shared']:.2f}x",
+            "ideal": f"{r['ideal_speedup']:.2f}x",
+            "realized/ideal per-sample": f"{q['per_sample']:.3f}",
+            "realized/ideal shared": f"{q['shared']:.3f}",
+            "paired realized/ideal (per-sample / shared)": f"{p['per_sample']:.3f} / {p['shared']:.3f}",
+            "FLOPs ideal": f"{r['flops']['ideal_speedup']:.2f}x",
+        })
+    return markdown_table(rows, list(rows[0]) if rows else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -425,13 +374,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         torch.set_num_threads(previous_threads)  # main() may run inside a larger process (tests)
-    write_json_atomic(args.json, records)
+    atomic_write_json(args.json, records)
     first = records[0]
     print(
         f"\n{args.backbone} {args.size}, batch {args.batch_size}, {args.seconds:g} s, {args.dtype} on "
         f"{first['machine']['device_name']} ({first['machine']['threads']} threads, torch "
         f"{first['machine']['torch']}), median of {args.repeats}\n"
     )
-    print(markdown_table(records))
+    print(results_table(records))
     print(f"\nwrote {len(records)} records to {args.json}")
     return 0

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ldrop.data.batch import collate_audio
 from ldrop.data.datasets import AudioDataset, AudioFileDataset, AudioItem, SubsetAudioDataset, resolve_items
-from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler
+from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler, ResumableDataLoader
 
 #: File endings ``predict_on_files`` picks up in folders (formats libsndfile reads).
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".sph", ".ogg", ".aiff", ".aif"})
@@ -344,8 +344,8 @@ class AudioDataModule(LightningDataModule):
         )
 
     def dataloader(self, split: Split) -> DataLoader:
-        """A DataLoader of :class:`~ldrop.data.batch.AudioBatch` over ``split``."""
-        return DataLoader(
+        """A DataLoader of :class:`~ldrop.data.batch.AudioBatch` over ``split`` (resumable mid-epoch)."""
+        return ResumableDataLoader(
             self.dataset(split),
             batch_sampler=self.batch_sampler(split),
             num_workers=self.num_workers,

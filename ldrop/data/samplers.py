@@ -17,16 +17,23 @@ Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``; these sam
 ``sampler`` attribute at themselves so that the call reaches them. Lightning cannot inject its own
 ``DistributedSampler`` into a custom batch sampler, so multi-device training needs
 ``Trainer(use_distributed_sampler=False)``; these samplers shard by themselves.
+
+**Resumable**: :class:`ResumableDataLoader` over one of these samplers gives Lightning a ``state_dict`` (the
+epoch and the batches already handed out), saved in every ``fit`` checkpoint; on resume the sampler skips
+those batches, so a run resumed mid-epoch sees exactly the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
-__all__ = ["DynamicBatchSampler", "LengthGroupedSampler"]
+__all__ = ["DynamicBatchSampler", "LengthGroupedSampler", "ResumableDataLoader"]
 
 
 def _resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -61,10 +68,30 @@ class _ShardedBatchSampler:
         # Lightning's per-epoch hook calls ``dataloader.batch_sampler.sampler.set_epoch``.
         self.sampler = self
         self._cached: tuple[int, list[np.ndarray]] | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) set by load_state_dict
+        self._yielded = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches the next iteration yields."""
         self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        """The position in the epoch: ``{"epoch", "batches_done"}`` (batches this rank has yielded so far).
+
+        With DataLoader workers the sampler runs ahead of training; :class:`ResumableDataLoader` then
+        reports the batches actually handed to the trainer instead.
+        """
+        return {"epoch": self.epoch, "batches_done": self._yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: the next iteration over that epoch skips its done batches."""
+        self.epoch = int(state["epoch"])
+        self._resume = (self.epoch, int(state["batches_done"]))
+
+    @property
+    def batches_to_skip(self) -> int:
+        """Batches of the current epoch the next iteration skips (non-zero only right after a resume)."""
+        return self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
 
     def _make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         raise NotImplementedError
@@ -88,11 +115,52 @@ class _ShardedBatchSampler:
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._epoch_batches()[self.rank :: self.num_replicas]:
+        skip, self._resume = self.batches_to_skip, None  # a resume skips once, in its own epoch
+        self._yielded = skip
+        for batch in self._epoch_batches()[self.rank :: self.num_replicas][skip:]:
+            self._yielded += 1
             yield batch.tolist()
 
     def __len__(self) -> int:
         return len(self._epoch_batches()) // self.num_replicas
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` whose place in the epoch survives a checkpoint (Lightning's stateful-dataloader support).
+
+    Lightning stores ``state_dict()`` of a train dataloader that has one in every ``fit`` checkpoint and
+    calls ``load_state_dict`` when resuming; with a sampler of this module as ``batch_sampler`` the resumed
+    epoch then starts at the first batch the interrupted run had not handed out. The count is kept here,
+    not in the sampler, because worker processes draw indices ahead of training.
+
+    Each epoch's iterator also gets its own ``torch.Generator`` seeded from the sampler's ``(seed, epoch)``
+    (the DataLoader otherwise draws its worker base seed from the global RNG whenever an iterator is
+    created, so a resumed run, which creates one more iterator, would shift every later random draw).
+    Takes the arguments of ``DataLoader``.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.batch_sampler
+        stateful = isinstance(sampler, _ShardedBatchSampler)
+        self._batches_done = sampler.batches_to_skip if stateful else 0
+        if stateful:
+            seed = np.random.default_rng([sampler.seed, sampler.epoch]).integers(2**62)
+            self.generator = torch.Generator().manual_seed(int(seed))
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "batches_done"}`` of the batch sampler, counting batches handed out by this loader."""
+        sampler = self.batch_sampler
+        if not isinstance(sampler, _ShardedBatchSampler):
+            return {}
+        return {**sampler.state_dict(), "batches_done": getattr(self, "_batches_done", 0)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the batch sampler from :meth:`state_dict` (ignored for other samplers or empty states)."""
+        if state and isinstance(self.batch_sampler, _ShardedBatchSampler):
+            self.batch_sampler.load_state_dict(state)
 
 
 def _split_to_multiple(batches: list[np.ndarray], multiple: int) -> list[np.ndarray]:

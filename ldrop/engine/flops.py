@@ -111,7 +111,13 @@ def cnn_flops(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) -> T
 
 
 def frame_lengths(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) -> Tensor:
-    """``[batch]`` frames the CNN produces for waveforms of ``sample_lengths`` samples."""
+    """``[batch]`` frames the CNN produces for waveforms of ``sample_lengths`` samples.
+
+    The Hugging Face models' ``_get_feat_extract_output_lengths`` computes this, but it is a method of a built
+    model, and FLOPs are counted from a config alone (benchmarks size base models without building them).
+    So this is the same formula over ``conv_kernel``/``conv_stride`` that :func:`cnn_flops` walks layer by
+    layer; a test checks it agrees with the model's method (which :class:`SpeechBackbone` uses).
+    """
     config = _config_of(config)
     length = torch.as_tensor(sample_lengths).to(torch.long)
     for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):

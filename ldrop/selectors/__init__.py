@@ -2,10 +2,10 @@
 
 from .base import FittingData, LayerSelector, SelectorInputs, SelectorOutput
 from .diagnostics import mask_diversity, most_common_mask_for_all, shuffle_masks
-from .full import FullSelector
 from .input_conditioned import InputConditionedSelector, LogMelFrontend
-from .layerdrop import RandomSelector
+from .random import RandomSelector
 from .schedule import LearnedScheduleSelector
+from .spec import SelectorFactory, build_selector, selector_spec
 from .static import StaticSelector, evenly_spaced_layers, greedy_subset_search
 from .topk import (
     TopKSelector,
@@ -21,16 +21,17 @@ from .topk import (
 __all__ = [
     "FittingData",
     "SelectorInputs",
-    "FullSelector",
     "InputConditionedSelector",
     "LayerSelector",
     "LearnedScheduleSelector",
     "LogMelFrontend",
     "RandomSelector",
+    "SelectorFactory",
     "SelectorOutput",
     "StaticSelector",
     "TopKSelector",
     "annealed_temperature",
+    "build_selector",
     "calibrate_threshold",
     "evenly_spaced_layers",
     "greedy_subset_search",
@@ -39,6 +40,7 @@ __all__ = [
     "mask_diversity",
     "most_common_mask_for_all",
     "relaxed_topk_mask",
+    "selector_spec",
     "shuffle_masks",
     "straight_through_topk",
     "threshold_mask",

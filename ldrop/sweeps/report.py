@@ -10,10 +10,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from ldrop._io import atomic_write_bytes, atomic_write_text
 
 #: Columns every sweep row has, in the order they are written.
 BASE_COLUMNS = [
@@ -34,39 +35,6 @@ BASE_COLUMNS = [
 
 #: Metrics where lower is better (everything else: higher is better).
 LOWER_IS_BETTER = {"wer", "cer", "loss"}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a hidden temporary file beside it, fsync, ``os.replace``.
-
-    Readers see the old file or the complete new one, never a half-written file; the temporary file
-    (``.<name>.<random>.tmp``) is removed when anything fails. The file gets the usual permissions
-    (``0o666`` less the umask), not the owner-only ones of a temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically, see :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _png(fig: Any) -> bytes:

@@ -1,11 +1,12 @@
 """Lightning task modules: the gating mixin, the shared task base, CTC and classification."""
 
-from ldrop.tasks.base import LayerDropTask, build_selector, load_backbone, lr_schedule, selector_spec
+from ldrop.selectors import build_selector, selector_spec
+from ldrop.tasks.base import LayerDropTask, lr_schedule
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.classification import ClassificationTask, masked_mean
 from ldrop.tasks.ctc import ENGLISH_CHARACTERS, CTCTask, build_vocabulary
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
-from ldrop.tasks.mixin import EncodedBatch, GatedOutput, GatingMixin
+from ldrop.tasks.gating import EncodedBatch, GatingMixin
 from ldrop.tasks.statistics import SelectorStatistics
 
 __all__ = [
@@ -15,7 +16,6 @@ __all__ = [
     "EarlyExit",
     "EarlyExitConfig",
     "EncodedBatch",
-    "GatedOutput",
     "GatingMixin",
     "LayerDropTask",
     "SelectorStatistics",
@@ -23,7 +23,6 @@ __all__ = [
     "budget_to_layers",
     "build_selector",
     "build_vocabulary",
-    "load_backbone",
     "lr_schedule",
     "masked_mean",
     "resolve_budget",

@@ -8,8 +8,6 @@ details live here once, in one ``common_step``-style path, so that the tasks can
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
 import itertools
 import logging
 import math
@@ -22,109 +20,23 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 
-from ldrop.backbones import SpeechBackbone, tiny_config
+from ldrop.backbones import SpeechBackbone, load_backbone
 from ldrop.engine.flops import count_forward_flops
-from ldrop.selectors import LayerSelector
+from ldrop.selectors import SelectorFactory, build_selector, selector_spec
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
-from ldrop.tasks.mixin import EncodedBatch, GatingMixin
+from ldrop.tasks.gating import EncodedBatch, GatingMixin
 from ldrop.tasks.statistics import SelectorStatistics
 
 log = logging.getLogger(__name__)
-
-SelectorFactory = Callable[[int, int], LayerSelector]
 
 #: Checkpoint key recording whether the weights were trained on normalised waveforms.
 NORMALIZE_KEY = "ldrop_normalize_waveforms"
 
 #: File written beside an exported backbone: the task head(s) and the selector state.
 EXPORT_STATE_FILE = "ldrop_task_state.pt"
-
-
-def load_backbone(
-    backbone: str,
-    pretrained: bool = True,
-    overrides: dict[str, Any] | None = None,
-    freeze_feature_encoder: bool = True,
-    normalize_waveforms: bool | None = None,
-) -> SpeechBackbone:
-    """A :class:`SpeechBackbone` from a hub id, a local directory, ``"tiny:<family>"`` or ``"random:<family>"``.
-
-    ``"tiny:<family>"`` (``wavlm``, ``hubert``, ``wav2vec2``, ``data2vec``; add ``-large`` for the pre-norm
-    layout) builds a tiny randomly initialised model for tests and the quickstart; ``"random:<family>"`` the
-    family's default (base-size) Hugging Face config, randomly initialised (benchmarks). ``pretrained=False``
-    builds a randomly initialised model from the hub/local config (``overrides`` applied to it).
-
-    ``normalize_waveforms=None`` follows a hub/local checkpoint's ``preprocessor_config.json``
-    (``do_normalize``) and means "no normalisation" for ``tiny:``/``random:``; ``True``/``False`` force it.
-
-    Raises:
-        FileNotFoundError: a local path that does not exist or holds no ``config.json``.
-    """
-    overrides = dict(overrides or {})
-    options = dict(freeze_feature_encoder=freeze_feature_encoder, normalize_waveforms=normalize_waveforms)
-    if backbone.startswith("random:"):
-        from ldrop.backbones.adapter import FAMILIES
-
-        family = backbone.split(":", 1)[1]
-        if family not in FAMILIES:
-            raise ValueError(f"unknown backbone family {family!r} in {backbone!r}; choose from {sorted(FAMILIES)}")
-        config = FAMILIES[family][0](**overrides)
-        return SpeechBackbone.from_config(config, **options)
-    if backbone.startswith("tiny:"):
-        name = backbone.split(":", 1)[1]
-        family, _, size = name.partition("-")
-        config = tiny_config(family, stable_layer_norm=(size == "large"), **overrides)  # type: ignore[arg-type]
-        return SpeechBackbone.from_config(config, **options)
-    if pretrained and not overrides:
-        return SpeechBackbone.from_pretrained(backbone, **options)
-    from transformers import AutoConfig
-
-    from ldrop.backbones import load_feature_extractor, resolve_checkpoint
-
-    backbone = resolve_checkpoint(backbone)
-    config = AutoConfig.from_pretrained(backbone, **overrides)
-    options["feature_extractor"] = load_feature_extractor(backbone)
-    if pretrained:
-        from ldrop.backbones.adapter import FAMILIES, family_of
-
-        model = FAMILIES[family_of(config)][1].from_pretrained(backbone, config=config)
-        return SpeechBackbone(model, **options)
-    return SpeechBackbone.from_config(config, **options)
-
-
-def selector_spec(selector: SelectorFactory | dict[str, Any] | None) -> dict[str, Any] | None:
-    """A serialisable ``{"class_path", "init_args"}`` description of a selector factory.
-
-    Accepts a selector class, a ``functools.partial`` of one (what a YAML ``class_path`` becomes) or a spec
-    dict; it is what checkpoints store so that ``load_from_checkpoint`` rebuilds the same selector.
-    """
-    if selector is None or isinstance(selector, dict):
-        return selector
-    func, kwargs = selector, {}
-    while isinstance(func, functools.partial):
-        kwargs = {**func.keywords, **kwargs}
-        classes = [a for a in func.args if isinstance(a, type)]
-        func = classes[0] if classes else func.func
-    if not isinstance(func, type):
-        return None  # an arbitrary callable: nothing serialisable to record
-    return {"class_path": f"{func.__module__}.{func.__qualname__}", "init_args": kwargs}
-
-
-def build_selector(selector: SelectorFactory | dict[str, Any], num_layers: int, feature_dim: int) -> LayerSelector:
-    """Instantiate a selector from a factory or a spec dict with ``(num_layers, feature_dim)``."""
-    if isinstance(selector, dict):
-        module_name, _, class_name = selector["class_path"].rpartition(".")
-        if not module_name:
-            module_name = "ldrop.selectors"
-        cls = getattr(importlib.import_module(module_name), class_name)
-        return cls(num_layers, feature_dim, **selector.get("init_args", {}))
-    built = selector(num_layers, feature_dim)
-    if not isinstance(built, LayerSelector):
-        raise TypeError(f"selector must build a LayerSelector, got {type(built).__name__}")
-    return built
 
 
 class LayerDropTask(GatingMixin, L.LightningModule, ABC):
@@ -401,7 +313,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             else:
                 k = budget_to_layers(budget, self.num_layers)
             if self.early_exit.config.policy == "confidence" and not self.training and k < self.num_layers:
-                return (*self.dynamic_exit(encoded, k), None)
+                return (*self.early_exit.run_dynamic(self.backbone, encoded, k, self.compute_logits), None)
             exit_layer = self.early_exit.exit_layer_for(k)
             keep = torch.zeros(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
             keep[:, :exit_layer] = 1.0
@@ -428,42 +340,6 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             [self.early_exit.confidence(self.compute_logits(self.head_for(k), h, encoded.frame_mask), encoded.frame_mask)
              for k, h in self._exit_states(encoded)], dim=1,
         )
-
-    def dynamic_exit(self, encoded: EncodedBatch, budget: int) -> tuple[Tensor, Tensor]:
-        """Confidence-based early exit: each input stops at the first exit passing the budget's threshold.
-
-        Returns ``(logits, keep_mask)``; layers run only for the inputs still active.
-        """
-        threshold = self.early_exit.threshold_for(budget)
-        batch = encoded.hidden.shape[0]
-        device = encoded.hidden.device
-        hidden = encoded.hidden.clone()
-        frame_mask = encoded.frame_mask
-        context = self.backbone.prepare_layers(frame_mask)
-        active = torch.ones(batch, dtype=torch.bool, device=device)
-        keep = torch.zeros(batch, self.num_layers, device=device)
-        logits_out: Tensor | None = None
-        for layer in range(self.num_layers):
-            rows = active.nonzero().squeeze(1)
-            if rows.numel() == 0:
-                break
-            frames = int(frame_mask[rows].sum(1).max())
-            sub = self.backbone.run_layer(layer, hidden[rows, :frames], frame_mask[rows, :frames], context)
-            hidden[rows, :frames] = sub.to(hidden.dtype)
-            keep[rows, layer] = 1.0
-            exit_layer = layer + 1
-            if exit_layer not in self.exit_layers:
-                continue
-            states = self.backbone.finalize(hidden[rows]).masked_fill(~frame_mask[rows][..., None], 0.0)
-            logits = self.compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
-            if logits_out is None:
-                logits_out = logits.new_zeros((batch, *logits.shape[1:]))
-            done = self.early_exit.confidence(logits, frame_mask[rows]) >= threshold
-            if exit_layer == self.num_layers:
-                done = torch.ones_like(done)
-            logits_out[rows[done]] = logits[done]
-            active[rows[done]] = False
-        return logits_out, keep
 
     @torch.no_grad()
     def calibrate_exit_thresholds(self, dataloader: Iterable[Any], max_batches: int | None = None) -> dict[int, float]:
@@ -582,7 +458,10 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
     def on_validation_epoch_start(self) -> None:
         self.calibrate_on_validation_batches()
-        self._val_metrics = {k: self._metrics_on_device() for k in self.val_budget_list}
+        # compute_groups off: WER and CER share state names, never their values.
+        metrics = MetricCollection(self.configure_metrics(), compute_groups=False)
+        self._val_metrics = {k: metrics.clone(prefix="val/", postfix=f"@{k}").to(self.device)
+                             for k in self.val_budget_list}
 
     @torch.no_grad()
     def calibrate_on_validation_batches(self) -> None:
@@ -639,11 +518,9 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         primary = self.metric_names[0]
         values = []
         for k, metrics in self._val_metrics.items():
-            for name, metric in metrics.items():
-                value = metric.compute()
-                self.log(f"val/{name}@{k}", value, sync_dist=False)
-                if name == primary:
-                    values.append(value)
+            results = metrics.compute()  # {"val/<metric>@<k>": value}, synchronised across processes
+            self.log_dict(results, sync_dist=False)
+            values.append(results[f"val/{primary}@{k}"])
         # Mean over the validation budgets: what checkpointing monitors ("val/<metric>").
         self.log(f"val/{primary}", torch.stack(values).mean(), prog_bar=True)
 

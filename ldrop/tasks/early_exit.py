@@ -1,7 +1,8 @@
 """Early exit, the baseline method: a head after each exit layer, its loss weights, exit rule and calibration.
 
 Composed into a task with one argument, ``early_exit: EarlyExitConfig`` (``None``: no early exit). The task
-still runs the layers (it owns the backbone); this component owns what is specific to exiting early.
+owns the backbone and passes it in where layers run (:meth:`EarlyExit.run_dynamic`); this component owns what
+is specific to exiting early.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ldrop.backbones import SpeechBackbone
 from ldrop.selectors import calibrate_threshold
+from ldrop.tasks.gating import EncodedBatch
 
 
 @dataclass
@@ -109,6 +112,46 @@ class EarlyExit(nn.Module):
                 "confidences (ldrop test does it on the validation data)"
             )
         return threshold
+
+    def run_dynamic(self, backbone: SpeechBackbone, encoded: EncodedBatch, budget: int,
+                    compute_logits: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """Confidence policy: each input stops at the first exit passing the budget's threshold.
+
+        Layers run only for the inputs still active. ``compute_logits(head, hidden, frame_mask)`` is the task's.
+
+        Returns:
+            ``(logits, keep_mask [batch, layers])``.
+        """
+        threshold = self.threshold_for(budget)
+        batch = encoded.hidden.shape[0]
+        device = encoded.hidden.device
+        hidden = encoded.hidden.clone()
+        frame_mask = encoded.frame_mask
+        context = backbone.prepare_layers(frame_mask)
+        active = torch.ones(batch, dtype=torch.bool, device=device)
+        keep = torch.zeros(batch, self.num_layers, device=device)
+        logits_out: Tensor | None = None
+        for layer in range(self.num_layers):
+            rows = active.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            frames = int(frame_mask[rows].sum(1).max())
+            sub = backbone.run_layer(layer, hidden[rows, :frames], frame_mask[rows, :frames], context)
+            hidden[rows, :frames] = sub.to(hidden.dtype)
+            keep[rows, layer] = 1.0
+            exit_layer = layer + 1
+            if exit_layer not in self.layers:
+                continue
+            states = backbone.finalize(hidden[rows]).masked_fill(~frame_mask[rows][..., None], 0.0)
+            logits = compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
+            if logits_out is None:
+                logits_out = logits.new_zeros((batch, *logits.shape[1:]))
+            done = self.confidence(logits, frame_mask[rows]) >= threshold
+            if exit_layer == self.num_layers:
+                done = torch.ones_like(done)
+            logits_out[rows[done]] = logits[done]
+            active[rows[done]] = False
+        return logits_out, keep
 
     @torch.no_grad()
     def calibrate(self, confidences: Tensor, budgets: list[int] | range | None = None) -> dict[int, float]:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, WavLMConfig
+from transformers import BertConfig, WavLMConfig, WavLMModel
 
-from ldrop.backbones import SpeechBackbone, family_of, tiny_config
+from ldrop.backbones import (
+    SpeechBackbone,
+    WavLMBackbone,
+    family_of,
+    load_backbone,
+    register_family,
+    tiny_config,
+)
 from tests.helpers import LAYOUTS, make_backbone, padded_batch
 
 
@@ -96,3 +103,53 @@ def test_unsupported_model_type_is_named():
 def test_family_is_detected_from_config():
     assert family_of(WavLMConfig()) == "wavlm"
     assert family_of(tiny_config("data2vec")) == "data2vec"
+
+
+def test_pretrained_with_overrides_still_rejects_missing_weights(tmp_path):
+    import safetensors.torch
+
+    make_backbone("wav2vec2").save_pretrained(tmp_path)
+    weights = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    dropped = {k: v for k, v in weights.items() if "layers.1." not in k}
+    safetensors.torch.save_file(dropped, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks weights"):
+        load_backbone(str(tmp_path), overrides={"mask_time_prob": 0.0})
+
+
+def test_pretrained_with_overrides_applies_them(tmp_path):
+    make_backbone("hubert").save_pretrained(tmp_path)
+    loaded = load_backbone(str(tmp_path), overrides={"hidden_dropout": 0.25})
+    assert loaded.config.hidden_dropout == 0.25
+
+
+@pytest.mark.parametrize("family", ["wavlm", "hubert"])
+def test_loaders_return_the_adapter_registered_for_the_family(tmp_path, family):
+    expected = WavLMBackbone if family == "wavlm" else SpeechBackbone
+    built = SpeechBackbone.from_config(tiny_config(family))
+    assert type(built) is expected
+    built.save_pretrained(tmp_path)
+    assert type(SpeechBackbone.from_pretrained(tmp_path)) is expected
+    assert type(load_backbone(f"tiny:{family}")) is expected
+
+
+def test_the_base_adapter_refuses_a_family_that_needs_its_own():
+    with pytest.raises(TypeError, match="WavLMBackbone"):
+        SpeechBackbone(WavLMModel(tiny_config("wavlm")))
+
+
+def test_register_family_with_an_adapter_class():
+    from ldrop.backbones import adapter_class_for
+    from ldrop.backbones.adapter import FAMILIES
+
+    class CustomHubert(SpeechBackbone):
+        pass
+
+    saved = FAMILIES["hubert"]
+    try:
+        register_family("hubert", *saved, adapter_class=CustomHubert)
+        assert type(SpeechBackbone.from_config(tiny_config("hubert"))) is CustomHubert
+        with pytest.raises(TypeError, match="SpeechBackbone subclass"):
+            register_family("hubert", *saved, adapter_class=dict)  # type: ignore[arg-type]
+    finally:
+        register_family("hubert", *saved)
+    assert adapter_class_for("hubert") is SpeechBackbone

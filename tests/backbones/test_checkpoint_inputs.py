@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-from ldrop.backbones import SpeechBackbone, tiny_config
-from ldrop.tasks import ClassificationTask, load_backbone
+from ldrop.backbones import SpeechBackbone, load_backbone, tiny_config
+from ldrop.tasks import ClassificationTask
 from tests.helpers import padded_batch
 
 LENGTHS = [8000, 5600, 3300]

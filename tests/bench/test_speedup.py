@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ldrop.bench import __main__ as bench_cli
-from ldrop.bench.speedup import keep_masks, markdown_table, parse_budgets, write_json_atomic
+from ldrop.bench.speedup import keep_masks, parse_budgets, results_table
 
 RECORD_FIELDS = {
     "benchmark",
@@ -65,8 +65,8 @@ def test_full_budget_has_an_ideal_and_flops_ratio_of_one(records):
     assert records[0]["flops"]["ideal_speedup"] > 1.0
 
 
-def test_markdown_table_has_a_row_per_record(records):
-    lines = markdown_table(records).splitlines()
+def test_results_table_has_a_row_per_record(records):
+    lines = results_table(records).splitlines()
     assert len(lines) == 2 + len(records)
     assert all(line.startswith("|") and line.endswith("|") for line in lines)
 
@@ -89,14 +89,6 @@ def test_keep_masks_keep_k_layers_per_sample():
     assert masks["shared"].sum(1).tolist() == [4.0] * 5
 
 
-def test_json_is_written_without_leaving_temporary_files(tmp_path):
-    path = tmp_path / "out" / "records.json"
-    write_json_atomic(path, [{"a": 1}])
-    write_json_atomic(path, [{"a": 2}])
-    assert json.loads(path.read_text()) == [{"a": 2}]
-    assert [p.name for p in path.parent.iterdir()] == ["records.json"]
-
-
 def test_dispatcher_explains_a_missing_benchmark(monkeypatch, capsys):
     monkeypatch.setitem(bench_cli.BENCHMARKS, "absent", ("ldrop.bench.absent_benchmark", "not written yet"))
     assert bench_cli.main(["absent"]) == 2
@@ -106,3 +98,11 @@ def test_dispatcher_explains_a_missing_benchmark(monkeypatch, capsys):
 def test_dispatcher_rejects_an_unknown_benchmark(capsys):
     assert bench_cli.main(["nonsense"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_machine_info_names_the_device_and_the_libraries():
+    from ldrop.bench.machine import machine_info
+
+    info = machine_info("cpu")
+    assert info["device"] == "cpu" and info["device_name"] == info["cpu"]
+    assert {"cpu_count", "threads", "torch", "transformers", "python"} <= set(info)

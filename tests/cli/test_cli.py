@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -54,11 +56,46 @@ def test_test_runs_the_budget_sweep_and_writes_every_file(trained, tmp_path):
     assert {"acc_shuffled", "acc_most_common", "distinct_masks", "mean_hamming", "top_mask_share"} <= set(rows[0])
 
 
-def test_test_budgets_argument_picks_the_swept_budgets(trained, tmp_path):
-    main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--sweep.budgets", "[0.5, 1.0]"])
-    rows = load_sweep(next((tmp_path / "ldrop").glob("version_*")))
+def test_test_budgets_argument_picks_the_swept_budgets(trained, tmp_path, capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
+              "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--sweep.budgets", "[0.5, 1.0]"])
+    run = next((tmp_path / "ldrop").glob("version_*"))
+    rows = load_sweep(run)
     assert [(r["budget_layers"], r["budget_fraction"]) for r in rows] == [(2, 0.5), (4, 1.0)]
+    assert f"budget sweep written to {run}" in capsys.readouterr().out  # says where the sweep files are
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
+
+
+def test_a_bad_budget_is_one_line_on_stderr_with_exit_status_2(tmp_path, capsys, monkeypatch):
+    args = ["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--sweep.budgets", "[0]"]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "Seed set to" not in line]
+    assert len(err) == 1 and err[0].startswith("ldrop: error: ") and "budget must be between 1 and 4" in err[0]
+    assert "Namespace(" not in err[0]
+    monkeypatch.setenv("LDROP_DEBUG", "1")  # the full traceback on request
+    with pytest.raises(Exception, match="budget must be between 1 and 4"):
+        main(args)
+
+
+def test_version_and_test_help_name_what_they_should(capsys):
+    import ldrop
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ldrop {ldrop.__version__}" and ldrop.__version__
+    with pytest.raises(SystemExit):
+        main(["test", "--help"])
+    assert "budget sweep" in " ".join(capsys.readouterr().out.split())
+
+
+def test_default_root_dir_moves_the_default_logger_and_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+          "--trainer.num_sanity_val_steps", "0", "--trainer.default_root_dir", str(tmp_path / "root")])
+    assert (tmp_path / "root" / "ldrop" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_selector_option_on_the_command_line_wins_over_the_checkpoint(trained, tmp_path):
@@ -130,10 +167,13 @@ def test_a_layer_dropping_run_starts_from_a_full_depth_checkpoint(tmp_path):
 
 
 def test_interrupted_fit_resumes_from_last_checkpoint(trained, tmp_path):
+    run = tmp_path / "ldrop" / "version_3"
+    shutil.copytree(trained, run)
     main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "2",
-          "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")])
-    last = torch.load(next((tmp_path / "ldrop").glob("version_*")) / "checkpoints" / "last.ckpt", weights_only=False)
-    assert last["epoch"] == 1  # continued from the first run's epoch 0
+          "--trainer.logger.init_args.save_dir", str(tmp_path / "other"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1  # continued from the first run's epoch 0, in the same run folder
+    assert not (tmp_path / "other").exists()
 
 
 def test_help_is_readable(capsys):
@@ -166,13 +206,26 @@ def test_predict_on_a_folder_of_audio_files(trained, tmp_path):
     out = tmp_path / "pred.jsonl"
     main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
           "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.predict_budget", "0.5",
-          "--inputs", f"[{folder}]", "--predictions.output", str(out)])
+          "--inputs", str(folder), "--predictions.output", str(out)])  # one bare path, not a list
+    assert not (tmp_path / "ldrop").exists()  # no logger: no run folder
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(Path(r["id"]).name for r in records) == ["a.wav", "b.flac", "c.wav"]
     assert all(len(r["executed_layers"]) == 2 for r in records)
 
 
-def test_predict_inputs_that_do_not_exist_are_named(trained, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope"):
-        main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
-              "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--inputs", f"[{tmp_path / 'nope'}]"])
+def test_predict_inputs_that_do_not_exist_are_named(trained, tmp_path, capsys):
+    assert main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false",
+                 "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+                 "--inputs", f"[{tmp_path / 'nope'}]"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_predict_to_an_explicit_file_leaves_no_run_folder(trained, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+              "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--predictions.output", str(out)])
+    assert out.is_file()
+    assert not list((tmp_path / "logs").rglob("version_*"))
+    assert not [w for w in caught if "custom batch sampler" in str(w.message)]

@@ -170,3 +170,47 @@ def test_dynamic_reshuffles_items_of_equal_length_between_epochs():
     first = sorted(map(sorted, sampler))
     sampler.set_epoch(1)
     assert sorted(map(sorted, sampler)) != first
+
+
+# ------------------------------------------------------------------------------------------- resuming
+@BOTH
+def test_a_sampler_resumed_from_its_state_yields_the_rest_of_the_epoch(make):
+    sampler = make(seed=3, num_replicas=2, rank=1)
+    sampler.set_epoch(4)
+    iterator = iter(sampler)
+    done = [next(iterator) for _ in range(3)]
+    rest = list(iterator)
+    state = sampler.state_dict()
+    assert state == {"epoch": 4, "batches_done": 3 + len(rest)}
+
+    resumed = make(seed=3, num_replicas=2, rank=1)
+    resumed.load_state_dict({"epoch": 4, "batches_done": 3})
+    assert resumed.batches_to_skip == 3 and len(resumed) == len(sampler)  # the epoch keeps its length
+    assert list(resumed) == rest and rest and done
+    assert list(resumed) == done + rest  # the skip applies once
+    resumed.load_state_dict({"epoch": 4, "batches_done": 3})
+    resumed.set_epoch(5)  # another epoch than the saved one: nothing skipped
+    sampler.set_epoch(5)
+    assert list(resumed) == list(sampler)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_the_resumable_loader_saves_the_batches_handed_out_not_those_prefetched(num_workers):
+    from ldrop.data.samplers import ResumableDataLoader
+
+    def loader() -> ResumableDataLoader:
+        return ResumableDataLoader(list(range(len(LENGTHS))), batch_sampler=grouped(seed=1), num_workers=num_workers)
+
+    first = loader()
+    first.batch_sampler.set_epoch(2)
+    iterator = iter(first)
+    seen = [next(iterator).tolist() for _ in range(5)]
+    state = first.state_dict()
+    assert state == {"epoch": 2, "batches_done": 5}  # workers drew more indices than that
+    rest = [batch.tolist() for batch in iterator]
+    del iterator
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert [batch.tolist() for batch in resumed] == rest
+    assert resumed.state_dict()["batches_done"] == len(seen) + len(rest)

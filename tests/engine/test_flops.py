@@ -187,6 +187,15 @@ def test_frame_lengths_give_the_shortest_waveform_cost():
     assert torch.equal(by_frames.total, by_samples.total)
 
 
+@pytest.mark.parametrize("family", ["wavlm", "hubert", "wav2vec2", "data2vec"])
+def test_frame_lengths_from_a_config_agree_with_the_models_own(family):
+    backbone = SpeechBackbone.from_config(tiny_config(family))
+    samples = torch.arange(400, 4000, 37)
+    expected = backbone.model._get_feat_extract_output_lengths(samples)
+    assert torch.equal(frame_lengths(backbone.config, samples), expected)
+    assert torch.equal(backbone.frame_lengths(samples), expected)
+
+
 def test_per_second_divides_by_duration():
     config = tiny_config("data2vec")
     flops = count_forward_flops(config, torch.tensor([32000]))

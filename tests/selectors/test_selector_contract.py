@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from ldrop.selectors import (
-    FullSelector,
     InputConditionedSelector,
     LearnedScheduleSelector,
     RandomSelector,
@@ -14,7 +13,7 @@ from ldrop.selectors import (
 )
 from tests.selectors.inputs import FEATURE_DIM, NUM_LAYERS, random_inputs
 
-SELECTORS = [FullSelector, InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector]
+SELECTORS = [InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector]
 BATCH_SIZE = 4
 
 
@@ -66,7 +65,7 @@ def test_flops_are_float64_per_sample(selector_class) -> None:
 
 
 @pytest.mark.parametrize(
-    "selector_class", [FullSelector, LearnedScheduleSelector, RandomSelector, StaticSelector]
+    "selector_class", [LearnedScheduleSelector, RandomSelector, StaticSelector]
 )
 def test_selectors_without_statistics_accept_refresh_calls_as_no_ops(selector_class) -> None:
     selector = selector_class(NUM_LAYERS, FEATURE_DIM)

@@ -15,27 +15,6 @@ from ldrop.tasks.budget import Budget, resolve_budget
 
 
 @dataclass
-class GatedOutput:
-    """One gated forward pass.
-
-    Attributes:
-        hidden: ``[batch, frames, hidden]`` encoder output (zero on padding frames).
-        frame_mask: ``[batch, frames]`` bool, True on real frames.
-        keep_mask: ``[batch, layers]`` the layers each sample ran (0/1 forward values).
-        budget: ``[batch]`` long, the budget each sample was given.
-        selection: the selector's full output (scores, auxiliary losses), or ``None`` without a selector.
-        layer_states: with ``return_all``: the ``layers`` hidden states after each layer.
-    """
-
-    hidden: Tensor
-    frame_mask: Tensor
-    keep_mask: Tensor
-    budget: Tensor
-    selection: SelectorOutput | None = None
-    layer_states: list[Tensor] | None = None
-
-
-@dataclass
 class EncodedBatch:
     """The budget-independent part of a forward pass, computed once and reused across budgets.
 
@@ -154,33 +133,3 @@ class GatingMixin:
         if return_all:
             return result[0], result[1]
         return result, None
-
-    def gated_forward(
-        self,
-        waveforms: Tensor,
-        lengths: Tensor | None = None,
-        budget: Budget | None = None,
-        keep_mask: Tensor | None = None,
-        return_all: bool = False,
-    ) -> GatedOutput:
-        """Waveforms -> encoder output under a budget.
-
-        Args:
-            waveforms: ``[batch, samples]`` float, zero-padded.
-            lengths: ``[batch]`` valid samples (``None``: no padding).
-            budget: layers (int), a fraction of the stack (float) or a ``[batch]`` tensor; ``None`` means
-                every layer.
-            keep_mask: ``[batch, layers]`` to bypass the selector (controls, early exit, diagnostics).
-            return_all: also return the state after each layer.
-
-        Raises:
-            ValueError: an invalid budget (``<= 0``, ``> N``, wrong shape).
-        """
-        encoded = self.encode(waveforms, lengths)
-        if keep_mask is None:
-            keep_mask, budget_t, selection = self.decide(encoded, budget)
-        else:
-            budget_t = keep_mask.detach().sum(1).long()
-            selection = None
-        hidden, states = self.run_layers(encoded, keep_mask, return_all)
-        return GatedOutput(hidden, encoded.frame_mask, keep_mask, budget_t, selection, states)

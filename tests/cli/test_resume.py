@@ -1,0 +1,103 @@
+"""Exact resume after a real kill, step-based checkpointing, and the run folder a resumed run writes to."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldrop.cli import main
+from tests.cli.interrupt import CheckpointProbe
+from tests.cli.test_cli import QUICKSTART, SMALL
+
+# 32 clips in batches of 4: 8 steps per epoch, 16 in all; step checkpoints at steps 4 (mid-epoch) and 8.
+# The selector's statistics are re-estimated from the last `statistics_batches` training batches, which no
+# checkpoint holds: 4 keeps every re-estimate after a resume at step 4 or 8 within the resumed run's batches.
+FIT = ["fit", "--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4", "--trainer.max_epochs", "2",
+       "--checkpoint.every_n_train_steps", "4", "--model.init_args.statistics_batches", "4"]
+
+
+def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and values, bit for bit (NaN equal to NaN: uncalibrated thresholds are NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                 and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    save_dir = tmp_path_factory.mktemp("uninterrupted")
+    main([*FIT, "--trainer.logger.init_args.save_dir", str(save_dir)])
+    return save_dir / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def _killed_fit(save_dir: Path, stall_step: int) -> Path:
+    """Run ``ldrop fit`` in a subprocess, SIGKILL it once it stands at ``stall_step``; returns its run folder."""
+    marker = save_dir / "stalled"
+    command = [sys.executable, "-m", "ldrop.cli", *FIT, "--trainer.logger.init_args.save_dir", str(save_dir),
+               "--trainer.callbacks+=tests.cli.interrupt.StallAtStep", "--trainer.callbacks.init_args.step",
+               str(stall_step), "--trainer.callbacks.init_args.marker", str(marker)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert process.poll() is None, f"ldrop fit ended before step {stall_step}:\n{process.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "ldrop fit did not reach the step in 300 s"
+            time.sleep(0.2)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+    return save_dir / "ldrop" / "version_0"
+
+
+@pytest.mark.parametrize("stall_step, saved_step", [(5, 4), (9, 8)], ids=["mid-epoch", "epoch-boundary"])
+def test_a_killed_fit_resumes_to_the_uninterrupted_weights_in_the_same_run_folder(
+    uninterrupted, tmp_path, stall_step, saved_step
+):
+    run = _killed_fit(tmp_path, stall_step)
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == saved_step
+    (run / "checkpoints" / ".last.ckpt.x1y2.tmp").touch()  # what a kill during a checkpoint write leaves
+
+    main([*FIT, "--trainer.logger.init_args.save_dir", str(tmp_path / "elsewhere"), "--ckpt_path", str(last)])
+
+    assert [p.name for p in (tmp_path / "ldrop").iterdir()] == ["version_0"]  # no new version_N folder
+    assert not (tmp_path / "elsewhere").exists()
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert torch.load(last, weights_only=True)["global_step"] == 16
+    expected, resumed = _weights(uninterrupted), _weights(last)
+    assert expected.keys() == resumed.keys()
+    different = [name for name in expected if not _identical(expected[name], resumed[name])]
+    assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:3]}"
+
+
+def test_step_checkpoints_keep_last_fresh_and_best_only_after_validation(tmp_path):
+    CheckpointProbe.seen.clear()
+    main(["fit", "--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4", "--trainer.max_epochs", "2",
+          "--checkpoint.every_n_train_steps", "3", "--checkpoint.save_top_k", "-1",
+          "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.callbacks+=tests.cli.interrupt.CheckpointProbe"])
+    checkpoints = tmp_path / "ldrop" / "version_0" / "checkpoints"
+    best_steps = sorted(torch.load(p, weights_only=True)["global_step"] for p in checkpoints.glob("best-*.ckpt"))
+    assert best_steps == [8, 16]  # the validations (epoch ends), the final one included; never a step trigger
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 16  # the final step
+    # Before the first validation (step 8), last.ckpt already held the step-6 weights.
+    assert CheckpointProbe.seen[0] == (8, 6)
+
+
+def test_a_run_that_fails_before_training_leaves_no_run_folder(tmp_path, capsys):
+    code = main([*FIT, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "no.ckpt")])
+    assert code == 2 and "no.ckpt" in capsys.readouterr().err
+    assert not list((tmp_path / "ldrop").glob("version_*"))

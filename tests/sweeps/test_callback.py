@@ -1,0 +1,42 @@
+"""The BudgetSweep callback: repeats for random selectors, controls only where masks depend on the input."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+
+from ldrop.selectors import InputConditionedSelector, RandomSelector
+from ldrop.sweeps import BudgetSweep
+from ldrop.tasks import ClassificationTask
+from tests.helpers import quiet_trainer, tiny_classification_data
+
+
+def _sweep(tmp_path, selector, **options) -> list[dict]:
+    L.seed_everything(0)
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", selector=selector)
+    sweep = BudgetSweep(budgets=[1, 4], directory=str(tmp_path / "sweep"), **options)
+    quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=2).test(model, tiny_classification_data())
+    assert (tmp_path / "sweep" / "budget_sweep.csv").is_file()
+    return sweep.rows
+
+
+def test_repeats_of_a_random_selector_report_a_spread(tmp_path):
+    rows = _sweep(tmp_path, RandomSelector, repeats=3)
+    assert all("acc_std" in row and row["acc_std"] >= 0.0 for row in rows)
+    assert [row["utterances"] for row in rows] == [16, 16]
+
+
+def test_controls_are_scored_for_input_dependent_selectors_only(tmp_path):
+    rows = _sweep(tmp_path, functools.partial(InputConditionedSelector, hidden_dim=16), controls=True)
+    assert {"acc_shuffled", "acc_most_common"} <= set(rows[0])
+    rows = _sweep(tmp_path, RandomSelector, controls=True)
+    assert "acc_shuffled" not in rows[0] and "acc_std" not in rows[0]  # one repeat by default
+
+
+def test_repeats_must_be_positive():
+    with pytest.raises(ValueError, match="repeats"):
+        BudgetSweep(repeats=0)

@@ -1,0 +1,56 @@
+"""The early-exit component: exit layers, loss weights, confidence, calibrated confidence thresholds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ldrop.tasks import EarlyExit, EarlyExitConfig
+
+
+def _exit(**config) -> EarlyExit:
+    return EarlyExit(EarlyExitConfig(**config), num_layers=6, make_head=nn.Identity)
+
+
+def test_the_last_layer_is_always_an_exit_and_budgets_take_the_deepest_exit_within():
+    early_exit = _exit(layers=[4, 2])
+    assert early_exit.layers == [2, 4, 6] and set(early_exit.heads) == {"2", "4", "6"}
+    assert [early_exit.exit_layer_for(k) for k in range(1, 7)] == [2, 2, 2, 4, 4, 6]
+
+
+def test_linear_loss_weights_weight_exit_k_by_k():
+    early_exit = _exit(layers=[2, 4], loss_weights="linear")
+    losses = [torch.tensor(0.0), torch.tensor(0.0), torch.tensor(12.0)]  # exits 2, 4, 6
+    assert float(early_exit.loss(losses)) == pytest.approx(6 * 12.0 / (2 + 4 + 6))
+    assert float(_exit(layers=[2, 4]).loss(losses)) == pytest.approx(12.0 / 3)
+
+
+@pytest.mark.parametrize("confidence", ["max_prob", "entropy"])
+def test_a_peaked_prediction_is_more_confident_than_a_flat_one(confidence):
+    early_exit = _exit(confidence=confidence)
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.1, 0.0, 0.1]])
+    conf = early_exit.confidence(logits, torch.ones(2, 1, dtype=torch.bool))
+    assert conf[0] > conf[1]
+
+
+def test_calibrated_thresholds_meet_each_budget_as_mean_exit_layer():
+    early_exit = _exit(layers=[1, 2, 3, 4, 5], policy="confidence")
+    confidences = torch.rand(200, 6, generator=torch.Generator().manual_seed(0))
+    early_exit.calibrate(confidences)
+    exits = torch.tensor(early_exit.layers)
+    for k in range(1, 7):
+        passed = confidences[:, :-1] >= early_exit.threshold_for(k)
+        passed = torch.cat([passed, torch.ones(200, 1, dtype=torch.bool)], dim=1)  # the last exit always
+        mean_exit = exits[passed.float().argmax(1)].float().mean()  # the first exit that passes
+        assert abs(float(mean_exit) - k) <= 0.05
+
+
+def test_an_uncalibrated_budget_asks_for_calibration():
+    with pytest.raises(RuntimeError, match="calibrate"):
+        _exit(policy="confidence").threshold_for(3)
+
+
+def test_a_bad_policy_names_the_setting():
+    with pytest.raises(ValueError, match="early_exit.policy"):
+        EarlyExitConfig(policy="sometimes")

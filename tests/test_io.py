@@ -1,0 +1,39 @@
+"""Atomic writes: the target holds the old or the new content, never a partial one, and no temporary is left."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ldrop._io import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
+
+
+def test_json_is_written_without_leaving_temporary_files(tmp_path):
+    path = tmp_path / "out" / "records.json"
+    atomic_write_json(path, [{"a": 1}])
+    atomic_write_json(path, [{"a": 2}])
+    assert json.loads(path.read_text()) == [{"a": 2}]
+    assert [p.name for p in path.parent.iterdir()] == ["records.json"]
+
+
+def test_a_failed_write_keeps_the_previous_file_and_no_temporary(tmp_path):
+    path = tmp_path / "table.csv"
+    atomic_write_text(path, "old\n")
+
+    def fail(tmp: str) -> None:
+        with open(tmp, "w") as handle:
+            handle.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_torch_save_round_trips(tmp_path):
+    path = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "state.pt")
+    assert torch.equal(torch.load(path)["w"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
