@@ -35,9 +35,10 @@ SWEEP_HEADERS = {
 }
 
 
-def _sum() -> SumMetric:
-    # float64: FLOP totals reach 1e12 and must not lose the digits the table shows.
-    return SumMetric().set_dtype(torch.float64)
+def _sum(device: torch.device) -> SumMetric:
+    # float64: FLOP totals reach 1e12 and must not lose the digits the table shows. set_dtype after .to():
+    # .to() resets the dtype that inputs are cast to (the states would stay float64, the inputs not).
+    return SumMetric().to(device).set_dtype(torch.float64)
 
 
 class BudgetSweep(L.Callback):
@@ -88,9 +89,9 @@ class BudgetSweep(L.Callback):
             for metric in metrics.values():
                 metric.to(device)
         self.masks = {k: CatMetric().to(device) for k in budgets}
-        self.flops = {k: _sum().to(device) for k in budgets}
-        self.seconds = {k: _sum().to(device) for k in budgets}
-        self.totals = {name: _sum().to(device) for name in ("seconds_audio", "utterances", "seconds_fixed")}
+        self.flops = {k: _sum(device) for k in budgets}
+        self.seconds = {k: _sum(device) for k in budgets}
+        self.totals = {name: _sum(device) for name in ("seconds_audio", "utterances", "seconds_fixed")}
 
     # ------------------------------------------------------------------ per batch
     @staticmethod

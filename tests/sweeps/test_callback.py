@@ -40,3 +40,12 @@ def test_controls_are_scored_for_input_dependent_selectors_only(tmp_path):
 def test_repeats_must_be_positive():
     with pytest.raises(ValueError, match="repeats"):
         BudgetSweep(repeats=0)
+
+
+def test_sweep_sums_keep_double_precision():
+    from ldrop.sweeps.callback import _sum
+
+    total = _sum(torch.device("cpu"))
+    for _ in range(3):
+        total.update(0.123456789123)  # seconds of audio: not a float32 number
+    assert float(total.compute()) == 3 * 0.123456789123
