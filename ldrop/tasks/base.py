@@ -37,7 +37,7 @@ from ldrop.selectors import (
     shuffle_masks,
 )
 from ldrop.sweeps import markdown_table, write_sweep
-from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
+from ldrop.tasks.budget import Target, budget_list, budget_to_layers, is_target, resolve_budget
 from ldrop.tasks.mixin import EncodedBatch, GatingMixin
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         full_depth_prob: extra probability of training a batch at full depth.
         val_budgets: budgets evaluated at validation (metric logged as ``val/<metric>@<k>``).
         test_budgets: budgets of the test-time sweep (``None``: every ``k`` in ``1..N``).
-        predict_budget: budget used by ``predict``.
+        predict_budget: budget used by ``predict``: layers, a fraction, or a target such as ``{rtf: 0.1}``,
+            ``{ms: 80, profile: profile.json}`` or ``{gflops_per_second: 2}`` (see :mod:`ldrop.runtime`).
         sweep_repeats: repeats of a random-subset sweep (different seeds; mean and spread reported).
         sweep_controls: also score "same masks shuffled across the batch" and "most common mask for every
             input" for selectors with scores (needs a batch size above 1).
@@ -193,7 +194,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         full_depth_prob: float = 0.1,
         val_budgets: list[int | float] | None = [0.25, 0.5, 1.0],  # noqa: B006 (read-only default)
         test_budgets: list[int | float] | None = None,
-        predict_budget: int | float = 1.0,
+        predict_budget: int | float | dict[str, Any] = 1.0,
         sweep_repeats: int = 1,
         sweep_controls: bool = False,
         static_search: bool = False,
@@ -227,7 +228,10 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         self.train_budget_choices = budget_list(train_budgets, num_layers)
         self.val_budget_list = budget_list(val_budgets, num_layers)
         self.test_budget_list = budget_list(test_budgets, num_layers)
-        budget_to_layers(predict_budget, num_layers)  # validate early
+        if is_target(predict_budget):  # validate early
+            Target.parse(predict_budget)
+        else:
+            budget_to_layers(predict_budget, num_layers)
         self.configure_metrics_and_heads()
         if early_exit:
             self.register_buffer("exit_thresholds", torch.full((num_layers,), float("nan")))
@@ -350,7 +354,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         extra = {f"{k}": v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
         backbone_state = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
         tmp = directory / f".{EXPORT_STATE_FILE}.tmp"
-        torch.save({"state_dict": {**backbone_state, **extra}, "hparams": dict(self.hparams)}, tmp)
+        torch.save({"state_dict": {**backbone_state, **extra}, "hparams": dict(self.hparams),
+                    "task_class": f"{type(self).__module__}.{type(self).__qualname__}"}, tmp)
         tmp.replace(directory / EXPORT_STATE_FILE)
         return directory
 
@@ -828,7 +833,12 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         """Per input: id, output (transcript or label), executed layers and GFLOPs."""
         encoded = self.encode(batch.waveforms, batch.lengths)
-        logits, keep, _ = self.logits_at_budget(encoded, self.hparams.predict_budget)
+        budget = self.hparams.predict_budget
+        if is_target(budget):  # a latency / real-time / FLOPs target: a per-input budget from the controller
+            from ldrop.runtime.controller import target_budget
+
+            budget = target_budget(self, encoded.lengths, budget)
+        logits, keep, _ = self.logits_at_budget(encoded, budget)
         hard = (keep.detach() > 0.5).float()
         selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
         flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
