@@ -39,3 +39,11 @@ def tiny_export(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "model"
     assert main(["export", str(tiny_checkpoint), str(out)]) == 0
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Commands run in-process with ``--threads`` change torch's global thread count: put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -97,7 +97,7 @@ def test_held_out_batches_are_seeded_and_within_the_grid():
     a = random_batches(5, 4, (1.0, 2.0), (1, 2), seed=3)
     b = random_batches(5, 4, (1.0, 2.0), (1, 2), seed=3)
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
-    assert all(16000 <= int(l.min()) and int(l.max()) <= 32000 and bool((k.sum(1) >= 1).all()) for l, k in a)
+    assert all(16000 <= int(n.min()) and int(n.max()) <= 32000 and bool((k.sum(1) >= 1).all()) for n, k in a)
 
 
 def test_real_timers_run_on_a_tiny_model(tiny_model):
