@@ -117,6 +117,8 @@ class AdaptiveModel:
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate, **controller_options,
         )
         self.sample_rate = sample_rate
+        # The first forward pays one-time costs (allocations, lazy initialisation): never learn from it.
+        self._warm = False
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, profile: DeviceProfile | str | None = None,
@@ -190,7 +192,9 @@ class AdaptiveModel:
         if self.controller.profile is not None:
             predicted = self.controller.profile.predict(lengths, keep)
             predicted_ms = 1000.0 * predicted * correction
-            self.controller.observe(predicted, measured)
+            if self._warm:
+                self.controller.observe(predicted, measured)
+        self._warm = True
         return AdaptiveOutput(outputs, logits, encoded.frame_mask, keep, keep.sum(1).long(), budget, predicted_ms, 1000.0 * measured,
                               self.controller.correction, parsed)
 

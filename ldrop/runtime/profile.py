@@ -28,6 +28,7 @@ import itertools
 import json
 import math
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -69,8 +70,10 @@ def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[fl
     """Fit :class:`PartFit` to ``(batch, frames, seconds)`` measurements.
 
     Minimises the *relative* squared error (times span orders of magnitude over the grid) under
-    non-negative coefficients: every subset of the three terms is fitted by least squares and the best
-    fit whose coefficients are all non-negative wins (three terms: eight small solves, no solver needed).
+    non-negative coefficients: every subset of the three terms is fitted by least squares, and among the
+    fits whose coefficients are all non-negative the one with the lowest Akaike information criterion
+    wins, so that a term is kept only when it explains more than timing noise (seven small solves, no
+    solver needed).
 
     Returns:
         The fit and the relative residual ``(predicted - measured) / measured`` of each point.
@@ -99,8 +102,9 @@ def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[fl
             coef = torch.zeros(3, dtype=torch.float64)
             coef[cols] = solution
             error = float(((weighted @ coef) - target).square().sum())
-            if best is None or error < best[0] - 1e-12:
-                best = (error, coef)
+            aic = len(seconds) * math.log(max(error, 1e-12) / len(seconds)) + 2 * size
+            if best is None or aic < best[0]:
+                best = (aic, coef)
     assert best is not None  # a single column always has a non-negative least-squares solution
     coef = best[1] / scale
     fit = PartFit(*(float(c) for c in coef))
@@ -360,7 +364,8 @@ def profile_model(
         model: a task module (eval mode is set here); its parameters' device and dtype are profiled.
         seconds: input lengths of the grid (seconds of audio); cover the lengths you will run.
         batch_sizes: sub-batch sizes of the grid.
-        repeats, warmup: timed calls per grid point (median) and untimed calls before them.
+        repeats, warmup: timed rounds over the grid (median per point, each round in a random order) and
+            untimed rounds before them; also the timed / untimed calls per held-out batch.
         validation_batches: held-out random ``(lengths, keep mask)`` batches to report the accuracy on
             (0: skip the check).
         measure, measure_batch: timing functions (default: :func:`model_timers` on ``model``); tests inject
@@ -380,7 +385,10 @@ def profile_model(
     config = backbone.config
     conv_kernel, conv_stride = list(config.conv_kernel), list(config.conv_stride)
     if measure is None or (measure_batch is None and validation_batches):
-        real_measure, real_measure_batch = model_timers(model, repeats=repeats, warmup=warmup, seed=seed)
+        # The grid is timed in interleaved rounds (below), so the grid's timer takes one call per point;
+        # held-out batches are timed one at a time.
+        real_measure, _ = model_timers(model, repeats=1, warmup=0, seed=seed)
+        _, real_measure_batch = model_timers(model, repeats=repeats, warmup=warmup, seed=seed)
         measure = measure or real_measure
         measure_batch = measure_batch or real_measure_batch
     frames_grid = sorted({
@@ -388,11 +396,20 @@ def profile_model(
     })
     if len(frames_grid) * len(set(batch_sizes)) < 3:
         raise ValueError("the profiling grid needs at least 3 (length, batch size) points to fit")
+    grid = [(part, batch, frames) for batch in sorted(set(batch_sizes)) for frames in frames_grid for part in PARTS]
+    # Rounds over the whole grid in a fresh random order, median per point: drift of the machine's speed
+    # (other processes, clocks) then hits every length alike instead of biasing the fitted shape.
+    order = random.Random(seed)
+    for _ in range(warmup):
+        for key in grid:
+            measure(*key)
+    samples: dict[tuple[str, int, int], list[float]] = {key: [] for key in grid}
+    for _ in range(max(1, repeats)):
+        for key in order.sample(grid, len(grid)):
+            samples[key].append(float(measure(*key)))
     points: dict[str, list[tuple[int, int, float]]] = {part: [] for part in PARTS}
-    for batch in sorted(set(batch_sizes)):
-        for frames in frames_grid:
-            for part in PARTS:
-                points[part].append((batch, frames, float(measure(part, batch, frames))))
+    for (part, batch, frames), values in samples.items():
+        points[part].append((batch, frames, statistics.median(values)))
     fits, measurements = {}, []
     for part in PARTS:
         fits[part], residuals = fit_part(points[part])
