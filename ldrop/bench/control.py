@@ -4,8 +4,9 @@ The benchmark replays a stream of utterances of mixed lengths, one at a time, ea
 (``--deadline-ms``, by default set from the idle machine so that a fixed budget of about two thirds of the
 layers meets it for the longest utterance). A load generator that the benchmark starts and stops itself
 (``--load-procs`` CPU-burning processes on this machine, each bounded in time and terminated in a
-``finally``) takes part of the CPU for the middle part of the stream (``--load-span``). Four policies replay
-the same stream under the same load schedule:
+``finally``) takes part of the CPU for the middle part of the stream (``--load-span``). Four policies run
+every utterance in turn (in a random order per utterance, each with its own controller), so they meet the
+machine in the same state:
 
 * ``full``: every layer;
 * ``fixed``: the largest budget whose forward on the longest utterance meets the deadline on the idle
@@ -66,18 +67,24 @@ class LoadGenerator:
         self.procs = procs
         self.max_seconds = max_seconds
         self._workers: list[multiprocessing.process.BaseProcess] = []
+        #: ``time.time()`` of the last start and stop (the burners also stop by themselves at the cap).
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
 
     def start(self) -> None:
         if self._workers or self.procs <= 0:
             return
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        stop_at = time.time() + self.max_seconds
+        self.started_at = time.time()
+        stop_at = self.started_at + self.max_seconds
         self._workers = [context.Process(target=_burn, args=(stop_at,), daemon=True) for _ in range(self.procs)]
         for worker in self._workers:
             worker.start()
 
     def stop(self) -> None:
+        if self._workers:
+            self.stopped_at = min(time.time(), (self.started_at or 0) + self.max_seconds)
         for worker in self._workers:
             if worker.is_alive():
                 worker.terminate()
@@ -139,13 +146,19 @@ def choose_fixed_budget(times: dict[int, float], deadline_ms: float) -> int:
     return max(meeting) if meeting else 1
 
 
-def replay(policy: str, model: Any, profile: DeviceProfile, clips: Sequence[torch.Tensor],
+def replay(policies: Sequence[str], model: Any, profile: DeviceProfile, clips: Sequence[torch.Tensor],
            targets: Sequence[int | None], deadline_ms: float, fixed_k: int, load: LoadGenerator,
-           load_span: tuple[int, int], margin: float) -> list[dict[str, Any]]:
-    """Stream ``clips`` one at a time under ``policy``, with the load on for utterances in ``load_span``."""
-    runner = AdaptiveModel(model, profile=profile, closed_loop=(policy == "closed_loop"), margin=margin)
-    budget: Any = {"full": None, "fixed": fixed_k}.get(policy, {"ms": deadline_ms})
-    records = []
+           load_span: tuple[int, int], margin: float, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Stream ``clips`` one at a time, the load on for utterances in ``load_span``.
+
+    Every utterance is run by every policy in turn (in a fresh random order), so all policies meet the
+    machine in the same state; each policy keeps its own controller.
+    """
+    runners = {p: AdaptiveModel(model, profile=profile, closed_loop=(p == "closed_loop"), margin=margin)
+               for p in policies}
+    budgets: dict[str, Any] = {p: {"full": None, "fixed": fixed_k}.get(p, {"ms": deadline_ms}) for p in policies}
+    records: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    order = random.Random(seed)
     start = time.perf_counter()
     try:
         for index, (clip, target) in enumerate(zip(clips, targets, strict=True)):
@@ -154,15 +167,16 @@ def replay(policy: str, model: Any, profile: DeviceProfile, clips: Sequence[torc
                 time.sleep(0.2)  # let the burners get going
             if index == load_span[1]:
                 load.stop()
-            out = runner(clip, budget)
-            correct = None if target is None else bool(int(out.logits.argmax(-1)[0]) == target)
-            records.append({
-                "index": index, "t": round(time.perf_counter() - start, 4), "seconds": len(clip) / 16_000,
-                "loaded": load_span[0] <= index < load_span[1], "budget": int(out.budget[0]),
-                "layers_run": int(out.layers_run[0]), "measured_ms": out.measured_ms,
-                "predicted_ms": out.predicted_ms, "missed": out.measured_ms > deadline_ms,
-                "correction": out.correction, "correct": correct,
-            })
+            for policy in order.sample(list(policies), len(policies)):
+                out = runners[policy](clip, budgets[policy])
+                correct = None if target is None else bool(int(out.logits.argmax(-1)[0]) == target)
+                records[policy].append({
+                    "index": index, "t": round(time.perf_counter() - start, 4), "seconds": len(clip) / 16_000,
+                    "loaded": load_span[0] <= index < load_span[1], "budget": int(out.budget[0]),
+                    "layers_run": int(out.layers_run[0]), "measured_ms": out.measured_ms,
+                    "predicted_ms": out.predicted_ms, "missed": out.measured_ms > deadline_ms,
+                    "correction": out.correction, "correct": correct,
+                })
     finally:
         load.stop()
     return records
@@ -301,13 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"deadline {deadline_ms:.1f} ms; fixed budget chosen offline: {fixed_k} of {model.num_layers} layers")
 
     load_span = (round(span[0] * len(clips)), round(span[1] * len(clips)))
-    results: dict[str, list[dict[str, Any]]] = {}
-    loads: dict[str, float] = {}
+    with LoadGenerator(args.load_procs, args.max_load_seconds) as load:
+        results = replay(policies, model, profile, clips, targets, deadline_ms, fixed_k, load, load_span,
+                         args.margin, args.seed)
+    load_after = os.getloadavg()[0]
     for policy in policies:
-        with LoadGenerator(args.load_procs, args.max_load_seconds) as load:
-            results[policy] = replay(policy, model, profile, clips, targets, deadline_ms, fixed_k, load,
-                                     load_span, args.margin)
-        loads[policy] = os.getloadavg()[0]
         s = summarize(results[policy])
         print(f"{policy:>11}: misses {100 * s['miss_rate_all']:5.1f}% (idle {100 * (s['miss_rate_idle'] or 0):.1f}%, "
               f"loaded {100 * (s['miss_rate_loaded'] or 0):.1f}%), layers idle {s['layers_idle'] or 0:.2f} "
@@ -326,9 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {
         "benchmark": "control",
         "machine": machine_info(torch.device("cpu")),
-        "load": {"load_average_1min_before": load_before, "load_average_1min_after_each_policy": loads,
+        "load": {"load_average_1min_before": load_before, "load_average_1min_after": load_after,
                  "load_procs": args.load_procs, "loaded_utterances": list(load_span),
-                 "max_load_seconds": args.max_load_seconds},
+                 "max_load_seconds": args.max_load_seconds,
+                 "load_on_seconds": (load.stopped_at - load.started_at) if load.started_at and load.stopped_at else None},
         "model": profile.model,
         "checkpoint": args.ckpt,
         "stream": {"utterances": len(clips), "seconds_min": min(lengths), "seconds_max": max(lengths),

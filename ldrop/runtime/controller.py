@@ -153,7 +153,7 @@ class BudgetController:
         allowance = (target.value / 1000.0) * torch.ones_like(seconds) if target.kind == "ms" else target.value * seconds
         return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
 
-    def decide(self, sample_lengths: Tensor, target: Target | dict | str) -> BudgetDecision:
+    def decide(self, sample_lengths: Tensor, target: Target | dict | str, *, _stacklevel: int = 2) -> BudgetDecision:
         """The largest budget each input can afford under ``target`` (at least one layer).
 
         Args:
@@ -176,13 +176,13 @@ class BudgetController:
             if self.on_unmeetable == "raise":
                 raise ValueError(message)
             warnings.warn(f"{message}: they run the minimum budget (1 layer)", UnmeetableTargetWarning,
-                          stacklevel=2)
+                          stacklevel=_stacklevel)
         predicted = fixed + budget.to(torch.float64) * layer
         return BudgetDecision(budget, predicted, allowance, meets)
 
     def budgets(self, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:
         """``[batch]`` long: :meth:`decide`'s budget only."""
-        return self.decide(sample_lengths, target).budget
+        return self.decide(sample_lengths, target, _stacklevel=3).budget
 
     # ------------------------------------------------------------------ closed loop
     def observe(self, predicted_seconds: float, measured_seconds: float) -> float:
