@@ -111,3 +111,16 @@ def test_a_bad_predict_target_fails_at_construction():
 
     with pytest.raises(ValueError, match="unknown target key"):
         ClassificationTask(labels=["a", "b"], predict_budget={"seconds": 1})
+
+
+def test_an_export_without_a_recorded_task_class_still_loads(tiny_export, tmp_path):
+    import shutil
+
+    from ldrop.tasks.base import EXPORT_STATE_FILE
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_export, old)
+    payload = torch.load(old / EXPORT_STATE_FILE, weights_only=False)
+    del payload["task_class"]
+    torch.save(payload, old / EXPORT_STATE_FILE)
+    assert type(load_model(old)).__name__ == "ClassificationTask"

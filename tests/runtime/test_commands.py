@@ -71,3 +71,18 @@ def test_control_benchmark_smoke_run_writes_its_json(tmp_path):
     assert {"cpu", "threads", "torch"} <= set(data["machine"])
     assert out.with_suffix(".png").is_file()
     assert all(r["layers_run"] == 4 for r in data["records"]["full"])
+
+
+def test_the_load_generator_is_stopped_and_bounded_in_time():
+    from ldrop.bench.control import LoadGenerator
+
+    with LoadGenerator(procs=1, max_seconds=60) as load:
+        load.start()
+        assert load.running
+    assert not load.running and load.stopped_at >= load.started_at  # stopped on leaving the block
+    bounded = LoadGenerator(procs=1, max_seconds=0.0)
+    bounded.start()
+    for worker in bounded._workers:
+        worker.join(timeout=30)  # the burner stops by itself at its cap
+    assert not bounded.running
+    bounded.stop()
