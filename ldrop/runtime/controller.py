@@ -13,9 +13,11 @@ for each input, the largest ``k`` in ``1..N`` whose predicted cost meets the tar
 Closed loop: after each forward the caller reports the measured and the predicted time
 (:meth:`BudgetController.observe`); the controller keeps a running ratio measured / predicted (an
 exponential moving average of its logarithm, quicker to rise than to fall, so a slow-down is met within a
-few calls and a speed-up is trusted gradually), bounded to ``correction_bounds``, and scales every
-prediction by it. When the machine slows down (other processes, thermal limits, a shared GPU) the chosen
-depths shrink; when it speeds up they grow back.
+few calls and a speed-up is trusted gradually), and never plans below a high quantile (``quantile``) of
+the last ``window`` ratios, so that under a volatile load it plans for the recent slow-downs rather than
+their average: a deadline is about misses, not mean latency. The correction is bounded to
+``correction_bounds`` and scales every prediction. When the machine slows down (other processes, thermal
+limits, a shared GPU) the chosen depths shrink; when it speeds up they grow back.
 
 Targets that cannot be met (even one layer is predicted too slow) give the minimum budget (one layer) and
 an :class:`UnmeetableTargetWarning`; ``on_unmeetable="raise"`` makes them a ``ValueError`` instead.
@@ -29,6 +31,7 @@ the target holds on average, not per input; the closed loop absorbs the differen
 
 from __future__ import annotations
 
+import collections
 import math
 import warnings
 from collections.abc import Callable
@@ -76,6 +79,8 @@ class BudgetController:
         closed_loop: correct predictions with measured times (:meth:`observe`); ``False`` is open loop.
         margin: fraction of a time allowance kept free for noise (plan for ``(1 - margin) x target``).
         alpha_up, alpha_down: EMA weights of a new ratio when it is above / below the current correction.
+        window, quantile: the correction is at least this quantile of the last ``window`` ratios
+            (``quantile=None``: the moving average alone).
         correction_bounds: the correction stays within these factors.
         on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"`` (a ``ValueError``).
         sample_rate: samples per second of the waveforms.
@@ -91,6 +96,8 @@ class BudgetController:
         margin: float = 0.1,
         alpha_up: float = 0.6,
         alpha_down: float = 0.15,
+        window: int = 8,
+        quantile: float | None = 0.9,
         correction_bounds: tuple[float, float] = (0.25, 8.0),
         on_unmeetable: Literal["min", "raise"] = "min",
         sample_rate: int = 16_000,
@@ -101,6 +108,8 @@ class BudgetController:
             raise ValueError(f"margin must be in [0, 1), got {margin}")
         if not (0.0 < alpha_up <= 1.0 and 0.0 < alpha_down <= 1.0):
             raise ValueError(f"alpha_up and alpha_down must be in (0, 1], got {alpha_up}, {alpha_down}")
+        if window < 1 or (quantile is not None and not 0.0 <= quantile <= 1.0):
+            raise ValueError(f"window must be >= 1 and quantile in [0, 1] or None, got {window}, {quantile}")
         low, high = correction_bounds
         if not 0.0 < low <= 1.0 <= high:
             raise ValueError(f"correction_bounds must satisfy 0 < low <= 1 <= high, got {correction_bounds}")
@@ -116,6 +125,9 @@ class BudgetController:
         self.margin = margin
         self.alpha_up, self.alpha_down = alpha_up, alpha_down
         self.correction_bounds = (float(low), float(high))
+        self.quantile = quantile
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)
+        self._average = 1.0
         self.on_unmeetable = on_unmeetable
         self.sample_rate = sample_rate
         #: Current ratio measured / predicted time that scales every time prediction (1: trust the profile).
@@ -193,16 +205,22 @@ class BudgetController:
         """
         if not self.closed_loop or not (predicted_seconds > 0 and measured_seconds > 0):
             return self.correction
-        ratio = measured_seconds / predicted_seconds
-        alpha = self.alpha_up if ratio > self.correction else self.alpha_down
-        log_correction = (1 - alpha) * math.log(self.correction) + alpha * math.log(ratio)
         low, high = self.correction_bounds
-        self.correction = min(high, max(low, math.exp(log_correction)))
+        ratio = min(high, max(low, measured_seconds / predicted_seconds))
+        alpha = self.alpha_up if ratio > self._average else self.alpha_down
+        self._average = math.exp((1 - alpha) * math.log(self._average) + alpha * math.log(ratio))
+        self._recent.append(ratio)
+        correction = self._average
+        if self.quantile is not None:
+            recent = sorted(self._recent)
+            correction = max(correction, recent[min(len(recent) - 1, int(self.quantile * len(recent)))])
+        self.correction = min(high, max(low, correction))
         return self.correction
 
     def reset(self) -> None:
         """Forget the online correction (trust the profile again)."""
-        self.correction = 1.0
+        self.correction = self._average = 1.0
+        self._recent.clear()
 
 
 def target_budget(model: Any, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:

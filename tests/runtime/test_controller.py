@@ -158,3 +158,14 @@ def test_a_meetable_target_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         controller().budgets(torch.tensor([16000]), {"ms": 100.0})
+
+
+def test_a_recent_spike_is_planned_for_until_it_leaves_the_window():
+    ctl = controller(window=4, quantile=1.0)
+    ctl.observe(0.01, 0.03)  # one call three times slower than predicted
+    for _ in range(3):
+        assert ctl.observe(0.01, 0.01) == pytest.approx(3.0)
+    assert ctl.observe(0.01, 0.01) < 2.0  # out of the window: only the (decaying) average remains
+    averaged = controller(quantile=None)
+    averaged.observe(0.01, 0.03)
+    assert averaged.observe(0.01, 0.01) < 3.0
