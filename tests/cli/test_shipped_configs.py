@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ldrop.cli import main
 from ldrop.sweeps import load_sweep
@@ -40,9 +41,16 @@ def fit_and_test(configs: list[Path | str], tmp_path: Path, *overrides: str) -> 
 
 
 def _data_overrides(data: Path, backbone: Path, roots: dict[str, str]) -> list[str]:  # noqa: F811
+    """Local backbone and fixture root, no workers, and small batches (the configs batch 16-32 clips or 200 s of audio)."""
     family = "hubert" if "hubert" in backbone.stem else "wavlm"
-    return ["--model.init_args.backbone", roots[family], "--data.init_args.root", roots[data.stem],
+    args = ["--model.init_args.backbone", roots[family], "--data.init_args.root", roots[data.stem],
             "--data.init_args.num_workers", "0"]
+    init_args = yaml.safe_load(data.read_text())["data"]["init_args"]
+    if "batch_size" in init_args:
+        args += ["--data.init_args.batch_size", "2"]  # ESC-50 clips are padded to 5 s
+    if "max_batch_seconds" in init_args:
+        args += ["--data.init_args.max_batch_seconds", "3"]
+    return args
 
 
 #: Every data x method pair, each with one of the backbones, alternating so that every data x backbone and
