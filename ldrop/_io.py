@@ -7,11 +7,14 @@ Every writer goes through :func:`atomic_write`: write a temporary file in the ta
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
@@ -36,6 +39,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left in ``folder``; returns the deleted paths.
+
+    Args:
+        folder: where the writes went.
+        names: only the temporaries of these target file names (``.<name>.<random><suffix>``); ``None``:
+            every hidden ``.*.tmp`` file (a folder that only ldrop writes to, as a checkpoint folder).
+    """
+    folder = Path(folder)
+    patterns = [".*.tmp"] if names is None else [f".{name}.*" for name in names]
+    removed = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        log.info("removed %d stale temporary file(s) of an interrupted write from %s", len(removed), folder)
+    return removed
 
 
 def _umask() -> int:

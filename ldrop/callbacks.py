@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ldrop.sweeps import atomic_write_text
+from ldrop._io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
-
-#: Temporary files of :class:`AtomicCheckpointIO` (``.<name>.<random>.tmp``); a killed run can leave them.
-TEMPORARY_PATTERN = ".*.tmp"
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files a killed atomic write left in ``folder``; returns the deleted paths."""
-    removed = [p for p in Path(folder).glob(TEMPORARY_PATTERN) if p.is_file()]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    if removed:
-        log.info("removed %d stale temporary file(s) of an interrupted run from %s", len(removed), folder)
-    return removed
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same folder and renames it into place.
@@ -43,16 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(checkpoint, path)
 
 
 class TaskCheckpoint(ModelCheckpoint):

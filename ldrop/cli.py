@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -29,6 +28,7 @@ import ldrop.tasks  # noqa: F401, E402
 from ldrop import __version__
 from ldrop.callbacks import AtomicCheckpointIO, ExactResume, JsonlPredictionWriter, TaskCheckpoint
 from ldrop.data import AudioDataModule, LibriSpeechDataModule, TedliumDataModule
+from ldrop.runtime.loading import load_task_checkpoint  # noqa: F401 (kept importable from here)
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import ENGLISH_CHARACTERS, LayerDropTask, budget_list, build_vocabulary
 
@@ -248,7 +248,8 @@ def run_lightning(args: Sequence[str] | None = None) -> LdropCLI:
         parser_kwargs={
             "description": f"ldrop {__version__}: input-conditioned layer dropping for speech foundation models. "
             "Besides the Lightning subcommands below: 'ldrop compare RUN...' overlays budget sweeps, 'ldrop export "
-            "CKPT DIR' writes a trained backbone as a save_pretrained folder, 'ldrop --version' prints the version.",
+            "CKPT DIR' writes a trained backbone as a save_pretrained folder, 'ldrop profile' measures a device "
+            "cost model, 'ldrop --version' prints the version.",
             "fit": {
                 "description": "Train a task. Checkpoints (best-*.ckpt after each validation, last.ckpt) go to "
                 "<run>/checkpoints; '--ckpt_path <run>/checkpoints/last.ckpt' resumes an interrupted run exactly, "
@@ -306,21 +307,6 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def load_task_checkpoint(path: str) -> LayerDropTask:
-    """Load any ldrop task from a checkpoint written by ``ldrop fit`` (the task class is recorded in it)."""
-    import importlib
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    class_path = checkpoint.get("ldrop_task_class")
-    if not class_path:
-        raise ValueError(f"{path!r} was not written by an ldrop task (no 'ldrop_task_class' entry)")
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls.load_from_checkpoint(path, map_location="cpu")
-
-
 def main(argv: Sequence[str] | None = None) -> int | None:
     """Entry point of the ``ldrop`` console script.
 
@@ -336,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             return compare_main(args[1:])
         if args and args[0] == "export":
             return export_main(args[1:])
+        if args and args[0] == "profile":
+            from ldrop.runtime.profile import profile_main
+
+            return profile_main(args[1:])
         with warnings.catch_warnings():
             for message in harmless_warnings(args):
                 warnings.filterwarnings("ignore", message=message)

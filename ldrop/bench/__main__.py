@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "speedup": ("ldrop.bench.speedup", "wall-clock speed-up of sparse gated execution vs the full model"),
     "loading": ("ldrop.bench.loading", "data loading throughput"),
     "overhead": ("ldrop.bench.overhead", "selector and gating overhead"),
+    "control": ("ldrop.bench.control", "meeting a per-utterance deadline under changing load (budget controller)"),
 }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ldrop._io import atomic_write_bytes, atomic_write_text
+from ldrop._io import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 
 #: Columns every sweep row has, in the order they are written.
 BASE_COLUMNS = [
@@ -214,6 +214,8 @@ def write_sweep(
         contents[directory / "layer_usage.png"] = _png(
             layer_usage_figure(layer_usage, budgets, sweep_title(rows, "layer usage"))
         )
+    # a killed earlier write of these files may have left its hidden temporaries behind
+    remove_stale_temporaries(directory, [path.name for path in contents])
     for path, data in contents.items():
         atomic_write_bytes(path, data)
     return dict(zip(("csv", "json", "plot", "usage"), contents, strict=False))

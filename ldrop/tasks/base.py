@@ -25,7 +25,7 @@ from torchmetrics import Metric, MetricCollection
 from ldrop.backbones import SpeechBackbone, load_backbone
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
-from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
+from ldrop.tasks.budget import Target, budget_list, budget_to_layers, is_target, resolve_budget
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.gating import EncodedBatch, GatingMixin
 from ldrop.tasks.statistics import SelectorStatistics
@@ -67,7 +67,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             fractions; ``None``: every ``k`` in ``1..N``. One trained model serves every budget.
         full_depth_prob: extra probability of training a batch at full depth.
         val_budgets: budgets evaluated at validation (metric logged as ``val/<metric>@<k>``).
-        predict_budget: budget used by ``predict``.
+        predict_budget: budget used by ``predict``: layers, a fraction, or a target such as ``{rtf: 0.1}``,
+            ``{ms: 80, profile: profile.json}`` or ``{gflops_per_second: 2}`` (see :mod:`ldrop.runtime`).
         predict_chunk_seconds: ``predict`` splits inputs longer than this into chunks of this length (each
             chunk runs the selector and the budget on its own) and merges them: classification averages the
             chunk logits weighted by chunk length, CTC joins the chunk logits frame by frame. Bounds memory
@@ -116,7 +117,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         train_budgets: list[int | float] | None = None,
         full_depth_prob: float = 0.1,
         val_budgets: list[int | float] | None = [0.25, 0.5, 1.0],  # noqa: B006 (read-only default)
-        predict_budget: int | float = 1.0,
+        predict_budget: int | float | dict[str, Any] = 1.0,
         predict_chunk_seconds: float | None = 30.0,
         predict_chunk_overlap_seconds: float = 2.0,
         distill_weight: float = 0.0,
@@ -155,7 +156,10 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         )
         self.train_budget_choices = budget_list(train_budgets, num_layers)
         self.val_budget_list = budget_list(val_budgets, num_layers)
-        budget_to_layers(predict_budget, num_layers)  # validate early
+        if is_target(predict_budget):  # validate early
+            Target.parse(predict_budget)
+        else:
+            budget_to_layers(predict_budget, num_layers)
         self.configure_heads(early_exit)
         if init_from:
             self.load_weights_from(init_from)
@@ -270,7 +274,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         extra = {f"{k}": v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
         backbone_state = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
         tmp = directory / f".{EXPORT_STATE_FILE}.tmp"
-        torch.save({"state_dict": {**backbone_state, **extra}, "hparams": dict(self.hparams)}, tmp)
+        torch.save({"state_dict": {**backbone_state, **extra}, "hparams": dict(self.hparams),
+                    "task_class": f"{type(self).__module__}.{type(self).__qualname__}"}, tmp)
         tmp.replace(directory / EXPORT_STATE_FILE)
         return directory
 
@@ -620,9 +625,18 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
                                            chunks_per_pass=len(batch))
         return records  # type: ignore[return-value]
 
+    def predict_budget_for(self, encoded: EncodedBatch) -> int | float | Tensor:
+        """``predict_budget`` for an encoded batch; a target (``{rtf: 0.1}``, ...) becomes a per-input budget."""
+        budget = self.hparams.predict_budget
+        if is_target(budget):  # a latency / real-time / FLOPs target: the controller picks k per input
+            from ldrop.runtime.controller import target_budget
+
+            return target_budget(self, encoded.lengths, budget)
+        return budget
+
     def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
         encoded = self.encode(waveforms, lengths)
-        logits, keep, _ = self.logits_at_budget(encoded, self.hparams.predict_budget)
+        logits, keep, _ = self.logits_at_budget(encoded, self.predict_budget_for(encoded))
         hard = (keep.detach() > 0.5).float()
         selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
         flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
@@ -716,7 +730,7 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             for row, (start, end) in enumerate(group):
                 waves[row, : end - start] = waveform[start:end]
             encoded = self.encode(waves, lengths)
-            logits, keep, _ = self.logits_at_budget(encoded, self.hparams.predict_budget)
+            logits, keep, _ = self.logits_at_budget(encoded, self.predict_budget_for(encoded))
             hard = (keep.detach() > 0.5).float()
             selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
             flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,3 +70,61 @@ def budget_list(budgets: Sequence[int | float] | None, num_layers: int) -> list[
     if len(budgets) == 0:
         raise ValueError("the list of budgets is empty")
     return sorted({budget_to_layers(b, num_layers) for b in budgets})
+
+
+#: Keys of a target budget: milliseconds per utterance, real-time factor (seconds of compute per second of
+#: audio), or GFLOPs per second of audio.
+TARGET_KINDS = ("ms", "rtf", "gflops_per_second")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A budget given as a target instead of a layer count (see :mod:`ldrop.runtime.controller`).
+
+    Attributes:
+        kind: ``"ms"`` (wall milliseconds per utterance), ``"rtf"`` (real-time factor: compute seconds per
+            second of audio) or ``"gflops_per_second"`` (GFLOPs per second of audio, counted exactly).
+        value: the target, a finite number above 0.
+        profile: optional path of a device profile (``ldrop profile``) for the time targets.
+    """
+
+    kind: str
+    value: float
+    profile: str | None = None
+
+    @classmethod
+    def parse(cls, spec: Target | dict[str, Any] | str) -> Target:
+        """A target from ``{"rtf": 0.1}`` (optionally with ``"profile": PATH``), ``"rtf=0.1"`` or a Target.
+
+        Raises:
+            ValueError: no or several target keys, an unknown key, or a value that is not a number > 0.
+        """
+        if isinstance(spec, Target):
+            return spec
+        if isinstance(spec, str):
+            key, sep, value = spec.partition("=")
+            if not sep:
+                raise ValueError(f"a target string is KEY=VALUE with KEY in {TARGET_KINDS}, got {spec!r}")
+            spec = {key.strip(): value.strip()}
+        if not isinstance(spec, dict):
+            raise ValueError(f"a target is a dict like {{'rtf': 0.1}}, got {type(spec).__name__}")
+        spec = dict(spec)
+        profile = spec.pop("profile", None)
+        unknown = sorted(set(spec) - set(TARGET_KINDS))
+        if unknown:
+            raise ValueError(f"unknown target key(s) {unknown}; a target has one of {list(TARGET_KINDS)}")
+        if len(spec) != 1:
+            raise ValueError(f"a target has exactly one of {list(TARGET_KINDS)}, got {sorted(spec) or 'none'}")
+        (kind, raw), = spec.items()
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"target {kind} must be a number, got {raw!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"target {kind} must be a finite number above 0, got {raw!r}")
+        return cls(kind, value, None if profile is None else str(profile))
+
+
+def is_target(budget: Any) -> bool:
+    """Whether ``budget`` is a target (a dict, ``"KEY=VALUE"`` string or :class:`Target`), not layers."""
+    return isinstance(budget, Target | dict | str)

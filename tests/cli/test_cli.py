@@ -183,6 +183,7 @@ def test_help_is_readable(capsys):
     assert "--model" in capsys.readouterr().out
 
 
+@pytest.mark.ddp
 def test_ddp_fit_runs_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "ldrop.cli", "fit", "--config", QUICKSTART, *SMALL,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ldrop.cli import TRAINER_DEFAULTS, LdropCLI
+from ldrop.data.speechcommands import SPEECH_COMMANDS_WORDS
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
 from ldrop.tasks import ClassificationTask, CTCTask
 from ldrop.testing import fixtures
@@ -33,8 +34,9 @@ def roots(tmp_path_factory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("configs")
     fixtures.make_librispeech_tree(base / "libri")
     fixtures.make_tedlium_tree(base / "ted")
-    fixtures.make_speech_commands_tree(base / "sc")
-    fixtures.make_esc50_tree(base / "esc")
+    # Fewer words and ESC-50 classes than the real corpora: fewer clips keep the fit/test runs fast.
+    fixtures.make_speech_commands_tree(base / "sc", words=SPEECH_COMMANDS_WORDS[:6])
+    fixtures.make_esc50_tree(base / "esc", targets=range(10))
     for family in ("wavlm", "hubert"):
         make_backbone(family).save_pretrained(base / f"tiny-{family}")
     return {

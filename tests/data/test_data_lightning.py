@@ -76,6 +76,7 @@ def test_predict_returns_every_test_item_once():
     assert sorted(ids) == sorted(dm.dataset("test").ids)
 
 
+@pytest.mark.ddp
 def test_two_ddp_processes_train_on_disjoint_halves(tmp_path):
     dm = SyntheticClassificationDataModule(num_train=20, num_val=4, batch_size=3)
     model = RecordingModule(record_dir=str(tmp_path))

@@ -150,3 +150,14 @@ def test_plots_create_their_folder(tmp_path):
     plot_layer_usage([[1, 0, 0, 0]], [1], tmp_path / "new2" / "usage.png")
     assert (tmp_path / "new" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "new2" / "usage.png").is_file()
+
+
+def test_writing_a_sweep_removes_the_temporaries_a_killed_write_left(tmp_path):
+    stale = [tmp_path / ".budget_sweep.csv.k3j2.tmp", tmp_path / ".budget_sweep.png.x81q.png"]
+    for path in stale:
+        path.write_bytes(b"")
+    unrelated = tmp_path / ".notes.txt.tmp"
+    unrelated.write_bytes(b"")
+    write_sweep(ROWS, tmp_path)
+    assert not any(path.exists() for path in stale)
+    assert unrelated.exists()  # not a temporary of the sweep's own files

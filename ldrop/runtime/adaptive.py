@@ -1,0 +1,241 @@
+"""``AdaptiveModel``: a trained ldrop model that meets a latency, real-time or FLOPs target per call.
+
+    >>> model = AdaptiveModel.from_pretrained("runs/ldrop/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
+    >>> out = model(waveform, target={"ms": 80})  # doctest: +SKIP
+    >>> out.outputs, out.layers_run, out.predicted_ms, out.measured_ms  # doctest: +SKIP
+
+Each call chooses a per-input budget with a :class:`~ldrop.runtime.controller.BudgetController` (from the
+device profile and the online correction), runs the sparse forward, measures it and feeds the measured
+time back, so the next call adapts to the machine's current speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ldrop.runtime.controller import BudgetController
+from ldrop.runtime.loading import load_model
+from ldrop.runtime.profile import DeviceProfile, profile_model
+from ldrop.tasks import LayerDropTask
+from ldrop.tasks.budget import Target, is_target, resolve_budget
+
+log = logging.getLogger(__name__)
+
+#: The quick grid measured when a time target is used without a profile (a few seconds on a CPU).
+QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1, 2), "repeats": 3,
+                              "validation_batches": 0}
+
+
+@dataclass
+class AdaptiveOutput:
+    """One call of :class:`AdaptiveModel`.
+
+    Attributes:
+        outputs: per input, the decoded output (label or transcript).
+        logits: the task logits (``[batch, classes]`` or ``[batch, frames, vocab]``).
+        frame_mask: ``[batch, frames]`` bool, True on real frames (what ``logits`` of CTC are masked by).
+        keep_mask: ``[batch, layers]`` the layers each input ran.
+        layers_run: ``[batch]`` long, layers each input ran.
+        budget: ``[batch]`` long, the budget each input was given.
+        predicted_ms: the forward's predicted wall time (profile x correction), ``None`` without a profile.
+        measured_ms: the forward's measured wall time (CUDA synchronised).
+        correction: the controller's measured/predicted ratio after this call.
+        target: the target of this call (``None`` for a plain budget).
+    """
+
+    outputs: list[Any]
+    logits: Tensor
+    frame_mask: Tensor
+    keep_mask: Tensor
+    layers_run: Tensor
+    budget: Tensor
+    predicted_ms: float | None
+    measured_ms: float
+    correction: float
+    target: Target | None
+
+
+def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``([batch, samples], lengths [batch])`` from one utterance ``[samples]``, a padded batch or a list."""
+    if isinstance(waveforms, Tensor):
+        if waveforms.dim() == 1:
+            waveforms = waveforms[None]
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must be [samples] or [batch, samples], got {tuple(waveforms.shape)}")
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
+        return waveforms, torch.as_tensor(lengths).to(torch.long)
+    clips = [torch.as_tensor(w, dtype=torch.float32).flatten() for w in waveforms]
+    if not clips:
+        raise ValueError("no waveforms given")
+    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+    padded = torch.zeros(len(clips), int(lengths.max()))
+    for row, clip in enumerate(clips):
+        padded[row, : len(clip)] = clip
+    return padded, lengths
+
+
+class AdaptiveModel:
+    """A trained ldrop model whose depth follows a target: ``ms`` per utterance, ``rtf`` or FLOPs rate.
+
+    Args:
+        model: a task module (use :meth:`from_pretrained` to load one).
+        profile: the device profile of this model here (a :class:`DeviceProfile` or its JSON path from
+            ``ldrop profile``); ``None`` measures a quick one the first time a time target is used.
+        closed_loop: correct the profile with measured times (``False``: open loop).
+        margin: fraction of a time target kept free for noise.
+        on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"``.
+        sample_rate: samples per second of the waveforms.
+        **controller_options: further :class:`BudgetController` options (``alpha_up``, ...).
+    """
+
+    def __init__(
+        self,
+        model: LayerDropTask,
+        profile: DeviceProfile | str | os.PathLike | None = None,
+        closed_loop: bool = True,
+        margin: float = 0.1,
+        on_unmeetable: Literal["min", "raise"] = "min",
+        sample_rate: int = 16_000,
+        **controller_options: Any,
+    ) -> None:
+        self.model = model.eval()
+        if profile is not None and not isinstance(profile, DeviceProfile):
+            profile = DeviceProfile.load(profile)
+        selector = model.selector
+        self.controller = BudgetController(
+            model.num_layers, profile, flops_config=model.backbone.config,
+            extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=closed_loop,
+            margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate, **controller_options,
+        )
+        self.sample_rate = sample_rate
+        # The first forward pays one-time costs (allocations, lazy initialisation): never learn from it.
+        self._warm = False
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, profile: DeviceProfile | str | None = None,
+                        **kwargs: Any) -> AdaptiveModel:
+        """Load from a ``.ckpt`` (``ldrop fit``) or an exported folder (``ldrop export``)."""
+        return cls(load_model(path), profile=profile, **kwargs)
+
+    @property
+    def profile(self) -> DeviceProfile | None:
+        return self.controller.profile
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    def ensure_profile(self, **grid: Any) -> DeviceProfile:
+        """The profile, measured now (``QUICK_GRID``, or ``grid``) if there is none yet."""
+        if self.controller.profile is None:
+            options = {**QUICK_GRID, **grid}
+            log.info("no device profile given: measuring a quick one (%s)", options)
+            self.controller.profile = profile_model(self.model, sample_rate=self.sample_rate, **options)
+        return self.controller.profile
+
+    def _sync(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def budget_for(self, lengths: Tensor, target: Any) -> tuple[Tensor, Target | None]:
+        """``(budget [batch], the parsed target or None)`` for a call."""
+        batch = len(lengths)
+        if target is None:
+            return torch.full((batch,), self.num_layers, dtype=torch.long), None
+        if not is_target(target):
+            return resolve_budget(target, self.num_layers, batch), None
+        parsed = Target.parse(target)
+        if parsed.kind in ("ms", "rtf"):
+            if parsed.profile and self.controller.profile is None:
+                self.controller.profile = DeviceProfile.load(parsed.profile)
+            self.ensure_profile()
+        return self.controller.budgets(lengths, parsed), parsed
+
+    def __call__(self, waveforms: Tensor | Sequence[Any], target: Any = None,
+                 lengths: Tensor | None = None) -> AdaptiveOutput:
+        """Run one utterance or a batch under ``target``.
+
+        Args:
+            waveforms: one utterance ``[samples]``, a zero-padded batch ``[batch, samples]`` (with
+                ``lengths``) or a list of 1-D clips.
+            target: ``{"ms": 80}``, ``{"rtf": 0.1}``, ``{"gflops_per_second": 2.0}`` (or ``"rtf=0.1"``), or
+                a plain budget (layers, fraction, ``[batch]`` tensor); ``None`` runs every layer.
+            lengths: ``[batch]`` valid samples of a padded batch.
+        """
+        waves, lengths = as_batch(waveforms, lengths)
+        budget, parsed = self.budget_for(lengths, target)
+        model = self.model
+        param = next(model.parameters())
+        if model.exit_layers:  # early exit takes one budget per batch: the tightest one
+            budget = budget.min().expand(len(budget)).clone()
+        waves_d, lengths_d = waves.to(param.device, param.dtype), lengths.to(param.device)
+        correction = self.controller.correction
+        with torch.inference_mode():
+            self._sync(param.device)
+            start = time.perf_counter()
+            encoded = model.encode(waves_d, lengths_d)
+            logits, keep, _ = model.logits_at_budget(encoded, budget.to(param.device))
+            self._sync(param.device)
+            measured = time.perf_counter() - start
+            outputs = model.decode(logits, encoded.frame_mask)
+        keep = (keep.detach() > 0.5).float().cpu()
+        predicted_ms = None
+        if self.controller.profile is not None:
+            predicted = self.controller.profile.predict(lengths, keep)
+            predicted_ms = 1000.0 * predicted * correction
+            if self._warm:
+                self.controller.observe(predicted, measured)
+        self._warm = True
+        return AdaptiveOutput(outputs, logits, encoded.frame_mask, keep, keep.sum(1).long(), budget, predicted_ms, 1000.0 * measured,
+                              self.controller.correction, parsed)
+
+    def sweep(self, batches: Iterable[Any], targets: Sequence[Any]) -> list[dict[str, Any]]:
+        """A sweep over targets on ``batches`` (``AudioBatch`` es with targets): one row per target.
+
+        Rows hold the target, mean layers run, mean and 95th-percentile wall ms per batch, the share of
+        batches that missed the target (``ms``: the batch's time over the target, since every input of a
+        batch waits for it; ``rtf``: over ``rtf x`` the batch's audio; ``gflops_per_second``: any input over
+        its FLOPs allowance) and the task metric(s). The online correction restarts for each target.
+        """
+        from ldrop.engine.flops import count_forward_flops
+
+        batches = list(batches)
+        rows = []
+        for target in targets:
+            parsed = Target.parse(target) if is_target(target) else None
+            self.controller.reset()
+            metrics = self.model._metrics_on_device()
+            times, layers, misses = [], [], 0
+            for batch in batches:
+                out = self(batch.waveforms, target, lengths=batch.lengths)
+                times.append(out.measured_ms)
+                layers.append(out.layers_run.float())
+                self.model.update_metrics(metrics, out.logits, out.frame_mask, batch)
+                if parsed is not None and parsed.kind == "ms":
+                    misses += out.measured_ms > parsed.value
+                elif parsed is not None and parsed.kind == "rtf":
+                    misses += out.measured_ms / 1000 > parsed.value * float(batch.lengths.sum()) / self.sample_rate
+                elif parsed is not None:
+                    flops = count_forward_flops(self.model.backbone.config, batch.lengths, out.keep_mask).total
+                    allowance = parsed.value * 1e9 * batch.lengths.double() / self.sample_rate
+                    misses += bool((flops > allowance * (1 + 1e-9)).any())
+            ordered = sorted(times)
+            row = {
+                "target": f"{parsed.kind}={parsed.value:g}" if parsed else str(target),
+                "layers_run": float(torch.cat(layers).mean()),
+                "ms_per_batch": sum(times) / len(times),
+                "p95_ms_per_batch": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+                "miss_rate": misses / len(batches) if parsed is not None else None,
+            }
+            row.update({name: float(m.compute()) for name, m in metrics.items()})
+            rows.append(row)
+        return rows

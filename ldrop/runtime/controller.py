@@ -1,0 +1,255 @@
+"""From a target (a deadline, a real-time factor, a FLOPs rate) to a per-input layer budget, closing the loop.
+
+A :class:`BudgetController` turns a :class:`~ldrop.tasks.budget.Target` into a ``[batch]`` budget tensor:
+for each input, the largest ``k`` in ``1..N`` whose predicted cost meets the target.
+
+* ``ms``: wall milliseconds per utterance. ``rtf``: compute seconds per second of audio (the allowance of
+  an input is ``rtf x its duration``). Both use a :class:`~ldrop.runtime.profile.DeviceProfile`: an input
+  costs ``fixed_i + k * layer_i`` seconds (see :meth:`DeviceProfile.per_input`), times the online
+  correction, and the controller plans for ``(1 - margin)`` of the allowance.
+* ``gflops_per_second``: exact FLOPs from :func:`ldrop.engine.flops.count_forward_flops`; no profile, no
+  margin, no correction.
+
+Closed loop: after each forward the caller reports the measured and the predicted time
+(:meth:`BudgetController.observe`); the controller keeps a running ratio measured / predicted (an
+exponential moving average of its logarithm, quicker to rise than to fall, so a slow-down is met within a
+few calls and a speed-up is trusted gradually), and never plans below a high quantile (``quantile``) of
+the last ``window`` ratios, so that under a volatile load it plans for the recent slow-downs rather than
+their average: a deadline is about misses, not mean latency. The correction is bounded to
+``correction_bounds`` and scales every prediction. When the machine slows down (other processes, thermal
+limits, a shared GPU) the chosen depths shrink; when it speeds up they grow back.
+
+Targets that cannot be met (even one layer is predicted too slow) give the minimum budget (one layer) and
+an :class:`UnmeetableTargetWarning`; ``on_unmeetable="raise"`` makes them a ``ValueError`` instead.
+Answering late with the cheapest model is usually better than not answering in a streaming system; the
+warning and ``BudgetDecision.meets_target`` say it happened. Invalid targets (negative, zero, not a
+number, unknown key) are always a ``ValueError``.
+
+With a threshold-mode selector a budget is the *mean* number of layers (inputs may run more or fewer), so
+the target holds on average, not per input; the closed loop absorbs the difference.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ldrop.runtime.profile import DeviceProfile
+from ldrop.tasks.budget import Target
+
+
+class UnmeetableTargetWarning(UserWarning):
+    """Some inputs cannot meet the target even with one layer; they get the minimum budget."""
+
+
+@dataclass
+class BudgetDecision:
+    """A controller's choice for one batch.
+
+    Attributes:
+        budget: ``[batch]`` long, layers per input in ``1..N``.
+        predicted_seconds: ``[batch]`` float64, the cost attributed to each input at its budget, with the
+            current correction (seconds; for ``gflops_per_second`` targets: GFLOPs).
+        allowance: ``[batch]`` float64, what each input may cost under the target (same unit).
+        meets_target: ``[batch]`` bool, False where even one layer is predicted over the allowance.
+    """
+
+    budget: Tensor
+    predicted_seconds: Tensor
+    allowance: Tensor
+    meets_target: Tensor
+
+
+class BudgetController:
+    """Chooses the largest affordable budget per input and corrects its cost model online.
+
+    Args:
+        num_layers: ``N``, encoder layers of the model.
+        profile: the device profile (needed for ``ms`` and ``rtf`` targets).
+        flops_config: the backbone config (or backbone) for ``gflops_per_second`` targets.
+        extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` paid by every input on top of the backbone's
+            fixed part (the selector's own cost).
+        closed_loop: correct predictions with measured times (:meth:`observe`); ``False`` is open loop.
+        margin: fraction of a time allowance kept free for noise (plan for ``(1 - margin) x target``).
+        alpha_up, alpha_down: EMA weights of a new ratio when it is above / below the current correction.
+        window, quantile: the correction is at least this quantile of the last ``window`` ratios
+            (``quantile=None``: the moving average alone).
+        correction_bounds: the correction stays within these factors.
+        on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"`` (a ``ValueError``).
+        sample_rate: samples per second of the waveforms.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        profile: DeviceProfile | None = None,
+        flops_config: Any = None,
+        extra_fixed_flops: Callable[[Tensor], Tensor] | None = None,
+        closed_loop: bool = True,
+        margin: float = 0.1,
+        alpha_up: float = 0.6,
+        alpha_down: float = 0.15,
+        window: int = 8,
+        quantile: float | None = 0.9,
+        correction_bounds: tuple[float, float] = (0.25, 8.0),
+        on_unmeetable: Literal["min", "raise"] = "min",
+        sample_rate: int = 16_000,
+    ) -> None:
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must be in [0, 1), got {margin}")
+        if not (0.0 < alpha_up <= 1.0 and 0.0 < alpha_down <= 1.0):
+            raise ValueError(f"alpha_up and alpha_down must be in (0, 1], got {alpha_up}, {alpha_down}")
+        if window < 1 or (quantile is not None and not 0.0 <= quantile <= 1.0):
+            raise ValueError(f"window must be >= 1 and quantile in [0, 1] or None, got {window}, {quantile}")
+        low, high = correction_bounds
+        if not 0.0 < low <= 1.0 <= high:
+            raise ValueError(f"correction_bounds must satisfy 0 < low <= 1 <= high, got {correction_bounds}")
+        if on_unmeetable not in ("min", "raise"):
+            raise ValueError(f"on_unmeetable must be 'min' or 'raise', got {on_unmeetable!r}")
+        if profile is not None and profile.num_layers != num_layers:
+            raise ValueError(f"the profile is of a {profile.num_layers}-layer model, not of {num_layers} layers")
+        self.num_layers = num_layers
+        self.profile = profile
+        self.flops_config = flops_config
+        self.extra_fixed_flops = extra_fixed_flops
+        self.closed_loop = closed_loop
+        self.margin = margin
+        self.alpha_up, self.alpha_down = alpha_up, alpha_down
+        self.correction_bounds = (float(low), float(high))
+        self.quantile = quantile
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)
+        self._average = 1.0
+        self.on_unmeetable = on_unmeetable
+        self.sample_rate = sample_rate
+        #: Current ratio measured / predicted time that scales every time prediction (1: trust the profile).
+        self.correction = 1.0
+
+    # ------------------------------------------------------------------ decisions
+    def costs(self, sample_lengths: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
+        """``(fixed [batch], per layer [batch], allowance [batch])`` in the target's unit, float64.
+
+        Time targets: seconds, the profile's prediction times the correction; the allowance is
+        ``(1 - margin)`` of the target. FLOPs targets: GFLOPs, exact.
+        """
+        lengths = torch.as_tensor(sample_lengths).detach().cpu().to(torch.long)
+        seconds = lengths.to(torch.float64) / self.sample_rate
+        if target.kind == "gflops_per_second":
+            if self.flops_config is None:
+                raise ValueError("a gflops_per_second target needs the backbone config (flops_config)")
+            from ldrop.engine.flops import count_forward_flops
+
+            extra = None
+            if self.extra_fixed_flops is not None:
+                from ldrop.engine.flops import frame_lengths
+
+                extra = self.extra_fixed_flops(frame_lengths(self.flops_config, lengths))
+            flops = count_forward_flops(self.flops_config, lengths, None, extra)
+            return flops.fixed / 1e9, flops.per_layer[:, 0] / 1e9, target.value * seconds
+        if target.kind not in ("ms", "rtf"):
+            raise ValueError(f"unknown target kind {target.kind!r}")
+        if self.profile is None:
+            raise ValueError(
+                f"a {target.kind} target needs a device profile of this model: run 'ldrop profile' (or "
+                "ldrop.runtime.profile_model) and pass it"
+            )
+        fixed, layer = self.profile.per_input(lengths)
+        allowance = (target.value / 1000.0) * torch.ones_like(seconds) if target.kind == "ms" else target.value * seconds
+        return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
+
+    def decide(self, sample_lengths: Tensor, target: Target | dict | str, *, _stacklevel: int = 2) -> BudgetDecision:
+        """The largest budget each input can afford under ``target`` (at least one layer).
+
+        Args:
+            sample_lengths: ``[batch]`` valid samples per input.
+            target: a :class:`Target`, ``{"rtf": 0.1}`` or ``"ms=80"``.
+
+        Raises:
+            ValueError: an invalid target, a missing profile/config, or (``on_unmeetable="raise"``) a target
+                that some input cannot meet.
+        """
+        target = Target.parse(target)
+        fixed, layer, allowance = self.costs(sample_lengths, target)
+        affordable = torch.floor((allowance - fixed) / layer.clamp(min=1e-30) + 1e-9)
+        meets = affordable >= 1
+        budget = affordable.clamp(1, self.num_layers).to(torch.long)
+        if not bool(meets.all()):
+            bad = int((~meets).sum())
+            message = (f"target {target.kind}={target.value:g} cannot be met by {bad} of {len(meets)} inputs even "
+                       "with one layer")
+            if self.on_unmeetable == "raise":
+                raise ValueError(message)
+            warnings.warn(f"{message}: they run the minimum budget (1 layer)", UnmeetableTargetWarning,
+                          stacklevel=_stacklevel)
+        predicted = fixed + budget.to(torch.float64) * layer
+        return BudgetDecision(budget, predicted, allowance, meets)
+
+    def budgets(self, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:
+        """``[batch]`` long: :meth:`decide`'s budget only."""
+        return self.decide(sample_lengths, target, _stacklevel=3).budget
+
+    # ------------------------------------------------------------------ closed loop
+    def observe(self, predicted_seconds: float, measured_seconds: float) -> float:
+        """Feed back one forward's measured time against the profile's *uncorrected* prediction.
+
+        Returns:
+            The new correction (unchanged in open loop or for a non-positive time).
+        """
+        if not self.closed_loop or not (predicted_seconds > 0 and measured_seconds > 0):
+            return self.correction
+        low, high = self.correction_bounds
+        ratio = min(high, max(low, measured_seconds / predicted_seconds))
+        alpha = self.alpha_up if ratio > self._average else self.alpha_down
+        self._average = math.exp((1 - alpha) * math.log(self._average) + alpha * math.log(ratio))
+        self._recent.append(ratio)
+        correction = self._average
+        if self.quantile is not None:
+            recent = sorted(self._recent)
+            correction = max(correction, recent[min(len(recent) - 1, int(self.quantile * len(recent)))])
+        self.correction = min(high, max(low, correction))
+        return self.correction
+
+    def reset(self) -> None:
+        """Forget the online correction (trust the profile again)."""
+        self.correction = self._average = 1.0
+        self._recent.clear()
+
+
+def target_budget(model: Any, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:
+    """The ``[batch]`` budget of a task module for a target (what ``predict`` uses; open loop).
+
+    The controller is built on first use and kept on the model: its profile is the target's ``profile``
+    file if given, else (time targets only) a quick profile measured now.
+    """
+    target = Target.parse(target)
+    controller = getattr(model, "_target_controller", None)
+    if controller is None or getattr(model, "_target_profile_path", None) != target.profile:
+        profile = None
+        if target.kind in ("ms", "rtf"):
+            if target.profile:
+                profile = DeviceProfile.load(target.profile)
+            else:
+                from ldrop.runtime.adaptive import QUICK_GRID
+                from ldrop.runtime.profile import profile_model
+
+                warnings.warn("a time target without a profile: measuring a quick one now (pass "
+                              "profile: PATH from 'ldrop profile' to skip this)", stacklevel=2)
+                profile = profile_model(model, **QUICK_GRID)
+        selector = model.selector
+        controller = BudgetController(
+            model.num_layers, profile, flops_config=model.backbone.config,
+            extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=False,
+        )
+        model._target_controller, model._target_profile_path = controller, target.profile
+    budget = controller.budgets(sample_lengths, target)
+    if getattr(model, "exit_layers", None):  # early exit takes one budget per batch: the tightest one
+        budget = budget.min().expand(len(budget)).clone()
+    return budget.to(sample_lengths.device)

@@ -1,0 +1,125 @@
+"""Every shipped config trains and tests through the real ``ldrop`` entry point (torchgeo's tests/conf idea).
+
+Each composition runs ``ldrop fit`` for one optimiser step (one validation batch) and then ``ldrop test``
+(the budget sweep) from the fit's ``last.ckpt``, on tiny local backbones and layout-faithful dataset
+fixtures, in-process through :func:`ldrop.cli.main`. The configs are parametrised from the files on disk, so
+a new config is covered without editing this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ldrop.cli import main
+from ldrop.sweeps import load_sweep
+from tests.cli.test_configs import BACKBONES, CONFIGS, DATA, METHODS, roots  # noqa: F401 (roots: fixture)
+
+#: One step of everything, no logger, no progress bar, CPU float32 (the shipped data configs ask bf16).
+QUICK = ["--trainer.max_steps", "1", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+         "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.val_check_interval",
+         "null", "--trainer.check_val_every_n_epoch", "1", "--trainer.num_sanity_val_steps", "0",
+         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu", "--trainer.precision",
+         "32-true"]
+
+
+def fit_and_test(configs: list[Path | str], tmp_path: Path, *overrides: str) -> list[dict]:
+    """``ldrop fit`` (one step) then ``ldrop test`` from its ``last.ckpt``; returns the sweep rows."""
+    args = [a for c in configs for a in ("--config", str(c))]
+    main(["fit", *args, *QUICK, *overrides, "--trainer.default_root_dir", str(tmp_path / "fit")])
+    last = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    assert last.is_file(), sorted(p.name for p in (tmp_path / "fit").rglob("*"))
+    main(["test", *args, *QUICK, *overrides, "--trainer.default_root_dir", str(tmp_path / "test"),
+          "--ckpt_path", str(last)])
+    rows = load_sweep(tmp_path / "test")
+    assert rows and all(row["gflops_per_utterance"] > 0 for row in rows)
+    return rows
+
+
+def _data_overrides(data: Path, backbone: Path, roots: dict[str, str]) -> list[str]:  # noqa: F811
+    """Local backbone and fixture root, no workers, and small batches (the configs batch 16-32 clips or 200 s of audio)."""
+    family = "hubert" if "hubert" in backbone.stem else "wavlm"
+    args = ["--model.init_args.backbone", roots[family], "--data.init_args.root", roots[data.stem],
+            "--data.init_args.num_workers", "0"]
+    init_args = yaml.safe_load(data.read_text())["data"]["init_args"]
+    if "batch_size" in init_args:
+        args += ["--data.init_args.batch_size", "2"]  # ESC-50 clips are padded to 5 s
+    if "max_batch_seconds" in init_args:
+        args += ["--data.init_args.max_batch_seconds", "3"]
+    return args
+
+
+#: Every data x method pair, each with one of the backbones, alternating so that every data x backbone and
+#: every method x backbone pair runs as well (all pairs in 24 runs instead of the 48 of the full product; the
+#: backbone configs differ only in the hub id, replaced here by a tiny local folder, and the family).
+#: test_configs.py instantiates the full product.
+COMPOSITIONS = [(data, BACKBONES[(i + j) % len(BACKBONES)], method)
+                for i, data in enumerate(DATA) for j, method in enumerate(METHODS)]
+
+
+@pytest.mark.parametrize(("data", "backbone", "method"), COMPOSITIONS,
+                         ids=["-".join(p.stem for p in c) for c in COMPOSITIONS])
+def test_every_config_composition_fits_and_tests(data, backbone, method, roots, tmp_path):  # noqa: F811
+    rows = fit_and_test([data, backbone, method], tmp_path, *_data_overrides(data, backbone, roots))
+    metric = "wer" if data.stem in ("librispeech", "tedlium") else "acc"
+    assert all(metric in row for row in rows)
+    if method.stem == "full":
+        assert [row["budget_fraction"] for row in rows] == [1.0]
+    sweep_args = yaml.safe_load(method.read_text()).get("sweep") or {}
+    if (sweep_args.get("repeats") or 1) > 1:  # random.yaml: seeded repeats, mean and spread
+        assert all(row[f"{metric}_std"] >= 0.0 for row in rows)
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "quickstart-ctc.yaml"])
+def test_quickstart_configs_fit_and_test(name, tmp_path):
+    small = ["--data.init_args.num_train", "16", "--data.init_args.num_val", "8", "--data.init_args.num_test", "8",
+             "--data.init_args.batch_size", "8"]
+    rows = fit_and_test([CONFIGS / name], tmp_path, *small)
+    assert [row["budget_layers"] for row in rows] == sorted(row["budget_layers"] for row in rows)
+
+
+QUICKSTART = CONFIGS / "quickstart.yaml"
+TINY_SET = ["--data.init_args.num_train", "16", "--data.init_args.num_val", "16", "--data.init_args.num_test", "16",
+            "--data.init_args.batch_size", "8", "--data.init_args.duration_range", "[0.3, 0.5]"]
+
+
+@pytest.mark.parametrize("confidence", ["max_prob", "entropy"])
+def test_confidence_early_exit_with_linear_exit_weights_fits_and_tests(confidence, tmp_path):
+    rows = fit_and_test([QUICKSTART, CONFIGS / "method" / "early-exit.yaml"], tmp_path, *TINY_SET,
+                        "--model.init_args.early_exit.loss_weights", "linear",
+                        "--model.init_args.early_exit.policy", "confidence",
+                        "--model.init_args.early_exit.confidence", confidence)
+    num_layers = max(row["budget_layers"] for row in rows)
+    # Calibrated per-input exits: on average about k layers, never more than the model has.
+    assert all(0 < row["executed_layers"] <= num_layers for row in rows)
+    assert rows[-1]["executed_layers"] == num_layers
+
+
+def test_frozen_backbone_fits_and_tests(tmp_path):
+    # freeze: none runs in quickstart-ctc.yaml; cnn in every backbone config.
+    rows = fit_and_test([QUICKSTART], tmp_path, *TINY_SET, "--model.init_args.freeze", "backbone")
+    assert all(0.0 <= row["acc"] <= 1.0 for row in rows)
+
+
+@pytest.mark.parametrize("freeze", ["cnn", "backbone", "none"])
+def test_freeze_decides_which_weights_a_training_step_changes(freeze, tmp_path):
+    from ldrop.tasks import ClassificationTask
+    from tests.helpers import quiet_trainer, tiny_classification_data
+
+    dm = tiny_classification_data()
+    torch.manual_seed(0)
+    task = ClassificationTask(labels=[str(i) for i in range(4)], freeze=freeze, lr=0.01, head_lr=0.01, warmup=0,
+                              val_budgets=[1.0])
+    before = {name: p.detach().clone() for name, p in task.named_parameters()}
+    quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(task, dm)
+    changed = {name for name, p in task.named_parameters() if not torch.equal(p.detach(), before[name])}
+    cnn = {n for n in before if n.startswith("backbone.") and ".feature_extractor." in n}
+    rest_of_backbone = {n for n in before if n.startswith("backbone.")} - cnn
+    assert cnn and rest_of_backbone
+    assert any(not n.startswith("backbone.") for n in changed)  # the head always trains
+    assert bool(changed & cnn) == (freeze == "none")
+    assert bool(changed & rest_of_backbone) == (freeze != "backbone")

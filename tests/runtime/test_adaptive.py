@@ -1,0 +1,126 @@
+"""Loading trained models in plain Python and the streaming AdaptiveModel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ldrop
+from ldrop.runtime import AdaptiveModel, load_model
+from tests.helpers import padded_batch, quiet_trainer, tiny_classification_data
+from tests.runtime.conftest import synthetic_profile
+
+
+def test_load_model_reads_a_checkpoint_and_an_export_alike(tiny_checkpoint, tiny_export):
+    from_ckpt, from_export = load_model(tiny_checkpoint), load_model(tiny_export)
+    assert not from_ckpt.training and not from_export.training
+    waves, lengths = padded_batch([8000, 6000, 7000])
+    with torch.inference_mode():
+        a, keep_a = from_ckpt(waves, lengths, 2)
+        b, keep_b = from_export(waves, lengths, 2)
+    assert torch.equal(keep_a, keep_b)
+    torch.testing.assert_close(a, b)
+
+
+def test_load_model_names_what_it_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ldrop export"):
+        load_model(tmp_path / "nothing")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(FileNotFoundError, match="ldrop_task_state.pt"):
+        load_model(tmp_path / "folder")
+
+
+def test_the_package_exports_the_runtime_entry_points():
+    assert ldrop.AdaptiveModel is AdaptiveModel and ldrop.load_model is load_model
+    from ldrop.cli import load_task_checkpoint
+    from ldrop.runtime import load_task_checkpoint as moved
+
+    assert load_task_checkpoint is moved
+
+
+def test_one_utterance_with_a_target_returns_outputs_layers_and_times(tiny_checkpoint):
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=synthetic_profile())
+    out = model(torch.randn(12000), {"ms": 1000.0})
+    assert len(out.outputs) == 1 and out.outputs[0] in {"a", "b", "c", "d"}
+    assert out.keep_mask.shape == (1, 4) and int(out.layers_run[0]) == int(out.keep_mask.sum())
+    assert int(out.budget[0]) == 4  # a generous deadline affords every layer
+    assert out.predicted_ms > 0 and out.measured_ms > 0 and out.correction > 0
+    assert out.target.kind == "ms"
+
+
+def test_a_batch_gets_per_input_budgets_from_its_lengths(tiny_export):
+    profile = synthetic_profile(layer=(0.0, 1e-4, 0.0))  # a layer costs 0.1 ms per frame
+    model = AdaptiveModel.from_pretrained(tiny_export, profile=profile, margin=0.0, closed_loop=False)
+    waves, lengths = padded_batch([4000, 16000])
+    out = model(waves, {"rtf": 0.5}, lengths=lengths)
+    assert out.budget.tolist() == model.controller.budgets(lengths, {"rtf": 0.5}).tolist()
+    out = model(waves, {"ms": 8.0}, lengths=lengths)
+    assert int(out.budget[0]) > int(out.budget[1])
+
+
+def test_a_list_of_clips_and_a_plain_budget_work_too(tiny_checkpoint):
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint)
+    out = model([torch.randn(5000), torch.randn(9000)], 2)
+    assert out.budget.tolist() == [2, 2] and out.predicted_ms is None
+    assert model(torch.randn(5000)).layers_run.tolist() == [4]
+
+
+def test_measured_times_feed_the_closed_loop(tiny_checkpoint):
+    # A profile that predicts 1000x too little: after a few calls the correction has grown, bounded.
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=synthetic_profile(
+        fixed=(1e-7, 0, 0), layer=(1e-8, 0, 0)), correction_bounds=(0.5, 4.0))
+    for _ in range(5):
+        model(torch.randn(8000), {"ms": 1000.0})
+    assert model.controller.correction == pytest.approx(4.0)
+    open_loop = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=synthetic_profile(), closed_loop=False)
+    open_loop(torch.randn(8000), {"ms": 1000.0})
+    assert open_loop.controller.correction == 1.0
+
+
+def test_a_time_target_without_a_profile_measures_a_quick_one(tiny_checkpoint):
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint)
+    model.ensure_profile(seconds=(0.5, 1.0), batch_sizes=(1, 2), repeats=1)
+    assert model.profile is not None and model.profile.num_layers == 4
+    assert model(torch.randn(8000), {"rtf": 10.0}).layers_run.tolist() == [4]
+
+
+def test_the_sweep_over_targets_reports_layers_latency_misses_and_the_metric(tiny_checkpoint):
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=synthetic_profile())
+    data = tiny_classification_data()
+    data.setup("test")
+    batches = list(data.test_dataloader())
+    rows = model.sweep(batches, [{"ms": 1000.0}, {"gflops_per_second": 1e-3}, 2])
+    assert [r["target"] for r in rows] == ["ms=1000", "gflops_per_second=0.001", "2"]
+    assert rows[0]["layers_run"] == 4 and rows[2]["layers_run"] == 2
+    assert rows[2]["miss_rate"] is None and 0 <= rows[0]["miss_rate"] <= 1
+    assert all(0 <= r["acc"] <= 1 and r["ms_per_batch"] > 0 for r in rows)
+
+
+def test_predict_takes_a_target_as_its_budget(tiny_checkpoint, tmp_path):
+    model = load_model(tiny_checkpoint)
+    model.hparams.predict_budget = {"gflops_per_second": 1e-6}  # unmeetable: one layer, with a warning
+    trainer = quiet_trainer(tmp_path)
+    with pytest.warns(UserWarning, match="cannot be met"):
+        predictions = trainer.predict(model, datamodule=tiny_classification_data())
+    records = [r for batch in predictions for r in batch]
+    assert records and all(len(r["executed_layers"]) == 1 for r in records)
+
+
+def test_a_bad_predict_target_fails_at_construction():
+    from ldrop.tasks import ClassificationTask
+
+    with pytest.raises(ValueError, match="unknown target key"):
+        ClassificationTask(labels=["a", "b"], predict_budget={"seconds": 1})
+
+
+def test_an_export_without_a_recorded_task_class_still_loads(tiny_export, tmp_path):
+    import shutil
+
+    from ldrop.tasks.base import EXPORT_STATE_FILE
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_export, old)
+    payload = torch.load(old / EXPORT_STATE_FILE, weights_only=False)
+    del payload["task_class"]
+    torch.save(payload, old / EXPORT_STATE_FILE)
+    assert type(load_model(old)).__name__ == "ClassificationTask"

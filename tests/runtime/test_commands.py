@@ -1,0 +1,88 @@
+"""`ldrop profile`, `ldrop predict` with a target, and `python -m ldrop.bench control` in smoke configurations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ldrop.cli import main
+from ldrop.runtime import DeviceProfile
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+SMALL_DATA = ["--data.init_args.num_train", "16", "--data.init_args.num_val", "8", "--data.init_args.num_test", "8",
+              "--data.init_args.duration_range", "[0.3, 0.5]", "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false"]
+TINY_GRID = ["--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0", "--validate", "2"]
+
+
+def test_profile_a_backbone_writes_a_valid_profile(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    assert main(["profile", "--backbone", "tiny:wavlm", *TINY_GRID, "--threads", "1", "--out", str(out)]) == 0
+    profile = DeviceProfile.load(out)
+    data = json.loads(out.read_text())
+    assert {"fixed", "layer", "device", "measurements", "validation"} <= set(data)
+    assert profile.num_layers == 4 and len(profile.measurements) == 2 * 2 * 2
+    assert data["device"]["threads"] == 1 and "torch" in data["device"]
+    assert "held-out batches: median |error|" in capsys.readouterr().out
+
+
+def test_profile_a_checkpoint(tiny_checkpoint, tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["profile", str(tiny_checkpoint), *TINY_GRID, "--out", str(out)]) == 0
+    assert DeviceProfile.load(out).model["task"] == "ClassificationTask"
+
+
+def test_profile_needs_exactly_one_model(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["profile", "--out", str(tmp_path / "p.json")])
+    with pytest.raises(SystemExit):
+        main(["profile", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "p.json")])
+
+
+def test_ldrop_predict_with_a_target_budget(tmp_path):
+    main(["fit", "--config", QUICKSTART, *SMALL_DATA, "--trainer.max_steps", "1", "--trainer.logger", "false",
+          "--trainer.default_root_dir", str(tmp_path / "run"), "--checkpoint.dirpath", str(tmp_path / "ckpt")])
+    checkpoint = tmp_path / "ckpt" / "last.ckpt"
+    out = tmp_path / "pred.jsonl"
+    profile = tmp_path / "profile.json"
+    main(["profile", str(checkpoint), *TINY_GRID, "--out", str(profile)])
+    main(["predict", "--config", QUICKSTART, *SMALL_DATA, "--trainer.logger", "false",
+          "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(checkpoint),
+          "--model.init_args.predict_budget", f"{{rtf: 100.0, profile: {profile}}}",
+          "--predictions.output", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 8 and all(len(r["executed_layers"]) == 4 for r in records)  # a loose target: all
+
+
+def test_control_benchmark_smoke_run_writes_its_json(tmp_path):
+    from ldrop.bench.__main__ import main as bench_main
+
+    out = tmp_path / "control.json"
+    code = bench_main(["control", "--backbone", "tiny:wavlm", "--utterances", "6", "--seconds-range", "0.5,0.8",
+                       "--load-procs", "1", "--max-load-seconds", "5", "--profile-repeats", "1", "--threads", "1",
+                       "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert set(data["summary"]) == {"full", "fixed", "open_loop", "closed_loop"}
+    assert all(len(records) == 6 for records in data["records"].values())
+    assert data["load"]["load_procs"] == 1 and data["deadline_ms"] > 0 and 1 <= data["fixed_budget"] <= 4
+    assert {"cpu", "threads", "torch"} <= set(data["machine"])
+    assert out.with_suffix(".png").is_file()
+    assert all(r["layers_run"] == 4 for r in data["records"]["full"])
+
+
+def test_the_load_generator_is_stopped_and_bounded_in_time():
+    from ldrop.bench.control import LoadGenerator
+
+    with LoadGenerator(procs=1, max_seconds=60) as load:
+        load.start()
+        assert load.running
+    assert not load.running and load.stopped_at >= load.started_at  # stopped on leaving the block
+    bounded = LoadGenerator(procs=1, max_seconds=0.0)
+    bounded.start()
+    for worker in bounded._workers:
+        worker.join(timeout=30)  # the burner stops by itself at its cap
+    assert not bounded.running
+    bounded.stop()

@@ -1,0 +1,171 @@
+"""The target -> budget controller: largest affordable k, per-input budgets, online correction, bad targets."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from ldrop.backbones import tiny_config
+from ldrop.engine.flops import count_forward_flops
+from ldrop.runtime import BudgetController, Target, UnmeetableTargetWarning
+from tests.runtime.conftest import synthetic_profile
+
+
+def controller(**kwargs) -> BudgetController:
+    return BudgetController(4, synthetic_profile(), margin=0.0, **kwargs)
+
+
+@pytest.mark.parametrize("target_ms", [6.5, 9.2, 10.0, 13.0, 50.0])
+def test_the_chosen_budget_is_the_largest_that_meets_an_ms_target(target_ms):
+    profile = synthetic_profile()
+    lengths = torch.tensor([32000])
+    k = int(controller().budgets(lengths, {"ms": target_ms})[0])
+
+    def cost(layers: int) -> float:
+        keep = torch.zeros(1, 4)
+        keep[0, :layers] = 1
+        return 1000 * profile.predict(lengths, keep)
+
+    assert cost(k) <= target_ms
+    assert k == 4 or cost(k + 1) > target_ms
+
+
+def test_longer_inputs_get_fewer_layers_under_a_per_utterance_target():
+    budget = controller().budgets(torch.tensor([8000, 16000, 48000]), {"ms": 6.0})
+    assert budget.tolist() == sorted(budget.tolist(), reverse=True)
+    assert int(budget[0]) > int(budget[-1])
+
+
+def test_an_rtf_target_grows_the_allowance_with_the_duration():
+    ctl = controller()
+    lengths = torch.tensor([16000, 48000])
+    fixed, layer, allowance = ctl.costs(lengths, Target("rtf", 0.01))
+    assert allowance.tolist() == pytest.approx([0.01, 0.03])
+    budget = ctl.budgets(lengths, "rtf=0.01")
+    assert torch.equal(budget, torch.floor((allowance - fixed) / layer).clamp(1, 4).long())
+
+
+def test_a_gflops_target_uses_the_exact_flops_count():
+    config = tiny_config("wavlm")
+    ctl = BudgetController(4, flops_config=config)
+    lengths = torch.tensor([16000, 32000])
+    full = count_forward_flops(config, lengths)
+    per_second = full.fixed / 1e9 + 2.5 * full.per_layer[:, 0] / 1e9  # afford 2.5 layers of a 1 s input
+    target = float(per_second[0])
+    budget = ctl.budgets(lengths, {"gflops_per_second": target})
+    for row, k in enumerate(budget.tolist()):
+        keep = torch.zeros(1, 4)
+        keep[0, :k] = 1
+        seconds = int(lengths[row]) / 16000
+        assert float(count_forward_flops(config, lengths[row:row + 1], keep).total[0]) <= target * 1e9 * seconds
+    assert int(budget[0]) == 2
+
+
+def test_a_slow_down_lowers_the_budget_and_a_speed_up_restores_it():
+    ctl = controller()
+    lengths = torch.tensor([32000])
+    before = int(ctl.budgets(lengths, {"ms": 14.0})[0])
+    for _ in range(10):
+        ctl.observe(predicted_seconds=0.01, measured_seconds=0.02)  # the machine is twice as slow
+    assert ctl.correction == pytest.approx(2.0, rel=0.05)
+    slowed = int(ctl.budgets(lengths, {"ms": 14.0})[0])
+    assert slowed < before
+    for _ in range(60):
+        ctl.observe(predicted_seconds=0.01, measured_seconds=0.01)
+    assert ctl.correction == pytest.approx(1.0, rel=0.05)
+    assert int(ctl.budgets(lengths, {"ms": 14.0})[0]) == before
+
+
+def test_the_correction_reacts_faster_to_a_slow_down_than_to_a_speed_up():
+    up, down = controller(), controller()
+    up.observe(0.01, 0.02)
+    down.observe(0.01, 0.005)
+    assert math.log(up.correction) > abs(math.log(down.correction)) > 0
+
+
+def test_the_correction_stays_within_its_bounds():
+    ctl = controller(correction_bounds=(0.5, 3.0))
+    for _ in range(50):
+        ctl.observe(0.01, 1.0)
+    assert ctl.correction == pytest.approx(3.0)
+    for _ in range(200):
+        ctl.observe(0.01, 0.0001)
+    assert ctl.correction == pytest.approx(0.5)
+    ctl.observe(0.01, 0.0)  # a non-positive time is ignored
+    assert ctl.correction == pytest.approx(0.5)
+
+
+def test_open_loop_ignores_measurements():
+    ctl = controller(closed_loop=False)
+    ctl.observe(0.01, 0.05)
+    assert ctl.correction == 1.0
+
+
+def test_the_margin_keeps_part_of_the_target_free():
+    tight = BudgetController(4, synthetic_profile(), margin=0.3)
+    loose = controller()
+    lengths = torch.tensor([32000])
+    assert int(tight.budgets(lengths, {"ms": 14.0})[0]) < int(loose.budgets(lengths, {"ms": 14.0})[0])
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"ms": -5}, "above 0"),
+    ({"ms": 0}, "above 0"),
+    ({"rtf": float("nan")}, "above 0"),
+    ({"rtf": "fast"}, "must be a number"),
+    ({"latency": 10}, "unknown target key"),
+    ({}, "exactly one"),
+    ({"ms": 10, "rtf": 0.1}, "exactly one"),
+    ("ms", "KEY=VALUE"),
+    (["ms", 10], "a target is a dict"),
+])
+def test_bad_targets_are_clear_errors(target, message):
+    with pytest.raises(ValueError, match=message):
+        controller().budgets(torch.tensor([16000]), target)
+
+
+def test_an_unmeetable_target_runs_one_layer_and_warns():
+    ctl = controller()
+    with pytest.warns(UnmeetableTargetWarning, match="cannot be met by 1 of 2"):
+        decision = ctl.decide(torch.tensor([8000, 160000]), {"ms": 10.0})
+    assert decision.budget.tolist()[1] == 1
+    assert decision.meets_target.tolist() == [True, False]
+
+
+def test_an_unmeetable_target_can_be_an_error_instead():
+    ctl = controller(on_unmeetable="raise")
+    with pytest.raises(ValueError, match="cannot be met"):
+        ctl.budgets(torch.tensor([160000]), {"ms": 1.0})
+
+
+def test_a_time_target_without_a_profile_says_how_to_get_one():
+    ctl = BudgetController(4)
+    with pytest.raises(ValueError, match="ldrop profile"):
+        ctl.budgets(torch.tensor([16000]), {"rtf": 0.1})
+    with pytest.raises(ValueError, match="flops_config"):
+        ctl.budgets(torch.tensor([16000]), {"gflops_per_second": 1.0})
+
+
+def test_a_profile_of_another_depth_is_rejected():
+    with pytest.raises(ValueError, match="4-layer"):
+        BudgetController(12, synthetic_profile(num_layers=4))
+
+
+def test_a_meetable_target_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        controller().budgets(torch.tensor([16000]), {"ms": 100.0})
+
+
+def test_a_recent_spike_is_planned_for_until_it_leaves_the_window():
+    ctl = controller(window=4, quantile=1.0)
+    ctl.observe(0.01, 0.03)  # one call three times slower than predicted
+    for _ in range(3):
+        assert ctl.observe(0.01, 0.01) == pytest.approx(3.0)
+    assert ctl.observe(0.01, 0.01) < 2.0  # out of the window: only the (decaying) average remains
+    averaged = controller(quantile=None)
+    averaged.observe(0.01, 0.03)
+    assert averaged.observe(0.01, 0.01) < 3.0
