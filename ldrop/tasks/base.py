@@ -530,11 +530,13 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         self.log(f"val/{primary}", torch.stack(values).mean(), prog_bar=True)
 
     # ------------------------------------------------------------------ fitting on validation data
-    def _needs_fitting(self, at_validation: bool = False) -> bool:
+    def _selector_needs_fitting(self, at_validation: bool = False) -> bool:
         selector = self.selector
-        fit_selector = selector is not None and selector.needs_fitting and (
-            selector.fits_at_validation or not at_validation)
-        return fit_selector or (self.early_exit is not None and self.early_exit.needs_fitting)
+        return selector is not None and selector.needs_fitting and (selector.fits_at_validation or not at_validation)
+
+    def _needs_fitting(self, at_validation: bool = False) -> bool:
+        early_exit = self.early_exit is not None and self.early_exit.needs_fitting
+        return self._selector_needs_fitting(at_validation) or early_exit
 
     @torch.no_grad()
     def fit_on_batches(self, batches: Callable[[], Iterable[Any]], budgets: Sequence[int],
@@ -547,9 +549,8 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             at_validation: a fit before a validation pass in training: only selectors that refit each
                 validation (:attr:`~LayerSelector.fits_at_validation`).
         """
-        selector = self.selector
-        if selector is not None and selector.needs_fitting and (selector.fits_at_validation or not at_validation):
-            selector.fit(_TaskFittingData(self, batches), [int(k) for k in budgets])
+        if self._selector_needs_fitting(at_validation):
+            self.selector.fit(_TaskFittingData(self, batches), [int(k) for k in budgets])
         if self.early_exit is not None and self.early_exit.needs_fitting:
             self.calibrate_exit_thresholds(batches())
 
