@@ -56,7 +56,11 @@ HARMLESS_WARNINGS = (
     r"You are using a custom batch sampler `(LengthGroupedSampler|DynamicBatchSampler)` for prediction",
 )
 #: ... with --ckpt_path in test, validate and predict: the checkpointing callbacks' state is for resuming fit.
-EVALUATION_WARNINGS = (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",)
+EVALUATION_WARNINGS = (
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
+    # the evaluation run writes to its own folder; the checkpoint callback's fit-time state is not needed
+    r"The dirpath has changed from",
+)
 #: ... with fit --ckpt_path: the resumed run continues in its own, non-empty, checkpoint folder.
 RESUME_WARNINGS = (r"Checkpoint directory .* exists and is not empty",)
 
