@@ -7,7 +7,6 @@ datamodule, so they are never typed twice.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -273,15 +273,16 @@ def compare_main(argv: Sequence[str]) -> int:
     """``ldrop compare RUN_OR_CSV... [--out DIR] [--metric NAME] [--labels A,B,...]``."""
     from ldrop.sweeps import compare_sweeps
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ldrop compare",
         description="Overlay budget sweeps (run directories, budget_sweep.csv or .json files) in one plot "
         "and one Markdown table.",
     )
     parser.add_argument("runs", nargs="+", help="run directories or sweep files")
     parser.add_argument("--out", default="compare", help="output folder for compare.png and compare.md")
-    parser.add_argument("--metric", default=None, help="metric column (default: the sweeps' first metric)")
-    parser.add_argument("--labels", default=None, help="comma-separated labels, one per run")
+    parser.add_argument("--metric", type=str | None, default=None,
+                        help="metric column (default: the sweeps' first metric)")
+    parser.add_argument("--labels", type=str | None, default=None, help="comma-separated labels, one per run")
     ns = parser.parse_args(list(argv))
     labels = ns.labels.split(",") if ns.labels else None
     if labels is not None and len(labels) != len(ns.runs):
@@ -297,7 +298,7 @@ def compare_main(argv: Sequence[str]) -> int:
 
 def export_main(argv: Sequence[str]) -> int:
     """``ldrop export CHECKPOINT OUT_DIR``: a trained backbone as a ``save_pretrained`` directory."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ldrop export",
         description="Write the backbone of a trained ldrop checkpoint as a Hugging Face save_pretrained "
         "directory (usable as model.backbone), with the heads and selector in ldrop_task_state.pt beside it.",

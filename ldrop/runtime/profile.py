@@ -465,19 +465,19 @@ def _ints(text: str) -> list[int]:
 
 def profile_main(argv: Sequence[str]) -> int:
     """``ldrop profile (MODEL | --backbone NAME) [--out profile.json] ...``: measure a device profile."""
-    import argparse
+    from jsonargparse import ArgumentParser
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ldrop profile",
         description="Measure how long the fixed part (CNN, front end, selector, head) and one encoder layer of "
         "a model take on this device, dtype and thread count, over a grid of input lengths and sub-batch "
         "sizes; fit a cost model; report its accuracy on held-out batches; write it as JSON (the input of "
         "ms / rtf budget targets).",
     )
-    parser.add_argument("model", nargs="?", help="a .ckpt written by ldrop fit, or a folder written by ldrop export")
-    parser.add_argument("--backbone", help="instead of MODEL: a backbone (e.g. random:wavlm, tiny:wavlm, a hub id "
+    parser.add_argument("model", nargs="?", type=str | None, help="a .ckpt written by ldrop fit, or a folder written by ldrop export")
+    parser.add_argument("--backbone", type=str | None, help="instead of MODEL: a backbone (e.g. random:wavlm, tiny:wavlm, a hub id "
                         "or folder) with the input-conditioned selector and a 2-class head, weights random")
-    parser.add_argument("--overrides", default=None, help="JSON dict of backbone config overrides (with --backbone)")
+    parser.add_argument("--overrides", type=str | None, default=None, help="JSON dict of backbone config overrides (with --backbone)")
     parser.add_argument("--seconds", default="1,2,4,8", help="input lengths of the grid in seconds (default 1,2,4,8)")
     parser.add_argument("--batch-sizes", default="1,2,4", help="sub-batch sizes of the grid (default 1,2,4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per grid point, median (default 5)")

@@ -1,8 +1,11 @@
 """LayerDropTask: the shared LightningModule behind every ldrop task (CTC, classification).
 
-A task subclass only says what its head is, how logits are scored and decoded; training, validation at a
-few budgets, the test-time budget sweep, prediction, early exit, self-distillation, optimisers and DDP
-details live here once, in one ``common_step``-style path, so that the tasks cannot drift apart.
+A task subclass only says what its head is, how logits are scored and decoded. Here: the hooks, forward,
+the training and validation steps and the optimisers, in one path that every task shares. The other
+responsibilities live beside it: prediction and long inputs (:mod:`ldrop.tasks.prediction`), fitting on
+validation data (:mod:`ldrop.tasks.fitting`), checkpoints and exports (:mod:`ldrop.tasks.checkpointing`),
+early exit (:mod:`ldrop.tasks.early_exit`), selector statistics (:mod:`ldrop.tasks.statistics`); the budget
+sweep is a callback (:class:`ldrop.sweeps.BudgetSweep`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import itertools
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import lightning as L
@@ -23,23 +25,20 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from ldrop.backbones import SpeechBackbone, load_backbone
-from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
 from ldrop.tasks.budget import Target, budget_list, budget_to_layers, is_target, resolve_budget
+from ldrop.tasks.checkpointing import EXPORT_STATE_FILE, NORMALIZE_KEY, CheckpointMixin  # noqa: F401 (re-exported)
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
+from ldrop.tasks.fitting import ValidationFittingMixin
 from ldrop.tasks.gating import EncodedBatch, GatingMixin
+from ldrop.tasks.prediction import PredictionMixin
+from ldrop.tasks.schedules import lr_schedule
 from ldrop.tasks.statistics import SelectorStatistics
 
 log = logging.getLogger(__name__)
 
-#: Checkpoint key recording whether the weights were trained on normalised waveforms.
-NORMALIZE_KEY = "ldrop_normalize_waveforms"
 
-#: File written beside an exported backbone: the task head(s) and the selector state.
-EXPORT_STATE_FILE = "ldrop_task_state.pt"
-
-
-class LayerDropTask(GatingMixin, L.LightningModule, ABC):
+class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, GatingMixin, L.LightningModule, ABC):
     """A speech foundation model whose encoder depth adapts to the input and to a budget.
 
     Subclasses implement the small hooks :meth:`configure_head`, :meth:`compute_logits`,
@@ -227,57 +226,6 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
     def head_for(self, exit_layer: int | None = None) -> nn.Module:
         """The head reading the output of ``exit_layer`` (early exit), or the single task head."""
         return self.head if self.early_exit is None else self.early_exit.head_for(exit_layer)
-
-    def load_weights_from(self, checkpoint_path: str) -> None:
-        """Initialise matching weights from an earlier run's Lightning checkpoint (or exported state)."""
-        path = Path(checkpoint_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"init_from checkpoint {checkpoint_path!r} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state)
-        own = self.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = sorted(set(state) - set(usable))
-        missing = sorted(set(own) - set(usable))
-        self.load_state_dict(usable, strict=False)
-        log.info("init_from %s: loaded %d tensors, kept %d fresh, ignored %d", path, len(usable), len(missing),
-                 len(skipped))
-        if not any(k.startswith("backbone.") for k in usable):
-            raise ValueError(f"init_from {checkpoint_path!r} holds no backbone weights matching this model")
-
-    def check_finite_weights(self) -> None:
-        """Refuse to save NaN/inf parameters (a diverged run) as a checkpoint or an export.
-
-        Buffers are not checked: uncalibrated thresholds are NaN by design.
-
-        Raises:
-            FloatingPointError: naming the first non-finite parameters.
-        """
-        bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
-        if bad:
-            raise FloatingPointError(
-                f"refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[:4]}): training diverged; "
-                "lower the learning rate or use precision 'bf16-mixed'/'32', and resume from an earlier checkpoint"
-            )
-
-    def export_pretrained(self, directory: str | Path) -> Path:
-        """Write the (fine-tuned) backbone as a ``save_pretrained`` directory, heads and selector beside it.
-
-        The directory works as ``model.backbone`` of a later run; the head/selector state is in
-        ``ldrop_task_state.pt`` and is picked up by ``init_from`` of that file. The input preprocessing in
-        use is written as ``preprocessor_config.json`` (see :meth:`SpeechBackbone.input_processor`), so the
-        folder loads back with the same waveform normalisation.
-        """
-        directory = Path(directory)
-        self.check_finite_weights()
-        self.backbone.save_pretrained(directory)
-        extra = {f"{k}": v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-        backbone_state = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
-        tmp = directory / f".{EXPORT_STATE_FILE}.tmp"
-        torch.save({"state_dict": {**backbone_state, **extra}, "hparams": dict(self.hparams),
-                    "task_class": f"{type(self).__module__}.{type(self).__qualname__}"}, tmp)
-        tmp.replace(directory / EXPORT_STATE_FILE)
-        return directory
 
     # ------------------------------------------------------------------ forward
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None, budget: int | float | Tensor | None = None):
@@ -491,22 +439,6 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
 
         self.fit_on_batches(batches, self.val_budget_list, at_validation=True)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ldrop_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint[NORMALIZE_KEY] = bool(self.backbone.normalize_waveforms)
-        self.check_finite_weights()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Use the input normalisation the checkpoint's weights were trained with.
-
-        Checkpoints written before ldrop read ``preprocessor_config.json`` were trained on raw waveforms.
-        """
-        trained_with = bool(checkpoint.get(NORMALIZE_KEY, False))
-        if trained_with != self.backbone.normalize_waveforms:
-            log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",
-                        "with" if trained_with else "without", self.hparams.get("normalize_waveforms"))
-            self.backbone.normalize_waveforms = trained_with
-
     def _metrics_on_device(self) -> dict[str, Metric]:
         return {name: metric.to(self.device) for name, metric in self.configure_metrics().items()}
 
@@ -528,51 +460,6 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             values.append(results[f"val/{primary}@{k}"])
         # Mean over the validation budgets: what checkpointing monitors ("val/<metric>").
         self.log(f"val/{primary}", torch.stack(values).mean(), prog_bar=True)
-
-    # ------------------------------------------------------------------ fitting on validation data
-    def _selector_needs_fitting(self, at_validation: bool = False) -> bool:
-        selector = self.selector
-        return selector is not None and selector.needs_fitting and (selector.fits_at_validation or not at_validation)
-
-    def _needs_fitting(self, at_validation: bool = False) -> bool:
-        early_exit = self.early_exit is not None and self.early_exit.needs_fitting
-        return self._selector_needs_fitting(at_validation) or early_exit
-
-    @torch.no_grad()
-    def fit_on_batches(self, batches: Callable[[], Iterable[Any]], budgets: Sequence[int],
-                       at_validation: bool = False) -> None:
-        """Fit the selector (any that says :attr:`~LayerSelector.needs_fitting`) and confidence early exit.
-
-        Args:
-            batches: returns a fresh iterable of validation batches each time it is called.
-            budgets: the budgets that will be evaluated (thresholds, subsets per budget).
-            at_validation: a fit before a validation pass in training: only selectors that refit each
-                validation (:attr:`~LayerSelector.fits_at_validation`).
-        """
-        if self._selector_needs_fitting(at_validation):
-            self.selector.fit(_TaskFittingData(self, batches), [int(k) for k in budgets])
-        if self.early_exit is not None and self.early_exit.needs_fitting:
-            self.calibrate_exit_thresholds(batches())
-
-    def fit_on_dataloader(self, dataloader: Iterable[Any], budgets: Sequence[int] | None = None,
-                          max_batches: int | None = None) -> None:
-        """:meth:`fit_on_batches` on a dataloader (``budgets`` default: every ``k`` in ``1..N``)."""
-        budgets = range(1, self.num_layers + 1) if budgets is None else budgets
-        self.fit_on_batches(lambda: itertools.islice(dataloader, max_batches), budgets)
-
-    def fit_on_validation_data(self, budgets: Sequence[int] | None = None) -> None:
-        """Fit what needs validation data on the validation split of the trainer's datamodule (test, predict).
-
-        Raises:
-            RuntimeError: fitting is needed but the trainer has no datamodule.
-        """
-        if not self._needs_fitting():
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            raise RuntimeError("calibration/search needs a datamodule with validation data")
-        datamodule.setup("validate")
-        self.fit_on_dataloader(datamodule.val_dataloader(), budgets)
 
     # ------------------------------------------------------------------ test: see ldrop.sweeps.BudgetSweep
     def on_predict_start(self) -> None:
@@ -601,158 +488,6 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
         mode = getattr(self.selector, "mode", None)
         return f"{name}-{mode}" if mode == "threshold" else name
 
-    # ------------------------------------------------------------------ predict
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per input: id, output (transcript or label), executed layers and GFLOPs.
-
-        Inputs longer than ``predict_chunk_seconds`` are predicted in chunks (:meth:`predict_long`); their
-        record also lists the chunks (``start_s``, ``end_s``, ``executed_layers``), ``executed_layers`` is the
-        union over chunks and ``gflops`` the sum.
-        """
-        long_rows = [i for i, n in enumerate(batch.lengths.tolist()) if len(self.chunk_spans(n)) > 1]
-        if not long_rows:
-            return self._predict_batch(batch.waveforms, batch.lengths, list(batch.ids))
-        records: list[dict[str, Any] | None] = [None] * len(batch)
-        short_rows = [i for i in range(len(batch)) if i not in long_rows]
-        if short_rows:
-            rows = torch.tensor(short_rows, device=batch.lengths.device)
-            lengths = batch.lengths[rows]
-            waveforms = batch.waveforms[rows, : int(lengths.max())]
-            for i, record in zip(short_rows, self._predict_batch(waveforms, lengths, [batch.ids[i] for i in short_rows]),
-                                 strict=True):
-                records[i] = record
-        for i in long_rows:
-            records[i] = self.predict_long(batch.waveforms[i, : int(batch.lengths[i])], batch.ids[i],
-                                           chunks_per_pass=len(batch))
-        return records  # type: ignore[return-value]
-
-    def predict_budget_for(self, encoded: EncodedBatch) -> int | float | Tensor:
-        """``predict_budget`` for an encoded batch; a target (``{rtf: 0.1}``, ...) becomes a per-input budget."""
-        budget = self.hparams.predict_budget
-        if is_target(budget):  # a latency / real-time / FLOPs target: the controller picks k per input
-            from ldrop.runtime.controller import target_budget
-
-            return target_budget(self, encoded.lengths, budget)
-        return budget
-
-    def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
-        encoded = self.encode(waveforms, lengths)
-        logits, keep, _ = self.logits_at_budget(encoded, self.predict_budget_for(encoded))
-        hard = (keep.detach() > 0.5).float()
-        selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
-        flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
-        outputs = self.decode(logits, encoded.frame_mask)
-        return [
-            {
-                "id": item_id,
-                "output": output,
-                "executed_layers": hard[i].nonzero().flatten().tolist(),
-                "gflops": float(flops[i]) / 1e9,
-            }
-            for i, (item_id, output) in enumerate(zip(ids, outputs, strict=True))
-        ]
-
-    @property
-    def frame_hop(self) -> int:
-        """Samples between consecutive encoder frames (320 at the usual 16 kHz configuration)."""
-        return math.prod(int(s) for s in self.backbone.config.conv_stride)
-
-    def chunk_spans(self, num_samples: int) -> list[tuple[int, int]]:
-        """``(start, end)`` sample spans predict splits an input of ``num_samples`` into (one span if short).
-
-        Chunks are ``predict_chunk_seconds`` long and start every ``chunk - overlap`` samples, rounded down
-        to whole frame hops so that chunk frames line up with the frames of the whole input; the last chunk
-        is moved back to end at the input's end (it is never a short leftover). Consecutive chunks share at
-        least ``receptive_field - frame_hop`` samples, so every frame of the whole input is in some chunk.
-        """
-        seconds = self.hparams.predict_chunk_seconds
-        if seconds is None:
-            return [(0, num_samples)]
-        rate = self.sample_rate
-        chunk = int(round(seconds * rate))
-        if num_samples <= chunk:
-            return [(0, num_samples)]
-        hop, field_ = self.frame_hop, self.backbone.receptive_field
-        if chunk < field_:
-            raise ValueError(f"predict_chunk_seconds={seconds} is shorter than the CNN's receptive field "
-                             f"({field_} samples at {rate} Hz)")
-        overlap = max(int(round(self.hparams.predict_chunk_overlap_seconds * rate)), field_ - hop)
-        step = max(hop, (chunk - overlap) // hop * hop)
-        last = (num_samples - chunk) // hop * hop
-        starts = [start for start in range(0, num_samples - chunk, step) if start < last]
-        return [(start, start + chunk) for start in starts] + [(last, num_samples)]
-
-    def chunk_frames_kept(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Per chunk, the ``[first, last)`` of its own frames kept when joining frame-level outputs.
-
-        Each overlap between neighbours is split in the middle (as Hugging Face's ASR pipeline drops its
-        ``stride_length_s`` on each side), so the kept frames tile the whole input's frames exactly once.
-        """
-        hop = self.frame_hop
-        offsets = [start // hop for start, _ in spans]
-        counts = self.backbone.frame_lengths(torch.tensor([end - start for start, end in spans])).tolist()
-        cuts = [0]
-        for i in range(1, len(spans)):
-            cuts.append((offsets[i] + offsets[i - 1] + counts[i - 1]) // 2)
-        cuts.append(offsets[-1] + counts[-1])
-        return [(cuts[i] - offsets[i], cuts[i + 1] - offsets[i]) for i in range(len(spans))]
-
-    def merge_chunk_logits(self, logits: list[Tensor], spans: list[tuple[int, int]]) -> Tensor:
-        """One input's logits from its chunks' (``[classes]`` or ``[frames, vocab]`` each, real frames only).
-
-        Utterance-level logits are averaged, weighted by chunk length in samples; frame-level logits are
-        joined, each chunk contributing the frames of :meth:`chunk_frames_kept`. Returns ``[1, ...]``.
-        """
-        if logits[0].dim() == 1:
-            weights = torch.tensor([float(end - start) for start, end in spans], device=logits[0].device)
-            stacked = torch.stack([x.float() for x in logits])
-            return ((stacked * weights[:, None]).sum(0) / weights.sum())[None].to(logits[0].dtype)
-        kept = self.chunk_frames_kept(spans)
-        return torch.cat([x[first:last] for x, (first, last) in zip(logits, kept, strict=True)])[None]
-
-    def predict_long(self, waveform: Tensor, item_id: Any, chunks_per_pass: int = 1) -> dict[str, Any]:
-        """Predict one long input in chunks, each through the same selector/budget path as a short input.
-
-        Args:
-            waveform: ``[samples]`` the input's real samples.
-            item_id: its id.
-            chunks_per_pass: chunks run together in one forward pass (bounds memory: about this many
-                chunk-length inputs at a time).
-        """
-        spans = self.chunk_spans(int(waveform.shape[0]))
-        chunk_logits: list[Tensor] = []
-        chunks: list[dict[str, Any]] = []
-        total_flops = 0.0
-        rate = self.sample_rate
-        for first in range(0, len(spans), max(1, chunks_per_pass)):
-            group = spans[first : first + max(1, chunks_per_pass)]
-            lengths = torch.tensor([end - start for start, end in group], device=waveform.device)
-            waves = waveform.new_zeros(len(group), int(lengths.max()))
-            for row, (start, end) in enumerate(group):
-                waves[row, : end - start] = waveform[start:end]
-            encoded = self.encode(waves, lengths)
-            logits, keep, _ = self.logits_at_budget(encoded, self.predict_budget_for(encoded))
-            hard = (keep.detach() > 0.5).float()
-            selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
-            flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
-            total_flops += float(flops.sum())
-            frames = encoded.frame_mask.sum(1).tolist()
-            for row, (start, end) in enumerate(group):
-                chunk_logits.append(logits[row] if logits.dim() == 2 else logits[row, : frames[row]])
-                chunks.append({"start_s": start / rate, "end_s": end / rate,
-                               "executed_layers": hard[row].nonzero().flatten().tolist()})
-        merged = self.merge_chunk_logits(chunk_logits, spans)
-        frame_mask = torch.ones(merged.shape[:2] if merged.dim() == 3 else (1, 1), dtype=torch.bool,
-                                device=merged.device)
-        layers = sorted({layer for chunk in chunks for layer in chunk["executed_layers"]})
-        return {
-            "id": item_id,
-            "output": self.decode(merged, frame_mask)[0],
-            "executed_layers": layers,
-            "gflops": total_flops / 1e9,
-            "chunks": chunks,
-        }
-
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         """AdamW with three groups: backbone (``lr``), selector (``selector_lr``) and every other trainable
@@ -780,61 +515,3 @@ class LayerDropTask(GatingMixin, L.LightningModule, ABC):
             optimizer, lr_lambda=lr_schedule(self.hparams.schedule, warmup_steps, total)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def lr_schedule(kind: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at a step: linear warm-up, then the named decay.
-
-    ``tri_stage`` follows the wav2vec 2.0 fine-tuning recipe: warm-up, hold until 50% of training, then
-    exponential decay to 5% of the peak.
-    """
-    if kind not in ("linear", "tri_stage", "constant"):
-        raise ValueError(f"schedule must be 'linear', 'tri_stage' or 'constant', got {kind!r}")
-    warmup_steps = max(0, min(warmup_steps, total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if kind == "constant":
-            return 1.0
-        if kind == "linear":
-            return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-        hold_end = max(warmup_steps, total_steps // 2)
-        if step < hold_end:
-            return 1.0
-        progress = min(1.0, (step - hold_end) / max(1, total_steps - hold_end))
-        return math.exp(math.log(0.05) * progress)
-
-    return factor
-
-
-class _TaskFittingData:
-    """The :class:`~ldrop.selectors.base.FittingData` a task hands to ``selector.fit``: its validation batches,
-    encoded, and its primary metric with fixed layers."""
-
-    def __init__(self, task: LayerDropTask, batches: Callable[[], Iterable[Any]]) -> None:
-        self.task = task
-        self.batches = batches
-        self.higher_is_better = task.higher_is_better
-        self._encoded: list[tuple[Any, EncodedBatch]] | None = None
-
-    def _device_batches(self) -> Iterator[Any]:
-        for batch in self.batches():
-            yield self.task.transfer_batch_to_device(batch, self.task.device, 0)
-
-    def inputs(self) -> Iterator[EncodedBatch]:
-        """Each batch encoded (streamed: nothing is kept)."""
-        for batch in self._device_batches():
-            yield self.task.encode(batch.waveforms, batch.lengths)
-
-    def metric_with_layers(self, layers: Sequence[int]) -> float:
-        """The task's primary metric when every input runs ``layers`` (batches encoded once, then kept)."""
-        task = self.task
-        if self._encoded is None:
-            self._encoded = [(b, task.encode(b.waveforms, b.lengths)) for b in self._device_batches()]
-        metrics = task._metrics_on_device()
-        for batch, encoded in self._encoded:
-            keep = torch.zeros(len(batch), task.num_layers, device=task.device)
-            keep[:, list(layers)] = 1.0
-            task.update_metrics(metrics, task.logits_with_mask(encoded, keep), encoded.frame_mask, batch)
-        return float(metrics[task.metric_names[0]].compute())
