@@ -231,9 +231,11 @@ def target_budget(model: Any, sample_lengths: Tensor, target: Target | dict | st
     """
     target = Target.parse(target)
     controller = getattr(model, "_target_controller", None)
-    if controller is None or getattr(model, "_target_profile_path", None) != target.profile:
+    needs_profile = target.kind in ("ms", "rtf")
+    if (controller is None or getattr(model, "_target_profile_path", None) != target.profile
+            or (needs_profile and controller.profile is None)):  # a FLOPs target's controller has no profile
         profile = None
-        if target.kind in ("ms", "rtf"):
+        if needs_profile:
             if target.profile:
                 profile = DeviceProfile.load(target.profile)
             else:

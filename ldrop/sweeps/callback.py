@@ -20,8 +20,8 @@ from torchmetrics import CatMetric, SumMetric
 
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
-from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_sweep
-from ldrop.tasks.budget import budget_list
+from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_rows, write_sweep
+from ldrop.tasks.budget import Target, budget_list
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ SWEEP_HEADERS = {
     "gflops_per_utterance": "GFLOPs/utt",
     "ms_per_utterance": "ms/utt",
     "distinct_masks": "masks",
+    "over_target": "over target",
 }
 
 
@@ -52,6 +53,12 @@ class BudgetSweep(L.Callback):
             input", for selectors whose masks depend on the input (needs a batch size above 1).
         method_name: label of the run in the sweep and ``ldrop compare`` (default: the task's own label).
         directory: folder of the files (default: the trainer's log folder).
+        targets: also sweep budget targets (``{ms: 80}``, ``{rtf: 0.1}``, ``{gflops_per_second: 2}``, each
+            optionally with ``profile: PATH``): each input gets the budget the controller gives it (open
+            loop, as ``ldrop predict``), and ``target_sweep.csv``/``.json`` report per target the layers
+            run, the metric, GFLOPs, the measured ms per utterance and the share of utterances over the target
+            (time targets are checked per batch: batch time against the batch's allowance; at batch size 1
+            that is per utterance; FLOPs targets per utterance, exactly).
     """
 
     def __init__(
@@ -61,9 +68,12 @@ class BudgetSweep(L.Callback):
         controls: bool = False,
         method_name: str | None = None,
         directory: str | None = None,
+        targets: list[dict[str, Any] | str] | None = None,
     ) -> None:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.targets = [Target.parse(t) for t in (targets or [])]  # bad targets fail here, before any work
+        self.target_rows: list[dict[str, Any]] = []
         self.budgets = budgets
         self.repeats = int(repeats)
         self.controls = bool(controls)
@@ -92,6 +102,13 @@ class BudgetSweep(L.Callback):
         self.flops = {k: _sum(device) for k in budgets}
         self.seconds = {k: _sum(device) for k in budgets}
         self.totals = {name: _sum(device) for name in ("seconds_audio", "utterances", "seconds_fixed")}
+        self.target_state = [
+            {"metrics": pl_module.configure_metrics(), "layers": _sum(device), "flops": _sum(device),
+             "seconds": _sum(device), "misses": _sum(device)} for _ in self.targets
+        ]
+        for state in self.target_state:
+            for metric in state["metrics"].values():
+                metric.to(device)
 
     # ------------------------------------------------------------------ per batch
     @staticmethod
@@ -107,7 +124,8 @@ class BudgetSweep(L.Callback):
         """``outputs`` is the encoded batch the task's ``test_step`` returns."""
         encoded = outputs
         self._sync(pl_module)
-        self.totals["seconds_fixed"].update(time.perf_counter() - self._start)
+        seconds_fixed = time.perf_counter() - self._start
+        self.totals["seconds_fixed"].update(seconds_fixed)
         self.totals["utterances"].update(float(len(batch)))
         self.totals["seconds_audio"].update(float(batch.lengths.sum()) / pl_module.sample_rate)
         selector = pl_module.selector
@@ -135,6 +153,48 @@ class BudgetSweep(L.Callback):
                 for name, mask in controls.items():
                     logits = pl_module.logits_with_mask(encoded, mask)
                     pl_module.update_metrics(self.control_metrics[(k, name)], logits, encoded.frame_mask, batch)
+        for target, state in zip(self.targets, self.target_state, strict=True):
+            self._score_target(pl_module, batch, encoded, target, state, seconds_fixed, selector_flops)
+
+    def _score_target(self, pl_module, batch, encoded, target: Target, state, seconds_fixed, selector_flops):
+        from ldrop.runtime.controller import target_budget  # the runtime package is only needed for targets
+
+        self._sync(pl_module)
+        start = time.perf_counter()
+        budget = target_budget(pl_module, batch.lengths, target)
+        logits, keep, _ = pl_module.logits_at_budget(encoded, budget)
+        self._sync(pl_module)
+        seconds = seconds_fixed + time.perf_counter() - start
+        hard = (keep.detach() > 0.5).float()
+        flops = count_forward_flops(pl_module.backbone.config, encoded.lengths, hard, selector_flops).total
+        audio = batch.lengths.double() / pl_module.sample_rate
+        if target.kind == "gflops_per_second":
+            misses = float((flops.to(audio.device) / 1e9 > target.value * audio * (1 + 1e-9)).sum())
+        else:
+            allowance = target.value / 1000.0 * len(batch) if target.kind == "ms" else target.value * float(audio.sum())
+            misses = float(len(batch)) if seconds > allowance else 0.0
+        state["layers"].update(float(hard.sum()))
+        state["flops"].update(float(flops.sum()))
+        state["seconds"].update(seconds)
+        state["misses"].update(misses)
+        pl_module.update_metrics(state["metrics"], logits, encoded.frame_mask, batch)
+
+    def target_sweep_rows(self, pl_module: Any) -> list[dict[str, Any]]:
+        """One row per target: layers run, the metrics, GFLOPs and ms per utterance, share over the target."""
+        utterances = max(1.0, float(self.totals["utterances"].compute()))
+        rows = []
+        for target, state in zip(self.targets, self.target_state, strict=True):
+            row: dict[str, Any] = {
+                "target": f"{target.kind}={target.value:g}",
+                "executed_layers": float(state["layers"].compute()) / utterances,
+                "gflops_per_utterance": float(state["flops"].compute()) / 1e9 / utterances,
+                "ms_per_utterance": 1000.0 * float(state["seconds"].compute()) / utterances,
+                "over_target": float(state["misses"].compute()) / utterances,
+                "utterances": int(round(utterances)),
+            }
+            row.update({name: float(state["metrics"][name].compute()) for name in pl_module.metric_names})
+            rows.append(row)
+        return rows
 
     # ------------------------------------------------------------------ results
     def sweep_rows(self, trainer: L.Trainer, pl_module: Any) -> tuple[list[dict[str, Any]], list[list[float]]]:
@@ -198,6 +258,12 @@ class BudgetSweep(L.Callback):
         table = markdown_table(rows, [c for c in columns if c in rows[0]])
         self.print_table(rows, columns, rows[0]["method"])
         log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)
+        if self.targets:
+            self.target_rows = self.target_sweep_rows(pl_module)
+            write_rows(self.target_rows, directory / "target_sweep.csv", directory / "target_sweep.json")
+            self.print_table(self.target_rows, ["target", "executed_layers", *pl_module.metric_names,
+                                                "gflops_per_utterance", "ms_per_utterance", "over_target"],
+                             f"{rows[0]['method']} under targets")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):  # the plots and the table beside the curves
                 add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=trainer.global_step)

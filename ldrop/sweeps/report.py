@@ -191,6 +191,12 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None
     return "\n".join(lines)
 
 
+def write_rows(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike, json_path: str | os.PathLike) -> None:
+    """Write ``rows`` as CSV and JSON, atomically (a table other than the budget sweep, e.g. the targets')."""
+    atomic_write_text(csv_path, rows_to_csv(rows))
+    atomic_write_text(json_path, json.dumps(list(rows), indent=2) + "\n")
+
+
 def write_sweep(
     rows: Sequence[dict[str, Any]],
     directory: str | os.PathLike,

@@ -49,3 +49,38 @@ def test_sweep_sums_keep_double_precision():
     for _ in range(3):
         total.update(0.123456789123)  # seconds of audio: not a float32 number
     assert float(total.compute()) == 3 * 0.123456789123
+
+
+def test_a_flops_target_gets_the_layers_it_affords_and_is_never_exceeded(tmp_path):
+    full = _sweep(tmp_path, functools.partial(InputConditionedSelector, hidden_dim=16))
+    one_layer, all_layers = full[0]["gflops_per_second"], full[1]["gflops_per_second"]
+    target = {"gflops_per_second": (one_layer + all_layers) / 2}
+    L.seed_everything(0)
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                               selector=functools.partial(InputConditionedSelector, hidden_dim=16))
+    sweep = BudgetSweep(budgets=[4], directory=str(tmp_path / "targets"), targets=[target])
+    quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=2).test(model, tiny_classification_data())
+    (row,) = sweep.target_rows
+    assert row["over_target"] == 0.0  # the controller's FLOPs count is exact
+    assert 1.0 < row["executed_layers"] < 4.0
+    assert row["gflops_per_utterance"] < sweep.rows[0]["gflops_per_utterance"]
+    assert (tmp_path / "targets" / "target_sweep.csv").is_file()
+    assert (tmp_path / "targets" / "target_sweep.json").is_file()
+
+
+def test_bad_targets_fail_when_the_sweep_is_built():
+    with pytest.raises(ValueError, match="unknown target key"):
+        BudgetSweep(targets=[{"fps": 3}])
+
+
+def test_a_time_target_after_a_flops_target_gets_its_own_profile(tmp_path):
+    L.seed_everything(0)
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                               selector=functools.partial(InputConditionedSelector, hidden_dim=16))
+    sweep = BudgetSweep(budgets=[4], directory=str(tmp_path / "targets"),
+                        targets=[{"gflops_per_second": 1e6}, {"rtf": 1e6}])
+    with pytest.warns(UserWarning, match="without a profile"):  # the time target measures a quick one
+        quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, tiny_classification_data())
+    assert [row["executed_layers"] for row in sweep.target_rows] == [4.0, 4.0]  # generous targets: every layer
+    assert [row["over_target"] for row in sweep.target_rows] == [0.0, 0.0]
