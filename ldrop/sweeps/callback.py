@@ -16,12 +16,17 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
 from torchmetrics import CatMetric, SumMetric
 
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
+from ldrop.sweeps.headroom import all_subsets, candidate_masks, num_subsets
 from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_rows, write_sweep
+from ldrop.tasks.base import LayerDropTask
 from ldrop.tasks.budget import Target, budget_list
+
+_base_item_errors = LayerDropTask.item_errors
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,14 @@ class BudgetSweep(L.Callback):
             run, the metric, GFLOPs, the measured ms per utterance and the share of utterances over the target
             (time targets are checked per batch: batch time against the batch's allowance; at batch size 1
             that is per utterance; FLOPs targets per utterance, exactly).
+        headroom: also score, per budget, the per-input oracle (the best of ``headroom_candidates`` masks
+            per input: the selector's own, one-layer swaps of it, random ones) and the static oracle (the
+            best single mask for every input, over all ``C(N, k)`` masks when there are at most
+            ``static_oracle_max_masks``), as ``<metric>_input_oracle`` / ``<metric>_static_oracle``
+            columns. ``None``: on for selectors whose masks depend on the input. Needs the task's
+            ``item_errors``; scored on the test split.
+        headroom_candidates: candidate masks per input of the per-input oracle.
+        static_oracle_max_masks: budgets with more ``k``-layer masks than this get no static oracle.
     """
 
     def __init__(
@@ -69,11 +82,19 @@ class BudgetSweep(L.Callback):
         method_name: str | None = None,
         directory: str | None = None,
         targets: list[dict[str, Any] | str] | None = None,
+        headroom: bool | None = None,
+        headroom_candidates: int = 8,
+        static_oracle_max_masks: int = 128,
     ) -> None:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.targets = [Target.parse(t) for t in (targets or [])]  # bad targets fail here, before any work
         self.target_rows: list[dict[str, Any]] = []
+        if headroom_candidates < 2:
+            raise ValueError(f"headroom_candidates must be >= 2 (the selector's own mask and another), got {headroom_candidates}")
+        self.headroom = headroom
+        self.headroom_candidates = int(headroom_candidates)
+        self.static_oracle_max_masks = int(static_oracle_max_masks)
         self.budgets = budgets
         self.repeats = int(repeats)
         self.controls = bool(controls)
@@ -102,6 +123,15 @@ class BudgetSweep(L.Callback):
         self.flops = {k: _sum(device) for k in budgets}
         self.seconds = {k: _sum(device) for k in budgets}
         self.totals = {name: _sum(device) for name in ("seconds_audio", "utterances", "seconds_fixed")}
+        wants = self.headroom if self.headroom is not None else (selector is not None and selector.input_dependent)
+        self._headroom = bool(wants) and selector is not None and type(pl_module).item_errors is not _base_item_errors
+        if wants and not self._headroom:
+            log.warning("headroom needs a selector and the task's item_errors: not scored")
+        self.oracle = {k: {"input": _sum(device), "count": _sum(device),
+                           "static": torch.zeros(num_subsets(pl_module.num_layers, k)
+                                                 if num_subsets(pl_module.num_layers, k) <= self.static_oracle_max_masks
+                                                 else 0, dtype=torch.float64, device=device)}
+                       for k in budgets} if self._headroom else {}
         self.target_state = [
             {"metrics": pl_module.configure_metrics(), "layers": _sum(device), "flops": _sum(device),
              "seconds": _sum(device), "misses": _sum(device)} for _ in self.targets
@@ -153,8 +183,43 @@ class BudgetSweep(L.Callback):
                 for name, mask in controls.items():
                     logits = pl_module.logits_with_mask(encoded, mask)
                     pl_module.update_metrics(self.control_metrics[(k, name)], logits, encoded.frame_mask, batch)
+            if self._headroom:
+                self._score_headroom(pl_module, batch, encoded, k, hard, batch_idx)
         for target, state in zip(self.targets, self.target_state, strict=True):
             self._score_target(pl_module, batch, encoded, target, state, seconds_fixed, selector_flops)
+
+    def _score_headroom(self, pl_module, batch, encoded, k: int, own: Tensor, batch_idx: int) -> None:
+        """Accumulate the per-input and static oracles' errors at budget ``k`` for one batch."""
+        state = self.oracle[k]
+        generator = torch.Generator().manual_seed(10_000 + batch_idx)
+        errors = []
+        for mask in candidate_masks(own, self.headroom_candidates, generator):
+            item_errors, counts = pl_module.item_errors(pl_module.logits_with_mask(encoded, mask),
+                                                        encoded.frame_mask, batch)
+            errors.append(item_errors)
+        state["input"].update(float(torch.stack(errors).min(0).values.sum()))
+        state["count"].update(float(counts.sum()))
+        if state["static"].numel():
+            for row, mask in enumerate(all_subsets(pl_module.num_layers, k, pl_module.device)):
+                everyone = mask.expand(len(batch), -1)
+                item_errors, _ = pl_module.item_errors(pl_module.logits_with_mask(encoded, everyone),
+                                                       encoded.frame_mask, batch)
+                state["static"][row] += item_errors.sum()
+
+    def _oracle_columns(self, trainer: L.Trainer, pl_module: Any, k: int) -> dict[str, float]:
+        """``<metric>_input_oracle`` and ``<metric>_static_oracle`` at budget ``k`` (over all ranks)."""
+        state = self.oracle[k]
+        count = max(float(state["count"].compute()), 1e-12)
+        primary = pl_module.metric_names[0]
+
+        def as_metric(errors: float) -> float:  # the primary metric from its error terms
+            return 1.0 - errors / count if pl_module.higher_is_better else errors / count
+
+        columns = {f"{primary}_input_oracle": as_metric(float(state["input"].compute()))}
+        if state["static"].numel():
+            static = trainer.strategy.reduce(state["static"].clone(), reduce_op="sum")
+            columns[f"{primary}_static_oracle"] = as_metric(float(static.min()))
+        return columns
 
     def _score_target(self, pl_module, batch, encoded, target: Target, state, seconds_fixed, selector_flops):
         from ldrop.runtime.controller import target_budget  # the runtime package is only needed for targets
@@ -237,6 +302,8 @@ class BudgetSweep(L.Callback):
             for (kk, control), metrics in self.control_metrics.items():
                 if kk == k:
                     row[f"{primary}_{control}"] = float(metrics[primary].compute())
+            if self._headroom:
+                row.update(self._oracle_columns(trainer, pl_module, k))
             rows.append(row)
             usage.append(masks.mean(0).tolist() if len(masks) else [0.0] * n)
         return rows, usage
@@ -276,7 +343,7 @@ class BudgetSweep(L.Callback):
 
         table = Table(title=f"budget sweep: {method}")
         cols = [c for c in columns if c in rows[0]]
-        cols += [c for c in rows[0] if c.endswith(("_std", "_shuffled", "_most_common"))]
+        cols += [c for c in rows[0] if c.endswith(("_std", "_shuffled", "_most_common", "_oracle"))]
         for c in cols:
             table.add_column(SWEEP_HEADERS.get(c, c), justify="right", no_wrap=True)
         for row in rows:

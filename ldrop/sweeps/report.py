@@ -110,6 +110,12 @@ def sweep_figure(
         if any(stds):
             ax.fill_between(xs, [y - s for y, s in zip(ys, stds, strict=True)],
                             [y + s for y, s in zip(ys, stds, strict=True)], color=line.get_color(), alpha=0.2)
+        for oracle, style in (("input_oracle", "--"), ("static_oracle", ":")):  # the headroom, when scored
+            points = [(x, float(r[f"{name}_{oracle}"])) for x, r in zip(xs, rows, strict=True)
+                      if r.get(f"{name}_{oracle}") not in (None, "")]
+            if points:
+                ax.plot(*zip(*points, strict=True), linestyle=style, color=line.get_color(), alpha=0.7,
+                        label=f"{label}: {oracle.replace('_', ' ')}")
         for x, y, row in zip(xs, ys, rows, strict=True):
             if row.get("budget_layers") not in (None, ""):
                 ax.annotate(f"k={row['budget_layers']}", (x, y), xytext=(3, 4), textcoords="offset points",

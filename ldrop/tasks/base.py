@@ -184,6 +184,11 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
     def update_metrics(self, metrics: dict[str, Metric], logits: Tensor, frame_mask: Tensor, batch: Any) -> None:
         """Update metric objects with a batch."""
 
+    def item_errors(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(errors, counts)``, each ``[batch]``: the primary metric's error terms per input (the sweep's
+        oracles pick the candidate mask with the fewest errors per input). Tasks without it get no oracles."""
+        raise NotImplementedError
+
     @abstractmethod
     def decode(self, logits: Tensor, frame_mask: Tensor) -> list[Any]:
         """Per-sample outputs (transcripts or label names) from logits."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -69,6 +70,11 @@ class ClassificationTask(LayerDropTask):
 
     def update_metrics(self, metrics: dict[str, Metric], logits: Tensor, frame_mask: Tensor, batch: Any) -> None:
         metrics["acc"].update(logits.argmax(-1), batch.targets)
+
+    def item_errors(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        """Per input: 1 if its prediction is wrong, else 0; each input counts once."""
+        wrong = (logits.argmax(-1) != batch.targets).double()
+        return wrong, torch.ones_like(wrong)
 
     def decode(self, logits: Tensor, frame_mask: Tensor) -> list[Any]:
         ids = logits.argmax(-1).tolist()

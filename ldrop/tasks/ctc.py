@@ -98,6 +98,16 @@ class CTCTask(LayerDropTask):
         for metric in metrics.values():
             metric.update(hypotheses, references)
 
+    def item_errors(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        """Per utterance: word edit distance to its reference, and the reference's words (WER's terms)."""
+        from torchaudio.functional import edit_distance
+
+        hypotheses = self.decode(logits, frame_mask)
+        references = [self.normalize(t).split() for t in batch.targets]
+        errors = [float(edit_distance(ref, hyp.split())) for ref, hyp in zip(references, hypotheses, strict=True)]
+        return (torch.tensor(errors, dtype=torch.float64, device=logits.device),
+                torch.tensor([float(max(1, len(ref))) for ref in references], dtype=torch.float64, device=logits.device))
+
     def decode(self, logits: Tensor, frame_mask: Tensor) -> list[str]:
         """Greedy CTC decoding: best class per frame, collapse repeats, drop blanks."""
         best = logits.argmax(-1).masked_fill(~frame_mask, 0).cpu()

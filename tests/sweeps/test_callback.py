@@ -84,3 +84,32 @@ def test_a_time_target_after_a_flops_target_gets_its_own_profile(tmp_path):
         quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, tiny_classification_data())
     assert [row["executed_layers"] for row in sweep.target_rows] == [4.0, 4.0]  # generous targets: every layer
     assert [row["over_target"] for row in sweep.target_rows] == [0.0, 0.0]
+
+
+def test_headroom_oracles_bracket_the_selectors_own_result(tmp_path):
+    rows = _sweep(tmp_path, functools.partial(InputConditionedSelector, hidden_dim=16))  # on by default
+    low, full = rows
+    assert low["acc_input_oracle"] >= low["acc"] - 1e-6  # the selector's own mask is a candidate (float32 metric)
+    assert 0.0 <= low["acc_static_oracle"] <= 1.0
+    # at full depth there is one mask: both oracles are the selector's own result
+    assert full["acc_input_oracle"] == pytest.approx(full["acc"]) == pytest.approx(full["acc_static_oracle"])
+
+
+def test_headroom_for_ctc_uses_per_utterance_word_errors(tmp_path):
+    from ldrop.tasks import CTCTask
+    from tests.helpers import tiny_ctc_data
+
+    L.seed_everything(0)
+    data = tiny_ctc_data()
+    model = CTCTask(labels=sorted(set(data.alphabet) | {" "}), backbone="tiny:wavlm",
+                    selector=functools.partial(InputConditionedSelector, hidden_dim=16))
+    sweep = BudgetSweep(budgets=[1, 4], directory=str(tmp_path / "sweep"))
+    quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, data)
+    low, full = sweep.rows
+    assert low["wer_input_oracle"] <= low["wer"] + 1e-6
+    assert full["wer_input_oracle"] == pytest.approx(full["wer"]) == pytest.approx(full["wer_static_oracle"])
+
+
+def test_headroom_is_off_for_input_blind_selectors_unless_asked(tmp_path):
+    assert "acc_input_oracle" not in _sweep(tmp_path, RandomSelector)[0]
+    assert "acc_input_oracle" in _sweep(tmp_path, RandomSelector, headroom=True)[0]

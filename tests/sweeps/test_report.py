@@ -161,3 +161,11 @@ def test_writing_a_sweep_removes_the_temporaries_a_killed_write_left(tmp_path):
     write_sweep(ROWS, tmp_path)
     assert not any(path.exists() for path in stale)
     assert unrelated.exists()  # not a temporary of the sweep's own files
+
+
+def test_sweep_figure_draws_the_headroom_oracles_when_present():
+    from ldrop.sweeps import sweep_figure
+
+    rows = [{**row, "acc_input_oracle": row["acc"] + 0.1, "acc_static_oracle": row["acc"]} for row in ROWS]
+    labels = [line.get_label() for line in sweep_figure({"sel": rows}).axes[0].get_lines()]
+    assert labels == ["sel", "sel: input oracle", "sel: static oracle"]
