@@ -127,11 +127,8 @@ class BudgetSweep(L.Callback):
         self._headroom = bool(wants) and selector is not None and type(pl_module).item_errors is not _base_item_errors
         if wants and not self._headroom:
             log.warning("headroom needs a selector and the task's item_errors: not scored")
-        self.oracle = {k: {"input": _sum(device), "count": _sum(device),
-                           "static": torch.zeros(num_subsets(pl_module.num_layers, k)
-                                                 if num_subsets(pl_module.num_layers, k) <= self.static_oracle_max_masks
-                                                 else 0, dtype=torch.float64, device=device)}
-                       for k in budgets} if self._headroom else {}
+        self.oracle = {split: {k: self._oracle_state(pl_module.num_layers, k, device) for k in budgets}
+                       for split in ("test", "val")} if self._headroom else {}
         self.target_state = [
             {"metrics": pl_module.configure_metrics(), "layers": _sum(device), "flops": _sum(device),
              "seconds": _sum(device), "misses": _sum(device)} for _ in self.targets
@@ -184,19 +181,26 @@ class BudgetSweep(L.Callback):
                     logits = pl_module.logits_with_mask(encoded, mask)
                     pl_module.update_metrics(self.control_metrics[(k, name)], logits, encoded.frame_mask, batch)
             if self._headroom:
-                self._score_headroom(pl_module, batch, encoded, k, hard, batch_idx)
+                self._score_headroom(pl_module, batch, encoded, k, hard, batch_idx, self.oracle["test"][k])
         for target, state in zip(self.targets, self.target_state, strict=True):
             self._score_target(pl_module, batch, encoded, target, state, seconds_fixed, selector_flops)
 
-    def _score_headroom(self, pl_module, batch, encoded, k: int, own: Tensor, batch_idx: int) -> None:
-        """Accumulate the per-input and static oracles' errors at budget ``k`` for one batch."""
-        state = self.oracle[k]
+    def _oracle_state(self, num_layers: int, k: int, device: torch.device) -> dict[str, Any]:
+        """Error sums of the selector, the per-input oracle and each static mask at budget ``k``."""
+        static = num_subsets(num_layers, k) if num_subsets(num_layers, k) <= self.static_oracle_max_masks else 0
+        return {"own": _sum(device), "input": _sum(device), "count": _sum(device),
+                "static": torch.zeros(static, dtype=torch.float64, device=device)}
+
+    def _score_headroom(self, pl_module, batch, encoded, k: int, own: Tensor, batch_idx: int, state: dict) -> None:
+        """Accumulate the selector's, the per-input and the static oracles' errors at budget ``k`` for one
+        batch (``own``: the selector's masks; a threshold-mode selector's rows may keep other counts)."""
         generator = torch.Generator().manual_seed(10_000 + batch_idx)
         errors = []
         for mask in candidate_masks(own, self.headroom_candidates, generator):
             item_errors, counts = pl_module.item_errors(pl_module.logits_with_mask(encoded, mask),
                                                         encoded.frame_mask, batch)
             errors.append(item_errors)
+        state["own"].update(float(errors[0].sum()))  # the first candidate is the selector's own mask
         state["input"].update(float(torch.stack(errors).min(0).values.sum()))
         state["count"].update(float(counts.sum()))
         if state["static"].numel():
@@ -206,19 +210,39 @@ class BudgetSweep(L.Callback):
                                                        encoded.frame_mask, batch)
                 state["static"][row] += item_errors.sum()
 
-    def _oracle_columns(self, trainer: L.Trainer, pl_module: Any, k: int) -> dict[str, float]:
-        """``<metric>_input_oracle`` and ``<metric>_static_oracle`` at budget ``k`` (over all ranks)."""
-        state = self.oracle[k]
+    @torch.no_grad()
+    def _score_validation(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """The headroom on the validation split as well (the selector's own masks at each budget)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            log.warning("headroom on validation data needs a datamodule: scored on the test split only")
+            return
+        datamodule.setup("validate")
+        for batch_idx, batch in enumerate(datamodule.val_dataloader()):
+            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+            encoded = pl_module.encode(batch.waveforms, batch.lengths)
+            for k in self.budget_layers:
+                _, keep, _ = pl_module.logits_at_budget(encoded, k)
+                own = (keep.detach() > 0.5).float()
+                self._score_headroom(pl_module, batch, encoded, k, own, batch_idx, self.oracle["val"][k])
+
+    def _oracle_columns(self, trainer: L.Trainer, pl_module: Any, state: dict, suffix: str = "") -> dict[str, float]:
+        """``<metric>_input_oracle``, ``<metric>_static_oracle`` (and, on validation, the selector's own
+        ``<metric>``), each with ``suffix``, from one budget's error sums (over all ranks)."""
         count = max(float(state["count"].compute()), 1e-12)
         primary = pl_module.metric_names[0]
 
         def as_metric(errors: float) -> float:  # the primary metric from its error terms
             return 1.0 - errors / count if pl_module.higher_is_better else errors / count
 
-        columns = {f"{primary}_input_oracle": as_metric(float(state["input"].compute()))}
+        if not state["count"].update_called:
+            return {}
+        columns = {f"{primary}_input_oracle{suffix}": as_metric(float(state["input"].compute()))}
+        if suffix:
+            columns[f"{primary}{suffix}"] = as_metric(float(state["own"].compute()))
         if state["static"].numel():
             static = trainer.strategy.reduce(state["static"].clone(), reduce_op="sum")
-            columns[f"{primary}_static_oracle"] = as_metric(float(static.min()))
+            columns[f"{primary}_static_oracle{suffix}"] = as_metric(float(static.min()))
         return columns
 
     def _score_target(self, pl_module, batch, encoded, target: Target, state, seconds_fixed, selector_flops):
@@ -303,12 +327,15 @@ class BudgetSweep(L.Callback):
                 if kk == k:
                     row[f"{primary}_{control}"] = float(metrics[primary].compute())
             if self._headroom:
-                row.update(self._oracle_columns(trainer, pl_module, k))
+                row.update(self._oracle_columns(trainer, pl_module, self.oracle["test"][k]))
+                row.update(self._oracle_columns(trainer, pl_module, self.oracle["val"][k], "_val"))
             rows.append(row)
             usage.append(masks.mean(0).tolist() if len(masks) else [0.0] * n)
         return rows, usage
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self._headroom:
+            self._score_validation(trainer, pl_module)
         rows, usage = self.sweep_rows(trainer, pl_module)
         for row in rows:
             k = row["budget_layers"]

@@ -93,6 +93,9 @@ def test_headroom_oracles_bracket_the_selectors_own_result(tmp_path):
     assert 0.0 <= low["acc_static_oracle"] <= 1.0
     # at full depth there is one mask: both oracles are the selector's own result
     assert full["acc_input_oracle"] == pytest.approx(full["acc"]) == pytest.approx(full["acc_static_oracle"])
+    # the same on the validation split
+    assert low["acc_input_oracle_val"] >= low["acc_val"] and 0.0 <= low["acc_static_oracle_val"] <= 1.0
+    assert full["acc_input_oracle_val"] == full["acc_val"] == full["acc_static_oracle_val"]
 
 
 def test_headroom_for_ctc_uses_per_utterance_word_errors(tmp_path):
