@@ -79,6 +79,8 @@ class LayerSelector(nn.Module, ABC):
     #: Whether :meth:`fit` depends on the current weights and so runs again before every validation pass
     #: during training (cheap fits such as threshold calibration); otherwise only before test and predict.
     fits_at_validation: bool = True
+    #: Alternative masks per input the task scores in training for :meth:`counterfactual_loss` (0: none).
+    counterfactual_candidates: int = 0
 
     def __init__(self, num_layers: int, feature_dim: int) -> None:
         super().__init__()
@@ -158,6 +160,16 @@ class LayerSelector(nn.Module, ABC):
             data: validation batches and the task's metric, see :class:`FittingData`.
             budgets: the layer budgets (each in ``1..num_layers``) that will be evaluated.
         """
+
+    def counterfactual_loss(self, scores: Tensor, own: Tensor, candidates: Tensor, own_losses: Tensor,
+                            candidate_losses: Tensor) -> Tensor:
+        """A loss that compares the chosen masks with alternatives on the same inputs (training only).
+
+        The task calls it when :attr:`counterfactual_candidates` is above 0, with the per-input task losses
+        of the chosen masks ``own [batch, layers]`` and of ``candidates [candidates, batch, layers]``
+        (see :meth:`ldrop.selectors.TopKSelector.counterfactual_loss`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no counterfactual objective")
 
     def reseed(self, seed: int) -> None:
         """Restart the random draws of evaluation from ``seed`` (no-op unless :attr:`random_at_eval`)."""

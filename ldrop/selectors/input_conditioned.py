@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FittingData, SelectorOutput
-from .topk import Relaxation, TopKSelector, calibrate_threshold, threshold_mask
+from .topk import Objective, Relaxation, TopKSelector, calibrate_threshold, threshold_mask
 
 #: Waveform samples per CNN feature-encoder frame of wav2vec2 / HuBERT / WavLM (20 ms at 16 kHz).
 CNN_FRAME_STRIDE = 320
@@ -128,6 +128,10 @@ class InputConditionedSelector(TopKSelector):
         tau_end: relaxation temperature at the end of training.
         noise_scale: Gumbel noise multiplier in training.
         relaxation: ``"sigmoid"`` or ``"softmax"`` relaxed top-k.
+        objective: ``"straight_through"``, ``"counterfactual"`` or ``"both"`` (see
+            :class:`~ldrop.selectors.TopKSelector`).
+        counterfactual_candidates: alternative masks per input scored for the counterfactual objective.
+        counterfactual_weight: weight of the counterfactual ranking loss.
         sample_rate: waveform sample rate for ``input="fbank"``.
     """
 
@@ -152,6 +156,9 @@ class InputConditionedSelector(TopKSelector):
         tau_end: float = 0.1,
         noise_scale: float = 1.0,
         relaxation: Relaxation = "sigmoid",
+        objective: Objective = "straight_through",
+        counterfactual_candidates: int = 2,
+        counterfactual_weight: float = 1.0,
         sample_rate: int = 16000,
     ) -> None:
         if input not in ("cnn", "fbank"):
@@ -166,6 +173,9 @@ class InputConditionedSelector(TopKSelector):
             tau_end=tau_end,
             noise_scale=noise_scale,
             relaxation=relaxation,
+            objective=objective,
+            counterfactual_candidates=counterfactual_candidates,
+            counterfactual_weight=counterfactual_weight,
         )
         if score_mode not in ("prior+standardized", "standardized", "raw"):
             raise ValueError(

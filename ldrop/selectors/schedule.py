@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import SelectorOutput
-from .topk import Relaxation, TopKSelector
+from .topk import Objective, Relaxation, TopKSelector
 
 
 class LearnedScheduleSelector(TopKSelector):
@@ -23,6 +23,10 @@ class LearnedScheduleSelector(TopKSelector):
         tau_end: relaxation temperature at the end of training.
         noise_scale: Gumbel noise multiplier in training.
         relaxation: ``"sigmoid"`` or ``"softmax"`` relaxed top-k.
+        objective: ``"straight_through"``, ``"counterfactual"`` or ``"both"`` (see
+            :class:`~ldrop.selectors.TopKSelector`).
+        counterfactual_candidates: alternative masks per input scored for the counterfactual objective.
+        counterfactual_weight: weight of the counterfactual ranking loss.
     """
 
     def __init__(
@@ -34,6 +38,9 @@ class LearnedScheduleSelector(TopKSelector):
         tau_end: float = 0.1,
         noise_scale: float = 1.0,
         relaxation: Relaxation = "sigmoid",
+        objective: Objective = "straight_through",
+        counterfactual_candidates: int = 2,
+        counterfactual_weight: float = 1.0,
     ) -> None:
         super().__init__(
             num_layers,
@@ -42,6 +49,9 @@ class LearnedScheduleSelector(TopKSelector):
             tau_end=tau_end,
             noise_scale=noise_scale,
             relaxation=relaxation,
+            objective=objective,
+            counterfactual_candidates=counterfactual_candidates,
+            counterfactual_weight=counterfactual_weight,
         )
         #: ``[budgets, layers]``: row ``k - 1`` scores the layers at budget ``k``.
         self.schedule_scores = nn.Parameter(torch.zeros(num_layers, num_layers))

@@ -10,11 +10,15 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import LayerSelector
 
 Relaxation = Literal["sigmoid", "softmax"]
+#: How a trainable selector learns: through its chosen mask (straight-through), by comparing masks on the same
+#: input (counterfactual), or both.
+Objective = Literal["straight_through", "counterfactual", "both"]
 
 
 def gumbel_like(scores: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -205,6 +209,16 @@ class TopKSelector(LayerSelector):
     geometrically from ``tau_start`` to ``tau_end`` by :meth:`set_progress`; in eval mode the selection is the
     deterministic hard top-k of the clean scores.
 
+    Objectives (``objective``):
+
+    * ``"straight_through"``: the task loss of the chosen mask trains the scores through the relaxed mask.
+      It only ever sees the mask it chose.
+    * ``"counterfactual"``: the task also scores ``counterfactual_candidates`` other masks per input (one-layer
+      swaps of the chosen one, without gradient, on the sparse path) and :meth:`counterfactual_loss` trains
+      the scores to rank the masks of each input by their loss. The chosen mask gets no straight-through
+      gradient, so training runs only the chosen layers (sparse) and costs less than full depth.
+    * ``"both"``: the sum of the two.
+
     Args:
         num_layers: number of encoder layers ``N``.
         feature_dim: channels of the features the selector reads.
@@ -212,9 +226,10 @@ class TopKSelector(LayerSelector):
         tau_end: relaxation temperature at the end of training.
         noise_scale: Gumbel noise multiplier in training (exploration); 0 disables the noise.
         relaxation: ``"sigmoid"`` or ``"softmax"``, see :func:`relaxed_topk_mask`.
+        objective: ``"straight_through"``, ``"counterfactual"`` or ``"both"``.
+        counterfactual_candidates: alternative masks per input scored for the counterfactual objective.
+        counterfactual_weight: weight of the counterfactual ranking loss.
     """
-
-    differentiable = True
 
     def __init__(
         self,
@@ -225,8 +240,20 @@ class TopKSelector(LayerSelector):
         tau_end: float = 0.1,
         noise_scale: float = 1.0,
         relaxation: Relaxation = "sigmoid",
+        objective: Objective = "straight_through",
+        counterfactual_candidates: int = 2,
+        counterfactual_weight: float = 1.0,
     ) -> None:
         super().__init__(num_layers, feature_dim)
+        if objective not in ("straight_through", "counterfactual", "both"):
+            raise ValueError(f"objective must be 'straight_through', 'counterfactual' or 'both', got {objective!r}")
+        if objective != "straight_through" and counterfactual_candidates < 1:
+            raise ValueError(f"counterfactual_candidates must be >= 1, got {counterfactual_candidates}")
+        if counterfactual_weight < 0:
+            raise ValueError(f"counterfactual_weight must be >= 0, got {counterfactual_weight}")
+        self.objective: Objective = objective
+        self.counterfactual_candidates = int(counterfactual_candidates) if objective != "straight_through" else 0
+        self.counterfactual_weight = float(counterfactual_weight)
         if tau_start <= 0 or tau_end <= 0:
             raise ValueError(f"tau_start and tau_end must be > 0, got {tau_start} and {tau_end}")
         if noise_scale < 0:
@@ -258,8 +285,43 @@ class TopKSelector(LayerSelector):
         Returns:
             ``(keep_mask, soft_mask)``: ``[batch, layers]`` each; ``soft_mask`` is ``None`` in eval mode.
         """
+        if self.training and self.objective == "counterfactual":  # sampled, no straight-through gradient
+            noisy = scores.detach()
+            if self.noise_scale > 0:
+                noisy = noisy + self.noise_scale * gumbel_like(noisy)
+            return hard_topk_mask(noisy, budget), None
         if self.training:
             return straight_through_topk(
                 scores, budget, self.temperature, noise_scale=self.noise_scale, method=self.relaxation
             )
         return hard_topk_mask(scores, budget), None
+
+    @property
+    def differentiable(self) -> bool:  # type: ignore[override]
+        """The keep mask carries gradients (dense training) unless the objective is counterfactual only."""
+        return self.objective != "counterfactual"
+
+    def counterfactual_loss(self, scores: Tensor, own: Tensor, candidates: Tensor, own_losses: Tensor,
+                            candidate_losses: Tensor) -> Tensor:
+        """Rank each input's masks by their task loss: a loss-weighted pairwise logistic loss (RankNet).
+
+        A mask's score is the sum of its layers' scores, so for the chosen mask ``m`` and an alternative ``c``
+        the score margin is ``sum((m - c) * s)``; it should be positive exactly when ``m``'s loss is lower.
+        Each pair is weighted by its loss difference: pairs whose masks do equally well (the layers do not
+        matter for this input) teach nothing, so nothing pushes the scores apart where the input does not
+        matter, and where it does the target differs from input to input.
+
+        Args:
+            scores: ``[batch, layers]`` clean scores (with gradient).
+            own: ``[batch, layers]`` 0/1 masks the selector chose.
+            candidates: ``[candidates, batch, layers]`` alternative 0/1 masks with the same layer counts.
+            own_losses: ``[batch]`` task loss of each input with its own mask (no gradient).
+            candidate_losses: ``[candidates, batch]`` task loss of each input with each alternative.
+
+        Returns:
+            The weighted loss (a scalar), ``counterfactual_weight`` times the mean over pairs.
+        """
+        margin = ((own.unsqueeze(0) - candidates) * scores.unsqueeze(0)).sum(-1)  # [candidates, batch]
+        gain = (candidate_losses - own_losses.unsqueeze(0)).detach().to(margin.dtype)  # > 0: own is better
+        pair_loss = F.binary_cross_entropy_with_logits(margin, (gain > 0).to(margin.dtype), reduction="none")
+        return self.counterfactual_weight * (gain.abs() * pair_loss).mean()

@@ -27,6 +27,7 @@ from torchmetrics import Metric, MetricCollection
 from ldrop.backbones import SpeechBackbone, load_backbone
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
 from ldrop.tasks.budget import Target, budget_list, budget_to_layers, is_target, resolve_budget
+from ldrop.tasks.counterfactual import counterfactual_loss
 from ldrop.tasks.checkpointing import EXPORT_STATE_FILE, NORMALIZE_KEY, CheckpointMixin  # noqa: F401 (re-exported)
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.fitting import ValidationFittingMixin
@@ -184,6 +185,11 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
     def update_metrics(self, metrics: dict[str, Metric], logits: Tensor, frame_mask: Tensor, batch: Any) -> None:
         """Update metric objects with a batch."""
 
+    def item_losses(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
+        """``[batch]`` task loss of each input (the terms :meth:`task_loss` averages). Selectors with a
+        counterfactual objective compare masks with them; tasks without it cannot train such selectors."""
+        raise NotImplementedError(f"{type(self).__name__} has no item_losses: no counterfactual objective")
+
     def item_errors(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
         """``(errors, counts)``, each ``[batch]``: the primary metric's error terms per input (the sweep's
         oracles pick the candidate mask with the fewest errors per input). Tasks without it get no oracles."""
@@ -338,6 +344,9 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
             losses["task"] = self.task_loss(logits, encoded.frame_mask, batch)
             if selection is not None:
                 losses.update({f"selector_{k}": v for k, v in selection.losses.items()})
+                if self.selector.counterfactual_candidates > 0 and budget < self.num_layers:
+                    losses["selector_counterfactual"] = counterfactual_loss(self, encoded, batch, keep, logits,
+                                                                            selection)
                 for name, value in selection.stats.items():
                     self.log(f"train/selector_{name}", value.float().mean(), batch_size=len(batch))
             if self.hparams.distill_weight > 0 and budget < self.num_layers:

@@ -65,6 +65,11 @@ class ClassificationTask(LayerDropTask):
             raise ValueError(f"a target class id is outside 0..{self.num_classes - 1}: {targets.tolist()}")
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams.label_smoothing)
 
+    def item_losses(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
+        """Per input: its cross-entropy (with the task's label smoothing), ``[batch]``."""
+        return F.cross_entropy(logits.float(), batch.targets, label_smoothing=self.hparams.label_smoothing,
+                               reduction="none")
+
     def configure_metrics(self) -> dict[str, Metric]:
         return {"acc": MulticlassAccuracy(num_classes=self.num_classes, average="micro")}
 

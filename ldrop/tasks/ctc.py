@@ -81,13 +81,22 @@ class CTCTask(LayerDropTask):
         return ids
 
     def task_loss(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
+        return self._ctc_loss(logits, frame_mask, batch, "mean")
+
+    def item_losses(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
+        """Per utterance: its CTC loss divided by its target length (the terms ``task_loss`` averages)."""
+        losses, target_lengths = self._ctc_loss(logits, frame_mask, batch, "none")
+        return losses / target_lengths.clamp(min=1).to(losses.dtype)
+
+    def _ctc_loss(self, logits: Tensor, frame_mask: Tensor, batch: Any, reduction: str):
         encoded = [torch.tensor(self.encode_text(t), dtype=torch.long) for t in batch.targets]
-        target_lengths = torch.tensor([len(t) for t in encoded], dtype=torch.long)
+        target_lengths = torch.tensor([len(t) for t in encoded], dtype=torch.long, device=logits.device)
         targets = torch.cat(encoded).to(logits.device) if encoded else torch.zeros(0, dtype=torch.long)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # [frames, batch, vocab]
         input_lengths = frame_mask.sum(1)
-        return F.ctc_loss(log_probs, targets, input_lengths, target_lengths.to(logits.device), blank=0,
-                          reduction="mean", zero_infinity=True)
+        loss = F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction=reduction,
+                          zero_infinity=True)
+        return loss if reduction == "mean" else (loss, target_lengths)
 
     def configure_metrics(self) -> dict[str, Metric]:
         return {"wer": WordErrorRate(), "cer": CharErrorRate()}

@@ -19,6 +19,10 @@ from tests.helpers import quiet_trainer, tiny_classification_data, tiny_ctc_data
 
 METHODS = {
     "input_conditioned": dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16)),
+    "input_conditioned_counterfactual": dict(
+        selector=functools.partial(InputConditionedSelector, hidden_dim=16, objective="counterfactual")),
+    "input_conditioned_both": dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16,
+                                                              objective="both")),
     "schedule": dict(selector=LearnedScheduleSelector),
     "random": dict(selector=RandomSelector),
     "static": dict(selector=StaticSelector),
