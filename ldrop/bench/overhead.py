@@ -14,6 +14,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,6 +29,8 @@ from ldrop.tasks import ClassificationTask, EarlyExitConfig
 METHODS: dict[str, dict[str, Any]] = {
     "full": {},
     "input_conditioned": {"selector": InputConditionedSelector},
+    "input_conditioned_counterfactual": {"selector": partial(InputConditionedSelector, objective="counterfactual")},
+    "input_conditioned_both": {"selector": partial(InputConditionedSelector, objective="both")},
     "learned_schedule": {"selector": LearnedScheduleSelector},
     "random": {"selector": RandomSelector},
     "static": {"selector": StaticSelector},
@@ -87,17 +90,13 @@ def selector_overhead(backbone: str, batch_size: int, seconds: float, repeats: i
 
 
 def _training_step(model: ClassificationTask, optimizer: torch.optim.Optimizer, batch: Any, budget: int):
-    """One forward + backward + AdamW step of ``model`` on ``batch`` (early exit: the sum of exit losses)."""
+    """One ``training_step`` (every loss term, the counterfactual masks included) + backward + AdamW step of
+    ``model`` on ``batch`` at ``budget`` (early exit: the sum of exit losses)."""
+    model.sample_train_budget = lambda: budget  # the budget of every step, instead of a random draw
+    model.log = lambda *args, **kwargs: None  # no trainer to log to
 
     def step() -> None:
-        encoded = model.encode(batch.waveforms, batch.lengths)
-        if model.exit_layers:
-            states = model._exit_states(encoded)
-            loss = sum(model.task_loss(model.compute_logits(model.head_for(k), h, encoded.frame_mask),
-                                       encoded.frame_mask, batch) for k, h in states) / len(states)
-        else:
-            logits, _, _ = model.logits_at_budget(encoded, budget)
-            loss = model.task_loss(logits, encoded.frame_mask, batch)
+        loss = model.training_step(batch, 0)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -29,7 +29,7 @@ def train_by_ranking(selector, utility: Tensor, budget: int, steps: int = 300, l
         out = selector(features, frame_mask, torch.full((32,), budget))
         own = out.keep_mask.detach()
 
-        def toy_loss(mask: Tensor) -> Tensor:
+        def toy_loss(mask: Tensor, input_type: Tensor = input_type) -> Tensor:
             return -(mask * utility[input_type]).sum(-1) + loss_noise * torch.randn(32, generator=generator)
 
         candidates = torch.stack([one_layer_swaps(own, generator) for _ in range(2)])
