@@ -79,6 +79,10 @@ class LayerSelector(nn.Module, ABC):
     #: Whether :meth:`fit` depends on the current weights and so runs again before every validation pass
     #: during training (cheap fits such as threshold calibration); otherwise only before test and predict.
     fits_at_validation: bool = True
+    #: ``j``: the selector reads the output of encoder layers ``0..j-1`` (its ``features``, ``[batch, frames,
+    #: hidden_size]``), so those layers run for every input, once per batch, and every mask keeps them; 0:
+    #: it reads the CNN features (or the waveform).
+    prefix_layers: int = 0
 
     def __init__(self, num_layers: int, feature_dim: int) -> None:
         super().__init__()
