@@ -112,6 +112,7 @@ def test_a_mask_without_the_prefix_runs_from_layer_zero():
     assert (logits - model.compute_logits(model.head, hidden, encoded.frame_mask)).abs().max() <= 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_dense_training_continues_from_the_prefix_and_the_teacher_reuses_it():
     model = _classifier(distill_weight=1.0, full_depth_prob=0.0, train_budgets=[2]).train()
     batch = _batch("fit")
@@ -171,6 +172,17 @@ def test_fit_and_test_with_the_layers_input(tmp_path):
     assert rows[1]["executed_layers"] == 1.0 and rows[4]["executed_layers"] == 4.0
     assert rows[1]["gflops_per_utterance"] < rows[2]["gflops_per_utterance"] < rows[4]["gflops_per_utterance"]
     assert all(0.0 <= row["acc"] <= 1.0 for row in rows.values())
+    # the controls and the headroom oracles pass masks without the prefix: they run from layer 0
+    sweep = BudgetSweep(budgets=[2], directory=str(tmp_path / "controls"), controls=True)
+    quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, data)
+    assert {"acc_shuffled", "acc_most_common", "acc_input_oracle"} <= set(sweep.rows[0])
+
+
+def test_the_stored_hyperparameters_rebuild_the_same_selector():
+    model = _classifier(read_layers=2)
+    rebuilt = type(model)(**model.hparams)
+    assert rebuilt.selector.prefix_layers == 2
+    rebuilt.load_state_dict(model.state_dict())  # same shapes: the selector was built for the hidden size
 
 
 def test_ctc_fit_with_the_layers_input(tmp_path):
