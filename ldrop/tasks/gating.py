@@ -103,7 +103,7 @@ class GatingMixin:
         """Raw zero-padded waveforms -> the model's input (the checkpoint's normalisation, padding-aware)."""
         return self.backbone.prepare_waveforms(waveforms, lengths)
 
-    def encode(self, waveforms: Tensor, lengths: Tensor | None = None) -> EncodedBatch:
+    def encode(self, waveforms: Tensor, lengths: Tensor | None = None, run_prefix: bool = True) -> EncodedBatch:
         """The budget-independent part: CNN features, the input of encoder layer 0 and, when the selector
         reads them (:attr:`prefix_layers` ``j > 0``), the output of the first ``j`` layers, run once here.
 
@@ -113,6 +113,8 @@ class GatingMixin:
         Args:
             waveforms: ``[batch, samples]`` float, zero-padded.
             lengths: ``[batch]`` valid samples (``None``: no padding).
+            run_prefix: run the selector's prefix layers; ``False`` only for cost models that time them as
+                layers (the batch then has no prefix and ``features`` are the CNN features).
         """
         if lengths is None:
             lengths = torch.full(
@@ -121,7 +123,7 @@ class GatingMixin:
         waveforms = self.prepare_waveforms(waveforms, lengths)
         features, frame_mask = self.backbone.extract_features(waveforms, lengths)
         hidden = self.backbone.frontend(features, frame_mask)
-        j = self.prefix_layers
+        j = self.prefix_layers if run_prefix else 0
         if not j:
             return EncodedBatch(waveforms, lengths, features, frame_mask, hidden)
         context = self.backbone.prepare_layers(frame_mask)

@@ -192,3 +192,36 @@ def test_ctc_fit_with_the_layers_input(tmp_path):
                     val_budgets=[1, 4], warmup=0)
     quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1).fit(model, data)
     assert model.selector.feature_dim == model.backbone.hidden_size
+
+
+def test_the_device_profile_times_the_prefix_as_layers_not_as_fixed_cost():
+    from ldrop.runtime.profile import model_timers, random_batches
+
+    model = _classifier(read_layers=2).eval()
+    measure, measure_batch = model_timers(model, repeats=1, warmup=0)
+    calls = _count_layer_calls(model)
+    measure("fixed", 2, 30)
+    assert calls == []  # the prefix layers are layers of every mask: not in the fixed part as well
+    keep = torch.zeros(2, N)
+    keep[:, :2] = 1.0
+    measure_batch(torch.tensor([8000, 6000]), keep)
+    assert calls.count(0) == 1
+    for _, held_out in random_batches(4, N, (0.5, 1.0), (1, 2), prefix_layers=2):
+        assert bool((held_out[:, :2] == 1).all())
+
+
+def test_the_budget_controller_respects_a_minimum_budget():
+    from ldrop.engine.flops import count_forward_flops
+    from ldrop.runtime import BudgetController
+
+    model = _classifier().eval()
+    lengths = torch.tensor([16000])
+    controller = BudgetController(N, flops_config=model.backbone.config, min_budget=2)
+    per_layer = count_forward_flops(model.backbone.config, lengths).per_layer[0, 0]
+    fixed = count_forward_flops(model.backbone.config, lengths).fixed[0]
+    affordable_one = float(fixed + 1.5 * per_layer) / 1e9  # GFLOPs per second of audio: one layer fits
+    with pytest.warns(UserWarning, match="even with 2 layer"):
+        decision = controller.decide(lengths, {"gflops_per_second": affordable_one})
+    assert decision.budget.tolist() == [2] and not bool(decision.meets_target.any())
+    with pytest.raises(ValueError, match="min_budget"):
+        BudgetController(N, min_budget=N + 1)
