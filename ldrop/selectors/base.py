@@ -33,7 +33,7 @@ class SelectorOutput:
 class SelectorInputs(Protocol):
     """One batch as a selector reads it (the task's encoded batch has these attributes)."""
 
-    features: Tensor  #: ``[batch, frames, feature_dim]`` CNN features.
+    features: Tensor  #: ``[batch, frames, feature_dim]`` CNN features (or the output of the prefix layers).
     frame_mask: Tensor  #: ``[batch, frames]`` bool, True on real frames.
     waveforms: Tensor  #: ``[batch, samples]`` the model's input waveforms.
     lengths: Tensor  #: ``[batch]`` real samples per waveform.

@@ -48,7 +48,8 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
         backbone: Hugging Face hub id (``"microsoft/wavlm-base-plus"``), a local ``save_pretrained``
             directory, or ``"tiny:<family>"`` for a tiny random model (tests, quickstart).
         selector: builds the layer selector from ``(num_layers, feature_dim)``; in YAML a ``class_path``
-            with ``init_args``. ``None`` without ``early_exit`` is the full model (no dropping).
+            with ``init_args``. ``None`` without ``early_exit`` is the full model (no dropping). A selector
+            with ``input: layers`` gets the backbone's hidden size as ``feature_dim``.
         pretrained: load the backbone's weights (``False``: random init from its config).
         backbone_overrides: config values to change when building the backbone (e.g. dropout).
         normalize_waveforms: normalise each waveform to zero mean and unit variance over its real samples
