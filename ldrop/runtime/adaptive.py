@@ -114,7 +114,8 @@ class AdaptiveModel:
         self.controller = BudgetController(
             model.num_layers, profile, flops_config=model.backbone.config,
             extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=closed_loop,
-            margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate, **controller_options,
+            margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate,
+            min_budget=max(1, getattr(model, "prefix_layers", 0)), **controller_options,
         )
         self.sample_rate = sample_rate
         # The first forward pays one-time costs (allocations, lazy initialisation): never learn from it.

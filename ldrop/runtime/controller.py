@@ -84,6 +84,8 @@ class BudgetController:
         correction_bounds: the correction stays within these factors.
         on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"`` (a ``ValueError``).
         sample_rate: samples per second of the waveforms.
+        min_budget: the fewest layers any input runs: ``j`` for a selector that reads (and so always runs)
+            the first ``j`` encoder layers, else 1. Budgets below it are never chosen (they would run ``j``).
     """
 
     def __init__(
@@ -101,9 +103,12 @@ class BudgetController:
         correction_bounds: tuple[float, float] = (0.25, 8.0),
         on_unmeetable: Literal["min", "raise"] = "min",
         sample_rate: int = 16_000,
+        min_budget: int = 1,
     ) -> None:
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 1 <= min_budget <= num_layers:
+            raise ValueError(f"min_budget must be in 1..{num_layers}, got {min_budget}")
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin must be in [0, 1), got {margin}")
         if not (0.0 < alpha_up <= 1.0 and 0.0 < alpha_down <= 1.0):
@@ -130,6 +135,7 @@ class BudgetController:
         self._average = 1.0
         self.on_unmeetable = on_unmeetable
         self.sample_rate = sample_rate
+        self.min_budget = int(min_budget)
         #: Current ratio measured / predicted time that scales every time prediction (1: trust the profile).
         self.correction = 1.0
 
@@ -179,15 +185,15 @@ class BudgetController:
         target = Target.parse(target)
         fixed, layer, allowance = self.costs(sample_lengths, target)
         affordable = torch.floor((allowance - fixed) / layer.clamp(min=1e-30) + 1e-9)
-        meets = affordable >= 1
-        budget = affordable.clamp(1, self.num_layers).to(torch.long)
+        meets = affordable >= self.min_budget
+        budget = affordable.clamp(self.min_budget, self.num_layers).to(torch.long)
         if not bool(meets.all()):
             bad = int((~meets).sum())
             message = (f"target {target.kind}={target.value:g} cannot be met by {bad} of {len(meets)} inputs even "
-                       "with one layer")
+                       f"with {self.min_budget} layer(s)")
             if self.on_unmeetable == "raise":
                 raise ValueError(message)
-            warnings.warn(f"{message}: they run the minimum budget (1 layer)", UnmeetableTargetWarning,
+            warnings.warn(f"{message}: they run the minimum budget ({self.min_budget} layer(s))", UnmeetableTargetWarning,
                           stacklevel=_stacklevel)
         predicted = fixed + budget.to(torch.float64) * layer
         return BudgetDecision(budget, predicted, allowance, meets)
@@ -249,6 +255,7 @@ def target_budget(model: Any, sample_lengths: Tensor, target: Target | dict | st
         controller = BudgetController(
             model.num_layers, profile, flops_config=model.backbone.config,
             extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=False,
+            min_budget=max(1, getattr(model, "prefix_layers", 0)),
         )
         model._target_controller, model._target_profile_path = controller, target.profile
     budget = controller.budgets(sample_lengths, target)

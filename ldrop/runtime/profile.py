@@ -24,6 +24,7 @@ tested against a synthetic timing source.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -244,7 +245,9 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
 
     The fixed part is ``encode`` + the selector + the head on the output of no layer at all (the sparse
     path with an all-zero mask: final norm and head only); a layer is ``backbone.run_layer`` on a
-    ``[batch, frames, hidden]`` input; a batch is the whole sparse forward with a given keep mask.
+    ``[batch, frames, hidden]`` input; a batch is the whole sparse forward with a given keep mask. The
+    prefix layers of a selector that reads encoder layers are layers of the mask, so the fixed part leaves
+    them out (the selector is timed on an input of their output's shape).
     """
     device, dtype = _model_device_dtype(model)
     backbone = model.backbone
@@ -261,7 +264,9 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
 
     @torch.inference_mode()
     def fixed_pass(waves: Tensor, lengths: Tensor) -> None:
-        encoded = model.encode(waves, lengths)
+        encoded = model.encode(waves, lengths, run_prefix=False)
+        if getattr(model, "prefix_layers", 0):  # what the selector reads has the shape of a layer's input
+            encoded = dataclasses.replace(encoded, features=encoded.hidden)
         model.decide(encoded, model.num_layers)
         model.logits_with_mask(encoded, torch.zeros(len(lengths), model.num_layers, device=device))
 
@@ -300,10 +305,11 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
 # ---------------------------------------------------------------------------------------------- profiling
 def random_batches(
     count: int, num_layers: int, seconds_range: tuple[float, float], batch_sizes: Sequence[int],
-    sample_rate: int = 16_000, seed: int = 1,
+    sample_rate: int = 16_000, seed: int = 1, prefix_layers: int = 0,
 ) -> list[tuple[Tensor, Tensor]]:
     """Held-out ``(sample_lengths [batch], keep_mask [batch, layers])`` pairs: random lengths within
-    ``seconds_range``, random batch sizes among ``batch_sizes`` and a random set of layers per input."""
+    ``seconds_range``, random batch sizes among ``batch_sizes`` and a random set of layers per input, plus
+    the first ``prefix_layers`` layers for every input (the layers a model always runs)."""
     generator = torch.Generator().manual_seed(seed)
     low, high = seconds_range
     batches = []
@@ -315,6 +321,7 @@ def random_batches(
         for row in range(batch):
             k = int(torch.randint(1, num_layers + 1, (), generator=generator))
             keep[row, torch.randperm(num_layers, generator=generator)[:k]] = 1.0
+        keep[:, :prefix_layers] = 1.0
         batches.append((lengths, keep))
     return batches
 
@@ -425,7 +432,8 @@ def profile_model(
     )
     if validation_batches:
         held_out = random_batches(validation_batches, backbone.num_layers, (min(seconds), max(seconds)),
-                                  sorted(set(batch_sizes)), sample_rate, seed=seed + 1)
+                                  sorted(set(batch_sizes)), sample_rate, seed=seed + 1,
+                                  prefix_layers=getattr(model, "prefix_layers", 0))
         profile.validation = validate_profile(profile, held_out, measure_batch)
     return profile
 

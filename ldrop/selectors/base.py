@@ -33,7 +33,7 @@ class SelectorOutput:
 class SelectorInputs(Protocol):
     """One batch as a selector reads it (the task's encoded batch has these attributes)."""
 
-    features: Tensor  #: ``[batch, frames, feature_dim]`` CNN features.
+    features: Tensor  #: ``[batch, frames, feature_dim]`` CNN features (or the output of the prefix layers).
     frame_mask: Tensor  #: ``[batch, frames]`` bool, True on real frames.
     waveforms: Tensor  #: ``[batch, samples]`` the model's input waveforms.
     lengths: Tensor  #: ``[batch]`` real samples per waveform.
@@ -81,6 +81,10 @@ class LayerSelector(nn.Module, ABC):
     fits_at_validation: bool = True
     #: Alternative masks per input the task scores in training for :meth:`counterfactual_loss` (0: none).
     counterfactual_candidates: int = 0
+    #: ``j``: the selector reads the output of encoder layers ``0..j-1`` (its ``features``, ``[batch, frames,
+    #: hidden_size]``), so those layers run for every input, once per batch, and every mask keeps them; 0:
+    #: it reads the CNN features (or the waveform).
+    prefix_layers: int = 0
 
     def __init__(self, num_layers: int, feature_dim: int) -> None:
         super().__init__()

@@ -101,6 +101,15 @@ class InputConditionedSelector(TopKSelector):
     high-learning-rate training). After training, refresh them with :meth:`reset_statistics` and
     :meth:`update_statistics` over some training batches (as ``torch.optim.swa_utils.update_bn`` does).
 
+    What it reads (``input``): the CNN features (``"cnn"``), its own log-mel filterbank (``"fbank"``), or the
+    output of the first ``j = read_layers`` encoder layers (``"layers"``, ``[batch, frames, hidden_size]``).
+    With ``"layers"`` those ``j`` layers run for every input, once per batch (the task computes them in
+    ``encode`` and the later layers continue from them), and they count in the budget, the FLOPs and the
+    time: budget ``k`` runs layers ``0..j-1`` and the ``k - j`` best-scoring of layers ``j..N-1``; a budget
+    ``k < j`` still runs the ``j`` prefix layers (the mask is the prefix alone). The selector reads them
+    detached, so its losses never train the backbone through them; the scores it gives the prefix layers
+    are not used.
+
     Selection (``mode``): ``"topk"`` runs exactly ``k`` layers; ``"threshold"`` runs the layers whose score
     passes a per-budget threshold (at least one), so easy inputs can use fewer layers and hard ones more, with
     the mean equal to ``k`` over the calibration data: call :meth:`calibrate` after training. Both modes train
@@ -108,9 +117,13 @@ class InputConditionedSelector(TopKSelector):
 
     Args:
         num_layers: number of encoder layers ``N``.
-        feature_dim: channels ``C`` of the CNN features (ignored with ``input="fbank"``).
+        feature_dim: channels ``C`` of what it reads: the CNN features, or the encoder's hidden size with
+            ``input="layers"`` (the task passes the right one); ignored with ``input="fbank"``.
         input: ``"cnn"`` reads the CNN feature-encoder output; ``"fbank"`` computes a log-mel filterbank
-            of the waveform itself (the task then passes ``waveforms`` and ``lengths`` to :meth:`forward`).
+            of the waveform itself (the task then passes ``waveforms`` and ``lengths`` to :meth:`forward`);
+            ``"layers"`` reads the output of the first ``read_layers`` encoder layers (see above).
+        read_layers: ``j`` in ``1..N-1``, the encoder layers read with ``input="layers"`` (default 1); only
+            with that input.
         hidden_dim: width ``h`` of the network.
         kernel_size: odd temporal kernel of the depthwise convolution.
         pool_std: pool the std over frames as well as the mean.
@@ -140,7 +153,8 @@ class InputConditionedSelector(TopKSelector):
         num_layers: int,
         feature_dim: int = 512,
         *,
-        input: Literal["cnn", "fbank"] = "cnn",
+        input: Literal["cnn", "fbank", "layers"] = "cnn",
+        read_layers: int | None = None,
         hidden_dim: int = 128,
         kernel_size: int = 5,
         pool_std: bool = True,
@@ -161,8 +175,13 @@ class InputConditionedSelector(TopKSelector):
         counterfactual_weight: float = 1.0,
         sample_rate: int = 16000,
     ) -> None:
-        if input not in ("cnn", "fbank"):
-            raise ValueError(f"input must be 'cnn' or 'fbank', got {input!r}")
+        if input not in ("cnn", "fbank", "layers"):
+            raise ValueError(f"input must be 'cnn', 'fbank' or 'layers', got {input!r}")
+        if read_layers is not None and input != "layers":
+            raise ValueError(f"read_layers is an option of input='layers', not of input={input!r}")
+        read_layers = 1 if read_layers is None else int(read_layers)
+        if input == "layers" and not 1 <= read_layers < num_layers:
+            raise ValueError(f"read_layers must be in 1..{num_layers - 1} (layers left to select), got {read_layers}")
         frontend = LogMelFrontend(sample_rate) if input == "fbank" else None
         if frontend is not None:
             feature_dim = frontend.num_mels
@@ -197,6 +216,8 @@ class InputConditionedSelector(TopKSelector):
             raise ValueError(f"diversity_weight must be >= 0, got {diversity_weight}")
 
         self.input = input
+        #: ``j``, the encoder layers read (and always run) with ``input="layers"``; 0 otherwise.
+        self.prefix_layers = read_layers if input == "layers" else 0
         self.hidden_dim = int(hidden_dim)
         self.kernel_size = int(kernel_size)
         self.stride = 2
@@ -367,14 +388,18 @@ class InputConditionedSelector(TopKSelector):
     def _read_input(
         self, features: Tensor, frame_mask: Tensor, waveforms: Tensor | None, lengths: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """The features this selector reads (its own filterbank with ``input="fbank"``), validated."""
+        """The features this selector reads (its own filterbank with ``input="fbank"``), validated.
+
+        With ``input="layers"`` ``features`` is the output of the first ``read_layers`` encoder layers.
+        """
         if self.frontend is not None:
             if waveforms is None:
                 raise ValueError("waveforms must be given when input='fbank' (the task passes them)")
             features, frame_mask = self.frontend(waveforms, lengths)
         if features.dim() != 3 or features.shape[-1] != self.feature_dim:
+            what = f"the output of encoder layers 0..{self.prefix_layers - 1}" if self.prefix_layers else "features"
             raise ValueError(
-                f"features must have shape [batch, frames, {self.feature_dim}], got {list(features.shape)}"
+                f"features ({what}) must have shape [batch, frames, {self.feature_dim}], got {list(features.shape)}"
             )
         if frame_mask.shape != features.shape[:2]:
             raise ValueError(
@@ -416,7 +441,8 @@ class InputConditionedSelector(TopKSelector):
         """Select layers per input.
 
         Args:
-            features: ``[batch, frames, feature_dim]`` CNN feature-encoder output (unused with fbank input).
+            features: ``[batch, frames, feature_dim]`` CNN feature-encoder output, or with
+                ``input="layers"`` the output of the first ``read_layers`` encoder layers (unused with fbank).
             frame_mask: ``[batch, frames]`` bool, True on real frames (unused with fbank input).
             budget: ``[batch]`` long, layers per sample in ``1..num_layers`` (the mean with threshold mode).
             waveforms: ``[batch, samples]`` raw audio; required with ``input="fbank"``, passed by the task.
@@ -436,11 +462,15 @@ class InputConditionedSelector(TopKSelector):
         if self.prior is not None:
             stats["prior_spread"] = self.prior.detach().std(-1, unbiased=False).mean()
         losses: dict[str, Tensor] = {}
+        # the prefix layers (input="layers") always run: choose the others, k - j of them
+        j = self.prefix_layers
         if self.mode == "threshold" and not self.training:
-            keep_mask = threshold_mask(scores, self.thresholds_for(budget))
+            keep_mask = threshold_mask(scores[:, j:], self.thresholds_for(budget))
             soft = None
         else:
-            keep_mask, soft = self.select_topk(scores, budget)
+            keep_mask, soft = self.select_topk(scores[:, j:], (budget - j).clamp(min=0))
+        if j:
+            keep_mask = torch.cat([keep_mask.new_ones(keep_mask.shape[0], j), keep_mask], dim=1)
         if soft is not None and self.diversity_weight > 0:
             losses["diversity"] = self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
@@ -495,8 +525,10 @@ class InputConditionedSelector(TopKSelector):
 
         Returns:
             budget -> mean executed layers achieved on the calibration data (within 0.5 of ``k``, counting
-            the at-least-one-layer rule).
+            the at-least-one-layer rule). With ``input="layers"`` the ``j`` prefix layers always run and the
+            threshold chooses a mean of ``k - j`` (at least one) among the others.
         """
+        j = self.prefix_layers
         achieved = {}
         for budget, scores in scores_by_budget.items():
             if not 1 <= int(budget) <= self.num_layers:
@@ -505,7 +537,8 @@ class InputConditionedSelector(TopKSelector):
                 raise ValueError(
                     f"scores_by_budget[{budget}] must have shape [inputs, {self.num_layers}], got {list(scores.shape)}"
                 )
-            threshold, achieved[int(budget)] = calibrate_threshold(scores, float(budget))
+            threshold, achieved_rest = calibrate_threshold(scores[:, j:], float(budget) - j)
+            achieved[int(budget)] = achieved_rest + j
             self.thresholds[int(budget) - 1] = threshold
         return achieved
 
@@ -514,7 +547,9 @@ class InputConditionedSelector(TopKSelector):
 
         Args:
             frame_lengths: ``[batch]`` CNN feature-encoder frames per sample. With ``input="fbank"`` they
-                are converted to filterbank frames through the 320-sample CNN frame stride.
+                are converted to filterbank frames through the 320-sample CNN frame stride. With
+                ``input="layers"`` the encoder's frames are these frames; the prefix layers themselves are
+                backbone cost (counted by the keep mask, which holds them), not selector cost.
 
         Returns:
             ``[batch]`` float64 FLOPs.

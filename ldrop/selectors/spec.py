@@ -31,15 +31,43 @@ def selector_spec(selector: SelectorFactory | dict[str, Any] | None) -> dict[str
     return {"class_path": f"{func.__module__}.{func.__qualname__}", "init_args": kwargs}
 
 
-def build_selector(selector: SelectorFactory | dict[str, Any], num_layers: int, feature_dim: int) -> LayerSelector:
-    """Instantiate a selector from a factory or a spec dict with ``(num_layers, feature_dim)``."""
+def reads_encoder_layers(selector: SelectorFactory | dict[str, Any]) -> bool:
+    """Whether a selector factory or spec is set to read encoder layers (``input="layers"``): it is then
+    built with the backbone's hidden size as its ``feature_dim`` instead of the CNN's channels."""
+    spec = selector_spec(selector)
+    return spec is not None and spec.get("init_args", {}).get("input") == "layers"
+
+
+def build_selector(
+    selector: SelectorFactory | dict[str, Any], num_layers: int, feature_dim: int, hidden_size: int | None = None
+) -> LayerSelector:
+    """Instantiate a selector from a factory or a spec dict with ``(num_layers, feature_dim)``.
+
+    Args:
+        selector: a selector class, a ``functools.partial`` of one, or a ``{"class_path", "init_args"}`` spec.
+        num_layers: ``N``, the backbone's encoder layers.
+        feature_dim: channels of the CNN features.
+        hidden_size: the encoder's hidden size, the ``feature_dim`` of a selector that reads the output of
+            encoder layers (``input="layers"``, see :func:`reads_encoder_layers`); ``None``: not known.
+
+    Raises:
+        ValueError: a selector that reads encoder layers was built for features of another width.
+    """
+    if hidden_size is not None and reads_encoder_layers(selector):
+        feature_dim = hidden_size
     if isinstance(selector, dict):
         module_name, _, class_name = selector["class_path"].rpartition(".")
         if not module_name:
             module_name = "ldrop.selectors"
         cls = getattr(importlib.import_module(module_name), class_name)
-        return cls(num_layers, feature_dim, **selector.get("init_args", {}))
-    built = selector(num_layers, feature_dim)
+        built = cls(num_layers, feature_dim, **selector.get("init_args", {}))
+    else:
+        built = selector(num_layers, feature_dim)
     if not isinstance(built, LayerSelector):
         raise TypeError(f"selector must build a LayerSelector, got {type(built).__name__}")
+    if built.prefix_layers and hidden_size is not None and built.feature_dim != hidden_size:
+        raise ValueError(
+            f"{type(built).__name__} reads the output of encoder layers (prefix_layers={built.prefix_layers}): "
+            f"its feature_dim must be the backbone's hidden size {hidden_size}, got {built.feature_dim}"
+        )
     return built

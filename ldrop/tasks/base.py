@@ -49,7 +49,8 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
         backbone: Hugging Face hub id (``"microsoft/wavlm-base-plus"``), a local ``save_pretrained``
             directory, or ``"tiny:<family>"`` for a tiny random model (tests, quickstart).
         selector: builds the layer selector from ``(num_layers, feature_dim)``; in YAML a ``class_path``
-            with ``init_args``. ``None`` without ``early_exit`` is the full model (no dropping).
+            with ``init_args``. ``None`` without ``early_exit`` is the full model (no dropping). A selector
+            with ``input: layers`` gets the backbone's hidden size as ``feature_dim``.
         pretrained: load the backbone's weights (``False``: random init from its config).
         backbone_overrides: config values to change when building the backbone (e.g. dropout).
         normalize_waveforms: normalise each waveform to zero mean and unit variance over its real samples
@@ -152,7 +153,9 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
         self.configure_backbone_freezing(backbone_module, freeze)
         num_layers, feature_dim = backbone_module.num_layers, backbone_module.feature_dim
         self.configure_gating(
-            backbone_module, build_selector(selector, num_layers, feature_dim) if selector is not None else None
+            backbone_module,
+            build_selector(selector, num_layers, feature_dim, backbone_module.hidden_size)
+            if selector is not None else None,
         )
         self.train_budget_choices = budget_list(train_budgets, num_layers)
         self.val_budget_list = budget_list(val_budgets, num_layers)
@@ -351,8 +354,7 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
                     self.log(f"train/selector_{name}", value.float().mean(), batch_size=len(batch))
             if self.hparams.distill_weight > 0 and budget < self.num_layers:
                 with torch.no_grad():
-                    teacher_input = EncodedBatch(encoded.waveforms, encoded.lengths, encoded.features,
-                                                 encoded.frame_mask, encoded.hidden.detach())
+                    teacher_input = encoded.detached()  # reuses the selector's prefix layers, if any
                     full = torch.ones_like(keep)
                     teacher = self.compute_logits(self.head, self.run_layers(teacher_input, full)[0], encoded.frame_mask)
                 losses["distill"] = self.hparams.distill_weight * self.distillation_loss(logits, teacher, encoded.frame_mask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -9,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ldrop.backbones import SpeechBackbone
-from ldrop.engine import ExecutionMode, run_gated_layers
+from ldrop.backbones.adapter import LayerContext
+from ldrop.engine import ExecutionMode, run_gated_layers, run_prefix_layers
 from ldrop.selectors import LayerSelector, SelectorOutput
 from ldrop.tasks.budget import Budget, resolve_budget
 
@@ -21,9 +23,16 @@ class EncodedBatch:
     Attributes:
         waveforms: ``[batch, samples]``, the model's input (normalised when the backbone normalises).
         lengths: ``[batch]`` valid samples.
-        features: ``[batch, frames, feature_dim]`` CNN features (what the selector reads).
+        features: ``[batch, frames, feature_dim]``, what the selector reads: the CNN features, or with a
+            selector that reads the first ``j`` encoder layers (``prefix_layers = j``) their output,
+            detached (the selector's losses never train the backbone through it).
         frame_mask: ``[batch, frames]`` bool, True on real frames.
         hidden: ``[batch, frames, hidden]`` input of encoder layer 0.
+        prefix: ``[batch, frames, hidden]`` output of encoder layers ``0..prefix_layers-1`` (before the final
+            norm, with gradient in training), from which the layers continue when a mask keeps them; ``None``
+            without a prefix.
+        prefix_layers: ``j``, the layers in ``prefix`` (0: none).
+        context: the layer context the prefix ran with (WavLM's position bias), shared by the later layers.
     """
 
     waveforms: Tensor
@@ -31,6 +40,14 @@ class EncodedBatch:
     features: Tensor
     frame_mask: Tensor
     hidden: Tensor
+    prefix: Tensor | None = None
+    prefix_layers: int = 0
+    context: LayerContext | None = None
+
+    def detached(self) -> EncodedBatch:
+        """The same batch with ``hidden`` and ``prefix`` detached (a teacher pass without gradient)."""
+        prefix = self.prefix.detach() if self.prefix is not None else None
+        return dataclasses.replace(self, hidden=self.hidden.detach(), prefix=prefix)
 
 
 class GatingMixin:
@@ -61,6 +78,11 @@ class GatingMixin:
         """``N``, the encoder layers of the backbone."""
         return self.backbone.num_layers
 
+    @property
+    def prefix_layers(self) -> int:
+        """``j``: the first encoder layers every input runs because the selector reads their output (0: none)."""
+        return self.selector.prefix_layers if self.selector is not None else 0
+
     def select_layers(
         self, features: Tensor, frame_mask: Tensor, budget: Tensor, waveforms: Tensor, lengths: Tensor
     ) -> SelectorOutput | None:
@@ -81,8 +103,9 @@ class GatingMixin:
         """Raw zero-padded waveforms -> the model's input (the checkpoint's normalisation, padding-aware)."""
         return self.backbone.prepare_waveforms(waveforms, lengths)
 
-    def encode(self, waveforms: Tensor, lengths: Tensor | None = None) -> EncodedBatch:
-        """The budget-independent part: CNN features and the input of encoder layer 0.
+    def encode(self, waveforms: Tensor, lengths: Tensor | None = None, run_prefix: bool = True) -> EncodedBatch:
+        """The budget-independent part: CNN features, the input of encoder layer 0 and, when the selector
+        reads them (:attr:`prefix_layers` ``j > 0``), the output of the first ``j`` layers, run once here.
 
         Every step (fit, validate, test, predict) enters the model here, so the input normalisation of
         :meth:`prepare_waveforms` is applied once, the same way everywhere.
@@ -90,6 +113,8 @@ class GatingMixin:
         Args:
             waveforms: ``[batch, samples]`` float, zero-padded.
             lengths: ``[batch]`` valid samples (``None``: no padding).
+            run_prefix: run the selector's prefix layers; ``False`` only for cost models that time them as
+                layers (the batch then has no prefix and ``features`` are the CNN features).
         """
         if lengths is None:
             lengths = torch.full(
@@ -98,7 +123,13 @@ class GatingMixin:
         waveforms = self.prepare_waveforms(waveforms, lengths)
         features, frame_mask = self.backbone.extract_features(waveforms, lengths)
         hidden = self.backbone.frontend(features, frame_mask)
-        return EncodedBatch(waveforms, lengths, features, frame_mask, hidden)
+        j = self.prefix_layers if run_prefix else 0
+        if not j:
+            return EncodedBatch(waveforms, lengths, features, frame_mask, hidden)
+        context = self.backbone.prepare_layers(frame_mask)
+        prefix = run_prefix_layers(self.backbone, hidden, frame_mask, j, context)
+        # detached: the selector's losses must not train the backbone through what it reads
+        return EncodedBatch(waveforms, lengths, prefix.detach(), frame_mask, hidden, prefix, j, context)
 
     def decide(
         self, encoded: EncodedBatch, budget: Budget | None = None
@@ -121,14 +152,24 @@ class GatingMixin:
     def run_layers(
         self, encoded: EncodedBatch, keep_mask: Tensor, return_all: bool = False
     ) -> tuple[Tensor, list[Tensor] | None]:
-        """Run the gated encoder layers: ``(hidden [batch, frames, hidden], per-layer states or None)``."""
+        """Run the gated encoder layers: ``(hidden [batch, frames, hidden], per-layer states or None)``.
+
+        When the batch has a prefix (the first ``j`` layers, run in :meth:`encode`) and every row of
+        ``keep_mask`` keeps it, the layers continue from layer ``j`` instead of running it again; any other
+        mask (the sweep's controls and oracles, a static search) runs from layer 0.
+        """
+        j = encoded.prefix_layers
+        start = j if (encoded.prefix is not None and not return_all
+                      and bool((keep_mask[:, :j].detach() > 0.5).all())) else 0
         result = run_gated_layers(
             self.backbone,
-            encoded.hidden,
+            encoded.prefix if start else encoded.hidden,
             encoded.frame_mask,
             keep_mask,
             mode=self.execution_mode(),
             return_all=return_all,
+            start_layer=start,
+            context=encoded.context,
         )
         if return_all:
             return result[0], result[1]

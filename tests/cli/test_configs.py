@@ -106,3 +106,17 @@ def test_every_yaml_key_a_user_changes_is_commented():
                                                                 "seed_everything", "selector", "early_exit"}, (
                     f"{path.name}: '{stripped}' has no comment"
                 )
+
+
+@pytest.mark.parametrize("backbone", BACKBONES, ids=lambda p: p.stem)
+def test_the_input_conditioned_config_composes_with_the_layers_input(backbone, roots, tmp_path):
+    data = CONFIGS / "data" / "speechcommands.yaml"
+    args = ["--config", str(data), "--config", str(backbone), "--config", str(CONFIGS / "method" / "input-conditioned.yaml"),
+            *_overrides(data, backbone, roots), "--model.init_args.selector.init_args.input", "layers",
+            "--model.init_args.selector.init_args.read_layers", "2"]
+    cli = _instantiate(args, tmp_path)
+    selector = cli.model.selector
+    assert isinstance(selector, InputConditionedSelector)
+    assert (selector.input, selector.prefix_layers) == ("layers", 2)
+    assert selector.feature_dim == cli.model.backbone.hidden_size
+    assert cli.model.hparams.selector["init_args"]["input"] == "layers"  # what a checkpoint rebuilds from

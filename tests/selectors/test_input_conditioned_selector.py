@@ -14,6 +14,7 @@ from tests.selectors.inputs import FEATURE_DIM, NUM_LAYERS, random_inputs
 # roughly 7e9 forward FLOPs per second of audio at 50 CNN frames per second.
 BASE_LAYERS = 12
 BASE_FEATURE_DIM = 512
+BASE_HIDDEN_SIZE = 768  # what input="layers" reads
 BASE_PARAMETERS = 94e6
 BASE_FLOPS_PER_SECOND = 7e9
 FRAMES_PER_SECOND = 50
@@ -418,25 +419,88 @@ def test_parameters_stay_within_one_percent_of_a_base_backbone() -> None:
     assert sum(parameter.numel() for parameter in selector.parameters()) <= 0.01 * BASE_PARAMETERS
 
 
-@pytest.mark.parametrize("input", ["cnn", "fbank"])
+def _base_feature_dim(input: str) -> int:
+    return BASE_HIDDEN_SIZE if input == "layers" else BASE_FEATURE_DIM
+
+
+@pytest.mark.parametrize("input", ["cnn", "fbank", "layers"])
 def test_flops_stay_within_one_percent_of_a_base_backbone(input: str) -> None:
-    selector = InputConditionedSelector(BASE_LAYERS, BASE_FEATURE_DIM, input=input)
+    selector = InputConditionedSelector(BASE_LAYERS, _base_feature_dim(input), input=input)
     flops_per_second = selector.flops(torch.tensor([10 * FRAMES_PER_SECOND])).item() / 10
     assert flops_per_second <= 0.01 * BASE_FLOPS_PER_SECOND
 
 
 @pytest.mark.parametrize(
     ("input", "budget_conditioning", "pool_std"),
-    [("cnn", True, True), ("cnn", False, False), ("fbank", True, True)],
+    [("cnn", True, True), ("cnn", False, False), ("fbank", True, True), ("layers", True, True)],
 )
 def test_flops_match_flop_counter_mode(input: str, budget_conditioning: bool, pool_std: bool) -> None:
     selector = InputConditionedSelector(
-        BASE_LAYERS, BASE_FEATURE_DIM, input=input, budget_conditioning=budget_conditioning, pool_std=pool_std
+        BASE_LAYERS, _base_feature_dim(input), input=input, budget_conditioning=budget_conditioning,
+        pool_std=pool_std,
     ).eval()
     frames = 3 * FRAMES_PER_SECOND + 7
     waveforms = torch.randn(1, (frames - 1) * 320 + 400)  # the samples a CNN encoder turns into `frames`
-    features = torch.randn(1, frames, BASE_FEATURE_DIM)
+    features = torch.randn(1, frames, _base_feature_dim(input))
     with FlopCounterMode(display=False) as counter:
         selector(features, torch.ones(1, frames, dtype=torch.bool), torch.tensor([6]), waveforms=waveforms)
     counted = counter.get_total_flops()
     assert selector.flops(torch.tensor([frames])).item() == pytest.approx(counted, rel=0.05)
+
+
+# ---------------------------------------------------------------- input="layers": the prefix always runs
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("read_layers", [1, 2])
+def test_layers_input_keeps_the_prefix_and_chooses_the_rest_within_the_budget(training, read_layers) -> None:
+    selector = make_selector(input="layers", read_layers=read_layers).train(training)
+    assert selector.prefix_layers == read_layers
+    features, frame_mask = random_inputs(8)
+    for budget in range(1, NUM_LAYERS + 1):
+        keep = selector(features, frame_mask, torch.full((8,), budget)).keep_mask.detach()
+        assert torch.equal(keep[:, :read_layers], torch.ones(8, read_layers))
+        # k >= j: exactly k layers; k < j: the prefix alone (it runs whatever the budget)
+        assert torch.equal(keep.sum(-1), torch.full((8,), float(max(budget, read_layers))))
+
+
+def test_layers_input_budget_one_with_one_read_layer_is_layer_zero_alone() -> None:
+    selector = make_selector(input="layers").eval()
+    features, frame_mask = random_inputs(4)
+    keep = selector(features, frame_mask, torch.ones(4, dtype=torch.long)).keep_mask
+    assert torch.equal(keep, torch.eye(NUM_LAYERS)[[0, 0, 0, 0]])
+
+
+def test_layers_input_gradients_reach_the_selector_in_training() -> None:
+    selector = make_selector(input="layers").train()
+    features, frame_mask = random_inputs(8)
+    keep = selector(features, frame_mask, torch.full((8,), 3)).keep_mask
+    (keep * torch.arange(NUM_LAYERS).float()).sum().backward()
+    assert selector.score_head.weight.grad is not None and selector.score_head.weight.grad.abs().sum() > 0
+
+
+def test_layers_input_threshold_mode_keeps_the_prefix_and_meets_the_mean_budget() -> None:
+    selector = make_selector(input="layers", mode="threshold")
+    fill_running_statistics(selector)
+    features, frame_mask = random_inputs(64, seed=7)
+    budget = 3
+    scores = selector.score(features, frame_mask, torch.full((64,), budget))
+    achieved = selector.calibrate({budget: scores})[budget]
+    keep = selector(features, frame_mask, torch.full((64,), budget)).keep_mask
+    assert bool((keep[:, 0] == 1).all())
+    assert abs(float(keep.sum(-1).mean()) - budget) <= 0.5
+    assert float(keep.sum(-1).mean()) == pytest.approx(achieved)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"input": "layers", "read_layers": 0}, "read_layers must be in"),
+     ({"input": "layers", "read_layers": NUM_LAYERS}, "read_layers must be in"),
+     ({"input": "cnn", "read_layers": 1}, "read_layers is an option of input='layers'")],
+)
+def test_layers_input_options_are_checked(options, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        InputConditionedSelector(NUM_LAYERS, FEATURE_DIM, **options)
+
+
+def test_other_inputs_have_no_prefix() -> None:
+    assert make_selector().prefix_layers == 0
+    assert make_selector(input="fbank").prefix_layers == 0
