@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import FittingData, SelectorInputs, SelectorOutput
-from .static import evenly_spaced_layers
+from .static import evenly_spaced_layers, greedy_subset_search
 from .topk import Relaxation, TopKSelector, calibrate_threshold, hard_topk_mask, threshold_mask
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ class InputConditionedSelector(TopKSelector):
             Threshold mode ignores it.
         fallback_margin: how much (in the task's primary metric on validation data) the selector's own masks
             must beat the best input-blind mask by to be kept; ``>= 0``. Ties fall back.
+        fallback_search: also consider, per budget, the best fixed subset of a greedy search on validation data
+            (as ``StaticSelector(search=True)``: about ``N^2 / 2`` more validation passes in all).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class InputConditionedSelector(TopKSelector):
         sample_rate: int = 16000,
         fallback: bool = True,
         fallback_margin: float = 0.0,
+        fallback_search: bool = False,
     ) -> None:
         if input not in ("cnn", "fbank"):
             raise ValueError(f"input must be 'cnn' or 'fbank', got {input!r}")
@@ -216,6 +219,7 @@ class InputConditionedSelector(TopKSelector):
         self.mode = mode
         self.fallback = bool(fallback)
         self.fallback_margin = float(fallback_margin)
+        self.fallback_search = bool(fallback_search)
         self.tracks_statistics = score_mode != "raw"
         # small: the standardised term must keep unit spread even when the raw spread is tiny
         self.stats_eps = 1e-8
@@ -482,7 +486,8 @@ class InputConditionedSelector(TopKSelector):
 
         Top-k mode with ``fallback``: per budget ``k < N``, score the selector's own eval-mode masks on ``data``
         and a few input-blind masks at ``k`` (the top ``k`` of the learned prior, the selector's own most common
-        masks, the first ``k`` layers, ``k`` evenly spaced layers); unless the own masks beat the best blind one
+        masks, the first ``k`` layers, ``k`` evenly spaced layers, with ``fallback_search`` the greedy search's
+        subset); unless the own masks beat the best blind one
         by more than ``fallback_margin``, evaluation gives every input that blind mask at ``k``. The decisions
         are logged and kept in buffers (:meth:`fallback_report`); training clears them.
         """
@@ -512,9 +517,11 @@ class InputConditionedSelector(TopKSelector):
         self.eval()  # the scores evaluation will use: running statistics, no noise
         try:
             sign = 1.0 if data.higher_is_better else -1.0
-            for k in sorted(set(budgets)):
-                if k >= self.num_layers:
-                    continue  # every input runs every layer: nothing to decide
+            # the full budget runs every layer for every input: nothing to decide
+            budgets = sorted({k for k in budgets if k < self.num_layers})
+            searched = (greedy_subset_search(data.metric_with_layers, self.num_layers, budgets,
+                                             data.higher_is_better) if self.fallback_search and budgets else {})
+            for k in budgets:
                 counts: Counter[tuple[int, ...]] = Counter()
 
                 def own(batch: SelectorInputs, k: int = k, counts: Counter = counts) -> Tensor:
@@ -524,6 +531,8 @@ class InputConditionedSelector(TopKSelector):
 
                 own_metric = data.metric_with_masks(own)
                 candidates = [tuple(range(k)), tuple(evenly_spaced_layers(self.num_layers, k))]
+                if k in searched:
+                    candidates.insert(0, tuple(searched[k]))
                 if self.prior is not None:
                     row = self.prior[k - 1 if self.budget_conditioning else 0]
                     candidates.insert(0, tuple(sorted(row.topk(k).indices.tolist())))

@@ -50,16 +50,17 @@ class FakeFittingData:
     layers in the target): at the budgets in :data:`PAYS` the targets are the selector's own masks (reading the
     input pays), elsewhere one fixed mask for every input (it does not)."""
 
-    def __init__(self, selector: InputConditionedSelector, higher_is_better: bool = True) -> None:
+    def __init__(self, selector: InputConditionedSelector, higher_is_better: bool = True, pays=PAYS,
+                 blind_target=_blind_target) -> None:
         self.batches = _batches()
         self.higher_is_better = higher_is_better
         self.targets = {}
         for k in range(1, NUM_LAYERS + 1):
-            if k in PAYS:
+            if k in pays:
                 self.targets[k] = [_masks(selector, batch, k) for batch in self.batches]
             else:
                 fixed = torch.zeros(NUM_LAYERS, dtype=torch.bool)
-                fixed[_blind_target(k)] = True
+                fixed[blind_target(k)] = True
                 self.targets[k] = [fixed.expand(batch.features.shape[0], -1) for batch in self.batches]
 
     def inputs(self):
@@ -115,6 +116,17 @@ def test_a_margin_larger_than_the_gain_falls_back_everywhere() -> None:
     report = selector.fallback_report()
     assert report and not any(r["uses_input"] for r in report.values())
     assert all(report[k]["input"] > report[k]["blind"] for k in PAYS)
+
+
+def test_fallback_search_finds_a_best_subset_outside_the_simple_candidates() -> None:
+    def last(k: int) -> list[int]:  # nested, so greedy backward elimination finds each one
+        return list(range(NUM_LAYERS - k, NUM_LAYERS))
+
+    selector = _selector(fallback_search=True)
+    selector.fit(FakeFittingData(selector, pays=(), blind_target=last), range(1, NUM_LAYERS + 1))
+    report = selector.fallback_report()
+    assert {k: r["blind_layers"] for k, r in report.items()} == {k: last(k) for k in range(1, NUM_LAYERS)}
+    assert all(r["blind"] == 1.0 and not r["uses_input"] for r in report.values())
 
 
 def test_budgets_not_fitted_keep_reading_the_input() -> None:
