@@ -487,9 +487,9 @@ class InputConditionedSelector(TopKSelector):
         Top-k mode with ``fallback``: per budget ``k < N``, score the selector's own eval-mode masks on ``data``
         and a few input-blind masks at ``k`` (the top ``k`` of the learned prior, the selector's own most common
         masks, the first ``k`` layers, ``k`` evenly spaced layers, with ``fallback_search`` the greedy search's
-        subset); unless the own masks beat the best blind one
-        by more than ``fallback_margin``, evaluation gives every input that blind mask at ``k``. The decisions
-        are logged and kept in buffers (:meth:`fallback_report`); training clears them.
+        subset); unless the own masks beat the best blind one by more than ``fallback_margin``, evaluation gives
+        every input that blind mask at ``k``. The decisions are logged and kept in buffers
+        (:meth:`fallback_report`); training clears them.
         """
         if self.mode == "topk":
             if self.fallback:
