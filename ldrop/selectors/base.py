@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,6 +53,13 @@ class FittingData(Protocol):
 
     def metric_with_layers(self, layers: Sequence[int]) -> float:
         """The task's primary metric on the fitting batches when every input runs only ``layers``."""
+
+    def metric_with_masks(self, choose: Callable[[SelectorInputs], Tensor]) -> float:
+        """The task's primary metric on the fitting batches when each batch runs the masks ``choose`` returns.
+
+        ``choose`` gets one batch's selector inputs and returns its ``[batch, layers]`` 0/1 keep mask (for
+        example the selector's own eval-mode choice); ``metric_with_layers`` is this with one fixed mask.
+        """
 
 
 class LayerSelector(nn.Module, ABC):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
@@ -10,11 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FittingData, SelectorOutput
-from .topk import Objective, Relaxation, TopKSelector, calibrate_threshold, threshold_mask
+from .base import FittingData, SelectorInputs, SelectorOutput
+from .static import evenly_spaced_layers, greedy_subset_search
+from .topk import Objective, Relaxation, TopKSelector, calibrate_threshold, hard_topk_mask, threshold_mask
+
+log = logging.getLogger(__name__)
 
 #: Waveform samples per CNN feature-encoder frame of wav2vec2 / HuBERT / WavLM (20 ms at 16 kHz).
 CNN_FRAME_STRIDE = 320
+#: The fallback's candidates include this many of the selector's own most common masks per budget.
+FALLBACK_COMMON_MASKS = 3
 
 
 class LogMelFrontend(nn.Module):
@@ -146,6 +153,13 @@ class InputConditionedSelector(TopKSelector):
         counterfactual_candidates: alternative masks per input scored for the counterfactual objective.
         counterfactual_weight: weight of the counterfactual ranking loss.
         sample_rate: waveform sample rate for ``input="fbank"``.
+        fallback: top-k mode: before test and predict, check per budget on validation data whether reading the
+            input pays, and where it does not, give every input the best input-blind mask (see :meth:`fit`).
+            Threshold mode ignores it.
+        fallback_margin: how much (in the task's primary metric on validation data) the selector's own masks
+            must beat the best input-blind mask by to be kept; ``>= 0``. Ties fall back.
+        fallback_search: also consider, per budget, the best fixed subset of a greedy search on validation data
+            (as ``StaticSelector(search=True)``: about ``N^2 / 2`` more validation passes in all).
     """
 
     def __init__(
@@ -174,6 +188,9 @@ class InputConditionedSelector(TopKSelector):
         counterfactual_candidates: int = 2,
         counterfactual_weight: float = 1.0,
         sample_rate: int = 16000,
+        fallback: bool = True,
+        fallback_margin: float = 0.0,
+        fallback_search: bool = False,
     ) -> None:
         if input not in ("cnn", "fbank", "layers"):
             raise ValueError(f"input must be 'cnn', 'fbank' or 'layers', got {input!r}")
@@ -214,6 +231,8 @@ class InputConditionedSelector(TopKSelector):
             raise ValueError(f"stats_momentum must be in (0, 1], got {stats_momentum}")
         if diversity_weight < 0:
             raise ValueError(f"diversity_weight must be >= 0, got {diversity_weight}")
+        if not (math.isfinite(fallback_margin) and fallback_margin >= 0):
+            raise ValueError(f"fallback_margin must be a finite number >= 0, got {fallback_margin}")
 
         self.input = input
         #: ``j``, the encoder layers read (and always run) with ``input="layers"``; 0 otherwise.
@@ -229,6 +248,9 @@ class InputConditionedSelector(TopKSelector):
         self.stats_momentum = float(stats_momentum)
         self.diversity_weight = float(diversity_weight)
         self.mode = mode
+        self.fallback = bool(fallback)
+        self.fallback_margin = float(fallback_margin)
+        self.fallback_search = bool(fallback_search)
         self.tracks_statistics = score_mode != "raw"
         # small: the standardised term must keep unit spread even when the raw spread is tiny
         self.stats_eps = 1e-8
@@ -266,6 +288,12 @@ class InputConditionedSelector(TopKSelector):
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
         #: Threshold per budget (index ``k - 1``) for ``mode="threshold"``; NaN = not calibrated.
         self.register_buffer("thresholds", torch.full((num_layers,), math.nan))
+        #: The fallback's decisions per budget (row ``k - 1``), set by :meth:`fit`: whether eval reads the
+        #: input, the input-blind mask used where it does not, and the validation metrics ``(input, blind)``
+        #: they were decided on (NaN = not decided: the input is read).
+        self.register_buffer("uses_input", torch.ones(num_layers, dtype=torch.bool))
+        self.register_buffer("blind_masks", torch.zeros(num_layers, num_layers, dtype=torch.bool))
+        self.register_buffer("fallback_metrics", torch.full((num_layers, 2), math.nan))
 
     @property
     def alpha(self) -> Tensor:
@@ -471,18 +499,42 @@ class InputConditionedSelector(TopKSelector):
             keep_mask, soft = self.select_topk(scores[:, j:], (budget - j).clamp(min=0))
         if j:
             keep_mask = torch.cat([keep_mask.new_ones(keep_mask.shape[0], j), keep_mask], dim=1)
+        if self.training:
+            self.forget_fallback()  # the decisions were about the weights training is now changing
+        elif self.mode == "topk":
+            rows = budget - 1
+            keep_mask = torch.where(self.uses_input[rows, None], keep_mask, self.blind_masks[rows].to(keep_mask))
         if soft is not None and self.diversity_weight > 0:
             losses["diversity"] = self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
 
     @property
     def needs_fitting(self) -> bool:
-        """Threshold mode needs its thresholds calibrated on validation data."""
+        """Threshold mode needs its thresholds calibrated on validation data; top-k mode fits its fallback."""
+        return self.mode == "threshold" or self.fallback
+
+    @property
+    def fits_at_validation(self) -> bool:
+        """Threshold calibration is cheap and refits before each validation pass; the fallback costs a few
+        validation passes per budget, so it is fitted only before test and predict (``val/<metric>@k`` in
+        training is the selector's own masks)."""
         return self.mode == "threshold"
 
     @torch.no_grad()
     def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
-        """Threshold mode: calibrate each budget's threshold on the eval-mode scores of ``data``'s inputs."""
+        """Threshold mode: calibrate each budget's threshold on the eval-mode scores of ``data``'s inputs.
+
+        Top-k mode with ``fallback``: per budget ``k < N``, score the selector's own eval-mode masks on ``data``
+        and a few input-blind masks at ``k`` (the top ``k`` of the learned prior, the selector's own most common
+        masks, the first ``k`` layers, ``k`` evenly spaced layers, with ``fallback_search`` the greedy search's
+        subset); unless the own masks beat the best blind one by more than ``fallback_margin``, evaluation gives
+        every input that blind mask at ``k``. The decisions are logged and kept in buffers
+        (:meth:`fallback_report`); training clears them.
+        """
+        if self.mode == "topk":
+            if self.fallback:
+                self._fit_fallback(data, [int(k) for k in budgets])
+            return
         scores: dict[int, list[Tensor]] = {int(k): [] for k in budgets}
         for batch in data.inputs():
             for k in scores:
@@ -491,6 +543,96 @@ class InputConditionedSelector(TopKSelector):
                                  lengths=batch.lengths)
                 scores[k].append(out.float().cpu())
         self.calibrate({k: torch.cat(v) for k, v in scores.items()})
+
+    def _own_masks(self, batch: SelectorInputs, k: int) -> Tensor:
+        """The selector's own eval-mode top-``k`` masks of one batch, ``[batch, layers]`` (no fallback)."""
+        budget = torch.full((batch.features.shape[0],), k, dtype=torch.long, device=batch.features.device)
+        scores = self.score(batch.features, batch.frame_mask, budget, waveforms=batch.waveforms,
+                            lengths=batch.lengths)
+        j = self.prefix_layers  # as forward: the prefix layers, then the best k - j of the others
+        keep = hard_topk_mask(scores[:, j:], (budget - j).clamp(min=0))
+        return torch.cat([keep.new_ones(keep.shape[0], j), keep], dim=1) if j else keep
+
+    def _fit_fallback(self, data: FittingData, budgets: list[int]) -> None:
+        """Decide per budget between the selector's own masks and the best input-blind mask (see :meth:`fit`)."""
+        was_training = self.training
+        self.eval()  # the scores evaluation will use: running statistics, no noise
+        try:
+            sign = 1.0 if data.higher_is_better else -1.0
+            # the full budget runs every layer for every input, and budgets up to the prefix run just the
+            # prefix (input="layers"): nothing to decide
+            j = self.prefix_layers
+            budgets = sorted({k for k in budgets if j < k < self.num_layers})
+            searched = (greedy_subset_search(data.metric_with_layers, self.num_layers, budgets,
+                                             data.higher_is_better) if self.fallback_search and budgets else {})
+            for k in budgets:
+                counts: Counter[tuple[int, ...]] = Counter()
+
+                def own(batch: SelectorInputs, k: int = k, counts: Counter = counts) -> Tensor:
+                    masks = self._own_masks(batch, k)
+                    counts.update(tuple(row.nonzero().flatten().tolist()) for row in masks.bool().cpu())
+                    return masks
+
+                own_metric = data.metric_with_masks(own)
+                candidates = [tuple(range(k)), tuple(evenly_spaced_layers(self.num_layers, k))]
+                if k in searched:
+                    candidates.insert(0, tuple(searched[k]))
+                if self.prior is not None:
+                    row = self.prior[k - 1 if self.budget_conditioning else 0]
+                    chosen = (row[j:].topk(k - j).indices + j).tolist()
+                    candidates.insert(0, tuple(sorted([*range(j), *chosen])))
+                candidates += [mask for mask, _ in counts.most_common(FALLBACK_COMMON_MASKS)]
+                # the engine continues from the prefix only for masks that keep it
+                candidates = [c for c in candidates if set(range(j)) <= set(c)]
+                blind_layers, blind_metric = None, -math.inf
+                for layers in dict.fromkeys(candidates):  # distinct, in order: ties go to the earlier one
+                    value = float(data.metric_with_layers(list(layers)))
+                    if blind_layers is None or sign * value > sign * blind_metric:
+                        blind_layers, blind_metric = layers, value
+                uses_input = sign * (own_metric - blind_metric) > self.fallback_margin
+                self.uses_input[k - 1] = uses_input
+                self.blind_masks[k - 1] = False
+                self.blind_masks[k - 1, list(blind_layers)] = True
+                self.fallback_metrics[k - 1] = torch.tensor([own_metric, blind_metric])
+        finally:
+            self.train(was_training)
+        log.info("input-conditioned fallback (reading the input vs the best input-blind mask on validation): %s",
+                 "; ".join(f"k={k}: {'input' if r['uses_input'] else 'blind ' + str(r['blind_layers'])} "
+                           f"({r['input']:.4g} vs {r['blind']:.4g})" for k, r in self.fallback_report().items()))
+
+    def fallback_report(self) -> dict[int, dict]:
+        """The fallback's decision per decided budget ``k``.
+
+        Returns:
+            ``{k: {"input": metric of the selector's own masks, "blind": metric of the best input-blind mask,
+            "uses_input": whether evaluation reads the input, "blind_layers": that mask's layers}}`` (metrics
+            on the validation data of the last :meth:`fit`); empty before it or after training.
+        """
+        report = {}
+        for row in range(self.num_layers):
+            own_metric, blind_metric = self.fallback_metrics[row].tolist()
+            if math.isnan(own_metric):
+                continue
+            report[row + 1] = {
+                "input": own_metric,
+                "blind": blind_metric,
+                "uses_input": bool(self.uses_input[row]),
+                "blind_layers": self.blind_masks[row].nonzero().flatten().tolist(),
+            }
+        return report
+
+    def forget_fallback(self) -> None:
+        """Drop the fallback's decisions: every budget reads the input again (until the next :meth:`fit`)."""
+        self.uses_input.fill_(True)
+        self.fallback_metrics.fill_(math.nan)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints from before the fallback have no decisions: load them as undecided
+        undecided = {"uses_input": torch.ones_like(self.uses_input), "blind_masks": torch.zeros_like(self.blind_masks),
+                     "fallback_metrics": torch.full_like(self.fallback_metrics, math.nan)}
+        for name, value in undecided.items():
+            state_dict.setdefault(prefix + name, value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def thresholds_for(self, budget: Tensor) -> Tensor:
         """Calibrated threshold per sample, ``[batch]``; raises if a budget was never calibrated.

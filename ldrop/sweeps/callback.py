@@ -294,6 +294,9 @@ class BudgetSweep(L.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         primary = pl_module.metric_names[0]
         rows, usage = [], []
+        # the input-conditioned selector's fallback: which budgets read the input (undecided ones do)
+        fallback = getattr(pl_module.selector, "fallback_report", None)
+        decided = fallback() if callable(fallback) else {}
         for k in self.budget_layers:
             masks = self.masks[k].compute().float().cpu().reshape(-1, n) if self.masks[k].update_called \
                 else torch.zeros(0, n)
@@ -310,6 +313,8 @@ class BudgetSweep(L.Callback):
                 "ms_per_utterance": 1000.0 * (total["seconds_fixed"] + float(self.seconds[k].compute())) / utterances,
                 "utterances": int(round(total["utterances"])),
             }
+            if decided:
+                row["uses_input"] = decided[k]["uses_input"] if k in decided else True
             if pl_module.selector is not None and len(masks):
                 diversity = mask_diversity(masks)
                 row.update(
@@ -348,7 +353,7 @@ class BudgetSweep(L.Callback):
         directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
         paths = write_sweep(rows, directory, usage)
         columns = ["budget_layers", "executed_layers", *pl_module.metric_names, "gflops_per_utterance",
-                   "ms_per_utterance", "distinct_masks"]
+                   "ms_per_utterance", "distinct_masks", "uses_input"]
         table = markdown_table(rows, [c for c in columns if c in rows[0]])
         self.print_table(rows, columns, rows[0]["method"])
         log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)

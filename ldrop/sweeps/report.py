@@ -31,6 +31,7 @@ BASE_COLUMNS = [
     "distinct_masks",
     "mean_hamming",
     "top_mask_share",
+    "uses_input",
 ]
 
 #: Metrics where lower is better (everything else: higher is better).

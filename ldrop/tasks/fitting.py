@@ -85,12 +85,23 @@ class _TaskFittingData:
 
     def metric_with_layers(self, layers: Sequence[int]) -> float:
         """The task's primary metric when every input runs ``layers`` (batches encoded once, then kept)."""
+        layers = list(layers)
+
+        def fixed(encoded: EncodedBatch) -> torch.Tensor:
+            keep = torch.zeros(encoded.frame_mask.shape[0], self.task.num_layers, device=self.task.device)
+            keep[:, layers] = 1.0
+            return keep
+
+        return self.metric_with_masks(fixed)
+
+    def metric_with_masks(self, choose: Callable[[EncodedBatch], torch.Tensor]) -> float:
+        """The task's primary metric when each batch runs the ``[batch, layers]`` masks ``choose`` returns
+        for its encoded batch (batches encoded once, then kept)."""
         task = self.task
         if self._encoded is None:
             self._encoded = [(b, task.encode(b.waveforms, b.lengths)) for b in self._device_batches()]
         metrics = task._metrics_on_device()
         for batch, encoded in self._encoded:
-            keep = torch.zeros(len(batch), task.num_layers, device=task.device)
-            keep[:, list(layers)] = 1.0
+            keep = choose(encoded).to(device=task.device, dtype=torch.float32)
             task.update_metrics(metrics, task.logits_with_mask(encoded, keep), encoded.frame_mask, batch)
         return float(metrics[task.metric_names[0]].compute())

@@ -1,0 +1,48 @@
+"""The input-conditioned selector's fallback in a task: ``ldrop test`` fits it on validation data, and on
+that data every budget is at least as good as the best input-blind candidate (issue 11, item 3)."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import torch
+
+from ldrop.selectors import InputConditionedSelector
+from ldrop.sweeps import BudgetSweep
+from ldrop.sweeps.report import load_sweep, primary_metric
+from ldrop.tasks import ClassificationTask
+from ldrop.tasks.fitting import _TaskFittingData
+from tests.helpers import quiet_trainer, tiny_classification_data
+
+
+def test_ldrop_test_fits_the_fallback_and_no_budget_is_below_the_best_blind_mask_on_the_fitting_data(tmp_path):
+    L.seed_everything(0)
+    data = tiny_classification_data(num_val=24)
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", lr=3e-3, head_lr=1e-2,
+                               warmup=0, schedule="constant", val_budgets=[2],
+                               selector=functools.partial(InputConditionedSelector, hidden_dim=16))
+    quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
+    selector = model.selector
+    assert selector.needs_fitting and not selector.fits_at_validation and selector.fallback_report() == {}
+
+    sweep = BudgetSweep(directory=str(tmp_path / "sweep"), headroom=False)
+    quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, data)
+    n = model.num_layers
+    report = selector.fallback_report()
+    assert sorted(report) == list(range(1, n))  # fitted before the test for every swept budget but N
+    assert [row["uses_input"] for row in sweep.rows] == [report[k]["uses_input"] for k in range(1, n)] + [True]
+    assert primary_metric(load_sweep(tmp_path / "sweep")) == "acc"
+
+    model.eval()
+    fitting = _TaskFittingData(model, lambda: data.val_dataloader())
+    for k, decision in report.items():
+        def chosen(encoded, k=k):  # the fitted selector as evaluation runs it, fallback included
+            budget = torch.full((encoded.features.shape[0],), k, dtype=torch.long)
+            return selector(encoded.features, encoded.frame_mask, budget).keep_mask
+
+        value = fitting.metric_with_masks(chosen)
+        assert value >= decision["blind"] - 1e-6
+        assert abs(value - max(decision["input"], decision["blind"])) < 1e-6
+        assert decision["uses_input"] == (decision["input"] > decision["blind"])
