@@ -138,3 +138,25 @@ def test_an_unknown_method_fails_before_any_stage(bench_config, capsys):
     assert main(["--config", str(bench_config), "--methods", '["no-such-method"]']) == 1
     assert "no-such-method.yaml" in capsys.readouterr().err
     assert not (bench_config.parent / "out" / "stage1").exists()
+
+
+def test_the_default_configs_parse_and_instantiate(tmp_path, monkeypatch):
+    from ldrop.bench.methods import _method_file, build_parser
+    from ldrop.data import SyntheticMixedClassificationDataModule
+    from tests.cli.test_configs import _instantiate
+
+    root = METHOD_DIR.parents[1]
+    monkeypatch.chdir(root)  # the default config's paths are relative to the repository root
+    args = build_parser().parse_args([])
+    assert args.methods == methods.DEFAULT_METHODS and args.finetune["model.init_args.freeze"] == "cnn"
+    for name in args.methods:
+        assert Path(_method_file(args.method_dir, name)).is_file()
+    cli = _instantiate([a for path in args.base for a in ("--config", path)], tmp_path)
+    assert cli.model.num_layers == 8 and isinstance(cli.datamodule, SyntheticMixedClassificationDataModule)
+    for path in [root / p for p in args.base] + [root / methods.DEFAULT_CONFIG]:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        assert lines[0].startswith("#")
+        undocumented = [line for line in lines if line and not line.startswith(("#", "- ", "class_path"))
+                        and not line.endswith(":") and "#" not in line
+                        and line.split(":")[0] not in {"accelerator", "log_every_n_steps", "seed_everything"}]
+        assert not undocumented, f"{path.name}: keys without a comment: {undocumented}"
