@@ -15,9 +15,10 @@
    ``methods.json`` (the table's rows, the exact command, the machine, each stage's command and wall time).
 
 Everything goes to one folder (``--out``). A stage that finished (its ``stage.json`` records the command it
-ran) is skipped on a rerun with the same command, so an interrupted benchmark continues where it stopped; a
-stage whose command changed, or that depends on a stage that ran again, runs again. A failing stage stops
-the benchmark with an error naming the stage and its log file.
+ran and the content of its config files) is skipped on a rerun with the same command, so an interrupted
+benchmark continues where it stopped; a stage whose command or configs changed, or that depends on a stage
+that ran again, runs again. A failing stage stops the benchmark with an error naming the stage and its log
+file.
 
 The default config (``configs/bench/methods.yaml``, read when no ``--config`` is given and it exists in the
 working folder) is the generated mixed-cue set with a tiny 8-layer WavLM.
@@ -130,10 +131,12 @@ class Stage:
         return self.folder / f"{self.args[0]}.log"
 
     def identity(self) -> str:
-        """What makes this stage's result valid: its command and its upstream stage's result."""
+        """What makes this stage's result valid: its command, the config files it reads, its upstream result."""
         # The upstream record, not just its command: a stage whose upstream ran again runs again too.
         upstream = self.after.marker.read_text() if self.after is not None and self.after.marker.is_file() else ""
-        return hashlib.sha256(json.dumps([self.args, upstream]).encode()).hexdigest()
+        configs = [Path(path).read_text() for flag, path in zip(self.args, self.args[1:], strict=False)
+                   if flag == "--config" and Path(path).is_file()]
+        return hashlib.sha256(json.dumps([self.args, configs, upstream]).encode()).hexdigest()
 
     def finished(self) -> bool:
         if not self.marker.is_file():

@@ -122,6 +122,11 @@ def test_the_whole_benchmark_writes_one_table_one_plot_and_resumes(bench_config,
     again = {r["stage"]: r["skipped"] for r in json.loads((out / "methods.json").read_text())["stages"]}
     assert again["stage 2: rnd sweep"] is False and again["stage 2: rnd fit"] is True
 
+    base = bench_config.parent / "base.yaml"  # a changed config file: every stage that reads it runs again
+    base.write_text(base.read_text().replace("lr: 0.002", "lr: 0.001"))
+    assert main(argv) == 0
+    assert not any(r["skipped"] for r in json.loads((out / "methods.json").read_text())["stages"])
+
 
 def test_a_failing_stage_names_the_stage_and_its_log(bench_config, capsys):
     # the real child process: stage 1 gets an option ldrop rejects
