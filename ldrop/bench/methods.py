@@ -208,7 +208,9 @@ CONTROL_COLUMNS = {"shuffled": "shuffled", "most_common": "most common", "input_
 
 
 def methods_table(sweeps: dict[str, list[dict[str, Any]]], metric: str | None = None) -> tuple[list[dict], str]:
-    """One row per budget ``k``, one column per run (``mean ± std`` over repeats) and per control it has.
+    """One row per budget ``k``, one column per run (``mean ± std`` over repeats) and per control it has
+    (its masks shuffled and the most common mask, where its masks differ across inputs; the per-input and
+    static oracles, where the sweep scored the headroom).
 
     Returns the rows (as written to ``methods.json``) and the metric's name.
     """
@@ -222,7 +224,10 @@ def methods_table(sweeps: dict[str, list[dict[str, Any]]], metric: str | None = 
             value, std = (hit or {}).get(metric), (hit or {}).get(f"{metric}_std")
             row[name] = None if value is None else (
                 round(value, 4) if std in (None, "") else f"{value:.4f} ± {std:.4f}")
+            varies = any(int(r.get("distinct_masks") or 1) > 1 for r in rows)
             for suffix, header in CONTROL_COLUMNS.items():
+                if suffix in ("shuffled", "most_common") and not varies:
+                    continue  # one mask for every input (a learned schedule): the controls repeat its column
                 if any(r.get(f"{metric}_{suffix}") not in (None, "") for r in rows):
                     control = (hit or {}).get(f"{metric}_{suffix}")
                     row[f"{name}: {header}"] = None if control in (None, "") else round(float(control), 4)

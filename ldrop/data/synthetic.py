@@ -248,7 +248,7 @@ class SyntheticMixedClassificationDataset(_GeneratedDataset):
         num_classes: int = 8,
         seed: int = 0,
         duration_range: tuple[float, float] = (0.5, 1.0),
-        snr_db_range: tuple[float, float] = (-20.0, 10.0),
+        snr_db_range: tuple[float, float] = (-15.0, 10.0),
         sample_rate: int = 16000,
         min_samples: int = 400,
     ) -> None:
@@ -502,7 +502,7 @@ class SyntheticMixedClassificationDataModule(_SyntheticDataModule):
     """Generated mixed-cue classification (:class:`SyntheticMixedClassificationDataset`), no files needed.
 
     Harder than :class:`SyntheticClassificationDataModule`: three input families carry the class by
-    different cues (pitch, modulation rate, tone order) over a wide SNR range (-20 to 10 dB). The default data of
+    different cues (pitch, modulation rate, tone order) over a wide SNR range (-15 to 10 dB). The default data of
     ``python -m ldrop.bench methods``.
 
     Args:
@@ -521,11 +521,11 @@ class SyntheticMixedClassificationDataModule(_SyntheticDataModule):
     def __init__(
         self,
         num_classes: int = 8,
-        num_train: int = 1024,
+        num_train: int = 1536,
         num_val: int = 256,
         num_test: int = 256,
         duration_range: tuple[float, float] = (0.5, 1.0),
-        snr_db_range: tuple[float, float] = (-20.0, 10.0),
+        snr_db_range: tuple[float, float] = (-15.0, 10.0),
         **kwargs,
     ) -> None:
         super().__init__(num_train, num_val, num_test, **kwargs)
