@@ -168,3 +168,24 @@ def test_the_default_configs_parse_and_instantiate(tmp_path, monkeypatch):
                         and not line.endswith(":") and "#" not in line
                         and line.split(":")[0] not in {"accelerator", "log_every_n_steps", "seed_everything"}]
         assert not undocumented, f"{path.name}: keys without a comment: {undocumented}"
+
+
+def test_the_table_has_a_row_per_budget_and_controls_only_where_they_say_something():
+    def row(k, acc, masks, **extra):
+        return {"budget_layers": k, "distinct_masks": masks, "acc": acc, **extra}
+
+    sweeps = {
+        "full": [row(2, 0.9, 1)],
+        "ic": [row(k, 0.5, 3, acc_shuffled=0.4, acc_most_common=0.45, acc_input_oracle=0.7, acc_static_oracle=0.6)
+               for k in (1, 2)],
+        "schedule": [row(k, 0.5, 1, acc_shuffled=0.5, acc_most_common=0.5, acc_input_oracle=0.6,
+                         acc_static_oracle=0.55) for k in (1, 2)],
+        "random": [row(k, 0.3, 8, acc_std=0.01) for k in (1, 2)],
+    }
+    rows, metric = methods.methods_table(sweeps)
+    assert metric == "acc" and [r["k"] for r in rows] == [1, 2]
+    assert list(rows[0]) == ["k", "full", "ic", "ic: shuffled", "ic: most common", "ic: input oracle",
+                             "ic: static oracle", "schedule", "schedule: input oracle", "schedule: static oracle",
+                             "random"]
+    assert rows[0]["full"] is None and rows[1]["full"] == 0.9  # the full model: at k = N only
+    assert rows[0]["random"] == "0.3000 ± 0.0100"
