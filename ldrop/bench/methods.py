@@ -313,7 +313,8 @@ def run(args: Any, command: list[str]) -> dict[str, Any]:
         "stages": records,
         "seconds_this_run": round(sum(r["seconds"] for r in records if not r["skipped"]), 2),
         "seconds_all_stages": round(sum(r["seconds"] for r in records), 2),
-        "machine": machine_info(),
+        "machine": machine_info(),  # of this process; the stages ran with stage_threads threads
+        "stage_threads": args.threads,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
