@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "loading": ("ldrop.bench.loading", "data loading throughput"),
     "overhead": ("ldrop.bench.overhead", "selector and gating overhead"),
     "control": ("ldrop.bench.control", "meeting a per-utterance deadline under changing load (budget controller)"),
+    "methods": ("ldrop.bench.methods", "every method trained from one full-depth model and swept: one table, one plot"),
 }
 
 

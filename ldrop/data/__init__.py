@@ -19,6 +19,8 @@ from ldrop.data.synthetic import (
     SyntheticClassificationDataset,
     SyntheticCTCDataModule,
     SyntheticCTCDataset,
+    SyntheticMixedClassificationDataModule,
+    SyntheticMixedClassificationDataset,
 )
 from ldrop.data.tedlium import TedliumDataModule, read_stm
 from ldrop.data.text import normalize_tedlium_transcript
@@ -51,6 +53,8 @@ __all__ = [
     "SyntheticCTCDataset",
     "SyntheticClassificationDataModule",
     "SyntheticClassificationDataset",
+    "SyntheticMixedClassificationDataModule",
+    "SyntheticMixedClassificationDataset",
     "Task",
     "TedliumDataModule",
     "audio_info",

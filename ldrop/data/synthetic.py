@@ -5,7 +5,8 @@ same waveform, and the length of every item is known without rendering it. Diffi
 through the signal-to-noise ratio (white noise added at an SNR drawn from ``snr_db_range``) and the
 length. The sets are small and cheap (well under a millisecond per item) so that a tiny randomly
 initialised wav2vec2-style model learns them in minutes on a CPU: the quickstart and the model tests
-train on them.
+train on them. The mixed set (:class:`SyntheticMixedClassificationDataset`) is the harder one of the
+methods benchmark: its class is carried by a different cue in each of three input families.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ __all__ = [
     "SyntheticCTCDataset",
     "SyntheticClassificationDataModule",
     "SyntheticClassificationDataset",
+    "SyntheticMixedClassificationDataModule",
+    "SyntheticMixedClassificationDataset",
 ]
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -171,6 +174,143 @@ class SyntheticClassificationDataset(_GeneratedDataset):
             signal *= 0.55 + 0.45 * np.sin(2 * math.pi * am_rate * t + phase_am)
         signal *= _fade(n, sr)
         waveform = _add_noise(signal, np.ones(n, dtype=bool), plan.snr_db, rng)
+        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
+
+
+#: The families of the mixed set, in the order ``(index // num_classes) % 3`` cycles through them.
+MIXED_FAMILIES = ("pitch", "rhythm", "order")
+_PITCH_BAND_HZ = (200.0, 500.0)  # family "pitch": the class is the tone's frequency in this band
+_RHYTHM_CARRIER_HZ = 1500.0  # family "rhythm": the class is the AM rate of a tone near this frequency
+_RHYTHM_RATES_HZ = (3.0, 12.0)  # class c is modulated at the c-th of num_classes rates in this range
+_ORDER_BAND_HZ = (3000.0, 4500.0)  # family "order": the class is the order of two tones in this band
+
+
+def _ordered_pairs(count: int) -> list[tuple[int, int]]:
+    """The first ``count`` ordered pairs of distinct tone indices, a pair next to its reverse.
+
+    ``(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1), (0, 3), ...``: classes ``2j`` and ``2j + 1`` use the
+    same two tones and differ only in their temporal order.
+    """
+    pairs: list[tuple[int, int]] = []
+    high = 1
+    while len(pairs) < count:
+        for low in range(high):
+            pairs += [(low, high), (high, low)]
+        high += 1
+    return pairs[:count]
+
+
+@dataclass(frozen=True)
+class _MixedPlan:
+    target: int
+    family: int
+    num_samples: int
+    snr_db: float
+
+
+class SyntheticMixedClassificationDataset(_GeneratedDataset):
+    """Seeded classification where each input family carries its class by a different cue.
+
+    Items belong to one of three families (:data:`MIXED_FAMILIES`), told apart by their frequency band;
+    within a family the class is a cue of its own, so different inputs need different processing (and so,
+    in a layered model, plausibly different layers):
+
+    * ``"pitch"``: a steady tone at the class's frequency, log-spaced in 200-500 Hz (a spectral cue, in
+      the CNN features already);
+    * ``"rhythm"``: a tone near 1.5 kHz (same for every class), amplitude-modulated at the class's rate,
+      linearly spaced in 3-12 Hz (a cue spread over many frames);
+    * ``"order"``: two tones in 3-4.5 kHz, one after the other; classes ``2j`` and ``2j + 1`` use the same
+      two tones in opposite order (a temporal-order cue, which needs context across the item).
+
+    Every item draws a duration from ``duration_range``, random phases, a small frequency jitter and an
+    SNR from ``snr_db_range`` (white noise; the wide default range makes many items hard). Targets cycle
+    through the classes (``index % num_classes``) and families through the families
+    (``(index // num_classes) % 3``), so both are balanced.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"`` (independent draws).
+        num_items: number of items.
+        num_classes: number of classes (2-12).
+        seed: items are a function of ``(seed, split, index)``.
+        duration_range: ``(min, max)`` item duration in seconds (at least 0.3 s: two tones and a few
+            modulation cycles must fit).
+        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB.
+        sample_rate: sample rate of the waveforms (at least 16 kHz: the "order" band reaches 4.5 kHz).
+        min_samples: see :class:`~ldrop.data.datasets.AudioDataset`.
+    """
+
+    id_prefix = "synthetic-mixed"
+
+    def __init__(
+        self,
+        split: Literal["train", "val", "test"],
+        num_items: int,
+        num_classes: int = 8,
+        seed: int = 0,
+        duration_range: tuple[float, float] = (0.5, 1.0),
+        snr_db_range: tuple[float, float] = (-15.0, 10.0),
+        sample_rate: int = 16000,
+        min_samples: int = 400,
+    ) -> None:
+        super().__init__(sample_rate=sample_rate, min_samples=min_samples)
+        _check_range("duration_range", duration_range, positive=True)
+        _check_range("snr_db_range", snr_db_range)
+        if not 2 <= num_classes <= 12:
+            raise ValueError(f"num_classes must be in 2..12, got {num_classes}")
+        if duration_range[0] < 0.3:
+            raise ValueError(f"duration_range must start at 0.3 s or more, got {duration_range}")
+        if sample_rate < 16000:
+            raise ValueError(f"sample_rate must be at least 16000 (tones reach 4.5 kHz), got {sample_rate}")
+        self.split, self.num_classes, self.seed = split, num_classes, seed
+        self.duration_range, self.snr_db_range = duration_range, snr_db_range
+        self.pitch_frequencies = np.geomspace(*_PITCH_BAND_HZ, num_classes)
+        self.rhythm_rates = np.linspace(*_RHYTHM_RATES_HZ, num_classes)
+        self.order_pairs = _ordered_pairs(num_classes)
+        self.order_frequencies = np.geomspace(*_ORDER_BAND_HZ, max(max(p) for p in self.order_pairs) + 1)
+        self.plans = [self._plan(i) for i in range(num_items)]
+
+    def _plan(self, index: int) -> _MixedPlan:
+        rng = self._rng(index, 0)
+        seconds = rng.uniform(*self.duration_range)
+        return _MixedPlan(
+            target=index % self.num_classes,
+            family=(index // self.num_classes) % len(MIXED_FAMILIES),
+            num_samples=max(1, round(seconds * self.sample_rate)),
+            snr_db=float(rng.uniform(*self.snr_db_range)),
+        )
+
+    @property
+    def targets(self) -> list[int | str]:
+        return [p.target for p in self.plans]
+
+    @property
+    def families(self) -> list[str]:
+        """The family of each item (one of :data:`MIXED_FAMILIES`)."""
+        return [MIXED_FAMILIES[p.family] for p in self.plans]
+
+    def load(self, index: int) -> AudioExample:
+        plan = self.plans[index]
+        rng = self._rng(index, 1)
+        n, sr, c = plan.num_samples, self.sample_rate, plan.target
+        t = np.arange(n) / sr
+        jitter = 1 + rng.uniform(-0.02, 0.02, size=2)
+        phases = rng.uniform(0, 2 * math.pi, size=3)
+        family = MIXED_FAMILIES[plan.family]
+        if family == "pitch":
+            signal = np.sin(2 * math.pi * self.pitch_frequencies[c] * jitter[0] * t + phases[0])
+        elif family == "rhythm":
+            carrier = np.sin(2 * math.pi * _RHYTHM_CARRIER_HZ * jitter[0] * t + phases[0])
+            signal = carrier * (0.5 + 0.5 * np.sin(2 * math.pi * self.rhythm_rates[c] * t + phases[1]))
+        else:  # order: the first tone, a short gap, the second tone
+            half, gap = n // 2, min(n // 10, round(0.03 * sr))
+            signal = np.zeros(n)
+            for (first, length), tone, j in zip(((0, half - gap), (half + gap, n - half - gap)),
+                                                self.order_pairs[c], range(2), strict=True):
+                segment = np.arange(length) / sr
+                wave = np.sin(2 * math.pi * self.order_frequencies[tone] * jitter[j] * segment + phases[j])
+                signal[first : first + length] = wave * _fade(length, sr)
+        signal *= _fade(n, sr)
+        waveform = _add_noise(signal, np.abs(signal) > 0, plan.snr_db, rng)
         return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
 
 
@@ -355,6 +495,55 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
             snr_db_range=self.snr_db_range,  # type: ignore[arg-type]
             sample_rate=self.sample_rate,
             min_samples=self.min_samples,
+        )
+
+
+class SyntheticMixedClassificationDataModule(_SyntheticDataModule):
+    """Generated mixed-cue classification (:class:`SyntheticMixedClassificationDataset`), no files needed.
+
+    Harder than :class:`SyntheticClassificationDataModule`: three input families carry the class by
+    different cues (pitch, modulation rate, tone order) over a wide SNR range (-15 to 10 dB). The default data of
+    ``python -m ldrop.bench methods``.
+
+    Args:
+        num_classes: number of classes (2-12).
+        num_train: training items.
+        num_val: validation items.
+        num_test: test items (the predict split is the test split).
+        duration_range: ``(min, max)`` item duration in seconds (min at least 0.3).
+        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB; items at the low end are the hard ones.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
+            ``max_batch_seconds``, ``max_train_seconds``, ``seed``, ...); ``seed`` also seeds the items.
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        num_classes: int = 8,
+        num_train: int = 1536,
+        num_val: int = 256,
+        num_test: int = 256,
+        duration_range: tuple[float, float] = (0.5, 1.0),
+        snr_db_range: tuple[float, float] = (-15.0, 10.0),
+        **kwargs,
+    ) -> None:
+        super().__init__(num_train, num_val, num_test, **kwargs)
+        self.dataset_kwargs = dict(
+            num_classes=num_classes, duration_range=tuple(duration_range), snr_db_range=tuple(snr_db_range)
+        )
+        # Validate the arguments now rather than at setup.
+        SyntheticMixedClassificationDataset("train", 0, sample_rate=self.sample_rate, **self.dataset_kwargs)  # type: ignore[arg-type]
+        self.class_names: list[str] = [f"class_{c}" for c in range(num_classes)]
+
+    def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
+        return SyntheticMixedClassificationDataset(
+            split,
+            num_items,
+            seed=self.seed,
+            sample_rate=self.sample_rate,
+            min_samples=self.min_samples,
+            **self.dataset_kwargs,  # type: ignore[arg-type]
         )
 
 

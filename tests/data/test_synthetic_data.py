@@ -13,7 +13,10 @@ from ldrop.data import (
     SyntheticClassificationDataset,
     SyntheticCTCDataModule,
     SyntheticCTCDataset,
+    SyntheticMixedClassificationDataModule,
+    SyntheticMixedClassificationDataset,
 )
+from ldrop.data.synthetic import MIXED_FAMILIES
 
 
 def spectrum_peak_hz(waveform: torch.Tensor, sample_rate: int = 16000) -> float:
@@ -53,7 +56,9 @@ def test_snr_is_drawn_per_item_from_the_range(cls):
     assert max(snrs) - min(snrs) > 10.0
 
 
-@pytest.mark.parametrize("cls", [SyntheticClassificationDataset, SyntheticCTCDataset])
+@pytest.mark.parametrize(
+    "cls", [SyntheticClassificationDataset, SyntheticCTCDataset, SyntheticMixedClassificationDataset]
+)
 def test_generation_is_cheap(cls):
     dataset = cls("train", 200)
     start = time.perf_counter()
@@ -159,3 +164,93 @@ def test_module_split_sizes_follow_the_arguments():
 def test_module_rejects_an_inverted_range():
     with pytest.raises(ValueError, match="snr_db_range"):
         SyntheticClassificationDataModule(snr_db_range=(10.0, 0.0))
+
+
+# ---------------------------------------------------------------------------------------------- mixed set
+def band_energy_share(waveform: torch.Tensor, low: float, high: float, sample_rate: int = 16000) -> float:
+    power = np.abs(np.fft.rfft(waveform.numpy())) ** 2
+    freqs = np.fft.rfftfreq(waveform.shape[0], 1 / sample_rate)
+    return float(power[(freqs >= low) & (freqs <= high)].sum() / power.sum())
+
+
+def clean_mixed(num_items: int = 36, **kwargs) -> SyntheticMixedClassificationDataset:
+    return SyntheticMixedClassificationDataset("train", num_items, snr_db_range=(40.0, 40.0), **kwargs)
+
+
+def test_mixed_items_are_a_function_of_seed_split_and_index():
+    a, b = SyntheticMixedClassificationDataset("val", 20, seed=3), SyntheticMixedClassificationDataset("val", 40, seed=3)
+    for index in (0, 7, 19):
+        torch.testing.assert_close(a[index].waveform, b[index].waveform)
+        assert a[index].target == b[index].target
+    assert SyntheticMixedClassificationDataset("val", 8, seed=4).raw_lengths != a.raw_lengths[:8]
+    assert SyntheticMixedClassificationDataset("test", 8, seed=3).raw_lengths != a.raw_lengths[:8]
+    assert [a[i].waveform.shape[0] for i in range(20)] == a.lengths
+
+
+def test_mixed_classes_and_families_are_balanced():
+    dataset = SyntheticMixedClassificationDataset("train", 180, num_classes=6)
+    assert [dataset.targets.count(c) for c in range(6)] == [30] * 6
+    assert [dataset.families.count(f) for f in MIXED_FAMILIES] == [60] * 3
+    pairs = list(zip(dataset.families, dataset.targets, strict=True))
+    assert {pairs.count(p) for p in set(pairs)} == {10}  # every (family, class) equally often
+
+
+def test_mixed_families_live_in_their_own_bands():
+    dataset = clean_mixed()
+    bands = {"pitch": (150.0, 800.0), "rhythm": (1300.0, 1700.0), "order": (2800.0, 6500.0)}
+    for index in range(len(dataset)):
+        low, high = bands[dataset.families[index]]
+        assert band_energy_share(dataset[index].waveform, low, high) > 0.9
+
+
+def test_mixed_pitch_items_peak_at_their_class_frequency():
+    dataset = clean_mixed()
+    for index in (i for i, f in enumerate(dataset.families) if f == "pitch"):
+        expected = dataset.pitch_frequencies[dataset.targets[index]]
+        assert abs(spectrum_peak_hz(dataset[index].waveform) - expected) < 0.05 * expected
+
+
+def test_mixed_rhythm_items_share_a_carrier_and_differ_in_modulation_rate():
+    dataset = clean_mixed()
+    for index in (i for i, f in enumerate(dataset.families) if f == "rhythm"):
+        waveform = dataset[index].waveform.numpy()
+        assert abs(spectrum_peak_hz(dataset[index].waveform) - 1500.0) < 60.0  # the same carrier for all
+        frames = waveform[: len(waveform) // 160 * 160].reshape(-1, 160)  # 10 ms envelope
+        envelope = np.abs(frames).max(axis=1)
+        envelope = envelope[5:-5] - envelope[5:-5].mean()  # away from the fades
+        spectrum = np.abs(np.fft.rfft(envelope, n=1024))
+        rate = np.fft.rfftfreq(1024, 0.01)[1:][spectrum[1:].argmax()]
+        expected = dataset.rhythm_rates[dataset.targets[index]]
+        assert abs(rate - expected) < 1.5
+
+
+def test_mixed_order_classes_use_the_same_tones_in_opposite_order():
+    dataset = clean_mixed()
+    assert dataset.order_pairs[:4] == [(0, 1), (1, 0), (0, 2), (2, 0)]
+    for index in (i for i, f in enumerate(dataset.families) if f == "order"):
+        waveform = dataset[index].waveform
+        half = waveform.shape[0] // 2
+        first, second = dataset.order_pairs[dataset.targets[index]]
+        for part, tone in ((waveform[:half], first), (waveform[half:], second)):
+            expected = dataset.order_frequencies[tone]
+            assert abs(spectrum_peak_hz(part) - expected) < 0.05 * expected
+
+
+def test_mixed_set_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        SyntheticMixedClassificationDataset("train", 4, num_classes=13)
+    with pytest.raises(ValueError, match="duration_range"):
+        SyntheticMixedClassificationDataset("train", 4, duration_range=(0.1, 0.5))
+    with pytest.raises(ValueError, match="snr_db_range"):
+        SyntheticMixedClassificationDataModule(snr_db_range=(5.0, 0.0))
+
+
+def test_mixed_datamodule_builds_its_splits_from_the_seed():
+    data = SyntheticMixedClassificationDataModule(num_classes=4, num_train=24, num_val=8, num_test=12, seed=5,
+                                                  batch_size=4)
+    assert data.task == "classification" and data.class_names == ["class_0", "class_1", "class_2", "class_3"]
+    data.setup("fit")
+    assert len(data.dataset("train")) == 24 and len(data.dataset("val")) == 8
+    assert data.targets("test") == [i % 4 for i in range(12)]
+    batch = next(iter(data.train_dataloader()))
+    assert batch.waveforms.shape[0] == 4
