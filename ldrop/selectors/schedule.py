@@ -29,6 +29,9 @@ class LearnedScheduleSelector(TopKSelector):
         counterfactual_weight: weight of the counterfactual ranking loss.
     """
 
+    #: Every input gets the same mask at eval: the sweep's controls and headroom say nothing new.
+    input_dependent = False
+
     def __init__(
         self,
         num_layers: int,

@@ -167,7 +167,8 @@ def test_fit_and_test_with_the_layers_input(tmp_path):
     calls = _count_layer_calls(model)
     sweep = BudgetSweep(budgets=[1, 2, 4], directory=str(tmp_path / "sweep"), headroom=False)
     quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=2).test(model, data)
-    assert calls.count(0) == 2  # once per test batch, for the three budgets
+    # once per test batch for the three budgets, after the fallback's fit encoded the 2 validation batches once
+    assert calls.count(0) == 2 + 2
     rows = {row["budget_layers"]: row for row in sweep.rows}
     assert rows[1]["executed_layers"] == 1.0 and rows[4]["executed_layers"] == 4.0
     assert rows[1]["gflops_per_utterance"] < rows[2]["gflops_per_utterance"] < rows[4]["gflops_per_utterance"]
