@@ -1,6 +1,7 @@
 """Alternative masks around a chosen one: what the counterfactual objective and the sweep's oracles compare.
 
-Every helper keeps each row's number of layers, so an alternative costs the same budget as the choice.
+Every helper keeps each row's number of layers, so an alternative costs the same budget as the choice, and
+the first ``keep_first`` layers (a selector's prefix layers, which every mask keeps).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 
-def one_layer_swaps(own: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def one_layer_swaps(own: Tensor, generator: torch.Generator | None = None, keep_first: int = 0) -> Tensor:
     """``own`` with one kept layer swapped for one dropped layer, both drawn at random, per row.
 
     Rows that keep no layer or every layer have nothing to swap and come back unchanged.
@@ -17,8 +18,11 @@ def one_layer_swaps(own: Tensor, generator: torch.Generator | None = None) -> Te
     Args:
         own: ``[batch, layers]`` 0/1 masks.
         generator: CPU generator for reproducible draws (``None``: the global generator).
+        keep_first: leading layers never swapped (kept as they are).
     """
     own = (own > 0.5).float()
+    if keep_first:
+        return torch.cat([own[:, :keep_first], one_layer_swaps(own[:, keep_first:], generator)], dim=1)
     batch, layers = own.shape
     kept_noise = torch.rand(batch, layers, generator=generator).to(own.device)
     dropped_noise = torch.rand(batch, layers, generator=generator).to(own.device)
@@ -32,24 +36,30 @@ def one_layer_swaps(own: Tensor, generator: torch.Generator | None = None) -> Te
     return swapped
 
 
-def random_subsets_like(own: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """A uniformly random mask per row with as many layers as that row of ``own`` keeps."""
+def random_subsets_like(own: Tensor, generator: torch.Generator | None = None, keep_first: int = 0) -> Tensor:
+    """A uniformly random mask per row with as many layers as that row of ``own`` keeps (the first
+    ``keep_first`` layers as in ``own``, the rest drawn)."""
+    if keep_first:
+        own = (own > 0.5).float()
+        return torch.cat([own[:, :keep_first], random_subsets_like(own[:, keep_first:], generator)], dim=1)
     batch, layers = own.shape
     scores = torch.rand(batch, layers, generator=generator).to(own.device)
     ranks = scores.argsort(1, descending=True).argsort(1)
     return (ranks < (own > 0.5).sum(1, keepdim=True)).float()
 
 
-def candidate_masks(own: Tensor, count: int, generator: torch.Generator | None = None) -> Tensor:
+def candidate_masks(own: Tensor, count: int, generator: torch.Generator | None = None,
+                    keep_first: int = 0) -> Tensor:
     """``[count, batch, layers]`` masks per input: its own mask, one-layer swaps of it, then random ones.
 
     Args:
         own: ``[batch, layers]`` 0/1 masks the selector chose.
         count: candidates per input, ``>= 1`` (the first is always ``own``).
         generator: CPU generator (the candidates are reproducible); ``None``: the global generator.
+        keep_first: leading layers every candidate keeps as ``own`` does.
     """
     own = (own > 0.5).float()
     swaps = min(count // 2, count - 1)  # about half near the choice, the rest anywhere
-    candidates = [own] + [one_layer_swaps(own, generator) for _ in range(swaps)]
-    candidates += [random_subsets_like(own, generator) for _ in range(count - len(candidates))]
+    candidates = [own] + [one_layer_swaps(own, generator, keep_first) for _ in range(swaps)]
+    candidates += [random_subsets_like(own, generator, keep_first) for _ in range(count - len(candidates))]
     return torch.stack(candidates)

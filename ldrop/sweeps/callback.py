@@ -196,7 +196,8 @@ class BudgetSweep(L.Callback):
         batch (``own``: the selector's masks; a threshold-mode selector's rows may keep other counts)."""
         generator = torch.Generator().manual_seed(10_000 + batch_idx)
         errors = []
-        for mask in candidate_masks(own, self.headroom_candidates, generator):
+        keep_first = pl_module.selector.prefix_layers  # candidates the selector could pick keep its prefix
+        for mask in candidate_masks(own, self.headroom_candidates, generator, keep_first):
             item_errors, counts = pl_module.item_errors(pl_module.logits_with_mask(encoded, mask),
                                                         encoded.frame_mask, batch)
             errors.append(item_errors)

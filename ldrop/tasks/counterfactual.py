@@ -41,7 +41,9 @@ def counterfactual_loss(task: LayerDropTask, encoded: EncodedBatch, batch: Any, 
         own = (keep.detach() > 0.5).to(logits.dtype)
         own_losses = task.item_losses(logits.detach(), encoded.frame_mask, batch)
         fixed = dataclasses.replace(encoded, hidden=encoded.hidden.detach())
-        candidates = torch.stack([one_layer_swaps(own) for _ in range(task.selector.counterfactual_candidates)])
+        keep_first = task.selector.prefix_layers  # layers every mask keeps: never swapped out
+        candidates = torch.stack([one_layer_swaps(own, keep_first=keep_first)
+                                  for _ in range(task.selector.counterfactual_candidates)])
         candidate_losses = torch.stack([
             task.item_losses(task.logits_with_mask(fixed, mask), encoded.frame_mask, batch) for mask in candidates
         ])

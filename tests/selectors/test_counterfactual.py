@@ -151,3 +151,13 @@ def test_swaps_and_random_subsets_keep_each_rows_layer_count():
     assert torch.equal(random_subsets_like(own, generator).sum(1), own.sum(1))
     candidates = candidate_masks(own, 5, generator)
     assert candidates.shape == (5, 16, NUM_LAYERS) and torch.equal(candidates[0], own)
+
+
+def test_candidates_keep_the_prefix_layers():
+    generator = torch.Generator().manual_seed(0)
+    own = torch.zeros(32, NUM_LAYERS)
+    own[:, 0] = 1.0
+    own[torch.arange(32), 1 + torch.randint(0, NUM_LAYERS - 1, (32,), generator=generator)] = 1.0
+    for candidates in (candidate_masks(own, 6, generator, keep_first=1), one_layer_swaps(own, generator, 1)[None]):
+        assert (candidates[..., 0] == 1).all()
+        assert torch.equal(candidates.sum(-1), own.sum(-1).expand(candidates.shape[:-1]))

@@ -106,3 +106,17 @@ def test_selectors_without_the_objective_do_not_compare_masks():
     assert RandomSelector(4, 8).counterfactual_candidates == 0
     with pytest.raises(NotImplementedError, match="counterfactual"):
         RandomSelector(4, 8).counterfactual_loss(*(torch.zeros(1),) * 5)
+
+
+def test_the_swaps_keep_the_prefix_layers_and_continue_from_them():
+    model = _classifier(selector=functools.partial(InputConditionedSelector, hidden_dim=16, input="layers",
+                                                   objective="counterfactual"))
+    batch = _first_batch(tiny_classification_data())
+    calls: list[int] = []
+    run_layer = model.backbone.run_layer
+    model.backbone.run_layer = lambda index, *args: calls.append(index) or run_layer(index, *args)
+    model.sample_train_budget = lambda: 2
+    model.log = lambda *args, **kwargs: None
+    model.train()
+    model.training_step(batch, 0)["loss"].backward()
+    assert calls.count(0) == 1  # the prefix ran once, in encode: no swap dropped it
