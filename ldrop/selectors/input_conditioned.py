@@ -129,8 +129,8 @@ class InputConditionedSelector(TopKSelector):
         input: ``"cnn"`` reads the CNN feature-encoder output; ``"fbank"`` computes a log-mel filterbank
             of the waveform itself (the task then passes ``waveforms`` and ``lengths`` to :meth:`forward`);
             ``"layers"`` reads the output of the first ``read_layers`` encoder layers (see above).
-        read_layers: ``j`` in ``1..N-1``, the encoder layers read with ``input="layers"`` (default 1); only
-            with that input.
+        read_layers: ``j`` in ``1..N-1``, the encoder layers read with ``input="layers"`` (default 1); ignored
+            with the other inputs (so a config that sets it can switch ``input`` on the command line).
         hidden_dim: width ``h`` of the network.
         kernel_size: odd temporal kernel of the depthwise convolution.
         pool_std: pool the std over frames as well as the mean.
@@ -168,7 +168,7 @@ class InputConditionedSelector(TopKSelector):
         feature_dim: int = 512,
         *,
         input: Literal["cnn", "fbank", "layers"] = "cnn",
-        read_layers: int | None = None,
+        read_layers: int = 1,
         hidden_dim: int = 128,
         kernel_size: int = 5,
         pool_std: bool = True,
@@ -194,9 +194,7 @@ class InputConditionedSelector(TopKSelector):
     ) -> None:
         if input not in ("cnn", "fbank", "layers"):
             raise ValueError(f"input must be 'cnn', 'fbank' or 'layers', got {input!r}")
-        if read_layers is not None and input != "layers":
-            raise ValueError(f"read_layers is an option of input='layers', not of input={input!r}")
-        read_layers = 1 if read_layers is None else int(read_layers)
+        read_layers = int(read_layers)
         if input == "layers" and not 1 <= read_layers < num_layers:
             raise ValueError(f"read_layers must be in 1..{num_layers - 1} (layers left to select), got {read_layers}")
         frontend = LogMelFrontend(sample_rate) if input == "fbank" else None

@@ -493,8 +493,7 @@ def test_layers_input_threshold_mode_keeps_the_prefix_and_meets_the_mean_budget(
 @pytest.mark.parametrize(
     ("options", "match"),
     [({"input": "layers", "read_layers": 0}, "read_layers must be in"),
-     ({"input": "layers", "read_layers": NUM_LAYERS}, "read_layers must be in"),
-     ({"input": "cnn", "read_layers": 1}, "read_layers is an option of input='layers'")],
+     ({"input": "layers", "read_layers": NUM_LAYERS}, "read_layers must be in")],
 )
 def test_layers_input_options_are_checked(options, match) -> None:
     with pytest.raises(ValueError, match=match):
@@ -503,4 +502,6 @@ def test_layers_input_options_are_checked(options, match) -> None:
 
 def test_other_inputs_have_no_prefix() -> None:
     assert make_selector().prefix_layers == 0
+    # read_layers is ignored there, so a config that sets it can switch input on the command line
+    assert InputConditionedSelector(NUM_LAYERS, FEATURE_DIM, input="cnn", read_layers=2).prefix_layers == 0
     assert make_selector(input="fbank").prefix_layers == 0
