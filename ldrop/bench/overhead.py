@@ -28,9 +28,10 @@ from ldrop.tasks import ClassificationTask, EarlyExitConfig
 
 METHODS: dict[str, dict[str, Any]] = {
     "full": {},
-    "input_conditioned": {"selector": InputConditionedSelector},
-    "input_conditioned_counterfactual": {"selector": partial(InputConditionedSelector, objective="counterfactual")},
-    "input_conditioned_both": {"selector": partial(InputConditionedSelector, objective="both")},
+    # the shipped configs/method/input-conditioned.yaml: the first layer's output, the counterfactual objective
+    "input_conditioned": {"selector": partial(InputConditionedSelector, input="layers", objective="counterfactual")},
+    "input_conditioned_both": {"selector": partial(InputConditionedSelector, input="layers", objective="both")},
+    "input_conditioned_straight_through": {"selector": InputConditionedSelector},  # the CNN features (before)
     "learned_schedule": {"selector": LearnedScheduleSelector},
     "random": {"selector": RandomSelector},
     "static": {"selector": StaticSelector},
@@ -64,12 +65,13 @@ def _batch(batch_size: int, seconds: float, classes: int, seed: int = 0):
 
 def selector_overhead(backbone: str, batch_size: int, seconds: float, repeats: int, warmup: int) -> dict[str, Any]:
     """Parameters, FLOPs and wall time of the default input-conditioned selector vs the full backbone."""
-    model = ClassificationTask(num_classes=10, backbone=backbone, selector=InputConditionedSelector).eval()
+    model = ClassificationTask(num_classes=10, backbone=backbone, **METHODS["input_conditioned"]).eval()
     batch = _batch(batch_size, seconds, 10)
     backbone_params = sum(p.numel() for p in model.backbone.parameters())
     selector_params = sum(p.numel() for p in model.selector.parameters())
     with torch.inference_mode():
-        features, frame_mask = model.backbone.extract_features(batch.waveforms, batch.lengths)
+        encoded = model.encode(batch.waveforms, batch.lengths)  # what the selector reads (the prefix's output)
+        features, frame_mask = encoded.features, encoded.frame_mask
         frames = frame_mask.sum(1)
         budget = torch.full((batch_size,), model.num_layers // 2, dtype=torch.long)
         selector_flops = float(model.selector.flops(frames).sum())
