@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,5 +84,13 @@ def load_model(path: str | os.PathLike) -> LayerDropTask:
     else:
         raise FileNotFoundError(
             f"no model at {str(path)!r}: give a .ckpt written by 'ldrop fit' or a folder written by 'ldrop export'"
+        )
+    selector = model.selector
+    if selector is not None and selector.needs_fitting and not selector.fitted:
+        warnings.warn(
+            f"{path}: the {type(selector).__name__} has not been fitted on validation data (threshold calibration "
+            "or the per-budget input-blind fallback), as 'ldrop test' and 'ldrop predict' do before they run; "
+            "call model.fit_on_dataloader(validation_loader) before using it, or results will differ from theirs",
+            UserWarning, stacklevel=2,
         )
     return model.eval()

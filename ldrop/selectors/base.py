@@ -164,6 +164,11 @@ class LayerSelector(nn.Module, ABC):
         """
         return False
 
+    @property
+    def fitted(self) -> bool:
+        """Whether what :meth:`fit` learns is in place for the current weights (True when nothing needs it)."""
+        return True
+
     def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
         """Fit what the selector learns from validation data (thresholds, subsets) for these budgets.
 

@@ -507,6 +507,13 @@ class InputConditionedSelector(TopKSelector):
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
 
     @property
+    def fitted(self) -> bool:
+        """Threshold mode: every budget below ``N`` calibrated; top-k with ``fallback``: decisions taken."""
+        if self.mode == "threshold":
+            return all(self.is_calibrated(k) for k in range(1, self.num_layers))
+        return not self.fallback or bool(self.fallback_report())
+
+    @property
     def needs_fitting(self) -> bool:
         """Threshold mode needs its thresholds calibrated on validation data; top-k mode fits its fallback."""
         return self.mode == "threshold" or self.fallback

@@ -124,3 +124,13 @@ def test_an_export_without_a_recorded_task_class_still_loads(tiny_export, tmp_pa
     del payload["task_class"]
     torch.save(payload, old / EXPORT_STATE_FILE)
     assert type(load_model(old)).__name__ == "ClassificationTask"
+
+
+def test_load_model_warns_when_the_selector_still_needs_its_validation_fit(tiny_checkpoint):
+    with pytest.warns(UserWarning, match="fit_on_dataloader"):
+        model = load_model(tiny_checkpoint)
+    assert not model.selector.fitted
+    data = tiny_classification_data()
+    data.setup("validate")
+    model.fit_on_dataloader(data.val_dataloader())
+    assert model.selector.fitted and set(model.selector.fallback_report()) == set(range(1, model.num_layers))
