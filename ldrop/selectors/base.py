@@ -164,6 +164,12 @@ class LayerSelector(nn.Module, ABC):
         """
         return False
 
+    def schedule_mask(self, budget: int) -> Tensor | None:
+        """``[layers]`` 0/1: the mask this selector would give every input at ``budget`` without reading it
+        (e.g. a learned prior's top ``budget``), or ``None`` when it has no such schedule. The sweep's
+        per-input oracle takes it as a candidate."""
+        return None
+
     @property
     def fitted(self) -> bool:
         """Whether what :meth:`fit` learns is in place for the current weights (True when nothing needs it)."""

@@ -49,17 +49,22 @@ def random_subsets_like(own: Tensor, generator: torch.Generator | None = None, k
 
 
 def candidate_masks(own: Tensor, count: int, generator: torch.Generator | None = None,
-                    keep_first: int = 0) -> Tensor:
-    """``[count, batch, layers]`` masks per input: its own mask, one-layer swaps of it, then random ones.
+                    keep_first: int = 0, schedule: Tensor | None = None) -> Tensor:
+    """``[count, batch, layers]`` masks per input: its own mask, the schedule's mask (when given), one-layer
+    swaps of the own mask, then random ones.
 
     Args:
         own: ``[batch, layers]`` 0/1 masks the selector chose.
         count: candidates per input, ``>= 1`` (the first is always ``own``).
         generator: CPU generator (the candidates are reproducible); ``None``: the global generator.
         keep_first: leading layers every candidate keeps as ``own`` does.
+        schedule: ``[layers]`` the selector's input-blind schedule mask at this budget (e.g. its learned
+            prior's choice), the second candidate of every input when given (then one random mask fewer).
     """
     own = (own > 0.5).float()
     swaps = min(count // 2, count - 1)  # about half near the choice, the rest anywhere
     candidates = [own] + [one_layer_swaps(own, generator, keep_first) for _ in range(swaps)]
+    if schedule is not None and len(candidates) < count:
+        candidates.insert(1, (schedule > 0.5).float().to(own.device).expand_as(own))
     candidates += [random_subsets_like(own, generator, keep_first) for _ in range(count - len(candidates))]
     return torch.stack(candidates)

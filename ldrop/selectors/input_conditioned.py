@@ -506,6 +506,19 @@ class InputConditionedSelector(TopKSelector):
             losses["diversity"] = self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
 
+    @torch.no_grad()
+    def schedule_mask(self, budget: int) -> Tensor | None:
+        """The learned prior's choice at ``budget`` (its built-in input-blind schedule): the prefix layers and the
+        top ``budget - j`` prior scores of the others; ``None`` without a prior (``score_mode`` without it)."""
+        if self.prior is None:
+            return None
+        j = self.prefix_layers
+        row = self.prior[budget - 1 if self.budget_conditioning else 0]
+        mask = torch.zeros(self.num_layers, device=row.device)
+        mask[:j] = 1.0
+        mask[(row[j:].topk(max(budget - j, 0)).indices + j)] = 1.0
+        return mask
+
     @property
     def fitted(self) -> bool:
         """Threshold mode: every budget below ``N`` calibrated; top-k with ``fallback``: decisions taken."""
@@ -582,10 +595,9 @@ class InputConditionedSelector(TopKSelector):
                 candidates = [tuple(range(k)), tuple(evenly_spaced_layers(self.num_layers, k))]
                 if k in searched:
                     candidates.insert(0, tuple(searched[k]))
-                if self.prior is not None:
-                    row = self.prior[k - 1 if self.budget_conditioning else 0]
-                    chosen = (row[j:].topk(k - j).indices + j).tolist()
-                    candidates.insert(0, tuple(sorted([*range(j), *chosen])))
+                schedule = self.schedule_mask(k)
+                if schedule is not None:
+                    candidates.insert(0, tuple(schedule.nonzero().flatten().tolist()))
                 candidates += [mask for mask, _ in counts.most_common(FALLBACK_COMMON_MASKS)]
                 # the engine continues from the prefix only for masks that keep it
                 candidates = [c for c in candidates if set(range(j)) <= set(c)]

@@ -87,6 +87,13 @@ class LearnedScheduleSelector(TopKSelector):
             keep_mask=keep_mask, scores=scores, stats={"temperature": torch.tensor(self.temperature)}
         )
 
+    @torch.no_grad()
+    def schedule_mask(self, budget: int) -> Tensor:
+        """``[layers]`` 0/1: the eval-mode layers at ``budget`` (what every input runs)."""
+        mask = torch.zeros(self.num_layers, device=self.schedule_scores.device)
+        mask[self.schedule()[budget]] = 1.0
+        return mask
+
     def schedule(self) -> dict[int, list[int]]:
         """The eval-mode layers per budget, ``{k: sorted layer indices}``."""
         order = torch.sort(self.schedule_scores.detach(), dim=-1, descending=True, stable=True).indices

@@ -65,7 +65,7 @@ class BudgetSweep(L.Callback):
             (time targets are checked per batch: batch time against the batch's allowance; at batch size 1
             that is per utterance; FLOPs targets per utterance, exactly).
         headroom: also score, per budget, the per-input oracle (the best of ``headroom_candidates`` masks
-            per input: the selector's own, one-layer swaps of it, random ones) and the static oracle (the
+            per input: the selector's own, its input-blind schedule's (``schedule_mask``), one-layer swaps of its own, random ones) and the static oracle (the
             best single mask for every input, over all ``C(N, k)`` masks when there are at most
             ``static_oracle_max_masks``), as ``<metric>_input_oracle`` / ``<metric>_static_oracle``
             columns. ``None``: on for selectors whose masks depend on the input. Needs the task's
@@ -196,8 +196,9 @@ class BudgetSweep(L.Callback):
         batch (``own``: the selector's masks; a threshold-mode selector's rows may keep other counts)."""
         generator = torch.Generator().manual_seed(10_000 + batch_idx)
         errors = []
-        keep_first = pl_module.selector.prefix_layers  # candidates the selector could pick keep its prefix
-        for mask in candidate_masks(own, self.headroom_candidates, generator, keep_first):
+        selector = pl_module.selector
+        keep_first = selector.prefix_layers  # candidates the selector could pick keep its prefix
+        for mask in candidate_masks(own, self.headroom_candidates, generator, keep_first, selector.schedule_mask(k)):
             item_errors, counts = pl_module.item_errors(pl_module.logits_with_mask(encoded, mask),
                                                         encoded.frame_mask, batch)
             errors.append(item_errors)

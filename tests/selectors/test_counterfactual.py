@@ -161,3 +161,29 @@ def test_candidates_keep_the_prefix_layers():
     for candidates in (candidate_masks(own, 6, generator, keep_first=1), one_layer_swaps(own, generator, 1)[None]):
         assert (candidates[..., 0] == 1).all()
         assert torch.equal(candidates.sum(-1), own.sum(-1).expand(candidates.shape[:-1]))
+
+
+def test_the_schedule_mask_is_the_second_candidate_of_every_input():
+    generator = torch.Generator().manual_seed(0)
+    own = torch.zeros(8, NUM_LAYERS)
+    own[:, :2] = 1.0
+    schedule = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    candidates = candidate_masks(own, 4, generator, schedule=schedule)
+    assert candidates.shape == (4, 8, NUM_LAYERS)
+    assert torch.equal(candidates[0], own) and (candidates[1] == schedule).all()
+
+
+@pytest.mark.parametrize("read_layers", [None, 1, 2])
+def test_schedule_mask_is_the_priors_choice_with_the_prefix(read_layers):
+    options = {} if read_layers is None else {"input": "layers", "read_layers": read_layers}
+    selector = InputConditionedSelector(NUM_LAYERS, FEATURE_DIM, **options)
+    with torch.no_grad():
+        selector.prior.copy_(torch.linspace(0.0, 1.0, NUM_LAYERS).expand_as(selector.prior))  # last layers best
+    j = read_layers or 0
+    for budget in range(1, NUM_LAYERS + 1):
+        mask = selector.schedule_mask(budget)
+        assert mask.sum() == max(budget, j) and (mask[:j] == 1).all()
+        assert (mask[NUM_LAYERS - (budget - j):] == 1).all() if budget > j else True
+    schedule = LearnedScheduleSelector(NUM_LAYERS, FEATURE_DIM)
+    assert schedule.schedule_mask(3).nonzero().flatten().tolist() == schedule.schedule()[3]
+    assert InputConditionedSelector(NUM_LAYERS, FEATURE_DIM, score_mode="raw").schedule_mask(2) is None
