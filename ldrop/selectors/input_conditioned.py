@@ -495,8 +495,7 @@ class InputConditionedSelector(TopKSelector):
             soft = None
         else:
             keep_mask, soft = self.select_topk(scores[:, j:], (budget - j).clamp(min=0))
-        if j:
-            keep_mask = torch.cat([keep_mask.new_ones(keep_mask.shape[0], j), keep_mask], dim=1)
+        keep_mask = self._with_prefix(keep_mask)
         if self.training:
             self.forget_fallback()  # the decisions were about the weights training is now changing
         elif self.mode == "topk":
@@ -567,8 +566,12 @@ class InputConditionedSelector(TopKSelector):
         budget = torch.full((batch.features.shape[0],), k, dtype=torch.long, device=batch.features.device)
         scores = self.score(batch.features, batch.frame_mask, budget, waveforms=batch.waveforms,
                             lengths=batch.lengths)
-        j = self.prefix_layers  # as forward: the prefix layers, then the best k - j of the others
-        keep = hard_topk_mask(scores[:, j:], (budget - j).clamp(min=0))
+        j = self.prefix_layers  # as forward in eval: the prefix layers, then the best k - j of the others
+        return self._with_prefix(hard_topk_mask(scores[:, j:], (budget - j).clamp(min=0)))
+
+    def _with_prefix(self, keep: Tensor) -> Tensor:
+        """``[batch, layers - j]`` masks of the layers after the prefix -> ``[batch, layers]`` with the prefix on."""
+        j = self.prefix_layers
         return torch.cat([keep.new_ones(keep.shape[0], j), keep], dim=1) if j else keep
 
     def _fit_fallback(self, data: FittingData, budgets: list[int]) -> None:

@@ -9,7 +9,6 @@ the chosen mask's. That costs about ``candidates * k / N`` of a forward pass per
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,14 +36,13 @@ def counterfactual_loss(task: LayerDropTask, encoded: EncodedBatch, batch: Any, 
     """
     if selection.scores is None:
         raise ValueError(f"{type(task.selector).__name__} returns no scores: it cannot rank masks")
-    with torch.no_grad():
+    with torch.no_grad():  # the alternatives only give targets: no graph, the sparse path
         own = (keep.detach() > 0.5).to(logits.dtype)
         own_losses = task.item_losses(logits.detach(), encoded.frame_mask, batch)
-        fixed = dataclasses.replace(encoded, hidden=encoded.hidden.detach())
         keep_first = task.selector.prefix_layers  # layers every mask keeps: never swapped out
         candidates = torch.stack([one_layer_swaps(own, keep_first=keep_first)
                                   for _ in range(task.selector.counterfactual_candidates)])
         candidate_losses = torch.stack([
-            task.item_losses(task.logits_with_mask(fixed, mask), encoded.frame_mask, batch) for mask in candidates
+            task.item_losses(task.logits_with_mask(encoded, mask), encoded.frame_mask, batch) for mask in candidates
         ])
     return task.selector.counterfactual_loss(selection.scores, own, candidates, own_losses, candidate_losses)
