@@ -106,6 +106,22 @@ def keep_masks(batch: int, num_layers: int, k: int, generator: torch.Generator) 
     return {"per_sample": per_sample, "shared": shared.expand(batch, num_layers).clone()}
 
 
+def sparse_forward(model: SpeechBackbone, waves: Tensor, lengths: Tensor, keep: Tensor) -> Tensor:
+    """The timed inference forward: CNN, front end, the sparse gated layers and the final norm.
+
+    Args:
+        model: the backbone.
+        waves: ``[batch, samples]``; lengths: ``[batch]`` valid samples.
+        keep: ``[batch, layers]`` 0/1.
+
+    Returns:
+        ``[batch, frames, hidden]``.
+    """
+    features, frame_mask = model.extract_features(waves, lengths)
+    hidden = model.frontend(features, frame_mask)
+    return run_gated_layers(model, hidden, frame_mask, keep, mode="sparse")
+
+
 def _load_average() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -144,6 +160,7 @@ def run_speedup(
     dtype: str = "fp32",
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    model: SpeechBackbone | None = None,
 ) -> list[dict[str, Any]]:
     """Measure the speed-up of sparse gated execution; one record per budget.
 
@@ -159,6 +176,9 @@ def run_speedup(
         dtype: ``"fp32"`` or ``"bf16"``.
         seed: seeds the weights, the audio, the keep masks and the order of the variants.
         log: called with a progress line after each round.
+        model: the backbone to time, already on ``device`` in ``dtype`` and in eval mode (built from
+            ``build_config(backbone, size)``), to time several batch sizes without building it again;
+            ``None``: built here.
 
     Returns:
         One JSON-serialisable record per budget (see the README for the fields).
@@ -170,8 +190,10 @@ def run_speedup(
     sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
 
     torch.manual_seed(seed)
-    config = build_config(backbone, size)
-    model = SpeechBackbone.from_config(config).eval().to(device=torch_device, dtype=torch_dtype)
+    if model is None:
+        config = build_config(backbone, size)
+        model = SpeechBackbone.from_config(config).eval().to(device=torch_device, dtype=torch_dtype)
+    config = model.config
     num_layers = model.num_layers
     if isinstance(budgets, str):
         budgets = parse_budgets(budgets, num_layers)
@@ -183,11 +205,6 @@ def run_speedup(
     def fixed_part() -> Tensor:
         features, frame_mask = model.extract_features(waves, lengths)
         return model.frontend(features, frame_mask)
-
-    def gated(keep: Tensor) -> Tensor:
-        features, frame_mask = model.extract_features(waves, lengths)
-        hidden = model.frontend(features, frame_mask)
-        return run_gated_layers(model, hidden, frame_mask, keep, mode="sparse")
 
     # A fresh pair of masks per budget and round: the per-sample cost depends on how the kept layers fall
     # into sub-batches, so the median covers many draws rather than one lucky or unlucky one.
@@ -216,7 +233,7 @@ def run_speedup(
                 else:
                     kind, k = name.split("@")
                     keep = masks[int(k)][kind].to(torch_device)
-                    run = lambda keep=keep: gated(keep)  # noqa: E731
+                    run = lambda keep=keep: sparse_forward(model, waves, lengths, keep)  # noqa: E731
                 sync()
                 start = time.perf_counter()
                 run()

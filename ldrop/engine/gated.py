@@ -37,6 +37,24 @@ def check_keep_mask(keep_mask: Tensor, batch: int, num_layers: int) -> None:
         )
 
 
+def _sparse_plan(keep: Tensor, frame_lengths: Tensor) -> tuple[list[int], list[int], Tensor]:
+    """What the sparse path needs to know on the host, in one device-to-host copy.
+
+    Args:
+        keep: ``[batch, layers]`` bool.
+        frame_lengths: ``[batch]`` real frames per sample.
+
+    Returns:
+        ``counts`` (samples keeping each layer) and ``longest`` (the longest of them, in frames), two lists of
+        ``layers`` ints read with one host sync, and ``rows [layers, batch]`` on the device: row ``i`` starts
+        with the indices of the samples keeping layer ``i``, ascending (a stable sort of ``~keep``).
+    """
+    kept_lengths = torch.where(keep, frame_lengths[:, None], torch.zeros_like(frame_lengths)[:, None])
+    counts, longest = torch.stack([keep.sum(dim=0), kept_lengths.amax(dim=0)]).tolist()
+    rows = torch.argsort((~keep).to(torch.uint8), dim=0, stable=True).t().contiguous()
+    return counts, longest, rows
+
+
 def _sparse_layers(
     backbone: SpeechBackbone,
     hidden: Tensor,
@@ -46,35 +64,38 @@ def _sparse_layers(
     collect: list[Tensor] | None,
     start_layer: int = 0,
 ) -> Tensor:
-    frame_lengths = frame_mask.sum(dim=1)
     batch, frames, _ = hidden.shape
-    in_place = not torch.is_grad_enabled()
+    if batch == 0:
+        if collect is not None:
+            collect.extend(hidden for _ in range(start_layer, backbone.num_layers))
+        return hidden
+    # One host sync for the whole stack (sub-batch sizes and lengths); the row indices stay on the device,
+    # so no layer waits for the host (a host-built index would be one blocking copy per layer on CUDA).
+    counts, longest, rows_by_layer = _sparse_plan(keep, frame_mask.sum(dim=1))
+    if start_layer and min(counts[:start_layer]) < batch:
+        raise ValueError(f"start_layer={start_layer}: every sample must keep layers 0..{start_layer - 1}")
+    # In place only when nothing keeps a reference to an earlier state (return_all collects them).
+    in_place = collect is None and not torch.is_grad_enabled()
     if in_place:
         hidden = hidden.clone()
-    # One host sync for the whole stack instead of one per layer.
-    keep_cpu = keep.detach().to("cpu", torch.bool)
-    lengths_cpu = frame_lengths.detach().to("cpu")
-    all_rows = torch.arange(batch)
     for index in range(start_layer, backbone.num_layers):
-        rows_cpu = all_rows[keep_cpu[:, index]]
-        if rows_cpu.numel() == 0:
+        kept, sub_frames = counts[index], longest[index]
+        if kept == 0:
             if collect is not None:
                 collect.append(hidden)
             continue
-        sub_frames = int(lengths_cpu[rows_cpu].max())
-        if rows_cpu.numel() == batch and sub_frames == frames:
-            out = backbone.run_layer(index, hidden, frame_mask, context)
-            hidden = out
+        if kept == batch and sub_frames == frames:
+            hidden = backbone.run_layer(index, hidden, frame_mask, context)
         else:
-            rows = rows_cpu.to(hidden.device)
+            rows = rows_by_layer[index, :kept]
             sub_hidden = hidden.index_select(0, rows)[:, :sub_frames]
             sub_mask = frame_mask.index_select(0, rows)[:, :sub_frames]
-            out = backbone.run_layer(index, sub_hidden, sub_mask, context)
+            out = backbone.run_layer(index, sub_hidden, sub_mask, context).to(hidden.dtype)
             if in_place:
-                hidden[rows, :sub_frames] = out.to(hidden.dtype)
+                hidden[:, :sub_frames].index_copy_(0, rows, out)
             else:
                 rest = hidden.index_select(0, rows)[:, sub_frames:]
-                hidden = hidden.index_copy(0, rows, torch.cat([out.to(hidden.dtype), rest], dim=1))
+                hidden = hidden.index_copy(0, rows, torch.cat([out, rest], dim=1))
         if collect is not None:
             collect.append(hidden)
     return hidden
@@ -138,10 +159,11 @@ def run_gated_layers(
         raise ValueError(f"start_layer must be in 0..{backbone.num_layers}, got {start_layer}")
     if start_layer and return_all:
         raise ValueError("return_all needs every layer's state: run from start_layer=0")
-    if start_layer and not bool((keep_mask[:, :start_layer] > 0.5).all()):
-        raise ValueError(f"start_layer={start_layer}: every sample must keep layers 0..{start_layer - 1}")
     if mode == "auto":
         mode = "dense" if torch.is_grad_enabled() else "sparse"
+    # The sparse path checks the prefix within its one host sync; the dense path has no other.
+    if start_layer and mode != "sparse" and not bool((keep_mask[:, :start_layer] > 0.5).all()):
+        raise ValueError(f"start_layer={start_layer}: every sample must keep layers 0..{start_layer - 1}")
     if context is None:
         context = backbone.prepare_layers(frame_mask)
     collect: list[Tensor] | None = [] if return_all else None

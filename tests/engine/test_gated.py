@@ -171,3 +171,18 @@ def test_wrong_keep_mask_shape_is_named(shape):
     hidden, frame_mask = _front(backbone)
     with pytest.raises(ValueError, match="keep_mask"):
         run_gated_layers(backbone, hidden, frame_mask, torch.ones(shape))
+
+
+def test_sparse_return_all_states_are_each_layers_own_output():
+    """Collected states are not overwritten in place by later layers (padding beyond the longest sample)."""
+    backbone = make_backbone("hubert")
+    with torch.no_grad():
+        hidden, frame_mask = _front(backbone)
+        # Pad two frames beyond the longest clip, so that even a full sub-batch takes the in-place path.
+        hidden = torch.nn.functional.pad(hidden, (0, 0, 0, 2))
+        frame_mask = torch.nn.functional.pad(frame_mask, (0, 2))
+        keep = _mixed_mask(len(LENGTHS), backbone.num_layers, seed=1)
+        _, dense = run_gated_layers(backbone, hidden, frame_mask, keep, mode="dense", return_all=True)
+        _, sparse = run_gated_layers(backbone, hidden, frame_mask, keep, mode="sparse", return_all=True)
+    real = frame_mask[..., None]
+    assert max(float(((d - s) * real).abs().max()) for d, s in zip(dense, sparse, strict=True)) <= 1e-4
