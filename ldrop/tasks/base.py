@@ -245,8 +245,13 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None, budget: int | float | Tensor | None = None):
         """Logits under a budget (the selector or the early-exit rule decides which layers run).
 
+        Args:
+            waveforms: ``[batch, samples]`` zero-padded, or one utterance ``[samples]`` (a batch of one).
+            lengths: ``[batch]`` valid samples; ``None``: no padding.
+            budget: layers (int), a fraction of them (float) or a ``[batch]`` tensor; ``None``: every layer.
+
         Returns:
-            ``(logits, keep_mask [batch, layers])``.
+            ``(logits, keep_mask [batch, layers])``; a 1-D input gives ``batch = 1``.
         """
         encoded = self.encode(waveforms, lengths)
         budget = self.num_layers if budget is None else budget
