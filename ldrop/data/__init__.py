@@ -1,18 +1,27 @@
 """Data modules: audio in, :class:`AudioBatch` out. They know no model.
 
 Every DataModule is an :class:`AudioDataModule` (a ``lightning.LightningDataModule``) with a ``task``
-(``"classification"`` or ``"ctc"``), reads audio with soundfile as mono float32 at ``sample_rate``, and
-yields padded :class:`AudioBatch` objects from length-grouped or dynamic, DDP-aware batch samplers.
+(the kind of target: ``"classification"``, ``"ctc"`` or ``"regression"``), reads audio with soundfile as mono
+float32 at ``sample_rate``, and yields padded :class:`AudioBatch` objects (its :meth:`~AudioDataModule.collate`)
+from length-grouped or dynamic, DDP-aware batch samplers through a :class:`ResumableDataLoader`.
 """
 
-from ldrop.data.audio import AudioInfo, AudioReadError, audio_info, read_audio, resample
+from ldrop.data.audio import (
+    AudioFileNotFoundError,
+    AudioInfo,
+    AudioReadError,
+    audio_info,
+    check_audio,
+    read_audio,
+    resample,
+)
 from ldrop.data.base import AudioDataModule, DatasetLayoutError, Split, Task
-from ldrop.data.batch import AudioBatch, AudioExample, collate_audio
+from ldrop.data.batch import AudioBatch, AudioExample, SkippedExample, collate_audio, collate_targets
 from ldrop.data.datasets import AudioDataset, AudioFileDataset, AudioItem, SubsetAudioDataset, resolve_items
 from ldrop.data.esc50 import ESC10_TARGETS, ESC50_CLASSES, ESC50_FOLDS, ESC50DataModule, summarize_folds
 from ldrop.data.librispeech import LIBRISPEECH_SUBSETS, LibriSpeechDataModule
 from ldrop.data.manifest import ManifestDataModule, read_manifest
-from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler
+from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler, ResumableDataLoader
 from ldrop.data.speechcommands import KEYWORDS_12, SPEECH_COMMANDS_WORDS, SpeechCommandsDataModule
 from ldrop.data.synthetic import (
     SyntheticClassificationDataModule,
@@ -31,6 +40,7 @@ __all__ = [
     "AudioDataset",
     "AudioExample",
     "AudioFileDataset",
+    "AudioFileNotFoundError",
     "AudioInfo",
     "AudioItem",
     "AudioReadError",
@@ -45,7 +55,9 @@ __all__ = [
     "LengthGroupedSampler",
     "LibriSpeechDataModule",
     "ManifestDataModule",
+    "ResumableDataLoader",
     "SPEECH_COMMANDS_WORDS",
+    "SkippedExample",
     "SpeechCommandsDataModule",
     "Split",
     "SubsetAudioDataset",
@@ -58,7 +70,9 @@ __all__ = [
     "Task",
     "TedliumDataModule",
     "audio_info",
+    "check_audio",
     "collate_audio",
+    "collate_targets",
     "normalize_tedlium_transcript",
     "read_audio",
     "read_manifest",

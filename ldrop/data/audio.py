@@ -7,6 +7,7 @@ Audio is read with :mod:`soundfile` (libsndfile), never with ``torchaudio.load``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -111,6 +112,19 @@ _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 _FIXED_SIZE_SUBTYPES = frozenset(
     {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"}
 )
+# Compressed formats (their subtype may still read PCM_16, as FLAC's does): libsndfile takes the frame count
+# from the header or an estimate, not from the data present, so a cut file shows only when its end is decoded.
+_COMPRESSED_FORMATS = frozenset({"FLAC", "OGG", "MP3"})
+# Formats whose frame count libsndfile only estimates: an MP3 without a Xing/Info tag (sox writes none) is
+# counted from its size and first frame's bitrate, and decodes to a little less (38774 estimated, 38592 real).
+_ESTIMATED_LENGTH_FORMATS = frozenset({"MP3"})
+# Frames decoded at the end of such a file to find where its audio really ends: a few MPEG frames (1152).
+_ESTIMATE_TAIL_FRAMES = 8192
+# How far short of its estimate such a file may decode and still be complete: the estimate is off by less than
+# one byte per MPEG frame (at most 1/72 of the length) plus the encoder's delay and padding (about 2 frames).
+# A file that ends earlier was cut (an interrupted copy).
+_ESTIMATE_RELATIVE_TOLERANCE = 0.02
+_ESTIMATE_ABSOLUTE_TOLERANCE = 2304
 
 
 def _inspect(path: PathLike, scan_samples: bool) -> AudioInfo:
@@ -130,11 +144,10 @@ def _inspect(path: PathLike, scan_samples: bool) -> AudioInfo:
                 f"({promised / info.sample_rate:.3f} s), it holds {info.frames} ({info.seconds:.3f} s)",
             )
         try:
-            if f.format == "FLAC":
-                # libsndfile trusts a FLAC header's frame count; a cut file fails only when its end is decoded.
-                f.seek(info.frames - 1)
-                if f.read(1, dtype="float32").shape[0] != 1:
-                    raise RuntimeError("the last frame cannot be read")
+            if f.format in _COMPRESSED_FORMATS or f.subtype not in _FIXED_SIZE_SUBTYPES:
+                # libsndfile trusts the header's (FLAC, Ogg) or its own estimated (MP3) frame count; a cut file,
+                # or an estimate that is too long, shows only when the end is decoded.
+                info = _decoded_length(path, f, info)
             if scan_samples and f.subtype in _FLOAT_SUBTYPES:
                 f.seek(0)
                 position = 0
@@ -148,6 +161,51 @@ def _inspect(path: PathLike, scan_samples: bool) -> AudioInfo:
                 path, f"the file is truncated or corrupt: its header promises {info.frames} frames ({err})"
             ) from err
     return info
+
+
+def _decoded_length(path: PathLike, f: sf.SoundFile, info: AudioInfo) -> AudioInfo:
+    """``info`` with the frames that really decode: the header's count, or the real end of an estimated one.
+
+    Decodes the last frame (exact counts) or the last :data:`_ESTIMATE_TAIL_FRAMES` (estimates); only when
+    nothing decodes there (the audio ends before) is the whole file decoded to find its end.
+
+    Raises:
+        AudioReadError: the file decodes to fewer frames than its header promises (beyond an estimate's error).
+        RuntimeError: from libsndfile, when decoding fails (the caller reports the file as corrupt).
+    """
+    estimated = f.format in _ESTIMATED_LENGTH_FORMATS
+    start = max(0, info.frames - (_ESTIMATE_TAIL_FRAMES if estimated else 1))
+    try:
+        f.seek(start)
+        decoded = _frames_to_end(f)
+    except (sf.LibsndfileError, RuntimeError):
+        decoded = 0  # a seek past the real end fails in some decoders (and leaves the file failed)
+    end = start + decoded
+    if decoded == 0 and start > 0:  # the audio ends before the tail: decode it all, from a fresh handle
+        with sf.SoundFile(os.fspath(path)) as whole:
+            end = _frames_to_end(whole)
+    if end >= info.frames:
+        return info
+    shortfall = info.frames - end
+    if estimated and shortfall <= max(_ESTIMATE_ABSOLUTE_TOLERANCE, _ESTIMATE_RELATIVE_TOLERANCE * info.frames):
+        return dataclasses.replace(info, frames=end)
+    promise = "its header promises" if not estimated else "its frame count is estimated at"
+    raise AudioReadError(
+        path,
+        f"the file is truncated or corrupt: {promise} {info.frames} frames ({info.seconds:.3f} s), its audio "
+        f"ends at frame {end} ({end / info.sample_rate:.3f} s)",
+    )
+
+
+def _frames_to_end(f: sf.SoundFile) -> int:
+    """Frames decoded from the current position to the end of the file (decoded in blocks, not kept).
+
+    ``SoundFile.blocks`` cannot count them: it sizes its blocks from the frame count, not from what decodes.
+    """
+    total = 0
+    while (count := f.read(1 << 16, dtype="float32", always_2d=True).shape[0]) > 0:
+        total += count
+    return total
 
 
 def _promised_frames(path: PathLike, file_format: str, subtype: str) -> int | None:

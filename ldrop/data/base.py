@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from ldrop.data.batch import collate_audio
+from ldrop.data.batch import AudioExample, SkippedExample, collate_audio
 from ldrop.data.datasets import AudioDataset, AudioFileDataset, AudioItem, SubsetAudioDataset, resolve_items
 from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler, ResumableDataLoader
 
@@ -31,7 +32,12 @@ __all__ = ["DEFAULT_MAX_TRAIN_SECONDS", "AudioDataModule", "DatasetLayoutError",
 log = logging.getLogger("ldrop.data")
 
 Split = Literal["train", "val", "test", "predict"]
-Task = Literal["classification", "ctc"]
+#: The kind of target a DataModule yields: class ids, transcripts, or values/tensors (``"regression"``: a
+#: value per item, several values, a multi-label 0/1 vector; see :func:`~ldrop.data.batch.collate_audio`).
+Task = Literal["classification", "ctc", "regression"]
+
+#: The target of an input named with ``predict_on_files`` (there is nothing to score), per kind.
+_PLACEHOLDER_TARGETS: dict[str, Any] = {"classification": 0, "ctc": "", "regression": 0.0}
 
 _STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
     "fit": ("train", "val"),
@@ -53,7 +59,9 @@ class AudioDataModule(LightningDataModule):
     dataset itself (:meth:`build_dataset`, for generated data); this class does the rest:
 
     * **setup** checks every audio header once, logs the item count and hours per split, and logs
-      (``skip_bad_files=True``) or raises (default) on missing, unreadable, empty or corrupt files.
+      (``skip_bad_files=True``) or raises (default) on missing, unreadable, empty or corrupt files. With
+      ``skip_bad_files``, an item that still fails when it is read (its file changed after the check, or its
+      decoder fails mid-file) is left out of its batch, logged and counted the same way.
     * **training length limits**: training clips longer than ``max_train_seconds`` (default
       :data:`DEFAULT_MAX_TRAIN_SECONDS`, 30 s) are randomly cropped (``long_clip_policy="crop"``,
       classification) or dropped with a logged count (``"filter"``, the only choice for CTC, where a crop
@@ -64,11 +72,16 @@ class AudioDataModule(LightningDataModule):
       when ``group_by_length``). Both shard across DDP ranks by themselves (run multi-device training with
       ``Trainer(use_distributed_sampler=False)``) and reshuffle per epoch from ``seed``. Validation, test and
       predict loaders never shuffle.
+    * **collation**: :meth:`collate` turns a list of examples into a batch (by default
+      :func:`~ldrop.data.batch.collate_audio`: class ids, values, tensors or transcripts); override it to batch
+      targets of another form.
 
     Attributes:
-        task: ``"classification"`` or ``"ctc"``.
+        task: the kind of target (:data:`Task`): ``"classification"`` (class ids), ``"ctc"`` (transcripts) or
+            ``"regression"`` (values or tensors). It sets the default ``long_clip_policy`` and the placeholder
+            target of inputs named with :meth:`predict_on_files`.
         datasets: the datasets built by :meth:`setup`, by split.
-        num_bad_files: bad items skipped at setup, by split.
+        num_bad_files: bad items skipped, by split: at setup, and (each item once) when they failed to load.
 
     Args:
         root: the extracted dataset folder (``None`` for generated data).
@@ -147,6 +160,7 @@ class AudioDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.datasets: dict[str, AudioDataset] = {}
         self.num_bad_files: dict[str, int] = {}
+        self._failed_at_load: dict[str, set[str]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -207,9 +221,7 @@ class AudioDataModule(LightningDataModule):
         Callable before :meth:`setup` (it then reads only the transcript files).
         """
         if self.task != "ctc":
-            raise AttributeError(
-                f"{type(self).__name__} is a classification DataModule: it has no transcripts"
-            )
+            raise AttributeError(f"{type(self).__name__} is a {self.task} DataModule: it has no transcripts")
         return [str(t) for t in self.targets(split)]
 
     #: Files ``predict`` reads instead of the predict split, set by :meth:`predict_on_files`.
@@ -271,7 +283,7 @@ class AudioDataModule(LightningDataModule):
 
     def _prepared_dataset(self, split: Split) -> AudioDataset:
         if split == "predict" and self.predict_files:
-            target: int | str = 0 if self.task == "classification" else ""  # placeholder: nothing to score
+            target = _PLACEHOLDER_TARGETS.get(self.task, 0)  # nothing to score
             items = [AudioItem(id=p, path=p, target=target) for p in self.predict_files]
             dataset: AudioDataset = self._file_dataset(items, "predict")
         else:
@@ -305,6 +317,7 @@ class AudioDataModule(LightningDataModule):
                 )
         if len(dataset) == 0:
             raise ValueError(f"{type(self).__name__}: split '{split}' has no items left")
+        dataset.skip_bad_files = self.skip_bad_files  # an item that fails when read is then skipped too
         seconds = sum(dataset.lengths) / self.sample_rate
         log.info(
             "%s: %s split: %d items, %.1f s (%.2f h) of audio, %d bad item(s) skipped",
@@ -343,14 +356,56 @@ class AudioDataModule(LightningDataModule):
             seed=self.seed,
         )
 
+    def collate(self, examples: list[AudioExample]) -> Any:
+        """Batch the examples of one batch (the loaders' ``collate_fn``): :func:`~ldrop.data.batch.collate_audio`.
+
+        Override it for targets ``collate_audio`` does not batch, or to add fields; the task's steps receive
+        what it returns (they read ``waveforms``, ``lengths`` and ``len(batch)``, and the task's own hooks
+        read the targets). With worker processes started by ``spawn`` (not Linux's default ``fork``) an
+        override is pickled with the DataModule.
+
+        Args:
+            examples: the examples that loaded (those that failed are already left out, see
+                ``skip_bad_files``); none at all when every example of a training batch failed: return an empty
+                batch (``len(batch) == 0``), which the task's training step skips.
+        """
+        return collate_audio(examples)
+
     def dataloader(self, split: Split) -> DataLoader:
-        """A DataLoader of :class:`~ldrop.data.batch.AudioBatch` over ``split`` (resumable mid-epoch)."""
+        """A DataLoader of batches (:meth:`collate`) over ``split``, resumable mid-epoch.
+
+        With ``skip_bad_files``, examples that fail to load are left out of their batch, logged and counted in
+        :attr:`num_bad_files` (each item once). A batch of only such examples is left out of evaluation splits;
+        in ``train`` it comes empty (its step is skipped), so the epoch keeps its length for Lightning's
+        validation schedule.
+        """
+        # The plain function when collate is not overridden: worker processes then need no pickled DataModule.
+        overridden = type(self).collate is not AudioDataModule.collate
         return ResumableDataLoader(
             self.dataset(split),
             batch_sampler=self.batch_sampler(split),
             num_workers=self.num_workers,
-            collate_fn=collate_audio,
+            collate_fn=self.collate if overridden else collate_audio,
             pin_memory=self.pin_memory,
+            on_skipped=partial(self._skipped_at_load, split),
+            drop_empty=split != "train",
+        )
+
+    def _skipped_at_load(self, split: Split, skipped: list[SkippedExample]) -> None:
+        """Log and count the examples of ``split`` that failed to load (each item once, whatever the epoch)."""
+        seen = self._failed_at_load.setdefault(split, set())
+        new = [e for e in skipped if e.id not in seen]
+        if not new:
+            return
+        seen.update(e.id for e in new)
+        self.num_bad_files[split] = self.num_bad_files.get(split, 0) + len(new)
+        log.warning(
+            "%s: skipped %d bad item(s) in split '%s' that failed to load (%d bad in all):\n  %s",
+            type(self).__name__,
+            len(new),
+            split,
+            self.num_bad_files[split],
+            "\n  ".join(f"{e.id}: {e.reason}" for e in new),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-__all__ = ["AudioBatch", "AudioExample", "collate_audio"]
+__all__ = ["AudioBatch", "AudioExample", "SkippedExample", "collate_audio", "collate_targets"]
 
 
 @dataclass
@@ -18,13 +21,29 @@ class AudioExample:
 
     Attributes:
         waveform: ``[samples]`` float32 mono waveform at the DataModule's sample rate.
-        target: class id (classification) or transcript (CTC).
+        target: a class id (classification), a transcript (CTC), or a value or tensor (regression,
+            multi-label; see :func:`collate_audio`).
         id: a string that traces the item back to its source (utterance id, file path, ...).
     """
 
     waveform: Tensor
-    target: int | str
+    target: int | float | str | Tensor | np.ndarray
     id: str
+
+
+@dataclass
+class SkippedExample:
+    """An example whose audio failed to load, returned instead of it when the DataModule skips bad files.
+
+    The DataModule's loader leaves it out of the batch, and logs and counts it (``num_bad_files``).
+
+    Attributes:
+        id: the example's id.
+        reason: the error, naming the file.
+    """
+
+    id: str
+    reason: str
 
 
 @dataclass
@@ -34,7 +53,9 @@ class AudioBatch:
     Attributes:
         waveforms: ``[batch, samples]`` float32, zero-padded on the right to the longest item.
         lengths: ``[batch]`` long, number of valid samples of each row.
-        targets: ``[batch]`` long class ids for classification, or the ``batch`` transcripts for CTC.
+        targets: ``[batch]`` long class ids (classification), the ``batch`` transcripts (CTC), a ``[batch]``
+            float32 tensor of values or a ``[batch, ...]`` tensor of stacked target tensors (regression,
+            multi-label); see :func:`collate_audio`.
         ids: the ``batch`` item ids, in row order.
     """
 
@@ -73,25 +94,75 @@ class AudioBatch:
 def collate_audio(examples: Sequence[AudioExample]) -> AudioBatch:
     """Pad a list of examples into an :class:`AudioBatch`.
 
+    The targets of a batch are all of one kind, and are batched by kind:
+
+    * class ids (``int``): a ``[batch]`` long tensor;
+    * values (``float``, or ints mixed with floats): a ``[batch]`` float32 tensor;
+    * tensors or NumPy arrays of one shape ``S``: stacked into a ``[batch, *S]`` tensor (their dtype kept);
+    * transcripts (``str``): a list of ``batch`` strings.
+
     Args:
-        examples: examples whose targets are all class ids or all transcripts.
+        examples: the examples of one batch; none when all of them failed to load (``skip_bad_files``).
 
     Returns:
-        The batch, rows in the order of ``examples``.
+        The batch, rows in the order of ``examples``; an empty batch (``len 0``, ``waveforms [0, 0]``) for no
+        examples, which the task's training step skips.
 
     Raises:
-        ValueError: if ``examples`` is empty or mixes class ids and transcripts.
+        ValueError: if ``examples`` mixes kinds of targets or holds tensors of different shapes.
     """
     if not examples:
-        raise ValueError("cannot collate an empty list of examples")
+        return AudioBatch(waveforms=torch.zeros(0, 0), lengths=torch.zeros(0, dtype=torch.long), targets=[], ids=[])
     lengths = torch.tensor([ex.waveform.shape[-1] for ex in examples], dtype=torch.long)
     # Datasets already zero-pad clips to their ``min_samples``; here rows are padded to the longest only.
     waveforms = pad_sequence([ex.waveform for ex in examples], batch_first=True).to(torch.float32)
-    raw_targets = [ex.target for ex in examples]
-    if all(isinstance(t, str) for t in raw_targets):
-        targets: Tensor | list[str] = list(raw_targets)  # type: ignore[arg-type]
-    elif all(isinstance(t, int) and not isinstance(t, bool) for t in raw_targets):
-        targets = torch.tensor(raw_targets, dtype=torch.long)
-    else:
-        raise ValueError("a batch must hold only class ids or only transcripts")
-    return AudioBatch(waveforms=waveforms, lengths=lengths, targets=targets, ids=[ex.id for ex in examples])
+    ids = [ex.id for ex in examples]
+    return AudioBatch(waveforms=waveforms, lengths=lengths, targets=collate_targets([ex.target for ex in examples], ids),
+                      ids=ids)
+
+
+def collate_targets(targets: Sequence[Any], ids: Sequence[str] | None = None) -> Tensor | list[str]:
+    """The targets of one batch, batched by their kind (see :func:`collate_audio`).
+
+    Args:
+        targets: one target per example.
+        ids: the examples' ids, named in errors.
+
+    Raises:
+        ValueError: mixed kinds, tensors of different shapes, or a target of no known kind.
+    """
+    kinds = [_target_kind(t) for t in targets]
+    if len(set(kinds)) > 1 and set(kinds) != {"class id", "value"}:
+        shown = ", ".join(f"{ids[i] if ids else i}: {kinds[i]}" for i in range(min(len(kinds), 6)))
+        raise ValueError(
+            "a batch's targets must all be class ids (int), all values (float), all tensors of one shape or all "
+            f"transcripts (str); this one mixes {' and '.join(sorted(set(kinds)))} ({shown})"
+        )
+    kind = "value" if "value" in kinds else kinds[0]
+    if kind == "transcript":
+        return list(targets)
+    if kind == "class id":
+        return torch.tensor([int(t) for t in targets], dtype=torch.long)
+    if kind == "value":
+        return torch.tensor([float(t) for t in targets], dtype=torch.float32)
+    tensors = [torch.as_tensor(t) for t in targets]
+    shapes = sorted({tuple(t.shape) for t in tensors})
+    if len(shapes) > 1:
+        raise ValueError(f"a batch's tensor targets must all have one shape, got shapes {shapes}")
+    return torch.stack(tensors)
+
+
+def _target_kind(target: Any) -> str:
+    # bool is an int to Python, but neither a class id nor a value here: say so rather than guess.
+    if isinstance(target, str):
+        return "transcript"
+    if isinstance(target, Tensor | np.ndarray):
+        return "tensor"
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool | np.bool_):
+        return "class id"
+    if isinstance(target, numbers.Real) and not isinstance(target, bool | np.bool_):
+        return "value"
+    raise ValueError(
+        f"a target must be a class id (int), a value (float), a tensor or array, or a transcript (str); got "
+        f"{type(target).__name__} {target!r}"
+    )

@@ -12,12 +12,13 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from ldrop.data.audio import AudioInfo, AudioReadError, check_audio, read_audio, resampled_length
-from ldrop.data.batch import AudioExample
+from ldrop.data.batch import AudioExample, SkippedExample
 
 __all__ = [
     "RANGE_END_TOLERANCE_SECONDS",
@@ -44,7 +45,7 @@ class AudioItem:
     Attributes:
         id: identifier that traces the example back to its source (utterance id, relative path, ...).
         path: the audio file.
-        target: class id (classification) or transcript (CTC).
+        target: class id (classification), transcript (CTC), or a value or tensor (regression, multi-label).
         offset: start of the range in seconds.
         duration: length of the range in seconds; ``None`` reads to the end of the file.
         start: first frame of the range at the file's rate; set by :func:`resolve_items` (or by a
@@ -58,7 +59,7 @@ class AudioItem:
 
     id: str
     path: str
-    target: int | str
+    target: Any
     offset: float = 0.0
     duration: float | None = None
     start: int | None = None
@@ -165,9 +166,14 @@ def resolve_items(
 class AudioDataset(Dataset[AudioExample]):
     """Base of ldrop's datasets: examples whose lengths and targets are known without reading audio.
 
-    Subclasses implement :meth:`__len__`, :meth:`load` and the :attr:`lengths`, :attr:`targets` and
+    Subclasses implement :meth:`__len__`, :meth:`load` and the :attr:`raw_lengths`, :attr:`targets` and
     :attr:`ids` properties; :meth:`__getitem__` fits each waveform to ``[min_samples, max_samples]``
     (zero-padding short clips, cropping long ones).
+
+    With ``skip_bad_files`` (the DataModule sets it), an example whose :meth:`load` raises
+    :class:`~ldrop.data.audio.AudioReadError` comes back as a :class:`~ldrop.data.batch.SkippedExample`, which
+    the DataModule's loader leaves out of its batch, logs and counts: a file that fails only when it is read
+    (it changed or went missing after the setup check, or its decoder fails mid-file) does not end the run.
 
     Args:
         sample_rate: sample rate of the returned waveforms.
@@ -176,6 +182,8 @@ class AudioDataset(Dataset[AudioExample]):
         max_samples: longer waveforms are cropped to this many samples; ``None`` keeps them whole.
         random_crop: crop at a random offset (training; drawn from torch's RNG, which Lightning seeds per
             worker) instead of the start.
+        skip_bad_files: return a :class:`~ldrop.data.batch.SkippedExample` for an example that fails to load,
+            instead of raising.
     """
 
     def __init__(
@@ -184,11 +192,13 @@ class AudioDataset(Dataset[AudioExample]):
         min_samples: int = 400,
         max_samples: int | None = None,
         random_crop: bool = False,
+        skip_bad_files: bool = False,
     ) -> None:
         self.sample_rate = sample_rate
         self.min_samples = min_samples
         self.max_samples = max_samples
         self.random_crop = random_crop
+        self.skip_bad_files = skip_bad_files
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -203,8 +213,8 @@ class AudioDataset(Dataset[AudioExample]):
         raise NotImplementedError
 
     @property
-    def targets(self) -> list[int | str]:
-        """Target of each example (class id or transcript)."""
+    def targets(self) -> list[Any]:
+        """Target of each example (class id, transcript, value or tensor)."""
         raise NotImplementedError
 
     @property
@@ -223,8 +233,13 @@ class AudioDataset(Dataset[AudioExample]):
             num_samples = min(num_samples, self.max_samples)
         return max(num_samples, self.min_samples)
 
-    def __getitem__(self, index: int) -> AudioExample:
-        example = self.load(index)
+    def __getitem__(self, index: int) -> AudioExample | SkippedExample:
+        try:
+            example = self.load(index)
+        except AudioReadError as err:
+            if not self.skip_bad_files:
+                raise
+            return SkippedExample(id=self.ids[index], reason=str(err))
         example.waveform = self.fit(example.waveform)
         return example
 
@@ -273,7 +288,7 @@ class AudioFileDataset(AudioDataset):
         return [int(it.num_samples) for it in self.items]  # type: ignore[arg-type]
 
     @property
-    def targets(self) -> list[int | str]:
+    def targets(self) -> list[Any]:
         return [it.target for it in self.items]
 
     @property
@@ -302,7 +317,8 @@ class SubsetAudioDataset(AudioDataset):
     """
 
     def __init__(self, dataset: AudioDataset, indices: Sequence[int]) -> None:
-        super().__init__(dataset.sample_rate, dataset.min_samples, dataset.max_samples, dataset.random_crop)
+        super().__init__(dataset.sample_rate, dataset.min_samples, dataset.max_samples, dataset.random_crop,
+                         dataset.skip_bad_files)
         self.dataset = dataset
         self.indices = list(indices)
 
@@ -318,7 +334,7 @@ class SubsetAudioDataset(AudioDataset):
         return [lengths[i] for i in self.indices]
 
     @property
-    def targets(self) -> list[int | str]:
+    def targets(self) -> list[Any]:
         targets = self.dataset.targets
         return [targets[i] for i in self.indices]
 

@@ -25,13 +25,19 @@ those batches, so a run resumed mid-epoch sees exactly the batches the uninterru
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
+
+from ldrop.data.batch import SkippedExample
+
+log = logging.getLogger("ldrop.data")
 
 __all__ = ["DynamicBatchSampler", "LengthGroupedSampler", "ResumableDataLoader"]
 
@@ -136,8 +142,27 @@ class ResumableDataLoader(DataLoader):
     Each epoch's iterator also gets its own ``torch.Generator`` seeded from the sampler's ``(seed, epoch)``
     (the DataLoader otherwise draws its worker base seed from the global RNG whenever an iterator is
     created, so a resumed run, which creates one more iterator, would shift every later random draw).
-    Takes the arguments of ``DataLoader``.
+
+    Examples that failed to load (:class:`~ldrop.data.batch.SkippedExample`, from a dataset that skips bad
+    files) are left out before ``collate_fn`` sees the batch and handed to ``on_skipped``, in this process
+    (also with worker processes). A batch whose examples all failed is collated from none (``collate_fn([])``,
+    an empty batch, which the task's training step skips): an epoch keeps its number of batches, which
+    Lightning's validation schedule (and DDP's lockstep) count on. With ``drop_empty`` (evaluation loaders,
+    whose loops just stop at the end) it is left out instead.
+
+    Args:
+        on_skipped: called with the skipped examples of each batch that has any; default: a logged warning.
+        drop_empty: leave out batches whose examples all failed to load, instead of yielding them empty.
+        *args, **kwargs: the arguments of ``DataLoader``.
     """
+
+    def __init__(self, *args: Any, on_skipped: Callable[[list[SkippedExample]], None] | None = None,
+                 drop_empty: bool = False, **kwargs: Any) -> None:
+        self.on_skipped = on_skipped
+        self.drop_empty = drop_empty
+        super().__init__(*args, **kwargs)
+        if self.batch_sampler is not None:  # batches are collated lists of examples (not single examples)
+            self.collate_fn = _SkippingCollate(self.collate_fn, collate_empty=not drop_empty)
 
     def __iter__(self) -> Iterator[Any]:
         sampler = self.batch_sampler
@@ -147,7 +172,12 @@ class ResumableDataLoader(DataLoader):
             seed = np.random.default_rng([sampler.seed, sampler.epoch]).integers(2**62)
             self.generator = torch.Generator().manual_seed(int(seed))
         for batch in super().__iter__():
-            self._batches_done += 1
+            self._batches_done += 1  # handed out, even when all its examples were skipped
+            if isinstance(batch, _PartlyLoadedBatch):
+                (self.on_skipped or _log_skipped)(batch.skipped)
+                if batch.batch is None:  # every example failed, in a loader that drops such batches
+                    continue
+                batch = batch.batch
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -161,6 +191,47 @@ class ResumableDataLoader(DataLoader):
         """Resume the batch sampler from :meth:`state_dict` (ignored for other samplers or empty states)."""
         if state and isinstance(self.batch_sampler, _ShardedBatchSampler):
             self.batch_sampler.load_state_dict(state)
+
+
+@dataclass
+class _PartlyLoadedBatch:
+    """What a worker returns for a batch with examples that failed to load: the others, collated (an empty
+    batch, or ``None`` to drop it, if there are none), and the failed ones."""
+
+    batch: Any
+    skipped: list[SkippedExample]
+
+    def pin_memory(self) -> _PartlyLoadedBatch:
+        # Batches without a pin_memory method stay in pageable memory: slower to copy, still correct.
+        pinned = self.batch.pin_memory() if hasattr(self.batch, "pin_memory") else self.batch
+        return _PartlyLoadedBatch(pinned, self.skipped)
+
+
+class _SkippingCollate:
+    """``collate_fn`` over the examples that loaded; picklable for worker processes when ``collate_fn`` is.
+
+    Args:
+        collate_fn: batches a list of examples (``None``: PyTorch's ``default_collate``).
+        collate_empty: when every example failed, collate none (an empty batch) rather than return ``None``.
+    """
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None, collate_empty: bool) -> None:
+        if isinstance(collate_fn, _SkippingCollate):  # Lightning re-creates loaders from their attributes
+            collate_fn = collate_fn.collate_fn
+        self.collate_fn = collate_fn if collate_fn is not None else default_collate
+        self.collate_empty = collate_empty
+
+    def __call__(self, examples: list[Any]) -> Any:
+        skipped = [e for e in examples if isinstance(e, SkippedExample)]
+        if not skipped:
+            return self.collate_fn(examples)
+        loaded = [e for e in examples if not isinstance(e, SkippedExample)]
+        return _PartlyLoadedBatch(self.collate_fn(loaded) if loaded or self.collate_empty else None, skipped)
+
+
+def _log_skipped(skipped: list[SkippedExample]) -> None:
+    log.warning("skipped %d example(s) that failed to load:\n  %s", len(skipped),
+                "\n  ".join(f"{e.id}: {e.reason}" for e in skipped))
 
 
 def _split_to_multiple(batches: list[np.ndarray], multiple: int) -> list[np.ndarray]:

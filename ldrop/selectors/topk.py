@@ -31,7 +31,10 @@ def gumbel_like(scores: Tensor, generator: torch.Generator | None = None) -> Ten
     Returns:
         Tensor like ``scores`` with i.i.d. Gumbel(0, 1) entries.
     """
-    uniform = torch.rand(scores.shape, dtype=scores.dtype, device=scores.device, generator=generator)
+    # The generator is passed only when given: torch.compile cannot trace ``generator=None`` with dynamic
+    # shapes ("SymIntArrayRef expected to contain only concrete integers").
+    seeded = {"generator": generator} if generator is not None else {}
+    uniform = torch.rand(scores.shape, dtype=scores.dtype, device=scores.device, **seeded)
     tiny = torch.finfo(scores.dtype).tiny
     return -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
 

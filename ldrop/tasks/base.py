@@ -245,8 +245,13 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None, budget: int | float | Tensor | None = None):
         """Logits under a budget (the selector or the early-exit rule decides which layers run).
 
+        Args:
+            waveforms: ``[batch, samples]`` zero-padded, or one utterance ``[samples]`` (a batch of one).
+            lengths: ``[batch]`` valid samples; ``None``: no padding.
+            budget: layers (int), a fraction of them (float) or a ``[batch]`` tensor; ``None``: every layer.
+
         Returns:
-            ``(logits, keep_mask [batch, layers])``.
+            ``(logits, keep_mask [batch, layers])``; a 1-D input gives ``batch = 1``.
         """
         encoded = self.encode(waveforms, lengths)
         budget = self.num_layers if budget is None else budget
@@ -330,7 +335,9 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
             total = max(1, int(self.trainer.estimated_stepping_batches))
             self.selector.set_progress(min(1.0, self.global_step / total))
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if len(batch) == 0:
+            return self._skip_empty_batch()
         encoded = self.encode(batch.waveforms, batch.lengths)
         losses: dict[str, Tensor] = {}
         if self.early_exit is not None:
@@ -399,6 +406,16 @@ class LayerDropTask(PredictionMixin, ValidationFittingMixin, CheckpointMixin, Ga
             f"non-finite training loss ({float(loss.detach())}; term(s): {', '.join(terms) or 'total'}) at "
             f"step {self.global_step}, batch {shown}: {cause}. Training stopped before updating the weights."
         )
+
+    def _skip_empty_batch(self) -> Tensor | None:
+        """What training does with a batch whose examples all failed to load (``skip_bad_files``): nothing.
+
+        ``None`` skips the step; under DDP every process must still take part in the gradient all-reduce, so
+        the step is a zero loss on every trainable parameter instead (zero gradients).
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return None
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
     def _unused_parameter_anchor(self, keep: Tensor) -> Tensor:
         """0 x the parameters of layers no sample ran, so DDP's gradient all-reduce sees every parameter.

@@ -111,11 +111,19 @@ class GatingMixin:
         :meth:`prepare_waveforms` is applied once, the same way everywhere.
 
         Args:
-            waveforms: ``[batch, samples]`` float, zero-padded.
+            waveforms: ``[batch, samples]`` float, zero-padded; one utterance ``[samples]`` is a batch of one.
             lengths: ``[batch]`` valid samples (``None``: no padding).
             run_prefix: run the selector's prefix layers; ``False`` only for cost models that time them as
                 layers (the batch then has no prefix and ``features`` are the CNN features).
+
+        Raises:
+            ValueError: ``waveforms`` is neither ``[samples]`` nor ``[batch, samples]``.
         """
+        if waveforms.dim() == 1:  # one utterance, as AdaptiveModel takes it
+            waveforms = waveforms[None]
+            lengths = None if lengths is None else torch.as_tensor(lengths, device=waveforms.device).reshape(1)
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms must be [samples] or [batch, samples], got shape {tuple(waveforms.shape)}")
         if lengths is None:
             lengths = torch.full(
                 (waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device

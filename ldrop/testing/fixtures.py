@@ -8,6 +8,7 @@ a test can compare a DataModule's output against the ground truth instead of aga
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ __all__ = [
     "time_code",
     "truncate_file",
     "write_audio",
+    "write_untagged_mp3",
     "write_nonfinite_wav",
 ]
 
@@ -100,14 +102,18 @@ def write_audio(
         format: soundfile format (``"WAV"``, ``"FLAC"``, ``"NIST"``); default from the extension.
         subtype: soundfile subtype.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, _signal(num_frames, sample_rate, seed, channels), sample_rate, format=format, subtype=subtype)
+    return path
+
+
+def _signal(num_frames: int, sample_rate: int, seed: int, channels: int = 1) -> np.ndarray:
+    """``[num_frames, channels]`` float32: a seeded tone plus noise."""
     rng = np.random.default_rng(seed)
     t = np.arange(num_frames) / sample_rate
     tone = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t)
-    data = tone[:, None] + 0.05 * rng.standard_normal((num_frames, channels))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, data.astype(np.float32), sample_rate, format=format, subtype=subtype)
-    return path
+    return (tone[:, None] + 0.05 * rng.standard_normal((num_frames, channels))).astype(np.float32)
 
 
 def write_nonfinite_wav(
@@ -138,6 +144,53 @@ def truncate_file(path: str | os.PathLike, keep_fraction: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep_fraction)])
     return path
+
+
+def write_untagged_mp3(path: str | os.PathLike, num_frames: int, sample_rate: int = 22050, seed: int = 0) -> Path:
+    """Write a constant-bitrate MP3 without its Xing/Info tag, as sox (and lame writing to a pipe) do.
+
+    Without the tag libsndfile estimates the frame count from the file size and the first frame's bitrate;
+    at 22050 Hz (espeak's rate) the MPEG frames are 417 or 418 bytes, so the estimate runs a little past the
+    audio (25366 frames estimated, 25344 decoded for 24192 written). The file itself is complete: every other
+    decoder reads it whole. The tag is the first MPEG frame (libsndfile writes it); it is dropped here.
+
+    Args:
+        path: destination (``.mp3``, or any name: the content decides the format).
+        num_frames: frames of the seeded tone-plus-noise signal (:func:`write_audio`'s) to encode.
+        sample_rate: the file's sample rate.
+        seed: seed of the signal.
+
+    Raises:
+        ValueError: the encoder wrote no tag to drop (another libsndfile; the fixture would not be faithful).
+    """
+    encoded = io.BytesIO()
+    # A constant bitrate (set with a compression level, as libsndfile requires) keeps the estimate close.
+    sf.write(encoded, _signal(num_frames, sample_rate, seed), sample_rate, format="MP3", compression_level=0.5,
+             bitrate_mode="CONSTANT")
+    content = encoded.getvalue()
+    first = _mpeg_frame_bytes(content[:4])
+    if first is None or not {b"Xing", b"Info"} & {content[i : i + 4] for i in range(4, min(first, 64))}:
+        raise ValueError("the MP3 encoder wrote no Xing/Info tag in its first frame")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content[first:])
+    return path
+
+
+def _mpeg_frame_bytes(header: bytes) -> int | None:
+    """Bytes of the MPEG layer III frame starting with the 4-byte ``header``; ``None`` if it is not one."""
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (header[1] >> 3) & 3, (header[1] >> 1) & 3
+    bitrate_index, rate_index, padding = header[2] >> 4, (header[2] >> 2) & 3, (header[2] >> 1) & 1
+    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
+        return None
+    if version == 3:  # MPEG-1: 1152 samples per frame
+        kbps = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)[bitrate_index]
+        return 144 * kbps * 1000 // (44100, 48000, 32000)[rate_index] + padding
+    kbps = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)[bitrate_index]  # MPEG-2/2.5: 576
+    rates = (22050, 24000, 16000) if version == 2 else (11025, 12000, 8000)
+    return 72 * kbps * 1000 // rates[rate_index] + padding
 
 
 def time_code(num_frames: int, offset: int = 0) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
@@ -62,8 +63,40 @@ def test_collate_keeps_ids_in_row_order():
 
 
 def test_collate_rejects_a_mix_of_class_ids_and_transcripts():
-    with pytest.raises(ValueError, match="only class ids or only transcripts"):
+    with pytest.raises(ValueError, match=r"mixes class id and transcript \(item0: class id, item1: transcript\)"):
         collate_audio(_examples([2, 2], [1, "a"]))
+
+
+def test_collate_turns_values_into_a_float_tensor():
+    batch = collate_audio(_examples([2, 2, 2], [0.5, 2, np.float32(-1.25)]))  # an int among floats is a value
+    assert batch.targets.dtype == torch.float32
+    assert batch.targets.tolist() == [0.5, 2.0, -1.25]
+
+
+@pytest.mark.parametrize("make", [torch.tensor, np.array], ids=["tensor", "array"])
+def test_collate_stacks_tensor_targets_keeping_their_dtype(make):
+    rows = [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]  # multi-label 0/1 vectors
+    batch = collate_audio(_examples([2, 3], [make(r) for r in rows]))
+    assert batch.targets.shape == (2, 3) and batch.targets.tolist() == rows
+    assert batch.targets.dtype in (torch.float32, torch.float64)
+    assert collate_audio(_examples([2, 2], [torch.tensor([1, 2]), torch.tensor([3, 4])])).targets.dtype == torch.long
+
+
+def test_collate_rejects_tensor_targets_of_different_shapes():
+    with pytest.raises(ValueError, match=r"one shape, got shapes \[\(2,\), \(3,\)\]"):
+        collate_audio(_examples([2, 2], [torch.zeros(2), torch.zeros(3)]))
+
+
+def test_collate_rejects_a_target_of_no_known_kind():
+    with pytest.raises(ValueError, match="got bool True"):
+        collate_audio(_examples([2, 2], [True, False]))
+    with pytest.raises(ValueError, match=r"got dict \{'pitch': 1.0\}"):
+        collate_audio(_examples([2], [{"pitch": 1.0}]))
+
+
+def test_batch_to_moves_tensor_targets():
+    batch = collate_audio(_examples([2, 3], [torch.zeros(4), torch.ones(4)])).to("meta")
+    assert batch.targets.device.type == "meta" and batch.targets.shape == (2, 4)
 
 
 def test_batch_length_is_its_number_of_items():

@@ -10,6 +10,7 @@ import torch
 from ldrop.selectors import (
     annealed_temperature,
     calibrate_threshold,
+    gumbel_like,
     hard_topk_mask,
     relaxed_topk_mask,
     straight_through_topk,
@@ -88,6 +89,23 @@ def test_straight_through_without_noise_equals_hard_topk_of_scores() -> None:
     k = torch.full((16,), 4)
     keep_mask, _ = straight_through_topk(scores, k, temperature=1.0, noise_scale=0.0)
     assert torch.equal(keep_mask, hard_topk_mask(scores, k))
+
+
+def test_gumbel_noise_is_reproducible_from_a_generator() -> None:
+    scores = torch.zeros(4, NUM_LAYERS)
+    first, second = (gumbel_like(scores, torch.Generator().manual_seed(5)) for _ in range(2))
+    assert torch.equal(first, second) and not torch.equal(first, gumbel_like(scores))
+
+
+def test_straight_through_topk_compiles_with_a_dynamic_batch_size() -> None:
+    # torch.compile could not trace ``torch.rand(..., generator=None)`` with a symbolic batch size.
+    compiled = torch.compile(straight_through_topk, backend="eager", dynamic=True, fullgraph=True)
+    for batch in (2, 3):
+        scores = torch.randn(batch, NUM_LAYERS, requires_grad=True)
+        keep, _ = compiled(scores, torch.full((batch,), 3), 1.0)
+        assert torch.equal(keep.detach().sum(-1), torch.full((batch,), 3.0))
+        keep.sum().backward()
+        assert scores.grad is not None
 
 
 def test_temperature_anneals_geometrically_from_start_to_end() -> None:
