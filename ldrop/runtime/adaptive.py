@@ -11,6 +11,7 @@ time back, so the next call adapts to the machine's current speed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -40,7 +41,7 @@ class AdaptiveOutput:
 
     Attributes:
         outputs: per input, the decoded output (label or transcript).
-        logits: the task logits (``[batch, classes]`` or ``[batch, frames, vocab]``).
+        logits: the task logits (``[batch, classes]`` or ``[batch, frames, vocab]``), float32.
         frame_mask: ``[batch, frames]`` bool, True on real frames (what ``logits`` of CTC are masked by).
         keep_mask: ``[batch, layers]`` the layers each input ran.
         layers_run: ``[batch]`` long, layers each input ran.
@@ -86,6 +87,12 @@ def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -
 class AdaptiveModel:
     """A trained ldrop model whose depth follows a target: ``ms`` per utterance, ``rtf`` or FLOPs rate.
 
+    Precision: the model runs in the dtype of its parameters (inputs are cast to it), so a model converted
+    with ``task.to(torch.bfloat16)`` runs bf16 end to end (as ``bf16-true`` training and ``ldrop profile
+    --dtype bf16``); ``autocast=torch.bfloat16`` instead keeps float32 weights and runs each call under
+    ``torch.autocast`` (as ``bf16-mixed``). The quick profile is measured the same way, and a profile given
+    should be measured so too. ``logits`` are returned in float32 either way.
+
     Args:
         model: a task module (use :meth:`from_pretrained` to load one).
         profile: the device profile of this model here (a :class:`DeviceProfile` or its JSON path from
@@ -94,6 +101,8 @@ class AdaptiveModel:
         margin: fraction of a time target kept free for noise.
         on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"``.
         sample_rate: samples per second of the waveforms.
+        autocast: run every forward under ``torch.autocast`` with this dtype (``torch.bfloat16``: mixed
+            precision on float32 weights); ``None``: no autocast, the parameters' dtype.
         **controller_options: further :class:`BudgetController` options (``alpha_up``, ...).
     """
 
@@ -105,8 +114,12 @@ class AdaptiveModel:
         margin: float = 0.1,
         on_unmeetable: Literal["min", "raise"] = "min",
         sample_rate: int = 16_000,
+        autocast: torch.dtype | None = None,
         **controller_options: Any,
     ) -> None:
+        if autocast is not None and not isinstance(autocast, torch.dtype):
+            raise ValueError(f"autocast must be a torch dtype (e.g. torch.bfloat16) or None, got {autocast!r}")
+        self.autocast = autocast
         self.model = model.eval()
         if profile is not None and not isinstance(profile, DeviceProfile):
             profile = DeviceProfile.load(profile)
@@ -140,8 +153,15 @@ class AdaptiveModel:
         if self.controller.profile is None:
             options = {**QUICK_GRID, **grid}
             log.info("no device profile given: measuring a quick one (%s)", options)
-            self.controller.profile = profile_model(self.model, sample_rate=self.sample_rate, **options)
+            with self._precision(next(self.model.parameters()).device):
+                self.controller.profile = profile_model(self.model, sample_rate=self.sample_rate, **options)
         return self.controller.profile
+
+    def _precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` with :attr:`autocast` on ``device``, or nothing."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast)
 
     def _sync(self, device: torch.device) -> None:
         if device.type == "cuda":
@@ -180,13 +200,14 @@ class AdaptiveModel:
             budget = budget.min().expand(len(budget)).clone()
         waves_d, lengths_d = waves.to(param.device, param.dtype), lengths.to(param.device)
         correction = self.controller.correction
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision(param.device):
             self._sync(param.device)
             start = time.perf_counter()
             encoded = model.encode(waves_d, lengths_d)
             logits, keep, _ = model.logits_at_budget(encoded, budget.to(param.device))
             self._sync(param.device)
             measured = time.perf_counter() - start
+            logits = logits.float()  # metrics, softmax and decoding get float32 whatever the precision
             outputs = model.decode(logits, encoded.frame_mask)
         keep = (keep.detach() > 0.5).float().cpu()
         predicted_ms = None

@@ -20,7 +20,9 @@ their average: a deadline is about misses, not mean latency. The correction is b
 limits, a shared GPU) the chosen depths shrink; when it speeds up they grow back.
 
 Targets that cannot be met (even one layer is predicted too slow) give the minimum budget (one layer) and
-an :class:`UnmeetableTargetWarning`; ``on_unmeetable="raise"`` makes them a ``ValueError`` instead.
+an :class:`UnmeetableTargetWarning`; ``on_unmeetable="raise"`` makes them a ``ValueError`` instead. Within a
+run (``ldrop predict``, a target sweep) the misses are counted over the whole run and warned about once, at
+its end (:class:`TargetTally`), not once per batch.
 Answering late with the cheapest model is usually better than not answering in a streaming system; the
 warning and ``BudgetDecision.meets_target`` say it happened. Invalid targets (negative, zero, not a
 number, unknown key) are always a ``ValueError``.
@@ -171,12 +173,15 @@ class BudgetController:
         allowance = (target.value / 1000.0) * torch.ones_like(seconds) if target.kind == "ms" else target.value * seconds
         return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
 
-    def decide(self, sample_lengths: Tensor, target: Target | dict | str, *, _stacklevel: int = 2) -> BudgetDecision:
+    def decide(self, sample_lengths: Tensor, target: Target | dict | str, *, warn: bool = True,
+               _stacklevel: int = 2) -> BudgetDecision:
         """The largest budget each input can afford under ``target`` (at least one layer).
 
         Args:
             sample_lengths: ``[batch]`` valid samples per input.
             target: a :class:`Target`, ``{"rtf": 0.1}`` or ``"ms=80"``.
+            warn: warn about inputs that cannot meet the target (``False``: the caller counts
+                ``meets_target`` itself, e.g. over a whole run with :class:`TargetTally`).
 
         Raises:
             ValueError: an invalid target, a missing profile/config, or (``on_unmeetable="raise"``) a target
@@ -193,8 +198,9 @@ class BudgetController:
                        f"with {self.min_budget} layer(s)")
             if self.on_unmeetable == "raise":
                 raise ValueError(message)
-            warnings.warn(f"{message}: they run the minimum budget ({self.min_budget} layer(s))", UnmeetableTargetWarning,
-                          stacklevel=_stacklevel)
+            if warn:
+                warnings.warn(f"{message}: they run the minimum budget ({self.min_budget} layer(s))",
+                              UnmeetableTargetWarning, stacklevel=_stacklevel)
         predicted = fixed + budget.to(torch.float64) * layer
         return BudgetDecision(budget, predicted, allowance, meets)
 
@@ -229,27 +235,73 @@ class BudgetController:
         self._recent.clear()
 
 
-def target_budget(model: Any, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:
-    """The ``[batch]`` budget of a task module for a target (what ``predict`` uses; open loop).
+class TargetTally:
+    """Inputs that could not meet each target over a run, warned about once at its end.
 
-    The controller is built on first use and kept on the model: its profile is the target's ``profile``
-    file if given, else (time targets only) a quick profile measured now.
+    A run (``ldrop predict`` with a target budget, a test sweep over targets) decides batch by batch; a
+    warning per batch would count one batch ("16 of 16") and repeat. :func:`target_decision` adds each
+    batch's decision here instead while a tally is open on the model (:meth:`open`), and :meth:`close` warns
+    once per target with the run's totals.
     """
-    target = Target.parse(target)
-    controller = getattr(model, "_target_controller", None)
+
+    def __init__(self) -> None:
+        #: target -> [inputs that could not meet it, inputs decided, the minimum budget they ran]
+        self.counts: dict[Target, list[int]] = {}
+
+    def add(self, target: Target, decision: BudgetDecision, min_budget: int) -> None:
+        missed = int((~decision.meets_target).sum())
+        counts = self.counts.setdefault(target, [0, 0, min_budget])
+        counts[0] += missed
+        counts[1] += len(decision.meets_target)
+
+    @staticmethod
+    def open(model: Any) -> TargetTally:
+        """Start counting on ``model`` (replacing a tally a failed run left behind)."""
+        model._target_tally = TargetTally()
+        return model._target_tally
+
+    @staticmethod
+    def close(model: Any, run: str = "this run") -> dict[Target, list[int]]:
+        """Stop counting on ``model``; warn once per target that some inputs of the run could not meet.
+
+        Returns:
+            ``{target: [missed, inputs, min budget]}`` of the run (empty when no tally was open).
+        """
+        tally = getattr(model, "_target_tally", None)
+        model._target_tally = None
+        if tally is None:
+            return {}
+        for target, (missed, total, min_budget) in tally.counts.items():
+            if missed:
+                warnings.warn(
+                    f"target {target.kind}={target.value:g} cannot be met by {missed} of the {total} inputs of "
+                    f"{run} even with {min_budget} layer(s): they ran the minimum budget; a looser target, a faster "
+                    "device or shorter inputs would help",
+                    UnmeetableTargetWarning, stacklevel=2)
+        return tally.counts
+
+
+def _controller_for(model: Any, target: Target) -> BudgetController:
+    """The open-loop controller of a task module for ``target``'s profile, built on first use and kept."""
+    controllers: dict[str | None, BudgetController] | None = getattr(model, "_target_controllers", None)
+    if controllers is None:
+        controllers = model._target_controllers = {}
     needs_profile = target.kind in ("ms", "rtf")
-    if (controller is None or getattr(model, "_target_profile_path", None) != target.profile
-            or (needs_profile and controller.profile is None)):  # a FLOPs target's controller has no profile
+    controller = controllers.get(target.profile)
+    if controller is None or (needs_profile and controller.profile is None):  # a FLOPs target's has no profile
         profile = None
         if needs_profile:
             if target.profile:
                 profile = DeviceProfile.load(target.profile)
+                if profile.num_layers != model.num_layers:
+                    raise ValueError(f"device profile {target.profile!r} is of a {profile.num_layers}-layer model, "
+                                     f"not of this {model.num_layers}-layer one: profile this model with 'ldrop profile'")
             else:
                 from ldrop.runtime.adaptive import QUICK_GRID
                 from ldrop.runtime.profile import profile_model
 
                 warnings.warn("a time target without a profile: measuring a quick one now (pass "
-                              "profile: PATH from 'ldrop profile' to skip this)", stacklevel=2)
+                              "profile: PATH from 'ldrop profile' to skip this)", stacklevel=3)
                 profile = profile_model(model, **QUICK_GRID)
         selector = model.selector
         controller = BudgetController(
@@ -257,8 +309,34 @@ def target_budget(model: Any, sample_lengths: Tensor, target: Target | dict | st
             extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=False,
             min_budget=max(1, getattr(model, "prefix_layers", 0)),
         )
-        model._target_controller, model._target_profile_path = controller, target.profile
-    budget = controller.budgets(sample_lengths, target)
+        controllers[target.profile] = controller
+    return controller
+
+
+def target_decision(model: Any, sample_lengths: Tensor, target: Target | dict | str) -> BudgetDecision:
+    """The controller's :class:`BudgetDecision` for a task module under a target (open loop), on the CPU.
+
+    The controller is built on first use and kept on the model (one per profile): its profile is the
+    target's ``profile`` file if given, else (time targets only) a quick profile measured now. Early exit
+    takes one budget per batch, the tightest one (``predicted_seconds`` then is that budget's). While a
+    :class:`TargetTally` is open on the model, inputs that cannot meet the target are counted there (one
+    warning at the end of the run); otherwise each call warns.
+    """
+    target = Target.parse(target)
+    controller = _controller_for(model, target)
+    tally = getattr(model, "_target_tally", None)
+    decision = controller.decide(sample_lengths, target, warn=tally is None, _stacklevel=3)
     if getattr(model, "exit_layers", None):  # early exit takes one budget per batch: the tightest one
-        budget = budget.min().expand(len(budget)).clone()
-    return budget.to(sample_lengths.device)
+        budget = decision.budget.min().expand(len(decision.budget)).clone()
+        fixed, layer, _ = controller.costs(sample_lengths, target)
+        decision = BudgetDecision(budget, fixed + budget.to(torch.float64) * layer, decision.allowance,
+                                  decision.meets_target)
+    if tally is not None:
+        tally.add(target, decision, controller.min_budget)
+    return decision
+
+
+def target_budget(model: Any, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:
+    """The ``[batch]`` budget of a task module for a target (what ``predict`` uses; open loop), on the device
+    of ``sample_lengths`` (see :func:`target_decision`)."""
+    return target_decision(model, sample_lengths, target).budget.to(sample_lengths.device)

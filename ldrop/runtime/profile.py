@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ldrop._progress import Phase
+
 #: Fitted parts of a profile.
 PARTS = ("fixed", "layer")
 
@@ -191,13 +193,18 @@ class DeviceProfile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
+        """A profile from :meth:`to_dict`'s form, checked field by field.
+
+        Raises:
+            ValueError: ``"not an ldrop device profile: <what is wrong>; write one with 'ldrop profile'"``.
+        """
+        problem = _profile_problem(data)
+        if problem:
+            raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
         data = dict(data)
-        try:
-            data["fixed"] = PartFit(**data["fixed"])
-            data["layer"] = PartFit(**data["layer"])
-            return cls(**data)
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"not an ldrop device profile ({error}); write one with 'ldrop profile'") from error
+        data["fixed"] = PartFit(**{k: float(v) for k, v in data["fixed"].items()})
+        data["layer"] = PartFit(**{k: float(v) for k, v in data["layer"].items()})
+        return cls(**data)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the profile as JSON (atomically)."""
@@ -208,11 +215,70 @@ class DeviceProfile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DeviceProfile:
-        """Read a profile written by :meth:`save` or ``ldrop profile``."""
+        """Read a profile written by :meth:`save` or ``ldrop profile``.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: one line naming ``path`` and what is wrong: not UTF-8 text, not JSON (with the line
+                and column), or not a profile (a missing or mistyped field).
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"device profile {str(path)!r} is not a text file (not UTF-8); "
+                             "write one with 'ldrop profile'") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"device profile {str(path)!r} is not valid JSON ({error.msg} at line {error.lineno}, "
+                             f"column {error.colno}); write one with 'ldrop profile'") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"device profile {str(path)!r}: {error}") from None
+
+
+def _profile_problem(data: Any) -> str | None:
+    """What keeps ``data`` (parsed JSON) from being a :class:`DeviceProfile`, or ``None`` if nothing does."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not isinstance(data, dict):
+        return f"the JSON holds a {type(data).__name__}, not an object"
+    fields = {f.name for f in dataclasses.fields(DeviceProfile)}
+    required = {f.name for f in dataclasses.fields(DeviceProfile)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing, unknown = sorted(required - set(data)), sorted(set(data) - fields)
+    if missing:
+        return f"missing field(s) {missing}"
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    for part in PARTS:
+        fit = data[part]
+        names = [f.name for f in dataclasses.fields(PartFit)]
+        if not isinstance(fit, dict) or set(fit) - set(names):
+            return f"{part!r} must be an object with keys among {names}, got {fit!r}"
+        if not all(number(v) and v >= 0 for v in fit.values()):
+            return f"{part!r} coefficients must be finite numbers >= 0, got {fit!r}"
+    if not count(data["num_layers"]):
+        return f"'num_layers' must be an integer >= 1, got {data['num_layers']!r}"
+    kernel, stride = data["conv_kernel"], data["conv_stride"]
+    if not (isinstance(kernel, list) and isinstance(stride, list) and kernel and len(kernel) == len(stride)
+            and all(count(v) for v in kernel + stride)):
+        return f"'conv_kernel' and 'conv_stride' must be equally long lists of integers >= 1, got {kernel!r}, {stride!r}"
+    if "sample_rate" in data and not count(data["sample_rate"]):
+        return f"'sample_rate' must be an integer >= 1, got {data['sample_rate']!r}"
+    for name in ("device", "model", "validation"):
+        if name in data and not isinstance(data[name], dict):
+            return f"{name!r} must be an object, got {type(data[name]).__name__}"
+    if "measurements" in data and not isinstance(data["measurements"], list):
+        return f"'measurements' must be a list, got {type(data['measurements']).__name__}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -334,14 +400,16 @@ def validate_profile(profile: DeviceProfile, batches: Sequence[tuple[Tensor, Ten
         ``{"median_abs_relative_error", "max_abs_relative_error", "tolerance", "passed", "batches": [...]}``.
     """
     rows = []
-    for lengths, keep in batches:
-        measured = measure_batch(lengths, keep)
-        predicted = profile.predict(lengths, keep)
-        rows.append({
-            "batch": len(lengths), "seconds": [round(float(s), 3) for s in lengths / profile.sample_rate],
-            "layers_run": keep.sum(1).int().tolist(), "measured_ms": 1000 * measured,
-            "predicted_ms": 1000 * predicted, "relative_error": (predicted - measured) / measured,
-        })
+    with Phase("profiling: checking the fit", total=len(batches), unit="held-out batch") as phase:
+        for lengths, keep in batches:
+            measured = measure_batch(lengths, keep)
+            predicted = profile.predict(lengths, keep)
+            rows.append({
+                "batch": len(lengths), "seconds": [round(float(s), 3) for s in lengths / profile.sample_rate],
+                "layers_run": keep.sum(1).int().tolist(), "measured_ms": 1000 * measured,
+                "predicted_ms": 1000 * predicted, "relative_error": (predicted - measured) / measured,
+            })
+            phase.step()
     errors = [abs(r["relative_error"]) for r in rows]
     median = statistics.median(errors) if errors else float("nan")
     return {
@@ -407,13 +475,17 @@ def profile_model(
     # Rounds over the whole grid in a fresh random order, median per point: drift of the machine's speed
     # (other processes, clocks) then hits every length alike instead of biasing the fitted shape.
     order = random.Random(seed)
-    for _ in range(warmup):
-        for key in grid:
-            measure(*key)
     samples: dict[tuple[str, int, int], list[float]] = {key: [] for key in grid}
-    for _ in range(max(1, repeats)):
-        for key in order.sample(grid, len(grid)):
-            samples[key].append(float(measure(*key)))
+    with Phase(f"profiling: timing {len(grid)} grid points", total=(warmup + max(1, repeats)) * len(grid),
+               unit="measurement") as phase:
+        for _ in range(warmup):
+            for key in grid:
+                measure(*key)
+                phase.step()
+        for _ in range(max(1, repeats)):
+            for key in order.sample(grid, len(grid)):
+                samples[key].append(float(measure(*key)))
+                phase.step()
     points: dict[str, list[tuple[int, int, float]]] = {part: [] for part in PARTS}
     for (part, batch, frames), values in samples.items():
         points[part].append((batch, frames, statistics.median(values)))
@@ -477,6 +549,7 @@ def profile_main(argv: Sequence[str]) -> int:
 
     parser = ArgumentParser(
         prog="ldrop profile",
+        allow_abbrev=False,  # "--seconds" must not be reachable as "--sec": a typo is an error, not a guess
         description="Measure how long the fixed part (CNN, front end, selector, head) and one encoder layer of "
         "a model take on this device, dtype and thread count, over a grid of input lengths and sub-batch "
         "sizes; fit a cost model; report its accuracy on held-out batches; write it as JSON (the input of "
@@ -492,7 +565,9 @@ def profile_main(argv: Sequence[str]) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before them (default 1)")
     parser.add_argument("--validate", type=int, default=12, help="held-out random batches to check the fit on")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="the model's dtype: its weights are converted, so every activation is in it (bf16: as "
+                        "bf16-true, or AdaptiveModel on a model converted with .to(torch.bfloat16))")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="profile.json", help="output JSON (default profile.json)")

@@ -175,6 +175,20 @@ class LayerSelector(nn.Module, ABC):
         """Whether what :meth:`fit` learns is in place for the current weights (True when nothing needs it)."""
         return True
 
+    def fitted_for(self, budgets: Sequence[int]) -> bool:
+        """Whether what :meth:`fit` learns is in place for these budgets (default: :attr:`fitted`).
+
+        Without validation data (``Trainer.test(model, dataloaders=...)``) the task evaluates a selector that
+        is fitted for the budgets it needs as it is, instead of failing.
+        """
+        return self.fitted
+
+    @property
+    def fit_is_optional(self) -> bool:
+        """Whether the selector evaluates without :meth:`fit` (the fit only refines it, e.g. a fallback):
+        without validation data the task then runs it unfitted with a warning instead of failing."""
+        return False
+
     def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
         """Fit what the selector learns from validation data (thresholds, subsets) for these budgets.
 

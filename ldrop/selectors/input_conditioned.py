@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -12,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldrop._progress import Phase
+
 from .base import FittingData, SelectorInputs, SelectorOutput
 from .static import evenly_spaced_layers, greedy_subset_search
 from .topk import Objective, Relaxation, TopKSelector, calibrate_threshold, hard_topk_mask, threshold_mask
-
-log = logging.getLogger(__name__)
 
 #: Waveform samples per CNN feature-encoder frame of wav2vec2 / HuBERT / WavLM (20 ms at 16 kHz).
 CNN_FRAME_STRIDE = 320
@@ -49,6 +48,13 @@ class LogMelFrontend(nn.Module):
             n_mels=num_mels,
         )
 
+    def _apply(self, fn, recurse: bool = True):
+        # The filterbank stays float32 whatever the model's dtype (``model.to(torch.bfloat16)``, bf16-true):
+        # a bf16 power spectrum loses the small values the log needs. forward returns the input's dtype.
+        super()._apply(fn, recurse)
+        self.melspec.float()
+        return self
+
     def num_frames(self, num_samples: Tensor) -> Tensor:
         """Frames produced for ``num_samples`` samples (centred windows), same shape as the input."""
         return torch.div(num_samples, self.hop_length, rounding_mode="floor") + 1
@@ -61,11 +67,13 @@ class LogMelFrontend(nn.Module):
             lengths: ``[batch]`` real samples per waveform, or ``None`` when none is padded.
 
         Returns:
-            ``(features, frame_mask)``: ``[batch, frames, num_mels]`` and ``[batch, frames]`` bool.
+            ``(features, frame_mask)``: ``[batch, frames, num_mels]`` in the dtype of ``waveforms`` (computed in
+            float32) and ``[batch, frames]`` bool.
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must have shape [batch, samples], got {list(waveforms.shape)}")
-        features = torch.log(self.melspec(waveforms.float()) + 1e-6).transpose(1, 2)
+        with torch.autocast(waveforms.device.type, enabled=False):  # float32 even under bf16-mixed (see _apply)
+            features = torch.log(self.melspec(waveforms.float()) + 1e-6).transpose(1, 2).to(waveforms.dtype)
         if lengths is None:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], device=waveforms.device)
         frames = self.num_frames(lengths.to(waveforms.device)).clamp(max=features.shape[1])
@@ -359,6 +367,8 @@ class InputConditionedSelector(TopKSelector):
     @torch.no_grad()
     def _track_statistics(self, z_all: Tensor, momentum: float) -> None:
         """Fold the batch statistics of ``z_all [batch, rows, layers]`` into the running statistics."""
+        # in the buffers' dtype: under autocast (bf16-mixed) the scores are bf16, the buffers float32
+        z_all = z_all.to(self.running_mean.dtype)
         self.running_mean.lerp_(z_all.mean(0), momentum)
         self.running_var.lerp_(z_all.var(0, unbiased=True), momentum)
         self.num_batches_tracked += 1
@@ -525,6 +535,20 @@ class InputConditionedSelector(TopKSelector):
             return all(self.is_calibrated(k) for k in range(1, self.num_layers))
         return not self.fallback or bool(self.fallback_report())
 
+    def fitted_for(self, budgets: Sequence[int]) -> bool:
+        """Threshold mode: these budgets calibrated; top-k with ``fallback``: their decisions taken (budgets
+        with nothing to decide, ``k = N`` and ``k <= j``, always count as fitted)."""
+        budgets = [int(k) for k in budgets if int(k) < self.num_layers]
+        if self.mode == "threshold":
+            return all(self.is_calibrated(k) for k in budgets)
+        decided = self.fallback_report()
+        return not self.fallback or all(k in decided for k in budgets if k > self.prefix_layers)
+
+    @property
+    def fit_is_optional(self) -> bool:
+        """Top-k mode: the fit only decides the fallback; undecided budgets read the input (``fallback: false``)."""
+        return self.mode == "topk"
+
     @property
     def needs_fitting(self) -> bool:
         """Threshold mode needs its thresholds calibrated on validation data; top-k mode fits its fallback."""
@@ -584,41 +608,46 @@ class InputConditionedSelector(TopKSelector):
             # prefix (input="layers"): nothing to decide
             j = self.prefix_layers
             budgets = sorted({k for k in budgets if j < k < self.num_layers})
+            if not budgets:
+                return
             searched = (greedy_subset_search(data.metric_with_layers, self.num_layers, budgets,
-                                             data.higher_is_better) if self.fallback_search and budgets else {})
-            for k in budgets:
-                counts: Counter[tuple[int, ...]] = Counter()
+                                             data.higher_is_better) if self.fallback_search else {})
+            with Phase("input-conditioned fallback: its own masks against input-blind ones on validation data",
+                       total=len(budgets), unit="budget") as phase:
+                for k in budgets:
+                    counts: Counter[tuple[int, ...]] = Counter()
 
-                def own(batch: SelectorInputs, k: int = k, counts: Counter = counts) -> Tensor:
-                    masks = self._own_masks(batch, k)
-                    counts.update(tuple(row.nonzero().flatten().tolist()) for row in masks.bool().cpu())
-                    return masks
+                    def own(batch: SelectorInputs, k: int = k, counts: Counter = counts) -> Tensor:
+                        masks = self._own_masks(batch, k)
+                        counts.update(tuple(row.nonzero().flatten().tolist()) for row in masks.bool().cpu())
+                        return masks
 
-                own_metric = data.metric_with_masks(own)
-                candidates = [tuple(range(k)), tuple(evenly_spaced_layers(self.num_layers, k))]
-                if k in searched:
-                    candidates.insert(0, tuple(searched[k]))
-                schedule = self.schedule_mask(k)
-                if schedule is not None:
-                    candidates.insert(0, tuple(schedule.nonzero().flatten().tolist()))
-                candidates += [mask for mask, _ in counts.most_common(FALLBACK_COMMON_MASKS)]
-                # the engine continues from the prefix only for masks that keep it
-                candidates = [c for c in candidates if set(range(j)) <= set(c)]
-                blind_layers, blind_metric = None, -math.inf
-                for layers in dict.fromkeys(candidates):  # distinct, in order: ties go to the earlier one
-                    value = float(data.metric_with_layers(list(layers)))
-                    if blind_layers is None or sign * value > sign * blind_metric:
-                        blind_layers, blind_metric = layers, value
-                uses_input = sign * (own_metric - blind_metric) > self.fallback_margin
-                self.uses_input[k - 1] = uses_input
-                self.blind_masks[k - 1] = False
-                self.blind_masks[k - 1, list(blind_layers)] = True
-                self.fallback_metrics[k - 1] = torch.tensor([own_metric, blind_metric])
+                    own_metric = data.metric_with_masks(own)
+                    candidates = [tuple(range(k)), tuple(evenly_spaced_layers(self.num_layers, k))]
+                    if k in searched:
+                        candidates.insert(0, tuple(searched[k]))
+                    schedule = self.schedule_mask(k)
+                    if schedule is not None:
+                        candidates.insert(0, tuple(schedule.nonzero().flatten().tolist()))
+                    candidates += [mask for mask, _ in counts.most_common(FALLBACK_COMMON_MASKS)]
+                    # the engine continues from the prefix only for masks that keep it
+                    candidates = [c for c in candidates if set(range(j)) <= set(c)]
+                    blind_layers, blind_metric = None, -math.inf
+                    for layers in dict.fromkeys(candidates):  # distinct, in order: ties go to the earlier one
+                        value = float(data.metric_with_layers(list(layers)))
+                        if blind_layers is None or sign * value > sign * blind_metric:
+                            blind_layers, blind_metric = layers, value
+                    uses_input = sign * (own_metric - blind_metric) > self.fallback_margin
+                    self.uses_input[k - 1] = uses_input
+                    self.blind_masks[k - 1] = False
+                    self.blind_masks[k - 1, list(blind_layers)] = True
+                    self.fallback_metrics[k - 1] = torch.tensor([own_metric, blind_metric])
+                    phase.step(f"k={k}: {'input' if uses_input else 'blind'} ({own_metric:.4g} vs {blind_metric:.4g})")
+                phase.done("; ".join(
+                    f"k={k}: {'input' if r['uses_input'] else 'blind ' + str(r['blind_layers'])} "
+                    f"({r['input']:.4g} vs {r['blind']:.4g})" for k, r in self.fallback_report().items()))
         finally:
             self.train(was_training)
-        log.info("input-conditioned fallback (reading the input vs the best input-blind mask on validation): %s",
-                 "; ".join(f"k={k}: {'input' if r['uses_input'] else 'blind ' + str(r['blind_layers'])} "
-                           f"({r['input']:.4g} vs {r['blind']:.4g})" for k, r in self.fallback_report().items()))
 
     def fallback_report(self) -> dict[int, dict]:
         """The fallback's decision per decided budget ``k``.

@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ldrop._progress import Phase
+
 from .base import FittingData, LayerSelector, SelectorOutput
 
 SubsetRule = Literal["first", "evenly_spaced", "last"]
@@ -60,15 +62,19 @@ def greedy_subset_search(
     sign = 1.0 if higher_is_better else -1.0
     subset = list(range(num_layers))
     found = {num_layers: list(subset)} if num_layers in wanted else {}
-    while len(subset) > wanted[0]:
-        best_layer, best_value = subset[0], -float("inf")
-        for layer in subset:
-            value = sign * float(evaluate([other for other in subset if other != layer]))
-            if value > best_value:
-                best_layer, best_value = layer, value
-        subset.remove(best_layer)
-        if len(subset) in wanted:
-            found[len(subset)] = list(subset)
+    removals = num_layers - wanted[0]
+    with Phase(f"greedy subset search ({removals * (2 * num_layers - removals + 1) // 2} evaluations)",
+               total=removals, unit="layer removal") as phase:
+        while len(subset) > wanted[0]:
+            best_layer, best_value = subset[0], -float("inf")
+            for layer in subset:
+                value = sign * float(evaluate([other for other in subset if other != layer]))
+                if value > best_value:
+                    best_layer, best_value = layer, value
+            subset.remove(best_layer)
+            if len(subset) in wanted:
+                found[len(subset)] = list(subset)
+            phase.step(f"k={len(subset)}: {subset}")
     return found
 
 
@@ -103,6 +109,8 @@ class StaticSelector(LayerSelector):
         super().__init__(num_layers, feature_dim)
         self.search = bool(search)
         self.register_buffer("subset_masks", torch.zeros(num_layers, num_layers, dtype=torch.bool))
+        #: Budgets (row ``k - 1``) whose subset the search of :meth:`fit` installed.
+        self.register_buffer("searched", torch.zeros(num_layers, dtype=torch.bool))
         if isinstance(subsets, str):
             rules = {
                 "first": lambda k: list(range(k)),
@@ -135,11 +143,28 @@ class StaticSelector(LayerSelector):
         """With ``search``, the subsets are searched on validation data before evaluation."""
         return self.search
 
+    @property
+    def fitted(self) -> bool:
+        """With ``search``: every budget's subset searched."""
+        return self.fitted_for(range(1, self.num_layers + 1))
+
+    def fitted_for(self, budgets: Sequence[int]) -> bool:
+        """With ``search``: the subsets of these budgets searched (the full budget needs no search)."""
+        return not self.search or all(bool(self.searched[int(k) - 1]) for k in budgets if int(k) < self.num_layers)
+
     @torch.no_grad()
     def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
         """Greedy backward elimination of the best fixed subset per budget on ``data``'s metric."""
-        self.set_subsets(greedy_subset_search(data.metric_with_layers, self.num_layers, budgets,
-                                              higher_is_better=data.higher_is_better))
+        found = greedy_subset_search(data.metric_with_layers, self.num_layers, budgets,
+                                     higher_is_better=data.higher_is_better)
+        self.set_subsets(found)
+        for k in found:
+            self.searched[int(k) - 1] = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints from before the search was recorded: nothing searched (searched again before evaluation)
+        state_dict.setdefault(prefix + "searched", torch.zeros_like(self.searched))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_subsets(self, subsets: dict[int, list[int]]) -> None:
         """Install ``{budget: layers}``; budgets not named keep their current subset.

@@ -9,6 +9,7 @@ torchmetrics aggregation metrics, so under DDP the sweep covers the whole test s
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchmetrics import CatMetric, SumMetric
 
+from ldrop._progress import Phase
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
 from ldrop.sweeps.headroom import all_subsets, candidate_masks, num_subsets
 from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_rows, write_sweep
 from ldrop.tasks.base import LayerDropTask
 from ldrop.tasks.budget import Target, budget_list
+from ldrop.tasks.precision import precision_context, to_model_precision
 
 _base_item_errors = LayerDropTask.item_errors
 
@@ -69,7 +72,10 @@ class BudgetSweep(L.Callback):
             best single mask for every input, over all ``C(N, k)`` masks when there are at most
             ``static_oracle_max_masks``), as ``<metric>_input_oracle`` / ``<metric>_static_oracle``
             columns. ``None``: on for selectors whose masks depend on the input. Needs the task's
-            ``item_errors``; scored on the test split.
+            ``item_errors``; scored on the test split and again on the validation split. Its cost: per batch
+            and budget ``k``, ``headroom_candidates`` extra passes through ``k`` layers, plus ``C(N, k)`` for
+            the static oracle; for a 12-layer model over every budget that is about 20 times the layer work
+            of the plain sweep, on both splits (about 40 times the plain sweep in all). ``false`` skips it.
         headroom_candidates: candidate masks per input of the per-input oracle.
         static_oracle_max_masks: budgets with more ``k``-layer masks than this get no static oracle.
     """
@@ -109,6 +115,19 @@ class BudgetSweep(L.Callback):
         pl_module.fit_on_validation_data(self.budget_layers)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._setup_state(pl_module)
+        if self.targets:
+            from ldrop.runtime.controller import TargetTally  # the runtime package is only needed for targets
+
+            TargetTally.open(pl_module)  # inputs that cannot meet a target: one warning for the whole sweep
+        batches = sum(trainer.num_test_batches) if trainer.num_test_batches else math.inf
+        extras = [name for name, on in (("controls", self._controls), ("headroom oracles", self._headroom),
+                                        (f"{len(self.targets)} target(s)", bool(self.targets))) if on]
+        self._phase = Phase(f"budget sweep: {len(self.budget_layers)} budget(s)" + "".join(f" + {e}" for e in extras),
+                            total=None if math.isinf(batches) else int(batches), unit="test batch").__enter__()
+
+    def _setup_state(self, pl_module: Any) -> None:
+        """Fresh aggregation metrics for one test epoch."""
         selector = pl_module.selector
         self._repeats = self.repeats if selector is not None and selector.random_at_eval else 1
         self._controls = self.controls and selector is not None and selector.input_dependent
@@ -149,7 +168,12 @@ class BudgetSweep(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         """``outputs`` is the encoded batch the task's ``test_step`` returns."""
-        encoded = outputs
+        with precision_context(pl_module):  # a callback runs outside test_step's autocast: score as it would
+            self._score_batch(pl_module, outputs, batch, batch_idx)
+        self._phase.step()
+
+    def _score_batch(self, pl_module: Any, encoded: Any, batch: Any, batch_idx: int) -> None:
+        """Score one encoded test batch at every budget (and its controls, oracles and targets)."""
         self._sync(pl_module)
         seconds_fixed = time.perf_counter() - self._start
         self.totals["seconds_fixed"].update(seconds_fixed)
@@ -220,13 +244,19 @@ class BudgetSweep(L.Callback):
             log.warning("headroom on validation data needs a datamodule: scored on the test split only")
             return
         datamodule.setup("validate")
-        for batch_idx, batch in enumerate(datamodule.val_dataloader()):
-            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-            encoded = pl_module.encode(batch.waveforms, batch.lengths)
-            for k in self.budget_layers:
-                _, keep, _ = pl_module.logits_at_budget(encoded, k)
-                own = (keep.detach() > 0.5).float()
-                self._score_headroom(pl_module, batch, encoded, k, own, batch_idx, self.oracle["val"][k])
+        loader = datamodule.val_dataloader()
+        total = len(loader) if hasattr(loader, "__len__") else None
+        with Phase("headroom on the validation split (sweep.headroom: false skips it)", total=total,
+                   unit="validation batch") as phase:
+            for batch_idx, batch in enumerate(loader):
+                batch = to_model_precision(pl_module, pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
+                with precision_context(pl_module):
+                    encoded = pl_module.encode(batch.waveforms, batch.lengths)
+                    for k in self.budget_layers:
+                        _, keep, _ = pl_module.logits_at_budget(encoded, k)
+                        own = (keep.detach() > 0.5).float()
+                        self._score_headroom(pl_module, batch, encoded, k, own, batch_idx, self.oracle["val"][k])
+                phase.step()
 
     def _oracle_columns(self, trainer: L.Trainer, pl_module: Any, state: dict, suffix: str = "") -> dict[str, float]:
         """``<metric>_input_oracle``, ``<metric>_static_oracle`` (and, on validation, the selector's own
@@ -341,6 +371,11 @@ class BudgetSweep(L.Callback):
         return rows, usage
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._phase.__exit__(None, None, None)
+        if self.targets:
+            from ldrop.runtime.controller import TargetTally
+
+            TargetTally.close(pl_module, "the target sweep")
         if self._headroom:
             self._score_validation(trainer, pl_module)
         rows, usage = self.sweep_rows(trainer, pl_module)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,8 +97,12 @@ class Target:
     def parse(cls, spec: Target | dict[str, Any] | str) -> Target:
         """A target from ``{"rtf": 0.1}`` (optionally with ``"profile": PATH``), ``"rtf=0.1"`` or a Target.
 
+        A profile file is read and checked here, when the target is parsed (before any model runs).
+
         Raises:
-            ValueError: no or several target keys, an unknown key, or a value that is not a number > 0.
+            ValueError: no or several target keys, an unknown key, a value that is not a number > 0, or a
+                profile file that is not a device profile (naming the file and what is wrong).
+            FileNotFoundError: no profile file at the given path.
         """
         if isinstance(spec, Target):
             return spec
@@ -122,7 +127,34 @@ class Target:
             raise ValueError(f"target {kind} must be a number, got {raw!r}") from None
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"target {kind} must be a finite number above 0, got {raw!r}")
-        return cls(kind, value, None if profile is None else str(profile))
+        if profile is not None:
+            if not isinstance(profile, str | os.PathLike) or not str(profile):
+                raise ValueError(f"target profile must be the path of a device profile, got {profile!r}")
+            profile = str(profile)
+            _check_profile_file(profile)
+        return cls(kind, value, profile)
+
+
+#: Profile files already checked, by (absolute path, modification time, size): parsing the same target again
+#: (each call of a streaming model) does not read the file again unless it changed.
+_CHECKED_PROFILES: set[tuple[str, int, int]] = set()
+
+
+def _check_profile_file(path: str) -> None:
+    """Raise (naming ``path``) unless it is a readable device profile; see ``DeviceProfile.load``."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = None
+    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size) if stat is not None else None
+    if key is not None and key in _CHECKED_PROFILES:
+        return
+    # The profile's schema lives with the cost model (the runtime); the target only names its file.
+    from ldrop.runtime.profile import DeviceProfile
+
+    DeviceProfile.load(path)
+    if key is not None:
+        _CHECKED_PROFILES.add(key)
 
 
 def is_target(budget: Any) -> bool:

@@ -8,7 +8,7 @@ is specific to exiting early.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,6 +72,12 @@ class EarlyExit(nn.Module):
     def needs_fitting(self) -> bool:
         """The confidence policy calibrates its thresholds on validation data."""
         return self.config.policy == "confidence"
+
+    def fitted_for(self, budgets: Sequence[int]) -> bool:
+        """Whether these budgets have calibrated thresholds (the full budget needs none; only the confidence
+        policy needs them)."""
+        return not self.needs_fitting or all(not math.isnan(float(self.thresholds[int(k) - 1]))
+                                             for k in budgets if int(k) < self.num_layers)
 
     def head_for(self, exit_layer: int | None = None) -> nn.Module:
         """The head reading the output of ``exit_layer`` (default: the last layer)."""

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ldrop.engine.flops import count_forward_flops
-from ldrop.tasks.budget import is_target
+from ldrop.tasks.budget import Budget, Target, budget_to_layers, is_target
 from ldrop.tasks.gating import EncodedBatch
 
 
@@ -18,11 +18,17 @@ class PredictionMixin:
     """The predict side of :class:`~ldrop.tasks.LayerDropTask` (mixed into it)."""
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per input: id, output (transcript or label), executed layers and GFLOPs.
+        """Per input: id, output (transcript or label), the budget it was given, executed layers and GFLOPs.
+
+        Under a target (``predict_budget: {rtf: 0.1}``, ...) a record also says which target applied
+        (``target``, e.g. ``"rtf=0.1"``), whether the controller predicted the input to meet it
+        (``meets_target``) and, for time targets, the predicted time (``predicted_ms``: the input's share of
+        the batch's predicted time at its budget, from the device profile).
 
         Inputs longer than ``predict_chunk_seconds`` are predicted in chunks (:meth:`predict_long`); their
-        record also lists the chunks (``start_s``, ``end_s``, ``executed_layers``), ``executed_layers`` is the
-        union over chunks and ``gflops`` the sum.
+        record also lists the chunks (``start_s``, ``end_s``, ``budget``, ``executed_layers``),
+        ``executed_layers`` is the union over chunks, ``gflops`` and ``predicted_ms`` the sums, ``budget`` the
+        smallest chunk budget and ``meets_target`` whether every chunk meets it.
         """
         long_rows = [i for i, n in enumerate(batch.lengths.tolist()) if len(self.chunk_spans(n)) > 1]
         if not long_rows:
@@ -41,18 +47,65 @@ class PredictionMixin:
                                            chunks_per_pass=len(batch))
         return records  # type: ignore[return-value]
 
+    def on_predict_epoch_start(self) -> None:
+        from ldrop.runtime.controller import TargetTally  # the runtime package is only needed for targets
+
+        if self.predict_target() is not None:  # unmeetable inputs are counted over the run, warned once at its end
+            TargetTally.open(self)
+
+    def on_predict_epoch_end(self) -> None:
+        if getattr(self, "_target_tally", None) is not None:
+            from ldrop.runtime.controller import TargetTally
+
+            TargetTally.close(self, "this predict run")
+
+    def predict_target(self) -> Target | None:
+        """``predict_budget`` as a :class:`~ldrop.tasks.budget.Target`, or ``None`` when it is a layer budget.
+
+        Parsed (and its profile file checked) once per value, not once per batch.
+        """
+        budget = self.hparams.predict_budget
+        if not is_target(budget):
+            return None
+        cached = getattr(self, "_predict_target_cache", None)
+        if cached is None or cached[0] != budget:
+            cached = (dict(budget) if isinstance(budget, dict) else budget, Target.parse(budget))
+            self._predict_target_cache = cached
+        return cached[1]
+
     def predict_budget_for(self, encoded: EncodedBatch) -> int | float | Tensor:
         """``predict_budget`` for an encoded batch; a target (``{rtf: 0.1}``, ...) becomes a per-input budget."""
-        budget = self.hparams.predict_budget
-        if is_target(budget):  # a latency / real-time / FLOPs target: the controller picks k per input
-            from ldrop.runtime.controller import target_budget
+        return self.predict_budget_with_fields(encoded.lengths)[0]
 
-            return target_budget(self, encoded.lengths, budget)
-        return budget
+    def predict_budget_with_fields(self, lengths: Tensor) -> tuple[Budget, list[dict[str, Any]]]:
+        """``predict_budget`` for inputs of ``lengths`` samples and, per input, what a record says about it.
+
+        Returns:
+            ``(budget, fields)``: the budget ``logits_at_budget`` takes (a ``[batch]`` tensor under a target:
+            the controller picks ``k`` per input) and per input ``{"budget": k}``, plus under a target
+            ``"target"``, ``"meets_target"`` and (time targets) ``"predicted_ms"``.
+        """
+        target = self.predict_target()
+        if target is None:
+            budget = self.hparams.predict_budget
+            return budget, [{"budget": budget_to_layers(budget, self.num_layers)} for _ in range(len(lengths))]
+        from ldrop.runtime.controller import target_decision
+
+        decision = target_decision(self, lengths, target)
+        name = f"{target.kind}={target.value:g}"
+        fields = []
+        for k, meets, predicted in zip(decision.budget.tolist(), decision.meets_target.tolist(),
+                                       decision.predicted_seconds.tolist(), strict=True):
+            field: dict[str, Any] = {"budget": k, "target": name, "meets_target": meets}
+            if target.kind in ("ms", "rtf"):  # a FLOPs target's prediction is the exact "gflops" of the record
+                field["predicted_ms"] = 1000.0 * predicted
+            fields.append(field)
+        return decision.budget.to(lengths.device), fields
 
     def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
         encoded = self.encode(waveforms, lengths)
-        logits, keep, _ = self.logits_at_budget(encoded, self.predict_budget_for(encoded))
+        budget, fields = self.predict_budget_with_fields(encoded.lengths)
+        logits, keep, _ = self.logits_at_budget(encoded, budget)
         hard = (keep.detach() > 0.5).float()
         selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
         flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
@@ -61,8 +114,10 @@ class PredictionMixin:
             {
                 "id": item_id,
                 "output": output,
+                "budget": fields[i].pop("budget"),
                 "executed_layers": hard[i].nonzero().flatten().tolist(),
                 "gflops": float(flops[i]) / 1e9,
+                **fields[i],
             }
             for i, (item_id, output) in enumerate(zip(ids, outputs, strict=True))
         ]
@@ -137,6 +192,7 @@ class PredictionMixin:
         spans = self.chunk_spans(int(waveform.shape[0]))
         chunk_logits: list[Tensor] = []
         chunks: list[dict[str, Any]] = []
+        chunk_fields: list[dict[str, Any]] = []
         total_flops = 0.0
         rate = self.sample_rate
         for first in range(0, len(spans), max(1, chunks_per_pass)):
@@ -146,7 +202,8 @@ class PredictionMixin:
             for row, (start, end) in enumerate(group):
                 waves[row, : end - start] = waveform[start:end]
             encoded = self.encode(waves, lengths)
-            logits, keep, _ = self.logits_at_budget(encoded, self.predict_budget_for(encoded))
+            budget, fields = self.predict_budget_with_fields(encoded.lengths)
+            logits, keep, _ = self.logits_at_budget(encoded, budget)
             hard = (keep.detach() > 0.5).float()
             selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
             flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
@@ -154,16 +211,24 @@ class PredictionMixin:
             frames = encoded.frame_mask.sum(1).tolist()
             for row, (start, end) in enumerate(group):
                 chunk_logits.append(logits[row] if logits.dim() == 2 else logits[row, : frames[row]])
-                chunks.append({"start_s": start / rate, "end_s": end / rate,
+                chunks.append({"start_s": start / rate, "end_s": end / rate, "budget": fields[row]["budget"],
                                "executed_layers": hard[row].nonzero().flatten().tolist()})
+                chunk_fields.append(fields[row])
         merged = self.merge_chunk_logits(chunk_logits, spans)
         frame_mask = torch.ones(merged.shape[:2] if merged.dim() == 3 else (1, 1), dtype=torch.bool,
                                 device=merged.device)
         layers = sorted({layer for chunk in chunks for layer in chunk["executed_layers"]})
-        return {
+        record: dict[str, Any] = {
             "id": item_id,
             "output": self.decode(merged, frame_mask)[0],
+            "budget": min(field["budget"] for field in chunk_fields),
             "executed_layers": layers,
             "gflops": total_flops / 1e9,
-            "chunks": chunks,
         }
+        if "target" in chunk_fields[0]:
+            record["target"] = chunk_fields[0]["target"]
+            record["meets_target"] = all(field["meets_target"] for field in chunk_fields)
+            if "predicted_ms" in chunk_fields[0]:
+                record["predicted_ms"] = sum(field["predicted_ms"] for field in chunk_fields)
+        record["chunks"] = chunks
+        return record

@@ -13,6 +13,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from ldrop.tasks.precision import precision_context
+
 
 class SelectorStatistics(L.Callback):
     """Re-estimates ``pl_module.selector``'s statistics (if it :attr:`tracks_statistics`) on recent inputs.
@@ -46,8 +48,9 @@ class SelectorStatistics(L.Callback):
             return
         selector = pl_module.selector
         selector.reset_statistics()
-        for features, frame_mask, waveforms, lengths in self.recent:
-            selector.update_statistics(features, frame_mask, waveforms=waveforms, lengths=lengths)
+        with precision_context(pl_module):  # outside the step methods: the trainer's precision, as in training
+            for features, frame_mask, waveforms, lengths in self.recent:
+                selector.update_statistics(features, frame_mask, waveforms=waveforms, lengths=lengths)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":

@@ -8,6 +8,7 @@ a new config is covered without editing this file.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,13 @@ from ldrop.cli import main
 from ldrop.sweeps import load_sweep
 from tests.cli.test_configs import BACKBONES, CONFIGS, DATA, METHODS, roots  # noqa: F401 (roots: fixture)
 
-#: One step of everything, no logger, no progress bar, CPU float32 (the shipped data configs ask bf16).
+#: One step of everything, no logger, no progress bar, on the CPU. The precision is the config's own: the
+#: shipped data configs ask bf16-mixed (which every x86-64 CPU runs), the quickstarts Lightning's 32-true.
 QUICK = ["--trainer.max_steps", "1", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
          "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.val_check_interval",
          "null", "--trainer.check_val_every_n_epoch", "1", "--trainer.num_sanity_val_steps", "0",
          "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-         "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu", "--trainer.precision",
-         "32-true"]
+         "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
 
 
 def fit_and_test(configs: list[Path | str], tmp_path: Path, *overrides: str) -> list[dict]:
@@ -123,3 +124,49 @@ def test_freeze_decides_which_weights_a_training_step_changes(freeze, tmp_path):
     assert any(not n.startswith("backbone.") for n in changed)  # the head always trains
     assert bool(changed & cnn) == (freeze == "none")
     assert bool(changed & rest_of_backbone) == (freeze != "backbone")
+
+
+#: Per precision a user can pick and every x86-64 CPU runs, an input-conditioned variant with its own
+#: fitting on validation data: the fallback (top-k), threshold calibration, the fallback's greedy search on
+#: the selector's own filterbank (whose STFT must stay float32 inside a bf16 model).
+PRECISIONS = {
+    "32-true": [],
+    "bf16-mixed": ["--model.init_args.selector.init_args.mode", "threshold"],
+    "bf16-true": ["--model.init_args.selector.init_args.input", "fbank",
+                  "--model.init_args.selector.init_args.fallback_search", "true"],
+}
+
+
+@pytest.mark.parametrize("precision", sorted(PRECISIONS))
+def test_each_precision_fits_tests_with_controls_headroom_and_targets_then_predicts(precision, tmp_path):
+    common = [*TINY_SET, "--data.init_args.num_val", "8", "--trainer.precision", precision, *PRECISIONS[precision]]
+    rows = fit_and_test([QUICKSTART], tmp_path, *common, "--sweep.controls", "true", "--sweep.headroom", "true",
+                        "--sweep.targets", "[{gflops_per_second: 0.02}]")
+    for column in ("acc", "acc_shuffled", "acc_most_common", "acc_input_oracle", "acc_static_oracle", "acc_val",
+                   "acc_input_oracle_val"):
+        assert all(0.0 <= row[column] <= 1.0 for row in rows), column
+    targets = json.loads((tmp_path / "test" / "target_sweep.json").read_text())
+    assert len(targets) == 1 and 0.0 <= targets[0]["acc"] <= 1.0
+    out = tmp_path / "predictions.jsonl"
+    main(["predict", "--config", str(QUICKSTART), *QUICK, *common, "--trainer.default_root_dir", str(tmp_path / "p"),
+          "--ckpt_path", str(tmp_path / "fit" / "checkpoints" / "last.ckpt"),
+          "--model.init_args.predict_budget", "{gflops_per_second: 0.02}", "--predictions.output", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 16 and all(r["target"] == "gflops_per_second=0.02" and r["budget"] >= 1 for r in records)
+
+
+def test_a_base_size_backbone_fits_and_tests_as_shipped(roots, tmp_path):  # noqa: F811
+    """Base geometry (12 layers of 768, random weights) under the data config's own bf16-mixed, one step."""
+    data, backbone = CONFIGS / "data" / "speechcommands.yaml", CONFIGS / "backbone" / "wavlm-base-plus.yaml"
+    assert yaml.safe_load(data.read_text())["trainer"]["precision"] == "bf16-mixed"
+    overrides = [*_data_overrides(data, backbone, roots), "--model.init_args.backbone", "random:wavlm",
+                 # two budgets, no fitting on validation data, no controls or oracles: each is dozens of
+                 # base-size forward passes on the CPU, and the tiny compositions run them all
+                 "--sweep.budgets", "[0.5, 1.0]", "--model.init_args.selector.init_args.fallback", "false",
+                 "--sweep.controls", "false", "--sweep.headroom", "false",
+                 # one 380 MB weights-only checkpoint instead of two with optimiser state
+                 "--checkpoint.save_top_k", "0", "--checkpoint.save_weights_only", "true"]
+    rows = fit_and_test([data, backbone, CONFIGS / "method" / "input-conditioned.yaml"], tmp_path, *overrides)
+    assert [row["budget_layers"] for row in rows] == [6, 12]
+    assert all(0.0 <= row["acc"] <= 1.0 for row in rows)
+    assert rows[0]["executed_layers"] == 6 and rows[0]["gflops_per_utterance"] < rows[1]["gflops_per_utterance"]

@@ -134,3 +134,30 @@ def test_load_model_warns_when_the_selector_still_needs_its_validation_fit(tiny_
     data.setup("validate")
     model.fit_on_dataloader(data.val_dataloader())
     assert model.selector.fitted and set(model.selector.fallback_report()) == set(range(1, model.num_layers))
+
+
+def _fbank_task():
+    import functools
+
+    from ldrop.selectors import InputConditionedSelector
+    from ldrop.tasks import ClassificationTask
+
+    torch.manual_seed(0)
+    return ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm", selector=functools.partial(
+        InputConditionedSelector, input="fbank", hidden_dim=8, fallback=False))
+
+
+@pytest.mark.parametrize("precision", ["bf16 weights", "autocast"])
+def test_a_bf16_model_or_autocast_runs_targets_end_to_end_with_float32_logits(precision):
+    task = _fbank_task()  # its filterbank stays float32 inside a bf16 model
+    model = (AdaptiveModel(task.to(torch.bfloat16)) if precision == "bf16 weights"
+             else AdaptiveModel(task, autocast=torch.bfloat16))
+    for target in ({"gflops_per_second": 0.025}, {"rtf": 1.0}):  # the rtf target measures a quick profile
+        out = model(torch.randn(16000), target)
+        assert out.outputs[0] in ("a", "b") and out.logits.dtype == torch.float32
+    assert model.profile.device["dtype"] == ("bfloat16" if precision == "bf16 weights" else "float32")
+
+
+def test_autocast_must_be_a_dtype():
+    with pytest.raises(ValueError, match="autocast must be a torch dtype"):
+        AdaptiveModel(_fbank_task(), autocast="bf16")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from ldrop.runtime import DeviceProfile, PartFit, fit_part, profile_model
+from ldrop.runtime import DeviceProfile, PartFit, Target, fit_part, profile_model
 from ldrop.runtime.profile import random_batches
 from ldrop.selectors import InputConditionedSelector
 from ldrop.tasks import ClassificationTask
@@ -93,6 +95,52 @@ def test_a_file_that_is_not_a_profile_is_named(tmp_path):
         DeviceProfile.load(tmp_path / "missing.json")
 
 
+BAD_PROFILES = {
+    "not-json": ("{rtf: 0.1", "not valid JSON"),
+    "binary": (b"\x89PNG\r\n\x1a\n\xff\xfe", "not a text file"),
+    "a-list": ("[1, 2]", "holds a list, not an object"),
+    "missing-fields": ('{"fixed": {"overhead": 0.001}}', "missing field(s)"),
+    "bad-coefficient": (json.dumps({**synthetic_profile().to_dict(), "layer": {"overhead": "fast"}}),
+                        "'layer' coefficients must be finite numbers"),
+    "bad-layers": (json.dumps({**synthetic_profile().to_dict(), "num_layers": 0}), "'num_layers' must be"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PROFILES))
+def test_a_damaged_profile_is_refused_when_the_target_is_parsed_naming_the_file(name, tmp_path):
+    content, problem = BAD_PROFILES[name]
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for load in (lambda: Target.parse({"rtf": 0.1, "profile": str(path)}), lambda: DeviceProfile.load(path)):
+        with pytest.raises(ValueError) as error:
+            load()
+        assert str(path) in str(error.value) and problem in str(error.value)
+        assert "\n" not in str(error.value)
+
+
+def test_a_valid_profile_passes_the_parse_and_a_missing_one_is_named(tmp_path):
+    path = synthetic_profile().save(tmp_path / "p.json")
+    assert Target.parse({"ms": 80, "profile": str(path)}).profile == str(path)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        Target.parse({"rtf": 0.1, "profile": str(tmp_path / "missing.json")})
+
+
+def test_the_cli_prints_a_damaged_profile_as_one_line_before_any_work(tmp_path, capsys):
+    from ldrop.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{rtf: 0.1")
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    for option in (["--model.init_args.predict_budget", f"{{rtf: 0.1, profile: {bad}}}"],
+                   ["--sweep.targets", f"[{{rtf: 0.1, profile: {bad}}}]"]):
+        code = main(["test", "--config", str(quickstart), "--trainer.logger", "false",
+                     "--trainer.default_root_dir", str(tmp_path / "run"), *option])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("ldrop: error:"), lines
+        assert str(bad) in lines[0] and "not valid JSON" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_held_out_batches_are_seeded_and_within_the_grid():
     a = random_batches(5, 4, (1.0, 2.0), (1, 2), seed=3)
     b = random_batches(5, 4, (1.0, 2.0), (1, 2), seed=3)
@@ -106,3 +154,25 @@ def test_real_timers_run_on_a_tiny_model(tiny_model):
     assert profile.fixed.seconds(1, 50) > 0 and profile.layer.seconds(1, 50) > 0
     assert len(profile.validation["batches"]) == 2
     assert profile.device["device"] == "cpu" and profile.device["dtype"] == "float32"
+
+
+def test_profiling_a_bf16_model_runs_every_module_in_bf16():
+    import collections
+    import functools
+
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm", selector=functools.partial(
+        InputConditionedSelector, input="fbank", hidden_dim=8)).to(torch.bfloat16)
+    seen: collections.Counter = collections.Counter()
+
+    def record(module, args):
+        seen.update((type(module).__name__, a.dtype) for a in args if torch.is_tensor(a) and a.is_floating_point())
+
+    for module in model.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            module.register_forward_pre_hook(record)
+    profile = profile_model(model, seconds=(0.5, 1.0), batch_sizes=(1, 2), repeats=1, warmup=0, validation_batches=2)
+    assert profile.device["dtype"] == "bfloat16"
+    modules = {name for name, _ in seen}
+    assert {"Conv1d", "Linear", "LayerNorm"} <= modules  # the CNN, the layers, the selector and the head ran
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}, sorted(k for k in seen if k[1] != torch.bfloat16)

@@ -91,7 +91,7 @@ def test_falls_back_to_the_best_blind_mask_exactly_where_the_input_does_not_pay(
     for k in PAYS:  # the construction needs the selector's own masks to differ across inputs there
         assert torch.cat(data.targets[k]).unique(dim=0).shape[0] > 1
     selector.train()
-    with caplog.at_level(logging.INFO, logger="ldrop.selectors.input_conditioned"):
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):  # one line per budget and a summary
         selector.fit(data, range(1, NUM_LAYERS + 1))
     assert selector.training  # fit restores the mode it found
     assert "k=2: input" in caplog.text

@@ -116,3 +116,40 @@ def test_headroom_for_ctc_uses_per_utterance_word_errors(tmp_path):
 def test_headroom_is_off_for_input_blind_selectors_unless_asked(tmp_path):
     assert "acc_input_oracle" not in _sweep(tmp_path, RandomSelector)[0]
     assert "acc_input_oracle" in _sweep(tmp_path, RandomSelector, headroom=True)[0]
+
+
+def test_each_phase_of_ldrop_test_shows_progress_lines(tmp_path, caplog):
+    from pathlib import Path
+
+    from ldrop.cli import main
+
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    with caplog.at_level("INFO", logger="ldrop.progress"):
+        main(["test", "--config", str(quickstart), "--data.init_args.num_val", "8", "--data.init_args.num_test", "8",
+              "--data.init_args.duration_range", "[0.3, 0.5]", "--trainer.logger", "false",
+              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+              "--model.init_args.selector.init_args.fallback_search", "true", "--sweep.headroom", "true"])
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "ldrop.progress")
+    for phase in ("fitting InputConditionedSelector on validation data", "greedy subset search",
+                  "input-conditioned fallback", "budget sweep: 4 budget(s) + headroom oracles",
+                  "headroom on the validation split"):
+        assert f"{phase}" in text and text.count(f"{phase}") >= 2, phase  # a start line and an end line
+    assert "budget sweep: 4 budget(s) + headroom oracles: done in" in text
+
+
+def test_the_stock_python_path_runs_under_bf16_mixed(tmp_path):
+    L.seed_everything(0)
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", val_budgets=[2],
+                               selector=functools.partial(InputConditionedSelector, hidden_dim=16))
+    data = tiny_classification_data()
+    sweep = BudgetSweep(budgets=[1, 2, 4], controls=True, headroom=True, directory=str(tmp_path / "sweep"),
+                        targets=[{"gflops_per_second": 0.02}])
+    trainer = quiet_trainer(tmp_path, precision="bf16-mixed", max_steps=2, limit_val_batches=1, callbacks=[sweep])
+    trainer.fit(model, data)
+    trainer.test(model, data)
+    predictions = trainer.predict(model, data)
+    assert [row["budget_layers"] for row in sweep.rows] == [1, 2, 4]
+    for column in ("acc", "acc_shuffled", "acc_most_common", "acc_input_oracle", "acc_static_oracle", "acc_val"):
+        assert all(0.0 <= row[column] <= 1.0 for row in sweep.rows), column
+    assert sweep.target_rows and 0.0 <= sweep.target_rows[0]["acc"] <= 1.0
+    assert len([r for batch in predictions for r in batch]) == 16

@@ -54,3 +54,37 @@ def test_an_uncalibrated_budget_asks_for_calibration():
 def test_a_bad_policy_names_the_setting():
     with pytest.raises(ValueError, match="early_exit.policy"):
         EarlyExitConfig(policy="sometimes")
+
+
+def test_fitted_for_counts_the_calibrated_budgets_below_full_depth():
+    early_exit = _exit(policy="confidence")
+    assert early_exit.fitted_for([6]) and not early_exit.fitted_for([2, 6])
+    early_exit.calibrate(torch.rand(50, 6, generator=torch.Generator().manual_seed(0)), budgets=[2])
+    assert early_exit.fitted_for([2, 6]) and not early_exit.fitted_for([3])
+    assert _exit(policy="budget").fitted_for([1, 2, 3])
+
+
+def test_confidence_exits_under_bf16_true_with_dataloaders_only_after_fit_on_dataloader(tmp_path):
+    import lightning as L
+
+    from ldrop.sweeps import BudgetSweep
+    from ldrop.tasks import ClassificationTask
+    from tests.helpers import quiet_trainer, tiny_classification_data
+
+    L.seed_everything(0)
+    data = tiny_classification_data()
+    model = ClassificationTask(labels=["a", "b", "c", "d"], early_exit=EarlyExitConfig(policy="confidence"))
+    quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, precision="bf16-true").fit(model, data)
+    data.setup("test")
+
+    def test(name):
+        sweep = BudgetSweep(budgets=[2, 4], directory=str(tmp_path / name))
+        quiet_trainer(tmp_path, precision="bf16-true", callbacks=[sweep]).test(model, dataloaders=data.test_dataloader())
+        return sweep.rows
+
+    with pytest.raises(RuntimeError, match=r"early exit \(policy: confidence\) must be fitted.*fit_on_dataloader"):
+        test("unfitted")
+    model.fit_on_dataloader(data.val_dataloader())  # in the precision of the trainer it was last used with
+    assert next(model.parameters()).dtype == torch.bfloat16 and model.early_exit.fitted_for([2, 4])
+    rows = test("fitted")
+    assert 1.0 <= rows[0]["executed_layers"] <= 4.0 and rows[1]["executed_layers"] == 4.0

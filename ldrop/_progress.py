@@ -1,0 +1,119 @@
+"""Progress lines for long work that runs outside Lightning's loops, through the ``ldrop.progress`` logger.
+
+Lightning shows bars for its own loops. Between them ldrop runs work of its own: after "Loaded model
+weights", ``ldrop test`` fits the selector on validation data (the fallback's checks, a greedy subset search,
+threshold or confidence calibration), scores every test batch at each budget with its controls and oracles,
+and scores the headroom on the validation split; ``ldrop profile`` times a grid. A :class:`Phase` turns each
+of them into lines: one when it starts, one per step at most every ``interval`` seconds (steps done, the
+total, the elapsed time) and one when it ends, so that no phase is minutes of silence.
+
+The lines show in a terminal without any logging set-up: as Lightning does for its own logger,
+``ldrop.progress`` gets a handler on stderr when the application has configured no logging (no handler on it,
+on ``ldrop`` or on the root logger). Otherwise its records go to the application's handlers (pytest's
+``caplog`` included).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from types import TracebackType
+
+__all__ = ["Phase"]
+
+log = logging.getLogger("ldrop.progress")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to the *current* ``sys.stderr`` (test runners and notebooks replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the current stderr is always used
+        pass
+
+
+def _make_visible() -> None:
+    """INFO lines of ``ldrop.progress`` reach stderr unless the application configured logging itself."""
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    if not log.hasHandlers():  # no handler on it, on "ldrop" or on the root logger
+        log.addHandler(_StderrHandler())
+        log.propagate = False
+
+
+def _plural(unit: str, count: int | None) -> str:
+    if count == 1:
+        return unit
+    return unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+class Phase:
+    """Lines for one long phase: a start line, throttled step lines and an end line, each with elapsed time.
+
+    Use as a context manager::
+
+        with Phase("greedy subset search on validation data", total=11, unit="layer removal") as phase:
+            for ...:
+                ...
+                phase.step("k=7: layers [0, 2, 5, ...]")
+            phase.done("best subsets for 3 budgets")
+
+    Args:
+        title: what runs, as the user would name it (each line starts with it).
+        total: the number of steps, if known (shown as ``done/total``).
+        unit: what one step is (``"budget"``, ``"batch"``).
+        interval: at most one step line per this many seconds (the last step is always shown).
+    """
+
+    def __init__(self, title: str, total: int | None = None, unit: str = "step", interval: float = 10.0) -> None:
+        self.title = title
+        self.total = total
+        self.unit = unit
+        self.interval = float(interval)
+        self.count = 0
+        self.summary = ""
+        self.start = self._last = 0.0
+
+    def __enter__(self) -> Phase:
+        _make_visible()
+        self.start = self._last = time.perf_counter()
+        of = f" ({self.total} {_plural(self.unit, self.total)})" if self.total is not None else ""
+        log.info("%s%s ...", self.title, of)
+        return self
+
+    def step(self, detail: str = "", steps: int = 1) -> None:
+        """``steps`` more steps done; a line if ``interval`` has passed since the last one (or this is the last)."""
+        self.count += steps
+        now = time.perf_counter()
+        last = self.total is not None and self.count >= self.total
+        if now - self._last < self.interval and not last:
+            return
+        self._last = now
+        done = f"{self.count}/{self.total}" if self.total is not None else str(self.count)
+        log.info("%s: %s %s, %s%s", self.title, done, _plural(self.unit, self.count), _seconds(now - self.start),
+                 f" ({detail})" if detail else "")
+
+    def done(self, summary: str) -> None:
+        """What the phase found, shown in its end line."""
+        self.summary = summary
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        elapsed = _seconds(time.perf_counter() - self.start)
+        if kind is None:
+            log.info("%s: done in %s%s", self.title, elapsed, f": {self.summary}" if self.summary else "")
+        else:
+            log.info("%s: stopped after %s by %s", self.title, elapsed, kind.__name__)
