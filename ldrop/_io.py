@@ -1,16 +1,22 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+"""Atomic file writes, and reading checkpoints with errors that name the file.
 
 Every writer goes through :func:`atomic_write`: write a temporary file in the target's folder, then
-``os.replace`` it onto the target (atomic on POSIX and Windows within one file system).
+``os.replace`` it onto the target (atomic on POSIX and Windows within one file system). A set of files that
+belong together (a sweep's table and plots) goes through :func:`atomic_write_files`: every file is on disk
+before any is renamed into place. A full disk is an ``OSError`` (``ENOSPC``) saying "no space left on
+<folder>", whichever writer hit it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import pickle
 import tempfile
-from collections.abc import Callable, Iterable
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +33,115 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
             ``savefig``, needs the real one).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_beside(path, suffix)
+    except OSError as err:
+        raise_if_disk_full(err, path)
+        raise
     try:
         write(tmp)
         # mkstemp creates owner-only files; the result gets the usual permissions (0o666 less the umask)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        raise_if_disk_full(err, path)
         raise
     return path
+
+
+def atomic_write_files(files: Mapping[str | os.PathLike, bytes], remove: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Write a set of files that belong together: a full disk or an error never mixes old and new files.
+
+    Every file is first written and synced to a hidden temporary beside its target; only once all of them
+    are on disk are they renamed into place, in the given order (put a file that marks the set complete
+    last), and then the files of ``remove`` (members of the old set that the new one lacks) are deleted.
+    A failure before the renames leaves every target as it was and no temporary behind; a kill during the
+    renames (no disk space needed any more) leaves a mix that the marker written last tells apart.
+
+    Args:
+        files: target path -> complete content, in rename order.
+        remove: files to delete once the new set is in place (missing ones are ignored).
+
+    Returns:
+        The written paths, in order.
+    """
+    targets = [Path(path) for path in files]
+    staged: list[tuple[str, Path]] = []
+    current = targets[0] if targets else Path(".")
+    try:
+        for current, data in zip(targets, files.values(), strict=True):
+            current.parent.mkdir(parents=True, exist_ok=True)
+            staged.append((_temporary_beside(current, ".tmp"), current))
+            _write_synced(staged[-1][0], data)
+            os.chmod(staged[-1][0], 0o666 & ~_umask())
+        while staged:
+            tmp, current = staged[0]
+            os.replace(tmp, current)
+            staged.pop(0)
+    except BaseException as err:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise_if_disk_full(err, current)
+        raise
+    for path in remove:
+        if Path(path) not in targets:
+            Path(path).unlink(missing_ok=True)
+    return targets
+
+
+def _temporary_beside(path: Path, suffix: str) -> str:
+    """A new empty hidden file ``.<name>.<random><suffix>`` in ``path``'s folder (what
+    :func:`remove_stale_temporaries` recognises)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    return tmp
+
+
+def _write_synced(tmp: str, data: bytes) -> None:
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def raise_if_disk_full(err: BaseException, path: Path) -> None:
+    """Re-raise a full disk (``ENOSPC``) or exceeded quota (``EDQUOT``) as one ``OSError`` naming the folder.
+
+    The ``OSError`` may be the context of what was raised: ``torch.save``'s archive writer, interrupted by
+    one, raises a ``RuntimeError`` ("unexpected pos") while closing the archive.
+    """
+    full = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in full:
+            raise OSError(seen.errno, f"no space left on {path.parent}", str(path)) from err
+        seen = seen.__cause__ or seen.__context__
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """Check, without leaving anything behind, that files can be written in ``folder`` (or, if it does not
+    exist yet, created below its nearest existing parent), by creating and removing one.
+
+    Unlike ``os.access`` this also catches read-only mounts, and holds for root.
+
+    Raises:
+        OSError: naming the folder (``PermissionError``, ``EROFS``, ``ENOSPC``, ``NotADirectoryError``).
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(existing))
+    probe = existing / ".ldrop-write-check"
+    try:
+        Path(_temporary_beside(probe, ".tmp")).unlink()
+    except OSError as err:
+        raise_if_disk_full(err, probe)
+        raise
+    return folder
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
@@ -68,13 +171,7 @@ def _umask() -> int:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, synced to disk before the rename."""
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    return atomic_write(path, write)
+    return atomic_write(path, lambda tmp: _write_synced(tmp, data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -88,7 +185,61 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` atomically (checkpoints, exported task state)."""
+    """``torch.save(obj, path)`` atomically (checkpoints, exported task state), synced to disk.
+
+    ``torch.save`` writes through a Python file object here: a full disk is then an ``OSError`` with its
+    ``errno`` (a path given to ``torch.save`` fails with an ``unexpected pos`` ``RuntimeError`` instead).
+    """
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    return atomic_write(path, write)
+
+
+class CheckpointError(ValueError):
+    """A file given as a checkpoint cannot be used: damaged, empty, not a checkpoint, or one that does not fit
+    the model. The message names the file (or the differing options) on one line."""
+
+
+#: What ``torch.load`` raises for a file that is not a readable checkpoint (truncated, empty, text, random
+#: bytes, a zip of something else): never a missing or unreadable file, which stay ``OSError``.
+DAMAGED_CHECKPOINT_ERRORS = (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError,
+                             zipfile.BadZipFile)
+
+
+def damaged_checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
+    """The one-line :class:`CheckpointError` for ``path``, which ``torch.load`` failed to read with ``err``."""
+    path = Path(path)
+    size = path.stat().st_size if path.is_file() else None
+    if size == 0:
+        reason = "the file is empty"
+    elif not zipfile.is_zipfile(path):
+        reason = f"not a PyTorch checkpoint archive ({size} bytes: truncated, or another kind of file)"
+    else:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = f"{type(err).__name__}: {first[:200]}" if first else type(err).__name__
+    return CheckpointError(f"checkpoint {str(path)!r} is damaged or not a checkpoint: {reason}")
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = False,
+                         what: str = "checkpoint", mmap: bool = False) -> Any:
+    """``torch.load`` of a checkpoint file, with errors that name it (``mmap``: tensors are mapped, not read).
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (``what`` names it in the message).
+        CheckpointError: the file is damaged, empty or not a checkpoint.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {str(path)!r}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
+    except DAMAGED_CHECKPOINT_ERRORS as err:
+        raise damaged_checkpoint_error(path, err) from err

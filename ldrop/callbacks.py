@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,37 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ldrop._io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+from ldrop._io import (
+    DAMAGED_CHECKPOINT_ERRORS,
+    _umask,
+    atomic_torch_save,
+    check_writable_folder,
+    damaged_checkpoint_error,
+    raise_if_disk_full,
+    remove_stale_temporaries,
+)
 
 log = logging.getLogger(__name__)
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same folder and renames it into place.
 
-    A crash mid-write leaves the previous checkpoint intact instead of a truncated file.
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder and renames it into place, and reads
+    checkpoints with errors that name the file.
+
+    A crash mid-write leaves the previous checkpoint intact instead of a truncated file; a full disk is an
+    ``OSError`` saying "no space left on <folder>"; a damaged, empty or foreign file given as ``ckpt_path``
+    is a :class:`~ldrop._io.CheckpointError` naming it.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except DAMAGED_CHECKPOINT_ERRORS as err:
+            raise damaged_checkpoint_error(path, err) from err
 
 
 class TaskCheckpoint(ModelCheckpoint):
@@ -53,6 +73,7 @@ class TaskCheckpoint(ModelCheckpoint):
             kwargs["auto_insert_metric_name"] = False
         super().__init__(save_top_k=save_top_k, save_last=save_last, **kwargs)
         self._last_saved_step: int | None = None
+        self._stage: str | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.monitor is None and hasattr(pl_module, "metric_names"):
@@ -61,8 +82,46 @@ class TaskCheckpoint(ModelCheckpoint):
             self.kth_value, self.kth_best_model_path = torch.tensor(float("inf") if self.mode == "min" else -float("inf")), ""
             self.best_model_score = None
         super().setup(trainer, pl_module, stage)
+        self._stage = stage
+        if self.dirpath:
+            # absolute: the state saved in a checkpoint then names the folder whatever the working directory
+            self.dirpath = os.path.abspath(self.dirpath)
         if stage == "fit" and trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             remove_stale_temporaries(self.dirpath)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the best-checkpoint tracking, also when the checkpoint names its folder differently.
+
+        Lightning drops the tracking (best score, best-k files) whenever the saved folder name differs from
+        the current one, as with a run written under a relative path (``runs/ldrop/version_0``) and resumed
+        from its absolute path, or a run folder that was moved or copied: a worse checkpoint could then be
+        kept as the best one, and the old best file would never be removed. Here the tracked files are
+        looked up by name in the current folder; when all of them are there, the tracking continues with
+        them. Otherwise it restarts, and a warning says so.
+        """
+        saved = state_dict.get("dirpath")
+        if not saved or not self.dirpath or saved == self.dirpath:
+            return super().load_state_dict(state_dict)
+        here = Path(self.dirpath)
+
+        def moved(path: str | None) -> str | None:
+            return str(here / Path(path).name) if path and (here / Path(path).name).is_file() else None
+
+        best_k = {moved(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
+        if None in best_k or (state_dict.get("best_model_path") and not moved(state_dict["best_model_path"])):
+            # not this run's folder (an evaluation run, or only last.ckpt was copied): Lightning's behaviour
+            if self._stage == "fit":
+                log.warning("the best checkpoints tracked in %s are not in %s: best-checkpoint tracking restarts "
+                            "with the next validation", saved, self.dirpath)
+            state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_score": None, "best_k_models": {},
+                          "kth_best_model_path": "", "best_model_path": "", "last_model_path": "",
+                          "kth_value": self.kth_value}
+        else:
+            state_dict = {**state_dict, "dirpath": self.dirpath, "best_k_models": best_k,
+                          "best_model_path": moved(state_dict.get("best_model_path")) or "",
+                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")) or "",
+                          "last_model_path": moved(state_dict.get("last_model_path")) or ""}
+        super().load_state_dict(state_dict)
 
     @property
     def _step_triggered(self) -> bool:
@@ -134,6 +193,9 @@ class ExactResume(Callback):
     def __init__(self) -> None:
         self._rng_states: dict[str, Any] | None = None
         self._loader_states: list[dict[str, Any]] | None = None
+        #: ``global_step`` of the checkpoint a fit resumed from (``None``: not resumed); equal to the trainer's
+        #: after the fit when the run was already complete.
+        self.resumed_step: int | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         states = _collect_rng_states(include_cuda=torch.cuda.is_available())
@@ -145,6 +207,7 @@ class ExactResume(Callback):
         checkpoint[self.KEY] = states
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self.resumed_step = checkpoint.get("global_step") if trainer.state.fn == TrainerFn.FITTING else None
         self._rng_states = checkpoint.get(self.KEY)
         fit_loop_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         self._loader_states = fit_loop_state.get("combined_loader")
@@ -182,27 +245,87 @@ def _module_generators(module: torch.nn.Module) -> dict[str, torch.Generator]:
 class JsonlPredictionWriter(BasePredictionWriter):
     """Writes ``predict`` outputs as JSON lines (one per input: id, output, executed layers, GFLOPs).
 
+    The output folder is checked to be writable when prediction is set up, before any inference. Records
+    are written as each batch is predicted, into a hidden temporary file beside the output that becomes the
+    output when every batch is done: the output is complete or absent. If the run fails, the records
+    written so far are kept as ``<output>.partial``.
+
     Args:
         output: the JSONL file; default ``predictions.jsonl`` in the run's log directory.
     """
 
     def __init__(self, output: str | None = None) -> None:
-        super().__init__(write_interval="epoch")
+        super().__init__(write_interval="batch")
         self.output = output
         self.written: Path | None = None
+        self.count = 0
+        self._handle: Any = None
+        self._tmp: Path | None = None
+        self._target: Path | None = None
 
-    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        lines = []
-        for batch_outputs in predictions:
-            for record in batch_outputs:
-                lines.append(json.dumps(record))
-        if trainer.world_size > 1:
-            # Each rank writes its own shard; ids make them traceable.
-            suffix = f".rank{trainer.global_rank}"
-        else:
-            suffix = ""
+    def target(self, trainer: L.Trainer) -> Path:
+        """The file this rank writes (``<output>.rank<N>`` per rank under multi-process prediction)."""
         target = Path(self.output) if self.output else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl"
-        target = target.with_name(target.name + suffix) if suffix else target
-        atomic_write_text(target, "\n".join(lines) + ("\n" if lines else ""))
-        self.written = target
-        print(f"wrote {len(lines)} predictions to {target}")
+        return target.with_name(f"{target.name}.rank{trainer.global_rank}") if trainer.world_size > 1 else target
+
+    def check_writable(self, trainer: L.Trainer) -> Path:
+        """Check that the output can be written (creating nothing); returns the output path.
+
+        Raises:
+            OSError: naming the folder (read-only, not a folder, no space left).
+        """
+        target = self.target(trainer)
+        if target.is_dir():
+            raise IsADirectoryError(f"the predictions output {str(target)!r} is a folder, not a file")
+        check_writable_folder(target.parent)
+        return target
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self.check_writable(trainer)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._target = self.check_writable(trainer)
+        self._target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self._target.parent, [self._target.name])
+        fd, tmp = tempfile.mkstemp(dir=self._target.parent, prefix=f".{self._target.name}.", suffix=".tmp")
+        self._tmp, self._handle, self.count, self.written = Path(tmp), os.fdopen(fd, "w", encoding="utf-8"), 0, None
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        try:
+            for record in prediction:
+                self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()  # on disk as they come: a later failure keeps them (as .partial)
+        except OSError as err:
+            raise_if_disk_full(err, self._target)
+            raise
+        self.count += len(prediction)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        handle, self._handle = self._handle, None
+        try:
+            os.fsync(handle.fileno())
+            handle.close()
+            os.chmod(self._tmp, 0o666 & ~_umask())
+            os.replace(self._tmp, self._target)
+        except OSError as err:
+            self._tmp.unlink(missing_ok=True)
+            raise_if_disk_full(err, self._target)
+            raise
+        self._partial_path().unlink(missing_ok=True)  # an earlier failed run's records: superseded
+        self.written = self._target
+        print(f"wrote {self.count} predictions to {self._target}")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        handle.close()
+        if self.count:
+            os.replace(self._tmp, self._partial_path())
+            print(f"kept the {self.count} predictions written before the error in {self._partial_path()}")
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+    def _partial_path(self) -> Path:
+        return self._target.with_name(self._target.name + ".partial")

@@ -6,7 +6,13 @@ knows runtime.
 
 from ldrop.runtime.adaptive import AdaptiveModel, AdaptiveOutput
 from ldrop.runtime.controller import BudgetController, BudgetDecision, UnmeetableTargetWarning
-from ldrop.runtime.loading import load_exported, load_model, load_task_checkpoint
+from ldrop.runtime.loading import (
+    UnfittedSelectorWarning,
+    load_exported,
+    load_model,
+    load_task_checkpoint,
+    warn_if_unfitted,
+)
 from ldrop.runtime.profile import DeviceProfile, PartFit, fit_part, profile_model, validate_profile
 from ldrop.tasks.budget import Target
 
@@ -18,6 +24,7 @@ __all__ = [
     "DeviceProfile",
     "PartFit",
     "Target",
+    "UnfittedSelectorWarning",
     "UnmeetableTargetWarning",
     "fit_part",
     "load_exported",
@@ -25,4 +32,5 @@ __all__ = [
     "load_task_checkpoint",
     "profile_model",
     "validate_profile",
+    "warn_if_unfitted",
 ]

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ldrop.tasks import LayerDropTask
+from ldrop._io import CheckpointError, load_checkpoint_file
+from ldrop.tasks import LayerDropTask, budget_to_layers
 from ldrop.tasks.base import EXPORT_STATE_FILE
 
 #: Hyper-parameters that only describe how a model was built or trained, not what it is.
@@ -29,15 +31,27 @@ def _task_class(class_path: str) -> type[LayerDropTask]:
 
 
 def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
-    """Load any ldrop task from a checkpoint written by ``ldrop fit`` (the task class is recorded in it)."""
+    """Load any ldrop task from a checkpoint written by ``ldrop fit`` (the task class is recorded in it).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is damaged, empty, not a checkpoint, or holds weights or hyper-parameters
+            that do not fit the recorded task class (one line naming the file and what differs).
+    """
     path = str(path)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # memory-mapped: only the entries are read here, the tensors once, by load_from_checkpoint
+    checkpoint = load_checkpoint_file(path, mmap=True)
     class_path = checkpoint.get("ldrop_task_class") if isinstance(checkpoint, dict) else None
     if not class_path:
-        raise ValueError(f"{path!r} was not written by an ldrop task (no 'ldrop_task_class' entry)")
-    return _task_class(class_path).load_from_checkpoint(path, map_location="cpu")
+        raise CheckpointError(f"{path!r} was not written by an ldrop task (no 'ldrop_task_class' entry)")
+    cls = _task_class(class_path)
+    del checkpoint
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu")
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    except TypeError as err:  # hyper-parameters the class does not take (e.g. a renamed argument)
+        raise CheckpointError(f"{path}: the hyper-parameters it stores do not fit {cls.__name__}: {err}") from err
 
 
 def _exported_task_class(payload: dict[str, Any]) -> str:
@@ -58,12 +72,17 @@ def load_exported(directory: str | os.PathLike) -> LayerDropTask:
             f"{str(directory)!r} is not an exported ldrop model: expected config.json and {EXPORT_STATE_FILE} "
             "(written by 'ldrop export CHECKPOINT DIR')"
         )
-    payload = torch.load(state_file, map_location="cpu", weights_only=False)
+    payload = load_checkpoint_file(state_file, what="exported task state")
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"{str(state_file)!r} is not an ldrop export's task state (no 'state_dict' entry)")
     hparams = {k: v for k, v in payload.get("hparams", {}).items() if k not in _BUILD_ONLY}
     # The folder's config.json already holds any overrides; its weights come from the state dict below.
     hparams.update(backbone=str(directory), pretrained=False)
     model = _task_class(_exported_task_class(payload))(**hparams)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{state_file}: {err}") from err
     return model
 
 
@@ -73,8 +92,13 @@ def load_model(path: str | os.PathLike) -> LayerDropTask:
     The result takes waveforms and a budget: ``logits, keep_mask = model(waveforms, lengths, budget)``
     (under ``torch.inference_mode()`` the sparse path skips the dropped layers for real).
 
+    A selector that is fitted on validation data (threshold calibration, the input-blind fallback) and was
+    not (a checkpoint from training holds no fit) makes the first call below full depth emit one
+    :class:`UnfittedSelectorWarning` that says how to fit it: ``model.fit_on_dataloader(val_loader)``.
+
     Raises:
         FileNotFoundError: ``path`` is neither a checkpoint file nor an exported folder.
+        CheckpointError: the file is damaged or not a checkpoint, or does not fit its task class.
     """
     path = Path(path)
     if path.is_dir():
@@ -85,12 +109,65 @@ def load_model(path: str | os.PathLike) -> LayerDropTask:
         raise FileNotFoundError(
             f"no model at {str(path)!r}: give a .ckpt written by 'ldrop fit' or a folder written by 'ldrop export'"
         )
-    selector = model.selector
-    if selector is not None and selector.needs_fitting and not selector.fitted:
-        warnings.warn(
-            f"{path}: the {type(selector).__name__} has not been fitted on validation data (threshold calibration "
-            "or the per-budget input-blind fallback), as 'ldrop test' and 'ldrop predict' do before they run; "
-            "call model.fit_on_dataloader(validation_loader) before using it, or results will differ from theirs",
-            UserWarning, stacklevel=2,
-        )
+    # a loaded model is a trained one: warn (once) if it runs a budget before its selector is fitted
+    model._warn_if_unfitted = True
+    model.register_forward_pre_hook(_warn_at_forward, with_kwargs=True)
     return model.eval()
+
+
+class UnfittedSelectorWarning(UserWarning):
+    """A loaded model ran below full depth with a selector that needs fitting on validation data and was not
+    fitted: its layer choices differ from those of ``ldrop test`` and ``ldrop predict``."""
+
+
+def warn_if_unfitted(model: LayerDropTask, budget: Any) -> bool:
+    """Emit the :class:`UnfittedSelectorWarning` of a model from :func:`load_model`, once: at its first use
+    below full depth while its selector still needs fitting. Returns whether it warned.
+
+    Args:
+        model: the task (models not from :func:`load_model` never warn: a fresh one is not trained anyway).
+        budget: the budget of the call (``None``, ``N`` or ``1.0``: full depth, no warning; a tensor or a
+            target counts as below full depth, so that no value has to come back from the device).
+    """
+    selector = model.selector
+    if not getattr(model, "_warn_if_unfitted", False) or selector is None or not selector.needs_fitting:
+        return False
+    if _full_depth(budget, model.num_layers) or selector.fitted:
+        return False
+    model._warn_if_unfitted = False
+    warnings.warn(
+        f"the {type(selector).__name__} has not been fitted on validation data (threshold calibration or the "
+        "per-budget input-blind fallback), so its layer choices differ from those of 'ldrop test' and 'ldrop "
+        "predict', which fit it first; call model.fit_on_dataloader(validation_loader) once before using it "
+        "(the README shows how to build the loader)",
+        UnfittedSelectorWarning, stacklevel=_caller_stacklevel(),
+    )
+    return True
+
+
+def _warn_at_forward(model: LayerDropTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook of :func:`load_model`'s models (``model(waveforms, lengths, budget)``)."""
+    if getattr(model, "_warn_if_unfitted", False):
+        warn_if_unfitted(model, kwargs.get("budget", args[2] if len(args) > 2 else None))
+
+
+def _full_depth(budget: Any, num_layers: int) -> bool:
+    """Whether ``budget`` runs every layer (a tensor or a target counts as a budget: no host sync here)."""
+    if budget is None:
+        return True
+    if isinstance(budget, int | float) and not isinstance(budget, bool):
+        try:
+            return budget_to_layers(budget, num_layers) == num_layers
+        except ValueError:
+            return False  # the forward call reports the bad budget
+    return False
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` in the caller) of the first frame outside torch and ldrop:
+    the user's call of the model."""
+    inside = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (torch.__file__, os.path.dirname(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level

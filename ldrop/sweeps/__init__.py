@@ -3,9 +3,13 @@
 
 from ldrop.sweeps.callback import BudgetSweep
 from ldrop.sweeps.report import (
+    SWEEP_FILES,
+    SWEEP_MANIFEST,
+    IncompleteSweepError,
     add_sweep_to_tensorboard,
     atomic_write_bytes,
     atomic_write_text,
+    check_sweep_set,
     compare_sweeps,
     layer_usage_figure,
     load_sweep,
@@ -19,10 +23,14 @@ from ldrop.sweeps.report import (
 )
 
 __all__ = [
+    "SWEEP_FILES",
+    "SWEEP_MANIFEST",
     "BudgetSweep",
+    "IncompleteSweepError",
     "add_sweep_to_tensorboard",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_sweep_set",
     "compare_sweeps",
     "layer_usage_figure",
     "load_sweep",

@@ -7,6 +7,7 @@ plus the task's metric names (``acc``, ``wer``, ``cer``) and their optional ``_s
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ldrop._io import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from ldrop._io import atomic_write_bytes, atomic_write_files, atomic_write_text, remove_stale_temporaries
 
 #: Columns every sweep row has, in the order they are written.
 BASE_COLUMNS = [
@@ -204,41 +205,105 @@ def write_rows(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike, json
     atomic_write_text(json_path, json.dumps(list(rows), indent=2) + "\n")
 
 
+#: The files of one sweep, as :func:`write_sweep` writes them (the target sweep's only with targets).
+SWEEP_FILES = {
+    "csv": "budget_sweep.csv",
+    "json": "budget_sweep.json",
+    "plot": "budget_sweep.png",
+    "usage": "layer_usage.png",
+    "target_csv": "target_sweep.csv",
+    "target_json": "target_sweep.json",
+}
+#: Written last: the names and SHA-256 digests of the set it completes. Readers require it.
+SWEEP_MANIFEST = "sweep_manifest.json"
+
+
+class IncompleteSweepError(ValueError):
+    """A folder holds sweep files that are not one complete set (an interrupted or failed write)."""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_sweep(
     rows: Sequence[dict[str, Any]],
     directory: str | os.PathLike,
     layer_usage: Sequence[Sequence[float]] | None = None,
+    target_rows: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``budget_sweep.csv``, ``budget_sweep.json``, ``budget_sweep.png`` and ``layer_usage.png``.
+    """Write a sweep as one set: ``budget_sweep.csv``/``.json``/``.png``, ``layer_usage.png`` and, with
+    ``target_rows``, ``target_sweep.csv``/``.json``, completed by ``sweep_manifest.json``.
 
-    Every file is written atomically, and only once all of them are rendered: a failure (e.g. in plotting)
-    leaves an earlier sweep in ``directory`` as it was. Returns the paths by kind.
+    Everything is rendered in memory, then every file is written beside its target before any is renamed
+    into place, the manifest (names and digests) last: a failure (plotting, a full disk) leaves an earlier
+    sweep in ``directory`` as it was, and a kill while renaming leaves files that do not match the manifest,
+    which :func:`load_sweep` refuses. Files of an earlier sweep that this one lacks are removed, and so are
+    temporaries that a killed write left. Returns the paths by kind (``csv``, ``json``, ``plot``,
+    ``usage``, ``target_csv``, ``target_json``, ``manifest``).
     """
     if not rows:
         raise ValueError("no sweep rows to write")
     directory = Path(directory)
-    contents = {
-        directory / "budget_sweep.csv": rows_to_csv(rows).encode("utf-8"),
-        directory / "budget_sweep.json": (json.dumps(list(rows), indent=2) + "\n").encode("utf-8"),
-        directory / "budget_sweep.png": _png(sweep_figure({str(rows[0].get("method", "run")): rows})),
+    contents: dict[str, bytes] = {
+        "csv": rows_to_csv(rows).encode("utf-8"),
+        "json": (json.dumps(list(rows), indent=2) + "\n").encode("utf-8"),
+        "plot": _png(sweep_figure({str(rows[0].get("method", "run")): rows})),
     }
     if layer_usage is not None:
         budgets = [int(r["budget_layers"]) for r in rows]
-        contents[directory / "layer_usage.png"] = _png(
-            layer_usage_figure(layer_usage, budgets, sweep_title(rows, "layer usage"))
-        )
+        contents["usage"] = _png(layer_usage_figure(layer_usage, budgets, sweep_title(rows, "layer usage")))
+    if target_rows:
+        contents["target_csv"] = rows_to_csv(target_rows).encode("utf-8")
+        contents["target_json"] = (json.dumps(list(target_rows), indent=2) + "\n").encode("utf-8")
+    files = {directory / SWEEP_FILES[kind]: data for kind, data in contents.items()}
+    manifest = {"files": {path.name: _digest(data) for path, data in files.items()}}
+    files[directory / SWEEP_MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
     # a killed earlier write of these files may have left its hidden temporaries behind
-    remove_stale_temporaries(directory, [path.name for path in contents])
-    for path, data in contents.items():
-        atomic_write_bytes(path, data)
-    return dict(zip(("csv", "json", "plot", "usage"), contents, strict=False))
+    remove_stale_temporaries(directory, [*SWEEP_FILES.values(), SWEEP_MANIFEST])
+    atomic_write_files(files, remove=[directory / name for name in SWEEP_FILES.values()])
+    paths = {kind: directory / SWEEP_FILES[kind] for kind in contents}
+    paths["manifest"] = directory / SWEEP_MANIFEST
+    return paths
+
+
+def check_sweep_set(directory: str | os.PathLike) -> dict[str, str]:
+    """The manifest's files (name -> digest) of the sweep in ``directory``, once checked complete.
+
+    Raises:
+        IncompleteSweepError: no manifest, a listed file missing, or one that differs from the manifest.
+    """
+    directory = Path(directory)
+    advice = "rerun 'ldrop test' to write it again"
+    try:
+        files = json.loads((directory / SWEEP_MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        raise IncompleteSweepError(
+            f"{str(directory)!r} holds no complete budget sweep: no {SWEEP_MANIFEST} (the write was "
+            f"interrupted, or an older ldrop wrote it); {advice}"
+        ) from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise IncompleteSweepError(f"{str(directory / SWEEP_MANIFEST)!r} is damaged ({err}); {advice}") from err
+    for name, digest in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise IncompleteSweepError(f"{str(directory)!r} holds an incomplete budget sweep: {name} is "
+                                       f"missing; {advice}")
+        if _digest(path.read_bytes()) != digest:
+            raise IncompleteSweepError(f"{str(directory)!r} holds an incomplete budget sweep: {name} is not the "
+                                       f"one its {SWEEP_MANIFEST} lists (an interrupted write); {advice}")
+    return files
 
 
 def load_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a sweep from a CSV/JSON file or a run directory holding ``budget_sweep.json``/``.csv``.
 
+    A file that :func:`write_sweep` writes is read only as part of its complete set (its folder's
+    ``sweep_manifest.json`` lists it with the same content); any other CSV/JSON file is read as it is.
+
     Raises:
         FileNotFoundError: nothing sweep-like at ``path`` (the message names what was looked for).
+        IncompleteSweepError: the sweep there is not one complete set (an interrupted or failed write).
     """
     path = Path(path)
     if path.is_dir():
@@ -254,6 +319,8 @@ def load_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"no sweep file {str(path)!r} (expected budget_sweep.csv/.json or a run directory)")
+    if path.name in SWEEP_FILES.values():
+        check_sweep_set(path.parent)
     if path.suffix == ".json":
         return json.loads(path.read_text())
     with path.open(newline="") as handle:
@@ -303,9 +370,9 @@ def compare_sweeps(
             })
     table = markdown_table(table_rows)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     plot_path = output_dir / "compare.png"
-    plot_sweep(runs, plot_path, metric=name, title=sweep_title([r for rows in runs.values() for r in rows],
-                                                               "compare"))
-    atomic_write_text(output_dir / "compare.md", table + "\n")
+    title = sweep_title([r for rows in runs.values() for r in rows], "compare")
+    # the plot and the table as one set: a failure leaves an earlier comparison as it was
+    atomic_write_files({plot_path: _png(sweep_figure(runs, name, title)),
+                        output_dir / "compare.md": (table + "\n").encode("utf-8")})
     return table, plot_path

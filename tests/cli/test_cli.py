@@ -15,24 +15,8 @@ import torch
 
 from ldrop.cli import load_task_checkpoint, main
 from ldrop.sweeps import load_sweep
-
-QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
-SMALL = ["--data.init_args.num_train", "32", "--data.init_args.num_val", "16", "--data.init_args.num_test", "16",
-         "--data.init_args.duration_range", "[0.3, 0.5]", "--trainer.enable_progress_bar", "false",
-         "--trainer.enable_model_summary", "false"]
-
-
-def _fit(tmp_path: Path, *extra: str) -> Path:
-    """ldrop fit on the quickstart config, shrunk; returns the run directory."""
-    main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "1",
-          "--trainer.logger.init_args.save_dir", str(tmp_path), *extra])
-    runs = sorted((tmp_path / "ldrop").glob("version_*"))
-    return runs[-1]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return _fit(tmp_path_factory.mktemp("run"))
+from tests.cli.common import QUICKSTART, SMALL
+from tests.cli.common import fit_quickstart as _fit
 
 
 def test_fit_writes_best_and_last_checkpoints_and_the_resolved_config(trained):
@@ -131,9 +115,10 @@ def test_compare_overlays_sweeps_in_one_plot_and_table(trained, tmp_path, capsys
     assert "selector" in capsys.readouterr().out
 
 
-def test_compare_names_a_missing_run(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["compare", str(tmp_path / "nope")])
+def test_compare_names_a_missing_run_in_one_line(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ldrop: error: ") and "nope" in err[0]
 
 
 def test_checkpoint_reload_gives_identical_predictions(trained):
@@ -182,6 +167,44 @@ def test_help_is_readable(capsys):
         main(["fit", "--help"])
     assert exit_info.value.code == 0
     assert "--model" in capsys.readouterr().out
+
+
+def _help(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_ldrop_help_lists_every_command(capsys):
+    usage = _help(capsys, "--help")
+    assert "{fit,validate,test,predict,compare,export,profile}" in usage.replace(" ", "").replace("\n", "")
+    for command in ("compare", "export", "profile"):
+        assert f"    {command} " in usage
+
+
+def test_predict_only_options_are_listed_by_predict_only(capsys):
+    for command in ("fit", "validate", "test"):
+        text = _help(capsys, command, "--help")
+        assert "--predictions.output" not in text and "--inputs" not in text, command
+    text = _help(capsys, "predict", "--help")
+    assert "--predictions.output" in text and "--inputs" in text
+
+
+def test_selector_options_are_reachable_as_the_readme_says(capsys):
+    text = _help(capsys, "fit", "--model.help", "ClassificationTask", "--model.selector.help",
+                 "InputConditionedSelector")
+    assert "--model.selector.hidden_dim" in text and "--model.selector.fallback" in text
+
+
+def test_gitignore_covers_what_the_readme_commands_write(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = ["runs/ldrop/version_0/checkpoints/last.ckpt", "profile.json", "profile-gpu.json", "predictions.jsonl",
+               "exported/config.json", "compare/speechcommands/compare.png", "sweep_example/x"]
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", *written], capture_output=True, text=True)
+    assert sorted(ignored.stdout.split()) == sorted(written)
 
 
 @pytest.mark.ddp

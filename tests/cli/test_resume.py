@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from ldrop.cli import main
+from tests.cli.common import QUICKSTART, SMALL
 from tests.cli.interrupt import CheckpointProbe
-from tests.cli.test_cli import QUICKSTART, SMALL
 
 # 32 clips in batches of 4: 8 steps per epoch, 16 in all; step checkpoints at steps 4 (mid-epoch) and 8.
 # The selector's statistics are re-estimated from the last `statistics_batches` training batches, which no
@@ -100,4 +102,53 @@ def test_step_checkpoints_keep_last_fresh_and_best_only_after_validation(tmp_pat
 def test_a_run_that_fails_before_training_leaves_no_run_folder(tmp_path, capsys):
     code = main([*FIT, "--trainer.logger.init_args.save_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "no.ckpt")])
     assert code == 2 and "no.ckpt" in capsys.readouterr().err
-    assert not list((tmp_path / "ldrop").glob("version_*"))
+    assert not (tmp_path / "ldrop").exists()  # neither version_0 nor the logger's ldrop/ folder
+
+
+# ------------------------------------------------------------------ resuming with the README's relative paths
+SHORT = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0"]
+
+
+@pytest.fixture(scope="module")
+def relative_run(tmp_path_factory) -> Path:
+    """A one-epoch run written as the README does it: from the working folder, into ``runs/`` (relative)."""
+    folder = tmp_path_factory.mktemp("relative")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(["fit", "--config", QUICKSTART, *SMALL, *SHORT, "--trainer.max_epochs", "1"]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+def _tracking(checkpoint: Path) -> dict:
+    callbacks = torch.load(checkpoint, weights_only=False)["callbacks"]
+    return next(state for key, state in callbacks.items() if key.startswith("TaskCheckpoint"))
+
+
+@pytest.mark.parametrize("spelling", ["relative", "absolute"])
+def test_best_checkpoint_tracking_survives_a_resume_without_the_dirpath_warning(relative_run, tmp_path, monkeypatch,
+                                                                                spelling):
+    shutil.copytree(relative_run / "runs", tmp_path / "runs")  # as if the project folder had moved
+    monkeypatch.chdir(tmp_path)
+    last = Path("runs/ldrop/version_0/checkpoints/last.ckpt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["fit", "--config", QUICKSTART, *SMALL, *SHORT, "--trainer.max_epochs", "2",
+                     "--ckpt_path", str(last if spelling == "relative" else last.resolve())]) == 0
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    checkpoints = tmp_path / "runs" / "ldrop" / "version_0" / "checkpoints"
+    assert len(list(checkpoints.glob("best-*.ckpt"))) == 1  # the tracked best was replaced or kept, never orphaned
+    state = _tracking(checkpoints / "last.ckpt")
+    assert state["best_model_score"] is not None and Path(state["best_model_path"]).parent == checkpoints
+    assert all(Path(path).is_file() for path in state["best_k_models"])
+
+
+def test_resuming_a_finished_run_says_it_is_complete(relative_run, tmp_path, capsys):
+    shutil.copytree(relative_run / "runs", tmp_path / "runs")
+    last = tmp_path / "runs" / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)["global_step"]
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *SHORT, "--trainer.max_epochs", "1", "--ckpt_path", str(last)]) == 0
+    assert "the run was already complete" in capsys.readouterr().out
+    assert torch.load(last, weights_only=True)["global_step"] == before

@@ -127,8 +127,9 @@ def test_an_export_without_a_recorded_task_class_still_loads(tiny_export, tmp_pa
 
 
 def test_load_model_warns_when_the_selector_still_needs_its_validation_fit(tiny_checkpoint):
-    with pytest.warns(UserWarning, match="fit_on_dataloader"):
-        model = load_model(tiny_checkpoint)
+    model = load_model(tiny_checkpoint)
+    with pytest.warns(UserWarning, match="fit_on_dataloader"), torch.no_grad():
+        model(torch.randn(1, 8000), None, 2)  # at the first use below full depth, not at load
     assert not model.selector.fitted
     data = tiny_classification_data()
     data.setup("validate")

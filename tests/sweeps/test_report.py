@@ -18,7 +18,7 @@ ROWS = [
 def test_write_sweep_writes_csv_json_and_plots(tmp_path):
     paths = write_sweep(ROWS, tmp_path, layer_usage=[[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
     assert {p.name for p in paths.values()} == {"budget_sweep.csv", "budget_sweep.json", "budget_sweep.png",
-                                               "layer_usage.png"}
+                                               "layer_usage.png", "sweep_manifest.json"}
     assert json.loads(paths["json"].read_text()) == ROWS
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
@@ -169,3 +169,123 @@ def test_sweep_figure_draws_the_headroom_oracles_when_present():
     rows = [{**row, "acc_input_oracle": row["acc"] + 0.1, "acc_static_oracle": row["acc"]} for row in ROWS]
     labels = [line.get_label() for line in sweep_figure({"sel": rows}).axes[0].get_lines()]
     assert labels == ["sel", "sel: input oracle", "sel: static oracle"]
+
+
+# ---------------------------------------------------------------- the files of a sweep as one set
+TARGET_ROWS = [{"target": "gflops_per_second=0.1", "executed_layers": 2.0, "acc": 0.5, "over_target": 0.0}]
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_the_target_sweep_joins_the_set_and_leaves_with_it(tmp_path):
+    from ldrop.sweeps import check_sweep_set
+
+    paths = write_sweep(ROWS, tmp_path, layer_usage=[[1, 0, 0, 0]] * 3, target_rows=TARGET_ROWS)
+    assert json.loads(paths["target_json"].read_text()) == TARGET_ROWS
+    assert set(check_sweep_set(tmp_path)) == {"budget_sweep.csv", "budget_sweep.json", "budget_sweep.png",
+                                              "layer_usage.png", "target_sweep.csv", "target_sweep.json"}
+    write_sweep(ROWS, tmp_path)  # a later sweep without targets or layer usage: their old files go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["budget_sweep.csv", "budget_sweep.json",
+                                                          "budget_sweep.png", "sweep_manifest.json"]
+
+
+@pytest.mark.parametrize("kill_after", [0, 1, 3], ids=["before-renames", "after-csv", "before-manifest"])
+def test_a_sweep_killed_while_renaming_is_refused_by_load_and_compare(tmp_path, monkeypatch, kill_after):
+    import os
+
+    from ldrop.cli import main
+    from ldrop.sweeps import IncompleteSweepError
+
+    write_sweep(ROWS, tmp_path / "run", layer_usage=[[1, 0, 0, 0]] * 3)
+    renamed, real_replace = [], os.replace
+
+    def replace_then_die(src, dst):
+        if len(renamed) == kill_after:
+            raise KeyboardInterrupt  # as a kill: nothing after this point runs
+        renamed.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        write_sweep([{**r, "acc": 0.0} for r in ROWS], tmp_path / "run", layer_usage=[[0, 1, 0, 0]] * 3)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temporaries left
+    if kill_after == 0:  # nothing renamed yet: the old set, complete
+        assert load_sweep(tmp_path / "run") == ROWS
+        return
+    with pytest.raises(IncompleteSweepError, match="incomplete budget sweep"):
+        load_sweep(tmp_path / "run")
+    with pytest.raises(IncompleteSweepError):
+        load_sweep(tmp_path / "run" / "budget_sweep.csv")
+    assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "cmp")]) == 2
+    assert not (tmp_path / "cmp" / "compare.png").exists()
+
+
+def test_a_folder_with_the_csv_only_is_not_a_sweep(tmp_path):
+    from ldrop.sweeps import IncompleteSweepError
+
+    write_sweep(ROWS, tmp_path)
+    for name in ("budget_sweep.json", "budget_sweep.png", "sweep_manifest.json"):
+        (tmp_path / name).unlink()
+    with pytest.raises(IncompleteSweepError, match="no sweep_manifest.json"):
+        load_sweep(tmp_path)
+
+
+def test_a_users_own_table_is_read_without_a_manifest(tmp_path):
+    (tmp_path / "mine.json").write_text(json.dumps(ROWS))
+    assert load_sweep(tmp_path / "mine.json") == ROWS
+
+
+def _fail_writes_after(monkeypatch, count: int):
+    """Make the sweep's file writes hit a full disk (``ENOSPC``) after ``count`` successful ones."""
+    import errno
+
+    import ldrop._io as io_module
+
+    written, real_write = [], io_module._write_synced
+
+    def write(tmp, data):
+        if len(written) >= count:
+            with open(tmp, "wb") as handle:
+                handle.write(data[: len(data) // 2])  # what a full disk leaves: part of the file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(tmp)
+        real_write(tmp, data)
+
+    monkeypatch.setattr(io_module, "_write_synced", write)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_a_full_disk_in_a_reused_directory_keeps_the_old_complete_set(tmp_path, monkeypatch, count):
+    write_sweep(ROWS, tmp_path, layer_usage=[[1, 0, 0, 0]] * 3)
+    before = _files(tmp_path)
+    _fail_writes_after(monkeypatch, count)
+    with pytest.raises(OSError, match=f"no space left on {tmp_path}"):
+        write_sweep([{**r, "acc": 0.0} for r in ROWS], tmp_path, layer_usage=[[0, 1, 0, 0]] * 3)
+    assert _files(tmp_path) == before  # no new csv beside the old plots, no temporary
+    assert load_sweep(tmp_path) == ROWS
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs (root only, where mounting is allowed; the monkeypatched variant runs everywhere)."""
+    from tests.disks import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "disk") as mount:
+        yield mount
+
+
+def test_a_real_full_disk_in_a_reused_directory_keeps_the_old_complete_set(small_tmpfs):
+    import shutil
+
+    write_sweep(ROWS, small_tmpfs, layer_usage=[[1, 0, 0, 0]] * 3)
+    before = _files(small_tmpfs)
+    # fill the disk but for a few KiB: the new csv and json fit, the plots do not
+    (small_tmpfs / "filler").write_bytes(b"\0" * (shutil.disk_usage(small_tmpfs).free - 8192))
+    with pytest.raises(OSError, match=f"no space left on {small_tmpfs}"):
+        write_sweep([{**r, "acc": 0.0} for r in ROWS], small_tmpfs, layer_usage=[[0, 1, 0, 0]] * 3)
+    (small_tmpfs / "filler").unlink()
+    assert _files(small_tmpfs) == before
+    assert load_sweep(small_tmpfs) == ROWS

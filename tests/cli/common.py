@@ -1,0 +1,20 @@
+"""What the command-line tests share: the quickstart config shrunk to a few seconds, and a fit of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ldrop.cli import main
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+SMALL = ["--data.init_args.num_train", "32", "--data.init_args.num_val", "16", "--data.init_args.num_test", "16",
+         "--data.init_args.duration_range", "[0.3, 0.5]", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false"]
+
+
+def fit_quickstart(tmp_path: Path, *extra: str) -> Path:
+    """ldrop fit on the quickstart config, shrunk; returns the run directory."""
+    main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "1",
+          "--trainer.logger.init_args.save_dir", str(tmp_path), *extra])
+    runs = sorted((tmp_path / "ldrop").glob("version_*"))
+    return runs[-1]

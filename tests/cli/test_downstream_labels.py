@@ -1,0 +1,70 @@
+"""A downstream task without ``labels`` trains through ``ldrop fit`` and loads back through every loader: the
+CLI links the datamodule's labels only into a task that takes them (issue 15, item 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ldrop.cli import main
+from ldrop.tasks import LayerDropTask, masked_mean
+from tests.cli.common import QUICKSTART, SMALL
+
+
+class ClassIdTask(LayerDropTask):
+    """A downstream classifier that knows its class count, not class names (no ``labels`` argument)."""
+
+    metric_names = ("acc",)
+
+    def __init__(self, num_classes: int = 8, **kwargs: Any) -> None:
+        self.num_classes = num_classes  # configure_head reads it during super().__init__()
+        super().__init__(**kwargs)
+        self.save_hyperparameters("num_classes")
+
+    def configure_head(self) -> nn.Module:
+        return nn.Linear(self.backbone.hidden_size, self.num_classes)
+
+    def compute_logits(self, head, hidden, frame_mask):
+        return head(masked_mean(hidden, frame_mask))
+
+    def task_loss(self, logits, frame_mask, batch):
+        return nn.functional.cross_entropy(logits, batch.targets)
+
+    def configure_metrics(self):
+        return {"acc": MulticlassAccuracy(self.num_classes)}
+
+    def update_metrics(self, metrics, logits, frame_mask, batch) -> None:
+        metrics["acc"].update(logits.argmax(-1), batch.targets)
+
+    def decode(self, logits, frame_mask):
+        return logits.argmax(-1).tolist()
+
+
+def test_a_task_without_labels_trains_through_ldrop_fit_and_loads_back_everywhere(tmp_path):
+    import ldrop
+
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--model.class_path", f"{__name__}.ClassIdTask",
+                 "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
+                 "--trainer.default_root_dir", str(tmp_path), "--checkpoint.dirpath", str(tmp_path / "ckpt")]) == 0
+    checkpoint = tmp_path / "ckpt" / "last.ckpt"
+    assert "labels" not in torch.load(checkpoint, weights_only=False)["ldrop_hyper_parameters"]
+
+    waves = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    loaded = [ldrop.load_model(checkpoint), ClassIdTask.load_from_checkpoint(checkpoint).eval()]
+    with torch.no_grad():
+        logits = [model(waves, None, 4)[0] for model in loaded]
+    assert logits[0].shape == (2, 8) and torch.equal(logits[0], logits[1])
+    assert main(["profile", str(checkpoint), "--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1",
+                 "--warmup", "0", "--validate", "0", "--out", str(tmp_path / "profile.json")]) == 0
+
+
+def test_model_labels_is_public_for_other_command_lines():
+    import ldrop.cli
+    from ldrop.data import SyntheticClassificationDataModule
+    from ldrop.tasks import model_labels
+
+    assert ldrop.cli.model_labels is model_labels
+    assert model_labels(SyntheticClassificationDataModule(num_classes=3)) == ["class_0", "class_1", "class_2"]

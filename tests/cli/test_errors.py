@@ -1,0 +1,257 @@
+"""Every failure a user can fix is one ``ldrop: error: ...`` line (exit status 2) that names the file, the
+option or the cause, with the traceback behind ``LDROP_DEBUG=1``; a run that fails at setup leaves no folder."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from jsonargparse import ArgumentError
+
+from ldrop.cli import main
+from ldrop.testing import fixtures
+from tests.cli.common import QUICKSTART, SMALL
+from tests.disks import mounted_tmpfs, read_only_folder
+
+TINY_RUN = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def one_error_line(capsys) -> str:
+    """The one ``ldrop:`` line on stderr (asserting there is exactly one, and no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ldrop:")]
+    assert len(lines) == 1 and lines[0].startswith("ldrop: error: "), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------- damaged checkpoints
+def _damaged(kind: str, good: Path, folder: Path) -> Path:
+    path = folder / f"{kind}.ckpt"
+    data = good.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"not a checkpoint\n"}[kind])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty"])
+@pytest.mark.parametrize("command", ["test", "fit", "export", "profile"])
+def test_a_damaged_checkpoint_is_named_in_one_line(trained, tmp_path, capsys, kind, command):
+    damaged = _damaged(kind, trained / "checkpoints" / "last.ckpt", tmp_path)
+    args = {
+        "test": ["test", "--config", QUICKSTART, *SMALL, "--ckpt_path", str(damaged),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")],
+        "fit": ["fit", "--config", QUICKSTART, *SMALL, "--ckpt_path", str(damaged),
+                "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")],
+        "export": ["export", str(damaged), str(tmp_path / "exported")],
+        "profile": ["profile", str(damaged), "--out", str(tmp_path / "p.json")],
+    }[command]
+    try:
+        code = main(args)
+    except SystemExit as exit_info:  # 'ldrop profile' reports through its own parser (runtime/profile.py)
+        code, err = exit_info.code, capsys.readouterr().err
+    else:
+        err = one_error_line(capsys)
+    assert code == 2
+    assert str(damaged) in err and "damaged or not a checkpoint" in err
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
+def test_load_model_and_adaptive_model_name_a_damaged_checkpoint(trained, tmp_path, kind):
+    from ldrop import AdaptiveModel, load_model
+    from ldrop._io import CheckpointError
+
+    damaged = _damaged(kind, trained / "checkpoints" / "last.ckpt", tmp_path)
+    for load in (load_model, AdaptiveModel.from_pretrained):
+        with pytest.raises(CheckpointError, match=f"{damaged}.*damaged or not a checkpoint"):
+            load(damaged)
+
+
+# ------------------------------------------------------------------------------- another configuration
+@pytest.mark.parametrize("option, differs", [
+    (["--model.init_args.selector.init_args.hidden_dim", "64"], "selector.init_args.hidden_dim (32 in the checkpoint, 64 here)"),
+    (["--data.init_args.num_classes", "4"], "head.weight [8, 32] in the checkpoint, [4, 32] here"),
+    (["--model.init_args.backbone", "tiny:hubert"], "backbone ('tiny:wavlm' in the checkpoint, 'tiny:hubert' here)"),
+], ids=["selector-width", "class-count", "backbone"])
+def test_a_checkpoint_of_another_configuration_says_what_differs_in_one_line(trained, tmp_path, capsys, option,
+                                                                              differs):
+    code = main(["test", "--config", QUICKSTART, *SMALL, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *option])
+    line = one_error_line(capsys)
+    assert code == 2 and "do not fit this ClassificationTask" in line and differs in line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_load_model_names_the_checkpoint_whose_weights_do_not_fit(trained, tmp_path):
+    from ldrop import load_model
+    from ldrop._io import CheckpointError
+
+    checkpoint = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint["ldrop_hyper_parameters"]["selector"]["init_args"]["hidden_dim"] = 64
+    edited = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, edited)
+    with pytest.raises(CheckpointError, match=rf"{edited}: the checkpoint's weights do not fit this ClassificationTask "
+                                              r"\(10 tensor\(s\) of another shape: selector.frame_proj.weight \[32, 32\] in "
+                                              r"the checkpoint, \[64, 32\] here"):
+        load_model(edited)
+
+
+# ------------------------------------------------------------------------------- full disk, read-only output
+def _fit_into(checkpoints: Path, save_dir: Path) -> list[str]:
+    return ["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger.init_args.save_dir", str(save_dir),
+            "--checkpoint.dirpath", str(checkpoints)]
+
+
+def test_a_full_disk_during_fit_says_no_space_left_on_the_folder(tmp_path, capsys, monkeypatch):
+    def full_disk_save(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 a part of the checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    code = main(_fit_into(tmp_path / "ckpt", tmp_path / "logs"))
+    line = one_error_line(capsys)
+    assert code == 2 and f"no space left on {tmp_path / 'ckpt'}" in line
+    assert not list((tmp_path / "ckpt").iterdir())  # no half-written checkpoint, no temporary
+
+
+def test_a_real_full_disk_during_fit_says_no_space_left_on_the_folder(tmp_path, capsys):
+    with mounted_tmpfs(tmp_path / "disk", size="64k") as disk:
+        code = main(_fit_into(disk / "ckpt", tmp_path / "logs"))
+        line = one_error_line(capsys)
+        assert code == 2 and f"no space left on {disk / 'ckpt'}" in line
+        assert not list((disk / "ckpt").iterdir())
+
+
+def test_a_read_only_predictions_output_fails_before_any_inference(trained, tmp_path, capsys, monkeypatch):
+    from ldrop.tasks import LayerDropTask
+
+    predicted = []
+    monkeypatch.setattr(LayerDropTask, "predict_step", lambda self, *args, **kwargs: predicted.append(1))
+    with read_only_folder(tmp_path / "ro") as folder:
+        code = main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false",
+                     "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+                     "--predictions.output", str(folder / "pred.jsonl")])
+        line = one_error_line(capsys)
+    assert code == 2 and line.startswith(f"ldrop: error: --predictions.output: cannot write {folder / 'pred.jsonl'}")
+    assert not predicted
+
+
+# ------------------------------------------------------------------------------- bad data, NaN loss
+def _manifest_fit(tmp_path: Path, train_rows: list[tuple[str, str]], *extra: str,
+                  val_rows: list[tuple[str, str]] = (("good.wav", "a"), ("good2.wav", "b"))) -> list[str]:
+    fixtures.write_audio(tmp_path / "good.wav", 8000)
+    fixtures.write_audio(tmp_path / "good2.wav", 8000, seed=1)
+    for split, rows in (("train", train_rows), ("val", val_rows)):
+        (tmp_path / f"{split}.csv").write_text("path,label\n" + "".join(f"{p},{t}\n" for p, t in rows))
+    return ["fit", "--model", "ClassificationTask", "--data", "ManifestDataModule",
+            "--data.init_args.train_manifest", str(tmp_path / "train.csv"),
+            "--data.init_args.val_manifest", str(tmp_path / "val.csv"), "--data.init_args.batch_size", "2",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *TINY_RUN, *extra]
+
+
+@pytest.mark.parametrize("bad", ["nan", "truncated"])
+def test_bad_audio_is_one_line_naming_the_file_and_leaves_no_folder(tmp_path, capsys, bad):
+    if bad == "nan":
+        fixtures.write_nonfinite_wav(tmp_path / "bad.wav")
+    else:
+        fixtures.truncate_file(fixtures.write_audio(tmp_path / "bad.wav", 16000))
+    code = main(_manifest_fit(tmp_path, [("good.wav", "a"), ("bad.wav", "b")]))
+    line = one_error_line(capsys)
+    assert code == 2 and f"{tmp_path / 'bad.wav'}: " in line and ("non-finite" in line or "truncated" in line)
+    assert not (tmp_path / "logs").exists()  # neither version_0 nor logs/ldrop
+
+
+def test_an_empty_split_is_one_line(tmp_path, capsys):
+    fixtures.write_nonfinite_wav(tmp_path / "bad.wav")
+    code = main(_manifest_fit(tmp_path, [("good.wav", "a"), ("good2.wav", "b")], "--data.init_args.skip_bad_files",
+                              "true", val_rows=[("bad.wav", "a")]))
+    line = one_error_line(capsys)
+    assert code == 2 and "split 'val' has no items left" in line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_transcript_missing_from_librispeech_is_one_line(tmp_path, capsys):
+    tree = fixtures.make_librispeech_tree(tmp_path / "data", subsets=("train-clean-100", "dev-clean"), speakers=1,
+                                          utterances=2)
+    transcript = next((tree.root / "LibriSpeech" / "train-clean-100").rglob("*.trans.txt"))
+    transcript.write_text(transcript.read_text().splitlines(keepends=True)[0])  # the second utterance: no text
+    code = main(["fit", "--model", "CTCTask", "--data", "LibriSpeechDataModule", "--data.init_args.root",
+                 str(tree.root), "--data.init_args.num_workers", "0", "--trainer.logger.init_args.save_dir",
+                 str(tmp_path / "logs"), *TINY_RUN])
+    line = one_error_line(capsys)
+    assert code == 2 and ".flac: not in the transcript file" in line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_tedlium_segment_past_the_end_of_its_talk_is_one_line(tmp_path, capsys):
+    fixtures.make_tedlium_tree(tmp_path / "data", train_talks=1, segments_per_talk=2)
+    root = tmp_path / "data" / "TEDLIUM_release-3"
+    stm = next((root / "data" / "stm").glob("*.stm"))
+    talk, channel, speaker, start, _end, *rest = stm.read_text().splitlines()[0].split(" ")
+    stm.write_text(" ".join([talk, channel, speaker, start, "99.00", *rest]) + "\n" + stm.read_text())
+    code = main(["fit", "--model", "CTCTask", "--data", "TedliumDataModule", "--data.init_args.root", str(root),
+                 "--data.init_args.num_workers", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+                 *TINY_RUN])
+    line = one_error_line(capsys)
+    assert code == 2 and f"{talk}.sph" in line and "ends past" in line
+
+
+def test_a_nan_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
+    from ldrop.tasks import ClassificationTask
+
+    monkeypatch.setattr(ClassificationTask, "task_loss",
+                        lambda self, logits, frame_mask, batch: logits.sum() * float("nan"))
+    code = main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger.init_args.save_dir",
+                 str(tmp_path / "logs")])
+    line = one_error_line(capsys)
+    assert code == 2 and "non-finite training loss" in line and "Training stopped before updating the weights" in line
+
+
+# ------------------------------------------------------------------------------- command-line mistakes
+@pytest.mark.parametrize("args, expected", [
+    (["--model.init_args.nope", "3"], "--model.init_args.nope '3': ClassificationTask has no option 'nope'"),
+    (["--trainer.max_epochs", "abc"], "--trainer.max_epochs 'abc': expected an int or null"),
+    (["--model.init_args.selector", "InputConditonedSelector"],
+     "--model.init_args.selector 'InputConditonedSelector': no such class; did you mean InputConditionedSelector?"),
+    (["--model.predict_budget", "abc"], "--model.predict_budget 'abc': expected an int, a float or a dict"),
+    (["--model.init_args.selector.init_args.mode", "both"],
+     "--model.init_args.selector.init_args.mode 'both': expected one of 'topk', 'threshold'"),
+    (["--trainer.max_epoch", "1"], "--trainer.max_epoch 1; did you mean --trainer.max_epochs?"),
+    (["--predictions.output", "p.jsonl"], "--predictions.output applies to 'ldrop predict' only"),
+], ids=["unknown-key", "wrong-type", "misspelt-class", "budget", "choice", "abbreviation", "predict-only"])
+def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accepted(tmp_path, capsys, monkeypatch,
+                                                                                   args, expected):
+    argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path), *args]
+    assert main(argv) == 2
+    assert expected in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv("LDROP_DEBUG", "1")  # the traceback, and jsonargparse's full text, on request
+    with pytest.raises(Exception) as raised:
+        main(argv)
+    assert isinstance(raised.value.__cause__, ArgumentError)
+
+
+def test_own_commands_refuse_abbreviated_options(tmp_path, capsys):
+    assert main(["compare", str(tmp_path), "--ou", str(tmp_path / "x")]) == 2
+    assert "did you mean --out?" in one_error_line(capsys)
+
+
+def test_the_debug_switch_shows_the_traceback_of_a_data_error(tmp_path, monkeypatch):
+    from ldrop.data import AudioReadError
+
+    fixtures.write_nonfinite_wav(tmp_path / "bad.wav")
+    monkeypatch.setenv("LDROP_DEBUG", "1")
+    with pytest.raises(AudioReadError, match="bad.wav"):
+        main(_manifest_fit(tmp_path, [("good.wav", "a"), ("bad.wav", "b")]))
+
+
+def test_the_run_folder_of_a_resumable_run_is_kept_after_a_failure(trained, tmp_path):
+    run = tmp_path / "ldrop" / "version_0"
+    shutil.copytree(trained, run)
+    code = main(["fit", "--config", QUICKSTART, *SMALL, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                 "--model.init_args.selector.init_args.hidden_dim", "64"])
+    assert code == 2 and (run / "checkpoints" / "last.ckpt").is_file()

@@ -1,0 +1,57 @@
+"""JsonlPredictionWriter: records are written as they come; the output is complete or absent, and what a
+failed run predicted is kept beside it as ``<output>.partial``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ldrop.callbacks import JsonlPredictionWriter
+from ldrop.tasks import ClassificationTask
+from tests.helpers import quiet_trainer, tiny_classification_data
+
+
+def _predict(tmp_path, output, fail_at: int | None = None) -> JsonlPredictionWriter:
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm")
+    if fail_at is not None:
+        step = model.predict_step
+
+        def failing(batch, batch_idx, dataloader_idx=0):
+            if batch_idx == fail_at:
+                raise RuntimeError("the machine went away")
+            return step(batch, batch_idx, dataloader_idx)
+
+        model.predict_step = failing
+    writer = JsonlPredictionWriter(output=str(output))
+    quiet_trainer(tmp_path, callbacks=[writer]).predict(model, datamodule=tiny_classification_data(batch_size=4),
+                                                        return_predictions=False)
+    return writer
+
+
+def test_a_failed_prediction_run_keeps_what_it_wrote_as_partial_and_no_output(tmp_path):
+    output = tmp_path / "out" / "pred.jsonl"
+    with pytest.raises(RuntimeError, match="went away"):
+        _predict(tmp_path, output, fail_at=2)
+    assert not output.exists()
+    partial = [json.loads(line) for line in output.with_name("pred.jsonl.partial").read_text().splitlines()]
+    assert len(partial) == 8 and all("output" in r and "id" in r for r in partial)  # the first two batches
+    assert sorted(p.name for p in output.parent.iterdir()) == ["pred.jsonl.partial"]  # no temporary left
+
+
+def test_a_complete_run_writes_every_record_and_replaces_an_old_partial(tmp_path):
+    output = tmp_path / "pred.jsonl"
+    output.with_name("pred.jsonl.partial").write_text("{}\n")
+    writer = _predict(tmp_path, output)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 16 and writer.count == 16 and writer.written == output
+    assert len({r["id"] for r in records}) == 16
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("pred", ".pred"))) == ["pred.jsonl"]
+
+
+def test_an_output_in_a_file_path_fails_at_setup_naming_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="file"):
+        _predict(tmp_path, tmp_path / "file" / "pred.jsonl")
