@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "overhead": ("ldrop.bench.overhead", "selector and gating overhead"),
     "control": ("ldrop.bench.control", "meeting a per-utterance deadline under changing load (budget controller)"),
     "methods": ("ldrop.bench.methods", "every method trained from one full-depth model and swept: one table, one plot"),
+    "precision": ("ldrop.bench.precision", "the quickstart metric at each training precision, paired over seeds"),
     "gpu": ("ldrop.bench.gpu", "every GPU figure in one command: speed-up, host syncs, profile, quickstart at bf16"),
 }
 

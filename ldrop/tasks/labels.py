@@ -8,12 +8,12 @@ from typing import Any
 from ldrop.tasks.ctc import ENGLISH_CHARACTERS, build_vocabulary
 
 
-def model_labels(datamodule: Any) -> list[str]:
+def model_labels(datamodule: Any) -> list[str] | None:
     """The output labels a task needs from its datamodule.
 
     Classification: the class names in id order. CTC: the characters: the datamodule's ``alphabet`` (the
     generated sets), English letters for LibriSpeech and TED-LIUM, else every character of the training
-    transcripts.
+    transcripts. Any other target kind (``"regression"``, tensors): ``None``, there are no labels.
 
     A downstream ``LightningCLI`` links them as ``ldrop fit`` does, for a task that takes ``labels``::
 
@@ -21,6 +21,8 @@ def model_labels(datamodule: Any) -> list[str]:
     """
     if datamodule.task == "classification":
         return list(datamodule.class_names)
+    if datamodule.task != "ctc":
+        return None
     alphabet = getattr(datamodule, "alphabet", None)
     if alphabet:
         return sorted(set(alphabet) | {" "})

@@ -109,7 +109,6 @@ def test_a_compiled_topk_selector_subclass_trains_and_its_checkpoint_loads(tmp_p
     assert torch.equal(loaded.selector.score.weight, model.selector.score.weight)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the labels-link fix in cli.py (A3): a task without `labels`")
 def test_ldrop_fit_trains_the_downstream_task_and_load_model_reads_its_checkpoint(tmp_path):
     main(["fit", "--model.class_path", "tests.downstream.pitch.PitchTask", "--model.init_args.backbone", "tiny:wavlm",
           "--model.init_args.selector.class_path", "tests.downstream.pitch.PooledTopKSelector",

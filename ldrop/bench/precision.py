@@ -1,0 +1,124 @@
+"""The quickstart's metric under each training precision, through the real command line.
+
+``python -m ldrop.bench precision [--seeds 0 1 2 3 4] [--precisions 32-true bf16-mixed]`` runs, for each
+seed and precision, ``ldrop fit --config configs/quickstart.yaml --trainer.precision P --seed_everything S``
+then ``ldrop test`` of its ``last.ckpt`` at the same precision, and also tests each ``32-true`` checkpoint at
+the other precisions (same weights: only the arithmetic of the sweep changes). It writes ``precision.md``
+and ``precision.json`` into ``--out``: per budget, the metric's mean and spread over seeds, and the paired
+difference to ``32-true`` (per seed; mean with a 95% Student-t interval over seeds). Finished runs are
+kept, so a rerun continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentParser
+
+from ldrop._io import atomic_write_json, atomic_write_text
+from ldrop.bench.machine import machine_info
+from ldrop.bench.methods import launch
+from ldrop.sweeps.report import load_sweep, primary_metric
+
+# Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more seeds: the normal's 1.96 is close).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+
+
+def paired_interval(differences: Sequence[float]) -> tuple[float, float]:
+    """Mean of paired differences and the half-width of its 95% Student-t interval (``nan`` for one pair)."""
+    n = len(differences)
+    mean = statistics.fmean(differences)
+    if n < 2:
+        return mean, math.nan
+    quantile = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    return mean, quantile * statistics.stdev(differences) / math.sqrt(n)
+
+
+def _run(args: list[str], folder: Path, name: str) -> None:
+    """``ldrop <args>`` into ``folder`` unless a ``done`` marker says it finished; raises on failure."""
+    marker = folder / "done"
+    if marker.is_file():
+        print(f"[precision] {name}: done earlier, skipped", flush=True)
+        return
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    print(f"[precision] {name}: ldrop {' '.join(args)}", flush=True)
+    start = time.perf_counter()
+    if launch(args, folder / "log.txt") != 0:
+        raise SystemExit(f"[precision] {name} failed; its log: {folder / 'log.txt'}")
+    marker.write_text(f"{time.perf_counter() - start:.1f}\n")
+    print(f"[precision] {name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def _scores(folder: Path) -> dict[float, float]:
+    rows = load_sweep(folder / "sweep")
+    metric = primary_metric(rows)
+    return {float(row["budget"]): float(row[metric]) for row in rows}
+
+
+def run(args: Any) -> dict[str, Any]:
+    out = Path(args.out)
+    reference = args.precisions[0]
+    results: dict[str, dict[int, dict[float, float]]] = {}  # "fit P / test Q" -> seed -> budget -> metric
+    for seed in args.seeds:
+        for precision in args.precisions:
+            fit = out / f"fit-{precision}-seed{seed}"
+            _run(["fit", "--config", args.config, "--seed_everything", str(seed), "--trainer.precision", precision,
+                  "--trainer.default_root_dir", str(fit), "--trainer.logger", "false"], fit, f"fit {precision} seed {seed}")
+            tests = [precision] if precision != reference else args.precisions
+            for test_precision in tests:
+                folder = out / f"test-{precision}-as-{test_precision}-seed{seed}"
+                ckpt = next(fit.rglob("last.ckpt"))
+                _run(["test", "--config", args.config, "--ckpt_path", str(ckpt), "--trainer.precision", test_precision,
+                      "--trainer.logger", "false", "--trainer.default_root_dir", str(folder),
+                      "--sweep.directory", str(folder / "sweep")],
+                     folder, f"test of the {precision} fit at {test_precision}, seed {seed}")
+                results.setdefault(f"fit {precision}, test {test_precision}", {})[seed] = _scores(folder)
+    base = results[f"fit {reference}, test {reference}"]
+    budgets = sorted(next(iter(base.values())))
+    rows = []
+    for name, by_seed in results.items():
+        for budget in budgets:
+            values = [by_seed[s][budget] for s in args.seeds]
+            row = {"run": name, "budget": budget, "mean": statistics.fmean(values),
+                   "sd": statistics.stdev(values) if len(values) > 1 else math.nan, "per_seed": values}
+            if not name.endswith(f"test {reference}") or not name.startswith(f"fit {reference}"):
+                diff, half = paired_interval([by_seed[s][budget] - base[s][budget] for s in args.seeds])
+                row.update(diff=diff, ci95=half)
+            rows.append(row)
+    lines = [f"| run | budget | mean over {len(args.seeds)} seeds | sd | paired difference to {reference} (95% CI) |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        diff = f"{row['diff']:+.4f} ± {row['ci95']:.4f}" if "diff" in row else "(reference)"
+        lines.append(f"| {row['run']} | {row['budget']:g} | {row['mean']:.4f} | {row['sd']:.4f} | {diff} |")
+    record = {"command": ["python", "-m", "ldrop.bench", "precision", *sys.argv[1:]], "machine": machine_info(),
+              "config": args.config, "seeds": list(args.seeds), "rows": rows}
+    atomic_write_json(out / "precision.json", record)
+    atomic_write_text(out / "precision.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return record
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m ldrop.bench precision", description=__doc__.split("\n\n")[0],
+                            allow_abbrev=False)
+    parser.add_argument("--config", default="configs/quickstart.yaml", help="the ldrop config to fit and test")
+    parser.add_argument("--seeds", type=list[int], default=[0, 1, 2, 3, 4], help="seeds (one fit each per precision)")
+    parser.add_argument("--precisions", type=list[str], default=["32-true", "bf16-mixed"],
+                        help="trainer precisions; the first is the reference")
+    parser.add_argument("--out", default="bench-precision", help="output folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
