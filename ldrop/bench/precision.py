@@ -59,16 +59,16 @@ def _run(args: list[str], folder: Path, name: str) -> None:
     print(f"[precision] {name}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def _scores(folder: Path) -> dict[float, float]:
+def _scores(folder: Path) -> dict[int, float]:
     rows = load_sweep(folder / "sweep")
     metric = primary_metric(rows)
-    return {float(row["budget"]): float(row[metric]) for row in rows}
+    return {int(row["budget_layers"]): float(row[metric]) for row in rows}
 
 
 def run(args: Any) -> dict[str, Any]:
     out = Path(args.out)
     reference = args.precisions[0]
-    results: dict[str, dict[int, dict[float, float]]] = {}  # "fit P / test Q" -> seed -> budget -> metric
+    results: dict[str, dict[int, dict[int, float]]] = {}  # "fit P / test Q" -> seed -> budget -> metric
     for seed in args.seeds:
         for precision in args.precisions:
             fit = out / f"fit-{precision}-seed{seed}"
