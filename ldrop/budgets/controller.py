@@ -1,34 +1,12 @@
 """From a target (a deadline, a real-time factor, a FLOPs rate) to a per-input layer budget, closing the loop.
 
-A :class:`BudgetController` turns a :class:`~ldrop.budgets.targets.Target` into a ``[batch]`` budget tensor:
-for each input, the largest ``k`` in ``1..N`` whose predicted cost meets the target.
-
-* ``ms``: wall milliseconds per utterance. ``rtf``: compute seconds per second of audio (the allowance of
-  an input is ``rtf x its duration``). Both use a :class:`~ldrop.budgets.profile.DeviceProfile`: an input
-  costs ``fixed_i + k * layer_i`` seconds (see :meth:`DeviceProfile.per_input`), times the online
-  correction, and the controller plans for ``(1 - margin)`` of the allowance.
-* ``gflops_per_second``: exact FLOPs from :func:`ldrop.engine.flops.count_forward_flops`; no profile, no
-  margin, no correction.
-
-Closed loop: after each forward the caller reports the measured and the predicted time
-(:meth:`BudgetController.observe`); the controller keeps a running ratio measured / predicted (an
-exponential moving average of its logarithm, quicker to rise than to fall, so a slow-down is met within a
-few calls and a speed-up is trusted gradually), and never plans below a high quantile (``quantile``) of
-the last ``window`` ratios, so that under a volatile load it plans for the recent slow-downs rather than
-their average: a deadline is about misses, not mean latency. The correction is bounded to
-``correction_bounds`` and scales every prediction. When the machine slows down (other processes, thermal
-limits, a shared GPU) the chosen depths shrink; when it speeds up they grow back.
-
-Targets that cannot be met (even one layer is predicted too slow) give the minimum budget (one layer) and
-an :class:`UnmeetableTargetWarning`; ``on_unmeetable="raise"`` makes them a ``ValueError`` instead. Within a
-run (``ldrop predict``, a target sweep) the misses are counted over the whole run and warned about once, at
-its end (:class:`TargetResolver`), not once per batch.
-Answering late with the cheapest model is usually better than not answering in a streaming system; the
-warning and ``BudgetDecision.meets_target`` say it happened. Invalid targets (negative, zero, not a
-number, unknown key) are always a ``ValueError``.
-
-With a threshold-mode selector a budget is the *mean* number of layers (inputs may run more or fewer), so
-the target holds on average, not per input; the closed loop absorbs the difference.
+For each input, the largest ``k`` in ``1..N`` whose predicted cost meets the target: ``ms`` and ``rtf``
+from a :class:`~ldrop.budgets.profile.DeviceProfile` (``fixed_i + k * layer_i`` seconds, times the online
+correction, planned for ``(1 - margin)`` of the allowance), ``gflops_per_second`` from the exact FLOPs count.
+The closed loop (:meth:`BudgetController.observe`) corrects time predictions by the measured / predicted
+ratio: an EMA of its logarithm, quicker to rise than to fall, never below a high quantile of the recent
+ratios (a deadline is about misses, not mean latency). Inputs that cannot meet a target even with the
+minimum budget run it, with an :class:`UnmeetableTargetWarning` (``on_unmeetable="raise"``: a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -240,16 +218,11 @@ class BudgetController:
 
 
 class TargetResolver:
-    """Per-input budgets of a task module under targets, over one run (``ldrop predict``, a target sweep).
+    """Per-input budgets of a task module under targets over one run (``ldrop predict``, a target sweep).
 
-    Keeps one open-loop controller per profile file, built on first use: its profile is the target's
-    ``profile`` file if given, else (time targets only) a quick profile (:data:`QUICK_GRID`) measured now.
-    Inputs that cannot meet a target are counted over the run and warned about once, by :meth:`close`
-    (a warning per batch would count one batch, "16 of 16", and repeat).
-
-    The model is duck-typed: ``num_layers``, ``backbone.config``, ``selector`` (``None`` or with ``flops``),
-    ``prefix_layers`` and ``exit_layers`` (optional), and what :func:`~ldrop.budgets.profile.profile_model`
-    measures.
+    One open-loop controller per profile file, built on first use (a time target without a profile measures
+    a quick one, :data:`QUICK_GRID`). Inputs that cannot meet a target are counted over the run and warned
+    about once, by :meth:`close`. The model is duck-typed (``num_layers``, ``backbone``, ``selector``, ...).
     """
 
     def __init__(self) -> None:

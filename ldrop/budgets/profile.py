@@ -1,25 +1,12 @@
 """A cost model of one ldrop model on this device: how long the fixed part and one encoder layer take.
 
-Time is modelled per *part* as a function of the sub-batch size ``B`` and the (padded) frames ``T`` that
-part runs on::
-
-    t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²        (seconds)
-
-(affine in the frames a call processes, plus the attention's quadratic term). Two parts are fitted:
-
-* ``fixed``: what every forward pays whatever layers run: CNN feature encoder, front end (projection,
-  positional convolution), selector, the final norm and the head; it runs on the whole padded batch.
-* ``layer``: one encoder layer (all layers of a model have the same shape); in the sparse path layer ``i``
-  runs on the sub-batch of inputs that keep it, trimmed to that sub-batch's longest input.
-
-So a batch with sample lengths ``lengths`` and keep mask ``keep [batch, layers]`` is predicted to take
-``fixed(B, T_max) + sum_i layer(B_i, T_i)``, with ``B_i`` the inputs keeping layer ``i`` and ``T_i`` their
-longest frame count, exactly the work :func:`ldrop.engine.run_gated_layers` does.
-
-:func:`profile_model` measures both parts over a grid of lengths and sub-batch sizes, fits them with
-non-negative weighted least squares (relative error), and checks the prediction on held-out random
-``(lengths, keep mask)`` batches on the sparse path. Timing functions are injectable, so the fit can be
-tested against a synthetic timing source.
+Each part is ``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds for ``B`` inputs of
+``T`` (padded) frames. ``fixed`` (CNN, front end, selector, final norm, head) runs on the whole padded batch;
+``layer`` (one encoder layer) runs, in the sparse path, on the inputs that keep it, trimmed to their longest.
+A batch is predicted to take ``fixed(B, T_max) + sum_i layer(B_i, T_i)``, the work of
+:func:`ldrop.engine.run_gated_layers`. :func:`profile_model` measures both parts over a grid, fits them
+(non-negative least squares on the relative error) and checks the prediction on held-out random
+``(lengths, keep mask)`` batches; its timing functions are injectable (tests use synthetic ones).
 """
 
 from __future__ import annotations

@@ -10,14 +10,6 @@ import torch
 from ldrop.budgets.profile import PARTS, profile_model
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def profile_main(argv: Sequence[str]) -> int:
     """``ldrop profile (MODEL | --backbone NAME) [--out profile.json] ...``: measure a device profile."""
     from jsonargparse import ArgumentParser
@@ -50,7 +42,8 @@ def profile_main(argv: Sequence[str]) -> int:
     if (ns.model is None) == (ns.backbone is None):
         parser.error("give either MODEL (a checkpoint or exported folder) or --backbone NAME")
     try:
-        seconds, batch_sizes = _floats(ns.seconds), _ints(ns.batch_sizes)
+        seconds = [float(x) for x in ns.seconds.split(",") if x.strip()]
+        batch_sizes = [int(x) for x in ns.batch_sizes.split(",") if x.strip()]
         overrides = json.loads(ns.overrides) if ns.overrides else None
     except ValueError as error:
         parser.error(f"bad --seconds/--batch-sizes/--overrides: {error}")

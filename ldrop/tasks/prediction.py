@@ -52,18 +52,9 @@ class PredictionMixin:
         return records  # type: ignore[return-value]
 
     def predict_target(self) -> Target | None:
-        """``predict_budget`` as a :class:`~ldrop.budgets.Target`, or ``None`` when it is a layer budget.
-
-        Parsed (and its profile file checked) once per value, not once per batch.
-        """
+        """``predict_budget`` as a :class:`~ldrop.budgets.Target` (its profile file is read once), or ``None``."""
         budget = self.hparams.predict_budget
-        if not is_target(budget):
-            return None
-        cached = getattr(self, "_predict_target_cache", None)
-        if cached is None or cached[0] != budget:
-            cached = (dict(budget) if isinstance(budget, dict) else budget, Target.parse(budget))
-            self._predict_target_cache = cached
-        return cached[1]
+        return Target.parse(budget) if is_target(budget) else None
 
     def predict_budget_with_fields(self, lengths: Tensor) -> tuple[Budget, list[dict[str, Any]]]:
         """``predict_budget`` for inputs of ``lengths`` samples and, per input, what a record says about it.
