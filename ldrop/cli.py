@@ -31,14 +31,16 @@ import ldrop.selectors  # noqa: F401, E402
 import ldrop.tasks  # noqa: F401, E402
 from ldrop import __version__
 from ldrop._io import CheckpointError, load_checkpoint_file
+from ldrop.budgets import budget_list
 from ldrop.callbacks import AtomicCheckpointIO, ExactResume, JsonlPredictionWriter, TaskCheckpoint
 from ldrop.data import AudioDataModule
 from ldrop.data.audio import AudioReadError
 from ldrop.data.base import DatasetLayoutError
-from ldrop.runtime.loading import load_task_checkpoint  # noqa: F401 (kept importable from here)
+from ldrop.runtime import TargetBudgets
+from ldrop.runtime.checkpoints import load_task_checkpoint  # noqa: F401 (kept importable from here)
 from ldrop.sweeps import BudgetSweep
 from ldrop.sweeps.report import IncompleteSweepError
-from ldrop.tasks import LayerDropTask, budget_list
+from ldrop.tasks import LayerDropTask
 from ldrop.tasks.labels import model_labels  # noqa: F401 (public in ldrop.tasks; kept importable from here)
 
 #: The commands ``main`` runs itself, before LightningCLI: listed among the subcommands of ``ldrop --help``.
@@ -262,6 +264,8 @@ class LdropCLI(LightningCLI):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if not any(isinstance(c, ExactResume) for c in existing):
             callbacks.append(ExactResume())  # a resumed fit draws the same random numbers
+        if not any(isinstance(c, TargetBudgets) for c in existing):
+            callbacks.append(TargetBudgets())  # predict resolves a target predict_budget per input
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

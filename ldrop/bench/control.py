@@ -37,8 +37,9 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json
-from ldrop.bench.machine import machine_info
-from ldrop.runtime import AdaptiveModel, DeviceProfile, load_model, profile_model
+from ldrop.budgets import DeviceProfile, profile_model
+from ldrop.budgets.machine import machine_info
+from ldrop.runtime import AdaptiveModel, load_model
 
 POLICIES = ("full", "fixed", "open_loop", "closed_loop")
 

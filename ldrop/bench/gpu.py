@@ -9,7 +9,7 @@ Phases, each timed and recorded even when it fails (the others still run):
   per-sample masks), counted by :class:`~ldrop.engine.host_syncs.HostSyncCounter` and, on CUDA, by
   torch's sync debug mode; their number at two depths shows whether they grow with the layers.
 * ``profile``: ``ldrop profile --backbone random:wavlm --device <device> --dtype <dtype>`` (the device cost
-  model of :mod:`ldrop.runtime.profile`) through the real entry point, :func:`ldrop.cli.main`.
+  model of :mod:`ldrop.budgets.profile`) through the real entry point, :func:`ldrop.cli.main`.
 * ``quickstart``: ``ldrop fit`` (a few steps) then ``ldrop test`` (the budget sweep) of
   ``configs/quickstart.yaml`` at ``--precision`` (``bf16-mixed`` by default), through :func:`ldrop.cli.main`.
 
@@ -43,7 +43,6 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.bench.machine import machine_info
 from ldrop.bench.speedup import (
     DTYPES,
     SAMPLING_RATE,
@@ -52,6 +51,7 @@ from ldrop.bench.speedup import (
     run_speedup,
     sparse_forward,
 )
+from ldrop.budgets.machine import machine_info
 from ldrop.sweeps import markdown_table
 
 #: The quickstart config of a source checkout.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ldrop._io import atomic_write_json
-from ldrop.bench.machine import machine_info
+from ldrop.budgets.machine import machine_info
 from ldrop.data import (
     AudioDataModule,
     ESC50DataModule,

@@ -43,7 +43,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.bench.machine import machine_info
+from ldrop.budgets.machine import machine_info
 from ldrop.sweeps.report import load_sweep, markdown_table, primary_metric
 
 #: The shipped methods the benchmark compares by default (``configs/method/<name>.yaml``).

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json
-from ldrop.bench.machine import machine_info
+from ldrop.budgets.machine import machine_info
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
 from ldrop.sweeps import markdown_table

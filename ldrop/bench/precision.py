@@ -11,7 +11,6 @@ kept, so a rerun continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import statistics
@@ -24,8 +23,8 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.bench.machine import machine_info
 from ldrop.bench.methods import launch
+from ldrop.budgets.machine import machine_info
 from ldrop.sweeps.report import load_sweep, primary_metric
 
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more seeds: the normal's 1.96 is close).

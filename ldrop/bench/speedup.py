@@ -33,7 +33,7 @@ from transformers import PretrainedConfig
 
 from ldrop._io import atomic_write_json
 from ldrop.backbones import FAMILIES, SpeechBackbone, tiny_config
-from ldrop.bench.machine import machine_info
+from ldrop.budgets.machine import machine_info
 from ldrop.engine.flops import count_forward_flops
 from ldrop.engine.gated import run_gated_layers
 from ldrop.sweeps import markdown_table

@@ -1,36 +1,27 @@
-"""Run-time control: device cost profiles, a target -> budget controller, and the streaming ``AdaptiveModel``.
+"""Run-time use of a trained model: loading it (``checkpoints``), the streaming ``AdaptiveModel`` that meets a
+target per call, and the ``TargetBudgets`` predict callback.
 
-Imports point one way: runtime knows the task modules, the engine and the backbones; nothing below it
-knows runtime.
+Imports point one way: runtime knows the tasks, the budgets, the engine and the backbones; nothing in
+ldrop below ``ldrop.cli`` and ``ldrop.bench`` imports runtime.
 """
 
 from ldrop.runtime.adaptive import AdaptiveModel, AdaptiveOutput
-from ldrop.runtime.controller import BudgetController, BudgetDecision, UnmeetableTargetWarning
-from ldrop.runtime.loading import (
+from ldrop.runtime.checkpoints import (
     UnfittedSelectorWarning,
     load_exported,
     load_model,
     load_task_checkpoint,
     warn_if_unfitted,
 )
-from ldrop.runtime.profile import DeviceProfile, PartFit, fit_part, profile_model, validate_profile
-from ldrop.tasks.budget import Target
+from ldrop.runtime.targets import TargetBudgets
 
 __all__ = [
     "AdaptiveModel",
     "AdaptiveOutput",
-    "BudgetController",
-    "BudgetDecision",
-    "DeviceProfile",
-    "PartFit",
-    "Target",
+    "TargetBudgets",
     "UnfittedSelectorWarning",
-    "UnmeetableTargetWarning",
-    "fit_part",
     "load_exported",
     "load_model",
     "load_task_checkpoint",
-    "profile_model",
-    "validate_profile",
     "warn_if_unfitted",
 ]

@@ -4,7 +4,7 @@
     >>> out = model(waveform, target={"ms": 80})  # doctest: +SKIP
     >>> out.outputs, out.layers_run, out.predicted_ms, out.measured_ms  # doctest: +SKIP
 
-Each call chooses a per-input budget with a :class:`~ldrop.runtime.controller.BudgetController` (from the
+Each call chooses a per-input budget with a :class:`~ldrop.budgets.BudgetController` (from the
 device profile and the online correction), runs the sparse forward, measures it and feeds the measured
 time back, so the next call adapts to the machine's current speed.
 """
@@ -22,18 +22,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ldrop.runtime.controller import BudgetController
-from ldrop.runtime.loading import load_model
-from ldrop.runtime.profile import DeviceProfile, profile_model
+from ldrop.budgets import (
+    QUICK_GRID,
+    BudgetController,
+    DeviceProfile,
+    Target,
+    is_target,
+    profile_model,
+    resolve_budget,
+)
+from ldrop.runtime.checkpoints import load_model
 from ldrop.tasks import LayerDropTask
-from ldrop.tasks.budget import Target, is_target, resolve_budget
 
 log = logging.getLogger(__name__)
-
-#: The quick grid measured when a time target is used without a profile (a few seconds on a CPU).
-QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1, 2), "repeats": 3,
-                              "validation_batches": 0}
-
 
 @dataclass
 class AdaptiveOutput:

@@ -21,12 +21,12 @@ from torch import Tensor
 from torchmetrics import CatMetric, SumMetric
 
 from ldrop._progress import Phase
+from ldrop.budgets import Target, TargetResolver, budget_list
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
 from ldrop.sweeps.headroom import all_subsets, candidate_masks, num_subsets
 from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_rows, write_sweep
 from ldrop.tasks.base import LayerDropTask
-from ldrop.tasks.budget import Target, budget_list
 from ldrop.tasks.precision import precision_context, to_model_precision
 
 _base_item_errors = LayerDropTask.item_errors
@@ -116,10 +116,7 @@ class BudgetSweep(L.Callback):
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._setup_state(pl_module)
-        if self.targets:
-            from ldrop.runtime.controller import TargetTally  # the runtime package is only needed for targets
-
-            TargetTally.open(pl_module)  # inputs that cannot meet a target: one warning for the whole sweep
+        self._targets = TargetResolver()  # inputs that cannot meet a target: one warning for the whole sweep
         batches = sum(trainer.num_test_batches) if trainer.num_test_batches else math.inf
         extras = [name for name, on in (("controls", self._controls), ("headroom oracles", self._headroom),
                                         (f"{len(self.targets)} target(s)", bool(self.targets))) if on]
@@ -278,11 +275,9 @@ class BudgetSweep(L.Callback):
         return columns
 
     def _score_target(self, pl_module, batch, encoded, target: Target, state, seconds_fixed, selector_flops):
-        from ldrop.runtime.controller import target_budget  # the runtime package is only needed for targets
-
         self._sync(pl_module)
         start = time.perf_counter()
-        budget = target_budget(pl_module, batch.lengths, target)
+        budget = self._targets.budget(pl_module, batch.lengths, target)
         logits, keep, _ = pl_module.logits_at_budget(encoded, budget)
         self._sync(pl_module)
         seconds = seconds_fixed + time.perf_counter() - start
@@ -372,10 +367,7 @@ class BudgetSweep(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._phase.__exit__(None, None, None)
-        if self.targets:
-            from ldrop.runtime.controller import TargetTally
-
-            TargetTally.close(pl_module, "the target sweep")
+        self._targets.close("the target sweep")
         if self._headroom:
             self._score_validation(trainer, pl_module)
         rows, usage = self.sweep_rows(trainer, pl_module)

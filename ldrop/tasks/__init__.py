@@ -3,7 +3,6 @@ a task takes from its datamodule (``model_labels``)."""
 
 from ldrop.selectors import build_selector, selector_spec
 from ldrop.tasks.base import LayerDropTask, lr_schedule
-from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.classification import ClassificationTask, masked_mean
 from ldrop.tasks.ctc import ENGLISH_CHARACTERS, CTCTask, build_vocabulary
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
@@ -21,13 +20,10 @@ __all__ = [
     "GatingMixin",
     "LayerDropTask",
     "SelectorStatistics",
-    "budget_list",
-    "budget_to_layers",
     "build_selector",
     "build_vocabulary",
     "lr_schedule",
     "masked_mean",
     "model_labels",
-    "resolve_budget",
     "selector_spec",
 ]

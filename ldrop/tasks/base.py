@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from ldrop.backbones import SpeechBackbone, load_backbone
+from ldrop.budgets import Target, budget_list, budget_to_layers, is_target, resolve_budget
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
-from ldrop.tasks.budget import Target, budget_list, budget_to_layers, is_target, resolve_budget
 from ldrop.tasks.checkpointing import EXPORT_STATE_FILE, NORMALIZE_KEY, CheckpointMixin  # noqa: F401 (re-exported)
 from ldrop.tasks.counterfactual import counterfactual_loss
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig

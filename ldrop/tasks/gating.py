@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from ldrop.backbones import SpeechBackbone
 from ldrop.backbones.adapter import LayerContext
+from ldrop.budgets import Budget, resolve_budget
 from ldrop.engine import ExecutionMode, run_gated_layers, run_prefix_layers
 from ldrop.selectors import LayerSelector, SelectorOutput
-from ldrop.tasks.budget import Budget, resolve_budget
 
 
 @dataclass

@@ -4,18 +4,22 @@ predicted in chunks so that memory stays bounded."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ldrop.budgets import Budget, BudgetDecision, Target, budget_to_layers, is_target
 from ldrop.engine.flops import count_forward_flops
-from ldrop.tasks.budget import Budget, Target, budget_to_layers, is_target
-from ldrop.tasks.gating import EncodedBatch
 
 
 class PredictionMixin:
     """The predict side of :class:`~ldrop.tasks.LayerDropTask` (mixed into it)."""
+
+    #: ``sample lengths [batch] -> BudgetDecision`` for a target ``predict_budget``: attached for a predict run
+    #: by :class:`ldrop.runtime.TargetBudgets` (the task resolves no target itself).
+    budget_provider: Callable[[Tensor], BudgetDecision] | None = None
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         """Per input: id, output (transcript or label), the budget it was given, executed layers and GFLOPs.
@@ -47,35 +51,10 @@ class PredictionMixin:
                                            chunks_per_pass=len(batch))
         return records  # type: ignore[return-value]
 
-    def on_predict_epoch_start(self) -> None:
-        from ldrop.runtime.controller import TargetTally  # the runtime package is only needed for targets
-
-        if self.predict_target() is not None:  # unmeetable inputs are counted over the run, warned once at its end
-            TargetTally.open(self)
-
-    def on_predict_epoch_end(self) -> None:
-        if getattr(self, "_target_tally", None) is not None:
-            from ldrop.runtime.controller import TargetTally
-
-            TargetTally.close(self, "this predict run")
-
     def predict_target(self) -> Target | None:
-        """``predict_budget`` as a :class:`~ldrop.tasks.budget.Target`, or ``None`` when it is a layer budget.
-
-        Parsed (and its profile file checked) once per value, not once per batch.
-        """
+        """``predict_budget`` as a :class:`~ldrop.budgets.Target` (its profile file is read once), or ``None``."""
         budget = self.hparams.predict_budget
-        if not is_target(budget):
-            return None
-        cached = getattr(self, "_predict_target_cache", None)
-        if cached is None or cached[0] != budget:
-            cached = (dict(budget) if isinstance(budget, dict) else budget, Target.parse(budget))
-            self._predict_target_cache = cached
-        return cached[1]
-
-    def predict_budget_for(self, encoded: EncodedBatch) -> int | float | Tensor:
-        """``predict_budget`` for an encoded batch; a target (``{rtf: 0.1}``, ...) becomes a per-input budget."""
-        return self.predict_budget_with_fields(encoded.lengths)[0]
+        return Target.parse(budget) if is_target(budget) else None
 
     def predict_budget_with_fields(self, lengths: Tensor) -> tuple[Budget, list[dict[str, Any]]]:
         """``predict_budget`` for inputs of ``lengths`` samples and, per input, what a record says about it.
@@ -89,9 +68,10 @@ class PredictionMixin:
         if target is None:
             budget = self.hparams.predict_budget
             return budget, [{"budget": budget_to_layers(budget, self.num_layers)} for _ in range(len(lengths))]
-        from ldrop.runtime.controller import target_decision
-
-        decision = target_decision(self, lengths, target)
+        if self.budget_provider is None:
+            raise ValueError(f"predict_budget is a target ({target.kind}={target.value:g}): add the "
+                             "ldrop.runtime.TargetBudgets callback to the Trainer (ldrop predict adds it)")
+        decision = self.budget_provider(lengths)
         name = f"{target.kind}={target.value:g}"
         fields = []
         for k, meets, predicted in zip(decision.budget.tolist(), decision.meets_target.tolist(),

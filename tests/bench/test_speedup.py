@@ -101,7 +101,7 @@ def test_dispatcher_rejects_an_unknown_benchmark(capsys):
 
 
 def test_machine_info_names_the_device_and_the_libraries():
-    from ldrop.bench.machine import machine_info
+    from ldrop.budgets.machine import machine_info
 
     info = machine_info("cpu")
     assert info["device"] == "cpu" and info["device_name"] == info["cpu"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldrop.runtime import DeviceProfile, PartFit
+from ldrop.budgets import DeviceProfile, PartFit
 from ldrop.selectors import InputConditionedSelector
 from ldrop.tasks import ClassificationTask
 from tests.helpers import quiet_trainer, tiny_classification_data

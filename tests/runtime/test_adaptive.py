@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ldrop
-from ldrop.runtime import AdaptiveModel, load_model
+from ldrop.runtime import AdaptiveModel, TargetBudgets, load_model
 from tests.helpers import padded_batch, quiet_trainer, tiny_classification_data
 from tests.runtime.conftest import synthetic_profile
 
@@ -99,11 +99,19 @@ def test_the_sweep_over_targets_reports_layers_latency_misses_and_the_metric(tin
 def test_predict_takes_a_target_as_its_budget(tiny_checkpoint, tmp_path):
     model = load_model(tiny_checkpoint)
     model.hparams.predict_budget = {"gflops_per_second": 1e-6}  # unmeetable: one layer, with a warning
-    trainer = quiet_trainer(tmp_path)
+    trainer = quiet_trainer(tmp_path, callbacks=[TargetBudgets()])
     with pytest.warns(UserWarning, match="cannot be met"):
         predictions = trainer.predict(model, datamodule=tiny_classification_data())
     records = [r for batch in predictions for r in batch]
     assert records and all(len(r["executed_layers"]) == 1 for r in records)
+    assert model.budget_provider is None  # the task keeps no controller after the run
+
+
+def test_predict_under_a_target_without_the_callback_says_how(tiny_checkpoint, tmp_path):
+    model = load_model(tiny_checkpoint)
+    model.hparams.predict_budget = {"gflops_per_second": 1.0}
+    with pytest.raises(ValueError, match=r"gflops_per_second=1\): add the ldrop.runtime.TargetBudgets callback"):
+        quiet_trainer(tmp_path).predict(model, datamodule=tiny_classification_data())
 
 
 def test_a_bad_predict_target_fails_at_construction():
@@ -113,9 +121,10 @@ def test_a_bad_predict_target_fails_at_construction():
         ClassificationTask(labels=["a", "b"], predict_budget={"seconds": 1})
 
 
-def test_an_export_without_a_recorded_task_class_still_loads(tiny_export, tmp_path):
+def test_an_export_without_a_recorded_task_class_is_one_clear_error(tiny_export, tmp_path):
     import shutil
 
+    from ldrop._io import CheckpointError
     from ldrop.tasks.base import EXPORT_STATE_FILE
 
     old = tmp_path / "old"
@@ -123,7 +132,8 @@ def test_an_export_without_a_recorded_task_class_still_loads(tiny_export, tmp_pa
     payload = torch.load(old / EXPORT_STATE_FILE, weights_only=False)
     del payload["task_class"]
     torch.save(payload, old / EXPORT_STATE_FILE)
-    assert type(load_model(old)).__name__ == "ClassificationTask"
+    with pytest.raises(CheckpointError, match="does not say its task class"):
+        load_model(old)
 
 
 def test_load_model_warns_when_the_selector_still_needs_its_validation_fit(tiny_checkpoint):

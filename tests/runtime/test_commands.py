@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ldrop.budgets import DeviceProfile
 from ldrop.cli import main
-from ldrop.runtime import DeviceProfile
 
 QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
 SMALL_DATA = ["--data.init_args.num_train", "16", "--data.init_args.num_val", "8", "--data.init_args.num_test", "8",

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ldrop.backbones import tiny_config
+from ldrop.budgets import BudgetController, Target, UnmeetableTargetWarning
 from ldrop.engine.flops import count_forward_flops
-from ldrop.runtime import BudgetController, Target, UnmeetableTargetWarning
 from tests.runtime.conftest import synthetic_profile
 
 

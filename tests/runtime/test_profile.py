@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldrop.runtime import DeviceProfile, PartFit, Target, fit_part, profile_model
-from ldrop.runtime.profile import random_batches
+from ldrop.budgets import DeviceProfile, PartFit, Target, fit_part, profile_model
+from ldrop.budgets.profile import random_batches
 from ldrop.selectors import InputConditionedSelector
 from ldrop.tasks import ClassificationTask
 from tests.runtime.conftest import synthetic_profile

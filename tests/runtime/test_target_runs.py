@@ -8,7 +8,8 @@ import warnings
 import pytest
 import torch
 
-from ldrop.runtime import UnmeetableTargetWarning, load_model
+from ldrop.budgets import TargetResolver, UnmeetableTargetWarning
+from ldrop.runtime import TargetBudgets, load_model
 from ldrop.sweeps import BudgetSweep
 from tests.helpers import quiet_trainer, tiny_classification_data
 from tests.runtime.conftest import synthetic_profile
@@ -25,7 +26,7 @@ def _predict(model, tmp_path, budget) -> tuple[list[dict], list[str]]:
     model.hparams.predict_budget = budget
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictions = quiet_trainer(tmp_path).predict(model, datamodule=tiny_classification_data())
+        predictions = quiet_trainer(tmp_path, callbacks=[TargetBudgets()]).predict(model, datamodule=tiny_classification_data())
     unmeetable = [str(w.message) for w in caught if issubclass(w.category, UnmeetableTargetWarning)]
     return [record for batch in predictions for record in batch], unmeetable
 
@@ -63,6 +64,8 @@ def test_a_long_input_predicted_in_chunks_sums_its_predicted_time(model, tmp_pat
     profile = synthetic_profile().save(tmp_path / "profile.json")
     model.hparams.predict_budget = {"rtf": 10.0, "profile": str(profile)}
     model.hparams.predict_chunk_seconds, model.hparams.predict_chunk_overlap_seconds = 0.4, 0.05
+    resolver = TargetResolver()
+    model.budget_provider = lambda lengths: resolver.decide(model, lengths, model.predict_target())
     with torch.no_grad():
         record = model.predict_long(torch.randn(16000), "long", chunks_per_pass=2)
     chunks = record["chunks"]

@@ -7,8 +7,9 @@ import warnings
 
 import torch
 
+from ldrop.budgets import profile_model
 from ldrop.cli import main
-from ldrop.runtime import UnfittedSelectorWarning, load_model, profile_model
+from ldrop.runtime import UnfittedSelectorWarning, load_model
 from tests.helpers import tiny_classification_data
 
 WAVES = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))

@@ -150,12 +150,14 @@ def test_chunked_predict_runs_with_the_prefix():
 
 
 def test_a_flops_target_never_asks_for_fewer_layers_than_the_prefix():
-    from ldrop.runtime.controller import target_budget
+    from ldrop.budgets import TargetResolver
 
     model = _classifier(read_layers=2).eval()
     lengths = torch.tensor([8000, 4000])
+    resolver = TargetResolver()
+    budget = resolver.budget(model, lengths, {"gflops_per_second": 1e-6})
     with pytest.warns(UserWarning, match="cannot be met"):
-        budget = target_budget(model, lengths, {"gflops_per_second": 1e-6})
+        resolver.close()
     assert budget.tolist() == [2, 2]
 
 
@@ -196,7 +198,7 @@ def test_ctc_fit_with_the_layers_input(tmp_path):
 
 
 def test_the_device_profile_times_the_prefix_as_layers_not_as_fixed_cost():
-    from ldrop.runtime.profile import model_timers, random_batches
+    from ldrop.budgets.profile import model_timers, random_batches
 
     model = _classifier(read_layers=2).eval()
     measure, measure_batch = model_timers(model, repeats=1, warmup=0)
@@ -212,8 +214,8 @@ def test_the_device_profile_times_the_prefix_as_layers_not_as_fixed_cost():
 
 
 def test_the_budget_controller_respects_a_minimum_budget():
+    from ldrop.budgets import BudgetController
     from ldrop.engine.flops import count_forward_flops
-    from ldrop.runtime import BudgetController
 
     model = _classifier().eval()
     lengths = torch.tensor([16000])

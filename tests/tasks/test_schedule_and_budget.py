@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from ldrop.tasks import budget_list, budget_to_layers, lr_schedule, resolve_budget
+from ldrop.budgets import budget_list, budget_to_layers, resolve_budget
+from ldrop.tasks import lr_schedule
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():

@@ -1,34 +1,12 @@
 """From a target (a deadline, a real-time factor, a FLOPs rate) to a per-input layer budget, closing the loop.
 
-A :class:`BudgetController` turns a :class:`~ldrop.tasks.budget.Target` into a ``[batch]`` budget tensor:
-for each input, the largest ``k`` in ``1..N`` whose predicted cost meets the target.
-
-* ``ms``: wall milliseconds per utterance. ``rtf``: compute seconds per second of audio (the allowance of
-  an input is ``rtf x its duration``). Both use a :class:`~ldrop.runtime.profile.DeviceProfile`: an input
-  costs ``fixed_i + k * layer_i`` seconds (see :meth:`DeviceProfile.per_input`), times the online
-  correction, and the controller plans for ``(1 - margin)`` of the allowance.
-* ``gflops_per_second``: exact FLOPs from :func:`ldrop.engine.flops.count_forward_flops`; no profile, no
-  margin, no correction.
-
-Closed loop: after each forward the caller reports the measured and the predicted time
-(:meth:`BudgetController.observe`); the controller keeps a running ratio measured / predicted (an
-exponential moving average of its logarithm, quicker to rise than to fall, so a slow-down is met within a
-few calls and a speed-up is trusted gradually), and never plans below a high quantile (``quantile``) of
-the last ``window`` ratios, so that under a volatile load it plans for the recent slow-downs rather than
-their average: a deadline is about misses, not mean latency. The correction is bounded to
-``correction_bounds`` and scales every prediction. When the machine slows down (other processes, thermal
-limits, a shared GPU) the chosen depths shrink; when it speeds up they grow back.
-
-Targets that cannot be met (even one layer is predicted too slow) give the minimum budget (one layer) and
-an :class:`UnmeetableTargetWarning`; ``on_unmeetable="raise"`` makes them a ``ValueError`` instead. Within a
-run (``ldrop predict``, a target sweep) the misses are counted over the whole run and warned about once, at
-its end (:class:`TargetTally`), not once per batch.
-Answering late with the cheapest model is usually better than not answering in a streaming system; the
-warning and ``BudgetDecision.meets_target`` say it happened. Invalid targets (negative, zero, not a
-number, unknown key) are always a ``ValueError``.
-
-With a threshold-mode selector a budget is the *mean* number of layers (inputs may run more or fewer), so
-the target holds on average, not per input; the closed loop absorbs the difference.
+For each input, the largest ``k`` in ``1..N`` whose predicted cost meets the target: ``ms`` and ``rtf``
+from a :class:`~ldrop.budgets.profile.DeviceProfile` (``fixed_i + k * layer_i`` seconds, times the online
+correction, planned for ``(1 - margin)`` of the allowance), ``gflops_per_second`` from the exact FLOPs count.
+The closed loop (:meth:`BudgetController.observe`) corrects time predictions by the measured / predicted
+ratio: an EMA of its logarithm, quicker to rise than to fall, never below a high quantile of the recent
+ratios (a deadline is about misses, not mean latency). Inputs that cannot meet a target even with the
+minimum budget run it, with an :class:`UnmeetableTargetWarning` (``on_unmeetable="raise"``: a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -43,8 +21,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ldrop.runtime.profile import DeviceProfile
-from ldrop.tasks.budget import Target
+from ldrop.budgets.profile import DeviceProfile, profile_model
+from ldrop.budgets.targets import Target
+
+#: The quick grid measured when a time target is used without a profile (a few seconds on a CPU).
+QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1, 2), "repeats": 3,
+                              "validation_batches": 0}
 
 
 class UnmeetableTargetWarning(UserWarning):
@@ -167,7 +149,7 @@ class BudgetController:
         if self.profile is None:
             raise ValueError(
                 f"a {target.kind} target needs a device profile of this model: run 'ldrop profile' (or "
-                "ldrop.runtime.profile_model) and pass it"
+                "ldrop.budgets.profile_model) and pass it"
             )
         fixed, layer = self.profile.per_input(lengths)
         allowance = (target.value / 1000.0) * torch.ones_like(seconds) if target.kind == "ms" else target.value * seconds
@@ -181,7 +163,7 @@ class BudgetController:
             sample_lengths: ``[batch]`` valid samples per input.
             target: a :class:`Target`, ``{"rtf": 0.1}`` or ``"ms=80"``.
             warn: warn about inputs that cannot meet the target (``False``: the caller counts
-                ``meets_target`` itself, e.g. over a whole run with :class:`TargetTally`).
+                ``meets_target`` itself, e.g. over a whole run, as :class:`TargetResolver` does).
 
         Raises:
             ValueError: an invalid target, a missing profile/config, or (``on_unmeetable="raise"``) a target
@@ -235,108 +217,79 @@ class BudgetController:
         self._recent.clear()
 
 
-class TargetTally:
-    """Inputs that could not meet each target over a run, warned about once at its end.
+class TargetResolver:
+    """Per-input budgets of a task module under targets over one run (``ldrop predict``, a target sweep).
 
-    A run (``ldrop predict`` with a target budget, a test sweep over targets) decides batch by batch; a
-    warning per batch would count one batch ("16 of 16") and repeat. :func:`target_decision` adds each
-    batch's decision here instead while a tally is open on the model (:meth:`open`), and :meth:`close` warns
-    once per target with the run's totals.
+    One open-loop controller per profile file, built on first use (a time target without a profile measures
+    a quick one, :data:`QUICK_GRID`). Inputs that cannot meet a target are counted over the run and warned
+    about once, by :meth:`close`. The model is duck-typed (``num_layers``, ``backbone``, ``selector``, ...).
     """
 
     def __init__(self) -> None:
+        self.controllers: dict[str | None, BudgetController] = {}
         #: target -> [inputs that could not meet it, inputs decided, the minimum budget they ran]
         self.counts: dict[Target, list[int]] = {}
 
-    def add(self, target: Target, decision: BudgetDecision, min_budget: int) -> None:
-        missed = int((~decision.meets_target).sum())
-        counts = self.counts.setdefault(target, [0, 0, min_budget])
-        counts[0] += missed
+    def controller(self, model: Any, target: Target) -> BudgetController:
+        """The open-loop controller of ``model`` for ``target``'s profile."""
+        needs_profile = target.kind in ("ms", "rtf")
+        controller = self.controllers.get(target.profile)
+        if controller is None or (needs_profile and controller.profile is None):  # a FLOPs target's has none
+            profile = None
+            if needs_profile:
+                if target.profile:
+                    profile = DeviceProfile.load(target.profile)
+                    if profile.num_layers != model.num_layers:
+                        raise ValueError(f"device profile {target.profile!r} is of a {profile.num_layers}-layer "
+                                         f"model, not of this {model.num_layers}-layer one: profile this model with "
+                                         "'ldrop profile'")
+                else:
+                    warnings.warn("a time target without a profile: measuring a quick one now (pass "
+                                  "profile: PATH from 'ldrop profile' to skip this)", stacklevel=3)
+                    profile = profile_model(model, **QUICK_GRID)
+            selector = model.selector
+            controller = BudgetController(
+                model.num_layers, profile, flops_config=model.backbone.config,
+                extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=False,
+                min_budget=max(1, getattr(model, "prefix_layers", 0)),
+            )
+            self.controllers[target.profile] = controller
+        return controller
+
+    def decide(self, model: Any, sample_lengths: Tensor, target: Target | dict | str) -> BudgetDecision:
+        """The controller's :class:`BudgetDecision` for ``model`` under ``target`` (open loop), on the CPU.
+
+        Early exit takes one budget per batch, the tightest one (``predicted_seconds`` then is that budget's).
+        """
+        target = Target.parse(target)
+        controller = self.controller(model, target)
+        decision = controller.decide(sample_lengths, target, warn=False)
+        if getattr(model, "exit_layers", None):  # early exit takes one budget per batch: the tightest one
+            budget = decision.budget.min().expand(len(decision.budget)).clone()
+            fixed, layer, _ = controller.costs(sample_lengths, target)
+            decision = BudgetDecision(budget, fixed + budget.to(torch.float64) * layer, decision.allowance,
+                                      decision.meets_target)
+        counts = self.counts.setdefault(target, [0, 0, controller.min_budget])
+        counts[0] += int((~decision.meets_target).sum())
         counts[1] += len(decision.meets_target)
+        return decision
 
-    @staticmethod
-    def open(model: Any) -> TargetTally:
-        """Start counting on ``model`` (replacing a tally a failed run left behind)."""
-        model._target_tally = TargetTally()
-        return model._target_tally
+    def budget(self, model: Any, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:
+        """``[batch]`` long: :meth:`decide`'s budget, on the device of ``sample_lengths``."""
+        return self.decide(model, sample_lengths, target).budget.to(sample_lengths.device)
 
-    @staticmethod
-    def close(model: Any, run: str = "this run") -> dict[Target, list[int]]:
-        """Stop counting on ``model``; warn once per target that some inputs of the run could not meet.
+    def close(self, run: str = "this run") -> dict[Target, list[int]]:
+        """Warn once per target that some inputs of the run could not meet; start a new count.
 
         Returns:
-            ``{target: [missed, inputs, min budget]}`` of the run (empty when no tally was open).
+            ``{target: [missed, inputs, min budget]}`` of the run.
         """
-        tally = getattr(model, "_target_tally", None)
-        model._target_tally = None
-        if tally is None:
-            return {}
-        for target, (missed, total, min_budget) in tally.counts.items():
+        counts, self.counts = self.counts, {}
+        for target, (missed, total, min_budget) in counts.items():
             if missed:
                 warnings.warn(
                     f"target {target.kind}={target.value:g} cannot be met by {missed} of the {total} inputs of "
                     f"{run} even with {min_budget} layer(s): they ran the minimum budget; a looser target, a faster "
                     "device or shorter inputs would help",
                     UnmeetableTargetWarning, stacklevel=2)
-        return tally.counts
-
-
-def _controller_for(model: Any, target: Target) -> BudgetController:
-    """The open-loop controller of a task module for ``target``'s profile, built on first use and kept."""
-    controllers: dict[str | None, BudgetController] | None = getattr(model, "_target_controllers", None)
-    if controllers is None:
-        controllers = model._target_controllers = {}
-    needs_profile = target.kind in ("ms", "rtf")
-    controller = controllers.get(target.profile)
-    if controller is None or (needs_profile and controller.profile is None):  # a FLOPs target's has no profile
-        profile = None
-        if needs_profile:
-            if target.profile:
-                profile = DeviceProfile.load(target.profile)
-                if profile.num_layers != model.num_layers:
-                    raise ValueError(f"device profile {target.profile!r} is of a {profile.num_layers}-layer model, "
-                                     f"not of this {model.num_layers}-layer one: profile this model with 'ldrop profile'")
-            else:
-                from ldrop.runtime.adaptive import QUICK_GRID
-                from ldrop.runtime.profile import profile_model
-
-                warnings.warn("a time target without a profile: measuring a quick one now (pass "
-                              "profile: PATH from 'ldrop profile' to skip this)", stacklevel=3)
-                profile = profile_model(model, **QUICK_GRID)
-        selector = model.selector
-        controller = BudgetController(
-            model.num_layers, profile, flops_config=model.backbone.config,
-            extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=False,
-            min_budget=max(1, getattr(model, "prefix_layers", 0)),
-        )
-        controllers[target.profile] = controller
-    return controller
-
-
-def target_decision(model: Any, sample_lengths: Tensor, target: Target | dict | str) -> BudgetDecision:
-    """The controller's :class:`BudgetDecision` for a task module under a target (open loop), on the CPU.
-
-    The controller is built on first use and kept on the model (one per profile): its profile is the
-    target's ``profile`` file if given, else (time targets only) a quick profile measured now. Early exit
-    takes one budget per batch, the tightest one (``predicted_seconds`` then is that budget's). While a
-    :class:`TargetTally` is open on the model, inputs that cannot meet the target are counted there (one
-    warning at the end of the run); otherwise each call warns.
-    """
-    target = Target.parse(target)
-    controller = _controller_for(model, target)
-    tally = getattr(model, "_target_tally", None)
-    decision = controller.decide(sample_lengths, target, warn=tally is None, _stacklevel=3)
-    if getattr(model, "exit_layers", None):  # early exit takes one budget per batch: the tightest one
-        budget = decision.budget.min().expand(len(decision.budget)).clone()
-        fixed, layer, _ = controller.costs(sample_lengths, target)
-        decision = BudgetDecision(budget, fixed + budget.to(torch.float64) * layer, decision.allowance,
-                                  decision.meets_target)
-    if tally is not None:
-        tally.add(target, decision, controller.min_budget)
-    return decision
-
-
-def target_budget(model: Any, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:
-    """The ``[batch]`` budget of a task module for a target (what ``predict`` uses; open loop), on the device
-    of ``sample_lengths`` (see :func:`target_decision`)."""
-    return target_decision(model, sample_lengths, target).budget.to(sample_lengths.device)
+        return counts

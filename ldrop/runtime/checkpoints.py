@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from ldrop._io import CheckpointError, load_checkpoint_file
-from ldrop.tasks import LayerDropTask, budget_to_layers
+from ldrop.budgets import budget_to_layers
+from ldrop.tasks import LayerDropTask
 from ldrop.tasks.base import EXPORT_STATE_FILE
 
 #: Hyper-parameters that only describe how a model was built or trained, not what it is.
@@ -54,15 +55,6 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
         raise CheckpointError(f"{path}: the hyper-parameters it stores do not fit {cls.__name__}: {err}") from err
 
 
-def _exported_task_class(payload: dict[str, Any]) -> str:
-    hparams = payload.get("hparams", {})
-    class_path = payload.get("task_class") or hparams.get("_class_path")
-    if class_path:
-        return class_path
-    # Exports of a plain-Python model (no CLI) before the class was recorded: tell the two tasks apart.
-    return "ldrop.tasks.CTCTask" if "lowercase" in hparams else "ldrop.tasks.ClassificationTask"
-
-
 def load_exported(directory: str | os.PathLike) -> LayerDropTask:
     """Rebuild a task from an ``ldrop export`` folder (``save_pretrained`` backbone + ``ldrop_task_state.pt``)."""
     directory = Path(directory)
@@ -75,10 +67,14 @@ def load_exported(directory: str | os.PathLike) -> LayerDropTask:
     payload = load_checkpoint_file(state_file, what="exported task state")
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"{str(state_file)!r} is not an ldrop export's task state (no 'state_dict' entry)")
+    class_path = payload.get("task_class")
+    if not class_path:
+        raise CheckpointError(f"{str(state_file)!r} does not say its task class (no 'task_class' entry): "
+                              "export the checkpoint again with 'ldrop export'")
     hparams = {k: v for k, v in payload.get("hparams", {}).items() if k not in _BUILD_ONLY}
     # The folder's config.json already holds any overrides; its weights come from the state dict below.
     hparams.update(backbone=str(directory), pretrained=False)
-    model = _task_class(_exported_task_class(payload))(**hparams)
+    model = _task_class(class_path)(**hparams)
     try:
         model.load_state_dict(payload["state_dict"])
     except CheckpointError as err:

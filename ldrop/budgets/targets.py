@@ -1,77 +1,13 @@
-"""Layer budgets: an int (layers), a float (fraction of the stack) or a per-sample tensor."""
+"""Targets: a budget given as a deadline, a real-time factor or a FLOPs rate instead of a layer count."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor
-
-Budget = int | float | Tensor
-
-
-def budget_to_layers(budget: int | float, num_layers: int) -> int:
-    """Convert one budget to a number of layers in ``1..num_layers``.
-
-    An ``int`` is a number of layers; a ``float`` in ``(0, 1]`` is a fraction of the stack, rounded to the
-    nearest layer (at least one).
-
-    Raises:
-        ValueError: a budget ``<= 0``, above ``num_layers``, or a fraction above 1.
-    """
-    if isinstance(budget, bool):
-        raise ValueError(f"budget must be an int (layers) or a float (fraction), got {budget!r}")
-    if isinstance(budget, int):
-        if not 1 <= budget <= num_layers:
-            raise ValueError(f"budget must be between 1 and {num_layers} layers, got {budget}")
-        return budget
-    if isinstance(budget, float):
-        if not (0.0 < budget <= 1.0) or math.isnan(budget):
-            raise ValueError(f"a fractional budget must be in (0, 1], got {budget}")
-        return max(1, min(num_layers, int(round(budget * num_layers))))
-    raise ValueError(f"budget must be an int, a float or a tensor, got {type(budget).__name__}")
-
-
-def resolve_budget(budget: Budget, num_layers: int, batch: int, device: torch.device | str = "cpu") -> Tensor:
-    """A budget of any accepted form as ``[batch]`` long layer counts.
-
-    Args:
-        budget: int layers, float fraction, or a tensor of shape ``[]`` or ``[batch]`` holding layer counts
-            (integers) or fractions (floating point).
-        num_layers: ``N``, the number of encoder layers.
-        batch: batch size.
-        device: device of the result.
-
-    Raises:
-        ValueError: out-of-range values or a tensor of the wrong shape, with what was expected.
-    """
-    if not isinstance(budget, Tensor):
-        return torch.full((batch,), budget_to_layers(budget, num_layers), dtype=torch.long, device=device)
-    if budget.dim() == 0:
-        budget = budget.expand(batch)
-    if budget.dim() != 1 or budget.shape[0] != batch:
-        raise ValueError(f"a budget tensor must have shape [] or [batch={batch}], got {tuple(budget.shape)}")
-    if budget.is_floating_point():
-        if bool(((budget <= 0) | (budget > 1)).any()):
-            raise ValueError("a floating-point budget tensor holds fractions, each in (0, 1]")
-        budget = (budget * num_layers).round().clamp(1, num_layers)
-    elif bool(((budget < 1) | (budget > num_layers)).any()):
-        raise ValueError(f"budget values must be between 1 and {num_layers} layers, got {budget.tolist()}")
-    return budget.to(device=device, dtype=torch.long)
-
-
-def budget_list(budgets: Sequence[int | float] | None, num_layers: int) -> list[int]:
-    """Distinct layer counts, ascending, for a list of budgets (``None``: every ``k`` in ``1..N``)."""
-    if budgets is None:
-        return list(range(1, num_layers + 1))
-    if len(budgets) == 0:
-        raise ValueError("the list of budgets is empty")
-    return sorted({budget_to_layers(b, num_layers) for b in budgets})
-
+from ldrop.budgets.profile import DeviceProfile
 
 #: Keys of a target budget: milliseconds per utterance, real-time factor (seconds of compute per second of
 #: audio), or GFLOPs per second of audio.
@@ -80,7 +16,7 @@ TARGET_KINDS = ("ms", "rtf", "gflops_per_second")
 
 @dataclass(frozen=True)
 class Target:
-    """A budget given as a target instead of a layer count (see :mod:`ldrop.runtime.controller`).
+    """A budget given as a target instead of a layer count (see :mod:`ldrop.budgets.controller`).
 
     Attributes:
         kind: ``"ms"`` (wall milliseconds per utterance), ``"rtf"`` (real-time factor: compute seconds per
@@ -149,9 +85,6 @@ def _check_profile_file(path: str) -> None:
     key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size) if stat is not None else None
     if key is not None and key in _CHECKED_PROFILES:
         return
-    # The profile's schema lives with the cost model (the runtime); the target only names its file.
-    from ldrop.runtime.profile import DeviceProfile
-
     DeviceProfile.load(path)
     if key is not None:
         _CHECKED_PROFILES.add(key)

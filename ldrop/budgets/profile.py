@@ -1,0 +1,520 @@
+"""A cost model of one ldrop model on this device: how long the fixed part and one encoder layer take.
+
+Each part is ``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds for ``B`` inputs of
+``T`` (padded) frames. ``fixed`` (CNN, front end, selector, final norm, head) runs on the whole padded batch;
+``layer`` (one encoder layer) runs, in the sparse path, on the inputs that keep it, trimmed to their longest.
+A batch is predicted to take ``fixed(B, T_max) + sum_i layer(B_i, T_i)``, the work of
+:func:`ldrop.engine.run_gated_layers`. :func:`profile_model` measures both parts over a grid, fits them
+(non-negative least squares on the relative error) and checks the prediction on held-out random
+``(lengths, keep mask)`` batches; its timing functions are injectable (tests use synthetic ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ldrop._progress import Phase
+from ldrop.budgets.machine import machine_info
+
+#: Fitted parts of a profile.
+PARTS = ("fixed", "layer")
+
+#: ``measure(part, batch, frames) -> seconds``: the time of one part on ``batch`` inputs of ``frames`` frames.
+PartTimer = Callable[[str, int, int], float]
+#: ``measure_batch(sample_lengths [batch], keep_mask [batch, layers]) -> seconds``: one sparse forward.
+BatchTimer = Callable[[Tensor, Tensor], float]
+
+
+@dataclass
+class PartFit:
+    """``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds, all coefficients >= 0."""
+
+    overhead: float = 0.0
+    per_frame: float = 0.0
+    per_frame_sq: float = 0.0
+
+    def seconds(self, batch: Tensor | float, frames: Tensor | float) -> Tensor | float:
+        """Predicted seconds for ``batch`` inputs of ``frames`` frames (tensors broadcast)."""
+        return self.overhead + batch * (self.per_frame * frames + self.per_frame_sq * frames * frames)
+
+    def per_input(self, frames: Tensor, batch: int) -> Tensor:
+        """Seconds attributed to each input of a batch of ``batch``: its frames plus its share of overhead."""
+        frames = frames.to(torch.float64)
+        return self.overhead / batch + self.per_frame * frames + self.per_frame_sq * frames * frames
+
+
+def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[float]]:
+    """Fit :class:`PartFit` to ``(batch, frames, seconds)`` measurements.
+
+    Minimises the *relative* squared error (times span orders of magnitude over the grid) under
+    non-negative coefficients: every subset of the three terms is fitted by least squares, and among the
+    fits whose coefficients are all non-negative the one with the lowest Akaike information criterion
+    wins, so that a term is kept only when it explains more than timing noise (seven small solves, no
+    solver needed).
+
+    Returns:
+        The fit and the relative residual ``(predicted - measured) / measured`` of each point.
+
+    Raises:
+        ValueError: fewer than three points, or a non-positive time.
+    """
+    if len(points) < 3:
+        raise ValueError(f"fitting a part needs at least 3 measurements, got {len(points)}")
+    data = torch.tensor([[float(b), float(t), float(s)] for b, t, s in points], dtype=torch.float64)
+    batch, frames, seconds = data.unbind(1)
+    if bool((seconds <= 0).any()):
+        raise ValueError("measured times must be positive")
+    features = torch.stack([torch.ones_like(batch), batch * frames, batch * frames * frames], dim=1)
+    # Scale columns so the solve is well conditioned (frames² reaches 1e5-1e6).
+    scale = features.abs().amax(0).clamp(min=1e-30)
+    weighted = features / scale / seconds[:, None]
+    target = torch.ones_like(seconds)
+    best: tuple[float, Tensor] | None = None
+    for size in (3, 2, 1):
+        for columns in itertools.combinations(range(3), size):
+            cols = list(columns)
+            solution = torch.linalg.lstsq(weighted[:, cols], target[:, None]).solution.flatten()
+            if bool((solution < 0).any()):
+                continue
+            coef = torch.zeros(3, dtype=torch.float64)
+            coef[cols] = solution
+            error = float(((weighted @ coef) - target).square().sum())
+            aic = len(seconds) * math.log(max(error, 1e-12) / len(seconds)) + 2 * size
+            if best is None or aic < best[0]:
+                best = (aic, coef)
+    assert best is not None  # a single column always has a non-negative least-squares solution
+    coef = best[1] / scale
+    fit = PartFit(*(float(c) for c in coef))
+    predicted = features @ coef
+    return fit, ((predicted - seconds) / seconds).tolist()
+
+
+def conv_frames(sample_lengths: Tensor, conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> Tensor:
+    """Frames the CNN produces for ``sample_lengths`` samples (``[batch]`` long)."""
+    lengths = torch.as_tensor(sample_lengths).to(torch.long)
+    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths.clamp(min=0)
+
+
+@dataclass
+class DeviceProfile:
+    """The measured cost model of one model on one device (see the module docstring).
+
+    Attributes:
+        fixed: fit of the fixed part (CNN, front end, selector, final norm, head), seconds.
+        layer: fit of one encoder layer, seconds.
+        num_layers: ``N``, encoder layers of the model.
+        conv_kernel, conv_stride: the CNN layout, to turn sample lengths into frames.
+        sample_rate: samples per second of the waveforms.
+        device: where it was measured (CPU/GPU name, threads, dtype, versions, load average).
+        model: a summary of the model's configuration.
+        measurements: the grid ``[{part, batch, frames, seconds, relative_residual}]``.
+        validation: accuracy on held-out batches (``median_abs_relative_error``, ``batches``, ...).
+    """
+
+    fixed: PartFit
+    layer: PartFit
+    num_layers: int
+    conv_kernel: list[int]
+    conv_stride: list[int]
+    sample_rate: int = 16_000
+    device: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def frames(self, sample_lengths: Tensor) -> Tensor:
+        """Frames per input, ``[batch]`` long."""
+        return conv_frames(sample_lengths, self.conv_kernel, self.conv_stride)
+
+    def predict(self, sample_lengths: Tensor, keep_mask: Tensor) -> float:
+        """Predicted seconds of one sparse forward of a batch.
+
+        Args:
+            sample_lengths: ``[batch]`` valid samples per input.
+            keep_mask: ``[batch, layers]`` 0/1, the layers each input runs.
+        """
+        frames = self.frames(sample_lengths.cpu()).to(torch.float64)
+        keep = keep_mask.detach().cpu() > 0.5
+        if keep.dim() != 2 or keep.shape != (frames.shape[0], self.num_layers):
+            raise ValueError(
+                f"keep_mask must be [batch, layers] = [{frames.shape[0]}, {self.num_layers}], "
+                f"got {tuple(keep_mask.shape)}"
+            )
+        total = float(self.fixed.seconds(frames.shape[0], float(frames.max())))
+        for index in range(self.num_layers):
+            rows = keep[:, index]
+            count = int(rows.sum())
+            if count:
+                total += float(self.layer.seconds(count, float(frames[rows].max())))
+        return total
+
+    def per_input(self, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Seconds attributed to each input: ``(fixed [batch], one layer [batch])`` float64.
+
+        The fixed part runs on the padded batch, so each input pays it at the batch's longest length; a
+        layer is paid at the input's own length (the sparse path trims padding per sub-batch). Overheads
+        are shared equally. For one input at a time (streaming) this is exactly :meth:`predict`.
+        """
+        frames = self.frames(sample_lengths.cpu())
+        batch = frames.shape[0]
+        fixed = self.fixed.per_input(frames.max().expand(batch), batch)
+        return fixed, self.layer.per_input(frames, batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
+        """A profile from :meth:`to_dict`'s form, checked field by field.
+
+        Raises:
+            ValueError: ``"not an ldrop device profile: <what is wrong>; write one with 'ldrop profile'"``.
+        """
+        problem = _profile_problem(data)
+        if problem:
+            raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
+        data = dict(data)
+        data["fixed"] = PartFit(**{k: float(v) for k, v in data["fixed"].items()})
+        data["layer"] = PartFit(**{k: float(v) for k, v in data["layer"].items()})
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the profile as JSON (atomically)."""
+        from ldrop._io import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DeviceProfile:
+        """Read a profile written by :meth:`save` or ``ldrop profile``.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: one line naming ``path`` and what is wrong: not UTF-8 text, not JSON (with the line
+                and column), or not a profile (a missing or mistyped field).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"device profile {str(path)!r} is not a text file (not UTF-8); "
+                             "write one with 'ldrop profile'") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"device profile {str(path)!r} is not valid JSON ({error.msg} at line {error.lineno}, "
+                             f"column {error.colno}); write one with 'ldrop profile'") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"device profile {str(path)!r}: {error}") from None
+
+
+def _profile_problem(data: Any) -> str | None:
+    """What keeps ``data`` (parsed JSON) from being a :class:`DeviceProfile`, or ``None`` if nothing does."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not isinstance(data, dict):
+        return f"the JSON holds a {type(data).__name__}, not an object"
+    fields = {f.name for f in dataclasses.fields(DeviceProfile)}
+    required = {f.name for f in dataclasses.fields(DeviceProfile)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing, unknown = sorted(required - set(data)), sorted(set(data) - fields)
+    if missing:
+        return f"missing field(s) {missing}"
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    for part in PARTS:
+        fit = data[part]
+        names = [f.name for f in dataclasses.fields(PartFit)]
+        if not isinstance(fit, dict) or set(fit) - set(names):
+            return f"{part!r} must be an object with keys among {names}, got {fit!r}"
+        if not all(number(v) and v >= 0 for v in fit.values()):
+            return f"{part!r} coefficients must be finite numbers >= 0, got {fit!r}"
+    if not count(data["num_layers"]):
+        return f"'num_layers' must be an integer >= 1, got {data['num_layers']!r}"
+    kernel, stride = data["conv_kernel"], data["conv_stride"]
+    if not (isinstance(kernel, list) and isinstance(stride, list) and kernel and len(kernel) == len(stride)
+            and all(count(v) for v in kernel + stride)):
+        return f"'conv_kernel' and 'conv_stride' must be equally long lists of integers >= 1, got {kernel!r}, {stride!r}"
+    if "sample_rate" in data and not count(data["sample_rate"]):
+        return f"'sample_rate' must be an integer >= 1, got {data['sample_rate']!r}"
+    for name in ("device", "model", "validation"):
+        if name in data and not isinstance(data[name], dict):
+            return f"{name!r} must be an object, got {type(data[name]).__name__}"
+    if "measurements" in data and not isinstance(data["measurements"], list):
+        return f"'measurements' must be a list, got {type(data['measurements']).__name__}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` (CUDA synchronised)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
+def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -> tuple[PartTimer, BatchTimer]:
+    """Real timing functions for a task module (a :class:`~ldrop.tasks.LayerDropTask` in eval mode).
+
+    The fixed part is ``encode`` + the selector + the head on the output of no layer at all (the sparse
+    path with an all-zero mask: final norm and head only); a layer is ``backbone.run_layer`` on a
+    ``[batch, frames, hidden]`` input; a batch is the whole sparse forward with a given keep mask. The
+    prefix layers of a selector that reads encoder layers are layers of the mask, so the fixed part leaves
+    them out (the selector is timed on an input of their output's shape).
+    """
+    device, dtype = _model_device_dtype(model)
+    backbone = model.backbone
+    generator = torch.Generator().manual_seed(seed)
+    samples_per_frame = math.prod(backbone.config.conv_stride)
+
+    def waveforms_for(lengths: Tensor) -> Tensor:
+        waves = torch.randn(len(lengths), int(lengths.max()), generator=generator)
+        waves[torch.arange(waves.shape[1])[None, :] >= lengths[:, None]] = 0.0
+        return waves.to(device, dtype)
+
+    def samples_for(frames: int) -> int:
+        return backbone.receptive_field + (frames - 1) * samples_per_frame
+
+    @torch.inference_mode()
+    def fixed_pass(waves: Tensor, lengths: Tensor) -> None:
+        encoded = model.encode(waves, lengths, run_prefix=False)
+        if getattr(model, "prefix_layers", 0):  # what the selector reads has the shape of a layer's input
+            encoded = dataclasses.replace(encoded, features=encoded.hidden)
+        model.decide(encoded, model.num_layers)
+        model.logits_with_mask(encoded, torch.zeros(len(lengths), model.num_layers, device=device))
+
+    def measure(part: str, batch: int, frames: int) -> float:
+        if part == "fixed":
+            lengths = torch.full((batch,), samples_for(frames), dtype=torch.long)
+            waves, lengths_d = waveforms_for(lengths), lengths.to(device)
+            return time_call(lambda: fixed_pass(waves, lengths_d), device, repeats, warmup)
+        if part == "layer":
+            hidden = torch.randn(batch, frames, backbone.hidden_size, generator=generator).to(device, dtype)
+            mask = torch.ones(batch, frames, dtype=torch.bool, device=device)
+            with torch.inference_mode():
+                context = backbone.prepare_layers(mask)
+
+            @torch.inference_mode()
+            def layer_pass() -> None:
+                backbone.run_layer(0, hidden, mask, context)
+
+            return time_call(layer_pass, device, repeats, warmup)
+        raise ValueError(f"unknown part {part!r}; parts are {PARTS}")
+
+    def measure_batch(sample_lengths: Tensor, keep_mask: Tensor) -> float:
+        waves, lengths_d, keep = waveforms_for(sample_lengths), sample_lengths.to(device), keep_mask.to(device)
+
+        @torch.inference_mode()
+        def forward() -> None:
+            encoded = model.encode(waves, lengths_d)
+            model.decide(encoded, model.num_layers)
+            model.logits_with_mask(encoded, keep)
+
+        return time_call(forward, device, repeats, warmup)
+
+    return measure, measure_batch
+
+
+# ---------------------------------------------------------------------------------------------- profiling
+def random_batches(
+    count: int, num_layers: int, seconds_range: tuple[float, float], batch_sizes: Sequence[int],
+    sample_rate: int = 16_000, seed: int = 1, prefix_layers: int = 0,
+) -> list[tuple[Tensor, Tensor]]:
+    """Held-out ``(sample_lengths [batch], keep_mask [batch, layers])`` pairs: random lengths within
+    ``seconds_range``, random batch sizes among ``batch_sizes`` and a random set of layers per input, plus
+    the first ``prefix_layers`` layers for every input (the layers a model always runs)."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = seconds_range
+    batches = []
+    for _ in range(count):
+        batch = int(batch_sizes[int(torch.randint(len(batch_sizes), (), generator=generator))])
+        seconds = low + (high - low) * torch.rand(batch, generator=generator, dtype=torch.float64)
+        lengths = (seconds * sample_rate).round().to(torch.long)
+        keep = torch.zeros(batch, num_layers)
+        for row in range(batch):
+            k = int(torch.randint(1, num_layers + 1, (), generator=generator))
+            keep[row, torch.randperm(num_layers, generator=generator)[:k]] = 1.0
+        keep[:, :prefix_layers] = 1.0
+        batches.append((lengths, keep))
+    return batches
+
+
+def validate_profile(profile: DeviceProfile, batches: Sequence[tuple[Tensor, Tensor]],
+                     measure_batch: BatchTimer, tolerance: float = 0.10) -> dict[str, Any]:
+    """Compare the profile's prediction with measured sparse forwards on held-out batches.
+
+    Returns:
+        ``{"median_abs_relative_error", "max_abs_relative_error", "tolerance", "passed", "batches": [...]}``.
+    """
+    rows = []
+    with Phase("profiling: checking the fit", total=len(batches), unit="held-out batch") as phase:
+        for lengths, keep in batches:
+            measured = measure_batch(lengths, keep)
+            predicted = profile.predict(lengths, keep)
+            rows.append({
+                "batch": len(lengths), "seconds": [round(float(s), 3) for s in lengths / profile.sample_rate],
+                "layers_run": keep.sum(1).int().tolist(), "measured_ms": 1000 * measured,
+                "predicted_ms": 1000 * predicted, "relative_error": (predicted - measured) / measured,
+            })
+            phase.step()
+    errors = [abs(r["relative_error"]) for r in rows]
+    median = statistics.median(errors) if errors else float("nan")
+    return {
+        "median_abs_relative_error": median,
+        "max_abs_relative_error": max(errors) if errors else float("nan"),
+        "tolerance": tolerance,
+        "passed": bool(median <= tolerance),
+        "batches": rows,
+    }
+
+
+def profile_model(
+    model: Any,
+    seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    batch_sizes: Sequence[int] = (1, 2, 4),
+    repeats: int = 5,
+    warmup: int = 1,
+    validation_batches: int = 12,
+    measure: PartTimer | None = None,
+    measure_batch: BatchTimer | None = None,
+    sample_rate: int = 16_000,
+    seed: int = 0,
+) -> DeviceProfile:
+    """Measure, fit and validate the cost model of ``model`` on its current device, dtype and threads.
+
+    Args:
+        model: a task module (eval mode is set here); its parameters' device and dtype are profiled.
+        seconds: input lengths of the grid (seconds of audio); cover the lengths you will run.
+        batch_sizes: sub-batch sizes of the grid.
+        repeats, warmup: timed rounds over the grid (median per point, each round in a random order) and
+            untimed rounds before them; also the timed / untimed calls per held-out batch.
+        validation_batches: held-out random ``(lengths, keep mask)`` batches to report the accuracy on
+            (0: skip the check).
+        measure, measure_batch: timing functions (default: :func:`model_timers` on ``model``); tests inject
+            synthetic ones.
+        sample_rate: samples per second of the waveforms.
+        seed: seed of the random inputs and of the held-out batches.
+
+    Returns:
+        The :class:`DeviceProfile`, with its ``validation`` report filled in.
+    """
+    if not seconds or not batch_sizes:
+        raise ValueError("the profiling grid needs at least one length and one batch size")
+    if min(seconds) <= 0 or min(batch_sizes) < 1:
+        raise ValueError(f"grid lengths must be > 0 s and batch sizes >= 1, got {list(seconds)}, {list(batch_sizes)}")
+    model.eval()
+    backbone = model.backbone
+    config = backbone.config
+    conv_kernel, conv_stride = list(config.conv_kernel), list(config.conv_stride)
+    if measure is None or (measure_batch is None and validation_batches):
+        # The grid is timed in interleaved rounds (below), so the grid's timer takes one call per point;
+        # held-out batches are timed one at a time.
+        real_measure, _ = model_timers(model, repeats=1, warmup=0, seed=seed)
+        _, real_measure_batch = model_timers(model, repeats=repeats, warmup=warmup, seed=seed)
+        measure = measure or real_measure
+        measure_batch = measure_batch or real_measure_batch
+    frames_grid = sorted({
+        int(conv_frames(torch.tensor([round(s * sample_rate)]), conv_kernel, conv_stride)[0]) for s in seconds
+    })
+    if len(frames_grid) * len(set(batch_sizes)) < 3:
+        raise ValueError("the profiling grid needs at least 3 (length, batch size) points to fit")
+    grid = [(part, batch, frames) for batch in sorted(set(batch_sizes)) for frames in frames_grid for part in PARTS]
+    # Rounds over the whole grid in a fresh random order, median per point: drift of the machine's speed
+    # (other processes, clocks) then hits every length alike instead of biasing the fitted shape.
+    order = random.Random(seed)
+    samples: dict[tuple[str, int, int], list[float]] = {key: [] for key in grid}
+    with Phase(f"profiling: timing {len(grid)} grid points", total=(warmup + max(1, repeats)) * len(grid),
+               unit="measurement") as phase:
+        for _ in range(warmup):
+            for key in grid:
+                measure(*key)
+                phase.step()
+        for _ in range(max(1, repeats)):
+            for key in order.sample(grid, len(grid)):
+                samples[key].append(float(measure(*key)))
+                phase.step()
+    points: dict[str, list[tuple[int, int, float]]] = {part: [] for part in PARTS}
+    for (part, batch, frames), values in samples.items():
+        points[part].append((batch, frames, statistics.median(values)))
+    fits, measurements = {}, []
+    for part in PARTS:
+        fits[part], residuals = fit_part(points[part])
+        measurements += [
+            {"part": part, "batch": b, "frames": t, "seconds": s, "relative_residual": r}
+            for (b, t, s), r in zip(points[part], residuals, strict=True)
+        ]
+    device, dtype = _model_device_dtype(model)
+    profile = DeviceProfile(
+        fixed=fits["fixed"], layer=fits["layer"], num_layers=backbone.num_layers, conv_kernel=conv_kernel,
+        conv_stride=conv_stride, sample_rate=sample_rate, device=device_description(device, dtype),
+        model=model_summary(model), measurements=measurements,
+    )
+    if validation_batches:
+        held_out = random_batches(validation_batches, backbone.num_layers, (min(seconds), max(seconds)),
+                                  sorted(set(batch_sizes)), sample_rate, seed=seed + 1,
+                                  prefix_layers=getattr(model, "prefix_layers", 0))
+        profile.validation = validate_profile(profile, held_out, measure_batch)
+    return profile
+
+
+def device_description(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Where a profile was measured: the machine (CPU/GPU, threads, versions), dtype and load average."""
+    info = machine_info(device)
+    info["dtype"] = str(dtype).removeprefix("torch.")
+    try:
+        info["load_average_1min"] = os.getloadavg()[0]
+    except OSError:
+        info["load_average_1min"] = None
+    return info
+
+
+def model_summary(model: Any) -> dict[str, Any]:
+    """The model facts a profile depends on (family, depth, width, selector)."""
+    config = model.backbone.config
+    keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+            "conv_dim", "do_stable_layer_norm")
+    summary = {k: (list(v) if isinstance(v, tuple) else v) for k in keys if (v := getattr(config, k, None)) is not None}
+    summary["task"] = type(model).__name__
+    summary["selector"] = type(model.selector).__name__ if getattr(model, "selector", None) is not None else None
+    return summary

@@ -1,0 +1,26 @@
+"""``TargetBudgets``: the predict callback that resolves a task's target ``predict_budget`` per input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from ldrop.budgets import TargetResolver
+
+
+class TargetBudgets(L.Callback):
+    """During predict, gives a task whose ``predict_budget`` is a target (``{rtf: 0.1}``, ...) the per-input
+    budgets of a :class:`~ldrop.budgets.TargetResolver`, and warns once at the end about inputs that could
+    not meet it. ``ldrop predict`` adds it; with a plain ``Trainer`` pass ``callbacks=[TargetBudgets()]``.
+    """
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        target, resolver = pl_module.predict_target(), TargetResolver()  # controllers and counts of this run
+        self.resolver = resolver
+        pl_module.budget_provider = None if target is None else (
+            lambda lengths: resolver.decide(pl_module, lengths, target))
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module.budget_provider = None
+        self.resolver.close("this predict run")
