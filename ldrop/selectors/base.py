@@ -197,6 +197,11 @@ class LayerSelector(nn.Module, ABC):
             budgets: the layer budgets (each in ``1..num_layers``) that will be evaluated.
         """
 
+    def report(self) -> dict[int, dict]:
+        """What :meth:`fit` decided per budget ``k``, for logs and the sweep's rows (e.g. the input-conditioned
+        selector's fallback, ``{k: {"uses_input": ..., ...}}``); ``{}`` when there is nothing to report."""
+        return {}
+
     def counterfactual_loss(self, scores: Tensor, own: Tensor, candidates: Tensor, own_losses: Tensor,
                             candidate_losses: Tensor) -> Tensor:
         """A loss that compares the chosen masks with alternatives on the same inputs (training only).

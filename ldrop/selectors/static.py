@@ -161,11 +161,6 @@ class StaticSelector(LayerSelector):
         for k in found:
             self.searched[int(k) - 1] = True
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # checkpoints from before the search was recorded: nothing searched (searched again before evaluation)
-        state_dict.setdefault(prefix + "searched", torch.zeros_like(self.searched))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def set_subsets(self, subsets: dict[int, list[int]]) -> None:
         """Install ``{budget: layers}``; budgets not named keep their current subset.
 
