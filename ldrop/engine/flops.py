@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig
 
-from ldrop.backbones.adapter import SpeechBackbone, family_of
+from ldrop.backbones.adapter import family_of
 from ldrop.backbones.geometry import frame_lengths as cnn_frame_lengths
 from ldrop.backbones.geometry import shortest_sample_lengths
 from ldrop.engine.gated import check_keep_mask
@@ -54,11 +54,6 @@ class ForwardFlops:
         """``[batch]``: the FLOPs of the full-depth model on the same samples."""
         return self.fixed + self.per_layer.sum(dim=1)
 
-    @property
-    def fraction(self) -> Tensor:
-        """``[batch]``: ``total / full``, the share of the full model's compute each sample used."""
-        return self.total / self.full
-
     def per_second(self, sample_lengths: Tensor, sampling_rate: int = 16_000) -> Tensor:
         """``[batch]``: ``total`` divided by each sample's duration in seconds."""
         seconds = sample_lengths.to(self.fixed.device, torch.float64) / sampling_rate
@@ -68,10 +63,8 @@ class ForwardFlops:
 def _config_of(config_or_model: PretrainedConfig | nn.Module) -> PretrainedConfig:
     if isinstance(config_or_model, PretrainedConfig):
         config = config_or_model
-    elif isinstance(config_or_model, SpeechBackbone):
-        config = config_or_model.config
     elif isinstance(getattr(config_or_model, "config", None), PretrainedConfig):
-        config = config_or_model.config  # a bare Hugging Face model
+        config = config_or_model.config  # a SpeechBackbone or a bare Hugging Face model
     else:
         raise TypeError(
             f"expected a Hugging Face config, a SpeechBackbone or a Hugging Face model, "
