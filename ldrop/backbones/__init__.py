@@ -13,7 +13,7 @@ from ldrop.backbones.adapter import (
     tiny_config,
     zero_mean_unit_var,
 )
-from ldrop.backbones.loading import load_backbone
+from ldrop.backbones.build import load_backbone
 
 __all__ = [
     "FAMILIES",

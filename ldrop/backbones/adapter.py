@@ -35,6 +35,8 @@ from transformers import (
 )
 from transformers.masking_utils import create_bidirectional_mask
 
+from ldrop.backbones import geometry
+
 log = logging.getLogger(__name__)
 
 # WavLM hands F.multi_head_attention_forward a bool padding mask next to its float position bias; torch
@@ -377,19 +379,12 @@ class SpeechBackbone(nn.Module):
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
         """Frames the CNN produces for waveforms of ``sample_lengths`` samples, ``[batch]`` long."""
-        # The model's own formula; it goes negative below the receptive field, where there are no frames.
-        return self.model._get_feat_extract_output_lengths(sample_lengths.to(torch.long)).clamp(min=0)
+        return geometry.frame_lengths(self.config, sample_lengths.to(torch.long))
 
     @property
     def receptive_field(self) -> int:
-        """Samples the CNN needs to produce one frame (400 at the usual 16 kHz configuration).
-
-        Hugging Face has no helper for it; it is the inverse of :meth:`frame_lengths` at one frame.
-        """
-        field_ = 1
-        for kernel, stride in reversed(list(zip(self.config.conv_kernel, self.config.conv_stride, strict=True))):
-            field_ = (field_ - 1) * stride + kernel
-        return field_
+        """Samples the CNN needs to produce one frame (400 at the usual 16 kHz configuration)."""
+        return geometry.receptive_field(self.config)
 
     # ------------------------------------------------------------------ forward pieces
     def extract_features(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -540,8 +535,8 @@ def tiny_config(
         num_attention_heads=num_heads,
         intermediate_size=intermediate_size,
         conv_dim=(conv_channels,) * 7,
-        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=geometry.STOCK_CNN.conv_kernel,
+        conv_stride=geometry.STOCK_CNN.conv_stride,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=2,
         feat_extract_norm="layer" if stable_layer_norm else "group",

@@ -139,7 +139,7 @@ class BudgetController:
 
             extra = None
             if self.extra_fixed_flops is not None:
-                from ldrop.engine.flops import frame_lengths
+                from ldrop.backbones.geometry import frame_lengths
 
                 extra = self.extra_fixed_flops(frame_lengths(self.flops_config, lengths))
             flops = count_forward_flops(self.flops_config, lengths, None, extra)

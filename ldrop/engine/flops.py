@@ -20,7 +20,9 @@ import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig
 
-from ldrop.backbones.adapter import SpeechBackbone, family_of
+from ldrop.backbones.adapter import family_of
+from ldrop.backbones.geometry import frame_lengths as cnn_frame_lengths
+from ldrop.backbones.geometry import shortest_sample_lengths
 from ldrop.engine.gated import check_keep_mask
 
 #: Output features of WavLM's ``gru_rel_pos_linear`` (fixed at 8 in the Hugging Face implementation).
@@ -52,11 +54,6 @@ class ForwardFlops:
         """``[batch]``: the FLOPs of the full-depth model on the same samples."""
         return self.fixed + self.per_layer.sum(dim=1)
 
-    @property
-    def fraction(self) -> Tensor:
-        """``[batch]``: ``total / full``, the share of the full model's compute each sample used."""
-        return self.total / self.full
-
     def per_second(self, sample_lengths: Tensor, sampling_rate: int = 16_000) -> Tensor:
         """``[batch]``: ``total`` divided by each sample's duration in seconds."""
         seconds = sample_lengths.to(self.fixed.device, torch.float64) / sampling_rate
@@ -66,10 +63,8 @@ class ForwardFlops:
 def _config_of(config_or_model: PretrainedConfig | nn.Module) -> PretrainedConfig:
     if isinstance(config_or_model, PretrainedConfig):
         config = config_or_model
-    elif isinstance(config_or_model, SpeechBackbone):
-        config = config_or_model.config
     elif isinstance(getattr(config_or_model, "config", None), PretrainedConfig):
-        config = config_or_model.config  # a bare Hugging Face model
+        config = config_or_model.config  # a SpeechBackbone or a bare Hugging Face model
     else:
         raise TypeError(
             f"expected a Hugging Face config, a SpeechBackbone or a Hugging Face model, "
@@ -108,34 +103,6 @@ def cnn_flops(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) -> T
         flops += 2.0 * length.to(torch.float64) * out_channels * in_channels * kernel
         in_channels = out_channels
     return flops
-
-
-def frame_lengths(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) -> Tensor:
-    """``[batch]`` frames the CNN produces for waveforms of ``sample_lengths`` samples.
-
-    The Hugging Face models' ``_get_feat_extract_output_lengths`` computes this, but it is a method of a built
-    model, and FLOPs are counted from a config alone (benchmarks size base models without building them).
-    So this is the same formula over ``conv_kernel``/``conv_stride`` that :func:`cnn_flops` walks layer by
-    layer; a test checks it agrees with the model's method (which :class:`SpeechBackbone` uses).
-    """
-    config = _config_of(config)
-    length = torch.as_tensor(sample_lengths).to(torch.long)
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
-        length = _conv_output_length(length, kernel, stride)
-    return length
-
-
-# ``count_forward_flops`` takes a ``frame_lengths`` argument, which shadows the function inside it.
-_frames = frame_lengths
-
-
-def shortest_sample_lengths(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tensor:
-    """``[batch]`` the fewest samples whose CNN output has ``frames`` frames (the inverse of ``frame_lengths``)."""
-    config = _config_of(config)
-    length = torch.as_tensor(frames).to(torch.long).clamp(min=1)
-    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride, strict=True))):
-        length = (length - 1) * stride + kernel
-    return length
 
 
 def frontend_flops(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tensor:
@@ -222,7 +189,7 @@ def count_forward_flops(
         sample_lengths = shortest_sample_lengths(config, frames)
     else:
         sample_lengths = torch.as_tensor(sample_lengths)
-        frames = _frames(config, sample_lengths)
+        frames = cnn_frame_lengths(config, sample_lengths)
     batch = frames.shape[0]
     num_layers = int(config.num_hidden_layers)
     fixed = cnn_flops(config, sample_lengths) + frontend_flops(config, frames)

@@ -1,8 +1,11 @@
 """Layer selectors: input features + budget -> which encoder layers each sample runs."""
 
 from .base import FittingData, LayerSelector, SelectorInputs, SelectorOutput
+from .calibration import ThresholdCalibration
 from .diagnostics import mask_diversity, most_common_mask_for_all, shuffle_masks
-from .input_conditioned import InputConditionedSelector, LogMelFrontend
+from .fallback import InputBlindFallback
+from .filterbank import LogMelFrontend
+from .input_conditioned import InputConditionedSelector
 from .random import RandomSelector
 from .schedule import LearnedScheduleSelector
 from .spec import SelectorFactory, build_selector, selector_spec
@@ -21,6 +24,7 @@ from .topk import (
 __all__ = [
     "FittingData",
     "SelectorInputs",
+    "InputBlindFallback",
     "InputConditionedSelector",
     "LayerSelector",
     "LearnedScheduleSelector",
@@ -29,6 +33,7 @@ __all__ = [
     "SelectorFactory",
     "SelectorOutput",
     "StaticSelector",
+    "ThresholdCalibration",
     "TopKSelector",
     "annealed_temperature",
     "build_selector",

@@ -127,26 +127,14 @@ class LayerSelector(nn.Module, ABC):
         """
 
     def check_budget(self, budget: Tensor, batch_size: int) -> Tensor:
-        """Validate a budget tensor and return it as ``[batch]`` long.
-
-        Args:
-            budget: ``[batch]`` integer tensor, layers each sample may run.
-            batch_size: the batch size the budget must match.
-
-        Returns:
-            ``budget`` as a long tensor.
-
-        Raises:
-            ValueError: naming ``budget`` when its shape, dtype or values are invalid.
-        """
+        """``budget`` (``[batch_size]`` integers in ``1..num_layers``) as a long tensor; a ValueError naming
+        ``budget`` when its shape, dtype or values are invalid."""
         if not isinstance(budget, Tensor):
             raise ValueError(f"budget must be a tensor of shape [{batch_size}], got {type(budget).__name__}")
         if budget.dtype.is_floating_point or budget.dtype.is_complex or budget.dtype == torch.bool:
             raise ValueError(f"budget must be an integer tensor, got dtype {budget.dtype}")
         if budget.shape != (batch_size,):
-            raise ValueError(
-                f"budget must have shape [{batch_size}] (one per sample), got {list(budget.shape)}"
-            )
+            raise ValueError(f"budget must have shape [{batch_size}] (one per sample), got {list(budget.shape)}")
         budget = budget.long()
         if budget.numel() and (int(budget.min()) < 1 or int(budget.max()) > self.num_layers):
             raise ValueError(
@@ -196,6 +184,11 @@ class LayerSelector(nn.Module, ABC):
             data: validation batches and the task's metric, see :class:`FittingData`.
             budgets: the layer budgets (each in ``1..num_layers``) that will be evaluated.
         """
+
+    def report(self) -> dict[int, dict]:
+        """What :meth:`fit` decided per budget ``k``, for logs and the sweep's rows (e.g. the input-conditioned
+        selector's fallback, ``{k: {"uses_input": ..., ...}}``); ``{}`` when there is nothing to report."""
+        return {}
 
     def counterfactual_loss(self, scores: Tensor, own: Tensor, candidates: Tensor, own_losses: Tensor,
                             candidate_losses: Tensor) -> Tensor:

@@ -124,20 +124,6 @@ class StaticSelector(LayerSelector):
             subsets = {k: rules[subsets](k) for k in range(1, num_layers + 1)}
         self.set_subsets(subsets)
 
-    @classmethod
-    def from_search(
-        cls,
-        num_layers: int,
-        feature_dim: int,
-        evaluate: Callable[[list[int]], float],
-        budgets: Iterable[int] | None = None,
-        higher_is_better: bool = True,
-    ) -> StaticSelector:
-        """Build from :func:`greedy_subset_search` (all budgets ``1..N`` unless ``budgets`` is given)."""
-        budgets = range(1, num_layers + 1) if budgets is None else budgets
-        found = greedy_subset_search(evaluate, num_layers, budgets, higher_is_better)
-        return cls(num_layers, feature_dim, subsets=found)
-
     @property
     def needs_fitting(self) -> bool:
         """With ``search``, the subsets are searched on validation data before evaluation."""
@@ -160,11 +146,6 @@ class StaticSelector(LayerSelector):
         self.set_subsets(found)
         for k in found:
             self.searched[int(k) - 1] = True
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # checkpoints from before the search was recorded: nothing searched (searched again before evaluation)
-        state_dict.setdefault(prefix + "searched", torch.zeros_like(self.searched))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_subsets(self, subsets: dict[int, list[int]]) -> None:
         """Install ``{budget: layers}``; budgets not named keep their current subset.

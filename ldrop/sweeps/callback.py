@@ -322,8 +322,7 @@ class BudgetSweep(L.Callback):
         primary = pl_module.metric_names[0]
         rows, usage = [], []
         # the input-conditioned selector's fallback: which budgets read the input (undecided ones do)
-        fallback = getattr(pl_module.selector, "fallback_report", None)
-        decided = fallback() if callable(fallback) else {}
+        decided = pl_module.selector.report() if pl_module.selector is not None else {}
         for k in self.budget_layers:
             masks = self.masks[k].compute().float().cpu().reshape(-1, n) if self.masks[k].update_called \
                 else torch.zeros(0, n)

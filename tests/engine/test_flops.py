@@ -9,13 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Data2VecAudioConfig, HubertConfig, Wav2Vec2Config, WavLMConfig
 
 from ldrop.backbones import SpeechBackbone, tiny_config
-from ldrop.engine.flops import (
-    ForwardFlops,
-    count_forward_flops,
-    frame_lengths,
-    layer_flops,
-    shortest_sample_lengths,
-)
+from ldrop.backbones.geometry import frame_lengths, shortest_sample_lengths
+from ldrop.engine.flops import ForwardFlops, count_forward_flops, layer_flops
 from ldrop.engine.gated import run_gated_layers
 from tests.helpers import padded_batch
 

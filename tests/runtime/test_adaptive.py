@@ -144,7 +144,7 @@ def test_load_model_warns_when_the_selector_still_needs_its_validation_fit(tiny_
     data = tiny_classification_data()
     data.setup("validate")
     model.fit_on_dataloader(data.val_dataloader())
-    assert model.selector.fitted and set(model.selector.fallback_report()) == set(range(1, model.num_layers))
+    assert model.selector.fitted and set(model.selector.report()) == set(range(1, model.num_layers))
 
 
 def _fbank_task():

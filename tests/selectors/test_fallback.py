@@ -96,7 +96,7 @@ def test_falls_back_to_the_best_blind_mask_exactly_where_the_input_does_not_pay(
     assert selector.training  # fit restores the mode it found
     assert "k=2: input" in caplog.text
 
-    report = selector.fallback_report()
+    report = selector.report()
     assert sorted(report) == list(range(1, NUM_LAYERS))  # the full budget has nothing to decide
     assert {k: r["uses_input"] for k, r in report.items()} == {k: k in PAYS for k in report}
     for k, r in report.items():
@@ -113,7 +113,7 @@ def test_falls_back_to_the_best_blind_mask_exactly_where_the_input_does_not_pay(
 def test_a_margin_larger_than_the_gain_falls_back_everywhere() -> None:
     selector = _selector(fallback_margin=1.0)
     selector.fit(FakeFittingData(selector), range(1, NUM_LAYERS + 1))
-    report = selector.fallback_report()
+    report = selector.report()
     assert report and not any(r["uses_input"] for r in report.values())
     assert all(report[k]["input"] > report[k]["blind"] for k in PAYS)
 
@@ -124,7 +124,7 @@ def test_fallback_search_finds_a_best_subset_outside_the_simple_candidates() -> 
 
     selector = _selector(fallback_search=True)
     selector.fit(FakeFittingData(selector, pays=(), blind_target=last), range(1, NUM_LAYERS + 1))
-    report = selector.fallback_report()
+    report = selector.report()
     assert {k: r["blind_layers"] for k, r in report.items()} == {k: last(k) for k in range(1, NUM_LAYERS)}
     assert all(r["blind"] == 1.0 and not r["uses_input"] for r in report.values())
 
@@ -133,8 +133,8 @@ def test_budgets_not_fitted_keep_reading_the_input() -> None:
     selector = _selector()
     data = FakeFittingData(selector)
     selector.fit(data, [1, 3])
-    assert sorted(selector.fallback_report()) == [1, 3]
-    assert selector.uses_input.tolist() == [False, True, False, True, True, True]
+    assert sorted(selector.report()) == [1, 3]
+    assert selector.fallback.uses_input.tolist() == [False, True, False, True, True, True]
 
 
 def test_state_dict_round_trip_keeps_the_decisions() -> None:
@@ -143,32 +143,21 @@ def test_state_dict_round_trip_keeps_the_decisions() -> None:
     selector.fit(data, range(1, NUM_LAYERS + 1))
     copy = _selector()
     copy.load_state_dict(selector.state_dict())
-    assert copy.fallback_report() == selector.fallback_report()
+    assert copy.report() == selector.report()
     for batch in data.batches:
         for k in range(1, NUM_LAYERS + 1):
             assert torch.equal(_masks(copy, batch, k), _masks(selector, batch, k))
-
-
-def test_a_state_dict_from_before_the_fallback_loads_undecided() -> None:
-    selector = _selector()
-    selector.fit(FakeFittingData(selector), range(1, NUM_LAYERS + 1))
-    old = {k: v for k, v in selector.state_dict().items()
-           if k not in ("uses_input", "blind_masks", "fallback_metrics")}
-    copy = _selector()
-    copy.uses_input[0] = False
-    copy.load_state_dict(old)  # strict
-    assert bool(copy.uses_input.all()) and copy.fallback_report() == {}
 
 
 def test_training_clears_the_decisions() -> None:
     selector = _selector()
     data = FakeFittingData(selector)
     selector.fit(data, range(1, NUM_LAYERS + 1))
-    assert not bool(selector.uses_input.all())
+    assert not bool(selector.fallback.uses_input.all())
     selector.train()
     batch = data.batches[0]
     selector(batch.features, batch.frame_mask, torch.full((8,), 2))
-    assert bool(selector.uses_input.all()) and selector.fallback_report() == {}
+    assert bool(selector.fallback.uses_input.all()) and selector.report() == {}
 
 
 def test_fitting_protocol_flags() -> None:
@@ -182,15 +171,15 @@ def test_threshold_mode_calibrates_and_does_not_fall_back() -> None:
     selector = _selector(mode="threshold")
     data = FakeFittingData(_selector())
     selector.fit(data, range(1, NUM_LAYERS + 1))
-    assert all(selector.is_calibrated(k) for k in range(1, NUM_LAYERS + 1))
-    assert selector.fallback_report() == {} and bool(selector.uses_input.all())
+    assert all(selector.calibration.is_calibrated(k) for k in range(1, NUM_LAYERS + 1))
+    assert selector.report() == {} and bool(selector.fallback.uses_input.all())
 
 
 def test_fallback_off_changes_nothing() -> None:
     selector = _selector(fallback=False)
     data = FakeFittingData(selector)
     selector.fit(data, range(1, NUM_LAYERS + 1))
-    assert selector.fallback_report() == {}
+    assert selector.report() == {}
 
 
 @pytest.mark.parametrize("margin", [-0.1, float("nan"), float("inf")])

@@ -92,7 +92,7 @@ def test_greedy_search_finds_a_pair_that_only_works_together() -> None:
     assert greedy_subset_search(evaluate, NUM_LAYERS, budgets=[2])[2] == [2, 4]
 
 
-def test_from_search_installs_the_found_subsets() -> None:
+def test_searched_subsets_install_as_subsets() -> None:
     evaluate, _ = additive_metric([0.5, 3.0, 0.1, 2.0, 1.0, 4.0])
-    selector = StaticSelector.from_search(NUM_LAYERS, FEATURE_DIM, evaluate, budgets=[1, 3])
+    selector = StaticSelector(NUM_LAYERS, FEATURE_DIM, subsets=greedy_subset_search(evaluate, NUM_LAYERS, [1, 3]))
     assert selector.subsets == {1: [5], 3: [1, 3, 5]}

@@ -25,12 +25,12 @@ def test_ldrop_test_fits_the_fallback_and_no_budget_is_below_the_best_blind_mask
                                selector=functools.partial(InputConditionedSelector, hidden_dim=16))
     quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
     selector = model.selector
-    assert selector.needs_fitting and not selector.fits_at_validation and selector.fallback_report() == {}
+    assert selector.needs_fitting and not selector.fits_at_validation and selector.report() == {}
 
     sweep = BudgetSweep(directory=str(tmp_path / "sweep"), headroom=False)
     quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, data)
     n = model.num_layers
-    report = selector.fallback_report()
+    report = selector.report()
     assert sorted(report) == list(range(1, n))  # fitted before the test for every swept budget but N
     assert [row["uses_input"] for row in sweep.rows] == [report[k]["uses_input"] for k in range(1, n)] + [True]
     assert primary_metric(load_sweep(tmp_path / "sweep")) == "acc"

@@ -57,7 +57,7 @@ def count_fits(model: ClassificationTask) -> list[list[int]]:
 def test_test_and_predict_with_dataloaders_only_after_fit_on_dataloader(tmp_path):
     model = trained_model(tmp_path)
     model.fit_on_dataloader(tone_loader(8, seed=2))
-    report = model.selector.fallback_report()
+    report = model.selector.report()
     assert sorted(report) == list(range(1, model.num_layers))
     fits = count_fits(model)
 
@@ -81,13 +81,13 @@ def test_without_validation_data_the_fallback_is_off_and_a_single_line_says_so(t
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
     assert all("fallback: false" in w and "fit_on_dataloader" in w for w in warnings)
     # nothing decided: every budget read the input
-    assert model.selector.fallback_report() == {} and bool(model.selector.uses_input.all())
+    assert model.selector.report() == {} and bool(model.selector.fallback.uses_input.all())
     assert len(sweep.rows) == model.num_layers and all(0.0 <= row["acc"] <= 1.0 for row in sweep.rows)
 
 
 def test_a_selector_that_cannot_run_unfitted_says_how_to_fit_it(tmp_path):
     model = trained_model(tmp_path, mode="threshold")
-    model.selector.thresholds.fill_(float("nan"))  # as a model never validated: nothing calibrated
+    model.selector.calibration.thresholds.fill_(float("nan"))  # as a model never validated: nothing calibrated
     sweep = BudgetSweep(directory=str(tmp_path / "sweep"), headroom=False)
     with pytest.raises(RuntimeError, match=r"InputConditionedSelector must be fitted .*fit_on_dataloader"):
         quiet_trainer(tmp_path, callbacks=[sweep]).test(model, dataloaders=tone_loader(4, seed=3))
@@ -121,4 +121,4 @@ def test_only_budgets_not_fitted_yet_are_fitted_and_training_forgets_the_fits(tm
     assert model.fitted_budgets == frozenset({1, 2, 3, 4})
     quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=ToneData())
     assert model.fitted_budgets == frozenset()
-    assert torch.isnan(model.selector.fallback_metrics).all()  # training also cleared the decisions
+    assert torch.isnan(model.selector.fallback.metrics).all()  # training also cleared the decisions

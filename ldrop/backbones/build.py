@@ -1,4 +1,4 @@
-"""Loading a backbone by name: ``tiny:<family>``, ``random:<family>``, a hub id or a local folder."""
+"""Building a backbone by name: ``tiny:<family>``, ``random:<family>``, a hub id or a local folder."""
 
 from __future__ import annotations
 

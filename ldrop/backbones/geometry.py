@@ -1,0 +1,59 @@
+"""The CNN feature encoder's frame geometry, from a config alone (no model built).
+
+``config`` is anything with the Hugging Face ``conv_kernel`` and ``conv_stride`` lists: a backbone config, or
+:data:`STOCK_CNN` (the CNN of every shipped family: a 400-sample receptive field, a frame every 320 samples).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class ConvLayout(NamedTuple):
+    """A CNN layout, as a Hugging Face config names it."""
+
+    conv_kernel: tuple[int, ...]
+    conv_stride: tuple[int, ...]
+
+
+#: wav2vec 2.0 / HuBERT / WavLM / data2vec: 25 ms windows every 20 ms at 16 kHz.
+STOCK_CNN = ConvLayout((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))
+
+
+def frame_lengths(config, samples: Tensor | int) -> Tensor | int:
+    """Frames the CNN produces for ``samples`` waveform samples (0 below the receptive field).
+
+    Args:
+        config: has ``conv_kernel`` and ``conv_stride``.
+        samples: ``[batch]`` samples per waveform, or one count.
+
+    Returns:
+        ``[batch]`` long frames (an ``int`` for an ``int``).
+    """
+    length = torch.as_tensor(samples).to(torch.long)
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
+        length = (torch.div(length - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+    return int(length) if isinstance(samples, int) else length
+
+
+def receptive_field(config) -> int:
+    """Samples the CNN needs for one frame (400 for :data:`STOCK_CNN`)."""
+    field = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride, strict=True))):
+        field = (field - 1) * stride + kernel
+    return field
+
+
+def frame_hop(config) -> int:
+    """Samples between consecutive frames (320 for :data:`STOCK_CNN`)."""
+    return math.prod(int(stride) for stride in config.conv_stride)
+
+
+def shortest_sample_lengths(config, frames: Tensor) -> Tensor:
+    """``[batch]`` the fewest samples whose CNN output has ``frames`` frames (at least one), the inverse of
+    :func:`frame_lengths`."""
+    return (torch.as_tensor(frames).to(torch.long).clamp(min=1) - 1) * frame_hop(config) + receptive_field(config)
