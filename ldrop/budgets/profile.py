@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ldrop._progress import Phase
+from ldrop.backbones.geometry import frame_lengths, shortest_sample_lengths
 from ldrop.budgets.machine import machine_info
 
 #: Fitted parts of a profile.
@@ -103,14 +104,6 @@ def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[fl
     return fit, ((predicted - seconds) / seconds).tolist()
 
 
-def conv_frames(sample_lengths: Tensor, conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> Tensor:
-    """Frames the CNN produces for ``sample_lengths`` samples (``[batch]`` long)."""
-    lengths = torch.as_tensor(sample_lengths).to(torch.long)
-    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-    return lengths.clamp(min=0)
-
-
 @dataclass
 class DeviceProfile:
     """The measured cost model of one model on one device (see the module docstring).
@@ -140,7 +133,7 @@ class DeviceProfile:
 
     def frames(self, sample_lengths: Tensor) -> Tensor:
         """Frames per input, ``[batch]`` long."""
-        return conv_frames(sample_lengths, self.conv_kernel, self.conv_stride)
+        return frame_lengths(self, torch.as_tensor(sample_lengths))
 
     def predict(self, sample_lengths: Tensor, keep_mask: Tensor) -> float:
         """Predicted seconds of one sparse forward of a batch.
@@ -306,7 +299,6 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
     device, dtype = _model_device_dtype(model)
     backbone = model.backbone
     generator = torch.Generator().manual_seed(seed)
-    samples_per_frame = math.prod(backbone.config.conv_stride)
 
     def waveforms_for(lengths: Tensor) -> Tensor:
         waves = torch.randn(len(lengths), int(lengths.max()), generator=generator)
@@ -314,7 +306,7 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
         return waves.to(device, dtype)
 
     def samples_for(frames: int) -> int:
-        return backbone.receptive_field + (frames - 1) * samples_per_frame
+        return int(shortest_sample_lengths(backbone.config, torch.tensor([frames]))[0])
 
     @torch.inference_mode()
     def fixed_pass(waves: Tensor, lengths: Tensor) -> None:
@@ -446,7 +438,6 @@ def profile_model(
     model.eval()
     backbone = model.backbone
     config = backbone.config
-    conv_kernel, conv_stride = list(config.conv_kernel), list(config.conv_stride)
     if measure is None or (measure_batch is None and validation_batches):
         # The grid is timed in interleaved rounds (below), so the grid's timer takes one call per point;
         # held-out batches are timed one at a time.
@@ -454,9 +445,7 @@ def profile_model(
         _, real_measure_batch = model_timers(model, repeats=repeats, warmup=warmup, seed=seed)
         measure = measure or real_measure
         measure_batch = measure_batch or real_measure_batch
-    frames_grid = sorted({
-        int(conv_frames(torch.tensor([round(s * sample_rate)]), conv_kernel, conv_stride)[0]) for s in seconds
-    })
+    frames_grid = sorted({frame_lengths(config, round(s * sample_rate)) for s in seconds})
     if len(frames_grid) * len(set(batch_sizes)) < 3:
         raise ValueError("the profiling grid needs at least 3 (length, batch size) points to fit")
     grid = [(part, batch, frames) for batch in sorted(set(batch_sizes)) for frames in frames_grid for part in PARTS]
@@ -486,8 +475,8 @@ def profile_model(
         ]
     device, dtype = _model_device_dtype(model)
     profile = DeviceProfile(
-        fixed=fits["fixed"], layer=fits["layer"], num_layers=backbone.num_layers, conv_kernel=conv_kernel,
-        conv_stride=conv_stride, sample_rate=sample_rate, device=device_description(device, dtype),
+        fixed=fits["fixed"], layer=fits["layer"], num_layers=backbone.num_layers, conv_kernel=list(config.conv_kernel),
+        conv_stride=list(config.conv_stride), sample_rate=sample_rate, device=device_description(device, dtype),
         model=model_summary(model), measurements=measurements,
     )
     if validation_batches:

@@ -3,13 +3,13 @@ predicted in chunks so that memory stays bounded."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ldrop.backbones.geometry import frame_hop
 from ldrop.budgets import Budget, BudgetDecision, Target, budget_to_layers, is_target
 from ldrop.engine.flops import count_forward_flops
 
@@ -105,7 +105,7 @@ class PredictionMixin:
     @property
     def frame_hop(self) -> int:
         """Samples between consecutive encoder frames (320 at the usual 16 kHz configuration)."""
-        return math.prod(int(s) for s in self.backbone.config.conv_stride)
+        return frame_hop(self.backbone.config)
 
     def chunk_spans(self, num_samples: int) -> list[tuple[int, int]]:
         """``(start, end)`` sample spans predict splits an input of ``num_samples`` into (one span if short).
