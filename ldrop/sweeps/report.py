@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ldrop._io import atomic_write_bytes, atomic_write_files, atomic_write_text, remove_stale_temporaries
+from ldrop._io import atomic_write_bytes, atomic_write_files, remove_stale_temporaries
 
 #: Columns every sweep row has, in the order they are written.
 BASE_COLUMNS = [
@@ -197,12 +197,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def write_rows(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike, json_path: str | os.PathLike) -> None:
-    """Write ``rows`` as CSV and JSON, atomically (a table other than the budget sweep, e.g. the targets')."""
-    atomic_write_text(csv_path, rows_to_csv(rows))
-    atomic_write_text(json_path, json.dumps(list(rows), indent=2) + "\n")
 
 
 #: The files of one sweep, as :func:`write_sweep` writes them (the target sweep's only with targets).

@@ -43,7 +43,7 @@ def test_repeats_must_be_positive():
 
 
 def test_sweep_sums_keep_double_precision():
-    from ldrop.sweeps.callback import _sum
+    from ldrop.sweeps.scorers import _sum
 
     total = _sum(torch.device("cpu"))
     for _ in range(3):
