@@ -12,8 +12,6 @@ from ldrop.sweeps.report import (
     layer_usage_figure,
     load_sweep,
     markdown_table,
-    plot_layer_usage,
-    plot_sweep,
     primary_metric,
     sweep_figure,
     sweep_title,
@@ -21,20 +19,7 @@ from ldrop.sweeps.report import (
 )
 
 __all__ = [
-    "SWEEP_FILES",
-    "SWEEP_MANIFEST",
-    "BudgetSweep",
-    "IncompleteSweepError",
-    "add_sweep_to_tensorboard",
-    "check_sweep_set",
-    "compare_sweeps",
-    "layer_usage_figure",
-    "load_sweep",
-    "markdown_table",
-    "plot_layer_usage",
-    "plot_sweep",
-    "primary_metric",
-    "sweep_figure",
-    "sweep_title",
-    "write_sweep",
+    "SWEEP_FILES", "SWEEP_MANIFEST", "BudgetSweep", "IncompleteSweepError", "add_sweep_to_tensorboard",
+    "check_sweep_set", "compare_sweeps", "layer_usage_figure", "load_sweep", "markdown_table",
+    "primary_metric", "sweep_figure", "sweep_title", "write_sweep",
 ]

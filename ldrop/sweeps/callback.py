@@ -44,19 +44,16 @@ class BudgetSweep(L.Callback):
 
     Args:
         budgets: budgets of the sweep (ints are layers, floats fractions; ``None``: every ``k`` in ``1..N``).
-        repeats: repeats for selectors that draw random masks at evaluation (``random_at_eval``), each
-            reseeded; mean and spread are reported.
-        controls: also score "the same masks shuffled across the batch" and "the most common mask for every
-            input", for selectors whose masks depend on the input (needs a batch size above 1).
+        repeats: reseeded repeats for selectors that draw random masks at evaluation: mean and spread.
+        controls: also score the masks shuffled across the batch and the most common mask for every input, for
+            selectors whose masks depend on the input (needs a batch size above 1).
         method_name: label of the run in the sweep and ``ldrop compare`` (default: the task's own label).
         directory: folder of the files (default: the trainer's log folder).
         targets: also sweep budget targets (``{ms: 80}``, ``{rtf: 0.1}``, ``{gflops_per_second: 2}``, each
-            optionally with ``profile: PATH``), open loop as ``ldrop predict``, into ``target_sweep.csv``/``.json``
-            (:class:`~ldrop.sweeps.scorers.TargetScorer`).
-        headroom: also score the per-input and static oracles per budget, on the test and the validation split
-            (:class:`~ldrop.sweeps.headroom.HeadroomScorer`; about 40 times the layer work of the plain sweep for
-            a 12-layer model over every budget). ``None``: on for selectors whose masks depend on the input;
-            needs the task's ``item_errors``.
+            optionally with ``profile: PATH``), open loop as ``ldrop predict``, into ``target_sweep.csv``/``.json``.
+        headroom: also score the per-input and static oracles per budget on the test and the validation split
+            (:class:`~ldrop.sweeps.headroom.HeadroomScorer`: about 40 times the layer work of the plain sweep for
+            12 layers and every budget). ``None``: on for selectors whose masks depend on the input.
         headroom_candidates: candidate masks per input of the per-input oracle.
         static_oracle_max_masks: budgets with more ``k``-layer masks than this get no static oracle.
     """

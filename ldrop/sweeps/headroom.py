@@ -46,14 +46,12 @@ class HeadroomScorer(Scorer):
         self.candidates, self.static_max_masks = candidates, static_max_masks
 
     def start(self, task: Any) -> None:
-        self.oracle = {split: {k: self._state(task.num_layers, k, task.device) for k in self.budgets}
-                       for split in ("test", "val")}
-
-    def _state(self, num_layers: int, k: int, device: torch.device) -> dict[str, Any]:
-        """Error sums of the selector, the per-input oracle and each static mask at budget ``k``."""
-        static = math.comb(num_layers, k) if math.comb(num_layers, k) <= self.static_max_masks else 0
-        return {"own": _sum(device), "input": _sum(device), "count": _sum(device),
-                "static": torch.zeros(static, dtype=torch.float64, device=device)}
+        # per split and budget: error sums of the selector, the per-input oracle and each static mask
+        statics = {k: math.comb(task.num_layers, k) if math.comb(task.num_layers, k) <= self.static_max_masks else 0
+                   for k in self.budgets}
+        self.oracle = {split: {k: {"own": _sum(task.device), "input": _sum(task.device), "count": _sum(task.device),
+                                   "static": torch.zeros(statics[k], dtype=torch.float64, device=task.device)}
+                               for k in self.budgets} for split in ("test", "val")}
 
     def batch(self, step: SweepBatch) -> None:
         for k in self.budgets:

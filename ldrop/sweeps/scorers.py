@@ -27,10 +27,7 @@ def _sum(device: torch.device) -> SumMetric:
 
 def _metrics(task: Any) -> dict[str, Metric]:
     """A fresh set of the task's metrics on its device."""
-    metrics = task.configure_metrics()
-    for metric in metrics.values():
-        metric.to(task.device)
-    return metrics
+    return {name: metric.to(task.device) for name, metric in task.configure_metrics().items()}
 
 
 def synchronize(task: Any) -> None:
@@ -94,8 +91,7 @@ class BudgetScorer(Scorer):
         self.repeats = self.requested_repeats if selector is not None and selector.random_at_eval else 1
         self.metrics = {(k, r): _metrics(task) for k in self.budgets for r in range(self.repeats)}
         self.masks = {k: CatMetric().to(device) for k in self.budgets}
-        self.flops = {k: _sum(device) for k in self.budgets}
-        self.seconds = {k: _sum(device) for k in self.budgets}
+        self.flops, self.seconds = ({k: _sum(device) for k in self.budgets} for _ in range(2))
         self.utterances, self.seconds_audio = _sum(device), _sum(device)
 
     def batch(self, step: SweepBatch) -> None:
@@ -180,17 +176,15 @@ class TargetScorer(Scorer):
 
     def __init__(self, targets: list[Target]) -> None:
         super().__init__([])
-        self.targets = targets
-        self.label = f"{len(targets)} target(s)"
+        self.targets, self.label = targets, f"{len(targets)} target(s)"
 
     def start(self, task: Any) -> None:
         from ldrop.runtime.controller import TargetTally  # the runtime package is only needed for targets
 
         TargetTally.open(task)  # inputs that cannot meet a target: one warning for the whole sweep
-        device = task.device
-        self.utterances = _sum(device)
-        self.state = [{"metrics": _metrics(task), "layers": _sum(device), "flops": _sum(device),
-                       "seconds": _sum(device), "misses": _sum(device)} for _ in self.targets]
+        self.utterances = _sum(task.device)
+        sums = ("layers", "flops", "seconds", "misses")
+        self.state = [{"metrics": _metrics(task)} | {name: _sum(task.device) for name in sums} for _ in self.targets]
 
     def batch(self, step: SweepBatch) -> None:
         from ldrop.runtime.controller import target_budget  # the runtime package is only needed for targets
@@ -207,10 +201,9 @@ class TargetScorer(Scorer):
             else:
                 allowance = target.value / 1000.0 * len(batch) if target.kind == "ms" else target.value * float(audio.sum())
                 misses = float(len(batch)) if cost.seconds > allowance else 0.0
-            state["layers"].update(float(cost.mask.sum()))
-            state["flops"].update(float(cost.flops.sum()))
-            state["seconds"].update(cost.seconds)
-            state["misses"].update(misses)
+            for name, value in (("layers", float(cost.layers.sum())), ("flops", float(cost.flops.sum())),
+                                ("seconds", cost.seconds), ("misses", misses)):
+                state[name].update(value)
             task.update_metrics(state["metrics"], logits, encoded.frame_mask, batch)
 
     def end(self, trainer: L.Trainer, task: Any) -> None:

@@ -15,14 +15,9 @@ from ldrop.engine.flops import count_forward_flops
 
 @dataclass(frozen=True)
 class BatchCost:
-    """The cost of one encoded batch run with one keep mask.
-
-    Attributes:
-        mask: ``[batch, layers]`` float, 1 where an input ran a layer (the keep mask thresholded at 0.5).
-        flops: ``[batch]`` float64 FLOPs of each input: the backbone at its length with its mask, plus the
-            selector's own.
-        seconds: wall seconds of the whole batch (every input of a batch waits for all of it; 0 if untimed).
-    """
+    """The cost of one encoded batch run with one keep mask: ``mask`` ``[batch, layers]`` (1 where an input ran a
+    layer), ``flops`` ``[batch]`` float64 (the backbone at each input's length and mask plus the selector's own)
+    and ``seconds``, the wall time of the whole batch (each of its inputs waits for all of it; 0 if untimed)."""
 
     mask: Tensor
     flops: Tensor
@@ -30,13 +25,11 @@ class BatchCost:
 
     @classmethod
     def of(cls, task: Any, encoded: Any, keep: Tensor, seconds: float = 0.0) -> BatchCost:
-        """The cost of ``encoded`` (a task's ``EncodedBatch``) run with ``keep`` (``[batch, layers]``, soft or
-        hard) on ``task`` (its ``backbone.config`` and ``selector``)."""
+        """``encoded`` (the task's ``EncodedBatch``) run on ``task`` with ``keep`` (``[batch, layers]``, soft or
+        hard: thresholded at 0.5, as sparse execution runs it)."""
         mask = (keep.detach() > 0.5).float()
-        selector = task.selector
-        selector_flops = selector.flops(encoded.frame_mask.sum(1)) if selector is not None else None
-        flops = count_forward_flops(task.backbone.config, encoded.lengths, mask, selector_flops).total
-        return cls(mask, flops, seconds)
+        selector_flops = task.selector.flops(encoded.frame_mask.sum(1)) if task.selector is not None else None
+        return cls(mask, count_forward_flops(task.backbone.config, encoded.lengths, mask, selector_flops).total, seconds)
 
     @property
     def layers(self) -> Tensor:
