@@ -8,12 +8,20 @@ win at that budget, and the selector's distance to the per-input oracle is what 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+from typing import Any
 
+import lightning as L
 import torch
 from torch import Tensor
 
-from ldrop.selectors.candidates import candidate_masks  # noqa: F401 (the oracle's candidates)
+from ldrop._progress import Phase
+from ldrop.selectors.candidates import candidate_masks
+from ldrop.sweeps.scorers import Scorer, SweepBatch, _sum
+from ldrop.tasks.precision import precision_context, to_model_precision
+
+log = logging.getLogger(__name__)
 
 
 def all_subsets(num_layers: int, budget: int, device: torch.device | str = "cpu") -> Tensor:
@@ -25,6 +33,91 @@ def all_subsets(num_layers: int, budget: int, device: torch.device | str = "cpu"
     return masks
 
 
-def num_subsets(num_layers: int, budget: int) -> int:
-    """``C(num_layers, budget)``: how many masks the static oracle would have to score."""
-    return math.comb(num_layers, budget)
+class HeadroomScorer(Scorer):
+    """Per budget, the per-input oracle (the best of ``candidates`` masks per input: the selector's own, its
+    input-blind schedule's, one-layer swaps of its own, random ones) and the static oracle (the best single
+    mask for every input, over all ``C(N, k)`` masks when there are at most ``static_max_masks``), on the test
+    split and, after it, on the validation split. Needs the task's ``item_errors``."""
+
+    label = "headroom oracles"
+
+    def __init__(self, budgets: list[int], candidates: int, static_max_masks: int) -> None:
+        super().__init__(budgets)
+        self.candidates, self.static_max_masks = candidates, static_max_masks
+
+    def start(self, task: Any) -> None:
+        # per split and budget: error sums of the selector, the per-input oracle and each static mask
+        statics = {k: math.comb(task.num_layers, k) if math.comb(task.num_layers, k) <= self.static_max_masks else 0
+                   for k in self.budgets}
+        self.oracle = {split: {k: {"own": _sum(task.device), "input": _sum(task.device), "count": _sum(task.device),
+                                   "static": torch.zeros(statics[k], dtype=torch.float64, device=task.device)}
+                               for k in self.budgets} for split in ("test", "val")}
+
+    def batch(self, step: SweepBatch) -> None:
+        for k in self.budgets:
+            self._score(step.task, step.batch, step.encoded, k, step.costs[k].mask, step.index, self.oracle["test"][k])
+
+    def _score(self, task: Any, batch: Any, encoded: Any, k: int, own: Tensor, batch_idx: int, state: dict) -> None:
+        """Accumulate the selector's, the per-input and the static oracles' errors at budget ``k`` for one
+        batch (``own``: the selector's masks; a threshold-mode selector's rows may keep other counts)."""
+        generator = torch.Generator().manual_seed(10_000 + batch_idx)
+        errors = []
+        selector = task.selector
+        keep_first = selector.prefix_layers  # candidates the selector could pick keep its prefix
+        for mask in candidate_masks(own, self.candidates, generator, keep_first, selector.schedule_mask(k)):
+            item_errors, counts = task.item_errors(task.logits_with_mask(encoded, mask), encoded.frame_mask, batch)
+            errors.append(item_errors)
+        state["own"].update(float(errors[0].sum()))  # the first candidate is the selector's own mask
+        state["input"].update(float(torch.stack(errors).min(0).values.sum()))
+        state["count"].update(float(counts.sum()))
+        if state["static"].numel():
+            for row, mask in enumerate(all_subsets(task.num_layers, k, task.device)):
+                everyone = mask.expand(len(batch), -1)
+                item_errors, _ = task.item_errors(task.logits_with_mask(encoded, everyone), encoded.frame_mask, batch)
+                state["static"][row] += item_errors.sum()
+
+    @torch.no_grad()
+    def end(self, trainer: L.Trainer, task: Any) -> None:
+        """The headroom on the validation split as well (the selector's own masks at each budget)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            log.warning("headroom on validation data needs a datamodule: scored on the test split only")
+            return
+        datamodule.setup("validate")
+        loader = datamodule.val_dataloader()
+        total = len(loader) if hasattr(loader, "__len__") else None
+        with Phase("headroom on the validation split (sweep.headroom: false skips it)", total=total,
+                   unit="validation batch") as phase:
+            for batch_idx, batch in enumerate(loader):
+                batch = to_model_precision(task, task.transfer_batch_to_device(batch, task.device, 0))
+                with precision_context(task):
+                    encoded = task.encode(batch.waveforms, batch.lengths)
+                    for k in self.budgets:
+                        _, keep, _ = task.logits_at_budget(encoded, k)
+                        own = (keep.detach() > 0.5).float()
+                        self._score(task, batch, encoded, k, own, batch_idx, self.oracle["val"][k])
+                phase.step()
+
+    def columns(self, trainer: L.Trainer, task: Any, k: int) -> dict[str, Any]:
+        return {**self._columns(trainer, task, self.oracle["test"][k]),
+                **self._columns(trainer, task, self.oracle["val"][k], "_val")}
+
+    @staticmethod
+    def _columns(trainer: L.Trainer, task: Any, state: dict, suffix: str = "") -> dict[str, float]:
+        """``<metric>_input_oracle``, ``<metric>_static_oracle`` (and, on validation, the selector's own
+        ``<metric>``), each with ``suffix``, from one budget's error sums (over all ranks)."""
+        if not state["count"].update_called:
+            return {}
+        count = max(float(state["count"].compute()), 1e-12)
+        primary = task.metric_names[0]
+
+        def as_metric(errors: float) -> float:  # the primary metric from its error terms
+            return 1.0 - errors / count if task.higher_is_better else errors / count
+
+        columns = {f"{primary}_input_oracle{suffix}": as_metric(float(state["input"].compute()))}
+        if suffix:
+            columns[f"{primary}{suffix}"] = as_metric(float(state["own"].compute()))
+        if state["static"].numel():
+            static = trainer.strategy.reduce(state["static"].clone(), reduce_op="sum")
+            columns[f"{primary}_static_oracle{suffix}"] = as_metric(float(static.min()))
+        return columns

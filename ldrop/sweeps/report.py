@@ -15,25 +15,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ldrop._io import atomic_write_bytes, atomic_write_files, atomic_write_text, remove_stale_temporaries
+from ldrop._io import atomic_write_files, remove_stale_temporaries
 
 #: Columns every sweep row has, in the order they are written.
-BASE_COLUMNS = [
-    "method",
-    "backbone",
-    "dataset",
-    "budget_layers",
-    "budget_fraction",
-    "executed_layers",
-    "gflops_per_utterance",
-    "gflops_per_second",
-    "ms_per_utterance",
-    "utterances",
-    "distinct_masks",
-    "mean_hamming",
-    "top_mask_share",
-    "uses_input",
-]
+BASE_COLUMNS = ["method", "backbone", "dataset", "budget_layers", "budget_fraction", "executed_layers",
+                "gflops_per_utterance", "gflops_per_second", "ms_per_utterance", "utterances", "distinct_masks",
+                "mean_hamming", "top_mask_share", "uses_input"]
 
 #: Metrics where lower is better (everything else: higher is better).
 LOWER_IS_BETTER = {"wer", "cer", "loss"}
@@ -130,16 +117,6 @@ def sweep_figure(
     return fig
 
 
-def plot_sweep(
-    runs: dict[str, Sequence[dict[str, Any]]],
-    path: str | os.PathLike,
-    metric: str | None = None,
-    title: str | None = None,
-) -> None:
-    """Write :func:`sweep_figure` to ``path`` (PNG, atomically)."""
-    atomic_write_bytes(path, _png(sweep_figure(runs, metric, title)))
-
-
 def layer_usage_figure(
     usage: Sequence[Sequence[float]], budgets: Sequence[int], title: str | None = None
 ) -> Any:
@@ -154,13 +131,6 @@ def layer_usage_figure(
     ax.set_title(title or "layer usage", fontsize=9)
     fig.colorbar(image, ax=ax, label="share of inputs running the layer")
     return fig
-
-
-def plot_layer_usage(
-    usage: Sequence[Sequence[float]], budgets: Sequence[int], path: str | os.PathLike, title: str | None = None
-) -> None:
-    """Write :func:`layer_usage_figure` to ``path`` (PNG, atomically)."""
-    atomic_write_bytes(path, _png(layer_usage_figure(usage, budgets, title)))
 
 
 def add_sweep_to_tensorboard(
@@ -197,12 +167,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def write_rows(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike, json_path: str | os.PathLike) -> None:
-    """Write ``rows`` as CSV and JSON, atomically (a table other than the budget sweep, e.g. the targets')."""
-    atomic_write_text(csv_path, rows_to_csv(rows))
-    atomic_write_text(json_path, json.dumps(list(rows), indent=2) + "\n")
 
 
 #: The files of one sweep, as :func:`write_sweep` writes them (the target sweep's only with targets).

@@ -43,7 +43,7 @@ def test_repeats_must_be_positive():
 
 
 def test_sweep_sums_keep_double_precision():
-    from ldrop.sweeps.callback import _sum
+    from ldrop.sweeps.scorers import _sum
 
     total = _sum(torch.device("cpu"))
     for _ in range(3):
@@ -67,6 +67,9 @@ def test_a_flops_target_gets_the_layers_it_affords_and_is_never_exceeded(tmp_pat
     assert row["gflops_per_utterance"] < sweep.rows[0]["gflops_per_utterance"]
     assert (tmp_path / "targets" / "target_sweep.csv").is_file()
     assert (tmp_path / "targets" / "target_sweep.json").is_file()
+    from ldrop.sweeps import check_sweep_set
+
+    assert {"target_sweep.csv", "target_sweep.json"} <= set(check_sweep_set(tmp_path / "targets"))  # one set
 
 
 def test_bad_targets_fail_when_the_sweep_is_built():

@@ -143,15 +143,6 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing half-written, nothing hidden
 
 
-def test_plots_create_their_folder(tmp_path):
-    from ldrop.sweeps import plot_layer_usage, plot_sweep
-
-    plot_sweep({"m": ROWS}, tmp_path / "new" / "sweep.png")
-    plot_layer_usage([[1, 0, 0, 0]], [1], tmp_path / "new2" / "usage.png")
-    assert (tmp_path / "new" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "new2" / "usage.png").is_file()
-
-
 def test_writing_a_sweep_removes_the_temporaries_a_killed_write_left(tmp_path):
     stale = [tmp_path / ".budget_sweep.csv.k3j2.tmp", tmp_path / ".budget_sweep.png.x81q.png"]
     for path in stale:

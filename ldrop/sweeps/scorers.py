@@ -1,0 +1,222 @@
+"""The jobs of the budget sweep, one scorer each: metric and cost per budget, controls, targets (the headroom
+oracles: :mod:`ldrop.sweeps.headroom`). Sums live in torchmetrics aggregation metrics, so under DDP a sweep
+covers the whole test set, not one rank's share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import CatMetric, Metric, SumMetric
+
+from ldrop.budgets import Target, TargetResolver
+from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
+from ldrop.tasks.cost import BatchCost
+
+
+def _sum(device: torch.device) -> SumMetric:
+    # float64: FLOP totals reach 1e12 and must not lose the digits the table shows. set_dtype after .to():
+    # .to() resets the dtype that inputs are cast to (the states would stay float64, the inputs not).
+    return SumMetric().to(device).set_dtype(torch.float64)
+
+
+def _metrics(task: Any) -> dict[str, Metric]:
+    """A fresh set of the task's metrics on its device."""
+    return {name: metric.to(task.device) for name, metric in task.configure_metrics().items()}
+
+
+def synchronize(task: Any) -> None:
+    if task.device.type == "cuda":  # wall times must include the GPU's queued work
+        torch.cuda.synchronize(task.device)
+
+
+def timed(task: Any, run: Callable[[], Any]) -> tuple[Any, float]:
+    """``run()``'s result and its wall seconds."""
+    synchronize(task)
+    start = time.perf_counter()
+    result = run()
+    synchronize(task)
+    return result, time.perf_counter() - start
+
+
+@dataclass
+class SweepBatch:
+    """One encoded test batch as every scorer sees it: ``seconds_fixed`` is the wall time before scoring
+    (loading and encoding the batch); ``costs`` (budget -> cost of the selector's own masks, first repeat) is
+    filled by :class:`BudgetScorer` for the scorers after it."""
+
+    task: Any
+    batch: Any
+    encoded: Any
+    index: int
+    seconds_fixed: float
+    costs: dict[int, BatchCost] = field(default_factory=dict)
+
+
+class Scorer:
+    """One job of the sweep over ``budgets`` (layer counts): fresh state per test epoch (``start``), each encoded
+    test batch (``batch``), work after the last one (``end``), its columns of budget ``k``'s row over all ranks
+    (``columns``). ``label`` names it in the sweep's progress line."""
+
+    label = ""
+
+    def __init__(self, budgets: list[int]) -> None:
+        self.budgets = budgets
+
+    def start(self, task: Any) -> None: ...
+
+    def batch(self, step: SweepBatch) -> None: ...
+
+    def end(self, trainer: L.Trainer, task: Any) -> None: ...
+
+    def columns(self, trainer: L.Trainer, task: Any, k: int) -> dict[str, Any]:
+        return {}
+
+
+class BudgetScorer(Scorer):
+    """The task's metrics, layers run, masks, FLOPs and time at every budget (``repeats`` reseeded draws for
+    selectors that draw random masks at evaluation: their mean and spread)."""
+
+    def __init__(self, budgets: list[int], repeats: int = 1) -> None:
+        super().__init__(budgets)
+        self.requested_repeats = repeats
+
+    def start(self, task: Any) -> None:
+        selector, device = task.selector, task.device
+        self.repeats = self.requested_repeats if selector is not None and selector.random_at_eval else 1
+        self.metrics = {(k, r): _metrics(task) for k in self.budgets for r in range(self.repeats)}
+        self.masks = {k: CatMetric().to(device) for k in self.budgets}
+        self.flops, self.seconds = ({k: _sum(device) for k in self.budgets} for _ in range(2))
+        self.utterances, self.seconds_audio = _sum(device), _sum(device)
+
+    def batch(self, step: SweepBatch) -> None:
+        task, encoded, selector = step.task, step.encoded, step.task.selector
+        self.utterances.update(float(len(step.batch)))
+        self.seconds_audio.update(float(step.batch.lengths.sum()) / task.sample_rate)
+        for k in self.budgets:
+            for r in range(self.repeats):
+                if selector is not None:
+                    selector.reseed(1000 * r + step.index)
+                (logits, keep, _), seconds = timed(task, lambda k=k: task.logits_at_budget(encoded, k))
+                if r == 0:
+                    cost = step.costs[k] = BatchCost.of(task, encoded, keep, step.seconds_fixed + seconds)
+                    self.masks[k].update(cost.mask)
+                    self.flops[k].update(float(cost.flops.sum()))
+                    self.seconds[k].update(cost.seconds)
+                task.update_metrics(self.metrics[(k, r)], logits, encoded.frame_mask, step.batch)
+
+    def usage(self, task: Any, k: int) -> torch.Tensor:
+        """``[inputs, layers]`` the masks run at budget ``k``, over all ranks."""
+        if not self.masks[k].update_called:
+            return torch.zeros(0, task.num_layers)
+        return self.masks[k].compute().float().cpu().reshape(-1, task.num_layers)
+
+    def columns(self, trainer: L.Trainer, task: Any, k: int) -> dict[str, Any]:
+        masks = self.usage(task, k)
+        flops, utterances = float(self.flops[k].compute()), float(self.utterances.compute())
+        row: dict[str, Any] = {
+            "executed_layers": float(masks.sum(1).mean()) if len(masks) else 0.0,
+            "gflops_per_utterance": flops / 1e9 / max(1, int(round(utterances))),
+            "gflops_per_second": flops / 1e9 / max(float(self.seconds_audio.compute()), 1e-9),
+            "ms_per_utterance": 1000.0 * float(self.seconds[k].compute()) / max(1, int(round(utterances))),
+            "utterances": int(round(utterances)),
+        }
+        # the input-conditioned selector's fallback: which budgets read the input (undecided ones do)
+        decided = task.selector.report() if task.selector is not None else {}
+        if decided:
+            row["uses_input"] = decided[k]["uses_input"] if k in decided else True
+        if task.selector is not None and len(masks):
+            diversity = mask_diversity(masks)
+            row.update(distinct_masks=int(diversity["num_distinct"]),
+                       mean_hamming=float(diversity["mean_pairwise_hamming"]),
+                       top_mask_share=float(diversity["most_common_share"]))
+        for name in task.metric_names:
+            values = torch.stack([self.metrics[(k, r)][name].compute().float().cpu() for r in range(self.repeats)])
+            row[name] = float(values.mean())
+            if self.repeats > 1:
+                row[f"{name}_std"] = float(values.std(unbiased=True))
+        return row
+
+
+class ControlScorer(Scorer):
+    """The metric with the selector's masks shuffled across the batch, and with the most common mask for every
+    input: what the masks' dependence on each input is worth."""
+
+    label = "controls"
+    CONTROLS = ("shuffled", "most_common")
+
+    def start(self, task: Any) -> None:
+        self.metrics = {(k, c): _metrics(task) for k in self.budgets for c in self.CONTROLS}
+
+    def batch(self, step: SweepBatch) -> None:
+        task, encoded = step.task, step.encoded
+        for k in self.budgets:
+            own = step.costs[k].mask.cpu()
+            masks = {"shuffled": shuffle_masks(own, torch.Generator().manual_seed(step.index)),
+                     "most_common": most_common_mask_for_all(own)}
+            for name, mask in masks.items():
+                logits = task.logits_with_mask(encoded, mask.to(task.device))
+                task.update_metrics(self.metrics[(k, name)], logits, encoded.frame_mask, step.batch)
+
+    def columns(self, trainer: L.Trainer, task: Any, k: int) -> dict[str, Any]:
+        primary = task.metric_names[0]
+        return {f"{primary}_{c}": float(self.metrics[(k, c)][primary].compute()) for c in self.CONTROLS}
+
+
+class TargetScorer(Scorer):
+    """Budget targets: each input runs the budget the open-loop controller gives it; per target the layers run,
+    metrics, GFLOPs, ms per utterance and the share of utterances over the target (time targets per batch: the
+    batch's time against its allowance; FLOPs targets per utterance, exactly)."""
+
+    def __init__(self, targets: list[Target]) -> None:
+        super().__init__([])
+        self.targets, self.label = targets, f"{len(targets)} target(s)"
+
+    def start(self, task: Any) -> None:
+        self.resolver = TargetResolver()  # one controller per profile; one warning per target at the end
+        self.utterances = _sum(task.device)
+        sums = ("layers", "flops", "seconds", "misses")
+        self.state = [{"metrics": _metrics(task)} | {name: _sum(task.device) for name in sums} for _ in self.targets]
+
+    def batch(self, step: SweepBatch) -> None:
+        task, batch, encoded = step.task, step.batch, step.encoded
+        self.utterances.update(float(len(batch)))
+        audio = batch.lengths.double() / task.sample_rate
+        for target, state in zip(self.targets, self.state, strict=True):
+            (logits, keep, _), seconds = timed(
+                task, lambda target=target: task.logits_at_budget(encoded, self.resolver.budget(task, batch.lengths, target)))
+            cost = BatchCost.of(task, encoded, keep, step.seconds_fixed + seconds)
+            if target.kind == "gflops_per_second":
+                misses = float((cost.gflops.to(audio.device) > target.value * audio * (1 + 1e-9)).sum())
+            else:
+                allowance = target.value / 1000.0 * len(batch) if target.kind == "ms" else target.value * float(audio.sum())
+                misses = float(len(batch)) if cost.seconds > allowance else 0.0
+            for name, value in (("layers", float(cost.layers.sum())), ("flops", float(cost.flops.sum())),
+                                ("seconds", cost.seconds), ("misses", misses)):
+                state[name].update(value)
+            task.update_metrics(state["metrics"], logits, encoded.frame_mask, batch)
+
+    def end(self, trainer: L.Trainer, task: Any) -> None:
+        self.resolver.close("the target sweep")
+
+    def rows(self, task: Any) -> list[dict[str, Any]]:
+        """One row per target: layers run, the metrics, GFLOPs and ms per utterance, share over the target."""
+        utterances = max(1.0, float(self.utterances.compute()))
+        rows = []
+        for target, state in zip(self.targets, self.state, strict=True):
+            row: dict[str, Any] = {
+                "target": f"{target.kind}={target.value:g}",
+                "executed_layers": float(state["layers"].compute()) / utterances,
+                "gflops_per_utterance": float(state["flops"].compute()) / 1e9 / utterances,
+                "ms_per_utterance": 1000.0 * float(state["seconds"].compute()) / utterances,
+                "over_target": float(state["misses"].compute()) / utterances,
+                "utterances": int(round(utterances)),
+            }
+            row.update({name: float(state["metrics"][name].compute()) for name in task.metric_names})
+            rows.append(row)
+        return rows
