@@ -62,9 +62,9 @@ def test_a_task_without_labels_trains_through_ldrop_fit_and_loads_back_everywher
 
 
 def test_model_labels_is_public_for_other_command_lines():
-    import ldrop.cli
+    import ldrop.cli.lightning
     from ldrop.data import SyntheticClassificationDataModule
     from ldrop.tasks import model_labels
 
-    assert ldrop.cli.model_labels is model_labels
+    assert ldrop.cli.lightning.model_labels is model_labels
     assert model_labels(SyntheticClassificationDataModule(num_classes=3)) == ["class_0", "class_1", "class_2"]

@@ -1,0 +1,97 @@
+"""Every private name of Lightning (and of its CLI parser, jsonargparse) that ldrop relies on, in one place.
+
+Exact resume, atomic checkpoints and the CLI's own subcommands need a few of Lightning's internals; they are
+reached only through the names below, so that a Lightning release that moves one breaks here, and
+``tests/test_lightning_internals.py`` names it. Imports nothing from ldrop.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import lightning as L
+from jsonargparse import ArgumentParser
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+
+def collect_rng_states(include_cuda: bool) -> dict[str, Any]:
+    """The random states Lightning saves (torch, CUDA, NumPy, Python), as ``seed_everything`` knows them."""
+    return _collect_rng_states(include_cuda=include_cuda)
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore states returned by :func:`collect_rng_states`."""
+    _set_rng_states(states)
+
+
+def restore_train_loader_states(trainer: L.Trainer, states: list[dict[str, Any]]) -> None:
+    """Hand the fit loop's (lazy) train loaders their saved positions, before the first batch is drawn."""
+    combined = trainer.fit_loop._combined_loader
+    if combined is not None:
+        combined._load_state_dicts(states)
+
+
+def subcommand_parsers(parser: ArgumentParser) -> Any:
+    """The subcommands action of a jsonargparse parser (``None`` without subcommands)."""
+    return getattr(parser, "_subcommands_action", None)
+
+
+def parser_actions(parser: ArgumentParser) -> list[Any]:
+    """The actions (options, positionals, subcommands) of an argparse/jsonargparse parser."""
+    return list(parser._actions)
+
+
+class CheckpointSteps(ModelCheckpoint):
+    """``ModelCheckpoint`` with the steps a subclass needs under public names.
+
+    Override :meth:`write_last` (not Lightning's private method) to change how ``last.ckpt`` is written.
+    """
+
+    @property
+    def every_n_train_steps(self) -> int:
+        return self._every_n_train_steps
+
+    @property
+    def train_time_interval(self) -> timedelta | None:
+        return self._train_time_interval
+
+    @property
+    def last_time_checked(self) -> float | None:
+        """When the time trigger last fired (set by Lightning at train start)."""
+        return self._last_time_checked
+
+    @last_time_checked.setter
+    def last_time_checked(self, value: float | None) -> None:
+        self._last_time_checked = value
+
+    def monitor_candidates(self, trainer: L.Trainer) -> dict[str, Any]:
+        return self._monitor_candidates(trainer)
+
+    def write_topk(self, trainer: L.Trainer, candidates: dict[str, Any]) -> None:
+        self._save_topk_checkpoint(trainer, candidates)
+
+    def write_last(self, trainer: L.Trainer, candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, candidates)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, candidates: dict[str, Any]) -> None:
+        self.write_last(trainer, candidates)  # Lightning's own calls go through the override too
+
+
+class CLISteps(LightningCLI):
+    """``LightningCLI`` with its private steps under public names: override :meth:`run_subcommand` and
+    :meth:`build_trainer`, each calling ``super()``'s."""
+
+    def run_subcommand(self, subcommand: str) -> None:
+        super()._run_subcommand(subcommand)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        self.run_subcommand(subcommand)
+
+    def build_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        return self.build_trainer(config, callbacks)
