@@ -106,6 +106,9 @@ class AudioDataModule(LightningDataModule):
     """
 
     task: Task = "classification"
+    #: CTC modules: the output characters their transcripts are normalised to; ``None``: every character of
+    #: the training transcripts.
+    alphabet: Sequence[str] | None = None
 
     #: Whether ``skip_bad_files`` is an option of this module (so an error about a bad file may suggest
     #: it). Subclasses take the common arguments as ``**kwargs``, so their signatures cannot tell.

@@ -8,6 +8,7 @@ from typing import Literal
 
 from ldrop.data.base import AudioDataModule, Split, as_list, layout_error
 from ldrop.data.datasets import AudioItem
+from ldrop.data.text import ENGLISH_CHARACTERS
 
 __all__ = ["LIBRISPEECH_SUBSETS", "LibriSpeechDataModule", "LibriSpeechSubset"]
 
@@ -51,6 +52,7 @@ class LibriSpeechDataModule(AudioDataModule):
     """
 
     task = "ctc"
+    alphabet = ENGLISH_CHARACTERS
 
     def __init__(
         self,

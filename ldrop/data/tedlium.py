@@ -9,7 +9,7 @@ from typing import Literal
 
 from ldrop.data.base import AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
-from ldrop.data.text import normalize_tedlium_transcript
+from ldrop.data.text import ENGLISH_CHARACTERS, normalize_tedlium_transcript
 
 __all__ = ["IGNORE_SEGMENT", "TedliumDataModule", "read_stm"]
 
@@ -92,6 +92,7 @@ class TedliumDataModule(AudioDataModule):
     """
 
     task = "ctc"
+    alphabet = ENGLISH_CHARACTERS
 
     def __init__(
         self,
