@@ -2,7 +2,7 @@
 
 * ``speedup`` (:mod:`ldrop.bench.speedup`): wall-clock speed-up of sparse gated execution over the full
   model, against the ideal the fixed part allows and the FLOPs ratio.
-* ``loading`` (:mod:`ldrop.bench.loading`): data loading throughput.
+* ``loading`` (:mod:`ldrop.bench.dataloading`): data loading throughput.
 * ``overhead``: the selector's and the gating's own cost (when present).
 
 Each benchmark writes JSON records (one per measured setting) and prints a Markdown table. Modules are

@@ -9,9 +9,9 @@ Phases, each timed and recorded even when it fails (the others still run):
   per-sample masks), counted by :class:`~ldrop.engine.host_syncs.HostSyncCounter` and, on CUDA, by
   torch's sync debug mode; their number at two depths shows whether they grow with the layers.
 * ``profile``: ``ldrop profile --backbone random:wavlm --device <device> --dtype <dtype>`` (the device cost
-  model of :mod:`ldrop.runtime.profile`) through the real entry point, :func:`ldrop.cli.main`.
+  model of :mod:`ldrop.runtime.profile`) through the real ``ldrop`` command, in a child process.
 * ``quickstart``: ``ldrop fit`` (a few steps) then ``ldrop test`` (the budget sweep) of
-  ``configs/quickstart.yaml`` at ``--precision`` (``bf16-mixed`` by default), through :func:`ldrop.cli.main`.
+  ``configs/quickstart.yaml`` at ``--precision`` (``bf16-mixed`` by default), the same way.
 
 It writes ``<out>/gpu.json`` (the machine, every phase's figures, status, error and time; rewritten after
 each phase, with ``"finished": false`` until the end) and ``<out>/gpu.md`` (a summary to paste in the
@@ -44,6 +44,7 @@ import torch
 
 from ldrop._io import atomic_write_json, atomic_write_text
 from ldrop.bench.machine import machine_info
+from ldrop.bench.methods import launch
 from ldrop.bench.speedup import (
     DTYPES,
     SAMPLING_RATE,
@@ -251,23 +252,21 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
 
 
 # ---------------------------------------------------------------------------------------------- CLI phases
-def _cli(argv: list[str]) -> None:
-    """Run ``ldrop <argv>`` in this process; a non-zero exit becomes an exception naming the command."""
-    from ldrop.cli import main as ldrop_main
-
-    try:
-        status = ldrop_main(argv)
-    except SystemExit as exit_:  # argument errors of jsonargparse
-        status = exit_.code
-    if status not in (0, None):
-        raise RuntimeError(f"`ldrop {' '.join(argv)}` exited with status {status}")
+def _cli(argv: list[str], log: Path) -> None:
+    """Run ``ldrop <argv>`` in a child process, its output to ``log``; a non-zero exit becomes an exception
+    naming the command, its last output line and the log."""
+    status = launch(argv, log)
+    if status != 0:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        raise RuntimeError(f"`ldrop {' '.join(argv)}` exited with status {status}"
+                           + (f": {lines[-1]}" if lines else "") + f" (output in {log})")
 
 
 def run_profile(settings: Settings) -> dict[str, Any]:
     """``ldrop profile`` on this device and dtype; returns the fitted parts and the held-out check."""
     path = settings.out / "profile.json"
     _cli(["profile", *settings.profile_args, "--device", settings.device, "--dtype", settings.dtype,
-          "--seed", str(settings.seed), "--out", str(path)])
+          "--seed", str(settings.seed), "--out", str(path)], settings.out / "profile.log")
     profile = json.loads(path.read_text())
     validation = profile.get("validation") or {}
     return {
@@ -300,7 +299,7 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
     fit_dir, test_dir = root / "fit", root / "test"
     shutil.rmtree(root, ignore_errors=True)  # a rerun starts from scratch, not from an old checkpoint
     start = time.perf_counter()
-    _cli(["fit", *common, "--trainer.default_root_dir", str(fit_dir)])
+    _cli(["fit", *common, "--trainer.default_root_dir", str(fit_dir)], settings.out / "quickstart-fit.log")
     fit_seconds = time.perf_counter() - start
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
@@ -309,7 +308,8 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
     log(f"quickstart: fit {steps} steps in {fit_seconds:.1f} s; testing (the budget sweep)")
     start = time.perf_counter()
     sweep_options = _SMALL_SWEEP if settings.small else []
-    _cli(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir), "--ckpt_path", str(checkpoint)])
+    _cli(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir), "--ckpt_path", str(checkpoint)],
+         settings.out / "quickstart-test.log")
     test_seconds = time.perf_counter() - start
     return {
         "config": str(settings.quickstart_config),

@@ -11,7 +11,6 @@ kept, so a rerun continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import statistics

@@ -102,10 +102,6 @@ class _ShardedBatchSampler:
     def _make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def global_batches(self) -> list[list[int]]:
-        """All ranks' batches of the current epoch, in step order (rank ``r`` gets ``[r::num_replicas]``)."""
-        return [batch.tolist() for batch in self._epoch_batches()]
-
     def _epoch_batches(self) -> list[np.ndarray]:
         if self._cached is not None and self._cached[0] == self.epoch:
             return self._cached[1]
