@@ -1,9 +1,5 @@
-"""Every private name of Lightning (and of its CLI parser, jsonargparse) that ldrop relies on, in one place.
-
-Exact resume, atomic checkpoints and the CLI's own subcommands need a few of Lightning's internals; they are
-reached only through the names below, so that a Lightning release that moves one breaks here, and
-``tests/test_lightning_internals.py`` names it. Imports nothing from ldrop.
-"""
+"""Every private name of Lightning (and jsonargparse) that ldrop needs, wrapped here and nowhere else:
+``tests/test_lightning_internals.py`` names any that a release moved. Imports nothing from ldrop."""
 
 from __future__ import annotations
 
@@ -16,15 +12,8 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-
-def collect_rng_states(include_cuda: bool) -> dict[str, Any]:
-    """The random states Lightning saves (torch, CUDA, NumPy, Python), as ``seed_everything`` knows them."""
-    return _collect_rng_states(include_cuda=include_cuda)
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore states returned by :func:`collect_rng_states`."""
-    _set_rng_states(states)
+collect_rng_states = _collect_rng_states  # (include_cuda) -> torch, CUDA, NumPy and Python random states
+set_rng_states = _set_rng_states  # restores what collect_rng_states returned
 
 
 def restore_train_loader_states(trainer: L.Trainer, states: list[dict[str, Any]]) -> None:
@@ -45,10 +34,7 @@ def parser_actions(parser: ArgumentParser) -> list[Any]:
 
 
 class CheckpointSteps(ModelCheckpoint):
-    """``ModelCheckpoint`` with the steps a subclass needs under public names.
-
-    Override :meth:`write_last` (not Lightning's private method) to change how ``last.ckpt`` is written.
-    """
+    """``ModelCheckpoint`` with its private steps under public names; override :meth:`write_last`."""
 
     @property
     def every_n_train_steps(self) -> int:
@@ -59,8 +45,7 @@ class CheckpointSteps(ModelCheckpoint):
         return self._train_time_interval
 
     @property
-    def last_time_checked(self) -> float | None:
-        """When the time trigger last fired (set by Lightning at train start)."""
+    def last_time_checked(self) -> float | None:  # when the time trigger last fired (set at train start)
         return self._last_time_checked
 
     @last_time_checked.setter
@@ -81,8 +66,7 @@ class CheckpointSteps(ModelCheckpoint):
 
 
 class CLISteps(LightningCLI):
-    """``LightningCLI`` with its private steps under public names: override :meth:`run_subcommand` and
-    :meth:`build_trainer`, each calling ``super()``'s."""
+    """``LightningCLI`` with its private steps under public names: :meth:`run_subcommand`, :meth:`build_trainer`."""
 
     def run_subcommand(self, subcommand: str) -> None:
         super()._run_subcommand(subcommand)

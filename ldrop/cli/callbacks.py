@@ -90,15 +90,9 @@ class TaskCheckpoint(CheckpointSteps):
             remove_stale_temporaries(self.dirpath)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the best-checkpoint tracking, also when the checkpoint names its folder differently.
-
-        Lightning drops the tracking (best score, best-k files) whenever the saved folder name differs from
-        the current one, as with a run written under a relative path (``runs/ldrop/version_0``) and resumed
-        from its absolute path, or a run folder that was moved or copied: a worse checkpoint could then be
-        kept as the best one, and the old best file would never be removed. Here the tracked files are
-        looked up by name in the current folder; when all of them are there, the tracking continues with
-        them. Otherwise it restarts, and a warning says so.
-        """
+        """Restore the best-checkpoint tracking, also when the checkpoint names its folder differently (a
+        relative path resumed as absolute, a moved or copied run), which Lightning would drop: the tracked
+        files are looked up by name in the current folder; if any is missing, tracking restarts (a warning)."""
         saved = state_dict.get("dirpath")
         if not saved or not self.dirpath or saved == self.dirpath:
             return super().load_state_dict(state_dict)
@@ -179,13 +173,10 @@ class TaskCheckpoint(CheckpointSteps):
 class ExactResume(Callback):
     """Makes ``fit --ckpt_path`` continue exactly where the checkpoint was taken, even mid-epoch.
 
-    Saves the random number generators in every checkpoint: torch (CPU and CUDA), NumPy, Python, and every
-    ``torch.Generator`` a module of the task holds (e.g. ``RandomSelector.generator``). On resume they are
-    restored when training starts, after the sanity check, so that nothing in between draws from them.
-    It also hands the train dataloader its saved position (see
-    :class:`~ldrop.data.samplers.ResumableDataLoader`): Lightning saves it but does not restore it when the
-    task asked for ``trainer.estimated_stepping_batches`` (for its learning-rate schedule), because that
-    builds the loader before the checkpoint is read.
+    Saves the random generators in every checkpoint (torch, CUDA, NumPy, Python, and every ``torch.Generator``
+    a module of the task holds) and restores them when training starts, after the sanity check. It also
+    hands the train dataloader its saved position, which Lightning does not restore when the task asked for
+    ``trainer.estimated_stepping_batches`` (that builds the loader before the checkpoint is read).
     """
 
     KEY = "ldrop_rng_states"

@@ -45,8 +45,7 @@ class LibriSpeechDataModule(AudioDataModule):
         val_subsets: subset(s) of the validation split.
         test_subsets: subset(s) of the test split.
         predict_subsets: subset(s) of the predict split; ``None`` = the test subsets.
-        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
-            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...). Training
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule`. Training
             utterances longer than ``max_train_seconds`` are dropped and counted in a warning (a crop
             would cut the audio away from its transcript).
     """

@@ -84,8 +84,7 @@ class TedliumDataModule(AudioDataModule):
     Args:
         root: folder holding ``TEDLIUM_release-3/`` (or that folder itself).
         eval_partition: where the dev (validation) and test talks come from.
-        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
-            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...). Training
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule`. Training
             segments longer than ``max_train_seconds`` are dropped and counted in a warning (a crop would
             cut the audio away from its transcript); ``skip_bad_files`` also skips segments outside their
             talk.
