@@ -168,14 +168,19 @@ class LdropCLI(CLISteps):
             super().instantiate_classes()
         except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
             raise ConfigError(instantiation_error_line(err)) from err
-        if not getattr(self, "_model_takes_labels", True) and isinstance(self.model, LayerDropTask):
+        if not getattr(self, "_model_takes_labels", True):
             # jsonargparse skips the labels link for a task without 'labels', but LightningCLI still records the
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected
             # keyword argument). The model never received it, so it is not one of its hyper-parameters.
             self.model.hparams.pop("labels", None)
 
+    def _own_callback(self, key: str) -> Any:
+        """The callback this CLI built from ``--<key>`` (``sweep``, ``predictions``); ``None`` if there is none."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        return config.get(key)
+
     def after_instantiate_classes(self) -> None:
-        sweep = next((c for c in self.trainer.callbacks if isinstance(c, BudgetSweep)), None)
+        sweep = self._own_callback("sweep")
         if sweep is not None:
             try:  # a bad budget fails here, as one line, not after the model and data are set up
                 budget_list(sweep.budgets, self.model.num_layers)
@@ -190,7 +195,7 @@ class LdropCLI(CLISteps):
                 self.datamodule.predict_on_files([inputs] if isinstance(inputs, str) else list(inputs))
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"--inputs: {err}") from err
-        writer = next((c for c in self.trainer.callbacks if isinstance(c, JsonlPredictionWriter)), None)
+        writer = self._own_callback("predictions")
         if self.subcommand == "predict" and writer is not None and self.trainer.is_global_zero:
             try:  # before the model and data are set up and any inference runs
                 writer.check_writable(self.trainer)
@@ -225,7 +230,7 @@ class LdropCLI(CLISteps):
                   "nothing was trained; raise --trainer.max_epochs or --trainer.max_steps to train further")
 
     def after_test(self) -> None:
-        sweep = next((c for c in self.trainer.callbacks if isinstance(c, BudgetSweep)), None)
+        sweep = self._own_callback("sweep")
         folder = sweep.directory if sweep is not None and sweep.directory else (
             self.trainer.log_dir if self.trainer.logger is not None else None)
         if folder and self.trainer.is_global_zero:
