@@ -1,11 +1,5 @@
-"""Atomic file writes, and reading checkpoints with errors that name the file.
-
-Every writer goes through :func:`atomic_write`: write a temporary file in the target's folder, then
-``os.replace`` it onto the target (atomic on POSIX and Windows within one file system). A set of files that
-belong together (a sweep's table and plots) goes through :func:`atomic_write_files`: every file is on disk
-before any is renamed into place. A full disk is an ``OSError`` (``ENOSPC``) saying "no space left on
-<folder>", whichever writer hit it.
-"""
+"""Atomic file writes (a temporary file in the target's folder, then ``os.replace``; a full disk is an
+``OSError`` saying "no space left on <folder>"), and reading checkpoints with errors that name the file."""
 
 from __future__ import annotations
 
@@ -58,14 +52,8 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes], remove: Iterabl
     are on disk are they renamed into place, in the given order (put a file that marks the set complete
     last), and then the files of ``remove`` (members of the old set that the new one lacks) are deleted.
     A failure before the renames leaves every target as it was and no temporary behind; a kill during the
-    renames (no disk space needed any more) leaves a mix that the marker written last tells apart.
-
-    Args:
-        files: target path -> complete content, in rename order.
-        remove: files to delete once the new set is in place (missing ones are ignored).
-
-    Returns:
-        The written paths, in order.
+    renames (no disk space needed any more) leaves a mix that the marker written last tells apart. Returns
+    the written paths, in order.
     """
     targets = [Path(path) for path in files]
     staged: list[tuple[str, Path]] = []

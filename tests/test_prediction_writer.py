@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ldrop.callbacks import JsonlPredictionWriter
+from ldrop.cli.callbacks import JsonlPredictionWriter
 from ldrop.tasks import ClassificationTask
 from tests.helpers import quiet_trainer, tiny_classification_data
 

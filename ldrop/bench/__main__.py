@@ -13,7 +13,7 @@ from collections.abc import Sequence
 #: Benchmark name -> (module with a ``main(argv) -> int | None``, one-line description).
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "speedup": ("ldrop.bench.speedup", "wall-clock speed-up of sparse gated execution vs the full model"),
-    "loading": ("ldrop.bench.loading", "data loading throughput"),
+    "loading": ("ldrop.bench.dataloading", "data loading throughput"),
     "overhead": ("ldrop.bench.overhead", "selector and gating overhead"),
     "control": ("ldrop.bench.control", "meeting a per-utterance deadline under changing load (budget controller)"),
     "methods": ("ldrop.bench.methods", "every method trained from one full-depth model and swept: one table, one plot"),

@@ -1,25 +1,12 @@
 """Meeting a per-utterance deadline while the load changes: full depth, a fixed budget, open and closed loop.
 
-The benchmark replays a stream of utterances of mixed lengths, one at a time, each with the same deadline
-(``--deadline-ms``, by default set from the idle machine so that a fixed budget of about two thirds of the
-layers meets it for the longest utterance). A load generator that the benchmark starts and stops itself
-(``--load-procs`` CPU-burning processes on this machine, each bounded in time and terminated in a
-``finally``) takes part of the CPU for the middle part of the stream (``--load-span``). Four policies run
-every utterance in turn (in a random order per utterance, each with its own controller), so they meet the
-machine in the same state:
-
-* ``full``: every layer;
-* ``fixed``: the largest budget whose forward on the longest utterance meets the deadline on the idle
-  machine, chosen offline before the stream;
-* ``open_loop``: the controller with the device profile only;
-* ``closed_loop``: the controller correcting the profile with its own measured latencies.
-
-It reports, per policy, the deadline-miss rate (overall, idle, loaded), the mean layers run (idle,
-loaded), the accuracy when a trained checkpoint and its generated test set are given (``--ckpt``), writes
-everything to JSON (machine, load average, the load schedule, every utterance) and plots latency and
-chosen depth over the stream.
-
-Run ``python -m ldrop.bench control --help`` for the options.
+A stream of utterances of mixed lengths is replayed one at a time with one deadline (``--deadline-ms``; by
+default the idle time of about two thirds of the layers on the longest one), while ``--load-procs``
+CPU-burning processes, started and stopped here, load the machine for ``--load-span`` of the stream. Four
+policies run each utterance in a random order: ``full`` (every layer), ``fixed`` (the largest budget meeting
+the deadline on the idle machine), ``open_loop`` (the controller with the device profile) and
+``closed_loop`` (correcting the profile with measured latencies). It reports the miss rate and mean layers
+(idle, loaded), the accuracy with ``--ckpt``, writes JSON and plots latency and depth over the stream.
 """
 
 from __future__ import annotations

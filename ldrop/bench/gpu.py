@@ -1,33 +1,19 @@
 """``python -m ldrop.bench gpu``: the figures a GPU run should give, in one command sized for a short lease.
 
-Phases, each timed and recorded even when it fails (the others still run):
-
-* ``speedup <family> <size> b<batch>``: the speed-up table of :mod:`ldrop.bench.speedup` (per-sample and
-  shared masks, realized / ideal) for each backbone family, geometry and batch size; one model per family
-  and geometry, reused across batch sizes.
-* ``host syncs <family> <size>``: the host syncs of one sparse inference forward (a padded batch,
-  per-sample masks), counted by :class:`~ldrop.engine.host_syncs.HostSyncCounter` and, on CUDA, by
-  torch's sync debug mode; their number at two depths shows whether they grow with the layers.
-* ``profile``: ``ldrop profile --backbone random:wavlm --device <device> --dtype <dtype>`` (the device cost
-  model of :mod:`ldrop.budgets.profile`) through the real entry point, :func:`ldrop.cli.main`.
-* ``quickstart``: ``ldrop fit`` (a few steps) then ``ldrop test`` (the budget sweep) of
-  ``configs/quickstart.yaml`` at ``--precision`` (``bf16-mixed`` by default), through :func:`ldrop.cli.main`.
-
-It writes ``<out>/gpu.json`` (the machine, every phase's figures, status, error and time; rewritten after
-each phase, with ``"finished": false`` until the end) and ``<out>/gpu.md`` (a summary to paste in the
-README). On CUDA the defaults (WavLM and HuBERT, base and large geometry, batch 1, 8 and 32, bf16, 20
-rounds) take a few minutes on one recent GPU; a phase that would start after ``--time-limit`` seconds is
-skipped and recorded as such. Without CUDA, or with ``--small``, a small mode (tiny geometry, one round,
-a few fit steps on a small generated set) runs the whole command in seconds, for tests.
-
-Run ``python -m ldrop.bench gpu --help`` for the options.
+Phases, each timed and recorded even when it fails: ``speedup <family> <size> b<batch>`` (the table of
+:mod:`ldrop.bench.speedup`), ``host syncs <family> <size>`` (of one sparse forward, by
+:class:`~ldrop.engine.host_syncs.HostSyncCounter` and, on CUDA, torch's sync debug mode), ``profile`` (``ldrop
+profile`` on this device and dtype) and ``quickstart`` (``ldrop fit`` a few steps, then ``ldrop test``, at
+``--precision``); the ``ldrop`` commands run as child processes. It writes ``<out>/gpu.json`` (rewritten after
+each phase, ``"finished": false`` until the end) and ``<out>/gpu.md`` (a summary for the README). A phase that
+would start after ``--time-limit`` seconds is skipped. Without CUDA, or with ``--small``, a small mode (tiny
+geometry, one round, a few fit steps) runs in seconds, for tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -43,15 +29,17 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json, atomic_write_text
+from ldrop.budgets.machine import machine_info
+from ldrop.bench.methods import launch
 from ldrop.bench.speedup import (
     DTYPES,
     SAMPLING_RATE,
     build_config,
+    load_average,
     parse_budgets,
     run_speedup,
     sparse_forward,
 )
-from ldrop.budgets.machine import machine_info
 from ldrop.sweeps import markdown_table
 
 #: The quickstart config of a source checkout.
@@ -169,13 +157,6 @@ def _nvidia_smi() -> dict[str, Any] | None:
                      for line in out.strip().splitlines()]}
 
 
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:  # not available on every platform
-        return None
-
-
 def describe_machine(device: str) -> dict[str, Any]:
     """The machine the figures come from: CPU, GPU, driver, library versions and the current load."""
     import lightning
@@ -183,7 +164,7 @@ def describe_machine(device: str) -> dict[str, Any]:
     info = machine_info(device)
     info["lightning"] = lightning.__version__
     info["cuda_runtime"] = torch.version.cuda
-    info["load_average_1min"] = _load_average()
+    info["load_average_1min"] = load_average()
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         info["gpu"] = {
@@ -251,23 +232,21 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
 
 
 # ---------------------------------------------------------------------------------------------- CLI phases
-def _cli(argv: list[str]) -> None:
-    """Run ``ldrop <argv>`` in this process; a non-zero exit becomes an exception naming the command."""
-    from ldrop.cli import main as ldrop_main
-
-    try:
-        status = ldrop_main(argv)
-    except SystemExit as exit_:  # argument errors of jsonargparse
-        status = exit_.code
-    if status not in (0, None):
-        raise RuntimeError(f"`ldrop {' '.join(argv)}` exited with status {status}")
+def _cli(argv: list[str], log: Path, threads: int | None) -> None:
+    """Run ``ldrop <argv>`` in a child process (``threads`` torch threads), its output to ``log``; a non-zero
+    exit becomes an exception naming the command, its last output line and the log."""
+    status = launch(argv, log, threads)
+    if status != 0:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        raise RuntimeError(f"`ldrop {' '.join(argv)}` exited with status {status}"
+                           + (f": {lines[-1]}" if lines else "") + f" (output in {log})")
 
 
 def run_profile(settings: Settings) -> dict[str, Any]:
     """``ldrop profile`` on this device and dtype; returns the fitted parts and the held-out check."""
     path = settings.out / "profile.json"
     _cli(["profile", *settings.profile_args, "--device", settings.device, "--dtype", settings.dtype,
-          "--seed", str(settings.seed), "--out", str(path)])
+          "--seed", str(settings.seed), "--out", str(path)], settings.out / "profile.log", settings.threads)
     profile = json.loads(path.read_text())
     validation = profile.get("validation") or {}
     return {
@@ -300,7 +279,7 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
     fit_dir, test_dir = root / "fit", root / "test"
     shutil.rmtree(root, ignore_errors=True)  # a rerun starts from scratch, not from an old checkpoint
     start = time.perf_counter()
-    _cli(["fit", *common, "--trainer.default_root_dir", str(fit_dir)])
+    _cli(["fit", *common, "--trainer.default_root_dir", str(fit_dir)], settings.out / "quickstart-fit.log", settings.threads)
     fit_seconds = time.perf_counter() - start
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
@@ -309,7 +288,8 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
     log(f"quickstart: fit {steps} steps in {fit_seconds:.1f} s; testing (the budget sweep)")
     start = time.perf_counter()
     sweep_options = _SMALL_SWEEP if settings.small else []
-    _cli(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir), "--ckpt_path", str(checkpoint)])
+    _cli(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir), "--ckpt_path", str(checkpoint)],
+         settings.out / "quickstart-test.log", settings.threads)
     test_seconds = time.perf_counter() - start
     return {
         "config": str(settings.quickstart_config),
@@ -448,7 +428,7 @@ def run_all(settings: Settings, argv: Sequence[str], log: Callable[[str], None] 
         run.phase("profile", lambda: run_profile(settings))
     if "quickstart" not in settings.skip:
         run.phase("quickstart", lambda: run_quickstart(settings, run.log))
-    run.report["load_average_1min_after"] = _load_average()
+    run.report["load_average_1min_after"] = load_average()
     run.report["finished"] = True
     run.save()
     failed = [p["name"] for p in run.report["phases"] if p["status"] != "ok"]

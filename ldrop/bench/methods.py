@@ -1,27 +1,13 @@
-"""The methods benchmark: every layer-dropping method trained and swept on the same data, in one command.
+"""``python -m ldrop.bench methods [--config BENCH.yaml]``: every layer-dropping method trained and swept on
+the same data, through the real ``ldrop`` command line.
 
-``python -m ldrop.bench methods [--config BENCH.yaml] [options]`` runs the whole protocol through the real
-``ldrop`` command line, exactly as a user would:
-
-1. **stage 1**: a full-depth model (``configs/method/full.yaml``) is trained on the base config (an ordinary
-   ldrop config with ``trainer``, ``model`` and ``data``: any data set works);
-2. **stage 2**: each method (the shipped ``configs/method/<name>.yaml``) and each named variant (a method
-   plus overrides, for ablations) is fine-tuned from stage 1's checkpoint (``--model.init_args.init_from``),
-   then ``ldrop test`` sweeps every budget ``k = 1..N`` (with the sweep options of the benchmark config:
-   controls for input-dependent selectors, repeats for random masks; headroom is on by default for
-   input-dependent selectors);
-3. ``ldrop compare`` overlays the sweeps (``compare.png``, ``compare.md``), and the benchmark writes one
-   table with one row per budget and one column per method and control (``methods.md``) and
-   ``methods.json`` (the table's rows, the exact command, the machine, each stage's command and wall time).
-
-Everything goes to one folder (``--out``). A stage that finished (its ``stage.json`` records the command it
-ran and the content of its config files) is skipped on a rerun with the same command, so an interrupted
-benchmark continues where it stopped; a stage whose command or configs changed, or that depends on a stage
-that ran again, runs again. A failing stage stops the benchmark with an error naming the stage and its log
-file.
-
-The default config (``configs/bench/methods.yaml``, read when no ``--config`` is given and it exists in the
-working folder) is the generated mixed-cue set with a tiny 8-layer WavLM.
+Stage 1 trains a full-depth model (``configs/method/full.yaml``) on the base config; stage 2 fine-tunes each
+method (``configs/method/<name>.yaml``) and each named variant (a method plus overrides) from it and sweeps
+every budget with ``ldrop test``; ``ldrop compare`` overlays the sweeps, and ``methods.md`` / ``methods.json``
+hold one row per budget and one column per method and control, with each stage's command and time.
+Everything goes to ``--out``; a stage that finished with the same command and configs (its ``stage.json``)
+is skipped on a rerun, so an interrupted benchmark continues. The default config is
+``configs/bench/methods.yaml`` (a generated mixed-cue set, a tiny 8-layer WavLM).
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """Wall-clock speed-up of sparse gated execution against the full model.
 
-For each budget ``k`` (layers kept per sample) the benchmark times the whole inference forward (CNN, front
-end, gated layers, final norm) with
-
-* ``per_sample``: every sample keeps its own random set of ``k`` layers (the input-conditioned case),
-* ``shared``: every sample keeps the same random ``k`` layers (a static pruned model),
-
-next to the full-depth model (``full``) and the fixed part alone (``fixed``: CNN + front end). Its ideal is
-what skipping layers could save at best, ``T_full / (T_fixed + k / N * (T_full - T_fixed))``; the FLOPs
-ratio from :mod:`ldrop.engine.flops` is recorded too.
-
-Variants are interleaved (each repeat runs all of them once, in a fresh random order) so that drift on a
-shared machine hits them alike, and the median over repeats is reported. Weights are random: the speed of a
-dense model does not depend on its values.
-
-Run ``python -m ldrop.bench speedup --help`` for the options.
+For each budget ``k`` it times the whole inference forward with ``per_sample`` masks (each sample its own
+random ``k`` layers), ``shared`` masks (one random set: a static pruned model), the full model (``full``) and
+the fixed part alone (``fixed``: CNN + front end), whose ideal is ``T_full / (T_fixed + k / N * (T_full -
+T_fixed))``; the FLOPs ratio is recorded too. Variants are interleaved in a fresh random order per repeat (so
+drift hits them alike) and the median is reported. Weights are random: dense speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -122,7 +112,7 @@ def sparse_forward(model: SpeechBackbone, waves: Tensor, lengths: Tensor, keep: 
     return run_gated_layers(model, hidden, frame_mask, keep, mode="sparse")
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
     try:
         return os.getloadavg()[0]
     except OSError:  # not available on every platform
@@ -213,7 +203,7 @@ def run_speedup(
     variants = ["full", "fixed"] + [f"{kind}@{k}" for k in budgets for kind in ("per_sample", "shared")]
     times: dict[str, list[float]] = {name: [] for name in variants}
 
-    load_before = _load_average()
+    load_before = load_average()
     cores = os.cpu_count() or 1
     if log is not None and torch_device.type == "cpu" and load_before is not None and load_before > cores / 2:
         log(
@@ -249,7 +239,7 @@ def run_speedup(
 
     machine = machine_info(torch_device)
     # Other processes competing for the cores are the main source of noise on a shared CPU machine.
-    machine["load_average_1min"] = {"before": load_before, "after": _load_average()}
+    machine["load_average_1min"] = {"before": load_before, "after": load_average()}
     median = {name: statistics.median(values) for name, values in times.items()}
     t_full, t_fixed = median["full"], median["fixed"]
     full_flops = count_forward_flops(config, lengths.cpu())

@@ -56,25 +56,10 @@ class AudioDataModule(LightningDataModule):
     """Base of every ldrop DataModule: audio examples in, :class:`~ldrop.data.batch.AudioBatch` out.
 
     A subclass lists the items of a split (:meth:`list_items`, for datasets on disk) or builds the
-    dataset itself (:meth:`build_dataset`, for generated data); this class does the rest:
-
-    * **setup** checks every audio header once, logs the item count and hours per split, and logs
-      (``skip_bad_files=True``) or raises (default) on missing, unreadable, empty or corrupt files. With
-      ``skip_bad_files``, an item that still fails when it is read (its file changed after the check, or its
-      decoder fails mid-file) is left out of its batch, logged and counted the same way.
-    * **training length limits**: training clips longer than ``max_train_seconds`` (default
-      :data:`DEFAULT_MAX_TRAIN_SECONDS`, 30 s) are randomly cropped (``long_clip_policy="crop"``,
-      classification) or dropped with a logged count (``"filter"``, the only choice for CTC, where a crop
-      would cut the audio away from its transcript); every clip shorter than ``min_samples`` is
-      zero-padded to it. Validation, test and predict audio is never cut.
-    * **batching**: a :class:`~ldrop.data.samplers.DynamicBatchSampler` when ``max_batch_seconds`` is set,
-      else a :class:`~ldrop.data.samplers.LengthGroupedSampler` of ``batch_size`` items (grouped by length
-      when ``group_by_length``). Both shard across DDP ranks by themselves (run multi-device training with
-      ``Trainer(use_distributed_sampler=False)``) and reshuffle per epoch from ``seed``. Validation, test and
-      predict loaders never shuffle.
-    * **collation**: :meth:`collate` turns a list of examples into a batch (by default
-      :func:`~ldrop.data.batch.collate_audio`: class ids, values, tensors or transcripts); override it to batch
-      targets of another form.
+    dataset itself (:meth:`build_dataset`, for generated data); this class checks every audio header once
+    at setup (logging counts and hours per split), applies the training length limits, batches with the
+    samplers of :mod:`ldrop.data.samplers` (which shard across DDP ranks themselves: run multi-device
+    training with ``Trainer(use_distributed_sampler=False)``) and collates with :meth:`collate`.
 
     Attributes:
         task: the kind of target (:data:`Task`): ``"classification"`` (class ids), ``"ctc"`` (transcripts) or
@@ -106,6 +91,9 @@ class AudioDataModule(LightningDataModule):
     """
 
     task: Task = "classification"
+    #: CTC modules: the output characters their transcripts are normalised to; ``None``: every character of
+    #: the training transcripts.
+    alphabet: Sequence[str] | None = None
 
     #: Whether ``skip_bad_files`` is an option of this module (so an error about a bad file may suggest
     #: it). Subclasses take the common arguments as ``**kwargs``, so their signatures cannot tell.
@@ -228,18 +216,11 @@ class AudioDataModule(LightningDataModule):
     predict_files: list[str] | None = None
 
     def predict_on_files(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-        """Make ``predict`` read these audio files instead of a split.
+        """Make ``predict`` read these audio files (one file or folder, or a list) instead of a split; returns them.
 
-        Folders are searched recursively for files ending in one of :data:`AUDIO_EXTENSIONS`; hidden files
-        and folders (``.x``, including macOS ``._x.wav`` resource forks) and anything that is not a file are
-        left out. A file named explicitly is always used. Targets are placeholders (class 0 or an empty
-        transcript); ids are the file paths. Returns the files.
-
-        Args:
-            paths: one file or folder, or a list of them.
-
-        Raises:
-            FileNotFoundError: a path that does not exist, or folders holding no audio file.
+        Folders are searched recursively for :data:`AUDIO_EXTENSIONS`, leaving out hidden files and folders
+        (macOS ``._x.wav``); a file named explicitly is always used. Targets are placeholders; ids are the
+        paths. A missing path, or no audio file at all, is a ``FileNotFoundError``.
         """
         paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         files: list[str] = []
@@ -359,26 +340,15 @@ class AudioDataModule(LightningDataModule):
     def collate(self, examples: list[AudioExample]) -> Any:
         """Batch the examples of one batch (the loaders' ``collate_fn``): :func:`~ldrop.data.batch.collate_audio`.
 
-        Override it for targets ``collate_audio`` does not batch, or to add fields; the task's steps receive
-        what it returns (they read ``waveforms``, ``lengths`` and ``len(batch)``, and the task's own hooks
-        read the targets). With worker processes started by ``spawn`` (not Linux's default ``fork``) an
-        override is pickled with the DataModule.
-
-        Args:
-            examples: the examples that loaded (those that failed are already left out, see
-                ``skip_bad_files``); none at all when every example of a training batch failed: return an empty
-                batch (``len(batch) == 0``), which the task's training step skips.
+        Override it for other targets or fields: the task's steps read ``waveforms``, ``lengths`` and
+        ``len(batch)``, its hooks the targets. ``examples`` are those that loaded; none at all when every
+        example of a training batch failed: return an empty batch (``len(batch) == 0``), which is skipped.
         """
         return collate_audio(examples)
 
     def dataloader(self, split: Split) -> DataLoader:
-        """A DataLoader of batches (:meth:`collate`) over ``split``, resumable mid-epoch.
-
-        With ``skip_bad_files``, examples that fail to load are left out of their batch, logged and counted in
-        :attr:`num_bad_files` (each item once). A batch of only such examples is left out of evaluation splits;
-        in ``train`` it comes empty (its step is skipped), so the epoch keeps its length for Lightning's
-        validation schedule.
-        """
+        """A :class:`~ldrop.data.samplers.ResumableDataLoader` of batches (:meth:`collate`) over ``split``;
+        examples that fail to load are counted in :attr:`num_bad_files` (each item once)."""
         # The plain function when collate is not overridden: worker processes then need no pickled DataModule.
         overridden = type(self).collate is not AudioDataModule.collate
         return ResumableDataLoader(

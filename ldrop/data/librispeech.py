@@ -8,6 +8,7 @@ from typing import Literal
 
 from ldrop.data.base import AudioDataModule, Split, as_list, layout_error
 from ldrop.data.datasets import AudioItem
+from ldrop.data.text import ENGLISH_CHARACTERS
 
 __all__ = ["LIBRISPEECH_SUBSETS", "LibriSpeechDataModule", "LibriSpeechSubset"]
 
@@ -44,13 +45,13 @@ class LibriSpeechDataModule(AudioDataModule):
         val_subsets: subset(s) of the validation split.
         test_subsets: subset(s) of the test split.
         predict_subsets: subset(s) of the predict split; ``None`` = the test subsets.
-        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
-            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...). Training
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule`. Training
             utterances longer than ``max_train_seconds`` are dropped and counted in a warning (a crop
             would cut the audio away from its transcript).
     """
 
     task = "ctc"
+    alphabet = ENGLISH_CHARACTERS
 
     def __init__(
         self,

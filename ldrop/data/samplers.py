@@ -1,26 +1,16 @@
 """Batch samplers that group items of similar length, shard batches across DDP ranks, and reshuffle per epoch.
 
-Both samplers yield lists of dataset indices (use them as ``DataLoader(batch_sampler=...)``) and share
-the same contract:
+Both yield lists of dataset indices (``DataLoader(batch_sampler=...)``). Every rank builds the same batches
+for an epoch, a function of ``(seed, epoch)`` only, and takes every ``num_replicas``-th one from ``rank``
+(the largest batches are split until the count divides evenly), so ranks see disjoint items and equal step
+counts; Lightning cannot inject its ``DistributedSampler`` into a custom batch sampler, so multi-device
+training needs ``Trainer(use_distributed_sampler=False)``. ``shuffle=False`` gives a fixed order. Lightning
+calls ``set_epoch`` on ``batch_sampler.sampler``, which points at the sampler itself. A
+:class:`ResumableDataLoader` over one of them resumes mid-epoch at the first batch not yet handed out.
 
-* **DDP-aware**: every rank builds the same list of batches for the epoch (same seed, same epoch) and
-  takes every ``num_replicas``-th batch starting at ``rank``, so ranks see disjoint items and every rank
-  gets the same number of batches. When the batch count does not divide by ``num_replicas``, the
-  largest batches are split in two until it does; only when the split reaches single items (a dataset
-  with fewer items than that) are batches repeated from the start to fill the last step.
-* **Deterministic**: the batches of an epoch are a function of ``(seed, epoch)`` only; call
-  :meth:`set_epoch` each epoch (Lightning does, see below) to get a new order.
-* ``shuffle=False`` (validation, test, predict) gives a fixed order: longest items first when grouping
-  by length, else the dataset order.
-
-Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``; these samplers point their
-``sampler`` attribute at themselves so that the call reaches them. Lightning cannot inject its own
-``DistributedSampler`` into a custom batch sampler, so multi-device training needs
-``Trainer(use_distributed_sampler=False)``; these samplers shard by themselves.
-
-**Resumable**: :class:`ResumableDataLoader` over one of these samplers gives Lightning a ``state_dict`` (the
-epoch and the batches already handed out), saved in every ``fit`` checkpoint; on resume the sampler skips
-those batches, so a run resumed mid-epoch sees exactly the batches the uninterrupted run would have seen.
+Common arguments: ``lengths`` (samples per item, ``[num_items]``), ``shuffle`` (reshuffle per epoch, or a
+fixed order for evaluation), ``num_replicas`` and ``rank`` (default: from the process group, else 1 and 0),
+``seed`` (the batches of an epoch depend on ``(seed, epoch)`` only).
 """
 
 from __future__ import annotations
@@ -102,10 +92,6 @@ class _ShardedBatchSampler:
     def _make_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def global_batches(self) -> list[list[int]]:
-        """All ranks' batches of the current epoch, in step order (rank ``r`` gets ``[r::num_replicas]``)."""
-        return [batch.tolist() for batch in self._epoch_batches()]
-
     def _epoch_batches(self) -> list[np.ndarray]:
         if self._cached is not None and self._cached[0] == self.epoch:
             return self._cached[1]
@@ -134,21 +120,13 @@ class _ShardedBatchSampler:
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` whose place in the epoch survives a checkpoint (Lightning's stateful-dataloader support).
 
-    Lightning stores ``state_dict()`` of a train dataloader that has one in every ``fit`` checkpoint and
-    calls ``load_state_dict`` when resuming; with a sampler of this module as ``batch_sampler`` the resumed
-    epoch then starts at the first batch the interrupted run had not handed out. The count is kept here,
-    not in the sampler, because worker processes draw indices ahead of training.
-
-    Each epoch's iterator also gets its own ``torch.Generator`` seeded from the sampler's ``(seed, epoch)``
-    (the DataLoader otherwise draws its worker base seed from the global RNG whenever an iterator is
-    created, so a resumed run, which creates one more iterator, would shift every later random draw).
-
-    Examples that failed to load (:class:`~ldrop.data.batch.SkippedExample`, from a dataset that skips bad
-    files) are left out before ``collate_fn`` sees the batch and handed to ``on_skipped``, in this process
-    (also with worker processes). A batch whose examples all failed is collated from none (``collate_fn([])``,
-    an empty batch, which the task's training step skips): an epoch keeps its number of batches, which
-    Lightning's validation schedule (and DDP's lockstep) count on. With ``drop_empty`` (evaluation loaders,
-    whose loops just stop at the end) it is left out instead.
+    Lightning saves ``state_dict()`` (the batches handed out, counted here because workers draw indices
+    ahead of training) in every ``fit`` checkpoint; a resumed epoch starts at the first batch not handed
+    out. Each epoch's iterator gets its own ``torch.Generator`` seeded from ``(seed, epoch)``, so the extra
+    iterator of a resumed run shifts no later random draw. Examples that failed to load
+    (:class:`~ldrop.data.batch.SkippedExample`) are left out before ``collate_fn`` and handed to
+    ``on_skipped``; a batch of only such examples is collated empty (``collate_fn([])``, skipped by the
+    training step, so the epoch keeps its length), or dropped with ``drop_empty`` (evaluation).
 
     Args:
         on_skipped: called with the skipped examples of each batch that has any; default: a logged warning.
@@ -260,14 +238,9 @@ class LengthGroupedSampler(_ShardedBatchSampler):
     to epoch. With ``shuffle=False`` all items are sorted by length, longest first (ties keep dataset
     order). ``window_batches=1`` turns the grouping off (random batches; dataset order when not shuffled).
 
-    Args:
-        lengths: length of each item (samples), ``[num_items]``.
+    Args (and the module's common ones):
         batch_size: items per batch (the last batch, and batches split to even out the ranks, hold fewer).
-        shuffle: reshuffle per epoch (training) or keep a fixed order (evaluation).
         window_batches: how many batches' worth of items are sorted together.
-        num_replicas: number of DDP ranks; default: the initialized process group's world size, else 1.
-        rank: this process's rank; default: from the process group, else 0.
-        seed: base seed; the batches of an epoch depend on ``(seed, epoch)`` only.
     """
 
     def __init__(
@@ -313,15 +286,10 @@ class DynamicBatchSampler(_ShardedBatchSampler):
     only on the multiset of lengths, so the number of batches is the same every epoch (learning-rate
     schedules that count steps stay valid).
 
-    Args:
-        lengths: length of each item (samples), ``[num_items]``.
+    Args (and the module's common ones):
         max_batch_seconds: audio budget per batch, in seconds of padded audio.
         sample_rate: sample rate the lengths are counted in.
-        shuffle: reshuffle per epoch (training) or keep a fixed order (evaluation).
         max_batch_size: optional cap on the number of items per batch.
-        num_replicas: number of DDP ranks; default: the initialized process group's world size, else 1.
-        rank: this process's rank; default: from the process group, else 0.
-        seed: base seed; the batches of an epoch depend on ``(seed, epoch)`` only.
     """
 
     def __init__(

@@ -9,7 +9,7 @@ from typing import Literal
 
 from ldrop.data.base import AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
-from ldrop.data.text import normalize_tedlium_transcript
+from ldrop.data.text import ENGLISH_CHARACTERS, normalize_tedlium_transcript
 
 __all__ = ["IGNORE_SEGMENT", "TedliumDataModule", "read_stm"]
 
@@ -84,14 +84,14 @@ class TedliumDataModule(AudioDataModule):
     Args:
         root: folder holding ``TEDLIUM_release-3/`` (or that folder itself).
         eval_partition: where the dev (validation) and test talks come from.
-        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
-            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...). Training
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule`. Training
             segments longer than ``max_train_seconds`` are dropped and counted in a warning (a crop would
             cut the audio away from its transcript); ``skip_bad_files`` also skips segments outside their
             talk.
     """
 
     task = "ctc"
+    alphabet = ENGLISH_CHARACTERS
 
     def __init__(
         self,

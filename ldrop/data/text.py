@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["normalize_tedlium_transcript"]
+__all__ = ["ENGLISH_CHARACTERS", "normalize_tedlium_transcript"]
+
+#: The English character set of LibriSpeech / TED-LIUM after lower-casing (space is the word separator).
+ENGLISH_CHARACTERS = list(" 'abcdefghijklmnopqrstuvwxyz")
 
 _CURLY = re.compile(r"\{[^}]*\}")  # {NOISE}, {BREATH}, {COUGH}, ...
 _ANGLE = re.compile(r"<[^>]*>")  # <unk>, <sil>, <s>, </s>

@@ -12,12 +12,10 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from ldrop.data.text import ENGLISH_CHARACTERS
 from ldrop.tasks.base import LayerDropTask
 
 log = logging.getLogger(__name__)
-
-#: The English character set of LibriSpeech / TED-LIUM after lower-casing (space is the word separator).
-ENGLISH_CHARACTERS = list(" 'abcdefghijklmnopqrstuvwxyz")
 
 
 def build_vocabulary(transcripts: Iterable[str], lowercase: bool = True) -> list[str]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ldrop.tasks.ctc import ENGLISH_CHARACTERS, build_vocabulary
+from ldrop.tasks.ctc import build_vocabulary
 
 
 def model_labels(datamodule: Any) -> list[str] | None:
     """The output labels a task needs from its datamodule.
 
-    Classification: the class names in id order. CTC: the characters: the datamodule's ``alphabet`` (the
-    generated sets), English letters for LibriSpeech and TED-LIUM, else every character of the training
+    Classification: the class names in id order. CTC: the characters: the datamodule's ``alphabet`` (English
+    letters for LibriSpeech and TED-LIUM, the generated sets' own), else every character of the training
     transcripts. Any other target kind (``"regression"``, tensors): ``None``, there are no labels.
 
     A downstream ``LightningCLI`` links them as ``ldrop fit`` does, for a task that takes ``labels``::
@@ -26,11 +26,5 @@ def model_labels(datamodule: Any) -> list[str] | None:
     alphabet = getattr(datamodule, "alphabet", None)
     if alphabet:
         return sorted(set(alphabet) | {" "})
-    # Only here does the task package meet the data package (on first use): the two English corpora
-    # normalise their transcripts to lower-case letters, apostrophe and space.
-    from ldrop.data import LibriSpeechDataModule, TedliumDataModule
-
-    if isinstance(datamodule, LibriSpeechDataModule | TedliumDataModule):
-        return list(ENGLISH_CHARACTERS)
     return build_vocabulary(datamodule.transcripts("train"))
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldrop.cli import load_task_checkpoint, main
+from ldrop.cli import main
+from ldrop.runtime.checkpoints import load_task_checkpoint
 from ldrop.sweeps import load_sweep
 from tests.cli.common import QUICKSTART, SMALL
 from tests.cli.common import fit_quickstart as _fit

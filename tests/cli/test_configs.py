@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ldrop.cli import TRAINER_DEFAULTS, LdropCLI
+from ldrop.cli.lightning import TRAINER_DEFAULTS, LdropCLI
 from ldrop.data.speechcommands import SPEECH_COMMANDS_WORDS
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
 from ldrop.tasks import ClassificationTask, CTCTask

@@ -62,9 +62,29 @@ def test_a_task_without_labels_trains_through_ldrop_fit_and_loads_back_everywher
 
 
 def test_model_labels_is_public_for_other_command_lines():
-    import ldrop.cli
+    import ldrop.cli.lightning
     from ldrop.data import SyntheticClassificationDataModule
     from ldrop.tasks import model_labels
 
-    assert ldrop.cli.model_labels is model_labels
+    assert ldrop.cli.lightning.model_labels is model_labels
     assert model_labels(SyntheticClassificationDataModule(num_classes=3)) == ["class_0", "class_1", "class_2"]
+
+
+def test_ctc_labels_come_from_the_datamodules_declared_alphabet(tmp_path):
+    """The CTC characters come from what a datamodule declares, not from its class: the English corpora
+    declare English characters (nothing is read), and a subclass that keeps other characters declares
+    ``alphabet = None`` and gets every character of its training transcripts."""
+    from ldrop.data import LibriSpeechDataModule, TedliumDataModule
+    from ldrop.data.text import ENGLISH_CHARACTERS
+    from ldrop.tasks import model_labels
+    from ldrop.testing.fixtures import make_librispeech_tree
+
+    for module in (LibriSpeechDataModule(root=str(tmp_path / "absent")), TedliumDataModule(root=str(tmp_path))):
+        assert module.alphabet == ENGLISH_CHARACTERS and model_labels(module) == ENGLISH_CHARACTERS
+
+    class OwnCharacters(LibriSpeechDataModule):
+        alphabet = None
+
+    tree = make_librispeech_tree(tmp_path / "corpus", seed=3)
+    characters = {c for clip in tree.splits["train-clean-100"] for c in clip.target.lower()}
+    assert model_labels(OwnCharacters(root=str(tree.root))) == sorted(characters | {" "})

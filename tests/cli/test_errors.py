@@ -51,7 +51,7 @@ def test_a_damaged_checkpoint_is_named_in_one_line(trained, tmp_path, capsys, ki
     }[command]
     try:
         code = main(args)
-    except SystemExit as exit_info:  # 'ldrop profile' reports through its own parser (runtime/profile.py)
+    except SystemExit as exit_info:  # 'ldrop profile' reports through its own parser (cli/profile.py)
         code, err = exit_info.code, capsys.readouterr().err
     else:
         err = one_error_line(capsys)

@@ -1,4 +1,4 @@
-"""ldrop.bench.loading: the loading benchmark runs on fixture-scale data and reports audio throughput."""
+"""ldrop.bench.dataloading: the loading benchmark runs on fixture-scale data and reports audio throughput."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ldrop.bench.loading import DATASETS, benchmark_loading, main
+from ldrop.bench.dataloading import DATASETS, benchmark_loading, main
 
 
 def test_benchmark_reports_audio_throughput_of_the_train_loader(tmp_path):

@@ -32,8 +32,8 @@ def test_load_model_names_what_it_expected(tmp_path):
 
 def test_the_package_exports_the_runtime_entry_points():
     assert ldrop.AdaptiveModel is AdaptiveModel and ldrop.load_model is load_model
-    from ldrop.cli import load_task_checkpoint
     from ldrop.runtime import load_task_checkpoint as moved
+    from ldrop.runtime.checkpoints import load_task_checkpoint
 
     assert load_task_checkpoint is moved
 

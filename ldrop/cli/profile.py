@@ -10,7 +10,7 @@ import torch
 from ldrop.budgets.profile import PARTS, profile_model
 
 
-def profile_main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     """``ldrop profile (MODEL | --backbone NAME) [--out profile.json] ...``: measure a device profile."""
     from jsonargparse import ArgumentParser
 

@@ -4,7 +4,7 @@ Each dataset's layout is built at benchmark scale in a temporary folder with the
 :mod:`ldrop.testing.fixtures` (real FLAC, NIST SPHERE and 44.1 kHz WAV files, realistic clip lengths), then
 its training DataLoader is iterated with ``--workers`` worker processes. Run::
 
-    python -m ldrop.bench.loading --dataset all --workers 2 --json loading.json
+    python -m ldrop.bench.dataloading --dataset all --workers 2 --json loading.json
 """
 
 from __future__ import annotations
@@ -142,9 +142,9 @@ def _table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m ldrop.bench.loading [--dataset NAME|all] [--workers N] [--json PATH]``."""
+    """Command line: ``python -m ldrop.bench.dataloading [--dataset NAME|all] [--workers N] [--json PATH]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m ldrop.bench.loading", description=__doc__.splitlines()[0]
+        prog="python -m ldrop.bench.dataloading", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")

@@ -13,8 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -27,6 +26,7 @@ from ldrop._io import (
     raise_if_disk_full,
     remove_stale_temporaries,
 )
+from ldrop._lightning import CheckpointSteps, collect_rng_states, restore_train_loader_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise damaged_checkpoint_error(path, err) from err
 
 
-class TaskCheckpoint(ModelCheckpoint):
+class TaskCheckpoint(CheckpointSteps):
     """``ModelCheckpoint`` that monitors the task's own validation metric (``val/acc`` max, ``val/wer`` min).
 
     Also keeps ``last.ckpt`` so that ``ldrop fit --ckpt_path .../last.ckpt`` resumes an interrupted run.
@@ -90,15 +90,9 @@ class TaskCheckpoint(ModelCheckpoint):
             remove_stale_temporaries(self.dirpath)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the best-checkpoint tracking, also when the checkpoint names its folder differently.
-
-        Lightning drops the tracking (best score, best-k files) whenever the saved folder name differs from
-        the current one, as with a run written under a relative path (``runs/ldrop/version_0``) and resumed
-        from its absolute path, or a run folder that was moved or copied: a worse checkpoint could then be
-        kept as the best one, and the old best file would never be removed. Here the tracked files are
-        looked up by name in the current folder; when all of them are there, the tracking continues with
-        them. Otherwise it restarts, and a warning says so.
-        """
+        """Restore the best-checkpoint tracking, also when the checkpoint names its folder differently (a
+        relative path resumed as absolute, a moved or copied run), which Lightning would drop: the tracked
+        files are looked up by name in the current folder; if any is missing, tracking restarts (a warning)."""
         saved = state_dict.get("dirpath")
         if not saved or not self.dirpath or saved == self.dirpath:
             return super().load_state_dict(state_dict)
@@ -125,7 +119,7 @@ class TaskCheckpoint(ModelCheckpoint):
 
     @property
     def _step_triggered(self) -> bool:
-        return self._every_n_train_steps >= 1 or self._train_time_interval is not None
+        return self.every_n_train_steps >= 1 or self.train_time_interval is not None
 
     def _may_save(self, trainer: L.Trainer) -> bool:
         """Fitting, past the sanity check, not a ``fast_dev_run`` (unlike Lightning's check, a second save at the
@@ -137,25 +131,25 @@ class TaskCheckpoint(ModelCheckpoint):
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if not self._may_save(trainer) or self._last_saved_step == trainer.global_step:
             return
-        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
-        if self._train_time_interval is not None:
+        due = self.every_n_train_steps >= 1 and trainer.global_step % self.every_n_train_steps == 0
+        if self.train_time_interval is not None:
             now = time.monotonic()
-            elapsed = self._last_time_checked is not None and (
-                now - self._last_time_checked >= self._train_time_interval.total_seconds()
+            elapsed = self.last_time_checked is not None and (
+                now - self.last_time_checked >= self.train_time_interval.total_seconds()
             )
             if trainer.strategy.broadcast(elapsed):  # rank 0 decides, so that no rank waits for the others
-                self._last_time_checked, due = now, True
+                self.last_time_checked, due = now, True
         if due:
             # The last validation scored older weights: refresh last.ckpt only, best-* waits for a validation.
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.write_last(trainer, self.monitor_candidates(trainer))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.monitor is None or not self._step_triggered:
             return super().on_validation_end(trainer, pl_module)
         if self._may_save(trainer):
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+            candidates = self.monitor_candidates(trainer)
+            self.write_topk(trainer, candidates)
+            self.write_last(trainer, candidates)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.monitor is None or not self._step_triggered:
@@ -164,14 +158,14 @@ class TaskCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer, pl_module) -> None:
         # Whatever the trigger, the final weights are in last.ckpt (Lightning only writes it if it never did).
         if self.save_last and self._may_save(trainer) and self._last_saved_step != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.write_last(trainer, self.monitor_candidates(trainer))
 
-    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+    def write_last(self, trainer, monitor_candidates) -> None:
         if self.save_last and not self.last_model_path:
             # last.ckpt already in the folder (a resumed run that was copied or moved) is replaced, not kept
             # beside a new last-v1.ckpt.
             self.last_model_path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
-        super()._save_last_checkpoint(trainer, monitor_candidates)
+        super().write_last(trainer, monitor_candidates)
         if self.save_last:
             self._last_saved_step = trainer.global_step
 
@@ -179,13 +173,10 @@ class TaskCheckpoint(ModelCheckpoint):
 class ExactResume(Callback):
     """Makes ``fit --ckpt_path`` continue exactly where the checkpoint was taken, even mid-epoch.
 
-    Saves the random number generators in every checkpoint: torch (CPU and CUDA), NumPy, Python, and every
-    ``torch.Generator`` a module of the task holds (e.g. ``RandomSelector.generator``). On resume they are
-    restored when training starts, after the sanity check, so that nothing in between draws from them.
-    It also hands the train dataloader its saved position (see
-    :class:`~ldrop.data.samplers.ResumableDataLoader`): Lightning saves it but does not restore it when the
-    task asked for ``trainer.estimated_stepping_batches`` (for its learning-rate schedule), because that
-    builds the loader before the checkpoint is read.
+    Saves the random generators in every checkpoint (torch, CUDA, NumPy, Python, and every ``torch.Generator``
+    a module of the task holds) and restores them when training starts, after the sanity check. It also
+    hands the train dataloader its saved position, which Lightning does not restore when the task asked for
+    ``trainer.estimated_stepping_batches`` (that builds the loader before the checkpoint is read).
     """
 
     KEY = "ldrop_rng_states"
@@ -198,7 +189,7 @@ class ExactResume(Callback):
         self.resumed_step: int | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        states = collect_rng_states(include_cuda=torch.cuda.is_available())
         kind, keys, pos, has_gauss, gauss = states["numpy"]
         # Plain lists and tensors only, so that the checkpoint still loads with torch.load(weights_only=True).
         states["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss]
@@ -214,9 +205,8 @@ class ExactResume(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         loader_states, self._loader_states = self._loader_states, None
-        combined = trainer.fit_loop._combined_loader
-        if loader_states and combined is not None:
-            combined._load_state_dicts(loader_states)  # before the first batch is drawn: loaders are lazy
+        if loader_states:
+            restore_train_loader_states(trainer, loader_states)  # before the first batch is drawn
         states, self._rng_states = self._rng_states, None
         if not states:
             return
@@ -226,7 +216,7 @@ class ExactResume(Callback):
         modules = states.get("modules", {})
         if not torch.cuda.is_available():
             states = {k: v for k, v in states.items() if k != "torch.cuda"}
-        _set_rng_states({**states, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)})
+        set_rng_states({**states, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)})
         for name, generator in _module_generators(pl_module).items():
             if name in modules:
                 generator.set_state(modules[name])

@@ -1,0 +1,81 @@
+"""Every private name of Lightning (and jsonargparse) that ldrop needs, wrapped here and nowhere else:
+``tests/test_lightning_internals.py`` names any that a release moved. Imports nothing from ldrop."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import lightning as L
+from jsonargparse import ArgumentParser
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+collect_rng_states = _collect_rng_states  # (include_cuda) -> torch, CUDA, NumPy and Python random states
+set_rng_states = _set_rng_states  # restores what collect_rng_states returned
+
+
+def restore_train_loader_states(trainer: L.Trainer, states: list[dict[str, Any]]) -> None:
+    """Hand the fit loop's (lazy) train loaders their saved positions, before the first batch is drawn."""
+    combined = trainer.fit_loop._combined_loader
+    if combined is not None:
+        combined._load_state_dicts(states)
+
+
+def subcommand_parsers(parser: ArgumentParser) -> Any:
+    """The subcommands action of a jsonargparse parser (``None`` without subcommands)."""
+    return getattr(parser, "_subcommands_action", None)
+
+
+def parser_actions(parser: ArgumentParser) -> list[Any]:
+    """The actions (options, positionals, subcommands) of an argparse/jsonargparse parser."""
+    return list(parser._actions)
+
+
+class CheckpointSteps(ModelCheckpoint):
+    """``ModelCheckpoint`` with its private steps under public names; override :meth:`write_last`."""
+
+    @property
+    def every_n_train_steps(self) -> int:
+        return self._every_n_train_steps
+
+    @property
+    def train_time_interval(self) -> timedelta | None:
+        return self._train_time_interval
+
+    @property
+    def last_time_checked(self) -> float | None:  # when the time trigger last fired (set at train start)
+        return self._last_time_checked
+
+    @last_time_checked.setter
+    def last_time_checked(self, value: float | None) -> None:
+        self._last_time_checked = value
+
+    def monitor_candidates(self, trainer: L.Trainer) -> dict[str, Any]:
+        return self._monitor_candidates(trainer)
+
+    def write_topk(self, trainer: L.Trainer, candidates: dict[str, Any]) -> None:
+        self._save_topk_checkpoint(trainer, candidates)
+
+    def write_last(self, trainer: L.Trainer, candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, candidates)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, candidates: dict[str, Any]) -> None:
+        self.write_last(trainer, candidates)  # Lightning's own calls go through the override too
+
+
+class CLISteps(LightningCLI):
+    """``LightningCLI`` with its private steps under public names: :meth:`run_subcommand`, :meth:`build_trainer`."""
+
+    def run_subcommand(self, subcommand: str) -> None:
+        super()._run_subcommand(subcommand)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        self.run_subcommand(subcommand)
+
+    def build_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        return self.build_trainer(config, callbacks)

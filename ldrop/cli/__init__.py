@@ -1,0 +1,53 @@
+"""The ``ldrop`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``
+(:mod:`ldrop.cli.lightning`), plus ldrop's own commands from :data:`COMMANDS`.
+
+A failure a user can fix (an argument, a configuration, a file, the data) is printed as one
+``ldrop: error: ...`` line with exit status 2 (:func:`~ldrop.cli.errors.user_error_line`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from ldrop import __version__
+from ldrop.cli import compare, export
+from ldrop.cli.errors import user_error_line
+from ldrop.cli.lightning import harmless_warnings, run_lightning
+from ldrop.cli.profile import main as profile_main
+
+#: ldrop's own commands, run before LightningCLI: name -> (``main(argv)``, summary for ``ldrop --help``).
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int | None], str]] = {
+    "compare": (compare.main, "Overlay budget sweeps (run folders or sweep files) in one plot and one Markdown table."),
+    "export": (export.main, "Write the backbone of a trained checkpoint as a Hugging Face save_pretrained folder."),
+    "profile": (profile_main, "Measure a device cost model (the input of ms / rtf budget targets)."),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int | None:
+    """Entry point of the ``ldrop`` console script.
+
+    A failure a user can fix (a bad argument or configuration, a missing, damaged or mismatched file, bad
+    audio, an empty split, a NaN loss, a full disk) is printed as one ``ldrop: error: ...`` line with exit
+    status 2; ``LDROP_DEBUG=1`` raises it with the full traceback instead.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("--version", "-V"):
+        print(f"ldrop {__version__}")
+        return 0
+    try:
+        if args and args[0] in COMMANDS:
+            return COMMANDS[args[0]][0](args[1:])
+        with warnings.catch_warnings():
+            for message in harmless_warnings(args):
+                warnings.filterwarnings("ignore", message=message)
+            run_lightning(None if argv is None else args, {name: summary for name, (_, summary) in COMMANDS.items()})
+        return 0
+    except Exception as err:
+        line = user_error_line(err)
+        if line is None or os.environ.get("LDROP_DEBUG", "0") not in ("", "0"):
+            raise
+        print(f"ldrop: error: {line} (LDROP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2

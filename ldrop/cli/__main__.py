@@ -1,0 +1,5 @@
+import sys
+
+from ldrop.cli import main
+
+sys.exit(main())

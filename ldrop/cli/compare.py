@@ -1,0 +1,34 @@
+"""``ldrop compare``: overlay budget sweeps in one plot and one Markdown table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ldrop.cli.errors import ConfigError, command_parser, parse_command
+from ldrop.sweeps import compare_sweeps
+
+
+def main(argv: Sequence[str]) -> int:
+    """``ldrop compare RUN_OR_CSV... [--out DIR] [--metric NAME] [--labels A,B,...]``."""
+    parser = command_parser(
+        "compare",
+        "Overlay budget sweeps (run directories, budget_sweep.csv or .json files) in one plot and one Markdown "
+        "table. Only complete sweeps are read: a folder whose sweep_manifest.json is missing or does not match "
+        "its files (an interrupted 'ldrop test') is an error.",
+    )
+    parser.add_argument("runs", nargs="+", help="run directories or sweep files")
+    parser.add_argument("--out", default="compare", help="output folder for compare.png and compare.md")
+    parser.add_argument("--metric", type=str | None, default=None,
+                        help="metric column (default: the sweeps' first metric)")
+    parser.add_argument("--labels", type=str | None, default=None, help="comma-separated labels, one per run")
+    ns = parse_command(parser, argv)
+    labels = ns.labels.split(",") if ns.labels else None
+    if labels is not None and len(labels) != len(ns.runs):
+        raise ConfigError(f"--labels has {len(labels)} names for {len(ns.runs)} runs")
+    try:
+        table, plot = compare_sweeps(ns.runs, ns.out, metric=ns.metric, labels=labels)
+    except KeyError as err:
+        raise ConfigError(f"--metric: no column {err} in the sweeps") from err
+    print(table)
+    print(f"\nplot: {plot}\ntable: {plot.with_name('compare.md')}")
+    return 0

@@ -1,0 +1,245 @@
+"""Every failure a user can fix, as one line: jsonargparse's nested parse errors, instantiation errors, OS
+errors and ldrop's own exceptions (:func:`user_error_line`); ``main`` prints it with exit status 2."""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentError, ArgumentParser
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+import ldrop.data
+import ldrop.selectors
+import ldrop.tasks
+from ldrop._io import CheckpointError
+from ldrop._lightning import parser_actions
+from ldrop.data.audio import AudioReadError
+from ldrop.data.base import DatasetLayoutError
+from ldrop.sweeps.report import IncompleteSweepError
+
+#: Options that only 'ldrop predict' takes: the other subcommands neither list nor accept them.
+PREDICT_ONLY = ("predictions", "inputs")
+
+
+class ConfigError(Exception):
+    """A bad argument or configuration, found while building the run; ``main`` prints it as one line."""
+
+
+def instantiation_error_line(err: BaseException) -> str:
+    """The reason in an instantiation error, without jsonargparse's union preamble and Namespace dump."""
+    text = str(err)
+    reasons = re.findall(r"^\s+- (.+)$", text.split("Errors:", 1)[1], flags=re.M) if "Errors:" in text else []
+    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
+    return "; ".join(reasons) if reasons else text.splitlines()[0] if text else type(err).__name__
+
+
+def option_strings(parser: ArgumentParser) -> list[str]:
+    """Every option string of ``parser`` and of its subcommands' parsers."""
+    options = [o for action in parser_actions(parser) for o in action.option_strings]
+    for action in parser_actions(parser):
+        for sub in (getattr(action, "choices", None) or {}).values():
+            if isinstance(sub, ArgumentParser):
+                options += option_strings(sub)
+    return options
+
+
+def command_parser(name: str, description: str) -> ArgumentParser:
+    """The parser of one of ldrop's own commands: no abbreviated options, errors raised (as one line)."""
+    return ArgumentParser(prog=f"ldrop {name}", description=description, allow_abbrev=False, exit_on_error=False)
+
+
+def parse_command(parser: ArgumentParser, argv: Sequence[str]) -> Any:
+    """``parser.parse_args(argv)``, a bad argument raised as a one-line :class:`ConfigError`."""
+    try:
+        return parser.parse_args(list(argv))
+    except ArgumentError as err:
+        raise ConfigError(argument_error_line(str(err), list(argv), option_strings(parser))) from err
+
+
+def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequence[str] = ()) -> str:
+    """jsonargparse's (multi-line, nested) parse error as one line: the option as typed, its value, and what
+    is accepted.
+
+    jsonargparse reports an error inside a subclass (``--model.init_args.selector.init_args.mode``) as a
+    failure of ``model``, with the real reason nested a few levels down and the value of every level; the
+    innermost reason and the outermost nested key are the ones a user can act on.
+
+    Args:
+        message: the ``ArgumentError`` text.
+        argv: the command line (to name the option as it was typed).
+        options: the parser's option strings (to suggest one for an unrecognised, e.g. abbreviated, option).
+    """
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "bad arguments"
+    command = argv[0] if argv and not str(argv[0]).startswith("-") else "fit"
+    if lines[0].lower().startswith("unrecognized arguments"):
+        given = [t.split("=", 1)[0] for t in lines[0].split(":", 1)[-1].split() if t.startswith("--")]
+        predict_only = [t for t in given if t.lstrip("-").split(".")[0] in PREDICT_ONLY]
+        if predict_only:
+            return f"{predict_only[0]} applies to 'ldrop predict' only"
+        guesses = difflib.get_close_matches(given[0], options, n=1, cutoff=0.8) if given else []
+        return lines[0] + (f"; did you mean {guesses[0]}? (options are never abbreviated)" if guesses else "")
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    if not keys:
+        return " ".join(lines[:2])[:300]
+    nested = re.findall(r"Given value: NestedArg\(key='([^']*)', val='(.*)'\)$", message, flags=re.M)
+    values = re.findall(r"^\s*Given value: (?!NestedArg\(|Namespace\()(.*)$", message, flags=re.M)
+    # the outermost level names the whole key (model + selector.init_args.mode) and the value as given
+    key, value = (f"{keys[0]}.{nested[-1][0]}", nested[-1][1]) if nested else (keys[0], values[-1] if values else None)
+    option = _option_as_typed(key, argv)
+    given = f"{option} {value!r}" if value is not None else option
+    classes = re.findall(r"class_path[ =]'([^']+)'", message)
+    not_accepted = re.search(r"Option '([^']+)' is not accepted", message)
+    if not_accepted:
+        owner = (re.findall(r"class_path[ =]'([^']+)'", message[not_accepted.start() - 400: not_accepted.end() + 400])
+                 or classes or [keys[0]])[-1].rsplit(".", 1)[-1]
+        helps = " ".join(f"--{k}.help {c.rsplit('.', 1)[-1]}" for k, c in _help_chain(key, classes))
+        return f"{given}: {owner} has no option {not_accepted.group(1)!r} (its options: 'ldrop {command} {helps}')"
+    missing = re.search(r"Expected a path but (\S+) either not accessible or invalid", message)
+    if missing:
+        guess = _closest_class_name(missing.group(1))
+        return (f"{option} {missing.group(1)!r}: no such class" + (f"; did you mean {guess}?" if guess else "")
+                + " (give a class name, a dotted import path, or null)")
+    innermost = re.search(r"Expected an? (.+?)\. Got value: (.*?)(?:\. Got value: .*)?$", message, flags=re.M)
+    if innermost:
+        return f"{given}: expected {_accepted([innermost.group(1)])}"
+    subtypes = re.findall(r"Subtypes: \[(.*)\]$", message, flags=re.M)
+    if subtypes:
+        return f"{given}: expected {_accepted(_split_types(subtypes[-1]))}"
+    return f"{given}: " + lines[-1][:200]
+
+
+def _help_chain(key: str, classes: Sequence[str]) -> list[tuple[str, str]]:
+    """The ``--<key>.help <Class>`` options that show the options of the classes along ``key``
+    (``model.selector.init_args.x`` with ClassificationTask, InputConditionedSelector)."""
+    parts = [p for p in key.split(".") if p != "init_args"]
+    chain, prefix = [], []
+    for part, cls in zip(parts, dict.fromkeys(classes), strict=False):
+        prefix.append(part)
+        chain.append((".".join(prefix), cls))
+    return chain
+
+
+def _option_as_typed(key: str, argv: Sequence[str]) -> str:
+    """The command-line option that set ``key`` (``model.predict_budget`` may have been typed as
+    ``--model.init_args.predict_budget``), else ``--key`` (it came from a config file)."""
+    parts = [p for p in key.split(".") if p != "init_args"]
+    for token in argv:
+        name = str(token).split("=", 1)[0]
+        if name.startswith("--") and [p for p in name[2:].split(".") if p != "init_args"] == parts:
+            return name
+    return "--" + key
+
+
+def _split_types(text: str) -> list[str]:
+    """``"<class 'int'>, dict[str, typing.Any]"`` -> the top-level items (brackets kept together)."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += (char in "[(") - (char in "])")
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*items, current.strip()] if current.strip() else items
+
+
+def _accepted(types: Sequence[str]) -> str:
+    """Types as jsonargparse prints them, in words: ``an int, a float or null``; ``one of 'topk', 'threshold'``."""
+    literals: list[str] = []
+    words: list[str] = []
+    for text in types:
+        text = text.strip()
+        literal = re.fullmatch(r"(?:typing\.)?Literal\[(.*)\]", text)
+        if literal:
+            literals += [v for v in _split_types(literal.group(1)) if v not in literals]
+            continue
+        name = (re.fullmatch(r"<class '([^']+)'>", text) or re.fullmatch(r"(.*)", text)).group(1)
+        callable_of = re.search(r"Callable\[.*,\s*([\w.]+)\]$", name)
+        if name.endswith("NoneType"):
+            word = "null"
+        elif name.startswith(("dict", "typing.Dict")):
+            word = "a dict"
+        elif name.startswith(("list", "typing.List")):
+            word = "a list"
+        elif callable_of:
+            word = f"a {callable_of.group(1).rsplit('.', 1)[-1]} class"
+        else:
+            short = name.rsplit(".", 1)[-1]
+            word = f"an {short}" if short[:1].lower() in "aeiou" else f"a {short}"
+        if word not in words:
+            words.append(word)
+    if literals:
+        words.insert(0, "one of " + ", ".join(literals))
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else (words[0] if words else "another value")
+
+
+def _closest_class_name(name: str) -> str | None:
+    """The ldrop class whose name is closest to a misspelt ``name`` (``InputConditonedSelector``)."""
+    known = [n for module in (ldrop.selectors, ldrop.tasks, ldrop.data) for n in dir(module)
+             if isinstance(getattr(module, n), type)]
+    matches = difflib.get_close_matches(name.rsplit(".", 1)[-1], known, n=1, cutoff=0.75)
+    return matches[0] if matches else None
+
+
+def os_error_line(err: OSError) -> str:
+    """``"no space left on runs/ldrop (writing last.ckpt)"``, ``"Read-only file system: /mnt/x"``."""
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        reason = err.strerror if err.strerror and err.strerror.startswith("no space left") else (
+            f"no space left on {Path(err.filename).parent}" if err.filename else "no space left on the device")
+        return reason + (f" (writing {err.filename})" if err.filename else "")
+    if err.strerror and err.filename:
+        return f"{err.strerror}: {err.filename}"
+    return str(err)
+
+
+#: Exceptions ldrop raises for what a user can fix, printed as one line whatever raised them.
+USER_ERRORS = (ConfigError, CheckpointError, AudioReadError, IncompleteSweepError, FloatingPointError,
+               MisconfigurationException)
+
+
+def _raised_in_ldrop(err: BaseException) -> bool:
+    """Whether ``err`` was raised by ldrop's own code (a deliberate message), not deep inside a library."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # ldrop/, not ldrop/cli/
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
+def _from_worker(err: BaseException) -> str | None:
+    """The message of a user error that a DataLoader worker raised (PyTorch re-raises it as a multi-line
+    ``Caught X in DataLoader worker process N`` error, often as a ``RuntimeError``)."""
+    text = str(err)
+    match = re.match(r"Caught (\w+) in DataLoader worker process", text)
+    names = {cls.__name__ for cls in (*USER_ERRORS, FileNotFoundError, DatasetLayoutError)}
+    if not match or match.group(1) not in names | {"AudioFileNotFoundError"}:
+        return None
+    last = text.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+def user_error_line(err: BaseException) -> str | None:
+    """The one line that reports ``err`` if a user can fix it (an argument, a configuration, a file, the
+    data, a full disk), classified by type; ``None`` for anything else (a bug: the full traceback)."""
+    if (worker := _from_worker(err)) is not None:
+        return worker
+    if isinstance(err, ArgumentError):  # a parser with exit_on_error=False that main did not wrap
+        return argument_error_line(str(err))
+    if isinstance(err, DatasetLayoutError):  # the expected layout follows on the next lines
+        return str(err).strip()
+    if isinstance(err, USER_ERRORS) or isinstance(err, FileNotFoundError) and not err.filename:
+        text = str(err).strip() or type(err).__name__
+        return text.splitlines()[0]
+    if isinstance(err, OSError):
+        return os_error_line(err)
+    if isinstance(err, ValueError | RuntimeError) and _raised_in_ldrop(err):
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None

@@ -1,0 +1,343 @@
+"""``ldrop fit|validate|test|predict``: LightningCLI with ldrop's links, checkpointing, exact resume, budget
+sweep and prediction writer.
+
+Model and data are chosen in YAML by ``class_path`` (short names work: ``ClassificationTask``,
+``SpeechCommandsDataModule``); the task's output labels (class names, CTC characters) are linked from the
+datamodule, so they are never typed twice.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.plugins.io import CheckpointIO
+
+# Imported so that YAML can name every class by its short name.
+import ldrop.data  # noqa: F401
+import ldrop.selectors  # noqa: F401
+import ldrop.tasks  # noqa: F401
+from ldrop import __version__
+from ldrop._io import load_checkpoint_file
+from ldrop._lightning import CLISteps, subcommand_parsers
+from ldrop.cli.callbacks import AtomicCheckpointIO, ExactResume, JsonlPredictionWriter, TaskCheckpoint
+from ldrop.cli.errors import (
+    ConfigError,
+    argument_error_line,
+    command_parser,
+    instantiation_error_line,
+    option_strings,
+    os_error_line,
+)
+from ldrop.data import AudioDataModule
+from ldrop.sweeps import BudgetSweep
+from ldrop.budgets import budget_list
+from ldrop.runtime import TargetBudgets
+from ldrop.tasks import LayerDropTask, model_labels
+
+#: Lightning warnings that ldrop's own setup triggers and that mean nothing is wrong (message regexes, matched
+#: from the start); only these are silenced, and only where they are harmless.
+HARMLESS_WARNINGS = (
+    # ldrop's batch samplers yield every item whatever the split (the last batch is simply shorter).
+    r"You are using a custom batch sampler `(LengthGroupedSampler|DynamicBatchSampler)` for prediction",
+)
+#: ... with --ckpt_path in test, validate and predict: the checkpointing callbacks' state is for resuming fit.
+EVALUATION_WARNINGS = (
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
+    # the evaluation run writes to its own folder; the checkpoint callback's fit-time state is not needed
+    r"The dirpath has changed from",
+)
+#: ... with fit --ckpt_path: the resumed run continues in its own, non-empty, checkpoint folder.
+RESUME_WARNINGS = (r"Checkpoint directory .* exists and is not empty",)
+
+
+def harmless_warnings(args: Sequence[str]) -> tuple[str, ...]:
+    """The message regexes of the Lightning warnings that are harmless for this command line."""
+    subcommand = args[0] if args else None
+    patterns = HARMLESS_WARNINGS
+    if subcommand in ("test", "validate", "predict"):
+        patterns += EVALUATION_WARNINGS
+    if subcommand == "fit" and any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in args):
+        patterns += RESUME_WARNINGS
+    return patterns
+
+
+def _run_folder(ckpt_path: str | None) -> Path | None:
+    """The run folder (``<save_dir>/<name>/version_N``) that holds ``ckpt_path``, if it is in one."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    folder = Path(ckpt_path).resolve().parent.parent
+    if Path(ckpt_path).resolve().parent.name == "checkpoints" and re.fullmatch(r"version_\d+", folder.name):
+        return folder
+    return None
+
+
+class LdropCLI(CLISteps):
+    """LightningCLI with ldrop's links, checkpointing, exact resume, budget sweep and prediction writer.
+
+    ``--ckpt_path`` loads weights only: the model is built from the config and command line as given (the
+    task keeps its hyper-parameters under its own checkpoint key, see ``LayerDropTask``). ``own_commands``
+    (name -> summary) are listed in ``ldrop --help`` beside Lightning's subcommands.
+    """
+
+    _parser_subcommand: str | None = None
+
+    def __init__(self, *args: Any, own_commands: Mapping[str, str] = {}, **kwargs: Any) -> None:  # noqa: B006
+        self.own_commands = dict(own_commands)
+        super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # which subcommand the parser is for (None: the main parser, or a CLI without subcommands)
+        self._parser_subcommand = kwargs.pop("ldrop_subcommand", None)
+        kwargs.setdefault("allow_abbrev", False)  # '--trainer.max_epoch 1' is an error, never max_epochs
+        kwargs.setdefault("exit_on_error", False)  # errors come to main, which prints them as one line
+        return super().init_parser(**kwargs)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        commands = subcommand_parsers(self.parser)
+        if add_subcommands and commands is not None:
+            # listed in 'ldrop --help' beside Lightning's; main() runs them before LightningCLI is built
+            for name, summary in self.own_commands.items():
+                commands.add_subcommand(name, command_parser(name, summary), help=summary)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
+            raise ConfigError(argument_error_line(str(err), argv, option_strings(parser))) from err
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            # a damaged or foreign file is named now, as one line, before LightningCLI or the run reads it
+            # (memory-mapped: cheap even for a large checkpoint)
+            load_checkpoint_file(ckpt_path, weights_only=True, mmap=True)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data", "model.init_args.labels", compute_fn=model_labels, apply_on="instantiate")
+        parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BudgetSweep, "sweep")
+        if self._parser_subcommand not in (None, "predict"):
+            return
+        parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+        parser.add_argument(
+            "--inputs",
+            type=list[str] | str | None,
+            default=None,
+            help="an audio file or folder, or a list of them, to predict on instead of the datamodule's "
+            "predict split",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config.get("model")
+        init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
+        # jsonargparse resolves the task's signature (its **kwargs included): no 'labels' there, no link
+        self._model_takes_labels = init_args is not None and "labels" in init_args
+        trainer = config["trainer"]
+        logger = trainer.get("logger")
+        default_logger = TRAINER_DEFAULTS["logger"]
+        is_default_logger = (
+            logger is not None
+            and not isinstance(logger, bool | list)
+            and logger.get("class_path") == default_logger["class_path"]
+        )
+        if not is_default_logger:
+            return
+        # --trainer.default_root_dir moves the default logger (and so checkpoints and sweep files) with it.
+        root = trainer.get("default_root_dir")
+        if root and root != TRAINER_DEFAULTS["default_root_dir"] and (
+            logger["init_args"].get("save_dir") == default_logger["init_args"]["save_dir"]
+        ):
+            logger["init_args"]["save_dir"] = root
+        # fit --ckpt_path <run>/checkpoints/last.ckpt continues in that run folder, not in a new version_N.
+        run = _run_folder(config.get("ckpt_path")) if self.subcommand == "fit" else None
+        if run is not None and logger["init_args"].get("version") is None:
+            logger["init_args"]["save_dir"] = str(run.parent.parent)
+            logger["init_args"]["name"] = run.parent.name
+            logger["init_args"]["version"] = int(run.name.removeprefix("version_"))
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
+            raise ConfigError(instantiation_error_line(err)) from err
+        if not getattr(self, "_model_takes_labels", True):
+            # jsonargparse skips the labels link for a task without 'labels', but LightningCLI still records the
+            # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected
+            # keyword argument). The model never received it, so it is not one of its hyper-parameters.
+            self.model.hparams.pop("labels", None)
+
+    def _own_callback(self, key: str) -> Any:
+        """The callback this CLI built from ``--<key>`` (``sweep``, ``predictions``); ``None`` if there is none."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        return config.get(key)
+
+    def after_instantiate_classes(self) -> None:
+        sweep = self._own_callback("sweep")
+        if sweep is not None:
+            try:  # a bad budget fails here, as one line, not after the model and data are set up
+                budget_list(sweep.budgets, self.model.num_layers)
+            except ValueError as err:
+                raise ConfigError(f"--sweep.budgets: {err}") from err
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        inputs = config.get("inputs")
+        if inputs:
+            if self.subcommand not in (None, "predict"):
+                raise ConfigError("--inputs applies to 'ldrop predict' only")
+            try:
+                self.datamodule.predict_on_files([inputs] if isinstance(inputs, str) else list(inputs))
+            except (ValueError, FileNotFoundError) as err:
+                raise ConfigError(f"--inputs: {err}") from err
+        writer = self._own_callback("predictions")
+        if self.subcommand == "predict" and writer is not None and self.trainer.is_global_zero:
+            try:  # before the model and data are set up and any inference runs
+                writer.check_writable(self.trainer)
+            except OSError as err:
+                raise ConfigError(f"--predictions.output: cannot write {writer.target(self.trainer)}: "
+                                  f"{os_error_line(err)}") from err
+
+    def run_subcommand(self, subcommand: str) -> None:
+        # Rank 0 only: other ranks must not settle the logger's version before it is shared with them.
+        log_dir = self.trainer.log_dir if self.trainer.logger is not None and self.trainer.is_global_zero else None
+        new_folders = _missing_folders(Path(log_dir)) if log_dir is not None else []
+        try:
+            super().run_subcommand(subcommand)
+        except BaseException:
+            # A run that failed before it produced anything leaves no empty folder behind: neither its
+            # version_N folder nor the logger's folders above it that it created (runs/, runs/ldrop/).
+            if new_folders and (subcommand != "fit" or self.trainer.global_step == 0):
+                remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
+            raise
+        if new_folders and subcommand == "predict":
+            # the predictions went to --predictions.output elsewhere
+            remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
+
+    def after_fit(self) -> None:
+        resume = next((c for c in self.trainer.callbacks if isinstance(c, ExactResume)), None)
+        if resume is None or resume.resumed_step is None or not self.trainer.is_global_zero:
+            return
+        if self.trainer.global_step == resume.resumed_step:
+            trainer = self.trainer
+            print(f"the run was already complete at its checkpoint (epoch {trainer.current_epoch}, step "
+                  f"{trainer.global_step}; max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): "
+                  "nothing was trained; raise --trainer.max_epochs or --trainer.max_steps to train further")
+
+    def after_test(self) -> None:
+        sweep = self._own_callback("sweep")
+        folder = sweep.directory if sweep is not None and sweep.directory else (
+            self.trainer.log_dir if self.trainer.logger is not None else None)
+        if folder and self.trainer.is_global_zero:
+            print(f"budget sweep written to {folder}")
+
+    def build_trainer(self, config: dict[str, Any], callbacks: list[Any]):
+        # Rich progress bar and a learning-rate monitor by default, unless the user turned them off or chose
+        # their own (a default callback list in trainer_defaults would be replaced by any user list).
+        existing = [*callbacks, *(config.get("callbacks") or [])]
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in existing
+        ):
+            callbacks.append(RichProgressBar())
+        if config.get("logger", True) not in (False, None) and not any(
+            isinstance(c, LearningRateMonitor) for c in existing
+        ):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if not any(isinstance(c, ExactResume) for c in existing):
+            callbacks.append(ExactResume())  # a resumed fit draws the same random numbers
+        if not any(isinstance(c, TargetBudgets) for c in existing):
+            callbacks.append(TargetBudgets())  # predict resolves a target predict_budget per input
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            # Checkpoints are written to a temporary file and renamed: a crash never truncates one.
+            config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
+        return super().build_trainer(config, callbacks)
+
+
+#: What every run folder gets before it produces anything: the config, the hyper-parameters, an event file.
+BOOKKEEPING_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*")
+
+
+def remove_if_no_outputs(folder: Path, also_empty: Sequence[Path] = ()) -> bool:
+    """Delete a run folder that holds only bookkeeping files (no checkpoint, sweep or prediction file), then
+    the folders of ``also_empty`` (deepest first) that are left empty."""
+    if not folder.is_dir():
+        return False
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not all(any(p.match(pattern) for pattern in BOOKKEEPING_FILES) for p in files):
+        return False
+    for path in files:
+        path.unlink()
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        sub.rmdir()
+    folder.rmdir()
+    for parent in sorted(also_empty, key=lambda p: len(p.parts), reverse=True):
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+    return True
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and each of its parents that does not exist yet (what a run creates), deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    # Without a logger, checkpoints, config.yaml and predictions land here rather than in the working folder.
+    "default_root_dir": "runs",
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "ldrop"},
+    },
+    # ldrop's samplers shard batches across ranks themselves (length grouping needs whole batches).
+    "use_distributed_sampler": False,
+}
+
+
+def run_lightning(args: Sequence[str] | None = None, own_commands: Mapping[str, str] = {}) -> LdropCLI:  # noqa: B006
+    """Run the LightningCLI part (``fit``, ``validate``, ``test``, ``predict``); ``own_commands`` (name ->
+    summary) are listed in its help."""
+    return LdropCLI(
+        LayerDropTask,
+        AudioDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        own_commands=own_commands,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults=TRAINER_DEFAULTS,
+        parser_kwargs={
+            "prog": "ldrop",
+            "description": f"ldrop {__version__}: input-conditioned layer dropping for speech foundation models. "
+            "'ldrop SUBCOMMAND --help' shows a subcommand's options; a task's own options (and its selector's) "
+            "with 'ldrop fit --model.help ClassificationTask [--model.selector.help InputConditionedSelector]'. "
+            "'ldrop --version' prints the version.",
+            "fit": {
+                "description": "Train a task. Checkpoints (best-*.ckpt after each validation, last.ckpt) go to "
+                "<run>/checkpoints; '--ckpt_path <run>/checkpoints/last.ckpt' resumes an interrupted run exactly, "
+                "in the same run folder.",
+                "ldrop_subcommand": "fit",
+            },
+            "validate": {"ldrop_subcommand": "validate"},
+            "test": {
+                "description": "Run the budget sweep: the test split is scored at every budget in "
+                "--sweep.budgets (default: every layer count 1..N), and budget_sweep.csv/.json/.png "
+                "and layer_usage.png are written to the run folder (or --sweep.directory), printed at the end.",
+                "ldrop_subcommand": "test",
+            },
+            "predict": {"ldrop_subcommand": "predict"},
+        },
+        args=args,
+    )
