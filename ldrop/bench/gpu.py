@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.budgets.machine import machine_info
 from ldrop.bench.methods import launch
 from ldrop.bench.speedup import (
     DTYPES,
@@ -40,6 +39,7 @@ from ldrop.bench.speedup import (
     run_speedup,
     sparse_forward,
 )
+from ldrop.budgets.machine import machine_info
 from ldrop.sweeps import markdown_table
 
 #: The quickstart config of a source checkout.

@@ -27,6 +27,7 @@ import ldrop.tasks  # noqa: F401
 from ldrop import __version__
 from ldrop._io import load_checkpoint_file
 from ldrop._lightning import CLISteps, subcommand_parsers
+from ldrop.budgets import budget_list
 from ldrop.cli.callbacks import AtomicCheckpointIO, ExactResume, JsonlPredictionWriter, TaskCheckpoint
 from ldrop.cli.errors import (
     ConfigError,
@@ -37,9 +38,8 @@ from ldrop.cli.errors import (
     os_error_line,
 )
 from ldrop.data import AudioDataModule
-from ldrop.sweeps import BudgetSweep
-from ldrop.budgets import budget_list
 from ldrop.runtime import TargetBudgets
+from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask, model_labels
 
 #: Lightning warnings that ldrop's own setup triggers and that mean nothing is wrong (message regexes, matched
