@@ -64,7 +64,7 @@ def _scores(folder: Path) -> dict[int, float]:
     return {int(row["budget_layers"]): float(row[metric]) for row in rows}
 
 
-def run(args: Any) -> dict[str, Any]:
+def run(args: Any, argv: Sequence[str] = ()) -> dict[str, Any]:
     out = Path(args.out)
     reference = args.precisions[0]
     results: dict[str, dict[int, dict[int, float]]] = {}  # "fit P / test Q" -> seed -> budget -> metric
@@ -99,7 +99,7 @@ def run(args: Any) -> dict[str, Any]:
     for row in rows:
         diff = f"{row['diff']:+.4f} ± {row['ci95']:.4f}" if "diff" in row else "(reference)"
         lines.append(f"| {row['run']} | {row['budget']:g} | {row['mean']:.4f} | {row['sd']:.4f} | {diff} |")
-    record = {"command": ["python", "-m", "ldrop.bench", "precision", *sys.argv[1:]], "machine": machine_info(),
+    record = {"command": ["python", "-m", "ldrop.bench", "precision", *argv], "machine": machine_info(),
               "config": args.config, "seeds": list(args.seeds), "rows": rows}
     atomic_write_json(out / "precision.json", record)
     atomic_write_text(out / "precision.md", "\n".join(lines) + "\n")
@@ -119,5 +119,6 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run(build_parser().parse_args(argv), argv)
     return 0
