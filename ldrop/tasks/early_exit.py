@@ -1,8 +1,7 @@
 """Early exit, the baseline method: a head after each exit layer, its loss weights, exit rule and calibration.
 
-Composed into a task with one argument, ``early_exit: EarlyExitConfig`` (``None``: no early exit). The task
-owns the backbone and passes it in where layers run (:meth:`EarlyExit.run_dynamic`); this component owns what
-is specific to exiting early.
+A task takes it with one argument, ``early_exit: EarlyExitConfig`` (``None``: no early exit), and asks it as its
+:class:`~ldrop.tasks.depth.DepthPolicy`; everything specific to exiting early is here.
 """
 
 from __future__ import annotations
@@ -10,14 +9,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ldrop.backbones import SpeechBackbone
 from ldrop.selectors import calibrate_threshold
+from ldrop.tasks.budget import budget_to_layers, resolve_budget
+from ldrop.tasks.depth import Budget, DepthPolicy
 from ldrop.tasks.gating import EncodedBatch
+
+if TYPE_CHECKING:
+    from ldrop.selectors.base import FittingData
+    from ldrop.tasks.base import LayerDropTask
 
 
 @dataclass
@@ -45,7 +50,7 @@ class EarlyExitConfig:
                 raise ValueError(f"early_exit.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
-class EarlyExit(nn.Module):
+class EarlyExit(nn.Module, DepthPolicy):
     """The exit heads (``heads[str(layer)]``), their loss weights, the exit rule and the calibrated thresholds.
 
     Args:
@@ -63,20 +68,19 @@ class EarlyExit(nn.Module):
             raise ValueError(f"early_exit.layers are 1-based layer numbers in 1..{num_layers}, got {config.layers}")
         if layers[-1] != num_layers:
             layers.append(num_layers)  # the full model is always an exit
-        self.layers = layers
+        self.layers = self.exit_layers = layers
         self.heads = nn.ModuleDict({str(k): make_head() for k in layers})
         #: Confidence threshold per budget (index ``k - 1``) for the confidence policy; NaN = not calibrated.
         self.register_buffer("thresholds", torch.full((num_layers,), float("nan")))
 
-    @property
-    def needs_fitting(self) -> bool:
+    def needs_fitting(self, at_validation: bool = False) -> bool:
         """The confidence policy calibrates its thresholds on validation data."""
         return self.config.policy == "confidence"
 
     def fitted_for(self, budgets: Sequence[int]) -> bool:
         """Whether these budgets have calibrated thresholds (the full budget needs none; only the confidence
         policy needs them)."""
-        return not self.needs_fitting or all(not math.isnan(float(self.thresholds[int(k) - 1]))
+        return not self.needs_fitting() or all(not math.isnan(float(self.thresholds[int(k) - 1]))
                                              for k in budgets if int(k) < self.num_layers)
 
     def head_for(self, exit_layer: int | None = None) -> nn.Module:
@@ -87,6 +91,55 @@ class EarlyExit(nn.Module):
         """The deepest exit layer within ``budget`` layers (at least the first exit)."""
         eligible = [k for k in self.layers if k <= budget]
         return eligible[-1] if eligible else self.layers[0]
+
+    def logits(self, task: LayerDropTask, encoded: EncodedBatch,
+               budget: Budget) -> tuple[Tensor, Tensor, None]:
+        """Budget ``k``: the deepest exit within ``k`` (policy ``budget``, and in training), or per input the
+        first exit confident enough for ``k`` (policy ``confidence``). One budget per batch."""
+        if isinstance(budget, Tensor):
+            budgets = resolve_budget(budget, self.num_layers, encoded.hidden.shape[0], encoded.hidden.device)
+            if bool((budgets != budgets[0]).any()):
+                raise ValueError("early exit takes one budget per batch, not a per-sample budget tensor")
+            k = int(budgets[0])
+        else:
+            k = budget_to_layers(budget, self.num_layers)
+        if self.config.policy == "confidence" and not task.training and k < self.num_layers:
+            return (*self.run_dynamic(task.backbone, encoded, k, task.compute_logits), None)
+        exit_layer = self.exit_layer_for(k)
+        keep = torch.zeros(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
+        keep[:, :exit_layer] = 1.0
+        hidden, _ = task.run_layers(encoded, keep)
+        return task.compute_logits(self.head_for(exit_layer), hidden, encoded.frame_mask), keep, None
+
+    def batch_budget(self, budget: Tensor) -> Tensor:
+        """One budget per batch: the tightest of ``budget``."""
+        return budget.min().expand(len(budget)).clone()
+
+    def exit_logits(self, task: LayerDropTask, encoded: EncodedBatch) -> list[Tensor]:
+        """The logits of every exit head, in the order of :attr:`layers` (all layers run)."""
+        keep = torch.ones(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
+        _, states = task.run_layers(encoded, keep, return_all=True)
+        return [task.compute_logits(self.head_for(k), task.backbone.finalize(states[k - 1]), encoded.frame_mask)
+                for k in self.layers]
+
+    def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
+                        batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
+        """The weighted sum of every exit's task loss; every layer runs."""
+        losses = [task.task_loss(logits, encoded.frame_mask, batch) for logits in self.exit_logits(task, encoded)]
+        keep = torch.ones(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
+        return {"task": self.loss(losses)}, keep, self.num_layers
+
+    def fit(self, task: LayerDropTask, data: FittingData, budgets: Sequence[int]) -> None:
+        """Calibrate the thresholds of every budget on the confidences of every exit on ``data``."""
+        self.calibrate(torch.cat([
+            torch.stack([self.confidence(x, encoded.frame_mask) for x in self.exit_logits(task, encoded)], 1).cpu()
+            for encoded in data.inputs()]))
+
+    def label(self) -> str:
+        return "early_exit" if self.config.policy == "budget" else "early_exit_confidence"
+
+    def __str__(self) -> str:  # how messages name what is fitted
+        return f"early exit (policy: {self.config.policy})"
 
     def loss(self, exit_losses: list[Tensor]) -> Tensor:
         """The weighted mean of the per-exit losses (in the order of :attr:`layers`)."""

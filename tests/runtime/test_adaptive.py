@@ -116,7 +116,7 @@ def test_a_bad_predict_target_fails_at_construction():
 def test_an_export_without_a_recorded_task_class_still_loads(tiny_export, tmp_path):
     import shutil
 
-    from ldrop.tasks.base import EXPORT_STATE_FILE
+    from ldrop.tasks.checkpointing import EXPORT_STATE_FILE
 
     old = tmp_path / "old"
     shutil.copytree(tiny_export, old)
