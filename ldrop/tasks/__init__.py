@@ -5,37 +5,18 @@ from ldrop.selectors import build_selector, selector_spec
 from ldrop.tasks.base import LayerDropTask
 from ldrop.tasks.budget import budget_list, budget_to_layers, resolve_budget
 from ldrop.tasks.classification import ClassificationTask, masked_mean
-from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig
+from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, lr_schedule
 from ldrop.tasks.ctc import ENGLISH_CHARACTERS, CTCTask, build_vocabulary
 from ldrop.tasks.depth import DepthPolicy, SelectedLayers
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.gating import EncodedBatch, GatingMixin
 from ldrop.tasks.labels import model_labels
-from ldrop.tasks.schedules import lr_schedule
 from ldrop.tasks.statistics import SelectorStatistics
 
 __all__ = [
-    "BudgetSampling",
-    "CTCTask",
-    "ClassificationTask",
-    "DepthPolicy",
-    "DistillationConfig",
-    "ENGLISH_CHARACTERS",
-    "EarlyExit",
-    "EarlyExitConfig",
-    "EncodedBatch",
-    "GatingMixin",
-    "LayerDropTask",
-    "OptimizerConfig",
-    "SelectedLayers",
-    "SelectorStatistics",
-    "budget_list",
-    "budget_to_layers",
-    "build_selector",
-    "build_vocabulary",
-    "lr_schedule",
-    "masked_mean",
-    "model_labels",
-    "resolve_budget",
+    "BudgetSampling", "CTCTask", "ClassificationTask", "DepthPolicy", "DistillationConfig",
+    "ENGLISH_CHARACTERS", "EarlyExit", "EarlyExitConfig", "EncodedBatch", "GatingMixin", "LayerDropTask",
+    "OptimizerConfig", "SelectedLayers", "SelectorStatistics", "budget_list", "budget_to_layers",
+    "build_selector", "build_vocabulary", "lr_schedule", "masked_mean", "model_labels", "resolve_budget",
     "selector_spec",
 ]

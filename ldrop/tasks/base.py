@@ -43,31 +43,25 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
     :meth:`task_loss`, :meth:`configure_metrics`, :meth:`update_metrics` and :meth:`decode`.
 
     Args:
-        backbone: Hugging Face hub id (``"microsoft/wavlm-base-plus"``), a local ``save_pretrained``
-            directory, or ``"tiny:<family>"`` for a tiny random model (tests, quickstart).
-        selector: builds the layer selector from ``(num_layers, feature_dim)``; in YAML a ``class_path``
-            with ``init_args``. ``None`` without ``early_exit`` is the full model (no dropping). A selector
-            with ``input: layers`` gets the backbone's hidden size as ``feature_dim``.
+        backbone: Hugging Face hub id, a local ``save_pretrained`` directory, or ``"tiny:<family>"``.
+        selector: builds the layer selector from ``(num_layers, feature_dim)`` (YAML: ``class_path`` and
+            ``init_args``); ``None`` without ``early_exit``: the full model.
         pretrained: load the backbone's weights (``False``: random init from its config).
         backbone_overrides: config values to change when building the backbone (e.g. dropout).
-        normalize_waveforms: normalise each waveform to zero mean and unit variance over its real samples
-            before the CNN. ``None``: as the checkpoint's ``preprocessor_config.json`` says (``do_normalize``).
-        freeze: ``"cnn"`` freezes the CNN feature encoder (usual fine-tuning), ``"backbone"`` trains only
-            the head(s) and the selector, ``"none"`` trains everything.
-        init_from: a Lightning checkpoint of an earlier ldrop run whose matching weights initialise this model.
-        early_exit: the early-exit baseline (:class:`~ldrop.tasks.early_exit.EarlyExitConfig`) instead of a
-            selector; ``None``: no early exit.
-        budgets: training and validation budgets (:class:`~ldrop.tasks.config.BudgetSampling`).
-        predict_budget: budget used by ``predict``: layers, a fraction, or a target such as ``{rtf: 0.1}``,
-            ``{ms: 80, profile: profile.json}`` or ``{gflops_per_second: 2}`` (see :mod:`ldrop.runtime`).
-        predict_chunk_seconds: ``predict`` splits longer inputs into chunks of this length and merges them
-            (:meth:`~ldrop.tasks.prediction.PredictionMixin.predict_long`); ``None``: no chunking.
+        normalize_waveforms: zero mean, unit variance per waveform before the CNN (``None``: as the
+            checkpoint's ``preprocessor_config.json`` says).
+        freeze: ``"cnn"`` (the CNN feature encoder), ``"backbone"`` (all of it) or ``"none"``.
+        init_from: a checkpoint of an earlier ldrop run whose matching weights initialise this model.
+        early_exit: the early-exit baseline instead of a selector (``None``: no early exit).
+        budgets: training and validation budgets.
+        predict_budget: budget of ``predict``: layers, a fraction, or a target (``{rtf: 0.1}``, see
+            :mod:`ldrop.runtime`).
+        predict_chunk_seconds: ``predict`` splits longer inputs into chunks of this length (``None``: never).
         predict_chunk_overlap_seconds: audio shared by consecutive chunks.
-        distillation: self-distillation from the full-depth pass (:class:`~ldrop.tasks.config.DistillationConfig`).
-        optimization: AdamW and its schedule (:class:`~ldrop.tasks.config.OptimizerConfig`).
+        distillation: self-distillation from the full-depth pass.
+        optimization: AdamW and its schedule.
         statistics_batches: recent training batches on which a selector's running statistics are
-            re-estimated before each validation and at the end of training
-            (:class:`~ldrop.tasks.statistics.SelectorStatistics`, which the task installs).
+            re-estimated (:class:`~ldrop.tasks.statistics.SelectorStatistics`, which the task installs).
     """
 
     #: Hyper-parameters are stored under this checkpoint key (``load_from_checkpoint`` reads it). Not the
@@ -133,15 +127,13 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
             Target.parse(predict_budget)
         else:
             budget_to_layers(predict_budget, num_layers)
-        #: Who decides the depth: a selector (or none) and one head, or early exit's heads.
-        self.depth: DepthPolicy
+        self.depth: DepthPolicy  # who decides the depth
         if early_exit is not None:
             self.depth = EarlyExit(early_exit, num_layers, self.configure_head)
         else:
             self.head = self.configure_head()
             self.depth = SelectedLayers(self.selector, self.head)
-        #: Budgets fitted on validation data for evaluation with the current weights (:mod:`.calibration`).
-        self.fitted_budgets: set[int] = set()
+        self.fitted_budgets: set[int] = set()  # fitted on validation data for these weights (calibration.py)
         if init_from:
             checkpointing.load_weights_from(self, init_from)
 
@@ -167,14 +159,12 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         """Update metric objects with a batch."""
 
     def item_losses(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
-        """``[batch]`` task loss of each input (the terms :meth:`task_loss` averages). Selectors with a
-        counterfactual objective compare masks with them; tasks without it cannot train such selectors."""
+        """``[batch]`` task loss of each input (the terms :meth:`task_loss` averages; counterfactual objective)."""
         raise NotImplementedError(f"{type(self).__name__} has no item_losses: no counterfactual objective")
 
     def item_errors(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
-        """``(errors, counts)``, each ``[batch]``: the primary metric's error terms per input (the sweep's
-        oracles pick the candidate mask with the fewest errors per input). A task that implements it says
-        :attr:`has_item_errors`; tasks without it get no oracles."""
+        """``(errors, counts)``, each ``[batch]``: the primary metric's terms per input (the sweep's oracles);
+        a task that implements it sets :attr:`has_item_errors`."""
         raise NotImplementedError
 
     @abstractmethod
@@ -183,16 +173,9 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     # ------------------------------------------------------------------ forward
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None, budget: int | float | Tensor | None = None):
-        """Logits under a budget (the depth policy decides which layers run).
-
-        Args:
-            waveforms: ``[batch, samples]`` zero-padded, or one utterance ``[samples]`` (a batch of one).
-            lengths: ``[batch]`` valid samples; ``None``: no padding.
-            budget: layers (int), a fraction of them (float) or a ``[batch]`` tensor; ``None``: every layer.
-
-        Returns:
-            ``(logits, keep_mask [batch, layers])``; a 1-D input gives ``batch = 1``.
-        """
+        """``(logits, keep_mask [batch, layers])`` of ``waveforms`` (``[batch, samples]`` zero-padded with
+        ``lengths``, or one utterance ``[samples]``) under ``budget`` (layers, a fraction, a ``[batch]`` tensor;
+        ``None``: every layer)."""
         encoded = self.encode(waveforms, lengths)
         logits, keep, _ = self.logits_at_budget(encoded, self.num_layers if budget is None else budget)
         return logits, keep
@@ -217,6 +200,10 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         """Logits when every sample runs the layers of ``keep`` (controls and static search)."""
         hidden, _ = self.run_layers(encoded, keep)
         return self.compute_logits(self.depth.head_for(), hidden, encoded.frame_mask)
+
+    @property
+    def exit_layers(self) -> Sequence[int]:  # read by runtime/ and bench/overhead until they ask self.depth
+        return self.depth.exit_layers
 
     def method_label(self) -> str:
         """How this run is named in sweeps (unless the sweep's ``method_name`` says otherwise)."""
@@ -302,18 +289,14 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
     # ------------------------------------------------------------------ fitting on validation data
     def fit_on_dataloader(self, dataloader: Iterable[Any], budgets: Sequence[int] | None = None,
                           max_batches: int | None = None) -> None:
-        """Fit what needs validation data (:mod:`ldrop.tasks.calibration`) on ``dataloader``'s batches
-        (``AudioBatch``, e.g. ``datamodule.setup("validate"); datamodule.val_dataloader()``), for ``budgets``
-        (default: every ``k`` in ``1..N``): before ``Trainer.test(model, dataloaders=...)`` or on a model
-        from ``ldrop.load_model``."""
+        """Fit what needs validation data on ``dataloader``'s batches for ``budgets`` (default: every ``k``),
+        e.g. before ``Trainer.test(model, dataloaders=...)`` or on a model from ``ldrop.load_model``."""
         budgets = range(1, self.num_layers + 1) if budgets is None else budgets
         calibration.fit_on_batches(self, lambda: itertools.islice(dataloader, max_batches), budgets)
 
     def fit_on_validation_data(self, budgets: Sequence[int] | None = None) -> None:
-        """Before test and predict: fit what needs validation data and is not fitted yet for ``budgets``
-        (default: every ``k`` in ``1..N``) on the validation split of the trainer's datamodule. Without one,
-        state the model already holds is used (a fit that only refines the selector is skipped with a
-        warning), else a RuntimeError says to call :meth:`fit_on_dataloader` first."""
+        """Before test and predict: fit what is not fitted yet for ``budgets`` on the trainer's datamodule's
+        validation split (:func:`ldrop.tasks.calibration.fit_on_validation_data`)."""
         calibration.fit_on_validation_data(self, budgets)
 
     # ------------------------------------------------------------------ test and predict
@@ -335,9 +318,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     # ------------------------------------------------------------------ checkpoints (ldrop.tasks.checkpointing)
     def export_pretrained(self, directory: str | Path) -> Path:
-        """Write the backbone as a ``save_pretrained`` directory (its input preprocessing as
-        ``preprocessor_config.json``), heads and selector beside it (``ldrop_task_state.pt``); the folder
-        works as ``backbone`` or ``init_from`` of a later run."""
+        """The backbone as a ``save_pretrained`` folder, heads and selector beside it (a later ``backbone``)."""
         return checkpointing.export_pretrained(self, directory)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

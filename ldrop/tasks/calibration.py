@@ -1,13 +1,7 @@
-"""Fitting on validation data, before test, predict and each validation pass in training: whatever the task's
-depth policy says :meth:`~ldrop.tasks.depth.DepthPolicy.needs_fitting` (a selector's threshold calibration,
-static subset search or fallback, confidence early exit) is fitted by one loop, whatever its class.
-
-The loop runs outside Lightning's step methods, so it applies the trainer's precision itself
-(:mod:`ldrop.tasks.precision`): every batch is moved to the model's device and converted as the step
-methods get it, and every forward runs in the precision plugin's context.
-
-A fit is kept: the budgets fitted (``task.fitted_budgets``) are not fitted again before the next test or
-predict, until training starts or Lightning loads a checkpoint into the model (its weights then change).
+"""Fitting on validation data before test, predict and each validation pass in training: whatever the task's
+depth policy :meth:`~ldrop.tasks.depth.DepthPolicy.needs_fitting` is fitted by one loop, outside Lightning's
+step methods, so under the trainer's precision (:mod:`ldrop.tasks.precision`). A fit is kept
+(``task.fitted_budgets``) until training starts or a checkpoint is loaded (the weights then change).
 """
 
 from __future__ import annotations
@@ -34,15 +28,9 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def fit_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any]], budgets: Sequence[int],
                    at_validation: bool = False) -> None:
-    """Fit the task's depth policy on validation batches.
-
-    Args:
-        task: the task.
-        batches: returns a fresh iterable of validation batches each time it is called.
-        budgets: the budgets that will be evaluated (thresholds, subsets per budget).
-        at_validation: a fit before a validation pass in training: only what refits each validation
-            (a selector's :attr:`~LayerSelector.fits_at_validation`); it does not count for evaluation.
-    """
+    """Fit the task's depth policy for ``budgets`` on ``batches()`` (a fresh iterable per call).
+    ``at_validation``: before a validation pass in training, only what refits each validation (a selector's
+    ``fits_at_validation``); such a fit does not count for evaluation."""
     budgets = [int(k) for k in budgets]
     if at_validation:
         task.fitted_budgets.clear()
@@ -66,7 +54,9 @@ def fit_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any]], bu
 
 
 def fit_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | None = None) -> None:
-    """See :meth:`~ldrop.tasks.LayerDropTask.fit_on_validation_data`."""
+    """Fit what is not fitted yet for ``budgets`` (default: every ``k``) on the validation split of the
+    trainer's datamodule. Without one, state the model holds is used (a fit that only refines the selector is
+    skipped with a warning), else a RuntimeError says to call ``fit_on_dataloader`` first."""
     budgets = [int(k) for k in (range(1, task.num_layers + 1) if budgets is None else budgets)]
     missing = [k for k in budgets if k not in task.fitted_budgets]
     policy = task.depth
@@ -95,15 +85,9 @@ def fit_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | None = 
 
 
 def fit_before_validation(task: LayerDropTask) -> None:
-    """Fit what refits at each validation pass (threshold mode, confidence exit) on the batches this pass
-    is about to score.
-
-    Their thresholds depend on the current weights, so each validation pass (the sanity check included)
-    re-calibrates them first, on the same batches it then scores: ``val/<metric>@<k>`` is the method as
-    ``ldrop test`` runs it (calibrated on validation data), at a mean of ``k`` layers on those batches.
-    It costs one extra pass of the selector (threshold mode) or of the full model (confidence exit). Under
-    DDP each process calibrates on its own validation shard.
-    """
+    """Re-fit what refits at each validation pass (threshold mode, confidence exit: they depend on the current
+    weights) on the batches this pass is about to score, so ``val/<metric>@<k>`` is the method as ``ldrop test``
+    runs it, at a mean of ``k`` layers on those batches. Under DDP each process fits on its own shard."""
     if not task.depth.needs_fitting(at_validation=True):
         return
     trainer = task.trainer

@@ -42,13 +42,8 @@ def load_weights_from(task: nn.Module, checkpoint_path: str) -> None:
 
 
 def check_finite_weights(task: nn.Module) -> None:
-    """Refuse to save NaN/inf parameters (a diverged run) as a checkpoint or an export.
-
-    Buffers are not checked: uncalibrated thresholds are NaN by design.
-
-    Raises:
-        FloatingPointError: naming the first non-finite parameters.
-    """
+    """A FloatingPointError naming NaN/inf parameters (a diverged run) instead of saving them; buffers are not
+    checked (uncalibrated thresholds are NaN by design)."""
     bad = [name for name, p in task.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
     if bad:
         raise FloatingPointError(
@@ -62,7 +57,8 @@ def _class_path(task: nn.Module) -> str:
 
 
 def export_pretrained(task: Any, directory: str | Path) -> Path:
-    """See :meth:`~ldrop.tasks.LayerDropTask.export_pretrained`."""
+    """The backbone as a ``save_pretrained`` folder (with ``preprocessor_config.json``), the rest of the task's
+    state, its hyper-parameters and class in ``ldrop_task_state.pt`` beside it."""
     directory = Path(directory)
     check_finite_weights(task)
     task.backbone.save_pretrained(directory)
@@ -93,10 +89,8 @@ def restore_from_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def named_mismatch(task: Any, state_dict: Mapping[str, Any], strict: bool) -> Iterator[None]:
-    """Turns ``nn.Module.load_state_dict``'s error on weights that do not fit ``task`` into a one-line
-    :class:`~ldrop._io.CheckpointError` naming the options that differ (when the checkpoint's
-    hyper-parameters are known), the tensors of another shape and the modules missing on either side,
-    instead of PyTorch's list of every tensor."""
+    """``load_state_dict``'s error on weights that do not fit ``task`` as one :class:`~ldrop._io.CheckpointError`
+    line: the options that differ (when known), the tensors of another shape, the modules missing."""
     saved_hparams, task._loading_hparams = getattr(task, "_loading_hparams", None), None
     try:
         yield

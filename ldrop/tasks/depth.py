@@ -1,10 +1,6 @@
-"""Who decides the depth: a :class:`DepthPolicy` says, for an encoded batch and a budget, which layers run and
-which head reads them; how it trains; and whether it is fitted on validation data first.
-
-Two policies: :class:`SelectedLayers` (a layer selector, or none for the full model, and one head) and
-:class:`~ldrop.tasks.early_exit.EarlyExit` (a head after each exit layer). The task asks its policy
-(``task.depth``) and never which one it has; the sweep, the runtime and the calibration loop ask it too.
-"""
+"""Who decides the depth (``task.depth``): for an encoded batch and a budget, which layers run and which head
+reads them, how that trains, and what is fitted on validation data first. :class:`SelectedLayers` (a selector,
+or none, and one head) and :class:`~ldrop.tasks.early_exit.EarlyExit` implement it; nobody asks which it is."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ldrop.selectors import LayerSelector, SelectorOutput
-from ldrop.tasks.counterfactual import counterfactual_loss
+from ldrop.selectors.candidates import one_layer_swaps
 from ldrop.tasks.gating import EncodedBatch
 
 if TYPE_CHECKING:
@@ -26,8 +22,7 @@ Budget = int | float | Tensor
 
 
 class DepthPolicy:
-    """The interface; the methods taking ``task`` run its layers and heads (``task.run_layers``,
-    ``task.compute_logits``), the others answer from the policy's own state."""
+    """The interface; methods taking ``task`` run its layers and heads, the others answer from own state."""
 
     #: 1-based layers with a head of their own (early exit), else empty.
     exit_layers: Sequence[int] = ()
@@ -73,13 +68,8 @@ class DepthPolicy:
 
 
 class SelectedLayers(DepthPolicy):
-    """A selector picks the layers per input and budget and one head reads the last layer's output;
-    without a selector every input runs every layer (the full model).
-
-    Args:
-        selector: the layer selector (registered on the task, which trains it), or ``None``.
-        head: the task head (registered on the task).
-    """
+    """A selector (registered on the task; ``None``: every layer runs) picks the layers per input and budget,
+    one head (registered on the task) reads the last layer's output."""
 
     def __init__(self, selector: LayerSelector | None, head: nn.Module) -> None:
         self.selector, self.head = selector, head
@@ -137,3 +127,32 @@ class SelectedLayers(DepthPolicy):
 
     def __str__(self) -> str:  # how messages name what is fitted
         return type(self.selector).__name__
+
+
+def counterfactual_loss(task: LayerDropTask, encoded: EncodedBatch, batch: Any, keep: Tensor, logits: Tensor,
+                        selection: SelectorOutput) -> Tensor:
+    """The selector's ranking loss of its chosen masks against one-layer swaps of them on this batch: each
+    input also runs ``selector.counterfactual_candidates`` swaps of its mask (same budget), without gradient and
+    on the sparse path (about ``candidates * k / N`` of a forward pass per step), and its task loss under each
+    is compared with the chosen mask's (:meth:`~ldrop.selectors.LayerSelector.counterfactual_loss`).
+
+    Args:
+        task: the task (its layers, head and per-input losses).
+        encoded: the encoded batch of this training step.
+        batch: the batch (targets).
+        keep: ``[batch, layers]`` the masks the selector chose (sampled in training).
+        logits: the task's logits with those masks (their per-input losses are reused, not recomputed).
+        selection: the selector's output; its clean ``scores`` carry the gradient.
+    """
+    if selection.scores is None:
+        raise ValueError(f"{type(task.selector).__name__} returns no scores: it cannot rank masks")
+    with torch.no_grad():  # the alternatives only give targets: no graph, the sparse path
+        own = (keep.detach() > 0.5).to(logits.dtype)
+        own_losses = task.item_losses(logits.detach(), encoded.frame_mask, batch)
+        keep_first = task.selector.prefix_layers  # layers every mask keeps: never swapped out
+        candidates = torch.stack([one_layer_swaps(own, keep_first=keep_first)
+                                  for _ in range(task.selector.counterfactual_candidates)])
+        candidate_losses = torch.stack([
+            task.item_losses(task.logits_with_mask(encoded, mask), encoded.frame_mask, batch) for mask in candidates
+        ])
+    return task.selector.counterfactual_loss(selection.scores, own, candidates, own_losses, candidate_losses)

@@ -1,8 +1,5 @@
-"""Early exit, the baseline method: a head after each exit layer, its loss weights, exit rule and calibration.
-
-A task takes it with one argument, ``early_exit: EarlyExitConfig`` (``None``: no early exit), and asks it as its
-:class:`~ldrop.tasks.depth.DepthPolicy`; everything specific to exiting early is here.
-"""
+"""Early exit, the baseline method and a :class:`~ldrop.tasks.depth.DepthPolicy`: a head after each exit layer,
+its loss weights, exit rule and calibration. A task takes it as ``early_exit: EarlyExitConfig``."""
 
 from __future__ import annotations
 
@@ -14,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ldrop.backbones import SpeechBackbone
 from ldrop.selectors import calibrate_threshold
 from ldrop.tasks.budget import budget_to_layers, resolve_budget
 from ldrop.tasks.depth import Budget, DepthPolicy
@@ -78,13 +74,11 @@ class EarlyExit(nn.Module, DepthPolicy):
         return self.config.policy == "confidence"
 
     def fitted_for(self, budgets: Sequence[int]) -> bool:
-        """Whether these budgets have calibrated thresholds (the full budget needs none; only the confidence
-        policy needs them)."""
+        """Whether these budgets have thresholds (the full budget needs none)."""
         return not self.needs_fitting() or all(not math.isnan(float(self.thresholds[int(k) - 1]))
                                              for k in budgets if int(k) < self.num_layers)
 
     def head_for(self, exit_layer: int | None = None) -> nn.Module:
-        """The head reading the output of ``exit_layer`` (default: the last layer)."""
         return self.heads[str(exit_layer if exit_layer is not None else self.num_layers)]
 
     def exit_layer_for(self, budget: int) -> int:
@@ -104,15 +98,14 @@ class EarlyExit(nn.Module, DepthPolicy):
         else:
             k = budget_to_layers(budget, self.num_layers)
         if self.config.policy == "confidence" and not task.training and k < self.num_layers:
-            return (*self.run_dynamic(task.backbone, encoded, k, task.compute_logits), None)
+            return (*self.run_dynamic(task, encoded, k), None)
         exit_layer = self.exit_layer_for(k)
         keep = torch.zeros(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
         keep[:, :exit_layer] = 1.0
         hidden, _ = task.run_layers(encoded, keep)
         return task.compute_logits(self.head_for(exit_layer), hidden, encoded.frame_mask), keep, None
 
-    def batch_budget(self, budget: Tensor) -> Tensor:
-        """One budget per batch: the tightest of ``budget``."""
+    def batch_budget(self, budget: Tensor) -> Tensor:  # one budget per batch: the tightest
         return budget.min().expand(len(budget)).clone()
 
     def exit_logits(self, task: LayerDropTask, encoded: EncodedBatch) -> list[Tensor]:
@@ -159,11 +152,7 @@ class EarlyExit(nn.Module, DepthPolicy):
         return (per_position * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def threshold_for(self, budget: int) -> float:
-        """The calibrated confidence threshold of ``budget``.
-
-        Raises:
-            RuntimeError: ``budget`` was never calibrated.
-        """
+        """The calibrated confidence threshold of ``budget`` (a RuntimeError if never calibrated)."""
         threshold = float(self.thresholds[budget - 1])
         if math.isnan(threshold):
             raise RuntimeError(
@@ -172,20 +161,12 @@ class EarlyExit(nn.Module, DepthPolicy):
             )
         return threshold
 
-    def run_dynamic(self, backbone: SpeechBackbone, encoded: EncodedBatch, budget: int,
-                    compute_logits: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """Confidence policy: each input stops at the first exit passing the budget's threshold.
-
-        Layers run only for the inputs still active. ``compute_logits(head, hidden, frame_mask)`` is the task's.
-
-        Returns:
-            ``(logits, keep_mask [batch, layers])``.
-        """
+    def run_dynamic(self, task: LayerDropTask, encoded: EncodedBatch, budget: int) -> tuple[Tensor, Tensor]:
+        """Confidence policy: ``(logits, keep_mask [batch, layers])``, each input stopping at the first exit
+        passing the budget's threshold; layers run only for the inputs still active."""
         threshold = self.threshold_for(budget)
-        batch = encoded.hidden.shape[0]
-        device = encoded.hidden.device
-        hidden = encoded.hidden.clone()
-        frame_mask = encoded.frame_mask
+        backbone, batch, device = task.backbone, encoded.hidden.shape[0], encoded.hidden.device
+        hidden, frame_mask = encoded.hidden.clone(), encoded.frame_mask
         context = backbone.prepare_layers(frame_mask)
         active = torch.ones(batch, dtype=torch.bool, device=device)
         keep = torch.zeros(batch, self.num_layers, device=device)
@@ -202,7 +183,7 @@ class EarlyExit(nn.Module, DepthPolicy):
             if exit_layer not in self.layers:
                 continue
             states = backbone.finalize(hidden[rows]).masked_fill(~frame_mask[rows][..., None], 0.0)
-            logits = compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
+            logits = task.compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
             if logits_out is None:
                 logits_out = logits.new_zeros((batch, *logits.shape[1:]))
             done = self.confidence(logits, frame_mask[rows]) >= threshold
@@ -214,18 +195,12 @@ class EarlyExit(nn.Module, DepthPolicy):
 
     @torch.no_grad()
     def calibrate(self, confidences: Tensor, budgets: list[int] | range | None = None) -> dict[int, float]:
-        """Per budget, the threshold whose mean exit layer on these confidences equals the budget.
+        """Per budget (default: every ``k`` in ``1..N``), the threshold whose mean exit layer on
+        ``confidences`` (``[inputs, exits]``) equals it; returns budget -> mean exit layer achieved.
 
-        Reuses :func:`~ldrop.selectors.calibrate_threshold`: an input runs layer ``l`` when no exit before
-        ``l`` passed, so with ``score_l = -max(confidence of the exits before l)`` (``+inf`` up to the first
-        exit) the layers run are those with ``score >= -threshold``, a count that function calibrates.
-
-        Args:
-            confidences: ``[inputs, exits]`` confidence of every exit head on the calibration inputs.
-            budgets: budgets to calibrate (default: every ``k`` in ``1..N``).
-
-        Returns:
-            budget -> mean exit layer achieved on the calibration inputs.
+        An input runs layer ``l`` when no exit before ``l`` passed, so with ``score_l = -max(confidence of the
+        exits before l)`` (``+inf`` up to the first exit) the layers run are those with ``score >= -threshold``,
+        a count :func:`~ldrop.selectors.calibrate_threshold` calibrates.
         """
         conf = confidences.double()
         scores = torch.full((conf.shape[0], self.num_layers), math.inf, dtype=torch.float64)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ldrop.backbones import SpeechBackbone
 from ldrop.backbones.adapter import LayerContext
-from ldrop.engine import ExecutionMode, run_gated_layers, run_prefix_layers
+from ldrop.engine import run_gated_layers, run_prefix_layers
 from ldrop.selectors import LayerSelector, SelectorOutput
 from ldrop.tasks.budget import Budget, resolve_budget
 
@@ -79,24 +79,11 @@ class GatingMixin:
         """``j``: the first encoder layers every input runs because the selector reads their output (0: none)."""
         return self.selector.prefix_layers if self.selector is not None else 0
 
-    def execution_mode(self) -> ExecutionMode:
-        """Dense (differentiable) only when a trainable selector is being trained; sparse otherwise."""
-        if torch.is_grad_enabled() and self.selector is not None and self.selector.differentiable:
-            return "dense"
-        return "sparse"
-
     def encode(self, waveforms: Tensor, lengths: Tensor | None = None, run_prefix: bool = True) -> EncodedBatch:
-        """The budget-independent part: CNN features, the input of encoder layer 0 and, when the selector
-        reads them (:attr:`prefix_layers` ``j > 0``), the output of the first ``j`` layers, run once here.
-        Every step enters the model here, so the checkpoint's input normalisation is applied the same way
-        everywhere.
-
-        Args:
-            waveforms: ``[batch, samples]`` float, zero-padded; one utterance ``[samples]`` is a batch of one.
-            lengths: ``[batch]`` valid samples (``None``: no padding).
-            run_prefix: run the selector's prefix layers; ``False`` only for cost models that time them as
-                layers (the batch then has no prefix and ``features`` are the CNN features).
-        """
+        """The budget-independent part of ``waveforms`` (``[batch, samples]`` zero-padded with ``lengths``, or
+        ``[samples]``), where every step enters the model (input normalisation included): CNN features, the
+        input of layer 0 and, when the selector reads them, the first :attr:`prefix_layers` layers' output
+        (``run_prefix=False``: not run, for cost models that time them as layers)."""
         if waveforms.dim() == 1:  # one utterance, as AdaptiveModel takes it
             waveforms = waveforms[None]
             lengths = None if lengths is None else torch.as_tensor(lengths, device=waveforms.device).reshape(1)
@@ -134,10 +121,12 @@ class GatingMixin:
         ``keep_mask`` keeps it, the layers continue from layer ``j`` instead of running it again; any other
         mask (the sweep's controls and oracles, a static search) runs from layer 0.
         """
+        # dense (differentiable) only when a trainable selector is being trained
+        dense = torch.is_grad_enabled() and self.selector is not None and self.selector.differentiable
         j = encoded.prefix_layers
         start = j if (encoded.prefix is not None and not return_all
                       and bool((keep_mask[:, :j].detach() > 0.5).all())) else 0
         result = run_gated_layers(self.backbone, encoded.prefix if start else encoded.hidden, encoded.frame_mask,
-                                  keep_mask, mode=self.execution_mode(), return_all=return_all, start_layer=start,
+                                  keep_mask, mode="dense" if dense else "sparse", return_all=return_all, start_layer=start,
                                   context=encoded.context)
         return (result[0], result[1]) if return_all else (result, None)

@@ -26,15 +26,8 @@ def freeze_backbone(backbone: SpeechBackbone, freeze: str) -> None:
 
 
 def check_finite_loss(task: LayerDropTask, loss: Tensor, losses: dict[str, Tensor], batch: Any) -> None:
-    """Stop training with a clear error on a NaN/inf loss, before it can reach the weights.
-
-    Raising here (before ``backward`` and the optimiser step) leaves the weights as they were, so no
-    checkpoint with NaN weights is written; one NaN loss would otherwise turn every later loss and
-    every saved checkpoint into NaN.
-
-    Raises:
-        FloatingPointError: naming the batch's item ids, the non-finite loss terms and a likely cause.
-    """
+    """A FloatingPointError on a NaN/inf loss naming the batch's items, the loss terms and a likely cause,
+    raised before ``backward``: the weights (and every later checkpoint) stay finite."""
     if bool(torch.isfinite(loss.detach()).all()):
         return
     terms = [name for name, value in losses.items() if not bool(torch.isfinite(value.detach()).all())]
@@ -56,22 +49,16 @@ def check_finite_loss(task: LayerDropTask, loss: Tensor, losses: dict[str, Tenso
 
 
 def empty_batch_loss(task: LayerDropTask) -> Tensor | None:
-    """What training does with a batch whose examples all failed to load (``skip_bad_files``): nothing.
-
-    ``None`` skips the step; under DDP every process must still take part in the gradient all-reduce, so
-    the step is a zero loss on every trainable parameter instead (zero gradients).
-    """
+    """The step of a batch whose examples all failed to load (``skip_bad_files``): ``None`` (skipped), or
+    under DDP, where every process must take part in the all-reduce, a zero loss on every parameter."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return None
     return sum(p.sum() for p in task.parameters() if p.requires_grad) * 0.0
 
 
 def unused_parameter_anchor(task: LayerDropTask, keep: Tensor) -> Tensor:
-    """0 x the parameters of layers no sample ran, so DDP's gradient all-reduce sees every parameter.
-
-    Layers skipped by the whole batch (sparse training of non-differentiable selectors) would otherwise
-    leave parameters without gradients, which DDP rejects without ``find_unused_parameters``.
-    """
+    """0 x the parameters of layers no sample ran (sparse training), so DDP's all-reduce sees every parameter
+    (DDP rejects parameters without gradients unless ``find_unused_parameters``)."""
     unused = (keep.detach() <= 0.5).all(0).nonzero().flatten().tolist()
     params = [p for i in unused for p in task.backbone.layers[i].parameters() if p.requires_grad]
     if not params:
