@@ -301,7 +301,8 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     # ------------------------------------------------------------------ test and predict
     def on_test_start(self) -> None:
-        if not any(type(c).on_test_batch_end is not L.Callback.on_test_batch_end for c in self.trainer.callbacks):
+        if not any(type(c).on_test_batch_end is not L.Callback.on_test_batch_end  # a scorer, not a progress bar
+                   and not type(c).__module__.startswith("lightning.") for c in self.trainer.callbacks):
             log.warning("no callback scores the test batches (e.g. ldrop.sweeps.BudgetSweep): test scores nothing")
 
     def test_step(self, batch: Any, batch_idx: int) -> EncodedBatch:
