@@ -118,7 +118,7 @@ def training_step_times(backbone: str, batch_size: int, seconds: float, repeats:
         budget = model.num_layers // 2
         seconds_per_step = _median_time(_training_step(model, optimizer, batch, budget), repeats, warmup)
         records.append({"method": name, "step_seconds": seconds_per_step,
-                        "budget_layers": budget if METHODS[name] and not model.exit_layers else model.num_layers})
+                        "budget_layers": budget if METHODS[name] and not model.depth.exit_layers else model.num_layers})
     full = next((r["step_seconds"] for r in records if r["method"] == "full"), None)
     for record in records:
         record["relative_to_full"] = record["step_seconds"] / full if full else None

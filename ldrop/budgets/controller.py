@@ -264,8 +264,9 @@ class TargetResolver:
         target = Target.parse(target)
         controller = self.controller(model, target)
         decision = controller.decide(sample_lengths, target, warn=False)
-        if getattr(model, "exit_layers", None):  # early exit takes one budget per batch: the tightest one
-            budget = decision.budget.min().expand(len(decision.budget)).clone()
+        depth = getattr(model, "depth", None)  # its depth policy may run other budgets (early exit: the tightest)
+        budget = decision.budget if depth is None else depth.batch_budget(decision.budget)
+        if budget is not decision.budget:
             fixed, layer, _ = controller.costs(sample_lengths, target)
             decision = BudgetDecision(budget, fixed + budget.to(torch.float64) * layer, decision.allowance,
                                       decision.meets_target)

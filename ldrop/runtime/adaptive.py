@@ -197,8 +197,7 @@ class AdaptiveModel:
         budget, parsed = self.budget_for(lengths, target)
         model = self.model
         param = next(model.parameters())
-        if model.exit_layers:  # early exit takes one budget per batch: the tightest one
-            budget = budget.min().expand(len(budget)).clone()
+        budget = model.depth.batch_budget(budget)  # the budgets its depth policy can run (early exit: one)
         waves_d, lengths_d = waves.to(param.device, param.dtype), lengths.to(param.device)
         correction = self.controller.correction
         with torch.inference_mode(), self._precision(param.device):

@@ -15,7 +15,7 @@ import torch
 from ldrop._io import CheckpointError, load_checkpoint_file
 from ldrop.budgets import budget_to_layers
 from ldrop.tasks import LayerDropTask
-from ldrop.tasks.base import EXPORT_STATE_FILE
+from ldrop.tasks.checkpointing import EXPORT_STATE_FILE
 
 #: Hyper-parameters that only describe how a model was built or trained, not what it is.
 _BUILD_ONLY = ("_class_path", "_instantiator", "init_from", "backbone_overrides")

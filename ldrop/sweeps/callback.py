@@ -21,10 +21,7 @@ from ldrop.budgets import Target, budget_list
 from ldrop.sweeps.headroom import HeadroomScorer
 from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_sweep
 from ldrop.sweeps.scorers import BudgetScorer, ControlScorer, Scorer, SweepBatch, TargetScorer, synchronize
-from ldrop.tasks.base import LayerDropTask
 from ldrop.tasks.precision import precision_context
-
-_base_item_errors = LayerDropTask.item_errors
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +107,7 @@ class BudgetSweep(L.Callback):
         if self.controls and input_dependent:
             scorers.append(ControlScorer(budgets))
         if self.headroom if self.headroom is not None else input_dependent:
-            if selector is not None and type(pl_module).item_errors is not _base_item_errors:
+            if selector is not None and pl_module.has_item_errors:
                 scorers.append(HeadroomScorer(budgets, self.headroom_candidates, self.static_oracle_max_masks))
             else:
                 log.warning("headroom needs a selector and the task's item_errors: not scored")

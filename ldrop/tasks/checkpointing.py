@@ -3,12 +3,14 @@ input normalisation the weights were trained with, and ``ldrop export``'s folder
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ldrop._io import CheckpointError, atomic_torch_save, load_checkpoint_file
 
@@ -21,95 +23,87 @@ NORMALIZE_KEY = "ldrop_normalize_waveforms"
 EXPORT_STATE_FILE = "ldrop_task_state.pt"
 
 
-class CheckpointMixin:
-    """The checkpoint side of :class:`~ldrop.tasks.LayerDropTask` (mixed into it; uses its backbone and hparams)."""
+def load_weights_from(task: nn.Module, checkpoint_path: str) -> None:
+    """Initialise ``task``'s matching weights from an earlier run's Lightning checkpoint (or exported state)."""
+    path = Path(checkpoint_path)
+    state = load_checkpoint_file(path, what="init_from checkpoint")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"init_from {checkpoint_path!r} holds no weights (a {type(state).__name__})")
+    state = state.get("state_dict", state)
+    own = task.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    missing = sorted(set(own) - set(usable))
+    task.load_state_dict(usable, strict=False)
+    log.info("init_from %s: loaded %d tensors, kept %d fresh, ignored %d", path, len(usable), len(missing),
+             len(skipped))
+    if not any(k.startswith("backbone.") for k in usable):
+        raise ValueError(f"init_from {checkpoint_path!r} holds no backbone weights matching this model")
 
-    def load_weights_from(self, checkpoint_path: str) -> None:
-        """Initialise matching weights from an earlier run's Lightning checkpoint (or exported state)."""
-        path = Path(checkpoint_path)
-        state = load_checkpoint_file(path, what="init_from checkpoint")
-        if not isinstance(state, Mapping):
-            raise CheckpointError(f"init_from {checkpoint_path!r} holds no weights (a {type(state).__name__})")
-        state = state.get("state_dict", state)
-        own = self.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = sorted(set(state) - set(usable))
-        missing = sorted(set(own) - set(usable))
-        self.load_state_dict(usable, strict=False)
-        log.info("init_from %s: loaded %d tensors, kept %d fresh, ignored %d", path, len(usable), len(missing),
-                 len(skipped))
-        if not any(k.startswith("backbone.") for k in usable):
-            raise ValueError(f"init_from {checkpoint_path!r} holds no backbone weights matching this model")
 
-    def check_finite_weights(self) -> None:
-        """Refuse to save NaN/inf parameters (a diverged run) as a checkpoint or an export.
+def check_finite_weights(task: nn.Module) -> None:
+    """A FloatingPointError naming NaN/inf parameters (a diverged run) instead of saving them; buffers are not
+    checked (uncalibrated thresholds are NaN by design)."""
+    bad = [name for name, p in task.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise FloatingPointError(
+            f"refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[:4]}): training diverged; "
+            "lower the learning rate or use precision 'bf16-mixed'/'32', and resume from an earlier checkpoint"
+        )
 
-        Buffers are not checked: uncalibrated thresholds are NaN by design.
 
-        Raises:
-            FloatingPointError: naming the first non-finite parameters.
-        """
-        bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
-        if bad:
-            raise FloatingPointError(
-                f"refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[:4]}): training diverged; "
-                "lower the learning rate or use precision 'bf16-mixed'/'32', and resume from an earlier checkpoint"
-            )
+def _class_path(task: nn.Module) -> str:
+    return f"{type(task).__module__}.{type(task).__qualname__}"
 
-    def export_pretrained(self, directory: str | Path) -> Path:
-        """Write the (fine-tuned) backbone as a ``save_pretrained`` directory, heads and selector beside it.
 
-        The directory works as ``model.backbone`` of a later run; the head/selector state is in
-        ``ldrop_task_state.pt`` and is picked up by ``init_from`` of that file. The input preprocessing in
-        use is written as ``preprocessor_config.json`` (see :meth:`SpeechBackbone.input_processor`), so the
-        folder loads back with the same waveform normalisation.
-        """
-        directory = Path(directory)
-        self.check_finite_weights()
-        self.backbone.save_pretrained(directory)
-        extra = {f"{k}": v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-        backbone_state = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
-        atomic_torch_save({"state_dict": {**backbone_state, **extra}, "hparams": dict(self.hparams),
-                           "task_class": f"{type(self).__module__}.{type(self).__qualname__}"},
-                          directory / EXPORT_STATE_FILE)
-        return directory
+def export_pretrained(task: Any, directory: str | Path) -> Path:
+    """The backbone as a ``save_pretrained`` folder (with ``preprocessor_config.json``), the rest of the task's
+    state, its hyper-parameters and class in ``ldrop_task_state.pt`` beside it."""
+    directory = Path(directory)
+    check_finite_weights(task)
+    task.backbone.save_pretrained(directory)
+    extra = {f"{k}": v for k, v in task.state_dict().items() if not k.startswith("backbone.")}
+    backbone_state = {f"backbone.{k}": v for k, v in task.backbone.state_dict().items()}
+    atomic_torch_save({"state_dict": {**backbone_state, **extra}, "hparams": dict(task.hparams),
+                       "task_class": _class_path(task)}, directory / EXPORT_STATE_FILE)
+    return directory
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ldrop_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint[NORMALIZE_KEY] = bool(self.backbone.normalize_waveforms)
-        self.check_finite_weights()
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``; weights that do not fit this model are a one-line
-        :class:`~ldrop._io.CheckpointError` naming the options that differ (when the checkpoint's
-        hyper-parameters are known), the tensors of another shape and the modules missing on either side,
-        instead of PyTorch's list of every tensor."""
-        saved_hparams, self._loading_hparams = getattr(self, "_loading_hparams", None), None
-        try:
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        except RuntimeError as err:
-            summary = state_dict_mismatch(self.state_dict(), state_dict, strict)
-            if not summary:  # not a mismatch of names or shapes: PyTorch's own error
-                raise
-            options = hparams_difference(saved_hparams, dict(self.hparams)) if saved_hparams else ""
-            raise CheckpointError(
-                f"the checkpoint's weights do not fit this {type(self).__name__}"
-                + (f": options that differ: {options}" if options else "")
-                + f" ({summary}); use the configuration the checkpoint was trained with"
-            ) from err
+def record_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
+    """``on_save_checkpoint``: the task class and the input normalisation in use; refuses NaN weights."""
+    checkpoint["ldrop_task_class"] = _class_path(task)
+    checkpoint[NORMALIZE_KEY] = bool(task.backbone.normalize_waveforms)
+    check_finite_weights(task)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Use the input normalisation the checkpoint's weights were trained with.
 
-        Checkpoints written before ldrop read ``preprocessor_config.json`` were trained on raw waveforms.
-        """
-        # kept for load_state_dict, which comes next: a mismatch then names the options that differ
-        self._loading_hparams = checkpoint.get(getattr(self, "CHECKPOINT_HYPER_PARAMS_KEY", ""))
-        trained_with = bool(checkpoint.get(NORMALIZE_KEY, False))
-        if trained_with != self.backbone.normalize_waveforms:
-            log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",
-                        "with" if trained_with else "without", self.hparams.get("normalize_waveforms"))
-            self.backbone.normalize_waveforms = trained_with
+def restore_from_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
+    """``on_load_checkpoint``: use the input normalisation the checkpoint's weights were trained with, and
+    keep its hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next)."""
+    task._loading_hparams = checkpoint.get(task.CHECKPOINT_HYPER_PARAMS_KEY)
+    trained_with = checkpoint.get(NORMALIZE_KEY, task.backbone.normalize_waveforms)  # absent: not an ldrop task's
+    if trained_with != task.backbone.normalize_waveforms:
+        log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",
+                    "with" if trained_with else "without", task.hparams.get("normalize_waveforms"))
+        task.backbone.normalize_waveforms = trained_with
+
+
+@contextlib.contextmanager
+def named_mismatch(task: Any, state_dict: Mapping[str, Any], strict: bool) -> Iterator[None]:
+    """``load_state_dict``'s error on weights that do not fit ``task`` as one :class:`~ldrop._io.CheckpointError`
+    line: the options that differ (when known), the tensors of another shape, the modules missing."""
+    saved_hparams, task._loading_hparams = getattr(task, "_loading_hparams", None), None
+    try:
+        yield
+    except RuntimeError as err:
+        summary = state_dict_mismatch(task.state_dict(), state_dict, strict)
+        if not summary:  # not a mismatch of names or shapes: PyTorch's own error
+            raise
+        options = hparams_difference(saved_hparams, dict(task.hparams)) if saved_hparams else ""
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit this {type(task).__name__}"
+            + (f": options that differ: {options}" if options else "")
+            + f" ({summary}); use the configuration the checkpoint was trained with"
+        ) from err
 
 
 def _modules(keys: set[str], depth: int = 2) -> str:
@@ -157,10 +151,9 @@ def hparams_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     """``"backbone ('tiny:hubert' in the checkpoint, 'tiny:wavlm' here), ..."``: the hyper-parameters that
     differ between a checkpoint and a model (only those that describe what the model is)."""
     # how it was built or trained, or how it is evaluated: never why weights do not fit
-    ignored = ("_instantiator", "init_from", "pretrained", "freeze", "normalize_waveforms",
-               "train_budgets", "full_depth_prob", "val_budgets", "predict_budget", "predict_chunk_seconds",
-               "predict_chunk_overlap_seconds", "distill_weight", "distill_temperature", "lr", "head_lr",
-               "selector_lr", "weight_decay", "warmup", "schedule", "statistics_batches", "label_smoothing")
+    ignored = ("_instantiator", "init_from", "pretrained", "freeze", "normalize_waveforms", "budgets",
+               "predict_budget", "predict_chunk_seconds", "predict_chunk_overlap_seconds", "distillation",
+               "optimization", "statistics_batches", "label_smoothing")
     if "_class_path" not in saved or "_class_path" not in current:  # recorded by the CLI only
         ignored += ("_class_path",)
     differ = [d for d in _differences(dict(saved), dict(current)) if d[0].split(".")[0] not in ignored]

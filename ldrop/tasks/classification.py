@@ -32,6 +32,7 @@ class ClassificationTask(LayerDropTask):
 
     metric_names = ("acc",)
     higher_is_better = True
+    has_item_errors = True
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class CTCTask(LayerDropTask):
 
     metric_names = ("wer", "cer")
     higher_is_better = False
+    has_item_errors = True
 
     def __init__(self, labels: list[str] | str = "english", lowercase: bool = True, **kwargs: Any) -> None:
         chars = ENGLISH_CHARACTERS if labels == "english" else list(labels)

@@ -1,23 +1,24 @@
-"""Early exit, the baseline method: a head after each exit layer, its loss weights, exit rule and calibration.
-
-Composed into a task with one argument, ``early_exit: EarlyExitConfig`` (``None``: no early exit). The task
-owns the backbone and passes it in where layers run (:meth:`EarlyExit.run_dynamic`); this component owns what
-is specific to exiting early.
-"""
+"""Early exit, the baseline method and a :class:`~ldrop.tasks.depth.DepthPolicy`: a head after each exit layer,
+its loss weights, exit rule and calibration. A task takes it as ``early_exit: EarlyExitConfig``."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from ldrop.backbones import SpeechBackbone
+from ldrop.budgets import budget_to_layers, resolve_budget
 from ldrop.selectors import calibrate_threshold
+from ldrop.tasks.depth import Budget, DepthPolicy
 from ldrop.tasks.gating import EncodedBatch
+
+if TYPE_CHECKING:
+    from ldrop.selectors.base import FittingData
+    from ldrop.tasks.base import LayerDropTask
 
 
 @dataclass
@@ -45,7 +46,7 @@ class EarlyExitConfig:
                 raise ValueError(f"early_exit.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
-class EarlyExit(nn.Module):
+class EarlyExit(nn.Module, DepthPolicy):
     """The exit heads (``heads[str(layer)]``), their loss weights, the exit rule and the calibrated thresholds.
 
     Args:
@@ -63,30 +64,75 @@ class EarlyExit(nn.Module):
             raise ValueError(f"early_exit.layers are 1-based layer numbers in 1..{num_layers}, got {config.layers}")
         if layers[-1] != num_layers:
             layers.append(num_layers)  # the full model is always an exit
-        self.layers = layers
+        self.layers = self.exit_layers = layers
         self.heads = nn.ModuleDict({str(k): make_head() for k in layers})
         #: Confidence threshold per budget (index ``k - 1``) for the confidence policy; NaN = not calibrated.
         self.register_buffer("thresholds", torch.full((num_layers,), float("nan")))
 
-    @property
-    def needs_fitting(self) -> bool:
+    def needs_fitting(self, at_validation: bool = False) -> bool:
         """The confidence policy calibrates its thresholds on validation data."""
         return self.config.policy == "confidence"
 
     def fitted_for(self, budgets: Sequence[int]) -> bool:
-        """Whether these budgets have calibrated thresholds (the full budget needs none; only the confidence
-        policy needs them)."""
-        return not self.needs_fitting or all(not math.isnan(float(self.thresholds[int(k) - 1]))
+        """Whether these budgets have thresholds (the full budget needs none)."""
+        return not self.needs_fitting() or all(not math.isnan(float(self.thresholds[int(k) - 1]))
                                              for k in budgets if int(k) < self.num_layers)
 
     def head_for(self, exit_layer: int | None = None) -> nn.Module:
-        """The head reading the output of ``exit_layer`` (default: the last layer)."""
         return self.heads[str(exit_layer if exit_layer is not None else self.num_layers)]
 
     def exit_layer_for(self, budget: int) -> int:
         """The deepest exit layer within ``budget`` layers (at least the first exit)."""
         eligible = [k for k in self.layers if k <= budget]
         return eligible[-1] if eligible else self.layers[0]
+
+    def logits(self, task: LayerDropTask, encoded: EncodedBatch,
+               budget: Budget) -> tuple[Tensor, Tensor, None]:
+        """Budget ``k``: the deepest exit within ``k`` (policy ``budget``, and in training), or per input the
+        first exit confident enough for ``k`` (policy ``confidence``). One budget per batch."""
+        if isinstance(budget, Tensor):
+            budgets = resolve_budget(budget, self.num_layers, encoded.hidden.shape[0], encoded.hidden.device)
+            if bool((budgets != budgets[0]).any()):
+                raise ValueError("early exit takes one budget per batch, not a per-sample budget tensor")
+            k = int(budgets[0])
+        else:
+            k = budget_to_layers(budget, self.num_layers)
+        if self.config.policy == "confidence" and not task.training and k < self.num_layers:
+            return (*self.run_dynamic(task, encoded, k), None)
+        exit_layer = self.exit_layer_for(k)
+        keep = torch.zeros(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
+        keep[:, :exit_layer] = 1.0
+        hidden, _ = task.run_layers(encoded, keep)
+        return task.compute_logits(self.head_for(exit_layer), hidden, encoded.frame_mask), keep, None
+
+    def batch_budget(self, budget: Tensor) -> Tensor:  # one budget per batch: the tightest
+        return budget.min().expand(len(budget)).clone()
+
+    def exit_logits(self, task: LayerDropTask, encoded: EncodedBatch) -> list[Tensor]:
+        """The logits of every exit head, in the order of :attr:`layers` (all layers run)."""
+        keep = torch.ones(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
+        _, states = task.run_layers(encoded, keep, return_all=True)
+        return [task.compute_logits(self.head_for(k), task.backbone.finalize(states[k - 1]), encoded.frame_mask)
+                for k in self.layers]
+
+    def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
+                        batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
+        """The weighted sum of every exit's task loss; every layer runs."""
+        losses = [task.task_loss(logits, encoded.frame_mask, batch) for logits in self.exit_logits(task, encoded)]
+        keep = torch.ones(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
+        return {"task": self.loss(losses)}, keep, self.num_layers
+
+    def fit(self, task: LayerDropTask, data: FittingData, budgets: Sequence[int]) -> None:
+        """Calibrate the thresholds of every budget on the confidences of every exit on ``data``."""
+        self.calibrate(torch.cat([
+            torch.stack([self.confidence(x, encoded.frame_mask) for x in self.exit_logits(task, encoded)], 1).cpu()
+            for encoded in data.inputs()]))
+
+    def label(self) -> str:
+        return "early_exit" if self.config.policy == "budget" else "early_exit_confidence"
+
+    def __str__(self) -> str:  # how messages name what is fitted
+        return f"early exit (policy: {self.config.policy})"
 
     def loss(self, exit_losses: list[Tensor]) -> Tensor:
         """The weighted mean of the per-exit losses (in the order of :attr:`layers`)."""
@@ -106,11 +152,7 @@ class EarlyExit(nn.Module):
         return (per_position * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def threshold_for(self, budget: int) -> float:
-        """The calibrated confidence threshold of ``budget``.
-
-        Raises:
-            RuntimeError: ``budget`` was never calibrated.
-        """
+        """The calibrated confidence threshold of ``budget`` (a RuntimeError if never calibrated)."""
         threshold = float(self.thresholds[budget - 1])
         if math.isnan(threshold):
             raise RuntimeError(
@@ -119,20 +161,12 @@ class EarlyExit(nn.Module):
             )
         return threshold
 
-    def run_dynamic(self, backbone: SpeechBackbone, encoded: EncodedBatch, budget: int,
-                    compute_logits: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """Confidence policy: each input stops at the first exit passing the budget's threshold.
-
-        Layers run only for the inputs still active. ``compute_logits(head, hidden, frame_mask)`` is the task's.
-
-        Returns:
-            ``(logits, keep_mask [batch, layers])``.
-        """
+    def run_dynamic(self, task: LayerDropTask, encoded: EncodedBatch, budget: int) -> tuple[Tensor, Tensor]:
+        """Confidence policy: ``(logits, keep_mask [batch, layers])``, each input stopping at the first exit
+        passing the budget's threshold; layers run only for the inputs still active."""
         threshold = self.threshold_for(budget)
-        batch = encoded.hidden.shape[0]
-        device = encoded.hidden.device
-        hidden = encoded.hidden.clone()
-        frame_mask = encoded.frame_mask
+        backbone, batch, device = task.backbone, encoded.hidden.shape[0], encoded.hidden.device
+        hidden, frame_mask = encoded.hidden.clone(), encoded.frame_mask
         context = backbone.prepare_layers(frame_mask)
         active = torch.ones(batch, dtype=torch.bool, device=device)
         keep = torch.zeros(batch, self.num_layers, device=device)
@@ -149,7 +183,7 @@ class EarlyExit(nn.Module):
             if exit_layer not in self.layers:
                 continue
             states = backbone.finalize(hidden[rows]).masked_fill(~frame_mask[rows][..., None], 0.0)
-            logits = compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
+            logits = task.compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
             if logits_out is None:
                 logits_out = logits.new_zeros((batch, *logits.shape[1:]))
             done = self.confidence(logits, frame_mask[rows]) >= threshold
@@ -161,18 +195,12 @@ class EarlyExit(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, confidences: Tensor, budgets: list[int] | range | None = None) -> dict[int, float]:
-        """Per budget, the threshold whose mean exit layer on these confidences equals the budget.
+        """Per budget (default: every ``k`` in ``1..N``), the threshold whose mean exit layer on
+        ``confidences`` (``[inputs, exits]``) equals it; returns budget -> mean exit layer achieved.
 
-        Reuses :func:`~ldrop.selectors.calibrate_threshold`: an input runs layer ``l`` when no exit before
-        ``l`` passed, so with ``score_l = -max(confidence of the exits before l)`` (``+inf`` up to the first
-        exit) the layers run are those with ``score >= -threshold``, a count that function calibrates.
-
-        Args:
-            confidences: ``[inputs, exits]`` confidence of every exit head on the calibration inputs.
-            budgets: budgets to calibrate (default: every ``k`` in ``1..N``).
-
-        Returns:
-            budget -> mean exit layer achieved on the calibration inputs.
+        An input runs layer ``l`` when no exit before ``l`` passed, so with ``score_l = -max(confidence of the
+        exits before l)`` (``+inf`` up to the first exit) the layers run are those with ``score >= -threshold``,
+        a count :func:`~ldrop.selectors.calibrate_threshold` calibrates.
         """
         conf = confidences.double()
         scores = torch.full((conf.shape[0], self.num_layers), math.inf, dtype=torch.float64)

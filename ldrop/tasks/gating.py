@@ -7,12 +7,12 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ldrop.backbones import SpeechBackbone
 from ldrop.backbones.adapter import LayerContext
 from ldrop.budgets import Budget, resolve_budget
-from ldrop.engine import ExecutionMode, run_gated_layers, run_prefix_layers
+from ldrop.engine import run_gated_layers, run_prefix_layers
 from ldrop.selectors import LayerSelector, SelectorOutput
 
 
@@ -51,13 +51,12 @@ class EncodedBatch:
 
 
 class GatingMixin:
-    """Adds input-conditioned layer dropping to an ``nn.Module`` (a LightningModule in ldrop's tasks).
-
-    The host sets ``self.backbone`` (a :class:`~ldrop.backbones.SpeechBackbone`) and ``self.selector`` (a
-    :class:`~ldrop.selectors.LayerSelector` or ``None`` for full depth) through :meth:`configure_gating`.
-    The data path is the same in fit, validate, test and predict; the budget is an argument, not a mode:
+    """Input-conditioned layer dropping for an ``nn.Module`` (ldrop's tasks), the same path in fit, validate,
+    test and predict; the budget is an argument, not a mode:
 
     waveform -> CNN features -> selector -> keep mask -> frontend -> gated layers -> hidden states.
+
+    The host sets ``self.backbone`` and ``self.selector`` (``None``: full depth) with :meth:`configure_gating`.
     """
 
     backbone: SpeechBackbone
@@ -65,13 +64,10 @@ class GatingMixin:
 
     def configure_gating(self, backbone: SpeechBackbone, selector: LayerSelector | None) -> None:
         """Attach the backbone and the selector (call from ``__init__``, after ``nn.Module.__init__``)."""
-        if not isinstance(self, nn.Module):
-            raise TypeError("GatingMixin must be mixed into an nn.Module")
         self.backbone = backbone
         self.selector = selector
         self._selector_reads_waveform = selector is not None and "waveforms" in inspect.signature(
-            selector.forward
-        ).parameters
+            selector.forward).parameters
 
     @property
     def num_layers(self) -> int:
@@ -83,52 +79,19 @@ class GatingMixin:
         """``j``: the first encoder layers every input runs because the selector reads their output (0: none)."""
         return self.selector.prefix_layers if self.selector is not None else 0
 
-    def select_layers(
-        self, features: Tensor, frame_mask: Tensor, budget: Tensor, waveforms: Tensor, lengths: Tensor
-    ) -> SelectorOutput | None:
-        """Run the selector (``None`` when the model has none)."""
-        if self.selector is None:
-            return None
-        if self._selector_reads_waveform:
-            return self.selector(features, frame_mask, budget, waveforms=waveforms, lengths=lengths)
-        return self.selector(features, frame_mask, budget)
-
-    def execution_mode(self) -> ExecutionMode:
-        """Dense (differentiable) only when a trainable selector is being trained; sparse otherwise."""
-        if torch.is_grad_enabled() and self.selector is not None and self.selector.differentiable:
-            return "dense"
-        return "sparse"
-
-    def prepare_waveforms(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """Raw zero-padded waveforms -> the model's input (the checkpoint's normalisation, padding-aware)."""
-        return self.backbone.prepare_waveforms(waveforms, lengths)
-
     def encode(self, waveforms: Tensor, lengths: Tensor | None = None, run_prefix: bool = True) -> EncodedBatch:
-        """The budget-independent part: CNN features, the input of encoder layer 0 and, when the selector
-        reads them (:attr:`prefix_layers` ``j > 0``), the output of the first ``j`` layers, run once here.
-
-        Every step (fit, validate, test, predict) enters the model here, so the input normalisation of
-        :meth:`prepare_waveforms` is applied once, the same way everywhere.
-
-        Args:
-            waveforms: ``[batch, samples]`` float, zero-padded; one utterance ``[samples]`` is a batch of one.
-            lengths: ``[batch]`` valid samples (``None``: no padding).
-            run_prefix: run the selector's prefix layers; ``False`` only for cost models that time them as
-                layers (the batch then has no prefix and ``features`` are the CNN features).
-
-        Raises:
-            ValueError: ``waveforms`` is neither ``[samples]`` nor ``[batch, samples]``.
-        """
+        """The budget-independent part of ``waveforms`` (``[batch, samples]`` zero-padded with ``lengths``, or
+        ``[samples]``), where every step enters the model (input normalisation included): CNN features, the
+        input of layer 0 and, when the selector reads them, the first :attr:`prefix_layers` layers' output
+        (``run_prefix=False``: not run, for cost models that time them as layers)."""
         if waveforms.dim() == 1:  # one utterance, as AdaptiveModel takes it
             waveforms = waveforms[None]
             lengths = None if lengths is None else torch.as_tensor(lengths, device=waveforms.device).reshape(1)
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be [samples] or [batch, samples], got shape {tuple(waveforms.shape)}")
         if lengths is None:
-            lengths = torch.full(
-                (waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device
-            )
-        waveforms = self.prepare_waveforms(waveforms, lengths)
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device)
+        waveforms = self.backbone.prepare_waveforms(waveforms, lengths)
         features, frame_mask = self.backbone.extract_features(waveforms, lengths)
         hidden = self.backbone.frontend(features, frame_mask)
         j = self.prefix_layers if run_prefix else 0
@@ -139,46 +102,31 @@ class GatingMixin:
         # detached: the selector's losses must not train the backbone through what it reads
         return EncodedBatch(waveforms, lengths, prefix.detach(), frame_mask, hidden, prefix, j, context)
 
-    def decide(
-        self, encoded: EncodedBatch, budget: Budget | None = None
-    ) -> tuple[Tensor, Tensor, SelectorOutput | None]:
-        """Budget -> ``(keep_mask [batch, layers], budget [batch], selector output or None)``.
-
-        Raises:
-            ValueError: an invalid budget (``<= 0``, ``> N``, wrong shape).
-        """
-        batch = encoded.features.shape[0]
-        device = encoded.features.device
+    def decide(self, encoded: EncodedBatch, budget: Budget | None = None) -> tuple[Tensor, Tensor, SelectorOutput | None]:
+        """Budget (``None``: every layer) -> ``(keep_mask [batch, layers], budget [batch], selector output or
+        None)``; an invalid budget (``<= 0``, ``> N``, wrong shape) is a ValueError."""
+        batch, device = encoded.features.shape[0], encoded.features.device
         budget_t = resolve_budget(self.num_layers if budget is None else budget, self.num_layers, batch, device)
-        selection = self.select_layers(
-            encoded.features, encoded.frame_mask, budget_t, encoded.waveforms, encoded.lengths
-        )
-        if selection is None:
+        if self.selector is None:
             return torch.ones(batch, self.num_layers, device=device), budget_t, None
+        extra = dict(waveforms=encoded.waveforms, lengths=encoded.lengths) if self._selector_reads_waveform else {}
+        selection = self.selector(encoded.features, encoded.frame_mask, budget_t, **extra)
         return selection.keep_mask, budget_t, selection
 
-    def run_layers(
-        self, encoded: EncodedBatch, keep_mask: Tensor, return_all: bool = False
-    ) -> tuple[Tensor, list[Tensor] | None]:
+    def run_layers(self, encoded: EncodedBatch, keep_mask: Tensor,
+                   return_all: bool = False) -> tuple[Tensor, list[Tensor] | None]:
         """Run the gated encoder layers: ``(hidden [batch, frames, hidden], per-layer states or None)``.
 
         When the batch has a prefix (the first ``j`` layers, run in :meth:`encode`) and every row of
         ``keep_mask`` keeps it, the layers continue from layer ``j`` instead of running it again; any other
         mask (the sweep's controls and oracles, a static search) runs from layer 0.
         """
+        # dense (differentiable) only when a trainable selector is being trained
+        dense = torch.is_grad_enabled() and self.selector is not None and self.selector.differentiable
         j = encoded.prefix_layers
         start = j if (encoded.prefix is not None and not return_all
                       and bool((keep_mask[:, :j].detach() > 0.5).all())) else 0
-        result = run_gated_layers(
-            self.backbone,
-            encoded.prefix if start else encoded.hidden,
-            encoded.frame_mask,
-            keep_mask,
-            mode=self.execution_mode(),
-            return_all=return_all,
-            start_layer=start,
-            context=encoded.context,
-        )
-        if return_all:
-            return result[0], result[1]
-        return result, None
+        result = run_gated_layers(self.backbone, encoded.prefix if start else encoded.hidden, encoded.frame_mask,
+                                  keep_mask, mode="dense" if dense else "sparse", return_all=return_all, start_layer=start,
+                                  context=encoded.context)
+        return (result[0], result[1]) if return_all else (result, None)

@@ -1,16 +1,10 @@
 """Running a task module outside Lightning's step methods under the trainer's precision.
 
-Lightning runs ``training_step``, ``validation_step``, ``test_step`` and ``predict_step`` inside its precision
-plugin's ``forward_context()`` (autocast for ``bf16-mixed``/``16-mixed``, the half default dtype for
-``bf16-true``) and hands them batches through the plugin's ``convert_input`` (``bf16-true``: floating tensors
-in bf16). Everything else that runs the model (the budget sweep's scoring in ``on_test_batch_end``, its
-controls and oracles, fitting on validation data before test or predict, refreshing a selector's running
-statistics) must do the same, or it meets bf16 activations with fp32 weights (``bf16-mixed``) or fp32 inputs
-with bf16 weights (``bf16-true``). These two helpers are that one rule, for every such place.
-
-Without a trainer (a model used from plain PyTorch, e.g. :meth:`~ldrop.tasks.LayerDropTask.fit_on_dataloader`
-on a loaded model) there is no precision plugin: inputs are cast to the dtype of the model's parameters, so a
-model converted with ``.to(torch.bfloat16)`` runs bf16 end to end.
+Lightning runs the step methods inside its precision plugin's ``forward_context()`` and hands them batches
+through its ``convert_input``; everything else that runs the model (the sweep's scoring, fitting on validation
+data, refreshing a selector's statistics) must do the same, or it meets bf16 activations with fp32 weights
+(``bf16-mixed``) or fp32 inputs with bf16 weights (``bf16-true``). Without a trainer, inputs are cast to the
+dtype of the model's parameters.
 """
 
 from __future__ import annotations
@@ -40,23 +34,14 @@ def model_dtype(module: nn.Module) -> torch.dtype:
 
 
 def precision_context(module: nn.Module) -> AbstractContextManager:
-    """The attached trainer's ``precision_plugin.forward_context()`` (a no-op context without a trainer).
-
-    Wrap every forward that Lightning does not run itself (a callback's scoring, fitting on validation data)
-    in it, so that it runs as the step methods do: autocast under ``bf16-mixed``, bf16 default dtype under
-    ``bf16-true``, nothing under ``32-true``.
-    """
+    """The attached trainer's ``precision_plugin.forward_context()`` (a no-op context without a trainer)."""
     trainer = _trainer(module)
     return trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
 
 
 def to_model_precision(module: nn.Module, batch: Any) -> Any:
-    """``batch`` (any collection of tensors, an ``AudioBatch`` included) as the model's step methods get it.
-
-    With a trainer: its precision plugin's ``convert_input`` (``bf16-true``: floating tensors to bf16, the
-    mixed and full precisions: unchanged). Without one: floating tensors cast to :func:`model_dtype` (a
-    bf16 model gets bf16 waveforms). Integer tensors (lengths, class ids) are never touched.
-    """
+    """``batch`` (any collection of tensors) as the step methods get it: the trainer's ``convert_input``, or
+    without a trainer floating tensors cast to :func:`model_dtype`; integer tensors are never touched."""
     trainer = _trainer(module)
     if trainer is not None:
         return trainer.precision_plugin.convert_input(batch)

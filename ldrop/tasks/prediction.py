@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ldrop.backbones.geometry import frame_hop
 from ldrop.budgets import Budget, BudgetDecision, Target, budget_to_layers, is_target
-from ldrop.engine.flops import count_forward_flops
+from ldrop.tasks.cost import BatchCost
 
 
 class PredictionMixin:
@@ -86,9 +86,8 @@ class PredictionMixin:
         encoded = self.encode(waveforms, lengths)
         budget, fields = self.predict_budget_with_fields(encoded.lengths)
         logits, keep, _ = self.logits_at_budget(encoded, budget)
-        hard = (keep.detach() > 0.5).float()
-        selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
-        flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
+        cost = BatchCost.of(self, encoded, keep)
+        hard, flops = cost.mask, cost.flops
         outputs = self.decode(logits, encoded.frame_mask)
         return [
             {
@@ -184,9 +183,8 @@ class PredictionMixin:
             encoded = self.encode(waves, lengths)
             budget, fields = self.predict_budget_with_fields(encoded.lengths)
             logits, keep, _ = self.logits_at_budget(encoded, budget)
-            hard = (keep.detach() > 0.5).float()
-            selector_flops = self.selector.flops(encoded.frame_mask.sum(1)) if self.selector is not None else None
-            flops = count_forward_flops(self.backbone.config, encoded.lengths, hard, selector_flops).total
+            cost = BatchCost.of(self, encoded, keep)
+            hard, flops = cost.mask, cost.flops
             total_flops += float(flops.sum())
             frames = encoded.frame_mask.sum(1).tolist()
             for row, (start, end) in enumerate(group):

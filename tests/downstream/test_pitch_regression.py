@@ -10,7 +10,7 @@ import torch
 import ldrop
 from ldrop.cli import main
 from ldrop.sweeps import BudgetSweep
-from ldrop.tasks import LayerDropTask
+from ldrop.tasks import BudgetSampling, LayerDropTask, OptimizerConfig
 from tests.downstream.pitch import BASE_HZ, PitchTask, PooledTopKSelector, ToneDataModule
 from tests.helpers import quiet_trainer
 
@@ -21,8 +21,9 @@ def _data(**kwargs) -> ToneDataModule:
 
 def _task(**kwargs) -> PitchTask:
     torch.manual_seed(0)
-    base = dict(backbone="tiny:wavlm", selector=PooledTopKSelector, head_hidden=24, lr=3e-3, head_lr=1e-2,
-                warmup=0, schedule="constant", val_budgets=[2, 4])
+    base = dict(backbone="tiny:wavlm", selector=PooledTopKSelector, head_hidden=24,
+                optimization=OptimizerConfig(lr=3e-3, head_lr=1e-2, warmup=0, schedule="constant"),
+                budgets=BudgetSampling(validation=[2, 4]))
     return PitchTask(**{**base, **kwargs})
 
 
@@ -112,7 +113,7 @@ def test_a_compiled_topk_selector_subclass_trains_and_its_checkpoint_loads(tmp_p
 def test_ldrop_fit_trains_the_downstream_task_and_load_model_reads_its_checkpoint(tmp_path):
     main(["fit", "--model.class_path", "tests.downstream.pitch.PitchTask", "--model.init_args.backbone", "tiny:wavlm",
           "--model.init_args.selector.class_path", "tests.downstream.pitch.PooledTopKSelector",
-          "--model.init_args.head_hidden", "16", "--model.init_args.val_budgets", "[2, 4]",
+          "--model.init_args.head_hidden", "16", "--model.init_args.budgets.validation", "[2, 4]",
           "--data.class_path", "tests.downstream.pitch.ToneDataModule", "--data.init_args.num_train", "16",
           "--data.init_args.num_eval", "8", "--data.init_args.batch_size", "8", "--trainer.max_epochs", "1",
           "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",

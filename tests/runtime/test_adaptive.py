@@ -125,7 +125,7 @@ def test_an_export_without_a_recorded_task_class_is_one_clear_error(tiny_export,
     import shutil
 
     from ldrop._io import CheckpointError
-    from ldrop.tasks.base import EXPORT_STATE_FILE
+    from ldrop.tasks.checkpointing import EXPORT_STATE_FILE
 
     old = tmp_path / "old"
     shutil.copytree(tiny_export, old)

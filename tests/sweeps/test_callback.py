@@ -10,7 +10,7 @@ import torch
 
 from ldrop.selectors import InputConditionedSelector, RandomSelector
 from ldrop.sweeps import BudgetSweep
-from ldrop.tasks import ClassificationTask
+from ldrop.tasks import BudgetSampling, ClassificationTask
 from tests.helpers import quiet_trainer, tiny_classification_data
 
 
@@ -142,7 +142,7 @@ def test_each_phase_of_ldrop_test_shows_progress_lines(tmp_path, caplog):
 
 def test_the_stock_python_path_runs_under_bf16_mixed(tmp_path):
     L.seed_everything(0)
-    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", val_budgets=[2],
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", budgets=BudgetSampling(validation=[2]),
                                selector=functools.partial(InputConditionedSelector, hidden_dim=16))
     data = tiny_classification_data()
     sweep = BudgetSweep(budgets=[1, 2, 4], controls=True, headroom=True, directory=str(tmp_path / "sweep"),

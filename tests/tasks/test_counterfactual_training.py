@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from ldrop.selectors import InputConditionedSelector, RandomSelector
-from ldrop.tasks import ClassificationTask, CTCTask
+from ldrop.tasks import ClassificationTask, CTCTask, OptimizerConfig
 from tests.helpers import quiet_trainer, tiny_classification_data, tiny_ctc_data
 
 
 def _classifier(**kwargs) -> ClassificationTask:
     torch.manual_seed(0)
-    return ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", warmup=0, **kwargs)
+    return ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                              optimization=OptimizerConfig(warmup=0), **kwargs)
 
 
 def _first_batch(data):

@@ -85,6 +85,6 @@ def test_confidence_exits_under_bf16_true_with_dataloaders_only_after_fit_on_dat
     with pytest.raises(RuntimeError, match=r"early exit \(policy: confidence\) must be fitted.*fit_on_dataloader"):
         test("unfitted")
     model.fit_on_dataloader(data.val_dataloader())  # in the precision of the trainer it was last used with
-    assert next(model.parameters()).dtype == torch.bfloat16 and model.early_exit.fitted_for([2, 4])
+    assert next(model.parameters()).dtype == torch.bfloat16 and model.depth.fitted_for([2, 4])
     rows = test("fitted")
     assert 1.0 <= rows[0]["executed_layers"] <= 4.0 and rows[1]["executed_layers"] == 4.0

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ldrop.selectors import LayerSelector, SelectorOutput, hard_topk_mask
 from ldrop.sweeps import BudgetSweep
-from ldrop.tasks import ClassificationTask
+from ldrop.tasks import BudgetSampling, ClassificationTask, OptimizerConfig
 from tests.helpers import quiet_trainer, tiny_classification_data
 
 
@@ -46,8 +46,9 @@ class LoudnessSelector(LayerSelector):
 
 def _classifier(**kwargs) -> ClassificationTask:
     torch.manual_seed(0)
-    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", lr=3e-3, head_lr=1e-2, warmup=0,
-                schedule="constant", val_budgets=[2, 4])
+    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                optimization=OptimizerConfig(lr=3e-3, head_lr=1e-2, warmup=0, schedule="constant"),
+                budgets=BudgetSampling(validation=[2, 4]))
     return ClassificationTask(**{**base, **kwargs})
 
 
@@ -86,4 +87,4 @@ def test_every_trainable_parameter_lands_in_an_optimiser_group():
     assert len(grouped) == len(set(grouped))  # no parameter twice
     assert set(grouped) == {id(p) for p in model.parameters() if p.requires_grad}
     adapter_group = next(g for g in optimizer.param_groups if any(p is model.adapter.weight for p in g["params"]))
-    assert adapter_group["lr"] == model.hparams.head_lr
+    assert adapter_group["lr"] == model.optimization.head_lr

@@ -11,8 +11,8 @@ import torch
 from ldrop.selectors import InputConditionedSelector
 from ldrop.sweeps import BudgetSweep
 from ldrop.sweeps.report import load_sweep, primary_metric
-from ldrop.tasks import ClassificationTask
-from ldrop.tasks.fitting import _TaskFittingData
+from ldrop.tasks import BudgetSampling, ClassificationTask, OptimizerConfig
+from ldrop.tasks.calibration import _TaskFittingData
 from tests.helpers import quiet_trainer, tiny_classification_data
 
 
@@ -20,8 +20,9 @@ def test_ldrop_test_fits_the_fallback_and_no_budget_is_below_the_best_blind_mask
     L.seed_everything(0)
     data = tiny_classification_data(num_val=24)
     torch.manual_seed(0)
-    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", lr=3e-3, head_lr=1e-2,
-                               warmup=0, schedule="constant", val_budgets=[2],
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                               optimization=OptimizerConfig(lr=3e-3, head_lr=1e-2, warmup=0, schedule="constant"),
+                               budgets=BudgetSampling(validation=[2]),
                                selector=functools.partial(InputConditionedSelector, hidden_dim=16))
     quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
     selector = model.selector

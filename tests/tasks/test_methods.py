@@ -14,8 +14,17 @@ from ldrop.selectors import (
     RandomSelector,
     StaticSelector,
 )
-from ldrop.tasks import ClassificationTask, CTCTask, EarlyExitConfig
+from ldrop.tasks import (
+    BudgetSampling,
+    ClassificationTask,
+    CTCTask,
+    DistillationConfig,
+    EarlyExitConfig,
+    OptimizerConfig,
+)
 from tests.helpers import quiet_trainer, tiny_classification_data, tiny_ctc_data
+
+FAST = OptimizerConfig(lr=3e-3, head_lr=1e-2, warmup=0, schedule="constant")
 
 METHODS = {
     "input_conditioned": dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16)),
@@ -33,8 +42,7 @@ METHODS = {
 
 def _classifier(**kwargs) -> ClassificationTask:
     torch.manual_seed(0)
-    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", lr=3e-3, head_lr=1e-2, warmup=0,
-                schedule="constant", val_budgets=[2, 4])
+    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", optimization=FAST, budgets=BudgetSampling(validation=[2, 4]))
     base.update(kwargs)
     return ClassificationTask(**base)
 
@@ -68,8 +76,8 @@ def test_ctc_task_trains_with_the_loss_going_down(tmp_path):
     data = tiny_ctc_data()
     data.setup("fit")
     batches = list(data.train_dataloader())
-    model = CTCTask(labels=sorted(set(data.alphabet) | {" "}), backbone="tiny:hubert", lr=3e-3, head_lr=1e-2,
-                    warmup=0, schedule="constant", selector=RandomSelector, val_budgets=[4])
+    model = CTCTask(labels=sorted(set(data.alphabet) | {" "}), backbone="tiny:hubert", optimization=FAST,
+                    selector=RandomSelector, budgets=BudgetSampling(validation=[4]))
 
     @torch.no_grad()
     def loss() -> float:
@@ -151,7 +159,7 @@ def test_early_exit_at_full_depth_equals_the_full_model_head_output():
     with torch.no_grad():
         logits, keep = model(waves, None, model.num_layers)
         hidden, frame_mask = model.backbone(waves)
-        reference = model.compute_logits(model.head_for(model.num_layers), hidden, frame_mask)
+        reference = model.compute_logits(model.depth.head_for(model.num_layers), hidden, frame_mask)
     assert keep.sum(1).tolist() == [model.num_layers] * 3
     assert torch.allclose(logits, reference, atol=1e-5)
 
@@ -170,7 +178,7 @@ def test_dynamic_early_exit_meets_the_calibrated_mean_exit(tmp_path):
     quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
     data.setup("validate")
     model.eval()
-    model.calibrate_exit_thresholds(data.val_dataloader())
+    model.fit_on_dataloader(data.val_dataloader())
     with torch.no_grad():
         keeps = [model(b.waveforms, b.lengths, 2)[1] for b in data.val_dataloader()]
     keep = torch.cat(keeps)
@@ -206,7 +214,8 @@ def test_static_search_installs_a_subset_per_budget(tmp_path):
 def test_self_distillation_adds_a_loss_term(tmp_path):
     L.seed_everything(0)
     data = tiny_classification_data()
-    model = _classifier(selector=RandomSelector, distill_weight=1.0, full_depth_prob=0.0)
+    model = _classifier(selector=RandomSelector, distillation=DistillationConfig(weight=1.0),
+                        budgets=BudgetSampling(full_depth_prob=0.0, validation=[2, 4]))
     logged = {}
 
     class Capture(L.Callback):

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from ldrop.selectors import InputConditionedSelector
-from ldrop.tasks import ClassificationTask, EarlyExitConfig
+from ldrop.tasks import BudgetSampling, ClassificationTask, EarlyExitConfig, OptimizerConfig
 from tests.helpers import quiet_trainer, tiny_classification_data
 
 
 def _classifier(**kwargs) -> ClassificationTask:
     torch.manual_seed(0)
-    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", lr=3e-3, head_lr=1e-2, warmup=0,
-                schedule="constant", val_budgets=[1, 2, 4])
+    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                optimization=OptimizerConfig(lr=3e-3, head_lr=1e-2, warmup=0, schedule="constant"),
+                budgets=BudgetSampling(validation=[1, 2, 4]))
     base.update(kwargs)
     return ClassificationTask(**base)
 

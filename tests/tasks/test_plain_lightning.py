@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from ldrop.data import AudioExample, collate_audio
 from ldrop.selectors import InputConditionedSelector
 from ldrop.sweeps import BudgetSweep
-from ldrop.tasks import ClassificationTask
+from ldrop.tasks import BudgetSampling, ClassificationTask, OptimizerConfig
 from tests.helpers import quiet_trainer
 
 LABELS = ["low", "high"]
@@ -35,7 +35,8 @@ def tone_loader(count: int, seed: int) -> DataLoader:
 
 def trained_model(tmp_path, **selector_options) -> ClassificationTask:
     L.seed_everything(0)
-    model = ClassificationTask(labels=LABELS, backbone="tiny:wavlm", warmup=0, val_budgets=[2],
+    model = ClassificationTask(labels=LABELS, backbone="tiny:wavlm", optimization=OptimizerConfig(warmup=0),
+                               budgets=BudgetSampling(validation=[2]),
                                selector=functools.partial(InputConditionedSelector, hidden_dim=16, **selector_options))
     quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(model, train_dataloaders=tone_loader(8, seed=1))
     return model
@@ -74,10 +75,10 @@ def test_test_and_predict_with_dataloaders_only_after_fit_on_dataloader(tmp_path
 def test_without_validation_data_the_fallback_is_off_and_a_single_line_says_so(tmp_path, caplog):
     model = trained_model(tmp_path)
     sweep = BudgetSweep(directory=str(tmp_path / "sweep"), headroom=False)
-    with caplog.at_level(logging.WARNING, logger="ldrop.tasks.fitting"):
+    with caplog.at_level(logging.WARNING, logger="ldrop.tasks.calibration"):
         quiet_trainer(tmp_path, callbacks=[sweep]).test(model, dataloaders=tone_loader(8, seed=3))
         quiet_trainer(tmp_path).predict(model, dataloaders=tone_loader(4, seed=3))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "ldrop.tasks.fitting"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ldrop.tasks.calibration"]
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
     assert all("fallback: false" in w and "fit_on_dataloader" in w for w in warnings)
     # nothing decided: every budget read the input

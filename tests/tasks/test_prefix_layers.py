@@ -12,7 +12,7 @@ import torch
 from ldrop.engine import count_forward_flops, run_gated_layers
 from ldrop.selectors import InputConditionedSelector, build_selector
 from ldrop.sweeps import BudgetSweep
-from ldrop.tasks import ClassificationTask, CTCTask
+from ldrop.tasks import BudgetSampling, ClassificationTask, CTCTask, DistillationConfig, OptimizerConfig
 from tests.helpers import quiet_trainer, tiny_classification_data, tiny_ctc_data
 
 N = 4  # layers of the tiny backbones
@@ -24,8 +24,9 @@ def _selector(read_layers: int = 1):
 
 def _classifier(read_layers: int = 1, **kwargs) -> ClassificationTask:
     torch.manual_seed(0)
-    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", lr=3e-3, head_lr=1e-2, warmup=0,
-                schedule="constant", val_budgets=[1, 2, 4], selector=_selector(read_layers),
+    base = dict(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                optimization=OptimizerConfig(lr=3e-3, head_lr=1e-2, warmup=0, schedule="constant"),
+                budgets=BudgetSampling(validation=[1, 2, 4]), selector=_selector(read_layers),
                 backbone_overrides={"hidden_size": 48})  # not the CNN width: the selector must get this one
     base.update(kwargs)
     return ClassificationTask(**base)
@@ -114,7 +115,8 @@ def test_a_mask_without_the_prefix_runs_from_layer_zero():
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_dense_training_continues_from_the_prefix_and_the_teacher_reuses_it():
-    model = _classifier(distill_weight=1.0, full_depth_prob=0.0, train_budgets=[2]).train()
+    model = _classifier(distillation=DistillationConfig(weight=1.0),
+                        budgets=BudgetSampling(train=[2], full_depth_prob=0.0, validation=[1, 2, 4])).train()
     batch = _batch("fit")
     calls = _count_layer_calls(model)
     out = model.training_step(batch, 0)
@@ -192,7 +194,7 @@ def test_ctc_fit_with_the_layers_input(tmp_path):
     L.seed_everything(0)
     data = tiny_ctc_data()
     model = CTCTask(labels=sorted(set(data.alphabet) | {" "}), backbone="tiny:hubert", selector=_selector(),
-                    val_budgets=[1, 4], warmup=0)
+                    budgets=BudgetSampling(validation=[1, 4]), optimization=OptimizerConfig(warmup=0))
     quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1).fit(model, data)
     assert model.selector.feature_dim == model.backbone.hidden_size
 

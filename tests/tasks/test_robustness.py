@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ldrop.data import AudioBatch
 from ldrop.selectors import InputConditionedSelector
-from ldrop.tasks import ClassificationTask, CTCTask
+from ldrop.tasks import BudgetSampling, ClassificationTask, CTCTask
 from tests.helpers import padded_batch, quiet_trainer, tiny_classification_data
 
 RATE = 16000
@@ -19,12 +19,12 @@ RATE = 16000
 
 def _classifier(**kwargs) -> ClassificationTask:
     torch.manual_seed(0)
-    return ClassificationTask(backbone="tiny:wavlm", num_classes=4, val_budgets=[1.0], **kwargs)
+    return ClassificationTask(backbone="tiny:wavlm", num_classes=4, budgets=BudgetSampling(validation=[1.0]), **kwargs)
 
 
 def _ctc(**kwargs) -> CTCTask:
     torch.manual_seed(0)
-    return CTCTask(backbone="tiny:wavlm", labels="english", val_budgets=[1.0], **kwargs)
+    return CTCTask(backbone="tiny:wavlm", labels="english", budgets=BudgetSampling(validation=[1.0]), **kwargs)
 
 
 def _batch(lengths: list[int], targets, ids=None) -> AudioBatch:

@@ -1,0 +1,142 @@
+"""Fitting on validation data before test, predict and each validation pass in training: whatever the task's
+depth policy :meth:`~ldrop.tasks.depth.DepthPolicy.needs_fitting` is fitted by one loop, outside Lightning's
+step methods, so under the trainer's precision (:mod:`ldrop.tasks.precision`). A fit is kept
+(``task.fitted_budgets``) until training starts or a checkpoint is loaded (the weights then change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ldrop._progress import Phase
+from ldrop.tasks.gating import EncodedBatch
+from ldrop.tasks.precision import precision_context, to_model_precision
+
+if TYPE_CHECKING:
+    from ldrop.tasks.base import LayerDropTask
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def fit_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any]], budgets: Sequence[int],
+                   at_validation: bool = False) -> None:
+    """Fit the task's depth policy for ``budgets`` on ``batches()`` (a fresh iterable per call).
+    ``at_validation``: before a validation pass in training, only what refits each validation (a selector's
+    ``fits_at_validation``); such a fit does not count for evaluation."""
+    budgets = [int(k) for k in budgets]
+    if at_validation:
+        task.fitted_budgets.clear()
+    policy = task.depth
+    if not policy.needs_fitting(at_validation):
+        return
+    # Before each validation pass in training it is one quick calibration: no lines; before test and
+    # predict it can take minutes (several passes per budget, a greedy search): progress lines.
+    phase = Phase(f"fitting {policy} on validation data", unit="validation batch") if not at_validation else None
+
+    def model_batches() -> Iterator[Any]:  # on the model's device, in the trainer's precision
+        for batch in batches():
+            yield to_model_precision(task, task.transfer_batch_to_device(batch, task.device, 0))
+            if phase is not None:
+                phase.step()
+
+    with precision_context(task), phase or contextlib.nullcontext():
+        policy.fit(task, _TaskFittingData(task, model_batches), budgets)
+    if not at_validation:
+        task.fitted_budgets.update(budgets)
+
+
+def fit_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | None = None) -> None:
+    """Fit what is not fitted yet for ``budgets`` (default: every ``k``) on the validation split of the
+    trainer's datamodule. Without one, state the model holds is used (a fit that only refines the selector is
+    skipped with a warning), else a RuntimeError says to call ``fit_on_dataloader`` first."""
+    budgets = [int(k) for k in (range(1, task.num_layers + 1) if budgets is None else budgets)]
+    missing = [k for k in budgets if k not in task.fitted_budgets]
+    policy = task.depth
+    if not policy.needs_fitting() or not missing:
+        return
+    datamodule = getattr(task._trainer, "datamodule", None) if task._trainer is not None else None
+    has_split = getattr(datamodule, "has_split", None)
+    if datamodule is not None and not (callable(has_split) and not has_split("val")):
+        datamodule.setup("validate")
+        loader = datamodule.val_dataloader()
+        fit_on_batches(task, lambda: loader, missing)
+        return
+    if policy.fitted_for(missing):
+        return
+    if policy.fit_is_optional:
+        log.warning(
+            "%s: no validation data to fit it on (a trainer without a datamodule with a validation split): it "
+            "runs unfitted, as with fallback: false; to fit it, call model.fit_on_dataloader(val_loader) "
+            "first or pass a datamodule", policy)
+        return
+    raise RuntimeError(
+        f"{policy} must be fitted on validation data before test and predict (budgets {missing}), and the trainer "
+        "has no datamodule with a validation split: call model.fit_on_dataloader(val_loader) first, or pass "
+        "datamodule=... to the trainer"
+    )
+
+
+def fit_before_validation(task: LayerDropTask) -> None:
+    """Re-fit what refits at each validation pass (threshold mode, confidence exit: they depend on the current
+    weights) on the batches this pass is about to score, so ``val/<metric>@<k>`` is the method as ``ldrop test``
+    runs it, at a mean of ``k`` layers on those batches. Under DDP each process fits on its own shard."""
+    if not task.depth.needs_fitting(at_validation=True):
+        return
+    trainer = task.trainer
+    loaders = trainer.val_dataloaders
+    loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+    limits = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+
+    def batches():  # lazily, the batches the loop will validate (limit_val_batches, sanity steps)
+        for loader, limit in zip(loaders, limits, strict=False):
+            yield from itertools.islice(loader, None if math.isinf(limit) else int(limit))
+
+    fit_on_batches(task, batches, task.val_budget_list, at_validation=True)
+
+
+class _TaskFittingData:
+    """The :class:`~ldrop.selectors.base.FittingData` a task hands to ``selector.fit``: its validation batches,
+    encoded, and its primary metric with fixed layers."""
+
+    def __init__(self, task: LayerDropTask, batches: Callable[[], Iterable[Any]]) -> None:
+        # batches: a fresh iterable of batches on the task's device, in its precision, per call
+        self.task = task
+        self.batches = batches
+        self.higher_is_better = task.higher_is_better
+        self._encoded: list[tuple[Any, EncodedBatch]] | None = None
+
+    def inputs(self) -> Iterator[EncodedBatch]:
+        """Each batch encoded (streamed: nothing is kept)."""
+        for batch in self.batches():
+            yield self.task.encode(batch.waveforms, batch.lengths)
+
+    def metric_with_layers(self, layers: Sequence[int]) -> float:
+        """The task's primary metric when every input runs ``layers`` (batches encoded once, then kept)."""
+        layers = list(layers)
+
+        def fixed(encoded: EncodedBatch) -> torch.Tensor:
+            keep = torch.zeros(encoded.frame_mask.shape[0], self.task.num_layers, device=self.task.device)
+            keep[:, layers] = 1.0
+            return keep
+
+        return self.metric_with_masks(fixed)
+
+    def metric_with_masks(self, choose: Callable[[EncodedBatch], torch.Tensor]) -> float:
+        """The task's primary metric when each batch runs the ``[batch, layers]`` masks ``choose`` returns
+        for its encoded batch (batches encoded once, then kept)."""
+        task = self.task
+        if self._encoded is None:
+            self._encoded = [(b, task.encode(b.waveforms, b.lengths)) for b in self.batches()]
+        metrics = task._metrics_on_device()
+        for batch, encoded in self._encoded:
+            keep = choose(encoded).to(device=task.device, dtype=torch.float32)
+            task.update_metrics(metrics, task.logits_with_mask(encoded, keep), encoded.frame_mask, batch)
+        return float(metrics[task.metric_names[0]].compute())

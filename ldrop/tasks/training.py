@@ -1,0 +1,66 @@
+"""The training step's safeguards: the backbone's frozen part, a non-finite loss stopped before it reaches the
+weights, and what keeps DDP's gradient all-reduce complete (empty batches, layers no input ran)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ldrop.backbones import SpeechBackbone
+
+if TYPE_CHECKING:
+    from ldrop.tasks.base import LayerDropTask
+
+
+def freeze_backbone(backbone: SpeechBackbone, freeze: str) -> None:
+    """``"cnn"``: the CNN feature encoder is frozen (by the backbone's loader), ``"backbone"``: all of it,
+    ``"none"``: nothing."""
+    if freeze not in ("cnn", "backbone", "none"):
+        raise ValueError(f"freeze must be 'cnn', 'backbone' or 'none', got {freeze!r}")
+    if freeze == "backbone":
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        backbone.freeze_feature_encoder = True
+
+
+def check_finite_loss(task: LayerDropTask, loss: Tensor, losses: dict[str, Tensor], batch: Any) -> None:
+    """A FloatingPointError on a NaN/inf loss naming the batch's items, the loss terms and a likely cause,
+    raised before ``backward``: the weights (and every later checkpoint) stay finite."""
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    terms = [name for name, value in losses.items() if not bool(torch.isfinite(value.detach()).all())]
+    ids = list(getattr(batch, "ids", []))
+    shown = ", ".join(map(str, ids[:16])) + (f", ... ({len(ids)} items)" if len(ids) > 16 else "")
+    waveforms = getattr(batch, "waveforms", None)
+    if waveforms is not None and not bool(torch.isfinite(waveforms).all()):
+        cause = "the audio of this batch holds NaN/inf samples: check or remove these files"
+    elif not all(bool(torch.isfinite(p).all()) for p in task.parameters()):
+        cause = ("the weights are already non-finite (an earlier step diverged): lower the learning rate, "
+                 "use precision 'bf16-mixed' or '32' instead of fp16, or enable gradient clipping")
+    else:
+        cause = ("likely causes: a learning rate too high (try a lower lr/head_lr or a longer warmup), fp16 "
+                 "overflow (use precision 'bf16-mixed' or '32'), or a corrupt/silent file among these items")
+    raise FloatingPointError(
+        f"non-finite training loss ({float(loss.detach())}; term(s): {', '.join(terms) or 'total'}) at "
+        f"step {task.global_step}, batch {shown}: {cause}. Training stopped before updating the weights."
+    )
+
+
+def empty_batch_loss(task: LayerDropTask) -> Tensor | None:
+    """The step of a batch whose examples all failed to load (``skip_bad_files``): ``None`` (skipped), or
+    under DDP, where every process must take part in the all-reduce, a zero loss on every parameter."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    return sum(p.sum() for p in task.parameters() if p.requires_grad) * 0.0
+
+
+def unused_parameter_anchor(task: LayerDropTask, keep: Tensor) -> Tensor:
+    """0 x the parameters of layers no sample ran (sparse training), so DDP's all-reduce sees every parameter
+    (DDP rejects parameters without gradients unless ``find_unused_parameters``)."""
+    unused = (keep.detach() <= 0.5).all(0).nonzero().flatten().tolist()
+    params = [p for i in unused for p in task.backbone.layers[i].parameters() if p.requires_grad]
+    if not params:
+        return keep.new_zeros(())
+    return sum(p.sum() for p in params) * 0.0
