@@ -7,11 +7,11 @@ ldrop below ``ldrop.cli`` and ``ldrop.bench`` imports runtime.
 
 from ldrop.runtime.adaptive import AdaptiveModel, AdaptiveOutput
 from ldrop.runtime.checkpoints import (
-    UnfittedSelectorWarning,
+    UncalibratedSelectorWarning,
     load_exported,
     load_model,
     load_task_checkpoint,
-    warn_if_unfitted,
+    warn_if_uncalibrated,
 )
 from ldrop.runtime.targets import TargetBudgets
 
@@ -19,9 +19,9 @@ __all__ = [
     "AdaptiveModel",
     "AdaptiveOutput",
     "TargetBudgets",
-    "UnfittedSelectorWarning",
+    "UncalibratedSelectorWarning",
     "load_exported",
     "load_model",
     "load_task_checkpoint",
-    "warn_if_unfitted",
+    "warn_if_uncalibrated",
 ]

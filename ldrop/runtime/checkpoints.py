@@ -90,7 +90,7 @@ def load_model(path: str | os.PathLike) -> LayerDropTask:
 
     A selector that is fitted on validation data (threshold calibration, the input-blind fallback) and was
     not (a checkpoint from training holds no fit) makes the first call below full depth emit one
-    :class:`UnfittedSelectorWarning` that says how to fit it: ``model.fit_on_dataloader(val_loader)``.
+    :class:`UncalibratedSelectorWarning` that says how to fit it: ``model.calibrate_on_dataloader(val_loader)``.
 
     Raises:
         FileNotFoundError: ``path`` is neither a checkpoint file nor an exported folder.
@@ -106,18 +106,18 @@ def load_model(path: str | os.PathLike) -> LayerDropTask:
             f"no model at {str(path)!r}: give a .ckpt written by 'ldrop fit' or a folder written by 'ldrop export'"
         )
     # a loaded model is a trained one: warn (once) if it runs a budget before its selector is fitted
-    model._warn_if_unfitted = True
+    model._warn_if_uncalibrated = True
     model.register_forward_pre_hook(_warn_at_forward, with_kwargs=True)
     return model.eval()
 
 
-class UnfittedSelectorWarning(UserWarning):
+class UncalibratedSelectorWarning(UserWarning):
     """A loaded model ran below full depth with a selector that needs fitting on validation data and was not
     fitted: its layer choices differ from those of ``ldrop test`` and ``ldrop predict``."""
 
 
-def warn_if_unfitted(model: LayerDropTask, budget: Any) -> bool:
-    """Emit the :class:`UnfittedSelectorWarning` of a model from :func:`load_model`, once: at its first use
+def warn_if_uncalibrated(model: LayerDropTask, budget: Any) -> bool:
+    """Emit the :class:`UncalibratedSelectorWarning` of a model from :func:`load_model`, once: at its first use
     below full depth while its selector still needs fitting. Returns whether it warned.
 
     Args:
@@ -126,25 +126,25 @@ def warn_if_unfitted(model: LayerDropTask, budget: Any) -> bool:
             target counts as below full depth, so that no value has to come back from the device).
     """
     selector = model.selector
-    if not getattr(model, "_warn_if_unfitted", False) or selector is None or not selector.needs_fitting:
+    if not getattr(model, "_warn_if_uncalibrated", False) or selector is None or not selector.needs_calibration:
         return False
-    if _full_depth(budget, model.num_layers) or selector.fitted:
+    if _full_depth(budget, model.num_layers) or selector.calibrated:
         return False
-    model._warn_if_unfitted = False
+    model._warn_if_uncalibrated = False
     warnings.warn(
         f"the {type(selector).__name__} has not been fitted on validation data (threshold calibration or the "
         "per-budget input-blind fallback), so its layer choices differ from those of 'ldrop test' and 'ldrop "
-        "predict', which fit it first; call model.fit_on_dataloader(validation_loader) once before using it "
+        "predict', which fit it first; call model.calibrate_on_dataloader(validation_loader) once before using it "
         "(the README shows how to build the loader)",
-        UnfittedSelectorWarning, stacklevel=_caller_stacklevel(),
+        UncalibratedSelectorWarning, stacklevel=_caller_stacklevel(),
     )
     return True
 
 
 def _warn_at_forward(model: LayerDropTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Forward pre-hook of :func:`load_model`'s models (``model(waveforms, lengths, budget)``)."""
-    if getattr(model, "_warn_if_unfitted", False):
-        warn_if_unfitted(model, kwargs.get("budget", args[2] if len(args) > 2 else None))
+    if getattr(model, "_warn_if_uncalibrated", False):
+        warn_if_uncalibrated(model, kwargs.get("budget", args[2] if len(args) > 2 else None))
 
 
 def _full_depth(budget: Any, num_layers: int) -> bool:

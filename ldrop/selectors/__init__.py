@@ -1,6 +1,6 @@
 """Layer selectors: input features + budget -> which encoder layers each sample runs."""
 
-from .base import FittingData, LayerSelector, SelectorInputs, SelectorOutput
+from .base import CalibrationData, LayerSelector, SelectorInputs, SelectorOutput
 from .calibration import ThresholdCalibration
 from .diagnostics import mask_diversity, most_common_mask_for_all, shuffle_masks
 from .fallback import InputBlindFallback
@@ -22,7 +22,7 @@ from .topk import (
 )
 
 __all__ = [
-    "FittingData",
+    "CalibrationData",
     "SelectorInputs",
     "InputBlindFallback",
     "InputConditionedSelector",

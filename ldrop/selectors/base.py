@@ -39,7 +39,7 @@ class SelectorInputs(Protocol):
     lengths: Tensor  #: ``[batch]`` real samples per waveform.
 
 
-class FittingData(Protocol):
+class CalibrationData(Protocol):
     """What a selector may fit itself on: validation batches and the task's metric (the task provides it).
 
     Attributes:
@@ -85,7 +85,7 @@ class LayerSelector(nn.Module, ABC):
     random_at_eval: bool = False
     #: Whether :meth:`fit` depends on the current weights and so runs again before every validation pass
     #: during training (cheap fits such as threshold calibration); otherwise only before test and predict.
-    fits_at_validation: bool = True
+    calibrates_at_validation: bool = True
     #: Alternative masks per input the task scores in training for :meth:`counterfactual_loss` (0: none).
     counterfactual_candidates: int = 0
     #: ``j``: the selector reads the output of encoder layers ``0..j-1`` (its ``features``, ``[batch, frames,
@@ -144,11 +144,11 @@ class LayerSelector(nn.Module, ABC):
         return budget
 
     @property
-    def needs_fitting(self) -> bool:
+    def needs_calibration(self) -> bool:
         """Whether :meth:`fit` must run on validation data before the selector can evaluate.
 
         The task runs it for any selector that says so: before ``test`` and ``predict`` (on the datamodule's
-        validation split) and, when :attr:`fits_at_validation`, before each validation pass on its batches.
+        validation split) and, when :attr:`calibrates_at_validation`, before each validation pass on its batches.
         """
         return False
 
@@ -159,29 +159,29 @@ class LayerSelector(nn.Module, ABC):
         return None
 
     @property
-    def fitted(self) -> bool:
+    def calibrated(self) -> bool:
         """Whether what :meth:`fit` learns is in place for the current weights (True when nothing needs it)."""
         return True
 
-    def fitted_for(self, budgets: Sequence[int]) -> bool:
+    def calibrated_for(self, budgets: Sequence[int]) -> bool:
         """Whether what :meth:`fit` learns is in place for these budgets (default: :attr:`fitted`).
 
         Without validation data (``Trainer.test(model, dataloaders=...)``) the task evaluates a selector that
         is fitted for the budgets it needs as it is, instead of failing.
         """
-        return self.fitted
+        return self.calibrated
 
     @property
-    def fit_is_optional(self) -> bool:
+    def calibration_is_optional(self) -> bool:
         """Whether the selector evaluates without :meth:`fit` (the fit only refines it, e.g. a fallback):
         without validation data the task then runs it unfitted with a warning instead of failing."""
         return False
 
-    def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
+    def calibrate(self, data: CalibrationData, budgets: Sequence[int]) -> None:
         """Fit what the selector learns from validation data (thresholds, subsets) for these budgets.
 
         Args:
-            data: validation batches and the task's metric, see :class:`FittingData`.
+            data: validation batches and the task's metric, see :class:`CalibrationData`.
             budgets: the layer budgets (each in ``1..num_layers``) that will be evaluated.
         """
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import FittingData
+from .base import CalibrationData
 from .topk import calibrate_threshold
 
 
@@ -41,7 +41,7 @@ class ThresholdCalibration(nn.Module):
         if bool(missing.any()):
             budgets = sorted({int(k) for k in budget[missing]})
             raise RuntimeError(
-                f"threshold mode: budgets {budgets} are not calibrated; call calibration.calibrate() with eval-mode "
+                f"threshold mode: budgets {budgets} are not calibrated; call calibration.set_thresholds() with eval-mode "
                 "scores of validation inputs at those budgets after training"
             )
         return thresholds
@@ -53,7 +53,7 @@ class ThresholdCalibration(nn.Module):
         return not bool(torch.isnan(self.thresholds[budget - 1]))
 
     @torch.no_grad()
-    def calibrate(self, scores_by_budget: dict[int, Tensor]) -> dict[int, float]:
+    def set_thresholds(self, scores_by_budget: dict[int, Tensor]) -> dict[int, float]:
         """Set the threshold of each given budget so inputs run ``k`` layers on average.
 
         Args:
@@ -80,7 +80,7 @@ class ThresholdCalibration(nn.Module):
         return achieved
 
     @torch.no_grad()
-    def fit(self, selector: nn.Module, data: FittingData, budgets: Sequence[int]) -> None:
+    def calibrate(self, selector: nn.Module, data: CalibrationData, budgets: Sequence[int]) -> None:
         """Calibrate ``budgets`` on the eval-mode scores of ``data``'s inputs, from ``selector.score(features,
         frame_mask, budget, waveforms=, lengths=)`` (the selector's clean ``[batch, layers]`` scores)."""
         scores: dict[int, list[Tensor]] = {int(k): [] for k in budgets}
@@ -90,4 +90,4 @@ class ThresholdCalibration(nn.Module):
                 out = selector.score(batch.features, batch.frame_mask, budget, waveforms=batch.waveforms,
                                      lengths=batch.lengths)
                 scores[k].append(out.float().cpu())
-        self.calibrate({k: torch.cat(v) for k, v in scores.items()})
+        self.set_thresholds({k: torch.cat(v) for k, v in scores.items()})

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ldrop._progress import Phase
 
-from .base import FittingData, LayerSelector, SelectorInputs
+from .base import CalibrationData, LayerSelector, SelectorInputs
 from .static import evenly_spaced_layers, greedy_subset_search
 
 #: The candidates include this many of the selector's own most common masks per budget.
@@ -76,7 +76,7 @@ class InputBlindFallback(torch.nn.Module):
         return report
 
     @torch.no_grad()
-    def fit(self, selector: LayerSelector, data: FittingData, budgets: Sequence[int]) -> None:
+    def calibrate(self, selector: LayerSelector, data: CalibrationData, budgets: Sequence[int]) -> None:
         """Decide per budget ``k < N`` between the selector's own eval-mode masks and the best input-blind mask.
 
         The blind candidates at ``k``: the selector's :meth:`~LayerSelector.schedule_mask`, with ``search`` the

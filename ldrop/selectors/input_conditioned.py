@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FittingData, SelectorOutput
+from .base import CalibrationData, SelectorOutput
 from .calibration import ThresholdCalibration
 from .fallback import InputBlindFallback
 from .filterbank import LogMelFrontend
@@ -335,13 +335,13 @@ class InputConditionedSelector(TopKSelector):
         return mask
 
     @property
-    def fitted(self) -> bool:
+    def calibrated(self) -> bool:
         """Threshold mode: every budget below ``N`` calibrated; top-k with ``fallback``: decisions taken."""
         if self.mode == "threshold":
             return all(self.calibration.is_calibrated(k) for k in range(1, self.num_layers))
         return not self.use_fallback or bool(self.fallback.report())
 
-    def fitted_for(self, budgets: Sequence[int]) -> bool:
+    def calibrated_for(self, budgets: Sequence[int]) -> bool:
         """Threshold mode: these budgets calibrated; top-k with ``fallback``: their decisions taken (budgets
         with nothing to decide, ``k = N`` and ``k <= j``, always count as fitted)."""
         budgets = [int(k) for k in budgets if int(k) < self.num_layers]
@@ -350,30 +350,30 @@ class InputConditionedSelector(TopKSelector):
         return not self.use_fallback or self.fallback.decided_for(budgets, self.prefix_layers)
 
     @property
-    def fit_is_optional(self) -> bool:
+    def calibration_is_optional(self) -> bool:
         """Top-k mode: the fit only decides the fallback; undecided budgets read the input (``fallback: false``)."""
         return self.mode == "topk"
 
     @property
-    def needs_fitting(self) -> bool:
+    def needs_calibration(self) -> bool:
         """Threshold mode needs its thresholds calibrated on validation data; top-k mode fits its fallback."""
         return self.mode == "threshold" or self.use_fallback
 
     @property
-    def fits_at_validation(self) -> bool:
+    def calibrates_at_validation(self) -> bool:
         """Threshold calibration is cheap and refits before each validation pass; the fallback costs a few
         validation passes per budget, so it is fitted only before test and predict (``val/<metric>@k`` in
         training is the selector's own masks)."""
         return self.mode == "threshold"
 
-    def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
+    def calibrate(self, data: CalibrationData, budgets: Sequence[int]) -> None:
         """Threshold mode: calibrate each budget's threshold on the eval-mode scores of ``data``'s inputs
         (:class:`~ldrop.selectors.calibration.ThresholdCalibration`). Top-k mode with ``fallback``: decide per
         budget whether evaluation reads the input (:class:`~ldrop.selectors.fallback.InputBlindFallback`)."""
         if self.mode == "threshold":
-            self.calibration.fit(self, data, budgets)
+            self.calibration.calibrate(self, data, budgets)
         elif self.use_fallback:
-            self.fallback.fit(self, data, budgets)
+            self.fallback.calibrate(self, data, budgets)
 
     def report(self) -> dict[int, dict]:
         """The fallback's decision per decided budget (see :meth:`InputBlindFallback.report`)."""

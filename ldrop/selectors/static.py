@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ldrop._progress import Phase
 
-from .base import FittingData, LayerSelector, SelectorOutput
+from .base import CalibrationData, LayerSelector, SelectorOutput
 
 SubsetRule = Literal["first", "evenly_spaced", "last"]
 
@@ -96,7 +96,7 @@ class StaticSelector(LayerSelector):
     differentiable = False
     input_dependent = False
     #: The greedy search costs about ``N^2 / 2`` validation passes: only before test and predict.
-    fits_at_validation = False
+    calibrates_at_validation = False
 
     def __init__(
         self,
@@ -125,21 +125,21 @@ class StaticSelector(LayerSelector):
         self.set_subsets(subsets)
 
     @property
-    def needs_fitting(self) -> bool:
+    def needs_calibration(self) -> bool:
         """With ``search``, the subsets are searched on validation data before evaluation."""
         return self.search
 
     @property
-    def fitted(self) -> bool:
+    def calibrated(self) -> bool:
         """With ``search``: every budget's subset searched."""
-        return self.fitted_for(range(1, self.num_layers + 1))
+        return self.calibrated_for(range(1, self.num_layers + 1))
 
-    def fitted_for(self, budgets: Sequence[int]) -> bool:
+    def calibrated_for(self, budgets: Sequence[int]) -> bool:
         """With ``search``: the subsets of these budgets searched (the full budget needs no search)."""
         return not self.search or all(bool(self.searched[int(k) - 1]) for k in budgets if int(k) < self.num_layers)
 
     @torch.no_grad()
-    def fit(self, data: FittingData, budgets: Sequence[int]) -> None:
+    def calibrate(self, data: CalibrationData, budgets: Sequence[int]) -> None:
         """Greedy backward elimination of the best fixed subset per budget on ``data``'s metric."""
         found = greedy_subset_search(data.metric_with_layers, self.num_layers, budgets,
                                      higher_is_better=data.higher_is_better)

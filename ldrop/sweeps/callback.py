@@ -87,7 +87,7 @@ class BudgetSweep(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.budget_layers = budget_list(self.budgets, pl_module.num_layers)
         # Selectors (and early exit) fitted on validation data are fitted for the swept budgets.
-        pl_module.fit_on_validation_data(self.budget_layers)
+        pl_module.calibrate_on_validation_data(self.budget_layers)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.scorers = self._scorers(pl_module)

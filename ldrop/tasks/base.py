@@ -133,7 +133,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         else:
             self.head = self.configure_head()
             self.depth = SelectedLayers(self.selector, self.head)
-        self.fitted_budgets: set[int] = set()  # fitted on validation data for these weights (calibration.py)
+        self.calibrated_budgets: set[int] = set()  # fitted on validation data for these weights (calibration.py)
         if init_from:
             checkpointing.load_weights_from(self, init_from)
 
@@ -214,7 +214,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         return choices[int(torch.randint(len(choices), ()))]
 
     def on_train_start(self) -> None:
-        self.fitted_budgets.clear()  # training changes the weights the fits were made for
+        self.calibrated_budgets.clear()  # training changes the weights the fits were made for
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.selector is not None and self.trainer is not None:
@@ -254,7 +254,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         return [SelectorStatistics(self.hparams.statistics_batches)]
 
     def on_validation_epoch_start(self) -> None:
-        calibration.fit_before_validation(self)
+        calibration.calibrate_before_validation(self)
         # compute_groups off: WER and CER share state names, never their values.
         metrics = MetricCollection(self.configure_metrics(), compute_groups=False)
         self._val_metrics = {k: metrics.clone(prefix="val/", postfix=f"@{k}").to(self.device)
@@ -283,17 +283,17 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         self.log(f"val/{primary}", torch.stack(values).mean(), prog_bar=True)
 
     # ------------------------------------------------------------------ fitting on validation data
-    def fit_on_dataloader(self, dataloader: Iterable[Any], budgets: Sequence[int] | None = None,
+    def calibrate_on_dataloader(self, dataloader: Iterable[Any], budgets: Sequence[int] | None = None,
                           max_batches: int | None = None) -> None:
         """Fit what needs validation data on ``dataloader``'s batches for ``budgets`` (default: every ``k``),
         e.g. before ``Trainer.test(model, dataloaders=...)`` or on a model from ``ldrop.load_model``."""
         budgets = range(1, self.num_layers + 1) if budgets is None else budgets
-        calibration.fit_on_batches(self, lambda: itertools.islice(dataloader, max_batches), budgets)
+        calibration.calibrate_on_batches(self, lambda: itertools.islice(dataloader, max_batches), budgets)
 
-    def fit_on_validation_data(self, budgets: Sequence[int] | None = None) -> None:
+    def calibrate_on_validation_data(self, budgets: Sequence[int] | None = None) -> None:
         """Before test and predict: fit what is not fitted yet for ``budgets`` on the trainer's datamodule's
-        validation split (:func:`ldrop.tasks.calibration.fit_on_validation_data`)."""
-        calibration.fit_on_validation_data(self, budgets)
+        validation split (:func:`ldrop.tasks.calibration.calibrate_on_validation_data`)."""
+        calibration.calibrate_on_validation_data(self, budgets)
 
     # ------------------------------------------------------------------ test and predict
     def on_test_start(self) -> None:
@@ -306,7 +306,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         return self.encode(batch.waveforms, batch.lengths)
 
     def on_predict_start(self) -> None:
-        self.fit_on_validation_data()
+        self.calibrate_on_validation_data()
 
     @property
     def sample_rate(self) -> int:
@@ -322,7 +322,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         checkpointing.record_checkpoint(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.fitted_budgets.clear()  # other weights
+        self.calibrated_budgets.clear()  # other weights
         checkpointing.restore_from_checkpoint(self, checkpoint)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):

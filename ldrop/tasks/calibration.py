@@ -1,7 +1,7 @@
 """Fitting on validation data before test, predict and each validation pass in training: whatever the task's
-depth policy :meth:`~ldrop.tasks.depth.DepthPolicy.needs_fitting` is fitted by one loop, outside Lightning's
+depth policy :meth:`~ldrop.tasks.depth.DepthPolicy.needs_calibration` is fitted by one loop, outside Lightning's
 step methods, so under the trainer's precision (:mod:`ldrop.tasks.precision`). A fit is kept
-(``task.fitted_budgets``) until training starts or a checkpoint is loaded (the weights then change).
+(``task.calibrated_budgets``) until training starts or a checkpoint is loaded (the weights then change).
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def fit_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any]], budgets: Sequence[int],
+def calibrate_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any]], budgets: Sequence[int],
                    at_validation: bool = False) -> None:
     """Fit the task's depth policy for ``budgets`` on ``batches()`` (a fresh iterable per call).
     ``at_validation``: before a validation pass in training, only what refits each validation (a selector's
-    ``fits_at_validation``); such a fit does not count for evaluation."""
+    ``calibrates_at_validation``); such a fit does not count for evaluation."""
     budgets = [int(k) for k in budgets]
     if at_validation:
-        task.fitted_budgets.clear()
+        task.calibrated_budgets.clear()
     policy = task.depth
-    if not policy.needs_fitting(at_validation):
+    if not policy.needs_calibration(at_validation):
         return
     # Before each validation pass in training it is one quick calibration: no lines; before test and
     # predict it can take minutes (several passes per budget, a greedy search): progress lines.
@@ -48,47 +48,47 @@ def fit_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any]], bu
                 phase.step()
 
     with precision_context(task), phase or contextlib.nullcontext():
-        policy.fit(task, _TaskFittingData(task, model_batches), budgets)
+        policy.calibrate(task, _TaskCalibrationData(task, model_batches), budgets)
     if not at_validation:
-        task.fitted_budgets.update(budgets)
+        task.calibrated_budgets.update(budgets)
 
 
-def fit_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | None = None) -> None:
+def calibrate_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | None = None) -> None:
     """Fit what is not fitted yet for ``budgets`` (default: every ``k``) on the validation split of the
     trainer's datamodule. Without one, state the model holds is used (a fit that only refines the selector is
-    skipped with a warning), else a RuntimeError says to call ``fit_on_dataloader`` first."""
+    skipped with a warning), else a RuntimeError says to call ``calibrate_on_dataloader`` first."""
     budgets = [int(k) for k in (range(1, task.num_layers + 1) if budgets is None else budgets)]
-    missing = [k for k in budgets if k not in task.fitted_budgets]
+    missing = [k for k in budgets if k not in task.calibrated_budgets]
     policy = task.depth
-    if not policy.needs_fitting() or not missing:
+    if not policy.needs_calibration() or not missing:
         return
     datamodule = getattr(task._trainer, "datamodule", None) if task._trainer is not None else None
     has_split = getattr(datamodule, "has_split", None)
     if datamodule is not None and not (callable(has_split) and not has_split("val")):
         datamodule.setup("validate")
         loader = datamodule.val_dataloader()
-        fit_on_batches(task, lambda: loader, missing)
+        calibrate_on_batches(task, lambda: loader, missing)
         return
-    if policy.fitted_for(missing):
+    if policy.calibrated_for(missing):
         return
-    if policy.fit_is_optional:
+    if policy.calibration_is_optional:
         log.warning(
             "%s: no validation data to fit it on (a trainer without a datamodule with a validation split): it "
-            "runs unfitted, as with fallback: false; to fit it, call model.fit_on_dataloader(val_loader) "
+            "runs unfitted, as with fallback: false; to fit it, call model.calibrate_on_dataloader(val_loader) "
             "first or pass a datamodule", policy)
         return
     raise RuntimeError(
         f"{policy} must be fitted on validation data before test and predict (budgets {missing}), and the trainer "
-        "has no datamodule with a validation split: call model.fit_on_dataloader(val_loader) first, or pass "
+        "has no datamodule with a validation split: call model.calibrate_on_dataloader(val_loader) first, or pass "
         "datamodule=... to the trainer"
     )
 
 
-def fit_before_validation(task: LayerDropTask) -> None:
+def calibrate_before_validation(task: LayerDropTask) -> None:
     """Re-fit what refits at each validation pass (threshold mode, confidence exit: they depend on the current
     weights) on the batches this pass is about to score, so ``val/<metric>@<k>`` is the method as ``ldrop test``
     runs it, at a mean of ``k`` layers on those batches. Under DDP each process fits on its own shard."""
-    if not task.depth.needs_fitting(at_validation=True):
+    if not task.depth.needs_calibration(at_validation=True):
         return
     trainer = task.trainer
     loaders = trainer.val_dataloaders
@@ -99,11 +99,11 @@ def fit_before_validation(task: LayerDropTask) -> None:
         for loader, limit in zip(loaders, limits, strict=False):
             yield from itertools.islice(loader, None if math.isinf(limit) else int(limit))
 
-    fit_on_batches(task, batches, task.val_budget_list, at_validation=True)
+    calibrate_on_batches(task, batches, task.val_budget_list, at_validation=True)
 
 
-class _TaskFittingData:
-    """The :class:`~ldrop.selectors.base.FittingData` a task hands to ``selector.fit``: its validation batches,
+class _TaskCalibrationData:
+    """The :class:`~ldrop.selectors.base.CalibrationData` a task hands to ``selector.fit``: its validation batches,
     encoded, and its primary metric with fixed layers."""
 
     def __init__(self, task: LayerDropTask, batches: Callable[[], Iterable[Any]]) -> None:

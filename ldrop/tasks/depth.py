@@ -15,7 +15,7 @@ from ldrop.selectors.candidates import one_layer_swaps
 from ldrop.tasks.gating import EncodedBatch
 
 if TYPE_CHECKING:
-    from ldrop.selectors.base import FittingData
+    from ldrop.selectors.base import CalibrationData
     from ldrop.tasks.base import LayerDropTask
 
 Budget = int | float | Tensor
@@ -46,20 +46,20 @@ class DepthPolicy:
         """The ``[batch]`` budgets this policy can run for per-input ``budget`` (all of them by default)."""
         return budget
 
-    def needs_fitting(self, at_validation: bool = False) -> bool:
+    def needs_calibration(self, at_validation: bool = False) -> bool:
         """Whether it is fitted on validation data (``at_validation``: also before each validation pass)."""
         return False
 
-    def fitted_for(self, budgets: Sequence[int]) -> bool:
+    def calibrated_for(self, budgets: Sequence[int]) -> bool:
         """Whether it holds a fit for ``budgets`` (always, when it needs none)."""
         return True
 
     @property
-    def fit_is_optional(self) -> bool:
+    def calibration_is_optional(self) -> bool:
         """Whether, without validation data, it may run unfitted (a fit that only refines it)."""
         return False
 
-    def fit(self, task: LayerDropTask, data: FittingData, budgets: Sequence[int]) -> None:
+    def calibrate(self, task: LayerDropTask, data: CalibrationData, budgets: Sequence[int]) -> None:
         """Fit on ``data`` (the task's validation batches) for ``budgets``."""
 
     def label(self) -> str:
@@ -104,19 +104,19 @@ class SelectedLayers(DepthPolicy):
             losses["distill"] = task.distillation.loss(logits, teacher, encoded.frame_mask)
         return losses, keep, budget
 
-    def needs_fitting(self, at_validation: bool = False) -> bool:
+    def needs_calibration(self, at_validation: bool = False) -> bool:
         selector = self.selector
-        return selector is not None and selector.needs_fitting and (selector.fits_at_validation or not at_validation)
+        return selector is not None and selector.needs_calibration and (selector.calibrates_at_validation or not at_validation)
 
-    def fitted_for(self, budgets: Sequence[int]) -> bool:
-        return not self.needs_fitting() or self.selector.fitted_for(budgets)
+    def calibrated_for(self, budgets: Sequence[int]) -> bool:
+        return not self.needs_calibration() or self.selector.calibrated_for(budgets)
 
     @property
-    def fit_is_optional(self) -> bool:
-        return self.selector is not None and self.selector.fit_is_optional
+    def calibration_is_optional(self) -> bool:
+        return self.selector is not None and self.selector.calibration_is_optional
 
-    def fit(self, task: LayerDropTask, data: FittingData, budgets: Sequence[int]) -> None:
-        self.selector.fit(data, budgets)
+    def calibrate(self, task: LayerDropTask, data: CalibrationData, budgets: Sequence[int]) -> None:
+        self.selector.calibrate(data, budgets)
 
     def label(self) -> str:
         if self.selector is None:

@@ -17,7 +17,7 @@ from ldrop.tasks.depth import Budget, DepthPolicy
 from ldrop.tasks.gating import EncodedBatch
 
 if TYPE_CHECKING:
-    from ldrop.selectors.base import FittingData
+    from ldrop.selectors.base import CalibrationData
     from ldrop.tasks.base import LayerDropTask
 
 
@@ -69,13 +69,13 @@ class EarlyExit(nn.Module, DepthPolicy):
         #: Confidence threshold per budget (index ``k - 1``) for the confidence policy; NaN = not calibrated.
         self.register_buffer("thresholds", torch.full((num_layers,), float("nan")))
 
-    def needs_fitting(self, at_validation: bool = False) -> bool:
+    def needs_calibration(self, at_validation: bool = False) -> bool:
         """The confidence policy calibrates its thresholds on validation data."""
         return self.config.policy == "confidence"
 
-    def fitted_for(self, budgets: Sequence[int]) -> bool:
+    def calibrated_for(self, budgets: Sequence[int]) -> bool:
         """Whether these budgets have thresholds (the full budget needs none)."""
-        return not self.needs_fitting() or all(not math.isnan(float(self.thresholds[int(k) - 1]))
+        return not self.needs_calibration() or all(not math.isnan(float(self.thresholds[int(k) - 1]))
                                              for k in budgets if int(k) < self.num_layers)
 
     def head_for(self, exit_layer: int | None = None) -> nn.Module:
@@ -122,9 +122,9 @@ class EarlyExit(nn.Module, DepthPolicy):
         keep = torch.ones(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
         return {"task": self.loss(losses)}, keep, self.num_layers
 
-    def fit(self, task: LayerDropTask, data: FittingData, budgets: Sequence[int]) -> None:
+    def calibrate(self, task: LayerDropTask, data: CalibrationData, budgets: Sequence[int]) -> None:
         """Calibrate the thresholds of every budget on the confidences of every exit on ``data``."""
-        self.calibrate(torch.cat([
+        self.set_thresholds(torch.cat([
             torch.stack([self.confidence(x, encoded.frame_mask) for x in self.exit_logits(task, encoded)], 1).cpu()
             for encoded in data.inputs()]))
 
@@ -194,7 +194,7 @@ class EarlyExit(nn.Module, DepthPolicy):
         return logits_out, keep
 
     @torch.no_grad()
-    def calibrate(self, confidences: Tensor, budgets: list[int] | range | None = None) -> dict[int, float]:
+    def set_thresholds(self, confidences: Tensor, budgets: list[int] | range | None = None) -> dict[int, float]:
         """Per budget (default: every ``k`` in ``1..N``), the threshold whose mean exit layer on
         ``confidences`` (``[inputs, exits]``) equals it; returns budget -> mean exit layer achieved.
 

@@ -138,13 +138,13 @@ def test_an_export_without_a_recorded_task_class_is_one_clear_error(tiny_export,
 
 def test_load_model_warns_when_the_selector_still_needs_its_validation_fit(tiny_checkpoint):
     model = load_model(tiny_checkpoint)
-    with pytest.warns(UserWarning, match="fit_on_dataloader"), torch.no_grad():
+    with pytest.warns(UserWarning, match="calibrate_on_dataloader"), torch.no_grad():
         model(torch.randn(1, 8000), None, 2)  # at the first use below full depth, not at load
-    assert not model.selector.fitted
+    assert not model.selector.calibrated
     data = tiny_classification_data()
     data.setup("validate")
-    model.fit_on_dataloader(data.val_dataloader())
-    assert model.selector.fitted and set(model.selector.report()) == set(range(1, model.num_layers))
+    model.calibrate_on_dataloader(data.val_dataloader())
+    assert model.selector.calibrated and set(model.selector.report()) == set(range(1, model.num_layers))
 
 
 def _fbank_task():

@@ -15,7 +15,7 @@ from ldrop.selectors import (
 from ldrop.selectors.topk import threshold_mask
 
 from .inputs import FEATURE_DIM, NUM_LAYERS
-from .test_fallback import PAYS, FakeFittingData
+from .test_fallback import PAYS, FakeCalibrationData
 
 
 class ProjectionSelector(LayerSelector):
@@ -35,8 +35,8 @@ class ProjectionSelector(LayerSelector):
         keep = hard_topk_mask(self.score(features, frame_mask, budget), budget)
         return SelectorOutput(keep_mask=self.fallback.apply(keep, budget) if not self.training else keep)
 
-    def fit(self, data, budgets):
-        self.fallback.fit(self, data, budgets)
+    def calibrate(self, data, budgets):
+        self.fallback.calibrate(self, data, budgets)
 
     def report(self):
         return self.fallback.report()
@@ -44,10 +44,10 @@ class ProjectionSelector(LayerSelector):
 
 def test_a_downstream_selector_falls_back_where_its_input_does_not_pay() -> None:
     selector = ProjectionSelector(NUM_LAYERS, FEATURE_DIM).eval()
-    data = FakeFittingData(selector)
+    data = FakeCalibrationData(selector)
     for k in PAYS:  # the construction needs the selector's own masks to differ across inputs there
         assert torch.cat(data.targets[k]).unique(dim=0).shape[0] > 1
-    selector.fit(data, range(1, NUM_LAYERS + 1))
+    selector.calibrate(data, range(1, NUM_LAYERS + 1))
     report = selector.report()
     assert sorted(report) == list(range(1, NUM_LAYERS))
     assert {k: r["uses_input"] for k, r in report.items()} == {k: k in PAYS for k in report}
@@ -59,8 +59,8 @@ def test_a_downstream_selector_falls_back_where_its_input_does_not_pay() -> None
 
 def test_a_downstream_selector_calibrates_thresholds_to_the_budget_on_average() -> None:
     selector = ProjectionSelector(NUM_LAYERS, FEATURE_DIM).eval()
-    data = FakeFittingData(selector)
-    selector.calibration.fit(selector, data, [2, 3])
+    data = FakeCalibrationData(selector)
+    selector.calibration.calibrate(selector, data, [2, 3])
     scores = torch.cat([selector.score(b.features, b.frame_mask, None) for b in data.batches])
     for k in (2, 3):
         thresholds = selector.calibration.thresholds_for(torch.full((scores.shape[0],), k))

@@ -45,7 +45,7 @@ def _blind_target(k: int) -> list[int]:
     return evenly_spaced_layers(NUM_LAYERS, k)
 
 
-class FakeFittingData:
+class FakeCalibrationData:
     """Fitting batches whose metric is each input's overlap with its target mask (mean fraction of its ``k``
     layers in the target): at the budgets in :data:`PAYS` the targets are the selector's own masks (reading the
     input pays), elsewhere one fixed mask for every input (it does not)."""
@@ -87,12 +87,12 @@ class FakeFittingData:
 @pytest.mark.parametrize("higher_is_better", [True, False])
 def test_falls_back_to_the_best_blind_mask_exactly_where_the_input_does_not_pay(higher_is_better, caplog) -> None:
     selector = _selector()
-    data = FakeFittingData(selector, higher_is_better)
+    data = FakeCalibrationData(selector, higher_is_better)
     for k in PAYS:  # the construction needs the selector's own masks to differ across inputs there
         assert torch.cat(data.targets[k]).unique(dim=0).shape[0] > 1
     selector.train()
     with caplog.at_level(logging.INFO, logger="ldrop.progress"):  # one line per budget and a summary
-        selector.fit(data, range(1, NUM_LAYERS + 1))
+        selector.calibrate(data, range(1, NUM_LAYERS + 1))
     assert selector.training  # fit restores the mode it found
     assert "k=2: input" in caplog.text
 
@@ -112,7 +112,7 @@ def test_falls_back_to_the_best_blind_mask_exactly_where_the_input_does_not_pay(
 
 def test_a_margin_larger_than_the_gain_falls_back_everywhere() -> None:
     selector = _selector(fallback_margin=1.0)
-    selector.fit(FakeFittingData(selector), range(1, NUM_LAYERS + 1))
+    selector.calibrate(FakeCalibrationData(selector), range(1, NUM_LAYERS + 1))
     report = selector.report()
     assert report and not any(r["uses_input"] for r in report.values())
     assert all(report[k]["input"] > report[k]["blind"] for k in PAYS)
@@ -123,7 +123,7 @@ def test_fallback_search_finds_a_best_subset_outside_the_simple_candidates() -> 
         return list(range(NUM_LAYERS - k, NUM_LAYERS))
 
     selector = _selector(fallback_search=True)
-    selector.fit(FakeFittingData(selector, pays=(), blind_target=last), range(1, NUM_LAYERS + 1))
+    selector.calibrate(FakeCalibrationData(selector, pays=(), blind_target=last), range(1, NUM_LAYERS + 1))
     report = selector.report()
     assert {k: r["blind_layers"] for k, r in report.items()} == {k: last(k) for k in range(1, NUM_LAYERS)}
     assert all(r["blind"] == 1.0 and not r["uses_input"] for r in report.values())
@@ -131,16 +131,16 @@ def test_fallback_search_finds_a_best_subset_outside_the_simple_candidates() -> 
 
 def test_budgets_not_fitted_keep_reading_the_input() -> None:
     selector = _selector()
-    data = FakeFittingData(selector)
-    selector.fit(data, [1, 3])
+    data = FakeCalibrationData(selector)
+    selector.calibrate(data, [1, 3])
     assert sorted(selector.report()) == [1, 3]
     assert selector.fallback.uses_input.tolist() == [False, True, False, True, True, True]
 
 
 def test_state_dict_round_trip_keeps_the_decisions() -> None:
     selector = _selector()
-    data = FakeFittingData(selector)
-    selector.fit(data, range(1, NUM_LAYERS + 1))
+    data = FakeCalibrationData(selector)
+    selector.calibrate(data, range(1, NUM_LAYERS + 1))
     copy = _selector()
     copy.load_state_dict(selector.state_dict())
     assert copy.report() == selector.report()
@@ -151,8 +151,8 @@ def test_state_dict_round_trip_keeps_the_decisions() -> None:
 
 def test_training_clears_the_decisions() -> None:
     selector = _selector()
-    data = FakeFittingData(selector)
-    selector.fit(data, range(1, NUM_LAYERS + 1))
+    data = FakeCalibrationData(selector)
+    selector.calibrate(data, range(1, NUM_LAYERS + 1))
     assert not bool(selector.fallback.uses_input.all())
     selector.train()
     batch = data.batches[0]
@@ -161,24 +161,24 @@ def test_training_clears_the_decisions() -> None:
 
 
 def test_fitting_protocol_flags() -> None:
-    assert _selector().needs_fitting and not _selector().fits_at_validation
-    assert not _selector(fallback=False).needs_fitting
+    assert _selector().needs_calibration and not _selector().calibrates_at_validation
+    assert not _selector(fallback=False).needs_calibration
     threshold = _selector(mode="threshold")
-    assert threshold.needs_fitting and threshold.fits_at_validation
+    assert threshold.needs_calibration and threshold.calibrates_at_validation
 
 
 def test_threshold_mode_calibrates_and_does_not_fall_back() -> None:
     selector = _selector(mode="threshold")
-    data = FakeFittingData(_selector())
-    selector.fit(data, range(1, NUM_LAYERS + 1))
+    data = FakeCalibrationData(_selector())
+    selector.calibrate(data, range(1, NUM_LAYERS + 1))
     assert all(selector.calibration.is_calibrated(k) for k in range(1, NUM_LAYERS + 1))
     assert selector.report() == {} and bool(selector.fallback.uses_input.all())
 
 
 def test_fallback_off_changes_nothing() -> None:
     selector = _selector(fallback=False)
-    data = FakeFittingData(selector)
-    selector.fit(data, range(1, NUM_LAYERS + 1))
+    data = FakeCalibrationData(selector)
+    selector.calibrate(data, range(1, NUM_LAYERS + 1))
     assert selector.report() == {}
 
 

@@ -332,7 +332,7 @@ def test_threshold_mode_meets_the_mean_budget_on_calibration_data() -> None:
     selector = make_selector(mode="threshold")
     fill_running_statistics(selector)
     scores_by_budget = calibration_scores(selector)
-    achieved = selector.calibration.calibrate(scores_by_budget)
+    achieved = selector.calibration.set_thresholds(scores_by_budget)
     features, frame_mask = random_inputs(64, seed=11)
     for k in range(1, NUM_LAYERS + 1):
         layers = selector(features, frame_mask, torch.full((64,), k)).keep_mask.sum(-1)
@@ -344,7 +344,7 @@ def test_threshold_mode_meets_the_mean_budget_on_calibration_data() -> None:
 def test_threshold_mode_varies_the_number_of_layers_across_inputs() -> None:
     selector = make_selector(mode="threshold")
     fill_running_statistics(selector)
-    selector.calibration.calibrate(calibration_scores(selector))
+    selector.calibration.set_thresholds(calibration_scores(selector))
     features, frame_mask = random_inputs(64, seed=11)
     layers = selector(features, frame_mask, torch.full((64,), NUM_LAYERS // 2)).keep_mask.sum(-1)
     assert layers.unique().numel() > 1
@@ -352,7 +352,7 @@ def test_threshold_mode_varies_the_number_of_layers_across_inputs() -> None:
 
 def test_threshold_mode_raises_a_clear_error_when_uncalibrated() -> None:
     selector = make_selector(mode="threshold")
-    selector.calibration.calibrate({2: calibration_scores(selector.eval())[2]})
+    selector.calibration.set_thresholds({2: calibration_scores(selector.eval())[2]})
     features, frame_mask = random_inputs(4)
     selector(features, frame_mask, torch.full((4,), 2))
     with pytest.raises(RuntimeError, match=r"budgets \[3\] are not calibrated.*calibrate\(\)"):
@@ -362,7 +362,7 @@ def test_threshold_mode_raises_a_clear_error_when_uncalibrated() -> None:
 def test_is_calibrated_reports_per_budget() -> None:
     selector = make_selector(mode="threshold").eval()
     assert not any(selector.calibration.is_calibrated(k) for k in range(1, NUM_LAYERS + 1))
-    selector.calibration.calibrate({4: calibration_scores(selector)[4]})
+    selector.calibration.set_thresholds({4: calibration_scores(selector)[4]})
     assert [selector.calibration.is_calibrated(k) for k in range(1, NUM_LAYERS + 1)] == [k == 4 for k in range(1, 7)]
 
 
@@ -380,7 +380,7 @@ def test_threshold_mode_trains_exactly_like_topk() -> None:
 def test_state_dict_round_trip_reproduces_outputs() -> None:
     selector = make_selector(mode="threshold")
     fill_running_statistics(selector)
-    selector.calibration.calibrate(calibration_scores(selector))
+    selector.calibration.set_thresholds(calibration_scores(selector))
     restored = make_selector(mode="threshold")
     torch.nn.init.normal_(restored.score_head.weight)
     restored.load_state_dict(selector.state_dict())
@@ -483,7 +483,7 @@ def test_layers_input_threshold_mode_keeps_the_prefix_and_meets_the_mean_budget(
     features, frame_mask = random_inputs(64, seed=7)
     budget = 3
     scores = selector.score(features, frame_mask, torch.full((64,), budget))
-    achieved = selector.calibration.calibrate({budget: scores})[budget]
+    achieved = selector.calibration.set_thresholds({budget: scores})[budget]
     keep = selector(features, frame_mask, torch.full((64,), budget)).keep_mask
     assert bool((keep[:, 0] == 1).all())
     assert abs(float(keep.sum(-1).mean()) - budget) <= 0.5

@@ -37,7 +37,7 @@ def test_a_peaked_prediction_is_more_confident_than_a_flat_one(confidence):
 def test_calibrated_thresholds_meet_each_budget_as_mean_exit_layer():
     early_exit = _exit(layers=[1, 2, 3, 4, 5], policy="confidence")
     confidences = torch.rand(200, 6, generator=torch.Generator().manual_seed(0))
-    early_exit.calibrate(confidences)
+    early_exit.set_thresholds(confidences)
     exits = torch.tensor(early_exit.layers)
     for k in range(1, 7):
         passed = confidences[:, :-1] >= early_exit.threshold_for(k)
@@ -58,13 +58,13 @@ def test_a_bad_policy_names_the_setting():
 
 def test_fitted_for_counts_the_calibrated_budgets_below_full_depth():
     early_exit = _exit(policy="confidence")
-    assert early_exit.fitted_for([6]) and not early_exit.fitted_for([2, 6])
-    early_exit.calibrate(torch.rand(50, 6, generator=torch.Generator().manual_seed(0)), budgets=[2])
-    assert early_exit.fitted_for([2, 6]) and not early_exit.fitted_for([3])
-    assert _exit(policy="budget").fitted_for([1, 2, 3])
+    assert early_exit.calibrated_for([6]) and not early_exit.calibrated_for([2, 6])
+    early_exit.set_thresholds(torch.rand(50, 6, generator=torch.Generator().manual_seed(0)), budgets=[2])
+    assert early_exit.calibrated_for([2, 6]) and not early_exit.calibrated_for([3])
+    assert _exit(policy="budget").calibrated_for([1, 2, 3])
 
 
-def test_confidence_exits_under_bf16_true_with_dataloaders_only_after_fit_on_dataloader(tmp_path):
+def test_confidence_exits_under_bf16_true_with_dataloaders_only_after_calibrate_on_dataloader(tmp_path):
     import lightning as L
 
     from ldrop.sweeps import BudgetSweep
@@ -82,9 +82,9 @@ def test_confidence_exits_under_bf16_true_with_dataloaders_only_after_fit_on_dat
         quiet_trainer(tmp_path, precision="bf16-true", callbacks=[sweep]).test(model, dataloaders=data.test_dataloader())
         return sweep.rows
 
-    with pytest.raises(RuntimeError, match=r"early exit \(policy: confidence\) must be fitted.*fit_on_dataloader"):
+    with pytest.raises(RuntimeError, match=r"early exit \(policy: confidence\) must be fitted.*calibrate_on_dataloader"):
         test("unfitted")
-    model.fit_on_dataloader(data.val_dataloader())  # in the precision of the trainer it was last used with
-    assert next(model.parameters()).dtype == torch.bfloat16 and model.depth.fitted_for([2, 4])
+    model.calibrate_on_dataloader(data.val_dataloader())  # in the precision of the trainer it was last used with
+    assert next(model.parameters()).dtype == torch.bfloat16 and model.depth.calibrated_for([2, 4])
     rows = test("fitted")
     assert 1.0 <= rows[0]["executed_layers"] <= 4.0 and rows[1]["executed_layers"] == 4.0

@@ -19,16 +19,16 @@ class LoudnessSelector(LayerSelector):
     def __init__(self, num_layers: int, feature_dim: int) -> None:
         super().__init__(num_layers, feature_dim)
         self.register_buffer("threshold", torch.tensor(float("nan")))
-        self.fitted_budgets: list[list[int]] = []
+        self.calibrated_budgets: list[list[int]] = []
 
     @property
-    def needs_fitting(self) -> bool:
+    def needs_calibration(self) -> bool:
         return True
 
-    def fit(self, data, budgets) -> None:
+    def calibrate(self, data, budgets) -> None:
         loudness = torch.cat([self.loudness(batch.waveforms, batch.lengths) for batch in data.inputs()])
         self.threshold.fill_(float(loudness.median()))
-        self.fitted_budgets.append(list(budgets))
+        self.calibrated_budgets.append(list(budgets))
 
     @staticmethod
     def loudness(waveforms: Tensor, lengths: Tensor) -> Tensor:
@@ -57,7 +57,7 @@ def test_a_user_selector_with_a_fitting_step_is_fitted_before_test(tmp_path):
     model = _classifier(selector=LoudnessSelector)
     sweep = BudgetSweep(budgets=[2, 4])
     quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, tiny_classification_data())
-    assert model.selector.fitted_budgets == [[2, 4]]  # fitted once, for the swept budgets
+    assert model.selector.calibrated_budgets == [[2, 4]]  # fitted once, for the swept budgets
     assert torch.isfinite(model.selector.threshold)
     assert [row["budget_layers"] for row in sweep.rows] == [2, 4]
 
@@ -67,7 +67,7 @@ def test_a_user_selector_with_a_fitting_step_is_fitted_before_predict(tmp_path):
     model = _classifier(selector=LoudnessSelector, predict_budget=2)
     data = tiny_classification_data()
     records = quiet_trainer(tmp_path, limit_predict_batches=1).predict(model, data)
-    assert model.selector.fitted_budgets == [[1, 2, 3, 4]]  # every budget: predict's may be chosen late
+    assert model.selector.calibrated_budgets == [[1, 2, 3, 4]]  # every budget: predict's may be chosen late
     assert all(len(r["executed_layers"]) == 2 for batch in records for r in batch)
 
 

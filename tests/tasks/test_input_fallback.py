@@ -12,7 +12,7 @@ from ldrop.selectors import InputConditionedSelector
 from ldrop.sweeps import BudgetSweep
 from ldrop.sweeps.report import load_sweep, primary_metric
 from ldrop.tasks import BudgetSampling, ClassificationTask, OptimizerConfig
-from ldrop.tasks.calibration import _TaskFittingData
+from ldrop.tasks.calibration import _TaskCalibrationData
 from tests.helpers import quiet_trainer, tiny_classification_data
 
 
@@ -26,7 +26,7 @@ def test_ldrop_test_fits_the_fallback_and_no_budget_is_below_the_best_blind_mask
                                selector=functools.partial(InputConditionedSelector, hidden_dim=16))
     quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
     selector = model.selector
-    assert selector.needs_fitting and not selector.fits_at_validation and selector.report() == {}
+    assert selector.needs_calibration and not selector.calibrates_at_validation and selector.report() == {}
 
     sweep = BudgetSweep(directory=str(tmp_path / "sweep"), headroom=False)
     quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=1).test(model, data)
@@ -37,7 +37,7 @@ def test_ldrop_test_fits_the_fallback_and_no_budget_is_below_the_best_blind_mask
     assert primary_metric(load_sweep(tmp_path / "sweep")) == "acc"
 
     model.eval()
-    fitting = _TaskFittingData(model, lambda: data.val_dataloader())
+    fitting = _TaskCalibrationData(model, lambda: data.val_dataloader())
     for k, decision in report.items():
         def chosen(encoded, k=k):  # the fitted selector as evaluation runs it, fallback included
             budget = torch.full((encoded.features.shape[0],), k, dtype=torch.long)

@@ -144,7 +144,7 @@ def test_threshold_mode_meets_the_calibrated_mean_budget(tmp_path):
     quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
     data.setup("validate")
     model.eval()
-    model.fit_on_dataloader(data.val_dataloader())
+    model.calibrate_on_dataloader(data.val_dataloader())
     for k in range(1, model.num_layers + 1):
         counts = []
         with torch.no_grad():
@@ -178,7 +178,7 @@ def test_dynamic_early_exit_meets_the_calibrated_mean_exit(tmp_path):
     quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
     data.setup("validate")
     model.eval()
-    model.fit_on_dataloader(data.val_dataloader())
+    model.calibrate_on_dataloader(data.val_dataloader())
     with torch.no_grad():
         keeps = [model(b.waveforms, b.lengths, 2)[1] for b in data.val_dataloader()]
     keep = torch.cat(keeps)
@@ -203,7 +203,7 @@ def test_static_search_installs_a_subset_per_budget(tmp_path):
     data = tiny_classification_data()
     model = _classifier(selector=functools.partial(StaticSelector, search=True))
     data.setup("validate")
-    model.fit_on_dataloader(data.val_dataloader(), [1, 2, 3])
+    model.calibrate_on_dataloader(data.val_dataloader(), [1, 2, 3])
     subsets = {k: v for k, v in model.selector.subsets.items() if k in (1, 2, 3)}  # the searched budgets
     assert {k: len(v) for k, v in subsets.items()} == {1: 1, 2: 2, 3: 3}
     with torch.no_grad():

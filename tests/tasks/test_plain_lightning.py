@@ -55,9 +55,9 @@ def count_fits(model: ClassificationTask) -> list[list[int]]:
     return calls
 
 
-def test_test_and_predict_with_dataloaders_only_after_fit_on_dataloader(tmp_path):
+def test_test_and_predict_with_dataloaders_only_after_calibrate_on_dataloader(tmp_path):
     model = trained_model(tmp_path)
-    model.fit_on_dataloader(tone_loader(8, seed=2))
+    model.calibrate_on_dataloader(tone_loader(8, seed=2))
     report = model.selector.report()
     assert sorted(report) == list(range(1, model.num_layers))
     fits = count_fits(model)
@@ -80,7 +80,7 @@ def test_without_validation_data_the_fallback_is_off_and_a_single_line_says_so(t
         quiet_trainer(tmp_path).predict(model, dataloaders=tone_loader(4, seed=3))
     warnings = [r.getMessage() for r in caplog.records if r.name == "ldrop.tasks.calibration"]
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
-    assert all("fallback: false" in w and "fit_on_dataloader" in w for w in warnings)
+    assert all("fallback: false" in w and "calibrate_on_dataloader" in w for w in warnings)
     # nothing decided: every budget read the input
     assert model.selector.report() == {} and bool(model.selector.fallback.uses_input.all())
     assert len(sweep.rows) == model.num_layers and all(0.0 <= row["acc"] <= 1.0 for row in sweep.rows)
@@ -90,7 +90,7 @@ def test_a_selector_that_cannot_run_unfitted_says_how_to_fit_it(tmp_path):
     model = trained_model(tmp_path, mode="threshold")
     model.selector.calibration.thresholds.fill_(float("nan"))  # as a model never validated: nothing calibrated
     sweep = BudgetSweep(directory=str(tmp_path / "sweep"), headroom=False)
-    with pytest.raises(RuntimeError, match=r"InputConditionedSelector must be fitted .*fit_on_dataloader"):
+    with pytest.raises(RuntimeError, match=r"InputConditionedSelector must be fitted .*calibrate_on_dataloader"):
         quiet_trainer(tmp_path, callbacks=[sweep]).test(model, dataloaders=tone_loader(4, seed=3))
 
 
@@ -112,14 +112,14 @@ class ToneData(L.LightningDataModule):
 
 def test_only_budgets_not_fitted_yet_are_fitted_and_training_forgets_the_fits(tmp_path):
     model = trained_model(tmp_path)
-    model.fit_on_dataloader(tone_loader(8, seed=2), budgets=[2])
+    model.calibrate_on_dataloader(tone_loader(8, seed=2), budgets=[2])
     fits = count_fits(model)
     quiet_trainer(tmp_path, callbacks=[BudgetSweep(budgets=[2, 3], directory=str(tmp_path / "s"), headroom=False)]
                   ).test(model, datamodule=ToneData())
     assert fits == [[3]]
     quiet_trainer(tmp_path).predict(model, datamodule=ToneData())
     assert fits == [[3], [1, 4]]  # predict needs every budget: only those not fitted yet
-    assert model.fitted_budgets == frozenset({1, 2, 3, 4})
+    assert model.calibrated_budgets == frozenset({1, 2, 3, 4})
     quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=ToneData())
-    assert model.fitted_budgets == frozenset()
+    assert model.calibrated_budgets == frozenset()
     assert torch.isnan(model.selector.fallback.metrics).all()  # training also cleared the decisions

@@ -9,14 +9,14 @@ import torch
 
 from ldrop.budgets import profile_model
 from ldrop.cli import main
-from ldrop.runtime import UnfittedSelectorWarning, load_model
+from ldrop.runtime import UncalibratedSelectorWarning, load_model
 from tests.helpers import tiny_classification_data
 
 WAVES = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
 
 
 def _unfitted(caught) -> list[warnings.WarningMessage]:
-    return [w for w in caught if issubclass(w.category, UnfittedSelectorWarning)]
+    return [w for w in caught if issubclass(w.category, UncalibratedSelectorWarning)]
 
 
 def test_loading_and_profiling_do_not_warn(tiny_checkpoint, tmp_path):
@@ -29,7 +29,7 @@ def test_loading_and_profiling_do_not_warn(tiny_checkpoint, tmp_path):
         with torch.no_grad():
             model(WAVES, None, model.num_layers)  # full depth: the fit changes nothing
             model(WAVES)
-    assert not model.selector.fitted
+    assert not model.selector.calibrated
     assert not _unfitted(caught)
 
 
@@ -42,14 +42,14 @@ def test_the_first_call_below_full_depth_warns_once_at_the_callers_line(tiny_che
         model(WAVES, None, budget=0.5)
     [warning] = _unfitted(caught)
     assert (warning.filename, warning.lineno) == (__file__, line)  # the user's call, not ldrop or torch
-    assert "fit_on_dataloader" in str(warning.message)
+    assert "calibrate_on_dataloader" in str(warning.message)
 
 
 def test_a_model_fitted_on_validation_data_does_not_warn(tiny_checkpoint):
     model = load_model(tiny_checkpoint)
     data = tiny_classification_data()
     data.setup("validate")
-    model.fit_on_dataloader(data.val_dataloader())
+    model.calibrate_on_dataloader(data.val_dataloader())
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         model(WAVES, None, 2)
