@@ -41,8 +41,8 @@ class ThresholdCalibration(nn.Module):
         if bool(missing.any()):
             budgets = sorted({int(k) for k in budget[missing]})
             raise RuntimeError(
-                f"threshold mode: budgets {budgets} are not calibrated; call calibration.set_thresholds() with eval-mode "
-                "scores of validation inputs at those budgets after training"
+                f"threshold mode: budgets {budgets} are not calibrated; after training, calibrate() on validation "
+                "data (model.calibrate_on_dataloader(val_loader), or ldrop test/predict with a datamodule)"
             )
         return thresholds
 

@@ -43,15 +43,15 @@ def trained_model(tmp_path, **selector_options) -> ClassificationTask:
 
 
 def count_fits(model: ClassificationTask) -> list[list[int]]:
-    """The budgets of every ``selector.fit`` call from now on."""
+    """The budgets of every ``selector.calibrate`` call from now on."""
     calls: list[list[int]] = []
-    fit = model.selector.fit
+    fit = model.selector.calibrate
 
     def recording(data, budgets):
         calls.append(sorted(int(k) for k in budgets))
         return fit(data, budgets)
 
-    model.selector.fit = recording
+    model.selector.calibrate = recording
     return calls
 
 
