@@ -3,34 +3,24 @@ the controller that turns a target into per-input layer counts.
 
 Below the tasks: it imports the engine, the backbones and ``ldrop._io``/``ldrop._progress`` only; models are
 duck-typed (the task protocol: ``num_layers``, ``backbone``, ``selector``, ``encode``, ``decide``, ...).
+The names are imported on first use: ``targets`` and ``loop`` need no torch (the ONNX runtime uses them).
 """
 
-from ldrop.budgets.controller import (
-    QUICK_GRID,
-    BudgetController,
-    BudgetDecision,
-    TargetResolver,
-    UnmeetableTargetWarning,
-)
-from ldrop.budgets.layers import Budget, budget_list, budget_to_layers, resolve_budget
-from ldrop.budgets.profile import DeviceProfile, PartFit, fit_part, profile_model, validate_profile
-from ldrop.budgets.targets import Target, is_target
+import importlib
 
-__all__ = [
-    "QUICK_GRID",
-    "Budget",
-    "BudgetController",
-    "BudgetDecision",
-    "DeviceProfile",
-    "PartFit",
-    "Target",
-    "TargetResolver",
-    "UnmeetableTargetWarning",
-    "budget_list",
-    "budget_to_layers",
-    "fit_part",
-    "is_target",
-    "profile_model",
-    "resolve_budget",
-    "validate_profile",
-]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    **dict.fromkeys(("QUICK_GRID", "BudgetController", "TargetResolver"), "ldrop.budgets.controller"),
+    **dict.fromkeys(("BudgetDecision", "ControlLoop", "UnmeetableTargetWarning"), "ldrop.budgets.loop"),
+    **dict.fromkeys(("Budget", "budget_list", "budget_to_layers", "resolve_budget"), "ldrop.budgets.layers"),
+    **dict.fromkeys(("DeviceProfile", "PartFit", "fit_part", "profile_model", "validate_profile"),
+                    "ldrop.budgets.profile"),
+    **dict.fromkeys(("Target", "is_target"), "ldrop.budgets.targets"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ldrop.budgets' has no attribute {name!r}")

@@ -11,16 +11,15 @@ minimum budget run it, with an :class:`UnmeetableTargetWarning` (``on_unmeetable
 
 from __future__ import annotations
 
-import collections
-import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
 from ldrop.budgets.profile import DeviceProfile, profile_model
 from ldrop.budgets.targets import Target
 
@@ -29,30 +28,8 @@ QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1
                               "validation_batches": 0}
 
 
-class UnmeetableTargetWarning(UserWarning):
-    """Some inputs cannot meet the target even with one layer; they get the minimum budget."""
-
-
-@dataclass
-class BudgetDecision:
-    """A controller's choice for one batch.
-
-    Attributes:
-        budget: ``[batch]`` long, layers per input in ``1..N``.
-        predicted_seconds: ``[batch]`` float64, the cost attributed to each input at its budget, with the
-            current correction (seconds; for ``gflops_per_second`` targets: GFLOPs).
-        allowance: ``[batch]`` float64, what each input may cost under the target (same unit).
-        meets_target: ``[batch]`` bool, False where even one layer is predicted over the allowance.
-    """
-
-    budget: Tensor
-    predicted_seconds: Tensor
-    allowance: Tensor
-    meets_target: Tensor
-
-
-class BudgetController:
-    """Chooses the largest affordable budget per input and corrects its cost model online.
+class BudgetController(ControlLoop):
+    """The PyTorch controller: costs from a device profile (time targets) or the exact FLOPs count.
 
     Args:
         num_layers: ``N``, encoder layers of the model.
@@ -60,70 +37,22 @@ class BudgetController:
         flops_config: the backbone config (or backbone) for ``gflops_per_second`` targets.
         extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` paid by every input on top of the backbone's
             fixed part (the selector's own cost).
-        closed_loop: correct predictions with measured times (:meth:`observe`); ``False`` is open loop.
-        margin: fraction of a time allowance kept free for noise (plan for ``(1 - margin) x target``).
-        alpha_up, alpha_down: EMA weights of a new ratio when it is above / below the current correction.
-        window, quantile: the correction is at least this quantile of the last ``window`` ratios
-            (``quantile=None``: the moving average alone).
-        correction_bounds: the correction stays within these factors.
-        on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"`` (a ``ValueError``).
-        sample_rate: samples per second of the waveforms.
-        min_budget: the fewest layers any input runs: ``j`` for a selector that reads (and so always runs)
-            the first ``j`` encoder layers, else 1. Budgets below it are never chosen (they would run ``j``).
+        **options: the closed loop's (:class:`~ldrop.budgets.loop.ControlLoop`): ``closed_loop``, ``margin``,
+            ``alpha_up``, ``alpha_down``, ``window``, ``quantile``, ``correction_bounds``, ``on_unmeetable``,
+            ``sample_rate``, ``min_budget``.
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        profile: DeviceProfile | None = None,
-        flops_config: Any = None,
-        extra_fixed_flops: Callable[[Tensor], Tensor] | None = None,
-        closed_loop: bool = True,
-        margin: float = 0.1,
-        alpha_up: float = 0.6,
-        alpha_down: float = 0.15,
-        window: int = 8,
-        quantile: float | None = 0.9,
-        correction_bounds: tuple[float, float] = (0.25, 8.0),
-        on_unmeetable: Literal["min", "raise"] = "min",
-        sample_rate: int = 16_000,
-        min_budget: int = 1,
-    ) -> None:
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not 1 <= min_budget <= num_layers:
-            raise ValueError(f"min_budget must be in 1..{num_layers}, got {min_budget}")
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"margin must be in [0, 1), got {margin}")
-        if not (0.0 < alpha_up <= 1.0 and 0.0 < alpha_down <= 1.0):
-            raise ValueError(f"alpha_up and alpha_down must be in (0, 1], got {alpha_up}, {alpha_down}")
-        if window < 1 or (quantile is not None and not 0.0 <= quantile <= 1.0):
-            raise ValueError(f"window must be >= 1 and quantile in [0, 1] or None, got {window}, {quantile}")
-        low, high = correction_bounds
-        if not 0.0 < low <= 1.0 <= high:
-            raise ValueError(f"correction_bounds must satisfy 0 < low <= 1 <= high, got {correction_bounds}")
-        if on_unmeetable not in ("min", "raise"):
-            raise ValueError(f"on_unmeetable must be 'min' or 'raise', got {on_unmeetable!r}")
-        if profile is not None and profile.num_layers != num_layers:
-            raise ValueError(f"the profile is of a {profile.num_layers}-layer model, not of {num_layers} layers")
-        self.num_layers = num_layers
+    def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops_config: Any = None,
+                 extra_fixed_flops: Callable[[Tensor], Tensor] | None = None, **options: Any) -> None:
+        super().__init__(num_layers, **options)
+        self._check_profile(profile)
         self.profile = profile
         self.flops_config = flops_config
         self.extra_fixed_flops = extra_fixed_flops
-        self.closed_loop = closed_loop
-        self.margin = margin
-        self.alpha_up, self.alpha_down = alpha_up, alpha_down
-        self.correction_bounds = (float(low), float(high))
-        self.quantile = quantile
-        self._recent: collections.deque[float] = collections.deque(maxlen=window)
-        self._average = 1.0
-        self.on_unmeetable = on_unmeetable
-        self.sample_rate = sample_rate
-        self.min_budget = int(min_budget)
-        #: Current ratio measured / predicted time that scales every time prediction (1: trust the profile).
-        self.correction = 1.0
 
-    # ------------------------------------------------------------------ decisions
+    def as_result(self, array: np.ndarray) -> Tensor:
+        return torch.from_numpy(array)
+
     def costs(self, sample_lengths: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
         """``(fixed [batch], per layer [batch], allowance [batch])`` in the target's unit, float64.
 
@@ -154,67 +83,6 @@ class BudgetController:
         fixed, layer = self.profile.per_input(lengths)
         allowance = (target.value / 1000.0) * torch.ones_like(seconds) if target.kind == "ms" else target.value * seconds
         return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
-
-    def decide(self, sample_lengths: Tensor, target: Target | dict | str, *, warn: bool = True,
-               _stacklevel: int = 2) -> BudgetDecision:
-        """The largest budget each input can afford under ``target`` (at least one layer).
-
-        Args:
-            sample_lengths: ``[batch]`` valid samples per input.
-            target: a :class:`Target`, ``{"rtf": 0.1}`` or ``"ms=80"``.
-            warn: warn about inputs that cannot meet the target (``False``: the caller counts
-                ``meets_target`` itself, e.g. over a whole run, as :class:`TargetResolver` does).
-
-        Raises:
-            ValueError: an invalid target, a missing profile/config, or (``on_unmeetable="raise"``) a target
-                that some input cannot meet.
-        """
-        target = Target.parse(target)
-        fixed, layer, allowance = self.costs(sample_lengths, target)
-        affordable = torch.floor((allowance - fixed) / layer.clamp(min=1e-30) + 1e-9)
-        meets = affordable >= self.min_budget
-        budget = affordable.clamp(self.min_budget, self.num_layers).to(torch.long)
-        if not bool(meets.all()):
-            bad = int((~meets).sum())
-            message = (f"target {target.kind}={target.value:g} cannot be met by {bad} of {len(meets)} inputs even "
-                       f"with {self.min_budget} layer(s)")
-            if self.on_unmeetable == "raise":
-                raise ValueError(message)
-            if warn:
-                warnings.warn(f"{message}: they run the minimum budget ({self.min_budget} layer(s))",
-                              UnmeetableTargetWarning, stacklevel=_stacklevel)
-        predicted = fixed + budget.to(torch.float64) * layer
-        return BudgetDecision(budget, predicted, allowance, meets)
-
-    def budgets(self, sample_lengths: Tensor, target: Target | dict | str) -> Tensor:
-        """``[batch]`` long: :meth:`decide`'s budget only."""
-        return self.decide(sample_lengths, target, _stacklevel=3).budget
-
-    # ------------------------------------------------------------------ closed loop
-    def observe(self, predicted_seconds: float, measured_seconds: float) -> float:
-        """Feed back one forward's measured time against the profile's *uncorrected* prediction.
-
-        Returns:
-            The new correction (unchanged in open loop or for a non-positive time).
-        """
-        if not self.closed_loop or not (predicted_seconds > 0 and measured_seconds > 0):
-            return self.correction
-        low, high = self.correction_bounds
-        ratio = min(high, max(low, measured_seconds / predicted_seconds))
-        alpha = self.alpha_up if ratio > self._average else self.alpha_down
-        self._average = math.exp((1 - alpha) * math.log(self._average) + alpha * math.log(ratio))
-        self._recent.append(ratio)
-        correction = self._average
-        if self.quantile is not None:
-            recent = sorted(self._recent)
-            correction = max(correction, recent[min(len(recent) - 1, int(self.quantile * len(recent)))])
-        self.correction = min(high, max(low, correction))
-        return self.correction
-
-    def reset(self) -> None:
-        """Forget the online correction (trust the profile again)."""
-        self.correction = self._average = 1.0
-        self._recent.clear()
 
 
 class TargetResolver:

@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ldrop.budgets.profile import DeviceProfile
-
 #: Keys of a target budget: milliseconds per utterance, real-time factor (seconds of compute per second of
 #: audio), or GFLOPs per second of audio.
 TARGET_KINDS = ("ms", "rtf", "gflops_per_second")
@@ -85,6 +83,8 @@ def _check_profile_file(path: str) -> None:
     key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size) if stat is not None else None
     if key is not None and key in _CHECKED_PROFILES:
         return
+    from ldrop.budgets.profile import DeviceProfile  # here: parsing a target needs no torch (the ONNX runtime)
+
     DeviceProfile.load(path)
     if key is not None:
         _CHECKED_PROFILES.add(key)

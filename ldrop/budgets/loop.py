@@ -1,0 +1,177 @@
+"""The controller's decision and closed loop, torch-free: shared by :class:`~ldrop.budgets.BudgetController`
+(PyTorch) and the ONNX runtime's controller (numpy only, :mod:`ldrop.runtime.onnx_budgets`).
+
+A subclass says what one input costs (:meth:`ControlLoop.costs`: the fixed part, one layer, the allowance, in
+the target's unit); this class picks the largest affordable budget per input and corrects time predictions by
+measured / predicted ratios (see :mod:`ldrop.budgets.controller`).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ldrop.budgets.targets import Target
+
+
+class UnmeetableTargetWarning(UserWarning):
+    """Some inputs cannot meet the target even with one layer; they get the minimum budget."""
+
+
+@dataclass
+class BudgetDecision:
+    """A controller's choice for one batch (tensors from the PyTorch controller, arrays from the numpy one).
+
+    Attributes:
+        budget: ``[batch]`` int64, layers per input in ``1..N``.
+        predicted_seconds: ``[batch]`` float64, the cost attributed to each input at its budget, with the
+            current correction (seconds; for ``gflops_per_second`` targets: GFLOPs).
+        allowance: ``[batch]`` float64, what each input may cost under the target (same unit).
+        meets_target: ``[batch]`` bool, False where even one layer is predicted over the allowance.
+    """
+
+    budget: Any
+    predicted_seconds: Any
+    allowance: Any
+    meets_target: Any
+
+
+class ControlLoop:
+    """Chooses the largest affordable budget per input and corrects its cost model online.
+
+    Args:
+        num_layers: ``N``, encoder layers of the model.
+        closed_loop: correct predictions with measured times (:meth:`observe`); ``False`` is open loop.
+        margin: fraction of a time allowance kept free for noise (plan for ``(1 - margin) x target``).
+        alpha_up, alpha_down: EMA weights of a new ratio when it is above / below the current correction.
+        window, quantile: the correction is at least this quantile of the last ``window`` ratios
+            (``quantile=None``: the moving average alone).
+        correction_bounds: the correction stays within these factors.
+        on_unmeetable: ``"min"`` (the minimum budget and a warning) or ``"raise"`` (a ``ValueError``).
+        sample_rate: samples per second of the waveforms.
+        min_budget: the fewest layers any input runs: ``j`` for a selector that reads (and so always runs)
+            the first ``j`` encoder layers, else 1. Budgets below it are never chosen (they would run ``j``).
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        closed_loop: bool = True,
+        margin: float = 0.1,
+        alpha_up: float = 0.6,
+        alpha_down: float = 0.15,
+        window: int = 8,
+        quantile: float | None = 0.9,
+        correction_bounds: tuple[float, float] = (0.25, 8.0),
+        on_unmeetable: Literal["min", "raise"] = "min",
+        sample_rate: int = 16_000,
+        min_budget: int = 1,
+    ) -> None:
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 1 <= min_budget <= num_layers:
+            raise ValueError(f"min_budget must be in 1..{num_layers}, got {min_budget}")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must be in [0, 1), got {margin}")
+        if not (0.0 < alpha_up <= 1.0 and 0.0 < alpha_down <= 1.0):
+            raise ValueError(f"alpha_up and alpha_down must be in (0, 1], got {alpha_up}, {alpha_down}")
+        if window < 1 or (quantile is not None and not 0.0 <= quantile <= 1.0):
+            raise ValueError(f"window must be >= 1 and quantile in [0, 1] or None, got {window}, {quantile}")
+        low, high = correction_bounds
+        if not 0.0 < low <= 1.0 <= high:
+            raise ValueError(f"correction_bounds must satisfy 0 < low <= 1 <= high, got {correction_bounds}")
+        if on_unmeetable not in ("min", "raise"):
+            raise ValueError(f"on_unmeetable must be 'min' or 'raise', got {on_unmeetable!r}")
+        self.num_layers = num_layers
+        self.closed_loop = closed_loop
+        self.margin = margin
+        self.alpha_up, self.alpha_down = alpha_up, alpha_down
+        self.correction_bounds = (float(low), float(high))
+        self.quantile = quantile
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)
+        self._average = 1.0
+        self.on_unmeetable = on_unmeetable
+        self.sample_rate = sample_rate
+        self.min_budget = int(min_budget)
+        #: Current ratio measured / predicted time that scales every time prediction (1: trust the profile).
+        self.correction = 1.0
+
+    def _check_profile(self, profile: Any) -> None:
+        if profile is not None and profile.num_layers != self.num_layers:
+            raise ValueError(f"the profile is of a {profile.num_layers}-layer model, not of {self.num_layers} layers")
+
+    # ------------------------------------------------------------------ decisions
+    def costs(self, sample_lengths: Any, target: Target) -> tuple[Any, Any, Any]:
+        """``(fixed [batch], per layer [batch], allowance [batch])`` float64 in the target's unit (time
+        targets: seconds times the correction, the allowance ``(1 - margin)`` of the target)."""
+        raise NotImplementedError
+
+    def as_result(self, array: np.ndarray) -> Any:
+        """A decision's array in this controller's array type (numpy here; the PyTorch controller: tensors)."""
+        return array
+
+    def decide(self, sample_lengths: Any, target: Target | dict | str, *, warn: bool = True,
+               _stacklevel: int = 2) -> BudgetDecision:
+        """The largest budget each input can afford under ``target`` (at least ``min_budget``).
+
+        Args:
+            sample_lengths: ``[batch]`` valid samples per input.
+            target: a :class:`Target`, ``{"rtf": 0.1}`` or ``"ms=80"``.
+            warn: warn about inputs that cannot meet the target (``False``: the caller counts
+                ``meets_target`` itself, e.g. over a whole run, as ``TargetResolver`` does).
+
+        Raises:
+            ValueError: an invalid target, a missing profile/config, or (``on_unmeetable="raise"``) a target
+                that some input cannot meet.
+        """
+        target = Target.parse(target)
+        fixed, layer, allowance = (np.asarray(x, dtype=np.float64) for x in self.costs(sample_lengths, target))
+        affordable = np.floor((allowance - fixed) / np.maximum(layer, 1e-30) + 1e-9)
+        meets = affordable >= self.min_budget
+        budget = np.clip(affordable, self.min_budget, self.num_layers).astype(np.int64)
+        if not bool(meets.all()):
+            bad = int((~meets).sum())
+            message = (f"target {target.kind}={target.value:g} cannot be met by {bad} of {len(meets)} inputs even "
+                       f"with {self.min_budget} layer(s)")
+            if self.on_unmeetable == "raise":
+                raise ValueError(message)
+            if warn:
+                warnings.warn(f"{message}: they run the minimum budget ({self.min_budget} layer(s))",
+                              UnmeetableTargetWarning, stacklevel=_stacklevel)
+        predicted = fixed + budget.astype(np.float64) * layer
+        return BudgetDecision(*(self.as_result(a) for a in (budget, predicted, allowance, meets)))
+
+    def budgets(self, sample_lengths: Any, target: Target | dict | str) -> Any:
+        """``[batch]`` int64: :meth:`decide`'s budget only."""
+        return self.decide(sample_lengths, target, _stacklevel=3).budget
+
+    # ------------------------------------------------------------------ closed loop
+    def observe(self, predicted_seconds: float, measured_seconds: float) -> float:
+        """Feed back one forward's measured time against the profile's *uncorrected* prediction.
+
+        Returns:
+            The new correction (unchanged in open loop or for a non-positive time).
+        """
+        if not self.closed_loop or not (predicted_seconds > 0 and measured_seconds > 0):
+            return self.correction
+        low, high = self.correction_bounds
+        ratio = min(high, max(low, measured_seconds / predicted_seconds))
+        alpha = self.alpha_up if ratio > self._average else self.alpha_down
+        self._average = math.exp((1 - alpha) * math.log(self._average) + alpha * math.log(ratio))
+        self._recent.append(ratio)
+        correction = self._average
+        if self.quantile is not None:
+            recent = sorted(self._recent)
+            correction = max(correction, recent[min(len(recent) - 1, int(self.quantile * len(recent)))])
+        self.correction = min(high, max(low, correction))
+        return self.correction
+
+    def reset(self) -> None:
+        """Forget the online correction (trust the profile again)."""
+        self.correction = self._average = 1.0
+        self._recent.clear()
