@@ -406,7 +406,8 @@ class SpeechBackbone(nn.Module):
         batch, samples = waveforms.shape
         if lengths is None:
             lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
-        if int(lengths.min()) < self.receptive_field:
+        # not while exporting: a check on values is a data-dependent branch (the ONNX runtime checks lengths)
+        if not torch.compiler.is_exporting() and int(lengths.min()) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); "
                 f"got a length of {int(lengths.min())}: pad short clips"
@@ -504,7 +505,8 @@ class WavLMBackbone(SpeechBackbone):
         bias = context.position_bias[:, :frames, :frames]
         bias = bias.unsqueeze(0).expand(batch, heads, frames, frames).reshape(batch * heads, frames, frames)
         # WavLM's attention takes the 2-D padding mask (it calls F.multi_head_attention_forward).
-        mask = None if bool(frame_mask.all()) else frame_mask
+        # (an exported graph always takes the mask: the check would be a data-dependent branch)
+        mask = frame_mask if torch.compiler.is_exporting() or not bool(frame_mask.all()) else None
         return layer(hidden, attention_mask=mask, position_bias=bias)[0]
 
 

@@ -117,9 +117,10 @@ def build_stream(args: argparse.Namespace, model: Any) -> tuple[list[torch.Tenso
     return clips, [None] * len(clips)
 
 
-def idle_times(model: Any, longest: torch.Tensor, repeats: int, seed: int) -> dict[int, float]:
+def idle_times(model: Any, longest: torch.Tensor, repeats: int, seed: int, runner_class: Any = AdaptiveModel
+               ) -> dict[int, float]:
     """Offline, idle: median ms of the forward on ``longest`` at every budget (interleaved rounds)."""
-    runner = AdaptiveModel(model, closed_loop=False)
+    runner = runner_class(model, closed_loop=False)
     order = random.Random(seed)
     budgets = list(range(1, model.num_layers + 1))
     samples: dict[int, list[float]] = {k: [] for k in budgets}
@@ -137,13 +138,14 @@ def choose_fixed_budget(times: dict[int, float], deadline_ms: float) -> int:
 
 def replay(policies: Sequence[str], model: Any, profile: DeviceProfile, clips: Sequence[torch.Tensor],
            targets: Sequence[int | None], deadline_ms: float, fixed_k: int, load: LoadGenerator,
-           load_span: tuple[int, int], margin: float, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+           load_span: tuple[int, int], margin: float, seed: int = 0, runner_class: Any = AdaptiveModel
+           ) -> dict[str, list[dict[str, Any]]]:
     """Stream ``clips`` one at a time, the load on for utterances in ``load_span``.
 
     Every utterance is run by every policy in turn (in a fresh random order), so all policies meet the
     machine in the same state; each policy keeps its own controller.
     """
-    runners = {p: AdaptiveModel(model, profile=profile, closed_loop=(p == "closed_loop"), margin=margin)
+    runners = {p: runner_class(model, profile=profile, closed_loop=(p == "closed_loop"), margin=margin)
                for p in policies}
     budgets: dict[str, Any] = {p: {"full": None, "fixed": fixed_k}.get(p, {"ms": deadline_ms}) for p in policies}
     records: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
@@ -246,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated set with --ckpt")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="onnx: export the model and run every policy on ONNX Runtime (ldrop.bench.onnx_control)")
+    parser.add_argument("--export-dir", default=None, help="with --runtime onnx: reuse (or write) the export here")
     parser.add_argument("--json", required=True, help="output JSON")
     parser.add_argument("--plot", default=None, help="output plot (default: the JSON's name with .png)")
     return parser
@@ -281,6 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = ClassificationTask(labels=["a", "b"], backbone=args.backbone, pretrained=False,
                                    backbone_overrides=overrides, selector=InputConditionedSelector).eval()
     clips, targets = build_stream(args, model)
+    runner_class, measure_profile = AdaptiveModel, profile_model
+    if args.runtime == "onnx":
+        from ldrop.bench.onnx_control import onnx_runtime
+
+        model, runner_class, measure_profile = onnx_runtime(model, args.threads, args.export_dir)
     lengths = [len(c) / 16_000 for c in clips]
     longest = max(clips, key=len)
     load_before = os.getloadavg()[0]
@@ -288,15 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Offline, on the idle machine: the profile, the deadline and the fixed budget.
     for _ in range(2):
-        AdaptiveModel(model)(longest, None)  # warm-up
+        runner_class(model)(longest, None)  # warm-up
     if args.profile:
         profile = DeviceProfile.load(args.profile)
     else:
         low, high = min(lengths), max(lengths)
         grid = sorted({round(low + (high - low) * f / 5, 3) for f in range(6)})
-        profile = profile_model(model, seconds=grid, batch_sizes=(1,), repeats=args.profile_repeats,
-                                validation_batches=6)
-    fixed_times = idle_times(model, longest, repeats=3, seed=args.seed)
+        profile = measure_profile(model, seconds=grid, batch_sizes=(1,), repeats=args.profile_repeats,
+                                  validation_batches=6)
+    fixed_times = idle_times(model, longest, repeats=3, seed=args.seed, runner_class=runner_class)
     deadline_ms = args.deadline_ms
     if deadline_ms is None:  # 10% above the idle time of two thirds of the layers on the longest utterance
         deadline_ms = 1.1 * fixed_times[max(1, round(2 * model.num_layers / 3))]
@@ -306,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_span = (round(span[0] * len(clips)), round(span[1] * len(clips)))
     with LoadGenerator(args.load_procs, args.max_load_seconds) as load:
         results = replay(policies, model, profile, clips, targets, deadline_ms, fixed_k, load, load_span,
-                         args.margin, args.seed)
+                         args.margin, args.seed, runner_class)
     load_after = os.getloadavg()[0]
     for policy in policies:
         s = summarize(results[policy])
@@ -326,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_path = Path(args.plot) if args.plot else json_path.with_suffix(".png")
     payload = {
         "benchmark": "control",
+        "runtime": args.runtime,
         "machine": machine_info(torch.device("cpu")),
         "load": {"load_average_1min_before": load_before, "load_average_1min_after": load_after,
                  "load_procs": args.load_procs, "loaded_utterances": list(load_span),

@@ -356,12 +356,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="onnx: export the model and time ONNX Runtime against PyTorch eager (ldrop.bench.onnx_speed)")
+    parser.add_argument("--quantize", choices=("dynamic",), default=None, help="with --runtime onnx: int8 layer graphs")
+    parser.add_argument("--export-dir", default=None, help="with --runtime onnx: reuse (or write) the export here")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m ldrop.bench speedup``."""
     args = build_parser().parse_args(argv)
+    if args.runtime == "onnx":
+        from ldrop.bench.onnx_speed import main as onnx_main
+
+        return onnx_main(args)
     previous_threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

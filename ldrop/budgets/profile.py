@@ -431,13 +431,8 @@ def profile_model(
     Returns:
         The :class:`DeviceProfile`, with its ``validation`` report filled in.
     """
-    if not seconds or not batch_sizes:
-        raise ValueError("the profiling grid needs at least one length and one batch size")
-    if min(seconds) <= 0 or min(batch_sizes) < 1:
-        raise ValueError(f"grid lengths must be > 0 s and batch sizes >= 1, got {list(seconds)}, {list(batch_sizes)}")
     model.eval()
-    backbone = model.backbone
-    config = backbone.config
+    config = model.backbone.config
     if measure is None or (measure_batch is None and validation_batches):
         # The grid is timed in interleaved rounds (below), so the grid's timer takes one call per point;
         # held-out batches are timed one at a time.
@@ -445,6 +440,28 @@ def profile_model(
         _, real_measure_batch = model_timers(model, repeats=repeats, warmup=warmup, seed=seed)
         measure = measure or real_measure
         measure_batch = measure_batch or real_measure_batch
+    device, dtype = _model_device_dtype(model)
+    return profile_with_timers(
+        measure, measure_batch, num_layers=model.backbone.num_layers, geometry=config, seconds=seconds,
+        batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, validation_batches=validation_batches,
+        sample_rate=sample_rate, seed=seed, prefix_layers=getattr(model, "prefix_layers", 0),
+        device=device_description(device, dtype), model=model_summary(model),
+    )
+
+
+def profile_with_timers(
+    measure: PartTimer, measure_batch: BatchTimer | None, *, num_layers: int, geometry: Any,
+    seconds: Sequence[float], batch_sizes: Sequence[int], repeats: int, warmup: int, validation_batches: int,
+    sample_rate: int, seed: int, prefix_layers: int, device: dict[str, Any], model: dict[str, Any],
+) -> DeviceProfile:
+    """:func:`profile_model` once it has its timers (another runtime, ONNX Runtime, passes its own):
+    ``geometry`` has the CNN's ``conv_kernel`` and ``conv_stride``; ``device`` and ``model`` describe what was
+    timed; the other arguments are :func:`profile_model`'s."""
+    if not seconds or not batch_sizes:
+        raise ValueError("the profiling grid needs at least one length and one batch size")
+    if min(seconds) <= 0 or min(batch_sizes) < 1:
+        raise ValueError(f"grid lengths must be > 0 s and batch sizes >= 1, got {list(seconds)}, {list(batch_sizes)}")
+    config = geometry
     frames_grid = sorted({frame_lengths(config, round(s * sample_rate)) for s in seconds})
     if len(frames_grid) * len(set(batch_sizes)) < 3:
         raise ValueError("the profiling grid needs at least 3 (length, batch size) points to fit")
@@ -473,16 +490,14 @@ def profile_model(
             {"part": part, "batch": b, "frames": t, "seconds": s, "relative_residual": r}
             for (b, t, s), r in zip(points[part], residuals, strict=True)
         ]
-    device, dtype = _model_device_dtype(model)
     profile = DeviceProfile(
-        fixed=fits["fixed"], layer=fits["layer"], num_layers=backbone.num_layers, conv_kernel=list(config.conv_kernel),
-        conv_stride=list(config.conv_stride), sample_rate=sample_rate, device=device_description(device, dtype),
-        model=model_summary(model), measurements=measurements,
+        fixed=fits["fixed"], layer=fits["layer"], num_layers=num_layers, conv_kernel=list(config.conv_kernel),
+        conv_stride=list(config.conv_stride), sample_rate=sample_rate, device=device, model=model,
+        measurements=measurements,
     )
-    if validation_batches:
-        held_out = random_batches(validation_batches, backbone.num_layers, (min(seconds), max(seconds)),
-                                  sorted(set(batch_sizes)), sample_rate, seed=seed + 1,
-                                  prefix_layers=getattr(model, "prefix_layers", 0))
+    if validation_batches and measure_batch is not None:
+        held_out = random_batches(validation_batches, num_layers, (min(seconds), max(seconds)),
+                                  sorted(set(batch_sizes)), sample_rate, seed=seed + 1, prefix_layers=prefix_layers)
         profile.validation = validate_profile(profile, held_out, measure_batch)
     return profile
 

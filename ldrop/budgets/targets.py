@@ -83,7 +83,8 @@ def _check_profile_file(path: str) -> None:
     key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size) if stat is not None else None
     if key is not None and key in _CHECKED_PROFILES:
         return
-    from ldrop.budgets.profile import DeviceProfile  # here: parsing a target needs no torch (the ONNX runtime)
+    # imported here: parsing a target needs no torch (the ONNX runtime parses them)
+    from ldrop.budgets.profile import DeviceProfile
 
     DeviceProfile.load(path)
     if key is not None:

@@ -21,7 +21,7 @@ from ldrop.cli.profile import main as profile_main
 #: ldrop's own commands, run before LightningCLI: name -> (``main(argv)``, summary for ``ldrop --help``).
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int | None], str]] = {
     "compare": (compare.main, "Overlay budget sweeps (run folders or sweep files) in one plot and one Markdown table."),
-    "export": (export.main, "Write the backbone of a trained checkpoint as a Hugging Face save_pretrained folder."),
+    "export": (export.main, "Write a trained checkpoint as a Hugging Face save_pretrained folder, or as ONNX graphs."),
     "profile": (profile_main, "Measure a device cost model (the input of ms / rtf budget targets)."),
 }
 

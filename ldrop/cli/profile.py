@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ldrop.budgets.profile import PARTS, profile_model
+from ldrop.budgets.profile import PARTS, DeviceProfile, profile_model
 
 
 def main(argv: Sequence[str]) -> int:
@@ -38,6 +38,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="profile.json", help="output JSON (default profile.json)")
+    parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
+                        help="onnx: time MODEL, an ONNX export folder (ldrop export --format onnx) or a checkpoint, "
+                        "on ONNX Runtime (--threads are then its threads)")
     ns = parser.parse_args(list(argv))
     if (ns.model is None) == (ns.backbone is None):
         parser.error("give either MODEL (a checkpoint or exported folder) or --backbone NAME")
@@ -47,6 +50,19 @@ def main(argv: Sequence[str]) -> int:
         overrides = json.loads(ns.overrides) if ns.overrides else None
     except ValueError as error:
         parser.error(f"bad --seconds/--batch-sizes/--overrides: {error}")
+    if ns.runtime == "onnx":
+        if ns.model is None:
+            parser.error("--runtime onnx times an ONNX export: give MODEL, not --backbone")
+        from ldrop.runtime.onnx_profile import profile_onnx
+        from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
+
+        try:
+            onnx_model = OnnxAdaptiveModel.from_pretrained(ns.model, threads=ns.threads)
+            profile = profile_onnx(onnx_model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
+                                   validation_batches=ns.validate, seed=ns.seed, threads=ns.threads)
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(str(error))
+        return _report(profile, ns.out)
     if ns.threads:
         torch.set_num_threads(ns.threads)
     if ns.device.startswith("cuda") and not torch.cuda.is_available():
@@ -72,7 +88,12 @@ def main(argv: Sequence[str]) -> int:
                                 validation_batches=ns.validate, seed=ns.seed)
     except ValueError as error:
         parser.error(str(error))
-    profile.save(ns.out)
+    return _report(profile, ns.out)
+
+
+def _report(profile: DeviceProfile, out: str) -> int:
+    """Save the profile and print its fits and held-out accuracy."""
+    profile.save(out)
     for part in PARTS:
         fit = getattr(profile, part)
         print(f"{part:>5}: {1000 * fit.overhead:.3f} ms + {1e6 * fit.per_frame:.3f} us x batch x frames "
@@ -82,5 +103,5 @@ def main(argv: Sequence[str]) -> int:
         print(f"held-out batches: median |error| {100 * check['median_abs_relative_error']:.1f}% "
               f"(max {100 * check['max_abs_relative_error']:.1f}%) over {len(check['batches'])} batches: "
               f"{'within' if check['passed'] else 'OUTSIDE'} the {100 * check['tolerance']:.0f}% tolerance")
-    print(f"profile: {ns.out}")
+    print(f"profile: {out}")
     return 0

@@ -136,7 +136,10 @@ class LayerSelector(nn.Module, ABC):
         if budget.shape != (batch_size,):
             raise ValueError(f"budget must have shape [{batch_size}] (one per sample), got {list(budget.shape)}")
         budget = budget.long()
-        if budget.numel() and (int(budget.min()) < 1 or int(budget.max()) > self.num_layers):
+        # not while exporting (a check on values is a data-dependent branch; the ONNX runtime checks budgets)
+        if budget.numel() and not torch.compiler.is_exporting() and (
+            int(budget.min()) < 1 or int(budget.max()) > self.num_layers
+        ):
             raise ValueError(
                 f"budget values must be in 1..{self.num_layers} (num_layers), "
                 f"got min {int(budget.min())}, max {int(budget.max())}"

@@ -1,0 +1,162 @@
+"""``python -m ldrop.bench onnx_parity``: ONNX Runtime against PyTorch at real geometry, folder sizes, int8.
+
+Per backbone family (random weights, the input-conditioned selector, base size by default): export the
+model, then compare ONNX Runtime with PyTorch on a batch of three utterances of different lengths at budgets
+``1``, ``N/2``, ``N`` and a mixed per-input budget (the largest absolute logit difference, whether the chosen
+masks are the same), and with random per-input masks given explicitly. It records the export time, the
+folder size in fp32 and with int8 layer graphs (``quantize_export``), and how far the int8 logits move.
+
+With ``--ckpt`` (a trained classification checkpoint, e.g. the quickstart's) and ``--config`` (its YAML, for
+the data), it instead scores the generated test set at each budget with PyTorch, ONNX Runtime fp32 and
+ONNX Runtime int8 (the selector calibrated on validation data first, as ``ldrop test`` does): the accuracy
+change of int8 next to its size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldrop._io import atomic_write_json
+from ldrop.budgets.machine import machine_info
+from ldrop.bench.onnx_speed import build_task
+from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
+from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
+from ldrop.selectors import InputConditionedSelector
+from ldrop.sweeps import markdown_table
+from ldrop.tasks import ClassificationTask
+
+
+def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) -> dict[str, Any]:
+    """Export one random model of ``family`` and compare both runtimes on it (see the module docstring)."""
+    torch.manual_seed(seed)
+    base = build_task(family, size)
+    task = ClassificationTask(labels=["a", "b"], backbone=base.hparams.backbone, pretrained=False,
+                              backbone_overrides=base.hparams.backbone_overrides, selector=InputConditionedSelector)
+    task = task.eval()
+    started = time.perf_counter()
+    folder = export_onnx(task, scratch / family, progress=say)
+    export_seconds = time.perf_counter() - started
+    int8_folder = quantize_export(folder, scratch / f"{family}-int8", progress=say)
+    fp32, int8 = OnnxAdaptiveModel(folder), OnnxAdaptiveModel(int8_folder)
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([32000, 24000, 16000])
+    waves = torch.randn(3, 32000, generator=generator)
+    waves[torch.arange(32000)[None, :] >= lengths[:, None]] = 0.0
+    n = task.num_layers
+    rows = []
+    for name, budget in (("1", [1] * 3), ("N/2", [n // 2] * 3), ("N", [n] * 3), ("1,N/2,N", [1, n // 2, n])):
+        budget_t = torch.tensor(budget)
+        with torch.inference_mode():
+            expected, keep = task(waves, lengths, budget_t)
+        got, got_keep, _ = fp32.forward(waves.numpy(), lengths.numpy(), budget_t.numpy())
+        quantized, _, _ = int8.forward(waves.numpy(), lengths.numpy(), budget_t.numpy())
+        rows.append({"budget": name, "max_abs_diff": float(np.abs(got - expected.numpy()).max()),
+                     "masks_equal": bool(np.array_equal(got_keep, keep.numpy() > 0.5)),
+                     "distinct_masks": len({tuple(r) for r in got_keep.tolist()}),
+                     "int8_max_abs_diff": float(np.abs(quantized - expected.numpy()).max()),
+                     "logit_scale": float(np.abs(expected.numpy()).max())})
+    # explicit masks, each input its own random layers (1, N/2 and N of them): per-input sub-batches for sure
+    keep = torch.zeros(3, n)
+    for row, k in enumerate((1, n // 2, n)):
+        keep[row, torch.randperm(n, generator=generator)[:k]] = 1.0
+    with torch.inference_mode():
+        expected = task.logits_with_mask(task.encode(waves, lengths), keep).numpy()
+    got = fp32.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy())
+    quantized = int8.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy())
+    rows.append({"budget": "random per-input masks", "max_abs_diff": float(np.abs(got - expected).max()),
+                 "masks_equal": "given", "distinct_masks": 3,
+                 "int8_max_abs_diff": float(np.abs(quantized - expected).max()),
+                 "logit_scale": float(np.abs(expected).max())})
+    return {"family": family, "size": size, "num_layers": n, "hidden_size": task.backbone.hidden_size,
+            "export_seconds": export_seconds, "folder_mb": {"fp32": folder_megabytes(folder),
+                                                             "int8": folder_megabytes(int8_folder)},
+            "budgets": rows}
+
+
+def accuracy_record(checkpoint: str, config: str, scratch: Path, say: Any) -> dict[str, Any]:
+    """Test-set accuracy at every budget with PyTorch, ONNX Runtime fp32 and ONNX Runtime int8."""
+    import yaml
+
+    import ldrop.data
+    from ldrop.runtime import load_model
+
+    data_config = yaml.safe_load(Path(config).read_text())["data"]
+    data_class = getattr(ldrop.data, data_config["class_path"].rpartition(".")[2])
+    datamodule = data_class(**data_config.get("init_args", {}))
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    task = load_model(checkpoint)
+    task.calibrate_on_dataloader(datamodule.val_dataloader())  # the selector's fallback, as `ldrop test` does
+    folder = export_onnx(task, scratch / "model", progress=say)
+    int8_folder = quantize_export(folder, scratch / "model-int8", progress=say)
+    runtimes = {"onnx_fp32": OnnxAdaptiveModel(folder), "onnx_int8": OnnxAdaptiveModel(int8_folder)}
+    correct: dict[str, dict[int, int]] = {name: {} for name in ("torch", *runtimes)}
+    total = 0
+    for batch in datamodule.test_dataloader():
+        total += len(batch)
+        targets = batch.targets.numpy()
+        for k in range(1, task.num_layers + 1):
+            with torch.inference_mode():
+                logits, _ = task(batch.waveforms, batch.lengths, k)
+            correct["torch"][k] = correct["torch"].get(k, 0) + int((logits.argmax(-1).numpy() == targets).sum())
+            for name, runtime in runtimes.items():
+                got, _, _ = runtime.forward(batch.waveforms.numpy(), batch.lengths.numpy(),
+                                            np.full(len(batch), k, dtype=np.int64))
+                correct[name][k] = correct[name].get(k, 0) + int((got.argmax(-1) == targets).sum())
+    return {"checkpoint": checkpoint, "config": config, "test_items": total,
+            "accuracy": {name: {k: c / total for k, c in per_k.items()} for name, per_k in correct.items()},
+            "folder_mb": {"fp32": folder_megabytes(folder), "int8": folder_megabytes(int8_folder)}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ldrop.bench onnx_parity",
+        description="ONNX Runtime vs PyTorch: logits and masks per family at real geometry, folder sizes fp32/int8, "
+        "and (with --ckpt) the test accuracy of fp32 and int8 exports.",
+    )
+    parser.add_argument("--families", default="wavlm,hubert,wav2vec2,data2vec")
+    parser.add_argument("--size", choices=("base", "large", "tiny"), default="base")
+    parser.add_argument("--ckpt", default=None, help="a trained classification checkpoint: score its test set instead")
+    parser.add_argument("--config", default="configs/quickstart.yaml", help="with --ckpt: the YAML whose data it uses")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", required=True, help="output JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ldrop-onnx-parity-") as scratch:
+        if args.ckpt:
+            result: dict[str, Any] = accuracy_record(args.ckpt, args.config, Path(scratch), say)
+            accuracy = result["accuracy"]
+            rows = [{"k": k, **{name: f"{accuracy[name][k]:.4f}" for name in accuracy}} for k in accuracy["torch"]]
+        else:
+            records = [parity_record(f.strip(), args.size, args.seed, Path(scratch), say)
+                       for f in args.families.split(",") if f.strip()]
+            result = {"records": records}
+            rows = [{"family": r["family"], "budget": b["budget"], "max |ORT - PyTorch|": f"{b['max_abs_diff']:.2e}",
+                     "masks equal": b["masks_equal"], "distinct masks": b["distinct_masks"],
+                     "int8 max |diff|": f"{b['int8_max_abs_diff']:.3f}", "max |logit|": f"{b['logit_scale']:.3f}",
+                     "MB fp32 / int8": f"{r['folder_mb']['fp32']:.0f} / {r['folder_mb']['int8']:.0f}",
+                     "export (s)": f"{r['export_seconds']:.0f}"} for r in records for b in r["budgets"]]
+    result.update(benchmark="onnx_parity", machine=machine_info("cpu"), argv=list(argv or []))
+    atomic_write_json(args.json, result)
+    print(markdown_table(rows, list(rows[0])))
+    print(f"\n{json.dumps(result['machine']['cpu'])}; wrote {args.json}")
+    return 0

@@ -1,0 +1,225 @@
+"""``python -m ldrop.bench speedup --runtime onnx``: skipping layers on ONNX Runtime, against PyTorch eager.
+
+The model (random weights, no selector: the masks are given) is exported with
+:func:`~ldrop.runtime.onnx_export.export_onnx` and timed on ONNX Runtime through
+:class:`~ldrop.runtime.OnnxAdaptiveModel` and on PyTorch through the task's sparse path, with the same
+inputs and masks:
+
+* ``full``: every layer; ``fixed``: the fixed part and the head, no layer (both runtimes);
+* ``per_sample@k``: every input keeps its own random ``k`` layers (both runtimes);
+* ``shared@k``: every input keeps the same random ``k`` layers (ONNX Runtime).
+
+As in :mod:`ldrop.bench.speedup`, variants are interleaved in a fresh random order each round and the
+median is reported; ONNX Runtime's realized/ideal uses its own full and fixed times. ``onnx_vs_torch`` is
+PyTorch's time over ONNX Runtime's (above 1: ONNX Runtime is faster). Both runtimes get the same thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldrop.budgets.machine import machine_info
+from ldrop.bench.speedup import LARGE, SAMPLING_RATE, keep_masks, load_average, parse_budgets
+from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
+from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
+from ldrop.sweeps import markdown_table
+from ldrop.tasks import ClassificationTask
+
+
+def build_task(backbone: str, size: str) -> ClassificationTask:
+    """A 2-class task on ``backbone`` at ``size`` (the geometry of :func:`ldrop.bench.speedup.build_config`)."""
+    if size == "tiny":
+        return ClassificationTask(labels=["a", "b"], backbone=f"tiny:{backbone}").eval()
+    overrides: dict[str, Any] | None = None
+    if size == "large":
+        overrides = dict(LARGE) if backbone == "data2vec" else {**LARGE, "do_stable_layer_norm": True,
+                                                                   "feat_extract_norm": "layer"}
+    return ClassificationTask(labels=["a", "b"], backbone=f"random:{backbone}", pretrained=False,
+                              backbone_overrides=overrides).eval()
+
+
+def run_onnx_speedup(
+    backbone: str = "wavlm",
+    size: str = "base",
+    batch_size: int = 8,
+    seconds: float = 4.0,
+    budgets: str | Sequence[int] = "0.25,0.5,0.75",
+    repeats: int = 10,
+    warmup: int = 1,
+    threads: int | None = None,
+    quantize: str | None = None,
+    export_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Time ONNX Runtime and PyTorch eager at full depth and per budget; one record per budget.
+
+    Args:
+        threads: intra-op threads of both runtimes (``None``: each one's default).
+        quantize: ``"dynamic"``: time int8 layer graphs on ONNX Runtime (PyTorch stays fp32).
+        export_dir: an export of this model to reuse (or where to write one); ``None``: a temporary folder.
+        Other arguments: see :func:`ldrop.bench.speedup.run_speedup`.
+    """
+    say = log or (lambda line: None)
+    torch.manual_seed(seed)
+    task = build_task(backbone, size)
+    num_layers = task.num_layers
+    if isinstance(budgets, str):
+        budgets = parse_budgets(budgets, num_layers)
+    with tempfile.TemporaryDirectory(prefix="ldrop-bench-onnx-") as scratch:
+        folder = Path(export_dir) if export_dir else Path(scratch) / "fp32"
+        export_seconds = None
+        if not (folder / "manifest.json").is_file():
+            started = time.perf_counter()
+            export_onnx(task, folder, progress=say)
+            export_seconds = time.perf_counter() - started
+        sizes = {"fp32": folder_megabytes(folder)}
+        if quantize == "dynamic":
+            folder = quantize_export(folder, Path(scratch) / "int8", progress=say)
+            sizes["int8"] = folder_megabytes(folder)
+        model = OnnxAdaptiveModel(folder, threads=threads)
+        records = _time(task, model, budgets, batch_size, seconds, repeats, warmup, threads, seed, say)
+    for record in records:
+        record.update(backbone=backbone, size=size, quantize=quantize, folder_mb=sizes, export_seconds=export_seconds)
+    return records
+
+
+def _time(task: ClassificationTask, model: OnnxAdaptiveModel, budgets: Sequence[int], batch_size: int,
+          seconds: float, repeats: int, warmup: int, threads: int | None, seed: int,
+          say: Callable[[str], None]) -> list[dict[str, Any]]:
+    num_layers = task.num_layers
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    samples = round(seconds * SAMPLING_RATE)
+    generator = torch.Generator().manual_seed(seed)
+    waves = torch.randn(batch_size, samples, generator=generator)
+    lengths = torch.full((batch_size,), samples, dtype=torch.long)
+    waves_np, lengths_np = waves.numpy(), lengths.numpy()
+    mask_generator = torch.Generator().manual_seed(seed + 1)
+    order_rng = random.Random(seed)
+    variants = ["torch_full", "torch_fixed", "onnx_full", "onnx_fixed"] + [
+        f"{runtime}_{kind}@{k}" for k in budgets for runtime, kind in
+        (("torch", "per_sample"), ("onnx", "per_sample"), ("onnx", "shared"))]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    load_before = load_average()
+    try:
+        with torch.inference_mode():
+            for round_index in range(warmup + repeats):
+                masks = {k: keep_masks(batch_size, num_layers, k, mask_generator) for k in budgets}
+                order = list(variants)
+                order_rng.shuffle(order)
+                for name in order:
+                    run = _variant(task, model, name, masks, waves, lengths, waves_np, lengths_np)
+                    start = time.perf_counter()
+                    run()
+                    elapsed = time.perf_counter() - start
+                    if round_index >= warmup:
+                        times[name].append(elapsed)
+                say(f"{'warm-up' if round_index < warmup else 'round'} {round_index + 1}/{warmup + repeats}")
+        machine = machine_info("cpu")  # with the thread count the timing used
+    finally:
+        torch.set_num_threads(previous_threads)
+    machine["load_average_1min"] = {"before": load_before, "after": load_average()}
+    machine["onnxruntime_threads"] = threads
+    median = {name: statistics.median(values) for name, values in times.items()}
+    full, fixed = median["onnx_full"], median["onnx_fixed"]
+    records = []
+    for k in budgets:
+        ideal = full / (fixed + k / num_layers * (full - fixed))
+        speedup = {kind: full / median[f"onnx_{kind}@{k}"] for kind in ("per_sample", "shared")}
+        records.append({
+            "benchmark": "speedup", "runtime": "onnx", "num_layers": num_layers, "budget": k,
+            "budget_fraction": k / num_layers, "batch_size": batch_size, "seconds": seconds, "repeats": repeats,
+            "warmup": warmup, "seed": seed, "machine": machine,
+            "time_s": {"torch_full": median["torch_full"], "torch_fixed": median["torch_fixed"], "onnx_full": full,
+                       "onnx_fixed": fixed,
+                       "torch_per_sample": median[f"torch_per_sample@{k}"],
+                       "onnx_per_sample": median[f"onnx_per_sample@{k}"], "onnx_shared": median[f"onnx_shared@{k}"]},
+            "times_s": {name: values for name, values in times.items() if "@" not in name or name.endswith(f"@{k}")},
+            "speedup": speedup,
+            "ideal_speedup": ideal,
+            "realized_over_ideal": {kind: value / ideal for kind, value in speedup.items()},
+            "realized_over_ideal_paired": {kind: _paired_ratio(times, kind, k, num_layers)
+                                           for kind in ("per_sample", "shared")},
+            "onnx_vs_torch": {"full": median["torch_full"] / full,
+                              "per_sample": median[f"torch_per_sample@{k}"] / median[f"onnx_per_sample@{k}"]},
+        })
+    return records
+
+
+def _paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: int) -> float:
+    """ONNX Runtime's realized/ideal within each round, median over rounds (cancels slow drift of the load)."""
+    ratios = []
+    for full, fixed, variant in zip(times["onnx_full"], times["onnx_fixed"], times[f"onnx_{kind}@{k}"], strict=True):
+        ratios.append(full / variant / (full / (fixed + k / num_layers * (full - fixed))))
+    return statistics.median(ratios)
+
+
+def _variant(task: ClassificationTask, model: OnnxAdaptiveModel, name: str, masks: dict[int, dict[str, torch.Tensor]],
+             waves: torch.Tensor, lengths: torch.Tensor, waves_np: np.ndarray, lengths_np: np.ndarray
+             ) -> Callable[[], Any]:
+    runtime, _, rest = name.partition("_")
+    kind, _, k = rest.partition("@")
+    if kind == "full":
+        keep = torch.ones(len(lengths), task.num_layers)
+    elif kind == "fixed":
+        keep = torch.zeros(len(lengths), task.num_layers)
+    else:
+        keep = masks[int(k)][kind]
+    if runtime == "torch":
+        return lambda: task.logits_with_mask(task.encode(waves, lengths), keep)
+    keep_np = keep.numpy()
+    return lambda: model.run_with_mask(waves_np, lengths_np, keep_np)
+
+
+def results_table(records: Sequence[dict[str, Any]]) -> str:
+    """The records as a Markdown table, one row per budget."""
+    rows = []
+    for r in records:
+        t, q, p, v = r["time_s"], r["realized_over_ideal"], r["realized_over_ideal_paired"], r["onnx_vs_torch"]
+        rows.append({
+            "k": r["budget"], "k/N": f"{r['budget_fraction']:.2f}",
+            "PyTorch full (s)": f"{t['torch_full']:.3f}", "ORT full (s)": f"{t['onnx_full']:.3f}",
+            "PyTorch fixed (s)": f"{t['torch_fixed']:.3f}", "ORT fixed (s)": f"{t['onnx_fixed']:.3f}",
+            "PyTorch per-sample (s)": f"{t['torch_per_sample']:.3f}", "ORT per-sample (s)": f"{t['onnx_per_sample']:.3f}",
+            "ORT shared (s)": f"{t['onnx_shared']:.3f}", "ideal": f"{r['ideal_speedup']:.2f}x",
+            "ORT realized/ideal per-sample": f"{q['per_sample']:.3f}", "ORT realized/ideal shared": f"{q['shared']:.3f}",
+            "paired (per-sample / shared)": f"{p['per_sample']:.3f} / {p['shared']:.3f}",
+            "PyTorch/ORT full": f"{v['full']:.2f}", "PyTorch/ORT per-sample": f"{v['per_sample']:.2f}",
+        })
+    return markdown_table(rows, list(rows[0]) if rows else [])
+
+
+def main(args: Any) -> int:
+    """Run from ``python -m ldrop.bench speedup --runtime onnx`` with its parsed arguments."""
+    from ldrop._io import atomic_write_json
+
+    if args.device != "cpu" or args.dtype != "fp32":
+        raise SystemExit("speedup --runtime onnx: ONNX Runtime is timed on the CPU in fp32 (--quantize dynamic for "
+                         "int8 layers)")
+    records = run_onnx_speedup(backbone=args.backbone, size=args.size, batch_size=args.batch_size,
+                               seconds=args.seconds, budgets=args.budgets, repeats=args.repeats, warmup=args.warmup,
+                               threads=args.threads, quantize=args.quantize, export_dir=args.export_dir,
+                               seed=args.seed, log=lambda line: print(line, flush=True))
+    atomic_write_json(args.json, records)
+    first = records[0]
+    machine = first["machine"]
+    print(f"\n{args.backbone} {args.size}, batch {args.batch_size}, {args.seconds:g} s, "
+          f"{'int8 layers' if args.quantize else 'fp32'} on {machine['cpu']} ({machine['threads']} threads; "
+          f"onnxruntime threads {args.threads or 'default'}), median of {args.repeats}; load average "
+          f"{machine['load_average_1min']['before']} -> {machine['load_average_1min']['after']}\n")
+    print(results_table(records))
+    print(f"\nfolder: {', '.join(f'{k} {v:.1f} MB' for k, v in first['folder_mb'].items())}; wrote {len(records)} "
+          f"records to {args.json}")
+    return 0

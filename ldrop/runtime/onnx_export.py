@@ -1,0 +1,603 @@
+"""Export a trained ldrop model to ONNX: one graph per part, so that ONNX Runtime can skip layers per input.
+
+``export_onnx(CHECKPOINT, DIR)`` (``ldrop export CHECKPOINT DIR --format onnx``) writes::
+
+    DIR/manifest.json        what the runtime needs to know (see below)
+    DIR/fixed.onnx           waveforms [batch, samples], lengths [batch] ->
+                             features, frame_mask [batch, frames], hidden [batch, frames, hidden]
+    DIR/context.onnx         WavLM: frame_mask -> position_bias [heads, frames, frames]
+    DIR/selector.onnx        input-conditioned selectors: features, frame_mask, budget [batch] -> scores
+    DIR/layers/layer_NN.onnx hidden, frame_mask (, position_bias) -> hidden_out, one per encoder layer
+    DIR/head.onnx            hidden, frame_mask -> logits (final norm of pre-norm models, then the task head)
+
+* ``fixed``: the waveform normalisation the checkpoint was trained with (``do_normalize``), the CNN and the
+  front end (projection, positional convolution, pre-stack norm). A selector that reads the first ``j``
+  encoder layers reads them from the layer graphs, which the runtime runs on the whole batch first.
+* ``context``: WavLM computes its relative position bias once, from layer 0's embedding, and every layer
+  takes it (sliced inside the layer graph to its sub-batch's frames), so it exists for inputs that skip
+  layer 0, exactly as :class:`~ldrop.backbones.WavLMBackbone` does.
+* ``selector``: the selector's eval-mode scores. Top-k, threshold and the validation fallback are applied by
+  the runtime in numpy from the manifest's tables (:mod:`ldrop.runtime.onnx_runtime` says why). Input-blind
+  selectors (static subsets, a learned schedule, evenly spaced layers) need no graph: the manifest holds
+  their mask per budget.
+* Batch, samples and frames are dynamic axes of every graph.
+
+Every graph comes from one ``torch.onnx.export(..., dynamo=True)`` of all parts side by side, cut apart by
+their inputs and outputs: the exporter's fixed cost (its operator registry, the decomposition) is paid
+once. The encoder layers share one graph: one layer is traced and each layer's file is that graph with the
+layer's own weights, then optimised, which saves ``N - 1`` traces. After writing, the folder is checked:
+ONNX Runtime's logits are compared with PyTorch's on a random batch with per-input masks, and an fp32 export
+more than ``1e-4`` away is refused.
+
+``quantize="dynamic"`` applies ONNX Runtime's dynamic int8 quantization (``quantize_dynamic``, int8
+weights, activations quantized per call) to the layer graphs; the other parts stay fp32.
+
+The manifest holds the layer order, the shared context, the preprocessing, the labels, the selector's
+tables, the FLOPs law (:class:`~ldrop.runtime.onnx_budgets.FlopsLaw`), the opset, the ldrop version and
+a format version the runtime checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ldrop.backbones.adapter import LayerContext
+from ldrop.engine.flops import frontend_flops, layer_flops
+from ldrop.runtime.onnx_runtime import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PROFILE_FILE,
+    OnnxAdaptiveModel,
+    read_manifest,
+)
+from ldrop.tasks import LayerDropTask
+
+log = logging.getLogger(__name__)
+
+#: An fp32 export whose logits are further than this from PyTorch's is refused.
+PARITY_TOLERANCE = 1e-4
+#: The manifest tabulates the frame-dependent fixed FLOPs up to this many frames (60 s at 16 kHz), affine beyond.
+FLOPS_TABLE_FRAMES = 3000
+
+DYNAMIC = torch.export.Dim.DYNAMIC
+
+
+class OnnxExportError(ValueError):
+    """A model this exporter cannot write (early exit, a random or unknown selector, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------- graph modules
+class FixedPart(nn.Module):
+    """``waveforms [B, S], lengths [B] -> features [B, T, C], frame_mask [B, T], hidden [B, T, H]``: the task's
+    own :meth:`~ldrop.tasks.LayerDropTask.encode` (normalisation, CNN, front end) up to the encoder layers.
+
+    A selector's prefix layers are not in it: the runtime runs them with the layer graphs, on the whole batch,
+    as :func:`~ldrop.engine.run_prefix_layers` does.
+    """
+
+    def __init__(self, task: LayerDropTask) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        encoded = self.task.encode(waveforms, lengths, run_prefix=False)
+        return encoded.features, encoded.frame_mask, encoded.hidden
+
+
+class SharedContext(nn.Module):
+    """``frame_mask [B, T] -> position_bias [heads, T, T]``: the backbone's per-forward layer context."""
+
+    def __init__(self, task: LayerDropTask) -> None:
+        super().__init__()
+        self.backbone = task.backbone
+
+    def forward(self, frame_mask: Tensor) -> Tensor:
+        return self.backbone.prepare_layers(frame_mask).position_bias
+
+
+class SelectorScores(nn.Module):
+    """``features [B, T, C], frame_mask [B, T], budget [B] -> scores [B, N]``: the eval-mode layer scores."""
+
+    def __init__(self, task: LayerDropTask) -> None:
+        super().__init__()
+        self.selector = task.selector
+
+    def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> Tensor:
+        return self.selector.score(features, frame_mask, budget)
+
+
+class EncoderLayer(nn.Module):
+    """``hidden [B, T, H], frame_mask [B, T] (, position_bias [heads, T', T'], T' >= T) -> hidden_out``: one
+    layer through the backbone's own :meth:`~ldrop.backbones.SpeechBackbone.run_layer`."""
+
+    def __init__(self, task: LayerDropTask, index: int) -> None:
+        super().__init__()
+        self.backbone = task.backbone
+        self.index = index
+
+    def forward(self, hidden: Tensor, frame_mask: Tensor, position_bias: Tensor | None = None) -> Tensor:
+        context = LayerContext(max_frames=hidden.shape[1], position_bias=position_bias)
+        return self.backbone.run_layer(self.index, hidden, frame_mask, context)
+
+
+class Head(nn.Module):
+    """``hidden [B, T, H], frame_mask [B, T] -> logits``: what follows the gated layers in the task (the
+    post-stack norm and zeroed padding of :func:`~ldrop.engine.run_gated_layers`, then the task head)."""
+
+    def __init__(self, task: LayerDropTask) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, hidden: Tensor, frame_mask: Tensor) -> Tensor:
+        hidden = self.task.backbone.finalize(hidden).masked_fill(~frame_mask[..., None], 0.0)
+        return self.task.compute_logits(self.task.depth.head_for(), hidden, frame_mask)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter (optional torchvision ops, constant folding notes); errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@dataclass
+class Part:
+    """One graph of the folder: its module, example inputs, dynamic axes and input/output names."""
+
+    name: str
+    module: nn.Module
+    inputs: dict[str, Tensor]
+    dynamic: dict[str, dict[int, Any]]
+    outputs: list[str]
+
+
+class AllParts(nn.Module):
+    """Every part side by side in one module, so that one ``torch.onnx.export`` traces them all.
+
+    The exporter's fixed cost (building its operator registry, decomposing to the ONNX opset) is paid once
+    instead of once per graph; the graphs are then cut apart by their inputs and outputs. The parts share
+    no input, so each cut graph holds exactly its part.
+    """
+
+    def __init__(self, parts: Sequence[Part]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(part.module for part in parts)
+        self.arity = [len(part.inputs) for part in parts]
+
+    def forward(self, i0: Tensor, i1: Tensor, i2: Tensor | None = None, i3: Tensor | None = None,
+                i4: Tensor | None = None, i5: Tensor | None = None, i6: Tensor | None = None, i7: Tensor | None = None,
+                i8: Tensor | None = None, i9: Tensor | None = None, i10: Tensor | None = None,
+                i11: Tensor | None = None, i12: Tensor | None = None) -> tuple[Tensor, ...]:
+        # named slots rather than *inputs: torch 2.9's export fails on the guards of a varargs forward
+        inputs = (i0, i1, i2, i3, i4, i5, i6, i7, i8, i9, i10, i11, i12)
+        outputs: list[Tensor] = []
+        start = 0
+        for module, arity in zip(self.parts, self.arity, strict=True):
+            result = module(*inputs[start:start + arity])
+            outputs += list(result) if isinstance(result, tuple) else [result]
+            start += arity
+        return tuple(outputs)
+
+
+def _export_parts(parts: Sequence[Part]) -> tuple[Any, AllParts]:
+    """One unoptimised ``onnx.ModelProto`` holding every part (inputs and outputs named ``<part>.<name>``),
+    and the module traced (its parameter names are the graph's initializer names)."""
+    args = tuple(tensor for part in parts for tensor in part.inputs.values())
+    dynamic = {f"i{index}": axes for index, axes in
+               enumerate(part.dynamic.get(name, {}) for part in parts for name in part.inputs)}
+    module = AllParts(parts)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            module, args, dynamo=True, dynamic_shapes=dynamic, optimize=False, verbose=False,
+            input_names=[f"{part.name}.{name}" for part in parts for name in part.inputs],
+            output_names=[f"{part.name}.{name}" for part in parts for name in part.outputs],
+        )
+    return program.model_proto, module
+
+
+def _cut(proto: Any, part: Part) -> Any:
+    """The ``onnx_ir.Model`` of one part, cut from the traced whole, with its own input and output names."""
+    import onnx
+    import onnx_ir
+
+    model = onnx.utils.Extractor(proto).extract_model([f"{part.name}.{name}" for name in part.inputs],
+                                                      [f"{part.name}.{name}" for name in part.outputs])
+    graph = onnx_ir.serde.deserialize_model(model)
+    taken = {value.name for node in graph.graph for value in node.outputs}
+    for value in (*graph.graph.inputs, *graph.graph.outputs):
+        name = value.name.split(".", 1)[1]
+        if name in taken - {value.name}:
+            raise OnnxExportError(f"the traced {part.name} graph already has a value named {name!r}")
+        value.name = name
+    return graph
+
+
+def _save(model: Any, path: Path) -> None:
+    """Optimise (constant folding, fusions: what ``torch.onnx.export(optimize=True)`` does) and save."""
+    program = torch.onnx.ONNXProgram(model, None)
+    with _quiet_exporter():
+        program.optimize()
+    program.save(str(path))
+
+
+def load_task(checkpoint_or_model: LayerDropTask | str | os.PathLike) -> LayerDropTask:
+    """An eval-mode fp32 CPU copy of a task module, or the task of a ``.ckpt`` / ``ldrop export`` folder."""
+    if isinstance(checkpoint_or_model, LayerDropTask):
+        task = copy.deepcopy(checkpoint_or_model)
+    else:
+        from ldrop.runtime.checkpoints import load_model
+
+        task = load_model(checkpoint_or_model)
+    return task.to("cpu", torch.float32).eval()
+
+
+def task_description(task: LayerDropTask) -> dict[str, Any]:
+    """The manifest's ``task``: its class, how outputs decode and their labels."""
+    description: dict[str, Any] = {"class": f"{type(task).__module__}.{type(task).__qualname__}",
+                                   "metric_names": list(task.metric_names)}
+    if hasattr(task, "vocabulary"):  # CTC: index 0 is the blank, i + 1 is vocabulary[i]
+        description.update(kind="ctc", labels=list(task.vocabulary), blank=0)
+    elif hasattr(task, "class_names"):
+        description.update(kind="classification", labels=task.class_names, num_classes=task.num_classes)
+    else:  # a downstream task: the runtime returns its logits
+        description.update(kind="logits", labels=None)
+    return description
+
+
+def selector_description(task: LayerDropTask) -> dict[str, Any]:
+    """The manifest's ``selector``: ``full`` (no selector), ``table`` (one mask per budget) or ``scores``.
+
+    Raises:
+        OnnxExportError: a selector whose masks are random at evaluation or depend on the input in a way the
+            runtime does not reproduce.
+    """
+    selector, n = task.selector, task.num_layers
+    if selector is None:
+        return {"kind": "full", "class": None, "prefix_layers": 0}
+    name = f"{type(selector).__module__}.{type(selector).__qualname__}"
+    if selector.needs_calibration and not selector.calibrated:
+        warnings.warn(f"exporting a {type(selector).__name__} that has not been calibrated on validation data: the "
+                      "export has its uncalibrated decisions", UserWarning, stacklevel=3)
+    # a scoring selector with threshold calibration and the input-blind fallback (the input-conditioned one)
+    if selector.input_dependent and all(hasattr(selector, a) for a in ("score", "calibration", "fallback", "mode")):
+        if getattr(selector, "frontend", None) is not None:
+            raise OnnxExportError("the input-conditioned selector with input='fbank' (its own filterbank) is not "
+                                  "exported to ONNX yet; selectors reading the CNN features or encoder layers are")
+        thresholds = [None if math.isnan(t) else float(t) for t in selector.calibration.thresholds.tolist()]
+        return {"kind": "scores", "class": name, "mode": selector.mode, "prefix_layers": selector.prefix_layers,
+                "thresholds": thresholds, "uses_input": selector.fallback.uses_input.tolist(),
+                "blind_masks": selector.fallback.blind_masks.int().tolist()}
+    if selector.input_dependent or selector.random_at_eval:
+        raise OnnxExportError(
+            f"{type(selector).__name__} is not exportable to ONNX: its masks are "
+            f"{'random at evaluation' if selector.random_at_eval else 'input-dependent'}; the ONNX runtime runs the "
+            "input-conditioned selector and input-blind ones (static subsets, learned schedules, evenly spaced)"
+        )
+    # input-blind: the eval-mode mask of every budget, from the selector itself
+    features = torch.zeros(n, 2, selector.feature_dim)
+    with torch.no_grad():
+        table = selector(features, torch.ones(n, 2, dtype=torch.bool), torch.arange(1, n + 1)).keep_mask > 0.5
+    return {"kind": "table", "class": name, "prefix_layers": selector.prefix_layers, "table": table.int().tolist()}
+
+
+def flops_law(task: LayerDropTask) -> dict[str, Any]:
+    """The manifest's ``flops``: :class:`~ldrop.runtime.onnx_budgets.FlopsLaw` of this model, from
+    :mod:`ldrop.engine.flops` and the selector's own :meth:`~ldrop.selectors.LayerSelector.flops`."""
+    config = task.backbone.config
+    cnn, in_channels = [], 1
+    for out_channels, kernel, stride in zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True):
+        cnn.append([int(kernel), int(stride), 2.0 * out_channels * in_channels * kernel])
+        in_channels = out_channels
+    frames = torch.arange(FLOPS_TABLE_FRAMES + 1)
+    rest = frontend_flops(config, frames)
+    if task.selector is not None:
+        rest = rest + task.selector.flops(frames).to(torch.float64)
+    one, two = layer_flops(config, torch.tensor([1, 2])).tolist()
+    squared = (two - 2 * one) / 2
+    return {"cnn": cnn, "frames_table": rest.tolist(), "frames_slope": float(rest[-1] - rest[-3]) / 2,
+            "layer": [one - squared, squared]}
+
+
+def example_batch(seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Two padded waveforms of different lengths (the trace never sees a size of 0 or 1 on a dynamic axis)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([16000, 11000])
+    waves = 0.1 * torch.randn(2, 16000, generator=generator)
+    waves[1, 11000:] = 0.0
+    return waves, lengths
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export_onnx(
+    checkpoint_or_model: LayerDropTask | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    quantize: Literal["dynamic"] | None = None,
+    *,
+    check: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write a trained model as an ONNX export folder (see the module docstring).
+
+    Args:
+        checkpoint_or_model: a task module, a ``.ckpt`` written by ``ldrop fit`` or an ``ldrop export`` folder.
+        out_dir: the folder to write; it must not exist yet (or be empty). It appears complete or not at all.
+        quantize: ``"dynamic"``: int8 dynamic quantization of the layer graphs; ``None``: fp32.
+        check: compare ONNX Runtime's logits with PyTorch's on a random batch before finishing.
+        progress: called with one line per exported part (default: the module's logger).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        OnnxExportError: a model or selector this exporter does not handle, an occupied ``out_dir``, or an fp32
+            export whose logits differ from PyTorch's by more than :data:`PARITY_TOLERANCE`.
+    """
+    if quantize not in (None, "dynamic"):
+        raise OnnxExportError(f"quantize must be None or 'dynamic', got {quantize!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OnnxExportError(f"{str(out_dir)!r} already exists and is not an empty folder: choose a new folder")
+    say = progress or log.info
+    task = load_task(checkpoint_or_model)
+    if task.depth.exit_layers:
+        raise OnnxExportError("early-exit models are not exported to ONNX (one head per exit); export a selector "
+                              "model or the full model")
+    selector = selector_description(task)
+    with _staging(out_dir) as staging:
+        _write_folder(task, staging, selector, say)
+        if check:
+            _check_parity(task, staging, say)
+        if quantize == "dynamic":
+            _quantize_layers(staging, say)
+            if check:
+                _check_parity(task, staging, say)
+    say(f"wrote {out_dir} ({folder_megabytes(out_dir):.1f} MB)")
+    return out_dir
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A hidden sibling folder to write into, renamed to ``out_dir`` when the block succeeds, else removed:
+    the export folder appears complete or not at all."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OnnxExportError(f"{str(out_dir)!r} already exists and is not an empty folder: choose a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield staging
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
+                    progress: Callable[[str], None] | None = None) -> Path:
+    """An int8 copy of an fp32 export folder: ONNX Runtime's dynamic quantization of its layer graphs.
+
+    ``export_onnx(..., quantize="dynamic")`` is this after the fp32 export, without tracing again.
+    """
+    source, out_dir = Path(folder), Path(out_dir)
+    if read_manifest(source).get("quantize"):
+        raise OnnxExportError(f"{str(source)!r} is already quantized")
+    say = progress or log.info
+    with _staging(out_dir) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        _quantize_layers(staging, say)
+    return out_dir
+
+
+def example_inputs(batch: int, frames: int, width: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``([batch, frames, width] random, frame_mask [batch, frames] with the last input shorter)``."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, frames, dtype=torch.bool)
+    mask[-1, frames - 5:] = False
+    return torch.randn(batch, frames, width, generator=generator), mask
+
+
+def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], say: Callable[[str], None]) -> None:
+    backbone, n, hidden_size = task.backbone, task.num_layers, task.backbone.hidden_size
+    both = {0: DYNAMIC, 1: DYNAMIC}
+    waves, lengths = example_batch()
+    graphs: dict[str, Any] = {"fixed": "fixed.onnx", "context": None, "selector": None, "head": "head.onnx",
+                              "layers": [f"layers/layer_{i:02d}.onnx" for i in range(n)]}
+    (folder / "layers").mkdir()
+    # Every dynamic size differs from every other (batches 2..6, frames 31..53): the exporter gives equal
+    # sizes one symbol, which would tie axes that are independent at run time (a sub-batch's frames and the
+    # position bias's, one part's batch and another's).
+    template = n - 1  # the layer traced for all (the layers share one structure; WavLM's last has no bias table)
+    hidden, mask = example_inputs(5, 37, hidden_size, seed=1)
+    layer_inputs = {"hidden": hidden, "frame_mask": mask}
+    with torch.no_grad():
+        context = backbone.prepare_layers(torch.ones(1, 41, dtype=torch.bool))
+    if context.extra:
+        raise OnnxExportError(f"the {backbone.family} adapter's layer context has entries {sorted(context.extra)} "
+                              "the exporter does not know how to feed to the layers")
+    if context.position_bias is not None:
+        layer_inputs["position_bias"] = context.position_bias
+        graphs["context"] = "context.onnx"
+    fixed_outputs = ["features", "frame_mask", "hidden"]
+    parts = [
+        Part("layer", EncoderLayer(task, template), layer_inputs,
+             {"hidden": both, "frame_mask": both, "position_bias": {1: DYNAMIC, 2: DYNAMIC}}, ["hidden_out"]),
+        Part("fixed", FixedPart(task), {"waveforms": waves, "lengths": lengths},
+             {"waveforms": both, "lengths": {0: DYNAMIC}}, fixed_outputs),
+        Part("head", Head(task), dict(zip(("hidden", "frame_mask"), example_inputs(6, 31, hidden_size, 2),
+                                          strict=True)), {"hidden": both, "frame_mask": both}, ["logits"]),
+    ]
+    if graphs["context"]:
+        parts.append(Part("context", SharedContext(task), {"frame_mask": example_inputs(3, 47, 1, 3)[1]},
+                          {"frame_mask": both}, ["position_bias"]))
+    if selector["kind"] == "scores":
+        graphs["selector"] = "selector.onnx"
+        features, mask = example_inputs(4, 43, task.selector.feature_dim, 4)
+        parts.append(Part("selector", SelectorScores(task),
+                          {"features": features, "frame_mask": mask, "budget": torch.tensor([1, n, 2, n - 1]).clamp(1, n)},
+                          {"features": both, "frame_mask": both, "budget": {0: DYNAMIC}}, ["scores"]))
+    say(f"tracing {', '.join(part.name for part in parts)} with torch.onnx.export(dynamo=True)")
+    proto, traced = _export_parts(parts)
+    opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+    for part in parts:
+        if part.name == "layer":
+            _write_layers(task, folder, graphs["layers"], _cut(proto, part),
+                          _weight_keys(traced, backbone.layers[template]), say)
+        else:
+            _save(_cut(proto, part), folder / graphs[part.name])
+            say(f"  wrote {graphs[part.name]}")
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ldrop_version": _ldrop_version(),
+        "exporter": {"torch": torch.__version__, "onnx_exporter": "torch.onnx.export(dynamo=True)"},
+        "opset": opset,
+        "task": task_description(task),
+        "backbone": {
+            "family": backbone.family, "num_layers": n, "hidden_size": hidden_size,
+            "num_attention_heads": int(backbone.config.num_attention_heads),
+            "conv_kernel": list(backbone.config.conv_kernel), "conv_stride": list(backbone.config.conv_stride),
+            "receptive_field": backbone.receptive_field, "stable_layer_norm": backbone.stable_layer_norm,
+        },
+        "preprocessing": {"sample_rate": 16_000, "do_normalize": backbone.normalize_waveforms, "padding_value": 0.0,
+                          "mono": True},
+        "graphs": graphs,
+        "io": {part.name: {"inputs": list(part.inputs), "outputs": part.outputs} for part in parts},
+        "layer_order": list(range(n)),
+        "shared_context": ({"position_bias": {"graph": graphs["context"], "shape": ["heads", "frames", "frames"],
+                                              "computed_from": "layer 0's relative position embedding",
+                                              "fed_to": "every layer graph, sliced inside to its sub-batch's frames"}}
+                           if graphs["context"] else {}),
+        "selector": selector,
+        "flops": flops_law(task),
+        "quantize": None,
+        "profile": PROFILE_FILE,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _weight_keys(traced: nn.Module, layer: nn.Module) -> dict[str, str]:
+    """Initializer name in the trace -> the layer's own state-dict key, for each of ``layer``'s tensors.
+
+    The parts share modules (the fixed part and the layer both hold the backbone), so a tensor has several
+    names in the traced module and the trace picks one of them: matched by identity, not by name.
+    """
+    own = {id(tensor): key for key, tensor in layer.state_dict(keep_vars=True).items()}
+    return {name: own[id(tensor)] for name, tensor in
+            (*traced.named_parameters(remove_duplicate=False), *traced.named_buffers(remove_duplicate=False))
+            if id(tensor) in own}
+
+
+def _write_layers(task: LayerDropTask, folder: Path, names: Sequence[str], traced: Any, keys: dict[str, str],
+                  say: Callable[[str], None]) -> None:
+    """Write every layer as the traced layer graph with that layer's weights, optimised per layer (the trace
+    is unoptimised: constant folding would bake the traced layer's weights into derived constants).
+
+    Args:
+        traced: the layer graph cut from the trace (an ``onnx_ir.Model``).
+        keys: initializer name -> the traced layer's state-dict key (:func:`_weight_keys`).
+    """
+    import onnx_ir
+
+    weights_in_graph = {name: keys[name] for name in traced.graph.initializers if name in keys}
+    if not weights_in_graph:
+        raise OnnxExportError("the traced layer graph holds none of the layer's weights")
+    serialized = onnx_ir.serde.serialize_model(traced)
+    for index, name in enumerate(names):
+        model = onnx_ir.serde.deserialize_model(serialized)
+        weights = task.backbone.layers[index].state_dict()
+        for initializer, key in weights_in_graph.items():
+            if key not in weights or weights[key].shape != model.graph.initializers[initializer].shape:
+                raise OnnxExportError(f"layer {index} has no {key!r} of the traced layer's shape: its layers differ "
+                                      "in structure, so one traced graph cannot serve them all")
+            model.graph.initializers[initializer].const_value = onnx_ir.tensor(weights[key].detach().cpu().numpy())
+        _save(model, folder / name)
+        say(f"  wrote {name} ({index + 1}/{len(names)})")
+
+
+def _quantize_layers(folder: Path, say: Callable[[str], None]) -> None:
+    """Dynamic int8 quantization (int8 weights, activations quantized per call) of a folder's layer graphs, in
+    place; the fixed part, the selector and the head stay fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for index, name in enumerate(manifest["graphs"]["layers"]):
+        path = folder / name
+        prepared = path.with_suffix(".prepared.onnx")
+        with _quiet_exporter():
+            # ONNX Runtime's recommended preparation (its graph optimisations, ONNX shape inference); its symbolic
+            # shape inference cannot follow the position bias sliced to the sub-batch's frames, so it is skipped
+            quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+            quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
+        prepared.unlink()
+        say(f"  quantized {name} to int8 ({index + 1}/{len(manifest['graphs']['layers'])})")
+    manifest["quantize"] = "dynamic"
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _check_parity(task: LayerDropTask, folder: Path, say: Callable[[str], None]) -> float:
+    """ONNX Runtime vs PyTorch logits on a random batch at full depth and with per-input masks."""
+    runtime = OnnxAdaptiveModel(folder)
+    waves, lengths = example_batch(seed=1)
+    n = task.num_layers
+    generator = torch.Generator().manual_seed(1)
+    keeps = [torch.ones(2, n)]
+    for _ in range(2):  # per-input masks (the selector's prefix kept, as any mask the runtime gets)
+        keep = (torch.rand(2, n, generator=generator) < 0.5).float()
+        keep[:, : task.prefix_layers] = 1.0
+        keep[torch.arange(2), torch.randint(n, (2,), generator=generator)] = 1.0
+        keeps.append(keep)
+    worst = 0.0
+    with torch.inference_mode():
+        encoded = task.encode(waves, lengths)
+        for keep in keeps:
+            expected = task.logits_with_mask(encoded, keep).numpy()
+            got = runtime.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy())
+            worst = max(worst, float(np.abs(got - expected).max()))
+    quantized = runtime.manifest["quantize"]
+    if not quantized and not worst <= PARITY_TOLERANCE:
+        raise OnnxExportError(f"the ONNX graphs' logits differ from PyTorch's by {worst:.3g} (more than "
+                              f"{PARITY_TOLERANCE:g}): not writing the export")
+    say(f"checked: ONNX Runtime logits within {worst:.2g} of PyTorch's"
+        + (" (int8 layers)" if quantized else ""))
+    return worst
+
+
+def folder_megabytes(folder: str | os.PathLike) -> float:
+    """Size of a folder's files in MB (10^6 bytes)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
+
+
+def _ldrop_version() -> str:
+    from ldrop import __version__
+
+    return __version__

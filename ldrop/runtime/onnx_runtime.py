@@ -1,0 +1,544 @@
+"""``OnnxAdaptiveModel``: an exported ldrop model on ONNX Runtime, each input running only its kept layers.
+
+    >>> model = OnnxAdaptiveModel("model-onnx/")  # written by: ldrop export CKPT model-onnx --format onnx  # doctest: +SKIP
+    >>> out = model(waveform, target={"ms": 80})  # doctest: +SKIP
+    >>> out.outputs, out.layers_run, out.predicted_ms, out.measured_ms  # doctest: +SKIP
+
+The call is :class:`~ldrop.runtime.AdaptiveModel`'s: waveforms and a budget (layers, a fraction, a
+``[batch]`` array) or a target (``{"ms": ...}``, ``{"rtf": ...}``, ``{"gflops_per_second": ...}``). A
+:class:`~ldrop.runtime.onnx_budgets.OnnxBudgetController` (the decisions and closed loop of the PyTorch
+runtime's :class:`~ldrop.budgets.BudgetController`, with numpy costs) turns a target into a budget per input from
+the device profile of this runtime (``ldrop profile --runtime onnx``) and corrects it with measured times.
+
+The export folder (see :mod:`ldrop.runtime.onnx_export`) holds one graph per part, so layers are skipped by
+not running their graph: ``fixed.onnx`` (normalisation, CNN, front end),
+``context.onnx`` (WavLM's relative position bias, computed once per forward and fed to every layer),
+``selector.onnx`` (the selector's eval-mode scores), ``layers/layer_NN.onnx`` and ``head.onnx``. Layer ``i``
+runs on the sub-batch of inputs that keep it, trimmed to that sub-batch's longest input, and its output is
+scattered back, as the PyTorch engine's sparse path (:mod:`ldrop.engine.gated`) does. Top-k, threshold and
+fallback decisions are made here in numpy from the selector's scores and the manifest's tables: ONNX's
+``TopK`` takes one ``k`` for the whole batch, while each input has its own budget, and the decisions are
+table look-ups on a few numbers per input.
+
+Imports numpy, onnxruntime and (for audio files) soundfile only: no torch, Lightning or transformers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ldrop.budgets.targets import Target, is_target
+from ldrop.runtime.onnx_budgets import CostProfile, FlopsLaw, OnnxBudgetController, resolve_budget
+
+log = logging.getLogger(__name__)
+
+#: What an export folder's ``manifest.json`` says it is, and the layout version this runtime reads.
+FORMAT = "ldrop-onnx"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: The ONNX opsets (default domain) this runtime runs: the exporter's and the neighbouring ones.
+SUPPORTED_OPSETS = range(17, 24)
+#: The device profile an export folder may hold (``ldrop profile --runtime onnx DIR --out DIR/profile.json``),
+#: used when no profile is given.
+PROFILE_FILE = "profile.json"
+
+#: Input and output names of each graph (the exporter writes them, the runtime feeds them).
+GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fixed": (("waveforms", "lengths"), ("features", "frame_mask", "hidden")),
+    "context": (("frame_mask",), ("position_bias",)),
+    "selector": (("features", "frame_mask", "budget"), ("scores",)),
+    "layer": (("hidden", "frame_mask"), ("hidden_out",)),
+    "head": (("hidden", "frame_mask"), ("logits",)),
+}
+
+
+class OnnxFolderError(ValueError):
+    """An export folder that this runtime cannot run (missing file, other format version, wrong opset)."""
+
+
+@dataclass
+class OnnxOutput:
+    """One call of :class:`OnnxAdaptiveModel` (the fields of :class:`~ldrop.runtime.AdaptiveOutput`, in numpy).
+
+    Attributes:
+        outputs: per input, the decoded output (label or transcript; the logits for other tasks).
+        logits: ``[batch, classes]`` or ``[batch, frames, vocab]`` float32.
+        frame_mask: ``[batch, frames]`` bool, True on real frames.
+        keep_mask: ``[batch, layers]`` float32 0/1, the layers each input ran.
+        layers_run: ``[batch]`` int64.
+        budget: ``[batch]`` int64, the budget each input was given.
+        predicted_ms: the forward's predicted wall time (profile x correction), ``None`` without a profile.
+        measured_ms: the forward's measured wall time.
+        correction: the controller's measured/predicted ratio after this call.
+        target: the target of this call (``None`` for a plain budget).
+    """
+
+    outputs: list[Any]
+    logits: np.ndarray
+    frame_mask: np.ndarray
+    keep_mask: np.ndarray
+    layers_run: np.ndarray
+    budget: np.ndarray
+    predicted_ms: float | None
+    measured_ms: float
+    correction: float
+    target: Target | None
+
+
+# ---------------------------------------------------------------------------------------------- the folder
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The checked manifest of an export folder.
+
+    Raises:
+        OnnxFolderError: no such folder or manifest, a manifest of another format or format version, an
+            opset this runtime does not run, or a graph file the manifest lists that is missing.
+    """
+    folder = Path(folder)
+    rerun = "(re-export it with 'ldrop export CHECKPOINT DIR --format onnx')"
+    if not folder.is_dir():
+        raise OnnxFolderError(f"no ONNX export folder at {str(folder)!r} {rerun}")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise OnnxFolderError(f"{str(folder)!r} has no {MANIFEST}: it is not an ldrop ONNX export {rerun}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise OnnxFolderError(f"{str(path)!r} is not valid JSON ({error}) {rerun}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise OnnxFolderError(f"{str(path)!r} is not an ldrop ONNX manifest (format is not {FORMAT!r}) {rerun}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise OnnxFolderError(
+            f"{str(path)!r} has format version {version} (written by ldrop {manifest.get('ldrop_version')}); this "
+            f"ldrop reads version {FORMAT_VERSION} {rerun}"
+        )
+    opset = manifest.get("opset")
+    if opset not in SUPPORTED_OPSETS:
+        raise OnnxFolderError(
+            f"{str(path)!r}: ONNX opset {opset} is not one this runtime runs ({SUPPORTED_OPSETS.start}.."
+            f"{SUPPORTED_OPSETS.stop - 1}) {rerun}"
+        )
+    graphs = manifest.get("graphs", {})
+    listed = [graphs.get("fixed"), graphs.get("head"), *graphs.get("layers", [])]
+    listed += [graphs[name] for name in ("context", "selector") if graphs.get(name)]
+    if None in listed[:2] or len(graphs.get("layers", [])) != manifest.get("backbone", {}).get("num_layers"):
+        raise OnnxFolderError(f"{str(path)!r} does not list a fixed part, a head and one graph per layer {rerun}")
+    missing = [name for name in listed if not (folder / name).is_file()]
+    if missing:
+        raise OnnxFolderError(
+            f"{str(folder)!r} is incomplete: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} listed in "
+            f"{MANIFEST} {'is' if len(missing) == 1 else 'are'} missing {rerun}"
+        )
+    return manifest
+
+
+def read_audio_file(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """A mono float32 waveform from an audio file (channels averaged), which must be at ``sample_rate``."""
+    import soundfile
+
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+        raise ValueError(f"cannot read audio file {str(path)!r}: {error}") from None
+    if rate != sample_rate:
+        raise ValueError(
+            f"{str(path)!r} is at {rate} Hz; this model takes {sample_rate} Hz audio (resample it first, e.g. with "
+            "ffmpeg -ar 16000)"
+        )
+    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+
+
+def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> tuple[np.ndarray, np.ndarray]:
+    """``(waveforms [batch, samples] float32, lengths [batch] int64)`` from one utterance ``[samples]``, a
+    zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths."""
+    if isinstance(waveforms, str | os.PathLike):
+        waveforms = [waveforms]
+    if isinstance(waveforms, np.ndarray) or (hasattr(waveforms, "shape") and hasattr(waveforms, "__array__")):
+        waves = np.asarray(waveforms, dtype=np.float32)
+        if waves.ndim == 1:
+            waves = waves[None]
+        if waves.ndim != 2:
+            raise ValueError(f"waveforms must be [samples] or [batch, samples], got {list(waves.shape)}")
+        if lengths is None:
+            lengths = np.full(waves.shape[0], waves.shape[1], dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        if lengths.shape != (waves.shape[0],) or bool((lengths > waves.shape[1]).any()):
+            raise ValueError(f"lengths must be [batch={waves.shape[0]}] values <= {waves.shape[1]}, got {lengths}")
+        return np.ascontiguousarray(waves), lengths
+    clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike)
+             else np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
+    if not clips:
+        raise ValueError("no waveforms given")
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    padded = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
+    for row, clip in enumerate(clips):
+        padded[row, : len(clip)] = clip
+    return padded, lengths
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def topk_mask(scores: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Keep the ``k[b]`` best-scoring layers of each row, ties to the lower index (as ``hard_topk_mask``).
+
+    Args:
+        scores: ``[batch, layers]``.
+        k: ``[batch]`` int, each in ``0..layers``.
+
+    Returns:
+        ``[batch, layers]`` bool.
+    """
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(scores.shape[-1]), order.shape), axis=-1)
+    return ranks < np.asarray(k)[:, None]
+
+
+def threshold_mask(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """The layers whose score is ``>= threshold`` and at least the best one (as ``topk.threshold_mask``)."""
+    passing = scores >= thresholds[:, None]
+    best = topk_mask(scores, np.ones(scores.shape[0], dtype=np.int64))
+    return np.where(passing.any(-1, keepdims=True), passing, best)
+
+
+def ctc_greedy(logits: np.ndarray, frame_mask: np.ndarray, vocabulary: Sequence[str]) -> list[str]:
+    """Greedy CTC decoding (best class per real frame, repeats collapsed, blank 0 dropped), as ``CTCTask``."""
+    best = np.where(frame_mask, logits.argmax(-1), 0)
+    texts = []
+    for row in best:
+        collapsed = row[np.concatenate([[True], row[1:] != row[:-1]])]
+        chars = [vocabulary[int(i) - 1] for i in collapsed if int(i) != 0]
+        texts.append(" ".join("".join(chars).split()))
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------- the model
+class OnnxAdaptiveModel:
+    """An ldrop ONNX export whose depth follows a budget or a target, on ONNX Runtime.
+
+    Args:
+        folder: an export folder (``ldrop export CKPT DIR --format onnx``); see :meth:`from_pretrained` for
+            checkpoints.
+        profile: the device profile of this model on this runtime (a :class:`CostProfile` or the JSON path
+            written by ``ldrop profile --runtime onnx``); ``None``: the folder's ``profile.json`` if it has
+            one, else one is measured the first time a time target is used (that needs torch).
+        closed_loop: correct the profile with measured times (``False``: open loop).
+        margin: fraction of a time target kept free for noise.
+        on_unmeetable: ``"min"`` (the minimum budget and a warning) or ``"raise"``.
+        threads: ONNX Runtime intra-op threads (``None``: its default).
+        providers: ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
+        spinning: let a graph's idle ONNX Runtime threads spin after it ran (ONNX Runtime's default). Off by
+            default here: every part is a session with its own threads, run one after the other, so one
+            layer's spinning threads would compete with the next layer's (at 2 threads on a loaded 2-core
+            machine, full depth took 1.7x as long with spinning).
+        **controller_options: further controller options (``alpha_up``, ``window``, ...).
+
+    Raises:
+        OnnxFolderError: the folder cannot be run (see :func:`read_manifest`), or a graph fails to load.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        profile: CostProfile | str | os.PathLike | None = None,
+        closed_loop: bool = True,
+        margin: float = 0.1,
+        on_unmeetable: Literal["min", "raise"] = "min",
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        spinning: bool = False,
+        **controller_options: Any,
+    ) -> None:
+        import onnxruntime
+
+        self.folder = Path(folder)
+        self.manifest = manifest = read_manifest(folder)
+        backbone = manifest["backbone"]
+        self.num_layers = int(backbone["num_layers"])
+        self.receptive_field = int(backbone["receptive_field"])
+        self.sample_rate = int(manifest["preprocessing"]["sample_rate"])
+        selector = manifest["selector"]
+        self.prefix_layers = int(selector.get("prefix_layers", 0))
+        self._selector = selector
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = list(providers or ["CPUExecutionProvider"])
+        graphs = manifest["graphs"]
+        self._fixed = self._session(onnxruntime, graphs["fixed"], "fixed", options, providers)
+        self._context = (self._session(onnxruntime, graphs["context"], "context", options, providers)
+                         if graphs.get("context") else None)
+        self._scorer = (self._session(onnxruntime, graphs["selector"], "selector", options, providers)
+                        if graphs.get("selector") else None)
+        self._layers = [self._session(onnxruntime, name, "layer", options, providers) for name in graphs["layers"]]
+        self._head = self._session(onnxruntime, graphs["head"], "head", options, providers)
+        if ("position_bias" in {i.name for i in self._layers[0].get_inputs()}) != (self._context is not None):
+            raise OnnxFolderError(f"{str(self.folder)!r}: the layer graphs and the context graph do not go together")
+        self._table = np.asarray(selector["table"], dtype=bool) if selector["kind"] == "table" else None
+        if selector["kind"] == "scores":
+            self._uses_input = np.asarray(selector["uses_input"], dtype=bool)
+            self._blind_masks = np.asarray(selector["blind_masks"], dtype=bool)
+            self._thresholds = np.array([np.nan if t is None else t for t in selector["thresholds"]], dtype=np.float64)
+        if profile is None and (self.folder / PROFILE_FILE).is_file():
+            profile = self.folder / PROFILE_FILE
+        self.controller = self._controller(profile, closed_loop, margin, on_unmeetable, **controller_options)
+        self._warm = False
+        self._temporary: Any = None  # keeps a folder exported by from_pretrained alive
+
+    def _controller(self, profile: Any, closed_loop: bool, margin: float, on_unmeetable: str,
+                    **options: Any) -> OnnxBudgetController:
+        if profile is not None and not isinstance(profile, CostProfile):
+            # a JSON path, or a DeviceProfile of the PyTorch side
+            profile = CostProfile.from_dict(profile.to_dict()) if hasattr(profile, "to_dict") else CostProfile.load(profile)
+        if profile is not None and profile.device.get("runtime") != "onnxruntime":
+            warnings.warn("this device profile was not measured on ONNX Runtime ('ldrop profile --runtime onnx'): its "
+                          "times are another runtime's, only the closed loop will correct them", stacklevel=3)
+        flops = self.manifest.get("flops")
+        return OnnxBudgetController(
+            self.num_layers, profile, flops=FlopsLaw(**flops) if flops else None, closed_loop=closed_loop,
+            margin=margin, on_unmeetable=on_unmeetable, sample_rate=self.sample_rate,
+            min_budget=max(1, self.prefix_layers), **options,
+        )
+
+    def with_controller(self, profile: CostProfile | str | os.PathLike | None = None, closed_loop: bool = True,
+                        margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
+                        **controller_options: Any) -> OnnxAdaptiveModel:
+        """This model (the same loaded graphs) with a controller of its own: several policies on one model."""
+        view = copy.copy(self)
+        view.controller = self._controller(profile, closed_loop, margin, on_unmeetable, **controller_options)
+        return view
+
+    def _session(self, onnxruntime: Any, name: str, kind: str, options: Any, providers: list[str]) -> Any:
+        path = self.folder / name
+        try:
+            session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            raise OnnxFolderError(f"cannot load {str(path)!r} with onnxruntime: {reason}") from None
+        inputs, outputs = GRAPH_IO[kind]
+        names = {i.name for i in session.get_inputs()}
+        if not set(inputs) <= names or not set(outputs) <= {o.name for o in session.get_outputs()}:
+            raise OnnxFolderError(f"{str(path)!r} does not take/give {inputs} -> {outputs}: not an ldrop {kind} graph")
+        return session
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, profile: CostProfile | str | None = None,
+                        quantize: Literal["dynamic"] | None = None, **kwargs: Any) -> OnnxAdaptiveModel:
+        """From an ONNX export folder, or from a ``.ckpt`` / ``ldrop export`` folder exported now (needs torch).
+
+        A model exported here lives in a temporary folder for the lifetime of the returned object; export
+        once with ``ldrop export CKPT DIR --format onnx`` to deploy.
+        """
+        path = Path(path)
+        if (path / MANIFEST).is_file():
+            return cls(path, profile=profile, **kwargs)
+        import tempfile
+
+        from ldrop.runtime.onnx_export import export_onnx  # needs torch
+
+        temporary = tempfile.TemporaryDirectory(prefix="ldrop-onnx-")
+        folder = export_onnx(path, Path(temporary.name) / "model", quantize=quantize)
+        model = cls(folder, profile=profile, **kwargs)
+        model._temporary = temporary
+        return model
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def profile(self) -> CostProfile | None:
+        return self.controller.profile
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names (classification) or characters (CTC) in output order, ``None`` when unnamed."""
+        return self.manifest["task"].get("labels")
+
+    # ------------------------------------------------------------------ the forward, in parts
+    def encode(self, waveforms: np.ndarray, lengths: np.ndarray, run_prefix: bool = True) -> dict[str, np.ndarray]:
+        """The budget-independent part, as ``LayerDropTask.encode``: ``{"features", "frame_mask", "hidden"}``,
+        with ``"position_bias"`` (WavLM) and, for a selector that reads the first ``j`` layers, ``"prefix"``
+        (their output, which is then also ``"features"``).
+
+        Raises:
+            ValueError: a waveform shorter than the CNN's receptive field.
+        """
+        if int(lengths.min()) < self.receptive_field:
+            raise ValueError(
+                f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); got a "
+                f"length of {int(lengths.min())}: pad short clips"
+            )
+        features, frame_mask, hidden = self._fixed.run(["features", "frame_mask", "hidden"],
+                                                       {"waveforms": waveforms, "lengths": lengths})
+        encoded = {"features": features, "frame_mask": frame_mask, "hidden": hidden}
+        if self._context is not None:
+            encoded["position_bias"] = self._context.run(None, {"frame_mask": frame_mask})[0]
+        if run_prefix and self.prefix_layers:
+            prefix = hidden
+            for index in range(self.prefix_layers):
+                prefix = self._run_layer(index, prefix, frame_mask, encoded)
+            encoded["prefix"] = encoded["features"] = prefix
+        return encoded
+
+    def _run_layer(self, index: int, hidden: np.ndarray, frame_mask: np.ndarray, encoded: dict[str, np.ndarray]
+                   ) -> np.ndarray:
+        feeds = {"hidden": hidden, "frame_mask": frame_mask}
+        if self._context is not None:
+            feeds["position_bias"] = encoded["position_bias"]
+        return self._layers[index].run(None, feeds)[0]
+
+    def select(self, encoded: dict[str, np.ndarray], budget: np.ndarray) -> np.ndarray:
+        """``[batch, layers]`` bool: the layers each input runs at its ``budget`` (the selector's choice)."""
+        kind, batch, n, j = self._selector["kind"], len(budget), self.num_layers, self.prefix_layers
+        if kind == "full":
+            return np.ones((batch, n), dtype=bool)
+        if kind == "table":
+            keep = self._table[budget - 1]
+            if not bool(keep.any(-1).all()):
+                raise RuntimeError(f"the selector has no layers for budgets {sorted(set(budget[~keep.any(-1)].tolist()))}")
+            return keep
+        scores = self._scorer.run(None, {"features": encoded["features"], "frame_mask": encoded["frame_mask"],
+                                         "budget": budget})[0]
+        rest = scores[:, j:]
+        if self._selector["mode"] == "threshold":
+            thresholds = np.where(budget == n, -np.inf, self._thresholds[budget - 1])
+            if bool(np.isnan(thresholds).any()):
+                raise RuntimeError(f"threshold mode: budgets {sorted(set(budget[np.isnan(thresholds)].tolist()))} are "
+                                   "not calibrated (fit the selector on validation data before exporting)")
+            keep = threshold_mask(rest, thresholds)
+        else:
+            keep = topk_mask(rest, np.clip(budget - j, 0, None))
+        keep = np.concatenate([np.ones((batch, j), dtype=bool), keep], axis=1)
+        if self._selector["mode"] == "topk":  # the validation fallback's input-blind mask where it was chosen
+            rows = budget - 1
+            keep = np.where(self._uses_input[rows][:, None], keep, self._blind_masks[rows])
+        return keep
+
+    def run_layers(self, encoded: dict[str, np.ndarray], keep: np.ndarray) -> np.ndarray:
+        """Run each layer on the inputs that keep it (padding trimmed per sub-batch): ``[batch, frames, hidden]``.
+
+        Continues from the selector's prefix layers (run in :meth:`encode`) when every input keeps them, else
+        runs from layer 0, as the PyTorch engine does.
+        """
+        frame_mask = encoded["frame_mask"]
+        j = self.prefix_layers
+        start = j if "prefix" in encoded and bool(keep[:, :j].all()) else 0
+        hidden = encoded["prefix"] if start else encoded["hidden"]
+        owned = False  # whether ``hidden`` is this call's own array (written in place) or the encoded one
+        batch, frames = frame_mask.shape
+        lengths = frame_mask.sum(1)
+        for index in range(start, self.num_layers):
+            rows = np.flatnonzero(keep[:, index])
+            if rows.size == 0:
+                continue
+            sub_frames = int(lengths[rows].max())
+            if rows.size == batch and sub_frames == frames:
+                hidden, owned = self._run_layer(index, hidden, frame_mask, encoded), True
+                continue
+            sub_hidden = np.ascontiguousarray(hidden[rows, :sub_frames])
+            sub_mask = np.ascontiguousarray(frame_mask[rows, :sub_frames])
+            out = self._run_layer(index, sub_hidden, sub_mask, encoded)
+            if not owned:
+                hidden, owned = hidden.copy(), True
+            hidden[rows, :sub_frames] = out
+        return hidden
+
+    def head(self, hidden: np.ndarray, frame_mask: np.ndarray) -> np.ndarray:
+        """Final norm (pre-norm models), padding zeroed, task head: the logits."""
+        return self._head.run(None, {"hidden": hidden, "frame_mask": frame_mask})[0]
+
+    def forward(self, waveforms: np.ndarray, lengths: np.ndarray, budget: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(logits, keep [batch, layers] bool, frame_mask)`` of a batch at ``budget [batch]`` layers."""
+        budget = resolve_budget(np.asarray(budget), self.num_layers, len(lengths))
+        encoded = self.encode(waveforms, lengths)
+        keep = self.select(encoded, budget)
+        return self.head(self.run_layers(encoded, keep), encoded["frame_mask"]), keep, encoded["frame_mask"]
+
+    def run_with_mask(self, waveforms: np.ndarray, lengths: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """The logits when every input runs the layers of ``keep [batch, layers]`` (no selector; benchmarks)."""
+        keep = np.asarray(keep) > 0.5
+        if keep.shape != (len(lengths), self.num_layers):
+            raise ValueError(f"keep must be [batch, layers] = [{len(lengths)}, {self.num_layers}], got {list(keep.shape)}")
+        encoded = self.encode(waveforms, lengths)
+        return self.head(self.run_layers(encoded, keep), encoded["frame_mask"])
+
+    def decode(self, logits: np.ndarray, frame_mask: np.ndarray) -> list[Any]:
+        """Per input: the label (classification), the transcript (CTC), or its logits (other tasks)."""
+        task = self.manifest["task"]
+        if task["kind"] == "classification":
+            ids = logits.argmax(-1).tolist()
+            return ids if task.get("labels") is None else [task["labels"][i] for i in ids]
+        if task["kind"] == "ctc":
+            return ctc_greedy(logits, frame_mask, task["labels"])
+        return list(logits)
+
+    # ------------------------------------------------------------------ budgets and the closed loop
+    def ensure_profile(self, **grid: Any) -> CostProfile:
+        """The profile, measured now on this runtime with a quick grid if there is none yet (needs torch)."""
+        if self.controller.profile is None:
+            try:
+                from ldrop.runtime.onnx_profile import quick_profile
+            except ImportError as error:
+                raise ValueError(
+                    "a time target needs a device profile of this model on ONNX Runtime: run 'ldrop profile --runtime "
+                    f"onnx {self.folder} --out {self.folder / PROFILE_FILE}' (measuring one here needs torch: {error})"
+                ) from None
+            self.controller.profile = quick_profile(self, **grid)
+        return self.controller.profile
+
+    def budget_for(self, lengths: np.ndarray, target: Any) -> tuple[np.ndarray, Target | None]:
+        """``(budget [batch] int64, the parsed target or None)`` for a call."""
+        batch = len(lengths)
+        if target is None:
+            return np.full(batch, self.num_layers, dtype=np.int64), None
+        if not is_target(target):
+            return resolve_budget(target, self.num_layers, batch), None
+        profile = target.get("profile") if isinstance(target, dict) else getattr(target, "profile", None)
+        # parsed without its profile file: Target.parse would check it with the PyTorch DeviceProfile
+        parsed = Target.parse({k: v for k, v in target.items() if k != "profile"} if isinstance(target, dict) else target)
+        if parsed.kind in ("ms", "rtf"):
+            if profile and self.controller.profile is None:
+                self.controller.profile = CostProfile.load(profile)
+            self.ensure_profile()
+        return self.controller.budgets(lengths, parsed), parsed
+
+    def __call__(self, waveforms: Any, target: Any = None, lengths: Any = None) -> OnnxOutput:
+        """Run one utterance or a batch under ``target`` (see :meth:`AdaptiveModel.__call__
+        <ldrop.runtime.AdaptiveModel.__call__>`).
+
+        Args:
+            waveforms: one utterance ``[samples]``, a zero-padded batch ``[batch, samples]`` (with ``lengths``),
+                or a list of 1-D clips or audio file paths (at the model's sample rate).
+            target: ``{"ms": 80}``, ``{"rtf": 0.1}``, ``{"gflops_per_second": 2.0}`` (or ``"rtf=0.1"``), or a
+                plain budget (layers, fraction, ``[batch]`` array); ``None`` runs every layer.
+            lengths: ``[batch]`` valid samples of a padded batch.
+        """
+        waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
+        budget, parsed = self.budget_for(lengths, target)
+        correction = self.controller.correction
+        start = time.perf_counter()
+        logits, keep, frame_mask = self.forward(waves, lengths, budget)
+        measured = time.perf_counter() - start
+        outputs = self.decode(logits, frame_mask)
+        predicted_ms = None
+        if self.controller.profile is not None:
+            predicted = self.controller.profile.predict(lengths, keep)
+            predicted_ms = 1000.0 * predicted * correction
+            if self._warm:  # the first call pays one-time costs (allocations): never learn from it
+                self.controller.observe(predicted, measured)
+        self._warm = True
+        keep_mask = keep.astype(np.float32)
+        return OnnxOutput(outputs, logits, frame_mask, keep_mask, keep.sum(1).astype(np.int64), budget, predicted_ms,
+                          1000.0 * measured, self.controller.correction, parsed)

@@ -1,0 +1,409 @@
+"""ONNX export and the ONNX Runtime model: parity with PyTorch per family, budgets, targets, bad folders.
+
+Exporting is the slow part (a trace of every graph), so each family is exported once per module.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the ONNX runtime is the optional extra ldrop[onnx]")
+pytest.importorskip("onnxscript", reason="the ONNX exporter needs the optional extra ldrop[onnx]")
+
+from ldrop.budgets import UnmeetableTargetWarning
+from ldrop.runtime import OnnxAdaptiveModel, load_model
+from ldrop.runtime.onnx_export import OnnxExportError, export_onnx, folder_megabytes
+from ldrop.runtime.onnx_runtime import OnnxFolderError, read_manifest
+from ldrop.selectors import InputConditionedSelector, RandomSelector, StaticSelector
+from ldrop.tasks import ClassificationTask, CTCTask
+from tests.helpers import padded_batch
+from tests.runtime.conftest import synthetic_profile
+
+#: Three inputs of different lengths (1 s, 0.8 s, 0.6 s): padding and sub-batches of different lengths.
+LENGTHS = [16000, 12800, 9600]
+TOLERANCE = 1e-4
+
+
+def calibrated_threshold_task() -> ClassificationTask:
+    """wav2vec 2.0 in the pre-norm layout with a threshold-mode selector calibrated on random inputs."""
+    torch.manual_seed(2)
+    task = ClassificationTask(labels=["a", "b", "c"], backbone="tiny:wav2vec2-large",
+                              selector=functools.partial(InputConditionedSelector, mode="threshold")).eval()
+    waves, lengths = padded_batch([16000, 14000, 12000, 10000, 9000, 8000], seed=5)
+    with torch.no_grad():
+        encoded = task.encode(waves, lengths)
+        scores = {k: task.selector.score(encoded.features, encoded.frame_mask, torch.full((6,), k))
+                  for k in range(1, task.num_layers)}
+    task.selector.calibration.set_thresholds(scores)
+    return task
+
+
+def fallback_task() -> ClassificationTask:
+    """Data2VecAudio with a top-k selector whose validation fallback chose an input-blind mask at budget 2."""
+    torch.manual_seed(3)
+    task = ClassificationTask(num_classes=5, backbone="tiny:data2vec", selector=InputConditionedSelector).eval()
+    task.selector.fallback.uses_input[1] = False
+    task.selector.fallback.blind_masks[1] = torch.tensor([True, False, False, True])
+    task.selector.fallback.metrics[1] = torch.tensor([0.5, 0.6])
+    return task
+
+
+def prefix_ctc_task() -> CTCTask:
+    """HuBERT CTC with a selector that reads the output of the first encoder layer (run for every input)."""
+    torch.manual_seed(4)
+    return CTCTask(labels="english", backbone="tiny:hubert",
+                   selector=functools.partial(InputConditionedSelector, input="layers", read_layers=1)).eval()
+
+
+FAMILIES = ("wavlm", "hubert", "wav2vec2", "data2vec")
+
+
+@pytest.fixture(scope="module")
+def from_checkpoint(tiny_checkpoint) -> OnnxAdaptiveModel:
+    """The trained tiny WavLM checkpoint on ONNX Runtime, exported on the fly by ``from_pretrained``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(not been (fitted|calibrated)|uncalibrated decisions)")
+        return OnnxAdaptiveModel.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_checkpoint, from_checkpoint, tmp_path_factory) -> dict[str, tuple[object, Path]]:
+    """``family -> (the PyTorch task, its ONNX export folder)``, one model per family, each a different set-up:
+    WavLM from a trained checkpoint (top-k, CNN features), HuBERT CTC reading a prefix layer, wav2vec 2.0
+    pre-norm with calibrated thresholds, Data2VecAudio with fallback decisions."""
+    root = tmp_path_factory.mktemp("onnx")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(not been (fitted|calibrated)|uncalibrated decisions)")
+        out = {"wavlm": (load_model(tiny_checkpoint), from_checkpoint.folder)}
+        for family, task in (("hubert", prefix_ctc_task()), ("wav2vec2", calibrated_threshold_task()),
+                             ("data2vec", fallback_task())):
+            out[family] = (task, export_onnx(task, root / family))
+    return out
+
+
+def torch_forward(task, waves, lengths, budget):
+    with torch.inference_mode():
+        logits, keep = task(waves, lengths, budget)
+    return logits.numpy(), (keep > 0.5).numpy()
+
+
+# ---------------------------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnx_logits_and_masks_match_pytorch_at_one_half_and_all_layers(exports, family):
+    task, folder = exports[family]
+    model = OnnxAdaptiveModel(folder)
+    n = task.num_layers
+    waves, lengths = padded_batch(LENGTHS, seed=11)
+    budgets = [torch.full((3,), 1), torch.full((3,), n // 2), torch.full((3,), n), torch.tensor([1, n // 2, n])]
+    distinct_masks = set()
+    for budget in budgets:
+        expected, expected_keep = torch_forward(task, waves, lengths, budget)
+        logits, keep, _ = model.forward(waves.numpy(), lengths.numpy(), budget.numpy())
+        assert np.array_equal(keep, expected_keep), f"budget {budget.tolist()}"
+        assert np.abs(logits - expected).max() <= TOLERANCE, f"budget {budget.tolist()}"
+        distinct_masks |= {tuple(row) for row in keep.tolist()}
+    assert len(distinct_masks) >= 3  # masks differ between budgets and inputs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_explicit_per_input_masks_match_pytorch(exports, family):
+    task, folder = exports[family]
+    model = OnnxAdaptiveModel(folder)
+    waves, lengths = padded_batch(LENGTHS, seed=12)
+    keep = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.float32)
+    with torch.inference_mode():
+        expected = task.logits_with_mask(task.encode(waves, lengths), keep).numpy()
+    got = model.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy())
+    assert np.abs(got - expected).max() <= TOLERANCE
+
+
+def test_the_folder_holds_one_graph_per_part_and_a_manifest(exports):
+    _, folder = exports["wavlm"]
+    manifest = read_manifest(folder)
+    assert manifest["graphs"]["layers"] == [f"layers/layer_{i:02d}.onnx" for i in range(4)]
+    assert manifest["graphs"]["context"] == "context.onnx"  # WavLM's position bias, computed once
+    assert "position_bias" in manifest["io"]["layer"]["inputs"]
+    assert manifest["preprocessing"] == {"sample_rate": 16000, "do_normalize": False, "padding_value": 0.0,
+                                         "mono": True}
+    assert manifest["task"]["labels"] == ["a", "b", "c", "d"] and manifest["opset"] >= 18
+    assert manifest["layer_order"] == [0, 1, 2, 3] and manifest["quantize"] is None
+    assert exports["hubert"][1].joinpath("manifest.json").is_file()
+    assert read_manifest(exports["hubert"][1])["graphs"]["context"] is None  # only WavLM shares a context
+
+
+def test_graphs_take_any_batch_and_length(exports):
+    import onnxruntime
+
+    _, folder = exports["hubert"]
+    for name in ("fixed.onnx", "layers/layer_02.onnx", "head.onnx", "selector.onnx"):
+        session = onnxruntime.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+        for value in session.get_inputs():
+            assert all(not isinstance(dim, int) for dim in value.shape[:2]), (name, value.name, value.shape)
+
+
+def test_ctc_outputs_decode_to_the_same_transcripts(exports):
+    task, folder = exports["hubert"]
+    waves, lengths = padded_batch(LENGTHS, seed=13)
+    out = OnnxAdaptiveModel(folder)(waves.numpy(), 2, lengths=lengths.numpy())
+    with torch.inference_mode():
+        logits, _ = task(waves, lengths, 2)
+        frame_mask = task.encode(waves, lengths).frame_mask
+    assert out.outputs == task.decode(logits, frame_mask)
+    assert out.frame_mask.shape == tuple(frame_mask.shape) and np.array_equal(out.frame_mask, frame_mask.numpy())
+
+
+# ---------------------------------------------------------------------------------------------- the call
+def test_a_checkpoint_and_its_export_folder_give_the_same_call(from_checkpoint):
+    from_folder = OnnxAdaptiveModel.from_pretrained(from_checkpoint.folder, profile=_cost(synthetic_profile(), True))
+    from_checkpoint.controller.profile = _cost(synthetic_profile(), True)
+    waveform = np.random.default_rng(0).standard_normal(12000).astype(np.float32)
+    a, b = from_folder(waveform, {"ms": 1000.0}), from_checkpoint(waveform, {"ms": 1000.0})
+    assert a.outputs == b.outputs and a.outputs[0] in {"a", "b", "c", "d"}
+    assert np.array_equal(a.keep_mask, b.keep_mask) and int(a.budget[0]) == 4  # a generous deadline: every layer
+    assert np.array_equal(a.logits, b.logits)
+    assert a.predicted_ms > 0 and a.measured_ms > 0 and a.correction > 0 and a.target.kind == "ms"
+
+
+def test_budgets_and_targets_are_chosen_as_the_pytorch_runtime_does(exports):
+    from ldrop.runtime import AdaptiveModel
+
+    task, folder = exports["wavlm"]
+    profile = synthetic_profile(layer=(0.0, 1e-4, 0.0))
+    with pytest.warns(UserWarning, match="not measured on ONNX Runtime"):
+        onnx_model = OnnxAdaptiveModel(folder, profile=_cost(profile), margin=0.0, closed_loop=False)
+    torch_model = AdaptiveModel(task, profile=profile, margin=0.0, closed_loop=False)
+    waves, lengths = padded_batch([4000, 16000, 30000], seed=14)
+    for target in ({"rtf": 0.5}, {"ms": 8.0}, {"gflops_per_second": 0.05}, 0.5, 3, [1, 2, 4]):
+        torch_target = torch.tensor(target) if isinstance(target, list) else target
+        expected = torch_model(waves, torch_target, lengths=lengths)
+        got = onnx_model(waves.numpy(), np.array(target) if isinstance(target, list) else target, lengths=lengths.numpy())
+        assert got.budget.tolist() == expected.budget.tolist(), target
+        assert np.array_equal(got.keep_mask, expected.keep_mask.numpy()), target
+        assert got.outputs == expected.outputs
+
+
+def _cost(profile, measured_on_onnxruntime: bool = False):
+    from ldrop.runtime.onnx_budgets import CostProfile
+
+    cost = CostProfile.from_dict(profile.to_dict())
+    if measured_on_onnxruntime:
+        cost.device["runtime"] = "onnxruntime"
+    return cost
+
+
+def test_the_closed_loop_lowers_the_depth_when_calls_run_slower_than_the_profile(exports):
+    _, folder = exports["wavlm"]
+    # a profile that claims every part is 100x faster than it is: the measured times correct it
+    fast = synthetic_profile(fixed=(1e-5, 0.0, 0.0), layer=(1e-5, 0.0, 0.0))
+    model = OnnxAdaptiveModel(folder, profile=_cost(fast, True))
+    waveform = np.zeros(16000, dtype=np.float32)
+    first = model(waveform, {"ms": 0.1})  # affordable in full by the profile's account
+    with pytest.warns(UnmeetableTargetWarning):
+        for _ in range(4):
+            out = model(waveform, {"ms": 0.1})
+    assert int(first.budget[0]) == 4 and out.correction > 4 and int(out.budget[0]) < 4
+
+
+def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
+    import soundfile
+
+    _, folder = exports["wavlm"]
+    model = OnnxAdaptiveModel(folder)
+    clip = 0.1 * np.random.default_rng(1).standard_normal((12000, 2)).astype(np.float32)
+    soundfile.write(tmp_path / "a.wav", clip, 16000)
+    soundfile.write(tmp_path / "b.wav", clip, 8000)
+    from_file = model([tmp_path / "a.wav"], 2)
+    from_array = model(soundfile.read(tmp_path / "a.wav", dtype="float32")[0].mean(1), 2)
+    assert np.abs(from_file.logits - from_array.logits).max() <= 1e-6
+    with pytest.raises(ValueError, match="8000 Hz; this model takes 16000 Hz"):
+        model([tmp_path / "b.wav"], 2)
+    with pytest.raises(ValueError, match="at least 400 samples"):
+        model(np.zeros(200, dtype=np.float32), 2)
+    with pytest.raises(ValueError, match="between 1 and 4 layers"):
+        model(np.zeros(1600, dtype=np.float32), 9)
+
+
+def test_the_runtime_imports_and_runs_without_torch(exports):
+    task, folder = exports["wav2vec2"]
+    script = f"""
+import json, sys
+sys.modules["torch"] = None  # any import of torch now fails
+import numpy as np
+from ldrop.runtime import OnnxAdaptiveModel
+model = OnnxAdaptiveModel({str(folder)!r})
+waves = np.random.default_rng(3).standard_normal((2, 12000)).astype(np.float32)
+out = model(waves, 2)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "lightning", "transformers", "torchaudio")
+               and sys.modules[m] is not None)
+print(json.dumps({{"logits": out.logits.tolist(), "keep": out.keep_mask.tolist(), "heavy": heavy}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["heavy"] == []
+    waves = torch.from_numpy(np.random.default_rng(3).standard_normal((2, 12000)).astype(np.float32))
+    expected, keep = torch_forward(task, waves, None, 2)
+    assert np.abs(np.array(data["logits"]) - expected).max() <= TOLERANCE and np.array_equal(data["keep"], keep)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+TINY_GRID = ["--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0", "--validate", "2"]
+
+
+def test_ldrop_profile_times_the_export_on_onnx_runtime(exports, tmp_path):
+    from ldrop.cli import main
+
+    _, folder = exports["hubert"]  # with a prefix layer: the fixed part leaves it out, as on PyTorch
+    out = tmp_path / "profile.json"
+    assert main(["profile", str(folder), "--runtime", "onnx", *TINY_GRID, "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["device"]["runtime"] == "onnxruntime" and data["device"]["threads"] == 1
+    assert len(data["measurements"]) == 2 * 2 * 2 and len(data["validation"]["batches"]) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # measured on ONNX Runtime: no warning about another runtime's times
+        model = OnnxAdaptiveModel(folder, profile=out)
+    assert int(model(np.zeros(16000, dtype=np.float32), {"rtf": 100.0}).budget[0]) == 4
+
+
+def test_the_speedup_benchmark_times_onnx_runtime_against_pytorch(exports, tmp_path):
+    from ldrop.bench.__main__ import main
+
+    _, folder = exports["wavlm"]  # a tiny WavLM export: reused instead of exporting the benchmark's own
+    out = tmp_path / "speed.json"
+    assert main(["speedup", "--runtime", "onnx", "--size", "tiny", "--batch-size", "2", "--seconds", "0.5",
+                 "--budgets", "1,2", "--repeats", "1", "--warmup", "0", "--threads", "1", "--export-dir", str(folder),
+                 "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [r["budget"] for r in records] == [1, 2] and {r["runtime"] for r in records} == {"onnx"}
+    assert all(r["time_s"]["onnx_full"] > 0 and r["onnx_vs_torch"]["full"] > 0 for r in records)
+
+
+def test_the_control_benchmark_runs_every_policy_on_onnx_runtime(exports, tiny_checkpoint, tmp_path):
+    from ldrop.bench.__main__ import main
+
+    _, folder = exports["wavlm"]  # the export of this checkpoint
+    out = tmp_path / "control.json"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(not been (fitted|calibrated)|cannot be met)")
+        assert main(["control", "--runtime", "onnx", "--export-dir", str(folder), "--ckpt", str(tiny_checkpoint),
+                     "--utterances", "6", "--seconds-range", "0.5,0.8", "--load-procs", "1", "--max-load-seconds", "5",
+                     "--profile-repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["runtime"] == "onnx" and data["profile"]["fixed"]["overhead"] >= 0
+    assert set(data["summary"]) == {"full", "fixed", "open_loop", "closed_loop"}
+    assert all(len(records) == 6 for records in data["records"].values())
+    assert all(r["layers_run"] == 4 for r in data["records"]["full"])
+
+
+# ---------------------------------------------------------------------------------------------- int8
+def test_dynamic_int8_quantizes_the_layers_only_and_keeps_the_predictions_close(exports, tmp_path):
+    from ldrop.runtime.onnx_export import quantize_export
+
+    task, folder = exports["data2vec"]
+    quantized = tmp_path / "int8"
+    quantize_export(folder, quantized)
+    manifest = read_manifest(quantized)
+    assert manifest["quantize"] == "dynamic"
+    assert folder_megabytes(quantized / "layers") < folder_megabytes(folder / "layers")
+    assert (quantized / "fixed.onnx").read_bytes() == (folder / "fixed.onnx").read_bytes()
+    waves, lengths = padded_batch(LENGTHS, seed=15)
+    fp32 = OnnxAdaptiveModel(folder).forward(waves.numpy(), lengths.numpy(), np.array([4, 4, 4]))[0]
+    int8 = OnnxAdaptiveModel(quantized).forward(waves.numpy(), lengths.numpy(), np.array([4, 4, 4]))[0]
+    assert 0 < np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max()
+
+
+# ---------------------------------------------------------------------------------------------- bad folders
+@pytest.fixture
+def copied(exports, tmp_path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(exports["hubert"][1], target)
+    return target
+
+
+def _edit_manifest(folder: Path, **changes) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_missing_layer_file_is_named(copied):
+    (copied / "layers" / "layer_02.onnx").unlink()
+    with pytest.raises(OnnxFolderError, match=r"incomplete: layers/layer_02.onnx listed in manifest.json is missing"):
+        OnnxAdaptiveModel(copied)
+
+
+def test_a_manifest_of_another_format_version_is_refused(copied):
+    _edit_manifest(copied, format_version=2, ldrop_version="9.0")
+    with pytest.raises(OnnxFolderError, match=r"format version 2 \(written by ldrop 9.0\); this ldrop reads version 1"):
+        OnnxAdaptiveModel(copied)
+
+
+def test_an_opset_the_runtime_does_not_run_is_refused(copied):
+    _edit_manifest(copied, opset=7)
+    with pytest.raises(OnnxFolderError, match="opset 7 is not one this runtime runs"):
+        OnnxAdaptiveModel(copied)
+
+
+def test_a_graph_with_an_unknown_opset_is_named(copied):
+    import onnx
+
+    path = copied / "head.onnx"
+    model = onnx.load(str(path))
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 99
+    onnx.save(model, str(path))
+    with pytest.raises(OnnxFolderError, match=r"cannot load .*head.onnx' with onnxruntime"):
+        OnnxAdaptiveModel(copied)
+
+
+def test_a_folder_that_is_not_an_export_is_named(tmp_path):
+    with pytest.raises(OnnxFolderError, match="no ONNX export folder"):
+        OnnxAdaptiveModel(tmp_path / "nothing")
+    with pytest.raises(OnnxFolderError, match="has no manifest.json"):
+        OnnxAdaptiveModel(tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(OnnxFolderError, match="not valid JSON"):
+        OnnxAdaptiveModel(tmp_path)
+
+
+def test_export_refuses_an_occupied_folder_and_unsupported_models(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    task = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm")
+    with pytest.raises(OnnxExportError, match="not an empty folder"):
+        export_onnx(task, tmp_path / "taken")
+    random_selector = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm", selector=RandomSelector)
+    with pytest.raises(OnnxExportError, match="random at evaluation"):
+        export_onnx(random_selector, tmp_path / "random")
+    assert not (tmp_path / "random").exists()
+
+
+def test_the_export_command_writes_a_folder_and_names_bad_input(tmp_path, capsys):
+    from ldrop.cli import main
+
+    assert main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "out"), "--format", "onnx"]) == 2
+    assert "no model at" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_input_blind_selectors_export_their_mask_per_budget():
+    from ldrop.runtime.onnx_export import selector_description
+
+    task = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm",
+                              selector=functools.partial(StaticSelector, subsets="first"))
+    table = selector_description(task)
+    assert table["kind"] == "table"
+    assert table["table"] == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
