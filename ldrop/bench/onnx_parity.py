@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ldrop._io import atomic_write_json
-from ldrop.budgets.machine import machine_info
 from ldrop.bench.onnx_speed import build_task
+from ldrop.budgets.machine import machine_info
 from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 from ldrop.selectors import InputConditionedSelector

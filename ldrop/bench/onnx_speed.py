@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldrop.budgets.machine import machine_info
 from ldrop.bench.speedup import LARGE, SAMPLING_RATE, keep_masks, load_average, parse_budgets
+from ldrop.budgets.machine import machine_info
 from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 from ldrop.sweeps import markdown_table

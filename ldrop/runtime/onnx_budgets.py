@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,7 @@ class CostProfile:
     @classmethod
     def load(cls, path: str | os.PathLike) -> CostProfile:
         try:
-            return cls.from_dict(json.loads(open(path, encoding="utf-8").read()))
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError) as error:
             raise ValueError(f"device profile {str(path)!r}: {error}") from None
 
