@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -218,6 +219,26 @@ def plot(results: dict[str, list[dict[str, Any]]], deadline_ms: float, load_span
 
 
 # ---------------------------------------------------------------------------------------------- main
+def onnx_runtime(task: Any, threads: int | None, export_dir: str | None) -> tuple[Any, Any, Any]:
+    """``(model, runner(model, **controller options), profile(model, **grid))`` on ONNX Runtime: ``task``
+    exported to ``export_dir`` (reused if it holds an export; default: a temporary folder), every policy's
+    runner sharing its loaded graphs with a controller of its own."""
+    from ldrop.runtime.onnx_export import export_onnx
+    from ldrop.runtime.onnx_profile import profile_onnx
+    from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
+
+    scratch = None
+    if export_dir is None:
+        scratch = tempfile.TemporaryDirectory(prefix="ldrop-control-onnx-")
+        export_dir = str(Path(scratch.name) / "model")
+    if not (Path(export_dir) / "manifest.json").is_file():
+        export_onnx(task, export_dir, progress=lambda line: print(line, flush=True))
+    model = OnnxAdaptiveModel(export_dir, threads=threads)
+    model._temporary = scratch  # a temporary folder lives as long as the model
+    return (model, lambda onnx_model, **options: onnx_model.with_controller(**options),
+            lambda onnx_model, **grid: profile_onnx(onnx_model, threads=threads, **grid))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ldrop.bench control",
@@ -249,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated set with --ckpt")
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                        help="onnx: export the model and run every policy on ONNX Runtime (ldrop.bench.onnx_control)")
+                        help="onnx: export the model and run every policy on ONNX Runtime")
     parser.add_argument("--export-dir", default=None, help="with --runtime onnx: reuse (or write) the export here")
     parser.add_argument("--json", required=True, help="output JSON")
     parser.add_argument("--plot", default=None, help="output plot (default: the JSON's name with .png)")
@@ -288,8 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     clips, targets = build_stream(args, model)
     runner_class, measure_profile = AdaptiveModel, profile_model
     if args.runtime == "onnx":
-        from ldrop.bench.onnx_control import onnx_runtime
-
         model, runner_class, measure_profile = onnx_runtime(model, args.threads, args.export_dir)
     lengths = [len(c) / 16_000 for c in clips]
     longest = max(clips, key=len)

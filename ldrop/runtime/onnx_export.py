@@ -362,8 +362,6 @@ def export_onnx(
     if quantize not in (None, "dynamic"):
         raise OnnxExportError(f"quantize must be None or 'dynamic', got {quantize!r}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OnnxExportError(f"{str(out_dir)!r} already exists and is not an empty folder: choose a new folder")
     say = progress or log.info
     task = load_task(checkpoint_or_model)
     if task.depth.exit_layers:
