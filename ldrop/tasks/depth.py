@@ -66,6 +66,10 @@ class DepthPolicy:
         """How a run of this method is named in sweeps."""
         raise NotImplementedError
 
+    def flops(self, frame_lengths: Tensor) -> Tensor | None:
+        """``[batch]`` FLOPs of its own modules beside the selector (``None``: none)."""
+        return None
+
 
 class SelectedLayers(DepthPolicy):
     """A selector (registered on the task; ``None``: every layer runs) picks the layers per input and budget,
@@ -87,7 +91,11 @@ class SelectedLayers(DepthPolicy):
                         batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
         """The task loss at a sampled budget, the selector's own losses and, when set, the counterfactual
         ranking and self-distillation from the full-depth pass (below full depth only)."""
-        budget = task.sample_train_budget()
+        return self.losses_at(task, encoded, batch, task.sample_train_budget())[:3]
+
+    def losses_at(self, task: LayerDropTask, encoded: EncodedBatch, batch: Any,
+                  budget: int) -> tuple[dict[str, Tensor], Tensor, int, Tensor]:
+        """:meth:`training_losses` at ``budget``, and the logits."""
         logits, keep, selection = self.logits(task, encoded, budget)
         losses = {"task": task.task_loss(logits, encoded.frame_mask, batch)}
         below_full = budget < task.num_layers
@@ -102,7 +110,7 @@ class SelectedLayers(DepthPolicy):
                 hidden, _ = task.run_layers(encoded.detached(), torch.ones_like(keep))
                 teacher = task.compute_logits(self.head, hidden, encoded.frame_mask)
             losses["distill"] = task.distillation.loss(logits, teacher, encoded.frame_mask)
-        return losses, keep, budget
+        return losses, keep, budget, logits
 
     def needs_calibration(self, at_validation: bool = False) -> bool:
         selector = self.selector
