@@ -97,6 +97,8 @@ class AllocatedLayers(SelectedLayers):
     selector's at a sampled ``k`` (:class:`SelectedLayers`) plus the depth signal; evaluation allocates the
     budget's layers across inputs (``config.mode``) and runs each input's selector mask at its depth."""
 
+    onnx_exportable = False
+
     def __init__(self, selector: LayerSelector, head: nn.Module, depth_head: DepthHead,
                  config: AllocationConfig) -> None:
         if selector.needs_calibration:
