@@ -47,8 +47,7 @@ Family = Literal["wavlm", "hubert", "wav2vec2", "data2vec"]
 
 #: Family name -> (config class, model class, the ``model_type`` string of its configs).
 FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], str]] = {
-    "wavlm": (WavLMConfig, WavLMModel, "wavlm"),
-    "hubert": (HubertConfig, HubertModel, "hubert"),
+    "wavlm": (WavLMConfig, WavLMModel, "wavlm"), "hubert": (HubertConfig, HubertModel, "hubert"),
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model, "wav2vec2"),
     "data2vec": (Data2VecAudioConfig, Data2VecAudioModel, "data2vec-audio"),
 }
@@ -58,10 +57,7 @@ _ADAPTERS: dict[str, type[SpeechBackbone]] = {}
 
 
 def register_family(
-    name: str,
-    config_class: type[PretrainedConfig],
-    model_class: type[PreTrainedModel],
-    model_type: str,
+    name: str, config_class: type[PretrainedConfig], model_class: type[PreTrainedModel], model_type: str,
     adapter_class: type[SpeechBackbone] | None = None,
 ) -> None:
     """Make another Hugging Face speech encoder family loadable (``from_pretrained``, ``tiny_config``).
@@ -217,11 +213,8 @@ class SpeechBackbone(nn.Module):
     """
 
     def __init__(
-        self,
-        model: PreTrainedModel,
-        freeze_feature_encoder: bool = True,
-        apply_spec_augment: bool | None = None,
-        feature_extractor: Wav2Vec2FeatureExtractor | None = None,
+        self, model: PreTrainedModel, freeze_feature_encoder: bool = True,
+        apply_spec_augment: bool | None = None, feature_extractor: Wav2Vec2FeatureExtractor | None = None,
         normalize_waveforms: bool | None = None,
     ) -> None:
         super().__init__()
@@ -514,15 +507,8 @@ register_family("wavlm", WavLMConfig, WavLMModel, "wavlm", WavLMBackbone)
 
 
 def tiny_config(
-    family: Family = "wavlm",
-    *,
-    num_layers: int = 4,
-    hidden_size: int = 32,
-    num_heads: int = 2,
-    intermediate_size: int = 64,
-    conv_channels: int = 32,
-    stable_layer_norm: bool = False,
-    **overrides: Any,
+    family: Family = "wavlm", *, num_layers: int = 4, hidden_size: int = 32, num_heads: int = 2,
+    intermediate_size: int = 64, conv_channels: int = 32, stable_layer_norm: bool = False, **overrides: Any,
 ) -> PretrainedConfig:
     """A tiny config of a supported family, for tests, the quickstart and timing-free experiments.
 
@@ -532,22 +518,12 @@ def tiny_config(
     """
     config_cls = FAMILIES[family][0]
     kwargs: dict[str, Any] = dict(
-        num_hidden_layers=num_layers,
-        hidden_size=hidden_size,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        conv_dim=(conv_channels,) * 7,
-        conv_kernel=geometry.STOCK_CNN.conv_kernel,
-        conv_stride=geometry.STOCK_CNN.conv_stride,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        feat_extract_norm="layer" if stable_layer_norm else "group",
-        layerdrop=0.0,
-        mask_time_prob=0.0,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
+        num_hidden_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_heads,
+        intermediate_size=intermediate_size, conv_dim=(conv_channels,) * 7,
+        conv_kernel=geometry.STOCK_CNN.conv_kernel, conv_stride=geometry.STOCK_CNN.conv_stride,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer" if stable_layer_norm else "group", layerdrop=0.0, mask_time_prob=0.0,
+        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
     )
     if family == "data2vec":
         if stable_layer_norm:

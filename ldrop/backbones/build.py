@@ -16,11 +16,8 @@ from ldrop.backbones.adapter import (
 
 
 def load_backbone(
-    backbone: str,
-    pretrained: bool = True,
-    overrides: dict[str, Any] | None = None,
-    freeze_feature_encoder: bool = True,
-    normalize_waveforms: bool | None = None,
+    backbone: str, pretrained: bool = True, overrides: dict[str, Any] | None = None,
+    freeze_feature_encoder: bool = True, normalize_waveforms: bool | None = None,
 ) -> SpeechBackbone:
     """A :class:`SpeechBackbone` from a hub id, a local directory, ``"tiny:<family>"`` or ``"random:<family>"``.
 

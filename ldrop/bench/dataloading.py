@@ -74,11 +74,7 @@ def _build(name: str, folder: Path, scale: float, common: dict[str, Any]) -> Aud
 
 
 def benchmark_loading(
-    dataset: str,
-    workers: int = 2,
-    batch_size: int = 8,
-    epochs: int = 2,
-    scale: float = 1.0,
+    dataset: str, workers: int = 2, batch_size: int = 8, epochs: int = 2, scale: float = 1.0,
     root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Build ``dataset`` at benchmark scale and time full passes over its training loader.
@@ -115,13 +111,9 @@ def benchmark_loading(
         audio_seconds = samples / dm.sample_rate
         wall = sum(walls) / len(walls)
         return {
-            "dataset": dataset,
-            "items": len(dm.dataset("train")),
-            "batches": batches,
-            "audio_seconds": round(audio_seconds, 2),
-            "setup_seconds": round(setup_seconds, 3),
-            "wall_seconds": round(wall, 3),
-            "audio_seconds_per_second": round(audio_seconds / wall, 1),
+            "dataset": dataset, "items": len(dm.dataset("train")), "batches": batches,
+            "audio_seconds": round(audio_seconds, 2), "setup_seconds": round(setup_seconds, 3),
+            "wall_seconds": round(wall, 3), "audio_seconds_per_second": round(audio_seconds / wall, 1),
             "workers": workers,
         }
 

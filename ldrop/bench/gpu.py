@@ -111,25 +111,13 @@ def settings_for(args: argparse.Namespace) -> Settings:
         return defaults[name] if value is None else value
 
     return Settings(
-        out=Path(args.out),
-        device=device,
-        small=small,
-        families=_names(pick("families")),
-        sizes=_names(pick("sizes")),
-        batch_sizes=[int(b) for b in _names(pick("batch_sizes"))],
-        seconds=float(pick("seconds")),
-        budgets=args.budgets,
-        repeats=int(pick("repeats")),
-        warmup=int(pick("warmup")),
-        dtype=pick("dtype"),
-        precision=args.precision,
-        quickstart_config=Path(args.quickstart_config),
-        quickstart_steps=args.quickstart_steps,
-        profile_args=list(defaults["profile"]),
-        time_limit=float(args.time_limit),
-        skip=set(_names(args.skip)),
-        seed=args.seed,
-        threads=pick("threads"),
+        out=Path(args.out), device=device, small=small, families=_names(pick("families")),
+        sizes=_names(pick("sizes")), batch_sizes=[int(b) for b in _names(pick("batch_sizes"))],
+        seconds=float(pick("seconds")), budgets=args.budgets, repeats=int(pick("repeats")),
+        warmup=int(pick("warmup")), dtype=pick("dtype"), precision=args.precision,
+        quickstart_config=Path(args.quickstart_config), quickstart_steps=args.quickstart_steps,
+        profile_args=list(defaults["profile"]), time_limit=float(args.time_limit),
+        skip=set(_names(args.skip)), seed=args.seed, threads=pick("threads"),
     )
 
 
@@ -168,12 +156,9 @@ def describe_machine(device: str) -> dict[str, Any]:
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         info["gpu"] = {
-            "name": props.name,
-            "memory_gib": round(props.total_memory / 2**30, 1),
-            "multiprocessors": props.multi_processor_count,
-            "capability": f"{props.major}.{props.minor}",
-            "cudnn": torch.backends.cudnn.version(),
-            "bf16_supported": torch.cuda.is_bf16_supported(),
+            "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count, "capability": f"{props.major}.{props.minor}",
+            "cudnn": torch.backends.cudnn.version(), "bf16_supported": torch.cuda.is_bf16_supported(),
             "nvidia_smi": _nvidia_smi(),
         }
     return info
@@ -222,11 +207,8 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
                     torch.cuda.set_sync_debug_mode(previous)
             debug_warnings = sum("synchroniz" in str(w.message) for w in caught)
     return {
-        "layers": num_layers,
-        "batch_size": batch_size,
-        "counted": syncs.count,
-        "counted_in_engine": syncs.count_in("ldrop/engine"),
-        "where": syncs.where(),
+        "layers": num_layers, "batch_size": batch_size, "counted": syncs.count,
+        "counted_in_engine": syncs.count_in("ldrop/engine"), "where": syncs.where(),
         "cuda_sync_debug": debug_warnings,
     }
 
@@ -292,14 +274,9 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
          settings.out / "quickstart-test.log", settings.threads)
     test_seconds = time.perf_counter() - start
     return {
-        "config": str(settings.quickstart_config),
-        "precision": settings.precision,
-        "accelerator": accelerator,
-        "fit_steps": steps,
-        "fit_seconds": fit_seconds,
-        "test_seconds": test_seconds,
-        "sweep": load_sweep(test_dir),
-        "folder": str(root),
+        "config": str(settings.quickstart_config), "precision": settings.precision,
+        "accelerator": accelerator, "fit_steps": steps, "fit_seconds": fit_seconds,
+        "test_seconds": test_seconds, "sweep": load_sweep(test_dir), "folder": str(root),
     }
 
 
@@ -312,16 +289,10 @@ class Run:
         self.start = time.perf_counter()
         self._print = log
         self.report: dict[str, Any] = {
-            "benchmark": "gpu",
-            "command": "python -m ldrop.bench gpu " + " ".join(argv),
-            "mode": "small" if settings.small else "full",
-            "device": settings.device,
-            "dtype": settings.dtype,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "finished": False,
-            "elapsed_s": 0.0,
-            "machine": {},
-            "phases": [],
+            "benchmark": "gpu", "command": "python -m ldrop.bench gpu " + " ".join(argv),
+            "mode": "small" if settings.small else "full", "device": settings.device, "dtype": settings.dtype,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": False,
+            "elapsed_s": 0.0, "machine": {}, "phases": [],
         }
 
     def elapsed(self) -> float:

@@ -49,18 +49,10 @@ def build_task(backbone: str, size: str) -> ClassificationTask:
 
 
 def run_onnx_speedup(
-    backbone: str = "wavlm",
-    size: str = "base",
-    batch_size: int = 8,
-    seconds: float = 4.0,
-    budgets: str | Sequence[int] = "0.25,0.5,0.75",
-    repeats: int = 10,
-    warmup: int = 1,
-    threads: int | None = None,
-    quantize: str | None = None,
-    export_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
+    backbone: str = "wavlm", size: str = "base", batch_size: int = 8, seconds: float = 4.0,
+    budgets: str | Sequence[int] = "0.25,0.5,0.75", repeats: int = 10, warmup: int = 1,
+    threads: int | None = None, quantize: str | None = None, export_dir: str | os.PathLike | None = None,
+    seed: int = 0, log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Time ONNX Runtime and PyTorch eager at full depth and per budget; one record per budget.
 

@@ -121,17 +121,9 @@ def load_average() -> float | None:
 
 def _config_summary(config: PretrainedConfig) -> dict[str, Any]:
     keys = (
-        "model_type",
-        "num_hidden_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "intermediate_size",
-        "do_stable_layer_norm",
-        "feat_extract_norm",
-        "conv_dim",
-        "num_conv_pos_embeddings",
-        "num_conv_pos_embedding_groups",
-        "conv_pos_kernel_size",
+        "model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+        "do_stable_layer_norm", "feat_extract_norm", "conv_dim", "num_conv_pos_embeddings",
+        "num_conv_pos_embedding_groups", "conv_pos_kernel_size",
     )
     summary = {key: getattr(config, key) for key in keys if hasattr(config, key)}
     summary["attn_implementation"] = getattr(config, "_attn_implementation", None)
@@ -139,17 +131,9 @@ def _config_summary(config: PretrainedConfig) -> dict[str, Any]:
 
 
 def run_speedup(
-    backbone: str = "wavlm",
-    size: str = "base",
-    batch_size: int = 8,
-    seconds: float = 4.0,
-    budgets: str | Sequence[int] = "0.25,0.5,0.75",
-    repeats: int = 10,
-    warmup: int = 1,
-    device: str = "cpu",
-    dtype: str = "fp32",
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
+    backbone: str = "wavlm", size: str = "base", batch_size: int = 8, seconds: float = 4.0,
+    budgets: str | Sequence[int] = "0.25,0.5,0.75", repeats: int = 10, warmup: int = 1, device: str = "cpu",
+    dtype: str = "fp32", seed: int = 0, log: Callable[[str], None] | None = None,
     model: SpeechBackbone | None = None,
 ) -> list[dict[str, Any]]:
     """Measure the speed-up of sparse gated execution; one record per budget.
@@ -345,8 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of every utterance")
     parser.add_argument(
-        "--budgets",
-        default="0.25,0.5,0.75",
+        "--budgets", default="0.25,0.5,0.75",
         help="comma-separated layers kept per sample: counts (3,6,9) or fractions of the depth (0.25,0.5)",
     )
     parser.add_argument("--json", required=True, help="where to write the records (a JSON list)")

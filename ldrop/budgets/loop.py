@@ -59,18 +59,10 @@ class ControlLoop:
     """
 
     def __init__(
-        self,
-        num_layers: int,
-        closed_loop: bool = True,
-        margin: float = 0.1,
-        alpha_up: float = 0.6,
-        alpha_down: float = 0.15,
-        window: int = 8,
-        quantile: float | None = 0.9,
-        correction_bounds: tuple[float, float] = (0.25, 8.0),
-        on_unmeetable: Literal["min", "raise"] = "min",
-        sample_rate: int = 16_000,
-        min_budget: int = 1,
+        self, num_layers: int, closed_loop: bool = True, margin: float = 0.1, alpha_up: float = 0.6,
+        alpha_down: float = 0.15, window: int = 8, quantile: float | None = 0.9,
+        correction_bounds: tuple[float, float] = (0.25, 8.0), on_unmeetable: Literal["min", "raise"] = "min",
+        sample_rate: int = 16_000, min_budget: int = 1,
     ) -> None:
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")

@@ -394,24 +394,15 @@ def validate_profile(profile: DeviceProfile, batches: Sequence[tuple[Tensor, Ten
     median = statistics.median(errors) if errors else float("nan")
     return {
         "median_abs_relative_error": median,
-        "max_abs_relative_error": max(errors) if errors else float("nan"),
-        "tolerance": tolerance,
-        "passed": bool(median <= tolerance),
-        "batches": rows,
+        "max_abs_relative_error": max(errors) if errors else float("nan"), "tolerance": tolerance,
+        "passed": bool(median <= tolerance), "batches": rows,
     }
 
 
 def profile_model(
-    model: Any,
-    seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-    batch_sizes: Sequence[int] = (1, 2, 4),
-    repeats: int = 5,
-    warmup: int = 1,
-    validation_batches: int = 12,
-    measure: PartTimer | None = None,
-    measure_batch: BatchTimer | None = None,
-    sample_rate: int = 16_000,
-    seed: int = 0,
+    model: Any, seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0), batch_sizes: Sequence[int] = (1, 2, 4),
+    repeats: int = 5, warmup: int = 1, validation_batches: int = 12, measure: PartTimer | None = None,
+    measure_batch: BatchTimer | None = None, sample_rate: int = 16_000, seed: int = 0,
 ) -> DeviceProfile:
     """Measure, fit and validate the cost model of ``model`` on its current device, dtype and threads.
 

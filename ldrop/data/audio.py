@@ -20,14 +20,8 @@ import torch
 import torchaudio.functional as AF
 
 __all__ = [
-    "AudioFileNotFoundError",
-    "AudioInfo",
-    "AudioReadError",
-    "audio_info",
-    "check_audio",
-    "read_audio",
-    "resample",
-    "resampled_length",
+    "AudioFileNotFoundError", "AudioInfo", "AudioReadError", "audio_info", "check_audio", "read_audio",
+    "resample", "resampled_length",
 ]
 
 PathLike = str | os.PathLike
@@ -276,10 +270,7 @@ def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tens
 
 
 def read_audio(
-    path: PathLike,
-    start: int | None = None,
-    stop: int | None = None,
-    target_sr: int = 16000,
+    path: PathLike, start: int | None = None, stop: int | None = None, target_sr: int = 16000,
 ) -> torch.Tensor:
     """Read (part of) an audio file as mono float32 at ``target_sr``.
 

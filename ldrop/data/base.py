@@ -40,10 +40,7 @@ Task = Literal["classification", "ctc", "regression"]
 _PLACEHOLDER_TARGETS: dict[str, Any] = {"classification": 0, "ctc": "", "regression": 0.0}
 
 _STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
-    "fit": ("train", "val"),
-    "validate": ("val",),
-    "test": ("test",),
-    "predict": ("predict",),
+    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",),
     None: ("train", "val", "test", "predict"),
 }
 
@@ -100,19 +97,11 @@ class AudioDataModule(LightningDataModule):
     takes_skip_bad_files: ClassVar[bool] = True
 
     def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
+        self, root: str | None = None, batch_size: int = 8, num_workers: int = 0,
+        max_batch_seconds: float | None = None, group_by_length: bool = True,
         max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] | None = None,
-        skip_bad_files: bool = False,
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        long_clip_policy: Literal["crop", "filter"] | None = None, skip_bad_files: bool = False,
+        seed: int = 0, sample_rate: int = 16000, min_samples: int = 400, pin_memory: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -243,22 +232,14 @@ class AudioDataModule(LightningDataModule):
     def _file_dataset(self, items: list[AudioItem], split: Split) -> AudioFileDataset:
         """Check ``items`` (raising on, or logging and counting, bad ones) and read the good ones."""
         good, bad = resolve_items(
-            items,
-            self.sample_rate,
-            self.skip_bad_files,
-            split=split,
-            skip_option=self.takes_skip_bad_files,
+            items, self.sample_rate, self.skip_bad_files, split=split, skip_option=self.takes_skip_bad_files,
         )
         self.num_bad_files[split] = len(bad)
         if bad:
             shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
             log.warning(
-                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s",
-                type(self).__name__,
-                len(bad),
-                len(items),
-                split,
-                shown,
+                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s", type(self).__name__, len(bad),
+                len(items), split, shown,
             )
         return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
 
@@ -279,10 +260,7 @@ class AudioDataModule(LightningDataModule):
                 if len(keep) < len(raw):
                     log.warning(
                         "%s: dropped %d training item(s) of %d longer than max_train_seconds=%s",
-                        type(self).__name__,
-                        len(raw) - len(keep),
-                        len(raw),
-                        self.max_train_seconds,
+                        type(self).__name__, len(raw) - len(keep), len(raw), self.max_train_seconds,
                     )
                     dataset = SubsetAudioDataset(dataset, keep)
         elif split == "train" and len(dataset) > 0:
@@ -301,13 +279,8 @@ class AudioDataModule(LightningDataModule):
         dataset.skip_bad_files = self.skip_bad_files  # an item that fails when read is then skipped too
         seconds = sum(dataset.lengths) / self.sample_rate
         log.info(
-            "%s: %s split: %d items, %.1f s (%.2f h) of audio, %d bad item(s) skipped",
-            type(self).__name__,
-            split,
-            len(dataset),
-            seconds,
-            seconds / 3600,
-            self.num_bad_files.get(split, 0),
+            "%s: %s split: %d items, %.1f s (%.2f h) of audio, %d bad item(s) skipped", type(self).__name__,
+            split, len(dataset), seconds, seconds / 3600, self.num_bad_files.get(split, 0),
         )
         return dataset
 
@@ -319,21 +292,12 @@ class AudioDataModule(LightningDataModule):
         num_replicas, rank = self._replicas()
         if self.max_batch_seconds is not None:
             return DynamicBatchSampler(
-                lengths,
-                max_batch_seconds=self.max_batch_seconds,
-                sample_rate=self.sample_rate,
-                shuffle=shuffle,
-                num_replicas=num_replicas,
-                rank=rank,
-                seed=self.seed,
+                lengths, max_batch_seconds=self.max_batch_seconds, sample_rate=self.sample_rate,
+                shuffle=shuffle, num_replicas=num_replicas, rank=rank, seed=self.seed,
             )
         return LengthGroupedSampler(
-            lengths,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            window_batches=50 if self.group_by_length else 1,
-            num_replicas=num_replicas,
-            rank=rank,
+            lengths, batch_size=self.batch_size, shuffle=shuffle,
+            window_batches=50 if self.group_by_length else 1, num_replicas=num_replicas, rank=rank,
             seed=self.seed,
         )
 
@@ -352,13 +316,9 @@ class AudioDataModule(LightningDataModule):
         # The plain function when collate is not overridden: worker processes then need no pickled DataModule.
         overridden = type(self).collate is not AudioDataModule.collate
         return ResumableDataLoader(
-            self.dataset(split),
-            batch_sampler=self.batch_sampler(split),
-            num_workers=self.num_workers,
-            collate_fn=self.collate if overridden else collate_audio,
-            pin_memory=self.pin_memory,
-            on_skipped=partial(self._skipped_at_load, split),
-            drop_empty=split != "train",
+            self.dataset(split), batch_sampler=self.batch_sampler(split), num_workers=self.num_workers,
+            collate_fn=self.collate if overridden else collate_audio, pin_memory=self.pin_memory,
+            on_skipped=partial(self._skipped_at_load, split), drop_empty=split != "train",
         )
 
     def _skipped_at_load(self, split: Split, skipped: list[SkippedExample]) -> None:
@@ -371,10 +331,7 @@ class AudioDataModule(LightningDataModule):
         self.num_bad_files[split] = self.num_bad_files.get(split, 0) + len(new)
         log.warning(
             "%s: skipped %d bad item(s) in split '%s' that failed to load (%d bad in all):\n  %s",
-            type(self).__name__,
-            len(new),
-            split,
-            self.num_bad_files[split],
+            type(self).__name__, len(new), split, self.num_bad_files[split],
             "\n  ".join(f"{e.id}: {e.reason}" for e in new),
         )
 

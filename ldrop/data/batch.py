@@ -74,9 +74,7 @@ class AudioBatch:
             targets = targets.to(device, non_blocking=non_blocking)
         return AudioBatch(
             waveforms=self.waveforms.to(device, non_blocking=non_blocking),
-            lengths=self.lengths.to(device, non_blocking=non_blocking),
-            targets=targets,
-            ids=self.ids,
+            lengths=self.lengths.to(device, non_blocking=non_blocking), targets=targets, ids=self.ids,
         )
 
     def pin_memory(self) -> AudioBatch:

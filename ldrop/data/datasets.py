@@ -21,11 +21,7 @@ from ldrop.data.audio import AudioInfo, AudioReadError, check_audio, read_audio,
 from ldrop.data.batch import AudioExample, SkippedExample
 
 __all__ = [
-    "RANGE_END_TOLERANCE_SECONDS",
-    "AudioDataset",
-    "AudioFileDataset",
-    "AudioItem",
-    "SubsetAudioDataset",
+    "RANGE_END_TOLERANCE_SECONDS", "AudioDataset", "AudioFileDataset", "AudioItem", "SubsetAudioDataset",
     "resolve_items",
 ]
 
@@ -70,10 +66,7 @@ class AudioItem:
 
 
 def resolve_items(
-    items: Sequence[AudioItem],
-    sample_rate: int,
-    skip_bad_files: bool,
-    split: str = "",
+    items: Sequence[AudioItem], sample_rate: int, skip_bad_files: bool, split: str = "",
     skip_option: bool = True,
 ) -> tuple[list[AudioItem], list[str]]:
     """Check every file once, turn time ranges into frame ranges, and find bad items.
@@ -187,12 +180,8 @@ class AudioDataset(Dataset[AudioExample]):
     """
 
     def __init__(
-        self,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        max_samples: int | None = None,
-        random_crop: bool = False,
-        skip_bad_files: bool = False,
+        self, sample_rate: int = 16000, min_samples: int = 400, max_samples: int | None = None,
+        random_crop: bool = False, skip_bad_files: bool = False,
     ) -> None:
         self.sample_rate = sample_rate
         self.min_samples = min_samples
@@ -267,12 +256,8 @@ class AudioFileDataset(AudioDataset):
     """
 
     def __init__(
-        self,
-        items: Sequence[AudioItem],
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        max_samples: int | None = None,
-        random_crop: bool = False,
+        self, items: Sequence[AudioItem], sample_rate: int = 16000, min_samples: int = 400,
+        max_samples: int | None = None, random_crop: bool = False,
     ) -> None:
         super().__init__(sample_rate, min_samples, max_samples, random_crop)
         unresolved = [it.id for it in items if it.num_samples is None or it.file_sample_rate is None]

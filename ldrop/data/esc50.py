@@ -70,12 +70,8 @@ class ESC50DataModule(AudioDataModule):
     task = "classification"
 
     def __init__(
-        self,
-        root: str,
-        test_fold: Literal[1, 2, 3, 4, 5] = 1,
-        val_fold: Literal[1, 2, 3, 4, 5] | None = None,
-        esc10: bool = False,
-        **kwargs,
+        self, root: str, test_fold: Literal[1, 2, 3, 4, 5] = 1,
+        val_fold: Literal[1, 2, 3, 4, 5] | None = None, esc10: bool = False, **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         if test_fold not in ESC50_FOLDS:
@@ -136,10 +132,7 @@ class ESC50DataModule(AudioDataModule):
         """The folds of each split."""
         train = tuple(f for f in ESC50_FOLDS if f not in (self.test_fold, self.val_fold))
         return {
-            "train": train,
-            "val": (self.val_fold,),
-            "test": (self.test_fold,),
-            "predict": (self.test_fold,),
+            "train": train, "val": (self.val_fold,), "test": (self.test_fold,), "predict": (self.test_fold,),
         }
 
     def corpus_dir(self) -> str:

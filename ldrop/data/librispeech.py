@@ -13,12 +13,7 @@ from ldrop.data.text import ENGLISH_CHARACTERS
 __all__ = ["LIBRISPEECH_SUBSETS", "LibriSpeechDataModule", "LibriSpeechSubset"]
 
 LibriSpeechSubset = Literal[
-    "train-clean-100",
-    "train-clean-360",
-    "train-other-500",
-    "dev-clean",
-    "dev-other",
-    "test-clean",
+    "train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "dev-other", "test-clean",
     "test-other",
 ]
 LIBRISPEECH_SUBSETS: tuple[str, ...] = LibriSpeechSubset.__args__  # type: ignore[attr-defined]
@@ -54,19 +49,14 @@ class LibriSpeechDataModule(AudioDataModule):
     alphabet = ENGLISH_CHARACTERS
 
     def __init__(
-        self,
-        root: str,
-        train_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "train-clean-100",
+        self, root: str, train_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "train-clean-100",
         val_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "dev-clean",
         test_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "test-clean",
-        predict_subsets: LibriSpeechSubset | list[LibriSpeechSubset] | None = None,
-        **kwargs,
+        predict_subsets: LibriSpeechSubset | list[LibriSpeechSubset] | None = None, **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         self.subsets: dict[str, list[str]] = {
-            "train": as_list(train_subsets),
-            "val": as_list(val_subsets),
-            "test": as_list(test_subsets),
+            "train": as_list(train_subsets), "val": as_list(val_subsets), "test": as_list(test_subsets),
             "predict": as_list(predict_subsets if predict_subsets is not None else test_subsets),
         }
         for split, names in self.subsets.items():

@@ -129,15 +129,9 @@ class ManifestDataModule(AudioDataModule):
     """
 
     def __init__(
-        self,
-        train_manifest: str | None = None,
-        val_manifest: str | None = None,
-        test_manifest: str | None = None,
-        predict_manifest: str | None = None,
-        task: Task = "classification",
-        class_names: list[str] | None = None,
-        root: str | None = None,
-        **kwargs,
+        self, train_manifest: str | None = None, val_manifest: str | None = None,
+        test_manifest: str | None = None, predict_manifest: str | None = None, task: Task = "classification",
+        class_names: list[str] | None = None, root: str | None = None, **kwargs,
     ) -> None:
         if task not in ("classification", "ctc"):
             raise ValueError(f"task must be 'classification' or 'ctc', got {task!r}")

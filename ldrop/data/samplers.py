@@ -49,12 +49,7 @@ class _ShardedBatchSampler:
     """Common part: per-epoch batch list, equal split across ranks, ``set_epoch``."""
 
     def __init__(
-        self,
-        lengths: Sequence[int],
-        shuffle: bool,
-        num_replicas: int | None,
-        rank: int | None,
-        seed: int,
+        self, lengths: Sequence[int], shuffle: bool, num_replicas: int | None, rank: int | None, seed: int,
     ) -> None:
         self.lengths = np.maximum(np.asarray(lengths, dtype=np.int64).reshape(-1), 1)
         self.shuffle = shuffle
@@ -244,14 +239,8 @@ class LengthGroupedSampler(_ShardedBatchSampler):
     """
 
     def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        shuffle: bool = True,
-        window_batches: int = 50,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        seed: int = 0,
+        self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, window_batches: int = 50,
+        num_replicas: int | None = None, rank: int | None = None, seed: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -293,15 +282,9 @@ class DynamicBatchSampler(_ShardedBatchSampler):
     """
 
     def __init__(
-        self,
-        lengths: Sequence[int],
-        max_batch_seconds: float,
-        sample_rate: int = 16000,
-        shuffle: bool = True,
-        max_batch_size: int | None = None,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        seed: int = 0,
+        self, lengths: Sequence[int], max_batch_seconds: float, sample_rate: int = 16000,
+        shuffle: bool = True, max_batch_size: int | None = None, num_replicas: int | None = None,
+        rank: int | None = None, seed: int = 0,
     ) -> None:
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")

@@ -13,11 +13,7 @@ from ldrop.data.base import AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = [
-    "BACKGROUND_NOISE_DIR",
-    "KEYWORDS_12",
-    "SILENCE",
-    "SPEECH_COMMANDS_WORDS",
-    "SpeechCommandsDataModule",
+    "BACKGROUND_NOISE_DIR", "KEYWORDS_12", "SILENCE", "SPEECH_COMMANDS_WORDS", "SpeechCommandsDataModule",
     "UNKNOWN",
 ]
 
@@ -78,12 +74,8 @@ class SpeechCommandsDataModule(AudioDataModule):
     task = "classification"
 
     def __init__(
-        self,
-        root: str,
-        num_classes: Literal[12, 35] = 35,
-        silence_fraction: float = 0.1,
-        test_root: str | None = None,
-        **kwargs,
+        self, root: str, num_classes: Literal[12, 35] = 35, silence_fraction: float = 0.1,
+        test_root: str | None = None, **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         if num_classes not in (12, 35):

@@ -94,10 +94,7 @@ class TedliumDataModule(AudioDataModule):
     alphabet = ENGLISH_CHARACTERS
 
     def __init__(
-        self,
-        root: str,
-        eval_partition: Literal["legacy", "speaker-adaptation"] = "legacy",
-        **kwargs,
+        self, root: str, eval_partition: Literal["legacy", "speaker-adaptation"] = "legacy", **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         if eval_partition not in ("legacy", "speaker-adaptation"):

@@ -154,12 +154,8 @@ def layer_flops(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tensor:
 
 
 def count_forward_flops(
-    config_or_backbone: PretrainedConfig | nn.Module,
-    sample_lengths: Tensor | None = None,
-    keep_mask: Tensor | None = None,
-    extra_fixed: Tensor | None = None,
-    *,
-    frame_lengths: Tensor | None = None,
+    config_or_backbone: PretrainedConfig | nn.Module, sample_lengths: Tensor | None = None,
+    keep_mask: Tensor | None = None, extra_fixed: Tensor | None = None, *, frame_lengths: Tensor | None = None,
 ) -> ForwardFlops:
     """FLOPs of one inference forward pass per sample, split into the fixed and the per-layer part.
 

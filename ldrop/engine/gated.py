@@ -56,13 +56,8 @@ def _sparse_plan(keep: Tensor, frame_lengths: Tensor) -> tuple[list[int], list[i
 
 
 def _sparse_layers(
-    backbone: SpeechBackbone,
-    hidden: Tensor,
-    frame_mask: Tensor,
-    keep: Tensor,
-    context: LayerContext,
-    collect: list[Tensor] | None,
-    start_layer: int = 0,
+    backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, keep: Tensor, context: LayerContext,
+    collect: list[Tensor] | None, start_layer: int = 0,
 ) -> Tensor:
     batch, frames, _ = hidden.shape
     if batch == 0:
@@ -102,13 +97,8 @@ def _sparse_layers(
 
 
 def _dense_layers(
-    backbone: SpeechBackbone,
-    hidden: Tensor,
-    frame_mask: Tensor,
-    keep: Tensor,
-    context: LayerContext,
-    collect: list[Tensor] | None,
-    start_layer: int = 0,
+    backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, keep: Tensor, context: LayerContext,
+    collect: list[Tensor] | None, start_layer: int = 0,
 ) -> Tensor:
     for index in range(start_layer, backbone.num_layers):
         gate = keep[:, index].to(hidden.dtype)[:, None, None]
@@ -120,13 +110,8 @@ def _dense_layers(
 
 
 def run_gated_layers(
-    backbone: SpeechBackbone,
-    hidden: Tensor,
-    frame_mask: Tensor,
-    keep_mask: Tensor,
-    mode: ExecutionMode = "auto",
-    return_all: bool = False,
-    start_layer: int = 0,
+    backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, keep_mask: Tensor,
+    mode: ExecutionMode = "auto", return_all: bool = False, start_layer: int = 0,
     context: LayerContext | None = None,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Run the backbone's encoder layers, each sample only through the layers it keeps.

@@ -108,15 +108,9 @@ class AdaptiveModel:
     """
 
     def __init__(
-        self,
-        model: LayerDropTask,
-        profile: DeviceProfile | str | os.PathLike | None = None,
-        closed_loop: bool = True,
-        margin: float = 0.1,
-        on_unmeetable: Literal["min", "raise"] = "min",
-        sample_rate: int = 16_000,
-        autocast: torch.dtype | None = None,
-        **controller_options: Any,
+        self, model: LayerDropTask, profile: DeviceProfile | str | os.PathLike | None = None,
+        closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
+        sample_rate: int = 16_000, autocast: torch.dtype | None = None, **controller_options: Any,
     ) -> None:
         if autocast is not None and not isinstance(autocast, torch.dtype):
             raise ValueError(f"autocast must be a torch dtype (e.g. torch.bfloat16) or None, got {autocast!r}")
@@ -253,8 +247,7 @@ class AdaptiveModel:
             ordered = sorted(times)
             row = {
                 "target": f"{parsed.kind}={parsed.value:g}" if parsed else str(target),
-                "layers_run": float(torch.cat(layers).mean()),
-                "ms_per_batch": sum(times) / len(times),
+                "layers_run": float(torch.cat(layers).mean()), "ms_per_batch": sum(times) / len(times),
                 "p95_ms_per_batch": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
                 "miss_rate": misses / len(batches) if parsed is not None else None,
             }

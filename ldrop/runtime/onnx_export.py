@@ -336,11 +336,8 @@ def example_batch(seed: int = 0) -> tuple[Tensor, Tensor]:
 
 # ---------------------------------------------------------------------------------------------- export
 def export_onnx(
-    checkpoint_or_model: LayerDropTask | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    quantize: Literal["dynamic"] | None = None,
-    *,
-    check: bool = True,
+    checkpoint_or_model: LayerDropTask | str | os.PathLike, out_dir: str | os.PathLike,
+    quantize: Literal["dynamic"] | None = None, *, check: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a trained model as an ONNX export folder (see the module docstring).

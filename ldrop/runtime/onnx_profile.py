@@ -98,14 +98,9 @@ def runtime_description(model: OnnxAdaptiveModel, threads: int | None) -> dict[s
 
 
 def profile_onnx(
-    model: OnnxAdaptiveModel | str | os.PathLike,
-    seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-    batch_sizes: Sequence[int] = (1, 2, 4),
-    repeats: int = 5,
-    warmup: int = 1,
-    validation_batches: int = 12,
-    seed: int = 0,
-    threads: int | None = None,
+    model: OnnxAdaptiveModel | str | os.PathLike, seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    batch_sizes: Sequence[int] = (1, 2, 4), repeats: int = 5, warmup: int = 1, validation_batches: int = 12,
+    seed: int = 0, threads: int | None = None,
 ) -> DeviceProfile:
     """Measure, fit and validate the cost model of an ONNX export on this machine (see
     :func:`~ldrop.budgets.profile.profile_model` for the arguments); ``threads`` are ONNX Runtime's."""

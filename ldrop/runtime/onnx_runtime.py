@@ -58,8 +58,7 @@ GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fixed": (("waveforms", "lengths"), ("features", "frame_mask", "hidden")),
     "context": (("frame_mask",), ("position_bias",)),
     "selector": (("features", "frame_mask", "budget"), ("scores",)),
-    "layer": (("hidden", "frame_mask"), ("hidden_out",)),
-    "head": (("hidden", "frame_mask"), ("logits",)),
+    "layer": (("hidden", "frame_mask"), ("hidden_out",)), "head": (("hidden", "frame_mask"), ("logits",)),
 }
 
 
@@ -248,15 +247,9 @@ class OnnxAdaptiveModel:
     """
 
     def __init__(
-        self,
-        folder: str | os.PathLike,
-        profile: CostProfile | str | os.PathLike | None = None,
-        closed_loop: bool = True,
-        margin: float = 0.1,
-        on_unmeetable: Literal["min", "raise"] = "min",
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        spinning: bool = False,
+        self, folder: str | os.PathLike, profile: CostProfile | str | os.PathLike | None = None,
+        closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
+        threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
         **controller_options: Any,
     ) -> None:
         import onnxruntime

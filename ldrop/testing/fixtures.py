@@ -22,34 +22,14 @@ from ldrop.data.esc50 import ESC10_TARGETS, ESC50_CLASSES
 from ldrop.data.speechcommands import BACKGROUND_NOISE_DIR, SPEECH_COMMANDS_WORDS
 
 __all__ = [
-    "FixtureClip",
-    "FixtureTree",
-    "make_esc50_tree",
-    "make_librispeech_tree",
-    "make_manifest_corpus",
-    "make_speech_commands_tree",
-    "make_tedlium_tree",
-    "time_code",
-    "truncate_file",
-    "write_audio",
-    "write_untagged_mp3",
-    "write_nonfinite_wav",
+    "FixtureClip", "FixtureTree", "make_esc50_tree", "make_librispeech_tree", "make_manifest_corpus",
+    "make_speech_commands_tree", "make_tedlium_tree", "time_code", "truncate_file", "write_audio",
+    "write_untagged_mp3", "write_nonfinite_wav",
 ]
 
 _WORDS = ("THE", "CAT", "SAT", "ON", "A", "MAT", "IT'S", "NOT", "MY", "DOG", "AND", "HE", "WAS", "HERE")
 _TEDLIUM_WORDS = (
-    "so",
-    "we",
-    "know",
-    "that",
-    "this",
-    "is",
-    "a",
-    "story",
-    "about",
-    "people",
-    "ideas",
-    "matter",
+    "so", "we", "know", "that", "this", "is", "a", "story", "about", "people", "ideas", "matter",
 )
 
 
@@ -83,13 +63,8 @@ class FixtureTree:
 
 
 def write_audio(
-    path: str | os.PathLike,
-    num_frames: int,
-    sample_rate: int = 16000,
-    seed: int = 0,
-    channels: int = 1,
-    format: str | None = None,
-    subtype: str = "PCM_16",
+    path: str | os.PathLike, num_frames: int, sample_rate: int = 16000, seed: int = 0, channels: int = 1,
+    format: str | None = None, subtype: str = "PCM_16",
 ) -> Path:
     """Write a seeded tone-plus-noise signal (``[num_frames, channels]``) to an audio file.
 
@@ -117,10 +92,7 @@ def _signal(num_frames: int, sample_rate: int, seed: int, channels: int = 1) -> 
 
 
 def write_nonfinite_wav(
-    path: str | os.PathLike,
-    num_frames: int = 1600,
-    sample_rate: int = 16000,
-    bad_frame: int = 100,
+    path: str | os.PathLike, num_frames: int = 1600, sample_rate: int = 16000, bad_frame: int = 100,
     value: float = float("nan"),
 ) -> Path:
     """Write a 32-bit float WAV whose frame ``bad_frame`` is ``value`` (NaN or inf), the rest a tone.
@@ -204,12 +176,8 @@ def time_code(num_frames: int, offset: int = 0) -> np.ndarray:
 
 
 def make_librispeech_tree(
-    root: str | os.PathLike,
-    subsets: Sequence[str] = ("train-clean-100", "dev-clean", "test-clean"),
-    speakers: int = 2,
-    chapters: int = 1,
-    utterances: int = 3,
-    seconds: tuple[float, float] = (0.3, 1.2),
+    root: str | os.PathLike, subsets: Sequence[str] = ("train-clean-100", "dev-clean", "test-clean"),
+    speakers: int = 2, chapters: int = 1, utterances: int = 3, seconds: tuple[float, float] = (0.3, 1.2),
     seed: int = 0,
 ) -> FixtureTree:
     """Write ``<root>/LibriSpeech/<subset>/<speaker>/<chapter>/`` with 16 kHz FLAC and ``.trans.txt`` files.
@@ -241,13 +209,8 @@ def make_librispeech_tree(
 
 
 def make_tedlium_tree(
-    root: str | os.PathLike,
-    train_talks: int = 2,
-    dev_talks: int = 1,
-    test_talks: int = 1,
-    segments_per_talk: int = 3,
-    seconds: tuple[float, float] = (0.4, 1.0),
-    seed: int = 0,
+    root: str | os.PathLike, train_talks: int = 2, dev_talks: int = 1, test_talks: int = 1,
+    segments_per_talk: int = 3, seconds: tuple[float, float] = (0.4, 1.0), seed: int = 0,
 ) -> FixtureTree:
     """Write ``<root>/TEDLIUM_release-3/`` with whole-talk NIST SPHERE (PCM_16, 16 kHz) files and STM files.
 
@@ -315,15 +278,9 @@ def make_tedlium_tree(
 
 
 def make_speech_commands_tree(
-    root: str | os.PathLike,
-    words: Iterable[str] = SPEECH_COMMANDS_WORDS,
-    clips_per_word: int = 3,
-    val_per_word: int = 1,
-    test_per_word: int = 1,
-    noise_files: int = 2,
-    noise_seconds: float = 3.0,
-    short_clip_frames: int | None = 12000,
-    seed: int = 0,
+    root: str | os.PathLike, words: Iterable[str] = SPEECH_COMMANDS_WORDS, clips_per_word: int = 3,
+    val_per_word: int = 1, test_per_word: int = 1, noise_files: int = 2, noise_seconds: float = 3.0,
+    short_clip_frames: int | None = 12000, seed: int = 0,
 ) -> FixtureTree:
     """Write a Speech Commands v0.02 tree: word folders of 16 kHz WAVs, list files, ``_background_noise_``.
 
@@ -347,12 +304,7 @@ def make_speech_commands_tree(
             tree.splits[split].append(FixtureClip(rel, path, word, frames, 16000))
     for k in range(noise_files):
         name = (
-            "white_noise",
-            "pink_noise",
-            "running_tap",
-            "exercise_bike",
-            "dude_miaowing",
-            "doing_the_dishes",
+            "white_noise", "pink_noise", "running_tap", "exercise_bike", "dude_miaowing", "doing_the_dishes",
         )[k % 6]
         frames = int(noise_seconds * 16000)
         path = write_audio(
@@ -368,12 +320,8 @@ def make_speech_commands_tree(
 
 
 def make_esc50_tree(
-    root: str | os.PathLike,
-    targets: Iterable[int] = range(50),
-    clips_per_fold: int = 1,
-    seconds: float = 0.2,
-    sample_rate: int = 44100,
-    seed: int = 0,
+    root: str | os.PathLike, targets: Iterable[int] = range(50), clips_per_fold: int = 1,
+    seconds: float = 0.2, sample_rate: int = 44100, seed: int = 0,
 ) -> FixtureTree:
     """Write ``<root>/ESC-50-master/`` with ``audio/<fold>-<clip>-<take>-<target>.wav`` and ``meta/esc50.csv``.
 
@@ -407,12 +355,8 @@ def make_esc50_tree(
 
 
 def make_manifest_corpus(
-    root: str | os.PathLike,
-    task: str = "classification",
-    format: str = "csv",
-    labels: Sequence[str] = ("cat", "dog", "bird"),
-    clips_per_split: int = 4,
-    seed: int = 0,
+    root: str | os.PathLike, task: str = "classification", format: str = "csv",
+    labels: Sequence[str] = ("cat", "dog", "bird"), clips_per_split: int = 4, seed: int = 0,
 ) -> FixtureTree:
     """Write WAV/FLAC files at mixed rates and channel counts plus ``train``/``val``/``test`` manifests.
 
@@ -427,9 +371,7 @@ def make_manifest_corpus(
     rng = np.random.default_rng(seed)
     tree = FixtureTree(Path(root))
     kinds = [
-        (16000, 1, "wav", None),
-        (8000, 2, "wav", None),
-        (22050, 1, "flac", None),
+        (16000, 1, "wav", None), (8000, 2, "wav", None), (22050, 1, "flac", None),
         (16000, 1, "wav", (0.5, 0.75)),
     ]
     for split in ("train", "val", "test"):
@@ -439,10 +381,7 @@ def make_manifest_corpus(
             file_seconds = 2.0 if segment else float(rng.uniform(0.3, 0.8))
             rel = f"audio/{split}/{i:03d}.{ext}"
             path = write_audio(
-                tree.root / rel,
-                int(file_seconds * rate),
-                rate,
-                seed=int(rng.integers(2**31)),
+                tree.root / rel, int(file_seconds * rate), rate, seed=int(rng.integers(2**31)),
                 channels=channels,
             )
             target = (
