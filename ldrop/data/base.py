@@ -52,35 +52,28 @@ class DatasetLayoutError(FileNotFoundError):
 class AudioDataModule(LightningDataModule):
     """Base of every ldrop DataModule: audio examples in, :class:`~ldrop.data.batch.AudioBatch` out.
 
-    A subclass lists the items of a split (:meth:`list_items`, for datasets on disk) or builds the
-    dataset itself (:meth:`build_dataset`, for generated data); this class checks every audio header once
-    at setup (logging counts and hours per split), applies the training length limits, batches with the
-    samplers of :mod:`ldrop.data.samplers` (which shard across DDP ranks themselves: run multi-device
-    training with ``Trainer(use_distributed_sampler=False)``) and collates with :meth:`collate`.
-
-    Attributes:
-        task: the kind of target (:data:`Task`): ``"classification"`` (class ids), ``"ctc"`` (transcripts) or
-            ``"regression"`` (values or tensors). It sets the default ``long_clip_policy`` and the placeholder
-            target of inputs named with :meth:`predict_on_files`.
-        datasets: the datasets built by :meth:`setup`, by split.
-        num_bad_files: bad items skipped, by split: at setup, and (each item once) when they failed to load.
+    A subclass lists a split's items (:meth:`list_items`) or builds the dataset itself
+    (:meth:`build_dataset`); this class checks every audio header once at setup, applies the training length
+    limits, batches with :mod:`ldrop.data.samplers` (which shard across DDP ranks: use
+    ``Trainer(use_distributed_sampler=False)``) and collates with :meth:`collate`. ``task`` (:data:`Task`)
+    sets the default ``long_clip_policy`` and the placeholder targets of :meth:`predict_on_files`;
+    ``num_bad_files`` counts skipped items by split.
 
     Args:
         root: the extracted dataset folder (``None`` for generated data).
         batch_size: items per batch when ``max_batch_seconds`` is ``None``.
         num_workers: DataLoader worker processes.
-        max_batch_seconds: when set, batches hold at most this many seconds of padded audio
-            (``batch * longest``) and their size varies; ``batch_size`` is then ignored.
-        group_by_length: batch items of similar duration together (less padding); dynamic batches are
-            always grouped.
-        max_train_seconds: longest training clip (default 30 s); ``None`` for no limit (a training clip
-            over a minute is then named in a warning). Evaluation and predict splits are never cut.
-        long_clip_policy: what happens to a longer training clip: ``"crop"`` a random window of
-            ``max_train_seconds`` (classification only) or ``"filter"`` it out; ``None`` = crop for
-            classification, filter for CTC.
-        skip_bad_files: skip bad items (missing, unreadable, empty, truncated or corrupt files, files with
-            NaN/inf samples, audio without a transcript, ranges outside their file) with a logged warning and
-            a count, instead of raising an error that names the file.
+        max_batch_seconds: when set, batches hold at most this many seconds of padded audio (``batch *
+            longest``) and their size varies; ``batch_size`` is then ignored.
+        group_by_length: batch items of similar duration together (less padding); dynamic batches are always
+            grouped.
+        max_train_seconds: longest training clip (default 30 s); ``None`` for no limit. Evaluation and predict
+            splits are never cut.
+        long_clip_policy: what happens to a longer training clip: ``"crop"`` a random window (classification
+            only) or ``"filter"`` it out; ``None`` = crop for classification, filter for CTC.
+        skip_bad_files: skip bad items (missing, unreadable, truncated or corrupt files, NaN/inf samples,
+            audio without a transcript, ranges outside their file) with a warning and a count, instead of
+            raising an error that names the file.
         seed: seed of the batch order (and of any seeded choice a dataset makes).
         sample_rate: sample rate of the returned waveforms; files at other rates are resampled.
         min_samples: shorter clips are zero-padded to this many samples (400 = one 25 ms frame at 16 kHz).
@@ -149,10 +142,8 @@ class AudioDataModule(LightningDataModule):
 
     # ----------------------------------------------------------------------------------- subclass hooks
     def list_items(self, split: Split) -> list[AudioItem]:
-        """List the items of ``split`` from the files on disk, reading no audio.
-
-        Raises:
-            DatasetLayoutError: if the root or the split's folder or list file is missing.
+        """List the items of ``split`` from the files on disk, reading no audio (``DatasetLayoutError`` when
+        missing).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement list_items() or build_dataset()")
 
@@ -161,11 +152,7 @@ class AudioDataModule(LightningDataModule):
         return True
 
     def build_dataset(self, split: Split) -> AudioDataset:
-        """Build the dataset of ``split``, before the training length limits are applied.
-
-        The default lists the items, checks them with :func:`~ldrop.data.datasets.resolve_items` (raising
-        or logging bad files) and reads them with :class:`~ldrop.data.datasets.AudioFileDataset`.
-        """
+        """Build the dataset of ``split`` before the length limits (default: list, check, read)."""
         return self._file_dataset(self.list_items(split), split)
 
     # ------------------------------------------------------------------------------------------- setup
@@ -183,19 +170,16 @@ class AudioDataModule(LightningDataModule):
         return self.datasets[split]
 
     def targets(self, split: Split = "train") -> list[int | str]:
-        """Targets (class ids or transcripts) of ``split``, in dataset order, without reading audio.
-
-        Before :meth:`setup` this lists the split from disk (no header checks, no filtering); after, it
-        returns the targets of the built dataset.
+        """Targets of ``split`` in dataset order, without reading audio (listed from disk before
+        :meth:`setup`).
         """
         if split in self.datasets:
             return self.datasets[split].targets
         return [item.target for item in self.list_items(split) if item.problem is None]
 
     def transcripts(self, split: Split = "train") -> list[str]:
-        """Transcripts of ``split`` (CTC modules), e.g. to build a character vocabulary from training text.
-
-        Callable before :meth:`setup` (it then reads only the transcript files).
+        """Transcripts of ``split`` (CTC modules); callable before :meth:`setup` (it reads only transcript
+        files).
         """
         if self.task != "ctc":
             raise AttributeError(f"{type(self).__name__} is a {self.task} DataModule: it has no transcripts")
@@ -205,11 +189,12 @@ class AudioDataModule(LightningDataModule):
     predict_files: list[str] | None = None
 
     def predict_on_files(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-        """Make ``predict`` read these audio files (one file or folder, or a list) instead of a split; returns them.
+        """Make ``predict`` read these audio files (a file, a folder or a list) instead of a split; returns
+        them.
 
-        Folders are searched recursively for :data:`AUDIO_EXTENSIONS`, leaving out hidden files and folders
-        (macOS ``._x.wav``); a file named explicitly is always used. Targets are placeholders; ids are the
-        paths. A missing path, or no audio file at all, is a ``FileNotFoundError``.
+        Folders are searched recursively for :data:`AUDIO_EXTENSIONS`, leaving out hidden files (macOS
+        ``._x.wav``); targets are placeholders, ids the paths. ``FileNotFoundError`` for a missing path or no
+        audio at all.
         """
         paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         files: list[str] = []
@@ -302,11 +287,10 @@ class AudioDataModule(LightningDataModule):
         )
 
     def collate(self, examples: list[AudioExample]) -> Any:
-        """Batch the examples of one batch (the loaders' ``collate_fn``): :func:`~ldrop.data.batch.collate_audio`.
+        """Batch the examples that loaded (the loaders' ``collate_fn``):
+        :func:`~ldrop.data.batch.collate_audio`.
 
-        Override it for other targets or fields: the task's steps read ``waveforms``, ``lengths`` and
-        ``len(batch)``, its hooks the targets. ``examples`` are those that loaded; none at all when every
-        example of a training batch failed: return an empty batch (``len(batch) == 0``), which is skipped.
+        Override it for other targets; with no examples at all return an empty batch, which training skips.
         """
         return collate_audio(examples)
 
