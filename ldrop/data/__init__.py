@@ -1,9 +1,5 @@
-"""Data modules: audio in, :class:`AudioBatch` out. They know no model.
-
-Every DataModule is an :class:`AudioDataModule` (a ``lightning.LightningDataModule``) with a ``task``
-(the kind of target: ``"classification"``, ``"ctc"`` or ``"regression"``), reads audio with soundfile as mono
-float32 at ``sample_rate``, and yields padded :class:`AudioBatch` objects (its :meth:`~AudioDataModule.collate`)
-from length-grouped or dynamic, DDP-aware batch samplers through a :class:`ResumableDataLoader`.
+"""Data modules: audio in, padded :class:`AudioBatch` out, from length-grouped, DDP-aware samplers. They know
+no model.
 """
 
 from ldrop.data.audio import (
