@@ -1,10 +1,7 @@
 """Loading benchmark: seconds of audio per second of wall time through each DataModule's train loader.
 
-Each dataset's layout is built at benchmark scale in a temporary folder with the builders of
-:mod:`ldrop.testing.fixtures` (real FLAC, NIST SPHERE and 44.1 kHz WAV files, realistic clip lengths), then
-its training DataLoader is iterated with ``--workers`` worker processes. Run::
-
-    python -m ldrop.bench.dataloading --dataset all --workers 2 --json loading.json
+Each layout is built at benchmark scale with :mod:`ldrop.testing.fixtures`, then iterated with ``--workers``
+workers: ``python -m ldrop.bench.dataloading --dataset all --workers 2 --json loading.json``.
 """
 
 from __future__ import annotations
@@ -77,19 +74,11 @@ def benchmark_loading(
     dataset: str, workers: int = 2, batch_size: int = 8, epochs: int = 2, scale: float = 1.0,
     root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Build ``dataset`` at benchmark scale and time full passes over its training loader.
+    """Build ``dataset`` at benchmark scale (``scale`` 1.0: a few hundred seconds of audio) and time full
+    passes over its training loader (new workers each pass).
 
-    Args:
-        dataset: one of :data:`DATASETS`.
-        workers: DataLoader worker processes.
-        batch_size: items per batch.
-        epochs: timed passes (each starts its workers anew, as Lightning does without persistent workers).
-        scale: multiplies the number of files written (1.0 = a few hundred seconds of audio per dataset).
-        root: folder to build in; default a temporary folder removed afterwards.
-
-    Returns:
-        ``dataset``, ``items``, ``batches``, ``audio_seconds`` (per pass), ``setup_seconds`` (listing and
-        header checks), ``wall_seconds`` (mean per pass), ``audio_seconds_per_second``, ``workers``.
+    Returns ``dataset``, ``items``, ``batches``, ``audio_seconds``, ``setup_seconds``, ``wall_seconds`` (mean
+    per pass), ``audio_seconds_per_second`` and ``workers``.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")

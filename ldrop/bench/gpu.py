@@ -1,13 +1,9 @@
 """``python -m ldrop.bench gpu``: the figures a GPU run should give, in one command sized for a short lease.
 
-Phases, each timed and recorded even when it fails: ``speedup <family> <size> b<batch>`` (the table of
-:mod:`ldrop.bench.speedup`), ``host syncs <family> <size>`` (of one sparse forward, by
-:class:`~ldrop.engine.host_syncs.HostSyncCounter` and, on CUDA, torch's sync debug mode), ``profile`` (``ldrop
-profile`` on this device and dtype) and ``quickstart`` (``ldrop fit`` a few steps, then ``ldrop test``, at
-``--precision``); the ``ldrop`` commands run as child processes. It writes ``<out>/gpu.json`` (rewritten after
-each phase, ``"finished": false`` until the end) and ``<out>/gpu.md`` (a summary for the README). A phase that
-would start after ``--time-limit`` seconds is skipped. Without CUDA, or with ``--small``, a small mode (tiny
-geometry, one round, a few fit steps) runs in seconds, for tests.
+Phases, each timed and recorded even when it fails: ``speedup``, ``host syncs`` (of one sparse forward),
+``profile`` and ``quickstart`` (``ldrop fit`` a few steps, then ``ldrop test``, as child processes). Writes
+``<out>/gpu.json`` (after each phase) and ``<out>/gpu.md``; a phase that would start after ``--time-limit`` is
+skipped. Without CUDA, or with ``--small``, a tiny mode runs in seconds, for tests.
 """
 
 from __future__ import annotations
@@ -167,15 +163,9 @@ def describe_machine(device: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- host syncs
 def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str, dtype: str,
                        seed: int = 0) -> dict[str, Any]:
-    """The host syncs of one sparse inference forward (:func:`~ldrop.bench.speedup.sparse_forward`).
-
-    The batch is padded (lengths from ``seconds`` down to half of it) and every input keeps its own random
-    half of the layers, so sub-batches differ in size and length as in real use.
-
-    Returns:
-        ``{"layers", "counted", "counted_in_engine", "where", "cuda_sync_debug"}``: the syncs the counter
-        saw (all, and those made by ``ldrop/engine``), the lines that made them, and on CUDA the number of
-        warnings of ``torch.cuda.set_sync_debug_mode("warn")`` over the same forward (``None`` on CPU).
+    """The host syncs of one sparse inference forward on a padded batch, each input keeping its own random
+    half of the layers: ``{"layers", "counted", "counted_in_engine", "where", "cuda_sync_debug"}`` (the last,
+    on CUDA only, from ``torch.cuda.set_sync_debug_mode("warn")``).
     """
     from ldrop.engine.host_syncs import HostSyncCounter
 

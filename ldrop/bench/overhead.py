@@ -1,11 +1,7 @@
 """``python -m ldrop.bench overhead``: what the selector costs, and what each method costs to train.
 
-Two measurements at base size (randomly initialised weights; timing does not depend on them):
-
-1. Selector overhead: the input-conditioned selector's parameters and FLOPs as a share of the backbone's,
-   and its wall time as a share of the full inference forward on the same batch.
-2. Training-step time of each method (input-conditioned, learned schedule, random dropping, static subset,
-   early exit) relative to plain full-depth fine-tuning, on the same batch: forward + backward + AdamW step.
+At base size (random weights): the input-conditioned selector's parameters, FLOPs and wall time as a share of
+the backbone's, and each method's training-step time relative to plain full-depth fine-tuning.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Wall-clock speed-up of sparse gated execution against the full model.
 
-For each budget ``k`` it times the whole inference forward with ``per_sample`` masks (each sample its own
-random ``k`` layers), ``shared`` masks (one random set: a static pruned model), the full model (``full``) and
-the fixed part alone (``fixed``: CNN + front end), whose ideal is ``T_full / (T_fixed + k / N * (T_full -
-T_fixed))``; the FLOPs ratio is recorded too. Variants are interleaved in a fresh random order per repeat (so
-drift hits them alike) and the median is reported. Weights are random: dense speed does not depend on them.
+Per budget ``k`` it times ``per_sample`` masks (each sample its own random ``k`` layers), ``shared`` masks (a
+static pruned model), ``full`` and ``fixed`` (CNN + front end; the ideal is ``T_full / (T_fixed + k / N *
+(T_full - T_fixed))``), interleaved in a fresh random order per repeat, medians reported. Weights are random:
+dense speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -37,11 +36,8 @@ LARGE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, int
 
 
 def build_config(family: str, size: str) -> PretrainedConfig:
-    """A config of ``family`` at ``size``.
-
-    ``base`` is the family's default Hugging Face config; ``large`` the 24-layer / 1024-wide geometry with
-    the pre-norm layout (``do_stable_layer_norm``, LayerNorm CNN), except Data2VecAudio, which has only the
-    post-norm layout; ``tiny`` is :func:`ldrop.backbones.tiny_config`, for tests.
+    """A config of ``family`` at ``size``: ``base`` (the HF default), ``large`` (24 layers, 1024 wide,
+    pre-norm except Data2VecAudio) or ``tiny``.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone {family!r}; choose from {sorted(FAMILIES)}")
@@ -58,13 +54,11 @@ def build_config(family: str, size: str) -> PretrainedConfig:
 
 
 def parse_budgets(text: str, num_layers: int) -> list[int]:
-    """Comma-separated budgets as layer counts: ``"3,6,9"``, or fractions of the depth ``"0.25,0.5"``.
+    """Comma-separated budgets as layer counts (``"3,6,9"``) or fractions with a decimal point
+    (``"0.25,0.5"``).
 
-    A value with a decimal point is a fraction of ``num_layers`` (rounded to the nearest layer); one without
-    is a number of layers. Duplicates are dropped, order is kept.
-
-    Raises:
-        ValueError: an empty list, or a budget outside ``0..num_layers``.
+    Duplicates are dropped, order kept; ``ValueError`` for an empty list or a budget outside
+    ``0..num_layers``.
     """
     budgets: list[int] = []
     for item in (part.strip() for part in text.split(",")):
@@ -97,16 +91,7 @@ def keep_masks(batch: int, num_layers: int, k: int, generator: torch.Generator) 
 
 
 def sparse_forward(model: SpeechBackbone, waves: Tensor, lengths: Tensor, keep: Tensor) -> Tensor:
-    """The timed inference forward: CNN, front end, the sparse gated layers and the final norm.
-
-    Args:
-        model: the backbone.
-        waves: ``[batch, samples]``; lengths: ``[batch]`` valid samples.
-        keep: ``[batch, layers]`` 0/1.
-
-    Returns:
-        ``[batch, frames, hidden]``.
-    """
+    """The timed inference forward: CNN, front end, sparse gated layers under ``keep``, final norm."""
     features, frame_mask = model.extract_features(waves, lengths)
     hidden = model.frontend(features, frame_mask)
     return run_gated_layers(model, hidden, frame_mask, keep, mode="sparse")
@@ -136,26 +121,16 @@ def run_speedup(
     dtype: str = "fp32", seed: int = 0, log: Callable[[str], None] | None = None,
     model: SpeechBackbone | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure the speed-up of sparse gated execution; one record per budget.
+    """Measure the speed-up of sparse gated execution; one JSON-serialisable record per budget (see the
+    README).
 
     Args:
-        backbone: ``"wavlm"``, ``"hubert"``, ``"wav2vec2"`` or ``"data2vec"``.
         size: ``"base"``, ``"large"`` or ``"tiny"`` (tests), see :func:`build_config`.
-        batch_size: utterances per forward.
-        seconds: length of every utterance.
         budgets: layer counts, or a string for :func:`parse_budgets`.
-        repeats: timed rounds; each runs every variant once.
-        warmup: untimed rounds before them.
-        device: ``"cpu"`` or ``"cuda"``.
-        dtype: ``"fp32"`` or ``"bf16"``.
+        repeats, warmup: timed rounds (each runs every variant once) and untimed rounds before them.
         seed: seeds the weights, the audio, the keep masks and the order of the variants.
-        log: called with a progress line after each round.
-        model: the backbone to time, already on ``device`` in ``dtype`` and in eval mode (built from
-            ``build_config(backbone, size)``), to time several batch sizes without building it again;
+        model: the backbone already on ``device`` in ``dtype`` and in eval mode (to time several batch sizes);
             ``None``: built here.
-
-    Returns:
-        One JSON-serialisable record per budget (see the README for the fields).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
@@ -284,11 +259,7 @@ def run_speedup(
 
 
 def _paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: int) -> float:
-    """Median over rounds of realized/ideal computed within each round.
-
-    The variants of one round run seconds apart, so the ratio of their times cancels load that drifts over
-    minutes on a shared machine; a cross-check of the ratio of medians.
-    """
+    """Median over rounds of realized/ideal within each round (cancels load that drifts over minutes)."""
     ratios = []
     for full, fixed, variant in zip(times["full"], times["fixed"], times[f"{kind}@{k}"], strict=True):
         ideal = full / (fixed + k / num_layers * (full - fixed))
