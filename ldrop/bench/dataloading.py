@@ -110,11 +110,8 @@ def benchmark_loading(
 def _table(results: list[dict[str, Any]]) -> str:
     rows = [
         {
-            "dataset": r["dataset"],
-            "train items": r["items"],
-            "audio (s)": f"{r['audio_seconds']:.1f}",
-            "setup (s)": f"{r['setup_seconds']:.2f}",
-            "wall / pass (s)": f"{r['wall_seconds']:.2f}",
+            "dataset": r["dataset"], "train items": r["items"], "audio (s)": f"{r['audio_seconds']:.1f}",
+            "setup (s)": f"{r['setup_seconds']:.2f}", "wall / pass (s)": f"{r['wall_seconds']:.2f}",
             "audio s / wall s": f"{r['audio_seconds_per_second']:.0f}",
         }
         for r in results

@@ -229,15 +229,11 @@ def run_speedup(
                 "seed": seed,
                 "machine": machine,
                 "time_s": {
-                    "full": t_full,
-                    "fixed": t_fixed,
-                    "per_sample": median[f"per_sample@{k}"],
+                    "full": t_full, "fixed": t_fixed, "per_sample": median[f"per_sample@{k}"],
                     "shared": median[f"shared@{k}"],
                 },
                 "times_s": {
-                    "full": times["full"],
-                    "fixed": times["fixed"],
-                    "per_sample": times[f"per_sample@{k}"],
+                    "full": times["full"], "fixed": times["fixed"], "per_sample": times[f"per_sample@{k}"],
                     "shared": times[f"shared@{k}"],
                 },
                 "speedup": speedup,
@@ -273,15 +269,10 @@ def results_table(records: Sequence[dict[str, Any]]) -> str:
     for r in records:
         t, s, q, p = r["time_s"], r["speedup"], r["realized_over_ideal"], r["realized_over_ideal_paired"]
         rows.append({
-            "k": r["budget"],
-            "k/N": f"{r['budget_fraction']:.2f}",
-            "full (s)": f"{t['full']:.3f}",
-            "fixed (s)": f"{t['fixed']:.3f}",
-            "per-sample (s)": f"{t['per_sample']:.3f}",
-            "shared (s)": f"{t['shared']:.3f}",
-            "speed-up per-sample": f"{s['per_sample']:.2f}x",
-            "speed-up shared": f"{s['shared']:.2f}x",
-            "ideal": f"{r['ideal_speedup']:.2f}x",
+            "k": r["budget"], "k/N": f"{r['budget_fraction']:.2f}", "full (s)": f"{t['full']:.3f}",
+            "fixed (s)": f"{t['fixed']:.3f}", "per-sample (s)": f"{t['per_sample']:.3f}",
+            "shared (s)": f"{t['shared']:.3f}", "speed-up per-sample": f"{s['per_sample']:.2f}x",
+            "speed-up shared": f"{s['shared']:.2f}x", "ideal": f"{r['ideal_speedup']:.2f}x",
             "realized/ideal per-sample": f"{q['per_sample']:.3f}",
             "realized/ideal shared": f"{q['shared']:.3f}",
             "paired realized/ideal (per-sample / shared)": f"{p['per_sample']:.3f} / {p['shared']:.3f}",

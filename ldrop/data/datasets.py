@@ -109,10 +109,7 @@ def resolve_items(
         stop = info.frames if stop is None else min(stop, info.frames)
         good.append(
             replace(
-                item,
-                start=start,
-                stop=stop,
-                file_sample_rate=info.sample_rate,
+                item, start=start, stop=stop, file_sample_rate=info.sample_rate,
                 num_samples=resampled_length(stop - start, info.sample_rate, sample_rate),
             )
         )

@@ -69,11 +69,8 @@ def read_manifest(path: str, task: Task) -> list[dict[str, Any]]:
         records.append(
             {
                 "path": audio if os.path.isabs(audio) else os.path.join(base, audio),
-                "target": str(row[target_key]).strip(),
-                "offset": offset,
-                "duration": duration,
-                "id": str(item_id),
-                "where": where,
+                "target": str(row[target_key]).strip(), "offset": offset, "duration": duration,
+                "id": str(item_id), "where": where,
             }
         )
     return records
@@ -133,9 +130,7 @@ class ManifestDataModule(AudioDataModule):
         self.manifests: dict[str, str | None] = {
             split: self._resolve(m)
             for split, m in (
-                ("train", train_manifest),
-                ("val", val_manifest),
-                ("test", test_manifest),
+                ("train", train_manifest), ("val", val_manifest), ("test", test_manifest),
                 ("predict", predict),
             )
         }

@@ -18,10 +18,9 @@ __all__ = [
 ]
 
 SPEECH_COMMANDS_WORDS: tuple[str, ...] = (
-    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-    "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
-    "backward", "forward", "follow", "learn", "visual",
+    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "zero", "one", "two", "three",
+    "four", "five", "six", "seven", "eight", "nine", "bed", "bird", "cat", "dog", "happy", "house", "marvin",
+    "sheila", "tree", "wow", "backward", "forward", "follow", "learn", "visual",
 )  # fmt: skip
 KEYWORDS_12: tuple[str, ...] = SPEECH_COMMANDS_WORDS[:10]
 UNKNOWN = "_unknown_"
@@ -153,11 +152,8 @@ class SpeechCommandsDataModule(AudioDataModule):
             start = int(rng.integers(frames - rate + 1))
             items.append(
                 AudioItem(
-                    id=f"{SILENCE}/{name}@{start}",
-                    path=os.path.join(noise_dir, name),
-                    target=label,
-                    start=start,
-                    stop=start + rate,
+                    id=f"{SILENCE}/{name}@{start}", path=os.path.join(noise_dir, name), target=label,
+                    start=start, stop=start + rate,
                 )
             )
         return items
@@ -179,8 +175,7 @@ class SpeechCommandsDataModule(AudioDataModule):
                 if name.lower().endswith(".wav"):
                     items.append(
                         AudioItem(
-                            id=f"{folder}/{name}",
-                            path=os.path.join(folder_path, name),
+                            id=f"{folder}/{name}", path=os.path.join(folder_path, name),
                             target=self.class_names.index(folder),
                         )
                     )

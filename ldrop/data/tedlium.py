@@ -134,11 +134,8 @@ class TedliumDataModule(AudioDataModule):
                     continue
                 items.append(
                     AudioItem(
-                        id=f"{talk_id}-{round(start * 100):07d}-{round(end * 100):07d}",
-                        path=sph,
-                        target=text,
-                        offset=start,
-                        duration=end - start,
+                        id=f"{talk_id}-{round(start * 100):07d}-{round(end * 100):07d}", path=sph,
+                        target=text, offset=start, duration=end - start,
                     )
                 )
         log.info(

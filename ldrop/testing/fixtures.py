@@ -215,10 +215,7 @@ def make_tedlium_tree(
                 clips.append(
                     FixtureClip(
                         f"{talk_id}-{round(start * 100):07d}-{round(end * 100):07d}",
-                        folder / "sph" / f"{talk_id}.sph",
-                        expected,
-                        end_frame - start_frame,
-                        16000,
+                        folder / "sph" / f"{talk_id}.sph", expected, end_frame - start_frame, 16000,
                         start=start_frame,
                     )
                 )
