@@ -44,9 +44,7 @@ def _burn(stop_at: float) -> None:
 
 
 class LoadGenerator:
-    """``procs`` CPU-burning processes, each stopping by itself after ``max_seconds``; :meth:`stop` is
-    idempotent.
-    """
+    """``procs`` CPU-burning processes, each stopping by itself after ``max_seconds``."""
 
     def __init__(self, procs: int, max_seconds: float) -> None:
         self.procs = procs
@@ -136,9 +134,7 @@ def replay(policies: Sequence[str], model: Any, profile: DeviceProfile, clips: S
            targets: Sequence[int | None], deadline_ms: float, fixed_k: int, load: LoadGenerator,
            load_span: tuple[int, int], margin: float, seed: int = 0, runner_class: Any = AdaptiveModel
            ) -> dict[str, list[dict[str, Any]]]:
-    """Stream ``clips`` one at a time, the load on in ``load_span``; every policy runs each utterance (random
-    order).
-    """
+    """Stream ``clips`` one at a time, the load on in ``load_span``; every policy runs each utterance."""
     runners = {p: runner_class(model, profile=profile, closed_loop=(p == "closed_loop"), margin=margin)
                for p in policies}
     budgets: dict[str, Any] = {p: {"full": None, "fixed": fixed_k}.get(p, {"ms": deadline_ms}) for p in policies}
@@ -213,9 +209,7 @@ def plot(results: dict[str, list[dict[str, Any]]], deadline_ms: float, load_span
 
 # ---------------------------------------------------------------------------------------------- main
 def onnx_runtime(task: Any, threads: int | None, export_dir: str | None) -> tuple[Any, Any, Any]:
-    """``(model, runner, profile)`` on ONNX Runtime: ``task`` exported to ``export_dir`` (reused if it holds
-    one), each runner with its own controller.
-    """
+    """``(model, runner, profile)`` on ONNX Runtime: ``task`` exported to (or reused from) ``export_dir``."""
     from ldrop.runtime.onnx_export import export_onnx
     from ldrop.runtime.onnx_profile import profile_onnx
     from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel

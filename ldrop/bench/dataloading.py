@@ -74,11 +74,8 @@ def benchmark_loading(
     dataset: str, workers: int = 2, batch_size: int = 8, epochs: int = 2, scale: float = 1.0,
     root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Build ``dataset`` at benchmark scale (``scale`` 1.0: a few hundred seconds of audio) and time full
-    passes over its training loader (new workers each pass).
-
-    Returns ``dataset``, ``items``, ``batches``, ``audio_seconds``, ``setup_seconds``, ``wall_seconds`` (mean
-    per pass), ``audio_seconds_per_second`` and ``workers``.
+    """Build ``dataset`` at benchmark ``scale`` and time full passes over its training loader (new workers
+    each pass).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")

@@ -36,8 +36,8 @@ LARGE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, int
 
 
 def build_config(family: str, size: str) -> PretrainedConfig:
-    """A config of ``family`` at ``size``: ``base`` (the HF default), ``large`` (24 layers, 1024 wide,
-    pre-norm except Data2VecAudio) or ``tiny``.
+    """A config of ``family`` at ``size``: ``base``, ``large`` (24 layers, pre-norm but Data2VecAudio) or
+    ``tiny``.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone {family!r}; choose from {sorted(FAMILIES)}")
@@ -54,11 +54,9 @@ def build_config(family: str, size: str) -> PretrainedConfig:
 
 
 def parse_budgets(text: str, num_layers: int) -> list[int]:
-    """Comma-separated budgets as layer counts (``"3,6,9"``) or fractions with a decimal point
-    (``"0.25,0.5"``).
+    """Comma-separated budgets: layer counts (``"3,6,9"``) or fractions (``"0.25,0.5"``), duplicates dropped.
 
-    Duplicates are dropped, order kept; ``ValueError`` for an empty list or a budget outside
-    ``0..num_layers``.
+    ``ValueError`` for an empty list or a budget outside ``0..num_layers``.
     """
     budgets: list[int] = []
     for item in (part.strip() for part in text.split(",")):
@@ -121,16 +119,15 @@ def run_speedup(
     dtype: str = "fp32", seed: int = 0, log: Callable[[str], None] | None = None,
     model: SpeechBackbone | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure the speed-up of sparse gated execution; one JSON-serialisable record per budget (see the
-    README).
+    """Measure the speed-up of sparse gated execution; one JSON-serialisable record per budget.
 
     Args:
         size: ``"base"``, ``"large"`` or ``"tiny"`` (tests), see :func:`build_config`.
         budgets: layer counts, or a string for :func:`parse_budgets`.
         repeats, warmup: timed rounds (each runs every variant once) and untimed rounds before them.
         seed: seeds the weights, the audio, the keep masks and the order of the variants.
-        model: the backbone already on ``device`` in ``dtype`` and in eval mode (to time several batch sizes);
-            ``None``: built here.
+        model: the backbone on ``device`` in ``dtype``, in eval mode (to time several batch sizes); ``None``:
+            built.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")

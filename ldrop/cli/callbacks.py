@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes checkpoints atomically (a crash mid-write leaves the previous one intact, a full disk is an
-    ``OSError`` naming the folder) and reads them with errors that name the file.
+    """Writes checkpoints atomically (a crash leaves the previous one intact) and reads them with errors
+    naming the file.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
@@ -83,9 +83,8 @@ class TaskCheckpoint(CheckpointSteps):
             remove_stale_temporaries(self.dirpath)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the best-checkpoint tracking, also when the run's folder moved (which Lightning would
-        drop): the tracked files are looked up by name in the current folder; if any is missing, tracking
-        restarts (a warning).
+        """Restore the best-checkpoint tracking also when the run's folder moved (files are looked up by
+        name).
         """
         saved = state_dict.get("dirpath")
         if not saved or not self.dirpath or saved == self.dirpath:

@@ -61,9 +61,7 @@ class _ShardedBatchSampler:
         self.epoch = int(epoch)
 
     def state_dict(self) -> dict[str, int]:
-        """The position in the epoch: ``{"epoch", "batches_done"}`` (:class:`ResumableDataLoader` counts for
-        workers).
-        """
+        """The position in the epoch: ``{"epoch", "batches_done"}``."""
         return {"epoch": self.epoch, "batches_done": self._yielded}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -105,8 +103,7 @@ class _ShardedBatchSampler:
 
 
 class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` whose place in the epoch survives a checkpoint (Lightning's stateful-dataloader
-    support).
+    """A ``DataLoader`` whose place in the epoch survives a checkpoint (Lightning's stateful dataloaders).
 
     A resumed epoch starts at the first batch not handed out; each epoch's iterator gets its own generator
     seeded from ``(seed, epoch)``. Examples that failed to load are left out before ``collate_fn`` and handed
@@ -166,7 +163,7 @@ class _PartlyLoadedBatch:
 
 
 class _SkippingCollate:
-    """``collate_fn`` over the examples that loaded (``collate_empty``: collate none rather than return
+    """``collate_fn`` over the examples that loaded (``collate_empty``: collate none rather than give
     ``None``).
     """
 
@@ -241,8 +238,7 @@ class LengthGroupedSampler(_ShardedBatchSampler):
 
 
 class DynamicBatchSampler(_ShardedBatchSampler):
-    """Batches of variable size holding at most ``max_batch_seconds`` of padded audio (``count * longest``)
-    each.
+    """Batches of variable size, each at most ``max_batch_seconds`` of padded audio (``count * longest``).
 
     Items are sorted longest first and cut greedily (an item over the budget is a batch of its own;
     ``max_batch_size`` caps the count). Shuffling reorders equal lengths and the batches only, so the number

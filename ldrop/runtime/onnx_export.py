@@ -151,9 +151,7 @@ class Part:
 
 
 class AllParts(nn.Module):
-    """Every part side by side in one module, so that one ``torch.onnx.export`` traces them all (they share no
-    input).
-    """
+    """Every part side by side in one module, so that one ``torch.onnx.export`` traces them all."""
 
     def __init__(self, parts: Sequence[Part]) -> None:
         super().__init__()
@@ -313,12 +311,9 @@ def export_onnx(
             folder.
         out_dir: the folder to write; it must not exist yet (or be empty). It appears complete or not at all.
         quantize: ``"dynamic"``: int8 dynamic quantization of the layer graphs; ``None``: fp32.
-        check: compare ONNX Runtime's logits with PyTorch's on a random batch before finishing.
+        check: compare ONNX Runtime's logits with PyTorch's on a random batch (an fp32 export more than
+            :data:`PARITY_TOLERANCE` away raises :class:`OnnxExportError`).
         progress: called with one line per exported part (default: the module's logger).
-
-    Raises:
-        OnnxExportError: an unsupported model or selector, an occupied ``out_dir``, or an fp32 export whose
-            logits differ from PyTorch's by more than :data:`PARITY_TOLERANCE`.
     """
     if quantize not in (None, "dynamic"):
         raise OnnxExportError(f"quantize must be None or 'dynamic', got {quantize!r}")
@@ -470,9 +465,8 @@ def _weight_keys(traced: nn.Module, layer: nn.Module) -> dict[str, str]:
 
 def _write_layers(task: LayerDropTask, folder: Path, names: Sequence[str], traced: Any, keys: dict[str, str],
                   say: Callable[[str], None]) -> None:
-    """Write every layer as the traced layer graph with its own weights, optimised per layer.
-
-    (The trace is unoptimised: constant folding would bake the traced layer's weights into derived constants.)
+    """Write every layer as the traced layer graph with its own weights, optimised per layer (the trace is
+    not: constant folding would bake the traced layer's weights in).
     """
     import onnx_ir
 

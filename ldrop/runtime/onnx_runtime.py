@@ -189,15 +189,13 @@ class OnnxAdaptiveModel:
 
     Args:
         folder: an export folder (``ldrop export CKPT DIR --format onnx``); see :meth:`from_pretrained`.
-        profile: the device profile of this model on this runtime (a :class:`CostProfile` or its JSON path);
-            ``None``: the folder's ``profile.json``, else one is measured at the first time target (needs
-            torch).
+        profile: a :class:`CostProfile` or its JSON path; ``None``: the folder's ``profile.json``, else one is
+            measured at the first time target (needs torch).
         closed_loop, margin, on_unmeetable, **controller_options: as :class:`~ldrop.runtime.AdaptiveModel`.
         threads: ONNX Runtime intra-op threads (``None``: its default).
         providers: ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
-        spinning: let idle ONNX Runtime threads spin. Off by default: each part is a session with its own
-            threads, so one layer's spinning threads compete with the next's (1.7x slower at 2 threads on 2
-            cores).
+        spinning: let idle threads spin; off by default, as each part's session has its own threads and
+            spinning ones slow the next part (1.7x on 2 cores).
     """
 
     def __init__(
@@ -284,8 +282,8 @@ class OnnxAdaptiveModel:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, profile: CostProfile | str | None = None,
                         quantize: Literal["dynamic"] | None = None, **kwargs: Any) -> OnnxAdaptiveModel:
-        """From an ONNX export folder, or a ``.ckpt`` / ``ldrop export`` folder exported now to a temporary
-        folder.
+        """From an ONNX export folder, or a ``.ckpt`` / ``ldrop export`` folder exported now (to a temporary
+        folder).
         """
         path = Path(path)
         if (path / MANIFEST).is_file():
@@ -367,9 +365,7 @@ class OnnxAdaptiveModel:
         return keep
 
     def run_layers(self, encoded: dict[str, np.ndarray], keep: np.ndarray) -> np.ndarray:
-        """Run each layer on the inputs that keep it (padding trimmed per sub-batch): ``[batch, frames,
-        hidden]``.
-        """
+        """Run each layer on the inputs that keep it (padding trimmed per sub-batch)."""
         frame_mask = encoded["frame_mask"]
         j = self.prefix_layers
         start = j if "prefix" in encoded and bool(keep[:, :j].all()) else 0
