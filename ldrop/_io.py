@@ -90,8 +90,7 @@ def _write_synced(tmp: str, data: bytes) -> None:
 
 def raise_if_disk_full(err: BaseException, path: Path) -> None:
     """Re-raise a full disk or exceeded quota as one ``OSError`` naming the folder (also as a context:
-    ``torch.save`` raises "unexpected pos").
-    """
+    ``torch.save`` raises "unexpected pos")."""
     full = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
     seen: BaseException | None = err
     while seen is not None:
@@ -103,8 +102,7 @@ def raise_if_disk_full(err: BaseException, path: Path) -> None:
 def check_writable_folder(folder: str | os.PathLike) -> Path:
     """Check that files can be written in ``folder`` (or created below its nearest existing parent) by
     creating and removing one; unlike ``os.access`` this catches read-only mounts and holds for root. Raises
-    ``OSError`` naming the folder.
-    """
+    ``OSError`` naming the folder."""
     folder = Path(folder)
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -122,8 +120,7 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
     """Delete the temporaries killed atomic writes left in ``folder`` (of ``names``, or every hidden
-    ``.*.tmp``).
-    """
+    ``.*.tmp``)."""
     folder = Path(folder)
     patterns = [".*.tmp"] if names is None else [f".{name}.*" for name in names]
     removed = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
@@ -158,8 +155,7 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` atomically and synced, through a file object (a full disk is then an
-    ``OSError``).
-    """
+    ``OSError``)."""
     import torch
 
     def write(tmp: str) -> None:
@@ -199,8 +195,7 @@ def damaged_checkpoint_error(path: str | os.PathLike, err: BaseException) -> Che
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = False,
                          what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load`` of a checkpoint (``mmap``: mapped, not read); ``FileNotFoundError`` or
-    :class:`CheckpointError`.
-    """
+    :class:`CheckpointError`."""
     import torch
 
     path = Path(path)

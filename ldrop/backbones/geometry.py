@@ -1,6 +1,5 @@
 """The CNN's frame geometry from anything with ``conv_kernel`` and ``conv_stride`` (a config, or
-:data:`STOCK_CNN`).
-"""
+:data:`STOCK_CNN`)."""
 
 from __future__ import annotations
 

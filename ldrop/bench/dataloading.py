@@ -75,8 +75,7 @@ def benchmark_loading(
     root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Build ``dataset`` at benchmark ``scale`` and time full passes over its training loader (new workers
-    each pass).
-    """
+    each pass)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
     with tempfile.TemporaryDirectory(prefix=f"ldrop-bench-{dataset}-", dir=root) as tmp:

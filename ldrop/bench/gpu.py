@@ -165,8 +165,7 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
                        seed: int = 0) -> dict[str, Any]:
     """The host syncs of one sparse inference forward on a padded batch, each input keeping its own random
     half of the layers: ``{"layers", "counted", "counted_in_engine", "where", "cuda_sync_debug"}`` (the last,
-    on CUDA only, from ``torch.cuda.set_sync_debug_mode("warn")``).
-    """
+    on CUDA only, from ``torch.cuda.set_sync_debug_mode("warn")``)."""
     from ldrop.engine.host_syncs import HostSyncCounter
 
     torch_device = torch.device(device)

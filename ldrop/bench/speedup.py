@@ -37,8 +37,7 @@ LARGE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, int
 
 def build_config(family: str, size: str) -> PretrainedConfig:
     """A config of ``family`` at ``size``: ``base``, ``large`` (24 layers, pre-norm but Data2VecAudio) or
-    ``tiny``.
-    """
+    ``tiny``."""
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone {family!r}; choose from {sorted(FAMILIES)}")
     config_cls = FAMILIES[family][0]

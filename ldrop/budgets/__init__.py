@@ -1,6 +1,5 @@
 """Budgets: layer counts, targets, the device cost profile and the controller that turns a target into
-per-input layer counts. Names are imported on first use: ``targets`` and ``loop`` need no torch.
-"""
+per-input layer counts. Names are imported on first use: ``targets`` and ``loop`` need no torch."""
 
 import importlib
 

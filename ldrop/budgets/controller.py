@@ -49,8 +49,7 @@ class BudgetController(ControlLoop):
 
     def costs(self, sample_lengths: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
         """``(fixed, per layer, allowance)``, ``[batch]`` float64 in the target's unit (corrected seconds, or
-        GFLOPs).
-        """
+        GFLOPs)."""
         lengths = torch.as_tensor(sample_lengths).detach().cpu().to(torch.long)
         seconds = lengths.to(torch.float64) / self.sample_rate
         if target.kind == "gflops_per_second":
@@ -117,8 +116,7 @@ class TargetResolver:
 
     def decide(self, model: Any, sample_lengths: Tensor, target: Target | dict | str) -> BudgetDecision:
         """The open-loop :class:`BudgetDecision` for ``model`` under ``target`` on the CPU (early exit: the
-        tightest per batch).
-        """
+        tightest per batch)."""
         target = Target.parse(target)
         controller = self.controller(model, target)
         decision = controller.decide(sample_lengths, target, warn=False)
@@ -139,8 +137,7 @@ class TargetResolver:
 
     def close(self, run: str = "this run") -> dict[Target, list[int]]:
         """Warn once per target that some inputs could not meet it; returns ``{target: [missed, inputs, min
-        budget]}``.
-        """
+        budget]}``."""
         counts, self.counts = self.counts, {}
         for target, (missed, total, min_budget) in counts.items():
             if missed:

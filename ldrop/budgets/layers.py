@@ -13,8 +13,7 @@ Budget = int | float | Tensor
 
 def budget_to_layers(budget: int | float, num_layers: int) -> int:
     """One budget as layers in ``1..num_layers``: an ``int`` counts layers, a ``float`` in ``(0, 1]`` is a
-    fraction (rounded, at least one).
-    """
+    fraction (rounded, at least one)."""
     if isinstance(budget, bool):
         raise ValueError(f"budget must be an int (layers) or a float (fraction), got {budget!r}")
     if isinstance(budget, int):

@@ -1,6 +1,5 @@
 """The controller's decision and closed loop, torch-free: shared by :class:`~ldrop.budgets.BudgetController`
-and the ONNX runtime's numpy controller. A subclass says what one input costs (:meth:`ControlLoop.costs`).
-"""
+and the ONNX runtime's numpy controller. A subclass says what one input costs (:meth:`ControlLoop.costs`)."""
 
 from __future__ import annotations
 
@@ -127,8 +126,7 @@ class ControlLoop:
     # ------------------------------------------------------------------ closed loop
     def observe(self, predicted_seconds: float, measured_seconds: float) -> float:
         """Feed back one forward's measured time against the *uncorrected* prediction; returns the new
-        correction.
-        """
+        correction."""
         if not self.closed_loop or not (predicted_seconds > 0 and measured_seconds > 0):
             return self.correction
         low, high = self.correction_bounds

@@ -118,8 +118,7 @@ class DeviceProfile:
 
     def predict(self, sample_lengths: Tensor, keep_mask: Tensor) -> float:
         """Predicted seconds of one sparse forward: ``sample_lengths [batch]``, ``keep_mask [batch, layers]``
-        0/1.
-        """
+        0/1."""
         frames = self.frames(sample_lengths.cpu()).to(torch.float64)
         keep = keep_mask.detach().cpu() > 0.5
         if keep.dim() != 2 or keep.shape != (frames.shape[0], self.num_layers):
@@ -152,8 +151,7 @@ class DeviceProfile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
         """A profile from :meth:`to_dict`'s form, checked field by field (``ValueError`` saying what is
-        wrong).
-        """
+        wrong)."""
         problem = _profile_problem(data)
         if problem:
             raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
@@ -325,8 +323,7 @@ def random_batches(
     sample_rate: int = 16_000, seed: int = 1, prefix_layers: int = 0,
 ) -> list[tuple[Tensor, Tensor]]:
     """Held-out ``(sample_lengths [batch], keep_mask [batch, layers])`` pairs: random lengths, batch sizes and
-    layers, plus the first ``prefix_layers`` layers for every input.
-    """
+    layers, plus the first ``prefix_layers`` layers for every input."""
     generator = torch.Generator().manual_seed(seed)
     low, high = seconds_range
     batches = []
@@ -404,8 +401,7 @@ def profile_with_timers(
     sample_rate: int, seed: int, prefix_layers: int, device: dict[str, Any], model: dict[str, Any],
 ) -> DeviceProfile:
     """:func:`profile_model` once it has its timers (ONNX Runtime passes its own); ``geometry`` has the CNN's
-    ``conv_kernel`` and ``conv_stride``.
-    """
+    ``conv_kernel`` and ``conv_stride``."""
     if not seconds or not batch_sizes:
         raise ValueError("the profiling grid needs at least one length and one batch size")
     if min(seconds) <= 0 or min(batch_sizes) < 1:

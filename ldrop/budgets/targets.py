@@ -15,8 +15,7 @@ TARGET_KINDS = ("ms", "rtf", "gflops_per_second")
 @dataclass(frozen=True)
 class Target:
     """A budget given as a target: ``kind`` ``"ms"`` (per utterance), ``"rtf"`` or ``"gflops_per_second"``, a
-    ``value`` > 0 and an optional device ``profile`` path.
-    """
+    ``value`` > 0 and an optional device ``profile`` path."""
 
     kind: str
     value: float

@@ -1,6 +1,5 @@
 """The ``ldrop`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict`` plus ldrop's own
-:data:`COMMANDS`.
-"""
+:data:`COMMANDS`."""
 
 from __future__ import annotations
 

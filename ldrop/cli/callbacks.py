@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes checkpoints atomically (a crash leaves the previous one intact) and reads them with errors
-    naming the file.
-    """
+    naming the file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, path)
@@ -84,8 +83,7 @@ class TaskCheckpoint(CheckpointSteps):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the best-checkpoint tracking also when the run's folder moved (files are looked up by
-        name).
-        """
+        name)."""
         saved = state_dict.get("dirpath")
         if not saved or not self.dirpath or saved == self.dirpath:
             return super().load_state_dict(state_dict)

@@ -1,6 +1,5 @@
 """``ldrop fit|validate|test|predict``: LightningCLI with ldrop's links, checkpointing, exact resume, budget
-sweep and prediction writer; the task's labels are linked from the datamodule.
-"""
+sweep and prediction writer; the task's labels are linked from the datamodule."""
 
 from __future__ import annotations
 

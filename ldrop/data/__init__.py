@@ -1,6 +1,5 @@
 """Data modules: audio in, padded :class:`AudioBatch` out, from length-grouped, DDP-aware samplers. They know
-no model.
-"""
+no model."""
 
 from ldrop.data.audio import (
     AudioFileNotFoundError,

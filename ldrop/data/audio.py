@@ -1,7 +1,6 @@
 """Reading audio files into mono float32 tensors at a target sample rate, with :mod:`soundfile`
 (``torchaudio.load`` needs torchcodec and FFmpeg from torchaudio 2.9 on; torchaudio is used for resampling
-only).
-"""
+only)."""
 
 from __future__ import annotations
 
@@ -69,8 +68,7 @@ def audio_info(path: PathLike) -> AudioInfo:
 
 def check_audio(path: PathLike) -> AudioInfo:
     """:func:`audio_info`, and for float files a scan for NaN/inf samples (the check DataModules run at
-    setup).
-    """
+    setup)."""
     return _inspect(path, scan_samples=True)
 
 
@@ -163,8 +161,7 @@ def _decoded_length(path: PathLike, f: sf.SoundFile, info: AudioInfo) -> AudioIn
 
 def _frames_to_end(f: sf.SoundFile) -> int:
     """Frames decoded from here to the end of the file (``SoundFile.blocks`` sizes blocks from the header's
-    count).
-    """
+    count)."""
     total = 0
     while (count := f.read(1 << 16, dtype="float32", always_2d=True).shape[0]) > 0:
         total += count
@@ -173,8 +170,7 @@ def _frames_to_end(f: sf.SoundFile) -> int:
 
 def _promised_frames(path: PathLike, file_format: str, subtype: str) -> int | None:
     """Frames the header of a WAV or NIST SPHERE file promises (libsndfile shortens a cut file's count
-    silently).
-    """
+    silently)."""
     if subtype not in _FIXED_SIZE_SUBTYPES:
         return None
     with open(os.fspath(path), "rb") as fh:
@@ -222,8 +218,7 @@ def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
 
 def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
     """Resample ``[..., samples]`` with :func:`torchaudio.functional.resample` (windowed sinc), a no-op at
-    equal rates.
-    """
+    equal rates."""
     if orig_sr == target_sr:
         return waveform
     return AF.resample(waveform, orig_sr, target_sr)

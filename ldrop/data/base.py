@@ -143,8 +143,7 @@ class AudioDataModule(LightningDataModule):
     # ----------------------------------------------------------------------------------- subclass hooks
     def list_items(self, split: Split) -> list[AudioItem]:
         """List the items of ``split`` from the files on disk, reading no audio (``DatasetLayoutError`` when
-        missing).
-        """
+        missing)."""
         raise NotImplementedError(f"{type(self).__name__} must implement list_items() or build_dataset()")
 
     def has_split(self, split: Split) -> bool:
@@ -171,16 +170,14 @@ class AudioDataModule(LightningDataModule):
 
     def targets(self, split: Split = "train") -> list[int | str]:
         """Targets of ``split`` in dataset order, without reading audio (listed from disk before
-        :meth:`setup`).
-        """
+        :meth:`setup`)."""
         if split in self.datasets:
             return self.datasets[split].targets
         return [item.target for item in self.list_items(split) if item.problem is None]
 
     def transcripts(self, split: Split = "train") -> list[str]:
         """Transcripts of ``split`` (CTC modules); callable before :meth:`setup` (it reads only transcript
-        files).
-        """
+        files)."""
         if self.task != "ctc":
             raise AttributeError(f"{type(self).__name__} is a {self.task} DataModule: it has no transcripts")
         return [str(t) for t in self.targets(split)]

@@ -35,8 +35,7 @@ class SkippedExample:
 @dataclass
 class AudioBatch:
     """A batch of zero-padded ``waveforms [batch, samples]`` with ``lengths [batch]``, targets (see
-    :func:`collate_audio`) and ids.
-    """
+    :func:`collate_audio`) and ids."""
 
     waveforms: Tensor
     lengths: Tensor
@@ -88,8 +87,7 @@ def collate_audio(examples: Sequence[AudioExample]) -> AudioBatch:
 
 def collate_targets(targets: Sequence[Any], ids: Sequence[str] | None = None) -> Tensor | list[str]:
     """The targets of one batch, batched by their kind (see :func:`collate_audio`); ``ids`` are named in
-    errors.
-    """
+    errors."""
     kinds = [_target_kind(t) for t in targets]
     if len(set(kinds)) > 1 and set(kinds) != {"class id", "value"}:
         shown = ", ".join(f"{ids[i] if ids else i}: {kinds[i]}" for i in range(min(len(kinds), 6)))

@@ -1,6 +1,5 @@
 """Map-style datasets of :class:`~ldrop.data.batch.AudioExample` and the :class:`AudioItem` records they are
-listed from; every dataset knows each example's length before reading it (for the samplers).
-"""
+listed from; every dataset knows each example's length before reading it (for the samplers)."""
 
 from __future__ import annotations
 
@@ -201,8 +200,7 @@ class AudioDataset(Dataset[AudioExample]):
 
 class AudioFileDataset(AudioDataset):
     """Examples read from resolved :class:`AudioItem` files or frame ranges (a long item is cropped while
-    reading).
-    """
+    reading)."""
 
     def __init__(
         self, items: Sequence[AudioItem], sample_rate: int = 16000, min_samples: int = 400,

@@ -180,8 +180,7 @@ def _rows(csv_path: str) -> Iterator[tuple[str, dict[str, str], int, int]]:
 
 def summarize_folds(scores: Mapping[int, float]) -> dict[str, float]:
     """``{"mean", "std" (population), "folds"}`` of per-fold scores (fold 1-5 -> score), as ESC-50 papers
-    report.
-    """
+    report."""
     if not scores:
         raise ValueError("no fold scores to summarize")
     unknown = set(scores) - set(ESC50_FOLDS)

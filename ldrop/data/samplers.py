@@ -164,8 +164,7 @@ class _PartlyLoadedBatch:
 
 class _SkippingCollate:
     """``collate_fn`` over the examples that loaded (``collate_empty``: collate none rather than give
-    ``None``).
-    """
+    ``None``)."""
 
     def __init__(self, collate_fn: Callable[[list[Any]], Any] | None, collate_empty: bool) -> None:
         if isinstance(collate_fn, _SkippingCollate):  # Lightning re-creates loaders from their attributes

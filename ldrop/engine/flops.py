@@ -26,8 +26,7 @@ _WAVLM_GATE_FEATURES = 8
 @dataclass(frozen=True)
 class ForwardFlops:
     """FLOPs of one forward pass per sample: ``fixed [batch]``, ``per_layer [batch, layers]`` and the ``keep``
-    mask.
-    """
+    mask."""
 
     fixed: Tensor
     per_layer: Tensor

@@ -29,8 +29,7 @@ def check_keep_mask(keep_mask: Tensor, batch: int, num_layers: int) -> None:
 def _sparse_plan(keep: Tensor, frame_lengths: Tensor) -> tuple[list[int], list[int], Tensor]:
     """What the sparse path needs on the host, in one device-to-host copy: ``counts`` and ``longest`` per
     layer (lists), and ``rows [layers, batch]`` on the device, each starting with the ascending indices of the
-    samples that keep that layer.
-    """
+    samples that keep that layer."""
     kept_lengths = torch.where(keep, frame_lengths[:, None], torch.zeros_like(frame_lengths)[:, None])
     counts, longest = torch.stack([keep.sum(dim=0), kept_lengths.amax(dim=0)]).tolist()
     rows = torch.argsort((~keep).to(torch.uint8), dim=0, stable=True).t().contiguous()

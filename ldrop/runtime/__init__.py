@@ -1,6 +1,5 @@
 """Run-time use of a trained model: loading (``checkpoints``), ``AdaptiveModel``, the ``TargetBudgets``
-callback and the ONNX export with ``OnnxAdaptiveModel`` (which runs without torch).
-"""
+callback and the ONNX export with ``OnnxAdaptiveModel`` (which runs without torch)."""
 
 import importlib
 

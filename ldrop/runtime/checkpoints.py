@@ -109,8 +109,7 @@ class UncalibratedSelectorWarning(UserWarning):
 
 def warn_if_uncalibrated(model: LayerDropTask, budget: Any) -> bool:
     """Emit the :class:`UncalibratedSelectorWarning` of a :func:`load_model` model once, at its first use
-    below full depth (a tensor or target budget counts as below); returns whether it warned.
-    """
+    below full depth (a tensor or target budget counts as below); returns whether it warned."""
     selector = model.selector
     if not getattr(model, "_warn_if_uncalibrated", False) or selector is None or not selector.needs_calibration:
         return False

@@ -1,7 +1,6 @@
 """The ONNX runtime's costs in numpy: the device profile, the FLOPs law of an export, plain budgets and the
 controller (:class:`~ldrop.budgets.loop.ControlLoop` with these costs). Tests hold every formula to its
-PyTorch counterpart.
-"""
+PyTorch counterpart."""
 
 from __future__ import annotations
 
@@ -21,8 +20,7 @@ from ldrop.budgets.targets import Target
 
 def resolve_budget(budget: Any, num_layers: int, batch: int) -> np.ndarray:
     """A plain budget (layers, fraction or an array of either) as ``[batch]`` int64, as
-    :func:`ldrop.budgets.resolve_budget`.
-    """
+    :func:`ldrop.budgets.resolve_budget`."""
     if isinstance(budget, bool):
         raise ValueError(f"budget must be an int (layers) or a float (fraction), got {budget!r}")
     if isinstance(budget, int | np.integer):

@@ -240,8 +240,7 @@ def task_description(task: LayerDropTask) -> dict[str, Any]:
 
 def selector_description(task: LayerDropTask) -> dict[str, Any]:
     """The manifest's ``selector``: ``full``, ``table`` (one mask per budget) or ``scores``;
-    :class:`OnnxExportError` for a selector the runtime cannot reproduce.
-    """
+    :class:`OnnxExportError` for a selector the runtime cannot reproduce."""
     selector, n = task.selector, task.num_layers
     if selector is None:
         return {"kind": "full", "class": None, "prefix_layers": 0}
@@ -466,8 +465,7 @@ def _weight_keys(traced: nn.Module, layer: nn.Module) -> dict[str, str]:
 def _write_layers(task: LayerDropTask, folder: Path, names: Sequence[str], traced: Any, keys: dict[str, str],
                   say: Callable[[str], None]) -> None:
     """Write every layer as the traced layer graph with its own weights, optimised per layer (the trace is
-    not: constant folding would bake the traced layer's weights in).
-    """
+    not: constant folding would bake the traced layer's weights in)."""
     import onnx_ir
 
     weights_in_graph = {name: keys[name] for name in traced.graph.initializers if name in keys}

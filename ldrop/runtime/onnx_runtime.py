@@ -283,8 +283,7 @@ class OnnxAdaptiveModel:
     def from_pretrained(cls, path: str | os.PathLike, profile: CostProfile | str | None = None,
                         quantize: Literal["dynamic"] | None = None, **kwargs: Any) -> OnnxAdaptiveModel:
         """From an ONNX export folder, or a ``.ckpt`` / ``ldrop export`` folder exported now (to a temporary
-        folder).
-        """
+        folder)."""
         path = Path(path)
         if (path / MANIFEST).is_file():
             return cls(path, profile=profile, **kwargs)
@@ -311,8 +310,7 @@ class OnnxAdaptiveModel:
     # ------------------------------------------------------------------ the forward, in parts
     def encode(self, waveforms: np.ndarray, lengths: np.ndarray, run_prefix: bool = True) -> dict[str, np.ndarray]:
         """The budget-independent part, as ``LayerDropTask.encode``: ``{"features", "frame_mask", "hidden"}``,
-        with ``"position_bias"`` (WavLM) and a selector's ``"prefix"`` layers' output.
-        """
+        with ``"position_bias"`` (WavLM) and a selector's ``"prefix"`` layers' output."""
         if int(lengths.min()) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); got a "

@@ -11,8 +11,7 @@ from ldrop.budgets import TargetResolver
 
 class TargetBudgets(L.Callback):
     """The predict callback that gives a task with a target ``predict_budget`` per-input budgets
-    (:class:`~ldrop.budgets.TargetResolver`); ``ldrop predict`` adds it.
-    """
+    (:class:`~ldrop.budgets.TargetResolver`); ``ldrop predict`` adds it."""
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         target, resolver = pl_module.predict_target(), TargetResolver()  # controllers and counts of this run

@@ -1,6 +1,5 @@
 """Builders of tiny on-disk copies of the benchmark layouts (real audio files, seeded) that record what they
-wrote, so tests compare a DataModule's output with the ground truth.
-"""
+wrote, so tests compare a DataModule's output with the ground truth."""
 
 from __future__ import annotations
 
@@ -33,8 +32,7 @@ _TEDLIUM_WORDS = (
 @dataclass(frozen=True)
 class FixtureClip:
     """One example written by a builder: the id, target and frames a DataModule should give it (``start``: its
-    first frame in a longer file).
-    """
+    first frame in a longer file)."""
 
     id: str
     path: Path
@@ -57,8 +55,7 @@ def write_audio(
     format: str | None = None, subtype: str = "PCM_16",
 ) -> Path:
     """Write a seeded tone-plus-noise signal (``[num_frames, channels]``) to an audio file (format from the
-    extension by default).
-    """
+    extension by default)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, _signal(num_frames, sample_rate, seed, channels), sample_rate, format=format, subtype=subtype)
@@ -78,8 +75,7 @@ def write_nonfinite_wav(
     value: float = float("nan"),
 ) -> Path:
     """Write a 32-bit float WAV whose frame ``bad_frame`` is ``value`` (NaN or inf): libsndfile reads it
-    silently.
-    """
+    silently."""
     data = (0.3 * np.sin(2 * np.pi * 440 * np.arange(num_frames) / sample_rate)).astype(np.float32)
     data[bad_frame] = value
     path = Path(path)
@@ -90,8 +86,7 @@ def write_nonfinite_wav(
 
 def truncate_file(path: str | os.PathLike, keep_fraction: float = 0.5) -> Path:
     """Cut a file to its first ``keep_fraction`` of bytes, as an interrupted copy would (the header is
-    unchanged).
-    """
+    unchanged)."""
     path = Path(path)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep_fraction)])
@@ -137,8 +132,7 @@ def _mpeg_frame_bytes(header: bytes) -> int | None:
 
 def time_code(num_frames: int, offset: int = 0) -> np.ndarray:
     """``[num_frames]`` int16 samples that encode their position, ``(frame % 32768) - 16384``, to check cuts
-    exactly.
-    """
+    exactly."""
     frames = np.arange(offset, offset + num_frames)
     return ((frames % 32768) - 16384).astype(np.int16)
 
@@ -149,8 +143,7 @@ def make_librispeech_tree(
     seed: int = 0,
 ) -> FixtureTree:
     """Write ``<root>/LibriSpeech/<subset>/<speaker>/<chapter>/`` with FLAC and ``.trans.txt`` files
-    (``splits`` by subset).
-    """
+    (``splits`` by subset)."""
     rng = np.random.default_rng(seed)
     tree = FixtureTree(Path(root))
     for s, subset in enumerate(subsets):
@@ -279,8 +272,7 @@ def make_esc50_tree(
     seconds: float = 0.2, sample_rate: int = 44100, seed: int = 0,
 ) -> FixtureTree:
     """Write ``<root>/ESC-50-master/`` with ``audio/<fold>-<clip>-<take>-<target>.wav`` and ``meta/esc50.csv``
-    (``splits`` by fold).
-    """
+    (``splits`` by fold)."""
     rng = np.random.default_rng(seed)
     corpus = Path(root) / "ESC-50-master"
     tree = FixtureTree(Path(root), {str(f): [] for f in range(1, 6)})
