@@ -5,6 +5,7 @@ best per-input depths at a mean depth)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,3 +110,95 @@ def depth_oracle_metric(fixed: dict[int, np.ndarray], counts, num_layers: int, m
         return None
     matrix = np.stack([np.asarray(fixed[k], dtype=np.float64) for k in range(1, num_layers + 1)], axis=1)
     return metric_from_errors(depth_oracle(matrix, counts, mean_layers)[0], counts, higher_is_better)
+
+
+# ---------------------------------------------------------------------------------------------- equal compute
+def _line(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """``y`` at ``x`` on the polyline through ``(xs, ys)`` (sorted ``xs``), extended straight past its ends."""
+    i = min(max(int(np.searchsorted(xs, x)), 1), len(xs) - 1)
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+
+
+def layer_gflops(rows: Sequence[dict], layers: float) -> float:
+    """GFLOPs per utterance of ``layers`` layers run, read off a sweep's rows (linear in ``executed_layers``,
+    extrapolated past the swept ones: at 0 layers, the fixed part)."""
+    points = sorted({float(r["executed_layers"]): float(r["gflops_per_utterance"]) for r in rows}.items())
+    if len(points) < 2:
+        raise ValueError(f"reference: its sweep runs {len(points)} depth(s); GFLOPs per layer need two or more")
+    return _line([p[0] for p in points], [p[1] for p in points], layers)
+
+
+def _curve(rows: Sequence[dict], items: dict | None, metric: str, order: list[str] | None) -> dict:
+    """A run's points along GFLOPs: its metric (``rows``) and, when aligned, its per-item errors."""
+    rows = sorted((r for r in rows if r.get(metric) not in (None, "")), key=lambda r: float(r["gflops_per_utterance"]))
+    curve = {"metric": [(float(r["gflops_per_utterance"]), np.array([float(r[metric])])) for r in rows]}
+    if items is not None and order is not None:
+        where = {i: n for n, i in enumerate(items["ids"])}
+        pick = [where[i] for i in order]
+        curve["items"] = [(float(r["gflops_per_utterance"]), np.asarray(items["errors"][str(r["budget_layers"])])[pick])
+                          for r in rows if str(r["budget_layers"]) in items["errors"]]
+    return curve
+
+
+def _at(points: list, at: float | tuple[float, float], hold: bool) -> np.ndarray | None:
+    """``points`` at a GFLOPs value or averaged over a ``(low, high)`` range; ``hold``: a run of one GFLOPs
+    value (the full model) is taken as it is anywhere."""
+    if hold and points and len({x for x, _ in points}) == 1:
+        return np.asarray(points[-1][1], dtype=np.float64)
+    return area_under_curve(points, *at) if isinstance(at, tuple) else interpolate_items(points, at)
+
+
+def equal_compute(runs: dict[str, tuple[Sequence[dict], dict | None]], metric: str, reference: str,
+                  higher_is_better: bool, baselines: dict[str, Any] | None = None,
+                  resamples: int = 2000) -> tuple[list[dict], list[dict]]:
+    """Each run at the GFLOPs of ``N/4``, ``N/2`` and ``3N/4`` layers of ``reference`` (``N``: its deepest
+    budget) and averaged over the GFLOPs range common to the runs of several GFLOPs values (``AUC``).
+
+    ``runs``: label -> (sweep rows, per-item errors or None). ``baselines``: column name -> the label of the run
+    each run is compared with at a point, ``f(at, values)`` (``values``: label -> metric there; default: the
+    reference); a run of one GFLOPs value is held there as a baseline. The difference (points of the metric
+    x100) carries a paired 95 % bootstrap interval when both runs have per-item errors on the same items.
+    Returns the table rows and the paired differences (``run, at, against, diff, low, high``).
+    """
+    ref_rows = runs[reference][0]
+    n = max(int(r["budget_layers"]) for r in ref_rows)
+    points: dict[str, Any] = {name: (layers, layer_gflops(ref_rows, layers))
+                              for name, layers in (("N/4", n / 4), ("N/2", n / 2), ("3N/4", 3 * n / 4))}
+    spans = [(min(g), max(g)) for g in ([float(r["gflops_per_utterance"]) for r in rows] for rows, _ in runs.values())
+             if max(g) > min(g)]
+    low, high = max(s[0] for s in spans), min(s[1] for s in spans)
+    if low < high:
+        points["AUC"] = (None, (low, high))
+    with_items = {label: items for label, (_, items) in runs.items() if items is not None}
+    order = next(iter(with_items.values()))["ids"] if with_items else None
+    for label, items in with_items.items():
+        if sorted(items["ids"]) != sorted(order) or len(set(order)) != len(order):
+            raise ValueError(f"the runs' per-item errors are on different items ({label!r}: {len(items['ids'])} "
+                             f"ids, {next(iter(with_items))!r}: {len(order)}): paired comparison needs the same test set")
+    counts = np.asarray(with_items[next(iter(with_items))]["counts"], dtype=np.float64) if with_items else None
+    curves = {label: _curve(rows, items, metric, order) for label, (rows, items) in runs.items()}
+    baselines = baselines or {f"vs {reference}": lambda at, values: reference}
+    table, paired = [], []
+    for name, (layers, at) in points.items():
+        values = {}
+        for label, curve in curves.items():
+            value = _at(curve["metric"], at, False)
+            values[label] = None if value is None else float(value[0])
+        for label in curves:
+            row = {"run": label, "at": name, "layers": layers,
+                   "gflops": f"{at[0]:.4g}-{at[1]:.4g}" if isinstance(at, tuple) else round(at, 4), metric: values[label]}
+            for column, choose in baselines.items():
+                base = choose(name, values)
+                mine, theirs = values[label], (_at(curves[base]["metric"], at, True) if base in curves else None)
+                if base == label or mine is None or theirs is None:
+                    row[column] = None
+                    continue
+                row[column] = f"{100 * (mine - float(theirs[0])):+.1f}"
+                a, b = (_at(curves[x].get("items", []), at, x == base) for x in (label, base))
+                if a is not None and b is not None:
+                    ci = paired_bootstrap(a, b, counts, higher_is_better, resamples)
+                    row[column] = f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+                    paired.append({"run": label, "at": name, "against": base, **ci})
+                row[column] += "" if column == f"vs {base}" else f" ({base})"
+            table.append(row)
+    return table, paired
