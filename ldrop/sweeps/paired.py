@@ -148,6 +148,10 @@ def _at(points: list, at: float | tuple[float, float], hold: bool) -> np.ndarray
     return area_under_curve(points, *at) if isinstance(at, tuple) else interpolate_items(points, at)
 
 
+def _points(diff: float) -> str:
+    return f"{100 * diff + 0.0:+.1f}".replace("-0.0", "+0.0")
+
+
 def equal_compute(runs: dict[str, tuple[Sequence[dict], dict | None]], metric: str, reference: str,
                   higher_is_better: bool, baselines: dict[str, Any] | None = None,
                   resamples: int = 2000) -> tuple[list[dict], list[dict]]:
@@ -186,18 +190,18 @@ def equal_compute(runs: dict[str, tuple[Sequence[dict], dict | None]], metric: s
             values[label] = None if value is None else float(value[0])
         for label in curves:
             row = {"run": label, "at": name, "layers": layers,
-                   "gflops": f"{at[0]:.4g}-{at[1]:.4g}" if isinstance(at, tuple) else round(at, 4), metric: values[label]}
+                   "gflops": f"{at[0]:.4g}-{at[1]:.4g}" if isinstance(at, tuple) else float(f"{at:.4g}"), metric: values[label]}
             for column, choose in baselines.items():
                 base = choose(name, values)
                 mine, theirs = values[label], (_at(curves[base]["metric"], at, True) if base in curves else None)
                 if base == label or mine is None or theirs is None:
                     row[column] = None
                     continue
-                row[column] = f"{100 * (mine - float(theirs[0])):+.1f}"
+                row[column] = _points(mine - float(theirs[0]))
                 a, b = (_at(curves[x].get("items", []), at, x == base) for x in (label, base))
                 if a is not None and b is not None:
                     ci = paired_bootstrap(a, b, counts, higher_is_better, resamples)
-                    row[column] = f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+                    row[column] = f"{_points(ci['diff'])} [{_points(ci['low'])}, {_points(ci['high'])}]"
                     paired.append({"run": label, "at": name, "against": base, **ci})
                 row[column] += "" if column == f"vs {base}" else f" ({base})"
             table.append(row)
