@@ -191,13 +191,13 @@ def best_checkpoint(folder: Path, which: str) -> Path:
 # ---------------------------------------------------------------------------------------------- the table
 #: Extra columns per input-dependent run: sweep column suffix -> table header suffix.
 CONTROL_COLUMNS = {"shuffled": "shuffled", "most_common": "most common", "input_oracle": "input oracle",
-                   "static_oracle": "static oracle"}
+                   "static_oracle": "static oracle", "depth_oracle": "depth oracle"}
 
 
 def methods_table(sweeps: dict[str, list[dict[str, Any]]], metric: str | None = None) -> tuple[list[dict], str]:
     """One row per budget ``k``, one column per run (``mean ± std`` over repeats) and per control it has
     (its masks shuffled and the most common mask, where its masks differ across inputs; the per-input and
-    static oracles, where the sweep scored the headroom).
+    static oracles, where the sweep scored the headroom; the depth oracle, where it has per-item errors).
 
     Returns the rows (as written to ``methods.json``) and the metric's name.
     """
