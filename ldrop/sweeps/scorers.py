@@ -192,7 +192,7 @@ class ItemScorer(Scorer):
 
     def end(self, trainer: L.Trainer, task: Any) -> None:
         ids = gather_ids(self.ids)
-        if not self.counts.update_called or not ids:
+        if not ids:  # the same on every rank: each calls the gathers below or none does
             return
         first = sorted({i: n for n, i in reversed(list(enumerate(ids)))}.values())  # each id's first row
         values = lambda m: m.compute().double().cpu().numpy()[first]  # noqa: E731
