@@ -174,20 +174,18 @@ def equal_compute(runs: dict[str, tuple[Sequence[dict], dict | None]], metric: s
     if low < high:
         points["AUC"] = (None, (low, high))
     with_items = {label: items for label, (_, items) in runs.items() if items is not None}
-    order = next(iter(with_items.values()))["ids"] if with_items else None
+    first = next(iter(with_items), None)
+    order = with_items[first]["ids"] if first else None
+    counts = np.asarray(with_items[first]["counts"], dtype=np.float64) if first else None
     for label, items in with_items.items():
         if sorted(items["ids"]) != sorted(order) or len(set(order)) != len(order):
             raise ValueError(f"the runs' per-item errors are on different items ({label!r}: {len(items['ids'])} "
-                             f"ids, {next(iter(with_items))!r}: {len(order)}): paired comparison needs the same test set")
-    counts = np.asarray(with_items[next(iter(with_items))]["counts"], dtype=np.float64) if with_items else None
+                             f"ids, {first!r}: {len(order)}): paired comparison needs the same test set")
     curves = {label: _curve(rows, items, metric, order) for label, (rows, items) in runs.items()}
     baselines = baselines or {f"vs {reference}": lambda at, values: reference}
     table, paired = [], []
     for name, (layers, at) in points.items():
-        values = {}
-        for label, curve in curves.items():
-            value = _at(curve["metric"], at, False)
-            values[label] = None if value is None else float(value[0])
+        values = {label: None if (v := _at(c["metric"], at, False)) is None else float(v[0]) for label, c in curves.items()}
         for label in curves:
             row = {"run": label, "at": name, "layers": layers,
                    "gflops": f"{at[0]:.4g}-{at[1]:.4g}" if isinstance(at, tuple) else float(f"{at:.4g}"), metric: values[label]}

@@ -364,17 +364,9 @@ def compare_sweeps(
     if reference is not None and reference not in several:
         raise ValueError(f"--reference {reference!r} runs one depth: its GFLOPs per layer are unknown")
     reference = reference or (several or [None])[0]
-    table_rows = []
-    for label, rows in runs.items():
-        for r in rows:
-            table_rows.append({
-                "run": label,
-                "budget_layers": r.get("budget_layers"),
-                "executed_layers": r.get("executed_layers"),
-                "gflops_per_utterance": r.get("gflops_per_utterance"),
-                name: r.get(name),
-                f"{name}_std": r.get(f"{name}_std"),
-            })
+    table_rows = [{"run": label, **{c: r.get(c) for c in ("budget_layers", "executed_layers", "gflops_per_utterance",
+                                                            name, f"{name}_std")}}
+                  for label, rows in runs.items() for r in rows]
     equal, paired = equal_compute({label: (rows, items[label]) for label, rows in runs.items()}, name, reference,
                                   name not in LOWER_IS_BETTER) if reference else ([], [])
     table = markdown_table(table_rows) + (f"\n\nAt equal GFLOPs per utterance (those of N/4, N/2, 3N/4 layers of "

@@ -13,7 +13,6 @@ from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import BudgetSampling, ClassificationTask
 from tests.helpers import quiet_trainer, tiny_classification_data
 
-
 SWEEP_LAYERS = [1, 2, 3, 4]  # every budget of the tiny backbone
 
 
