@@ -18,13 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``path``; the temporary file is removed on error.
+    """Call ``write(tmp_path)`` and move the result onto ``path`` (folder created); the temporary is removed
+    on error.
 
-    Args:
-        path: the file to (re)place; its folder is created.
-        write: writes the complete content to the temporary path it is given.
-        suffix: the temporary file's suffix (a writer that picks the format from it, as matplotlib's
-            ``savefig``, needs the real one).
+    ``suffix`` is the temporary's (a writer that picks the format from it, as ``savefig``, needs the real
+    one).
     """
     path = Path(path)
     try:
@@ -48,12 +46,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
 def atomic_write_files(files: Mapping[str | os.PathLike, bytes], remove: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Write a set of files that belong together: a full disk or an error never mixes old and new files.
 
-    Every file is first written and synced to a hidden temporary beside its target; only once all of them
-    are on disk are they renamed into place, in the given order (put a file that marks the set complete
-    last), and then the files of ``remove`` (members of the old set that the new one lacks) are deleted.
-    A failure before the renames leaves every target as it was and no temporary behind; a kill during the
-    renames (no disk space needed any more) leaves a mix that the marker written last tells apart. Returns
-    the written paths, in order.
+    All are written and synced to hidden temporaries first, then renamed in the given order (put the marker of
+    a complete set last), then ``remove`` is deleted. Returns the written paths.
     """
     targets = [Path(path) for path in files]
     staged: list[tuple[str, Path]] = []
@@ -95,11 +89,8 @@ def _write_synced(tmp: str, data: bytes) -> None:
 
 
 def raise_if_disk_full(err: BaseException, path: Path) -> None:
-    """Re-raise a full disk (``ENOSPC``) or exceeded quota (``EDQUOT``) as one ``OSError`` naming the folder.
-
-    The ``OSError`` may be the context of what was raised: ``torch.save``'s archive writer, interrupted by
-    one, raises a ``RuntimeError`` ("unexpected pos") while closing the archive.
-    """
+    """Re-raise a full disk or exceeded quota as one ``OSError`` naming the folder (also as a context:
+    ``torch.save`` raises "unexpected pos")."""
     full = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
     seen: BaseException | None = err
     while seen is not None:
@@ -109,14 +100,9 @@ def raise_if_disk_full(err: BaseException, path: Path) -> None:
 
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:
-    """Check, without leaving anything behind, that files can be written in ``folder`` (or, if it does not
-    exist yet, created below its nearest existing parent), by creating and removing one.
-
-    Unlike ``os.access`` this also catches read-only mounts, and holds for root.
-
-    Raises:
-        OSError: naming the folder (``PermissionError``, ``EROFS``, ``ENOSPC``, ``NotADirectoryError``).
-    """
+    """Check that files can be written in ``folder`` (or created below its nearest existing parent) by
+    creating and removing one; unlike ``os.access`` this catches read-only mounts and holds for root. Raises
+    ``OSError`` naming the folder."""
     folder = Path(folder)
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -133,13 +119,8 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
-    """Delete the temporary files that killed atomic writes left in ``folder``; returns the deleted paths.
-
-    Args:
-        folder: where the writes went.
-        names: only the temporaries of these target file names (``.<name>.<random><suffix>``); ``None``:
-            every hidden ``.*.tmp`` file (a folder that only ldrop writes to, as a checkpoint folder).
-    """
+    """Delete the temporaries killed atomic writes left in ``folder`` (of ``names``, or every hidden
+    ``.*.tmp``)."""
     folder = Path(folder)
     patterns = [".*.tmp"] if names is None else [f".{name}.*" for name in names]
     removed = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
@@ -173,11 +154,8 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` atomically (checkpoints, exported task state), synced to disk.
-
-    ``torch.save`` writes through a Python file object here: a full disk is then an ``OSError`` with its
-    ``errno`` (a path given to ``torch.save`` fails with an ``unexpected pos`` ``RuntimeError`` instead).
-    """
+    """``torch.save(obj, path)`` atomically and synced, through a file object (a full disk is then an
+    ``OSError``)."""
     import torch
 
     def write(tmp: str) -> None:
@@ -216,12 +194,8 @@ def damaged_checkpoint_error(path: str | os.PathLike, err: BaseException) -> Che
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = False,
                          what: str = "checkpoint", mmap: bool = False) -> Any:
-    """``torch.load`` of a checkpoint file, with errors that name it (``mmap``: tensors are mapped, not read).
-
-    Raises:
-        FileNotFoundError: no file at ``path`` (``what`` names it in the message).
-        CheckpointError: the file is damaged, empty or not a checkpoint.
-    """
+    """``torch.load`` of a checkpoint (``mmap``: mapped, not read); ``FileNotFoundError`` or
+    :class:`CheckpointError`."""
     import torch
 
     path = Path(path)

@@ -1,16 +1,7 @@
-"""Progress lines for long work that runs outside Lightning's loops, through the ``ldrop.progress`` logger.
+"""Progress lines for long work outside Lightning's loops (selector fitting, test scoring, profiling), through
+the ``ldrop.progress`` logger.
 
-Lightning shows bars for its own loops. Between them ldrop runs work of its own: after "Loaded model
-weights", ``ldrop test`` fits the selector on validation data (the fallback's checks, a greedy subset search,
-threshold or confidence calibration), scores every test batch at each budget with its controls and oracles,
-and scores the headroom on the validation split; ``ldrop profile`` times a grid. A :class:`Phase` turns each
-of them into lines: one when it starts, one per step at most every ``interval`` seconds (steps done, the
-total, the elapsed time) and one when it ends, so that no phase is minutes of silence.
-
-The lines show in a terminal without any logging set-up: as Lightning does for its own logger,
-``ldrop.progress`` gets a handler on stderr when the application has configured no logging (no handler on it,
-on ``ldrop`` or on the root logger). Otherwise its records go to the application's handlers (pytest's
-``caplog`` included).
+Like Lightning's logger, ``ldrop.progress`` gets a stderr handler when the application configured no logging.
 """
 
 from __future__ import annotations
@@ -63,19 +54,9 @@ def _seconds(value: float) -> str:
 class Phase:
     """Lines for one long phase: a start line, throttled step lines and an end line, each with elapsed time.
 
-    Use as a context manager::
-
-        with Phase("greedy subset search on validation data", total=11, unit="layer removal") as phase:
-            for ...:
-                ...
-                phase.step("k=7: layers [0, 2, 5, ...]")
-            phase.done("best subsets for 3 budgets")
-
-    Args:
-        title: what runs, as the user would name it (each line starts with it).
-        total: the number of steps, if known (shown as ``done/total``).
-        unit: what one step is (``"budget"``, ``"batch"``).
-        interval: at most one step line per this many seconds (the last step is always shown).
+    ``with Phase("greedy subset search", total=11, unit="layer removal") as phase:`` then
+    ``phase.step(detail)`` per step and ``phase.done(summary)``; a step line shows at most every ``interval``
+    seconds.
     """
 
     def __init__(self, title: str, total: int | None = None, unit: str = "step", interval: float = 10.0) -> None:

@@ -1,10 +1,7 @@
 """One interface over the Hugging Face speech encoders: front end, one encoder layer at a time, final norm.
 
-The adapter never changes the pre-trained architecture: it calls the model's own sub-modules in the order
-the model's own ``forward`` does, so that running every layer reproduces ``model(...).last_hidden_state``.
-What it adds is the ability to run *one* layer on *any* sub-batch, which the gated engine needs.
-
-Only torch and transformers are imported here; nothing in this module knows about Lightning.
+The adapter calls the model's own sub-modules in the order its ``forward`` does (running every layer
+reproduces ``last_hidden_state``) and adds running *one* layer on *any* sub-batch, for the gated engine.
 """
 
 from __future__ import annotations
@@ -47,8 +44,7 @@ Family = Literal["wavlm", "hubert", "wav2vec2", "data2vec"]
 
 #: Family name -> (config class, model class, the ``model_type`` string of its configs).
 FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel], str]] = {
-    "wavlm": (WavLMConfig, WavLMModel, "wavlm"),
-    "hubert": (HubertConfig, HubertModel, "hubert"),
+    "wavlm": (WavLMConfig, WavLMModel, "wavlm"), "hubert": (HubertConfig, HubertModel, "hubert"),
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model, "wav2vec2"),
     "data2vec": (Data2VecAudioConfig, Data2VecAudioModel, "data2vec-audio"),
 }
@@ -58,21 +54,13 @@ _ADAPTERS: dict[str, type[SpeechBackbone]] = {}
 
 
 def register_family(
-    name: str,
-    config_class: type[PretrainedConfig],
-    model_class: type[PreTrainedModel],
-    model_type: str,
+    name: str, config_class: type[PretrainedConfig], model_class: type[PreTrainedModel], model_type: str,
     adapter_class: type[SpeechBackbone] | None = None,
 ) -> None:
     """Make another Hugging Face speech encoder family loadable (``from_pretrained``, ``tiny_config``).
 
-    The family must have the wav2vec 2.0 layout that :class:`SpeechBackbone` drives: ``feature_extractor``,
-    ``feature_projection``, ``_mask_hidden_states`` and an ``encoder`` with ``pos_conv_embed``, ``layer_norm``,
-    ``dropout`` and ``layers`` whose layers take ``(hidden_states, attention_mask=...)``. A family whose layers
-    need more context (as WavLM's position bias, see :class:`WavLMBackbone`) passes an ``adapter_class``: a
-    :class:`SpeechBackbone` subclass overriding :meth:`~SpeechBackbone.prepare_layers` and
-    :meth:`~SpeechBackbone.run_layer`, which :meth:`SpeechBackbone.from_pretrained` and
-    :meth:`SpeechBackbone.from_config` then return for that family.
+    The family must have the wav2vec 2.0 layout; one whose layers need more context (WavLM's position bias)
+    passes an ``adapter_class`` overriding ``prepare_layers`` and ``run_layer``.
     """
     if adapter_class is not None and not (isinstance(adapter_class, type) and issubclass(adapter_class, SpeechBackbone)):
         raise TypeError(f"adapter_class must be a SpeechBackbone subclass, got {adapter_class!r}")
@@ -90,11 +78,7 @@ def adapter_class_for(family: str) -> type[SpeechBackbone]:
 
 
 def family_of(config: PretrainedConfig) -> str:
-    """The ldrop family name of a Hugging Face config (``"wavlm"``, ``"hubert"``, ...).
-
-    Raises:
-        ValueError: the config's ``model_type`` is not a supported speech encoder.
-    """
+    """The ldrop family name of a Hugging Face config; ``ValueError`` for an unsupported ``model_type``."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _MODEL_TYPE_TO_FAMILY:
         raise ValueError(
@@ -120,8 +104,7 @@ def _is_local_reference(name_or_path: str | os.PathLike) -> bool:
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     """``name_or_path`` ready for ``from_pretrained``: a checked local folder (``~`` expanded) or a hub id.
 
-    Raises:
-        FileNotFoundError: a local-looking path that does not exist, or a folder without ``config.json``.
+    Raises ``FileNotFoundError`` for a local-looking path that does not exist or has no ``config.json``.
     """
     if not _is_local_reference(name_or_path):
         return str(name_or_path)
@@ -141,11 +124,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
 
 
 def load_feature_extractor(name_or_path: str | os.PathLike) -> Wav2Vec2FeatureExtractor | None:
-    """The checkpoint's input preprocessing (``preprocessor_config.json``), or ``None`` when it has none.
-
-    Only the waveform conventions are used: ``do_normalize`` (zero mean, unit variance per utterance) and
-    ``return_attention_mask`` (whether the model was meant to see a padding mask).
-    """
+    """The checkpoint's ``preprocessor_config.json`` as a feature extractor, or ``None`` without one."""
     try:
         return Wav2Vec2FeatureExtractor.from_pretrained(str(name_or_path))
     except OSError as err:
@@ -159,12 +138,7 @@ def load_feature_extractor(name_or_path: str | os.PathLike) -> Wav2Vec2FeatureEx
 def zero_mean_unit_var(waveforms: Tensor, lengths: Tensor, eps: float = 1e-7) -> Tensor:
     """Per-utterance zero mean and unit variance over the real samples; padding stays zero.
 
-    The padding-aware version of ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm`` (same ``eps``, the
-    population variance), so a padded batch gets what each utterance would get alone.
-
-    Args:
-        waveforms: ``[batch, samples]`` float, zero-padded at the end.
-        lengths: ``[batch]`` valid samples.
+    The padding-aware ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm`` (same ``eps``).
     """
     real = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]
     weights = real.to(waveforms.dtype)
@@ -178,11 +152,8 @@ def zero_mean_unit_var(waveforms: Tensor, lengths: Tensor, eps: float = 1e-7) ->
 class LayerContext:
     """Batch-independent state shared by every encoder layer of one forward pass.
 
-    Attributes:
-        max_frames: the longest sequence the context was prepared for.
-        position_bias: WavLM only: the relative position bias ``[heads, frames, frames]`` that layer 0
-            computes and every later layer consumes. Kept here so that it exists even for samples that
-            skip layer 0; sliced to each sub-batch's length (the bias depends only on relative positions).
+    ``position_bias`` (WavLM only, ``[heads, frames, frames]``) is computed once so that it exists even for
+    samples that skip layer 0, and sliced to each sub-batch's length.
     """
 
     max_frames: int
@@ -193,35 +164,21 @@ class LayerContext:
 class SpeechBackbone(nn.Module):
     """Adapter over a pre-trained Hugging Face speech encoder (WavLM, HuBERT, wav2vec 2.0, Data2VecAudio).
 
-    The forward pass is split into the pieces a layer-dropping model needs:
-
-    ``extract_features`` (CNN feature encoder) -> ``frontend`` (feature projection, SpecAugment in
-    training, positional convolution, the pre-stack LayerNorm of post-norm models) -> ``run_layer(i)`` for
-    the layers that run -> ``finalize`` (the post-stack LayerNorm of ``do_stable_layer_norm`` models).
+    The forward is split into ``extract_features`` (CNN) -> ``frontend`` (projection, SpecAugment in training,
+    positional convolution, pre-stack norm) -> ``run_layer(i)`` for the layers that run -> ``finalize``.
 
     Args:
         model: a ``WavLMModel``, ``HubertModel``, ``Wav2Vec2Model`` or ``Data2VecAudioModel``.
-        freeze_feature_encoder: keep the CNN feature encoder frozen (the usual fine-tuning set-up); it then
-            runs without autograd.
-        apply_spec_augment: SpecAugment-style time/feature masking in training; ``None`` keeps the config's
-            own setting.
-        feature_extractor: the checkpoint's input preprocessing config (see :func:`load_feature_extractor`);
-            ``None`` for models built from a config (``tiny:``, ``random:``).
-        normalize_waveforms: normalise each waveform to zero mean and unit variance over its real samples
-            (:meth:`prepare_waveforms`); ``None`` follows ``feature_extractor.do_normalize`` (no
-            normalisation without one).
-
-    Example:
-        >>> backbone = SpeechBackbone.from_pretrained("microsoft/wavlm-base-plus")  # doctest: +SKIP
-        >>> feats, mask = backbone.extract_features(waveforms, lengths)  # doctest: +SKIP
+        freeze_feature_encoder: keep the CNN frozen (it then runs without autograd).
+        apply_spec_augment: SpecAugment in training; ``None`` keeps the config's setting.
+        feature_extractor: the checkpoint's input preprocessing (:func:`load_feature_extractor`), or ``None``.
+        normalize_waveforms: zero mean, unit variance per waveform; ``None`` follows
+            ``feature_extractor.do_normalize``.
     """
 
     def __init__(
-        self,
-        model: PreTrainedModel,
-        freeze_feature_encoder: bool = True,
-        apply_spec_augment: bool | None = None,
-        feature_extractor: Wav2Vec2FeatureExtractor | None = None,
+        self, model: PreTrainedModel, freeze_feature_encoder: bool = True,
+        apply_spec_augment: bool | None = None, feature_extractor: Wav2Vec2FeatureExtractor | None = None,
         normalize_waveforms: bool | None = None,
     ) -> None:
         super().__init__()
@@ -268,22 +225,12 @@ class SpeechBackbone(nn.Module):
     def from_pretrained(
         cls, name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None, **kwargs: Any
     ) -> SpeechBackbone:
-        """Load a pre-trained encoder from a Hugging Face hub id or a local ``save_pretrained`` directory.
+        """Load a pre-trained encoder from a hub id or a local ``save_pretrained`` directory.
 
-        Weights load with no missing keys (the architecture is untouched); keys the bare encoder does not use
-        (a CTC head, a quantizer) are reported and ignored. Returns the adapter registered for the family
-        (:class:`WavLMBackbone` for WavLM) when called on :class:`SpeechBackbone`.
-
-        Args:
-            name_or_path: hub id such as ``"microsoft/wavlm-base-plus"`` or a local directory.
-            overrides: config attributes to change before loading (``{"mask_time_prob": 0.0}``); the
-                weights must still all be in the checkpoint.
-            **kwargs: passed to the adapter's constructor (``normalize_waveforms=None`` follows the
-                checkpoint's ``preprocessor_config.json``).
-
-        Raises:
-            FileNotFoundError: a local-looking path that does not exist or holds no ``config.json``.
-            ValueError: unsupported model type, or weights missing from the checkpoint.
+        Weights must load with no missing keys; unused keys (a CTC head) are ignored. Called on
+        :class:`SpeechBackbone`, it returns the adapter registered for the family. ``overrides`` change config
+        attributes before loading; ``**kwargs`` go to the adapter's constructor. Raises ``FileNotFoundError``
+        (no such folder) or ``ValueError`` (unsupported model type, missing weights).
         """
         name_or_path = resolve_checkpoint(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path, **(overrides or {}))
@@ -304,10 +251,7 @@ class SpeechBackbone(nn.Module):
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> SpeechBackbone:
-        """A randomly initialised encoder from a Hugging Face config (any supported family).
-
-        Returns the adapter registered for the family when called on :class:`SpeechBackbone`.
-        """
+        """A randomly initialised encoder from a Hugging Face config (the family's registered adapter)."""
         family = family_of(config)
         return cls._adapter_for(family)(FAMILIES[family][1](config), **kwargs)
 
@@ -318,20 +262,12 @@ class SpeechBackbone(nn.Module):
         return registered if issubclass(registered, cls) else cls
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the encoder as a ``save_pretrained`` directory that :meth:`from_pretrained` reads back.
-
-        The input preprocessing in use (:meth:`input_processor`) is written beside the weights as
-        ``preprocessor_config.json``, so the folder loads back with the same normalisation.
-        """
+        """Write the encoder and its input preprocessing (``preprocessor_config.json``)."""
         self.model.save_pretrained(directory)
         self.input_processor().save_pretrained(directory)
 
     def input_processor(self) -> Wav2Vec2FeatureExtractor:
-        """A feature-extractor config describing the input preprocessing in use.
-
-        The checkpoint's own one (with ``do_normalize`` set to what ldrop does), or a default
-        ``Wav2Vec2FeatureExtractor`` (16 kHz, padding value 0, attention mask) for models built from a config.
-        """
+        """The input preprocessing in use (a 16 kHz default for models built from a config)."""
         if self.feature_extractor is None:
             return Wav2Vec2FeatureExtractor(do_normalize=self.normalize_waveforms, return_attention_mask=True)
         processor = Wav2Vec2FeatureExtractor.from_dict(self.feature_extractor.to_dict())
@@ -339,12 +275,7 @@ class SpeechBackbone(nn.Module):
         return processor
 
     def prepare_waveforms(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """The model's input: waveforms normalised per utterance over real samples when the checkpoint asks.
-
-        Args:
-            waveforms: ``[batch, samples]`` float, zero-padded at the end.
-            lengths: ``[batch]`` valid samples.
-        """
+        """The model's input: waveforms normalised over their real samples when the checkpoint asks."""
         if not self.normalize_waveforms:
             return waveforms
         return zero_mean_unit_var(waveforms.float(), lengths).to(waveforms.dtype)
@@ -388,18 +319,10 @@ class SpeechBackbone(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
     def extract_features(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Run the CNN feature encoder.
+        """Run the CNN on ``[batch, samples]`` waveforms (``lengths=None``: no padding).
 
-        Args:
-            waveforms: ``[batch, samples]`` float, zero-padded at the end.
-            lengths: ``[batch]`` valid samples per waveform; ``None`` means no padding.
-
-        Returns:
-            ``features [batch, frames, feature_dim]`` and ``frame_mask [batch, frames]`` (bool, True on
-            real frames).
-
-        Raises:
-            ValueError: a waveform shorter than the CNN's receptive field (pad it to at least that).
+        Returns ``features [batch, frames, feature_dim]`` and ``frame_mask [batch, frames]`` (True on real
+        frames); ``ValueError`` for a waveform shorter than the receptive field.
         """
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be [batch, samples], got shape {tuple(waveforms.shape)}")
@@ -422,16 +345,7 @@ class SpeechBackbone(nn.Module):
         return features, frame_mask
 
     def frontend(self, features: Tensor, frame_mask: Tensor) -> Tensor:
-        """Feature projection, SpecAugment (training), positional convolution and pre-stack norm.
-
-        Args:
-            features: ``[batch, frames, feature_dim]`` from :meth:`extract_features`.
-            frame_mask: ``[batch, frames]`` bool.
-
-        Returns:
-            ``[batch, frames, hidden]``: the input of encoder layer 0, zero on padding frames before the
-            positional convolution exactly as in the Hugging Face encoder.
-        """
+        """Projection, SpecAugment (training), positional convolution and pre-stack norm: layer 0's input."""
         projected = self.model.feature_projection(features)
         hidden = projected[0] if isinstance(projected, tuple) else projected
         if self._mask_accepts_attention:
@@ -450,17 +364,7 @@ class SpeechBackbone(nn.Module):
         return LayerContext(max_frames=frame_mask.shape[1])
 
     def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor, context: LayerContext) -> Tensor:
-        """Run encoder layer ``index`` on a (sub-)batch.
-
-        Args:
-            index: layer index in ``0..num_layers-1``.
-            hidden: ``[batch, frames, hidden]`` with ``frames <= context.max_frames``.
-            frame_mask: ``[batch, frames]`` bool.
-            context: from :meth:`prepare_layers` for a batch at least this long.
-
-        Returns:
-            ``[batch, frames, hidden]``, the layer's output.
-        """
+        """Run encoder layer ``index`` on a ``[batch, frames, hidden]`` (sub-)batch."""
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=frame_mask)
         out = self.layers[index](hidden, attention_mask=mask)
         return out[0] if isinstance(out, tuple) else out
@@ -482,13 +386,7 @@ class SpeechBackbone(nn.Module):
 
 
 class WavLMBackbone(SpeechBackbone):
-    """WavLM: every layer consumes the gated relative position bias that layer 0 owns.
-
-    In Hugging Face's ``WavLMEncoder`` layer 0 computes the bias and hands it to the next layer. Here it is
-    computed once per forward from layer 0's embedding (:meth:`prepare_layers`), so that it exists even
-    for samples that skip layer 0, and sliced to each sub-batch's length (it depends only on relative
-    positions).
-    """
+    """WavLM: every layer consumes the relative position bias that layer 0 owns."""
 
     def prepare_layers(self, frame_mask: Tensor) -> LayerContext:
         """The layer context with ``position_bias [heads, frames, frames]`` from layer 0's embedding."""
@@ -514,40 +412,22 @@ register_family("wavlm", WavLMConfig, WavLMModel, "wavlm", WavLMBackbone)
 
 
 def tiny_config(
-    family: Family = "wavlm",
-    *,
-    num_layers: int = 4,
-    hidden_size: int = 32,
-    num_heads: int = 2,
-    intermediate_size: int = 64,
-    conv_channels: int = 32,
-    stable_layer_norm: bool = False,
-    **overrides: Any,
+    family: Family = "wavlm", *, num_layers: int = 4, hidden_size: int = 32, num_heads: int = 2,
+    intermediate_size: int = 64, conv_channels: int = 32, stable_layer_norm: bool = False, **overrides: Any,
 ) -> PretrainedConfig:
     """A tiny config of a supported family, for tests, the quickstart and timing-free experiments.
 
-    The CNN keeps the real kernel/stride layout (total stride 320, receptive field 400 samples: 50 frames
-    per second at 16 kHz), only narrower. ``stable_layer_norm=True`` gives the "large" pre-norm layout
-    (not available for Data2VecAudio, which has only the post-norm layout).
+    The CNN keeps the real kernel/stride layout (400-sample receptive field, 50 frames/s at 16 kHz), only
+    narrower; ``stable_layer_norm=True`` gives the pre-norm layout (not for Data2VecAudio).
     """
     config_cls = FAMILIES[family][0]
     kwargs: dict[str, Any] = dict(
-        num_hidden_layers=num_layers,
-        hidden_size=hidden_size,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        conv_dim=(conv_channels,) * 7,
-        conv_kernel=geometry.STOCK_CNN.conv_kernel,
-        conv_stride=geometry.STOCK_CNN.conv_stride,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        feat_extract_norm="layer" if stable_layer_norm else "group",
-        layerdrop=0.0,
-        mask_time_prob=0.0,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
+        num_hidden_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_heads,
+        intermediate_size=intermediate_size, conv_dim=(conv_channels,) * 7,
+        conv_kernel=geometry.STOCK_CNN.conv_kernel, conv_stride=geometry.STOCK_CNN.conv_stride,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer" if stable_layer_norm else "group", layerdrop=0.0, mask_time_prob=0.0,
+        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
     )
     if family == "data2vec":
         if stable_layer_norm:

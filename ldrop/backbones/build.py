@@ -16,26 +16,17 @@ from ldrop.backbones.adapter import (
 
 
 def load_backbone(
-    backbone: str,
-    pretrained: bool = True,
-    overrides: dict[str, Any] | None = None,
-    freeze_feature_encoder: bool = True,
-    normalize_waveforms: bool | None = None,
+    backbone: str, pretrained: bool = True, overrides: dict[str, Any] | None = None,
+    freeze_feature_encoder: bool = True, normalize_waveforms: bool | None = None,
 ) -> SpeechBackbone:
-    """A :class:`SpeechBackbone` from a hub id, a local directory, ``"tiny:<family>"`` or ``"random:<family>"``.
+    """A :class:`SpeechBackbone` from a hub id, a local directory, ``"tiny:<family>"`` or
+    ``"random:<family>"``.
 
-    ``"tiny:<family>"`` (``wavlm``, ``hubert``, ``wav2vec2``, ``data2vec``; add ``-large`` for the pre-norm
-    layout) builds a tiny randomly initialised model for tests and the quickstart; ``"random:<family>"`` the
-    family's default (base-size) Hugging Face config, randomly initialised (benchmarks). ``pretrained=False``
-    builds a randomly initialised model from the hub/local config (``overrides`` applied to it); with
-    ``pretrained=True`` the overrides change the config and every weight must still be in the checkpoint.
-
-    ``normalize_waveforms=None`` follows a hub/local checkpoint's ``preprocessor_config.json``
-    (``do_normalize``) and means "no normalisation" for ``tiny:``/``random:``; ``True``/``False`` force it.
-
-    Raises:
-        FileNotFoundError: a local path that does not exist or holds no ``config.json``.
-        ValueError: an unknown family, or (``pretrained=True``) weights missing from the checkpoint.
+    ``tiny:`` (add ``-large`` for the pre-norm layout) is a tiny random model for tests; ``random:`` the
+    family's base-size config, randomly initialised. ``pretrained=False`` randomly initialises the hub/local
+    config (``overrides`` applied); with ``pretrained=True`` every weight must be in the checkpoint.
+    ``normalize_waveforms=None`` follows the checkpoint's ``preprocessor_config.json`` (no normalisation for
+    ``tiny:``/``random:``).
     """
     overrides = dict(overrides or {})
     options = dict(freeze_feature_encoder=freeze_feature_encoder, normalize_waveforms=normalize_waveforms)

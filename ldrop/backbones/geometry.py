@@ -1,8 +1,5 @@
-"""The CNN feature encoder's frame geometry, from a config alone (no model built).
-
-``config`` is anything with the Hugging Face ``conv_kernel`` and ``conv_stride`` lists: a backbone config, or
-:data:`STOCK_CNN` (the CNN of every shipped family: a 400-sample receptive field, a frame every 320 samples).
-"""
+"""The CNN's frame geometry from anything with ``conv_kernel`` and ``conv_stride`` (a config, or
+:data:`STOCK_CNN`)."""
 
 from __future__ import annotations
 
@@ -25,15 +22,7 @@ STOCK_CNN = ConvLayout((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))
 
 
 def frame_lengths(config, samples: Tensor | int) -> Tensor | int:
-    """Frames the CNN produces for ``samples`` waveform samples (0 below the receptive field).
-
-    Args:
-        config: has ``conv_kernel`` and ``conv_stride``.
-        samples: ``[batch]`` samples per waveform, or one count.
-
-    Returns:
-        ``[batch]`` long frames (an ``int`` for an ``int``).
-    """
+    """Frames the CNN produces for ``samples`` (``[batch]`` or an ``int``); 0 below the receptive field."""
     length = torch.as_tensor(samples).to(torch.long)
     for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
         length = (torch.div(length - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)

@@ -1,12 +1,9 @@
 """Meeting a per-utterance deadline while the load changes: full depth, a fixed budget, open and closed loop.
 
-A stream of utterances of mixed lengths is replayed one at a time with one deadline (``--deadline-ms``; by
-default the idle time of about two thirds of the layers on the longest one), while ``--load-procs``
-CPU-burning processes, started and stopped here, load the machine for ``--load-span`` of the stream. Four
-policies run each utterance in a random order: ``full`` (every layer), ``fixed`` (the largest budget meeting
-the deadline on the idle machine), ``open_loop`` (the controller with the device profile) and
-``closed_loop`` (correcting the profile with measured latencies). It reports the miss rate and mean layers
-(idle, loaded), the accuracy with ``--ckpt``, writes JSON and plots latency and depth over the stream.
+Utterances of mixed lengths are replayed one at a time with one deadline, while ``--load-procs`` CPU-burning
+processes load the machine for ``--load-span`` of the stream; each utterance runs under ``full``, ``fixed``
+(the largest budget meeting the deadline idle), ``open_loop`` and ``closed_loop``. Reports miss rates and mean
+layers (idle, loaded), accuracy with ``--ckpt``, JSON and plots.
 """
 
 from __future__ import annotations
@@ -47,11 +44,7 @@ def _burn(stop_at: float) -> None:
 
 
 class LoadGenerator:
-    """``procs`` CPU-burning processes, each stopping by itself after ``max_seconds``.
-
-    Use as a context manager or call :meth:`start` / :meth:`stop`; :meth:`stop` terminates what is left
-    and is safe to call twice.
-    """
+    """``procs`` CPU-burning processes, each stopping by itself after ``max_seconds``."""
 
     def __init__(self, procs: int, max_seconds: float) -> None:
         self.procs = procs
@@ -141,11 +134,7 @@ def replay(policies: Sequence[str], model: Any, profile: DeviceProfile, clips: S
            targets: Sequence[int | None], deadline_ms: float, fixed_k: int, load: LoadGenerator,
            load_span: tuple[int, int], margin: float, seed: int = 0, runner_class: Any = AdaptiveModel
            ) -> dict[str, list[dict[str, Any]]]:
-    """Stream ``clips`` one at a time, the load on for utterances in ``load_span``.
-
-    Every utterance is run by every policy in turn (in a fresh random order), so all policies meet the
-    machine in the same state; each policy keeps its own controller.
-    """
+    """Stream ``clips`` one at a time, the load on in ``load_span``; every policy runs each utterance."""
     runners = {p: runner_class(model, profile=profile, closed_loop=(p == "closed_loop"), margin=margin)
                for p in policies}
     budgets: dict[str, Any] = {p: {"full": None, "fixed": fixed_k}.get(p, {"ms": deadline_ms}) for p in policies}
@@ -220,9 +209,7 @@ def plot(results: dict[str, list[dict[str, Any]]], deadline_ms: float, load_span
 
 # ---------------------------------------------------------------------------------------------- main
 def onnx_runtime(task: Any, threads: int | None, export_dir: str | None) -> tuple[Any, Any, Any]:
-    """``(model, runner(model, **controller options), profile(model, **grid))`` on ONNX Runtime: ``task``
-    exported to ``export_dir`` (reused if it holds an export; default: a temporary folder), every policy's
-    runner sharing its loaded graphs with a controller of its own."""
+    """``(model, runner, profile)`` on ONNX Runtime: ``task`` exported to (or reused from) ``export_dir``."""
     from ldrop.runtime.onnx_export import export_onnx
     from ldrop.runtime.onnx_profile import profile_onnx
     from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel

@@ -1,10 +1,7 @@
 """Loading benchmark: seconds of audio per second of wall time through each DataModule's train loader.
 
-Each dataset's layout is built at benchmark scale in a temporary folder with the builders of
-:mod:`ldrop.testing.fixtures` (real FLAC, NIST SPHERE and 44.1 kHz WAV files, realistic clip lengths), then
-its training DataLoader is iterated with ``--workers`` worker processes. Run::
-
-    python -m ldrop.bench.dataloading --dataset all --workers 2 --json loading.json
+Each layout is built at benchmark scale with :mod:`ldrop.testing.fixtures`, then iterated with ``--workers``
+workers: ``python -m ldrop.bench.dataloading --dataset all --workers 2 --json loading.json``.
 """
 
 from __future__ import annotations
@@ -74,27 +71,11 @@ def _build(name: str, folder: Path, scale: float, common: dict[str, Any]) -> Aud
 
 
 def benchmark_loading(
-    dataset: str,
-    workers: int = 2,
-    batch_size: int = 8,
-    epochs: int = 2,
-    scale: float = 1.0,
+    dataset: str, workers: int = 2, batch_size: int = 8, epochs: int = 2, scale: float = 1.0,
     root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Build ``dataset`` at benchmark scale and time full passes over its training loader.
-
-    Args:
-        dataset: one of :data:`DATASETS`.
-        workers: DataLoader worker processes.
-        batch_size: items per batch.
-        epochs: timed passes (each starts its workers anew, as Lightning does without persistent workers).
-        scale: multiplies the number of files written (1.0 = a few hundred seconds of audio per dataset).
-        root: folder to build in; default a temporary folder removed afterwards.
-
-    Returns:
-        ``dataset``, ``items``, ``batches``, ``audio_seconds`` (per pass), ``setup_seconds`` (listing and
-        header checks), ``wall_seconds`` (mean per pass), ``audio_seconds_per_second``, ``workers``.
-    """
+    """Build ``dataset`` at benchmark ``scale`` and time full passes over its training loader (new workers
+    each pass)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
     with tempfile.TemporaryDirectory(prefix=f"ldrop-bench-{dataset}-", dir=root) as tmp:
@@ -115,13 +96,9 @@ def benchmark_loading(
         audio_seconds = samples / dm.sample_rate
         wall = sum(walls) / len(walls)
         return {
-            "dataset": dataset,
-            "items": len(dm.dataset("train")),
-            "batches": batches,
-            "audio_seconds": round(audio_seconds, 2),
-            "setup_seconds": round(setup_seconds, 3),
-            "wall_seconds": round(wall, 3),
-            "audio_seconds_per_second": round(audio_seconds / wall, 1),
+            "dataset": dataset, "items": len(dm.dataset("train")), "batches": batches,
+            "audio_seconds": round(audio_seconds, 2), "setup_seconds": round(setup_seconds, 3),
+            "wall_seconds": round(wall, 3), "audio_seconds_per_second": round(audio_seconds / wall, 1),
             "workers": workers,
         }
 
@@ -129,11 +106,8 @@ def benchmark_loading(
 def _table(results: list[dict[str, Any]]) -> str:
     rows = [
         {
-            "dataset": r["dataset"],
-            "train items": r["items"],
-            "audio (s)": f"{r['audio_seconds']:.1f}",
-            "setup (s)": f"{r['setup_seconds']:.2f}",
-            "wall / pass (s)": f"{r['wall_seconds']:.2f}",
+            "dataset": r["dataset"], "train items": r["items"], "audio (s)": f"{r['audio_seconds']:.1f}",
+            "setup (s)": f"{r['setup_seconds']:.2f}", "wall / pass (s)": f"{r['wall_seconds']:.2f}",
             "audio s / wall s": f"{r['audio_seconds_per_second']:.0f}",
         }
         for r in results

@@ -1,13 +1,9 @@
 """``python -m ldrop.bench gpu``: the figures a GPU run should give, in one command sized for a short lease.
 
-Phases, each timed and recorded even when it fails: ``speedup <family> <size> b<batch>`` (the table of
-:mod:`ldrop.bench.speedup`), ``host syncs <family> <size>`` (of one sparse forward, by
-:class:`~ldrop.engine.host_syncs.HostSyncCounter` and, on CUDA, torch's sync debug mode), ``profile`` (``ldrop
-profile`` on this device and dtype) and ``quickstart`` (``ldrop fit`` a few steps, then ``ldrop test``, at
-``--precision``); the ``ldrop`` commands run as child processes. It writes ``<out>/gpu.json`` (rewritten after
-each phase, ``"finished": false`` until the end) and ``<out>/gpu.md`` (a summary for the README). A phase that
-would start after ``--time-limit`` seconds is skipped. Without CUDA, or with ``--small``, a small mode (tiny
-geometry, one round, a few fit steps) runs in seconds, for tests.
+Phases, each timed and recorded even when it fails: ``speedup``, ``host syncs`` (of one sparse forward),
+``profile`` and ``quickstart`` (``ldrop fit`` a few steps, then ``ldrop test``, as child processes). Writes
+``<out>/gpu.json`` (after each phase) and ``<out>/gpu.md``; a phase that would start after ``--time-limit`` is
+skipped. Without CUDA, or with ``--small``, a tiny mode runs in seconds, for tests.
 """
 
 from __future__ import annotations
@@ -111,25 +107,13 @@ def settings_for(args: argparse.Namespace) -> Settings:
         return defaults[name] if value is None else value
 
     return Settings(
-        out=Path(args.out),
-        device=device,
-        small=small,
-        families=_names(pick("families")),
-        sizes=_names(pick("sizes")),
-        batch_sizes=[int(b) for b in _names(pick("batch_sizes"))],
-        seconds=float(pick("seconds")),
-        budgets=args.budgets,
-        repeats=int(pick("repeats")),
-        warmup=int(pick("warmup")),
-        dtype=pick("dtype"),
-        precision=args.precision,
-        quickstart_config=Path(args.quickstart_config),
-        quickstart_steps=args.quickstart_steps,
-        profile_args=list(defaults["profile"]),
-        time_limit=float(args.time_limit),
-        skip=set(_names(args.skip)),
-        seed=args.seed,
-        threads=pick("threads"),
+        out=Path(args.out), device=device, small=small, families=_names(pick("families")),
+        sizes=_names(pick("sizes")), batch_sizes=[int(b) for b in _names(pick("batch_sizes"))],
+        seconds=float(pick("seconds")), budgets=args.budgets, repeats=int(pick("repeats")),
+        warmup=int(pick("warmup")), dtype=pick("dtype"), precision=args.precision,
+        quickstart_config=Path(args.quickstart_config), quickstart_steps=args.quickstart_steps,
+        profile_args=list(defaults["profile"]), time_limit=float(args.time_limit),
+        skip=set(_names(args.skip)), seed=args.seed, threads=pick("threads"),
     )
 
 
@@ -168,12 +152,9 @@ def describe_machine(device: str) -> dict[str, Any]:
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         info["gpu"] = {
-            "name": props.name,
-            "memory_gib": round(props.total_memory / 2**30, 1),
-            "multiprocessors": props.multi_processor_count,
-            "capability": f"{props.major}.{props.minor}",
-            "cudnn": torch.backends.cudnn.version(),
-            "bf16_supported": torch.cuda.is_bf16_supported(),
+            "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count, "capability": f"{props.major}.{props.minor}",
+            "cudnn": torch.backends.cudnn.version(), "bf16_supported": torch.cuda.is_bf16_supported(),
             "nvidia_smi": _nvidia_smi(),
         }
     return info
@@ -182,16 +163,9 @@ def describe_machine(device: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- host syncs
 def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str, dtype: str,
                        seed: int = 0) -> dict[str, Any]:
-    """The host syncs of one sparse inference forward (:func:`~ldrop.bench.speedup.sparse_forward`).
-
-    The batch is padded (lengths from ``seconds`` down to half of it) and every input keeps its own random
-    half of the layers, so sub-batches differ in size and length as in real use.
-
-    Returns:
-        ``{"layers", "counted", "counted_in_engine", "where", "cuda_sync_debug"}``: the syncs the counter
-        saw (all, and those made by ``ldrop/engine``), the lines that made them, and on CUDA the number of
-        warnings of ``torch.cuda.set_sync_debug_mode("warn")`` over the same forward (``None`` on CPU).
-    """
+    """The host syncs of one sparse inference forward on a padded batch, each input keeping its own random
+    half of the layers: ``{"layers", "counted", "counted_in_engine", "where", "cuda_sync_debug"}`` (the last,
+    on CUDA only, from ``torch.cuda.set_sync_debug_mode("warn")``)."""
     from ldrop.engine.host_syncs import HostSyncCounter
 
     torch_device = torch.device(device)
@@ -222,11 +196,8 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
                     torch.cuda.set_sync_debug_mode(previous)
             debug_warnings = sum("synchroniz" in str(w.message) for w in caught)
     return {
-        "layers": num_layers,
-        "batch_size": batch_size,
-        "counted": syncs.count,
-        "counted_in_engine": syncs.count_in("ldrop/engine"),
-        "where": syncs.where(),
+        "layers": num_layers, "batch_size": batch_size, "counted": syncs.count,
+        "counted_in_engine": syncs.count_in("ldrop/engine"), "where": syncs.where(),
         "cuda_sync_debug": debug_warnings,
     }
 
@@ -292,14 +263,9 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
          settings.out / "quickstart-test.log", settings.threads)
     test_seconds = time.perf_counter() - start
     return {
-        "config": str(settings.quickstart_config),
-        "precision": settings.precision,
-        "accelerator": accelerator,
-        "fit_steps": steps,
-        "fit_seconds": fit_seconds,
-        "test_seconds": test_seconds,
-        "sweep": load_sweep(test_dir),
-        "folder": str(root),
+        "config": str(settings.quickstart_config), "precision": settings.precision,
+        "accelerator": accelerator, "fit_steps": steps, "fit_seconds": fit_seconds,
+        "test_seconds": test_seconds, "sweep": load_sweep(test_dir), "folder": str(root),
     }
 
 
@@ -312,16 +278,10 @@ class Run:
         self.start = time.perf_counter()
         self._print = log
         self.report: dict[str, Any] = {
-            "benchmark": "gpu",
-            "command": "python -m ldrop.bench gpu " + " ".join(argv),
-            "mode": "small" if settings.small else "full",
-            "device": settings.device,
-            "dtype": settings.dtype,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "finished": False,
-            "elapsed_s": 0.0,
-            "machine": {},
-            "phases": [],
+            "benchmark": "gpu", "command": "python -m ldrop.bench gpu " + " ".join(argv),
+            "mode": "small" if settings.small else "full", "device": settings.device, "dtype": settings.dtype,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": False,
+            "elapsed_s": 0.0, "machine": {}, "phases": [],
         }
 
     def elapsed(self) -> float:

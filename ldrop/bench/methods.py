@@ -30,7 +30,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ldrop._io import atomic_write_json, atomic_write_text
 from ldrop.budgets.machine import machine_info
-from ldrop.sweeps.report import load_sweep, markdown_table, primary_metric
+from ldrop.sweeps.paired import equal_compute
+from ldrop.sweeps.report import LOWER_IS_BETTER, load_items, load_sweep, markdown_table, primary_metric
 
 #: The shipped methods the benchmark compares by default (``configs/method/<name>.yaml``).
 DEFAULT_METHODS = ["full", "input-conditioned", "schedule", "random", "static", "early-exit"]
@@ -190,13 +191,13 @@ def best_checkpoint(folder: Path, which: str) -> Path:
 # ---------------------------------------------------------------------------------------------- the table
 #: Extra columns per input-dependent run: sweep column suffix -> table header suffix.
 CONTROL_COLUMNS = {"shuffled": "shuffled", "most_common": "most common", "input_oracle": "input oracle",
-                   "static_oracle": "static oracle"}
+                   "static_oracle": "static oracle", "depth_oracle": "depth oracle"}
 
 
 def methods_table(sweeps: dict[str, list[dict[str, Any]]], metric: str | None = None) -> tuple[list[dict], str]:
     """One row per budget ``k``, one column per run (``mean ± std`` over repeats) and per control it has
     (its masks shuffled and the most common mask, where its masks differ across inputs; the per-input and
-    static oracles, where the sweep scored the headroom).
+    static oracles, where the sweep scored the headroom; the depth oracle, where it has per-item errors).
 
     Returns the rows (as written to ``methods.json``) and the metric's name.
     """
@@ -219,6 +220,30 @@ def methods_table(sweeps: dict[str, list[dict[str, Any]]], metric: str | None = 
                     row[f"{name}: {header}"] = None if control in (None, "") else round(float(control), 4)
         table.append(row)
     return table, metric
+
+
+#: Input-blind methods that run a fixed number of layers: the equal-GFLOPs table's baseline (the best at each point).
+BLIND_METHODS = {"static", "schedule", "random"}
+
+
+def equal_gflops_table(sweeps: dict[str, list[dict[str, Any]]], items: dict[str, dict | None], metric: str,
+                       methods: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """``ldrop compare``'s equal-GFLOPs table of the runs (``methods``: name -> method), each against the best
+    input-blind fixed-depth run at each point and against ``full``, with paired intervals."""
+    blind = [n for n, m in methods.items() if Path(m).stem in BLIND_METHODS]
+    several = [n for n, rows in sweeps.items() if len({r["executed_layers"] for r in rows}) > 1]
+    if not several:
+        return [], []
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    baselines: dict[str, Any] = {}
+    if blind:
+        baselines["vs best input-blind"] = lambda at, values: max(
+            (n for n in blind if values.get(n) is not None), key=lambda n: sign * values[n], default=None)
+    if "full" in sweeps:
+        baselines["vs full"] = lambda at, values: "full"
+    return equal_compute({n: (rows, items.get(n)) for n, rows in sweeps.items()}, metric,
+                         next((n for n in blind if n in several), several[0]), metric not in LOWER_IS_BETTER,
+                         baselines or None)
 
 
 # ---------------------------------------------------------------------------------------------- protocol
@@ -290,11 +315,17 @@ def run(args: Any, command: list[str]) -> dict[str, Any]:
     records.append(run_stage(compare, args.threads))
     sweeps = {name: load_sweep(out / name / "sweep") for name in names}
     rows, metric = methods_table(sweeps, args.metric)
-    atomic_write_text(out / "methods.md", markdown_table(rows) + "\n")
+    equal, paired = equal_gflops_table(sweeps, {name: load_items(out / name / "sweep") for name in names}, metric,
+                                       {v.name: v.method for v in variants})
+    atomic_write_text(out / "methods.md", markdown_table(rows) + "\n" + (
+        f"\nAt equal GFLOPs ({metric}; differences in points x100, paired 95 % bootstrap interval):\n\n"
+        + markdown_table(equal) + "\n" if equal else ""))
     summary = {
         "command": command,
         "metric": metric,
         "table": rows,
+        "equal_gflops": equal,
+        "paired": paired,
         "variants": [{"name": v.name, "method": v.method, "overrides": v.overrides} for v in variants],
         "stages": records,
         "seconds_this_run": round(sum(r["seconds"] for r in records if not r["skipped"]), 2),

@@ -1,15 +1,9 @@
 """``python -m ldrop.bench onnx_parity``: ONNX Runtime against PyTorch at real geometry, folder sizes, int8.
 
-Per backbone family (random weights, the input-conditioned selector, base size by default): export the
-model, then compare ONNX Runtime with PyTorch on a batch of three utterances of different lengths at budgets
-``1``, ``N/2``, ``N`` and a mixed per-input budget (the largest absolute logit difference, whether the chosen
-masks are the same), and with random per-input masks given explicitly. It records the export time, the
-folder size in fp32 and with int8 layer graphs (``quantize_export``), and how far the int8 logits move.
-
-With ``--ckpt`` (a trained classification checkpoint, e.g. the quickstart's) and ``--config`` (its YAML, for
-the data), it instead scores the generated test set at each budget with PyTorch, ONNX Runtime fp32 and
-ONNX Runtime int8 (the selector calibrated on validation data first, as ``ldrop test`` does): the accuracy
-change of int8 next to its size.
+Per family (random weights, the input-conditioned selector): export, compare logits and masks at budgets
+``1``, ``N/2``, ``N``, a mixed budget and explicit random masks, and record the export time, the fp32 and int8
+folder sizes and the int8 logit change. With ``--ckpt`` and ``--config`` (a trained classification checkpoint)
+it scores the test set at each budget with PyTorch, ONNX fp32 and ONNX int8 instead.
 """
 
 from __future__ import annotations

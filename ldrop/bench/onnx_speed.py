@@ -1,17 +1,10 @@
 """``python -m ldrop.bench speedup --runtime onnx``: skipping layers on ONNX Runtime, against PyTorch eager.
 
-The model (random weights, no selector: the masks are given) is exported with
-:func:`~ldrop.runtime.onnx_export.export_onnx` and timed on ONNX Runtime through
-:class:`~ldrop.runtime.OnnxAdaptiveModel` and on PyTorch through the task's sparse path, with the same
-inputs and masks:
-
-* ``full``: every layer; ``fixed``: the fixed part and the head, no layer (both runtimes);
-* ``per_sample@k``: every input keeps its own random ``k`` layers (both runtimes);
-* ``shared@k``: every input keeps the same random ``k`` layers (ONNX Runtime).
-
-As in :mod:`ldrop.bench.speedup`, variants are interleaved in a fresh random order each round and the
-median is reported; ONNX Runtime's realized/ideal uses its own full and fixed times. ``onnx_vs_torch`` is
-PyTorch's time over ONNX Runtime's (above 1: ONNX Runtime is faster). Both runtimes get the same thread count.
+The model (random weights, masks given) is exported and timed through
+:class:`~ldrop.runtime.OnnxAdaptiveModel` and PyTorch's sparse path on the same inputs and masks: ``full``,
+``fixed`` (no layer), ``per_sample@k`` and (ONNX only) ``shared@k``, interleaved as in
+:mod:`ldrop.bench.speedup`. ``onnx_vs_torch`` is PyTorch's time over ONNX Runtime's; both get the same
+threads.
 """
 
 from __future__ import annotations
@@ -49,26 +42,15 @@ def build_task(backbone: str, size: str) -> ClassificationTask:
 
 
 def run_onnx_speedup(
-    backbone: str = "wavlm",
-    size: str = "base",
-    batch_size: int = 8,
-    seconds: float = 4.0,
-    budgets: str | Sequence[int] = "0.25,0.5,0.75",
-    repeats: int = 10,
-    warmup: int = 1,
-    threads: int | None = None,
-    quantize: str | None = None,
-    export_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
+    backbone: str = "wavlm", size: str = "base", batch_size: int = 8, seconds: float = 4.0,
+    budgets: str | Sequence[int] = "0.25,0.5,0.75", repeats: int = 10, warmup: int = 1,
+    threads: int | None = None, quantize: str | None = None, export_dir: str | os.PathLike | None = None,
+    seed: int = 0, log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Time ONNX Runtime and PyTorch eager at full depth and per budget; one record per budget.
 
-    Args:
-        threads: intra-op threads of both runtimes (``None``: each one's default).
-        quantize: ``"dynamic"``: time int8 layer graphs on ONNX Runtime (PyTorch stays fp32).
-        export_dir: an export of this model to reuse (or where to write one); ``None``: a temporary folder.
-        Other arguments: see :func:`ldrop.bench.speedup.run_speedup`.
+    ``quantize="dynamic"`` times int8 layer graphs (PyTorch stays fp32); ``export_dir`` is an export to reuse
+    or write (``None``: temporary); the rest as :func:`ldrop.bench.speedup.run_speedup`.
     """
     say = log or (lambda line: None)
     torch.manual_seed(seed)

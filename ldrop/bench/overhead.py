@@ -1,11 +1,7 @@
 """``python -m ldrop.bench overhead``: what the selector costs, and what each method costs to train.
 
-Two measurements at base size (randomly initialised weights; timing does not depend on them):
-
-1. Selector overhead: the input-conditioned selector's parameters and FLOPs as a share of the backbone's,
-   and its wall time as a share of the full inference forward on the same batch.
-2. Training-step time of each method (input-conditioned, learned schedule, random dropping, static subset,
-   early exit) relative to plain full-depth fine-tuning, on the same batch: forward + backward + AdamW step.
+At base size (random weights): the input-conditioned selector's parameters, FLOPs and wall time as a share of
+the backbone's, and each method's training-step time relative to plain full-depth fine-tuning.
 """
 
 from __future__ import annotations
@@ -61,8 +57,7 @@ def _batch(batch_size: int, seconds: float, classes: int, seed: int = 0):
     return AudioBatch(
         waveforms=torch.randn(batch_size, samples, generator=gen),
         lengths=torch.full((batch_size,), samples, dtype=torch.long),
-        targets=torch.randint(classes, (batch_size,), generator=gen),
-        ids=[str(i) for i in range(batch_size)],
+        targets=torch.randint(classes, (batch_size,), generator=gen), ids=[str(i) for i in range(batch_size)],
     )
 
 
@@ -82,14 +77,10 @@ def selector_overhead(backbone: str, batch_size: int, seconds: float, repeats: i
         t_selector = _median_time(lambda: model.selector(features, frame_mask, budget), repeats, warmup)
         t_full = _median_time(lambda: model.backbone(batch.waveforms, batch.lengths), repeats, warmup)
     return {
-        "backbone_params": backbone_params,
-        "selector_params": selector_params,
-        "params_pct": 100.0 * selector_params / backbone_params,
-        "selector_gflops": selector_flops / 1e9,
-        "full_gflops": full_flops / 1e9,
-        "flops_pct": 100.0 * selector_flops / full_flops,
-        "selector_ms": 1000 * t_selector,
-        "full_forward_ms": 1000 * t_full,
+        "backbone_params": backbone_params, "selector_params": selector_params,
+        "params_pct": 100.0 * selector_params / backbone_params, "selector_gflops": selector_flops / 1e9,
+        "full_gflops": full_flops / 1e9, "flops_pct": 100.0 * selector_flops / full_flops,
+        "selector_ms": 1000 * t_selector, "full_forward_ms": 1000 * t_full,
         "time_pct": 100.0 * t_selector / t_full,
     }
 
@@ -161,11 +152,8 @@ def _run(args: argparse.Namespace) -> int:
         build_parser().error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     backbone = f"{'random' if args.size == 'base' else 'tiny'}:{args.backbone}"
     result: dict[str, Any] = {
-        "machine": machine_info("cpu"),
-        "backbone": args.backbone,
-        "batch_size": args.batch_size,
-        "seconds": args.seconds,
-        "size": args.size,
+        "machine": machine_info("cpu"), "backbone": args.backbone, "batch_size": args.batch_size,
+        "seconds": args.seconds, "size": args.size,
         "selector": selector_overhead(backbone, args.batch_size, args.seconds, args.repeats, args.warmup),
     }
     sel = result["selector"]

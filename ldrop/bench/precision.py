@@ -1,12 +1,9 @@
 """The quickstart's metric under each training precision, through the real command line.
 
-``python -m ldrop.bench precision [--seeds 0 1 2 3 4] [--precisions 32-true bf16-mixed]`` runs, for each
-seed and precision, ``ldrop fit --config configs/quickstart.yaml --trainer.precision P --seed_everything S``
-then ``ldrop test`` of its ``last.ckpt`` at the same precision, and also tests each ``32-true`` checkpoint at
-the other precisions (same weights: only the arithmetic of the sweep changes). It writes ``precision.md``
-and ``precision.json`` into ``--out``: per budget, the metric's mean and spread over seeds, and the paired
-difference to ``32-true`` (per seed; mean with a 95% Student-t interval over seeds). Finished runs are
-kept, so a rerun continues where it stopped.
+For each seed and precision: ``ldrop fit --config configs/quickstart.yaml --trainer.precision P`` then ``ldrop
+test`` at that precision; each ``32-true`` checkpoint is also tested at the other precisions. Writes
+``precision.md`` and ``precision.json`` (per budget, mean and spread over seeds, paired difference to
+``32-true`` with a 95% t interval); finished runs are kept.
 """
 
 from __future__ import annotations

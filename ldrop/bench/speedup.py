@@ -1,10 +1,9 @@
 """Wall-clock speed-up of sparse gated execution against the full model.
 
-For each budget ``k`` it times the whole inference forward with ``per_sample`` masks (each sample its own
-random ``k`` layers), ``shared`` masks (one random set: a static pruned model), the full model (``full``) and
-the fixed part alone (``fixed``: CNN + front end), whose ideal is ``T_full / (T_fixed + k / N * (T_full -
-T_fixed))``; the FLOPs ratio is recorded too. Variants are interleaved in a fresh random order per repeat (so
-drift hits them alike) and the median is reported. Weights are random: dense speed does not depend on them.
+Per budget ``k`` it times ``per_sample`` masks (each sample its own random ``k`` layers), ``shared`` masks (a
+static pruned model), ``full`` and ``fixed`` (CNN + front end; the ideal is ``T_full / (T_fixed + k / N *
+(T_full - T_fixed))``), interleaved in a fresh random order per repeat, medians reported. Weights are random:
+dense speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -37,12 +36,8 @@ LARGE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, int
 
 
 def build_config(family: str, size: str) -> PretrainedConfig:
-    """A config of ``family`` at ``size``.
-
-    ``base`` is the family's default Hugging Face config; ``large`` the 24-layer / 1024-wide geometry with
-    the pre-norm layout (``do_stable_layer_norm``, LayerNorm CNN), except Data2VecAudio, which has only the
-    post-norm layout; ``tiny`` is :func:`ldrop.backbones.tiny_config`, for tests.
-    """
+    """A config of ``family`` at ``size``: ``base``, ``large`` (24 layers, pre-norm but Data2VecAudio) or
+    ``tiny``."""
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone {family!r}; choose from {sorted(FAMILIES)}")
     config_cls = FAMILIES[family][0]
@@ -58,13 +53,9 @@ def build_config(family: str, size: str) -> PretrainedConfig:
 
 
 def parse_budgets(text: str, num_layers: int) -> list[int]:
-    """Comma-separated budgets as layer counts: ``"3,6,9"``, or fractions of the depth ``"0.25,0.5"``.
+    """Comma-separated budgets: layer counts (``"3,6,9"``) or fractions (``"0.25,0.5"``), duplicates dropped.
 
-    A value with a decimal point is a fraction of ``num_layers`` (rounded to the nearest layer); one without
-    is a number of layers. Duplicates are dropped, order is kept.
-
-    Raises:
-        ValueError: an empty list, or a budget outside ``0..num_layers``.
+    ``ValueError`` for an empty list or a budget outside ``0..num_layers``.
     """
     budgets: list[int] = []
     for item in (part.strip() for part in text.split(",")):
@@ -97,16 +88,7 @@ def keep_masks(batch: int, num_layers: int, k: int, generator: torch.Generator) 
 
 
 def sparse_forward(model: SpeechBackbone, waves: Tensor, lengths: Tensor, keep: Tensor) -> Tensor:
-    """The timed inference forward: CNN, front end, the sparse gated layers and the final norm.
-
-    Args:
-        model: the backbone.
-        waves: ``[batch, samples]``; lengths: ``[batch]`` valid samples.
-        keep: ``[batch, layers]`` 0/1.
-
-    Returns:
-        ``[batch, frames, hidden]``.
-    """
+    """The timed inference forward: CNN, front end, sparse gated layers under ``keep``, final norm."""
     features, frame_mask = model.extract_features(waves, lengths)
     hidden = model.frontend(features, frame_mask)
     return run_gated_layers(model, hidden, frame_mask, keep, mode="sparse")
@@ -121,17 +103,9 @@ def load_average() -> float | None:
 
 def _config_summary(config: PretrainedConfig) -> dict[str, Any]:
     keys = (
-        "model_type",
-        "num_hidden_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "intermediate_size",
-        "do_stable_layer_norm",
-        "feat_extract_norm",
-        "conv_dim",
-        "num_conv_pos_embeddings",
-        "num_conv_pos_embedding_groups",
-        "conv_pos_kernel_size",
+        "model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+        "do_stable_layer_norm", "feat_extract_norm", "conv_dim", "num_conv_pos_embeddings",
+        "num_conv_pos_embedding_groups", "conv_pos_kernel_size",
     )
     summary = {key: getattr(config, key) for key in keys if hasattr(config, key)}
     summary["attn_implementation"] = getattr(config, "_attn_implementation", None)
@@ -139,39 +113,20 @@ def _config_summary(config: PretrainedConfig) -> dict[str, Any]:
 
 
 def run_speedup(
-    backbone: str = "wavlm",
-    size: str = "base",
-    batch_size: int = 8,
-    seconds: float = 4.0,
-    budgets: str | Sequence[int] = "0.25,0.5,0.75",
-    repeats: int = 10,
-    warmup: int = 1,
-    device: str = "cpu",
-    dtype: str = "fp32",
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
+    backbone: str = "wavlm", size: str = "base", batch_size: int = 8, seconds: float = 4.0,
+    budgets: str | Sequence[int] = "0.25,0.5,0.75", repeats: int = 10, warmup: int = 1, device: str = "cpu",
+    dtype: str = "fp32", seed: int = 0, log: Callable[[str], None] | None = None,
     model: SpeechBackbone | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure the speed-up of sparse gated execution; one record per budget.
+    """Measure the speed-up of sparse gated execution; one JSON-serialisable record per budget.
 
     Args:
-        backbone: ``"wavlm"``, ``"hubert"``, ``"wav2vec2"`` or ``"data2vec"``.
         size: ``"base"``, ``"large"`` or ``"tiny"`` (tests), see :func:`build_config`.
-        batch_size: utterances per forward.
-        seconds: length of every utterance.
         budgets: layer counts, or a string for :func:`parse_budgets`.
-        repeats: timed rounds; each runs every variant once.
-        warmup: untimed rounds before them.
-        device: ``"cpu"`` or ``"cuda"``.
-        dtype: ``"fp32"`` or ``"bf16"``.
+        repeats, warmup: timed rounds (each runs every variant once) and untimed rounds before them.
         seed: seeds the weights, the audio, the keep masks and the order of the variants.
-        log: called with a progress line after each round.
-        model: the backbone to time, already on ``device`` in ``dtype`` and in eval mode (built from
-            ``build_config(backbone, size)``), to time several batch sizes without building it again;
-            ``None``: built here.
-
-    Returns:
-        One JSON-serialisable record per budget (see the README for the fields).
+        model: the backbone on ``device`` in ``dtype``, in eval mode (to time several batch sizes); ``None``:
+            built.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
@@ -270,15 +225,11 @@ def run_speedup(
                 "seed": seed,
                 "machine": machine,
                 "time_s": {
-                    "full": t_full,
-                    "fixed": t_fixed,
-                    "per_sample": median[f"per_sample@{k}"],
+                    "full": t_full, "fixed": t_fixed, "per_sample": median[f"per_sample@{k}"],
                     "shared": median[f"shared@{k}"],
                 },
                 "times_s": {
-                    "full": times["full"],
-                    "fixed": times["fixed"],
-                    "per_sample": times[f"per_sample@{k}"],
+                    "full": times["full"], "fixed": times["fixed"], "per_sample": times[f"per_sample@{k}"],
                     "shared": times[f"shared@{k}"],
                 },
                 "speedup": speedup,
@@ -300,11 +251,7 @@ def run_speedup(
 
 
 def _paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: int) -> float:
-    """Median over rounds of realized/ideal computed within each round.
-
-    The variants of one round run seconds apart, so the ratio of their times cancels load that drifts over
-    minutes on a shared machine; a cross-check of the ratio of medians.
-    """
+    """Median over rounds of realized/ideal within each round (cancels load that drifts over minutes)."""
     ratios = []
     for full, fixed, variant in zip(times["full"], times["fixed"], times[f"{kind}@{k}"], strict=True):
         ideal = full / (fixed + k / num_layers * (full - fixed))
@@ -318,15 +265,10 @@ def results_table(records: Sequence[dict[str, Any]]) -> str:
     for r in records:
         t, s, q, p = r["time_s"], r["speedup"], r["realized_over_ideal"], r["realized_over_ideal_paired"]
         rows.append({
-            "k": r["budget"],
-            "k/N": f"{r['budget_fraction']:.2f}",
-            "full (s)": f"{t['full']:.3f}",
-            "fixed (s)": f"{t['fixed']:.3f}",
-            "per-sample (s)": f"{t['per_sample']:.3f}",
-            "shared (s)": f"{t['shared']:.3f}",
-            "speed-up per-sample": f"{s['per_sample']:.2f}x",
-            "speed-up shared": f"{s['shared']:.2f}x",
-            "ideal": f"{r['ideal_speedup']:.2f}x",
+            "k": r["budget"], "k/N": f"{r['budget_fraction']:.2f}", "full (s)": f"{t['full']:.3f}",
+            "fixed (s)": f"{t['fixed']:.3f}", "per-sample (s)": f"{t['per_sample']:.3f}",
+            "shared (s)": f"{t['shared']:.3f}", "speed-up per-sample": f"{s['per_sample']:.2f}x",
+            "speed-up shared": f"{s['shared']:.2f}x", "ideal": f"{r['ideal_speedup']:.2f}x",
             "realized/ideal per-sample": f"{q['per_sample']:.3f}",
             "realized/ideal shared": f"{q['shared']:.3f}",
             "paired realized/ideal (per-sample / shared)": f"{p['per_sample']:.3f} / {p['shared']:.3f}",
@@ -345,8 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of every utterance")
     parser.add_argument(
-        "--budgets",
-        default="0.25,0.5,0.75",
+        "--budgets", default="0.25,0.5,0.75",
         help="comma-separated layers kept per sample: counts (3,6,9) or fractions of the depth (0.25,0.5)",
     )
     parser.add_argument("--json", required=True, help="where to write the records (a JSON list)")

@@ -1,10 +1,5 @@
-"""Budgets: layer counts, targets (a deadline, a real-time factor, a FLOPs rate), the device cost profile and
-the controller that turns a target into per-input layer counts.
-
-Below the tasks: it imports the engine, the backbones and ``ldrop._io``/``ldrop._progress`` only; models are
-duck-typed (the task protocol: ``num_layers``, ``backbone``, ``selector``, ``encode``, ``decide``, ...).
-The names are imported on first use: ``targets`` and ``loop`` need no torch (the ONNX runtime uses them).
-"""
+"""Budgets: layer counts, targets, the device cost profile and the controller that turns a target into
+per-input layer counts. Names are imported on first use: ``targets`` and ``loop`` need no torch."""
 
 import importlib
 

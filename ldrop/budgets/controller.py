@@ -1,12 +1,9 @@
 """From a target (a deadline, a real-time factor, a FLOPs rate) to a per-input layer budget, closing the loop.
 
-For each input, the largest ``k`` in ``1..N`` whose predicted cost meets the target: ``ms`` and ``rtf``
-from a :class:`~ldrop.budgets.profile.DeviceProfile` (``fixed_i + k * layer_i`` seconds, times the online
-correction, planned for ``(1 - margin)`` of the allowance), ``gflops_per_second`` from the exact FLOPs count.
-The closed loop (:meth:`BudgetController.observe`) corrects time predictions by the measured / predicted
-ratio: an EMA of its logarithm, quicker to rise than to fall, never below a high quantile of the recent
-ratios (a deadline is about misses, not mean latency). Inputs that cannot meet a target even with the
-minimum budget run it, with an :class:`UnmeetableTargetWarning` (``on_unmeetable="raise"``: a ``ValueError``).
+Each input gets the largest ``k`` whose predicted cost meets the target: time targets from a
+:class:`~ldrop.budgets.profile.DeviceProfile` (``fixed_i + k * layer_i``, times the correction), FLOPs targets
+exactly. The correction is an EMA of the log measured / predicted ratio, quicker to rise than to fall, never
+below a high quantile of recent ratios (a deadline is about misses).
 """
 
 from __future__ import annotations
@@ -32,14 +29,11 @@ class BudgetController(ControlLoop):
     """The PyTorch controller: costs from a device profile (time targets) or the exact FLOPs count.
 
     Args:
-        num_layers: ``N``, encoder layers of the model.
         profile: the device profile (needed for ``ms`` and ``rtf`` targets).
         flops_config: the backbone config (or backbone) for ``gflops_per_second`` targets.
-        extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` paid by every input on top of the backbone's
-            fixed part (the selector's own cost).
-        **options: the closed loop's (:class:`~ldrop.budgets.loop.ControlLoop`): ``closed_loop``, ``margin``,
-            ``alpha_up``, ``alpha_down``, ``window``, ``quantile``, ``correction_bounds``, ``on_unmeetable``,
-            ``sample_rate``, ``min_budget``.
+        extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` every input pays on top (the selector's own
+            cost).
+        **options: :class:`~ldrop.budgets.loop.ControlLoop`'s.
     """
 
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops_config: Any = None,
@@ -54,11 +48,8 @@ class BudgetController(ControlLoop):
         return torch.from_numpy(array)
 
     def costs(self, sample_lengths: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
-        """``(fixed [batch], per layer [batch], allowance [batch])`` in the target's unit, float64.
-
-        Time targets: seconds, the profile's prediction times the correction; the allowance is
-        ``(1 - margin)`` of the target. FLOPs targets: GFLOPs, exact.
-        """
+        """``(fixed, per layer, allowance)``, ``[batch]`` float64 in the target's unit (corrected seconds, or
+        GFLOPs)."""
         lengths = torch.as_tensor(sample_lengths).detach().cpu().to(torch.long)
         seconds = lengths.to(torch.float64) / self.sample_rate
         if target.kind == "gflops_per_second":
@@ -88,9 +79,8 @@ class BudgetController(ControlLoop):
 class TargetResolver:
     """Per-input budgets of a task module under targets over one run (``ldrop predict``, a target sweep).
 
-    One open-loop controller per profile file, built on first use (a time target without a profile measures
-    a quick one, :data:`QUICK_GRID`). Inputs that cannot meet a target are counted over the run and warned
-    about once, by :meth:`close`. The model is duck-typed (``num_layers``, ``backbone``, ``selector``, ...).
+    One open-loop controller per profile file (a time target without one measures a quick profile,
+    :data:`QUICK_GRID`); unmet inputs are counted and warned about once by :meth:`close`.
     """
 
     def __init__(self) -> None:
@@ -125,10 +115,8 @@ class TargetResolver:
         return controller
 
     def decide(self, model: Any, sample_lengths: Tensor, target: Target | dict | str) -> BudgetDecision:
-        """The controller's :class:`BudgetDecision` for ``model`` under ``target`` (open loop), on the CPU.
-
-        Early exit takes one budget per batch, the tightest one (``predicted_seconds`` then is that budget's).
-        """
+        """The open-loop :class:`BudgetDecision` for ``model`` under ``target`` on the CPU (early exit: the
+        tightest per batch)."""
         target = Target.parse(target)
         controller = self.controller(model, target)
         decision = controller.decide(sample_lengths, target, warn=False)
@@ -148,11 +136,8 @@ class TargetResolver:
         return self.decide(model, sample_lengths, target).budget.to(sample_lengths.device)
 
     def close(self, run: str = "this run") -> dict[Target, list[int]]:
-        """Warn once per target that some inputs of the run could not meet; start a new count.
-
-        Returns:
-            ``{target: [missed, inputs, min budget]}`` of the run.
-        """
+        """Warn once per target that some inputs could not meet it; returns ``{target: [missed, inputs, min
+        budget]}``."""
         counts, self.counts = self.counts, {}
         for target, (missed, total, min_budget) in counts.items():
             if missed:

@@ -12,14 +12,8 @@ Budget = int | float | Tensor
 
 
 def budget_to_layers(budget: int | float, num_layers: int) -> int:
-    """Convert one budget to a number of layers in ``1..num_layers``.
-
-    An ``int`` is a number of layers; a ``float`` in ``(0, 1]`` is a fraction of the stack, rounded to the
-    nearest layer (at least one).
-
-    Raises:
-        ValueError: a budget ``<= 0``, above ``num_layers``, or a fraction above 1.
-    """
+    """One budget as layers in ``1..num_layers``: an ``int`` counts layers, a ``float`` in ``(0, 1]`` is a
+    fraction (rounded, at least one)."""
     if isinstance(budget, bool):
         raise ValueError(f"budget must be an int (layers) or a float (fraction), got {budget!r}")
     if isinstance(budget, int):
@@ -34,17 +28,10 @@ def budget_to_layers(budget: int | float, num_layers: int) -> int:
 
 
 def resolve_budget(budget: Budget, num_layers: int, batch: int, device: torch.device | str = "cpu") -> Tensor:
-    """A budget of any accepted form as ``[batch]`` long layer counts.
+    """A budget (int layers, float fraction, or a ``[]``/``[batch]`` tensor of either) as ``[batch]`` long
+    layer counts.
 
-    Args:
-        budget: int layers, float fraction, or a tensor of shape ``[]`` or ``[batch]`` holding layer counts
-            (integers) or fractions (floating point).
-        num_layers: ``N``, the number of encoder layers.
-        batch: batch size.
-        device: device of the result.
-
-    Raises:
-        ValueError: out-of-range values or a tensor of the wrong shape, with what was expected.
+    Raises ``ValueError`` for out-of-range values or a tensor of the wrong shape, with what was expected.
     """
     if not isinstance(budget, Tensor):
         return torch.full((batch,), budget_to_layers(budget, num_layers), dtype=torch.long, device=device)

@@ -1,10 +1,5 @@
 """The controller's decision and closed loop, torch-free: shared by :class:`~ldrop.budgets.BudgetController`
-(PyTorch) and the ONNX runtime's controller (numpy only, :mod:`ldrop.runtime.onnx_budgets`).
-
-A subclass says what one input costs (:meth:`ControlLoop.costs`: the fixed part, one layer, the allowance, in
-the target's unit); this class picks the largest affordable budget per input and corrects time predictions by
-measured / predicted ratios (see :mod:`ldrop.budgets.controller`).
-"""
+and the ONNX runtime's numpy controller. A subclass says what one input costs (:meth:`ControlLoop.costs`)."""
 
 from __future__ import annotations
 
@@ -27,12 +22,8 @@ class UnmeetableTargetWarning(UserWarning):
 class BudgetDecision:
     """A controller's choice for one batch (tensors from the PyTorch controller, arrays from the numpy one).
 
-    Attributes:
-        budget: ``[batch]`` int64, layers per input in ``1..N``.
-        predicted_seconds: ``[batch]`` float64, the cost attributed to each input at its budget, with the
-            current correction (seconds; for ``gflops_per_second`` targets: GFLOPs).
-        allowance: ``[batch]`` float64, what each input may cost under the target (same unit).
-        meets_target: ``[batch]`` bool, False where even one layer is predicted over the allowance.
+    ``budget`` (layers per input), ``predicted_seconds`` (each input's corrected cost at its budget; GFLOPs
+    for FLOPs targets), ``allowance`` (in the same unit) and ``meets_target``, all ``[batch]``.
     """
 
     budget: Any
@@ -45,7 +36,6 @@ class ControlLoop:
     """Chooses the largest affordable budget per input and corrects its cost model online.
 
     Args:
-        num_layers: ``N``, encoder layers of the model.
         closed_loop: correct predictions with measured times (:meth:`observe`); ``False`` is open loop.
         margin: fraction of a time allowance kept free for noise (plan for ``(1 - margin) x target``).
         alpha_up, alpha_down: EMA weights of a new ratio when it is above / below the current correction.
@@ -53,24 +43,14 @@ class ControlLoop:
             (``quantile=None``: the moving average alone).
         correction_bounds: the correction stays within these factors.
         on_unmeetable: ``"min"`` (the minimum budget and a warning) or ``"raise"`` (a ``ValueError``).
-        sample_rate: samples per second of the waveforms.
-        min_budget: the fewest layers any input runs: ``j`` for a selector that reads (and so always runs)
-            the first ``j`` encoder layers, else 1. Budgets below it are never chosen (they would run ``j``).
+        min_budget: the fewest layers any input runs (``j`` for a selector that reads the first ``j`` layers).
     """
 
     def __init__(
-        self,
-        num_layers: int,
-        closed_loop: bool = True,
-        margin: float = 0.1,
-        alpha_up: float = 0.6,
-        alpha_down: float = 0.15,
-        window: int = 8,
-        quantile: float | None = 0.9,
-        correction_bounds: tuple[float, float] = (0.25, 8.0),
-        on_unmeetable: Literal["min", "raise"] = "min",
-        sample_rate: int = 16_000,
-        min_budget: int = 1,
+        self, num_layers: int, closed_loop: bool = True, margin: float = 0.1, alpha_up: float = 0.6,
+        alpha_down: float = 0.15, window: int = 8, quantile: float | None = 0.9,
+        correction_bounds: tuple[float, float] = (0.25, 8.0), on_unmeetable: Literal["min", "raise"] = "min",
+        sample_rate: int = 16_000, min_budget: int = 1,
     ) -> None:
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -119,15 +99,8 @@ class ControlLoop:
                _stacklevel: int = 2) -> BudgetDecision:
         """The largest budget each input can afford under ``target`` (at least ``min_budget``).
 
-        Args:
-            sample_lengths: ``[batch]`` valid samples per input.
-            target: a :class:`Target`, ``{"rtf": 0.1}`` or ``"ms=80"``.
-            warn: warn about inputs that cannot meet the target (``False``: the caller counts
-                ``meets_target`` itself, e.g. over a whole run, as ``TargetResolver`` does).
-
-        Raises:
-            ValueError: an invalid target, a missing profile/config, or (``on_unmeetable="raise"``) a target
-                that some input cannot meet.
+        ``warn=False`` leaves counting inputs that cannot meet it to the caller. ``ValueError`` for an invalid
+        target, a missing profile or config, or (``on_unmeetable="raise"``) an unmeetable target.
         """
         target = Target.parse(target)
         fixed, layer, allowance = (np.asarray(x, dtype=np.float64) for x in self.costs(sample_lengths, target))
@@ -152,11 +125,8 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ closed loop
     def observe(self, predicted_seconds: float, measured_seconds: float) -> float:
-        """Feed back one forward's measured time against the profile's *uncorrected* prediction.
-
-        Returns:
-            The new correction (unchanged in open loop or for a non-positive time).
-        """
+        """Feed back one forward's measured time against the *uncorrected* prediction; returns the new
+        correction."""
         if not self.closed_loop or not (predicted_seconds > 0 and measured_seconds > 0):
             return self.correction
         low, high = self.correction_bounds

@@ -1,12 +1,9 @@
 """A cost model of one ldrop model on this device: how long the fixed part and one encoder layer take.
 
-Each part is ``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds for ``B`` inputs of
-``T`` (padded) frames. ``fixed`` (CNN, front end, selector, final norm, head) runs on the whole padded batch;
-``layer`` (one encoder layer) runs, in the sparse path, on the inputs that keep it, trimmed to their longest.
-A batch is predicted to take ``fixed(B, T_max) + sum_i layer(B_i, T_i)``, the work of
-:func:`ldrop.engine.run_gated_layers`. :func:`profile_model` measures both parts over a grid, fits them
-(non-negative least squares on the relative error) and checks the prediction on held-out random
-``(lengths, keep mask)`` batches; its timing functions are injectable (tests use synthetic ones).
+Each part is ``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds for ``B`` inputs of ``T``
+frames; a batch is predicted to take ``fixed(B, T_max) + sum_i layer(B_i, T_i)``, the work of
+:func:`ldrop.engine.run_gated_layers`. :func:`profile_model` measures both parts over a grid, fits them and
+checks the prediction on held-out batches; its timers are injectable.
 """
 
 from __future__ import annotations
@@ -59,19 +56,11 @@ class PartFit:
 
 
 def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[float]]:
-    """Fit :class:`PartFit` to ``(batch, frames, seconds)`` measurements.
+    """Fit :class:`PartFit` to ``(batch, frames, seconds)``; returns it and each point's relative residual.
 
-    Minimises the *relative* squared error (times span orders of magnitude over the grid) under
-    non-negative coefficients: every subset of the three terms is fitted by least squares, and among the
-    fits whose coefficients are all non-negative the one with the lowest Akaike information criterion
-    wins, so that a term is kept only when it explains more than timing noise (seven small solves, no
-    solver needed).
-
-    Returns:
-        The fit and the relative residual ``(predicted - measured) / measured`` of each point.
-
-    Raises:
-        ValueError: fewer than three points, or a non-positive time.
+    Minimises the relative squared error under non-negative coefficients: of the least-squares fits of every
+    subset of the three terms with no negative coefficient, the lowest AIC wins, so a term is kept only when
+    it explains more than timing noise. ``ValueError`` for fewer than three points or a non-positive time.
     """
     if len(points) < 3:
         raise ValueError(f"fitting a part needs at least 3 measurements, got {len(points)}")
@@ -108,16 +97,8 @@ def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[fl
 class DeviceProfile:
     """The measured cost model of one model on one device (see the module docstring).
 
-    Attributes:
-        fixed: fit of the fixed part (CNN, front end, selector, final norm, head), seconds.
-        layer: fit of one encoder layer, seconds.
-        num_layers: ``N``, encoder layers of the model.
-        conv_kernel, conv_stride: the CNN layout, to turn sample lengths into frames.
-        sample_rate: samples per second of the waveforms.
-        device: where it was measured (CPU/GPU name, threads, dtype, versions, load average).
-        model: a summary of the model's configuration.
-        measurements: the grid ``[{part, batch, frames, seconds, relative_residual}]``.
-        validation: accuracy on held-out batches (``median_abs_relative_error``, ``batches``, ...).
+    ``device`` says where it was measured, ``model`` summarises the model, ``measurements`` holds the grid and
+    ``validation`` the accuracy on held-out batches.
     """
 
     fixed: PartFit
@@ -136,12 +117,8 @@ class DeviceProfile:
         return frame_lengths(self, torch.as_tensor(sample_lengths))
 
     def predict(self, sample_lengths: Tensor, keep_mask: Tensor) -> float:
-        """Predicted seconds of one sparse forward of a batch.
-
-        Args:
-            sample_lengths: ``[batch]`` valid samples per input.
-            keep_mask: ``[batch, layers]`` 0/1, the layers each input runs.
-        """
+        """Predicted seconds of one sparse forward: ``sample_lengths [batch]``, ``keep_mask [batch, layers]``
+        0/1."""
         frames = self.frames(sample_lengths.cpu()).to(torch.float64)
         keep = keep_mask.detach().cpu() > 0.5
         if keep.dim() != 2 or keep.shape != (frames.shape[0], self.num_layers):
@@ -158,11 +135,10 @@ class DeviceProfile:
         return total
 
     def per_input(self, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Seconds attributed to each input: ``(fixed [batch], one layer [batch])`` float64.
+        """``(fixed [batch], one layer [batch])`` float64 seconds attributed to each input.
 
-        The fixed part runs on the padded batch, so each input pays it at the batch's longest length; a
-        layer is paid at the input's own length (the sparse path trims padding per sub-batch). Overheads
-        are shared equally. For one input at a time (streaming) this is exactly :meth:`predict`.
+        Each input pays the fixed part at the batch's longest length and a layer at its own length; overheads
+        are shared equally. For one input this is exactly :meth:`predict`.
         """
         frames = self.frames(sample_lengths.cpu())
         batch = frames.shape[0]
@@ -174,11 +150,8 @@ class DeviceProfile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
-        """A profile from :meth:`to_dict`'s form, checked field by field.
-
-        Raises:
-            ValueError: ``"not an ldrop device profile: <what is wrong>; write one with 'ldrop profile'"``.
-        """
+        """A profile from :meth:`to_dict`'s form, checked field by field (``ValueError`` saying what is
+        wrong)."""
         problem = _profile_problem(data)
         if problem:
             raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
@@ -198,10 +171,8 @@ class DeviceProfile:
     def load(cls, path: str | os.PathLike) -> DeviceProfile:
         """Read a profile written by :meth:`save` or ``ldrop profile``.
 
-        Raises:
-            FileNotFoundError: no file at ``path``.
-            ValueError: one line naming ``path`` and what is wrong: not UTF-8 text, not JSON (with the line
-                and column), or not a profile (a missing or mistyped field).
+        ``FileNotFoundError`` without a file; else a one-line ``ValueError`` naming ``path`` and what is
+        wrong.
         """
         path = Path(path)
         if not path.is_file():
@@ -288,13 +259,11 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
 
 
 def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -> tuple[PartTimer, BatchTimer]:
-    """Real timing functions for a task module (a :class:`~ldrop.tasks.LayerDropTask` in eval mode).
+    """Real timing functions for a task module in eval mode: ``(measure, measure_batch)``.
 
-    The fixed part is ``encode`` + the selector + the head on the output of no layer at all (the sparse
-    path with an all-zero mask: final norm and head only); a layer is ``backbone.run_layer`` on a
-    ``[batch, frames, hidden]`` input; a batch is the whole sparse forward with a given keep mask. The
-    prefix layers of a selector that reads encoder layers are layers of the mask, so the fixed part leaves
-    them out (the selector is timed on an input of their output's shape).
+    The fixed part is ``encode`` + the selector + the head with no layer (a selector's prefix layers are
+    layers of the mask, so they are left out); a layer is ``backbone.run_layer``; a batch is the sparse
+    forward with a given keep mask.
     """
     device, dtype = _model_device_dtype(model)
     backbone = model.backbone
@@ -353,9 +322,8 @@ def random_batches(
     count: int, num_layers: int, seconds_range: tuple[float, float], batch_sizes: Sequence[int],
     sample_rate: int = 16_000, seed: int = 1, prefix_layers: int = 0,
 ) -> list[tuple[Tensor, Tensor]]:
-    """Held-out ``(sample_lengths [batch], keep_mask [batch, layers])`` pairs: random lengths within
-    ``seconds_range``, random batch sizes among ``batch_sizes`` and a random set of layers per input, plus
-    the first ``prefix_layers`` layers for every input (the layers a model always runs)."""
+    """Held-out ``(sample_lengths [batch], keep_mask [batch, layers])`` pairs: random lengths, batch sizes and
+    layers, plus the first ``prefix_layers`` layers for every input."""
     generator = torch.Generator().manual_seed(seed)
     low, high = seconds_range
     batches = []
@@ -374,11 +342,7 @@ def random_batches(
 
 def validate_profile(profile: DeviceProfile, batches: Sequence[tuple[Tensor, Tensor]],
                      measure_batch: BatchTimer, tolerance: float = 0.10) -> dict[str, Any]:
-    """Compare the profile's prediction with measured sparse forwards on held-out batches.
-
-    Returns:
-        ``{"median_abs_relative_error", "max_abs_relative_error", "tolerance", "passed", "batches": [...]}``.
-    """
+    """Compare the profile's prediction with measured sparse forwards on held-out batches."""
     rows = []
     with Phase("profiling: checking the fit", total=len(batches), unit="held-out batch") as phase:
         for lengths, keep in batches:
@@ -394,42 +358,24 @@ def validate_profile(profile: DeviceProfile, batches: Sequence[tuple[Tensor, Ten
     median = statistics.median(errors) if errors else float("nan")
     return {
         "median_abs_relative_error": median,
-        "max_abs_relative_error": max(errors) if errors else float("nan"),
-        "tolerance": tolerance,
-        "passed": bool(median <= tolerance),
-        "batches": rows,
+        "max_abs_relative_error": max(errors) if errors else float("nan"), "tolerance": tolerance,
+        "passed": bool(median <= tolerance), "batches": rows,
     }
 
 
 def profile_model(
-    model: Any,
-    seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-    batch_sizes: Sequence[int] = (1, 2, 4),
-    repeats: int = 5,
-    warmup: int = 1,
-    validation_batches: int = 12,
-    measure: PartTimer | None = None,
-    measure_batch: BatchTimer | None = None,
-    sample_rate: int = 16_000,
-    seed: int = 0,
+    model: Any, seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0), batch_sizes: Sequence[int] = (1, 2, 4),
+    repeats: int = 5, warmup: int = 1, validation_batches: int = 12, measure: PartTimer | None = None,
+    measure_batch: BatchTimer | None = None, sample_rate: int = 16_000, seed: int = 0,
 ) -> DeviceProfile:
     """Measure, fit and validate the cost model of ``model`` on its current device, dtype and threads.
 
     Args:
-        model: a task module (eval mode is set here); its parameters' device and dtype are profiled.
-        seconds: input lengths of the grid (seconds of audio); cover the lengths you will run.
-        batch_sizes: sub-batch sizes of the grid.
+        seconds, batch_sizes: the grid (seconds of audio; cover the lengths you will run).
         repeats, warmup: timed rounds over the grid (median per point, each round in a random order) and
-            untimed rounds before them; also the timed / untimed calls per held-out batch.
-        validation_batches: held-out random ``(lengths, keep mask)`` batches to report the accuracy on
-            (0: skip the check).
-        measure, measure_batch: timing functions (default: :func:`model_timers` on ``model``); tests inject
-            synthetic ones.
-        sample_rate: samples per second of the waveforms.
-        seed: seed of the random inputs and of the held-out batches.
-
-    Returns:
-        The :class:`DeviceProfile`, with its ``validation`` report filled in.
+            untimed rounds before them; also the calls per held-out batch.
+        validation_batches: held-out random batches to check the fit on (0: no check).
+        measure, measure_batch: timing functions (default: :func:`model_timers`); tests inject synthetic ones.
     """
     model.eval()
     config = model.backbone.config
@@ -454,9 +400,8 @@ def profile_with_timers(
     seconds: Sequence[float], batch_sizes: Sequence[int], repeats: int, warmup: int, validation_batches: int,
     sample_rate: int, seed: int, prefix_layers: int, device: dict[str, Any], model: dict[str, Any],
 ) -> DeviceProfile:
-    """:func:`profile_model` once it has its timers (another runtime, ONNX Runtime, passes its own):
-    ``geometry`` has the CNN's ``conv_kernel`` and ``conv_stride``; ``device`` and ``model`` describe what was
-    timed; the other arguments are :func:`profile_model`'s."""
+    """:func:`profile_model` once it has its timers (ONNX Runtime passes its own); ``geometry`` has the CNN's
+    ``conv_kernel`` and ``conv_stride``."""
     if not seconds or not batch_sizes:
         raise ValueError("the profiling grid needs at least one length and one batch size")
     if min(seconds) <= 0 or min(batch_sizes) < 1:

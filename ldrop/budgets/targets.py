@@ -14,14 +14,8 @@ TARGET_KINDS = ("ms", "rtf", "gflops_per_second")
 
 @dataclass(frozen=True)
 class Target:
-    """A budget given as a target instead of a layer count (see :mod:`ldrop.budgets.controller`).
-
-    Attributes:
-        kind: ``"ms"`` (wall milliseconds per utterance), ``"rtf"`` (real-time factor: compute seconds per
-            second of audio) or ``"gflops_per_second"`` (GFLOPs per second of audio, counted exactly).
-        value: the target, a finite number above 0.
-        profile: optional path of a device profile (``ldrop profile``) for the time targets.
-    """
+    """A budget given as a target: ``kind`` ``"ms"`` (per utterance), ``"rtf"`` or ``"gflops_per_second"``, a
+    ``value`` > 0 and an optional device ``profile`` path."""
 
     kind: str
     value: float
@@ -31,12 +25,8 @@ class Target:
     def parse(cls, spec: Target | dict[str, Any] | str) -> Target:
         """A target from ``{"rtf": 0.1}`` (optionally with ``"profile": PATH``), ``"rtf=0.1"`` or a Target.
 
-        A profile file is read and checked here, when the target is parsed (before any model runs).
-
-        Raises:
-            ValueError: no or several target keys, an unknown key, a value that is not a number > 0, or a
-                profile file that is not a device profile (naming the file and what is wrong).
-            FileNotFoundError: no profile file at the given path.
+        The profile file is read and checked here. Raises ``ValueError`` (a bad key or value, or a file that
+        is not a device profile) or ``FileNotFoundError``.
         """
         if isinstance(spec, Target):
             return spec

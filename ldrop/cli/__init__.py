@@ -1,9 +1,5 @@
-"""The ``ldrop`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``
-(:mod:`ldrop.cli.lightning`), plus ldrop's own commands from :data:`COMMANDS`.
-
-A failure a user can fix (an argument, a configuration, a file, the data) is printed as one
-``ldrop: error: ...`` line with exit status 2 (:func:`~ldrop.cli.errors.user_error_line`).
-"""
+"""The ``ldrop`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict`` plus ldrop's own
+:data:`COMMANDS`."""
 
 from __future__ import annotations
 
@@ -29,9 +25,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int | None], str]] = {
 def main(argv: Sequence[str] | None = None) -> int | None:
     """Entry point of the ``ldrop`` console script.
 
-    A failure a user can fix (a bad argument or configuration, a missing, damaged or mismatched file, bad
-    audio, an empty split, a NaN loss, a full disk) is printed as one ``ldrop: error: ...`` line with exit
-    status 2; ``LDROP_DEBUG=1`` raises it with the full traceback instead.
+    A failure a user can fix is printed as one ``ldrop: error: ...`` line with exit status 2
+    (:func:`~ldrop.cli.errors.user_error_line`); ``LDROP_DEBUG=1`` raises it with the full traceback instead.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("--version", "-V"):

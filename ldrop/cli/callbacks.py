@@ -32,13 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same folder and renames it into place, and reads
-    checkpoints with errors that name the file.
-
-    A crash mid-write leaves the previous checkpoint intact instead of a truncated file; a full disk is an
-    ``OSError`` saying "no space left on <folder>"; a damaged, empty or foreign file given as ``ckpt_path``
-    is a :class:`~ldrop._io.CheckpointError` naming it.
-    """
+    """Writes checkpoints atomically (a crash leaves the previous one intact) and reads them with errors
+    naming the file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, path)
@@ -54,12 +49,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class TaskCheckpoint(CheckpointSteps):
     """``ModelCheckpoint`` that monitors the task's own validation metric (``val/acc`` max, ``val/wer`` min).
 
-    Also keeps ``last.ckpt`` so that ``ldrop fit --ckpt_path .../last.ckpt`` resumes an interrupted run.
-    With ``every_n_train_steps`` (or ``train_time_interval``) the step trigger only refreshes ``last.ckpt``,
-    also before the first validation of a long epoch; ``best-*.ckpt`` is written only right after a
-    validation, so its score is always measured on the weights it holds (the final validation included).
-    ``last.ckpt`` is always written at the end of training, at the final step. At start-up, temporary
-    files that a killed run left in the checkpoint folder are removed.
+    Also keeps ``last.ckpt`` for ``ldrop fit --ckpt_path``: a step trigger (``every_n_train_steps``) only
+    refreshes ``last.ckpt``, while ``best-*.ckpt`` is written right after a validation, so its score is
+    measured on the weights it holds. Temporaries a killed run left behind are removed at start-up.
 
     Args:
         save_top_k: best checkpoints to keep.
@@ -90,9 +82,8 @@ class TaskCheckpoint(CheckpointSteps):
             remove_stale_temporaries(self.dirpath)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the best-checkpoint tracking, also when the checkpoint names its folder differently (a
-        relative path resumed as absolute, a moved or copied run), which Lightning would drop: the tracked
-        files are looked up by name in the current folder; if any is missing, tracking restarts (a warning)."""
+        """Restore the best-checkpoint tracking also when the run's folder moved (files are looked up by
+        name)."""
         saved = state_dict.get("dirpath")
         if not saved or not self.dirpath or saved == self.dirpath:
             return super().load_state_dict(state_dict)
@@ -173,10 +164,9 @@ class TaskCheckpoint(CheckpointSteps):
 class ExactResume(Callback):
     """Makes ``fit --ckpt_path`` continue exactly where the checkpoint was taken, even mid-epoch.
 
-    Saves the random generators in every checkpoint (torch, CUDA, NumPy, Python, and every ``torch.Generator``
-    a module of the task holds) and restores them when training starts, after the sanity check. It also
-    hands the train dataloader its saved position, which Lightning does not restore when the task asked for
-    ``trainer.estimated_stepping_batches`` (that builds the loader before the checkpoint is read).
+    Saves every random generator (torch, CUDA, NumPy, Python, the task's ``torch.Generator``s) and restores
+    them after the sanity check; also hands the train dataloader its saved position, which Lightning skips
+    when the task asked for ``trainer.estimated_stepping_batches``.
     """
 
     KEY = "ldrop_rng_states"
@@ -235,10 +225,8 @@ def _module_generators(module: torch.nn.Module) -> dict[str, torch.Generator]:
 class JsonlPredictionWriter(BasePredictionWriter):
     """Writes ``predict`` outputs as JSON lines (one per input: id, output, executed layers, GFLOPs).
 
-    The output folder is checked to be writable when prediction is set up, before any inference. Records
-    are written as each batch is predicted, into a hidden temporary file beside the output that becomes the
-    output when every batch is done: the output is complete or absent. If the run fails, the records
-    written so far are kept as ``<output>.partial``.
+    The folder is checked before any inference; records go to a hidden temporary that becomes the output when
+    every batch is done (a failed run keeps them as ``<output>.partial``).
 
     Args:
         output: the JSONL file; default ``predictions.jsonl`` in the run's log directory.
@@ -259,11 +247,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         return target.with_name(f"{target.name}.rank{trainer.global_rank}") if trainer.world_size > 1 else target
 
     def check_writable(self, trainer: L.Trainer) -> Path:
-        """Check that the output can be written (creating nothing); returns the output path.
-
-        Raises:
-            OSError: naming the folder (read-only, not a folder, no space left).
-        """
+        """Check that the output can be written (creating nothing); returns its path or raises ``OSError``."""
         target = self.target(trainer)
         if target.is_dir():
             raise IsADirectoryError(f"the predictions output {str(target)!r} is a folder, not a file")

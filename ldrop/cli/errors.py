@@ -63,17 +63,11 @@ def parse_command(parser: ArgumentParser, argv: Sequence[str]) -> Any:
 
 
 def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequence[str] = ()) -> str:
-    """jsonargparse's (multi-line, nested) parse error as one line: the option as typed, its value, and what
-    is accepted.
+    """jsonargparse's nested parse error as one line: the option as typed, its value, and what is accepted.
 
-    jsonargparse reports an error inside a subclass (``--model.init_args.selector.init_args.mode``) as a
-    failure of ``model``, with the real reason nested a few levels down and the value of every level; the
-    innermost reason and the outermost nested key are the ones a user can act on.
-
-    Args:
-        message: the ``ArgumentError`` text.
-        argv: the command line (to name the option as it was typed).
-        options: the parser's option strings (to suggest one for an unrecognised, e.g. abbreviated, option).
+    jsonargparse reports an error inside a subclass as a failure of ``model`` with the real reason nested; the
+    innermost reason and outermost nested key are what a user can act on. ``options`` (the parser's) suggest
+    one for an unrecognised option.
     """
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:

@@ -1,10 +1,5 @@
 """``ldrop fit|validate|test|predict``: LightningCLI with ldrop's links, checkpointing, exact resume, budget
-sweep and prediction writer.
-
-Model and data are chosen in YAML by ``class_path`` (short names work: ``ClassificationTask``,
-``SpeechCommandsDataModule``); the task's output labels (class names, CTC characters) are linked from the
-datamodule, so they are never typed twice.
-"""
+sweep and prediction writer; the task's labels are linked from the datamodule."""
 
 from __future__ import annotations
 
@@ -82,9 +77,8 @@ def _run_folder(ckpt_path: str | None) -> Path | None:
 class LdropCLI(CLISteps):
     """LightningCLI with ldrop's links, checkpointing, exact resume, budget sweep and prediction writer.
 
-    ``--ckpt_path`` loads weights only: the model is built from the config and command line as given (the
-    task keeps its hyper-parameters under its own checkpoint key, see ``LayerDropTask``). ``own_commands``
-    (name -> summary) are listed in ``ldrop --help`` beside Lightning's subcommands.
+    ``--ckpt_path`` loads weights only (the model is built from the config as given); ``own_commands`` (name
+    -> summary) are listed in ``ldrop --help``.
     """
 
     _parser_subcommand: str | None = None

@@ -1,10 +1,5 @@
-"""Data modules: audio in, :class:`AudioBatch` out. They know no model.
-
-Every DataModule is an :class:`AudioDataModule` (a ``lightning.LightningDataModule``) with a ``task``
-(the kind of target: ``"classification"``, ``"ctc"`` or ``"regression"``), reads audio with soundfile as mono
-float32 at ``sample_rate``, and yields padded :class:`AudioBatch` objects (its :meth:`~AudioDataModule.collate`)
-from length-grouped or dynamic, DDP-aware batch samplers through a :class:`ResumableDataLoader`.
-"""
+"""Data modules: audio in, padded :class:`AudioBatch` out, from length-grouped, DDP-aware samplers. They know
+no model."""
 
 from ldrop.data.audio import (
     AudioFileNotFoundError,
@@ -35,49 +30,15 @@ from ldrop.data.tedlium import TedliumDataModule, read_stm
 from ldrop.data.text import normalize_tedlium_transcript
 
 __all__ = [
-    "AudioBatch",
-    "AudioDataModule",
-    "AudioDataset",
-    "AudioExample",
-    "AudioFileDataset",
-    "AudioFileNotFoundError",
-    "AudioInfo",
-    "AudioItem",
-    "AudioReadError",
-    "DatasetLayoutError",
-    "DynamicBatchSampler",
-    "ESC10_TARGETS",
-    "ESC50_CLASSES",
-    "ESC50_FOLDS",
-    "ESC50DataModule",
-    "KEYWORDS_12",
-    "LIBRISPEECH_SUBSETS",
-    "LengthGroupedSampler",
-    "LibriSpeechDataModule",
-    "ManifestDataModule",
-    "ResumableDataLoader",
-    "SPEECH_COMMANDS_WORDS",
-    "SkippedExample",
-    "SpeechCommandsDataModule",
-    "Split",
-    "SubsetAudioDataset",
-    "SyntheticCTCDataModule",
-    "SyntheticCTCDataset",
-    "SyntheticClassificationDataModule",
-    "SyntheticClassificationDataset",
-    "SyntheticMixedClassificationDataModule",
-    "SyntheticMixedClassificationDataset",
-    "Task",
-    "TedliumDataModule",
-    "audio_info",
-    "check_audio",
-    "collate_audio",
-    "collate_targets",
-    "normalize_tedlium_transcript",
-    "read_audio",
-    "read_manifest",
-    "read_stm",
-    "resample",
-    "resolve_items",
+    "AudioBatch", "AudioDataModule", "AudioDataset", "AudioExample", "AudioFileDataset",
+    "AudioFileNotFoundError", "AudioInfo", "AudioItem", "AudioReadError", "DatasetLayoutError",
+    "DynamicBatchSampler", "ESC10_TARGETS", "ESC50_CLASSES", "ESC50_FOLDS", "ESC50DataModule", "KEYWORDS_12",
+    "LIBRISPEECH_SUBSETS", "LengthGroupedSampler", "LibriSpeechDataModule", "ManifestDataModule",
+    "ResumableDataLoader", "SPEECH_COMMANDS_WORDS", "SkippedExample", "SpeechCommandsDataModule", "Split",
+    "SubsetAudioDataset", "SyntheticCTCDataModule", "SyntheticCTCDataset",
+    "SyntheticClassificationDataModule", "SyntheticClassificationDataset",
+    "SyntheticMixedClassificationDataModule", "SyntheticMixedClassificationDataset", "Task",
+    "TedliumDataModule", "audio_info", "check_audio", "collate_audio", "collate_targets",
+    "normalize_tedlium_transcript", "read_audio", "read_manifest", "read_stm", "resample", "resolve_items",
     "summarize_folds",
 ]

@@ -1,9 +1,6 @@
-"""Reading audio files into mono float32 tensors at a target sample rate.
-
-Audio is read with :mod:`soundfile` (libsndfile), never with ``torchaudio.load``: from torchaudio 2.9 on,
-``torchaudio.load`` needs torchcodec and a system FFmpeg. torchaudio is used for DSP only
-(:func:`torchaudio.functional.resample`).
-"""
+"""Reading audio files into mono float32 tensors at a target sample rate, with :mod:`soundfile`
+(``torchaudio.load`` needs torchcodec and FFmpeg from torchaudio 2.9 on; torchaudio is used for resampling
+only)."""
 
 from __future__ import annotations
 
@@ -20,27 +17,15 @@ import torch
 import torchaudio.functional as AF
 
 __all__ = [
-    "AudioFileNotFoundError",
-    "AudioInfo",
-    "AudioReadError",
-    "audio_info",
-    "check_audio",
-    "read_audio",
-    "resample",
-    "resampled_length",
+    "AudioFileNotFoundError", "AudioInfo", "AudioReadError", "audio_info", "check_audio", "read_audio",
+    "resample", "resampled_length",
 ]
 
 PathLike = str | os.PathLike
 
 
 class AudioReadError(RuntimeError):
-    """An audio file is missing, unreadable, empty, truncated or corrupt; the message names the file.
-
-    Args:
-        path: the file.
-        reason: what is wrong with it.
-        what: how the message starts (``"cannot read audio file"``).
-    """
+    """An audio file is missing, unreadable, empty, truncated or corrupt; the message names the file."""
 
     def __init__(self, path: PathLike, reason: str, what: str = "cannot read audio file") -> None:
         self.path = os.fspath(path)
@@ -59,13 +44,7 @@ class AudioFileNotFoundError(AudioReadError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What the header of an audio file says.
-
-    Attributes:
-        frames: number of frames (samples per channel).
-        sample_rate: frames per second.
-        channels: number of channels.
-    """
+    """What the header of an audio file says: frames (per channel), sample rate and channels."""
 
     frames: int
     sample_rate: int
@@ -78,32 +57,18 @@ class AudioInfo:
 
 
 def audio_info(path: PathLike) -> AudioInfo:
-    """Read the header of an audio file, without decoding the audio.
+    """Read the header of an audio file (anything libsndfile reads) without decoding the audio.
 
-    Args:
-        path: the audio file (any format libsndfile reads: WAV, FLAC, NIST SPHERE PCM, ...).
-
-    Returns:
-        Its frame count, sample rate and channel count.
-
-    Raises:
-        AudioFileNotFoundError: if the file does not exist.
-        AudioReadError: if the file is unreadable, holds no frames, or is truncated: its header promises more
-            frames than the file holds (libsndfile would silently read the shorter file).
+    Raises :class:`AudioFileNotFoundError`, or :class:`AudioReadError` for a file that is unreadable, holds no
+    frames or is truncated (its header promises more frames than it holds; libsndfile would silently read
+    less).
     """
     return _inspect(path, scan_samples=False)
 
 
 def check_audio(path: PathLike) -> AudioInfo:
-    """:func:`audio_info`, and for float files (``FLOAT``/``DOUBLE`` subtypes) a scan for NaN/inf samples.
-
-    Integer PCM, FLAC and the like cannot hold non-finite samples, so only float files are decoded (once,
-    in blocks); this is the check DataModules run on every file at setup.
-
-    Raises:
-        AudioFileNotFoundError: if the file does not exist.
-        AudioReadError: as :func:`audio_info`, or if a float file holds NaN or infinite samples.
-    """
+    """:func:`audio_info`, and for float files a scan for NaN/inf samples (the check DataModules run at
+    setup)."""
     return _inspect(path, scan_samples=True)
 
 
@@ -167,11 +132,8 @@ def _decoded_length(path: PathLike, f: sf.SoundFile, info: AudioInfo) -> AudioIn
     """``info`` with the frames that really decode: the header's count, or the real end of an estimated one.
 
     Decodes the last frame (exact counts) or the last :data:`_ESTIMATE_TAIL_FRAMES` (estimates); only when
-    nothing decodes there (the audio ends before) is the whole file decoded to find its end.
-
-    Raises:
-        AudioReadError: the file decodes to fewer frames than its header promises (beyond an estimate's error).
-        RuntimeError: from libsndfile, when decoding fails (the caller reports the file as corrupt).
+    nothing decodes there is the whole file decoded. ``AudioReadError`` when the file holds fewer frames than
+    its header promises.
     """
     estimated = f.format in _ESTIMATED_LENGTH_FORMATS
     start = max(0, info.frames - (_ESTIMATE_TAIL_FRAMES if estimated else 1))
@@ -198,10 +160,8 @@ def _decoded_length(path: PathLike, f: sf.SoundFile, info: AudioInfo) -> AudioIn
 
 
 def _frames_to_end(f: sf.SoundFile) -> int:
-    """Frames decoded from the current position to the end of the file (decoded in blocks, not kept).
-
-    ``SoundFile.blocks`` cannot count them: it sizes its blocks from the frame count, not from what decodes.
-    """
+    """Frames decoded from here to the end of the file (``SoundFile.blocks`` sizes blocks from the header's
+    count)."""
     total = 0
     while (count := f.read(1 << 16, dtype="float32", always_2d=True).shape[0]) > 0:
         total += count
@@ -209,11 +169,8 @@ def _frames_to_end(f: sf.SoundFile) -> int:
 
 
 def _promised_frames(path: PathLike, file_format: str, subtype: str) -> int | None:
-    """Frames the header of a WAV or NIST SPHERE file promises, or ``None`` when unknown.
-
-    libsndfile shortens the frame count of a cut WAV/SPHERE file to what the file holds, without an error;
-    the header's own count tells that the file was cut.
-    """
+    """Frames the header of a WAV or NIST SPHERE file promises (libsndfile shortens a cut file's count
+    silently)."""
     if subtype not in _FIXED_SIZE_SUBTYPES:
         return None
     with open(os.fspath(path), "rb") as fh:
@@ -260,46 +217,22 @@ def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
 
 
 def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
-    """Resample with :func:`torchaudio.functional.resample` (windowed sinc), a no-op at equal rates.
-
-    Args:
-        waveform: ``[..., samples]`` float tensor.
-        orig_sr: its sample rate.
-        target_sr: the wanted sample rate.
-
-    Returns:
-        ``[..., resampled_length(samples, orig_sr, target_sr)]``.
-    """
+    """Resample ``[..., samples]`` with :func:`torchaudio.functional.resample` (windowed sinc), a no-op at
+    equal rates."""
     if orig_sr == target_sr:
         return waveform
     return AF.resample(waveform, orig_sr, target_sr)
 
 
 def read_audio(
-    path: PathLike,
-    start: int | None = None,
-    stop: int | None = None,
-    target_sr: int = 16000,
+    path: PathLike, start: int | None = None, stop: int | None = None, target_sr: int = 16000,
 ) -> torch.Tensor:
-    """Read (part of) an audio file as mono float32 at ``target_sr``.
+    """Read frames ``[start, stop)`` (file rate; ``None``: the whole file) as mono float32 ``[samples]`` at
+    ``target_sr``.
 
-    Only frames ``[start, stop)`` are decoded (soundfile seeks), so cutting an utterance out of a long
-    recording costs the utterance, not the recording. Channels are averaged; the result is resampled with
-    :func:`torchaudio.functional.resample` when the file's rate differs from ``target_sr``.
-
-    Args:
-        path: the audio file.
-        start: first frame to read, in frames at the file's own sample rate; ``None`` = 0.
-        stop: frame after the last one to read (file rate); ``None`` = end of file.
-        target_sr: sample rate of the returned waveform.
-
-    Returns:
-        ``[samples]`` float32 waveform.
-
-    Raises:
-        AudioFileNotFoundError: if the file does not exist.
-        AudioReadError: if the file is unreadable or corrupt, holds a NaN or infinite sample, the range holds
-            no frames, or the file ends before ``stop`` (a truncated file, or a range past its end).
+    Only the range is decoded (soundfile seeks); channels are averaged. Raises
+    :class:`AudioFileNotFoundError`, or :class:`AudioReadError` for an unreadable or corrupt file, a NaN or
+    infinite sample, an empty range or a file that ends before ``stop``.
     """
     if stop is None:
         # audio_info raises for a missing or truncated file, whose frames libsndfile would hide.

@@ -40,10 +40,7 @@ Task = Literal["classification", "ctc", "regression"]
 _PLACEHOLDER_TARGETS: dict[str, Any] = {"classification": 0, "ctc": "", "regression": 0.0}
 
 _STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
-    "fit": ("train", "val"),
-    "validate": ("val",),
-    "test": ("test",),
-    "predict": ("predict",),
+    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",),
     None: ("train", "val", "test", "predict"),
 }
 
@@ -55,35 +52,28 @@ class DatasetLayoutError(FileNotFoundError):
 class AudioDataModule(LightningDataModule):
     """Base of every ldrop DataModule: audio examples in, :class:`~ldrop.data.batch.AudioBatch` out.
 
-    A subclass lists the items of a split (:meth:`list_items`, for datasets on disk) or builds the
-    dataset itself (:meth:`build_dataset`, for generated data); this class checks every audio header once
-    at setup (logging counts and hours per split), applies the training length limits, batches with the
-    samplers of :mod:`ldrop.data.samplers` (which shard across DDP ranks themselves: run multi-device
-    training with ``Trainer(use_distributed_sampler=False)``) and collates with :meth:`collate`.
-
-    Attributes:
-        task: the kind of target (:data:`Task`): ``"classification"`` (class ids), ``"ctc"`` (transcripts) or
-            ``"regression"`` (values or tensors). It sets the default ``long_clip_policy`` and the placeholder
-            target of inputs named with :meth:`predict_on_files`.
-        datasets: the datasets built by :meth:`setup`, by split.
-        num_bad_files: bad items skipped, by split: at setup, and (each item once) when they failed to load.
+    A subclass lists a split's items (:meth:`list_items`) or builds the dataset itself
+    (:meth:`build_dataset`); this class checks every audio header once at setup, applies the training length
+    limits, batches with :mod:`ldrop.data.samplers` (which shard across DDP ranks: use
+    ``Trainer(use_distributed_sampler=False)``) and collates with :meth:`collate`. ``task`` (:data:`Task`)
+    sets the default ``long_clip_policy`` and the placeholder targets of :meth:`predict_on_files`;
+    ``num_bad_files`` counts skipped items by split.
 
     Args:
         root: the extracted dataset folder (``None`` for generated data).
         batch_size: items per batch when ``max_batch_seconds`` is ``None``.
         num_workers: DataLoader worker processes.
-        max_batch_seconds: when set, batches hold at most this many seconds of padded audio
-            (``batch * longest``) and their size varies; ``batch_size`` is then ignored.
-        group_by_length: batch items of similar duration together (less padding); dynamic batches are
-            always grouped.
-        max_train_seconds: longest training clip (default 30 s); ``None`` for no limit (a training clip
-            over a minute is then named in a warning). Evaluation and predict splits are never cut.
-        long_clip_policy: what happens to a longer training clip: ``"crop"`` a random window of
-            ``max_train_seconds`` (classification only) or ``"filter"`` it out; ``None`` = crop for
-            classification, filter for CTC.
-        skip_bad_files: skip bad items (missing, unreadable, empty, truncated or corrupt files, files with
-            NaN/inf samples, audio without a transcript, ranges outside their file) with a logged warning and
-            a count, instead of raising an error that names the file.
+        max_batch_seconds: when set, batches hold at most this many seconds of padded audio (``batch *
+            longest``) and their size varies; ``batch_size`` is then ignored.
+        group_by_length: batch items of similar duration together (less padding); dynamic batches are always
+            grouped.
+        max_train_seconds: longest training clip (default 30 s); ``None`` for no limit. Evaluation and predict
+            splits are never cut.
+        long_clip_policy: what happens to a longer training clip: ``"crop"`` a random window (classification
+            only) or ``"filter"`` it out; ``None`` = crop for classification, filter for CTC.
+        skip_bad_files: skip bad items (missing, unreadable, truncated or corrupt files, NaN/inf samples,
+            audio without a transcript, ranges outside their file) with a warning and a count, instead of
+            raising an error that names the file.
         seed: seed of the batch order (and of any seeded choice a dataset makes).
         sample_rate: sample rate of the returned waveforms; files at other rates are resampled.
         min_samples: shorter clips are zero-padded to this many samples (400 = one 25 ms frame at 16 kHz).
@@ -100,19 +90,11 @@ class AudioDataModule(LightningDataModule):
     takes_skip_bad_files: ClassVar[bool] = True
 
     def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        max_batch_seconds: float | None = None,
-        group_by_length: bool = True,
+        self, root: str | None = None, batch_size: int = 8, num_workers: int = 0,
+        max_batch_seconds: float | None = None, group_by_length: bool = True,
         max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
-        long_clip_policy: Literal["crop", "filter"] | None = None,
-        skip_bad_files: bool = False,
-        seed: int = 0,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        pin_memory: bool = False,
+        long_clip_policy: Literal["crop", "filter"] | None = None, skip_bad_files: bool = False,
+        seed: int = 0, sample_rate: int = 16000, min_samples: int = 400, pin_memory: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -160,11 +142,8 @@ class AudioDataModule(LightningDataModule):
 
     # ----------------------------------------------------------------------------------- subclass hooks
     def list_items(self, split: Split) -> list[AudioItem]:
-        """List the items of ``split`` from the files on disk, reading no audio.
-
-        Raises:
-            DatasetLayoutError: if the root or the split's folder or list file is missing.
-        """
+        """List the items of ``split`` from the files on disk, reading no audio (``DatasetLayoutError`` when
+        missing)."""
         raise NotImplementedError(f"{type(self).__name__} must implement list_items() or build_dataset()")
 
     def has_split(self, split: Split) -> bool:
@@ -172,11 +151,7 @@ class AudioDataModule(LightningDataModule):
         return True
 
     def build_dataset(self, split: Split) -> AudioDataset:
-        """Build the dataset of ``split``, before the training length limits are applied.
-
-        The default lists the items, checks them with :func:`~ldrop.data.datasets.resolve_items` (raising
-        or logging bad files) and reads them with :class:`~ldrop.data.datasets.AudioFileDataset`.
-        """
+        """Build the dataset of ``split`` before the length limits (default: list, check, read)."""
         return self._file_dataset(self.list_items(split), split)
 
     # ------------------------------------------------------------------------------------------- setup
@@ -194,20 +169,15 @@ class AudioDataModule(LightningDataModule):
         return self.datasets[split]
 
     def targets(self, split: Split = "train") -> list[int | str]:
-        """Targets (class ids or transcripts) of ``split``, in dataset order, without reading audio.
-
-        Before :meth:`setup` this lists the split from disk (no header checks, no filtering); after, it
-        returns the targets of the built dataset.
-        """
+        """Targets of ``split`` in dataset order, without reading audio (listed from disk before
+        :meth:`setup`)."""
         if split in self.datasets:
             return self.datasets[split].targets
         return [item.target for item in self.list_items(split) if item.problem is None]
 
     def transcripts(self, split: Split = "train") -> list[str]:
-        """Transcripts of ``split`` (CTC modules), e.g. to build a character vocabulary from training text.
-
-        Callable before :meth:`setup` (it then reads only the transcript files).
-        """
+        """Transcripts of ``split`` (CTC modules); callable before :meth:`setup` (it reads only transcript
+        files)."""
         if self.task != "ctc":
             raise AttributeError(f"{type(self).__name__} is a {self.task} DataModule: it has no transcripts")
         return [str(t) for t in self.targets(split)]
@@ -216,11 +186,12 @@ class AudioDataModule(LightningDataModule):
     predict_files: list[str] | None = None
 
     def predict_on_files(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-        """Make ``predict`` read these audio files (one file or folder, or a list) instead of a split; returns them.
+        """Make ``predict`` read these audio files (a file, a folder or a list) instead of a split; returns
+        them.
 
-        Folders are searched recursively for :data:`AUDIO_EXTENSIONS`, leaving out hidden files and folders
-        (macOS ``._x.wav``); a file named explicitly is always used. Targets are placeholders; ids are the
-        paths. A missing path, or no audio file at all, is a ``FileNotFoundError``.
+        Folders are searched recursively for :data:`AUDIO_EXTENSIONS`, leaving out hidden files (macOS
+        ``._x.wav``); targets are placeholders, ids the paths. ``FileNotFoundError`` for a missing path or no
+        audio at all.
         """
         paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         files: list[str] = []
@@ -243,22 +214,14 @@ class AudioDataModule(LightningDataModule):
     def _file_dataset(self, items: list[AudioItem], split: Split) -> AudioFileDataset:
         """Check ``items`` (raising on, or logging and counting, bad ones) and read the good ones."""
         good, bad = resolve_items(
-            items,
-            self.sample_rate,
-            self.skip_bad_files,
-            split=split,
-            skip_option=self.takes_skip_bad_files,
+            items, self.sample_rate, self.skip_bad_files, split=split, skip_option=self.takes_skip_bad_files,
         )
         self.num_bad_files[split] = len(bad)
         if bad:
             shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
             log.warning(
-                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s",
-                type(self).__name__,
-                len(bad),
-                len(items),
-                split,
-                shown,
+                "%s: skipped %d bad item(s) of %d in split '%s':\n  %s", type(self).__name__, len(bad),
+                len(items), split, shown,
             )
         return AudioFileDataset(good, sample_rate=self.sample_rate, min_samples=self.min_samples)
 
@@ -279,10 +242,7 @@ class AudioDataModule(LightningDataModule):
                 if len(keep) < len(raw):
                     log.warning(
                         "%s: dropped %d training item(s) of %d longer than max_train_seconds=%s",
-                        type(self).__name__,
-                        len(raw) - len(keep),
-                        len(raw),
-                        self.max_train_seconds,
+                        type(self).__name__, len(raw) - len(keep), len(raw), self.max_train_seconds,
                     )
                     dataset = SubsetAudioDataset(dataset, keep)
         elif split == "train" and len(dataset) > 0:
@@ -301,13 +261,8 @@ class AudioDataModule(LightningDataModule):
         dataset.skip_bad_files = self.skip_bad_files  # an item that fails when read is then skipped too
         seconds = sum(dataset.lengths) / self.sample_rate
         log.info(
-            "%s: %s split: %d items, %.1f s (%.2f h) of audio, %d bad item(s) skipped",
-            type(self).__name__,
-            split,
-            len(dataset),
-            seconds,
-            seconds / 3600,
-            self.num_bad_files.get(split, 0),
+            "%s: %s split: %d items, %.1f s (%.2f h) of audio, %d bad item(s) skipped", type(self).__name__,
+            split, len(dataset), seconds, seconds / 3600, self.num_bad_files.get(split, 0),
         )
         return dataset
 
@@ -319,30 +274,20 @@ class AudioDataModule(LightningDataModule):
         num_replicas, rank = self._replicas()
         if self.max_batch_seconds is not None:
             return DynamicBatchSampler(
-                lengths,
-                max_batch_seconds=self.max_batch_seconds,
-                sample_rate=self.sample_rate,
-                shuffle=shuffle,
-                num_replicas=num_replicas,
-                rank=rank,
-                seed=self.seed,
+                lengths, max_batch_seconds=self.max_batch_seconds, sample_rate=self.sample_rate,
+                shuffle=shuffle, num_replicas=num_replicas, rank=rank, seed=self.seed,
             )
         return LengthGroupedSampler(
-            lengths,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            window_batches=50 if self.group_by_length else 1,
-            num_replicas=num_replicas,
-            rank=rank,
+            lengths, batch_size=self.batch_size, shuffle=shuffle,
+            window_batches=50 if self.group_by_length else 1, num_replicas=num_replicas, rank=rank,
             seed=self.seed,
         )
 
     def collate(self, examples: list[AudioExample]) -> Any:
-        """Batch the examples of one batch (the loaders' ``collate_fn``): :func:`~ldrop.data.batch.collate_audio`.
+        """Batch the examples that loaded (the loaders' ``collate_fn``):
+        :func:`~ldrop.data.batch.collate_audio`.
 
-        Override it for other targets or fields: the task's steps read ``waveforms``, ``lengths`` and
-        ``len(batch)``, its hooks the targets. ``examples`` are those that loaded; none at all when every
-        example of a training batch failed: return an empty batch (``len(batch) == 0``), which is skipped.
+        Override it for other targets; with no examples at all return an empty batch, which training skips.
         """
         return collate_audio(examples)
 
@@ -352,13 +297,9 @@ class AudioDataModule(LightningDataModule):
         # The plain function when collate is not overridden: worker processes then need no pickled DataModule.
         overridden = type(self).collate is not AudioDataModule.collate
         return ResumableDataLoader(
-            self.dataset(split),
-            batch_sampler=self.batch_sampler(split),
-            num_workers=self.num_workers,
-            collate_fn=self.collate if overridden else collate_audio,
-            pin_memory=self.pin_memory,
-            on_skipped=partial(self._skipped_at_load, split),
-            drop_empty=split != "train",
+            self.dataset(split), batch_sampler=self.batch_sampler(split), num_workers=self.num_workers,
+            collate_fn=self.collate if overridden else collate_audio, pin_memory=self.pin_memory,
+            on_skipped=partial(self._skipped_at_load, split), drop_empty=split != "train",
         )
 
     def _skipped_at_load(self, split: Split, skipped: list[SkippedExample]) -> None:
@@ -371,10 +312,7 @@ class AudioDataModule(LightningDataModule):
         self.num_bad_files[split] = self.num_bad_files.get(split, 0) + len(new)
         log.warning(
             "%s: skipped %d bad item(s) in split '%s' that failed to load (%d bad in all):\n  %s",
-            type(self).__name__,
-            len(new),
-            split,
-            self.num_bad_files[split],
+            type(self).__name__, len(new), split, self.num_bad_files[split],
             "\n  ".join(f"{e.id}: {e.reason}" for e in new),
         )
 

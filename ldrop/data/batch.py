@@ -17,14 +17,7 @@ __all__ = ["AudioBatch", "AudioExample", "SkippedExample", "collate_audio", "col
 
 @dataclass
 class AudioExample:
-    """One item of a dataset, before batching.
-
-    Attributes:
-        waveform: ``[samples]`` float32 mono waveform at the DataModule's sample rate.
-        target: a class id (classification), a transcript (CTC), or a value or tensor (regression,
-            multi-label; see :func:`collate_audio`).
-        id: a string that traces the item back to its source (utterance id, file path, ...).
-    """
+    """One item of a dataset before batching: a ``[samples]`` float32 mono waveform, its target and its id."""
 
     waveform: Tensor
     target: int | float | str | Tensor | np.ndarray
@@ -33,14 +26,7 @@ class AudioExample:
 
 @dataclass
 class SkippedExample:
-    """An example whose audio failed to load, returned instead of it when the DataModule skips bad files.
-
-    The DataModule's loader leaves it out of the batch, and logs and counts it (``num_bad_files``).
-
-    Attributes:
-        id: the example's id.
-        reason: the error, naming the file.
-    """
+    """An example whose audio failed to load, returned in its place when the DataModule skips bad files."""
 
     id: str
     reason: str
@@ -48,16 +34,8 @@ class SkippedExample:
 
 @dataclass
 class AudioBatch:
-    """A padded batch of waveforms with their lengths, targets and ids.
-
-    Attributes:
-        waveforms: ``[batch, samples]`` float32, zero-padded on the right to the longest item.
-        lengths: ``[batch]`` long, number of valid samples of each row.
-        targets: ``[batch]`` long class ids (classification), the ``batch`` transcripts (CTC), a ``[batch]``
-            float32 tensor of values or a ``[batch, ...]`` tensor of stacked target tensors (regression,
-            multi-label); see :func:`collate_audio`.
-        ids: the ``batch`` item ids, in row order.
-    """
+    """A batch of zero-padded ``waveforms [batch, samples]`` with ``lengths [batch]``, targets (see
+    :func:`collate_audio`) and ids."""
 
     waveforms: Tensor
     lengths: Tensor
@@ -74,9 +52,7 @@ class AudioBatch:
             targets = targets.to(device, non_blocking=non_blocking)
         return AudioBatch(
             waveforms=self.waveforms.to(device, non_blocking=non_blocking),
-            lengths=self.lengths.to(device, non_blocking=non_blocking),
-            targets=targets,
-            ids=self.ids,
+            lengths=self.lengths.to(device, non_blocking=non_blocking), targets=targets, ids=self.ids,
         )
 
     def pin_memory(self) -> AudioBatch:
@@ -92,24 +68,12 @@ class AudioBatch:
 
 
 def collate_audio(examples: Sequence[AudioExample]) -> AudioBatch:
-    """Pad a list of examples into an :class:`AudioBatch`.
+    """Pad a list of examples into an :class:`AudioBatch` (an empty one for no examples, which training
+    skips).
 
-    The targets of a batch are all of one kind, and are batched by kind:
-
-    * class ids (``int``): a ``[batch]`` long tensor;
-    * values (``float``, or ints mixed with floats): a ``[batch]`` float32 tensor;
-    * tensors or NumPy arrays of one shape ``S``: stacked into a ``[batch, *S]`` tensor (their dtype kept);
-    * transcripts (``str``): a list of ``batch`` strings.
-
-    Args:
-        examples: the examples of one batch; none when all of them failed to load (``skip_bad_files``).
-
-    Returns:
-        The batch, rows in the order of ``examples``; an empty batch (``len 0``, ``waveforms [0, 0]``) for no
-        examples, which the task's training step skips.
-
-    Raises:
-        ValueError: if ``examples`` mixes kinds of targets or holds tensors of different shapes.
+    Targets are batched by kind: class ids as a ``[batch]`` long tensor, values as ``[batch]`` float32,
+    tensors or arrays of one shape ``S`` stacked into ``[batch, *S]`` (dtype kept), transcripts as a list.
+    ``ValueError`` for mixed kinds or shapes.
     """
     if not examples:
         return AudioBatch(waveforms=torch.zeros(0, 0), lengths=torch.zeros(0, dtype=torch.long), targets=[], ids=[])
@@ -122,15 +86,8 @@ def collate_audio(examples: Sequence[AudioExample]) -> AudioBatch:
 
 
 def collate_targets(targets: Sequence[Any], ids: Sequence[str] | None = None) -> Tensor | list[str]:
-    """The targets of one batch, batched by their kind (see :func:`collate_audio`).
-
-    Args:
-        targets: one target per example.
-        ids: the examples' ids, named in errors.
-
-    Raises:
-        ValueError: mixed kinds, tensors of different shapes, or a target of no known kind.
-    """
+    """The targets of one batch, batched by their kind (see :func:`collate_audio`); ``ids`` are named in
+    errors."""
     kinds = [_target_kind(t) for t in targets]
     if len(set(kinds)) > 1 and set(kinds) != {"class id", "value"}:
         shown = ", ".join(f"{ids[i] if ids else i}: {kinds[i]}" for i in range(min(len(kinds), 6)))

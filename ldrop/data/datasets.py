@@ -1,10 +1,5 @@
-"""Map-style datasets of :class:`~ldrop.data.batch.AudioExample`, and the items they are listed from.
-
-A DataModule lists its split as :class:`AudioItem` records (a file, or a time range of a file, with a
-target), :func:`resolve_items` checks them against the audio headers, and :class:`AudioFileDataset`
-reads them. Every dataset knows the length of each example before reading it (:attr:`AudioDataset.lengths`)
-so that samplers can group items by length.
-"""
+"""Map-style datasets of :class:`~ldrop.data.batch.AudioExample` and the :class:`AudioItem` records they are
+listed from; every dataset knows each example's length before reading it (for the samplers)."""
 
 from __future__ import annotations
 
@@ -21,11 +16,7 @@ from ldrop.data.audio import AudioInfo, AudioReadError, check_audio, read_audio,
 from ldrop.data.batch import AudioExample, SkippedExample
 
 __all__ = [
-    "RANGE_END_TOLERANCE_SECONDS",
-    "AudioDataset",
-    "AudioFileDataset",
-    "AudioItem",
-    "SubsetAudioDataset",
+    "RANGE_END_TOLERANCE_SECONDS", "AudioDataset", "AudioFileDataset", "AudioItem", "SubsetAudioDataset",
     "resolve_items",
 ]
 
@@ -40,21 +31,10 @@ RANGE_END_TOLERANCE_SECONDS = 0.05
 
 @dataclass
 class AudioItem:
-    """One example on disk: a whole audio file or a time range of it.
+    """One example on disk: a whole audio file or a time range (``offset``, ``duration`` seconds) of it.
 
-    Attributes:
-        id: identifier that traces the example back to its source (utterance id, relative path, ...).
-        path: the audio file.
-        target: class id (classification), transcript (CTC), or a value or tensor (regression, multi-label).
-        offset: start of the range in seconds.
-        duration: length of the range in seconds; ``None`` reads to the end of the file.
-        start: first frame of the range at the file's rate; set by :func:`resolve_items` (or by a
-            DataModule that knows frames directly).
-        stop: frame after the range (file rate); ``None`` = end of file.
-        file_sample_rate: the file's sample rate, set by :func:`resolve_items`.
-        num_samples: length of the example at the target rate, set by :func:`resolve_items`.
-        problem: why the item cannot be used, found while listing it (e.g. audio without a transcript);
-            :func:`resolve_items` then treats it as a bad item.
+    ``start``/``stop`` (frames at the file's rate), ``file_sample_rate`` and ``num_samples`` (at the target
+    rate) are set by :func:`resolve_items`; ``problem`` marks an item found bad while listing it.
     """
 
     id: str
@@ -70,32 +50,16 @@ class AudioItem:
 
 
 def resolve_items(
-    items: Sequence[AudioItem],
-    sample_rate: int,
-    skip_bad_files: bool,
-    split: str = "",
+    items: Sequence[AudioItem], sample_rate: int, skip_bad_files: bool, split: str = "",
     skip_option: bool = True,
 ) -> tuple[list[AudioItem], list[str]]:
     """Check every file once, turn time ranges into frame ranges, and find bad items.
 
-    An item is bad when it was listed with a :attr:`~AudioItem.problem`, when its file is missing,
-    unreadable, empty, truncated, corrupt or holds NaN/inf samples (:func:`~ldrop.data.audio.check_audio`),
-    or when its time range lies outside the file. A range may end at most
-    :data:`RANGE_END_TOLERANCE_SECONDS` past the end of the file (it is then clipped to the end).
-
-    Args:
-        items: the listed items (several may share a file).
-        sample_rate: the target sample rate, to compute :attr:`AudioItem.num_samples`.
-        skip_bad_files: drop bad items (the caller logs them) instead of raising.
-        split: split name, for messages.
-        skip_option: whether the caller accepts ``skip_bad_files=True``; the error then suggests it.
-
-    Returns:
-        The resolved good items, and one ``"<path>: <reason>"`` line per bad item.
-
-    Raises:
-        AudioReadError: naming the first bad file, if there is one and ``skip_bad_files`` is False (an
-            :class:`~ldrop.data.audio.AudioFileNotFoundError` when that file does not exist).
+    An item is bad when listed with a ``problem``, when its file fails :func:`~ldrop.data.audio.check_audio`,
+    or when its range lies outside the file (it may end up to :data:`RANGE_END_TOLERANCE_SECONDS` past the
+    end, then clipped). Returns the good items and one ``"<path>: <reason>"`` line per bad one; without
+    ``skip_bad_files`` the first bad file raises :class:`~ldrop.data.audio.AudioReadError` (which suggests
+    ``skip_bad_files`` when ``skip_option``).
     """
     infos: dict[str, AudioInfo | AudioReadError] = {}
     good: list[AudioItem] = []
@@ -144,10 +108,7 @@ def resolve_items(
         stop = info.frames if stop is None else min(stop, info.frames)
         good.append(
             replace(
-                item,
-                start=start,
-                stop=stop,
-                file_sample_rate=info.sample_rate,
+                item, start=start, stop=stop, file_sample_rate=info.sample_rate,
                 num_samples=resampled_length(stop - start, info.sample_rate, sample_rate),
             )
         )
@@ -166,33 +127,16 @@ def resolve_items(
 class AudioDataset(Dataset[AudioExample]):
     """Base of ldrop's datasets: examples whose lengths and targets are known without reading audio.
 
-    Subclasses implement :meth:`__len__`, :meth:`load` and the :attr:`raw_lengths`, :attr:`targets` and
-    :attr:`ids` properties; :meth:`__getitem__` fits each waveform to ``[min_samples, max_samples]``
-    (zero-padding short clips, cropping long ones).
-
-    With ``skip_bad_files`` (the DataModule sets it), an example whose :meth:`load` raises
+    Subclasses implement ``__len__``, :meth:`load`, ``raw_lengths``, ``targets`` and ``ids``;
+    :meth:`__getitem__` fits each waveform to ``[min_samples, max_samples]`` (zero-padding or cropping, at a
+    random offset with ``random_crop``). With ``skip_bad_files`` an example whose :meth:`load` raises
     :class:`~ldrop.data.audio.AudioReadError` comes back as a :class:`~ldrop.data.batch.SkippedExample`, which
-    the DataModule's loader leaves out of its batch, logs and counts: a file that fails only when it is read
-    (it changed or went missing after the setup check, or its decoder fails mid-file) does not end the run.
-
-    Args:
-        sample_rate: sample rate of the returned waveforms.
-        min_samples: shorter waveforms are zero-padded to this many samples (the convolutional front end
-            of a wav2vec2-style model needs 400 samples at 16 kHz for one frame).
-        max_samples: longer waveforms are cropped to this many samples; ``None`` keeps them whole.
-        random_crop: crop at a random offset (training; drawn from torch's RNG, which Lightning seeds per
-            worker) instead of the start.
-        skip_bad_files: return a :class:`~ldrop.data.batch.SkippedExample` for an example that fails to load,
-            instead of raising.
+    the loader leaves out, logs and counts.
     """
 
     def __init__(
-        self,
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        max_samples: int | None = None,
-        random_crop: bool = False,
-        skip_bad_files: bool = False,
+        self, sample_rate: int = 16000, min_samples: int = 400, max_samples: int | None = None,
+        random_crop: bool = False, skip_bad_files: bool = False,
     ) -> None:
         self.sample_rate = sample_rate
         self.min_samples = min_samples
@@ -255,24 +199,12 @@ class AudioDataset(Dataset[AudioExample]):
 
 
 class AudioFileDataset(AudioDataset):
-    """Examples read from audio files (or frame ranges of them) listed as resolved :class:`AudioItem`.
-
-    Args:
-        items: items resolved by :func:`resolve_items` (``start``/``stop``/``num_samples`` set).
-        sample_rate: sample rate of the returned waveforms.
-        min_samples: see :class:`AudioDataset`.
-        max_samples: see :class:`AudioDataset`; a long item is cropped while reading, so only the kept
-            frames are decoded.
-        random_crop: see :class:`AudioDataset`.
-    """
+    """Examples read from resolved :class:`AudioItem` files or frame ranges (a long item is cropped while
+    reading)."""
 
     def __init__(
-        self,
-        items: Sequence[AudioItem],
-        sample_rate: int = 16000,
-        min_samples: int = 400,
-        max_samples: int | None = None,
-        random_crop: bool = False,
+        self, items: Sequence[AudioItem], sample_rate: int = 16000, min_samples: int = 400,
+        max_samples: int | None = None, random_crop: bool = False,
     ) -> None:
         super().__init__(sample_rate, min_samples, max_samples, random_crop)
         unresolved = [it.id for it in items if it.num_samples is None or it.file_sample_rate is None]
@@ -309,12 +241,7 @@ class AudioFileDataset(AudioDataset):
 
 
 class SubsetAudioDataset(AudioDataset):
-    """The examples of ``dataset`` at ``indices``, with the same length fitting.
-
-    Args:
-        dataset: the full dataset.
-        indices: positions to keep, in order.
-    """
+    """The examples of ``dataset`` at ``indices``, with the same length fitting."""
 
     def __init__(self, dataset: AudioDataset, indices: Sequence[int]) -> None:
         super().__init__(dataset.sample_rate, dataset.min_samples, dataset.max_samples, dataset.random_crop,

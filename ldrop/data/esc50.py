@@ -17,15 +17,13 @@ __all__ = ["ESC10_TARGETS", "ESC50DataModule", "ESC50_CLASSES", "ESC50_FOLDS", "
 log = logging.getLogger("ldrop.data")
 
 ESC50_CLASSES: tuple[str, ...] = (
-    "dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow",
-    "rain", "sea_waves", "crackling_fire", "crickets", "chirping_birds", "water_drops", "wind",
-    "pouring_water", "toilet_flush", "thunderstorm",
-    "crying_baby", "sneezing", "clapping", "breathing", "coughing", "footsteps", "laughing",
-    "brushing_teeth", "snoring", "drinking_sipping",
-    "door_wood_knock", "mouse_click", "keyboard_typing", "door_wood_creaks", "can_opening",
-    "washing_machine", "vacuum_cleaner", "clock_alarm", "clock_tick", "glass_breaking",
-    "helicopter", "chainsaw", "siren", "car_horn", "engine", "train", "church_bells", "airplane",
-    "fireworks", "hand_saw",
+    "dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow", "rain", "sea_waves",
+    "crackling_fire", "crickets", "chirping_birds", "water_drops", "wind", "pouring_water", "toilet_flush",
+    "thunderstorm", "crying_baby", "sneezing", "clapping", "breathing", "coughing", "footsteps", "laughing",
+    "brushing_teeth", "snoring", "drinking_sipping", "door_wood_knock", "mouse_click", "keyboard_typing",
+    "door_wood_creaks", "can_opening", "washing_machine", "vacuum_cleaner", "clock_alarm", "clock_tick",
+    "glass_breaking", "helicopter", "chainsaw", "siren", "car_horn", "engine", "train", "church_bells",
+    "airplane", "fireworks", "hand_saw",
 )  # fmt: skip
 """The 50 categories of the official ESC-50, indexed by its ``target`` column (the class list itself is read
 from ``meta/esc50.csv``, so corpora in the ESC-50 layout with other classes load too)."""
@@ -44,24 +42,17 @@ ESC50_LAYOUT = """\
 class ESC50DataModule(AudioDataModule):
     """ESC-50 environmental sound classification, one cross-validation fold per run.
 
-    The test split is fold ``test_fold``, validation is fold ``val_fold``, training is the other folds
-    (3 folds, or 4 when ``val_fold == test_fold``). The protocol is 5-fold cross-validation: run once per
-    ``test_fold`` in 1..5 and report the mean accuracy (:func:`summarize_folds`). Clips are resampled from
-    44.1 kHz to ``sample_rate``. With ``esc10=True`` only the ESC-10 subset is kept and its targets are
-    remapped to 0-9 (order of :data:`ESC10_TARGETS`). Ids are the file names. The predict split is the
-    test fold.
-
-    The classes are read from ``meta/esc50.csv`` (every row, all folds): class ``i`` is the category of
-    the ``i``-th smallest ``target`` (for ESC-50 itself, class id = target). A corpus in the ESC-50 layout
-    with other categories therefore loads as it is; a target given two categories, or a category given
-    two targets, is an error naming the file and the target.
+    Test is fold ``test_fold``, validation fold ``val_fold``, training the other folds; run once per
+    ``test_fold`` in 1..5 and report the mean (:func:`summarize_folds`). ``esc10=True`` keeps the ESC-10
+    subset, targets remapped to 0-9 (:data:`ESC10_TARGETS` order). Class ``i`` is the category of the ``i``-th
+    smallest ``target`` in ``meta/esc50.csv``, so a corpus in this layout with other categories loads too.
 
     Args:
         root: folder holding ``ESC-50-master/`` (or that folder itself).
         test_fold: the held-out test fold, 1-5.
-        val_fold: the validation fold; ``None`` = the next fold after ``test_fold`` (5 -> 1). Setting it
-            equal to ``test_fold`` trains on 4 folds and validates on the test fold (logged as a warning:
-            do not select checkpoints on it).
+        val_fold: the validation fold; ``None`` = the next fold after ``test_fold`` (5 -> 1). Setting it equal
+            to ``test_fold`` trains on 4 folds and validates on the test fold (logged as a warning: do not
+            select checkpoints on it).
         esc10: use the 10-class ESC-10 subset.
         **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
             ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...).
@@ -70,12 +61,8 @@ class ESC50DataModule(AudioDataModule):
     task = "classification"
 
     def __init__(
-        self,
-        root: str,
-        test_fold: Literal[1, 2, 3, 4, 5] = 1,
-        val_fold: Literal[1, 2, 3, 4, 5] | None = None,
-        esc10: bool = False,
-        **kwargs,
+        self, root: str, test_fold: Literal[1, 2, 3, 4, 5] = 1,
+        val_fold: Literal[1, 2, 3, 4, 5] | None = None, esc10: bool = False, **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         if test_fold not in ESC50_FOLDS:
@@ -136,10 +123,7 @@ class ESC50DataModule(AudioDataModule):
         """The folds of each split."""
         train = tuple(f for f in ESC50_FOLDS if f not in (self.test_fold, self.val_fold))
         return {
-            "train": train,
-            "val": (self.val_fold,),
-            "test": (self.test_fold,),
-            "predict": (self.test_fold,),
+            "train": train, "val": (self.val_fold,), "test": (self.test_fold,), "predict": (self.test_fold,),
         }
 
     def corpus_dir(self) -> str:
@@ -195,17 +179,8 @@ def _rows(csv_path: str) -> Iterator[tuple[str, dict[str, str], int, int]]:
 
 
 def summarize_folds(scores: Mapping[int, float]) -> dict[str, float]:
-    """Mean and (population) standard deviation of per-fold scores, the number ESC-50 papers report.
-
-    Args:
-        scores: score (e.g. test accuracy) by test fold; all of folds 1-5 for the standard protocol.
-
-    Returns:
-        ``{"mean": ..., "std": ..., "folds": number of folds}``.
-
-    Raises:
-        ValueError: if ``scores`` is empty or names a fold outside 1-5.
-    """
+    """``{"mean", "std" (population), "folds"}`` of per-fold scores (fold 1-5 -> score), as ESC-50 papers
+    report."""
     if not scores:
         raise ValueError("no fold scores to summarize")
     unknown = set(scores) - set(ESC50_FOLDS)

@@ -13,12 +13,7 @@ from ldrop.data.text import ENGLISH_CHARACTERS
 __all__ = ["LIBRISPEECH_SUBSETS", "LibriSpeechDataModule", "LibriSpeechSubset"]
 
 LibriSpeechSubset = Literal[
-    "train-clean-100",
-    "train-clean-360",
-    "train-other-500",
-    "dev-clean",
-    "dev-other",
-    "test-clean",
+    "train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "dev-other", "test-clean",
     "test-other",
 ]
 LIBRISPEECH_SUBSETS: tuple[str, ...] = LibriSpeechSubset.__args__  # type: ignore[attr-defined]
@@ -33,11 +28,8 @@ train-other-500, dev-clean, dev-other, test-clean, test-other)"""
 class LibriSpeechDataModule(AudioDataModule):
     """LibriSpeech for CTC: 16 kHz FLAC utterances with the transcripts of their chapter's ``.trans.txt``.
 
-    Each split is one subset or a list of subsets (e.g. ``train_subsets: [train-clean-100,
-    train-clean-360]``). The default is the SUPERB ASR set-up: train on train-clean-100, select on
-    dev-clean, report test-clean (set ``test_subsets: test-other`` for the other test set).
-    Targets are the transcripts as written (upper case, apostrophes kept); ids are utterance ids
-    (``103-1240-0000``). :meth:`transcripts` gives the text of a split without reading audio.
+    Each split is one subset or a list; the default is SUPERB ASR (train-clean-100, dev-clean, test-clean).
+    Targets are the transcripts as written; ids are utterance ids (``103-1240-0000``).
 
     Args:
         root: folder holding ``LibriSpeech/`` (or the ``LibriSpeech`` folder itself).
@@ -45,28 +37,23 @@ class LibriSpeechDataModule(AudioDataModule):
         val_subsets: subset(s) of the validation split.
         test_subsets: subset(s) of the test split.
         predict_subsets: subset(s) of the predict split; ``None`` = the test subsets.
-        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule`. Training
-            utterances longer than ``max_train_seconds`` are dropped and counted in a warning (a crop
-            would cut the audio away from its transcript).
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule`. Training utterances
+            longer than ``max_train_seconds`` are dropped and counted in a warning (a crop would cut the audio
+            away from its transcript).
     """
 
     task = "ctc"
     alphabet = ENGLISH_CHARACTERS
 
     def __init__(
-        self,
-        root: str,
-        train_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "train-clean-100",
+        self, root: str, train_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "train-clean-100",
         val_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "dev-clean",
         test_subsets: LibriSpeechSubset | list[LibriSpeechSubset] = "test-clean",
-        predict_subsets: LibriSpeechSubset | list[LibriSpeechSubset] | None = None,
-        **kwargs,
+        predict_subsets: LibriSpeechSubset | list[LibriSpeechSubset] | None = None, **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         self.subsets: dict[str, list[str]] = {
-            "train": as_list(train_subsets),
-            "val": as_list(val_subsets),
-            "test": as_list(test_subsets),
+            "train": as_list(train_subsets), "val": as_list(val_subsets), "test": as_list(test_subsets),
             "predict": as_list(predict_subsets if predict_subsets is not None else test_subsets),
         }
         for split, names in self.subsets.items():
@@ -112,12 +99,7 @@ class LibriSpeechDataModule(AudioDataModule):
 
 
 def _untranscribed(subset_dir: str, transcribed: set[str]) -> list[AudioItem]:
-    """Bad items for the FLAC files of ``subset_dir`` that no transcript line names.
-
-    Audio without a transcript cannot be trained or scored; listing it as a bad item makes setup raise
-    an error naming its chapter folder, or (``skip_bad_files``) skip and count it, instead of dropping it
-    without a word.
-    """
+    """Bad items for the FLAC files of ``subset_dir`` that no transcript line names (not dropped silently)."""
     items = []
     for path in sorted(glob.glob(os.path.join(glob.escape(subset_dir), "*", "*", "*.flac"))):
         if path in transcribed:

@@ -23,18 +23,11 @@ A .csv/.tsv file with a header row, or a .jsonl file with one JSON object per li
 
 
 def read_manifest(path: str, task: Task) -> list[dict[str, Any]]:
-    """Read a manifest into records with keys ``path`` (resolved), ``target`` (str), ``offset``, ``duration``, ``id``.
+    """Read a ``.csv``/``.tsv``/``.jsonl`` manifest into records ``path`` (resolved), ``target``, ``offset``,
+    ``duration``, ``id``.
 
-    Args:
-        path: the manifest (``.csv``, ``.tsv`` or ``.jsonl``/``.json`` with one object per line).
-        task: ``"classification"`` reads the ``label`` field, ``"ctc"`` the ``text`` field.
-
-    Returns:
-        One record per row, in file order.
-
-    Raises:
-        DatasetLayoutError: if the manifest is missing or lacks a required column.
-        ValueError: on a malformed row (naming the manifest and line).
+    ``task="classification"`` reads the ``label`` field, ``"ctc"`` the ``text`` field. Raises
+    ``DatasetLayoutError`` (missing manifest or column) or ``ValueError`` (a malformed row, naming the line).
     """
     if not os.path.isfile(path):
         raise layout_error("manifest", path, MANIFEST_LAYOUT)
@@ -76,11 +69,8 @@ def read_manifest(path: str, task: Task) -> list[dict[str, Any]]:
         records.append(
             {
                 "path": audio if os.path.isabs(audio) else os.path.join(base, audio),
-                "target": str(row[target_key]).strip(),
-                "offset": offset,
-                "duration": duration,
-                "id": str(item_id),
-                "where": where,
+                "target": str(row[target_key]).strip(), "offset": offset, "duration": duration,
+                "id": str(item_id), "where": where,
             }
         )
     return records
@@ -101,19 +91,11 @@ def _seconds(value: Any, where: str, name: str) -> float | None:
 class ManifestDataModule(AudioDataModule):
     """Classification or CTC on your own audio, listed in one manifest per split.
 
-    A manifest is a ``.csv``/``.tsv`` with a header or a ``.jsonl`` file, with the fields ``path``
-    (absolute, or relative to the manifest's folder), ``label`` (classification) or ``text`` (CTC), and
-    optionally ``offset`` and ``duration`` in seconds (to use a segment of a longer file; only that
-    segment is decoded) and ``id``. Example CSV::
-
-        path,label,offset,duration
-        clips/a.wav,dog,,
-        long/b.flac,cat,12.5,3.0
-
-    For classification the class list is ``class_names`` when given (a label outside it is an error), else
-    the sorted distinct labels of the training manifest (numerically sorted when all labels are integers);
-    it is available from :attr:`class_names` / :attr:`num_classes` once the training manifest has been
-    read (on first access, or at :meth:`setup`). A label of another split outside that list is an error.
+    A manifest is a ``.csv``/``.tsv`` with a header or a ``.jsonl`` file with the fields ``path`` (absolute,
+    or relative to the manifest's folder), ``label`` (classification) or ``text`` (CTC), and optionally
+    ``offset`` and ``duration`` in seconds (only that segment is decoded) and ``id``. The classes are
+    ``class_names`` when given, else the sorted distinct training labels (numerically when all are integers);
+    a label outside them is an error.
 
     Args:
         train_manifest: manifest of the training split.
@@ -124,20 +106,14 @@ class ManifestDataModule(AudioDataModule):
         class_names: the classes, in id order (classification).
         root: folder that relative manifest paths (the manifest files, not the audio) are relative to.
         **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
-            ``max_batch_seconds``, ``max_train_seconds``, ``long_clip_policy``, ``skip_bad_files``,
-            ``seed``, ...).
+            ``max_batch_seconds``, ``max_train_seconds``, ``long_clip_policy``, ``skip_bad_files``, ``seed``,
+            ...).
     """
 
     def __init__(
-        self,
-        train_manifest: str | None = None,
-        val_manifest: str | None = None,
-        test_manifest: str | None = None,
-        predict_manifest: str | None = None,
-        task: Task = "classification",
-        class_names: list[str] | None = None,
-        root: str | None = None,
-        **kwargs,
+        self, train_manifest: str | None = None, val_manifest: str | None = None,
+        test_manifest: str | None = None, predict_manifest: str | None = None, task: Task = "classification",
+        class_names: list[str] | None = None, root: str | None = None, **kwargs,
     ) -> None:
         if task not in ("classification", "ctc"):
             raise ValueError(f"task must be 'classification' or 'ctc', got {task!r}")
@@ -154,9 +130,7 @@ class ManifestDataModule(AudioDataModule):
         self.manifests: dict[str, str | None] = {
             split: self._resolve(m)
             for split, m in (
-                ("train", train_manifest),
-                ("val", val_manifest),
-                ("test", test_manifest),
+                ("train", train_manifest), ("val", val_manifest), ("test", test_manifest),
                 ("predict", predict),
             )
         }

@@ -1,16 +1,10 @@
 """Batch samplers that group items of similar length, shard batches across DDP ranks, and reshuffle per epoch.
 
-Both yield lists of dataset indices (``DataLoader(batch_sampler=...)``). Every rank builds the same batches
-for an epoch, a function of ``(seed, epoch)`` only, and takes every ``num_replicas``-th one from ``rank``
-(the largest batches are split until the count divides evenly), so ranks see disjoint items and equal step
-counts; Lightning cannot inject its ``DistributedSampler`` into a custom batch sampler, so multi-device
-training needs ``Trainer(use_distributed_sampler=False)``. ``shuffle=False`` gives a fixed order. Lightning
-calls ``set_epoch`` on ``batch_sampler.sampler``, which points at the sampler itself. A
-:class:`ResumableDataLoader` over one of them resumes mid-epoch at the first batch not yet handed out.
-
-Common arguments: ``lengths`` (samples per item, ``[num_items]``), ``shuffle`` (reshuffle per epoch, or a
-fixed order for evaluation), ``num_replicas`` and ``rank`` (default: from the process group, else 1 and 0),
-``seed`` (the batches of an epoch depend on ``(seed, epoch)`` only).
+Both yield lists of indices (``DataLoader(batch_sampler=...)``). Every rank builds the same batches, a
+function of ``(seed, epoch)`` only, and takes every ``num_replicas``-th from ``rank`` (the largest batches are
+split until the count divides evenly), so ranks see disjoint items and equal step counts; multi-device
+training needs ``Trainer(use_distributed_sampler=False)``. ``num_replicas`` and ``rank`` default to the
+process group's (else 1 and 0); ``shuffle=False`` gives a fixed order.
 """
 
 from __future__ import annotations
@@ -49,12 +43,7 @@ class _ShardedBatchSampler:
     """Common part: per-epoch batch list, equal split across ranks, ``set_epoch``."""
 
     def __init__(
-        self,
-        lengths: Sequence[int],
-        shuffle: bool,
-        num_replicas: int | None,
-        rank: int | None,
-        seed: int,
+        self, lengths: Sequence[int], shuffle: bool, num_replicas: int | None, rank: int | None, seed: int,
     ) -> None:
         self.lengths = np.maximum(np.asarray(lengths, dtype=np.int64).reshape(-1), 1)
         self.shuffle = shuffle
@@ -72,11 +61,7 @@ class _ShardedBatchSampler:
         self.epoch = int(epoch)
 
     def state_dict(self) -> dict[str, int]:
-        """The position in the epoch: ``{"epoch", "batches_done"}`` (batches this rank has yielded so far).
-
-        With DataLoader workers the sampler runs ahead of training; :class:`ResumableDataLoader` then
-        reports the batches actually handed to the trainer instead.
-        """
+        """The position in the epoch: ``{"epoch", "batches_done"}``."""
         return {"epoch": self.epoch, "batches_done": self._yielded}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -118,20 +103,12 @@ class _ShardedBatchSampler:
 
 
 class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` whose place in the epoch survives a checkpoint (Lightning's stateful-dataloader support).
+    """A ``DataLoader`` whose place in the epoch survives a checkpoint (Lightning's stateful dataloaders).
 
-    Lightning saves ``state_dict()`` (the batches handed out, counted here because workers draw indices
-    ahead of training) in every ``fit`` checkpoint; a resumed epoch starts at the first batch not handed
-    out. Each epoch's iterator gets its own ``torch.Generator`` seeded from ``(seed, epoch)``, so the extra
-    iterator of a resumed run shifts no later random draw. Examples that failed to load
-    (:class:`~ldrop.data.batch.SkippedExample`) are left out before ``collate_fn`` and handed to
-    ``on_skipped``; a batch of only such examples is collated empty (``collate_fn([])``, skipped by the
-    training step, so the epoch keeps its length), or dropped with ``drop_empty`` (evaluation).
-
-    Args:
-        on_skipped: called with the skipped examples of each batch that has any; default: a logged warning.
-        drop_empty: leave out batches whose examples all failed to load, instead of yielding them empty.
-        *args, **kwargs: the arguments of ``DataLoader``.
+    A resumed epoch starts at the first batch not handed out; each epoch's iterator gets its own generator
+    seeded from ``(seed, epoch)``. Examples that failed to load are left out before ``collate_fn`` and handed
+    to ``on_skipped`` (default: a warning); a batch of only such examples is collated empty (training skips
+    it), or dropped with ``drop_empty`` (evaluation).
     """
 
     def __init__(self, *args: Any, on_skipped: Callable[[list[SkippedExample]], None] | None = None,
@@ -186,12 +163,8 @@ class _PartlyLoadedBatch:
 
 
 class _SkippingCollate:
-    """``collate_fn`` over the examples that loaded; picklable for worker processes when ``collate_fn`` is.
-
-    Args:
-        collate_fn: batches a list of examples (``None``: PyTorch's ``default_collate``).
-        collate_empty: when every example failed, collate none (an empty batch) rather than return ``None``.
-    """
+    """``collate_fn`` over the examples that loaded (``collate_empty``: collate none rather than give
+    ``None``)."""
 
     def __init__(self, collate_fn: Callable[[list[Any]], Any] | None, collate_empty: bool) -> None:
         if isinstance(collate_fn, _SkippingCollate):  # Lightning re-creates loaders from their attributes
@@ -232,26 +205,14 @@ def _split_to_multiple(batches: list[np.ndarray], multiple: int) -> list[np.ndar
 class LengthGroupedSampler(_ShardedBatchSampler):
     """Fixed-size batches of items of similar length.
 
-    With ``shuffle=True`` each epoch permutes the items, cuts the permutation into windows of
-    ``batch_size * window_batches`` items, sorts every window by length and cuts it into batches, then
-    shuffles the order of the batches: batches hold similar lengths (little padding) yet differ from epoch
-    to epoch. With ``shuffle=False`` all items are sorted by length, longest first (ties keep dataset
-    order). ``window_batches=1`` turns the grouping off (random batches; dataset order when not shuffled).
-
-    Args (and the module's common ones):
-        batch_size: items per batch (the last batch, and batches split to even out the ranks, hold fewer).
-        window_batches: how many batches' worth of items are sorted together.
+    Shuffled, each epoch cuts a permutation into windows of ``batch_size * window_batches`` items, sorts each
+    by length, cuts it into batches and shuffles the batches; unshuffled, all items are sorted longest first.
+    ``window_batches=1`` turns the grouping off.
     """
 
     def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        shuffle: bool = True,
-        window_batches: int = 50,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        seed: int = 0,
+        self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, window_batches: int = 50,
+        num_replicas: int | None = None, rank: int | None = None, seed: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -276,32 +237,17 @@ class LengthGroupedSampler(_ShardedBatchSampler):
 
 
 class DynamicBatchSampler(_ShardedBatchSampler):
-    """Batches of variable size holding at most ``max_batch_seconds`` of (padded) audio each.
+    """Batches of variable size, each at most ``max_batch_seconds`` of padded audio (``count * longest``).
 
-    Items are sorted by length, longest first, and cut greedily: a batch takes as many items as fit
-    ``count * longest <= max_batch_seconds * sample_rate``, i.e. the padded ``[batch, samples]`` tensor
-    the model sees never exceeds the budget. An item longer than the budget forms a batch of its own
-    (cap training clips with ``max_train_seconds`` to avoid that). With ``shuffle=True``, items of equal
-    length are ordered randomly per epoch and the batch order is shuffled; the batch boundaries depend
-    only on the multiset of lengths, so the number of batches is the same every epoch (learning-rate
-    schedules that count steps stay valid).
-
-    Args (and the module's common ones):
-        max_batch_seconds: audio budget per batch, in seconds of padded audio.
-        sample_rate: sample rate the lengths are counted in.
-        max_batch_size: optional cap on the number of items per batch.
+    Items are sorted longest first and cut greedily (an item over the budget is a batch of its own;
+    ``max_batch_size`` caps the count). Shuffling reorders equal lengths and the batches only, so the number
+    of batches is the same every epoch.
     """
 
     def __init__(
-        self,
-        lengths: Sequence[int],
-        max_batch_seconds: float,
-        sample_rate: int = 16000,
-        shuffle: bool = True,
-        max_batch_size: int | None = None,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        seed: int = 0,
+        self, lengths: Sequence[int], max_batch_seconds: float, sample_rate: int = 16000,
+        shuffle: bool = True, max_batch_size: int | None = None, num_replicas: int | None = None,
+        rank: int | None = None, seed: int = 0,
     ) -> None:
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")

@@ -13,19 +13,14 @@ from ldrop.data.base import AudioDataModule, Split, layout_error
 from ldrop.data.datasets import AudioItem
 
 __all__ = [
-    "BACKGROUND_NOISE_DIR",
-    "KEYWORDS_12",
-    "SILENCE",
-    "SPEECH_COMMANDS_WORDS",
-    "SpeechCommandsDataModule",
+    "BACKGROUND_NOISE_DIR", "KEYWORDS_12", "SILENCE", "SPEECH_COMMANDS_WORDS", "SpeechCommandsDataModule",
     "UNKNOWN",
 ]
 
 SPEECH_COMMANDS_WORDS: tuple[str, ...] = (
-    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-    "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
-    "backward", "forward", "follow", "learn", "visual",
+    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "zero", "one", "two", "three",
+    "four", "five", "six", "seven", "eight", "nine", "bed", "bird", "cat", "dog", "happy", "house", "marvin",
+    "sheila", "tree", "wow", "backward", "forward", "follow", "learn", "visual",
 )  # fmt: skip
 KEYWORDS_12: tuple[str, ...] = SPEECH_COMMANDS_WORDS[:10]
 UNKNOWN = "_unknown_"
@@ -50,40 +45,28 @@ _SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "predict": 2}
 class SpeechCommandsDataModule(AudioDataModule):
     """Speech Commands v0.02 keyword spotting, as the 35-word task or the 12-class task.
 
-    * ``num_classes=35``: every word folder is a class (order of :data:`SPEECH_COMMANDS_WORDS`).
-      Validation = ``validation_list.txt``, test = ``testing_list.txt``, train = every other clip outside
-      ``_background_noise_``.
-    * ``num_classes=12`` (SUPERB KS): the 10 words yes, no, up, down, left, right, on, off, stop, go,
-      then ``_unknown_`` (every clip of the other 25 words) and ``_silence_``: random 1 s crops of the
-      ``_background_noise_`` recordings, ``silence_fraction`` times as many as the split's word clips,
-      positions drawn from ``(seed, split)`` so every run and worker sees the same crops. Crops are read
-      with soundfile ``start``/``stop``. ``test_root`` may point at the separate official 12-class test
-      archive, whose folders are the 12 classes.
-
-    Ids are paths relative to the root (``right/a69b9b3e_nohash_0.wav``), and
-    ``_silence_/<noise file>@<first frame>`` for silence crops. The predict split is the test split.
+    35 classes: every word folder (:data:`SPEECH_COMMANDS_WORDS` order), splits from ``validation_list.txt``
+    and ``testing_list.txt``. 12 classes (SUPERB KS): 10 keywords, ``_unknown_`` (the other 25 words) and
+    ``_silence_``: random 1 s crops of ``_background_noise_`` drawn from ``(seed, split)``. Ids are paths
+    relative to the root, ``_silence_/<noise file>@<first frame>`` for crops.
 
     Args:
         root: the extracted ``speech_commands_v0.02`` folder.
         num_classes: 35 (all words) or 12 (10 keywords, ``_unknown_``, ``_silence_``).
-        silence_fraction: 12-class task: number of ``_silence_`` crops per split, as a fraction of the
-            split's word clips.
-        test_root: 12-class task: the extracted ``speech_commands_test_set_v0.02`` folder to test on
-            instead of ``testing_list.txt``.
+        silence_fraction: 12-class task: number of ``_silence_`` crops per split, as a fraction of the split's
+            word clips.
+        test_root: 12-class task: the extracted ``speech_commands_test_set_v0.02`` folder to test on instead
+            of ``testing_list.txt``.
         **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule` (``batch_size``,
-            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...); ``seed``
-            also draws the silence crops.
+            ``max_batch_seconds``, ``max_train_seconds``, ``skip_bad_files``, ``seed``, ...); ``seed`` also
+            draws the silence crops.
     """
 
     task = "classification"
 
     def __init__(
-        self,
-        root: str,
-        num_classes: Literal[12, 35] = 35,
-        silence_fraction: float = 0.1,
-        test_root: str | None = None,
-        **kwargs,
+        self, root: str, num_classes: Literal[12, 35] = 35, silence_fraction: float = 0.1,
+        test_root: str | None = None, **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         if num_classes not in (12, 35):
@@ -169,11 +152,8 @@ class SpeechCommandsDataModule(AudioDataModule):
             start = int(rng.integers(frames - rate + 1))
             items.append(
                 AudioItem(
-                    id=f"{SILENCE}/{name}@{start}",
-                    path=os.path.join(noise_dir, name),
-                    target=label,
-                    start=start,
-                    stop=start + rate,
+                    id=f"{SILENCE}/{name}@{start}", path=os.path.join(noise_dir, name), target=label,
+                    start=start, stop=start + rate,
                 )
             )
         return items
@@ -195,8 +175,7 @@ class SpeechCommandsDataModule(AudioDataModule):
                 if name.lower().endswith(".wav"):
                     items.append(
                         AudioItem(
-                            id=f"{folder}/{name}",
-                            path=os.path.join(folder_path, name),
+                            id=f"{folder}/{name}", path=os.path.join(folder_path, name),
                             target=self.class_names.index(folder),
                         )
                     )

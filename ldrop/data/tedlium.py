@@ -25,20 +25,12 @@ TEDLIUM_LAYOUT = """\
 
 
 def read_stm(stm_file: str) -> tuple[list[tuple[float, float, str]], int]:
-    """Read the segments of one talk's STM file.
+    """Read one talk's STM file: ``(start, end, raw transcript)`` per utterance, and the number of ignore
+    lines.
 
-    Line format: ``talk_id channel speaker start end [<label>] transcript...`` (times in seconds).
-    Lines whose transcript is ``ignore_time_segment_in_scoring`` are not utterances and are skipped.
-
-    Args:
-        stm_file: path of the ``.stm`` file.
-
-    Returns:
-        ``(start, end, raw transcript)`` per utterance in file order, and the number of ignore lines.
-
-    Raises:
-        ValueError: on a malformed line (too few fields, times that are not numbers, end before start),
-            naming the file and line.
+    Lines are ``talk_id channel speaker start end [<label>] transcript...``;
+    ``ignore_time_segment_in_scoring`` lines are skipped. ``ValueError`` for a malformed line, naming the file
+    and line.
     """
     segments, ignored = [], 0
     with open(stm_file, encoding="utf-8") as f:
@@ -73,31 +65,24 @@ def _is_label(token: str) -> bool:
 class TedliumDataModule(AudioDataModule):
     """TED-LIUM 3 for CTC: utterances cut out of whole-talk SPHERE files at their STM times.
 
-    Training uses every talk of ``data/`` (the 452 h release-3 training set; ``legacy/train`` is only
-    symlinks into it). Validation and test are the dev and test talks of ``legacy/`` (TED-LIUM 2's, the
-    usual benchmark) or of ``speaker-adaptation/``. Each utterance is read with soundfile ``start``/``stop``
-    frames, so only its own frames are decoded. Lines marked ``ignore_time_segment_in_scoring`` are
-    skipped, and every transcript is normalised by :func:`~ldrop.data.text.normalize_tedlium_transcript`
-    (segments left empty are dropped and counted in the log); targets are therefore also the references
-    for WER. Ids are ``<TalkId>-<start cs>-<end cs>`` (centiseconds, 7 digits).
+    Training uses every talk of ``data/``; validation and test are the dev and test talks of ``legacy/`` (the
+    usual benchmark) or ``speaker-adaptation/``. Transcripts are normalised by
+    :func:`~ldrop.data.text.normalize_tedlium_transcript` (empty segments are dropped and counted); ids are
+    ``<TalkId>-<start cs>-<end cs>``.
 
     Args:
         root: folder holding ``TEDLIUM_release-3/`` (or that folder itself).
         eval_partition: where the dev (validation) and test talks come from.
-        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule`. Training
-            segments longer than ``max_train_seconds`` are dropped and counted in a warning (a crop would
-            cut the audio away from its transcript); ``skip_bad_files`` also skips segments outside their
-            talk.
+        **kwargs: the common arguments of :class:`~ldrop.data.base.AudioDataModule`. Training segments longer
+            than ``max_train_seconds`` are dropped and counted in a warning (a crop would cut the audio away
+            from its transcript); ``skip_bad_files`` also skips segments outside their talk.
     """
 
     task = "ctc"
     alphabet = ENGLISH_CHARACTERS
 
     def __init__(
-        self,
-        root: str,
-        eval_partition: Literal["legacy", "speaker-adaptation"] = "legacy",
-        **kwargs,
+        self, root: str, eval_partition: Literal["legacy", "speaker-adaptation"] = "legacy", **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         if eval_partition not in ("legacy", "speaker-adaptation"):
@@ -149,11 +134,8 @@ class TedliumDataModule(AudioDataModule):
                     continue
                 items.append(
                     AudioItem(
-                        id=f"{talk_id}-{round(start * 100):07d}-{round(end * 100):07d}",
-                        path=sph,
-                        target=text,
-                        offset=start,
-                        duration=end - start,
+                        id=f"{talk_id}-{round(start * 100):07d}-{round(end * 100):07d}", path=sph,
+                        target=text, offset=start, duration=end - start,
                     )
                 )
         log.info(

@@ -16,23 +16,10 @@ _CLITIC = re.compile(r"\s+('(?:s|re|ve|ll|d|m|t)|n't)\b")  # it 's -> it's, don 
 
 
 def normalize_tedlium_transcript(text: str) -> str:
-    """Normalise a TED-LIUM STM transcript for CTC training and WER scoring.
+    """Normalise a TED-LIUM STM transcript for CTC training and WER scoring (possibly to ``""``).
 
-    The rules, in order:
-
-    1. remove ``{...}`` noise tokens (``{NOISE}``, ``{BREATH}``), ``<...>`` tokens (``<unk>``, ``<sil>``)
-       and alternative-pronunciation marks (``word(2)`` -> ``word``);
-    2. lower-case;
-    3. re-attach the clitics the corpus tokenises apart: ``'s 're 've 'll 'd 'm 't`` and ``n't`` after a
-       space (``it 's`` -> ``it's``, ``don 't`` -> ``don't``, ``do n't`` -> ``don't``); other apostrophes
-       are left alone;
-    4. collapse runs of whitespace to one space and strip the ends.
-
-    Args:
-        text: the transcript field of an STM line.
-
-    Returns:
-        The normalised transcript, possibly empty (a segment that held only noise tokens).
+    Removes ``{...}`` and ``<...>`` tokens and ``(2)`` marks, lower-cases, re-attaches split clitics (``'s 're
+    've 'll 'd 'm 't``, ``n't``) and collapses whitespace.
 
     Example:
         >>> normalize_tedlium_transcript("{NOISE} it 's  a <unk> test(2) do n't <sil>")

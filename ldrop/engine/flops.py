@@ -1,15 +1,9 @@
 """Compute accounting: FLOPs of one inference forward pass, per sample, under a keep mask.
 
-The cost of a forward pass splits into a *fixed* part that every sample pays (CNN feature encoder, feature
-projection, positional convolution; later also the selector) and a *per-layer* part that a sample pays
-only for the encoder layers it keeps. Each sample is counted at its own length, which is the number a
-paper reports (FLOPs per utterance, per second of audio); a padded batch run densely costs more.
-
-FLOPs are counted the way :class:`torch.utils.flop_counter.FlopCounterMode` counts them, so the numbers can
-be checked against it: 2 FLOPs per multiply-add of matrix products (``mm``/``addmm``/``bmm``/``baddbmm``),
-convolutions and attention (``Q K^T`` and ``A V``); biases, activations, softmax, norms and other
-elementwise ops are not counted. Every layer of a backbone has the same cost, so ``per_layer`` is one
-column repeated; it stays ``[batch, layers]`` so that a keep mask multiplies it directly.
+A *fixed* part every sample pays (CNN, projection, positional convolution, a selector) and a *per-layer* part
+for the layers it keeps, each sample at its own length. Counted as
+:class:`torch.utils.flop_counter.FlopCounterMode` counts (2 per multiply-add of matrix products, convolutions
+and attention; elementwise ops not counted), so the numbers can be checked against it.
 """
 
 from __future__ import annotations
@@ -31,14 +25,8 @@ _WAVLM_GATE_FEATURES = 8
 
 @dataclass(frozen=True)
 class ForwardFlops:
-    """FLOPs of one forward pass, per sample.
-
-    Attributes:
-        fixed: ``[batch]`` FLOPs every sample pays whatever it keeps (CNN, projection, positional
-            convolution, plus any ``extra_fixed`` such as a selector).
-        per_layer: ``[batch, layers]`` FLOPs of each encoder layer at the sample's own length.
-        keep: ``[batch, layers]`` the keep mask; a soft mask gives the expected cost.
-    """
+    """FLOPs of one forward pass per sample: ``fixed [batch]``, ``per_layer [batch, layers]`` and the ``keep``
+    mask."""
 
     fixed: Tensor
     per_layer: Tensor
@@ -83,15 +71,7 @@ def _conv_output_length(length: Tensor, kernel: int, stride: int, padding: int =
 
 
 def cnn_flops(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) -> Tensor:
-    """FLOPs of the CNN feature encoder on waveforms of ``sample_lengths`` samples.
-
-    Args:
-        config: a backbone config (or a :class:`SpeechBackbone` / Hugging Face model).
-        sample_lengths: ``[batch]`` valid samples per waveform.
-
-    Returns:
-        ``[batch]`` float64.
-    """
+    """``[batch]`` float64 FLOPs of the CNN feature encoder on waveforms of ``sample_lengths`` samples."""
     config = _config_of(config)
     length = torch.as_tensor(sample_lengths).to(torch.long)
     flops = torch.zeros(length.shape, dtype=torch.float64, device=length.device)
@@ -106,15 +86,9 @@ def cnn_flops(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) -> T
 
 
 def frontend_flops(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tensor:
-    """FLOPs of the feature projection and the positional convolution on ``frames`` frames.
+    """``[batch]`` float64 FLOPs of the feature projection and positional convolution(s) on ``frames`` frames.
 
-    wav2vec 2.0, HuBERT and WavLM use one grouped convolution of kernel ``num_conv_pos_embeddings``;
-    Data2VecAudio a stack of ``num_conv_pos_embeddings`` grouped convolutions of kernel
-    ``conv_pos_kernel_size``. An even kernel produces one extra output frame, which the model then drops;
-    it is computed, so it is counted.
-
-    Returns:
-        ``[batch]`` float64.
+    An even kernel's extra output frame, computed and then dropped by the model, is counted.
     """
     config = _config_of(config)
     t = _as_float(frames)
@@ -131,17 +105,10 @@ def frontend_flops(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tens
 
 
 def layer_flops(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tensor:
-    """FLOPs of one encoder layer on a sample of ``frames`` frames (every layer costs the same).
+    """``[batch]`` float64 FLOPs of one encoder layer on ``frames`` frames (every layer costs the same).
 
-    Q/K/V/output projections ``8 T C^2``, attention scores and weighted sum ``4 T^2 C``, feed-forward
-    ``4 T C F``; WavLM adds its gated relative position bias projection ``2 T C * 8``.
-
-    Args:
-        config: a backbone config (or a :class:`SpeechBackbone` / Hugging Face model).
-        frames: ``[batch]`` frames per sample.
-
-    Returns:
-        ``[batch]`` float64.
+    Projections ``8 T C^2``, attention ``4 T^2 C``, feed-forward ``4 T C F``; WavLM adds ``2 T C * 8`` for its
+    gated position bias.
     """
     config = _config_of(config)
     t = _as_float(frames)
@@ -154,32 +121,17 @@ def layer_flops(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tensor:
 
 
 def count_forward_flops(
-    config_or_backbone: PretrainedConfig | nn.Module,
-    sample_lengths: Tensor | None = None,
-    keep_mask: Tensor | None = None,
-    extra_fixed: Tensor | None = None,
-    *,
-    frame_lengths: Tensor | None = None,
+    config_or_backbone: PretrainedConfig | nn.Module, sample_lengths: Tensor | None = None,
+    keep_mask: Tensor | None = None, extra_fixed: Tensor | None = None, *, frame_lengths: Tensor | None = None,
 ) -> ForwardFlops:
     """FLOPs of one inference forward pass per sample, split into the fixed and the per-layer part.
 
     Args:
-        config_or_backbone: a backbone config, a :class:`SpeechBackbone` or a Hugging Face model.
-        sample_lengths: ``[batch]`` valid waveform samples per sample.
-        keep_mask: ``[batch, layers]``, 1 where a sample runs a layer; ``None`` keeps every layer. A soft mask
-            gives the expected cost; threshold it (``> 0.5``) to match what sparse execution runs.
+        keep_mask: ``[batch, layers]``, 1 where a sample runs a layer (``None``: all); a soft mask gives the
+            expected cost.
         extra_fixed: ``[batch]`` further FLOPs every sample pays (e.g. the selector's own cost).
-        frame_lengths: ``[batch]`` frames per sample, instead of ``sample_lengths`` (e.g. from
-            ``frame_mask.sum(1)``); the CNN is then counted for the shortest waveform giving that many
-            frames, which can undercount it by at most ``stride - 1`` samples' worth.
-
-    Returns:
-        :class:`ForwardFlops` with float64 tensors on the lengths' device.
-
-    Example:
-        >>> config = tiny_config("wavlm")  # doctest: +SKIP
-        >>> flops = count_forward_flops(config, torch.tensor([16000, 8000]), keep_mask)  # doctest: +SKIP
-        >>> flops.total  # [batch]  # doctest: +SKIP
+        frame_lengths: ``[batch]`` frames per sample instead of ``sample_lengths``; the CNN is then counted
+            for the shortest waveform giving that many frames.
     """
     config = _config_of(config_or_backbone)
     if (sample_lengths is None) == (frame_lengths is None):

@@ -1,20 +1,9 @@
 """Gated execution of a backbone's encoder layers under a per-sample keep mask.
 
-Two paths give the same result for a hard (0/1) mask:
-
-* ``dense`` (differentiable): every layer runs on the whole batch and its output is blended,
-  ``h = h + g * (layer(h) - h)``, so soft or straight-through keep values pass gradients to a selector.
-* ``sparse`` (real savings): each layer runs only on the samples that keep it, gathered into a sub-batch
-  whose padding is trimmed to its longest sample, and the result is scattered back. A layer that no sample
-  keeps costs nothing, and there is no Python loop over samples. With autograd on, the scatter is
-  out-of-place so gradients still reach the layers that ran (used for non-differentiable selectors).
-
-``mode="auto"`` picks ``sparse`` whenever autograd is off (``torch.no_grad`` / ``torch.inference_mode``)
-and ``dense`` otherwise.
-
-Layers that every sample runs whatever the budget (a selector reading the output of the first ``j`` layers)
-run once with :func:`run_prefix_layers`; :func:`run_gated_layers` then continues from layer ``j``
-(``start_layer``) with the same :class:`~ldrop.backbones.adapter.LayerContext`.
+``dense`` (differentiable) runs every layer on the whole batch and blends, ``h = h + g * (layer(h) - h)``;
+``sparse`` runs each layer only on the samples that keep it, gathered and trimmed to their longest, and
+scatters back (out of place under autograd). Both agree for a 0/1 mask; ``mode="auto"`` picks ``sparse``
+without autograd. Layers every sample runs (a selector's prefix) run once with :func:`run_prefix_layers`.
 """
 
 from __future__ import annotations
@@ -38,17 +27,9 @@ def check_keep_mask(keep_mask: Tensor, batch: int, num_layers: int) -> None:
 
 
 def _sparse_plan(keep: Tensor, frame_lengths: Tensor) -> tuple[list[int], list[int], Tensor]:
-    """What the sparse path needs to know on the host, in one device-to-host copy.
-
-    Args:
-        keep: ``[batch, layers]`` bool.
-        frame_lengths: ``[batch]`` real frames per sample.
-
-    Returns:
-        ``counts`` (samples keeping each layer) and ``longest`` (the longest of them, in frames), two lists of
-        ``layers`` ints read with one host sync, and ``rows [layers, batch]`` on the device: row ``i`` starts
-        with the indices of the samples keeping layer ``i``, ascending (a stable sort of ``~keep``).
-    """
+    """What the sparse path needs on the host, in one device-to-host copy: ``counts`` and ``longest`` per
+    layer (lists), and ``rows [layers, batch]`` on the device, each starting with the ascending indices of the
+    samples that keep that layer."""
     kept_lengths = torch.where(keep, frame_lengths[:, None], torch.zeros_like(frame_lengths)[:, None])
     counts, longest = torch.stack([keep.sum(dim=0), kept_lengths.amax(dim=0)]).tolist()
     rows = torch.argsort((~keep).to(torch.uint8), dim=0, stable=True).t().contiguous()
@@ -56,13 +37,8 @@ def _sparse_plan(keep: Tensor, frame_lengths: Tensor) -> tuple[list[int], list[i
 
 
 def _sparse_layers(
-    backbone: SpeechBackbone,
-    hidden: Tensor,
-    frame_mask: Tensor,
-    keep: Tensor,
-    context: LayerContext,
-    collect: list[Tensor] | None,
-    start_layer: int = 0,
+    backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, keep: Tensor, context: LayerContext,
+    collect: list[Tensor] | None, start_layer: int = 0,
 ) -> Tensor:
     batch, frames, _ = hidden.shape
     if batch == 0:
@@ -102,13 +78,8 @@ def _sparse_layers(
 
 
 def _dense_layers(
-    backbone: SpeechBackbone,
-    hidden: Tensor,
-    frame_mask: Tensor,
-    keep: Tensor,
-    context: LayerContext,
-    collect: list[Tensor] | None,
-    start_layer: int = 0,
+    backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, keep: Tensor, context: LayerContext,
+    collect: list[Tensor] | None, start_layer: int = 0,
 ) -> Tensor:
     for index in range(start_layer, backbone.num_layers):
         gate = keep[:, index].to(hidden.dtype)[:, None, None]
@@ -120,38 +91,22 @@ def _dense_layers(
 
 
 def run_gated_layers(
-    backbone: SpeechBackbone,
-    hidden: Tensor,
-    frame_mask: Tensor,
-    keep_mask: Tensor,
-    mode: ExecutionMode = "auto",
-    return_all: bool = False,
-    start_layer: int = 0,
+    backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, keep_mask: Tensor,
+    mode: ExecutionMode = "auto", return_all: bool = False, start_layer: int = 0,
     context: LayerContext | None = None,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Run the backbone's encoder layers, each sample only through the layers it keeps.
+    """Run the backbone's encoder layers, each sample only through the layers it keeps (a skipped layer is the
+    identity).
 
-    A skipped layer is the identity for that sample. Padding frames of the output are zero, and the
-    post-stack norm (pre-norm backbones) is applied.
+    Padding frames of the output are zero and the post-stack norm is applied. Returns ``[batch, frames,
+    hidden]``, and with ``return_all`` the list of per-layer states too.
 
     Args:
-        backbone: the adapter whose layers run.
-        hidden: ``[batch, frames, hidden]``, the output of ``backbone.frontend``.
-        frame_mask: ``[batch, frames]`` bool, True on real frames.
         keep_mask: ``[batch, layers]``; 0/1 for ``sparse``, soft or straight-through values for ``dense``.
         mode: ``"auto"`` (sparse without autograd, dense with it), ``"dense"`` or ``"sparse"``.
-        return_all: also return the hidden states after every layer (before the final norm), e.g. for
-            early-exit heads (only with ``start_layer=0``).
-        start_layer: continue from this layer: ``hidden`` is then the output of layers ``0..start_layer-1``
-            (from :func:`run_prefix_layers`), which every sample must keep in ``keep_mask``.
-        context: the layer context of this batch when already prepared (with the prefix); ``None``: prepared
-            here with ``backbone.prepare_layers``.
-
-    Returns:
-        ``[batch, frames, hidden]``, or that and the list of ``num_layers`` per-layer states.
-
-    Raises:
-        ValueError: a mask of the wrong shape, a ``start_layer`` out of range or not kept by every sample.
+        start_layer: continue from the output of :func:`run_prefix_layers` (every sample must keep those
+            layers).
+        context: the batch's layer context when already prepared; ``None``: ``backbone.prepare_layers``.
     """
     batch = hidden.shape[0]
     check_keep_mask(keep_mask, batch, backbone.num_layers)
@@ -182,21 +137,10 @@ def run_gated_layers(
 def run_prefix_layers(
     backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, num_layers: int, context: LayerContext
 ) -> Tensor:
-    """Run encoder layers ``0..num_layers-1`` on the whole batch (layers every sample runs).
+    """Run encoder layers ``0..num_layers-1`` on the whole batch, before the final norm.
 
-    The result continues in :func:`run_gated_layers` with ``start_layer=num_layers`` and the same
-    ``context``: together they equal one :func:`run_gated_layers` from layer 0 under a mask that keeps the
-    prefix for every sample.
-
-    Args:
-        backbone: the adapter whose layers run.
-        hidden: ``[batch, frames, hidden]``, the output of ``backbone.frontend``.
-        frame_mask: ``[batch, frames]`` bool, True on real frames.
-        num_layers: ``j``, the prefix length, in ``0..backbone.num_layers``.
-        context: from ``backbone.prepare_layers(frame_mask)`` (WavLM's position bias).
-
-    Returns:
-        ``[batch, frames, hidden]``, the output of layer ``j - 1`` before the final norm (``hidden`` if ``j = 0``).
+    Continued by :func:`run_gated_layers` with ``start_layer=num_layers`` and the same ``context``, it equals
+    one run from layer 0 under a mask that keeps the prefix.
     """
     if not 0 <= num_layers <= backbone.num_layers:
         raise ValueError(f"num_layers must be in 0..{backbone.num_layers}, got {num_layers}")

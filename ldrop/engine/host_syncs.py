@@ -1,34 +1,17 @@
 """Count the calls that make the host wait for a CUDA device ("host syncs"), on any device, CPU included.
 
-On CUDA the host queues kernels and runs ahead of the device. A call that needs a tensor's *value* on
-the host (``.item()``, ``.tolist()``, ``bool(t)`` in an ``if``, ``int(t)``, ``nonzero``, indexing with a
-bool mask, ``torch.unique``, ...) or a copy between host and device without ``non_blocking`` makes the host
-wait until the device has finished everything queued: the device then idles while the host launches the
-next kernels. Once per forward costs little; once per layer costs a gap per layer.
+A value read on the host (``.item()``, ``bool(t)``, ``nonzero``, a bool-mask index, ...) or a blocking
+host/device copy makes the host wait for everything queued; once per layer costs a gap per layer.
+:class:`HostSyncCounter` records those calls so a CPU-only test can bound them, modelling where each tensor
+*would* live on CUDA:
 
-:class:`HostSyncCounter` (a :class:`~torch.overrides.TorchFunctionMode`) records those calls while code runs,
-so that a test on a CPU-only machine can bound the syncs of a forward pass. On CPU every tensor is a host
-tensor, so the counter models where each tensor *would* live on a CUDA machine:
+* host tensors: results of ``.cpu()``, ``.to("cpu")`` (a string device), factory calls without ``device``, and
+  anything computed from host tensors only;
+* device tensors: everything else (inputs, parameters, ``device=x.device``, ``.to(x.device)``).
 
-* host tensors: the results of ``.cpu()``, ``.to("cpu")`` (the device given as a string), ``.numpy()``-like
-  reads, factory functions (``torch.arange``, ``torch.zeros``, ``torch.tensor``, ...) called without a
-  ``device``, and every result computed from host tensors only;
-* device tensors: everything else: the inputs the code was given, the parameters, factory results with
-  ``device=x.device``, and ``.to(x.device)`` (a ``torch.device``, the way code moves data to the compute
-  device).
-
-A sync is then: a value read of a device tensor; a move between host and device (``.to``, ``.cpu``,
-``.cuda``, ``copy_`` without ``non_blocking=True``); a device op that takes a host tensor with elements (an
-implicit copy, e.g. indexing a device tensor with a host index); and a factory call that builds a device
-tensor from Python data. Reads of host tensors are free. Tensors on a real CUDA device are classified by
-their device. The model is a heuristic (a ``torch.device("cpu")`` built by hand reads as the compute
-device), so count with it and check a CUDA run with ``torch.cuda.set_sync_debug_mode("warn")``.
-
-Example::
-
-    with HostSyncCounter() as syncs:
-        run_gated_layers(backbone, hidden, frame_mask, keep_mask, mode="sparse")
-    print(syncs.count, syncs.where())
+A sync is a value read of a device tensor, a host/device move without ``non_blocking=True``, a device op
+taking a host tensor with elements, or a device factory call from Python data. It is a heuristic: check a CUDA
+run with ``torch.cuda.set_sync_debug_mode("warn")``.
 """
 
 from __future__ import annotations
@@ -140,11 +123,7 @@ def _call_name(func: Any) -> str:
 
 
 class HostSyncCounter(TorchFunctionMode):
-    """Record the calls that would synchronise a CUDA device with the host (see the module docstring).
-
-    Attributes:
-        events: every sync, in call order.
-    """
+    """Record the calls that would synchronise a CUDA device with the host (``events``, in call order)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,11 +1,5 @@
-"""Run-time use of a trained model: loading it (``checkpoints``), the streaming ``AdaptiveModel`` that meets a
-target per call, the ``TargetBudgets`` predict callback, and the ONNX export (``onnx_export``) with its
-``OnnxAdaptiveModel`` on ONNX Runtime.
-
-Imports point one way: runtime knows the tasks, the budgets, the engine and the backbones; nothing in
-ldrop below ``ldrop.cli`` and ``ldrop.bench`` imports runtime. The names are imported on first use:
-``OnnxAdaptiveModel`` runs without torch.
-"""
+"""Run-time use of a trained model: loading (``checkpoints``), ``AdaptiveModel``, the ``TargetBudgets``
+callback and the ONNX export with ``OnnxAdaptiveModel`` (which runs without torch)."""
 
 import importlib
 

@@ -2,11 +2,9 @@
 
     >>> model = AdaptiveModel.from_pretrained("runs/ldrop/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
     >>> out = model(waveform, target={"ms": 80})  # doctest: +SKIP
-    >>> out.outputs, out.layers_run, out.predicted_ms, out.measured_ms  # doctest: +SKIP
 
-Each call chooses a per-input budget with a :class:`~ldrop.budgets.BudgetController` (from the
-device profile and the online correction), runs the sparse forward, measures it and feeds the measured
-time back, so the next call adapts to the machine's current speed.
+Each call picks per-input budgets with a :class:`~ldrop.budgets.BudgetController`, runs the sparse forward and
+feeds the measured time back, so the next call adapts to the machine's current speed.
 """
 
 from __future__ import annotations
@@ -38,19 +36,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AdaptiveOutput:
-    """One call of :class:`AdaptiveModel`.
+    """One call of :class:`AdaptiveModel`: decoded ``outputs``, float32 ``logits``, masks, budgets and times.
 
-    Attributes:
-        outputs: per input, the decoded output (label or transcript).
-        logits: the task logits (``[batch, classes]`` or ``[batch, frames, vocab]``), float32.
-        frame_mask: ``[batch, frames]`` bool, True on real frames (what ``logits`` of CTC are masked by).
-        keep_mask: ``[batch, layers]`` the layers each input ran.
-        layers_run: ``[batch]`` long, layers each input ran.
-        budget: ``[batch]`` long, the budget each input was given.
-        predicted_ms: the forward's predicted wall time (profile x correction), ``None`` without a profile.
-        measured_ms: the forward's measured wall time (CUDA synchronised).
-        correction: the controller's measured/predicted ratio after this call.
-        target: the target of this call (``None`` for a plain budget).
+    ``predicted_ms`` is ``None`` without a profile; ``target`` is ``None`` for a plain budget.
     """
 
     outputs: list[Any]
@@ -88,35 +76,23 @@ def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -
 class AdaptiveModel:
     """A trained ldrop model whose depth follows a target: ``ms`` per utterance, ``rtf`` or FLOPs rate.
 
-    Precision: the model runs in the dtype of its parameters (inputs are cast to it), so a model converted
-    with ``task.to(torch.bfloat16)`` runs bf16 end to end (as ``bf16-true`` training and ``ldrop profile
-    --dtype bf16``); ``autocast=torch.bfloat16`` instead keeps float32 weights and runs each call under
-    ``torch.autocast`` (as ``bf16-mixed``). The quick profile is measured the same way, and a profile given
-    should be measured so too. ``logits`` are returned in float32 either way.
+    The model runs in its parameters' dtype (``task.to(torch.bfloat16)``: bf16 end to end);
+    ``autocast=torch.bfloat16`` keeps float32 weights and runs under ``torch.autocast``. A profile should be
+    measured the same way; ``logits`` are float32 either way.
 
     Args:
-        model: a task module (use :meth:`from_pretrained` to load one).
-        profile: the device profile of this model here (a :class:`DeviceProfile` or its JSON path from
-            ``ldrop profile``); ``None`` measures a quick one the first time a time target is used.
+        profile: a :class:`DeviceProfile` or its JSON path (``ldrop profile``); ``None`` measures a quick one
+            at the first time target.
         closed_loop: correct the profile with measured times (``False``: open loop).
         margin: fraction of a time target kept free for noise.
         on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"``.
-        sample_rate: samples per second of the waveforms.
-        autocast: run every forward under ``torch.autocast`` with this dtype (``torch.bfloat16``: mixed
-            precision on float32 weights); ``None``: no autocast, the parameters' dtype.
         **controller_options: further :class:`BudgetController` options (``alpha_up``, ...).
     """
 
     def __init__(
-        self,
-        model: LayerDropTask,
-        profile: DeviceProfile | str | os.PathLike | None = None,
-        closed_loop: bool = True,
-        margin: float = 0.1,
-        on_unmeetable: Literal["min", "raise"] = "min",
-        sample_rate: int = 16_000,
-        autocast: torch.dtype | None = None,
-        **controller_options: Any,
+        self, model: LayerDropTask, profile: DeviceProfile | str | os.PathLike | None = None,
+        closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
+        sample_rate: int = 16_000, autocast: torch.dtype | None = None, **controller_options: Any,
     ) -> None:
         if autocast is not None and not isinstance(autocast, torch.dtype):
             raise ValueError(f"autocast must be a torch dtype (e.g. torch.bfloat16) or None, got {autocast!r}")
@@ -184,14 +160,10 @@ class AdaptiveModel:
 
     def __call__(self, waveforms: Tensor | Sequence[Any], target: Any = None,
                  lengths: Tensor | None = None) -> AdaptiveOutput:
-        """Run one utterance or a batch under ``target``.
+        """Run one utterance, a padded batch (with ``lengths``) or a list of clips under ``target``.
 
-        Args:
-            waveforms: one utterance ``[samples]``, a zero-padded batch ``[batch, samples]`` (with
-                ``lengths``) or a list of 1-D clips.
-            target: ``{"ms": 80}``, ``{"rtf": 0.1}``, ``{"gflops_per_second": 2.0}`` (or ``"rtf=0.1"``), or
-                a plain budget (layers, fraction, ``[batch]`` tensor); ``None`` runs every layer.
-            lengths: ``[batch]`` valid samples of a padded batch.
+        ``target``: ``{"ms": 80}``, ``{"rtf": 0.1}``, ``{"gflops_per_second": 2.0}`` (or ``"rtf=0.1"``) or a
+        plain budget; ``None`` runs every layer.
         """
         waves, lengths = as_batch(waveforms, lengths)
         budget, parsed = self.budget_for(lengths, target)
@@ -221,12 +193,11 @@ class AdaptiveModel:
                               self.controller.correction, parsed)
 
     def sweep(self, batches: Iterable[Any], targets: Sequence[Any]) -> list[dict[str, Any]]:
-        """A sweep over targets on ``batches`` (``AudioBatch`` es with targets): one row per target.
+        """A sweep over targets on ``batches`` (with targets): one row per target, the correction restarted
+        for each.
 
-        Rows hold the target, mean layers run, mean and 95th-percentile wall ms per batch, the share of
-        batches that missed the target (``ms``: the batch's time over the target, since every input of a
-        batch waits for it; ``rtf``: over ``rtf x`` the batch's audio; ``gflops_per_second``: any input over
-        its FLOPs allowance) and the task metric(s). The online correction restarts for each target.
+        Rows hold mean layers, mean and p95 ms per batch, the miss rate (``ms``: the batch over the target;
+        ``rtf``: over ``rtf x`` its audio; FLOPs: any input over its allowance) and the task metrics.
         """
         from ldrop.engine.flops import count_forward_flops
 
@@ -253,8 +224,7 @@ class AdaptiveModel:
             ordered = sorted(times)
             row = {
                 "target": f"{parsed.kind}={parsed.value:g}" if parsed else str(target),
-                "layers_run": float(torch.cat(layers).mean()),
-                "ms_per_batch": sum(times) / len(times),
+                "layers_run": float(torch.cat(layers).mean()), "ms_per_batch": sum(times) / len(times),
                 "p95_ms_per_batch": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
                 "miss_rate": misses / len(batches) if parsed is not None else None,
             }

@@ -32,12 +32,10 @@ def _task_class(class_path: str) -> type[LayerDropTask]:
 
 
 def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
-    """Load any ldrop task from a checkpoint written by ``ldrop fit`` (the task class is recorded in it).
+    """Load any ldrop task from a ``ldrop fit`` checkpoint (the task class is recorded in it).
 
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: the file is damaged, empty, not a checkpoint, or holds weights or hyper-parameters
-            that do not fit the recorded task class (one line naming the file and what differs).
+    ``FileNotFoundError`` without a file; :class:`CheckpointError` (one line) for a damaged file or one that
+    does not fit its task class.
     """
     path = str(path)
     # memory-mapped: only the entries are read here, the tensors once, by load_from_checkpoint
@@ -85,16 +83,9 @@ def load_exported(directory: str | os.PathLike) -> LayerDropTask:
 def load_model(path: str | os.PathLike) -> LayerDropTask:
     """A trained ldrop model in eval mode, from a ``.ckpt`` file or an exported folder.
 
-    The result takes waveforms and a budget: ``logits, keep_mask = model(waveforms, lengths, budget)``
-    (under ``torch.inference_mode()`` the sparse path skips the dropped layers for real).
-
-    A selector that is fitted on validation data (threshold calibration, the input-blind fallback) and was
-    not (a checkpoint from training holds no fit) makes the first call below full depth emit one
-    :class:`UncalibratedSelectorWarning` that says how to fit it: ``model.calibrate_on_dataloader(val_loader)``.
-
-    Raises:
-        FileNotFoundError: ``path`` is neither a checkpoint file nor an exported folder.
-        CheckpointError: the file is damaged or not a checkpoint, or does not fit its task class.
+    ``logits, keep_mask = model(waveforms, lengths, budget)``. A selector that needs fitting on validation
+    data and was not fitted warns once (:class:`UncalibratedSelectorWarning`) at its first call below full
+    depth. Raises ``FileNotFoundError`` or :class:`CheckpointError`.
     """
     path = Path(path)
     if path.is_dir():
@@ -117,14 +108,8 @@ class UncalibratedSelectorWarning(UserWarning):
 
 
 def warn_if_uncalibrated(model: LayerDropTask, budget: Any) -> bool:
-    """Emit the :class:`UncalibratedSelectorWarning` of a model from :func:`load_model`, once: at its first use
-    below full depth while its selector still needs fitting. Returns whether it warned.
-
-    Args:
-        model: the task (models not from :func:`load_model` never warn: a fresh one is not trained anyway).
-        budget: the budget of the call (``None``, ``N`` or ``1.0``: full depth, no warning; a tensor or a
-            target counts as below full depth, so that no value has to come back from the device).
-    """
+    """Emit the :class:`UncalibratedSelectorWarning` of a :func:`load_model` model once, at its first use
+    below full depth (a tensor or target budget counts as below); returns whether it warned."""
     selector = model.selector
     if not getattr(model, "_warn_if_uncalibrated", False) or selector is None or not selector.needs_calibration:
         return False

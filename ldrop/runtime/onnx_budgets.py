@@ -1,9 +1,6 @@
-"""The ONNX runtime's costs in numpy: the device profile's predictions, the FLOPs law of an export, plain
-budgets, and the controller (:class:`~ldrop.budgets.loop.ControlLoop`, the decision and closed loop the PyTorch
-:class:`~ldrop.budgets.BudgetController` uses) with these costs. Imports numpy only; tests hold every formula
-to its PyTorch counterpart (:mod:`ldrop.budgets.profile`, :func:`ldrop.engine.flops.count_forward_flops`,
-:func:`ldrop.budgets.resolve_budget`).
-"""
+"""The ONNX runtime's costs in numpy: the device profile, the FLOPs law of an export, plain budgets and the
+controller (:class:`~ldrop.budgets.loop.ControlLoop` with these costs). Tests hold every formula to its
+PyTorch counterpart."""
 
 from __future__ import annotations
 
@@ -22,12 +19,8 @@ from ldrop.budgets.targets import Target
 
 
 def resolve_budget(budget: Any, num_layers: int, batch: int) -> np.ndarray:
-    """A plain budget (int layers, float fraction in ``(0, 1]``, or an array ``[]``/``[batch]`` of either) as
-    ``[batch]`` int64 layer counts, as :func:`ldrop.budgets.resolve_budget`.
-
-    Raises:
-        ValueError: out-of-range values or an array of the wrong shape, with what was expected.
-    """
+    """A plain budget (layers, fraction or an array of either) as ``[batch]`` int64, as
+    :func:`ldrop.budgets.resolve_budget`."""
     if isinstance(budget, bool):
         raise ValueError(f"budget must be an int (layers) or a float (fraction), got {budget!r}")
     if isinstance(budget, int | np.integer):
@@ -69,10 +62,7 @@ def _seconds(fit: dict[str, float], batch: Any, frames: Any) -> Any:
 
 @dataclass
 class CostProfile:
-    """A device profile's JSON (``ldrop profile``) with :class:`~ldrop.budgets.DeviceProfile`'s predictions.
-
-    ``device["runtime"]`` is ``"onnxruntime"`` for a profile of ``ldrop profile --runtime onnx``.
-    """
+    """A device profile's JSON (``ldrop profile``) with :class:`~ldrop.budgets.DeviceProfile`'s predictions."""
 
     fixed: dict[str, float]
     layer: dict[str, float]
@@ -104,12 +94,7 @@ class CostProfile:
         return conv_frames(sample_lengths, self.conv_kernel, self.conv_stride)
 
     def predict(self, sample_lengths: Any, keep_mask: Any) -> float:
-        """Predicted seconds of one sparse forward, ``fixed(B, T_max) + sum_i layer(B_i, T_i)``.
-
-        Args:
-            sample_lengths: ``[batch]`` valid samples per input.
-            keep_mask: ``[batch, layers]`` 0/1, the layers each input runs.
-        """
+        """Predicted seconds of one sparse forward, ``fixed(B, T_max) + sum_i layer(B_i, T_i)``."""
         frames = self.frames(sample_lengths).astype(np.float64)
         keep = np.asarray(keep_mask) > 0.5
         if keep.shape != (frames.shape[0], self.num_layers):
@@ -137,15 +122,14 @@ def _per_input(fit: dict[str, float], frames: np.ndarray, batch: int) -> np.ndar
 
 @dataclass
 class FlopsLaw:
-    """FLOPs of one forward per input as :func:`ldrop.engine.flops.count_forward_flops` counts them (with the
-    selector's own cost), in the form an export's manifest stores.
+    """FLOPs of one forward per input as :func:`ldrop.engine.flops.count_forward_flops` counts them, as a
+    manifest stores them.
 
     Attributes:
-        cnn: per CNN layer ``[kernel, stride, FLOPs per output frame]``; walked over the exact sample count.
-        frames_table: ``[T_max + 1]`` FLOPs of the rest of the fixed part (projection, positional convolution,
-            the selector) at ``T = 0..T_max`` frames.
-        frames_slope: FLOPs per frame beyond ``T_max`` (the table's affine continuation).
-        layer: ``[per_frame, per_frame_sq]``: one encoder layer costs ``a T + b T²``.
+        cnn: per CNN layer ``[kernel, stride, FLOPs per output frame]``.
+        frames_table: ``[T_max + 1]`` FLOPs of the rest of the fixed part at ``T = 0..T_max`` frames.
+        frames_slope: FLOPs per frame beyond ``T_max``.
+        layer: ``[a, b]``: one encoder layer costs ``a T + b T²``.
     """
 
     cnn: list[list[float]]

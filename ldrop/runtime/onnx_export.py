@@ -1,40 +1,14 @@
 """Export a trained ldrop model to ONNX: one graph per part, so that ONNX Runtime can skip layers per input.
 
-``export_onnx(CHECKPOINT, DIR)`` (``ldrop export CHECKPOINT DIR --format onnx``) writes::
+``export_onnx(CHECKPOINT, DIR)`` (``ldrop export CHECKPOINT DIR --format onnx``) writes ``manifest.json``,
+``fixed.onnx`` (normalisation, CNN, front end), ``context.onnx`` (WavLM's position bias, computed once for
+every layer), ``selector.onnx`` (the selector's eval-mode scores; input-blind selectors keep a mask per budget
+in the manifest instead), ``layers/layer_NN.onnx`` and ``head.onnx``; batch, samples and frames are dynamic
+axes.
 
-    DIR/manifest.json        what the runtime needs to know (see below)
-    DIR/fixed.onnx           waveforms [batch, samples], lengths [batch] ->
-                             features, frame_mask [batch, frames], hidden [batch, frames, hidden]
-    DIR/context.onnx         WavLM: frame_mask -> position_bias [heads, frames, frames]
-    DIR/selector.onnx        input-conditioned selectors: features, frame_mask, budget [batch] -> scores
-    DIR/layers/layer_NN.onnx hidden, frame_mask (, position_bias) -> hidden_out, one per encoder layer
-    DIR/head.onnx            hidden, frame_mask -> logits (final norm of pre-norm models, then the task head)
-
-* ``fixed``: the waveform normalisation the checkpoint was trained with (``do_normalize``), the CNN and the
-  front end (projection, positional convolution, pre-stack norm). A selector that reads the first ``j``
-  encoder layers reads them from the layer graphs, which the runtime runs on the whole batch first.
-* ``context``: WavLM computes its relative position bias once, from layer 0's embedding, and every layer
-  takes it (sliced inside the layer graph to its sub-batch's frames), so it exists for inputs that skip
-  layer 0, exactly as :class:`~ldrop.backbones.WavLMBackbone` does.
-* ``selector``: the selector's eval-mode scores. Top-k, threshold and the validation fallback are applied by
-  the runtime in numpy from the manifest's tables (:mod:`ldrop.runtime.onnx_runtime` says why). Input-blind
-  selectors (static subsets, a learned schedule, evenly spaced layers) need no graph: the manifest holds
-  their mask per budget.
-* Batch, samples and frames are dynamic axes of every graph.
-
-Every graph comes from one ``torch.onnx.export(..., dynamo=True)`` of all parts side by side, cut apart by
-their inputs and outputs: the exporter's fixed cost (its operator registry, the decomposition) is paid
-once. The encoder layers share one graph: one layer is traced and each layer's file is that graph with the
-layer's own weights, then optimised, which saves ``N - 1`` traces. After writing, the folder is checked:
-ONNX Runtime's logits are compared with PyTorch's on a random batch with per-input masks, and an fp32 export
-more than ``1e-4`` away is refused.
-
-``quantize="dynamic"`` applies ONNX Runtime's dynamic int8 quantization (``quantize_dynamic``, int8
-weights, activations quantized per call) to the layer graphs; the other parts stay fp32.
-
-The manifest holds the layer order, the shared context, the preprocessing, the labels, the selector's
-tables, the FLOPs law (:class:`~ldrop.runtime.onnx_budgets.FlopsLaw`), the opset, the ldrop version and
-a format version the runtime checks.
+All parts are traced by one ``torch.onnx.export(..., dynamo=True)`` and cut apart; the layers share one traced
+graph, written with each layer's weights. The folder is then checked against PyTorch (an fp32 export more than
+``1e-4`` away is refused). ``quantize="dynamic"`` makes the layer graphs int8 (``quantize_dynamic``).
 """
 
 from __future__ import annotations
@@ -85,11 +59,9 @@ class OnnxExportError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- graph modules
 class FixedPart(nn.Module):
-    """``waveforms [B, S], lengths [B] -> features [B, T, C], frame_mask [B, T], hidden [B, T, H]``: the task's
-    own :meth:`~ldrop.tasks.LayerDropTask.encode` (normalisation, CNN, front end) up to the encoder layers.
+    """``waveforms, lengths -> features, frame_mask, hidden``: the task's ``encode`` up to the encoder layers.
 
-    A selector's prefix layers are not in it: the runtime runs them with the layer graphs, on the whole batch,
-    as :func:`~ldrop.engine.run_prefix_layers` does.
+    A selector's prefix layers are not in it: the runtime runs them with the layer graphs.
     """
 
     def __init__(self, task: LayerDropTask) -> None:
@@ -179,12 +151,7 @@ class Part:
 
 
 class AllParts(nn.Module):
-    """Every part side by side in one module, so that one ``torch.onnx.export`` traces them all.
-
-    The exporter's fixed cost (building its operator registry, decomposing to the ONNX opset) is paid once
-    instead of once per graph; the graphs are then cut apart by their inputs and outputs. The parts share
-    no input, so each cut graph holds exactly its part.
-    """
+    """Every part side by side in one module, so that one ``torch.onnx.export`` traces them all."""
 
     def __init__(self, parts: Sequence[Part]) -> None:
         super().__init__()
@@ -272,12 +239,8 @@ def task_description(task: LayerDropTask) -> dict[str, Any]:
 
 
 def selector_description(task: LayerDropTask) -> dict[str, Any]:
-    """The manifest's ``selector``: ``full`` (no selector), ``table`` (one mask per budget) or ``scores``.
-
-    Raises:
-        OnnxExportError: a selector whose masks are random at evaluation or depend on the input in a way the
-            runtime does not reproduce.
-    """
+    """The manifest's ``selector``: ``full``, ``table`` (one mask per budget) or ``scores``;
+    :class:`OnnxExportError` for a selector the runtime cannot reproduce."""
     selector, n = task.selector, task.num_layers
     if selector is None:
         return {"kind": "full", "class": None, "prefix_layers": 0}
@@ -336,28 +299,20 @@ def example_batch(seed: int = 0) -> tuple[Tensor, Tensor]:
 
 # ---------------------------------------------------------------------------------------------- export
 def export_onnx(
-    checkpoint_or_model: LayerDropTask | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    quantize: Literal["dynamic"] | None = None,
-    *,
-    check: bool = True,
+    checkpoint_or_model: LayerDropTask | str | os.PathLike, out_dir: str | os.PathLike,
+    quantize: Literal["dynamic"] | None = None, *, check: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write a trained model as an ONNX export folder (see the module docstring).
+    """Write a trained model as an ONNX export folder (see the module docstring); returns ``out_dir``.
 
     Args:
-        checkpoint_or_model: a task module, a ``.ckpt`` written by ``ldrop fit`` or an ``ldrop export`` folder.
+        checkpoint_or_model: a task module, a ``.ckpt`` written by ``ldrop fit`` or an ``ldrop export``
+            folder.
         out_dir: the folder to write; it must not exist yet (or be empty). It appears complete or not at all.
         quantize: ``"dynamic"``: int8 dynamic quantization of the layer graphs; ``None``: fp32.
-        check: compare ONNX Runtime's logits with PyTorch's on a random batch before finishing.
+        check: compare ONNX Runtime's logits with PyTorch's on a random batch (an fp32 export more than
+            :data:`PARITY_TOLERANCE` away raises :class:`OnnxExportError`).
         progress: called with one line per exported part (default: the module's logger).
-
-    Returns:
-        ``out_dir``.
-
-    Raises:
-        OnnxExportError: a model or selector this exporter does not handle, an occupied ``out_dir``, or an fp32
-            export whose logits differ from PyTorch's by more than :data:`PARITY_TOLERANCE`.
     """
     if quantize not in (None, "dynamic"):
         raise OnnxExportError(f"quantize must be None or 'dynamic', got {quantize!r}")
@@ -399,10 +354,7 @@ def _staging(out_dir: Path) -> Iterator[Path]:
 
 def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
                     progress: Callable[[str], None] | None = None) -> Path:
-    """An int8 copy of an fp32 export folder: ONNX Runtime's dynamic quantization of its layer graphs.
-
-    ``export_onnx(..., quantize="dynamic")`` is this after the fp32 export, without tracing again.
-    """
+    """An int8 copy of an fp32 export folder (dynamic quantization of its layer graphs, no new trace)."""
     source, out_dir = Path(folder), Path(out_dir)
     if read_manifest(source).get("quantize"):
         raise OnnxExportError(f"{str(source)!r} is already quantized")
@@ -502,11 +454,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
 
 
 def _weight_keys(traced: nn.Module, layer: nn.Module) -> dict[str, str]:
-    """Initializer name in the trace -> the layer's own state-dict key, for each of ``layer``'s tensors.
-
-    The parts share modules (the fixed part and the layer both hold the backbone), so a tensor has several
-    names in the traced module and the trace picks one of them: matched by identity, not by name.
-    """
+    """Initializer name in the trace -> the layer's state-dict key, by identity (parts share modules)."""
     own = {id(tensor): key for key, tensor in layer.state_dict(keep_vars=True).items()}
     return {name: own[id(tensor)] for name, tensor in
             (*traced.named_parameters(remove_duplicate=False), *traced.named_buffers(remove_duplicate=False))
@@ -515,13 +463,8 @@ def _weight_keys(traced: nn.Module, layer: nn.Module) -> dict[str, str]:
 
 def _write_layers(task: LayerDropTask, folder: Path, names: Sequence[str], traced: Any, keys: dict[str, str],
                   say: Callable[[str], None]) -> None:
-    """Write every layer as the traced layer graph with that layer's weights, optimised per layer (the trace
-    is unoptimised: constant folding would bake the traced layer's weights into derived constants).
-
-    Args:
-        traced: the layer graph cut from the trace (an ``onnx_ir.Model``).
-        keys: initializer name -> the traced layer's state-dict key (:func:`_weight_keys`).
-    """
+    """Write every layer as the traced layer graph with its own weights, optimised per layer (the trace is
+    not: constant folding would bake the traced layer's weights in)."""
     import onnx_ir
 
     weights_in_graph = {name: keys[name] for name in traced.graph.initializers if name in keys}

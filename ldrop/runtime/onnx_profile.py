@@ -1,16 +1,7 @@
 """The device profile of an ONNX export on ONNX Runtime (``ldrop profile --runtime onnx DIR``).
 
-The cost model is :mod:`ldrop.budgets.profile`'s (a fixed part and one layer, each affine in the frames a
-call processes plus the attention's quadratic term), fitted and validated by the same code
-(:func:`~ldrop.budgets.profile.profile_with_timers`); only the timing functions differ: they run the export's
-graphs through :class:`~ldrop.runtime.onnx_runtime.OnnxAdaptiveModel`, the way it runs a forward:
-
-* ``fixed``: the fixed graph, the selector (its prefix layers are layers of the mask, so they are left out
-  and the selector reads an input of their output's shape) and the head, no layer;
-* ``layer``: one layer graph on ``[batch, frames, hidden]`` (with the position bias for WavLM);
-* a held-out batch: the whole forward with a given keep mask.
-
-Fitting uses torch (the profile code is torch-based); the runtime that reads the profile does not.
+The cost model, fit and check are :mod:`ldrop.budgets.profile`'s (they use torch); only the timers differ:
+they run the export's graphs as :class:`~ldrop.runtime.onnx_runtime.OnnxAdaptiveModel` does.
 """
 
 from __future__ import annotations
@@ -98,14 +89,9 @@ def runtime_description(model: OnnxAdaptiveModel, threads: int | None) -> dict[s
 
 
 def profile_onnx(
-    model: OnnxAdaptiveModel | str | os.PathLike,
-    seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-    batch_sizes: Sequence[int] = (1, 2, 4),
-    repeats: int = 5,
-    warmup: int = 1,
-    validation_batches: int = 12,
-    seed: int = 0,
-    threads: int | None = None,
+    model: OnnxAdaptiveModel | str | os.PathLike, seconds: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    batch_sizes: Sequence[int] = (1, 2, 4), repeats: int = 5, warmup: int = 1, validation_batches: int = 12,
+    seed: int = 0, threads: int | None = None,
 ) -> DeviceProfile:
     """Measure, fit and validate the cost model of an ONNX export on this machine (see
     :func:`~ldrop.budgets.profile.profile_model` for the arguments); ``threads`` are ONNX Runtime's."""

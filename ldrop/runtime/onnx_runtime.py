@@ -2,25 +2,13 @@
 
     >>> model = OnnxAdaptiveModel("model-onnx/")  # written by: ldrop export CKPT model-onnx --format onnx  # doctest: +SKIP
     >>> out = model(waveform, target={"ms": 80})  # doctest: +SKIP
-    >>> out.outputs, out.layers_run, out.predicted_ms, out.measured_ms  # doctest: +SKIP
 
-The call is :class:`~ldrop.runtime.AdaptiveModel`'s: waveforms and a budget (layers, a fraction, a
-``[batch]`` array) or a target (``{"ms": ...}``, ``{"rtf": ...}``, ``{"gflops_per_second": ...}``). A
-:class:`~ldrop.runtime.onnx_budgets.OnnxBudgetController` (the decisions and closed loop of the PyTorch
-runtime's :class:`~ldrop.budgets.BudgetController`, with numpy costs) turns a target into a budget per input from
-the device profile of this runtime (``ldrop profile --runtime onnx``) and corrects it with measured times.
-
-The export folder (see :mod:`ldrop.runtime.onnx_export`) holds one graph per part, so layers are skipped by
-not running their graph: ``fixed.onnx`` (normalisation, CNN, front end),
-``context.onnx`` (WavLM's relative position bias, computed once per forward and fed to every layer),
-``selector.onnx`` (the selector's eval-mode scores), ``layers/layer_NN.onnx`` and ``head.onnx``. Layer ``i``
-runs on the sub-batch of inputs that keep it, trimmed to that sub-batch's longest input, and its output is
-scattered back, as the PyTorch engine's sparse path (:mod:`ldrop.engine.gated`) does. Top-k, threshold and
-fallback decisions are made here in numpy from the selector's scores and the manifest's tables: ONNX's
-``TopK`` takes one ``k`` for the whole batch, while each input has its own budget, and the decisions are
-table look-ups on a few numbers per input.
-
-Imports numpy, onnxruntime and (for audio files) soundfile only: no torch, Lightning or transformers.
+The call is :class:`~ldrop.runtime.AdaptiveModel`'s; an
+:class:`~ldrop.runtime.onnx_budgets.OnnxBudgetController` turns a target into a budget per input. Layers are
+skipped by not running their graph (one per part, see :mod:`ldrop.runtime.onnx_export`): layer ``i`` runs on
+the sub-batch that keeps it, trimmed to its longest input, as the PyTorch engine's sparse path does. Top-k,
+threshold and fallback decisions are made here in numpy (ONNX's ``TopK`` takes one ``k`` per batch). Imports
+numpy, onnxruntime and soundfile only: no torch, Lightning or transformers.
 """
 
 from __future__ import annotations
@@ -58,8 +46,7 @@ GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fixed": (("waveforms", "lengths"), ("features", "frame_mask", "hidden")),
     "context": (("frame_mask",), ("position_bias",)),
     "selector": (("features", "frame_mask", "budget"), ("scores",)),
-    "layer": (("hidden", "frame_mask"), ("hidden_out",)),
-    "head": (("hidden", "frame_mask"), ("logits",)),
+    "layer": (("hidden", "frame_mask"), ("hidden_out",)), "head": (("hidden", "frame_mask"), ("logits",)),
 }
 
 
@@ -69,20 +56,7 @@ class OnnxFolderError(ValueError):
 
 @dataclass
 class OnnxOutput:
-    """One call of :class:`OnnxAdaptiveModel` (the fields of :class:`~ldrop.runtime.AdaptiveOutput`, in numpy).
-
-    Attributes:
-        outputs: per input, the decoded output (label or transcript; the logits for other tasks).
-        logits: ``[batch, classes]`` or ``[batch, frames, vocab]`` float32.
-        frame_mask: ``[batch, frames]`` bool, True on real frames.
-        keep_mask: ``[batch, layers]`` float32 0/1, the layers each input ran.
-        layers_run: ``[batch]`` int64.
-        budget: ``[batch]`` int64, the budget each input was given.
-        predicted_ms: the forward's predicted wall time (profile x correction), ``None`` without a profile.
-        measured_ms: the forward's measured wall time.
-        correction: the controller's measured/predicted ratio after this call.
-        target: the target of this call (``None`` for a plain budget).
-    """
+    """One call of :class:`OnnxAdaptiveModel`: :class:`~ldrop.runtime.AdaptiveOutput`'s fields, in numpy."""
 
     outputs: list[Any]
     logits: np.ndarray
@@ -98,12 +72,7 @@ class OnnxOutput:
 
 # ---------------------------------------------------------------------------------------------- the folder
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    """The checked manifest of an export folder.
-
-    Raises:
-        OnnxFolderError: no such folder or manifest, a manifest of another format or format version, an
-            opset this runtime does not run, or a graph file the manifest lists that is missing.
-    """
+    """The checked manifest of an export folder; :class:`OnnxFolderError` for one this runtime cannot run."""
     folder = Path(folder)
     rerun = "(re-export it with 'ldrop export CHECKPOINT DIR --format onnx')"
     if not folder.is_dir():
@@ -189,15 +158,7 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
 
 # ---------------------------------------------------------------------------------------------- selection
 def topk_mask(scores: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Keep the ``k[b]`` best-scoring layers of each row, ties to the lower index (as ``hard_topk_mask``).
-
-    Args:
-        scores: ``[batch, layers]``.
-        k: ``[batch]`` int, each in ``0..layers``.
-
-    Returns:
-        ``[batch, layers]`` bool.
-    """
+    """``[batch, layers]`` bool: the ``k[b]`` best-scoring layers of each row, ties to the lower index."""
     order = np.argsort(-scores, axis=-1, kind="stable")
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.broadcast_to(np.arange(scores.shape[-1]), order.shape), axis=-1)
@@ -227,36 +188,20 @@ class OnnxAdaptiveModel:
     """An ldrop ONNX export whose depth follows a budget or a target, on ONNX Runtime.
 
     Args:
-        folder: an export folder (``ldrop export CKPT DIR --format onnx``); see :meth:`from_pretrained` for
-            checkpoints.
-        profile: the device profile of this model on this runtime (a :class:`CostProfile` or the JSON path
-            written by ``ldrop profile --runtime onnx``); ``None``: the folder's ``profile.json`` if it has
-            one, else one is measured the first time a time target is used (that needs torch).
-        closed_loop: correct the profile with measured times (``False``: open loop).
-        margin: fraction of a time target kept free for noise.
-        on_unmeetable: ``"min"`` (the minimum budget and a warning) or ``"raise"``.
+        folder: an export folder (``ldrop export CKPT DIR --format onnx``); see :meth:`from_pretrained`.
+        profile: a :class:`CostProfile` or its JSON path; ``None``: the folder's ``profile.json``, else one is
+            measured at the first time target (needs torch).
+        closed_loop, margin, on_unmeetable, **controller_options: as :class:`~ldrop.runtime.AdaptiveModel`.
         threads: ONNX Runtime intra-op threads (``None``: its default).
         providers: ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
-        spinning: let a graph's idle ONNX Runtime threads spin after it ran (ONNX Runtime's default). Off by
-            default here: every part is a session with its own threads, run one after the other, so one
-            layer's spinning threads would compete with the next layer's (at 2 threads on a loaded 2-core
-            machine, full depth took 1.7x as long with spinning).
-        **controller_options: further controller options (``alpha_up``, ``window``, ...).
-
-    Raises:
-        OnnxFolderError: the folder cannot be run (see :func:`read_manifest`), or a graph fails to load.
+        spinning: let idle threads spin; off by default, as each part's session has its own threads and
+            spinning ones slow the next part (1.7x on 2 cores).
     """
 
     def __init__(
-        self,
-        folder: str | os.PathLike,
-        profile: CostProfile | str | os.PathLike | None = None,
-        closed_loop: bool = True,
-        margin: float = 0.1,
-        on_unmeetable: Literal["min", "raise"] = "min",
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        spinning: bool = False,
+        self, folder: str | os.PathLike, profile: CostProfile | str | os.PathLike | None = None,
+        closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
+        threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
         **controller_options: Any,
     ) -> None:
         import onnxruntime
@@ -337,11 +282,8 @@ class OnnxAdaptiveModel:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, profile: CostProfile | str | None = None,
                         quantize: Literal["dynamic"] | None = None, **kwargs: Any) -> OnnxAdaptiveModel:
-        """From an ONNX export folder, or from a ``.ckpt`` / ``ldrop export`` folder exported now (needs torch).
-
-        A model exported here lives in a temporary folder for the lifetime of the returned object; export
-        once with ``ldrop export CKPT DIR --format onnx`` to deploy.
-        """
+        """From an ONNX export folder, or a ``.ckpt`` / ``ldrop export`` folder exported now (to a temporary
+        folder)."""
         path = Path(path)
         if (path / MANIFEST).is_file():
             return cls(path, profile=profile, **kwargs)
@@ -368,12 +310,7 @@ class OnnxAdaptiveModel:
     # ------------------------------------------------------------------ the forward, in parts
     def encode(self, waveforms: np.ndarray, lengths: np.ndarray, run_prefix: bool = True) -> dict[str, np.ndarray]:
         """The budget-independent part, as ``LayerDropTask.encode``: ``{"features", "frame_mask", "hidden"}``,
-        with ``"position_bias"`` (WavLM) and, for a selector that reads the first ``j`` layers, ``"prefix"``
-        (their output, which is then also ``"features"``).
-
-        Raises:
-            ValueError: a waveform shorter than the CNN's receptive field.
-        """
+        with ``"position_bias"`` (WavLM) and a selector's ``"prefix"`` layers' output."""
         if int(lengths.min()) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); got a "
@@ -426,11 +363,7 @@ class OnnxAdaptiveModel:
         return keep
 
     def run_layers(self, encoded: dict[str, np.ndarray], keep: np.ndarray) -> np.ndarray:
-        """Run each layer on the inputs that keep it (padding trimmed per sub-batch): ``[batch, frames, hidden]``.
-
-        Continues from the selector's prefix layers (run in :meth:`encode`) when every input keeps them, else
-        runs from layer 0, as the PyTorch engine does.
-        """
+        """Run each layer on the inputs that keep it (padding trimmed per sub-batch)."""
         frame_mask = encoded["frame_mask"]
         j = self.prefix_layers
         start = j if "prefix" in encoded and bool(keep[:, :j].all()) else 0
@@ -515,15 +448,10 @@ class OnnxAdaptiveModel:
         return self.controller.budgets(lengths, parsed), parsed
 
     def __call__(self, waveforms: Any, target: Any = None, lengths: Any = None) -> OnnxOutput:
-        """Run one utterance or a batch under ``target`` (see :meth:`AdaptiveModel.__call__
-        <ldrop.runtime.AdaptiveModel.__call__>`).
+        """Run one utterance, a padded batch (with ``lengths``) or a list of clips or paths under ``target``.
 
-        Args:
-            waveforms: one utterance ``[samples]``, a zero-padded batch ``[batch, samples]`` (with ``lengths``),
-                or a list of 1-D clips or audio file paths (at the model's sample rate).
-            target: ``{"ms": 80}``, ``{"rtf": 0.1}``, ``{"gflops_per_second": 2.0}`` (or ``"rtf=0.1"``), or a
-                plain budget (layers, fraction, ``[batch]`` array); ``None`` runs every layer.
-            lengths: ``[batch]`` valid samples of a padded batch.
+        ``target`` is ``{"ms": 80}``, ``{"rtf": 0.1}``, ``{"gflops_per_second": 2.0}`` (or ``"rtf=0.1"``) or a
+        plain budget; ``None`` runs every layer (see :meth:`ldrop.runtime.AdaptiveModel.__call__`).
         """
         waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
         budget, parsed = self.budget_for(lengths, target)

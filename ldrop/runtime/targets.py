@@ -10,10 +10,8 @@ from ldrop.budgets import TargetResolver
 
 
 class TargetBudgets(L.Callback):
-    """During predict, gives a task whose ``predict_budget`` is a target (``{rtf: 0.1}``, ...) the per-input
-    budgets of a :class:`~ldrop.budgets.TargetResolver`, and warns once at the end about inputs that could
-    not meet it. ``ldrop predict`` adds it; with a plain ``Trainer`` pass ``callbacks=[TargetBudgets()]``.
-    """
+    """The predict callback that gives a task with a target ``predict_budget`` per-input budgets
+    (:class:`~ldrop.budgets.TargetResolver`); ``ldrop predict`` adds it."""
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         target, resolver = pl_module.predict_target(), TargetResolver()  # controllers and counts of this run

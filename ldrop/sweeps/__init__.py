@@ -10,6 +10,7 @@ from ldrop.sweeps.report import (
     check_sweep_set,
     compare_sweeps,
     layer_usage_figure,
+    load_items,
     load_sweep,
     markdown_table,
     primary_metric,
@@ -20,6 +21,6 @@ from ldrop.sweeps.report import (
 
 __all__ = [
     "SWEEP_FILES", "SWEEP_MANIFEST", "BudgetSweep", "IncompleteSweepError", "add_sweep_to_tensorboard",
-    "check_sweep_set", "compare_sweeps", "layer_usage_figure", "load_sweep", "markdown_table",
+    "check_sweep_set", "compare_sweeps", "layer_usage_figure", "load_items", "load_sweep", "markdown_table",
     "primary_metric", "sweep_figure", "sweep_title", "write_sweep",
 ]

@@ -20,7 +20,15 @@ from ldrop._progress import Phase
 from ldrop.budgets import Target, budget_list
 from ldrop.sweeps.headroom import HeadroomScorer
 from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_sweep
-from ldrop.sweeps.scorers import BudgetScorer, ControlScorer, Scorer, SweepBatch, TargetScorer, synchronize
+from ldrop.sweeps.scorers import (
+    BudgetScorer,
+    ControlScorer,
+    ItemScorer,
+    Scorer,
+    SweepBatch,
+    TargetScorer,
+    synchronize,
+)
 from ldrop.tasks.precision import precision_context
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,8 @@ SWEEP_HEADERS = {
 
 
 class BudgetSweep(L.Callback):
-    """Scores every test batch at each budget and writes ``budget_sweep.csv``/``.json``/``.png``.
+    """Scores every test batch at each budget and writes ``budget_sweep.csv``/``.json``/``.png`` (and, for
+    tasks with ``item_errors``, each item's errors per budget, ``budget_items.json``, and the depth oracle).
 
     Args:
         budgets: budgets of the sweep (ints are layers, floats fractions; ``None``: every ``k`` in ``1..N``).
@@ -103,7 +112,8 @@ class BudgetSweep(L.Callback):
         selector, budgets = pl_module.selector, self.budget_layers
         input_dependent = selector is not None and selector.input_dependent
         self.budget_scorer = BudgetScorer(budgets, self.repeats)
-        scorers: list[Scorer] = [self.budget_scorer]
+        self.item_scorer = ItemScorer(budgets) if pl_module.has_item_errors else None
+        scorers: list[Scorer] = [self.budget_scorer, *([self.item_scorer] if self.item_scorer else [])]
         if self.controls and input_dependent:
             scorers.append(ControlScorer(budgets))
         if self.headroom if self.headroom is not None else input_dependent:
@@ -165,7 +175,7 @@ class BudgetSweep(L.Callback):
         if not trainer.is_global_zero:
             return
         directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
-        paths = write_sweep(rows, directory, usage, self.target_rows)
+        paths = write_sweep(rows, directory, usage, self.target_rows, self.item_scorer and self.item_scorer.result)
         columns = ["budget_layers", "executed_layers", *pl_module.metric_names, "gflops_per_utterance",
                    "ms_per_utterance", "distinct_masks", "uses_input"]
         table = markdown_table(rows, [c for c in columns if c in rows[0]])
@@ -187,7 +197,7 @@ class BudgetSweep(L.Callback):
 
         table = Table(title=f"budget sweep: {method}")
         cols = [c for c in columns if c in rows[0]]
-        cols += [c for c in rows[0] if c.endswith(("_std", "_shuffled", "_most_common", "_oracle"))]
+        cols += [c for c in rows[0] if c.endswith(("_std", "_shuffled", "_most_common", "_oracle", "_depth_oracle_val"))]
         for c in cols:
             table.add_column(SWEEP_HEADERS.get(c, c), justify="right", no_wrap=True)
         for row in rows:

@@ -13,12 +13,15 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
+from torchmetrics import CatMetric
 
 from ldrop._progress import Phase
 from ldrop.selectors.candidates import candidate_masks
-from ldrop.sweeps.scorers import Scorer, SweepBatch, _sum
+from ldrop.sweeps.paired import depth_oracle_metric
+from ldrop.sweeps.scorers import Scorer, SweepBatch, _sum, fixed_item_errors
 from ldrop.tasks.precision import precision_context, to_model_precision
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,9 @@ class HeadroomScorer(Scorer):
     """Per budget, the per-input oracle (the best of ``candidates`` masks per input: the selector's own, its
     input-blind schedule's, one-layer swaps of its own, random ones) and the static oracle (the best single
     mask for every input, over all ``C(N, k)`` masks when there are at most ``static_max_masks``), on the test
-    split and, after it, on the validation split. Needs the task's ``item_errors``."""
+    split and, after it, on the validation split; on validation also the depth oracle (``_depth_oracle_val``,
+    :func:`~ldrop.sweeps.paired.depth_oracle`, when every ``k`` in ``1..N`` is swept). Needs the task's
+    ``item_errors``."""
 
     label = "headroom oracles"
 
@@ -52,6 +57,9 @@ class HeadroomScorer(Scorer):
         self.oracle = {split: {k: {"own": _sum(task.device), "input": _sum(task.device), "count": _sum(task.device),
                                    "static": torch.zeros(statics[k], dtype=torch.float64, device=task.device)}
                                for k in self.budgets} for split in ("test", "val")}
+        for state in self.oracle["val"].values():  # per item at the fixed-k masks: the depth oracle's input
+            state.update(fixed=CatMetric(nan_strategy="disable").to(task.device), items=CatMetric().to(task.device))
+        self.val_depth_oracle: dict[int, float] | None = None
 
     def batch(self, step: SweepBatch) -> None:
         for k in self.budgets:
@@ -70,6 +78,9 @@ class HeadroomScorer(Scorer):
         state["own"].update(float(errors[0].sum()))  # the first candidate is the selector's own mask
         state["input"].update(float(torch.stack(errors).min(0).values.sum()))
         state["count"].update(float(counts.sum()))
+        if "fixed" in state:
+            state["fixed"].update(fixed_item_errors(task, encoded, batch, k, own, errors[0]))
+            state["items"].update(counts)
         if state["static"].numel():
             for row, mask in enumerate(all_subsets(task.num_layers, k, task.device)):
                 everyone = mask.expand(len(batch), -1)
@@ -99,8 +110,18 @@ class HeadroomScorer(Scorer):
                 phase.step()
 
     def columns(self, trainer: L.Trainer, task: Any, k: int) -> dict[str, Any]:
-        return {**self._columns(trainer, task, self.oracle["test"][k]),
-                **self._columns(trainer, task, self.oracle["val"][k], "_val")}
+        columns = {**self._columns(trainer, task, self.oracle["test"][k]),
+                   **self._columns(trainer, task, self.oracle["val"][k], "_val")}
+        val = self.oracle["val"]
+        if self.val_depth_oracle is None and all(s["items"].update_called for s in val.values()):
+            fixed = {b: s["fixed"].compute().double().cpu().numpy() for b, s in val.items()}
+            counts = next(iter(val.values()))["items"].compute().double().cpu().numpy()
+            fixed = {b: v for b, v in fixed.items() if not np.isnan(v).any()}
+            self.val_depth_oracle = {b: depth_oracle_metric(fixed, counts, task.num_layers, b, task.higher_is_better)
+                                     for b in self.budgets}
+        if (self.val_depth_oracle or {}).get(k) is not None:
+            columns[f"{task.metric_names[0]}_depth_oracle_val"] = self.val_depth_oracle[k]
+        return columns
 
     @staticmethod
     def _columns(trainer: L.Trainer, task: Any, state: dict, suffix: str = "") -> dict[str, float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ldrop._io import atomic_write_files, remove_stale_temporaries
+from ldrop.sweeps.paired import equal_compute, layer_gflops
 
 #: Columns every sweep row has, in the order they are written.
 BASE_COLUMNS = ["method", "backbone", "dataset", "budget_layers", "budget_fraction", "executed_layers",
@@ -59,11 +60,12 @@ def primary_metric(rows: Sequence[dict[str, Any]]) -> str:
     raise ValueError("the sweep rows hold no metric column")
 
 
-def sweep_title(rows: Iterable[dict[str, Any]], prefix: str = "budget sweep") -> str:
-    """``"<prefix>: <method(s)> | <dataset(s)> | <backbone(s)>"`` from the rows (values that are set)."""
+def sweep_title(rows: Iterable[dict[str, Any]], prefix: str = "budget sweep",
+                keys: Sequence[str] = ("method", "dataset", "backbone")) -> str:
+    """``"<prefix>: <method(s)> | <dataset(s)> | <backbone(s)>"`` (``keys``) from the rows (values that are set)."""
     rows = list(rows)
     parts = []
-    for key in ("method", "dataset", "backbone"):
+    for key in keys:
         values = list(dict.fromkeys(str(r[key]) for r in rows if r.get(key) not in (None, "")))
         if values:
             parts.append(", ".join(values))
@@ -78,11 +80,14 @@ def _new_figure(figsize: tuple[float, float]) -> Any:
 
 
 def sweep_figure(
-    runs: dict[str, Sequence[dict[str, Any]]], metric: str | None = None, title: str | None = None
+    runs: dict[str, Sequence[dict[str, Any]]], metric: str | None = None, title: str | None = None,
+    oracles: str | bool = True, fixed: float | None = None,
 ) -> Any:
     """Metric vs GFLOPs per utterance, one line per run (label -> rows), each point labelled ``k=<budget>``.
 
-    Returns the matplotlib ``Figure`` (titled with the runs' method, dataset and backbone by default).
+    ``oracles``: draw the oracle columns of every run (``True``), of the run with that label, or of none;
+    ``fixed``: shade the GFLOPs that do not shrink with the layers (from 0 to ``fixed``). Returns the matplotlib
+    ``Figure`` (titled with the runs' method, dataset and backbone by default).
     """
     fig = _new_figure((6, 4))
     ax = fig.add_subplot()
@@ -99,7 +104,9 @@ def sweep_figure(
         if any(stds):
             ax.fill_between(xs, [y - s for y, s in zip(ys, stds, strict=True)],
                             [y + s for y, s in zip(ys, stds, strict=True)], color=line.get_color(), alpha=0.2)
-        for oracle, style in (("input_oracle", "--"), ("static_oracle", ":")):  # the headroom, when scored
+        for oracle, style in (("input_oracle", "--"), ("static_oracle", ":"), ("depth_oracle", "-.")):
+            if oracles is not True and oracles != label:
+                break
             points = [(x, float(r[f"{name}_{oracle}"])) for x, r in zip(xs, rows, strict=True)
                       if r.get(f"{name}_{oracle}") not in (None, "")]
             if points:
@@ -112,8 +119,10 @@ def sweep_figure(
     ax.set_xlabel("GFLOPs per utterance")
     ax.set_ylabel(name.upper() + (" (lower is better)" if name in LOWER_IS_BETTER else ""))
     ax.set_title(title or sweep_title(r for rows in runs.values() for r in rows), fontsize=9)
+    if fixed:
+        ax.axvspan(0.0, fixed, color="grey", alpha=0.15, label="fixed part (CNN, selector)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the axes: hides no point
     return fig
 
 
@@ -177,6 +186,7 @@ SWEEP_FILES = {
     "usage": "layer_usage.png",
     "target_csv": "target_sweep.csv",
     "target_json": "target_sweep.json",
+    "items": "budget_items.json",
 }
 #: Written last: the names and SHA-256 digests of the set it completes. Readers require it.
 SWEEP_MANIFEST = "sweep_manifest.json"
@@ -195,16 +205,18 @@ def write_sweep(
     directory: str | os.PathLike,
     layer_usage: Sequence[Sequence[float]] | None = None,
     target_rows: Sequence[dict[str, Any]] | None = None,
+    items: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write a sweep as one set: ``budget_sweep.csv``/``.json``/``.png``, ``layer_usage.png`` and, with
-    ``target_rows``, ``target_sweep.csv``/``.json``, completed by ``sweep_manifest.json``.
+    """Write a sweep as one set: ``budget_sweep.csv``/``.json``/``.png``, ``layer_usage.png``, with
+    ``target_rows`` ``target_sweep.csv``/``.json``, with ``items`` (per-item errors, :func:`load_items`)
+    ``budget_items.json``, completed by ``sweep_manifest.json``.
 
     Everything is rendered in memory, then every file is written beside its target before any is renamed
     into place, the manifest (names and digests) last: a failure (plotting, a full disk) leaves an earlier
     sweep in ``directory`` as it was, and a kill while renaming leaves files that do not match the manifest,
     which :func:`load_sweep` refuses. Files of an earlier sweep that this one lacks are removed, and so are
     temporaries that a killed write left. Returns the paths by kind (``csv``, ``json``, ``plot``,
-    ``usage``, ``target_csv``, ``target_json``, ``manifest``).
+    ``usage``, ``target_csv``, ``target_json``, ``items``, ``manifest``).
     """
     if not rows:
         raise ValueError("no sweep rows to write")
@@ -220,6 +232,8 @@ def write_sweep(
     if target_rows:
         contents["target_csv"] = rows_to_csv(target_rows).encode("utf-8")
         contents["target_json"] = (json.dumps(list(target_rows), indent=2) + "\n").encode("utf-8")
+    if items:
+        contents["items"] = (json.dumps(items) + "\n").encode("utf-8")
     files = {directory / SWEEP_FILES[kind]: data for kind, data in contents.items()}
     manifest = {"files": {path.name: _digest(data) for path, data in files.items()}}
     files[directory / SWEEP_MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
@@ -259,6 +273,25 @@ def check_sweep_set(directory: str | os.PathLike) -> dict[str, str]:
     return files
 
 
+def _sweep_file(path: Path) -> Path:
+    """The sweep file at ``path``: itself, or a run directory's ``budget_sweep.json``/``.csv`` (or the one
+    below it)."""
+    if path.is_dir():
+        for name in ("budget_sweep.json", "budget_sweep.csv"):
+            if (path / name).is_file():
+                return path / name
+        found = sorted(path.rglob("budget_sweep.json"))
+        if len(found) == 1:
+            return found[0]
+        raise FileNotFoundError(
+            f"{str(path)!r} holds no budget_sweep.json or budget_sweep.csv"
+            + (f" (several below it: {[str(f) for f in found]})" if found else "")
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep file {str(path)!r} (expected budget_sweep.csv/.json or a run directory)")
+    return path
+
+
 def load_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a sweep from a CSV/JSON file or a run directory holding ``budget_sweep.json``/``.csv``.
 
@@ -269,20 +302,7 @@ def load_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
         FileNotFoundError: nothing sweep-like at ``path`` (the message names what was looked for).
         IncompleteSweepError: the sweep there is not one complete set (an interrupted or failed write).
     """
-    path = Path(path)
-    if path.is_dir():
-        for name in ("budget_sweep.json", "budget_sweep.csv"):
-            if (path / name).is_file():
-                return load_sweep(path / name)
-        found = sorted(path.rglob("budget_sweep.json"))
-        if len(found) == 1:
-            return load_sweep(found[0])
-        raise FileNotFoundError(
-            f"{str(path)!r} holds no budget_sweep.json or budget_sweep.csv"
-            + (f" (several below it: {[str(f) for f in found]})" if found else "")
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"no sweep file {str(path)!r} (expected budget_sweep.csv/.json or a run directory)")
+    path = _sweep_file(Path(path))
     if path.name in SWEEP_FILES.values():
         check_sweep_set(path.parent)
     if path.suffix == ".json":
@@ -290,6 +310,17 @@ def load_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: _parse(v) for k, v in row.items()} for row in rows]
+
+
+def load_items(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The per-item errors of the sweep at ``path`` (as :func:`load_sweep` finds it), ``None`` when its set
+    has none (an older sweep, a task without ``item_errors``): ``{metric, ids, counts, budgets, errors:
+    {"<k>": [...]}, fixed_errors: {"<k>": [...]}}``, the errors of the method's own result (its first repeat)
+    and at its fixed-``k`` masks, per item in the order of ``ids``."""
+    path = _sweep_file(Path(path))
+    if path.name not in SWEEP_FILES.values() or SWEEP_FILES["items"] not in check_sweep_set(path.parent):
+        return None
+    return json.loads((path.parent / SWEEP_FILES["items"]).read_text())
 
 
 def _parse(value: str) -> Any:
@@ -308,35 +339,46 @@ def compare_sweeps(
     output_dir: str | os.PathLike,
     metric: str | None = None,
     labels: Sequence[str] | None = None,
+    reference: str | None = None,
+    oracles: bool = False,
 ) -> tuple[str, Path]:
-    """Overlay several sweeps (e.g. input-driven vs random vs early exit vs static) in one plot and table.
+    """Overlay several sweeps (e.g. input-driven vs random vs early exit vs static) in one plot and two tables:
+    per budget, and at equal GFLOPs (:func:`~ldrop.sweeps.paired.equal_compute` against ``reference``, a
+    label; default: the first run of several depths), with paired intervals where the runs have per-item errors.
 
-    Returns the Markdown table and the path of ``compare.png`` (``compare.md`` is written beside it).
+    Returns the Markdown tables and the path of ``compare.png`` (``compare.md`` and ``compare.json`` beside it);
+    ``oracles`` draws the reference's oracle lines.
     """
     runs: dict[str, list[dict[str, Any]]] = {}
+    items: dict[str, dict[str, Any] | None] = {}
     for i, path in enumerate(paths):
         rows = load_sweep(path)
         label = labels[i] if labels else str(rows[0].get("method", Path(path).stem))
         while label in runs:
             label += "'"
-        runs[label] = rows
+        runs[label], items[label] = rows, load_items(path)
     name = metric or primary_metric(next(iter(runs.values())))
-    table_rows = []
-    for label, rows in runs.items():
-        for r in rows:
-            table_rows.append({
-                "run": label,
-                "budget_layers": r.get("budget_layers"),
-                "executed_layers": r.get("executed_layers"),
-                "gflops_per_utterance": r.get("gflops_per_utterance"),
-                name: r.get(name),
-                f"{name}_std": r.get(f"{name}_std"),
-            })
-    table = markdown_table(table_rows)
+    if reference is not None and reference not in runs:
+        raise ValueError(f"--reference {reference!r} is not one of the runs {list(runs)}")
+    several = [label for label, rows in runs.items() if len({r.get("executed_layers") for r in rows}) > 1]
+    if reference is not None and reference not in several:
+        raise ValueError(f"--reference {reference!r} runs one depth: its GFLOPs per layer are unknown")
+    reference = reference or (several or [None])[0]
+    table_rows = [{"run": label, **{c: r.get(c) for c in ("budget_layers", "executed_layers", "gflops_per_utterance",
+                                                            name, f"{name}_std")}}
+                  for label, rows in runs.items() for r in rows]
+    equal, paired = equal_compute({label: (rows, items[label]) for label, rows in runs.items()}, name, reference,
+                                  name not in LOWER_IS_BETTER) if reference else ([], [])
+    table = markdown_table(table_rows) + (f"\n\nAt equal GFLOPs per utterance (those of N/4, N/2, 3N/4 layers of "
+             f"{reference}; AUC: the mean over the common GFLOPs range); differences in points x100, paired 95 % "
+             f"bootstrap interval where both runs have per-item errors:\n\n" + markdown_table(equal) if equal else "")
     output_dir = Path(output_dir)
     plot_path = output_dir / "compare.png"
-    title = sweep_title([r for rows in runs.values() for r in rows], "compare")
-    # the plot and the table as one set: a failure leaves an earlier comparison as it was
-    atomic_write_files({plot_path: _png(sweep_figure(runs, name, title)),
-                        output_dir / "compare.md": (table + "\n").encode("utf-8")})
+    title = sweep_title([r for rows in runs.values() for r in rows], "compare", ("dataset", "backbone"))
+    fixed = layer_gflops(runs[reference], 0.0) if reference else None
+    summary = {"metric": name, "reference": reference, "budgets": table_rows, "equal_gflops": equal, "paired": paired}
+    # the plot and the tables as one set: a failure leaves an earlier comparison as it was
+    atomic_write_files({plot_path: _png(sweep_figure(runs, name, title, oracles and reference, fixed)),
+                        output_dir / "compare.md": (table + "\n").encode("utf-8"),
+                        output_dir / "compare.json": (json.dumps(summary, indent=2) + "\n").encode("utf-8")})
     return table, plot_path

@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from torch import Tensor
 from torchmetrics import CatMetric, Metric, SumMetric
 
 from ldrop.budgets import Target, TargetResolver
 from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
+from ldrop.sweeps.paired import depth_oracle_metric
 from ldrop.tasks.cost import BatchCost
 
 
@@ -47,8 +50,8 @@ def timed(task: Any, run: Callable[[], Any]) -> tuple[Any, float]:
 @dataclass
 class SweepBatch:
     """One encoded test batch as every scorer sees it: ``seconds_fixed`` is the wall time before scoring
-    (loading and encoding the batch); ``costs`` (budget -> cost of the selector's own masks, first repeat) is
-    filled by :class:`BudgetScorer` for the scorers after it."""
+    (loading and encoding the batch); ``costs`` and ``logits`` (budget -> cost and logits of the method's own
+    result, first repeat) are filled by :class:`BudgetScorer` for the scorers after it."""
 
     task: Any
     batch: Any
@@ -56,6 +59,7 @@ class SweepBatch:
     index: int
     seconds_fixed: float
     costs: dict[int, BatchCost] = field(default_factory=dict)
+    logits: dict[int, Tensor] = field(default_factory=dict)
 
 
 class Scorer:
@@ -104,6 +108,7 @@ class BudgetScorer(Scorer):
                     selector.reseed(1000 * r + step.index)
                 (logits, keep, _), seconds = timed(task, lambda k=k: task.logits_at_budget(encoded, k))
                 if r == 0:
+                    step.logits[k] = logits
                     cost = step.costs[k] = BatchCost.of(task, encoded, keep, step.seconds_fixed + seconds)
                     self.masks[k].update(cost.mask)
                     self.flops[k].update(float(cost.flops.sum()))
@@ -141,6 +146,68 @@ class BudgetScorer(Scorer):
             if self.repeats > 1:
                 row[f"{name}_std"] = float(values.std(unbiased=True))
         return row
+
+
+def fixed_item_errors(task: Any, encoded: Any, batch: Any, k: int, own: Tensor, own_errors: Tensor) -> Tensor:
+    """Per input, the error terms at the method's fixed-``k`` masks (``task.decide(encoded, k)``): its own
+    ``own_errors`` where its own masks ``own`` all keep ``k`` layers (top-k selectors, early exit), else NaN
+    where the fixed-``k`` masks do not keep ``k`` layers either (no selector, threshold mode)."""
+    if bool(((own > 0.5).sum(1) == k).all()):
+        return own_errors
+    keep = task.decide(encoded, k)[0]
+    if not bool(((keep > 0.5).sum(1) == k).all()):
+        return torch.full_like(own_errors, float("nan"))
+    return task.item_errors(task.logits_with_mask(encoded, keep), encoded.frame_mask, batch)[0]
+
+
+def gather_ids(ids: list[str]) -> list[str]:
+    """Every rank's ``ids`` in rank order (the order in which a ``CatMetric`` gathers its rows)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return list(ids)
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(ids))
+    return [i for rank in gathered for i in rank]
+
+
+class ItemScorer(Scorer):
+    """Per budget, each test item's error terms of the method's own result (first repeat) and at its
+    fixed-``k`` masks (:func:`fixed_item_errors`: the depth oracle's input), with the items' counts and ids,
+    over all ranks (ids in rank order, as the errors; an item a sampler repeated to even out the ranks is kept
+    once). :meth:`items` is what ``budget_items.json`` holds. Needs the task's ``item_errors``."""
+
+    def start(self, task: Any) -> None:
+        cat = lambda: CatMetric(nan_strategy="disable").to(task.device)  # noqa: E731 (NaN: no fixed-k errors)
+        self.errors = {(k, kind): cat() for k in self.budgets for kind in ("own", "fixed")}
+        self.counts, self.ids, self.result = cat(), [], None
+
+    def batch(self, step: SweepBatch) -> None:
+        task, encoded = step.task, step.encoded
+        for k in self.budgets:
+            own, counts = task.item_errors(step.logits[k], encoded.frame_mask, step.batch)
+            self.errors[(k, "own")].update(own)
+            self.errors[(k, "fixed")].update(fixed_item_errors(task, encoded, step.batch, k, step.costs[k].mask, own))
+        self.counts.update(counts)
+        self.ids += list(step.batch.ids)
+
+    def end(self, trainer: L.Trainer, task: Any) -> None:
+        ids = gather_ids(self.ids)
+        if not ids:  # the same on every rank: each calls the gathers below or none does
+            return
+        first = sorted({i: n for n, i in reversed(list(enumerate(ids)))}.values())  # each id's first row
+        values = lambda m: m.compute().double().cpu().numpy()[first]  # noqa: E731
+        fixed = {k: values(self.errors[(k, "fixed")]) for k in self.budgets}
+        self.result = {"metric": task.metric_names[0], "ids": [ids[n] for n in first],
+                       "counts": values(self.counts).tolist(), "budgets": list(self.budgets),
+                       "errors": {str(k): values(self.errors[(k, "own")]).tolist() for k in self.budgets},
+                       "fixed_errors": {str(k): v.tolist() for k, v in fixed.items() if not np.isnan(v).any()}}
+
+    def columns(self, trainer: L.Trainer, task: Any, k: int) -> dict[str, Any]:
+        if self.result is None:
+            return {}
+        fixed = {int(b): np.asarray(v) for b, v in self.result["fixed_errors"].items()}
+        oracle = depth_oracle_metric(fixed, self.result["counts"], task.num_layers, k, task.higher_is_better)
+        return {} if oracle is None else {f"{task.metric_names[0]}_depth_oracle": oracle}
 
 
 class ControlScorer(Scorer):

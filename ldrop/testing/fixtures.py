@@ -1,9 +1,5 @@
-"""Builders of tiny on-disk copies of the benchmark layouts, for tests, examples and the loading benchmark.
-
-Each ``make_*_tree`` writes real audio files (FLAC, NIST SPHERE, WAV) in the exact layout of the real
-corpus, seeded, and returns a :class:`FixtureTree` that records what it wrote (ids, targets, lengths), so
-a test can compare a DataModule's output against the ground truth instead of against itself.
-"""
+"""Builders of tiny on-disk copies of the benchmark layouts (real audio files, seeded) that record what they
+wrote, so tests compare a DataModule's output with the ground truth."""
 
 from __future__ import annotations
 
@@ -22,49 +18,21 @@ from ldrop.data.esc50 import ESC10_TARGETS, ESC50_CLASSES
 from ldrop.data.speechcommands import BACKGROUND_NOISE_DIR, SPEECH_COMMANDS_WORDS
 
 __all__ = [
-    "FixtureClip",
-    "FixtureTree",
-    "make_esc50_tree",
-    "make_librispeech_tree",
-    "make_manifest_corpus",
-    "make_speech_commands_tree",
-    "make_tedlium_tree",
-    "time_code",
-    "truncate_file",
-    "write_audio",
-    "write_untagged_mp3",
-    "write_nonfinite_wav",
+    "FixtureClip", "FixtureTree", "make_esc50_tree", "make_librispeech_tree", "make_manifest_corpus",
+    "make_speech_commands_tree", "make_tedlium_tree", "time_code", "truncate_file", "write_audio",
+    "write_untagged_mp3", "write_nonfinite_wav",
 ]
 
 _WORDS = ("THE", "CAT", "SAT", "ON", "A", "MAT", "IT'S", "NOT", "MY", "DOG", "AND", "HE", "WAS", "HERE")
 _TEDLIUM_WORDS = (
-    "so",
-    "we",
-    "know",
-    "that",
-    "this",
-    "is",
-    "a",
-    "story",
-    "about",
-    "people",
-    "ideas",
-    "matter",
+    "so", "we", "know", "that", "this", "is", "a", "story", "about", "people", "ideas", "matter",
 )
 
 
 @dataclass(frozen=True)
 class FixtureClip:
-    """One example written by a builder.
-
-    Attributes:
-        id: the id the DataModule should give it.
-        path: the audio file.
-        target: the expected target (class name / word for classification, normalised transcript for CTC).
-        num_frames: frames of the example at the file's rate.
-        sample_rate: the file's sample rate.
-        start: first frame of the example in the file (segments of a longer file).
-    """
+    """One example written by a builder: the id, target and frames a DataModule should give it (``start``: its
+    first frame in a longer file)."""
 
     id: str
     path: Path
@@ -83,25 +51,11 @@ class FixtureTree:
 
 
 def write_audio(
-    path: str | os.PathLike,
-    num_frames: int,
-    sample_rate: int = 16000,
-    seed: int = 0,
-    channels: int = 1,
-    format: str | None = None,
-    subtype: str = "PCM_16",
+    path: str | os.PathLike, num_frames: int, sample_rate: int = 16000, seed: int = 0, channels: int = 1,
+    format: str | None = None, subtype: str = "PCM_16",
 ) -> Path:
-    """Write a seeded tone-plus-noise signal (``[num_frames, channels]``) to an audio file.
-
-    Args:
-        path: destination; parent folders are created.
-        num_frames: frames to write.
-        sample_rate: the file's sample rate.
-        seed: seed of the tone frequency and the noise.
-        channels: channel count.
-        format: soundfile format (``"WAV"``, ``"FLAC"``, ``"NIST"``); default from the extension.
-        subtype: soundfile subtype.
-    """
+    """Write a seeded tone-plus-noise signal (``[num_frames, channels]``) to an audio file (format from the
+    extension by default)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, _signal(num_frames, sample_rate, seed, channels), sample_rate, format=format, subtype=subtype)
@@ -117,16 +71,11 @@ def _signal(num_frames: int, sample_rate: int, seed: int, channels: int = 1) -> 
 
 
 def write_nonfinite_wav(
-    path: str | os.PathLike,
-    num_frames: int = 1600,
-    sample_rate: int = 16000,
-    bad_frame: int = 100,
+    path: str | os.PathLike, num_frames: int = 1600, sample_rate: int = 16000, bad_frame: int = 100,
     value: float = float("nan"),
 ) -> Path:
-    """Write a 32-bit float WAV whose frame ``bad_frame`` is ``value`` (NaN or inf), the rest a tone.
-
-    libsndfile reads such a file without complaint; a model trained on it would get NaN losses.
-    """
+    """Write a 32-bit float WAV whose frame ``bad_frame`` is ``value`` (NaN or inf): libsndfile reads it
+    silently."""
     data = (0.3 * np.sin(2 * np.pi * 440 * np.arange(num_frames) / sample_rate)).astype(np.float32)
     data[bad_frame] = value
     path = Path(path)
@@ -136,10 +85,8 @@ def write_nonfinite_wav(
 
 
 def truncate_file(path: str | os.PathLike, keep_fraction: float = 0.5) -> Path:
-    """Cut a file to the first ``keep_fraction`` of its bytes, as an interrupted download or copy would.
-
-    The audio header still promises every frame of the original.
-    """
+    """Cut a file to its first ``keep_fraction`` of bytes, as an interrupted copy would (the header is
+    unchanged)."""
     path = Path(path)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep_fraction)])
@@ -149,19 +96,9 @@ def truncate_file(path: str | os.PathLike, keep_fraction: float = 0.5) -> Path:
 def write_untagged_mp3(path: str | os.PathLike, num_frames: int, sample_rate: int = 22050, seed: int = 0) -> Path:
     """Write a constant-bitrate MP3 without its Xing/Info tag, as sox (and lame writing to a pipe) do.
 
-    Without the tag libsndfile estimates the frame count from the file size and the first frame's bitrate;
-    at 22050 Hz (espeak's rate) the MPEG frames are 417 or 418 bytes, so the estimate runs a little past the
-    audio (25366 frames estimated, 25344 decoded for 24192 written). The file itself is complete: every other
-    decoder reads it whole. The tag is the first MPEG frame (libsndfile writes it); it is dropped here.
-
-    Args:
-        path: destination (``.mp3``, or any name: the content decides the format).
-        num_frames: frames of the seeded tone-plus-noise signal (:func:`write_audio`'s) to encode.
-        sample_rate: the file's sample rate.
-        seed: seed of the signal.
-
-    Raises:
-        ValueError: the encoder wrote no tag to drop (another libsndfile; the fixture would not be faithful).
+    Without the tag libsndfile estimates the frame count from the file size, a little past the audio (25366
+    frames estimated, 25344 decoded for 24192 written at 22050 Hz); other decoders read the file whole.
+    ``ValueError`` when the encoder wrote no tag to drop.
     """
     encoded = io.BytesIO()
     # A constant bitrate (set with a compression level, as libsndfile requires) keeps the estimate close.
@@ -194,29 +131,19 @@ def _mpeg_frame_bytes(header: bytes) -> int | None:
 
 
 def time_code(num_frames: int, offset: int = 0) -> np.ndarray:
-    """``[num_frames]`` int16 samples that encode their own position: ``(frame % 32768) - 16384``.
-
-    Read back as float (``int / 32768``), ``round(x * 32768) + 16384 == frame % 32768``, so a test can tell
-    exactly which frames of a file a segment was cut from.
-    """
+    """``[num_frames]`` int16 samples that encode their position, ``(frame % 32768) - 16384``, to check cuts
+    exactly."""
     frames = np.arange(offset, offset + num_frames)
     return ((frames % 32768) - 16384).astype(np.int16)
 
 
 def make_librispeech_tree(
-    root: str | os.PathLike,
-    subsets: Sequence[str] = ("train-clean-100", "dev-clean", "test-clean"),
-    speakers: int = 2,
-    chapters: int = 1,
-    utterances: int = 3,
-    seconds: tuple[float, float] = (0.3, 1.2),
+    root: str | os.PathLike, subsets: Sequence[str] = ("train-clean-100", "dev-clean", "test-clean"),
+    speakers: int = 2, chapters: int = 1, utterances: int = 3, seconds: tuple[float, float] = (0.3, 1.2),
     seed: int = 0,
 ) -> FixtureTree:
-    """Write ``<root>/LibriSpeech/<subset>/<speaker>/<chapter>/`` with 16 kHz FLAC and ``.trans.txt`` files.
-
-    Returns:
-        The tree; ``splits`` is keyed by subset name, targets are the transcripts.
-    """
+    """Write ``<root>/LibriSpeech/<subset>/<speaker>/<chapter>/`` with FLAC and ``.trans.txt`` files
+    (``splits`` by subset)."""
     rng = np.random.default_rng(seed)
     tree = FixtureTree(Path(root))
     for s, subset in enumerate(subsets):
@@ -241,25 +168,16 @@ def make_librispeech_tree(
 
 
 def make_tedlium_tree(
-    root: str | os.PathLike,
-    train_talks: int = 2,
-    dev_talks: int = 1,
-    test_talks: int = 1,
-    segments_per_talk: int = 3,
-    seconds: tuple[float, float] = (0.4, 1.0),
-    seed: int = 0,
+    root: str | os.PathLike, train_talks: int = 2, dev_talks: int = 1, test_talks: int = 1,
+    segments_per_talk: int = 3, seconds: tuple[float, float] = (0.4, 1.0), seed: int = 0,
 ) -> FixtureTree:
-    """Write ``<root>/TEDLIUM_release-3/`` with whole-talk NIST SPHERE (PCM_16, 16 kHz) files and STM files.
+    """Write ``<root>/TEDLIUM_release-3/`` with whole-talk NIST SPHERE files (:func:`time_code` audio) and STM
+    files.
 
-    Talk audio is :func:`time_code` so cut segments can be checked frame-exactly. Every talk's STM holds
-    ``segments_per_talk`` utterances whose raw text carries the corpus' artefacts (``it 's``, ``{NOISE}``,
-    ``<unk>``, ``(2)``, ``<sil>``), an ``ignore_time_segment_in_scoring`` line between utterances, and one
-    segment made only of noise tokens (empty after normalisation). Dev and test talks are written under
-    both ``legacy/`` and ``speaker-adaptation/`` (different talk ids).
-
-    Returns:
-        The tree; ``splits`` keys: ``train``, ``legacy/val``, ``legacy/test``, ``speaker-adaptation/val``,
-        ``speaker-adaptation/test``; targets are the expected normalised transcripts.
+    The STMs carry the corpus' artefacts (``it 's``, ``{NOISE}``, ``<unk>``, ``(2)``, ``<sil>``), ignored
+    segments and one noise-only segment; dev and test talks are under ``legacy/`` and ``speaker-adaptation/``
+    (``splits`` keys ``train``, ``legacy/val``, ``legacy/test``, ``speaker-adaptation/val``,
+    ``speaker-adaptation/test``).
     """
     rng = np.random.default_rng(seed)
     corpus = Path(root) / "TEDLIUM_release-3"
@@ -290,10 +208,7 @@ def make_tedlium_tree(
                 clips.append(
                     FixtureClip(
                         f"{talk_id}-{round(start * 100):07d}-{round(end * 100):07d}",
-                        folder / "sph" / f"{talk_id}.sph",
-                        expected,
-                        end_frame - start_frame,
-                        16000,
+                        folder / "sph" / f"{talk_id}.sph", expected, end_frame - start_frame, 16000,
                         start=start_frame,
                     )
                 )
@@ -315,24 +230,14 @@ def make_tedlium_tree(
 
 
 def make_speech_commands_tree(
-    root: str | os.PathLike,
-    words: Iterable[str] = SPEECH_COMMANDS_WORDS,
-    clips_per_word: int = 3,
-    val_per_word: int = 1,
-    test_per_word: int = 1,
-    noise_files: int = 2,
-    noise_seconds: float = 3.0,
-    short_clip_frames: int | None = 12000,
-    seed: int = 0,
+    root: str | os.PathLike, words: Iterable[str] = SPEECH_COMMANDS_WORDS, clips_per_word: int = 3,
+    val_per_word: int = 1, test_per_word: int = 1, noise_files: int = 2, noise_seconds: float = 3.0,
+    short_clip_frames: int | None = 12000, seed: int = 0,
 ) -> FixtureTree:
     """Write a Speech Commands v0.02 tree: word folders of 16 kHz WAVs, list files, ``_background_noise_``.
 
-    Of each word's clips the first ``val_per_word`` go to ``validation_list.txt``, the next
-    ``test_per_word`` to ``testing_list.txt``, the rest are training clips. Clips last 1 s, except each
-    word's last clip, which lasts ``short_clip_frames`` (the real corpus has clips shorter than 1 s).
-
-    Returns:
-        The tree; ``splits`` keys ``train``, ``val``, ``test``, ``noise``; targets are the words.
+    Per word the first ``val_per_word`` clips are validation, the next ``test_per_word`` test; clips last 1 s
+    except each word's last (``short_clip_frames``). ``splits`` keys ``train``, ``val``, ``test``, ``noise``.
     """
     rng = np.random.default_rng(seed)
     tree = FixtureTree(Path(root), {"train": [], "val": [], "test": [], "noise": []})
@@ -347,12 +252,7 @@ def make_speech_commands_tree(
             tree.splits[split].append(FixtureClip(rel, path, word, frames, 16000))
     for k in range(noise_files):
         name = (
-            "white_noise",
-            "pink_noise",
-            "running_tap",
-            "exercise_bike",
-            "dude_miaowing",
-            "doing_the_dishes",
+            "white_noise", "pink_noise", "running_tap", "exercise_bike", "dude_miaowing", "doing_the_dishes",
         )[k % 6]
         frames = int(noise_seconds * 16000)
         path = write_audio(
@@ -368,18 +268,11 @@ def make_speech_commands_tree(
 
 
 def make_esc50_tree(
-    root: str | os.PathLike,
-    targets: Iterable[int] = range(50),
-    clips_per_fold: int = 1,
-    seconds: float = 0.2,
-    sample_rate: int = 44100,
-    seed: int = 0,
+    root: str | os.PathLike, targets: Iterable[int] = range(50), clips_per_fold: int = 1,
+    seconds: float = 0.2, sample_rate: int = 44100, seed: int = 0,
 ) -> FixtureTree:
-    """Write ``<root>/ESC-50-master/`` with ``audio/<fold>-<clip>-<take>-<target>.wav`` and ``meta/esc50.csv``.
-
-    Returns:
-        The tree; ``splits`` keyed by fold (``"1"``..``"5"``); targets are the category names.
-    """
+    """Write ``<root>/ESC-50-master/`` with ``audio/<fold>-<clip>-<take>-<target>.wav`` and ``meta/esc50.csv``
+    (``splits`` by fold)."""
     rng = np.random.default_rng(seed)
     corpus = Path(root) / "ESC-50-master"
     tree = FixtureTree(Path(root), {str(f): [] for f in range(1, 6)})
@@ -407,29 +300,18 @@ def make_esc50_tree(
 
 
 def make_manifest_corpus(
-    root: str | os.PathLike,
-    task: str = "classification",
-    format: str = "csv",
-    labels: Sequence[str] = ("cat", "dog", "bird"),
-    clips_per_split: int = 4,
-    seed: int = 0,
+    root: str | os.PathLike, task: str = "classification", format: str = "csv",
+    labels: Sequence[str] = ("cat", "dog", "bird"), clips_per_split: int = 4, seed: int = 0,
 ) -> FixtureTree:
     """Write WAV/FLAC files at mixed rates and channel counts plus ``train``/``val``/``test`` manifests.
 
-    Files alternate between 16 kHz mono WAV, 8 kHz stereo WAV, 22.05 kHz mono FLAC, and a 2 s 16 kHz file
-    used through an ``offset``/``duration`` segment (0.5 s + 0.75 s). Paths are written relative to the
-    manifest's folder, except every third, which is absolute.
-
-    Returns:
-        The tree; ``root`` is the folder of the manifests ``train.<format>``, ``val.<format>``,
-        ``test.<format>``; ``splits`` keyed by split, targets are labels (classification) or transcripts.
+    Files alternate 16 kHz mono WAV, 8 kHz stereo WAV, 22.05 kHz mono FLAC and a 2 s file read as a 0.5 s +
+    0.75 s segment; paths are relative, every third absolute. ``root`` is the manifests' folder.
     """
     rng = np.random.default_rng(seed)
     tree = FixtureTree(Path(root))
     kinds = [
-        (16000, 1, "wav", None),
-        (8000, 2, "wav", None),
-        (22050, 1, "flac", None),
+        (16000, 1, "wav", None), (8000, 2, "wav", None), (22050, 1, "flac", None),
         (16000, 1, "wav", (0.5, 0.75)),
     ]
     for split in ("train", "val", "test"):
@@ -439,10 +321,7 @@ def make_manifest_corpus(
             file_seconds = 2.0 if segment else float(rng.uniform(0.3, 0.8))
             rel = f"audio/{split}/{i:03d}.{ext}"
             path = write_audio(
-                tree.root / rel,
-                int(file_seconds * rate),
-                rate,
-                seed=int(rng.integers(2**31)),
+                tree.root / rel, int(file_seconds * rate), rate, seed=int(rng.integers(2**31)),
                 channels=channels,
             )
             target = (

@@ -105,10 +105,18 @@ def test_the_whole_benchmark_writes_one_table_one_plot_and_resumes(bench_config,
     varies = any(r["distinct_masks"] > 1 for r in ic_sweep)  # the controls repeat the run where it does not
     assert columns == ["k", "input-conditioned",
                        *(["input-conditioned: shuffled", "input-conditioned: most common"] if varies else []),
-                       "input-conditioned: input oracle", "input-conditioned: static oracle", "rnd"]
+                       "input-conditioned: input oracle", "input-conditioned: static oracle",
+                       "input-conditioned: depth oracle", "rnd", "rnd: depth oracle"]
     assert "±" in str(summary["table"][0]["rnd"])  # random masks: mean ± spread over the repeats
     table = (out / "methods.md").read_text()
-    assert table.startswith("| k | input-conditioned | ") and len(table.strip().splitlines()) == 2 + 4
+    assert table.startswith("| k | input-conditioned | ") and len(table.split("\n\n")[0].strip().splitlines()) == 2 + 4
+    assert "At equal GFLOPs" in table
+    equal = {(r["run"], r["at"]): r for r in summary["equal_gflops"]}
+    assert {("input-conditioned", "N/2"), ("rnd", "N/2")} <= set(equal) and equal[("rnd", "N/2")]["vs best input-blind"] is None
+    # rnd: the only input-blind run; where the selector's GFLOPs reach its points, a paired interval
+    cells = [r["vs best input-blind"] for (run, _), r in equal.items() if run == "input-conditioned"]
+    assert all(c is None or c.endswith("] (rnd)") for c in cells) and any(cells)
+    assert {p["against"] for p in summary["paired"]} == {"rnd"}
     assert (out / "rnd" / "fit.log").is_file() and (out / "rnd" / "sweep" / "budget_sweep.csv").is_file()
     fit_args = json.loads((out / "rnd" / "fit.stage.json").read_text())["command"]
     assert "--model.init_args.selector.init_args.train_mode=bernoulli" in fit_args
@@ -190,3 +198,18 @@ def test_the_table_has_a_row_per_budget_and_controls_only_where_they_say_somethi
                              "random"]
     assert rows[0]["full"] is None and rows[1]["full"] == 0.9  # the full model: at k = N only
     assert rows[0]["random"] == "0.3000 ± 0.0100"
+
+
+def test_the_equal_gflops_table_compares_with_the_best_input_blind_run_at_each_point_and_with_full():
+    def rows(name, acc, layers=(1, 2, 3, 4)):
+        return [{"method": name, "budget_layers": k, "executed_layers": float(k if len(layers) > 1 else 4),
+                 "gflops_per_utterance": 1.0 + k, "acc": acc(k)} for k in layers]
+
+    sweeps = {"full": rows("full", lambda k: 0.9, (4,)), "ic": rows("ic", lambda k: 0.5 + 0.1 * k),
+              "static": rows("static", lambda k: 0.3 + 0.16 * k), "sched": rows("sched", lambda k: 0.45 + 0.1 * k)}
+    equal, paired = methods.equal_gflops_table(sweeps, {}, "acc", {"full": "full", "ic": "input-conditioned",
+                                                                   "static": "static", "sched": "schedule"})
+    at = {(r["run"], r["at"]): r for r in equal}
+    assert at[("ic", "N/4")]["vs best input-blind"] == "+5.0 (sched)"  # sched 0.55 beats static 0.45 at k=1
+    assert at[("ic", "3N/4")]["vs best input-blind"] == "+2.0 (static)"  # at k=3 static (0.78) beats sched
+    assert at[("ic", "N/2")]["vs full"] == "-20.0" and at[("full", "N/2")]["acc"] is None and not paired

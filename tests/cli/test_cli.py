@@ -116,6 +116,28 @@ def test_compare_overlays_sweeps_in_one_plot_and_table(trained, tmp_path, capsys
     assert "selector" in capsys.readouterr().out
 
 
+def test_compare_two_runs_at_equal_gflops_with_paired_intervals(trained, tmp_path, capsys):
+    runs = []
+    for name, extra in (("topk", []), ("thr", ["--model.init_args.selector.init_args.mode", "threshold"])):
+        main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path / name),
+              "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), *extra])
+        runs.append(str(next((tmp_path / name / "ldrop").glob("version_*"))))
+    assert (Path(runs[0]) / "budget_items.json").is_file()
+    assert main(["compare", *runs, "--labels", "topk,thr", "--reference", "topk", "--oracles",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert summary["reference"] == "topk" and "At equal GFLOPs" in (tmp_path / "cmp" / "compare.md").read_text()
+    thr = {r["at"]: r for r in summary["equal_gflops"] if r["run"] == "thr"}
+    assert set(thr) <= {"N/4", "N/2", "3N/4", "AUC"} and "N/2" in thr
+    for point in summary["paired"]:  # same test items: every difference has its paired interval
+        assert point["run"] == "thr" and point["low"] - 1e-9 <= point["diff"] <= point["high"] + 1e-9
+    assert any("[" in str(r["vs topk"]) for r in thr.values())
+    assert "topk" in capsys.readouterr().out
+    assert main(["compare", *runs, "--reference", "nope", "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reference 'nope'" in err[0]
+
+
 def test_compare_names_a_missing_run_in_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

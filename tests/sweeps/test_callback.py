@@ -13,12 +13,14 @@ from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import BudgetSampling, ClassificationTask
 from tests.helpers import quiet_trainer, tiny_classification_data
 
+SWEEP_LAYERS = [1, 2, 3, 4]  # every budget of the tiny backbone
+
 
 def _sweep(tmp_path, selector, **options) -> list[dict]:
     L.seed_everything(0)
     torch.manual_seed(0)
     model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", selector=selector)
-    sweep = BudgetSweep(budgets=[1, 4], directory=str(tmp_path / "sweep"), **options)
+    sweep = BudgetSweep(**{"budgets": [1, 4], "directory": str(tmp_path / "sweep"), **options})
     quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=2).test(model, tiny_classification_data())
     assert (tmp_path / "sweep" / "budget_sweep.csv").is_file()
     return sweep.rows
@@ -156,3 +158,26 @@ def test_the_stock_python_path_runs_under_bf16_mixed(tmp_path):
         assert all(0.0 <= row[column] <= 1.0 for row in sweep.rows), column
     assert sweep.target_rows and 0.0 <= sweep.target_rows[0]["acc"] <= 1.0
     assert len([r for batch in predictions for r in batch]) == 16
+
+
+def test_per_item_errors_are_written_with_the_sweep_and_the_depth_oracle_beats_every_fixed_depth(tmp_path):
+    import json
+
+    from ldrop.sweeps import check_sweep_set, load_items
+    from ldrop.sweeps.paired import metric_from_errors
+
+    rows = _sweep(tmp_path, functools.partial(InputConditionedSelector, hidden_dim=16), budgets=None)
+    assert SWEEP_LAYERS == [row["budget_layers"] for row in rows]
+    assert "budget_items.json" in check_sweep_set(tmp_path / "sweep")  # one set with the rest
+    items = load_items(tmp_path / "sweep")
+    assert items == json.loads((tmp_path / "sweep" / "budget_items.json").read_text())
+    assert len(items["ids"]) == len(set(items["ids"])) == 16 and items["budgets"] == SWEEP_LAYERS
+    fixed = {int(k): v for k, v in items["fixed_errors"].items()}
+    assert fixed == {int(k): v for k, v in items["errors"].items()}  # top-k: its own masks are its fixed-k masks
+    for row in rows:
+        k = row["budget_layers"]
+        assert metric_from_errors(items["errors"][str(k)], items["counts"], True) == pytest.approx(row["acc"], abs=1e-6)
+        best_fixed = max(metric_from_errors(fixed[j], items["counts"], True) for j in range(1, k + 1))
+        assert row["acc_depth_oracle"] >= best_fixed - 1e-9  # "everyone at j <= k" is one of its allocations
+        assert row["acc_depth_oracle_val"] >= row["acc_val"] - 1e-9
+    assert rows[-1]["acc_depth_oracle"] == pytest.approx(rows[-1]["acc"], abs=1e-6)  # full depth: nothing to pick

@@ -80,7 +80,7 @@ def test_layer_usage_figure_is_titled_and_labels_budgets():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["k=1", "k=2"]
 
 
-def test_compare_plot_is_titled_with_every_method(tmp_path, monkeypatch):
+def test_compare_plot_is_titled_with_the_dataset_and_backbone(tmp_path, monkeypatch):
     import ldrop.sweeps.report as report
 
     figures = []
@@ -90,7 +90,7 @@ def test_compare_plot_is_titled_with_every_method(tmp_path, monkeypatch):
     write_sweep([{**r, "method": "n"} for r in RUN_ROWS], tmp_path / "b")
     _, plot = compare_sweeps([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert plot.is_file()
-    assert figures[-1].axes[0].get_title() == "compare: m, n | Synthetic | tiny:wavlm"
+    assert figures[-1].axes[0].get_title() == "compare: Synthetic | tiny:wavlm"
     assert _texts(figures[-1]).count("k=2") == 2  # one label per run's point
 
 
@@ -280,3 +280,72 @@ def test_a_real_full_disk_in_a_reused_directory_keeps_the_old_complete_set(small
     (small_tmpfs / "filler").unlink()
     assert _files(small_tmpfs) == before
     assert load_sweep(small_tmpfs) == ROWS
+
+
+# ---------------------------------------------------------------- equal compute, per-item errors
+def _items(ids, errors_by_k):
+    return {"metric": "acc", "ids": ids, "counts": [1.0] * len(ids), "budgets": sorted(errors_by_k),
+            "errors": {str(k): e for k, e in errors_by_k.items()}, "fixed_errors": {}}
+
+
+def _run(tmp_path, name, acc, gflops_per_layer, ids, seed):
+    """A 4-layer sweep whose per-item errors give accuracy ``acc(k)`` (0/1 errors over 200 items)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows, errors = [], {}
+    for k in (1, 2, 3, 4):
+        wrong = np.zeros(len(ids))
+        wrong[rng.permutation(len(ids))[: round((1 - acc(k)) * len(ids))]] = 1.0
+        errors[k] = wrong.tolist()
+        rows.append({**RUN_ROWS[0], "method": name, "budget_layers": k, "executed_layers": float(k),
+                     "gflops_per_utterance": 0.5 + gflops_per_layer * k, "acc": 1 - wrong.mean(),
+                     "acc_input_oracle": 1.0})
+    write_sweep(rows, tmp_path / name, items=_items(ids, errors))
+    return tmp_path / name
+
+
+def test_compare_at_equal_gflops_with_paired_intervals(tmp_path, monkeypatch):
+    import ldrop.sweeps.report as report
+    from ldrop.sweeps import load_items
+
+    ids = [f"u{i}" for i in range(200)]
+    good = _run(tmp_path, "good", lambda k: 0.5 + 0.1 * k, 1.0, ids, 0)
+    bad = _run(tmp_path, "bad", lambda k: 0.3 + 0.1 * k, 1.0, ids[::-1], 1)  # other order: aligned by id
+    assert load_items(bad)["ids"][0] == "u199" and load_items(good / "budget_sweep.csv")["counts"] == [1.0] * 200
+    figures = []
+    original = report.sweep_figure
+    monkeypatch.setattr(report, "sweep_figure", lambda *a, **k: figures.append(original(*a, **k)) or figures[-1])
+    table, _ = compare_sweeps([good, bad], tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert summary["reference"] == "good" and (tmp_path / "out" / "compare.md").read_text().strip() == table.strip()
+    at = {(r["run"], r["at"]): r for r in summary["equal_gflops"]}
+    assert set(at) == {(run, p) for run in ("good", "bad") for p in ("N/4", "N/2", "3N/4", "AUC")}
+    assert at[("good", "N/2")]["gflops"] == 2.5 and at[("good", "N/2")]["acc"] == pytest.approx(0.7)
+    assert at[("good", "AUC")]["acc"] == pytest.approx(0.75)  # the mean of 0.6..0.9 over 1.5..4.5 GFLOPs
+    cell = at[("bad", "N/2")]["vs good"]  # 20 points worse, on 200 items
+    diff, low, high = (float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split())
+    assert diff == pytest.approx(-20.0) and -35 < low < diff < high < -5
+    assert at[("good", "N/2")]["vs good"] is None
+    assert {p["at"] for p in summary["paired"]} == {"N/4", "N/2", "3N/4", "AUC"}
+    ax = figures[-1].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["good", "bad", "fixed part (CNN, selector)"]  # no oracle lines unless asked
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.bbox.x1 - 1  # outside the axes, on the right
+    compare_sweeps([good, bad], tmp_path / "out", reference="bad", oracles=True)
+    assert [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()].count("bad: input oracle") == 1
+    assert "good: input oracle" not in [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()]
+    _run(tmp_path, "other", lambda k: 0.5, 1.0, ids[:150], 2)
+    with pytest.raises(ValueError, match="different items"):
+        compare_sweeps([good, tmp_path / "other"], tmp_path / "out")
+
+
+def test_an_older_sweep_without_items_still_loads_and_compares_without_intervals(tmp_path):
+    from ldrop.sweeps import load_items
+
+    write_sweep(ROWS, tmp_path / "a")
+    write_sweep([{**r, "method": "n", "acc": r["acc"] - 0.1} for r in ROWS], tmp_path / "b")
+    assert load_items(tmp_path / "a") is None and load_sweep(tmp_path / "a") == ROWS
+    compare_sweeps([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    rows = json.loads((tmp_path / "out" / "compare.json").read_text())["equal_gflops"]
+    assert next(r for r in rows if r["run"] == "n" and r["at"] == "N/2")["vs m"] == "-10.0"  # no interval
