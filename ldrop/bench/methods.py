@@ -34,7 +34,7 @@ from ldrop.sweeps.paired import equal_compute
 from ldrop.sweeps.report import LOWER_IS_BETTER, load_items, load_sweep, markdown_table, primary_metric
 
 #: The shipped methods the benchmark compares by default (``configs/method/<name>.yaml``).
-DEFAULT_METHODS = ["full", "input-conditioned", "schedule", "random", "static", "early-exit"]
+DEFAULT_METHODS = ["full", "input-conditioned", "allocate", "schedule", "random", "static", "early-exit"]
 
 #: Read when no ``--config`` is given (relative to the working folder: the repository root).
 DEFAULT_CONFIG = "configs/bench/methods.yaml"

@@ -20,13 +20,16 @@ from ldrop.budgets.machine import machine_info
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
 from ldrop.sweeps import markdown_table
-from ldrop.tasks import ClassificationTask, EarlyExitConfig
+from ldrop.tasks import AllocationConfig, ClassificationTask, EarlyExitConfig
 
 METHODS: dict[str, dict[str, Any]] = {
     "full": {},
     # the shipped configs/method/input-conditioned.yaml: the first layer's output, the counterfactual objective
     "input_conditioned": {"selector": partial(InputConditionedSelector, input="layers", objective="counterfactual")},
     "input_conditioned_both": {"selector": partial(InputConditionedSelector, input="layers", objective="both")},
+    # configs/method/allocate.yaml: the same selector without the fallback, and the depth head's k-1/k+1 signal
+    "allocate": {"selector": partial(InputConditionedSelector, input="layers", objective="counterfactual",
+                                     fallback=False), "allocation": AllocationConfig()},
     "input_conditioned_straight_through": {"selector": InputConditionedSelector},  # the CNN features (before)
     "learned_schedule": {"selector": LearnedScheduleSelector},
     "random": {"selector": RandomSelector},

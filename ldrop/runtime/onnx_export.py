@@ -319,9 +319,8 @@ def export_onnx(
     out_dir = Path(out_dir)
     say = progress or log.info
     task = load_task(checkpoint_or_model)
-    if task.depth.exit_layers:
-        raise OnnxExportError("early-exit models are not exported to ONNX (one head per exit); export a selector "
-                              "model or the full model")
+    if not task.depth.onnx_exportable:
+        raise OnnxExportError(f"{task.depth} is not exported to ONNX; export a selector model or the full model")
     selector = selector_description(task)
     with _staging(out_dir) as staging:
         _write_folder(task, staging, selector, say)

@@ -1,7 +1,8 @@
-"""Lightning task modules: the shared task base, its depth policies (a selector and one head, or early exit),
-CTC and classification, and the labels a task takes from its datamodule (``model_labels``)."""
+"""Lightning task modules: the shared task base, its depth policies (a selector and one head, depth allocation, or
+early exit), CTC and classification, and the labels a task takes from its datamodule (``model_labels``)."""
 
 from ldrop.selectors import build_selector, selector_spec
+from ldrop.tasks.allocation import AllocatedLayers, AllocationConfig, DepthHead
 from ldrop.tasks.base import LayerDropTask
 from ldrop.tasks.classification import ClassificationTask, masked_mean
 from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, lr_schedule
@@ -13,8 +14,8 @@ from ldrop.tasks.labels import model_labels
 from ldrop.tasks.statistics import SelectorStatistics
 
 __all__ = [
-    "BudgetSampling", "CTCTask", "ClassificationTask", "DepthPolicy", "DistillationConfig",
-    "ENGLISH_CHARACTERS", "EarlyExit", "EarlyExitConfig", "EncodedBatch", "GatingMixin", "LayerDropTask",
+    "AllocatedLayers", "AllocationConfig", "BudgetSampling", "CTCTask", "ClassificationTask", "DepthHead",
+    "DepthPolicy", "DistillationConfig", "ENGLISH_CHARACTERS", "EarlyExit", "EarlyExitConfig", "EncodedBatch", "GatingMixin", "LayerDropTask",
     "OptimizerConfig", "SelectedLayers", "SelectorStatistics",
     "build_selector", "build_vocabulary", "lr_schedule", "masked_mean", "model_labels",
     "selector_spec",

@@ -26,6 +26,7 @@ from ldrop.backbones import load_backbone
 from ldrop.budgets import Target, budget_list, budget_to_layers, is_target
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
 from ldrop.tasks import calibration, checkpointing, training
+from ldrop.tasks.allocation import AllocatedLayers, AllocationConfig, DepthHead
 from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, as_config, as_dict
 from ldrop.tasks.depth import DepthPolicy, SelectedLayers
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
@@ -53,6 +54,8 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         freeze: ``"cnn"`` (the CNN feature encoder), ``"backbone"`` (all of it) or ``"none"``.
         init_from: a checkpoint of an earlier ldrop run whose matching weights initialise this model.
         early_exit: the early-exit baseline instead of a selector (``None``: no early exit).
+        allocation: the input decides how many layers it runs, the selector which (``None``: every input
+            runs the budget).
         budgets: training and validation budgets.
         predict_budget: budget of ``predict``: layers, a fraction, or a target (``{rtf: 0.1}``, see
             :mod:`ldrop.runtime`).
@@ -86,6 +89,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         freeze: Literal["cnn", "backbone", "none"] = "cnn",
         init_from: str | None = None,
         early_exit: EarlyExitConfig | None = None,
+        allocation: AllocationConfig | None = None,
         budgets: BudgetSampling = BudgetSampling(),
         predict_budget: int | float | dict[str, Any] = 1.0,
         predict_chunk_seconds: float | None = 30.0,
@@ -96,15 +100,17 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["selector"])
-        early_exit = as_config(EarlyExitConfig, early_exit)
+        early_exit, allocation = as_config(EarlyExitConfig, early_exit), as_config(AllocationConfig, allocation)
         self.budgets, self.distillation, self.optimization = (
             as_config(BudgetSampling, budgets), as_config(DistillationConfig, distillation),
             as_config(OptimizerConfig, optimization))
         self.hparams.update(selector=selector_spec(selector), early_exit=as_dict(early_exit),
-                            budgets=as_dict(self.budgets), distillation=as_dict(self.distillation),
-                            optimization=as_dict(self.optimization))
+                            allocation=as_dict(allocation), budgets=as_dict(self.budgets),
+                            distillation=as_dict(self.distillation), optimization=as_dict(self.optimization))
         if early_exit is not None and selector is not None:
             raise ValueError("early_exit is a method of its own: leave selector unset (None)")
+        if allocation is not None and selector is None:
+            raise ValueError("allocation needs a selector: it picks the layers at each input's depth")
         if predict_chunk_seconds is not None and predict_chunk_seconds <= predict_chunk_overlap_seconds:
             raise ValueError(
                 f"predict_chunk_seconds ({predict_chunk_seconds}) must exceed predict_chunk_overlap_seconds "
@@ -133,6 +139,10 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         else:
             self.head = self.configure_head()
             self.depth = SelectedLayers(self.selector, self.head)
+        if allocation is not None:  # reads what the selector reads: the CNN features or the prefix's output
+            dim = backbone_module.hidden_size if self.prefix_layers else feature_dim
+            self.depth_head = DepthHead(dim, num_layers, allocation.hidden_dim)
+            self.depth = AllocatedLayers(self.selector, self.head, self.depth_head, allocation)
         self.calibrated_budgets: set[int] = set()  # fitted on validation data for these weights (calibration.py)
         if init_from:
             checkpointing.load_weights_from(self, init_from)

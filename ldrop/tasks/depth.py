@@ -26,6 +26,8 @@ class DepthPolicy:
 
     #: 1-based layers with a head of their own (early exit), else empty.
     exit_layers: Sequence[int] = ()
+    #: Whether ``ldrop export --format onnx`` reproduces it (a selector's masks at each budget, one head).
+    onnx_exportable: bool = True
 
     def logits(self, task: LayerDropTask, encoded: EncodedBatch,
                budget: Budget) -> tuple[Tensor, Tensor, SelectorOutput | None]:
@@ -66,6 +68,10 @@ class DepthPolicy:
         """How a run of this method is named in sweeps."""
         raise NotImplementedError
 
+    def flops(self, frame_lengths: Tensor) -> Tensor | None:
+        """``[batch]`` FLOPs of its own modules beside the selector (``None``: none)."""
+        return None
+
 
 class SelectedLayers(DepthPolicy):
     """A selector (registered on the task; ``None``: every layer runs) picks the layers per input and budget,
@@ -87,7 +93,11 @@ class SelectedLayers(DepthPolicy):
                         batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
         """The task loss at a sampled budget, the selector's own losses and, when set, the counterfactual
         ranking and self-distillation from the full-depth pass (below full depth only)."""
-        budget = task.sample_train_budget()
+        return self.losses_at(task, encoded, batch, task.sample_train_budget())[:3]
+
+    def losses_at(self, task: LayerDropTask, encoded: EncodedBatch, batch: Any,
+                  budget: int) -> tuple[dict[str, Tensor], Tensor, int, Tensor]:
+        """:meth:`training_losses` at ``budget``, and the logits."""
         logits, keep, selection = self.logits(task, encoded, budget)
         losses = {"task": task.task_loss(logits, encoded.frame_mask, batch)}
         below_full = budget < task.num_layers
@@ -102,7 +112,7 @@ class SelectedLayers(DepthPolicy):
                 hidden, _ = task.run_layers(encoded.detached(), torch.ones_like(keep))
                 teacher = task.compute_logits(self.head, hidden, encoded.frame_mask)
             losses["distill"] = task.distillation.loss(logits, teacher, encoded.frame_mask)
-        return losses, keep, budget
+        return losses, keep, budget, logits
 
     def needs_calibration(self, at_validation: bool = False) -> bool:
         selector = self.selector

@@ -66,6 +66,7 @@ def bench_config(tmp_path):
     config = {
         "base": [str(tmp_path / "base.yaml")],
         "methods": ["input-conditioned"],
+        "variant": [],  # not the shipped default's variants
         "method_dir": str(METHOD_DIR),
         "finetune": {"model.init_args.freeze": "cnn"},
         "sweep": {"controls": True, "repeats": 2, "headroom_candidates": 2},

@@ -9,7 +9,7 @@ import pytest
 from ldrop.cli.lightning import TRAINER_DEFAULTS, LdropCLI
 from ldrop.data.speechcommands import SPEECH_COMMANDS_WORDS
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
-from ldrop.tasks import ClassificationTask, CTCTask
+from ldrop.tasks import AllocatedLayers, ClassificationTask, CTCTask
 from ldrop.testing import fixtures
 from tests.helpers import make_backbone
 
@@ -20,6 +20,7 @@ METHODS = sorted((CONFIGS / "method").glob("*.yaml"))
 
 EXPECTED_SELECTOR = {
     "input-conditioned": InputConditionedSelector,
+    "allocate": InputConditionedSelector,
     "schedule": LearnedScheduleSelector,
     "random": RandomSelector,
     "static": StaticSelector,
@@ -78,6 +79,7 @@ def test_every_config_combination_instantiates(data, backbone, method, roots, tm
     expected_task = CTCTask if data.stem in ("librispeech", "tedlium") else ClassificationTask
     assert isinstance(cli.model, expected_task)
     assert isinstance(cli.model.selector, EXPECTED_SELECTOR[method.stem])
+    assert isinstance(cli.model.depth, AllocatedLayers) == (method.stem == "allocate")
     assert cli.model.hparams.backbone == roots["hubert" if "hubert" in backbone.stem else "wavlm"]
     if expected_task is ClassificationTask:
         assert cli.model.class_names == list(cli.datamodule.class_names)  # linked, not typed twice

@@ -15,6 +15,7 @@ from ldrop.selectors import (
     StaticSelector,
 )
 from ldrop.tasks import (
+    AllocationConfig,
     BudgetSampling,
     ClassificationTask,
     CTCTask,
@@ -36,6 +37,8 @@ METHODS = {
     "random": dict(selector=RandomSelector),
     "static": dict(selector=StaticSelector),
     "early_exit": dict(early_exit=EarlyExitConfig()),
+    "allocate": dict(selector=functools.partial(InputConditionedSelector, hidden_dim=16, fallback=False),
+                     allocation=AllocationConfig(hidden_dim=16)),
     "full": dict(),
 }
 

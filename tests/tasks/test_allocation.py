@@ -1,0 +1,100 @@
+"""Depth allocation as a task's depth policy: the depth signal in training, the mean budget at evaluation (per
+batch exactly, per stream as calibrated), and clear errors."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+
+from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector
+from ldrop.tasks import AllocatedLayers, AllocationConfig, BudgetSampling, ClassificationTask, OptimizerConfig
+from tests.helpers import quiet_trainer, tiny_classification_data
+
+SELECTOR = functools.partial(InputConditionedSelector, hidden_dim=16, fallback=False)
+
+
+def _model(mode: str = "batch", selector=SELECTOR) -> ClassificationTask:
+    torch.manual_seed(0)
+    return ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", selector=selector,
+                              allocation=AllocationConfig(mode=mode, hidden_dim=16),
+                              optimization=OptimizerConfig(lr=3e-3, head_lr=1e-2, warmup=0, schedule="constant"),
+                              budgets=BudgetSampling(validation=[2]))
+
+
+def test_training_scores_the_selectors_masks_one_layer_smaller_and_larger(monkeypatch):
+    L.seed_everything(0)
+    data = tiny_classification_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    model = _model()
+    assert isinstance(model.depth, AllocatedLayers)
+    sizes = []
+    original = model.logits_with_mask
+    monkeypatch.setattr(model, "logits_with_mask", lambda encoded, keep: (sizes.append(keep.sum(1)), original(encoded, keep))[1])
+    monkeypatch.setattr(model, "sample_train_budget", lambda: 2)
+    model.train()
+    tracked = int(model.selector.num_batches_tracked)
+    losses, keep, k = model.depth.training_losses(model, model.encode(batch.waveforms, batch.lengths), batch)
+    assert k == 2 and torch.isfinite(losses["depth"]) and float(losses["depth"]) > 0
+    observed = sorted({int(s) for mask_sizes in sizes for s in mask_sizes})
+    assert {1, 3} <= set(observed), observed  # k - 1 and k + 1 (the one-layer swaps keep k = 2)
+    assert int(model.selector.num_batches_tracked) == tracked + 1  # the extra passes left the statistics alone
+    losses["depth"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.depth_head.parameters())
+
+
+def test_batch_allocation_runs_the_mean_budget_exactly_with_different_depths(tmp_path):
+    L.seed_everything(0)
+    data = tiny_classification_data()
+    model = _model()
+    quiet_trainer(tmp_path, max_steps=16, limit_val_batches=0).fit(model, data)
+    data.setup("validate")
+    model.eval()
+    depths = []
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            for k in range(1, model.num_layers + 1):
+                keep = model(batch.waveforms, batch.lengths, k)[1]
+                assert int(keep.sum()) == k * len(batch)
+                depths.append(keep.sum(1))
+            per_input = torch.arange(len(batch)) % model.num_layers + 1
+            assert int(model(batch.waveforms, batch.lengths, per_input)[1].sum()) == int(per_input.sum())
+    assert len(torch.cat(depths).unique()) > 1
+
+
+def test_stream_allocation_meets_the_calibrated_mean_and_says_when_uncalibrated(tmp_path):
+    L.seed_everything(0)
+    data = tiny_classification_data(num_val=48)
+    model = _model("stream", LearnedScheduleSelector)  # any selector picks the layers at a depth
+    quiet_trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(model, data)
+    data.setup("validate")
+    model.eval()
+    batch = next(iter(data.val_dataloader()))
+    with pytest.raises(RuntimeError, match="no gain threshold for budgets \\[2\\]"):
+        model(batch.waveforms, batch.lengths, 2)
+    model.calibrate_on_dataloader(data.val_dataloader())
+    for k in range(1, model.num_layers + 1):
+        with torch.no_grad():
+            counts = torch.cat([model(b.waveforms, b.lengths, k)[1].sum(1) for b in data.val_dataloader()])
+        assert abs(float(counts.mean()) - k) <= 0.5
+
+
+def test_allocation_needs_a_selector_that_picks_layers_without_validation_data():
+    with pytest.raises(ValueError, match="allocation needs a selector"):
+        ClassificationTask(num_classes=2, backbone="tiny:wavlm", allocation=AllocationConfig())
+    with pytest.raises(ValueError, match="fallback: false"):
+        _model(selector=InputConditionedSelector)
+    with pytest.raises(ValueError, match="allocation.mode"):
+        AllocationConfig(mode="greedy")
+
+
+def test_an_allocation_model_is_not_exported_to_onnx_as_if_it_had_fixed_depths(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ldrop.runtime.onnx_export import OnnxExportError, export_onnx
+
+    with pytest.raises(OnnxExportError, match="depth allocation \\(mode: batch\\) is not exported"):
+        export_onnx(_model(), tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
