@@ -3,8 +3,8 @@
 ``export_onnx(CHECKPOINT, DIR)`` (``ldrop export CHECKPOINT DIR --format onnx``) writes ``manifest.json``,
 ``fixed.onnx`` (normalisation, CNN, front end), ``context.onnx`` (WavLM's position bias, computed once for
 every layer), ``selector.onnx`` (the selector's eval-mode scores; input-blind selectors keep a mask per budget
-in the manifest instead), ``layers/layer_NN.onnx`` and ``head.onnx``; batch, samples and frames are dynamic
-axes.
+in the manifest instead), ``layers/layer_NN.onnx``, ``head.onnx`` and, for early exit, ``heads/exit_NN.onnx``
+(the head of each exit layer but the last, whose head is ``head.onnx``); batch, samples and frames are dynamic axes.
 
 All parts are traced by one ``torch.onnx.export(..., dynamo=True)`` and cut apart; the layers share one traced
 graph, written with each layer's weights. The folder is then checked against PyTorch (an fp32 export more than
@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +54,7 @@ DYNAMIC = torch.export.Dim.DYNAMIC
 
 
 class OnnxExportError(ValueError):
-    """A model this exporter cannot write (early exit, a random or unknown selector, ...)."""
+    """A model this exporter cannot write (depth allocation, a random or unknown selector, ...)."""
 
 
 # ---------------------------------------------------------------------------------------------- graph modules
@@ -111,15 +111,17 @@ class EncoderLayer(nn.Module):
 
 class Head(nn.Module):
     """``hidden [B, T, H], frame_mask [B, T] -> logits``: what follows the gated layers in the task (the
-    post-stack norm and zeroed padding of :func:`~ldrop.engine.run_gated_layers`, then the task head)."""
+    post-stack norm and zeroed padding of :func:`~ldrop.engine.run_gated_layers`, then the task head; with
+    ``exits``, one logits output per exit layer's head)."""
 
-    def __init__(self, task: LayerDropTask) -> None:
+    def __init__(self, task: LayerDropTask, exits: Sequence[int | None] = (None,)) -> None:
         super().__init__()
-        self.task = task
+        self.task, self.exits = task, list(exits)
 
-    def forward(self, hidden: Tensor, frame_mask: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, frame_mask: Tensor) -> Tensor | tuple[Tensor, ...]:
         hidden = self.task.backbone.finalize(hidden).masked_fill(~frame_mask[..., None], 0.0)
-        return self.task.compute_logits(self.task.depth.head_for(), hidden, frame_mask)
+        out = tuple(self.task.compute_logits(self.task.depth.head_for(k), hidden, frame_mask) for k in self.exits)
+        return out if len(out) > 1 else out[0]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -270,6 +272,17 @@ def selector_description(task: LayerDropTask) -> dict[str, Any]:
     return {"kind": "table", "class": name, "prefix_layers": selector.prefix_layers, "table": table.int().tolist()}
 
 
+def depth_description(task: LayerDropTask) -> dict[str, Any]:
+    """The manifest's ``depth``: ``selected`` (the selector's layers, one head) or ``early_exit`` (its exit
+    layers, policy, confidence and calibrated thresholds per budget, ``None`` where uncalibrated)."""
+    depth = task.depth
+    if not depth.exit_layers:
+        return {"kind": "selected"}
+    thresholds = [None if math.isnan(t) else float(t) for t in depth.thresholds.tolist()]
+    return {"kind": "early_exit", "exit_layers": list(depth.exit_layers), "policy": depth.config.policy,
+            "confidence": depth.config.confidence, "thresholds": thresholds}
+
+
 def flops_law(task: LayerDropTask) -> dict[str, Any]:
     """The manifest's ``flops``: :class:`~ldrop.runtime.onnx_budgets.FlopsLaw` of this model, from
     :mod:`ldrop.engine.flops` and the selector's own :meth:`~ldrop.selectors.LayerSelector.flops`."""
@@ -320,7 +333,7 @@ def export_onnx(
     say = progress or log.info
     task = load_task(checkpoint_or_model)
     if not task.depth.onnx_exportable:
-        raise OnnxExportError(f"{task.depth} is not exported to ONNX; export a selector model or the full model")
+        raise OnnxExportError(f"{task.depth} is not exported to ONNX; export a selector, early-exit or full model")
     selector = selector_description(task)
     with _staging(out_dir) as staging:
         _write_folder(task, staging, selector, say)
@@ -380,7 +393,11 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
     graphs: dict[str, Any] = {"fixed": "fixed.onnx", "context": None, "selector": None, "head": "head.onnx",
                               "layers": [f"layers/layer_{i:02d}.onnx" for i in range(n)]}
     (folder / "layers").mkdir()
-    # Every dynamic size differs from every other (batches 2..6, frames 31..53): the exporter gives equal
+    depth, exits = depth_description(task), list(task.depth.exit_layers)[:-1]
+    if exits:  # early exit: the last exit's head is head.onnx
+        (folder / "heads").mkdir()
+        graphs["exit_heads"] = {**{str(k): f"heads/exit_{k:02d}.onnx" for k in exits}, str(n): "head.onnx"}
+    # Every dynamic size differs from every other (batches 2..7, frames 31..59): the exporter gives equal
     # sizes one symbol, which would tie axes that are independent at run time (a sub-batch's frames and the
     # position bias's, one part's batch and another's).
     template = n - 1  # the layer traced for all (the layers share one structure; WavLM's last has no bias table)
@@ -403,6 +420,9 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
         Part("head", Head(task), dict(zip(("hidden", "frame_mask"), example_inputs(6, 31, hidden_size, 2),
                                           strict=True)), {"hidden": both, "frame_mask": both}, ["logits"]),
     ]
+    if exits:
+        parts.append(Part("exit_heads", Head(task, exits), dict(zip(("hidden", "frame_mask"), example_inputs(
+            7, 59, hidden_size, 5), strict=True)), {"hidden": both, "frame_mask": both}, [f"logits_{k}" for k in exits]))
     if graphs["context"]:
         parts.append(Part("context", SharedContext(task), {"frame_mask": example_inputs(3, 47, 1, 3)[1]},
                           {"frame_mask": both}, ["position_bias"]))
@@ -419,6 +439,12 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
         if part.name == "layer":
             _write_layers(task, folder, graphs["layers"], _cut(proto, part),
                           _weight_keys(traced, backbone.layers[template]), say)
+        elif part.name == "exit_heads":  # one graph per exit head, cut from the traced whole
+            for k, output in zip(exits, part.outputs, strict=True):
+                graph = _cut(proto, replace(part, outputs=[output]))
+                graph.graph.outputs[0].name = "logits"
+                _save(graph, folder / graphs["exit_heads"][str(k)])
+                say(f"  wrote {graphs['exit_heads'][str(k)]}")
         else:
             _save(_cut(proto, part), folder / graphs[part.name])
             say(f"  wrote {graphs[part.name]}")
@@ -446,6 +472,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
                                               "fed_to": "every layer graph, sliced inside to its sub-batch's frames"}}
                            if graphs["context"] else {}),
         "selector": selector,
+        "depth": depth,
         "flops": flops_law(task),
         "quantize": None,
         "profile": PROFILE_FILE,
@@ -510,18 +537,20 @@ def _check_parity(task: LayerDropTask, folder: Path, say: Callable[[str], None])
     waves, lengths = example_batch(seed=1)
     n = task.num_layers
     generator = torch.Generator().manual_seed(1)
-    keeps = [torch.ones(2, n)]
+    keeps: list[tuple[Tensor, int | None]] = [(torch.ones(2, n), None)]
     for _ in range(2):  # per-input masks (the selector's prefix kept, as any mask the runtime gets)
         keep = (torch.rand(2, n, generator=generator) < 0.5).float()
         keep[:, : task.prefix_layers] = 1.0
         keep[torch.arange(2), torch.randint(n, (2,), generator=generator)] = 1.0
-        keeps.append(keep)
+        keeps.append((keep, None))
+    keeps += [((torch.arange(n) < k).float().expand(2, n), k) for k in task.depth.exit_layers[:-1]]  # exit heads
     worst = 0.0
     with torch.inference_mode():
         encoded = task.encode(waves, lengths)
-        for keep in keeps:
-            expected = task.logits_with_mask(encoded, keep).numpy()
-            got = runtime.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy())
+        for keep, exit_layer in keeps:
+            expected = task.compute_logits(task.depth.head_for(exit_layer), task.run_layers(encoded, keep)[0],
+                                           encoded.frame_mask).numpy()
+            got = runtime.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy(), exit_layer)
             worst = max(worst, float(np.abs(got - expected).max()))
     quantized = runtime.manifest["quantize"]
     if not quantized and not worst <= PARITY_TOLERANCE:

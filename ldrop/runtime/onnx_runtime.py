@@ -101,6 +101,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     graphs = manifest.get("graphs", {})
     listed = [graphs.get("fixed"), graphs.get("head"), *graphs.get("layers", [])]
     listed += [graphs[name] for name in ("context", "selector") if graphs.get(name)]
+    listed += graphs.get("exit_heads", {}).values()
     if None in listed[:2] or len(graphs.get("layers", [])) != manifest.get("backbone", {}).get("num_layers"):
         raise OnnxFolderError(f"{str(path)!r} does not list a fixed part, a head and one graph per layer {rerun}")
     missing = [name for name in listed if not (folder / name).is_file()]
@@ -230,6 +231,11 @@ class OnnxAdaptiveModel:
                         if graphs.get("selector") else None)
         self._layers = [self._session(onnxruntime, name, "layer", options, providers) for name in graphs["layers"]]
         self._head = self._session(onnxruntime, graphs["head"], "head", options, providers)
+        #: ``selected`` (the selector's layers, one head), or ``early_exit``: a head per exit layer.
+        self.depth = manifest.get("depth") or {"kind": "selected"}  # folders before early exit have none
+        self._exit_heads = {int(k): self._head if name == graphs["head"] else
+                            self._session(onnxruntime, name, "head", options, providers)
+                            for k, name in graphs.get("exit_heads", {}).items()}
         if ("position_bias" in {i.name for i in self._layers[0].get_inputs()}) != (self._context is not None):
             raise OnnxFolderError(f"{str(self.folder)!r}: the layer graphs and the context graph do not go together")
         self._table = np.asarray(selector["table"], dtype=bool) if selector["kind"] == "table" else None
@@ -387,25 +393,73 @@ class OnnxAdaptiveModel:
             hidden[rows, :sub_frames] = out
         return hidden
 
-    def head(self, hidden: np.ndarray, frame_mask: np.ndarray) -> np.ndarray:
-        """Final norm (pre-norm models), padding zeroed, task head: the logits."""
-        return self._head.run(None, {"hidden": hidden, "frame_mask": frame_mask})[0]
+    def head(self, hidden: np.ndarray, frame_mask: np.ndarray, exit_layer: int | None = None) -> np.ndarray:
+        """Final norm (pre-norm models), padding zeroed, task head (early exit: ``exit_layer``'s): the logits."""
+        head = self._head if exit_layer is None else self._exit_heads[int(exit_layer)]
+        return head.run(None, {"hidden": hidden, "frame_mask": frame_mask})[0]
+
+    def batch_budget(self, budget: np.ndarray) -> np.ndarray:
+        """The budgets the depth policy runs for per-input ``budget`` (early exit: the tightest, for all)."""
+        return np.full_like(budget, budget.min()) if self.depth["kind"] == "early_exit" else budget
 
     def forward(self, waveforms: np.ndarray, lengths: np.ndarray, budget: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(logits, keep [batch, layers] bool, frame_mask)`` of a batch at ``budget [batch]`` layers."""
-        budget = resolve_budget(np.asarray(budget), self.num_layers, len(lengths))
+        budget = self.batch_budget(resolve_budget(np.asarray(budget), self.num_layers, len(lengths)))
         encoded = self.encode(waveforms, lengths)
+        if self.depth["kind"] == "early_exit":
+            return (*self.early_exit(encoded, int(budget[0])), encoded["frame_mask"])
         keep = self.select(encoded, budget)
         return self.head(self.run_layers(encoded, keep), encoded["frame_mask"]), keep, encoded["frame_mask"]
 
-    def run_with_mask(self, waveforms: np.ndarray, lengths: np.ndarray, keep: np.ndarray) -> np.ndarray:
-        """The logits when every input runs the layers of ``keep [batch, layers]`` (no selector; benchmarks)."""
+    def early_exit(self, encoded: dict[str, np.ndarray], budget: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, keep)`` of early exit at one ``budget``, as ``EarlyExit.logits`` at eval: policy ``budget``
+        (or full depth) runs to the deepest exit within it; ``confidence`` stops each input at the first exit
+        whose confidence passes the budget's threshold, later layers running on the inputs still active."""
+        exits, n, frame_mask = self.depth["exit_layers"], self.num_layers, encoded["frame_mask"]
+        keep = np.zeros((len(frame_mask), n), dtype=bool)
+        if self.depth["policy"] == "budget" or budget >= n:
+            exit_layer = max([k for k in exits if k <= budget], default=exits[0])
+            keep[:, :exit_layer] = True
+            return self.head(self.run_layers(encoded, keep), frame_mask, exit_layer), keep
+        threshold = self.depth["thresholds"][budget - 1]
+        if threshold is None:
+            raise RuntimeError(f"no confidence threshold calibrated for budget {budget}: calibrate the early exit on "
+                               "validation data before exporting")
+        state, active, start, logits = dict(encoded), np.ones(len(frame_mask), dtype=bool), 0, None
+        for exit_layer in exits:
+            rows = np.flatnonzero(active)
+            keep[rows, start:exit_layer] = True  # the inputs still active run the layers up to this exit
+            state["hidden"] = self.run_layers(state, keep & (np.arange(n) >= start))
+            out = self.head(state["hidden"][rows], frame_mask[rows], exit_layer)
+            logits = np.zeros((len(keep), *out.shape[1:]), dtype=out.dtype) if logits is None else logits
+            done = self.confidence(out, frame_mask[rows]) >= threshold if exit_layer < n else np.ones(len(rows), bool)
+            logits[rows[done]] = out[done]
+            active[rows[done]], start = False, exit_layer
+            if not active.any():
+                break
+        return logits, keep
+
+    def confidence(self, logits: np.ndarray, frame_mask: np.ndarray) -> np.ndarray:
+        """``[batch]`` early-exit confidence (mean max posterior or negative entropy over real frames)."""
+        log_probs = logits.astype(np.float32) - logits.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        probs = np.exp(log_probs)
+        per_position = probs.max(-1) if self.depth["confidence"] == "max_prob" else (probs * log_probs).sum(-1)
+        if per_position.ndim == 1:
+            return per_position
+        weights = frame_mask.astype(per_position.dtype)
+        return (per_position * weights).sum(1) / np.maximum(weights.sum(1), 1)
+
+    def run_with_mask(self, waveforms: np.ndarray, lengths: np.ndarray, keep: np.ndarray,
+                      exit_layer: int | None = None) -> np.ndarray:
+        """The logits when every input runs the layers of ``keep [batch, layers]`` (no selector; benchmarks),
+        read by the last head or (early exit) ``exit_layer``'s."""
         keep = np.asarray(keep) > 0.5
         if keep.shape != (len(lengths), self.num_layers):
             raise ValueError(f"keep must be [batch, layers] = [{len(lengths)}, {self.num_layers}], got {list(keep.shape)}")
         encoded = self.encode(waveforms, lengths)
-        return self.head(self.run_layers(encoded, keep), encoded["frame_mask"])
+        return self.head(self.run_layers(encoded, keep), encoded["frame_mask"], exit_layer)
 
     def decode(self, logits: np.ndarray, frame_mask: np.ndarray) -> list[Any]:
         """Per input: the label (classification), the transcript (CTC), or its logits (other tasks)."""

@@ -26,7 +26,7 @@ class DepthPolicy:
 
     #: 1-based layers with a head of their own (early exit), else empty.
     exit_layers: Sequence[int] = ()
-    #: Whether ``ldrop export --format onnx`` reproduces it (a selector's masks at each budget, one head).
+    #: Whether ``ldrop export --format onnx`` reproduces it (a selector's masks at each budget, exit heads).
     onnx_exportable: bool = True
 
     def logits(self, task: LayerDropTask, encoded: EncodedBatch,

@@ -55,8 +55,6 @@ class EarlyExit(nn.Module, DepthPolicy):
         make_head: builds one task head (called once per exit layer).
     """
 
-    onnx_exportable = False
-
     def __init__(self, config: EarlyExitConfig, num_layers: int, make_head: Callable[[], nn.Module]) -> None:
         super().__init__()
         self.config = config
