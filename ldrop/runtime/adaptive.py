@@ -144,19 +144,27 @@ class AdaptiveModel:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def budget_for(self, lengths: Tensor, target: Any) -> tuple[Tensor, Target | None]:
-        """``(budget [batch], the parsed target or None)`` for a call."""
-        batch = len(lengths)
-        if target is None:
-            return torch.full((batch,), self.num_layers, dtype=torch.long), None
-        if not is_target(target):
-            return resolve_budget(target, self.num_layers, batch), None
+    def budget_for(self, lengths: Tensor, target: Any, spent: tuple[float, int] | None = None
+                   ) -> tuple[Tensor, Target | None]:
+        """``(budget [batch], the parsed target or None)`` for a call (``spent``: see
+        :meth:`~ldrop.budgets.loop.ControlLoop.decide`)."""
+        parsed = self._parse_target(target)
+        if parsed is None:
+            if target is None:
+                return torch.full((len(lengths),), self.num_layers, dtype=torch.long), None
+            return resolve_budget(target, self.num_layers, len(lengths)), None
+        return self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget, parsed
+
+    def _parse_target(self, target: Any) -> Target | None:
+        """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
+        if target is None or not is_target(target):
+            return None
         parsed = Target.parse(target)
         if parsed.kind in ("ms", "rtf"):
             if parsed.profile and self.controller.profile is None:
                 self.controller.profile = DeviceProfile.load(parsed.profile)
             self.ensure_profile()
-        return self.controller.budgets(lengths, parsed), parsed
+        return parsed
 
     def __call__(self, waveforms: Tensor | Sequence[Any], target: Any = None,
                  lengths: Tensor | None = None) -> AdaptiveOutput:
@@ -166,16 +174,24 @@ class AdaptiveModel:
         plain budget; ``None`` runs every layer.
         """
         waves, lengths = as_batch(waveforms, lengths)
-        budget, parsed = self.budget_for(lengths, target)
+        parsed = self._parse_target(target)
+        timed = parsed is not None and parsed.kind in ("ms", "rtf")
         model = self.model
         param = next(model.parameters())
-        budget = model.depth.batch_budget(budget)  # the budgets its depth policy can run (early exit: one)
         waves_d, lengths_d = waves.to(param.device, param.dtype), lengths.to(param.device)
         correction = self.controller.correction
         with torch.inference_mode(), self._precision(param.device):
             self._sync(param.device)
             start = time.perf_counter()
             encoded = model.encode(waves_d, lengths_d)
+            if timed:  # the budget-independent part's time tells the controller the machine's speed now
+                self._sync(param.device)
+                spent = (time.perf_counter() - start, int(getattr(model, "prefix_layers", 0)))
+                decision = self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4)
+                budget, correction = decision.budget, self.controller.planned
+            else:
+                budget = self.budget_for(lengths, target)[0]
+            budget = model.depth.batch_budget(budget)  # the budgets its depth policy can run (early exit: one)
             logits, keep, _ = model.logits_at_budget(encoded, budget.to(param.device))
             self._sync(param.device)
             measured = time.perf_counter() - start

@@ -402,11 +402,12 @@ class OnnxAdaptiveModel:
         """The budgets the depth policy runs for per-input ``budget`` (early exit: the tightest, for all)."""
         return np.full_like(budget, budget.min()) if self.depth["kind"] == "early_exit" else budget
 
-    def forward(self, waveforms: np.ndarray, lengths: np.ndarray, budget: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(logits, keep [batch, layers] bool, frame_mask)`` of a batch at ``budget [batch]`` layers."""
+    def forward(self, waveforms: np.ndarray, lengths: np.ndarray, budget: np.ndarray,
+                encoded: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(logits, keep [batch, layers] bool, frame_mask)`` of a batch at ``budget [batch]`` layers
+        (``encoded``: :meth:`encode`'s output when it has run already)."""
         budget = self.batch_budget(resolve_budget(np.asarray(budget), self.num_layers, len(lengths)))
-        encoded = self.encode(waveforms, lengths)
+        encoded = self.encode(waveforms, lengths) if encoded is None else encoded
         if self.depth["kind"] == "early_exit":
             return (*self.early_exit(encoded, int(budget[0])), encoded["frame_mask"])
         keep = self.select(encoded, budget)
@@ -485,13 +486,21 @@ class OnnxAdaptiveModel:
             self.controller.profile = quick_profile(self, **grid)
         return self.controller.profile
 
-    def budget_for(self, lengths: np.ndarray, target: Any) -> tuple[np.ndarray, Target | None]:
-        """``(budget [batch] int64, the parsed target or None)`` for a call."""
-        batch = len(lengths)
-        if target is None:
-            return np.full(batch, self.num_layers, dtype=np.int64), None
-        if not is_target(target):
-            return resolve_budget(target, self.num_layers, batch), None
+    def budget_for(self, lengths: np.ndarray, target: Any, spent: tuple[float, int] | None = None
+                   ) -> tuple[np.ndarray, Target | None]:
+        """``(budget [batch] int64, the parsed target or None)`` for a call (``spent``: see
+        :meth:`~ldrop.budgets.loop.ControlLoop.decide`)."""
+        parsed = self._parse_target(target)
+        if parsed is None:
+            if target is None:
+                return np.full(len(lengths), self.num_layers, dtype=np.int64), None
+            return resolve_budget(target, self.num_layers, len(lengths)), None
+        return self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget, parsed
+
+    def _parse_target(self, target: Any) -> Target | None:
+        """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
+        if target is None or not is_target(target):
+            return None
         profile = target.get("profile") if isinstance(target, dict) else getattr(target, "profile", None)
         # parsed without its profile file: Target.parse would check it with the PyTorch DeviceProfile
         parsed = Target.parse({k: v for k, v in target.items() if k != "profile"} if isinstance(target, dict) else target)
@@ -499,7 +508,7 @@ class OnnxAdaptiveModel:
             if profile and self.controller.profile is None:
                 self.controller.profile = CostProfile.load(profile)
             self.ensure_profile()
-        return self.controller.budgets(lengths, parsed), parsed
+        return parsed
 
     def __call__(self, waveforms: Any, target: Any = None, lengths: Any = None) -> OnnxOutput:
         """Run one utterance, a padded batch (with ``lengths``) or a list of clips or paths under ``target``.
@@ -508,10 +517,17 @@ class OnnxAdaptiveModel:
         plain budget; ``None`` runs every layer (see :meth:`ldrop.runtime.AdaptiveModel.__call__`).
         """
         waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
-        budget, parsed = self.budget_for(lengths, target)
+        parsed = self._parse_target(target)
         correction = self.controller.correction
         start = time.perf_counter()
-        logits, keep, frame_mask = self.forward(waves, lengths, budget)
+        if parsed is not None and parsed.kind in ("ms", "rtf"):  # decided after the fixed part, from its time
+            encoded = self.encode(waves, lengths)
+            budget = self.budget_for(lengths, parsed, spent=(time.perf_counter() - start, self.prefix_layers))[0]
+            correction = self.controller.planned
+        else:
+            encoded, budget = None, self.budget_for(lengths, target)[0]
+        budget = self.batch_budget(budget)  # the budgets its depth policy runs (early exit: one)
+        logits, keep, frame_mask = self.forward(waves, lengths, budget, encoded)
         measured = time.perf_counter() - start
         outputs = self.decode(logits, frame_mask)
         predicted_ms = None

@@ -77,6 +77,18 @@ def test_measured_times_feed_the_closed_loop(tiny_checkpoint):
     assert open_loop.controller.correction == 1.0
 
 
+def test_the_first_call_already_sees_a_slow_machine_in_its_fixed_part(tiny_checkpoint):
+    # A profile about 100x too fast: open loop trusts it; the closed loop sees the fixed part's time first.
+    fast = synthetic_profile(fixed=(1e-5, 0, 0), layer=(1e-5, 0, 0))
+    closed = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=fast)
+    blind = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=fast, closed_loop=False)
+    wave = torch.randn(8000)
+    assert int(blind(wave, {"ms": 0.1}).budget[0]) == 4
+    with pytest.warns(UserWarning, match="cannot be met"):
+        first = closed(wave, {"ms": 0.1})
+    assert int(first.budget[0]) == 1 and closed.controller.planned > 4 and closed.controller.probe > 8
+
+
 def test_a_time_target_without_a_profile_measures_a_quick_one(tiny_checkpoint):
     model = AdaptiveModel.from_pretrained(tiny_checkpoint)
     model.ensure_profile(seconds=(0.5, 1.0), batch_sizes=(1, 2), repeats=1)
