@@ -51,8 +51,8 @@ class ControlLoop:
 
     def __init__(
         self, num_layers: int, closed_loop: bool = True, margin: float = 0.1, alpha_up: float = 0.6,
-        alpha_down: float = 0.15, window: int = 8, quantile: float | None = 0.75, jump: float = 1.5,
-        recover_after: int = 3, correction_bounds: tuple[float, float] = (0.25, 8.0),
+        alpha_down: float = 0.15, window: int = 8, quantile: float | None = 0.75, jump: float = 1.25,
+        recover_after: int = 5, correction_bounds: tuple[float, float] = (0.25, 8.0),
         on_unmeetable: Literal["min", "raise"] = "min", sample_rate: int = 16_000, min_budget: int = 1,
     ) -> None:
         if num_layers < 1:
@@ -86,14 +86,26 @@ class ControlLoop:
         self.min_budget = int(min_budget)
         #: Current ratio measured / predicted time that scales every time prediction (1: trust the profile).
         self.correction = 1.0
+        self._profile: Any = None
         #: The last decision's measured / predicted time of the part already run (``None``: not measured),
         #: and the correction its layers were planned with (at least :attr:`correction`).
         self.probe: float | None = None
         self.planned = 1.0
 
-    def _check_profile(self, profile: Any) -> None:
+    @property
+    def profile(self) -> Any:
+        """The device profile (``None``: none yet). In closed loop, until a call has been measured, the
+        correction starts from the profile's own check: the median measured / predicted time of the whole
+        forwards it was validated on (the parts it fits are timed alone)."""
+        return self._profile
+
+    @profile.setter
+    def profile(self, profile: Any) -> None:
         if profile is not None and profile.num_layers != self.num_layers:
             raise ValueError(f"the profile is of a {profile.num_layers}-layer model, not of {self.num_layers} layers")
+        self._profile = profile
+        if not self._recent:
+            self.reset()
 
     # ------------------------------------------------------------------ decisions
     def costs(self, sample_lengths: Any, target: Target) -> tuple[Any, Any, Any]:
@@ -167,6 +179,9 @@ class ControlLoop:
         return self.correction
 
     def reset(self) -> None:
-        """Forget the online correction (trust the profile again)."""
-        self.correction = self._average = 1.0
+        """Forget the online correction (start again from the profile's check, see :attr:`profile`)."""
+        rows = (getattr(self._profile, "validation", None) or {}).get("batches") or []
+        ratios = sorted(r["measured_ms"] / r["predicted_ms"] for r in rows if min(r["measured_ms"], r["predicted_ms"]) > 0)
+        start = ratios[len(ratios) // 2] if ratios and self.closed_loop else 1.0
+        self.correction = self._average = min(self.correction_bounds[1], max(self.correction_bounds[0], start))
         self._recent.clear()

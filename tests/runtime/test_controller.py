@@ -183,7 +183,7 @@ def test_a_slow_fixed_part_lowers_this_calls_budget_before_any_feedback():
     assert probed.probe == pytest.approx(2.0) and probed.planned == pytest.approx(2.0)
     assert int(decision.budget[0]) == int(slowed.budgets(lengths, {"ms": 14.0})[0]) < before
     noisy = controller()  # a fixed part a little slower than predicted is noise: the history decides
-    assert int(noisy.decide(lengths, {"ms": 14.0}, spent=(1.3 * fixed, 0)).budget[0]) == before
+    assert int(noisy.decide(lengths, {"ms": 14.0}, spent=(1.2 * fixed, 0)).budget[0]) == before
     quick = controller()  # a fixed part faster than predicted never raises the budget
     assert int(quick.decide(lengths, {"ms": 14.0}, spent=(0.5 * fixed, 0)).budget[0]) == before
     assert quick.planned == 1.0 and quick.correction == 1.0  # the probe is not remembered
@@ -193,7 +193,7 @@ def test_a_slow_fixed_part_lowers_this_calls_budget_before_any_feedback():
 
 
 def test_the_slow_spell_ends_after_a_few_calls_at_the_old_speed():
-    ctl = controller(window=8)
+    ctl = controller(window=8, recover_after=3)
     for _ in range(8):
         ctl.observe(0.01, 0.04)  # loaded: four times slower
     assert ctl.correction == pytest.approx(4.0, rel=0.05)
@@ -208,3 +208,15 @@ def test_the_slow_spell_ends_after_a_few_calls_at_the_old_speed():
     assert slow.correction > 3.0
     with pytest.raises(ValueError, match="jump must be >= 1"):
         controller(jump=0.5)
+
+
+def test_the_correction_starts_from_the_profiles_own_check_on_whole_forwards():
+    profile = synthetic_profile()
+    profile.validation = {"batches": [{"measured_ms": 1.5 * p, "predicted_ms": p} for p in (10.0, 20.0, 30.0)]}
+    ctl = BudgetController(4, profile)
+    assert ctl.correction == pytest.approx(1.5)
+    assert BudgetController(4, profile, closed_loop=False).correction == 1.0  # open loop trusts the profile
+    ctl.observe(0.01, 0.01)
+    ctl.reset()
+    assert ctl.correction == pytest.approx(1.5)
+    assert controller().correction == 1.0  # a profile without a check
