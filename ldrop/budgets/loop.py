@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -185,3 +187,36 @@ class ControlLoop:
         start = ratios[len(ratios) // 2] if ratios and self.closed_loop else 1.0
         self.correction = self._average = min(self.correction_bounds[1], max(self.correction_bounds[0], start))
         self._recent.clear()
+
+
+class DeadlineGuard:
+    """Lets a layer start only if it is predicted to end by ``deadline`` (a ``clock()`` time): the last line of
+    a time target when the machine slows down within a call.
+
+    A layer's time is the profile's (``layer_seconds(inputs, frames)``) times the larger of ``correction`` and
+    this call's own measured / predicted ratio over the layers run so far. The first ``min_layers`` layers
+    always run. Refused layers are in :attr:`skipped`.
+    """
+
+    def __init__(self, deadline: float, layer_seconds: Callable[[int, int], float], correction: float = 1.0,
+                 min_layers: int = 1, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.deadline, self.layer_seconds, self.correction = deadline, layer_seconds, correction
+        self.min_layers, self.clock = min_layers, clock
+        self.skipped: list[int] = []
+        self._ran, self._measured, self._predicted = 0, 0.0, 0.0
+        self._last: tuple[float, float] | None = None  # (start, predicted seconds) of the layer running
+
+    def __call__(self, index: int, inputs: int, frames: int) -> bool:
+        now = self.clock()
+        if self._last is not None:  # the previous layer has ended: learn this call's speed
+            self._measured += now - self._last[0]
+            self._predicted += self._last[1]
+        rate = max(self.correction, self._measured / self._predicted if self._predicted > 0 else 0.0)
+        predicted = float(self.layer_seconds(inputs, frames))
+        if self._ran >= self.min_layers and now + predicted * rate > self.deadline:
+            self.skipped.append(index)
+            self._last = None
+            return False
+        self._ran += 1
+        self._last = (now, predicted)
+        return True

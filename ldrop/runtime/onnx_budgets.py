@@ -112,6 +112,10 @@ class CostProfile:
                 total += float(_seconds(self.layer, int(rows.sum()), float(frames[rows].max())))
         return total
 
+    def layer_seconds(self, batch: int, frames: int) -> float:
+        """Predicted seconds of one layer on ``batch`` inputs of ``frames`` frames."""
+        return float(_seconds(self.layer, batch, frames))
+
     def per_input(self, sample_lengths: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(fixed [batch], one layer [batch])`` seconds per input (fixed part at the batch's longest input,
         a layer at the input's own length, overheads shared equally), as ``DeviceProfile.per_input``."""

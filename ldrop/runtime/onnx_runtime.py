@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ldrop.budgets.loop import DeadlineGuard
 from ldrop.budgets.targets import Target, is_target
 from ldrop.runtime.onnx_budgets import CostProfile, FlopsLaw, OnnxBudgetController, resolve_budget
 
@@ -197,13 +198,14 @@ class OnnxAdaptiveModel:
         providers: ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
         spinning: let idle threads spin; off by default, as each part's session has its own threads and
             spinning ones slow the next part (1.7x on 2 cores).
+        guard: as :class:`~ldrop.runtime.AdaptiveModel`'s.
     """
 
     def __init__(
         self, folder: str | os.PathLike, profile: CostProfile | str | os.PathLike | None = None,
         closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
         threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
-        **controller_options: Any,
+        guard: bool = True, **controller_options: Any,
     ) -> None:
         import onnxruntime
 
@@ -246,7 +248,8 @@ class OnnxAdaptiveModel:
         if profile is None and (self.folder / PROFILE_FILE).is_file():
             profile = self.folder / PROFILE_FILE
         self.controller = self._controller(profile, closed_loop, margin, on_unmeetable, **controller_options)
-        self._warm = False
+        self._warm, self.guard = False, guard
+        self.clock = time.perf_counter  # the timer of calls and of the guard
         self._temporary: Any = None  # keeps a folder exported by from_pretrained alive
 
     def _controller(self, profile: Any, closed_loop: bool, margin: float, on_unmeetable: str,
@@ -368,8 +371,9 @@ class OnnxAdaptiveModel:
             keep = np.where(self._uses_input[rows][:, None], keep, self._blind_masks[rows])
         return keep
 
-    def run_layers(self, encoded: dict[str, np.ndarray], keep: np.ndarray) -> np.ndarray:
-        """Run each layer on the inputs that keep it (padding trimmed per sub-batch)."""
+    def run_layers(self, encoded: dict[str, np.ndarray], keep: np.ndarray, guard: Any = None) -> np.ndarray:
+        """Run each layer on the inputs that keep it (padding trimmed per sub-batch); a layer ``guard(index,
+        inputs, frames)`` refuses is skipped (:class:`~ldrop.budgets.DeadlineGuard`)."""
         frame_mask = encoded["frame_mask"]
         j = self.prefix_layers
         start = j if "prefix" in encoded and bool(keep[:, :j].all()) else 0
@@ -382,6 +386,8 @@ class OnnxAdaptiveModel:
             if rows.size == 0:
                 continue
             sub_frames = int(lengths[rows].max())
+            if guard is not None and not guard(index, rows.size, sub_frames):
+                continue
             if rows.size == batch and sub_frames == frames:
                 hidden, owned = self._run_layer(index, hidden, frame_mask, encoded), True
                 continue
@@ -403,15 +409,21 @@ class OnnxAdaptiveModel:
         return np.full_like(budget, budget.min()) if self.depth["kind"] == "early_exit" else budget
 
     def forward(self, waveforms: np.ndarray, lengths: np.ndarray, budget: np.ndarray,
-                encoded: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                encoded: dict[str, np.ndarray] | None = None, guard: Any = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(logits, keep [batch, layers] bool, frame_mask)`` of a batch at ``budget [batch]`` layers
-        (``encoded``: :meth:`encode`'s output when it has run already)."""
+        (``encoded``: :meth:`encode`'s output when it has run already; ``guard``: see :meth:`run_layers`,
+        not for early exit; ``keep`` leaves out the layers it skipped)."""
         budget = self.batch_budget(resolve_budget(np.asarray(budget), self.num_layers, len(lengths)))
         encoded = self.encode(waveforms, lengths) if encoded is None else encoded
         if self.depth["kind"] == "early_exit":
             return (*self.early_exit(encoded, int(budget[0])), encoded["frame_mask"])
         keep = self.select(encoded, budget)
-        return self.head(self.run_layers(encoded, keep), encoded["frame_mask"]), keep, encoded["frame_mask"]
+        hidden = self.run_layers(encoded, keep, guard)
+        if guard is not None and guard.skipped:
+            keep = keep.copy()
+            keep[:, guard.skipped] = False
+        return self.head(hidden, encoded["frame_mask"]), keep, encoded["frame_mask"]
 
     def early_exit(self, encoded: dict[str, np.ndarray], budget: int) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, keep)`` of early exit at one ``budget``, as ``EarlyExit.logits`` at eval: policy ``budget``
@@ -518,17 +530,21 @@ class OnnxAdaptiveModel:
         """
         waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
         parsed = self._parse_target(target)
-        correction = self.controller.correction
-        start = time.perf_counter()
+        correction, guard = self.controller.correction, None
+        start = self.clock()
         if parsed is not None and parsed.kind in ("ms", "rtf"):  # decided after the fixed part, from its time
             encoded = self.encode(waves, lengths)
-            budget = self.budget_for(lengths, parsed, spent=(time.perf_counter() - start, self.prefix_layers))[0]
-            correction = self.controller.planned
+            decision = self.controller.decide(lengths, parsed, spent=(self.clock() - start, self.prefix_layers),
+                                              _stacklevel=3)
+            budget, correction = decision.budget, self.controller.planned
+            if self.guard and self.controller.closed_loop and self.depth["kind"] != "early_exit":
+                deadline = start + float(decision.allowance.sum()) / (1.0 - self.controller.margin)
+                guard = DeadlineGuard(deadline, self.controller.profile.layer_seconds, correction, clock=self.clock)
         else:
             encoded, budget = None, self.budget_for(lengths, target)[0]
         budget = self.batch_budget(budget)  # the budgets its depth policy runs (early exit: one)
-        logits, keep, frame_mask = self.forward(waves, lengths, budget, encoded)
-        measured = time.perf_counter() - start
+        logits, keep, frame_mask = self.forward(waves, lengths, budget, encoded, guard)
+        measured = self.clock() - start
         outputs = self.decode(logits, frame_mask)
         predicted_ms = None
         if self.controller.profile is not None:

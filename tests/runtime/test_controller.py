@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ldrop.backbones import tiny_config
-from ldrop.budgets import BudgetController, Target, UnmeetableTargetWarning
+from ldrop.budgets import BudgetController, DeadlineGuard, Target, UnmeetableTargetWarning
 from ldrop.engine.flops import count_forward_flops
 from tests.runtime.conftest import synthetic_profile
 
@@ -220,3 +220,16 @@ def test_the_correction_starts_from_the_profiles_own_check_on_whole_forwards():
     ctl.reset()
     assert ctl.correction == pytest.approx(1.5)
     assert controller().correction == 1.0  # a profile without a check
+
+
+def test_the_deadline_guard_starts_no_layer_that_would_end_late():
+    times = iter([0.0, 3.0, 6.0, 9.0])
+    guard = DeadlineGuard(10.0, lambda inputs, frames: 3.0, clock=lambda: next(times))
+    assert [guard(i, 1, 50) for i in range(4)] == [True, True, True, False]  # 9 + 3 > 10
+    assert guard.skipped == [3]
+    times = iter([0.0, 6.0, 12.0])  # the layers take twice the predicted time: the guard learns it in the call
+    slow = DeadlineGuard(13.0, lambda inputs, frames: 3.0, clock=lambda: next(times))
+    assert [slow(i, 1, 50) for i in range(3)] == [True, True, False]  # 6 + 3 * 2 <= 13, 12 + 6 > 13
+    times = iter([20.0, 21.0])  # past the deadline already: the first layer still runs (min_layers)
+    late = DeadlineGuard(10.0, lambda inputs, frames: 1.0, correction=2.0, clock=lambda: next(times))
+    assert [late(0, 1, 50), late(1, 1, 50)] == [True, False]

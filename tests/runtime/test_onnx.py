@@ -411,3 +411,17 @@ def test_input_blind_selectors_export_their_mask_per_budget():
     table = selector_description(task)
     assert table["kind"] == "table"
     assert table["table"] == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def test_the_guard_skips_layers_that_would_end_past_the_target_on_onnxruntime(exports):
+    from tests.runtime.test_adaptive import fake_clock
+
+    _, folder = exports["wavlm"]
+    profile = _cost(synthetic_profile(fixed=(0.010, 0.0, 0.0), layer=(0.010, 0.0, 0.0)), True)
+    model = OnnxAdaptiveModel(folder, profile=profile)
+    model.clock = fake_clock([0.010, 0.025])  # the fixed part as predicted, then 25 ms per layer
+    wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    out = model(wave, {"ms": 45.0})
+    assert int(out.budget[0]) == 3 and int(out.layers_run[0]) == 1
+    expected = model.run_with_mask(wave[None], np.array([8000]), out.keep_mask)
+    assert np.abs(out.logits - expected).max() <= 1e-5
