@@ -343,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         closed, fixed = summaries["closed_loop"], summaries["fixed"]
         checks = {
             "closed_loop_misses_at_most_5pct": closed["miss_rate_all"] <= 0.05,
+            "closed_loop_misses_while_loaded_at_most_5pct": (closed["miss_rate_loaded"] or 0.0) <= 0.05,
             "fixed_misses_more": fixed["miss_rate_all"] > closed["miss_rate_all"],
             "closed_loop_idle_layers_at_least_fixed": (closed["layers_idle"] or 0) >= fixed_k,
         }
