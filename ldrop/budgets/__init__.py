@@ -6,7 +6,7 @@ import importlib
 #: Public name -> the module that defines it.
 _EXPORTS = {
     **dict.fromkeys(("QUICK_GRID", "BudgetController", "TargetResolver"), "ldrop.budgets.controller"),
-    **dict.fromkeys(("BudgetDecision", "ControlLoop", "UnmeetableTargetWarning"), "ldrop.budgets.loop"),
+    **dict.fromkeys(("BudgetDecision", "ControlLoop", "DeadlineGuard", "UnmeetableTargetWarning"), "ldrop.budgets.loop"),
     **dict.fromkeys(("Budget", "budget_list", "budget_to_layers", "resolve_budget"), "ldrop.budgets.layers"),
     **dict.fromkeys(("DeviceProfile", "PartFit", "fit_part", "profile_model", "validate_profile"),
                     "ldrop.budgets.profile"),

@@ -39,7 +39,6 @@ class BudgetController(ControlLoop):
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops_config: Any = None,
                  extra_fixed_flops: Callable[[Tensor], Tensor] | None = None, **options: Any) -> None:
         super().__init__(num_layers, **options)
-        self._check_profile(profile)
         self.profile = profile
         self.flops_config = flops_config
         self.extra_fixed_flops = extra_fixed_flops

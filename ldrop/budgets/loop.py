@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +43,9 @@ class ControlLoop:
         alpha_up, alpha_down: EMA weights of a new ratio when it is above / below the current correction.
         window, quantile: the correction is at least this quantile of the last ``window`` ratios
             (``quantile=None``: the moving average alone).
+        jump: a change of speed this large is a change of load, not noise: a probe (see :meth:`decide`) this
+            much above the correction is planned for at once, and ``recover_after`` ratios in a row this much
+            below it end the slow spell (the correction restarts from their largest; ``0``: never).
         correction_bounds: the correction stays within these factors.
         on_unmeetable: ``"min"`` (the minimum budget and a warning) or ``"raise"`` (a ``ValueError``).
         min_budget: the fewest layers any input runs (``j`` for a selector that reads the first ``j`` layers).
@@ -48,9 +53,9 @@ class ControlLoop:
 
     def __init__(
         self, num_layers: int, closed_loop: bool = True, margin: float = 0.1, alpha_up: float = 0.6,
-        alpha_down: float = 0.15, window: int = 8, quantile: float | None = 0.9,
-        correction_bounds: tuple[float, float] = (0.25, 8.0), on_unmeetable: Literal["min", "raise"] = "min",
-        sample_rate: int = 16_000, min_budget: int = 1,
+        alpha_down: float = 0.15, window: int = 8, quantile: float | None = 0.75, jump: float = 1.25,
+        recover_after: int = 5, correction_bounds: tuple[float, float] = (0.25, 8.0),
+        on_unmeetable: Literal["min", "raise"] = "min", sample_rate: int = 16_000, min_budget: int = 1,
     ) -> None:
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -62,6 +67,8 @@ class ControlLoop:
             raise ValueError(f"alpha_up and alpha_down must be in (0, 1], got {alpha_up}, {alpha_down}")
         if window < 1 or (quantile is not None and not 0.0 <= quantile <= 1.0):
             raise ValueError(f"window must be >= 1 and quantile in [0, 1] or None, got {window}, {quantile}")
+        if jump < 1.0 or recover_after < 0:
+            raise ValueError(f"jump must be >= 1 and recover_after >= 0, got {jump}, {recover_after}")
         low, high = correction_bounds
         if not 0.0 < low <= 1.0 <= high:
             raise ValueError(f"correction_bounds must satisfy 0 < low <= 1 <= high, got {correction_bounds}")
@@ -73,6 +80,7 @@ class ControlLoop:
         self.alpha_up, self.alpha_down = alpha_up, alpha_down
         self.correction_bounds = (float(low), float(high))
         self.quantile = quantile
+        self.jump, self.recover_after = float(jump), int(recover_after)
         self._recent: collections.deque[float] = collections.deque(maxlen=window)
         self._average = 1.0
         self.on_unmeetable = on_unmeetable
@@ -80,10 +88,26 @@ class ControlLoop:
         self.min_budget = int(min_budget)
         #: Current ratio measured / predicted time that scales every time prediction (1: trust the profile).
         self.correction = 1.0
+        self._profile: Any = None
+        #: The last decision's measured / predicted time of the part already run (``None``: not measured),
+        #: and the correction its layers were planned with (at least :attr:`correction`).
+        self.probe: float | None = None
+        self.planned = 1.0
 
-    def _check_profile(self, profile: Any) -> None:
+    @property
+    def profile(self) -> Any:
+        """The device profile (``None``: none yet). In closed loop, until a call has been measured, the
+        correction starts from the profile's own check: the median measured / predicted time of the whole
+        forwards it was validated on (the parts it fits are timed alone)."""
+        return self._profile
+
+    @profile.setter
+    def profile(self, profile: Any) -> None:
         if profile is not None and profile.num_layers != self.num_layers:
             raise ValueError(f"the profile is of a {profile.num_layers}-layer model, not of {self.num_layers} layers")
+        self._profile = profile
+        if not self._recent:
+            self.reset()
 
     # ------------------------------------------------------------------ decisions
     def costs(self, sample_lengths: Any, target: Target) -> tuple[Any, Any, Any]:
@@ -95,15 +119,26 @@ class ControlLoop:
         """A decision's array in this controller's array type (numpy here; the PyTorch controller: tensors)."""
         return array
 
-    def decide(self, sample_lengths: Any, target: Target | dict | str, *, warn: bool = True,
-               _stacklevel: int = 2) -> BudgetDecision:
+    def decide(self, sample_lengths: Any, target: Target | dict | str, *, spent: tuple[float, int] | None = None,
+               warn: bool = True, _stacklevel: int = 2) -> BudgetDecision:
         """The largest budget each input can afford under ``target`` (at least ``min_budget``).
 
-        ``warn=False`` leaves counting inputs that cannot meet it to the caller. ``ValueError`` for an invalid
-        target, a missing profile or config, or (``on_unmeetable="raise"``) an unmeetable target.
+        ``spent``: ``(seconds, layers)`` this call has already spent on its budget-independent part (and that
+        many prefix layers). In closed loop, when that part ran more than ``jump`` times slower than the
+        correction predicts, the call plans at the measured ratio (:attr:`probe`): a load that starts between
+        calls is seen before the budget is chosen. ``warn=False`` leaves counting inputs that cannot meet the target to the caller.
+        ``ValueError`` for an invalid target, a missing profile or config, or (``on_unmeetable="raise"``) an
+        unmeetable target.
         """
         target = Target.parse(target)
         fixed, layer, allowance = (np.asarray(x, dtype=np.float64) for x in self.costs(sample_lengths, target))
+        self.probe, self.planned = None, self.correction
+        if spent is not None and self.closed_loop and target.kind in ("ms", "rtf"):
+            predicted = float(fixed.sum() + spent[1] * layer.sum()) / self.correction
+            self.probe = spent[0] / max(predicted, 1e-30)
+            jumped = self.probe > self.jump * self.correction
+            scale = min(self.correction_bounds[1], self.probe) / self.correction if jumped else 1.0
+            fixed, layer, self.planned = fixed * scale, layer * scale, self.correction * scale
         affordable = np.floor((allowance - fixed) / np.maximum(layer, 1e-30) + 1e-9)
         meets = affordable >= self.min_budget
         budget = np.clip(affordable, self.min_budget, self.num_layers).astype(np.int64)
@@ -134,6 +169,10 @@ class ControlLoop:
         alpha = self.alpha_up if ratio > self._average else self.alpha_down
         self._average = math.exp((1 - alpha) * math.log(self._average) + alpha * math.log(ratio))
         self._recent.append(ratio)
+        last = list(self._recent)[-self.recover_after:]
+        if 0 < self.recover_after == len(last) and self.jump * max(last) < self.correction:  # the load has gone
+            self._average = max(last)
+            self._recent = collections.deque(last, maxlen=self._recent.maxlen)
         correction = self._average
         if self.quantile is not None:
             recent = sorted(self._recent)
@@ -142,6 +181,42 @@ class ControlLoop:
         return self.correction
 
     def reset(self) -> None:
-        """Forget the online correction (trust the profile again)."""
-        self.correction = self._average = 1.0
+        """Forget the online correction (start again from the profile's check, see :attr:`profile`)."""
+        rows = (getattr(self._profile, "validation", None) or {}).get("batches") or []
+        ratios = sorted(r["measured_ms"] / r["predicted_ms"] for r in rows if min(r["measured_ms"], r["predicted_ms"]) > 0)
+        start = ratios[len(ratios) // 2] if ratios and self.closed_loop else 1.0
+        self.correction = self._average = min(self.correction_bounds[1], max(self.correction_bounds[0], start))
         self._recent.clear()
+
+
+class DeadlineGuard:
+    """Lets a layer start only if it is predicted to end by ``deadline`` (a ``clock()`` time): the last line of
+    a time target when the machine slows down within a call.
+
+    A layer's time is the profile's (``layer_seconds(inputs, frames)``) times the larger of ``correction`` and
+    this call's own measured / predicted ratio over the layers run so far. The first ``min_layers`` layers
+    always run. Refused layers are in :attr:`skipped`.
+    """
+
+    def __init__(self, deadline: float, layer_seconds: Callable[[int, int], float], correction: float = 1.0,
+                 min_layers: int = 1, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.deadline, self.layer_seconds, self.correction = deadline, layer_seconds, correction
+        self.min_layers, self.clock = min_layers, clock
+        self.skipped: list[int] = []
+        self._ran, self._measured, self._predicted = 0, 0.0, 0.0
+        self._last: tuple[float, float] | None = None  # (start, predicted seconds) of the layer running
+
+    def __call__(self, index: int, inputs: int, frames: int) -> bool:
+        now = self.clock()
+        if self._last is not None:  # the previous layer has ended: learn this call's speed
+            self._measured += now - self._last[0]
+            self._predicted += self._last[1]
+        rate = max(self.correction, self._measured / self._predicted if self._predicted > 0 else 0.0)
+        predicted = float(self.layer_seconds(inputs, frames))
+        if self._ran >= self.min_layers and now + predicted * rate > self.deadline:
+            self.skipped.append(index)
+            self._last = None
+            return False
+        self._ran += 1
+        self._last = (now, predicted)
+        return True

@@ -8,6 +8,9 @@ without autograd. Layers every sample runs (a selector's prefix) run once with :
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -16,6 +19,21 @@ from torch import Tensor
 from ldrop.backbones.adapter import LayerContext, SpeechBackbone
 
 ExecutionMode = Literal["auto", "dense", "sparse"]
+#: ``guard(layer index, inputs keeping it, their longest frames) -> bool``: may this layer start now?
+LayerGuard = Callable[[int, int, int], bool]
+_GUARD: contextvars.ContextVar[LayerGuard | None] = contextvars.ContextVar("ldrop_layer_guard", default=None)
+
+
+@contextlib.contextmanager
+def layer_guard(guard: LayerGuard | None) -> Iterator[None]:
+    """Within the block, the sparse path asks ``guard`` before each layer it would run; a layer it refuses is
+    skipped by every input (a deadline that the next layer would overrun, see
+    :class:`~ldrop.budgets.DeadlineGuard`)."""
+    token = _GUARD.set(guard)
+    try:
+        yield
+    finally:
+        _GUARD.reset(token)
 
 
 def check_keep_mask(keep_mask: Tensor, batch: int, num_layers: int) -> None:
@@ -54,9 +72,10 @@ def _sparse_layers(
     in_place = collect is None and not torch.is_grad_enabled()
     if in_place:
         hidden = hidden.clone()
+    guard = _GUARD.get()
     for index in range(start_layer, backbone.num_layers):
         kept, sub_frames = counts[index], longest[index]
-        if kept == 0:
+        if kept == 0 or (guard is not None and not guard(index, kept, sub_frames)):
             if collect is not None:
                 collect.append(hidden)
             continue

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,12 +23,14 @@ from torch import Tensor
 from ldrop.budgets import (
     QUICK_GRID,
     BudgetController,
+    DeadlineGuard,
     DeviceProfile,
     Target,
     is_target,
     profile_model,
     resolve_budget,
 )
+from ldrop.engine import layer_guard
 from ldrop.runtime.checkpoints import load_model
 from ldrop.tasks import LayerDropTask
 
@@ -86,13 +88,17 @@ class AdaptiveModel:
         closed_loop: correct the profile with measured times (``False``: open loop).
         margin: fraction of a time target kept free for noise.
         on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"``.
+        guard: under a time target in closed loop, start no layer that would end past the target (measured
+            within the call, :class:`~ldrop.budgets.DeadlineGuard`); the layers it skips are not in
+            ``keep_mask``. Early exit runs its exits' layers whole.
         **controller_options: further :class:`BudgetController` options (``alpha_up``, ...).
     """
 
     def __init__(
         self, model: LayerDropTask, profile: DeviceProfile | str | os.PathLike | None = None,
         closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
-        sample_rate: int = 16_000, autocast: torch.dtype | None = None, **controller_options: Any,
+        sample_rate: int = 16_000, autocast: torch.dtype | None = None, guard: bool = True,
+        **controller_options: Any,
     ) -> None:
         if autocast is not None and not isinstance(autocast, torch.dtype):
             raise ValueError(f"autocast must be a torch dtype (e.g. torch.bfloat16) or None, got {autocast!r}")
@@ -107,7 +113,8 @@ class AdaptiveModel:
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate,
             min_budget=max(1, getattr(model, "prefix_layers", 0)), **controller_options,
         )
-        self.sample_rate = sample_rate
+        self.sample_rate, self.guard = sample_rate, guard
+        self.clock = time.perf_counter  # the timer of calls and of the guard
         # The first forward pays one-time costs (allocations, lazy initialisation): never learn from it.
         self._warm = False
 
@@ -140,23 +147,33 @@ class AdaptiveModel:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.autocast)
 
-    def _sync(self, device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def _clock(self, device: torch.device) -> Callable[[], float]:
+        """:attr:`clock`, after the device's queued work (CUDA) has finished."""
+        if device.type != "cuda":
+            return self.clock
+        return lambda: (torch.cuda.synchronize(device), self.clock())[1]
 
-    def budget_for(self, lengths: Tensor, target: Any) -> tuple[Tensor, Target | None]:
-        """``(budget [batch], the parsed target or None)`` for a call."""
-        batch = len(lengths)
-        if target is None:
-            return torch.full((batch,), self.num_layers, dtype=torch.long), None
-        if not is_target(target):
-            return resolve_budget(target, self.num_layers, batch), None
+    def budget_for(self, lengths: Tensor, target: Any, spent: tuple[float, int] | None = None
+                   ) -> tuple[Tensor, Target | None]:
+        """``(budget [batch], the parsed target or None)`` for a call (``spent``: see
+        :meth:`~ldrop.budgets.loop.ControlLoop.decide`)."""
+        parsed = self._parse_target(target)
+        if parsed is None:
+            if target is None:
+                return torch.full((len(lengths),), self.num_layers, dtype=torch.long), None
+            return resolve_budget(target, self.num_layers, len(lengths)), None
+        return self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget, parsed
+
+    def _parse_target(self, target: Any) -> Target | None:
+        """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
+        if target is None or not is_target(target):
+            return None
         parsed = Target.parse(target)
         if parsed.kind in ("ms", "rtf"):
             if parsed.profile and self.controller.profile is None:
                 self.controller.profile = DeviceProfile.load(parsed.profile)
             self.ensure_profile()
-        return self.controller.budgets(lengths, parsed), parsed
+        return parsed
 
     def __call__(self, waveforms: Tensor | Sequence[Any], target: Any = None,
                  lengths: Tensor | None = None) -> AdaptiveOutput:
@@ -166,22 +183,35 @@ class AdaptiveModel:
         plain budget; ``None`` runs every layer.
         """
         waves, lengths = as_batch(waveforms, lengths)
-        budget, parsed = self.budget_for(lengths, target)
+        parsed = self._parse_target(target)
+        timed = parsed is not None and parsed.kind in ("ms", "rtf")
         model = self.model
         param = next(model.parameters())
-        budget = model.depth.batch_budget(budget)  # the budgets its depth policy can run (early exit: one)
         waves_d, lengths_d = waves.to(param.device, param.dtype), lengths.to(param.device)
         correction = self.controller.correction
         with torch.inference_mode(), self._precision(param.device):
-            self._sync(param.device)
-            start = time.perf_counter()
+            clock = self._clock(param.device)
+            start = clock()
             encoded = model.encode(waves_d, lengths_d)
-            logits, keep, _ = model.logits_at_budget(encoded, budget.to(param.device))
-            self._sync(param.device)
-            measured = time.perf_counter() - start
+            guard = None
+            if timed:  # the budget-independent part's time tells the controller the machine's speed now
+                spent = (clock() - start, int(getattr(model, "prefix_layers", 0)))
+                decision = self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4)
+                budget, correction = decision.budget, self.controller.planned
+                if self.guard and self.controller.closed_loop and not model.depth.exit_layers:
+                    deadline = start + float(decision.allowance.sum()) / (1.0 - self.controller.margin)
+                    guard = DeadlineGuard(deadline, self.controller.profile.layer.seconds, correction, clock=clock)
+            else:
+                budget = self.budget_for(lengths, target)[0]
+            budget = model.depth.batch_budget(budget)  # the budgets its depth policy can run (early exit: one)
+            with layer_guard(guard):
+                logits, keep, _ = model.logits_at_budget(encoded, budget.to(param.device))
+            measured = clock() - start
             logits = logits.float()  # metrics, softmax and decoding get float32 whatever the precision
             outputs = model.decode(logits, encoded.frame_mask)
         keep = (keep.detach() > 0.5).float().cpu()
+        if guard is not None:
+            keep[:, guard.skipped] = 0.0
         predicted_ms = None
         if self.controller.profile is not None:
             predicted = self.controller.profile.predict(lengths, keep)

@@ -90,6 +90,11 @@ class CostProfile:
         except (OSError, ValueError) as error:
             raise ValueError(f"device profile {str(path)!r}: {error}") from None
 
+    @property
+    def validation(self) -> dict[str, Any]:
+        """The profile's check on held-out forwards (``DeviceProfile.validation``)."""
+        return self.data.get("validation") or {}
+
     def frames(self, sample_lengths: Any) -> np.ndarray:
         return conv_frames(sample_lengths, self.conv_kernel, self.conv_stride)
 
@@ -106,6 +111,10 @@ class CostProfile:
             if rows.any():
                 total += float(_seconds(self.layer, int(rows.sum()), float(frames[rows].max())))
         return total
+
+    def layer_seconds(self, batch: int, frames: int) -> float:
+        """Predicted seconds of one layer on ``batch`` inputs of ``frames`` frames."""
+        return float(_seconds(self.layer, batch, frames))
 
     def per_input(self, sample_lengths: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(fixed [batch], one layer [batch])`` seconds per input (fixed part at the batch's longest input,
@@ -162,7 +171,6 @@ class OnnxBudgetController(ControlLoop):
     def __init__(self, num_layers: int, profile: CostProfile | None = None, flops: FlopsLaw | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, **options)
-        self._check_profile(profile)
         self.profile = profile
         self.flops = flops
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ldrop.budgets.loop import DeadlineGuard
 from ldrop.budgets.targets import Target, is_target
 from ldrop.runtime.onnx_budgets import CostProfile, FlopsLaw, OnnxBudgetController, resolve_budget
 
@@ -197,13 +198,14 @@ class OnnxAdaptiveModel:
         providers: ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
         spinning: let idle threads spin; off by default, as each part's session has its own threads and
             spinning ones slow the next part (1.7x on 2 cores).
+        guard: as :class:`~ldrop.runtime.AdaptiveModel`'s.
     """
 
     def __init__(
         self, folder: str | os.PathLike, profile: CostProfile | str | os.PathLike | None = None,
         closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
         threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
-        **controller_options: Any,
+        guard: bool = True, **controller_options: Any,
     ) -> None:
         import onnxruntime
 
@@ -246,7 +248,8 @@ class OnnxAdaptiveModel:
         if profile is None and (self.folder / PROFILE_FILE).is_file():
             profile = self.folder / PROFILE_FILE
         self.controller = self._controller(profile, closed_loop, margin, on_unmeetable, **controller_options)
-        self._warm = False
+        self._warm, self.guard = False, guard
+        self.clock = time.perf_counter  # the timer of calls and of the guard
         self._temporary: Any = None  # keeps a folder exported by from_pretrained alive
 
     def _controller(self, profile: Any, closed_loop: bool, margin: float, on_unmeetable: str,
@@ -368,8 +371,9 @@ class OnnxAdaptiveModel:
             keep = np.where(self._uses_input[rows][:, None], keep, self._blind_masks[rows])
         return keep
 
-    def run_layers(self, encoded: dict[str, np.ndarray], keep: np.ndarray) -> np.ndarray:
-        """Run each layer on the inputs that keep it (padding trimmed per sub-batch)."""
+    def run_layers(self, encoded: dict[str, np.ndarray], keep: np.ndarray, guard: Any = None) -> np.ndarray:
+        """Run each layer on the inputs that keep it (padding trimmed per sub-batch); a layer ``guard(index,
+        inputs, frames)`` refuses is skipped (:class:`~ldrop.budgets.DeadlineGuard`)."""
         frame_mask = encoded["frame_mask"]
         j = self.prefix_layers
         start = j if "prefix" in encoded and bool(keep[:, :j].all()) else 0
@@ -382,6 +386,8 @@ class OnnxAdaptiveModel:
             if rows.size == 0:
                 continue
             sub_frames = int(lengths[rows].max())
+            if guard is not None and not guard(index, rows.size, sub_frames):
+                continue
             if rows.size == batch and sub_frames == frames:
                 hidden, owned = self._run_layer(index, hidden, frame_mask, encoded), True
                 continue
@@ -402,15 +408,22 @@ class OnnxAdaptiveModel:
         """The budgets the depth policy runs for per-input ``budget`` (early exit: the tightest, for all)."""
         return np.full_like(budget, budget.min()) if self.depth["kind"] == "early_exit" else budget
 
-    def forward(self, waveforms: np.ndarray, lengths: np.ndarray, budget: np.ndarray
+    def forward(self, waveforms: np.ndarray, lengths: np.ndarray, budget: np.ndarray,
+                encoded: dict[str, np.ndarray] | None = None, guard: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(logits, keep [batch, layers] bool, frame_mask)`` of a batch at ``budget [batch]`` layers."""
+        """``(logits, keep [batch, layers] bool, frame_mask)`` of a batch at ``budget [batch]`` layers
+        (``encoded``: :meth:`encode`'s output when it has run already; ``guard``: see :meth:`run_layers`,
+        not for early exit; ``keep`` leaves out the layers it skipped)."""
         budget = self.batch_budget(resolve_budget(np.asarray(budget), self.num_layers, len(lengths)))
-        encoded = self.encode(waveforms, lengths)
+        encoded = self.encode(waveforms, lengths) if encoded is None else encoded
         if self.depth["kind"] == "early_exit":
             return (*self.early_exit(encoded, int(budget[0])), encoded["frame_mask"])
         keep = self.select(encoded, budget)
-        return self.head(self.run_layers(encoded, keep), encoded["frame_mask"]), keep, encoded["frame_mask"]
+        hidden = self.run_layers(encoded, keep, guard)
+        if guard is not None and guard.skipped:
+            keep = keep.copy()
+            keep[:, guard.skipped] = False
+        return self.head(hidden, encoded["frame_mask"]), keep, encoded["frame_mask"]
 
     def early_exit(self, encoded: dict[str, np.ndarray], budget: int) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, keep)`` of early exit at one ``budget``, as ``EarlyExit.logits`` at eval: policy ``budget``
@@ -485,13 +498,21 @@ class OnnxAdaptiveModel:
             self.controller.profile = quick_profile(self, **grid)
         return self.controller.profile
 
-    def budget_for(self, lengths: np.ndarray, target: Any) -> tuple[np.ndarray, Target | None]:
-        """``(budget [batch] int64, the parsed target or None)`` for a call."""
-        batch = len(lengths)
-        if target is None:
-            return np.full(batch, self.num_layers, dtype=np.int64), None
-        if not is_target(target):
-            return resolve_budget(target, self.num_layers, batch), None
+    def budget_for(self, lengths: np.ndarray, target: Any, spent: tuple[float, int] | None = None
+                   ) -> tuple[np.ndarray, Target | None]:
+        """``(budget [batch] int64, the parsed target or None)`` for a call (``spent``: see
+        :meth:`~ldrop.budgets.loop.ControlLoop.decide`)."""
+        parsed = self._parse_target(target)
+        if parsed is None:
+            if target is None:
+                return np.full(len(lengths), self.num_layers, dtype=np.int64), None
+            return resolve_budget(target, self.num_layers, len(lengths)), None
+        return self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget, parsed
+
+    def _parse_target(self, target: Any) -> Target | None:
+        """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
+        if target is None or not is_target(target):
+            return None
         profile = target.get("profile") if isinstance(target, dict) else getattr(target, "profile", None)
         # parsed without its profile file: Target.parse would check it with the PyTorch DeviceProfile
         parsed = Target.parse({k: v for k, v in target.items() if k != "profile"} if isinstance(target, dict) else target)
@@ -499,7 +520,7 @@ class OnnxAdaptiveModel:
             if profile and self.controller.profile is None:
                 self.controller.profile = CostProfile.load(profile)
             self.ensure_profile()
-        return self.controller.budgets(lengths, parsed), parsed
+        return parsed
 
     def __call__(self, waveforms: Any, target: Any = None, lengths: Any = None) -> OnnxOutput:
         """Run one utterance, a padded batch (with ``lengths``) or a list of clips or paths under ``target``.
@@ -508,11 +529,22 @@ class OnnxAdaptiveModel:
         plain budget; ``None`` runs every layer (see :meth:`ldrop.runtime.AdaptiveModel.__call__`).
         """
         waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
-        budget, parsed = self.budget_for(lengths, target)
-        correction = self.controller.correction
-        start = time.perf_counter()
-        logits, keep, frame_mask = self.forward(waves, lengths, budget)
-        measured = time.perf_counter() - start
+        parsed = self._parse_target(target)
+        correction, guard = self.controller.correction, None
+        start = self.clock()
+        if parsed is not None and parsed.kind in ("ms", "rtf"):  # decided after the fixed part, from its time
+            encoded = self.encode(waves, lengths)
+            decision = self.controller.decide(lengths, parsed, spent=(self.clock() - start, self.prefix_layers),
+                                              _stacklevel=3)
+            budget, correction = decision.budget, self.controller.planned
+            if self.guard and self.controller.closed_loop and self.depth["kind"] != "early_exit":
+                deadline = start + float(decision.allowance.sum()) / (1.0 - self.controller.margin)
+                guard = DeadlineGuard(deadline, self.controller.profile.layer_seconds, correction, clock=self.clock)
+        else:
+            encoded, budget = None, self.budget_for(lengths, target)[0]
+        budget = self.batch_budget(budget)  # the budgets its depth policy runs (early exit: one)
+        logits, keep, frame_mask = self.forward(waves, lengths, budget, encoded, guard)
+        measured = self.clock() - start
         outputs = self.decode(logits, frame_mask)
         predicted_ms = None
         if self.controller.profile is not None:

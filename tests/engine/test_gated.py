@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldrop.engine import run_gated_layers
+from ldrop.engine import layer_guard, run_gated_layers
 from tests.helpers import make_backbone, padded_batch
 
 LENGTHS = [9600, 6400, 4000, 2400, 8000]
@@ -186,3 +186,26 @@ def test_sparse_return_all_states_are_each_layers_own_output():
         _, sparse = run_gated_layers(backbone, hidden, frame_mask, keep, mode="sparse", return_all=True)
     real = frame_mask[..., None]
     assert max(float(((d - s) * real).abs().max()) for d, s in zip(dense, sparse, strict=True)) <= 1e-4
+
+
+def test_a_layer_the_guard_refuses_is_skipped_by_every_input(backbone):
+    hidden, frame_mask = _front(backbone)
+    keep = _mixed_mask(hidden.shape[0], backbone.num_layers)
+    asked = []
+
+    def guard(index: int, inputs: int, frames: int) -> bool:
+        asked.append((index, inputs, frames))
+        return index != 2
+
+    with torch.no_grad(), layer_guard(guard):
+        guarded = run_gated_layers(backbone, hidden, frame_mask, keep, mode="sparse")
+    expected_keep = keep.clone()
+    expected_keep[:, 2] = 0.0
+    with torch.no_grad():
+        expected = run_gated_layers(backbone, hidden, frame_mask, expected_keep, mode="sparse")
+        unguarded = run_gated_layers(backbone, hidden, frame_mask, keep, mode="sparse")  # outside the block
+    assert torch.allclose(guarded, expected, atol=1e-6)
+    assert not torch.allclose(guarded, unguarded, atol=1e-4)
+    lengths = frame_mask.sum(1)
+    assert [i for i, _, _ in asked] == [i for i in range(backbone.num_layers) if keep[:, i].any()]
+    assert all(n == int((keep[:, i] > 0.5).sum()) and f == int(lengths[keep[:, i] > 0.5].max()) for i, n, f in asked)

@@ -77,6 +77,49 @@ def test_measured_times_feed_the_closed_loop(tiny_checkpoint):
     assert open_loop.controller.correction == 1.0
 
 
+def test_the_first_call_already_sees_a_slow_machine_in_its_fixed_part(tiny_checkpoint):
+    # A profile about 100x too fast: open loop trusts it; the closed loop sees the fixed part's time first.
+    fast = synthetic_profile(fixed=(1e-5, 0, 0), layer=(1e-5, 0, 0))
+    closed = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=fast)
+    blind = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=fast, closed_loop=False)
+    wave = torch.randn(8000)
+    assert int(blind(wave, {"ms": 0.1}).budget[0]) == 4
+    with pytest.warns(UserWarning, match="cannot be met"):
+        first = closed(wave, {"ms": 0.1})
+    assert int(first.budget[0]) == 1 and closed.controller.planned > 4 and closed.controller.probe > 8
+
+
+def fake_clock(steps):
+    """A clock that returns 0, then advances by each of ``steps`` in turn (the last one repeated)."""
+    state = {"t": 0.0, "calls": 0}
+
+    def clock() -> float:
+        now = state["t"]
+        state["t"] += steps[min(state["calls"], len(steps) - 1)]
+        state["calls"] += 1
+        return now
+
+    return clock
+
+
+def test_the_guard_starts_no_layer_that_would_end_past_the_target(tiny_checkpoint):
+    # The profile says 10 ms for the fixed part and per layer; a 45 ms target plans 3 layers. The fixed part
+    # takes the 10 ms predicted, then each layer takes 25 ms: the guard runs one and skips the other two.
+    profile = synthetic_profile(fixed=(0.010, 0, 0), layer=(0.010, 0, 0))
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=profile)
+    model.clock = fake_clock([0.010, 0.025])
+    wave = torch.randn(8000)
+    out = model(wave, {"ms": 45.0})
+    assert int(out.budget[0]) == 3 and int(out.layers_run[0]) == 1 and model.controller.probe == pytest.approx(1.0)
+    with torch.inference_mode():
+        encoded = model.model.encode(wave[None], torch.tensor([8000]))
+        expected = model.model.logits_with_mask(encoded, out.keep_mask)
+    assert torch.allclose(out.logits, expected, atol=1e-5)  # the reported mask is the one that ran
+    unguarded = AdaptiveModel.from_pretrained(tiny_checkpoint, profile=profile, guard=False)
+    unguarded.clock = fake_clock([0.010, 0.025])
+    assert int(unguarded(wave, {"ms": 45.0}).layers_run[0]) == 3
+
+
 def test_a_time_target_without_a_profile_measures_a_quick_one(tiny_checkpoint):
     model = AdaptiveModel.from_pretrained(tiny_checkpoint)
     model.ensure_profile(seconds=(0.5, 1.0), batch_sizes=(1, 2), repeats=1)

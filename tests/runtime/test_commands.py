@@ -62,7 +62,7 @@ def test_control_benchmark_smoke_run_writes_its_json(tmp_path):
     out = tmp_path / "control.json"
     code = bench_main(["control", "--backbone", "tiny:wavlm", "--utterances", "6", "--seconds-range", "0.5,0.8",
                        "--load-procs", "1", "--max-load-seconds", "5", "--profile-repeats", "1", "--threads", "1",
-                       "--json", str(out)])
+                       "--controller", '{"window": 4}', "--json", str(out)])
     assert code == 0
     data = json.loads(out.read_text())
     assert set(data["summary"]) == {"full", "fixed", "open_loop", "closed_loop"}
@@ -71,6 +71,9 @@ def test_control_benchmark_smoke_run_writes_its_json(tmp_path):
     assert {"cpu", "threads", "torch"} <= set(data["machine"])
     assert out.with_suffix(".png").is_file()
     assert all(r["layers_run"] == 4 for r in data["records"]["full"])
+    assert data["controller"] == {"window": 4} and "closed_loop_misses_while_loaded_at_most_5pct" in data["checks"]
+    assert all(r["planned"] > 0 and r["probe"] > 0 for r in data["records"]["closed_loop"])
+    assert all(r["probe"] is None for r in data["records"]["open_loop"])
 
 
 def test_the_load_generator_is_stopped_and_bounded_in_time():

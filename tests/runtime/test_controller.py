@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ldrop.backbones import tiny_config
-from ldrop.budgets import BudgetController, Target, UnmeetableTargetWarning
+from ldrop.budgets import BudgetController, DeadlineGuard, Target, UnmeetableTargetWarning
 from ldrop.engine.flops import count_forward_flops
 from tests.runtime.conftest import synthetic_profile
 
@@ -161,7 +161,7 @@ def test_a_meetable_target_does_not_warn():
 
 
 def test_a_recent_spike_is_planned_for_until_it_leaves_the_window():
-    ctl = controller(window=4, quantile=1.0)
+    ctl = controller(window=4, quantile=1.0, recover_after=0)
     ctl.observe(0.01, 0.03)  # one call three times slower than predicted
     for _ in range(3):
         assert ctl.observe(0.01, 0.01) == pytest.approx(3.0)
@@ -169,3 +169,67 @@ def test_a_recent_spike_is_planned_for_until_it_leaves_the_window():
     averaged = controller(quantile=None)
     averaged.observe(0.01, 0.03)
     assert averaged.observe(0.01, 0.01) < 3.0
+
+
+def test_a_slow_fixed_part_lowers_this_calls_budget_before_any_feedback():
+    lengths = torch.tensor([32000])
+    fixed = float(controller().costs(lengths, Target("ms", 14.0))[0][0])
+    before = int(controller().budgets(lengths, {"ms": 14.0})[0])
+    slowed = controller()
+    for _ in range(10):
+        slowed.observe(0.01, 0.02)
+    probed = controller()  # no history: only this call's fixed part, measured twice as slow as predicted
+    decision = probed.decide(lengths, {"ms": 14.0}, spent=(2.0 * fixed, 0))
+    assert probed.probe == pytest.approx(2.0) and probed.planned == pytest.approx(2.0)
+    assert int(decision.budget[0]) == int(slowed.budgets(lengths, {"ms": 14.0})[0]) < before
+    noisy = controller()  # a fixed part a little slower than predicted is noise: the history decides
+    assert int(noisy.decide(lengths, {"ms": 14.0}, spent=(1.2 * fixed, 0)).budget[0]) == before
+    quick = controller()  # a fixed part faster than predicted never raises the budget
+    assert int(quick.decide(lengths, {"ms": 14.0}, spent=(0.5 * fixed, 0)).budget[0]) == before
+    assert quick.planned == 1.0 and quick.correction == 1.0  # the probe is not remembered
+    blind = controller(closed_loop=False)
+    assert int(blind.decide(lengths, {"ms": 14.0}, spent=(2.0 * fixed, 0)).budget[0]) == before
+    assert blind.probe is None
+
+
+def test_the_slow_spell_ends_after_a_few_calls_at_the_old_speed():
+    ctl = controller(window=8, recover_after=3)
+    for _ in range(8):
+        ctl.observe(0.01, 0.04)  # loaded: four times slower
+    assert ctl.correction == pytest.approx(4.0, rel=0.05)
+    ctl.observe(0.01, 0.01)
+    ctl.observe(0.01, 0.011)
+    assert ctl.correction > 3.0  # two quick calls may be noise
+    ctl.observe(0.01, 0.01)
+    assert ctl.correction == pytest.approx(1.1)  # three in a row: the load has gone
+    slow = controller(window=8, recover_after=0)
+    for ratio in [4.0] * 8 + [1.0] * 3:
+        slow.observe(0.01, 0.01 * ratio)
+    assert slow.correction > 3.0
+    with pytest.raises(ValueError, match="jump must be >= 1"):
+        controller(jump=0.5)
+
+
+def test_the_correction_starts_from_the_profiles_own_check_on_whole_forwards():
+    profile = synthetic_profile()
+    profile.validation = {"batches": [{"measured_ms": 1.5 * p, "predicted_ms": p} for p in (10.0, 20.0, 30.0)]}
+    ctl = BudgetController(4, profile)
+    assert ctl.correction == pytest.approx(1.5)
+    assert BudgetController(4, profile, closed_loop=False).correction == 1.0  # open loop trusts the profile
+    ctl.observe(0.01, 0.01)
+    ctl.reset()
+    assert ctl.correction == pytest.approx(1.5)
+    assert controller().correction == 1.0  # a profile without a check
+
+
+def test_the_deadline_guard_starts_no_layer_that_would_end_late():
+    times = iter([0.0, 3.0, 6.0, 9.0])
+    guard = DeadlineGuard(10.0, lambda inputs, frames: 3.0, clock=lambda: next(times))
+    assert [guard(i, 1, 50) for i in range(4)] == [True, True, True, False]  # 9 + 3 > 10
+    assert guard.skipped == [3]
+    times = iter([0.0, 6.0, 12.0])  # the layers take twice the predicted time: the guard learns it in the call
+    slow = DeadlineGuard(13.0, lambda inputs, frames: 3.0, clock=lambda: next(times))
+    assert [slow(i, 1, 50) for i in range(3)] == [True, True, False]  # 6 + 3 * 2 <= 13, 12 + 6 > 13
+    times = iter([20.0, 21.0])  # past the deadline already: the first layer still runs (min_layers)
+    late = DeadlineGuard(10.0, lambda inputs, frames: 1.0, correction=2.0, clock=lambda: next(times))
+    assert [late(0, 1, 50), late(1, 1, 50)] == [True, False]

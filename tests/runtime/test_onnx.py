@@ -207,11 +207,15 @@ def test_the_closed_loop_lowers_the_depth_when_calls_run_slower_than_the_profile
     fast = synthetic_profile(fixed=(1e-5, 0.0, 0.0), layer=(1e-5, 0.0, 0.0))
     model = OnnxAdaptiveModel(folder, profile=_cost(fast, True))
     waveform = np.zeros(16000, dtype=np.float32)
-    first = model(waveform, {"ms": 0.1})  # affordable in full by the profile's account
+    open_loop = model.with_controller(_cost(fast, True), closed_loop=False)
+    assert int(open_loop(waveform, {"ms": 0.1}).budget[0]) == 4  # affordable in full by the profile's account
     with pytest.warns(UnmeetableTargetWarning):
+        first = model(waveform, {"ms": 0.1})  # the fixed part's measured time is seen before the budget
+        planned = model.controller.planned
         for _ in range(4):
             out = model(waveform, {"ms": 0.1})
-    assert int(first.budget[0]) == 4 and out.correction > 4 and int(out.budget[0]) < 4
+    assert int(first.budget[0]) < 4 and planned > 4
+    assert out.correction > 4 and int(out.budget[0]) < 4
 
 
 def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
@@ -407,3 +411,17 @@ def test_input_blind_selectors_export_their_mask_per_budget():
     table = selector_description(task)
     assert table["kind"] == "table"
     assert table["table"] == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def test_the_guard_skips_layers_that_would_end_past_the_target_on_onnxruntime(exports):
+    from tests.runtime.test_adaptive import fake_clock
+
+    _, folder = exports["wavlm"]
+    profile = _cost(synthetic_profile(fixed=(0.010, 0.0, 0.0), layer=(0.010, 0.0, 0.0)), True)
+    model = OnnxAdaptiveModel(folder, profile=profile)
+    model.clock = fake_clock([0.010, 0.025])  # the fixed part as predicted, then 25 ms per layer
+    wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    out = model(wave, {"ms": 45.0})
+    assert int(out.budget[0]) == 3 and int(out.layers_run[0]) == 1
+    expected = model.run_with_mask(wave[None], np.array([8000]), out.keep_mask)
+    assert np.abs(out.logits - expected).max() <= 1e-5
