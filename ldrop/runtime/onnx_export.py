@@ -1,7 +1,7 @@
 """Export a trained ldrop model to ONNX: one graph per part, so that ONNX Runtime can skip layers per input.
 
 ``export_onnx(CHECKPOINT, DIR)`` (``ldrop export CHECKPOINT DIR --format onnx``) writes ``manifest.json``,
-``fixed.onnx`` (normalisation, CNN, front end), ``context.onnx`` (WavLM's position bias, computed once for
+``fixed.onnx`` (normalisation, CNN, front end; a filterbank selector's filterbank), ``context.onnx`` (WavLM's position bias, computed once for
 every layer), ``selector.onnx`` (the selector's eval-mode scores; input-blind selectors keep a mask per budget
 in the manifest instead), ``layers/layer_NN.onnx``, ``head.onnx`` and, for early exit, ``heads/exit_NN.onnx``
 (the head of each exit layer but the last, whose head is ``head.onnx``); batch, samples and frames are dynamic axes.
@@ -68,9 +68,14 @@ class FixedPart(nn.Module):
         super().__init__()
         self.task = task
 
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
         encoded = self.task.encode(waveforms, lengths, run_prefix=False)
-        return encoded.features, encoded.frame_mask, encoded.hidden
+        frontend = getattr(self.task.selector, "frontend", None)
+        if frontend is None:
+            return encoded.features, encoded.frame_mask, encoded.hidden
+        # a selector with its own filterbank: it reads that (and its frames) instead of the CNN features
+        features, selector_mask = frontend(encoded.waveforms, encoded.lengths)
+        return features, encoded.frame_mask, encoded.hidden, selector_mask
 
 
 class SharedContext(nn.Module):
@@ -92,7 +97,14 @@ class SelectorScores(nn.Module):
         self.selector = task.selector
 
     def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> Tensor:
-        return self.selector.score(features, frame_mask, budget)
+        frontend = getattr(self.selector, "frontend", None)
+        if frontend is None:
+            return self.selector.score(features, frame_mask, budget)
+        self.selector.frontend = None  # the features are its filterbank already (the fixed graph's)
+        try:
+            return self.selector.score(features, frame_mask, budget)
+        finally:
+            self.selector.frontend = frontend
 
 
 class EncoderLayer(nn.Module):
@@ -252,11 +264,9 @@ def selector_description(task: LayerDropTask) -> dict[str, Any]:
                       "export has its uncalibrated decisions", UserWarning, stacklevel=3)
     # a scoring selector with threshold calibration and the input-blind fallback (the input-conditioned one)
     if selector.input_dependent and all(hasattr(selector, a) for a in ("score", "calibration", "fallback", "mode")):
-        if getattr(selector, "frontend", None) is not None:
-            raise OnnxExportError("the input-conditioned selector with input='fbank' (its own filterbank) is not "
-                                  "exported to ONNX yet; selectors reading the CNN features or encoder layers are")
         thresholds = [None if math.isnan(t) else float(t) for t in selector.calibration.thresholds.tolist()]
         return {"kind": "scores", "class": name, "mode": selector.mode, "prefix_layers": selector.prefix_layers,
+                "input": "fbank" if getattr(selector, "frontend", None) is not None else "model",
                 "thresholds": thresholds, "uses_input": selector.fallback.uses_input.tolist(),
                 "blind_masks": selector.fallback.blind_masks.int().tolist()}
     if selector.input_dependent or selector.random_at_eval:
@@ -411,7 +421,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
     if context.position_bias is not None:
         layer_inputs["position_bias"] = context.position_bias
         graphs["context"] = "context.onnx"
-    fixed_outputs = ["features", "frame_mask", "hidden"]
+    fixed_outputs = ["features", "frame_mask", "hidden"] + (["selector_mask"] if selector.get("input") == "fbank" else [])
     parts = [
         Part("layer", EncoderLayer(task, template), layer_inputs,
              {"hidden": both, "frame_mask": both, "position_bias": {1: DYNAMIC, 2: DYNAMIC}}, ["hidden_out"]),

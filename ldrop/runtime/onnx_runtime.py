@@ -319,15 +319,16 @@ class OnnxAdaptiveModel:
     # ------------------------------------------------------------------ the forward, in parts
     def encode(self, waveforms: np.ndarray, lengths: np.ndarray, run_prefix: bool = True) -> dict[str, np.ndarray]:
         """The budget-independent part, as ``LayerDropTask.encode``: ``{"features", "frame_mask", "hidden"}``,
-        with ``"position_bias"`` (WavLM) and a selector's ``"prefix"`` layers' output."""
+        with ``"position_bias"`` (WavLM), a selector's ``"prefix"`` layers' output, and a filterbank selector's
+        frames (``"selector_mask"``; its ``"features"`` are the filterbank)."""
         if int(lengths.min()) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); got a "
                 f"length of {int(lengths.min())}: pad short clips"
             )
-        features, frame_mask, hidden = self._fixed.run(["features", "frame_mask", "hidden"],
-                                                       {"waveforms": waveforms, "lengths": lengths})
-        encoded = {"features": features, "frame_mask": frame_mask, "hidden": hidden}
+        names = ["features", "frame_mask", "hidden"] + (["selector_mask"] if self._selector.get("input") == "fbank" else [])
+        encoded = dict(zip(names, self._fixed.run(names, {"waveforms": waveforms, "lengths": lengths}), strict=True))
+        frame_mask, hidden = encoded["frame_mask"], encoded["hidden"]
         if self._context is not None:
             encoded["position_bias"] = self._context.run(None, {"frame_mask": frame_mask})[0]
         if run_prefix and self.prefix_layers:
@@ -354,8 +355,8 @@ class OnnxAdaptiveModel:
             if not bool(keep.any(-1).all()):
                 raise RuntimeError(f"the selector has no layers for budgets {sorted(set(budget[~keep.any(-1)].tolist()))}")
             return keep
-        scores = self._scorer.run(None, {"features": encoded["features"], "frame_mask": encoded["frame_mask"],
-                                         "budget": budget})[0]
+        mask = encoded.get("selector_mask", encoded["frame_mask"])  # a filterbank selector's own frames
+        scores = self._scorer.run(None, {"features": encoded["features"], "frame_mask": mask, "budget": budget})[0]
         rest = scores[:, j:]
         if self._selector["mode"] == "threshold":
             thresholds = np.where(budget == n, -np.inf, self._thresholds[budget - 1])

@@ -425,3 +425,19 @@ def test_the_guard_skips_layers_that_would_end_past_the_target_on_onnxruntime(ex
     assert int(out.budget[0]) == 3 and int(out.layers_run[0]) == 1
     expected = model.run_with_mask(wave[None], np.array([8000]), out.keep_mask)
     assert np.abs(out.logits - expected).max() <= 1e-5
+
+
+def test_a_filterbank_selector_exports_with_its_filterbank_in_the_fixed_graph(tmp_path):
+    from tests.runtime.test_adaptive import _fbank_task
+
+    task = _fbank_task().eval()
+    folder = export_onnx(task, tmp_path / "fbank")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["selector"]["input"] == "fbank"
+    model = OnnxAdaptiveModel(folder)
+    waves, lengths = padded_batch(LENGTHS, seed=5)
+    n = task.num_layers
+    for budget in (torch.full((3,), 1), torch.full((3,), n // 2), torch.tensor([1, n // 2, n])):
+        expected, expected_keep = torch_forward(task, waves, lengths, budget)
+        logits, keep, _ = model.forward(waves.numpy(), lengths.numpy(), budget.numpy())
+        assert np.abs(logits - expected).max() <= TOLERANCE and (keep == expected_keep).all()
