@@ -126,9 +126,9 @@ class ControlLoop:
         ``spent``: ``(seconds, layers)`` this call has already spent on its budget-independent part (and that
         many prefix layers). In closed loop, when that part ran more than ``jump`` times slower than the
         correction predicts, the call plans at the measured ratio (:attr:`probe`): a load that starts between
-        calls is seen before the budget is chosen. ``warn=False`` leaves counting inputs that cannot meet the target to the caller.
-        ``ValueError`` for an invalid target, a missing profile or config, or (``on_unmeetable="raise"``) an
-        unmeetable target.
+        calls is seen before the budget is chosen. ``warn=False`` leaves counting inputs that cannot meet the
+        target to the caller. ``ValueError`` for an invalid target, a missing profile or config, or
+        (``on_unmeetable="raise"``) an unmeetable target.
         """
         target = Target.parse(target)
         fixed, layer, allowance = (np.asarray(x, dtype=np.float64) for x in self.costs(sample_lengths, target))
@@ -183,7 +183,8 @@ class ControlLoop:
     def reset(self) -> None:
         """Forget the online correction (start again from the profile's check, see :attr:`profile`)."""
         rows = (getattr(self._profile, "validation", None) or {}).get("batches") or []
-        ratios = sorted(r["measured_ms"] / r["predicted_ms"] for r in rows if min(r["measured_ms"], r["predicted_ms"]) > 0)
+        pairs = [(r.get("measured_ms") or 0, r.get("predicted_ms") or 0) for r in rows if isinstance(r, dict)]
+        ratios = sorted(m / p for m, p in pairs if min(m, p) > 0)
         start = ratios[len(ratios) // 2] if ratios and self.closed_loop else 1.0
         self.correction = self._average = min(self.correction_bounds[1], max(self.correction_bounds[0], start))
         self._recent.clear()
@@ -195,7 +196,8 @@ class DeadlineGuard:
 
     A layer's time is the profile's (``layer_seconds(inputs, frames)``) times the larger of ``correction`` and
     this call's own measured / predicted ratio over the layers run so far. The first ``min_layers`` layers
-    always run. Refused layers are in :attr:`skipped`.
+    always run. Refused layers are in :attr:`skipped`. Each check reads ``clock`` (on CUDA the runtimes' clock
+    synchronises the device first: one sync per layer under a time target).
     """
 
     def __init__(self, deadline: float, layer_seconds: Callable[[int, int], float], correction: float = 1.0,

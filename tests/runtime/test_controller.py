@@ -233,3 +233,9 @@ def test_the_deadline_guard_starts_no_layer_that_would_end_late():
     times = iter([20.0, 21.0])  # past the deadline already: the first layer still runs (min_layers)
     late = DeadlineGuard(10.0, lambda inputs, frames: 1.0, correction=2.0, clock=lambda: next(times))
     assert [late(0, 1, 50), late(1, 1, 50)] == [True, False]
+
+
+def test_a_profile_check_without_times_starts_the_correction_at_one():
+    profile = synthetic_profile()
+    profile.validation = {"batches": [{"batch": 1}, {"measured_ms": 5.0, "predicted_ms": 0.0}]}
+    assert BudgetController(4, profile).correction == 1.0
