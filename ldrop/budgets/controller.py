@@ -8,6 +8,7 @@ below a high quantile of recent ratios (a deadline is about misses).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from torch import Tensor
 from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
 from ldrop.budgets.profile import DeviceProfile, profile_model
 from ldrop.budgets.targets import Target
+from ldrop.engine.flops import decision_flops
 
 #: The quick grid measured when a time target is used without a profile (a few seconds on a CPU).
 QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1, 2), "repeats": 3,
@@ -31,8 +33,8 @@ class BudgetController(ControlLoop):
     Args:
         profile: the device profile (needed for ``ms`` and ``rtf`` targets).
         flops_config: the backbone config (or backbone) for ``gflops_per_second`` targets.
-        extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` every input pays on top (the selector's own
-            cost).
+        extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` every input pays on top (the selector's and
+            the depth policy's own, :func:`~ldrop.engine.flops.decision_flops`).
         **options: :class:`~ldrop.budgets.loop.ControlLoop`'s.
     """
 
@@ -104,10 +106,9 @@ class TargetResolver:
                     warnings.warn("a time target without a profile: measuring a quick one now (pass "
                                   "profile: PATH from 'ldrop profile' to skip this)", stacklevel=3)
                     profile = profile_model(model, **QUICK_GRID)
-            selector = model.selector
             controller = BudgetController(
                 model.num_layers, profile, flops_config=model.backbone.config,
-                extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=False,
+                extra_fixed_flops=functools.partial(decision_flops, model), closed_loop=False,
                 min_budget=max(1, getattr(model, "prefix_layers", 0)),
             )
             self.controllers[target.profile] = controller

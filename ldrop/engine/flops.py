@@ -9,6 +9,7 @@ and attention; elementwise ops not counted), so the numbers can be checked again
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -156,3 +157,11 @@ def count_forward_flops(
         if not keep.is_floating_point():
             keep = keep.to(torch.float64)
     return ForwardFlops(fixed=fixed, per_layer=per_layer, keep=keep)
+
+
+def decision_flops(model: Any, frame_lengths: Tensor) -> Tensor | None:
+    """``[batch]`` FLOPs of what decides the depth beside the backbone: the selector and the depth policy's own
+    modules (allocation's depth head); ``None`` when neither has any."""
+    parts = (getattr(model, "selector", None), getattr(model, "depth", None))
+    flops = [f for f in (part.flops(frame_lengths) for part in parts if part is not None) if f is not None]
+    return sum(flops[1:], flops[0]) if flops else None

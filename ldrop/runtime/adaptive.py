@@ -10,6 +10,7 @@ feeds the measured time back, so the next call adapts to the machine's current s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -31,6 +32,7 @@ from ldrop.budgets import (
     resolve_budget,
 )
 from ldrop.engine import layer_guard
+from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
 from ldrop.tasks import LayerDropTask
 
@@ -106,10 +108,9 @@ class AdaptiveModel:
         self.model = model.eval()
         if profile is not None and not isinstance(profile, DeviceProfile):
             profile = DeviceProfile.load(profile)
-        selector = model.selector
         self.controller = BudgetController(
             model.num_layers, profile, flops_config=model.backbone.config,
-            extra_fixed_flops=selector.flops if selector is not None else None, closed_loop=closed_loop,
+            extra_fixed_flops=functools.partial(decision_flops, model), closed_loop=closed_loop,
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate,
             min_budget=max(1, getattr(model, "prefix_layers", 0)), **controller_options,
         )

@@ -3,8 +3,9 @@
 ``export_onnx(CHECKPOINT, DIR)`` (``ldrop export CHECKPOINT DIR --format onnx``) writes ``manifest.json``,
 ``fixed.onnx`` (normalisation, CNN, front end; a filterbank selector's filterbank), ``context.onnx`` (WavLM's position bias, computed once for
 every layer), ``selector.onnx`` (the selector's eval-mode scores; input-blind selectors keep a mask per budget
-in the manifest instead), ``layers/layer_NN.onnx``, ``head.onnx`` and, for early exit, ``heads/exit_NN.onnx``
-(the head of each exit layer but the last, whose head is ``head.onnx``); batch, samples and frames are dynamic axes.
+in the manifest instead), ``layers/layer_NN.onnx``, ``head.onnx``, for early exit ``heads/exit_NN.onnx`` (the head
+of each exit layer but the last, whose head is ``head.onnx``) and for depth allocation ``depth_head.onnx`` (each
+input's predicted loss at every depth); batch, samples and frames are dynamic axes.
 
 All parts are traced by one ``torch.onnx.export(..., dynamo=True)`` and cut apart; the layers share one traced
 graph, written with each layer's weights. The folder is then checked against PyTorch (an fp32 export more than
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ldrop.backbones.adapter import LayerContext
-from ldrop.engine.flops import frontend_flops, layer_flops
+from ldrop.engine.flops import decision_flops, frontend_flops, layer_flops
 from ldrop.runtime.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
@@ -54,7 +55,7 @@ DYNAMIC = torch.export.Dim.DYNAMIC
 
 
 class OnnxExportError(ValueError):
-    """A model this exporter cannot write (depth allocation, a random or unknown selector, ...)."""
+    """A model this exporter cannot write (a random or unknown selector, a depth policy it does not know, ...)."""
 
 
 # ---------------------------------------------------------------------------------------------- graph modules
@@ -75,7 +76,8 @@ class FixedPart(nn.Module):
             return encoded.features, encoded.frame_mask, encoded.hidden
         # a selector with its own filterbank: it reads that (and its frames) instead of the CNN features
         features, selector_mask = frontend(encoded.waveforms, encoded.lengths)
-        return features, encoded.frame_mask, encoded.hidden, selector_mask
+        model_features = (encoded.features,) if hasattr(self.task.depth, "depth_head") else ()  # the depth head's
+        return features, encoded.frame_mask, encoded.hidden, selector_mask, *model_features
 
 
 class SharedContext(nn.Module):
@@ -105,6 +107,18 @@ class SelectorScores(nn.Module):
             return self.selector.score(features, frame_mask, budget)
         finally:
             self.selector.frontend = frontend
+
+
+class DepthHeadLosses(nn.Module):
+    """``features [B, T, C], frame_mask [B, T] -> losses [B, N]``: depth allocation's predicted loss of each input
+    after ``1..N`` layers."""
+
+    def __init__(self, task: LayerDropTask) -> None:
+        super().__init__()
+        self.depth_head = task.depth.depth_head
+
+    def forward(self, features: Tensor, frame_mask: Tensor) -> Tensor:
+        return self.depth_head(features, frame_mask)
 
 
 class EncoderLayer(nn.Module):
@@ -283,9 +297,16 @@ def selector_description(task: LayerDropTask) -> dict[str, Any]:
 
 
 def depth_description(task: LayerDropTask) -> dict[str, Any]:
-    """The manifest's ``depth``: ``selected`` (the selector's layers, one head) or ``early_exit`` (its exit
-    layers, policy, confidence and calibrated thresholds per budget, ``None`` where uncalibrated)."""
+    """The manifest's ``depth``: ``selected`` (the selector's layers, one head), ``early_exit`` (its exit
+    layers, policy, confidence and calibrated thresholds per budget, ``None`` where uncalibrated) or
+    ``allocated`` (depth allocation's mode, least depth and stream-mode gain thresholds per budget)."""
     depth = task.depth
+    if hasattr(depth, "depth_head"):
+        if depth.needs_calibration() and not depth.calibrated_for(range(1, task.num_layers + 1)):
+            warnings.warn("exporting a stream-mode depth allocation that is not calibrated for every budget: the "
+                          "export runs only the calibrated ones", UserWarning, stacklevel=3)
+        return {"kind": "allocated", "mode": depth.config.mode, "min_layers": depth.min_layers,
+                "thresholds": [None if math.isnan(t) else float(t) for t in depth.depth_head.thresholds.tolist()]}
     if not depth.exit_layers:
         return {"kind": "selected"}
     thresholds = [None if math.isnan(t) else float(t) for t in depth.thresholds.tolist()]
@@ -303,8 +324,9 @@ def flops_law(task: LayerDropTask) -> dict[str, Any]:
         in_channels = out_channels
     frames = torch.arange(FLOPS_TABLE_FRAMES + 1)
     rest = frontend_flops(config, frames)
-    if task.selector is not None:
-        rest = rest + task.selector.flops(frames).to(torch.float64)
+    own = decision_flops(task, frames)  # the selector's and the depth head's
+    if own is not None:
+        rest = rest + own.to(torch.float64)
     one, two = layer_flops(config, torch.tensor([1, 2])).tolist()
     squared = (two - 2 * one) / 2
     return {"cnn": cnn, "frames_table": rest.tolist(), "frames_slope": float(rest[-1] - rest[-3]) / 2,
@@ -343,7 +365,8 @@ def export_onnx(
     say = progress or log.info
     task = load_task(checkpoint_or_model)
     if not task.depth.onnx_exportable:
-        raise OnnxExportError(f"{task.depth} is not exported to ONNX; export a selector, early-exit or full model")
+        raise OnnxExportError(f"{task.depth} is not exported to ONNX; export a selector, early-exit, depth "
+                              "allocation or full model")
     selector = selector_description(task)
     with _staging(out_dir) as staging:
         _write_folder(task, staging, selector, say)
@@ -407,7 +430,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
     if exits:  # early exit: the last exit's head is head.onnx
         (folder / "heads").mkdir()
         graphs["exit_heads"] = {**{str(k): f"heads/exit_{k:02d}.onnx" for k in exits}, str(n): "head.onnx"}
-    # Every dynamic size differs from every other (batches 2..7, frames 31..59): the exporter gives equal
+    # Every dynamic size differs from every other (batches 2..7 and 9, frames 31..59): the exporter gives equal
     # sizes one symbol, which would tie axes that are independent at run time (a sub-batch's frames and the
     # position bias's, one part's batch and another's).
     template = n - 1  # the layer traced for all (the layers share one structure; WavLM's last has no bias table)
@@ -421,7 +444,9 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
     if context.position_bias is not None:
         layer_inputs["position_bias"] = context.position_bias
         graphs["context"] = "context.onnx"
-    fixed_outputs = ["features", "frame_mask", "hidden"] + (["selector_mask"] if selector.get("input") == "fbank" else [])
+    fbank = selector.get("input") == "fbank"  # the selector's own filterbank in "features"; the model's beside it
+    fixed_outputs = ["features", "frame_mask", "hidden"] + (["selector_mask"] if fbank else [])
+    fixed_outputs += ["model_features"] if fbank and depth["kind"] == "allocated" else []
     parts = [
         Part("layer", EncoderLayer(task, template), layer_inputs,
              {"hidden": both, "frame_mask": both, "position_bias": {1: DYNAMIC, 2: DYNAMIC}}, ["hidden_out"]),
@@ -442,6 +467,11 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
         parts.append(Part("selector", SelectorScores(task),
                           {"features": features, "frame_mask": mask, "budget": torch.tensor([1, n, 2, n - 1]).clamp(1, n)},
                           {"features": both, "frame_mask": both, "budget": {0: DYNAMIC}}, ["scores"]))
+    if depth["kind"] == "allocated":
+        graphs["depth_head"] = "depth_head.onnx"
+        features, mask = example_inputs(9, 53, task.depth.depth_head.frame[1].in_features, 6)
+        parts.append(Part("depth_head", DepthHeadLosses(task), {"features": features, "frame_mask": mask},
+                          {"features": both, "frame_mask": both}, ["losses"]))
     say(f"tracing {', '.join(part.name for part in parts)} with torch.onnx.export(dynamo=True)")
     proto, traced = _export_parts(parts)
     opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
@@ -561,6 +591,10 @@ def _check_parity(task: LayerDropTask, folder: Path, say: Callable[[str], None])
             expected = task.compute_logits(task.depth.head_for(exit_layer), task.run_layers(encoded, keep)[0],
                                            encoded.frame_mask).numpy()
             got = runtime.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy(), exit_layer)
+            worst = max(worst, float(np.abs(got - expected).max()))
+        if runtime.depth["kind"] == "allocated":  # the depth head's predicted losses
+            expected = task.depth.depth_head(encoded.features, encoded.frame_mask).numpy()
+            got = runtime.depth_losses(runtime.encode(waves.numpy(), lengths.numpy()))
             worst = max(worst, float(np.abs(got - expected).max()))
     quantized = runtime.manifest["quantize"]
     if not quantized and not worst <= PARITY_TOLERANCE:

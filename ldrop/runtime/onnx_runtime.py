@@ -48,6 +48,7 @@ GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "context": (("frame_mask",), ("position_bias",)),
     "selector": (("features", "frame_mask", "budget"), ("scores",)),
     "layer": (("hidden", "frame_mask"), ("hidden_out",)), "head": (("hidden", "frame_mask"), ("logits",)),
+    "depth_head": (("features", "frame_mask"), ("losses",)),
 }
 
 
@@ -101,7 +102,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         )
     graphs = manifest.get("graphs", {})
     listed = [graphs.get("fixed"), graphs.get("head"), *graphs.get("layers", [])]
-    listed += [graphs[name] for name in ("context", "selector") if graphs.get(name)]
+    listed += [graphs[name] for name in ("context", "selector", "depth_head") if graphs.get(name)]
     listed += graphs.get("exit_heads", {}).values()
     if None in listed[:2] or len(graphs.get("layers", [])) != manifest.get("backbone", {}).get("num_layers"):
         raise OnnxFolderError(f"{str(path)!r} does not list a fixed part, a head and one graph per layer {rerun}")
@@ -174,6 +175,26 @@ def threshold_mask(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.where(passing.any(-1, keepdims=True), passing, best)
 
 
+def allocate_depths(losses: np.ndarray, budget: np.ndarray, depth: dict[str, Any], num_layers: int) -> np.ndarray:
+    """``[batch]`` layers per input under depth allocation, from the depth head's ``[batch, N]`` predicted losses
+    (as :mod:`ldrop.budgets.allocation`): mode ``batch`` gives the budgets' sum of layers to the largest gains
+    of one more layer, ``stream`` takes each input's gains at or above its budget's calibrated threshold."""
+    least = depth["min_layers"]
+    eligible = np.minimum.accumulate((losses[:, :-1] - losses[:, 1:])[:, least - 1:], axis=1)
+    inputs, slots = eligible.shape
+    if depth["mode"] == "batch":
+        extra = int(budget.sum()) - least * inputs
+        if extra < 0:
+            raise ValueError(f"the budgets sum to {int(budget.sum())} layers, below min_layers={least} per input")
+        taken = np.argsort(-eligible.ravel(), kind="stable")[:min(extra, inputs * slots)]
+        return least + np.bincount(taken // slots, minlength=inputs).astype(np.int64)
+    thresholds = np.array([np.nan if t is None else t for t in depth["thresholds"]], dtype=np.float64)[budget - 1]
+    if bool(np.isnan(thresholds).any()):
+        raise RuntimeError(f"allocation (mode: stream) has no gain threshold for budgets "
+                           f"{sorted(set(budget[np.isnan(thresholds)].tolist()))}: calibrate it before exporting")
+    return np.minimum(least + (eligible >= thresholds[:, None]).sum(1), num_layers).astype(np.int64)
+
+
 def ctc_greedy(logits: np.ndarray, frame_mask: np.ndarray, vocabulary: Sequence[str]) -> list[str]:
     """Greedy CTC decoding (best class per real frame, repeats collapsed, blank 0 dropped), as ``CTCTask``."""
     best = np.where(frame_mask, logits.argmax(-1), 0)
@@ -229,11 +250,12 @@ class OnnxAdaptiveModel:
         self._fixed = self._session(onnxruntime, graphs["fixed"], "fixed", options, providers)
         self._context = (self._session(onnxruntime, graphs["context"], "context", options, providers)
                          if graphs.get("context") else None)
-        self._scorer = (self._session(onnxruntime, graphs["selector"], "selector", options, providers)
-                        if graphs.get("selector") else None)
+        self._scorer, self._depth_head = (self._session(onnxruntime, graphs[name], name, options, providers)
+                                          if graphs.get(name) else None for name in ("selector", "depth_head"))
         self._layers = [self._session(onnxruntime, name, "layer", options, providers) for name in graphs["layers"]]
         self._head = self._session(onnxruntime, graphs["head"], "head", options, providers)
-        #: ``selected`` (the selector's layers, one head), or ``early_exit``: a head per exit layer.
+        #: ``selected`` (the selector's layers, one head), ``early_exit`` (a head per exit layer) or ``allocated``
+        #: (a depth head says how many layers each input runs, the selector which).
         self.depth = manifest.get("depth") or {"kind": "selected"}  # folders before early exit have none
         self._exit_heads = {int(k): self._head if name == graphs["head"] else
                             self._session(onnxruntime, name, "head", options, providers)
@@ -320,13 +342,14 @@ class OnnxAdaptiveModel:
     def encode(self, waveforms: np.ndarray, lengths: np.ndarray, run_prefix: bool = True) -> dict[str, np.ndarray]:
         """The budget-independent part, as ``LayerDropTask.encode``: ``{"features", "frame_mask", "hidden"}``,
         with ``"position_bias"`` (WavLM), a selector's ``"prefix"`` layers' output, and a filterbank selector's
-        frames (``"selector_mask"``; its ``"features"`` are the filterbank)."""
+        frames (``"selector_mask"``; its ``"features"`` are the filterbank, the model's are ``"model_features"``
+        when a depth head reads them)."""
         if int(lengths.min()) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); got a "
                 f"length of {int(lengths.min())}: pad short clips"
             )
-        names = ["features", "frame_mask", "hidden"] + (["selector_mask"] if self._selector.get("input") == "fbank" else [])
+        names = [output.name for output in self._fixed.get_outputs()]  # a filterbank selector's and allocation's too
         encoded = dict(zip(names, self._fixed.run(names, {"waveforms": waveforms, "lengths": lengths}), strict=True))
         frame_mask, hidden = encoded["frame_mask"], encoded["hidden"]
         if self._context is not None:
@@ -371,6 +394,12 @@ class OnnxAdaptiveModel:
             rows = budget - 1
             keep = np.where(self._uses_input[rows][:, None], keep, self._blind_masks[rows])
         return keep
+
+    def depth_losses(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        """``[batch, N]`` depth allocation's predicted loss of each input after ``1..N`` layers (its depth head
+        reads what the selector reads: the CNN features, or the prefix layers' output)."""
+        features = encoded["prefix"] if "prefix" in encoded else encoded.get("model_features", encoded["features"])
+        return self._depth_head.run(None, {"features": features, "frame_mask": encoded["frame_mask"]})[0]
 
     def run_layers(self, encoded: dict[str, np.ndarray], keep: np.ndarray, guard: Any = None) -> np.ndarray:
         """Run each layer on the inputs that keep it (padding trimmed per sub-batch); a layer ``guard(index,
@@ -419,7 +448,10 @@ class OnnxAdaptiveModel:
         encoded = self.encode(waveforms, lengths) if encoded is None else encoded
         if self.depth["kind"] == "early_exit":
             return (*self.early_exit(encoded, int(budget[0])), encoded["frame_mask"])
-        keep = self.select(encoded, budget)
+        if self.depth["kind"] == "allocated":  # how many layers each input runs; the selector says which
+            keep = self.select(encoded, allocate_depths(self.depth_losses(encoded), budget, self.depth, self.num_layers))
+        else:
+            keep = self.select(encoded, budget)
         hidden = self.run_layers(encoded, keep, guard)
         if guard is not None and guard.skipped:
             keep = keep.copy()

@@ -70,7 +70,7 @@ class DepthHead(nn.Module):
         raw = self.out(torch.cat([mean, std], -1)).float()
         # the gain of layer d+1 is the sum of the steps from d on: non-negative, non-increasing in d
         gains = F.softplus(raw[:, :-1]).flip(1).cumsum(1).flip(1)
-        tail = torch.cat([gains.flip(1).cumsum(1).flip(1), gains.new_zeros(len(gains), 1)], 1)
+        tail = torch.cat([gains.flip(1).cumsum(1).flip(1), torch.zeros_like(raw[:, -1:])], 1)  # no len(): exportable
         return F.softplus(raw[:, -1:]) + tail
 
     @staticmethod
@@ -96,8 +96,6 @@ class AllocatedLayers(SelectedLayers):
     """A selector picks the layers, a :class:`DepthHead` (registered on the task) how many: training is the
     selector's at a sampled ``k`` (:class:`SelectedLayers`) plus the depth signal; evaluation allocates the
     budget's layers across inputs (``config.mode``) and runs each input's selector mask at its depth."""
-
-    onnx_exportable = False
 
     def __init__(self, selector: LayerSelector, head: nn.Module, depth_head: DepthHead,
                  config: AllocationConfig) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ldrop.engine.flops import count_forward_flops
+from ldrop.engine.flops import count_forward_flops, decision_flops
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,8 @@ class BatchCost:
         """``encoded`` (the task's ``EncodedBatch``) run on ``task`` with ``keep`` (``[batch, layers]``, soft or
         hard: thresholded at 0.5, as sparse execution runs it)."""
         mask = (keep.detach() > 0.5).float()
-        frames = encoded.frame_mask.sum(1)
-        selector_flops = task.selector.flops(frames) if task.selector is not None else None
-        depth_flops = task.depth.flops(frames)  # a depth policy's own modules (allocation's depth head)
-        if depth_flops is not None:
-            selector_flops = depth_flops if selector_flops is None else selector_flops + depth_flops
-        return cls(mask, count_forward_flops(task.backbone.config, encoded.lengths, mask, selector_flops).total, seconds)
+        own = decision_flops(task, encoded.frame_mask.sum(1))
+        return cls(mask, count_forward_flops(task.backbone.config, encoded.lengths, mask, own).total, seconds)
 
     @property
     def layers(self) -> Tensor:

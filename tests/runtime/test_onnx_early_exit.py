@@ -3,10 +3,8 @@ included), the export command, time targets, old folders and a depth policy that
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,7 @@ pytest.importorskip("onnxscript", reason="the ONNX exporter needs the optional e
 from ldrop.runtime import AdaptiveModel, OnnxAdaptiveModel, load_model
 from ldrop.runtime.onnx_export import OnnxExportError, export_onnx
 from ldrop.runtime.onnx_runtime import read_manifest
-from ldrop.selectors import InputConditionedSelector
-from ldrop.tasks import AllocationConfig, ClassificationTask, CTCTask, EarlyExitConfig
+from ldrop.tasks import ClassificationTask, CTCTask, EarlyExitConfig, SelectedLayers
 from tests.helpers import padded_batch, quiet_trainer, tiny_classification_data
 from tests.runtime.conftest import synthetic_profile
 from tests.runtime.test_onnx import LENGTHS, TOLERANCE, _cost, torch_forward
@@ -143,7 +140,7 @@ def test_a_folder_without_a_depth_entry_loads_as_a_one_head_model(ee_exports, tm
     assert np.abs(logits - torch_forward(task, waves, lengths, task.num_layers)[0]).max() <= TOLERANCE
 
 
-def test_an_uncalibrated_confidence_budget_and_depth_allocation_are_named(ee_exports, tmp_path):
+def test_an_uncalibrated_confidence_budget_and_a_depth_policy_the_exporter_does_not_know_are_named(ee_exports, tmp_path):
     task, folder = ee_exports["entropy"]
     copy = tmp_path / "uncalibrated"
     shutil.copytree(folder, copy)
@@ -152,9 +149,15 @@ def test_an_uncalibrated_confidence_budget_and_depth_allocation_are_named(ee_exp
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RuntimeError, match="no confidence threshold calibrated for budget 2"):
         OnnxAdaptiveModel(copy)(np.zeros(16000, dtype=np.float32), 2)
-    allocation = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm", allocation=AllocationConfig(hidden_dim=8),
-                                    selector=functools.partial(InputConditionedSelector, fallback=False))
-    with warnings.catch_warnings(), pytest.raises(OnnxExportError, match=r"depth allocation \(mode: .*\) is not exported"):
-        warnings.simplefilter("ignore")
-        export_onnx(allocation, tmp_path / "allocation")
-    assert not (tmp_path / "allocation").exists()
+
+    class Downstream(SelectedLayers):  # a downstream project's depth policy, not reproduced by the runtime
+        onnx_exportable = False
+
+        def __str__(self) -> str:
+            return "a downstream depth policy"
+
+    task = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm")
+    task.depth = Downstream(task.selector, task.head)
+    with pytest.raises(OnnxExportError, match="a downstream depth policy is not exported"):
+        export_onnx(task, tmp_path / "downstream")
+    assert not (tmp_path / "downstream").exists()

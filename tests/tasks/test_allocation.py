@@ -90,11 +90,3 @@ def test_allocation_needs_a_selector_that_picks_layers_without_validation_data()
     with pytest.raises(ValueError, match="allocation.mode"):
         AllocationConfig(mode="greedy")
 
-
-def test_an_allocation_model_is_not_exported_to_onnx_as_if_it_had_fixed_depths(tmp_path):
-    pytest.importorskip("onnxruntime")
-    from ldrop.runtime.onnx_export import OnnxExportError, export_onnx
-
-    with pytest.raises(OnnxExportError, match="depth allocation \\(mode: batch\\) is not exported"):
-        export_onnx(_model(), tmp_path / "onnx")
-    assert not (tmp_path / "onnx").exists()
