@@ -33,7 +33,9 @@ from ldrop.bench.speedup import (
     load_average,
     parse_budgets,
     run_speedup,
+    say,
     sparse_forward,
+    torch_threads,
 )
 from ldrop.budgets.machine import machine_info
 from ldrop.sweeps import markdown_table
@@ -548,13 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--skip: unknown phase(s) {sorted(unknown)}; phases are {', '.join(PHASES)}")
     if settings.dtype == "bf16" and settings.device == "cpu":
         print("note: bf16 on CPU is slow; the CUDA figures are the point of this benchmark", file=sys.stderr)
-    previous_threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        report = run_all(settings, argv, log=lambda line: print(line, flush=True))
-    finally:
-        torch.set_num_threads(previous_threads)  # main() may run inside a larger process (tests)
+    with torch_threads(settings.threads or None):
+        report = run_all(settings, argv, log=say)
     print()
     print(summary_markdown(report))
     return 0 if all(p["status"] == "ok" for p in report["phases"]) else 1
