@@ -151,10 +151,9 @@ class SyntheticClassificationDataset(_GeneratedDataset):
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.split, self.num_classes, self.seed = split, num_classes, seed
         self.duration_range, self.snr_db_range = duration_range, snr_db_range
-        grid = _tone_grid(num_classes)
-        self.class_frequencies = grid
+        self.class_frequencies = grid = _tone_grid(num_classes)
         # Jitter stays well below half the spacing between neighbouring classes.
-        self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4) if num_classes > 1 else 0.03
+        self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4)
         self.plans = [self._plan(i) for i in range(num_items)]
 
     def _plan(self, index: int) -> _Plan:
@@ -304,16 +303,12 @@ class SyntheticCTCDataset(_GeneratedDataset):
     ``snr_db_range`` covers it all. Targets are the letter strings (``"ab cd"``).
 
     Args:
-        split: ``"train"``, ``"val"`` or ``"test"`` (independent draws).
-        num_items: number of items.
         letters: the letters (single characters, no space).
-        seed: items are a function of ``(seed, split, index)``.
         num_letters_range: ``(min, max)`` letters per item, inclusive.
         letter_seconds_range: ``(min, max)`` duration of one letter in seconds.
         space_prob: probability of a word break between two letters.
-        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB.
-        sample_rate: sample rate of the waveforms.
-        min_samples: see :class:`~ldrop.data.datasets.AudioDataset`.
+        split, num_items, seed, snr_db_range, sample_rate, min_samples: as for
+            :class:`SyntheticClassificationDataset`.
     """
 
     id_prefix = "synthetic-ctc"
