@@ -332,12 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = replay(policies, model, profile, clips, targets, deadline_ms, fixed_k, load, load_span,
                          args.margin, args.seed, runner_class, controller_options)
     load_after = os.getloadavg()[0]
-    for policy in policies:
-        s = summarize(results[policy])
+    summaries = {p: summarize(r) for p, r in results.items()}
+    for policy, s in summaries.items():
         print(f"{policy:>11}: misses {100 * s['miss_rate_all']:5.1f}% (idle {100 * (s['miss_rate_idle'] or 0):.1f}%, "
               f"loaded {100 * (s['miss_rate_loaded'] or 0):.1f}%), layers idle {s['layers_idle'] or 0:.2f} "
               f"loaded {s['layers_loaded'] or 0:.2f}" + (f", accuracy {s['accuracy']:.3f}" if s["accuracy"] is not None else ""))
-    summaries = {p: summarize(r) for p, r in results.items()}
     checks = {}
     if {"closed_loop", "fixed"} <= set(summaries):
         closed, fixed = summaries["closed_loop"], summaries["fixed"]

@@ -33,7 +33,9 @@ from ldrop.bench.speedup import (
     load_average,
     parse_budgets,
     run_speedup,
+    say,
     sparse_forward,
+    torch_threads,
 )
 from ldrop.budgets.machine import machine_info
 from ldrop.sweeps import markdown_table
@@ -203,26 +205,28 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
 
 
 # ---------------------------------------------------------------------------------------------- CLI phases
-def _cli(argv: list[str], log: Path, threads: int | None) -> None:
-    """Run ``ldrop <argv>`` in a child process (``threads`` torch threads), its output to ``log``; a non-zero
-    exit becomes an exception naming the command, its last output line and the log."""
+def _cli(argv: list[str], log: Path, threads: int | None) -> float:
+    """Run ``ldrop <argv>`` in a child process (``threads`` torch threads), its output to ``log``; returns its
+    seconds. A non-zero exit becomes an exception naming the command, its last output line and the log."""
+    start = time.perf_counter()
     status = launch(argv, log, threads)
     if status != 0:
         lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         raise RuntimeError(f"`ldrop {' '.join(argv)}` exited with status {status}"
                            + (f": {lines[-1]}" if lines else "") + f" (output in {log})")
+    return time.perf_counter() - start
 
 
 def run_profile(settings: Settings) -> dict[str, Any]:
     """``ldrop profile`` on this device and dtype; returns the fitted parts and the held-out check."""
     path = settings.out / "profile.json"
-    _cli(["profile", *settings.profile_args, "--device", settings.device, "--dtype", settings.dtype,
-          "--seed", str(settings.seed), "--out", str(path)], settings.out / "profile.log", settings.threads)
+    options = [*settings.profile_args, "--device", settings.device, "--dtype", settings.dtype]
+    _cli(["profile", *options, "--seed", str(settings.seed), "--out", str(path)], settings.out / "profile.log",
+         settings.threads)
     profile = json.loads(path.read_text())
     validation = profile.get("validation") or {}
     return {
-        "command": "ldrop profile " + " ".join([*settings.profile_args, "--device", settings.device,
-                                                 "--dtype", settings.dtype]),
+        "command": "ldrop profile " + " ".join(options),
         "path": str(path),
         "model": profile.get("model"),
         "fixed": profile.get("fixed"),
@@ -249,19 +253,16 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
         common += ["--trainer.max_steps", str(settings.quickstart_steps)]
     fit_dir, test_dir = root / "fit", root / "test"
     shutil.rmtree(root, ignore_errors=True)  # a rerun starts from scratch, not from an old checkpoint
-    start = time.perf_counter()
-    _cli(["fit", *common, "--trainer.default_root_dir", str(fit_dir)], settings.out / "quickstart-fit.log", settings.threads)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = _cli(["fit", *common, "--trainer.default_root_dir", str(fit_dir)], settings.out / "quickstart-fit.log",
+                       settings.threads)
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"ldrop fit wrote no {checkpoint}")
     steps = int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step", -1))
     log(f"quickstart: fit {steps} steps in {fit_seconds:.1f} s; testing (the budget sweep)")
-    start = time.perf_counter()
     sweep_options = _SMALL_SWEEP if settings.small else []
-    _cli(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir), "--ckpt_path", str(checkpoint)],
-         settings.out / "quickstart-test.log", settings.threads)
-    test_seconds = time.perf_counter() - start
+    test_seconds = _cli(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir), "--ckpt_path",
+                         str(checkpoint)], settings.out / "quickstart-test.log", settings.threads)
     return {
         "config": str(settings.quickstart_config), "precision": settings.precision,
         "accelerator": accelerator, "fit_steps": steps, "fit_seconds": fit_seconds,
@@ -450,7 +451,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
                   f"{_pct(check.get('max_abs_relative_error'))}) over {p['held_out_batches']} batches.", ""]
     for phase in _ok(report, "quickstart"):
         q = phase["result"]
-        sweep = [{key: _fmt(row.get(key)) for key in _sweep_columns(q["sweep"])} for row in q["sweep"]]
+        wanted = ("budget_layers", "acc", "wer", "loss", "gflops_per_utterance", "ms_per_utterance")
+        columns = [key for key in wanted if q["sweep"] and key in q["sweep"][0]]
+        sweep = [{key: _fmt(row.get(key)) for key in columns} for row in q["sweep"]]
         lines += [f"Quickstart at {q['precision']} ({q['accelerator']}): `ldrop fit` {q['fit_steps']} steps in "
                   f"{q['fit_seconds']:.1f} s, `ldrop test` (the budget sweep) in {q['test_seconds']:.1f} s:", ""]
         if sweep:
@@ -465,13 +468,6 @@ def summary_markdown(report: dict[str, Any]) -> str:
 def _where(where: dict[str, int]) -> list[str]:
     """``{"read Tensor.tolist at ldrop/engine/gated.py:53": 1}`` -> ``["gated.py:53 x1"]``."""
     return [f"{key.rsplit(' at ', 1)[-1].rsplit('/', 1)[-1]} x{count}" for key, count in where.items()]
-
-
-def _sweep_columns(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
-        return []
-    wanted = ["budget_layers", "acc", "wer", "loss", "gflops_per_utterance", "ms_per_utterance"]
-    return [key for key in wanted if key in rows[0]]
 
 
 def _part(fit: dict[str, Any]) -> str:
@@ -548,13 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--skip: unknown phase(s) {sorted(unknown)}; phases are {', '.join(PHASES)}")
     if settings.dtype == "bf16" and settings.device == "cpu":
         print("note: bf16 on CPU is slow; the CUDA figures are the point of this benchmark", file=sys.stderr)
-    previous_threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        report = run_all(settings, argv, log=lambda line: print(line, flush=True))
-    finally:
-        torch.set_num_threads(previous_threads)  # main() may run inside a larger process (tests)
+    with torch_threads(settings.threads or None):
+        report = run_all(settings, argv, log=say)
     print()
     print(summary_markdown(report))
     return 0 if all(p["status"] == "ok" for p in report["phases"]) else 1

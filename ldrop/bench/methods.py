@@ -90,14 +90,11 @@ class Variant:
         return variant
 
 
-def _option(key: str, value: Any) -> str:
-    """``--key=value`` with the value as the ``ldrop`` command line reads it (YAML/JSON for non-strings)."""
-    return f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
-
-
 def overrides_to_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """``{"model.init_args.lr": 1e-3}`` -> ``["--model.init_args.lr=0.001"]`` (``prefix`` before each key)."""
-    return [_option(prefix + key, value) for key, value in overrides.items()]
+    """``{"model.init_args.lr": 1e-3}`` -> ``["--model.init_args.lr=0.001"]`` (``prefix`` before each key; a
+    value that is not a string as JSON, which the ``ldrop`` command line reads as YAML)."""
+    return [f"--{prefix}{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in overrides.items()]
 
 
 @dataclass
@@ -134,19 +131,15 @@ class Stage:
             return False
 
 
-def ldrop_command() -> list[str]:
-    """The ``ldrop`` console script's entry point, run by this Python (same environment, same ``PYTHONPATH``)."""
-    return [sys.executable, "-c", "import sys; from ldrop.cli import main; sys.exit(main())"]
-
-
 def launch(args: Sequence[str], log: Path, threads: int | None = None) -> int:
-    """Run ``ldrop <args>`` in a child process (this Python, this environment), all output to ``log``;
-    returns its exit status. ``threads`` sets the child's ``OMP_NUM_THREADS`` (torch's CPU threads).
-    Tests replace it with an in-process call of :func:`ldrop.cli.main`."""
+    """Run ``ldrop <args>`` in a child process (the console script's entry point, run by this Python: same
+    environment, same ``PYTHONPATH``), all output to ``log``; returns its exit status. ``threads`` sets the
+    child's ``OMP_NUM_THREADS`` (torch's CPU threads). Tests replace it with an in-process call of
+    :func:`ldrop.cli.main`."""
+    command = [sys.executable, "-c", "import sys; from ldrop.cli import main; sys.exit(main())", *args]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log, "w", encoding="utf-8") as handle:
-        return subprocess.run([*ldrop_command(), *args], stdout=handle, stderr=subprocess.STDOUT, env=env,
-                              check=False).returncode
+        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
 
 def run_stage(stage: Stage, threads: int | None = None, echo: bool = True) -> dict[str, Any]:

@@ -21,12 +21,21 @@ import torch
 
 from ldrop._io import atomic_write_json
 from ldrop.bench.onnx_speed import build_task
+from ldrop.bench.speedup import say
 from ldrop.budgets.machine import machine_info
 from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 from ldrop.selectors import InputConditionedSelector
 from ldrop.sweeps import markdown_table
 from ldrop.tasks import ClassificationTask
+
+
+def _compare(budget: str, expected: np.ndarray, got: np.ndarray, quantized: np.ndarray, masks_equal: Any,
+             distinct_masks: int) -> dict[str, Any]:
+    """One row of :func:`parity_record`: ONNX Runtime fp32 (``got``) and int8 logits against PyTorch's."""
+    return {"budget": budget, "max_abs_diff": float(np.abs(got - expected).max()), "masks_equal": masks_equal,
+            "distinct_masks": distinct_masks, "int8_max_abs_diff": float(np.abs(quantized - expected).max()),
+            "logit_scale": float(np.abs(expected).max())}
 
 
 def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) -> dict[str, Any]:
@@ -53,11 +62,8 @@ def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) ->
             expected, keep = task(waves, lengths, budget_t)
         got, got_keep, _ = fp32.forward(waves.numpy(), lengths.numpy(), budget_t.numpy())
         quantized, _, _ = int8.forward(waves.numpy(), lengths.numpy(), budget_t.numpy())
-        rows.append({"budget": name, "max_abs_diff": float(np.abs(got - expected.numpy()).max()),
-                     "masks_equal": bool(np.array_equal(got_keep, keep.numpy() > 0.5)),
-                     "distinct_masks": len({tuple(r) for r in got_keep.tolist()}),
-                     "int8_max_abs_diff": float(np.abs(quantized - expected.numpy()).max()),
-                     "logit_scale": float(np.abs(expected.numpy()).max())})
+        rows.append(_compare(name, expected.numpy(), got, quantized, bool(np.array_equal(got_keep, keep.numpy() > 0.5)),
+                             len({tuple(r) for r in got_keep.tolist()})))
     # explicit masks, each input its own random layers (1, N/2 and N of them): per-input sub-batches for sure
     keep = torch.zeros(3, n)
     for row, k in enumerate((1, n // 2, n)):
@@ -66,10 +72,7 @@ def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) ->
         expected = task.logits_with_mask(task.encode(waves, lengths), keep).numpy()
     got = fp32.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy())
     quantized = int8.run_with_mask(waves.numpy(), lengths.numpy(), keep.numpy())
-    rows.append({"budget": "random per-input masks", "max_abs_diff": float(np.abs(got - expected).max()),
-                 "masks_equal": "given", "distinct_masks": 3,
-                 "int8_max_abs_diff": float(np.abs(quantized - expected).max()),
-                 "logit_scale": float(np.abs(expected).max())})
+    rows.append(_compare("random per-input masks", expected, got, quantized, "given", 3))
     return {"family": family, "size": size, "num_layers": n, "hidden_size": task.backbone.hidden_size,
             "export_seconds": export_seconds, "folder_mb": {"fp32": folder_megabytes(folder),
                                                              "int8": folder_megabytes(int8_folder)},
@@ -131,10 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-
     with tempfile.TemporaryDirectory(prefix="ldrop-onnx-parity-") as scratch:
         if args.ckpt:
             result: dict[str, Any] = accuracy_record(args.ckpt, args.config, Path(scratch), say)

@@ -10,7 +10,6 @@ threads.
 from __future__ import annotations
 
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -21,7 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldrop.bench.speedup import LARGE, SAMPLING_RATE, keep_masks, load_average, parse_budgets
+from ldrop.bench.speedup import (
+    SAMPLING_RATE,
+    ideal_speedup,
+    interleaved_times,
+    large_overrides,
+    load_average,
+    paired_ratio,
+    parse_budgets,
+    run_options,
+    torch_threads,
+)
 from ldrop.budgets.machine import machine_info
 from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
@@ -33,10 +42,7 @@ def build_task(backbone: str, size: str) -> ClassificationTask:
     """A 2-class task on ``backbone`` at ``size`` (the geometry of :func:`ldrop.bench.speedup.build_config`)."""
     if size == "tiny":
         return ClassificationTask(labels=["a", "b"], backbone=f"tiny:{backbone}").eval()
-    overrides: dict[str, Any] | None = None
-    if size == "large":
-        overrides = dict(LARGE) if backbone == "data2vec" else {**LARGE, "do_stable_layer_norm": True,
-                                                                   "feat_extract_norm": "layer"}
+    overrides = large_overrides(backbone) if size == "large" else None
     return ClassificationTask(labels=["a", "b"], backbone=f"random:{backbone}", pretrained=False,
                               backbone_overrides=overrides).eval()
 
@@ -80,72 +86,44 @@ def _time(task: ClassificationTask, model: OnnxAdaptiveModel, budgets: Sequence[
           seconds: float, repeats: int, warmup: int, threads: int | None, seed: int,
           say: Callable[[str], None]) -> list[dict[str, Any]]:
     num_layers = task.num_layers
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    samples = round(seconds * SAMPLING_RATE)
-    generator = torch.Generator().manual_seed(seed)
-    waves = torch.randn(batch_size, samples, generator=generator)
-    lengths = torch.full((batch_size,), samples, dtype=torch.long)
-    waves_np, lengths_np = waves.numpy(), lengths.numpy()
-    mask_generator = torch.Generator().manual_seed(seed + 1)
-    order_rng = random.Random(seed)
-    variants = ["torch_full", "torch_fixed", "onnx_full", "onnx_fixed"] + [
-        f"{runtime}_{kind}@{k}" for k in budgets for runtime, kind in
-        (("torch", "per_sample"), ("onnx", "per_sample"), ("onnx", "shared"))]
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    load_before = load_average()
-    try:
-        with torch.inference_mode():
-            for round_index in range(warmup + repeats):
-                masks = {k: keep_masks(batch_size, num_layers, k, mask_generator) for k in budgets}
-                order = list(variants)
-                order_rng.shuffle(order)
-                for name in order:
-                    run = _variant(task, model, name, masks, waves, lengths, waves_np, lengths_np)
-                    start = time.perf_counter()
-                    run()
-                    elapsed = time.perf_counter() - start
-                    if round_index >= warmup:
-                        times[name].append(elapsed)
-                say(f"{'warm-up' if round_index < warmup else 'round'} {round_index + 1}/{warmup + repeats}")
+    with torch_threads(threads or None):
+        samples = round(seconds * SAMPLING_RATE)
+        generator = torch.Generator().manual_seed(seed)
+        waves = torch.randn(batch_size, samples, generator=generator)
+        lengths = torch.full((batch_size,), samples, dtype=torch.long)
+        waves_np, lengths_np = waves.numpy(), lengths.numpy()
+        variants = ["torch_full", "torch_fixed", "onnx_full", "onnx_fixed"] + [
+            f"{runtime}_{kind}@{k}" for k in budgets for runtime, kind in
+            (("torch", "per_sample"), ("onnx", "per_sample"), ("onnx", "shared"))]
+        load_before = load_average()
+        times = interleaved_times(
+            variants, lambda name, masks: _variant(task, model, name, masks, waves, lengths, waves_np, lengths_np),
+            budgets, batch_size, num_layers, repeats, warmup, seed, log=say)
         machine = machine_info("cpu")  # with the thread count the timing used
-    finally:
-        torch.set_num_threads(previous_threads)
     machine["load_average_1min"] = {"before": load_before, "after": load_average()}
     machine["onnxruntime_threads"] = threads
     median = {name: statistics.median(values) for name, values in times.items()}
     full, fixed = median["onnx_full"], median["onnx_fixed"]
     records = []
     for k in budgets:
-        ideal = full / (fixed + k / num_layers * (full - fixed))
+        ideal = ideal_speedup(full, fixed, k, num_layers)
         speedup = {kind: full / median[f"onnx_{kind}@{k}"] for kind in ("per_sample", "shared")}
+        own = [name for name in variants if "@" not in name or name.endswith(f"@{k}")]  # this budget's, and k-free
         records.append({
             "benchmark": "speedup", "runtime": "onnx", "num_layers": num_layers, "budget": k,
             "budget_fraction": k / num_layers, "batch_size": batch_size, "seconds": seconds, "repeats": repeats,
             "warmup": warmup, "seed": seed, "machine": machine,
-            "time_s": {"torch_full": median["torch_full"], "torch_fixed": median["torch_fixed"], "onnx_full": full,
-                       "onnx_fixed": fixed,
-                       "torch_per_sample": median[f"torch_per_sample@{k}"],
-                       "onnx_per_sample": median[f"onnx_per_sample@{k}"], "onnx_shared": median[f"onnx_shared@{k}"]},
-            "times_s": {name: values for name, values in times.items() if "@" not in name or name.endswith(f"@{k}")},
+            "time_s": {name.partition("@")[0]: median[name] for name in own},
+            "times_s": {name: times[name] for name in own},
             "speedup": speedup,
             "ideal_speedup": ideal,
             "realized_over_ideal": {kind: value / ideal for kind, value in speedup.items()},
-            "realized_over_ideal_paired": {kind: _paired_ratio(times, kind, k, num_layers)
+            "realized_over_ideal_paired": {kind: paired_ratio(times, kind, k, num_layers, prefix="onnx_")
                                            for kind in ("per_sample", "shared")},
             "onnx_vs_torch": {"full": median["torch_full"] / full,
                               "per_sample": median[f"torch_per_sample@{k}"] / median[f"onnx_per_sample@{k}"]},
         })
     return records
-
-
-def _paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: int) -> float:
-    """ONNX Runtime's realized/ideal within each round, median over rounds (cancels slow drift of the load)."""
-    ratios = []
-    for full, fixed, variant in zip(times["onnx_full"], times["onnx_fixed"], times[f"onnx_{kind}@{k}"], strict=True):
-        ratios.append(full / variant / (full / (fixed + k / num_layers * (full - fixed))))
-    return statistics.median(ratios)
 
 
 def _variant(task: ClassificationTask, model: OnnxAdaptiveModel, name: str, masks: dict[int, dict[str, torch.Tensor]],
@@ -190,10 +168,8 @@ def main(args: Any) -> int:
     if args.device != "cpu" or args.dtype != "fp32":
         raise SystemExit("speedup --runtime onnx: ONNX Runtime is timed on the CPU in fp32 (--quantize dynamic for "
                          "int8 layers)")
-    records = run_onnx_speedup(backbone=args.backbone, size=args.size, batch_size=args.batch_size,
-                               seconds=args.seconds, budgets=args.budgets, repeats=args.repeats, warmup=args.warmup,
-                               threads=args.threads, quantize=args.quantize, export_dir=args.export_dir,
-                               seed=args.seed, log=lambda line: print(line, flush=True))
+    records = run_onnx_speedup(**run_options(args), threads=args.threads, quantize=args.quantize,
+                               export_dir=args.export_dir)
     atomic_write_json(args.json, records)
     first = records[0]
     machine = first["machine"]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json
+from ldrop.bench.speedup import torch_threads
 from ldrop.budgets.machine import machine_info
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
@@ -137,12 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace) -> int:

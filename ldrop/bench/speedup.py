@@ -13,7 +13,8 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -35,6 +36,11 @@ SAMPLING_RATE = 16_000
 LARGE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096)
 
 
+def large_overrides(family: str) -> dict[str, Any]:
+    """The config overrides of ``family`` at the "large" size: :data:`LARGE`, pre-norm but Data2VecAudio."""
+    return dict(LARGE) if family == "data2vec" else {**LARGE, "do_stable_layer_norm": True, "feat_extract_norm": "layer"}
+
+
 def build_config(family: str, size: str) -> PretrainedConfig:
     """A config of ``family`` at ``size``: ``base``, ``large`` (24 layers, pre-norm but Data2VecAudio) or
     ``tiny``."""
@@ -44,9 +50,7 @@ def build_config(family: str, size: str) -> PretrainedConfig:
     if size == "base":
         return config_cls()
     if size == "large":
-        if family == "data2vec":
-            return config_cls(**LARGE)
-        return config_cls(**LARGE, do_stable_layer_norm=True, feat_extract_norm="layer")
+        return config_cls(**large_overrides(family))
     if size == "tiny":
         return tiny_config(family)
     raise ValueError(f"unknown size {size!r}; choose from {SIZES}")
@@ -101,6 +105,72 @@ def load_average() -> float | None:
         return None
 
 
+def say(line: str) -> None:
+    """A benchmark's progress line, printed at once."""
+    print(line, flush=True)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` (``None``: as they are) inside, restored after: a
+    benchmark's ``main`` may run inside a larger process (tests)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def ideal_speedup(full: float, fixed: float, k: int, num_layers: int) -> float:
+    """``T_full / (T_fixed + k / N * (T_full - T_fixed))``: the speed-up if the layers' time scaled with ``k``."""
+    return full / (fixed + k / num_layers * (full - fixed))
+
+
+def paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: int, prefix: str = "") -> float:
+    """Median over rounds of realized/ideal within each round (cancels load that drifts over minutes) of the
+    variants ``<prefix>full``, ``<prefix>fixed`` and ``<prefix><kind>@<k>``."""
+    rounds = zip(times[f"{prefix}full"], times[f"{prefix}fixed"], times[f"{prefix}{kind}@{k}"], strict=True)
+    return statistics.median([full / variant / ideal_speedup(full, fixed, k, num_layers) for full, fixed, variant in rounds])
+
+
+def interleaved_times(
+    variants: Sequence[str], call: Callable[[str, dict[int, dict[str, Tensor]]], Callable[[], Any]],
+    budgets: Sequence[int], batch_size: int, num_layers: int, repeats: int, warmup: int, seed: int,
+    sync: Callable[[], Any] = lambda: None, log: Callable[[str], None] | None = None,
+    detail: Callable[[dict[str, float]], str] = lambda elapsed: "",
+) -> dict[str, list[float]]:
+    """Seconds of each variant in ``repeats`` timed rounds after ``warmup`` untimed ones (inference mode).
+
+    Each round draws fresh :func:`keep_masks` per budget (the per-sample cost depends on how the kept layers
+    fall into sub-batches: the median covers many draws), then times ``call(name, masks)()`` of every variant
+    once, between two ``sync()``, in a fresh random order; ``log`` gets a line per round, ``detail`` its end.
+    """
+    mask_generator = torch.Generator().manual_seed(seed + 1)
+    order_rng = random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for round_index in range(warmup + repeats):
+            masks = {k: keep_masks(batch_size, num_layers, k, mask_generator) for k in budgets}
+            order = list(variants)
+            order_rng.shuffle(order)
+            elapsed: dict[str, float] = {}
+            for name in order:
+                run = call(name, masks)
+                sync()
+                start = time.perf_counter()
+                run()
+                sync()
+                elapsed[name] = time.perf_counter() - start
+                if round_index >= warmup:
+                    times[name].append(elapsed[name])
+            if log is not None:
+                phase = "warm-up" if round_index < warmup else "round"
+                log(f"{phase} {round_index + 1}/{warmup + repeats}{detail(elapsed)}")
+    return times
+
+
 def _config_summary(config: PretrainedConfig) -> dict[str, Any]:
     keys = (
         "model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
@@ -151,13 +221,16 @@ def run_speedup(
         features, frame_mask = model.extract_features(waves, lengths)
         return model.frontend(features, frame_mask)
 
-    # A fresh pair of masks per budget and round: the per-sample cost depends on how the kept layers fall
-    # into sub-batches, so the median covers many draws rather than one lucky or unlucky one.
-    mask_generator = torch.Generator().manual_seed(seed + 1)
-    order_rng = random.Random(seed)
-    variants = ["full", "fixed"] + [f"{kind}@{k}" for k in budgets for kind in ("per_sample", "shared")]
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    def call(name: str, masks: dict[int, dict[str, Tensor]]) -> Callable[[], Any]:
+        if name == "full":
+            return lambda: model(waves, lengths)
+        if name == "fixed":
+            return fixed_part
+        kind, k = name.split("@")
+        keep = masks[int(k)][kind].to(torch_device)
+        return lambda: sparse_forward(model, waves, lengths, keep)
 
+    variants = ["full", "fixed"] + [f"{kind}@{k}" for k in budgets for kind in ("per_sample", "shared")]
     load_before = load_average()
     cores = os.cpu_count() or 1
     if log is not None and torch_device.type == "cpu" and load_before is not None and load_before > cores / 2:
@@ -165,32 +238,8 @@ def run_speedup(
             f"note: load average {load_before:.1f} on {cores} cores; other processes will add noise (and, with "
             "spinning OpenMP threads, slow down many-small-op runs: OMP_WAIT_POLICY=PASSIVE helps)"
         )
-    with torch.inference_mode():
-        for round_index in range(warmup + repeats):
-            masks = {k: keep_masks(batch_size, num_layers, k, mask_generator) for k in budgets}
-            order = list(variants)
-            order_rng.shuffle(order)
-            for name in order:
-                if name == "full":
-                    run = lambda: model(waves, lengths)  # noqa: E731
-                elif name == "fixed":
-                    run = fixed_part
-                else:
-                    kind, k = name.split("@")
-                    keep = masks[int(k)][kind].to(torch_device)
-                    run = lambda keep=keep: sparse_forward(model, waves, lengths, keep)  # noqa: E731
-                sync()
-                start = time.perf_counter()
-                run()
-                sync()
-                elapsed = time.perf_counter() - start
-                if name == "full":
-                    last_full = elapsed
-                if round_index >= warmup:
-                    times[name].append(elapsed)
-            if log is not None:
-                phase = "warm-up" if round_index < warmup else "round"
-                log(f"{phase} {round_index + 1}/{warmup + repeats}: full forward {last_full:.3f} s")
+    times = interleaved_times(variants, call, budgets, batch_size, num_layers, repeats, warmup, seed, sync, log,
+                              detail=lambda elapsed: f": full forward {elapsed['full']:.3f} s")
 
     machine = machine_info(torch_device)
     # Other processes competing for the cores are the main source of noise on a shared CPU machine.
@@ -200,12 +249,13 @@ def run_speedup(
     full_flops = count_forward_flops(config, lengths.cpu())
     records = []
     for k in budgets:
-        ideal = t_full / (t_fixed + k / num_layers * (t_full - t_fixed))
+        ideal = ideal_speedup(t_full, t_fixed, k, num_layers)
         # All utterances have the same length, so any k kept layers cost the same FLOPs.
         keep = torch.zeros(batch_size, num_layers)
         keep[:, :k] = 1.0
         flops = count_forward_flops(config, lengths.cpu(), keep)
         speedup = {kind: t_full / median[f"{kind}@{k}"] for kind in ("per_sample", "shared")}
+        columns = {"full": "full", "fixed": "fixed", "per_sample": f"per_sample@{k}", "shared": f"shared@{k}"}
         records.append(
             {
                 "benchmark": "speedup",
@@ -224,19 +274,13 @@ def run_speedup(
                 "warmup": warmup,
                 "seed": seed,
                 "machine": machine,
-                "time_s": {
-                    "full": t_full, "fixed": t_fixed, "per_sample": median[f"per_sample@{k}"],
-                    "shared": median[f"shared@{k}"],
-                },
-                "times_s": {
-                    "full": times["full"], "fixed": times["fixed"], "per_sample": times[f"per_sample@{k}"],
-                    "shared": times[f"shared@{k}"],
-                },
+                "time_s": {key: median[name] for key, name in columns.items()},
+                "times_s": {key: times[name] for key, name in columns.items()},
                 "speedup": speedup,
                 "ideal_speedup": ideal,
                 "realized_over_ideal": {kind: value / ideal for kind, value in speedup.items()},
                 "realized_over_ideal_paired": {
-                    kind: _paired_ratio(times, kind, k, num_layers) for kind in ("per_sample", "shared")
+                    kind: paired_ratio(times, kind, k, num_layers) for kind in ("per_sample", "shared")
                 },
                 "flops": {
                     "full_per_utterance": full_flops.total[0].item(),
@@ -248,15 +292,6 @@ def run_speedup(
             }
         )
     return records
-
-
-def _paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: int) -> float:
-    """Median over rounds of realized/ideal within each round (cancels load that drifts over minutes)."""
-    ratios = []
-    for full, fixed, variant in zip(times["full"], times["fixed"], times[f"{kind}@{k}"], strict=True):
-        ideal = full / (fixed + k / num_layers * (full - fixed))
-        ratios.append(full / variant / ideal)
-    return statistics.median(ratios)
 
 
 def results_table(records: Sequence[dict[str, Any]]) -> str:
@@ -304,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options :func:`run_speedup` and :func:`~ldrop.bench.onnx_speed.run_onnx_speedup` share, from the
+    command line, and :func:`say` as the log."""
+    names = ("backbone", "size", "batch_size", "seconds", "budgets", "repeats", "warmup", "seed")
+    return {name: getattr(args, name) for name in names} | {"log": say}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m ldrop.bench speedup``."""
     args = build_parser().parse_args(argv)
@@ -311,25 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ldrop.bench.onnx_speed import main as onnx_main
 
         return onnx_main(args)
-    previous_threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        records = run_speedup(
-            backbone=args.backbone,
-            size=args.size,
-            batch_size=args.batch_size,
-            seconds=args.seconds,
-            budgets=args.budgets,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            device=args.device,
-            dtype=args.dtype,
-            seed=args.seed,
-            log=lambda line: print(line, flush=True),
-        )
-    finally:
-        torch.set_num_threads(previous_threads)  # main() may run inside a larger process (tests)
+    with torch_threads(args.threads):
+        records = run_speedup(**run_options(args), device=args.device, dtype=args.dtype)
     atomic_write_json(args.json, records)
     first = records[0]
     print(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,17 +61,28 @@ def _add_noise(signal: np.ndarray, voiced: np.ndarray, snr_db: float, rng: np.ra
     return (0.5 * mixed / max(float(np.abs(mixed).max()), 1e-8)).astype(np.float32)
 
 
-class _GeneratedDataset(AudioDataset):
-    """Common part of the generated datasets: one seeded plan per item, drawn at construction.
+@dataclass(frozen=True)
+class _Plan:
+    """What is known of an item before rendering it."""
 
-    A plan holds what is known before rendering (length, SNR, target); a subclass sets :attr:`split`,
-    :attr:`seed` and :attr:`plans` and renders an item in :meth:`load` from ``(seed, split, index)``.
+    target: int | str
+    num_samples: int
+    snr_db: float
+    family: int = 0  # the mixed set: an index into MIXED_FAMILIES
+    segments: tuple[tuple[int, int, int], ...] = ()  # CTC: (letter index, first sample, sample count)
+
+
+class _GeneratedDataset(AudioDataset):
+    """Common part of the generated datasets: one seeded :class:`_Plan` per item, drawn at construction.
+
+    A subclass sets :attr:`split`, :attr:`seed` and :attr:`plans` and renders an item in :meth:`load` from
+    ``(seed, split, index)``.
     """
 
     id_prefix = "synthetic"
     split: Literal["train", "val", "test"]
     seed: int
-    plans: list
+    plans: list[_Plan]
 
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index, stream])
@@ -91,16 +102,13 @@ class _GeneratedDataset(AudioDataset):
         return [self._id(i) for i in range(len(self))]
 
     @property
+    def targets(self) -> list[int | str]:
+        return [p.target for p in self.plans]
+
+    @property
     def snr_db(self) -> list[float]:
         """Signal-to-noise ratio of each item in dB (lower = harder)."""
         return [p.snr_db for p in self.plans]
-
-
-@dataclass(frozen=True)
-class _ClassificationPlan:
-    target: int
-    num_samples: int
-    snr_db: float
 
 
 class SyntheticClassificationDataset(_GeneratedDataset):
@@ -123,6 +131,7 @@ class SyntheticClassificationDataset(_GeneratedDataset):
     """
 
     id_prefix = "synthetic-cls"
+    num_families = 1
 
     def __init__(
         self,
@@ -142,24 +151,20 @@ class SyntheticClassificationDataset(_GeneratedDataset):
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.split, self.num_classes, self.seed = split, num_classes, seed
         self.duration_range, self.snr_db_range = duration_range, snr_db_range
-        grid = _tone_grid(num_classes)
-        self.class_frequencies = grid
+        self.class_frequencies = grid = _tone_grid(num_classes)
         # Jitter stays well below half the spacing between neighbouring classes.
-        self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4) if num_classes > 1 else 0.03
+        self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4)
         self.plans = [self._plan(i) for i in range(num_items)]
 
-    def _plan(self, index: int) -> _ClassificationPlan:
+    def _plan(self, index: int) -> _Plan:
         rng = self._rng(index, 0)
         seconds = rng.uniform(*self.duration_range)
-        return _ClassificationPlan(
+        return _Plan(
             target=index % self.num_classes,
             num_samples=max(1, round(seconds * self.sample_rate)),
             snr_db=float(rng.uniform(*self.snr_db_range)),
+            family=(index // self.num_classes) % self.num_families,
         )
-
-    @property
-    def targets(self) -> list[int | str]:
-        return [p.target for p in self.plans]
 
     def load(self, index: int) -> AudioExample:
         plan = self.plans[index]
@@ -200,14 +205,6 @@ def _ordered_pairs(count: int) -> list[tuple[int, int]]:
     return pairs[:count]
 
 
-@dataclass(frozen=True)
-class _MixedPlan:
-    target: int
-    family: int
-    num_samples: int
-    snr_db: float
-
-
 class SyntheticMixedClassificationDataset(_GeneratedDataset):
     """Seeded classification where each input family carries its class by a different cue.
 
@@ -227,19 +224,14 @@ class SyntheticMixedClassificationDataset(_GeneratedDataset):
     through the classes (``index % num_classes``) and families through the families
     (``(index // num_classes) % 3``), so both are balanced.
 
-    Args:
-        split: ``"train"``, ``"val"`` or ``"test"`` (independent draws).
-        num_items: number of items.
-        num_classes: number of classes (2-12).
-        seed: items are a function of ``(seed, split, index)``.
-        duration_range: ``(min, max)`` item duration in seconds (at least 0.3 s: two tones and a few
-            modulation cycles must fit).
-        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB.
-        sample_rate: sample rate of the waveforms (at least 16 kHz: the "order" band reaches 4.5 kHz).
-        min_samples: see :class:`~ldrop.data.datasets.AudioDataset`.
+    The arguments are those of :class:`SyntheticClassificationDataset`, with ``num_classes`` in 2-12,
+    ``duration_range`` from 0.3 s (two tones and a few modulation cycles must fit) and ``sample_rate`` at least
+    16 kHz (the "order" band reaches 4.5 kHz).
     """
 
     id_prefix = "synthetic-mixed"
+    num_families = len(MIXED_FAMILIES)
+    _plan = SyntheticClassificationDataset._plan  # the same draws; the family cycles through three
 
     def __init__(
         self,
@@ -268,20 +260,6 @@ class SyntheticMixedClassificationDataset(_GeneratedDataset):
         self.order_pairs = _ordered_pairs(num_classes)
         self.order_frequencies = np.geomspace(*_ORDER_BAND_HZ, max(max(p) for p in self.order_pairs) + 1)
         self.plans = [self._plan(i) for i in range(num_items)]
-
-    def _plan(self, index: int) -> _MixedPlan:
-        rng = self._rng(index, 0)
-        seconds = rng.uniform(*self.duration_range)
-        return _MixedPlan(
-            target=index % self.num_classes,
-            family=(index // self.num_classes) % len(MIXED_FAMILIES),
-            num_samples=max(1, round(seconds * self.sample_rate)),
-            snr_db=float(rng.uniform(*self.snr_db_range)),
-        )
-
-    @property
-    def targets(self) -> list[int | str]:
-        return [p.target for p in self.plans]
 
     @property
     def families(self) -> list[str]:
@@ -314,14 +292,6 @@ class SyntheticMixedClassificationDataset(_GeneratedDataset):
         return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
 
 
-@dataclass(frozen=True)
-class _CTCPlan:
-    transcript: str
-    segments: tuple[tuple[int, int, int], ...]  # (letter index, first sample, sample count)
-    num_samples: int
-    snr_db: float
-
-
 class SyntheticCTCDataset(_GeneratedDataset):
     """Seeded tone-letter transcription: each letter is a short tone of its own frequency.
 
@@ -333,16 +303,12 @@ class SyntheticCTCDataset(_GeneratedDataset):
     ``snr_db_range`` covers it all. Targets are the letter strings (``"ab cd"``).
 
     Args:
-        split: ``"train"``, ``"val"`` or ``"test"`` (independent draws).
-        num_items: number of items.
         letters: the letters (single characters, no space).
-        seed: items are a function of ``(seed, split, index)``.
         num_letters_range: ``(min, max)`` letters per item, inclusive.
         letter_seconds_range: ``(min, max)`` duration of one letter in seconds.
         space_prob: probability of a word break between two letters.
-        snr_db_range: ``(min, max)`` signal-to-noise ratio in dB.
-        sample_rate: sample rate of the waveforms.
-        min_samples: see :class:`~ldrop.data.datasets.AudioDataset`.
+        split, num_items, seed, snr_db_range, sample_rate, min_samples: as for
+            :class:`SyntheticClassificationDataset`.
     """
 
     id_prefix = "synthetic-ctc"
@@ -374,7 +340,7 @@ class SyntheticCTCDataset(_GeneratedDataset):
         self.letter_frequencies = _tone_grid(len(letters))
         self.plans = [self._plan(i) for i in range(num_items)]
 
-    def _plan(self, index: int) -> _CTCPlan:
+    def _plan(self, index: int) -> _Plan:
         rng, sr = self._rng(index, 0), self.sample_rate
         count = int(rng.integers(self.num_letters_range[0], self.num_letters_range[1] + 1))
         letter_ids = rng.integers(len(self.letters), size=count)
@@ -393,16 +359,12 @@ class SyntheticCTCDataset(_GeneratedDataset):
             text.append(self.letters[int(letter)])
             position += length
         position += round(rng.uniform(0.05, 0.15) * sr)
-        return _CTCPlan("".join(text), tuple(segments), position, float(rng.uniform(*self.snr_db_range)))
+        return _Plan("".join(text), position, float(rng.uniform(*self.snr_db_range)), segments=tuple(segments))
 
     @property
     def alphabet(self) -> str:
         """Every character a transcript can hold: the letters, plus space when ``space_prob > 0``."""
         return self.letters + (" " if self.space_prob > 0 else "")
-
-    @property
-    def targets(self) -> list[int | str]:
-        return [p.transcript for p in self.plans]
 
     def load(self, index: int) -> AudioExample:
         plan = self.plans[index]
@@ -415,7 +377,7 @@ class SyntheticCTCDataset(_GeneratedDataset):
             signal[first : first + length] = tone * _fade(length, sr)
             voiced[first : first + length] = True
         waveform = _add_noise(signal, voiced, plan.snr_db, rng)
-        return AudioExample(torch.from_numpy(waveform), plan.transcript, self._id(index))
+        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
 
 
 def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> None:
@@ -426,11 +388,14 @@ def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> 
 
 
 class _SyntheticDataModule(AudioDataModule):
-    """Common part of the generated-data modules: splits of fixed sizes, predict = test."""
+    """Common part of the generated-data modules: splits of fixed sizes, predict = test; a split is a
+    :attr:`dataset_class` built with :attr:`dataset_kwargs`."""
 
     # Generated items cannot be bad files: ``skip_bad_files`` is no option here (it stays False, and an
     # error about a bad ``predict_on_files`` input does not suggest it).
     takes_skip_bad_files = False
+    dataset_class: type[_GeneratedDataset]
+    dataset_kwargs: dict[str, Any]
 
     def __init__(self, num_train: int, num_val: int, num_test: int, **kwargs) -> None:
         super().__init__(root=None, skip_bad_files=False, **kwargs)
@@ -440,7 +405,10 @@ class _SyntheticDataModule(AudioDataModule):
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
 
     def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
-        raise NotImplementedError
+        return self.dataset_class(  # type: ignore[call-arg]
+            split, num_items, seed=self.seed, sample_rate=self.sample_rate, min_samples=self.min_samples,
+            **self.dataset_kwargs,
+        )
 
     def build_dataset(self, split: Split) -> AudioDataset:
         name = "test" if split == "predict" else split
@@ -465,6 +433,7 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
     """
 
     task = "classification"
+    dataset_class = SyntheticClassificationDataset
 
     def __init__(
         self,
@@ -479,23 +448,11 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
         super().__init__(num_train, num_val, num_test, **kwargs)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        _check_range("duration_range", duration_range, positive=True)
-        _check_range("snr_db_range", snr_db_range)
-        self.duration_range = tuple(duration_range)
-        self.snr_db_range = tuple(snr_db_range)
-        self.class_names: list[str] = [f"class_{c}" for c in range(num_classes)]
-
-    def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
-        return SyntheticClassificationDataset(
-            split,
-            num_items,
-            num_classes=len(self.class_names),
-            seed=self.seed,
-            duration_range=self.duration_range,  # type: ignore[arg-type]
-            snr_db_range=self.snr_db_range,  # type: ignore[arg-type]
-            sample_rate=self.sample_rate,
-            min_samples=self.min_samples,
+        self.dataset_kwargs = dict(
+            num_classes=num_classes, duration_range=tuple(duration_range), snr_db_range=tuple(snr_db_range)
         )
+        self.make_dataset("train", 0)  # check the arguments now rather than at setup
+        self.class_names: list[str] = [f"class_{c}" for c in range(num_classes)]
 
 
 class SyntheticMixedClassificationDataModule(_SyntheticDataModule):
@@ -517,6 +474,7 @@ class SyntheticMixedClassificationDataModule(_SyntheticDataModule):
     """
 
     task = "classification"
+    dataset_class = SyntheticMixedClassificationDataset
 
     def __init__(
         self,
@@ -532,19 +490,8 @@ class SyntheticMixedClassificationDataModule(_SyntheticDataModule):
         self.dataset_kwargs = dict(
             num_classes=num_classes, duration_range=tuple(duration_range), snr_db_range=tuple(snr_db_range)
         )
-        # Validate the arguments now rather than at setup.
-        SyntheticMixedClassificationDataset("train", 0, sample_rate=self.sample_rate, **self.dataset_kwargs)  # type: ignore[arg-type]
+        self.make_dataset("train", 0)  # check the arguments now rather than at setup
         self.class_names: list[str] = [f"class_{c}" for c in range(num_classes)]
-
-    def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
-        return SyntheticMixedClassificationDataset(
-            split,
-            num_items,
-            seed=self.seed,
-            sample_rate=self.sample_rate,
-            min_samples=self.min_samples,
-            **self.dataset_kwargs,  # type: ignore[arg-type]
-        )
 
 
 class SyntheticCTCDataModule(_SyntheticDataModule):
@@ -567,6 +514,7 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
     """
 
     task = "ctc"
+    dataset_class = SyntheticCTCDataset
 
     def __init__(
         self,
@@ -588,8 +536,7 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
             space_prob=space_prob,
             snr_db_range=tuple(snr_db_range),
         )
-        # Validate the arguments now rather than at setup.
-        SyntheticCTCDataset("train", 0, seed=self.seed, sample_rate=self.sample_rate, **self.dataset_kwargs)  # type: ignore[arg-type]
+        self.make_dataset("train", 0)  # check the arguments now rather than at setup
         self.letters = letters
         self.space_prob = space_prob
 
@@ -597,13 +544,3 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
     def alphabet(self) -> str:
         """Every character a transcript can hold: the letters, plus space when ``space_prob > 0``."""
         return self.letters + (" " if self.space_prob > 0 else "")
-
-    def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
-        return SyntheticCTCDataset(
-            split,
-            num_items,
-            seed=self.seed,
-            sample_rate=self.sample_rate,
-            min_samples=self.min_samples,
-            **self.dataset_kwargs,  # type: ignore[arg-type]
-        )

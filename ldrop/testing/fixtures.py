@@ -50,14 +50,20 @@ class FixtureTree:
     splits: dict[str, list[FixtureClip]] = field(default_factory=dict)
 
 
+def _new_file(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, its folder created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_audio(
     path: str | os.PathLike, num_frames: int, sample_rate: int = 16000, seed: int = 0, channels: int = 1,
     format: str | None = None, subtype: str = "PCM_16",
 ) -> Path:
     """Write a seeded tone-plus-noise signal (``[num_frames, channels]``) to an audio file (format from the
     extension by default)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _new_file(path)
     sf.write(path, _signal(num_frames, sample_rate, seed, channels), sample_rate, format=format, subtype=subtype)
     return path
 
@@ -78,8 +84,7 @@ def write_nonfinite_wav(
     silently."""
     data = (0.3 * np.sin(2 * np.pi * 440 * np.arange(num_frames) / sample_rate)).astype(np.float32)
     data[bad_frame] = value
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _new_file(path)
     sf.write(path, data, sample_rate, subtype="FLOAT")
     return path
 
@@ -108,8 +113,7 @@ def write_untagged_mp3(path: str | os.PathLike, num_frames: int, sample_rate: in
     first = _mpeg_frame_bytes(content[:4])
     if first is None or not {b"Xing", b"Info"} & {content[i : i + 4] for i in range(4, min(first, 64))}:
         raise ValueError("the MP3 encoder wrote no Xing/Info tag in its first frame")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _new_file(path)
     path.write_bytes(content[first:])
     return path
 
@@ -220,12 +224,9 @@ def make_tedlium_tree(
                     )
                     position = round((noise_end + 0.1) * 100) / 100
             total = round((position + 0.5) * 16000)
-            (folder / "stm").mkdir(parents=True, exist_ok=True)
-            (folder / "sph").mkdir(parents=True, exist_ok=True)
-            (folder / "stm" / f"{talk_id}.stm").write_text("".join(lines), encoding="utf-8")
-            sf.write(
-                folder / "sph" / f"{talk_id}.sph", time_code(total), 16000, format="NIST", subtype="PCM_16"
-            )
+            _new_file(folder / "stm" / f"{talk_id}.stm").write_text("".join(lines), encoding="utf-8")
+            sf.write(_new_file(folder / "sph" / f"{talk_id}.sph"), time_code(total), 16000, format="NIST",
+                     subtype="PCM_16")
     return tree
 
 
@@ -291,8 +292,7 @@ def make_esc50_tree(
                 tree.splits[str(fold)].append(
                     FixtureClip(name, path, ESC50_CLASSES[target], frames, sample_rate)
                 )
-    (corpus / "meta").mkdir(parents=True, exist_ok=True)
-    with open(corpus / "meta" / "esc50.csv", "w", newline="", encoding="utf-8") as f:
+    with open(_new_file(corpus / "meta" / "esc50.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
         writer.writerows(rows)
@@ -346,7 +346,7 @@ def make_manifest_corpus(
 
 
 def _write_manifest(path: Path, rows: list[dict], format: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _new_file(path)
     if format == "jsonl":
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         return
