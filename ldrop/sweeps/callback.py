@@ -170,11 +170,11 @@ class BudgetSweep(L.Callback):
                 if name in row:
                     pl_module.log(f"test/{name}@{k}", float(row[name]), sync_dist=False)  # already all ranks
         self.rows = rows
-        # every rank computes the target rows (their sums sync across ranks); rank 0 writes
+        # every rank computes the target rows (sums synced over ranks) and the folder (log_dir broadcasts); rank 0 writes
         self.target_rows = self.target_scorer.rows(pl_module) if self.target_scorer else []
+        directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
-        directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
         paths = write_sweep(rows, directory, usage, self.target_rows, self.item_scorer and self.item_scorer.result)
         columns = ["budget_layers", "executed_layers", *pl_module.metric_names, "gflops_per_utterance",
                    "ms_per_utterance", "distinct_masks", "uses_input"]

@@ -67,7 +67,13 @@ def calibrate_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | N
     if datamodule is not None and not (callable(has_split) and not has_split("val")):
         datamodule.setup("validate")
         loader = datamodule.val_dataloader()
+        sampler = getattr(loader, "batch_sampler", None)
+        if getattr(sampler, "num_replicas", 1) > 1:  # ldrop's samplers shard by rank: every rank fits on all of it
+            sampler.num_replicas, sampler.rank = 1, 0
         calibrate_on_batches(task, lambda: loader, missing)
+        if task.trainer.world_size > 1:  # then takes rank 0's fit: float noise cannot break a tie apart
+            fitted = task.trainer.strategy.broadcast({name: b.cpu() for name, b in task.named_buffers()})
+            task.load_state_dict(fitted, strict=False)
         return
     if policy.calibrated_for(missing):
         return
@@ -136,6 +142,7 @@ class _TaskCalibrationData:
         if self._encoded is None:
             self._encoded = [(b, task.encode(b.waveforms, b.lengths)) for b in self.batches()]
         metrics = task._metrics_on_device()
+        metrics[task.metric_names[0]].distributed_available_fn = lambda: False  # no sync: a fit is per process
         for batch, encoded in self._encoded:
             keep = choose(encoded).to(device=task.device, dtype=torch.float32)
             task.update_metrics(metrics, task.logits_with_mask(encoded, keep), encoded.frame_mask, batch)

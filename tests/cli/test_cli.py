@@ -243,6 +243,47 @@ def test_ddp_fit_runs_two_cpu_processes(tmp_path):
     assert next((tmp_path / "ldrop").glob("version_*/checkpoints/last.ckpt")).is_file()
 
 
+def _ldrop(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m ldrop.cli ARGS`` in its own process group, all of it killed if it outlives ``timeout`` (a DDP
+    hang: the launcher's other rank is a grandchild, which subprocess.run's timeout would leave behind)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen([sys.executable, "-m", "ldrop.cli", *args], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True) as process:
+        try:
+            output = process.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            pytest.fail(f"ldrop {args[0]} did not finish in {timeout} s:\n{process.communicate()[0][-3000:]}")
+    return subprocess.CompletedProcess(args, process.returncode, output)
+
+
+@pytest.mark.ddp
+def test_ddp_test_fits_on_all_validation_data_and_sweeps_the_whole_test_set(trained, tmp_path):
+    # the default selector: input-conditioned with the fallback, fitted on validation data before the sweep;
+    # clips of one length, so no padding: a clip's logits do not depend on which clips share its batch
+    args = ["test", "--config", QUICKSTART, *SMALL, "--data.init_args.duration_range", "[0.4, 0.4]",
+            "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")]
+    runs = {}
+    for name, extra in (("ddp", ["--trainer.strategy", "ddp", "--trainer.devices", "2"]), ("one", [])):
+        result = _ldrop([*args, *extra, "--trainer.logger.init_args.save_dir", str(tmp_path / name)])
+        assert result.returncode == 0, result.stdout[-3000:]
+        run = next((tmp_path / name / "ldrop").glob("version_*"))
+        decisions = [line.split(" s: ", 1)[1] for line in result.stdout.splitlines()
+                     if line.startswith("input-conditioned fallback") and ": done in " in line]
+        runs[name] = (load_sweep(run), json.loads((run / "budget_items.json").read_text()), decisions)
+    (rows, items, decisions), (one_rows, one_items, one_decisions) = runs["ddp"], runs["one"]
+    assert [r["budget_layers"] for r in rows] == [1, 2, 3, 4] and all(set(r) == set(one_rows[0]) for r in rows)
+    # every rank fitted the fallback on the whole validation split, as one process does
+    assert len(decisions) == 2 and set(decisions) == set(one_decisions) and len(one_decisions) == 1
+    assert [r["uses_input"] for r in rows] == [r["uses_input"] for r in one_rows]
+    # the sweep counts each of the 16 test clips once, not one rank's half
+    assert all(r["utterances"] == 16 for r in rows)
+    assert len(set(items["ids"])) == len(items["ids"]) == 16 and set(items["ids"]) == set(one_items["ids"])
+    # at full depth (every layer, nothing fitted) the same clips give the same accuracy; the batches differ in
+    # size (two of 8 against one of 16), whose float rounding may flip one near-tie: at most 1 clip of 16
+    assert abs(rows[-1]["acc"] - one_rows[-1]["acc"]) <= 1 / 16 + 1e-9
+
+
 def test_predict_on_a_folder_of_audio_files(trained, tmp_path):
     import soundfile as sf
 
