@@ -34,15 +34,21 @@ class AllocationConfig:
             budget calibrated on validation data (the mean depth matches the budget on data like it).
         weight: weight of the depth head's loss (its predicted losses against the observed ones).
         hidden_dim: width of the depth head.
+        signal: what the depth head regresses: ``"loss"``, each input's task loss at the depths run (k-1, k,
+            k+1), or ``"gain"``, its differences between consecutive depths (what the allocation reads; the
+            levels, who is hard, are left out).
     """
 
     mode: Literal["batch", "stream"] = "batch"
     weight: float = 1.0
     hidden_dim: int = 64
+    signal: Literal["loss", "gain"] = "loss"
 
     def __post_init__(self) -> None:
         if self.mode not in ("batch", "stream"):
             raise ValueError(f"allocation.mode must be 'batch' or 'stream', got {self.mode!r}")
+        if self.signal not in ("loss", "gain"):
+            raise ValueError(f"allocation.signal must be 'loss' or 'gain', got {self.signal!r}")
         if self.weight <= 0 or self.hidden_dim < 1:
             raise ValueError(f"allocation.weight must be > 0 and hidden_dim >= 1, got {self.weight}, {self.hidden_dim}")
 
@@ -85,11 +91,15 @@ class DepthHead(nn.Module):
         return 2.0 * frame_lengths.double() * linear.in_features * h + 2.0 * (2 * h * h + h * self.num_layers)
 
 
-def depth_signal_loss(predicted: Tensor, observed: dict[int, Tensor]) -> Tensor:
+def depth_signal_loss(predicted: Tensor, observed: dict[int, Tensor], signal: str = "loss") -> Tensor:
     """The depth head's loss: Huber between its ``[batch, N]`` predicted losses and each input's observed task
-    loss at the depths run (``depth -> [batch]``; clipped at 10, so one diverged input cannot dominate)."""
-    return torch.stack([F.smooth_l1_loss(predicted[:, d - 1], value.detach().float().clamp(max=10.0))
-                        for d, value in observed.items()]).mean()
+    loss at the depths run (``depth -> [batch]``; clipped at 10, so one diverged input cannot dominate), or with
+    ``signal="gain"`` between the predicted and observed loss drops from each depth run to the next."""
+    seen = {d: value.detach().float().clamp(max=10.0) for d, value in observed.items()}
+    if signal == "gain" and any(d + 1 in seen for d in seen):
+        return torch.stack([F.smooth_l1_loss(predicted[:, d - 1] - predicted[:, d], seen[d] - seen[d + 1])
+                            for d in sorted(seen) if d + 1 in seen]).mean()
+    return torch.stack([F.smooth_l1_loss(predicted[:, d - 1], value) for d, value in seen.items()]).mean()
 
 
 class AllocatedLayers(SelectedLayers):
@@ -128,14 +138,15 @@ class AllocatedLayers(SelectedLayers):
     def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
                         batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
         """The selector's losses at the sampled ``k``, plus the depth signal: the selector's masks at ``k - 1``
-        and ``k + 1`` also run (no gradient, sparse path), and the depth head regresses each input's observed
-        task loss at the three depths."""
+        and ``k + 1`` (``signal: gain``: and ``k``) also run (no gradient, sparse path), and the depth head
+        regresses each input's observed task loss at the three depths, or its two drops."""
         losses, keep, k, logits = self.losses_at(task, encoded, batch, task.sample_train_budget())
         observed = {k: task.item_losses(logits.detach(), encoded.frame_mask, batch)}
         self.selector.eval()  # its clean masks, as evaluation runs them (no noise, no statistics update)
         try:
             with torch.no_grad():
-                for depth in (k - 1, k + 1):
+                # a gain compares depths: all three from the clean masks (k's own mask was drawn with noise)
+                for depth in (k - 1, k, k + 1) if self.config.signal == "gain" else (k - 1, k + 1):
                     if self.min_layers <= depth <= task.num_layers:
                         mask = task.decide(encoded, depth)[0]
                         observed[depth] = task.item_losses(task.logits_with_mask(encoded, mask), encoded.frame_mask,
@@ -143,7 +154,7 @@ class AllocatedLayers(SelectedLayers):
         finally:
             self.selector.train()
         losses["depth"] = self.config.weight * depth_signal_loss(
-            self.depth_head(encoded.features, encoded.frame_mask), observed)
+            self.depth_head(encoded.features, encoded.frame_mask), observed, self.config.signal)
         return losses, keep, k
 
     def needs_calibration(self, at_validation: bool = False) -> bool:

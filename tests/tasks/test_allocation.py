@@ -90,3 +90,37 @@ def test_allocation_needs_a_selector_that_picks_layers_without_validation_data()
     with pytest.raises(ValueError, match="allocation.mode"):
         AllocationConfig(mode="greedy")
 
+
+
+def test_the_gain_signal_regresses_loss_drops_not_levels(monkeypatch):
+    from ldrop.tasks.allocation import depth_signal_loss
+
+    torch.manual_seed(0)
+    predicted = torch.rand(5, 4).cumsum(1).flip(1)
+    observed = {1: torch.rand(5) + 2, 2: torch.rand(5) + 1, 3: torch.rand(5)}
+    shifted = {d: v + torch.arange(5.0) for d, v in observed.items()}  # each input harder by its own constant
+    gain, level = depth_signal_loss(predicted, observed, "gain"), depth_signal_loss(predicted, observed)
+    assert torch.isclose(depth_signal_loss(predicted, shifted, "gain"), gain, atol=1e-6)
+    assert depth_signal_loss(predicted, shifted) > level + 0.5  # the level signal moves with who is hard
+    drops = {d: observed[d] - observed[d + 1] for d in (1, 2)}
+    matched = torch.stack([torch.zeros(5), drops[1], drops[1] + drops[2], drops[1] + drops[2]], 1).neg() + 5
+    assert float(depth_signal_loss(matched, observed, "gain")) < 1e-10  # the drops predicted exactly: no loss
+    with pytest.raises(ValueError, match="allocation.signal"):
+        AllocationConfig(signal="error")
+
+    # in training, the gain signal scores the clean masks at k - 1, k and k + 1, and reaches the depth head
+    L.seed_everything(0)
+    data = tiny_classification_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    model = _model()
+    model.depth.config = AllocationConfig(hidden_dim=16, signal="gain")
+    sizes = []
+    original = model.logits_with_mask
+    monkeypatch.setattr(model, "logits_with_mask", lambda encoded, keep: (sizes.append(keep.sum(1)), original(encoded, keep))[1])
+    monkeypatch.setattr(model, "sample_train_budget", lambda: 2)
+    model.train()
+    losses, _, _ = model.depth.training_losses(model, model.encode(batch.waveforms, batch.lengths), batch)
+    assert [sorted({int(s) for s in mask_sizes}) for mask_sizes in sizes] == [[1], [2], [3]]  # k's clean mask too
+    losses["depth"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.depth_head.parameters())
