@@ -35,20 +35,21 @@ class AllocationConfig:
         weight: weight of the depth head's loss (its predicted losses against the observed ones).
         hidden_dim: width of the depth head.
         signal: what the depth head regresses: ``"loss"``, each input's task loss at the depths run (k-1, k,
-            k+1), or ``"gain"``, its differences between consecutive depths (what the allocation reads; the
-            levels, who is hard, are left out).
+            k+1), ``"gain"``, its differences between consecutive depths (what the allocation reads; the
+            levels, who is hard, are left out), or ``"error"``, the drops of its primary metric's error terms
+            (a wrong label, word edits) instead of its loss (tasks with ``item_errors``).
     """
 
     mode: Literal["batch", "stream"] = "batch"
     weight: float = 1.0
     hidden_dim: int = 64
-    signal: Literal["loss", "gain"] = "loss"
+    signal: Literal["loss", "gain", "error"] = "loss"
 
     def __post_init__(self) -> None:
         if self.mode not in ("batch", "stream"):
             raise ValueError(f"allocation.mode must be 'batch' or 'stream', got {self.mode!r}")
-        if self.signal not in ("loss", "gain"):
-            raise ValueError(f"allocation.signal must be 'loss' or 'gain', got {self.signal!r}")
+        if self.signal not in ("loss", "gain", "error"):
+            raise ValueError(f"allocation.signal must be 'loss', 'gain' or 'error', got {self.signal!r}")
         if self.weight <= 0 or self.hidden_dim < 1:
             raise ValueError(f"allocation.weight must be > 0 and hidden_dim >= 1, got {self.weight}, {self.hidden_dim}")
 
@@ -138,23 +139,31 @@ class AllocatedLayers(SelectedLayers):
     def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
                         batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
         """The selector's losses at the sampled ``k``, plus the depth signal: the selector's masks at ``k - 1``
-        and ``k + 1`` (``signal: gain``: and ``k``) also run (no gradient, sparse path), and the depth head
-        regresses each input's observed task loss at the three depths, or its two drops."""
+        and ``k + 1`` (``signal: gain`` or ``error``: and ``k``) also run (no gradient, sparse path), and the depth
+        head regresses each input's observed task loss at the three depths, or its two drops of loss or errors."""
+        signal = self.config.signal
+        if signal == "error" and not task.has_item_errors:
+            raise ValueError(f"allocation.signal: error needs a task with per-item errors; {type(task).__name__} has "
+                             "none (use signal: loss or gain)")
+
+        def measure(logits: Tensor) -> Tensor:
+            if signal == "error":
+                return task.item_errors(logits, encoded.frame_mask, batch)[0].float()
+            return task.item_losses(logits, encoded.frame_mask, batch)
+
         losses, keep, k, logits = self.losses_at(task, encoded, batch, task.sample_train_budget())
-        observed = {k: task.item_losses(logits.detach(), encoded.frame_mask, batch)}
+        observed = {k: measure(logits.detach())} if signal == "loss" else {}
         self.selector.eval()  # its clean masks, as evaluation runs them (no noise, no statistics update)
         try:
             with torch.no_grad():
                 # a gain compares depths: all three from the clean masks (k's own mask was drawn with noise)
-                for depth in (k - 1, k, k + 1) if self.config.signal == "gain" else (k - 1, k + 1):
+                for depth in (k - 1, k + 1) if signal == "loss" else (k - 1, k, k + 1):
                     if self.min_layers <= depth <= task.num_layers:
-                        mask = task.decide(encoded, depth)[0]
-                        observed[depth] = task.item_losses(task.logits_with_mask(encoded, mask), encoded.frame_mask,
-                                                           batch)
+                        observed[depth] = measure(task.logits_with_mask(encoded, task.decide(encoded, depth)[0]))
         finally:
             self.selector.train()
         losses["depth"] = self.config.weight * depth_signal_loss(
-            self.depth_head(encoded.features, encoded.frame_mask), observed, self.config.signal)
+            self.depth_head(encoded.features, encoded.frame_mask), observed, "loss" if signal == "loss" else "gain")
         return losses, keep, k
 
     def needs_calibration(self, at_validation: bool = False) -> bool:

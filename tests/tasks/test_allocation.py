@@ -106,7 +106,7 @@ def test_the_gain_signal_regresses_loss_drops_not_levels(monkeypatch):
     matched = torch.stack([torch.zeros(5), drops[1], drops[1] + drops[2], drops[1] + drops[2]], 1).neg() + 5
     assert float(depth_signal_loss(matched, observed, "gain")) < 1e-10  # the drops predicted exactly: no loss
     with pytest.raises(ValueError, match="allocation.signal"):
-        AllocationConfig(signal="error")
+        AllocationConfig(signal="errors")
 
     # in training, the gain signal scores the clean masks at k - 1, k and k + 1, and reaches the depth head
     L.seed_everything(0)
@@ -124,3 +124,25 @@ def test_the_gain_signal_regresses_loss_drops_not_levels(monkeypatch):
     assert [sorted({int(s) for s in mask_sizes}) for mask_sizes in sizes] == [[1], [2], [3]]  # k's clean mask too
     losses["depth"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.depth_head.parameters())
+
+
+def test_the_error_signal_regresses_drops_of_the_metrics_errors(monkeypatch):
+    L.seed_everything(0)
+    data = tiny_classification_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    model = _model()
+    model.depth.config = AllocationConfig(hidden_dim=16, signal="error")
+    scored = []
+    original = model.item_errors
+    monkeypatch.setattr(model, "item_errors", lambda *a: (scored.append(1), original(*a))[1])
+    monkeypatch.setattr(model, "item_losses", lambda *a: pytest.fail("the error signal reads no loss"))
+    monkeypatch.setattr(model, "sample_train_budget", lambda: 2)
+    model.train()
+    losses, _, _ = model.depth.training_losses(model, model.encode(batch.waveforms, batch.lengths), batch)
+    assert len(scored) == 3 and torch.isfinite(losses["depth"])  # k - 1, k and k + 1, from the clean masks
+    losses["depth"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.depth_head.parameters())
+    monkeypatch.setattr(type(model), "has_item_errors", False)
+    with pytest.raises(ValueError, match="signal: error needs a task with per-item errors"):
+        model.depth.training_losses(model, model.encode(batch.waveforms, batch.lengths), batch)
