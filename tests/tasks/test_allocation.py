@@ -109,40 +109,40 @@ def test_the_gain_signal_regresses_loss_drops_not_levels(monkeypatch):
         AllocationConfig(signal="errors")
 
     # in training, the gain signal scores the clean masks at k - 1, k and k + 1, and reaches the depth head
+    sizes = []
+    model, batch = _signal_model("gain", monkeypatch)
+    original = model.logits_with_mask
+    monkeypatch.setattr(model, "logits_with_mask", lambda encoded, keep: (sizes.append(keep.sum(1)), original(encoded, keep))[1])
+    _depth_loss_reaches_the_head(model, batch)
+    assert [sorted({int(s) for s in mask_sizes}) for mask_sizes in sizes] == [[1], [2], [3]]  # k's clean mask too
+
+
+def _signal_model(signal: str, monkeypatch):
+    """A training-mode allocation model with ``signal`` at a sampled k = 2, and a training batch."""
     L.seed_everything(0)
     data = tiny_classification_data()
     data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
     model = _model()
-    model.depth.config = AllocationConfig(hidden_dim=16, signal="gain")
-    sizes = []
-    original = model.logits_with_mask
-    monkeypatch.setattr(model, "logits_with_mask", lambda encoded, keep: (sizes.append(keep.sum(1)), original(encoded, keep))[1])
+    model.depth.config = AllocationConfig(hidden_dim=16, signal=signal)
     monkeypatch.setattr(model, "sample_train_budget", lambda: 2)
-    model.train()
+    return model.train(), next(iter(data.train_dataloader()))
+
+
+def _depth_loss_reaches_the_head(model, batch) -> None:
     losses, _, _ = model.depth.training_losses(model, model.encode(batch.waveforms, batch.lengths), batch)
-    assert [sorted({int(s) for s in mask_sizes}) for mask_sizes in sizes] == [[1], [2], [3]]  # k's clean mask too
+    assert torch.isfinite(losses["depth"])
     losses["depth"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.depth_head.parameters())
 
 
 def test_the_error_signal_regresses_drops_of_the_metrics_errors(monkeypatch):
-    L.seed_everything(0)
-    data = tiny_classification_data()
-    data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
-    model = _model()
-    model.depth.config = AllocationConfig(hidden_dim=16, signal="error")
     scored = []
+    model, batch = _signal_model("error", monkeypatch)
     original = model.item_errors
     monkeypatch.setattr(model, "item_errors", lambda *a: (scored.append(1), original(*a))[1])
     monkeypatch.setattr(model, "item_losses", lambda *a: pytest.fail("the error signal reads no loss"))
-    monkeypatch.setattr(model, "sample_train_budget", lambda: 2)
-    model.train()
-    losses, _, _ = model.depth.training_losses(model, model.encode(batch.waveforms, batch.lengths), batch)
-    assert len(scored) == 3 and torch.isfinite(losses["depth"])  # k - 1, k and k + 1, from the clean masks
-    losses["depth"].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.depth_head.parameters())
+    _depth_loss_reaches_the_head(model, batch)
+    assert len(scored) == 3  # k - 1, k and k + 1, from the clean masks
     monkeypatch.setattr(type(model), "has_item_errors", False)
     with pytest.raises(ValueError, match="signal: error needs a task with per-item errors"):
         model.depth.training_losses(model, model.encode(batch.waveforms, batch.lengths), batch)
