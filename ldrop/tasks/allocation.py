@@ -37,19 +37,20 @@ class AllocationConfig:
         signal: what the depth head regresses: ``"loss"``, each input's task loss at the depths run (k-1, k,
             k+1), ``"gain"``, its differences between consecutive depths (what the allocation reads; the
             levels, who is hard, are left out), or ``"error"``, the drops of its primary metric's error terms
-            (a wrong label, word edits) instead of its loss (tasks with ``item_errors``).
+            (a wrong label, word edits) instead of its loss (tasks with ``item_errors``), or ``"gain_all"``, its
+            loss drops between every pair of consecutive depths (N passes of the selector's masks a step).
     """
 
     mode: Literal["batch", "stream"] = "batch"
     weight: float = 1.0
     hidden_dim: int = 64
-    signal: Literal["loss", "gain", "error"] = "loss"
+    signal: Literal["loss", "gain", "error", "gain_all"] = "loss"
 
     def __post_init__(self) -> None:
         if self.mode not in ("batch", "stream"):
             raise ValueError(f"allocation.mode must be 'batch' or 'stream', got {self.mode!r}")
-        if self.signal not in ("loss", "gain", "error"):
-            raise ValueError(f"allocation.signal must be 'loss', 'gain' or 'error', got {self.signal!r}")
+        if self.signal not in ("loss", "gain", "error", "gain_all"):
+            raise ValueError(f"allocation.signal must be 'loss', 'gain', 'error' or 'gain_all', got {self.signal!r}")
         if self.weight <= 0 or self.hidden_dim < 1:
             raise ValueError(f"allocation.weight must be > 0 and hidden_dim >= 1, got {self.weight}, {self.hidden_dim}")
 
@@ -139,8 +140,9 @@ class AllocatedLayers(SelectedLayers):
     def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
                         batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
         """The selector's losses at the sampled ``k``, plus the depth signal: the selector's masks at ``k - 1``
-        and ``k + 1`` (``signal: gain`` or ``error``: and ``k``) also run (no gradient, sparse path), and the depth
-        head regresses each input's observed task loss at the three depths, or its two drops of loss or errors."""
+        and ``k + 1`` (``signal: gain`` or ``error``: and ``k``; ``gain_all``: every depth) also run (no gradient,
+        sparse path), and the depth head regresses each input's observed task loss at the three depths, or its
+        drops of loss or errors between them."""
         signal = self.config.signal
         if signal == "error" and not task.has_item_errors:
             raise ValueError(f"allocation.signal: error needs a task with per-item errors; {type(task).__name__} has "
@@ -157,7 +159,8 @@ class AllocatedLayers(SelectedLayers):
         try:
             with torch.no_grad():
                 # a gain compares depths: all three from the clean masks (k's own mask was drawn with noise)
-                for depth in (k - 1, k + 1) if signal == "loss" else (k - 1, k, k + 1):
+                depths = {"loss": (k - 1, k + 1), "gain_all": range(1, task.num_layers + 1)}.get(signal, (k - 1, k, k + 1))
+                for depth in depths:
                     if self.min_layers <= depth <= task.num_layers:
                         observed[depth] = measure(task.logits_with_mask(encoded, task.decide(encoded, depth)[0]))
         finally:

@@ -146,3 +146,12 @@ def test_the_error_signal_regresses_drops_of_the_metrics_errors(monkeypatch):
     monkeypatch.setattr(type(model), "has_item_errors", False)
     with pytest.raises(ValueError, match="signal: error needs a task with per-item errors"):
         model.depth.training_losses(model, model.encode(batch.waveforms, batch.lengths), batch)
+
+
+def test_the_gain_all_signal_scores_every_depth(monkeypatch):
+    sizes = []
+    model, batch = _signal_model("gain_all", monkeypatch)
+    original = model.logits_with_mask
+    monkeypatch.setattr(model, "logits_with_mask", lambda encoded, keep: (sizes.append(keep.sum(1)), original(encoded, keep))[1])
+    _depth_loss_reaches_the_head(model, batch)
+    assert [sorted({int(s) for s in mask_sizes}) for mask_sizes in sizes] == [[d] for d in range(1, model.num_layers + 1)]
