@@ -34,11 +34,10 @@ class AllocationConfig:
             budget calibrated on validation data (the mean depth matches the budget on data like it).
         weight: weight of the depth head's loss (its predicted losses against the observed ones).
         hidden_dim: width of the depth head.
-        signal: what the depth head regresses: ``"loss"``, each input's task loss at the depths run (k-1, k,
-            k+1), ``"gain"``, its differences between consecutive depths (what the allocation reads; the
-            levels, who is hard, are left out), or ``"error"``, the drops of its primary metric's error terms
-            (a wrong label, word edits) instead of its loss (tasks with ``item_errors``), or ``"gain_all"``, its
-            loss drops between every pair of consecutive depths (N passes of the selector's masks a step).
+        signal: what the depth head regresses for each input: ``"loss"``, its task loss at k-1, k and k+1
+            layers; ``"gain"``, its loss drops between those depths (what the allocation reads, without who is
+            hard); ``"error"``, the drops of its metric's error terms (tasks with ``item_errors``);
+            ``"gain_all"``, its loss drops between every pair of consecutive depths (N passes a step).
     """
 
     mode: Literal["batch", "stream"] = "batch"
@@ -158,7 +157,7 @@ class AllocatedLayers(SelectedLayers):
         self.selector.eval()  # its clean masks, as evaluation runs them (no noise, no statistics update)
         try:
             with torch.no_grad():
-                # a gain compares depths: all three from the clean masks (k's own mask was drawn with noise)
+                # drops compare depths: every one from the clean masks (k's own mask was drawn with noise)
                 depths = {"loss": (k - 1, k + 1), "gain_all": range(1, task.num_layers + 1)}.get(signal, (k - 1, k, k + 1))
                 for depth in depths:
                     if self.min_layers <= depth <= task.num_layers:
