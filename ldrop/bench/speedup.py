@@ -50,7 +50,9 @@ def build_config(family: str, size: str) -> PretrainedConfig:
         raise ValueError(f"unknown backbone {family!r}; choose from {sorted(FAMILIES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {SIZES}")
-    return tiny_config(family) if size == "tiny" else FAMILIES[family][0](**large_overrides(family) if size == "large" else {})
+    if size == "tiny":
+        return tiny_config(family)
+    return FAMILIES[family][0](**(large_overrides(family) if size == "large" else {}))
 
 
 def parse_budgets(text: str, num_layers: int) -> list[int]:
