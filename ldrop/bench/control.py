@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from ldrop._io import atomic_write_json
+from ldrop._io import atomic_write, atomic_write_json
+from ldrop.bench.speedup import names
 from ldrop.budgets import DeviceProfile, profile_model
 from ldrop.budgets.machine import machine_info
 from ldrop.runtime import AdaptiveModel, load_model
@@ -202,10 +203,8 @@ def plot(results: dict[str, list[dict[str, Any]]], deadline_ms: float, load_span
     top.legend(fontsize=8, ncol=3)
     top.set_title("per-utterance deadline under a load change")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120), suffix=".png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -227,6 +226,14 @@ def onnx_runtime(task: Any, threads: int | None, export_dir: str | None) -> tupl
             lambda onnx_model, **grid: profile_onnx(onnx_model, threads=threads, **grid))
 
 
+def _json(text: str) -> Any:
+    return json.loads(text) if text else None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ldrop.bench control",
@@ -237,25 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "streams its generated test set and reports accuracy")
     parser.add_argument("--backbone", default="random:wavlm",
                         help="without --ckpt: the backbone (random weights, input-conditioned selector)")
-    parser.add_argument("--overrides", default=json.dumps(DEFAULT_OVERRIDES),
+    parser.add_argument("--overrides", type=_json, default=json.dumps(DEFAULT_OVERRIDES),
                         help="JSON backbone config overrides (with --backbone); default: a base-size encoder with a "
                         "narrower CNN and positional convolution, so the skippable layers are most of the time; "
                         "'{}' for the plain base model")
     parser.add_argument("--utterances", type=int, default=90, help="utterances in the stream")
-    parser.add_argument("--seconds-range", default="1,3", help="utterance lengths, uniform (s) (default 1,3)")
+    parser.add_argument("--seconds-range", type=_floats, default="1,3", help="utterance lengths, uniform (s) (default 1,3)")
     parser.add_argument("--deadline-ms", type=float, default=None,
                         help="per-utterance deadline (default: from the idle machine, see the module doc)")
     parser.add_argument("--load-procs", type=int, default=2, help="CPU-burning processes while loaded")
-    parser.add_argument("--load-span", default="0.33,0.67",
+    parser.add_argument("--load-span", type=_floats, default="0.33,0.67",
                         help="fractions of the stream between which the load is on (default 0.33,0.67)")
     parser.add_argument("--max-load-seconds", type=float, default=120.0,
                         help="each load phase stops by itself after this long")
     parser.add_argument("--margin", type=float, default=0.1, help="controller margin (fraction of the deadline)")
-    parser.add_argument("--controller", default="{}", help="JSON of further controller options (alpha_up, alpha_down, "
-                        "window, quantile, correction_bounds), e.g. '{\"quantile\": 0.75}'")
+    parser.add_argument("--controller", type=_json, default="{}", help="JSON of further controller options "
+                        "(alpha_up, alpha_down, window, quantile, correction_bounds), e.g. '{\"quantile\": 0.75}'")
     parser.add_argument("--profile", help="a device profile JSON to use instead of measuring one")
     parser.add_argument("--profile-repeats", type=int, default=5, help="timed calls per profiling grid point")
-    parser.add_argument("--policies", default=",".join(POLICIES), help=f"subset of {','.join(POLICIES)}")
+    parser.add_argument("--policies", type=names, default=",".join(POLICIES), help=f"subset of {','.join(POLICIES)}")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and ONNX Runtime threads (default: torch's, for both)")
     parser.add_argument("--seed", type=int, default=0)
@@ -271,14 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        args.seconds_range = tuple(float(x) for x in args.seconds_range.split(","))
-        span = tuple(float(x) for x in args.load_span.split(","))
-        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-        overrides = json.loads(args.overrides) if args.overrides else None
-        controller_options = json.loads(args.controller)
-    except ValueError as error:
-        parser.error(f"bad option value: {error}")
+    span, policies, controller_options = args.load_span, args.policies, args.controller
     if len(args.seconds_range) != 2 or not 0 < args.seconds_range[0] <= args.seconds_range[1]:
         parser.error("--seconds-range is LOW,HIGH seconds with 0 < LOW <= HIGH")
     if len(span) != 2 or not 0 <= span[0] <= span[1] <= 1:
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ldrop.tasks import ClassificationTask
 
         model = ClassificationTask(labels=["a", "b"], backbone=args.backbone, pretrained=False,
-                                   backbone_overrides=overrides, selector=InputConditionedSelector).eval()
+                                   backbone_overrides=args.overrides, selector=InputConditionedSelector).eval()
     clips, targets = build_stream(args, model)
     runner_class, measure_profile = AdaptiveModel, profile_model
     if args.runtime == "onnx":

@@ -7,11 +7,11 @@ workers: ``python -m ldrop.bench.dataloading --dataset all --workers 2 --json lo
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,40 +34,27 @@ from ldrop.testing.fixtures import (
     make_tedlium_tree,
 )
 
-__all__ = ["DATASETS", "benchmark_loading", "machine_info", "main"]
-
 DATASETS = ("librispeech", "tedlium", "speechcommands", "esc50", "synthetic-cls", "synthetic-ctc")
-
-
-def _n(count: float, scale: float) -> int:
-    return max(1, round(count * scale))
 
 
 def _build(name: str, folder: Path, scale: float, common: dict[str, Any]) -> AudioDataModule:
     """Write ``name``'s layout under ``folder`` and return its DataModule."""
-    builders: dict[str, Callable[[], AudioDataModule]] = {
-        "librispeech": lambda: LibriSpeechDataModule(
-            make_librispeech_tree(
-                folder, speakers=_n(4, scale), chapters=2, utterances=_n(8, scale), seconds=(2.0, 16.0)
-            ).root,
-            **common,
-        ),
-        "tedlium": lambda: TedliumDataModule(
-            make_tedlium_tree(
-                folder, train_talks=_n(4, scale), segments_per_talk=20, seconds=(2.0, 12.0)
-            ).root,
-            **common,
-        ),
-        "speechcommands": lambda: SpeechCommandsDataModule(
-            make_speech_commands_tree(folder, clips_per_word=2 + _n(10, scale)).root, num_classes=12, **common
-        ),
-        "esc50": lambda: ESC50DataModule(
-            make_esc50_tree(folder, targets=range(_n(50, min(scale, 1.0))), seconds=5.0).root, **common
-        ),
-        "synthetic-cls": lambda: SyntheticClassificationDataModule(num_train=_n(1024, scale), **common),
-        "synthetic-ctc": lambda: SyntheticCTCDataModule(num_train=_n(1024, scale), **common),
-    }
-    return builders[name]()
+    def n(count: float, cap: float = math.inf) -> int:
+        return max(1, round(count * min(scale, cap)))
+
+    if name == "librispeech":
+        tree = make_librispeech_tree(folder, speakers=n(4), chapters=2, utterances=n(8), seconds=(2.0, 16.0))
+        return LibriSpeechDataModule(tree.root, **common)
+    if name == "tedlium":
+        tree = make_tedlium_tree(folder, train_talks=n(4), segments_per_talk=20, seconds=(2.0, 12.0))
+        return TedliumDataModule(tree.root, **common)
+    if name == "speechcommands":
+        return SpeechCommandsDataModule(make_speech_commands_tree(folder, clips_per_word=2 + n(10)).root,
+                                        num_classes=12, **common)
+    if name == "esc50":
+        return ESC50DataModule(make_esc50_tree(folder, targets=range(n(50, cap=1.0)), seconds=5.0).root, **common)
+    data_class = {"synthetic-cls": SyntheticClassificationDataModule, "synthetic-ctc": SyntheticCTCDataModule}[name]
+    return data_class(num_train=n(1024), **common)
 
 
 def benchmark_loading(

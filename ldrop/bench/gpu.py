@@ -1,9 +1,9 @@
-"""``python -m ldrop.bench gpu``: the figures a GPU run should give, in one command sized for a short lease.
+"""Every GPU figure in one command: the speed-up table (per-sample and shared masks, realized/ideal), host syncs
+per sparse forward, `ldrop profile` and a few quickstart fit steps and its test sweep; writes <out>/gpu.json and
+<out>/gpu.md. Without CUDA (or with --small): a small mode (tiny geometry, one round) for tests.
 
-Phases, each timed and recorded even when it fails: ``speedup``, ``host syncs`` (of one sparse forward),
-``profile`` and ``quickstart`` (``ldrop fit`` a few steps, then ``ldrop test``, as child processes). Writes
-``<out>/gpu.json`` (after each phase) and ``<out>/gpu.md``; a phase that would start after ``--time-limit`` is
-skipped. Without CUDA, or with ``--small``, a tiny mode runs in seconds, for tests.
+Each phase is timed and recorded even when it fails, ``gpu.json`` after each; ``ldrop`` runs as a child process;
+a phase that would start after ``--time-limit`` is skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from ldrop.bench.speedup import (
     DTYPES,
     SAMPLING_RATE,
     build_config,
+    keep_masks,
     load_average,
+    names,
     parse_budgets,
     run_speedup,
     say,
@@ -109,20 +112,14 @@ def settings_for(args: argparse.Namespace) -> Settings:
         return defaults[name] if value is None else value
 
     return Settings(
-        out=Path(args.out), device=device, small=small, families=_names(pick("families")),
-        sizes=_names(pick("sizes")), batch_sizes=[int(b) for b in _names(pick("batch_sizes"))],
+        out=Path(args.out), device=device, small=small, families=names(pick("families")),
+        sizes=names(pick("sizes")), batch_sizes=[int(b) for b in names(pick("batch_sizes"))],
         seconds=float(pick("seconds")), budgets=args.budgets, repeats=int(pick("repeats")),
         warmup=int(pick("warmup")), dtype=pick("dtype"), precision=args.precision,
         quickstart_config=Path(args.quickstart_config), quickstart_steps=args.quickstart_steps,
         profile_args=list(defaults["profile"]), time_limit=float(args.time_limit),
-        skip=set(_names(args.skip)), seed=args.seed, threads=pick("threads"),
+        skip=set(names(args.skip)), seed=args.seed, threads=pick("threads"),
     )
-
-
-def _names(text: str | Sequence[str]) -> list[str]:
-    if not isinstance(text, str):
-        return [str(item) for item in text]
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 # ---------------------------------------------------------------------------------------------- the machine
@@ -177,9 +174,7 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
     waves = torch.randn(batch_size, samples, generator=generator)
     waves[torch.arange(samples)[None, :] >= lengths[:, None]] = 0.0
     num_layers = model.num_layers
-    keep = torch.zeros(batch_size, num_layers)
-    for row in range(batch_size):
-        keep[row, torch.randperm(num_layers, generator=generator)[: max(1, num_layers // 2)]] = 1.0
+    keep = keep_masks(batch_size, num_layers, max(1, num_layers // 2), generator)["per_sample"]
     waves, lengths, keep = waves.to(torch_device, DTYPES[dtype]), lengths.to(torch_device), keep.to(torch_device)
     with torch.inference_mode():
         sparse_forward(model, waves, lengths, keep)  # warm-up: one-time work is not per forward
@@ -325,39 +320,38 @@ class Run:
         atomic_write_text(self.settings.out / "gpu.md", summary_markdown(self.report))
 
 
-def _speedup_phases(run: Run) -> None:
-    """Per family and geometry: build one model, time every batch size, count its syncs."""
+def _build_model(built: list[Any], family: str, size: str, s: Settings) -> dict[str, Any]:
+    """``family`` at ``size`` on ``s``'s device and dtype, appended to ``built``; returns its size."""
     from ldrop.backbones import SpeechBackbone
 
+    torch.manual_seed(s.seed)
+    model = SpeechBackbone.from_config(build_config(family, size)).eval()
+    built.append(model.to(device=s.device, dtype=DTYPES[s.dtype]))
+    return {"parameters": sum(p.numel() for p in model.parameters()), "layers": model.num_layers}
+
+
+def _speedup_phases(run: Run) -> None:
+    """Per family and geometry: build one model, time every batch size, count its syncs."""
     s = run.settings
     if "speedup" in s.skip and "syncs" in s.skip:
         return
     for family in s.families:
         for size in s.sizes:
             label = f"{family} {size}"
-            holder: dict[str, Any] = {}
-
-            def build(family: str = family, size: str = size, holder: dict[str, Any] = holder) -> dict[str, Any]:
-                torch.manual_seed(s.seed)
-                model = SpeechBackbone.from_config(build_config(family, size)).eval()
-                holder["model"] = model.to(device=s.device, dtype=DTYPES[s.dtype])
-                return {"parameters": sum(p.numel() for p in model.parameters()), "layers": model.num_layers}
-
-            run.phase(f"build {label}", build)
-            model = holder.pop("model", None)
-            if model is None:
+            built: list[Any] = []
+            if run.phase(f"build {label}", partial(_build_model, built, family, size, s)) is None:
                 continue
+            model = built.pop()
             if "speedup" not in s.skip:
                 for batch in s.batch_sizes:
-                    run.phase(f"speedup {label} b{batch}", lambda family=family, size=size, batch=batch,
-                              model=model, label=label: run_speedup(
-                        backbone=family, size=size, batch_size=batch, seconds=s.seconds, budgets=s.budgets,
-                        repeats=s.repeats, warmup=s.warmup, device=s.device, dtype=s.dtype, seed=s.seed,
-                        model=model, log=_every(5.0, lambda line: run.log(f"  {label} b{batch}: {line}")),
-                    ))
+                    log = _every(5.0, lambda line, where=f"{label} b{batch}": run.log(f"  {where}: {line}"))
+                    run.phase(f"speedup {label} b{batch}", partial(
+                        run_speedup, backbone=family, size=size, batch_size=batch, seconds=s.seconds, budgets=s.budgets,
+                        repeats=s.repeats, warmup=s.warmup, device=s.device, dtype=s.dtype, seed=s.seed, model=model,
+                        log=log))
             if "syncs" not in s.skip:
-                run.phase(f"host syncs {label}", lambda model=model: count_sparse_syncs(
-                    model, min(8, max(s.batch_sizes)), s.seconds, s.device, s.dtype, s.seed))
+                run.phase(f"host syncs {label}", partial(count_sparse_syncs, model, min(8, max(s.batch_sizes)),
+                                                         s.seconds, s.device, s.dtype, s.seed))
             del model  # free the device memory before the next geometry
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -489,13 +483,7 @@ def _fmt(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ldrop.bench gpu",
-        description="Every GPU figure in one command: the speed-up table (per-sample and shared masks, "
-        "realized/ideal), host syncs per sparse forward, `ldrop profile` and a few quickstart fit steps and its "
-        "test sweep; writes <out>/gpu.json and <out>/gpu.md. Without CUDA (or with --small): a small mode "
-        "(tiny geometry, one round) for tests.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m ldrop.bench gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench-gpu", help="output folder (default bench-gpu)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="auto: cuda when available (default)")

@@ -22,13 +22,12 @@ import torch
 
 from ldrop.bench.speedup import (
     SAMPLING_RATE,
-    ideal_speedup,
     interleaved_times,
     large_overrides,
     load_average,
-    paired_ratio,
     parse_budgets,
     run_options,
+    speedup_fields,
     torch_threads,
 )
 from ldrop.budgets.machine import machine_info
@@ -76,38 +75,25 @@ def run_onnx_speedup(
             folder = quantize_export(folder, Path(scratch) / "int8", progress=say)
             sizes["int8"] = folder_megabytes(folder)
         model = OnnxAdaptiveModel(folder, threads=threads)
-        records = _time(task, model, budgets, batch_size, seconds, repeats, warmup, threads, seed, say)
-    for record in records:
-        record.update(backbone=backbone, size=size, quantize=quantize, folder_mb=sizes, export_seconds=export_seconds)
-    return records
-
-
-def _time(task: ClassificationTask, model: OnnxAdaptiveModel, budgets: Sequence[int], batch_size: int,
-          seconds: float, repeats: int, warmup: int, threads: int | None, seed: int,
-          say: Callable[[str], None]) -> list[dict[str, Any]]:
-    num_layers = task.num_layers
-    with torch_threads(threads or None):
-        samples = round(seconds * SAMPLING_RATE)
-        generator = torch.Generator().manual_seed(seed)
-        waves = torch.randn(batch_size, samples, generator=generator)
-        lengths = torch.full((batch_size,), samples, dtype=torch.long)
-        waves_np, lengths_np = waves.numpy(), lengths.numpy()
-        variants = ["torch_full", "torch_fixed", "onnx_full", "onnx_fixed"] + [
-            f"{runtime}_{kind}@{k}" for k in budgets for runtime, kind in
-            (("torch", "per_sample"), ("onnx", "per_sample"), ("onnx", "shared"))]
-        load_before = load_average()
-        times = interleaved_times(
-            variants, lambda name, masks: _variant(task, model, name, masks, waves, lengths, waves_np, lengths_np),
-            budgets, batch_size, num_layers, repeats, warmup, seed, log=say)
-        machine = machine_info("cpu")  # with the thread count the timing used
+        with torch_threads(threads or None):
+            samples = round(seconds * SAMPLING_RATE)
+            generator = torch.Generator().manual_seed(seed)
+            waves = torch.randn(batch_size, samples, generator=generator)
+            lengths = torch.full((batch_size,), samples, dtype=torch.long)
+            waves_np, lengths_np = waves.numpy(), lengths.numpy()
+            variants = ["torch_full", "torch_fixed", "onnx_full", "onnx_fixed"] + [
+                f"{runtime}_{kind}@{k}" for k in budgets for runtime, kind in
+                (("torch", "per_sample"), ("onnx", "per_sample"), ("onnx", "shared"))]
+            load_before = load_average()
+            times = interleaved_times(
+                variants, lambda name, masks: _variant(task, model, name, masks, waves, lengths, waves_np, lengths_np),
+                budgets, batch_size, num_layers, repeats, warmup, seed, log=say)
+            machine = machine_info("cpu")  # with the thread count the timing used
     machine["load_average_1min"] = {"before": load_before, "after": load_average()}
     machine["onnxruntime_threads"] = threads
     median = {name: statistics.median(values) for name, values in times.items()}
-    full, fixed = median["onnx_full"], median["onnx_fixed"]
     records = []
     for k in budgets:
-        ideal = ideal_speedup(full, fixed, k, num_layers)
-        speedup = {kind: full / median[f"onnx_{kind}@{k}"] for kind in ("per_sample", "shared")}
         own = [name for name in variants if "@" not in name or name.endswith(f"@{k}")]  # this budget's, and k-free
         records.append({
             "benchmark": "speedup", "runtime": "onnx", "num_layers": num_layers, "budget": k,
@@ -115,13 +101,11 @@ def _time(task: ClassificationTask, model: OnnxAdaptiveModel, budgets: Sequence[
             "warmup": warmup, "seed": seed, "machine": machine,
             "time_s": {name.partition("@")[0]: median[name] for name in own},
             "times_s": {name: times[name] for name in own},
-            "speedup": speedup,
-            "ideal_speedup": ideal,
-            "realized_over_ideal": {kind: value / ideal for kind, value in speedup.items()},
-            "realized_over_ideal_paired": {kind: paired_ratio(times, kind, k, num_layers, prefix="onnx_")
-                                           for kind in ("per_sample", "shared")},
-            "onnx_vs_torch": {"full": median["torch_full"] / full,
+            **speedup_fields(times, k, num_layers, prefix="onnx_"),
+            "onnx_vs_torch": {"full": median["torch_full"] / median["onnx_full"],
                               "per_sample": median[f"torch_per_sample@{k}"] / median[f"onnx_per_sample@{k}"]},
+            "backbone": backbone, "size": size, "quantize": quantize, "folder_mb": sizes,
+            "export_seconds": export_seconds,
         })
     return records
 

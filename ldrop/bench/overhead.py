@@ -7,9 +7,7 @@ the backbone's, and each method's training-step time relative to plain full-dept
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 from ldrop._io import atomic_write_json
 from ldrop.bench.speedup import torch_threads
 from ldrop.budgets.machine import machine_info
+from ldrop.budgets.profile import time_call
 from ldrop.engine.flops import count_forward_flops
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector, RandomSelector, StaticSelector
 from ldrop.sweeps import markdown_table
@@ -37,17 +36,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "static": {"selector": StaticSelector},
     "early_exit": {"early_exit": EarlyExitConfig()},
 }
-
-
-def _median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+CPU = torch.device("cpu")
 
 
 def _batch(batch_size: int, seconds: float, classes: int, seed: int = 0):
@@ -75,8 +64,8 @@ def selector_overhead(backbone: str, batch_size: int, seconds: float, repeats: i
         budget = torch.full((batch_size,), model.num_layers // 2, dtype=torch.long)
         selector_flops = float(model.selector.flops(frames).sum())
         full_flops = float(count_forward_flops(model.backbone.config, batch.lengths).total.sum())
-        t_selector = _median_time(lambda: model.selector(features, frame_mask, budget), repeats, warmup)
-        t_full = _median_time(lambda: model.backbone(batch.waveforms, batch.lengths), repeats, warmup)
+        t_selector = time_call(lambda: model.selector(features, frame_mask, budget), CPU, repeats, warmup)
+        t_full = time_call(lambda: model.backbone(batch.waveforms, batch.lengths), CPU, repeats, warmup)
     return {
         "backbone_params": backbone_params, "selector_params": selector_params,
         "params_pct": 100.0 * selector_params / backbone_params, "selector_gflops": selector_flops / 1e9,
@@ -111,7 +100,7 @@ def training_step_times(backbone: str, batch_size: int, seconds: float, repeats:
         model = ClassificationTask(num_classes=10, backbone=backbone, **METHODS[name]).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         budget = model.num_layers // 2
-        seconds_per_step = _median_time(_training_step(model, optimizer, batch, budget), repeats, warmup)
+        seconds_per_step = time_call(_training_step(model, optimizer, batch, budget), CPU, repeats, warmup)
         records.append({"method": name, "step_seconds": seconds_per_step,
                         "budget_layers": budget if METHODS[name] and not model.depth.exit_layers else model.num_layers})
     full = next((r["step_seconds"] for r in records if r["method"] == "full"), None)
@@ -137,16 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    with torch_threads(args.threads):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        build_parser().error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if unknown := sorted(set(methods) - set(METHODS)):
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    with torch_threads(args.threads):
+        return _run(args, methods)
+
+
+def _run(args: argparse.Namespace, methods: list[str]) -> int:
     backbone = f"{'random' if args.size == 'base' else 'tiny'}:{args.backbone}"
     result: dict[str, Any] = {
         "machine": machine_info("cpu"), "backbone": args.backbone, "batch_size": args.batch_size,

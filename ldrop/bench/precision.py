@@ -22,7 +22,7 @@ from jsonargparse import ArgumentParser
 from ldrop._io import atomic_write_json, atomic_write_text
 from ldrop.bench.methods import launch
 from ldrop.budgets.machine import machine_info
-from ldrop.sweeps.report import load_sweep, primary_metric
+from ldrop.sweeps.report import load_sweep, markdown_table, primary_metric
 
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more seeds: the normal's 1.96 is close).
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
@@ -91,16 +91,15 @@ def run(args: Any, argv: Sequence[str] = ()) -> dict[str, Any]:
                 diff, half = paired_interval([by_seed[s][budget] - base[s][budget] for s in args.seeds])
                 row.update(diff=diff, ci95=half)
             rows.append(row)
-    lines = [f"| run | budget | mean over {len(args.seeds)} seeds | sd | paired difference to {reference} (95% CI) |",
-             "|---|---|---|---|---|"]
-    for row in rows:
-        diff = f"{row['diff']:+.4f} ± {row['ci95']:.4f}" if "diff" in row else "(reference)"
-        lines.append(f"| {row['run']} | {row['budget']:g} | {row['mean']:.4f} | {row['sd']:.4f} | {diff} |")
+    columns = ["run", "budget", f"mean over {len(args.seeds)} seeds", "sd", f"paired difference to {reference} (95% CI)"]
+    cells = [(r["run"], f"{r['budget']:g}", f"{r['mean']:.4f}", f"{r['sd']:.4f}",
+              f"{r['diff']:+.4f} ± {r['ci95']:.4f}" if "diff" in r else "(reference)") for r in rows]
+    table = markdown_table([dict(zip(columns, c, strict=True)) for c in cells], columns)
     record = {"command": ["python", "-m", "ldrop.bench", "precision", *argv], "machine": machine_info(),
               "config": args.config, "seeds": list(args.seeds), "rows": rows}
     atomic_write_json(out / "precision.json", record)
-    atomic_write_text(out / "precision.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    atomic_write_text(out / "precision.md", table + "\n")
+    print(table)
     return record
 
 

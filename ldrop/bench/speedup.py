@@ -1,4 +1,4 @@
-"""Wall-clock speed-up of sparse gated execution against the full model.
+"""Wall-clock speed-up of sparse gated execution vs the full model (random weights).
 
 Per budget ``k`` it times ``per_sample`` masks (each sample its own random ``k`` layers), ``shared`` masks (a
 static pruned model), ``full`` and ``fixed`` (CNN + front end; the ideal is ``T_full / (T_fixed + k / N *
@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from ldrop.sweeps import markdown_table
 SIZES = ("base", "large", "tiny")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SAMPLING_RATE = 16_000
+KINDS = ("per_sample", "shared")
 
 #: The usual "large" geometry (wav2vec 2.0 / HuBERT / WavLM / data2vec large).
 LARGE = dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096)
@@ -46,14 +48,11 @@ def build_config(family: str, size: str) -> PretrainedConfig:
     ``tiny``."""
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone {family!r}; choose from {sorted(FAMILIES)}")
-    config_cls = FAMILIES[family][0]
-    if size == "base":
-        return config_cls()
-    if size == "large":
-        return config_cls(**large_overrides(family))
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {SIZES}")
     if size == "tiny":
         return tiny_config(family)
-    raise ValueError(f"unknown size {size!r}; choose from {SIZES}")
+    return FAMILIES[family][0](**(large_overrides(family) if size == "large" else {}))
 
 
 def parse_budgets(text: str, num_layers: int) -> list[int]:
@@ -62,9 +61,7 @@ def parse_budgets(text: str, num_layers: int) -> list[int]:
     ``ValueError`` for an empty list or a budget outside ``0..num_layers``.
     """
     budgets: list[int] = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
+    for item in names(text):
         if "." in item or "e" in item.lower():
             fraction = float(item)
             if not 0.0 <= fraction <= 1.0:
@@ -79,6 +76,11 @@ def parse_budgets(text: str, num_layers: int) -> list[int]:
     if not budgets:
         raise ValueError("no budgets given")
     return budgets
+
+
+def names(text: str) -> list[str]:
+    """The non-empty items of a comma-separated list, stripped."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def keep_masks(batch: int, num_layers: int, k: int, generator: torch.Generator) -> dict[str, Tensor]:
@@ -105,9 +107,8 @@ def load_average() -> float | None:
         return None
 
 
-def say(line: str) -> None:
-    """A benchmark's progress line, printed at once."""
-    print(line, flush=True)
+#: A benchmark's progress line, printed at once.
+say = partial(print, flush=True)
 
 
 @contextmanager
@@ -128,11 +129,22 @@ def ideal_speedup(full: float, fixed: float, k: int, num_layers: int) -> float:
     return full / (fixed + k / num_layers * (full - fixed))
 
 
-def paired_ratio(times: dict[str, list[float]], kind: str, k: int, num_layers: int, prefix: str = "") -> float:
-    """Median over rounds of realized/ideal within each round (cancels load that drifts over minutes) of the
-    variants ``<prefix>full``, ``<prefix>fixed`` and ``<prefix><kind>@<k>``."""
-    rounds = zip(times[f"{prefix}full"], times[f"{prefix}fixed"], times[f"{prefix}{kind}@{k}"], strict=True)
-    return statistics.median([full / variant / ideal_speedup(full, fixed, k, num_layers) for full, fixed, variant in rounds])
+def speedup_fields(times: dict[str, list[float]], k: int, num_layers: int, prefix: str = "") -> dict[str, Any]:
+    """A budget's ``speedup``, ``ideal_speedup``, ``realized_over_ideal`` and ``realized_over_ideal_paired``
+    (the median over rounds of realized/ideal within each round: cancels load that drifts over minutes) of
+    both :data:`KINDS`, from the seconds of ``<prefix>full``, ``<prefix>fixed`` and ``<prefix><kind>@<k>``."""
+    median = {name: statistics.median(values) for name, values in times.items()}
+    ideal = ideal_speedup(median[f"{prefix}full"], median[f"{prefix}fixed"], k, num_layers)
+    speedup = {kind: median[f"{prefix}full"] / median[f"{prefix}{kind}@{k}"] for kind in KINDS}
+
+    def paired(kind: str) -> float:
+        rounds = zip(times[f"{prefix}full"], times[f"{prefix}fixed"], times[f"{prefix}{kind}@{k}"], strict=True)
+        return statistics.median([full / variant / ideal_speedup(full, fixed, k, num_layers)
+                                  for full, fixed, variant in rounds])
+
+    return {"speedup": speedup, "ideal_speedup": ideal,
+            "realized_over_ideal": {kind: value / ideal for kind, value in speedup.items()},
+            "realized_over_ideal_paired": {kind: paired(kind) for kind in KINDS}}
 
 
 def interleaved_times(
@@ -230,7 +242,7 @@ def run_speedup(
         keep = masks[int(k)][kind].to(torch_device)
         return lambda: sparse_forward(model, waves, lengths, keep)
 
-    variants = ["full", "fixed"] + [f"{kind}@{k}" for k in budgets for kind in ("per_sample", "shared")]
+    variants = ["full", "fixed"] + [f"{kind}@{k}" for k in budgets for kind in KINDS]
     load_before = load_average()
     cores = os.cpu_count() or 1
     if log is not None and torch_device.type == "cpu" and load_before is not None and load_before > cores / 2:
@@ -245,16 +257,13 @@ def run_speedup(
     # Other processes competing for the cores are the main source of noise on a shared CPU machine.
     machine["load_average_1min"] = {"before": load_before, "after": load_average()}
     median = {name: statistics.median(values) for name, values in times.items()}
-    t_full, t_fixed = median["full"], median["fixed"]
     full_flops = count_forward_flops(config, lengths.cpu())
     records = []
     for k in budgets:
-        ideal = ideal_speedup(t_full, t_fixed, k, num_layers)
         # All utterances have the same length, so any k kept layers cost the same FLOPs.
         keep = torch.zeros(batch_size, num_layers)
         keep[:, :k] = 1.0
         flops = count_forward_flops(config, lengths.cpu(), keep)
-        speedup = {kind: t_full / median[f"{kind}@{k}"] for kind in ("per_sample", "shared")}
         columns = {"full": "full", "fixed": "fixed", "per_sample": f"per_sample@{k}", "shared": f"shared@{k}"}
         records.append(
             {
@@ -276,12 +285,7 @@ def run_speedup(
                 "machine": machine,
                 "time_s": {key: median[name] for key, name in columns.items()},
                 "times_s": {key: times[name] for key, name in columns.items()},
-                "speedup": speedup,
-                "ideal_speedup": ideal,
-                "realized_over_ideal": {kind: value / ideal for kind, value in speedup.items()},
-                "realized_over_ideal_paired": {
-                    kind: paired_ratio(times, kind, k, num_layers) for kind in ("per_sample", "shared")
-                },
+                **speedup_fields(times, k, num_layers),
                 "flops": {
                     "full_per_utterance": full_flops.total[0].item(),
                     "fixed_per_utterance": flops.fixed[0].item(),
@@ -313,10 +317,7 @@ def results_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ldrop.bench speedup",
-        description="Wall-clock speed-up of sparse gated execution vs the full model (random weights).",
-    )
+    parser = argparse.ArgumentParser(prog="python -m ldrop.bench speedup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", choices=sorted(FAMILIES), default="wavlm")
     parser.add_argument("--size", choices=SIZES, default="base", help="tiny is for tests")
     parser.add_argument("--batch-size", type=int, default=8)
