@@ -1,5 +1,5 @@
 """Budgets: layer counts, targets, the device cost profile and the controller that turns a target into
-per-input layer counts. Names are imported on first use: ``targets`` and ``loop`` need no torch."""
+per-input layer counts. Names are imported on first use: ``targets``, ``loop`` and ``cost`` need no torch."""
 
 import importlib
 
@@ -8,8 +8,8 @@ _EXPORTS = {
     **dict.fromkeys(("QUICK_GRID", "BudgetController", "TargetResolver"), "ldrop.budgets.controller"),
     **dict.fromkeys(("BudgetDecision", "ControlLoop", "DeadlineGuard", "UnmeetableTargetWarning"), "ldrop.budgets.loop"),
     **dict.fromkeys(("Budget", "budget_list", "budget_to_layers", "resolve_budget"), "ldrop.budgets.layers"),
-    **dict.fromkeys(("DeviceProfile", "PartFit", "fit_part", "profile_model", "validate_profile"),
-                    "ldrop.budgets.profile"),
+    **dict.fromkeys(("DeviceProfile", "PartFit"), "ldrop.budgets.cost"),
+    **dict.fromkeys(("fit_part", "profile_model", "validate_profile"), "ldrop.budgets.profile"),
     **dict.fromkeys(("Target", "is_target"), "ldrop.budgets.targets"),
 }
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,7 @@
 """From a target (a deadline, a real-time factor, a FLOPs rate) to a per-input layer budget, closing the loop.
 
 Each input gets the largest ``k`` whose predicted cost meets the target: time targets from a
-:class:`~ldrop.budgets.profile.DeviceProfile` (``fixed_i + k * layer_i``, times the correction), FLOPs targets
+:class:`~ldrop.budgets.cost.DeviceProfile` (``fixed_i + k * layer_i``, times the correction), FLOPs targets
 exactly. The correction is an EMA of the log measured / predicted ratio, quicker to rise than to fall, never
 below a high quantile of recent ratios (a deadline is about misses).
 """
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ldrop.budgets.cost import DeviceProfile
 from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
-from ldrop.budgets.profile import DeviceProfile, profile_model
+from ldrop.budgets.profile import profile_model
 from ldrop.budgets.targets import Target
 from ldrop.engine.flops import decision_flops
 
@@ -72,7 +73,7 @@ class BudgetController(ControlLoop):
                 f"a {target.kind} target needs a device profile of this model: run 'ldrop profile' (or "
                 "ldrop.budgets.profile_model) and pass it"
             )
-        fixed, layer = self.profile.per_input(lengths)
+        fixed, layer = (torch.from_numpy(part) for part in self.profile.per_input(lengths))
         allowance = (target.value / 1000.0) * torch.ones_like(seconds) if target.kind == "ms" else target.value * seconds
         return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
 

@@ -1,24 +1,16 @@
-"""A cost model of one ldrop model on this device: how long the fixed part and one encoder layer take.
-
-Each part is ``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds for ``B`` inputs of ``T``
-frames; a batch is predicted to take ``fixed(B, T_max) + sum_i layer(B_i, T_i)``, the work of
-:func:`ldrop.engine.run_gated_layers`. :func:`profile_model` measures both parts over a grid, fits them and
-checks the prediction on held-out batches; its timers are injectable.
-"""
+"""Measuring a :class:`~ldrop.budgets.cost.DeviceProfile`: :func:`profile_model` times the fixed part and one
+layer over a grid, fits both and checks the prediction on held-out batches; its timers are injectable."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,33 +18,16 @@ from torch import Tensor
 
 from ldrop._progress import Phase
 from ldrop.backbones.geometry import frame_lengths, shortest_sample_lengths
+from ldrop.budgets.cost import PARTS, DeviceProfile, PartFit
 from ldrop.budgets.machine import machine_info
 
-#: Fitted parts of a profile.
-PARTS = ("fixed", "layer")
+__all__ = ["PARTS", "DeviceProfile", "PartFit", "fit_part", "model_timers", "profile_model", "profile_with_timers",
+           "random_batches", "time_call", "validate_profile"]
 
 #: ``measure(part, batch, frames) -> seconds``: the time of one part on ``batch`` inputs of ``frames`` frames.
 PartTimer = Callable[[str, int, int], float]
 #: ``measure_batch(sample_lengths [batch], keep_mask [batch, layers]) -> seconds``: one sparse forward.
 BatchTimer = Callable[[Tensor, Tensor], float]
-
-
-@dataclass
-class PartFit:
-    """``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds, all coefficients >= 0."""
-
-    overhead: float = 0.0
-    per_frame: float = 0.0
-    per_frame_sq: float = 0.0
-
-    def seconds(self, batch: Tensor | float, frames: Tensor | float) -> Tensor | float:
-        """Predicted seconds for ``batch`` inputs of ``frames`` frames (tensors broadcast)."""
-        return self.overhead + batch * (self.per_frame * frames + self.per_frame_sq * frames * frames)
-
-    def per_input(self, frames: Tensor, batch: int) -> Tensor:
-        """Seconds attributed to each input of a batch of ``batch``: its frames plus its share of overhead."""
-        frames = frames.to(torch.float64)
-        return self.overhead / batch + self.per_frame * frames + self.per_frame_sq * frames * frames
 
 
 def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[float]]:
@@ -91,146 +66,6 @@ def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[fl
     fit = PartFit(*(float(c) for c in coef))
     predicted = features @ coef
     return fit, ((predicted - seconds) / seconds).tolist()
-
-
-@dataclass
-class DeviceProfile:
-    """The measured cost model of one model on one device (see the module docstring).
-
-    ``device`` says where it was measured, ``model`` summarises the model, ``measurements`` holds the grid and
-    ``validation`` the accuracy on held-out batches.
-    """
-
-    fixed: PartFit
-    layer: PartFit
-    num_layers: int
-    conv_kernel: list[int]
-    conv_stride: list[int]
-    sample_rate: int = 16_000
-    device: dict[str, Any] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
-    measurements: list[dict[str, Any]] = field(default_factory=list)
-    validation: dict[str, Any] = field(default_factory=dict)
-
-    def frames(self, sample_lengths: Tensor) -> Tensor:
-        """Frames per input, ``[batch]`` long."""
-        return frame_lengths(self, torch.as_tensor(sample_lengths))
-
-    def predict(self, sample_lengths: Tensor, keep_mask: Tensor) -> float:
-        """Predicted seconds of one sparse forward: ``sample_lengths [batch]``, ``keep_mask [batch, layers]``
-        0/1."""
-        frames = self.frames(sample_lengths.cpu()).to(torch.float64)
-        keep = keep_mask.detach().cpu() > 0.5
-        if keep.dim() != 2 or keep.shape != (frames.shape[0], self.num_layers):
-            raise ValueError(
-                f"keep_mask must be [batch, layers] = [{frames.shape[0]}, {self.num_layers}], "
-                f"got {tuple(keep_mask.shape)}"
-            )
-        total = float(self.fixed.seconds(frames.shape[0], float(frames.max())))
-        for index in range(self.num_layers):
-            rows = keep[:, index]
-            count = int(rows.sum())
-            if count:
-                total += float(self.layer.seconds(count, float(frames[rows].max())))
-        return total
-
-    def per_input(self, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """``(fixed [batch], one layer [batch])`` float64 seconds attributed to each input.
-
-        Each input pays the fixed part at the batch's longest length and a layer at its own length; overheads
-        are shared equally. For one input this is exactly :meth:`predict`.
-        """
-        frames = self.frames(sample_lengths.cpu())
-        batch = frames.shape[0]
-        fixed = self.fixed.per_input(frames.max().expand(batch), batch)
-        return fixed, self.layer.per_input(frames, batch)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
-        """A profile from :meth:`to_dict`'s form, checked field by field (``ValueError`` saying what is
-        wrong)."""
-        problem = _profile_problem(data)
-        if problem:
-            raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
-        data = dict(data)
-        data["fixed"] = PartFit(**{k: float(v) for k, v in data["fixed"].items()})
-        data["layer"] = PartFit(**{k: float(v) for k, v in data["layer"].items()})
-        return cls(**data)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the profile as JSON (atomically)."""
-        from ldrop._io import atomic_write_json
-
-        atomic_write_json(path, self.to_dict())
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> DeviceProfile:
-        """Read a profile written by :meth:`save` or ``ldrop profile``.
-
-        ``FileNotFoundError`` without a file; else a one-line ``ValueError`` naming ``path`` and what is
-        wrong.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ValueError(f"device profile {str(path)!r} is not a text file (not UTF-8); "
-                             "write one with 'ldrop profile'") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"device profile {str(path)!r} is not valid JSON ({error.msg} at line {error.lineno}, "
-                             f"column {error.colno}); write one with 'ldrop profile'") from None
-        try:
-            return cls.from_dict(data)
-        except ValueError as error:
-            raise ValueError(f"device profile {str(path)!r}: {error}") from None
-
-
-def _profile_problem(data: Any) -> str | None:
-    """What keeps ``data`` (parsed JSON) from being a :class:`DeviceProfile`, or ``None`` if nothing does."""
-
-    def number(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-    def count(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-    if not isinstance(data, dict):
-        return f"the JSON holds a {type(data).__name__}, not an object"
-    fields = {f.name for f in dataclasses.fields(DeviceProfile)}
-    required = {f.name for f in dataclasses.fields(DeviceProfile)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    missing, unknown = sorted(required - set(data)), sorted(set(data) - fields)
-    if missing:
-        return f"missing field(s) {missing}"
-    if unknown:
-        return f"unknown field(s) {unknown}"
-    for part in PARTS:
-        fit = data[part]
-        names = [f.name for f in dataclasses.fields(PartFit)]
-        if not isinstance(fit, dict) or set(fit) - set(names):
-            return f"{part!r} must be an object with keys among {names}, got {fit!r}"
-        if not all(number(v) and v >= 0 for v in fit.values()):
-            return f"{part!r} coefficients must be finite numbers >= 0, got {fit!r}"
-    if not count(data["num_layers"]):
-        return f"'num_layers' must be an integer >= 1, got {data['num_layers']!r}"
-    kernel, stride = data["conv_kernel"], data["conv_stride"]
-    if not (isinstance(kernel, list) and isinstance(stride, list) and kernel and len(kernel) == len(stride)
-            and all(count(v) for v in kernel + stride)):
-        return f"'conv_kernel' and 'conv_stride' must be equally long lists of integers >= 1, got {kernel!r}, {stride!r}"
-    if "sample_rate" in data and not count(data["sample_rate"]):
-        return f"'sample_rate' must be an integer >= 1, got {data['sample_rate']!r}"
-    for name in ("device", "model", "validation"):
-        if name in data and not isinstance(data[name], dict):
-            return f"{name!r} must be an object, got {type(data[name]).__name__}"
-    if "measurements" in data and not isinstance(data["measurements"], list):
-        return f"'measurements' must be a list, got {type(data['measurements']).__name__}"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- timing

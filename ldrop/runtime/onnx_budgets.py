@@ -1,19 +1,16 @@
-"""The ONNX runtime's costs in numpy: the device profile, the FLOPs law of an export, plain budgets and the
-controller (:class:`~ldrop.budgets.loop.ControlLoop` with these costs). Tests hold every formula to its
-PyTorch counterpart."""
+"""The ONNX runtime's costs in numpy: the FLOPs law of an export, plain budgets and the controller
+(:class:`~ldrop.budgets.loop.ControlLoop` with these costs and the shared device profile). Tests hold every
+formula to its PyTorch counterpart."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ldrop.budgets.cost import DeviceProfile, conv_frames
 from ldrop.budgets.loop import ControlLoop
 from ldrop.budgets.targets import Target
 
@@ -45,88 +42,6 @@ def resolve_budget(budget: Any, num_layers: int, batch: int) -> np.ndarray:
     if bool(((array < 1) | (array > num_layers)).any()):
         raise ValueError(f"budget values must be between 1 and {num_layers} layers, got {array.tolist()}")
     return array.astype(np.int64)
-
-
-def conv_frames(sample_lengths: Any, conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> np.ndarray:
-    """``[batch]`` int64 frames the CNN produces for ``sample_lengths`` samples."""
-    lengths = np.asarray(sample_lengths, dtype=np.int64)
-    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
-        lengths = np.maximum(np.floor_divide(lengths - int(kernel), int(stride)) + 1, 0)
-    return lengths
-
-
-def _seconds(fit: dict[str, float], batch: Any, frames: Any) -> Any:
-    """A part's ``overhead + per_frame * B*T + per_frame_sq * B*T²`` (``budgets.profile.PartFit``)."""
-    return fit["overhead"] + batch * (fit["per_frame"] * frames + fit["per_frame_sq"] * frames * frames)
-
-
-@dataclass
-class CostProfile:
-    """A device profile's JSON (``ldrop profile``) with :class:`~ldrop.budgets.DeviceProfile`'s predictions."""
-
-    fixed: dict[str, float]
-    layer: dict[str, float]
-    num_layers: int
-    conv_kernel: list[int]
-    conv_stride: list[int]
-    sample_rate: int = 16_000
-    device: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CostProfile:
-        """Raises ``ValueError`` for a dict that is not a device profile."""
-        try:
-            fits = [{"overhead": 0.0, "per_frame": 0.0, "per_frame_sq": 0.0, **data[p]} for p in ("fixed", "layer")]
-            return cls(*fits, int(data["num_layers"]), list(data["conv_kernel"]), list(data["conv_stride"]),
-                       int(data.get("sample_rate", 16_000)), dict(data.get("device") or {}), dict(data))
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"not an ldrop device profile ({error}); write one with 'ldrop profile'") from None
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CostProfile:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"device profile {str(path)!r}: {error}") from None
-
-    @property
-    def validation(self) -> dict[str, Any]:
-        """The profile's check on held-out forwards (``DeviceProfile.validation``)."""
-        return self.data.get("validation") or {}
-
-    def frames(self, sample_lengths: Any) -> np.ndarray:
-        return conv_frames(sample_lengths, self.conv_kernel, self.conv_stride)
-
-    def predict(self, sample_lengths: Any, keep_mask: Any) -> float:
-        """Predicted seconds of one sparse forward, ``fixed(B, T_max) + sum_i layer(B_i, T_i)``."""
-        frames = self.frames(sample_lengths).astype(np.float64)
-        keep = np.asarray(keep_mask) > 0.5
-        if keep.shape != (frames.shape[0], self.num_layers):
-            raise ValueError(
-                f"keep_mask must be [batch, layers] = [{frames.shape[0]}, {self.num_layers}], got {list(keep.shape)}"
-            )
-        total = float(_seconds(self.fixed, frames.shape[0], float(frames.max())))
-        for rows in keep.T:
-            if rows.any():
-                total += float(_seconds(self.layer, int(rows.sum()), float(frames[rows].max())))
-        return total
-
-    def layer_seconds(self, batch: int, frames: int) -> float:
-        """Predicted seconds of one layer on ``batch`` inputs of ``frames`` frames."""
-        return float(_seconds(self.layer, batch, frames))
-
-    def per_input(self, sample_lengths: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``(fixed [batch], one layer [batch])`` seconds per input (fixed part at the batch's longest input,
-        a layer at the input's own length, overheads shared equally), as ``DeviceProfile.per_input``."""
-        frames = self.frames(sample_lengths).astype(np.float64)
-        batch = frames.shape[0]
-        return _per_input(self.fixed, np.full(batch, frames.max()), batch), _per_input(self.layer, frames, batch)
-
-
-def _per_input(fit: dict[str, float], frames: np.ndarray, batch: int) -> np.ndarray:
-    """Seconds of each input of a batch of ``batch``: its frames plus its share of the overhead."""
-    return fit["overhead"] / batch + fit["per_frame"] * frames + fit["per_frame_sq"] * frames * frames
 
 
 @dataclass
@@ -165,10 +80,10 @@ class FlopsLaw:
 
 
 class OnnxBudgetController(ControlLoop):
-    """The ONNX runtime's controller: costs from a :class:`CostProfile` (time targets) or the export's
+    """The ONNX runtime's controller: costs from a :class:`~ldrop.budgets.DeviceProfile` (time targets) or the export's
     :class:`FlopsLaw` (``gflops_per_second``); ``**options`` are :class:`~ldrop.budgets.loop.ControlLoop`'s."""
 
-    def __init__(self, num_layers: int, profile: CostProfile | None = None, flops: FlopsLaw | None = None,
+    def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops: FlopsLaw | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, **options)
         self.profile = profile

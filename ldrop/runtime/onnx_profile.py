@@ -20,7 +20,6 @@ from torch import Tensor
 from ldrop.budgets.controller import QUICK_GRID
 from ldrop.budgets.machine import cpu_name
 from ldrop.budgets.profile import BatchTimer, DeviceProfile, PartTimer, profile_with_timers, time_call
-from ldrop.runtime.onnx_budgets import CostProfile
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 
 _CPU = torch.device("cpu")
@@ -111,7 +110,6 @@ def profile_onnx(
     )
 
 
-def quick_profile(model: OnnxAdaptiveModel, **grid: Any) -> CostProfile:
+def quick_profile(model: OnnxAdaptiveModel, **grid: Any) -> DeviceProfile:
     """A quick profile (``AdaptiveModel``'s ``QUICK_GRID``), for a time target used without one."""
-    profile = profile_onnx(model, **{**QUICK_GRID, **grid})
-    return CostProfile.from_dict(profile.to_dict())
+    return profile_onnx(model, **{**QUICK_GRID, **grid})

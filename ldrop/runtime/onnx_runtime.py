@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ldrop.budgets.cost import DeviceProfile
 from ldrop.budgets.loop import DeadlineGuard
 from ldrop.budgets.targets import Target, is_target
-from ldrop.runtime.onnx_budgets import CostProfile, FlopsLaw, OnnxBudgetController, resolve_budget
+from ldrop.runtime.onnx_budgets import FlopsLaw, OnnxBudgetController, resolve_budget
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class OnnxAdaptiveModel:
 
     Args:
         folder: an export folder (``ldrop export CKPT DIR --format onnx``); see :meth:`from_pretrained`.
-        profile: a :class:`CostProfile` or its JSON path; ``None``: the folder's ``profile.json``, else one is
+        profile: a :class:`DeviceProfile` or its JSON path; ``None``: the folder's ``profile.json``, else one is
             measured at the first time target (needs torch).
         closed_loop, margin, on_unmeetable, **controller_options: as :class:`~ldrop.runtime.AdaptiveModel`.
         threads: ONNX Runtime intra-op threads (``None``: its default).
@@ -223,7 +224,7 @@ class OnnxAdaptiveModel:
     """
 
     def __init__(
-        self, folder: str | os.PathLike, profile: CostProfile | str | os.PathLike | None = None,
+        self, folder: str | os.PathLike, profile: DeviceProfile | str | os.PathLike | None = None,
         closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
         threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
         guard: bool = True, **controller_options: Any,
@@ -276,9 +277,8 @@ class OnnxAdaptiveModel:
 
     def _controller(self, profile: Any, closed_loop: bool, margin: float, on_unmeetable: str,
                     **options: Any) -> OnnxBudgetController:
-        if profile is not None and not isinstance(profile, CostProfile):
-            # a JSON path, or a DeviceProfile of the PyTorch side
-            profile = CostProfile.from_dict(profile.to_dict()) if hasattr(profile, "to_dict") else CostProfile.load(profile)
+        if profile is not None and not isinstance(profile, DeviceProfile):
+            profile = DeviceProfile.load(profile)
         if profile is not None and profile.device.get("runtime") != "onnxruntime":
             warnings.warn("this device profile was not measured on ONNX Runtime ('ldrop profile --runtime onnx'): its "
                           "times are another runtime's, only the closed loop will correct them", stacklevel=3)
@@ -289,7 +289,7 @@ class OnnxAdaptiveModel:
             min_budget=max(1, self.prefix_layers), **options,
         )
 
-    def with_controller(self, profile: CostProfile | str | os.PathLike | None = None, closed_loop: bool = True,
+    def with_controller(self, profile: DeviceProfile | str | os.PathLike | None = None, closed_loop: bool = True,
                         margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
                         **controller_options: Any) -> OnnxAdaptiveModel:
         """This model (the same loaded graphs) with a controller of its own: several policies on one model."""
@@ -311,7 +311,7 @@ class OnnxAdaptiveModel:
         return session
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, profile: CostProfile | str | None = None,
+    def from_pretrained(cls, path: str | os.PathLike, profile: DeviceProfile | str | None = None,
                         quantize: Literal["dynamic"] | None = None, **kwargs: Any) -> OnnxAdaptiveModel:
         """From an ONNX export folder, or a ``.ckpt`` / ``ldrop export`` folder exported now (to a temporary
         folder)."""
@@ -330,7 +330,7 @@ class OnnxAdaptiveModel:
 
     # ------------------------------------------------------------------ facts
     @property
-    def profile(self) -> CostProfile | None:
+    def profile(self) -> DeviceProfile | None:
         return self.controller.profile
 
     @property
@@ -518,7 +518,7 @@ class OnnxAdaptiveModel:
         return list(logits)
 
     # ------------------------------------------------------------------ budgets and the closed loop
-    def ensure_profile(self, **grid: Any) -> CostProfile:
+    def ensure_profile(self, **grid: Any) -> DeviceProfile:
         """The profile, measured now on this runtime with a quick grid if there is none yet (needs torch)."""
         if self.controller.profile is None:
             try:
@@ -546,12 +546,10 @@ class OnnxAdaptiveModel:
         """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
         if target is None or not is_target(target):
             return None
-        profile = target.get("profile") if isinstance(target, dict) else getattr(target, "profile", None)
-        # parsed without its profile file: Target.parse would check it with the PyTorch DeviceProfile
-        parsed = Target.parse({k: v for k, v in target.items() if k != "profile"} if isinstance(target, dict) else target)
+        parsed = Target.parse(target)
         if parsed.kind in ("ms", "rtf"):
-            if profile and self.controller.profile is None:
-                self.controller.profile = CostProfile.load(profile)
+            if parsed.profile and self.controller.profile is None:
+                self.controller.profile = DeviceProfile.load(parsed.profile)
             self.ensure_profile()
         return parsed
 

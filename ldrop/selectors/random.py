@@ -67,18 +67,8 @@ class RandomSelector(LayerSelector):
         waveforms: Tensor | None = None,
         lengths: Tensor | None = None,
     ) -> SelectorOutput:
-        """Random (or evenly spaced) layers per sample (``features`` and ``frame_mask`` unused).
-
-        Args:
-            features: ``[batch, frames, feature_dim]`` (only batch size and device are read).
-            frame_mask: ``[batch, frames]`` bool (unused).
-            budget: ``[batch]`` long, layers per sample in ``1..num_layers``.
-            waveforms: ``[batch, samples]`` raw audio (unused).
-            lengths: ``[batch]`` real samples per waveform (unused).
-
-        Returns:
-            :class:`SelectorOutput` with ``keep_mask [batch, layers]``.
-        """
+        """Random (or evenly spaced) layers per sample: a ``keep_mask`` only; of the inputs (see
+        :meth:`LayerSelector.forward`) only the batch size and device are read."""
         batch_size, device = features.shape[0], features.device
         budget = self.check_budget(budget, batch_size)
         shape = (batch_size, self.num_layers)

@@ -68,18 +68,8 @@ class LearnedScheduleSelector(TopKSelector):
         waveforms: Tensor | None = None,
         lengths: Tensor | None = None,
     ) -> SelectorOutput:
-        """Select the scheduled layers of each sample's budget (``features`` and ``frame_mask`` unused).
-
-        Args:
-            features: ``[batch, frames, feature_dim]`` (only the batch size is read).
-            frame_mask: ``[batch, frames]`` bool (unused).
-            budget: ``[batch]`` long, layers per sample in ``1..num_layers``.
-            waveforms: ``[batch, samples]`` raw audio (unused).
-            lengths: ``[batch]`` real samples per waveform (unused).
-
-        Returns:
-            :class:`SelectorOutput` with ``keep_mask`` and ``scores`` ``[batch, layers]``.
-        """
+        """The scheduled layers of each sample's budget: ``keep_mask`` and ``scores``; of the inputs (see
+        :meth:`LayerSelector.forward`) only the batch size is read."""
         budget = self.check_budget(budget, features.shape[0]).to(self.schedule_scores.device)
         scores = self.schedule_scores[budget - 1]
         keep_mask, _ = self.select_topk(scores, budget)

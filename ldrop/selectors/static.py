@@ -186,18 +186,8 @@ class StaticSelector(LayerSelector):
         waveforms: Tensor | None = None,
         lengths: Tensor | None = None,
     ) -> SelectorOutput:
-        """The fixed subset of each sample's budget (``features`` and ``frame_mask`` unused).
-
-        Args:
-            features: ``[batch, frames, feature_dim]`` (only the batch size is read).
-            frame_mask: ``[batch, frames]`` bool (unused).
-            budget: ``[batch]`` long, layers per sample in ``1..num_layers``.
-            waveforms: ``[batch, samples]`` raw audio (unused).
-            lengths: ``[batch]`` real samples per waveform (unused).
-
-        Returns:
-            :class:`SelectorOutput` with ``keep_mask [batch, layers]``.
-        """
+        """The fixed subset of each sample's budget: a ``keep_mask`` only; of the inputs (see
+        :meth:`LayerSelector.forward`) only the batch size is read."""
         budget = self.check_budget(budget, features.shape[0]).to(self.subset_masks.device)
         masks = self.subset_masks[budget - 1]
         empty = ~masks.any(-1)

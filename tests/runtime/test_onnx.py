@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="the ONNX runtime is the optional extra ldrop[onnx]")
 pytest.importorskip("onnxscript", reason="the ONNX exporter needs the optional extra ldrop[onnx]")
 
-from ldrop.budgets import UnmeetableTargetWarning
+from ldrop.budgets import DeviceProfile, UnmeetableTargetWarning
 from ldrop.runtime import OnnxAdaptiveModel, load_model
 from ldrop.runtime.onnx_export import OnnxExportError, export_onnx, folder_megabytes
 from ldrop.runtime.onnx_runtime import OnnxFolderError, read_manifest
@@ -193,9 +193,7 @@ def test_budgets_and_targets_are_chosen_as_the_pytorch_runtime_does(exports):
 
 
 def _cost(profile, measured_on_onnxruntime: bool = False):
-    from ldrop.runtime.onnx_budgets import CostProfile
-
-    cost = CostProfile.from_dict(profile.to_dict())
+    cost = DeviceProfile.from_dict(profile.to_dict())
     if measured_on_onnxruntime:
         cost.device["runtime"] = "onnxruntime"
     return cost

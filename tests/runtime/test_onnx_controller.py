@@ -15,7 +15,7 @@ from ldrop.backbones.geometry import frame_lengths
 from ldrop.budgets import BudgetController, DeviceProfile
 from ldrop.budgets import resolve_budget as torch_resolve_budget
 from ldrop.engine.flops import count_forward_flops
-from ldrop.runtime.onnx_budgets import CostProfile, FlopsLaw, OnnxBudgetController, resolve_budget
+from ldrop.runtime.onnx_budgets import FlopsLaw, OnnxBudgetController, resolve_budget
 from ldrop.runtime.onnx_export import flops_law
 from ldrop.runtime.onnx_runtime import threshold_mask, topk_mask
 from ldrop.selectors import InputConditionedSelector
@@ -28,7 +28,7 @@ from tests.runtime.conftest import synthetic_profile
 def both(profile: DeviceProfile | None = None, **options) -> tuple[BudgetController, OnnxBudgetController]:
     profile = profile or synthetic_profile()
     return (BudgetController(4, profile, **options),
-            OnnxBudgetController(4, CostProfile.from_dict(profile.to_dict()), **options))
+            OnnxBudgetController(4, DeviceProfile.from_dict(profile.to_dict()), **options))
 
 
 @pytest.mark.filterwarnings("ignore:target .* cannot be met")  # unmeetable targets are compared too
@@ -46,15 +46,15 @@ def test_time_targets_give_the_same_budgets_and_the_same_closed_loop():
         assert numpy_controller.observe(*ratio) == pytest.approx(reference.observe(*ratio), rel=1e-12)
 
 
-def test_the_profile_json_predicts_the_same_times():
+def test_the_profile_predicts_the_same_times_from_arrays_tensors_and_its_json():
     profile = synthetic_profile()
-    cost = CostProfile.from_dict(profile.to_dict())
+    cost = DeviceProfile.from_dict(profile.to_dict())
     lengths = torch.tensor([8000, 20000, 3000])
     keep = torch.tensor([[1, 0, 1, 0], [1, 1, 1, 1], [0, 0, 0, 1]], dtype=torch.float32)
     assert cost.predict(lengths.numpy(), keep.numpy()) == pytest.approx(profile.predict(lengths, keep), rel=1e-12)
+    assert profile.frames(lengths).tolist() == frame_lengths(profile, lengths).tolist()
     fixed, layer = profile.per_input(lengths)
-    np.testing.assert_allclose(np.stack(cost.per_input(lengths.numpy())), torch.stack([fixed, layer]).numpy(),
-                               rtol=1e-12)
+    np.testing.assert_allclose(np.stack(cost.per_input(lengths.numpy())), np.stack([fixed, layer]), rtol=1e-12)
 
 
 @pytest.mark.parametrize("selector", [None, "cnn", "layers"])
@@ -91,7 +91,7 @@ def test_flops_targets_give_the_same_budgets():
 ])
 def test_bad_targets_are_the_same_clear_errors(target, message):
     with pytest.raises(ValueError, match=message):
-        OnnxBudgetController(4, CostProfile.from_dict(synthetic_profile().to_dict())).budgets([16000], target)
+        OnnxBudgetController(4, synthetic_profile()).budgets([16000], target)
 
 
 @pytest.mark.parametrize("budget", [3, 0.5, 0.3, [1, 4, 2], [0.25, 1.0, 0.6]])

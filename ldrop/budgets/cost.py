@@ -1,0 +1,197 @@
+"""The device profile: how long the fixed part and one encoder layer of a model take on one device.
+
+Each part is ``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds for ``B`` inputs of ``T``
+frames; a batch is predicted to take ``fixed(B, T_max) + sum_i layer(B_i, T_i)``, the work of
+:func:`ldrop.engine.run_gated_layers`. Torch-free (numpy): both runtimes, PyTorch and ONNX, read the same
+profile; :mod:`ldrop.budgets.profile` measures one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Fitted parts of a profile.
+PARTS = ("fixed", "layer")
+
+
+def as_array(values: Any, dtype: Any = None) -> np.ndarray:
+    """A numpy array of a tensor (on any device), an array or a list."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=dtype)
+
+
+def conv_frames(sample_lengths: Any, conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> np.ndarray:
+    """``[batch]`` int64 frames the CNN produces for ``sample_lengths`` samples (numpy's
+    :func:`ldrop.backbones.geometry.frame_lengths`)."""
+    lengths = as_array(sample_lengths, np.int64)
+    for kernel, stride in zip(conv_kernel, conv_stride, strict=True):
+        lengths = np.maximum(np.floor_divide(lengths - int(kernel), int(stride)) + 1, 0)
+    return lengths
+
+
+@dataclass
+class PartFit:
+    """``t(B, T) = overhead + per_frame * B*T + per_frame_sq * B*T²`` seconds, all coefficients >= 0."""
+
+    overhead: float = 0.0
+    per_frame: float = 0.0
+    per_frame_sq: float = 0.0
+
+    def seconds(self, batch: Any, frames: Any) -> Any:
+        """Predicted seconds for ``batch`` inputs of ``frames`` frames (arrays broadcast)."""
+        return self.overhead + batch * (self.per_frame * frames + self.per_frame_sq * frames * frames)
+
+    def per_input(self, frames: np.ndarray, batch: int) -> np.ndarray:
+        """Seconds attributed to each input of a batch of ``batch``: its frames plus its share of overhead."""
+        frames = np.asarray(frames, dtype=np.float64)
+        return self.overhead / batch + self.per_frame * frames + self.per_frame_sq * frames * frames
+
+
+@dataclass
+class DeviceProfile:
+    """The measured cost model of one model on one device (see the module docstring).
+
+    ``device`` says where it was measured, ``model`` summarises the model, ``measurements`` holds the grid and
+    ``validation`` the accuracy on held-out batches. Lengths and masks may be tensors or numpy arrays.
+    """
+
+    fixed: PartFit
+    layer: PartFit
+    num_layers: int
+    conv_kernel: list[int]
+    conv_stride: list[int]
+    sample_rate: int = 16_000
+    device: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def frames(self, sample_lengths: Any) -> np.ndarray:
+        """Frames per input, ``[batch]`` int64."""
+        return conv_frames(sample_lengths, self.conv_kernel, self.conv_stride)
+
+    def predict(self, sample_lengths: Any, keep_mask: Any) -> float:
+        """Predicted seconds of one sparse forward: ``sample_lengths [batch]``, ``keep_mask [batch, layers]``
+        0/1."""
+        frames = self.frames(sample_lengths).astype(np.float64)
+        keep = as_array(keep_mask) > 0.5
+        if keep.shape != (frames.shape[0], self.num_layers):
+            raise ValueError(
+                f"keep_mask must be [batch, layers] = [{frames.shape[0]}, {self.num_layers}], got {list(keep.shape)}"
+            )
+        total = float(self.fixed.seconds(frames.shape[0], float(frames.max())))
+        for rows in keep.T:
+            if rows.any():
+                total += float(self.layer.seconds(int(rows.sum()), float(frames[rows].max())))
+        return total
+
+    def layer_seconds(self, batch: int, frames: int) -> float:
+        """Predicted seconds of one layer on ``batch`` inputs of ``frames`` frames."""
+        return float(self.layer.seconds(batch, frames))
+
+    def per_input(self, sample_lengths: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(fixed [batch], one layer [batch])`` float64 seconds attributed to each input.
+
+        Each input pays the fixed part at the batch's longest length and a layer at its own length; overheads
+        are shared equally. For one input this is exactly :meth:`predict`.
+        """
+        frames = self.frames(sample_lengths)
+        batch = frames.shape[0]
+        return self.fixed.per_input(np.full(batch, frames.max()), batch), self.layer.per_input(frames, batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
+        """A profile from :meth:`to_dict`'s form, checked field by field (``ValueError`` saying what is
+        wrong)."""
+        problem = _profile_problem(data)
+        if problem:
+            raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
+        data = dict(data)
+        data["fixed"] = PartFit(**{k: float(v) for k, v in data["fixed"].items()})
+        data["layer"] = PartFit(**{k: float(v) for k, v in data["layer"].items()})
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the profile as JSON (atomically)."""
+        from ldrop._io import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DeviceProfile:
+        """Read a profile written by :meth:`save` or ``ldrop profile``.
+
+        ``FileNotFoundError`` without a file; else a one-line ``ValueError`` naming ``path`` and what is
+        wrong.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"device profile {str(path)!r} is not a text file (not UTF-8); "
+                             "write one with 'ldrop profile'") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"device profile {str(path)!r} is not valid JSON ({error.msg} at line {error.lineno}, "
+                             f"column {error.colno}); write one with 'ldrop profile'") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"device profile {str(path)!r}: {error}") from None
+
+
+def _profile_problem(data: Any) -> str | None:
+    """What keeps ``data`` (parsed JSON) from being a :class:`DeviceProfile`, or ``None`` if nothing does."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not isinstance(data, dict):
+        return f"the JSON holds a {type(data).__name__}, not an object"
+    fields = {f.name for f in dataclasses.fields(DeviceProfile)}
+    required = {f.name for f in dataclasses.fields(DeviceProfile)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing, unknown = sorted(required - set(data)), sorted(set(data) - fields)
+    if missing:
+        return f"missing field(s) {missing}"
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    for part in PARTS:
+        fit = data[part]
+        names = [f.name for f in dataclasses.fields(PartFit)]
+        if not isinstance(fit, dict) or set(fit) - set(names):
+            return f"{part!r} must be an object with keys among {names}, got {fit!r}"
+        if not all(number(v) and v >= 0 for v in fit.values()):
+            return f"{part!r} coefficients must be finite numbers >= 0, got {fit!r}"
+    if not count(data["num_layers"]):
+        return f"'num_layers' must be an integer >= 1, got {data['num_layers']!r}"
+    kernel, stride = data["conv_kernel"], data["conv_stride"]
+    if not (isinstance(kernel, list) and isinstance(stride, list) and kernel and len(kernel) == len(stride)
+            and all(count(v) for v in kernel + stride)):
+        return f"'conv_kernel' and 'conv_stride' must be equally long lists of integers >= 1, got {kernel!r}, {stride!r}"
+    if "sample_rate" in data and not count(data["sample_rate"]):
+        return f"'sample_rate' must be an integer >= 1, got {data['sample_rate']!r}"
+    for name in ("device", "model", "validation"):
+        if name in data and not isinstance(data[name], dict):
+            return f"{name!r} must be an object, got {type(data[name]).__name__}"
+    if "measurements" in data and not isinstance(data["measurements"], list):
+        return f"'measurements' must be a list, got {type(data['measurements']).__name__}"
+    return None
