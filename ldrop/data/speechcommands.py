@@ -40,6 +40,7 @@ _silence_ of the separate speech_commands_test_set_v0.02 archive)"""
 log = logging.getLogger("ldrop.data")
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "predict": 2}
+_LIST_FILES = ("validation_list.txt", "testing_list.txt")  # the clips of the val and test splits
 
 
 class SpeechCommandsDataModule(AudioDataModule):
@@ -99,15 +100,11 @@ class SpeechCommandsDataModule(AudioDataModule):
         root = self._checked_root()
         if split in ("test", "predict") and self.test_root is not None:
             return self._official_test_items()
-        held_out = {
-            "val": _read_list(os.path.join(root, "validation_list.txt")),
-            "test": _read_list(os.path.join(root, "testing_list.txt")),
-        }
+        val, test = (_read_list(os.path.join(root, name)) for name in _LIST_FILES)
         if split == "train":
-            excluded = held_out["val"] | held_out["test"]
-            relpaths = [p for p in _word_clips(root) if p not in excluded]
+            relpaths = [p for p in _word_clips(root) if p not in val and p not in test]
         else:
-            relpaths = sorted(held_out["val" if split == "val" else "test"])
+            relpaths = sorted(val if split == "val" else test)
         items = []
         for rel in relpaths:
             word = rel.split("/", 1)[0]
@@ -119,7 +116,7 @@ class SpeechCommandsDataModule(AudioDataModule):
 
     def _checked_root(self) -> str:
         assert self.root is not None
-        for name in ("validation_list.txt", "testing_list.txt"):
+        for name in _LIST_FILES:
             path = os.path.join(self.root, name)
             if not os.path.isfile(path):
                 raise layout_error(f"Speech Commands list file {name}", path, SPEECH_COMMANDS_LAYOUT)
