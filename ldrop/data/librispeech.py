@@ -83,9 +83,7 @@ class LibriSpeechDataModule(AudioDataModule):
                 raise layout_error(
                     f"transcript files (*.trans.txt) of subset '{subset}'", subset_dir, LIBRISPEECH_LAYOUT
                 )
-            listed: list[AudioItem] = []
-            for transcript_file in transcript_files:
-                listed.extend(_read_chapter(transcript_file))
+            listed = [item for transcript_file in transcript_files for item in _read_chapter(transcript_file)]
             items += listed + _untranscribed(subset_dir, {item.path for item in listed})
         return items
 

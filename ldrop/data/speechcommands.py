@@ -85,13 +85,8 @@ class SpeechCommandsDataModule(AudioDataModule):
 
     def class_of_word(self, word: str, path: str) -> int:
         """Class id of a clip in folder ``word``; a folder that is no Speech Commands word is an error."""
-        if self.variant == 35:
-            if word in SPEECH_COMMANDS_WORDS:
-                return SPEECH_COMMANDS_WORDS.index(word)
-        elif word in KEYWORDS_12:
-            return KEYWORDS_12.index(word)
-        elif word in SPEECH_COMMANDS_WORDS:
-            return self.class_names.index(UNKNOWN)
+        if word in SPEECH_COMMANDS_WORDS:  # 12 classes: a word other than the 10 keywords is _unknown_
+            return self.class_names.index(word if word in self.class_names else UNKNOWN)
         raise ValueError(
             f"label {word!r} of {path} is not a Speech Commands v0.02 word (class list: {self.class_names})"
         )
