@@ -163,14 +163,12 @@ class SpeechCommandsDataModule(AudioDataModule):
                 raise ValueError(
                     f"label {folder!r} of {folder_path} is not one of the 12 classes {self.class_names}"
                 )
-            for name in sorted(os.listdir(folder_path)):
-                if name.lower().endswith(".wav"):
-                    items.append(
-                        AudioItem(
-                            id=f"{folder}/{name}", path=os.path.join(folder_path, name),
-                            target=self.class_names.index(folder),
-                        )
-                    )
+            label = self.class_names.index(folder)
+            items += [
+                AudioItem(id=f"{folder}/{name}", path=os.path.join(folder_path, name), target=label)
+                for name in sorted(os.listdir(folder_path))
+                if name.lower().endswith(".wav")
+            ]
         if not items:
             raise layout_error("test-set WAV files", self.test_root, TEST_SET_LAYOUT)
         return items
