@@ -206,7 +206,7 @@ def _open_error(path: PathLike, err: BaseException) -> AudioReadError:
         return AudioFileNotFoundError(path)
     if os.path.isdir(path):
         return AudioReadError(path, "it is a folder, not an audio file")
-    return AudioReadError(path, _reason(err))
+    return AudioReadError(path, str(err) or type(err).__name__)
 
 
 def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
@@ -234,26 +234,24 @@ def read_audio(
     :class:`AudioFileNotFoundError`, or :class:`AudioReadError` for an unreadable or corrupt file, a NaN or
     infinite sample, an empty range or a file that ends before ``stop``.
     """
+    start = start or 0
     if stop is None:
         # audio_info raises for a missing or truncated file, whose frames libsndfile would hide.
         stop = audio_info(path).frames
     try:
-        data, sr = sf.read(os.fspath(path), start=start or 0, stop=stop, dtype="float32", always_2d=True)
+        data, sr = sf.read(os.fspath(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         raise _open_error(path, err) from err
     if data.shape[0] == 0:
-        raise AudioReadError(path, f"no audio frames in frames [{start or 0}, {stop})")
-    if data.shape[0] < stop - (start or 0):
+        raise AudioReadError(path, f"no audio frames in frames [{start}, {stop})")
+    if data.shape[0] < stop - start:
         raise AudioReadError(
             path,
-            f"the file ends at frame {(start or 0) + data.shape[0]}, before the end of the range "
-            f"[{start or 0}, {stop}) (truncated file?)",
+            f"the file ends at frame {start + data.shape[0]}, before the end of the range [{start}, {stop}) "
+            "(truncated file?)",
         )
-    _check_finite(path, data, start or 0)
+    _check_finite(path, data, start)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
     return resample(waveform, int(sr), target_sr)
 
-
-def _reason(err: BaseException) -> str:
-    return str(err) or type(err).__name__

@@ -158,9 +158,8 @@ class AudioDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets the stage needs (``fit``: train and val; ``validate``; ``test``; ``predict``)."""
         for split in _STAGE_SPLITS[stage]:
-            predicting_files = split == "predict" and bool(self.predict_files)
-            if split not in self.datasets and (self.has_split(split) or predicting_files):
-                self.datasets[split] = self._prepared_dataset(split)
+            if self.has_split(split) or (split == "predict" and self.predict_files):
+                self.dataset(split)
 
     def dataset(self, split: Split) -> AudioDataset:
         """The dataset of ``split``, built on first use."""
@@ -271,7 +270,8 @@ class AudioDataModule(LightningDataModule):
         """The batch sampler of ``split``: shuffled per epoch for ``train``, fixed order otherwise."""
         lengths = self.dataset(split).lengths
         shuffle = split == "train"
-        num_replicas, rank = self._replicas()
+        trainer = getattr(self, "trainer", None)  # without one the samplers ask torch.distributed, else assume 1
+        num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (None, None)
         if self.max_batch_seconds is not None:
             return DynamicBatchSampler(
                 lengths, max_batch_seconds=self.max_batch_seconds, sample_rate=self.sample_rate,
@@ -328,12 +328,6 @@ class AudioDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.dataloader("predict")
 
-    def _replicas(self) -> tuple[int | None, int | None]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return trainer.world_size, trainer.global_rank
-        return None, None  # the samplers ask torch.distributed, else assume a single process
-
 
 def _audio_files_in(folder: Path) -> list[str]:
     """Audio files under ``folder`` (recursively), sorted; hidden files and folders are left out."""
@@ -351,6 +345,18 @@ def _audio_files_in(folder: Path) -> list[str]:
 def as_list(value: str | Sequence[str]) -> list[str]:
     """``"a"`` -> ``["a"]``; a list stays a list (split arguments accept one name or several)."""
     return [value] if isinstance(value, str) else list(value)
+
+
+def find_corpus(root: str | None, name: str, markers: Sequence[str], what: str, layout: str) -> str:
+    """The corpus folder ``root/name`` when it exists, else ``root`` when it holds one of the folders ``markers``
+    (else a :func:`layout_error` about ``what``)."""
+    assert root is not None
+    nested = os.path.join(root, name)
+    if os.path.isdir(nested):
+        return nested
+    if any(os.path.isdir(os.path.join(root, m)) for m in markers):
+        return root
+    raise layout_error(what, nested, layout)
 
 
 def layout_error(what: str, path: str, layout: str) -> DatasetLayoutError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,18 +47,15 @@ class AudioBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AudioBatch:
         """Return a copy whose tensors live on ``device`` (strings and ids are shared)."""
-        targets = self.targets
-        if isinstance(targets, Tensor):
-            targets = targets.to(device, non_blocking=non_blocking)
-        return AudioBatch(
-            waveforms=self.waveforms.to(device, non_blocking=non_blocking),
-            lengths=self.lengths.to(device, non_blocking=non_blocking), targets=targets, ids=self.ids,
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> AudioBatch:
         """Return a copy in pinned memory (called by ``DataLoader(pin_memory=True)``)."""
-        targets = self.targets.pin_memory() if isinstance(self.targets, Tensor) else self.targets
-        return AudioBatch(self.waveforms.pin_memory(), self.lengths.pin_memory(), targets, self.ids)
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> AudioBatch:
+        targets = fn(self.targets) if isinstance(self.targets, Tensor) else self.targets
+        return AudioBatch(fn(self.waveforms), fn(self.lengths), targets, self.ids)
 
     @property
     def padding_mask(self) -> Tensor:

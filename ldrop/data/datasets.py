@@ -84,26 +84,9 @@ def resolve_items(
         stop = item.stop
         if stop is None and item.duration is not None:
             stop = round((item.offset + item.duration) * info.sample_rate)
-        if stop is not None and stop <= start:
-            bad.append((item.path, f"item {item.id}: empty range of frames [{start}, {stop})"))
-            continue
-        if start < 0 or start >= info.frames:
-            bad.append(
-                (
-                    item.path,
-                    f"item {item.id}: range starts at {start / info.sample_rate:.3f} s, outside the file "
-                    f"({info.seconds:.3f} s long)",
-                )
-            )
-            continue
-        if stop is not None and stop > info.frames + RANGE_END_TOLERANCE_SECONDS * info.sample_rate:
-            bad.append(
-                (
-                    item.path,
-                    f"item {item.id}: range {start / info.sample_rate:.3f}-{stop / info.sample_rate:.3f} s ends "
-                    f"past the end of the file ({info.seconds:.3f} s long)",
-                )
-            )
+        problem = _range_problem(start, stop, info)
+        if problem is not None:
+            bad.append((item.path, f"item {item.id}: {problem}"))
             continue
         stop = info.frames if stop is None else min(stop, info.frames)
         good.append(
@@ -122,6 +105,18 @@ def resolve_items(
             raise type(first_error)(path, reason)
         raise AudioReadError(path, reason, what="cannot use audio file")
     return good, [f"{path}: {reason}" for path, reason in bad]
+
+
+def _range_problem(start: int, stop: int | None, info: AudioInfo) -> str | None:
+    """Why frames ``[start, stop)`` of a file with header ``info`` are no usable item (``None``: they are)."""
+    rate, length = info.sample_rate, f"({info.seconds:.3f} s long)"
+    if stop is not None and stop <= start:
+        return f"empty range of frames [{start}, {stop})"
+    if start < 0 or start >= info.frames:
+        return f"range starts at {start / rate:.3f} s, outside the file {length}"
+    if stop is not None and stop > info.frames + RANGE_END_TOLERANCE_SECONDS * rate:
+        return f"range {start / rate:.3f}-{stop / rate:.3f} s ends past the end of the file {length}"
+    return None
 
 
 class AudioDataset(Dataset[AudioExample]):

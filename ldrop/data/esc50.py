@@ -7,6 +7,7 @@ import logging
 import os
 import statistics
 from collections.abc import Iterator, Mapping
+from functools import cached_property
 from typing import Literal
 
 from ldrop.data.base import AudioDataModule, Split, layout_error
@@ -80,17 +81,15 @@ class ESC50DataModule(AudioDataModule):
         self.test_fold = test_fold
         self.val_fold = val_fold
         self.esc10 = esc10
-        self._class_ids: dict[int, int] | None = None  # CSV target -> class id
-        self._class_names: list[str] | None = None
 
     @property
     def class_names(self) -> list[str]:
         """The categories in class-id order, read from ``meta/esc50.csv`` on first use."""
-        if self._class_names is None:
-            self._read_classes()
-        return self._class_names  # type: ignore[return-value]
+        return list(self._classes)
 
-    def _read_classes(self) -> None:
+    @cached_property
+    def _classes(self) -> dict[str, int]:
+        """Category -> the ``target`` of ``meta/esc50.csv`` it stands for, in class-id order (checked)."""
         csv_path = os.path.join(self.corpus_dir(), "meta", "esc50.csv")
         categories: dict[int, str] = {}
         for where, row, _, target in _rows(csv_path):
@@ -115,8 +114,7 @@ class ESC50DataModule(AudioDataModule):
                     f"{csv_path}: esc10=True needs the ESC-10 targets {list(ESC10_TARGETS)}; {absent} are absent"
                 )
             targets = list(ESC10_TARGETS)
-        self._class_ids = {t: i for i, t in enumerate(targets)}
-        self._class_names = [categories[t] for t in targets]
+        return {categories[t]: t for t in targets}
 
     @property
     def folds(self) -> dict[str, tuple[int, ...]]:
@@ -140,9 +138,7 @@ class ESC50DataModule(AudioDataModule):
         corpus = self.corpus_dir()
         csv_path = os.path.join(corpus, "meta", "esc50.csv")
         folds = self.folds[split]
-        if self._class_ids is None:
-            self._read_classes()
-        class_ids: dict[int, int] = self._class_ids  # type: ignore[assignment]
+        class_ids = {target: i for i, target in enumerate(self._classes.values())}  # CSV target -> class id
         items = []
         for _, row, fold, target in _rows(csv_path):
             if fold not in folds or target not in class_ids:  # target outside ESC-10 when esc10=True

@@ -6,7 +6,7 @@ import glob
 import os
 from typing import Literal
 
-from ldrop.data.base import AudioDataModule, Split, as_list, layout_error
+from ldrop.data.base import AudioDataModule, Split, as_list, find_corpus, layout_error
 from ldrop.data.datasets import AudioItem
 from ldrop.data.text import ENGLISH_CHARACTERS
 
@@ -65,15 +65,7 @@ class LibriSpeechDataModule(AudioDataModule):
 
     def corpus_dir(self) -> str:
         """The ``LibriSpeech`` folder under :attr:`root`."""
-        assert self.root is not None
-        nested = os.path.join(self.root, "LibriSpeech")
-        if os.path.isdir(nested):
-            return nested
-        if os.path.isdir(self.root) and any(
-            os.path.isdir(os.path.join(self.root, s)) for s in LIBRISPEECH_SUBSETS
-        ):
-            return self.root
-        raise layout_error("LibriSpeech root", nested, LIBRISPEECH_LAYOUT)
+        return find_corpus(self.root, "LibriSpeech", LIBRISPEECH_SUBSETS, "LibriSpeech root", LIBRISPEECH_LAYOUT)
 
     def list_items(self, split: Split) -> list[AudioItem]:
         corpus = self.corpus_dir()
@@ -91,9 +83,7 @@ class LibriSpeechDataModule(AudioDataModule):
                 raise layout_error(
                     f"transcript files (*.trans.txt) of subset '{subset}'", subset_dir, LIBRISPEECH_LAYOUT
                 )
-            listed: list[AudioItem] = []
-            for transcript_file in transcript_files:
-                listed.extend(_read_chapter(transcript_file))
+            listed = [item for transcript_file in transcript_files for item in _read_chapter(transcript_file)]
             items += listed + _untranscribed(subset_dir, {item.path for item in listed})
         return items
 

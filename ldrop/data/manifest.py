@@ -127,13 +127,8 @@ class ManifestDataModule(AudioDataModule):
                 raise ValueError(f"class_names must be distinct and non-empty, got {class_names}")
         self._class_names = class_names
         predict = predict_manifest if predict_manifest is not None else test_manifest
-        self.manifests: dict[str, str | None] = {
-            split: self._resolve(m)
-            for split, m in (
-                ("train", train_manifest), ("val", val_manifest), ("test", test_manifest),
-                ("predict", predict),
-            )
-        }
+        given = {"train": train_manifest, "val": val_manifest, "test": test_manifest, "predict": predict}
+        self.manifests: dict[str, str | None] = {split: self._resolve(m) for split, m in given.items()}
         if not any(self.manifests.values()):
             raise ValueError("give at least one manifest (train_manifest, val_manifest, test_manifest, ...)")
 
@@ -166,7 +161,6 @@ class ManifestDataModule(AudioDataModule):
         if manifest is None:
             raise ValueError(f"ManifestDataModule has no manifest for split '{split}'")
         records = read_manifest(manifest, self.task)
-        items = []
         if self.task == "classification":
             index = {name: i for i, name in enumerate(self.class_names)}
             for r in records:
@@ -174,10 +168,8 @@ class ManifestDataModule(AudioDataModule):
                     raise ValueError(
                         f"{r['where']}: label {r['target']!r} is not in the class list {self.class_names}"
                     )
-                items.append(AudioItem(r["id"], r["path"], index[r["target"]], r["offset"], r["duration"]))
-        else:
-            items = [AudioItem(r["id"], r["path"], r["target"], r["offset"], r["duration"]) for r in records]
-        return items
+                r["target"] = index[r["target"]]
+        return [AudioItem(r["id"], r["path"], r["target"], r["offset"], r["duration"]) for r in records]
 
     def has_split(self, split: Split) -> bool:
         return self.manifests[split] is not None

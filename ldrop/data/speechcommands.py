@@ -40,6 +40,7 @@ _silence_ of the separate speech_commands_test_set_v0.02 archive)"""
 log = logging.getLogger("ldrop.data")
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "predict": 2}
+_LIST_FILES = ("validation_list.txt", "testing_list.txt")  # the clips of the val and test splits
 
 
 class SpeechCommandsDataModule(AudioDataModule):
@@ -84,13 +85,8 @@ class SpeechCommandsDataModule(AudioDataModule):
 
     def class_of_word(self, word: str, path: str) -> int:
         """Class id of a clip in folder ``word``; a folder that is no Speech Commands word is an error."""
-        if self.variant == 35:
-            if word in SPEECH_COMMANDS_WORDS:
-                return SPEECH_COMMANDS_WORDS.index(word)
-        elif word in KEYWORDS_12:
-            return KEYWORDS_12.index(word)
-        elif word in SPEECH_COMMANDS_WORDS:
-            return self.class_names.index(UNKNOWN)
+        if word in SPEECH_COMMANDS_WORDS:  # 12 classes: a word other than the 10 keywords is _unknown_
+            return self.class_names.index(word if word in self.class_names else UNKNOWN)
         raise ValueError(
             f"label {word!r} of {path} is not a Speech Commands v0.02 word (class list: {self.class_names})"
         )
@@ -99,15 +95,11 @@ class SpeechCommandsDataModule(AudioDataModule):
         root = self._checked_root()
         if split in ("test", "predict") and self.test_root is not None:
             return self._official_test_items()
-        held_out = {
-            "val": _read_list(os.path.join(root, "validation_list.txt")),
-            "test": _read_list(os.path.join(root, "testing_list.txt")),
-        }
+        val, test = (_read_list(os.path.join(root, name)) for name in _LIST_FILES)
         if split == "train":
-            excluded = held_out["val"] | held_out["test"]
-            relpaths = [p for p in _word_clips(root) if p not in excluded]
+            relpaths = [p for p in _word_clips(root) if p not in val and p not in test]
         else:
-            relpaths = sorted(held_out["val" if split == "val" else "test"])
+            relpaths = sorted(val if split == "val" else test)
         items = []
         for rel in relpaths:
             word = rel.split("/", 1)[0]
@@ -119,7 +111,7 @@ class SpeechCommandsDataModule(AudioDataModule):
 
     def _checked_root(self) -> str:
         assert self.root is not None
-        for name in ("validation_list.txt", "testing_list.txt"):
+        for name in _LIST_FILES:
             path = os.path.join(self.root, name)
             if not os.path.isfile(path):
                 raise layout_error(f"Speech Commands list file {name}", path, SPEECH_COMMANDS_LAYOUT)
@@ -171,14 +163,12 @@ class SpeechCommandsDataModule(AudioDataModule):
                 raise ValueError(
                     f"label {folder!r} of {folder_path} is not one of the 12 classes {self.class_names}"
                 )
-            for name in sorted(os.listdir(folder_path)):
-                if name.lower().endswith(".wav"):
-                    items.append(
-                        AudioItem(
-                            id=f"{folder}/{name}", path=os.path.join(folder_path, name),
-                            target=self.class_names.index(folder),
-                        )
-                    )
+            label = self.class_names.index(folder)
+            items += [
+                AudioItem(id=f"{folder}/{name}", path=os.path.join(folder_path, name), target=label)
+                for name in sorted(os.listdir(folder_path))
+                if name.lower().endswith(".wav")
+            ]
         if not items:
             raise layout_error("test-set WAV files", self.test_root, TEST_SET_LAYOUT)
         return items

@@ -389,20 +389,26 @@ def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> 
 
 class _SyntheticDataModule(AudioDataModule):
     """Common part of the generated-data modules: splits of fixed sizes, predict = test; a split is a
-    :attr:`dataset_class` built with :attr:`dataset_kwargs`."""
+    :attr:`dataset_class` built with :attr:`dataset_kwargs` (``*_range`` values as tuples), checked at
+    construction. Classification modules name their classes ``class_<c>``."""
 
     # Generated items cannot be bad files: ``skip_bad_files`` is no option here (it stays False, and an
     # error about a bad ``predict_on_files`` input does not suggest it).
     takes_skip_bad_files = False
     dataset_class: type[_GeneratedDataset]
-    dataset_kwargs: dict[str, Any]
 
-    def __init__(self, num_train: int, num_val: int, num_test: int, **kwargs) -> None:
+    def __init__(
+        self, num_train: int, num_val: int, num_test: int, dataset_kwargs: dict[str, Any], **kwargs
+    ) -> None:
         super().__init__(root=None, skip_bad_files=False, **kwargs)
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.dataset_kwargs = {k: tuple(v) if k.endswith("_range") else v for k, v in dataset_kwargs.items()}
+        self.make_dataset("train", 0)  # check the arguments now rather than at setup
+        if self.task == "classification":
+            self.class_names: list[str] = [f"class_{c}" for c in range(dataset_kwargs["num_classes"])]
 
     def make_dataset(self, split: Literal["train", "val", "test"], num_items: int) -> AudioDataset:
         return self.dataset_class(  # type: ignore[call-arg]
@@ -445,14 +451,10 @@ class SyntheticClassificationDataModule(_SyntheticDataModule):
         snr_db_range: tuple[float, float] = (-5.0, 20.0),
         **kwargs,
     ) -> None:
-        super().__init__(num_train, num_val, num_test, **kwargs)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        self.dataset_kwargs = dict(
-            num_classes=num_classes, duration_range=tuple(duration_range), snr_db_range=tuple(snr_db_range)
+        super().__init__(
+            num_train, num_val, num_test,
+            dict(num_classes=num_classes, duration_range=duration_range, snr_db_range=snr_db_range), **kwargs,
         )
-        self.make_dataset("train", 0)  # check the arguments now rather than at setup
-        self.class_names: list[str] = [f"class_{c}" for c in range(num_classes)]
 
 
 class SyntheticMixedClassificationDataModule(_SyntheticDataModule):
@@ -486,12 +488,10 @@ class SyntheticMixedClassificationDataModule(_SyntheticDataModule):
         snr_db_range: tuple[float, float] = (-15.0, 10.0),
         **kwargs,
     ) -> None:
-        super().__init__(num_train, num_val, num_test, **kwargs)
-        self.dataset_kwargs = dict(
-            num_classes=num_classes, duration_range=tuple(duration_range), snr_db_range=tuple(snr_db_range)
+        super().__init__(
+            num_train, num_val, num_test,
+            dict(num_classes=num_classes, duration_range=duration_range, snr_db_range=snr_db_range), **kwargs,
         )
-        self.make_dataset("train", 0)  # check the arguments now rather than at setup
-        self.class_names: list[str] = [f"class_{c}" for c in range(num_classes)]
 
 
 class SyntheticCTCDataModule(_SyntheticDataModule):
@@ -528,19 +528,15 @@ class SyntheticCTCDataModule(_SyntheticDataModule):
         snr_db_range: tuple[float, float] = (0.0, 20.0),
         **kwargs,
     ) -> None:
-        super().__init__(num_train, num_val, num_test, **kwargs)
-        self.dataset_kwargs = dict(
-            letters=letters,
-            num_letters_range=tuple(num_letters_range),
-            letter_seconds_range=tuple(letter_seconds_range),
-            space_prob=space_prob,
-            snr_db_range=tuple(snr_db_range),
+        super().__init__(
+            num_train, num_val, num_test,
+            dict(
+                letters=letters, num_letters_range=num_letters_range, letter_seconds_range=letter_seconds_range,
+                space_prob=space_prob, snr_db_range=snr_db_range,
+            ),
+            **kwargs,
         )
-        self.make_dataset("train", 0)  # check the arguments now rather than at setup
         self.letters = letters
         self.space_prob = space_prob
 
-    @property
-    def alphabet(self) -> str:
-        """Every character a transcript can hold: the letters, plus space when ``space_prob > 0``."""
-        return self.letters + (" " if self.space_prob > 0 else "")
+    alphabet = SyntheticCTCDataset.alphabet  # the letters, plus space when space_prob > 0

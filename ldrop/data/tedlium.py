@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Literal
 
-from ldrop.data.base import AudioDataModule, Split, layout_error
+from ldrop.data.base import AudioDataModule, Split, find_corpus, layout_error
 from ldrop.data.datasets import AudioItem
 from ldrop.data.text import ENGLISH_CHARACTERS, normalize_tedlium_transcript
 
@@ -93,13 +93,7 @@ class TedliumDataModule(AudioDataModule):
 
     def corpus_dir(self) -> str:
         """The ``TEDLIUM_release-3`` folder under :attr:`root`."""
-        assert self.root is not None
-        nested = os.path.join(self.root, "TEDLIUM_release-3")
-        if os.path.isdir(nested):
-            return nested
-        if os.path.isdir(os.path.join(self.root, "data")) or os.path.isdir(os.path.join(self.root, "legacy")):
-            return self.root
-        raise layout_error("TED-LIUM 3 root", nested, TEDLIUM_LAYOUT)
+        return find_corpus(self.root, "TEDLIUM_release-3", ("data", "legacy"), "TED-LIUM 3 root", TEDLIUM_LAYOUT)
 
     def split_dir(self, split: Split) -> str:
         """The folder holding ``sph/`` and ``stm/`` for ``split``."""
