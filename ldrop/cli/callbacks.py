@@ -93,20 +93,16 @@ class TaskCheckpoint(CheckpointSteps):
             return str(here / Path(path).name) if path and (here / Path(path).name).is_file() else None
 
         best_k = {moved(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
+        paths = ("best_model_path", "kth_best_model_path", "last_model_path")
         if None in best_k or (state_dict.get("best_model_path") and not moved(state_dict["best_model_path"])):
             # not this run's folder (an evaluation run, or only last.ckpt was copied): Lightning's behaviour
             if self._stage == "fit":
                 log.warning("the best checkpoints tracked in %s are not in %s: best-checkpoint tracking restarts "
                             "with the next validation", saved, self.dirpath)
-            state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_score": None, "best_k_models": {},
-                          "kth_best_model_path": "", "best_model_path": "", "last_model_path": "",
-                          "kth_value": self.kth_value}
+            found = {"best_model_score": None, "best_k_models": {}, "kth_value": self.kth_value} | dict.fromkeys(paths, "")
         else:
-            state_dict = {**state_dict, "dirpath": self.dirpath, "best_k_models": best_k,
-                          "best_model_path": moved(state_dict.get("best_model_path")) or "",
-                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")) or "",
-                          "last_model_path": moved(state_dict.get("last_model_path")) or ""}
-        super().load_state_dict(state_dict)
+            found = {"best_k_models": best_k} | {key: moved(state_dict.get(key)) or "" for key in paths}
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath, **found})
 
     @property
     def _step_triggered(self) -> bool:

@@ -114,11 +114,7 @@ def _help_chain(key: str, classes: Sequence[str]) -> list[tuple[str, str]]:
     """The ``--<key>.help <Class>`` options that show the options of the classes along ``key``
     (``model.selector.init_args.x`` with ClassificationTask, InputConditionedSelector)."""
     parts = [p for p in key.split(".") if p != "init_args"]
-    chain, prefix = [], []
-    for part, cls in zip(parts, dict.fromkeys(classes), strict=False):
-        prefix.append(part)
-        chain.append((".".join(prefix), cls))
-    return chain
+    return [(".".join(parts[: i + 1]), cls) for i, cls in enumerate(dict.fromkeys(classes)) if i < len(parts)]
 
 
 def _option_as_typed(key: str, argv: Sequence[str]) -> str:
@@ -229,11 +225,9 @@ def user_error_line(err: BaseException) -> str | None:
         return argument_error_line(str(err))
     if isinstance(err, DatasetLayoutError):  # the expected layout follows on the next lines
         return str(err).strip()
-    if isinstance(err, USER_ERRORS) or isinstance(err, FileNotFoundError) and not err.filename:
-        text = str(err).strip() or type(err).__name__
-        return text.splitlines()[0]
-    if isinstance(err, OSError):
+    own = isinstance(err, USER_ERRORS) or isinstance(err, FileNotFoundError) and not err.filename
+    if isinstance(err, OSError) and not own:
         return os_error_line(err)
-    if isinstance(err, ValueError | RuntimeError) and _raised_in_ldrop(err):
-        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if own or isinstance(err, ValueError | RuntimeError) and _raised_in_ldrop(err):
+        return (str(err).strip() or type(err).__name__).splitlines()[0]
     return None

@@ -4,6 +4,7 @@ sweep and prediction writer; the task's labels are linked from the datamodule.""
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -131,7 +132,7 @@ class LdropCLI(CLISteps):
         )
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._command_config()
         model = config.get("model")
         init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
         # jsonargparse resolves the task's signature (its **kwargs included): no 'labels' there, no link
@@ -139,13 +140,8 @@ class LdropCLI(CLISteps):
         trainer = config["trainer"]
         logger = trainer.get("logger")
         default_logger = TRAINER_DEFAULTS["logger"]
-        is_default_logger = (
-            logger is not None
-            and not isinstance(logger, bool | list)
-            and logger.get("class_path") == default_logger["class_path"]
-        )
-        if not is_default_logger:
-            return
+        if logger is None or isinstance(logger, bool | list) or logger.get("class_path") != default_logger["class_path"]:
+            return  # not the default logger
         # --trainer.default_root_dir moves the default logger (and so checkpoints and sweep files) with it.
         root = trainer.get("default_root_dir")
         if root and root != TRAINER_DEFAULTS["default_root_dir"] and (
@@ -170,20 +166,19 @@ class LdropCLI(CLISteps):
             # keyword argument). The model never received it, so it is not one of its hyper-parameters.
             self.model.hparams.pop("labels", None)
 
-    def _own_callback(self, key: str) -> Any:
-        """The callback this CLI built from ``--<key>`` (``sweep``, ``predictions``); ``None`` if there is none."""
-        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        return config.get(key)
+    def _command_config(self, instantiated: bool = False) -> Any:
+        """This subcommand's config (``instantiated``: with the classes built from it, e.g. ``sweep``)."""
+        config = self.config_init if instantiated else self.config
+        return config[self.subcommand] if self.subcommand else config
 
     def after_instantiate_classes(self) -> None:
-        sweep = self._own_callback("sweep")
+        sweep = self._command_config(True).get("sweep")
         if sweep is not None:
             try:  # a bad budget fails here, as one line, not after the model and data are set up
                 budget_list(sweep.budgets, self.model.num_layers)
             except ValueError as err:
                 raise ConfigError(f"--sweep.budgets: {err}") from err
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        inputs = config.get("inputs")
+        inputs = self._command_config().get("inputs")
         if inputs:
             if self.subcommand not in (None, "predict"):
                 raise ConfigError("--inputs applies to 'ldrop predict' only")
@@ -191,7 +186,7 @@ class LdropCLI(CLISteps):
                 self.datamodule.predict_on_files([inputs] if isinstance(inputs, str) else list(inputs))
             except (ValueError, FileNotFoundError) as err:
                 raise ConfigError(f"--inputs: {err}") from err
-        writer = self._own_callback("predictions")
+        writer = self._command_config(True).get("predictions")
         if self.subcommand == "predict" and writer is not None and self.trainer.is_global_zero:
             try:  # before the model and data are set up and any inference runs
                 writer.check_writable(self.trainer)
@@ -226,7 +221,7 @@ class LdropCLI(CLISteps):
                   "nothing was trained; raise --trainer.max_epochs or --trainer.max_steps to train further")
 
     def after_test(self) -> None:
-        sweep = self._own_callback("sweep")
+        sweep = self._command_config(True).get("sweep")
         folder = sweep.directory if sweep is not None and sweep.directory else (
             self.trainer.log_dir if self.trainer.logger is not None else None)
         if folder and self.trainer.is_global_zero:
@@ -236,18 +231,15 @@ class LdropCLI(CLISteps):
         # Rich progress bar and a learning-rate monitor by default, unless the user turned them off or chose
         # their own (a default callback list in trainer_defaults would be replaced by any user list).
         existing = [*callbacks, *(config.get("callbacks") or [])]
-        if config.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in existing
-        ):
-            callbacks.append(RichProgressBar())
-        if config.get("logger", True) not in (False, None) and not any(
-            isinstance(c, LearningRateMonitor) for c in existing
-        ):
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
-        if not any(isinstance(c, ExactResume) for c in existing):
-            callbacks.append(ExactResume())  # a resumed fit draws the same random numbers
-        if not any(isinstance(c, TargetBudgets) for c in existing):
-            callbacks.append(TargetBudgets())  # predict resolves a target predict_budget per input
+        defaults = [
+            (ProgressBar, RichProgressBar, config.get("enable_progress_bar", True) is not False),
+            (LearningRateMonitor, lambda: LearningRateMonitor(logging_interval="step"),
+             config.get("logger", True) not in (False, None)),
+            (ExactResume, ExactResume, True),  # a resumed fit draws the same random numbers
+            (TargetBudgets, TargetBudgets, True),  # predict resolves a target predict_budget per input
+        ]
+        callbacks += [make() for kind, make, wanted in defaults
+                      if wanted and not any(isinstance(c, kind) for c in existing)]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -268,11 +260,7 @@ def remove_if_no_outputs(folder: Path, also_empty: Sequence[Path] = ()) -> bool:
     files = [p for p in folder.rglob("*") if p.is_file()]
     if not all(any(p.match(pattern) for pattern in BOOKKEEPING_FILES) for p in files):
         return False
-    for path in files:
-        path.unlink()
-    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
-        sub.rmdir()
-    folder.rmdir()
+    shutil.rmtree(folder)
     for parent in sorted(also_empty, key=lambda p: len(p.parts), reverse=True):
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()

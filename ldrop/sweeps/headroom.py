@@ -13,14 +13,13 @@ import math
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import CatMetric
 
 from ldrop._progress import Phase
 from ldrop.selectors.candidates import candidate_masks
-from ldrop.sweeps.paired import depth_oracle_metric
+from ldrop.sweeps.paired import depth_oracle_metric, metric_from_errors
 from ldrop.sweeps.scorers import Scorer, SweepBatch, _sum, fixed_item_errors
 from ldrop.tasks.precision import precision_context, to_model_precision
 
@@ -116,7 +115,6 @@ class HeadroomScorer(Scorer):
         if self.val_depth_oracle is None and all(s["items"].update_called for s in val.values()):
             fixed = {b: s["fixed"].compute().double().cpu().numpy() for b, s in val.items()}
             counts = next(iter(val.values()))["items"].compute().double().cpu().numpy()
-            fixed = {b: v for b, v in fixed.items() if not np.isnan(v).any()}
             self.val_depth_oracle = {b: depth_oracle_metric(fixed, counts, task.num_layers, b, task.higher_is_better)
                                      for b in self.budgets}
         if (self.val_depth_oracle or {}).get(k) is not None:
@@ -129,12 +127,8 @@ class HeadroomScorer(Scorer):
         ``<metric>``), each with ``suffix``, from one budget's error sums (over all ranks)."""
         if not state["count"].update_called:
             return {}
-        count = max(float(state["count"].compute()), 1e-12)
-        primary = task.metric_names[0]
-
-        def as_metric(errors: float) -> float:  # the primary metric from its error terms
-            return 1.0 - errors / count if task.higher_is_better else errors / count
-
+        count, primary = float(state["count"].compute()), task.metric_names[0]
+        as_metric = lambda errors: metric_from_errors(errors, count, task.higher_is_better)  # noqa: E731
         columns = {f"{primary}_input_oracle{suffix}": as_metric(float(state["input"].compute()))}
         if suffix:
             columns[f"{primary}{suffix}"] = as_metric(float(state["own"].compute()))

@@ -105,8 +105,8 @@ def depth_oracle(errors, counts, mean_layers: float, min_layers: int = 1) -> tup
 def depth_oracle_metric(fixed: dict[int, np.ndarray], counts, num_layers: int, mean_layers: float,
                         higher_is_better: bool) -> float | None:
     """The metric of :func:`depth_oracle` at ``mean_layers`` from per-item errors at each fixed depth
-    (``{k: errors}``); ``None`` unless every ``k`` in ``1..num_layers`` is there."""
-    if any(k not in fixed for k in range(1, num_layers + 1)):
+    (``{k: errors}``); ``None`` unless every ``k`` in ``1..num_layers`` is there, without NaN."""
+    if any(k not in fixed or np.isnan(fixed[k]).any() for k in range(1, num_layers + 1)):
         return None
     matrix = np.stack([np.asarray(fixed[k], dtype=np.float64) for k in range(1, num_layers + 1)], axis=1)
     return metric_from_errors(depth_oracle(matrix, counts, mean_layers)[0], counts, higher_is_better)

@@ -64,11 +64,8 @@ def sweep_title(rows: Iterable[dict[str, Any]], prefix: str = "budget sweep",
                 keys: Sequence[str] = ("method", "dataset", "backbone")) -> str:
     """``"<prefix>: <method(s)> | <dataset(s)> | <backbone(s)>"`` (``keys``) from the rows (values that are set)."""
     rows = list(rows)
-    parts = []
-    for key in keys:
-        values = list(dict.fromkeys(str(r[key]) for r in rows if r.get(key) not in (None, "")))
-        if values:
-            parts.append(", ".join(values))
+    parts = [", ".join(dict.fromkeys(str(r[key]) for r in rows if r.get(key) not in (None, ""))) for key in keys]
+    parts = [part for part in parts if part]
     return f"{prefix}: " + " | ".join(parts) if parts else prefix
 
 
@@ -157,9 +154,8 @@ def add_sweep_to_tensorboard(
     writer.add_figure("sweep/budget_sweep", sweep_figure({label: rows}), global_step=step)
     if layer_usage is not None:
         budgets = [int(r["budget_layers"]) for r in rows]
-        writer.add_figure("sweep/layer_usage", layer_usage_figure(layer_usage, budgets,
-                                                                  sweep_title(rows, "layer usage")),
-                          global_step=step)
+        figure = layer_usage_figure(layer_usage, budgets, sweep_title(rows, "layer usage"))
+        writer.add_figure("sweep/layer_usage", figure, global_step=step)
     writer.add_text("sweep/table", table if table is not None else markdown_table(rows), global_step=step)
     writer.flush()
 

@@ -6,7 +6,6 @@ covers the whole test set, not one rank's share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import CatMetric, Metric, SumMetric
+from torchmetrics import CatMetric, SumMetric
 
 from ldrop.budgets import Target, TargetResolver
 from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
@@ -28,23 +27,9 @@ def _sum(device: torch.device) -> SumMetric:
     return SumMetric().to(device).set_dtype(torch.float64)
 
 
-def _metrics(task: Any) -> dict[str, Metric]:
-    """A fresh set of the task's metrics on its device."""
-    return {name: metric.to(task.device) for name, metric in task.configure_metrics().items()}
-
-
 def synchronize(task: Any) -> None:
     if task.device.type == "cuda":  # wall times must include the GPU's queued work
         torch.cuda.synchronize(task.device)
-
-
-def timed(task: Any, run: Callable[[], Any]) -> tuple[Any, float]:
-    """``run()``'s result and its wall seconds."""
-    synchronize(task)
-    start = time.perf_counter()
-    result = run()
-    synchronize(task)
-    return result, time.perf_counter() - start
 
 
 @dataclass
@@ -60,6 +45,16 @@ class SweepBatch:
     seconds_fixed: float
     costs: dict[int, BatchCost] = field(default_factory=dict)
     logits: dict[int, Tensor] = field(default_factory=dict)
+
+    def run(self, budget: Any) -> tuple[Tensor, BatchCost]:
+        """The logits at ``budget`` (or at ``budget()``, timed with them) and their cost, whose wall time is
+        ``seconds_fixed`` plus this run's."""
+        synchronize(self.task)
+        start = time.perf_counter()
+        logits, keep, _ = self.task.logits_at_budget(self.encoded, budget() if callable(budget) else budget)
+        synchronize(self.task)
+        seconds = self.seconds_fixed + time.perf_counter() - start
+        return logits, BatchCost.of(self.task, self.encoded, keep, seconds)
 
 
 class Scorer:
@@ -93,7 +88,7 @@ class BudgetScorer(Scorer):
     def start(self, task: Any) -> None:
         selector, device = task.selector, task.device
         self.repeats = self.requested_repeats if selector is not None and selector.random_at_eval else 1
-        self.metrics = {(k, r): _metrics(task) for k in self.budgets for r in range(self.repeats)}
+        self.metrics = {(k, r): task._metrics_on_device() for k in self.budgets for r in range(self.repeats)}
         self.masks = {k: CatMetric().to(device) for k in self.budgets}
         self.flops, self.seconds = ({k: _sum(device) for k in self.budgets} for _ in range(2))
         self.utterances, self.seconds_audio = _sum(device), _sum(device)
@@ -106,10 +101,9 @@ class BudgetScorer(Scorer):
             for r in range(self.repeats):
                 if selector is not None:
                     selector.reseed(1000 * r + step.index)
-                (logits, keep, _), seconds = timed(task, lambda k=k: task.logits_at_budget(encoded, k))
+                logits, cost = step.run(k)
                 if r == 0:
-                    step.logits[k] = logits
-                    cost = step.costs[k] = BatchCost.of(task, encoded, keep, step.seconds_fixed + seconds)
+                    step.logits[k], step.costs[k] = logits, cost
                     self.masks[k].update(cost.mask)
                     self.flops[k].update(float(cost.flops.sum()))
                     self.seconds[k].update(cost.seconds)
@@ -123,13 +117,13 @@ class BudgetScorer(Scorer):
 
     def columns(self, trainer: L.Trainer, task: Any, k: int) -> dict[str, Any]:
         masks = self.usage(task, k)
-        flops, utterances = float(self.flops[k].compute()), float(self.utterances.compute())
+        flops, utterances = float(self.flops[k].compute()), int(round(float(self.utterances.compute())))
         row: dict[str, Any] = {
             "executed_layers": float(masks.sum(1).mean()) if len(masks) else 0.0,
-            "gflops_per_utterance": flops / 1e9 / max(1, int(round(utterances))),
+            "gflops_per_utterance": flops / 1e9 / max(1, utterances),
             "gflops_per_second": flops / 1e9 / max(float(self.seconds_audio.compute()), 1e-9),
-            "ms_per_utterance": 1000.0 * float(self.seconds[k].compute()) / max(1, int(round(utterances))),
-            "utterances": int(round(utterances)),
+            "ms_per_utterance": 1000.0 * float(self.seconds[k].compute()) / max(1, utterances),
+            "utterances": utterances,
         }
         # the input-conditioned selector's fallback: which budgets read the input (undecided ones do)
         decided = task.selector.report() if task.selector is not None else {}
@@ -218,7 +212,7 @@ class ControlScorer(Scorer):
     CONTROLS = ("shuffled", "most_common")
 
     def start(self, task: Any) -> None:
-        self.metrics = {(k, c): _metrics(task) for k in self.budgets for c in self.CONTROLS}
+        self.metrics = {(k, c): task._metrics_on_device() for k in self.budgets for c in self.CONTROLS}
 
     def batch(self, step: SweepBatch) -> None:
         task, encoded = step.task, step.encoded
@@ -248,16 +242,14 @@ class TargetScorer(Scorer):
         self.resolver = TargetResolver()  # one controller per profile; one warning per target at the end
         self.utterances = _sum(task.device)
         sums = ("layers", "flops", "seconds", "misses")
-        self.state = [{"metrics": _metrics(task)} | {name: _sum(task.device) for name in sums} for _ in self.targets]
+        self.state = [{"metrics": task._metrics_on_device()} | {name: _sum(task.device) for name in sums} for _ in self.targets]
 
     def batch(self, step: SweepBatch) -> None:
         task, batch, encoded = step.task, step.batch, step.encoded
         self.utterances.update(float(len(batch)))
         audio = batch.lengths.double() / task.sample_rate
         for target, state in zip(self.targets, self.state, strict=True):
-            (logits, keep, _), seconds = timed(
-                task, lambda target=target: task.logits_at_budget(encoded, self.resolver.budget(task, batch.lengths, target)))
-            cost = BatchCost.of(task, encoded, keep, step.seconds_fixed + seconds)
+            logits, cost = step.run(lambda target=target: self.resolver.budget(task, batch.lengths, target))
             if target.kind == "gflops_per_second":
                 misses = float((cost.gflops.to(audio.device) > target.value * audio * (1 + 1e-9)).sum())
             else:

@@ -126,14 +126,9 @@ class _TaskCalibrationData:
 
     def metric_with_layers(self, layers: Sequence[int]) -> float:
         """The task's primary metric when every input runs ``layers`` (batches encoded once, then kept)."""
-        layers = list(layers)
-
-        def fixed(encoded: EncodedBatch) -> torch.Tensor:
-            keep = torch.zeros(encoded.frame_mask.shape[0], self.task.num_layers, device=self.task.device)
-            keep[:, layers] = 1.0
-            return keep
-
-        return self.metric_with_masks(fixed)
+        keep = torch.zeros(self.task.num_layers, device=self.task.device)
+        keep[list(layers)] = 1.0
+        return self.metric_with_masks(lambda encoded: keep.expand(encoded.frame_mask.shape[0], -1))
 
     def metric_with_masks(self, choose: Callable[[EncodedBatch], torch.Tensor]) -> float:
         """The task's primary metric when each batch runs the ``[batch, layers]`` masks ``choose`` returns

@@ -20,11 +20,8 @@ log = logging.getLogger(__name__)
 
 def build_vocabulary(transcripts: Iterable[str], lowercase: bool = True) -> list[str]:
     """The sorted set of characters of ``transcripts`` (space included): a CTC vocabulary."""
-    chars: set[str] = set()
-    for text in transcripts:
-        chars.update(text.lower() if lowercase else text)
-    chars.discard("\n")
-    return sorted(chars | {" "})
+    chars = {c for text in transcripts for c in (text.lower() if lowercase else text)}
+    return sorted((chars - {"\n"}) | {" "})
 
 
 class CTCTask(LayerDropTask):

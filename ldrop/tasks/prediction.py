@@ -37,19 +37,18 @@ class PredictionMixin:
         long_rows = [i for i, n in enumerate(batch.lengths.tolist()) if len(self.chunk_spans(n)) > 1]
         if not long_rows:
             return self._predict_batch(batch.waveforms, batch.lengths, list(batch.ids))
-        records: list[dict[str, Any] | None] = [None] * len(batch)
+        records: dict[int, dict[str, Any]] = {}
         short_rows = [i for i in range(len(batch)) if i not in long_rows]
         if short_rows:
             rows = torch.tensor(short_rows, device=batch.lengths.device)
             lengths = batch.lengths[rows]
             waveforms = batch.waveforms[rows, : int(lengths.max())]
-            for i, record in zip(short_rows, self._predict_batch(waveforms, lengths, [batch.ids[i] for i in short_rows]),
-                                 strict=True):
-                records[i] = record
+            ids = [batch.ids[i] for i in short_rows]
+            records.update(zip(short_rows, self._predict_batch(waveforms, lengths, ids), strict=True))
         for i in long_rows:
             records[i] = self.predict_long(batch.waveforms[i, : int(batch.lengths[i])], batch.ids[i],
                                            chunks_per_pass=len(batch))
-        return records  # type: ignore[return-value]
+        return [records[i] for i in range(len(batch))]
 
     def predict_target(self) -> Target | None:
         """``predict_budget`` as a :class:`~ldrop.budgets.Target` (its profile file is read once), or ``None``."""
@@ -82,20 +81,23 @@ class PredictionMixin:
             fields.append(field)
         return decision.budget.to(lengths.device), fields
 
-    def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
+    def _run_predict_budget(self, waveforms: Tensor, lengths: Tensor) -> tuple[Any, Tensor, BatchCost, list[dict]]:
+        """``(encoded, logits, cost, fields)`` of ``waveforms`` at ``predict_budget``."""
         encoded = self.encode(waveforms, lengths)
         budget, fields = self.predict_budget_with_fields(encoded.lengths)
         logits, keep, _ = self.logits_at_budget(encoded, budget)
-        cost = BatchCost.of(self, encoded, keep)
-        hard, flops = cost.mask, cost.flops
+        return encoded, logits, BatchCost.of(self, encoded, keep), fields
+
+    def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
+        encoded, logits, cost, fields = self._run_predict_budget(waveforms, lengths)
         outputs = self.decode(logits, encoded.frame_mask)
         return [
             {
                 "id": item_id,
                 "output": output,
                 "budget": fields[i].pop("budget"),
-                "executed_layers": hard[i].nonzero().flatten().tolist(),
-                "gflops": float(flops[i]) / 1e9,
+                "executed_layers": cost.mask[i].nonzero().flatten().tolist(),
+                "gflops": float(cost.flops[i]) / 1e9,
                 **fields[i],
             }
             for i, (item_id, output) in enumerate(zip(ids, outputs, strict=True))
@@ -180,17 +182,13 @@ class PredictionMixin:
             waves = waveform.new_zeros(len(group), int(lengths.max()))
             for row, (start, end) in enumerate(group):
                 waves[row, : end - start] = waveform[start:end]
-            encoded = self.encode(waves, lengths)
-            budget, fields = self.predict_budget_with_fields(encoded.lengths)
-            logits, keep, _ = self.logits_at_budget(encoded, budget)
-            cost = BatchCost.of(self, encoded, keep)
-            hard, flops = cost.mask, cost.flops
-            total_flops += float(flops.sum())
+            encoded, logits, cost, fields = self._run_predict_budget(waves, lengths)
+            total_flops += float(cost.flops.sum())
             frames = encoded.frame_mask.sum(1).tolist()
             for row, (start, end) in enumerate(group):
                 chunk_logits.append(logits[row] if logits.dim() == 2 else logits[row, : frames[row]])
                 chunks.append({"start_s": start / rate, "end_s": end / rate, "budget": fields[row]["budget"],
-                               "executed_layers": hard[row].nonzero().flatten().tolist()})
+                               "executed_layers": cost.mask[row].nonzero().flatten().tolist()})
                 chunk_fields.append(fields[row])
         merged = self.merge_chunk_logits(chunk_logits, spans)
         frame_mask = torch.ones(merged.shape[:2] if merged.dim() == 3 else (1, 1), dtype=torch.bool,
