@@ -197,7 +197,7 @@ class AdaptiveModel:
             guard = None
             if timed:  # the budget-independent part's time tells the controller the machine's speed now
                 spent = (clock() - start, int(getattr(model, "prefix_layers", 0)))
-                decision = self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4)
+                decision = self.controller.decide(lengths, parsed, spent=spent, _stacklevel=3)
                 budget, correction = decision.budget, self.controller.planned
                 if self.guard and self.controller.closed_loop and not model.depth.exit_layers:
                     deadline = start + float(decision.allowance.sum()) / (1.0 - self.controller.margin)

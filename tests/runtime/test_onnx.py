@@ -6,6 +6,7 @@ Exporting is the slow part (a trace of every graph), so each family is exported 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import shutil
 import subprocess
@@ -190,6 +191,25 @@ def test_budgets_and_targets_are_chosen_as_the_pytorch_runtime_does(exports):
         assert got.budget.tolist() == expected.budget.tolist(), target
         assert np.array_equal(got.keep_mask, expected.keep_mask.numpy()), target
         assert got.outputs == expected.outputs
+
+
+def test_an_unmeetable_target_warns_at_the_callers_line_on_both_runtimes(exports):
+    import inspect
+
+    from ldrop.runtime import AdaptiveModel
+
+    task, folder = exports["wavlm"]
+    profile = synthetic_profile()
+    models = [AdaptiveModel(task, profile=profile), OnnxAdaptiveModel(folder, profile=_cost(profile, True))]
+    waves = np.random.default_rng(5).standard_normal(8000).astype(np.float32)
+    for model, target in itertools.product(models, ({"ms": 1e-6}, {"rtf": 1e-9}, {"gflops_per_second": 1e-9})):
+        inputs = torch.from_numpy(waves) if isinstance(model, AdaptiveModel) else waves
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            line = inspect.currentframe().f_lineno + 1
+            model(inputs, target)
+        [warning] = [w for w in caught if issubclass(w.category, UnmeetableTargetWarning)]
+        assert (warning.filename, warning.lineno) == (__file__, line), (type(model).__name__, target)
 
 
 def _cost(profile, measured_on_onnxruntime: bool = False):
