@@ -67,9 +67,11 @@ def calibrate_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | N
     if datamodule is not None and not (callable(has_split) and not has_split("val")):
         datamodule.setup("validate")
         loader = datamodule.val_dataloader()
-        sampler = getattr(loader, "batch_sampler", None)
-        if getattr(sampler, "num_replicas", 1) > 1:  # ldrop's samplers shard by rank: every rank fits on all of it
-            sampler.num_replicas, sampler.rank = 1, 0
+        for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+            if getattr(sampler, "num_replicas", 1) > 1:  # it shards by rank: every rank fits on all of the split
+                sampler.num_replicas, sampler.rank = 1, 0
+                if hasattr(sampler, "total_size"):  # torch's DistributedSampler sized itself for one shard
+                    sampler.num_samples = sampler.total_size = len(sampler.dataset)
         calibrate_on_batches(task, lambda: loader, missing)
         if task.trainer.world_size > 1:  # then takes rank 0's fit: float noise cannot break a tie apart
             fitted = task.trainer.strategy.broadcast({name: b.cpu() for name, b in task.named_buffers()})

@@ -47,3 +47,35 @@ def test_ldrop_test_fits_the_fallback_and_no_budget_is_below_the_best_blind_mask
         assert value >= decision["blind"] - 1e-6
         assert abs(value - max(decision["input"], decision["blind"])) < 1e-6
         assert decision["uses_input"] == (decision["input"] > decision["blind"])
+
+
+def test_the_validation_fit_reads_the_whole_split_when_the_users_loader_shards_it(tmp_path, monkeypatch):
+    """A datamodule whose validation loader has torch's DistributedSampler (one rank's shard): the fit before
+    predict still reads every validation clip, as every DDP rank must."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from ldrop.data import SyntheticClassificationDataModule
+    from ldrop.tasks import calibration
+
+    class ShardedValidation(SyntheticClassificationDataModule):
+        def val_dataloader(self):
+            loader = super().val_dataloader()
+            sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=1, shuffle=False)
+            return DataLoader(loader.dataset, batch_size=4, sampler=sampler, collate_fn=loader.collate_fn)
+
+    seen = []
+    fit = calibration.calibrate_on_batches
+
+    def counting(task, batches, budgets):
+        seen.append(sum(len(batch) for batch in batches()))
+        return fit(task, batches, budgets)
+
+    monkeypatch.setattr(calibration, "calibrate_on_batches", counting)
+    data = ShardedValidation(num_classes=4, num_train=8, num_val=10, num_test=4, batch_size=4,
+                             duration_range=(0.3, 0.5), seed=0)
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                               selector=functools.partial(InputConditionedSelector, hidden_dim=16))
+    quiet_trainer(tmp_path, limit_predict_batches=1).predict(model, data)
+    assert seen == [10]
+    assert sorted(model.selector.report()) == list(range(1, model.num_layers))
