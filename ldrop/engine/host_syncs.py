@@ -155,14 +155,11 @@ class HostSyncCounter(TorchFunctionMode):
             if not host:
                 self._record("read", func)
         elif func in _MOVES:
-            source_host = _is_host(args[0])
-            if func is Tensor.cpu:
-                target_host, non_blocking = True, False
-            elif func is Tensor.cuda:
-                target_host, non_blocking = False, bool(kwargs.get("non_blocking", False))
+            source_host, non_blocking = _is_host(args[0]), bool(kwargs.get("non_blocking", False))
+            if func in (Tensor.cpu, Tensor.cuda):
+                target_host = func is Tensor.cpu  # (cpu() takes no non_blocking)
             elif func is Tensor.copy_:
-                target_host, non_blocking = source_host, bool(kwargs.get("non_blocking", False))
-                source_host = _is_host(args[1])
+                target_host, source_host = source_host, _is_host(args[1])  # into args[0] from args[1]
                 if len(args) > 2:
                     non_blocking = bool(args[2])
             else:

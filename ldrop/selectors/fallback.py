@@ -107,12 +107,10 @@ class InputBlindFallback(torch.nn.Module):
                         return masks
 
                     own_metric = data.metric_with_masks(own)
-                    candidates = [tuple(range(k)), tuple(evenly_spaced_layers(selector.num_layers, k))]
-                    if k in searched:
-                        candidates.insert(0, tuple(searched[k]))
                     schedule = selector.schedule_mask(k)
-                    if schedule is not None:
-                        candidates.insert(0, tuple(schedule.nonzero().flatten().tolist()))
+                    candidates = [tuple(schedule.nonzero().flatten().tolist())] if schedule is not None else []
+                    candidates += [tuple(searched[k])] if k in searched else []
+                    candidates += [tuple(range(k)), tuple(evenly_spaced_layers(selector.num_layers, k))]
                     candidates += [mask for mask, _ in counts.most_common(COMMON_MASKS)]
                     # the engine continues from the prefix only for masks that keep it
                     candidates = [c for c in candidates if set(range(j)) <= set(c)]
