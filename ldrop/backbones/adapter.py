@@ -88,10 +88,6 @@ def family_of(config: PretrainedConfig) -> str:
     return _MODEL_TYPE_TO_FAMILY[model_type]
 
 
-#: File a Hugging Face checkpoint keeps its input preprocessing in (read by ``Wav2Vec2FeatureExtractor``).
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
-
-
 def _is_local_reference(name_or_path: str | os.PathLike) -> bool:
     """Whether ``name_or_path`` names a local folder rather than a hub id (``"org/name"`` or ``"name"``)."""
     text = str(name_or_path)
@@ -129,8 +125,8 @@ def load_feature_extractor(name_or_path: str | os.PathLike) -> Wav2Vec2FeatureEx
         return Wav2Vec2FeatureExtractor.from_pretrained(str(name_or_path))
     except OSError as err:
         log.warning(
-            "no %s for backbone %r (%s): waveforms are passed on unnormalised; set normalize_waveforms "
-            "to choose explicitly", PREPROCESSOR_CONFIG, str(name_or_path), str(err).splitlines()[0][:200],
+            "no preprocessor_config.json for backbone %r (%s): waveforms are passed on unnormalised; set "
+            "normalize_waveforms to choose explicitly", str(name_or_path), str(err).splitlines()[0][:200],
         )
         return None
 
@@ -348,10 +344,8 @@ class SpeechBackbone(nn.Module):
         """Projection, SpecAugment (training), positional convolution and pre-stack norm: layer 0's input."""
         projected = self.model.feature_projection(features)
         hidden = projected[0] if isinstance(projected, tuple) else projected
-        if self._mask_accepts_attention:
-            hidden = self.model._mask_hidden_states(hidden, attention_mask=frame_mask)
-        else:
-            hidden = self.model._mask_hidden_states(hidden)
+        masking = {"attention_mask": frame_mask} if self._mask_accepts_attention else {}
+        hidden = self.model._mask_hidden_states(hidden, **masking)
         hidden = hidden.masked_fill(~frame_mask[..., None], 0.0)
         encoder = self.model.encoder
         hidden = hidden + encoder.pos_conv_embed(hidden)
@@ -391,8 +385,7 @@ class WavLMBackbone(SpeechBackbone):
     def prepare_layers(self, frame_mask: Tensor) -> LayerContext:
         """The layer context with ``position_bias [heads, frames, frames]`` from layer 0's embedding."""
         context = super().prepare_layers(frame_mask)
-        frames = context.max_frames
-        context.position_bias = self.layers[0].attention.compute_bias(frames, frames)
+        context.position_bias = self.layers[0].attention.compute_bias(context.max_frames, context.max_frames)
         return context
 
     def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor, context: LayerContext) -> Tensor:

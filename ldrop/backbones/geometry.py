@@ -21,11 +21,16 @@ class ConvLayout(NamedTuple):
 STOCK_CNN = ConvLayout((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))
 
 
+def conv_output_length(length: Tensor, kernel: int, stride: int, padding: int = 0) -> Tensor:
+    """Output frames of a 1-D convolution on ``length`` input frames (at least 0)."""
+    return (torch.div(length + 2 * padding - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+
+
 def frame_lengths(config, samples: Tensor | int) -> Tensor | int:
     """Frames the CNN produces for ``samples`` (``[batch]`` or an ``int``); 0 below the receptive field."""
     length = torch.as_tensor(samples).to(torch.long)
     for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
-        length = (torch.div(length - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+        length = conv_output_length(length, kernel, stride)
     return int(length) if isinstance(samples, int) else length
 
 

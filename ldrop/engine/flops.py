@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig
 
 from ldrop.backbones.adapter import family_of
+from ldrop.backbones.geometry import conv_output_length, shortest_sample_lengths
 from ldrop.backbones.geometry import frame_lengths as cnn_frame_lengths
-from ldrop.backbones.geometry import shortest_sample_lengths
 from ldrop.engine.gated import check_keep_mask
 
 #: Output features of WavLM's ``gru_rel_pos_linear`` (fixed at 8 in the Hugging Face implementation).
@@ -67,22 +67,16 @@ def _as_float(lengths: Tensor) -> Tensor:
     return torch.as_tensor(lengths).to(dtype=torch.float64)
 
 
-def _conv_output_length(length: Tensor, kernel: int, stride: int, padding: int = 0) -> Tensor:
-    return (torch.div(length + 2 * padding - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
-
-
 def cnn_flops(config: PretrainedConfig | nn.Module, sample_lengths: Tensor) -> Tensor:
     """``[batch]`` float64 FLOPs of the CNN feature encoder on waveforms of ``sample_lengths`` samples."""
     config = _config_of(config)
     length = torch.as_tensor(sample_lengths).to(torch.long)
     flops = torch.zeros(length.shape, dtype=torch.float64, device=length.device)
-    in_channels = 1
-    for out_channels, kernel, stride in zip(
-        config.conv_dim, config.conv_kernel, config.conv_stride, strict=True
+    for in_channels, out_channels, kernel, stride in zip(
+        (1, *config.conv_dim[:-1]), config.conv_dim, config.conv_kernel, config.conv_stride, strict=True
     ):
-        length = _conv_output_length(length, kernel, stride)
+        length = conv_output_length(length, kernel, stride)
         flops += 2.0 * length.to(torch.float64) * out_channels * in_channels * kernel
-        in_channels = out_channels
     return flops
 
 
@@ -92,17 +86,15 @@ def frontend_flops(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tens
     An even kernel's extra output frame, computed and then dropped by the model, is counted.
     """
     config = _config_of(config)
-    t = _as_float(frames)
     hidden = int(config.hidden_size)
     groups = int(config.num_conv_pos_embedding_groups)
-    flops = 2.0 * t * int(config.conv_dim[-1]) * hidden
     if family_of(config) == "data2vec":
         kernel, stack = int(config.conv_pos_kernel_size), int(config.num_conv_pos_embeddings)
     else:
         kernel, stack = int(config.num_conv_pos_embeddings), 1
-    conv_out = _conv_output_length(torch.as_tensor(frames).to(torch.long), kernel, 1, padding=kernel // 2)
-    flops = flops + stack * 2.0 * conv_out.to(torch.float64) * hidden * (hidden // groups) * kernel
-    return flops
+    conv_out = conv_output_length(torch.as_tensor(frames).to(torch.long), kernel, 1, padding=kernel // 2)
+    projection = 2.0 * _as_float(frames) * int(config.conv_dim[-1]) * hidden
+    return projection + stack * 2.0 * conv_out.to(torch.float64) * hidden * (hidden // groups) * kernel
 
 
 def layer_flops(config: PretrainedConfig | nn.Module, frames: Tensor) -> Tensor:
@@ -150,12 +142,9 @@ def count_forward_flops(
         fixed = fixed + torch.as_tensor(extra_fixed).to(fixed.device, torch.float64)
     per_layer = layer_flops(config, frames)[:, None].expand(batch, num_layers).contiguous()
     if keep_mask is None:
-        keep = torch.ones(batch, num_layers, dtype=torch.float64, device=fixed.device)
-    else:
-        check_keep_mask(keep_mask, batch, num_layers)
-        keep = keep_mask.to(fixed.device)
-        if not keep.is_floating_point():
-            keep = keep.to(torch.float64)
+        keep_mask = torch.ones(batch, num_layers, dtype=torch.float64, device=fixed.device)
+    check_keep_mask(keep_mask, batch, num_layers)
+    keep = keep_mask.to(fixed.device, keep_mask.dtype if keep_mask.is_floating_point() else torch.float64)
     return ForwardFlops(fixed=fixed, per_layer=per_layer, keep=keep)
 
 

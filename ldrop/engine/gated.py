@@ -76,10 +76,8 @@ def _sparse_layers(
     for index in range(start_layer, backbone.num_layers):
         kept, sub_frames = counts[index], longest[index]
         if kept == 0 or (guard is not None and not guard(index, kept, sub_frames)):
-            if collect is not None:
-                collect.append(hidden)
-            continue
-        if kept == batch and sub_frames == frames:
+            pass  # every input skips the layer
+        elif kept == batch and sub_frames == frames:
             hidden = backbone.run_layer(index, hidden, frame_mask, context)
         else:
             rows = rows_by_layer[index, :kept]
@@ -148,9 +146,7 @@ def run_gated_layers(
     else:
         raise ValueError(f"mode must be 'auto', 'dense' or 'sparse', got {mode!r}")
     hidden = backbone.finalize(hidden).masked_fill(~frame_mask[..., None], 0.0)
-    if return_all:
-        return hidden, collect
-    return hidden
+    return (hidden, collect) if return_all else hidden
 
 
 def run_prefix_layers(

@@ -70,9 +70,7 @@ class HostSync:
 def _is_host(value: Any) -> bool:
     if not isinstance(value, Tensor):
         return True
-    if value.device.type != "cpu":
-        return False
-    return bool(getattr(value, _HOST_TAG, False))
+    return value.device.type == "cpu" and bool(getattr(value, _HOST_TAG, False))
 
 
 def _tag(result: Any, host: bool) -> None:
@@ -92,10 +90,8 @@ def _device_is_host(device: Any) -> bool | None:
         return None
     if isinstance(device, str):
         return torch.device(device).type == "cpu"
-    if isinstance(device, torch.device):
-        return False  # a torch.device object: in practice x.device, the compute device
-    if isinstance(device, int):
-        return False  # a CUDA ordinal
+    if isinstance(device, (torch.device, int)):
+        return False  # a torch.device object (in practice x.device, the compute device) or a CUDA ordinal
     return None
 
 
@@ -155,21 +151,15 @@ class HostSyncCounter(TorchFunctionMode):
         kwargs = kwargs or {}
         tensors = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, Tensor)]
         host = bool(tensors) and all(_is_host(t) for t in tensors)
-        if func in _READS:
+        if func in _READS:  # (tagged below: nonzero & co. return a tensor where their input is)
             if not host:
                 self._record("read", func)
-            result = func(*args, **kwargs)
-            _tag(result, host)  # Python values need no tag; nonzero & co. return a tensor where their input is
-            return result
-        if func in _MOVES:
-            source_host = _is_host(args[0])
-            if func is Tensor.cpu:
-                target_host, non_blocking = True, False
-            elif func is Tensor.cuda:
-                target_host, non_blocking = False, bool(kwargs.get("non_blocking", False))
+        elif func in _MOVES:
+            source_host, non_blocking = _is_host(args[0]), bool(kwargs.get("non_blocking", False))
+            if func in (Tensor.cpu, Tensor.cuda):
+                target_host = func is Tensor.cpu  # (cpu() takes no non_blocking)
             elif func is Tensor.copy_:
-                target_host, non_blocking = source_host, bool(kwargs.get("non_blocking", False))
-                source_host = _is_host(args[1])
+                target_host, source_host = source_host, _is_host(args[1])  # into args[0] from args[1]
                 if len(args) > 2:
                     non_blocking = bool(args[2])
             else:
@@ -185,16 +175,12 @@ class HostSyncCounter(TorchFunctionMode):
                 result = result.view_as(result)
             _tag(result, target_host)
             return result
-        if func in _FACTORIES:
-            host = _device_is_host(kwargs.get("device"))
-            host = True if host is None else host
+        elif func in _FACTORIES:
+            host = _device_is_host(kwargs.get("device")) is not False  # no device: the host
             if not host and func in _COPYING_FACTORIES and not isinstance(args[0] if args else None, Tensor):
                 self._record("move", func)
-            result = func(*args, **kwargs)
-            _tag(result, host)
-            return result
-        if not host:
-            if func in _COPYING_METHODS and args and len(args) > 1 and not isinstance(args[1], Tensor):
+        elif not host:
+            if func in _COPYING_METHODS and len(args) > 1 and not isinstance(args[1], Tensor):
                 self._record("move", func)
             elif any(_is_host(t) and t.dim() > 0 and t.numel() > 0 for t in tensors):
                 self._record("implicit copy", func)

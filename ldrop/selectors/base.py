@@ -167,7 +167,7 @@ class LayerSelector(nn.Module, ABC):
         return True
 
     def calibrated_for(self, budgets: Sequence[int]) -> bool:
-        """Whether what :meth:`fit` learns is in place for these budgets (default: :attr:`fitted`).
+        """Whether what :meth:`fit` learns is in place for these budgets (default: :attr:`calibrated`).
 
         Without validation data (``Trainer.test(model, dataloaders=...)``) the task evaluates a selector that
         is fitted for the budgets it needs as it is, instead of failing.

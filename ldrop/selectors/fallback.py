@@ -68,12 +68,9 @@ class InputBlindFallback(torch.nn.Module):
             "uses_input": whether evaluation reads the input, "blind_layers": that mask's layers}}`` (metrics
             on the validation data of the last :meth:`fit`); empty before it or after training.
         """
-        report = {}
-        for row, (own_metric, blind_metric) in enumerate(self.metrics.tolist()):
-            if not math.isnan(own_metric):
-                report[row + 1] = {"input": own_metric, "blind": blind_metric, "uses_input": bool(self.uses_input[row]),
-                                   "blind_layers": self.blind_masks[row].nonzero().flatten().tolist()}
-        return report
+        return {row + 1: {"input": own, "blind": blind, "uses_input": bool(self.uses_input[row]),
+                          "blind_layers": self.blind_masks[row].nonzero().flatten().tolist()}
+                for row, (own, blind) in enumerate(self.metrics.tolist()) if not math.isnan(own)}
 
     @torch.no_grad()
     def calibrate(self, selector: LayerSelector, data: CalibrationData, budgets: Sequence[int]) -> None:
@@ -110,20 +107,17 @@ class InputBlindFallback(torch.nn.Module):
                         return masks
 
                     own_metric = data.metric_with_masks(own)
-                    candidates = [tuple(range(k)), tuple(evenly_spaced_layers(selector.num_layers, k))]
-                    if k in searched:
-                        candidates.insert(0, tuple(searched[k]))
                     schedule = selector.schedule_mask(k)
-                    if schedule is not None:
-                        candidates.insert(0, tuple(schedule.nonzero().flatten().tolist()))
+                    candidates = [tuple(schedule.nonzero().flatten().tolist())] if schedule is not None else []
+                    candidates += [tuple(searched[k])] if k in searched else []
+                    candidates += [tuple(range(k)), tuple(evenly_spaced_layers(selector.num_layers, k))]
                     candidates += [mask for mask, _ in counts.most_common(COMMON_MASKS)]
                     # the engine continues from the prefix only for masks that keep it
                     candidates = [c for c in candidates if set(range(j)) <= set(c)]
-                    blind_layers, blind_metric = None, -math.inf
-                    for layers in dict.fromkeys(candidates):  # distinct, in order: ties go to the earlier one
-                        value = float(data.metric_with_layers(list(layers)))
-                        if blind_layers is None or sign * value > sign * blind_metric:
-                            blind_layers, blind_metric = layers, value
+                    # distinct, in order; max() keeps the first of equal values: ties go to the earlier one
+                    values = {c: float(data.metric_with_layers(list(c))) for c in dict.fromkeys(candidates)}
+                    blind_layers = max(values, key=lambda layers: sign * values[layers])
+                    blind_metric = values[blind_layers]
                     uses_input = sign * (own_metric - blind_metric) > self.margin
                     self.uses_input[k - 1] = uses_input
                     self.blind_masks[k - 1] = False

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldrop.backbones.geometry import conv_output_length
+
 from .base import CalibrationData, SelectorOutput
 from .calibration import ThresholdCalibration
 from .fallback import InputBlindFallback
@@ -219,11 +221,10 @@ class InputConditionedSelector(TopKSelector):
             # cumulative average over the first 1 / momentum batches, then exponential: the running
             # statistics are usable after a few batches instead of starting biased towards (0, 1)
             self._track_statistics(z_all, max(self.stats_momentum, 1.0 / (int(self.num_batches_tracked) + 1)))
-            batch_index = torch.arange(hidden.shape[0], device=hidden.device)
-            z = z_all[batch_index, rows]
-            return (z - mean[rows]) / (var[rows] + self.stats_eps).sqrt()
-        z = self.raw_scores(hidden, rows)
-        return (z - self.running_mean[rows]) / (self.running_var[rows] + self.stats_eps).sqrt()
+            z = z_all[torch.arange(hidden.shape[0], device=hidden.device), rows]
+        else:
+            z, mean, var = self.raw_scores(hidden, rows), self.running_mean, self.running_var
+        return (z - mean[rows]) / (var[rows] + self.stats_eps).sqrt()
 
     @torch.no_grad()
     def _track_statistics(self, z_all: Tensor, momentum: float) -> None:
@@ -401,8 +402,7 @@ class InputConditionedSelector(TopKSelector):
         if self.frontend is not None:
             total, frames = self.frontend.flops(frame_lengths)
         h = self.hidden_dim
-        pad = self.kernel_size // 2
-        conv_frames = torch.div(frames + 2 * pad - self.kernel_size, self.stride, rounding_mode="floor") + 1
+        conv_frames = conv_output_length(frames, self.kernel_size, self.stride, self.kernel_size // 2)
         total = total + 2 * frames * self.feature_dim * h  # frame_proj
         total = total + 2 * conv_frames * h * self.kernel_size  # depthwise temporal_conv
         total = total + 2 * conv_frames * h * h  # channel_mix

@@ -30,7 +30,6 @@ class RandomSelector(LayerSelector):
         seed: seed of the inference generator.
     """
 
-    differentiable = False
     input_dependent = False
     random_at_eval = True
 

@@ -31,13 +31,6 @@ def selector_spec(selector: SelectorFactory | dict[str, Any] | None) -> dict[str
     return {"class_path": f"{func.__module__}.{func.__qualname__}", "init_args": kwargs}
 
 
-def reads_encoder_layers(selector: SelectorFactory | dict[str, Any]) -> bool:
-    """Whether a selector factory or spec is set to read encoder layers (``input="layers"``): it is then
-    built with the backbone's hidden size as its ``feature_dim`` instead of the CNN's channels."""
-    spec = selector_spec(selector)
-    return spec is not None and spec.get("init_args", {}).get("input") == "layers"
-
-
 def build_selector(
     selector: SelectorFactory | dict[str, Any], num_layers: int, feature_dim: int, hidden_size: int | None = None
 ) -> LayerSelector:
@@ -48,12 +41,13 @@ def build_selector(
         num_layers: ``N``, the backbone's encoder layers.
         feature_dim: channels of the CNN features.
         hidden_size: the encoder's hidden size, the ``feature_dim`` of a selector that reads the output of
-            encoder layers (``input="layers"``, see :func:`reads_encoder_layers`); ``None``: not known.
+            encoder layers (its spec sets ``input="layers"``); ``None``: not known.
 
     Raises:
         ValueError: a selector that reads encoder layers was built for features of another width.
     """
-    if hidden_size is not None and reads_encoder_layers(selector):
+    spec = selector_spec(selector) if hidden_size is not None else None
+    if spec is not None and spec.get("init_args", {}).get("input") == "layers":
         feature_dim = hidden_size
     if isinstance(selector, dict):
         module_name, _, class_name = selector["class_path"].rpartition(".")

@@ -93,7 +93,6 @@ class StaticSelector(LayerSelector):
             (:meth:`fit`); training uses ``subsets``.
     """
 
-    differentiable = False
     input_dependent = False
     #: The greedy search costs about ``N^2 / 2`` validation passes: only before test and predict.
     calibrates_at_validation = False

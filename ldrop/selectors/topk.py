@@ -22,15 +22,8 @@ Objective = Literal["straight_through", "counterfactual", "both"]
 
 
 def gumbel_like(scores: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard Gumbel noise with the shape, dtype and device of ``scores``.
-
-    Args:
-        scores: any tensor; only its shape, dtype and device are used.
-        generator: optional generator for reproducible noise (must live on ``scores.device``).
-
-    Returns:
-        Tensor like ``scores`` with i.i.d. Gumbel(0, 1) entries.
-    """
+    """I.i.d. Gumbel(0, 1) noise with the shape, dtype and device of ``scores`` (``generator``: optional, on
+    ``scores.device``, for reproducible noise)."""
     # The generator is passed only when given: torch.compile cannot trace ``generator=None`` with dynamic
     # shapes ("SymIntArrayRef expected to contain only concrete integers").
     seeded = {"generator": generator} if generator is not None else {}
@@ -100,8 +93,7 @@ def relaxed_topk_mask(
             keys = keys + torch.log((1.0 - pick).clamp(min=tiny))
     else:
         raise ValueError(f"method must be 'sigmoid' or 'softmax', got {method!r}")
-    soft = torch.where(full, torch.ones_like(soft), soft)
-    return torch.where(empty, torch.zeros_like(soft), soft)
+    return soft.masked_fill(full, 1.0).masked_fill(empty, 0.0)
 
 
 def straight_through_topk(
@@ -113,15 +105,8 @@ def straight_through_topk(
     method: Relaxation = "sigmoid",
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Sample a hard top-k mask from Gumbel-perturbed scores with a relaxed backward pass.
-
-    Args:
-        scores: ``[batch, layers]`` clean scores.
-        k: ``[batch]`` long, layers to keep per sample.
-        temperature: relaxation temperature ``> 0``.
-        noise_scale: multiplier of the Gumbel perturbation (0 = no noise, deterministic).
-        method: relaxation, see :func:`relaxed_topk_mask`.
-        generator: optional generator for the noise.
+    """Sample a hard top-k mask from clean ``scores`` plus ``noise_scale`` times Gumbel noise (0: none),
+    with the backward pass of :func:`relaxed_topk_mask` (``k``, ``temperature`` and ``method`` as there).
 
     Returns:
         ``(keep_mask, soft_mask)``, both ``[batch, layers]``: ``keep_mask`` has exact 0/1 forward values and
@@ -137,18 +122,11 @@ def straight_through_topk(
 
 
 def annealed_temperature(progress: float, start: float, end: float) -> float:
-    """Geometric interpolation from ``start`` (progress 0) to ``end`` (progress 1).
+    """The temperature at training ``progress`` (clamped to ``[0, 1]``): geometric interpolation from
+    ``start > 0`` (progress 0) to ``end > 0`` (progress 1).
 
     Geometric rather than linear so the late, low-temperature phase is not rushed: each equal step in
     progress divides the temperature by the same factor.
-
-    Args:
-        progress: training progress, clamped to ``[0, 1]``.
-        start: temperature at progress 0, ``> 0``.
-        end: temperature at progress 1, ``> 0``.
-
-    Returns:
-        The temperature.
     """
     progress = min(max(float(progress), 0.0), 1.0)
     return float(math.exp((1.0 - progress) * math.log(start) + progress * math.log(end)))
@@ -190,15 +168,8 @@ def calibrate_threshold(scores: Tensor, target_mean_layers: float) -> tuple[floa
 
 
 def threshold_mask(scores: Tensor, thresholds: Tensor) -> Tensor:
-    """Keep the layers whose score passes the threshold, and at least the best layer.
-
-    Args:
-        scores: ``[batch, layers]`` scores.
-        thresholds: ``[batch]`` threshold per sample.
-
-    Returns:
-        ``[batch, layers]`` float mask of exact 0/1 values with at least one 1 per row; no gradient.
-    """
+    """``[batch, layers]`` 0/1 float mask, no gradient: the ``scores [batch, layers]`` that pass their sample's
+    threshold (``thresholds [batch]``), and each row's best layer when none does."""
     passing = (scores.detach() >= thresholds.unsqueeze(-1)).to(scores.dtype)
     best = hard_topk_mask(scores, torch.ones_like(thresholds, dtype=torch.long))
     return torch.where(passing.sum(-1, keepdim=True) > 0, passing, best)
