@@ -212,6 +212,16 @@ def test_an_unmeetable_target_warns_at_the_callers_line_on_both_runtimes(exports
         assert (warning.filename, warning.lineno) == (__file__, line), (type(model).__name__, target)
 
 
+def open_loop_pair(task, folder):
+    """``(ONNX runtime, PyTorch runtime)`` of one model, open loop, no margin, on one profile (measured on ONNX
+    Runtime as far as the ONNX side knows): their budgets must agree."""
+    from ldrop.runtime import AdaptiveModel
+
+    profile = synthetic_profile(layer=(0.0, 1e-4, 0.0))
+    return (OnnxAdaptiveModel(folder, profile=_cost(profile, True), margin=0.0, closed_loop=False),
+            AdaptiveModel(task, profile=profile, margin=0.0, closed_loop=False))
+
+
 def _cost(profile, measured_on_onnxruntime: bool = False):
     cost = DeviceProfile.from_dict(profile.to_dict())
     if measured_on_onnxruntime:

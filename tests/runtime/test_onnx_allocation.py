@@ -18,13 +18,12 @@ pytest.importorskip("onnxscript", reason="the ONNX exporter needs the optional e
 from ldrop.backbones.geometry import frame_lengths
 from ldrop.budgets import BudgetController, Target
 from ldrop.budgets.allocation import calibrate_gain_thresholds
-from ldrop.runtime import AdaptiveModel, OnnxAdaptiveModel
+from ldrop.runtime import OnnxAdaptiveModel
 from ldrop.runtime.onnx_export import export_onnx
 from ldrop.selectors import InputConditionedSelector, LearnedScheduleSelector
 from ldrop.tasks import AllocationConfig, ClassificationTask, CTCTask
 from tests.helpers import padded_batch
-from tests.runtime.conftest import synthetic_profile
-from tests.runtime.test_onnx import TOLERANCE, _cost, torch_forward
+from tests.runtime.test_onnx import TOLERANCE, open_loop_pair, torch_forward
 
 #: Six inputs of different lengths, so that the allocation gives them different depths.
 MANY = [16000, 6000, 12800, 8000, 9600, 14000]
@@ -91,9 +90,7 @@ def test_each_inputs_depth_layers_and_logits_match_pytorch(allocated, name):
 
 def test_targets_and_the_flops_law_count_the_depth_head_as_pytorch_does(allocated):
     task, folder = allocated["batch"]
-    profile = synthetic_profile(layer=(0.0, 1e-4, 0.0))
-    onnx_model = OnnxAdaptiveModel(folder, profile=_cost(profile, True), margin=0.0, closed_loop=False)
-    torch_model = AdaptiveModel(task, profile=profile, margin=0.0, closed_loop=False)
+    onnx_model, torch_model = open_loop_pair(task, folder)
     waves, lengths = padded_batch([4000, 16000, 30000], seed=14)
     flops = Target.parse({"gflops_per_second": 0.05})
     onnx_fixed = onnx_model.controller.costs(lengths.numpy(), flops)[0]

@@ -14,13 +14,12 @@ import torch
 pytest.importorskip("onnxruntime", reason="the ONNX runtime is the optional extra ldrop[onnx]")
 pytest.importorskip("onnxscript", reason="the ONNX exporter needs the optional extra ldrop[onnx]")
 
-from ldrop.runtime import AdaptiveModel, OnnxAdaptiveModel, load_model
+from ldrop.runtime import OnnxAdaptiveModel, load_model
 from ldrop.runtime.onnx_export import OnnxExportError, export_onnx
 from ldrop.runtime.onnx_runtime import read_manifest
 from ldrop.tasks import ClassificationTask, CTCTask, EarlyExitConfig, SelectedLayers
 from tests.helpers import padded_batch, quiet_trainer, tiny_classification_data
-from tests.runtime.conftest import synthetic_profile
-from tests.runtime.test_onnx import LENGTHS, TOLERANCE, _cost, torch_forward
+from tests.runtime.test_onnx import LENGTHS, TOLERANCE, open_loop_pair, torch_forward
 
 #: Six inputs of different lengths: per-input exits and sub-batches of different lengths.
 MANY = [16000, 6000, 12800, 8000, 9600, 14000]
@@ -112,9 +111,7 @@ def test_the_export_command_lists_every_exit_head_and_the_calibrated_thresholds(
 @pytest.mark.filterwarnings("ignore:target ms=8 cannot be met")
 def test_time_targets_run_early_exit_at_the_tightest_budget_as_the_pytorch_runtime_does(ee_exports):
     task, folder = ee_exports["checkpoint"]
-    profile = synthetic_profile(layer=(0.0, 1e-4, 0.0))
-    onnx_model = OnnxAdaptiveModel(folder, profile=_cost(profile, True), margin=0.0, closed_loop=False)
-    torch_model = AdaptiveModel(task, profile=profile, margin=0.0, closed_loop=False)
+    onnx_model, torch_model = open_loop_pair(task, folder)
     waves, lengths = padded_batch([4000, 16000, 30000], seed=14)
     for target in ({"rtf": 0.5}, {"ms": 8.0}, [1, 2, 4]):
         expected = torch_model(waves, torch.tensor(target) if isinstance(target, list) else target, lengths=lengths)
