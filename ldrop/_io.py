@@ -137,15 +137,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically, synced to disk before the rename."""
-
-    return atomic_write(path, lambda tmp: _write_synced(tmp, data))
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically, synced to disk before the rename."""
+    return atomic_write(path, lambda tmp: _write_synced(tmp, text.encode("utf-8")))
 
 
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:

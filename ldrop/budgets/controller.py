@@ -39,6 +39,8 @@ class BudgetController(ControlLoop):
         **options: :class:`~ldrop.budgets.loop.ControlLoop`'s.
     """
 
+    profile_hint = ": run 'ldrop profile' (or ldrop.budgets.profile_model) and pass it"
+
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops_config: Any = None,
                  extra_fixed_flops: Callable[[Tensor], Tensor] | None = None, **options: Any) -> None:
         super().__init__(num_layers, **options)
@@ -50,32 +52,20 @@ class BudgetController(ControlLoop):
         return torch.from_numpy(array)
 
     def costs(self, sample_lengths: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
-        """``(fixed, per layer, allowance)``, ``[batch]`` float64 in the target's unit (corrected seconds, or
-        GFLOPs)."""
-        lengths = torch.as_tensor(sample_lengths).detach().cpu().to(torch.long)
-        seconds = lengths.to(torch.float64) / self.sample_rate
-        if target.kind == "gflops_per_second":
-            if self.flops_config is None:
-                raise ValueError("a gflops_per_second target needs the backbone config (flops_config)")
-            from ldrop.engine.flops import count_forward_flops
+        """:meth:`ControlLoop.costs <ldrop.budgets.loop.ControlLoop.costs>` as CPU tensors."""
+        return tuple(torch.from_numpy(np.asarray(part)) for part in super().costs(sample_lengths, target))
 
-            extra = None
-            if self.extra_fixed_flops is not None:
-                from ldrop.backbones.geometry import frame_lengths
+    def flops_costs(self, sample_lengths: np.ndarray) -> tuple[Tensor, Tensor]:
+        if self.flops_config is None:
+            raise ValueError("a gflops_per_second target needs the backbone config (flops_config)")
+        from ldrop.backbones.geometry import frame_lengths
+        from ldrop.engine.flops import count_forward_flops
 
-                extra = self.extra_fixed_flops(frame_lengths(self.flops_config, lengths))
-            flops = count_forward_flops(self.flops_config, lengths, None, extra)
-            return flops.fixed / 1e9, flops.per_layer[:, 0] / 1e9, target.value * seconds
-        if target.kind not in ("ms", "rtf"):
-            raise ValueError(f"unknown target kind {target.kind!r}")
-        if self.profile is None:
-            raise ValueError(
-                f"a {target.kind} target needs a device profile of this model: run 'ldrop profile' (or "
-                "ldrop.budgets.profile_model) and pass it"
-            )
-        fixed, layer = (torch.from_numpy(part) for part in self.profile.per_input(lengths))
-        allowance = (target.value / 1000.0) * torch.ones_like(seconds) if target.kind == "ms" else target.value * seconds
-        return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
+        lengths, extra = torch.from_numpy(sample_lengths), None
+        if self.extra_fixed_flops is not None:
+            extra = self.extra_fixed_flops(frame_lengths(self.flops_config, lengths))
+        flops = count_forward_flops(self.flops_config, lengths, None, extra)
+        return flops.fixed / 1e9, flops.per_layer[:, 0] / 1e9
 
 
 class TargetResolver:

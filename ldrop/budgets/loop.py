@@ -1,5 +1,6 @@
 """The controller's decision and closed loop, torch-free: shared by :class:`~ldrop.budgets.BudgetController`
-and the ONNX runtime's numpy controller. A subclass says what one input costs (:meth:`ControlLoop.costs`)."""
+and the ONNX runtime's numpy controller (a subclass counts FLOPs, :meth:`ControlLoop.flops_costs`), and by both
+runtimes' calls (:class:`ClosedLoopModel`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ldrop.budgets.targets import Target
+from ldrop.budgets.cost import DeviceProfile, as_array
+from ldrop.budgets.targets import Target, is_target
 
 
 class UnmeetableTargetWarning(UserWarning):
@@ -110,9 +112,27 @@ class ControlLoop:
             self.reset()
 
     # ------------------------------------------------------------------ decisions
+    #: How to get a profile, in the error of a time target without one.
+    profile_hint = ": run 'ldrop profile' and pass it"
+
     def costs(self, sample_lengths: Any, target: Target) -> tuple[Any, Any, Any]:
-        """``(fixed [batch], per layer [batch], allowance [batch])`` float64 in the target's unit (time
-        targets: seconds times the correction, the allowance ``(1 - margin)`` of the target)."""
+        """``(fixed [batch], per layer [batch], allowance [batch])`` float64 in the target's unit: time targets'
+        seconds from :attr:`profile` times the correction (the allowance ``(1 - margin)`` of the target), or
+        GFLOPs (:meth:`flops_costs`)."""
+        lengths = as_array(sample_lengths, np.int64)
+        seconds = lengths.astype(np.float64) / self.sample_rate
+        if target.kind == "gflops_per_second":
+            return (*self.flops_costs(lengths), target.value * seconds)
+        if target.kind not in ("ms", "rtf"):
+            raise ValueError(f"unknown target kind {target.kind!r}")
+        if self.profile is None:
+            raise ValueError(f"a {target.kind} target needs a device profile of this model{self.profile_hint}")
+        fixed, layer = self.profile.per_input(lengths)
+        allowance = (target.value / 1000.0) * np.ones_like(seconds) if target.kind == "ms" else target.value * seconds
+        return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
+
+    def flops_costs(self, sample_lengths: np.ndarray) -> tuple[Any, Any]:
+        """``(fixed [batch], per layer [batch])`` GFLOPs of each input, for ``gflops_per_second`` targets."""
         raise NotImplementedError
 
     def as_result(self, array: np.ndarray) -> Any:
@@ -222,3 +242,62 @@ class DeadlineGuard:
         self._ran += 1
         self._last = (now, predicted)
         return True
+
+
+class ClosedLoopModel:
+    """What both runtimes (``AdaptiveModel``, ``OnnxAdaptiveModel``) do around a forward under a target. A
+    runtime sets ``controller``, ``num_layers``, ``guard``, ``clock``, its array type's ``_resolve_budget`` (a
+    static method) and ``ensure_profile()``."""
+
+    #: Whether a call has run: the first pays one-time costs (allocations, lazy initialisation), never learnt.
+    _warm = False
+
+    @property
+    def profile(self) -> DeviceProfile | None:
+        return self.controller.profile
+
+    def budget_for(self, lengths: Any, target: Any, spent: tuple[float, int] | None = None
+                   ) -> tuple[Any, Target | None]:
+        """``(budget [batch], the parsed target or None)`` for a call (``spent``: see
+        :meth:`ControlLoop.decide`)."""
+        parsed = self._parse_target(target)
+        if parsed is None:  # a plain budget; None runs every layer
+            budget = self.num_layers if target is None else target
+            return self._resolve_budget(budget, self.num_layers, len(lengths)), None
+        return self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget, parsed
+
+    def _parse_target(self, target: Any) -> Target | None:
+        """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
+        if not is_target(target):
+            return None
+        parsed = Target.parse(target)
+        if parsed.kind in ("ms", "rtf"):
+            if parsed.profile and self.controller.profile is None:
+                self.controller.profile = DeviceProfile.load(parsed.profile)
+            self.ensure_profile()
+        return parsed
+
+    def _plan(self, lengths: Any, target: Target, start: float, clock: Callable[[], float], prefix_layers: int,
+              guarded: bool) -> tuple[Any, float, DeadlineGuard | None]:
+        """A time target's ``(budget, correction planned with, DeadlineGuard or None)``, decided once the
+        budget-independent part (begun at ``clock()`` time ``start``, with ``prefix_layers``) has run, from its
+        time; ``guarded``: whether the model's layers can be guarded (not early exit)."""
+        controller = self.controller
+        decision = controller.decide(lengths, target, spent=(clock() - start, prefix_layers), _stacklevel=4)
+        if not (self.guard and controller.closed_loop and guarded):
+            return decision.budget, controller.planned, None
+        deadline = start + float(decision.allowance.sum()) / (1.0 - controller.margin)
+        guard = DeadlineGuard(deadline, controller.profile.layer_seconds, controller.planned, clock=clock)
+        return decision.budget, controller.planned, guard
+
+    def _feedback(self, lengths: Any, keep: Any, measured: float, correction: float) -> float | None:
+        """The call's ``predicted_ms`` (``None`` without a profile) at ``correction``; its ``measured`` seconds
+        are fed back (:meth:`ControlLoop.observe`) from the second call on."""
+        predicted_ms = None
+        if self.controller.profile is not None:
+            predicted = self.controller.profile.predict(lengths, keep)
+            predicted_ms = 1000.0 * predicted * correction
+            if self._warm:
+                self.controller.observe(predicted, measured)
+        self._warm = True
+        return predicted_ms

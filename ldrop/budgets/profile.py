@@ -130,11 +130,7 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
             mask = torch.ones(batch, frames, dtype=torch.bool, device=device)
             with torch.inference_mode():
                 context = backbone.prepare_layers(mask)
-
-            @torch.inference_mode()
-            def layer_pass() -> None:
-                backbone.run_layer(0, hidden, mask, context)
-
+            layer_pass = torch.inference_mode()(lambda: backbone.run_layer(0, hidden, mask, context))
             return time_call(layer_pass, device, repeats, warmup)
         raise ValueError(f"unknown part {part!r}; parts are {PARTS}")
 
@@ -241,8 +237,7 @@ def profile_with_timers(
         raise ValueError("the profiling grid needs at least one length and one batch size")
     if min(seconds) <= 0 or min(batch_sizes) < 1:
         raise ValueError(f"grid lengths must be > 0 s and batch sizes >= 1, got {list(seconds)}, {list(batch_sizes)}")
-    config = geometry
-    frames_grid = sorted({frame_lengths(config, round(s * sample_rate)) for s in seconds})
+    frames_grid = sorted({frame_lengths(geometry, round(s * sample_rate)) for s in seconds})
     if len(frames_grid) * len(set(batch_sizes)) < 3:
         raise ValueError("the profiling grid needs at least 3 (length, batch size) points to fit")
     grid = [(part, batch, frames) for batch in sorted(set(batch_sizes)) for frames in frames_grid for part in PARTS]
@@ -271,8 +266,8 @@ def profile_with_timers(
             for (b, t, s), r in zip(points[part], residuals, strict=True)
         ]
     profile = DeviceProfile(
-        fixed=fits["fixed"], layer=fits["layer"], num_layers=num_layers, conv_kernel=list(config.conv_kernel),
-        conv_stride=list(config.conv_stride), sample_rate=sample_rate, device=device, model=model,
+        fixed=fits["fixed"], layer=fits["layer"], num_layers=num_layers, conv_kernel=list(geometry.conv_kernel),
+        conv_stride=list(geometry.conv_stride), sample_rate=sample_rate, device=device, model=model,
         measurements=measurements,
     )
     if validation_batches and measure_batch is not None:

@@ -70,14 +70,13 @@ def _check_profile_file(path: str) -> None:
     """Raise (naming ``path``) unless it is a readable device profile; see ``DeviceProfile.load``."""
     try:
         stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
     except OSError:
-        stat = None
-    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size) if stat is not None else None
-    if key is not None and key in _CHECKED_PROFILES:
-        return
-    DeviceProfile.load(path)
-    if key is not None:
-        _CHECKED_PROFILES.add(key)
+        key = None  # DeviceProfile.load says what is wrong
+    if key not in _CHECKED_PROFILES:
+        DeviceProfile.load(path)
+        if key is not None:
+            _CHECKED_PROFILES.add(key)
 
 
 def is_target(budget: Any) -> bool:

@@ -21,16 +21,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ldrop.budgets import (
-    QUICK_GRID,
-    BudgetController,
-    DeadlineGuard,
-    DeviceProfile,
-    Target,
-    is_target,
-    profile_model,
-    resolve_budget,
-)
+from ldrop.budgets import QUICK_GRID, BudgetController, DeviceProfile, profile_model, resolve_budget
+from ldrop.budgets.loop import ClosedLoopModel
+from ldrop.budgets.targets import Target, is_target
 from ldrop.engine import layer_guard
 from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
@@ -67,17 +60,14 @@ def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -
         if lengths is None:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
         return waveforms, torch.as_tensor(lengths).to(torch.long)
-    clips = [torch.as_tensor(w, dtype=torch.float32).flatten() for w in waveforms]
+    clips = [torch.as_tensor(w, dtype=torch.float32, device="cpu").flatten() for w in waveforms]
     if not clips:
         raise ValueError("no waveforms given")
     lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
-    padded = torch.zeros(len(clips), int(lengths.max()))
-    for row, clip in enumerate(clips):
-        padded[row, : len(clip)] = clip
-    return padded, lengths
+    return torch.nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
 
 
-class AdaptiveModel:
+class AdaptiveModel(ClosedLoopModel):
     """A trained ldrop model whose depth follows a target: ``ms`` per utterance, ``rtf`` or FLOPs rate.
 
     The model runs in its parameters' dtype (``task.to(torch.bfloat16)``: bf16 end to end);
@@ -116,8 +106,6 @@ class AdaptiveModel:
         )
         self.sample_rate, self.guard = sample_rate, guard
         self.clock = time.perf_counter  # the timer of calls and of the guard
-        # The first forward pays one-time costs (allocations, lazy initialisation): never learn from it.
-        self._warm = False
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, profile: DeviceProfile | str | None = None,
@@ -125,9 +113,7 @@ class AdaptiveModel:
         """Load from a ``.ckpt`` (``ldrop fit``) or an exported folder (``ldrop export``)."""
         return cls(load_model(path), profile=profile, **kwargs)
 
-    @property
-    def profile(self) -> DeviceProfile | None:
-        return self.controller.profile
+    _resolve_budget = staticmethod(resolve_budget)
 
     @property
     def num_layers(self) -> int:
@@ -154,28 +140,6 @@ class AdaptiveModel:
             return self.clock
         return lambda: (torch.cuda.synchronize(device), self.clock())[1]
 
-    def budget_for(self, lengths: Tensor, target: Any, spent: tuple[float, int] | None = None
-                   ) -> tuple[Tensor, Target | None]:
-        """``(budget [batch], the parsed target or None)`` for a call (``spent``: see
-        :meth:`~ldrop.budgets.loop.ControlLoop.decide`)."""
-        parsed = self._parse_target(target)
-        if parsed is None:
-            if target is None:
-                return torch.full((len(lengths),), self.num_layers, dtype=torch.long), None
-            return resolve_budget(target, self.num_layers, len(lengths)), None
-        return self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget, parsed
-
-    def _parse_target(self, target: Any) -> Target | None:
-        """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
-        if target is None or not is_target(target):
-            return None
-        parsed = Target.parse(target)
-        if parsed.kind in ("ms", "rtf"):
-            if parsed.profile and self.controller.profile is None:
-                self.controller.profile = DeviceProfile.load(parsed.profile)
-            self.ensure_profile()
-        return parsed
-
     def __call__(self, waveforms: Tensor | Sequence[Any], target: Any = None,
                  lengths: Tensor | None = None) -> AdaptiveOutput:
         """Run one utterance, a padded batch (with ``lengths``) or a list of clips under ``target``.
@@ -185,23 +149,17 @@ class AdaptiveModel:
         """
         waves, lengths = as_batch(waveforms, lengths)
         parsed = self._parse_target(target)
-        timed = parsed is not None and parsed.kind in ("ms", "rtf")
         model = self.model
         param = next(model.parameters())
         waves_d, lengths_d = waves.to(param.device, param.dtype), lengths.to(param.device)
-        correction = self.controller.correction
+        correction, guard = self.controller.correction, None
         with torch.inference_mode(), self._precision(param.device):
             clock = self._clock(param.device)
             start = clock()
             encoded = model.encode(waves_d, lengths_d)
-            guard = None
-            if timed:  # the budget-independent part's time tells the controller the machine's speed now
-                spent = (clock() - start, int(getattr(model, "prefix_layers", 0)))
-                decision = self.controller.decide(lengths, parsed, spent=spent, _stacklevel=3)
-                budget, correction = decision.budget, self.controller.planned
-                if self.guard and self.controller.closed_loop and not model.depth.exit_layers:
-                    deadline = start + float(decision.allowance.sum()) / (1.0 - self.controller.margin)
-                    guard = DeadlineGuard(deadline, self.controller.profile.layer.seconds, correction, clock=clock)
+            if parsed is not None and parsed.kind in ("ms", "rtf"):  # the fixed part's time: the speed now
+                budget, correction, guard = self._plan(lengths, parsed, start, clock,
+                                                       int(getattr(model, "prefix_layers", 0)), not model.depth.exit_layers)
             else:
                 budget = self.budget_for(lengths, target)[0]
             budget = model.depth.batch_budget(budget)  # the budgets its depth policy can run (early exit: one)
@@ -213,13 +171,7 @@ class AdaptiveModel:
         keep = (keep.detach() > 0.5).float().cpu()
         if guard is not None:
             keep[:, guard.skipped] = 0.0
-        predicted_ms = None
-        if self.controller.profile is not None:
-            predicted = self.controller.profile.predict(lengths, keep)
-            predicted_ms = 1000.0 * predicted * correction
-            if self._warm:
-                self.controller.observe(predicted, measured)
-        self._warm = True
+        predicted_ms = self._feedback(lengths, keep, measured, correction)
         return AdaptiveOutput(outputs, logits, encoded.frame_mask, keep, keep.sum(1).long(), budget, predicted_ms, 1000.0 * measured,
                               self.controller.correction, parsed)
 

@@ -133,15 +133,11 @@ def _warn_at_forward(model: LayerDropTask, args: tuple[Any, ...], kwargs: dict[s
 
 
 def _full_depth(budget: Any, num_layers: int) -> bool:
-    """Whether ``budget`` runs every layer (a tensor or a target counts as a budget: no host sync here)."""
-    if budget is None:
-        return True
-    if isinstance(budget, int | float) and not isinstance(budget, bool):
-        try:
-            return budget_to_layers(budget, num_layers) == num_layers
-        except ValueError:
-            return False  # the forward call reports the bad budget
-    return False
+    """Whether ``budget`` runs every layer (a tensor or a target counts as below: no host sync here)."""
+    try:
+        return budget is None or budget_to_layers(budget, num_layers) == num_layers
+    except ValueError:  # a tensor or a target; a bad budget is the forward call's to report
+        return False
 
 
 def _caller_stacklevel() -> int:

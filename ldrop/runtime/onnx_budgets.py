@@ -12,7 +12,6 @@ import numpy as np
 
 from ldrop.budgets.cost import DeviceProfile, conv_frames
 from ldrop.budgets.loop import ControlLoop
-from ldrop.budgets.targets import Target
 
 
 def resolve_budget(budget: Any, num_layers: int, batch: int) -> np.ndarray:
@@ -83,24 +82,15 @@ class OnnxBudgetController(ControlLoop):
     """The ONNX runtime's controller: costs from a :class:`~ldrop.budgets.DeviceProfile` (time targets) or the export's
     :class:`FlopsLaw` (``gflops_per_second``); ``**options`` are :class:`~ldrop.budgets.loop.ControlLoop`'s."""
 
+    profile_hint = " on this runtime: run 'ldrop profile --runtime onnx DIR' and pass it"
+
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops: FlopsLaw | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, **options)
         self.profile = profile
         self.flops = flops
 
-    def costs(self, sample_lengths: Any, target: Target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lengths = np.asarray(sample_lengths, dtype=np.int64)
-        seconds = lengths.astype(np.float64) / self.sample_rate
-        if target.kind == "gflops_per_second":
-            if self.flops is None:
-                raise ValueError("a gflops_per_second target needs the model's FLOPs law (the export manifest's)")
-            return self.flops.fixed(lengths) / 1e9, self.flops.per_layer(lengths) / 1e9, target.value * seconds
-        if target.kind not in ("ms", "rtf"):
-            raise ValueError(f"unknown target kind {target.kind!r}")
-        if self.profile is None:
-            raise ValueError(f"a {target.kind} target needs a device profile of this model on this runtime: run "
-                             "'ldrop profile --runtime onnx DIR' and pass it")
-        fixed, layer = self.profile.per_input(lengths)
-        allowance = (target.value / 1000.0) * np.ones_like(seconds) if target.kind == "ms" else target.value * seconds
-        return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
+    def flops_costs(self, sample_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.flops is None:
+            raise ValueError("a gflops_per_second target needs the model's FLOPs law (the export manifest's)")
+        return self.flops.fixed(sample_lengths) / 1e9, self.flops.per_layer(sample_lengths) / 1e9

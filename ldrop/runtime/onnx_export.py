@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,8 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ldrop import __version__
 from ldrop.backbones.adapter import LayerContext
 from ldrop.engine.flops import decision_flops, frontend_flops, layer_flops
+from ldrop.runtime.checkpoints import load_model
 from ldrop.runtime.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
@@ -109,18 +111,6 @@ class SelectorScores(nn.Module):
             self.selector.frontend = frontend
 
 
-class DepthHeadLosses(nn.Module):
-    """``features [B, T, C], frame_mask [B, T] -> losses [B, N]``: depth allocation's predicted loss of each input
-    after ``1..N`` layers."""
-
-    def __init__(self, task: LayerDropTask) -> None:
-        super().__init__()
-        self.depth_head = task.depth.depth_head
-
-    def forward(self, features: Tensor, frame_mask: Tensor) -> Tensor:
-        return self.depth_head(features, frame_mask)
-
-
 class EncoderLayer(nn.Module):
     """``hidden [B, T, H], frame_mask [B, T] (, position_bias [heads, T', T'], T' >= T) -> hidden_out``: one
     layer through the backbone's own :meth:`~ldrop.backbones.SpeechBackbone.run_layer`."""
@@ -169,13 +159,14 @@ def _quiet_exporter() -> Iterator[None]:
 
 @dataclass
 class Part:
-    """One graph of the folder: its module, example inputs, dynamic axes and input/output names."""
+    """One graph of the folder: its module, example inputs, output names and the dynamic axes of the inputs
+    whose axes are not batch and frames (``{0: DYNAMIC, 1: DYNAMIC}``)."""
 
     name: str
     module: nn.Module
     inputs: dict[str, Tensor]
-    dynamic: dict[str, dict[int, Any]]
     outputs: list[str]
+    dynamic: dict[str, dict[int, Any]] = field(default_factory=dict)
 
 
 class AllParts(nn.Module):
@@ -206,7 +197,7 @@ def _export_parts(parts: Sequence[Part]) -> tuple[Any, AllParts]:
     and the module traced (its parameter names are the graph's initializer names)."""
     args = tuple(tensor for part in parts for tensor in part.inputs.values())
     dynamic = {f"i{index}": axes for index, axes in
-               enumerate(part.dynamic.get(name, {}) for part in parts for name in part.inputs)}
+               enumerate(part.dynamic.get(name, {0: DYNAMIC, 1: DYNAMIC}) for part in parts for name in part.inputs)}
     module = AllParts(parts)
     with _quiet_exporter():
         program = torch.onnx.export(
@@ -244,12 +235,8 @@ def _save(model: Any, path: Path) -> None:
 
 def load_task(checkpoint_or_model: LayerDropTask | str | os.PathLike) -> LayerDropTask:
     """An eval-mode fp32 CPU copy of a task module, or the task of a ``.ckpt`` / ``ldrop export`` folder."""
-    if isinstance(checkpoint_or_model, LayerDropTask):
-        task = copy.deepcopy(checkpoint_or_model)
-    else:
-        from ldrop.runtime.checkpoints import load_model
-
-        task = load_model(checkpoint_or_model)
+    model = checkpoint_or_model
+    task = copy.deepcopy(model) if isinstance(model, LayerDropTask) else load_model(model)
     return task.to("cpu", torch.float32).eval()
 
 
@@ -411,17 +398,16 @@ def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
     return out_dir
 
 
-def example_inputs(batch: int, frames: int, width: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``([batch, frames, width] random, frame_mask [batch, frames] with the last input shorter)``."""
+def example_inputs(batch: int, frames: int, width: int, seed: int, name: str = "hidden") -> dict[str, Tensor]:
+    """``{name: [batch, frames, width] random, "frame_mask": [batch, frames] with the last input shorter}``."""
     generator = torch.Generator().manual_seed(seed)
     mask = torch.ones(batch, frames, dtype=torch.bool)
     mask[-1, frames - 5:] = False
-    return torch.randn(batch, frames, width, generator=generator), mask
+    return {name: torch.randn(batch, frames, width, generator=generator), "frame_mask": mask}
 
 
 def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], say: Callable[[str], None]) -> None:
     backbone, n, hidden_size = task.backbone, task.num_layers, task.backbone.hidden_size
-    both = {0: DYNAMIC, 1: DYNAMIC}
     waves, lengths = example_batch()
     graphs: dict[str, Any] = {"fixed": "fixed.onnx", "context": None, "selector": None, "head": "head.onnx",
                               "layers": [f"layers/layer_{i:02d}.onnx" for i in range(n)]}
@@ -434,8 +420,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
     # sizes one symbol, which would tie axes that are independent at run time (a sub-batch's frames and the
     # position bias's, one part's batch and another's).
     template = n - 1  # the layer traced for all (the layers share one structure; WavLM's last has no bias table)
-    hidden, mask = example_inputs(5, 37, hidden_size, seed=1)
-    layer_inputs = {"hidden": hidden, "frame_mask": mask}
+    layer_inputs = example_inputs(5, 37, hidden_size, seed=1)
     with torch.no_grad():
         context = backbone.prepare_layers(torch.ones(1, 41, dtype=torch.bool))
     if context.extra:
@@ -448,30 +433,28 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
     fixed_outputs = ["features", "frame_mask", "hidden"] + (["selector_mask"] if fbank else [])
     fixed_outputs += ["model_features"] if fbank and depth["kind"] == "allocated" else []
     parts = [
-        Part("layer", EncoderLayer(task, template), layer_inputs,
-             {"hidden": both, "frame_mask": both, "position_bias": {1: DYNAMIC, 2: DYNAMIC}}, ["hidden_out"]),
-        Part("fixed", FixedPart(task), {"waveforms": waves, "lengths": lengths},
-             {"waveforms": both, "lengths": {0: DYNAMIC}}, fixed_outputs),
-        Part("head", Head(task), dict(zip(("hidden", "frame_mask"), example_inputs(6, 31, hidden_size, 2),
-                                          strict=True)), {"hidden": both, "frame_mask": both}, ["logits"]),
+        Part("layer", EncoderLayer(task, template), layer_inputs, ["hidden_out"],
+             {"position_bias": {1: DYNAMIC, 2: DYNAMIC}}),
+        Part("fixed", FixedPart(task), {"waveforms": waves, "lengths": lengths}, fixed_outputs,
+             {"lengths": {0: DYNAMIC}}),
+        Part("head", Head(task), example_inputs(6, 31, hidden_size, 2), ["logits"]),
     ]
     if exits:
-        parts.append(Part("exit_heads", Head(task, exits), dict(zip(("hidden", "frame_mask"), example_inputs(
-            7, 59, hidden_size, 5), strict=True)), {"hidden": both, "frame_mask": both}, [f"logits_{k}" for k in exits]))
+        parts.append(Part("exit_heads", Head(task, exits), example_inputs(7, 59, hidden_size, 5),
+                          [f"logits_{k}" for k in exits]))
     if graphs["context"]:
-        parts.append(Part("context", SharedContext(task), {"frame_mask": example_inputs(3, 47, 1, 3)[1]},
-                          {"frame_mask": both}, ["position_bias"]))
+        parts.append(Part("context", SharedContext(task), {"frame_mask": example_inputs(3, 47, 1, 3)["frame_mask"]},
+                          ["position_bias"]))
     if selector["kind"] == "scores":
         graphs["selector"] = "selector.onnx"
-        features, mask = example_inputs(4, 43, task.selector.feature_dim, 4)
-        parts.append(Part("selector", SelectorScores(task),
-                          {"features": features, "frame_mask": mask, "budget": torch.tensor([1, n, 2, n - 1]).clamp(1, n)},
-                          {"features": both, "frame_mask": both, "budget": {0: DYNAMIC}}, ["scores"]))
-    if depth["kind"] == "allocated":
+        inputs = {**example_inputs(4, 43, task.selector.feature_dim, 4, "features"),
+                  "budget": torch.tensor([1, n, 2, n - 1]).clamp(1, n)}
+        parts.append(Part("selector", SelectorScores(task), inputs, ["scores"], {"budget": {0: DYNAMIC}}))
+    if depth["kind"] == "allocated":  # the depth head: features [B, T, C], frame_mask [B, T] -> losses [B, N]
         graphs["depth_head"] = "depth_head.onnx"
-        features, mask = example_inputs(9, 53, task.depth.depth_head.frame[1].in_features, 6)
-        parts.append(Part("depth_head", DepthHeadLosses(task), {"features": features, "frame_mask": mask},
-                          {"features": both, "frame_mask": both}, ["losses"]))
+        head = task.depth.depth_head
+        parts.append(Part("depth_head", head, example_inputs(9, 53, head.frame[1].in_features, 6, "features"),
+                          ["losses"]))
     say(f"tracing {', '.join(part.name for part in parts)} with torch.onnx.export(dynamo=True)")
     proto, traced = _export_parts(parts)
     opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
@@ -492,7 +475,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "ldrop_version": _ldrop_version(),
+        "ldrop_version": __version__,
         "exporter": {"torch": torch.__version__, "onnx_exporter": "torch.onnx.export(dynamo=True)"},
         "opset": opset,
         "task": task_description(task),
@@ -608,9 +591,3 @@ def _check_parity(task: LayerDropTask, folder: Path, say: Callable[[str], None])
 def folder_megabytes(folder: str | os.PathLike) -> float:
     """Size of a folder's files in MB (10^6 bytes)."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
-
-
-def _ldrop_version() -> str:
-    from ldrop import __version__
-
-    return __version__

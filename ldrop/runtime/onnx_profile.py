@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldrop.budgets.controller import QUICK_GRID
 from ldrop.budgets.machine import cpu_name
 from ldrop.budgets.profile import BatchTimer, DeviceProfile, PartTimer, profile_with_timers, time_call
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
@@ -108,8 +107,3 @@ def profile_onnx(
         warmup=warmup, validation_batches=validation_batches, sample_rate=model.sample_rate, seed=seed,
         prefix_layers=model.prefix_layers, device=runtime_description(model, threads), model=summary,
     )
-
-
-def quick_profile(model: OnnxAdaptiveModel, **grid: Any) -> DeviceProfile:
-    """A quick profile (``AdaptiveModel``'s ``QUICK_GRID``), for a time target used without one."""
-    return profile_onnx(model, **{**QUICK_GRID, **grid})

@@ -14,6 +14,7 @@ numpy, onnxruntime and soundfile only: no torch, Lightning or transformers.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -27,8 +28,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ldrop.budgets.cost import DeviceProfile
-from ldrop.budgets.loop import DeadlineGuard
-from ldrop.budgets.targets import Target, is_target
+from ldrop.budgets.loop import ClosedLoopModel
+from ldrop.budgets.targets import Target
 from ldrop.runtime.onnx_budgets import FlopsLaw, OnnxBudgetController, resolve_budget
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def allocate_depths(losses: np.ndarray, budget: np.ndarray, depth: dict[str, Any
             raise ValueError(f"the budgets sum to {int(budget.sum())} layers, below min_layers={least} per input")
         taken = np.argsort(-eligible.ravel(), kind="stable")[:min(extra, inputs * slots)]
         return least + np.bincount(taken // slots, minlength=inputs).astype(np.int64)
-    thresholds = np.array([np.nan if t is None else t for t in depth["thresholds"]], dtype=np.float64)[budget - 1]
+    thresholds = np.array(depth["thresholds"], dtype=np.float64)[budget - 1]  # None: nan
     if bool(np.isnan(thresholds).any()):
         raise RuntimeError(f"allocation (mode: stream) has no gain threshold for budgets "
                            f"{sorted(set(budget[np.isnan(thresholds)].tolist()))}: calibrate it before exporting")
@@ -208,7 +209,7 @@ def ctc_greedy(logits: np.ndarray, frame_mask: np.ndarray, vocabulary: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------- the model
-class OnnxAdaptiveModel:
+class OnnxAdaptiveModel(ClosedLoopModel):
     """An ldrop ONNX export whose depth follows a budget or a target, on ONNX Runtime.
 
     Args:
@@ -248,18 +249,16 @@ class OnnxAdaptiveModel:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = list(providers or ["CPUExecutionProvider"])
         graphs = manifest["graphs"]
-        self._fixed = self._session(onnxruntime, graphs["fixed"], "fixed", options, providers)
-        self._context = (self._session(onnxruntime, graphs["context"], "context", options, providers)
-                         if graphs.get("context") else None)
-        self._scorer, self._depth_head = (self._session(onnxruntime, graphs[name], name, options, providers)
-                                          if graphs.get(name) else None for name in ("selector", "depth_head"))
-        self._layers = [self._session(onnxruntime, name, "layer", options, providers) for name in graphs["layers"]]
-        self._head = self._session(onnxruntime, graphs["head"], "head", options, providers)
+        load = functools.partial(self._session, onnxruntime, options=options, providers=providers)
+        self._fixed = load(graphs["fixed"], "fixed")
+        self._context, self._scorer, self._depth_head = (load(graphs[name], name) if graphs.get(name) else None
+                                                         for name in ("context", "selector", "depth_head"))
+        self._layers = [load(name, "layer") for name in graphs["layers"]]
+        self._head = load(graphs["head"], "head")
         #: ``selected`` (the selector's layers, one head), ``early_exit`` (a head per exit layer) or ``allocated``
         #: (a depth head says how many layers each input runs, the selector which).
         self.depth = manifest.get("depth") or {"kind": "selected"}  # folders before early exit have none
-        self._exit_heads = {int(k): self._head if name == graphs["head"] else
-                            self._session(onnxruntime, name, "head", options, providers)
+        self._exit_heads = {int(k): self._head if name == graphs["head"] else load(name, "head")
                             for k, name in graphs.get("exit_heads", {}).items()}
         if ("position_bias" in {i.name for i in self._layers[0].get_inputs()}) != (self._context is not None):
             raise OnnxFolderError(f"{str(self.folder)!r}: the layer graphs and the context graph do not go together")
@@ -267,11 +266,11 @@ class OnnxAdaptiveModel:
         if selector["kind"] == "scores":
             self._uses_input = np.asarray(selector["uses_input"], dtype=bool)
             self._blind_masks = np.asarray(selector["blind_masks"], dtype=bool)
-            self._thresholds = np.array([np.nan if t is None else t for t in selector["thresholds"]], dtype=np.float64)
+            self._thresholds = np.array(selector["thresholds"], dtype=np.float64)  # None: nan
         if profile is None and (self.folder / PROFILE_FILE).is_file():
             profile = self.folder / PROFILE_FILE
         self.controller = self._controller(profile, closed_loop, margin, on_unmeetable, **controller_options)
-        self._warm, self.guard = False, guard
+        self.guard = guard
         self.clock = time.perf_counter  # the timer of calls and of the guard
         self._temporary: Any = None  # keeps a folder exported by from_pretrained alive
 
@@ -329,10 +328,6 @@ class OnnxAdaptiveModel:
         return model
 
     # ------------------------------------------------------------------ facts
-    @property
-    def profile(self) -> DeviceProfile | None:
-        return self.controller.profile
-
     @property
     def labels(self) -> list[str] | None:
         """Class names (classification) or characters (CTC) in output order, ``None`` when unnamed."""
@@ -518,40 +513,21 @@ class OnnxAdaptiveModel:
         return list(logits)
 
     # ------------------------------------------------------------------ budgets and the closed loop
+    _resolve_budget = staticmethod(resolve_budget)
+
     def ensure_profile(self, **grid: Any) -> DeviceProfile:
         """The profile, measured now on this runtime with a quick grid if there is none yet (needs torch)."""
         if self.controller.profile is None:
             try:
-                from ldrop.runtime.onnx_profile import quick_profile
+                from ldrop.budgets.controller import QUICK_GRID
+                from ldrop.runtime.onnx_profile import profile_onnx
             except ImportError as error:
                 raise ValueError(
                     "a time target needs a device profile of this model on ONNX Runtime: run 'ldrop profile --runtime "
                     f"onnx {self.folder} --out {self.folder / PROFILE_FILE}' (measuring one here needs torch: {error})"
                 ) from None
-            self.controller.profile = quick_profile(self, **grid)
+            self.controller.profile = profile_onnx(self, **{**QUICK_GRID, **grid})
         return self.controller.profile
-
-    def budget_for(self, lengths: np.ndarray, target: Any, spent: tuple[float, int] | None = None
-                   ) -> tuple[np.ndarray, Target | None]:
-        """``(budget [batch] int64, the parsed target or None)`` for a call (``spent``: see
-        :meth:`~ldrop.budgets.loop.ControlLoop.decide`)."""
-        parsed = self._parse_target(target)
-        if parsed is None:
-            if target is None:
-                return np.full(len(lengths), self.num_layers, dtype=np.int64), None
-            return resolve_budget(target, self.num_layers, len(lengths)), None
-        return self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget, parsed
-
-    def _parse_target(self, target: Any) -> Target | None:
-        """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
-        if target is None or not is_target(target):
-            return None
-        parsed = Target.parse(target)
-        if parsed.kind in ("ms", "rtf"):
-            if parsed.profile and self.controller.profile is None:
-                self.controller.profile = DeviceProfile.load(parsed.profile)
-            self.ensure_profile()
-        return parsed
 
     def __call__(self, waveforms: Any, target: Any = None, lengths: Any = None) -> OnnxOutput:
         """Run one utterance, a padded batch (with ``lengths``) or a list of clips or paths under ``target``.
@@ -565,25 +541,15 @@ class OnnxAdaptiveModel:
         start = self.clock()
         if parsed is not None and parsed.kind in ("ms", "rtf"):  # decided after the fixed part, from its time
             encoded = self.encode(waves, lengths)
-            decision = self.controller.decide(lengths, parsed, spent=(self.clock() - start, self.prefix_layers),
-                                              _stacklevel=3)
-            budget, correction = decision.budget, self.controller.planned
-            if self.guard and self.controller.closed_loop and self.depth["kind"] != "early_exit":
-                deadline = start + float(decision.allowance.sum()) / (1.0 - self.controller.margin)
-                guard = DeadlineGuard(deadline, self.controller.profile.layer_seconds, correction, clock=self.clock)
+            budget, correction, guard = self._plan(lengths, parsed, start, self.clock, self.prefix_layers,
+                                                   self.depth["kind"] != "early_exit")
         else:
             encoded, budget = None, self.budget_for(lengths, target)[0]
         budget = self.batch_budget(budget)  # the budgets its depth policy runs (early exit: one)
         logits, keep, frame_mask = self.forward(waves, lengths, budget, encoded, guard)
         measured = self.clock() - start
         outputs = self.decode(logits, frame_mask)
-        predicted_ms = None
-        if self.controller.profile is not None:
-            predicted = self.controller.profile.predict(lengths, keep)
-            predicted_ms = 1000.0 * predicted * correction
-            if self._warm:  # the first call pays one-time costs (allocations): never learn from it
-                self.controller.observe(predicted, measured)
-        self._warm = True
+        predicted_ms = self._feedback(lengths, keep, measured, correction)
         keep_mask = keep.astype(np.float32)
         return OnnxOutput(outputs, logits, frame_mask, keep_mask, keep.sum(1).astype(np.int64), budget, predicted_ms,
                           1000.0 * measured, self.controller.correction, parsed)
