@@ -89,3 +89,15 @@ def test_the_load_generator_is_stopped_and_bounded_in_time():
         worker.join(timeout=30)  # the burner stops by itself at its cap
     assert not bounded.running
     bounded.stop()
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [("--load-span", "0.3;0.6", "comma-separated numbers"),
+                                                       ("--controller", "{window: 4}", "not JSON")])
+def test_control_benchmark_names_a_malformed_option_in_one_line(option, value, says, capsys):
+    from ldrop.bench.__main__ import main as bench_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["control", option, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}: " in error and says in error and value in error
