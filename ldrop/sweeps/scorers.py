@@ -46,15 +46,15 @@ class SweepBatch:
     costs: dict[int, BatchCost] = field(default_factory=dict)
     logits: dict[int, Tensor] = field(default_factory=dict)
 
-    def run(self, budget: Any) -> tuple[Tensor, BatchCost]:
-        """The logits at ``budget`` (or at ``budget()``, timed with them) and their cost, whose wall time is
-        ``seconds_fixed`` plus this run's."""
+    def run(self, budget: Any, cost: bool = True) -> tuple[Tensor, BatchCost | None]:
+        """The logits at ``budget`` (or at ``budget()``, timed with them) and (``cost``) their cost, whose wall
+        time is ``seconds_fixed`` plus this run's."""
         synchronize(self.task)
         start = time.perf_counter()
         logits, keep, _ = self.task.logits_at_budget(self.encoded, budget() if callable(budget) else budget)
         synchronize(self.task)
         seconds = self.seconds_fixed + time.perf_counter() - start
-        return logits, BatchCost.of(self.task, self.encoded, keep, seconds)
+        return logits, BatchCost.of(self.task, self.encoded, keep, seconds) if cost else None
 
 
 class Scorer:
@@ -101,8 +101,8 @@ class BudgetScorer(Scorer):
             for r in range(self.repeats):
                 if selector is not None:
                     selector.reseed(1000 * r + step.index)
-                logits, cost = step.run(k)
-                if r == 0:
+                logits, cost = step.run(k, cost=r == 0)  # repeats score the metric only
+                if cost is not None:
                     step.logits[k], step.costs[k] = logits, cost
                     self.masks[k].update(cost.mask)
                     self.flops[k].update(float(cost.flops.sum()))
