@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.bench.methods import launch
+from ldrop.bench import run_ldrop
 from ldrop.bench.speedup import (
     DTYPES,
     SAMPLING_RATE,
@@ -35,6 +35,7 @@ from ldrop.bench.speedup import (
     load_average,
     names,
     parse_budgets,
+    random_batch,
     run_speedup,
     say,
     sparse_forward,
@@ -170,9 +171,7 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
     torch_device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     samples = round(seconds * SAMPLING_RATE)
-    lengths = torch.linspace(samples, samples // 2, batch_size).round().to(torch.long)
-    waves = torch.randn(batch_size, samples, generator=generator)
-    waves[torch.arange(samples)[None, :] >= lengths[:, None]] = 0.0
+    waves, lengths = random_batch(torch.linspace(samples, samples // 2, batch_size).round(), generator)
     num_layers = model.num_layers
     keep = keep_masks(batch_size, num_layers, max(1, num_layers // 2), generator)["per_sample"]
     waves, lengths, keep = waves.to(torch_device, DTYPES[dtype]), lengths.to(torch_device), keep.to(torch_device)
@@ -200,24 +199,12 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
 
 
 # ---------------------------------------------------------------------------------------------- CLI phases
-def _cli(argv: list[str], log: Path, threads: int | None) -> float:
-    """Run ``ldrop <argv>`` in a child process (``threads`` torch threads), its output to ``log``; returns its
-    seconds. A non-zero exit becomes an exception naming the command, its last output line and the log."""
-    start = time.perf_counter()
-    status = launch(argv, log, threads)
-    if status != 0:
-        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        raise RuntimeError(f"`ldrop {' '.join(argv)}` exited with status {status}"
-                           + (f": {lines[-1]}" if lines else "") + f" (output in {log})")
-    return time.perf_counter() - start
-
-
 def run_profile(settings: Settings) -> dict[str, Any]:
     """``ldrop profile`` on this device and dtype; returns the fitted parts and the held-out check."""
     path = settings.out / "profile.json"
     options = [*settings.profile_args, "--device", settings.device, "--dtype", settings.dtype]
-    _cli(["profile", *options, "--seed", str(settings.seed), "--out", str(path)], settings.out / "profile.log",
-         settings.threads)
+    run_ldrop(["profile", *options, "--seed", str(settings.seed), "--out", str(path)], settings.out / "profile.log",
+              settings.threads)
     profile = json.loads(path.read_text())
     validation = profile.get("validation") or {}
     return {
@@ -248,16 +235,16 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
         common += ["--trainer.max_steps", str(settings.quickstart_steps)]
     fit_dir, test_dir = root / "fit", root / "test"
     shutil.rmtree(root, ignore_errors=True)  # a rerun starts from scratch, not from an old checkpoint
-    fit_seconds = _cli(["fit", *common, "--trainer.default_root_dir", str(fit_dir)], settings.out / "quickstart-fit.log",
-                       settings.threads)
+    fit_seconds = run_ldrop(["fit", *common, "--trainer.default_root_dir", str(fit_dir)],
+                            settings.out / "quickstart-fit.log", settings.threads)
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"ldrop fit wrote no {checkpoint}")
     steps = int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step", -1))
     log(f"quickstart: fit {steps} steps in {fit_seconds:.1f} s; testing (the budget sweep)")
     sweep_options = _SMALL_SWEEP if settings.small else []
-    test_seconds = _cli(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir), "--ckpt_path",
-                         str(checkpoint)], settings.out / "quickstart-test.log", settings.threads)
+    test_seconds = run_ldrop(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir),
+                              "--ckpt_path", str(checkpoint)], settings.out / "quickstart-test.log", settings.threads)
     return {
         "config": str(settings.quickstart_config), "precision": settings.precision,
         "accelerator": accelerator, "fit_steps": steps, "fit_seconds": fit_seconds,
@@ -304,7 +291,7 @@ class Run:
         except Exception as error:  # a failed phase is a figure too; the other phases still run
             record.update(status="failed", error=f"{type(error).__name__}: {error}",
                           traceback=traceback.format_exc(limit=-8))
-            self.log(f"{name}: FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            self.log(f"{name}: FAILED: {_brief(record['error'])}")
         finally:
             record["elapsed_s"] = time.perf_counter() - start
             if torch.cuda.is_available():
@@ -427,16 +414,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
             })
     if rows:
         first = _ok(report, "speedup ")[0]["result"][0]
-        lines += [f"Speed-up of sparse gated execution ({first['dtype']}, {first['seconds']:g} s utterances, "
-                  f"median of {first['repeats']} interleaved rounds after {first['warmup']} warm-up):", "",
-                  markdown_table(rows, list(rows[0])), ""]
-    syncs = [{"backbone": p["name"].removeprefix("host syncs "), "layers": p["result"]["layers"],
-              "syncs counted": p["result"]["counted"], "of them in ldrop/engine": p["result"]["counted_in_engine"],
-              "CUDA sync debug mode": _fmt(p["result"]["cuda_sync_debug"]),
-              "where (file:line x calls)": ", ".join(_where(p["result"]["where"]))} for p in _ok(report, "host syncs ")]
-    if syncs:
-        lines += ["Host syncs of one sparse inference forward (padded batch, per-sample masks):", "",
-                  markdown_table(syncs, list(syncs[0])), ""]
+        lines += _section(f"Speed-up of sparse gated execution ({first['dtype']}, {first['seconds']:g} s utterances, "
+                          f"median of {first['repeats']} interleaved rounds after {first['warmup']} warm-up):", rows)
+    lines += _section("Host syncs of one sparse inference forward (padded batch, per-sample masks):", [
+        {"backbone": p["name"].removeprefix("host syncs "), "layers": p["result"]["layers"],
+         "syncs counted": p["result"]["counted"], "of them in ldrop/engine": p["result"]["counted_in_engine"],
+         "CUDA sync debug mode": _fmt(p["result"]["cuda_sync_debug"]),
+         "where (file:line x calls)": ", ".join(_where(p["result"]["where"]))} for p in _ok(report, "host syncs ")])
     for phase in _ok(report, "profile"):
         p = phase["result"]
         fixed, layer, check = p["fixed"] or {}, p["layer"] or {}, p["held_out"]
@@ -447,16 +431,24 @@ def summary_markdown(report: dict[str, Any]) -> str:
         q = phase["result"]
         wanted = ("budget_layers", "acc", "wer", "loss", "gflops_per_utterance", "ms_per_utterance")
         columns = [key for key in wanted if q["sweep"] and key in q["sweep"][0]]
-        sweep = [{key: _fmt(row.get(key)) for key in columns} for row in q["sweep"]]
-        lines += [f"Quickstart at {q['precision']} ({q['accelerator']}): `ldrop fit` {q['fit_steps']} steps in "
-                  f"{q['fit_seconds']:.1f} s, `ldrop test` (the budget sweep) in {q['test_seconds']:.1f} s:", ""]
-        if sweep:
-            lines += [markdown_table(sweep, list(sweep[0])), ""]
-    not_ok = [{"phase": p["name"], "status": p["status"], "error": p.get("error", "")}
-              for p in report["phases"] if p["status"] != "ok"]
-    if not_ok:
-        lines += ["Phases that did not run to the end:", "", markdown_table(not_ok, ["phase", "status", "error"]), ""]
+        title = (f"Quickstart at {q['precision']} ({q['accelerator']}): `ldrop fit` {q['fit_steps']} steps in "
+                 f"{q['fit_seconds']:.1f} s, `ldrop test` (the budget sweep) in {q['test_seconds']:.1f} s:")
+        lines += _section(title, [{key: _fmt(row.get(key)) for key in columns} for row in q["sweep"]]) or [title, ""]
+    lines += _section("Phases that did not run to the end:", [
+        {"phase": p["name"], "status": p["status"], "error": _brief(p.get("error", ""))}
+        for p in report["phases"] if p["status"] != "ok"])
     return "\n".join(lines)
+
+
+def _section(title: str, rows: list[dict[str, Any]]) -> list[str]:
+    """``title`` and ``rows`` as a Markdown table; nothing without rows."""
+    return [title, "", markdown_table(rows, list(rows[0])), ""] if rows else []
+
+
+def _brief(error: str) -> str:
+    """An error's first line and, where it has more (a failed command's output), its last."""
+    lines = error.strip().splitlines() or [""]
+    return lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")
 
 
 def _where(where: dict[str, int]) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 
 from ldrop._io import atomic_write_json
 from ldrop.bench.onnx_speed import build_task
-from ldrop.bench.speedup import say
+from ldrop.bench.speedup import names, random_batch, say
 from ldrop.budgets.machine import machine_info
 from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
@@ -51,9 +51,7 @@ def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) ->
     int8_folder = quantize_export(folder, scratch / f"{family}-int8", progress=say)
     fp32, int8 = OnnxAdaptiveModel(folder), OnnxAdaptiveModel(int8_folder)
     generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor([32000, 24000, 16000])
-    waves = torch.randn(3, 32000, generator=generator)
-    waves[torch.arange(32000)[None, :] >= lengths[:, None]] = 0.0
+    waves, lengths = random_batch([32000, 24000, 16000], generator)
     n = task.num_layers
     rows = []
     for name, budget in (("1", [1] * 3), ("N/2", [n // 2] * 3), ("N", [n] * 3), ("1,N/2,N", [1, n // 2, n])):
@@ -140,8 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             accuracy = result["accuracy"]
             rows = [{"k": k, **{name: f"{accuracy[name][k]:.4f}" for name in accuracy}} for k in accuracy["torch"]]
         else:
-            records = [parity_record(f.strip(), args.size, args.seed, Path(scratch), say)
-                       for f in args.families.split(",") if f.strip()]
+            records = [parity_record(f, args.size, args.seed, Path(scratch), say) for f in names(args.families)]
             result = {"records": records}
             rows = [{"family": r["family"], "budget": b["budget"], "max |ORT - PyTorch|": f"{b['max_abs_diff']:.2e}",
                      "masks equal": b["masks_equal"], "distinct masks": b["distinct_masks"],

@@ -12,7 +12,6 @@ import math
 import shutil
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.bench.methods import launch
+from ldrop.bench import StageError, run_ldrop
 from ldrop.budgets.machine import machine_info
 from ldrop.sweeps.report import load_sweep, markdown_table, primary_metric
 
@@ -39,7 +38,7 @@ def paired_interval(differences: Sequence[float]) -> tuple[float, float]:
 
 
 def _run(args: list[str], folder: Path, name: str) -> None:
-    """``ldrop <args>`` into ``folder`` unless a ``done`` marker says it finished; raises on failure."""
+    """``ldrop <args>`` into ``folder`` unless a ``done`` marker says it finished; :class:`StageError` on failure."""
     marker = folder / "done"
     if marker.is_file():
         print(f"[precision] {name}: done earlier, skipped", flush=True)
@@ -48,11 +47,9 @@ def _run(args: list[str], folder: Path, name: str) -> None:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     print(f"[precision] {name}: ldrop {' '.join(args)}", flush=True)
-    start = time.perf_counter()
-    if launch(args, folder / "log.txt") != 0:
-        raise SystemExit(f"[precision] {name} failed; its log: {folder / 'log.txt'}")
-    marker.write_text(f"{time.perf_counter() - start:.1f}\n")
-    print(f"[precision] {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    seconds = run_ldrop(args, folder / "log.txt", name=f"[precision] {name}")
+    marker.write_text(f"{seconds:.1f}\n")
+    print(f"[precision] {name}: {seconds:.0f} s", flush=True)
 
 
 def _scores(folder: Path) -> dict[int, float]:
@@ -116,5 +113,8 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    run(build_parser().parse_args(argv), argv)
+    try:
+        run(build_parser().parse_args(argv), argv)
+    except StageError as error:
+        raise SystemExit(str(error)) from None
     return 0
