@@ -17,7 +17,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -62,65 +61,34 @@ _SMALL_QUICKSTART = ["--data.init_args.num_train", "8", "--data.init_args.num_va
 _SMALL_SWEEP = ["--sweep.headroom", "false"]
 
 
-@dataclass
-class Settings:
-    """What the command runs; :func:`settings_for` fills in the mode's defaults."""
-
-    out: Path
-    device: str
-    small: bool
-    families: list[str]
-    sizes: list[str]
-    batch_sizes: list[int]
-    seconds: float
-    budgets: str
-    repeats: int
-    warmup: int
-    dtype: str
-    precision: str
-    quickstart_config: Path
-    quickstart_steps: int | None
-    profile_args: list[str]
-    time_limit: float
-    skip: set[str] = field(default_factory=set)
-    seed: int = 0
-    threads: int | None = None
-
-
-def settings_for(args: argparse.Namespace) -> Settings:
-    """The run's settings: the command line over the defaults of the CUDA or the small mode."""
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    small = args.small or device == "cpu"
-    if small:
+def settings_for(args: argparse.Namespace) -> argparse.Namespace:
+    """The run's settings: a copy of the command line with the defaults of the CUDA or the small mode filled in,
+    the lists parsed, the paths as :class:`~pathlib.Path` and ``profile_args``, the options of ``ldrop profile``."""
+    s = argparse.Namespace(**vars(args))
+    if s.device == "auto":
+        s.device = "cuda" if torch.cuda.is_available() else "cpu"
+    s.small = s.small or s.device == "cpu"
+    if s.small:
         defaults: dict[str, Any] = dict(
             families="wavlm", sizes="tiny", batch_sizes="1,2", seconds=0.5, repeats=1, warmup=0, dtype="fp32",
             # One thread: a small run is for tests, often on a busy machine, where spinning OpenMP threads
             # that lose their core make tiny models many times slower.
             threads=1,
-            profile=["--backbone", "tiny:wavlm", "--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1",
-                     "--warmup", "0", "--validate", "2"],
+            profile_args=["--backbone", "tiny:wavlm", "--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1",
+                          "--warmup", "0", "--validate", "2"],
         )
     else:
         defaults = dict(
             families="wavlm,hubert", sizes="base,large", batch_sizes="1,8,32", seconds=4.0, repeats=20, warmup=3,
-            dtype="bf16", profile=["--backbone", "random:wavlm"], threads=None,
+            dtype="bf16", profile_args=["--backbone", "random:wavlm"], threads=None,
         )
-
-    def pick(name: str) -> Any:
-        value = getattr(args, name)
-        return defaults[name] if value is None else value
-
-    return Settings(
-        out=Path(args.out), device=device, small=small, families=names(pick("families")),
-        sizes=names(pick("sizes")), batch_sizes=[int(b) for b in names(pick("batch_sizes"))],
-        seconds=float(pick("seconds")), budgets=args.budgets, repeats=int(pick("repeats")),
-        warmup=int(pick("warmup")), dtype=pick("dtype"), precision=args.precision,
-        quickstart_config=Path(args.quickstart_config), quickstart_steps=args.quickstart_steps,
-        profile_args=list(defaults["profile"]), time_limit=float(args.time_limit),
-        skip=set(names(args.skip)), seed=args.seed, threads=pick("threads"),
-    )
+    for name, value in defaults.items():
+        if getattr(s, name, None) is None:
+            setattr(s, name, value)
+    s.out, s.quickstart_config = Path(s.out), Path(s.quickstart_config)
+    s.families, s.sizes, s.skip = names(s.families), names(s.sizes), set(names(s.skip))
+    s.batch_sizes = [int(b) for b in names(s.batch_sizes)]
+    return s
 
 
 # ---------------------------------------------------------------------------------------------- the machine
@@ -199,7 +167,7 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
 
 
 # ---------------------------------------------------------------------------------------------- CLI phases
-def run_profile(settings: Settings) -> dict[str, Any]:
+def run_profile(settings: argparse.Namespace) -> dict[str, Any]:
     """``ldrop profile`` on this device and dtype; returns the fitted parts and the held-out check."""
     path = settings.out / "profile.json"
     options = [*settings.profile_args, "--device", settings.device, "--dtype", settings.dtype]
@@ -219,7 +187,7 @@ def run_profile(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+def run_quickstart(settings: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     """``ldrop fit`` (a few steps) then ``ldrop test`` of the quickstart at ``settings.precision``."""
     if not settings.quickstart_config.is_file():
         raise FileNotFoundError(f"no quickstart config at {settings.quickstart_config} (--quickstart-config)")
@@ -256,7 +224,7 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
 class Run:
     """The phases of one command, their records and the files they are written to."""
 
-    def __init__(self, settings: Settings, argv: Sequence[str], log: Callable[[str], None]) -> None:
+    def __init__(self, settings: argparse.Namespace, argv: Sequence[str], log: Callable[[str], None]) -> None:
         self.settings = settings
         self.start = time.perf_counter()
         self._print = log
@@ -307,7 +275,7 @@ class Run:
         atomic_write_text(self.settings.out / "gpu.md", summary_markdown(self.report))
 
 
-def _build_model(built: list[Any], family: str, size: str, s: Settings) -> dict[str, Any]:
+def _build_model(built: list[Any], family: str, size: str, s: argparse.Namespace) -> dict[str, Any]:
     """``family`` at ``size`` on ``s``'s device and dtype, appended to ``built``; returns its size."""
     from ldrop.backbones import SpeechBackbone
 
@@ -357,7 +325,7 @@ def _every(seconds: float, log: Callable[[str], None]) -> Callable[[str], None]:
     return throttled
 
 
-def run_all(settings: Settings, argv: Sequence[str], log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_all(settings: argparse.Namespace, argv: Sequence[str], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every phase; returns the report (also written to ``<out>/gpu.json`` and ``gpu.md``)."""
     settings.out.mkdir(parents=True, exist_ok=True)
     run = Run(settings, argv, log)

@@ -1,4 +1,5 @@
-"""``python -m ldrop.bench onnx_parity``: ONNX Runtime against PyTorch at real geometry, folder sizes, int8.
+"""ONNX Runtime vs PyTorch: logits and masks per family at real geometry, folder sizes fp32/int8, and (with --ckpt)
+the test accuracy of fp32 and int8 exports.
 
 Per family (random weights, the input-conditioned selector): export, compare logits and masks at budgets
 ``1``, ``N/2``, ``N``, a mixed budget and explicit random masks, and record the export time, the fp32 and int8
@@ -113,11 +114,7 @@ def accuracy_record(checkpoint: str, config: str, scratch: Path, say: Any) -> di
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ldrop.bench onnx_parity",
-        description="ONNX Runtime vs PyTorch: logits and masks per family at real geometry, folder sizes fp32/int8, "
-        "and (with --ckpt) the test accuracy of fp32 and int8 exports.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m ldrop.bench onnx_parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", default="wavlm,hubert,wav2vec2,data2vec")
     parser.add_argument("--size", choices=("base", "large", "tiny"), default="base")
     parser.add_argument("--ckpt", default=None, help="a trained classification checkpoint: score its test set instead")

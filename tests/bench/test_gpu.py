@@ -6,6 +6,7 @@ GPU lease will run once works end to end.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from ldrop.bench import __main__ as bench_cli
-from ldrop.bench.gpu import Run, Settings, summary_markdown
+from ldrop.bench.gpu import Run, build_parser, settings_for, summary_markdown
 
 #: The command's own default: the quickstart at bf16-mixed, as on a GPU.
 PRECISION = "bf16-mixed"
@@ -97,11 +98,9 @@ def test_markdown_summary_has_a_table_per_phase(small_run):
     assert "gated.py:" in markdown  # where the syncs are
 
 
-def _settings(tmp_path: Path, time_limit: float = 0.0) -> Settings:
-    return Settings(out=tmp_path, device="cpu", small=True, families=[], sizes=[], batch_sizes=[1], seconds=0.5,
-                    budgets="0.5", repeats=1, warmup=0, dtype="fp32", precision=PRECISION,
-                    quickstart_config=tmp_path / "none.yaml", quickstart_steps=None, profile_args=[],
-                    time_limit=time_limit)
+def _settings(tmp_path: Path, time_limit: float = 0.0) -> argparse.Namespace:
+    return settings_for(build_parser().parse_args(["--small", "--device", "cpu", "--out", str(tmp_path), "--time-limit",
+                                                   str(time_limit), "--quickstart-config", str(tmp_path / "none.yaml")]))
 
 
 def test_a_failing_phase_is_recorded_and_the_next_one_still_runs(tmp_path):

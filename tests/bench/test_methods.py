@@ -17,6 +17,7 @@ import torch
 import yaml
 
 import ldrop.bench
+from ldrop.bench import methods
 from ldrop.bench.methods import Variant, main, overrides_to_args
 
 METHOD_DIR = Path(__file__).resolve().parents[2] / "configs" / "method"
