@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write, atomic_write_json
-from ldrop.bench.speedup import load_average, names
+from ldrop.bench.speedup import load_average, names, torch_threads
 from ldrop.budgets import DeviceProfile, profile_model
 from ldrop.budgets.machine import machine_info
 from ldrop.runtime import AdaptiveModel, load_model
@@ -280,19 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    span, policies, controller_options = args.load_span, args.policies, args.controller
+    span = args.load_span
     if len(args.seconds_range) != 2 or not 0 < args.seconds_range[0] <= args.seconds_range[1]:
         parser.error("--seconds-range is LOW,HIGH seconds with 0 < LOW <= HIGH")
     if len(span) != 2 or not 0 <= span[0] <= span[1] <= 1:
         parser.error("--load-span is START,END fractions of the stream with 0 <= START <= END <= 1")
-    if not isinstance(controller_options, dict):
+    if not isinstance(args.controller, dict):
         parser.error("--controller is a JSON object of controller options")
-    if unknown := sorted(set(policies) - set(POLICIES)):
+    if unknown := sorted(set(args.policies) - set(POLICIES)):
         parser.error(f"unknown policies {unknown}; choose from {list(POLICIES)}")
     if args.utterances < 1:
         parser.error("--utterances must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with torch_threads(args.threads or None):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the module docstring with the checked options of :func:`build_parser`."""
     torch.manual_seed(args.seed)
     if args.ckpt:
         model = load_model(args.ckpt)
@@ -329,10 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     fixed_k = choose_fixed_budget(fixed_times, deadline_ms)
     print(f"deadline {deadline_ms:.1f} ms; fixed budget chosen offline: {fixed_k} of {model.num_layers} layers")
 
-    load_span = (round(span[0] * len(clips)), round(span[1] * len(clips)))
+    load_span = (round(args.load_span[0] * len(clips)), round(args.load_span[1] * len(clips)))
     with LoadGenerator(args.load_procs, args.max_load_seconds) as load:
-        results = replay(policies, model, profile, clips, targets, deadline_ms, fixed_k, load, load_span,
-                         args.margin, args.seed, runner_class, controller_options)
+        results = replay(args.policies, model, profile, clips, targets, deadline_ms, fixed_k, load, load_span,
+                         args.margin, args.seed, runner_class, args.controller)
     load_after = load_average()
     summaries = {p: summarize(r) for p, r in results.items()}
     for policy, s in summaries.items():
@@ -364,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "seconds_mean": sum(lengths) / len(lengths)},
         "deadline_ms": deadline_ms,
         "margin": args.margin,
-        "controller": controller_options,
+        "controller": args.controller,
         "fixed_budget": fixed_k,
         "fixed_budget_idle_ms_on_longest": fixed_times,
         "profile": {"fixed": vars(profile.fixed), "layer": vars(profile.layer),

@@ -127,21 +127,22 @@ class Stage:
             return False
 
 
-def run_stage(stage: Stage, threads: int | None = None) -> dict[str, Any]:
-    """Run ``stage`` unless it finished with the same command; returns its record (``stage.json``)."""
+def run_stage(stage: Stage, threads: int | None = None, tag: str = "methods") -> dict[str, Any]:
+    """Run ``stage`` unless it finished with the same command; returns its record (``stage.json``). ``tag``
+    starts the progress lines."""
     if stage.finished():
         record = json.loads(stage.marker.read_text())
-        print(f"[methods] {stage.name}: done earlier ({record['seconds']:.0f} s), skipped", flush=True)
+        print(f"[{tag}] {stage.name}: done earlier ({record['seconds']:.0f} s), skipped", flush=True)
         return {**record, "skipped": True}
     if stage.args[0] == "fit" and stage.folder.exists():
         shutil.rmtree(stage.folder)  # an unfinished or outdated fit: start it afresh, not beside old checkpoints
     stage.folder.mkdir(parents=True, exist_ok=True)
-    print(f"[methods] {stage.name}: ldrop {shlex.join(stage.args)}\n[methods]   log: {stage.log}", flush=True)
+    print(f"[{tag}] {stage.name}: ldrop {shlex.join(stage.args)}\n[{tag}]   log: {stage.log}", flush=True)
     seconds = run_ldrop(stage.args, stage.log, threads, name=f"stage {stage.name!r}")
     record = {"stage": stage.name, "command": ["ldrop", *stage.args], "seconds": round(seconds, 2),
               "finished_at": time.time(), "identity": stage.identity()}
     atomic_write_json(stage.marker, record)
-    print(f"[methods] {stage.name}: finished in {seconds:.0f} s", flush=True)
+    print(f"[{tag}] {stage.name}: finished in {seconds:.0f} s", flush=True)
     return {**record, "skipped": False}
 
 

@@ -22,13 +22,12 @@ import torch
 
 from ldrop._io import atomic_write_json
 from ldrop.bench.onnx_speed import build_task
-from ldrop.bench.speedup import names, random_batch, say
+from ldrop.bench.speedup import names, random_batch, say, torch_threads
 from ldrop.budgets.machine import machine_info
 from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 from ldrop.selectors import InputConditionedSelector
 from ldrop.sweeps import markdown_table
-from ldrop.tasks import ClassificationTask
 
 
 def _compare(budget: str, expected: np.ndarray, got: np.ndarray, quantized: np.ndarray, masks_equal: Any,
@@ -42,10 +41,7 @@ def _compare(budget: str, expected: np.ndarray, got: np.ndarray, quantized: np.n
 def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) -> dict[str, Any]:
     """Export one random model of ``family`` and compare both runtimes on it (see the module docstring)."""
     torch.manual_seed(seed)
-    base = build_task(family, size)
-    task = ClassificationTask(labels=["a", "b"], backbone=base.hparams.backbone, pretrained=False,
-                              backbone_overrides=base.hparams.backbone_overrides, selector=InputConditionedSelector)
-    task = task.eval()
+    task = build_task(family, size, selector=InputConditionedSelector)
     started = time.perf_counter()
     folder = export_onnx(task, scratch / family, progress=say)
     export_seconds = time.perf_counter() - started
@@ -127,9 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="ldrop-onnx-parity-") as scratch:
+    with torch_threads(args.threads or None), tempfile.TemporaryDirectory(prefix="ldrop-onnx-parity-") as scratch:
         if args.ckpt:
             result: dict[str, Any] = accuracy_record(args.ckpt, args.config, Path(scratch), say)
             accuracy = result["accuracy"]
@@ -142,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "int8 max |diff|": f"{b['int8_max_abs_diff']:.3f}", "max |logit|": f"{b['logit_scale']:.3f}",
                      "MB fp32 / int8": f"{r['folder_mb']['fp32']:.0f} / {r['folder_mb']['int8']:.0f}",
                      "export (s)": f"{r['export_seconds']:.0f}"} for r in records for b in r["budgets"]]
-    result.update(benchmark="onnx_parity", machine=machine_info("cpu"), argv=list(argv or []))
+        result.update(benchmark="onnx_parity", machine=machine_info("cpu"), argv=list(argv or []))
     atomic_write_json(args.json, result)
     print(markdown_table(rows, list(rows[0])))
     print(f"\n{json.dumps(result['machine']['cpu'])}; wrote {args.json}")

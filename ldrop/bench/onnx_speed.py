@@ -33,13 +33,12 @@ from ldrop.sweeps import markdown_table
 from ldrop.tasks import ClassificationTask
 
 
-def build_task(backbone: str, size: str) -> ClassificationTask:
-    """A 2-class task on ``backbone`` at ``size`` (the geometry of :func:`ldrop.bench.speedup.build_config`)."""
-    if size == "tiny":
-        return ClassificationTask(labels=["a", "b"], backbone=f"tiny:{backbone}").eval()
-    overrides = large_overrides(backbone) if size == "large" else None
-    return ClassificationTask(labels=["a", "b"], backbone=f"random:{backbone}", pretrained=False,
-                              backbone_overrides=overrides).eval()
+def build_task(backbone: str, size: str, **options: Any) -> ClassificationTask:
+    """A 2-class task of random weights on ``backbone`` at ``size`` (the geometry of
+    :func:`ldrop.bench.speedup.build_config`); ``options``: further task arguments (a selector)."""
+    return ClassificationTask(labels=["a", "b"], backbone=f"{'tiny' if size == 'tiny' else 'random'}:{backbone}",
+                              pretrained=False, backbone_overrides=large_overrides(backbone) if size == "large" else None,
+                              **options).eval()
 
 
 def run_onnx_speedup(

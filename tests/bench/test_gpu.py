@@ -118,6 +118,17 @@ def test_a_failing_phase_is_recorded_and_the_next_one_still_runs(tmp_path):
     assert "| broken | failed | RuntimeError: CUDA error" in (tmp_path / "gpu.md").read_text()
 
 
+def test_a_failed_ldrop_command_is_one_row_naming_its_log_and_its_last_line(tmp_path):
+    from ldrop.bench import run_ldrop
+
+    run = Run(_settings(tmp_path), [], log=lambda line: None)
+    run.phase("bad fit", lambda: run_ldrop(["fit", "--no-such-option"], tmp_path / "fit.log"))
+    error = run.report["phases"][0]["error"]
+    assert error.startswith("StageError: `ldrop fit --no-such-option` failed (exit status 2)") and "fit.log" in error
+    row = next(line for line in (tmp_path / "gpu.md").read_text().splitlines() if line.startswith("| bad fit |"))
+    assert "fit.log ... " in row and row.endswith(" |") and row.split(" ... ")[-1].strip(" |") in error.splitlines()[-1]
+
+
 def test_phases_past_the_time_limit_are_skipped_and_recorded(tmp_path):
     run = Run(_settings(tmp_path, time_limit=1e-9), [], log=lambda line: None)
     ran = []
