@@ -1,4 +1,5 @@
-"""Meeting a per-utterance deadline while the load changes: full depth, a fixed budget, open and closed loop.
+"""Replay a stream of utterances with a per-utterance deadline while a load generator takes part of the CPU;
+compare full depth, a fixed budget, the open-loop and the closed-loop controller.
 
 Utterances of mixed lengths are replayed one at a time with one deadline, while ``--load-procs`` CPU-burning
 processes load the machine for ``--load-span`` of the stream; each utterance runs under ``full``, ``fixed``
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import random
 import tempfile
 import time
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write, atomic_write_json
-from ldrop.bench.speedup import names
+from ldrop.bench.speedup import load_average, names, torch_threads
 from ldrop.budgets import DeviceProfile, profile_model
 from ldrop.budgets.machine import machine_info
 from ldrop.runtime import AdaptiveModel, load_model
@@ -241,11 +241,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ldrop.bench control",
-        description="Replay a stream of utterances with a per-utterance deadline while a load generator takes "
-        "part of the CPU; compare full depth, a fixed budget, the open-loop and the closed-loop controller.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m ldrop.bench control", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", help="a trained classification checkpoint / export (e.g. the quickstart's): "
                         "streams its generated test set and reports accuracy")
     parser.add_argument("--backbone", default="random:wavlm",
@@ -284,19 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    span, policies, controller_options = args.load_span, args.policies, args.controller
+    span = args.load_span
     if len(args.seconds_range) != 2 or not 0 < args.seconds_range[0] <= args.seconds_range[1]:
         parser.error("--seconds-range is LOW,HIGH seconds with 0 < LOW <= HIGH")
     if len(span) != 2 or not 0 <= span[0] <= span[1] <= 1:
         parser.error("--load-span is START,END fractions of the stream with 0 <= START <= END <= 1")
-    if not isinstance(controller_options, dict):
+    if not isinstance(args.controller, dict):
         parser.error("--controller is a JSON object of controller options")
-    if unknown := sorted(set(policies) - set(POLICIES)):
+    if unknown := sorted(set(args.policies) - set(POLICIES)):
         parser.error(f"unknown policies {unknown}; choose from {list(POLICIES)}")
     if args.utterances < 1:
         parser.error("--utterances must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with torch_threads(args.threads or None):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark of the module docstring with the checked options of :func:`build_parser`."""
     torch.manual_seed(args.seed)
     if args.ckpt:
         model = load_model(args.ckpt)
@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, runner_class, measure_profile = onnx_runtime(model, args.threads or torch.get_num_threads(), args.export_dir)
     lengths = [len(c) / 16_000 for c in clips]
     longest = max(clips, key=len)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     began = time.time()
 
     # Offline, on the idle machine: the profile, the deadline and the fixed budget.
@@ -333,11 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fixed_k = choose_fixed_budget(fixed_times, deadline_ms)
     print(f"deadline {deadline_ms:.1f} ms; fixed budget chosen offline: {fixed_k} of {model.num_layers} layers")
 
-    load_span = (round(span[0] * len(clips)), round(span[1] * len(clips)))
+    load_span = (round(args.load_span[0] * len(clips)), round(args.load_span[1] * len(clips)))
     with LoadGenerator(args.load_procs, args.max_load_seconds) as load:
-        results = replay(policies, model, profile, clips, targets, deadline_ms, fixed_k, load, load_span,
-                         args.margin, args.seed, runner_class, controller_options)
-    load_after = os.getloadavg()[0]
+        results = replay(args.policies, model, profile, clips, targets, deadline_ms, fixed_k, load, load_span,
+                         args.margin, args.seed, runner_class, args.controller)
+    load_after = load_average()
     summaries = {p: summarize(r) for p, r in results.items()}
     for policy, s in summaries.items():
         print(f"{policy:>11}: misses {100 * s['miss_rate_all']:5.1f}% (idle {100 * (s['miss_rate_idle'] or 0):.1f}%, "
@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "seconds_mean": sum(lengths) / len(lengths)},
         "deadline_ms": deadline_ms,
         "margin": args.margin,
-        "controller": controller_options,
+        "controller": args.controller,
         "fixed_budget": fixed_k,
         "fixed_budget_idle_ms_on_longest": fixed_times,
         "profile": {"fixed": vars(profile.fixed), "layer": vars(profile.layer),

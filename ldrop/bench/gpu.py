@@ -17,7 +17,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.bench.methods import launch
+from ldrop.bench import run_ldrop
 from ldrop.bench.speedup import (
     DTYPES,
     SAMPLING_RATE,
@@ -35,6 +34,7 @@ from ldrop.bench.speedup import (
     load_average,
     names,
     parse_budgets,
+    random_batch,
     run_speedup,
     say,
     sparse_forward,
@@ -61,65 +61,34 @@ _SMALL_QUICKSTART = ["--data.init_args.num_train", "8", "--data.init_args.num_va
 _SMALL_SWEEP = ["--sweep.headroom", "false"]
 
 
-@dataclass
-class Settings:
-    """What the command runs; :func:`settings_for` fills in the mode's defaults."""
-
-    out: Path
-    device: str
-    small: bool
-    families: list[str]
-    sizes: list[str]
-    batch_sizes: list[int]
-    seconds: float
-    budgets: str
-    repeats: int
-    warmup: int
-    dtype: str
-    precision: str
-    quickstart_config: Path
-    quickstart_steps: int | None
-    profile_args: list[str]
-    time_limit: float
-    skip: set[str] = field(default_factory=set)
-    seed: int = 0
-    threads: int | None = None
-
-
-def settings_for(args: argparse.Namespace) -> Settings:
-    """The run's settings: the command line over the defaults of the CUDA or the small mode."""
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    small = args.small or device == "cpu"
-    if small:
+def settings_for(args: argparse.Namespace) -> argparse.Namespace:
+    """The run's settings: a copy of the command line with the defaults of the CUDA or the small mode filled in,
+    the lists parsed, the paths as :class:`~pathlib.Path` and ``profile_args``, the options of ``ldrop profile``."""
+    s = argparse.Namespace(**vars(args))
+    if s.device == "auto":
+        s.device = "cuda" if torch.cuda.is_available() else "cpu"
+    s.small = s.small or s.device == "cpu"
+    if s.small:
         defaults: dict[str, Any] = dict(
             families="wavlm", sizes="tiny", batch_sizes="1,2", seconds=0.5, repeats=1, warmup=0, dtype="fp32",
             # One thread: a small run is for tests, often on a busy machine, where spinning OpenMP threads
             # that lose their core make tiny models many times slower.
             threads=1,
-            profile=["--backbone", "tiny:wavlm", "--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1",
-                     "--warmup", "0", "--validate", "2"],
+            profile_args=["--backbone", "tiny:wavlm", "--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1",
+                          "--warmup", "0", "--validate", "2"],
         )
     else:
         defaults = dict(
             families="wavlm,hubert", sizes="base,large", batch_sizes="1,8,32", seconds=4.0, repeats=20, warmup=3,
-            dtype="bf16", profile=["--backbone", "random:wavlm"], threads=None,
+            dtype="bf16", profile_args=["--backbone", "random:wavlm"], threads=None,
         )
-
-    def pick(name: str) -> Any:
-        value = getattr(args, name)
-        return defaults[name] if value is None else value
-
-    return Settings(
-        out=Path(args.out), device=device, small=small, families=names(pick("families")),
-        sizes=names(pick("sizes")), batch_sizes=[int(b) for b in names(pick("batch_sizes"))],
-        seconds=float(pick("seconds")), budgets=args.budgets, repeats=int(pick("repeats")),
-        warmup=int(pick("warmup")), dtype=pick("dtype"), precision=args.precision,
-        quickstart_config=Path(args.quickstart_config), quickstart_steps=args.quickstart_steps,
-        profile_args=list(defaults["profile"]), time_limit=float(args.time_limit),
-        skip=set(names(args.skip)), seed=args.seed, threads=pick("threads"),
-    )
+    for name, value in defaults.items():
+        if getattr(s, name, None) is None:
+            setattr(s, name, value)
+    s.out, s.quickstart_config = Path(s.out), Path(s.quickstart_config)
+    s.families, s.sizes, s.skip = names(s.families), names(s.sizes), set(names(s.skip))
+    s.batch_sizes = [int(b) for b in names(s.batch_sizes)]
+    return s
 
 
 # ---------------------------------------------------------------------------------------------- the machine
@@ -170,9 +139,7 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
     torch_device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     samples = round(seconds * SAMPLING_RATE)
-    lengths = torch.linspace(samples, samples // 2, batch_size).round().to(torch.long)
-    waves = torch.randn(batch_size, samples, generator=generator)
-    waves[torch.arange(samples)[None, :] >= lengths[:, None]] = 0.0
+    waves, lengths = random_batch(torch.linspace(samples, samples // 2, batch_size).round(), generator)
     num_layers = model.num_layers
     keep = keep_masks(batch_size, num_layers, max(1, num_layers // 2), generator)["per_sample"]
     waves, lengths, keep = waves.to(torch_device, DTYPES[dtype]), lengths.to(torch_device), keep.to(torch_device)
@@ -200,24 +167,12 @@ def count_sparse_syncs(model: Any, batch_size: int, seconds: float, device: str,
 
 
 # ---------------------------------------------------------------------------------------------- CLI phases
-def _cli(argv: list[str], log: Path, threads: int | None) -> float:
-    """Run ``ldrop <argv>`` in a child process (``threads`` torch threads), its output to ``log``; returns its
-    seconds. A non-zero exit becomes an exception naming the command, its last output line and the log."""
-    start = time.perf_counter()
-    status = launch(argv, log, threads)
-    if status != 0:
-        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        raise RuntimeError(f"`ldrop {' '.join(argv)}` exited with status {status}"
-                           + (f": {lines[-1]}" if lines else "") + f" (output in {log})")
-    return time.perf_counter() - start
-
-
-def run_profile(settings: Settings) -> dict[str, Any]:
+def run_profile(settings: argparse.Namespace) -> dict[str, Any]:
     """``ldrop profile`` on this device and dtype; returns the fitted parts and the held-out check."""
     path = settings.out / "profile.json"
     options = [*settings.profile_args, "--device", settings.device, "--dtype", settings.dtype]
-    _cli(["profile", *options, "--seed", str(settings.seed), "--out", str(path)], settings.out / "profile.log",
-         settings.threads)
+    run_ldrop(["profile", *options, "--seed", str(settings.seed), "--out", str(path)], settings.out / "profile.log",
+              settings.threads)
     profile = json.loads(path.read_text())
     validation = profile.get("validation") or {}
     return {
@@ -232,7 +187,7 @@ def run_profile(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+def run_quickstart(settings: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     """``ldrop fit`` (a few steps) then ``ldrop test`` of the quickstart at ``settings.precision``."""
     if not settings.quickstart_config.is_file():
         raise FileNotFoundError(f"no quickstart config at {settings.quickstart_config} (--quickstart-config)")
@@ -248,16 +203,16 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
         common += ["--trainer.max_steps", str(settings.quickstart_steps)]
     fit_dir, test_dir = root / "fit", root / "test"
     shutil.rmtree(root, ignore_errors=True)  # a rerun starts from scratch, not from an old checkpoint
-    fit_seconds = _cli(["fit", *common, "--trainer.default_root_dir", str(fit_dir)], settings.out / "quickstart-fit.log",
-                       settings.threads)
+    fit_seconds = run_ldrop(["fit", *common, "--trainer.default_root_dir", str(fit_dir)],
+                            settings.out / "quickstart-fit.log", settings.threads)
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"ldrop fit wrote no {checkpoint}")
     steps = int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step", -1))
     log(f"quickstart: fit {steps} steps in {fit_seconds:.1f} s; testing (the budget sweep)")
     sweep_options = _SMALL_SWEEP if settings.small else []
-    test_seconds = _cli(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir), "--ckpt_path",
-                         str(checkpoint)], settings.out / "quickstart-test.log", settings.threads)
+    test_seconds = run_ldrop(["test", *common, *sweep_options, "--trainer.default_root_dir", str(test_dir),
+                              "--ckpt_path", str(checkpoint)], settings.out / "quickstart-test.log", settings.threads)
     return {
         "config": str(settings.quickstart_config), "precision": settings.precision,
         "accelerator": accelerator, "fit_steps": steps, "fit_seconds": fit_seconds,
@@ -269,7 +224,7 @@ def run_quickstart(settings: Settings, log: Callable[[str], None]) -> dict[str, 
 class Run:
     """The phases of one command, their records and the files they are written to."""
 
-    def __init__(self, settings: Settings, argv: Sequence[str], log: Callable[[str], None]) -> None:
+    def __init__(self, settings: argparse.Namespace, argv: Sequence[str], log: Callable[[str], None]) -> None:
         self.settings = settings
         self.start = time.perf_counter()
         self._print = log
@@ -304,7 +259,7 @@ class Run:
         except Exception as error:  # a failed phase is a figure too; the other phases still run
             record.update(status="failed", error=f"{type(error).__name__}: {error}",
                           traceback=traceback.format_exc(limit=-8))
-            self.log(f"{name}: FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            self.log(f"{name}: FAILED: {_brief(record['error'])}")
         finally:
             record["elapsed_s"] = time.perf_counter() - start
             if torch.cuda.is_available():
@@ -320,7 +275,7 @@ class Run:
         atomic_write_text(self.settings.out / "gpu.md", summary_markdown(self.report))
 
 
-def _build_model(built: list[Any], family: str, size: str, s: Settings) -> dict[str, Any]:
+def _build_model(built: list[Any], family: str, size: str, s: argparse.Namespace) -> dict[str, Any]:
     """``family`` at ``size`` on ``s``'s device and dtype, appended to ``built``; returns its size."""
     from ldrop.backbones import SpeechBackbone
 
@@ -370,7 +325,7 @@ def _every(seconds: float, log: Callable[[str], None]) -> Callable[[str], None]:
     return throttled
 
 
-def run_all(settings: Settings, argv: Sequence[str], log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_all(settings: argparse.Namespace, argv: Sequence[str], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every phase; returns the report (also written to ``<out>/gpu.json`` and ``gpu.md``)."""
     settings.out.mkdir(parents=True, exist_ok=True)
     run = Run(settings, argv, log)
@@ -427,16 +382,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
             })
     if rows:
         first = _ok(report, "speedup ")[0]["result"][0]
-        lines += [f"Speed-up of sparse gated execution ({first['dtype']}, {first['seconds']:g} s utterances, "
-                  f"median of {first['repeats']} interleaved rounds after {first['warmup']} warm-up):", "",
-                  markdown_table(rows, list(rows[0])), ""]
-    syncs = [{"backbone": p["name"].removeprefix("host syncs "), "layers": p["result"]["layers"],
-              "syncs counted": p["result"]["counted"], "of them in ldrop/engine": p["result"]["counted_in_engine"],
-              "CUDA sync debug mode": _fmt(p["result"]["cuda_sync_debug"]),
-              "where (file:line x calls)": ", ".join(_where(p["result"]["where"]))} for p in _ok(report, "host syncs ")]
-    if syncs:
-        lines += ["Host syncs of one sparse inference forward (padded batch, per-sample masks):", "",
-                  markdown_table(syncs, list(syncs[0])), ""]
+        lines += _section(f"Speed-up of sparse gated execution ({first['dtype']}, {first['seconds']:g} s utterances, "
+                          f"median of {first['repeats']} interleaved rounds after {first['warmup']} warm-up):", rows)
+    lines += _section("Host syncs of one sparse inference forward (padded batch, per-sample masks):", [
+        {"backbone": p["name"].removeprefix("host syncs "), "layers": p["result"]["layers"],
+         "syncs counted": p["result"]["counted"], "of them in ldrop/engine": p["result"]["counted_in_engine"],
+         "CUDA sync debug mode": _fmt(p["result"]["cuda_sync_debug"]),
+         "where (file:line x calls)": ", ".join(_where(p["result"]["where"]))} for p in _ok(report, "host syncs ")])
     for phase in _ok(report, "profile"):
         p = phase["result"]
         fixed, layer, check = p["fixed"] or {}, p["layer"] or {}, p["held_out"]
@@ -447,16 +399,24 @@ def summary_markdown(report: dict[str, Any]) -> str:
         q = phase["result"]
         wanted = ("budget_layers", "acc", "wer", "loss", "gflops_per_utterance", "ms_per_utterance")
         columns = [key for key in wanted if q["sweep"] and key in q["sweep"][0]]
-        sweep = [{key: _fmt(row.get(key)) for key in columns} for row in q["sweep"]]
-        lines += [f"Quickstart at {q['precision']} ({q['accelerator']}): `ldrop fit` {q['fit_steps']} steps in "
-                  f"{q['fit_seconds']:.1f} s, `ldrop test` (the budget sweep) in {q['test_seconds']:.1f} s:", ""]
-        if sweep:
-            lines += [markdown_table(sweep, list(sweep[0])), ""]
-    not_ok = [{"phase": p["name"], "status": p["status"], "error": p.get("error", "")}
-              for p in report["phases"] if p["status"] != "ok"]
-    if not_ok:
-        lines += ["Phases that did not run to the end:", "", markdown_table(not_ok, ["phase", "status", "error"]), ""]
+        title = (f"Quickstart at {q['precision']} ({q['accelerator']}): `ldrop fit` {q['fit_steps']} steps in "
+                 f"{q['fit_seconds']:.1f} s, `ldrop test` (the budget sweep) in {q['test_seconds']:.1f} s:")
+        lines += _section(title, [{key: _fmt(row.get(key)) for key in columns} for row in q["sweep"]]) or [title, ""]
+    lines += _section("Phases that did not run to the end:", [
+        {"phase": p["name"], "status": p["status"], "error": _brief(p.get("error", ""))}
+        for p in report["phases"] if p["status"] != "ok"])
     return "\n".join(lines)
+
+
+def _section(title: str, rows: list[dict[str, Any]]) -> list[str]:
+    """``title`` and ``rows`` as a Markdown table; nothing without rows."""
+    return [title, "", markdown_table(rows, list(rows[0])), ""] if rows else []
+
+
+def _brief(error: str) -> str:
+    """An error's first line and, where it has more (a failed command's output), its last."""
+    lines = error.strip().splitlines() or [""]
+    return lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")
 
 
 def _where(where: dict[str, int]) -> list[str]:

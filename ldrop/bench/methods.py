@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ldrop._io import atomic_write_json, atomic_write_text
+from ldrop.bench import StageError, run_ldrop
 from ldrop.budgets.machine import machine_info
 from ldrop.sweeps.paired import equal_compute
 from ldrop.sweeps.report import LOWER_IS_BETTER, load_items, load_sweep, markdown_table, primary_metric
@@ -42,10 +42,6 @@ DEFAULT_CONFIG = "configs/bench/methods.yaml"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 # A variant's overrides are separated by ':' before a dotted key and '=' (so 'tiny:wavlm' stays a value).
 _OVERRIDE_SPLIT = re.compile(r":(?=[A-Za-z_][\w.]*=)")
-
-
-class StageError(RuntimeError):
-    """A stage of the benchmark failed; the message names the stage and its log file."""
 
 
 @dataclass(frozen=True)
@@ -131,43 +127,22 @@ class Stage:
             return False
 
 
-def launch(args: Sequence[str], log: Path, threads: int | None = None) -> int:
-    """Run ``ldrop <args>`` in a child process (the console script's entry point, run by this Python: same
-    environment, same ``PYTHONPATH``), all output to ``log``; returns its exit status. ``threads`` sets the
-    child's ``OMP_NUM_THREADS`` (torch's CPU threads). Tests replace it with an in-process call of
-    :func:`ldrop.cli.main`."""
-    command = [sys.executable, "-c", "import sys; from ldrop.cli import main; sys.exit(main())", *args]
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    with open(log, "w", encoding="utf-8") as handle:
-        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False).returncode
-
-
-def run_stage(stage: Stage, threads: int | None = None, echo: bool = True) -> dict[str, Any]:
-    """Run ``stage`` unless it finished with the same command; returns its record (``stage.json``)."""
+def run_stage(stage: Stage, threads: int | None = None, tag: str = "methods") -> dict[str, Any]:
+    """Run ``stage`` unless it finished with the same command; returns its record (``stage.json``). ``tag``
+    starts the progress lines."""
     if stage.finished():
         record = json.loads(stage.marker.read_text())
-        if echo:
-            print(f"[methods] {stage.name}: done earlier ({record['seconds']:.0f} s), skipped", flush=True)
+        print(f"[{tag}] {stage.name}: done earlier ({record['seconds']:.0f} s), skipped", flush=True)
         return {**record, "skipped": True}
     if stage.args[0] == "fit" and stage.folder.exists():
         shutil.rmtree(stage.folder)  # an unfinished or outdated fit: start it afresh, not beside old checkpoints
     stage.folder.mkdir(parents=True, exist_ok=True)
-    if echo:
-        print(f"[methods] {stage.name}: ldrop {shlex.join(stage.args)}\n[methods]   log: {stage.log}", flush=True)
-    start = time.perf_counter()
-    returncode = launch(stage.args, stage.log, threads)
-    seconds = time.perf_counter() - start
-    if returncode != 0:
-        tail = stage.log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise StageError(
-            f"stage {stage.name!r} failed (exit status {returncode}) after {seconds:.0f} s; its log: {stage.log}\n"
-            + "\n".join("    " + line for line in tail)
-        )
+    print(f"[{tag}] {stage.name}: ldrop {shlex.join(stage.args)}\n[{tag}]   log: {stage.log}", flush=True)
+    seconds = run_ldrop(stage.args, stage.log, threads, name=f"stage {stage.name!r}")
     record = {"stage": stage.name, "command": ["ldrop", *stage.args], "seconds": round(seconds, 2),
               "finished_at": time.time(), "identity": stage.identity()}
     atomic_write_json(stage.marker, record)
-    if echo:
-        print(f"[methods] {stage.name}: finished in {seconds:.0f} s", flush=True)
+    print(f"[{tag}] {stage.name}: finished in {seconds:.0f} s", flush=True)
     return {**record, "skipped": False}
 
 

@@ -1,4 +1,5 @@
-"""``python -m ldrop.bench onnx_parity``: ONNX Runtime against PyTorch at real geometry, folder sizes, int8.
+"""ONNX Runtime vs PyTorch: logits and masks per family at real geometry, folder sizes fp32/int8, and (with --ckpt)
+the test accuracy of fp32 and int8 exports.
 
 Per family (random weights, the input-conditioned selector): export, compare logits and masks at budgets
 ``1``, ``N/2``, ``N``, a mixed budget and explicit random masks, and record the export time, the fp32 and int8
@@ -21,13 +22,12 @@ import torch
 
 from ldrop._io import atomic_write_json
 from ldrop.bench.onnx_speed import build_task
-from ldrop.bench.speedup import say
+from ldrop.bench.speedup import names, random_batch, say, torch_threads
 from ldrop.budgets.machine import machine_info
 from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 from ldrop.selectors import InputConditionedSelector
 from ldrop.sweeps import markdown_table
-from ldrop.tasks import ClassificationTask
 
 
 def _compare(budget: str, expected: np.ndarray, got: np.ndarray, quantized: np.ndarray, masks_equal: Any,
@@ -41,19 +41,14 @@ def _compare(budget: str, expected: np.ndarray, got: np.ndarray, quantized: np.n
 def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) -> dict[str, Any]:
     """Export one random model of ``family`` and compare both runtimes on it (see the module docstring)."""
     torch.manual_seed(seed)
-    base = build_task(family, size)
-    task = ClassificationTask(labels=["a", "b"], backbone=base.hparams.backbone, pretrained=False,
-                              backbone_overrides=base.hparams.backbone_overrides, selector=InputConditionedSelector)
-    task = task.eval()
+    task = build_task(family, size, selector=InputConditionedSelector)
     started = time.perf_counter()
     folder = export_onnx(task, scratch / family, progress=say)
     export_seconds = time.perf_counter() - started
     int8_folder = quantize_export(folder, scratch / f"{family}-int8", progress=say)
     fp32, int8 = OnnxAdaptiveModel(folder), OnnxAdaptiveModel(int8_folder)
     generator = torch.Generator().manual_seed(seed)
-    lengths = torch.tensor([32000, 24000, 16000])
-    waves = torch.randn(3, 32000, generator=generator)
-    waves[torch.arange(32000)[None, :] >= lengths[:, None]] = 0.0
+    waves, lengths = random_batch([32000, 24000, 16000], generator)
     n = task.num_layers
     rows = []
     for name, budget in (("1", [1] * 3), ("N/2", [n // 2] * 3), ("N", [n] * 3), ("1,N/2,N", [1, n // 2, n])):
@@ -115,11 +110,7 @@ def accuracy_record(checkpoint: str, config: str, scratch: Path, say: Any) -> di
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ldrop.bench onnx_parity",
-        description="ONNX Runtime vs PyTorch: logits and masks per family at real geometry, folder sizes fp32/int8, "
-        "and (with --ckpt) the test accuracy of fp32 and int8 exports.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m ldrop.bench onnx_parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", default="wavlm,hubert,wav2vec2,data2vec")
     parser.add_argument("--size", choices=("base", "large", "tiny"), default="base")
     parser.add_argument("--ckpt", default=None, help="a trained classification checkpoint: score its test set instead")
@@ -132,23 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="ldrop-onnx-parity-") as scratch:
+    with torch_threads(args.threads or None), tempfile.TemporaryDirectory(prefix="ldrop-onnx-parity-") as scratch:
         if args.ckpt:
             result: dict[str, Any] = accuracy_record(args.ckpt, args.config, Path(scratch), say)
             accuracy = result["accuracy"]
             rows = [{"k": k, **{name: f"{accuracy[name][k]:.4f}" for name in accuracy}} for k in accuracy["torch"]]
         else:
-            records = [parity_record(f.strip(), args.size, args.seed, Path(scratch), say)
-                       for f in args.families.split(",") if f.strip()]
+            records = [parity_record(f, args.size, args.seed, Path(scratch), say) for f in names(args.families)]
             result = {"records": records}
             rows = [{"family": r["family"], "budget": b["budget"], "max |ORT - PyTorch|": f"{b['max_abs_diff']:.2e}",
                      "masks equal": b["masks_equal"], "distinct masks": b["distinct_masks"],
                      "int8 max |diff|": f"{b['int8_max_abs_diff']:.3f}", "max |logit|": f"{b['logit_scale']:.3f}",
                      "MB fp32 / int8": f"{r['folder_mb']['fp32']:.0f} / {r['folder_mb']['int8']:.0f}",
                      "export (s)": f"{r['export_seconds']:.0f}"} for r in records for b in r["budgets"]]
-    result.update(benchmark="onnx_parity", machine=machine_info("cpu"), argv=list(argv or []))
+        result.update(benchmark="onnx_parity", machine=machine_info("cpu"), argv=list(argv or []))
     atomic_write_json(args.json, result)
     print(markdown_table(rows, list(rows[0])))
     print(f"\n{json.dumps(result['machine']['cpu'])}; wrote {args.json}")

@@ -10,40 +10,35 @@ threads.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ldrop.bench.speedup import (
     SAMPLING_RATE,
-    interleaved_times,
     large_overrides,
-    load_average,
     parse_budgets,
+    random_batch,
     run_options,
-    speedup_fields,
+    timed_records,
     torch_threads,
 )
-from ldrop.budgets.machine import machine_info
 from ldrop.runtime.onnx_export import export_onnx, folder_megabytes, quantize_export
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 from ldrop.sweeps import markdown_table
 from ldrop.tasks import ClassificationTask
 
 
-def build_task(backbone: str, size: str) -> ClassificationTask:
-    """A 2-class task on ``backbone`` at ``size`` (the geometry of :func:`ldrop.bench.speedup.build_config`)."""
-    if size == "tiny":
-        return ClassificationTask(labels=["a", "b"], backbone=f"tiny:{backbone}").eval()
-    overrides = large_overrides(backbone) if size == "large" else None
-    return ClassificationTask(labels=["a", "b"], backbone=f"random:{backbone}", pretrained=False,
-                              backbone_overrides=overrides).eval()
+def build_task(backbone: str, size: str, **options: Any) -> ClassificationTask:
+    """A 2-class task of random weights on ``backbone`` at ``size`` (the geometry of
+    :func:`ldrop.bench.speedup.build_config`); ``options``: further task arguments (a selector)."""
+    return ClassificationTask(labels=["a", "b"], backbone=f"{'tiny' if size == 'tiny' else 'random'}:{backbone}",
+                              pretrained=False, backbone_overrides=large_overrides(backbone) if size == "large" else None,
+                              **options).eval()
 
 
 def run_onnx_speedup(
@@ -75,44 +70,26 @@ def run_onnx_speedup(
             folder = quantize_export(folder, Path(scratch) / "int8", progress=say)
             sizes["int8"] = folder_megabytes(folder)
         model = OnnxAdaptiveModel(folder, threads=threads)
-        with torch_threads(threads or None):
-            samples = round(seconds * SAMPLING_RATE)
-            generator = torch.Generator().manual_seed(seed)
-            waves = torch.randn(batch_size, samples, generator=generator)
-            lengths = torch.full((batch_size,), samples, dtype=torch.long)
-            waves_np, lengths_np = waves.numpy(), lengths.numpy()
-            variants = ["torch_full", "torch_fixed", "onnx_full", "onnx_fixed"] + [
-                f"{runtime}_{kind}@{k}" for k in budgets for runtime, kind in
-                (("torch", "per_sample"), ("onnx", "per_sample"), ("onnx", "shared"))]
-            load_before = load_average()
-            times = interleaved_times(
-                variants, lambda name, masks: _variant(task, model, name, masks, waves, lengths, waves_np, lengths_np),
-                budgets, batch_size, num_layers, repeats, warmup, seed, log=say)
-            machine = machine_info("cpu")  # with the thread count the timing used
-    machine["load_average_1min"] = {"before": load_before, "after": load_average()}
-    machine["onnxruntime_threads"] = threads
-    median = {name: statistics.median(values) for name, values in times.items()}
-    records = []
-    for k in budgets:
-        own = [name for name in variants if "@" not in name or name.endswith(f"@{k}")]  # this budget's, and k-free
-        records.append({
-            "benchmark": "speedup", "runtime": "onnx", "num_layers": num_layers, "budget": k,
-            "budget_fraction": k / num_layers, "batch_size": batch_size, "seconds": seconds, "repeats": repeats,
-            "warmup": warmup, "seed": seed, "machine": machine,
-            "time_s": {name.partition("@")[0]: median[name] for name in own},
-            "times_s": {name: times[name] for name in own},
-            **speedup_fields(times, k, num_layers, prefix="onnx_"),
-            "onnx_vs_torch": {"full": median["torch_full"] / median["onnx_full"],
-                              "per_sample": median[f"torch_per_sample@{k}"] / median[f"onnx_per_sample@{k}"]},
-            "backbone": backbone, "size": size, "quantize": quantize, "folder_mb": sizes,
-            "export_seconds": export_seconds,
-        })
+        waves, lengths = random_batch([round(seconds * SAMPLING_RATE)] * batch_size, torch.Generator().manual_seed(seed))
+        variants = ["torch_full", "torch_fixed", "onnx_full", "onnx_fixed"] + [
+            f"{runtime}_{kind}@{k}" for k in budgets for runtime, kind in
+            (("torch", "per_sample"), ("onnx", "per_sample"), ("onnx", "shared"))]
+        run = dict(backbone=backbone, size=size, batch_size=batch_size, seconds=seconds, repeats=repeats,
+                   warmup=warmup, seed=seed)
+        with torch_threads(threads or None):  # the machine is described with the thread count the timing used
+            records = timed_records(variants, lambda name, masks: _variant(task, model, name, masks, waves, lengths),
+                                    budgets, num_layers, "cpu", run, prefix="onnx_", full_names=True, log=say)
+    for record in records:
+        t = record["time_s"]
+        record["machine"]["onnxruntime_threads"] = threads
+        record.update(runtime="onnx", quantize=quantize, folder_mb=sizes, export_seconds=export_seconds,
+                      onnx_vs_torch={"full": t["torch_full"] / t["onnx_full"],
+                                     "per_sample": t["torch_per_sample"] / t["onnx_per_sample"]})
     return records
 
 
 def _variant(task: ClassificationTask, model: OnnxAdaptiveModel, name: str, masks: dict[int, dict[str, torch.Tensor]],
-             waves: torch.Tensor, lengths: torch.Tensor, waves_np: np.ndarray, lengths_np: np.ndarray
-             ) -> Callable[[], Any]:
+             waves: torch.Tensor, lengths: torch.Tensor) -> Callable[[], Any]:
     runtime, _, rest = name.partition("_")
     kind, _, k = rest.partition("@")
     if kind == "full":
@@ -123,7 +100,7 @@ def _variant(task: ClassificationTask, model: OnnxAdaptiveModel, name: str, mask
         keep = masks[int(k)][kind]
     if runtime == "torch":
         return lambda: task.logits_with_mask(task.encode(waves, lengths), keep)
-    keep_np = keep.numpy()
+    waves_np, lengths_np, keep_np = waves.numpy(), lengths.numpy(), keep.numpy()
     return lambda: model.run_with_mask(waves_np, lengths_np, keep_np)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json
-from ldrop.bench.speedup import torch_threads
+from ldrop.bench.speedup import SAMPLING_RATE, names, random_batch, torch_threads
 from ldrop.budgets.machine import machine_info
 from ldrop.budgets.profile import time_call
 from ldrop.engine.flops import count_forward_flops
@@ -43,12 +43,9 @@ def _batch(batch_size: int, seconds: float, classes: int, seed: int = 0):
     from ldrop.data import AudioBatch
 
     gen = torch.Generator().manual_seed(seed)
-    samples = int(seconds * 16000)
-    return AudioBatch(
-        waveforms=torch.randn(batch_size, samples, generator=gen),
-        lengths=torch.full((batch_size,), samples, dtype=torch.long),
-        targets=torch.randint(classes, (batch_size,), generator=gen), ids=[str(i) for i in range(batch_size)],
-    )
+    waves, lengths = random_batch([int(seconds * SAMPLING_RATE)] * batch_size, gen)
+    return AudioBatch(waveforms=waves, lengths=lengths, targets=torch.randint(classes, (batch_size,), generator=gen),
+                      ids=[str(i) for i in range(batch_size)])
 
 
 def selector_overhead(backbone: str, batch_size: int, seconds: float, repeats: int, warmup: int) -> dict[str, Any]:
@@ -128,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
+    methods = names(args.methods)
     if unknown := sorted(set(methods) - set(METHODS)):
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     with torch_threads(args.threads):

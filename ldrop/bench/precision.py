@@ -3,16 +3,15 @@
 For each seed and precision: ``ldrop fit --config configs/quickstart.yaml --trainer.precision P`` then ``ldrop
 test`` at that precision; each ``32-true`` checkpoint is also tested at the other precisions. Writes
 ``precision.md`` and ``precision.json`` (per budget, mean and spread over seeds, paired difference to
-``32-true`` with a 95% t interval); finished runs are kept.
+``32-true`` with a 95% t interval); a run that finished with the same command and config is kept (as in
+:mod:`ldrop.bench.methods`; a refit is tested again).
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.bench.methods import launch
+from ldrop.bench import StageError
+from ldrop.bench.methods import Stage, run_stage
 from ldrop.budgets.machine import machine_info
 from ldrop.sweeps.report import load_sweep, markdown_table, primary_metric
 
@@ -38,23 +38,6 @@ def paired_interval(differences: Sequence[float]) -> tuple[float, float]:
     return mean, quantile * statistics.stdev(differences) / math.sqrt(n)
 
 
-def _run(args: list[str], folder: Path, name: str) -> None:
-    """``ldrop <args>`` into ``folder`` unless a ``done`` marker says it finished; raises on failure."""
-    marker = folder / "done"
-    if marker.is_file():
-        print(f"[precision] {name}: done earlier, skipped", flush=True)
-        return
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    print(f"[precision] {name}: ldrop {' '.join(args)}", flush=True)
-    start = time.perf_counter()
-    if launch(args, folder / "log.txt") != 0:
-        raise SystemExit(f"[precision] {name} failed; its log: {folder / 'log.txt'}")
-    marker.write_text(f"{time.perf_counter() - start:.1f}\n")
-    print(f"[precision] {name}: {time.perf_counter() - start:.0f} s", flush=True)
-
-
 def _scores(folder: Path) -> dict[int, float]:
     rows = load_sweep(folder / "sweep")
     metric = primary_metric(rows)
@@ -67,17 +50,19 @@ def run(args: Any, argv: Sequence[str] = ()) -> dict[str, Any]:
     results: dict[str, dict[int, dict[int, float]]] = {}  # "fit P / test Q" -> seed -> budget -> metric
     for seed in args.seeds:
         for precision in args.precisions:
-            fit = out / f"fit-{precision}-seed{seed}"
-            _run(["fit", "--config", args.config, "--seed_everything", str(seed), "--trainer.precision", precision,
-                  "--trainer.default_root_dir", str(fit), "--trainer.logger", "false"], fit, f"fit {precision} seed {seed}")
+            folder = out / f"fit-{precision}-seed{seed}"
+            fit = Stage(f"fit {precision} seed {seed}", [
+                "fit", "--config", args.config, "--seed_everything", str(seed), "--trainer.precision", precision,
+                "--trainer.default_root_dir", str(folder), "--trainer.logger", "false"], folder)
+            run_stage(fit, tag="precision")
             tests = [precision] if precision != reference else args.precisions
             for test_precision in tests:
                 folder = out / f"test-{precision}-as-{test_precision}-seed{seed}"
-                ckpt = next(fit.rglob("last.ckpt"))
-                _run(["test", "--config", args.config, "--ckpt_path", str(ckpt), "--trainer.precision", test_precision,
-                      "--trainer.logger", "false", "--trainer.default_root_dir", str(folder),
-                      "--sweep.directory", str(folder / "sweep")],
-                     folder, f"test of the {precision} fit at {test_precision}, seed {seed}")
+                ckpt = next(fit.folder.rglob("last.ckpt"))
+                run_stage(Stage(f"test of the {precision} fit at {test_precision}, seed {seed}", [
+                    "test", "--config", args.config, "--ckpt_path", str(ckpt), "--trainer.precision", test_precision,
+                    "--trainer.logger", "false", "--trainer.default_root_dir", str(folder),
+                    "--sweep.directory", str(folder / "sweep")], folder, after=fit), tag="precision")
                 results.setdefault(f"fit {precision}, test {test_precision}", {})[seed] = _scores(folder)
     base = results[f"fit {reference}, test {reference}"]
     budgets = sorted(next(iter(base.values())))
@@ -116,5 +101,8 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    run(build_parser().parse_args(argv), argv)
+    try:
+        run(build_parser().parse_args(argv), argv)
+    except StageError as error:
+        raise SystemExit(str(error)) from None
     return 0

@@ -93,11 +93,20 @@ def keep_masks(batch: int, num_layers: int, k: int, generator: torch.Generator) 
     return {"per_sample": per_sample, "shared": shared.expand(batch, num_layers).clone()}
 
 
-def sparse_forward(model: SpeechBackbone, waves: Tensor, lengths: Tensor, keep: Tensor) -> Tensor:
-    """The timed inference forward: CNN, front end, sparse gated layers under ``keep``, final norm."""
+def sparse_forward(model: SpeechBackbone, waves: Tensor, lengths: Tensor, keep: Tensor | None) -> Tensor:
+    """The timed inference forward: CNN, front end, sparse gated layers under ``keep`` (``None``: none, the fixed
+    part only), final norm."""
     features, frame_mask = model.extract_features(waves, lengths)
     hidden = model.frontend(features, frame_mask)
-    return run_gated_layers(model, hidden, frame_mask, keep, mode="sparse")
+    return hidden if keep is None else run_gated_layers(model, hidden, frame_mask, keep, mode="sparse")
+
+
+def random_batch(lengths: Sequence[int] | Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Waveforms of Gaussian noise, ``lengths`` samples each (zeros after), and the lengths."""
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    waves = torch.randn(len(lengths), int(lengths.max()), generator=generator)
+    waves[torch.arange(waves.shape[1])[None, :] >= lengths[:, None]] = 0.0
+    return waves, lengths
 
 
 def load_average() -> float | None:
@@ -183,6 +192,41 @@ def interleaved_times(
     return times
 
 
+def timed_records(
+    variants: Sequence[str], call: Callable[[str, dict[int, dict[str, Tensor]]], Callable[[], Any]],
+    budgets: Sequence[int], num_layers: int, device: str | torch.device, run: dict[str, Any], prefix: str = "",
+    full_names: bool = False, sync: Callable[[], Any] = lambda: None, log: Callable[[str], None] | None = None,
+    detail: Callable[[dict[str, float]], str] = lambda elapsed: "",
+) -> list[dict[str, Any]]:
+    """Time ``variants`` (:func:`interleaved_times`, with ``run``'s ``batch_size``, ``repeats``, ``warmup`` and
+    ``seed``) and return one record per budget: ``run``, the machine with the load average before and after, the
+    seconds of the variants without a budget and of the budget's own (``time_s``: medians under their names
+    without ``@k``; ``times_s``: every round, likewise or, with ``full_names``, with it) and the
+    :func:`speedup_fields` of the ``prefix``-ed variants."""
+    load_before = load_average()
+    cores = os.cpu_count() or 1
+    if log is not None and torch.device(device).type == "cpu" and load_before is not None and load_before > cores / 2:
+        log(
+            f"note: load average {load_before:.1f} on {cores} cores; other processes will add noise (and, with "
+            "spinning OpenMP threads, slow down many-small-op runs: OMP_WAIT_POLICY=PASSIVE helps)"
+        )
+    times = interleaved_times(variants, call, budgets, run["batch_size"], num_layers, run["repeats"], run["warmup"],
+                              run["seed"], sync, log, detail)
+    machine = machine_info(device)
+    # Other processes competing for the cores are the main source of noise on a shared CPU machine.
+    machine["load_average_1min"] = {"before": load_before, "after": load_average()}
+    records = []
+    for k in budgets:
+        own = {name: name.partition("@")[0] for name in variants if "@" not in name or name.endswith(f"@{k}")}
+        records.append({
+            "benchmark": "speedup", **run, "num_layers": num_layers, "budget": k, "budget_fraction": k / num_layers,
+            "machine": machine, "time_s": {key: statistics.median(times[name]) for name, key in own.items()},
+            "times_s": {(name if full_names else key): times[name] for name, key in own.items()},
+            **speedup_fields(times, k, num_layers, prefix),
+        })
+    return records
+
+
 def _config_summary(config: PretrainedConfig) -> dict[str, Any]:
     keys = (
         "model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
@@ -213,88 +257,41 @@ def run_speedup(
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     torch_device = torch.device(device)
-    torch_dtype = DTYPES[dtype]
-    sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
-
     torch.manual_seed(seed)
     if model is None:
-        config = build_config(backbone, size)
-        model = SpeechBackbone.from_config(config).eval().to(device=torch_device, dtype=torch_dtype)
-    config = model.config
-    num_layers = model.num_layers
+        model = SpeechBackbone.from_config(build_config(backbone, size)).eval().to(torch_device, DTYPES[dtype])
+    config, num_layers = model.config, model.num_layers
     if isinstance(budgets, str):
         budgets = parse_budgets(budgets, num_layers)
-    samples = round(seconds * SAMPLING_RATE)
-    generator = torch.Generator().manual_seed(seed)
-    waves = torch.randn(batch_size, samples, generator=generator).to(torch_device, torch_dtype)
-    lengths = torch.full((batch_size,), samples, dtype=torch.long, device=torch_device)
-
-    def fixed_part() -> Tensor:
-        features, frame_mask = model.extract_features(waves, lengths)
-        return model.frontend(features, frame_mask)
+    waves, lengths = random_batch([round(seconds * SAMPLING_RATE)] * batch_size, torch.Generator().manual_seed(seed))
+    on_device = waves.to(torch_device, DTYPES[dtype]), lengths.to(torch_device)
 
     def call(name: str, masks: dict[int, dict[str, Tensor]]) -> Callable[[], Any]:
         if name == "full":
-            return lambda: model(waves, lengths)
-        if name == "fixed":
-            return fixed_part
-        kind, k = name.split("@")
-        keep = masks[int(k)][kind].to(torch_device)
-        return lambda: sparse_forward(model, waves, lengths, keep)
+            return lambda: model(*on_device)
+        kind, _, k = name.partition("@")
+        keep = None if name == "fixed" else masks[int(k)][kind].to(torch_device)
+        return lambda: sparse_forward(model, *on_device, keep)
 
-    variants = ["full", "fixed"] + [f"{kind}@{k}" for k in budgets for kind in KINDS]
-    load_before = load_average()
-    cores = os.cpu_count() or 1
-    if log is not None and torch_device.type == "cpu" and load_before is not None and load_before > cores / 2:
-        log(
-            f"note: load average {load_before:.1f} on {cores} cores; other processes will add noise (and, with "
-            "spinning OpenMP threads, slow down many-small-op runs: OMP_WAIT_POLICY=PASSIVE helps)"
-        )
-    times = interleaved_times(variants, call, budgets, batch_size, num_layers, repeats, warmup, seed, sync, log,
-                              detail=lambda elapsed: f": full forward {elapsed['full']:.3f} s")
-
-    machine = machine_info(torch_device)
-    # Other processes competing for the cores are the main source of noise on a shared CPU machine.
-    machine["load_average_1min"] = {"before": load_before, "after": load_average()}
-    median = {name: statistics.median(values) for name, values in times.items()}
-    full_flops = count_forward_flops(config, lengths.cpu())
-    records = []
-    for k in budgets:
-        # All utterances have the same length, so any k kept layers cost the same FLOPs.
-        keep = torch.zeros(batch_size, num_layers)
-        keep[:, :k] = 1.0
-        flops = count_forward_flops(config, lengths.cpu(), keep)
-        columns = {"full": "full", "fixed": "fixed", "per_sample": f"per_sample@{k}", "shared": f"shared@{k}"}
-        records.append(
-            {
-                "benchmark": "speedup",
-                "backbone": backbone,
-                "size": size,
-                "config": _config_summary(config),
-                "num_layers": num_layers,
-                "budget": k,
-                "budget_fraction": k / num_layers,
-                "batch_size": batch_size,
-                "seconds": seconds,
-                "sampling_rate": SAMPLING_RATE,
-                "frames": int(model.frame_lengths(lengths[:1].cpu()).item()),
-                "dtype": dtype,
-                "repeats": repeats,
-                "warmup": warmup,
-                "seed": seed,
-                "machine": machine,
-                "time_s": {key: median[name] for key, name in columns.items()},
-                "times_s": {key: times[name] for key, name in columns.items()},
-                **speedup_fields(times, k, num_layers),
-                "flops": {
-                    "full_per_utterance": full_flops.total[0].item(),
-                    "fixed_per_utterance": flops.fixed[0].item(),
-                    "budget_per_utterance": flops.total[0].item(),
-                    "budget_per_second": flops.per_second(lengths[:1].cpu())[0].item(),
-                    "ideal_speedup": (full_flops.total.sum() / flops.total.sum()).item(),
-                },
-            }
-        )
+    run = dict(backbone=backbone, size=size, batch_size=batch_size, seconds=seconds, repeats=repeats, warmup=warmup,
+               seed=seed)
+    records = timed_records(["full", "fixed"] + [f"{kind}@{k}" for k in budgets for kind in KINDS], call, budgets,
+                            num_layers, torch_device, run, log=log,
+                            sync=torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None),
+                            detail=lambda elapsed: f": full forward {elapsed['full']:.3f} s")
+    full_flops = count_forward_flops(config, lengths)
+    for record in records:
+        keep = torch.zeros(batch_size, num_layers)  # utterances of one length: any k kept layers cost the same
+        keep[:, :record["budget"]] = 1.0
+        flops = count_forward_flops(config, lengths, keep)
+        record.update(config=_config_summary(config), sampling_rate=SAMPLING_RATE, dtype=dtype,
+                      frames=int(model.frame_lengths(lengths[:1]).item()), flops={
+                          "full_per_utterance": full_flops.total[0].item(),
+                          "fixed_per_utterance": flops.fixed[0].item(),
+                          "budget_per_utterance": flops.total[0].item(),
+                          "budget_per_second": flops.per_second(lengths[:1])[0].item(),
+                          "ideal_speedup": (full_flops.total.sum() / flops.total.sum()).item(),
+                      })
     return records
 
 

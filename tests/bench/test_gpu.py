@@ -6,6 +6,7 @@ GPU lease will run once works end to end.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from ldrop.bench import __main__ as bench_cli
-from ldrop.bench.gpu import Run, Settings, summary_markdown
+from ldrop.bench.gpu import Run, build_parser, settings_for, summary_markdown
 
 #: The command's own default: the quickstart at bf16-mixed, as on a GPU.
 PRECISION = "bf16-mixed"
@@ -97,11 +98,9 @@ def test_markdown_summary_has_a_table_per_phase(small_run):
     assert "gated.py:" in markdown  # where the syncs are
 
 
-def _settings(tmp_path: Path, time_limit: float = 0.0) -> Settings:
-    return Settings(out=tmp_path, device="cpu", small=True, families=[], sizes=[], batch_sizes=[1], seconds=0.5,
-                    budgets="0.5", repeats=1, warmup=0, dtype="fp32", precision=PRECISION,
-                    quickstart_config=tmp_path / "none.yaml", quickstart_steps=None, profile_args=[],
-                    time_limit=time_limit)
+def _settings(tmp_path: Path, time_limit: float = 0.0) -> argparse.Namespace:
+    return settings_for(build_parser().parse_args(["--small", "--device", "cpu", "--out", str(tmp_path), "--time-limit",
+                                                   str(time_limit), "--quickstart-config", str(tmp_path / "none.yaml")]))
 
 
 def test_a_failing_phase_is_recorded_and_the_next_one_still_runs(tmp_path):
@@ -117,6 +116,17 @@ def test_a_failing_phase_is_recorded_and_the_next_one_still_runs(tmp_path):
     assert report["phases"][0]["error"] == "RuntimeError: CUDA error: an illegal memory access"
     assert report["finished"] is False  # until the last phase
     assert "| broken | failed | RuntimeError: CUDA error" in (tmp_path / "gpu.md").read_text()
+
+
+def test_a_failed_ldrop_command_is_one_row_naming_its_log_and_its_last_line(tmp_path):
+    from ldrop.bench import run_ldrop
+
+    run = Run(_settings(tmp_path), [], log=lambda line: None)
+    run.phase("bad fit", lambda: run_ldrop(["fit", "--no-such-option"], tmp_path / "fit.log"))
+    error = run.report["phases"][0]["error"]
+    assert error.startswith("StageError: `ldrop fit --no-such-option` failed (exit status 2)") and "fit.log" in error
+    row = next(line for line in (tmp_path / "gpu.md").read_text().splitlines() if line.startswith("| bad fit |"))
+    assert "fit.log ... " in row and row.endswith(" |") and row.split(" ... ")[-1].strip(" |") in error.splitlines()[-1]
 
 
 def test_phases_past_the_time_limit_are_skipped_and_recorded(tmp_path):

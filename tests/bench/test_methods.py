@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+import ldrop.bench
 from ldrop.bench import methods
 from ldrop.bench.methods import Variant, main, overrides_to_args
 
@@ -92,7 +93,7 @@ def test_variants_parse_from_a_string_or_a_mapping():
 
 
 def test_the_whole_benchmark_writes_one_table_one_plot_and_resumes(bench_config, monkeypatch, capsys):
-    monkeypatch.setattr(methods, "launch", in_process_launch)
+    monkeypatch.setattr(ldrop.bench, "launch", in_process_launch)
     # one shipped method and one named variant of another, with an override passed through
     argv = ["--config", str(bench_config), "--variant", "rnd=random:model.init_args.selector.init_args.train_mode=bernoulli"]
     assert main(argv) == 0

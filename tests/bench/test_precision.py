@@ -18,3 +18,36 @@ def test_the_benchmark_defaults_are_the_quickstart_at_fp32_and_bf16_mixed():
     assert args.config == "configs/quickstart.yaml"
     assert args.precisions[0] == "32-true" and "bf16-mixed" in args.precisions
     assert len(args.seeds) >= 3
+
+
+def test_each_precision_is_fitted_tested_and_compared_and_a_rerun_keeps_finished_runs(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import ldrop.bench
+    from ldrop.bench.precision import run
+    from tests.bench.test_methods import in_process_launch
+
+    monkeypatch.setattr(ldrop.bench, "launch", in_process_launch)
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False,
+                    "enable_model_summary": False, "num_sanity_val_steps": 0},
+        "model": {"class_path": "ClassificationTask", "init_args": {"backbone": "tiny:wavlm"}},
+        "data": {"class_path": "SyntheticClassificationDataModule",
+                 "init_args": {"num_classes": 3, "num_train": 8, "num_val": 4, "num_test": 6, "batch_size": 4,
+                               "duration_range": [0.3, 0.4]}},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--config", str(tmp_path / "tiny.yaml"), "--seeds", "[0, 1]", "--out", str(tmp_path / "out")]
+    record = run(build_parser().parse_args(argv), argv)
+    by_run = {}
+    for row in record["rows"]:
+        by_run.setdefault(row["run"], []).append(row)
+    assert set(by_run) == {"fit 32-true, test 32-true", "fit 32-true, test bf16-mixed", "fit bf16-mixed, test bf16-mixed"}
+    assert [r["budget"] for r in by_run["fit 32-true, test 32-true"]] == [1, 2, 3, 4]
+    assert all("diff" not in r for r in by_run["fit 32-true, test 32-true"])  # the reference
+    assert all(len(r["per_seed"]) == 2 and "ci95" in r for r in by_run["fit bf16-mixed, test bf16-mixed"])
+    assert (tmp_path / "out" / "precision.md").read_text().count("(reference)") == 4
+    capsys.readouterr()
+    assert run(build_parser().parse_args(argv), argv)["rows"] == record["rows"]  # nothing runs again
+    assert capsys.readouterr().out.count("done earlier") == 2 * 5
