@@ -33,14 +33,9 @@ __all__ = [
 ]
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-_LOW_HZ, _HIGH_HZ = 300.0, 3000.0
+_TONE_BAND_HZ = (300.0, 3000.0)  # classes and letters are tones log-spaced in this band
 _AM_RATES_HZ = (0.0, 3.0, 6.0)  # class c is amplitude-modulated at _AM_RATES_HZ[c % 3]
 _FADE_SECONDS = 0.01
-
-
-def _tone_grid(count: int) -> np.ndarray:
-    """``count`` log-spaced frequencies between 300 Hz and 3 kHz."""
-    return np.geomspace(_LOW_HZ, _HIGH_HZ, count) if count > 1 else np.array([_LOW_HZ * 2])
 
 
 def _fade(n: int, sample_rate: int) -> np.ndarray:
@@ -151,7 +146,7 @@ class SyntheticClassificationDataset(_GeneratedDataset):
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.split, self.num_classes, self.seed = split, num_classes, seed
         self.duration_range, self.snr_db_range = duration_range, snr_db_range
-        self.class_frequencies = grid = _tone_grid(num_classes)
+        self.class_frequencies = grid = np.geomspace(*_TONE_BAND_HZ, num_classes)
         # Jitter stays well below half the spacing between neighbouring classes.
         self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4)
         self.plans = [self._plan(i) for i in range(num_items)]
@@ -337,7 +332,7 @@ class SyntheticCTCDataset(_GeneratedDataset):
         self.split, self.letters, self.seed = split, letters, seed
         self.num_letters_range, self.letter_seconds_range = num_letters_range, letter_seconds_range
         self.space_prob, self.snr_db_range = space_prob, snr_db_range
-        self.letter_frequencies = _tone_grid(len(letters))
+        self.letter_frequencies = np.geomspace(*_TONE_BAND_HZ, len(letters))
         self.plans = [self._plan(i) for i in range(num_items)]
 
     def _plan(self, index: int) -> _Plan:
@@ -349,9 +344,7 @@ class SyntheticCTCDataset(_GeneratedDataset):
         for k, letter in enumerate(letter_ids):
             if k > 0:
                 word_break = rng.random() < self.space_prob
-                position += round(
-                    rng.uniform(0.15, 0.25) * sr if word_break else rng.uniform(0.02, 0.05) * sr
-                )
+                position += round(rng.uniform(*((0.15, 0.25) if word_break else (0.02, 0.05))) * sr)
                 if word_break:
                     text.append(" ")
             length = round(rng.uniform(*self.letter_seconds_range) * sr)
@@ -401,10 +394,10 @@ class _SyntheticDataModule(AudioDataModule):
         self, num_train: int, num_val: int, num_test: int, dataset_kwargs: dict[str, Any], **kwargs
     ) -> None:
         super().__init__(root=None, skip_bad_files=False, **kwargs)
-        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        for split, size in self.sizes.items():
+            if size < 1:
+                raise ValueError(f"num_{split} must be at least 1, got {size}")
         self.dataset_kwargs = {k: tuple(v) if k.endswith("_range") else v for k, v in dataset_kwargs.items()}
         self.make_dataset("train", 0)  # check the arguments now rather than at setup
         if self.task == "classification":
