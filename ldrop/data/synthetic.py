@@ -70,40 +70,28 @@ class _Plan:
 class _GeneratedDataset(AudioDataset):
     """Common part of the generated datasets: one seeded :class:`_Plan` per item, drawn at construction.
 
-    A subclass sets :attr:`split`, :attr:`seed` and :attr:`plans` and renders an item in :meth:`load` from
-    ``(seed, split, index)``.
+    A subclass sets :attr:`split` and :attr:`seed`, draws the plans (:meth:`_draw`) and renders an item in
+    :meth:`load` from ``(seed, split, index)``.
     """
 
     id_prefix = "synthetic"
     split: Literal["train", "val", "test"]
     seed: int
-    plans: list[_Plan]
 
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index, stream])
 
-    def _id(self, index: int) -> str:
-        return f"{self.id_prefix}/{self.split}/{index:06d}"
+    def _draw(self, num_items: int) -> None:
+        """Draw the plan of every item (the subclass's ``_plan``); lengths, targets, ids and SNRs follow."""
+        self.plans = [self._plan(i) for i in range(num_items)]  # type: ignore[attr-defined]
+        self.raw_lengths = [p.num_samples for p in self.plans]
+        self.targets: list[int | str] = [p.target for p in self.plans]
+        self.ids = [f"{self.id_prefix}/{self.split}/{i:06d}" for i in range(num_items)]
+        #: Signal-to-noise ratio of each item in dB (lower = harder).
+        self.snr_db = [p.snr_db for p in self.plans]
 
     def __len__(self) -> int:
         return len(self.plans)
-
-    @property
-    def raw_lengths(self) -> list[int]:
-        return [p.num_samples for p in self.plans]
-
-    @property
-    def ids(self) -> list[str]:
-        return [self._id(i) for i in range(len(self))]
-
-    @property
-    def targets(self) -> list[int | str]:
-        return [p.target for p in self.plans]
-
-    @property
-    def snr_db(self) -> list[float]:
-        """Signal-to-noise ratio of each item in dB (lower = harder)."""
-        return [p.snr_db for p in self.plans]
 
 
 class SyntheticClassificationDataset(_GeneratedDataset):
@@ -149,7 +137,7 @@ class SyntheticClassificationDataset(_GeneratedDataset):
         self.class_frequencies = grid = np.geomspace(*_TONE_BAND_HZ, num_classes)
         # Jitter stays well below half the spacing between neighbouring classes.
         self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4)
-        self.plans = [self._plan(i) for i in range(num_items)]
+        self._draw(num_items)
 
     def _plan(self, index: int) -> _Plan:
         rng = self._rng(index, 0)
@@ -174,7 +162,7 @@ class SyntheticClassificationDataset(_GeneratedDataset):
             signal *= 0.55 + 0.45 * np.sin(2 * math.pi * am_rate * t + phase_am)
         signal *= _fade(n, sr)
         waveform = _add_noise(signal, np.ones(n, dtype=bool), plan.snr_db, rng)
-        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
+        return AudioExample(torch.from_numpy(waveform), plan.target, self.ids[index])
 
 
 #: The families of the mixed set, in the order ``(index // num_classes) % 3`` cycles through them.
@@ -254,7 +242,7 @@ class SyntheticMixedClassificationDataset(_GeneratedDataset):
         self.rhythm_rates = np.linspace(*_RHYTHM_RATES_HZ, num_classes)
         self.order_pairs = _ordered_pairs(num_classes)
         self.order_frequencies = np.geomspace(*_ORDER_BAND_HZ, max(max(p) for p in self.order_pairs) + 1)
-        self.plans = [self._plan(i) for i in range(num_items)]
+        self._draw(num_items)
 
     @property
     def families(self) -> list[str]:
@@ -284,7 +272,7 @@ class SyntheticMixedClassificationDataset(_GeneratedDataset):
                 signal[first : first + length] = wave * _fade(length, sr)
         signal *= _fade(n, sr)
         waveform = _add_noise(signal, np.abs(signal) > 0, plan.snr_db, rng)
-        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
+        return AudioExample(torch.from_numpy(waveform), plan.target, self.ids[index])
 
 
 class SyntheticCTCDataset(_GeneratedDataset):
@@ -333,7 +321,7 @@ class SyntheticCTCDataset(_GeneratedDataset):
         self.num_letters_range, self.letter_seconds_range = num_letters_range, letter_seconds_range
         self.space_prob, self.snr_db_range = space_prob, snr_db_range
         self.letter_frequencies = np.geomspace(*_TONE_BAND_HZ, len(letters))
-        self.plans = [self._plan(i) for i in range(num_items)]
+        self._draw(num_items)
 
     def _plan(self, index: int) -> _Plan:
         rng, sr = self._rng(index, 0), self.sample_rate
@@ -370,7 +358,7 @@ class SyntheticCTCDataset(_GeneratedDataset):
             signal[first : first + length] = tone * _fade(length, sr)
             voiced[first : first + length] = True
         waveform = _add_noise(signal, voiced, plan.snr_db, rng)
-        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
+        return AudioExample(torch.from_numpy(waveform), plan.target, self.ids[index])
 
 
 def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> None:
