@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from functools import partial
+from functools import partial, partialmethod
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -316,17 +316,10 @@ class AudioDataModule(LightningDataModule):
             "\n  ".join(f"{e.id}: {e.reason}" for e in new),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self.dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.dataloader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.dataloader("predict")
+    train_dataloader = partialmethod(dataloader, "train")
+    val_dataloader = partialmethod(dataloader, "val")
+    test_dataloader = partialmethod(dataloader, "test")
+    predict_dataloader = partialmethod(dataloader, "predict")
 
 
 def _audio_files_in(folder: Path) -> list[str]:

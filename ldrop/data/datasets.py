@@ -146,20 +146,12 @@ class AudioDataset(Dataset[AudioExample]):
         """Return example ``index`` as stored (before fitting its length)."""
         raise NotImplementedError
 
-    @property
-    def raw_lengths(self) -> list[int]:
-        """Length of each example as stored, in samples at :attr:`sample_rate`."""
-        raise NotImplementedError
-
-    @property
-    def targets(self) -> list[Any]:
-        """Target of each example (class id, transcript, value or tensor)."""
-        raise NotImplementedError
-
-    @property
-    def ids(self) -> list[str]:
-        """Id of each example."""
-        raise NotImplementedError
+    #: Length of each example as stored, in samples at :attr:`sample_rate` (an attribute or a property).
+    raw_lengths: list[int]
+    #: Target of each example (class id, transcript, value or tensor).
+    targets: list[Any]
+    #: Id of each example.
+    ids: list[str]
 
     @property
     def lengths(self) -> list[int]:
@@ -206,21 +198,12 @@ class AudioFileDataset(AudioDataset):
         if unresolved:
             raise ValueError(f"items must be resolved with resolve_items() first, e.g. {unresolved[0]}")
         self.items = list(items)
+        self.raw_lengths = [int(it.num_samples) for it in self.items]  # type: ignore[arg-type]
+        self.targets = [it.target for it in self.items]
+        self.ids = [it.id for it in self.items]
 
     def __len__(self) -> int:
         return len(self.items)
-
-    @property
-    def raw_lengths(self) -> list[int]:
-        return [int(it.num_samples) for it in self.items]  # type: ignore[arg-type]
-
-    @property
-    def targets(self) -> list[Any]:
-        return [it.target for it in self.items]
-
-    @property
-    def ids(self) -> list[str]:
-        return [it.id for it in self.items]
 
     def load(self, index: int) -> AudioExample:
         item = self.items[index]
@@ -243,24 +226,13 @@ class SubsetAudioDataset(AudioDataset):
                          dataset.skip_bad_files)
         self.dataset = dataset
         self.indices = list(indices)
+        lengths, targets, ids = dataset.raw_lengths, dataset.targets, dataset.ids
+        self.raw_lengths = [lengths[i] for i in self.indices]
+        self.targets = [targets[i] for i in self.indices]
+        self.ids = [ids[i] for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def load(self, index: int) -> AudioExample:
         return self.dataset.load(self.indices[index])
-
-    @property
-    def raw_lengths(self) -> list[int]:
-        lengths = self.dataset.raw_lengths
-        return [lengths[i] for i in self.indices]
-
-    @property
-    def targets(self) -> list[Any]:
-        targets = self.dataset.targets
-        return [targets[i] for i in self.indices]
-
-    @property
-    def ids(self) -> list[str]:
-        ids = self.dataset.ids
-        return [ids[i] for i in self.indices]

@@ -33,14 +33,9 @@ __all__ = [
 ]
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-_LOW_HZ, _HIGH_HZ = 300.0, 3000.0
+_TONE_BAND_HZ = (300.0, 3000.0)  # classes and letters are tones log-spaced in this band
 _AM_RATES_HZ = (0.0, 3.0, 6.0)  # class c is amplitude-modulated at _AM_RATES_HZ[c % 3]
 _FADE_SECONDS = 0.01
-
-
-def _tone_grid(count: int) -> np.ndarray:
-    """``count`` log-spaced frequencies between 300 Hz and 3 kHz."""
-    return np.geomspace(_LOW_HZ, _HIGH_HZ, count) if count > 1 else np.array([_LOW_HZ * 2])
 
 
 def _fade(n: int, sample_rate: int) -> np.ndarray:
@@ -75,40 +70,28 @@ class _Plan:
 class _GeneratedDataset(AudioDataset):
     """Common part of the generated datasets: one seeded :class:`_Plan` per item, drawn at construction.
 
-    A subclass sets :attr:`split`, :attr:`seed` and :attr:`plans` and renders an item in :meth:`load` from
-    ``(seed, split, index)``.
+    A subclass sets :attr:`split` and :attr:`seed`, draws the plans (:meth:`_draw`) and renders an item in
+    :meth:`load` from ``(seed, split, index)``.
     """
 
     id_prefix = "synthetic"
     split: Literal["train", "val", "test"]
     seed: int
-    plans: list[_Plan]
 
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index, stream])
 
-    def _id(self, index: int) -> str:
-        return f"{self.id_prefix}/{self.split}/{index:06d}"
+    def _draw(self, num_items: int) -> None:
+        """Draw the plan of every item (the subclass's ``_plan``); lengths, targets, ids and SNRs follow."""
+        self.plans = [self._plan(i) for i in range(num_items)]  # type: ignore[attr-defined]
+        self.raw_lengths = [p.num_samples for p in self.plans]
+        self.targets: list[int | str] = [p.target for p in self.plans]
+        self.ids = [f"{self.id_prefix}/{self.split}/{i:06d}" for i in range(num_items)]
+        #: Signal-to-noise ratio of each item in dB (lower = harder).
+        self.snr_db = [p.snr_db for p in self.plans]
 
     def __len__(self) -> int:
         return len(self.plans)
-
-    @property
-    def raw_lengths(self) -> list[int]:
-        return [p.num_samples for p in self.plans]
-
-    @property
-    def ids(self) -> list[str]:
-        return [self._id(i) for i in range(len(self))]
-
-    @property
-    def targets(self) -> list[int | str]:
-        return [p.target for p in self.plans]
-
-    @property
-    def snr_db(self) -> list[float]:
-        """Signal-to-noise ratio of each item in dB (lower = harder)."""
-        return [p.snr_db for p in self.plans]
 
 
 class SyntheticClassificationDataset(_GeneratedDataset):
@@ -151,10 +134,10 @@ class SyntheticClassificationDataset(_GeneratedDataset):
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.split, self.num_classes, self.seed = split, num_classes, seed
         self.duration_range, self.snr_db_range = duration_range, snr_db_range
-        self.class_frequencies = grid = _tone_grid(num_classes)
+        self.class_frequencies = grid = np.geomspace(*_TONE_BAND_HZ, num_classes)
         # Jitter stays well below half the spacing between neighbouring classes.
         self.jitter = min(0.03, (grid[1] / grid[0] - 1) / 4)
-        self.plans = [self._plan(i) for i in range(num_items)]
+        self._draw(num_items)
 
     def _plan(self, index: int) -> _Plan:
         rng = self._rng(index, 0)
@@ -179,7 +162,7 @@ class SyntheticClassificationDataset(_GeneratedDataset):
             signal *= 0.55 + 0.45 * np.sin(2 * math.pi * am_rate * t + phase_am)
         signal *= _fade(n, sr)
         waveform = _add_noise(signal, np.ones(n, dtype=bool), plan.snr_db, rng)
-        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
+        return AudioExample(torch.from_numpy(waveform), plan.target, self.ids[index])
 
 
 #: The families of the mixed set, in the order ``(index // num_classes) % 3`` cycles through them.
@@ -259,7 +242,7 @@ class SyntheticMixedClassificationDataset(_GeneratedDataset):
         self.rhythm_rates = np.linspace(*_RHYTHM_RATES_HZ, num_classes)
         self.order_pairs = _ordered_pairs(num_classes)
         self.order_frequencies = np.geomspace(*_ORDER_BAND_HZ, max(max(p) for p in self.order_pairs) + 1)
-        self.plans = [self._plan(i) for i in range(num_items)]
+        self._draw(num_items)
 
     @property
     def families(self) -> list[str]:
@@ -289,7 +272,7 @@ class SyntheticMixedClassificationDataset(_GeneratedDataset):
                 signal[first : first + length] = wave * _fade(length, sr)
         signal *= _fade(n, sr)
         waveform = _add_noise(signal, np.abs(signal) > 0, plan.snr_db, rng)
-        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
+        return AudioExample(torch.from_numpy(waveform), plan.target, self.ids[index])
 
 
 class SyntheticCTCDataset(_GeneratedDataset):
@@ -337,8 +320,8 @@ class SyntheticCTCDataset(_GeneratedDataset):
         self.split, self.letters, self.seed = split, letters, seed
         self.num_letters_range, self.letter_seconds_range = num_letters_range, letter_seconds_range
         self.space_prob, self.snr_db_range = space_prob, snr_db_range
-        self.letter_frequencies = _tone_grid(len(letters))
-        self.plans = [self._plan(i) for i in range(num_items)]
+        self.letter_frequencies = np.geomspace(*_TONE_BAND_HZ, len(letters))
+        self._draw(num_items)
 
     def _plan(self, index: int) -> _Plan:
         rng, sr = self._rng(index, 0), self.sample_rate
@@ -349,9 +332,7 @@ class SyntheticCTCDataset(_GeneratedDataset):
         for k, letter in enumerate(letter_ids):
             if k > 0:
                 word_break = rng.random() < self.space_prob
-                position += round(
-                    rng.uniform(0.15, 0.25) * sr if word_break else rng.uniform(0.02, 0.05) * sr
-                )
+                position += round(rng.uniform(*((0.15, 0.25) if word_break else (0.02, 0.05))) * sr)
                 if word_break:
                     text.append(" ")
             length = round(rng.uniform(*self.letter_seconds_range) * sr)
@@ -377,7 +358,7 @@ class SyntheticCTCDataset(_GeneratedDataset):
             signal[first : first + length] = tone * _fade(length, sr)
             voiced[first : first + length] = True
         waveform = _add_noise(signal, voiced, plan.snr_db, rng)
-        return AudioExample(torch.from_numpy(waveform), plan.target, self._id(index))
+        return AudioExample(torch.from_numpy(waveform), plan.target, self.ids[index])
 
 
 def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> None:
@@ -401,10 +382,10 @@ class _SyntheticDataModule(AudioDataModule):
         self, num_train: int, num_val: int, num_test: int, dataset_kwargs: dict[str, Any], **kwargs
     ) -> None:
         super().__init__(root=None, skip_bad_files=False, **kwargs)
-        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        for split, size in self.sizes.items():
+            if size < 1:
+                raise ValueError(f"num_{split} must be at least 1, got {size}")
         self.dataset_kwargs = {k: tuple(v) if k.endswith("_range") else v for k, v in dataset_kwargs.items()}
         self.make_dataset("train", 0)  # check the arguments now rather than at setup
         if self.task == "classification":

@@ -94,19 +94,6 @@ def _sparse_layers(
     return hidden
 
 
-def _dense_layers(
-    backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, keep: Tensor, context: LayerContext,
-    collect: list[Tensor] | None, start_layer: int = 0,
-) -> Tensor:
-    for index in range(start_layer, backbone.num_layers):
-        gate = keep[:, index].to(hidden.dtype)[:, None, None]
-        out = backbone.run_layer(index, hidden, frame_mask, context)
-        hidden = hidden + gate * (out.to(hidden.dtype) - hidden)
-        if collect is not None:
-            collect.append(hidden)
-    return hidden
-
-
 def run_gated_layers(
     backbone: SpeechBackbone, hidden: Tensor, frame_mask: Tensor, keep_mask: Tensor,
     mode: ExecutionMode = "auto", return_all: bool = False, start_layer: int = 0,
@@ -141,8 +128,13 @@ def run_gated_layers(
     collect: list[Tensor] | None = [] if return_all else None
     if mode == "sparse":
         hidden = _sparse_layers(backbone, hidden, frame_mask, keep_mask > 0.5, context, collect, start_layer)
-    elif mode == "dense":
-        hidden = _dense_layers(backbone, hidden, frame_mask, keep_mask, context, collect, start_layer)
+    elif mode == "dense":  # every layer on the whole batch, blended by its gate
+        for index in range(start_layer, backbone.num_layers):
+            gate = keep_mask[:, index].to(hidden.dtype)[:, None, None]
+            out = backbone.run_layer(index, hidden, frame_mask, context)
+            hidden = hidden + gate * (out.to(hidden.dtype) - hidden)
+            if collect is not None:
+                collect.append(hidden)
     else:
         raise ValueError(f"mode must be 'auto', 'dense' or 'sparse', got {mode!r}")
     hidden = backbone.finalize(hidden).masked_fill(~frame_mask[..., None], 0.0)

@@ -15,7 +15,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -27,27 +26,14 @@ from ldrop.budgets.targets import Target, is_target
 from ldrop.engine import layer_guard
 from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
+from ldrop.runtime.onnx_runtime import RunOutput
 from ldrop.tasks import LayerDropTask
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class AdaptiveOutput:
-    """One call of :class:`AdaptiveModel`: decoded ``outputs``, float32 ``logits``, masks, budgets and times.
 
-    ``predicted_ms`` is ``None`` without a profile; ``target`` is ``None`` for a plain budget.
-    """
-
-    outputs: list[Any]
-    logits: Tensor
-    frame_mask: Tensor
-    keep_mask: Tensor
-    layers_run: Tensor
-    budget: Tensor
-    predicted_ms: float | None
-    measured_ms: float
-    correction: float
-    target: Target | None
+class AdaptiveOutput(RunOutput[Tensor]):
+    """One call of :class:`AdaptiveModel`, in tensors."""
 
 
 def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -225,12 +225,15 @@ def _cut(proto: Any, part: Part) -> Any:
     return graph
 
 
-def _save(model: Any, path: Path) -> None:
-    """Optimise (constant folding, fusions: what ``torch.onnx.export(optimize=True)`` does) and save."""
+def _save(model: Any, folder: Path, name: str, say: Callable[[str], None], note: str = "") -> None:
+    """Optimise (constant folding, fusions: what ``torch.onnx.export(optimize=True)`` does) and save as ``name``
+    in ``folder`` (its subfolder made)."""
     program = torch.onnx.ONNXProgram(model, None)
     with _quiet_exporter():
         program.optimize()
-    program.save(str(path))
+    (folder / name).parent.mkdir(exist_ok=True)
+    program.save(str(folder / name))
+    say(f"  wrote {name}{note}")
 
 
 def load_task(checkpoint_or_model: LayerDropTask | str | os.PathLike) -> LayerDropTask:
@@ -409,13 +412,7 @@ def example_inputs(batch: int, frames: int, width: int, seed: int, name: str = "
 def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], say: Callable[[str], None]) -> None:
     backbone, n, hidden_size = task.backbone, task.num_layers, task.backbone.hidden_size
     waves, lengths = example_batch()
-    graphs: dict[str, Any] = {"fixed": "fixed.onnx", "context": None, "selector": None, "head": "head.onnx",
-                              "layers": [f"layers/layer_{i:02d}.onnx" for i in range(n)]}
-    (folder / "layers").mkdir()
     depth, exits = depth_description(task), list(task.depth.exit_layers)[:-1]
-    if exits:  # early exit: the last exit's head is head.onnx
-        (folder / "heads").mkdir()
-        graphs["exit_heads"] = {**{str(k): f"heads/exit_{k:02d}.onnx" for k in exits}, str(n): "head.onnx"}
     # Every dynamic size differs from every other (batches 2..7 and 9, frames 31..59): the exporter gives equal
     # sizes one symbol, which would tie axes that are independent at run time (a sub-batch's frames and the
     # position bias's, one part's batch and another's).
@@ -428,7 +425,6 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
                               "the exporter does not know how to feed to the layers")
     if context.position_bias is not None:
         layer_inputs["position_bias"] = context.position_bias
-        graphs["context"] = "context.onnx"
     fbank = selector.get("input") == "fbank"  # the selector's own filterbank in "features"; the model's beside it
     fixed_outputs = ["features", "frame_mask", "hidden"] + (["selector_mask"] if fbank else [])
     fixed_outputs += ["model_features"] if fbank and depth["kind"] == "allocated" else []
@@ -442,19 +438,26 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
     if exits:
         parts.append(Part("exit_heads", Head(task, exits), example_inputs(7, 59, hidden_size, 5),
                           [f"logits_{k}" for k in exits]))
-    if graphs["context"]:
+    if context.position_bias is not None:
         parts.append(Part("context", SharedContext(task), {"frame_mask": example_inputs(3, 47, 1, 3)["frame_mask"]},
                           ["position_bias"]))
     if selector["kind"] == "scores":
-        graphs["selector"] = "selector.onnx"
         inputs = {**example_inputs(4, 43, task.selector.feature_dim, 4, "features"),
                   "budget": torch.tensor([1, n, 2, n - 1]).clamp(1, n)}
         parts.append(Part("selector", SelectorScores(task), inputs, ["scores"], {"budget": {0: DYNAMIC}}))
     if depth["kind"] == "allocated":  # the depth head: features [B, T, C], frame_mask [B, T] -> losses [B, N]
-        graphs["depth_head"] = "depth_head.onnx"
         head = task.depth.depth_head
         parts.append(Part("depth_head", head, example_inputs(9, 53, head.frame[1].in_features, 6, "features"),
                           ["losses"]))
+    # the graph files: a part's own (None for an optional part not exported), one per layer and per exit head
+    names = {part.name for part in parts}
+    graphs: dict[str, Any] = {name: f"{name}.onnx" if name in names else None
+                              for name in ("fixed", "context", "selector", "head")}
+    graphs["layers"] = [f"layers/layer_{i:02d}.onnx" for i in range(n)]
+    if exits:  # early exit: the last exit's head is head.onnx
+        graphs["exit_heads"] = {**{str(k): f"heads/exit_{k:02d}.onnx" for k in exits}, str(n): "head.onnx"}
+    if "depth_head" in names:
+        graphs["depth_head"] = "depth_head.onnx"
     say(f"tracing {', '.join(part.name for part in parts)} with torch.onnx.export(dynamo=True)")
     proto, traced = _export_parts(parts)
     opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
@@ -466,11 +469,9 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
             for k, output in zip(exits, part.outputs, strict=True):
                 graph = _cut(proto, replace(part, outputs=[output]))
                 graph.graph.outputs[0].name = "logits"
-                _save(graph, folder / graphs["exit_heads"][str(k)])
-                say(f"  wrote {graphs['exit_heads'][str(k)]}")
+                _save(graph, folder, graphs["exit_heads"][str(k)], say)
         else:
-            _save(_cut(proto, part), folder / graphs[part.name])
-            say(f"  wrote {graphs[part.name]}")
+            _save(_cut(proto, part), folder, graphs[part.name], say)
 
     manifest = {
         "format": FORMAT,
@@ -529,8 +530,7 @@ def _write_layers(task: LayerDropTask, folder: Path, names: Sequence[str], trace
                 raise OnnxExportError(f"layer {index} has no {key!r} of the traced layer's shape: its layers differ "
                                       "in structure, so one traced graph cannot serve them all")
             model.graph.initializers[initializer].const_value = onnx_ir.tensor(weights[key].detach().cpu().numpy())
-        _save(model, folder / name)
-        say(f"  wrote {name} ({index + 1}/{len(names)})")
+        _save(model, folder, name, say, f" ({index + 1}/{len(names)})")
 
 
 def _quantize_layers(folder: Path, say: Callable[[str], None]) -> None:

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -58,20 +58,31 @@ class OnnxFolderError(ValueError):
     """An export folder that this runtime cannot run (missing file, other format version, wrong opset)."""
 
 
+Array = TypeVar("Array")
+
+
 @dataclass
-class OnnxOutput:
-    """One call of :class:`OnnxAdaptiveModel`: :class:`~ldrop.runtime.AdaptiveOutput`'s fields, in numpy."""
+class RunOutput(Generic[Array]):
+    """One call of a runtime model: decoded ``outputs``, float32 ``logits``, masks, budgets and times, as tensors
+    (:class:`~ldrop.runtime.AdaptiveOutput`) or numpy arrays (:class:`OnnxOutput`).
+
+    ``predicted_ms`` is ``None`` without a profile; ``target`` is ``None`` for a plain budget.
+    """
 
     outputs: list[Any]
-    logits: np.ndarray
-    frame_mask: np.ndarray
-    keep_mask: np.ndarray
-    layers_run: np.ndarray
-    budget: np.ndarray
+    logits: Array
+    frame_mask: Array
+    keep_mask: Array
+    layers_run: Array
+    budget: Array
     predicted_ms: float | None
     measured_ms: float
     correction: float
     target: Target | None
+
+
+class OnnxOutput(RunOutput[np.ndarray]):
+    """One call of :class:`OnnxAdaptiveModel`, in numpy."""
 
 
 # ---------------------------------------------------------------------------------------------- the folder

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ldrop.budgets import resolve_budget
 from ldrop.budgets.allocation import allocate_depths, calibrate_gain_thresholds, depths_from_thresholds
 from ldrop.selectors import LayerSelector, SelectorOutput
+from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, SelectedLayers
 from ldrop.tasks.gating import EncodedBatch
 
@@ -46,10 +47,7 @@ class AllocationConfig:
     signal: Literal["loss", "gain", "error", "gain_all"] = "loss"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("batch", "stream"):
-            raise ValueError(f"allocation.mode must be 'batch' or 'stream', got {self.mode!r}")
-        if self.signal not in ("loss", "gain", "error", "gain_all"):
-            raise ValueError(f"allocation.signal must be 'loss', 'gain', 'error' or 'gain_all', got {self.signal!r}")
+        check_choices(self, "allocation")
         if self.weight <= 0 or self.hidden_dim < 1:
             raise ValueError(f"allocation.weight must be > 0 and hidden_dim >= 1, got {self.weight}, {self.hidden_dim}")
 

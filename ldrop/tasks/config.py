@@ -8,7 +8,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,14 @@ def as_dict(config: Any) -> dict[str, Any] | None:
     return dataclasses.asdict(config) if config is not None else None
 
 
+def check_choices(config: Any, group: str) -> None:
+    """A ``ValueError`` naming ``<group>.<field>`` for a field of ``config`` outside its ``Literal`` hint's choices."""
+    for name, hint in get_type_hints(type(config)).items():
+        choices = get_args(hint) if get_origin(hint) is Literal else ()
+        if choices and getattr(config, name) not in choices:
+            raise ValueError(f"{group}.{name} must be one of {choices}, got {getattr(config, name)!r}")
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW and its learning-rate schedule (``model.init_args.optimization``).
@@ -75,7 +83,7 @@ class OptimizerConfig:
     schedule: Literal["linear", "tri_stage", "constant"] = "linear"
 
     def __post_init__(self) -> None:
-        lr_schedule(self.schedule, 0, 1)  # a bad schedule name fails at construction, naming the choices
+        check_choices(self, "optimization")
 
     def configure(self, module: nn.Module, backbone: nn.Module, selector: nn.Module | None,
                   total_steps: int) -> dict[str, Any]:

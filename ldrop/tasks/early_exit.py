@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ldrop.budgets import budget_to_layers, resolve_budget
 from ldrop.selectors import calibrate_threshold
+from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, DepthPolicy
 from ldrop.tasks.gating import EncodedBatch
 
@@ -40,10 +41,7 @@ class EarlyExitConfig:
     confidence: Literal["max_prob", "entropy"] = "max_prob"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("loss_weights", ("uniform", "linear")), ("policy", ("budget", "confidence")),
-                              ("confidence", ("max_prob", "entropy"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"early_exit.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_choices(self, "early_exit")
 
 
 class EarlyExit(nn.Module, DepthPolicy):
@@ -83,8 +81,7 @@ class EarlyExit(nn.Module, DepthPolicy):
 
     def exit_layer_for(self, budget: int) -> int:
         """The deepest exit layer within ``budget`` layers (at least the first exit)."""
-        eligible = [k for k in self.layers if k <= budget]
-        return eligible[-1] if eligible else self.layers[0]
+        return max((k for k in self.layers if k <= budget), default=self.layers[0])
 
     def logits(self, task: LayerDropTask, encoded: EncodedBatch,
                budget: Budget) -> tuple[Tensor, Tensor, None]:
@@ -142,10 +139,8 @@ class EarlyExit(nn.Module, DepthPolicy):
     def confidence(self, logits: Tensor, frame_mask: Tensor) -> Tensor:
         """``[batch]`` confidence of each prediction (higher = surer), averaged over real frames."""
         log_probs = logits.float().log_softmax(-1)
-        if self.config.confidence == "max_prob":
-            per_position = log_probs.exp().amax(-1)
-        else:
-            per_position = (log_probs.exp() * log_probs).sum(-1)  # negative entropy
+        probs = log_probs.exp()  # max_prob: the largest; entropy: its negative, sum p log p
+        per_position = probs.amax(-1) if self.config.confidence == "max_prob" else (probs * log_probs).sum(-1)
         if per_position.dim() == 1:
             return per_position
         weights = frame_mask.to(per_position.dtype)
@@ -186,9 +181,8 @@ class EarlyExit(nn.Module, DepthPolicy):
             logits = task.compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
             if logits_out is None:
                 logits_out = logits.new_zeros((batch, *logits.shape[1:]))
-            done = self.confidence(logits, frame_mask[rows]) >= threshold
-            if exit_layer == self.num_layers:
-                done = torch.ones_like(done)
+            # every input still active exits at the last layer
+            done = (self.confidence(logits, frame_mask[rows]) >= threshold) | (exit_layer == self.num_layers)
             logits_out[rows[done]] = logits[done]
             active[rows[done]] = False
         return logits_out, keep

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ldrop.budgets import budget_list, budget_to_layers, resolve_budget
-from ldrop.tasks import lr_schedule
+from ldrop.tasks import AllocationConfig, EarlyExitConfig, OptimizerConfig, lr_schedule
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
@@ -35,6 +35,19 @@ def test_constant_schedule_stays_at_the_base_rate_after_warm_up():
 def test_unknown_schedule_is_named():
     with pytest.raises(ValueError, match="cosine"):
         lr_schedule("cosine", 0, 10)
+
+
+@pytest.mark.parametrize(("group", "make", "field"), [
+    ("optimization", OptimizerConfig, "schedule"), ("early_exit", EarlyExitConfig, "confidence"),
+    ("allocation", AllocationConfig, "mode"),
+])
+def test_a_config_group_names_the_field_its_choices_and_the_bad_value(group, make, field):
+    make(**{field: make.__dataclass_fields__[field].default})  # the default is one of the choices
+    with pytest.raises(ValueError) as error:
+        make(**{field: "bogus"})
+    message = str(error.value)
+    assert message.startswith(f"{group}.{field} must be one of (") and message.endswith("got 'bogus'")
+    assert "\n" not in message and repr(make.__dataclass_fields__[field].default) in message
 
 
 @pytest.mark.parametrize(("budget", "layers"), [(1, 1), (12, 12), (0.5, 6), (0.01, 1), (1.0, 12), (0.25, 3)])
