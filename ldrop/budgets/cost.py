@@ -119,10 +119,7 @@ class DeviceProfile:
         problem = _profile_problem(data)
         if problem:
             raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
-        data = dict(data)
-        data["fixed"] = PartFit(**{k: float(v) for k, v in data["fixed"].items()})
-        data["layer"] = PartFit(**{k: float(v) for k, v in data["layer"].items()})
-        return cls(**data)
+        return cls(**{**data, **{part: PartFit(**{k: float(v) for k, v in data[part].items()}) for part in PARTS}})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the profile as JSON (atomically)."""
@@ -142,17 +139,15 @@ class DeviceProfile:
         if not path.is_file():
             raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
+            return cls.from_dict(json.loads(path.read_bytes().decode("utf-8")))
         except UnicodeDecodeError:
-            raise ValueError(f"device profile {str(path)!r} is not a text file (not UTF-8); "
-                             "write one with 'ldrop profile'") from None
+            problem = " is not a text file (not UTF-8); write one with 'ldrop profile'"
         except json.JSONDecodeError as error:
-            raise ValueError(f"device profile {str(path)!r} is not valid JSON ({error.msg} at line {error.lineno}, "
-                             f"column {error.colno}); write one with 'ldrop profile'") from None
-        try:
-            return cls.from_dict(data)
-        except ValueError as error:
-            raise ValueError(f"device profile {str(path)!r}: {error}") from None
+            problem = (f" is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); write one with "
+                       "'ldrop profile'")
+        except ValueError as error:  # from_dict's own line
+            problem = f": {error}"
+        raise ValueError(f"device profile {str(path)!r}{problem}") from None
 
 
 def _profile_problem(data: Any) -> str | None:

@@ -202,12 +202,11 @@ class InputConditionedSelector(TopKSelector):
         Returns:
             ``[batch, layers]`` when ``rows`` is given, else ``[batch, rows, layers]``.
         """
-        if self.budget_embedding is None:
-            z = self.score_head(F.gelu(hidden))
-            return z if rows is not None else z.unsqueeze(1)
-        if rows is not None:
-            return self.score_head(F.gelu(hidden + self.budget_embedding(rows)))
-        return self.score_head(F.gelu(hidden.unsqueeze(1) + self.budget_embedding.weight))
+        if rows is None:
+            hidden = hidden.unsqueeze(1)
+        if self.budget_embedding is not None:
+            hidden = hidden + (self.budget_embedding.weight if rows is None else self.budget_embedding(rows))
+        return self.score_head(F.gelu(hidden))
 
     def standardized_scores(self, hidden: Tensor, rows: Tensor) -> Tensor:
         """Standardised input term ``(z - mean) / std`` per layer, ``[batch, layers]``.
@@ -253,12 +252,6 @@ class InputConditionedSelector(TopKSelector):
         z_all = self.raw_scores(self.encode(features, frame_mask), None)
         self._track_statistics(z_all, 1.0 / (int(self.num_batches_tracked) + 1))
 
-    def score(self, features: Tensor, frame_mask: Tensor, budget: Tensor, *, waveforms: Tensor | None = None,
-              lengths: Tensor | None = None) -> Tensor:
-        """The clean (noise-free) ``[batch, layers]`` scores, without selecting (what threshold calibration
-        reads: threshold mode cannot run :meth:`forward` before it). Arguments as in :meth:`forward`."""
-        return self._scores(features, frame_mask, budget, waveforms, lengths)[0]
-
     def _read_input(
         self, features: Tensor, frame_mask: Tensor, waveforms: Tensor | None, lengths: Tensor | None
     ) -> tuple[Tensor, Tensor]:
@@ -279,28 +272,26 @@ class InputConditionedSelector(TopKSelector):
             raise ValueError(f"frame_mask must have shape {list(features.shape[:2])}, got {list(frame_mask.shape)}")
         return features, frame_mask
 
-    def _scores(self, features: Tensor, frame_mask: Tensor, budget: Tensor, waveforms: Tensor | None,
-                lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``([batch, layers] scores, [batch] checked budget)``."""
+    def score(self, features: Tensor, frame_mask: Tensor, budget: Tensor, *, waveforms: Tensor | None = None,
+              lengths: Tensor | None = None) -> Tensor:
+        """The clean (noise-free) ``[batch, layers]`` scores, without selecting (what threshold calibration
+        reads: threshold mode cannot run :meth:`forward` before it). Arguments as in :meth:`forward`."""
         features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
         budget = self.check_budget(budget, features.shape[0]).to(features.device)
         rows = budget - 1 if self.budget_conditioning else torch.zeros_like(budget)
-
         hidden = self.encode(features, frame_mask)
         if self.score_mode == "raw":
-            scores = self.raw_scores(hidden, rows)
-        else:
-            scores = self.alpha * self.standardized_scores(hidden, rows)
-            if self.prior is not None:
-                scores = scores + self.prior[rows]
-        return scores, budget
+            return self.raw_scores(hidden, rows)
+        scores = self.alpha * self.standardized_scores(hidden, rows)
+        return scores + self.prior[rows] if self.prior is not None else scores
 
     def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor, *, waveforms: Tensor | None = None,
                 lengths: Tensor | None = None) -> SelectorOutput:
         """Select layers per input (see :meth:`LayerSelector.forward`; ``waveforms`` are required with
         ``input="fbank"``, ``features`` unused then). The output's stats: temperature, mean and max alpha,
         prior spread; its losses: the weighted diversity loss when enabled."""
-        scores, budget = self._scores(features, frame_mask, budget, waveforms, lengths)
+        scores = self.score(features, frame_mask, budget, waveforms=waveforms, lengths=lengths)
+        budget = self.check_budget(budget, scores.shape[0]).to(scores.device)
         alpha = self.alpha.detach()
         stats = {"temperature": torch.tensor(self.temperature), "alpha_mean": alpha.mean(), "alpha_max": alpha.max()}
         if self.prior is not None:
@@ -313,7 +304,8 @@ class InputConditionedSelector(TopKSelector):
             soft = None
         else:
             keep_mask, soft = self.select_topk(scores[:, j:], (budget - j).clamp(min=0))
-        keep_mask = self._with_prefix(keep_mask)
+        if j:
+            keep_mask = torch.cat([keep_mask.new_ones(keep_mask.shape[0], j), keep_mask], dim=1)
         if self.training:
             self.fallback.forget()  # the decisions were about the weights training is now changing
         elif self.mode == "topk":
@@ -379,11 +371,6 @@ class InputConditionedSelector(TopKSelector):
     def report(self) -> dict[int, dict]:
         """The fallback's decision per decided budget (see :meth:`InputBlindFallback.report`)."""
         return self.fallback.report()
-
-    def _with_prefix(self, keep: Tensor) -> Tensor:
-        """``[batch, layers - j]`` masks of the layers after the prefix -> ``[batch, layers]`` with the prefix on."""
-        j = self.prefix_layers
-        return torch.cat([keep.new_ones(keep.shape[0], j), keep], dim=1) if j else keep
 
     def flops(self, frame_lengths: Tensor) -> Tensor:
         """Eval-mode forward FLOPs per sample (matmuls and convs, multiply-add = 2 FLOPs).

@@ -259,16 +259,12 @@ class TopKSelector(LayerSelector):
         Returns:
             ``(keep_mask, soft_mask)``: ``[batch, layers]`` each; ``soft_mask`` is ``None`` in eval mode.
         """
-        if self.training and self.objective == "counterfactual":  # sampled, no straight-through gradient
-            noisy = scores.detach()
-            if self.noise_scale > 0:
-                noisy = noisy + self.noise_scale * gumbel_like(noisy)
-            return hard_topk_mask(noisy, budget), None
-        if self.training:
-            return straight_through_topk(
-                scores, budget, self.temperature, noise_scale=self.noise_scale, method=self.relaxation
-            )
-        return hard_topk_mask(scores, budget), None
+        if not self.training:
+            return hard_topk_mask(scores, budget), None
+        sampled_only = self.objective == "counterfactual"  # sampled, no straight-through gradient
+        keep_mask, soft = straight_through_topk(scores.detach() if sampled_only else scores, budget, self.temperature,
+                                                noise_scale=self.noise_scale, method=self.relaxation)
+        return keep_mask, None if sampled_only else soft
 
     @property
     def differentiable(self) -> bool:  # type: ignore[override]

@@ -32,11 +32,9 @@ def load_weights_from(task: nn.Module, checkpoint_path: str) -> None:
     state = state.get("state_dict", state)
     own = task.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
-    missing = sorted(set(own) - set(usable))
     task.load_state_dict(usable, strict=False)
-    log.info("init_from %s: loaded %d tensors, kept %d fresh, ignored %d", path, len(usable), len(missing),
-             len(skipped))
+    log.info("init_from %s: loaded %d tensors, kept %d fresh, ignored %d", path, len(usable), len(own) - len(usable),
+             len(state) - len(usable))
     if not any(k.startswith("backbone.") for k in usable):
         raise ValueError(f"init_from {checkpoint_path!r} holds no backbone weights matching this model")
 

@@ -82,26 +82,21 @@ class PredictionMixin:
         return decision.budget.to(lengths.device), fields
 
     def _run_predict_budget(self, waveforms: Tensor, lengths: Tensor) -> tuple[Any, Tensor, BatchCost, list[dict]]:
-        """``(encoded, logits, cost, fields)`` of ``waveforms`` at ``predict_budget``."""
+        """``(encoded, logits, cost, records)`` of ``waveforms`` at ``predict_budget``; a record per input
+        without its id and output (``budget``, ``executed_layers``, ``gflops``, the target's fields)."""
         encoded = self.encode(waveforms, lengths)
         budget, fields = self.predict_budget_with_fields(encoded.lengths)
         logits, keep, _ = self.logits_at_budget(encoded, budget)
-        return encoded, logits, BatchCost.of(self, encoded, keep), fields
+        cost = BatchCost.of(self, encoded, keep)
+        return encoded, logits, cost, [
+            {"budget": field.pop("budget"), "executed_layers": cost.mask[i].nonzero().flatten().tolist(),
+             "gflops": float(cost.flops[i]) / 1e9, **field} for i, field in enumerate(fields)]
 
     def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
-        encoded, logits, cost, fields = self._run_predict_budget(waveforms, lengths)
+        encoded, logits, _, records = self._run_predict_budget(waveforms, lengths)
         outputs = self.decode(logits, encoded.frame_mask)
-        return [
-            {
-                "id": item_id,
-                "output": output,
-                "budget": fields[i].pop("budget"),
-                "executed_layers": cost.mask[i].nonzero().flatten().tolist(),
-                "gflops": float(cost.flops[i]) / 1e9,
-                **fields[i],
-            }
-            for i, (item_id, output) in enumerate(zip(ids, outputs, strict=True))
-        ]
+        return [{"id": item_id, "output": output, **record}
+                for item_id, output, record in zip(ids, outputs, records, strict=True)]
 
     @property
     def frame_hop(self) -> int:
@@ -173,7 +168,7 @@ class PredictionMixin:
         spans = self.chunk_spans(int(waveform.shape[0]))
         chunk_logits: list[Tensor] = []
         chunks: list[dict[str, Any]] = []
-        chunk_fields: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []  # per chunk, as a short input's
         total_flops = 0.0
         rate = self.sample_rate
         for first in range(0, len(spans), max(1, chunks_per_pass)):
@@ -182,14 +177,14 @@ class PredictionMixin:
             waves = waveform.new_zeros(len(group), int(lengths.max()))
             for row, (start, end) in enumerate(group):
                 waves[row, : end - start] = waveform[start:end]
-            encoded, logits, cost, fields = self._run_predict_budget(waves, lengths)
+            encoded, logits, cost, group_records = self._run_predict_budget(waves, lengths)
             total_flops += float(cost.flops.sum())
             frames = encoded.frame_mask.sum(1).tolist()
             for row, (start, end) in enumerate(group):
                 chunk_logits.append(logits[row] if logits.dim() == 2 else logits[row, : frames[row]])
-                chunks.append({"start_s": start / rate, "end_s": end / rate, "budget": fields[row]["budget"],
-                               "executed_layers": cost.mask[row].nonzero().flatten().tolist()})
-                chunk_fields.append(fields[row])
+                chunks.append({"start_s": start / rate, "end_s": end / rate, "budget": group_records[row]["budget"],
+                               "executed_layers": group_records[row]["executed_layers"]})
+            records += group_records
         merged = self.merge_chunk_logits(chunk_logits, spans)
         frame_mask = torch.ones(merged.shape[:2] if merged.dim() == 3 else (1, 1), dtype=torch.bool,
                                 device=merged.device)
@@ -197,14 +192,14 @@ class PredictionMixin:
         record: dict[str, Any] = {
             "id": item_id,
             "output": self.decode(merged, frame_mask)[0],
-            "budget": min(field["budget"] for field in chunk_fields),
+            "budget": min(chunk["budget"] for chunk in chunks),
             "executed_layers": layers,
             "gflops": total_flops / 1e9,
         }
-        if "target" in chunk_fields[0]:
-            record["target"] = chunk_fields[0]["target"]
-            record["meets_target"] = all(field["meets_target"] for field in chunk_fields)
-            if "predicted_ms" in chunk_fields[0]:
-                record["predicted_ms"] = sum(field["predicted_ms"] for field in chunk_fields)
+        if "target" in records[0]:
+            record["target"] = records[0]["target"]
+            record["meets_target"] = all(r["meets_target"] for r in records)
+            if "predicted_ms" in records[0]:
+                record["predicted_ms"] = sum(r["predicted_ms"] for r in records)
         record["chunks"] = chunks
         return record
