@@ -384,10 +384,7 @@ class InputConditionedSelector(TopKSelector):
         Returns:
             ``[batch]`` float64 FLOPs.
         """
-        frames = frame_lengths.double()
-        total = torch.zeros_like(frames)
-        if self.frontend is not None:
-            total, frames = self.frontend.flops(frame_lengths)
+        total, frames = self.frontend.flops(frame_lengths) if self.frontend is not None else (0.0, frame_lengths.double())
         h = self.hidden_dim
         conv_frames = conv_output_length(frames, self.kernel_size, self.stride, self.kernel_size // 2)
         total = total + 2 * frames * self.feature_dim * h  # frame_proj

@@ -36,10 +36,8 @@ def _png(fig: Any) -> bytes:
 
 def columns_of(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The base columns first, then every other key in first-seen order."""
-    extra: list[str] = []
-    for row in rows:
-        extra += [k for k in row if k not in BASE_COLUMNS and k not in extra]
-    return [c for c in BASE_COLUMNS if any(c in r for r in rows)] + extra
+    extra = dict.fromkeys(k for row in rows for k in row if k not in BASE_COLUMNS)
+    return [c for c in BASE_COLUMNS if any(c in r for r in rows)] + list(extra)
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -96,9 +94,8 @@ def sweep_figure(
         if any(stds):
             ax.fill_between(xs, [y - s for y, s in zip(ys, stds, strict=True)],
                             [y + s for y, s in zip(ys, stds, strict=True)], color=line.get_color(), alpha=0.2)
-        for oracle, style in (("input_oracle", "--"), ("static_oracle", ":"), ("depth_oracle", "-.")):
-            if oracles is not True and oracles != label:
-                break
+        drawn = oracles is True or oracles == label
+        for oracle, style in (("input_oracle", "--"), ("static_oracle", ":"), ("depth_oracle", "-.")) if drawn else ():
             points = [(x, float(r[f"{name}_{oracle}"])) for x, r in zip(xs, rows, strict=True)
                       if r.get(f"{name}_{oracle}") not in (None, "")]
             if points:

@@ -60,10 +60,8 @@ def export_pretrained(task: Any, directory: str | Path) -> Path:
     directory = Path(directory)
     check_finite_weights(task)
     task.backbone.save_pretrained(directory)
-    extra = {f"{k}": v for k, v in task.state_dict().items() if not k.startswith("backbone.")}
-    backbone_state = {f"backbone.{k}": v for k, v in task.backbone.state_dict().items()}
-    atomic_torch_save({"state_dict": {**backbone_state, **extra}, "hparams": dict(task.hparams),
-                       "task_class": _class_path(task)}, directory / EXPORT_STATE_FILE)
+    state = {"state_dict": dict(task.state_dict()), "hparams": dict(task.hparams), "task_class": _class_path(task)}
+    atomic_torch_save(state, directory / EXPORT_STATE_FILE)
     return directory
 
 

@@ -167,10 +167,8 @@ class PredictionMixin:
         """
         spans = self.chunk_spans(int(waveform.shape[0]))
         chunk_logits: list[Tensor] = []
-        chunks: list[dict[str, Any]] = []
         records: list[dict[str, Any]] = []  # per chunk, as a short input's
         total_flops = 0.0
-        rate = self.sample_rate
         for first in range(0, len(spans), max(1, chunks_per_pass)):
             group = spans[first : first + max(1, chunks_per_pass)]
             lengths = torch.tensor([end - start for start, end in group], device=waveform.device)
@@ -180,20 +178,16 @@ class PredictionMixin:
             encoded, logits, cost, group_records = self._run_predict_budget(waves, lengths)
             total_flops += float(cost.flops.sum())
             frames = encoded.frame_mask.sum(1).tolist()
-            for row, (start, end) in enumerate(group):
-                chunk_logits.append(logits[row] if logits.dim() == 2 else logits[row, : frames[row]])
-                chunks.append({"start_s": start / rate, "end_s": end / rate, "budget": group_records[row]["budget"],
-                               "executed_layers": group_records[row]["executed_layers"]})
+            chunk_logits += [logits[row] if logits.dim() == 2 else logits[row, :n] for row, n in enumerate(frames)]
             records += group_records
         merged = self.merge_chunk_logits(chunk_logits, spans)
         frame_mask = torch.ones(merged.shape[:2] if merged.dim() == 3 else (1, 1), dtype=torch.bool,
                                 device=merged.device)
-        layers = sorted({layer for chunk in chunks for layer in chunk["executed_layers"]})
         record: dict[str, Any] = {
             "id": item_id,
             "output": self.decode(merged, frame_mask)[0],
-            "budget": min(chunk["budget"] for chunk in chunks),
-            "executed_layers": layers,
+            "budget": min(r["budget"] for r in records),
+            "executed_layers": sorted({layer for r in records for layer in r["executed_layers"]}),
             "gflops": total_flops / 1e9,
         }
         if "target" in records[0]:
@@ -201,5 +195,8 @@ class PredictionMixin:
             record["meets_target"] = all(r["meets_target"] for r in records)
             if "predicted_ms" in records[0]:
                 record["predicted_ms"] = sum(r["predicted_ms"] for r in records)
-        record["chunks"] = chunks
+        rate = self.sample_rate
+        record["chunks"] = [{"start_s": start / rate, "end_s": end / rate, "budget": r["budget"],
+                             "executed_layers": r["executed_layers"]}
+                            for (start, end), r in zip(spans, records, strict=True)]
         return record
