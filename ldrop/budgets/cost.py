@@ -153,9 +153,6 @@ class DeviceProfile:
 def _profile_problem(data: Any) -> str | None:
     """What keeps ``data`` (parsed JSON) from being a :class:`DeviceProfile`, or ``None`` if nothing does."""
 
-    def number(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
     def count(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -174,7 +171,8 @@ def _profile_problem(data: Any) -> str | None:
         names = [f.name for f in dataclasses.fields(PartFit)]
         if not isinstance(fit, dict) or set(fit) - set(names):
             return f"{part!r} must be an object with keys among {names}, got {fit!r}"
-        if not all(number(v) and v >= 0 for v in fit.values()):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                   for v in fit.values()):
             return f"{part!r} coefficients must be finite numbers >= 0, got {fit!r}"
     if not count(data["num_layers"]):
         return f"'num_layers' must be an integer >= 1, got {data['num_layers']!r}"

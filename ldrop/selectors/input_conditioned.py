@@ -296,12 +296,10 @@ class InputConditionedSelector(TopKSelector):
         stats = {"temperature": torch.tensor(self.temperature), "alpha_mean": alpha.mean(), "alpha_max": alpha.max()}
         if self.prior is not None:
             stats["prior_spread"] = self.prior.detach().std(-1, unbiased=False).mean()
-        losses: dict[str, Tensor] = {}
         # the prefix layers (input="layers") always run: choose the others, k - j of them
         j = self.prefix_layers
         if self.mode == "threshold" and not self.training:
-            keep_mask = threshold_mask(scores[:, j:], self.calibration.thresholds_for(budget))
-            soft = None
+            keep_mask, soft = threshold_mask(scores[:, j:], self.calibration.thresholds_for(budget)), None
         else:
             keep_mask, soft = self.select_topk(scores[:, j:], (budget - j).clamp(min=0))
         if j:
@@ -310,8 +308,8 @@ class InputConditionedSelector(TopKSelector):
             self.fallback.forget()  # the decisions were about the weights training is now changing
         elif self.mode == "topk":
             keep_mask = self.fallback.apply(keep_mask, budget)
-        if soft is not None and self.diversity_weight > 0:
-            losses["diversity"] = self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())
+        diverse = soft is not None and self.diversity_weight > 0
+        losses = {"diversity": self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())} if diverse else {}
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
 
     @torch.no_grad()

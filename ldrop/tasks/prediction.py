@@ -71,15 +71,12 @@ class PredictionMixin:
             raise ValueError(f"predict_budget is a target ({target.kind}={target.value:g}): add the "
                              "ldrop.runtime.TargetBudgets callback to the Trainer (ldrop predict adds it)")
         decision = self.budget_provider(lengths)
-        name = f"{target.kind}={target.value:g}"
-        fields = []
-        for k, meets, predicted in zip(decision.budget.tolist(), decision.meets_target.tolist(),
-                                       decision.predicted_seconds.tolist(), strict=True):
-            field: dict[str, Any] = {"budget": k, "target": name, "meets_target": meets}
-            if target.kind in ("ms", "rtf"):  # a FLOPs target's prediction is the exact "gflops" of the record
-                field["predicted_ms"] = 1000.0 * predicted
-            fields.append(field)
-        return decision.budget.to(lengths.device), fields
+        name, timed = f"{target.kind}={target.value:g}", target.kind in ("ms", "rtf")
+        # a FLOPs target's prediction is the exact "gflops" of the record
+        return decision.budget.to(lengths.device), [
+            {"budget": k, "target": name, "meets_target": meets, **({"predicted_ms": 1000.0 * seconds} if timed else {})}
+            for k, meets, seconds in zip(decision.budget.tolist(), decision.meets_target.tolist(),
+                                         decision.predicted_seconds.tolist(), strict=True)]
 
     def _run_predict_budget(self, waveforms: Tensor, lengths: Tensor) -> tuple[Any, Tensor, BatchCost, list[dict]]:
         """``(encoded, logits, cost, records)`` of ``waveforms`` at ``predict_budget``; a record per input
