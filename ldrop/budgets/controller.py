@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ldrop.backbones.geometry import frame_lengths
 from ldrop.budgets.cost import DeviceProfile
 from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
 from ldrop.budgets.profile import profile_model
 from ldrop.budgets.targets import Target
-from ldrop.backbones.geometry import frame_lengths
 from ldrop.engine.flops import count_forward_flops, decision_flops
 
 #: The quick grid measured when a time target is used without a profile (a few seconds on a CPU).
