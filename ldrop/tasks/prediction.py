@@ -134,10 +134,8 @@ class PredictionMixin:
         hop = self.frame_hop
         offsets = [start // hop for start, _ in spans]
         counts = self.backbone.frame_lengths(torch.tensor([end - start for start, end in spans])).tolist()
-        cuts = [0]
-        for i in range(1, len(spans)):
-            cuts.append((offsets[i] + offsets[i - 1] + counts[i - 1]) // 2)
-        cuts.append(offsets[-1] + counts[-1])
+        cuts = [0, *((offsets[i] + offsets[i - 1] + counts[i - 1]) // 2 for i in range(1, len(spans))),
+                offsets[-1] + counts[-1]]
         return [(cuts[i] - offsets[i], cuts[i + 1] - offsets[i]) for i in range(len(spans))]
 
     def merge_chunk_logits(self, logits: list[Tensor], spans: list[tuple[int, int]]) -> Tensor:
