@@ -50,10 +50,9 @@ def calibrate_gain_thresholds(gains: Tensor, budgets: Sequence[int], min_layers:
     average (``-inf``: every layer; ``+inf``: ``min_layers``)."""
     eligible = _eligible(gains, min_layers)
     scores = torch.cat([torch.full((len(eligible), 1), torch.inf), eligible.cpu().double()], 1)
-    thresholds = {}
-    for k in map(int, budgets):  # the always-passing first column counts for min_layers
-        thresholds[k] = torch.inf if k <= min_layers else calibrate_threshold(scores, float(k - min_layers + 1))[0]
-    return thresholds
+    # the always-passing first column counts for min_layers
+    return {k: torch.inf if k <= min_layers else calibrate_threshold(scores, float(k - min_layers + 1))[0]
+            for k in map(int, budgets)}
 
 
 def depths_from_thresholds(gains: Tensor, thresholds: Tensor, min_layers: int = 1) -> Tensor:

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ldrop.backbones.geometry import frame_lengths
 from ldrop.budgets.cost import DeviceProfile
 from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
 from ldrop.budgets.profile import profile_model
 from ldrop.budgets.targets import Target
-from ldrop.engine.flops import decision_flops
+from ldrop.engine.flops import count_forward_flops, decision_flops
 
 #: The quick grid measured when a time target is used without a profile (a few seconds on a CPU).
 QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1, 2), "repeats": 3,
@@ -58,9 +59,6 @@ class BudgetController(ControlLoop):
     def flops_costs(self, sample_lengths: np.ndarray) -> tuple[Tensor, Tensor]:
         if self.flops_config is None:
             raise ValueError("a gflops_per_second target needs the backbone config (flops_config)")
-        from ldrop.backbones.geometry import frame_lengths
-        from ldrop.engine.flops import count_forward_flops
-
         lengths, extra = torch.from_numpy(sample_lengths), None
         if self.extra_fixed_flops is not None:
             extra = self.extra_fixed_flops(frame_lengths(self.flops_config, lengths))

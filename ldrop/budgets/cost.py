@@ -119,10 +119,7 @@ class DeviceProfile:
         problem = _profile_problem(data)
         if problem:
             raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
-        data = dict(data)
-        data["fixed"] = PartFit(**{k: float(v) for k, v in data["fixed"].items()})
-        data["layer"] = PartFit(**{k: float(v) for k, v in data["layer"].items()})
-        return cls(**data)
+        return cls(**{**data, **{part: PartFit(**{k: float(v) for k, v in data[part].items()}) for part in PARTS}})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the profile as JSON (atomically)."""
@@ -142,24 +139,19 @@ class DeviceProfile:
         if not path.is_file():
             raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
+            return cls.from_dict(json.loads(path.read_bytes().decode("utf-8")))
         except UnicodeDecodeError:
-            raise ValueError(f"device profile {str(path)!r} is not a text file (not UTF-8); "
-                             "write one with 'ldrop profile'") from None
+            problem = " is not a text file (not UTF-8); write one with 'ldrop profile'"
         except json.JSONDecodeError as error:
-            raise ValueError(f"device profile {str(path)!r} is not valid JSON ({error.msg} at line {error.lineno}, "
-                             f"column {error.colno}); write one with 'ldrop profile'") from None
-        try:
-            return cls.from_dict(data)
-        except ValueError as error:
-            raise ValueError(f"device profile {str(path)!r}: {error}") from None
+            problem = (f" is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); write one with "
+                       "'ldrop profile'")
+        except ValueError as error:  # from_dict's own line
+            problem = f": {error}"
+        raise ValueError(f"device profile {str(path)!r}{problem}") from None
 
 
 def _profile_problem(data: Any) -> str | None:
     """What keeps ``data`` (parsed JSON) from being a :class:`DeviceProfile`, or ``None`` if nothing does."""
-
-    def number(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
     def count(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -179,7 +171,8 @@ def _profile_problem(data: Any) -> str | None:
         names = [f.name for f in dataclasses.fields(PartFit)]
         if not isinstance(fit, dict) or set(fit) - set(names):
             return f"{part!r} must be an object with keys among {names}, got {fit!r}"
-        if not all(number(v) and v >= 0 for v in fit.values()):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                   for v in fit.values()):
             return f"{part!r} coefficients must be finite numbers >= 0, got {fit!r}"
     if not count(data["num_layers"]):
         return f"'num_layers' must be an integer >= 1, got {data['num_layers']!r}"

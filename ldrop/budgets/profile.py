@@ -22,7 +22,7 @@ from ldrop.budgets.cost import PARTS, DeviceProfile, PartFit
 from ldrop.budgets.machine import machine_info
 
 __all__ = ["PARTS", "DeviceProfile", "PartFit", "fit_part", "model_timers", "profile_model", "profile_with_timers",
-           "random_batches", "time_call", "validate_profile"]
+           "random_batches", "synchronize", "time_call", "validate_profile"]
 
 #: ``measure(part, batch, frames) -> seconds``: the time of one part on ``batch`` inputs of ``frames`` frames.
 PartTimer = Callable[[str, int, int], float]
@@ -69,7 +69,8 @@ def fit_part(points: Sequence[tuple[int, int, float]]) -> tuple[PartFit, list[fl
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA): a wall time must include it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -80,10 +81,10 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 5, war
         fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -109,22 +110,22 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
         waves[torch.arange(waves.shape[1])[None, :] >= lengths[:, None]] = 0.0
         return waves.to(device, dtype)
 
-    def samples_for(frames: int) -> int:
-        return int(shortest_sample_lengths(backbone.config, torch.tensor([frames]))[0])
-
     @torch.inference_mode()
-    def fixed_pass(waves: Tensor, lengths: Tensor) -> None:
-        encoded = model.encode(waves, lengths, run_prefix=False)
-        if getattr(model, "prefix_layers", 0):  # what the selector reads has the shape of a layer's input
+    def forward(waves: Tensor, lengths: Tensor, keep: Tensor | None) -> None:
+        """The sparse forward with ``keep``; ``None``: the fixed part alone (no layer, no prefix)."""
+        encoded = model.encode(waves, lengths, run_prefix=keep is not None)
+        if keep is None and getattr(model, "prefix_layers", 0):  # the selector reads a layer's input shape
             encoded = dataclasses.replace(encoded, features=encoded.hidden)
         model.decide(encoded, model.num_layers)
-        model.logits_with_mask(encoded, torch.zeros(len(lengths), model.num_layers, device=device))
+        model.logits_with_mask(encoded, torch.zeros(len(lengths), model.num_layers, device=device) if keep is None
+                               else keep)
 
     def measure(part: str, batch: int, frames: int) -> float:
         if part == "fixed":
-            lengths = torch.full((batch,), samples_for(frames), dtype=torch.long)
+            samples = int(shortest_sample_lengths(backbone.config, torch.tensor([frames]))[0])
+            lengths = torch.full((batch,), samples, dtype=torch.long)
             waves, lengths_d = waveforms_for(lengths), lengths.to(device)
-            return time_call(lambda: fixed_pass(waves, lengths_d), device, repeats, warmup)
+            return time_call(lambda: forward(waves, lengths_d, None), device, repeats, warmup)
         if part == "layer":
             hidden = torch.randn(batch, frames, backbone.hidden_size, generator=generator).to(device, dtype)
             mask = torch.ones(batch, frames, dtype=torch.bool, device=device)
@@ -136,14 +137,7 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
 
     def measure_batch(sample_lengths: Tensor, keep_mask: Tensor) -> float:
         waves, lengths_d, keep = waveforms_for(sample_lengths), sample_lengths.to(device), keep_mask.to(device)
-
-        @torch.inference_mode()
-        def forward() -> None:
-            encoded = model.encode(waves, lengths_d)
-            model.decide(encoded, model.num_layers)
-            model.logits_with_mask(encoded, keep)
-
-        return time_call(forward, device, repeats, warmup)
+        return time_call(lambda: forward(waves, lengths_d, keep), device, repeats, warmup)
 
     return measure, measure_batch
 
@@ -213,10 +207,8 @@ def profile_model(
     if measure is None or (measure_batch is None and validation_batches):
         # The grid is timed in interleaved rounds (below), so the grid's timer takes one call per point;
         # held-out batches are timed one at a time.
-        real_measure, _ = model_timers(model, repeats=1, warmup=0, seed=seed)
-        _, real_measure_batch = model_timers(model, repeats=repeats, warmup=warmup, seed=seed)
-        measure = measure or real_measure
-        measure_batch = measure_batch or real_measure_batch
+        measure = measure or model_timers(model, repeats=1, warmup=0, seed=seed)[0]
+        measure_batch = measure_batch or model_timers(model, repeats=repeats, warmup=warmup, seed=seed)[1]
     device, dtype = _model_device_dtype(model)
     return profile_with_timers(
         measure, measure_batch, num_layers=model.backbone.num_layers, geometry=config, seconds=seconds,
@@ -255,15 +247,13 @@ def profile_with_timers(
             for key in order.sample(grid, len(grid)):
                 samples[key].append(float(measure(*key)))
                 phase.step()
-    points: dict[str, list[tuple[int, int, float]]] = {part: [] for part in PARTS}
-    for (part, batch, frames), values in samples.items():
-        points[part].append((batch, frames, statistics.median(values)))
     fits, measurements = {}, []
     for part in PARTS:
-        fits[part], residuals = fit_part(points[part])
+        points = [(b, t, statistics.median(values)) for (p, b, t), values in samples.items() if p == part]
+        fits[part], residuals = fit_part(points)
         measurements += [
             {"part": part, "batch": b, "frames": t, "seconds": s, "relative_residual": r}
-            for (b, t, s), r in zip(points[part], residuals, strict=True)
+            for (b, t, s), r in zip(points, residuals, strict=True)
         ]
     profile = DeviceProfile(
         fixed=fits["fixed"], layer=fits["layer"], num_layers=num_layers, conv_kernel=list(geometry.conv_kernel),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -196,8 +197,6 @@ class ExactResume(Callback):
         states, self._rng_states = self._rng_states, None
         if not states:
             return
-        import numpy as np
-
         kind, keys, pos, has_gauss, gauss = states["numpy"]
         modules = states.get("modules", {})
         if not torch.cuda.is_available():

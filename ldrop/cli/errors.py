@@ -102,11 +102,9 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
         return (f"{option} {missing.group(1)!r}: no such class" + (f"; did you mean {guess}?" if guess else "")
                 + " (give a class name, a dotted import path, or null)")
     innermost = re.search(r"Expected an? (.+?)\. Got value: (.*?)(?:\. Got value: .*)?$", message, flags=re.M)
-    if innermost:
-        return f"{given}: expected {_accepted([innermost.group(1)])}"
     subtypes = re.findall(r"Subtypes: \[(.*)\]$", message, flags=re.M)
-    if subtypes:
-        return f"{given}: expected {_accepted(_split_types(subtypes[-1]))}"
+    if innermost or subtypes:
+        return f"{given}: expected {_accepted([innermost.group(1)] if innermost else _split_types(subtypes[-1]))}"
     return f"{given}: " + lines[-1][:200]
 
 

@@ -67,12 +67,9 @@ def harmless_warnings(args: Sequence[str]) -> tuple[str, ...]:
 
 def _run_folder(ckpt_path: str | None) -> Path | None:
     """The run folder (``<save_dir>/<name>/version_N``) that holds ``ckpt_path``, if it is in one."""
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return None
-    folder = Path(ckpt_path).resolve().parent.parent
-    if Path(ckpt_path).resolve().parent.name == "checkpoints" and re.fullmatch(r"version_\d+", folder.name):
-        return folder
-    return None
+    folder = Path(ckpt_path).resolve().parent if ckpt_path and Path(ckpt_path).is_file() else None
+    in_run = folder is not None and folder.name == "checkpoints" and re.fullmatch(r"version_\d+", folder.parent.name)
+    return folder.parent if in_run else None
 
 
 class LdropCLI(CLISteps):
@@ -211,11 +208,9 @@ class LdropCLI(CLISteps):
             remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
 
     def after_fit(self) -> None:
-        resume = next((c for c in self.trainer.callbacks if isinstance(c, ExactResume)), None)
-        if resume is None or resume.resumed_step is None or not self.trainer.is_global_zero:
-            return
-        if self.trainer.global_step == resume.resumed_step:
-            trainer = self.trainer
+        trainer = self.trainer
+        resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
+        if resume is not None and trainer.is_global_zero and trainer.global_step == resume.resumed_step:
             print(f"the run was already complete at its checkpoint (epoch {trainer.current_epoch}, step "
                   f"{trainer.global_step}; max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): "
                   "nothing was trained; raise --trainer.max_epochs or --trainer.max_steps to train further")

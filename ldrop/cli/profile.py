@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -50,50 +51,11 @@ def main(argv: Sequence[str]) -> int:
         overrides = json.loads(ns.overrides) if ns.overrides else None
     except ValueError as error:
         parser.error(f"bad --seconds/--batch-sizes/--overrides: {error}")
-    if ns.runtime == "onnx":
-        if ns.model is None:
-            parser.error("--runtime onnx times an ONNX export: give MODEL, not --backbone")
-        from ldrop.runtime.onnx_profile import profile_onnx
-        from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
-
-        try:
-            onnx_model = OnnxAdaptiveModel.from_pretrained(ns.model, threads=ns.threads)
-            profile = profile_onnx(onnx_model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
-                                   validation_batches=ns.validate, seed=ns.seed, threads=ns.threads)
-        except (FileNotFoundError, ValueError) as error:
-            parser.error(str(error))
-        return _report(profile, ns.out)
-    if ns.threads:
-        torch.set_num_threads(ns.threads)
-    if ns.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    torch.manual_seed(ns.seed)
     try:
-        if ns.model is not None:
-            from ldrop.runtime.checkpoints import load_model
-
-            model = load_model(ns.model)
-        else:
-            from ldrop.selectors import InputConditionedSelector
-            from ldrop.tasks import ClassificationTask
-
-            model = ClassificationTask(labels=["a", "b"], backbone=ns.backbone, pretrained=False,
-                                       backbone_overrides=overrides, selector=InputConditionedSelector)
+        profile = _measure(ns, seconds, batch_sizes, overrides)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[ns.dtype]
-    model = model.to(torch.device(ns.device), dtype).eval()
-    try:
-        profile = profile_model(model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
-                                validation_batches=ns.validate, seed=ns.seed)
-    except ValueError as error:
-        parser.error(str(error))
-    return _report(profile, ns.out)
-
-
-def _report(profile: DeviceProfile, out: str) -> int:
-    """Save the profile and print its fits and held-out accuracy."""
-    profile.save(out)
+    profile.save(ns.out)
     for part in PARTS:
         fit = getattr(profile, part)
         print(f"{part:>5}: {1000 * fit.overhead:.3f} ms + {1e6 * fit.per_frame:.3f} us x batch x frames "
@@ -103,5 +65,37 @@ def _report(profile: DeviceProfile, out: str) -> int:
         print(f"held-out batches: median |error| {100 * check['median_abs_relative_error']:.1f}% "
               f"(max {100 * check['max_abs_relative_error']:.1f}%) over {len(check['batches'])} batches: "
               f"{'within' if check['passed'] else 'OUTSIDE'} the {100 * check['tolerance']:.0f}% tolerance")
-    print(f"profile: {out}")
+    print(f"profile: {ns.out}")
     return 0
+
+
+def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: dict | None) -> DeviceProfile:
+    """The profile the parsed command line asks for; a ValueError (or FileNotFoundError) for one it cannot."""
+    if ns.runtime == "onnx":
+        if ns.model is None:
+            raise ValueError("--runtime onnx times an ONNX export: give MODEL, not --backbone")
+        from ldrop.runtime.onnx_profile import profile_onnx
+        from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
+
+        onnx_model = OnnxAdaptiveModel.from_pretrained(ns.model, threads=ns.threads)
+        return profile_onnx(onnx_model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
+                            validation_batches=ns.validate, seed=ns.seed, threads=ns.threads)
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    if ns.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    torch.manual_seed(ns.seed)
+    if ns.model is not None:
+        from ldrop.runtime.checkpoints import load_model
+
+        model = load_model(ns.model)
+    else:
+        from ldrop.selectors import InputConditionedSelector
+        from ldrop.tasks import ClassificationTask
+
+        model = ClassificationTask(labels=["a", "b"], backbone=ns.backbone, pretrained=False,
+                                   backbone_overrides=overrides, selector=InputConditionedSelector)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[ns.dtype]
+    model = model.to(torch.device(ns.device), dtype).eval()
+    return profile_model(model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
+                         validation_batches=ns.validate, seed=ns.seed)

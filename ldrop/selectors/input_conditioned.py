@@ -202,12 +202,11 @@ class InputConditionedSelector(TopKSelector):
         Returns:
             ``[batch, layers]`` when ``rows`` is given, else ``[batch, rows, layers]``.
         """
-        if self.budget_embedding is None:
-            z = self.score_head(F.gelu(hidden))
-            return z if rows is not None else z.unsqueeze(1)
-        if rows is not None:
-            return self.score_head(F.gelu(hidden + self.budget_embedding(rows)))
-        return self.score_head(F.gelu(hidden.unsqueeze(1) + self.budget_embedding.weight))
+        if rows is None:
+            hidden = hidden.unsqueeze(1)
+        if self.budget_embedding is not None:
+            hidden = hidden + (self.budget_embedding.weight if rows is None else self.budget_embedding(rows))
+        return self.score_head(F.gelu(hidden))
 
     def standardized_scores(self, hidden: Tensor, rows: Tensor) -> Tensor:
         """Standardised input term ``(z - mean) / std`` per layer, ``[batch, layers]``.
@@ -253,12 +252,6 @@ class InputConditionedSelector(TopKSelector):
         z_all = self.raw_scores(self.encode(features, frame_mask), None)
         self._track_statistics(z_all, 1.0 / (int(self.num_batches_tracked) + 1))
 
-    def score(self, features: Tensor, frame_mask: Tensor, budget: Tensor, *, waveforms: Tensor | None = None,
-              lengths: Tensor | None = None) -> Tensor:
-        """The clean (noise-free) ``[batch, layers]`` scores, without selecting (what threshold calibration
-        reads: threshold mode cannot run :meth:`forward` before it). Arguments as in :meth:`forward`."""
-        return self._scores(features, frame_mask, budget, waveforms, lengths)[0]
-
     def _read_input(
         self, features: Tensor, frame_mask: Tensor, waveforms: Tensor | None, lengths: Tensor | None
     ) -> tuple[Tensor, Tensor]:
@@ -279,47 +272,44 @@ class InputConditionedSelector(TopKSelector):
             raise ValueError(f"frame_mask must have shape {list(features.shape[:2])}, got {list(frame_mask.shape)}")
         return features, frame_mask
 
-    def _scores(self, features: Tensor, frame_mask: Tensor, budget: Tensor, waveforms: Tensor | None,
-                lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``([batch, layers] scores, [batch] checked budget)``."""
+    def score(self, features: Tensor, frame_mask: Tensor, budget: Tensor, *, waveforms: Tensor | None = None,
+              lengths: Tensor | None = None) -> Tensor:
+        """The clean (noise-free) ``[batch, layers]`` scores, without selecting (what threshold calibration
+        reads: threshold mode cannot run :meth:`forward` before it). Arguments as in :meth:`forward`."""
         features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
         budget = self.check_budget(budget, features.shape[0]).to(features.device)
         rows = budget - 1 if self.budget_conditioning else torch.zeros_like(budget)
-
         hidden = self.encode(features, frame_mask)
         if self.score_mode == "raw":
-            scores = self.raw_scores(hidden, rows)
-        else:
-            scores = self.alpha * self.standardized_scores(hidden, rows)
-            if self.prior is not None:
-                scores = scores + self.prior[rows]
-        return scores, budget
+            return self.raw_scores(hidden, rows)
+        scores = self.alpha * self.standardized_scores(hidden, rows)
+        return scores + self.prior[rows] if self.prior is not None else scores
 
     def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor, *, waveforms: Tensor | None = None,
                 lengths: Tensor | None = None) -> SelectorOutput:
         """Select layers per input (see :meth:`LayerSelector.forward`; ``waveforms`` are required with
         ``input="fbank"``, ``features`` unused then). The output's stats: temperature, mean and max alpha,
         prior spread; its losses: the weighted diversity loss when enabled."""
-        scores, budget = self._scores(features, frame_mask, budget, waveforms, lengths)
+        scores = self.score(features, frame_mask, budget, waveforms=waveforms, lengths=lengths)
+        budget = self.check_budget(budget, scores.shape[0]).to(scores.device)
         alpha = self.alpha.detach()
         stats = {"temperature": torch.tensor(self.temperature), "alpha_mean": alpha.mean(), "alpha_max": alpha.max()}
         if self.prior is not None:
             stats["prior_spread"] = self.prior.detach().std(-1, unbiased=False).mean()
-        losses: dict[str, Tensor] = {}
         # the prefix layers (input="layers") always run: choose the others, k - j of them
         j = self.prefix_layers
         if self.mode == "threshold" and not self.training:
-            keep_mask = threshold_mask(scores[:, j:], self.calibration.thresholds_for(budget))
-            soft = None
+            keep_mask, soft = threshold_mask(scores[:, j:], self.calibration.thresholds_for(budget)), None
         else:
             keep_mask, soft = self.select_topk(scores[:, j:], (budget - j).clamp(min=0))
-        keep_mask = self._with_prefix(keep_mask)
+        if j:
+            keep_mask = torch.cat([keep_mask.new_ones(keep_mask.shape[0], j), keep_mask], dim=1)
         if self.training:
             self.fallback.forget()  # the decisions were about the weights training is now changing
         elif self.mode == "topk":
             keep_mask = self.fallback.apply(keep_mask, budget)
-        if soft is not None and self.diversity_weight > 0:
-            losses["diversity"] = self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())
+        diverse = soft is not None and self.diversity_weight > 0
+        losses = {"diversity": self.diversity_weight * (0.25 - soft.var(0, unbiased=False).mean())} if diverse else {}
         return SelectorOutput(keep_mask=keep_mask, scores=scores, losses=losses, stats=stats)
 
     @torch.no_grad()
@@ -380,11 +370,6 @@ class InputConditionedSelector(TopKSelector):
         """The fallback's decision per decided budget (see :meth:`InputBlindFallback.report`)."""
         return self.fallback.report()
 
-    def _with_prefix(self, keep: Tensor) -> Tensor:
-        """``[batch, layers - j]`` masks of the layers after the prefix -> ``[batch, layers]`` with the prefix on."""
-        j = self.prefix_layers
-        return torch.cat([keep.new_ones(keep.shape[0], j), keep], dim=1) if j else keep
-
     def flops(self, frame_lengths: Tensor) -> Tensor:
         """Eval-mode forward FLOPs per sample (matmuls and convs, multiply-add = 2 FLOPs).
 
@@ -397,10 +382,7 @@ class InputConditionedSelector(TopKSelector):
         Returns:
             ``[batch]`` float64 FLOPs.
         """
-        frames = frame_lengths.double()
-        total = torch.zeros_like(frames)
-        if self.frontend is not None:
-            total, frames = self.frontend.flops(frame_lengths)
+        total, frames = self.frontend.flops(frame_lengths) if self.frontend is not None else (0.0, frame_lengths.double())
         h = self.hidden_dim
         conv_frames = conv_output_length(frames, self.kernel_size, self.stride, self.kernel_size // 2)
         total = total + 2 * frames * self.feature_dim * h  # frame_proj

@@ -19,14 +19,8 @@ class LearnedScheduleSelector(TopKSelector):
     Args:
         num_layers: number of encoder layers ``N``.
         feature_dim: channels of the features (unused; kept for the common constructor).
-        tau_start: relaxation temperature at the start of training.
-        tau_end: relaxation temperature at the end of training.
-        noise_scale: Gumbel noise multiplier in training.
-        relaxation: ``"sigmoid"`` or ``"softmax"`` relaxed top-k.
-        objective: ``"straight_through"``, ``"counterfactual"`` or ``"both"`` (see
-            :class:`~ldrop.selectors.TopKSelector`).
-        counterfactual_candidates: alternative masks per input scored for the counterfactual objective.
-        counterfactual_weight: weight of the counterfactual ranking loss.
+        tau_start, tau_end, noise_scale, relaxation, objective, counterfactual_candidates, counterfactual_weight:
+            training of the top-k, see :class:`~ldrop.selectors.TopKSelector`.
     """
 
     #: Every input gets the same mask at eval: the sweep's controls and headroom say nothing new.

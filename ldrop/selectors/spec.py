@@ -51,9 +51,7 @@ def build_selector(
         feature_dim = hidden_size
     if isinstance(selector, dict):
         module_name, _, class_name = selector["class_path"].rpartition(".")
-        if not module_name:
-            module_name = "ldrop.selectors"
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = getattr(importlib.import_module(module_name or "ldrop.selectors"), class_name)
         built = cls(num_layers, feature_dim, **selector.get("init_args", {}))
     else:
         built = selector(num_layers, feature_dim)

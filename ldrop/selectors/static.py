@@ -143,8 +143,7 @@ class StaticSelector(LayerSelector):
         found = greedy_subset_search(data.metric_with_layers, self.num_layers, budgets,
                                      higher_is_better=data.higher_is_better)
         self.set_subsets(found)
-        for k in found:
-            self.searched[int(k) - 1] = True
+        self.searched[[int(k) - 1 for k in found]] = True
 
     def set_subsets(self, subsets: dict[int, list[int]]) -> None:
         """Install ``{budget: layers}``; budgets not named keep their current subset.

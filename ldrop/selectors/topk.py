@@ -112,9 +112,7 @@ def straight_through_topk(
         ``(keep_mask, soft_mask)``, both ``[batch, layers]``: ``keep_mask`` has exact 0/1 forward values and
         the gradient of ``soft_mask``.
     """
-    perturbed = scores
-    if noise_scale > 0:
-        perturbed = scores + noise_scale * gumbel_like(scores, generator)
+    perturbed = scores + noise_scale * gumbel_like(scores, generator) if noise_scale > 0 else scores
     hard = hard_topk_mask(perturbed, k)
     soft = relaxed_topk_mask(perturbed, k, temperature, method)
     # (soft - soft.detach()) is exactly 0 in the forward pass, so keep_mask is exactly 0/1
@@ -160,10 +158,7 @@ def calibrate_threshold(scores: Tensor, target_mean_layers: float) -> tuple[floa
     rows_without_pass = torch.searchsorted(row_max_ascending, candidates, side="left")
     mean_layers = (passing + rows_without_pass).double() / num_inputs
     best = int(torch.argmin((mean_layers - target_mean_layers).abs()))
-    if best + 1 < candidates.numel():
-        threshold = 0.5 * float(candidates[best] + candidates[best + 1])
-    else:
-        threshold = -math.inf
+    threshold = 0.5 * float(candidates[best] + candidates[best + 1]) if best + 1 < candidates.numel() else -math.inf
     return threshold, float(mean_layers[best])
 
 
@@ -259,16 +254,12 @@ class TopKSelector(LayerSelector):
         Returns:
             ``(keep_mask, soft_mask)``: ``[batch, layers]`` each; ``soft_mask`` is ``None`` in eval mode.
         """
-        if self.training and self.objective == "counterfactual":  # sampled, no straight-through gradient
-            noisy = scores.detach()
-            if self.noise_scale > 0:
-                noisy = noisy + self.noise_scale * gumbel_like(noisy)
-            return hard_topk_mask(noisy, budget), None
-        if self.training:
-            return straight_through_topk(
-                scores, budget, self.temperature, noise_scale=self.noise_scale, method=self.relaxation
-            )
-        return hard_topk_mask(scores, budget), None
+        if not self.training:
+            return hard_topk_mask(scores, budget), None
+        sampled_only = self.objective == "counterfactual"  # sampled, no straight-through gradient
+        keep_mask, soft = straight_through_topk(scores.detach() if sampled_only else scores, budget, self.temperature,
+                                                noise_scale=self.noise_scale, method=self.relaxation)
+        return keep_mask, None if sampled_only else soft
 
     @property
     def differentiable(self) -> bool:  # type: ignore[override]

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ldrop._progress import Phase
 from ldrop.budgets import Target, budget_list
+from ldrop.budgets.profile import synchronize
 from ldrop.sweeps.headroom import HeadroomScorer
 from ldrop.sweeps.report import add_sweep_to_tensorboard, markdown_table, write_sweep
 from ldrop.sweeps.scorers import (
@@ -27,7 +28,6 @@ from ldrop.sweeps.scorers import (
     Scorer,
     SweepBatch,
     TargetScorer,
-    synchronize,
 )
 from ldrop.tasks.precision import precision_context
 
@@ -126,12 +126,12 @@ class BudgetSweep(L.Callback):
 
     # ------------------------------------------------------------------ per batch
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        synchronize(pl_module)
+        synchronize(pl_module.device)
         self._start = time.perf_counter()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         """``outputs`` is the encoded batch the task's ``test_step`` returns."""
-        synchronize(pl_module)
+        synchronize(pl_module.device)
         step = SweepBatch(pl_module, batch, outputs, batch_idx, time.perf_counter() - self._start)
         with precision_context(pl_module):  # a callback runs outside test_step's autocast: score as it would
             for scorer in self.scorers:

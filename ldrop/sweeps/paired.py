@@ -113,19 +113,15 @@ def depth_oracle_metric(fixed: dict[int, np.ndarray], counts, num_layers: int, m
 
 
 # ---------------------------------------------------------------------------------------------- equal compute
-def _line(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
-    """``y`` at ``x`` on the polyline through ``(xs, ys)`` (sorted ``xs``), extended straight past its ends."""
-    i = min(max(int(np.searchsorted(xs, x)), 1), len(xs) - 1)
-    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
-
-
 def layer_gflops(rows: Sequence[dict], layers: float) -> float:
-    """GFLOPs per utterance of ``layers`` layers run, read off a sweep's rows (linear in ``executed_layers``,
-    extrapolated past the swept ones: at 0 layers, the fixed part)."""
+    """GFLOPs per utterance of ``layers`` layers run, read off a sweep's rows (on the polyline through its
+    ``(executed_layers, GFLOPs)`` points, extended straight past its ends: at 0 layers, the fixed part)."""
     points = sorted({float(r["executed_layers"]): float(r["gflops_per_utterance"]) for r in rows}.items())
     if len(points) < 2:
         raise ValueError(f"reference: its sweep runs {len(points)} depth(s); GFLOPs per layer need two or more")
-    return _line([p[0] for p in points], [p[1] for p in points], layers)
+    i = min(max(int(np.searchsorted([x for x, _ in points], layers)), 1), len(points) - 1)
+    (x0, y0), (x1, y1) = points[i - 1], points[i]
+    return y0 + (y1 - y0) * (layers - x0) / (x1 - x0)
 
 
 def _curve(rows: Sequence[dict], items: dict | None, metric: str, order: list[str] | None) -> dict:

@@ -36,10 +36,8 @@ def _png(fig: Any) -> bytes:
 
 def columns_of(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The base columns first, then every other key in first-seen order."""
-    extra: list[str] = []
-    for row in rows:
-        extra += [k for k in row if k not in BASE_COLUMNS and k not in extra]
-    return [c for c in BASE_COLUMNS if any(c in r for r in rows)] + extra
+    extra = dict.fromkeys(k for row in rows for k in row if k not in BASE_COLUMNS)
+    return [c for c in BASE_COLUMNS if any(c in r for r in rows)] + list(extra)
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -69,13 +67,6 @@ def sweep_title(rows: Iterable[dict[str, Any]], prefix: str = "budget sweep",
     return f"{prefix}: " + " | ".join(parts) if parts else prefix
 
 
-def _new_figure(figsize: tuple[float, float]) -> Any:
-    # A bare Figure, not pyplot: no global figure registry to leak into, no change of the user's backend.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize)
-
-
 def sweep_figure(
     runs: dict[str, Sequence[dict[str, Any]]], metric: str | None = None, title: str | None = None,
     oracles: str | bool = True, fixed: float | None = None,
@@ -86,7 +77,9 @@ def sweep_figure(
     ``fixed``: shade the GFLOPs that do not shrink with the layers (from 0 to ``fixed``). Returns the matplotlib
     ``Figure`` (titled with the runs' method, dataset and backbone by default).
     """
-    fig = _new_figure((6, 4))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))  # not pyplot: no global figure registry, no change of the user's backend
     ax = fig.add_subplot()
     name = metric or primary_metric(next(iter(runs.values())))
     for label, rows in runs.items():
@@ -101,9 +94,8 @@ def sweep_figure(
         if any(stds):
             ax.fill_between(xs, [y - s for y, s in zip(ys, stds, strict=True)],
                             [y + s for y, s in zip(ys, stds, strict=True)], color=line.get_color(), alpha=0.2)
-        for oracle, style in (("input_oracle", "--"), ("static_oracle", ":"), ("depth_oracle", "-.")):
-            if oracles is not True and oracles != label:
-                break
+        drawn = oracles is True or oracles == label
+        for oracle, style in (("input_oracle", "--"), ("static_oracle", ":"), ("depth_oracle", "-.")) if drawn else ():
             points = [(x, float(r[f"{name}_{oracle}"])) for x, r in zip(xs, rows, strict=True)
                       if r.get(f"{name}_{oracle}") not in (None, "")]
             if points:
@@ -127,7 +119,9 @@ def layer_usage_figure(
     usage: Sequence[Sequence[float]], budgets: Sequence[int], title: str | None = None
 ) -> Any:
     """Heat map: how often each layer ran (columns) at each budget ``k`` (rows); returns the ``Figure``."""
-    fig = _new_figure((6, 0.35 * len(budgets) + 1.5))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 0.35 * len(budgets) + 1.5))
     ax = fig.add_subplot()
     image = ax.imshow(usage, vmin=0.0, vmax=1.0, aspect="auto", cmap="viridis")
     ax.set_xlabel("layer")
@@ -192,10 +186,6 @@ class IncompleteSweepError(ValueError):
     """A folder holds sweep files that are not one complete set (an interrupted or failed write)."""
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def write_sweep(
     rows: Sequence[dict[str, Any]],
     directory: str | os.PathLike,
@@ -231,7 +221,7 @@ def write_sweep(
     if items:
         contents["items"] = (json.dumps(items) + "\n").encode("utf-8")
     files = {directory / SWEEP_FILES[kind]: data for kind, data in contents.items()}
-    manifest = {"files": {path.name: _digest(data) for path, data in files.items()}}
+    manifest = {"files": {path.name: hashlib.sha256(data).hexdigest() for path, data in files.items()}}
     files[directory / SWEEP_MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
     # a killed earlier write of these files may have left its hidden temporaries behind
     remove_stale_temporaries(directory, [*SWEEP_FILES.values(), SWEEP_MANIFEST])
@@ -263,7 +253,7 @@ def check_sweep_set(directory: str | os.PathLike) -> dict[str, str]:
         if not path.is_file():
             raise IncompleteSweepError(f"{str(directory)!r} holds an incomplete budget sweep: {name} is "
                                        f"missing; {advice}")
-        if _digest(path.read_bytes()) != digest:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             raise IncompleteSweepError(f"{str(directory)!r} holds an incomplete budget sweep: {name} is not the "
                                        f"one its {SWEEP_MANIFEST} lists (an interrupted write); {advice}")
     return files

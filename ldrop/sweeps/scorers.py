@@ -16,6 +16,7 @@ from torch import Tensor
 from torchmetrics import CatMetric, SumMetric
 
 from ldrop.budgets import Target, TargetResolver
+from ldrop.budgets.profile import synchronize
 from ldrop.selectors import mask_diversity, most_common_mask_for_all, shuffle_masks
 from ldrop.sweeps.paired import depth_oracle_metric
 from ldrop.tasks.cost import BatchCost
@@ -25,11 +26,6 @@ def _sum(device: torch.device) -> SumMetric:
     # float64: FLOP totals reach 1e12 and must not lose the digits the table shows. set_dtype after .to():
     # .to() resets the dtype that inputs are cast to (the states would stay float64, the inputs not).
     return SumMetric().to(device).set_dtype(torch.float64)
-
-
-def synchronize(task: Any) -> None:
-    if task.device.type == "cuda":  # wall times must include the GPU's queued work
-        torch.cuda.synchronize(task.device)
 
 
 @dataclass
@@ -49,10 +45,10 @@ class SweepBatch:
     def run(self, budget: Any, cost: bool = True) -> tuple[Tensor, BatchCost | None]:
         """The logits at ``budget`` (or at ``budget()``, timed with them) and (``cost``) their cost, whose wall
         time is ``seconds_fixed`` plus this run's."""
-        synchronize(self.task)
+        synchronize(self.task.device)
         start = time.perf_counter()
         logits, keep, _ = self.task.logits_at_budget(self.encoded, budget() if callable(budget) else budget)
-        synchronize(self.task)
+        synchronize(self.task.device)
         seconds = self.seconds_fixed + time.perf_counter() - start
         return logits, BatchCost.of(self.task, self.encoded, keep, seconds) if cost else None
 

@@ -32,11 +32,9 @@ def load_weights_from(task: nn.Module, checkpoint_path: str) -> None:
     state = state.get("state_dict", state)
     own = task.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
-    missing = sorted(set(own) - set(usable))
     task.load_state_dict(usable, strict=False)
-    log.info("init_from %s: loaded %d tensors, kept %d fresh, ignored %d", path, len(usable), len(missing),
-             len(skipped))
+    log.info("init_from %s: loaded %d tensors, kept %d fresh, ignored %d", path, len(usable), len(own) - len(usable),
+             len(state) - len(usable))
     if not any(k.startswith("backbone.") for k in usable):
         raise ValueError(f"init_from {checkpoint_path!r} holds no backbone weights matching this model")
 
@@ -62,10 +60,8 @@ def export_pretrained(task: Any, directory: str | Path) -> Path:
     directory = Path(directory)
     check_finite_weights(task)
     task.backbone.save_pretrained(directory)
-    extra = {f"{k}": v for k, v in task.state_dict().items() if not k.startswith("backbone.")}
-    backbone_state = {f"backbone.{k}": v for k, v in task.backbone.state_dict().items()}
-    atomic_torch_save({"state_dict": {**backbone_state, **extra}, "hparams": dict(task.hparams),
-                       "task_class": _class_path(task)}, directory / EXPORT_STATE_FILE)
+    state = {"state_dict": dict(task.state_dict()), "hparams": dict(task.hparams), "task_class": _class_path(task)}
+    atomic_torch_save(state, directory / EXPORT_STATE_FILE)
     return directory
 
 

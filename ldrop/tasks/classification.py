@@ -84,9 +84,7 @@ class ClassificationTask(LayerDropTask):
 
     def decode(self, logits: Tensor, frame_mask: Tensor) -> list[Any]:
         ids = logits.argmax(-1).tolist()
-        if self.class_names is None:
-            return ids
-        return [self.class_names[i] for i in ids]
+        return ids if self.class_names is None else [self.class_names[i] for i in ids]
 
 
 __all__ = ["ClassificationTask", "masked_mean"]

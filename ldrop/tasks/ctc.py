@@ -116,12 +116,8 @@ class CTCTask(LayerDropTask):
     def decode(self, logits: Tensor, frame_mask: Tensor) -> list[str]:
         """Greedy CTC decoding: best class per frame, collapse repeats, drop blanks."""
         best = logits.argmax(-1).masked_fill(~frame_mask, 0).cpu()
-        texts = []
-        for row in best:
-            collapsed = torch.unique_consecutive(row)
-            chars = [self.vocabulary[int(i) - 1] for i in collapsed if int(i) != 0]
-            texts.append(" ".join("".join(chars).split()))
-        return texts
+        chars = ([self.vocabulary[int(i) - 1] for i in torch.unique_consecutive(row) if int(i) != 0] for row in best)
+        return [" ".join("".join(row).split()) for row in chars]
 
 
 __all__ = ["CTCTask", "ENGLISH_CHARACTERS", "build_vocabulary"]

@@ -141,18 +141,11 @@ class SelectedLayers(DepthPolicy):
 
 def counterfactual_loss(task: LayerDropTask, encoded: EncodedBatch, batch: Any, keep: Tensor, logits: Tensor,
                         selection: SelectorOutput) -> Tensor:
-    """The selector's ranking loss of its chosen masks against one-layer swaps of them on this batch: each
-    input also runs ``selector.counterfactual_candidates`` swaps of its mask (same budget), without gradient and
-    on the sparse path (about ``candidates * k / N`` of a forward pass per step), and its task loss under each
-    is compared with the chosen mask's (:meth:`~ldrop.selectors.LayerSelector.counterfactual_loss`).
-
-    Args:
-        task: the task (its layers, head and per-input losses).
-        encoded: the encoded batch of this training step.
-        batch: the batch (targets).
-        keep: ``[batch, layers]`` the masks the selector chose (sampled in training).
-        logits: the task's logits with those masks (their per-input losses are reused, not recomputed).
-        selection: the selector's output; its clean ``scores`` carry the gradient.
+    """The selector's ranking loss of its chosen masks ``keep`` against one-layer swaps of them on this training
+    batch: each input also runs ``selector.counterfactual_candidates`` swaps of its mask (same budget), without
+    gradient and on the sparse path (about ``candidates * k / N`` of a forward pass per step), and its task loss
+    under each is compared with the chosen mask's (its per-input losses from ``logits``, not recomputed; see
+    :meth:`~ldrop.selectors.LayerSelector.counterfactual_loss`); the gradient reaches ``selection.scores``.
     """
     if selection.scores is None:
         raise ValueError(f"{type(task.selector).__name__} returns no scores: it cannot rank masks")

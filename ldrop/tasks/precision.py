@@ -46,8 +46,4 @@ def to_model_precision(module: nn.Module, batch: Any) -> Any:
     if trainer is not None:
         return trainer.precision_plugin.convert_input(batch)
     dtype = model_dtype(module)
-
-    def cast(tensor: Tensor) -> Tensor:
-        return tensor.to(dtype) if tensor.is_floating_point() else tensor
-
-    return apply_to_collection(batch, Tensor, cast)
+    return apply_to_collection(batch, Tensor, lambda tensor: tensor.to(dtype) if tensor.is_floating_point() else tensor)

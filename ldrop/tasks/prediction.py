@@ -71,37 +71,29 @@ class PredictionMixin:
             raise ValueError(f"predict_budget is a target ({target.kind}={target.value:g}): add the "
                              "ldrop.runtime.TargetBudgets callback to the Trainer (ldrop predict adds it)")
         decision = self.budget_provider(lengths)
-        name = f"{target.kind}={target.value:g}"
-        fields = []
-        for k, meets, predicted in zip(decision.budget.tolist(), decision.meets_target.tolist(),
-                                       decision.predicted_seconds.tolist(), strict=True):
-            field: dict[str, Any] = {"budget": k, "target": name, "meets_target": meets}
-            if target.kind in ("ms", "rtf"):  # a FLOPs target's prediction is the exact "gflops" of the record
-                field["predicted_ms"] = 1000.0 * predicted
-            fields.append(field)
-        return decision.budget.to(lengths.device), fields
+        name, timed = f"{target.kind}={target.value:g}", target.kind in ("ms", "rtf")
+        # a FLOPs target's prediction is the exact "gflops" of the record
+        return decision.budget.to(lengths.device), [
+            {"budget": k, "target": name, "meets_target": meets, **({"predicted_ms": 1000.0 * seconds} if timed else {})}
+            for k, meets, seconds in zip(decision.budget.tolist(), decision.meets_target.tolist(),
+                                         decision.predicted_seconds.tolist(), strict=True)]
 
     def _run_predict_budget(self, waveforms: Tensor, lengths: Tensor) -> tuple[Any, Tensor, BatchCost, list[dict]]:
-        """``(encoded, logits, cost, fields)`` of ``waveforms`` at ``predict_budget``."""
+        """``(encoded, logits, cost, records)`` of ``waveforms`` at ``predict_budget``; a record per input
+        without its id and output (``budget``, ``executed_layers``, ``gflops``, the target's fields)."""
         encoded = self.encode(waveforms, lengths)
         budget, fields = self.predict_budget_with_fields(encoded.lengths)
         logits, keep, _ = self.logits_at_budget(encoded, budget)
-        return encoded, logits, BatchCost.of(self, encoded, keep), fields
+        cost = BatchCost.of(self, encoded, keep)
+        return encoded, logits, cost, [
+            {"budget": field.pop("budget"), "executed_layers": cost.mask[i].nonzero().flatten().tolist(),
+             "gflops": float(cost.flops[i]) / 1e9, **field} for i, field in enumerate(fields)]
 
     def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
-        encoded, logits, cost, fields = self._run_predict_budget(waveforms, lengths)
+        encoded, logits, _, records = self._run_predict_budget(waveforms, lengths)
         outputs = self.decode(logits, encoded.frame_mask)
-        return [
-            {
-                "id": item_id,
-                "output": output,
-                "budget": fields[i].pop("budget"),
-                "executed_layers": cost.mask[i].nonzero().flatten().tolist(),
-                "gflops": float(cost.flops[i]) / 1e9,
-                **fields[i],
-            }
-            for i, (item_id, output) in enumerate(zip(ids, outputs, strict=True))
-        ]
+        return [{"id": item_id, "output": output, **record}
+                for item_id, output, record in zip(ids, outputs, records, strict=True)]
 
     @property
     def frame_hop(self) -> int:
@@ -142,10 +134,8 @@ class PredictionMixin:
         hop = self.frame_hop
         offsets = [start // hop for start, _ in spans]
         counts = self.backbone.frame_lengths(torch.tensor([end - start for start, end in spans])).tolist()
-        cuts = [0]
-        for i in range(1, len(spans)):
-            cuts.append((offsets[i] + offsets[i - 1] + counts[i - 1]) // 2)
-        cuts.append(offsets[-1] + counts[-1])
+        cuts = [0, *((offsets[i] + offsets[i - 1] + counts[i - 1]) // 2 for i in range(1, len(spans))),
+                offsets[-1] + counts[-1]]
         return [(cuts[i] - offsets[i], cuts[i + 1] - offsets[i]) for i in range(len(spans))]
 
     def merge_chunk_logits(self, logits: list[Tensor], spans: list[tuple[int, int]]) -> Tensor:
@@ -172,39 +162,36 @@ class PredictionMixin:
         """
         spans = self.chunk_spans(int(waveform.shape[0]))
         chunk_logits: list[Tensor] = []
-        chunks: list[dict[str, Any]] = []
-        chunk_fields: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []  # per chunk, as a short input's
         total_flops = 0.0
-        rate = self.sample_rate
         for first in range(0, len(spans), max(1, chunks_per_pass)):
             group = spans[first : first + max(1, chunks_per_pass)]
             lengths = torch.tensor([end - start for start, end in group], device=waveform.device)
             waves = waveform.new_zeros(len(group), int(lengths.max()))
             for row, (start, end) in enumerate(group):
                 waves[row, : end - start] = waveform[start:end]
-            encoded, logits, cost, fields = self._run_predict_budget(waves, lengths)
+            encoded, logits, cost, group_records = self._run_predict_budget(waves, lengths)
             total_flops += float(cost.flops.sum())
             frames = encoded.frame_mask.sum(1).tolist()
-            for row, (start, end) in enumerate(group):
-                chunk_logits.append(logits[row] if logits.dim() == 2 else logits[row, : frames[row]])
-                chunks.append({"start_s": start / rate, "end_s": end / rate, "budget": fields[row]["budget"],
-                               "executed_layers": cost.mask[row].nonzero().flatten().tolist()})
-                chunk_fields.append(fields[row])
+            chunk_logits += [logits[row] if logits.dim() == 2 else logits[row, :n] for row, n in enumerate(frames)]
+            records += group_records
         merged = self.merge_chunk_logits(chunk_logits, spans)
         frame_mask = torch.ones(merged.shape[:2] if merged.dim() == 3 else (1, 1), dtype=torch.bool,
                                 device=merged.device)
-        layers = sorted({layer for chunk in chunks for layer in chunk["executed_layers"]})
         record: dict[str, Any] = {
             "id": item_id,
             "output": self.decode(merged, frame_mask)[0],
-            "budget": min(field["budget"] for field in chunk_fields),
-            "executed_layers": layers,
+            "budget": min(r["budget"] for r in records),
+            "executed_layers": sorted({layer for r in records for layer in r["executed_layers"]}),
             "gflops": total_flops / 1e9,
         }
-        if "target" in chunk_fields[0]:
-            record["target"] = chunk_fields[0]["target"]
-            record["meets_target"] = all(field["meets_target"] for field in chunk_fields)
-            if "predicted_ms" in chunk_fields[0]:
-                record["predicted_ms"] = sum(field["predicted_ms"] for field in chunk_fields)
-        record["chunks"] = chunks
+        if "target" in records[0]:
+            record["target"] = records[0]["target"]
+            record["meets_target"] = all(r["meets_target"] for r in records)
+            if "predicted_ms" in records[0]:
+                record["predicted_ms"] = sum(r["predicted_ms"] for r in records)
+        rate = self.sample_rate
+        record["chunks"] = [{"start_s": start / rate, "end_s": end / rate, "budget": r["budget"],
+                             "executed_layers": r["executed_layers"]}
+                            for (start, end), r in zip(spans, records, strict=True)]
         return record
