@@ -85,9 +85,10 @@ class PredictionMixin:
         budget, fields = self.predict_budget_with_fields(encoded.lengths)
         logits, keep, _ = self.logits_at_budget(encoded, budget)
         cost = BatchCost.of(self, encoded, keep)
+        masks, flops = cost.mask.cpu(), cost.flops.tolist()  # one device read per batch, not one per input
         return encoded, logits, cost, [
-            {"budget": field.pop("budget"), "executed_layers": cost.mask[i].nonzero().flatten().tolist(),
-             "gflops": float(cost.flops[i]) / 1e9, **field} for i, field in enumerate(fields)]
+            {"budget": field.pop("budget"), "executed_layers": masks[i].nonzero().flatten().tolist(),
+             "gflops": flops[i] / 1e9, **field} for i, field in enumerate(fields)]
 
     def _predict_batch(self, waveforms: Tensor, lengths: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
         encoded, logits, _, records = self._run_predict_budget(waveforms, lengths)
