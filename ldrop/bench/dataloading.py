@@ -1,7 +1,7 @@
 """Loading benchmark: seconds of audio per second of wall time through each DataModule's train loader.
 
 Each layout is built at benchmark scale with :mod:`ldrop.testing.fixtures`, then iterated with ``--workers``
-workers: ``python -m ldrop.bench.dataloading --dataset all --workers 2 --json loading.json``.
+workers: ``python -m ldrop.bench loading --dataset all --workers 2 --json loading.json``.
 """
 
 from __future__ import annotations
@@ -102,18 +102,20 @@ def _table(results: list[dict[str, Any]]) -> str:
     return markdown_table(rows, list(rows[0]) if rows else [])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m ldrop.bench.dataloading [--dataset NAME|all] [--workers N] [--json PATH]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m ldrop.bench.dataloading", description=__doc__.splitlines()[0]
-    )
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ldrop.bench loading", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2, help="timed passes per dataset (default 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of files written")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m ldrop.bench loading [--dataset NAME|all] [--workers N] [--json PATH]``."""
+    args = build_parser().parse_args(argv)
 
     names = DATASETS if args.dataset == "all" else (args.dataset,)
     results = [

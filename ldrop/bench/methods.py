@@ -350,10 +350,14 @@ def _repeatable_variant(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def parse_args(argv: Sequence[str]) -> Any:
+    """The parsed command line; ``--variant SPEC`` may be given several times."""
+    return build_parser().parse_args(_repeatable_variant(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(_repeatable_variant(argv))
+    args = parse_args(argv)
     command = ["python", "-m", "ldrop.bench", "methods", *argv]
     try:
         summary = run(args, command)

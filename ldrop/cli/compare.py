@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jsonargparse import ArgumentParser
+
 from ldrop.cli.errors import ConfigError, command_parser, parse_command
 from ldrop.sweeps import compare_sweeps
 
 
-def main(argv: Sequence[str]) -> int:
-    """``ldrop compare RUN_OR_CSV... [--out DIR] [--metric NAME] [--labels A,B,...] [--reference LABEL]
-    [--oracles]``."""
+def build_parser() -> ArgumentParser:
+    """The parser of ``ldrop compare RUN_OR_CSV... [--out DIR] [--metric NAME] [--labels A,B,...]
+    [--reference LABEL] [--oracles]``."""
     parser = command_parser(
         "compare",
         "Overlay budget sweeps (run directories, budget_sweep.csv or .json files) in one plot and Markdown "
@@ -28,7 +30,11 @@ def main(argv: Sequence[str]) -> int:
                         help="label of the run whose layers set the GFLOPs and that the others are compared with "
                         "(default: the first run of several depths)")
     parser.add_argument("--oracles", action="store_true", help="draw the reference run's oracle lines")
-    ns = parse_command(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    ns = parse_command(build_parser(), argv)
     labels = ns.labels.split(",") if ns.labels else None
     if labels is not None and len(labels) != len(ns.runs):
         raise ConfigError(f"--labels has {len(labels)} names for {len(ns.runs)} runs")

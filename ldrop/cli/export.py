@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jsonargparse import ArgumentParser
+
 from ldrop.cli.errors import command_parser, parse_command
 from ldrop.runtime.checkpoints import load_task_checkpoint
 
 
-def main(argv: Sequence[str]) -> int:
-    """``ldrop export CHECKPOINT OUT_DIR [--format hf|onnx] [--quantize dynamic]``."""
+def build_parser() -> ArgumentParser:
+    """The parser of ``ldrop export CHECKPOINT OUT_DIR [--format hf|onnx] [--quantize dynamic]``."""
     parser = command_parser(
         "export",
         "Write the backbone of a trained ldrop checkpoint as a Hugging Face save_pretrained directory (usable as "
@@ -25,7 +27,11 @@ def main(argv: Sequence[str]) -> int:
                         help="with --format onnx: int8 dynamic quantization of the layer graphs (default: fp32)")
     parser.add_argument("--no-check", action="store_true",
                         help="with --format onnx: skip the ONNX Runtime vs PyTorch parity check")
-    ns = parse_command(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    ns = parse_command(build_parser(), argv)
     if ns.format == "onnx":
         from ldrop.runtime.onnx_export import export_onnx
 

@@ -7,14 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentParser
 
 from ldrop.budgets.profile import PARTS, DeviceProfile, profile_model
 
 
-def main(argv: Sequence[str]) -> int:
-    """``ldrop profile (MODEL | --backbone NAME) [--out profile.json] ...``: measure a device profile."""
-    from jsonargparse import ArgumentParser
-
+def build_parser() -> ArgumentParser:
+    """The parser of ``ldrop profile (MODEL | --backbone NAME) [--out profile.json] ...``."""
     parser = ArgumentParser(
         prog="ldrop profile",
         allow_abbrev=False,  # "--seconds" must not be reachable as "--sec": a typo is an error, not a guess
@@ -42,6 +41,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
                         help="onnx: time MODEL, an ONNX export folder (ldrop export --format onnx) or a checkpoint, "
                         "on ONNX Runtime (--threads are then its threads)")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """``ldrop profile``: measure a device profile."""
+    parser = build_parser()
     ns = parser.parse_args(list(argv))
     if (ns.model is None) == (ns.backbone is None):
         parser.error("give either MODEL (a checkpoint or exported folder) or --backbone NAME")
