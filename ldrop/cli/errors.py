@@ -101,6 +101,9 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
         guess = _closest_class_name(missing.group(1))
         return (f"{option} {missing.group(1)!r}: no such class" + (f"; did you mean {guess}?" if guess else "")
                 + " (give a class name, a dotted import path, or null)")
+    ambiguous = re.search(r"Multiple subclasses with name (\w+)\. [^:]*: (.+?)\.?$", message, flags=re.M)
+    if ambiguous:
+        return f"{option}: several classes are named {ambiguous[1]} ({ambiguous[2]}): give its full class path"
     innermost = re.search(r"Expected an? (.+?)\. Got value: (.*?)(?:\. Got value: .*)?$", message, flags=re.M)
     subtypes = re.findall(r"Subtypes: \[(.*)\]$", message, flags=re.M)
     if innermost or subtypes:

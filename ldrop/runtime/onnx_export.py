@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import logging
 import math
@@ -99,16 +100,18 @@ class SelectorScores(nn.Module):
     def __init__(self, task: LayerDropTask) -> None:
         super().__init__()
         self.selector = task.selector
+        # the module itself, in a tuple so that it is no submodule here: what forward reads through the tracer's
+        # proxy must not be what it puts back
+        self.frontend = (getattr(task.selector, "frontend", None),)
 
     def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor) -> Tensor:
-        frontend = getattr(self.selector, "frontend", None)
-        if frontend is None:
+        if self.frontend[0] is None:
             return self.selector.score(features, frame_mask, budget)
         self.selector.frontend = None  # the features are its filterbank already (the fixed graph's)
         try:
             return self.selector.score(features, frame_mask, budget)
         finally:
-            self.selector.frontend = frontend
+            self.selector.frontend = self.frontend[0]
 
 
 class EncoderLayer(nn.Module):
@@ -366,6 +369,10 @@ def export_onnx(
             _quantize_layers(staging, say)
             if check:
                 _check_parity(task, staging, say)
+    # torch.export's tracer subclasses each traced module's class under the same name (an AttrProxy), kept until
+    # the garbage collector runs: until then LightningCLI in this process would find two 'ClassificationTask'
+    # classes and refuse the name
+    gc.collect()
     say(f"wrote {out_dir} ({folder_megabytes(out_dir):.1f} MB)")
     return out_dir
 

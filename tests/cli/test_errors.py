@@ -4,6 +4,7 @@ option or the cause, with the traceback behind ``LDROP_DEBUG=1``; a run that fai
 from __future__ import annotations
 
 import errno
+import gc
 import shutil
 from pathlib import Path
 
@@ -233,6 +234,20 @@ def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accept
     with pytest.raises(Exception) as raised:
         main(argv)
     assert isinstance(raised.value.__cause__, ArgumentError)
+
+
+def test_a_class_name_two_classes_share_is_one_line_naming_both(capsys):
+    from ldrop.tasks import ClassificationTask
+
+    namesake = type("ClassificationTask", (ClassificationTask,), {"__module__": __name__})  # a project's own
+    try:
+        assert main(["fit", "--config", QUICKSTART, "--print_config"]) == 2
+        line = one_error_line(capsys)
+    finally:
+        del namesake
+        gc.collect()
+    assert ("--model: several classes are named ClassificationTask (ldrop.tasks.ClassificationTask, "
+            f"{__name__}.ClassificationTask): give its full class path") in line, line
 
 
 def test_own_commands_refuse_abbreviated_options(tmp_path, capsys):

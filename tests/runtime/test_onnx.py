@@ -6,6 +6,7 @@ Exporting is the slow part (a trace of every graph), so each family is exported 
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import json
 import shutil
@@ -287,6 +288,29 @@ print(json.dumps({{"logits": out.logits.tolist(), "keep": out.keep_mask.tolist()
     waves = torch.from_numpy(np.random.default_rng(3).standard_normal((2, 12000)).astype(np.float32))
     expected, keep = torch_forward(task, waves, None, 2)
     assert np.abs(np.array(data["logits"]) - expected).max() <= TOLERANCE and np.array_equal(data["keep"], keep)
+
+
+@pytest.mark.parametrize("make_task", ["fallback", "filterbank"])
+def test_after_an_export_the_cli_in_the_same_process_still_resolves_a_task_by_its_class_name(tmp_path, capsys,
+                                                                                               make_task):
+    """torch.export's tracer subclasses the traced task's class under the same name; unless the export collects
+    them, LightningCLI refuses 'class_path: ClassificationTask' as ambiguous (garbage collection is off here, so
+    that only the export's own collection can remove them)."""
+    from ldrop.cli import main
+
+    gc.disable()
+    try:
+        from tests.runtime.test_adaptive import _fbank_task
+
+        task = fallback_task() if make_task == "fallback" else _fbank_task().eval()
+        export_onnx(task, tmp_path / "export", progress=lambda line: None)  # its parity check runs a copy
+        same_name = [cls for cls in ClassificationTask.__subclasses__() if cls.__name__ == "ClassificationTask"]
+        with pytest.raises(SystemExit) as exit:
+            main(["fit", "--config", str(Path(__file__).resolve().parents[2] / "configs/quickstart.yaml"),
+                  "--print_config"])
+    finally:
+        gc.enable()
+    assert same_name == [] and exit.value.code == 0, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- commands
