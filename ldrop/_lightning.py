@@ -16,6 +16,12 @@ collect_rng_states = _collect_rng_states  # (include_cuda) -> torch, CUDA, NumPy
 set_rng_states = _set_rng_states  # restores what collect_rng_states returned
 
 
+def attached_trainer(module: Any) -> L.Trainer | None:
+    """The trainer ``module`` is attached to, or ``None`` (``LightningModule.trainer`` raises when detached; a
+    plain ``nn.Module`` has none)."""
+    return getattr(module, "_trainer", None)
+
+
 def restore_train_loader_states(trainer: L.Trainer, states: list[dict[str, Any]]) -> None:
     """Hand the fit loop's (lazy) train loaders their saved positions, before the first batch is drawn."""
     combined = trainer.fit_loop._combined_loader

@@ -43,10 +43,21 @@ def test_every_wrapped_private_name_exists_in_the_installed_versions():
     trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False)
     _require(trainer.fit_loop, "_combined_loader", "Trainer.fit_loop")
+    _require(lightning.LightningModule(), "_trainer", "LightningModule")
     parser = jsonargparse.ArgumentParser()
     _require(parser, "_actions", "jsonargparse.ArgumentParser")
     parser.add_subcommands()
     _require(parser, "_subcommands_action", "jsonargparse.ArgumentParser")
+
+
+def test_attached_trainer_is_none_detached_and_the_trainer_once_attached():
+    module = lightning.LightningModule()
+    assert _lightning.attached_trainer(module) is None
+    assert _lightning.attached_trainer(torch.nn.Linear(1, 1)) is None
+    trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False)
+    module.trainer = trainer
+    assert _lightning.attached_trainer(module) is trainer
 
 
 def test_random_states_round_trip_through_the_wrappers():
@@ -60,7 +71,7 @@ def test_no_other_module_names_a_private_lightning_name():
     wrapped = ("_collect_rng_states", "_set_rng_states", "_every_n_train_steps", "_train_time_interval",
                "_last_time_checked", "_monitor_candidates", "_save_topk_checkpoint", "_save_last_checkpoint",
                "_run_subcommand", "_instantiate_trainer", "_combined_loader", "_load_state_dicts",
-               "_subcommands_action")
+               "_subcommands_action", "_trainer")
     pattern = re.compile(r"\b(" + "|".join(wrapped) + r")\b|from lightning[\w.]* import _")
     package = Path(ldrop.__file__).parent
     offenders = [f"{path.relative_to(package.parent)}:{number}"

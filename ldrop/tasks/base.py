@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from ldrop._lightning import attached_trainer
 from ldrop.backbones import load_backbone
 from ldrop.budgets import Target, budget_list, budget_to_layers, is_target
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
@@ -252,13 +253,13 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
     def configure_optimizers(self):
         """AdamW with three groups: backbone (``lr``), selector (``selector_lr``) and every other trainable
         parameter (``head_lr``: the head(s) and any module a subclass adds), then the warm-up/decay schedule."""
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if attached_trainer(self) is not None else 1
         return self.optimization.configure(self, self.backbone, self.selector, total)
 
     # ------------------------------------------------------------------ validation
     def configure_callbacks(self) -> list[L.Callback]:
         """The selector-statistics refresh, unless the trainer has its own."""
-        present = self.trainer.callbacks if self._trainer is not None else []
+        present = self.trainer.callbacks if attached_trainer(self) is not None else []
         if any(isinstance(c, SelectorStatistics) for c in present):
             return []
         return [SelectorStatistics(self.hparams.statistics_batches)]
@@ -320,7 +321,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     @property
     def sample_rate(self) -> int:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
         return int(getattr(datamodule, "sample_rate", 16000))
 
     # ------------------------------------------------------------------ checkpoints (ldrop.tasks.checkpointing)

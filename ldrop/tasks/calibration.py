@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ldrop._lightning import attached_trainer
 from ldrop._progress import Phase
 from ldrop.tasks.gating import EncodedBatch
 from ldrop.tasks.precision import precision_context, to_model_precision
@@ -62,7 +63,7 @@ def calibrate_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | N
     policy = task.depth
     if not policy.needs_calibration() or not missing:
         return
-    datamodule = getattr(task._trainer, "datamodule", None) if task._trainer is not None else None
+    datamodule = getattr(attached_trainer(task), "datamodule", None)
     has_split = getattr(datamodule, "has_split", None)
     if datamodule is not None and not (callable(has_split) and not has_split("val")):
         datamodule.setup("validate")

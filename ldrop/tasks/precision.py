@@ -17,12 +17,9 @@ import torch
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch import Tensor, nn
 
+from ldrop._lightning import attached_trainer
+
 __all__ = ["model_dtype", "precision_context", "to_model_precision"]
-
-
-def _trainer(module: nn.Module) -> Any:
-    # LightningModule.trainer raises when detached; _trainer is None then (and absent on a plain nn.Module).
-    return getattr(module, "_trainer", None)
 
 
 def model_dtype(module: nn.Module) -> torch.dtype:
@@ -35,14 +32,14 @@ def model_dtype(module: nn.Module) -> torch.dtype:
 
 def precision_context(module: nn.Module) -> AbstractContextManager:
     """The attached trainer's ``precision_plugin.forward_context()`` (a no-op context without a trainer)."""
-    trainer = _trainer(module)
+    trainer = attached_trainer(module)
     return trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
 
 
 def to_model_precision(module: nn.Module, batch: Any) -> Any:
     """``batch`` (any collection of tensors) as the step methods get it: the trainer's ``convert_input``, or
     without a trainer floating tensors cast to :func:`model_dtype`; integer tensors are never touched."""
-    trainer = _trainer(module)
+    trainer = attached_trainer(module)
     if trainer is not None:
         return trainer.precision_plugin.convert_input(batch)
     dtype = model_dtype(module)
