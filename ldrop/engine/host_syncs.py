@@ -5,8 +5,9 @@ host/device copy makes the host wait for everything queued; once per layer costs
 :class:`HostSyncCounter` records those calls so a CPU-only test can bound them, modelling where each tensor
 *would* live on CUDA:
 
-* host tensors: results of ``.cpu()``, ``.to("cpu")`` (a string device), factory calls without ``device``, and
-  anything computed from host tensors only;
+* host tensors: results of ``.cpu()``, ``.to("cpu")`` (a string device), factory calls without ``device``
+  (``torch.as_tensor(t)`` and ``torch.tensor(t)`` stay where ``t`` is), and anything computed from host tensors
+  only, each made while this counter runs;
 * device tensors: everything else (inputs, parameters, ``device=x.device``, ``.to(x.device)``).
 
 A sync is a value read of a device tensor, a host/device move without ``non_blocking=True``, a device op
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +27,6 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
-
-#: Attribute set on tensors the counter has classified as host tensors.
-_HOST_TAG = "_ldrop_host_tensor"
 
 Tensor = torch.Tensor
 
@@ -67,23 +66,6 @@ class HostSync:
         return f"{self.kind} {self.call} at {self.file}:{self.line}"
 
 
-def _is_host(value: Any) -> bool:
-    if not isinstance(value, Tensor):
-        return True
-    return value.device.type == "cpu" and bool(getattr(value, _HOST_TAG, False))
-
-
-def _tag(result: Any, host: bool) -> None:
-    if not host:
-        return
-    for leaf in tree_flatten(result)[0]:
-        if isinstance(leaf, Tensor) and leaf.device.type == "cpu":
-            try:
-                setattr(leaf, _HOST_TAG, True)
-            except (AttributeError, RuntimeError):  # some tensor kinds take no Python attributes
-                pass
-
-
 def _device_is_host(device: Any) -> bool | None:
     """Whether a ``device`` argument names the host (``"cpu"`` as a string), a device, or nothing."""
     if device is None:
@@ -95,7 +77,7 @@ def _device_is_host(device: Any) -> bool | None:
     return None
 
 
-def _to_target(args: tuple, kwargs: dict) -> tuple[bool | None, bool]:
+def _to_target(args: tuple, kwargs: dict, is_host: Any) -> tuple[bool | None, bool]:
     """``Tensor.to(...)``: (whether the target is the host, or ``None`` without a device; non_blocking)."""
     non_blocking = bool(kwargs.get("non_blocking", False))
     if len(args) > 2 and isinstance(args[-1], bool):  # to(device, dtype, non_blocking)
@@ -104,7 +86,7 @@ def _to_target(args: tuple, kwargs: dict) -> tuple[bool | None, bool]:
         return _device_is_host(kwargs["device"]), non_blocking
     for arg in args[1:]:
         if isinstance(arg, Tensor):
-            return _is_host(arg), non_blocking
+            return is_host(arg), non_blocking
         if isinstance(arg, (str, torch.device)):
             return _device_is_host(arg), non_blocking
     return None, non_blocking
@@ -125,6 +107,7 @@ class HostSyncCounter(TorchFunctionMode):
         super().__init__()
         self.events: list[HostSync] = []
         self._here = os.path.dirname(torch.__file__), __file__
+        self._host: dict[int, weakref.ref] = {}  # id -> the host tensors this counter made (no tag outlives it)
 
     @property
     def count(self) -> int:
@@ -139,6 +122,18 @@ class HostSyncCounter(TorchFunctionMode):
         """``{"kind call at file:line": times}``, to say which lines sync."""
         return dict(Counter(str(event) for event in self.events))
 
+    def _is_host(self, value: Any) -> bool:
+        ref = self._host.get(id(value)) if isinstance(value, Tensor) else None
+        return not isinstance(value, Tensor) or (ref is not None and ref() is value)
+
+    def _tag(self, result: Any, host: bool) -> None:
+        for leaf in tree_flatten(result)[0] if host else ():
+            if isinstance(leaf, Tensor) and leaf.device.type == "cpu":
+                try:
+                    self._host[id(leaf)] = weakref.ref(leaf, lambda _, key=id(leaf): self._host.pop(key, None))
+                except TypeError:  # some tensor kinds take no weak references
+                    pass
+
     def _record(self, kind: str, func: Any) -> None:
         torch_dir, this_file = self._here
         for frame in reversed(traceback.extract_stack()[:-2]):
@@ -150,20 +145,20 @@ class HostSyncCounter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
         tensors = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, Tensor)]
-        host = bool(tensors) and all(_is_host(t) for t in tensors)
+        host = bool(tensors) and all(self._is_host(t) for t in tensors)
         if func in _READS:  # (tagged below: nonzero & co. return a tensor where their input is)
             if not host:
                 self._record("read", func)
         elif func in _MOVES:
-            source_host, non_blocking = _is_host(args[0]), bool(kwargs.get("non_blocking", False))
+            source_host, non_blocking = self._is_host(args[0]), bool(kwargs.get("non_blocking", False))
             if func in (Tensor.cpu, Tensor.cuda):
                 target_host = func is Tensor.cpu  # (cpu() takes no non_blocking)
             elif func is Tensor.copy_:
-                target_host, source_host = source_host, _is_host(args[1])  # into args[0] from args[1]
+                target_host, source_host = source_host, self._is_host(args[1])  # into args[0] from args[1]
                 if len(args) > 2:
                     non_blocking = bool(args[2])
             else:
-                target_host, non_blocking = _to_target(args, kwargs)
+                target_host, non_blocking = _to_target(args, kwargs, self._is_host)
             if target_host is None:
                 target_host = source_host
             # A non-blocking copy to the host still needs a sync before its values may be read.
@@ -173,23 +168,27 @@ class HostSyncCounter(TorchFunctionMode):
             if result is args[0] and target_host != source_host:
                 # A same-device move returns its input; the copy it models is another tensor.
                 result = result.view_as(result)
-            _tag(result, target_host)
+            self._tag(result, target_host)
             return result
-        elif func in _FACTORIES:
-            host = _device_is_host(kwargs.get("device")) is not False  # no device: the host
-            if not host and func in _COPYING_FACTORIES and not isinstance(args[0] if args else None, Tensor):
+        elif func in _FACTORIES:  # no device: the host, or where the tensor copied is
+            source = host or not (func in _COPYING_FACTORIES and isinstance(args[0] if args else None, Tensor))
+            target = _device_is_host(kwargs.get("device"))
+            if func in _COPYING_FACTORIES and target is not None and target != source:
                 self._record("move", func)
+            host = source if target is None else target
         elif not host:
             if func in _COPYING_METHODS and len(args) > 1 and not isinstance(args[1], Tensor):
                 self._record("move", func)
-            elif any(_is_host(t) and t.dim() > 0 and t.numel() > 0 for t in tensors):
+            elif any(self._is_host(t) and t.dim() > 0 and t.numel() > 0 for t in tensors):
                 self._record("implicit copy", func)
             elif func in _INDEXING and _bool_index(args):
                 self._record("read", func)
             elif func in _SIZED_BY_VALUES and kwargs.get("output_size") is None:
                 self._record("read", func)
         result = func(*args, **kwargs)
-        _tag(result, host)
+        if host and any(result is t and not self._is_host(t) for t in tensors):
+            result = result.view_as(result)  # as_tensor(x, device="cpu") returns x: the host copy is another tensor
+        self._tag(result, host)
         return result
 
 

@@ -83,7 +83,7 @@ class LayerSelector(nn.Module, ABC):
     input_dependent: bool = True
     #: Whether evaluation draws random masks, so a sweep repeats it with :meth:`reseed` (``repeats``).
     random_at_eval: bool = False
-    #: Whether :meth:`fit` depends on the current weights and so runs again before every validation pass
+    #: Whether :meth:`calibrate` depends on the current weights and so runs again before every validation pass
     #: during training (cheap fits such as threshold calibration); otherwise only before test and predict.
     calibrates_at_validation: bool = True
     #: Alternative masks per input the task scores in training for :meth:`counterfactual_loss` (0: none).
@@ -137,18 +137,16 @@ class LayerSelector(nn.Module, ABC):
             raise ValueError(f"budget must have shape [{batch_size}] (one per sample), got {list(budget.shape)}")
         budget = budget.long()
         # not while exporting (a check on values is a data-dependent branch; the ONNX runtime checks budgets)
-        if budget.numel() and not torch.compiler.is_exporting() and (
-            int(budget.min()) < 1 or int(budget.max()) > self.num_layers
-        ):
-            raise ValueError(
-                f"budget values must be in 1..{self.num_layers} (num_layers), "
-                f"got min {int(budget.min())}, max {int(budget.max())}"
-            )
+        if budget.numel() and not torch.compiler.is_exporting():
+            low, high = torch.stack([budget.min(), budget.max()]).tolist()  # one host sync
+            if low < 1 or high > self.num_layers:
+                raise ValueError(f"budget values must be in 1..{self.num_layers} (num_layers), "
+                                 f"got min {low}, max {high}")
         return budget
 
     @property
     def needs_calibration(self) -> bool:
-        """Whether :meth:`fit` must run on validation data before the selector can evaluate.
+        """Whether :meth:`calibrate` must run on validation data before the selector can evaluate.
 
         The task runs it for any selector that says so: before ``test`` and ``predict`` (on the datamodule's
         validation split) and, when :attr:`calibrates_at_validation`, before each validation pass on its batches.
@@ -163,11 +161,11 @@ class LayerSelector(nn.Module, ABC):
 
     @property
     def calibrated(self) -> bool:
-        """Whether what :meth:`fit` learns is in place for the current weights (True when nothing needs it)."""
+        """Whether what :meth:`calibrate` learns is in place for the current weights (True when nothing needs it)."""
         return True
 
     def calibrated_for(self, budgets: Sequence[int]) -> bool:
-        """Whether what :meth:`fit` learns is in place for these budgets (default: :attr:`calibrated`).
+        """Whether what :meth:`calibrate` learns is in place for these budgets (default: :attr:`calibrated`).
 
         Without validation data (``Trainer.test(model, dataloaders=...)``) the task evaluates a selector that
         is fitted for the budgets it needs as it is, instead of failing.
@@ -176,7 +174,7 @@ class LayerSelector(nn.Module, ABC):
 
     @property
     def calibration_is_optional(self) -> bool:
-        """Whether the selector evaluates without :meth:`fit` (the fit only refines it, e.g. a fallback):
+        """Whether the selector evaluates without :meth:`calibrate` (the fit only refines it, e.g. a fallback):
         without validation data the task then runs it unfitted with a warning instead of failing."""
         return False
 
@@ -189,7 +187,7 @@ class LayerSelector(nn.Module, ABC):
         """
 
     def report(self) -> dict[int, dict]:
-        """What :meth:`fit` decided per budget ``k``, for logs and the sweep's rows (e.g. the input-conditioned
+        """What :meth:`calibrate` decided per budget ``k``, for logs and the sweep's rows (e.g. the input-conditioned
         selector's fallback, ``{k: {"uses_input": ..., ...}}``); ``{}`` when there is nothing to report."""
         return {}
 

@@ -23,7 +23,7 @@ class InputBlindFallback(torch.nn.Module):
     """The fallback's decisions per budget, kept in the selector's checkpoint (row ``k - 1`` for budget ``k``).
 
     The selector calls :meth:`apply` on its eval-mode masks, :meth:`forget` in training (the decisions are
-    about the weights training changes) and :meth:`fit` from its own ``fit``.
+    about the weights training changes) and :meth:`calibrate` from its own ``calibrate``.
 
     Args:
         num_layers: ``N``, the selector's layers.
@@ -51,7 +51,7 @@ class InputBlindFallback(torch.nn.Module):
         return torch.where(self.uses_input[rows, None], keep_mask, self.blind_masks[rows].to(keep_mask))
 
     def forget(self) -> None:
-        """Drop the decisions: every budget reads the input again (until the next :meth:`fit`)."""
+        """Drop the decisions: every budget reads the input again (until the next :meth:`calibrate`)."""
         self.uses_input.fill_(True)
         self.metrics.fill_(math.nan)
 
@@ -66,7 +66,7 @@ class InputBlindFallback(torch.nn.Module):
         Returns:
             ``{k: {"input": metric of the selector's own masks, "blind": metric of the best input-blind mask,
             "uses_input": whether evaluation reads the input, "blind_layers": that mask's layers}}`` (metrics
-            on the validation data of the last :meth:`fit`); empty before it or after training.
+            on the validation data of the last :meth:`calibrate`); empty before it or after training.
         """
         return {row + 1: {"input": own, "blind": blind, "uses_input": bool(self.uses_input[row]),
                           "blind_layers": self.blind_masks[row].nonzero().flatten().tolist()}

@@ -276,22 +276,25 @@ class InputConditionedSelector(TopKSelector):
               lengths: Tensor | None = None) -> Tensor:
         """The clean (noise-free) ``[batch, layers]`` scores, without selecting (what threshold calibration
         reads: threshold mode cannot run :meth:`forward` before it). Arguments as in :meth:`forward`."""
+        return self._scores(features, frame_mask, budget, waveforms, lengths)[0]
+
+    def _scores(self, features, frame_mask, budget, waveforms, lengths) -> tuple[Tensor, Tensor]:
+        """``(scores, checked budget)``: the budget checked once (one host sync) for :meth:`forward`."""
         features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
         budget = self.check_budget(budget, features.shape[0]).to(features.device)
         rows = budget - 1 if self.budget_conditioning else torch.zeros_like(budget)
         hidden = self.encode(features, frame_mask)
         if self.score_mode == "raw":
-            return self.raw_scores(hidden, rows)
+            return self.raw_scores(hidden, rows), budget
         scores = self.alpha * self.standardized_scores(hidden, rows)
-        return scores + self.prior[rows] if self.prior is not None else scores
+        return (scores + self.prior[rows] if self.prior is not None else scores), budget
 
     def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor, *, waveforms: Tensor | None = None,
                 lengths: Tensor | None = None) -> SelectorOutput:
         """Select layers per input (see :meth:`LayerSelector.forward`; ``waveforms`` are required with
         ``input="fbank"``, ``features`` unused then). The output's stats: temperature, mean and max alpha,
         prior spread; its losses: the weighted diversity loss when enabled."""
-        scores = self.score(features, frame_mask, budget, waveforms=waveforms, lengths=lengths)
-        budget = self.check_budget(budget, scores.shape[0]).to(scores.device)
+        scores, budget = self._scores(features, frame_mask, budget, waveforms, lengths)
         alpha = self.alpha.detach()
         stats = {"temperature": torch.tensor(self.temperature), "alpha_mean": alpha.mean(), "alpha_max": alpha.max()}
         if self.prior is not None:

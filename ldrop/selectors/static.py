@@ -90,7 +90,7 @@ class StaticSelector(LayerSelector):
         subsets: ``"first"`` (layers ``0..k-1``), ``"evenly_spaced"``, ``"last"`` (the top ``k``), or an
             explicit ``{budget: layers}``, e.g. from :func:`greedy_subset_search`.
         search: before testing or predicting, search the best subset per budget greedily on validation data
-            (:meth:`fit`); training uses ``subsets``.
+            (:meth:`calibrate`); training uses ``subsets``.
     """
 
     input_dependent = False
@@ -108,7 +108,7 @@ class StaticSelector(LayerSelector):
         super().__init__(num_layers, feature_dim)
         self.search = bool(search)
         self.register_buffer("subset_masks", torch.zeros(num_layers, num_layers, dtype=torch.bool))
-        #: Budgets (row ``k - 1``) whose subset the search of :meth:`fit` installed.
+        #: Budgets (row ``k - 1``) whose subset the search of :meth:`calibrate` installed.
         self.register_buffer("searched", torch.zeros(num_layers, dtype=torch.bool))
         if isinstance(subsets, str):
             rules = {

@@ -112,8 +112,8 @@ def calibrate_before_validation(task: LayerDropTask) -> None:
 
 
 class _TaskCalibrationData:
-    """The :class:`~ldrop.selectors.base.CalibrationData` a task hands to ``selector.fit``: its validation batches,
-    encoded, and its primary metric with fixed layers."""
+    """The :class:`~ldrop.selectors.base.CalibrationData` a task hands to ``selector.calibrate``: its validation
+    batches, encoded, and its primary metric with fixed layers."""
 
     def __init__(self, task: LayerDropTask, batches: Callable[[], Iterable[Any]]) -> None:
         # batches: a fresh iterable of batches on the task's device, in its precision, per call

@@ -34,9 +34,13 @@ def _count(fn, *args) -> HostSyncCounter:
         lambda x: torch.arange(2).to(x.device),
         lambda x: torch.tensor([1, 2], device=x.device),
         lambda x: x.cpu().tolist(),  # the copy syncs; reading the copy is free
+        lambda x: torch.as_tensor(x).sum().item(),  # as_tensor returns x itself: still a device tensor
+        lambda x: torch.as_tensor(x, dtype=torch.float64).sum().item(),  # a copy stays on x's device
+        lambda x: torch.as_tensor(x, device="cpu").tolist(),
     ],
     ids=["item", "tolist", "bool", "int", "nonzero", "bool-mask index", "cpu", "to cpu", "host index",
-         "host tensor to the device", "tensor from Python data on the device", "read of a host copy"],
+         "host tensor to the device", "tensor from Python data on the device", "read of a host copy",
+         "read after as_tensor", "read of an as_tensor copy", "as_tensor to the host"],
 )
 def test_each_kind_of_host_sync_is_counted_once(call):
     assert _count(call, torch.randn(5)).count == 1
@@ -50,11 +54,27 @@ def test_each_kind_of_host_sync_is_counted_once(call):
         lambda x: x[torch.arange(2, device=x.device)],
         lambda x: torch.arange(3).tolist() + [int(torch.zeros(()) + 1)],  # host tensors only
         lambda x: torch.argsort(x, stable=True)[:2],
+        lambda x: torch.as_tensor(x) < torch.arange(5, device=x.device),  # (geometry.frame_lengths)
     ],
-    ids=["arithmetic", "to own device", "device index", "host tensors", "argsort"],
+    ids=["arithmetic", "to own device", "device index", "host tensors", "argsort", "as_tensor of a device tensor"],
 )
 def test_device_work_and_host_work_do_not_count(call):
     assert _count(call, torch.randn(5)).count == 0
+
+
+def test_no_host_tag_outlives_its_counter():
+    x = torch.arange(4)
+    with HostSyncCounter():
+        torch.as_tensor(x)
+        host_copy = x.cpu()
+    for tensor in (x, host_copy):  # made before the next counter: device tensors to it
+        assert _count(lambda t: int(t.max()), tensor).count == 1
+
+
+def test_extract_features_reads_the_shortest_length_and_copies_nothing():
+    waves, lengths = padded_batch(LENGTHS)
+    syncs = _count(make_backbone("wavlm").extract_features, waves, lengths)
+    assert syncs.count <= 1 and all(event.kind == "read" for event in syncs.events), syncs.where()
 
 
 def _sparse_forward_syncs(family: str, num_layers: int) -> HostSyncCounter:

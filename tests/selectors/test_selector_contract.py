@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ldrop.engine.host_syncs import HostSyncCounter
 from ldrop.selectors import (
     InputConditionedSelector,
     LearnedScheduleSelector,
@@ -74,3 +75,16 @@ def test_selectors_without_statistics_accept_refresh_calls_as_no_ops(selector_cl
     selector.update_statistics(*random_inputs(BATCH_SIZE))
     assert not selector.tracks_statistics
     assert all(torch.equal(state[name], tensor) for name, tensor in selector.state_dict().items())
+
+
+@pytest.mark.parametrize("selector_class", SELECTORS)
+@pytest.mark.parametrize("training", [True, False])
+def test_a_forward_reads_the_budget_on_the_host_at_most_once(selector_class, training: bool) -> None:
+    selector = selector_class(NUM_LAYERS, FEATURE_DIM).train(training)
+    features, frame_mask = random_inputs(BATCH_SIZE)
+    budget = torch.tensor([1, 2, 3, NUM_LAYERS])
+    with torch.no_grad(), HostSyncCounter() as syncs:
+        selector(features, frame_mask, budget)
+    assert syncs.count_in("ldrop/selectors/base.py") <= 1, syncs.where()
+    with pytest.raises(ValueError, match=rf"in 1\.\.{NUM_LAYERS} \(num_layers\), got min 0, max {NUM_LAYERS + 1}$"):
+        selector(features, frame_mask, torch.tensor([0, 2, 3, NUM_LAYERS + 1]))
