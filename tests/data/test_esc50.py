@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 
 from ldrop.data import ESC50_CLASSES, DatasetLayoutError, ESC50DataModule, summarize_folds
 from ldrop.testing.fixtures import make_esc50_tree
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fold_ids(tree, *folds) -> list[str]:
@@ -31,6 +35,14 @@ def test_test_fold_is_held_out_and_val_fold_defaults_to_the_next_fold(esc50):
 
 def test_val_fold_after_fold_5_wraps_to_fold_1(esc50):
     assert ESC50DataModule(esc50.root, test_fold=5).val_fold == 1
+
+
+@pytest.mark.parametrize("test_fold", [1, 2, 3, 4, 5])
+def test_the_shipped_config_never_validates_on_its_test_fold(esc50, test_fold):
+    """The README runs configs/data/esc50.yaml once per ``--data.test_fold 1..5``."""
+    args = yaml.safe_load((REPO / "configs" / "data" / "esc50.yaml").read_text())["data"]["init_args"]
+    args.update(root=str(esc50.root), test_fold=test_fold)
+    assert ESC50DataModule(**args).val_fold not in (test_fold, None)
 
 
 def test_val_fold_may_be_chosen(esc50):
