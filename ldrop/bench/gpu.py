@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quickstart-config", default=str(QUICKSTART), help="the quickstart config")
     parser.add_argument("--quickstart-steps", type=int, default=None,
                         help="optimiser steps of the quickstart fit (default: the config's 8 epochs, 256 steps; "
-                        "small: 2 steps on 32 clips)")
+                        "small: 2 steps on 8 clips)")
     parser.add_argument("--time-limit", type=float, default=480.0,
                         help="seconds after which the remaining phases are skipped (default 480; 0: none)")
     parser.add_argument("--skip", default="", help=f"phases to leave out, comma-separated: {','.join(PHASES)}")

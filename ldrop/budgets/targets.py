@@ -48,7 +48,7 @@ class Target:
             raise ValueError(f"a target has exactly one of {list(TARGET_KINDS)}, got {sorted(spec) or 'none'}")
         (kind, raw), = spec.items()
         try:
-            value = float(raw)
+            value = math.nan if isinstance(raw, bool) else float(raw)  # True is no 1.0 ms
         except (TypeError, ValueError):
             raise ValueError(f"target {kind} must be a number, got {raw!r}") from None
         if not math.isfinite(value) or value <= 0:

@@ -43,7 +43,8 @@ def option_strings(parser: ArgumentParser) -> list[str]:
     """Every option string of ``parser`` and of its subcommands' parsers."""
     options = [o for action in parser_actions(parser) for o in action.option_strings]
     for action in parser_actions(parser):
-        for sub in (getattr(action, "choices", None) or {}).values():
+        choices = getattr(action, "choices", None)  # a subcommand's parsers by name; an option's values
+        for sub in choices.values() if isinstance(choices, dict) else ():
             if isinstance(sub, ArgumentParser):
                 options += option_strings(sub)
     return options

@@ -10,14 +10,14 @@ import torch
 from jsonargparse import ArgumentParser
 
 from ldrop.budgets.profile import PARTS, DeviceProfile, profile_model
+from ldrop.cli.errors import ConfigError, command_parser, parse_command
 
 
 def build_parser() -> ArgumentParser:
     """The parser of ``ldrop profile (MODEL | --backbone NAME) [--out profile.json] ...``."""
-    parser = ArgumentParser(
-        prog="ldrop profile",
-        allow_abbrev=False,  # "--seconds" must not be reachable as "--sec": a typo is an error, not a guess
-        description="Measure how long the fixed part (CNN, front end, selector, head) and one encoder layer of "
+    parser = command_parser(
+        "profile",
+        "Measure how long the fixed part (CNN, front end, selector, head) and one encoder layer of "
         "a model take on this device, dtype and thread count, over a grid of input lengths and sub-batch "
         "sizes; fit a cost model; report its accuracy on held-out batches; write it as JSON (the input of "
         "ms / rtf budget targets).",
@@ -46,20 +46,19 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """``ldrop profile``: measure a device profile."""
-    parser = build_parser()
-    ns = parser.parse_args(list(argv))
+    ns = parse_command(build_parser(), argv)
     if (ns.model is None) == (ns.backbone is None):
-        parser.error("give either MODEL (a checkpoint or exported folder) or --backbone NAME")
+        raise ConfigError("give either MODEL (a checkpoint or exported folder) or --backbone NAME")
     try:
         seconds = [float(x) for x in ns.seconds.split(",") if x.strip()]
         batch_sizes = [int(x) for x in ns.batch_sizes.split(",") if x.strip()]
         overrides = json.loads(ns.overrides) if ns.overrides else None
     except ValueError as error:
-        parser.error(f"bad --seconds/--batch-sizes/--overrides: {error}")
+        raise ConfigError(f"bad --seconds/--batch-sizes/--overrides: {error}") from error
     try:
         profile = _measure(ns, seconds, batch_sizes, overrides)
     except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+        raise ConfigError(str(error)) from error
     profile.save(ns.out)
     for part in PARTS:
         fit = getattr(profile, part)

@@ -371,17 +371,15 @@ def _check_range(name: str, bounds: Sequence[float], positive: bool = False) -> 
 class _SyntheticDataModule(AudioDataModule):
     """Common part of the generated-data modules: splits of fixed sizes, predict = test; a split is a
     :attr:`dataset_class` built with :attr:`dataset_kwargs` (``*_range`` values as tuples), checked at
-    construction. Classification modules name their classes ``class_<c>``."""
+    construction. Classification modules name their classes ``class_<c>``; ``skip_bad_files`` applies to the
+    files of :meth:`predict_on_files`."""
 
-    # Generated items cannot be bad files: ``skip_bad_files`` is no option here (it stays False, and an
-    # error about a bad ``predict_on_files`` input does not suggest it).
-    takes_skip_bad_files = False
     dataset_class: type[_GeneratedDataset]
 
     def __init__(
         self, num_train: int, num_val: int, num_test: int, dataset_kwargs: dict[str, Any], **kwargs
     ) -> None:
-        super().__init__(root=None, skip_bad_files=False, **kwargs)
+        super().__init__(root=None, **kwargs)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         for split, size in self.sizes.items():
             if size < 1:

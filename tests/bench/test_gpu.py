@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ldrop.bench import __main__ as bench_cli
-from ldrop.bench.gpu import Run, build_parser, settings_for, summary_markdown
+from ldrop.bench.gpu import _SMALL_QUICKSTART, Run, build_parser, settings_for, summary_markdown
 
 #: The command's own default: the quickstart at bf16-mixed, as on a GPU.
 PRECISION = "bf16-mixed"
@@ -171,3 +171,9 @@ def test_summary_of_an_empty_report_still_names_the_command():
     report = {"command": "python -m ldrop.bench gpu", "mode": "full", "dtype": "bf16", "started": "now",
               "finished": False, "elapsed_s": 1.0, "machine": {}, "phases": []}
     assert summary_markdown(report).startswith("**`python -m ldrop.bench gpu`** (full mode, bf16)")
+
+
+def test_the_help_states_the_small_quickstart_the_command_runs():
+    small = dict(zip(_SMALL_QUICKSTART[::2], _SMALL_QUICKSTART[1::2], strict=True))
+    text = " ".join(build_parser().format_help().split())
+    assert f"small: {small['--trainer.max_steps']} steps on {small['--data.init_args.num_train']} clips)" in text

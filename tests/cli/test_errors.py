@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import json
 import shutil
 from pathlib import Path
 
@@ -50,12 +51,8 @@ def test_a_damaged_checkpoint_is_named_in_one_line(trained, tmp_path, capsys, ki
         "export": ["export", str(damaged), str(tmp_path / "exported")],
         "profile": ["profile", str(damaged), "--out", str(tmp_path / "p.json")],
     }[command]
-    try:
-        code = main(args)
-    except SystemExit as exit_info:  # 'ldrop profile' reports through its own parser (cli/profile.py)
-        code, err = exit_info.code, capsys.readouterr().err
-    else:
-        err = one_error_line(capsys)
+    code = main(args)
+    err = one_error_line(capsys)
     assert code == 2
     assert str(damaged) in err and "damaged or not a checkpoint" in err
     assert not (tmp_path / "logs").exists() and not (tmp_path / "exported").exists()
@@ -166,6 +163,22 @@ def test_bad_audio_is_one_line_naming_the_file_and_leaves_no_folder(tmp_path, ca
     assert not (tmp_path / "logs").exists()  # neither version_0 nor logs/ldrop
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_predict_inputs_of_the_generated_data_skip_a_bad_file_with_skip_bad_files(tmp_path, capsys, skip):
+    good = fixtures.write_audio(tmp_path / "in" / "good.wav", 8000)
+    fixtures.truncate_file(fixtures.write_audio(tmp_path / "in" / "cut.wav", 16000))
+    out = tmp_path / "pred.jsonl"
+    code = main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir",
+                 str(tmp_path), "--data.init_args.skip_bad_files", str(skip).lower(), "--inputs", str(tmp_path / "in"),
+                 "--predictions.output", str(out)])
+    if skip:
+        assert code == 0 and [json.loads(r)["id"] for r in out.read_text().splitlines()] == [str(good)]
+    else:
+        line = one_error_line(capsys)
+        assert code == 2 and f"{tmp_path / 'in' / 'cut.wav'}: the file is truncated" in line
+        assert "skip_bad_files=True skips them" in line and not out.exists()
+
+
 def test_an_empty_split_is_one_line(tmp_path, capsys):
     fixtures.write_nonfinite_wav(tmp_path / "bad.wav")
     code = main(_manifest_fit(tmp_path, [("good.wav", "a"), ("good2.wav", "b")], "--data.init_args.skip_bad_files",
@@ -253,6 +266,27 @@ def test_a_class_name_two_classes_share_is_one_line_naming_both(capsys):
 def test_own_commands_refuse_abbreviated_options(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "--ou", str(tmp_path / "x")]) == 2
     assert "did you mean --out?" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["export"], "the following arguments are required: checkpoint, out_dir"),
+    (["export", "a"], "the following arguments are required: out_dir"),
+    (["export", "a", "b", "--format", "xyz"], "--format: invalid choice: 'xyz'"),
+    (["export", "a", "b", "--formt", "onnx"], "--formt onnx; did you mean --format?"),
+    (["compare", "a", "--metrc", "acc"], "--metrc acc; did you mean --metric?"),
+    (["compare", "a", "--oracles=yes"], "--oracles: ignored explicit argument 'yes'"),
+    (["profile", "m.ckpt", "--dtype", "fp64"], "--dtype: invalid choice: 'fp64'"),
+    (["profile", "m.ckpt", "--seconds", "abc"], "bad --seconds/--batch-sizes/--overrides"),
+    (["profile", "m.ckpt", "--sec", "1"], "unrecognized arguments: --sec 1"),
+    (["profile", "--out", "p.json"], "give either MODEL (a checkpoint or exported folder) or --backbone NAME"),
+], ids=["export-nothing", "export-no-out", "export-choice", "export-typo", "compare-typo", "compare-flag",
+        "profile-choice", "profile-seconds", "profile-abbreviation", "profile-no-model"])
+def test_own_commands_print_a_bad_argument_as_one_line(tmp_path, capsys, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    assert expected in line and "usage:" not in line
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_debug_switch_shows_the_traceback_of_a_data_error(tmp_path, monkeypatch):

@@ -172,7 +172,7 @@ def test_a_bad_predict_file_error_suggests_skip_bad_files_where_the_module_takes
 
 def test_a_bad_predict_file_error_does_not_suggest_an_option_the_module_lacks(tmp_path):
     write_nonfinite_wav(tmp_path / "nan.wav")
-    dm = SyntheticClassificationDataModule()
+    dm = type("NoSkipping", (SyntheticClassificationDataModule,), {"takes_skip_bad_files": False})()
     dm.predict_on_files(tmp_path / "nan.wav")
     with pytest.raises(AudioReadError, match=r"nan\.wav") as info:
         dm.setup("predict")
@@ -188,3 +188,20 @@ def test_bad_predict_files_are_skipped_and_counted_with_skip_bad_files(tmp_path,
     with caplog.at_level("WARNING", logger="ldrop.data"):
         assert dm.dataset("predict").ids == [str(tmp_path / "in" / "ok.wav")]
     assert dm.num_bad_files["predict"] == 1 and "nan.wav" in caplog.text
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_generated_data_modules_skip_bad_predict_files_with_skip_bad_files(tmp_path, caplog, skip):
+    good = write_audio(tmp_path / "in" / "good.wav", 8000)
+    truncate_file(write_audio(tmp_path / "in" / "cut.wav", 16000), keep_fraction=0.5)
+    dm = SyntheticClassificationDataModule(skip_bad_files=skip)
+    dm.predict_on_files(tmp_path / "in")
+    if not skip:
+        with pytest.raises(AudioReadError, match=r"cut\.wav: the file is truncated.*skip_bad_files=True") as info:
+            dm.setup("predict")
+        assert len(str(info.value).splitlines()) == 1
+        return
+    with caplog.at_level("WARNING", logger="ldrop.data"):
+        assert dm.dataset("predict").ids == [str(good)]
+    assert dm.num_bad_files["predict"] == 1 and "skipped 1 bad item(s) of 2 in split 'predict'" in caplog.text
+    assert "cut.wav" in caplog.text

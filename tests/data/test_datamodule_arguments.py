@@ -38,9 +38,9 @@ MODULES: dict[type[AudioDataModule], list[str]] = {
     SyntheticCTCDataModule: [],
 }
 
-#: The arguments every module takes from AudioDataModule (the generated sets have no root and no bad files).
+#: The arguments every module takes from AudioDataModule (the generated sets have no root).
 COMMON = [name for name in inspect.signature(AudioDataModule.__init__).parameters if name != "self"]
-NOT_GENERATED = {"root", "skip_bad_files"}
+NOT_GENERATED = {"root"}
 
 
 def _common_of(cls: type[AudioDataModule]) -> list[str]:
@@ -68,12 +68,13 @@ def test_help_lists_the_forwarded_common_arguments_with_their_docs(cls):
 
 
 @pytest.mark.parametrize("generated", [SyntheticClassificationDataModule, SyntheticCTCDataModule])
-def test_generated_sets_still_take_no_root_and_no_skip_bad_files(generated):
+def test_generated_sets_take_no_root_but_skip_bad_files_for_their_predict_inputs(generated):
+    assert generated(skip_bad_files=True).skip_bad_files is True
     with pytest.raises(TypeError):
-        generated(skip_bad_files=True)
+        generated(root="/nowhere")
     parser = _subclass_parser()
-    with pytest.raises(Exception, match="skip_bad_files"):
-        parser.parse_args(["--data", generated.__name__, "--data.skip_bad_files", "true"])
+    with pytest.raises(Exception, match="root"):
+        parser.parse_args(["--data", generated.__name__, "--data.root", "/nowhere"])
 
 
 @pytest.mark.parametrize("cls", list(MODULES), ids=lambda c: c.__name__)

@@ -34,11 +34,11 @@ def test_profile_a_checkpoint(tiny_checkpoint, tmp_path):
     assert DeviceProfile.load(out).model["task"] == "ClassificationTask"
 
 
-def test_profile_needs_exactly_one_model(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["profile", "--out", str(tmp_path / "p.json")])
-    with pytest.raises(SystemExit):
-        main(["profile", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "p.json")])
+def test_profile_needs_exactly_one_model(tmp_path, capsys):
+    for args, says in (([], "give either MODEL"), ([str(tmp_path / "missing.ckpt")], "missing.ckpt")):
+        assert main(["profile", *args, "--out", str(tmp_path / "p.json")]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ldrop: error: ") and says in lines[0], lines
 
 
 def test_ldrop_predict_with_a_target_budget(tmp_path):
