@@ -361,18 +361,20 @@ def export_onnx(
         raise OnnxExportError(f"{task.depth} is not exported to ONNX; export a selector, early-exit, depth "
                               "allocation or full model")
     selector = selector_description(task)
-    with _staging(out_dir) as staging:
-        _write_folder(task, staging, selector, say)
-        if check:
-            _check_parity(task, staging, say)
-        if quantize == "dynamic":
-            _quantize_layers(staging, say)
+    try:
+        with _staging(out_dir) as staging:
+            _write_folder(task, staging, selector, say)
             if check:
                 _check_parity(task, staging, say)
-    # torch.export's tracer subclasses each traced module's class under the same name (an AttrProxy), kept until
-    # the garbage collector runs: until then LightningCLI in this process would find two 'ClassificationTask'
-    # classes and refuse the name
-    gc.collect()
+            if quantize == "dynamic":
+                _quantize_layers(staging, say)
+                if check:
+                    _check_parity(task, staging, say)
+    finally:
+        # torch.export's tracer subclasses each traced module's class under the same name (an AttrProxy), kept
+        # until the garbage collector runs: until then LightningCLI in this process would find two
+        # 'ClassificationTask' classes and refuse the name. A failed export leaves them too.
+        gc.collect()
     say(f"wrote {out_dir} ({folder_megabytes(out_dir):.1f} MB)")
     return out_dir
 

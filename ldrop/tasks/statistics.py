@@ -28,9 +28,9 @@ class SelectorStatistics(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         encoded = outputs.get("encoded") if isinstance(outputs, dict) else None
         if encoded is not None and self._tracks(pl_module):
-            # batch.waveforms (raw), as the task always did: selectors that read audio normalise it themselves
-            self.recent.append((encoded.features.detach(), encoded.frame_mask, batch.waveforms.detach(),
-                                batch.lengths))
+            # the waveforms the forward's selector read (normalised when the backbone asks), not the batch's raw ones
+            self.recent.append((encoded.features.detach(), encoded.frame_mask, encoded.waveforms.detach(),
+                                encoded.lengths))
 
     @torch.no_grad()
     def refresh(self, pl_module: Any) -> None:

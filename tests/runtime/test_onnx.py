@@ -5,6 +5,7 @@ Exporting is the slow part (a trace of every graph), so each family is exported 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import itertools
@@ -290,20 +291,27 @@ print(json.dumps({{"logits": out.logits.tolist(), "keep": out.keep_mask.tolist()
     assert np.abs(np.array(data["logits"]) - expected).max() <= TOLERANCE and np.array_equal(data["keep"], keep)
 
 
-@pytest.mark.parametrize("make_task", ["fallback", "filterbank"])
+@pytest.mark.parametrize("make_task", ["fallback", "filterbank", "failed export"])
 def test_after_an_export_the_cli_in_the_same_process_still_resolves_a_task_by_its_class_name(tmp_path, capsys,
-                                                                                               make_task):
+                                                                                               make_task, monkeypatch):
     """torch.export's tracer subclasses the traced task's class under the same name; unless the export collects
     them, LightningCLI refuses 'class_path: ClassificationTask' as ambiguous (garbage collection is off here, so
-    that only the export's own collection can remove them)."""
+    that only the export's own collection can remove them). An export that fails after its trace collects too."""
     from ldrop.cli import main
 
+    def fail(*args):
+        raise OnnxExportError("parity check failed (forced by the test)")
+
+    if make_task == "failed export":
+        monkeypatch.setattr("ldrop.runtime.onnx_export._check_parity", fail)
     gc.disable()
     try:
         from tests.runtime.test_adaptive import _fbank_task
 
-        task = fallback_task() if make_task == "fallback" else _fbank_task().eval()
-        export_onnx(task, tmp_path / "export", progress=lambda line: None)  # its parity check runs a copy
+        task = _fbank_task().eval() if make_task == "filterbank" else fallback_task()
+        with pytest.raises(OnnxExportError) if make_task == "failed export" else contextlib.nullcontext():
+            export_onnx(task, tmp_path / "export", progress=lambda line: None)  # its parity check runs a copy
+        assert (tmp_path / "export").exists() == (make_task != "failed export")
         same_name = [cls for cls in ClassificationTask.__subclasses__() if cls.__name__ == "ClassificationTask"]
         with pytest.raises(SystemExit) as exit:
             main(["fit", "--config", str(Path(__file__).resolve().parents[2] / "configs/quickstart.yaml"),
