@@ -48,10 +48,14 @@ def resolve_budget(budget: Budget, num_layers: int, batch: int, device: torch.de
     return budget.to(device=device, dtype=torch.long)
 
 
-def budget_list(budgets: Sequence[int | float] | None, num_layers: int) -> list[int]:
-    """Distinct layer counts, ascending, for a list of budgets (``None``: every ``k`` in ``1..N``)."""
+def budget_list(budgets: Sequence[int | float] | None, num_layers: int, name: str = "") -> list[int]:
+    """Distinct layer counts, ascending, for a list of budgets (``None``: every ``k`` in ``1..N``); an error
+    starts with the argument's ``name`` when one is given."""
     if budgets is None:
         return list(range(1, num_layers + 1))
-    if len(budgets) == 0:
-        raise ValueError("the list of budgets is empty")
-    return sorted({budget_to_layers(b, num_layers) for b in budgets})
+    try:
+        if len(budgets) == 0:
+            raise ValueError("the list of budgets is empty")
+        return sorted({budget_to_layers(b, num_layers) for b in budgets})
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}" if name else str(err)) from None

@@ -128,12 +128,12 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
             build_selector(selector, num_layers, feature_dim, backbone_module.hidden_size)
             if selector is not None else None,
         )
-        self.train_budget_choices = budget_list(self.budgets.train, num_layers)
-        self.val_budget_list = budget_list(self.budgets.validation, num_layers)
-        if is_target(predict_budget):  # validate early
-            Target.parse(predict_budget)
-        else:
-            budget_to_layers(predict_budget, num_layers)
+        self.train_budget_choices = budget_list(self.budgets.train, num_layers, "budgets.train")
+        self.val_budget_list = budget_list(self.budgets.validation, num_layers, "budgets.validation")
+        try:  # validate early
+            Target.parse(predict_budget) if is_target(predict_budget) else budget_to_layers(predict_budget, num_layers)
+        except ValueError as err:
+            raise ValueError(f"predict_budget: {err}") from None
         self.depth: DepthPolicy  # who decides the depth
         if early_exit is not None:
             self.depth = EarlyExit(early_exit, num_layers, self.configure_head)

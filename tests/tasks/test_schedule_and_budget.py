@@ -68,3 +68,16 @@ def test_budget_list_defaults_to_every_depth_and_deduplicates():
     assert budget_list([0.5, 2, 1.0], 4) == [2, 4]
     with pytest.raises(ValueError, match="empty"):
         budget_list([], 4)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (dict(predict_budget=7), r"^predict_budget: budget must be between 1 and 4 layers, got 7$"),
+    (dict(predict_budget={"ms": True}), r"^predict_budget: .*ms"),
+    (dict(budgets={"train": [0.5, 9]}), r"^budgets\.train: budget must be between 1 and 4 layers, got 9$"),
+    (dict(budgets={"validation": []}), r"^budgets\.validation: the list of budgets is empty$"),
+])
+def test_a_task_names_the_budget_argument_it_refuses(arguments, message):
+    from ldrop.tasks import ClassificationTask
+
+    with pytest.raises(ValueError, match=message):
+        ClassificationTask(num_classes=2, backbone="tiny:wavlm", **arguments)
