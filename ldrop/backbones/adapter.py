@@ -155,6 +155,8 @@ class LayerContext:
     max_frames: int
     position_bias: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: whether any input of the batch is padded (``False``: its layers run without an attention mask)
+    padded: bool = True
 
 
 class SpeechBackbone(nn.Module):
@@ -354,12 +356,16 @@ class SpeechBackbone(nn.Module):
         return encoder.dropout(hidden)
 
     def prepare_layers(self, frame_mask: Tensor) -> LayerContext:
-        """Per-forward state every layer needs, computed once (a family adapter adds its own)."""
-        return LayerContext(max_frames=frame_mask.shape[1])
+        """Per-forward state every layer needs, computed once (a family adapter adds its own); reads on the
+        host whether the batch is padded (an exported graph always takes the mask)."""
+        padded = torch.compiler.is_exporting() or not bool(frame_mask.all())
+        return LayerContext(max_frames=frame_mask.shape[1], padded=padded)
 
-    def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor, context: LayerContext) -> Tensor:
-        """Run encoder layer ``index`` on a ``[batch, frames, hidden]`` (sub-)batch."""
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=frame_mask)
+    def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor | None, context: LayerContext) -> Tensor:
+        """Run encoder layer ``index`` on a ``[batch, frames, hidden]`` (sub-)batch. ``frame_mask`` is ``None``
+        when none of its frames is padding: the caller knows, so no layer reads the mask on the host."""
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=frame_mask,
+                                         allow_is_bidirectional_skip=frame_mask is None)
         out = self.layers[index](hidden, attention_mask=mask)
         return out[0] if isinstance(out, tuple) else out
 
@@ -375,7 +381,7 @@ class SpeechBackbone(nn.Module):
         hidden = self.frontend(features, frame_mask)
         context = self.prepare_layers(frame_mask)
         for index in range(self.num_layers):
-            hidden = self.run_layer(index, hidden, frame_mask, context)
+            hidden = self.run_layer(index, hidden, frame_mask if context.padded else None, context)
         return self.finalize(hidden), frame_mask
 
 
@@ -388,17 +394,15 @@ class WavLMBackbone(SpeechBackbone):
         context.position_bias = self.layers[0].attention.compute_bias(context.max_frames, context.max_frames)
         return context
 
-    def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor, context: LayerContext) -> Tensor:
+    def run_layer(self, index: int, hidden: Tensor, frame_mask: Tensor | None, context: LayerContext) -> Tensor:
         """Run WavLM layer ``index`` with the shared position bias (see :meth:`SpeechBackbone.run_layer`)."""
         layer = self.layers[index]
         batch, frames, _ = hidden.shape
         heads = layer.attention.num_heads
         bias = context.position_bias[:, :frames, :frames]
         bias = bias.unsqueeze(0).expand(batch, heads, frames, frames).reshape(batch * heads, frames, frames)
-        # WavLM's attention takes the 2-D padding mask (it calls F.multi_head_attention_forward).
-        # (an exported graph always takes the mask: the check would be a data-dependent branch)
-        mask = frame_mask if torch.compiler.is_exporting() or not bool(frame_mask.all()) else None
-        return layer(hidden, attention_mask=mask, position_bias=bias)[0]
+        # WavLM's attention takes the 2-D padding mask (it calls F.multi_head_attention_forward)
+        return layer(hidden, attention_mask=frame_mask, position_bias=bias)[0]
 
 
 register_family("wavlm", WavLMConfig, WavLMModel, "wavlm", WavLMBackbone)

@@ -131,7 +131,7 @@ def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -
             mask = torch.ones(batch, frames, dtype=torch.bool, device=device)
             with torch.inference_mode():
                 context = backbone.prepare_layers(mask)
-            layer_pass = torch.inference_mode()(lambda: backbone.run_layer(0, hidden, mask, context))
+            layer_pass = torch.inference_mode()(lambda: backbone.run_layer(0, hidden, None, context))  # unpadded
             return time_call(layer_pass, device, repeats, warmup)
         raise ValueError(f"unknown part {part!r}; parts are {PARTS}")
 

@@ -44,14 +44,16 @@ def check_keep_mask(keep_mask: Tensor, batch: int, num_layers: int) -> None:
         )
 
 
-def _sparse_plan(keep: Tensor, frame_lengths: Tensor) -> tuple[list[int], list[int], Tensor]:
-    """What the sparse path needs on the host, in one device-to-host copy: ``counts`` and ``longest`` per
-    layer (lists), and ``rows [layers, batch]`` on the device, each starting with the ascending indices of the
-    samples that keep that layer."""
-    kept_lengths = torch.where(keep, frame_lengths[:, None], torch.zeros_like(frame_lengths)[:, None])
-    counts, longest = torch.stack([keep.sum(dim=0), kept_lengths.amax(dim=0)]).tolist()
+def _sparse_plan(keep: Tensor, frame_lengths: Tensor) -> tuple[list[int], list[int], list[int], Tensor]:
+    """What the sparse path needs on the host, in one device-to-host copy: ``counts``, ``longest`` and
+    ``shortest`` kept lengths per layer (lists), and ``rows [layers, batch]`` on the device, each starting with
+    the ascending indices of the samples that keep that layer."""
+    lengths = frame_lengths[:, None].expand_as(keep)
+    longest = torch.where(keep, lengths, 0).amax(dim=0)
+    shortest = torch.where(keep, lengths, torch.iinfo(lengths.dtype).max).amin(dim=0)
+    counts, longest, shortest = torch.stack([keep.sum(dim=0), longest, shortest]).tolist()
     rows = torch.argsort((~keep).to(torch.uint8), dim=0, stable=True).t().contiguous()
-    return counts, longest, rows
+    return counts, longest, shortest, rows
 
 
 def _sparse_layers(
@@ -64,8 +66,9 @@ def _sparse_layers(
             collect.extend(hidden for _ in range(start_layer, backbone.num_layers))
         return hidden
     # One host sync for the whole stack (sub-batch sizes and lengths); the row indices stay on the device,
-    # so no layer waits for the host (a host-built index would be one blocking copy per layer on CUDA).
-    counts, longest, rows_by_layer = _sparse_plan(keep, frame_mask.sum(dim=1))
+    # so no layer waits for the host (a host-built index would be one blocking copy per layer on CUDA), and
+    # a sub-batch without padding runs without a mask.
+    counts, longest, shortest, rows_by_layer = _sparse_plan(keep, frame_mask.sum(dim=1))
     if start_layer and min(counts[:start_layer]) < batch:
         raise ValueError(f"start_layer={start_layer}: every sample must keep layers 0..{start_layer - 1}")
     # In place only when nothing keeps a reference to an earlier state (return_all collects them).
@@ -78,11 +81,11 @@ def _sparse_layers(
         if kept == 0 or (guard is not None and not guard(index, kept, sub_frames)):
             pass  # every input skips the layer
         elif kept == batch and sub_frames == frames:
-            hidden = backbone.run_layer(index, hidden, frame_mask, context)
+            hidden = backbone.run_layer(index, hidden, frame_mask if shortest[index] < frames else None, context)
         else:
             rows = rows_by_layer[index, :kept]
             sub_hidden = hidden.index_select(0, rows)[:, :sub_frames]
-            sub_mask = frame_mask.index_select(0, rows)[:, :sub_frames]
+            sub_mask = frame_mask.index_select(0, rows)[:, :sub_frames] if shortest[index] < sub_frames else None
             out = backbone.run_layer(index, sub_hidden, sub_mask, context).to(hidden.dtype)
             if in_place:
                 hidden[:, :sub_frames].index_copy_(0, rows, out)
@@ -131,7 +134,7 @@ def run_gated_layers(
     elif mode == "dense":  # every layer on the whole batch, blended by its gate
         for index in range(start_layer, backbone.num_layers):
             gate = keep_mask[:, index].to(hidden.dtype)[:, None, None]
-            out = backbone.run_layer(index, hidden, frame_mask, context)
+            out = backbone.run_layer(index, hidden, frame_mask if context.padded else None, context)
             hidden = hidden + gate * (out.to(hidden.dtype) - hidden)
             if collect is not None:
                 collect.append(hidden)
@@ -152,5 +155,5 @@ def run_prefix_layers(
     if not 0 <= num_layers <= backbone.num_layers:
         raise ValueError(f"num_layers must be in 0..{backbone.num_layers}, got {num_layers}")
     for index in range(num_layers):
-        hidden = backbone.run_layer(index, hidden, frame_mask, context)
+        hidden = backbone.run_layer(index, hidden, frame_mask if context.padded else None, context)
     return hidden

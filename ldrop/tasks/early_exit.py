@@ -170,8 +170,10 @@ class EarlyExit(nn.Module, DepthPolicy):
             rows = active.nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            frames = int(frame_mask[rows].sum(1).max())
-            sub = backbone.run_layer(layer, hidden[rows, :frames], frame_mask[rows, :frames], context)
+            lengths = frame_mask[rows].sum(1)
+            frames, shortest = torch.stack([lengths.max(), lengths.min()]).tolist()
+            sub_mask = frame_mask[rows, :frames] if shortest < frames else None
+            sub = backbone.run_layer(layer, hidden[rows, :frames], sub_mask, context)
             hidden[rows, :frames] = sub.to(hidden.dtype)
             keep[rows, layer] = 1.0
             exit_layer = layer + 1
