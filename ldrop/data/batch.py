@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-__all__ = ["AudioBatch", "AudioExample", "SkippedExample", "collate_audio", "collate_targets"]
+__all__ = ["AudioBatch", "AudioExample", "SeededIndex", "SkippedExample", "collate_audio", "collate_targets"]
 
 
 @dataclass
@@ -30,6 +30,23 @@ class SkippedExample:
 
     id: str
     reason: str
+
+
+class SeededIndex(int):
+    """An example's index that carries the seed of its random draws (the random crop of a long training clip),
+    so that they depend on the epoch and the example only: not on the worker process that loads it, nor on
+    where a resumed epoch starts. ldrop's batch samplers yield them; an :class:`~ldrop.data.AudioDataset`
+    seeds from them."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SeededIndex:
+        self = super().__new__(cls, index)
+        self.seed = int(seed)
+        return self
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:  # to worker processes, seed included
+        return SeededIndex, (int(self), self.seed)
 
 
 @dataclass

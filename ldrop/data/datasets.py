@@ -165,13 +165,17 @@ class AudioDataset(Dataset[AudioExample]):
         return max(num_samples, self.min_samples)
 
     def __getitem__(self, index: int) -> AudioExample | SkippedExample:
-        try:
-            example = self.load(index)
-        except AudioReadError as err:
-            if not self.skip_bad_files:
-                raise
-            return SkippedExample(id=self.ids[index], reason=str(err))
-        example.waveform = self.fit(example.waveform)
+        seed = getattr(index, "seed", None)  # a SeededIndex: random draws from its seed, the process's left alone
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.default_generator.manual_seed(seed)
+            try:
+                example = self.load(index)
+            except AudioReadError as err:
+                if not self.skip_bad_files:
+                    raise
+                return SkippedExample(id=self.ids[index], reason=str(err))
+            example.waveform = self.fit(example.waveform)
         return example
 
     def fit(self, waveform: torch.Tensor) -> torch.Tensor:

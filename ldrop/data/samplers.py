@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, default_collate
 
-from ldrop.data.batch import SkippedExample
+from ldrop.data.batch import SeededIndex, SkippedExample
 
 log = logging.getLogger("ldrop.data")
 
@@ -52,7 +52,7 @@ class _ShardedBatchSampler:
         self.epoch = 0
         # Lightning's per-epoch hook calls ``dataloader.batch_sampler.sampler.set_epoch``.
         self.sampler = self
-        self._cached: tuple[int, list[np.ndarray]] | None = None
+        self._cached: tuple[int, list[np.ndarray], np.ndarray] | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) set by load_state_dict
         self._yielded = 0
 
@@ -80,6 +80,8 @@ class _ShardedBatchSampler:
     def _epoch_batches(self) -> list[np.ndarray]:
         if self._cached is not None and self._cached[0] == self.epoch:
             return self._cached[1]
+        # each item's seed for the epoch (its random crop), drawn apart from the batches' stream
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(2**62, size=len(self.lengths))
         rng = np.random.default_rng([self.seed, self.epoch])
         batches = _split_to_multiple([b for b in self._make_batches(rng) if len(b)], self.num_replicas)
         if self.shuffle and batches:
@@ -88,15 +90,18 @@ class _ShardedBatchSampler:
             costs = [len(b) * int(self.lengths[b].max()) for b in batches]
             first = int(np.argmax(costs))
             batches[0], batches[first] = batches[first], batches[0]
-        self._cached = (self.epoch, batches)
+        self._cached = (self.epoch, batches, seeds)
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        """Each batch as a list of :class:`~ldrop.data.batch.SeededIndex`."""
         skip, self._resume = self.batches_to_skip, None  # a resume skips once, in its own epoch
         self._yielded = skip
-        for batch in self._epoch_batches()[self.rank :: self.num_replicas][skip:]:
+        batches = self._epoch_batches()
+        seeds = self._cached[2]  # type: ignore[index]
+        for batch in batches[self.rank :: self.num_replicas][skip:]:
             self._yielded += 1
-            yield batch.tolist()
+            yield [SeededIndex(i, seeds[i]) for i in batch.tolist()]
 
     def __len__(self) -> int:
         return len(self._epoch_batches()) // self.num_replicas

@@ -273,7 +273,7 @@ def selector_description(task: LayerDropTask) -> dict[str, Any]:
     if selector.input_dependent and all(hasattr(selector, a) for a in ("score", "calibration", "fallback", "mode")):
         thresholds = [None if math.isnan(t) else float(t) for t in selector.calibration.thresholds.tolist()]
         return {"kind": "scores", "class": name, "mode": selector.mode, "prefix_layers": selector.prefix_layers,
-                "input": "fbank" if getattr(selector, "frontend", None) is not None else "model",
+                "input": "fbank" if selector.reads_waveforms else "model",
                 "thresholds": thresholds, "uses_input": selector.fallback.uses_input.tolist(),
                 "blind_masks": selector.fallback.blind_masks.int().tolist()}
     if selector.input_dependent or selector.random_at_eval:

@@ -78,6 +78,9 @@ class LayerSelector(nn.Module, ABC):
     #: Whether the selector keeps running statistics that :meth:`update_statistics` should refresh after
     #: training (over some training batches, after :meth:`reset_statistics`).
     tracks_statistics: bool = False
+    #: Whether the selector reads the waveforms (with a front end of its own), so that what keeps its inputs
+    #: (:class:`~ldrop.tasks.statistics.SelectorStatistics`, the ONNX export) keeps them; else only the features.
+    reads_waveforms: bool = False
     #: Whether the masks depend on the input, so the sweep's controls (the same masks shuffled across the
     #: batch, the most common mask for all) say something; False for random and fixed subsets.
     input_dependent: bool = True

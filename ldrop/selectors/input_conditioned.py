@@ -134,6 +134,7 @@ class InputConditionedSelector(TopKSelector):
         self.mode = mode
         self.use_fallback = bool(fallback)
         self.tracks_statistics = score_mode != "raw"
+        self.reads_waveforms = frontend is not None
         # small: the standardised term must keep unit spread even when the raw spread is tiny
         self.stats_eps = 1e-8
 

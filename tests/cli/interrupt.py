@@ -36,3 +36,17 @@ class CheckpointProbe(Callback):
         last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
         step = torch.load(last, weights_only=True)["global_step"] if last.is_file() else None
         CheckpointProbe.seen.append((trainer.global_step, step))
+
+
+class SaveSelectorStatistics(Callback):
+    """Saves each rank's selector statistics when fit ends (after every ``on_train_end``) to
+    ``<folder>/statistics-<rank>.pt``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        import torch
+
+        buffers = {"mean": pl_module.selector.running_mean, "var": pl_module.selector.running_var}
+        torch.save(buffers, Path(self.folder) / f"statistics-{trainer.global_rank}.pt")

@@ -231,16 +231,24 @@ def test_gitignore_covers_what_the_readme_commands_write(tmp_path):
 
 
 @pytest.mark.ddp
-def test_ddp_fit_runs_two_cpu_processes(tmp_path):
+def test_ddp_fit_runs_two_cpu_processes_whose_selector_statistics_agree(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "ldrop.cli", "fit", "--config", QUICKSTART, *SMALL,
                "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "3",
                "--trainer.limit_val_batches", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
-               "--model.init_args.selector", "RandomSelector"]
+               "--trainer.callbacks+=tests.cli.interrupt.SaveSelectorStatistics",
+               "--trainer.callbacks.init_args.folder", str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in result.stderr + result.stdout or "world_size=2" in (result.stderr + result.stdout).replace(" ", "")
-    assert next((tmp_path / "ldrop").glob("version_*/checkpoints/last.ckpt")).is_file()
+    checkpoint = torch.load(next((tmp_path / "ldrop").glob("version_*/checkpoints/last.ckpt")), weights_only=True)
+    # rank 0 kept its 3 training batches; every rank re-estimated its statistics as rank 0 did, which the
+    # checkpoint saves
+    assert len(checkpoint["callbacks"]["SelectorStatistics"]["recent"]) == 3
+    ranks = [torch.load(tmp_path / f"statistics-{rank}.pt") for rank in (0, 1)]
+    assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ("mean", "var"))
+    assert torch.equal(ranks[0]["mean"], checkpoint["state_dict"]["selector.running_mean"])
+    assert ranks[0]["var"].ne(1.0).any()  # re-estimated, not the reset values
 
 
 def _ldrop(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

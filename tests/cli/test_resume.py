@@ -18,11 +18,13 @@ from ldrop.cli import main
 from tests.cli.common import QUICKSTART, SMALL
 from tests.cli.interrupt import CheckpointProbe
 
-# 32 clips in batches of 4: 8 steps per epoch, 16 in all; step checkpoints at steps 4 (mid-epoch) and 8.
-# The selector's statistics are re-estimated from the last `statistics_batches` training batches, which no
-# checkpoint holds: 4 keeps every re-estimate after a resume at step 4 or 8 within the resumed run's batches.
+# 32 clips in batches of 4: 8 steps per epoch, 16 in all; step checkpoints at steps 4 (mid-epoch) and 8. The
+# selector's statistics are re-estimated from the last 16 training batches (the default `statistics_batches`),
+# more than a resumed run trains before its next re-estimate; clips of 0.3-0.5 s cropped to 0.35 s at random
+# offsets, loaded by 2 worker processes.
 FIT = ["fit", "--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4", "--trainer.max_epochs", "2",
-       "--checkpoint.every_n_train_steps", "4", "--model.init_args.statistics_batches", "4"]
+       "--checkpoint.every_n_train_steps", "4", "--data.init_args.max_train_seconds", "0.35",
+       "--data.init_args.num_workers", "2"]
 
 
 def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from ldrop.data import DynamicBatchSampler, LengthGroupedSampler
+from ldrop.data import AudioDataset, AudioExample, DynamicBatchSampler, LengthGroupedSampler
+from ldrop.data.batch import collate_audio
 
 LENGTHS = np.random.default_rng(0).integers(1_000, 160_000, size=203).tolist()
 
@@ -214,3 +216,44 @@ def test_the_resumable_loader_saves_the_batches_handed_out_not_those_prefetched(
     resumed.load_state_dict(state)
     assert [batch.tolist() for batch in resumed] == rest
     assert resumed.state_dict()["batches_done"] == len(seen) + len(rest)
+
+
+class _Ramps(AudioDataset):
+    """Long clips whose samples count up from 0, so that a cropped clip's first sample is its crop's offset."""
+
+    def __init__(self, count: int = 40) -> None:
+        super().__init__(min_samples=1, max_samples=100, random_crop=True)
+        self.raw_lengths = [1000 + 37 * i for i in range(count)]
+        self.targets, self.ids = [0] * count, [str(i) for i in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.raw_lengths)
+
+    def load(self, index: int) -> AudioExample:
+        return AudioExample(torch.arange(self.raw_lengths[index], dtype=torch.float32), 0, self.ids[index])
+
+
+def _crops(num_workers: int, epoch: int = 0, resume_after: int | None = None) -> dict[str, float]:
+    """Each clip's crop offset over one epoch of a ResumableDataLoader (resumed after ``resume_after`` batches)."""
+    from ldrop.data.samplers import ResumableDataLoader
+
+    dataset = _Ramps()
+    loader = ResumableDataLoader(dataset, batch_sampler=LengthGroupedSampler(dataset.lengths, 4, seed=5),
+                                 num_workers=num_workers, collate_fn=collate_audio)
+    loader.batch_sampler.set_epoch(epoch)
+    if resume_after is not None:
+        loader.load_state_dict({"epoch": epoch, "batches_done": resume_after})
+    return {i: float(w[0]) for batch in loader for i, w in zip(batch.ids, batch.waveforms, strict=True)}
+
+
+def test_random_crops_depend_on_the_epoch_and_clip_only_not_on_workers_or_a_resume():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    crops = _crops(num_workers=0)
+    assert torch.equal(torch.get_rng_state(), before)  # the process's random stream is left alone
+    assert len(crops) == 40 and len(set(crops.values())) > 30  # random offsets, not all 0
+    assert _crops(num_workers=2) == crops  # whichever worker loads a clip
+    resumed = _crops(num_workers=2, resume_after=4)  # the rest of the epoch, in fresh worker processes
+    assert len(resumed) == 24 and all(crops[i] == offset for i, offset in resumed.items())
+    other_epoch = _crops(num_workers=0, epoch=1)
+    assert sum(other_epoch[i] != crops[i] for i in crops) > 30  # a new crop each epoch
