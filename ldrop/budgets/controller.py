@@ -104,17 +104,10 @@ class TargetResolver:
         return controller
 
     def decide(self, model: Any, sample_lengths: Tensor, target: Target | dict | str) -> BudgetDecision:
-        """The open-loop :class:`BudgetDecision` for ``model`` under ``target`` on the CPU (early exit: the
-        tightest per batch)."""
+        """The open-loop :class:`BudgetDecision` for ``model`` under ``target`` on the CPU."""
         target = Target.parse(target)
         controller = self.controller(model, target)
         decision = controller.decide(sample_lengths, target, warn=False)
-        depth = getattr(model, "depth", None)  # its depth policy may run other budgets (early exit: the tightest)
-        budget = decision.budget if depth is None else depth.batch_budget(decision.budget)
-        if budget is not decision.budget:
-            fixed, layer, _ = controller.costs(sample_lengths, target)
-            decision = BudgetDecision(budget, fixed + budget.to(torch.float64) * layer, decision.allowance,
-                                      decision.meets_target)
         counts = self.counts.setdefault(target, [0, 0, controller.min_budget])
         counts[0] += int((~decision.meets_target).sum())
         counts[1] += len(decision.meets_target)

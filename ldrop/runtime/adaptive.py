@@ -148,7 +148,6 @@ class AdaptiveModel(ClosedLoopModel):
                                                        int(getattr(model, "prefix_layers", 0)), not model.depth.exit_layers)
             else:
                 budget = self.budget_for(lengths, target)[0]
-            budget = model.depth.batch_budget(budget)  # the budgets its depth policy can run (early exit: one)
             with layer_guard(guard):
                 logits, keep, _ = model.logits_at_budget(encoded, budget.to(param.device))
             measured = clock() - start

@@ -440,20 +440,16 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         head = self._head if exit_layer is None else self._exit_heads[int(exit_layer)]
         return head.run(None, {"hidden": hidden, "frame_mask": frame_mask})[0]
 
-    def batch_budget(self, budget: np.ndarray) -> np.ndarray:
-        """The budgets the depth policy runs for per-input ``budget`` (early exit: the tightest, for all)."""
-        return np.full_like(budget, budget.min()) if self.depth["kind"] == "early_exit" else budget
-
     def forward(self, waveforms: np.ndarray, lengths: np.ndarray, budget: np.ndarray,
                 encoded: dict[str, np.ndarray] | None = None, guard: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(logits, keep [batch, layers] bool, frame_mask)`` of a batch at ``budget [batch]`` layers
         (``encoded``: :meth:`encode`'s output when it has run already; ``guard``: see :meth:`run_layers`,
         not for early exit; ``keep`` leaves out the layers it skipped)."""
-        budget = self.batch_budget(resolve_budget(np.asarray(budget), self.num_layers, len(lengths)))
+        budget = resolve_budget(np.asarray(budget), self.num_layers, len(lengths))
         encoded = self.encode(waveforms, lengths) if encoded is None else encoded
         if self.depth["kind"] == "early_exit":
-            return (*self.early_exit(encoded, int(budget[0])), encoded["frame_mask"])
+            return (*self.early_exit(encoded, budget), encoded["frame_mask"])
         if self.depth["kind"] == "allocated":  # how many layers each input runs; the selector says which
             keep = self.select(encoded, allocate_depths(self.depth_losses(encoded), budget, self.depth, self.num_layers))
         else:
@@ -464,28 +460,36 @@ class OnnxAdaptiveModel(ClosedLoopModel):
             keep[:, guard.skipped] = False
         return self.head(hidden, encoded["frame_mask"]), keep, encoded["frame_mask"]
 
-    def early_exit(self, encoded: dict[str, np.ndarray], budget: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(logits, keep)`` of early exit at one ``budget``, as ``EarlyExit.logits`` at eval: policy ``budget``
-        (or full depth) runs to the deepest exit within it; ``confidence`` stops each input at the first exit
-        whose confidence passes the budget's threshold, later layers running on the inputs still active."""
+    def early_exit(self, encoded: dict[str, np.ndarray], budget: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, keep)`` of early exit at ``budget [batch]``, as ``EarlyExit.logits`` at eval: policy ``budget``
+        (or full depth) runs each input to the deepest exit within its budget; ``confidence`` stops each input at
+        the first exit whose confidence passes its budget's threshold, later layers running on the inputs still
+        active."""
         exits, n, frame_mask = self.depth["exit_layers"], self.num_layers, encoded["frame_mask"]
-        keep = np.zeros((len(frame_mask), n), dtype=bool)
-        if self.depth["policy"] == "budget" or budget >= n:
-            exit_layer = max([k for k in exits if k <= budget], default=exits[0])
-            keep[:, :exit_layer] = True
-            return self.head(self.run_layers(encoded, keep), frame_mask, exit_layer), keep
-        threshold = self.depth["thresholds"][budget - 1]
-        if threshold is None:
-            raise RuntimeError(f"no confidence threshold calibrated for budget {budget}: calibrate the early exit on "
-                               "validation data before exporting")
+        if self.depth["policy"] == "budget" or bool((budget >= n).all()):
+            exit_at = np.array([max([k for k in exits if k <= b], default=exits[0]) for b in budget.tolist()])
+            keep = np.arange(n) < exit_at[:, None]
+            hidden, logits = self.run_layers(encoded, keep), None
+            for exit_layer in np.unique(exit_at).tolist():
+                rows = np.flatnonzero(exit_at == exit_layer)
+                out = self.head(hidden[rows], frame_mask[rows], exit_layer)
+                logits = np.zeros((len(keep), *out.shape[1:]), dtype=out.dtype) if logits is None else logits
+                logits[rows] = out
+            return logits, keep
+        missing = sorted({b for b in budget.tolist() if b < n and self.depth["thresholds"][b - 1] is None})
+        if missing:
+            raise RuntimeError(f"no confidence threshold calibrated for budget {missing[0]}: calibrate the early exit "
+                               "on validation data before exporting")
+        thresholds = np.array([self.depth["thresholds"][b - 1] if b < n else np.inf for b in budget.tolist()])
         state, active, start, logits = dict(encoded), np.ones(len(frame_mask), dtype=bool), 0, None
+        keep = np.zeros((len(frame_mask), n), dtype=bool)
         for exit_layer in exits:
             rows = np.flatnonzero(active)
             keep[rows, start:exit_layer] = True  # the inputs still active run the layers up to this exit
             state["hidden"] = self.run_layers(state, keep & (np.arange(n) >= start))
             out = self.head(state["hidden"][rows], frame_mask[rows], exit_layer)
             logits = np.zeros((len(keep), *out.shape[1:]), dtype=out.dtype) if logits is None else logits
-            done = self.confidence(out, frame_mask[rows]) >= threshold if exit_layer < n else np.ones(len(rows), bool)
+            done = self.confidence(out, frame_mask[rows]) >= thresholds[rows] if exit_layer < n else np.ones(len(rows), bool)
             logits[rows[done]] = out[done]
             active[rows[done]], start = False, exit_layer
             if not active.any():
@@ -556,7 +560,6 @@ class OnnxAdaptiveModel(ClosedLoopModel):
                                                    self.depth["kind"] != "early_exit")
         else:
             encoded, budget = None, self.budget_for(lengths, target)[0]
-        budget = self.batch_budget(budget)  # the budgets its depth policy runs (early exit: one)
         logits, keep, frame_mask = self.forward(waves, lengths, budget, encoded, guard)
         measured = self.clock() - start
         outputs = self.decode(logits, frame_mask)

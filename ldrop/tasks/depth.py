@@ -44,10 +44,6 @@ class DepthPolicy:
         """``(named loss terms, keep_mask [batch, layers], budget)`` of one training batch."""
         raise NotImplementedError
 
-    def batch_budget(self, budget: Tensor) -> Tensor:
-        """The ``[batch]`` budgets this policy can run for per-input ``budget`` (all of them by default)."""
-        return budget
-
     def needs_calibration(self, at_validation: bool = False) -> bool:
         """Whether it is fitted on validation data (``at_validation``: also before each validation pass)."""
         return False

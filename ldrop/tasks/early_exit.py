@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ldrop.budgets import budget_to_layers, resolve_budget
+from ldrop.budgets import resolve_budget
 from ldrop.selectors import calibrate_threshold
 from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, DepthPolicy
@@ -85,25 +85,24 @@ class EarlyExit(nn.Module, DepthPolicy):
 
     def logits(self, task: LayerDropTask, encoded: EncodedBatch,
                budget: Budget) -> tuple[Tensor, Tensor, None]:
-        """Budget ``k``: the deepest exit within ``k`` (policy ``budget``, and in training), or per input the
-        first exit confident enough for ``k`` (policy ``confidence``). One budget per batch."""
-        if isinstance(budget, Tensor):
-            budgets = resolve_budget(budget, self.num_layers, encoded.hidden.shape[0], encoded.hidden.device)
-            if bool((budgets != budgets[0]).any()):
-                raise ValueError("early exit takes one budget per batch, not a per-sample budget tensor")
-            k = int(budgets[0])
-        else:
-            k = budget_to_layers(budget, self.num_layers)
-        if self.config.policy == "confidence" and not task.training and k < self.num_layers:
-            return (*self.run_dynamic(task, encoded, k), None)
-        exit_layer = self.exit_layer_for(k)
-        keep = torch.zeros(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
-        keep[:, :exit_layer] = 1.0
+        """Per input, budget ``k``: the deepest exit within ``k`` (policy ``budget``, and in training), or the
+        first exit confident enough for ``k`` (policy ``confidence``)."""
+        budgets = resolve_budget(budget, self.num_layers, encoded.hidden.shape[0], encoded.hidden.device)
+        if self.config.policy == "confidence" and not task.training and bool((budgets < self.num_layers).any()):
+            return (*self.run_dynamic(task, encoded, budgets), None)
+        exits = torch.tensor([self.exit_layer_for(k) for k in budgets.tolist()], device=budgets.device)
+        keep = (torch.arange(self.num_layers, device=budgets.device) < exits[:, None]).float()
         hidden, _ = task.run_layers(encoded, keep)
-        return task.compute_logits(self.head_for(exit_layer), hidden, encoded.frame_mask), keep, None
-
-    def batch_budget(self, budget: Tensor) -> Tensor:  # one budget per batch: the tightest
-        return budget.min().expand(len(budget)).clone()
+        groups = exits.unique().tolist()  # each input read by its exit's head, in batch order
+        if len(groups) == 1:
+            return task.compute_logits(self.head_for(groups[0]), hidden, encoded.frame_mask), keep, None
+        out = None
+        for exit_layer in groups:
+            rows = (exits == exit_layer).nonzero().squeeze(1)
+            logits = task.compute_logits(self.head_for(exit_layer), hidden[rows], encoded.frame_mask[rows])
+            out = logits.new_zeros((len(exits), *logits.shape[1:])) if out is None else out
+            out[rows] = logits
+        return out, keep, None
 
     def exit_logits(self, task: LayerDropTask, encoded: EncodedBatch) -> list[Tensor]:
         """The logits of every exit head, in the order of :attr:`layers` (all layers run)."""
@@ -156,11 +155,12 @@ class EarlyExit(nn.Module, DepthPolicy):
             )
         return threshold
 
-    def run_dynamic(self, task: LayerDropTask, encoded: EncodedBatch, budget: int) -> tuple[Tensor, Tensor]:
+    def run_dynamic(self, task: LayerDropTask, encoded: EncodedBatch, budgets: Tensor) -> tuple[Tensor, Tensor]:
         """Confidence policy: ``(logits, keep_mask [batch, layers])``, each input stopping at the first exit
-        passing the budget's threshold; layers run only for the inputs still active."""
-        threshold = self.threshold_for(budget)
+        passing its budget's threshold (budget ``N``: the last); layers run only for the inputs still active."""
         backbone, batch, device = task.backbone, encoded.hidden.shape[0], encoded.hidden.device
+        limits = {k: self.threshold_for(k) if k < self.num_layers else math.inf for k in sorted(set(budgets.tolist()))}
+        thresholds = torch.tensor([limits[k] for k in budgets.tolist()], device=device)
         hidden, frame_mask = encoded.hidden.clone(), encoded.frame_mask
         context = backbone.prepare_layers(frame_mask)
         active = torch.ones(batch, dtype=torch.bool, device=device)
@@ -184,7 +184,7 @@ class EarlyExit(nn.Module, DepthPolicy):
             if logits_out is None:
                 logits_out = logits.new_zeros((batch, *logits.shape[1:]))
             # every input still active exits at the last layer
-            done = (self.confidence(logits, frame_mask[rows]) >= threshold) | (exit_layer == self.num_layers)
+            done = (self.confidence(logits, frame_mask[rows]) >= thresholds[rows]) | (exit_layer == self.num_layers)
             logits_out[rows[done]] = logits[done]
             active[rows[done]] = False
         return logits_out, keep

@@ -81,17 +81,19 @@ def test_early_exit_logits_and_layers_run_match_pytorch(ee_exports, name):
     for lengths, seed in ((LENGTHS, 21), (MANY, 22)):
         waves, lengths = padded_batch(lengths, seed=seed)
         batch = len(lengths)
-        mixed = n - torch.arange(batch) % 2  # per-input budgets: early exit runs the tightest (n - 1) for all
-        for budget in (torch.full((batch,), 1), torch.full((batch,), n // 2), torch.full((batch,), n), mixed):
-            expected, expected_keep = torch_forward(task, waves, lengths, task.depth.batch_budget(budget))
+        mixed = [n - torch.arange(batch) % 2, 1 + torch.arange(batch) % n]  # one budget per input
+        for budget in (torch.full((batch,), 1), torch.full((batch,), n // 2), torch.full((batch,), n), *mixed):
+            expected, expected_keep = torch_forward(task, waves, lengths, budget)
             logits, keep, _ = model.forward(waves.numpy(), lengths.numpy(), budget.numpy())
             assert np.array_equal(keep, expected_keep), f"budget {budget.tolist()}"
             assert np.abs(logits - expected).max() <= TOLERANCE, f"budget {budget.tolist()}"
             depths = keep.sum(1)
             assert all(row[:k].all() for row, k in zip(keep, depths, strict=True))  # a prefix of the stack
+            if name == "budget":  # budgets 1, 2 and 3 exit at layer 2, budget 4 at 4: each input its own
+                assert depths.tolist() == [task.depth.exit_layer_for(k) for k in budget.tolist()]
             per_input_depths.add(tuple(sorted(set(depths.tolist()))))
-    if name == "budget":  # budgets 1, 2 and 3 exit at layer 2, budget 4 at 4
-        assert per_input_depths == {(2,), (4,)}
+    if name == "budget":
+        assert per_input_depths == {(2,), (4,), (2, 4)}
     else:  # the confidence policy stops inputs at different layers within one batch
         assert any(len(depths) >= 2 for depths in per_input_depths), per_input_depths
 
@@ -109,7 +111,7 @@ def test_the_export_command_lists_every_exit_head_and_the_calibrated_thresholds(
 
 
 @pytest.mark.filterwarnings("ignore:target ms=8 cannot be met")
-def test_time_targets_run_early_exit_at_the_tightest_budget_as_the_pytorch_runtime_does(ee_exports):
+def test_time_targets_run_early_exit_per_input_as_the_pytorch_runtime_does(ee_exports):
     task, folder = ee_exports["checkpoint"]
     onnx_model, torch_model = open_loop_pair(task, folder)
     waves, lengths = padded_batch([4000, 16000, 30000], seed=14)
@@ -119,6 +121,8 @@ def test_time_targets_run_early_exit_at_the_tightest_budget_as_the_pytorch_runti
         assert got.budget.tolist() == expected.budget.tolist(), target
         assert np.array_equal(got.keep_mask, expected.keep_mask.numpy()), target
         assert got.layers_run.tolist() == expected.layers_run.tolist() and got.outputs == expected.outputs
+        assert np.abs(got.logits - expected.logits.numpy()).max() <= TOLERANCE, target
+    assert got.budget.tolist() == [1, 2, 4] and got.layers_run.tolist()[2] == 4  # the full budget: every layer
     # without a profile one is measured on this runtime at the first time target
     out = OnnxAdaptiveModel(folder)(waves.numpy()[0], {"ms": 50.0})
     assert out.outputs[0] in {"a", "b", "c", "d"} and 1 <= int(out.layers_run[0]) <= 4

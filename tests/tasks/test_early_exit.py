@@ -88,3 +88,50 @@ def test_confidence_exits_under_bf16_true_with_dataloaders_only_after_calibrate_
     assert next(model.parameters()).dtype == torch.bfloat16 and model.depth.calibrated_for([2, 4])
     rows = test("fitted")
     assert 1.0 <= rows[0]["executed_layers"] <= 4.0 and rows[1]["executed_layers"] == 4.0
+
+
+def _task(kind: str, **config):
+    from ldrop.tasks import ClassificationTask, CTCTask
+
+    torch.manual_seed(0)
+    if kind == "ctc":
+        return CTCTask(labels="english", backbone="tiny:hubert", early_exit=EarlyExitConfig(**config)).eval()
+    return ClassificationTask(labels=["a", "b", "c"], backbone="tiny:wavlm", early_exit=EarlyExitConfig(**config)).eval()
+
+
+@pytest.mark.parametrize("kind, config", [
+    ("classification", dict(layers=[1, 3])), ("ctc", {}),
+    ("classification", dict(policy="confidence")), ("ctc", dict(policy="confidence", confidence="entropy")),
+], ids=["classification-budget", "ctc-budget", "classification-confidence", "ctc-confidence-entropy"])
+def test_a_mixed_budget_batch_gives_each_input_what_it_gets_alone(kind, config):
+    from tests.helpers import padded_batch
+
+    task = _task(kind, **config)
+    depth, n = task.depth, task.num_layers
+    if depth.config.policy == "confidence":  # thresholds from every exit's confidences on other inputs
+        with torch.no_grad():
+            encoded = task.encode(*padded_batch([16000, 7000, 15000, 12000, 6000, 11000, 9000, 13000], seed=7))
+            depth.set_thresholds(torch.stack([depth.confidence(x, encoded.frame_mask)
+                                              for x in depth.exit_logits(task, encoded)], 1))
+    waves = torch.randn(6, 9600, generator=torch.Generator().manual_seed(3))  # one length: no padding
+    budgets = torch.tensor([1, n, 2, n - 1, 1, 3])
+    with torch.inference_mode():
+        logits, keep = task(waves, None, budgets)
+        alone = [task(waves[i:i + 1], None, k) for i, k in enumerate(budgets.tolist())]
+    assert torch.equal(keep, torch.cat([k for _, k in alone]))
+    assert torch.allclose(logits, torch.cat([x for x, _ in alone]), atol=1e-4, rtol=1e-4)
+    depths = keep.sum(1).long()
+    assert all(row[:d].all() for row, d in zip(keep.bool(), depths, strict=True))  # a prefix of the stack
+    if depth.config.policy == "budget":
+        assert depths.tolist() == [depth.exit_layer_for(k) for k in budgets.tolist()]
+    else:  # the full budget runs every layer; the others stop where their own thresholds say
+        assert depths[budgets == n].eq(n).all() and len(set(depths.tolist())) >= 2
+
+
+def test_a_mixed_confidence_batch_names_an_uncalibrated_budget():
+    task = _task("classification", policy="confidence")
+    task.depth.set_thresholds(torch.rand(50, 4, generator=torch.Generator().manual_seed(0)), budgets=[2])
+    with torch.no_grad():
+        assert task(torch.randn(2, 8000), None, torch.tensor([2, 4]))[1].shape == (2, 4)  # calibrated, and full
+        with pytest.raises(RuntimeError, match="no confidence threshold calibrated for budget 3"):
+            task(torch.randn(3, 8000), None, torch.tensor([2, 3, 4]))
