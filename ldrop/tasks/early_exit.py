@@ -87,13 +87,15 @@ class EarlyExit(nn.Module, DepthPolicy):
                budget: Budget) -> tuple[Tensor, Tensor, None]:
         """Per input, budget ``k``: the deepest exit within ``k`` (policy ``budget``, and in training), or the
         first exit confident enough for ``k`` (policy ``confidence``)."""
-        budgets = resolve_budget(budget, self.num_layers, encoded.hidden.shape[0], encoded.hidden.device)
-        if self.config.policy == "confidence" and not task.training and bool((budgets < self.num_layers).any()):
+        device = encoded.hidden.device
+        budgets = resolve_budget(budget, self.num_layers, encoded.hidden.shape[0], device).tolist()  # one host sync
+        if self.config.policy == "confidence" and not task.training and min(budgets) < self.num_layers:
             return (*self.run_dynamic(task, encoded, budgets), None)
-        exits = torch.tensor([self.exit_layer_for(k) for k in budgets.tolist()], device=budgets.device)
-        keep = (torch.arange(self.num_layers, device=budgets.device) < exits[:, None]).float()
+        exit_layers = [self.exit_layer_for(k) for k in budgets]
+        exits = torch.tensor(exit_layers, device=device)
+        keep = (torch.arange(self.num_layers, device=device) < exits[:, None]).float()
         hidden, _ = task.run_layers(encoded, keep)
-        groups = exits.unique().tolist()  # each input read by its exit's head, in batch order
+        groups = sorted(set(exit_layers))  # each input read by its exit's head, in batch order
         if len(groups) == 1:
             return task.compute_logits(self.head_for(groups[0]), hidden, encoded.frame_mask), keep, None
         out = None
@@ -155,12 +157,12 @@ class EarlyExit(nn.Module, DepthPolicy):
             )
         return threshold
 
-    def run_dynamic(self, task: LayerDropTask, encoded: EncodedBatch, budgets: Tensor) -> tuple[Tensor, Tensor]:
+    def run_dynamic(self, task: LayerDropTask, encoded: EncodedBatch, budgets: list[int]) -> tuple[Tensor, Tensor]:
         """Confidence policy: ``(logits, keep_mask [batch, layers])``, each input stopping at the first exit
         passing its budget's threshold (budget ``N``: the last); layers run only for the inputs still active."""
         backbone, batch, device = task.backbone, encoded.hidden.shape[0], encoded.hidden.device
-        limits = {k: self.threshold_for(k) if k < self.num_layers else math.inf for k in sorted(set(budgets.tolist()))}
-        thresholds = torch.tensor([limits[k] for k in budgets.tolist()], device=device)
+        limits = {k: self.threshold_for(k) if k < self.num_layers else math.inf for k in sorted(set(budgets))}
+        thresholds = torch.tensor([limits[k] for k in budgets], device=device)
         hidden, frame_mask = encoded.hidden.clone(), encoded.frame_mask
         context = backbone.prepare_layers(frame_mask)
         active = torch.ones(batch, dtype=torch.bool, device=device)
