@@ -172,14 +172,18 @@ class SpeechBackbone(nn.Module):
         feature_extractor: the checkpoint's input preprocessing (:func:`load_feature_extractor`), or ``None``.
         normalize_waveforms: zero mean, unit variance per waveform; ``None`` follows
             ``feature_extractor.do_normalize``.
+        batch_independent: each waveform's output is what it gets alone, whatever padding its batch-mates
+            bring: the CNN's first group norm (``feat_extract_norm: group``) normalises it over its own samples
+            and Data2VecAudio's positional convolutions see zeros past its end; off: as Hugging Face batches.
     """
 
     def __init__(
         self, model: PreTrainedModel, freeze_feature_encoder: bool = True,
         apply_spec_augment: bool | None = None, feature_extractor: Wav2Vec2FeatureExtractor | None = None,
-        normalize_waveforms: bool | None = None,
+        normalize_waveforms: bool | None = None, batch_independent: bool = False,
     ) -> None:
         super().__init__()
+        self.batch_independent = bool(batch_independent)
         self.family = family_of(model.config)
         required = adapter_class_for(self.family)
         if not isinstance(self, required):
@@ -210,8 +214,8 @@ class SpeechBackbone(nn.Module):
         self.normalize_waveforms = bool(normalize_waveforms)
         if feature_extractor is not None and not feature_extractor.return_attention_mask:
             # Hugging Face passes such models (e.g. wav2vec2-base) no padding mask and normalises over the
-            # padded array. ldrop always masks padding and normalises over real samples, so an utterance
-            # gets the same output in any batch: what HF gives it unbatched, not what HF gives it padded.
+            # padded array. ldrop always masks padding and normalises waveforms over real samples (and, with
+            # batch_independent, the CNN's group norm too), so an utterance gets what HF gives it unbatched.
             log.warning(
                 "this checkpoint's feature extractor has return_attention_mask=False (Hugging Face runs it "
                 "without a padding mask); ldrop masks padding frames anyway, which matches Hugging Face on "
@@ -328,19 +332,37 @@ class SpeechBackbone(nn.Module):
         if lengths is None:
             lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
         # not while exporting: a check on values is a data-dependent branch (the ONNX runtime checks lengths)
-        if not torch.compiler.is_exporting() and int(lengths.min()) < self.receptive_field:
+        host_lengths = None if torch.compiler.is_exporting() else lengths.tolist()  # one host sync
+        if host_lengths and min(host_lengths) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); "
-                f"got a length of {int(lengths.min())}: pad short clips"
+                f"got a length of {min(host_lengths)}: pad short clips"
             )
         frozen = self.freeze_feature_encoder and not any(
             p.requires_grad for p in self.model.feature_extractor.parameters()
         )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features = self.model.feature_extractor(waveforms).transpose(1, 2)
+            features = self._cnn(waveforms, lengths, host_lengths).transpose(1, 2)
         frames = self.frame_lengths(lengths).clamp(max=features.shape[1])
         frame_mask = torch.arange(features.shape[1], device=features.device)[None, :] < frames[:, None]
         return features, frame_mask
+
+    def _cnn(self, waveforms: Tensor, lengths: Tensor, host_lengths: list[int] | None) -> Tensor:
+        """``[batch, channels, frames]``: the CNN, its first group norm over each row's own frames when
+        :attr:`batch_independent` (``host_lengths``: the lengths read on the host, ``None`` while exporting)."""
+        cnn = self.model.feature_extractor
+        first = cnn.conv_layers[0]
+        norm = getattr(first, "layer_norm", None)
+        if not (self.batch_independent and isinstance(norm, nn.GroupNorm)):
+            return cnn(waveforms)
+        hidden = first.conv(waveforms[:, None])
+        kernel, stride = self.config.conv_kernel[0], self.config.conv_stride[0]
+        frames = (geometry.conv_output_length(lengths, kernel, stride) if host_lengths is None
+                  else [(n - kernel) // stride + 1 for n in host_lengths])
+        hidden = first.activation(_masked_group_norm(hidden, frames, norm))
+        for layer in cnn.conv_layers[1:]:
+            hidden = layer(hidden)
+        return hidden
 
     def frontend(self, features: Tensor, frame_mask: Tensor) -> Tensor:
         """Projection, SpecAugment (training), positional convolution and pre-stack norm: layer 0's input."""
@@ -350,10 +372,21 @@ class SpeechBackbone(nn.Module):
         hidden = self.model._mask_hidden_states(hidden, **masking)
         hidden = hidden.masked_fill(~frame_mask[..., None], 0.0)
         encoder = self.model.encoder
-        hidden = hidden + encoder.pos_conv_embed(hidden)
+        hidden = hidden + self._positions(hidden, frame_mask)
         if not self.stable_layer_norm:
             hidden = encoder.layer_norm(hidden)
         return encoder.dropout(hidden)
+
+    def _positions(self, hidden: Tensor, frame_mask: Tensor) -> Tensor:
+        """The positional convolution; Data2VecAudio's stack of them with padding zeroed between layers when
+        :attr:`batch_independent` (each layer would spread its bias into the padding, the next layer back)."""
+        embed = self.model.encoder.pos_conv_embed
+        if not (self.batch_independent and isinstance(getattr(embed, "layers", None), nn.ModuleList)):
+            return embed(hidden)
+        padding, out = ~frame_mask[:, None, :], hidden.transpose(1, 2)
+        for layer in embed.layers:
+            out = layer(out).masked_fill(padding, 0.0)
+        return out.transpose(1, 2)
 
     def prepare_layers(self, frame_mask: Tensor) -> LayerContext:
         """Per-forward state every layer needs, computed once (a family adapter adds its own); reads on the
@@ -406,6 +439,31 @@ class WavLMBackbone(SpeechBackbone):
 
 
 register_family("wavlm", WavLMConfig, WavLMModel, "wavlm", WavLMBackbone)
+
+
+def _masked_group_norm(x: Tensor, frames: Tensor | list[int], norm: nn.GroupNorm) -> Tensor:
+    """``norm(x)`` for ``x [batch, channels, time]`` with each row's statistics over its first ``frames`` only: row
+    by row from a host list, by masked sums from a tensor (an exported graph). In float32, as autocast runs
+    ``group_norm``; the padding is normalised too (no real frame of a later layer reads it)."""
+    batch, channels, time = x.shape
+    groups = norm.num_groups
+    if isinstance(frames, list):
+        rows = [torch.var_mean(x[i, :, :n].float().reshape(groups, -1, n), dim=(1, 2), correction=0)
+                for i, n in enumerate(frames)]
+        var, mean = torch.stack([v for v, _ in rows]), torch.stack([m for _, m in rows])
+    else:
+        grouped = x.float().reshape(batch, groups, -1, time)
+        weight = (torch.arange(time, device=x.device) < frames[:, None])[:, None, None, :].to(grouped.dtype)
+        count = (weight.sum(-1, keepdim=True) * grouped.shape[2]).clamp(min=1)
+        mean = ((grouped * weight).sum((2, 3), keepdim=True) / count).flatten(1)
+        var = (((grouped - mean[..., None, None]).square() * weight).sum((2, 3), keepdim=True) / count).flatten(1)
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(channels // groups, dim=1)  # [batch, channels]
+    mean = mean.repeat_interleave(channels // groups, dim=1)
+    if norm.affine:
+        scale = scale * norm.weight
+    shift = (norm.bias - mean * scale) if norm.affine else -mean * scale
+    out = torch.addcmul(shift[..., None], x.float(), scale[..., None])
+    return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
 
 
 def tiny_config(

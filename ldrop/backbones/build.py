@@ -17,7 +17,7 @@ from ldrop.backbones.adapter import (
 
 def load_backbone(
     backbone: str, pretrained: bool = True, overrides: dict[str, Any] | None = None,
-    freeze_feature_encoder: bool = True, normalize_waveforms: bool | None = None,
+    freeze_feature_encoder: bool = True, normalize_waveforms: bool | None = None, batch_independent: bool = False,
 ) -> SpeechBackbone:
     """A :class:`SpeechBackbone` from a hub id, a local directory, ``"tiny:<family>"`` or
     ``"random:<family>"``.
@@ -29,7 +29,8 @@ def load_backbone(
     ``tiny:``/``random:``).
     """
     overrides = dict(overrides or {})
-    options = dict(freeze_feature_encoder=freeze_feature_encoder, normalize_waveforms=normalize_waveforms)
+    options = dict(freeze_feature_encoder=freeze_feature_encoder, normalize_waveforms=normalize_waveforms,
+                   batch_independent=batch_independent)
     if backbone.startswith("random:"):
         family = backbone.split(":", 1)[1]
         if family not in FAMILIES:

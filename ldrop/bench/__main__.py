@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "precision": ("ldrop.bench.precision", "the quickstart metric at each training precision, paired over seeds"),
     "gpu": ("ldrop.bench.gpu", "every GPU figure in one command: speed-up, host syncs, profile, quickstart at bf16"),
     "onnx_parity": ("ldrop.bench.onnx_parity", "ONNX Runtime vs PyTorch: logits, masks, folder size, int8 accuracy"),
+    "batching": ("ldrop.bench.batching", "clips whose layers or prediction change when batched (batch_independent)"),
 }
 
 

@@ -74,18 +74,25 @@ def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) ->
             "budgets": rows}
 
 
-def accuracy_record(checkpoint: str, config: str, scratch: Path, say: Any) -> dict[str, Any]:
-    """Test-set accuracy at every budget with PyTorch, ONNX Runtime fp32 and ONNX Runtime int8."""
+def config_datamodule(config: str) -> Any:
+    """The ldrop DataModule of a config's ``data`` section, set up for fit and test."""
     import yaml
 
     import ldrop.data
-    from ldrop.runtime import load_model
 
     data_config = yaml.safe_load(Path(config).read_text())["data"]
     data_class = getattr(ldrop.data, data_config["class_path"].rpartition(".")[2])
     datamodule = data_class(**data_config.get("init_args", {}))
     datamodule.setup("fit")
     datamodule.setup("test")
+    return datamodule
+
+
+def accuracy_record(checkpoint: str, config: str, scratch: Path, say: Any) -> dict[str, Any]:
+    """Test-set accuracy at every budget with PyTorch, ONNX Runtime fp32 and ONNX Runtime int8."""
+    from ldrop.runtime import load_model
+
+    datamodule = config_datamodule(config)
     task = load_model(checkpoint)
     task.calibrate_on_dataloader(datamodule.val_dataloader())  # the selector's fallback, as `ldrop test` does
     folder = export_onnx(task, scratch / "model", progress=say)

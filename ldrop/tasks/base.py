@@ -52,6 +52,8 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         backbone_overrides: config values to change when building the backbone (e.g. dropout).
         normalize_waveforms: zero mean, unit variance per waveform before the CNN (``None``: as the
             checkpoint's ``preprocessor_config.json`` says).
+        batch_independent: each input's output is what it gets alone, whatever its batch-mates' padding
+            (:class:`~ldrop.backbones.SpeechBackbone`; off: as Hugging Face batches).
         freeze: ``"cnn"`` (the CNN feature encoder), ``"backbone"`` (all of it) or ``"none"``.
         init_from: a checkpoint of an earlier ldrop run whose matching weights initialise this model.
         early_exit: the early-exit baseline instead of a selector (``None``: no early exit).
@@ -87,6 +89,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         pretrained: bool = True,
         backbone_overrides: dict[str, Any] | None = None,
         normalize_waveforms: bool | None = None,
+        batch_independent: bool = False,
         freeze: Literal["cnn", "backbone", "none"] = "cnn",
         init_from: str | None = None,
         early_exit: EarlyExitConfig | None = None,
@@ -120,7 +123,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         if predict_chunk_overlap_seconds < 0:
             raise ValueError(f"predict_chunk_overlap_seconds must be >= 0, got {predict_chunk_overlap_seconds}")
         backbone_module = load_backbone(backbone, pretrained, backbone_overrides, freeze != "none",
-                                        normalize_waveforms)
+                                        normalize_waveforms, batch_independent)
         training.freeze_backbone(backbone_module, freeze)
         num_layers, feature_dim = backbone_module.num_layers, backbone_module.feature_dim
         self.configure_gating(

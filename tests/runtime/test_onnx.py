@@ -52,9 +52,11 @@ def calibrated_threshold_task() -> ClassificationTask:
 
 
 def fallback_task() -> ClassificationTask:
-    """Data2VecAudio with a top-k selector whose validation fallback chose an input-blind mask at budget 2."""
+    """Data2VecAudio with a top-k selector whose validation fallback chose an input-blind mask at budget 2, batch
+    independent (its positional convolutions masked)."""
     torch.manual_seed(3)
-    task = ClassificationTask(num_classes=5, backbone="tiny:data2vec", selector=InputConditionedSelector).eval()
+    task = ClassificationTask(num_classes=5, backbone="tiny:data2vec", selector=InputConditionedSelector,
+                              batch_independent=True).eval()
     task.selector.fallback.uses_input[1] = False
     task.selector.fallback.blind_masks[1] = torch.tensor([True, False, False, True])
     task.selector.fallback.metrics[1] = torch.tensor([0.5, 0.6])
@@ -62,9 +64,10 @@ def fallback_task() -> ClassificationTask:
 
 
 def prefix_ctc_task() -> CTCTask:
-    """HuBERT CTC with a selector that reads the output of the first encoder layer (run for every input)."""
+    """HuBERT CTC with a selector that reads the output of the first encoder layer (run for every input), batch
+    independent (its CNN's group norm masked)."""
     torch.manual_seed(4)
-    return CTCTask(labels="english", backbone="tiny:hubert",
+    return CTCTask(labels="english", backbone="tiny:hubert", batch_independent=True,
                    selector=functools.partial(InputConditionedSelector, input="layers", read_layers=1)).eval()
 
 
@@ -116,6 +119,19 @@ def test_onnx_logits_and_masks_match_pytorch_at_one_half_and_all_layers(exports,
         assert np.abs(logits - expected).max() <= TOLERANCE, f"budget {budget.tolist()}"
         distinct_masks |= {tuple(row) for row in keep.tolist()}
     assert len(distinct_masks) >= 3  # masks differ between budgets and inputs
+
+
+@pytest.mark.parametrize("family", ["hubert", "data2vec"])
+def test_a_batch_independent_export_gives_each_input_what_it_gets_alone(exports, family):
+    model = OnnxAdaptiveModel(exports[family][1])
+    waves, lengths = padded_batch(LENGTHS, seed=11)
+    budget = np.array([2, 2, 2])
+    logits, keep, _ = model.forward(waves.numpy(), lengths.numpy(), budget)
+    for i, n in enumerate(LENGTHS):
+        alone, alone_keep, _ = model.forward(waves[i : i + 1, :n].numpy(), lengths[i : i + 1].numpy(), budget[:1])
+        frames = alone.shape[1] if alone.ndim == 3 else None  # CTC: the padded batch has more frames
+        assert np.array_equal(keep[i], alone_keep[0])
+        assert np.abs(logits[i, :frames] - alone[0]).max() <= TOLERANCE
 
 
 @pytest.mark.parametrize("family", FAMILIES)
