@@ -3,8 +3,10 @@ errors and ldrop's own exceptions (:func:`user_error_line`); ``main`` prints it 
 
 from __future__ import annotations
 
+import ast
 import difflib
 import errno
+import importlib
 import os
 import re
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from ldrop._io import CheckpointError
 from ldrop._lightning import parser_actions
 from ldrop.data.audio import AudioReadError
 from ldrop.data.base import DatasetLayoutError
+from ldrop.runtime.checkpoints import import_failure
 from ldrop.sweeps.report import IncompleteSweepError
 
 #: Options that only 'ldrop predict' takes: the other subcommands neither list nor accept them.
@@ -105,11 +108,57 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     ambiguous = re.search(r"Multiple subclasses with name (\w+)\. [^:]*: (.+?)\.?$", message, flags=re.M)
     if ambiguous:
         return f"{option}: several classes are named {ambiguous[1]} ({ambiguous[2]}): give its full class path"
+    for path_key, class_path in _class_paths(value, key):
+        if (problem := _class_path_problem(class_path)) is not None:
+            return f"{_option_as_typed(path_key, argv)} {class_path!r}: {problem}"
     innermost = re.search(r"Expected an? (.+?)\. Got value: (.*?)(?:\. Got value: .*)?$", message, flags=re.M)
     subtypes = re.findall(r"Subtypes: \[(.*)\]$", message, flags=re.M)
     if innermost or subtypes:
         return f"{given}: expected {_accepted([innermost.group(1)] if innermost else _split_types(subtypes[-1]))}"
     return f"{given}: " + lines[-1][:200]
+
+
+def _class_paths(value: str | None, key: str) -> list[tuple[str, str]]:
+    """``(key, class path)`` of each ``class_path`` in a rejected value, outermost first: the value of a
+    ``--model.class_path`` option, or a ``model:`` section of a config file (printed as a dict)."""
+    if value is None:
+        return []
+    if key.endswith("class_path"):
+        return [(key, value)]
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return []
+
+    def walk(item: Any, at: str) -> list[tuple[str, str]]:
+        if not isinstance(item, dict):
+            return []
+        own = [(f"{at}.class_path", item["class_path"])] if isinstance(item.get("class_path"), str) else []
+        return own + [pair for name, sub in item.items() if name != "class_path" for pair in walk(sub, f"{at}.{name}")]
+
+    return walk(parsed, key)
+
+
+def _class_path_problem(class_path: str) -> str | None:
+    """Why ``class_path`` names no class (a misspelt ldrop class, a module that does not import, a name its
+    module lacks), or ``None`` if it does."""
+    module, _, name = class_path.rpartition(".")
+    if not module:
+        if _closest_class_name(name, cutoff=1.0):
+            return None
+        guess = _closest_class_name(name)
+        return "no such class" + (f"; did you mean {guess}?" if guess else "") + " (give a class name or a dotted path)"
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as err:
+        return import_failure(module, err)
+    except Exception as err:  # noqa: BLE001 - the user's module raised while importing; say what
+        return f"importing {module} failed: {type(err).__name__}: {err}"
+    if isinstance(getattr(imported, name, None), type):
+        return None
+    classes = [n for n in dir(imported) if isinstance(getattr(imported, n), type)]
+    guesses = difflib.get_close_matches(name, classes, n=1, cutoff=0.75)
+    return f"{module} has no class {name}" + (f"; did you mean {module}.{guesses[0]}?" if guesses else "")
 
 
 def _help_chain(key: str, classes: Sequence[str]) -> list[tuple[str, str]]:
@@ -173,11 +222,11 @@ def _accepted(types: Sequence[str]) -> str:
     return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else (words[0] if words else "another value")
 
 
-def _closest_class_name(name: str) -> str | None:
+def _closest_class_name(name: str, cutoff: float = 0.75) -> str | None:
     """The ldrop class whose name is closest to a misspelt ``name`` (``InputConditonedSelector``)."""
     known = [n for module in (ldrop.selectors, ldrop.tasks, ldrop.data) for n in dir(module)
              if isinstance(getattr(module, n), type)]
-    matches = difflib.get_close_matches(name.rsplit(".", 1)[-1], known, n=1, cutoff=0.75)
+    matches = difflib.get_close_matches(name.rsplit(".", 1)[-1], known, n=1, cutoff=cutoff)
     return matches[0] if matches else None
 
 

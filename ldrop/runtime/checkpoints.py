@@ -21,13 +21,30 @@ from ldrop.tasks.checkpointing import EXPORT_STATE_FILE
 _BUILD_ONLY = ("_class_path", "_instantiator", "init_from", "backbone_overrides")
 
 
+def import_failure(module: str, err: ImportError) -> str:
+    """Why ``module`` did not import, with what to do: ``"No module named 'mypkg' (put the folder that holds
+    mypkg on PYTHONPATH)"``, or the error inside the module (a dependency of its own)."""
+    missing = getattr(err, "name", None) or ""
+    if missing and (module + ".").startswith(missing + "."):
+        return f"{err} (put the folder that holds {missing.split('.')[0]} on PYTHONPATH)"
+    return f"importing {module} failed: {err}"
+
+
 def _task_class(class_path: str) -> type[LayerDropTask]:
+    """The task class a checkpoint names; :class:`CheckpointError` (one line) if it cannot be imported."""
     module, _, name = class_path.rpartition(".")
     if not module:
         module = "ldrop.tasks"
-    cls = getattr(importlib.import_module(module), name, None)
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError as err:
+        raise CheckpointError(f"its task class {class_path} cannot be imported: {import_failure(module, err)}") from err
+    if cls is None and module == "__main__":
+        raise CheckpointError(f"its task class {name} was defined in a script (__main__), which other programs "
+                              "cannot import: define it in a module and train again, or load the checkpoint with "
+                              f"{name}.load_from_checkpoint in that script")
     if not (isinstance(cls, type) and issubclass(cls, LayerDropTask)):
-        raise ValueError(f"{class_path!r} is not an ldrop task class")
+        raise CheckpointError(f"{class_path!r} is not an ldrop task class")
     return cls
 
 
@@ -43,7 +60,10 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
     class_path = checkpoint.get("ldrop_task_class") if isinstance(checkpoint, dict) else None
     if not class_path:
         raise CheckpointError(f"{path!r} was not written by an ldrop task (no 'ldrop_task_class' entry)")
-    cls = _task_class(class_path)
+    try:
+        cls = _task_class(class_path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
     del checkpoint
     try:
         return cls.load_from_checkpoint(path, map_location="cpu")
@@ -72,7 +92,11 @@ def load_exported(directory: str | os.PathLike) -> LayerDropTask:
     hparams = {k: v for k, v in payload.get("hparams", {}).items() if k not in _BUILD_ONLY}
     # The folder's config.json already holds any overrides; its weights come from the state dict below.
     hparams.update(backbone=str(directory), pretrained=False)
-    model = _task_class(class_path)(**hparams)
+    try:
+        cls = _task_class(class_path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{state_file}: {err}") from err
+    model = cls(**hparams)
     try:
         model.load_state_dict(payload["state_dict"])
     except CheckpointError as err:

@@ -236,7 +236,16 @@ def test_a_nan_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
      "--model.init_args.selector.init_args.mode 'both': expected one of 'topk', 'threshold'"),
     (["--trainer.max_epoch", "1"], "--trainer.max_epoch 1; did you mean --trainer.max_epochs?"),
     (["--predictions.output", "p.jsonl"], "--predictions.output applies to 'ldrop predict' only"),
-], ids=["unknown-key", "wrong-type", "misspelt-class", "budget", "choice", "abbreviation", "predict-only"])
+    (["--model.class_path", "ClasificationTask"],
+     "--model.class_path 'ClasificationTask': no such class; did you mean ClassificationTask?"),
+    (["--model.selector.class_path", "InputConditionedSelectr"],
+     "--model.selector.class_path 'InputConditionedSelectr': no such class; did you mean InputConditionedSelector?"),
+    (["--model.class_path", "ldrop.tasks.ClasificationTask"],
+     "ldrop.tasks has no class ClasificationTask; did you mean ldrop.tasks.ClassificationTask?"),
+    (["--model.class_path", "ldrop_missing_pkg.tasks.PitchTask"],
+     "No module named 'ldrop_missing_pkg' (put the folder that holds ldrop_missing_pkg on PYTHONPATH)"),
+], ids=["unknown-key", "wrong-type", "misspelt-class", "budget", "choice", "abbreviation", "predict-only",
+        "misspelt-class-path", "misspelt-nested-class-path", "class-its-module-lacks", "module-not-importable"])
 def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accepted(tmp_path, capsys, monkeypatch,
                                                                                    args, expected):
     argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path), *args]
@@ -247,6 +256,17 @@ def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accept
     with pytest.raises(Exception) as raised:
         main(argv)
     assert isinstance(raised.value.__cause__, ArgumentError)
+
+
+def test_a_misspelt_class_path_deep_in_a_config_file_is_named_with_a_suggestion(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text(Path(QUICKSTART).read_text().replace("class_path: InputConditionedSelector",
+                                                           "class_path: InputConditionedSelectr"))
+    assert "InputConditionedSelectr" in config.read_text()
+    assert main(["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]) == 2
+    line = one_error_line(capsys)
+    assert "selector.class_path 'InputConditionedSelectr': no such class; did you mean InputConditionedSelector?" in line
+    assert not (tmp_path / "logs").exists()
 
 
 def test_a_class_name_two_classes_share_is_one_line_naming_both(capsys):

@@ -215,3 +215,20 @@ def test_a_bf16_model_or_autocast_runs_targets_end_to_end_with_float32_logits(pr
 def test_autocast_must_be_a_dtype():
     with pytest.raises(ValueError, match="autocast must be a torch dtype"):
         AdaptiveModel(_fbank_task(), autocast="bf16")
+
+
+@pytest.mark.parametrize(("class_path", "message"), [
+    ("ldrop_missing_pkg.tasks.PitchTask", r"cannot be imported: .*put the folder that holds ldrop_missing_pkg on PYTHONPATH"),
+    ("__main__.PitchTask", r"defined in a script \(__main__\).*PitchTask.load_from_checkpoint"),
+])
+def test_a_task_class_that_cannot_be_imported_is_one_line_naming_the_checkpoint(tiny_checkpoint, tmp_path, class_path,
+                                                                                  message):
+    from ldrop._io import CheckpointError
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=False)
+    checkpoint["ldrop_task_class"] = class_path  # a downstream task whose package is not importable here
+    moved = tmp_path / "downstream.ckpt"
+    torch.save(checkpoint, moved)
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_model(moved)
+    assert str(moved) in str(err.value) and "\n" not in str(err.value)
