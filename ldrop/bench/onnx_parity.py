@@ -75,14 +75,10 @@ def parity_record(family: str, size: str, seed: int, scratch: Path, say: Any) ->
 
 
 def config_datamodule(config: str) -> Any:
-    """The ldrop DataModule of a config's ``data`` section, set up for fit and test."""
-    import yaml
+    """The DataModule of a config's ``data`` section, set up for fit and test."""
+    from ldrop.runtime.checkpoints import config_datamodule as build
 
-    import ldrop.data
-
-    data_config = yaml.safe_load(Path(config).read_text())["data"]
-    data_class = getattr(ldrop.data, data_config["class_path"].rpartition(".")[2])
-    datamodule = data_class(**data_config.get("init_args", {}))
+    datamodule = build(config)
     datamodule.setup("fit")
     datamodule.setup("test")
     return datamodule

@@ -1,4 +1,4 @@
-"""Layer budgets: an int (layers), a float (fraction of the stack) or a per-sample tensor."""
+"""Layer budgets: an int (layers), a float (fraction of the stack), or a per-sample list or tensor of them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-Budget = int | float | Tensor
+Budget = int | float | Sequence[int | float] | Tensor
 
 
 def budget_to_layers(budget: int | float, num_layers: int) -> int:
@@ -24,15 +24,17 @@ def budget_to_layers(budget: int | float, num_layers: int) -> int:
         if not (0.0 < budget <= 1.0) or math.isnan(budget):
             raise ValueError(f"a fractional budget must be in (0, 1], got {budget}")
         return max(1, min(num_layers, int(round(budget * num_layers))))
-    raise ValueError(f"budget must be an int, a float or a tensor, got {type(budget).__name__}")
+    raise ValueError(f"budget must be an int, a float, a list or a tensor of them, got {type(budget).__name__}")
 
 
 def resolve_budget(budget: Budget, num_layers: int, batch: int, device: torch.device | str = "cpu") -> Tensor:
-    """A budget (int layers, float fraction, or a ``[]``/``[batch]`` tensor of either) as ``[batch]`` long
-    layer counts.
+    """A budget (int layers, float fraction, a list of them, one per input, or a ``[]``/``[batch]`` tensor of
+    either) as ``[batch]`` long layer counts.
 
     Raises ``ValueError`` for out-of-range values or a tensor of the wrong shape, with what was expected.
     """
+    if isinstance(budget, list | tuple):  # one per input, each read as a single budget (int layers, float fraction)
+        budget = torch.tensor([budget_to_layers(b, num_layers) for b in budget], dtype=torch.long)
     if not isinstance(budget, Tensor):
         return torch.full((batch,), budget_to_layers(budget, num_layers), dtype=torch.long, device=device)
     if budget.dim() == 0:

@@ -3,12 +3,15 @@ as ONNX graphs for :class:`~ldrop.runtime.OnnxAdaptiveModel` (:mod:`ldrop.runtim
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from ldrop.cli.errors import command_parser, parse_command
-from ldrop.runtime.checkpoints import load_task_checkpoint
+from ldrop.cli.errors import ConfigError, command_parser, parse_command
+from ldrop.runtime.checkpoints import fit_on_run_validation_data, load_task_checkpoint, run_config
+from ldrop.tasks import LayerDropTask
 
 
 def build_parser() -> ArgumentParser:
@@ -27,18 +30,42 @@ def build_parser() -> ArgumentParser:
                         help="with --format onnx: int8 dynamic quantization of the layer graphs (default: fp32)")
     parser.add_argument("--no-check", action="store_true",
                         help="with --format onnx: skip the ONNX Runtime vs PyTorch parity check")
+    parser.add_argument("--config", default=None,
+                        help="the run's config.yaml (default: the one ldrop fit wrote beside the checkpoints/ folder): "
+                             "a selector or exit that is fitted on validation data before ldrop test and predict is "
+                             "fitted on its datamodule's validation split first, so the export decides as predict does")
+    parser.add_argument("--no-fit", action="store_true",
+                        help="export the checkpoint's decisions as they are, without that fit")
     return parser
+
+
+def _fitted(model: LayerDropTask, checkpoint: str, config: str | None, no_fit: bool) -> LayerDropTask:
+    """``model``, fitted on the run's validation data where ``ldrop predict`` would fit it first."""
+    depth = model.eval().depth
+    if no_fit or depth.calibrated_for(range(1, model.num_layers + 1)):  # fitted already, or nothing to fit
+        return model
+    path = Path(config) if config else run_config(checkpoint)
+    if config and not path.is_file():
+        raise ConfigError(f"--config {config}: no such file")
+    if not path.is_file():
+        warnings.warn(f"{depth} is fitted on validation data before 'ldrop predict', and no run config is beside "
+                      f"the checkpoint ({path}): the export keeps its unfitted decisions; give the run's config.yaml "
+                      "with --config", UserWarning, stacklevel=2)
+        return model
+    fit_on_run_validation_data(model, path, say=lambda line: print(line, flush=True))
+    return model
 
 
 def main(argv: Sequence[str]) -> int:
     ns = parse_command(build_parser(), argv)
     if ns.format == "onnx":
-        from ldrop.runtime.onnx_export import export_onnx
+        from ldrop.runtime.onnx_export import export_onnx, load_task
 
-        export_onnx(ns.checkpoint, ns.out_dir, quantize=ns.quantize, check=not ns.no_check,
+        model = _fitted(load_task(ns.checkpoint), ns.checkpoint, ns.config, ns.no_fit)
+        export_onnx(model, ns.out_dir, quantize=ns.quantize, check=not ns.no_check,
                     progress=lambda line: print(line, flush=True))
         return 0
-    model = load_task_checkpoint(ns.checkpoint)
+    model = _fitted(load_task_checkpoint(ns.checkpoint), ns.checkpoint, ns.config, ns.no_fit)
     out = model.export_pretrained(ns.out_dir)
     print(f"exported {type(model).__name__} backbone to {out}")
     return 0

@@ -104,6 +104,51 @@ def load_exported(directory: str | os.PathLike) -> LayerDropTask:
     return model
 
 
+def run_config(checkpoint: str | os.PathLike) -> Path:
+    """Where ``ldrop fit`` wrote the run's ``config.yaml`` for ``checkpoint`` (``<run>/checkpoints/x.ckpt``)."""
+    return Path(checkpoint).resolve().parent.parent / "config.yaml"
+
+
+def config_datamodule(config: str | os.PathLike) -> Any:
+    """The DataModule of a run's config file (its ``data:`` section, e.g. the ``config.yaml`` that ``ldrop fit``
+    writes into the run folder), not set up; ``ValueError`` (one line naming the file) if it has none."""
+    import lightning as L
+    import yaml
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    import ldrop.data  # noqa: F401 - short class names (SyntheticClassificationDataModule) resolve among these
+
+    section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+    if not section:
+        raise ValueError(f"{config}: no 'data' section to build the run's datamodule from")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--data", type=L.LightningDataModule)
+    try:
+        return parser.instantiate_classes(parser.parse_object({"data": section})).data
+    except ArgumentError as err:
+        raise ValueError(f"{config}: its 'data' section does not build a datamodule: "
+                         f"{str(err).strip().splitlines()[-1]}") from err
+
+
+def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
+                               say: Any = print) -> bool:
+    """Fit what ``model`` fits on validation data before ``ldrop test`` and ``ldrop predict`` (a selector's
+    fallback and thresholds, early-exit thresholds) on the validation split of the run's datamodule, built from
+    ``config``, so that an export makes the decisions that ``ldrop predict`` makes; returns whether it fitted."""
+    depth = model.depth
+    if depth.calibrated_for(range(1, model.num_layers + 1)):  # fitted already, or nothing to fit
+        return False
+    datamodule = config_datamodule(config)
+    has_split = getattr(datamodule, "has_split", None)
+    if callable(has_split) and not has_split("val"):
+        raise ValueError(f"{config}: its datamodule has no validation split to fit {depth} on")
+    datamodule.setup("validate")
+    say(f"fitting {depth} on the validation split of {type(datamodule).__name__} ({config}), as 'ldrop test' "
+        "and 'ldrop predict' do")
+    model.calibrate_on_dataloader(datamodule.val_dataloader())
+    return True
+
+
 def load_model(path: str | os.PathLike) -> LayerDropTask:
     """A trained ldrop model in eval mode, from a ``.ckpt`` file or an exported folder.
 

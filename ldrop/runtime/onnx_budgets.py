@@ -17,6 +17,8 @@ from ldrop.budgets.loop import ControlLoop
 def resolve_budget(budget: Any, num_layers: int, batch: int) -> np.ndarray:
     """A plain budget (layers, fraction or an array of either) as ``[batch]`` int64, as
     :func:`ldrop.budgets.resolve_budget`."""
+    if isinstance(budget, list | tuple):  # one per input, each read as a single budget
+        budget = np.array([resolve_budget(b, num_layers, 1)[0] for b in budget], dtype=np.int64)
     if isinstance(budget, bool):
         raise ValueError(f"budget must be an int (layers) or a float (fraction), got {budget!r}")
     if isinstance(budget, int | np.integer):

@@ -168,6 +168,50 @@ def test_export_gives_a_backbone_directory_that_a_new_run_starts_from(trained, t
         assert torch.allclose(model.eval()(waves, None, 4)[0], second.eval()(waves, None, 4)[0], atol=1e-6)
 
 
+def test_export_fits_the_selector_on_the_runs_validation_split_as_predict_does(trained, tmp_path, capsys):
+    from ldrop.runtime import load_model
+    from ldrop.runtime.checkpoints import config_datamodule
+
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    assert not load_model(checkpoint).selector.calibrated  # a checkpoint from training holds no fit
+    assert main(["export", str(checkpoint), str(tmp_path / "exported")]) == 0
+    assert "fitting" in capsys.readouterr().out
+    exported = load_model(tmp_path / "exported")
+    # what 'ldrop predict' fits first: the same fit, on the validation split of the run's datamodule
+    reference = load_model(checkpoint)
+    data = config_datamodule(trained / "config.yaml")
+    data.setup("validate")
+    reference.calibrate_on_dataloader(data.val_dataloader())
+    assert exported.selector.calibrated and reference.selector.calibrated
+    assert exported.selector.report() == reference.selector.report()
+    waves = torch.randn(6, 8000, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for k in range(1, exported.num_layers):
+            assert torch.equal(exported(waves, None, k)[1], reference(waves, None, k)[1]), k
+    pytest.importorskip("onnxscript", reason="the ONNX exporter needs the optional extra ldrop[onnx]")
+    assert main(["export", str(checkpoint), str(tmp_path / "onnx"), "--format", "onnx", "--no-check"]) == 0
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())["selector"]
+    assert manifest["uses_input"] == reference.selector.fallback.uses_input.tolist()
+    assert manifest["blind_masks"] == reference.selector.fallback.blind_masks.int().tolist()
+
+
+def test_export_of_a_checkpoint_away_from_its_run_warns_and_takes_the_config_as_an_option(trained, tmp_path):
+    from ldrop.runtime import load_model
+
+    alone = tmp_path / "elsewhere" / "last.ckpt"
+    alone.parent.mkdir()
+    shutil.copy(trained / "checkpoints" / "last.ckpt", alone)
+    with pytest.warns(UserWarning, match="no run config is beside the checkpoint.*--config"):
+        assert main(["export", str(alone), str(tmp_path / "unfitted")]) == 0
+    assert not load_model(tmp_path / "unfitted").selector.calibrated
+    assert main(["export", str(alone), str(tmp_path / "fitted"), "--config", str(trained / "config.yaml")]) == 0
+    assert load_model(tmp_path / "fitted").selector.calibrated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as asked: no fit, and no warning about it
+        assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "raw"), "--no-fit"]) == 0
+    assert not load_model(tmp_path / "raw").selector.calibrated
+
+
 def test_a_layer_dropping_run_starts_from_a_full_depth_checkpoint(tmp_path):
     full = _fit(tmp_path / "full", "--model.init_args.selector", "null")
     run = _fit(tmp_path / "drop", "--model.init_args.init_from", str(full / "checkpoints" / "last.ckpt"),

@@ -232,3 +232,11 @@ def test_a_task_class_that_cannot_be_imported_is_one_line_naming_the_checkpoint(
     with pytest.raises(CheckpointError, match=message) as err:
         load_model(moved)
     assert str(moved) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_per_input_budgets_as_a_list_run_as_their_tensor(tiny_checkpoint):
+    model = AdaptiveModel(load_model(tiny_checkpoint))
+    waves = torch.randn(3, 8000, generator=torch.Generator().manual_seed(3))
+    as_list, as_tensor = model(waves, [1, 0.5, 4]), model(waves, torch.tensor([1, 2, 4]))
+    assert as_list.layers_run.tolist() == as_tensor.layers_run.tolist() == [1, 2, 4]
+    assert torch.equal(as_list.logits, as_tensor.logits)

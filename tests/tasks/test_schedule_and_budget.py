@@ -59,6 +59,27 @@ def test_fraction_tensor_budgets_round_to_layers():
     assert resolve_budget(torch.tensor([0.25, 1.0]), 12, 2).tolist() == [3, 12]
 
 
+@pytest.mark.parametrize("budgets", [[1, 3, 4], [0.25, 0.5, 1.0], [2, 0.5, 1], (4, 1, 2)])
+def test_a_list_of_per_input_budgets_resolves_as_its_tensor_and_as_the_onnx_runtime_does(budgets):
+    from ldrop.runtime.onnx_budgets import resolve_budget as resolve_array
+
+    layers = resolve_budget(budgets, 4, 3).tolist()
+    assert layers == [budget_to_layers(b, 4) for b in budgets] == resolve_array(budgets, 4, 3).tolist()
+    assert all(1 <= k <= 4 for k in layers)
+
+
+@pytest.mark.parametrize(("budgets", "message"), [
+    ([1, 5, 2], "between 1 and 4 layers, got 5"), ([1, 2], r"shape \[\] or \[batch=3\]"),
+    ([1, "2", 3], "an int, a float"), ([True, 1, 2], "got True"), ([0.5, 1.5, 1.0], r"in \(0, 1\], got 1.5"),
+])
+def test_a_bad_list_of_budgets_is_one_clear_error_in_both_runtimes(budgets, message):
+    from ldrop.runtime.onnx_budgets import resolve_budget as resolve_array
+
+    for resolve in (resolve_budget, resolve_array):
+        with pytest.raises(ValueError, match=message):
+            resolve(budgets, 4, 3)
+
+
 def test_scalar_tensor_budget_is_broadcast():
     assert resolve_budget(torch.tensor(5), 12, 3).tolist() == [5, 5, 5]
 
