@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,32 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", wei
         return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except DAMAGED_CHECKPOINT_ERRORS as err:
         raise damaged_checkpoint_error(path, err) from err
+    except OSError as err:
+        if err.filename is not None:  # the file itself cannot be read (permissions, I/O): an OS error
+            raise
+        raise damaged_checkpoint_error(path, err) from err  # torch's reader gave up inside the file (truncated)
+
+
+def check_new_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExistsError) -> Path:
+    """``out_dir`` as a path if it is new or an empty folder, else ``error`` (one line)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise error(f"{str(out_dir)!r} already exists and is not an empty folder: choose a new folder")
+    return out_dir
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExistsError) -> Iterator[Path]:
+    """A hidden sibling folder to write into, renamed to ``out_dir`` when the block succeeds, else removed: the
+    folder appears complete or not at all. ``error`` (one line) if ``out_dir`` is a file or a non-empty folder."""
+    out_dir = check_new_folder(out_dir, error)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield staging
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
+from ldrop._io import check_new_folder
 from ldrop.cli.errors import ConfigError, command_parser, parse_command
 from ldrop.runtime.checkpoints import fit_on_run_validation_data, load_task_checkpoint, run_config
 from ldrop.tasks import LayerDropTask
@@ -24,7 +25,7 @@ def build_parser() -> ArgumentParser:
         "OnnxAdaptiveModel on ONNX Runtime.",
     )
     parser.add_argument("checkpoint", help="a .ckpt written by ldrop fit (--format onnx: or an ldrop export folder)")
-    parser.add_argument("out_dir", help="output directory (--format onnx: must not exist yet, or be empty)")
+    parser.add_argument("out_dir", help="output directory: it must not exist yet, or be empty")
     parser.add_argument("--format", choices=("hf", "onnx"), default="hf", help="hf (default) or onnx")
     parser.add_argument("--quantize", choices=("dynamic",), default=None,
                         help="with --format onnx: int8 dynamic quantization of the layer graphs (default: fp32)")
@@ -58,6 +59,9 @@ def _fitted(model: LayerDropTask, checkpoint: str, config: str | None, no_fit: b
 
 def main(argv: Sequence[str]) -> int:
     ns = parse_command(build_parser(), argv)
+    if ns.format == "hf" and (ns.quantize or ns.no_check):
+        raise ConfigError(f"{'--quantize' if ns.quantize else '--no-check'} applies to --format onnx only")
+    check_new_folder(ns.out_dir, ConfigError)  # before the model is loaded and fitted
     if ns.format == "onnx":
         from ldrop.runtime.onnx_export import export_onnx, load_task
 

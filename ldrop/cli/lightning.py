@@ -21,7 +21,7 @@ import ldrop.data  # noqa: F401
 import ldrop.selectors  # noqa: F401
 import ldrop.tasks  # noqa: F401
 from ldrop import __version__
-from ldrop._io import load_checkpoint_file
+from ldrop._io import CheckpointError, load_checkpoint_file
 from ldrop._lightning import CLISteps, subcommand_parsers
 from ldrop.budgets import budget_list
 from ldrop.cli.callbacks import AtomicCheckpointIO, ExactResume, JsonlPredictionWriter, TaskCheckpoint
@@ -111,7 +111,11 @@ class LdropCLI(CLISteps):
         if ckpt_path and Path(ckpt_path).is_file():
             # a damaged or foreign file is named now, as one line, before LightningCLI or the run reads it
             # (memory-mapped: cheap even for a large checkpoint)
-            load_checkpoint_file(ckpt_path, weights_only=True, mmap=True)
+            checkpoint = load_checkpoint_file(ckpt_path, weights_only=True, mmap=True)
+            if not (isinstance(checkpoint, dict) and "state_dict" in checkpoint
+                    and "pytorch-lightning_version" in checkpoint):
+                raise CheckpointError(f"--ckpt_path {ckpt_path}: not a checkpoint written by 'ldrop fit' (a Lightning "
+                                      "checkpoint with 'state_dict' and 'pytorch-lightning_version' entries)")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.labels", compute_fn=model_labels, apply_on="instantiate")

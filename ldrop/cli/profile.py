@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import ArgumentParser
 
+from ldrop._io import check_writable_folder
 from ldrop.budgets.profile import PARTS, DeviceProfile, profile_model
-from ldrop.cli.errors import ConfigError, command_parser, parse_command
+from ldrop.cli.errors import ConfigError, command_parser, os_error_line, parse_command
 
 
 def build_parser() -> ArgumentParser:
@@ -49,12 +51,13 @@ def main(argv: Sequence[str]) -> int:
     ns = parse_command(build_parser(), argv)
     if (ns.model is None) == (ns.backbone is None):
         raise ConfigError("give either MODEL (a checkpoint or exported folder) or --backbone NAME")
+    seconds, batch_sizes, overrides = _grid_and_overrides(ns)
+    if Path(ns.out).is_dir():
+        raise ConfigError(f"--out {ns.out}: a folder, not a file")
     try:
-        seconds = [float(x) for x in ns.seconds.split(",") if x.strip()]
-        batch_sizes = [int(x) for x in ns.batch_sizes.split(",") if x.strip()]
-        overrides = json.loads(ns.overrides) if ns.overrides else None
-    except ValueError as error:
-        raise ConfigError(f"bad --seconds/--batch-sizes/--overrides: {error}") from error
+        check_writable_folder(Path(ns.out).parent)  # before the measurement, not after it
+    except OSError as error:
+        raise ConfigError(f"--out {ns.out}: {os_error_line(error)}") from error
     try:
         profile = _measure(ns, seconds, batch_sizes, overrides)
     except (FileNotFoundError, ValueError) as error:
@@ -71,6 +74,32 @@ def main(argv: Sequence[str]) -> int:
               f"{'within' if check['passed'] else 'OUTSIDE'} the {100 * check['tolerance']:.0f}% tolerance")
     print(f"profile: {ns.out}")
     return 0
+
+
+def _grid_and_overrides(ns: Any) -> tuple[list[float], list[int], dict | None]:
+    """``--seconds``, ``--batch-sizes`` and ``--overrides`` parsed; a :class:`ConfigError` naming the option."""
+    def numbers(option: str, text: str, kind: type, least: float) -> list:
+        try:
+            values = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            values = []
+        if not values or any(not v > least for v in values):
+            raise ConfigError(f"{option} {text!r}: expected a comma-separated list of numbers above {least}")
+        return values
+
+    for option, value, least in (("--repeats", ns.repeats, 1), ("--warmup", ns.warmup, 0), ("--validate", ns.validate, 0)):
+        if value < least:
+            raise ConfigError(f"{option} {value}: expected at least {least}")
+    if ns.overrides is not None and ns.backbone is None:
+        raise ConfigError("--overrides applies with --backbone only (a checkpoint keeps its own configuration)")
+    try:
+        overrides = json.loads(ns.overrides) if ns.overrides else None
+    except ValueError as error:
+        raise ConfigError(f"--overrides {ns.overrides!r}: not JSON ({error})") from error
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"--overrides {ns.overrides!r}: expected a JSON object of backbone config fields, e.g. "
+                          "'{\"num_hidden_layers\": 4}'")
+    return numbers("--seconds", ns.seconds, float, 0), numbers("--batch-sizes", ns.batch_sizes, int, 0), overrides
 
 
 def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: dict | None) -> DeviceProfile:

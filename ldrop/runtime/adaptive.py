@@ -26,7 +26,7 @@ from ldrop.budgets.targets import Target, is_target
 from ldrop.engine import layer_guard
 from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
-from ldrop.runtime.onnx_runtime import RunOutput
+from ldrop.runtime.onnx_runtime import RunOutput, check_not_channels
 from ldrop.tasks import LayerDropTask
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,19 @@ def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -
         if waveforms.dim() != 2:
             raise ValueError(f"waveforms must be [samples] or [batch, samples], got {tuple(waveforms.shape)}")
         if lengths is None:
+            check_not_channels(tuple(waveforms.shape))
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
-        return waveforms, torch.as_tensor(lengths).to(torch.long)
-    clips = [torch.as_tensor(w, dtype=torch.float32, device="cpu").flatten() for w in waveforms]
-    if not clips:
-        raise ValueError("no waveforms given")
-    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
-    return torch.nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
+        lengths = torch.as_tensor(lengths).to(torch.long)
+    else:
+        clips = [torch.as_tensor(w, dtype=torch.float32, device="cpu").flatten() for w in waveforms]
+        if not clips:
+            raise ValueError("no waveforms given")
+        waveforms = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+        lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+    finite = torch.isfinite(waveforms).all(dim=1)
+    if not bool(finite.all()):  # one host sync per call: a NaN input would give a confident wrong answer
+        raise ValueError(f"waveforms {(~finite).nonzero().flatten().tolist()} hold NaN or inf samples")
+    return waveforms, lengths
 
 
 class AdaptiveModel(ClosedLoopModel):

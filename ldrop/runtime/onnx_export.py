@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ldrop import __version__
+from ldrop._io import staged_folder
 from ldrop.backbones.adapter import LayerContext
 from ldrop.engine.flops import decision_flops, frontend_flops, layer_flops
 from ldrop.runtime.checkpoints import load_model
@@ -362,7 +362,7 @@ def export_onnx(
                               "allocation or full model")
     selector = selector_description(task)
     try:
-        with _staging(out_dir) as staging:
+        with staged_folder(out_dir, OnnxExportError) as staging:
             _write_folder(task, staging, selector, say)
             if check:
                 _check_parity(task, staging, say)
@@ -379,24 +379,6 @@ def export_onnx(
     return out_dir
 
 
-@contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A hidden sibling folder to write into, renamed to ``out_dir`` when the block succeeds, else removed:
-    the export folder appears complete or not at all."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OnnxExportError(f"{str(out_dir)!r} already exists and is not an empty folder: choose a new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        yield staging
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
                     progress: Callable[[str], None] | None = None) -> Path:
     """An int8 copy of an fp32 export folder (dynamic quantization of its layer graphs, no new trace)."""
@@ -404,7 +386,7 @@ def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
     if read_manifest(source).get("quantize"):
         raise OnnxExportError(f"{str(source)!r} is already quantized")
     say = progress or log.info
-    with _staging(out_dir) as staging:
+    with staged_folder(out_dir, OnnxExportError) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
         _quantize_layers(staging, say)
     return out_dir

@@ -144,6 +144,14 @@ def read_audio_file(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
 
 
+def check_not_channels(shape: tuple[int, ...]) -> None:
+    """A ValueError for a ``[samples, channels]`` array given as ``[batch, samples]`` (how ``soundfile.read``
+    returns multi-channel audio)."""
+    if len(shape) == 2 and shape[1] <= 8 < shape[0]:
+        raise ValueError(f"waveforms of shape {list(shape)} look like [samples, channels] audio (as soundfile.read "
+                         "returns it): give [batch, samples], e.g. one channel with x.mean(axis=1)")
+
+
 def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> tuple[np.ndarray, np.ndarray]:
     """``(waveforms [batch, samples] float32, lengths [batch] int64)`` from one utterance ``[samples]``, a
     zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths."""
@@ -156,20 +164,25 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
         if waves.ndim != 2:
             raise ValueError(f"waveforms must be [samples] or [batch, samples], got {list(waves.shape)}")
         if lengths is None:
+            check_not_channels(waves.shape)
             lengths = np.full(waves.shape[0], waves.shape[1], dtype=np.int64)
         lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
         if lengths.shape != (waves.shape[0],) or bool((lengths > waves.shape[1]).any()):
             raise ValueError(f"lengths must be [batch={waves.shape[0]}] values <= {waves.shape[1]}, got {lengths}")
-        return np.ascontiguousarray(waves), lengths
-    clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike)
-             else np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
-    if not clips:
-        raise ValueError("no waveforms given")
-    lengths = np.array([len(c) for c in clips], dtype=np.int64)
-    padded = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
-    for row, clip in enumerate(clips):
-        padded[row, : len(clip)] = clip
-    return padded, lengths
+        waves = np.ascontiguousarray(waves)
+    else:
+        clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike)
+                 else np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
+        if not clips:
+            raise ValueError("no waveforms given")
+        lengths = np.array([len(c) for c in clips], dtype=np.int64)
+        waves = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
+        for row, clip in enumerate(clips):
+            waves[row, : len(clip)] = clip
+    finite = np.isfinite(waves).all(axis=1)
+    if not finite.all():  # a NaN input would give a confident wrong answer
+        raise ValueError(f"waveforms {np.flatnonzero(~finite).tolist()} hold NaN or inf samples")
+    return waves, lengths
 
 
 # ---------------------------------------------------------------------------------------------- selection

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldrop._io import CheckpointError, atomic_torch_save, load_checkpoint_file
+from ldrop._io import CheckpointError, atomic_torch_save, load_checkpoint_file, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,13 @@ def _class_path(task: nn.Module) -> str:
 
 def export_pretrained(task: Any, directory: str | Path) -> Path:
     """The backbone as a ``save_pretrained`` folder (with ``preprocessor_config.json``), the rest of the task's
-    state, its hyper-parameters and class in ``ldrop_task_state.pt`` beside it."""
+    state, its hyper-parameters and class in ``ldrop_task_state.pt`` beside it (a new or empty folder)."""
     directory = Path(directory)
     check_finite_weights(task)
-    task.backbone.save_pretrained(directory)
     state = {"state_dict": dict(task.state_dict()), "hparams": dict(task.hparams), "task_class": _class_path(task)}
-    atomic_torch_save(state, directory / EXPORT_STATE_FILE)
+    with staged_folder(directory) as staging:  # complete or absent; never into a file or a non-empty folder
+        task.backbone.save_pretrained(staging)
+        atomic_torch_save(state, staging / EXPORT_STATE_FILE)
     return directory
 
 

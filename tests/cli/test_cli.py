@@ -212,6 +212,27 @@ def test_export_of_a_checkpoint_away_from_its_run_warns_and_takes_the_config_as_
     assert not load_model(tmp_path / "raw").selector.calibrated
 
 
+@pytest.mark.parametrize("target", ["file", "folder"])
+def test_export_never_writes_into_a_file_or_a_folder_that_holds_something(trained, tmp_path, capsys, target):
+    out = tmp_path / "out"
+    if target == "file":
+        out.write_text("keep me\n")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me\n")
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"'{out}' already exists and is not an empty folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["out"] if target == "file" else ["notes.txt", "out"])
+
+
+def test_export_options_of_the_onnx_format_are_refused_without_it(trained, tmp_path, capsys):
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "out"), "--quantize",
+                 "dynamic"]) == 2
+    assert "--quantize applies to --format onnx only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_layer_dropping_run_starts_from_a_full_depth_checkpoint(tmp_path):
     full = _fit(tmp_path / "full", "--model.init_args.selector", "null")
     run = _fit(tmp_path / "drop", "--model.init_args.init_from", str(full / "checkpoints" / "last.ckpt"),

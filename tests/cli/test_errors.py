@@ -35,11 +35,12 @@ def one_error_line(capsys) -> str:
 def _damaged(kind: str, good: Path, folder: Path) -> Path:
     path = folder / f"{kind}.ckpt"
     data = good.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"not a checkpoint\n"}[kind])
+    path.write_bytes({"truncated": data[: len(data) // 2], "head": data[:5000], "empty": b"",
+                      "text": b"not a checkpoint\n"}[kind])  # head: torch's reader fails with an OSError
     return path
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty"])
+@pytest.mark.parametrize("kind", ["truncated", "head", "empty"])
 @pytest.mark.parametrize("command", ["test", "fit", "export", "profile"])
 def test_a_damaged_checkpoint_is_named_in_one_line(trained, tmp_path, capsys, kind, command):
     damaged = _damaged(kind, trained / "checkpoints" / "last.ckpt", tmp_path)
@@ -58,7 +59,18 @@ def test_a_damaged_checkpoint_is_named_in_one_line(trained, tmp_path, capsys, ki
     assert not (tmp_path / "logs").exists() and not (tmp_path / "exported").exists()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
+@pytest.mark.parametrize("command", ["test", "fit", "validate"])
+def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_one_line(tmp_path, capsys, command):
+    foreign = tmp_path / "weights.ckpt"
+    torch.save({"a": torch.zeros(2)}, foreign)
+    code = main([command, "--config", QUICKSTART, *SMALL, "--ckpt_path", str(foreign),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    line = one_error_line(capsys)
+    assert code == 2 and f"--ckpt_path {foreign}: not a checkpoint written by 'ldrop fit'" in line
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "head", "empty", "text"])
 def test_load_model_and_adaptive_model_name_a_damaged_checkpoint(trained, tmp_path, kind):
     from ldrop import AdaptiveModel, load_model
     from ldrop._io import CheckpointError
@@ -296,7 +308,7 @@ def test_own_commands_refuse_abbreviated_options(tmp_path, capsys):
     (["compare", "a", "--metrc", "acc"], "--metrc acc; did you mean --metric?"),
     (["compare", "a", "--oracles=yes"], "--oracles: ignored explicit argument 'yes'"),
     (["profile", "m.ckpt", "--dtype", "fp64"], "--dtype: invalid choice: 'fp64'"),
-    (["profile", "m.ckpt", "--seconds", "abc"], "bad --seconds/--batch-sizes/--overrides"),
+    (["profile", "m.ckpt", "--seconds", "abc"], "--seconds 'abc': expected a comma-separated list of numbers"),
     (["profile", "m.ckpt", "--sec", "1"], "unrecognized arguments: --sec 1"),
     (["profile", "--out", "p.json"], "give either MODEL (a checkpoint or exported folder) or --backbone NAME"),
 ], ids=["export-nothing", "export-no-out", "export-choice", "export-typo", "compare-typo", "compare-flag",

@@ -240,3 +240,15 @@ def test_per_input_budgets_as_a_list_run_as_their_tensor(tiny_checkpoint):
     as_list, as_tensor = model(waves, [1, 0.5, 4]), model(waves, torch.tensor([1, 2, 4]))
     assert as_list.layers_run.tolist() == as_tensor.layers_run.tolist() == [1, 2, 4]
     assert torch.equal(as_list.logits, as_tensor.logits)
+
+
+def test_adaptive_model_refuses_non_finite_samples_and_channel_last_audio(tiny_checkpoint):
+    model = AdaptiveModel(load_model(tiny_checkpoint))
+    clips = [torch.randn(8000), torch.randn(9000)]
+    clips[1][50] = float("inf")
+    with pytest.raises(ValueError, match=r"waveforms \[1\] hold NaN or inf samples"):
+        model(clips, 2)
+    with pytest.raises(ValueError, match=r"waveforms \[0\] hold NaN or inf samples"):
+        model(torch.full((1, 8000), float("nan")), 2)
+    with pytest.raises(ValueError, match=r"\[8000, 2\] look like \[samples, channels\] audio"):
+        model(torch.randn(8000, 2), 2)

@@ -41,6 +41,30 @@ def test_profile_needs_exactly_one_model(tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("ldrop: error: ") and says in lines[0], lines
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--overrides", "[1, 2]"], "--overrides '[1, 2]': expected a JSON object"),
+    (["--overrides", "{bad"], "--overrides '{bad': not JSON"),
+    (["--repeats", "0"], "--repeats 0: expected at least 1"),
+    (["--batch-sizes", "0,2"], "--batch-sizes '0,2': expected a comma-separated list of numbers above 0"),
+    (["--out", "{tmp}/p.json/x.json"], "--out {tmp}/p.json/x.json: not a folder"),
+    (["--out", "{tmp}"], "--out {tmp}: a folder, not a file"),
+], ids=["overrides-list", "overrides-json", "repeats", "batch-sizes", "out-below-a-file", "out-a-folder"])
+def test_profile_refuses_bad_options_before_it_measures(tmp_path, capsys, monkeypatch, args, says):
+    import ldrop.cli.profile
+
+    (tmp_path / "p.json").write_text("{}")
+    monkeypatch.setattr(ldrop.cli.profile, "profile_model", lambda *a, **k: pytest.fail("measured before the checks"))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["profile", "--backbone", "tiny:wavlm", *TINY_GRID, *(["--out", str(tmp_path / "q.json")]), *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and says.replace("{tmp}", str(tmp_path)) in lines[0], lines
+
+
+def test_profile_overrides_need_a_backbone(tiny_checkpoint, tmp_path, capsys):
+    assert main(["profile", str(tiny_checkpoint), "--overrides", "{}", "--out", str(tmp_path / "p.json")]) == 2
+    assert "--overrides applies with --backbone only" in capsys.readouterr().err
+
+
 def test_ldrop_predict_with_a_target_budget(tmp_path):
     main(["fit", "--config", QUICKSTART, *SMALL_DATA, "--trainer.max_steps", "1", "--trainer.logger", "false",
           "--trainer.default_root_dir", str(tmp_path / "run"), "--checkpoint.dirpath", str(tmp_path / "ckpt")])

@@ -281,6 +281,12 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
         model(np.zeros(200, dtype=np.float32), 2)
     with pytest.raises(ValueError, match="between 1 and 4 layers"):
         model(np.zeros(1600, dtype=np.float32), 9)
+    with pytest.raises(ValueError, match=r"\[12000, 2\] look like \[samples, channels\] audio"):
+        model(soundfile.read(tmp_path / "a.wav", dtype="float32")[0], 2)
+    clips = [clip[:, 0].copy(), clip[:, 1].copy()]
+    clips[1][100] = np.nan
+    with pytest.raises(ValueError, match=r"waveforms \[1\] hold NaN or inf samples"):
+        model(clips, 2)
 
 
 def test_the_runtime_imports_and_runs_without_torch(exports):
