@@ -34,8 +34,31 @@ class ConfigError(Exception):
     """A bad argument or configuration, found while building the run; ``main`` prints it as one line."""
 
 
+#: jsonargparse's message for an error raised by the function of a link (``model_labels`` reading the
+#: datamodule's class names): the real error is its ``__cause__``; the message dumps the arguments.
+LINK_FAILURE = re.compile(r"Call to compute_fn of link '([^']*)' with args \(")
+
+
+def linked_cause(err: BaseException) -> tuple[str, BaseException] | None:
+    """``(link, error)`` when ``err`` is, or was raised from, the failure of a link's function (jsonargparse
+    wraps whatever it raised); the innermost such failure."""
+    found, seen, visited = None, err, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        match = LINK_FAILURE.match(str(seen))
+        if match and seen.__cause__ is not None:
+            found = (match.group(1), seen.__cause__)
+        seen = seen.__cause__ or seen.__context__
+    return found
+
+
 def instantiation_error_line(err: BaseException) -> str:
-    """The reason in an instantiation error, without jsonargparse's union preamble and Namespace dump."""
+    """The reason in an instantiation error, without jsonargparse's union preamble and Namespace dump: for
+    the failure of a link's function (the datamodule reading its class names), the real error's own line,
+    as :func:`user_error_line` reports it (a :class:`DatasetLayoutError` with its expected layout)."""
+    if (linked := linked_cause(err)) is not None:
+        link, cause = linked
+        return user_error_line(cause) or f"{link} failed: {type(cause).__name__}: {_first_line(cause)}"
     text = str(err)
     reasons = re.findall(r"^\s+- (.+)$", text.split("Errors:", 1)[1], flags=re.M) if "Errors:" in text else []
     reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
@@ -272,6 +295,10 @@ def user_error_line(err: BaseException) -> str | None:
     data, a full disk), classified by type; ``None`` for anything else (a bug: the full traceback)."""
     if (worker := _from_worker(err)) is not None:
         return worker
+    if isinstance(err, ConfigError) and (linked := linked_cause(err)) is not None:
+        # the datamodule's own error while a link read it (instantiation_error_line made the message): its
+        # line, or the full traceback for a bug
+        return user_error_line(linked[1])
     if isinstance(err, ArgumentError):  # a parser with exit_on_error=False that main did not wrap
         return argument_error_line(str(err))
     if isinstance(err, DatasetLayoutError):  # the expected layout follows on the next lines
@@ -280,5 +307,9 @@ def user_error_line(err: BaseException) -> str | None:
     if isinstance(err, OSError) and not own:
         return os_error_line(err)
     if own or isinstance(err, ValueError | RuntimeError) and _raised_in_ldrop(err):
-        return (str(err).strip() or type(err).__name__).splitlines()[0]
+        return _first_line(err)
     return None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip() or type(err).__name__).splitlines()[0]

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ldrop._io import check_writable_folder
 from ldrop._progress import Phase
 from ldrop.budgets import Target, budget_list
 from ldrop.budgets.profile import synchronize
@@ -93,6 +94,27 @@ class BudgetSweep(L.Callback):
         self.rows: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ set-up
+    def folder(self, trainer: L.Trainer) -> Path:
+        """The folder of the sweep files: :attr:`directory`, else the trainer's log folder."""
+        return Path(self.directory or trainer.log_dir or trainer.default_root_dir)
+
+    def check_writable(self, trainer: L.Trainer) -> Path:
+        """Check that the sweep files can be written in :meth:`folder` (creating nothing); returns it or raises
+        ``ValueError`` naming the folder (and ``--sweep.directory`` when it was given)."""
+        folder = self.folder(trainer)
+        try:
+            check_writable_folder(folder)
+        except OSError as err:
+            reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+            where = "--sweep.directory: cannot write the budget sweep in" if self.directory else (
+                "cannot write the budget sweep in the run folder")
+            raise ValueError(f"{where} {folder}: {reason}") from err
+        return folder
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        if stage == "test" and trainer.is_global_zero:  # before any budget is scored (the sweep is written last)
+            self.check_writable(trainer)
+
     def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.budget_layers = budget_list(self.budgets, pl_module.num_layers)
         # Selectors (and early exit) fitted on validation data are fitted for the swept budgets.
@@ -172,7 +194,7 @@ class BudgetSweep(L.Callback):
         self.rows = rows
         # every rank computes the target rows (sums synced over ranks) and the folder (log_dir broadcasts); rank 0 writes
         self.target_rows = self.target_scorer.rows(pl_module) if self.target_scorer else []
-        directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
+        directory = self.folder(trainer)
         if not trainer.is_global_zero:
             return
         paths = write_sweep(rows, directory, usage, self.target_rows, self.item_scorer and self.item_scorer.result)

@@ -51,11 +51,10 @@ def rows_to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 def primary_metric(rows: Sequence[dict[str, Any]]) -> str:
     """The first metric column of a sweep (``acc``, ``wer``, ...)."""
-    for key in columns_of(rows):
-        if key in BASE_COLUMNS or key.endswith(("_std", "_shuffled", "_most_common")):
-            continue
-        return key
-    raise ValueError("the sweep rows hold no metric column")
+    names = metric_names(rows)
+    if not names:
+        raise ValueError("the sweep rows hold no metric column")
+    return names[0]
 
 
 def sweep_title(rows: Iterable[dict[str, Any]], prefix: str = "budget sweep",
@@ -291,11 +290,39 @@ def load_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = _sweep_file(Path(path))
     if path.name in SWEEP_FILES.values():
         check_sweep_set(path.parent)
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{k: _parse(v) for k, v in row.items()} for row in rows]
+    if path.suffix not in (".csv", ".json"):
+        raise _not_a_sweep(path, f"a {path.suffix or 'extensionless'} file")
+    try:
+        if path.suffix == ".json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    except (ValueError, csv.Error) as err:  # not JSON, not UTF-8 text
+        raise _not_a_sweep(path, f"unreadable: {err}") from None
+    if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) for row in rows):
+        raise _not_a_sweep(path, "no rows" if rows in ([], {}) else "not a list of rows")
+    if any(row.get("gflops_per_utterance") in (None, "") for row in rows):
+        raise _not_a_sweep(path, "no gflops_per_utterance column" if all("gflops_per_utterance" not in row for row in rows)
+                           else "a row without gflops_per_utterance")
+    if not metric_names(rows):
+        raise _not_a_sweep(path, "no metric column")
+    return rows
+
+
+def _not_a_sweep(path: Path, why: str) -> ValueError:
+    return ValueError(f"{str(path)!r} is not an ldrop budget sweep ({why}): expected a budget_sweep.csv or "
+                      "budget_sweep.json that 'ldrop test' wrote, or its run folder")
+
+
+#: Suffixes of the columns derived from a metric (spread, controls, oracles, the validation split's values).
+DERIVED_SUFFIXES = ("_std", "_shuffled", "_most_common", "_oracle", "_oracle_val", "_val")
+
+
+def metric_names(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The metric columns of a sweep (``acc``, ``wer``, ...), without the columns derived from them."""
+    return [key for key in columns_of(rows) if key not in BASE_COLUMNS and key != "target"
+            and key != "over_target" and not key.endswith(DERIVED_SUFFIXES)]
 
 
 def load_items(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -344,6 +371,15 @@ def compare_sweeps(
             label += "'"
         runs[label], items[label] = rows, load_items(path)
     name = metric or primary_metric(next(iter(runs.values())))
+    lacking = [label for label, rows in runs.items() if all(r.get(name) in (None, "") for r in rows)]
+    if lacking:  # the metric of every run, or nothing is written
+        have = dict.fromkeys(m for label in (lacking if len(lacking) < len(runs) else runs)
+                             for m in metric_names(runs[label]))
+        where = ("the sweeps" if len(runs) > 1 else "the sweep") if len(lacking) == len(runs) else (
+            "the sweep of " + ", ".join(lacking))
+        given = (f"--metric {name!r} is not a column of {where}" if metric else
+                 f"the first sweep's metric {name!r} is not a column of {where} (--metric picks another)")
+        raise ValueError(f"{given}; metrics there: {', '.join(have)}")
     if reference is not None and reference not in runs:
         raise ValueError(f"--reference {reference!r} is not one of the runs {list(runs)}")
     several = [label for label, rows in runs.items() if len({r.get("executed_layers") for r in rows}) > 1]

@@ -336,3 +336,157 @@ def test_the_run_folder_of_a_resumable_run_is_kept_after_a_failure(trained, tmp_
     code = main(["fit", "--config", QUICKSTART, *SMALL, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
                  "--model.init_args.selector.init_args.hidden_dim", "64"])
     assert code == 2 and (run / "checkpoints" / "last.ckpt").is_file()
+
+
+# ------------------------------------------------------------------------------- class names read at instantiation
+ESC50_CONFIG = str(Path(QUICKSTART).parent / "data" / "esc50.yaml")
+
+
+def _esc50_csv(root: Path) -> Path:
+    return root / "ESC-50-master" / "meta" / "esc50.csv"
+
+
+def _edit_esc50(lines: list[str], case: str) -> str:
+    header, first, *rest = lines
+    drop_target = [",".join(c for i, c in enumerate(line.split(",")) if i != 2) for line in lines]
+    fields = first.split(",")
+    return "\n".join({
+        "no-target-column": drop_target,
+        "empty": [],
+        "headerless": [first, *rest],
+        "non-integer-target": [header, ",".join([*fields[:2], "dog", *fields[3:]]), *rest],
+        "blank-target": [header, ",".join([*fields[:2], "", *fields[3:]]), *rest],
+        "one-target-two-categories": [*lines, ",".join([*fields[:3], "cat", *fields[4:]])],
+    }[case]) + "\n"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing-root", "ESC-50 metadata meta/esc50.csv not found: {root}"),
+    ("no-target-column", "columns ['target'] in {csv} not found"),
+    ("empty", "columns ['category', 'filename', 'fold', 'target'] in {csv} not found"),
+    ("headerless", "columns ['category', 'filename', 'fold', 'target'] in {csv} not found"),
+    ("non-integer-target", "{csv}:2 ({clip}): fold and target must be integers"),
+    ("blank-target", "{csv}:2 ({clip}): fold and target must be integers"),
+    ("one-target-two-categories", "{csv}:{last} ({clip}): target 0 is category 'cat' here, 'dog' on an earlier row"),
+], ids=["missing-root", "no-target-column", "empty", "headerless", "non-integer-target", "blank-target",
+        "one-target-two-categories"])
+def test_esc50_metadata_a_link_reads_is_reported_as_the_datamodule_says(tmp_path, capsys, case, expected):
+    root = tmp_path / "data"
+    fixtures.make_esc50_tree(root, targets=range(2), seconds=0.05, sample_rate=8000)
+    lines = _esc50_csv(root).read_text().splitlines()
+    if case == "missing-root":
+        root = tmp_path / "nope"
+    else:
+        _esc50_csv(root).write_text(_edit_esc50(lines, case))
+    code = main(["fit", "--config", ESC50_CONFIG, "--model.init_args.backbone", "tiny:wavlm", "--trainer.precision",
+                 "32-true", "--trainer.fast_dev_run", "true", "--data.init_args.num_workers", "0",
+                 "--data.init_args.root", str(root), "--trainer.default_root_dir", str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    lines_out = [line for line in err.splitlines() if line.startswith("ldrop:")]
+    assert code == 2 and len(lines_out) == 1 and "Traceback" not in err, err[-3000:]
+    assert expected.format(root=root / "ESC-50-master", csv=_esc50_csv(root), clip=lines[1].split(",")[0],
+                           last=len(lines) + 1) in lines_out[0]
+    assert "compute_fn" not in err
+    if "not found" in expected:  # a layout error keeps the layout it expected, on the lines after
+        assert "Expected layout:" in err and "meta/esc50.csv   (header: filename,fold,target,category" in err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no-such-manifest", "manifest not found: {manifest}"),
+    ("wrong-columns", "column(s) ['label', 'path'] in manifest {manifest} not found"),
+], ids=["no-such-manifest", "wrong-columns"])
+def test_a_manifest_a_link_reads_is_reported_as_the_datamodule_says(tmp_path, capsys, case, expected):
+    manifest = tmp_path / "man" / ("nope.csv" if case == "no-such-manifest" else "train.csv")
+    if case == "wrong-columns":
+        fixtures.write_audio(tmp_path / "man" / "a.wav", 8000)
+        manifest.write_text("file,class\na.wav,x\n")
+    code = main(["fit", "--config", QUICKSTART, "--data.class_path", "ManifestDataModule",
+                 "--data.init_args.train_manifest", str(manifest), "--trainer.fast_dev_run", "true",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    line = one_error_line_of(err)
+    assert code == 2 and expected.format(manifest=manifest) in line and "compute_fn" not in err
+    assert "Expected layout:" in err and "label     class name" in err
+    assert not (tmp_path / "logs").exists()
+
+
+def one_error_line_of(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("ldrop:")]
+    assert len(lines) == 1 and lines[0].startswith("ldrop: error: ") and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+def test_a_bug_in_a_datamodule_a_link_reads_shows_its_traceback(tmp_path, monkeypatch):
+    from ldrop.cli.errors import ConfigError
+    from ldrop.data import ManifestDataModule
+
+    monkeypatch.setattr(ManifestDataModule, "class_names", property(lambda self: {}["category"]))
+    fixtures.write_audio(tmp_path / "a.wav", 8000)
+    (tmp_path / "train.csv").write_text("path,label\na.wav,x\n")
+    with pytest.raises(ConfigError, match=r"model_labels\(data\) --> model.init_args.labels failed: KeyError"):
+        main(["fit", "--config", QUICKSTART, "--data.class_path", "ManifestDataModule", "--data.init_args.train_manifest",
+              str(tmp_path / "train.csv"), "--trainer.fast_dev_run", "true", "--trainer.logger", "false"])
+
+
+# ------------------------------------------------------------------------------- ldrop compare: what it reads
+SWEEP_ROWS = [{"method": "m", "budget_layers": k, "budget_fraction": k / 4, "executed_layers": float(k),
+               "gflops_per_utterance": 1.0 + k, "acc": 0.5 + 0.1 * k, "acc_std": 0.01} for k in (1, 2, 4)]
+
+
+def test_compare_with_a_metric_the_sweeps_lack_names_theirs_and_writes_nothing(tmp_path, capsys):
+    from ldrop.sweeps import write_sweep
+
+    write_sweep(SWEEP_ROWS, tmp_path / "run")
+    assert main(["compare", str(tmp_path / "run"), "--metric", "nosuch", "--out", str(tmp_path / "cmp")]) == 2
+    assert "--metric 'nosuch' is not a column of the sweep; metrics there: acc" in one_error_line(capsys)
+    write_sweep([{**{k: v for k, v in r.items() if not k.startswith("acc")}, "method": "n", "wer": 1 - r["acc"]}
+                 for r in SWEEP_ROWS], tmp_path / "wer")
+    assert main(["compare", str(tmp_path / "run"), str(tmp_path / "wer"), "--out", str(tmp_path / "cmp")]) == 2
+    assert ("the first sweep's metric 'acc' is not a column of the sweep of n (--metric picks another); metrics "
+            "there: wer") in one_error_line(capsys)
+    assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("labels.csv", "path,label\na.wav,x\n", "no gflops_per_utterance column"),
+    ("predictions.jsonl", '{"id": "a.wav", "output": "x"}\n', "a .jsonl file"),
+    ("rows.json", '{"acc": 1}', "not a list of rows"),
+    ("broken.json", "[{", "unreadable"),
+    ("empty.csv", "", "no rows"),
+], ids=["other-csv", "jsonl", "json-object", "broken-json", "empty-csv"])
+def test_compare_of_a_file_that_is_no_sweep_says_so_without_blaming_an_option(tmp_path, capsys, name, content, why):
+    (tmp_path / name).write_text(content)
+    assert main(["compare", str(tmp_path / name), "--out", str(tmp_path / "cmp")]) == 2
+    line = one_error_line(capsys)
+    assert f"{str(tmp_path / name)!r} is not an ldrop budget sweep ({why}" in line
+    assert "budget_sweep.csv" in line and "'ldrop test'" in line and "--metric" not in line
+    assert not (tmp_path / "cmp").exists()
+
+
+# ------------------------------------------------------------------------------- ldrop test: the sweep's folder
+@pytest.mark.parametrize("where", ["a-file", "below-a-file", "read-only"])
+def test_a_sweep_directory_that_cannot_be_written_fails_before_any_budget_is_scored(trained, tmp_path, capsys,
+                                                                                     monkeypatch, where):
+    from ldrop.tasks import LayerDropTask
+
+    tested = []
+    monkeypatch.setattr(LayerDropTask, "test_step", lambda self, *args, **kwargs: tested.append(1))
+    monkeypatch.setattr(LayerDropTask, "calibrate_on_validation_data", lambda self, *args: tested.append(1))
+    (tmp_path / "ok.jsonl").write_text("{}\n")
+
+    def run(directory: Path) -> int:
+        return main(["test", "--config", QUICKSTART, *SMALL, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--sweep.directory", str(directory)])
+
+    if where == "read-only":
+        with read_only_folder(tmp_path / "ro") as folder:
+            code, line = run(folder / "sweep"), one_error_line(capsys)
+        assert line.startswith(f"ldrop: error: --sweep.directory: cannot write the budget sweep in {folder / 'sweep'}: ")
+    else:
+        directory = tmp_path / "ok.jsonl" / ("sweep" if where == "below-a-file" else "")
+        code, line = run(directory), one_error_line(capsys)
+        assert (f"--sweep.directory: cannot write the budget sweep in {directory}: not a folder: "
+                f"{tmp_path / 'ok.jsonl'}") in line
+    assert code == 2 and not tested and not (tmp_path / "logs").exists()
+    assert (tmp_path / "ok.jsonl").read_text() == "{}\n"
