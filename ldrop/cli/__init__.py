@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
 from ldrop import __version__
 from ldrop.cli import compare, export
 from ldrop.cli.errors import user_error_line
-from ldrop.cli.lightning import harmless_warnings, run_lightning
+from ldrop.cli.lightning import harmless_warnings, run_lightning, sigterm_stops
 from ldrop.cli.profile import main as profile_main
 
 #: ldrop's own commands, run before LightningCLI: name -> (``main(argv)``, summary for ``ldrop --help``).
@@ -27,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
 
     A failure a user can fix is printed as one ``ldrop: error: ...`` line with exit status 2
     (:func:`~ldrop.cli.errors.user_error_line`); ``LDROP_DEBUG=1`` raises it with the full traceback instead.
+    SIGTERM stops ``fit``/``validate``/``test``/``predict`` at the end of the batch, as one ``ldrop: stopped by
+    SIGTERM ...`` line with exit status 143; ``fit`` first writes ``last.ckpt`` at the step reached.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("--version", "-V"):
@@ -35,11 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     try:
         if args and args[0] in COMMANDS:
             return COMMANDS[args[0]][0](args[1:])
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_stops():
             for message in harmless_warnings(args):
                 warnings.filterwarnings("ignore", message=message)
             run_lightning(None if argv is None else args, {name: summary for name, (_, summary) in COMMANDS.items()})
         return 0
+    except SIGTERMException as err:
+        # a fit keeps last.ckpt at the step it reached; evaluation outputs are complete or absent, as on Ctrl+C
+        print(f"ldrop: {getattr(err, 'line', 'stopped by SIGTERM')}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as err:
         line = user_error_line(err)
         if line is None or os.environ.get("LDROP_DEBUG", "0") not in ("", "0"):

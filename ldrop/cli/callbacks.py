@@ -1,5 +1,5 @@
 """Lightning callbacks and plugins the CLI installs: atomic checkpoints, best-metric checkpointing, random
-states for exact resume, JSONL predictions."""
+states for exact resume, JSONL predictions, a prompt stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldrop._io import (
     DAMAGED_CHECKPOINT_ERRORS,
@@ -67,6 +68,8 @@ class TaskCheckpoint(CheckpointSteps):
         super().__init__(save_top_k=save_top_k, save_last=save_last, **kwargs)
         self._last_saved_step: int | None = None
         self._stage: str | None = None
+        #: the checkpoint that holds the step a stopped (SIGTERM) fit reached, to resume from
+        self.stop_checkpoint: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.monitor is None and hasattr(pl_module, "metric_names"):
@@ -115,6 +118,14 @@ class TaskCheckpoint(CheckpointSteps):
         return not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.received_sigterm:
+            # Stopped at this step: last.ckpt is written here, where a step trigger writes it (after every other
+            # callback's hook: checkpoint callbacks run last), so that a resume from it continues exactly.
+            self.save_on_stop(trainer)
+            raise SIGTERMException
+
+    def _on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.monitor is None or not pl_module.automatic_optimization or not self._step_triggered:
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if not self._may_save(trainer) or self._last_saved_step == trainer.global_step:
@@ -148,6 +159,20 @@ class TaskCheckpoint(CheckpointSteps):
         if self.save_last and self._may_save(trainer) and self._last_saved_step != trainer.global_step:
             self.write_last(trainer, self.monitor_candidates(trainer))
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            # stopped elsewhere than at a training step's end (a validation pass, an epoch's end)
+            self.save_on_stop(trainer)
+
+    def save_on_stop(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` at the step reached when a fit is stopped (SIGTERM), unless it already holds that
+        step or nothing was trained."""
+        if (self.save_last and self._may_save(trainer) and trainer.global_step > 0
+                and self._last_saved_step != trainer.global_step):
+            self.write_last(trainer, self.monitor_candidates(trainer))
+        if trainer.global_step > 0 and self._last_saved_step == trainer.global_step and self.last_model_path:
+            self.stop_checkpoint = Path(self.last_model_path)
+
     def write_last(self, trainer, monitor_candidates) -> None:
         if self.save_last and not self.last_model_path:
             # last.ckpt already in the folder (a resumed run that was copied or moved) is replaced, not kept
@@ -156,6 +181,42 @@ class TaskCheckpoint(CheckpointSteps):
         super().write_last(trainer, monitor_candidates)
         if self.save_last:
             self._last_saved_step = trainer.global_step
+
+
+class StopOnSigterm(Callback):
+    """Stops ``validate``, ``test`` and ``predict`` at the start or end of a batch once SIGTERM arrived, the last
+    batch included, by raising Lightning's ``SIGTERMException`` (Lightning's evaluation loop lets the last batch
+    finish, its prediction loop never stops); callbacks' ``on_exception`` then run as on any failure, so outputs
+    stay complete or absent. In ``fit``, :class:`TaskCheckpoint` stops training steps (after writing
+    ``last.ckpt``), and this callback the validation passes."""
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop(trainer)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._stop(trainer)  # before the sweep (a later callback) is written
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self._stop(trainer)
 
 
 class ExactResume(Callback):
@@ -235,6 +296,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self._handle: Any = None
         self._tmp: Path | None = None
         self._target: Path | None = None
+        #: where a failed run kept the predictions it had written (``<output>.partial``), if any
+        self.kept: Path | None = None
 
     def target(self, trainer: L.Trainer) -> Path:
         """The file this rank writes (``<output>.rank<N>`` per rank under multi-process prediction)."""
@@ -259,6 +322,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         remove_stale_temporaries(self._target.parent, [self._target.name])
         fd, tmp = tempfile.mkstemp(dir=self._target.parent, prefix=f".{self._target.name}.", suffix=".tmp")
         self._tmp, self._handle, self.count, self.written = Path(tmp), os.fdopen(fd, "w", encoding="utf-8"), 0, None
+        self.kept = None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         try:
@@ -292,6 +356,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         handle.close()
         if self.count:
             os.replace(self._tmp, self._partial_path())
+            self.kept = self._partial_path()
             print(f"kept the {self.count} predictions written before the error in {self._partial_path()}")
         else:
             self._tmp.unlink(missing_ok=True)

@@ -3,10 +3,13 @@ sweep and prediction writer; the task's labels are linked from the datamodule.""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 # Imported so that YAML can name every class by its short name.
 import ldrop.data  # noqa: F401
@@ -24,7 +28,13 @@ from ldrop import __version__
 from ldrop._io import CheckpointError, load_checkpoint_file
 from ldrop._lightning import CLISteps, subcommand_parsers
 from ldrop.budgets import budget_list
-from ldrop.cli.callbacks import AtomicCheckpointIO, ExactResume, JsonlPredictionWriter, TaskCheckpoint
+from ldrop.cli.callbacks import (
+    AtomicCheckpointIO,
+    ExactResume,
+    JsonlPredictionWriter,
+    StopOnSigterm,
+    TaskCheckpoint,
+)
 from ldrop.cli.errors import (
     ConfigError,
     argument_error_line,
@@ -201,15 +211,48 @@ class LdropCLI(CLISteps):
         new_folders = _missing_folders(Path(log_dir)) if log_dir is not None else []
         try:
             super().run_subcommand(subcommand)
-        except BaseException:
+            if self.trainer.received_sigterm:  # it arrived as the run ended, its outputs complete: still no exit 0
+                raise SIGTERMException
+        except BaseException as err:
             # A run that failed before it produced anything leaves no empty folder behind: neither its
             # version_N folder nor the logger's folders above it that it created (runs/, runs/ldrop/).
             if new_folders and (subcommand != "fit" or self.trainer.global_step == 0):
                 remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
+            if isinstance(err, SIGTERMException) and not isinstance(err, StoppedBySigterm):
+                raise StoppedBySigterm(self.sigterm_line(subcommand)) from err
             raise
         if new_folders and subcommand == "predict":
             # the predictions went to --predictions.output elsewhere
             remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
+
+    def sigterm_line(self, subcommand: str) -> str:
+        """What a SIGTERM stopped in this run and what it left (the line ``ldrop`` prints, exit status 143)."""
+        trainer = self.trainer
+        if subcommand == "fit":
+            checkpoint = next((c for c in trainer.callbacks if isinstance(c, TaskCheckpoint)), None)
+            path = checkpoint.stop_checkpoint if checkpoint is not None else None
+            if path is None and checkpoint is not None and not trainer.interrupted and checkpoint.last_model_path:
+                path = Path(checkpoint.last_model_path)  # it arrived as fit ended: last.ckpt holds the final step
+            where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+            if path is not None:
+                done = "" if trainer.interrupted else ", the run complete"
+                return (f"stopped by SIGTERM {where}{done}; {path.name} holds that step: resume with the same "
+                        f"arguments and --ckpt_path {path}")
+            if trainer.global_step == 0:
+                return "stopped by SIGTERM before the first training step: nothing was trained, no checkpoint written"
+            reason = " (--checkpoint.save_last is false)" if checkpoint is not None and not checkpoint.save_last else ""
+            return f"stopped by SIGTERM {where}; no checkpoint was written{reason}"
+        if not trainer.interrupted:
+            return f"stopped by SIGTERM as 'ldrop {subcommand}' ended; its outputs are complete"
+        if subcommand == "test":
+            return "stopped by SIGTERM during 'ldrop test'; no budget sweep was written"
+        if subcommand == "predict":
+            writer = self._command_config(True).get("predictions")
+            kept = writer.kept if isinstance(writer, JsonlPredictionWriter) else None
+            return ("stopped by SIGTERM during 'ldrop predict'; " + (
+                f"the {writer.count} predictions written before it are in {kept}" if kept is not None
+                else "no predictions were written"))
+        return f"stopped by SIGTERM during 'ldrop {subcommand}'"
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -239,12 +282,48 @@ class LdropCLI(CLISteps):
         ]
         callbacks += [make() for kind, make, wanted in defaults
                       if wanted and not any(isinstance(c, kind) for c in existing)]
+        if not any(isinstance(c, StopOnSigterm) for c in existing):
+            # first, so that a SIGTERM during the last test batch stops the run before the sweep is written
+            user = config.get("callbacks")
+            user = [] if user is None else list(user) if isinstance(user, list | tuple) else [user]
+            config = {**config, "callbacks": [StopOnSigterm(), *user]}
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             # Checkpoints are written to a temporary file and renamed: a crash never truncates one.
             config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
         return super().build_trainer(config, callbacks)
+
+
+class StoppedBySigterm(SIGTERMException):
+    """A run that SIGTERM stopped; ``line`` says where and what it left. Exit status 143 (128 + SIGTERM)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(128 + signal.SIGTERM)
+        self.line = line
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """While in the block, SIGTERM raises Lightning's ``SIGTERMException`` at once outside a trainer's run (once:
+    a second one during the clean-up is ignored); during a run, Lightning's handler flags it (then calls this
+    one, which leaves it at that) and the loops and ldrop's callbacks stop at the end of the batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal raised
+        if signal.getsignal(signal.SIGTERM) is handler and not raised:  # not called from a trainer's handler
+            raised = True
+            raise SIGTERMException
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 #: What every run folder gets before it produces anything: the config, the hyper-parameters, an event file.

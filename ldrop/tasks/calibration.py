@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldrop._lightning import attached_trainer
 from ldrop._progress import Phase
@@ -24,6 +25,13 @@ if TYPE_CHECKING:
     from ldrop.tasks.base import LayerDropTask
 
 log = logging.getLogger(__name__)
+
+
+def stop_if_sigterm(task: LayerDropTask) -> None:
+    """Raise Lightning's ``SIGTERMException`` when the task's trainer received SIGTERM: a fit on validation data
+    (minutes, outside Lightning's loops) stops at the next batch, as the loops do."""
+    if getattr(attached_trainer(task), "received_sigterm", False):
+        raise SIGTERMException
 
 
 @torch.no_grad()
@@ -44,6 +52,7 @@ def calibrate_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any
 
     def model_batches() -> Iterator[Any]:  # on the model's device, in the trainer's precision
         for batch in batches():
+            stop_if_sigterm(task)
             yield to_model_precision(task, task.transfer_batch_to_device(batch, task.device, 0))
             if phase is not None:
                 phase.step()
@@ -142,6 +151,7 @@ class _TaskCalibrationData:
         metrics = task._metrics_on_device()
         metrics[task.metric_names[0]].distributed_available_fn = lambda: False  # no sync: a fit is per process
         for batch, encoded in self._encoded:
+            stop_if_sigterm(task)
             keep = choose(encoded).to(device=task.device, dtype=torch.float32)
             task.update_metrics(metrics, task.logits_with_mask(encoded, keep), encoded.frame_mask, batch)
         return float(metrics[task.metric_names[0]].compute())

@@ -1,4 +1,4 @@
-"""A callback that stands a training run still at a given step, so that a test can kill it there."""
+"""Callbacks that stand a run still at a given step, or send it a signal there, so that a test can stop it."""
 
 from __future__ import annotations
 
@@ -50,3 +50,37 @@ class SaveSelectorStatistics(Callback):
 
         buffers = {"mean": pl_module.selector.running_mean, "var": pl_module.selector.running_var}
         torch.save(buffers, Path(self.folder) / f"statistics-{trainer.global_rank}.pt")
+
+
+class SignalAt(Callback):
+    """Sends its own process ``signal`` (default SIGTERM) once, at ``hook``: ``test_start`` (before the budget
+    sweep's own ``on_test_start``), or ``train``, ``validation``, ``test``, ``predict``: at the end of that batch,
+    the training one at global step ``step``, the others at batch ``step``; never in the sanity check. The
+    trainer's run has installed Lightning's SIGTERM handler by then, so an in-process test is not killed."""
+
+    def __init__(self, hook: str, step: int = 0, signal: str = "SIGTERM") -> None:
+        self.hook, self.step, self.signal, self.sent = hook, step, signal, False
+
+    def _send(self, hook: str, step: int, trainer=None) -> None:
+        import os
+        import signal
+
+        if self.sent or hook != self.hook or step != self.step or (trainer is not None and trainer.sanity_checking):
+            return
+        self.sent = True
+        os.kill(os.getpid(), getattr(signal, self.signal))
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._send("test_start", self.step)  # before the sweep fits the selector on validation data
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._send("train", trainer.global_step, trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._send("validation", batch_idx, trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._send("test", batch_idx, trainer)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._send("predict", batch_idx, trainer)

@@ -1,0 +1,101 @@
+"""SIGTERM stops every run at the next batch with exit status 143 and one line: fit writes a resumable
+last.ckpt first, test and predict leave their outputs complete or absent, as on Ctrl+C.
+
+The callback ``tests.cli.interrupt.SignalAt`` sends the signal from inside the run, at a given step. Apart from
+the console-script run, the commands run in this process: ``ldrop``'s ``main`` holds SIGTERM during a run, so the
+signal stops the run, never pytest.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ldrop.cli import main
+from tests.cli.common import QUICKSTART, SMALL
+from tests.cli.test_resume import _identical, _weights
+
+# 32 clips in batches of 4: 8 steps, one epoch, then a validation of 2 batches; no sanity check; loading in the
+# main process (the cheapest start-up).
+FIT = ["fit", "--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4", "--trainer.max_epochs", "1",
+       "--data.init_args.num_workers", "0", "--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0"]
+# test, validate and predict on an untrained model: 16 clips in batches of 4; the sweep without its headroom oracles
+EVALUATE = ["--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4"]
+
+
+def _signal_at(hook: str, step: int = 0) -> list[str]:
+    return ["--trainer.callbacks+=tests.cli.interrupt.SignalAt", "--trainer.callbacks.init_args.hook", hook,
+            "--trainer.callbacks.init_args.step", str(step)]
+
+
+def _stop_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("ldrop: ")]
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("ldrop: stopped by SIGTERM"), lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_sigterm_mid_fit_exits_143_with_a_last_ckpt_that_resumes_to_the_uninterrupted_weights(tmp_path):
+    # the console script's own exit status, in a process of its own
+    interrupted = tmp_path / "interrupted"
+    run = subprocess.run([sys.executable, "-m", "ldrop.cli", *FIT, "--trainer.logger.init_args.save_dir",
+                          str(interrupted), *_signal_at("train", 3)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    last = interrupted / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+    assert run.returncode == 143, run.stderr[-3000:]
+    line = _stop_line(run.stderr)
+    assert "at step 3" in line and f"--ckpt_path {last}" in line
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert not list(last.parent.glob(".*.tmp"))
+
+    assert main([*FIT, "--trainer.logger.init_args.save_dir", str(interrupted), "--ckpt_path", str(last)]) == 0
+    assert torch.load(last, weights_only=True)["global_step"] == 8  # continued from step 3, not from 0
+    assert main([*FIT, "--trainer.logger.init_args.save_dir", str(tmp_path / "uninterrupted")]) == 0
+    expected = _weights(tmp_path / "uninterrupted" / "ldrop" / "version_0" / "checkpoints" / "last.ckpt")
+    resumed = _weights(last)
+    different = [name for name in expected if not _identical(expected[name], resumed[name])]
+    assert expected.keys() == resumed.keys() and not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_sigterm_during_validation_in_fit_writes_last_ckpt_at_the_step_reached(tmp_path, capsys):
+    # the epoch's validation pass, after the 8 training steps: stopped before its second batch
+    code = main([*FIT, "--trainer.logger.init_args.save_dir", str(tmp_path), *_signal_at("validation", 0)])
+    last = tmp_path / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+    assert code == 143
+    assert f"--ckpt_path {last}" in _stop_line(capsys.readouterr().err)
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+
+
+@pytest.mark.parametrize("hook", ["test_start", "test"], ids=["selector-fit-on-validation-data", "sweep"])
+def test_sigterm_stops_ldrop_test_without_a_sweep(tmp_path, capsys, hook):
+    code = main(["test", *EVALUATE, "--sweep.headroom", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
+                 *_signal_at(hook, 0)])
+    err = capsys.readouterr().err
+    assert code == 143
+    assert "no budget sweep was written" in _stop_line(err)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no sweep file, and no empty run folder
+    if hook == "test_start":  # the fit on validation data stopped at its first batch
+        assert "fitting InputConditionedSelector on validation data: done" not in err
+
+
+def test_sigterm_stops_ldrop_predict_and_keeps_the_written_predictions_as_partial(tmp_path, capsys):
+    output = tmp_path / "predictions.jsonl"
+    code = main(["predict", *EVALUATE, "--predictions.output", str(output),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+                 *_signal_at("predict", 0)])
+    assert code == 143
+    partial = output.with_name(output.name + ".partial")
+    assert str(partial) in _stop_line(capsys.readouterr().err)
+    assert not output.exists()
+    assert 1 <= len(partial.read_text().splitlines()) < 16  # stopped at the next batch, not at the end
+
+
+def test_sigterm_stops_ldrop_validate(tmp_path, capsys):
+    code = main(["validate", *EVALUATE, "--trainer.logger.init_args.save_dir", str(tmp_path),
+                 *_signal_at("validation", 0)])
+    assert code == 143
+    assert "during 'ldrop validate'" in _stop_line(capsys.readouterr().err)
