@@ -112,7 +112,9 @@ class BudgetSweep(L.Callback):
         return folder
 
     def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
-        if stage == "test" and trainer.is_global_zero:  # before any budget is scored (the sweep is written last)
+        # before any budget is scored (the sweep is written last); on every rank, as trainer.log_dir is a
+        # collective under DDP (each rank's check leaves nothing behind)
+        if stage == "test":
             self.check_writable(trainer)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
