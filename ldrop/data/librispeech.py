@@ -117,6 +117,12 @@ def _read_chapter(transcript_file: str) -> list[AudioItem]:
             if not line:
                 continue
             utt_id, _, text = line.partition(" ")
+            if (sep := next((c for c in utt_id if c.isspace()), None)) is not None:
+                # the official format has one space after the id; a tab would glue the first word onto it
+                raise ValueError(
+                    f"{transcript_file}:{line_no}: the utterance id and the transcript must be separated by a "
+                    f"space, not {sep!r} (expected '<utt-id> <TRANSCRIPT>', like '103-1240-0000 CHAPTER ONE')"
+                )
             if not text.strip():
                 raise ValueError(
                     f"{transcript_file}:{line_no}: no transcript after the utterance id {utt_id!r}"

@@ -175,8 +175,21 @@ class SpeechCommandsDataModule(AudioDataModule):
 
 
 def _read_list(path: str) -> set[str]:
+    """The clips a list file names: one ``<word>/<file>.wav`` relative to the root per line."""
+    entries = set()
     with open(path, encoding="utf-8") as f:
-        return {line.strip().replace("\\", "/") for line in f if line.strip()}
+        for line_no, line in enumerate(f, start=1):
+            entry = line.strip().replace("\\", "/")
+            if not entry:
+                continue
+            word, _, name = entry.partition("/")
+            if not word or not name or "/" in name or ":" in word:  # absolute, drive letter or deeper
+                raise ValueError(
+                    f"{path}:{line_no}: {entry!r} is not a path '<word>/<file>.wav' relative to the root "
+                    f"(like 'right/a69b9b3e_nohash_0.wav')"
+                )
+            entries.add(entry)
+    return entries
 
 
 def _word_clips(root: str) -> list[str]:

@@ -116,11 +116,14 @@ class TedliumDataModule(AudioDataModule):
             )
         items: list[AudioItem] = []
         ignored = emptied = 0
+        without_segments = []
         for stm_file in stm_files:
             talk_id = os.path.splitext(os.path.basename(stm_file))[0]
             sph = os.path.join(sph_dir, f"{talk_id}.sph")
             segments, n_ignored = read_stm(stm_file)
             ignored += n_ignored
+            if not segments:
+                without_segments.append(stm_file)
             for start, end, raw in segments:
                 text = normalize_tedlium_transcript(raw)
                 if not text:
@@ -132,6 +135,16 @@ class TedliumDataModule(AudioDataModule):
                         target=text, offset=start, duration=end - start,
                     )
                 )
+        if without_segments:
+            shown = ", ".join(without_segments[:3]) + (
+                f" and {len(without_segments) - 3} more" if len(without_segments) > 3 else ""
+            )
+            if len(without_segments) == len(stm_files):
+                raise ValueError(
+                    f"{shown}: the STM file(s) of split '{split}' hold no segments (expected lines "
+                    f"'talk_id channel speaker start end <label> transcript')"
+                )
+            log.warning("TedliumDataModule: %s split: the STM file(s) %s hold no segments", split, shown)
         log.info(
             "TedliumDataModule: %s split: %d talks, %d segments, %d ignore_time_segment_in_scoring lines "
             "skipped, %d segments empty after normalisation dropped",

@@ -151,3 +151,14 @@ def test_a_missing_flac_is_a_file_not_found_error(tmp_path, librispeech):
     missing.unlink()
     with pytest.raises(FileNotFoundError, match=rf"{missing.name}: the file does not exist"):
         LibriSpeechDataModule(root).setup("validate")
+
+
+def test_a_tab_after_the_utterance_id_is_an_error_naming_the_transcript_line(tmp_path, librispeech):
+    # the official line is '<utt-id> <TRANSCRIPT>' with one space; a tab would glue the first word to the id
+    root = _dev_clean_copy(tmp_path, librispeech)
+    transcript = sorted((root / "LibriSpeech" / "dev-clean").rglob("*.trans.txt"))[0]
+    lines = transcript.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace(" ", "\t", 1)
+    transcript.write_text("".join(lines))
+    with pytest.raises(ValueError, match=rf"{transcript.name}:2: .*must be separated by a space"):
+        LibriSpeechDataModule(root).setup("validate")

@@ -148,3 +148,12 @@ def test_corrupt_clip_listed_for_validation_is_named_in_the_error(tmp_path, spee
     victim.write_bytes(b"RIFF\x00\x00")
     with pytest.raises(AudioReadError, match=victim.name):
         SpeechCommandsDataModule(root).setup("validate")
+
+
+def test_an_absolute_path_in_a_list_file_is_an_error_naming_the_file_and_line(tmp_path):
+    tree = make_speech_commands_tree(tmp_path, words=("yes", "no"))
+    listed = tree.root / "validation_list.txt"
+    rels = listed.read_text().split()
+    listed.write_text(f"{rels[0]}\n{tree.root / rels[1]}\n")
+    with pytest.raises(ValueError, match=r"validation_list\.txt:2: .*not a path '<word>/<file>\.wav' relative"):
+        SpeechCommandsDataModule(tree.root).setup("fit")

@@ -188,3 +188,9 @@ def test_read_stm_rejects_a_line_with_bad_times_naming_file_and_line(tmp_path):
     stm.write_text("T 1 T 0.5 1.0 <NA> fine\nT 1 T zero 1.0 <NA> broken\n")
     with pytest.raises(ValueError, match=r"bad\.stm:2"):
         read_stm(str(stm))
+
+
+def test_a_split_whose_stm_files_are_empty_is_an_error_naming_them(tmp_path):
+    dm = _one_talk(tmp_path, "")
+    with pytest.raises(ValueError, match=r"Talk\.stm: the STM file\(s\) of split 'val' hold no segments"):
+        dm.setup("validate")
