@@ -357,7 +357,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         if self.count:
             os.replace(self._tmp, self._partial_path())
             self.kept = self._partial_path()
-            print(f"kept the {self.count} predictions written before the error in {self._partial_path()}")
+            if not isinstance(exception, SIGTERMException):  # the SIGTERM line names the file itself
+                print(f"kept the {self.count} predictions written before the error in {self._partial_path()}")
         else:
             self._tmp.unlink(missing_ok=True)
 
