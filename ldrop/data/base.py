@@ -267,10 +267,11 @@ class AudioDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------------------------- dataloaders
     def batch_sampler(self, split: Split) -> LengthGroupedSampler | DynamicBatchSampler:
-        """The batch sampler of ``split``: shuffled per epoch for ``train``, fixed order otherwise."""
+        """The batch sampler of ``split``: shuffled per epoch for ``train`` (unless the trainer overfits a few
+        batches), fixed order otherwise."""
         lengths = self.dataset(split).lengths
-        shuffle = split == "train"
         trainer = getattr(self, "trainer", None)  # without one the samplers ask torch.distributed, else assume 1
+        shuffle = split == "train" and not (trainer is not None and trainer.overfit_batches)
         num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (None, None)
         if self.max_batch_seconds is not None:
             return DynamicBatchSampler(

@@ -212,27 +212,38 @@ class InputConditionedSelector(TopKSelector):
     def standardized_scores(self, hidden: Tensor, rows: Tensor) -> Tensor:
         """Standardised input term ``(z - mean) / std`` per layer, ``[batch, layers]``.
 
-        Training with a batch of >= 2 uses (and tracks) batch statistics, otherwise running statistics.
+        Training tracks the statistics; a batch of >= 2 uses its own, otherwise the running statistics.
         """
-        if self.training and hidden.shape[0] >= 2:
+        if self.training:
             z_all = self.raw_scores(hidden, None)  # [batch, rows, layers]
-            mean = z_all.mean(0)
-            var = z_all.var(0, unbiased=False)
-            # cumulative average over the first 1 / momentum batches, then exponential: the running
-            # statistics are usable after a few batches instead of starting biased towards (0, 1)
-            self._track_statistics(z_all, max(self.stats_momentum, 1.0 / (int(self.num_batches_tracked) + 1)))
+            self._track_statistics(z_all, cumulative=False)
             z = z_all[torch.arange(hidden.shape[0], device=hidden.device), rows]
+            mean, var = (z_all.mean(0), z_all.var(0, unbiased=False)) if hidden.shape[0] >= 2 else (
+                self.running_mean, self.running_var)
         else:
             z, mean, var = self.raw_scores(hidden, rows), self.running_mean, self.running_var
         return (z - mean[rows]) / (var[rows] + self.stats_eps).sqrt()
 
     @torch.no_grad()
-    def _track_statistics(self, z_all: Tensor, momentum: float) -> None:
-        """Fold the batch statistics of ``z_all [batch, rows, layers]`` into the running statistics."""
+    def _track_statistics(self, z_all: Tensor, cumulative: bool) -> None:
+        """Fold the batch statistics of ``z_all [batch, rows, layers]`` into the running statistics: an
+        equal-weight average over every batch with ``cumulative``, else over the first ``1 / stats_momentum``
+        batches and exponential after them (usable after a few batches, not biased towards (0, 1)). A batch of
+        one input moves the variance by its deviations from the mean before and after it (Welford's step)."""
         # in the buffers' dtype: under autocast (bf16-mixed) the scores are bf16, the buffers float32
-        z_all = z_all.to(self.running_mean.dtype)
-        self.running_mean.lerp_(z_all.mean(0), momentum)
-        self.running_var.lerp_(z_all.var(0, unbiased=True), momentum)
+        z_all, seen = z_all.to(self.running_mean.dtype), int(self.num_batches_tracked)
+
+        def weight(n: int) -> float:
+            return 1.0 / n if cumulative else max(self.stats_momentum, 1.0 / n)
+
+        if z_all.shape[0] >= 2:
+            self.running_mean.lerp_(z_all.mean(0), weight(seen + 1))
+            self.running_var.lerp_(z_all.var(0, unbiased=True), weight(seen + 1))
+        else:
+            before = self.running_mean.clone()
+            self.running_mean.lerp_(z_all[0], weight(seen + 1))
+            if seen:  # the first input sets the mean only
+                self.running_var.lerp_((z_all[0] - before) * (z_all[0] - self.running_mean), weight(seen))
         self.num_batches_tracked += 1
 
     def reset_statistics(self) -> None:
@@ -245,13 +256,10 @@ class InputConditionedSelector(TopKSelector):
     def update_statistics(self, features: Tensor, frame_mask: Tensor, *, waveforms: Tensor | None = None,
                           lengths: Tensor | None = None) -> None:
         """Fold one batch into the running statistics as an equal-weight cumulative average (after
-        :meth:`reset_statistics`, as ``torch.optim.swa_utils.update_bn``): every budget row, no selection;
-        batches of fewer than 2 inputs are skipped. Arguments as in :meth:`forward`."""
+        :meth:`reset_statistics`, as ``torch.optim.swa_utils.update_bn``): every budget row, no selection.
+        Arguments as in :meth:`forward`."""
         features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
-        if features.shape[0] < 2:
-            return
-        z_all = self.raw_scores(self.encode(features, frame_mask), None)
-        self._track_statistics(z_all, 1.0 / (int(self.num_batches_tracked) + 1))
+        self._track_statistics(self.raw_scores(self.encode(features, frame_mask), None), cumulative=True)
 
     def _read_input(
         self, features: Tensor, frame_mask: Tensor, waveforms: Tensor | None, lengths: Tensor | None

@@ -196,11 +196,11 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     @property
     def example_input_array(self) -> tuple[Tensor, Tensor] | Any:
-        """``(waveforms [1, samples], lengths [1])``: 1 s of silence, run by Lightning's model summary (the
-        FLOPs of a full-depth forward pass, selector included)."""
+        """``(waveforms [1, samples], lengths [1])``: 1 s of silence in the model's dtype (``bf16-true``,
+        ``64-true``), run by Lightning's model summary (the FLOPs of a full-depth forward pass, selector included)."""
         if self._example_input_array is not None:
             return self._example_input_array
-        return torch.zeros(1, self.sample_rate), torch.tensor([self.sample_rate])
+        return torch.zeros(1, self.sample_rate, dtype=self.dtype), torch.tensor([self.sample_rate])
 
     @example_input_array.setter
     def example_input_array(self, example: Any) -> None:

@@ -20,12 +20,12 @@ from ldrop.sweeps import load_sweep
 from tests.cli.test_configs import BACKBONES, CONFIGS, DATA, METHODS, roots  # noqa: F401 (roots: fixture)
 
 #: One step of everything, no logger, no progress bar, on the CPU. The precision is the config's own: the
-#: shipped data configs ask bf16-mixed (which every x86-64 CPU runs), the quickstarts Lightning's 32-true.
+#: shipped data configs ask bf16-mixed (which every x86-64 CPU runs), the quickstarts Lightning's 32-true. The
+#: model summary stays on, as users run it (it runs a forward pass in the model's precision).
 QUICK = ["--trainer.max_steps", "1", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
          "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.val_check_interval",
          "null", "--trainer.check_val_every_n_epoch", "1", "--trainer.num_sanity_val_steps", "0",
-         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-         "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
+         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
 
 
 def fit_and_test(configs: list[Path | str], tmp_path: Path, *overrides: str) -> list[dict]:

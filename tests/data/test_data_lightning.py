@@ -60,6 +60,16 @@ def test_fit_reshuffles_training_batches_every_epoch():
     assert orders[0] != orders[1] != orders[2]
 
 
+@pytest.mark.parametrize("batching", [{"batch_size": 4}, {"max_batch_seconds": 2.0}])
+def test_overfit_batches_trains_on_the_same_batches_every_epoch(batching):
+    # 800 items: more than one length-grouping window of 50 batches, which would reshuffle them
+    dm = SyntheticClassificationDataModule(num_train=800, num_val=8, duration_range=(0.2, 0.4), **batching)
+    model = RecordingModule()
+    trainer(max_epochs=3, overfit_batches=2).fit(model, dm)
+    orders = list(model.train_ids.values())
+    assert len(orders) == 3 and len(orders[0]) >= 4 and orders[0] == orders[1] == orders[2]
+
+
 def test_ctc_batches_reach_the_model_with_transcripts():
     dm = SyntheticCTCDataModule(num_train=8, num_val=4, batch_size=4)
     model = RecordingModule()

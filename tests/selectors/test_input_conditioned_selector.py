@@ -240,14 +240,16 @@ def test_training_tracks_running_statistics_per_budget() -> None:
     assert not torch.equal(selector.running_mean, torch.zeros_like(selector.running_mean))
 
 
-def test_training_with_a_batch_of_one_uses_running_statistics() -> None:
+def test_training_with_a_batch_of_one_uses_and_tracks_running_statistics() -> None:
     selector = make_selector()
     fill_running_statistics(selector)
     selector.train()
     features, frame_mask = random_inputs(1)
+    before = selector.running_mean.clone()
     output = selector(features, frame_mask, torch.tensor([2]))
     assert output.keep_mask.sum().item() == 2
-    assert int(selector.num_batches_tracked) == 5
+    assert int(selector.num_batches_tracked) == 6  # --data.batch_size 1 trains with statistics that move
+    assert not torch.equal(selector.running_mean, before)
 
 
 def test_refreshed_statistics_restore_input_dependent_masks_after_the_weights_moved() -> None:
@@ -278,10 +280,29 @@ def test_update_statistics_is_an_equal_weight_average_over_batches() -> None:
     assert int(selector.num_batches_tracked) == 3
 
 
-def test_update_statistics_skips_a_batch_of_one() -> None:
-    selector = make_selector()
-    selector.update_statistics(*random_inputs(1))
-    assert int(selector.num_batches_tracked) == 0
+def test_update_statistics_over_single_inputs_equals_one_batch_of_them() -> None:
+    selector = make_selector().eval()
+    features, frame_mask = random_inputs(16, seed=3)
+    selector.update_statistics(features, frame_mask)
+    batch = selector.running_mean.clone(), selector.running_var.clone()
+    selector.reset_statistics()
+    for index in range(16):  # Welford's steps: the mean and the unbiased variance of the 16 inputs
+        selector.update_statistics(features[index : index + 1], frame_mask[index : index + 1])
+    assert int(selector.num_batches_tracked) == 16
+    torch.testing.assert_close(selector.running_mean, batch[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(selector.running_var, batch[1], atol=1e-6, rtol=1e-3)
+
+
+def test_training_with_batches_of_one_standardises_the_input_term() -> None:
+    selector = make_selector().train()
+    for seed in range(40):
+        selector(*random_inputs(1, seed=seed), torch.tensor([2]))
+    features, frame_mask = random_inputs(32, seed=99)
+    with torch.no_grad():
+        z = selector.raw_scores(selector.encode(features, frame_mask), None)
+    # the running variance is the inputs' spread (within a factor of 3), not the initial 1
+    ratio = selector.running_var / z.var(0)
+    assert float(ratio.min()) > 1 / 3 and float(ratio.max()) < 3, ratio
 
 
 def test_raw_scores_track_no_statistics() -> None:

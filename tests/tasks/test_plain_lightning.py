@@ -123,3 +123,16 @@ def test_only_budgets_not_fitted_yet_are_fitted_and_training_forgets_the_fits(tm
     quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=ToneData())
     assert model.calibrated_budgets == frozenset()
     assert torch.isnan(model.selector.fallback.metrics).all()  # training also cleared the decisions
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_true_precisions_fit_with_the_model_summary_on(tmp_path, precision):
+    """Lightning's model summary (on by default) runs the example input through the model cast to bf16/fp64."""
+    from tests.helpers import tiny_classification_data
+
+    data = tiny_classification_data()
+    model = ClassificationTask(labels=data.class_names, backbone="tiny:wavlm", selector=InputConditionedSelector)
+    trainer = quiet_trainer(tmp_path, precision=precision, enable_model_summary=True, max_steps=1, limit_val_batches=1)
+    trainer.fit(model, data)
+    assert trainer.global_step == 1
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16 if precision == "bf16-true" else torch.float64}
