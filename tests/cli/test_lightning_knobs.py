@@ -1,0 +1,37 @@
+"""Ordinary Lightning/LightningCLI knobs given to ``ldrop``: each does what it says, or is refused as one line."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from ldrop.cli import main
+from tests.cli.common import QUICKSTART, SMALL
+from tests.cli.test_errors import TINY_RUN, one_error_line
+
+
+def _val_acc_per_epoch(run: Path) -> dict[int, float]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return {int(r["epoch"]): float(r["val/acc"]) for r in rows if r.get("val/acc")}
+
+
+@pytest.mark.parametrize("monitor", [[], ["--checkpoint.monitor", "val/acc"]], ids=["implicit", "named"])
+def test_the_best_checkpoint_is_the_best_epoch_whether_the_task_metric_is_implicit_or_named(tmp_path, monitor):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--data.init_args.num_train", "64", "--trainer.max_epochs", "3",
+                 "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path), *monitor]) == 0
+    run = next((tmp_path / "ldrop").glob("version_*"))
+    acc = _val_acc_per_epoch(run)
+    assert len(acc) == 3 and max(acc.values()) > min(acc.values()), acc  # the test means something
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert acc[int(re.search(r"epoch(\d+)", best.name)[1])] == max(acc.values()), (best.name, acc)
+
+
+def test_checkpoint_mode_defaults_to_the_metric_direction_and_help_says_so(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "saves a checkpoint only for the last epoch" not in text
+    assert "the task's own (``val/acc``, ``val/wer``)" in text
