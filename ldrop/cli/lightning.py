@@ -82,6 +82,29 @@ def _run_folder(ckpt_path: str | None) -> Path | None:
     return folder.parent if in_run else None
 
 
+def _newest(roots: Sequence[str], pattern: str, deep: bool = True) -> Path | None:
+    """The newest file matching ``pattern`` in a ``checkpoints`` folder under ``roots`` (``deep``), or in them."""
+    found = [f for root in roots for f in Path(root).glob(f"**/checkpoints/{pattern}" if deep else pattern)]
+    return max(found, key=lambda f: f.stat().st_mtime, default=None)
+
+
+def _checkpoint_keyword_line(keyword: str, trainer: Mapping[str, Any]) -> str:
+    """Why Lightning's ``--ckpt_path best|last|hpc`` finds nothing in a new process, and the file to pass."""
+    if keyword == "hpc":
+        return (f"--ckpt_path hpc: no hpc_ckpt_*.ckpt (written on a SLURM requeue) in "
+                f"{trainer.get('default_root_dir') or '.'}; pass a checkpoint file")
+    logger, root = trainer.get("logger"), trainer.get("default_root_dir")
+    save_dir = logger.get("init_args", {}).get("save_dir") if hasattr(logger, "get") else None
+    if save_dir == TRAINER_DEFAULTS["default_root_dir"]:  # the default logger moves with --trainer.default_root_dir
+        save_dir = root
+    roots = list(dict.fromkeys(r for r in (save_dir, root) if r))
+    pattern = "last.ckpt" if keyword == "last" else "best-*.ckpt"
+    found = _newest(roots, pattern)
+    return (f"--ckpt_path {keyword}: a new 'ldrop' process tracks no checkpoints (Lightning's '{keyword}' is "
+            f"one this process's own fit wrote); pass the file" + (
+                f": --ckpt_path {found}" if found else f" (no {pattern} under {', '.join(roots)})"))
+
+
 class LdropCLI(CLISteps):
     """LightningCLI with ldrop's links, checkpointing, exact resume, budget sweep and prediction writer.
 
@@ -118,6 +141,9 @@ class LdropCLI(CLISteps):
             raise ConfigError(argument_error_line(str(err), argv, option_strings(parser))) from err
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path in ("best", "last") or ckpt_path == "hpc" and not _newest(
+                [self.config[subcommand]["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
+            raise ConfigError(_checkpoint_keyword_line(ckpt_path, self.config[subcommand]["trainer"]))
         if ckpt_path and Path(ckpt_path).is_file():
             # a damaged or foreign file is named now, as one line, before LightningCLI or the run reads it
             # (memory-mapped: cheap even for a large checkpoint)

@@ -35,3 +35,26 @@ def test_checkpoint_mode_defaults_to_the_metric_direction_and_help_says_so(capsy
     text = " ".join(capsys.readouterr().out.split())
     assert "saves a checkpoint only for the last epoch" not in text
     assert "the task's own (``val/acc``, ``val/wer``)" in text
+
+
+def test_lightning_checkpoint_keywords_in_a_new_process_name_the_file_to_pass(trained, capsys):
+    save_dir = trained.parents[1]
+    before = sorted((save_dir / "ldrop").iterdir())
+    argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(save_dir)]
+    assert main([*argv, "--ckpt_path", "last"]) == 2  # Lightning would start a fresh run in a new version_N
+    line = one_error_line(capsys)
+    assert "a new 'ldrop' process tracks no checkpoints" in line
+    assert f"--ckpt_path {trained / 'checkpoints' / 'last.ckpt'}" in line
+    assert sorted((save_dir / "ldrop").iterdir()) == before
+    argv[0] = "validate"
+    assert main([*argv, "--ckpt_path", "best"]) == 2  # Lightning: "not configured to save the best model"
+    assert f"--ckpt_path {next((trained / 'checkpoints').glob('best-*.ckpt'))}" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("keyword", ["best", "last", "hpc"])
+def test_lightning_checkpoint_keywords_without_checkpoints_say_none_was_found(tmp_path, capsys, keyword):
+    assert main(["test", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--ckpt_path", keyword]) == 2
+    line = one_error_line(capsys)
+    assert f"--ckpt_path {keyword}: " in line and str(tmp_path) in line and "pass" in line
+    assert not list(tmp_path.iterdir())
