@@ -118,6 +118,10 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     given = f"{option} {value!r}" if value is not None else option
     classes = re.findall(r"class_path[ =]'([^']+)'", message)
     not_accepted = re.search(r"Option '([^']+)' is not accepted", message)
+    if not_accepted and classes and classes[0].rsplit(".", 1)[-1] in re.findall(r"(\w+)'>", message):
+        # jsonargparse tried the group's base class itself (--lr_scheduler.step_size 1 without --lr_scheduler X)
+        return (f"{given}: no class was given for --{keys[0]}: choose one first (--{keys[0]} CLASS; "
+                f"'ldrop {command} --{keys[0]}.help CLASS' lists its options)")
     if not_accepted:
         owner = (re.findall(r"class_path[ =]'([^']+)'", message[not_accepted.start() - 400: not_accepted.end() + 400])
                  or classes or [keys[0]])[-1].rsplit(".", 1)[-1]

@@ -141,6 +141,11 @@ class LdropCLI(CLISteps):
             raise ConfigError(argument_error_line(str(err), argv, option_strings(parser))) from err
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        config = self.config[subcommand] if subcommand else self.config
+        if config.get("lr_scheduler") is not None and config.get("optimizer") is None:
+            raise ConfigError("--lr_scheduler needs --optimizer (LightningCLI applies it only with an optimizer it "
+                              "builds); ldrop's own schedule is set with --model.optimization.* (lr, warmup, "
+                              "schedule: linear, tri_stage or constant)")
         if ckpt_path in ("best", "last") or ckpt_path == "hpc" and not _newest(
                 [self.config[subcommand]["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
             raise ConfigError(_checkpoint_keyword_line(ckpt_path, self.config[subcommand]["trainer"]))

@@ -58,3 +58,16 @@ def test_lightning_checkpoint_keywords_without_checkpoints_say_none_was_found(tm
     line = one_error_line(capsys)
     assert f"--ckpt_path {keyword}: " in line and str(tmp_path) in line and "pass" in line
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"],
+     "--lr_scheduler needs --optimizer (LightningCLI applies it only with an optimizer it builds); ldrop's own "
+     "schedule is set with --model.optimization.*"),
+    (["--lr_scheduler.step_size", "1"], "--lr_scheduler.step_size '1': no class was given for --lr_scheduler"),
+    (["--optimizer.lr", "0.1"], "--optimizer.lr '0.1': no class was given for --optimizer"),
+], ids=["scheduler-without-optimizer", "scheduler-option-without-class", "optimizer-option-without-class"])
+def test_a_scheduler_lightning_would_ignore_is_refused_in_one_line(tmp_path, capsys, args, expected):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path), *args]) == 2
+    assert expected in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
