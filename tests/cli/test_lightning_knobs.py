@@ -71,3 +71,17 @@ def test_a_scheduler_lightning_would_ignore_is_refused_in_one_line(tmp_path, cap
     assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path), *args]) == 2
     assert expected in one_error_line(capsys)
     assert not list(tmp_path.iterdir())
+
+
+def test_early_stopping_without_its_monitor_names_the_missing_argument(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.callbacks+=EarlyStopping"]) == 2
+    assert "EarlyStopping: missing required --trainer.callbacks.monitor" in one_error_line(capsys)
+
+
+def test_early_stopping_on_a_metric_the_task_does_not_log_is_one_line_listing_those_it_does(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger.init_args.save_dir",
+                 str(tmp_path), "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val_loss"]) == 2
+    line = one_error_line(capsys)
+    assert "Early stopping conditioned on metric `val_loss` which is not available" in line
+    assert "`train/loss`" in line  # Lightning's list of the metrics logged
