@@ -146,6 +146,10 @@ class LdropCLI(CLISteps):
             raise ConfigError("--lr_scheduler needs --optimizer (LightningCLI applies it only with an optimizer it "
                               "builds); ldrop's own schedule is set with --model.optimization.* (lr, warmup, "
                               "schedule: linear, tri_stage or constant)")
+        accumulate = config.get("trainer", {}).get("accumulate_grad_batches", 1)
+        if isinstance(accumulate, int) and accumulate < 1:  # Lightning: a ZeroDivisionError, or a nonsense schedule
+            raise ConfigError(f"--trainer.accumulate_grad_batches {accumulate}: expected an int >= 1 (the batches "
+                              "whose gradients are summed before each optimizer step)")
         if ckpt_path in ("best", "last") or ckpt_path == "hpc" and not _newest(
                 [self.config[subcommand]["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
             raise ConfigError(_checkpoint_keyword_line(ckpt_path, self.config[subcommand]["trainer"]))

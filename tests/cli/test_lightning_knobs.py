@@ -85,3 +85,11 @@ def test_early_stopping_on_a_metric_the_task_does_not_log_is_one_line_listing_th
     line = one_error_line(capsys)
     assert "Early stopping conditioned on metric `val_loss` which is not available" in line
     assert "`train/loss`" in line  # Lightning's list of the metrics logged
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_accumulate_grad_batches_below_one_is_refused_before_anything_is_built(tmp_path, capsys, value):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.accumulate_grad_batches", value]) == 2
+    assert f"--trainer.accumulate_grad_batches {value}: expected an int >= 1" in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
