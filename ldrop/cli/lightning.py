@@ -4,6 +4,7 @@ sweep and prediction writer; the task's labels are linked from the datamodule.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
 import signal
@@ -47,6 +48,8 @@ from ldrop.data import AudioDataModule
 from ldrop.runtime import TargetBudgets
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask, model_labels
+
+log = logging.getLogger(__name__)
 
 #: Lightning warnings that ldrop's own setup triggers and that mean nothing is wrong (message regexes, matched
 #: from the start); only these are silenced, and only where they are harmless.
@@ -243,6 +246,10 @@ class LdropCLI(CLISteps):
     def run_subcommand(self, subcommand: str) -> None:
         # Rank 0 only: other ranks must not settle the logger's version before it is shared with them.
         log_dir = self.trainer.log_dir if self.trainer.logger is not None and self.trainer.is_global_zero else None
+        if subcommand != "fit" and not self._command_config().get("ckpt_path") and self.trainer.is_global_zero:
+            # not an error: a pre-trained backbone may be evaluated on purpose
+            verb = {"test": "testing", "validate": "validating", "predict": "predicting with"}.get(subcommand, subcommand)
+            log.warning("no --ckpt_path: %s the model as initialised, not a trained checkpoint", verb)
         new_folders = _missing_folders(Path(log_dir)) if log_dir is not None else []
         try:
             super().run_subcommand(subcommand)

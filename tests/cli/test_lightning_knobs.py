@@ -93,3 +93,15 @@ def test_accumulate_grad_batches_below_one_is_refused_before_anything_is_built(t
                  "--trainer.accumulate_grad_batches", value]) == 2
     assert f"--trainer.accumulate_grad_batches {value}: expected an int >= 1" in one_error_line(capsys)
     assert not list(tmp_path.iterdir())
+
+
+def test_evaluating_without_a_checkpoint_warns_that_the_model_is_as_initialised(trained, tmp_path, caplog):
+    argv = ["validate", "--config", QUICKSTART, *SMALL, "--trainer.limit_val_batches", "1",
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    with caplog.at_level("WARNING", logger="ldrop.cli.lightning"):
+        assert main(argv) == 0
+    assert "no --ckpt_path: validating the model as initialised, not a trained checkpoint" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ldrop.cli.lightning"):
+        assert main([*argv, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")]) == 0
+    assert "as initialised" not in caplog.text
