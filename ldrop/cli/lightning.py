@@ -188,6 +188,14 @@ class LdropCLI(CLISteps):
         self._model_takes_labels = init_args is not None and "labels" in init_args
         trainer = config["trainer"]
         logger = trainer.get("logger")
+        if self.subcommand == "fit" and not config.get("ckpt_path") and not logger:
+            # without a logger every run shares one checkpoint folder: a new fit would overwrite the last one's
+            root = Path(trainer.get("default_root_dir") or ".")
+            folder = Path(config["checkpoint"].get("dirpath") or root / "checkpoints")
+            if any(folder.glob("*.ckpt")):
+                raise ConfigError(f"{folder} already holds the checkpoints of a run that a new fit would overwrite "
+                                  "(--trainer.logger is off, so runs share it): choose another "
+                                  f"--trainer.default_root_dir, or resume with --ckpt_path {folder / 'last.ckpt'}")
         default_logger = TRAINER_DEFAULTS["logger"]
         if logger is None or isinstance(logger, bool | list) or logger.get("class_path") != default_logger["class_path"]:
             return  # not the default logger

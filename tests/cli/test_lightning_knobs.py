@@ -105,3 +105,19 @@ def test_evaluating_without_a_checkpoint_warns_that_the_model_is_as_initialised(
     with caplog.at_level("WARNING", logger="ldrop.cli.lightning"):
         assert main([*argv, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")]) == 0
     assert "as initialised" not in caplog.text
+
+
+def test_without_a_logger_a_new_fit_never_overwrites_the_checkpoints_of_the_last(tmp_path, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "last.ckpt").write_bytes(b"the last run's")
+    argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir",
+            str(tmp_path)]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"{checkpoints} already holds the checkpoints of a run" in line
+    assert "--trainer.default_root_dir" in line and f"--ckpt_path {checkpoints / 'last.ckpt'}" in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "last.ckpt"]
+    assert (checkpoints / "last.ckpt").read_bytes() == b"the last run's"
+    assert main([*argv, "--ckpt_path", str(checkpoints / "last.ckpt")]) == 2  # a resume is not refused for that
+    assert "is damaged or not a checkpoint" in one_error_line(capsys)  # the file is read, not refused unread
