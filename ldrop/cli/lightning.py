@@ -316,7 +316,7 @@ class LdropCLI(CLISteps):
         sweep = self._command_config(True).get("sweep")
         folder = sweep.directory if sweep is not None and sweep.directory else (
             self.trainer.log_dir if self.trainer.logger is not None else None)
-        if folder and self.trainer.is_global_zero:
+        if folder and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             print(f"budget sweep written to {folder}")
 
     def build_trainer(self, config: dict[str, Any], callbacks: list[Any]):

@@ -121,3 +121,15 @@ def test_without_a_logger_a_new_fit_never_overwrites_the_checkpoints_of_the_last
     assert (checkpoints / "last.ckpt").read_bytes() == b"the last run's"
     assert main([*argv, "--ckpt_path", str(checkpoints / "last.ckpt")]) == 2  # a resume is not refused for that
     assert "is damaged or not a checkpoint" in one_error_line(capsys)  # the file is read, not refused unread
+
+
+@pytest.mark.parametrize("directory", [[], ["--sweep.directory", "sweep"]], ids=["run-folder", "sweep-directory"])
+def test_fast_dev_run_prints_the_budget_sweep_and_writes_no_file(tmp_path, capsys, directory):
+    directory = [directory[0], str(tmp_path / directory[1])] if directory else []
+    assert main(["test", "--config", QUICKSTART, *SMALL, "--trainer.fast_dev_run", "true",
+                 "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+                 *directory]) == 0
+    out = capsys.readouterr().out
+    assert "budget sweep: " in out and "fast_dev_run: the budget sweep of these test batches was printed, not written" in out
+    assert "budget sweep written" not in out
+    assert not list(tmp_path.iterdir())
