@@ -143,8 +143,8 @@ class LdropCLI(CLISteps):
             argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
             raise ConfigError(argument_error_line(str(err), argv, option_strings(parser))) from err
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         config = self.config[subcommand] if subcommand else self.config
+        ckpt_path = config.get("ckpt_path") if subcommand else None
         if config.get("lr_scheduler") is not None and config.get("optimizer") is None:
             raise ConfigError("--lr_scheduler needs --optimizer (LightningCLI applies it only with an optimizer it "
                               "builds); ldrop's own schedule is set with --model.optimization.* (lr, warmup, "
@@ -154,8 +154,8 @@ class LdropCLI(CLISteps):
             raise ConfigError(f"--trainer.accumulate_grad_batches {accumulate}: expected an int >= 1 (the batches "
                               "whose gradients are summed before each optimizer step)")
         if ckpt_path in ("best", "last") or ckpt_path == "hpc" and not _newest(
-                [self.config[subcommand]["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
-            raise ConfigError(_checkpoint_keyword_line(ckpt_path, self.config[subcommand]["trainer"]))
+                [config["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
+            raise ConfigError(_checkpoint_keyword_line(ckpt_path, config["trainer"]))
         if ckpt_path and Path(ckpt_path).is_file():
             # a damaged or foreign file is named now, as one line, before LightningCLI or the run reads it
             # (memory-mapped: cheap even for a large checkpoint)
@@ -188,7 +188,7 @@ class LdropCLI(CLISteps):
         self._model_takes_labels = init_args is not None and "labels" in init_args
         trainer = config["trainer"]
         logger = trainer.get("logger")
-        if self.subcommand == "fit" and not config.get("ckpt_path") and not logger:
+        if self.subcommand == "fit" and not config.get("ckpt_path") and not logger and not trainer.get("fast_dev_run"):
             # without a logger every run shares one checkpoint folder: a new fit would overwrite the last one's
             root = Path(trainer.get("default_root_dir") or ".")
             folder = Path(config["checkpoint"].get("dirpath") or root / "checkpoints")
