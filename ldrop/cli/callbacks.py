@@ -9,7 +9,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -58,25 +58,32 @@ class TaskCheckpoint(CheckpointSteps):
     Args:
         save_top_k: best checkpoints to keep.
         save_last: also keep ``last.ckpt``.
+        monitor: the metric that ranks the best checkpoints; ``None``: the task's own (``val/acc``, ``val/wer``).
+        mode: ``min`` or ``max``; ``None``: the direction of the task's metrics (``val/acc`` and ``val/acc@3``
+            max, ``val/wer`` min) when ``monitor`` is one of them, else ``min``.
         **kwargs: other ``ModelCheckpoint`` arguments (``dirpath``, ``every_n_epochs``, ...).
     """
 
-    def __init__(self, save_top_k: int = 1, save_last: bool = True, **kwargs: Any) -> None:
+    def __init__(self, save_top_k: int = 1, save_last: bool = True, monitor: str | None = None,
+                 mode: Literal["min", "max"] | None = None, **kwargs: Any) -> None:
         if kwargs.get("filename") is None:
             kwargs["filename"] = "best-epoch{epoch}-step{step}"
             kwargs["auto_insert_metric_name"] = False
-        super().__init__(save_top_k=save_top_k, save_last=save_last, **kwargs)
+        super().__init__(save_top_k=save_top_k, save_last=save_last, monitor=monitor, mode=mode or "min", **kwargs)
+        self.mode_given = mode
         self._last_saved_step: int | None = None
         self._stage: str | None = None
         #: the checkpoint that holds the step a stopped (SIGTERM) fit reached, to resume from
         self.stop_checkpoint: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.monitor is None and hasattr(pl_module, "metric_names"):
-            self.monitor = f"val/{pl_module.metric_names[0]}"
-            self.mode = "max" if pl_module.higher_is_better else "min"
-            self.kth_value, self.kth_best_model_path = torch.tensor(float("inf") if self.mode == "min" else -float("inf")), ""
-            self.best_model_score = None
+        if hasattr(pl_module, "metric_names"):
+            self.monitor = self.monitor or f"val/{pl_module.metric_names[0]}"
+            # the task's metric gets its direction whether implicit or named (also per budget: val/acc@3)
+            own = self.monitor.startswith("val/") and self.monitor[4:].split("@")[0] in pl_module.metric_names
+            mode = self.mode_given or ("max" if own and pl_module.higher_is_better else "min")
+            if mode != self.mode:
+                self.mode, self.kth_value = mode, torch.tensor(float("inf") if mode == "min" else -float("inf"))
         super().setup(trainer, pl_module, stage)
         self._stage = stage
         if self.dirpath:

@@ -118,6 +118,14 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     given = f"{option} {value!r}" if value is not None else option
     classes = re.findall(r"class_path[ =]'([^']+)'", message)
     not_accepted = re.search(r"Option '([^']+)' is not accepted", message)
+    required = re.search(r"class_path '([^']+)':\s+the following arguments are required: (.+)$", message, flags=re.M)
+    if required:  # '--trainer.callbacks+=EarlyStopping' without its monitor
+        missing = ", ".join(f"--{key}.{name.strip()}" for name in required[2].split(","))
+        return f"{option} {required[1].rsplit('.', 1)[-1]}: missing required {missing}"
+    if not_accepted and classes and classes[0].rsplit(".", 1)[-1] in re.findall(r"(\w+)'>", message):
+        # jsonargparse tried the group's base class itself (--lr_scheduler.step_size 1 without --lr_scheduler X)
+        return (f"{given}: no class was given for --{keys[0]}: choose one first (--{keys[0]} CLASS; "
+                f"'ldrop {command} --{keys[0]}.help CLASS' lists its options)")
     if not_accepted:
         owner = (re.findall(r"class_path[ =]'([^']+)'", message[not_accepted.start() - 400: not_accepted.end() + 400])
                  or classes or [keys[0]])[-1].rsplit(".", 1)[-1]
@@ -308,6 +316,8 @@ def user_error_line(err: BaseException) -> str | None:
         return os_error_line(err)
     if own or isinstance(err, ValueError | RuntimeError) and _raised_in_ldrop(err):
         return _first_line(err)
+    if isinstance(err, RuntimeError) and str(err).startswith("Early stopping conditioned on metric"):
+        return _first_line(err)  # a monitor the task does not log; Lightning lists those it does
     return None
 
 

@@ -4,6 +4,7 @@ sweep and prediction writer; the task's labels are linked from the datamodule.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
 import signal
@@ -48,6 +49,8 @@ from ldrop.runtime import TargetBudgets
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask, model_labels
 
+log = logging.getLogger(__name__)
+
 #: Lightning warnings that ldrop's own setup triggers and that mean nothing is wrong (message regexes, matched
 #: from the start); only these are silenced, and only where they are harmless.
 HARMLESS_WARNINGS = (
@@ -80,6 +83,29 @@ def _run_folder(ckpt_path: str | None) -> Path | None:
     folder = Path(ckpt_path).resolve().parent if ckpt_path and Path(ckpt_path).is_file() else None
     in_run = folder is not None and folder.name == "checkpoints" and re.fullmatch(r"version_\d+", folder.parent.name)
     return folder.parent if in_run else None
+
+
+def _newest(roots: Sequence[str], pattern: str, deep: bool = True) -> Path | None:
+    """The newest file matching ``pattern`` in a ``checkpoints`` folder under ``roots`` (``deep``), or in them."""
+    found = [f for root in roots for f in Path(root).glob(f"**/checkpoints/{pattern}" if deep else pattern)]
+    return max(found, key=lambda f: f.stat().st_mtime, default=None)
+
+
+def _checkpoint_keyword_line(keyword: str, trainer: Mapping[str, Any]) -> str:
+    """Why Lightning's ``--ckpt_path best|last|hpc`` finds nothing in a new process, and the file to pass."""
+    if keyword == "hpc":
+        return (f"--ckpt_path hpc: no hpc_ckpt_*.ckpt (written on a SLURM requeue) in "
+                f"{trainer.get('default_root_dir') or '.'}; pass a checkpoint file")
+    logger, root = trainer.get("logger"), trainer.get("default_root_dir")
+    save_dir = logger.get("init_args", {}).get("save_dir") if hasattr(logger, "get") else None
+    if save_dir == TRAINER_DEFAULTS["default_root_dir"]:  # the default logger moves with --trainer.default_root_dir
+        save_dir = root
+    roots = list(dict.fromkeys(r for r in (save_dir, root) if r))
+    pattern = "last.ckpt" if keyword == "last" else "best-*.ckpt"
+    found = _newest(roots, pattern)
+    return (f"--ckpt_path {keyword}: a new 'ldrop' process tracks no checkpoints (Lightning's '{keyword}' is "
+            f"one this process's own fit wrote); pass the file" + (
+                f": --ckpt_path {found}" if found else f" (no {pattern} under {', '.join(roots)})"))
 
 
 class LdropCLI(CLISteps):
@@ -117,7 +143,19 @@ class LdropCLI(CLISteps):
             argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
             raise ConfigError(argument_error_line(str(err), argv, option_strings(parser))) from err
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        config = self.config[subcommand] if subcommand else self.config
+        ckpt_path = config.get("ckpt_path") if subcommand else None
+        if config.get("lr_scheduler") is not None and config.get("optimizer") is None:
+            raise ConfigError("--lr_scheduler needs --optimizer (LightningCLI applies it only with an optimizer it "
+                              "builds); ldrop's own schedule is set with --model.optimization.* (lr, warmup, "
+                              "schedule: linear, tri_stage or constant)")
+        accumulate = config.get("trainer", {}).get("accumulate_grad_batches", 1)
+        if isinstance(accumulate, int) and accumulate < 1:  # Lightning: a ZeroDivisionError, or a nonsense schedule
+            raise ConfigError(f"--trainer.accumulate_grad_batches {accumulate}: expected an int >= 1 (the batches "
+                              "whose gradients are summed before each optimizer step)")
+        if ckpt_path in ("best", "last") or ckpt_path == "hpc" and not _newest(
+                [config["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
+            raise ConfigError(_checkpoint_keyword_line(ckpt_path, config["trainer"]))
         if ckpt_path and Path(ckpt_path).is_file():
             # a damaged or foreign file is named now, as one line, before LightningCLI or the run reads it
             # (memory-mapped: cheap even for a large checkpoint)
@@ -150,6 +188,14 @@ class LdropCLI(CLISteps):
         self._model_takes_labels = init_args is not None and "labels" in init_args
         trainer = config["trainer"]
         logger = trainer.get("logger")
+        if self.subcommand == "fit" and not config.get("ckpt_path") and not logger and not trainer.get("fast_dev_run"):
+            # without a logger every run shares one checkpoint folder: a new fit would overwrite the last one's
+            root = Path(trainer.get("default_root_dir") or ".")
+            folder = Path(config["checkpoint"].get("dirpath") or root / "checkpoints")
+            if any(folder.glob("*.ckpt")):
+                raise ConfigError(f"{folder} already holds the checkpoints of a run that a new fit would overwrite "
+                                  "(--trainer.logger is off, so runs share it): choose another "
+                                  f"--trainer.default_root_dir, or resume with --ckpt_path {folder / 'last.ckpt'}")
         default_logger = TRAINER_DEFAULTS["logger"]
         if logger is None or isinstance(logger, bool | list) or logger.get("class_path") != default_logger["class_path"]:
             return  # not the default logger
@@ -208,6 +254,10 @@ class LdropCLI(CLISteps):
     def run_subcommand(self, subcommand: str) -> None:
         # Rank 0 only: other ranks must not settle the logger's version before it is shared with them.
         log_dir = self.trainer.log_dir if self.trainer.logger is not None and self.trainer.is_global_zero else None
+        if subcommand != "fit" and not self._command_config().get("ckpt_path") and self.trainer.is_global_zero:
+            # not an error: a pre-trained backbone may be evaluated on purpose
+            verb = {"test": "testing", "validate": "validating", "predict": "predicting with"}.get(subcommand, subcommand)
+            log.warning("no --ckpt_path: %s the model as initialised, not a trained checkpoint", verb)
         new_folders = _missing_folders(Path(log_dir)) if log_dir is not None else []
         try:
             super().run_subcommand(subcommand)
@@ -266,7 +316,7 @@ class LdropCLI(CLISteps):
         sweep = self._command_config(True).get("sweep")
         folder = sweep.directory if sweep is not None and sweep.directory else (
             self.trainer.log_dir if self.trainer.logger is not None else None)
-        if folder and self.trainer.is_global_zero:
+        if folder and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             print(f"budget sweep written to {folder}")
 
     def build_trainer(self, config: dict[str, Any], callbacks: list[Any]):

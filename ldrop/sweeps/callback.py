@@ -196,14 +196,17 @@ class BudgetSweep(L.Callback):
         self.rows = rows
         # every rank computes the target rows (sums synced over ranks) and the folder (log_dir broadcasts); rank 0 writes
         self.target_rows = self.target_scorer.rows(pl_module) if self.target_scorer else []
-        directory = self.folder(trainer)
+        directory = None if trainer.fast_dev_run else self.folder(trainer)
         if not trainer.is_global_zero:
             return
-        paths = write_sweep(rows, directory, usage, self.target_rows, self.item_scorer and self.item_scorer.result)
         columns = ["budget_layers", "executed_layers", *pl_module.metric_names, "gflops_per_utterance",
                    "ms_per_utterance", "distinct_masks", "uses_input"]
-        table = markdown_table(rows, [c for c in columns if c in rows[0]])
         self.print_table(rows, columns, rows[0]["method"])
+        if directory is None:  # like Lightning's checkpoints and logs
+            print("fast_dev_run: the budget sweep of these test batches was printed, not written")
+            return
+        paths = write_sweep(rows, directory, usage, self.target_rows, self.item_scorer and self.item_scorer.result)
+        table = markdown_table(rows, [c for c in columns if c in rows[0]])
         log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)
         if self.target_rows:
             self.print_table(self.target_rows, ["target", "executed_layers", *pl_module.metric_names,

@@ -1,0 +1,135 @@
+"""Ordinary Lightning/LightningCLI knobs given to ``ldrop``: each does what it says, or is refused as one line."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from ldrop.cli import main
+from tests.cli.common import QUICKSTART, SMALL
+from tests.cli.test_errors import TINY_RUN, one_error_line
+
+
+def _val_acc_per_epoch(run: Path) -> dict[int, float]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return {int(r["epoch"]): float(r["val/acc"]) for r in rows if r.get("val/acc")}
+
+
+@pytest.mark.parametrize("monitor", [[], ["--checkpoint.monitor", "val/acc"]], ids=["implicit", "named"])
+def test_the_best_checkpoint_is_the_best_epoch_whether_the_task_metric_is_implicit_or_named(tmp_path, monitor):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--data.init_args.num_train", "64", "--trainer.max_epochs", "3",
+                 "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path), *monitor]) == 0
+    run = next((tmp_path / "ldrop").glob("version_*"))
+    acc = _val_acc_per_epoch(run)
+    assert len(acc) == 3 and max(acc.values()) > min(acc.values()), acc  # the test means something
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert acc[int(re.search(r"epoch(\d+)", best.name)[1])] == max(acc.values()), (best.name, acc)
+
+
+def test_checkpoint_mode_defaults_to_the_metric_direction_and_help_says_so(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "saves a checkpoint only for the last epoch" not in text
+    assert "the task's own (``val/acc``, ``val/wer``)" in text
+
+
+def test_lightning_checkpoint_keywords_in_a_new_process_name_the_file_to_pass(trained, capsys):
+    save_dir = trained.parents[1]
+    before = sorted((save_dir / "ldrop").iterdir())
+    argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(save_dir)]
+    assert main([*argv, "--ckpt_path", "last"]) == 2  # Lightning would start a fresh run in a new version_N
+    line = one_error_line(capsys)
+    assert "a new 'ldrop' process tracks no checkpoints" in line
+    assert f"--ckpt_path {trained / 'checkpoints' / 'last.ckpt'}" in line
+    assert sorted((save_dir / "ldrop").iterdir()) == before
+    argv[0] = "validate"
+    assert main([*argv, "--ckpt_path", "best"]) == 2  # Lightning: "not configured to save the best model"
+    assert f"--ckpt_path {next((trained / 'checkpoints').glob('best-*.ckpt'))}" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("keyword", ["best", "last", "hpc"])
+def test_lightning_checkpoint_keywords_without_checkpoints_say_none_was_found(tmp_path, capsys, keyword):
+    assert main(["test", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--ckpt_path", keyword]) == 2
+    line = one_error_line(capsys)
+    assert f"--ckpt_path {keyword}: " in line and str(tmp_path) in line and "pass" in line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"],
+     "--lr_scheduler needs --optimizer (LightningCLI applies it only with an optimizer it builds); ldrop's own "
+     "schedule is set with --model.optimization.*"),
+    (["--lr_scheduler.step_size", "1"], "--lr_scheduler.step_size '1': no class was given for --lr_scheduler"),
+    (["--optimizer.lr", "0.1"], "--optimizer.lr '0.1': no class was given for --optimizer"),
+], ids=["scheduler-without-optimizer", "scheduler-option-without-class", "optimizer-option-without-class"])
+def test_a_scheduler_lightning_would_ignore_is_refused_in_one_line(tmp_path, capsys, args, expected):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path), *args]) == 2
+    assert expected in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_early_stopping_without_its_monitor_names_the_missing_argument(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.callbacks+=EarlyStopping"]) == 2
+    assert "EarlyStopping: missing required --trainer.callbacks.monitor" in one_error_line(capsys)
+
+
+def test_early_stopping_on_a_metric_the_task_does_not_log_is_one_line_listing_those_it_does(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger.init_args.save_dir",
+                 str(tmp_path), "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val_loss"]) == 2
+    line = one_error_line(capsys)
+    assert "Early stopping conditioned on metric `val_loss` which is not available" in line
+    assert "`train/loss`" in line  # Lightning's list of the metrics logged
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_accumulate_grad_batches_below_one_is_refused_before_anything_is_built(tmp_path, capsys, value):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.accumulate_grad_batches", value]) == 2
+    assert f"--trainer.accumulate_grad_batches {value}: expected an int >= 1" in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_evaluating_without_a_checkpoint_warns_that_the_model_is_as_initialised(trained, tmp_path, caplog):
+    argv = ["validate", "--config", QUICKSTART, *SMALL, "--trainer.limit_val_batches", "1",
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    with caplog.at_level("WARNING", logger="ldrop.cli.lightning"):
+        assert main(argv) == 0
+    assert "no --ckpt_path: validating the model as initialised, not a trained checkpoint" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ldrop.cli.lightning"):
+        assert main([*argv, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")]) == 0
+    assert "as initialised" not in caplog.text
+
+
+def test_without_a_logger_a_new_fit_never_overwrites_the_checkpoints_of_the_last(tmp_path, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "last.ckpt").write_bytes(b"the last run's")
+    argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir",
+            str(tmp_path)]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"{checkpoints} already holds the checkpoints of a run" in line
+    assert "--trainer.default_root_dir" in line and f"--ckpt_path {checkpoints / 'last.ckpt'}" in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "last.ckpt"]
+    assert (checkpoints / "last.ckpt").read_bytes() == b"the last run's"
+    assert main([*argv, "--ckpt_path", str(checkpoints / "last.ckpt")]) == 2  # a resume is not refused for that
+    assert "is damaged or not a checkpoint" in one_error_line(capsys)  # the file is read, not refused unread
+
+
+@pytest.mark.parametrize("directory", [[], ["--sweep.directory", "sweep"]], ids=["run-folder", "sweep-directory"])
+def test_fast_dev_run_prints_the_budget_sweep_and_writes_no_file(tmp_path, capsys, directory):
+    directory = [directory[0], str(tmp_path / directory[1])] if directory else []
+    assert main(["test", "--config", QUICKSTART, *SMALL, "--trainer.fast_dev_run", "true",
+                 "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+                 *directory]) == 0
+    out = capsys.readouterr().out
+    assert "budget sweep: " in out and "fast_dev_run: the budget sweep of these test batches was printed, not written" in out
+    assert "budget sweep written" not in out
+    assert not list(tmp_path.iterdir())
