@@ -104,10 +104,18 @@ def test_predict_writes_one_json_line_per_input(trained, tmp_path):
     assert all(len(r["executed_layers"]) == 2 and r["gflops"] > 0 and isinstance(r["output"], str) for r in records)
 
 
-def test_compare_overlays_sweeps_in_one_plot_and_table(trained, tmp_path, capsys):
-    main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path / "a"),
+@pytest.fixture(scope="module")
+def tested(trained, tmp_path_factory) -> Path:
+    """The run folder of 'ldrop test' with the quickstart's own top-k selector on the trained checkpoint, shared by
+    the compare tests (which only read it)."""
+    save_dir = tmp_path_factory.mktemp("tested")
+    main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(save_dir),
           "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")])
-    run = next((tmp_path / "a" / "ldrop").glob("version_*"))
+    return next((save_dir / "ldrop").glob("version_*"))
+
+
+def test_compare_overlays_sweeps_in_one_plot_and_table(tested, tmp_path, capsys):
+    run = tested
     assert main(["compare", str(run), str(run / "budget_sweep.csv"), "--labels", "selector,again",
                  "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "compare.png").is_file()
@@ -116,12 +124,11 @@ def test_compare_overlays_sweeps_in_one_plot_and_table(trained, tmp_path, capsys
     assert "selector" in capsys.readouterr().out
 
 
-def test_compare_two_runs_at_equal_gflops_with_paired_intervals(trained, tmp_path, capsys):
-    runs = []
-    for name, extra in (("topk", []), ("thr", ["--model.init_args.selector.init_args.mode", "threshold"])):
-        main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path / name),
-              "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), *extra])
-        runs.append(str(next((tmp_path / name / "ldrop").glob("version_*"))))
+def test_compare_two_runs_at_equal_gflops_with_paired_intervals(trained, tested, tmp_path, capsys):
+    main(["test", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path / "thr"),
+          "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--model.init_args.selector.init_args.mode",
+          "threshold"])
+    runs = [str(tested), str(next((tmp_path / "thr" / "ldrop").glob("version_*")))]
     assert (Path(runs[0]) / "budget_items.json").is_file()
     assert main(["compare", *runs, "--labels", "topk,thr", "--reference", "topk", "--oracles",
                  "--out", str(tmp_path / "cmp")]) == 0

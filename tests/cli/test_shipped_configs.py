@@ -77,8 +77,10 @@ def test_every_config_composition_fits_and_tests(data, backbone, method, roots, 
 
 @pytest.mark.parametrize("name", ["quickstart.yaml", "quickstart-ctc.yaml"])
 def test_quickstart_configs_fit_and_test(name, tmp_path):
-    small = ["--data.init_args.num_train", "16", "--data.init_args.num_val", "8", "--data.init_args.num_test", "8",
-             "--data.init_args.batch_size", "8"]
+    # the config's model, precision and pipeline; its data shrunk to one batch of 4 per split (the test sweep,
+    # its headroom oracles and the fit on validation data each cost in proportion to the clips)
+    small = ["--data.init_args.num_train", "4", "--data.init_args.num_val", "4", "--data.init_args.num_test", "4",
+             "--data.init_args.batch_size", "4"]
     rows = fit_and_test([CONFIGS / name], tmp_path, *small)
     assert [row["budget_layers"] for row in rows] == sorted(row["budget_layers"] for row in rows)
 
@@ -140,7 +142,10 @@ PRECISIONS = {
 
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 def test_each_precision_fits_tests_with_controls_headroom_and_targets_then_predicts(precision, tmp_path):
-    common = [*TINY_SET, "--data.init_args.num_val", "8", "--trainer.precision", precision, *PRECISIONS[precision]]
+    # validation and test in one batch of 4 clips (the fit on validation data, the headroom oracles on both splits
+    # and the sweep cost in proportion to the clips); predict still writes every one of the 16 test clips
+    common = [*TINY_SET, "--data.init_args.num_val", "4", "--data.init_args.batch_size", "4", "--trainer.precision",
+              precision, *PRECISIONS[precision]]
     rows = fit_and_test([QUICKSTART], tmp_path, *common, "--sweep.controls", "true", "--sweep.headroom", "true",
                         "--sweep.targets", "[{gflops_per_second: 0.02}]")
     for column in ("acc", "acc_shuffled", "acc_most_common", "acc_input_oracle", "acc_static_oracle", "acc_val",

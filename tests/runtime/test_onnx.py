@@ -5,7 +5,6 @@ Exporting is the slow part (a trace of every graph), so each family is exported 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import itertools
@@ -73,6 +72,23 @@ def prefix_ctc_task() -> CTCTask:
 
 FAMILIES = ("wavlm", "hubert", "wav2vec2", "data2vec")
 
+#: ``set-up -> the classes named 'ClassificationTask' other than the class itself left right after its export``,
+#: each export run with garbage collection off (see the test of the command line after an export).
+LEFT_AFTER_EXPORT: dict[str, list[type]] = {}
+
+
+def export_with_gc_off(name: str, task, folder: Path) -> Path:
+    """``export_onnx`` with the garbage collector off, so that only the export's own collection can remove the
+    tracer's same-name subclasses; records those left in :data:`LEFT_AFTER_EXPORT` under ``name``."""
+    gc.disable()
+    try:
+        out = export_onnx(task, folder, progress=lambda line: None)
+        LEFT_AFTER_EXPORT[name] = [cls for cls in ClassificationTask.__subclasses__()
+                                   if cls.__name__ == "ClassificationTask"]
+    finally:
+        gc.enable()
+    return out
+
 
 @pytest.fixture(scope="module")
 def from_checkpoint(tiny_checkpoint) -> OnnxAdaptiveModel:
@@ -91,10 +107,20 @@ def exports(tiny_checkpoint, from_checkpoint, tmp_path_factory) -> dict[str, tup
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(not been (fitted|calibrated)|uncalibrated decisions)")
         out = {"wavlm": (load_model(tiny_checkpoint), from_checkpoint.folder)}
-        for family, task in (("hubert", prefix_ctc_task()), ("wav2vec2", calibrated_threshold_task()),
-                             ("data2vec", fallback_task())):
+        for family, task in (("hubert", prefix_ctc_task()), ("wav2vec2", calibrated_threshold_task())):
             out[family] = (task, export_onnx(task, root / family))
+        out["data2vec"] = (task := fallback_task(), export_with_gc_off("fallback", task, root / "data2vec"))
     return out
+
+
+@pytest.fixture(scope="module")
+def fbank_export(tmp_path_factory) -> tuple[ClassificationTask, Path]:
+    """A top-k selector on its own filterbank (WavLM), exported once (garbage collection off) for the tests
+    of its parity and of the command line after an export."""
+    from tests.runtime.test_adaptive import _fbank_task
+
+    task = _fbank_task().eval()
+    return task, export_with_gc_off("filterbank", task, tmp_path_factory.mktemp("fbank") / "fbank")
 
 
 def torch_forward(task, waves, lengths, budget):
@@ -314,11 +340,13 @@ print(json.dumps({{"logits": out.logits.tolist(), "keep": out.keep_mask.tolist()
 
 
 @pytest.mark.parametrize("make_task", ["fallback", "filterbank", "failed export"])
-def test_after_an_export_the_cli_in_the_same_process_still_resolves_a_task_by_its_class_name(tmp_path, capsys,
+def test_after_an_export_the_cli_in_the_same_process_still_resolves_a_task_by_its_class_name(request, tmp_path, capsys,
                                                                                                make_task, monkeypatch):
     """torch.export's tracer subclasses the traced task's class under the same name; unless the export collects
-    them, LightningCLI refuses 'class_path: ClassificationTask' as ambiguous (garbage collection is off here, so
-    that only the export's own collection can remove them). An export that fails after its trace collects too."""
+    them, LightningCLI refuses 'class_path: ClassificationTask' as ambiguous (garbage collection is off from the
+    export to the check, so that only the export's own collection can remove them). An export that fails after
+    its trace collects too. The fallback and filterbank exports are the module's own (``exports``,
+    ``fbank_export``), run with garbage collection off and the classes left counted right after them."""
     from ldrop.cli import main
 
     def fail(*args):
@@ -326,15 +354,19 @@ def test_after_an_export_the_cli_in_the_same_process_still_resolves_a_task_by_it
 
     if make_task == "failed export":
         monkeypatch.setattr("ldrop.runtime.onnx_export._check_parity", fail)
+    else:
+        _, folder = request.getfixturevalue("exports")["data2vec"] if make_task == "fallback" else \
+            request.getfixturevalue("fbank_export")
     gc.disable()
     try:
-        from tests.runtime.test_adaptive import _fbank_task
-
-        task = _fbank_task().eval() if make_task == "filterbank" else fallback_task()
-        with pytest.raises(OnnxExportError) if make_task == "failed export" else contextlib.nullcontext():
-            export_onnx(task, tmp_path / "export", progress=lambda line: None)  # its parity check runs a copy
-        assert (tmp_path / "export").exists() == (make_task != "failed export")
-        same_name = [cls for cls in ClassificationTask.__subclasses__() if cls.__name__ == "ClassificationTask"]
+        if make_task == "failed export":
+            with pytest.raises(OnnxExportError):
+                export_onnx(fallback_task(), tmp_path / "export", progress=lambda line: None)  # after the trace
+            assert not (tmp_path / "export").exists()
+            same_name = [cls for cls in ClassificationTask.__subclasses__() if cls.__name__ == "ClassificationTask"]
+        else:
+            assert folder.joinpath("manifest.json").is_file()
+            same_name = LEFT_AFTER_EXPORT[make_task]
         with pytest.raises(SystemExit) as exit:
             main(["fit", "--config", str(Path(__file__).resolve().parents[2] / "configs/quickstart.yaml"),
                   "--print_config"])
@@ -509,11 +541,8 @@ def test_the_guard_skips_layers_that_would_end_past_the_target_on_onnxruntime(ex
     assert np.abs(out.logits - expected).max() <= 1e-5
 
 
-def test_a_filterbank_selector_exports_with_its_filterbank_in_the_fixed_graph(tmp_path):
-    from tests.runtime.test_adaptive import _fbank_task
-
-    task = _fbank_task().eval()
-    folder = export_onnx(task, tmp_path / "fbank")
+def test_a_filterbank_selector_exports_with_its_filterbank_in_the_fixed_graph(fbank_export):
+    task, folder = fbank_export
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["selector"]["input"] == "fbank"
     model = OnnxAdaptiveModel(folder)

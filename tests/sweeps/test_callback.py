@@ -26,14 +26,22 @@ def _sweep(tmp_path, selector, **options) -> list[dict]:
     return sweep.rows
 
 
+@pytest.fixture(scope="module")
+def input_conditioned_rows(tmp_path_factory) -> list[dict]:
+    """One sweep of the input-conditioned selector at budgets 1 and 4, with controls and (on by default for an
+    input-dependent selector) the headroom oracles: the tests that only read its rows share it."""
+    return _sweep(tmp_path_factory.mktemp("input-conditioned"), functools.partial(InputConditionedSelector,
+                                                                                  hidden_dim=16), controls=True)
+
+
 def test_repeats_of_a_random_selector_report_a_spread(tmp_path):
     rows = _sweep(tmp_path, RandomSelector, repeats=3)
     assert all("acc_std" in row and row["acc_std"] >= 0.0 for row in rows)
     assert [row["utterances"] for row in rows] == [16, 16]
 
 
-def test_controls_are_scored_for_input_dependent_selectors_only(tmp_path):
-    rows = _sweep(tmp_path, functools.partial(InputConditionedSelector, hidden_dim=16), controls=True)
+def test_controls_are_scored_for_input_dependent_selectors_only(input_conditioned_rows, tmp_path):
+    rows = input_conditioned_rows
     assert {"acc_shuffled", "acc_most_common"} <= set(rows[0])
     rows = _sweep(tmp_path, RandomSelector, controls=True)
     assert "acc_shuffled" not in rows[0] and "acc_std" not in rows[0]  # one repeat by default
@@ -53,8 +61,8 @@ def test_sweep_sums_keep_double_precision():
     assert float(total.compute()) == 3 * 0.123456789123
 
 
-def test_a_flops_target_gets_the_layers_it_affords_and_is_never_exceeded(tmp_path):
-    full = _sweep(tmp_path, functools.partial(InputConditionedSelector, hidden_dim=16))
+def test_a_flops_target_gets_the_layers_it_affords_and_is_never_exceeded(input_conditioned_rows, tmp_path):
+    full = input_conditioned_rows
     one_layer, all_layers = full[0]["gflops_per_second"], full[1]["gflops_per_second"]
     target = {"gflops_per_second": (one_layer + all_layers) / 2}
     L.seed_everything(0)
@@ -91,8 +99,8 @@ def test_a_time_target_after_a_flops_target_gets_its_own_profile(tmp_path):
     assert [row["over_target"] for row in sweep.target_rows] == [0.0, 0.0]
 
 
-def test_headroom_oracles_bracket_the_selectors_own_result(tmp_path):
-    rows = _sweep(tmp_path, functools.partial(InputConditionedSelector, hidden_dim=16))  # on by default
+def test_headroom_oracles_bracket_the_selectors_own_result(input_conditioned_rows):
+    rows = input_conditioned_rows  # headroom on by default for an input-dependent selector
     low, full = rows
     assert low["acc_input_oracle"] >= low["acc"] - 1e-6  # the selector's own mask is a candidate (float32 metric)
     assert 0.0 <= low["acc_static_oracle"] <= 1.0
