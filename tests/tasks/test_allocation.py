@@ -46,7 +46,7 @@ def test_training_scores_the_selectors_masks_one_layer_smaller_and_larger(monkey
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.depth_head.parameters())
 
 
-def test_batch_allocation_runs_the_mean_budget_exactly_with_different_depths(tmp_path):
+def test_batch_allocation_runs_the_mean_budget_exactly_with_different_depths(tmp_path, monkeypatch):
     L.seed_everything(0)
     data = tiny_classification_data()
     model = _model()
@@ -65,6 +65,18 @@ def test_batch_allocation_runs_the_mean_budget_exactly_with_different_depths(tmp
             per_input = torch.arange(len(batch)) % model.num_layers + 1
             assert int(model(batch.waveforms, batch.lengths, per_input)[1].sum()) == int(per_input.sum())
     assert len(torch.cat(depths).unique()) > 1
+
+    # The tiny trained head may give every input the same depth; a head whose predicted gain per layer grows
+    # with the input's feature energy must split one batch into different depths, the budget's layers in sum.
+    def predicted_losses(features, frame_mask):
+        energy = (features.abs().mean(-1) * frame_mask).sum(1) / frame_mask.sum(1)
+        return energy[:, None] * torch.arange(model.num_layers, 0, -1, dtype=features.dtype)
+
+    monkeypatch.setattr(model.depth_head, "forward", predicted_losses)
+    batch = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        keep = model(batch.waveforms, batch.lengths, 2)[1]
+    assert int(keep.sum()) == 2 * len(batch) and len(keep.sum(1).unique()) > 1, keep.sum(1)
 
 
 def test_stream_allocation_meets_the_calibrated_mean_and_says_when_uncalibrated(tmp_path):
