@@ -126,6 +126,10 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
         # jsonargparse tried the group's base class itself (--lr_scheduler.step_size 1 without --lr_scheduler X)
         return (f"{given}: no class was given for --{keys[0]}: choose one first (--{keys[0]} CLASS; "
                 f"'ldrop {command} --{keys[0]}.help CLASS' lists its options)")
+    typed = not_accepted and re.search(rf'Parser key "{re.escape(not_accepted[1])}":\s+Expected an? (.+?)\. Got value',
+                                       message)
+    if typed:  # the class given takes the option, its value is wrong (the base class tried after it does not)
+        return f"{given}: expected {_accepted([typed[1]])}"
     if not_accepted:
         owner = (re.findall(r"class_path[ =]'([^']+)'", message[not_accepted.start() - 400: not_accepted.end() + 400])
                  or classes or [keys[0]])[-1].rsplit(".", 1)[-1]

@@ -79,6 +79,14 @@ def test_early_stopping_without_its_monitor_names_the_missing_argument(tmp_path,
     assert "EarlyStopping: missing required --trainer.callbacks.monitor" in one_error_line(capsys)
 
 
+def test_a_bad_value_of_a_callbacks_option_names_the_value_not_the_base_class(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/acc",
+                 "--trainer.callbacks.patience", "x"]) == 2
+    line = one_error_line(capsys)
+    assert "--trainer.callbacks.patience 'x': expected an int" in line and "Callback has no option" not in line
+
+
 def test_early_stopping_on_a_metric_the_task_does_not_log_is_one_line_listing_those_it_does(tmp_path, capsys):
     assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger.init_args.save_dir",
                  str(tmp_path), "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val_loss"]) == 2
