@@ -131,9 +131,13 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     if typed:  # the class given takes the option, its value is wrong (the base class tried after it does not)
         return f"{given}: expected {_accepted([typed[1]])}"
     if not_accepted:
-        owner = (re.findall(r"class_path[ =]'([^']+)'", message[not_accepted.start() - 400: not_accepted.end() + 400])
-                 or classes or [keys[0]])[-1].rsplit(".", 1)[-1]
-        helps = " ".join(f"--{k}.help {c.rsplit('.', 1)[-1]}" for k, c in _help_chain(key, classes))
+        # the class given, not the group's base class that jsonargparse tried after it (--trainer.callbacks)
+        direct = re.search(rf"class_path '([^']+)':\s+Option '{re.escape(not_accepted[1])}' is not accepted", message)
+        owner = ([direct[1]] if direct else re.findall(r"class_path[ =]'([^']+)'", message[
+            not_accepted.start() - 400: not_accepted.end() + 400]) or classes or [keys[0]])[-1].rsplit(".", 1)[-1]
+        bases = set(re.findall(r"(\w+)'>", message))
+        chain = _help_chain(key.removeprefix("trainer."), [c for c in classes if c.rsplit(".", 1)[-1] not in bases])
+        helps = " ".join(f"--{'trainer.' * key.startswith('trainer.')}{k}.help {c.rsplit('.', 1)[-1]}" for k, c in chain)
         return f"{given}: {owner} has no option {not_accepted.group(1)!r} (its options: 'ldrop {command} {helps}')"
     missing = re.search(r"Expected a path but (\S+) either not accessible or invalid", message)
     if missing:

@@ -87,6 +87,13 @@ def test_a_bad_value_of_a_callbacks_option_names_the_value_not_the_base_class(tm
     assert "--trainer.callbacks.patience 'x': expected an int" in line and "Callback has no option" not in line
 
 
+def test_a_misspelt_callback_option_names_the_callback_and_its_help(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitr", "val/acc"]) == 2
+    line = one_error_line(capsys)
+    assert "EarlyStopping has no option 'monitr'" in line and "'ldrop fit --trainer.callbacks.help EarlyStopping'" in line
+
+
 def test_early_stopping_on_a_metric_the_task_does_not_log_is_one_line_listing_those_it_does(tmp_path, capsys):
     assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger.init_args.save_dir",
                  str(tmp_path), "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val_loss"]) == 2
