@@ -271,7 +271,7 @@ class AudioDataModule(LightningDataModule):
         batches), fixed order otherwise."""
         lengths = self.dataset(split).lengths
         trainer = getattr(self, "trainer", None)  # without one the samplers ask torch.distributed, else assume 1
-        shuffle = split == "train" and not (trainer is not None and trainer.overfit_batches)
+        shuffle = split == "train" and not getattr(trainer, "overfit_batches", 0)
         num_replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (None, None)
         if self.max_batch_seconds is not None:
             return DynamicBatchSampler(
