@@ -11,9 +11,11 @@ import sys
 import time
 from types import TracebackType
 
-__all__ = ["Phase"]
+__all__ = ["Phase", "heartbeat"]
 
 log = logging.getLogger("ldrop.progress")
+#: The phases open now, innermost last: :func:`heartbeat` speaks for the innermost.
+_open: list[Phase] = []
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -73,7 +75,17 @@ class Phase:
         self.start = self._last = time.perf_counter()
         of = f" ({self.total} {_plural(self.unit, self.total)})" if self.total is not None else ""
         log.info("%s%s ...", self.title, of)
+        _open.append(self)
         return self
+
+    def beat(self) -> None:
+        """A line if ``interval`` has passed since the last one, without a step: work inside one long step."""
+        now = time.perf_counter()
+        if now - self._last >= self.interval:
+            self._last = now
+            done = f"{self.count}/{self.total}" if self.total is not None else str(self.count)
+            log.info("%s: %s %s, %s, still working", self.title, done, _plural(self.unit, self.count),
+                     _seconds(now - self.start))
 
     def step(self, detail: str = "", steps: int = 1) -> None:
         """``steps`` more steps done; a line if ``interval`` has passed since the last one (or this is the last)."""
@@ -93,8 +105,17 @@ class Phase:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        if self in _open:
+            _open.remove(self)
         elapsed = _seconds(time.perf_counter() - self.start)
         if kind is None:
             log.info("%s: done in %s%s", self.title, elapsed, f": {self.summary}" if self.summary else "")
         else:
             log.info("%s: stopped after %s by %s", self.title, elapsed, kind.__name__)
+
+
+def heartbeat() -> None:
+    """Inside a loop of the innermost open :class:`Phase` (a validation pass within one of its steps): a line
+    if its ``interval`` has passed, so a step of many minutes is not minutes of silence."""
+    if _open:
+        _open[-1].beat()

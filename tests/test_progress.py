@@ -28,3 +28,39 @@ def test_phase_lines_reach_stderr_without_any_logging_set_up():
     assert lines[2].startswith("demo search: 2/2 batches, ")
     assert lines[3].startswith("demo search: done in ") and lines[3].endswith(": found it")
     assert result.stdout == ""
+
+
+def test_a_heartbeat_speaks_for_the_innermost_open_phase_and_counts_no_step(caplog):
+    import logging
+
+    from ldrop._progress import Phase, heartbeat
+
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        heartbeat()  # no phase open: nothing
+        with Phase("outer", interval=0):
+            with Phase("inner", total=3, unit="budget", interval=0) as inner:
+                heartbeat()
+                assert inner.count == 0
+            heartbeat()
+        heartbeat()
+    lines = [r.getMessage() for r in caplog.records]
+    beats = [line for line in lines if line.endswith("still working")]
+    assert len(beats) == 2 and beats[0].startswith("inner: 0/3 budgets, ") and beats[1].startswith("outer: 0 steps, ")
+
+
+def test_fitting_on_validation_data_beats_within_each_budget(monkeypatch):
+    import torch
+
+    from ldrop.selectors import InputConditionedSelector
+    from ldrop.tasks import ClassificationTask, calibration
+    from tests.helpers import tiny_classification_data
+
+    beats = []
+    monkeypatch.setattr(calibration, "heartbeat", lambda: beats.append(1))
+    data = tiny_classification_data()
+    data.setup("validate")
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=data.class_names, backbone="tiny:wavlm", selector=InputConditionedSelector).eval()
+    model.calibrate_on_dataloader(data.val_dataloader(), budgets=[2])
+    batches = len(data.val_dataloader())
+    assert len(beats) >= 2 * batches  # once per batch of every validation pass, and a budget's fit is several passes

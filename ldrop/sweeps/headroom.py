@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torchmetrics import CatMetric
 
-from ldrop._progress import Phase
+from ldrop._progress import Phase, heartbeat
 from ldrop.selectors.candidates import candidate_masks
 from ldrop.sweeps.paired import depth_oracle_metric, metric_from_errors
 from ldrop.sweeps.scorers import Scorer, SweepBatch, _sum, fixed_item_errors
@@ -72,6 +72,7 @@ class HeadroomScorer(Scorer):
         selector = task.selector
         keep_first = selector.prefix_layers  # candidates the selector could pick keep its prefix
         for mask in candidate_masks(own, self.candidates, generator, keep_first, selector.schedule_mask(k)):
+            heartbeat()  # a batch is hundreds of forward passes on a long test set's batches
             item_errors, counts = task.item_errors(task.logits_with_mask(encoded, mask), encoded.frame_mask, batch)
             errors.append(item_errors)
         state["own"].update(float(errors[0].sum()))  # the first candidate is the selector's own mask
@@ -82,6 +83,7 @@ class HeadroomScorer(Scorer):
             state["items"].update(counts)
         if state["static"].numel():
             for row, mask in enumerate(all_subsets(task.num_layers, k, task.device)):
+                heartbeat()
                 everyone = mask.expand(len(batch), -1)
                 item_errors, _ = task.item_errors(task.logits_with_mask(encoded, everyone), encoded.frame_mask, batch)
                 state["static"][row] += item_errors.sum()

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldrop._lightning import attached_trainer
-from ldrop._progress import Phase
+from ldrop._progress import Phase, heartbeat
 from ldrop.tasks.gating import EncodedBatch
 from ldrop.tasks.precision import precision_context, to_model_precision
 
@@ -152,6 +152,7 @@ class _TaskCalibrationData:
         metrics[task.metric_names[0]].distributed_available_fn = lambda: False  # no sync: a fit is per process
         for batch, encoded in self._encoded:
             stop_if_sigterm(task)
+            heartbeat()  # a fit's step (a budget, a layer removal) is many passes over the validation split
             keep = choose(encoded).to(device=task.device, dtype=torch.float32)
             task.update_metrics(metrics, task.logits_with_mask(encoded, keep), encoded.frame_mask, batch)
         return float(metrics[task.metric_names[0]].compute())
