@@ -105,8 +105,9 @@ class Phase:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        if self in _open:
-            _open.remove(self)
+        if self not in _open:  # ended already (a callback's phase ends at the epoch's end or on an exception)
+            return
+        _open.remove(self)
         elapsed = _seconds(time.perf_counter() - self.start)
         if kind is None:
             log.info("%s: done in %s%s", self.title, elapsed, f": {self.summary}" if self.summary else "")

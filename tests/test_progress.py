@@ -30,10 +30,13 @@ def test_phase_lines_reach_stderr_without_any_logging_set_up():
     assert result.stdout == ""
 
 
-def test_a_heartbeat_speaks_for_the_innermost_open_phase_and_counts_no_step(caplog):
+def test_a_heartbeat_speaks_for_the_innermost_open_phase_and_counts_no_step(caplog, monkeypatch):
     import logging
 
+    from ldrop import _progress
     from ldrop._progress import Phase, heartbeat
+
+    monkeypatch.setattr(_progress, "_open", [])  # this test's phases only
 
     with caplog.at_level(logging.INFO, logger="ldrop.progress"):
         heartbeat()  # no phase open: nothing
@@ -64,3 +67,29 @@ def test_fitting_on_validation_data_beats_within_each_budget(monkeypatch):
     model.calibrate_on_dataloader(data.val_dataloader(), budgets=[2])
     batches = len(data.val_dataloader())
     assert len(beats) >= 2 * batches  # once per batch of every validation pass, and a budget's fit is several passes
+
+
+def test_a_failed_sweep_ends_its_progress_and_leaves_no_phase_open(tmp_path, caplog):
+    import logging
+
+    import lightning as L
+    import pytest
+
+    from ldrop import _progress
+    from ldrop.sweeps import BudgetSweep
+    from ldrop.tasks import ClassificationTask
+    from tests.helpers import quiet_trainer, tiny_classification_data
+
+    class FailAtFirstBatch(L.Callback):
+        def on_test_batch_end(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    data = tiny_classification_data()
+    model = ClassificationTask(labels=data.class_names, backbone="tiny:wavlm")
+    trainer = quiet_trainer(tmp_path, callbacks=[BudgetSweep(budgets=[4], headroom=False), FailAtFirstBatch()])
+    open_before = list(_progress._open)
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"), pytest.raises(RuntimeError, match="boom"):
+        trainer.test(model, data)
+    assert _progress._open == open_before  # a later heartbeat does not speak for the failed sweep
+    assert any(r.getMessage().startswith("budget sweep") and "stopped after" in r.getMessage()
+               and "RuntimeError" in r.getMessage() for r in caplog.records)

@@ -183,6 +183,11 @@ class BudgetSweep(L.Callback):
             usage.append(masks.mean(0).tolist() if len(masks) else [0.0] * n)
         return rows, usage
 
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        # the sweep's progress ends with a "stopped ... by" line, and no later heartbeat speaks for it
+        if (phase := getattr(self, "_phase", None)) is not None:
+            phase.__exit__(type(exception), exception, exception.__traceback__)
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._phase.__exit__(None, None, None)
         for scorer in self.scorers:
