@@ -33,6 +33,15 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the current stderr is always used
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm = sys.modules.get("tqdm.std")  # live tqdm bars (Lightning's default) are cleared, then redrawn
+        if tqdm is None:
+            super().emit(record)
+            return
+        with tqdm.tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 
 def _make_visible() -> None:
     """INFO lines of ``ldrop.progress`` reach stderr unless the application configured logging itself."""

@@ -93,3 +93,24 @@ def test_a_failed_sweep_ends_its_progress_and_leaves_no_phase_open(tmp_path, cap
     assert _progress._open == open_before  # a later heartbeat does not speak for the failed sweep
     assert any(r.getMessage().startswith("budget sweep") and "stopped after" in r.getMessage()
                and "RuntimeError" in r.getMessage() for r in caplog.records)
+
+
+TQDM_SCRIPT = """
+import sys
+from tqdm import tqdm
+from ldrop._progress import Phase
+with tqdm(total=3, file=sys.stderr, ncols=60, mininterval=0) as bar, Phase("demo sweep", total=3, interval=0) as phase:
+    for _ in range(3):
+        bar.update()
+        phase.step()
+"""
+
+
+def test_a_progress_line_clears_a_live_tqdm_bar_first():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", TQDM_SCRIPT], capture_output=True, text=True, env=env, timeout=120,
+                            check=True)
+    rows = [row for row in result.stderr.split("\n") if "demo sweep" in row]
+    assert len(rows) >= 3
+    # what a terminal shows of the row: the text after its last carriage return starts with the line, not a bar
+    assert all(row[:row.index("demo sweep")].rsplit("\r", 1)[-1].strip() == "" for row in rows), rows
