@@ -11,7 +11,7 @@ import sys
 import time
 from types import TracebackType
 
-__all__ = ["Phase", "heartbeat"]
+__all__ = ["Phase", "heartbeat", "note"]
 
 log = logging.getLogger("ldrop.progress")
 #: The phases open now, innermost last: :func:`heartbeat` speaks for the innermost.
@@ -129,3 +129,9 @@ def heartbeat() -> None:
     if its ``interval`` has passed, so a step of many minutes is not minutes of silence."""
     if _open:
         _open[-1].beat()
+
+
+def note(message: str) -> None:
+    """One progress line outside a :class:`Phase` (a summary, a child process still at work)."""
+    _make_visible()
+    log.info("%s", message)

@@ -114,3 +114,42 @@ def test_a_progress_line_clears_a_live_tqdm_bar_first():
     assert len(rows) >= 3
     # what a terminal shows of the row: the text after its last carriage return starts with the line, not a bar
     assert all(row[:row.index("demo sweep")].rsplit("\r", 1)[-1].strip() == "" for row in rows), rows
+
+
+# ------------------------------------------------------------------------------------ benchmark stages
+CHILD = "import sys, time; print('Epoch 0: 1/3 batches', flush=True); time.sleep(float(sys.argv[2]))"
+
+
+def test_a_benchmark_stage_shows_lines_with_its_logs_last_line_while_it_runs(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import ldrop.bench
+
+    monkeypatch.setattr(ldrop.bench, "CHILD", CHILD)
+    monkeypatch.setattr(ldrop.bench, "PROGRESS_INTERVAL", 0.05)
+    log = tmp_path / "fit.log"
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        assert ldrop.bench.launch(["fit", "1.5"], log) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("`ldrop fit` running for ") and str(log) in line and line.endswith("1/3 batches")
+               for line in lines), lines
+    assert "Epoch 0: 1/3 batches" in log.read_text()  # the full log stays in its file
+
+
+def test_ctrl_c_while_a_benchmark_stage_runs_kills_its_child(tmp_path, monkeypatch):
+    import pytest
+
+    import ldrop.bench
+
+    def interrupt(line):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ldrop.bench, "CHILD", "import os, sys, time; print(os.getpid(), flush=True); time.sleep(60)")
+    monkeypatch.setattr(ldrop.bench, "PROGRESS_INTERVAL", 0.5)
+    monkeypatch.setattr(ldrop.bench, "note", interrupt)  # Ctrl-C arrives while the parent waits for the child
+    log = tmp_path / "fit.log"
+    with pytest.raises(KeyboardInterrupt):
+        ldrop.bench.launch(["fit"], log)
+    pid = int(log.read_text().split()[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
