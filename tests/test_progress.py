@@ -153,3 +153,28 @@ def test_ctrl_c_while_a_benchmark_stage_runs_kills_its_child(tmp_path, monkeypat
     pid = int(log.read_text().split()[0])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped
+
+
+def test_the_control_benchmarks_replay_shows_progress_per_utterance(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from ldrop.bench.control import LoadGenerator, replay
+
+    class Runner:  # an AdaptiveModel's interface, instantly
+        def __init__(self, model, **options):
+            self.controller = SimpleNamespace(planned=1.0, probe=None)
+
+        def __call__(self, clip, budget):
+            return SimpleNamespace(logits=torch.zeros(1, 2), budget=torch.tensor([2]), layers_run=torch.tensor([2]),
+                                   measured_ms=1.0, predicted_ms=1.0, correction=1.0)
+
+    clips = [torch.zeros(800)] * 5
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        records = replay(["full", "fixed"], None, None, clips, [None] * 5, deadline_ms=10.0, fixed_k=2,
+                         load=LoadGenerator(0, 1.0), load_span=(9, 9), margin=0.1, runner_class=Runner)
+    assert all(len(rows) == 5 for rows in records.values())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("replay")]
+    assert any("5/5 utterances" in line for line in lines) and "done in" in lines[-1], lines
