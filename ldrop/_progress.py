@@ -42,7 +42,6 @@ class _StderrHandler(logging.StreamHandler):
             super().emit(record)
 
 
-
 def _make_visible() -> None:
     """INFO lines of ``ldrop.progress`` reach stderr unless the application configured logging itself."""
     if log.level == logging.NOTSET:
@@ -67,11 +66,14 @@ class Phase:
 
     ``with Phase("greedy subset search", total=11, unit="layer removal") as phase:`` then
     ``phase.step(detail)`` per step and ``phase.done(summary)``; a step line shows at most every ``interval``
-    seconds.
+    seconds. A ``quiet`` phase says nothing (no start line) until its first step or beat line, then speaks as
+    any phase: a fast one is silent.
     """
 
-    def __init__(self, title: str, total: int | None = None, unit: str = "step", interval: float = 10.0) -> None:
+    def __init__(self, title: str, total: int | None = None, unit: str = "step", interval: float = 10.0,
+                 quiet: bool = False) -> None:
         self.title = title
+        self.quiet = quiet
         self.total = total
         self.unit = unit
         self.interval = float(interval)
@@ -83,7 +85,8 @@ class Phase:
         _make_visible()
         self.start = self._last = time.perf_counter()
         of = f" ({self.total} {_plural(self.unit, self.total)})" if self.total is not None else ""
-        log.info("%s%s ...", self.title, of)
+        if not self.quiet:
+            log.info("%s%s ...", self.title, of)
         _open.append(self)
         return self
 
@@ -91,7 +94,7 @@ class Phase:
         """A line if ``interval`` has passed since the last one, without a step: work inside one long step."""
         now = time.perf_counter()
         if now - self._last >= self.interval:
-            self._last = now
+            self._last, self.quiet = now, False
             done = f"{self.count}/{self.total}" if self.total is not None else str(self.count)
             log.info("%s: %s %s, %s, still working", self.title, done, _plural(self.unit, self.count),
                      _seconds(now - self.start))
@@ -100,10 +103,10 @@ class Phase:
         """``steps`` more steps done; a line if ``interval`` has passed since the last one (or this is the last)."""
         self.count += steps
         now = time.perf_counter()
-        last = self.total is not None and self.count >= self.total
+        last = self.total is not None and self.count >= self.total and not self.quiet
         if now - self._last < self.interval and not last:
             return
-        self._last = now
+        self._last, self.quiet = now, False
         done = f"{self.count}/{self.total}" if self.total is not None else str(self.count)
         log.info("%s: %s %s, %s%s", self.title, done, _plural(self.unit, self.count), _seconds(now - self.start),
                  f" ({detail})" if detail else "")
@@ -117,6 +120,8 @@ class Phase:
         if self not in _open:  # ended already (a callback's phase ends at the epoch's end or on an exception)
             return
         _open.remove(self)
+        if self.quiet:
+            return
         elapsed = _seconds(time.perf_counter() - self.start)
         if kind is None:
             log.info("%s: done in %s%s", self.title, elapsed, f": {self.summary}" if self.summary else "")

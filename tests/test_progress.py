@@ -178,3 +178,58 @@ def test_the_control_benchmarks_replay_shows_progress_per_utterance(caplog):
     assert all(len(rows) == 5 for rows in records.values())
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("replay")]
     assert any("5/5 utterances" in line for line in lines) and "done in" in lines[-1], lines
+
+
+def test_a_quiet_phase_speaks_only_when_slow(caplog, monkeypatch):
+    import logging
+
+    from ldrop import _progress
+    from ldrop._progress import Phase
+
+    monkeypatch.setattr(_progress, "_open", [])
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        with Phase("fast", total=3, quiet=True) as phase:
+            for _ in range(3):
+                phase.step()
+        assert caplog.records == []
+        with Phase("slow", total=3, quiet=True, interval=0) as phase:
+            phase.step()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and lines[0].startswith("slow: 1/3 step, ") and lines[-1].startswith("slow: done in ")
+
+
+# ---------------------------------------------------------------------------------------- data set-up
+def _manifest_data(tmp_path, files: int = 3):
+    from ldrop.data import ManifestDataModule
+    from ldrop.testing.fixtures import write_audio
+
+    rows = ["path,label"] + [f"{write_audio(tmp_path / f'{i}.wav', 1600, seed=i).name},{'ab'[i % 2]}"
+                             for i in range(files)]
+    (tmp_path / "items.csv").write_text("\n".join(rows) + "\n")
+    return ManifestDataModule(train_manifest=str(tmp_path / "items.csv"), val_manifest=str(tmp_path / "items.csv"))
+
+
+def test_data_setup_shows_one_summary_line_per_split_and_no_header_lines_when_fast(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        _manifest_data(tmp_path).setup("fit")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ldrop.progress"]
+    assert [line.split(":")[:2] for line in lines] == [["ManifestDataModule", " train split"],
+                                                        ["ManifestDataModule", " val split"]], lines
+    assert all(" 3 items, " in line for line in lines)
+
+
+def test_data_setup_shows_progress_while_reading_many_headers_slowly(tmp_path, caplog, monkeypatch):
+    import functools
+    import logging
+
+    from ldrop._progress import Phase
+    from ldrop.data import datasets
+
+    monkeypatch.setattr(datasets, "Phase", functools.partial(Phase, interval=0))  # every header is "slow"
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        _manifest_data(tmp_path).setup("fit")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("reading the audio headers of split 'train': ") and "/3 items" in line
+               for line in lines), lines
