@@ -11,7 +11,7 @@ import sys
 import time
 from types import TracebackType
 
-__all__ = ["Phase", "heartbeat"]
+__all__ = ["Phase", "heartbeat", "note"]
 
 log = logging.getLogger("ldrop.progress")
 #: The phases open now, innermost last: :func:`heartbeat` speaks for the innermost.
@@ -32,6 +32,14 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the current stderr is always used
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm = sys.modules.get("tqdm.std")  # live tqdm bars (Lightning's default) are cleared, then redrawn
+        if tqdm is None:
+            super().emit(record)
+            return
+        with tqdm.tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
 
 
 def _make_visible() -> None:
@@ -58,11 +66,14 @@ class Phase:
 
     ``with Phase("greedy subset search", total=11, unit="layer removal") as phase:`` then
     ``phase.step(detail)`` per step and ``phase.done(summary)``; a step line shows at most every ``interval``
-    seconds.
+    seconds. A ``quiet`` phase says nothing (no start line) until its first step or beat line, then speaks as
+    any phase: a fast one is silent.
     """
 
-    def __init__(self, title: str, total: int | None = None, unit: str = "step", interval: float = 10.0) -> None:
+    def __init__(self, title: str, total: int | None = None, unit: str = "step", interval: float = 10.0,
+                 quiet: bool = False) -> None:
         self.title = title
+        self.quiet = quiet
         self.total = total
         self.unit = unit
         self.interval = float(interval)
@@ -74,7 +85,8 @@ class Phase:
         _make_visible()
         self.start = self._last = time.perf_counter()
         of = f" ({self.total} {_plural(self.unit, self.total)})" if self.total is not None else ""
-        log.info("%s%s ...", self.title, of)
+        if not self.quiet:
+            log.info("%s%s ...", self.title, of)
         _open.append(self)
         return self
 
@@ -82,7 +94,7 @@ class Phase:
         """A line if ``interval`` has passed since the last one, without a step: work inside one long step."""
         now = time.perf_counter()
         if now - self._last >= self.interval:
-            self._last = now
+            self._last, self.quiet = now, False
             done = f"{self.count}/{self.total}" if self.total is not None else str(self.count)
             log.info("%s: %s %s, %s, still working", self.title, done, _plural(self.unit, self.count),
                      _seconds(now - self.start))
@@ -91,10 +103,10 @@ class Phase:
         """``steps`` more steps done; a line if ``interval`` has passed since the last one (or this is the last)."""
         self.count += steps
         now = time.perf_counter()
-        last = self.total is not None and self.count >= self.total
+        last = self.total is not None and self.count >= self.total and not self.quiet
         if now - self._last < self.interval and not last:
             return
-        self._last = now
+        self._last, self.quiet = now, False
         done = f"{self.count}/{self.total}" if self.total is not None else str(self.count)
         log.info("%s: %s %s, %s%s", self.title, done, _plural(self.unit, self.count), _seconds(now - self.start),
                  f" ({detail})" if detail else "")
@@ -108,6 +120,8 @@ class Phase:
         if self not in _open:  # ended already (a callback's phase ends at the epoch's end or on an exception)
             return
         _open.remove(self)
+        if self.quiet:
+            return
         elapsed = _seconds(time.perf_counter() - self.start)
         if kind is None:
             log.info("%s: done in %s%s", self.title, elapsed, f": {self.summary}" if self.summary else "")
@@ -120,3 +134,9 @@ def heartbeat() -> None:
     if its ``interval`` has passed, so a step of many minutes is not minutes of silence."""
     if _open:
         _open[-1].beat()
+
+
+def note(message: str) -> None:
+    """One progress line outside a :class:`Phase` (a summary, a child process still at work)."""
+    _make_visible()
+    log.info("%s", message)

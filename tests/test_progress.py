@@ -93,3 +93,143 @@ def test_a_failed_sweep_ends_its_progress_and_leaves_no_phase_open(tmp_path, cap
     assert _progress._open == open_before  # a later heartbeat does not speak for the failed sweep
     assert any(r.getMessage().startswith("budget sweep") and "stopped after" in r.getMessage()
                and "RuntimeError" in r.getMessage() for r in caplog.records)
+
+
+TQDM_SCRIPT = """
+import sys
+from tqdm import tqdm
+from ldrop._progress import Phase
+with tqdm(total=3, file=sys.stderr, ncols=60, mininterval=0) as bar, Phase("demo sweep", total=3, interval=0) as phase:
+    for _ in range(3):
+        bar.update()
+        phase.step()
+"""
+
+
+def test_a_progress_line_clears_a_live_tqdm_bar_first():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", TQDM_SCRIPT], capture_output=True, text=True, env=env, timeout=120,
+                            check=True)
+    rows = [row for row in result.stderr.split("\n") if "demo sweep" in row]
+    assert len(rows) >= 3
+    # what a terminal shows of the row: the text after its last carriage return starts with the line, not a bar
+    assert all(row[:row.index("demo sweep")].rsplit("\r", 1)[-1].strip() == "" for row in rows), rows
+
+
+# ------------------------------------------------------------------------------------ benchmark stages
+CHILD = "import sys, time; print('Epoch 0: 1/3 batches', flush=True); time.sleep(float(sys.argv[2]))"
+
+
+def test_a_benchmark_stage_shows_lines_with_its_logs_last_line_while_it_runs(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import ldrop.bench
+
+    monkeypatch.setattr(ldrop.bench, "CHILD", CHILD)
+    monkeypatch.setattr(ldrop.bench, "PROGRESS_INTERVAL", 0.05)
+    log = tmp_path / "fit.log"
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        assert ldrop.bench.launch(["fit", "1.5"], log) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("`ldrop fit` running for ") and str(log) in line and line.endswith("1/3 batches")
+               for line in lines), lines
+    assert "Epoch 0: 1/3 batches" in log.read_text()  # the full log stays in its file
+
+
+def test_ctrl_c_while_a_benchmark_stage_runs_kills_its_child(tmp_path, monkeypatch):
+    import pytest
+
+    import ldrop.bench
+
+    def interrupt(line):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ldrop.bench, "CHILD", "import os, sys, time; print(os.getpid(), flush=True); time.sleep(60)")
+    monkeypatch.setattr(ldrop.bench, "PROGRESS_INTERVAL", 0.5)
+    monkeypatch.setattr(ldrop.bench, "note", interrupt)  # Ctrl-C arrives while the parent waits for the child
+    log = tmp_path / "fit.log"
+    with pytest.raises(KeyboardInterrupt):
+        ldrop.bench.launch(["fit"], log)
+    pid = int(log.read_text().split()[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+
+
+def test_the_control_benchmarks_replay_shows_progress_per_utterance(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from ldrop.bench.control import LoadGenerator, replay
+
+    class Runner:  # an AdaptiveModel's interface, instantly
+        def __init__(self, model, **options):
+            self.controller = SimpleNamespace(planned=1.0, probe=None)
+
+        def __call__(self, clip, budget):
+            return SimpleNamespace(logits=torch.zeros(1, 2), budget=torch.tensor([2]), layers_run=torch.tensor([2]),
+                                   measured_ms=1.0, predicted_ms=1.0, correction=1.0)
+
+    clips = [torch.zeros(800)] * 5
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        records = replay(["full", "fixed"], None, None, clips, [None] * 5, deadline_ms=10.0, fixed_k=2,
+                         load=LoadGenerator(0, 1.0), load_span=(9, 9), margin=0.1, runner_class=Runner)
+    assert all(len(rows) == 5 for rows in records.values())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("replay")]
+    assert any("5/5 utterances" in line for line in lines) and "done in" in lines[-1], lines
+
+
+def test_a_quiet_phase_speaks_only_when_slow(caplog, monkeypatch):
+    import logging
+
+    from ldrop import _progress
+    from ldrop._progress import Phase
+
+    monkeypatch.setattr(_progress, "_open", [])
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        with Phase("fast", total=3, quiet=True) as phase:
+            for _ in range(3):
+                phase.step()
+        assert caplog.records == []
+        with Phase("slow", total=3, quiet=True, interval=0) as phase:
+            phase.step()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and lines[0].startswith("slow: 1/3 step, ") and lines[-1].startswith("slow: done in ")
+
+
+# ---------------------------------------------------------------------------------------- data set-up
+def _manifest_data(tmp_path, files: int = 3):
+    from ldrop.data import ManifestDataModule
+    from ldrop.testing.fixtures import write_audio
+
+    rows = ["path,label"] + [f"{write_audio(tmp_path / f'{i}.wav', 1600, seed=i).name},{'ab'[i % 2]}"
+                             for i in range(files)]
+    (tmp_path / "items.csv").write_text("\n".join(rows) + "\n")
+    return ManifestDataModule(train_manifest=str(tmp_path / "items.csv"), val_manifest=str(tmp_path / "items.csv"))
+
+
+def test_data_setup_shows_one_summary_line_per_split_and_no_header_lines_when_fast(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        _manifest_data(tmp_path).setup("fit")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ldrop.progress"]
+    assert [line.split(":")[:2] for line in lines] == [["ManifestDataModule", " train split"],
+                                                        ["ManifestDataModule", " val split"]], lines
+    assert all(" 3 items, " in line for line in lines)
+
+
+def test_data_setup_shows_progress_while_reading_many_headers_slowly(tmp_path, caplog, monkeypatch):
+    import functools
+    import logging
+
+    from ldrop._progress import Phase
+    from ldrop.data import datasets
+
+    monkeypatch.setattr(datasets, "Phase", functools.partial(Phase, interval=0))  # every header is "slow"
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        _manifest_data(tmp_path).setup("fit")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("reading the audio headers of split 'train': ") and "/3 items" in line
+               for line in lines), lines

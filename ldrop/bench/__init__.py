@@ -10,20 +10,50 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ldrop._progress import note
+
 
 class StageError(RuntimeError):
     """An ``ldrop`` child process (a stage of a benchmark) failed; the message names it and its log file."""
 
 
+#: Seconds between the lines that show a stage is still running (with its log's last line).
+PROGRESS_INTERVAL = 30.0
+#: The child's program: the console script's entry point.
+CHILD = "import sys; from ldrop.cli import main; sys.exit(main())"
+
+
 def launch(args: Sequence[str], log: Path, threads: int | None = None) -> int:
     """Run ``ldrop <args>`` in a child process (the console script's entry point, run by this Python: same
-    environment, same ``PYTHONPATH``), all output to ``log``; returns its exit status. ``threads`` sets the
-    child's ``OMP_NUM_THREADS`` (torch's CPU threads). Tests replace it with an in-process call of
+    environment, same ``PYTHONPATH``), all output to ``log``, a progress line every :data:`PROGRESS_INTERVAL`
+    seconds; returns its exit status. ``threads`` sets the child's ``OMP_NUM_THREADS`` (torch's CPU threads).
+    Ctrl-C or any error here kills the child. Tests replace it with an in-process call of
     :func:`ldrop.cli.main`."""
-    command = [sys.executable, "-c", "import sys; from ldrop.cli import main; sys.exit(main())", *args]
+    command = [sys.executable, "-c", CHILD, *args]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    with open(log, "w", encoding="utf-8") as handle:
-        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as handle, \
+            subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env) as child:
+        try:
+            while True:
+                try:
+                    return child.wait(timeout=PROGRESS_INTERVAL)
+                except subprocess.TimeoutExpired:
+                    minutes = (time.perf_counter() - start) / 60
+                    last = (_tail(log, 1) or ["(no output yet)"])[0].strip()[:200]
+                    note(f"`ldrop {args[0]}` running for {minutes:.1f} min, log {log}: {last}")
+        except BaseException:  # Ctrl-C included
+            child.kill()
+            child.wait()
+            raise
+
+
+def _tail(log: Path, count: int) -> list[str]:
+    """The last ``count`` non-blank lines of ``log`` (a progress bar's ``\\r`` updates are lines too)."""
+    with open(log, "rb") as handle:
+        handle.seek(max(0, handle.seek(0, os.SEEK_END) - 16384))
+        text = handle.read().decode("utf-8", errors="replace")
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-count:]
 
 
 def run_ldrop(args: Sequence[str], log: Path, threads: int | None = None, name: str | None = None) -> float:
@@ -33,7 +63,7 @@ def run_ldrop(args: Sequence[str], log: Path, threads: int | None = None, name: 
     status = launch(args, log, threads)
     seconds = time.perf_counter() - start
     if status != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+        tail = _tail(log, 5)
         raise StageError(f"{name or f'`ldrop {shlex.join(args)}`'} failed (exit status {status}) after {seconds:.0f} s;"
                          f" its log: {log}" + "".join(f"\n    {line}" for line in tail))
     return seconds

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write, atomic_write_json
+from ldrop._progress import Phase
 from ldrop.bench.speedup import load_average, names, torch_threads
 from ldrop.budgets import DeviceProfile, profile_model
 from ldrop.budgets.machine import machine_info
@@ -142,7 +143,7 @@ def replay(policies: Sequence[str], model: Any, profile: DeviceProfile, clips: S
     records: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     order = random.Random(seed)
     start = time.perf_counter()
-    try:
+    with load, Phase(f"replay, {len(policies)} policies", total=len(clips), unit="utterance") as phase:
         for index, (clip, target) in enumerate(zip(clips, targets, strict=True)):
             if index == load_span[0]:
                 load.start()
@@ -160,8 +161,7 @@ def replay(policies: Sequence[str], model: Any, profile: DeviceProfile, clips: S
                     "correction": out.correction, "planned": runners[policy].controller.planned,
                     "probe": runners[policy].controller.probe, "correct": correct,
                 })
-    finally:
-        load.stop()
+            phase.step("under load" if load_span[0] <= index < load_span[1] else "")
     return records
 
 

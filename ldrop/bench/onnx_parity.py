@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ldrop._io import atomic_write_json
+from ldrop._progress import Phase
 from ldrop.bench.onnx_speed import build_task
 from ldrop.bench.speedup import names, random_batch, say, torch_threads
 from ldrop.budgets.machine import machine_info
@@ -96,17 +97,22 @@ def accuracy_record(checkpoint: str, config: str, scratch: Path, say: Any) -> di
     runtimes = {"onnx_fp32": OnnxAdaptiveModel(folder), "onnx_int8": OnnxAdaptiveModel(int8_folder)}
     correct: dict[str, dict[int, int]] = {name: {} for name in ("torch", *runtimes)}
     total = 0
-    for batch in datamodule.test_dataloader():
-        total += len(batch)
-        targets = batch.targets.numpy()
-        for k in range(1, task.num_layers + 1):
-            with torch.inference_mode():
-                logits, _ = task(batch.waveforms, batch.lengths, k)
-            correct["torch"][k] = correct["torch"].get(k, 0) + int((logits.argmax(-1).numpy() == targets).sum())
-            for name, runtime in runtimes.items():
-                got, _, _ = runtime.forward(batch.waveforms.numpy(), batch.lengths.numpy(),
-                                            np.full(len(batch), k, dtype=np.int64))
-                correct[name][k] = correct[name].get(k, 0) + int((got.argmax(-1) == targets).sum())
+    loader = datamodule.test_dataloader()
+    title = f"test accuracy at {task.num_layers} budgets, 3 runtimes"
+    with Phase(title, total=len(loader), unit="test batch") as phase:
+        for batch in loader:
+            total += len(batch)
+            targets = batch.targets.numpy()
+            for k in range(1, task.num_layers + 1):
+                with torch.inference_mode():
+                    logits, _ = task(batch.waveforms, batch.lengths, k)
+                correct["torch"][k] = correct["torch"].get(k, 0) + int((logits.argmax(-1).numpy() == targets).sum())
+                for name, runtime in runtimes.items():
+                    got, _, _ = runtime.forward(batch.waveforms.numpy(), batch.lengths.numpy(),
+                                                np.full(len(batch), k, dtype=np.int64))
+                    correct[name][k] = correct[name].get(k, 0) + int((got.argmax(-1) == targets).sum())
+                phase.beat()  # a batch is 3 runtimes at every budget
+            phase.step()
     return {"checkpoint": checkpoint, "config": config, "test_items": total,
             "accuracy": {name: {k: c / total for k, c in per_k.items()} for name, per_k in correct.items()},
             "folder_mb": {"fp32": folder_megabytes(folder), "int8": folder_megabytes(int8_folder)}}

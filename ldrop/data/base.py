@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from ldrop._progress import note
 from ldrop.data.batch import AudioExample, SkippedExample, collate_audio
 from ldrop.data.datasets import AudioDataset, AudioFileDataset, AudioItem, SubsetAudioDataset, resolve_items
 from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler, ResumableDataLoader
@@ -259,10 +260,8 @@ class AudioDataModule(LightningDataModule):
             raise ValueError(f"{type(self).__name__}: split '{split}' has no items left")
         dataset.skip_bad_files = self.skip_bad_files  # an item that fails when read is then skipped too
         seconds = sum(dataset.lengths) / self.sample_rate
-        log.info(
-            "%s: %s split: %d items, %.1f s (%.2f h) of audio, %d bad item(s) skipped", type(self).__name__,
-            split, len(dataset), seconds, seconds / 3600, self.num_bad_files.get(split, 0),
-        )
+        note(f"{type(self).__name__}: {split} split: {len(dataset)} items, {seconds:.1f} s ({seconds / 3600:.2f} h) of "
+             f"audio, {self.num_bad_files.get(split, 0)} bad item(s) skipped")
         return dataset
 
     # ------------------------------------------------------------------------------------- dataloaders

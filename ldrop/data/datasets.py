@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ldrop._progress import Phase
 from ldrop.data.audio import AudioInfo, AudioReadError, check_audio, read_audio, resampled_length
 from ldrop.data.batch import AudioExample, SkippedExample
 
@@ -65,36 +66,39 @@ def resolve_items(
     good: list[AudioItem] = []
     bad: list[tuple[str, str]] = []
     first_error: AudioReadError | None = None  # the error of bad[0], when reading its file failed
-    for item in items:
-        if item.problem is not None:
-            bad.append((item.path, item.problem))
-            continue
-        if item.path not in infos:
-            try:
-                infos[item.path] = check_audio(item.path)
-            except AudioReadError as err:
-                infos[item.path] = err
-        info = infos[item.path]
-        if isinstance(info, AudioReadError):
-            if not bad:
-                first_error = info
-            bad.append((item.path, info.reason))
-            continue
-        start = item.start if item.start is not None else round(item.offset * info.sample_rate)
-        stop = item.stop
-        if stop is None and item.duration is not None:
-            stop = round((item.offset + item.duration) * info.sample_rate)
-        problem = _range_problem(start, stop, info)
-        if problem is not None:
-            bad.append((item.path, f"item {item.id}: {problem}"))
-            continue
-        stop = info.frames if stop is None else min(stop, info.frames)
-        good.append(
-            replace(
-                item, start=start, stop=stop, file_sample_rate=info.sample_rate,
-                num_samples=resampled_length(stop - start, info.sample_rate, sample_rate),
+    where = f" of split '{split}'" if split else ""
+    with Phase(f"reading the audio headers{where}", total=len(items), unit="item", quiet=True) as phase:
+        for item in items:
+            phase.step()
+            if item.problem is not None:
+                bad.append((item.path, item.problem))
+                continue
+            if item.path not in infos:
+                try:
+                    infos[item.path] = check_audio(item.path)
+                except AudioReadError as err:
+                    infos[item.path] = err
+            info = infos[item.path]
+            if isinstance(info, AudioReadError):
+                if not bad:
+                    first_error = info
+                bad.append((item.path, info.reason))
+                continue
+            start = item.start if item.start is not None else round(item.offset * info.sample_rate)
+            stop = item.stop
+            if stop is None and item.duration is not None:
+                stop = round((item.offset + item.duration) * info.sample_rate)
+            problem = _range_problem(start, stop, info)
+            if problem is not None:
+                bad.append((item.path, f"item {item.id}: {problem}"))
+                continue
+            stop = info.frames if stop is None else min(stop, info.frames)
+            good.append(
+                replace(
+                    item, start=start, stop=stop, file_sample_rate=info.sample_rate,
+                    num_samples=resampled_length(stop - start, info.sample_rate, sample_rate),
+                )
             )
-        )
     if bad and not skip_bad_files:
         path, reason = bad[0]
         more = f"{len(bad) - 1} more bad items" if len(bad) > 1 else "no other bad items"

@@ -552,3 +552,23 @@ def test_a_filterbank_selector_exports_with_its_filterbank_in_the_fixed_graph(fb
         expected, expected_keep = torch_forward(task, waves, lengths, budget)
         logits, keep, _ = model.forward(waves.numpy(), lengths.numpy(), budget.numpy())
         assert np.abs(logits - expected).max() <= TOLERANCE and (keep == expected_keep).all()
+
+
+def test_the_onnx_parity_accuracy_loop_shows_progress_per_test_batch(tiny_checkpoint, tmp_path, caplog, monkeypatch):
+    import logging
+
+    from ldrop.bench import onnx_parity
+    from tests.helpers import tiny_classification_data
+
+    def tiny_data(config):
+        data = tiny_classification_data(num_test=8, batch_size=4)
+        data.setup("fit")
+        data.setup("test")
+        return data
+
+    monkeypatch.setattr(onnx_parity, "config_datamodule", tiny_data)
+    with caplog.at_level(logging.INFO, logger="ldrop.progress"):
+        record = onnx_parity.accuracy_record(str(tiny_checkpoint), "unused.yaml", tmp_path, say=lambda line: None)
+    assert record["test_items"] == 8
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test accuracy at ")]
+    assert any("2/2 test batches" in line for line in lines) and lines[-1].split(": ")[1].startswith("done in ")
