@@ -185,3 +185,9 @@ def test_without_a_logger_a_fit_that_fails_before_its_first_step_leaves_no_confi
                  "--trainer.default_root_dir", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
 
+
+def test_persistent_workers_without_workers_is_refused_in_one_line(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--data.init_args.persistent_workers", "true"]) == 2
+    assert "persistent_workers=True needs num_workers > 0" in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
