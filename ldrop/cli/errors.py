@@ -31,7 +31,8 @@ PREDICT_ONLY = ("predictions", "inputs")
 
 
 class ConfigError(Exception):
-    """A bad argument or configuration, found while building the run; ``main`` prints it as one line."""
+    """A bad argument or configuration; ``main`` prints it as one line (exit status 2). Public: a downstream
+    DataModule or task raises it for a bad setting (``DatasetLayoutError`` for missing or misplaced files)."""
 
 
 #: jsonargparse's message for an error raised by the function of a link (``model_labels`` reading the

@@ -253,7 +253,11 @@ class LdropCLI(CLISteps):
 
     def run_subcommand(self, subcommand: str) -> None:
         # Rank 0 only: other ranks must not settle the logger's version before it is shared with them.
-        log_dir = self.trainer.log_dir if self.trainer.logger is not None and self.trainer.is_global_zero else None
+        logged = self.trainer.logger is not None
+        log_dir = (self.trainer.log_dir if logged else self.trainer.default_root_dir) if self.trainer.is_global_zero else None
+        # Without a logger the folder may hold earlier runs' files: a failed run puts back its config file.
+        config_file = Path(log_dir, self.save_config_kwargs["config_filename"]) if log_dir and not logged else None
+        previous = config_file.read_bytes() if config_file is not None and config_file.is_file() else None
         if subcommand != "fit" and not self._command_config().get("ckpt_path") and self.trainer.is_global_zero:
             # not an error: a pre-trained backbone may be evaluated on purpose
             verb = {"test": "testing", "validate": "validating", "predict": "predicting with"}.get(subcommand, subcommand)
@@ -265,9 +269,15 @@ class LdropCLI(CLISteps):
                 raise SIGTERMException
         except BaseException as err:
             # A run that failed before it produced anything leaves no empty folder behind: neither its
-            # version_N folder nor the logger's folders above it that it created (runs/, runs/ldrop/).
-            if new_folders and (subcommand != "fit" or self.trainer.global_step == 0):
-                remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
+            # version_N folder nor the logger's folders above it that it created (runs/, runs/ldrop/); without a
+            # logger, the folder's config file is as it was.
+            if log_dir is not None and (subcommand != "fit" or self.trainer.global_step == 0):
+                if config_file is not None and previous is None:
+                    config_file.unlink(missing_ok=True)
+                elif config_file is not None:
+                    config_file.write_bytes(previous)
+                if new_folders:
+                    remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
             if isinstance(err, SIGTERMException) and not isinstance(err, StoppedBySigterm):
                 raise StoppedBySigterm(self.sigterm_line(subcommand)) from err
             raise
@@ -314,8 +324,7 @@ class LdropCLI(CLISteps):
 
     def after_test(self) -> None:
         sweep = self._command_config(True).get("sweep")
-        folder = sweep.directory if sweep is not None and sweep.directory else (
-            self.trainer.log_dir if self.trainer.logger is not None else None)
+        folder = sweep.folder(self.trainer) if sweep is not None else None
         if folder and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             print(f"budget sweep written to {folder}")
 
@@ -342,6 +351,10 @@ class LdropCLI(CLISteps):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             # Checkpoints are written to a temporary file and renamed: a crash never truncates one.
             config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
+        # Without a logger every run writes its config to --trainer.default_root_dir: validate, test and predict
+        # name theirs after themselves, so that fit's config.yaml (which 'ldrop export' reads) is never replaced.
+        name = "config.yaml" if self.subcommand in (None, "fit") or config.get("logger") else f"{self.subcommand}_config.yaml"
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
         return super().build_trainer(config, callbacks)
 
 
@@ -377,7 +390,7 @@ def sigterm_stops() -> Iterator[None]:
 
 
 #: What every run folder gets before it produces anything: the config, the hyper-parameters, an event file.
-BOOKKEEPING_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*")
+BOOKKEEPING_FILES = ("config.yaml", "*_config.yaml", "hparams.yaml", "events.out.tfevents.*")
 
 
 def remove_if_no_outputs(folder: Path, also_empty: Sequence[Path] = ()) -> bool:
@@ -405,7 +418,8 @@ def _missing_folders(folder: Path) -> list[Path]:
 
 
 TRAINER_DEFAULTS: dict[str, Any] = {
-    # Without a logger, checkpoints, config.yaml and predictions land here rather than in the working folder.
+    # Without a logger, checkpoints, config.yaml (<subcommand>_config.yaml but for fit), budget sweep and
+    # predictions land here rather than in the working folder.
     "default_root_dir": "runs",
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",

@@ -79,6 +79,9 @@ class AudioDataModule(LightningDataModule):
         sample_rate: sample rate of the returned waveforms; files at other rates are resampled.
         min_samples: shorter clips are zero-padded to this many samples (400 = one 25 ms frame at 16 kHz).
         pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
+        persistent_workers: keep the worker processes (and the datasets they hold) from one epoch to the next
+            rather than starting them again every epoch; ``None``: whenever ``num_workers > 0``. ``True`` needs
+            ``num_workers > 0``.
     """
 
     task: Task = "classification"
@@ -96,12 +99,15 @@ class AudioDataModule(LightningDataModule):
         max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] | None = None, skip_bad_files: bool = False,
         seed: int = 0, sample_rate: int = 16000, min_samples: int = 400, pin_memory: bool = False,
+        persistent_workers: bool | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if persistent_workers and num_workers == 0:
+            raise ValueError("persistent_workers=True needs num_workers > 0 (there are no worker processes to keep)")
         if max_batch_seconds is not None and max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
         if max_train_seconds is not None and max_train_seconds <= 0:
@@ -129,6 +135,7 @@ class AudioDataModule(LightningDataModule):
         self.sample_rate = sample_rate
         self.min_samples = min_samples
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
         self.datasets: dict[str, AudioDataset] = {}
         self.num_bad_files: dict[str, int] = {}
         self._failed_at_load: dict[str, set[str]] = {}
@@ -299,6 +306,7 @@ class AudioDataModule(LightningDataModule):
         return ResumableDataLoader(
             self.dataset(split), batch_sampler=self.batch_sampler(split), num_workers=self.num_workers,
             collate_fn=self.collate if overridden else collate_audio, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0 and self.persistent_workers is not False,
             on_skipped=partial(self._skipped_at_load, split), drop_empty=split != "train",
         )
 

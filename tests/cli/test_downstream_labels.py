@@ -1,15 +1,19 @@
 """A downstream task without ``labels`` trains through ``ldrop fit`` and loads back through every loader: the
-CLI links the datamodule's labels only into a task that takes them (issue 15, item 2)."""
+CLI links the datamodule's labels only into a task that takes them (issue 15, item 2). A downstream
+DataModule's own bad-input errors are one line when it raises ldrop's public error classes."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ldrop.cli import main
+from ldrop.cli.errors import ConfigError
+from ldrop.data import DatasetLayoutError, SyntheticClassificationDataModule
 from ldrop.tasks import LayerDropTask, masked_mean
 from tests.cli.common import QUICKSTART, SMALL
 
@@ -88,3 +92,28 @@ def test_ctc_labels_come_from_the_datamodules_declared_alphabet(tmp_path):
     tree = make_librispeech_tree(tmp_path / "corpus", seed=3)
     characters = {c for clip in tree.splits["train-clean-100"] for c in clip.target.lower()}
     assert model_labels(OwnCharacters(root=str(tree.root))) == sorted(characters | {" "})
+
+
+class SpeakerDataModule(SyntheticClassificationDataModule):
+    """A downstream DataModule that checks its own input when it sets up, raising ldrop's public error classes."""
+
+    def __init__(self, speakers: str = "speakers.csv", min_speakers: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.speakers, self.min_speakers = speakers, min_speakers
+
+    def build_dataset(self, split):
+        if self.min_speakers > 2:
+            raise ConfigError(f"--data.min_speakers {self.min_speakers}: the corpus has 2 speakers")
+        raise DatasetLayoutError(f"{self.speakers} not found\nExpected layout:\n  <root>/speakers.csv")
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    ([], "speakers.csv not found"),
+    (["--data.min_speakers", "3"], "--data.min_speakers 3: the corpus has 2 speakers"),
+], ids=["layout", "setting"])
+def test_a_downstream_datamodule_raising_ldrops_public_errors_gets_one_line(tmp_path, capsys, option, says):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--data", f"{__name__}.SpeakerDataModule", *option,
+                 "--trainer.default_root_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ldrop: error: {says}") and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())  # no run folder left behind

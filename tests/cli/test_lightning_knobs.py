@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from ldrop.cli import main
+from ldrop.sweeps import BudgetSweep
+from ldrop.tasks import LayerDropTask
 from tests.cli.common import QUICKSTART, SMALL
 from tests.cli.test_errors import TINY_RUN, one_error_line
 
@@ -147,4 +149,45 @@ def test_fast_dev_run_prints_the_budget_sweep_and_writes_no_file(tmp_path, capsy
     out = capsys.readouterr().out
     assert "budget sweep: " in out and "fast_dev_run: the budget sweep of these test batches was printed, not written" in out
     assert "budget sweep written" not in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_without_a_logger_evaluation_runs_never_replace_the_fit_config_and_a_failed_one_leaves_nothing(
+        tmp_path, capsys, monkeypatch):
+    root = tmp_path / "run"
+    quiet = ["--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir", str(root)]
+    assert main(["fit", *quiet, *TINY_RUN]) == 0
+    checkpoint = root / "checkpoints" / "last.ckpt"
+    fitted = {p: p.read_bytes() for p in [root / "config.yaml", checkpoint]}
+    test = ["test", *quiet, "--ckpt_path", str(checkpoint), "--sweep.headroom", "false"]
+    assert main(test) == 0
+    assert f"budget sweep written to {root}" in capsys.readouterr().out
+    assert (root / "budget_sweep.csv").is_file() and "ckpt_path: " + str(checkpoint) in (
+        root / "test_config.yaml").read_text()
+    assert main(["validate", *quiet, "--ckpt_path", str(checkpoint)]) == 0
+    assert (root / "validate_config.yaml").is_file()
+    assert {p: p.read_bytes() for p in fitted} == fitted  # the fit's own files, untouched
+    assert main(["export", str(checkpoint), str(tmp_path / "hf")]) == 0  # fits the selector as the fit's config says
+    assert f"on the validation split of SyntheticClassificationDataModule ({root / 'config.yaml'})" in (
+        capsys.readouterr().out)
+    # a failed test puts back the files it replaced, and in a new folder leaves nothing
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    monkeypatch.setattr(BudgetSweep, "on_test_epoch_end", lambda *args: (_ for _ in ()).throw(OSError("lost")))
+    for argv in (test, [*test, "--trainer.default_root_dir", str(tmp_path / "new" / "run")]):
+        assert main(argv) == 2 and "lost" in one_error_line(capsys)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_without_a_logger_a_fit_that_fails_before_its_first_step_leaves_no_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(LayerDropTask, "training_step", lambda *args: (_ for _ in ()).throw(OSError("lost")))
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger", "false",
+                 "--trainer.default_root_dir", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_persistent_workers_without_workers_is_refused_in_one_line(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--data.init_args.persistent_workers", "true"]) == 2
+    assert "persistent_workers=True needs num_workers > 0" in one_error_line(capsys)
     assert not list(tmp_path.iterdir())
