@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Literal
 
+from ldrop._progress import note
 from ldrop.data.base import AudioDataModule, Split, find_corpus, layout_error
 from ldrop.data.datasets import AudioItem
 from ldrop.data.text import ENGLISH_CHARACTERS, normalize_tedlium_transcript
@@ -145,13 +146,6 @@ class TedliumDataModule(AudioDataModule):
                     f"'talk_id channel speaker start end <label> transcript')"
                 )
             log.warning("TedliumDataModule: %s split: the STM file(s) %s hold no segments", split, shown)
-        log.info(
-            "TedliumDataModule: %s split: %d talks, %d segments, %d ignore_time_segment_in_scoring lines "
-            "skipped, %d segments empty after normalisation dropped",
-            split,
-            len(stm_files),
-            len(items),
-            ignored,
-            emptied,
-        )
+        note(f"TedliumDataModule: {split} split: {len(stm_files)} talks, {len(items)} segments, {ignored} "
+             f"ignore_time_segment_in_scoring lines skipped, {emptied} segments empty after normalisation dropped")
         return items

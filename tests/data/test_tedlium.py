@@ -46,6 +46,14 @@ def test_ignore_time_segment_lines_and_noise_only_segments_are_not_utterances(te
     assert all("ignore_time_segment_in_scoring" not in t for t in dm.dataset("train").targets)
 
 
+
+def test_each_split_says_its_talks_and_segments_on_the_progress_log(tedlium, caplog):
+    with caplog.at_level("INFO", logger="ldrop.progress"):
+        TedliumDataModule(tedlium.root).dataset("train")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ldrop.progress" and " talks, " in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("TedliumDataModule: train split: "), lines
+    assert f" {len(tedlium.splits['train'])} segments, " in lines[0], lines
+
 def test_segments_are_cut_at_their_stm_times(tedlium):
     dm = TedliumDataModule(tedlium.root)
     dataset = dm.dataset("train")
