@@ -34,6 +34,11 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Like Lightning's own lines, only the process of global rank 0 speaks (its rank, where Lightning is loaded:
+        # the ONNX runtime runs without it).
+        ranks = sys.modules.get("lightning.fabric.utilities.rank_zero")
+        if getattr(getattr(ranks, "rank_zero_only", None), "rank", 0) != 0:
+            return
         tqdm = sys.modules.get("tqdm.std")  # live tqdm bars (Lightning's default) are cleared, then redrawn
         if tqdm is None:
             super().emit(record)
