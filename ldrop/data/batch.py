@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -71,8 +71,9 @@ class AudioBatch:
         return self._map(Tensor.pin_memory)
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> AudioBatch:
-        targets = fn(self.targets) if isinstance(self.targets, Tensor) else self.targets
-        return AudioBatch(fn(self.waveforms), fn(self.lengths), targets, self.ids)
+        """A copy of the same class, ``fn`` applied to every tensor field (a subclass's own included)."""
+        return replace(self, **{f.name: fn(value) for f in fields(self) if f.init
+                                and isinstance(value := getattr(self, f.name), Tensor)})
 
     @property
     def padding_mask(self) -> Tensor:

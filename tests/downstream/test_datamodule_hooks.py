@@ -60,10 +60,7 @@ class SpeakerBatch(AudioBatch):
     """An :class:`AudioBatch` that also names each row's speaker."""
 
     speakers: list[str] | None = None
-
-    def to(self, device, non_blocking: bool = False) -> SpeakerBatch:
-        moved = super().to(device, non_blocking)
-        return SpeakerBatch(moved.waveforms, moved.lengths, moved.targets, moved.ids, speakers=self.speakers)
+    snr_db: torch.Tensor | None = None  # a tensor field of its own: moved with the batch
 
 
 class SpeakerDataModule(TaggedDataModule):
@@ -100,3 +97,33 @@ def test_predict_on_files_gives_regression_modules_value_placeholders(tmp_path):
     data.predict_on_files([write_audio(tmp_path / "a.wav", 800), write_audio(tmp_path / "b.wav", 900)])
     (batch,) = list(data.predict_dataloader())
     assert batch.targets.dtype == torch.float32 and batch.targets.tolist() == [0.0, 0.0]
+
+
+def test_the_task_receives_the_datamodules_own_batch_subclass_with_its_extra_fields(tmp_path):
+    # Lightning moves every batch with its ``.to``: the copy must keep the subclass and its own fields.
+    from ldrop.data import SyntheticClassificationDataModule
+    from ldrop.tasks import ClassificationTask
+    from tests.helpers import quiet_trainer
+
+    class NoisyData(SyntheticClassificationDataModule):
+        def collate(self, examples: list[AudioExample]) -> SpeakerBatch:
+            batch = super().collate(examples)
+            return SpeakerBatch(batch.waveforms, batch.lengths, batch.targets, batch.ids,
+                                speakers=[f"s{i}" for i in range(len(batch))], snr_db=torch.full((len(batch),), 10.0))
+
+    class SeeingTask(ClassificationTask):
+        seen: list[Any] = []
+
+        def task_loss(self, logits, frame_mask, batch):
+            self.seen.append(batch)
+            return super().task_loss(logits, frame_mask, batch)
+
+    data = NoisyData(num_train=8, num_val=4, num_test=4, batch_size=4, seed=0)
+    task = SeeingTask(labels=data.class_names, backbone="tiny:wavlm")
+    quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(task, data)
+    assert len(SeeingTask.seen) == 2
+    for batch in SeeingTask.seen:
+        assert isinstance(batch, SpeakerBatch) and batch.speakers == [f"s{i}" for i in range(len(batch))]
+        assert torch.equal(batch.snr_db, torch.full((len(batch),), 10.0))
+    moved = SeeingTask.seen[0].to("cpu")
+    assert type(moved) is SpeakerBatch and moved.speakers is SeeingTask.seen[0].speakers
