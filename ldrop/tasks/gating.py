@@ -66,8 +66,9 @@ class GatingMixin:
         """Attach the backbone and the selector (call from ``__init__``, after ``nn.Module.__init__``)."""
         self.backbone = backbone
         self.selector = selector
-        self._selector_reads_waveform = selector is not None and "waveforms" in inspect.signature(
-            selector.forward).parameters
+        # Opt-in by signature: the selector gets ``waveforms=`` and ``lengths=`` if its ``forward`` names them.
+        names = inspect.signature(selector.forward).parameters if selector is not None else {}
+        self._selector_inputs = tuple(name for name in ("waveforms", "lengths") if name in names)
 
     @property
     def num_layers(self) -> int:
@@ -109,7 +110,7 @@ class GatingMixin:
         budget_t = resolve_budget(self.num_layers if budget is None else budget, self.num_layers, batch, device)
         if self.selector is None:
             return torch.ones(batch, self.num_layers, device=device), budget_t, None
-        extra = dict(waveforms=encoded.waveforms, lengths=encoded.lengths) if self._selector_reads_waveform else {}
+        extra = {name: getattr(encoded, name) for name in self._selector_inputs}
         selection = self.selector(encoded.features, encoded.frame_mask, budget_t, **extra)
         return selection.keep_mask, budget_t, selection
 

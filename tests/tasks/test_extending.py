@@ -88,3 +88,25 @@ def test_every_trainable_parameter_lands_in_an_optimiser_group():
     assert set(grouped) == {id(p) for p in model.parameters() if p.requires_grad}
     adapter_group = next(g for g in optimizer.param_groups if any(p is model.adapter.weight for p in g["params"]))
     assert adapter_group["lr"] == model.optimization.head_lr
+
+
+class LengthSelector(LayerSelector):
+    """Reads only the utterances' lengths (declares ``lengths``, not ``waveforms``): long ones run the last layers."""
+
+    seen: list[Tensor | None] = []
+
+    def forward(self, features, frame_mask, budget, lengths=None) -> SelectorOutput:
+        budget = self.check_budget(budget, features.shape[0])
+        self.seen.append(lengths)
+        order = torch.arange(self.num_layers, dtype=torch.float, device=features.device)
+        long = (lengths > lengths.median()).float()[:, None]
+        return SelectorOutput(keep_mask=hard_topk_mask(long * order - (1 - long) * order, budget))
+
+
+def test_a_selector_that_names_only_lengths_gets_them():
+    model = _classifier(selector=LengthSelector).eval()
+    lengths = torch.tensor([8000, 3000, 6000])
+    waveforms = torch.randn(3, 8000) * (torch.arange(8000) < lengths[:, None])
+    with torch.inference_mode():
+        model(waveforms, lengths, 2)
+    assert len(LengthSelector.seen) == 1 and torch.equal(LengthSelector.seen[0].cpu(), lengths)
