@@ -101,6 +101,11 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     if not lines:
         return "bad arguments"
     command = argv[0] if argv and not str(argv[0]).startswith("-") else "fit"
+    if unknown := re.search(r"--([\w.]+)\.help: Expected a dot import path string: (\S+)", message):
+        typed = next((t for t in argv if str(t).endswith(f"{unknown[1]}.help")), f"--{unknown[1]}.help")
+        guess = _closest_class_name(unknown[2])
+        return (f"{typed} {unknown[2]!r}: no such class" + (f"; did you mean {guess}?" if guess else "")
+                + " (give a class name, or the dotted import path of a class of your own)")
     if lines[0].lower().startswith("unrecognized arguments"):
         given = [t.split("=", 1)[0] for t in lines[0].split(":", 1)[-1].split() if t.startswith("--")]
         predict_only = [t for t in given if t.lstrip("-").split(".")[0] in PREDICT_ONLY]
@@ -138,7 +143,7 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
             not_accepted.start() - 400: not_accepted.end() + 400]) or classes or [keys[0]])[-1].rsplit(".", 1)[-1]
         bases = set(re.findall(r"(\w+)'>", message))
         chain = _help_chain(key.removeprefix("trainer."), [c for c in classes if c.rsplit(".", 1)[-1] not in bases])
-        helps = " ".join(f"--{'trainer.' * key.startswith('trainer.')}{k}.help {c.rsplit('.', 1)[-1]}" for k, c in chain)
+        helps = " ".join(f"--{'trainer.' * key.startswith('trainer.')}{k}.help {_help_name(c)}" for k, c in chain)
         return f"{given}: {owner} has no option {not_accepted.group(1)!r} (its options: 'ldrop {command} {helps}')"
     missing = re.search(r"Expected a path but (\S+) either not accessible or invalid", message)
     if missing:
@@ -199,6 +204,12 @@ def _class_path_problem(class_path: str) -> str | None:
     classes = [n for n in dir(imported) if isinstance(getattr(imported, n), type)]
     guesses = difflib.get_close_matches(name, classes, n=1, cutoff=0.75)
     return f"{module} has no class {name}" + (f"; did you mean {module}.{guesses[0]}?" if guesses else "")
+
+
+def _help_name(class_path: str) -> str:
+    """How ``--X.help`` takes a class: its name for ldrop's and Lightning's (imported before parsing), the
+    dotted path for a class of the user's own (``--model.help mypkg.tasks.MyTask``)."""
+    return class_path.rsplit(".", 1)[-1] if class_path.startswith(("ldrop.", "lightning.")) else class_path
 
 
 def _help_chain(key: str, classes: Sequence[str]) -> list[tuple[str, str]]:

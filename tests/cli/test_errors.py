@@ -14,6 +14,7 @@ import torch
 from jsonargparse import ArgumentError
 
 from ldrop.cli import main
+from ldrop.tasks import ClassificationTask
 from ldrop.testing import fixtures
 from tests.cli.common import QUICKSTART, SMALL
 from tests.disks import mounted_tmpfs, read_only_folder
@@ -256,8 +257,13 @@ def test_a_nan_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
      "ldrop.tasks has no class ClasificationTask; did you mean ldrop.tasks.ClassificationTask?"),
     (["--model.class_path", "ldrop_missing_pkg.tasks.PitchTask"],
      "No module named 'ldrop_missing_pkg' (put the folder that holds ldrop_missing_pkg on PYTHONPATH)"),
+    (["--model.help", "ClassificationTsk"],
+     "--model.help 'ClassificationTsk': no such class; did you mean ClassificationTask?"),
+    (["--model.selector.help", "InputConditionedSelectr"],
+     "--model.selector.help 'InputConditionedSelectr': no such class; did you mean InputConditionedSelector?"),
 ], ids=["unknown-key", "wrong-type", "misspelt-class", "budget", "choice", "abbreviation", "predict-only",
-        "misspelt-class-path", "misspelt-nested-class-path", "class-its-module-lacks", "module-not-importable"])
+        "misspelt-class-path", "misspelt-nested-class-path", "class-its-module-lacks", "module-not-importable",
+        "misspelt-help-class", "misspelt-nested-help-class"])
 def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accepted(tmp_path, capsys, monkeypatch,
                                                                                    args, expected):
     argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path), *args]
@@ -268,6 +274,22 @@ def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accept
     with pytest.raises(Exception) as raised:
         main(argv)
     assert isinstance(raised.value.__cause__, ArgumentError)
+
+
+class OwnTask(ClassificationTask):
+    """A project's own task: ``--model.help`` takes it by its dotted path, not its name."""
+
+
+def test_an_unknown_option_of_a_projects_own_task_names_the_help_by_its_dotted_path(tmp_path, capsys):
+    argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--model.class_path", f"{__name__}.OwnTask", "--model.init_args.nope", "3"]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"OwnTask has no option 'nope' (its options: 'ldrop fit --model.help {__name__}.OwnTask')" in line, line
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # the help it names shows the task's options
+        main(["fit", "--model.help", f"{__name__}.OwnTask"])
+    assert "--model.labels LABELS" in capsys.readouterr().out
 
 
 def test_a_misspelt_class_path_deep_in_a_config_file_is_named_with_a_suggestion(tmp_path, capsys):
