@@ -7,6 +7,7 @@ Like Lightning's logger, ``ldrop.progress`` gets a stderr handler when the appli
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from types import TracebackType
@@ -35,10 +36,12 @@ class _StderrHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         # Like Lightning's own lines, only the process of global rank 0 speaks (its rank, where Lightning is loaded:
-        # the ONNX runtime runs without it).
+        # the ONNX runtime runs without it); with LDROP_DEBUG=1 every rank does, its rank first.
         ranks = sys.modules.get("lightning.fabric.utilities.rank_zero")
-        if getattr(getattr(ranks, "rank_zero_only", None), "rank", 0) != 0:
-            return
+        if (rank := getattr(getattr(ranks, "rank_zero_only", None), "rank", 0)) != 0:
+            if os.environ.get("LDROP_DEBUG", "0") in ("", "0"):
+                return
+            record = logging.makeLogRecord({**record.__dict__, "msg": f"[rank {rank}] {record.getMessage()}", "args": ()})
         tqdm = sys.modules.get("tqdm.std")  # live tqdm bars (Lightning's default) are cleared, then redrawn
         if tqdm is None:
             super().emit(record)

@@ -116,7 +116,6 @@ def test_a_progress_line_clears_a_live_tqdm_bar_first():
     assert all(row[:row.index("demo sweep")].rsplit("\r", 1)[-1].strip() == "" for row in rows), rows
 
 
-
 RANKS_SCRIPT = """
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from ldrop._progress import note
@@ -126,11 +125,14 @@ note("said by rank 1")
 """
 
 
-def test_only_the_process_of_global_rank_zero_prints_progress_lines():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def test_only_the_process_of_global_rank_zero_prints_progress_lines_unless_debugging():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LDROP_DEBUG": "0"}
     result = subprocess.run([sys.executable, "-c", RANKS_SCRIPT], capture_output=True, text=True, env=env,
                             timeout=120, check=True)
     assert "said by rank 0" in result.stderr and "said by rank 1" not in result.stderr, result.stderr
+    result = subprocess.run([sys.executable, "-c", RANKS_SCRIPT], capture_output=True, text=True,
+                            env={**env, "LDROP_DEBUG": "1"}, timeout=120, check=True)
+    assert result.stderr.splitlines() == ["said by rank 0", "[rank 1] said by rank 1"], result.stderr
 
 # ------------------------------------------------------------------------------------ benchmark stages
 CHILD = "import sys, time; print('Epoch 0: 1/3 batches', flush=True); time.sleep(float(sys.argv[2]))"

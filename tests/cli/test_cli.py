@@ -323,10 +323,10 @@ def test_ddp_fit_runs_two_cpu_processes_whose_selector_statistics_agree(tmp_path
     assert ranks[0]["var"].ne(1.0).any()  # re-estimated, not the reset values
 
 
-def _ldrop(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+def _ldrop(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """``python -m ldrop.cli ARGS`` in its own process group, all of it killed if it outlives ``timeout`` (a DDP
     hang: the launcher's other rank is a grandchild, which subprocess.run's timeout would leave behind)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
     with subprocess.Popen([sys.executable, "-m", "ldrop.cli", *args], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True) as process:
         try:
@@ -345,11 +345,12 @@ def test_ddp_test_fits_on_all_validation_data_and_sweeps_the_whole_test_set(trai
             "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")]
     runs = {}
     for name, extra in (("ddp", ["--trainer.strategy", "ddp", "--trainer.devices", "2"]), ("one", [])):
-        result = _ldrop([*args, *extra, "--trainer.logger.init_args.save_dir", str(tmp_path / name)])
+        # LDROP_DEBUG=1: every rank's progress lines (without it, rank 0's only)
+        result = _ldrop([*args, *extra, "--trainer.logger.init_args.save_dir", str(tmp_path / name)], LDROP_DEBUG="1")
         assert result.returncode == 0, result.stdout[-3000:]
         run = next((tmp_path / name / "ldrop").glob("version_*"))
         decisions = [line.split(" s: ", 1)[1] for line in result.stdout.splitlines()
-                     if line.startswith("input-conditioned fallback") and ": done in " in line]
+                     if line.removeprefix("[rank 1] ").startswith("input-conditioned fallback") and ": done in " in line]
         runs[name] = (load_sweep(run), json.loads((run / "budget_items.json").read_text()), decisions)
     (rows, items, decisions), (one_rows, one_items, one_decisions) = runs["ddp"], runs["one"]
     assert [r["budget_layers"] for r in rows] == [1, 2, 3, 4] and all(set(r) == set(one_rows[0]) for r in rows)
