@@ -303,6 +303,9 @@ def _module_generators(module: torch.nn.Module) -> dict[str, torch.Generator]:
 class JsonlPredictionWriter(BasePredictionWriter):
     """Writes ``predict`` outputs as JSON lines (one per input: id, output, executed layers, GFLOPs).
 
+    Tensors and numpy values in a record (a task's ``decode`` returning a tensor) are written as their
+    ``tolist()``; any other object that JSON cannot hold fails the run with a line naming its type.
+
     The folder is checked before any inference; records go to a hidden temporary that becomes the output when
     every batch is done (a failed run keeps them as ``<output>.partial``).
 
@@ -348,8 +351,12 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         try:
-            for record in prediction:
-                self._handle.write(json.dumps(record) + "\n")
+            lines = "".join(json.dumps(record, default=_json_value) + "\n" for record in prediction)
+        except (TypeError, ValueError) as err:  # the whole batch or none of it: no half-written batch is kept
+            raise ValueError(f"{type(pl_module).__name__}'s decode/predict_step output cannot be written as JSON: "
+                             f"{err} (return numbers, strings, lists or dicts of them)") from err
+        try:
+            self._handle.write(lines)
             self._handle.flush()  # on disk as they come: a later failure keeps them (as .partial)
         except OSError as err:
             raise_if_disk_full(err, self._target)
@@ -386,3 +393,11 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def _partial_path(self) -> Path:
         return self._target.with_name(self._target.name + ".partial")
+
+
+def _json_value(value: Any) -> Any:
+    """What ``json`` cannot write itself in a prediction record: a tensor or numpy array/scalar as its ``tolist()``
+    (a 0-d one as its number); any other object is a ``TypeError`` naming its type."""
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"an object of type {type(value).__qualname__}")

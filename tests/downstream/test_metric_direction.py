@@ -4,6 +4,8 @@ sweep recorded, and ``ldrop predict`` writes a ``decode`` that returns tensors (
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torchmetrics import MeanAbsoluteError, Metric
@@ -60,6 +62,20 @@ class PitchUndeclaredTask(PitchHitTask):
     hit_metric = Undeclared
 
 
+class TensorPitchTask(PitchTask):
+    """``decode`` returns a tensor: each input's output is a 0-d tensor."""
+
+    def decode(self, logits, frame_mask):
+        return logits[:, 0].float()
+
+
+class SetPitchTask(PitchTask):
+    """``decode`` returns objects JSON cannot hold."""
+
+    def decode(self, logits, frame_mask):
+        return [{round(float(v), 2)} for v in logits[:, 0]]
+
+
 def _fit(tmp_path, task: str, *extra: str) -> int:
     return main(["fit", "--model.class_path", f"{__name__}.{task}", *PITCH, "--trainer.max_epochs", "1",
                  "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
@@ -88,3 +104,21 @@ def test_a_monitored_metric_of_unknown_direction_needs_the_mode(tmp_path, capsys
     assert not (tmp_path / "ckpt").exists()
     assert _fit(tmp_path, "PitchUndeclaredTask", "--checkpoint.monitor", "val/hit@4", "--checkpoint.mode", "max") == 0
     assert "'mode': 'max'" in _checkpoint_key(tmp_path)
+
+
+def _predict(tmp_path, task: str) -> int:
+    return main(["predict", "--model.class_path", f"{__name__}.{task}", *PITCH, "--trainer.logger", "false",
+                 "--trainer.default_root_dir", str(tmp_path), "--predictions.output", str(tmp_path / "pred.jsonl")])
+
+
+def test_predict_writes_tensor_outputs_as_numbers(tmp_path):
+    assert _predict(tmp_path, "TensorPitchTask") == 0
+    records = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and all(isinstance(r["output"], float) for r in records)
+
+
+def test_predict_output_json_cannot_hold_is_one_line_and_no_file(tmp_path, capsys):
+    assert _predict(tmp_path, "SetPitchTask") == 2
+    line = one_error_line(capsys)
+    assert "SetPitchTask's decode/predict_step output cannot be written as JSON" in line and "set" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
