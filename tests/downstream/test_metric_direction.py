@@ -11,8 +11,10 @@ import torch
 from torchmetrics import MeanAbsoluteError, Metric
 
 from ldrop.cli import main
+from ldrop.sweeps import BudgetSweep, compare_sweeps, report
 from tests.cli.test_errors import one_error_line
-from tests.downstream.pitch import PitchTask
+from tests.downstream.pitch import PitchTask, PooledTopKSelector, ToneDataModule
+from tests.helpers import quiet_trainer
 
 PITCH = ["--model.init_args.backbone", "tiny:wavlm", "--model.init_args.head_hidden", "8",
          "--model.init_args.budgets.validation", "[2, 4]", "--data.class_path", "tests.downstream.pitch.ToneDataModule",
@@ -62,6 +64,17 @@ class PitchUndeclaredTask(PitchHitTask):
     hit_metric = Undeclared
 
 
+class ShiftedPitchTask(PitchHitTask):
+    """Predicts ``shift`` octaves above the (untrained) head: about 1 octave off for -1, about 0.5 for +1."""
+
+    def __init__(self, shift: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shift = shift
+
+    def compute_logits(self, head, hidden, frame_mask):
+        return super().compute_logits(head, hidden, frame_mask) + self.shift
+
+
 class TensorPitchTask(PitchTask):
     """``decode`` returns a tensor: each input's output is a 0-d tensor."""
 
@@ -104,6 +117,47 @@ def test_a_monitored_metric_of_unknown_direction_needs_the_mode(tmp_path, capsys
     assert not (tmp_path / "ckpt").exists()
     assert _fit(tmp_path, "PitchUndeclaredTask", "--checkpoint.monitor", "val/hit@4", "--checkpoint.mode", "max") == 0
     assert "'mode': 'max'" in _checkpoint_key(tmp_path)
+
+
+def test_compare_reads_the_direction_and_the_units_of_a_minimised_metric_from_the_sweeps(tmp_path, monkeypatch,
+                                                                                           caplog):
+    data = ToneDataModule(num_train=8, num_eval=16, batch_size=8)
+    runs = {"near": 1.0, "far": -1.0}
+    for name, shift in runs.items():
+        torch.manual_seed(0)
+        model = ShiftedPitchTask(shift=shift, backbone="tiny:wavlm", selector=PooledTopKSelector, head_hidden=8)
+        sweep = BudgetSweep(budgets=[1, 2, 3, 4], headroom=False, method_name=name, directory=str(tmp_path / name))
+        quiet_trainer(tmp_path, callbacks=[sweep]).test(model, data)
+    manifest = json.loads((tmp_path / "far" / "sweep_manifest.json").read_text())
+    assert manifest["metrics"] == {"mae": {"higher_is_better": False, "fraction": False},
+                                   "hit": {"higher_is_better": True, "fraction": False}}
+    labels = []
+    figure = report.sweep_figure
+    monkeypatch.setattr(report, "sweep_figure", lambda *a, **k: labels.append(
+        (fig := figure(*a, **k)).axes[0].get_ylabel()) or fig)
+    table, _ = compare_sweeps([tmp_path / "near", tmp_path / "far"], tmp_path / "cmp")
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert summary["higher_is_better"] is False and labels == ["MAE (lower is better)"]
+    far = [p for p in summary["paired"] if p["run"] == "far"]
+    assert len(far) == 4  # N/4, N/2, 3N/4 and AUC, each paired on the same 16 tones
+    for paired in far:  # "far" has the higher MAE (about 1 octave against 0.5): its difference is positive
+        assert 0.2 < paired["low"] <= paired["diff"] <= paired["high"], paired
+    assert "differences in mae units" in table and "points x100" not in table
+    near, far = (next(r for r in summary["equal_gflops"] if r["run"] == run and r["at"] == "AUC") for run in runs)
+    shown = float(far["vs near"].split()[0])  # in octaves, as the MAE itself: not x100
+    assert abs(shown - (far["mae"] - near["mae"])) < 0.01, (far, near)
+    # another metric than the sweeps' primary one: its own direction, and no paired interval from mae's errors
+    compare_sweeps([tmp_path / "near", tmp_path / "far"], tmp_path / "hit", metric="hit")
+    summary = json.loads((tmp_path / "hit" / "compare.json").read_text())
+    assert summary["higher_is_better"] is True and summary["paired"] == [] and labels[-1] == "HIT"
+    # sweeps written without the recorded properties (an older ldrop): guessed from the name, with a warning
+    assert report.metric_direction("wer", [{}]) == (False, True) and report.metric_direction("mae", []) == (True, False)
+    for name in runs:
+        manifest = tmp_path / name / "sweep_manifest.json"
+        manifest.write_text(json.dumps({"files": json.loads(manifest.read_text())["files"]}))
+    with caplog.at_level("WARNING"):
+        compare_sweeps([tmp_path / "near", tmp_path / "far"], tmp_path / "cmp")
+    assert "do not record whether a higher mae is better" in caplog.text
 
 
 def _predict(tmp_path, task: str) -> int:
