@@ -221,6 +221,7 @@ def equal_gflops_table(sweeps: dict[str, list[dict[str, Any]]], items: dict[str,
             (n for n in blind if values.get(n) is not None), key=lambda n: sign * values[n], default=None)
     if "full" in sweeps:
         baselines["vs full"] = lambda at, values: "full"
+    items = {n: found for n, found in items.items() if found and found.get("metric", metric) == metric}  # its terms
     return equal_compute({n: (rows, items.get(n)) for n, rows in sweeps.items()}, metric,
                          next((n for n in blind if n in several), several[0]), higher_is_better,
                          baselines or None, fraction=fraction)
