@@ -31,7 +31,14 @@ from ldrop._io import atomic_write_json, atomic_write_text
 from ldrop.bench import StageError, run_ldrop
 from ldrop.budgets.machine import machine_info
 from ldrop.sweeps.paired import equal_compute
-from ldrop.sweeps.report import LOWER_IS_BETTER, load_items, load_sweep, markdown_table, primary_metric
+from ldrop.sweeps.report import (
+    load_items,
+    load_sweep,
+    markdown_table,
+    metric_direction,
+    primary_metric,
+    sweep_metrics,
+)
 
 #: The shipped methods the benchmark compares by default (``configs/method/<name>.yaml``).
 DEFAULT_METHODS = ["full", "input-conditioned", "allocate", "schedule", "random", "static", "early-exit"]
@@ -195,23 +202,29 @@ BLIND_METHODS = {"static", "schedule", "random"}
 
 
 def equal_gflops_table(sweeps: dict[str, list[dict[str, Any]]], items: dict[str, dict | None], metric: str,
-                       methods: dict[str, str]) -> tuple[list[dict], list[dict]]:
+                       methods: dict[str, str], higher_is_better: bool | None = None,
+                       fraction: bool | None = None) -> tuple[list[dict], list[dict]]:
     """``ldrop compare``'s equal-GFLOPs table of the runs (``methods``: name -> method), each against the best
-    input-blind fixed-depth run at each point and against ``full``, with paired intervals."""
+    input-blind fixed-depth run at each point and against ``full``, with paired intervals; the metric's
+    direction and whether it is a fraction as the sweeps recorded them (``None``: by its name)."""
+    guess = metric_direction(metric, [])
+    higher_is_better = guess[0] if higher_is_better is None else higher_is_better
+    fraction = guess[1] if fraction is None else fraction
     blind = [n for n, m in methods.items() if Path(m).stem in BLIND_METHODS]
     several = [n for n, rows in sweeps.items() if len({r["executed_layers"] for r in rows}) > 1]
     if not several:
         return [], []
-    sign = -1 if metric in LOWER_IS_BETTER else 1
+    sign = 1 if higher_is_better else -1
     baselines: dict[str, Any] = {}
     if blind:
         baselines["vs best input-blind"] = lambda at, values: max(
             (n for n in blind if values.get(n) is not None), key=lambda n: sign * values[n], default=None)
     if "full" in sweeps:
         baselines["vs full"] = lambda at, values: "full"
+    items = {n: found for n, found in items.items() if found and found.get("metric", metric) == metric}  # its terms
     return equal_compute({n: (rows, items.get(n)) for n, rows in sweeps.items()}, metric,
-                         next((n for n in blind if n in several), several[0]), metric not in LOWER_IS_BETTER,
-                         baselines or None)
+                         next((n for n in blind if n in several), several[0]), higher_is_better,
+                         baselines or None, fraction=fraction)
 
 
 # ---------------------------------------------------------------------------------------------- protocol
@@ -283,10 +296,12 @@ def run(args: Any, command: list[str]) -> dict[str, Any]:
     records.append(run_stage(compare, args.threads))
     sweeps = {name: load_sweep(out / name / "sweep") for name in names}
     rows, metric = methods_table(sweeps, args.metric)
+    higher, fraction = metric_direction(metric, [sweep_metrics(out / name / "sweep") for name in names])
     equal, paired = equal_gflops_table(sweeps, {name: load_items(out / name / "sweep") for name in names}, metric,
-                                       {v.name: v.method for v in variants})
+                                       {v.name: v.method for v in variants}, higher, fraction)
     atomic_write_text(out / "methods.md", markdown_table(rows) + "\n" + (
-        f"\nAt equal GFLOPs ({metric}; differences in points x100, paired 95 % bootstrap interval):\n\n"
+        f"\nAt equal GFLOPs ({metric}, {'higher' if higher else 'lower'} is better; differences in "
+        f"{'points x100' if fraction else f'{metric} units'}, paired 95 % bootstrap interval):\n\n"
         + markdown_table(equal) + "\n" if equal else ""))
     summary = {
         "command": command,

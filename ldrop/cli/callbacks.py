@@ -29,6 +29,7 @@ from ldrop._io import (
     remove_stale_temporaries,
 )
 from ldrop._lightning import CheckpointSteps, collect_rng_states, restore_train_loader_states, set_rng_states
+from ldrop.tasks.base import metric_properties
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class TaskCheckpoint(CheckpointSteps):
         save_top_k: best checkpoints to keep.
         save_last: also keep ``last.ckpt``.
         monitor: the metric that ranks the best checkpoints; ``None``: the task's own (``val/acc``, ``val/wer``).
-        mode: ``min`` or ``max``; ``None``: the direction of the task's metrics (``val/acc`` and ``val/acc@3``
-            max, ``val/wer`` min) when ``monitor`` is one of them, else ``min``.
+        mode: ``min`` or ``max``; ``None``: the direction of the monitored metric, the task's primary one from
+            the task's ``higher_is_better`` (``val/acc`` and ``val/acc@3`` max, ``val/wer`` min), another from
+            its torchmetrics ``higher_is_better``; ``min`` for a loss; else required.
         **kwargs: other ``ModelCheckpoint`` arguments (``dirpath``, ``every_n_epochs``, ...).
     """
 
@@ -79,9 +81,7 @@ class TaskCheckpoint(CheckpointSteps):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if hasattr(pl_module, "metric_names"):
             self.monitor = self.monitor or f"val/{pl_module.metric_names[0]}"
-            # the task's metric gets its direction whether implicit or named (also per budget: val/acc@3)
-            own = self.monitor.startswith("val/") and self.monitor[4:].split("@")[0] in pl_module.metric_names
-            mode = self.mode_given or ("max" if own and pl_module.higher_is_better else "min")
+            mode = self.mode_given or self.metric_mode(pl_module)
             if mode != self.mode:
                 self.mode, self.kth_value = mode, torch.tensor(float("inf") if mode == "min" else -float("inf"))
         super().setup(trainer, pl_module, stage)
@@ -91,6 +91,21 @@ class TaskCheckpoint(CheckpointSteps):
             self.dirpath = os.path.abspath(self.dirpath)
         if stage == "fit" and trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             remove_stale_temporaries(self.dirpath)
+
+    def metric_mode(self, pl_module: L.LightningModule) -> str:
+        """The direction of :attr:`monitor`: a task metric's own (also per budget: ``val/acc@3``), ``min`` for a
+        loss; raises ``ValueError`` when it cannot be known (a metric that declares no ``higher_is_better``)."""
+        name = self.monitor[4:].split("@")[0] if self.monitor.startswith("val/") else None
+        if name in pl_module.metric_names:
+            higher = metric_properties(pl_module)[name]["higher_is_better"]
+            if higher is not None:
+                return "max" if higher else "min"
+        elif "loss" in self.monitor.rsplit("/", 1)[-1]:
+            return "min"
+        raise ValueError(f"--checkpoint.monitor {self.monitor!r}: its direction is unknown ("
+                         + ("its metric declares no higher_is_better" if name in pl_module.metric_names else
+                            f"not a loss nor one of the task's metrics {list(pl_module.metric_names)}")
+                         + "); give --checkpoint.mode max or min")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the best-checkpoint tracking also when the run's folder moved (files are looked up by
@@ -288,6 +303,9 @@ def _module_generators(module: torch.nn.Module) -> dict[str, torch.Generator]:
 class JsonlPredictionWriter(BasePredictionWriter):
     """Writes ``predict`` outputs as JSON lines (one per input: id, output, executed layers, GFLOPs).
 
+    Tensors and numpy values in a record (a task's ``decode`` returning a tensor) are written as their
+    ``tolist()``; any other object that JSON cannot hold fails the run with a line naming its type.
+
     The folder is checked before any inference; records go to a hidden temporary that becomes the output when
     every batch is done (a failed run keeps them as ``<output>.partial``).
 
@@ -333,8 +351,12 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         try:
-            for record in prediction:
-                self._handle.write(json.dumps(record) + "\n")
+            lines = "".join(json.dumps(record, default=_json_value) + "\n" for record in prediction)
+        except (TypeError, ValueError) as err:  # the whole batch or none of it: no half-written batch is kept
+            raise ValueError(f"{type(pl_module).__name__}'s decode/predict_step output cannot be written as JSON: "
+                             f"{err} (return numbers, strings, lists or dicts of them)") from err
+        try:
+            self._handle.write(lines)
             self._handle.flush()  # on disk as they come: a later failure keeps them (as .partial)
         except OSError as err:
             raise_if_disk_full(err, self._target)
@@ -371,3 +393,11 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def _partial_path(self) -> Path:
         return self._target.with_name(self._target.name + ".partial")
+
+
+def _json_value(value: Any) -> Any:
+    """What ``json`` cannot write itself in a prediction record: a tensor or numpy array/scalar as its ``tolist()``
+    (a 0-d one as its number); any other object is a ``TypeError`` naming its type."""
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"an object of type {type(value).__qualname__}")

@@ -30,6 +30,7 @@ from ldrop.sweeps.scorers import (
     SweepBatch,
     TargetScorer,
 )
+from ldrop.tasks.base import metric_properties
 from ldrop.tasks.precision import precision_context
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,8 @@ class BudgetSweep(L.Callback):
         if directory is None:  # like Lightning's checkpoints and logs
             print("fast_dev_run: the budget sweep of these test batches was printed, not written")
             return
-        paths = write_sweep(rows, directory, usage, self.target_rows, self.item_scorer and self.item_scorer.result)
+        paths = write_sweep(rows, directory, usage, self.target_rows, self.item_scorer and self.item_scorer.result,
+                            metric_properties(pl_module))
         table = markdown_table(rows, [c for c in columns if c in rows[0]])
         log.info("budget sweep written to %s\n%s", paths["csv"].parent, table)
         if self.target_rows:
@@ -219,7 +221,8 @@ class BudgetSweep(L.Callback):
                              f"{rows[0]['method']} under targets")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):  # the plots and the table beside the curves
-                add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=trainer.global_step)
+                add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=trainer.global_step,
+                                         higher_is_better=pl_module.higher_is_better)
 
     @staticmethod
     def print_table(rows: list[dict[str, Any]], columns: list[str], method: str) -> None:

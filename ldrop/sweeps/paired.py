@@ -144,20 +144,22 @@ def _at(points: list, at: float | tuple[float, float], hold: bool) -> np.ndarray
     return area_under_curve(points, *at) if isinstance(at, tuple) else interpolate_items(points, at)
 
 
-def _points(diff: float) -> str:
-    return f"{100 * diff + 0.0:+.1f}".replace("-0.0", "+0.0")
+def _points(diff: float, fraction: bool = True) -> str:
+    """A difference in points x100 (a fraction: accuracy, WER), else in the metric's own units."""
+    return f"{100 * diff + 0.0:+.1f}".replace("-0.0", "+0.0") if fraction else f"{diff + 0.0:+.3g}"
 
 
 def equal_compute(runs: dict[str, tuple[Sequence[dict], dict | None]], metric: str, reference: str,
                   higher_is_better: bool, baselines: dict[str, Any] | None = None,
-                  resamples: int = 2000) -> tuple[list[dict], list[dict]]:
+                  resamples: int = 2000, fraction: bool = True) -> tuple[list[dict], list[dict]]:
     """Each run at the GFLOPs of ``N/4``, ``N/2`` and ``3N/4`` layers of ``reference`` (``N``: its deepest
     budget) and averaged over the GFLOPs range common to the runs of several GFLOPs values (``AUC``).
 
     ``runs``: label -> (sweep rows, per-item errors or None). ``baselines``: column name -> the label of the run
     each run is compared with at a point, ``f(at, values)`` (``values``: label -> metric there; default: the
     reference); a run of one GFLOPs value is held there as a baseline. The difference (points of the metric
-    x100) carries a paired 95 % bootstrap interval when both runs have per-item errors on the same items.
+    x100 for a ``fraction``, else in the metric's units) carries a paired 95 % bootstrap interval when both runs
+    have per-item errors on the same items.
     Returns the table rows and the paired differences (``run, at, against, diff, low, high``).
     """
     ref_rows = runs[reference][0]
@@ -191,11 +193,12 @@ def equal_compute(runs: dict[str, tuple[Sequence[dict], dict | None]], metric: s
                 if base == label or mine is None or theirs is None:
                     row[column] = None
                     continue
-                row[column] = _points(mine - float(theirs[0]))
+                row[column] = _points(mine - float(theirs[0]), fraction)
                 a, b = (_at(curves[x].get("items", []), at, x == base) for x in (label, base))
                 if a is not None and b is not None:
                     ci = paired_bootstrap(a, b, counts, higher_is_better, resamples)
-                    row[column] = f"{_points(ci['diff'])} [{_points(ci['low'])}, {_points(ci['high'])}]"
+                    diff, low, high = (_points(ci[key], fraction) for key in ("diff", "low", "high"))
+                    row[column] = f"{diff} [{low}, {high}]"
                     paired.append({"run": label, "at": name, "against": base, **ci})
                 row[column] += "" if column == f"vs {base}" else f" ({base})"
             table.append(row)

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,13 +19,17 @@ from typing import Any
 from ldrop._io import atomic_write_files, remove_stale_temporaries
 from ldrop.sweeps.paired import equal_compute, layer_gflops
 
+log = logging.getLogger(__name__)
+
 #: Columns every sweep row has, in the order they are written.
 BASE_COLUMNS = ["method", "backbone", "dataset", "budget_layers", "budget_fraction", "executed_layers",
                 "gflops_per_utterance", "gflops_per_second", "ms_per_utterance", "utterances", "distinct_masks",
                 "mean_hamming", "top_mask_share", "uses_input"]
 
-#: Metrics where lower is better (everything else: higher is better).
+#: By name, for a sweep written without its metrics' properties (:func:`sweep_metrics`): the metrics where lower
+#: is better (everything else: higher is better), and those that are fractions (differences in points x100).
 LOWER_IS_BETTER = {"wer", "cer", "loss"}
+FRACTIONS = {"acc", "wer", "cer"}
 
 
 def _png(fig: Any) -> bytes:
@@ -68,13 +73,14 @@ def sweep_title(rows: Iterable[dict[str, Any]], prefix: str = "budget sweep",
 
 def sweep_figure(
     runs: dict[str, Sequence[dict[str, Any]]], metric: str | None = None, title: str | None = None,
-    oracles: str | bool = True, fixed: float | None = None,
+    oracles: str | bool = True, fixed: float | None = None, higher_is_better: bool | None = None,
 ) -> Any:
     """Metric vs GFLOPs per utterance, one line per run (label -> rows), each point labelled ``k=<budget>``.
 
     ``oracles``: draw the oracle columns of every run (``True``), of the run with that label, or of none;
-    ``fixed``: shade the GFLOPs that do not shrink with the layers (from 0 to ``fixed``). Returns the matplotlib
-    ``Figure`` (titled with the runs' method, dataset and backbone by default).
+    ``fixed``: shade the GFLOPs that do not shrink with the layers (from 0 to ``fixed``); ``higher_is_better``:
+    the metric's direction (``None``: by its name). Returns the matplotlib ``Figure`` (titled with the runs'
+    method, dataset and backbone by default).
     """
     from matplotlib.figure import Figure
 
@@ -105,7 +111,8 @@ def sweep_figure(
                 ax.annotate(f"k={row['budget_layers']}", (x, y), xytext=(3, 4), textcoords="offset points",
                             fontsize=7, color=line.get_color())
     ax.set_xlabel("GFLOPs per utterance")
-    ax.set_ylabel(name.upper() + (" (lower is better)" if name in LOWER_IS_BETTER else ""))
+    lower = name in LOWER_IS_BETTER if higher_is_better is None else not higher_is_better
+    ax.set_ylabel(name.upper() + (" (lower is better)" if lower else ""))
     ax.set_title(title or sweep_title(r for rows in runs.values() for r in rows), fontsize=9)
     if fixed:
         ax.axvspan(0.0, fixed, color="grey", alpha=0.15, label="fixed part (CNN, selector)")
@@ -138,13 +145,15 @@ def add_sweep_to_tensorboard(
     layer_usage: Sequence[Sequence[float]] | None = None,
     table: str | None = None,
     step: int = 0,
+    higher_is_better: bool | None = None,
 ) -> None:
     """Add the sweep plot, the layer-usage plot and the Markdown table to a TensorBoard ``SummaryWriter``.
 
     Tags: ``sweep/budget_sweep``, ``sweep/layer_usage`` (figures) and ``sweep/table`` (text).
     """
     label = str(rows[0].get("method", "run"))
-    writer.add_figure("sweep/budget_sweep", sweep_figure({label: rows}), global_step=step)
+    writer.add_figure("sweep/budget_sweep", sweep_figure({label: rows}, higher_is_better=higher_is_better),
+                      global_step=step)
     if layer_usage is not None:
         budgets = [int(r["budget_layers"]) for r in rows]
         figure = layer_usage_figure(layer_usage, budgets, sweep_title(rows, "layer usage"))
@@ -191,10 +200,12 @@ def write_sweep(
     layer_usage: Sequence[Sequence[float]] | None = None,
     target_rows: Sequence[dict[str, Any]] | None = None,
     items: dict[str, Any] | None = None,
+    metrics: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write a sweep as one set: ``budget_sweep.csv``/``.json``/``.png``, ``layer_usage.png``, with
     ``target_rows`` ``target_sweep.csv``/``.json``, with ``items`` (per-item errors, :func:`load_items`)
-    ``budget_items.json``, completed by ``sweep_manifest.json``.
+    ``budget_items.json``, completed by ``sweep_manifest.json`` (which also records ``metrics``, the properties
+    of the metrics, :func:`ldrop.tasks.base.metric_properties`, for :func:`sweep_metrics`).
 
     Everything is rendered in memory, then every file is written beside its target before any is renamed
     into place, the manifest (names and digests) last: a failure (plotting, a full disk) leaves an earlier
@@ -209,7 +220,8 @@ def write_sweep(
     contents: dict[str, bytes] = {
         "csv": rows_to_csv(rows).encode("utf-8"),
         "json": (json.dumps(list(rows), indent=2) + "\n").encode("utf-8"),
-        "plot": _png(sweep_figure({str(rows[0].get("method", "run")): rows})),
+        "plot": _png(sweep_figure({str(rows[0].get("method", "run")): rows},
+                                  higher_is_better=metric_direction(primary_metric(rows), [metrics or {}])[0])),
     }
     if layer_usage is not None:
         budgets = [int(r["budget_layers"]) for r in rows]
@@ -220,7 +232,8 @@ def write_sweep(
     if items:
         contents["items"] = (json.dumps(items) + "\n").encode("utf-8")
     files = {directory / SWEEP_FILES[kind]: data for kind, data in contents.items()}
-    manifest = {"files": {path.name: hashlib.sha256(data).hexdigest() for path, data in files.items()}}
+    manifest = {"files": {path.name: hashlib.sha256(data).hexdigest() for path, data in files.items()},
+                **({"metrics": metrics} if metrics else {})}
     files[directory / SWEEP_MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
     # a killed earlier write of these files may have left its hidden temporaries behind
     remove_stale_temporaries(directory, [*SWEEP_FILES.values(), SWEEP_MANIFEST])
@@ -336,6 +349,24 @@ def load_items(path: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads((path.parent / SWEEP_FILES["items"]).read_text())
 
 
+def sweep_metrics(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The properties of its metrics that the sweep at ``path`` recorded (name -> ``{higher_is_better,
+    fraction}``); empty for a sweep written without them (an older ldrop, a CSV/JSON file of its own)."""
+    path = _sweep_file(Path(path))
+    if path.name not in SWEEP_FILES.values() or not (path.parent / SWEEP_MANIFEST).is_file():
+        return {}
+    return json.loads((path.parent / SWEEP_MANIFEST).read_text()).get("metrics") or {}
+
+
+def metric_direction(name: str, recorded: Sequence[dict[str, dict[str, Any]]]) -> tuple[bool, bool]:
+    """``(higher_is_better, fraction)`` of metric ``name``: as the first of the sweeps' ``recorded`` properties
+    (:func:`sweep_metrics`) that has it says, else guessed from its name (:data:`LOWER_IS_BETTER`, :data:`FRACTIONS`)."""
+    higher = next((r[name]["higher_is_better"] for r in recorded if r.get(name, {}).get("higher_is_better") is not None),
+                  name not in LOWER_IS_BETTER)
+    fraction = next((bool(r[name]["fraction"]) for r in recorded if "fraction" in r.get(name, {})), name in FRACTIONS)
+    return bool(higher), fraction
+
+
 def _parse(value: str) -> Any:
     if value == "":
         return None
@@ -380,6 +411,14 @@ def compare_sweeps(
         given = (f"--metric {name!r} is not a column of {where}" if metric else
                  f"the first sweep's metric {name!r} is not a column of {where} (--metric picks another)")
         raise ValueError(f"{given}; metrics there: {', '.join(have)}")
+    recorded = [sweep_metrics(path) for path in paths]
+    higher, fraction = metric_direction(name, recorded)
+    if name not in LOWER_IS_BETTER | FRACTIONS and all(r.get(name, {}).get("higher_is_better") is None for r in recorded):
+        log.warning("the sweeps do not record whether a higher %s is better (an older ldrop, or a metric without "
+                    "higher_is_better): taken as %s; rerun 'ldrop test' to record it", name,
+                    "higher" if higher else "lower")
+    # per-item errors are the terms of the sweep's primary metric: no paired interval for another metric
+    items = {label: found if found and found.get("metric", name) == name else None for label, found in items.items()}
     if reference is not None and reference not in runs:
         raise ValueError(f"--reference {reference!r} is not one of the runs {list(runs)}")
     several = [label for label, rows in runs.items() if len({r.get("executed_layers") for r in rows}) > 1]
@@ -390,17 +429,20 @@ def compare_sweeps(
                                                             name, f"{name}_std")}}
                   for label, rows in runs.items() for r in rows]
     equal, paired = equal_compute({label: (rows, items[label]) for label, rows in runs.items()}, name, reference,
-                                  name not in LOWER_IS_BETTER) if reference else ([], [])
+                                  higher, fraction=fraction) if reference else ([], [])
     table = markdown_table(table_rows) + (f"\n\nAt equal GFLOPs per utterance (those of N/4, N/2, 3N/4 layers of "
-             f"{reference}; AUC: the mean over the common GFLOPs range); differences in points x100, paired 95 % "
-             f"bootstrap interval where both runs have per-item errors:\n\n" + markdown_table(equal) if equal else "")
+             f"{reference}; AUC: the mean over the common GFLOPs range); differences in "
+             f"{'points x100' if fraction else f'{name} units'} ({name}: {'higher' if higher else 'lower'} is "
+             f"better), paired 95 % bootstrap interval where both runs have per-item errors:\n\n"
+             + markdown_table(equal) if equal else "")
     output_dir = Path(output_dir)
     plot_path = output_dir / "compare.png"
     title = sweep_title([r for rows in runs.values() for r in rows], "compare", ("dataset", "backbone"))
     fixed = layer_gflops(runs[reference], 0.0) if reference else None
-    summary = {"metric": name, "reference": reference, "budgets": table_rows, "equal_gflops": equal, "paired": paired}
+    summary = {"metric": name, "higher_is_better": higher, "reference": reference, "budgets": table_rows,
+               "equal_gflops": equal, "paired": paired}
     # the plot and the tables as one set: a failure leaves an earlier comparison as it was
-    atomic_write_files({plot_path: _png(sweep_figure(runs, name, title, oracles and reference, fixed)),
+    atomic_write_files({plot_path: _png(sweep_figure(runs, name, title, oracles and reference, fixed, higher)),
                         output_dir / "compare.md": (table + "\n").encode("utf-8"),
                         output_dir / "compare.json": (json.dumps(summary, indent=2) + "\n").encode("utf-8")})
     return table, plot_path

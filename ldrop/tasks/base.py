@@ -77,7 +77,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     #: Name of the metric reported in sweeps; subclasses override.
     metric_names: tuple[str, ...] = ("metric",)
-    #: Whether a larger primary metric is better.
+    #: Whether a larger primary metric is better (the others': their torchmetrics ``higher_is_better``).
     higher_is_better: bool = True
     #: Whether the task implements :meth:`item_errors` (the sweep's oracles need it).
     has_item_errors: bool = False
@@ -343,3 +343,19 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         """``nn.Module.load_state_dict``; weights that do not fit are one line naming what differs."""
         with checkpointing.named_mismatch(self, state_dict, strict):
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def metric_properties(task: LayerDropTask) -> dict[str, dict[str, bool | None]]:
+    """Per name in ``task.metric_names``: ``higher_is_better`` (the primary metric's: the task's attribute; the
+    others': their torchmetrics ``higher_is_better``, ``None`` if unset) and ``fraction`` (torchmetrics'
+    ``plot_lower_bound``/``plot_upper_bound`` are 0 and 1: accuracy, WER; differences shown in points x100)."""
+    metrics = task.configure_metrics()
+    properties = {}
+    for i, name in enumerate(task.metric_names):
+        metric = metrics.get(name)
+        own = getattr(metric, "higher_is_better", None)
+        properties[name] = {
+            "higher_is_better": bool(task.higher_is_better) if i == 0 else own if isinstance(own, bool) else None,
+            "fraction": (getattr(metric, "plot_lower_bound", None), getattr(metric, "plot_upper_bound", None)) == (0, 1),
+        }
+    return properties

@@ -215,3 +215,17 @@ def test_the_equal_gflops_table_compares_with_the_best_input_blind_run_at_each_p
     assert at[("ic", "N/4")]["vs best input-blind"] == "+5.0 (sched)"  # sched 0.55 beats static 0.45 at k=1
     assert at[("ic", "3N/4")]["vs best input-blind"] == "+2.0 (static)"  # at k=3 static (0.78) beats sched
     assert at[("ic", "N/2")]["vs full"] == "-20.0" and at[("full", "N/2")]["acc"] is None and not paired
+
+
+def test_the_equal_gflops_table_of_a_minimised_metric_picks_the_lowest_blind_run_in_its_units():
+    def rows(name, mae):
+        return [{"method": name, "budget_layers": k, "executed_layers": float(k), "gflops_per_utterance": 1.0 + k,
+                 "mae": mae(k)} for k in (1, 2, 3, 4)]
+
+    sweeps = {"ic": rows("ic", lambda k: 5 - k), "static": rows("static", lambda k: 7 - 1.6 * k),
+              "sched": rows("sched", lambda k: 5.5 - k)}
+    equal, _ = methods.equal_gflops_table(sweeps, {}, "mae", {"ic": "input-conditioned", "static": "static",
+                                                              "sched": "schedule"}, higher_is_better=False, fraction=False)
+    at = {(r["run"], r["at"]): r for r in equal}
+    assert at[("ic", "N/4")]["vs best input-blind"] == "-0.5 (sched)"  # sched 4.5 beats static 5.4 at k=1
+    assert at[("ic", "3N/4")]["vs best input-blind"] == "-0.2 (static)"  # at k=3 static (2.2) beats sched (2.5)
