@@ -99,7 +99,11 @@ def accuracy_record(checkpoint: str, config: str, scratch: Path, say: Any) -> di
     total = 0
     loader = datamodule.test_dataloader()
     title = f"test accuracy at {task.num_layers} budgets, 3 runtimes"
-    with Phase(title, total=len(loader), unit="test batch") as phase:
+    try:
+        batches: int | None = len(loader)
+    except TypeError:  # an iterable dataset of a datamodule of one's own: no length
+        batches = None
+    with Phase(title, total=batches, unit="test batch") as phase:
         for batch in loader:
             total += len(batch)
             targets = batch.targets.numpy()

@@ -81,7 +81,8 @@ class TaskCheckpoint(CheckpointSteps):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if hasattr(pl_module, "metric_names"):
             self.monitor = self.monitor or f"val/{pl_module.metric_names[0]}"
-            mode = self.mode_given or self.metric_mode(pl_module)
+            # only a fit ranks checkpoints: evaluation needs no direction (an unknown one is an error there only)
+            mode = self.mode_given or (self.metric_mode(pl_module) if stage == "fit" else self.mode)
             if mode != self.mode:
                 self.mode, self.kth_value = mode, torch.tensor(float("inf") if mode == "min" else -float("inf"))
         super().setup(trainer, pl_module, stage)
@@ -96,6 +97,8 @@ class TaskCheckpoint(CheckpointSteps):
         """The direction of :attr:`monitor`: a task metric's own (also per budget: ``val/acc@3``), ``min`` for a
         loss; raises ``ValueError`` when it cannot be known (a metric that declares no ``higher_is_better``)."""
         name = self.monitor[4:].split("@")[0] if self.monitor.startswith("val/") else None
+        if name == pl_module.metric_names[0]:  # the primary metric: the task's own attribute
+            return "max" if pl_module.higher_is_better else "min"
         if name in pl_module.metric_names:
             higher = metric_properties(pl_module)[name]["higher_is_better"]
             if higher is not None:

@@ -103,7 +103,10 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     command = argv[0] if argv and not str(argv[0]).startswith("-") else "fit"
     if unknown := re.search(r"--([\w.]+)\.help: Expected a dot import path string: (\S+)", message):
         typed = next((t for t in argv if str(t).endswith(f"{unknown[1]}.help")), f"--{unknown[1]}.help")
-        guess = _closest_class_name(unknown[2])
+        kind = {"model": ldrop.tasks, "selector": ldrop.selectors, "data": ldrop.data}.get(unknown[1].rsplit(".")[-1])
+        if kind is not None and _closest_class_name(unknown[2], 1.0) == unknown[2]:
+            return f"{typed} {unknown[2]!r}: not a class of {kind.__name__}, which that option takes"
+        guess = _closest_class_name(unknown[2], modules=(kind,) if kind else None)
         return (f"{typed} {unknown[2]!r}: no such class" + (f"; did you mean {guess}?" if guess else "")
                 + " (give a class name, or the dotted import path of a class of your own)")
     if lines[0].lower().startswith("unrecognized arguments"):
@@ -123,6 +126,9 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     option = _option_as_typed(key, argv)
     given = f"{option} {value!r}" if value is not None else option
     classes = re.findall(r"class_path[ =]'([^']+)'", message)
+    if key.endswith(".help") and "." in key.removesuffix(".help") and not classes:  # --model.selector.help X
+        return (f"{given}: choose the class of --{keys[0]} first (--{keys[0]} CLASS {option} ..., "
+                f"or a --config that sets it)")
     not_accepted = re.search(r"Option '([^']+)' is not accepted", message)
     required = re.search(r"class_path '([^']+)':\s+the following arguments are required: (.+)$", message, flags=re.M)
     if required:  # '--trainer.callbacks+=EarlyStopping' without its monitor
@@ -273,9 +279,10 @@ def _accepted(types: Sequence[str]) -> str:
     return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else (words[0] if words else "another value")
 
 
-def _closest_class_name(name: str, cutoff: float = 0.75) -> str | None:
-    """The ldrop class whose name is closest to a misspelt ``name`` (``InputConditonedSelector``)."""
-    known = [n for module in (ldrop.selectors, ldrop.tasks, ldrop.data) for n in dir(module)
+def _closest_class_name(name: str, cutoff: float = 0.75, modules: Sequence[Any] | None = None) -> str | None:
+    """The ldrop class (of ``modules``; default: selectors, tasks, data) whose name is closest to a misspelt
+    ``name`` (``InputConditonedSelector``)."""
+    known = [n for module in modules or (ldrop.selectors, ldrop.tasks, ldrop.data) for n in dir(module)
              if isinstance(getattr(module, n), type)]
     matches = difflib.get_close_matches(name.rsplit(".", 1)[-1], known, n=1, cutoff=cutoff)
     return matches[0] if matches else None

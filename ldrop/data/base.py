@@ -80,8 +80,9 @@ class AudioDataModule(LightningDataModule):
         min_samples: shorter clips are zero-padded to this many samples (400 = one 25 ms frame at 16 kHz).
         pin_memory: pin batches in page-locked memory (faster host-to-GPU copies).
         persistent_workers: keep the worker processes (and the datasets they hold) from one epoch to the next
-            rather than starting them again every epoch; ``None``: whenever ``num_workers > 0``. ``True`` needs
-            ``num_workers > 0``.
+            rather than starting them again every epoch (needs ``num_workers > 0``). Off by default: ldrop's
+            datasets draw per item and resume exactly either way, but a dataset of your own that draws from numpy
+            or ``random`` in ``load`` then continues those streams across epochs, which a resumed run does not.
     """
 
     task: Task = "classification"
@@ -99,7 +100,7 @@ class AudioDataModule(LightningDataModule):
         max_train_seconds: float | None = DEFAULT_MAX_TRAIN_SECONDS,
         long_clip_policy: Literal["crop", "filter"] | None = None, skip_bad_files: bool = False,
         seed: int = 0, sample_rate: int = 16000, min_samples: int = 400, pin_memory: bool = False,
-        persistent_workers: bool | None = None,
+        persistent_workers: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -306,7 +307,7 @@ class AudioDataModule(LightningDataModule):
         return ResumableDataLoader(
             self.dataset(split), batch_sampler=self.batch_sampler(split), num_workers=self.num_workers,
             collate_fn=self.collate if overridden else collate_audio, pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0 and self.persistent_workers is not False,
+            persistent_workers=self.persistent_workers,
             on_skipped=partial(self._skipped_at_load, split), drop_empty=split != "train",
         )
 

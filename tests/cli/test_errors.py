@@ -261,9 +261,12 @@ def test_a_nan_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
      "--model.help 'ClassificationTsk': no such class; did you mean ClassificationTask?"),
     (["--model.selector.help", "InputConditionedSelectr"],
      "--model.selector.help 'InputConditionedSelectr': no such class; did you mean InputConditionedSelector?"),
+    (["--data.help", "ClassificationTask"], "--data.help 'ClassificationTask': not a class of ldrop.data"),
+    (["--data.help", "SyntheticClasificationDataModule"],
+     "no such class; did you mean SyntheticClassificationDataModule?"),
 ], ids=["unknown-key", "wrong-type", "misspelt-class", "budget", "choice", "abbreviation", "predict-only",
         "misspelt-class-path", "misspelt-nested-class-path", "class-its-module-lacks", "module-not-importable",
-        "misspelt-help-class", "misspelt-nested-help-class"])
+        "misspelt-help-class", "misspelt-nested-help-class", "help-class-of-another-kind", "misspelt-help-datamodule"])
 def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accepted(tmp_path, capsys, monkeypatch,
                                                                                    args, expected):
     argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path), *args]
@@ -290,6 +293,11 @@ def test_an_unknown_option_of_a_projects_own_task_names_the_help_by_its_dotted_p
     with pytest.raises(SystemExit):  # the help it names shows the task's options
         main(["fit", "--model.help", f"{__name__}.OwnTask"])
     assert "--model.labels LABELS" in capsys.readouterr().out
+
+
+def test_the_help_of_a_nested_class_without_its_owner_says_to_choose_the_owner_first(capsys):
+    assert main(["fit", "--model.selector.help", "InputConditionedSelector"]) == 2
+    assert "choose the class of --model first" in one_error_line(capsys)
 
 
 def test_a_misspelt_class_path_deep_in_a_config_file_is_named_with_a_suggestion(tmp_path, capsys):

@@ -200,8 +200,8 @@ def test_worker_processes_yield_the_same_batches_as_the_main_process():
         torch.testing.assert_close(w0, w2)
 
 
-@pytest.mark.parametrize(("workers", "given", "expected"), [(0, None, False), (2, None, True), (2, False, False)])
-def test_worker_processes_persist_between_epochs_unless_turned_off(workers, given, expected):
+@pytest.mark.parametrize(("workers", "given", "expected"), [(0, False, False), (2, False, False), (2, True, True)])
+def test_worker_processes_persist_between_epochs_when_asked(workers, given, expected):
     dm = SyntheticClassificationDataModule(num_train=8, num_val=8, num_workers=workers, persistent_workers=given)
     assert dm.train_dataloader().persistent_workers is expected and dm.val_dataloader().persistent_workers is expected
 

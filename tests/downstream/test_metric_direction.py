@@ -117,6 +117,10 @@ def test_a_monitored_metric_of_unknown_direction_needs_the_mode(tmp_path, capsys
     assert not (tmp_path / "ckpt").exists()
     assert _fit(tmp_path, "PitchUndeclaredTask", "--checkpoint.monitor", "val/hit@4", "--checkpoint.mode", "max") == 0
     assert "'mode': 'max'" in _checkpoint_key(tmp_path)
+    # evaluation ranks no checkpoints: it needs no direction
+    assert main(["validate", "--model.class_path", f"{__name__}.PitchUndeclaredTask", *PITCH, "--trainer.logger", "false",
+                 "--trainer.default_root_dir", str(tmp_path), "--checkpoint.monitor", "val/hit@4",
+                 "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")]) == 0
 
 
 def test_compare_reads_the_direction_and_the_units_of_a_minimised_metric_from_the_sweeps(tmp_path, monkeypatch,

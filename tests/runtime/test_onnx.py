@@ -554,7 +554,9 @@ def test_a_filterbank_selector_exports_with_its_filterbank_in_the_fixed_graph(fb
         assert np.abs(logits - expected).max() <= TOLERANCE and (keep == expected_keep).all()
 
 
-def test_the_onnx_parity_accuracy_loop_shows_progress_per_test_batch(tiny_checkpoint, tmp_path, caplog, monkeypatch):
+@pytest.mark.parametrize("sized", [True, False], ids=["loader", "loader-without-length"])
+def test_the_onnx_parity_accuracy_loop_shows_progress_per_test_batch(tiny_checkpoint, tmp_path, caplog, monkeypatch,
+                                                                     sized):
     import logging
 
     from ldrop.bench import onnx_parity
@@ -564,6 +566,9 @@ def test_the_onnx_parity_accuracy_loop_shows_progress_per_test_batch(tiny_checkp
         data = tiny_classification_data(num_test=8, batch_size=4)
         data.setup("fit")
         data.setup("test")
+        if not sized:  # a datamodule of one's own over an iterable dataset: its loader has no len()
+            loader = data.test_dataloader()
+            data.test_dataloader = lambda: (batch for batch in loader)
         return data
 
     monkeypatch.setattr(onnx_parity, "config_datamodule", tiny_data)
@@ -571,4 +576,5 @@ def test_the_onnx_parity_accuracy_loop_shows_progress_per_test_batch(tiny_checkp
         record = onnx_parity.accuracy_record(str(tiny_checkpoint), "unused.yaml", tmp_path, say=lambda line: None)
     assert record["test_items"] == 8
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test accuracy at ")]
-    assert any("2/2 test batches" in line for line in lines) and lines[-1].split(": ")[1].startswith("done in ")
+    assert not sized or any("2/2 test batches" in line for line in lines), lines  # without a length: no last step
+    assert lines[-1].split(": ")[1].startswith("done in ")
