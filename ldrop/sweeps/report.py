@@ -359,8 +359,12 @@ def sweep_metrics(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def metric_direction(name: str, recorded: Sequence[dict[str, dict[str, Any]]]) -> tuple[bool, bool]:
-    """``(higher_is_better, fraction)`` of metric ``name``: as the first of the sweeps' ``recorded`` properties
-    (:func:`sweep_metrics`) that has it says, else guessed from its name (:data:`LOWER_IS_BETTER`, :data:`FRACTIONS`)."""
+    """``(higher_is_better, fraction)`` of metric ``name``: as the sweeps' ``recorded`` properties
+    (:func:`sweep_metrics`) that have it say, else guessed from its name (:data:`LOWER_IS_BETTER`,
+    :data:`FRACTIONS`); ``ValueError`` if they disagree (two tasks' metrics of one name)."""
+    said = {r[name]["higher_is_better"] for r in recorded if r.get(name, {}).get("higher_is_better") is not None}
+    if len(said) > 1:
+        raise ValueError(f"the sweeps disagree on whether a higher {name} is better: metrics of different tasks?")
     higher = next((r[name]["higher_is_better"] for r in recorded if r.get(name, {}).get("higher_is_better") is not None),
                   name not in LOWER_IS_BETTER)
     fraction = next((bool(r[name]["fraction"]) for r in recorded if "fraction" in r.get(name, {})), name in FRACTIONS)

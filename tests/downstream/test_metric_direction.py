@@ -156,6 +156,8 @@ def test_compare_reads_the_direction_and_the_units_of_a_minimised_metric_from_th
     assert summary["higher_is_better"] is True and summary["paired"] == [] and labels[-1] == "HIT"
     # sweeps written without the recorded properties (an older ldrop): guessed from the name, with a warning
     assert report.metric_direction("wer", [{}]) == (False, True) and report.metric_direction("mae", []) == (True, False)
+    with pytest.raises(ValueError, match="disagree on whether a higher mae is better"):  # two tasks' metrics
+        report.metric_direction("mae", [{"mae": {"higher_is_better": False}}, {"mae": {"higher_is_better": True}}])
     for name in runs:
         manifest = tmp_path / name / "sweep_manifest.json"
         manifest.write_text(json.dumps({"files": json.loads(manifest.read_text())["files"]}))
