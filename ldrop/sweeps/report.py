@@ -30,6 +30,8 @@ BASE_COLUMNS = ["method", "backbone", "dataset", "budget_layers", "budget_fracti
 #: is better (everything else: higher is better), and those that are fractions (differences in points x100).
 LOWER_IS_BETTER = {"wer", "cer", "loss"}
 FRACTIONS = {"acc", "wer", "cer"}
+#: Cost columns: lower is better, in their own units.
+COSTS = {"ms_per_utterance", "gflops_per_utterance", "gflops_per_second", "executed_layers"}
 
 
 def _png(fig: Any) -> bytes:
@@ -358,10 +360,19 @@ def sweep_metrics(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return json.loads((path.parent / SWEEP_MANIFEST).read_text()).get("metrics") or {}
 
 
+def base_metric(column: str) -> str:
+    """The metric of a sweep column: ``wer`` of ``wer_input_oracle``, ``acc`` of ``acc_depth_oracle_val``."""
+    return column.split("_oracle")[0].rsplit("_", 1)[0] if "_oracle" in column else column
+
+
 def metric_direction(name: str, recorded: Sequence[dict[str, dict[str, Any]]]) -> tuple[bool, bool]:
     """``(higher_is_better, fraction)`` of metric ``name``: as the sweeps' ``recorded`` properties
     (:func:`sweep_metrics`) that have it say, else guessed from its name (:data:`LOWER_IS_BETTER`,
-    :data:`FRACTIONS`); ``ValueError`` if they disagree (two tasks' metrics of one name)."""
+    :data:`FRACTIONS`); ``ValueError`` if they disagree (two tasks' metrics of one name). An oracle column
+    (``wer_input_oracle``, ``acc_depth_oracle_val``) is its metric's; a cost column (:data:`COSTS`) is lower-better."""
+    if name in COSTS:
+        return False, False
+    name = base_metric(name)
     said = {r[name]["higher_is_better"] for r in recorded if r.get(name, {}).get("higher_is_better") is not None}
     if len(said) > 1:
         raise ValueError(f"the sweeps disagree on whether a higher {name} is better: metrics of different tasks?")
@@ -417,9 +428,11 @@ def compare_sweeps(
         raise ValueError(f"{given}; metrics there: {', '.join(have)}")
     recorded = [sweep_metrics(path) for path in paths]
     higher, fraction = metric_direction(name, recorded)
-    if name not in LOWER_IS_BETTER | FRACTIONS and all(r.get(name, {}).get("higher_is_better") is None for r in recorded):
-        log.warning("the sweeps do not record whether a higher %s is better (an older ldrop, or a metric without "
-                    "higher_is_better): taken as %s; rerun 'ldrop test' to record it", name,
+    base = base_metric(name)
+    if base not in LOWER_IS_BETTER | FRACTIONS | COSTS and all(r.get(base, {}).get("higher_is_better") is None
+                                                              for r in recorded):
+        log.warning("the sweeps do not record whether a higher %s is better (written by an older ldrop, or not a "
+                    "metric of the task, or one without higher_is_better): taken as %s", name,
                     "higher" if higher else "lower")
     # per-item errors are the terms of the sweep's primary metric: no paired interval for another metric
     items = {label: found if found and found.get("metric", name) == name else None for label, found in items.items()}

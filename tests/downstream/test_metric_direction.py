@@ -156,6 +156,12 @@ def test_compare_reads_the_direction_and_the_units_of_a_minimised_metric_from_th
     assert summary["higher_is_better"] is True and summary["paired"] == [] and labels[-1] == "HIT"
     # sweeps written without the recorded properties (an older ldrop): guessed from the name, with a warning
     assert report.metric_direction("wer", [{}]) == (False, True) and report.metric_direction("mae", []) == (True, False)
+    # an oracle column is its metric's, a cost column lower-better in its own units
+    recorded = [json.loads((tmp_path / "far" / "sweep_manifest.json").read_text()).get("metrics", {}),
+                {"mae": {"higher_is_better": False, "fraction": False}}]
+    assert report.metric_direction("mae_input_oracle", recorded) == (False, False)
+    assert report.metric_direction("wer_depth_oracle_val", []) == (False, True)
+    assert report.metric_direction("ms_per_utterance", recorded) == (False, False)
     with pytest.raises(ValueError, match="disagree on whether a higher mae is better"):  # two tasks' metrics
         report.metric_direction("mae", [{"mae": {"higher_is_better": False}}, {"mae": {"higher_is_better": True}}])
     for name in runs:
