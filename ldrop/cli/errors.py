@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch.callbacks
 from jsonargparse import ArgumentError, ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -101,9 +102,13 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     if not lines:
         return "bad arguments"
     command = argv[0] if argv and not str(argv[0]).startswith("-") else "fit"
+    if (dotted := re.match(r"--([\w.]+)\.help: (module '|No module named)", lines[0])) and (
+            value := _option_value(argv, f"{dotted[1]}.help")) and (problem := _class_path_problem(value)):
+        return f"--{dotted[1]}.help {value!r}: {problem}"  # a misspelt dotted path, a module that does not import
     if unknown := re.search(r"--([\w.]+)\.help: Expected a dot import path string: (\S+)", message):
         typed = next((t for t in argv if str(t).endswith(f"{unknown[1]}.help")), f"--{unknown[1]}.help")
-        kind = {"model": ldrop.tasks, "selector": ldrop.selectors, "data": ldrop.data}.get(unknown[1].rsplit(".")[-1])
+        kind = {"model": ldrop.tasks, "selector": ldrop.selectors, "data": ldrop.data,
+                "callbacks": lightning.pytorch.callbacks}.get(unknown[1].rsplit(".")[-1])
         if kind is not None and _closest_class_name(unknown[2], 1.0) == unknown[2]:
             return f"{typed} {unknown[2]!r}: not a class of {kind.__name__}, which that option takes"
         guess = _closest_class_name(unknown[2], modules=(kind,) if kind else None)
@@ -223,6 +228,15 @@ def _help_chain(key: str, classes: Sequence[str]) -> list[tuple[str, str]]:
     (``model.selector.init_args.x`` with ClassificationTask, InputConditionedSelector)."""
     parts = [p for p in key.split(".") if p != "init_args"]
     return [(".".join(parts[: i + 1]), cls) for i, cls in enumerate(dict.fromkeys(classes)) if i < len(parts)]
+
+
+def _option_value(argv: Sequence[str], key: str) -> str | None:
+    """The value typed for the option that ends with ``key`` (``--model.help X`` or ``--model.help=X``)."""
+    for token, following in zip(argv, [*argv[1:], None], strict=True):
+        name, _, value = str(token).partition("=")
+        if name.startswith("--") and name.endswith(key):
+            return value or following
+    return None
 
 
 def _option_as_typed(key: str, argv: Sequence[str]) -> str:

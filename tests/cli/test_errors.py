@@ -264,9 +264,14 @@ def test_a_nan_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
     (["--data.help", "ClassificationTask"], "--data.help 'ClassificationTask': not a class of ldrop.data"),
     (["--data.help", "SyntheticClasificationDataModule"],
      "no such class; did you mean SyntheticClassificationDataModule?"),
+    (["--trainer.callbacks.help", "EarlyStoping"], "--trainer.callbacks.help 'EarlyStoping': no such class; did you "
+                                                   "mean EarlyStopping?"),
+    (["--model.help", "ldrop.tasks.ClasificationTask"],
+     "ldrop.tasks has no class ClasificationTask; did you mean ldrop.tasks.ClassificationTask?"),
 ], ids=["unknown-key", "wrong-type", "misspelt-class", "budget", "choice", "abbreviation", "predict-only",
         "misspelt-class-path", "misspelt-nested-class-path", "class-its-module-lacks", "module-not-importable",
-        "misspelt-help-class", "misspelt-nested-help-class", "help-class-of-another-kind", "misspelt-help-datamodule"])
+        "misspelt-help-class", "misspelt-nested-help-class", "help-class-of-another-kind", "misspelt-help-datamodule",
+        "misspelt-help-callback", "misspelt-help-dotted-path"])
 def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accepted(tmp_path, capsys, monkeypatch,
                                                                                    args, expected):
     argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path), *args]
