@@ -102,17 +102,18 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     if not lines:
         return "bad arguments"
     command = argv[0] if argv and not str(argv[0]).startswith("-") else "fit"
-    if (dotted := re.match(r"--([\w.]+)\.help: (module '|No module named)", lines[0])) and (
-            value := _option_value(argv, f"{dotted[1]}.help")) and (problem := _class_path_problem(value)):
-        return f"--{dotted[1]}.help {value!r}: {problem}"  # a misspelt dotted path, a module that does not import
-    if unknown := re.search(r"--([\w.]+)\.help: Expected a dot import path string: (\S+)", message):
-        typed = next((t for t in argv if str(t).endswith(f"{unknown[1]}.help")), f"--{unknown[1]}.help")
+    # --X.help with a class that does not resolve: a misspelt name or dotted path, a class of another kind
+    if (helped := re.search(r"--([\w.]+)\.help: (?:Expected a dot import path string|module '|No module named)",
+                            message)) and (value := _option_value(argv, f"{helped[1]}.help")):
+        typed = next(str(t).split("=")[0] for t in argv if str(t).split("=")[0].endswith(f"{helped[1]}.help"))
+        if "." in value:
+            return f"{typed} {value!r}: {_class_path_problem(value) or 'not a class that option takes'}"
         kind = {"model": ldrop.tasks, "selector": ldrop.selectors, "data": ldrop.data,
-                "callbacks": lightning.pytorch.callbacks}.get(unknown[1].rsplit(".")[-1])
-        if kind is not None and _closest_class_name(unknown[2], 1.0) == unknown[2]:
-            return f"{typed} {unknown[2]!r}: not a class of {kind.__name__}, which that option takes"
-        guess = _closest_class_name(unknown[2], modules=(kind,) if kind else None)
-        return (f"{typed} {unknown[2]!r}: no such class" + (f"; did you mean {guess}?" if guess else "")
+                "callbacks": lightning.pytorch.callbacks}.get(helped[1].rsplit(".")[-1])
+        if kind is not None and _closest_class_name(value, 1.0) == value:
+            return f"{typed} {value!r}: not a class of {kind.__name__}, which that option takes"
+        guess = _closest_class_name(value, modules=(kind,) if kind else None)
+        return (f"{typed} {value!r}: no such class" + (f"; did you mean {guess}?" if guess else "")
                 + " (give a class name, or the dotted import path of a class of your own)")
     if lines[0].lower().startswith("unrecognized arguments"):
         given = [t.split("=", 1)[0] for t in lines[0].split(":", 1)[-1].split() if t.startswith("--")]
