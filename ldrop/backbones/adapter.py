@@ -339,7 +339,8 @@ class SpeechBackbone(nn.Module):
         if host_lengths and min(host_lengths) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); "
-                f"got a length of {min(host_lengths)}: pad short clips"
+                f"got a length of {min(host_lengths)}: zero-pad short clips to that many samples and give the "
+                "padded length as theirs (ldrop predict does this itself)"
             )
         frozen = self.freeze_feature_encoder and not any(
             p.requires_grad for p in self.model.feature_extractor.parameters()

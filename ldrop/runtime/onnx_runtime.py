@@ -44,6 +44,9 @@ SUPPORTED_OPSETS = range(17, 24)
 #: used when no profile is given.
 PROFILE_FILE = "profile.json"
 
+#: The metadata keys that stamp each graph with its export's ``export_id`` (the manifest's) and its own file name.
+GRAPH_STAMP = ("ldrop_export_id", "ldrop_graph")
+
 #: Input and output names of each graph (the exporter writes them, the runtime feeds them).
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fixed": (("waveforms", "lengths"), ("features", "frame_mask", "hidden")),
@@ -327,6 +330,12 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise OnnxFolderError(f"cannot load {str(path)!r} with onnxruntime: {reason}") from None
+        stamp = session.get_modelmeta().custom_metadata_map
+        export_id = self.manifest.get("export_id")  # folders written before the stamp have none
+        if export_id and (stamp.get(GRAPH_STAMP[0]), stamp.get(GRAPH_STAMP[1])) != (export_id, name):
+            where = "another export" if stamp.get(GRAPH_STAMP[0]) != export_id else f"this export's {stamp.get(GRAPH_STAMP[1])}"
+            raise OnnxFolderError(f"{str(path)!r} is {where}, not the {name} that {MANIFEST} lists: the folder's graphs "
+                                  "were mixed (re-export it with 'ldrop export CHECKPOINT DIR --format onnx')")
         inputs, outputs = GRAPH_IO[kind]
         names = {i.name for i in session.get_inputs()}
         if not set(inputs) <= names or not set(outputs) <= {o.name for o in session.get_outputs()}:
@@ -366,7 +375,8 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         if int(lengths.min()) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); got a "
-                f"length of {int(lengths.min())}: pad short clips"
+                f"length of {int(lengths.min())}: zero-pad short clips to that many samples and give the padded "
+                "length as theirs (ldrop predict does this itself)"
             )
         names = [output.name for output in self._fixed.get_outputs()]  # a filterbank selector's and allocation's too
         encoded = dict(zip(names, self._fixed.run(names, {"waveforms": waveforms, "lengths": lengths}), strict=True))

@@ -487,6 +487,20 @@ def test_a_graph_with_an_unknown_opset_is_named(copied):
         OnnxAdaptiveModel(copied)
 
 
+def test_graphs_mixed_from_another_export_or_swapped_are_named(copied, exports):
+    shutil.copy(exports["data2vec"][1] / "head.onnx", copied / "head.onnx")  # takes and gives the same names
+    with pytest.raises(OnnxFolderError, match=r"head.onnx' is another export, not the head.onnx that manifest.json"):
+        OnnxAdaptiveModel(copied)
+    shutil.copy(exports["hubert"][1] / "head.onnx", copied / "head.onnx")
+    layers = copied / "layers"
+    (layers / "layer_00.onnx").rename(layers / "swap")
+    (layers / "layer_01.onnx").rename(layers / "layer_00.onnx")
+    (layers / "swap").rename(layers / "layer_01.onnx")
+    with pytest.raises(OnnxFolderError, match=r"layer_00.onnx' is this export's layers/layer_01.onnx, not the "
+                                              r"layers/layer_00.onnx"):
+        OnnxAdaptiveModel(copied)
+
+
 def test_a_folder_that_is_not_an_export_is_named(tmp_path):
     with pytest.raises(OnnxFolderError, match="no ONNX export folder"):
         OnnxAdaptiveModel(tmp_path / "nothing")
