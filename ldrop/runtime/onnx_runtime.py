@@ -135,6 +135,8 @@ def read_audio_file(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     """A mono float32 waveform from an audio file (channels averaged), which must be at ``sample_rate``."""
     import soundfile
 
+    if not Path(path).is_file():
+        raise ValueError(f"no audio file at {str(path)!r}" + (" (it is a folder)" if Path(path).is_dir() else ""))
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
@@ -155,12 +157,20 @@ def check_not_channels(shape: tuple[int, ...]) -> None:
                          "returns it): give [batch, samples], e.g. one channel with x.mean(axis=1)")
 
 
+def check_float_audio(dtype: Any) -> None:
+    """A ValueError for integer samples (int16 PCM), which the model would read at 32768 times their level."""
+    name = str(dtype).removeprefix("torch.")
+    if name.startswith(("int", "uint")):
+        raise ValueError(f"waveforms are {name} samples: give float audio in [-1, 1] (int16 PCM: x / 32768)")
+
+
 def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> tuple[np.ndarray, np.ndarray]:
     """``(waveforms [batch, samples] float32, lengths [batch] int64)`` from one utterance ``[samples]``, a
     zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths."""
     if isinstance(waveforms, str | os.PathLike):
         waveforms = [waveforms]
     if isinstance(waveforms, np.ndarray) or (hasattr(waveforms, "shape") and hasattr(waveforms, "__array__")):
+        check_float_audio(np.asarray(waveforms).dtype)
         waves = np.asarray(waveforms, dtype=np.float32)
         if waves.ndim == 1:
             waves = waves[None]
@@ -174,8 +184,11 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
             raise ValueError(f"lengths must be [batch={waves.shape[0]}] values <= {waves.shape[1]}, got {lengths}")
         waves = np.ascontiguousarray(waves)
     else:
-        clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike)
-                 else np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
+        clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike) else np.asarray(w)
+                 for w in waveforms]
+        for clip in clips:
+            check_float_audio(clip.dtype)
+        clips = [clip.astype(np.float32).reshape(-1) for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")
         lengths = np.array([len(c) for c in clips], dtype=np.int64)

@@ -303,6 +303,8 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
     assert np.abs(from_file.logits - from_array.logits).max() <= 1e-6
     with pytest.raises(ValueError, match="8000 Hz; this model takes 16000 Hz"):
         model([tmp_path / "b.wav"], 2)
+    with pytest.raises(ValueError, match=r"no audio file at '.*missing.wav'$"):  # not libsndfile's "System error"
+        model(tmp_path / "missing.wav", 2)
     with pytest.raises(ValueError, match="at least 400 samples"):
         model(np.zeros(200, dtype=np.float32), 2)
     with pytest.raises(ValueError, match="between 1 and 4 layers"):
@@ -313,6 +315,10 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
     clips[1][100] = np.nan
     with pytest.raises(ValueError, match=r"waveforms \[1\] hold NaN or inf samples"):
         model(clips, 2)
+    pcm = (clip[:, 0] * 32767).astype(np.int16)  # raw PCM would run 32768 times too loud
+    for given in (pcm, [pcm], pcm[None]):
+        with pytest.raises(ValueError, match=r"int16 samples: give float audio in \[-1, 1\]"):
+            model(given, 2)
 
 
 def test_the_runtime_imports_and_runs_without_torch(exports):
