@@ -29,7 +29,14 @@ from ldrop._io import (
     raise_if_disk_full,
     remove_stale_temporaries,
 )
-from ldrop._lightning import CheckpointSteps, collect_rng_states, restore_train_loader_states, set_rng_states
+from ldrop._lightning import (
+    CheckpointSteps,
+    collect_rng_states,
+    rerun_validation,
+    restore_train_loader_states,
+    set_rng_states,
+    validation_due,
+)
 from ldrop.tasks.base import metric_properties
 
 log = logging.getLogger(__name__)
@@ -250,10 +257,13 @@ class ExactResume(Callback):
 
     Saves every random generator (torch, CUDA, NumPy, Python, the task's ``torch.Generator``s) and restores
     them after the sanity check; also hands the train dataloader its saved position, which Lightning skips
-    when the task asked for ``trainer.estimated_stepping_batches``.
+    when the task asked for ``trainer.estimated_stepping_batches``. A checkpoint written before the validation due at
+    its step completed (at the training batch's end, or stopped during the validation) says so, and the resumed fit
+    runs that validation first, as the uninterrupted run did.
     """
 
     KEY = "ldrop_rng_states"
+    VALIDATION_KEY = "ldrop_validation_pending"
 
     def __init__(self) -> None:
         self._rng_states: dict[str, Any] | None = None
@@ -261,6 +271,19 @@ class ExactResume(Callback):
         #: ``global_step`` of the checkpoint a fit resumed from (``None``: not resumed); equal to the trainer's
         #: after the fit when the run was already complete.
         self.resumed_step: int | None = None
+        #: a validation is due at this step and not complete (what a checkpoint written now records)
+        self.validation_pending = False
+        #: the resumed fit ran the validation its checkpoint's step was due
+        self.validation_rerun = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.validation_pending = validation_due(trainer)  # before the checkpoint callbacks' hooks
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.validation_pending = not trainer.sanity_checking
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validation_pending = False  # complete: the checkpoint callbacks write best-*.ckpt and last.ckpt next
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         states = collect_rng_states(include_cuda=torch.cuda.is_available())
@@ -270,9 +293,13 @@ class ExactResume(Callback):
         states["python"] = list(states["python"])
         states["modules"] = {name: g.get_state() for name, g in _module_generators(pl_module).items()}
         checkpoint[self.KEY] = states
+        checkpoint[self.VALIDATION_KEY] = self.validation_pending
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self.resumed_step = checkpoint.get("global_step") if trainer.state.fn == TrainerFn.FITTING else None
+        self.validation_rerun = self.resumed_step is not None and bool(checkpoint.get(self.VALIDATION_KEY))
+        if self.validation_rerun:
+            rerun_validation(checkpoint)  # before Lightning restores its loops from it
         self._rng_states = checkpoint.get(self.KEY)
         fit_loop_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         self._loader_states = fit_loop_state.get("combined_loader")

@@ -322,7 +322,8 @@ class LdropCLI(CLISteps):
     def after_fit(self) -> None:
         trainer = self.trainer
         resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
-        if resume is not None and trainer.is_global_zero and trainer.global_step == resume.resumed_step:
+        if (resume is not None and trainer.is_global_zero and trainer.global_step == resume.resumed_step
+                and not resume.validation_rerun):
             print(f"the run was already complete at its checkpoint (epoch {trainer.current_epoch}, step "
                   f"{trainer.global_step}; max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): "
                   "nothing was trained; raise --trainer.max_epochs or --trainer.max_steps to train further")
