@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ldrop.budgets.cost import cost_facts
 from ldrop.budgets.machine import cpu_name
 from ldrop.budgets.profile import BatchTimer, DeviceProfile, PartTimer, profile_with_timers, time_call
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
@@ -100,7 +101,7 @@ def profile_onnx(
     backbone = model.manifest["backbone"]
     summary = {"format": "onnx", "folder": str(model.folder), "task": model.manifest["task"]["class"],
                "selector": model.manifest["selector"]["class"], "quantize": model.manifest.get("quantize"),
-               **{key: backbone[key] for key in ("family", "num_layers", "hidden_size")}}
+               **cost_facts(backbone)}
     return profile_with_timers(
         measure, measure_batch, num_layers=model.num_layers,
         geometry=SimpleNamespace(conv_kernel=backbone["conv_kernel"], conv_stride=backbone["conv_stride"]), seconds=seconds, batch_sizes=batch_sizes, repeats=repeats,
