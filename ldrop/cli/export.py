@@ -11,7 +11,12 @@ from jsonargparse import ArgumentParser
 
 from ldrop._io import check_new_folder
 from ldrop.cli.errors import ConfigError, command_parser, parse_command
-from ldrop.runtime.checkpoints import fit_on_run_validation_data, load_task_checkpoint, run_config
+from ldrop.runtime.checkpoints import (
+    fit_on_run_validation_data,
+    load_task_checkpoint,
+    refuse_onnx_export,
+    run_config,
+)
 from ldrop.tasks import LayerDropTask
 
 
@@ -59,6 +64,7 @@ def _fitted(model: LayerDropTask, checkpoint: str, config: str | None, no_fit: b
 
 def main(argv: Sequence[str]) -> int:
     ns = parse_command(build_parser(), argv)
+    refuse_onnx_export(ns.checkpoint, "export the .ckpt it was exported from")
     if ns.format == "hf" and (ns.quantize or ns.no_check):
         raise ConfigError(f"{'--quantize' if ns.quantize else '--no-check'} applies to --format onnx only")
     check_new_folder(ns.out_dir, ConfigError)  # before the model is loaded and fitted

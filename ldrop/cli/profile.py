@@ -108,10 +108,8 @@ def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: d
         if ns.model is None:
             raise ValueError("--runtime onnx times an ONNX export: give MODEL, not --backbone")
         from ldrop.runtime.onnx_profile import profile_onnx
-        from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 
-        onnx_model = OnnxAdaptiveModel.from_pretrained(ns.model, threads=ns.threads)
-        return profile_onnx(onnx_model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
+        return profile_onnx(ns.model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
                             validation_batches=ns.validate, seed=ns.seed, threads=ns.threads)
     if ns.threads:
         torch.set_num_threads(ns.threads)
@@ -119,8 +117,9 @@ def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: d
         raise ValueError("--device cuda: no CUDA device is available")
     torch.manual_seed(ns.seed)
     if ns.model is not None:
-        from ldrop.runtime.checkpoints import load_model
+        from ldrop.runtime.checkpoints import load_model, refuse_onnx_export
 
+        refuse_onnx_export(ns.model, "time it with --runtime onnx, or give the .ckpt it was exported from")
         model = load_model(ns.model)
     else:
         from ldrop.selectors import InputConditionedSelector

@@ -14,7 +14,8 @@ import torch
 
 from ldrop.budgets import Target, TargetResolver, UnmeetableTargetWarning
 from ldrop.budgets.profile import model_summary
-from ldrop.runtime import AdaptiveModel
+from ldrop.cli import main
+from ldrop.runtime import AdaptiveModel, load_model
 from ldrop.selectors import InputConditionedSelector
 from ldrop.tasks import ClassificationTask
 from tests.runtime.conftest import synthetic_profile
@@ -112,3 +113,34 @@ def test_a_profile_of_another_model_with_as_many_layers_is_refused_naming_the_fi
         path = write_profile(tmp_path / "ok.json", **model)
         assert AdaptiveModel(task, profile=path).profile.path == str(path)
         assert OnnxAdaptiveModel(onnx_folder, profile=path).profile.path == str(path)
+
+
+@pytest.mark.parametrize(("name", "text", "says"), [
+    ("stale", None, "is of another model (num_layers 6, not 4)"),
+    ("bad", "{not json", "is not valid JSON"),
+])
+def test_ldrop_profile_replaces_a_stale_or_bad_folder_profile_that_the_model_names(onnx_folder, tmp_path, name, text,
+                                                                                    says):
+    from ldrop.runtime import OnnxAdaptiveModel
+
+    text = text or write_profile(tmp_path / "six.json", num_layers=6).read_text()
+    folder = with_profile(onnx_folder, tmp_path / name, text)
+    with pytest.raises(ValueError, match=re.escape(f"device profile '{folder / 'profile.json'}' {says}")):
+        OnnxAdaptiveModel(folder)
+    assert main(["profile", str(folder), "--runtime", "onnx", *TINY_GRID, "--out", str(folder / "profile.json")]) == 0
+    assert OnnxAdaptiveModel(folder).profile.device["runtime"] == "onnxruntime"
+
+
+def test_an_onnx_export_given_to_the_pytorch_side_says_what_to_use(onnx_folder, tmp_path, capsys):
+    for load in (load_model, AdaptiveModel.from_pretrained):
+        with pytest.raises(FileNotFoundError, match=r"is an ONNX export \(manifest.json\): run it with OnnxAdaptiveModel"):
+            load(onnx_folder)
+    (tmp_path / "empty").mkdir()
+    out = str(tmp_path / "p.json")
+    for args, says in ((["profile", str(onnx_folder), "--out", out], "ONNX export (manifest.json): time it with --runtime onnx"),
+                       (["export", str(onnx_folder), str(tmp_path / "x"), "--format", "onnx"], "export the .ckpt"),
+                       (["export", str(onnx_folder), str(tmp_path / "y")], "export the .ckpt"),
+                       (["profile", str(tmp_path / "empty"), "--runtime", "onnx", "--out", out], "has no manifest.json")):
+        assert main(args) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], (args, lines)
