@@ -144,3 +144,15 @@ def test_an_onnx_export_given_to_the_pytorch_side_says_what_to_use(onnx_folder, 
         assert main(args) == 2, args
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and says in lines[0], (args, lines)
+
+
+def test_a_predict_target_with_another_models_profile_fails_before_any_model_runs(tmp_path, capsys):
+    six = write_profile(tmp_path / "six.json", num_layers=6)
+    with pytest.raises(ValueError, match=re.escape(f"predict_budget: device profile '{six}' is of another model "
+                                                   "(num_layers 6, not 4)")):
+        ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm", predict_budget={"rtf": 0.1, "profile": str(six)})
+    # ldrop predict says so before it loads the checkpoint (here there is none)
+    assert main(["predict", "--config", QUICKSTART, "--ckpt_path", str(tmp_path / "absent.ckpt"),
+                 "--model.init_args.predict_budget", f"{{rtf: 0.1, profile: {six}}}",
+                 "--predictions.output", str(tmp_path / "p.jsonl")]) == 2
+    assert "is of another model (num_layers 6, not 4)" in capsys.readouterr().err
