@@ -28,18 +28,18 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--backbone", type=str | None, help="instead of MODEL: a backbone (e.g. random:wavlm, tiny:wavlm, a hub id "
                         "or folder) with the input-conditioned selector and a 2-class head, weights random")
     parser.add_argument("--overrides", type=str | None, default=None, help="JSON dict of backbone config overrides (with --backbone)")
-    parser.add_argument("--seconds", default="1,2,4,8", help="input lengths of the grid in seconds (default 1,2,4,8)")
-    parser.add_argument("--batch-sizes", default="1,2,4", help="sub-batch sizes of the grid (default 1,2,4)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per grid point, median (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before them (default 1)")
+    parser.add_argument("--seconds", default="1,2,4,8", help="input lengths of the grid in seconds")
+    parser.add_argument("--batch-sizes", default="1,2,4", help="sub-batch sizes of the grid")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per grid point, median")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before them")
     parser.add_argument("--validate", type=int, default=12, help="held-out random batches to check the fit on")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="the model's dtype: its weights are converted, so every activation is in it (bf16: as "
                         "bf16-true, or AdaptiveModel on a model converted with .to(torch.bfloat16))")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (none: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="profile.json", help="output JSON (default profile.json)")
+    parser.add_argument("--out", default="profile.json", help="output JSON")
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
                         help="onnx: time MODEL, an ONNX export folder (ldrop export --format onnx) or a checkpoint, "
                         "on ONNX Runtime (--threads are then its threads)")
