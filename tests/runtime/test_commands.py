@@ -60,6 +60,16 @@ def test_profile_refuses_bad_options_before_it_measures(tmp_path, capsys, monkey
     assert len(lines) == 1 and says.replace("{tmp}", str(tmp_path)) in lines[0], lines
 
 
+@pytest.mark.parametrize("command", ["profile", "export"])
+def test_help_gives_each_default_once(command):
+    import importlib
+    import re
+
+    text = importlib.import_module(f"ldrop.cli.{command}").build_parser().format_help()
+    options = re.split(r"\n  (?=-)", text)
+    assert len(options) > 5 and not [o for o in options if o.count("default") > 1]
+
+
 def test_profile_overrides_need_a_backbone(tiny_checkpoint, tmp_path, capsys):
     assert main(["profile", str(tiny_checkpoint), "--overrides", "{}", "--out", str(tmp_path / "p.json")]) == 2
     assert "--overrides applies with --backbone only" in capsys.readouterr().err
