@@ -10,7 +10,6 @@ import math
 import os
 import platform
 from collections.abc import Sequence
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,27 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldrop.budgets.cost import PartFit, cost_facts
+from ldrop.budgets.cost import cost_facts
 from ldrop.budgets.machine import cpu_name
 from ldrop.budgets.profile import BatchTimer, DeviceProfile, PartTimer, profile_with_timers, time_call
-from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel, read_manifest
+from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 
 _CPU = torch.device("cpu")
-
-
-def unprofiled(path: str | os.PathLike, threads: int | None = None) -> OnnxAdaptiveModel:
-    """The model at ``path`` (an ONNX export folder; a ``.ckpt`` or ``ldrop export`` folder is exported now) to
-    profile: an ONNX folder's own ``profile.json``, stale or bad, is not read, as the one measured replaces it."""
-    path = Path(path)
-    if not path.is_dir() or (path / "config.json").is_file():  # a checkpoint or an ldrop export folder
-        return OnnxAdaptiveModel.from_pretrained(path, threads=threads)
-    backbone = read_manifest(path)["backbone"]  # an error naming manifest.json where there is none
-    # A stand-in profile keeps the constructor from reading the folder's; it is dropped at once.
-    stand_in = DeviceProfile(PartFit(), PartFit(), int(backbone["num_layers"]), list(backbone["conv_kernel"]),
-                             list(backbone["conv_stride"]), device={"runtime": "onnxruntime"})
-    model = OnnxAdaptiveModel(path, profile=stand_in, threads=threads)
-    model.controller.profile = None
-    return model
 
 
 def onnx_timers(model: OnnxAdaptiveModel, repeats: int = 5, warmup: int = 1, seed: int = 0
@@ -111,7 +95,8 @@ def profile_onnx(
     """Measure, fit and validate the cost model of an ONNX export on this machine (see
     :func:`~ldrop.budgets.profile.profile_model` for the arguments); ``threads`` are ONNX Runtime's."""
     if not isinstance(model, OnnxAdaptiveModel):
-        model = unprofiled(model, threads=threads)
+        # the folder's own profile.json, stale or bad, is not read: the one measured here replaces it
+        model = OnnxAdaptiveModel.from_pretrained(model, profile=False, threads=threads)
     measure, _ = onnx_timers(model, repeats=1, warmup=0, seed=seed)
     _, measure_batch = onnx_timers(model, repeats=repeats, warmup=warmup, seed=seed)
     backbone = model.manifest["backbone"]
