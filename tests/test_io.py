@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 
-from ldrop._io import atomic_torch_save, atomic_write, atomic_write_files, atomic_write_json, atomic_write_text
+from ldrop._io import (
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_files,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def test_json_is_written_without_leaving_temporary_files(tmp_path):
