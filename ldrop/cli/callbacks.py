@@ -3,6 +3,7 @@ states for exact resume, JSONL predictions, a prompt stop on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -414,6 +415,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         remove_stale_temporaries(self._target.parent, [self._target.name])
         fd, tmp = tempfile.mkstemp(dir=self._target.parent, prefix=f".{self._target.name}.", suffix=".tmp")
         self._tmp, self._handle, self.count, self.written = Path(tmp), os.fdopen(fd, "w", encoding="utf-8"), 0, None
+        self._whole = 0
         self.nonfinite = 0
         self.kept = None
 
@@ -431,6 +433,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         except OSError as err:
             raise_if_disk_full(err, self._target)
             raise
+        self._whole = self._handle.buffer.tell()  # the end of the last whole batch (in bytes)
         self.count += len(prediction)
         self.nonfinite += nonfinite
 
@@ -454,7 +457,10 @@ class JsonlPredictionWriter(BasePredictionWriter):
         handle, self._handle = self._handle, None
         if handle is None:
             return
-        handle.close()
+        with contextlib.suppress(OSError):  # a full disk: closing flushes the failed batch's lines again
+            handle.close()
+        with contextlib.suppress(OSError):
+            os.truncate(self._tmp, self._whole)  # no part of a batch that failed to be written
         if self.count:
             os.replace(self._tmp, self._partial_path())
             self.kept = self._partial_path()

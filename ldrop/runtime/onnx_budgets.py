@@ -86,6 +86,12 @@ class OnnxBudgetController(ControlLoop):
 
     profile_hint = " on this runtime: run 'ldrop profile --runtime onnx DIR' and pass it"
 
+    def profile_warning(self, profile: DeviceProfile) -> str | None:
+        if profile.device.get("runtime") == "onnxruntime":
+            return None
+        return ("this device profile was not measured on ONNX Runtime ('ldrop profile --runtime onnx'): its times are "
+                "another runtime's, only the closed loop will correct them")
+
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops: FlopsLaw | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, **options)

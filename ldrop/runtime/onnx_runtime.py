@@ -255,7 +255,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
     Args:
         folder: an export folder (``ldrop export CKPT DIR --format onnx``); see :meth:`from_pretrained`.
         profile: a :class:`DeviceProfile` or its JSON path; ``None``: the folder's ``profile.json``, else one is
-            measured at the first time target (needs torch).
+            measured at the first time target (needs torch); ``False``: none, not even the folder's.
         closed_loop, margin, on_unmeetable, **controller_options: as :class:`~ldrop.runtime.AdaptiveModel`.
         threads: ONNX Runtime intra-op threads (``None``: its default).
         providers: ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
@@ -265,7 +265,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
     """
 
     def __init__(
-        self, folder: str | os.PathLike, profile: DeviceProfile | str | os.PathLike | None = None,
+        self, folder: str | os.PathLike, profile: DeviceProfile | str | os.PathLike | Literal[False] | None = None,
         closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
         threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
         guard: bool = True, **controller_options: Any,
@@ -309,7 +309,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
             self._thresholds = np.array(selector["thresholds"], dtype=np.float64)  # None: nan
         if profile is None and (self.folder / PROFILE_FILE).is_file():
             profile = self.folder / PROFILE_FILE
-        self.controller = self._controller(profile, closed_loop, margin, on_unmeetable, **controller_options)
+        self.controller = self._controller(profile or None, closed_loop, margin, on_unmeetable, **controller_options)
         self.guard = guard
         self.clock = time.perf_counter  # the timer of calls and of the guard
         self._temporary: Any = None  # keeps a folder exported by from_pretrained alive
@@ -318,15 +318,15 @@ class OnnxAdaptiveModel(ClosedLoopModel):
                     **options: Any) -> OnnxBudgetController:
         if profile is not None and not isinstance(profile, DeviceProfile):
             profile = DeviceProfile.load(profile)
-        if profile is not None and profile.device.get("runtime") != "onnxruntime":
-            warnings.warn("this device profile was not measured on ONNX Runtime ('ldrop profile --runtime onnx'): its "
-                          "times are another runtime's, only the closed loop will correct them", stacklevel=3)
         flops = self.manifest.get("flops")
-        return OnnxBudgetController(
+        controller = OnnxBudgetController(
             self.num_layers, profile, flops=FlopsLaw(**flops) if flops else None, closed_loop=closed_loop,
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=self.sample_rate,
             min_budget=max(1, self.prefix_layers), **options,
         )
+        if profile is not None and (warning := controller.profile_warning(profile)):
+            warnings.warn(warning, stacklevel=3)
+        return controller
 
     def with_controller(self, profile: DeviceProfile | str | os.PathLike | None = None, closed_loop: bool = True,
                         margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
@@ -356,13 +356,13 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         return session
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, profile: DeviceProfile | str | None = None,
+    def from_pretrained(cls, path: str | os.PathLike, profile: DeviceProfile | str | Literal[False] | None = None,
                         quantize: Literal["dynamic"] | None = None, **kwargs: Any) -> OnnxAdaptiveModel:
         """From an ONNX export folder, or a ``.ckpt`` / ``ldrop export`` folder exported now (to a temporary
         folder)."""
         path = Path(path)
-        if (path / MANIFEST).is_file():
-            return cls(path, profile=profile, **kwargs)
+        if (path / MANIFEST).is_file() or path.is_dir() and not (path / "config.json").is_file():
+            return cls(path, profile=profile, **kwargs)  # an ONNX export, or read_manifest says what the folder lacks
         import tempfile
 
         from ldrop.runtime.onnx_export import export_onnx  # needs torch

@@ -512,6 +512,8 @@ def test_a_folder_that_is_not_an_export_is_named(tmp_path):
         OnnxAdaptiveModel(tmp_path / "nothing")
     with pytest.raises(OnnxFolderError, match="has no manifest.json"):
         OnnxAdaptiveModel(tmp_path)
+    with pytest.raises(OnnxFolderError, match="has no manifest.json"):  # a folder is not taken for a checkpoint
+        OnnxAdaptiveModel.from_pretrained(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(OnnxFolderError, match="not valid JSON"):
         OnnxAdaptiveModel(tmp_path)
