@@ -52,6 +52,8 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes], remove: Iterabl
     a complete set last), then ``remove`` is deleted. Returns the written paths.
     """
     targets = [Path(path) for path in files]
+    for folder in {path.parent for path in targets if path.parent.is_dir()}:  # a killed earlier write's
+        remove_stale_temporaries(folder, [path.name for path in targets if path.parent == folder])
     staged: list[tuple[str, Path]] = []
     current = targets[0] if targets else Path(".")
     try:
@@ -133,6 +135,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | N
     return removed
 
 
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs (or runs as another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -210,6 +223,9 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", wei
 def check_new_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExistsError) -> Path:
     """``out_dir`` as a path if it is new or an empty folder, else ``error`` (one line)."""
     out_dir = Path(out_dir)
+    blocker = next((parent for parent in out_dir.parents if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise error(f"{str(out_dir)!r} cannot be made: {str(blocker)!r} is a file, not a folder")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise error(f"{str(out_dir)!r} already exists and is not an empty folder: choose a new folder")
     return out_dir
@@ -221,7 +237,12 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
     folder appears complete or not at all. ``error`` (one line) if ``out_dir`` is a file or a non-empty folder."""
     out_dir = check_new_folder(out_dir, error)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    for stale in out_dir.parent.glob(f".{out_dir.name}.pid*.*"):  # of a killed earlier run, not a running one
+        pid = stale.name[len(out_dir.name) + 5:].split(".")[0]
+        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+            log.info("removed %s, the staging folder of an interrupted run", stale)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.pid{os.getpid()}.", dir=out_dir.parent))
     try:
         yield staging
         if out_dir.exists():

@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 
-from ldrop._io import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
+from ldrop._io import (
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_files,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def test_json_is_written_without_leaving_temporary_files(tmp_path):
@@ -37,3 +43,10 @@ def test_torch_save_round_trips(tmp_path):
     path = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "state.pt")
     assert torch.equal(torch.load(path)["w"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_a_set_of_files_removes_the_temporaries_a_killed_write_of_them_left(tmp_path):
+    (tmp_path / ".compare.json.a1b2.tmp").write_text("{")  # kill -9 between writing and renaming
+    (tmp_path / ".other.json.c3d4.tmp").write_text("{")  # another file's: not this set's to remove
+    atomic_write_files({tmp_path / "compare.md": b"table\n", tmp_path / "compare.json": b"{}\n"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.c3d4.tmp", "compare.json", "compare.md"]

@@ -3,6 +3,7 @@ failed run predicted is kept beside it as ``<output>.partial``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from ldrop.cli.callbacks import JsonlPredictionWriter
 from ldrop.tasks import ClassificationTask
+from tests.disks import mounted_tmpfs
 from tests.helpers import quiet_trainer, tiny_classification_data
 
 
@@ -55,3 +57,25 @@ def test_an_output_in_a_file_path_fails_at_setup_naming_it(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match="file"):
         _predict(tmp_path, tmp_path / "file" / "pred.jsonl")
+
+
+@pytest.mark.parametrize("free_pages", [0, 1], ids=["full", "one-page-free"])
+def test_a_full_disk_names_the_folder_and_keeps_only_whole_batches(tmp_path, free_pages, monkeypatch):
+    """Closing the file flushed the failed batch's lines again: a second "no space" replaced the line that names
+    the folder, and the temporary stayed."""
+    decode = ClassificationTask.decode  # long records: a 4 KiB page holds one batch of four, not two
+    monkeypatch.setattr(ClassificationTask, "decode", lambda self, *a: [f"{o}:{'x' * 900}" for o in decode(self, *a)])
+    with mounted_tmpfs(tmp_path / "disk", size="64k") as disk:
+        with open(disk / "filler", "wb", buffering=0) as filler:  # fill the disk, then free the pages asked for
+            with contextlib.suppress(OSError):
+                while filler.write(b"\0" * 4096):
+                    pass
+        with open(disk / "filler", "r+b") as filler:
+            filler.truncate(max(0, (disk / "filler").stat().st_size - 4096 * free_pages))
+        with pytest.raises(OSError, match=f"no space left on {disk}"):
+            _predict(tmp_path, disk / "pred.jsonl")
+        left = sorted(p.name for p in disk.iterdir() if p.name != "filler")
+        assert left == (["pred.jsonl.partial"] if free_pages else []), left
+        if free_pages:
+            records = [json.loads(line) for line in (disk / "pred.jsonl.partial").read_text().splitlines()]
+            assert len(records) % 4 == 0 and 0 < len(records) < 16, len(records)  # whole batches of four

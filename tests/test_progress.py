@@ -173,6 +173,29 @@ def test_ctrl_c_while_a_benchmark_stage_runs_kills_its_child(tmp_path, monkeypat
         os.kill(pid, 0)  # killed and reaped
 
 
+def test_sigterm_while_a_benchmark_stage_runs_stops_its_child_too(tmp_path):
+    """``kill <pid>`` of ``python -m ldrop.bench``: before, the parent died at once and its ``ldrop`` child ran on,
+    orphaned, writing into the stage folder that a rerun then cleared and refilled."""
+    import signal
+    import time
+
+    import pytest
+
+    log = tmp_path / "fit.log"
+    script = ("import sys, ldrop.bench as b; b.CHILD = 'import os, time; print(os.getpid(), flush=True); "
+              f"time.sleep(60)'; b.PROGRESS_INTERVAL = 0.2; sys.exit(b.launch(['fit'], b.Path({str(log)!r})))")
+    parent = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(log.read_text().split()[0])
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 143
+    assert "stopped by SIGTERM: stopping `ldrop fit`" in parent.stderr.read()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # killed and reaped by the parent
+
+
 def test_the_control_benchmarks_replay_shows_progress_per_utterance(caplog):
     import logging
     from types import SimpleNamespace

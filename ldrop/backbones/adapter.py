@@ -82,8 +82,8 @@ def family_of(config: PretrainedConfig) -> str:
     model_type = getattr(config, "model_type", None)
     if model_type not in _MODEL_TYPE_TO_FAMILY:
         raise ValueError(
-            f"unsupported backbone model_type {model_type!r}; ldrop supports "
-            f"{sorted(_MODEL_TYPE_TO_FAMILY)} (WavLM, HuBERT, wav2vec 2.0, Data2VecAudio)"
+            f"unsupported backbone model_type {model_type!r}; ldrop knows {sorted(_MODEL_TYPE_TO_FAMILY)} (another "
+            "family: ldrop.backbones.register_family, called in a module the run imports, such as your task's)"
         )
     return _MODEL_TYPE_TO_FAMILY[model_type]
 
@@ -236,7 +236,10 @@ class SpeechBackbone(nn.Module):
         """
         name_or_path = resolve_checkpoint(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path, **(overrides or {}))
-        family = family_of(config)
+        try:
+            family = family_of(config)
+        except ValueError as err:
+            raise ValueError(f"backbone {str(name_or_path)!r}: {err}") from None
         model_cls = FAMILIES[family][1]
         # Hugging Face randomly initialises weights the checkpoint lacks and only reports them here.
         model, info = model_cls.from_pretrained(name_or_path, config=config, output_loading_info=True)
@@ -336,7 +339,8 @@ class SpeechBackbone(nn.Module):
         if host_lengths and min(host_lengths) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); "
-                f"got a length of {min(host_lengths)}: pad short clips"
+                f"got a length of {min(host_lengths)}: zero-pad short clips to that many samples and give the "
+                "padded length as theirs (ldrop predict does this itself)"
             )
         frozen = self.freeze_feature_encoder and not any(
             p.requires_grad for p in self.model.feature_extractor.parameters()

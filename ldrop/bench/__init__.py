@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,11 +29,17 @@ def launch(args: Sequence[str], log: Path, threads: int | None = None) -> int:
     """Run ``ldrop <args>`` in a child process (the console script's entry point, run by this Python: same
     environment, same ``PYTHONPATH``), all output to ``log``, a progress line every :data:`PROGRESS_INTERVAL`
     seconds; returns its exit status. ``threads`` sets the child's ``OMP_NUM_THREADS`` (torch's CPU threads).
-    Ctrl-C or any error here kills the child. Tests replace it with an in-process call of
-    :func:`ldrop.cli.main`."""
+    Ctrl-C, SIGTERM (exit status 143) or any error here kills the child. Tests replace it with an in-process
+    call of :func:`ldrop.cli.main`."""
     command = [sys.executable, "-c", CHILD, *args]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     start = time.perf_counter()
+
+    def stop(signum: int, frame: object) -> None:  # a plain SIGTERM would leave the child running, orphaned
+        note(f"stopped by SIGTERM: stopping `ldrop {args[0]}` (a rerun redoes this stage)")
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
     with open(log, "w", encoding="utf-8") as handle, \
             subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env) as child:
         try:
@@ -42,10 +50,13 @@ def launch(args: Sequence[str], log: Path, threads: int | None = None) -> int:
                     minutes = (time.perf_counter() - start) / 60
                     last = (_tail(log, 1) or ["(no output yet)"])[0].strip()[:200]
                     note(f"`ldrop {args[0]}` running for {minutes:.1f} min, log {log}: {last}")
-        except BaseException:  # Ctrl-C included
+        except BaseException:  # Ctrl-C and SIGTERM included
             child.kill()
             child.wait()
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _tail(log: Path, count: int) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from ldrop._io import atomic_write_json, atomic_write_text
+from ldrop._io import atomic_write_json, atomic_write_text, check_writable_folder
 from ldrop.bench import StageError, run_ldrop
 from ldrop.budgets.machine import machine_info
 from ldrop.sweeps.paired import equal_compute
@@ -375,8 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = ["python", "-m", "ldrop.bench", "methods", *argv]
     try:
+        check_writable_folder(args.out)  # a file in its path: one line, before any stage
         summary = run(args, command)
-    except (StageError, ValueError, FileNotFoundError) as err:
+    except (StageError, ValueError, OSError) as err:
         print(f"ldrop.bench methods: error: {err}", file=sys.stderr)
         return 1
     out = Path(args.out)

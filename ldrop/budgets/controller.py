@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ldrop.backbones.geometry import frame_lengths
-from ldrop.budgets.cost import DeviceProfile
+from ldrop.budgets.cost import DeviceProfile, cost_facts
 from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
 from ldrop.budgets.profile import profile_model
 from ldrop.budgets.targets import Target
@@ -45,6 +45,8 @@ class BudgetController(ControlLoop):
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops_config: Any = None,
                  extra_fixed_flops: Callable[[Tensor], Tensor] | None = None, **options: Any) -> None:
         super().__init__(num_layers, **options)
+        if flops_config is not None:  # a profile must be of this model
+            self.model_facts = cost_facts(getattr(flops_config, "config", flops_config))
         self.profile = profile
         self.flops_config = flops_config
         self.extra_fixed_flops = extra_fixed_flops
@@ -85,12 +87,8 @@ class TargetResolver:
         if controller is None or (needs_profile and controller.profile is None):  # a FLOPs target's has none
             profile = None
             if needs_profile:
-                if target.profile:
+                if target.profile:  # checked against the model by the controller
                     profile = DeviceProfile.load(target.profile)
-                    if profile.num_layers != model.num_layers:
-                        raise ValueError(f"device profile {target.profile!r} is of a {profile.num_layers}-layer "
-                                         f"model, not of this {model.num_layers}-layer one: profile this model with "
-                                         "'ldrop profile'")
                 else:
                     warnings.warn("a time target without a profile: measuring a quick one now (pass "
                                   "profile: PATH from 'ldrop profile' to skip this)", stacklevel=3)

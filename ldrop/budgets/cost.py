@@ -22,6 +22,29 @@ import numpy as np
 #: Fitted parts of a profile.
 PARTS = ("fixed", "layer")
 
+#: The model properties a profile's times depend on, each under the names a backbone config, an ONNX export's
+#: manifest and the profiles measured on them record it by (the family is ``model_type`` in one, ``family`` in
+#: the other: those two are not compared with each other). A profile may lack any of them (older ones do).
+COST_PROPERTIES = {
+    "num_layers": ("num_layers", "num_hidden_layers"), "model_type": ("model_type",), "family": ("family",),
+    "hidden_size": ("hidden_size",), "num_attention_heads": ("num_attention_heads",),
+    "intermediate_size": ("intermediate_size",), "conv_dim": ("conv_dim",), "conv_kernel": ("conv_kernel",),
+    "conv_stride": ("conv_stride",), "stable_layer_norm": ("stable_layer_norm", "do_stable_layer_norm"),
+}
+
+
+def cost_facts(source: Any) -> dict[str, Any]:
+    """The :data:`COST_PROPERTIES` that ``source`` (a mapping, or an object such as a backbone config) has."""
+    def get(key: str) -> Any:
+        return source.get(key) if isinstance(source, dict) else getattr(source, key, None)
+
+    facts = {}
+    for name, keys in COST_PROPERTIES.items():
+        value = next((v for v in map(get, keys) if v is not None), None)
+        if value is not None:
+            facts[name] = list(value) if isinstance(value, tuple | list) else value
+    return facts
+
 
 def as_array(values: Any, dtype: Any = None) -> np.ndarray:
     """A numpy array of a tensor (on any device), an array or a list."""
@@ -75,6 +98,8 @@ class DeviceProfile:
     model: dict[str, Any] = field(default_factory=dict)
     measurements: list[dict[str, Any]] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)
+    #: The file it was loaded from (:meth:`load`), named by its errors; not saved.
+    path = None
 
     def frames(self, sample_lengths: Any) -> np.ndarray:
         """Frames per input, ``[batch]`` int64."""
@@ -109,6 +134,16 @@ class DeviceProfile:
         batch = frames.shape[0]
         return self.fixed.per_input(np.full(batch, frames.max()), batch), self.layer.per_input(frames, batch)
 
+    def check_model(self, facts: dict[str, Any]) -> None:
+        """``ValueError`` (one line naming :attr:`path`) unless the profile is of a model with ``facts``
+        (:func:`cost_facts`): every property both record must agree."""
+        mine = {**cost_facts(self.model), **cost_facts(self)}  # the top-level fields are the ones used
+        wrong = [f"{key} {mine[key]}, not {value}" for key, value in facts.items() if mine.get(key, value) != value]
+        if wrong:
+            name = "the device profile" if self.path is None else f"device profile {str(self.path)!r}"
+            raise ValueError(f"{name} is of another model ({'; '.join(wrong)}): profile this model with "
+                             "'ldrop profile'")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -139,7 +174,9 @@ class DeviceProfile:
         if not path.is_file():
             raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
         try:
-            return cls.from_dict(json.loads(path.read_bytes().decode("utf-8")))
+            profile = cls.from_dict(json.loads(path.read_bytes().decode("utf-8")))
+            profile.path = str(path)
+            return profile
         except UnicodeDecodeError:
             problem = " is not a text file (not UTF-8); write one with 'ldrop profile'"
         except json.JSONDecodeError as error:

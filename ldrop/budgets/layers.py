@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,17 +34,21 @@ def resolve_budget(budget: Budget, num_layers: int, batch: int, device: torch.de
 
     Raises ``ValueError`` for out-of-range values or a tensor of the wrong shape, with what was expected.
     """
+    if isinstance(budget, np.ndarray | np.generic):  # a numpy budget, as the ONNX runtime takes them
+        budget = torch.as_tensor(budget)
     if isinstance(budget, list | tuple):  # one per input, each read as a single budget (int layers, float fraction)
         budget = torch.tensor([budget_to_layers(b, num_layers) for b in budget], dtype=torch.long)
     if not isinstance(budget, Tensor):
         return torch.full((batch,), budget_to_layers(budget, num_layers), dtype=torch.long, device=device)
+    if budget.dtype == torch.bool:
+        raise ValueError("a budget tensor holds layer counts (integers) or fractions (floats), not booleans")
     if budget.dim() == 0:
         budget = budget.expand(batch)
     if budget.dim() != 1 or budget.shape[0] != batch:
         raise ValueError(f"a budget tensor must have shape [] or [batch={batch}], got {tuple(budget.shape)}")
     if budget.is_floating_point():
-        if bool(((budget <= 0) | (budget > 1)).any()):
-            raise ValueError("a floating-point budget tensor holds fractions, each in (0, 1]")
+        if bool(((budget <= 0) | (budget > 1) | budget.isnan()).any()):
+            raise ValueError(f"a floating-point budget tensor holds fractions, each in (0, 1], got {budget.tolist()}")
         budget = (budget * num_layers).round().clamp(1, num_layers)
     elif bool(((budget < 1) | (budget > num_layers)).any()):
         raise ValueError(f"budget values must be between 1 and {num_layers} layers, got {budget.tolist()}")

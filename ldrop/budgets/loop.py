@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ldrop.budgets.cost import DeviceProfile, as_array
+from ldrop.budgets.cost import DeviceProfile, as_array, cost_facts
 from ldrop.budgets.targets import Target, is_target
 
 
@@ -90,6 +91,8 @@ class ControlLoop:
         self.min_budget = int(min_budget)
         #: Current ratio measured / predicted time that scales every time prediction (1: trust the profile).
         self.correction = 1.0
+        #: The model's :func:`~ldrop.budgets.cost.cost_facts` that a profile must agree with, besides its layers.
+        self.model_facts: dict[str, Any] = {}
         self._profile: Any = None
         #: The last decision's measured / predicted time of the part already run (``None``: not measured),
         #: and the correction its layers were planned with (at least :attr:`correction`).
@@ -105,11 +108,20 @@ class ControlLoop:
 
     @profile.setter
     def profile(self, profile: Any) -> None:
-        if profile is not None and profile.num_layers != self.num_layers:
-            raise ValueError(f"the profile is of a {profile.num_layers}-layer model, not of {self.num_layers} layers")
+        if profile is not None:
+            self.check_profile(profile)
         self._profile = profile
         if not self._recent:
             self.reset()
+
+    def check_profile(self, profile: DeviceProfile) -> None:
+        """``ValueError`` (naming its file) unless ``profile`` is of this model: its layers and
+        :attr:`model_facts`."""
+        profile.check_model({**self.model_facts, "num_layers": self.num_layers})
+
+    def profile_warning(self, profile: DeviceProfile) -> str | None:
+        """Why ``profile``'s times may not be this runtime's, or ``None`` (a runtime's controller says)."""
+        return None
 
     # ------------------------------------------------------------------ decisions
     #: How to get a profile, in the error of a time target without one.
@@ -247,10 +259,24 @@ class DeadlineGuard:
 class ClosedLoopModel:
     """What both runtimes (``AdaptiveModel``, ``OnnxAdaptiveModel``) do around a forward under a target. A
     runtime sets ``controller``, ``num_layers``, ``guard``, ``clock``, its array type's ``_resolve_budget`` (a
-    static method) and ``ensure_profile()``."""
+    static method) and ``ensure_profile()``, and has its ``model`` (PyTorch) or export ``manifest`` (ONNX)."""
 
     #: Whether a call has run: the first pays one-time costs (allocations, lazy initialisation), never learnt.
     _warm = False
+
+    @property
+    def controller(self) -> Any:
+        """The model's controller; one assigned is checked against the model (a profile of another model, with
+        other layers or sizes, is a ``ValueError`` naming its file)."""
+        return self._loop
+
+    @controller.setter
+    def controller(self, controller: Any) -> None:
+        manifest = getattr(self, "manifest", None)
+        controller.model_facts = cost_facts(manifest["backbone"] if manifest else self.model.backbone.config)
+        if controller.profile is not None:
+            controller.check_profile(controller.profile)
+        self._loop = controller
 
     @property
     def profile(self) -> DeviceProfile | None:
@@ -272,10 +298,23 @@ class ClosedLoopModel:
             return None
         parsed = Target.parse(target)
         if parsed.kind in ("ms", "rtf"):
-            if parsed.profile and self.controller.profile is None:
-                self.controller.profile = DeviceProfile.load(parsed.profile)
+            if parsed.profile:
+                self._use_profile(parsed.profile)
             self.ensure_profile()
         return parsed
+
+    def _use_profile(self, path: str) -> None:
+        """Make the profile at ``path`` (a target's) the model's from now on, checked and warned about as a
+        constructor's is; the correction restarts from it. The file already in use is kept, with its correction."""
+        current = getattr(self.controller.profile, "path", None)
+        if current is not None and os.path.realpath(current) == os.path.realpath(path):
+            return
+        profile = DeviceProfile.load(path)
+        warning = self.controller.profile_warning(profile)
+        if warning:
+            warnings.warn(warning, stacklevel=4)  # the caller of the model
+        self.controller.profile = profile
+        self.controller.reset()
 
     def _plan(self, lengths: Any, target: Target, start: float, clock: Callable[[], float], prefix_layers: int,
               guarded: bool) -> tuple[Any, float, DeadlineGuard | None]:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ldrop.budgets.cost import DeviceProfile
+from ldrop.budgets.cost import DeviceProfile, cost_facts
 
 #: Keys of a target budget: milliseconds per utterance, real-time factor (seconds of compute per second of
 #: audio), or GFLOPs per second of audio.
@@ -59,6 +59,12 @@ class Target:
             profile = str(profile)
             _check_profile_file(profile)
         return cls(kind, value, profile)
+
+    def check_model(self, config: Any, num_layers: int) -> None:
+        """``ValueError`` naming the file unless the target's profile (if any) is of the model with this backbone
+        ``config`` and ``num_layers`` (:meth:`DeviceProfile.check_model`)."""
+        if self.profile:
+            DeviceProfile.load(self.profile).check_model({**cost_facts(config), "num_layers": num_layers})
 
 
 #: Profile files already checked, by (absolute path, modification time, size): parsing the same target again

@@ -31,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     A failure a user can fix is printed as one ``ldrop: error: ...`` line with exit status 2
     (:func:`~ldrop.cli.errors.user_error_line`); ``LDROP_DEBUG=1`` raises it with the full traceback instead.
     SIGTERM stops ``fit``/``validate``/``test``/``predict`` at the end of the batch, as one ``ldrop: stopped by
-    SIGTERM ...`` line with exit status 143; ``fit`` first writes ``last.ckpt`` at the step reached.
+    SIGTERM ...`` line with exit status 143; ``fit`` first writes ``last.ckpt`` at the step reached. ldrop's own
+    commands stop at once, their outputs absent.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("--version", "-V"):
@@ -39,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         return 0
     try:
         if args and args[0] in COMMANDS:
-            return COMMANDS[args[0]][0](args[1:])
+            with sigterm_stops():  # a staged export folder is removed, not left behind
+                return COMMANDS[args[0]][0](args[1:])
         with warnings.catch_warnings(), sigterm_stops():
             for message in harmless_warnings(args):
                 warnings.filterwarnings("ignore", message=message)

@@ -3,8 +3,10 @@ states for exact resume, JSONL predictions, a prompt stop on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -307,7 +309,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
     """Writes ``predict`` outputs as JSON lines (one per input: id, output, executed layers, GFLOPs).
 
     Tensors and numpy values in a record (a task's ``decode`` returning a tensor) are written as their
-    ``tolist()``; any other object that JSON cannot hold fails the run with a line naming its type.
+    ``tolist()``; any other object that JSON cannot hold fails the run with a line naming its type. NaN and
+    infinity, which strict JSON cannot hold, are written as ``null`` and counted in the closing line.
 
     The folder is checked before any inference; records go to a hidden temporary that becomes the output when
     every batch is done (a failed run keeps them as ``<output>.partial``).
@@ -321,6 +324,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self.output = output
         self.written: Path | None = None
         self.count = 0
+        #: records with a NaN or infinity, written as ``null``
+        self.nonfinite = 0
         self._handle: Any = None
         self._tmp: Path | None = None
         self._target: Path | None = None
@@ -350,21 +355,27 @@ class JsonlPredictionWriter(BasePredictionWriter):
         remove_stale_temporaries(self._target.parent, [self._target.name])
         fd, tmp = tempfile.mkstemp(dir=self._target.parent, prefix=f".{self._target.name}.", suffix=".tmp")
         self._tmp, self._handle, self.count, self.written = Path(tmp), os.fdopen(fd, "w", encoding="utf-8"), 0, None
+        self._whole = 0
+        self.nonfinite = 0
         self.kept = None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         try:
-            lines = "".join(json.dumps(record, default=_json_value) + "\n" for record in prediction)
+            lines = [_json_line(record) for record in prediction]
         except (TypeError, ValueError) as err:  # the whole batch or none of it: no half-written batch is kept
             raise ValueError(f"{type(pl_module).__name__}'s decode/predict_step output cannot be written as JSON: "
                              f"{err} (return numbers, strings, lists or dicts of them)") from err
+        nonfinite = sum(changed for _, changed in lines)
+        lines = "".join(line for line, _ in lines)
         try:
             self._handle.write(lines)
             self._handle.flush()  # on disk as they come: a later failure keeps them (as .partial)
         except OSError as err:
             raise_if_disk_full(err, self._target)
             raise
+        self._whole = self._handle.buffer.tell()  # the end of the last whole batch (in bytes)
         self.count += len(prediction)
+        self.nonfinite += nonfinite
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         handle, self._handle = self._handle, None
@@ -379,13 +390,17 @@ class JsonlPredictionWriter(BasePredictionWriter):
             raise
         self._partial_path().unlink(missing_ok=True)  # an earlier failed run's records: superseded
         self.written = self._target
-        print(f"wrote {self.count} predictions to {self._target}")
+        nonfinite = f" ({self.nonfinite} held NaN or infinity, written as null)" if self.nonfinite else ""
+        print(f"wrote {self.count} predictions to {self._target}{nonfinite}")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         handle, self._handle = self._handle, None
         if handle is None:
             return
-        handle.close()
+        with contextlib.suppress(OSError):  # a full disk: closing flushes the failed batch's lines again
+            handle.close()
+        with contextlib.suppress(OSError):
+            os.truncate(self._tmp, self._whole)  # no part of a batch that failed to be written
         if self.count:
             os.replace(self._tmp, self._partial_path())
             self.kept = self._partial_path()
@@ -396,6 +411,25 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     def _partial_path(self) -> Path:
         return self._target.with_name(self._target.name + ".partial")
+
+
+def _json_line(record: Any) -> tuple[str, bool]:
+    """One record as a strict JSON line, and whether a NaN or infinity in it became ``null``."""
+    try:
+        return json.dumps(record, default=_json_value, allow_nan=False) + "\n", False
+    except ValueError as err:
+        if "Out of range float" not in str(err):
+            raise
+    return json.dumps(_finite(json.loads(json.dumps(record, default=_json_value))), allow_nan=False) + "\n", True
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (as ``json.loads`` reads it) with each NaN or infinity replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return [_finite(item) for item in value] if isinstance(value, list) else value
 
 
 def _json_value(value: Any) -> Any:

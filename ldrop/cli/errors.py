@@ -115,6 +115,11 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
         guess = _closest_class_name(value, modules=(kind,) if kind else None)
         return (f"{typed} {value!r}: no such class" + (f"; did you mean {guess}?" if guess else "")
                 + " (give a class name, or the dotted import path of a class of your own)")
+    # --model CLASS --model.early_exit.help: a nested help is an option of the class's help, not of --model
+    owner = next(filter(None, re.match(r"argument --(\w+): expected one|Parser key \"(\w+)\"|", lines[0]).groups()), "")
+    nested = [t.split("=")[0] for t in map(str, argv) if owner and re.fullmatch(rf"--{owner}\.[\w.]+\.help(=.*)?", t)]
+    if nested and (cls := _option_value(argv, f"--{owner}")) is not None:
+        return f"{nested[0]} follows --{owner}.help, not --{owner}: 'ldrop {command} --{owner}.help {cls} {nested[0]}'"
     if lines[0].lower().startswith("unrecognized arguments"):
         given = [t.split("=", 1)[0] for t in lines[0].split(":", 1)[-1].split() if t.startswith("--")]
         predict_only = [t for t in given if t.lstrip("-").split(".")[0] in PREDICT_ONLY]

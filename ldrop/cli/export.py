@@ -11,7 +11,12 @@ from jsonargparse import ArgumentParser
 
 from ldrop._io import check_new_folder
 from ldrop.cli.errors import ConfigError, command_parser, parse_command
-from ldrop.runtime.checkpoints import fit_on_run_validation_data, load_task_checkpoint, run_config
+from ldrop.runtime.checkpoints import (
+    fit_on_run_validation_data,
+    load_task_checkpoint,
+    refuse_onnx_export,
+    run_config,
+)
 from ldrop.tasks import LayerDropTask
 
 
@@ -26,13 +31,13 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("checkpoint", help="a .ckpt written by ldrop fit (--format onnx: or an ldrop export folder)")
     parser.add_argument("out_dir", help="output directory: it must not exist yet, or be empty")
-    parser.add_argument("--format", choices=("hf", "onnx"), default="hf", help="hf (default) or onnx")
+    parser.add_argument("--format", choices=("hf", "onnx"), default="hf", help="hf or onnx")
     parser.add_argument("--quantize", choices=("dynamic",), default=None,
-                        help="with --format onnx: int8 dynamic quantization of the layer graphs (default: fp32)")
+                        help="with --format onnx: int8 dynamic quantization of the layer graphs (none: fp32)")
     parser.add_argument("--no-check", action="store_true",
                         help="with --format onnx: skip the ONNX Runtime vs PyTorch parity check")
     parser.add_argument("--config", default=None,
-                        help="the run's config.yaml (default: the one ldrop fit wrote beside the checkpoints/ folder): "
+                        help="the run's config.yaml (none: the one ldrop fit wrote beside the checkpoints/ folder): "
                              "a selector or exit that is fitted on validation data before ldrop test and predict is "
                              "fitted on its datamodule's validation split first, so the export decides as predict does")
     parser.add_argument("--no-fit", action="store_true",
@@ -59,6 +64,7 @@ def _fitted(model: LayerDropTask, checkpoint: str, config: str | None, no_fit: b
 
 def main(argv: Sequence[str]) -> int:
     ns = parse_command(build_parser(), argv)
+    refuse_onnx_export(ns.checkpoint, "export the .ckpt it was exported from")
     if ns.format == "hf" and (ns.quantize or ns.no_check):
         raise ConfigError(f"{'--quantize' if ns.quantize else '--no-check'} applies to --format onnx only")
     check_new_folder(ns.out_dir, ConfigError)  # before the model is loaded and fitted

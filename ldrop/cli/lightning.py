@@ -46,6 +46,7 @@ from ldrop.cli.errors import (
 )
 from ldrop.data import AudioDataModule
 from ldrop.runtime import TargetBudgets
+from ldrop.selectors import LayerSelector
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask, model_labels
 
@@ -137,11 +138,14 @@ class LdropCLI(CLISteps):
                 commands.add_subcommand(name, command_parser(name, summary), help=summary)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
+        LdropArgumentParser.typed = argv
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
             raise ConfigError(argument_error_line(str(err), argv, option_strings(parser))) from err
+        finally:
+            LdropArgumentParser.typed = ()
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         ckpt_path = config.get("ckpt_path") if subcommand else None
@@ -430,6 +434,31 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+class LdropArgumentParser(LightningArgumentParser):
+    """The parser of every ``ldrop`` subcommand; its one change is to what ``--model.selector.help X`` shows.
+
+    jsonargparse builds the help of a nested option (``--model.selector.help``) with a parser of this class,
+    and it listed the options as ``--selector.hidden_dim`` (relative to the task) where the command line takes
+    ``--model.selector.hidden_dim``. A task takes its selector as a factory of ``(num_layers, feature_dim)``,
+    which the task passes: parsing leaves those two out, but the help listed them (``num_layers`` as required),
+    and the parser then refused them.
+    """
+
+    #: the command line being parsed (set by :meth:`LdropCLI.parse_arguments`)
+    typed: Sequence[str] = ()
+
+    def add_class_arguments(self, theclass: Any, nested_key: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        if helped := re.match(r"Help for --([\w.]+)\.help=", str(self.description)):
+            # as typed (--model.selector), not relative to the task's own parser (--selector)
+            typed = [arg.split("=")[0][2:-5] for arg in self.typed if re.fullmatch(r"--[\w.]+\.help(=.*)?", arg)]
+            full = next((key for key in typed if key.endswith(f".{helped[1]}")), helped[1])
+            self.description = str(self.description).replace(f"--{helped[1]}.help=", f"--{full}.help=", 1)
+            nested_key = full if nested_key == helped[1] else nested_key
+            if isinstance(theclass, type) and issubclass(theclass, LayerSelector) and not kwargs.get("skip"):
+                kwargs["skip"] = {2}  # the factory's two positional parameters, as parsing skips them
+        return super().add_class_arguments(theclass, nested_key, *args, **kwargs)
+
+
 def run_lightning(args: Sequence[str] | None = None, own_commands: Mapping[str, str] = {}) -> LdropCLI:  # noqa: B006
     """Run the LightningCLI part (``fit``, ``validate``, ``test``, ``predict``); ``own_commands`` (name ->
     summary) are listed in its help."""
@@ -439,6 +468,7 @@ def run_lightning(args: Sequence[str] | None = None, own_commands: Mapping[str, 
         subclass_mode_model=True,
         subclass_mode_data=True,
         own_commands=own_commands,
+        parser_class=LdropArgumentParser,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults=TRAINER_DEFAULTS,

@@ -28,18 +28,18 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--backbone", type=str | None, help="instead of MODEL: a backbone (e.g. random:wavlm, tiny:wavlm, a hub id "
                         "or folder) with the input-conditioned selector and a 2-class head, weights random")
     parser.add_argument("--overrides", type=str | None, default=None, help="JSON dict of backbone config overrides (with --backbone)")
-    parser.add_argument("--seconds", default="1,2,4,8", help="input lengths of the grid in seconds (default 1,2,4,8)")
-    parser.add_argument("--batch-sizes", default="1,2,4", help="sub-batch sizes of the grid (default 1,2,4)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per grid point, median (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before them (default 1)")
+    parser.add_argument("--seconds", default="1,2,4,8", help="input lengths of the grid in seconds")
+    parser.add_argument("--batch-sizes", default="1,2,4", help="sub-batch sizes of the grid")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per grid point, median")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before them")
     parser.add_argument("--validate", type=int, default=12, help="held-out random batches to check the fit on")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="the model's dtype: its weights are converted, so every activation is in it (bf16: as "
                         "bf16-true, or AdaptiveModel on a model converted with .to(torch.bfloat16))")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (none: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="profile.json", help="output JSON (default profile.json)")
+    parser.add_argument("--out", default="profile.json", help="output JSON")
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
                         help="onnx: time MODEL, an ONNX export folder (ldrop export --format onnx) or a checkpoint, "
                         "on ONNX Runtime (--threads are then its threads)")
@@ -108,10 +108,8 @@ def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: d
         if ns.model is None:
             raise ValueError("--runtime onnx times an ONNX export: give MODEL, not --backbone")
         from ldrop.runtime.onnx_profile import profile_onnx
-        from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
 
-        onnx_model = OnnxAdaptiveModel.from_pretrained(ns.model, threads=ns.threads)
-        return profile_onnx(onnx_model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
+        return profile_onnx(ns.model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
                             validation_batches=ns.validate, seed=ns.seed, threads=ns.threads)
     if ns.threads:
         torch.set_num_threads(ns.threads)
@@ -119,8 +117,9 @@ def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: d
         raise ValueError("--device cuda: no CUDA device is available")
     torch.manual_seed(ns.seed)
     if ns.model is not None:
-        from ldrop.runtime.checkpoints import load_model
+        from ldrop.runtime.checkpoints import load_model, refuse_onnx_export
 
+        refuse_onnx_export(ns.model, "time it with --runtime onnx, or give the .ckpt it was exported from")
         model = load_model(ns.model)
     else:
         from ldrop.selectors import InputConditionedSelector

@@ -26,7 +26,7 @@ from ldrop.budgets.targets import Target, is_target
 from ldrop.engine import layer_guard
 from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
-from ldrop.runtime.onnx_runtime import RunOutput, check_not_channels
+from ldrop.runtime.onnx_runtime import RunOutput, check_float_audio, check_not_channels
 from ldrop.tasks import LayerDropTask
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class AdaptiveOutput(RunOutput[Tensor]):
 def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``([batch, samples], lengths [batch])`` from one utterance ``[samples]``, a padded batch or a list."""
     if isinstance(waveforms, Tensor):
+        check_float_audio(waveforms.dtype)
         if waveforms.dim() == 1:
             waveforms = waveforms[None]
         if waveforms.dim() != 2:
@@ -48,7 +49,10 @@ def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
         lengths = torch.as_tensor(lengths).to(torch.long)
     else:
-        clips = [torch.as_tensor(w, dtype=torch.float32, device="cpu").flatten() for w in waveforms]
+        clips = [torch.as_tensor(w, device="cpu") for w in waveforms]
+        for clip in clips:
+            check_float_audio(clip.dtype)
+        clips = [clip.to(torch.float32).flatten() for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")
         waveforms = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)

@@ -73,9 +73,19 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
         raise CheckpointError(f"{path}: the hyper-parameters it stores do not fit {cls.__name__}: {err}") from err
 
 
+def refuse_onnx_export(path: str | os.PathLike, instead: str) -> None:
+    """``FileNotFoundError`` if ``path`` is an ONNX export folder (PyTorch cannot load one): ``instead`` says what
+    to do."""
+    from ldrop.runtime.onnx_runtime import MANIFEST
+
+    if (Path(path) / MANIFEST).is_file():
+        raise FileNotFoundError(f"{str(path)!r} is an ONNX export ({MANIFEST}): {instead}")
+
+
 def load_exported(directory: str | os.PathLike) -> LayerDropTask:
     """Rebuild a task from an ``ldrop export`` folder (``save_pretrained`` backbone + ``ldrop_task_state.pt``)."""
     directory = Path(directory)
+    refuse_onnx_export(directory, "run it with OnnxAdaptiveModel, or load the .ckpt it was exported from")
     state_file = directory / EXPORT_STATE_FILE
     if not (directory / "config.json").is_file() or not state_file.is_file():
         raise FileNotFoundError(

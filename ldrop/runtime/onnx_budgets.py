@@ -37,8 +37,8 @@ def resolve_budget(budget: Any, num_layers: int, batch: int) -> np.ndarray:
     if array.shape != (batch,):
         raise ValueError(f"a budget array must have shape [] or [batch={batch}], got {list(array.shape)}")
     if array.dtype.kind == "f":
-        if bool(((array <= 0) | (array > 1)).any()):
-            raise ValueError("a floating-point budget array holds fractions, each in (0, 1]")
+        if bool(((array <= 0) | (array > 1) | np.isnan(array)).any()):
+            raise ValueError(f"a floating-point budget array holds fractions, each in (0, 1], got {array.tolist()}")
         return np.clip(np.round(array * num_layers), 1, num_layers).astype(np.int64)  # half to even, as torch
     if bool(((array < 1) | (array > num_layers)).any()):
         raise ValueError(f"budget values must be between 1 and {num_layers} layers, got {array.tolist()}")
@@ -85,6 +85,12 @@ class OnnxBudgetController(ControlLoop):
     :class:`FlopsLaw` (``gflops_per_second``); ``**options`` are :class:`~ldrop.budgets.loop.ControlLoop`'s."""
 
     profile_hint = " on this runtime: run 'ldrop profile --runtime onnx DIR' and pass it"
+
+    def profile_warning(self, profile: DeviceProfile) -> str | None:
+        if profile.device.get("runtime") == "onnxruntime":
+            return None
+        return ("this device profile was not measured on ONNX Runtime ('ldrop profile --runtime onnx'): its times are "
+                "another runtime's, only the closed loop will correct them")
 
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops: FlopsLaw | None = None,
                  **options: Any) -> None:

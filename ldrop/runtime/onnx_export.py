@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,7 @@ from ldrop.runtime.checkpoints import load_model
 from ldrop.runtime.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
+    GRAPH_STAMP,
     MANIFEST,
     PROFILE_FILE,
     OnnxAdaptiveModel,
@@ -228,12 +230,15 @@ def _cut(proto: Any, part: Part) -> Any:
     return graph
 
 
-def _save(model: Any, folder: Path, name: str, say: Callable[[str], None], note: str = "") -> None:
+def _save(model: Any, folder: Path, name: str, say: Callable[[str], None], note: str = "",
+          export_id: str = "") -> None:
     """Optimise (constant folding, fusions: what ``torch.onnx.export(optimize=True)`` does) and save as ``name``
-    in ``folder`` (its subfolder made)."""
+    in ``folder`` (its subfolder made), stamped with the export's id and its own name (which the runtime checks:
+    a graph copied in from another export is refused)."""
     program = torch.onnx.ONNXProgram(model, None)
     with _quiet_exporter():
         program.optimize()
+    program.model.metadata_props.update({GRAPH_STAMP[0]: export_id, GRAPH_STAMP[1]: name})
     (folder / name).parent.mkdir(exist_ok=True)
     program.save(str(folder / name))
     say(f"  wrote {name}{note}")
@@ -449,25 +454,27 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
         graphs["exit_heads"] = {**{str(k): f"heads/exit_{k:02d}.onnx" for k in exits}, str(n): "head.onnx"}
     if "depth_head" in names:
         graphs["depth_head"] = "depth_head.onnx"
+    export_id = uuid.uuid4().hex  # in the manifest and in every graph: graphs of two exports are not mixed
     say(f"tracing {', '.join(part.name for part in parts)} with torch.onnx.export(dynamo=True)")
     proto, traced = _export_parts(parts)
     opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
     for part in parts:
         if part.name == "layer":
             _write_layers(task, folder, graphs["layers"], _cut(proto, part),
-                          _weight_keys(traced, backbone.layers[template]), say)
+                          _weight_keys(traced, backbone.layers[template]), say, export_id)
         elif part.name == "exit_heads":  # one graph per exit head, cut from the traced whole
             for k, output in zip(exits, part.outputs, strict=True):
                 graph = _cut(proto, replace(part, outputs=[output]))
                 graph.graph.outputs[0].name = "logits"
-                _save(graph, folder, graphs["exit_heads"][str(k)], say)
+                _save(graph, folder, graphs["exit_heads"][str(k)], say, export_id=export_id)
         else:
-            _save(_cut(proto, part), folder, graphs[part.name], say)
+            _save(_cut(proto, part), folder, graphs[part.name], say, export_id=export_id)
 
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "ldrop_version": __version__,
+        "export_id": export_id,
         "exporter": {"torch": torch.__version__, "onnx_exporter": "torch.onnx.export(dynamo=True)"},
         "opset": opset,
         "task": task_description(task),
@@ -504,7 +511,7 @@ def _weight_keys(traced: nn.Module, layer: nn.Module) -> dict[str, str]:
 
 
 def _write_layers(task: LayerDropTask, folder: Path, names: Sequence[str], traced: Any, keys: dict[str, str],
-                  say: Callable[[str], None]) -> None:
+                  say: Callable[[str], None], export_id: str) -> None:
     """Write every layer as the traced layer graph with its own weights, optimised per layer (the trace is
     not: constant folding would bake the traced layer's weights in)."""
     import onnx_ir
@@ -521,7 +528,7 @@ def _write_layers(task: LayerDropTask, folder: Path, names: Sequence[str], trace
                 raise OnnxExportError(f"layer {index} has no {key!r} of the traced layer's shape: its layers differ "
                                       "in structure, so one traced graph cannot serve them all")
             model.graph.initializers[initializer].const_value = onnx_ir.tensor(weights[key].detach().cpu().numpy())
-        _save(model, folder, name, say, f" ({index + 1}/{len(names)})")
+        _save(model, folder, name, say, f" ({index + 1}/{len(names)})", export_id)
 
 
 def _quantize_layers(folder: Path, say: Callable[[str], None]) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ldrop.budgets.cost import cost_facts
 from ldrop.budgets.machine import cpu_name
 from ldrop.budgets.profile import BatchTimer, DeviceProfile, PartTimer, profile_with_timers, time_call
 from ldrop.runtime.onnx_runtime import OnnxAdaptiveModel
@@ -94,13 +95,14 @@ def profile_onnx(
     """Measure, fit and validate the cost model of an ONNX export on this machine (see
     :func:`~ldrop.budgets.profile.profile_model` for the arguments); ``threads`` are ONNX Runtime's."""
     if not isinstance(model, OnnxAdaptiveModel):
-        model = OnnxAdaptiveModel(model, threads=threads)
+        # the folder's own profile.json, stale or bad, is not read: the one measured here replaces it
+        model = OnnxAdaptiveModel.from_pretrained(model, profile=False, threads=threads)
     measure, _ = onnx_timers(model, repeats=1, warmup=0, seed=seed)
     _, measure_batch = onnx_timers(model, repeats=repeats, warmup=warmup, seed=seed)
     backbone = model.manifest["backbone"]
     summary = {"format": "onnx", "folder": str(model.folder), "task": model.manifest["task"]["class"],
                "selector": model.manifest["selector"]["class"], "quantize": model.manifest.get("quantize"),
-               **{key: backbone[key] for key in ("family", "num_layers", "hidden_size")}}
+               **cost_facts(backbone)}
     return profile_with_timers(
         measure, measure_batch, num_layers=model.num_layers,
         geometry=SimpleNamespace(conv_kernel=backbone["conv_kernel"], conv_stride=backbone["conv_stride"]), seconds=seconds, batch_sizes=batch_sizes, repeats=repeats,

@@ -44,6 +44,9 @@ SUPPORTED_OPSETS = range(17, 24)
 #: used when no profile is given.
 PROFILE_FILE = "profile.json"
 
+#: The metadata keys that stamp each graph with its export's ``export_id`` (the manifest's) and its own file name.
+GRAPH_STAMP = ("ldrop_export_id", "ldrop_graph")
+
 #: Input and output names of each graph (the exporter writes them, the runtime feeds them).
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fixed": (("waveforms", "lengths"), ("features", "frame_mask", "hidden")),
@@ -132,6 +135,8 @@ def read_audio_file(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     """A mono float32 waveform from an audio file (channels averaged), which must be at ``sample_rate``."""
     import soundfile
 
+    if not Path(path).is_file():
+        raise ValueError(f"no audio file at {str(path)!r}" + (" (it is a folder)" if Path(path).is_dir() else ""))
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
@@ -152,12 +157,20 @@ def check_not_channels(shape: tuple[int, ...]) -> None:
                          "returns it): give [batch, samples], e.g. one channel with x.mean(axis=1)")
 
 
+def check_float_audio(dtype: Any) -> None:
+    """A ValueError for integer samples (int16 PCM), which the model would read at 32768 times their level."""
+    name = str(dtype).removeprefix("torch.")
+    if name.startswith(("int", "uint")):
+        raise ValueError(f"waveforms are {name} samples: give float audio in [-1, 1] (int16 PCM: x / 32768)")
+
+
 def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> tuple[np.ndarray, np.ndarray]:
     """``(waveforms [batch, samples] float32, lengths [batch] int64)`` from one utterance ``[samples]``, a
     zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths."""
     if isinstance(waveforms, str | os.PathLike):
         waveforms = [waveforms]
     if isinstance(waveforms, np.ndarray) or (hasattr(waveforms, "shape") and hasattr(waveforms, "__array__")):
+        check_float_audio(np.asarray(waveforms).dtype)
         waves = np.asarray(waveforms, dtype=np.float32)
         if waves.ndim == 1:
             waves = waves[None]
@@ -171,8 +184,11 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
             raise ValueError(f"lengths must be [batch={waves.shape[0]}] values <= {waves.shape[1]}, got {lengths}")
         waves = np.ascontiguousarray(waves)
     else:
-        clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike)
-                 else np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
+        clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike) else np.asarray(w)
+                 for w in waveforms]
+        for clip in clips:
+            check_float_audio(clip.dtype)
+        clips = [clip.astype(np.float32).reshape(-1) for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")
         lengths = np.array([len(c) for c in clips], dtype=np.int64)
@@ -239,7 +255,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
     Args:
         folder: an export folder (``ldrop export CKPT DIR --format onnx``); see :meth:`from_pretrained`.
         profile: a :class:`DeviceProfile` or its JSON path; ``None``: the folder's ``profile.json``, else one is
-            measured at the first time target (needs torch).
+            measured at the first time target (needs torch); ``False``: none, not even the folder's.
         closed_loop, margin, on_unmeetable, **controller_options: as :class:`~ldrop.runtime.AdaptiveModel`.
         threads: ONNX Runtime intra-op threads (``None``: its default).
         providers: ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
@@ -249,7 +265,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
     """
 
     def __init__(
-        self, folder: str | os.PathLike, profile: DeviceProfile | str | os.PathLike | None = None,
+        self, folder: str | os.PathLike, profile: DeviceProfile | str | os.PathLike | Literal[False] | None = None,
         closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
         threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
         guard: bool = True, **controller_options: Any,
@@ -293,7 +309,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
             self._thresholds = np.array(selector["thresholds"], dtype=np.float64)  # None: nan
         if profile is None and (self.folder / PROFILE_FILE).is_file():
             profile = self.folder / PROFILE_FILE
-        self.controller = self._controller(profile, closed_loop, margin, on_unmeetable, **controller_options)
+        self.controller = self._controller(profile or None, closed_loop, margin, on_unmeetable, **controller_options)
         self.guard = guard
         self.clock = time.perf_counter  # the timer of calls and of the guard
         self._temporary: Any = None  # keeps a folder exported by from_pretrained alive
@@ -302,15 +318,15 @@ class OnnxAdaptiveModel(ClosedLoopModel):
                     **options: Any) -> OnnxBudgetController:
         if profile is not None and not isinstance(profile, DeviceProfile):
             profile = DeviceProfile.load(profile)
-        if profile is not None and profile.device.get("runtime") != "onnxruntime":
-            warnings.warn("this device profile was not measured on ONNX Runtime ('ldrop profile --runtime onnx'): its "
-                          "times are another runtime's, only the closed loop will correct them", stacklevel=3)
         flops = self.manifest.get("flops")
-        return OnnxBudgetController(
+        controller = OnnxBudgetController(
             self.num_layers, profile, flops=FlopsLaw(**flops) if flops else None, closed_loop=closed_loop,
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=self.sample_rate,
             min_budget=max(1, self.prefix_layers), **options,
         )
+        if profile is not None and (warning := controller.profile_warning(profile)):
+            warnings.warn(warning, stacklevel=3)
+        return controller
 
     def with_controller(self, profile: DeviceProfile | str | os.PathLike | None = None, closed_loop: bool = True,
                         margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
@@ -327,6 +343,12 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise OnnxFolderError(f"cannot load {str(path)!r} with onnxruntime: {reason}") from None
+        stamp = session.get_modelmeta().custom_metadata_map
+        export_id = self.manifest.get("export_id")  # folders written before the stamp have none
+        if export_id and (stamp.get(GRAPH_STAMP[0]), stamp.get(GRAPH_STAMP[1])) != (export_id, name):
+            where = "another export" if stamp.get(GRAPH_STAMP[0]) != export_id else f"this export's {stamp.get(GRAPH_STAMP[1])}"
+            raise OnnxFolderError(f"{str(path)!r} is {where}, not the {name} that {MANIFEST} lists: the folder's graphs "
+                                  "were mixed (re-export it with 'ldrop export CHECKPOINT DIR --format onnx')")
         inputs, outputs = GRAPH_IO[kind]
         names = {i.name for i in session.get_inputs()}
         if not set(inputs) <= names or not set(outputs) <= {o.name for o in session.get_outputs()}:
@@ -334,13 +356,13 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         return session
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, profile: DeviceProfile | str | None = None,
+    def from_pretrained(cls, path: str | os.PathLike, profile: DeviceProfile | str | Literal[False] | None = None,
                         quantize: Literal["dynamic"] | None = None, **kwargs: Any) -> OnnxAdaptiveModel:
         """From an ONNX export folder, or a ``.ckpt`` / ``ldrop export`` folder exported now (to a temporary
         folder)."""
         path = Path(path)
-        if (path / MANIFEST).is_file():
-            return cls(path, profile=profile, **kwargs)
+        if (path / MANIFEST).is_file() or path.is_dir() and not (path / "config.json").is_file():
+            return cls(path, profile=profile, **kwargs)  # an ONNX export, or read_manifest says what the folder lacks
         import tempfile
 
         from ldrop.runtime.onnx_export import export_onnx  # needs torch
@@ -366,7 +388,8 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         if int(lengths.min()) < self.receptive_field:
             raise ValueError(
                 f"waveforms must have at least {self.receptive_field} samples (the CNN receptive field); got a "
-                f"length of {int(lengths.min())}: pad short clips"
+                f"length of {int(lengths.min())}: zero-pad short clips to that many samples and give the padded "
+                "length as theirs (ldrop predict does this itself)"
             )
         names = [output.name for output in self._fixed.get_outputs()]  # a filterbank selector's and allocation's too
         encoded = dict(zip(names, self._fixed.run(names, {"waveforms": waveforms, "lengths": lengths}), strict=True))

@@ -69,7 +69,10 @@ class InputConditionedSelector(TopKSelector):
         sample_rate: waveform sample rate for ``input="fbank"``.
         fallback: top-k mode: before test and predict, give every input the best input-blind mask at the
             budgets where reading the input does not pay on validation data (:class:`InputBlindFallback`).
-        fallback_margin, fallback_search: see :class:`InputBlindFallback` (``margin``, ``search``).
+        fallback_margin: how much (in the task's primary metric on validation data) the selector's own masks
+            must beat the best input-blind mask by to be kept; ``>= 0`` (:class:`InputBlindFallback`).
+        fallback_search: the fallback also considers the best fixed subset of a greedy search on validation
+            data (about ``N^2 / 2`` more validation passes in all).
     """
 
     def __init__(

@@ -133,8 +133,11 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         )
         self.train_budget_choices = budget_list(self.budgets.train, num_layers, "budgets.train")
         self.val_budget_list = budget_list(self.budgets.validation, num_layers, "budgets.validation")
-        try:  # validate early
-            Target.parse(predict_budget) if is_target(predict_budget) else budget_to_layers(predict_budget, num_layers)
+        try:  # validate early, a target's profile against this model (no model has run yet in ldrop predict)
+            if is_target(predict_budget):
+                Target.parse(predict_budget).check_model(backbone_module.config, num_layers)
+            else:
+                budget_to_layers(predict_budget, num_layers)
         except ValueError as err:
             raise ValueError(f"predict_budget: {err}") from None
         self.depth: DepthPolicy  # who decides the depth

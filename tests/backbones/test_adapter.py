@@ -100,6 +100,16 @@ def test_unsupported_model_type_is_named():
         family_of(BertConfig())
 
 
+def test_an_unregistered_family_names_the_folder_and_how_to_register_it(tmp_path):
+    from transformers import UniSpeechSatConfig, UniSpeechSatModel
+
+    config = UniSpeechSatConfig(**{k: v for k, v in tiny_config("hubert").to_dict().items() if k != "model_type"})
+    UniSpeechSatModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unsupported backbone model_type 'unispeech-sat'") as raised:
+        SpeechBackbone.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(raised.value) and "register_family" in str(raised.value)
+
+
 def test_family_is_detected_from_config():
     assert family_of(WavLMConfig()) == "wavlm"
     assert family_of(tiny_config("data2vec")) == "data2vec"

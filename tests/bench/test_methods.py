@@ -159,6 +159,13 @@ def test_an_unknown_method_fails_before_any_stage(bench_config, capsys):
     assert not (bench_config.parent / "out" / "stage1").exists()
 
 
+def test_an_output_folder_under_a_file_is_one_line_before_any_stage(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["--out", str(tmp_path / "afile" / "bench")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("ldrop.bench methods: error:") and "not a folder" in error and "Traceback" not in error
+
+
 def test_the_default_configs_parse_and_instantiate(tmp_path, monkeypatch):
     from ldrop.bench.methods import _method_file, build_parser
     from ldrop.data import SyntheticMixedClassificationDataModule

@@ -290,6 +290,12 @@ def test_selector_options_are_reachable_as_the_readme_says(capsys):
     text = _help(capsys, "fit", "--model.help", "ClassificationTask", "--model.selector.help",
                  "InputConditionedSelector")
     assert "--model.selector.hidden_dim" in text and "--model.selector.fallback" in text
+    # the task passes (num_layers, feature_dim): the parser refuses them, so the help does not list them
+    assert "num_layers" not in text and "feature_dim FEATURE_DIM" not in text, text[:400]
+    # --model CLASS then --model.selector.help: the options as typed, not relative to the task (--selector.x)
+    text = _help(capsys, "fit", "--model", "ClassificationTask", "--model.selector.help=RandomSelector")
+    assert "--model.selector.eval_mode" in text and "Help for --model.selector.help=" in text, text[:400]
+    assert " --selector." not in text and "[--selector." not in text and "num_layers" not in text, text[:400]
 
 
 def test_gitignore_covers_what_the_readme_commands_write(tmp_path):

@@ -305,6 +305,17 @@ def test_the_help_of_a_nested_class_without_its_owner_says_to_choose_the_owner_f
     assert "choose the class of --model first" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("value", [[], ["EarlyExitConfig"]], ids=["no-value", "class-name"])
+def test_a_nested_help_after_the_owners_class_says_it_follows_the_owners_help(capsys, value):
+    # a config's help takes no value; after '--model CLASS' jsonargparse read it as a second --model
+    assert main(["fit", "--model", "ClassificationTask", "--model.early_exit.help", *value]) == 2
+    assert ("--model.early_exit.help follows --model.help, not --model: 'ldrop fit --model.help ClassificationTask "
+            "--model.early_exit.help'") in one_error_line(capsys)
+    with pytest.raises(SystemExit):  # the command it names shows the config's options
+        main(["fit", "--model.help", "ClassificationTask", "--model.early_exit.help"])
+    assert "--model.early_exit.policy" in capsys.readouterr().out
+
+
 def test_a_misspelt_class_path_deep_in_a_config_file_is_named_with_a_suggestion(tmp_path, capsys):
     config = tmp_path / "typo.yaml"
     config.write_text(Path(QUICKSTART).read_text().replace("class_path: InputConditionedSelector",

@@ -5,6 +5,7 @@ sweep recorded, and ``ldrop predict`` writes a ``decode`` that returns tensors (
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -80,6 +81,13 @@ class TensorPitchTask(PitchTask):
 
     def decode(self, logits, frame_mask):
         return logits[:, 0].float()
+
+
+class NanPitchTask(PitchTask):
+    """``decode`` gives NaN and infinity for some inputs (a diverged regression head)."""
+
+    def decode(self, logits, frame_mask):
+        return [{"hz": [math.nan, -math.inf][i % 2] if i % 3 == 0 else float(v)} for i, v in enumerate(logits[:, 0])]
 
 
 class SetPitchTask(PitchTask):
@@ -181,6 +189,18 @@ def test_predict_writes_tensor_outputs_as_numbers(tmp_path):
     assert _predict(tmp_path, "TensorPitchTask") == 0
     records = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert len(records) == 8 and all(isinstance(r["output"], float) for r in records)
+
+
+def test_predict_writes_nan_and_infinity_as_null_in_strict_json(tmp_path, capsys):
+    assert _predict(tmp_path, "NanPitchTask") == 0
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not strict JSON")
+    lines = (tmp_path / "pred.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse) for line in lines]
+    held = [r for r in records if r["output"]["hz"] is None]
+    assert len(records) == 8 and len(held) == 3, records  # inputs 0, 3 and 6 of the one batch of 8
+    assert all(isinstance(r["output"]["hz"], float) for r in records if r not in held)
+    assert "(3 held NaN or infinity, written as null)" in capsys.readouterr().out
 
 
 def test_predict_output_json_cannot_hold_is_one_line_and_no_file(tmp_path, capsys):

@@ -252,3 +252,7 @@ def test_adaptive_model_refuses_non_finite_samples_and_channel_last_audio(tiny_c
         model(torch.full((1, 8000), float("nan")), 2)
     with pytest.raises(ValueError, match=r"\[8000, 2\] look like \[samples, channels\] audio"):
         model(torch.randn(8000, 2), 2)
+    pcm = (torch.rand(8000) * 2000).to(torch.int16)  # raw PCM would run 32768 times too loud
+    for given in (pcm, [pcm], [pcm.numpy()]):
+        with pytest.raises(ValueError, match=r"int16 samples: give float audio in \[-1, 1\]"):
+            model(given, 2)

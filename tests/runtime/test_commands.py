@@ -60,6 +60,16 @@ def test_profile_refuses_bad_options_before_it_measures(tmp_path, capsys, monkey
     assert len(lines) == 1 and says.replace("{tmp}", str(tmp_path)) in lines[0], lines
 
 
+@pytest.mark.parametrize("command", ["profile", "export"])
+def test_help_gives_each_default_once(command):
+    import importlib
+    import re
+
+    text = importlib.import_module(f"ldrop.cli.{command}").build_parser().format_help()
+    options = re.split(r"\n  (?=-)", text)
+    assert len(options) > 5 and not [o for o in options if o.count("default") > 1]
+
+
 def test_profile_overrides_need_a_backbone(tiny_checkpoint, tmp_path, capsys):
     assert main(["profile", str(tiny_checkpoint), "--overrides", "{}", "--out", str(tmp_path / "p.json")]) == 2
     assert "--overrides applies with --backbone only" in capsys.readouterr().err
@@ -125,3 +135,38 @@ def test_control_benchmark_names_a_malformed_option_in_one_line(option, value, s
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {option}: " in error and says in error and value in error
+
+
+def test_sigterm_stops_ldrop_export_and_a_rerun_clears_a_killed_exports_staging(tiny_checkpoint, tmp_path, capsys,
+                                                                                monkeypatch):
+    """SIGTERM ended ``ldrop export`` without a line and left its hidden staging folder (a killed export too:
+    one per kill, for good). Now the folder is removed at once, or by the next export to the same folder."""
+    import os
+    import signal
+
+    from ldrop.backbones import SpeechBackbone
+
+    save = SpeechBackbone.save_pretrained
+
+    def terminated_while_saving(self, directory):
+        save(self, directory)  # the weights are on disk in the staging folder, then the signal comes
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(SpeechBackbone, "save_pretrained", terminated_while_saving)
+    out = tmp_path / "model"
+    assert main(["export", str(tiny_checkpoint), str(out)]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "ldrop: stopped by SIGTERM"
+    assert list(tmp_path.iterdir()) == []  # no export, no staging folder
+    monkeypatch.undo()
+    killed, running = tmp_path / ".model.pid999999999.x1", tmp_path / f".model.pid{os.getpid()}.x2"
+    for staging in (killed, running):
+        staging.mkdir()
+        (staging / "config.json").write_text("{}")
+    assert main(["export", str(tiny_checkpoint), str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "model"]  # a live process's stays
+
+
+def test_an_export_folder_under_a_file_names_the_file(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["export", str(tiny_checkpoint), str(tmp_path / "afile" / "out")]) == 2
+    assert f"'{tmp_path / 'afile'}' is a file, not a folder" in capsys.readouterr().err  # not "File exists"

@@ -150,7 +150,7 @@ def test_a_time_target_without_a_profile_says_how_to_get_one():
 
 
 def test_a_profile_of_another_depth_is_rejected():
-    with pytest.raises(ValueError, match="4-layer"):
+    with pytest.raises(ValueError, match="of another model .num_layers 4, not 12"):
         BudgetController(12, synthetic_profile(num_layers=4))
 
 

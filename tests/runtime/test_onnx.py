@@ -303,6 +303,8 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
     assert np.abs(from_file.logits - from_array.logits).max() <= 1e-6
     with pytest.raises(ValueError, match="8000 Hz; this model takes 16000 Hz"):
         model([tmp_path / "b.wav"], 2)
+    with pytest.raises(ValueError, match=r"no audio file at '.*missing.wav'$"):  # not libsndfile's "System error"
+        model(tmp_path / "missing.wav", 2)
     with pytest.raises(ValueError, match="at least 400 samples"):
         model(np.zeros(200, dtype=np.float32), 2)
     with pytest.raises(ValueError, match="between 1 and 4 layers"):
@@ -313,6 +315,10 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
     clips[1][100] = np.nan
     with pytest.raises(ValueError, match=r"waveforms \[1\] hold NaN or inf samples"):
         model(clips, 2)
+    pcm = (clip[:, 0] * 32767).astype(np.int16)  # raw PCM would run 32768 times too loud
+    for given in (pcm, [pcm], pcm[None]):
+        with pytest.raises(ValueError, match=r"int16 samples: give float audio in \[-1, 1\]"):
+            model(given, 2)
 
 
 def test_the_runtime_imports_and_runs_without_torch(exports):
@@ -487,11 +493,27 @@ def test_a_graph_with_an_unknown_opset_is_named(copied):
         OnnxAdaptiveModel(copied)
 
 
+def test_graphs_mixed_from_another_export_or_swapped_are_named(copied, exports):
+    shutil.copy(exports["data2vec"][1] / "head.onnx", copied / "head.onnx")  # takes and gives the same names
+    with pytest.raises(OnnxFolderError, match=r"head.onnx' is another export, not the head.onnx that manifest.json"):
+        OnnxAdaptiveModel(copied)
+    shutil.copy(exports["hubert"][1] / "head.onnx", copied / "head.onnx")
+    layers = copied / "layers"
+    (layers / "layer_00.onnx").rename(layers / "swap")
+    (layers / "layer_01.onnx").rename(layers / "layer_00.onnx")
+    (layers / "swap").rename(layers / "layer_01.onnx")
+    with pytest.raises(OnnxFolderError, match=r"layer_00.onnx' is this export's layers/layer_01.onnx, not the "
+                                              r"layers/layer_00.onnx"):
+        OnnxAdaptiveModel(copied)
+
+
 def test_a_folder_that_is_not_an_export_is_named(tmp_path):
     with pytest.raises(OnnxFolderError, match="no ONNX export folder"):
         OnnxAdaptiveModel(tmp_path / "nothing")
     with pytest.raises(OnnxFolderError, match="has no manifest.json"):
         OnnxAdaptiveModel(tmp_path)
+    with pytest.raises(OnnxFolderError, match="has no manifest.json"):  # a folder is not taken for a checkpoint
+        OnnxAdaptiveModel.from_pretrained(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(OnnxFolderError, match="not valid JSON"):
         OnnxAdaptiveModel(tmp_path)

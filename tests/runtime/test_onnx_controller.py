@@ -99,6 +99,18 @@ def test_plain_budgets_resolve_alike(budget):
     expected = torch_resolve_budget(torch.tensor(budget) if isinstance(budget, list) else budget, 4, 3)
     got = resolve_budget(np.array(budget) if isinstance(budget, list) else budget, 4, 3)
     assert got.tolist() == expected.tolist()
+    numpy_budget = np.array(budget) if isinstance(budget, list) else np.asarray(budget)[()]  # np.int64, np.float64
+    assert torch_resolve_budget(numpy_budget, 4, 3).tolist() == expected.tolist()  # both runtimes take numpy
+
+
+@pytest.mark.parametrize("budget", [np.array([0.5, np.nan, 1.0]), np.array(np.nan)], ids=["nan-in-array", "nan"])
+def test_a_nan_fraction_in_a_budget_array_is_refused_by_both_runtimes(budget):
+    with pytest.raises(ValueError, match=r"fractions, each in \(0, 1\]"):
+        resolve_budget(budget, 4, 3)
+    with pytest.raises(ValueError, match=r"fractions, each in \(0, 1\]"):
+        torch_resolve_budget(torch.as_tensor(budget), 4, 3)
+    with pytest.raises(ValueError, match="not booleans"):
+        torch_resolve_budget(torch.tensor([True, False, True]), 4, 3)
 
 
 @pytest.mark.parametrize("budget, message", [(0, "between 1 and 4"), (1.5, r"in \(0, 1\]"), (np.array([1, 2]), "shape"),
