@@ -29,6 +29,26 @@ def restore_train_loader_states(trainer: L.Trainer, states: list[dict[str, Any]]
         combined._load_state_dicts(states)
 
 
+def validation_due(trainer: L.Trainer) -> bool:
+    """Whether the fit loop validates after the training batch that is ending (asked in ``on_train_batch_end``)."""
+    return trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+
+
+def rerun_validation(checkpoint: dict[str, Any]) -> None:
+    """Make a fit resumed from ``checkpoint`` run the validation that was due at its step and did not complete
+    (Lightning skips it when the checkpoint was written at the training batch's end, and resumes one stopped
+    midway only if it failed inside a step): the training batch counts as done, the validation as restarted
+    at its first batch (Lightning then runs it whole)."""
+    loop = checkpoint["loops"]["fit_loop"]
+    train, val = loop["epoch_loop.batch_progress"], loop["epoch_loop.val_loop.batch_progress"]
+    for counts in (train["total"], train["current"]):
+        counts["completed"] = counts["processed"]
+    done = val["total"]["completed"]
+    val["total"] = {"ready": done + 1, "started": done + 1, "processed": done, "completed": done}
+    val["current"] = dict.fromkeys(val["current"], 0)
+    val["is_last_batch"] = False
+
+
 def subcommand_parsers(parser: ArgumentParser) -> Any:
     """The subcommands action of a jsonargparse parser (``None`` without subcommands)."""
     return getattr(parser, "_subcommands_action", None)

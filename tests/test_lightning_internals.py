@@ -43,6 +43,14 @@ def test_every_wrapped_private_name_exists_in_the_installed_versions():
     trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False)
     _require(trainer.fit_loop, "_combined_loader", "Trainer.fit_loop")
+    _require(trainer.fit_loop, "_data_fetcher", "Trainer.fit_loop")
+    _require(trainer.fit_loop.epoch_loop, "_should_check_val_fx", "Trainer.fit_loop.epoch_loop")
+    loops = trainer.fit_loop.state_dict()  # what rerun_validation rewrites in a checkpoint's "loops"/"fit_loop"
+    for key, fields in (("epoch_loop.batch_progress", ("total", "current")),
+                        ("epoch_loop.val_loop.batch_progress", ("total", "current", "is_last_batch"))):
+        if key not in loops or not set(fields) <= set(loops[key]):
+            pytest.fail(f"the fit loop's state has no {key} with {fields} in {VERSIONS}: update "
+                        "ldrop/_lightning.py's rerun_validation", pytrace=False)
     _require(lightning.LightningModule(), "_trainer", "LightningModule")
     parser = jsonargparse.ArgumentParser()
     _require(parser, "_actions", "jsonargparse.ArgumentParser")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -14,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ldrop import __version__
 from ldrop.cli import compare, export
 from ldrop.cli.errors import user_error_line
-from ldrop.cli.lightning import harmless_warnings, run_lightning, sigterm_stops
+from ldrop.cli.lightning import harmless_warnings, run_lightning, sigterm_stops, stop_signal
 from ldrop.cli.profile import main as profile_main
 
 #: ldrop's own commands, run before LightningCLI: name -> (``main(argv)``, summary for ``ldrop --help``).
@@ -30,9 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int | None:
 
     A failure a user can fix is printed as one ``ldrop: error: ...`` line with exit status 2
     (:func:`~ldrop.cli.errors.user_error_line`); ``LDROP_DEBUG=1`` raises it with the full traceback instead.
-    SIGTERM stops ``fit``/``validate``/``test``/``predict`` at the end of the batch, as one ``ldrop: stopped by
-    SIGTERM ...`` line with exit status 143; ``fit`` first writes ``last.ckpt`` at the step reached. ldrop's own
-    commands stop at once, their outputs absent.
+    SIGTERM or Ctrl+C (SIGINT) stops ``fit``/``validate``/``test``/``predict`` at the end of the batch, as one
+    ``ldrop: stopped by SIGTERM|SIGINT ...`` line with exit status 143 or 130; ``fit`` first writes ``last.ckpt`` at
+    the step reached. ldrop's own commands stop at once, their outputs absent.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("--version", "-V"):
@@ -47,10 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
                 warnings.filterwarnings("ignore", message=message)
             run_lightning(None if argv is None else args, {name: summary for name, (_, summary) in COMMANDS.items()})
         return 0
-    except SIGTERMException as err:
-        # a fit keeps last.ckpt at the step it reached; evaluation outputs are complete or absent, as on Ctrl+C
-        print(f"ldrop: {getattr(err, 'line', 'stopped by SIGTERM')}", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except (SIGTERMException, KeyboardInterrupt) as err:
+        # a fit keeps last.ckpt at the step it reached; evaluation outputs are complete or absent
+        print(f"ldrop: {getattr(err, 'line', f'stopped by {stop_signal().name}')}", file=sys.stderr)
+        return 128 + stop_signal()
     except Exception as err:
         line = user_error_line(err)
         if line is None or os.environ.get("LDROP_DEBUG", "0") not in ("", "0"):

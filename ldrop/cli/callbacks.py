@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +28,18 @@ from ldrop._io import (
     atomic_torch_save,
     check_writable_folder,
     damaged_checkpoint_error,
+    load_checkpoint_file,
     raise_if_disk_full,
     remove_stale_temporaries,
 )
-from ldrop._lightning import CheckpointSteps, collect_rng_states, restore_train_loader_states, set_rng_states
+from ldrop._lightning import (
+    CheckpointSteps,
+    collect_rng_states,
+    rerun_validation,
+    restore_train_loader_states,
+    set_rng_states,
+    validation_due,
+)
 from ldrop.tasks.base import metric_properties
 
 log = logging.getLogger(__name__)
@@ -56,7 +65,9 @@ class TaskCheckpoint(CheckpointSteps):
 
     Also keeps ``last.ckpt`` for ``ldrop fit --ckpt_path``: a step trigger (``every_n_train_steps``) only
     refreshes ``last.ckpt``, while ``best-*.ckpt`` is written right after a validation, so its score is
-    measured on the weights it holds. Temporaries a killed run left behind are removed at start-up.
+    measured on the weights it holds. Temporaries a killed run left behind are removed at start-up, and so, when a
+    fit resumes from this folder's ``last.ckpt``, are the best checkpoints of its step or later that its state does
+    not track (a killed run wrote them after it; the resumed run writes them again).
 
     Args:
         save_top_k: best checkpoints to keep.
@@ -77,6 +88,7 @@ class TaskCheckpoint(CheckpointSteps):
         self.mode_given = mode
         self._last_saved_step: int | None = None
         self._stage: str | None = None
+        self._resumed: tuple[int, Path] | None = None  # (step, file) of the checkpoint a fit resumes from
         #: the checkpoint that holds the step a stopped (SIGTERM) fit reached, to resume from
         self.stop_checkpoint: Path | None = None
 
@@ -112,12 +124,17 @@ class TaskCheckpoint(CheckpointSteps):
                             f"not a loss nor one of the task's metrics {list(pl_module.metric_names)}")
                          + "); give --checkpoint.mode max or min")
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        fit = self._stage == "fit" and trainer.is_global_zero and trainer.ckpt_path and self.dirpath
+        self._resumed = (checkpoint.get("global_step", 0), Path(trainer.ckpt_path).resolve()) if fit else None
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the best-checkpoint tracking also when the run's folder moved (files are looked up by
         name)."""
         saved = state_dict.get("dirpath")
         if not saved or not self.dirpath or saved == self.dirpath:
-            return super().load_state_dict(state_dict)
+            super().load_state_dict(state_dict)
+            return self._remove_untracked()
         here = Path(self.dirpath)
 
         def moved(path: str | None) -> str | None:
@@ -131,9 +148,32 @@ class TaskCheckpoint(CheckpointSteps):
                 log.warning("the best checkpoints tracked in %s are not in %s: best-checkpoint tracking restarts "
                             "with the next validation", saved, self.dirpath)
             found = {"best_model_score": None, "best_k_models": {}, "kth_value": self.kth_value} | dict.fromkeys(paths, "")
+            self._resumed = None  # its files are not this run's to remove
         else:
             found = {"best_k_models": best_k} | {key: moved(state_dict.get(key)) or "" for key in paths}
         super().load_state_dict({**state_dict, "dirpath": self.dirpath, **found})
+        self._remove_untracked()
+
+    def _remove_untracked(self) -> None:
+        """Resumed from this folder's last checkpoint: delete the best checkpoints (named as this callback names
+        them) of its step or later that the restored state does not track."""
+        resumed, self._resumed = self._resumed, None
+        if resumed is None or not self.last_model_path or Path(self.last_model_path).resolve() != resumed[1]:
+            return
+        tracked = {Path(path).resolve() for path in [*self.best_k_models, self.best_model_path, resumed[1]] if path}
+        parts = re.split(r"\{[^}]*\}", self.filename or "")
+        named = re.compile(".*".join(map(re.escape, parts)) + r"(-v\d+)?" + re.escape(self.FILE_EXTENSION))
+        for path in Path(self.dirpath).glob(f"*{self.FILE_EXTENSION}"):
+            if path.resolve() in tracked or not named.fullmatch(path.name) or path.name.startswith(self.CHECKPOINT_NAME_LAST):
+                continue
+            try:
+                step = load_checkpoint_file(path, weights_only=True, mmap=True).get("global_step", -1)
+            except (OSError, ValueError, RuntimeError):
+                continue
+            if step >= resumed[0]:
+                path.unlink()
+                log.info("removed %s: written at step %d by the run that stopped after step %d, where this one "
+                         "resumes (it writes it again)", path, step, resumed[0])
 
     @property
     def _step_triggered(self) -> bool:
@@ -251,10 +291,13 @@ class ExactResume(Callback):
 
     Saves every random generator (torch, CUDA, NumPy, Python, the task's ``torch.Generator``s) and restores
     them after the sanity check; also hands the train dataloader its saved position, which Lightning skips
-    when the task asked for ``trainer.estimated_stepping_batches``.
+    when the task asked for ``trainer.estimated_stepping_batches``. A checkpoint written before the validation due at
+    its step completed (at the training batch's end, or stopped during the validation) says so, and the resumed fit
+    runs that validation first, as the uninterrupted run did.
     """
 
     KEY = "ldrop_rng_states"
+    VALIDATION_KEY = "ldrop_validation_pending"
 
     def __init__(self) -> None:
         self._rng_states: dict[str, Any] | None = None
@@ -262,6 +305,19 @@ class ExactResume(Callback):
         #: ``global_step`` of the checkpoint a fit resumed from (``None``: not resumed); equal to the trainer's
         #: after the fit when the run was already complete.
         self.resumed_step: int | None = None
+        #: a validation is due at this step and not complete (what a checkpoint written now records)
+        self.validation_pending = False
+        #: the resumed fit ran the validation its checkpoint's step was due
+        self.validation_rerun = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.validation_pending = validation_due(trainer)  # before the checkpoint callbacks' hooks
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.validation_pending = not trainer.sanity_checking
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validation_pending = False  # complete: the checkpoint callbacks write best-*.ckpt and last.ckpt next
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         states = collect_rng_states(include_cuda=torch.cuda.is_available())
@@ -271,9 +327,13 @@ class ExactResume(Callback):
         states["python"] = list(states["python"])
         states["modules"] = {name: g.get_state() for name, g in _module_generators(pl_module).items()}
         checkpoint[self.KEY] = states
+        checkpoint[self.VALIDATION_KEY] = self.validation_pending
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self.resumed_step = checkpoint.get("global_step") if trainer.state.fn == TrainerFn.FITTING else None
+        self.validation_rerun = self.resumed_step is not None and bool(checkpoint.get(self.VALIDATION_KEY))
+        if self.validation_rerun:
+            rerun_validation(checkpoint)  # before Lightning restores its loops from it
         self._rng_states = checkpoint.get(self.KEY)
         fit_loop_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         self._loader_states = fit_loop_state.get("combined_loader")

@@ -290,8 +290,9 @@ class LdropCLI(CLISteps):
             remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
 
     def sigterm_line(self, subcommand: str) -> str:
-        """What a SIGTERM stopped in this run and what it left (the line ``ldrop`` prints, exit status 143)."""
-        trainer = self.trainer
+        """What a SIGTERM or SIGINT (Ctrl+C) stopped in this run and what it left (the line ``ldrop`` prints, exit
+        status 143 or 130)."""
+        trainer, name = self.trainer, stop_signal().name
         if subcommand == "fit":
             checkpoint = next((c for c in trainer.callbacks if isinstance(c, TaskCheckpoint)), None)
             path = checkpoint.stop_checkpoint if checkpoint is not None else None
@@ -300,28 +301,29 @@ class LdropCLI(CLISteps):
             where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
             if path is not None:
                 done = "" if trainer.interrupted else ", the run complete"
-                return (f"stopped by SIGTERM {where}{done}; {path.name} holds that step: resume with the same "
+                return (f"stopped by {name} {where}{done}; {path.name} holds that step: resume with the same "
                         f"arguments and --ckpt_path {path}")
             if trainer.global_step == 0:
-                return "stopped by SIGTERM before the first training step: nothing was trained, no checkpoint written"
+                return f"stopped by {name} before the first training step: nothing was trained, no checkpoint written"
             reason = " (--checkpoint.save_last is false)" if checkpoint is not None and not checkpoint.save_last else ""
-            return f"stopped by SIGTERM {where}; no checkpoint was written{reason}"
+            return f"stopped by {name} {where}; no checkpoint was written{reason}"
         if not trainer.interrupted:
-            return f"stopped by SIGTERM as 'ldrop {subcommand}' ended; its outputs are complete"
+            return f"stopped by {name} as 'ldrop {subcommand}' ended; its outputs are complete"
         if subcommand == "test":
-            return "stopped by SIGTERM during 'ldrop test'; no budget sweep was written"
+            return f"stopped by {name} during 'ldrop test'; no budget sweep was written"
         if subcommand == "predict":
             writer = self._command_config(True).get("predictions")
             kept = writer.kept if isinstance(writer, JsonlPredictionWriter) else None
-            return ("stopped by SIGTERM during 'ldrop predict'; " + (
+            return (f"stopped by {name} during 'ldrop predict'; " + (
                 f"the {writer.count} predictions written before it are in {kept}" if kept is not None
                 else "no predictions were written"))
-        return f"stopped by SIGTERM during 'ldrop {subcommand}'"
+        return f"stopped by {name} during 'ldrop {subcommand}'"
 
     def after_fit(self) -> None:
         trainer = self.trainer
         resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
-        if resume is not None and trainer.is_global_zero and trainer.global_step == resume.resumed_step:
+        if (resume is not None and trainer.is_global_zero and trainer.global_step == resume.resumed_step
+                and not resume.validation_rerun):
             print(f"the run was already complete at its checkpoint (epoch {trainer.current_epoch}, step "
                   f"{trainer.global_step}; max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): "
                   "nothing was trained; raise --trainer.max_epochs or --trainer.max_steps to train further")
@@ -363,34 +365,61 @@ class LdropCLI(CLISteps):
 
 
 class StoppedBySigterm(SIGTERMException):
-    """A run that SIGTERM stopped; ``line`` says where and what it left. Exit status 143 (128 + SIGTERM)."""
+    """A run that SIGTERM (or SIGINT) stopped; ``line`` says where and what it left. Exit status 143 (128 + SIGTERM),
+    130 for SIGINT."""
 
     def __init__(self, line: str) -> None:
-        super().__init__(128 + signal.SIGTERM)
+        super().__init__(128 + stop_signal())
         self.line = line
+
+
+_received: list[signal.Signals] = []  # the stop signals received in the current sigterm_stops block, in order
+
+
+def stop_signal() -> signal.Signals:
+    """The signal that stopped the current ``ldrop`` command: SIGINT (Ctrl+C) if it came first, else SIGTERM."""
+    return _received[0] if _received else signal.SIGTERM
 
 
 @contextlib.contextmanager
 def sigterm_stops() -> Iterator[None]:
-    """While in the block, SIGTERM raises Lightning's ``SIGTERMException`` at once outside a trainer's run (once:
-    a second one during the clean-up is ignored); during a run, Lightning's handler flags it (then calls this
-    one, which leaves it at that) and the loops and ldrop's callbacks stop at the end of the batch."""
+    """While in the block, SIGTERM and SIGINT (Ctrl+C) raise Lightning's ``SIGTERMException`` at once outside a
+    trainer's run (once: then a SIGTERM is ignored, a second Ctrl+C raises ``KeyboardInterrupt``); during a run,
+    Lightning's SIGTERM handler flags either (it calls this one back, which leaves it at that), and the loops and
+    ldrop's callbacks stop at the end of the batch, as for SIGTERM. :func:`stop_signal` names the first."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    raised = False
+    forwarding = False
 
     def handler(signum: int, frame: Any) -> None:
-        nonlocal raised
-        if signal.getsignal(signal.SIGTERM) is handler and not raised:  # not called from a trainer's handler
-            raised = True
+        nonlocal forwarding
+        if forwarding:  # Lightning's handler calling this one back
+            return
+        _received.append(signal.Signals(signum))
+        if signum == signal.SIGINT and len(_received) > 1:
+            raise KeyboardInterrupt  # a second Ctrl+C: at once
+        running = signal.getsignal(signal.SIGTERM)
+        if running is handler and len(_received) == 1:  # outside a trainer's run
             raise SIGTERMException
+        if signum == signal.SIGINT and callable(running) and running is not handler:
+            forwarding = True
+            try:
+                running(signum, frame)  # a trainer's: it flags the stop
+            finally:
+                forwarding = False
 
+    _received.clear()
     previous = signal.signal(signal.SIGTERM, handler)
+    interrupt = signal.getsignal(signal.SIGINT)
+    if interrupt is not signal.SIG_IGN:  # a background job's Ctrl+C stays ignored
+        signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if interrupt is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, interrupt)
 
 
 #: What every run folder gets before it produces anything: the config, the hyper-parameters, an event file.

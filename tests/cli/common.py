@@ -18,3 +18,16 @@ def fit_quickstart(tmp_path: Path, *extra: str) -> Path:
           "--trainer.logger.init_args.save_dir", str(tmp_path), *extra])
     runs = sorted((tmp_path / "ldrop").glob("version_*"))
     return runs[-1]
+
+
+def val_steps(run: Path) -> list[int]:
+    """The steps each validation of the run folder logged its loss at, over all its event files (a resumed run
+    adds one)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in sorted(run.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        steps += [e.step for e in accumulator.Scalars("val/loss")] if "val/loss" in accumulator.Tags()["scalars"] else []
+    return steps

@@ -23,6 +23,25 @@ class StallAtStep(Callback):
             time.sleep(self.seconds)
 
 
+class StallBeforeLast(StallAtStep):
+    """Stands still (as :class:`StallAtStep`) in the second checkpoint write after the validation at ``step``:
+    ``best-*.ckpt`` is on disk, ``last.ckpt`` not yet (it holds the step-triggered write before the validation)."""
+
+    saves: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pass
+
+    def on_validation_end(self, trainer, pl_module) -> None:  # before the checkpoint callbacks' own
+        self.saves = 0 if trainer.global_step == self.step and not trainer.sanity_checking else None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.saves is not None:
+            self.saves += 1
+            if self.saves == 2:
+                super().on_train_batch_end(trainer, pl_module, None, None, 0)
+
+
 class CheckpointProbe(Callback):
     """Records, at each validation start, the step stored in ``last.ckpt`` (``None`` when there is none yet)."""
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ldrop.cli import main
-from tests.cli.common import QUICKSTART, SMALL
+from tests.cli.common import QUICKSTART, SMALL, val_steps
 from tests.cli.interrupt import CheckpointProbe
 
 # 32 clips in batches of 4: 8 steps per epoch, 16 in all; step checkpoints at steps 4 (mid-epoch) and 8. The
@@ -46,11 +46,12 @@ def uninterrupted(tmp_path_factory) -> Path:
     return save_dir / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
 
 
-def _killed_fit(save_dir: Path, stall_step: int) -> Path:
-    """Run ``ldrop fit`` in a subprocess, SIGKILL it once it stands at ``stall_step``; returns its run folder."""
+def _killed_fit(save_dir: Path, stall_step: int, stall: str = "StallAtStep") -> Path:
+    """Run ``ldrop fit`` in a subprocess, SIGKILL it once it stands at ``stall_step`` (where the callback ``stall``
+    of ``tests.cli.interrupt`` stands it still); returns its run folder."""
     marker = save_dir / "stalled"
     command = [sys.executable, "-m", "ldrop.cli", *FIT, "--trainer.logger.init_args.save_dir", str(save_dir),
-               "--trainer.callbacks+=tests.cli.interrupt.StallAtStep", "--trainer.callbacks.init_args.step",
+               f"--trainer.callbacks+=tests.cli.interrupt.{stall}", "--trainer.callbacks.init_args.step",
                str(stall_step), "--trainer.callbacks.init_args.marker", str(marker)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -66,11 +67,13 @@ def _killed_fit(save_dir: Path, stall_step: int) -> Path:
     return save_dir / "ldrop" / "version_0"
 
 
-@pytest.mark.parametrize("stall_step, saved_step", [(5, 4), (9, 8)], ids=["mid-epoch", "epoch-boundary"])
+@pytest.mark.parametrize("stall_step, saved_step, stall", [(5, 4, "StallAtStep"), (9, 8, "StallAtStep"),
+                                                           (8, 8, "StallBeforeLast")],
+                         ids=["mid-epoch", "epoch-boundary", "between-best-and-last-ckpt"])
 def test_a_killed_fit_resumes_to_the_uninterrupted_weights_in_the_same_run_folder(
-    uninterrupted, tmp_path, stall_step, saved_step
+    uninterrupted, tmp_path, stall_step, saved_step, stall
 ):
-    run = _killed_fit(tmp_path, stall_step)
+    run = _killed_fit(tmp_path, stall_step, stall)
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == saved_step
     (run / "checkpoints" / ".last.ckpt.x1y2.tmp").touch()  # what a kill during a checkpoint write leaves
@@ -81,6 +84,12 @@ def test_a_killed_fit_resumes_to_the_uninterrupted_weights_in_the_same_run_folde
     assert not (tmp_path / "elsewhere").exists()
     assert not list((run / "checkpoints").glob(".*.tmp"))
     assert torch.load(last, weights_only=True)["global_step"] == 16
+    # the same checkpoints and validations, each once (between best- and last.ckpt: the best checkpoint of step 8,
+    # which last.ckpt of step 8, written before that validation, does not track, is written again, not beside it)
+    assert sorted(p.name for p in last.parent.iterdir()) == sorted(p.name for p in uninterrupted.parent.iterdir())
+    # (the killed run's event file keeps what it logged before the kill: a validation it did not checkpoint is
+    # logged there too)
+    assert sorted(set(val_steps(run))) == val_steps(uninterrupted.parents[1]) == [7, 15]
     expected, resumed = _weights(uninterrupted), _weights(last)
     assert expected.keys() == resumed.keys()
     different = [name for name in expected if not _identical(expected[name], resumed[name])]

@@ -1,5 +1,6 @@
-"""SIGTERM stops every run at the next batch with exit status 143 and one line: fit writes a resumable
-last.ckpt first, test and predict leave their outputs complete or absent, as on Ctrl+C.
+"""SIGTERM (and Ctrl+C, SIGINT) stops every run at the next batch with exit status 143 (130) and one line: fit
+writes a resumable last.ckpt first, test and predict leave their outputs complete or absent; a fit stopped before
+its validation completed runs it when resumed.
 
 The callback ``tests.cli.interrupt.SignalAt`` sends the signal from inside the run, at a given step. Apart from
 the console-script run, the commands run in this process: ``ldrop``'s ``main`` holds SIGTERM during a run, so the
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from ldrop.cli import main
-from tests.cli.common import QUICKSTART, SMALL
+from tests.cli.common import QUICKSTART, SMALL, val_steps
 from tests.cli.test_resume import _identical, _weights
 
 # 32 clips in batches of 4: 8 steps, one epoch, then a validation of 2 batches; no sanity check; loading in the
@@ -26,15 +28,15 @@ FIT = ["fit", "--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4"
 EVALUATE = ["--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4"]
 
 
-def _signal_at(hook: str, step: int = 0) -> list[str]:
+def _signal_at(hook: str, step: int = 0, sent: str = "SIGTERM") -> list[str]:
     return ["--trainer.callbacks+=tests.cli.interrupt.SignalAt", "--trainer.callbacks.init_args.hook", hook,
-            "--trainer.callbacks.init_args.step", str(step)]
+            "--trainer.callbacks.init_args.step", str(step), "--trainer.callbacks.init_args.signal", sent]
 
 
-def _stop_line(err: str) -> str:
+def _stop_line(err: str, sent: str = "SIGTERM") -> str:
     lines = [line for line in err.splitlines() if line.startswith("ldrop: ")]
     assert len(lines) == 1, err[-3000:]
-    assert lines[0].startswith("ldrop: stopped by SIGTERM"), lines[0]
+    assert lines[0].startswith(f"ldrop: stopped by {sent}"), lines[0]
     assert "Traceback" not in err
     return lines[0]
 
@@ -61,6 +63,42 @@ def test_sigterm_mid_fit_exits_143_with_a_last_ckpt_that_resumes_to_the_uninterr
     assert expected.keys() == resumed.keys() and not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+def test_ctrl_c_mid_fit_writes_last_ckpt_at_the_step_reached_and_names_it(tmp_path, capsys):
+    code = main([*FIT, "--trainer.logger.init_args.save_dir", str(tmp_path), *_signal_at("train", 3, "SIGINT")])
+    last = tmp_path / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+    assert code == 130
+    line = _stop_line(capsys.readouterr().err, "SIGINT")
+    assert "at step 3" in line and f"--ckpt_path {last}" in line
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+
+
+# two epochs: validations at steps 8 and 16 (logged at steps 7 and 15)
+TWO_EPOCHS = [*FIT, "--trainer.max_epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    save_dir = tmp_path_factory.mktemp("uninterrupted")
+    assert main([*TWO_EPOCHS, "--trainer.logger.init_args.save_dir", str(save_dir)]) == 0
+    return save_dir / "ldrop" / "version_0"
+
+
+@pytest.mark.parametrize("hook, step", [("train", 8), ("validation", 0)], ids=["last-batch-of-the-epoch", "validation"])
+def test_a_fit_stopped_before_its_validation_completed_runs_it_once_on_resume(uninterrupted, tmp_path, hook, step):
+    save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    assert main([*TWO_EPOCHS, *save_dir, *_signal_at(hook, step)]) == 143
+    run = tmp_path / "ldrop" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 8 and not list(last.parent.glob("best-*"))
+
+    assert main([*TWO_EPOCHS, *save_dir, "--ckpt_path", str(last)]) == 0
+    assert val_steps(run) == val_steps(uninterrupted) == [7, 15]
+    assert sorted(p.name for p in last.parent.iterdir()) == sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+    expected, resumed = _weights(uninterrupted / "checkpoints" / "last.ckpt"), _weights(last)
+    assert expected.keys() == resumed.keys()
+    assert all(torch.allclose(expected[k].float().nan_to_num(), resumed[k].float().nan_to_num(), atol=1e-6) for k in expected)
+
+
 def test_sigterm_during_validation_in_fit_writes_last_ckpt_at_the_step_reached(tmp_path, capsys):
     # the epoch's validation pass, after the 8 training steps: stopped before its second batch
     code = main([*FIT, "--trainer.logger.init_args.save_dir", str(tmp_path), *_signal_at("validation", 0)])
@@ -70,27 +108,28 @@ def test_sigterm_during_validation_in_fit_writes_last_ckpt_at_the_step_reached(t
     assert torch.load(last, weights_only=True)["global_step"] == 8
 
 
-@pytest.mark.parametrize("hook", ["test_start", "test"], ids=["selector-fit-on-validation-data", "sweep"])
-def test_sigterm_stops_ldrop_test_without_a_sweep(tmp_path, capsys, hook):
+@pytest.mark.parametrize("hook, sent", [("test_start", "SIGTERM"), ("test", "SIGTERM"), ("test", "SIGINT")],
+                         ids=["selector-fit-on-validation-data", "sweep", "sweep-ctrl-c"])
+def test_sigterm_stops_ldrop_test_without_a_sweep(tmp_path, capsys, hook, sent):
     code = main(["test", *EVALUATE, "--sweep.headroom", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
-                 *_signal_at(hook, 0)])
+                 *_signal_at(hook, 0, sent)])
     err = capsys.readouterr().err
-    assert code == 143
-    assert "no budget sweep was written" in _stop_line(err)
+    assert code == {"SIGTERM": 143, "SIGINT": 130}[sent]
+    assert "no budget sweep was written" in _stop_line(err, sent)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no sweep file, and no empty run folder
     if hook == "test_start":  # the fit on validation data stopped at its first batch
         assert "fitting InputConditionedSelector on validation data: done" not in err
 
 
-def test_sigterm_stops_ldrop_predict_and_keeps_the_written_predictions_as_partial(tmp_path, capsys):
+@pytest.mark.parametrize("sent, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_sigterm_stops_ldrop_predict_and_keeps_the_written_predictions_as_partial(tmp_path, capsys, sent, code):
     output = tmp_path / "predictions.jsonl"
-    code = main(["predict", *EVALUATE, "--predictions.output", str(output),
+    assert main(["predict", *EVALUATE, "--predictions.output", str(output),
                  "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-                 *_signal_at("predict", 0)])
-    assert code == 143
+                 *_signal_at("predict", 0, sent)]) == code
     partial = output.with_name(output.name + ".partial")
     out, err = capsys.readouterr()
-    assert str(partial) in _stop_line(err)
+    assert str(partial) in _stop_line(err, sent)
     assert str(partial) not in out  # one line says where the predictions are, not two
     assert not output.exists()
     assert 1 <= len(partial.read_text().splitlines()) < 16  # stopped at the next batch, not at the end
