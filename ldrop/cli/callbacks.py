@@ -363,6 +363,8 @@ class ExactResume(Callback):
         modules = states.get("modules", {})
         if not torch.cuda.is_available():
             states = {k: v for k, v in states.items() if k != "torch.cuda"}
+        elif "torch.cuda" in states:  # a checkpoint of a machine with more GPUs: the ones there are
+            states = {**states, "torch.cuda": list(states["torch.cuda"])[: torch.cuda.device_count()]}
         set_rng_states({**states, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)})
         for name, generator in _module_generators(pl_module).items():
             if name in modules:
