@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zipfile
@@ -126,7 +128,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | N
     """Delete the temporaries killed atomic writes left in ``folder`` (of ``names``, or every hidden
     ``.*.tmp``)."""
     folder = Path(folder)
-    patterns = [".*.tmp"] if names is None else [f".{name}.*" for name in names]
+    patterns = [".*.tmp"] if names is None else [f".{glob.escape(name)}.*" for name in names]
     removed = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
     for path in removed:
         path.unlink(missing_ok=True)
@@ -237,9 +239,9 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
     folder appears complete or not at all. ``error`` (one line) if ``out_dir`` is a file or a non-empty folder."""
     out_dir = check_new_folder(out_dir, error)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.pid*.*"):  # of a killed earlier run, not a running one
-        pid = stale.name[len(out_dir.name) + 5:].split(".")[0]
-        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
+    for stale in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.pid*.*"):  # a killed run's, not a running one's
+        pid = re.fullmatch(rf"\.{re.escape(out_dir.name)}\.pid(\d+)\..+", stale.name)
+        if stale.is_dir() and pid and not _running(int(pid[1])):
             shutil.rmtree(stale, ignore_errors=True)
             log.info("removed %s, the staging folder of an interrupted run", stale)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.pid{os.getpid()}.", dir=out_dir.parent))

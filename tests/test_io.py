@@ -50,3 +50,17 @@ def test_a_set_of_files_removes_the_temporaries_a_killed_write_of_them_left(tmp_
     (tmp_path / ".other.json.c3d4.tmp").write_text("{")  # another file's: not this set's to remove
     atomic_write_files({tmp_path / "compare.md": b"table\n", tmp_path / "compare.json": b"{}\n"})
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.c3d4.tmp", "compare.json", "compare.md"]
+
+
+def test_a_staged_folder_removes_only_killed_runs_staging_of_the_same_name(tmp_path):
+    import os
+
+    from ldrop._io import staged_folder
+
+    running = tmp_path / f".exp1.pid{os.getpid()}.k3j2"  # a running export to exp1
+    killed = tmp_path / ".ex[p]1.pid999999999.a1b2"  # a killed export to ex[p]1
+    for folder in (running, killed):
+        folder.mkdir()
+    with staged_folder(tmp_path / "ex[p]1") as staging:  # a glob pattern in the name matched exp1's before
+        (staging / "x").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "ex[p]1"]

@@ -196,6 +196,44 @@ def test_sigterm_while_a_benchmark_stage_runs_stops_its_child_too(tmp_path):
         os.kill(child, 0)  # killed and reaped by the parent
 
 
+def test_a_benchmark_stage_that_cannot_start_leaves_the_sigterm_handler_as_it_was(tmp_path):
+    import signal
+
+    import pytest
+
+    import ldrop.bench
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(FileNotFoundError):
+        ldrop.bench.launch(["fit"], tmp_path / "missing" / "fit.log")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_ctrl_c_in_a_forked_worker_of_a_run_ends_the_worker_as_before(tmp_path):
+    """DataLoader workers are forked with ldrop's SIGINT handler: in them it must not stop the run (Lightning's
+    handler, which broadcasts to every rank), only end the worker as a plain Ctrl+C did."""
+    import signal
+    import time
+
+    from ldrop.cli.lightning import sigterm_stops, stop_signal
+
+    with sigterm_stops():
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into pytest
+            code = 0
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                code = 7
+            except BaseException:
+                code = 8
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert stop_signal() == signal.SIGTERM  # the parent received nothing
+
+
 def test_the_control_benchmarks_replay_shows_progress_per_utterance(caplog):
     import logging
     from types import SimpleNamespace

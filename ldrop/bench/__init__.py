@@ -39,10 +39,13 @@ def launch(args: Sequence[str], log: Path, threads: int | None = None) -> int:
         note(f"stopped by SIGTERM: stopping `ldrop {args[0]}` (a rerun redoes this stage)")
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
     with open(log, "w", encoding="utf-8") as handle, \
             subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env) as child:
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM)
         try:
+            if main_thread:
+                signal.signal(signal.SIGTERM, stop)
             while True:
                 try:
                     return child.wait(timeout=PROGRESS_INTERVAL)
@@ -55,8 +58,8 @@ def launch(args: Sequence[str], log: Path, threads: int | None = None) -> int:
             child.wait()
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            if main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _tail(log: Path, count: int) -> list[str]:

@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,7 +89,9 @@ class TaskCheckpoint(CheckpointSteps):
         self.mode_given = mode
         self._last_saved_step: int | None = None
         self._stage: str | None = None
-        self._resumed: tuple[int, Path] | None = None  # (step, file) of the checkpoint a fit resumes from
+        #: the fit's identity, kept across resumes and saved in every checkpoint it writes
+        self.run_id: str | None = None
+        self._resumed: tuple[int, Path, str] | None = None  # (step, file, run id) of the checkpoint a fit resumes from
         #: the checkpoint that holds the step a stopped (SIGTERM) fit reached, to resume from
         self.stop_checkpoint: Path | None = None
 
@@ -101,6 +104,7 @@ class TaskCheckpoint(CheckpointSteps):
                 self.mode, self.kth_value = mode, torch.tensor(float("inf") if mode == "min" else -float("inf"))
         super().setup(trainer, pl_module, stage)
         self._stage = stage
+        self.run_id = uuid.uuid4().hex if stage == "fit" else None  # a resumed fit takes its checkpoint's
         if self.dirpath:
             # absolute: the state saved in a checkpoint then names the folder whatever the working directory
             self.dirpath = os.path.abspath(self.dirpath)
@@ -124,9 +128,17 @@ class TaskCheckpoint(CheckpointSteps):
                             f"not a loss nor one of the task's metrics {list(pl_module.metric_names)}")
                          + "); give --checkpoint.mode max or min")
 
+    RUN_ID_KEY = "ldrop_run_id"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self.run_id is not None:
+            checkpoint[self.RUN_ID_KEY] = self.run_id
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        fit = self._stage == "fit" and trainer.is_global_zero and trainer.ckpt_path and self.dirpath
-        self._resumed = (checkpoint.get("global_step", 0), Path(trainer.ckpt_path).resolve()) if fit else None
+        resumed = checkpoint.get(self.RUN_ID_KEY) if self._stage == "fit" else None
+        self.run_id = resumed or self.run_id
+        fit = resumed and trainer.is_global_zero and trainer.ckpt_path and self.dirpath
+        self._resumed = (checkpoint.get("global_step", 0), Path(trainer.ckpt_path).resolve(), resumed) if fit else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the best-checkpoint tracking also when the run's folder moved (files are looked up by
@@ -156,7 +168,8 @@ class TaskCheckpoint(CheckpointSteps):
 
     def _remove_untracked(self) -> None:
         """Resumed from this folder's last checkpoint: delete the best checkpoints (named as this callback names
-        them) of its step or later that the restored state does not track."""
+        them) that the same run wrote at its step or later and that the restored state does not track. Another
+        run's files (a shared ``dirpath``) and checkpoints without a run id are never deleted."""
         resumed, self._resumed = self._resumed, None
         if resumed is None or not self.last_model_path or Path(self.last_model_path).resolve() != resumed[1]:
             return
@@ -167,10 +180,11 @@ class TaskCheckpoint(CheckpointSteps):
             if path.resolve() in tracked or not named.fullmatch(path.name) or path.name.startswith(self.CHECKPOINT_NAME_LAST):
                 continue
             try:
-                step = load_checkpoint_file(path, weights_only=True, mmap=True).get("global_step", -1)
+                written = load_checkpoint_file(path, weights_only=True, mmap=True)
             except (OSError, ValueError, RuntimeError):
                 continue
-            if step >= resumed[0]:
+            step = written.get("global_step", -1) if isinstance(written, dict) else -1
+            if step >= resumed[0] and written.get(self.RUN_ID_KEY) == resumed[2]:
                 path.unlink()
                 log.info("removed %s: written at step %d by the run that stopped after step %d, where this one "
                          "resumes (it writes it again)", path, step, resumed[0])
@@ -349,6 +363,8 @@ class ExactResume(Callback):
         modules = states.get("modules", {})
         if not torch.cuda.is_available():
             states = {k: v for k, v in states.items() if k != "torch.cuda"}
+        elif "torch.cuda" in states:  # a checkpoint of a machine with more GPUs: the ones there are
+            states = {**states, "torch.cuda": list(states["torch.cuda"])[: torch.cuda.device_count()]}
         set_rng_states({**states, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)})
         for name, generator in _module_generators(pl_module).items():
             if name in modules:

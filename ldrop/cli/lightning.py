@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import signal
@@ -390,10 +391,14 @@ def sigterm_stops() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    forwarding = False
+    forwarding, owner = False, os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal forwarding
+        if os.getpid() != owner:  # a forked DataLoader worker: Ctrl+C ends it as before, the run stops the rest
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         if forwarding:  # Lightning's handler calling this one back
             return
         _received.append(signal.Signals(signum))

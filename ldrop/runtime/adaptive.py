@@ -190,7 +190,8 @@ class AdaptiveModel(ClosedLoopModel):
                 out = self(batch.waveforms, target, lengths=batch.lengths)
                 times.append(out.measured_ms)
                 layers.append(out.layers_run.float())
-                self.model.update_metrics(metrics, out.logits, out.frame_mask, batch)
+                on_device = batch.to(out.logits.device) if hasattr(batch, "to") else batch  # CUDA: the targets too
+                self.model.update_metrics(metrics, out.logits, out.frame_mask, on_device)
                 if parsed is not None and parsed.kind == "ms":
                     misses += out.measured_ms > parsed.value
                 elif parsed is not None and parsed.kind == "rtf":

@@ -14,7 +14,21 @@ from .base import CalibrationData
 from .topk import calibrate_threshold
 
 
-class ThresholdCalibration(nn.Module):
+class Float32Thresholds(nn.Module):
+    """A module whose ``thresholds`` buffer stays float32 whatever the model's dtype (``model.to(torch.bfloat16)``,
+    bf16-true): a calibrated threshold sits between two scores, and rounded to bf16 it lands on one of them, so
+    inputs no longer run the mean depth it was calibrated for. Other buffers and parameters convert as usual."""
+
+    def _apply(self, fn, recurse: bool = True):
+        before = self._buffers.get("thresholds")
+        super()._apply(fn, recurse)
+        after = self._buffers.get("thresholds")
+        if before is not None and after is not None and after.dtype != before.dtype:
+            self._buffers["thresholds"] = before.to(after.device)  # the device moves, the values stay
+        return self
+
+
+class ThresholdCalibration(Float32Thresholds):
     """The thresholds of a selector's layer scores, one per budget, kept in its checkpoint.
 
     Args:

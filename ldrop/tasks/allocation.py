@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ldrop.budgets import resolve_budget
 from ldrop.budgets.allocation import allocate_depths, calibrate_gain_thresholds, depths_from_thresholds
 from ldrop.selectors import LayerSelector, SelectorOutput
+from ldrop.selectors.calibration import Float32Thresholds
 from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, SelectedLayers
 from ldrop.tasks.gating import EncodedBatch
@@ -52,7 +53,7 @@ class AllocationConfig:
             raise ValueError(f"allocation.weight must be > 0 and hidden_dim >= 1, got {self.weight}, {self.hidden_dim}")
 
 
-class DepthHead(nn.Module):
+class DepthHead(Float32Thresholds):
     """Predicts each input's task loss after ``1..N`` layers, non-increasing and convex in depth (so the greedy
     allocation is optimal for the prediction): masked mean and std pooling of the normalised, projected
     features, an MLP to ``N`` raw outputs, the loss at full depth and ``N - 1`` non-negative steps."""

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ldrop.budgets import resolve_budget
 from ldrop.selectors import calibrate_threshold
+from ldrop.selectors.calibration import Float32Thresholds
 from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, DepthPolicy
 from ldrop.tasks.gating import EncodedBatch
@@ -44,7 +45,7 @@ class EarlyExitConfig:
         check_choices(self, "early_exit")
 
 
-class EarlyExit(nn.Module, DepthPolicy):
+class EarlyExit(Float32Thresholds, DepthPolicy):
     """The exit heads (``heads[str(layer)]``), their loss weights, the exit rule and the calibrated thresholds.
 
     Args:

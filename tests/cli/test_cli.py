@@ -309,6 +309,21 @@ def test_gitignore_covers_what_the_readme_commands_write(tmp_path):
 
 
 @pytest.mark.ddp
+def test_ddp_fit_with_the_counterfactual_objective_at_full_depth_steps(tmp_path):
+    """The shipped method configs train the selector by its own (counterfactual) losses: at a full-depth step
+    nothing in the loss reached it, and DDP (no find_unused_parameters) failed at the next step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "ldrop.cli", "fit", "--config", QUICKSTART, *SMALL,
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "3",
+               "--trainer.limit_val_batches", "1", "--trainer.logger.init_args.save_dir", str(tmp_path),
+               "--model.init_args.selector.init_args.objective", "counterfactual",
+               "--model.init_args.budgets.full_depth_prob", "1.0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(next((tmp_path / "ldrop").glob("version_*/checkpoints/last.ckpt")),
+                      weights_only=True)["global_step"] == 3
+
+
 def test_ddp_fit_runs_two_cpu_processes_whose_selector_statistics_agree(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "ldrop.cli", "fit", "--config", QUICKSTART, *SMALL,

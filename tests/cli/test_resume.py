@@ -96,6 +96,24 @@ def test_a_killed_fit_resumes_to_the_uninterrupted_weights_in_the_same_run_folde
     assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:3]}"
 
 
+def test_a_resume_removes_only_its_own_runs_untracked_best_checkpoints(tmp_path, capsys):
+    """Two runs share --checkpoint.dirpath: resuming the second (stopped before its first validation) left the
+    first run's best checkpoint of a later step alone only by chance of its step; now by its run id."""
+    from tests.cli.test_signals import FIT as ONE_EPOCH
+    from tests.cli.test_signals import _signal_at
+
+    checkpoints = tmp_path / "checkpoints"
+    common = [*ONE_EPOCH, "--checkpoint.dirpath", str(checkpoints), "--trainer.logger.init_args.save_dir",
+              str(tmp_path / "runs")]
+    assert main(common) == 0  # run A: 8 steps, then its validation writes best-epoch0-step8.ckpt
+    (checkpoints / "last.ckpt").rename(checkpoints / "a-last.ckpt")
+    assert main([*common, "--seed_everything", "1", *_signal_at("train", 3)]) == 143  # run B, stopped at step 3
+    capsys.readouterr()
+    assert main([*common, "--seed_everything", "1", "--ckpt_path", str(checkpoints / "last.ckpt"),
+                 "--trainer.max_steps", "4"]) == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["a-last.ckpt", "best-epoch0-step8.ckpt", "last.ckpt"]
+
+
 def test_step_checkpoints_keep_last_fresh_and_best_only_after_validation(tmp_path):
     CheckpointProbe.seen.clear()
     main(["fit", "--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4", "--trainer.max_epochs", "2",

@@ -135,3 +135,26 @@ def test_a_mixed_confidence_batch_names_an_uncalibrated_budget():
         assert task(torch.randn(2, 8000), None, torch.tensor([2, 4]))[1].shape == (2, 4)  # calibrated, and full
         with pytest.raises(RuntimeError, match="no confidence threshold calibrated for budget 3"):
             task(torch.randn(3, 8000), None, torch.tensor([2, 3, 4]))
+
+
+def test_calibrated_thresholds_stay_float32_in_a_bf16_model():
+    """``model.to(torch.bfloat16)`` (bf16-true, AdaptiveModel in bf16) rounded each threshold onto a neighbouring
+    score: at budget 4 of 12 the exits then ran 3.7 layers on the data calibrated for 4."""
+    from functools import partial
+
+    from ldrop.selectors import InputConditionedSelector
+    from ldrop.tasks import AllocationConfig, ClassificationTask
+
+    values = torch.tensor([0.9731, 0.98765, 0.99312, float("nan")])
+    early = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm", early_exit=EarlyExitConfig(policy="confidence"))
+    allocated = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm", allocation=AllocationConfig(),
+                                   selector=partial(InputConditionedSelector, fallback=False))
+    threshold = InputConditionedSelector(4, 32, mode="threshold")
+    holders = [early.depth, allocated.depth.depth_head, threshold.calibration]
+    for holder in holders:
+        holder.thresholds.copy_(values)
+    for model in (early, allocated, threshold):
+        model.to(torch.bfloat16)
+    for holder in holders:
+        assert holder.thresholds.dtype == torch.float32 and torch.equal(holder.thresholds[:3], values[:3]), holder
+    assert next(allocated.parameters()).dtype == torch.bfloat16  # the rest converts as asked
