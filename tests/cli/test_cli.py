@@ -324,6 +324,7 @@ def test_ddp_fit_with_the_counterfactual_objective_at_full_depth_steps(tmp_path)
                       weights_only=True)["global_step"] == 3
 
 
+@pytest.mark.ddp
 def test_ddp_fit_runs_two_cpu_processes_whose_selector_statistics_agree(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "ldrop.cli", "fit", "--config", QUICKSTART, *SMALL,
