@@ -246,7 +246,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         loss = sum(losses.values())
         training.check_finite_loss(self, loss, losses, batch)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            loss = loss + training.every_parameter_zero(self)
+            loss = loss + training.unused_parameter_anchor(self, keep)
         size = len(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         for name, value in losses.items():

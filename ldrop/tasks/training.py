@@ -53,11 +53,16 @@ def empty_batch_loss(task: LayerDropTask) -> Tensor | None:
     under DDP, where every process must take part in the all-reduce, a zero loss on every parameter."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return None
-    return every_parameter_zero(task)
-
-
-def every_parameter_zero(task: LayerDropTask) -> Tensor:
-    """0 x every trainable parameter, added to a DDP step's loss: DDP rejects a parameter without a gradient
-    (unless ``find_unused_parameters``), and a step can leave some unused: layers no input ran (sparse
-    training), a selector trained only by its own losses at a full-depth step (``objective: counterfactual``)."""
     return sum(p.sum() for p in task.parameters() if p.requires_grad) * 0.0
+
+
+def unused_parameter_anchor(task: LayerDropTask, keep: Tensor) -> Tensor:
+    """0 x the parameters a DDP step may leave without a gradient (DDP rejects them unless
+    ``find_unused_parameters``): those of layers no input ran (sparse training), and every trainable parameter
+    outside the backbone, which are few (a selector trained only by its own losses has none from the task's loss
+    at a full-depth step, ``objective: counterfactual``)."""
+    unused = (keep.detach() <= 0.5).all(0).nonzero().flatten().tolist()
+    backbone = {id(p) for p in task.backbone.parameters()}
+    params = [p for i in unused for p in task.backbone.layers[i].parameters() if p.requires_grad]
+    params += [p for p in task.parameters() if p.requires_grad and id(p) not in backbone]
+    return sum(p.sum() for p in params) * 0.0 if params else keep.new_zeros(())
