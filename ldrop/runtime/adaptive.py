@@ -115,6 +115,10 @@ class AdaptiveModel(ClosedLoopModel):
     def num_layers(self) -> int:
         return self.model.num_layers
 
+    @property
+    def skips_layers(self) -> bool:
+        return self.model.depth.skips_layers
+
     def ensure_profile(self, **grid: Any) -> DeviceProfile:
         """The profile, measured now (``QUICK_GRID``, or ``grid``) if there is none yet."""
         if self.controller.profile is None:
