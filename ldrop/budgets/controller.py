@@ -20,7 +20,7 @@ from torch import Tensor
 from ldrop.backbones.geometry import frame_lengths
 from ldrop.budgets.cost import DeviceProfile, cost_facts
 from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
-from ldrop.budgets.profile import profile_model
+from ldrop.budgets.profile import model_precision, profile_model
 from ldrop.budgets.targets import Target
 from ldrop.engine.flops import count_forward_flops, decision_flops
 
@@ -37,19 +37,29 @@ class BudgetController(ControlLoop):
         flops_config: the backbone config (or backbone) for ``gflops_per_second`` targets.
         extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` every input pays on top (the selector's and
             the depth policy's own, :func:`~ldrop.engine.flops.decision_flops`).
+        precision: how the model runs (``32-true``, ``bf16-mixed``, ...; :func:`~ldrop.budgets.profile.model_precision`),
+            for :meth:`profile_warning`; ``None``: not judged.
         **options: :class:`~ldrop.budgets.loop.ControlLoop`'s.
     """
 
     profile_hint = ": run 'ldrop profile' (or ldrop.budgets.profile_model) and pass it"
 
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops_config: Any = None,
-                 extra_fixed_flops: Callable[[Tensor], Tensor] | None = None, **options: Any) -> None:
+                 extra_fixed_flops: Callable[[Tensor], Tensor] | None = None, precision: str | None = None,
+                 **options: Any) -> None:
         super().__init__(num_layers, **options)
+        self.precision = precision
         if flops_config is not None:  # a profile must be of this model
             self.model_facts = cost_facts(getattr(flops_config, "config", flops_config))
         self.profile = profile
         self.flops_config = flops_config
         self.extra_fixed_flops = extra_fixed_flops
+
+    def profile_warning(self, profile: DeviceProfile) -> str | None:
+        if profile.device.get("runtime") == "onnxruntime":
+            return ("this device profile was measured on ONNX Runtime: its times are another runtime's, only the "
+                    "closed loop will correct them (profile the model with 'ldrop profile' on PyTorch)")
+        return profile.precision_warning(self.precision) if self.precision else None
 
     def as_result(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(array)
@@ -89,6 +99,8 @@ class TargetResolver:
             if needs_profile:
                 if target.profile:  # checked against the model by the controller
                     profile = DeviceProfile.load(target.profile)
+                    if warning := BudgetController(model.num_layers, precision=model_precision(model)).profile_warning(profile):
+                        warnings.warn(warning, stacklevel=3)
                 else:
                     warnings.warn("a time target without a profile: measuring a quick one now (pass "
                                   "profile: PATH from 'ldrop profile' to skip this)", stacklevel=3)

@@ -22,6 +22,10 @@ import numpy as np
 #: Fitted parts of a profile.
 PARTS = ("fixed", "layer")
 
+#: The ``ldrop profile`` options that measure at a Lightning precision.
+PROFILE_PRECISION_OPTIONS = {"32-true": "", "bf16-mixed": "--autocast bf16", "16-mixed": "--autocast fp16",
+                             "bf16-true": "--dtype bf16", "16-true": "--dtype fp16"}
+
 #: The model properties a profile's times depend on, each under the names a backbone config, an ONNX export's
 #: manifest and the profiles measured on them record it by (the family is ``model_type`` in one, ``family`` in
 #: the other: those two are not compared with each other). A profile may lack any of them (older ones do).
@@ -143,6 +147,18 @@ class DeviceProfile:
             name = "the device profile" if self.path is None else f"device profile {str(self.path)!r}"
             raise ValueError(f"{name} is of another model ({'; '.join(wrong)}): profile this model with "
                              "'ldrop profile'")
+
+    def precision_warning(self, precision: str) -> str | None:
+        """Why the times of this profile may not be those of a model running at ``precision`` (a Lightning
+        name, :func:`~ldrop.budgets.profile.precision_name`), or ``None``; one that does not record its precision
+        (ONNX Runtime's, older files) is not judged."""
+        measured = self.device.get("precision")
+        if measured is None or measured == precision:
+            return None
+        name = "the device profile" if self.path is None else f"device profile {str(self.path)!r}"
+        how = PROFILE_PRECISION_OPTIONS.get(precision, "")
+        return (f"{name} was measured at {measured} precision but the model runs at {precision}: its times are "
+                f"another precision's (measure one with 'ldrop profile{how and ' ' + how}')")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

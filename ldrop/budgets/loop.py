@@ -256,13 +256,22 @@ class DeadlineGuard:
         return True
 
 
+def full_depth_warning(num_layers: int, budget: Any) -> str:
+    """What a model that cannot skip layers says, once, when it is asked for fewer."""
+    return (f"this model has no selector and no early exits, so it runs all {num_layers} layers whatever the "
+            f"budget or target ({budget}); train it with a selector (or early exit) to skip layers")
+
+
 class ClosedLoopModel:
     """What both runtimes (``AdaptiveModel``, ``OnnxAdaptiveModel``) do around a forward under a target. A
     runtime sets ``controller``, ``num_layers``, ``guard``, ``clock``, its array type's ``_resolve_budget`` (a
-    static method) and ``ensure_profile()``, and has its ``model`` (PyTorch) or export ``manifest`` (ONNX)."""
+    static method), ``ensure_profile()`` and ``skips_layers``, and has its ``model`` (PyTorch) or export
+    ``manifest`` (ONNX)."""
 
     #: Whether a call has run: the first pays one-time costs (allocations, lazy initialisation), never learnt.
     _warm = False
+    #: Whether a model that cannot skip layers has said so (once).
+    _said_full_depth = False
 
     @property
     def controller(self) -> Any:
@@ -288,9 +297,19 @@ class ClosedLoopModel:
         :meth:`ControlLoop.decide`)."""
         parsed = self._parse_target(target)
         if parsed is None:  # a plain budget; None runs every layer
-            budget = self.num_layers if target is None else target
-            return self._resolve_budget(budget, self.num_layers, len(lengths)), None
-        return self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget, parsed
+            budget = self._resolve_budget(self.num_layers if target is None else target, self.num_layers, len(lengths))
+        else:
+            budget = self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget
+        self._check_skips(budget, target, stacklevel=4)
+        return budget, parsed
+
+    def _check_skips(self, budget: Any, target: Any, stacklevel: int) -> None:
+        """Warn once (at the model's caller) when a model that cannot skip layers is given fewer than all of them
+        (not under a guarded time target: the deadline guard stops the layers of any model)."""
+        if self.skips_layers or self._said_full_depth or not bool((budget < self.num_layers).any()):
+            return
+        self._said_full_depth = True
+        warnings.warn(full_depth_warning(self.num_layers, target), stacklevel=stacklevel)
 
     def _parse_target(self, target: Any) -> Target | None:
         """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
@@ -324,6 +343,7 @@ class ClosedLoopModel:
         controller = self.controller
         decision = controller.decide(lengths, target, spent=(clock() - start, prefix_layers), _stacklevel=4)
         if not (self.guard and controller.closed_loop and guarded):
+            self._check_skips(decision.budget, target, stacklevel=4)
             return decision.budget, controller.planned, None
         deadline = start + float(decision.allowance.sum()) / (1.0 - controller.margin)
         guard = DeadlineGuard(deadline, controller.profile.layer_seconds, controller.planned, clock=clock)

@@ -94,6 +94,32 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
     return param.device, param.dtype
 
 
+def run_autocast(model: Any) -> torch.dtype | None:
+    """The autocast dtype ``model`` runs under now (an enclosing ``torch.autocast``, or its Trainer's ``*-mixed``
+    precision, which callbacks' hooks do not run under), or ``None``."""
+    device, _ = _model_device_dtype(model)
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    try:
+        precision = str(model.trainer.precision)
+    except (AttributeError, RuntimeError):  # a module without a Trainer
+        return None
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+
+def precision_name(dtype: torch.dtype, autocast: torch.dtype | None = None) -> str:
+    """Lightning's name of running weights of ``dtype`` under ``autocast``: ``32-true``, ``bf16-mixed``, ..."""
+    short = {torch.float32: "32", torch.bfloat16: "bf16", torch.float16: "16", torch.float64: "64"}
+    if autocast is not None and autocast != dtype:
+        return f"{short.get(autocast, autocast)}-mixed"
+    return f"{short.get(dtype, dtype)}-true"
+
+
+def model_precision(model: Any) -> str:
+    """:func:`precision_name` of how ``model`` runs now (:func:`run_autocast`)."""
+    return precision_name(_model_device_dtype(model)[1], run_autocast(model))
+
+
 def model_timers(model: Any, repeats: int = 5, warmup: int = 1, seed: int = 0) -> tuple[PartTimer, BatchTimer]:
     """Real timing functions for a task module in eval mode: ``(measure, measure_batch)``.
 
@@ -193,7 +219,8 @@ def profile_model(
     repeats: int = 5, warmup: int = 1, validation_batches: int = 12, measure: PartTimer | None = None,
     measure_batch: BatchTimer | None = None, sample_rate: int = 16_000, seed: int = 0,
 ) -> DeviceProfile:
-    """Measure, fit and validate the cost model of ``model`` on its current device, dtype and threads.
+    """Measure, fit and validate the cost model of ``model`` on its current device, precision (its dtype, and
+    the autocast it runs under: :func:`run_autocast`) and threads.
 
     Args:
         seconds, batch_sizes: the grid (seconds of audio; cover the lengths you will run).
@@ -210,12 +237,14 @@ def profile_model(
         measure = measure or model_timers(model, repeats=1, warmup=0, seed=seed)[0]
         measure_batch = measure_batch or model_timers(model, repeats=repeats, warmup=warmup, seed=seed)[1]
     device, dtype = _model_device_dtype(model)
-    return profile_with_timers(
-        measure, measure_batch, num_layers=model.backbone.num_layers, geometry=config, seconds=seconds,
-        batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, validation_batches=validation_batches,
-        sample_rate=sample_rate, seed=seed, prefix_layers=getattr(model, "prefix_layers", 0),
-        device=device_description(device, dtype), model=model_summary(model),
-    )
+    autocast = run_autocast(model)
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        return profile_with_timers(
+            measure, measure_batch, num_layers=model.backbone.num_layers, geometry=config, seconds=seconds,
+            batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, validation_batches=validation_batches,
+            sample_rate=sample_rate, seed=seed, prefix_layers=getattr(model, "prefix_layers", 0),
+            device=device_description(device, dtype, autocast), model=model_summary(model),
+        )
 
 
 def profile_with_timers(
@@ -267,10 +296,12 @@ def profile_with_timers(
     return profile
 
 
-def device_description(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Where a profile was measured: the machine (CPU/GPU, threads, versions), dtype and load average."""
+def device_description(device: torch.device, dtype: torch.dtype, autocast: torch.dtype | None = None) -> dict[str, Any]:
+    """Where a profile was measured: the machine (CPU/GPU, threads, versions), the weights' dtype, the precision
+    (:func:`precision_name`) and the load average."""
     info = machine_info(device)
     info["dtype"] = str(dtype).removeprefix("torch.")
+    info["precision"] = precision_name(dtype, autocast)
     try:
         info["load_average_1min"] = os.getloadavg()[0]
     except OSError:

@@ -37,6 +37,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="the model's dtype: its weights are converted, so every activation is in it (bf16: as "
                         "bf16-true, or AdaptiveModel on a model converted with .to(torch.bfloat16))")
+    parser.add_argument("--autocast", default=None, choices=("bf16", "fp16"),
+                        help="run float32 weights under torch.autocast with this dtype (as --trainer.precision "
+                        "bf16-mixed, or AdaptiveModel(model, autocast=torch.bfloat16))")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (none: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="profile.json", help="output JSON")
@@ -107,6 +110,8 @@ def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: d
     if ns.runtime == "onnx":
         if ns.model is None:
             raise ValueError("--runtime onnx times an ONNX export: give MODEL, not --backbone")
+        if ns.dtype != "fp32" or ns.autocast:
+            raise ValueError("--dtype and --autocast apply to --runtime torch: an ONNX export runs in its own dtype")
         from ldrop.runtime.onnx_profile import profile_onnx
 
         return profile_onnx(ns.model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
@@ -127,7 +132,11 @@ def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: d
 
         model = ClassificationTask(labels=["a", "b"], backbone=ns.backbone, pretrained=False,
                                    backbone_overrides=overrides, selector=InputConditionedSelector)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[ns.dtype]
-    model = model.to(torch.device(ns.device), dtype).eval()
-    return profile_model(model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
-                         validation_batches=ns.validate, seed=ns.seed)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if ns.autocast and ns.dtype != "fp32":
+        raise ValueError(f"--autocast {ns.autocast} runs float32 weights: leave --dtype at fp32, not {ns.dtype}")
+    device = torch.device(ns.device)
+    model = model.to(device, dtypes[ns.dtype]).eval()
+    with torch.autocast(device.type, dtype=dtypes.get(ns.autocast), enabled=ns.autocast is not None):
+        return profile_model(model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,
+                             validation_batches=ns.validate, seed=ns.seed)

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from ldrop.budgets import QUICK_GRID, BudgetController, DeviceProfile, profile_model, resolve_budget
 from ldrop.budgets.loop import ClosedLoopModel
+from ldrop.budgets.profile import precision_name
 from ldrop.budgets.targets import Target, is_target
 from ldrop.engine import layer_guard
 from ldrop.engine.flops import decision_flops
@@ -98,8 +100,11 @@ class AdaptiveModel(ClosedLoopModel):
             model.num_layers, profile, flops_config=model.backbone.config,
             extra_fixed_flops=functools.partial(decision_flops, model), closed_loop=closed_loop,
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate,
-            min_budget=max(1, getattr(model, "prefix_layers", 0)), **controller_options,
+            min_budget=max(1, getattr(model, "prefix_layers", 0)),
+            precision=precision_name(next(model.parameters()).dtype, autocast), **controller_options,
         )
+        if profile is not None and (warning := self.controller.profile_warning(profile)):
+            warnings.warn(warning, stacklevel=2)
         self.sample_rate, self.guard = sample_rate, guard
         self.clock = time.perf_counter  # the timer of calls and of the guard
 
@@ -114,6 +119,10 @@ class AdaptiveModel(ClosedLoopModel):
     @property
     def num_layers(self) -> int:
         return self.model.num_layers
+
+    @property
+    def skips_layers(self) -> bool:
+        return self.model.depth.skips_layers
 
     def ensure_profile(self, **grid: Any) -> DeviceProfile:
         """The profile, measured now (``QUICK_GRID``, or ``grid``) if there is none yet."""

@@ -311,6 +311,8 @@ class OnnxAdaptiveModel(ClosedLoopModel):
             profile = self.folder / PROFILE_FILE
         self.controller = self._controller(profile or None, closed_loop, margin, on_unmeetable, **controller_options)
         self.guard = guard
+        #: Whether a budget below full depth runs fewer layers (an export without a selector or exits does not).
+        self.skips_layers = selector["kind"] != "full" or self.depth["kind"] != "selected"
         self.clock = time.perf_counter  # the timer of calls and of the guard
         self._temporary: Any = None  # keeps a folder exported by from_pretrained alive
 

@@ -60,8 +60,8 @@ class BudgetSweep(L.Callback):
         targets: also sweep budget targets (``{ms: 80}``, ``{rtf: 0.1}``, ``{gflops_per_second: 2}``, each
             optionally with ``profile: PATH``), open loop as ``ldrop predict``, into ``target_sweep.csv``/``.json``.
         headroom: also score the per-input and static oracles per budget on the test and the validation split
-            (:class:`~ldrop.sweeps.headroom.HeadroomScorer`: about 40 times the layer work of the plain sweep for
-            12 layers and every budget). ``None``: on for selectors whose masks depend on the input.
+            (:class:`~ldrop.sweeps.headroom.HeadroomScorer`: about 20 times the layer work of the plain sweep on
+            each split for 12 layers and every budget). ``None``: on for selectors whose masks depend on the input.
         headroom_candidates: candidate masks per input of the per-input oracle.
         static_oracle_max_masks: budgets with more ``k``-layer masks than this get no static oracle.
     """

@@ -145,8 +145,9 @@ def _at(points: list, at: float | tuple[float, float], hold: bool) -> np.ndarray
 
 
 def _points(diff: float, fraction: bool = True) -> str:
-    """A difference in points x100 (a fraction: accuracy, WER), else in the metric's own units."""
-    return f"{100 * diff + 0.0:+.1f}".replace("-0.0", "+0.0") if fraction else f"{diff + 0.0:+.3g}"
+    """A difference in points x100 (a fraction: accuracy, WER), else in the metric's own units; one that rounds to
+    zero keeps its sign (``-0.0``: an interval that ends below zero shows it), an exact zero is ``+0.0``."""
+    return f"{100 * diff + 0.0:+.1f}" if fraction else f"{diff + 0.0:+.3g}"
 
 
 def equal_compute(runs: dict[str, tuple[Sequence[dict], dict | None]], metric: str, reference: str,

@@ -32,7 +32,8 @@ def _sum(device: torch.device) -> SumMetric:
 class SweepBatch:
     """One encoded test batch as every scorer sees it: ``seconds_fixed`` is the wall time before scoring
     (loading and encoding the batch); ``costs`` and ``logits`` (budget -> cost and logits of the method's own
-    result, first repeat) are filled by :class:`BudgetScorer` for the scorers after it."""
+    result, first repeat) and ``repeat_logits`` (budget -> the logits of the further repeats of a random
+    selector) are filled by :class:`BudgetScorer` for the scorers after it."""
 
     task: Any
     batch: Any
@@ -41,6 +42,7 @@ class SweepBatch:
     seconds_fixed: float
     costs: dict[int, BatchCost] = field(default_factory=dict)
     logits: dict[int, Tensor] = field(default_factory=dict)
+    repeat_logits: dict[int, list[Tensor]] = field(default_factory=dict)
 
     def run(self, budget: Any, cost: bool = True) -> tuple[Tensor, BatchCost | None]:
         """The logits at ``budget`` (or at ``budget()``, timed with them) and (``cost``) their cost, whose wall
@@ -103,6 +105,8 @@ class BudgetScorer(Scorer):
                     self.masks[k].update(cost.mask)
                     self.flops[k].update(float(cost.flops.sum()))
                     self.seconds[k].update(cost.seconds)
+                else:
+                    step.repeat_logits.setdefault(k, []).append(logits)
                 task.update_metrics(self.metrics[(k, r)], logits, encoded.frame_mask, step.batch)
 
     def usage(self, task: Any, k: int) -> torch.Tensor:
@@ -161,8 +165,10 @@ def gather_ids(ids: list[str]) -> list[str]:
 
 
 class ItemScorer(Scorer):
-    """Per budget, each test item's error terms of the method's own result (first repeat) and at its
-    fixed-``k`` masks (:func:`fixed_item_errors`: the depth oracle's input), with the items' counts and ids,
+    """Per budget, each test item's error terms of the method's own result (a random selector's: the mean over
+    the sweep's repeats, so that they pool to the row's metric, the mean of the repeats' metrics) and at its
+    fixed-``k`` masks of the first repeat (:func:`fixed_item_errors`: the depth oracle's input), with the items'
+    counts and ids,
     over all ranks (ids in rank order, as the errors; an item a sampler repeated to even out the ranks is kept
     once). :meth:`items` is what ``budget_items.json`` holds. Needs the task's ``item_errors``."""
 
@@ -175,7 +181,9 @@ class ItemScorer(Scorer):
         task, encoded = step.task, step.encoded
         for k in self.budgets:
             own, counts = task.item_errors(step.logits[k], encoded.frame_mask, step.batch)
-            self.errors[(k, "own")].update(own)
+            draws = [own.double()] + [task.item_errors(logits, encoded.frame_mask, step.batch)[0].double()
+                                      for logits in step.repeat_logits.get(k, ())]
+            self.errors[(k, "own")].update(torch.stack(draws).mean(0))
             self.errors[(k, "fixed")].update(fixed_item_errors(task, encoded, step.batch, k, step.costs[k].mask, own))
         self.counts.update(counts)
         self.ids += list(step.batch.ids)

@@ -28,6 +28,8 @@ class DepthPolicy:
     exit_layers: Sequence[int] = ()
     #: Whether ``ldrop export --format onnx`` reproduces it (a selector's masks at each budget, exit heads).
     onnx_exportable: bool = True
+    #: Whether a budget below full depth runs fewer layers (not so without a selector: the full baseline).
+    skips_layers: bool = True
 
     def logits(self, task: LayerDropTask, encoded: EncodedBatch,
                budget: Budget) -> tuple[Tensor, Tensor, SelectorOutput | None]:
@@ -75,6 +77,10 @@ class SelectedLayers(DepthPolicy):
 
     def __init__(self, selector: LayerSelector | None, head: nn.Module) -> None:
         self.selector, self.head = selector, head
+
+    @property
+    def skips_layers(self) -> bool:
+        return self.selector is not None
 
     def logits(self, task: LayerDropTask, encoded: EncodedBatch,
                budget: Budget) -> tuple[Tensor, Tensor, SelectorOutput | None]:
@@ -155,3 +161,4 @@ def counterfactual_loss(task: LayerDropTask, encoded: EncodedBatch, batch: Any, 
             task.item_losses(task.logits_with_mask(encoded, mask), encoded.frame_mask, batch) for mask in candidates
         ])
     return task.selector.counterfactual_loss(selection.scores, own, candidates, own_losses, candidate_losses)
+

@@ -3,6 +3,7 @@ predicted in chunks so that memory stays bounded."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,11 +12,15 @@ from torch import Tensor
 
 from ldrop.backbones.geometry import frame_hop
 from ldrop.budgets import Budget, BudgetDecision, Target, budget_to_layers, is_target
+from ldrop.budgets.loop import full_depth_warning
 from ldrop.tasks.cost import BatchCost
 
 
 class PredictionMixin:
     """The predict side of :class:`~ldrop.tasks.LayerDropTask` (mixed into it)."""
+
+    #: Whether a model that cannot skip layers has said so, once, when asked for fewer.
+    _said_full_depth = False
 
     #: ``sample lengths [batch] -> BudgetDecision`` for a target ``predict_budget``: attached for a predict run
     #: by :class:`ldrop.runtime.TargetBudgets` (the task resolves no target itself).
@@ -83,6 +88,9 @@ class PredictionMixin:
         without its id and output (``budget``, ``executed_layers``, ``gflops``, the target's fields)."""
         encoded = self.encode(waveforms, lengths)
         budget, fields = self.predict_budget_with_fields(encoded.lengths)
+        if not (self.depth.skips_layers or self._said_full_depth) and min(f["budget"] for f in fields) < self.num_layers:
+            self._said_full_depth = True  # once per model
+            warnings.warn(full_depth_warning(self.num_layers, self.hparams.predict_budget), stacklevel=2)
         logits, keep, _ = self.logits_at_budget(encoded, budget)
         cost = BatchCost.of(self, encoded, keep)
         masks, flops = cost.mask.cpu(), cost.flops.tolist()  # one device read per batch, not one per input

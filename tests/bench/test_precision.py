@@ -13,6 +13,15 @@ def test_the_paired_interval_is_the_student_t_interval_of_the_differences():
     assert math.isnan(paired_interval([0.02])[1])
 
 
+@pytest.mark.parametrize(("dof", "quantile"), [(4, 2.776), (10, 2.228), (11, 2.201), (20, 2.086), (30, 2.042),
+                                               (120, 1.980)])
+def test_more_seeds_use_students_t_not_the_normal(dof, quantile):
+    # Student's t 0.975 quantiles (the normal's 1.96 is 11 % narrower at 11 degrees of freedom)
+    from ldrop.bench.precision import t975
+
+    assert t975(dof) == pytest.approx(quantile, abs=1.5e-3)
+
+
 def test_the_benchmark_defaults_are_the_quickstart_at_fp32_and_bf16_mixed():
     args = build_parser().parse_args([])
     assert args.config == "configs/quickstart.yaml"

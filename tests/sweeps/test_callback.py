@@ -40,6 +40,25 @@ def test_repeats_of_a_random_selector_report_a_spread(tmp_path):
     assert [row["utterances"] for row in rows] == [16, 16]
 
 
+def test_a_random_selectors_item_errors_pool_to_its_rows_metric_the_mean_of_its_repeats(tmp_path):
+    # the paired intervals of ldrop compare read these errors: they must be of the metric printed beside them
+    import json
+
+    L.seed_everything(0)
+    model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", selector=RandomSelector,
+                               optimization={"lr": 1e-2, "warmup": 0})
+    data = tiny_classification_data(num_test=48)
+    quiet_trainer(tmp_path, max_steps=30, limit_val_batches=0).fit(model, data)  # masks then matter
+    sweep = BudgetSweep(budgets=[1, 2, 3], directory=str(tmp_path / "sweep"), repeats=3)
+    quiet_trainer(tmp_path, callbacks=[sweep]).test(model, data)
+    rows = sweep.rows
+    items = json.loads((tmp_path / "sweep" / "budget_items.json").read_text())
+    assert any(row["acc_std"] > 0 for row in rows)  # the repeats differ: the first alone is not the mean
+    for row in rows:
+        errors = items["errors"][str(row["budget_layers"])]
+        assert 1 - sum(errors) / sum(items["counts"]) == pytest.approx(row["acc"], abs=1e-6)
+
+
 def test_controls_are_scored_for_input_dependent_selectors_only(input_conditioned_rows, tmp_path):
     rows = input_conditioned_rows
     assert {"acc_shuffled", "acc_most_common"} <= set(rows[0])

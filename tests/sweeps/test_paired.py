@@ -107,3 +107,11 @@ def test_depth_oracle_by_construction():
     assert depth_oracle_metric({1: errors[:, 0]}, np.ones(4), 4, 2.0, True) is None
     with pytest.raises(ValueError, match="mean_layers"):
         depth_oracle(errors, np.ones(4), 0.5)
+
+
+def test_a_difference_that_rounds_to_zero_keeps_its_sign():
+    # an interval [-1.8, -0.04] printed "[-1.8, +0.0]" would read as one that touches zero
+    from ldrop.sweeps.paired import _points
+
+    assert [_points(x) for x in (-0.0004, 0.0004, 0.0, -0.0, -0.012)] == ["-0.0", "+0.0", "+0.0", "+0.0", "-1.2"]
+    assert _points(-1e-5, fraction=False) == "-1e-05"

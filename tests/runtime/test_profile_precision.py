@@ -1,0 +1,109 @@
+"""A device profile records the precision it was measured at (the weights' dtype and the autocast it ran under)
+and a model running at another precision, or on the other runtime, says so instead of planning with another
+precision's times."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from ldrop.budgets import profile_model
+from ldrop.cli import main
+from ldrop.runtime import AdaptiveModel, TargetBudgets
+from ldrop.selectors import InputConditionedSelector
+from ldrop.tasks import ClassificationTask
+from tests.helpers import quiet_trainer, tiny_classification_data
+from tests.runtime.conftest import synthetic_profile
+
+GRID = {"seconds": (0.5, 1.0), "batch_sizes": (1, 2), "repeats": 1, "warmup": 0, "validation_batches": 0}
+
+
+def _task() -> ClassificationTask:
+    torch.manual_seed(0)
+    return ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm", selector=InputConditionedSelector).eval()
+
+
+def _profile_at(path, precision: str):
+    profile = synthetic_profile()
+    profile.device = {"dtype": "float32", "precision": precision}
+    return profile.save(path)
+
+
+def _precision_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "precision" in str(w.message)]
+
+
+def test_a_profile_records_the_precision_it_ran_at():
+    model = _task()
+    assert profile_model(model, **GRID).device["precision"] == "32-true"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = profile_model(model, **GRID)
+    assert (mixed.device["dtype"], mixed.device["precision"]) == ("float32", "bf16-mixed")
+    assert profile_model(_task().to(torch.bfloat16), **GRID).device["precision"] == "bf16-true"
+
+
+def test_adaptive_model_warns_of_a_profile_measured_at_another_precision(tmp_path):
+    fp32, mixed = _profile_at(tmp_path / "fp32.json", "32-true"), _profile_at(tmp_path / "mixed.json", "bf16-mixed")
+    with pytest.warns(UserWarning, match=r"fp32.json' was measured at 32-true precision but the model runs at "
+                                         r"bf16-mixed.*'ldrop profile --autocast bf16'"):
+        AdaptiveModel(_task(), profile=fp32, autocast=torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        AdaptiveModel(_task(), profile=mixed, autocast=torch.bfloat16)
+        model = AdaptiveModel(_task(), profile=fp32)
+        model(torch.zeros(8000), {"rtf": 10.0})
+    assert not _precision_warnings(caught)
+    with pytest.warns(UserWarning, match=r"mixed.json' was measured at bf16-mixed precision but the model runs at "
+                                         r"32-true"):
+        model(torch.zeros(8000), {"rtf": 10.0, "profile": str(mixed)})  # a target's own profile is checked too
+
+
+def test_adaptive_model_warns_of_a_profile_measured_on_onnx_runtime(tmp_path):
+    profile = synthetic_profile()
+    profile.device = {"runtime": "onnxruntime"}
+    with pytest.warns(UserWarning, match="measured on ONNX Runtime"):
+        AdaptiveModel(_task(), profile=profile.save(tmp_path / "onnx.json"))
+
+
+def test_a_bf16_mixed_predict_warns_of_an_fp32_target_profile_and_measures_its_quick_one_mixed(tmp_path):
+    fp32 = _profile_at(tmp_path / "fp32.json", "32-true")
+    model = _task()
+    model.hparams.predict_budget = {"rtf": 10.0, "profile": str(fp32)}
+    trainer = quiet_trainer(tmp_path, precision="bf16-mixed", callbacks=[TargetBudgets()])
+    with pytest.warns(UserWarning, match="measured at 32-true precision but the model runs at bf16-mixed"):
+        trainer.predict(model, datamodule=tiny_classification_data())
+    captured = {}
+    model.hparams.predict_budget = {"rtf": 10.0}  # no profile: a quick one, measured as the run runs
+
+    def keep_quick(*args, **kwargs):
+        captured["profile"] = profile = real(*args, **{**kwargs, **GRID})
+        return profile
+
+    import ldrop.budgets.controller as controller
+
+    real, controller.profile_model = controller.profile_model, keep_quick
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.predict(model, datamodule=tiny_classification_data())
+    finally:
+        controller.profile_model = real
+    assert captured["profile"].device["precision"] == "bf16-mixed"
+    assert not _precision_warnings(caught)
+
+
+def test_ldrop_profile_measures_under_autocast_and_refuses_conflicting_options(tmp_path, capsys):
+    grid = ["--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0", "--validate", "0"]
+    out = tmp_path / "p.json"
+    assert main(["profile", "--backbone", "tiny:wavlm", *grid, "--autocast", "bf16", "--out", str(out)]) == 0
+    device = json.loads(out.read_text())["device"]
+    assert (device["dtype"], device["precision"]) == ("float32", "bf16-mixed")
+    capsys.readouterr()
+    assert main(["profile", "--backbone", "tiny:wavlm", *grid, "--autocast", "bf16", "--dtype", "bf16",
+                 "--out", str(out)]) == 2
+    assert "leave --dtype at fp32, not bf16" in capsys.readouterr().err
+    assert main(["profile", str(tmp_path), "--runtime", "onnx", "--autocast", "bf16", "--out", str(out)]) == 2
+    assert "--dtype and --autocast apply to --runtime torch" in capsys.readouterr().err
