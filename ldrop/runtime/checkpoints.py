@@ -68,6 +68,8 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
     try:
         return cls.load_from_checkpoint(path, map_location="cpu")
     except CheckpointError as err:
+        if repr(path) in str(err):  # it names the file already
+            raise
         raise CheckpointError(f"{path}: {err}") from err
     except TypeError as err:  # hyper-parameters the class does not take (e.g. a renamed argument)
         raise CheckpointError(f"{path}: the hyper-parameters it stores do not fit {cls.__name__}: {err}") from err

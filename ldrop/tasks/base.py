@@ -10,6 +10,7 @@ the test-time budget sweep is a callback (``ldrop.sweeps.BudgetSweep``, which ``
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from abc import ABC, abstractmethod
@@ -153,6 +154,18 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         self.calibrated_budgets: set[int] = set()  # fitted on validation data for these weights (calibration.py)
         if init_from:
             checkpointing.load_weights_from(self, init_from)
+
+    def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None,
+                             logger: bool = True) -> None:
+        """Lightning's ``save_hyperparameters``, keeping what ldrop stores in serialisable form (the selector as
+        ``{class_path, init_args}``, the argument groups as dicts) when a subclass's ``__init__`` calls it
+        again, so that its checkpoints still load (``torch.load(weights_only=True)``)."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back,
+                                     logger=logger)
+        checkpointing.serialisable_hparams(self.hparams)
+
+    #: Lightning's; a checkpoint holding a pickled class (see :meth:`save_hyperparameters`) is one line.
+    load_from_checkpoint = checkpointing.NamedPickledObjects(vars(L.LightningModule)["load_from_checkpoint"])
 
     # ------------------------------------------------------------------ hooks for subclasses
     @abstractmethod
