@@ -15,6 +15,7 @@ import torch
 from ldrop._io import CheckpointError, load_checkpoint_file
 from ldrop.budgets import budget_to_layers
 from ldrop.tasks import LayerDropTask
+from ldrop.tasks.calibration import has_validation_split
 from ldrop.tasks.checkpointing import EXPORT_STATE_FILE
 
 #: Hyper-parameters that only describe how a model was built or trained, not what it is.
@@ -151,8 +152,7 @@ def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
     if depth.calibrated_for(range(1, model.num_layers + 1)):  # fitted already, or nothing to fit
         return False
     datamodule = config_datamodule(config)
-    has_split = getattr(datamodule, "has_split", None)
-    if callable(has_split) and not has_split("val"):
+    if not has_validation_split(datamodule):
         raise ValueError(f"{config}: its datamodule has no validation split to fit {depth} on")
     datamodule.setup("validate")
     say(f"fitting {depth} on the validation split of {type(datamodule).__name__} ({config}), as 'ldrop test' "
