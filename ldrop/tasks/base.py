@@ -251,7 +251,11 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
             total = max(1, int(self.trainer.estimated_stepping_batches))
             self.selector.set_progress(min(1.0, self.global_step / total))
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | Tensor | None:
+        """``{"loss": loss, "encoded": encoded batch}``: callbacks read ``outputs["encoded"]`` (the selector's
+        statistics refresh, :class:`~ldrop.tasks.statistics.SelectorStatistics`), so an override returns this
+        dict with its ``"loss"`` changed, not the loss alone. ``None`` (or, under DDP, a zero loss) for an empty
+        batch, which is skipped."""
         if len(batch) == 0:
             return training.empty_batch_loss(self)
         encoded = self.encode(batch.waveforms, batch.lengths)
