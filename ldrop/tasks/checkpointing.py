@@ -20,6 +20,7 @@ from ldrop.selectors import selector_spec
 from ldrop.tasks.allocation import AllocationConfig
 from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, as_config, as_dict
 from ldrop.tasks.early_exit import EarlyExitConfig
+from ldrop.tasks.uncalibrated import warn_when_used_uncalibrated
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,11 @@ def record_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
 
 
 def restore_from_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
-    """``on_load_checkpoint``: use the input normalisation the checkpoint's weights were trained with, and
-    keep its hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next)."""
+    """``on_load_checkpoint``: use the input normalisation the checkpoint's weights were trained with, keep its
+    hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next), and arm the
+    :class:`~ldrop.tasks.uncalibrated.UncalibratedSelectorWarning` (as ``ldrop.load_model`` does)."""
     task._loading_hparams = checkpoint.get(task.CHECKPOINT_HYPER_PARAMS_KEY)
+    warn_when_used_uncalibrated(task)  # trained weights: a call below full depth before the fit warns once
     trained_with = checkpoint.get(NORMALIZE_KEY, task.backbone.normalize_waveforms)  # absent: not an ldrop task's
     if trained_with != task.backbone.normalize_waveforms:
         log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",
