@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ldrop._io import CheckpointError, load_checkpoint_file
-from ldrop.budgets import budget_to_layers
 from ldrop.tasks import LayerDropTask
+from ldrop.tasks.calibration import has_validation_split
 from ldrop.tasks.checkpointing import EXPORT_STATE_FILE
+from ldrop.tasks.uncalibrated import (  # noqa: F401 - the warning and its check, ldrop.runtime's names
+    UncalibratedSelectorWarning,
+    warn_if_uncalibrated,
+    warn_when_used_uncalibrated,
+)
 
 #: Hyper-parameters that only describe how a model was built or trained, not what it is.
 _BUILD_ONLY = ("_class_path", "_instantiator", "init_from", "backbone_overrides")
@@ -68,6 +69,8 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
     try:
         return cls.load_from_checkpoint(path, map_location="cpu")
     except CheckpointError as err:
+        if repr(path) in str(err):  # it names the file already
+            raise
         raise CheckpointError(f"{path}: {err}") from err
     except TypeError as err:  # hyper-parameters the class does not take (e.g. a renamed argument)
         raise CheckpointError(f"{path}: the hyper-parameters it stores do not fit {cls.__name__}: {err}") from err
@@ -149,8 +152,7 @@ def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
     if depth.calibrated_for(range(1, model.num_layers + 1)):  # fitted already, or nothing to fit
         return False
     datamodule = config_datamodule(config)
-    has_split = getattr(datamodule, "has_split", None)
-    if callable(has_split) and not has_split("val"):
+    if not has_validation_split(datamodule):
         raise ValueError(f"{config}: its datamodule has no validation split to fit {depth} on")
     datamodule.setup("validate")
     say(f"fitting {depth} on the validation split of {type(datamodule).__name__} ({config}), as 'ldrop test' "
@@ -175,55 +177,7 @@ def load_model(path: str | os.PathLike) -> LayerDropTask:
         raise FileNotFoundError(
             f"no model at {str(path)!r}: give a .ckpt written by 'ldrop fit' or a folder written by 'ldrop export'"
         )
-    # a loaded model is a trained one: warn (once) if it runs a budget before its selector is fitted
-    model._warn_if_uncalibrated = True
-    model.register_forward_pre_hook(_warn_at_forward, with_kwargs=True)
+    # a loaded model is a trained one: warn (once) if it runs a budget before its selector is fitted (a .ckpt's
+    # load_from_checkpoint armed it already, as for any task loaded that way)
+    warn_when_used_uncalibrated(model)
     return model.eval()
-
-
-class UncalibratedSelectorWarning(UserWarning):
-    """A loaded model ran below full depth with a selector that needs fitting on validation data and was not
-    fitted: its layer choices differ from those of ``ldrop test`` and ``ldrop predict``."""
-
-
-def warn_if_uncalibrated(model: LayerDropTask, budget: Any) -> bool:
-    """Emit the :class:`UncalibratedSelectorWarning` of a :func:`load_model` model once, at its first use
-    below full depth (a tensor or target budget counts as below); returns whether it warned."""
-    selector = model.selector
-    if not getattr(model, "_warn_if_uncalibrated", False) or selector is None or not selector.needs_calibration:
-        return False
-    if _full_depth(budget, model.num_layers) or selector.calibrated:
-        return False
-    model._warn_if_uncalibrated = False
-    warnings.warn(
-        f"the {type(selector).__name__} has not been fitted on validation data (threshold calibration or the "
-        "per-budget input-blind fallback), so its layer choices differ from those of 'ldrop test' and 'ldrop "
-        "predict', which fit it first; call model.calibrate_on_dataloader(validation_loader) once before using it "
-        "(the README shows how to build the loader)",
-        UncalibratedSelectorWarning, stacklevel=_caller_stacklevel(),
-    )
-    return True
-
-
-def _warn_at_forward(model: LayerDropTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Forward pre-hook of :func:`load_model`'s models (``model(waveforms, lengths, budget)``)."""
-    if getattr(model, "_warn_if_uncalibrated", False):
-        warn_if_uncalibrated(model, kwargs.get("budget", args[2] if len(args) > 2 else None))
-
-
-def _full_depth(budget: Any, num_layers: int) -> bool:
-    """Whether ``budget`` runs every layer (a tensor or a target counts as below: no host sync here)."""
-    try:
-        return budget is None or budget_to_layers(budget, num_layers) == num_layers
-    except ValueError:  # a tensor or a target; a bad budget is the forward call's to report
-        return False
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` (for a ``warnings.warn`` in the caller) of the first frame outside torch and ldrop:
-    the user's call of the model."""
-    inside = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (torch.__file__, os.path.dirname(__file__)))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
-        frame, level = frame.f_back, level + 1
-    return level

@@ -21,6 +21,7 @@ from ldrop._progress import Phase, heartbeat
 from ldrop.selectors.candidates import candidate_masks
 from ldrop.sweeps.paired import depth_oracle_metric, metric_from_errors
 from ldrop.sweeps.scorers import Scorer, SweepBatch, _sum, fixed_item_errors
+from ldrop.tasks.calibration import validation_datamodule
 from ldrop.tasks.precision import precision_context, to_model_precision
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,11 @@ class HeadroomScorer(Scorer):
     @torch.no_grad()
     def end(self, trainer: L.Trainer, task: Any) -> None:
         """The headroom on the validation split as well (the selector's own masks at each budget)."""
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None:
-            log.warning("headroom on validation data needs a datamodule: scored on the test split only")
+        datamodule = validation_datamodule(trainer)
+        if datamodule is None:  # the `_val` columns are left out (never filled from another split)
+            given = getattr(trainer, "datamodule", None)
+            log.warning("headroom: %s has no validation split: scored on the test split only, without the *_val "
+                        "columns", type(given).__name__ if given is not None else "a trainer without a datamodule")
             return
         datamodule.setup("validate")
         loader = datamodule.val_dataloader()

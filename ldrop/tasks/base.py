@@ -10,6 +10,7 @@ the test-time budget sweep is a callback (``ldrop.sweeps.BudgetSweep``, which ``
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from abc import ABC, abstractmethod
@@ -154,6 +155,18 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         if init_from:
             checkpointing.load_weights_from(self, init_from)
 
+    def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None,
+                             logger: bool = True) -> None:
+        """Lightning's ``save_hyperparameters``, keeping what ldrop stores in serialisable form (the selector as
+        ``{class_path, init_args}``, the argument groups as dicts) when a subclass's ``__init__`` calls it
+        again, so that its checkpoints still load (``torch.load(weights_only=True)``)."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back,
+                                     logger=logger)
+        checkpointing.serialisable_hparams(self.hparams)
+
+    #: Lightning's; a checkpoint holding a pickled class (see :meth:`save_hyperparameters`) is one line.
+    load_from_checkpoint = checkpointing.NamedPickledObjects(vars(L.LightningModule)["load_from_checkpoint"])
+
     # ------------------------------------------------------------------ hooks for subclasses
     @abstractmethod
     def configure_head(self) -> nn.Module:
@@ -238,7 +251,11 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
             total = max(1, int(self.trainer.estimated_stepping_batches))
             self.selector.set_progress(min(1.0, self.global_step / total))
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | Tensor | None:
+        """``{"loss": loss, "encoded": encoded batch}``: callbacks read ``outputs["encoded"]`` (the selector's
+        statistics refresh, :class:`~ldrop.tasks.statistics.SelectorStatistics`), so an override returns this
+        dict with its ``"loss"`` changed, not the loss alone. ``None`` (or, under DDP, a zero loss) for an empty
+        batch, which is skipped."""
         if len(batch) == 0:
             return training.empty_batch_loss(self)
         encoded = self.encode(batch.waveforms, batch.lengths)

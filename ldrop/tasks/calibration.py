@@ -13,8 +13,10 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ldrop._lightning import attached_trainer
 from ldrop._progress import Phase, heartbeat
@@ -63,6 +65,24 @@ def calibrate_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any
         task.calibrated_budgets.update(budgets)
 
 
+def has_validation_split(datamodule: Any) -> bool:
+    """Whether ``datamodule`` has a validation split: ``has_split("val")`` where it says (ldrop's
+    ``AudioDataModule``), else whether it implements ``val_dataloader`` (a plain Lightning datamodule); the
+    notion of fitting on validation data, of the sweep's validation headroom and of ``ldrop export``'s fit."""
+    if datamodule is None:
+        return False
+    has_split = getattr(datamodule, "has_split", None)
+    if callable(has_split):
+        return bool(has_split("val"))
+    return isinstance(datamodule, L.LightningDataModule) and is_overridden("val_dataloader", datamodule)
+
+
+def validation_datamodule(trainer: L.Trainer | None) -> Any:
+    """The trainer's datamodule if it has a validation split (:func:`has_validation_split`), else ``None``."""
+    datamodule = getattr(trainer, "datamodule", None)
+    return datamodule if has_validation_split(datamodule) else None
+
+
 def calibrate_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | None = None) -> None:
     """Fit what is not fitted yet for ``budgets`` (default: every ``k``) on the validation split of the
     trainer's datamodule. Without one, state the model holds is used (a fit that only refines the selector is
@@ -72,9 +92,8 @@ def calibrate_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | N
     policy = task.depth
     if not policy.needs_calibration() or not missing:
         return
-    datamodule = getattr(attached_trainer(task), "datamodule", None)
-    has_split = getattr(datamodule, "has_split", None)
-    if datamodule is not None and not (callable(has_split) and not has_split("val")):
+    datamodule = validation_datamodule(attached_trainer(task))
+    if datamodule is not None:
         datamodule.setup("validate")
         loader = datamodule.val_dataloader()
         for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):

@@ -4,8 +4,11 @@ input normalisation the weights were trained with, and ``ldrop export``'s folder
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator, Mapping
+import pickle
+import re
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,11 @@ import torch
 from torch import nn
 
 from ldrop._io import CheckpointError, atomic_torch_save, load_checkpoint_file, staged_folder
+from ldrop.selectors import selector_spec
+from ldrop.tasks.allocation import AllocationConfig
+from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, as_config, as_dict
+from ldrop.tasks.early_exit import EarlyExitConfig
+from ldrop.tasks.uncalibrated import warn_when_used_uncalibrated
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +74,76 @@ def export_pretrained(task: Any, directory: str | Path) -> Path:
     return directory
 
 
+#: The argument groups a task stores as dicts (``load_from_checkpoint`` rebuilds the dataclasses from them).
+_CONFIG_GROUPS = {"early_exit": EarlyExitConfig, "allocation": AllocationConfig, "budgets": BudgetSampling,
+                  "distillation": DistillationConfig, "optimization": OptimizerConfig}
+
+
+def serialisable_hparams(hparams: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``hparams`` (changed in place, and returned) with the selector as its ``{class_path, init_args}`` spec and
+    the argument groups as dicts: what a checkpoint stores, so that it loads with ``torch.load(weights_only=True)``
+    (Lightning's default), whatever a subclass's own ``save_hyperparameters()`` put there (a class, a dataclass)."""
+    if "selector" in hparams:
+        hparams["selector"] = selector_spec(hparams["selector"])
+    for name, kind in _CONFIG_GROUPS.items():
+        if name in hparams and not isinstance(hparams[name], dict):
+            hparams[name] = as_dict(as_config(kind, hparams[name]))
+    return hparams
+
+
+def pickled_object_error(path: Any, err: pickle.UnpicklingError, task_class: str) -> CheckpointError | None:
+    """The one-line :class:`CheckpointError` for a checkpoint that ``torch.load(weights_only=True)`` refuses
+    because it holds a pickled Python class (one written before :func:`serialisable_hparams`, when a subclass's
+    ``save_hyperparameters()`` stored the selector class as given); ``None`` for another ``UnpicklingError``."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if found is None:
+        return None
+    return CheckpointError(
+        f"checkpoint {str(path)!r} holds a pickled Python class, {found[1]} (e.g. in its hyper-parameters: a "
+        "subclass's save_hyperparameters() stored the selector class as given), which torch.load(weights_only=True) "
+        f"refuses: if you trust the file, load it with {task_class}.load_from_checkpoint(path, weights_only=False)"
+    )
+
+
+class NamedPickledObjects:
+    """``LayerDropTask.load_from_checkpoint``: Lightning's (still refused on an instance), with the
+    ``UnpicklingError`` of a checkpoint that holds a pickled class as one line (:func:`pickled_object_error`)."""
+
+    def __init__(self, lightning_method: Any) -> None:
+        self.lightning_method = lightning_method  # Lightning's descriptor
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        load = self.lightning_method.__get__(instance, owner)
+
+        @functools.wraps(load)
+        def load_from_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return load(checkpoint_path, *args, **kwargs)
+            except pickle.UnpicklingError as err:
+                named = pickled_object_error(checkpoint_path, err, owner.__name__)
+                if named is None:
+                    raise
+                raise named from err
+
+        return load_from_checkpoint
+
+
 def record_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
-    """``on_save_checkpoint``: the task class and the input normalisation in use; refuses NaN weights."""
+    """``on_save_checkpoint``: the task class and the input normalisation in use, the hyper-parameters in their
+    serialisable form; refuses NaN weights."""
     checkpoint["ldrop_task_class"] = _class_path(task)
+    if isinstance(checkpoint.get(task.CHECKPOINT_HYPER_PARAMS_KEY), MutableMapping):
+        serialisable_hparams(checkpoint[task.CHECKPOINT_HYPER_PARAMS_KEY])
     checkpoint[NORMALIZE_KEY] = bool(task.backbone.normalize_waveforms)
     check_finite_weights(task)
 
 
 def restore_from_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
-    """``on_load_checkpoint``: use the input normalisation the checkpoint's weights were trained with, and
-    keep its hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next)."""
+    """``on_load_checkpoint``: use the input normalisation the checkpoint's weights were trained with, keep its
+    hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next), and arm the
+    :class:`~ldrop.tasks.uncalibrated.UncalibratedSelectorWarning` (as ``ldrop.load_model`` does)."""
     task._loading_hparams = checkpoint.get(task.CHECKPOINT_HYPER_PARAMS_KEY)
+    warn_when_used_uncalibrated(task)  # trained weights: a call below full depth before the fit warns once
     trained_with = checkpoint.get(NORMALIZE_KEY, task.backbone.normalize_waveforms)  # absent: not an ldrop task's
     if trained_with != task.backbone.normalize_waveforms:
         log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",

@@ -60,26 +60,46 @@ class ClassificationTask(LayerDropTask):
     def compute_logits(self, head: nn.Module, hidden: Tensor, frame_mask: Tensor) -> Tensor:
         return head(masked_mean(hidden, frame_mask))
 
-    def task_loss(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
+    def class_ids(self, batch: Any, check_range: bool = False) -> Tensor:
+        """The batch's targets, which must be class ids (a LongTensor ``[batch]``); else a ``ValueError`` (one
+        line) saying what they are. ``check_range``: also that every id is in ``0..num_classes-1`` (reads them
+        on the host)."""
         targets = batch.targets
-        if int(targets.max()) >= self.num_classes or int(targets.min()) < 0:
+        if not (isinstance(targets, Tensor) and targets.dtype == torch.long and targets.dim() == 1):
+            if isinstance(targets, Tensor):
+                got = f"a {str(targets.dtype).removeprefix('torch.')} tensor of shape {list(targets.shape)}"
+            elif isinstance(targets, list | tuple):
+                kinds = "/".join(sorted({type(t).__name__ for t in targets})) or "nothing"
+                shown = ", ".join(repr(t) for t in list(targets)[:3]) + (", ..." if len(targets) > 3 else "")
+                got = f"a {type(targets).__name__} of {kinds} ({shown})"
+            else:
+                got = f"a {type(targets).__name__}"
+            raise ValueError(
+                f"{type(self).__name__}: a batch's targets must be class ids in 0..{self.num_classes - 1}, a "
+                f"LongTensor [batch], got {got}: the datamodule must map each class name to its index in "
+                "class_names")
+        if check_range and (int(targets.max()) >= self.num_classes or int(targets.min()) < 0):
             raise ValueError(f"a target class id is outside 0..{self.num_classes - 1}: {targets.tolist()}")
+        return targets
+
+    def task_loss(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
+        targets = self.class_ids(batch, check_range=True)
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams.label_smoothing)
 
     def item_losses(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
         """Per input: its cross-entropy (with the task's label smoothing), ``[batch]``."""
-        return F.cross_entropy(logits.float(), batch.targets, label_smoothing=self.hparams.label_smoothing,
+        return F.cross_entropy(logits.float(), self.class_ids(batch), label_smoothing=self.hparams.label_smoothing,
                                reduction="none")
 
     def configure_metrics(self) -> dict[str, Metric]:
         return {"acc": MulticlassAccuracy(num_classes=self.num_classes, average="micro")}
 
     def update_metrics(self, metrics: dict[str, Metric], logits: Tensor, frame_mask: Tensor, batch: Any) -> None:
-        metrics["acc"].update(logits.argmax(-1), batch.targets)
+        metrics["acc"].update(logits.argmax(-1), self.class_ids(batch))
 
     def item_errors(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
         """Per input: 1 if its prediction is wrong, else 0; each input counts once."""
-        wrong = (logits.argmax(-1) != batch.targets).double()
+        wrong = (logits.argmax(-1) != self.class_ids(batch)).double()
         return wrong, torch.ones_like(wrong)
 
     def decode(self, logits: Tensor, frame_mask: Tensor) -> list[Any]:

@@ -6,6 +6,7 @@ Checkpoints hold the kept inputs, so a resumed run refreshes on what the uninter
 from __future__ import annotations
 
 import collections
+import logging
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,8 @@ import torch
 
 from ldrop._lightning import attached_trainer
 from ldrop.tasks.precision import precision_context
+
+log = logging.getLogger(__name__)
 
 
 class SelectorStatistics(L.Callback):
@@ -22,6 +25,7 @@ class SelectorStatistics(L.Callback):
 
     def __init__(self, batches: int = 16) -> None:
         self.recent: collections.deque = collections.deque(maxlen=batches)
+        self._said_no_encoded = False
 
     @staticmethod
     def _tracks(pl_module: Any) -> bool:
@@ -30,12 +34,20 @@ class SelectorStatistics(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         encoded = outputs.get("encoded") if isinstance(outputs, dict) else None
-        if encoded is not None and self._tracks(pl_module) and (trainer is None or trainer.is_global_zero):
-            # the waveforms the forward's selector read (normalised when the backbone asks), not the batch's raw
-            # ones; none for a selector that reads only the features
-            read = pl_module.selector.reads_waveforms
-            self.recent.append((encoded.features.detach(), encoded.frame_mask,
-                                encoded.waveforms.detach() if read else None, encoded.lengths if read else None))
+        if not self._tracks(pl_module) or not (trainer is None or trainer.is_global_zero):
+            return
+        if encoded is None:  # a skipped (empty) batch has none; a training_step override may have dropped it
+            if not self._said_no_encoded and not (hasattr(batch, "__len__") and len(batch) == 0):
+                self._said_no_encoded = True
+                log.warning("%s: training_step's outputs hold no 'encoded' batch (an override that returns only the "
+                            "loss?), so the selector's running statistics are not refreshed: return the dict of "
+                            "super().training_step(...), changing its 'loss'", type(pl_module).__name__)
+            return
+        # the waveforms the forward's selector read (normalised when the backbone asks), not the batch's raw
+        # ones; none for a selector that reads only the features
+        read = pl_module.selector.reads_waveforms
+        self.recent.append((encoded.features.detach(), encoded.frame_mask,
+                            encoded.waveforms.detach() if read else None, encoded.lengths if read else None))
 
     @torch.no_grad()
     def refresh(self, pl_module: Any) -> None:
