@@ -39,6 +39,7 @@ from ldrop.cli.callbacks import (
 )
 from ldrop.cli.errors import (
     ConfigError,
+    InstantiationError,
     argument_error_line,
     command_parser,
     instantiation_error_line,
@@ -221,7 +222,7 @@ class LdropCLI(CLISteps):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
-            raise ConfigError(instantiation_error_line(err)) from err
+            raise InstantiationError(instantiation_error_line(err)) from err
         if not getattr(self, "_model_takes_labels", True):
             # jsonargparse skips the labels link for a task without 'labels', but LightningCLI still records the
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected

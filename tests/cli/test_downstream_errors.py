@@ -1,0 +1,114 @@
+"""A downstream lab's own task and DataModule, ported to ldrop with the mistakes a port makes: each is one
+``ldrop: error:`` line (exit status 2) that names the class, the attribute or the option and what to do, never a
+raw traceback, an empty reason or a run on data the model was not made for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from torch import nn
+
+from ldrop.cli import main
+from ldrop.data import (
+    AudioDataModule,
+    AudioDataset,
+    DatasetLayoutError,
+    SyntheticClassificationDataset,
+)
+from ldrop.tasks import ClassificationTask
+from tests.cli.common import QUICKSTART
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+WORDS = ["yes", "no", "up", "down"]
+
+
+def one_error_line(capsys) -> str:
+    """The one ``ldrop:`` line on stderr (asserting there is exactly one, and no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ldrop:")]
+    assert len(lines) == 1 and lines[0].startswith("ldrop: error: "), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+class WrongOrderClassifier(ClassificationTask):
+    """The construction-order mistake: ``configure_head`` (called by the base ``__init__``) reads an attribute
+    that the subclass sets after ``super().__init__()``."""
+
+    def __init__(self, head_hidden: int = 16, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.head_hidden = head_hidden
+
+    def configure_head(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(self.backbone.hidden_size, self.head_hidden), nn.GELU(),
+                             nn.Linear(self.head_hidden, self.num_classes))
+
+
+class Generated(AudioDataModule):
+    """A lab's ported keyword module (generated clips, four classes) that forgot ``class_names``."""
+
+    built: list[str] = []  # the splits built so far (a failed link must read none)
+
+    def build_dataset(self, split: str) -> AudioDataset:
+        Generated.built.append(split)
+        return SyntheticClassificationDataset("test" if split == "predict" else split, 8, num_classes=len(WORDS),
+                                              duration_range=(0.3, 0.5), sample_rate=self.sample_rate,
+                                              min_samples=self.min_samples)
+
+
+class Named(Generated):
+    class_names = WORDS
+
+
+class SetsNumClasses(Generated):
+    """Sets ``num_classes``, as many plain Lightning keyword modules do (ldrop's is read-only)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = len(WORDS)
+
+
+class RaisesInInit(Named):
+    def __init__(self, mode: str = "none", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode == "key":
+            raise KeyError("mode")
+        if mode == "layout":
+            raise DatasetLayoutError("kws/train_list.txt not found\nExpected layout:\n  <root>/<word>/*.wav")
+
+
+def run(tmp_path, *args: str, command: str = "fit") -> int:
+    return main([command, "--config", QUICKSTART, *QUIET, "--trainer.fast_dev_run", "true",
+                 "--trainer.default_root_dir", str(tmp_path / "runs"), *args])
+
+
+def test_an_error_in_a_tasks_init_names_the_class_the_exception_and_what_to_do(tmp_path, capsys):
+    assert run(tmp_path, "--model.class_path", f"{__name__}.WrongOrderClassifier") == 2
+    line = one_error_line(capsys)
+    assert f"{__name__}.WrongOrderClassifier" in line, line
+    assert "AttributeError: 'WrongOrderClassifier' object has no attribute 'head_hidden'" in line, line
+    assert "in configure_head, " in line and "test_downstream_errors.py:" in line, line  # where it was read
+    assert "set self.head_hidden before super().__init__(), which calls configure_head()" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_error_in_a_datamodules_init_names_the_class_and_the_exception(tmp_path, capsys):
+    assert run(tmp_path, "--data", f"{__name__}.SetsNumClasses") == 2
+    line = one_error_line(capsys)
+    assert f"{__name__}.SetsNumClasses raised AttributeError: property 'num_classes'" in line, line
+    assert "AudioDataModule.num_classes is read-only" in line and "class_names" in line, line
+
+
+@pytest.mark.parametrize(("mode", "says", "after"), [
+    ("key", f"building {__name__}.RaisesInInit raised KeyError: 'mode' (in __init__, ", None),
+    ("layout", "kws/train_list.txt not found", "Expected layout:\n  <root>/<word>/*.wav"),
+], ids=["key-error", "layout-error"])
+def test_an_error_a_datamodules_init_raises_is_reported_as_where_it_is_raised_later(tmp_path, capsys, mode, says,
+                                                                                    after):
+    assert run(tmp_path, "--data", f"{__name__}.RaisesInInit", "--data.mode", mode) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ldrop:")]
+    assert len(lines) == 1 and lines[0].startswith(f"ldrop: error: {says}") and "Traceback" not in err, err[-3000:]
+    if after is not None:  # a DatasetLayoutError keeps its expected layout on the lines after, as from list_items
+        assert f"{says}\n{after}" in err, err[-3000:]
