@@ -11,7 +11,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from ldrop.cli.errors import (
     option_strings,
     os_error_line,
 )
-from ldrop.data import AudioDataModule
+from ldrop.data import AudioDataModule, Task
 from ldrop.runtime import TargetBudgets
 from ldrop.selectors import LayerSelector
 from ldrop.sweeps import BudgetSweep
@@ -111,6 +112,29 @@ def _checkpoint_keyword_line(keyword: str, trainer: Mapping[str, Any]) -> str:
                 f": --ckpt_path {found}" if found else f" (no {pattern} under {', '.join(roots)})"))
 
 
+def datamodule_labels(datamodule: Any) -> list[str] | None:
+    """What ``ldrop fit`` links into the task's ``labels``: :func:`~ldrop.tasks.model_labels`, with a datamodule
+    that cannot give them named in one line (an unknown ``task``; no ``class_names``, or ``None`` until
+    ``setup``) rather than blaming the task's ``labels``."""
+    name, task, kinds = type(datamodule).__name__, getattr(datamodule, "task", None), typing.get_args(Task)
+    if task not in kinds:
+        raise ConfigError(f"{name}.task is {task!r}: expected {', '.join(map(repr, kinds[:-1]))} or {kinds[-1]!r}, the "
+                          "kind of target its items have (class ids, transcripts, or values/tensors); set the class "
+                          "attribute task to one of them")
+    if task != "classification":
+        return model_labels(datamodule)
+    if not any("class_names" in vars(owner) for owner in (datamodule, *type(datamodule).__mro__)):
+        raise ConfigError(f"{name} has no class_names: set class_names (the class names in id order) in __init__ or "
+                          "as a class attribute; the task's labels and number of classes come from it")
+    names = datamodule.class_names  # a property that fails is a bug: its traceback
+    if names is None:
+        raise ConfigError(f"{name}.class_names is None when the task is built (after __init__, before setup): set "
+                          "class_names (the class names in id order) in __init__ or as a class attribute")
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise ConfigError(f"{name}.class_names is {names!r:.60}: expected a list of the class names in id order")
+    return list(names)
+
+
 class LdropCLI(CLISteps):
     """LightningCLI with ldrop's links, checkpointing, exact resume, budget sweep and prediction writer.
 
@@ -172,7 +196,8 @@ class LdropCLI(CLISteps):
                                       "checkpoint with 'state_dict' and 'pytorch-lightning_version' entries)")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data", "model.init_args.labels", compute_fn=model_labels, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.labels", compute_fn=datamodule_labels,
+                              apply_on="instantiate")
         parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
         parser.add_lightning_class_args(BudgetSweep, "sweep")
         if self._parser_subcommand not in (None, "predict"):

@@ -141,6 +141,11 @@ class AudioDataModule(LightningDataModule):
         self.num_bad_files: dict[str, int] = {}
         self._failed_at_load: dict[str, set[str]] = {}
 
+    def __str__(self) -> str:
+        # Lightning's lists the size of every split, building (reading) each of them; jsonargparse prints the
+        # datamodule in the message of a failed link.
+        return f"{type(self).__name__}(root={getattr(self, 'root', None)!r})"
+
     @property
     def num_classes(self) -> int:
         """Number of classes (classification modules; ``len(self.class_names)``)."""

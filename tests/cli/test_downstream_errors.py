@@ -69,6 +69,20 @@ class SetsNumClasses(Generated):
         self.num_classes = len(WORDS)
 
 
+class ClassNamesInSetup(Generated):
+    """Sets ``class_names`` only in ``setup``, after the CLI has built the task."""
+
+    class_names = None
+
+    def setup(self, stage: str | None = None) -> None:
+        self.class_names = WORDS
+        super().setup(stage)
+
+
+class OwnTaskName(Named):
+    task = "kws"  # not one of ldrop's kinds of target
+
+
 class RaisesInInit(Named):
     def __init__(self, mode: str = "none", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -98,6 +112,22 @@ def test_an_error_in_a_datamodules_init_names_the_class_and_the_exception(tmp_pa
     line = one_error_line(capsys)
     assert f"{__name__}.SetsNumClasses raised AttributeError: property 'num_classes'" in line, line
     assert "AudioDataModule.num_classes is read-only" in line and "class_names" in line, line
+
+
+@pytest.mark.parametrize(("module", "says"), [
+    ("Generated", "Generated has no class_names: set class_names (the class names in id order) in __init__"),
+    ("ClassNamesInSetup", "ClassNamesInSetup.class_names is None when the task is built (after __init__, before "
+                          "setup): set class_names (the class names in id order) in __init__"),
+    ("OwnTaskName", "OwnTaskName.task is 'kws': expected 'classification', 'ctc' or 'regression'"),
+], ids=["no-class-names", "class-names-in-setup", "unknown-task"])
+def test_a_datamodule_that_cannot_give_the_labels_is_named_without_reading_a_split(tmp_path, capsys, module, says):
+    Generated.built.clear()
+    assert run(tmp_path, "--data", f"{__name__}.{module}") == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"ldrop: error: {says}"), line
+    assert "give the class names (labels) or num_classes" not in line  # the task is not to blame
+    assert Generated.built == []  # printing the datamodule in jsonargparse's message built every split
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(("mode", "says", "after"), [
