@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import difflib
 import errno
 import importlib
@@ -27,6 +28,7 @@ from ldrop._io import CheckpointError
 from ldrop._lightning import parser_actions
 from ldrop.data.audio import AudioReadError
 from ldrop.data.base import DatasetLayoutError
+from ldrop.data.batch import AudioBatch, BatchTypeError, batch_type_problem
 from ldrop.runtime.checkpoints import import_failure
 from ldrop.sweeps.report import IncompleteSweepError
 
@@ -424,9 +426,13 @@ def os_error_line(err: OSError) -> str:
     return str(err)
 
 
+#: The fields of an AudioBatch a task reads: an AttributeError for one of them on another object is a batch of
+#: the wrong type.
+BATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(AudioBatch))
+
 #: Exceptions ldrop raises for what a user can fix, printed as one line whatever raised them.
 USER_ERRORS = (ConfigError, CheckpointError, AudioReadError, IncompleteSweepError, FloatingPointError,
-               MisconfigurationException)
+               MisconfigurationException, BatchTypeError)
 
 
 def _raised_in_ldrop(err: BaseException) -> bool:
@@ -463,6 +469,9 @@ def user_error_line(err: BaseException) -> str | None:
         return str(err).strip()
     if isinstance(err, ArgumentError):  # a parser with exit_on_error=False that main did not wrap
         return argument_error_line(str(err))
+    if isinstance(err, AttributeError) and err.name in BATCH_FIELDS and not isinstance(err.obj, AudioBatch | None):
+        # a batch that a DataLoader of the datamodule's own (not its collate, which is checked) made
+        return batch_type_problem(err.obj, "the datamodule's DataLoader (its collate_fn) made")
     if isinstance(err, DatasetLayoutError):  # the expected layout follows on the next lines
         return str(err).strip()
     own = isinstance(err, USER_ERRORS) or isinstance(err, FileNotFoundError) and not err.filename

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ldrop.cli import main
 from ldrop.data import (
@@ -15,6 +16,7 @@ from ldrop.data import (
     AudioDataset,
     DatasetLayoutError,
     SyntheticClassificationDataset,
+    collate_audio,
 )
 from ldrop.tasks import ClassificationTask
 from tests.cli.common import QUICKSTART
@@ -92,6 +94,33 @@ class RaisesInInit(Named):
             raise DatasetLayoutError("kws/train_list.txt not found\nExpected layout:\n  <root>/<word>/*.wav")
 
 
+def dict_collate(examples) -> dict[str, Any]:
+    """A collate that returns a dict, as a typical Lightning keyword module's does."""
+    batch = collate_audio(examples)
+    return {"waveforms": batch.waveforms, "lengths": batch.lengths, "targets": batch.targets, "ids": batch.ids}
+
+
+class DictCollate(Named):
+    def collate(self, examples):
+        return dict_collate(examples)
+
+
+class OwnLoaders(Named):
+    """Keeps DataLoaders of its own (plain torch ones) that batch with a dict collate."""
+
+    def _own(self, split: str) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=4, collate_fn=dict_collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._own("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._own("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._own("test")
+
+
 def run(tmp_path, *args: str, command: str = "fit") -> int:
     return main([command, "--config", QUICKSTART, *QUIET, "--trainer.fast_dev_run", "true",
                  "--trainer.default_root_dir", str(tmp_path / "runs"), *args])
@@ -142,3 +171,21 @@ def test_an_error_a_datamodules_init_raises_is_reported_as_where_it_is_raised_la
     assert len(lines) == 1 and lines[0].startswith(f"ldrop: error: {says}") and "Traceback" not in err, err[-3000:]
     if after is not None:  # a DatasetLayoutError keeps its expected layout on the lines after, as from list_items
         assert f"{says}\n{after}" in err, err[-3000:]
+
+
+@pytest.mark.parametrize("command", ["fit", "test", "predict"])
+def test_a_batch_that_is_not_an_audio_batch_is_one_line_naming_the_collate(tmp_path, capsys, command):
+    assert run(tmp_path, "--data", f"{__name__}.DictCollate", command=command) == 2
+    line = one_error_line(capsys)
+    assert "batch must be an ldrop AudioBatch (ldrop.data.AudioBatch, defined in ldrop/data/batch.py" in line, line
+    assert "DictCollate.collate returned a dict with keys ['waveforms', 'lengths', 'targets', 'ids']" in line, line
+    if command != "predict":  # predict makes its predictions folder before it runs (as for any failure)
+        assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "test"])
+def test_a_batch_of_a_datamodules_own_dataloader_that_is_not_an_audio_batch_is_one_line(tmp_path, capsys, command):
+    assert run(tmp_path, "--data", f"{__name__}.OwnLoaders", command=command) == 2
+    line = one_error_line(capsys)
+    assert "a batch must be an ldrop AudioBatch (ldrop.data.AudioBatch, defined in ldrop/data/batch.py" in line, line
+    assert "DataLoader (its collate_fn) made a dict with keys ['waveforms', 'lengths', 'targets', 'ids']" in line, line
