@@ -19,7 +19,7 @@ from ldrop.data import (
     collate_audio,
 )
 from ldrop.tasks import ClassificationTask
-from tests.cli.common import QUICKSTART
+from tests.cli.common import QUICKSTART, SMALL
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 WORDS = ["yes", "no", "up", "down"]
@@ -189,3 +189,38 @@ def test_a_batch_of_a_datamodules_own_dataloader_that_is_not_an_audio_batch_is_o
     line = one_error_line(capsys)
     assert "a batch must be an ldrop AudioBatch (ldrop.data.AudioBatch, defined in ldrop/data/batch.py" in line, line
     assert "DataLoader (its collate_fn) made a dict with keys ['waveforms', 'lengths', 'targets', 'ids']" in line, line
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_data_at_another_sample_rate_than_the_backbones_is_refused(tmp_path, capsys, command):
+    assert main([command, "--config", QUICKSTART, *SMALL, "--data.init_args.sample_rate", "8000",
+                 "--trainer.default_root_dir", str(tmp_path / "runs"),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]) == 2
+    line = one_error_line(capsys)
+    assert "--data.sample_rate 8000: the backbone 'tiny:wavlm' takes 16000 Hz audio" in line, line
+    assert "set --data.sample_rate 16000" in line and "--model.backbone" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_backbone_made_for_another_rate_takes_data_at_its_rate_and_refuses_the_default(tmp_path, capsys):
+    import json
+
+    from ldrop.backbones import load_backbone
+
+    folder = tmp_path / "backbone-8k"
+    load_backbone("tiny:wavlm").save_pretrained(folder)
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**config, "sampling_rate": 8000}))
+    common = [*SMALL, "--model.init_args.backbone", str(folder), "--model.init_args.pretrained", "false",
+              "--trainer.logger", "false"]
+    assert run(tmp_path, *common) == 2
+    line = one_error_line(capsys)
+    assert "--data.sample_rate 16000: the backbone" in line and "takes 8000 Hz audio (its preprocessor_config.json)" \
+        in line and "set --data.sample_rate 8000" in line, line
+    fbank = ["--model.init_args.selector.init_args.input", "fbank"]
+    assert run(tmp_path, *common, "--data.init_args.sample_rate", "8000", *fbank) == 2
+    line = one_error_line(capsys)
+    assert "--data.sample_rate 8000: the selector's log-mel features are computed for 16000 Hz audio; set " \
+           "--model.selector.sample_rate 8000" in line, line
+    assert run(tmp_path, *common, "--data.init_args.sample_rate", "8000", *fbank,
+               "--model.init_args.selector.init_args.sample_rate", "8000") == 0
