@@ -4,11 +4,15 @@ errors and ldrop's own exceptions (:func:`user_error_line`); ``main`` prints it 
 from __future__ import annotations
 
 import ast
+import contextlib
+import dataclasses
 import difflib
 import errno
 import importlib
 import os
 import re
+import sys
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from ldrop._io import CheckpointError
 from ldrop._lightning import parser_actions
 from ldrop.data.audio import AudioReadError
 from ldrop.data.base import DatasetLayoutError
+from ldrop.data.batch import AudioBatch, BatchTypeError, batch_type_problem
 from ldrop.runtime.checkpoints import import_failure
 from ldrop.sweeps.report import IncompleteSweepError
 
@@ -34,6 +39,11 @@ PREDICT_ONLY = ("predictions", "inputs")
 class ConfigError(Exception):
     """A bad argument or configuration; ``main`` prints it as one line (exit status 2). Public: a downstream
     DataModule or task raises it for a bad setting (``DatasetLayoutError`` for missing or misplaced files)."""
+
+
+class InstantiationError(ConfigError):
+    """Building a class given on the command line or in a config failed; the message is the whole report (a
+    ``DatasetLayoutError`` raised in an ``__init__`` keeps its expected layout on the lines after)."""
 
 
 #: jsonargparse's message for an error raised by the function of a link (``model_labels`` reading the
@@ -57,14 +67,111 @@ def linked_cause(err: BaseException) -> tuple[str, BaseException] | None:
 def instantiation_error_line(err: BaseException) -> str:
     """The reason in an instantiation error, without jsonargparse's union preamble and Namespace dump: for
     the failure of a link's function (the datamodule reading its class names), the real error's own line,
-    as :func:`user_error_line` reports it (a :class:`DatasetLayoutError` with its expected layout)."""
+    as :func:`user_error_line` reports it (a :class:`DatasetLayoutError` with its expected layout). An
+    exception a class's ``__init__`` raised is reported as :func:`user_error_line` reports it when a user can
+    fix it (a ``ConfigError``, a ``DatasetLayoutError`` with its layout lines), else as the class, the
+    exception's type and message, and where it was raised."""
     if (linked := linked_cause(err)) is not None:
         link, cause = linked
         return user_error_line(cause) or f"{link} failed: {type(cause).__name__}: {_first_line(cause)}"
+    if (raised := _raised_by_a_class(err)) is not None:
+        return user_error_line(raised) or _class_failure_line(err, raised)
     text = str(err)
-    reasons = re.findall(r"^\s+- (.+)$", text.split("Errors:", 1)[1], flags=re.M) if "Errors:" in text else []
-    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
+    # a reason with its indented continuation lines ("Problem with given class_path 'X':" then the reason)
+    errors = text.split("Errors:", 1)[1] if "Errors:" in text else ""
+    reasons = re.findall(r"^\s+- (.+(?:\n\s{4,}\S.*)*)$", errors, flags=re.M)
+    reasons = [" ".join(r.split()) for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
     return "; ".join(reasons) if reasons else text.splitlines()[0] if text else type(err).__name__
+
+
+def _exception_chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from (``__cause__``, else ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    while err is not None and all(err is not seen for seen in chain):
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def _innermost_frame(err: BaseException) -> Any:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb
+
+
+def _raised_by_a_class(err: BaseException) -> BaseException | None:
+    """The exception that building a class raised (in its ``__init__`` or below), that jsonargparse wrapped in
+    its own errors; ``None`` for jsonargparse's own (a value of the wrong type)."""
+    innermost = _exception_chain(err)[-1]
+    tb = _innermost_frame(innermost)
+    if tb is None or os.sep + "jsonargparse" + os.sep in os.path.abspath(tb.tb_frame.f_code.co_filename):
+        return None
+    return innermost
+
+
+def _class_failure_line(err: BaseException, raised: BaseException) -> str:
+    """``building mylab.Task raised AttributeError: 'Task' object has no attribute 'x' (in configure_head,
+    mylab/tasks.py:12)``; for an attribute read before the base class's ``__init__`` that reads it was given it,
+    what to do."""
+    paths = [found for e in _exception_chain(err) for found in re.findall(r"class_path[ =]'([^']+)'", str(e))]
+    what = f"building {paths[0]}" if paths else "building a class given on the command line or in a config"
+    entry = _frame_to_name(raised, paths[0].split(".")[0] if paths else None)
+    frame, where = entry.tb_frame if entry is not None else None, ""
+    if entry is not None:
+        path = Path(frame.f_code.co_filename)
+        with contextlib.suppress(ValueError):
+            path = path.resolve().relative_to(Path.cwd())
+        where = f" (in {frame.f_code.co_name}, {path}:{entry.tb_lineno})"
+    line = f"{what} raised {type(raised).__name__}: {_first_line(raised)}{where}"
+    if isinstance(raised, AttributeError) and frame is not None and frame.f_code.co_name != "__init__" \
+            and isinstance(getattr(raised, "name", None), str) and getattr(raised, "obj", None) is not None \
+            and _inside_a_base_init(raised):
+        line += f": set self.{raised.name} before super().__init__(), which calls {frame.f_code.co_name}()"
+    read_only = re.match(r"property '(\w+)' of '\w+' object has no setter", str(raised))
+    instance = frame.f_locals.get("self") if frame is not None else None
+    owner = next((k for k in type(instance).__mro__ if isinstance(vars(k).get(read_only[1]), property)), None) \
+        if read_only and instance is not None else None
+    if owner is not None:  # AudioDataModule.num_classes, set by a datamodule as many plain Lightning ones do
+        doc = (vars(owner)[read_only[1]].__doc__ or "").strip().split("\n")[0].replace("``", "")
+        line += f": {owner.__name__}.{read_only[1]} is read-only" + (f" ({doc.rstrip('.')})" if doc else "")
+    return line
+
+
+def _frame_to_name(raised: BaseException, package: str | None) -> Any:
+    """The traceback entry of the innermost frame of ``raised`` in code a user can change: the package of the
+    class that was built (``package``), ldrop, or anything outside the standard library and installed packages
+    (torch's ``Module.__getattr__`` is where a missing attribute is raised, not where it is read)."""
+    libraries = {os.path.abspath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    own = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # ldrop/
+    module = sys.modules.get(package) if package else None  # imported: its class was built
+    file = getattr(module, "__file__", None)
+    own += list(getattr(module, "__path__", None) or ([os.path.dirname(file)] if file else []))
+    frames, tb = [], raised.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    for tb in reversed(frames):
+        file = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if any(file.startswith(os.path.abspath(folder) + os.sep) for folder in own) or not any(
+                file.startswith(folder + os.sep) for folder in libraries):
+            return tb
+    return frames[-1] if frames else None
+
+
+def _inside_a_base_init(raised: AttributeError) -> bool:
+    """Whether ``raised`` (an attribute missing on the object being built) came from a method that the
+    ``__init__`` of one of the object's base classes called, before an ``__init__`` that names the attribute
+    (the subclass's, which sets it after ``super().__init__()``) set it."""
+    inits = []
+    tb = raised.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "__init__" and tb.tb_frame.f_locals.get("self") is raised.obj:
+            inits.append(code)
+        tb = tb.tb_next
+    owners = [k for k in type(raised.obj).__mro__ if getattr(vars(k).get("__init__"), "__code__", None) in inits]
+    return len(owners) > 1 and any(raised.name in code.co_names for code in inits)
 
 
 def option_strings(parser: ArgumentParser) -> list[str]:
@@ -319,9 +426,13 @@ def os_error_line(err: OSError) -> str:
     return str(err)
 
 
+#: The fields of an AudioBatch a task reads: an AttributeError for one of them on another object is a batch of
+#: the wrong type.
+BATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(AudioBatch))
+
 #: Exceptions ldrop raises for what a user can fix, printed as one line whatever raised them.
 USER_ERRORS = (ConfigError, CheckpointError, AudioReadError, IncompleteSweepError, FloatingPointError,
-               MisconfigurationException)
+               MisconfigurationException, BatchTypeError)
 
 
 def _raised_in_ldrop(err: BaseException) -> bool:
@@ -354,8 +465,13 @@ def user_error_line(err: BaseException) -> str | None:
         # the datamodule's own error while a link read it (instantiation_error_line made the message): its
         # line, or the full traceback for a bug
         return user_error_line(linked[1])
+    if isinstance(err, InstantiationError):  # instantiation_error_line made it
+        return str(err).strip()
     if isinstance(err, ArgumentError):  # a parser with exit_on_error=False that main did not wrap
         return argument_error_line(str(err))
+    if isinstance(err, AttributeError) and err.name in BATCH_FIELDS and not isinstance(err.obj, AudioBatch | None):
+        # a batch that a DataLoader of the datamodule's own (not its collate, which is checked) made
+        return batch_type_problem(err.obj, "the datamodule's DataLoader (its collate_fn) made")
     if isinstance(err, DatasetLayoutError):  # the expected layout follows on the next lines
         return str(err).strip()
     own = isinstance(err, USER_ERRORS) or isinstance(err, FileNotFoundError) and not err.filename

@@ -11,7 +11,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,14 @@ from ldrop.cli.callbacks import (
 )
 from ldrop.cli.errors import (
     ConfigError,
+    InstantiationError,
     argument_error_line,
     command_parser,
     instantiation_error_line,
     option_strings,
     os_error_line,
 )
-from ldrop.data import AudioDataModule
+from ldrop.data import AudioDataModule, Task
 from ldrop.runtime import TargetBudgets
 from ldrop.selectors import LayerSelector
 from ldrop.sweeps import BudgetSweep
@@ -110,6 +112,29 @@ def _checkpoint_keyword_line(keyword: str, trainer: Mapping[str, Any]) -> str:
                 f": --ckpt_path {found}" if found else f" (no {pattern} under {', '.join(roots)})"))
 
 
+def datamodule_labels(datamodule: Any) -> list[str] | None:
+    """What ``ldrop fit`` links into the task's ``labels``: :func:`~ldrop.tasks.model_labels`, with a datamodule
+    that cannot give them named in one line (an unknown ``task``; no ``class_names``, or ``None`` until
+    ``setup``) rather than blaming the task's ``labels``."""
+    name, task, kinds = type(datamodule).__name__, getattr(datamodule, "task", None), typing.get_args(Task)
+    if task not in kinds:
+        raise ConfigError(f"{name}.task is {task!r}: expected {', '.join(map(repr, kinds[:-1]))} or {kinds[-1]!r}, the "
+                          "kind of target its items have (class ids, transcripts, or values/tensors); set the class "
+                          "attribute task to one of them")
+    if task != "classification":
+        return model_labels(datamodule)
+    if not any("class_names" in vars(owner) for owner in (datamodule, *type(datamodule).__mro__)):
+        raise ConfigError(f"{name} has no class_names: set class_names (the class names in id order) in __init__ or "
+                          "as a class attribute; the task's labels and number of classes come from it")
+    names = datamodule.class_names  # a property that fails is a bug: its traceback
+    if names is None:
+        raise ConfigError(f"{name}.class_names is None when the task is built (after __init__, before setup): set "
+                          "class_names (the class names in id order) in __init__ or as a class attribute")
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise ConfigError(f"{name}.class_names is {names!r:.60}: expected a list of the class names in id order")
+    return list(names)
+
+
 class LdropCLI(CLISteps):
     """LightningCLI with ldrop's links, checkpointing, exact resume, budget sweep and prediction writer.
 
@@ -171,7 +196,8 @@ class LdropCLI(CLISteps):
                                       "checkpoint with 'state_dict' and 'pytorch-lightning_version' entries)")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data", "model.init_args.labels", compute_fn=model_labels, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.labels", compute_fn=datamodule_labels,
+                              apply_on="instantiate")
         parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
         parser.add_lightning_class_args(BudgetSweep, "sweep")
         if self._parser_subcommand not in (None, "predict"):
@@ -221,7 +247,7 @@ class LdropCLI(CLISteps):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
-            raise ConfigError(instantiation_error_line(err)) from err
+            raise InstantiationError(instantiation_error_line(err)) from err
         if not getattr(self, "_model_takes_labels", True):
             # jsonargparse skips the labels link for a task without 'labels', but LightningCLI still records the
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected
@@ -240,6 +266,7 @@ class LdropCLI(CLISteps):
                 budget_list(sweep.budgets, self.model.num_layers)
             except ValueError as err:
                 raise ConfigError(f"--sweep.budgets: {err}") from err
+        self._check_sample_rates()
         inputs = self._command_config().get("inputs")
         if inputs:
             if self.subcommand not in (None, "predict"):
@@ -255,6 +282,30 @@ class LdropCLI(CLISteps):
             except OSError as err:
                 raise ConfigError(f"--predictions.output: cannot write {writer.target(self.trainer)}: "
                                   f"{os_error_line(err)}") from err
+
+    def _check_sample_rates(self) -> None:
+        """Refuse data at another rate than the backbone's (its ``preprocessor_config.json``; 16 kHz for one
+        built from a config) or the selector's log-mel features': the model would be trained or run on audio it
+        was not made for, and an export would record the other rate."""
+        rate = getattr(self.datamodule, "sample_rate", None)
+        if not isinstance(rate, int):
+            return
+        backbone = getattr(self.model, "backbone", None)
+        processor = getattr(backbone, "input_processor", None)
+        expected = getattr(processor(), "sampling_rate", None) if callable(processor) else None
+        if isinstance(expected, int) and expected != rate:
+            hparams = getattr(self.model, "hparams", None)
+            name = hparams.get("backbone") if hasattr(hparams, "get") else None
+            source = ("its preprocessor_config.json" if getattr(backbone, "feature_extractor", None) is not None
+                      else "the default of a backbone without preprocessor_config.json")
+            raise ConfigError(f"--data.sample_rate {rate}: the backbone{f' {name!r}' if name else ''} takes {expected} "
+                              f"Hz audio ({source}); set --data.sample_rate {expected} (audio files at other rates are "
+                              f"resampled to it), or give --model.backbone a checkpoint made for {rate} Hz audio")
+        frontend = getattr(getattr(self.model, "selector", None), "frontend", None)
+        features = getattr(frontend, "sample_rate", None)
+        if isinstance(features, int) and features != rate:
+            raise ConfigError(f"--data.sample_rate {rate}: the selector's log-mel features are computed for {features} "
+                              f"Hz audio; set --model.selector.sample_rate {rate}")
 
     def run_subcommand(self, subcommand: str) -> None:
         # Rank 0 only: other ranks must not settle the logger's version before it is shared with them.

@@ -13,7 +13,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from ldrop._progress import note
-from ldrop.data.batch import AudioExample, SkippedExample, collate_audio
+from ldrop.data.batch import AudioExample, SkippedExample, checked_collate, collate_audio
 from ldrop.data.datasets import AudioDataset, AudioFileDataset, AudioItem, SubsetAudioDataset, resolve_items
 from ldrop.data.samplers import DynamicBatchSampler, LengthGroupedSampler, ResumableDataLoader
 
@@ -140,6 +140,11 @@ class AudioDataModule(LightningDataModule):
         self.datasets: dict[str, AudioDataset] = {}
         self.num_bad_files: dict[str, int] = {}
         self._failed_at_load: dict[str, set[str]] = {}
+
+    def __str__(self) -> str:
+        # Lightning's lists the size of every split, building (reading) each of them; jsonargparse prints the
+        # datamodule in the message of a failed link.
+        return f"{type(self).__name__}(root={getattr(self, 'root', None)!r})"
 
     @property
     def num_classes(self) -> int:
@@ -306,7 +311,9 @@ class AudioDataModule(LightningDataModule):
         overridden = type(self).collate is not AudioDataModule.collate
         return ResumableDataLoader(
             self.dataset(split), batch_sampler=self.batch_sampler(split), num_workers=self.num_workers,
-            collate_fn=self.collate if overridden else collate_audio, pin_memory=self.pin_memory,
+            # an own collate's batch is checked (an isinstance): a dict is named, not read as an AudioBatch
+            collate_fn=partial(checked_collate, self.collate, f"{type(self).__name__}.collate returned", split)
+            if overridden else collate_audio, pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             on_skipped=partial(self._skipped_at_load, split), drop_empty=split != "train",
         )

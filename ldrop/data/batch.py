@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-__all__ = ["AudioBatch", "AudioExample", "SeededIndex", "SkippedExample", "collate_audio", "collate_targets"]
+__all__ = ["AudioBatch", "AudioExample", "BatchTypeError", "SeededIndex", "SkippedExample", "batch_type_problem",
+           "checked_collate", "collate_audio", "collate_targets"]
 
 
 @dataclass
@@ -80,6 +81,38 @@ class AudioBatch:
         """``[batch, samples]`` bool, True on valid samples and False on padding."""
         positions = torch.arange(self.waveforms.shape[1], device=self.lengths.device)
         return positions[None, :] < self.lengths[:, None]
+
+
+class BatchTypeError(TypeError):
+    """A collate function (or a DataLoader) made a batch that is not an :class:`AudioBatch`, which every task step
+    reads (``batch.waveforms``, ``batch.lengths``); the message says what made it, what it is and what to return."""
+
+
+def batch_type_problem(batch: Any, source: str, split: str | None = None) -> str | None:
+    """Why ``batch`` is no :class:`AudioBatch` (nor has its ``waveforms`` and ``lengths``), naming ``source`` (what
+    made it: ``"MyData.collate returned"``) and what it is; ``None`` if it is one."""
+    if isinstance(batch, AudioBatch) or hasattr(batch, "waveforms") and hasattr(batch, "lengths"):
+        return None
+    if isinstance(batch, dict):
+        what = f"a dict with keys {list(batch)[:8]}"
+    elif isinstance(batch, list | tuple):
+        what = f"a {type(batch).__name__} of {len(batch)} ({', '.join(type(b).__name__ for b in batch[:6])})"
+    else:
+        what = f"a {type(batch).__module__}.{type(batch).__qualname__}"
+    return (f"{f'the {split} batch' if split else 'a batch'} must be an ldrop AudioBatch (ldrop.data.AudioBatch, "
+            f"defined in {AudioBatch.__module__.replace('.', '/')}.py; or a subclass): {source} {what}; return "
+            "AudioBatch(waveforms=..., lengths=..., targets=..., ids=...) (ldrop.data.collate_audio builds one from "
+            "AudioExamples)")
+
+
+def checked_collate(collate: Callable[[list[AudioExample]], Any], source: str, split: str,
+                    examples: list[AudioExample]) -> Any:
+    """``collate(examples)`` (a DataModule's own ``collate``), or :class:`BatchTypeError` for a batch that is no
+    :class:`AudioBatch` (:func:`batch_type_problem`): an ``isinstance`` per batch."""
+    batch = collate(examples)
+    if (problem := batch_type_problem(batch, source, split)) is not None:
+        raise BatchTypeError(problem)
+    return batch
 
 
 def collate_audio(examples: Sequence[AudioExample]) -> AudioBatch:

@@ -470,7 +470,7 @@ def test_a_bug_in_a_datamodule_a_link_reads_shows_its_traceback(tmp_path, monkey
     monkeypatch.setattr(ManifestDataModule, "class_names", property(lambda self: {}["category"]))
     fixtures.write_audio(tmp_path / "a.wav", 8000)
     (tmp_path / "train.csv").write_text("path,label\na.wav,x\n")
-    with pytest.raises(ConfigError, match=r"model_labels\(data\) --> model.init_args.labels failed: KeyError"):
+    with pytest.raises(ConfigError, match=r"datamodule_labels\(data\) --> model.init_args.labels failed: KeyError"):
         main(["fit", "--config", QUICKSTART, "--data.class_path", "ManifestDataModule", "--data.init_args.train_manifest",
               str(tmp_path / "train.csv"), "--trainer.fast_dev_run", "true", "--trainer.logger", "false"])
 
