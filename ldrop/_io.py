@@ -189,8 +189,26 @@ DAMAGED_CHECKPOINT_ERRORS = (RuntimeError, EOFError, KeyError, ValueError, pickl
                              zipfile.BadZipFile)
 
 
+def pickled_class_error(path: str | os.PathLike, err: BaseException, task_class: str = "the task class"
+                        ) -> CheckpointError | None:
+    """The one-line :class:`CheckpointError` for a checkpoint that ``torch.load(weights_only=True)`` refuses
+    because it holds a pickled Python class (e.g. a selector class that a subclass's ``save_hyperparameters()``
+    stored as given, before ldrop kept its hyper-parameters serialisable); ``None`` for another error."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if found is None:
+        return None
+    return CheckpointError(
+        f"checkpoint {str(path)!r} holds a pickled Python class, {found[1]} (e.g. in its hyper-parameters: a "
+        "subclass's save_hyperparameters() stored the selector class as given), which torch.load(weights_only=True) "
+        f"refuses: if you trust the file, load it with {task_class}.load_from_checkpoint(path, weights_only=False)"
+    )
+
+
 def damaged_checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
-    """The one-line :class:`CheckpointError` for ``path``, which ``torch.load`` failed to read with ``err``."""
+    """The one-line :class:`CheckpointError` for ``path``, which ``torch.load`` failed to read with ``err`` (one
+    that holds a pickled class: :func:`pickled_class_error`)."""
+    if (pickled := pickled_class_error(path, err)) is not None:
+        return pickled
     path = Path(path)
     size = path.stat().st_size if path.is_file() else None
     if size == 0:

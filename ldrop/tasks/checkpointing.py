@@ -7,7 +7,6 @@ import contextlib
 import functools
 import logging
 import pickle
-import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldrop._io import CheckpointError, atomic_torch_save, load_checkpoint_file, staged_folder
+from ldrop._io import (
+    CheckpointError,
+    atomic_torch_save,
+    load_checkpoint_file,
+    pickled_class_error,
+    staged_folder,
+)
 from ldrop.selectors import selector_spec
 from ldrop.tasks.allocation import AllocationConfig
 from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, as_config, as_dict
@@ -91,23 +96,9 @@ def serialisable_hparams(hparams: MutableMapping[str, Any]) -> MutableMapping[st
     return hparams
 
 
-def pickled_object_error(path: Any, err: pickle.UnpicklingError, task_class: str) -> CheckpointError | None:
-    """The one-line :class:`CheckpointError` for a checkpoint that ``torch.load(weights_only=True)`` refuses
-    because it holds a pickled Python class (one written before :func:`serialisable_hparams`, when a subclass's
-    ``save_hyperparameters()`` stored the selector class as given); ``None`` for another ``UnpicklingError``."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    if found is None:
-        return None
-    return CheckpointError(
-        f"checkpoint {str(path)!r} holds a pickled Python class, {found[1]} (e.g. in its hyper-parameters: a "
-        "subclass's save_hyperparameters() stored the selector class as given), which torch.load(weights_only=True) "
-        f"refuses: if you trust the file, load it with {task_class}.load_from_checkpoint(path, weights_only=False)"
-    )
-
-
 class NamedPickledObjects:
     """``LayerDropTask.load_from_checkpoint``: Lightning's (still refused on an instance), with the
-    ``UnpicklingError`` of a checkpoint that holds a pickled class as one line (:func:`pickled_object_error`)."""
+    ``UnpicklingError`` of a checkpoint that holds a pickled class as one line (:func:`~ldrop._io.pickled_class_error`)."""
 
     def __init__(self, lightning_method: Any) -> None:
         self.lightning_method = lightning_method  # Lightning's descriptor
@@ -120,7 +111,7 @@ class NamedPickledObjects:
             try:
                 return load(checkpoint_path, *args, **kwargs)
             except pickle.UnpicklingError as err:
-                named = pickled_object_error(checkpoint_path, err, owner.__name__)
+                named = pickled_class_error(checkpoint_path, err, owner.__name__)
                 if named is None:
                     raise
                 raise named from err
