@@ -98,7 +98,9 @@ def serialisable_hparams(hparams: MutableMapping[str, Any]) -> MutableMapping[st
 
 class NamedPickledObjects:
     """``LayerDropTask.load_from_checkpoint``: Lightning's (still refused on an instance), with the
-    ``UnpicklingError`` of a checkpoint that holds a pickled class as one line (:func:`~ldrop._io.pickled_class_error`)."""
+    ``UnpicklingError`` of a checkpoint that holds a pickled class as one line (:func:`~ldrop._io.pickled_class_error`);
+    the model it returns warns once if it runs below full depth before its selector is fitted (as
+    ``ldrop.load_model``'s: :func:`~ldrop.tasks.uncalibrated.warn_when_used_uncalibrated`)."""
 
     def __init__(self, lightning_method: Any) -> None:
         self.lightning_method = lightning_method  # Lightning's descriptor
@@ -109,12 +111,14 @@ class NamedPickledObjects:
         @functools.wraps(load)
         def load_from_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
             try:
-                return load(checkpoint_path, *args, **kwargs)
+                model = load(checkpoint_path, *args, **kwargs)
             except pickle.UnpicklingError as err:
                 named = pickled_class_error(checkpoint_path, err, owner.__name__)
                 if named is None:
                     raise
                 raise named from err
+            warn_when_used_uncalibrated(model)  # trained weights (not a resumed fit: on_load_checkpoint)
+            return model
 
         return load_from_checkpoint
 
@@ -131,10 +135,8 @@ def record_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
 
 def restore_from_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
     """``on_load_checkpoint``: use the input normalisation the checkpoint's weights were trained with, keep its
-    hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next), and arm the
-    :class:`~ldrop.tasks.uncalibrated.UncalibratedSelectorWarning` (as ``ldrop.load_model`` does)."""
+    hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next)."""
     task._loading_hparams = checkpoint.get(task.CHECKPOINT_HYPER_PARAMS_KEY)
-    warn_when_used_uncalibrated(task)  # trained weights: a call below full depth before the fit warns once
     trained_with = checkpoint.get(NORMALIZE_KEY, task.backbone.normalize_waveforms)  # absent: not an ldrop task's
     if trained_with != task.backbone.normalize_waveforms:
         log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",
