@@ -72,8 +72,9 @@ def test_a_checkpoint_holding_a_pickled_class_is_named_so_not_damaged(trained, t
     code = main([command, "--config", QUICKSTART, *SMALL, "--ckpt_path", str(pickled),
                  "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
     line = one_error_line(capsys)
-    assert code == 2 and f"checkpoint '{pickled}' holds a pickled Python class" in line
+    assert code == 2 and f"checkpoint '{pickled}' holds a pickled Python object" in line
     assert "InputConditionedSelector" in line and "damaged" not in line
+    assert "YourTask.load_from_checkpoint(path, weights_only=False) in Python, then save it again" in line
 
 
 @pytest.mark.parametrize("command", ["test", "fit", "validate"])
