@@ -189,8 +189,29 @@ DAMAGED_CHECKPOINT_ERRORS = (RuntimeError, EOFError, KeyError, ValueError, pickl
                              zipfile.BadZipFile)
 
 
+def pickled_class_error(path: str | os.PathLike, err: BaseException, task_class: str | None = None
+                        ) -> CheckpointError | None:
+    """The one-line :class:`CheckpointError` for a checkpoint that ``torch.load(weights_only=True)`` refuses
+    because it holds a pickled Python object (a selector class that a subclass's ``save_hyperparameters()``
+    stored as given, before ldrop kept its hyper-parameters serialisable, or anything else); ``task_class``: the
+    class whose ``load_from_checkpoint`` was called (none: a command). ``None`` for another error."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if found is None:
+        return None
+    why = (" (a subclass's save_hyperparameters() stored the selector class as given)"
+           if "selector" in found[1].lower() else "")
+    load = (f"{task_class}.load_from_checkpoint(path, weights_only=False)" if task_class else
+            "YourTask.load_from_checkpoint(path, weights_only=False) in Python, then save it again with this "
+            "ldrop (trainer.save_checkpoint), which stores the selector as its spec")
+    return CheckpointError(f"checkpoint {str(path)!r} holds a pickled Python object, {found[1]}{why}, which "
+                           f"torch.load(weights_only=True) refuses: if you trust the file, load it with {load}")
+
+
 def damaged_checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
-    """The one-line :class:`CheckpointError` for ``path``, which ``torch.load`` failed to read with ``err``."""
+    """The one-line :class:`CheckpointError` for ``path``, which ``torch.load`` failed to read with ``err`` (one
+    that holds a pickled class: :func:`pickled_class_error`)."""
+    if (pickled := pickled_class_error(path, err)) is not None:
+        return pickled
     path = Path(path)
     size = path.stat().st_size if path.is_file() else None
     if size == 0:

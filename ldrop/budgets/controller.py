@@ -57,8 +57,9 @@ class BudgetController(ControlLoop):
 
     def profile_warning(self, profile: DeviceProfile) -> str | None:
         if profile.device.get("runtime") == "onnxruntime":
-            return ("this device profile was measured on ONNX Runtime: its times are another runtime's, only the "
-                    "closed loop will correct them (profile the model with 'ldrop profile' on PyTorch)")
+            name = "this device profile" if profile.path is None else f"device profile {str(profile.path)!r}"
+            return (f"{name} was measured on ONNX Runtime: its times are another runtime's (only a closed loop "
+                    "corrects them, as it runs): profile the model on PyTorch with 'ldrop profile'")
         return profile.precision_warning(self.precision) if self.precision else None
 
     def as_result(self, array: np.ndarray) -> Tensor:

@@ -95,16 +95,10 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
 
 
 def run_autocast(model: Any) -> torch.dtype | None:
-    """The autocast dtype ``model`` runs under now (an enclosing ``torch.autocast``, or its Trainer's ``*-mixed``
-    precision, which callbacks' hooks do not run under), or ``None``."""
+    """The autocast dtype ``model`` runs under now (an enclosing ``torch.autocast``: a Trainer's ``*-mixed``
+    precision around its steps, ``AdaptiveModel(autocast=...)``), or ``None``."""
     device, _ = _model_device_dtype(model)
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    try:
-        precision = str(model.trainer.precision)
-    except (AttributeError, RuntimeError):  # a module without a Trainer
-        return None
-    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 def precision_name(dtype: torch.dtype, autocast: torch.dtype | None = None) -> str:

@@ -85,11 +85,12 @@ def instantiation_error_line(err: BaseException) -> str:
 
 
 def _exception_chain(err: BaseException) -> list[BaseException]:
-    """``err`` and the exceptions it was raised from (``__cause__``, else ``__context__``), outermost first."""
+    """``err`` and the exceptions it was raised from (``__cause__``, else ``__context__`` unless ``raise ... from
+    None`` suppressed it), outermost first."""
     chain: list[BaseException] = []
     while err is not None and all(err is not seen for seen in chain):
         chain.append(err)
-        err = err.__cause__ or err.__context__
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return chain
 
 
@@ -101,13 +102,14 @@ def _innermost_frame(err: BaseException) -> Any:
 
 
 def _raised_by_a_class(err: BaseException) -> BaseException | None:
-    """The exception that building a class raised (in its ``__init__`` or below), that jsonargparse wrapped in
-    its own errors; ``None`` for jsonargparse's own (a value of the wrong type)."""
-    innermost = _exception_chain(err)[-1]
-    tb = _innermost_frame(innermost)
-    if tb is None or os.sep + "jsonargparse" + os.sep in os.path.abspath(tb.tb_frame.f_code.co_filename):
-        return None
-    return innermost
+    """The exception that building a class raised (in its ``__init__`` or below: the outermost one that
+    jsonargparse wrapped in its own errors, as the class raised it, whatever it was raised from); ``None`` for
+    jsonargparse's own (a value of the wrong type) and for ldrop's own argument checks, whose message says it."""
+    for raised in _exception_chain(err):
+        tb = _innermost_frame(raised)
+        if tb is not None and os.sep + "jsonargparse" + os.sep not in os.path.abspath(tb.tb_frame.f_code.co_filename):
+            return None if _raised_in_ldrop(raised) and isinstance(raised, ValueError | TypeError) else raised
+    return None
 
 
 def _class_failure_line(err: BaseException, raised: BaseException) -> str:
@@ -156,7 +158,7 @@ def _frame_to_name(raised: BaseException, package: str | None) -> Any:
         if any(file.startswith(os.path.abspath(folder) + os.sep) for folder in own) or not any(
                 file.startswith(folder + os.sep) for folder in libraries):
             return tb
-    return frames[-1] if frames else None
+    return None  # only library frames: no line of the user's to name
 
 
 def _inside_a_base_init(raised: AttributeError) -> bool:
@@ -469,7 +471,7 @@ def user_error_line(err: BaseException) -> str | None:
         return str(err).strip()
     if isinstance(err, ArgumentError):  # a parser with exit_on_error=False that main did not wrap
         return argument_error_line(str(err))
-    if isinstance(err, AttributeError) and err.name in BATCH_FIELDS and not isinstance(err.obj, AudioBatch | None):
+    if isinstance(err, AttributeError) and err.name in BATCH_FIELDS and _is_a_steps_batch(err):
         # a batch that a DataLoader of the datamodule's own (not its collate, which is checked) made
         return batch_type_problem(err.obj, "the datamodule's DataLoader (its collate_fn) made")
     if isinstance(err, DatasetLayoutError):  # the expected layout follows on the next lines
@@ -482,6 +484,13 @@ def user_error_line(err: BaseException) -> str | None:
     if isinstance(err, RuntimeError) and str(err).startswith("Early stopping conditioned on metric"):
         return _first_line(err)  # a monitor the task does not log; Lightning lists those it does
     return None
+
+
+def _is_a_steps_batch(err: AttributeError) -> bool:
+    """Whether ldrop's own code read the missing field on an object that is not ldrop's (the batch a DataLoader
+    gave a step or a validation fit), not a user's code on any object that lacks a field of that name."""
+    return (not isinstance(err.obj, AudioBatch | None) and not type(err.obj).__module__.startswith("ldrop.")
+            and _raised_in_ldrop(err))
 
 
 def _first_line(err: BaseException) -> str:

@@ -52,6 +52,7 @@ from ldrop.runtime import TargetBudgets
 from ldrop.selectors import LayerSelector
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask, model_labels
+from ldrop.tasks.gating import sample_rate_problem
 
 log = logging.getLogger(__name__)
 
@@ -284,28 +285,12 @@ class LdropCLI(CLISteps):
                                   f"{os_error_line(err)}") from err
 
     def _check_sample_rates(self) -> None:
-        """Refuse data at another rate than the backbone's (its ``preprocessor_config.json``; 16 kHz for one
-        built from a config) or the selector's log-mel features': the model would be trained or run on audio it
-        was not made for, and an export would record the other rate."""
-        rate = getattr(self.datamodule, "sample_rate", None)
-        if not isinstance(rate, int):
-            return
-        backbone = getattr(self.model, "backbone", None)
-        processor = getattr(backbone, "input_processor", None)
-        expected = getattr(processor(), "sampling_rate", None) if callable(processor) else None
-        if isinstance(expected, int) and expected != rate:
-            hparams = getattr(self.model, "hparams", None)
-            name = hparams.get("backbone") if hasattr(hparams, "get") else None
-            source = ("its preprocessor_config.json" if getattr(backbone, "feature_extractor", None) is not None
-                      else "the default of a backbone without preprocessor_config.json")
-            raise ConfigError(f"--data.sample_rate {rate}: the backbone{f' {name!r}' if name else ''} takes {expected} "
-                              f"Hz audio ({source}); set --data.sample_rate {expected} (audio files at other rates are "
-                              f"resampled to it), or give --model.backbone a checkpoint made for {rate} Hz audio")
-        frontend = getattr(getattr(self.model, "selector", None), "frontend", None)
-        features = getattr(frontend, "sample_rate", None)
-        if isinstance(features, int) and features != rate:
-            raise ConfigError(f"--data.sample_rate {rate}: the selector's log-mel features are computed for {features} "
-                              f"Hz audio; set --model.selector.sample_rate {rate}")
+        """Refuse data at another rate than the model takes (:func:`~ldrop.tasks.gating.sample_rate_problem`):
+        it would be trained or run on audio it was not made for, and an export would record the other rate."""
+        problem = sample_rate_problem(self.model, getattr(self.datamodule, "sample_rate", None), "--data.sample_rate",
+                                      "--model.backbone", "--model.selector.sample_rate")
+        if problem:
+            raise ConfigError(problem)
 
     def run_subcommand(self, subcommand: str) -> None:
         # Rank 0 only: other ranks must not settle the logger's version before it is shared with them.

@@ -105,7 +105,7 @@ class BudgetScorer(Scorer):
                     self.masks[k].update(cost.mask)
                     self.flops[k].update(float(cost.flops.sum()))
                     self.seconds[k].update(cost.seconds)
-                else:
+                elif task.has_item_errors:  # the per-item errors average the repeats
                     step.repeat_logits.setdefault(k, []).append(logits)
                 task.update_metrics(self.metrics[(k, r)], logits, encoded.frame_mask, step.batch)
 

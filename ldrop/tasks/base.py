@@ -27,7 +27,7 @@ from ldrop._lightning import attached_trainer
 from ldrop.backbones import load_backbone
 from ldrop.budgets import Target, budget_list, budget_to_layers, is_target
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
-from ldrop.tasks import calibration, checkpointing, training
+from ldrop.tasks import calibration, checkpointing, gating, training
 from ldrop.tasks.allocation import AllocatedLayers, AllocationConfig, DepthHead
 from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, as_config, as_dict
 from ldrop.tasks.depth import DepthPolicy, SelectedLayers
@@ -242,6 +242,10 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
             return self.num_layers
         choices = self.train_budget_choices
         return choices[int(torch.randint(len(choices), ()))]
+
+    def setup(self, stage: str) -> None:  # data at another rate than the model takes is refused (the CLI: earlier)
+        if problem := gating.sample_rate_problem(self, getattr(self.trainer.datamodule, "sample_rate", None)):
+            raise ValueError(problem)
 
     def on_train_start(self) -> None:
         self.calibrated_budgets.clear()  # training changes the weights the fits were made for

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import logging
 import pickle
-import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldrop._io import CheckpointError, atomic_torch_save, load_checkpoint_file, staged_folder
+from ldrop._io import (
+    CheckpointError,
+    atomic_torch_save,
+    load_checkpoint_file,
+    pickled_class_error,
+    staged_folder,
+)
 from ldrop.selectors import selector_spec
 from ldrop.tasks.allocation import AllocationConfig
 from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, as_config, as_dict
@@ -91,23 +96,11 @@ def serialisable_hparams(hparams: MutableMapping[str, Any]) -> MutableMapping[st
     return hparams
 
 
-def pickled_object_error(path: Any, err: pickle.UnpicklingError, task_class: str) -> CheckpointError | None:
-    """The one-line :class:`CheckpointError` for a checkpoint that ``torch.load(weights_only=True)`` refuses
-    because it holds a pickled Python class (one written before :func:`serialisable_hparams`, when a subclass's
-    ``save_hyperparameters()`` stored the selector class as given); ``None`` for another ``UnpicklingError``."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    if found is None:
-        return None
-    return CheckpointError(
-        f"checkpoint {str(path)!r} holds a pickled Python class, {found[1]} (e.g. in its hyper-parameters: a "
-        "subclass's save_hyperparameters() stored the selector class as given), which torch.load(weights_only=True) "
-        f"refuses: if you trust the file, load it with {task_class}.load_from_checkpoint(path, weights_only=False)"
-    )
-
-
 class NamedPickledObjects:
     """``LayerDropTask.load_from_checkpoint``: Lightning's (still refused on an instance), with the
-    ``UnpicklingError`` of a checkpoint that holds a pickled class as one line (:func:`pickled_object_error`)."""
+    ``UnpicklingError`` of a checkpoint that holds a pickled class as one line (:func:`~ldrop._io.pickled_class_error`);
+    the model it returns warns once if it runs below full depth before its selector is fitted (as
+    ``ldrop.load_model``'s: :func:`~ldrop.tasks.uncalibrated.warn_when_used_uncalibrated`)."""
 
     def __init__(self, lightning_method: Any) -> None:
         self.lightning_method = lightning_method  # Lightning's descriptor
@@ -118,12 +111,14 @@ class NamedPickledObjects:
         @functools.wraps(load)
         def load_from_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
             try:
-                return load(checkpoint_path, *args, **kwargs)
+                model = load(checkpoint_path, *args, **kwargs)
             except pickle.UnpicklingError as err:
-                named = pickled_object_error(checkpoint_path, err, owner.__name__)
+                named = pickled_class_error(checkpoint_path, err, owner.__name__)
                 if named is None:
                     raise
                 raise named from err
+            warn_when_used_uncalibrated(model)  # trained weights (not a resumed fit: on_load_checkpoint)
+            return model
 
         return load_from_checkpoint
 
@@ -140,10 +135,8 @@ def record_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
 
 def restore_from_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
     """``on_load_checkpoint``: use the input normalisation the checkpoint's weights were trained with, keep its
-    hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next), and arm the
-    :class:`~ldrop.tasks.uncalibrated.UncalibratedSelectorWarning` (as ``ldrop.load_model`` does)."""
+    hyper-parameters for :func:`named_mismatch` (``load_state_dict`` comes next)."""
     task._loading_hparams = checkpoint.get(task.CHECKPOINT_HYPER_PARAMS_KEY)
-    warn_when_used_uncalibrated(task)  # trained weights: a call below full depth before the fit warns once
     trained_with = checkpoint.get(NORMALIZE_KEY, task.backbone.normalize_waveforms)  # absent: not an ldrop task's
     if trained_with != task.backbone.normalize_waveforms:
         log.warning("checkpoint was trained %s waveform normalisation: using that, not normalize_waveforms=%s",

@@ -65,9 +65,12 @@ class ClassificationTask(LayerDropTask):
         line) saying what they are. ``check_range``: also that every id is in ``0..num_classes-1`` (reads them
         on the host)."""
         targets = batch.targets
+        if isinstance(targets, Tensor) and targets.dim() == 1 and not targets.dtype.is_floating_point \
+                and not targets.dtype.is_complex and targets.dtype != torch.bool:
+            targets = targets.long()  # int32, uint8, ... ids: as cross-entropy and the metrics take them
         if not (isinstance(targets, Tensor) and targets.dtype == torch.long and targets.dim() == 1):
             if isinstance(targets, Tensor):
-                got = f"a {str(targets.dtype).removeprefix('torch.')} tensor of shape {list(targets.shape)}"
+                got = f"a tensor of {str(targets.dtype).removeprefix('torch.')} of shape {list(targets.shape)}"
             elif isinstance(targets, list | tuple):
                 kinds = "/".join(sorted({type(t).__name__ for t in targets})) or "nothing"
                 shown = ", ".join(repr(t) for t in list(targets)[:3]) + (", ..." if len(targets) > 3 else "")

@@ -161,4 +161,3 @@ def counterfactual_loss(task: LayerDropTask, encoded: EncodedBatch, batch: Any, 
             task.item_losses(task.logits_with_mask(encoded, mask), encoded.frame_mask, batch) for mask in candidates
         ])
     return task.selector.counterfactual_loss(selection.scores, own, candidates, own_losses, candidate_losses)
-

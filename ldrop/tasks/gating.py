@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,6 +15,32 @@ from ldrop.backbones.adapter import LayerContext
 from ldrop.budgets import Budget, resolve_budget
 from ldrop.engine import run_gated_layers, run_prefix_layers
 from ldrop.selectors import LayerSelector, SelectorOutput
+
+
+def sample_rate_problem(model: Any, rate: Any, data_option: str = "the datamodule's sample_rate",
+                        backbone_option: str = "the task's backbone",
+                        selector_option: str = "the selector's sample_rate") -> str | None:
+    """Why ``model`` cannot take audio at ``rate`` Hz, the data's (its backbone takes another rate: its
+    ``preprocessor_config.json``, 16 kHz for one built from a config; or its selector's log-mel features are for
+    another), naming the options to change; ``None`` when it can (or ``rate`` is not a number)."""
+    if not isinstance(rate, int):
+        return None
+    backbone = getattr(model, "backbone", None)
+    processor = getattr(backbone, "input_processor", None)
+    expected = getattr(processor(), "sampling_rate", None) if callable(processor) else None
+    if isinstance(expected, int) and expected != rate:
+        hparams = getattr(model, "hparams", None)
+        name = hparams.get("backbone") if hasattr(hparams, "get") else None
+        source = ("its preprocessor_config.json" if getattr(backbone, "feature_extractor", None) is not None
+                  else "the default of a backbone without preprocessor_config.json")
+        return (f"{data_option} {rate}: the backbone{f' {name!r}' if name else ''} takes {expected} Hz audio "
+                f"({source}); set {data_option} {expected} (audio files at other rates are resampled to it), or "
+                f"give {backbone_option} a checkpoint made for {rate} Hz audio")
+    features = getattr(getattr(getattr(model, "selector", None), "frontend", None), "sample_rate", None)
+    if isinstance(features, int) and features != rate:
+        return (f"{data_option} {rate}: the selector's log-mel features are computed for {features} Hz audio; set "
+                f"{selector_option} {rate}")
+    return None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ldrop.cli import main
+from ldrop.cli.errors import ConfigError
 from ldrop.data import (
     AudioDataModule,
     AudioDataset,
@@ -94,6 +95,25 @@ class RaisesInInit(Named):
             raise DatasetLayoutError("kws/train_list.txt not found\nExpected layout:\n  <root>/<word>/*.wav")
 
 
+class ExplainsItsError(Named):
+    """Turns a lookup's KeyError into its own ConfigError, as the README asks a DataModule to."""
+
+    def __init__(self, speed: str = "fast", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        try:
+            {"fast": 1}[speed]
+        except KeyError as err:
+            raise ConfigError(f"speed {speed!r}: expected one of ['fast']") from err
+
+
+class BuggyHead(ClassificationTask):
+    """A bug in the lab's own code that reads a batch field name on another object: a traceback, not a batch
+    diagnosis."""
+
+    def compute_logits(self, head: nn.Module, hidden, frame_mask):
+        return frame_mask.lengths
+
+
 def dict_collate(examples) -> dict[str, Any]:
     """A collate that returns a dict, as a typical Lightning keyword module's does."""
     batch = collate_audio(examples)
@@ -171,6 +191,20 @@ def test_an_error_a_datamodules_init_raises_is_reported_as_where_it_is_raised_la
     assert len(lines) == 1 and lines[0].startswith(f"ldrop: error: {says}") and "Traceback" not in err, err[-3000:]
     if after is not None:  # a DatasetLayoutError keeps its expected layout on the lines after, as from list_items
         assert f"{says}\n{after}" in err, err[-3000:]
+
+
+def test_an_error_a_class_raises_from_another_keeps_its_own_message(tmp_path, capsys):
+    assert run(tmp_path, "--data", f"{__name__}.ExplainsItsError", "--data.speed", "slow") == 2
+    assert one_error_line(capsys).startswith("ldrop: error: speed 'slow': expected one of ['fast']")
+    # ldrop's own argument checks too ("raise ... from None": the option's name stays in front)
+    assert run(tmp_path, "--model.init_args.predict_budget", "99") == 2
+    assert one_error_line(capsys).startswith("ldrop: error: predict_budget: budget must be between 1 and")
+
+
+def test_a_bug_reading_a_batch_field_on_another_object_keeps_its_traceback(tmp_path, capsys):
+    with pytest.raises(AttributeError, match="'Tensor' object has no attribute 'lengths'"):  # main re-raises a bug
+        run(tmp_path, "--model.class_path", f"{__name__}.BuggyHead")
+    assert "must be an ldrop AudioBatch" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["fit", "test", "predict"])

@@ -60,6 +60,23 @@ def test_a_damaged_checkpoint_is_named_in_one_line(trained, tmp_path, capsys, ki
     assert not (tmp_path / "logs").exists() and not (tmp_path / "exported").exists()
 
 
+@pytest.mark.parametrize("command", ["test", "fit", "predict"])
+def test_a_checkpoint_holding_a_pickled_class_is_named_so_not_damaged(trained, tmp_path, capsys, command):
+    # written by a subclass whose save_hyperparameters() stored the selector class (before ldrop kept it a spec)
+    from ldrop.selectors import InputConditionedSelector
+
+    state = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)
+    state.setdefault("hyper_parameters", {})["selector"] = InputConditionedSelector
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save(state, pickled)
+    code = main([command, "--config", QUICKSTART, *SMALL, "--ckpt_path", str(pickled),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    line = one_error_line(capsys)
+    assert code == 2 and f"checkpoint '{pickled}' holds a pickled Python object" in line
+    assert "InputConditionedSelector" in line and "damaged" not in line
+    assert "YourTask.load_from_checkpoint(path, weights_only=False) in Python, then save it again" in line
+
+
 @pytest.mark.parametrize("command", ["test", "fit", "validate"])
 def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_one_line(tmp_path, capsys, command):
     foreign = tmp_path / "weights.ckpt"

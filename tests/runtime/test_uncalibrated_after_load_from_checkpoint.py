@@ -70,3 +70,16 @@ def test_test_and_predict_from_the_checkpoint_do_not_warn(checkpoint, tmp_path):
             model.eval()(WAVES, None, 2)
     assert model.selector.calibrated
     assert not _unfitted(caught)
+
+
+def test_a_fit_resumed_from_the_checkpoint_warns_as_a_fresh_fit_does(checkpoint, tmp_path):
+    runs = {}
+    for name, resume in (("fresh", None), ("resumed", checkpoint)):
+        model = MLPHeadTask(labels=LABELS, backbone="tiny:wavlm", selector=InputConditionedSelector)
+        quiet_trainer(tmp_path / name, max_steps=3, limit_val_batches=0).fit(
+            model, datamodule=tiny_classification_data(), ckpt_path=resume)
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            model.eval()(WAVES, None, 2)
+        runs[name] = len(_unfitted(caught))
+    assert runs == {"fresh": 0, "resumed": 0}  # a model being trained is not "a loaded model used unfitted"

@@ -74,7 +74,7 @@ def test_a_checkpoint_holding_a_pickled_class_says_so_in_one_line(checkpoint, tm
     old = tmp_path / "old.ckpt"
     torch.save(state, old)
     for load in (SaveHPClassifier.load_from_checkpoint, ldrop.load_model):
-        with pytest.raises(CheckpointError, match="pickled Python class") as raised:
+        with pytest.raises(CheckpointError, match="pickled Python object") as raised:
             load(old)
         message = str(raised.value)
         assert "\n" not in message and str(old) in message and "InputConditionedSelector" in message
