@@ -31,3 +31,12 @@ def val_steps(run: Path) -> list[int]:
         accumulator.Reload()
         steps += [e.step for e in accumulator.Scalars("val/loss")] if "val/loss" in accumulator.Tags()["scalars"] else []
     return steps
+
+
+def one_error_line(capsys) -> str:
+    """The one ``ldrop:`` line on stderr (asserting there is exactly one, and no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ldrop:")]
+    assert len(lines) == 1 and lines[0].startswith("ldrop: error: "), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return lines[0]

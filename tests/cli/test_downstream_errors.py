@@ -20,19 +20,10 @@ from ldrop.data import (
     collate_audio,
 )
 from ldrop.tasks import ClassificationTask
-from tests.cli.common import QUICKSTART, SMALL
+from tests.cli.common import QUICKSTART, SMALL, one_error_line
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 WORDS = ["yes", "no", "up", "down"]
-
-
-def one_error_line(capsys) -> str:
-    """The one ``ldrop:`` line on stderr (asserting there is exactly one, and no traceback)."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("ldrop:")]
-    assert len(lines) == 1 and lines[0].startswith("ldrop: error: "), err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    return lines[0]
 
 
 class WrongOrderClassifier(ClassificationTask):

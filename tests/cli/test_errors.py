@@ -16,20 +16,11 @@ from jsonargparse import ArgumentError
 from ldrop.cli import main
 from ldrop.tasks import ClassificationTask
 from ldrop.testing import fixtures
-from tests.cli.common import QUICKSTART, SMALL
+from tests.cli.common import QUICKSTART, SMALL, one_error_line
 from tests.disks import mounted_tmpfs, read_only_folder
 
 TINY_RUN = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def one_error_line(capsys) -> str:
-    """The one ``ldrop:`` line on stderr (asserting there is exactly one, and no traceback)."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("ldrop:")]
-    assert len(lines) == 1 and lines[0].startswith("ldrop: error: "), err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------- damaged checkpoints

@@ -11,8 +11,8 @@ import pytest
 from ldrop.cli import main
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask
-from tests.cli.common import QUICKSTART, SMALL
-from tests.cli.test_errors import TINY_RUN, one_error_line
+from tests.cli.common import QUICKSTART, SMALL, one_error_line
+from tests.cli.test_errors import TINY_RUN
 
 
 def _val_acc_per_epoch(run: Path) -> dict[int, float]:

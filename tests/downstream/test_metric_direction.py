@@ -13,7 +13,7 @@ from torchmetrics import MeanAbsoluteError, Metric
 
 from ldrop.cli import main
 from ldrop.sweeps import BudgetSweep, compare_sweeps, report
-from tests.cli.test_errors import one_error_line
+from tests.cli.common import one_error_line
 from tests.downstream.pitch import PitchTask, PooledTopKSelector, ToneDataModule
 from tests.helpers import quiet_trainer
 
