@@ -8,11 +8,13 @@ and attention; elementwise ops not counted), so the numbers can be checked again
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import PretrainedConfig
 
 from ldrop.backbones.adapter import family_of
@@ -154,3 +156,11 @@ def decision_flops(model: Any, frame_lengths: Tensor) -> Tensor | None:
     parts = (getattr(model, "selector", None), getattr(model, "depth", None))
     flops = [f for f in (part.flops(frame_lengths) for part in parts if part is not None) if f is not None]
     return sum(flops[1:], flops[0]) if flops else None
+
+
+def counted_flops(run: Callable[[], Any]) -> float:
+    """FLOPs of ``run()`` (without gradient) as :class:`~torch.utils.flop_counter.FlopCounterMode` counts them:
+    for modules, such as a downstream task head, that have no formula here."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())

@@ -30,6 +30,7 @@ from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
 from ldrop.runtime.onnx_runtime import RunOutput, check_float_audio, check_not_channels
 from ldrop.tasks import LayerDropTask
+from ldrop.tasks.cost import own_flops
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ class AdaptiveModel(ClosedLoopModel):
                 elif parsed is not None and parsed.kind == "rtf":
                     misses += out.measured_ms / 1000 > parsed.value * float(batch.lengths.sum()) / self.sample_rate
                 elif parsed is not None:
-                    flops = count_forward_flops(self.model.backbone.config, batch.lengths, out.keep_mask).total
+                    own = own_flops(self.model, out.keep_mask, out.frame_mask.sum(1).cpu(), out.budget)
+                    flops = count_forward_flops(self.model.backbone.config, batch.lengths, out.keep_mask, own).total
                     allowance = parsed.value * 1e9 * batch.lengths.double() / self.sample_rate
                     misses += bool((flops > allowance * (1 + 1e-9)).any())
             ordered = sorted(times)

@@ -525,11 +525,14 @@ class OnnxAdaptiveModel(ClosedLoopModel):
             rows = np.flatnonzero(active)
             keep[rows, start:exit_layer] = True  # the inputs still active run the layers up to this exit
             state["hidden"] = self.run_layers(state, keep & (np.arange(n) >= start))
+            start, rows = exit_layer, rows if exit_layer == n else rows[thresholds[rows] < np.inf]
+            if not len(rows):  # only inputs at full budget, which read the last head alone
+                continue
             out = self.head(state["hidden"][rows], frame_mask[rows], exit_layer)
             logits = np.zeros((len(keep), *out.shape[1:]), dtype=out.dtype) if logits is None else logits
             done = self.confidence(out, frame_mask[rows]) >= thresholds[rows] if exit_layer < n else np.ones(len(rows), bool)
             logits[rows[done]] = out[done]
-            active[rows[done]], start = False, exit_layer
+            active[rows[done]] = False
             if not active.any():
                 break
         return logits, keep

@@ -49,10 +49,11 @@ class SweepBatch:
         time is ``seconds_fixed`` plus this run's."""
         synchronize(self.task.device)
         start = time.perf_counter()
-        logits, keep, _ = self.task.logits_at_budget(self.encoded, budget() if callable(budget) else budget)
+        budget = budget() if callable(budget) else budget
+        logits, keep, _ = self.task.logits_at_budget(self.encoded, budget)
         synchronize(self.task.device)
         seconds = self.seconds_fixed + time.perf_counter() - start
-        return logits, BatchCost.of(self.task, self.encoded, keep, seconds) if cost else None
+        return logits, BatchCost.of(self.task, self.encoded, keep, budget, seconds) if cost else None
 
 
 class Scorer:

@@ -13,10 +13,19 @@ from torch import Tensor
 from ldrop.engine.flops import count_forward_flops, decision_flops
 
 
+def own_flops(task: Any, keep: Tensor, frame_lengths: Tensor, budget: Any) -> Tensor | None:
+    """``[batch]`` FLOPs an input of ``task`` paid beside the backbone at ``budget`` with the hard ``keep`` mask:
+    what decides its depth (:func:`~ldrop.engine.flops.decision_flops`) and the heads it ran besides the one
+    read (:meth:`~ldrop.tasks.depth.DepthPolicy.head_flops`); ``None``: nothing."""
+    own = [f for f in (decision_flops(task, frame_lengths), task.depth.head_flops(task, keep, frame_lengths, budget))
+           if f is not None]
+    return sum(own[1:], own[0]) if own else None
+
+
 @dataclass(frozen=True)
 class BatchCost:
     """The cost of one encoded batch run with one keep mask: ``mask`` ``[batch, layers]`` (1 where an input ran a
-    layer), ``flops`` ``[batch]`` float64 (the backbone at each input's length and mask plus the selector's own)
+    layer), ``flops`` ``[batch]`` float64 (the backbone at each input's length and mask plus :func:`own_flops`)
     and ``seconds``, the wall time of the whole batch (each of its inputs waits for all of it; 0 if untimed)."""
 
     mask: Tensor
@@ -24,12 +33,13 @@ class BatchCost:
     seconds: float = 0.0
 
     @classmethod
-    def of(cls, task: Any, encoded: Any, keep: Tensor, seconds: float = 0.0) -> BatchCost:
-        """``encoded`` (the task's ``EncodedBatch``) run on ``task`` with ``keep`` (``[batch, layers]``, soft or
-        hard: thresholded at 0.5, as sparse execution runs it)."""
+    def of(cls, task: Any, encoded: Any, keep: Tensor, budget: Any, seconds: float = 0.0) -> BatchCost:
+        """``encoded`` (the task's ``EncodedBatch``) run on ``task`` at ``budget`` with ``keep`` (``[batch,
+        layers]``, soft or hard: thresholded at 0.5, as sparse execution runs it); the heads an input ran beside
+        the one read (confidence early exit's passed exits) are counted."""
         mask = (keep.detach() > 0.5).float()
-        own = decision_flops(task, encoded.frame_mask.sum(1))
-        return cls(mask, count_forward_flops(task.backbone.config, encoded.lengths, mask, own).total, seconds)
+        extra = own_flops(task, mask, encoded.frame_mask.sum(1), budget)
+        return cls(mask, count_forward_flops(task.backbone.config, encoded.lengths, mask, extra).total, seconds)
 
     @property
     def layers(self) -> Tensor:

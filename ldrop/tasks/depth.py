@@ -66,6 +66,11 @@ class DepthPolicy:
         """How a run of this method is named in sweeps."""
         raise NotImplementedError
 
+    def head_flops(self, task: LayerDropTask, keep: Tensor, frame_lengths: Tensor, budget: Budget) -> Tensor | None:
+        """``[batch]`` FLOPs of the heads an input ran at ``budget`` beside the one it was read by, from its
+        ``keep`` mask (``None``: none; the head read is the task head, which every method runs)."""
+        return None
+
     def flops(self, frame_lengths: Tensor) -> Tensor | None:
         """``[batch]`` FLOPs of its own modules beside the selector (``None``: none)."""
         return None

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ldrop.budgets import resolve_budget
+from ldrop.engine.flops import counted_flops
 from ldrop.selectors import calibrate_threshold
 from ldrop.selectors.calibration import Float32Thresholds
 from ldrop.tasks.config import check_choices
@@ -67,6 +68,7 @@ class EarlyExit(Float32Thresholds, DepthPolicy):
         self.heads = nn.ModuleDict({str(k): make_head() for k in layers})
         #: Confidence threshold per budget (index ``k - 1``) for the confidence policy; NaN = not calibrated.
         self.register_buffer("thresholds", torch.full((num_layers,), float("nan")))
+        self._head_law: tuple[float, float] | None = None
 
     def needs_calibration(self, at_validation: bool = False) -> bool:
         """The confidence policy calibrates its thresholds on validation data."""
@@ -127,6 +129,28 @@ class EarlyExit(Float32Thresholds, DepthPolicy):
             torch.stack([self.confidence(x, encoded.frame_mask) for x in self.exit_logits(task, encoded)], 1).cpu()
             for encoded in data.inputs()]))
 
+    def head_flops(self, task: LayerDropTask, keep: Tensor, frame_lengths: Tensor, budget: Budget) -> Tensor | None:
+        """Confidence policy below full depth: the head of every exit an input passed on its way to the one it
+        exited at (:meth:`run_dynamic`), each costing what one head costs on its frames."""
+        if self.config.policy != "confidence":
+            return None
+        budgets = resolve_budget(budget, self.num_layers, keep.shape[0], keep.device)
+        exits = torch.tensor(self.layers, device=keep.device)
+        passed = (exits[None] <= keep.detach().sum(1, keepdim=True)).sum(1) - 1
+        passed = torch.where(budgets < self.num_layers, passed.clamp(min=0), 0)
+        if self._head_law is None:  # (a, b): a head costs a + b * frames, measured once at two lengths
+            width, head = int(task.backbone.config.hidden_size), self.head_for()
+            weight = next(head.parameters())
+
+            def at(frames: int) -> float:
+                hidden = torch.zeros(1, frames, width, device=weight.device, dtype=weight.dtype)
+                mask = torch.ones(1, frames, dtype=torch.bool, device=weight.device)
+                return counted_flops(lambda: task.compute_logits(head, hidden, mask))
+
+            slope = (at(8) - at(4)) / 4
+            self._head_law = (at(4) - 4 * slope, slope)
+        return passed.double() * (self._head_law[0] + self._head_law[1] * frame_lengths.to(keep.device).double())
+
     def label(self) -> str:
         return "early_exit" if self.config.policy == "budget" else "early_exit_confidence"
 
@@ -182,6 +206,10 @@ class EarlyExit(Float32Thresholds, DepthPolicy):
             exit_layer = layer + 1
             if exit_layer not in self.layers:
                 continue
+            if exit_layer < self.num_layers:  # inputs at full budget read only the last head
+                rows = rows[thresholds[rows] < math.inf]
+                if rows.numel() == 0:
+                    continue
             states = backbone.finalize(hidden[rows]).masked_fill(~frame_mask[rows][..., None], 0.0)
             logits = task.compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
             if logits_out is None:

@@ -92,7 +92,7 @@ class PredictionMixin:
             self._said_full_depth = True  # once per model
             warnings.warn(full_depth_warning(self.num_layers, self.hparams.predict_budget), stacklevel=2)
         logits, keep, _ = self.logits_at_budget(encoded, budget)
-        cost = BatchCost.of(self, encoded, keep)
+        cost = BatchCost.of(self, encoded, keep, budget)
         masks, flops = cost.mask.cpu(), cost.flops.tolist()  # one device read per batch, not one per input
         return encoded, logits, cost, [
             {"budget": field.pop("budget"), "executed_layers": masks[i].nonzero().flatten().tolist(),

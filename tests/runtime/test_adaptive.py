@@ -256,3 +256,24 @@ def test_adaptive_model_refuses_non_finite_samples_and_channel_last_audio(tiny_c
     for given in (pcm, [pcm], [pcm.numpy()]):
         with pytest.raises(ValueError, match=r"int16 samples: give float audio in \[-1, 1\]"):
             model(given, 2)
+
+
+def test_the_sweeps_flops_misses_count_what_the_controller_counts_the_selector_too(tiny_checkpoint):
+    """A FLOPs target just above the backbone's cost at one layer: the input with the highest such cost cannot
+    meet it once its selector is counted, as the controller counts it, and the sweep must say so (counting the
+    backbone alone, it said no input missed)."""
+    from ldrop.budgets.loop import UnmeetableTargetWarning
+    from ldrop.engine.flops import count_forward_flops
+
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint)
+    data = tiny_classification_data()
+    data.setup("test")
+    batches = list(data.test_dataloader())
+    lengths = torch.cat([b.lengths for b in batches])
+    one_layer = torch.zeros(len(lengths), model.num_layers)
+    one_layer[:, 0] = 1
+    backbone = count_forward_flops(model.model.backbone.config, lengths, one_layer).total
+    target = float((backbone / (lengths.double() / model.sample_rate)).max()) / 1e9 * 1.000001
+    with pytest.warns(UnmeetableTargetWarning, match="cannot be met"):
+        rows = model.sweep(batches, [{"gflops_per_second": target}])
+    assert rows[0]["miss_rate"] > 0

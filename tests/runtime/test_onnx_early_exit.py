@@ -162,3 +162,20 @@ def test_an_uncalibrated_confidence_budget_and_a_depth_policy_the_exporter_does_
     with pytest.raises(OnnxExportError, match="a downstream depth policy is not exported"):
         export_onnx(task, tmp_path / "downstream")
     assert not (tmp_path / "downstream").exists()
+
+
+def test_inputs_at_full_budget_in_a_confidence_batch_read_only_the_last_head(ee_exports):
+    """As in PyTorch: the exit heads before the last run only for the inputs whose budget has a threshold."""
+    task, folder = ee_exports["entropy"]
+    model, n = OnnxAdaptiveModel(folder), task.num_layers
+    rows_read = []
+    head = model.head
+    model.head = lambda hidden, frame_mask, exit_layer=None: (rows_read.append((exit_layer, len(hidden))),
+                                                              head(hidden, frame_mask, exit_layer))[1]
+    waves, lengths = padded_batch(MANY, seed=23)
+    budget = np.array([n, 1, n, 1, n, 1])
+    logits, keep, _ = model.forward(waves.numpy(), lengths.numpy(), budget)
+    expected, _ = torch_forward(task, waves, lengths, torch.from_numpy(budget))
+    assert np.abs(logits - expected).max() <= TOLERANCE and keep[budget == n].all()
+    assert rows_read and all(rows <= 3 for exit_layer, rows in rows_read if exit_layer < n)
+    assert rows_read[-1][0] == n
