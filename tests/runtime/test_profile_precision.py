@@ -107,3 +107,24 @@ def test_ldrop_profile_measures_under_autocast_and_refuses_conflicting_options(t
     assert "leave --dtype at fp32, not bf16" in capsys.readouterr().err
     assert main(["profile", str(tmp_path), "--runtime", "onnx", "--autocast", "bf16", "--out", str(out)]) == 2
     assert "--dtype and --autocast apply to --runtime torch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("dtype", "precision"), [("bfloat16", "bf16-true"), ("float16", "16-true"),
+                                                  ("float32", "32-true")])
+def test_an_older_profile_recording_only_its_dtype_is_judged_as_that_dtypes_precision(tmp_path, dtype, precision):
+    # written before device.precision: the weights' dtype is all it says, and ldrop profile then ran that dtype
+    older, recorded = synthetic_profile(), synthetic_profile()
+    older.device, recorded.device = {"dtype": dtype}, {"dtype": dtype, "precision": precision}
+    older, recorded = older.save(tmp_path / "p.json"), recorded.save(tmp_path / "q" / "p.json")
+    said = {}
+    for path in (older, recorded):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            AdaptiveModel(_task(), profile=path, autocast=torch.bfloat16)  # at bf16-mixed: none of the three
+        said[path] = _precision_warnings(caught)
+    assert len(said[older]) == 1 and f"measured at {precision} precision but the model runs at bf16-mixed" in said[older][0]
+    assert said[older] == [line.replace(str(recorded), str(older)) for line in said[recorded]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        AdaptiveModel(_task().to(getattr(torch, dtype)), profile=older)  # at its own precision: no warning
+    assert not _precision_warnings(caught)
