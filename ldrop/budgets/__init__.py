@@ -5,7 +5,8 @@ import importlib
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    **dict.fromkeys(("QUICK_GRID", "BudgetController", "TargetResolver"), "ldrop.budgets.controller"),
+    **dict.fromkeys(("QUICK_GRID", "BudgetController", "TargetResolver", "torch_profile_warning"),
+                    "ldrop.budgets.controller"),
     **dict.fromkeys(("BudgetDecision", "ControlLoop", "DeadlineGuard", "UnmeetableTargetWarning"), "ldrop.budgets.loop"),
     **dict.fromkeys(("Budget", "budget_list", "budget_to_layers", "resolve_budget"), "ldrop.budgets.layers"),
     **dict.fromkeys(("DeviceProfile", "PartFit"), "ldrop.budgets.cost"),

@@ -29,6 +29,17 @@ QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1
                               "validation_batches": 0}
 
 
+def torch_profile_warning(profile: DeviceProfile, precision: str | None) -> str | None:
+    """Why ``profile``'s times may not be those of a PyTorch model running at ``precision`` (``32-true``,
+    ``bf16-mixed``, ...; ``None``: not judged), or ``None``: it was measured on ONNX Runtime, or at another
+    precision (:meth:`~ldrop.budgets.cost.DeviceProfile.precision_warning`)."""
+    if profile.device.get("runtime") == "onnxruntime":
+        name = "this device profile" if profile.path is None else f"device profile {str(profile.path)!r}"
+        return (f"{name} was measured on ONNX Runtime: its times are another runtime's (only a closed loop "
+                "corrects them, as it runs): profile the model on PyTorch with 'ldrop profile'")
+    return profile.precision_warning(precision) if precision else None
+
+
 class BudgetController(ControlLoop):
     """The PyTorch controller: costs from a device profile (time targets) or the exact FLOPs count.
 
@@ -38,7 +49,7 @@ class BudgetController(ControlLoop):
         extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` every input pays on top (the selector's and
             the depth policy's own, :func:`~ldrop.engine.flops.decision_flops`).
         precision: how the model runs (``32-true``, ``bf16-mixed``, ...; :func:`~ldrop.budgets.profile.model_precision`),
-            for :meth:`profile_warning`; ``None``: not judged.
+            for :meth:`profile_warning` (:func:`torch_profile_warning`); ``None``: not judged.
         **options: :class:`~ldrop.budgets.loop.ControlLoop`'s.
     """
 
@@ -56,11 +67,7 @@ class BudgetController(ControlLoop):
         self.extra_fixed_flops = extra_fixed_flops
 
     def profile_warning(self, profile: DeviceProfile) -> str | None:
-        if profile.device.get("runtime") == "onnxruntime":
-            name = "this device profile" if profile.path is None else f"device profile {str(profile.path)!r}"
-            return (f"{name} was measured on ONNX Runtime: its times are another runtime's (only a closed loop "
-                    "corrects them, as it runs): profile the model on PyTorch with 'ldrop profile'")
-        return profile.precision_warning(self.precision) if self.precision else None
+        return torch_profile_warning(profile, self.precision)
 
     def as_result(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(array)
@@ -100,7 +107,7 @@ class TargetResolver:
             if needs_profile:
                 if target.profile:  # checked against the model by the controller
                     profile = DeviceProfile.load(target.profile)
-                    if warning := BudgetController(model.num_layers, precision=model_precision(model)).profile_warning(profile):
+                    if warning := torch_profile_warning(profile, model_precision(model)):
                         warnings.warn(warning, stacklevel=3)
                 else:
                     warnings.warn("a time target without a profile: measuring a quick one now (pass "

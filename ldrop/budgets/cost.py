@@ -25,6 +25,9 @@ PARTS = ("fixed", "layer")
 #: The ``ldrop profile`` options that measure at a Lightning precision.
 PROFILE_PRECISION_OPTIONS = {"32-true": "", "bf16-mixed": "--autocast bf16", "16-mixed": "--autocast fp16",
                              "bf16-true": "--dtype bf16", "16-true": "--dtype fp16"}
+#: The precision of a profile from before ``device.precision`` was recorded, from its weights' ``device.dtype``
+#: (``ldrop profile`` then had no ``--autocast``: the weights' dtype ran).
+DTYPE_PRECISIONS = {"float32": "32-true", "bfloat16": "bf16-true", "float16": "16-true"}
 
 #: The model properties a profile's times depend on, each under the names a backbone config, an ONNX export's
 #: manifest and the profiles measured on them record it by (the family is ``model_type`` in one, ``family`` in
@@ -150,9 +153,10 @@ class DeviceProfile:
 
     def precision_warning(self, precision: str) -> str | None:
         """Why the times of this profile may not be those of a model running at ``precision`` (a Lightning
-        name, :func:`~ldrop.budgets.profile.precision_name`), or ``None``; one that does not record its precision
-        (ONNX Runtime's, older files) is not judged."""
-        measured = self.device.get("precision")
+        name, :func:`~ldrop.budgets.profile.precision_name`), or ``None``; an older one that records only its
+        weights' dtype is at that dtype's precision (:data:`DTYPE_PRECISIONS`); one that records neither (ONNX
+        Runtime's) is not judged."""
+        measured = self.device.get("precision") or DTYPE_PRECISIONS.get(str(self.device.get("dtype")))
         if measured is None or measured == precision:
             return None
         name = "the device profile" if self.path is None else f"device profile {str(self.path)!r}"

@@ -293,9 +293,13 @@ class LdropCLI(CLISteps):
             raise ConfigError(problem)
 
     def run_subcommand(self, subcommand: str) -> None:
-        # Rank 0 only: other ranks must not settle the logger's version before it is shared with them.
+        # Rank 0 only: other ranks must not settle the logger's version before it is shared with them. A logger
+        # without a folder (fast_dev_run's DummyLogger) leaves outputs in default_root_dir (as the prediction
+        # writer does): that is then the run's folder.
         logged = self.trainer.logger is not None
-        log_dir = (self.trainer.log_dir if logged else self.trainer.default_root_dir) if self.trainer.is_global_zero else None
+        log_dir = None
+        if self.trainer.is_global_zero:
+            log_dir = (self.trainer.log_dir if logged else None) or self.trainer.default_root_dir
         # Without a logger the folder may hold earlier runs' files: a failed run puts back its config file.
         config_file = Path(log_dir, self.save_config_kwargs["config_filename"]) if log_dir and not logged else None
         previous = config_file.read_bytes() if config_file is not None and config_file.is_file() else None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from .base import SelectorOutput
-from .topk import Objective, Relaxation, TopKSelector
+from .topk import TopKSelector
 
 
 class LearnedScheduleSelector(TopKSelector):
@@ -19,37 +21,16 @@ class LearnedScheduleSelector(TopKSelector):
     Args:
         num_layers: number of encoder layers ``N``.
         feature_dim: channels of the features (unused; kept for the common constructor).
-        tau_start, tau_end, noise_scale, relaxation, objective, counterfactual_candidates, counterfactual_weight:
-            training of the top-k, see :class:`~ldrop.selectors.TopKSelector`.
+        **training: the training of the top-k, :class:`~ldrop.selectors.TopKSelector`'s keyword options
+            (``tau_start``, ``tau_end``, ``noise_scale``, ``relaxation``, ``objective``,
+            ``counterfactual_candidates``, ``counterfactual_weight``).
     """
 
     #: Every input gets the same mask at eval: the sweep's controls and headroom say nothing new.
     input_dependent = False
 
-    def __init__(
-        self,
-        num_layers: int,
-        feature_dim: int = 1,
-        *,
-        tau_start: float = 1.0,
-        tau_end: float = 0.1,
-        noise_scale: float = 1.0,
-        relaxation: Relaxation = "sigmoid",
-        objective: Objective = "straight_through",
-        counterfactual_candidates: int = 2,
-        counterfactual_weight: float = 1.0,
-    ) -> None:
-        super().__init__(
-            num_layers,
-            feature_dim,
-            tau_start=tau_start,
-            tau_end=tau_end,
-            noise_scale=noise_scale,
-            relaxation=relaxation,
-            objective=objective,
-            counterfactual_candidates=counterfactual_candidates,
-            counterfactual_weight=counterfactual_weight,
-        )
+    def __init__(self, num_layers: int, feature_dim: int = 1, **training: Any) -> None:
+        super().__init__(num_layers, feature_dim, **training)
         #: ``[budgets, layers]``: row ``k - 1`` scores the layers at budget ``k``.
         self.schedule_scores = nn.Parameter(torch.zeros(num_layers, num_layers))
 

@@ -209,6 +209,20 @@ def test_an_empty_split_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_fast_dev_run_predict_failing_in_its_validation_fit_leaves_no_folder(tmp_path, capsys):
+    # fast_dev_run swaps the logger for one without a folder: the prediction writer makes default_root_dir
+    # before the selector is fitted on the (bad) validation data
+    fixtures.write_nonfinite_wav(tmp_path / "bad.wav")
+    args = _manifest_fit(tmp_path, [("good.wav", "a"), ("good2.wav", "b")], "--data.init_args.test_manifest",
+                         str(tmp_path / "train.csv"), "--model.init_args.selector", "InputConditionedSelector",
+                         "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "runs"),
+                         val_rows=[("bad.wav", "a"), ("good2.wav", "b")])
+    code = main(["predict", *args[1:]])
+    line = one_error_line(capsys)
+    assert code == 2 and f"{tmp_path / 'bad.wav'}: non-finite" in line and "split 'val'" in line
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "logs").exists()
+
+
 def test_a_transcript_missing_from_librispeech_is_one_line(tmp_path, capsys):
     tree = fixtures.make_librispeech_tree(tmp_path / "data", subsets=("train-clean-100", "dev-clean"), speakers=1,
                                           utterances=2)

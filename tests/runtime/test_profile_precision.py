@@ -107,3 +107,46 @@ def test_ldrop_profile_measures_under_autocast_and_refuses_conflicting_options(t
     assert "leave --dtype at fp32, not bf16" in capsys.readouterr().err
     assert main(["profile", str(tmp_path), "--runtime", "onnx", "--autocast", "bf16", "--out", str(out)]) == 2
     assert "--dtype and --autocast apply to --runtime torch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("dtype", "precision"), [("bfloat16", "bf16-true"), ("float16", "16-true"),
+                                                  ("float32", "32-true")])
+def test_an_older_profile_recording_only_its_dtype_is_judged_as_that_dtypes_precision(tmp_path, dtype, precision):
+    # written before device.precision: the weights' dtype is all it says, and ldrop profile then ran that dtype
+    older, recorded = synthetic_profile(), synthetic_profile()
+    older.device, recorded.device = {"dtype": dtype}, {"dtype": dtype, "precision": precision}
+    older, recorded = older.save(tmp_path / "p.json"), recorded.save(tmp_path / "q" / "p.json")
+    said = {}
+    for path in (older, recorded):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            AdaptiveModel(_task(), profile=path, autocast=torch.bfloat16)  # at bf16-mixed: none of the three
+        said[path] = _precision_warnings(caught)
+    assert len(said[older]) == 1 and f"measured at {precision} precision but the model runs at bf16-mixed" in said[older][0]
+    assert said[older] == [line.replace(str(recorded), str(older)) for line in said[recorded]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        AdaptiveModel(_task().to(getattr(torch, dtype)), profile=older)  # at its own precision: no warning
+    assert not _precision_warnings(caught)
+
+
+def test_a_target_profile_is_warned_of_with_no_controller_built_only_to_word_it(tmp_path, monkeypatch):
+    import ldrop.budgets.controller as controller
+    from ldrop.budgets import DeviceProfile, Target, TargetResolver
+
+    fp32, onnx = _profile_at(tmp_path / "fp32.json", "32-true"), synthetic_profile()
+    onnx.device = {"runtime": "onnxruntime"}
+    built, init = [], controller.BudgetController.__init__
+    monkeypatch.setattr(controller.BudgetController, "__init__",
+                        lambda self, *args, **kwargs: built.append(kwargs) or init(self, *args, **kwargs))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(
+            UserWarning, match="measured at 32-true precision but the model runs at bf16-mixed"):
+        TargetResolver().controller(_task(), Target.parse({"rtf": 10.0, "profile": str(fp32)}))
+    assert len(built) == 1 and built[0].get("closed_loop") is False  # the resolver's own controller only
+    from ldrop.budgets import torch_profile_warning
+
+    for profile in (DeviceProfile.load(fp32), onnx):  # the function and the controller's method say the same
+        for precision in ("32-true", "bf16-mixed", None):
+            assert torch_profile_warning(profile, precision) == controller.BudgetController(
+                4, precision=precision).profile_warning(profile)
+    assert torch_profile_warning(onnx, None) and torch_profile_warning(DeviceProfile.load(fp32), "32-true") is None

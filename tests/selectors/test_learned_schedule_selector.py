@@ -80,3 +80,27 @@ def test_state_dict_round_trip_reproduces_outputs() -> None:
     assert torch.equal(
         selector(features, frame_mask, budget).keep_mask, restored(features, frame_mask, budget).keep_mask
     )
+
+
+def test_its_training_options_are_topk_selectors_own(monkeypatch) -> None:
+    # one list of options, TopKSelector's: the config parser sees every one with its default, and one added there
+    # reaches the schedule without a copy of the list to keep in step
+    from jsonargparse import ArgumentParser
+
+    from ldrop.selectors import TopKSelector
+
+    def options(cls: type) -> dict:
+        parser = ArgumentParser()
+        parser.add_class_arguments(cls, "s", skip={"num_layers", "feature_dim"})
+        return vars(parser.get_defaults().s)
+
+    assert options(LearnedScheduleSelector) == options(TopKSelector) and len(options(TopKSelector)) >= 7
+    init, seen = TopKSelector.__init__, {}
+
+    def with_a_new_option(self, num_layers, feature_dim, *, new_option=0, **training) -> None:
+        seen["new_option"] = new_option
+        init(self, num_layers, feature_dim, **training)
+
+    monkeypatch.setattr(TopKSelector, "__init__", with_a_new_option)
+    selector = LearnedScheduleSelector(NUM_LAYERS, new_option=3, tau_start=2.0)
+    assert seen == {"new_option": 3} and selector.tau_start == 2.0 and selector.feature_dim == 1
