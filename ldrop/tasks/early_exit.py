@@ -140,7 +140,7 @@ class EarlyExit(Float32Thresholds, DepthPolicy):
         passed = torch.where(budgets < self.num_layers, passed.clamp(min=0), 0)
         if self._head_law is None:  # (a, b): a head costs a + b * frames, measured once at two lengths
             width, head = int(task.backbone.config.hidden_size), self.head_for()
-            weight = next(head.parameters())
+            weight = next(head.parameters(), keep.new_zeros(()))  # a head without parameters: float32
 
             def at(frames: int) -> float:
                 hidden = torch.zeros(1, frames, width, device=weight.device, dtype=weight.dtype)

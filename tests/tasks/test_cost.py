@@ -58,3 +58,16 @@ def test_confidence_early_exit_counts_the_heads_of_the_exits_it_passed(task):
     _, keep, _ = model.logits_at_budget(encoded, 2)
     assert torch.equal(BatchCost.of(model, encoded, keep, 2).flops,
                        count_forward_flops(model.backbone.config, encoded.lengths, keep).total)
+
+
+def test_an_exit_head_without_parameters_is_counted_as_the_counter_sees_it():
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm",
+                               early_exit=EarlyExitConfig(layers=[1, 2, 3], policy="confidence")).eval()
+    model.depth.heads = torch.nn.ModuleDict({k: torch.nn.Identity() for k in model.depth.heads})  # no FLOPs
+    model.depth.thresholds[:] = 2.0
+    with torch.no_grad():
+        encoded = model.encode(torch.randn(2, 16000), torch.tensor([16000, 16000]))
+        _, keep, _ = model.logits_at_budget(encoded, 2)
+    cost = BatchCost.of(model, encoded, keep, 2)
+    assert torch.equal(cost.flops, count_forward_flops(model.backbone.config, encoded.lengths, keep).total)
