@@ -231,6 +231,8 @@ def _profile_problem(data: Any) -> str | None:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
                    for v in fit.values()):
             return f"{part!r} coefficients must be finite numbers >= 0, got {fit!r}"
+    if not any(data["layer"].values()):
+        return "the 'layer' coefficients are all 0: an encoder layer would cost no time, so every target would run every layer"
     if not count(data["num_layers"]):
         return f"'num_layers' must be an integer >= 1, got {data['num_layers']!r}"
     kernel, stride = data["conv_kernel"], data["conv_stride"]
