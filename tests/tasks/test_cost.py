@@ -106,8 +106,9 @@ def test_passed_heads_are_counted_per_input_at_its_own_frames_whatever_the_head(
     for i in range(3):  # alone, no padding: what the counter sees run is what the cost says, plus the head read
         with torch.no_grad():
             alone = model.encode(waves[i:i + 1, :int(lengths[i])], lengths[i:i + 1])
-        ran = counted_flops(lambda: model.logits_at_budget(alone, budget[i:i + 1]))
-        read = counted_flops(lambda: model.compute_logits(model.depth.head_for(), alone.hidden, alone.frame_mask))
+        ran = counted_flops(lambda alone=alone, i=i: model.logits_at_budget(alone, budget[i:i + 1]))
+        read = counted_flops(lambda alone=alone: model.compute_logits(model.depth.head_for(), alone.hidden,
+                                                                      alone.frame_mask))
         fixed = count_forward_flops(model.backbone.config, alone.lengths, torch.zeros(1, 4)).fixed
         assert float(batch[i] - fixed) + read == pytest.approx(ran, rel=1e-9), i
     heads = batch - count_forward_flops(model.backbone.config, encoded.lengths, keep).total
