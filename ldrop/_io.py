@@ -224,15 +224,31 @@ def damaged_checkpoint_error(path: str | os.PathLike, err: BaseException) -> Che
     return CheckpointError(f"checkpoint {str(path)!r} is damaged or not a checkpoint: {reason}")
 
 
+def check_archive(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """A :class:`CheckpointError` if an entry of the checkpoint archive at ``path`` fails its checksum: bytes
+    changed inside the file after it was written, which ``torch.load`` does not notice (it loads the changed
+    weights). Reads the whole file once; an archive ``torch.load`` cannot open is left to it to name."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return
+    if bad is not None:
+        raise CheckpointError(f"{what} {str(path)!r} is damaged: its entry {bad!r} fails its checksum (the file "
+                              "changed after it was written): copy it again, or use another checkpoint")
+
+
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = False,
-                         what: str = "checkpoint", mmap: bool = False) -> Any:
-    """``torch.load`` of a checkpoint (``mmap``: mapped, not read); ``FileNotFoundError`` or
-    :class:`CheckpointError`."""
+                         what: str = "checkpoint", mmap: bool = False, verify: bool = True) -> Any:
+    """``torch.load`` of a checkpoint (``mmap``: mapped, not read), its checksums verified first (``verify``:
+    :func:`check_archive`); ``FileNotFoundError`` or :class:`CheckpointError`."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {str(path)!r}")
+    if verify:
+        check_archive(path, what)
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except DAMAGED_CHECKPOINT_ERRORS as err:

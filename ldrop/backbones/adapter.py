@@ -470,6 +470,16 @@ def _masked_group_norm(x: Tensor, frames: Tensor | list[int], norm: nn.GroupNorm
     return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
 
 
+def check_overrides(config_cls: type[PretrainedConfig], overrides: dict[str, Any]) -> None:
+    """A ``ValueError`` naming the keys of ``overrides`` that ``config_cls`` does not have: a config takes any
+    keyword and keeps it, so a misspelt one would be ignored without a word."""
+    known = config_cls().to_dict()
+    unknown = sorted(key for key in overrides if key not in known)
+    if unknown:
+        raise ValueError(f"backbone overrides {unknown}: not options of {config_cls.__name__} (e.g. num_hidden_layers, "
+                         "hidden_size, intermediate_size, num_attention_heads)")
+
+
 def tiny_config(
     family: Family = "wavlm", *, num_layers: int = 4, hidden_size: int = 32, num_heads: int = 2,
     intermediate_size: int = 64, conv_channels: int = 32, stable_layer_norm: bool = False, **overrides: Any,
@@ -479,7 +489,10 @@ def tiny_config(
     The CNN keeps the real kernel/stride layout (400-sample receptive field, 50 frames/s at 16 kHz), only
     narrower; ``stable_layer_norm=True`` gives the pre-norm layout (not for Data2VecAudio).
     """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown backbone family {family!r} in 'tiny:{family}'; choose from {sorted(FAMILIES)}")
     config_cls = FAMILIES[family][0]
+    check_overrides(config_cls, overrides)
     kwargs: dict[str, Any] = dict(
         num_hidden_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_heads,
         intermediate_size=intermediate_size, conv_dim=(conv_channels,) * 7,

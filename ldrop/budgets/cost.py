@@ -27,7 +27,7 @@ PROFILE_PRECISION_OPTIONS = {"32-true": "", "bf16-mixed": "--autocast bf16", "16
                              "bf16-true": "--dtype bf16", "16-true": "--dtype fp16"}
 #: The precision of a profile from before ``device.precision`` was recorded, from its weights' ``device.dtype``
 #: (``ldrop profile`` then had no ``--autocast``: the weights' dtype ran).
-DTYPE_PRECISIONS = {"float32": "32-true", "bfloat16": "bf16-true", "float16": "16-true"}
+DTYPE_PRECISIONS = {"float32": "32-true", "bfloat16": "bf16-true", "float16": "16-true", "float64": "64-true"}
 
 #: The model properties a profile's times depend on, each under the names a backbone config, an ONNX export's
 #: manifest and the profiles measured on them record it by (the family is ``model_type`` in one, ``family`` in
@@ -231,6 +231,8 @@ def _profile_problem(data: Any) -> str | None:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
                    for v in fit.values()):
             return f"{part!r} coefficients must be finite numbers >= 0, got {fit!r}"
+    if not any(data["layer"].values()):
+        return "the 'layer' coefficients are all 0: an encoder layer would cost no time, so every target would run every layer"
     if not count(data["num_layers"]):
         return f"'num_layers' must be an integer >= 1, got {data['num_layers']!r}"
     kernel, stride = data["conv_kernel"], data["conv_stride"]

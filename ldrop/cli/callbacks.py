@@ -180,7 +180,7 @@ class TaskCheckpoint(CheckpointSteps):
             if path.resolve() in tracked or not named.fullmatch(path.name) or path.name.startswith(self.CHECKPOINT_NAME_LAST):
                 continue
             try:
-                written = load_checkpoint_file(path, weights_only=True, mmap=True)
+                written = load_checkpoint_file(path, weights_only=True, mmap=True, verify=False)
             except (OSError, ValueError, RuntimeError):
                 continue
             step = written.get("global_step", -1) if isinstance(written, dict) else -1

@@ -116,7 +116,16 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
             f"{str(path)!r}: ONNX opset {opset} is not one this runtime runs ({SUPPORTED_OPSETS.start}.."
             f"{SUPPORTED_OPSETS.stop - 1}) {rerun}"
         )
-    graphs = manifest.get("graphs", {})
+    for keys in ("task", "selector", "backbone", "preprocessing", "graphs", "backbone.num_layers",
+                 "backbone.receptive_field", "preprocessing.sample_rate"):
+        value: Any = manifest
+        for key in keys.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        count = "." in keys  # the others are objects
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1 if count else isinstance(value, dict)):
+            raise OnnxFolderError(f"{str(path)!r}: {keys!r} must be {'an integer >= 1' if count else 'an object'}, "
+                                  f"got {value!r} {rerun}")
+    graphs = manifest["graphs"]
     listed = [graphs.get("fixed"), graphs.get("head"), *graphs.get("layers", [])]
     listed += [graphs[name] for name in ("context", "selector", "depth_head") if graphs.get(name)]
     listed += graphs.get("exit_heads", {}).values()

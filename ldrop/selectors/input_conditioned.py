@@ -261,8 +261,17 @@ class InputConditionedSelector(TopKSelector):
         """Fold one batch into the running statistics as an equal-weight cumulative average (after
         :meth:`reset_statistics`, as ``torch.optim.swa_utils.update_bn``): every budget row, no selection.
         Arguments as in :meth:`forward`."""
-        features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
-        self._track_statistics(self.raw_scores(self.encode(features, frame_mask), None), cumulative=True)
+        with self._own_precision(features if waveforms is None else waveforms):
+            features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
+            hidden = self.encode(features.to(self.running_mean.dtype), frame_mask)
+            self._track_statistics(self.raw_scores(hidden, None), cumulative=True)
+
+    @staticmethod
+    def _own_precision(input: Tensor) -> torch.autocast:
+        """No autocast for the selector (bf16-mixed, 16-mixed): standardising subtracts a running mean that can
+        be tens of times the spread of the raw scores, so a score rounded to bf16 before it loses most of its
+        precision (measured: 1-5% of inputs got another mask than at float32); the selector is small."""
+        return torch.autocast(input.device.type, enabled=False)
 
     def _read_input(
         self, features: Tensor, frame_mask: Tensor, waveforms: Tensor | None, lengths: Tensor | None
@@ -292,14 +301,15 @@ class InputConditionedSelector(TopKSelector):
 
     def _scores(self, features, frame_mask, budget, waveforms, lengths) -> tuple[Tensor, Tensor]:
         """``(scores, checked budget)``: the budget checked once (one host sync) for :meth:`forward`."""
-        features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
-        budget = self.check_budget(budget, features.shape[0]).to(features.device)
-        rows = budget - 1 if self.budget_conditioning else torch.zeros_like(budget)
-        hidden = self.encode(features, frame_mask)
-        if self.score_mode == "raw":
-            return self.raw_scores(hidden, rows), budget
-        scores = self.alpha * self.standardized_scores(hidden, rows)
-        return (scores + self.prior[rows] if self.prior is not None else scores), budget
+        with self._own_precision(features if waveforms is None else waveforms):
+            features, frame_mask = self._read_input(features, frame_mask, waveforms, lengths)
+            budget = self.check_budget(budget, features.shape[0]).to(features.device)
+            rows = budget - 1 if self.budget_conditioning else torch.zeros_like(budget)
+            hidden = self.encode(features.to(self.running_mean.dtype), frame_mask)
+            if self.score_mode == "raw":
+                return self.raw_scores(hidden, rows), budget
+            scores = self.alpha * self.standardized_scores(hidden, rows)
+            return (scores + self.prior[rows] if self.prior is not None else scores), budget
 
     def forward(self, features: Tensor, frame_mask: Tensor, budget: Tensor, *, waveforms: Tensor | None = None,
                 lengths: Tensor | None = None) -> SelectorOutput:

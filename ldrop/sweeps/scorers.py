@@ -53,7 +53,7 @@ class SweepBatch:
         logits, keep, _ = self.task.logits_at_budget(self.encoded, budget)
         synchronize(self.task.device)
         seconds = self.seconds_fixed + time.perf_counter() - start
-        return logits, BatchCost.of(self.task, self.encoded, keep, budget, seconds) if cost else None
+        return logits, BatchCost.of(self.task, self.encoded, keep, budget, seconds=seconds) if cost else None
 
 
 class Scorer:

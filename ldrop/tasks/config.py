@@ -84,19 +84,27 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "optimization")
+        for name in ("lr", "head_lr", "selector_lr", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"optimization.{name} must be a finite number >= 0, got {value!r}")
+        fraction = isinstance(self.warmup, float)
+        if not (0.0 <= self.warmup <= 1.0 if fraction else isinstance(self.warmup, int) and self.warmup >= 0):
+            raise ValueError(f"optimization.warmup is warm-up steps (an int >= 0) or a fraction of all steps (a float "
+                             f"in [0, 1]), got {self.warmup!r}")
 
     def configure(self, module: nn.Module, backbone: nn.Module, selector: nn.Module | None,
                   total_steps: int) -> dict[str, Any]:
         """Lightning's ``configure_optimizers`` answer: three parameter groups (backbone, selector, the rest)
         and the per-step warm-up/decay schedule over ``total_steps``."""
-        head_lr = self.head_lr or self.lr
+        head_lr = self.lr if self.head_lr is None else self.head_lr  # 0 freezes, as the backbone's lr 0 does
         backbone_ids = {id(p) for p in backbone.parameters()}
         selector_ids = {id(p) for p in selector.parameters()} if selector is not None else set()
         trainable = [p for p in module.parameters() if p.requires_grad]
         groups = [{"params": params, "lr": lr} for params, lr in (
             ([p for p in trainable if id(p) in backbone_ids], self.lr),
             ([p for p in trainable if id(p) not in backbone_ids and id(p) not in selector_ids], head_lr),
-            ([p for p in trainable if id(p) in selector_ids], self.selector_lr or head_lr),
+            ([p for p in trainable if id(p) in selector_ids], head_lr if self.selector_lr is None else self.selector_lr),
         ) if params]
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         warmup_steps = int(round(self.warmup * total_steps)) if isinstance(self.warmup, float) else int(self.warmup)

@@ -33,7 +33,7 @@ class BatchCost:
     seconds: float = 0.0
 
     @classmethod
-    def of(cls, task: Any, encoded: Any, keep: Tensor, budget: Any, seconds: float = 0.0) -> BatchCost:
+    def of(cls, task: Any, encoded: Any, keep: Tensor, budget: Any, *, seconds: float = 0.0) -> BatchCost:
         """``encoded`` (the task's ``EncodedBatch``) run on ``task`` at ``budget`` with ``keep`` (``[batch,
         layers]``, soft or hard: thresholded at 0.5, as sparse execution runs it); the heads an input ran beside
         the one read (confidence early exit's passed exits) are counted."""

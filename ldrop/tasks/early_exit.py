@@ -68,7 +68,7 @@ class EarlyExit(Float32Thresholds, DepthPolicy):
         self.heads = nn.ModuleDict({str(k): make_head() for k in layers})
         #: Confidence threshold per budget (index ``k - 1``) for the confidence policy; NaN = not calibrated.
         self.register_buffer("thresholds", torch.full((num_layers,), float("nan")))
-        self._head_law: tuple[float, float] | None = None
+        self._head_cost: dict[int, float] = {}  # frames -> FLOPs of one head, measured when first needed
 
     def needs_calibration(self, at_validation: bool = False) -> bool:
         """The confidence policy calibrates its thresholds on validation data."""
@@ -130,26 +130,29 @@ class EarlyExit(Float32Thresholds, DepthPolicy):
             for encoded in data.inputs()]))
 
     def head_flops(self, task: LayerDropTask, keep: Tensor, frame_lengths: Tensor, budget: Budget) -> Tensor | None:
-        """Confidence policy below full depth: the head of every exit an input passed on its way to the one it
-        exited at (:meth:`run_dynamic`), each costing what one head costs on its frames."""
-        if self.config.policy != "confidence":
+        """Confidence policy below full depth, out of training: the head of every exit an input passed on its way
+        to the one it exited at (:meth:`run_dynamic`; not where its budget's threshold is ``+inf``, which runs
+        every layer and reads the last head only), each as the counter measures the head on its frames."""
+        if self.config.policy != "confidence" or task.training:
             return None
         budgets = resolve_budget(budget, self.num_layers, keep.shape[0], keep.device)
         exits = torch.tensor(self.layers, device=keep.device)
         passed = (exits[None] <= keep.detach().sum(1, keepdim=True)).sum(1) - 1
-        passed = torch.where(budgets < self.num_layers, passed.clamp(min=0), 0)
-        if self._head_law is None:  # (a, b): a head costs a + b * frames, measured once at two lengths
-            width, head = int(task.backbone.config.hidden_size), self.head_for()
-            weight = next(head.parameters())
+        checked = (budgets < self.num_layers) & (self.thresholds.to(keep.device)[budgets - 1] < math.inf)  # NaN: N
+        passed = torch.where(checked, passed.clamp(min=0), 0)
+        frames = frame_lengths.long().tolist()  # one host sync
+        for length in set(frames) - self._head_cost.keys():
+            self._head_cost[length] = self._measure_head(task, length)
+        return passed.double() * torch.tensor([self._head_cost[f] for f in frames], dtype=torch.float64,
+                                              device=keep.device)
 
-            def at(frames: int) -> float:
-                hidden = torch.zeros(1, frames, width, device=weight.device, dtype=weight.dtype)
-                mask = torch.ones(1, frames, dtype=torch.bool, device=weight.device)
-                return counted_flops(lambda: task.compute_logits(head, hidden, mask))
-
-            slope = (at(8) - at(4)) / 4
-            self._head_law = (at(4) - 4 * slope, slope)
-        return passed.double() * (self._head_law[0] + self._head_law[1] * frame_lengths.to(keep.device).double())
+    def _measure_head(self, task: LayerDropTask, frames: int) -> float:
+        """FLOPs of one head on one input of ``frames`` frames (heads share their architecture)."""
+        head = self.head_for()
+        weight = next(head.parameters(), torch.zeros(()))  # a head without parameters: float32 on the CPU
+        hidden = torch.zeros(1, frames, int(task.backbone.config.hidden_size), device=weight.device, dtype=weight.dtype)
+        mask = torch.ones(1, frames, dtype=torch.bool, device=weight.device)
+        return counted_flops(lambda: task.compute_logits(head, hidden, mask))
 
     def label(self) -> str:
         return "early_exit" if self.config.policy == "budget" else "early_exit_confidence"

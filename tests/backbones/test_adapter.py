@@ -163,3 +163,13 @@ def test_register_family_with_an_adapter_class():
     finally:
         register_family("hubert", *saved)
     assert adapter_class_for("hubert") is SpeechBackbone
+
+
+def test_a_tiny_backbone_names_an_unknown_family_and_a_misspelt_override():
+    from ldrop.backbones.adapter import tiny_config
+
+    assert tiny_config("hubert", num_hidden_layers=2).num_hidden_layers == 2
+    with pytest.raises(ValueError, match=r"unknown backbone family 'nope' in 'tiny:nope'; choose from \['data2vec'"):
+        tiny_config("nope")
+    with pytest.raises(ValueError, match=r"backbone overrides \['num_hiden_layers'\]: not options of WavLMConfig"):
+        tiny_config("wavlm", num_hiden_layers=2)

@@ -9,6 +9,7 @@ import functools
 import gc
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -471,6 +472,16 @@ def test_a_missing_layer_file_is_named(copied):
 def test_a_manifest_of_another_format_version_is_refused(copied):
     _edit_manifest(copied, format_version=2, ldrop_version="9.0")
     with pytest.raises(OnnxFolderError, match=r"format version 2 \(written by ldrop 9.0\); this ldrop reads version 1"):
+        OnnxAdaptiveModel(copied)
+
+
+@pytest.mark.parametrize(("entry", "value", "said"), [
+    ("selector", None, "'selector' must be an object, got None"), ("task", [1], "'task' must be an object"),
+    ("preprocessing", {"sample_rate": "16k"}, "'preprocessing.sample_rate' must be an integer >= 1, got '16k'"),
+])
+def test_a_manifest_entry_that_is_missing_or_of_another_type_is_named(copied, entry, value, said):
+    _edit_manifest(copied, **{entry: value})
+    with pytest.raises(OnnxFolderError, match=re.escape(f"{str(copied / 'manifest.json')!r}: {said}")):
         OnnxAdaptiveModel(copied)
 
 

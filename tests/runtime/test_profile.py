@@ -103,6 +103,8 @@ BAD_PROFILES = {
     "bad-coefficient": (json.dumps({**synthetic_profile().to_dict(), "layer": {"overhead": "fast"}}),
                         "'layer' coefficients must be finite numbers"),
     "bad-layers": (json.dumps({**synthetic_profile().to_dict(), "num_layers": 0}), "'num_layers' must be"),
+    "free-layers": (json.dumps({**synthetic_profile().to_dict(), "layer": {"overhead": 0, "per_frame": 0.0}}),
+                    "the 'layer' coefficients are all 0"),
 }
 
 

@@ -110,7 +110,7 @@ def test_ldrop_profile_measures_under_autocast_and_refuses_conflicting_options(t
 
 
 @pytest.mark.parametrize(("dtype", "precision"), [("bfloat16", "bf16-true"), ("float16", "16-true"),
-                                                  ("float32", "32-true")])
+                                                  ("float32", "32-true"), ("float64", "64-true")])
 def test_an_older_profile_recording_only_its_dtype_is_judged_as_that_dtypes_precision(tmp_path, dtype, precision):
     # written before device.precision: the weights' dtype is all it says, and ldrop profile then ran that dtype
     older, recorded = synthetic_profile(), synthetic_profile()

@@ -526,3 +526,35 @@ def test_other_inputs_have_no_prefix() -> None:
     # read_layers is ignored there, so a config that sets it can switch input on the command line
     assert InputConditionedSelector(NUM_LAYERS, FEATURE_DIM, input="cnn", read_layers=2).prefix_layers == 0
     assert make_selector(input="fbank").prefix_layers == 0
+
+
+def test_under_bf16_autocast_it_scores_and_refreshes_its_statistics_as_at_float32() -> None:
+    """bf16-mixed: standardising subtracts a running mean that can be far larger than the scores' spread (here
+    about 10 against a spread near 0.1), so raw scores rounded to bf16 first lose most of their precision."""
+    selector = make_selector().eval()
+    with torch.no_grad():
+        selector.score_head.bias += 10.0
+    batches = [tuple(x.bfloat16() if x.is_floating_point() else x for x in random_inputs(16, seed=100 + seed))
+               for seed in range(3)]
+    selector.reset_statistics()
+    for features, frame_mask in batches:
+        selector.update_statistics(features.float(), frame_mask)
+    float32_statistics = selector.running_mean.clone(), selector.running_var.clone()
+    assert float((float32_statistics[0].abs() / float32_statistics[1].sqrt()).median()) > 10
+    selector.reset_statistics()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for features, frame_mask in batches:  # the backbone's features are bf16 under autocast
+            selector.update_statistics(features, frame_mask)
+    torch.testing.assert_close(selector.running_mean, float32_statistics[0])
+    torch.testing.assert_close(selector.running_var, float32_statistics[1])
+    features, frame_mask = random_inputs(64, seed=7)
+    features = features.bfloat16()
+    for budget in range(1, NUM_LAYERS):
+        budgets = torch.full((64,), budget)
+        with torch.no_grad():
+            expected = selector(features.float(), frame_mask, budgets)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = selector(features, frame_mask, budgets)
+        assert got.scores.dtype == torch.float32
+        torch.testing.assert_close(got.scores, expected.scores)
+        assert torch.equal(got.keep_mask, expected.keep_mask)

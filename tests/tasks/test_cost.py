@@ -58,3 +58,61 @@ def test_confidence_early_exit_counts_the_heads_of_the_exits_it_passed(task):
     _, keep, _ = model.logits_at_budget(encoded, 2)
     assert torch.equal(BatchCost.of(model, encoded, keep, 2).flops,
                        count_forward_flops(model.backbone.config, encoded.lengths, keep).total)
+
+
+def test_an_exit_head_without_parameters_is_counted_as_the_counter_sees_it():
+    torch.manual_seed(0)
+    model = ClassificationTask(labels=["a", "b"], backbone="tiny:wavlm",
+                               early_exit=EarlyExitConfig(layers=[1, 2, 3], policy="confidence")).eval()
+    model.depth.heads = torch.nn.ModuleDict({k: torch.nn.Identity() for k in model.depth.heads})  # no FLOPs
+    model.depth.thresholds[:] = 2.0
+    with torch.no_grad():
+        encoded = model.encode(torch.randn(2, 16000), torch.tensor([16000, 16000]))
+        _, keep, _ = model.logits_at_budget(encoded, 2)
+    cost = BatchCost.of(model, encoded, keep, 2)
+    assert torch.equal(cost.flops, count_forward_flops(model.backbone.config, encoded.lengths, keep).total)
+
+
+class ContextHead(torch.nn.Module):
+    """A downstream CTC head whose cost is not linear in frames (self-attention over them, then 15 frames of
+    context)."""
+
+    def __init__(self, width: int, vocab: int) -> None:
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(width, 2, batch_first=True)
+        self.context = torch.nn.Conv1d(width, width, 15, padding=7)
+        self.out = torch.nn.Linear(width, vocab)
+
+    def forward(self, hidden):
+        hidden = hidden + self.attention(hidden, hidden, hidden, need_weights=False)[0]
+        return self.out(self.context(hidden.transpose(1, 2)).transpose(1, 2))
+
+
+def test_passed_heads_are_counted_per_input_at_its_own_frames_whatever_the_head():
+    torch.manual_seed(0)
+    model = CTCTask(labels="english", backbone="tiny:wavlm",
+                    early_exit=EarlyExitConfig(layers=[1, 2, 3], policy="confidence")).eval()
+    width, vocab = model.backbone.config.hidden_size, model.depth.head_for().out_features
+    model.depth.heads = torch.nn.ModuleDict({k: ContextHead(width, vocab) for k in model.depth.heads})
+    model.depth.thresholds[:] = 2.0  # never confident
+    model.depth.thresholds[2] = float("inf")  # budget 3: calibrated to run every layer, so no exit is checked
+    lengths = torch.tensor([16000, 9600, 12000])
+    waves = torch.randn(3, 16000) * (torch.arange(16000) < lengths[:, None])
+    budget = torch.tensor([2, 2, 3])
+    with torch.no_grad():
+        encoded = model.encode(waves, lengths)
+        _, keep, _ = model.logits_at_budget(encoded, budget)
+    batch = BatchCost.of(model, encoded, keep, budget).flops
+    for i in range(3):  # alone, no padding: what the counter sees run is what the cost says, plus the head read
+        with torch.no_grad():
+            alone = model.encode(waves[i:i + 1, :int(lengths[i])], lengths[i:i + 1])
+        ran = counted_flops(lambda alone=alone, i=i: model.logits_at_budget(alone, budget[i:i + 1]))
+        read = counted_flops(lambda alone=alone: model.compute_logits(model.depth.head_for(), alone.hidden,
+                                                                      alone.frame_mask))
+        fixed = count_forward_flops(model.backbone.config, alone.lengths, torch.zeros(1, 4)).fixed
+        assert float(batch[i] - fixed) + read == pytest.approx(ran, rel=1e-9), i
+    heads = batch - count_forward_flops(model.backbone.config, encoded.lengths, keep).total
+    assert heads[0] > heads[1] > 0 and heads[2] == 0  # longer, dearer; budget 3 read one head
+    model.train()
+    assert torch.equal(BatchCost.of(model, encoded, keep, budget).flops,  # training reads one head an input
+                       count_forward_flops(model.backbone.config, encoded.lengths, keep).total)

@@ -4,6 +4,7 @@ with its own module."""
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -110,3 +111,18 @@ def test_a_selector_that_names_only_lengths_gets_them():
     with torch.inference_mode():
         model(waveforms, lengths, 2)
     assert len(LengthSelector.seen) == 1 and torch.equal(LengthSelector.seen[0].cpu(), lengths)
+
+
+def test_a_learning_rate_of_zero_freezes_its_group_and_out_of_range_options_are_named():
+    optimization = OptimizerConfig(lr=1e-3, head_lr=0.0, selector_lr=0.0)
+    model = TaskWithAdapter(labels=["a", "b"], backbone="tiny:wavlm", selector=LoudnessSelector, freeze="none",
+                            optimization=optimization)
+    optimizer = model.configure_optimizers()["optimizer"]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    rates = {group["lr"] for group in optimizer.param_groups if not any(id(p) in backbone for p in group["params"])}
+    assert rates == {0.0}  # not silently lr: 0 is a rate, None is "as lr"
+    for bad in (dict(lr=-1.0), dict(lr=float("nan")), dict(head_lr=-1e-3), dict(selector_lr=float("inf")),
+                dict(weight_decay=-0.1), dict(warmup=-5), dict(warmup=1.5), dict(warmup=-0.1)):
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=rf"optimization\.{name} "):
+            OptimizerConfig(**bad)
