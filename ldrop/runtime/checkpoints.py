@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,38 @@ def config_datamodule(config: str | os.PathLike) -> Any:
                          f"{str(err).strip().splitlines()[-1]}") from err
 
 
+def _overlaid(saved: Any, given: Any) -> Any:
+    """``saved`` with what ``given`` sets over it (nested dicts merged); a ``class_path`` keeps ``saved``'s
+    spelling when both name the same class (``ldrop.selectors.X`` is ``ldrop.selectors.module.X``)."""
+    if not (isinstance(saved, Mapping) and isinstance(given, Mapping)):
+        return given
+    merged = dict(saved)
+    for key, value in given.items():
+        same_class = key == "class_path" and str(value).rsplit(".", 1)[-1] == str(saved.get(key)).rsplit(".", 1)[-1]
+        merged[key] = saved[key] if same_class else _overlaid(saved.get(key), value)
+    return merged
+
+
+def check_config_fits(model: LayerDropTask, config: str | os.PathLike, datamodule: Any) -> None:
+    """:class:`CheckpointError` (one line, as ``ldrop test`` and ``predict`` give it) if a run config describes
+    another model than ``model``'s checkpoint: the options of its ``model:`` section, and the labels its datamodule
+    gives, that differ from those the checkpoint was trained with."""
+    import yaml
+
+    from ldrop.tasks import model_labels
+    from ldrop.tasks.checkpointing import hparams_difference
+
+    saved = {k: v for k, v in dict(model.hparams).items() if k not in _BUILD_ONLY}
+    section = (yaml.safe_load(Path(config).read_text()) or {}).get("model")
+    given = dict(section.get("init_args") or {}) if isinstance(section, Mapping) else {}
+    if "labels" in saved:
+        given["labels"] = model_labels(datamodule)
+    options = hparams_difference(saved, _overlaid(saved, {k: v for k, v in given.items() if k in saved}))
+    if options:
+        raise CheckpointError(f"the checkpoint's weights do not fit the model of {config}: options that differ: "
+                              f"{options}; use the configuration the checkpoint was trained with")
+
+
 def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
                                say: Any = print) -> bool:
     """Fit what ``model`` fits on validation data before ``ldrop test`` and ``ldrop predict`` (a selector's
@@ -152,6 +185,7 @@ def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
     if depth.calibrated_for(range(1, model.num_layers + 1)):  # fitted already, or nothing to fit
         return False
     datamodule = config_datamodule(config)
+    check_config_fits(model, config, datamodule)
     if not has_validation_split(datamodule):
         raise ValueError(f"{config}: its datamodule has no validation split to fit {depth} on")
     datamodule.setup("validate")

@@ -105,6 +105,21 @@ def test_a_checkpoint_of_another_configuration_says_what_differs_in_one_line(tra
     assert not (tmp_path / "logs").exists()
 
 
+def test_export_with_the_config_of_another_run_says_what_differs_and_writes_nothing(trained, tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    config["data"]["init_args"]["num_classes"] = 4  # another dataset: 4 classes, not the checkpoint's 8
+    config["model"]["init_args"]["selector"]["init_args"]["hidden_dim"] = 64
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(config))
+    code = main(["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "out"), "--config", str(other)])
+    line = one_error_line(capsys)
+    assert code == 2 and "do not fit" in line and str(other) in line, line
+    assert "labels (8 items in the checkpoint, 4 items here)" in line and "hidden_dim (32 in the checkpoint" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_load_model_names_the_checkpoint_whose_weights_do_not_fit(trained, tmp_path):
     from ldrop import load_model
     from ldrop._io import CheckpointError
