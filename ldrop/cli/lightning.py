@@ -279,7 +279,7 @@ class LdropCLI(CLISteps):
         writer = self._command_config(True).get("predictions")
         if self.subcommand == "predict" and writer is not None and self.trainer.is_global_zero:
             try:  # before the model and data are set up and any inference runs
-                writer.check_writable(self.trainer)
+                writer.check_writable(self.trainer, getattr(self.datamodule, "predict_files", None) or ())
             except OSError as err:
                 raise ConfigError(f"--predictions.output: cannot write {writer.target(self.trainer)}: "
                                   f"{os_error_line(err)}") from err

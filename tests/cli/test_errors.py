@@ -174,6 +174,24 @@ def test_a_read_only_predictions_output_fails_before_any_inference(trained, tmp_
     assert not predicted
 
 
+@pytest.mark.parametrize("output", ["an-input", "other-audio"])
+def test_predictions_never_overwrite_an_input_or_an_audio_file(trained, tmp_path, capsys, monkeypatch, output):
+    from ldrop.tasks import LayerDropTask
+
+    predicted = []
+    monkeypatch.setattr(LayerDropTask, "predict_step", lambda self, *args, **kwargs: predicted.append(1))
+    wav = fixtures.write_audio(tmp_path / "in" / "a.wav", 8000)
+    target = wav if output == "an-input" else fixtures.write_audio(tmp_path / "b.flac", 8000, seed=1)
+    before = target.read_bytes()
+    code = main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir",
+                 str(tmp_path), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--inputs",
+                 str(tmp_path / "in"), "--predictions.output", str(target)])
+    line = one_error_line(capsys)
+    assert code == 2 and "--predictions.output" in line, line
+    assert ("one of the --inputs" if output == "an-input" else "existing audio file") in line, line
+    assert target.read_bytes() == before and not predicted
+
+
 # ------------------------------------------------------------------------------- bad data, NaN loss
 def _manifest_fit(tmp_path: Path, train_rows: list[tuple[str, str]], *extra: str,
                   val_rows: list[tuple[str, str]] = (("good.wav", "a"), ("good2.wav", "b"))) -> list[str]:
