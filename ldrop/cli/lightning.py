@@ -49,6 +49,7 @@ from ldrop.cli.errors import (
 )
 from ldrop.data import AudioDataModule, Task
 from ldrop.runtime import TargetBudgets
+from ldrop.runtime.checkpoints import read_config_file
 from ldrop.selectors import LayerSelector
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask, model_labels
@@ -166,6 +167,13 @@ class LdropCLI(CLISteps):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
+        for token, following in zip(argv, [*argv[1:], None], strict=True):
+            config = token.split("=", 1)[1] if token.startswith("--config=") else following if token == "--config" else None
+            if config and Path(config).is_file():  # not UTF-8, not YAML: the file and the line, before jsonargparse
+                try:
+                    read_config_file(config)
+                except ValueError as err:
+                    raise ConfigError(f"--config {err}") from err
         LdropArgumentParser.typed = argv
         try:
             super().parse_arguments(parser, args)

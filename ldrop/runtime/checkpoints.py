@@ -123,16 +123,37 @@ def run_config(checkpoint: str | os.PathLike) -> Path:
     return Path(checkpoint).resolve().parent.parent / "config.yaml"
 
 
+def read_config_file(config: str | os.PathLike) -> dict[str, Any]:
+    """The sections of a YAML config file (``{}`` for an empty one); ``ValueError`` (one line naming the file, and
+    the line and column of a YAML error) for a file that is not UTF-8 text, not YAML, or not a mapping."""
+    import yaml
+
+    try:
+        text = Path(config).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{config}: not a YAML config file: not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                         f"offset {err.start})") from err
+    try:
+        sections = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{config}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
+    if sections is not None and not isinstance(sections, dict):
+        raise ValueError(f"{config}: expected a YAML mapping of sections (trainer:, model:, data:, ...), not a "
+                         f"{type(sections).__name__}")
+    return sections or {}
+
+
 def config_datamodule(config: str | os.PathLike) -> Any:
     """The DataModule of a run's config file (its ``data:`` section, e.g. the ``config.yaml`` that ``ldrop fit``
     writes into the run folder), not set up; ``ValueError`` (one line naming the file) if it has none."""
     import lightning as L
-    import yaml
     from jsonargparse import ArgumentError, ArgumentParser
 
     import ldrop.data  # noqa: F401 - short class names (SyntheticClassificationDataModule) resolve among these
 
-    section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+    section = read_config_file(config).get("data")
     if not section:
         raise ValueError(f"{config}: no 'data' section to build the run's datamodule from")
     parser = ArgumentParser(exit_on_error=False)
@@ -160,13 +181,11 @@ def check_config_fits(model: LayerDropTask, config: str | os.PathLike, datamodul
     """:class:`CheckpointError` (one line, as ``ldrop test`` and ``predict`` give it) if a run config describes
     another model than ``model``'s checkpoint: the options of its ``model:`` section, and the labels its datamodule
     gives, that differ from those the checkpoint was trained with."""
-    import yaml
-
     from ldrop.tasks import model_labels
     from ldrop.tasks.checkpointing import hparams_difference
 
     saved = {k: v for k, v in dict(model.hparams).items() if k not in _BUILD_ONLY}
-    section = (yaml.safe_load(Path(config).read_text()) or {}).get("model")
+    section = read_config_file(config).get("model")
     given = dict(section.get("init_args") or {}) if isinstance(section, Mapping) else {}
     if "labels" in saved:
         given["labels"] = model_labels(datamodule)

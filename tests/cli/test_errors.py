@@ -371,6 +371,25 @@ def test_a_nested_help_after_the_owners_class_says_it_follows_the_owners_help(ca
     assert "--model.early_exit.policy" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["fit", "export"])
+@pytest.mark.parametrize("content, expected", [
+    (b"\xff\xfe\x00binary", "not UTF-8 text (byte 0xff at offset 0)"),
+    (b"trainer:\n  max_epochs: [1\nmodel: x\n", "not valid YAML at line 3, column 6: expected ',' or ']'"),
+    (b"- a\n- b\n", "expected a YAML mapping of sections"),
+], ids=["binary", "syntax", "list"])
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_the_file_and_the_line(trained, tmp_path, capsys, command,
+                                                                                   content, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    args = (["fit", "--config", QUICKSTART, "--config", str(bad), "--trainer.default_root_dir", str(tmp_path / "runs")]
+            if command == "fit" else ["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "runs"),
+                                      "--config", str(bad)])
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    assert f"{bad}: " in line and expected in line, line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_misspelt_class_path_deep_in_a_config_file_is_named_with_a_suggestion(tmp_path, capsys):
     config = tmp_path / "typo.yaml"
     config.write_text(Path(QUICKSTART).read_text().replace("class_path: InputConditionedSelector",
