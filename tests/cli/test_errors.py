@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -565,6 +566,26 @@ def test_compare_with_a_metric_the_sweeps_lack_names_theirs_and_writes_nothing(t
     assert main(["compare", str(tmp_path / "run"), str(tmp_path / "wer"), "--out", str(tmp_path / "cmp")]) == 2
     assert ("the first sweep's metric 'acc' is not a column of the sweep of n (--metric picks another); metrics "
             "there: wer") in one_error_line(capsys)
+    assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("manifest, why", [
+    ('{"files": 3}', "'files' is 3, not an object of file names and digests"),
+    ('{"files": {}}', "'files' lists no file"),
+    ('[1, 2]', "not a JSON object"),
+    ('{"files": {"budget_sweep.png": "PNG"}}', "does not list budget_sweep.json"),
+    ('{"files": {"budget_sweep.json": 1}}', "a digest in 'files' is not a string"),
+    ('{"files": {"x": "0"}, "metrics": 3}', "'metrics' is not an object"),
+], ids=["files-int", "files-empty", "list", "json-unlisted", "digest-int", "metrics-int"])
+def test_compare_with_a_malformed_sweep_manifest_names_it_and_writes_nothing(tmp_path, capsys, manifest, why):
+    from ldrop.sweeps import write_sweep
+
+    write_sweep(SWEEP_ROWS, tmp_path / "run")
+    png = hashlib.sha256((tmp_path / "run" / "budget_sweep.png").read_bytes()).hexdigest()
+    (tmp_path / "run" / "sweep_manifest.json").write_text(manifest.replace("PNG", png))
+    assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "cmp")]) == 2
+    line = one_error_line(capsys)
+    assert str(tmp_path / "run" / "sweep_manifest.json") in line and why in line, line
     assert not (tmp_path / "cmp").exists()
 
 
