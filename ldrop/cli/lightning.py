@@ -321,10 +321,14 @@ class LdropCLI(CLISteps):
             if self.trainer.received_sigterm:  # it arrived as the run ended, its outputs complete: still no exit 0
                 raise SIGTERMException
         except BaseException as err:
-            # A run that failed before it produced anything leaves no empty folder behind: neither its
-            # version_N folder nor the logger's folders above it that it created (runs/, runs/ldrop/); without a
-            # logger, the folder's config file is as it was.
-            if log_dir is not None and (subcommand != "fit" or self.trainer.global_step == 0):
+            # A run that failed before it produced anything (a fit: before its first checkpoint, wherever
+            # --checkpoint.dirpath puts it) leaves no empty folder behind: neither its version_N folder nor the
+            # logger's folders above it that it created (runs/, runs/ldrop/); without a logger, the folder's config
+            # file is as it was.
+            checkpointed = subcommand == "fit" and any(
+                c.last_model_path or c.best_model_path or getattr(c, "stop_checkpoint", None)
+                for c in self.trainer.checkpoint_callbacks)
+            if log_dir is not None and not checkpointed:
                 if config_file is not None and previous is None:
                     config_file.unlink(missing_ok=True)
                 elif config_file is not None:

@@ -294,6 +294,15 @@ def test_a_nan_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and "non-finite training loss" in line and "Training stopped before updating the weights" in line
 
 
+def test_a_fit_that_diverges_after_a_step_but_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys):
+    (tmp_path / "logs").mkdir()  # a folder that was there before stays
+    code = main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.max_steps", "3",
+                 "--model.optimization.lr", ".nan", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    line = one_error_line(capsys)
+    assert code == 2 and "non-finite training loss" in line and "at step 1" in line, line
+    assert (tmp_path / "logs").is_dir() and not list((tmp_path / "logs").iterdir())  # no ldrop/version_0
+
+
 # ------------------------------------------------------------------------------- command-line mistakes
 @pytest.mark.parametrize("args, expected", [
     (["--model.init_args.nope", "3"], "--model.init_args.nope '3': ClassificationTask has no option 'nope'"),
