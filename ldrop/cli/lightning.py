@@ -42,6 +42,7 @@ from ldrop.cli.errors import (
     ConfigError,
     InstantiationError,
     argument_error_line,
+    checkpoint_folder_problem,
     command_parser,
     instantiation_error_line,
     option_strings,
@@ -195,6 +196,8 @@ class LdropCLI(CLISteps):
         if ckpt_path in ("best", "last") or ckpt_path == "hpc" and not _newest(
                 [config["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
             raise ConfigError(_checkpoint_keyword_line(ckpt_path, config["trainer"]))
+        if ckpt_path and (problem := checkpoint_folder_problem(ckpt_path, "--ckpt_path")):
+            raise ConfigError(problem)
         if ckpt_path and Path(ckpt_path).is_file():
             # a damaged or foreign file is named now, as one line, before LightningCLI or the run reads it
             # (memory-mapped: cheap even for a large checkpoint)

@@ -80,6 +80,27 @@ def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_one_line(tmp_path, c
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize("command", ["fit", "test", "predict", "export"])
+@pytest.mark.parametrize("folder", ["run", "export"])
+def test_a_folder_given_as_the_checkpoint_is_named_with_its_option(trained, tmp_path, capsys, command, folder):
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    if folder == "export":
+        path = tmp_path / "exported"
+        assert main(["export", str(checkpoint), str(path), "--no-fit"]) == 0
+        capsys.readouterr()
+    else:
+        path = trained
+    args = (["export", str(path), str(tmp_path / "out")] if command == "export" else
+            [command, "--config", QUICKSTART, *SMALL, "--ckpt_path", str(path), "--trainer.logger.init_args.save_dir",
+             str(tmp_path / "logs")])
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    option = "CHECKPOINT" if command == "export" else "--ckpt_path"
+    assert f"{option} {str(path)!r} is a folder" in line, line
+    assert ("already an export" if folder == "export" else f"e.g. {checkpoint}") in line, line
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("kind", ["truncated", "head", "empty", "text"])
 def test_load_model_and_adaptive_model_name_a_damaged_checkpoint(trained, tmp_path, kind):
     from ldrop import AdaptiveModel, load_model
