@@ -324,6 +324,18 @@ def test_a_fit_that_diverges_after_a_step_but_before_its_first_checkpoint_leaves
     assert (tmp_path / "logs").is_dir() and not list((tmp_path / "logs").iterdir())  # no ldrop/version_0
 
 
+def test_a_backbone_neither_a_folder_nor_cached_offline_is_one_line_at_once(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    code = main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--model.backbone", "nonexistent-folder",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    line = one_error_line(capsys)
+    assert code == 2 and "backbone 'nonexistent-folder': no such local folder, and no such hub id in the local" in line
+    assert "HF_HUB_OFFLINE" in line and not (tmp_path / "logs").exists()
+
+
 # ------------------------------------------------------------------------------- command-line mistakes
 @pytest.mark.parametrize("args, expected", [
     (["--model.init_args.nope", "3"], "--model.init_args.nope '3': ClassificationTask has no option 'nope'"),
