@@ -200,7 +200,7 @@ class LdropCLI(CLISteps):
             raise ConfigError(problem)
         if ckpt_path and Path(ckpt_path).is_file():
             # a damaged or foreign file is named now, as one line, before LightningCLI or the run reads it
-            # (memory-mapped: cheap even for a large checkpoint)
+            # (its checksums verified, one read of the file, then memory-mapped)
             checkpoint = load_checkpoint_file(ckpt_path, weights_only=True, mmap=True)
             if not (isinstance(checkpoint, dict) and "state_dict" in checkpoint
                     and "pytorch-lightning_version" in checkpoint):
