@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 from urllib.parse import urlparse
@@ -19,7 +20,11 @@ from ldrop.backbones.adapter import (
 
 
 def _hub_reachable(endpoint: str, timeout: float = 5.0) -> bool:
-    """Whether the hub's host answers at all (a machine offline fails at once, in its name lookup)."""
+    """Whether the hub's host answers at all (a machine offline fails at once, in its name lookup); behind a
+    proxy (``HTTPS_PROXY``, ...) only a download can tell, so it is assumed to."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                              "all_proxy")):
+        return True
     url = urlparse(endpoint)
     try:
         socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)), timeout).close()
