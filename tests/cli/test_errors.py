@@ -315,10 +315,16 @@ def test_a_nan_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and "non-finite training loss" in line and "Training stopped before updating the weights" in line
 
 
-def test_a_fit_that_diverges_after_a_step_but_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys):
+def test_a_fit_that_diverges_after_a_step_but_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from ldrop.tasks import ClassificationTask
+
+    loss = ClassificationTask.task_loss  # finite at the first step, NaN from the second
+    monkeypatch.setattr(ClassificationTask, "task_loss", lambda self, *args: loss(self, *args) * (
+        float("nan") if self.training and self.global_step >= 1 else 1.0))
     (tmp_path / "logs").mkdir()  # a folder that was there before stays
     code = main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.max_steps", "3",
-                 "--model.optimization.lr", ".nan", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
     line = one_error_line(capsys)
     assert code == 2 and "non-finite training loss" in line and "at step 1" in line, line
     assert (tmp_path / "logs").is_dir() and not list((tmp_path / "logs").iterdir())  # no ldrop/version_0
