@@ -12,6 +12,7 @@ import re
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ from ldrop._lightning import (
     set_rng_states,
     validation_due,
 )
+from ldrop.data.base import AUDIO_EXTENSIONS
 from ldrop.tasks.base import metric_properties
 
 log = logging.getLogger(__name__)
@@ -413,11 +415,17 @@ class JsonlPredictionWriter(BasePredictionWriter):
         target = Path(self.output) if self.output else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl"
         return target.with_name(f"{target.name}.rank{trainer.global_rank}") if trainer.world_size > 1 else target
 
-    def check_writable(self, trainer: L.Trainer) -> Path:
-        """Check that the output can be written (creating nothing); returns its path or raises ``OSError``."""
+    def check_writable(self, trainer: L.Trainer, inputs: Sequence[str] = ()) -> Path:
+        """Check that the output can be written (creating nothing), and is neither one of the ``inputs`` nor an
+        existing audio file; returns its path or raises ``OSError``."""
         target = self.target(trainer)
         if target.is_dir():
             raise IsADirectoryError(f"the predictions output {str(target)!r} is a folder, not a file")
+        if target.resolve() in {Path(p).resolve() for p in inputs}:
+            raise FileExistsError(f"{str(target)!r} is one of the --inputs it predicts on: give a new .jsonl file")
+        if target.is_file() and target.suffix.lower() in AUDIO_EXTENSIONS:
+            raise FileExistsError(f"{str(target)!r} is an existing audio file, which predictions would replace: give "
+                                  "a .jsonl file")
         check_writable_folder(target.parent)
         return target
 

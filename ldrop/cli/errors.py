@@ -417,6 +417,26 @@ def _closest_class_name(name: str, cutoff: float = 0.75, modules: Sequence[Any] 
     return matches[0] if matches else None
 
 
+def checkpoint_folder_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why the folder ``path``, given as ``what`` (``--ckpt_path``, ``CHECKPOINT``), is not a checkpoint file: an
+    ``ldrop export`` folder already (Hugging Face or ONNX), or a folder (with the checkpoints it holds); ``None``
+    when ``path`` is not a folder."""
+    from ldrop.runtime.onnx_runtime import MANIFEST
+    from ldrop.tasks.checkpointing import EXPORT_STATE_FILE
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    if (folder / MANIFEST).is_file() or (folder / "config.json").is_file() and (folder / EXPORT_STATE_FILE).is_file():
+        return (f"{what} {str(path)!r} is a folder that 'ldrop export' wrote, already an export, not a checkpoint "
+                "file: give the .ckpt it was exported from")
+    found = [f for f in sorted(folder.glob("*.ckpt")) or sorted(folder.glob("checkpoints/*.ckpt")) if f.is_file()]
+    last = next((f for f in found if f.name == "last.ckpt"), found[-1] if found else None)
+    return f"{what} {str(path)!r} is a folder, not a checkpoint file" + (
+        f": pass one of the {len(found)} .ckpt file(s) it holds, e.g. {last}" if last else
+        " (a .ckpt file written by 'ldrop fit')")
+
+
 def os_error_line(err: OSError) -> str:
     """``"no space left on runs/ldrop (writing last.ckpt)"``, ``"Read-only file system: /mnt/x"``."""
     if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):

@@ -10,7 +10,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from ldrop._io import check_new_folder
-from ldrop.cli.errors import ConfigError, command_parser, parse_command
+from ldrop.cli.errors import ConfigError, checkpoint_folder_problem, command_parser, parse_command
 from ldrop.runtime.checkpoints import (
     fit_on_run_validation_data,
     load_task_checkpoint,
@@ -67,6 +67,8 @@ def main(argv: Sequence[str]) -> int:
     refuse_onnx_export(ns.checkpoint, "export the .ckpt it was exported from")
     if ns.format == "hf" and (ns.quantize or ns.no_check):
         raise ConfigError(f"{'--quantize' if ns.quantize else '--no-check'} applies to --format onnx only")
+    if ns.format == "hf" and (problem := checkpoint_folder_problem(ns.checkpoint, "CHECKPOINT")):
+        raise ConfigError(problem)
     check_new_folder(ns.out_dir, ConfigError)  # before the model is loaded and fitted
     if ns.format == "onnx":
         from ldrop.runtime.onnx_export import export_onnx, load_task

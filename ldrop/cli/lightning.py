@@ -42,6 +42,7 @@ from ldrop.cli.errors import (
     ConfigError,
     InstantiationError,
     argument_error_line,
+    checkpoint_folder_problem,
     command_parser,
     instantiation_error_line,
     option_strings,
@@ -49,6 +50,7 @@ from ldrop.cli.errors import (
 )
 from ldrop.data import AudioDataModule, Task
 from ldrop.runtime import TargetBudgets
+from ldrop.runtime.checkpoints import read_config_file
 from ldrop.selectors import LayerSelector
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask, model_labels
@@ -166,6 +168,13 @@ class LdropCLI(CLISteps):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
+        for token, following in zip(argv, [*argv[1:], None], strict=True):
+            config = token.split("=", 1)[1] if token.startswith("--config=") else following if token == "--config" else None
+            if config and Path(config).is_file():  # not UTF-8, not YAML: the file and the line, before jsonargparse
+                try:
+                    read_config_file(config)
+                except ValueError as err:
+                    raise ConfigError(f"--config {err}") from err
         LdropArgumentParser.typed = argv
         try:
             super().parse_arguments(parser, args)
@@ -187,9 +196,11 @@ class LdropCLI(CLISteps):
         if ckpt_path in ("best", "last") or ckpt_path == "hpc" and not _newest(
                 [config["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
             raise ConfigError(_checkpoint_keyword_line(ckpt_path, config["trainer"]))
+        if ckpt_path and (problem := checkpoint_folder_problem(ckpt_path, "--ckpt_path")):
+            raise ConfigError(problem)
         if ckpt_path and Path(ckpt_path).is_file():
             # a damaged or foreign file is named now, as one line, before LightningCLI or the run reads it
-            # (memory-mapped: cheap even for a large checkpoint)
+            # (its checksums verified, one read of the file, then memory-mapped)
             checkpoint = load_checkpoint_file(ckpt_path, weights_only=True, mmap=True)
             if not (isinstance(checkpoint, dict) and "state_dict" in checkpoint
                     and "pytorch-lightning_version" in checkpoint):
@@ -279,7 +290,7 @@ class LdropCLI(CLISteps):
         writer = self._command_config(True).get("predictions")
         if self.subcommand == "predict" and writer is not None and self.trainer.is_global_zero:
             try:  # before the model and data are set up and any inference runs
-                writer.check_writable(self.trainer)
+                writer.check_writable(self.trainer, getattr(self.datamodule, "predict_files", None) or ())
             except OSError as err:
                 raise ConfigError(f"--predictions.output: cannot write {writer.target(self.trainer)}: "
                                   f"{os_error_line(err)}") from err
@@ -313,10 +324,14 @@ class LdropCLI(CLISteps):
             if self.trainer.received_sigterm:  # it arrived as the run ended, its outputs complete: still no exit 0
                 raise SIGTERMException
         except BaseException as err:
-            # A run that failed before it produced anything leaves no empty folder behind: neither its
-            # version_N folder nor the logger's folders above it that it created (runs/, runs/ldrop/); without a
-            # logger, the folder's config file is as it was.
-            if log_dir is not None and (subcommand != "fit" or self.trainer.global_step == 0):
+            # A run that failed before it produced anything (a fit: before its first checkpoint, wherever
+            # --checkpoint.dirpath puts it) leaves no empty folder behind: neither its version_N folder nor the
+            # logger's folders above it that it created (runs/, runs/ldrop/); without a logger, the folder's config
+            # file is as it was.
+            checkpointed = subcommand == "fit" and any(
+                c.last_model_path or c.best_model_path or getattr(c, "stop_checkpoint", None)
+                for c in self.trainer.checkpoint_callbacks)
+            if log_dir is not None and not checkpointed:
                 if config_file is not None and previous is None:
                     config_file.unlink(missing_ok=True)
                 elif config_file is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +123,37 @@ def run_config(checkpoint: str | os.PathLike) -> Path:
     return Path(checkpoint).resolve().parent.parent / "config.yaml"
 
 
+def read_config_file(config: str | os.PathLike) -> dict[str, Any]:
+    """The sections of a YAML config file (``{}`` for an empty one); ``ValueError`` (one line naming the file, and
+    the line and column of a YAML error) for a file that is not UTF-8 text, not YAML, or not a mapping."""
+    import yaml
+
+    try:
+        text = Path(config).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{config}: not a YAML config file: not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                         f"offset {err.start})") from err
+    try:
+        sections = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{config}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
+    if sections is not None and not isinstance(sections, dict):
+        raise ValueError(f"{config}: expected a YAML mapping of sections (trainer:, model:, data:, ...), not a "
+                         f"{type(sections).__name__}")
+    return sections or {}
+
+
 def config_datamodule(config: str | os.PathLike) -> Any:
     """The DataModule of a run's config file (its ``data:`` section, e.g. the ``config.yaml`` that ``ldrop fit``
     writes into the run folder), not set up; ``ValueError`` (one line naming the file) if it has none."""
     import lightning as L
-    import yaml
     from jsonargparse import ArgumentError, ArgumentParser
 
     import ldrop.data  # noqa: F401 - short class names (SyntheticClassificationDataModule) resolve among these
 
-    section = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+    section = read_config_file(config).get("data")
     if not section:
         raise ValueError(f"{config}: no 'data' section to build the run's datamodule from")
     parser = ArgumentParser(exit_on_error=False)
@@ -143,6 +165,36 @@ def config_datamodule(config: str | os.PathLike) -> Any:
                          f"{str(err).strip().splitlines()[-1]}") from err
 
 
+def _overlaid(saved: Any, given: Any) -> Any:
+    """``saved`` with what ``given`` sets over it (nested dicts merged); a ``class_path`` keeps ``saved``'s
+    spelling when both name the same class (``ldrop.selectors.X`` is ``ldrop.selectors.module.X``)."""
+    if not (isinstance(saved, Mapping) and isinstance(given, Mapping)):
+        return given
+    merged = dict(saved)
+    for key, value in given.items():
+        same_class = key == "class_path" and str(value).rsplit(".", 1)[-1] == str(saved.get(key)).rsplit(".", 1)[-1]
+        merged[key] = saved[key] if same_class else _overlaid(saved.get(key), value)
+    return merged
+
+
+def check_config_fits(model: LayerDropTask, config: str | os.PathLike, datamodule: Any) -> None:
+    """:class:`CheckpointError` (one line, as ``ldrop test`` and ``predict`` give it) if a run config describes
+    another model than ``model``'s checkpoint: the options of its ``model:`` section, and the labels its datamodule
+    gives, that differ from those the checkpoint was trained with."""
+    from ldrop.tasks import model_labels
+    from ldrop.tasks.checkpointing import hparams_difference
+
+    saved = {k: v for k, v in dict(model.hparams).items() if k not in _BUILD_ONLY}
+    section = read_config_file(config).get("model")
+    given = dict(section.get("init_args") or {}) if isinstance(section, Mapping) else {}
+    if "labels" in saved:
+        given["labels"] = model_labels(datamodule)
+    options = hparams_difference(saved, _overlaid(saved, {k: v for k, v in given.items() if k in saved}))
+    if options:
+        raise CheckpointError(f"the checkpoint's weights do not fit the model of {config}: options that differ: "
+                              f"{options}; use the configuration the checkpoint was trained with")
+
+
 def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
                                say: Any = print) -> bool:
     """Fit what ``model`` fits on validation data before ``ldrop test`` and ``ldrop predict`` (a selector's
@@ -152,6 +204,7 @@ def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
     if depth.calibrated_for(range(1, model.num_layers + 1)):  # fitted already, or nothing to fit
         return False
     datamodule = config_datamodule(config)
+    check_config_fits(model, config, datamodule)
     if not has_validation_split(datamodule):
         raise ValueError(f"{config}: its datamodule has no validation split to fit {depth} on")
     datamodule.setup("validate")

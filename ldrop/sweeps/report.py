@@ -245,6 +245,32 @@ def write_sweep(
     return paths
 
 
+def _manifest(directory: Path) -> dict[str, Any]:
+    """The ``sweep_manifest.json`` of ``directory``, checked to be ``{"files": {name: sha256, ...}, ...}`` with at
+    least one file (:class:`IncompleteSweepError` naming it and what is wrong)."""
+    advice = "rerun 'ldrop test' to write it again"
+    path = directory / SWEEP_MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IncompleteSweepError(
+            f"{str(directory)!r} holds no complete budget sweep: no {SWEEP_MANIFEST} (the write was "
+            f"interrupted, or an older ldrop wrote it); {advice}"
+        ) from None
+    except ValueError as err:  # not JSON, not UTF-8 text
+        raise IncompleteSweepError(f"{str(path)!r} is damaged ({err}); {advice}") from err
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    wrong = ("not a JSON object" if not isinstance(manifest, dict) else "no 'files' entry" if "files" not in manifest
+             else f"'files' is {json.dumps(files)[:40]}, not an object of file names and digests"
+             if not isinstance(files, dict) else "'files' lists no file" if not files
+             else "a digest in 'files' is not a string" if not all(isinstance(d, str) for d in files.values())
+             else "'metrics' is not an object" if not isinstance(manifest.get("metrics", {}), dict) else None)
+    if wrong:
+        raise IncompleteSweepError(f"{str(path)!r} is damaged ({wrong}: expected {{\"files\": {{name: sha256, ...}}}}); "
+                                   f"{advice}")
+    return manifest
+
+
 def check_sweep_set(directory: str | os.PathLike) -> dict[str, str]:
     """The manifest's files (name -> digest) of the sweep in ``directory``, once checked complete.
 
@@ -253,15 +279,7 @@ def check_sweep_set(directory: str | os.PathLike) -> dict[str, str]:
     """
     directory = Path(directory)
     advice = "rerun 'ldrop test' to write it again"
-    try:
-        files = json.loads((directory / SWEEP_MANIFEST).read_text())["files"]
-    except FileNotFoundError:
-        raise IncompleteSweepError(
-            f"{str(directory)!r} holds no complete budget sweep: no {SWEEP_MANIFEST} (the write was "
-            f"interrupted, or an older ldrop wrote it); {advice}"
-        ) from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise IncompleteSweepError(f"{str(directory / SWEEP_MANIFEST)!r} is damaged ({err}); {advice}") from err
+    files = _manifest(directory)["files"]
     for name, digest in files.items():
         path = directory / name
         if not path.is_file():
@@ -303,8 +321,9 @@ def load_sweep(path: str | os.PathLike) -> list[dict[str, Any]]:
         IncompleteSweepError: the sweep there is not one complete set (an interrupted or failed write).
     """
     path = _sweep_file(Path(path))
-    if path.name in SWEEP_FILES.values():
-        check_sweep_set(path.parent)
+    if path.name in SWEEP_FILES.values() and path.name not in check_sweep_set(path.parent):
+        raise IncompleteSweepError(f"{str(path.parent / SWEEP_MANIFEST)!r} does not list {path.name}, so it is not part "
+                                   "of the complete sweep; rerun 'ldrop test' to write it again")
     if path.suffix not in (".csv", ".json"):
         raise _not_a_sweep(path, f"a {path.suffix or 'extensionless'} file")
     try:
@@ -357,7 +376,7 @@ def sweep_metrics(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     path = _sweep_file(Path(path))
     if path.name not in SWEEP_FILES.values() or not (path.parent / SWEEP_MANIFEST).is_file():
         return {}
-    return json.loads((path.parent / SWEEP_MANIFEST).read_text()).get("metrics") or {}
+    return _manifest(path.parent).get("metrics") or {}
 
 
 def base_metric(column: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -79,6 +80,27 @@ def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_one_line(tmp_path, c
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize("command", ["fit", "test", "predict", "export"])
+@pytest.mark.parametrize("folder", ["run", "export"])
+def test_a_folder_given_as_the_checkpoint_is_named_with_its_option(trained, tmp_path, capsys, command, folder):
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    if folder == "export":
+        path = tmp_path / "exported"
+        assert main(["export", str(checkpoint), str(path), "--no-fit"]) == 0
+        capsys.readouterr()
+    else:
+        path = trained
+    args = (["export", str(path), str(tmp_path / "out")] if command == "export" else
+            [command, "--config", QUICKSTART, *SMALL, "--ckpt_path", str(path), "--trainer.logger.init_args.save_dir",
+             str(tmp_path / "logs")])
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    option = "CHECKPOINT" if command == "export" else "--ckpt_path"
+    assert f"{option} {str(path)!r} is a folder" in line, line
+    assert ("already an export" if folder == "export" else f"e.g. {checkpoint}") in line, line
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("kind", ["truncated", "head", "empty", "text"])
 def test_load_model_and_adaptive_model_name_a_damaged_checkpoint(trained, tmp_path, kind):
     from ldrop import AdaptiveModel, load_model
@@ -103,6 +125,21 @@ def test_a_checkpoint_of_another_configuration_says_what_differs_in_one_line(tra
     line = one_error_line(capsys)
     assert code == 2 and "do not fit this ClassificationTask" in line and differs in line
     assert not (tmp_path / "logs").exists()
+
+
+def test_export_with_the_config_of_another_run_says_what_differs_and_writes_nothing(trained, tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    config["data"]["init_args"]["num_classes"] = 4  # another dataset: 4 classes, not the checkpoint's 8
+    config["model"]["init_args"]["selector"]["init_args"]["hidden_dim"] = 64
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(config))
+    code = main(["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "out"), "--config", str(other)])
+    line = one_error_line(capsys)
+    assert code == 2 and "do not fit" in line and str(other) in line, line
+    assert "labels (8 items in the checkpoint, 4 items here)" in line and "hidden_dim (32 in the checkpoint" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_model_names_the_checkpoint_whose_weights_do_not_fit(trained, tmp_path):
@@ -157,6 +194,24 @@ def test_a_read_only_predictions_output_fails_before_any_inference(trained, tmp_
         line = one_error_line(capsys)
     assert code == 2 and line.startswith(f"ldrop: error: --predictions.output: cannot write {folder / 'pred.jsonl'}")
     assert not predicted
+
+
+@pytest.mark.parametrize("output", ["an-input", "other-audio"])
+def test_predictions_never_overwrite_an_input_or_an_audio_file(trained, tmp_path, capsys, monkeypatch, output):
+    from ldrop.tasks import LayerDropTask
+
+    predicted = []
+    monkeypatch.setattr(LayerDropTask, "predict_step", lambda self, *args, **kwargs: predicted.append(1))
+    wav = fixtures.write_audio(tmp_path / "in" / "a.wav", 8000)
+    target = wav if output == "an-input" else fixtures.write_audio(tmp_path / "b.flac", 8000, seed=1)
+    before = target.read_bytes()
+    code = main(["predict", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir",
+                 str(tmp_path), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--inputs",
+                 str(tmp_path / "in"), "--predictions.output", str(target)])
+    line = one_error_line(capsys)
+    assert code == 2 and "--predictions.output" in line, line
+    assert ("one of the --inputs" if output == "an-input" else "existing audio file") in line, line
+    assert target.read_bytes() == before and not predicted
 
 
 # ------------------------------------------------------------------------------- bad data, NaN loss
@@ -260,6 +315,33 @@ def test_a_nan_training_loss_is_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and "non-finite training loss" in line and "Training stopped before updating the weights" in line
 
 
+def test_a_fit_that_diverges_after_a_step_but_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from ldrop.tasks import ClassificationTask
+
+    loss = ClassificationTask.task_loss  # finite at the first step, NaN from the second
+    monkeypatch.setattr(ClassificationTask, "task_loss", lambda self, *args: loss(self, *args) * (
+        float("nan") if self.training and self.global_step >= 1 else 1.0))
+    (tmp_path / "logs").mkdir()  # a folder that was there before stays
+    code = main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.max_steps", "3",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    line = one_error_line(capsys)
+    assert code == 2 and "non-finite training loss" in line and "at step 1" in line, line
+    assert (tmp_path / "logs").is_dir() and not list((tmp_path / "logs").iterdir())  # no ldrop/version_0
+
+
+def test_a_backbone_neither_a_folder_nor_cached_offline_is_one_line_at_once(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    code = main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--model.backbone", "nonexistent-folder",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    line = one_error_line(capsys)
+    assert code == 2 and "backbone 'nonexistent-folder': no such local folder, and no such hub id in the local" in line
+    assert "HF_HUB_OFFLINE" in line and not (tmp_path / "logs").exists()
+
+
 # ------------------------------------------------------------------------------- command-line mistakes
 @pytest.mark.parametrize("args, expected", [
     (["--model.init_args.nope", "3"], "--model.init_args.nope '3': ClassificationTask has no option 'nope'"),
@@ -336,6 +418,25 @@ def test_a_nested_help_after_the_owners_class_says_it_follows_the_owners_help(ca
     with pytest.raises(SystemExit):  # the command it names shows the config's options
         main(["fit", "--model.help", "ClassificationTask", "--model.early_exit.help"])
     assert "--model.early_exit.policy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["fit", "export"])
+@pytest.mark.parametrize("content, expected", [
+    (b"\xff\xfe\x00binary", "not UTF-8 text (byte 0xff at offset 0)"),
+    (b"trainer:\n  max_epochs: [1\nmodel: x\n", "not valid YAML at line 3, column 6: expected ',' or ']'"),
+    (b"- a\n- b\n", "expected a YAML mapping of sections"),
+], ids=["binary", "syntax", "list"])
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_the_file_and_the_line(trained, tmp_path, capsys, command,
+                                                                                   content, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    args = (["fit", "--config", QUICKSTART, "--config", str(bad), "--trainer.default_root_dir", str(tmp_path / "runs")]
+            if command == "fit" else ["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "runs"),
+                                      "--config", str(bad)])
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    assert f"{bad}: " in line and expected in line, line
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_misspelt_class_path_deep_in_a_config_file_is_named_with_a_suggestion(tmp_path, capsys):
@@ -513,6 +614,26 @@ def test_compare_with_a_metric_the_sweeps_lack_names_theirs_and_writes_nothing(t
     assert main(["compare", str(tmp_path / "run"), str(tmp_path / "wer"), "--out", str(tmp_path / "cmp")]) == 2
     assert ("the first sweep's metric 'acc' is not a column of the sweep of n (--metric picks another); metrics "
             "there: wer") in one_error_line(capsys)
+    assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("manifest, why", [
+    ('{"files": 3}', "'files' is 3, not an object of file names and digests"),
+    ('{"files": {}}', "'files' lists no file"),
+    ('[1, 2]', "not a JSON object"),
+    ('{"files": {"budget_sweep.png": "PNG"}}', "does not list budget_sweep.json"),
+    ('{"files": {"budget_sweep.json": 1}}', "a digest in 'files' is not a string"),
+    ('{"files": {"x": "0"}, "metrics": 3}', "'metrics' is not an object"),
+], ids=["files-int", "files-empty", "list", "json-unlisted", "digest-int", "metrics-int"])
+def test_compare_with_a_malformed_sweep_manifest_names_it_and_writes_nothing(tmp_path, capsys, manifest, why):
+    from ldrop.sweeps import write_sweep
+
+    write_sweep(SWEEP_ROWS, tmp_path / "run")
+    png = hashlib.sha256((tmp_path / "run" / "budget_sweep.png").read_bytes()).hexdigest()
+    (tmp_path / "run" / "sweep_manifest.json").write_text(manifest.replace("PNG", png))
+    assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "cmp")]) == 2
+    line = one_error_line(capsys)
+    assert str(tmp_path / "run" / "sweep_manifest.json") in line and why in line, line
     assert not (tmp_path / "cmp").exists()
 
 
