@@ -322,6 +322,17 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
             model(given, 2)
 
 
+def test_an_empty_or_unreadable_audio_file_is_named_with_what_is_wrong(tmp_path):
+    from ldrop.runtime.onnx_runtime import read_audio_file
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "noise.wav").write_bytes(bytes(range(200)))
+    with pytest.raises(ValueError, match=r"empty\.wav': the file is empty \(0 bytes\)$"):
+        read_audio_file(tmp_path / "empty.wav", 16000)
+    with pytest.raises(ValueError, match=r"noise\.wav': not a readable audio file \(libsndfile: Format not recognised\)$"):
+        read_audio_file(tmp_path / "noise.wav", 16000)
+
+
 def test_the_runtime_imports_and_runs_without_torch(exports):
     task, folder = exports["wav2vec2"]
     script = f"""
