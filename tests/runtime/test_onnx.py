@@ -444,6 +444,8 @@ def test_the_control_benchmark_runs_every_policy_on_onnx_runtime(exports, tiny_c
 
 # ---------------------------------------------------------------------------------------------- int8
 def test_dynamic_int8_quantizes_the_layers_only_and_keeps_the_predictions_close(exports, tmp_path):
+    import onnx
+
     from ldrop.runtime.onnx_export import quantize_export
 
     task, folder = exports["data2vec"]
@@ -452,11 +454,18 @@ def test_dynamic_int8_quantizes_the_layers_only_and_keeps_the_predictions_close(
     manifest = read_manifest(quantized)
     assert manifest["quantize"] == "dynamic"
     assert folder_megabytes(quantized / "layers") < folder_megabytes(folder / "layers")
-    assert (quantized / "fixed.onnx").read_bytes() == (folder / "fixed.onnx").read_bytes()
+    assert onnx.load(str(quantized / "fixed.onnx")).graph == onnx.load(str(folder / "fixed.onnx")).graph
     waves, lengths = padded_batch(LENGTHS, seed=15)
     fp32 = OnnxAdaptiveModel(folder).forward(waves.numpy(), lengths.numpy(), np.array([4, 4, 4]))[0]
     int8 = OnnxAdaptiveModel(quantized).forward(waves.numpy(), lengths.numpy(), np.array([4, 4, 4]))[0]
     assert 0 < np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max()
+    # another export: a graph copied between the fp32 and the int8 folder is refused, both ways
+    assert manifest["export_id"] != read_manifest(folder)["export_id"]
+    for source, target in ((quantized, folder), (folder, quantized)):
+        mixed = shutil.copytree(target, tmp_path / f"mixed-{target.name}")
+        shutil.copy(source / "layers" / "layer_01.onnx", mixed / "layers" / "layer_01.onnx")
+        with pytest.raises(OnnxFolderError, match=r"layer_01.onnx' is another export, not the layers/layer_01.onnx"):
+            OnnxAdaptiveModel(mixed)
 
 
 # ---------------------------------------------------------------------------------------------- bad folders
