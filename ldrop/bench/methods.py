@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from ldrop import bench
 from ldrop._io import atomic_write_json, atomic_write_text, check_writable_folder
 from ldrop.bench import StageError, run_ldrop
 from ldrop.budgets.machine import machine_info
@@ -273,6 +275,21 @@ def stage_two_test(args: Any, variant: Variant, fit: Stage) -> Stage:
                  folder, after=fit)
 
 
+def check_overrides(args: Any, variants: Sequence[Variant]) -> None:
+    """Parse the stage-2 options of every run with overrides of its own (or of the first run, for ``--finetune``'s
+    alone) as ``ldrop fit ... --print_config``, which builds and trains nothing: a misspelt key is a
+    ``ValueError`` naming the run and the key now, not after stage 1 trained."""
+    checked = [v for v in variants if v.overrides] or (list(variants[:1]) if args.finetune else [])
+    with tempfile.TemporaryDirectory() as scratch:
+        for variant in checked:
+            log = Path(scratch) / "check.log"
+            if bench.launch(["fit", *_shared(args, variant), "--print_config"], log, args.threads) != 0:
+                lines = bench._tail(log, 5) or ["(no output)"]
+                error = next((line for line in lines if line.startswith("ldrop: error: ")), lines[-1])
+                error = error.removeprefix("ldrop: error: ").removesuffix(" (LDROP_DEBUG=1 shows the traceback)")
+                raise ValueError(f"variant {variant.name!r}: {error}")
+
+
 def run(args: Any, command: list[str]) -> dict[str, Any]:
     """Run the protocol; returns the summary written to ``methods.json``."""
     variants = [Variant.parse(m) for m in args.methods] + [Variant.parse(v) for v in args.variant]
@@ -283,6 +300,7 @@ def run(args: Any, command: list[str]) -> dict[str, Any]:
         raise ValueError(f"run names must be unique and not 'stage1', got {names}")
     for variant in variants:  # a missing method file fails now, not after stage 1
         _method_file(args.method_dir, variant.method)
+    check_overrides(args, variants)  # so does a misspelt option
     out = Path(args.out)
     stage1 = stage_one(args)
     records = [run_stage(stage1, args.threads)]

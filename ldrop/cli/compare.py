@@ -25,7 +25,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", default="compare", help="output folder for compare.png, compare.md, compare.json")
     parser.add_argument("--metric", type=str | None, default=None,
                         help="metric column (default: the sweeps' first metric)")
-    parser.add_argument("--labels", type=str | None, default=None, help="comma-separated labels, one per run")
+    parser.add_argument("--labels", type=str | None, default=None,
+                        help="comma-separated labels, one per run (default: each sweep's method; runs of one method "
+                        "are told apart by the folder names where their paths differ)")
     parser.add_argument("--reference", type=str | None, default=None,
                         help="label of the run whose layers set the GFLOPs and that the others are compared with "
                         "(default: the first run of several depths)")

@@ -80,7 +80,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _grid_and_overrides(ns: Any) -> tuple[list[float], list[int], dict | None]:
-    """``--seconds``, ``--batch-sizes`` and ``--overrides`` parsed; a :class:`ConfigError` naming the option."""
+    """``--seconds``, ``--batch-sizes`` and ``--overrides`` parsed, the counts checked; a :class:`ConfigError`
+    naming the option."""
     def numbers(option: str, text: str, kind: type, least: float) -> list:
         try:
             values = [kind(x) for x in text.split(",") if x.strip()]
@@ -93,6 +94,8 @@ def _grid_and_overrides(ns: Any) -> tuple[list[float], list[int], dict | None]:
     for option, value, least in (("--repeats", ns.repeats, 1), ("--warmup", ns.warmup, 0), ("--validate", ns.validate, 0)):
         if value < least:
             raise ConfigError(f"{option} {value}: expected at least {least}")
+    if ns.threads is not None and ns.threads < 1:
+        raise ConfigError(f"--threads {ns.threads}: expected a positive integer (leave it out for the runtime's choice)")
     if ns.overrides is not None and ns.backbone is None:
         raise ConfigError("--overrides applies with --backbone only (a checkpoint keeps its own configuration)")
     try:

@@ -201,11 +201,15 @@ def _check_finite(path: PathLike, data: np.ndarray, first_frame: int = 0) -> Non
 
 
 def _open_error(path: PathLike, err: BaseException) -> AudioReadError:
-    """The error for a file libsndfile cannot open: says so plainly when it is missing or a folder."""
+    """The error for a file libsndfile cannot open: says so plainly when it is missing, a folder or empty."""
     if not os.path.exists(path):
         return AudioFileNotFoundError(path)
     if os.path.isdir(path):
         return AudioReadError(path, "it is a folder, not an audio file")
+    if os.path.getsize(path) == 0:
+        return AudioReadError(path, "the file is empty (0 bytes)")
+    if isinstance(err, sf.LibsndfileError):  # "Format not recognised", a WAV header cut before its data chunk
+        return AudioReadError(path, f"not a readable audio file (libsndfile: {err.error_string.rstrip('.')})")
     return AudioReadError(path, str(err) or type(err).__name__)
 
 

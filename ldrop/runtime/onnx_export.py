@@ -386,7 +386,8 @@ def export_onnx(
 
 def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
                     progress: Callable[[str], None] | None = None) -> Path:
-    """An int8 copy of an fp32 export folder (dynamic quantization of its layer graphs, no new trace)."""
+    """An int8 copy of an fp32 export folder (dynamic quantization of its layer graphs, no new trace): another
+    export, with its own ``export_id`` (a graph copied between the two folders is refused)."""
     source, out_dir = Path(folder), Path(out_dir)
     if read_manifest(source).get("quantize"):
         raise OnnxExportError(f"{str(source)!r} is already quantized")
@@ -394,7 +395,24 @@ def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
     with staged_folder(out_dir, OnnxExportError) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
         _quantize_layers(staging, say)
+        _restamp(staging, uuid.uuid4().hex)
     return out_dir
+
+
+def _restamp(folder: Path, export_id: str) -> None:
+    """Give the export in ``folder`` a new ``export_id``: in its manifest and in every graph's stamp (the runtime
+    compares each graph's with the manifest's)."""
+    import onnx
+
+    for path in sorted(folder.rglob("*.onnx")):
+        model = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
+        props = {prop.key: prop.value for prop in model.metadata_props}
+        onnx.helper.set_model_props(model, {**props, GRAPH_STAMP[0]: export_id,
+                                            GRAPH_STAMP[1]: path.relative_to(folder).as_posix()})
+        onnx.save(model, str(path))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["export_id"] = export_id
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
 def example_inputs(batch: int, frames: int, width: int, seed: int, name: str = "hidden") -> dict[str, Tensor]:

@@ -146,9 +146,14 @@ def read_audio_file(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
 
     if not Path(path).is_file():
         raise ValueError(f"no audio file at {str(path)!r}" + (" (it is a folder)" if Path(path).is_dir() else ""))
+    if Path(path).stat().st_size == 0:
+        raise ValueError(f"cannot read audio file {str(path)!r}: the file is empty (0 bytes)")
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (OSError, RuntimeError, soundfile.LibsndfileError) as error:
+    except soundfile.LibsndfileError as error:  # "Format not recognised", a WAV header cut before its data
+        raise ValueError(f"cannot read audio file {str(path)!r}: not a readable audio file (libsndfile: "
+                         f"{error.error_string.rstrip('.')})") from None
+    except (OSError, RuntimeError) as error:
         raise ValueError(f"cannot read audio file {str(path)!r}: {error}") from None
     if rate != sample_rate:
         raise ValueError(

@@ -412,6 +412,23 @@ def _parse(value: str) -> Any:
     return value
 
 
+def _run_labels(paths: Sequence[str | os.PathLike], methods: list[str]) -> list[str]:
+    """Each run's method; runs of one method are told apart by where their paths differ: the fewest folder (or
+    file) names from the first that differs, ``input-conditioned (lr-1e-3)``, ``input-conditioned (lr-1e-4)``."""
+    labels = list(methods)
+    for method in set(methods):
+        same = [i for i, m in enumerate(methods) if m == method]
+        parts = [Path(paths[i]).resolve().parts for i in same]
+        if len(same) < 2 or len(set(parts)) < len(parts):
+            continue  # one run, or one path given twice
+        longest = max(map(len, parts))
+        first = next(j for j in range(longest) if len({p[j:j + 1] for p in parts}) > 1)
+        count = next(n for n in range(1, longest + 1) if len({p[first:first + n] for p in parts}) == len(parts))
+        for i, part in zip(same, parts, strict=True):
+            labels[i] = f"{method} ({'/'.join(part[first:first + count]) or Path(paths[i]).name})"
+    return labels
+
+
 def compare_sweeps(
     paths: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -429,9 +446,10 @@ def compare_sweeps(
     """
     runs: dict[str, list[dict[str, Any]]] = {}
     items: dict[str, dict[str, Any] | None] = {}
-    for i, path in enumerate(paths):
-        rows = load_sweep(path)
-        label = labels[i] if labels else str(rows[0].get("method", Path(path).stem))
+    sweeps = [load_sweep(path) for path in paths]
+    labels = labels or _run_labels(paths, [str(rows[0].get("method", Path(path).stem)) for path, rows in
+                                           zip(paths, sweeps, strict=True)])
+    for path, rows, label in zip(paths, sweeps, labels, strict=True):
         while label in runs:
             label += "'"
         runs[label], items[label] = rows, load_items(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import pickle
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 from ldrop._io import (
     CheckpointError,
     atomic_torch_save,
+    check_archive,
     load_checkpoint_file,
     pickled_class_error,
     staged_folder,
@@ -97,7 +99,8 @@ def serialisable_hparams(hparams: MutableMapping[str, Any]) -> MutableMapping[st
 
 
 class NamedPickledObjects:
-    """``LayerDropTask.load_from_checkpoint``: Lightning's (still refused on an instance), with the
+    """``LayerDropTask.load_from_checkpoint``: Lightning's (still refused on an instance), after the checksums of
+    a checkpoint file (:func:`~ldrop._io.check_archive`, as ldrop's own loading verifies them), with the
     ``UnpicklingError`` of a checkpoint that holds a pickled class as one line (:func:`~ldrop._io.pickled_class_error`);
     the model it returns warns once if it runs below full depth before its selector is fitted (as
     ``ldrop.load_model``'s: :func:`~ldrop.tasks.uncalibrated.warn_when_used_uncalibrated`)."""
@@ -110,6 +113,8 @@ class NamedPickledObjects:
 
         @functools.wraps(load)
         def load_from_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+            if instance is None and isinstance(checkpoint_path, str | os.PathLike) and Path(checkpoint_path).is_file():
+                check_archive(checkpoint_path)  # torch.load would load changed bytes without a word
             try:
                 model = load(checkpoint_path, *args, **kwargs)
             except pickle.UnpicklingError as err:

@@ -159,6 +159,16 @@ def test_an_unknown_method_fails_before_any_stage(bench_config, capsys):
     assert not (bench_config.parent / "out" / "stage1").exists()
 
 
+def test_a_misspelt_variant_option_fails_before_any_stage(bench_config, capsys):
+    # the real child process (ldrop fit --print_config): the key is named in one line, nothing is trained
+    argv = ["--config", str(bench_config), "--variant", "rnd=random:model.init_args.selector.init_args.train_mod=x"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("ldrop.bench methods: error: variant 'rnd': --model.init_args.selector.init_args.train_mod"
+                            " 'x': RandomSelector has no option 'train_mod'") and len(error.splitlines()) == 1, error
+    assert not (bench_config.parent / "out" / "stage1").exists()
+
+
 def test_an_output_folder_under_a_file_is_one_line_before_any_stage(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     assert main(["--out", str(tmp_path / "afile" / "bench")]) == 1

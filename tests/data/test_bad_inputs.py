@@ -71,6 +71,22 @@ def test_a_missing_file_in_a_split_is_a_file_not_found_error_naming_it(tmp_path)
     assert isinstance(info.value, AudioFileNotFoundError)
 
 
+def test_an_empty_wav_or_one_cut_inside_its_header_says_so_and_is_a_counted_skip(tmp_path, caplog):
+    write_audio(tmp_path / "good.wav", 8000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "header.wav").write_bytes((tmp_path / "good.wav").read_bytes()[:30])  # cut before 'data'
+    rows = [("good.wav", "a"), ("empty.wav", "a"), ("header.wav", "b")]
+    with pytest.raises(AudioReadError, match=r"empty\.wav: the file is empty \(0 bytes\) \(1 more bad items"):
+        manifest_module(tmp_path, rows).setup("fit")
+    with pytest.raises(AudioReadError, match=r"header\.wav: not a readable audio file \(libsndfile: "):
+        manifest_module(tmp_path, [rows[0], rows[2]]).setup("fit")
+    dm = manifest_module(tmp_path, rows, skip_bad_files=True)
+    with caplog.at_level("WARNING", logger="ldrop.data"):
+        dm.setup("fit")
+    assert dm.num_bad_files["train"] == 2 and dm.dataset("train").ids == ["good.wav"]
+    assert "empty.wav: the file is empty" in caplog.text and "header.wav: not a readable audio file" in caplog.text
+
+
 # ---------------------------------------------------------------------------- training length limits
 def test_max_train_seconds_defaults_to_30_seconds():
     assert DEFAULT_MAX_TRAIN_SECONDS == 30.0

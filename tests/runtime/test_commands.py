@@ -45,10 +45,13 @@ def test_profile_needs_exactly_one_model(tmp_path, capsys):
     (["--overrides", "[1, 2]"], "--overrides '[1, 2]': expected a JSON object"),
     (["--overrides", "{bad"], "--overrides '{bad': not JSON"),
     (["--repeats", "0"], "--repeats 0: expected at least 1"),
+    (["--threads", "-1"], "--threads -1: expected a positive integer"),
+    (["--threads", "0"], "--threads 0: expected a positive integer"),
     (["--batch-sizes", "0,2"], "--batch-sizes '0,2': expected a comma-separated list of numbers above 0"),
     (["--out", "{tmp}/p.json/x.json"], "--out {tmp}/p.json/x.json: not a folder"),
     (["--out", "{tmp}"], "--out {tmp}: a folder, not a file"),
-], ids=["overrides-list", "overrides-json", "repeats", "batch-sizes", "out-below-a-file", "out-a-folder"])
+], ids=["overrides-list", "overrides-json", "repeats", "threads-negative", "threads-zero", "batch-sizes",
+        "out-below-a-file", "out-a-folder"])
 def test_profile_refuses_bad_options_before_it_measures(tmp_path, capsys, monkeypatch, args, says):
     import ldrop.cli.profile
 

@@ -322,6 +322,17 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
             model(given, 2)
 
 
+def test_an_empty_or_unreadable_audio_file_is_named_with_what_is_wrong(tmp_path):
+    from ldrop.runtime.onnx_runtime import read_audio_file
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "noise.wav").write_bytes(bytes(range(200)))
+    with pytest.raises(ValueError, match=r"empty\.wav': the file is empty \(0 bytes\)$"):
+        read_audio_file(tmp_path / "empty.wav", 16000)
+    with pytest.raises(ValueError, match=r"noise\.wav': not a readable audio file \(libsndfile: Format not recognised\)$"):
+        read_audio_file(tmp_path / "noise.wav", 16000)
+
+
 def test_the_runtime_imports_and_runs_without_torch(exports):
     task, folder = exports["wav2vec2"]
     script = f"""
@@ -433,6 +444,8 @@ def test_the_control_benchmark_runs_every_policy_on_onnx_runtime(exports, tiny_c
 
 # ---------------------------------------------------------------------------------------------- int8
 def test_dynamic_int8_quantizes_the_layers_only_and_keeps_the_predictions_close(exports, tmp_path):
+    import onnx
+
     from ldrop.runtime.onnx_export import quantize_export
 
     task, folder = exports["data2vec"]
@@ -441,11 +454,18 @@ def test_dynamic_int8_quantizes_the_layers_only_and_keeps_the_predictions_close(
     manifest = read_manifest(quantized)
     assert manifest["quantize"] == "dynamic"
     assert folder_megabytes(quantized / "layers") < folder_megabytes(folder / "layers")
-    assert (quantized / "fixed.onnx").read_bytes() == (folder / "fixed.onnx").read_bytes()
+    assert onnx.load(str(quantized / "fixed.onnx")).graph == onnx.load(str(folder / "fixed.onnx")).graph
     waves, lengths = padded_batch(LENGTHS, seed=15)
     fp32 = OnnxAdaptiveModel(folder).forward(waves.numpy(), lengths.numpy(), np.array([4, 4, 4]))[0]
     int8 = OnnxAdaptiveModel(quantized).forward(waves.numpy(), lengths.numpy(), np.array([4, 4, 4]))[0]
     assert 0 < np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max()
+    # another export: a graph copied between the fp32 and the int8 folder is refused, both ways
+    assert manifest["export_id"] != read_manifest(folder)["export_id"]
+    for source, target in ((quantized, folder), (folder, quantized)):
+        mixed = shutil.copytree(target, tmp_path / f"mixed-{target.name}")
+        shutil.copy(source / "layers" / "layer_01.onnx", mixed / "layers" / "layer_01.onnx")
+        with pytest.raises(OnnxFolderError, match=r"layer_01.onnx' is another export, not the layers/layer_01.onnx"):
+            OnnxAdaptiveModel(mixed)
 
 
 # ---------------------------------------------------------------------------------------------- bad folders

@@ -55,6 +55,22 @@ def test_compare_labels_each_run(tmp_path):
     assert plot.is_file() and "| m |" in table and "| n |" in table
 
 
+def test_compare_tells_two_runs_of_one_method_apart_by_the_folder_their_paths_differ_in(tmp_path):
+    write_sweep(ROWS, tmp_path / "lr-1e-3" / "version_0")
+    write_sweep([{**r, "acc": r["acc"] - 0.1} for r in ROWS], tmp_path / "lr-1e-4" / "version_0")
+    runs = [tmp_path / "lr-1e-3" / "version_0", tmp_path / "lr-1e-4" / "version_0"]
+    table, _ = compare_sweeps(runs, tmp_path / "out", reference="m (lr-1e-4)")
+    assert "| m (lr-1e-3) |" in table and "| m (lr-1e-4) |" in table and "m'" not in table
+    summary = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert summary["reference"] == "m (lr-1e-4)"
+    write_sweep(ROWS, tmp_path / "lr-1e-3" / "version_1")  # the fewest names that tell three apart
+    table, _ = compare_sweeps([*runs, tmp_path / "lr-1e-3" / "version_1"], tmp_path / "out")
+    assert {"m (lr-1e-3/version_0)", "m (lr-1e-4/version_0)", "m (lr-1e-3/version_1)"} == {
+        r["run"] for r in json.loads((tmp_path / "out" / "compare.json").read_text())["budgets"]}
+    table, _ = compare_sweeps(runs, tmp_path / "out", labels=["a", "b"])  # given labels are kept
+    assert "| a |" in table and "| b |" in table
+
+
 # ---------------------------------------------------------------- plots: titles, budget labels
 RUN_ROWS = [{**r, "dataset": "Synthetic", "backbone": "tiny:wavlm"} for r in ROWS]
 
