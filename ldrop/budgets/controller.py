@@ -2,8 +2,9 @@
 
 Each input gets the largest ``k`` whose predicted cost meets the target: time targets from a
 :class:`~ldrop.budgets.cost.DeviceProfile` (``fixed_i + k * layer_i``, times the correction), FLOPs targets
-exactly. The correction is an EMA of the log measured / predicted ratio, quicker to rise than to fall, never
-below a high quantile of recent ratios (a deadline is about misses).
+exactly (with the exit heads confidence early exit passes at ``k``). The correction is an EMA of the log
+measured / predicted ratio, quicker to rise than to fall, never below a high quantile of recent ratios (a
+deadline is about misses).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import torch
 from torch import Tensor
 
 from ldrop.backbones.geometry import frame_lengths
-from ldrop.budgets.cost import DeviceProfile, cost_facts
+from ldrop.budgets.cost import DeviceProfile, as_array, cost_facts
 from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
 from ldrop.budgets.profile import model_precision, profile_model
 from ldrop.budgets.targets import Target
-from ldrop.engine.flops import count_forward_flops, decision_flops
+from ldrop.engine.flops import count_forward_flops, decision_flops, passed_head_flops
 
 #: The quick grid measured when a time target is used without a profile (a few seconds on a CPU).
 QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1, 2), "repeats": 3,
@@ -48,6 +49,9 @@ class BudgetController(ControlLoop):
         flops_config: the backbone config (or backbone) for ``gflops_per_second`` targets.
         extra_fixed_flops: ``frames [batch] -> FLOPs [batch]`` every input pays on top (the selector's and
             the depth policy's own, :func:`~ldrop.engine.flops.decision_flops`).
+        budget_flops: ``frames [batch] -> FLOPs [batch, layers]`` an input pays on top at each budget ``k``
+            (column ``k - 1``; ``None`` from it: nothing), the heads confidence early exit passes
+            (:func:`~ldrop.engine.flops.passed_head_flops`); a runtime binds its model's (:meth:`bind`).
         precision: how the model runs (``32-true``, ``bf16-mixed``, ...; :func:`~ldrop.budgets.profile.model_precision`),
             for :meth:`profile_warning` (:func:`torch_profile_warning`); ``None``: not judged.
         **options: :class:`~ldrop.budgets.loop.ControlLoop`'s.
@@ -57,7 +61,7 @@ class BudgetController(ControlLoop):
 
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops_config: Any = None,
                  extra_fixed_flops: Callable[[Tensor], Tensor] | None = None, precision: str | None = None,
-                 **options: Any) -> None:
+                 budget_flops: Callable[[Tensor], Tensor | None] | None = None, **options: Any) -> None:
         super().__init__(num_layers, **options)
         self.precision = precision
         if flops_config is not None:  # a profile must be of this model
@@ -65,6 +69,12 @@ class BudgetController(ControlLoop):
         self.profile = profile
         self.flops_config = flops_config
         self.extra_fixed_flops = extra_fixed_flops
+        self.budget_flops = budget_flops
+
+    def bind(self, model: Any) -> None:
+        """Count the heads ``model``'s depth policy passes at each budget (unless ``budget_flops`` was given)."""
+        if self.budget_flops is None:
+            self.budget_flops = functools.partial(passed_head_flops, model)
 
     def profile_warning(self, profile: DeviceProfile) -> str | None:
         return torch_profile_warning(profile, self.precision)
@@ -84,6 +94,13 @@ class BudgetController(ControlLoop):
             extra = self.extra_fixed_flops(frame_lengths(self.flops_config, lengths))
         flops = count_forward_flops(self.flops_config, lengths, None, extra)
         return flops.fixed / 1e9, flops.per_layer[:, 0] / 1e9
+
+    def budget_costs(self, sample_lengths: np.ndarray, target: Target) -> np.ndarray | None:
+        """A FLOPs target's ``[batch, layers]`` GFLOPs of :attr:`budget_flops` (the passed heads), else ``None``."""
+        if target.kind != "gflops_per_second" or self.budget_flops is None or self.flops_config is None:
+            return None
+        flops = self.budget_flops(frame_lengths(self.flops_config, torch.from_numpy(sample_lengths)))
+        return None if flops is None else np.asarray(as_array(flops, np.float64)) / 1e9
 
 
 class TargetResolver:
@@ -116,7 +133,7 @@ class TargetResolver:
             controller = BudgetController(
                 model.num_layers, profile, flops_config=model.backbone.config,
                 extra_fixed_flops=functools.partial(decision_flops, model), closed_loop=False,
-                min_budget=max(1, getattr(model, "prefix_layers", 0)),
+                budget_flops=functools.partial(passed_head_flops, model), min_budget=max(1, getattr(model, "prefix_layers", 0)),
             )
             self.controllers[target.profile] = controller
         return controller

@@ -147,6 +147,15 @@ class ControlLoop:
         """``(fixed [batch], per layer [batch])`` GFLOPs of each input, for ``gflops_per_second`` targets."""
         raise NotImplementedError
 
+    def budget_costs(self, sample_lengths: np.ndarray, target: Target) -> Any:
+        """``[batch, layers]`` further cost of each input at each budget ``k`` (column ``k - 1``) in the target's
+        unit, beside ``fixed + k * per layer`` (confidence early exit's passed heads, not linear in ``k``), or
+        ``None``: none (here, always)."""
+        return None
+
+    def bind(self, model: Any) -> None:
+        """Take what the costs need from the PyTorch ``model`` a runtime runs (here: nothing)."""
+
     def as_result(self, array: np.ndarray) -> Any:
         """A decision's array in this controller's array type (numpy here; the PyTorch controller: tensors)."""
         return array
@@ -171,9 +180,20 @@ class ControlLoop:
             jumped = self.probe > self.jump * self.correction
             scale = min(self.correction_bounds[1], self.probe) / self.correction if jumped else 1.0
             fixed, layer, self.planned = fixed * scale, layer * scale, self.correction * scale
-        affordable = np.floor((allowance - fixed) / np.maximum(layer, 1e-30) + 1e-9)
-        meets = affordable >= self.min_budget
-        budget = np.clip(affordable, self.min_budget, self.num_layers).astype(np.int64)
+        extra = self.budget_costs(as_array(sample_lengths, np.int64), target)
+        if extra is None:
+            affordable = np.floor((allowance - fixed) / np.maximum(layer, 1e-30) + 1e-9)
+            meets = affordable >= self.min_budget
+            budget = np.clip(affordable, self.min_budget, self.num_layers).astype(np.int64)
+        else:  # not linear in k: the largest k whose whole cost fits
+            extra = np.asarray(extra, dtype=np.float64)
+            layers = np.arange(1, self.num_layers + 1, dtype=np.float64)
+            total = fixed[:, None] + layers[None] * layer[:, None] + extra
+            fits = total <= allowance[:, None] + 1e-9 * np.maximum(layer, 1e-30)[:, None]
+            fits[:, : self.min_budget - 1] = False
+            meets = fits.any(1)
+            deepest = self.num_layers - np.argmax(fits[:, ::-1], axis=1)
+            budget = np.where(meets, deepest, self.min_budget).astype(np.int64)
         if not bool(meets.all()):
             bad = int((~meets).sum())
             message = (f"target {target.kind}={target.value:g} cannot be met by {bad} of {len(meets)} inputs even "
@@ -184,6 +204,8 @@ class ControlLoop:
                 warnings.warn(f"{message}: they run the minimum budget ({self.min_budget} layer(s))",
                               UnmeetableTargetWarning, stacklevel=_stacklevel)
         predicted = fixed + budget.astype(np.float64) * layer
+        if extra is not None:
+            predicted = predicted + extra[np.arange(len(budget)), budget - 1]
         return BudgetDecision(*(self.as_result(a) for a in (budget, predicted, allowance, meets)))
 
     def budgets(self, sample_lengths: Any, target: Target | dict | str) -> Any:
@@ -283,6 +305,8 @@ class ClosedLoopModel:
     def controller(self, controller: Any) -> None:
         manifest = getattr(self, "manifest", None)
         controller.model_facts = cost_facts(manifest["backbone"] if manifest else self.model.backbone.config)
+        if not manifest:
+            controller.bind(self.model)
         if controller.profile is not None:
             controller.check_profile(controller.profile)
         self._loop = controller

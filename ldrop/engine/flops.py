@@ -158,6 +158,21 @@ def decision_flops(model: Any, frame_lengths: Tensor) -> Tensor | None:
     return sum(flops[1:], flops[0]) if flops else None
 
 
+def passed_head_flops(model: Any, frame_lengths: Tensor) -> Tensor | None:
+    """``[batch, layers]`` float64 FLOPs of the heads an input of ``frame_lengths`` frames is counted to run beside
+    the one read when it runs ``k`` layers at budget ``k`` (column ``k - 1``): its depth policy's ``head_flops``
+    (confidence early exit's passed exits) at each budget, as a cost counts them; ``None`` when it counts none."""
+    depth = getattr(model, "depth", None)
+    if depth is None:
+        return None
+    frames = torch.as_tensor(frame_lengths).to(torch.long).cpu()
+    batch, num_layers = frames.shape[0], int(model.num_layers)
+    budgets = torch.arange(1, num_layers + 1).repeat(batch)  # input-major: every budget of each input
+    keep = (torch.arange(num_layers)[None] < budgets[:, None]).float()
+    flops = depth.head_flops(model, keep, frames.repeat_interleave(num_layers), budgets)
+    return None if flops is None else flops.detach().to("cpu", torch.float64).reshape(batch, num_layers)
+
+
 def counted_flops(run: Callable[[], Any]) -> float:
     """FLOPs of ``run()`` (without gradient) as :class:`~torch.utils.flop_counter.FlopCounterMode` counts them:
     for modules, such as a downstream task head, that have no formula here."""

@@ -62,6 +62,21 @@ class CalibrationData(Protocol):
         """
 
 
+class Float32UnderHalfCasts(nn.Module):
+    """A module whose float32 parameters and buffers stay float32 when the whole model is cast to a half dtype
+    (``model.to(torch.bfloat16)``, bf16-true, ``.half()``), with their values; device moves and casts to float64
+    apply as usual. For a selector whose scores a half dtype would round (it reads its inputs in its own dtype)."""
+
+    def _apply(self, fn, recurse: bool = True):
+        def float32_kept(tensor: Tensor) -> Tensor:
+            converted = fn(tensor)
+            if tensor.dtype == torch.float32 and converted.dtype in (torch.bfloat16, torch.float16):
+                return tensor.to(converted.device)  # the device moves, the values stay
+            return converted
+
+        return super()._apply(float32_kept, recurse)
+
+
 class LayerSelector(nn.Module, ABC):
     """Chooses, per input, which of the backbone's encoder layers run under a layer budget.
 

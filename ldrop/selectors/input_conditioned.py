@@ -11,14 +11,14 @@ from torch import Tensor, nn
 
 from ldrop.backbones.geometry import conv_output_length
 
-from .base import CalibrationData, SelectorOutput
+from .base import CalibrationData, Float32UnderHalfCasts, SelectorOutput
 from .calibration import ThresholdCalibration
 from .fallback import InputBlindFallback
 from .filterbank import LogMelFrontend
 from .topk import Objective, Relaxation, TopKSelector, threshold_mask
 
 
-class InputConditionedSelector(TopKSelector):
+class InputConditionedSelector(Float32UnderHalfCasts, TopKSelector):
     """Reads the input features and scores every encoder layer; each input runs its best layers.
 
     Architecture (``h = hidden_dim``): per-frame LayerNorm, linear ``C -> h``, GELU; one depthwise-separable
@@ -31,7 +31,8 @@ class InputConditionedSelector(TopKSelector):
     affine), so it keeps unit spread across inputs and cannot shrink to one fixed mask. ``alpha`` is learned
     per layer above ``min_alpha``. ``"standardized"`` drops the prior; ``"raw"`` is ``z(x)`` as is (the
     ablation that collapses to a fixed schedule). The running statistics lag behind the weights; refresh them
-    after training with :meth:`reset_statistics` and :meth:`update_statistics` over training batches.
+    after training with :meth:`reset_statistics` and :meth:`update_statistics` over training batches. Weights
+    and statistics stay float32 in a bf16 model (:class:`~ldrop.selectors.base.Float32UnderHalfCasts`).
 
     With ``input="layers"`` the first ``j = read_layers`` encoder layers run for every input (the task
     computes them once per batch; they count in the budget, FLOPs and time): budget ``k`` runs layers
@@ -276,14 +277,16 @@ class InputConditionedSelector(TopKSelector):
     def _read_input(
         self, features: Tensor, frame_mask: Tensor, waveforms: Tensor | None, lengths: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """The features this selector reads (its own filterbank with ``input="fbank"``), validated.
+        """The features this selector reads (its own filterbank with ``input="fbank"``), validated; the caller
+        casts them to its own dtype.
 
         With ``input="layers"`` ``features`` is the output of the first ``read_layers`` encoder layers.
         """
         if self.frontend is not None:
             if waveforms is None:
                 raise ValueError("waveforms must be given when input='fbank' (the task passes them)")
-            features, frame_mask = self.frontend(waveforms, lengths)
+            # in its own dtype (float32 in a bf16 model): its log-mel features are not rounded to the input's
+            features, frame_mask = self.frontend(waveforms.to(self.running_mean.dtype), lengths)
         if features.dim() != 3 or features.shape[-1] != self.feature_dim:
             what = f"the output of encoder layers 0..{self.prefix_layers - 1}" if self.prefix_layers else "features"
             raise ValueError(

@@ -244,8 +244,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         return choices[int(torch.randint(len(choices), ()))]
 
     def setup(self, stage: str) -> None:  # data at another rate than the model takes is refused (the CLI: earlier)
-        if problem := gating.sample_rate_problem(self, getattr(self.trainer.datamodule, "sample_rate", None)):
-            raise ValueError(problem)
+        gating.check_data_sample_rate(self)  # encode checks again: a subclass's setup may not call this one
 
     def on_train_start(self) -> None:
         self.calibrated_budgets.clear()  # training changes the weights the fits were made for

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ldrop._lightning import attached_trainer
 from ldrop.backbones import SpeechBackbone
 from ldrop.backbones.adapter import LayerContext
 from ldrop.budgets import Budget, resolve_budget
@@ -41,6 +42,18 @@ def sample_rate_problem(model: Any, rate: Any, data_option: str = "the datamodul
         return (f"{data_option} {rate}: the selector's log-mel features are computed for {features} Hz audio; set "
                 f"{selector_option} {rate}")
     return None
+
+
+def check_data_sample_rate(model: Any) -> None:
+    """A one-line ``ValueError`` (:func:`sample_rate_problem`) when the datamodule of the trainer ``model`` is
+    attached to gives audio at another rate than it takes; a rate found fine is not checked again. The task's
+    ``setup`` checks first, and its ``encode`` again, for a subclass whose ``setup`` skips ``super().setup``."""
+    rate = getattr(getattr(attached_trainer(model), "datamodule", None), "sample_rate", None)
+    if rate is None or model.__dict__.get("_fine_data_rate") == rate:
+        return
+    if problem := sample_rate_problem(model, rate):
+        raise ValueError(problem)
+    model.__dict__["_fine_data_rate"] = rate
 
 
 @dataclass
@@ -111,7 +124,9 @@ class GatingMixin:
         """The budget-independent part of ``waveforms`` (``[batch, samples]`` zero-padded with ``lengths``, or
         ``[samples]``), where every step enters the model (input normalisation included): CNN features, the
         input of layer 0 and, when the selector reads them, the first :attr:`prefix_layers` layers' output
-        (``run_prefix=False``: not run, for cost models that time them as layers)."""
+        (``run_prefix=False``: not run, for cost models that time them as layers); refuses a trainer's data
+        at another sample rate (:func:`check_data_sample_rate`)."""
+        check_data_sample_rate(self)
         if waveforms.dim() == 1:  # one utterance, as AdaptiveModel takes it
             waveforms = waveforms[None]
             lengths = None if lengths is None else torch.as_tensor(lengths, device=waveforms.device).reshape(1)

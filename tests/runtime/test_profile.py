@@ -158,7 +158,7 @@ def test_real_timers_run_on_a_tiny_model(tiny_model):
     assert profile.device["device"] == "cpu" and profile.device["dtype"] == "float32"
 
 
-def test_profiling_a_bf16_model_runs_every_module_in_bf16():
+def test_profiling_a_bf16_model_runs_every_module_in_bf16_but_the_selector_in_float32():
     import collections
     import functools
 
@@ -167,14 +167,17 @@ def test_profiling_a_bf16_model_runs_every_module_in_bf16():
         InputConditionedSelector, input="fbank", hidden_dim=8)).to(torch.bfloat16)
     seen: collections.Counter = collections.Counter()
 
-    def record(module, args):
-        seen.update((type(module).__name__, a.dtype) for a in args if torch.is_tensor(a) and a.is_floating_point())
+    def record(in_selector, module, args):
+        seen.update((in_selector, type(module).__name__, a.dtype) for a in args
+                    if torch.is_tensor(a) and a.is_floating_point())
 
-    for module in model.modules():
+    for name, module in model.named_modules():
         if any(True for _ in module.parameters(recurse=False)):
-            module.register_forward_pre_hook(record)
+            module.register_forward_pre_hook(functools.partial(record, name.startswith("selector.")))
     profile = profile_model(model, seconds=(0.5, 1.0), batch_sizes=(1, 2), repeats=1, warmup=0, validation_batches=2)
     assert profile.device["dtype"] == "bfloat16"
-    modules = {name for name, _ in seen}
-    assert {"Conv1d", "Linear", "LayerNorm"} <= modules  # the CNN, the layers, the selector and the head ran
-    assert {dtype for _, dtype in seen} == {torch.bfloat16}, sorted(k for k in seen if k[1] != torch.bfloat16)
+    for in_selector, dtype in ((False, torch.bfloat16), (True, torch.float32)):  # the selector keeps float32
+        modules = {name for where, name, _ in seen if where == in_selector}
+        assert {"Linear", "LayerNorm"} <= modules  # the CNN, the layers and the head ran; the selector ran
+        assert {d for where, _, d in seen if where == in_selector} == {dtype}, sorted(seen)
+    assert "Conv1d" in {name for where, name, _ in seen if not where}

@@ -28,3 +28,26 @@ def test_matching_rates_run_and_a_selectors_features_must_match_too(tmp_path):
     with pytest.raises(ValueError, match=r"log-mel features are computed for 8000 Hz audio; set the selector's "
                                          r"sample_rate 16000"):
         quiet_trainer(tmp_path, max_steps=1).fit(fbank, datamodule=tiny_classification_data())
+
+
+class OwnSetupTask(ClassificationTask):
+    """A downstream task whose ``setup`` does its own thing and does not call ``super().setup(stage)``."""
+
+    def setup(self, stage: str) -> None:
+        self.stages = [*getattr(self, "stages", []), stage]
+
+
+@pytest.mark.parametrize("run", ["fit", "test", "predict"])
+def test_a_subclass_whose_setup_skips_super_still_refuses_data_at_another_rate(tmp_path, run):
+    model = OwnSetupTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm")
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    with pytest.raises(ValueError, match=r"^the datamodule's sample_rate 8000: the backbone 'tiny:wavlm' takes 16000 "
+                                         r"Hz audio .*set the datamodule's sample_rate 16000"):
+        getattr(trainer, run)(model, datamodule=tiny_classification_data(sample_rate=8000))
+    assert model.stages  # its own setup ran
+
+
+def test_a_subclass_whose_setup_skips_super_runs_at_the_right_rate(tmp_path):
+    model = OwnSetupTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm")
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=tiny_classification_data())
+    assert model.stages == ["fit"]
