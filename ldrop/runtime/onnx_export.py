@@ -387,13 +387,18 @@ def export_onnx(
 def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
                     progress: Callable[[str], None] | None = None) -> Path:
     """An int8 copy of an fp32 export folder (dynamic quantization of its layer graphs, no new trace): another
-    export, with its own ``export_id`` (a graph copied between the two folders is refused)."""
+    export, with its own ``export_id`` (a graph copied between the two folders is refused). The fp32 folder's
+    device profile is not copied: its times are of the fp32 graphs."""
     source, out_dir = Path(folder), Path(out_dir)
     if read_manifest(source).get("quantize"):
         raise OnnxExportError(f"{str(source)!r} is already quantized")
     say = progress or log.info
     with staged_folder(out_dir, OnnxExportError) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
+        if (staging / PROFILE_FILE).is_file():
+            (staging / PROFILE_FILE).unlink()
+            say(f"{PROFILE_FILE} (of the fp32 graphs) not copied: measure the int8 copy with "
+                f"'ldrop profile --runtime onnx {out_dir} --out {out_dir / PROFILE_FILE}'")
         _quantize_layers(staging, say)
         _restamp(staging, uuid.uuid4().hex)
     return out_dir
