@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ldrop import __version__
 from ldrop._io import staged_folder
 from ldrop.backbones.adapter import LayerContext
-from ldrop.engine.flops import decision_flops, frontend_flops, layer_flops
+from ldrop.engine.flops import decision_flops, frontend_flops, layer_flops, passed_head_flops
 from ldrop.runtime.checkpoints import load_model
 from ldrop.runtime.onnx_runtime import (
     FORMAT,
@@ -327,8 +327,12 @@ def flops_law(task: LayerDropTask) -> dict[str, Any]:
         rest = rest + own.to(torch.float64)
     one, two = layer_flops(config, torch.tensor([1, 2])).tolist()
     squared = (two - 2 * one) / 2
-    return {"cnn": cnn, "frames_table": rest.tolist(), "frames_slope": float(rest[-1] - rest[-3]) / 2,
-            "layer": [one - squared, squared]}
+    law = {"cnn": cnn, "frames_table": rest.tolist(), "frames_slope": float(rest[-1] - rest[-3]) / 2,
+           "layer": [one - squared, squared]}
+    passed = passed_head_flops(task, frames)  # [frames, layers]: confidence early exit's passed heads
+    if passed is not None:
+        law.update(budget_table=passed.tolist(), budget_slope=((passed[-1] - passed[-3]) / 2).tolist())
+    return law
 
 
 def example_batch(seed: int = 0) -> tuple[Tensor, Tensor]:
