@@ -55,12 +55,18 @@ class FlopsLaw:
         frames_table: ``[T_max + 1]`` FLOPs of the rest of the fixed part at ``T = 0..T_max`` frames.
         frames_slope: FLOPs per frame beyond ``T_max``.
         layer: ``[a, b]``: one encoder layer costs ``a T + b T²``.
+        budget_table: ``[T_max + 1][layers]`` FLOPs an input pays on top at each budget ``k`` (column ``k - 1``),
+            the heads confidence early exit passes (:func:`~ldrop.engine.flops.passed_head_flops`); ``None``:
+            none (and exports from before it).
+        budget_slope: ``[layers]`` FLOPs per frame of those beyond ``T_max``.
     """
 
     cnn: list[list[float]]
     frames_table: list[float]
     frames_slope: float
     layer: list[float]
+    budget_table: list[list[float]] | None = None
+    budget_slope: list[float] | None = None
 
     def fixed(self, sample_lengths: Any) -> np.ndarray:
         """``[batch]`` float64 FLOPs every input pays whatever layers it runs."""
@@ -76,8 +82,22 @@ class FlopsLaw:
 
     def per_layer(self, sample_lengths: Any) -> np.ndarray:
         """``[batch]`` float64 FLOPs of one encoder layer at each input's own length."""
-        t = conv_frames(sample_lengths, *zip(*[(k, s) for k, s, _ in self.cnn], strict=True)).astype(np.float64)
+        t = self.frames(sample_lengths).astype(np.float64)
         return self.layer[0] * t + self.layer[1] * t * t
+
+    def per_budget(self, sample_lengths: Any) -> np.ndarray | None:
+        """``[batch, layers]`` float64 FLOPs on top at each budget (:attr:`budget_table`), or ``None``."""
+        if self.budget_table is None or self.budget_slope is None:
+            return None
+        t = self.frames(sample_lengths)
+        table = np.asarray(self.budget_table, dtype=np.float64)
+        last = len(table) - 1
+        beyond = table[last][None] + (t - last).clip(min=0)[:, None] * np.asarray(self.budget_slope, dtype=np.float64)
+        return np.where((t <= last)[:, None], table[np.minimum(t, last)], beyond)
+
+    def frames(self, sample_lengths: Any) -> np.ndarray:
+        """``[batch]`` int64 encoder frames of each input."""
+        return conv_frames(sample_lengths, *zip(*[(k, s) for k, s, _ in self.cnn], strict=True))
 
 
 class OnnxBudgetController(ControlLoop):
@@ -102,3 +122,10 @@ class OnnxBudgetController(ControlLoop):
         if self.flops is None:
             raise ValueError("a gflops_per_second target needs the model's FLOPs law (the export manifest's)")
         return self.flops.fixed(sample_lengths) / 1e9, self.flops.per_layer(sample_lengths) / 1e9
+
+    def budget_costs(self, sample_lengths: np.ndarray, target: Any) -> np.ndarray | None:
+        """A FLOPs target's ``[batch, layers]`` GFLOPs of the passed exit heads (:meth:`FlopsLaw.per_budget`)."""
+        if target.kind != "gflops_per_second" or self.flops is None:
+            return None
+        extra = self.flops.per_budget(sample_lengths)
+        return None if extra is None else extra / 1e9

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ldrop import __version__
 from ldrop._io import staged_folder
 from ldrop.backbones.adapter import LayerContext
-from ldrop.engine.flops import decision_flops, frontend_flops, layer_flops
+from ldrop.engine.flops import decision_flops, frontend_flops, layer_flops, passed_head_flops
 from ldrop.runtime.checkpoints import load_model
 from ldrop.runtime.onnx_runtime import (
     FORMAT,
@@ -327,8 +327,12 @@ def flops_law(task: LayerDropTask) -> dict[str, Any]:
         rest = rest + own.to(torch.float64)
     one, two = layer_flops(config, torch.tensor([1, 2])).tolist()
     squared = (two - 2 * one) / 2
-    return {"cnn": cnn, "frames_table": rest.tolist(), "frames_slope": float(rest[-1] - rest[-3]) / 2,
-            "layer": [one - squared, squared]}
+    law = {"cnn": cnn, "frames_table": rest.tolist(), "frames_slope": float(rest[-1] - rest[-3]) / 2,
+           "layer": [one - squared, squared]}
+    passed = passed_head_flops(task, frames)  # [frames, layers]: confidence early exit's passed heads
+    if passed is not None:
+        law.update(budget_table=passed.tolist(), budget_slope=((passed[-1] - passed[-3]) / 2).tolist())
+    return law
 
 
 def example_batch(seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -387,13 +391,18 @@ def export_onnx(
 def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
                     progress: Callable[[str], None] | None = None) -> Path:
     """An int8 copy of an fp32 export folder (dynamic quantization of its layer graphs, no new trace): another
-    export, with its own ``export_id`` (a graph copied between the two folders is refused)."""
+    export, with its own ``export_id`` (a graph copied between the two folders is refused). The fp32 folder's
+    device profile is not copied: its times are of the fp32 graphs."""
     source, out_dir = Path(folder), Path(out_dir)
     if read_manifest(source).get("quantize"):
         raise OnnxExportError(f"{str(source)!r} is already quantized")
     say = progress or log.info
     with staged_folder(out_dir, OnnxExportError) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
+        if (staging / PROFILE_FILE).is_file():
+            (staging / PROFILE_FILE).unlink()
+            say(f"{PROFILE_FILE} (of the fp32 graphs) not copied: measure the int8 copy with "
+                f"'ldrop profile --runtime onnx {out_dir} --out {out_dir / PROFILE_FILE}'")
         _quantize_layers(staging, say)
         _restamp(staging, uuid.uuid4().hex)
     return out_dir
@@ -502,7 +511,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
             "conv_kernel": list(backbone.config.conv_kernel), "conv_stride": list(backbone.config.conv_stride),
             "receptive_field": backbone.receptive_field, "stable_layer_norm": backbone.stable_layer_norm,
         },
-        "preprocessing": {"sample_rate": 16_000, "do_normalize": backbone.normalize_waveforms, "padding_value": 0.0,
+        "preprocessing": {"sample_rate": int(backbone.input_processor().sampling_rate), "do_normalize": backbone.normalize_waveforms, "padding_value": 0.0,
                           "mono": True},
         "graphs": graphs,
         "io": {part.name: {"inputs": list(part.inputs), "outputs": part.outputs} for part in parts},

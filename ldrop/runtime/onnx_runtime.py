@@ -340,9 +340,19 @@ class OnnxAdaptiveModel(ClosedLoopModel):
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=self.sample_rate,
             min_budget=max(1, self.prefix_layers), **options,
         )
-        if profile is not None and (warning := controller.profile_warning(profile)):
+        if profile is not None and (warning := controller.profile_warning(profile) or self._graphs_warning(profile)):
             warnings.warn(warning, stacklevel=3)
         return controller
+
+    def _graphs_warning(self, profile: DeviceProfile) -> str | None:
+        """Why an ONNX profile's times are not of these graphs (fp32 and int8 layers), or ``None``."""
+        measured, here = profile.model.get("quantize", "?"), self.manifest.get("quantize")
+        if measured == "?" or measured == here:  # profiles without the entry are not judged
+            return None
+        kind = {None: "fp32", "dynamic": "int8 (dynamic)"}
+        return (f"this device profile was measured on {kind.get(measured, measured)} layer graphs, this folder's are "
+                f"{kind.get(here, here)}: its times are another model's, only the closed loop will correct them "
+                f"(measure one: 'ldrop profile --runtime onnx {self.folder}')")
 
     def with_controller(self, profile: DeviceProfile | str | os.PathLike | None = None, closed_loop: bool = True,
                         margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -466,6 +467,46 @@ def test_dynamic_int8_quantizes_the_layers_only_and_keeps_the_predictions_close(
         shutil.copy(source / "layers" / "layer_01.onnx", mixed / "layers" / "layer_01.onnx")
         with pytest.raises(OnnxFolderError, match=r"layer_01.onnx' is another export, not the layers/layer_01.onnx"):
             OnnxAdaptiveModel(mixed)
+
+
+def test_the_int8_copy_leaves_the_fp32_profile_behind_and_a_profile_of_the_other_graphs_warns(exports, tmp_path):
+    from ldrop.runtime.onnx_export import quantize_export
+
+    _, folder = exports["data2vec"]
+    fp32 = tmp_path / "fp32"
+    shutil.copytree(folder, fp32)
+    profile = synthetic_profile()
+    profile.device, profile.model = {"runtime": "onnxruntime"}, {"quantize": None}
+    profile.save(fp32 / "profile.json")
+    said: list[str] = []
+    quantize_export(fp32, tmp_path / "int8", progress=said.append)
+    assert not (tmp_path / "int8" / "profile.json").exists()
+    assert any("profile.json (of the fp32 graphs) not copied" in line for line in said), said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fp32 folder's own profile is of its graphs: no warning
+        OnnxAdaptiveModel(fp32)
+    with pytest.warns(UserWarning, match=r"measured on fp32 layer graphs, this folder's are int8 \(dynamic\)"):
+        OnnxAdaptiveModel(tmp_path / "int8", profile=fp32 / "profile.json")
+    with pytest.warns(UserWarning, match=r"measured on int8 \(dynamic\) layer graphs, this folder's are fp32"):
+        OnnxAdaptiveModel(fp32).with_controller(replace(profile, model={"quantize": "dynamic"}))
+
+
+def test_an_export_records_the_sample_rate_its_backbone_takes(tmp_path):
+    from ldrop.backbones import load_backbone
+
+    backbone = tmp_path / "backbone-8k"
+    load_backbone("tiny:wavlm").save_pretrained(backbone)
+    config = json.loads((backbone / "preprocessor_config.json").read_text())
+    (backbone / "preprocessor_config.json").write_text(json.dumps({**config, "sampling_rate": 8000}))
+    torch.manual_seed(0)
+    task = ClassificationTask(num_classes=2, backbone=str(backbone), pretrained=False, selector=StaticSelector).eval()
+    folder = export_onnx(task, tmp_path / "model", progress=lambda line: None)
+    assert read_manifest(folder)["preprocessing"]["sample_rate"] == 8000
+    import soundfile
+
+    soundfile.write(tmp_path / "16k.wav", np.zeros(16000, dtype=np.float32), 16000)
+    with pytest.raises(ValueError, match=r"16k.wav' is at 16000 Hz; this model takes 8000 Hz audio"):
+        OnnxAdaptiveModel(folder)(str(tmp_path / "16k.wav"), 2)
 
 
 # ---------------------------------------------------------------------------------------------- bad folders

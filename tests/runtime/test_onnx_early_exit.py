@@ -128,6 +128,38 @@ def test_time_targets_run_early_exit_per_input_as_the_pytorch_runtime_does(ee_ex
     assert out.outputs[0] in {"a", "b", "c", "d"} and 1 <= int(out.layers_run[0]) <= 4
 
 
+def test_flops_targets_plan_the_passed_exit_heads_as_the_pytorch_runtime_does(ee_exports):
+    from ldrop.engine.flops import passed_head_flops
+
+    task, folder = ee_exports["entropy"]  # confidence, an exit at every layer, calibrated
+    onnx_model, torch_model = open_loop_pair(task, folder)
+    law = onnx_model.controller.flops
+    lengths = np.array([4000, 16000, 30000, 1_000_000])  # the last beyond the law's table of frames
+    expected = passed_head_flops(task, torch.from_numpy(law.frames(lengths))).numpy()
+    assert expected[:, 1:-1].min() > 0 and not expected[:, -1].any()  # heads passed below full depth only
+    assert np.allclose(law.per_budget(lengths), expected, rtol=1e-9, atol=0)
+    waves, lengths = padded_batch([4000, 16000, 30000], seed=14)
+    fixed, layer = (x.numpy() for x in torch_model.controller.flops_costs(lengths.numpy()))
+    seconds = lengths.numpy() / 16000
+    below_layers_only = 0
+    for k in range(1, task.num_layers + 1):  # the rate of k layers without heads: their heads do not fit
+        target = {"gflops_per_second": float(((fixed + k * layer) / seconds).max()) * 1.0001}
+        expected = torch_model.controller.decide(lengths, target, warn=False)
+        got = onnx_model.controller.decide(lengths.numpy(), target, warn=False)
+        assert got.budget.tolist() == expected.budget.tolist(), target
+        assert np.allclose(got.predicted_seconds, expected.predicted_seconds.numpy(), rtol=1e-9), target
+        below_layers_only += int((got.budget < np.floor((target["gflops_per_second"] * seconds - fixed) / layer)
+                                  .clip(1, task.num_layers)).sum())
+    assert below_layers_only > 0  # the heads changed some decision
+
+
+def test_a_law_without_the_budget_table_plans_layers_only():
+    from ldrop.runtime.onnx_budgets import FlopsLaw
+
+    law = FlopsLaw(cnn=[[10, 5, 1.0]], frames_table=[0.0, 1.0], frames_slope=1.0, layer=[1.0, 0.0])
+    assert law.per_budget(np.array([16000])) is None  # exports from before the table
+
+
 def test_a_folder_without_a_depth_entry_loads_as_a_one_head_model(ee_exports, tmp_path):
     task, folder = ee_exports["budget"]
     old = tmp_path / "old"
