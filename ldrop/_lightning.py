@@ -34,6 +34,15 @@ def validation_due(trainer: L.Trainer) -> bool:
     return trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
+def log_train_step(trainer: L.Trainer) -> None:
+    """Send the ending training step's logged metrics to the loggers (when ``log_every_n_steps`` says so), as the
+    fit loop does after ``on_train_batch_end``: for a fit that stops inside that hook, whose resume does not train
+    this step again."""
+    connector = trainer._logger_connector
+    connector.on_batch_end()
+    connector.update_train_step_metrics()
+
+
 def rerun_validation(checkpoint: dict[str, Any]) -> None:
     """Make a fit resumed from ``checkpoint`` run the validation that was due at its step and did not complete
     (Lightning skips it when the checkpoint was written at the training batch's end, and resumes one stopped

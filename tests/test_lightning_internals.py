@@ -45,6 +45,9 @@ def test_every_wrapped_private_name_exists_in_the_installed_versions():
     _require(trainer.fit_loop, "_combined_loader", "Trainer.fit_loop")
     _require(trainer.fit_loop, "_data_fetcher", "Trainer.fit_loop")
     _require(trainer.fit_loop.epoch_loop, "_should_check_val_fx", "Trainer.fit_loop.epoch_loop")
+    _require(trainer, "_logger_connector", "Trainer")
+    for name in ("on_batch_end", "update_train_step_metrics"):  # log_train_step
+        _require(trainer._logger_connector, name, "Trainer._logger_connector")
     loops = trainer.fit_loop.state_dict()  # what rerun_validation rewrites in a checkpoint's "loops"/"fit_loop"
     for key, fields in (("epoch_loop.batch_progress", ("total", "current")),
                         ("epoch_loop.val_loop.batch_progress", ("total", "current", "is_last_batch"))):

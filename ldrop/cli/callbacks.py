@@ -37,6 +37,7 @@ from ldrop._io import (
 from ldrop._lightning import (
     CheckpointSteps,
     collect_rng_states,
+    log_train_step,
     rerun_validation,
     restore_train_loader_states,
     set_rng_states,
@@ -204,8 +205,10 @@ class TaskCheckpoint(CheckpointSteps):
         self._on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if trainer.received_sigterm:
             # Stopped at this step: last.ckpt is written here, where a step trigger writes it (after every other
-            # callback's hook: checkpoint callbacks run last), so that a resume from it continues exactly.
+            # callback's hook: checkpoint callbacks run last), so that a resume from it continues exactly. The
+            # step's metrics are logged first, as the fit loop would after this hook: the resume starts after it.
             self.save_on_stop(trainer)
+            log_train_step(trainer)
             raise SIGTERMException
 
     def _on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
