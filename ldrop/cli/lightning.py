@@ -115,6 +115,17 @@ def _checkpoint_keyword_line(keyword: str, trainer: Mapping[str, Any]) -> str:
                 f": --ckpt_path {found}" if found else f" (no {pattern} under {', '.join(roots)})"))
 
 
+def _config_files(argv: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """``(option, file)`` for each YAML file given on the command line: every ``--config``, and a ``.yaml``/``.yml``
+    file as the value of another option (``--model model.yaml``: jsonargparse reads that option from it)."""
+    for token, following in zip(argv, [*argv[1:], None], strict=True):
+        option, _, value = token.partition("=") if token.startswith("--") and "=" in token else (token, "", following)
+        if not option.startswith("--") or not value or not Path(value).is_file():
+            continue
+        if option == "--config" or Path(value).suffix.lower() in (".yaml", ".yml"):
+            yield option, value
+
+
 def datamodule_labels(datamodule: Any) -> list[str] | None:
     """What ``ldrop fit`` links into the task's ``labels``: :func:`~ldrop.tasks.model_labels`, with a datamodule
     that cannot give them named in one line (an unknown ``task``; no ``class_names``, or ``None`` until
@@ -168,13 +179,11 @@ class LdropCLI(CLISteps):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
-        for token, following in zip(argv, [*argv[1:], None], strict=True):
-            config = token.split("=", 1)[1] if token.startswith("--config=") else following if token == "--config" else None
-            if config and Path(config).is_file():  # not UTF-8, not YAML: the file and the line, before jsonargparse
-                try:
-                    read_config_file(config)
-                except ValueError as err:
-                    raise ConfigError(f"--config {err}") from err
+        for option, path in _config_files(argv):  # not UTF-8, not YAML: the file and the line, before jsonargparse
+            try:
+                read_config_file(path, sections=option == "--config")
+            except ValueError as err:
+                raise ConfigError(f"{option} {err}") from err
         LdropArgumentParser.typed = argv
         try:
             super().parse_arguments(parser, args)
