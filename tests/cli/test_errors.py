@@ -456,6 +456,18 @@ def test_a_yaml_file_given_as_an_options_value_that_is_not_yaml_is_one_line_nami
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_plain_path_option_may_name_a_yaml_file_that_is_not_yaml_and_c_is_checked_as_config(tmp_path, capsys):
+    output = tmp_path / "predictions.yaml"  # an earlier run's JSON lines: not one YAML document, and fine
+    output.write_text('{"id": "a"}\n{"id": "b"}\n')
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", QUICKSTART, "--predictions.output", str(output), "--print_config"])
+    assert f"output: {output}" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["fit", "-c", str(bad)]) == 2
+    assert f"-c {bad}: not a YAML config file: not UTF-8 text" in one_error_line(capsys)
+
+
 def test_a_yaml_file_as_an_options_value_is_still_read_by_the_option(tmp_path, capsys):
     section = tmp_path / "selector.yaml"  # not a mapping of trainer:, model:, data: sections, and fine here
     section.write_text("class_path: RandomSelector\ninit_args:\n  train_mode: bernoulli\n")
