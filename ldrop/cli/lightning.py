@@ -115,6 +115,22 @@ def _checkpoint_keyword_line(keyword: str, trainer: Mapping[str, Any]) -> str:
                 f": --ckpt_path {found}" if found else f" (no {pattern} under {', '.join(roots)})"))
 
 
+def _check_yaml_files(argv: Sequence[str], options: Sequence[str] | None = None) -> None:
+    """A one-line :class:`ConfigError` (the option, the file, the line and column) for a file on the command line
+    that is not UTF-8 or not YAML: those given to ``options`` (``--config``: whatever their name), or (``None``)
+    a ``.yaml``/``.yml`` file given to any option (``--model model.yaml``: jsonargparse reads that option from
+    it; checked only once jsonargparse failed, since a plain path option may name any file)."""
+    for token, following in zip(argv, [*argv[1:], None], strict=True):
+        option, _, value = token.partition("=") if token.startswith("-") and "=" in token else (token, "", following)
+        if not option.startswith("-") or not value or not Path(value).is_file():
+            continue
+        if option in options if options is not None else Path(value).suffix.lower() in (".yaml", ".yml"):
+            try:
+                read_config_file(value, sections=option in ("--config", "-c"))
+            except ValueError as err:
+                raise ConfigError(f"{option.rstrip('+')} {err}") from err
+
+
 def datamodule_labels(datamodule: Any) -> list[str] | None:
     """What ``ldrop fit`` links into the task's ``labels``: :func:`~ldrop.tasks.model_labels`, with a datamodule
     that cannot give them named in one line (an unknown ``task``; no ``class_names``, or ``None`` until
@@ -168,17 +184,12 @@ class LdropCLI(CLISteps):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
-        for token, following in zip(argv, [*argv[1:], None], strict=True):
-            config = token.split("=", 1)[1] if token.startswith("--config=") else following if token == "--config" else None
-            if config and Path(config).is_file():  # not UTF-8, not YAML: the file and the line, before jsonargparse
-                try:
-                    read_config_file(config)
-                except ValueError as err:
-                    raise ConfigError(f"--config {err}") from err
+        _check_yaml_files(argv, ["--config", "-c"])  # not UTF-8, not YAML: the file and the line, before jsonargparse
         LdropArgumentParser.typed = argv
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
+            _check_yaml_files(argv)  # what jsonargparse could not read may be a YAML file given as a value
             raise ConfigError(argument_error_line(str(err), argv, option_strings(parser))) from err
         finally:
             LdropArgumentParser.typed = ()

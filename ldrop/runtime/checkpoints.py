@@ -123,9 +123,10 @@ def run_config(checkpoint: str | os.PathLike) -> Path:
     return Path(checkpoint).resolve().parent.parent / "config.yaml"
 
 
-def read_config_file(config: str | os.PathLike) -> dict[str, Any]:
+def read_config_file(config: str | os.PathLike, sections: bool = True) -> Any:
     """The sections of a YAML config file (``{}`` for an empty one); ``ValueError`` (one line naming the file, and
-    the line and column of a YAML error) for a file that is not UTF-8 text, not YAML, or not a mapping."""
+    the line and column of a YAML error) for a file that is not UTF-8 text, not YAML, or (``sections``) not a
+    mapping; ``sections=False``: whatever YAML value the file holds."""
     import yaml
 
     try:
@@ -134,15 +135,17 @@ def read_config_file(config: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{config}: not a YAML config file: not UTF-8 text (byte {err.object[err.start]:#04x} at "
                          f"offset {err.start})") from err
     try:
-        sections = yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ValueError(f"{config}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
-    if sections is not None and not isinstance(sections, dict):
+    if not sections:
+        return value
+    if value is not None and not isinstance(value, dict):
         raise ValueError(f"{config}: expected a YAML mapping of sections (trainer:, model:, data:, ...), not a "
-                         f"{type(sections).__name__}")
-    return sections or {}
+                         f"{type(value).__name__}")
+    return value or {}
 
 
 def config_datamodule(config: str | os.PathLike) -> Any:

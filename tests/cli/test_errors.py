@@ -439,6 +439,43 @@ def test_a_config_file_that_is_not_yaml_is_one_line_naming_the_file_and_the_line
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("form", ["separate", "equals"])
+@pytest.mark.parametrize("option, content, expected", [
+    ("--model", b"class_path: ClassificationTask\ninit_args:\n  labels: [a, b\n",
+     "not valid YAML at line 4, column 1: expected ',' or ']'"),
+    ("--data", b"\xff\xfe\x00binary", "not UTF-8 text (byte 0xff at offset 0)"),
+], ids=["model-syntax", "data-binary"])
+def test_a_yaml_file_given_as_an_options_value_that_is_not_yaml_is_one_line_naming_the_option_and_file(
+        tmp_path, capsys, form, option, content, expected):
+    bad = tmp_path / "section.yaml"
+    bad.write_bytes(content)
+    given = [option, str(bad)] if form == "separate" else [f"{option}={bad}"]
+    assert main(["fit", "--config", QUICKSTART, *given, "--trainer.default_root_dir", str(tmp_path / "runs")]) == 2
+    line = one_error_line(capsys)
+    assert f"{option} {bad}: " in line and expected in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_plain_path_option_may_name_a_yaml_file_that_is_not_yaml_and_c_is_checked_as_config(tmp_path, capsys):
+    output = tmp_path / "predictions.yaml"  # an earlier run's JSON lines: not one YAML document, and fine
+    output.write_text('{"id": "a"}\n{"id": "b"}\n')
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", QUICKSTART, "--predictions.output", str(output), "--print_config"])
+    assert f"output: {output}" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["fit", "-c", str(bad)]) == 2
+    assert f"-c {bad}: not a YAML config file: not UTF-8 text" in one_error_line(capsys)
+
+
+def test_a_yaml_file_as_an_options_value_is_still_read_by_the_option(tmp_path, capsys):
+    section = tmp_path / "selector.yaml"  # not a mapping of trainer:, model:, data: sections, and fine here
+    section.write_text("class_path: RandomSelector\ninit_args:\n  train_mode: bernoulli\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", QUICKSTART, "--model.selector", str(section), "--print_config"])
+    assert "class_path: ldrop.selectors.RandomSelector\n      init_args:\n        train_mode: bernoulli" in capsys.readouterr().out
+
+
 def test_a_misspelt_class_path_deep_in_a_config_file_is_named_with_a_suggestion(tmp_path, capsys):
     config = tmp_path / "typo.yaml"
     config.write_text(Path(QUICKSTART).read_text().replace("class_path: InputConditionedSelector",
