@@ -511,7 +511,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
             "conv_kernel": list(backbone.config.conv_kernel), "conv_stride": list(backbone.config.conv_stride),
             "receptive_field": backbone.receptive_field, "stable_layer_norm": backbone.stable_layer_norm,
         },
-        "preprocessing": {"sample_rate": int(backbone.input_processor().sampling_rate), "do_normalize": backbone.normalize_waveforms, "padding_value": 0.0,
+        "preprocessing": {"sample_rate": backbone.sample_rate, "do_normalize": backbone.normalize_waveforms, "padding_value": 0.0,
                           "mono": True},
         "graphs": graphs,
         "io": {part.name: {"inputs": list(part.inputs), "outputs": part.outputs} for part in parts},
