@@ -279,6 +279,13 @@ class SpeechBackbone(nn.Module):
         processor.do_normalize = self.normalize_waveforms
         return processor
 
+    @property
+    def sample_rate(self) -> int:
+        """The sample rate the backbone takes: its ``preprocessor_config.json``'s ``sampling_rate`` (16 kHz for a
+        model built from a config)."""
+        rate = getattr(self.feature_extractor, "sampling_rate", None)
+        return int(rate) if isinstance(rate, int) else 16_000
+
     def prepare_waveforms(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
         """The model's input: waveforms normalised over their real samples when the checkpoint asks."""
         if not self.normalize_waveforms:

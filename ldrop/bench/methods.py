@@ -287,7 +287,9 @@ def check_overrides(args: Any, variants: Sequence[Variant]) -> None:
                 lines = bench._tail(log, 5) or ["(no output)"]
                 error = next((line for line in lines if line.startswith("ldrop: error: ")), lines[-1])
                 error = error.removeprefix("ldrop: error: ").removesuffix(" (LDROP_DEBUG=1 shows the traceback)")
-                raise ValueError(f"variant {variant.name!r}: {error}")
+                debug = os.environ.get("LDROP_DEBUG", "0") not in ("", "0")  # the child's traceback, from its log
+                raise ValueError(f"checking the options of variant {variant.name!r}: {error}" + (
+                    "".join(f"\n    {line}" for line in bench._tail(log, 40)) if debug else ""))
 
 
 def run(args: Any, command: list[str]) -> dict[str, Any]:

@@ -134,6 +134,7 @@ class TargetResolver:
                 model.num_layers, profile, flops_config=model.backbone.config,
                 extra_fixed_flops=functools.partial(decision_flops, model), closed_loop=False,
                 budget_flops=functools.partial(passed_head_flops, model), min_budget=max(1, getattr(model, "prefix_layers", 0)),
+                sample_rate=int(getattr(model, "sample_rate", 16_000)),
             )
             self.controllers[target.profile] = controller
         return controller

@@ -150,7 +150,8 @@ class ControlLoop:
     def budget_costs(self, sample_lengths: np.ndarray, target: Target) -> Any:
         """``[batch, layers]`` further cost of each input at each budget ``k`` (column ``k - 1``) in the target's
         unit, beside ``fixed + k * per layer`` (confidence early exit's passed heads, not linear in ``k``), or
-        ``None``: none (here, always)."""
+        ``None``: none (here, always). Used as it is: neither the correction nor a probe scales it, so only
+        FLOPs targets, which have neither, give one."""
         return None
 
     def bind(self, model: Any) -> None:

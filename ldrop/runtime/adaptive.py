@@ -88,7 +88,7 @@ class AdaptiveModel(ClosedLoopModel):
     def __init__(
         self, model: LayerDropTask, profile: DeviceProfile | str | os.PathLike | None = None,
         closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
-        sample_rate: int = 16_000, autocast: torch.dtype | None = None, guard: bool = True,
+        sample_rate: int | None = None, autocast: torch.dtype | None = None, guard: bool = True,
         **controller_options: Any,
     ) -> None:
         if autocast is not None and not isinstance(autocast, torch.dtype):
@@ -97,6 +97,7 @@ class AdaptiveModel(ClosedLoopModel):
         self.model = model.eval()
         if profile is not None and not isinstance(profile, DeviceProfile):
             profile = DeviceProfile.load(profile)
+        sample_rate = int(sample_rate or model.backbone.sample_rate)
         self.controller = BudgetController(
             model.num_layers, profile, flops_config=model.backbone.config,
             extra_fixed_flops=functools.partial(decision_flops, model), closed_loop=closed_loop,

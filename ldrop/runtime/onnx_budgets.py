@@ -55,18 +55,16 @@ class FlopsLaw:
         frames_table: ``[T_max + 1]`` FLOPs of the rest of the fixed part at ``T = 0..T_max`` frames.
         frames_slope: FLOPs per frame beyond ``T_max``.
         layer: ``[a, b]``: one encoder layer costs ``a T + b T²``.
-        budget_table: ``[T_max + 1][layers]`` FLOPs an input pays on top at each budget ``k`` (column ``k - 1``),
-            the heads confidence early exit passes (:func:`~ldrop.engine.flops.passed_head_flops`); ``None``:
-            none (and exports from before it).
-        budget_slope: ``[layers]`` FLOPs per frame of those beyond ``T_max``.
+        budget: ``[layers][c, a, b]``: what an input pays on top at budget ``k`` (row ``k - 1``), the heads
+            confidence early exit passes (:func:`~ldrop.engine.flops.passed_head_flops`), costs
+            ``c + a T + b T²``; ``None``: nothing (and exports from before it).
     """
 
     cnn: list[list[float]]
     frames_table: list[float]
     frames_slope: float
     layer: list[float]
-    budget_table: list[list[float]] | None = None
-    budget_slope: list[float] | None = None
+    budget: list[list[float]] | None = None
 
     def fixed(self, sample_lengths: Any) -> np.ndarray:
         """``[batch]`` float64 FLOPs every input pays whatever layers it runs."""
@@ -86,14 +84,12 @@ class FlopsLaw:
         return self.layer[0] * t + self.layer[1] * t * t
 
     def per_budget(self, sample_lengths: Any) -> np.ndarray | None:
-        """``[batch, layers]`` float64 FLOPs on top at each budget (:attr:`budget_table`), or ``None``."""
-        if self.budget_table is None or self.budget_slope is None:
+        """``[batch, layers]`` float64 FLOPs on top at each budget (:attr:`budget`), or ``None``."""
+        if self.budget is None:
             return None
-        t = self.frames(sample_lengths)
-        table = np.asarray(self.budget_table, dtype=np.float64)
-        last = len(table) - 1
-        beyond = table[last][None] + (t - last).clip(min=0)[:, None] * np.asarray(self.budget_slope, dtype=np.float64)
-        return np.where((t <= last)[:, None], table[np.minimum(t, last)], beyond)
+        t = self.frames(sample_lengths).astype(np.float64)[:, None]
+        c, a, b = np.asarray(self.budget, dtype=np.float64).T
+        return c + a * t + b * t * t
 
     def frames(self, sample_lengths: Any) -> np.ndarray:
         """``[batch]`` int64 encoder frames of each input."""

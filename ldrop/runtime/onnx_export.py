@@ -329,10 +329,31 @@ def flops_law(task: LayerDropTask) -> dict[str, Any]:
     squared = (two - 2 * one) / 2
     law = {"cnn": cnn, "frames_table": rest.tolist(), "frames_slope": float(rest[-1] - rest[-3]) / 2,
            "layer": [one - squared, squared]}
-    passed = passed_head_flops(task, frames)  # [frames, layers]: confidence early exit's passed heads
-    if passed is not None:
-        law.update(budget_table=passed.tolist(), budget_slope=((passed[-1] - passed[-3]) / 2).tolist())
+    law["budget"] = budget_law(task)
     return law
+
+
+#: The frame counts at which :func:`budget_law` measures the heads an input passes (the last the table's end).
+BUDGET_LAW_FRAMES = (1, 2, 3, 10, 64, 512, FLOPS_TABLE_FRAMES)
+
+
+def budget_law(task: LayerDropTask) -> list[list[float]] | None:
+    """The manifest's ``flops.budget``: per budget, ``[c, a, b]`` of ``c + a T + b T²``, the FLOPs of the heads
+    confidence early exit passes (:func:`~ldrop.engine.flops.passed_head_flops`), fitted to their count at
+    :data:`BUDGET_LAW_FRAMES`; a head whose cost is not of that form (measured against the fit) warns."""
+    frames = torch.tensor(BUDGET_LAW_FRAMES)
+    passed = passed_head_flops(task, frames)  # [frames, layers]
+    if passed is None:
+        return None
+    t = frames.to(torch.float64)[:, None]
+    coefficients = torch.linalg.lstsq(torch.cat([torch.ones_like(t), t, t * t], 1), passed).solution  # [3, layers]
+    fitted = torch.cat([torch.ones_like(t), t, t * t], 1) @ coefficients
+    error = float(((fitted - passed).abs() / passed.abs().clamp(min=1.0)).max())
+    if error > 1e-6:
+        warnings.warn(f"the exit heads' FLOPs are not c + a T + b T² in the frames T: the export's FLOPs law is off "
+                      f"by up to {error:.1%} for them (gflops_per_second targets on ONNX Runtime)", UserWarning,
+                      stacklevel=3)
+    return coefficients.T.tolist()
 
 
 def example_batch(seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -511,7 +532,7 @@ def _write_folder(task: LayerDropTask, folder: Path, selector: dict[str, Any], s
             "conv_kernel": list(backbone.config.conv_kernel), "conv_stride": list(backbone.config.conv_stride),
             "receptive_field": backbone.receptive_field, "stable_layer_norm": backbone.stable_layer_norm,
         },
-        "preprocessing": {"sample_rate": int(backbone.input_processor().sampling_rate), "do_normalize": backbone.normalize_waveforms, "padding_value": 0.0,
+        "preprocessing": {"sample_rate": backbone.sample_rate, "do_normalize": backbone.normalize_waveforms, "padding_value": 0.0,
                           "mono": True},
         "graphs": graphs,
         "io": {part.name: {"inputs": list(part.inputs), "outputs": part.outputs} for part in parts},

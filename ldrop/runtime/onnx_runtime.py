@@ -158,7 +158,7 @@ def read_audio_file(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     if rate != sample_rate:
         raise ValueError(
             f"{str(path)!r} is at {rate} Hz; this model takes {sample_rate} Hz audio (resample it first, e.g. with "
-            "ffmpeg -ar 16000)"
+            f"ffmpeg -ar {sample_rate})"
         )
     return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
 

@@ -63,15 +63,18 @@ class CalibrationData(Protocol):
 
 
 class Float32UnderHalfCasts(nn.Module):
-    """A module whose float32 parameters and buffers stay float32 when the whole model is cast to a half dtype
-    (``model.to(torch.bfloat16)``, bf16-true, ``.half()``), with their values; device moves and casts to float64
-    apply as usual. For a selector whose scores a half dtype would round (it reads its inputs in its own dtype)."""
+    """A module whose parameters and buffers are float32 in a half-precision model: a cast of the whole model to a
+    half dtype (``model.to(torch.bfloat16)``, bf16-true, ``.half()``) makes its floating-point ones float32 (those
+    already float32 keep their values; one built under a half default dtype, as in Lightning's
+    ``trainer.init_module()`` at bf16-true, becomes float32 at the cast the trainer makes); device moves and casts
+    to float64 apply as usual. For a selector whose scores a half dtype would round (it reads its inputs in its
+    own dtype). ``load_state_dict(..., assign=True)`` of half tensors takes them as they are."""
 
     def _apply(self, fn, recurse: bool = True):
         def float32_kept(tensor: Tensor) -> Tensor:
             converted = fn(tensor)
-            if tensor.dtype == torch.float32 and converted.dtype in (torch.bfloat16, torch.float16):
-                return tensor.to(converted.device)  # the device moves, the values stay
+            if tensor.is_floating_point() and converted.dtype in (torch.bfloat16, torch.float16):
+                return tensor.to(converted.device, torch.float32)  # the device moves, float32 values stay
             return converted
 
         return super()._apply(float32_kept, recurse)

@@ -15,16 +15,17 @@ from .topk import calibrate_threshold
 
 
 class Float32Thresholds(nn.Module):
-    """A module whose ``thresholds`` buffer stays float32 whatever the model's dtype (``model.to(torch.bfloat16)``,
-    bf16-true): a calibrated threshold sits between two scores, and rounded to bf16 it lands on one of them, so
-    inputs no longer run the mean depth it was calibrated for. Other buffers and parameters convert as usual."""
+    """A module whose ``thresholds`` buffer is float32 whatever the model's dtype (``model.to(torch.bfloat16)``,
+    bf16-true; one built under a half default dtype becomes float32 at the model's cast): a calibrated threshold
+    sits between two scores, and rounded to bf16 it lands on one of them, so inputs no longer run the mean depth
+    it was calibrated for. Other buffers and parameters convert as usual."""
 
     def _apply(self, fn, recurse: bool = True):
         before = self._buffers.get("thresholds")
         super()._apply(fn, recurse)
         after = self._buffers.get("thresholds")
-        if before is not None and after is not None and after.dtype != before.dtype:
-            self._buffers["thresholds"] = before.to(after.device)  # the device moves, the values stay
+        if before is not None and after is not None and after.dtype != torch.float32:
+            self._buffers["thresholds"] = before.to(after.device, torch.float32)  # the device moves, values stay
         return self
 
 

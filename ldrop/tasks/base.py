@@ -347,8 +347,9 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     @property
     def sample_rate(self) -> int:
+        """The attached datamodule's sample rate, else the backbone's (:attr:`SpeechBackbone.sample_rate`)."""
         datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
-        return int(getattr(datamodule, "sample_rate", 16000))
+        return int(getattr(datamodule, "sample_rate", None) or self.backbone.sample_rate)
 
     # ------------------------------------------------------------------ checkpoints (ldrop.tasks.checkpointing)
     def export_pretrained(self, directory: str | Path) -> Path:

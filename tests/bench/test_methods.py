@@ -159,14 +159,18 @@ def test_an_unknown_method_fails_before_any_stage(bench_config, capsys):
     assert not (bench_config.parent / "out" / "stage1").exists()
 
 
-def test_a_misspelt_variant_option_fails_before_any_stage(bench_config, capsys):
+def test_a_misspelt_variant_option_fails_before_any_stage(bench_config, capsys, monkeypatch):
     # the real child process (ldrop fit --print_config): the key is named in one line, nothing is trained
     argv = ["--config", str(bench_config), "--variant", "rnd=random:model.init_args.selector.init_args.train_mod=x"]
     assert main(argv) == 1
     error = capsys.readouterr().err.strip()
-    assert error.startswith("ldrop.bench methods: error: variant 'rnd': --model.init_args.selector.init_args.train_mod"
-                            " 'x': RandomSelector has no option 'train_mod'") and len(error.splitlines()) == 1, error
+    assert error.startswith("ldrop.bench methods: error: checking the options of variant 'rnd': "
+                            "--model.init_args.selector.init_args.train_mod 'x': RandomSelector has no option "
+                            "'train_mod'") and len(error.splitlines()) == 1, error
     assert not (bench_config.parent / "out" / "stage1").exists()
+    monkeypatch.setenv("LDROP_DEBUG", "1")  # the child's traceback is shown, not lost with its log
+    assert main(argv) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
 def test_an_output_folder_under_a_file_is_one_line_before_any_stage(tmp_path, capsys):

@@ -491,8 +491,10 @@ def test_the_int8_copy_leaves_the_fp32_profile_behind_and_a_profile_of_the_other
         OnnxAdaptiveModel(fp32).with_controller(replace(profile, model={"quantize": "dynamic"}))
 
 
-def test_an_export_records_the_sample_rate_its_backbone_takes(tmp_path):
+def test_an_export_and_both_runtimes_take_the_sample_rate_of_the_backbone(tmp_path):
     from ldrop.backbones import load_backbone
+    from ldrop.budgets.controller import TargetResolver
+    from ldrop.runtime import AdaptiveModel
 
     backbone = tmp_path / "backbone-8k"
     load_backbone("tiny:wavlm").save_pretrained(backbone)
@@ -505,8 +507,20 @@ def test_an_export_records_the_sample_rate_its_backbone_takes(tmp_path):
     import soundfile
 
     soundfile.write(tmp_path / "16k.wav", np.zeros(16000, dtype=np.float32), 16000)
-    with pytest.raises(ValueError, match=r"16k.wav' is at 16000 Hz; this model takes 8000 Hz audio"):
+    with pytest.raises(ValueError, match=r"16k.wav' is at 16000 Hz; this model takes 8000 Hz audio \(resample it "
+                                         r"first, e.g. with ffmpeg -ar 8000\)"):
         OnnxAdaptiveModel(folder)(str(tmp_path / "16k.wav"), 2)
+    # a second of audio is 8000 samples on both runtimes: rates of audio (rtf, FLOPs per second) agree
+    onnx_model, torch_model = OnnxAdaptiveModel(folder, closed_loop=False), AdaptiveModel(task, closed_loop=False)
+    assert onnx_model.sample_rate == torch_model.sample_rate == task.sample_rate == 8000
+    lengths = np.array([16000, 8000])
+    fixed, layer = (x.numpy() for x in torch_model.controller.flops_costs(lengths))
+    for k in (1, 2, 3):
+        target = {"gflops_per_second": float(((fixed + k * layer) / (lengths / 8000)).max()) * 1.0001}
+        expected = onnx_model.controller.decide(lengths, target, warn=False).budget.tolist()
+        assert torch_model.controller.decide(torch.from_numpy(lengths), target, warn=False).budget.tolist() == expected
+        assert TargetResolver().decide(task, torch.from_numpy(lengths), target).budget.tolist() == expected
+        assert max(expected) == k  # the rate of k layers on the longest input: k layers
 
 
 # ---------------------------------------------------------------------------------------------- bad folders

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ldrop.selectors import InputConditionedSelector
-from ldrop.tasks import ClassificationTask
+from ldrop.tasks import ClassificationTask, EarlyExitConfig
 
 
 def _task(**options):
@@ -81,3 +81,25 @@ def test_a_bf16_models_state_loads_into_float32_and_bf16_models_with_the_selecto
             loaded = fresh.selector.state_dict()[name]
             assert loaded.dtype == value.dtype, name
             torch.testing.assert_close(loaded, value, rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+
+def test_a_selector_built_at_bf16_true_or_cast_from_float64_to_a_half_dtype_is_float32(tmp_path):
+    from tests.helpers import quiet_trainer, tiny_classification_data
+
+    data = tiny_classification_data()
+    trainer = quiet_trainer(tmp_path, precision="bf16-true", max_steps=1, limit_val_batches=0)
+    with trainer.init_module():  # the default dtype is bf16 while the model is built
+        model = ClassificationTask(labels=data.class_names, backbone="tiny:wavlm", selector=InputConditionedSelector)
+    trainer.fit(model, data)  # the trainer casts the model to bf16
+    assert trainer.global_step == 1
+    assert {p.dtype for n, p in model.named_parameters() if not n.startswith("selector.")} == {torch.bfloat16}
+    floats = {t.dtype for t in [*model.selector.parameters(), *model.selector.buffers()] if t.is_floating_point()}
+    assert floats == {torch.float32}
+    with trainer.init_module():  # early exit's calibrated thresholds too
+        exits = ClassificationTask(labels=data.class_names, backbone="tiny:wavlm",
+                                   early_exit=EarlyExitConfig(policy="confidence"))
+    assert exits.to(torch.bfloat16).depth.thresholds.dtype == torch.float32
+    model = _task().double().to(torch.bfloat16)
+    assert {p.dtype for p in model.selector.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.backbone.parameters()} == {torch.bfloat16}
