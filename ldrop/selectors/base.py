@@ -63,17 +63,25 @@ class CalibrationData(Protocol):
 
 
 class Float32UnderHalfCasts(nn.Module):
-    """A module whose parameters and buffers are float32 in a half-precision model: a cast of the whole model to a
-    half dtype (``model.to(torch.bfloat16)``, bf16-true, ``.half()``) makes its floating-point ones float32 (those
-    already float32 keep their values; one built under a half default dtype, as in Lightning's
-    ``trainer.init_module()`` at bf16-true, becomes float32 at the cast the trainer makes); device moves and casts
-    to float64 apply as usual. For a selector whose scores a half dtype would round (it reads its inputs in its
-    own dtype). ``load_state_dict(..., assign=True)`` of half tensors takes them as they are."""
+    """A module whose parameters and buffers (or, with :attr:`float32_buffers`, those own buffers) are float32 in a
+    half-precision model: a cast of the whole model to a half dtype (``model.to(torch.bfloat16)``, bf16-true,
+    ``.half()``) makes them float32 (those already float32 keep their values; one built under a half default
+    dtype, as in Lightning's ``trainer.init_module()`` at bf16-true, becomes float32 at the cast the trainer
+    makes); device moves and casts to float64 apply as usual. For a selector whose scores a half dtype would
+    round, and for calibrated thresholds, which sit between two scores that bf16 rounding would land them on.
+    ``load_state_dict(..., assign=True)`` of half tensors takes them as they are."""
+
+    #: The names of the own buffers kept float32; ``None``: every parameter and buffer, its children's included.
+    float32_buffers: tuple[str, ...] | None = None
 
     def _apply(self, fn, recurse: bool = True):
+        kept = None if self.float32_buffers is None else {
+            id(self._buffers[name]) for name in self.float32_buffers if self._buffers.get(name) is not None}
+
         def float32_kept(tensor: Tensor) -> Tensor:
             converted = fn(tensor)
-            if tensor.is_floating_point() and converted.dtype in (torch.bfloat16, torch.float16):
+            if ((kept is None or id(tensor) in kept) and tensor.is_floating_point()
+                    and converted.dtype in (torch.bfloat16, torch.float16)):
                 return tensor.to(converted.device, torch.float32)  # the device moves, float32 values stay
             return converted
 

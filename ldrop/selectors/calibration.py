@@ -10,32 +10,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import CalibrationData
+from .base import CalibrationData, Float32UnderHalfCasts
 from .topk import calibrate_threshold
 
 
-class Float32Thresholds(nn.Module):
-    """A module whose ``thresholds`` buffer is float32 whatever the model's dtype (``model.to(torch.bfloat16)``,
-    bf16-true; one built under a half default dtype becomes float32 at the model's cast): a calibrated threshold
-    sits between two scores, and rounded to bf16 it lands on one of them, so inputs no longer run the mean depth
-    it was calibrated for. Other buffers and parameters convert as usual."""
-
-    def _apply(self, fn, recurse: bool = True):
-        before = self._buffers.get("thresholds")
-        super()._apply(fn, recurse)
-        after = self._buffers.get("thresholds")
-        if before is not None and after is not None and after.dtype != torch.float32:
-            self._buffers["thresholds"] = before.to(after.device, torch.float32)  # the device moves, values stay
-        return self
-
-
-class ThresholdCalibration(Float32Thresholds):
+class ThresholdCalibration(Float32UnderHalfCasts):
     """The thresholds of a selector's layer scores, one per budget, kept in its checkpoint.
 
     Args:
         num_layers: ``N``, the selector's layers.
         prefix_layers: ``j``, layers every input runs (their scores are not thresholded).
     """
+
+    float32_buffers = ("thresholds",)  # float32 in a bf16 model (rounded, a threshold lands on a score)
 
     def __init__(self, num_layers: int, prefix_layers: int = 0) -> None:
         super().__init__()

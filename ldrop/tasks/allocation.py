@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ldrop.budgets import resolve_budget
 from ldrop.budgets.allocation import allocate_depths, calibrate_gain_thresholds, depths_from_thresholds
 from ldrop.selectors import LayerSelector, SelectorOutput
-from ldrop.selectors.calibration import Float32Thresholds
+from ldrop.selectors.base import Float32UnderHalfCasts
 from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, SelectedLayers
 from ldrop.tasks.gating import EncodedBatch
@@ -53,10 +53,12 @@ class AllocationConfig:
             raise ValueError(f"allocation.weight must be > 0 and hidden_dim >= 1, got {self.weight}, {self.hidden_dim}")
 
 
-class DepthHead(Float32Thresholds):
+class DepthHead(Float32UnderHalfCasts):
     """Predicts each input's task loss after ``1..N`` layers, non-increasing and convex in depth (so the greedy
     allocation is optimal for the prediction): masked mean and std pooling of the normalised, projected
     features, an MLP to ``N`` raw outputs, the loss at full depth and ``N - 1`` non-negative steps."""
+
+    float32_buffers = ("thresholds",)  # float32 in a bf16 model (rounded, a threshold lands on a score)
 
     def __init__(self, feature_dim: int, num_layers: int, hidden_dim: int = 64) -> None:
         super().__init__()

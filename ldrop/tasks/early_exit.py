@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ldrop.budgets import resolve_budget
 from ldrop.engine.flops import counted_flops
 from ldrop.selectors import calibrate_threshold
-from ldrop.selectors.calibration import Float32Thresholds
+from ldrop.selectors.base import Float32UnderHalfCasts
 from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, DepthPolicy
 from ldrop.tasks.gating import EncodedBatch
@@ -46,7 +46,7 @@ class EarlyExitConfig:
         check_choices(self, "early_exit")
 
 
-class EarlyExit(Float32Thresholds, DepthPolicy):
+class EarlyExit(Float32UnderHalfCasts, DepthPolicy):
     """The exit heads (``heads[str(layer)]``), their loss weights, the exit rule and the calibrated thresholds.
 
     Args:
@@ -54,6 +54,8 @@ class EarlyExit(Float32Thresholds, DepthPolicy):
         num_layers: encoder layers ``N`` of the backbone.
         make_head: builds one task head (called once per exit layer).
     """
+
+    float32_buffers = ("thresholds",)  # float32 in a bf16 model (rounded, a threshold lands on a score)
 
     def __init__(self, config: EarlyExitConfig, num_layers: int, make_head: Callable[[], nn.Module]) -> None:
         super().__init__()
