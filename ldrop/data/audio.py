@@ -219,8 +219,11 @@ def _open_error(path: PathLike, err: BaseException) -> AudioReadError:
 
 
 def _is_shorten_sphere(path: PathLike) -> bool:
-    with open(path, "rb") as f:
-        header = f.read(1024)
+    try:
+        with open(path, "rb") as f:
+            header = f.read(1024)
+    except OSError:  # the error being built says the file cannot be read
+        return False
     return header.startswith(b"NIST_1A") and b"shorten" in header.lower()
 
 

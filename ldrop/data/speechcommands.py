@@ -140,6 +140,9 @@ class SpeechCommandsDataModule(AudioDataModule):
             region = _split_region(info.frames, info.sample_rate, split)
             if region is not None:
                 sources.append((name, *region, info.sample_rate))
+        if not sources and bad:
+            raise AudioReadError(bad[0].path, f"{bad[0].problem} (and every other background-noise WAV in "
+                                 f"{noise_dir} is bad or under 3 s: no _silence_ crops for split '{split}')")
         if not sources:
             raise layout_error(
                 "a background-noise WAV of at least 3 s (each split crops its own part)", noise_dir,

@@ -31,7 +31,8 @@ def read_stm(stm_file: str) -> tuple[list[tuple[float, float, str]], int]:
     lines.
 
     Lines are ``talk_id channel speaker start end [<label>] transcript...``;
-    ``ignore_time_segment_in_scoring`` lines (speaker ``inter_segment_gap``) are skipped, whatever their label. ``ValueError`` for a malformed line, naming the file
+    ``ignore_time_segment_in_scoring`` lines (speaker ``inter_segment_gap``) are skipped, whatever their
+    label. ``ValueError`` for a malformed line, naming the file
     and line.
     """
     segments, ignored = [], 0
@@ -52,7 +53,7 @@ def read_stm(stm_file: str) -> tuple[list[tuple[float, float, str]], int]:
             if words and _is_label(words[0]):
                 words = words[1:]
             # an ignore line whatever its label's spelling (legacy dev/test spell labels other ways)
-            if fields[2] == IGNORE_SPEAKER or (words[-1:] == [IGNORE_SEGMENT] and all(map(_is_tag, words[:-1]))):
+            if fields[2].lower() == IGNORE_SPEAKER or (words[-1:] == [IGNORE_SEGMENT] and all(map(_is_tag, words[:-1]))):
                 ignored += 1
                 continue
             transcript = " ".join(words)
@@ -142,7 +143,8 @@ class TedliumDataModule(AudioDataModule):
                         target=text, offset=start, duration=end - start,
                     )
                 )
-        items += _untranscribed_talks(sph_dir, stm_dir, stm_files)
+        segments = len(items)
+        items += _untranscribed_talks(sph_dir, stm_dir, stm_files)  # bad items, counted as such
         if without_segments:
             shown = ", ".join(without_segments[:3]) + (
                 f" and {len(without_segments) - 3} more" if len(without_segments) > 3 else ""
@@ -153,7 +155,7 @@ class TedliumDataModule(AudioDataModule):
                     f"'talk_id channel speaker start end <label> transcript')"
                 )
             log.warning("TedliumDataModule: %s split: the STM file(s) %s hold no segments", split, shown)
-        note(f"TedliumDataModule: {split} split: {len(stm_files)} talks, {len(items)} segments, {ignored} "
+        note(f"TedliumDataModule: {split} split: {len(stm_files)} talks, {segments} segments, {ignored} "
              f"ignore_time_segment_in_scoring lines skipped, {emptied} segments empty after normalisation dropped")
         return items
 

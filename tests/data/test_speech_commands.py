@@ -188,3 +188,11 @@ def test_background_noise_too_short_to_split_is_a_layout_error(tmp_path):
     tree = make_speech_commands_tree(tmp_path, words=("yes", "no"), noise_files=1, noise_seconds=2.5)
     with pytest.raises(DatasetLayoutError, match="at least 3 s"):
         SpeechCommandsDataModule(tree.root, num_classes=12).setup("fit")
+
+
+def test_every_background_noise_file_bad_names_one_of_them(tmp_path):
+    tree = make_speech_commands_tree(tmp_path, words=("yes", "no"), noise_files=2)
+    for name in ("white_noise.wav", "pink_noise.wav"):
+        (tree.root / "_background_noise_" / name).write_bytes(b"not audio" * 100)
+    with pytest.raises(AudioReadError, match=r"_background_noise_/pink_noise\.wav: no _silence_ crops.*every other"):
+        SpeechCommandsDataModule(tree.root, num_classes=12, skip_bad_files=True).setup("fit")

@@ -204,13 +204,13 @@ def test_a_split_whose_stm_files_are_empty_is_an_error_naming_them(tmp_path):
         dm.setup("validate")
 
 
-@pytest.mark.parametrize("label", ["<F0_M>", "<unknown>", ""])
+@pytest.mark.parametrize("label", ["<F0_M>", "<unknown>", "<unk>", ""])
 def test_ignore_lines_are_skipped_whatever_the_spelling_of_their_label(tmp_path, label):
     # Legacy dev/test spell labels other ways; an ignore line must never become a reference transcript.
     stm = tmp_path / "t.stm"
     stm.write_text(
         f"T 1 T 0.5 1.25 {label} thank you\n"
-        f"T 1 inter_segment_gap 1.25 2.0 {label} ignore_time_segment_in_scoring\n"
+        f"T 1 Inter_Segment_Gap 1.25 2.0 {label} ignore_time_segment_in_scoring\n"
         f"T 1 T 2.0 3.0 {label} ignore_time_segment_in_scoring\n"
     )
     segments, ignored = read_stm(str(stm))
@@ -236,11 +236,12 @@ def test_a_talk_without_its_stm_file_is_skipped_and_counted_with_skip_bad_files(
     dm = _one_talk(tmp_path, "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\n")
     _talk(tmp_path / "TEDLIUM_release-3" / "legacy" / "dev", "Lost", None)
     dm.skip_bad_files = True
-    with caplog.at_level("WARNING", logger="ldrop.data"):
+    with caplog.at_level("INFO"):
         dm.setup("validate")
     assert dm.dataset("val").targets == ["hello"]
     assert dm.num_bad_files["val"] == 1
     assert "Lost.stm" in caplog.text
+    assert "1 talks, 1 segments" in caplog.text  # the talk without STM is a bad item, not a segment
 
 
 def test_a_bad_talk_is_one_warning_line_for_all_its_segments(tmp_path, caplog):
