@@ -208,9 +208,23 @@ def _open_error(path: PathLike, err: BaseException) -> AudioReadError:
         return AudioReadError(path, "it is a folder, not an audio file")
     if os.path.getsize(path) == 0:
         return AudioReadError(path, "the file is empty (0 bytes)")
+    if isinstance(err, sf.LibsndfileError) and _is_shorten_sphere(path):
+        return AudioReadError(
+            path, "Shorten-compressed NIST SPHERE, which libsndfile cannot decode; decompress it to plain PCM "
+            "SPHERE first (sph2pipe -f sph <in.sph> <out.sph>)",
+        )
     if isinstance(err, sf.LibsndfileError):  # "Format not recognised", a WAV header cut before its data chunk
         return AudioReadError(path, f"not a readable audio file (libsndfile: {err.error_string.rstrip('.')})")
     return AudioReadError(path, str(err) or type(err).__name__)
+
+
+def _is_shorten_sphere(path: PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            header = f.read(1024)
+    except OSError:  # the error being built says the file cannot be read
+        return False
+    return header.startswith(b"NIST_1A") and b"shorten" in header.lower()
 
 
 def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from functools import partial, partialmethod
 from pathlib import Path
@@ -230,8 +231,9 @@ class AudioDataModule(LightningDataModule):
             items, self.sample_rate, self.skip_bad_files, split=split, skip_option=self.takes_skip_bad_files,
         )
         self.num_bad_files[split] = len(bad)
-        if bad:
-            shown = "\n  ".join(bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
+        if bad:  # one line per file and reason: a bad TED-LIUM talk spoils each of its segments
+            lines = [line if n == 1 else f"{line} ({n} items)" for line, n in Counter(bad).items()]
+            shown = "\n  ".join(lines[:10]) + ("\n  ..." if len(lines) > 10 else "")
             log.warning(
                 "%s: skipped %d bad item(s) of %d in split '%s':\n  %s", type(self).__name__, len(bad),
                 len(items), split, shown,

@@ -48,7 +48,8 @@ class SpeechCommandsDataModule(AudioDataModule):
 
     35 classes: every word folder (:data:`SPEECH_COMMANDS_WORDS` order), splits from ``validation_list.txt``
     and ``testing_list.txt``. 12 classes (SUPERB KS): 10 keywords, ``_unknown_`` (the other 25 words) and
-    ``_silence_``: random 1 s crops of ``_background_noise_`` drawn from ``(seed, split)``. Ids are paths
+    ``_silence_``: random 1 s crops of ``_background_noise_`` drawn from ``(seed, split)``, each split from its own
+    part of every noise file (train the first 80%, validation the next 10%, test the last 10%). Ids are paths
     relative to the root, ``_silence_/<noise file>@<first frame>`` for crops.
 
     Args:
@@ -121,34 +122,44 @@ class SpeechCommandsDataModule(AudioDataModule):
         noise_dir = os.path.join(root, BACKGROUND_NOISE_DIR)
         if not os.path.isdir(noise_dir):
             raise layout_error("background-noise folder (for _silence_)", noise_dir, SPEECH_COMMANDS_LAYOUT)
-        sources = []
+        label = self.class_names.index(SILENCE)
+        sources, bad = [], []
         for name in sorted(os.listdir(noise_dir)):
             if not name.lower().endswith(".wav"):
                 continue
+            path = os.path.join(noise_dir, name)
             try:
-                info = audio_info(os.path.join(noise_dir, name))
+                info = audio_info(path)
             except AudioReadError as err:
                 if not self.skip_bad_files:
                     raise
-                log.warning("SpeechCommandsDataModule: no _silence_ crops from a bad file: %s", err)
+                # counted and logged with the split's other bad items
+                bad.append(AudioItem(id=f"{SILENCE}/{name}", path=path, target=label,
+                                     problem=f"no _silence_ crops from it: {err.reason}"))
                 continue
-            if info.frames >= info.sample_rate:
-                sources.append((name, info.frames, info.sample_rate))
+            region = _split_region(info.frames, info.sample_rate, split)
+            if region is not None:
+                sources.append((name, *region, info.sample_rate))
+        if not sources and bad:
+            raise AudioReadError(bad[0].path, f"{bad[0].problem} (and every other background-noise WAV in "
+                                 f"{noise_dir} is bad or under 3 s: no _silence_ crops for split '{split}')")
         if not sources:
-            raise layout_error("a background-noise WAV of at least 1 s", noise_dir, SPEECH_COMMANDS_LAYOUT)
+            raise layout_error(
+                "a background-noise WAV of at least 3 s (each split crops its own part)", noise_dir,
+                SPEECH_COMMANDS_LAYOUT,
+            )
         rng = np.random.default_rng([self.seed, _SPLIT_CODES[split]])
-        label = self.class_names.index(SILENCE)
         items = []
         for _ in range(count):
-            name, frames, rate = sources[int(rng.integers(len(sources)))]
-            start = int(rng.integers(frames - rate + 1))
+            name, first, end, rate = sources[int(rng.integers(len(sources)))]
+            start = first + int(rng.integers(end - first - rate + 1))
             items.append(
                 AudioItem(
                     id=f"{SILENCE}/{name}@{start}", path=os.path.join(noise_dir, name), target=label,
                     start=start, stop=start + rate,
                 )
             )
-        return items
+        return items + bad
 
     def _official_test_items(self) -> list[AudioItem]:
         assert self.test_root is not None
@@ -172,6 +183,19 @@ class SpeechCommandsDataModule(AudioDataModule):
         if not items:
             raise layout_error("test-set WAV files", self.test_root, TEST_SET_LAYOUT)
         return items
+
+
+def _split_region(frames: int, rate: int, split: Split) -> tuple[int, int] | None:
+    """The frames ``[first, end)`` of a background-noise file that ``split`` crops ``_silence_`` from.
+
+    Train, validation and test crop disjoint parts (the first 80%, the next 10%, the last 10%, each at least
+    1 s), so no test crop repeats audio seen in training. ``None`` for a file under 3 s.
+    """
+    held = max(rate, frames // 10)
+    if frames - 2 * held < rate:
+        return None
+    val, test = frames - 2 * held, frames - held
+    return {"train": (0, val), "val": (val, test)}.get(split, (test, frames))
 
 
 def _read_list(path: str) -> set[str]:

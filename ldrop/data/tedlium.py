@@ -17,6 +17,7 @@ __all__ = ["IGNORE_SEGMENT", "TedliumDataModule", "read_stm"]
 log = logging.getLogger("ldrop.data")
 
 IGNORE_SEGMENT = "ignore_time_segment_in_scoring"
+IGNORE_SPEAKER = "inter_segment_gap"  # the speaker of every ignore line
 
 TEDLIUM_LAYOUT = """\
 <root>/TEDLIUM_release-3/data/sph/<TalkId>.sph and data/stm/<TalkId>.stm          (train)
@@ -30,7 +31,8 @@ def read_stm(stm_file: str) -> tuple[list[tuple[float, float, str]], int]:
     lines.
 
     Lines are ``talk_id channel speaker start end [<label>] transcript...``;
-    ``ignore_time_segment_in_scoring`` lines are skipped. ``ValueError`` for a malformed line, naming the file
+    ``ignore_time_segment_in_scoring`` lines (speaker ``inter_segment_gap``) are skipped, whatever their
+    label. ``ValueError`` for a malformed line, naming the file
     and line.
     """
     segments, ignored = [], 0
@@ -50,17 +52,22 @@ def read_stm(stm_file: str) -> tuple[list[tuple[float, float, str]], int]:
             words = fields[5:]
             if words and _is_label(words[0]):
                 words = words[1:]
-            transcript = " ".join(words)
-            if transcript == IGNORE_SEGMENT:
+            # an ignore line whatever its label's spelling (legacy dev/test spell labels other ways)
+            if fields[2].lower() == IGNORE_SPEAKER or (words[-1:] == [IGNORE_SEGMENT] and all(map(_is_tag, words[:-1]))):
                 ignored += 1
                 continue
+            transcript = " ".join(words)
             segments.append((start, end, transcript))
     return segments, ignored
 
 
+def _is_tag(token: str) -> bool:
+    return token.startswith("<") and token.endswith(">")
+
+
 def _is_label(token: str) -> bool:
     # <o,f0,male>, <o,f0,female>, <NA>; not transcript tokens such as <unk> or <sil>.
-    return token.startswith("<") and token.endswith(">") and ("," in token or token == "<NA>")
+    return _is_tag(token) and ("," in token or token == "<NA>")
 
 
 class TedliumDataModule(AudioDataModule):
@@ -136,6 +143,8 @@ class TedliumDataModule(AudioDataModule):
                         target=text, offset=start, duration=end - start,
                     )
                 )
+        segments = len(items)
+        items += _untranscribed_talks(sph_dir, stm_dir, stm_files)  # bad items, counted as such
         if without_segments:
             shown = ", ".join(without_segments[:3]) + (
                 f" and {len(without_segments) - 3} more" if len(without_segments) > 3 else ""
@@ -146,6 +155,16 @@ class TedliumDataModule(AudioDataModule):
                     f"'talk_id channel speaker start end <label> transcript')"
                 )
             log.warning("TedliumDataModule: %s split: the STM file(s) %s hold no segments", split, shown)
-        note(f"TedliumDataModule: {split} split: {len(stm_files)} talks, {len(items)} segments, {ignored} "
+        note(f"TedliumDataModule: {split} split: {len(stm_files)} talks, {segments} segments, {ignored} "
              f"ignore_time_segment_in_scoring lines skipped, {emptied} segments empty after normalisation dropped")
         return items
+
+
+def _untranscribed_talks(sph_dir: str, stm_dir: str, stm_files: list[str]) -> list[AudioItem]:
+    """Bad items for the talks of ``sph_dir`` that have no STM file (a partial extraction is not silent)."""
+    talks = {os.path.splitext(os.path.basename(f))[0] for f in stm_files}
+    return [
+        AudioItem(id=talk_id, path=sph, target="", problem=f"no transcript: {stm_dir} has no {talk_id}.stm")
+        for sph in sorted(glob.glob(os.path.join(glob.escape(sph_dir), "*.sph")))
+        if (talk_id := os.path.splitext(os.path.basename(sph))[0]) not in talks
+    ]

@@ -194,3 +194,13 @@ def test_folder_named_like_an_audio_file_is_an_error_saying_so(tmp_path):
     (tmp_path / "x.wav").mkdir()
     with pytest.raises(AudioReadError, match=r"x\.wav: it is a folder"):
         audio_info(tmp_path / "x.wav")
+
+
+def test_shorten_compressed_sphere_says_so_and_how_to_decompress_it(tmp_path):
+    path = tmp_path / "talk.sph"
+    sf.write(path, time_code(16000), 16000, format="NIST", subtype="PCM_16")
+    data = path.read_bytes()
+    header = data[:1024].decode("latin1").replace("sample_coding -s3 pcm", "sample_coding -s26 pcm,embedded-shorten-v2.00")
+    path.write_bytes(header[:1024].encode("latin1") + data[1024:])
+    with pytest.raises(AudioReadError, match=r"talk\.sph: Shorten-compressed NIST SPHERE.*sph2pipe"):
+        check_audio(path)

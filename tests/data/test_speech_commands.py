@@ -157,3 +157,42 @@ def test_an_absolute_path_in_a_list_file_is_an_error_naming_the_file_and_line(tm
     listed.write_text(f"{rels[0]}\n{tree.root / rels[1]}\n")
     with pytest.raises(ValueError, match=r"validation_list\.txt:2: .*not a path '<word>/<file>\.wav' relative"):
         SpeechCommandsDataModule(tree.root).setup("fit")
+
+
+def test_train_val_and_test_silence_crops_never_share_audio(tmp_path):
+    # Without the official test archive, test crops must not repeat audio the model trained on.
+    tree = make_speech_commands_tree(tmp_path, words=("yes", "no"), clips_per_word=40, noise_seconds=12.0)
+    dm = SpeechCommandsDataModule(tree.root, num_classes=12, silence_fraction=1.0)
+    spans: dict[str, set[tuple[str, int]]] = {}
+    for split in ("train", "val", "test"):
+        crops = [i.removeprefix("_silence_/").split("@") for i in dm.dataset(split).ids if i.startswith("_silence_")]
+        assert len(crops) >= 2
+        spans[split] = {(name, frame) for name, start in crops for frame in range(int(start), int(start) + 16000)}
+    assert not spans["train"] & spans["val"]
+    assert not spans["train"] & spans["test"]
+    assert not spans["val"] & spans["test"]
+
+
+def test_a_bad_background_noise_file_is_counted_with_skip_bad_files(tmp_path, caplog):
+    tree = make_speech_commands_tree(tmp_path, words=("yes", "no"), noise_files=2)
+    (tree.root / "_background_noise_" / "pink_noise.wav").write_bytes(b"not audio" * 100)
+    dm = SpeechCommandsDataModule(tree.root, num_classes=12, silence_fraction=0.5, skip_bad_files=True)
+    with caplog.at_level("WARNING", logger="ldrop.data"):
+        dataset = dm.dataset("train")
+    assert dm.num_bad_files["train"] == 1
+    assert "pink_noise.wav" in caplog.text
+    assert all("pink_noise" not in i for i in dataset.ids)
+
+
+def test_background_noise_too_short_to_split_is_a_layout_error(tmp_path):
+    tree = make_speech_commands_tree(tmp_path, words=("yes", "no"), noise_files=1, noise_seconds=2.5)
+    with pytest.raises(DatasetLayoutError, match="at least 3 s"):
+        SpeechCommandsDataModule(tree.root, num_classes=12).setup("fit")
+
+
+def test_every_background_noise_file_bad_names_one_of_them(tmp_path):
+    tree = make_speech_commands_tree(tmp_path, words=("yes", "no"), noise_files=2)
+    for name in ("white_noise.wav", "pink_noise.wav"):
+        (tree.root / "_background_noise_" / name).write_bytes(b"not audio" * 100)
+    with pytest.raises(AudioReadError, match=r"_background_noise_/pink_noise\.wav: no _silence_ crops.*every other"):
+        SpeechCommandsDataModule(tree.root, num_classes=12, skip_bad_files=True).setup("fit")

@@ -202,3 +202,55 @@ def test_a_split_whose_stm_files_are_empty_is_an_error_naming_them(tmp_path):
     dm = _one_talk(tmp_path, "")
     with pytest.raises(ValueError, match=r"Talk\.stm: the STM file\(s\) of split 'val' hold no segments"):
         dm.setup("validate")
+
+
+@pytest.mark.parametrize("label", ["<F0_M>", "<unknown>", "<unk>", ""])
+def test_ignore_lines_are_skipped_whatever_the_spelling_of_their_label(tmp_path, label):
+    # Legacy dev/test spell labels other ways; an ignore line must never become a reference transcript.
+    stm = tmp_path / "t.stm"
+    stm.write_text(
+        f"T 1 T 0.5 1.25 {label} thank you\n"
+        f"T 1 Inter_Segment_Gap 1.25 2.0 {label} ignore_time_segment_in_scoring\n"
+        f"T 1 T 2.0 3.0 {label} ignore_time_segment_in_scoring\n"
+    )
+    segments, ignored = read_stm(str(stm))
+    assert [text.removeprefix(label).strip() for _, _, text in segments] == ["thank you"]
+    assert ignored == 2
+
+
+def _talk(folder, talk_id: str, stm_line: str | None) -> None:
+    sf.write(folder / "sph" / f"{talk_id}.sph", time_code(32000), 16000, format="NIST", subtype="PCM_16")
+    if stm_line is not None:
+        (folder / "stm" / f"{talk_id}.stm").write_text(stm_line)
+
+
+def test_a_talk_without_its_stm_file_is_an_error_naming_it(tmp_path):
+    # A partial extraction of stm/ must not shrink the split silently.
+    dm = _one_talk(tmp_path, "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\n")
+    _talk(tmp_path / "TEDLIUM_release-3" / "legacy" / "dev", "Lost", None)
+    with pytest.raises(AudioReadError, match=r"Lost\.sph: no transcript: .*stm has no Lost\.stm"):
+        dm.setup("validate")
+
+
+def test_a_talk_without_its_stm_file_is_skipped_and_counted_with_skip_bad_files(tmp_path, caplog):
+    dm = _one_talk(tmp_path, "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\n")
+    _talk(tmp_path / "TEDLIUM_release-3" / "legacy" / "dev", "Lost", None)
+    dm.skip_bad_files = True
+    with caplog.at_level("INFO"):
+        dm.setup("validate")
+    assert dm.dataset("val").targets == ["hello"]
+    assert dm.num_bad_files["val"] == 1
+    assert "Lost.stm" in caplog.text
+    assert "1 talks, 1 segments" in caplog.text  # the talk without STM is a bad item, not a segment
+
+
+def test_a_bad_talk_is_one_warning_line_for_all_its_segments(tmp_path, caplog):
+    dm = _one_talk(tmp_path, "Talk 1 Talk 0.10 0.50 <o,f0,male> hello\nTalk 1 Talk 0.60 0.90 <o,f0,male> again\n")
+    _talk(tmp_path / "TEDLIUM_release-3" / "legacy" / "dev", "Good", "Good 1 Good 0.10 0.50 <o,f0,male> fine\n")
+    (tmp_path / "TEDLIUM_release-3" / "legacy" / "dev" / "sph" / "Talk.sph").write_bytes(b"not audio" * 100)
+    dm.skip_bad_files = True
+    with caplog.at_level("WARNING", logger="ldrop.data"):
+        dm.setup("validate")
+    assert dm.num_bad_files["val"] == 2  # counted per segment
+    lines = [line for line in caplog.text.splitlines() if "Talk.sph" in line]
+    assert len(lines) == 1 and lines[0].endswith("(2 items)"), caplog.text
