@@ -229,6 +229,34 @@ def test_self_distillation_adds_a_loss_term(tmp_path):
     assert logged["train/distill_loss"] > 0
 
 
+@pytest.mark.parametrize("method", ["full", "early_exit"])
+def test_distillation_without_a_selector_is_an_error_not_a_wasted_teacher_pass(method):
+    # every layer trains: the teacher would be the student itself (a KL of 0 for one more forward pass)
+    with pytest.raises(ValueError, match="distillation needs a selector"):
+        _classifier(**METHODS[method], distillation=DistillationConfig(weight=1.0))
+
+
+@pytest.mark.parametrize("method", ["full", "early_exit"])
+def test_without_a_selector_every_training_batch_runs_and_logs_full_depth(tmp_path, method):
+    L.seed_everything(0)
+    model = _classifier(**METHODS[method], budgets=BudgetSampling(train=[1], full_depth_prob=0.0, validation=[2]))
+    budgets = []
+
+    class Capture(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            budgets.append(float(trainer.callback_metrics["train/budget"]))
+
+    quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Capture()]).fit(
+        model, tiny_classification_data())
+    assert budgets == [4.0, 4.0]
+
+
+def test_diversity_weight_is_refused_with_the_counterfactual_objective():
+    with pytest.raises(ValueError, match="diversity_weight must be >= 0 \\(0 with objective 'counterfactual'\\)"):
+        InputConditionedSelector(4, 32, objective="counterfactual", diversity_weight=0.5)
+    InputConditionedSelector(4, 32, objective="both", diversity_weight=0.5)  # "both" has the relaxed mask
+
+
 def test_predict_step_reports_output_layers_and_flops():
     model = _classifier(selector=InputConditionedSelector, predict_budget=2).eval()
     data = tiny_classification_data()
