@@ -74,8 +74,8 @@ def set_subcommand_help(parser: ArgumentParser, helps: dict[str, str]) -> None:
 def describe_method_options(parser: ArgumentParser, subcommand: str, title: str, ckpt_help: str) -> None:
     """Retitle a subcommand's group of ``Trainer`` method options and say what its ``--ckpt_path`` takes
     (LightningCLI copies the method's docstring; argparse keeps parsers and groups privately)."""
-    sub = subcommand_parsers(parser)._name_parser_map[subcommand]
-    for group in sub._action_groups:
+    sub = getattr(subcommand_parsers(parser), "_name_parser_map", {}).get(subcommand)
+    for group in getattr(sub, "_action_groups", ()):
         for action in group._group_actions:
             if "--ckpt_path" in action.option_strings:
                 group.title, action.help = title, ckpt_help

@@ -63,7 +63,7 @@ class InputConditionedSelector(Float32UnderHalfCasts, TopKSelector):
         stats_momentum: momentum of the running statistics (a cumulative average over the first
             ``1 / stats_momentum`` training batches); a task re-estimates them instead (``statistics_batches``).
         diversity_weight: weight of an auxiliary loss that rewards different inputs getting different relaxed
-            masks (``0.25 - batch variance`` of the soft mask, over layers); 0: off (counterfactual: 0).
+            masks (``0.25 - batch variance`` of the soft mask, averaged over layers); 0 (default) disables it.
         mode: ``"topk"`` or ``"threshold"``.
         tau_start, tau_end, noise_scale, relaxation, objective, counterfactual_candidates, counterfactual_weight:
             training of the top-k, see :class:`~ldrop.selectors.TopKSelector`.
@@ -119,8 +119,8 @@ class InputConditionedSelector(Float32UnderHalfCasts, TopKSelector):
             raise ValueError(f"min_alpha must be in [0, alpha) = [0, {alpha}), got {min_alpha}")
         if not 0 < stats_momentum <= 1:
             raise ValueError(f"stats_momentum must be in (0, 1], got {stats_momentum}")
-        if diversity_weight < 0 or diversity_weight > 0 and objective == "counterfactual":
-            raise ValueError(f"diversity_weight must be >= 0 (0 with objective 'counterfactual'), got {diversity_weight}")
+        if diversity_weight < 0:
+            raise ValueError(f"diversity_weight must be >= 0, got {diversity_weight}")
 
         self.input = input
         #: ``j``, the encoder layers read (and always run) with ``input="layers"``; 0 otherwise.

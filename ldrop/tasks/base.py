@@ -119,7 +119,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         self.hparams.update(selector=selector_spec(selector), early_exit=as_dict(early_exit),
                             allocation=as_dict(allocation), budgets=as_dict(self.budgets),
                             distillation=as_dict(self.distillation), optimization=as_dict(self.optimization))
-        check_method(selector is not None, early_exit, allocation, self.distillation)
+        check_method(selector is not None, early_exit, allocation)
         if predict_chunk_seconds is not None and predict_chunk_seconds <= predict_chunk_overlap_seconds:
             raise ValueError(
                 f"predict_chunk_seconds ({predict_chunk_seconds}) must exceed predict_chunk_overlap_seconds "
@@ -249,6 +249,8 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     def setup(self, stage: str) -> None:  # data at another rate than the model takes is refused (the CLI: earlier)
         gating.check_data_sample_rate(self)  # encode checks again: a subclass's setup may not call this one
+        if stage == "fit":  # training-only options: checkpoints saved with them still load
+            training.check_fit_options(self)
 
     def on_train_start(self) -> None:
         self.calibrated_budgets.clear()  # training changes the weights the fits were made for

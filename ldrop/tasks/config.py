@@ -53,16 +53,12 @@ def as_dict(config: Any) -> dict[str, Any] | None:
     return dataclasses.asdict(config) if config is not None else None
 
 
-def check_method(has_selector: bool, early_exit: object | None, allocation: object | None,
-                 distillation: DistillationConfig) -> None:
+def check_method(has_selector: bool, early_exit: object | None, allocation: object | None) -> None:
     """A ``ValueError`` for parts of a method that do not go together."""
     if early_exit is not None and has_selector:
         raise ValueError("early_exit is a method of its own: leave selector unset (None)")
     if allocation is not None and not has_selector:
         raise ValueError("allocation needs a selector: it picks the layers at each input's depth")
-    if distillation.weight > 0 and not has_selector:
-        raise ValueError("distillation needs a selector: without one (the full model, early exit) every layer "
-                         "trains, so there is no shallower pass to distil; set distillation.weight 0")
 
 
 def check_choices(config: Any, group: str) -> None:
