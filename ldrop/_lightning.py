@@ -63,6 +63,24 @@ def subcommand_parsers(parser: ArgumentParser) -> Any:
     return getattr(parser, "_subcommands_action", None)
 
 
+def set_subcommand_help(parser: ArgumentParser, helps: dict[str, str]) -> None:
+    """Replace the one-line summaries ``--help`` lists for subcommands (LightningCLI takes the ``Trainer``
+    methods' docstrings; argparse keeps them on private pseudo-actions)."""
+    for action in getattr(subcommand_parsers(parser), "_choices_actions", ()):
+        if action.dest in helps:
+            action.help = helps[action.dest]
+
+
+def describe_method_options(parser: ArgumentParser, subcommand: str, title: str, ckpt_help: str) -> None:
+    """Retitle a subcommand's group of ``Trainer`` method options and say what its ``--ckpt_path`` takes
+    (LightningCLI copies the method's docstring; argparse keeps parsers and groups privately)."""
+    sub = getattr(subcommand_parsers(parser), "_name_parser_map", {}).get(subcommand)
+    for group in getattr(sub, "_action_groups", ()):
+        for action in group._group_actions:
+            if "--ckpt_path" in action.option_strings:
+                group.title, action.help = title, ckpt_help
+
+
 def parser_actions(parser: ArgumentParser) -> list[Any]:
     """The actions (options, positionals, subcommands) of an argparse/jsonargparse parser."""
     return list(parser._actions)

@@ -96,7 +96,7 @@ class Variant:
 
 
 def overrides_to_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """``{"model.init_args.lr": 1e-3}`` -> ``["--model.init_args.lr=0.001"]`` (``prefix`` before each key; a
+    """``{"model.init_args.optimization.lr": 1e-3}`` -> ``["--model.init_args.optimization.lr=0.001"]`` (``prefix`` before each key; a
     value that is not a string as JSON, which the ``ldrop`` command line reads as YAML)."""
     return [f"--{prefix}{key}={value if isinstance(value, str) else json.dumps(value)}"
             for key, value in overrides.items()]

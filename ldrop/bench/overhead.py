@@ -74,7 +74,7 @@ def selector_overhead(backbone: str, batch_size: int, seconds: float, repeats: i
 
 def _training_step(model: ClassificationTask, optimizer: torch.optim.Optimizer, batch: Any, budget: int):
     """One ``training_step`` (every loss term, the counterfactual masks included) + backward + AdamW step of
-    ``model`` on ``batch`` at ``budget`` (early exit: the sum of exit losses)."""
+    ``model`` on ``batch`` at ``budget`` (early exit: the mean of exit losses)."""
     model.sample_train_budget = lambda: budget  # the budget of every step, instead of a random draw
     model.log = lambda *args, **kwargs: None  # no trainer to log to
 

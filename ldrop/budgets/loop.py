@@ -51,6 +51,8 @@ class ControlLoop:
             below it end the slow spell (the correction restarts from their largest; ``0``: never).
         correction_bounds: the correction stays within these factors.
         on_unmeetable: ``"min"`` (the minimum budget and a warning) or ``"raise"`` (a ``ValueError``).
+        sample_rate: samples per second of the inputs, which turns lengths into seconds for ``rtf`` and
+            FLOPs-rate targets.
         min_budget: the fewest layers any input runs (``j`` for a selector that reads the first ``j`` layers).
     """
 

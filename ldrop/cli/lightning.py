@@ -29,7 +29,7 @@ import ldrop.selectors  # noqa: F401
 import ldrop.tasks  # noqa: F401
 from ldrop import __version__
 from ldrop._io import CheckpointError, load_checkpoint_file
-from ldrop._lightning import CLISteps, subcommand_parsers
+from ldrop._lightning import CLISteps, describe_method_options, set_subcommand_help, subcommand_parsers
 from ldrop.budgets import budget_list
 from ldrop.cli.callbacks import (
     AtomicCheckpointIO,
@@ -154,6 +154,23 @@ def datamodule_labels(datamodule: Any) -> list[str] | None:
     return list(names)
 
 
+#: The summaries ``ldrop --help`` lists for Lightning's subcommands.
+SUBCOMMAND_HELP = {
+    "fit": "Train a task; --ckpt_path <run>/checkpoints/last.ckpt resumes a run exactly.",
+    "validate": "Score the validation split at the validation budgets (--model.budgets.validation).",
+    "test": "Run the budget sweep on the test split: a table and budget_sweep.csv/.json/.png.",
+    "predict": "Predict at a budget or a latency target: one JSON line per input.",
+}
+
+
+#: What ``--ckpt_path`` takes (a file: Lightning's ``best``/``last`` name checkpoints of the same process).
+CKPT_PATH_HELP = {
+    "fit": "a checkpoint of this run to resume exactly (<run>/checkpoints/last.ckpt), in its run folder",
+    **dict.fromkeys(("validate", "test", "predict"), "the .ckpt file whose weights to use (the model is built from "
+                    "the config; without it the model runs as initialised, with a warning)"),
+}
+
+
 class LdropCLI(CLISteps):
     """LightningCLI with ldrop's links, checkpointing, exact resume, budget sweep and prediction writer.
 
@@ -181,6 +198,9 @@ class LdropCLI(CLISteps):
             # listed in 'ldrop --help' beside Lightning's; main() runs them before LightningCLI is built
             for name, summary in self.own_commands.items():
                 commands.add_subcommand(name, command_parser(name, summary), help=summary)
+            set_subcommand_help(self.parser, SUBCOMMAND_HELP)  # not the Trainer docstrings' first lines
+            for name in SUBCOMMAND_HELP:
+                describe_method_options(self.parser, name, f"Options of Trainer.{name}", CKPT_PATH_HELP[name])
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(args) if isinstance(args, list | tuple) else sys.argv[1:]
@@ -584,14 +604,18 @@ def run_lightning(args: Sequence[str] | None = None, own_commands: Mapping[str, 
                 "in the same run folder.",
                 "ldrop_subcommand": "fit",
             },
-            "validate": {"ldrop_subcommand": "validate"},
+            "validate": {"description": SUBCOMMAND_HELP["validate"], "ldrop_subcommand": "validate"},
             "test": {
                 "description": "Run the budget sweep: the test split is scored at every budget in "
                 "--sweep.budgets (default: every layer count 1..N), and budget_sweep.csv/.json/.png "
                 "and layer_usage.png are written to the run folder (or --sweep.directory), printed at the end.",
                 "ldrop_subcommand": "test",
             },
-            "predict": {"ldrop_subcommand": "predict"},
+            "predict": {
+                "description": SUBCOMMAND_HELP["predict"] + " Without --inputs it predicts the datamodule's "
+                "predict split; --predictions.output names the file.",
+                "ldrop_subcommand": "predict",
+            },
         },
         args=args,
     )

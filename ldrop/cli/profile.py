@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per grid point, median")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before them")
     parser.add_argument("--validate", type=int, default=12, help="held-out random batches to check the fit on")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (--runtime torch; onnx runs on the CPU)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="the model's dtype: its weights are converted, so every activation is in it (bf16: as "
                         "bf16-true, or AdaptiveModel on a model converted with .to(torch.bfloat16))")
@@ -41,7 +41,7 @@ def build_parser() -> ArgumentParser:
                         help="run float32 weights under torch.autocast with this dtype (as --trainer.precision "
                         "bf16-mixed, or AdaptiveModel(model, autocast=torch.bfloat16))")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (none: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs, masks and (with --backbone) weights")
     parser.add_argument("--out", default="profile.json", help="output JSON")
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
                         help="onnx: time MODEL, an ONNX export folder (ldrop export --format onnx) or a checkpoint, "
@@ -115,6 +115,8 @@ def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: d
             raise ValueError("--runtime onnx times an ONNX export: give MODEL, not --backbone")
         if ns.dtype != "fp32" or ns.autocast:
             raise ValueError("--dtype and --autocast apply to --runtime torch: an ONNX export runs in its own dtype")
+        if ns.device != "cpu":
+            raise ValueError(f"--device {ns.device} applies to --runtime torch: ONNX Runtime is timed on the CPU")
         from ldrop.runtime.onnx_profile import profile_onnx
 
         return profile_onnx(ns.model, seconds, batch_sizes, repeats=ns.repeats, warmup=ns.warmup,

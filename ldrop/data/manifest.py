@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from ldrop.data.base import AudioDataModule, Split, Task, layout_error
 from ldrop.data.datasets import AudioItem
@@ -112,7 +112,8 @@ class ManifestDataModule(AudioDataModule):
 
     def __init__(
         self, train_manifest: str | None = None, val_manifest: str | None = None,
-        test_manifest: str | None = None, predict_manifest: str | None = None, task: Task = "classification",
+        test_manifest: str | None = None, predict_manifest: str | None = None,
+        task: Literal["classification", "ctc"] = "classification",
         class_names: list[str] | None = None, root: str | None = None, **kwargs,
     ) -> None:
         if task not in ("classification", "ctc"):

@@ -79,6 +79,10 @@ class AdaptiveModel(ClosedLoopModel):
         closed_loop: correct the profile with measured times (``False``: open loop).
         margin: fraction of a time target kept free for noise.
         on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"``.
+        sample_rate: samples per second of the waveforms given, for ``rtf`` and FLOPs-rate targets (``None``:
+            the backbone's rate). Waveforms are not resampled: give them at the backbone's rate.
+        autocast: run float32 weights under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``;
+            ``None``: the parameters' dtype).
         guard: under a time target in closed loop, start no layer that would end past the target (measured
             within the call, :class:`~ldrop.budgets.DeadlineGuard`); the layers it skips are not in
             ``keep_mask``. Early exit runs its exits' layers whole.

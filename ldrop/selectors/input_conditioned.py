@@ -61,7 +61,7 @@ class InputConditionedSelector(Float32UnderHalfCasts, TopKSelector):
         learn_alpha: learn one ``alpha`` per layer (kept above ``min_alpha``).
         min_alpha: lower bound of a learned ``alpha``, ``>= 0`` and ``< alpha``.
         stats_momentum: momentum of the running statistics (a cumulative average over the first
-            ``1 / stats_momentum`` training batches).
+            ``1 / stats_momentum`` training batches); a task re-estimates them instead (``statistics_batches``).
         diversity_weight: weight of an auxiliary loss that rewards different inputs getting different relaxed
             masks (``0.25 - batch variance`` of the soft mask, averaged over layers); 0 (default) disables it.
         mode: ``"topk"`` or ``"threshold"``.

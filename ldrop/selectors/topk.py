@@ -191,10 +191,11 @@ class TopKSelector(LayerSelector):
     Args:
         num_layers: number of encoder layers ``N``.
         feature_dim: channels of the features the selector reads.
-        tau_start: relaxation temperature at the start of training.
-        tau_end: relaxation temperature at the end of training.
+        tau_start: relaxation temperature at the start of training (not used by ``"counterfactual"``).
+        tau_end: relaxation temperature at the end of training (not used by ``"counterfactual"``).
         noise_scale: Gumbel noise multiplier in training (exploration); 0 disables the noise.
-        relaxation: ``"sigmoid"`` or ``"softmax"``, see :func:`relaxed_topk_mask`.
+        relaxation: ``"sigmoid"`` or ``"softmax"``, see :func:`relaxed_topk_mask` (not used by
+            ``"counterfactual"``).
         objective: ``"straight_through"``, ``"counterfactual"`` or ``"both"``.
         counterfactual_candidates: alternative masks per input scored for the counterfactual objective.
         counterfactual_weight: weight of the counterfactual ranking loss.

@@ -47,8 +47,11 @@ SWEEP_HEADERS = {
 
 
 class BudgetSweep(L.Callback):
-    """Scores every test batch at each budget and writes ``budget_sweep.csv``/``.json``/``.png`` (and, for
-    tasks with ``item_errors``, each item's errors per budget, ``budget_items.json``, and the depth oracle).
+    """The budget sweep of ``ldrop test`` (other commands check these options, so one config serves all).
+
+    Scores every test batch at each budget and writes ``budget_sweep.csv``/``.json``/``.png`` and
+    ``layer_usage.png`` (and, for tasks with ``item_errors``, each item's errors per budget,
+    ``budget_items.json``, and the depth oracle).
 
     Args:
         budgets: budgets of the sweep (ints are layers, floats fractions; ``None``: every ``k`` in ``1..N``).

@@ -29,7 +29,14 @@ from ldrop.budgets import Target, budget_list, budget_to_layers, is_target
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
 from ldrop.tasks import calibration, checkpointing, gating, training
 from ldrop.tasks.allocation import AllocatedLayers, AllocationConfig, DepthHead
-from ldrop.tasks.config import BudgetSampling, DistillationConfig, OptimizerConfig, as_config, as_dict
+from ldrop.tasks.config import (
+    BudgetSampling,
+    DistillationConfig,
+    OptimizerConfig,
+    as_config,
+    as_dict,
+    check_method,
+)
 from ldrop.tasks.depth import DepthPolicy, SelectedLayers
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.gating import EncodedBatch, GatingMixin
@@ -46,13 +53,13 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
     :meth:`task_loss`, :meth:`configure_metrics`, :meth:`update_metrics` and :meth:`decode`.
 
     Args:
-        backbone: Hugging Face hub id, a local ``save_pretrained`` directory, or ``"tiny:<family>"``.
+        backbone: a hub id, a ``save_pretrained`` folder, ``"tiny:<family>[-large]"`` or ``"random:<family>"``.
         selector: builds the layer selector from ``(num_layers, feature_dim)`` (YAML: ``class_path`` and
             ``init_args``); ``None`` without ``early_exit``: the full model.
         pretrained: load the backbone's weights (``False``: random init from its config).
         backbone_overrides: config values to change when building the backbone (e.g. dropout).
         normalize_waveforms: zero mean, unit variance per waveform before the CNN (``None``: as the
-            checkpoint's ``preprocessor_config.json`` says).
+            checkpoint's ``preprocessor_config.json`` says); a trained ldrop checkpoint keeps its own setting.
         batch_independent: each input's output is what it gets alone, whatever its batch-mates' padding
             (:class:`~ldrop.backbones.SpeechBackbone`; off: as Hugging Face batches).
         freeze: ``"cnn"`` (the CNN feature encoder), ``"backbone"`` (all of it) or ``"none"``.
@@ -60,12 +67,12 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         early_exit: the early-exit baseline instead of a selector (``None``: no early exit).
         allocation: the input decides how many layers it runs, the selector which (``None``: every input
             runs the budget).
-        budgets: training and validation budgets.
+        budgets: training and validation budgets (without a selector every layer trains at every budget).
         predict_budget: budget of ``predict``: layers, a fraction, or a target (``{rtf: 0.1}``, see
             :mod:`ldrop.runtime`).
         predict_chunk_seconds: ``predict`` splits longer inputs into chunks of this length (``None``: never).
         predict_chunk_overlap_seconds: audio shared by consecutive chunks.
-        distillation: self-distillation from the full-depth pass.
+        distillation: self-distillation of a selector's passes from the full-depth pass.
         optimization: AdamW and its schedule.
         statistics_batches: recent training batches on which a selector's running statistics are
             re-estimated (:class:`~ldrop.tasks.statistics.SelectorStatistics`, which the task installs).
@@ -112,10 +119,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         self.hparams.update(selector=selector_spec(selector), early_exit=as_dict(early_exit),
                             allocation=as_dict(allocation), budgets=as_dict(self.budgets),
                             distillation=as_dict(self.distillation), optimization=as_dict(self.optimization))
-        if early_exit is not None and selector is not None:
-            raise ValueError("early_exit is a method of its own: leave selector unset (None)")
-        if allocation is not None and selector is None:
-            raise ValueError("allocation needs a selector: it picks the layers at each input's depth")
+        check_method(selector is not None, early_exit, allocation)
         if predict_chunk_seconds is not None and predict_chunk_seconds <= predict_chunk_overlap_seconds:
             raise ValueError(
                 f"predict_chunk_seconds ({predict_chunk_seconds}) must exceed predict_chunk_overlap_seconds "
@@ -245,6 +249,8 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     def setup(self, stage: str) -> None:  # data at another rate than the model takes is refused (the CLI: earlier)
         gating.check_data_sample_rate(self)  # encode checks again: a subclass's setup may not call this one
+        if stage == "fit":  # training-only options: checkpoints saved with them still load
+            training.check_fit_options(self)
 
     def on_train_start(self) -> None:
         self.calibrated_budgets.clear()  # training changes the weights the fits were made for

@@ -53,6 +53,14 @@ def as_dict(config: Any) -> dict[str, Any] | None:
     return dataclasses.asdict(config) if config is not None else None
 
 
+def check_method(has_selector: bool, early_exit: object | None, allocation: object | None) -> None:
+    """A ``ValueError`` for parts of a method that do not go together."""
+    if early_exit is not None and has_selector:
+        raise ValueError("early_exit is a method of its own: leave selector unset (None)")
+    if allocation is not None and not has_selector:
+        raise ValueError("allocation needs a selector: it picks the layers at each input's depth")
+
+
 def check_choices(config: Any, group: str) -> None:
     """A ``ValueError`` naming ``<group>.<field>`` for a field of ``config`` outside its ``Literal`` hint's choices."""
     for name, hint in get_type_hints(type(config)).items():
@@ -122,7 +130,8 @@ class BudgetSampling:
         train: budgets sampled (uniformly, once per batch) in training; ``None``: every ``k`` in ``1..N``.
             One trained model serves every budget.
         full_depth_prob: extra probability of training a batch at full depth.
-        validation: budgets evaluated at validation (metric logged as ``val/<metric>@<k>``).
+        validation: budgets evaluated at validation (metric logged as ``val/<metric>@<k>``); ``None``: every
+            ``k`` in ``1..N``.
     """
 
     train: list[int | float] | None = None

@@ -99,8 +99,10 @@ class SelectedLayers(DepthPolicy):
     def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
                         batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
         """The task loss at a sampled budget, the selector's own losses and, when set, the counterfactual
-        ranking and self-distillation from the full-depth pass (below full depth only)."""
-        return self.losses_at(task, encoded, batch, task.sample_train_budget())[:3]
+        ranking and self-distillation from the full-depth pass (below full depth only). Without a selector
+        every layer runs: the budget is ``N`` (one is still drawn, so the random stream is the other methods')."""
+        budget = task.sample_train_budget()
+        return self.losses_at(task, encoded, batch, budget if self.skips_layers else task.num_layers)[:3]
 
     def losses_at(self, task: LayerDropTask, encoded: EncodedBatch, batch: Any,
                   budget: int) -> tuple[dict[str, Tensor], Tensor, int, Tensor]:

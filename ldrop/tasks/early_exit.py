@@ -30,7 +30,7 @@ class EarlyExitConfig:
 
     Attributes:
         layers: 1-based exit layers (``None``: every layer); the last layer is always an exit.
-        loss_weights: ``"uniform"`` or ``"linear"`` (exit ``k`` weighted ``k``) in the sum of exit losses.
+        loss_weights: ``"uniform"`` or ``"linear"`` (exit ``k`` weighted ``k``) in the weighted mean of the exit losses.
         policy: ``"budget"``: budget ``k`` exits after the deepest exit layer ``<= k``; ``"confidence"``: each
             input exits at the first exit whose confidence passes a threshold calibrated on validation data so
             that the mean exit layer equals the budget.
@@ -120,7 +120,7 @@ class EarlyExit(Float32UnderHalfCasts, DepthPolicy):
 
     def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
                         batch: Any) -> tuple[dict[str, Tensor], Tensor, int]:
-        """The weighted sum of every exit's task loss; every layer runs."""
+        """The weighted mean of every exit's task loss; every layer runs."""
         losses = [task.task_loss(logits, encoded.frame_mask, batch) for logits in self.exit_logits(task, encoded)]
         keep = torch.ones(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
         return {"task": self.loss(losses)}, keep, self.num_layers

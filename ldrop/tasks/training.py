@@ -25,6 +25,18 @@ def freeze_backbone(backbone: SpeechBackbone, freeze: str) -> None:
         backbone.freeze_feature_encoder = True
 
 
+def check_fit_options(task: LayerDropTask) -> None:
+    """A ``ValueError`` before a fit for training options that would do nothing in it (checked at fit, not
+    when a model is built, so checkpoints saved with them still load and predict)."""
+    if task.distillation.weight > 0 and task.selector is None:
+        raise ValueError(f"distillation.weight is {task.distillation.weight} but the model has no selector (the full "
+                         "model, early exit): every layer trains, so there is nothing to distil; set it to 0")
+    diversity = getattr(task.selector, "diversity_weight", 0.0)
+    if diversity > 0 and not getattr(task.selector, "differentiable", True):
+        raise ValueError(f"the selector's diversity_weight {diversity} does nothing with objective 'counterfactual', "
+                         "which has no relaxed mask: set it to 0 or use objective 'both'")
+
+
 def check_finite_loss(task: LayerDropTask, loss: Tensor, losses: dict[str, Tensor], batch: Any) -> None:
     """A FloatingPointError on a NaN/inf loss naming the batch's items, the loss terms and a likely cause,
     raised before ``backward``: the weights (and every later checkpoint) stay finite."""

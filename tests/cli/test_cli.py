@@ -278,6 +278,20 @@ def test_ldrop_help_lists_every_command(capsys):
         assert f"    {command} " in usage
 
 
+def test_help_says_what_ldrops_commands_do_not_what_the_trainer_methods_do(capsys):
+    usage = " ".join(_help(capsys, "--help").split())
+    assert "Run the budget sweep on the test split" in usage
+    assert "one JSON line per input" in usage
+    assert "Perform one evaluation epoch" not in usage and "It's separated from fit" not in usage
+    predict = " ".join(_help(capsys, "predict", "--help").split())
+    assert "This will call the model forward" not in predict
+    # Lightning's 'best'/'last' name checkpoints of the same process: the help asks for the file
+    assert "the .ckpt file whose weights to use" in predict and '``"best"``' not in predict
+    # the sweep's option group heading is a whole sentence, and says which command uses it
+    text = " ".join(_help(capsys, "fit", "--help").split())
+    assert "The budget sweep of ``ldrop test``" in text and "(and, for:" not in text
+
+
 def test_predict_only_options_are_listed_by_predict_only(capsys):
     for command in ("fit", "validate", "test"):
         text = _help(capsys, command, "--help")

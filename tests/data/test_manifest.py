@@ -140,3 +140,12 @@ def test_a_negative_offset_is_an_error_naming_the_row(tmp_path):
     (tmp_path / "m.csv").write_text("path,label,offset\na.wav,x,-1\n")
     with pytest.raises(ValueError, match=r"m\.csv:2: offset must be >= 0"):
         ManifestDataModule(train_manifest=str(tmp_path / "m.csv")).setup("fit")
+
+
+def test_the_task_choices_of_the_manifest_are_the_ones_it_takes(capsys):
+    from ldrop.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.help", "ManifestDataModule"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{classification,ctc}" in text.replace(", ", ",") and "regression" not in text

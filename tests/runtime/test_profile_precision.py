@@ -107,6 +107,9 @@ def test_ldrop_profile_measures_under_autocast_and_refuses_conflicting_options(t
     assert "leave --dtype at fp32, not bf16" in capsys.readouterr().err
     assert main(["profile", str(tmp_path), "--runtime", "onnx", "--autocast", "bf16", "--out", str(out)]) == 2
     assert "--dtype and --autocast apply to --runtime torch" in capsys.readouterr().err
+    # ONNX Runtime is timed on the CPU: a --device would be a profile of another device than it says
+    assert main(["profile", str(tmp_path), "--runtime", "onnx", "--device", "cuda", "--out", str(out)]) == 2
+    assert "--device cuda applies to --runtime torch" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("dtype", "precision"), [("bfloat16", "bf16-true"), ("float16", "16-true"),

@@ -229,6 +229,54 @@ def test_self_distillation_adds_a_loss_term(tmp_path):
     assert logged["train/distill_loss"] > 0
 
 
+def _saved_then_loaded(tmp_path, model):
+    """``model`` validated and saved as a checkpoint, then loaded back with :func:`ldrop.load_model`."""
+    from ldrop import load_model
+
+    trainer = quiet_trainer(tmp_path, limit_val_batches=1)
+    trainer.validate(model, tiny_classification_data(), verbose=False)
+    trainer.save_checkpoint(tmp_path / "saved.ckpt")
+    return load_model(tmp_path / "saved.ckpt")
+
+
+@pytest.mark.parametrize("method", ["full", "early_exit"])
+def test_distillation_without_a_selector_is_refused_at_fit_and_its_checkpoints_still_load(tmp_path, method):
+    # every layer trains: the teacher would be the student itself (a KL of 0 for one more forward pass)
+    model = _classifier(**METHODS[method], distillation=DistillationConfig(weight=1.0))
+    with pytest.raises(ValueError, match="distillation.weight is 1.0 but the model has no selector"):
+        quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, tiny_classification_data())
+    loaded = _saved_then_loaded(tmp_path, model)  # a checkpoint saved with it (before this check) predicts
+    with torch.no_grad():
+        logits, keep = loaded.eval()(torch.randn(2, 4000), None, 2)
+    assert logits.shape == (2, 4) and torch.isfinite(logits).all() and keep.shape == (2, 4)
+
+
+@pytest.mark.parametrize("method", ["full", "early_exit"])
+def test_without_a_selector_every_training_batch_runs_and_logs_full_depth(tmp_path, method):
+    L.seed_everything(0)
+    model = _classifier(**METHODS[method], budgets=BudgetSampling(train=[1], full_depth_prob=0.0, validation=[2]))
+    budgets = []
+
+    class Capture(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            budgets.append(float(trainer.callback_metrics["train/budget"]))
+
+    quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Capture()]).fit(
+        model, tiny_classification_data())
+    assert budgets == [4.0, 4.0]
+
+
+def test_diversity_weight_with_the_counterfactual_objective_is_refused_at_fit_only(tmp_path):
+    selector = functools.partial(InputConditionedSelector, hidden_dim=16, objective="counterfactual",
+                                 diversity_weight=0.5)
+    model = _classifier(selector=selector)  # that objective has no relaxed mask for the loss to act on
+    with pytest.raises(ValueError, match="diversity_weight 0.5 does nothing with objective 'counterfactual'"):
+        quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, tiny_classification_data())
+    assert _saved_then_loaded(tmp_path, model).selector.diversity_weight == 0.5  # old checkpoints still load
+    both = _classifier(selector=functools.partial(selector, objective="both"))  # "both" has the relaxed mask
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(both, tiny_classification_data())
+
+
 def test_predict_step_reports_output_layers_and_flops():
     model = _classifier(selector=InputConditionedSelector, predict_budget=2).eval()
     data = tiny_classification_data()
