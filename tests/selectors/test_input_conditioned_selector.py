@@ -327,6 +327,15 @@ def test_diversity_loss_is_weighted_and_only_added_in_training() -> None:
     losses = selector(features, frame_mask, torch.full((16,), 3)).losses
     assert set(losses) == {"diversity"}
     assert 0.0 <= losses["diversity"].item() <= 0.5 * 0.25
+    # the weighted distance of the relaxed masks' spread over the batch from its largest, 0.25: more diverse
+    # masks, a smaller loss
+    seen = []
+    select_topk = selector.select_topk
+    selector.select_topk = lambda *args: seen.append(select_topk(*args)) or seen[-1]
+    losses = selector(features, frame_mask, torch.full((16,), 3)).losses
+    soft = seen[0][1]
+    expected = 0.5 * (0.25 - soft.var(0, unbiased=False).mean())
+    torch.testing.assert_close(losses["diversity"], expected)
     assert make_selector().train()(features, frame_mask, torch.full((16,), 3)).losses == {}
     assert selector.eval()(features, frame_mask, torch.full((16,), 3)).losses == {}
 

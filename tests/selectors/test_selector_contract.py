@@ -46,6 +46,7 @@ def test_every_selector_keeps_a_zero_one_mask_of_budget_shape(selector_class) ->
     keep_mask = selector(features, frame_mask, torch.full((BATCH_SIZE,), 3)).keep_mask
     assert keep_mask.shape == (BATCH_SIZE, NUM_LAYERS) and keep_mask.dtype == torch.float32
     assert set(keep_mask.unique().tolist()) <= {0.0, 1.0}
+    assert keep_mask.sum(1).tolist() == [3.0] * BATCH_SIZE  # exactly the budget, in eval mode
 
 
 @pytest.mark.parametrize("selector_class", SELECTORS)
