@@ -95,7 +95,10 @@ def test_ldrop_predict_with_a_target_budget(tmp_path):
 
     records = predict(100.0)
     assert len(records) == 8 and all(len(r["executed_layers"]) == 4 for r in records)  # a loose target: all
-    records = predict(1e-6)  # unmeetable: the fewest layers (and a warning), not the default full depth
+    from ldrop.budgets import UnmeetableTargetWarning
+
+    with pytest.warns(UnmeetableTargetWarning):  # unmeetable: the fewest layers and a warning, not full depth
+        records = predict(1e-6)
     assert len(records) == 8 and all(len(r["executed_layers"]) == 1 for r in records)
 
 
