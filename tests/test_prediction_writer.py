@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import pytest
 import torch
@@ -57,6 +58,48 @@ def test_an_output_in_a_file_path_fails_at_setup_naming_it(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match="file"):
         _predict(tmp_path, tmp_path / "file" / "pred.jsonl")
+
+
+@pytest.mark.parametrize("free_bytes", [0, 6000], ids=["full", "one-batch-free"])
+def test_a_disk_that_fills_names_the_folder_and_keeps_only_whole_batches_for_any_user(tmp_path, free_bytes,
+                                                                                       monkeypatch):
+    """The full-disk test below needs root for its tmpfs; here the file refuses writes past ``free_bytes`` (a batch
+    of four records is about 4.1 KB: one fits in 6000 bytes, two do not)."""
+    import errno
+    import io
+    import os
+
+    class Filling(io.FileIO):
+        written = 0
+
+        def write(self, data):  # as a disk does: what fits (a short write), then "no space"
+            room = free_bytes - self.written
+            if room <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            count = super().write(bytes(data)[:room])
+            self.written += count
+            return count
+
+    fdopen = os.fdopen
+
+    def filling_fdopen(fd, mode="r", *args, **kwargs):
+        if mode != "w":
+            return fdopen(fd, mode, *args, **kwargs)
+        return io.TextIOWrapper(io.BufferedWriter(Filling(fd, "w")), encoding=kwargs.get("encoding"))
+
+    decode = ClassificationTask.decode  # long records: a 4 KiB page holds one batch of four, not two
+    monkeypatch.setattr(ClassificationTask, "decode", lambda self, *a: [f"{o}:{'x' * 900}" for o in decode(self, *a)])
+    monkeypatch.setattr(os, "fdopen", filling_fdopen)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with pytest.raises(OSError, match=f"no space left on {re.escape(str(disk))}"):
+        _predict(tmp_path, disk / "pred.jsonl")
+    monkeypatch.undo()
+    left = sorted(p.name for p in disk.iterdir())
+    assert left == (["pred.jsonl.partial"] if free_bytes else []), left
+    if free_bytes:
+        records = [json.loads(line) for line in (disk / "pred.jsonl.partial").read_text().splitlines()]
+        assert len(records) == 4, len(records)  # the one whole batch that fitted (about 4.1 KB of 6 KB)
 
 
 @pytest.mark.parametrize("free_pages", [0, 1], ids=["full", "one-page-free"])

@@ -84,13 +84,22 @@ def test_ldrop_predict_with_a_target_budget(tmp_path):
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
     out = tmp_path / "pred.jsonl"
     profile = tmp_path / "profile.json"
-    main(["profile", str(checkpoint), *TINY_GRID, "--out", str(profile)])
-    main(["predict", "--config", QUICKSTART, *SMALL_DATA, "--trainer.logger", "false",
-          "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(checkpoint),
-          "--model.init_args.predict_budget", f"{{rtf: 100.0, profile: {profile}}}",
-          "--predictions.output", str(out)])
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert main(["profile", str(checkpoint), *TINY_GRID, "--out", str(profile)]) == 0
+
+    def predict(rtf: float) -> list[dict]:
+        assert main(["predict", "--config", QUICKSTART, *SMALL_DATA, "--trainer.logger", "false",
+                     "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(checkpoint),
+                     "--model.init_args.predict_budget", f"{{rtf: {rtf}, profile: {profile}}}",
+                     "--predictions.output", str(out)]) == 0
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    records = predict(100.0)
     assert len(records) == 8 and all(len(r["executed_layers"]) == 4 for r in records)  # a loose target: all
+    from ldrop.budgets import UnmeetableTargetWarning
+
+    with pytest.warns(UnmeetableTargetWarning):  # unmeetable: the fewest layers and a warning, not full depth
+        records = predict(1e-6)
+    assert len(records) == 8 and all(len(r["executed_layers"]) == 1 for r in records)
 
 
 def test_control_benchmark_smoke_run_writes_its_json(tmp_path):

@@ -46,6 +46,18 @@ def test_every_selector_keeps_a_zero_one_mask_of_budget_shape(selector_class) ->
     keep_mask = selector(features, frame_mask, torch.full((BATCH_SIZE,), 3)).keep_mask
     assert keep_mask.shape == (BATCH_SIZE, NUM_LAYERS) and keep_mask.dtype == torch.float32
     assert set(keep_mask.unique().tolist()) <= {0.0, 1.0}
+    assert keep_mask.sum(1).tolist() == [3.0] * BATCH_SIZE  # exactly the budget
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("selector_class", SELECTORS)
+def test_every_selector_keeps_each_inputs_own_budget(selector_class, training) -> None:
+    selector = selector_class(NUM_LAYERS, FEATURE_DIM).train(training)
+    features, frame_mask = random_inputs(BATCH_SIZE)
+    budget = torch.arange(BATCH_SIZE) % NUM_LAYERS + 1  # a different budget per input
+    with torch.no_grad():
+        keep_mask = selector(features, frame_mask, budget).keep_mask
+    assert keep_mask.sum(1).tolist() == budget.float().tolist()
 
 
 @pytest.mark.parametrize("selector_class", SELECTORS)

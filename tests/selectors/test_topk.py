@@ -80,8 +80,30 @@ def test_straight_through_forward_is_hard_and_backward_is_relaxed(method: str) -
     keep_mask, soft = straight_through_topk(scores, k, temperature=0.5, method=method)
     assert set(keep_mask.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(keep_mask.sum(-1), k.float())
-    (keep_mask * torch.arange(NUM_LAYERS)).sum().backward()
+    weights = torch.arange(NUM_LAYERS, dtype=torch.float32)
+    (keep_mask * weights).sum().backward()
     assert scores.grad is not None and scores.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "softmax"])
+def test_straight_through_gradient_is_the_relaxed_masks_and_follows_the_temperature(method: str) -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(16, NUM_LAYERS, generator=generator)
+    k = torch.full((16,), 3)
+    weights = torch.randn(NUM_LAYERS, generator=generator)
+
+    def grad(function, temperature: float) -> torch.Tensor:
+        leaf = scores.clone().requires_grad_(True)
+        (function(leaf, temperature) * weights).sum().backward()
+        return leaf.grad
+
+    for temperature in (0.1, 1.0):
+        straight = grad(lambda s, t: straight_through_topk(s, k, t, noise_scale=0.0, method=method)[0], temperature)
+        relaxed = grad(lambda s, t: relaxed_topk_mask(s, k, t, method), temperature)
+        torch.testing.assert_close(straight, relaxed)
+    cold = grad(lambda s, t: straight_through_topk(s, k, t, noise_scale=0.0, method=method)[0], 0.1)
+    warm = grad(lambda s, t: straight_through_topk(s, k, t, noise_scale=0.0, method=method)[0], 1.0)
+    assert not torch.allclose(cold, warm, rtol=0.1, atol=1e-3)  # the temperature shapes the gradient
 
 
 def test_straight_through_without_noise_equals_hard_topk_of_scores() -> None:

@@ -208,3 +208,46 @@ def test_per_item_errors_are_written_with_the_sweep_and_the_depth_oracle_beats_e
         assert row["acc_depth_oracle"] >= best_fixed - 1e-9  # "everyone at j <= k" is one of its allocations
         assert row["acc_depth_oracle_val"] >= row["acc_val"] - 1e-9
     assert rows[-1]["acc_depth_oracle"] == pytest.approx(rows[-1]["acc"], abs=1e-6)  # full depth: nothing to pick
+
+
+def test_control_masks_are_the_own_masks_permuted_and_the_most_common_one_for_all():
+    from types import SimpleNamespace
+
+    from ldrop.sweeps.scorers import ControlScorer
+
+    seen: list[torch.Tensor] = []
+    task = SimpleNamespace(
+        device=torch.device("cpu"), _metrics_on_device=dict, update_metrics=lambda *args: None,
+        logits_with_mask=lambda encoded, mask: seen.append(mask) or torch.zeros(len(mask), 2),
+    )
+    # the most common mask, [0, 1, 1, 0], is neither the first nor the last row
+    own = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1]],
+                       dtype=torch.float32)
+    step = SimpleNamespace(task=task, encoded=SimpleNamespace(frame_mask=None), batch=None, index=3,
+                           costs={2: SimpleNamespace(mask=own)})
+    scorer = ControlScorer([2])
+    scorer.start(task)
+    scorer.batch(step)
+    shuffled, common = seen
+    assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, own.tolist()))  # the same masks...
+    assert not torch.equal(shuffled, own)  # ...given to other inputs
+    assert torch.equal(common, torch.tensor([[0.0, 1.0, 1.0, 0.0]]).expand(6, 4))
+
+
+@pytest.mark.parametrize(("higher_is_better", "expected"), [(True, 0.8), (False, 0.2)])
+def test_the_static_oracle_is_the_best_single_mask_for_everyone(higher_is_better, expected):
+    from types import SimpleNamespace
+
+    from ldrop.sweeps.headroom import HeadroomScorer
+    from ldrop.sweeps.scorers import _sum
+
+    count, input_errors = _sum(torch.device("cpu")), _sum(torch.device("cpu"))
+    count.update(10.0)
+    input_errors.update(1.0)
+    # error sums over the whole split of three masks, each given to every input: the best one has 2 errors
+    state = {"count": count, "input": input_errors, "static": torch.tensor([5.0, 2.0, 9.0], dtype=torch.float64)}
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda tensor, reduce_op: tensor))
+    task = SimpleNamespace(metric_names=["m"], higher_is_better=higher_is_better)
+    columns = HeadroomScorer._columns(trainer, task, state)
+    assert columns["m_static_oracle"] == pytest.approx(expected)  # accuracy 1 - 2/10, or an error rate 2/10
+    assert columns["m_input_oracle"] == pytest.approx(0.9 if higher_is_better else 0.1)

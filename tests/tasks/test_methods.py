@@ -306,3 +306,41 @@ def test_ctc_vocabulary_must_hold_the_word_separator():
 def test_classifier_needs_labels_or_a_class_count():
     with pytest.raises(ValueError, match="num_classes"):
         ClassificationTask(backbone="tiny:wavlm")
+
+
+@pytest.mark.parametrize(("weight", "temperature"), [(1.0, 1.0), (0.5, 2.0)])
+def test_the_distillation_loss_is_the_weighted_tempered_kl_over_real_frames(weight, temperature):
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 3, generator=generator), torch.randn(2, 5, 3, generator=generator)
+    frame_mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    config = DistillationConfig(weight=weight, temperature=temperature)
+
+    def kl(s, t):  # KL(teacher || student) of one frame's tempered class distributions
+        p, q = (t / temperature).softmax(-1), (s / temperature).softmax(-1)
+        return float((p * (p.log() - q.log())).sum())
+
+    per_item = [sum(kl(student[b, f], teacher[b, f]) for f in range(5) if frame_mask[b, f]) / int(frame_mask[b].sum())
+                for b in range(2)]
+    expected = weight * temperature**2 * sum(per_item) / 2
+    assert float(config.loss(student, teacher, frame_mask)) == pytest.approx(expected, rel=1e-5)
+    assert float(config.loss(teacher, teacher, frame_mask)) == pytest.approx(0.0, abs=1e-6)
+    # padded frames do not count: changing the student there changes nothing
+    changed = student.clone()
+    changed[1, 2:] += 10.0
+    assert float(config.loss(changed, teacher, frame_mask)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_init_from_a_lightning_checkpoint_starts_from_its_weights(tmp_path):
+    full = _classifier()
+    with torch.no_grad():  # weights that are not the seeded initialisation a new model gets anyway
+        for parameter in full.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    trainer = quiet_trainer(tmp_path, limit_val_batches=1)
+    trainer.validate(full, tiny_classification_data(), verbose=False)
+    trainer.save_checkpoint(tmp_path / "full.ckpt")
+    saved = torch.load(tmp_path / "full.ckpt", weights_only=False)["state_dict"]
+    drop = _classifier(**METHODS["input_conditioned"], init_from=str(tmp_path / "full.ckpt"))
+    backbone = {name: value for name, value in drop.state_dict().items() if name.startswith("backbone.")}
+    assert len(backbone) > 10 and all(torch.equal(value, saved[name]) for name, value in backbone.items())
+    assert torch.equal(drop.head.weight, saved["head.weight"])
+    assert not torch.equal(_classifier(**METHODS["input_conditioned"]).head.weight, saved["head.weight"])
