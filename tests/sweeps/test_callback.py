@@ -37,7 +37,8 @@ def input_conditioned_rows(tmp_path_factory) -> list[dict]:
 def test_repeats_of_a_random_selector_report_a_spread(tmp_path):
     rows = _sweep(tmp_path, RandomSelector, repeats=3)
     assert all("acc_std" in row and row["acc_std"] >= 0.0 for row in rows)
-    assert [row["utterances"] for row in rows] == [16, 16]
+    assert rows[-1]["acc_std"] == 0.0  # at full depth every repeat runs every layer: the same run three times
+    assert [row["utterances"] for row in rows] == [16, 16]  # repeats are not counted as more utterances
 
 
 def test_a_random_selectors_item_errors_pool_to_its_rows_metric_the_mean_of_its_repeats(tmp_path):
