@@ -275,18 +275,32 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
     """A hidden sibling folder to write into, renamed to ``out_dir`` when the block succeeds, else removed: the
     folder appears complete or not at all. ``error`` (one line) if ``out_dir`` is a file or a non-empty folder."""
     out_dir = check_new_folder(out_dir, error)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    made = [parent for parent in out_dir.parents if not parent.exists()]  # removed again if the block fails
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.pid{os.getpid()}.", dir=out_dir.parent))
+    except OSError as err:
+        _remove_empty(made)
+        raise OSError(err.errno, err.strerror, str(out_dir)) from err  # named as asked, not the hidden sibling
     for stale in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.pid*.*"):  # a killed run's, not a running one's
         pid = re.fullmatch(rf"\.{re.escape(out_dir.name)}\.pid(\d+)\..+", stale.name)
         if stale.is_dir() and pid and not _running(int(pid[1])):
             shutil.rmtree(stale, ignore_errors=True)
             log.info("removed %s, the staging folder of an interrupted run", stale)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.pid{os.getpid()}.", dir=out_dir.parent))
     try:
         yield staging
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; the result gets the usual permissions
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(made)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders that are empty, deepest first (those a failed block made, left as they were)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

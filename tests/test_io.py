@@ -64,3 +64,31 @@ def test_a_staged_folder_removes_only_killed_runs_staging_of_the_same_name(tmp_p
     with staged_folder(tmp_path / "ex[p]1") as staging:  # a glob pattern in the name matched exp1's before
         (staging / "x").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "ex[p]1"]
+
+
+def test_a_staged_folder_gets_the_usual_permissions_and_leaves_no_folder_it_made_on_failure(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from ldrop._io import staged_folder
+
+    old = os.umask(0o022)
+    try:
+        with staged_folder(tmp_path / "made" / "export") as staging:
+            (staging / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "made" / "export").stat().st_mode & 0o777 == 0o755  # mkdtemp's 0o700 kept others out
+    with pytest.raises(RuntimeError), staged_folder(tmp_path / "a" / "b" / "export") as staging:
+        (staging / "x").write_text("x")
+        raise RuntimeError("the export failed")
+    assert not (tmp_path / "a").exists()  # the parents it made are gone too
+
+    def refuse(prefix, dir):  # noqa: A002 - mkdtemp's own keyword
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "xyz"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(PermissionError) as raised, staged_folder(tmp_path / "c" / "export"):
+        pass
+    assert raised.value.filename == str(tmp_path / "c" / "export")  # the folder asked for, not the hidden sibling
+    assert not (tmp_path / "c").exists()

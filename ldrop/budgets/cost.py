@@ -168,12 +168,12 @@ class DeviceProfile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
+    def from_dict(cls, data: dict[str, Any], remedy: str = "'ldrop profile'") -> DeviceProfile:
         """A profile from :meth:`to_dict`'s form, checked field by field (``ValueError`` saying what is
-        wrong)."""
+        wrong, and to write one with ``remedy``)."""
         problem = _profile_problem(data)
         if problem:
-            raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
+            raise ValueError(f"not an ldrop device profile: {problem}; write one with {remedy}")
         return cls(**{**data, **{part: PartFit(**{k: float(v) for k, v in data[part].items()}) for part in PARTS}})
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -184,24 +184,24 @@ class DeviceProfile:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> DeviceProfile:
+    def load(cls, path: str | os.PathLike, remedy: str = "'ldrop profile'") -> DeviceProfile:
         """Read a profile written by :meth:`save` or ``ldrop profile``.
 
-        ``FileNotFoundError`` without a file; else a one-line ``ValueError`` naming ``path`` and what is
-        wrong.
+        ``FileNotFoundError`` without a file; else a one-line ``ValueError`` naming ``path``, what is wrong and
+        the command that writes one (``remedy``).
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
+            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with {remedy}")
         try:
-            profile = cls.from_dict(json.loads(path.read_bytes().decode("utf-8")))
+            profile = cls.from_dict(json.loads(path.read_bytes().decode("utf-8")), remedy)
             profile.path = str(path)
             return profile
         except UnicodeDecodeError:
-            problem = " is not a text file (not UTF-8); write one with 'ldrop profile'"
+            problem = f" is not a text file (not UTF-8); write one with {remedy}"
         except json.JSONDecodeError as error:
             problem = (f" is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); write one with "
-                       "'ldrop profile'")
+                       f"{remedy}")
         except ValueError as error:  # from_dict's own line
             problem = f": {error}"
         raise ValueError(f"device profile {str(path)!r}{problem}") from None

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,7 +29,7 @@ from ldrop.budgets.targets import Target, is_target
 from ldrop.engine import layer_guard
 from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
-from ldrop.runtime.onnx_runtime import RunOutput, check_float_audio, check_not_channels
+from ldrop.runtime.onnx_runtime import RunOutput, check_clip, check_float_audio, check_lengths, check_not_channels
 from ldrop.tasks import LayerDropTask
 from ldrop.tasks.cost import own_flops
 
@@ -40,7 +41,11 @@ class AdaptiveOutput(RunOutput[Tensor]):
 
 
 def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``([batch, samples], lengths [batch])`` from one utterance ``[samples]``, a padded batch or a list."""
+    """``([batch, samples], lengths [batch])`` from one utterance ``[samples]``, a padded batch (tensor or
+    array) or a list of 1-D clips."""
+    if not isinstance(waveforms, Tensor) and hasattr(waveforms, "shape") and hasattr(waveforms, "__array__"):
+        check_float_audio(np.asarray(waveforms).dtype)  # a numpy array is a batch or one clip, not a list
+        waveforms = torch.as_tensor(np.asarray(waveforms))
     if isinstance(waveforms, Tensor):
         check_float_audio(waveforms.dtype)
         if waveforms.dim() == 1:
@@ -50,12 +55,14 @@ def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -
         if lengths is None:
             check_not_channels(tuple(waveforms.shape))
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
-        lengths = torch.as_tensor(lengths).to(torch.long)
+        lengths = torch.as_tensor(lengths).to(torch.long).reshape(-1)
+        check_lengths(lengths, *waveforms.shape)
     else:
         clips = [torch.as_tensor(w, device="cpu") for w in waveforms]
-        for clip in clips:
+        for index, clip in enumerate(clips):
             check_float_audio(clip.dtype)
-        clips = [clip.to(torch.float32).flatten() for clip in clips]
+            check_clip(index, tuple(clip.shape))
+        clips = [clip.to(torch.float32) for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")
         waveforms = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
@@ -80,7 +87,8 @@ class AdaptiveModel(ClosedLoopModel):
         margin: fraction of a time target kept free for noise.
         on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"``.
         sample_rate: samples per second of the waveforms given, for ``rtf`` and FLOPs-rate targets (``None``:
-            the backbone's rate). Waveforms are not resampled: give them at the backbone's rate.
+            the backbone's rate). Waveforms are not resampled, so another rate than the backbone's is a
+            ``ValueError``: resample them first (``torchaudio.functional.resample``).
         autocast: run float32 weights under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``;
             ``None``: the parameters' dtype).
         guard: under a time target in closed loop, start no layer that would end past the target (measured
@@ -101,6 +109,10 @@ class AdaptiveModel(ClosedLoopModel):
         self.model = model.eval()
         if profile is not None and not isinstance(profile, DeviceProfile):
             profile = DeviceProfile.load(profile)
+        if sample_rate is not None and int(sample_rate) != int(model.backbone.sample_rate):
+            raise ValueError(f"sample_rate={sample_rate}, but the model reads {model.backbone.sample_rate} Hz audio "
+                             f"and AdaptiveModel does not resample: resample the waveforms to "
+                             f"{model.backbone.sample_rate} Hz (torchaudio.functional.resample)")
         sample_rate = int(sample_rate or model.backbone.sample_rate)
         self.controller = BudgetController(
             model.num_layers, profile, flops_config=model.backbone.config,
@@ -189,7 +201,8 @@ class AdaptiveModel(ClosedLoopModel):
         """A sweep over targets on ``batches`` (with targets): one row per target, the correction restarted
         for each.
 
-        Rows hold mean layers, mean and p95 ms per batch, the miss rate (``ms``: the batch over the target;
+        Rows hold mean layers, mean and p95 ms per batch, the miss rate (``ms``: the batch over the target
+        times its size, as ``ldrop test``;
         ``rtf``: over ``rtf x`` its audio; FLOPs: any input over its allowance) and the task metrics.
         """
         from ldrop.engine.flops import count_forward_flops
@@ -208,7 +221,7 @@ class AdaptiveModel(ClosedLoopModel):
                 on_device = batch.to(out.logits.device) if hasattr(batch, "to") else batch  # CUDA: the targets too
                 self.model.update_metrics(metrics, out.logits, out.frame_mask, on_device)
                 if parsed is not None and parsed.kind == "ms":
-                    misses += out.measured_ms > parsed.value
+                    misses += out.measured_ms > parsed.value * len(batch.lengths)  # the batch's allowance
                 elif parsed is not None and parsed.kind == "rtf":
                     misses += out.measured_ms / 1000 > parsed.value * float(batch.lengths.sum()) / self.sample_rate
                 elif parsed is not None:

@@ -178,6 +178,23 @@ def check_float_audio(dtype: Any) -> None:
         raise ValueError(f"waveforms are {name} samples: give float audio in [-1, 1] (int16 PCM: x / 32768)")
 
 
+def check_clip(index: int, shape: tuple[int, ...]) -> None:
+    """A ValueError for a clip of a list that is not 1-D ``[samples]``: flattening a stereo clip would interleave
+    its channels, and a list of numbers is one clip, not many."""
+    if len(shape) == 0:
+        raise ValueError("waveforms is a list of numbers: give one clip as an array or tensor [samples] "
+                         "(np.asarray(samples)), or a list of 1-D clips")
+    if len(shape) != 1:
+        raise ValueError(f"clip {index} of the list has shape {list(shape)}: each clip must be 1-D [samples] "
+                         "(mono: average the channels first)")
+
+
+def check_lengths(lengths: Any, batch: int, samples: int) -> None:
+    """A ValueError unless ``lengths`` (array or tensor) holds one value per row, none past the padded end."""
+    if tuple(lengths.shape) != (batch,) or bool((lengths > samples).any()):
+        raise ValueError(f"lengths must be [batch={batch}] values <= {samples}, got {lengths.tolist()}")
+
+
 def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> tuple[np.ndarray, np.ndarray]:
     """``(waveforms [batch, samples] float32, lengths [batch] int64)`` from one utterance ``[samples]``, a
     zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths."""
@@ -194,15 +211,15 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
             check_not_channels(waves.shape)
             lengths = np.full(waves.shape[0], waves.shape[1], dtype=np.int64)
         lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-        if lengths.shape != (waves.shape[0],) or bool((lengths > waves.shape[1]).any()):
-            raise ValueError(f"lengths must be [batch={waves.shape[0]}] values <= {waves.shape[1]}, got {lengths}")
+        check_lengths(lengths, *waves.shape)
         waves = np.ascontiguousarray(waves)
     else:
         clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike) else np.asarray(w)
                  for w in waveforms]
-        for clip in clips:
+        for index, clip in enumerate(clips):
             check_float_audio(clip.dtype)
-        clips = [clip.astype(np.float32).reshape(-1) for clip in clips]
+            check_clip(index, clip.shape)
+        clips = [clip.astype(np.float32) for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")
         lengths = np.array([len(c) for c in clips], dtype=np.int64)
@@ -333,7 +350,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
     def _controller(self, profile: Any, closed_loop: bool, margin: float, on_unmeetable: str,
                     **options: Any) -> OnnxBudgetController:
         if profile is not None and not isinstance(profile, DeviceProfile):
-            profile = DeviceProfile.load(profile)
+            profile = DeviceProfile.load(profile, f"'ldrop profile --runtime onnx {self.folder} --out {profile}'")
         flops = self.manifest.get("flops")
         controller = OnnxBudgetController(
             self.num_layers, profile, flops=FlopsLaw(**flops) if flops else None, closed_loop=closed_loop,

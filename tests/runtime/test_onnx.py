@@ -317,6 +317,12 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
     clips[1][100] = np.nan
     with pytest.raises(ValueError, match=r"waveforms \[1\] hold NaN or inf samples"):
         model(clips, 2)
+    with pytest.raises(ValueError, match=r"clip 1 of the list has shape \[12000, 2\]: each clip must be 1-D"):
+        model([clip[:, 0], clip], 2)  # was flattened into one clip of interleaved channels
+    with pytest.raises(ValueError, match="waveforms is a list of numbers"):
+        model(clip[:, 0].tolist(), 2)  # was 12000 clips of one sample each
+    with pytest.raises(ValueError, match=r"lengths must be \[batch=2\] values <= 12000"):
+        model(np.stack([clip[:, 0], clip[:, 1]]), 2, lengths=[12000])
     pcm = (clip[:, 0] * 32767).astype(np.int16)  # raw PCM would run 32768 times too loud
     for given in (pcm, [pcm], pcm[None]):
         with pytest.raises(ValueError, match=r"int16 samples: give float audio in \[-1, 1\]"):
