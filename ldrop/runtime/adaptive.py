@@ -29,7 +29,13 @@ from ldrop.budgets.targets import Target, is_target
 from ldrop.engine import layer_guard
 from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
-from ldrop.runtime.onnx_runtime import RunOutput, check_clip, check_float_audio, check_lengths, check_not_channels
+from ldrop.runtime.onnx_runtime import (
+    RunOutput,
+    check_clip,
+    check_float_audio,
+    check_lengths,
+    check_not_channels,
+)
 from ldrop.tasks import LayerDropTask
 from ldrop.tasks.cost import own_flops
 

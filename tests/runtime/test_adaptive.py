@@ -259,7 +259,6 @@ def test_adaptive_model_refuses_non_finite_samples_and_channel_last_audio(tiny_c
 
 
 def test_an_array_is_a_batch_or_one_clip_and_a_list_holds_1d_clips(tiny_checkpoint):
-    np = pytest.importorskip("numpy")
     model = AdaptiveModel(load_model(tiny_checkpoint))
     waves = torch.randn(2, 8000, generator=torch.Generator().manual_seed(4))
     reference = model(waves, 2).logits
