@@ -13,6 +13,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -275,10 +276,13 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
     """A hidden sibling folder to write into, renamed to ``out_dir`` when the block succeeds, else removed: the
     folder appears complete or not at all. ``error`` (one line) if ``out_dir`` is a file or a non-empty folder."""
     out_dir = check_new_folder(out_dir, error)
-    made = [parent for parent in out_dir.parents if not parent.exists()]  # removed again if the block fails
+    made: list[Path] = []  # the parents this call made (not another process's), removed again if it fails
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.pid{os.getpid()}.", dir=out_dir.parent))
+        for parent in reversed(out_dir.parents):
+            with contextlib.suppress(FileExistsError):
+                parent.mkdir()
+                made.insert(0, parent)
+        staging = _new_hidden_sibling(out_dir)
     except OSError as err:
         _remove_empty(made)
         raise OSError(err.errno, err.strerror, str(out_dir)) from err  # named as asked, not the hidden sibling
@@ -289,7 +293,6 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
             log.info("removed %s, the staging folder of an interrupted run", stale)
     try:
         yield staging
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; the result gets the usual permissions
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(staging, out_dir)
@@ -297,6 +300,16 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(made)
         raise
+
+
+def _new_hidden_sibling(out_dir: Path) -> Path:
+    """A new folder ``.<name>.pid<this process>.<random>`` beside ``out_dir``, made by ``mkdir``, not ``mkdtemp``
+    (owner-only): it gets what any new folder there gets (the umask, a setgid group, default ACLs)."""
+    while True:
+        folder = out_dir.parent / f".{out_dir.name}.pid{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            return folder
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -22,6 +22,9 @@ import numpy as np
 #: Fitted parts of a profile.
 PARTS = ("fixed", "layer")
 
+#: The command that writes a device profile, as error messages give it.
+REMEDY = "'ldrop profile' ('ldrop profile --runtime onnx' for an ONNX export)"
+
 #: The ``ldrop profile`` options that measure at a Lightning precision.
 PROFILE_PRECISION_OPTIONS = {"32-true": "", "bf16-mixed": "--autocast bf16", "16-mixed": "--autocast fp16",
                              "bf16-true": "--dtype bf16", "16-true": "--dtype fp16"}
@@ -148,8 +151,7 @@ class DeviceProfile:
         wrong = [f"{key} {mine[key]}, not {value}" for key, value in facts.items() if mine.get(key, value) != value]
         if wrong:
             name = "the device profile" if self.path is None else f"device profile {str(self.path)!r}"
-            raise ValueError(f"{name} is of another model ({'; '.join(wrong)}): profile this model with "
-                             "'ldrop profile'")
+            raise ValueError(f"{name} is of another model ({'; '.join(wrong)}): profile this model with {REMEDY}")
 
     def precision_warning(self, precision: str) -> str | None:
         """Why the times of this profile may not be those of a model running at ``precision`` (a Lightning
@@ -168,12 +170,12 @@ class DeviceProfile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], remedy: str = "'ldrop profile'") -> DeviceProfile:
+    def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
         """A profile from :meth:`to_dict`'s form, checked field by field (``ValueError`` saying what is
-        wrong, and to write one with ``remedy``)."""
+        wrong)."""
         problem = _profile_problem(data)
         if problem:
-            raise ValueError(f"not an ldrop device profile: {problem}; write one with {remedy}")
+            raise ValueError(f"not an ldrop device profile: {problem}; write one with {REMEDY}")
         return cls(**{**data, **{part: PartFit(**{k: float(v) for k, v in data[part].items()}) for part in PARTS}})
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -184,24 +186,24 @@ class DeviceProfile:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, remedy: str = "'ldrop profile'") -> DeviceProfile:
+    def load(cls, path: str | os.PathLike) -> DeviceProfile:
         """Read a profile written by :meth:`save` or ``ldrop profile``.
 
-        ``FileNotFoundError`` without a file; else a one-line ``ValueError`` naming ``path``, what is wrong and
-        the command that writes one (``remedy``).
+        ``FileNotFoundError`` without a file; else a one-line ``ValueError`` naming ``path`` and what is
+        wrong.
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with {remedy}")
+            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with {REMEDY}")
         try:
-            profile = cls.from_dict(json.loads(path.read_bytes().decode("utf-8")), remedy)
+            profile = cls.from_dict(json.loads(path.read_bytes().decode("utf-8")))
             profile.path = str(path)
             return profile
         except UnicodeDecodeError:
-            problem = f" is not a text file (not UTF-8); write one with {remedy}"
+            problem = f" is not a text file (not UTF-8); write one with {REMEDY}"
         except json.JSONDecodeError as error:
             problem = (f" is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); write one with "
-                       f"{remedy}")
+                       f"{REMEDY}")
         except ValueError as error:  # from_dict's own line
             problem = f": {error}"
         raise ValueError(f"device profile {str(path)!r}{problem}") from None

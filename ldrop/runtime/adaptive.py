@@ -35,6 +35,7 @@ from ldrop.runtime.onnx_runtime import (
     check_float_audio,
     check_lengths,
     check_not_channels,
+    list_of_clips,
 )
 from ldrop.tasks import LayerDropTask
 from ldrop.tasks.cost import own_flops
@@ -49,10 +50,11 @@ class AdaptiveOutput(RunOutput[Tensor]):
 def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``([batch, samples], lengths [batch])`` from one utterance ``[samples]``, a padded batch (tensor or
     array) or a list of 1-D clips."""
-    if not isinstance(waveforms, Tensor) and hasattr(waveforms, "shape") and hasattr(waveforms, "__array__"):
-        check_float_audio(np.asarray(waveforms).dtype)  # a numpy array is a batch or one clip, not a list
-        waveforms = torch.as_tensor(np.asarray(waveforms))
-    if isinstance(waveforms, Tensor):
+    clips = None if isinstance(waveforms, Tensor) else list_of_clips(waveforms, lengths)
+    if clips is None and not isinstance(waveforms, Tensor):  # an array: a batch or one clip, not a list
+        check_float_audio(np.asarray(waveforms).dtype)
+        waveforms = torch.from_numpy(np.ascontiguousarray(waveforms, dtype=np.float32))
+    if clips is None:
         check_float_audio(waveforms.dtype)
         if waveforms.dim() == 1:
             waveforms = waveforms[None]
@@ -64,17 +66,17 @@ def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -
         lengths = torch.as_tensor(lengths).to(torch.long).reshape(-1)
         check_lengths(lengths, *waveforms.shape)
     else:
-        clips = [torch.as_tensor(w, device="cpu") for w in waveforms]
+        clips = [torch.as_tensor(w, device="cpu") for w in clips]
         for index, clip in enumerate(clips):
             check_float_audio(clip.dtype)
             check_clip(index, tuple(clip.shape))
-        clips = [clip.to(torch.float32) for clip in clips]
+        clips = [clip.to(torch.float32).flatten() for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")
         waveforms = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
         lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
     finite = torch.isfinite(waveforms).all(dim=1)
-    if not bool(finite.all()):  # one host sync per call: a NaN input would give a confident wrong answer
+    if not bool(finite.all()):  # a host sync (as the lengths check): a NaN input would give a confident wrong answer
         raise ValueError(f"waveforms {(~finite).nonzero().flatten().tolist()} hold NaN or inf samples")
     return waveforms, lengths
 
@@ -115,7 +117,7 @@ class AdaptiveModel(ClosedLoopModel):
         self.model = model.eval()
         if profile is not None and not isinstance(profile, DeviceProfile):
             profile = DeviceProfile.load(profile)
-        if sample_rate is not None and int(sample_rate) != int(model.backbone.sample_rate):
+        if sample_rate is not None and sample_rate != model.backbone.sample_rate:
             raise ValueError(f"sample_rate={sample_rate}, but the model reads {model.backbone.sample_rate} Hz audio "
                              f"and AdaptiveModel does not resample: resample the waveforms to "
                              f"{model.backbone.sample_rate} Hz (torchaudio.functional.resample)")

@@ -179,14 +179,24 @@ def check_float_audio(dtype: Any) -> None:
 
 
 def check_clip(index: int, shape: tuple[int, ...]) -> None:
-    """A ValueError for a clip of a list that is not 1-D ``[samples]``: flattening a stereo clip would interleave
-    its channels, and a list of numbers is one clip, not many."""
+    """A ValueError for a clip of a list with more than one channel (flattening it would join its channels end to
+    end), or for a list of numbers (one clip, not many); ``[1, samples]`` and ``[samples, 1]`` are one channel."""
     if len(shape) == 0:
         raise ValueError("waveforms is a list of numbers: give one clip as an array or tensor [samples] "
-                         "(np.asarray(samples)), or a list of 1-D clips")
-    if len(shape) != 1:
-        raise ValueError(f"clip {index} of the list has shape {list(shape)}: each clip must be 1-D [samples] "
-                         "(mono: average the channels first)")
+                         "(np.asarray(samples)), or a list of clips")
+    if sum(size > 1 for size in shape) > 1:
+        raise ValueError(f"clip {index} of the list has shape {list(shape)}: each clip must be one channel "
+                         "[samples] (average the channels first, e.g. x.mean(0) for [channels, samples])")
+
+
+def list_of_clips(waveforms: Any, lengths: Any) -> list[Any] | None:
+    """``waveforms`` as a list of clips if it is one (a list, a tuple, a 1-D array of objects), else ``None``;
+    a ValueError if ``lengths`` come with it (a list's clips carry their own lengths)."""
+    if hasattr(waveforms, "shape") and hasattr(waveforms, "__array__") and np.asarray(waveforms).dtype != object:
+        return None
+    if lengths is not None:
+        raise ValueError("lengths are for a padded batch [batch, samples]: a list's clips carry their own lengths")
+    return list(waveforms)
 
 
 def check_lengths(lengths: Any, batch: int, samples: int) -> None:
@@ -200,7 +210,8 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
     zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths."""
     if isinstance(waveforms, str | os.PathLike):
         waveforms = [waveforms]
-    if isinstance(waveforms, np.ndarray) or (hasattr(waveforms, "shape") and hasattr(waveforms, "__array__")):
+    clips = list_of_clips(waveforms, lengths)
+    if clips is None:
         check_float_audio(np.asarray(waveforms).dtype)
         waves = np.asarray(waveforms, dtype=np.float32)
         if waves.ndim == 1:
@@ -215,11 +226,11 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
         waves = np.ascontiguousarray(waves)
     else:
         clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike) else np.asarray(w)
-                 for w in waveforms]
+                 for w in clips]
         for index, clip in enumerate(clips):
             check_float_audio(clip.dtype)
             check_clip(index, clip.shape)
-        clips = [clip.astype(np.float32) for clip in clips]
+        clips = [clip.astype(np.float32).reshape(-1) for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")
         lengths = np.array([len(c) for c in clips], dtype=np.int64)
@@ -350,7 +361,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
     def _controller(self, profile: Any, closed_loop: bool, margin: float, on_unmeetable: str,
                     **options: Any) -> OnnxBudgetController:
         if profile is not None and not isinstance(profile, DeviceProfile):
-            profile = DeviceProfile.load(profile, f"'ldrop profile --runtime onnx {self.folder} --out {profile}'")
+            profile = DeviceProfile.load(profile)
         flops = self.manifest.get("flops")
         controller = OnnxBudgetController(
             self.num_layers, profile, flops=FlopsLaw(**flops) if flops else None, closed_loop=closed_loop,

@@ -317,8 +317,13 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
     clips[1][100] = np.nan
     with pytest.raises(ValueError, match=r"waveforms \[1\] hold NaN or inf samples"):
         model(clips, 2)
-    with pytest.raises(ValueError, match=r"clip 1 of the list has shape \[12000, 2\]: each clip must be 1-D"):
+    with pytest.raises(ValueError, match=r"clip 1 of the list has shape \[12000, 2\]: each clip must be one channel"):
         model([clip[:, 0], clip], 2)  # was flattened into one clip of interleaved channels
+    one_channel = model([clip[:, :1], clip[None, :, 1]], 2).logits  # [samples, 1] and [1, samples]
+    assert np.abs(one_channel - model([clip[:, 0], clip[:, 1]], 2).logits).max() <= 1e-6
+    ragged = np.empty(2, dtype=object)  # clips of two lengths in one numpy array (was a ValueError from numpy)
+    ragged[0], ragged[1] = clip[:, 0], clip[:9000, 1]
+    assert model(ragged, 2).layers_run.tolist() == [2, 2]
     with pytest.raises(ValueError, match="waveforms is a list of numbers"):
         model(clip[:, 0].tolist(), 2)  # was 12000 clips of one sample each
     with pytest.raises(ValueError, match=r"lengths must be \[batch=2\] values <= 12000"):
