@@ -13,6 +13,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -275,13 +276,21 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
     """A hidden sibling folder to write into, renamed to ``out_dir`` when the block succeeds, else removed: the
     folder appears complete or not at all. ``error`` (one line) if ``out_dir`` is a file or a non-empty folder."""
     out_dir = check_new_folder(out_dir, error)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []  # the parents this call made (not another process's), removed again if it fails
+    try:
+        for parent in reversed(out_dir.parents):
+            with contextlib.suppress(FileExistsError):
+                parent.mkdir()
+                made.insert(0, parent)
+        staging = _new_hidden_sibling(out_dir)
+    except OSError as err:
+        _remove_empty(made)
+        raise OSError(err.errno, err.strerror, str(out_dir)) from err  # named as asked, not the hidden sibling
     for stale in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.pid*.*"):  # a killed run's, not a running one's
         pid = re.fullmatch(rf"\.{re.escape(out_dir.name)}\.pid(\d+)\..+", stale.name)
         if stale.is_dir() and pid and not _running(int(pid[1])):
             shutil.rmtree(stale, ignore_errors=True)
             log.info("removed %s, the staging folder of an interrupted run", stale)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.pid{os.getpid()}.", dir=out_dir.parent))
     try:
         yield staging
         if out_dir.exists():
@@ -289,4 +298,22 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(made)
         raise
+
+
+def _new_hidden_sibling(out_dir: Path) -> Path:
+    """A new folder ``.<name>.pid<this process>.<random>`` beside ``out_dir``, made by ``mkdir``, not ``mkdtemp``
+    (owner-only): it gets what any new folder there gets (the umask, a setgid group, default ACLs)."""
+    while True:
+        folder = out_dir.parent / f".{out_dir.name}.pid{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            return folder
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders that are empty, deepest first (those a failed block made, left as they were)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

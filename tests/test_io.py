@@ -64,3 +64,39 @@ def test_a_staged_folder_removes_only_killed_runs_staging_of_the_same_name(tmp_p
     with staged_folder(tmp_path / "ex[p]1") as staging:  # a glob pattern in the name matched exp1's before
         (staging / "x").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "ex[p]1"]
+
+
+def test_a_staged_folder_gets_the_usual_permissions_and_leaves_no_folder_it_made_on_failure(tmp_path, monkeypatch):
+    import os
+
+    import ldrop._io
+    from ldrop._io import staged_folder
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o2775)  # a group folder: new folders in it keep its group (setgid)
+    old = os.umask(0o022)
+    try:
+        with staged_folder(shared / "made" / "export") as staging:
+            (staging / "x").write_text("x")
+    finally:
+        os.umask(old)
+    for folder in (shared / "made", shared / "made" / "export"):  # mkdtemp's 0o700 kept others out
+        assert folder.stat().st_mode & 0o7777 == 0o2755, oct(folder.stat().st_mode)
+    with pytest.raises(RuntimeError), staged_folder(tmp_path / "a" / "b" / "export") as staging:
+        (staging / "x").write_text("x")
+        raise RuntimeError("the export failed")
+    assert not (tmp_path / "a").exists()  # the parents it made are gone too
+    (tmp_path / "kept").mkdir()  # an empty parent it did not make stays
+    with pytest.raises(RuntimeError), staged_folder(tmp_path / "kept" / "export"):
+        raise RuntimeError("the export failed")
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
+
+    def refuse(out_dir):
+        raise PermissionError(13, "Permission denied", str(out_dir.parent / f".{out_dir.name}.pid1.abc"))
+
+    monkeypatch.setattr(ldrop._io, "_new_hidden_sibling", refuse)
+    with pytest.raises(PermissionError) as raised, staged_folder(tmp_path / "c" / "export"):
+        pass
+    assert raised.value.filename == str(tmp_path / "c" / "export")  # the folder asked for, not the hidden sibling
+    assert not (tmp_path / "c").exists()

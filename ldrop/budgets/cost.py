@@ -22,6 +22,9 @@ import numpy as np
 #: Fitted parts of a profile.
 PARTS = ("fixed", "layer")
 
+#: The command that writes a device profile, as error messages give it.
+REMEDY = "'ldrop profile' ('ldrop profile --runtime onnx' for an ONNX export)"
+
 #: The ``ldrop profile`` options that measure at a Lightning precision.
 PROFILE_PRECISION_OPTIONS = {"32-true": "", "bf16-mixed": "--autocast bf16", "16-mixed": "--autocast fp16",
                              "bf16-true": "--dtype bf16", "16-true": "--dtype fp16"}
@@ -148,8 +151,7 @@ class DeviceProfile:
         wrong = [f"{key} {mine[key]}, not {value}" for key, value in facts.items() if mine.get(key, value) != value]
         if wrong:
             name = "the device profile" if self.path is None else f"device profile {str(self.path)!r}"
-            raise ValueError(f"{name} is of another model ({'; '.join(wrong)}): profile this model with "
-                             "'ldrop profile'")
+            raise ValueError(f"{name} is of another model ({'; '.join(wrong)}): profile this model with {REMEDY}")
 
     def precision_warning(self, precision: str) -> str | None:
         """Why the times of this profile may not be those of a model running at ``precision`` (a Lightning
@@ -173,7 +175,7 @@ class DeviceProfile:
         wrong)."""
         problem = _profile_problem(data)
         if problem:
-            raise ValueError(f"not an ldrop device profile: {problem}; write one with 'ldrop profile'")
+            raise ValueError(f"not an ldrop device profile: {problem}; write one with {REMEDY}")
         return cls(**{**data, **{part: PartFit(**{k: float(v) for k, v in data[part].items()}) for part in PARTS}})
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -192,16 +194,16 @@ class DeviceProfile:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with 'ldrop profile'")
+            raise FileNotFoundError(f"no device profile at {str(path)!r}; write one with {REMEDY}")
         try:
             profile = cls.from_dict(json.loads(path.read_bytes().decode("utf-8")))
             profile.path = str(path)
             return profile
         except UnicodeDecodeError:
-            problem = " is not a text file (not UTF-8); write one with 'ldrop profile'"
+            problem = f" is not a text file (not UTF-8); write one with {REMEDY}"
         except json.JSONDecodeError as error:
             problem = (f" is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); write one with "
-                       "'ldrop profile'")
+                       f"{REMEDY}")
         except ValueError as error:  # from_dict's own line
             problem = f": {error}"
         raise ValueError(f"device profile {str(path)!r}{problem}") from None

@@ -44,8 +44,9 @@ class ControlLoop:
         closed_loop: correct predictions with measured times (:meth:`observe`); ``False`` is open loop.
         margin: fraction of a time allowance kept free for noise (plan for ``(1 - margin) x target``).
         alpha_up, alpha_down: EMA weights of a new ratio when it is above / below the current correction.
-        window, quantile: the correction is at least this quantile of the last ``window`` ratios
-            (``quantile=None``: the moving average alone).
+        window, quantile: the correction is at least this quantile of the last ``window`` ratios, the
+            upper one (the ratio at index ``int(quantile x n)`` of the ``n`` sorted: of 8 ratios, 0.75 takes
+            the 7th smallest; ``quantile=None``: the moving average alone).
         jump: a change of speed this large is a change of load, not noise: a probe (see :meth:`decide`) this
             much above the correction is planned for at once, and ``recover_after`` ratios in a row this much
             below it end the slow spell (the correction restarts from their largest; ``0``: never).

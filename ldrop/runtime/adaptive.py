@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,7 +29,14 @@ from ldrop.budgets.targets import Target, is_target
 from ldrop.engine import layer_guard
 from ldrop.engine.flops import decision_flops
 from ldrop.runtime.checkpoints import load_model
-from ldrop.runtime.onnx_runtime import RunOutput, check_float_audio, check_not_channels
+from ldrop.runtime.onnx_runtime import (
+    RunOutput,
+    check_clip,
+    check_float_audio,
+    check_lengths,
+    check_not_channels,
+    list_of_clips,
+)
 from ldrop.tasks import LayerDropTask
 from ldrop.tasks.cost import own_flops
 
@@ -40,8 +48,13 @@ class AdaptiveOutput(RunOutput[Tensor]):
 
 
 def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``([batch, samples], lengths [batch])`` from one utterance ``[samples]``, a padded batch or a list."""
-    if isinstance(waveforms, Tensor):
+    """``([batch, samples], lengths [batch])`` from one utterance ``[samples]``, a padded batch (tensor or
+    array) or a list of 1-D clips."""
+    clips = None if isinstance(waveforms, Tensor) else list_of_clips(waveforms, lengths)
+    if clips is None and not isinstance(waveforms, Tensor):  # an array: a batch or one clip, not a list
+        check_float_audio(np.asarray(waveforms).dtype)
+        waveforms = torch.from_numpy(np.ascontiguousarray(waveforms, dtype=np.float32))
+    if clips is None:
         check_float_audio(waveforms.dtype)
         if waveforms.dim() == 1:
             waveforms = waveforms[None]
@@ -50,18 +63,20 @@ def as_batch(waveforms: Tensor | Sequence[Any], lengths: Tensor | None = None) -
         if lengths is None:
             check_not_channels(tuple(waveforms.shape))
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long)
-        lengths = torch.as_tensor(lengths).to(torch.long)
+        lengths = torch.as_tensor(lengths).to(torch.long).reshape(-1)
+        check_lengths(lengths, *waveforms.shape)
     else:
-        clips = [torch.as_tensor(w, device="cpu") for w in waveforms]
-        for clip in clips:
+        clips = [torch.as_tensor(w, device="cpu") for w in clips]
+        for index, clip in enumerate(clips):
             check_float_audio(clip.dtype)
+            check_clip(index, tuple(clip.shape))
         clips = [clip.to(torch.float32).flatten() for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")
         waveforms = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
         lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
     finite = torch.isfinite(waveforms).all(dim=1)
-    if not bool(finite.all()):  # one host sync per call: a NaN input would give a confident wrong answer
+    if not bool(finite.all()):  # a host sync (as the lengths check): a NaN input would give a confident wrong answer
         raise ValueError(f"waveforms {(~finite).nonzero().flatten().tolist()} hold NaN or inf samples")
     return waveforms, lengths
 
@@ -80,7 +95,8 @@ class AdaptiveModel(ClosedLoopModel):
         margin: fraction of a time target kept free for noise.
         on_unmeetable: ``"min"`` (one layer and a warning) or ``"raise"``.
         sample_rate: samples per second of the waveforms given, for ``rtf`` and FLOPs-rate targets (``None``:
-            the backbone's rate). Waveforms are not resampled: give them at the backbone's rate.
+            the backbone's rate). Waveforms are not resampled, so another rate than the backbone's is a
+            ``ValueError``: resample them first (``torchaudio.functional.resample``).
         autocast: run float32 weights under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``;
             ``None``: the parameters' dtype).
         guard: under a time target in closed loop, start no layer that would end past the target (measured
@@ -101,6 +117,10 @@ class AdaptiveModel(ClosedLoopModel):
         self.model = model.eval()
         if profile is not None and not isinstance(profile, DeviceProfile):
             profile = DeviceProfile.load(profile)
+        if sample_rate is not None and sample_rate != model.backbone.sample_rate:
+            raise ValueError(f"sample_rate={sample_rate}, but the model reads {model.backbone.sample_rate} Hz audio "
+                             f"and AdaptiveModel does not resample: resample the waveforms to "
+                             f"{model.backbone.sample_rate} Hz (torchaudio.functional.resample)")
         sample_rate = int(sample_rate or model.backbone.sample_rate)
         self.controller = BudgetController(
             model.num_layers, profile, flops_config=model.backbone.config,
@@ -189,7 +209,8 @@ class AdaptiveModel(ClosedLoopModel):
         """A sweep over targets on ``batches`` (with targets): one row per target, the correction restarted
         for each.
 
-        Rows hold mean layers, mean and p95 ms per batch, the miss rate (``ms``: the batch over the target;
+        Rows hold mean layers, mean and p95 ms per batch, the miss rate (``ms``: the batch over the target
+        times its size, as ``ldrop test``;
         ``rtf``: over ``rtf x`` its audio; FLOPs: any input over its allowance) and the task metrics.
         """
         from ldrop.engine.flops import count_forward_flops
@@ -208,7 +229,7 @@ class AdaptiveModel(ClosedLoopModel):
                 on_device = batch.to(out.logits.device) if hasattr(batch, "to") else batch  # CUDA: the targets too
                 self.model.update_metrics(metrics, out.logits, out.frame_mask, on_device)
                 if parsed is not None and parsed.kind == "ms":
-                    misses += out.measured_ms > parsed.value
+                    misses += out.measured_ms > parsed.value * len(batch.lengths)  # the batch's allowance
                 elif parsed is not None and parsed.kind == "rtf":
                     misses += out.measured_ms / 1000 > parsed.value * float(batch.lengths.sum()) / self.sample_rate
                 elif parsed is not None:

@@ -178,12 +178,40 @@ def check_float_audio(dtype: Any) -> None:
         raise ValueError(f"waveforms are {name} samples: give float audio in [-1, 1] (int16 PCM: x / 32768)")
 
 
+def check_clip(index: int, shape: tuple[int, ...]) -> None:
+    """A ValueError for a clip of a list with more than one channel (flattening it would join its channels end to
+    end), or for a list of numbers (one clip, not many); ``[1, samples]`` and ``[samples, 1]`` are one channel."""
+    if len(shape) == 0:
+        raise ValueError("waveforms is a list of numbers: give one clip as an array or tensor [samples] "
+                         "(np.asarray(samples)), or a list of clips")
+    if sum(size > 1 for size in shape) > 1:
+        raise ValueError(f"clip {index} of the list has shape {list(shape)}: each clip must be one channel "
+                         "[samples] (average the channels first, e.g. x.mean(0) for [channels, samples])")
+
+
+def list_of_clips(waveforms: Any, lengths: Any) -> list[Any] | None:
+    """``waveforms`` as a list of clips if it is one (a list, a tuple, a 1-D array of objects), else ``None``;
+    a ValueError if ``lengths`` come with it (a list's clips carry their own lengths)."""
+    if hasattr(waveforms, "shape") and hasattr(waveforms, "__array__") and np.asarray(waveforms).dtype != object:
+        return None
+    if lengths is not None:
+        raise ValueError("lengths are for a padded batch [batch, samples]: a list's clips carry their own lengths")
+    return list(waveforms)
+
+
+def check_lengths(lengths: Any, batch: int, samples: int) -> None:
+    """A ValueError unless ``lengths`` (array or tensor) holds one value per row, none past the padded end."""
+    if tuple(lengths.shape) != (batch,) or bool((lengths > samples).any()):
+        raise ValueError(f"lengths must be [batch={batch}] values <= {samples}, got {lengths.tolist()}")
+
+
 def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> tuple[np.ndarray, np.ndarray]:
     """``(waveforms [batch, samples] float32, lengths [batch] int64)`` from one utterance ``[samples]``, a
     zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths."""
     if isinstance(waveforms, str | os.PathLike):
         waveforms = [waveforms]
-    if isinstance(waveforms, np.ndarray) or (hasattr(waveforms, "shape") and hasattr(waveforms, "__array__")):
+    clips = list_of_clips(waveforms, lengths)
+    if clips is None:
         check_float_audio(np.asarray(waveforms).dtype)
         waves = np.asarray(waveforms, dtype=np.float32)
         if waves.ndim == 1:
@@ -194,14 +222,14 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
             check_not_channels(waves.shape)
             lengths = np.full(waves.shape[0], waves.shape[1], dtype=np.int64)
         lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-        if lengths.shape != (waves.shape[0],) or bool((lengths > waves.shape[1]).any()):
-            raise ValueError(f"lengths must be [batch={waves.shape[0]}] values <= {waves.shape[1]}, got {lengths}")
+        check_lengths(lengths, *waves.shape)
         waves = np.ascontiguousarray(waves)
     else:
         clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike) else np.asarray(w)
-                 for w in waveforms]
-        for clip in clips:
+                 for w in clips]
+        for index, clip in enumerate(clips):
             check_float_audio(clip.dtype)
+            check_clip(index, clip.shape)
         clips = [clip.astype(np.float32).reshape(-1) for clip in clips]
         if not clips:
             raise ValueError("no waveforms given")

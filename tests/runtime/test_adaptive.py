@@ -258,6 +258,66 @@ def test_adaptive_model_refuses_non_finite_samples_and_channel_last_audio(tiny_c
             model(given, 2)
 
 
+def test_an_array_is_a_batch_or_one_clip_and_a_list_holds_1d_clips(tiny_checkpoint):
+    import numpy as np
+
+    model = AdaptiveModel(load_model(tiny_checkpoint))
+    waves = torch.randn(2, 8000, generator=torch.Generator().manual_seed(4))
+    reference = model(waves, 2).logits
+    # a numpy array as the tensor it holds (it was taken for a list: 8000 clips of one sample each)
+    assert torch.allclose(model(waves.numpy(), 2).logits, reference, atol=1e-5)
+    assert torch.allclose(model(waves[1].double().numpy(), 2).logits, reference[1:], atol=1e-5)
+    with pytest.raises(ValueError, match=r"clip 0 of the list has shape \[2, 8000\]: each clip must be one channel"):
+        model([waves], 2)  # was flattened into one clip, its channels end to end
+    with pytest.raises(ValueError, match="waveforms is a list of numbers"):
+        model(waves[0].tolist(), 2)
+    one_channel = model([waves[0][None], waves[1][:, None].numpy()], 2).logits  # torchaudio.load: [1, samples]
+    assert torch.allclose(one_channel, reference, atol=1e-6)
+    ragged = np.empty(2, dtype=object)  # clips of two lengths in one numpy array
+    ragged[0], ragged[1] = waves[0].numpy(), waves[1, :6000].numpy()
+    assert model(ragged, 2).layers_run.tolist() == [2, 2]
+    assert torch.allclose(model(waves.numpy()[:, ::-1], 2).logits, model(waves.flip(1), 2).logits, atol=1e-5)
+    with pytest.raises(ValueError, match="a list's clips carry their own lengths"):
+        model(list(waves), 2, lengths=torch.tensor([8000, 8000]))  # were ignored
+    for lengths in ([8000], [8000, 9000], [8000, 8000, 8000]):  # a count or a length the batch does not hold
+        with pytest.raises(ValueError, match=r"lengths must be \[batch=2\] values <= 8000"):
+            model(waves, 2, lengths=torch.tensor(lengths))
+    assert torch.allclose(model(waves, 2, lengths=torch.tensor([[8000], [8000]])).logits, reference, atol=1e-6)
+
+
+def test_adaptive_model_refuses_a_sample_rate_that_it_would_not_resample_to(tiny_checkpoint):
+    task = load_model(tiny_checkpoint)
+    assert AdaptiveModel(task, sample_rate=16000).sample_rate == 16000
+    with pytest.raises(ValueError, match="sample_rate=8000, but the model reads 16000 Hz audio and AdaptiveModel "
+                                         "does not resample"):
+        AdaptiveModel(task, sample_rate=8000)
+    with pytest.raises(ValueError, match=r"sample_rate=16000\.5"):
+        AdaptiveModel(task, sample_rate=16000.5)
+
+
+def test_the_sweeps_ms_misses_compare_the_batch_time_with_the_batchs_allowance(tiny_checkpoint):
+    """An ``ms`` target is per utterance: a batch of 4 is allowed 4 times it (as ``ldrop test`` and the
+    controller's deadline count it), not the per-utterance value."""
+    import dataclasses
+
+    class Timed(AdaptiveModel):
+        per_utterance_ms = 0.0
+
+        def __call__(self, waveforms, target=None, lengths=None):
+            out = super().__call__(waveforms, target, lengths=lengths)
+            return dataclasses.replace(out, measured_ms=self.per_utterance_ms * len(out.layers_run))
+
+    model = Timed(load_model(tiny_checkpoint), profile=synthetic_profile())
+    data = tiny_classification_data()
+    data.setup("test")
+    batches = list(data.test_dataloader())
+    assert max(len(b.lengths) for b in batches) > 1
+    model.per_utterance_ms = 3.0  # each batch is within its allowance of 8 ms per utterance
+    assert model.sweep(batches, [{"ms": 8.0}])[0]["miss_rate"] == 0.0
+    model.per_utterance_ms = 9.0  # each batch is over it
+    assert model.sweep(batches, [{"ms": 8.0}])[0]["miss_rate"] == 1.0
+
+
 def test_the_sweeps_flops_misses_count_what_the_controller_counts_the_selector_too(tiny_checkpoint):
     """A FLOPs target just above the backbone's cost at one layer: the input with the highest such cost cannot
     meet it once its selector is counted, as the controller counts it, and the sweep must say so (counting the

@@ -317,6 +317,17 @@ def test_audio_files_are_read_at_the_models_rate(exports, tmp_path):
     clips[1][100] = np.nan
     with pytest.raises(ValueError, match=r"waveforms \[1\] hold NaN or inf samples"):
         model(clips, 2)
+    with pytest.raises(ValueError, match=r"clip 1 of the list has shape \[12000, 2\]: each clip must be one channel"):
+        model([clip[:, 0], clip], 2)  # was flattened into one clip of interleaved channels
+    one_channel = model([clip[:, :1], clip[None, :, 1]], 2).logits  # [samples, 1] and [1, samples]
+    assert np.abs(one_channel - model([clip[:, 0], clip[:, 1]], 2).logits).max() <= 1e-6
+    ragged = np.empty(2, dtype=object)  # clips of two lengths in one numpy array (was a ValueError from numpy)
+    ragged[0], ragged[1] = clip[:, 0], clip[:9000, 1]
+    assert model(ragged, 2).layers_run.tolist() == [2, 2]
+    with pytest.raises(ValueError, match="waveforms is a list of numbers"):
+        model(clip[:, 0].tolist(), 2)  # was 12000 clips of one sample each
+    with pytest.raises(ValueError, match=r"lengths must be \[batch=2\] values <= 12000"):
+        model(np.stack([clip[:, 0], clip[:, 1]]), 2, lengths=[12000])
     pcm = (clip[:, 0] * 32767).astype(np.int16)  # raw PCM would run 32768 times too loud
     for given in (pcm, [pcm], pcm[None]):
         with pytest.raises(ValueError, match=r"int16 samples: give float audio in \[-1, 1\]"):

@@ -125,8 +125,10 @@ def test_ldrop_profile_replaces_a_stale_or_bad_folder_profile_that_the_model_nam
 
     text = text or write_profile(tmp_path / "six.json", num_layers=6).read_text()
     folder = with_profile(onnx_folder, tmp_path / name, text)
-    with pytest.raises(ValueError, match=re.escape(f"device profile '{folder / 'profile.json'}' {says}")):
+    with pytest.raises(ValueError, match=re.escape(f"device profile '{folder / 'profile.json'}' {says}")) as raised:
         OnnxAdaptiveModel(folder)
+    if name == "bad":  # also the command that writes an ONNX folder's profile, not only the PyTorch one
+        assert "('ldrop profile --runtime onnx' for an ONNX export)" in str(raised.value)
     assert main(["profile", str(folder), "--runtime", "onnx", *TINY_GRID, "--out", str(folder / "profile.json")]) == 0
     assert OnnxAdaptiveModel(folder).profile.device["runtime"] == "onnxruntime"
 
