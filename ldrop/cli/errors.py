@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import errno
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -325,7 +326,9 @@ def _class_path_problem(class_path: str) -> str | None:
         return import_failure(module, err)
     except Exception as err:  # noqa: BLE001 - the user's module raised while importing; say what
         return f"importing {module} failed: {type(err).__name__}: {err}"
-    if isinstance(getattr(imported, name, None), type):
+    if isinstance(found := getattr(imported, name, None), type):
+        if inspect.isabstract(found):  # jsonargparse says only that it expected an instantiable class
+            return f"{name} is abstract: implement {', '.join(sorted(found.__abstractmethods__))}"
         return None
     classes = [n for n in dir(imported) if isinstance(getattr(imported, n), type)]
     guesses = difflib.get_close_matches(name, classes, n=1, cutoff=0.75)

@@ -184,9 +184,9 @@ class AudioDataModule(LightningDataModule):
 
     def targets(self, split: Split = "train") -> list[int | str]:
         """Targets of ``split`` in dataset order, without reading audio (listed from disk before
-        :meth:`setup`)."""
-        if split in self.datasets:
-            return self.datasets[split].targets
+        :meth:`setup`; a module with only its own ``build_dataset`` builds the split)."""
+        if split in self.datasets or type(self).list_items is AudioDataModule.list_items:
+            return self.dataset(split).targets  # a module of its own build_dataset lists nothing: build it
         return [item.target for item in self.list_items(split) if item.problem is None]
 
     def transcripts(self, split: Split = "train") -> list[str]:
