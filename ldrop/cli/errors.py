@@ -280,6 +280,12 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     ambiguous = re.search(r"Multiple subclasses with name (\w+)\. [^:]*: (.+?)\.?$", message, flags=re.M)
     if ambiguous:
         return f"{option}: several classes are named {ambiguous[1]} ({ambiguous[2]}): give its full class path"
+    abstract = re.search(r"Expected an instantiatable class, but ([\w.]+) is abstract", message)
+    asked = [_import_class(path) for path in re.findall(r"<class '([\w.]+)'>", " ".join(re.findall(r"Subtypes: (.*)", message)))]
+    if abstract and inspect.isabstract(found := _import_class(abstract[1])) \
+            and any(isinstance(kind, type) and issubclass(found, kind) for kind in asked if kind is not type(None)):
+        # a class of the kind asked for with hooks left to implement (jsonargparse says "abstract" of any class)
+        return f"{given}: {found.__name__} is abstract: implement {', '.join(sorted(found.__abstractmethods__))}"
     for path_key, class_path in _class_paths(value, key):
         if (problem := _class_path_problem(class_path)) is not None:
             return f"{_option_as_typed(path_key, argv)} {class_path!r}: {problem}"
@@ -311,6 +317,15 @@ def _class_paths(value: str | None, key: str) -> list[tuple[str, str]]:
     return walk(parsed, key)
 
 
+def _import_class(class_path: str) -> Any:
+    """The class at a dotted ``class_path``, or ``None``."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except Exception:  # noqa: BLE001 - only a better message depends on it
+        return None
+
+
 def _class_path_problem(class_path: str) -> str | None:
     """Why ``class_path`` names no class (a misspelt ldrop class, a module that does not import, a name its
     module lacks), or ``None`` if it does."""
@@ -326,9 +341,7 @@ def _class_path_problem(class_path: str) -> str | None:
         return import_failure(module, err)
     except Exception as err:  # noqa: BLE001 - the user's module raised while importing; say what
         return f"importing {module} failed: {type(err).__name__}: {err}"
-    if isinstance(found := getattr(imported, name, None), type):
-        if inspect.isabstract(found):  # jsonargparse says only that it expected an instantiable class
-            return f"{name} is abstract: implement {', '.join(sorted(found.__abstractmethods__))}"
+    if isinstance(getattr(imported, name, None), type):
         return None
     classes = [n for n in dir(imported) if isinstance(getattr(imported, n), type)]
     guesses = difflib.get_close_matches(name, classes, n=1, cutoff=0.75)

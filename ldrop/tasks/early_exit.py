@@ -118,7 +118,8 @@ class EarlyExit(Float32UnderHalfCasts, DepthPolicy):
         """The logits of every exit head, in the order of :attr:`layers` (all layers run)."""
         keep = torch.ones(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
         _, states = task.run_layers(encoded, keep, return_all=True)
-        return [task.compute_logits(self.head_for(k), task.backbone.finalize(states[k - 1]), encoded.frame_mask)
+        return [check_logits(task, task.compute_logits(self.head_for(k), task.backbone.finalize(states[k - 1]),
+                                                       encoded.frame_mask), len(keep))
                 for k in self.layers]
 
     def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
@@ -219,7 +220,8 @@ class EarlyExit(Float32UnderHalfCasts, DepthPolicy):
                 if rows.numel() == 0:
                     continue
             states = backbone.finalize(hidden[rows]).masked_fill(~frame_mask[rows][..., None], 0.0)
-            logits = task.compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
+            logits = check_logits(task, task.compute_logits(self.head_for(exit_layer), states, frame_mask[rows]),
+                                  len(rows))
             if logits_out is None:
                 logits_out = logits.new_zeros((batch, *logits.shape[1:]))
             # every input still active exits at the last layer

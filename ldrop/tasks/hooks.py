@@ -4,6 +4,7 @@ prediction, a sweep's oracle, the end of the first validation epoch)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -14,10 +15,11 @@ if TYPE_CHECKING:
 
 
 def check_logits(task: LayerDropTask, logits: Tensor, batch: int) -> Tensor:
-    """``logits`` if they are ``[batch, outputs]`` or ``[batch, frames, outputs]``, else a ``ValueError``."""
+    """``logits`` if they are ``[batch, outputs]`` or ``[batch, frames, outputs]`` for ``batch`` inputs (those a
+    head read: a group of them under early exit), else a ``ValueError``."""
     if not isinstance(logits, Tensor) or logits.dim() not in (2, 3) or logits.shape[0] != batch:
         shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"{type(task).__name__}.compute_logits returned {shape} for a batch of {batch}: return "
+        raise ValueError(f"{type(task).__name__}.compute_logits returned {shape} for {batch} inputs: return "
                          "[batch, outputs] (one output: [batch, 1]) or [batch, frames, outputs]")
     return logits
 
@@ -34,8 +36,11 @@ def check_item_losses(task: LayerDropTask, losses: Tensor, batch: int) -> Tensor
 def checked_metrics(task: LayerDropTask) -> dict[str, Metric]:
     """``task.configure_metrics()`` if it holds a metric for each of ``task.metric_names``, else a ``ValueError``."""
     metrics = task.configure_metrics()
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"{type(task).__name__}.configure_metrics returned a {type(metrics).__name__}: return a dict "
+                         f"of a metric per name in its metric_names {list(task.metric_names)}")
     missing = [name for name in task.metric_names if name not in metrics]
     if missing:
-        raise ValueError(f"{type(task).__name__}.configure_metrics returned {sorted(metrics)}, without "
+        raise ValueError(f"{type(task).__name__}.configure_metrics returned {list(metrics)}, without "
                          f"{missing} of its metric_names {list(task.metric_names)}: key each metric by its name there")
     return metrics

@@ -69,21 +69,29 @@ def _fit(tmp_path, task: str, *extra: str) -> int:
 
 
 def test_each_hook_mistake_is_one_line_naming_the_hook_and_what_it_must_return(tmp_path, capsys):
+    early_exit = ["--model.init_args.selector", "null", "--model.init_args.early_exit.policy"]
     counterfactual = ["--model.init_args.selector.class_path", "tests.downstream.pitch.PooledTopKSelector",
                       "--model.init_args.selector.init_args.objective", "counterfactual",
                       "--model.init_args.budgets.train", "[2]", "--model.init_args.budgets.full_depth_prob", "0"]
     cases = [
-        ("FlatLogits", [], "FlatLogits.compute_logits returned [8] for a batch of 8: return [batch, outputs]"),
+        ("FlatLogits", [], "FlatLogits.compute_logits returned [8] for 8 inputs: return [batch, outputs]"),
+        ("FlatLogits", [*early_exit, "budget", "--trainer.num_sanity_val_steps", "0"],  # its training path
+         "FlatLogits.compute_logits returned [8] for 8 inputs"),
+        ("FlatLogits", [*early_exit, "confidence"], "FlatLogits.compute_logits returned ["),  # its run_dynamic
+
         ("MisnamedMetric", [], "MisnamedMetric.configure_metrics returned ['MAE'], without ['mae'] of its "
                                "metric_names ['mae']"),
         ("MeanItemLosses", counterfactual, "MeanItemLosses.item_losses returned [] for a batch of 8: return [batch]"),
         ("ForgotDecode", [], f"'{__name__}.ForgotDecode': ForgotDecode is abstract: implement decode, update_metrics"),
     ]
-    for task, extra, says in cases:
-        assert _fit(tmp_path / task, task, *extra) == 2, task
+    for index, (task, extra, says) in enumerate(cases):
+        assert _fit(tmp_path / str(index), task, *extra) == 2, (task, extra)
         line = one_error_line(capsys)
         assert says in line, line
-        assert not (tmp_path / task / "ckpt").exists()
+        assert not (tmp_path / str(index) / "ckpt").exists()
+    # an abstract class of another kind is named as the wrong kind, not told to implement a selector's forward
+    assert main(["fit", "--model.class_path", "ldrop.selectors.LayerSelector", *PITCH]) == 2
+    assert "'ldrop.selectors.LayerSelector': expected a LayerDropTask" in one_error_line(capsys)
 
 
 class Letters(AudioDataset):
@@ -121,3 +129,23 @@ def test_a_ctc_datamodule_that_builds_its_data_gives_its_vocabulary_from_its_tra
                  "--trainer.default_root_dir", str(tmp_path), "--checkpoint.dirpath", str(tmp_path / "ckpt")]) == 0
     labels = ldrop.load_model(tmp_path / "ckpt" / "last.ckpt").hparams.labels
     assert {"a", "b", "c", " "} <= set(labels)
+
+
+class NeedsSetup(LetterData):
+    """Builds its data from what ``setup`` reads, as Lightning suggests: it cannot list its transcripts before."""
+
+    def setup(self, stage: str | None = None) -> None:
+        self.size = 8
+        super().setup(stage)
+
+    def build_dataset(self, split: Split) -> AudioDataset:
+        return Letters(self.size, sample_rate=self.sample_rate)
+
+
+def test_a_ctc_datamodule_that_cannot_build_before_setup_says_what_to_set(tmp_path, capsys):
+    assert main(["fit", "--model.class_path", "CTCTask", "--model.init_args.backbone", "tiny:wavlm",
+                 "--data.class_path", f"{__name__}.NeedsSetup", "--trainer.max_epochs", "1",
+                 "--trainer.default_root_dir", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert "NeedsSetup has no list_items, so the targets of its train split" in line, line
+    assert "AttributeError" in line and "set alphabet, implement list_items" in line, line
