@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import errno
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -279,6 +280,12 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     ambiguous = re.search(r"Multiple subclasses with name (\w+)\. [^:]*: (.+?)\.?$", message, flags=re.M)
     if ambiguous:
         return f"{option}: several classes are named {ambiguous[1]} ({ambiguous[2]}): give its full class path"
+    abstract = re.search(r"Expected an instantiatable class, but ([\w.]+) is abstract", message)
+    asked = [_import_class(path) for path in re.findall(r"<class '([\w.]+)'>", " ".join(re.findall(r"Subtypes: (.*)", message)))]
+    if abstract and inspect.isabstract(found := _import_class(abstract[1])) \
+            and any(isinstance(kind, type) and issubclass(found, kind) for kind in asked if kind is not type(None)):
+        # a class of the kind asked for with hooks left to implement (jsonargparse says "abstract" of any class)
+        return f"{given}: {found.__name__} is abstract: implement {', '.join(sorted(found.__abstractmethods__))}"
     for path_key, class_path in _class_paths(value, key):
         if (problem := _class_path_problem(class_path)) is not None:
             return f"{_option_as_typed(path_key, argv)} {class_path!r}: {problem}"
@@ -308,6 +315,15 @@ def _class_paths(value: str | None, key: str) -> list[tuple[str, str]]:
         return own + [pair for name, sub in item.items() if name != "class_path" for pair in walk(sub, f"{at}.{name}")]
 
     return walk(parsed, key)
+
+
+def _import_class(class_path: str) -> Any:
+    """The class at a dotted ``class_path``, or ``None``."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except Exception:  # noqa: BLE001 - only a better message depends on it
+        return None
 
 
 def _class_path_problem(class_path: str) -> str | None:

@@ -184,9 +184,17 @@ class AudioDataModule(LightningDataModule):
 
     def targets(self, split: Split = "train") -> list[int | str]:
         """Targets of ``split`` in dataset order, without reading audio (listed from disk before
-        :meth:`setup`)."""
+        :meth:`setup`; a module with only its own ``build_dataset`` builds the split)."""
         if split in self.datasets:
             return self.datasets[split].targets
+        if type(self).list_items is AudioDataModule.list_items:  # only its own build_dataset: build the split
+            try:
+                return self.dataset(split).targets
+            except Exception as err:
+                raise ValueError(f"{type(self).__name__} has no list_items, so the targets of its {split} split "
+                                 f"(its CTC vocabulary, unless it sets alphabet) come from building the split before "
+                                 f"prepare_data/setup, which failed ({type(err).__name__}: {err}): set alphabet, "
+                                 "implement list_items, or let build_dataset run before setup") from err
         return [item.target for item in self.list_items(split) if item.problem is None]
 
     def transcripts(self, split: Split = "train") -> list[str]:

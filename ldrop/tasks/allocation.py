@@ -20,6 +20,7 @@ from ldrop.selectors.base import Float32UnderHalfCasts
 from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, SelectedLayers
 from ldrop.tasks.gating import EncodedBatch
+from ldrop.tasks.hooks import check_item_losses
 
 if TYPE_CHECKING:
     from ldrop.selectors.base import CalibrationData
@@ -151,7 +152,7 @@ class AllocatedLayers(SelectedLayers):
         def measure(logits: Tensor) -> Tensor:
             if signal == "error":
                 return task.item_errors(logits, encoded.frame_mask, batch)[0].float()
-            return task.item_losses(logits, encoded.frame_mask, batch)
+            return check_item_losses(task, task.item_losses(logits, encoded.frame_mask, batch), len(logits))
 
         losses, keep, k, logits = self.losses_at(task, encoded, batch, task.sample_train_budget())
         observed = {k: measure(logits.detach())} if signal == "loss" else {}

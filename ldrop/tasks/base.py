@@ -27,7 +27,7 @@ from ldrop._lightning import attached_trainer
 from ldrop.backbones import load_backbone
 from ldrop.budgets import Target, budget_list, budget_to_layers, is_target
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
-from ldrop.tasks import calibration, checkpointing, gating, training
+from ldrop.tasks import calibration, checkpointing, gating, hooks, training
 from ldrop.tasks.allocation import AllocatedLayers, AllocationConfig, DepthHead
 from ldrop.tasks.config import (
     BudgetSampling,
@@ -194,7 +194,8 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     def item_losses(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> Tensor:
         """``[batch]`` task loss of each input (the terms :meth:`task_loss` averages; counterfactual objective)."""
-        raise NotImplementedError(f"{type(self).__name__} has no item_losses: no counterfactual objective")
+        raise NotImplementedError(f"{type(self).__name__} has no item_losses: the counterfactual objective and "
+                                  "depth allocation need it")
 
     def item_errors(self, logits: Tensor, frame_mask: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
         """``(errors, counts)``, each ``[batch]``: the primary metric's terms per input (the sweep's oracles);
@@ -228,12 +229,12 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     def logits_at_budget(self, encoded: EncodedBatch, budget: int | float | Tensor):
         """``(logits, keep_mask, selector output or None)`` for one budget, reusing the encoded batch."""
-        return self.depth.logits(self, encoded, budget)
+        return self.depth.logits(self, encoded, budget)  # each policy checks its logits (tasks.hooks)
 
     def logits_with_mask(self, encoded: EncodedBatch, keep: Tensor) -> Tensor:
         """Logits when every sample runs the layers of ``keep`` (controls and static search)."""
         hidden, _ = self.run_layers(encoded, keep)
-        return self.compute_logits(self.depth.head_for(), hidden, encoded.frame_mask)
+        return hooks.check_logits(self, self.compute_logits(self.depth.head_for(), hidden, encoded.frame_mask), len(keep))
 
     def method_label(self) -> str:
         """How this run is named in sweeps (unless the sweep's ``method_name`` says otherwise)."""
@@ -299,12 +300,12 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
     def on_validation_epoch_start(self) -> None:
         calibration.calibrate_before_validation(self)
         # compute_groups off: WER and CER share state names, never their values.
-        metrics = MetricCollection(self.configure_metrics(), compute_groups=False)
+        metrics = MetricCollection(hooks.checked_metrics(self), compute_groups=False)
         self._val_metrics = {k: metrics.clone(prefix="val/", postfix=f"@{k}").to(self.device)
                              for k in self.val_budget_list}
 
     def _metrics_on_device(self) -> dict[str, Metric]:
-        return {name: metric.to(self.device) for name, metric in self.configure_metrics().items()}
+        return {name: metric.to(self.device) for name, metric in hooks.checked_metrics(self).items()}
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         encoded = self.encode(batch.waveforms, batch.lengths)

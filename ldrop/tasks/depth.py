@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ldrop.selectors import LayerSelector, SelectorOutput
 from ldrop.selectors.candidates import one_layer_swaps
 from ldrop.tasks.gating import EncodedBatch
+from ldrop.tasks.hooks import check_item_losses, check_logits
 
 if TYPE_CHECKING:
     from ldrop.selectors.base import CalibrationData
@@ -91,7 +92,7 @@ class SelectedLayers(DepthPolicy):
                budget: Budget) -> tuple[Tensor, Tensor, SelectorOutput | None]:
         keep, _, selection = task.decide(encoded, budget)
         hidden, _ = task.run_layers(encoded, keep)
-        return task.compute_logits(self.head, hidden, encoded.frame_mask), keep, selection
+        return check_logits(task, task.compute_logits(self.head, hidden, encoded.frame_mask), len(keep)), keep, selection
 
     def head_for(self, exit_layer: int | None = None) -> nn.Module:
         return self.head
@@ -160,7 +161,7 @@ def counterfactual_loss(task: LayerDropTask, encoded: EncodedBatch, batch: Any, 
         raise ValueError(f"{type(task.selector).__name__} returns no scores: it cannot rank masks")
     with torch.no_grad():  # the alternatives only give targets: no graph, the sparse path
         own = (keep.detach() > 0.5).to(logits.dtype)
-        own_losses = task.item_losses(logits.detach(), encoded.frame_mask, batch)
+        own_losses = check_item_losses(task, task.item_losses(logits.detach(), encoded.frame_mask, batch), len(own))
         keep_first = task.selector.prefix_layers  # layers every mask keeps: never swapped out
         candidates = torch.stack([one_layer_swaps(own, keep_first=keep_first)
                                   for _ in range(task.selector.counterfactual_candidates)])

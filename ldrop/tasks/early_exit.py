@@ -18,6 +18,7 @@ from ldrop.selectors.base import Float32UnderHalfCasts
 from ldrop.tasks.config import check_choices
 from ldrop.tasks.depth import Budget, DepthPolicy
 from ldrop.tasks.gating import EncodedBatch
+from ldrop.tasks.hooks import check_logits
 
 if TYPE_CHECKING:
     from ldrop.selectors.base import CalibrationData
@@ -102,11 +103,13 @@ class EarlyExit(Float32UnderHalfCasts, DepthPolicy):
         hidden, _ = task.run_layers(encoded, keep)
         groups = sorted(set(exit_layers))  # each input read by its exit's head, in batch order
         if len(groups) == 1:
-            return task.compute_logits(self.head_for(groups[0]), hidden, encoded.frame_mask), keep, None
+            return check_logits(task, task.compute_logits(self.head_for(groups[0]), hidden, encoded.frame_mask),
+                                len(keep)), keep, None
         out = None
         for exit_layer in groups:
             rows = (exits == exit_layer).nonzero().squeeze(1)
-            logits = task.compute_logits(self.head_for(exit_layer), hidden[rows], encoded.frame_mask[rows])
+            logits = check_logits(task, task.compute_logits(self.head_for(exit_layer), hidden[rows],
+                                                            encoded.frame_mask[rows]), len(rows))
             out = logits.new_zeros((len(exits), *logits.shape[1:])) if out is None else out
             out[rows] = logits
         return out, keep, None
@@ -115,7 +118,8 @@ class EarlyExit(Float32UnderHalfCasts, DepthPolicy):
         """The logits of every exit head, in the order of :attr:`layers` (all layers run)."""
         keep = torch.ones(encoded.hidden.shape[0], self.num_layers, device=encoded.hidden.device)
         _, states = task.run_layers(encoded, keep, return_all=True)
-        return [task.compute_logits(self.head_for(k), task.backbone.finalize(states[k - 1]), encoded.frame_mask)
+        return [check_logits(task, task.compute_logits(self.head_for(k), task.backbone.finalize(states[k - 1]),
+                                                       encoded.frame_mask), len(keep))
                 for k in self.layers]
 
     def training_losses(self, task: LayerDropTask, encoded: EncodedBatch,
@@ -216,7 +220,8 @@ class EarlyExit(Float32UnderHalfCasts, DepthPolicy):
                 if rows.numel() == 0:
                     continue
             states = backbone.finalize(hidden[rows]).masked_fill(~frame_mask[rows][..., None], 0.0)
-            logits = task.compute_logits(self.head_for(exit_layer), states, frame_mask[rows])
+            logits = check_logits(task, task.compute_logits(self.head_for(exit_layer), states, frame_mask[rows]),
+                                  len(rows))
             if logits_out is None:
                 logits_out = logits.new_zeros((batch, *logits.shape[1:]))
             # every input still active exits at the last layer
