@@ -29,6 +29,7 @@ from ldrop.sweeps.scorers import (
     Scorer,
     SweepBatch,
     TargetScorer,
+    items_disagreement,
 )
 from ldrop.tasks.base import metric_properties
 from ldrop.tasks.precision import precision_context
@@ -197,6 +198,9 @@ class BudgetSweep(L.Callback):
         for scorer in self.scorers:
             scorer.end(trainer, pl_module)
         rows, usage = self.sweep_rows(trainer, pl_module)
+        if self.item_scorer and self.item_scorer.result and trainer.world_size == 1:  # DDP: rows count repeats
+            if problem := items_disagreement(rows, self.item_scorer.result, pl_module.higher_is_better):
+                log.warning(problem)
         for row in rows:
             k = row["budget_layers"]
             for name in (*pl_module.metric_names, "executed_layers", "gflops_per_utterance", "ms_per_utterance"):

@@ -209,6 +209,25 @@ class ItemScorer(Scorer):
         return {} if oracle is None else {f"{task.metric_names[0]}_depth_oracle": oracle}
 
 
+def items_disagreement(rows: list[dict[str, Any]], items: dict[str, Any], higher_is_better: bool) -> str | None:
+    """Why the per-item errors do not pool to the row's metric (``1 - sum(errors) / sum(counts)`` when higher is
+    better, else the ratio itself, within 1e-3), or ``None``. The oracles, the headroom columns and ``ldrop
+    compare``'s intervals read the errors: they must be the metric's terms (not F1's, which do not split)."""
+    counts = float(np.sum(items["counts"]))
+    metric = items["metric"]
+    for row in rows:
+        errors = items["errors"].get(str(row["budget_layers"]))
+        if errors is None or counts <= 0 or metric not in row:
+            continue
+        pooled = float(np.sum(errors)) / counts
+        implied = 1.0 - pooled if higher_is_better else pooled
+        if abs(implied - row[metric]) > 1e-3 * max(1.0, abs(row[metric])):
+            return (f"the task's item_errors pool to {metric} {implied:.4f} at k={row['budget_layers']}, but its "
+                    f"metric is {row[metric]:.4f}: the oracle, headroom and depth-oracle columns (and ldrop compare's "
+                    "intervals) read item_errors, which must be the primary metric's terms per input")
+    return None
+
+
 class ControlScorer(Scorer):
     """The metric with the selector's masks shuffled across the batch, and with the most common mask for every
     input: what the masks' dependence on each input is worth."""

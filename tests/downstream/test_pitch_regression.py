@@ -77,6 +77,27 @@ def test_the_budget_sweep_scores_the_regression_metric_and_its_oracles(trained, 
         assert row["mae_input_oracle_val"] <= row["mae_val"] + 1e-6
 
 
+class SquaredItemErrors(PitchTask):
+    """Per-item errors that are not the metric's terms: squared errors under an MAE."""
+
+    def item_errors(self, logits, frame_mask, batch):
+        errors, counts = super().item_errors(logits, frame_mask, batch)
+        return errors.pow(2), counts
+
+
+def test_the_sweep_warns_when_the_per_item_errors_are_not_the_metrics_terms(trained, tmp_path, caplog):
+    model, data, checkpoint, _ = trained
+    with caplog.at_level("WARNING", logger="ldrop"):
+        quiet_trainer(tmp_path, callbacks=[BudgetSweep(budgets=[2, 4], controls=False)]).test(model, data)
+    assert not [r for r in caplog.records if "item_errors pool to" in r.getMessage()]  # MAE's own terms: silent
+    caplog.clear()
+    odd = SquaredItemErrors.load_from_checkpoint(checkpoint)
+    with caplog.at_level("WARNING", logger="ldrop"):
+        quiet_trainer(tmp_path, callbacks=[BudgetSweep(budgets=[2, 4], controls=False)]).test(odd, data)
+    (line,) = [r.getMessage() for r in caplog.records if "item_errors pool to" in r.getMessage()]
+    assert "item_errors pool to mae" in line and "must be the primary metric's terms per input" in line, line
+
+
 def test_predict_writes_the_decoded_pitch_of_each_input(trained, tmp_path):
     model, data, _, _ = trained
     records = [r for batch in quiet_trainer(tmp_path).predict(model, data) for r in batch]
