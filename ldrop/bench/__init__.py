@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import signal
@@ -9,10 +10,31 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ldrop._progress import note
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number ``>= low`` (a count, a size), else argparse's one-line usage error."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in "invalid integer value: 'x'"
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse ``type``: a finite number ``> 0`` (seconds)."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
 
 
 class StageError(RuntimeError):

@@ -7,6 +7,7 @@ others.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,7 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except (ValueError, OSError) as error:  # a bad argument or input the benchmark named: one line, no traceback
+        if os.environ.get("LDROP_DEBUG", "0") not in ("", "0"):
+            raise
+        print(f"python -m ldrop.bench {name}: error: {error} (LDROP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 
 from ldrop._io import atomic_write_json
 from ldrop.bench.onnx_parity import config_datamodule
+from ldrop.bench.speedup import say
 from ldrop.budgets.machine import machine_info
 from ldrop.data.batch import collate_audio
 from ldrop.sweeps import markdown_table
@@ -56,6 +57,7 @@ def batching_record(checkpoint: str, config: str, seed: int = 0) -> dict[str, An
                         largest = max(largest, float((logits[row] - own_logits[0]).abs().max()))
                 rows.append({"k": k, "batching": name, "clips": len(examples), "layers_changed": layers,
                              "predictions_changed": predictions, "max_logit_change": largest})
+            say(f"budget {k}/{task.num_layers}: {len(examples)} clips alone and in each batching")
     return {"checkpoint": checkpoint, "config": config, "batch_size": size,
             "batch_independent": bool(task.backbone.batch_independent), "rows": rows}
 
@@ -95,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     backbone = (load_backbone(args.timing_backbone) if args.timing_backbone else load_model(args.ckpt).backbone).eval()
     batches = list(config_datamodule(args.config).test_dataloader())
+    say("timing the CNN with batch_independent off and on")
     result.update(cnn_timing=cnn_timing(backbone, batches), timing_backbone=args.timing_backbone or args.ckpt,
                   benchmark="batching", machine=machine_info("cpu"), argv=list(argv or []))
     atomic_write_json(args.json, result)

@@ -23,6 +23,7 @@ import torch
 
 from ldrop._io import atomic_write, atomic_write_json
 from ldrop._progress import Phase
+from ldrop.bench import at_least
 from ldrop.bench.speedup import load_average, names, torch_threads
 from ldrop.budgets import DeviceProfile, profile_model
 from ldrop.budgets.machine import machine_info
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds-range", type=_floats, default="1,3", help="utterance lengths, uniform (s) (default 1,3)")
     parser.add_argument("--deadline-ms", type=float, default=None,
                         help="per-utterance deadline (default: from the idle machine, see the module doc)")
-    parser.add_argument("--load-procs", type=int, default=2, help="CPU-burning processes while loaded")
+    parser.add_argument("--load-procs", type=at_least(0), default=2, help="CPU-burning processes while loaded")
     parser.add_argument("--load-span", type=_floats, default="0.33,0.67",
                         help="fractions of the stream between which the load is on (default 0.33,0.67)")
     parser.add_argument("--max-load-seconds", type=float, default=120.0,
@@ -263,9 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--controller", type=_json, default="{}", help="JSON of further controller options "
                         "(alpha_up, alpha_down, window, quantile, correction_bounds), e.g. '{\"quantile\": 0.75}'")
     parser.add_argument("--profile", help="a device profile JSON to use instead of measuring one")
-    parser.add_argument("--profile-repeats", type=int, default=5, help="timed calls per profiling grid point")
+    parser.add_argument("--profile-repeats", type=at_least(1), default=5, help="timed calls per profiling grid point")
     parser.add_argument("--policies", type=names, default=",".join(POLICIES), help=f"subset of {','.join(POLICIES)}")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=at_least(1), default=None,
                         help="torch and ONNX Runtime threads (default: torch's, for both)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated set with --ckpt")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ldrop._io import atomic_write_json
+from ldrop.bench import at_least
 from ldrop.budgets.machine import machine_info
 from ldrop.data import (
     AudioDataModule,
@@ -105,9 +106,9 @@ def _table(results: list[dict[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ldrop.bench loading", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=2, help="timed passes per dataset (default 2)")
+    parser.add_argument("--workers", type=at_least(0), default=2, help="DataLoader worker processes (default 2)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--epochs", type=at_least(1), default=2, help="timed passes per dataset (default 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of files written")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     return parser

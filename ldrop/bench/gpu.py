@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json, atomic_write_text
-from ldrop.bench import run_ldrop
+from ldrop.bench import at_least, positive, run_ldrop
 from ldrop.bench.speedup import (
     DTYPES,
     SAMPLING_RATE,
@@ -452,10 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default wavlm,hubert; small: wavlm)")
     parser.add_argument("--sizes", default=None, help="geometries: base, large, tiny (default base,large; small: tiny)")
     parser.add_argument("--batch-sizes", default=None, help="speed-up batch sizes (default 1,8,32; small: 1,2)")
-    parser.add_argument("--seconds", type=float, default=None, help="utterance length (default 4; small: 0.5)")
+    parser.add_argument("--seconds", type=positive, default=None, help="utterance length (default 4; small: 0.5)")
     parser.add_argument("--budgets", default="0.25,0.5,0.75", help="layers kept, as for the speedup benchmark")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 20; small: 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 3; small: 0)")
+    parser.add_argument("--repeats", type=at_least(1), default=None, help="timed rounds (default 20; small: 1)")
+    parser.add_argument("--warmup", type=at_least(0), default=None, help="untimed rounds first (default 3; small: 0)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="speed-up and profile dtype (default bf16; small: fp32)")
     parser.add_argument("--precision", default="bf16-mixed",
@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=float, default=480.0,
                         help="seconds after which the remaining phases are skipped (default 480; 0: none)")
     parser.add_argument("--skip", default="", help=f"phases to leave out, comma-separated: {','.join(PHASES)}")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=at_least(1), default=None,
                         help="torch CPU threads during the run (default: torch's; small: 1)")
     parser.add_argument("--seed", type=int, default=0)
     return parser

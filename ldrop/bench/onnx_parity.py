@@ -22,6 +22,7 @@ import torch
 
 from ldrop._io import atomic_write_json
 from ldrop._progress import Phase
+from ldrop.bench import at_least
 from ldrop.bench.onnx_speed import build_task
 from ldrop.bench.speedup import names, random_batch, say, torch_threads
 from ldrop.budgets.machine import machine_info
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", choices=("base", "large", "tiny"), default="base")
     parser.add_argument("--ckpt", default=None, help="a trained classification checkpoint: score its test set instead")
     parser.add_argument("--config", default="configs/quickstart.yaml", help="with --ckpt: the YAML whose data it uses")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", required=True, help="output JSON")
     return parser
@@ -146,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {"records": records}
             rows = [{"family": r["family"], "budget": b["budget"], "max |ORT - PyTorch|": f"{b['max_abs_diff']:.2e}",
                      "masks equal": b["masks_equal"], "distinct masks": b["distinct_masks"],
-                     "int8 max |diff|": f"{b['int8_max_abs_diff']:.3f}", "max |logit|": f"{b['logit_scale']:.3f}",
-                     "MB fp32 / int8": f"{r['folder_mb']['fp32']:.0f} / {r['folder_mb']['int8']:.0f}",
+                     "int8 max |diff|": f"{b['int8_max_abs_diff']:.2e}", "max |logit|": f"{b['logit_scale']:.3f}",
+                     "MB fp32 / int8": f"{r['folder_mb']['fp32']:.2f} / {r['folder_mb']['int8']:.2f}",
                      "export (s)": f"{r['export_seconds']:.0f}"} for r in records for b in r["budgets"]]
         result.update(benchmark="onnx_parity", machine=machine_info("cpu"), argv=list(argv or []))
     atomic_write_json(args.json, result)

@@ -137,7 +137,7 @@ def main(args: Any) -> int:
     print(f"\n{args.backbone} {args.size}, batch {args.batch_size}, {args.seconds:g} s, "
           f"{'int8 layers' if args.quantize else 'fp32'} on {machine['cpu']} ({machine['threads']} threads; "
           f"onnxruntime threads {args.threads or 'default'}), median of {args.repeats}; load average "
-          f"{machine['load_average_1min']['before']} -> {machine['load_average_1min']['after']}\n")
+          + " -> ".join("n/a" if v is None else f"{v:.2f}" for v in machine["load_average_1min"].values()) + "\n")
     print(results_table(records))
     print(f"\nfolder: {', '.join(f'{k} {v:.1f} MB' for k, v in first['folder_mb'].items())}; wrote {len(records)} "
           f"records to {args.json}")

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ldrop._io import atomic_write_json
-from ldrop.bench.speedup import SAMPLING_RATE, names, random_batch, torch_threads
+from ldrop.bench import at_least, positive
+from ldrop.bench.speedup import SAMPLING_RATE, names, random_batch, say, torch_threads
 from ldrop.budgets.machine import machine_info
 from ldrop.budgets.profile import time_call
 from ldrop.engine.flops import count_forward_flops
@@ -98,6 +99,7 @@ def training_step_times(backbone: str, batch_size: int, seconds: float, repeats:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         budget = model.num_layers // 2
         seconds_per_step = time_call(_training_step(model, optimizer, batch, budget), CPU, repeats, warmup)
+        say(f"training step {len(records) + 1}/{len(methods)}: {name} {seconds_per_step:.3f} s")
         records.append({"method": name, "step_seconds": seconds_per_step,
                         "budget_layers": budget if METHODS[name] and not model.depth.exit_layers else model.num_layers})
     full = next((r["step_seconds"] for r in records if r["method"] == "full"), None)
@@ -111,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="wavlm", choices=["wavlm", "hubert", "wav2vec2", "data2vec"])
     parser.add_argument("--size", default="base", choices=["base", "tiny"], help="tiny: for smoke tests")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=4.0, help="audio seconds per input")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch-size", type=at_least(1), default=4)
+    parser.add_argument("--seconds", type=positive, default=4.0, help="audio seconds per input")
+    parser.add_argument("--threads", type=at_least(1), default=2)
+    parser.add_argument("--repeats", type=at_least(1), default=5)
+    parser.add_argument("--warmup", type=at_least(0), default=1)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ",".join(METHODS))
     parser.add_argument("--skip-training", action="store_true", help="only the selector overhead")
     parser.add_argument("--json", default=None, help="write the results here (atomically)")

@@ -110,8 +110,14 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.seeds or not args.precisions:
+        parser.error("--seeds and --precisions need at least one value each")
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config}: no such file")
     try:
-        run(build_parser().parse_args(argv), argv)
+        run(args, argv)
     except StageError as error:
         raise SystemExit(str(error)) from None
     return 0

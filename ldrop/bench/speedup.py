@@ -24,6 +24,7 @@ from transformers import PretrainedConfig
 
 from ldrop._io import atomic_write_json
 from ldrop.backbones import FAMILIES, SpeechBackbone, tiny_config
+from ldrop.bench import at_least, positive
 from ldrop.budgets.machine import machine_info
 from ldrop.engine.flops import count_forward_flops
 from ldrop.engine.gated import run_gated_layers
@@ -317,16 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ldrop.bench speedup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", choices=sorted(FAMILIES), default="wavlm")
     parser.add_argument("--size", choices=SIZES, default="base", help="tiny is for tests")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of every utterance")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--seconds", type=positive, default=4.0, help="length of every utterance")
     parser.add_argument(
         "--budgets", default="0.25,0.5,0.75",
         help="comma-separated layers kept per sample: counts (3,6,9) or fractions of the depth (0.25,0.5)",
     )
     parser.add_argument("--json", required=True, help="where to write the records (a JSON list)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed rounds; the median is reported")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--repeats", type=at_least(1), default=10, help="timed rounds; the median is reported")
+    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed rounds first")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
