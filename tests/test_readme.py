@@ -20,8 +20,22 @@ def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
+@pytest.fixture
+def backbone_registry():
+    """The examples register backbone families; each is forgotten after its example, so that no later test in this
+    process (the one that an unregistered family is refused) depends on which examples ran before it."""
+    from ldrop.backbones import adapter
+
+    registries = (adapter.FAMILIES, adapter._MODEL_TYPE_TO_FAMILY, adapter._ADAPTERS)
+    saved = [dict(registry) for registry in registries]
+    yield
+    for registry, entries in zip(registries, saved, strict=True):
+        registry.clear()
+        registry.update(entries)
+
+
 @pytest.mark.parametrize("index", range(len(_python_blocks())))
-def test_readme_python_example_runs(index, tmp_path, monkeypatch):
+def test_readme_python_example_runs(index, tmp_path, monkeypatch, backbone_registry):
     monkeypatch.chdir(tmp_path)
     block = _python_blocks()[index]
     exec(compile(block, f"README.md[python block {index}]", "exec"), {"__name__": "readme_example"})
