@@ -61,6 +61,21 @@ class OnnxFolderError(ValueError):
     """An export folder that this runtime cannot run (missing file, other format version, wrong opset)."""
 
 
+class MissingExtraError(ModuleNotFoundError):
+    """A package of the ``onnx`` extra is not installed: the message names it and the command that installs it."""
+
+
+def require_onnx_extra(what: str, modules: Sequence[str] = ("onnxruntime",)) -> None:
+    """Raise :class:`MissingExtraError` naming ``what`` if any of ``modules`` is not installed (checked without
+    importing them)."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(f"{what} needs the onnx extra, which is not installed (no {', '.join(missing)}): "
+                                "pip install 'ldrop[onnx]'", name=missing[0])
+
+
 Array = TypeVar("Array")
 
 
@@ -312,6 +327,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
         guard: bool = True, **controller_options: Any,
     ) -> None:
+        require_onnx_extra("OnnxAdaptiveModel")
         import onnxruntime
 
         self.folder = Path(folder)
