@@ -58,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(module.main(rest) or 0)
-    except (ValueError, OSError) as error:  # a bad argument or input the benchmark named: one line, no traceback
-        if os.environ.get("LDROP_DEBUG", "0") not in ("", "0"):
+    except (ValueError, OSError, ModuleNotFoundError) as error:  # a bad argument or input, a missing extra: one line
+        from ldrop.runtime.onnx_runtime import MissingExtraError
+
+        missing_module = isinstance(error, ModuleNotFoundError) and not isinstance(error, MissingExtraError)
+        if missing_module or os.environ.get("LDROP_DEBUG", "0") not in ("", "0"):
             raise
         print(f"python -m ldrop.bench {name}: error: {error} (LDROP_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2

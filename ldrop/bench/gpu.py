@@ -43,9 +43,6 @@ from ldrop.bench.speedup import (
 from ldrop.budgets.machine import machine_info
 from ldrop.sweeps import markdown_table
 
-#: The quickstart config of a source checkout.
-QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-
 #: Phases that ``--skip`` can leave out.
 PHASES = ("speedup", "syncs", "profile", "quickstart")
 
@@ -460,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="speed-up and profile dtype (default bf16; small: fp32)")
     parser.add_argument("--precision", default="bf16-mixed",
                         help="trainer precision of the quickstart fit and test (default bf16-mixed)")
-    parser.add_argument("--quickstart-config", default=str(QUICKSTART), help="the quickstart config")
+    parser.add_argument("--quickstart-config", default="configs/quickstart.yaml",
+                        help="the quickstart config (default: the one in the current folder's configs/)")
     parser.add_argument("--quickstart-steps", type=int, default=None,
                         help="optimiser steps of the quickstart fit (default: the config's 8 epochs, 256 steps; "
                         "small: 2 steps on 8 clips)")

@@ -31,6 +31,7 @@ from ldrop.data.audio import AudioReadError
 from ldrop.data.base import DatasetLayoutError
 from ldrop.data.batch import AudioBatch, BatchTypeError, batch_type_problem
 from ldrop.runtime.checkpoints import import_failure
+from ldrop.runtime.onnx_runtime import MissingExtraError
 from ldrop.sweeps.report import IncompleteSweepError
 
 #: Options that only 'ldrop predict' takes: the other subcommands neither list nor accept them.
@@ -470,7 +471,7 @@ BATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(AudioBatch))
 
 #: Exceptions ldrop raises for what a user can fix, printed as one line whatever raised them.
 USER_ERRORS = (ConfigError, CheckpointError, AudioReadError, IncompleteSweepError, FloatingPointError,
-               MisconfigurationException, BatchTypeError)
+               MisconfigurationException, BatchTypeError, MissingExtraError)
 
 
 def _raised_in_ldrop(err: BaseException) -> bool:

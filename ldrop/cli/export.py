@@ -71,8 +71,9 @@ def main(argv: Sequence[str]) -> int:
         raise ConfigError(problem)
     check_new_folder(ns.out_dir, ConfigError)  # before the model is loaded and fitted
     if ns.format == "onnx":
-        from ldrop.runtime.onnx_export import export_onnx, load_task
+        from ldrop.runtime.onnx_export import EXPORT_MODULES, export_onnx, load_task, require_onnx_extra
 
+        require_onnx_extra("an ONNX export", EXPORT_MODULES)  # before a selector is fitted for it
         model = _fitted(load_task(ns.checkpoint), ns.checkpoint, ns.config, ns.no_fit)
         export_onnx(model, ns.out_dir, quantize=ns.quantize, check=not ns.no_check,
                     progress=lambda line: print(line, flush=True))

@@ -46,10 +46,15 @@ from ldrop.runtime.onnx_runtime import (
     PROFILE_FILE,
     OnnxAdaptiveModel,
     read_manifest,
+    require_onnx_extra,
 )
 from ldrop.tasks import LayerDropTask
 
 log = logging.getLogger(__name__)
+
+#: What an export imports beyond torch: the exporter (onnxscript, onnx_ir), onnx and, for its parity check,
+#: ONNX Runtime (all of the ``onnx`` extra).
+EXPORT_MODULES = ("onnx", "onnxscript", "onnx_ir", "onnxruntime")
 
 #: An fp32 export whose logits are further than this from PyTorch's is refused.
 PARITY_TOLERANCE = 1e-4
@@ -384,6 +389,7 @@ def export_onnx(
     """
     if quantize not in (None, "dynamic"):
         raise OnnxExportError(f"quantize must be None or 'dynamic', got {quantize!r}")
+    require_onnx_extra("an ONNX export", EXPORT_MODULES)
     out_dir = Path(out_dir)
     say = progress or log.info
     task = load_task(checkpoint_or_model)
@@ -414,6 +420,7 @@ def quantize_export(folder: str | os.PathLike, out_dir: str | os.PathLike,
     """An int8 copy of an fp32 export folder (dynamic quantization of its layer graphs, no new trace): another
     export, with its own ``export_id`` (a graph copied between the two folders is refused). The fp32 folder's
     device profile is not copied: its times are of the fp32 graphs."""
+    require_onnx_extra("an int8 copy of an ONNX export", ("onnx", "onnxruntime"))
     source, out_dir = Path(folder), Path(out_dir)
     if read_manifest(source).get("quantize"):
         raise OnnxExportError(f"{str(source)!r} is already quantized")

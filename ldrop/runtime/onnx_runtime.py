@@ -61,6 +61,28 @@ class OnnxFolderError(ValueError):
     """An export folder that this runtime cannot run (missing file, other format version, wrong opset)."""
 
 
+class MissingExtraError(ModuleNotFoundError):
+    """A package of the ``onnx`` extra is not installed: the message names it and the command that installs it."""
+
+
+def require_onnx_extra(what: str, modules: Sequence[str] = ("onnxruntime",)) -> None:
+    """Raise :class:`MissingExtraError` naming ``what`` if any of ``modules`` is not installed (checked without
+    importing them; a bare folder of that name, a namespace package, is not the package)."""
+    import importlib.util
+
+    def installed(name: str) -> bool:
+        try:
+            spec = importlib.util.find_spec(name)
+        except ValueError:  # in sys.modules without a spec
+            return True
+        return spec is not None and spec.origin not in (None, "namespace")
+
+    missing = [name for name in modules if not installed(name)]
+    if missing:
+        raise MissingExtraError(f"{what} needs the onnx extra, which is not installed (no {', '.join(missing)}): "
+                                "pip install 'ldrop[onnx]'", name=missing[0])
+
+
 Array = TypeVar("Array")
 
 
@@ -312,6 +334,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
         guard: bool = True, **controller_options: Any,
     ) -> None:
+        require_onnx_extra("running an ONNX export (OnnxAdaptiveModel)")
         import onnxruntime
 
         self.folder = Path(folder)

@@ -20,6 +20,8 @@ from ldrop.bench.gpu import _SMALL_QUICKSTART, Run, build_parser, settings_for, 
 
 #: The command's own default: the quickstart at bf16-mixed, as on a GPU.
 PRECISION = "bf16-mixed"
+#: The repository's quickstart config (the command's default is the one under the current folder).
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,8 @@ def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "gpu"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        status = bench_cli.main(["gpu", "--small", "--device", "cpu", "--out", str(out), "--precision", PRECISION])
+        status = bench_cli.main(["gpu", "--small", "--device", "cpu", "--out", str(out), "--precision", PRECISION,
+                                 "--quickstart-config", QUICKSTART])
     return status, json.loads((out / "gpu.json").read_text()), (out / "gpu.md").read_text(), stdout.getvalue(), out
 
 
@@ -146,6 +149,15 @@ def test_a_missing_quickstart_config_fails_only_that_phase(tmp_path):
     assert status == 1
     assert [(p["name"], p["status"]) for p in report["phases"]] == [("machine", "ok"), ("quickstart", "failed")]
     assert "absent.yaml" in report["phases"][1]["error"] and report["finished"] is True
+
+
+def test_the_default_quickstart_config_is_the_current_folders_not_the_installed_packages(tmp_path, monkeypatch):
+    # an installed wheel has no configs/ beside the package: the default is read from where the command runs
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = bench_cli.main(["gpu", "--small", "--device", "cpu", "--out", "out", "--skip", "speedup,syncs,profile"])
+    error = json.loads((tmp_path / "out" / "gpu.json").read_text())["phases"][1]["error"]
+    assert status == 1 and "at configs/quickstart.yaml (--quickstart-config)" in error, error
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
