@@ -81,11 +81,16 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes], remove: Iterabl
 
 
 def _temporary_beside(path: Path, suffix: str) -> str:
-    """A new empty hidden file ``.<name>.<random><suffix>`` in ``path``'s folder (what
-    :func:`remove_stale_temporaries` recognises)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    """A new empty hidden file ``.<name>.pid<this process>.<random><suffix>`` in ``path``'s folder (what
+    :func:`remove_stale_temporaries` recognises, and leaves alone while this process runs)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=suffix)
     os.close(fd)
     return tmp
+
+
+def temporary_prefix(path: Path) -> str:
+    """The name of a temporary of ``path`` up to its random part, as :func:`remove_stale_temporaries` reads it."""
+    return f".{path.name}.pid{os.getpid()}."
 
 
 def _write_synced(tmp: str, data: bytes) -> None:
@@ -127,15 +132,22 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
     """Delete the temporaries killed atomic writes left in ``folder`` (of ``names``, or every hidden
-    ``.*.tmp``)."""
+    ``.*.tmp``); not those of a process that still runs (another ldrop command writing the same files)."""
     folder = Path(folder)
     patterns = [".*.tmp"] if names is None else [f".{glob.escape(name)}.*" for name in names]
-    removed = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    removed = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file() and _stale(p)})
     for path in removed:
         path.unlink(missing_ok=True)
     if removed:
         log.info("removed %d stale temporary file(s) of an interrupted write from %s", len(removed), folder)
     return removed
+
+
+def _stale(temporary: Path) -> bool:
+    """Whether the process that made ``temporary`` (:func:`_temporary_beside`) has ended; one without a process
+    id in its name is stale."""
+    pid = re.search(r"\.pid(\d+)\.[A-Za-z0-9_]+\.[A-Za-z0-9]+$", temporary.name)
+    return pid is None or not _running(int(pid[1]))
 
 
 def _running(pid: int) -> bool:
