@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import glob
@@ -281,6 +282,69 @@ def check_new_folder(out_dir: str | os.PathLike, error: type[Exception] = FileEx
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise error(f"{str(out_dir)!r} already exists and is not an empty folder: choose a new folder")
     return out_dir
+
+
+#: The folders this process has claimed (:func:`claim_folder`): ``(lock file, folders it made)``.
+_CLAIMS: list[tuple[Path, list[Path]]] = []
+#: The file beside a claimed folder ``<name>`` that says which process writes into it (its process id), named
+#: ``.<name><CLAIM_SUFFIX>``: outside the folder, which may have to be empty (Lightning warns about a checkpoint
+#: folder that is not).
+CLAIM_SUFFIX = ".ldrop-run.pid"
+
+
+def claim_folder(folder: str | os.PathLike, what: str, error: type[Exception] = FileExistsError) -> None:
+    """Claim ``folder`` for this process until :func:`release_claims` (or its exit): raises ``error`` naming the
+    process if another one that still runs holds it. A killed process's claim is taken over. The folders this
+    makes are removed again on release if they are left empty."""
+    folder = Path(folder).absolute()
+    made = _missing_parents(folder.parent)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.parent / f".{folder.name}{CLAIM_SUFFIX}"
+    mine = lock.with_name(f"{lock.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    mine.write_text(str(os.getpid()))
+    try:
+        for _ in range(3):
+            try:
+                os.link(mine, lock)  # atomic, with its content: never an empty claim another process could read
+                _CLAIMS.append((lock, made))
+                return
+            except FileExistsError:
+                try:
+                    holder = int(lock.read_text() or 0)
+                except (OSError, ValueError):
+                    holder = 0
+                if holder == os.getpid():
+                    return
+                if holder and _running(holder):
+                    _remove_empty(made)
+                    raise error(f"{folder} is in use by another {what} (process {holder}) that writes there: wait "
+                                "for it, or give this one its own folder") from None
+                lock.unlink(missing_ok=True)  # a killed run's claim
+        raise error(f"{folder}: could not claim it for this {what} (others keep claiming it)")
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def release_claims() -> None:
+    """Release every folder this process claimed (and remove the folders the claims made that are left empty)."""
+    while _CLAIMS:
+        lock, made = _CLAIMS.pop()
+        with contextlib.suppress(ValueError, OSError):
+            if int(lock.read_text()) == os.getpid():
+                lock.unlink()
+        _remove_empty(made)
+
+
+atexit.register(release_claims)
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and each parent of it that does not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 @contextlib.contextmanager

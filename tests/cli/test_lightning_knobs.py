@@ -140,6 +140,35 @@ def test_without_a_logger_a_new_fit_never_overwrites_the_checkpoints_of_the_last
     assert "is damaged or not a checkpoint" in one_error_line(capsys)  # the file is read, not refused unread
 
 
+def test_a_checkpoint_folder_that_another_running_fit_writes_is_refused_and_a_killed_ones_is_taken_over(
+        tmp_path, capsys, live_pid):
+    # two fits started at once without a logger (or with one --checkpoint.dirpath) would mix their checkpoints
+    checkpoints = tmp_path / "run" / "checkpoints"
+    claim = tmp_path / "run" / ".checkpoints.ldrop-run.pid"  # beside the folder: Lightning wants it empty
+    claim.parent.mkdir()
+    claim.write_text(str(live_pid))  # what a fit that has not saved yet holds
+    argv = ["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"{checkpoints} is in use by another ldrop fit (process {live_pid})" in line, line
+    assert sorted(p.name for p in claim.parent.iterdir()) == [claim.name]  # the other's claim, untouched
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--checkpoint.dirpath", str(checkpoints),
+                 "--trainer.default_root_dir", str(tmp_path / "logged")]) == 2  # a logger, one dirpath: the same
+    assert f"{checkpoints} is in use by another ldrop fit" in one_error_line(capsys)
+    claim.write_text(str(2**22 + 12345))  # a killed fit's (no process has that id)
+    assert main(argv) == 0
+    assert (checkpoints / "last.ckpt").is_file() and not claim.exists()  # released when the fit ended
+
+
+def test_a_fit_that_fails_before_its_first_checkpoint_leaves_no_claimed_folder(tmp_path, capsys):
+    root = tmp_path / "new" / "run"
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir",
+                 str(root), "--model.init_args.optimization.lr", "-1"]) == 2
+    one_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("directory", [[], ["--sweep.directory", "sweep"]], ids=["run-folder", "sweep-directory"])
 def test_fast_dev_run_prints_the_budget_sweep_and_writes_no_file(tmp_path, capsys, directory):
     directory = [directory[0], str(tmp_path / directory[1])] if directory else []
