@@ -271,7 +271,7 @@ class LdropCLI(CLISteps):
                 raise ConfigError(f"{folder} already holds the checkpoints of a run that a new fit would overwrite "
                                   "(--trainer.logger is off, so runs share it): choose another "
                                   f"--trainer.default_root_dir, or resume with --ckpt_path {folder / 'last.ckpt'}")
-            if (os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0") == "0":  # DDP: its first process
+            if _first_process():
                 claim_folder(folder, "ldrop fit", ConfigError)  # ... and not by two fits started at once
         default_logger = TRAINER_DEFAULTS["logger"]
         if logger is None or isinstance(logger, bool | list) or logger.get("class_path") != default_logger["class_path"]:
@@ -518,6 +518,17 @@ def sigterm_stops() -> Iterator[None]:
 
 #: What every run folder gets before it produces anything: the config, the hyper-parameters, an event file.
 BOOKKEEPING_FILES = ("config.yaml", "*_config.yaml", "hparams.yaml", "events.out.tfevents.*")
+
+
+#: Environment variables of a process's rank that launchers and cluster managers set (torchrun, Lightning's own
+#: launcher, SLURM, LSF, MPI): a process where any is not 0 is a worker of a run that another process started.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK",
+                  "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def _first_process() -> bool:
+    """Whether this is the first process of a run (before the trainer exists to say its global rank)."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
 
 
 def remove_if_no_outputs(folder: Path, also_empty: Sequence[Path] = ()) -> bool:

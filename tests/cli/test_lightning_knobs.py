@@ -161,6 +161,19 @@ def test_a_checkpoint_folder_that_another_running_fit_writes_is_refused_and_a_ki
     assert (checkpoints / "last.ckpt").is_file() and not claim.exists()  # released when the fit ended
 
 
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"])
+def test_only_the_first_process_of_a_ddp_run_claims_the_folder(variable, monkeypatch):
+    from ldrop.cli.lightning import RANK_VARIABLES, _first_process
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert _first_process()
+    monkeypatch.setenv(variable, "0")
+    assert _first_process()
+    monkeypatch.setenv(variable, "1")  # a worker its launcher or cluster started: rank 0 holds the claim
+    assert not _first_process()
+
+
 def test_a_fit_that_fails_before_its_first_checkpoint_leaves_no_claimed_folder(tmp_path, capsys):
     root = tmp_path / "new" / "run"
     assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir",
