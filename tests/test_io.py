@@ -64,6 +64,11 @@ def test_temporaries_of_a_process_that_still_runs_are_not_stale(tmp_path, live_p
         [live.name, f".fig.png.pid{dead}.z.png", "compare.json", "compare.md"])
     assert remove_stale_temporaries(tmp_path, ["fig.png"]) == [tmp_path / f".fig.png.pid{dead}.z.png"]
     assert remove_stale_temporaries(tmp_path) == [] and live.exists()  # every hidden .tmp: the live one stays
+    (tmp_path / ".compare.json.swp").write_text("an editor's")  # not a temporary of ldrop's
+    (tmp_path / ".compare.json.pid99999999999999999999.a1b2.tmp").write_text("{")  # no process has such an id
+    assert remove_stale_temporaries(tmp_path, ["compare.json"]) == [
+        tmp_path / ".compare.json.pid99999999999999999999.a1b2.tmp"]
+    assert (tmp_path / ".compare.json.swp").is_file()
 
 
 def test_a_staged_folder_removes_only_killed_runs_staging_of_the_same_name(tmp_path):

@@ -141,24 +141,39 @@ def test_without_a_logger_a_new_fit_never_overwrites_the_checkpoints_of_the_last
 
 
 def test_a_checkpoint_folder_that_another_running_fit_writes_is_refused_and_a_killed_ones_is_taken_over(
-        tmp_path, capsys, live_pid):
+        tmp_path, capsys):
     # two fits started at once without a logger (or with one --checkpoint.dirpath) would mix their checkpoints
+    import subprocess
+    import sys
+
     checkpoints = tmp_path / "run" / "checkpoints"
     claim = tmp_path / "run" / ".checkpoints.ldrop-run.pid"  # beside the folder: Lightning wants it empty
     claim.parent.mkdir()
-    claim.write_text(str(live_pid))  # what a fit that has not saved yet holds
-    argv = ["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger", "false",
-            "--trainer.default_root_dir", str(tmp_path / "run")]
-    assert main(argv) == 2
-    line = one_error_line(capsys)
-    assert f"{checkpoints} is in use by another ldrop fit (process {live_pid})" in line, line
-    assert sorted(p.name for p in claim.parent.iterdir()) == [claim.name]  # the other's claim, untouched
-    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--checkpoint.dirpath", str(checkpoints),
-                 "--trainer.default_root_dir", str(tmp_path / "logged")]) == 2  # a logger, one dirpath: the same
-    assert f"{checkpoints} is in use by another ldrop fit" in one_error_line(capsys)
-    claim.write_text(str(2**22 + 12345))  # a killed fit's (no process has that id)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(claim)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"  # another fit, which has not saved yet
+        argv = ["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(tmp_path / "run")]
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert f"{checkpoints} is in use by another ldrop fit (process {holder.pid})" in line, line
+        assert sorted(p.name for p in claim.parent.iterdir()) == [claim.name]  # the other's claim, untouched
+        assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--checkpoint.dirpath", str(checkpoints),
+                     "--trainer.default_root_dir", str(tmp_path / "logged")]) == 2  # a logger, one dirpath: the same
+        assert f"{checkpoints} is in use by another ldrop fit" in one_error_line(capsys)
+    finally:
+        holder.kill()  # killed: its claim file stays, its lock goes with it
+        holder.wait()
+    assert claim.is_file()
     assert main(argv) == 0
     assert (checkpoints / "last.ckpt").is_file() and not claim.exists()  # released when the fit ended
+    claim.write_text("99999999999999999999")  # whatever a claim file holds, only a held lock counts
+    assert main([*argv, "--ckpt_path", str(checkpoints / "last.ckpt"), "--trainer.max_steps", "2"]) == 0
+
+
+#: A process that claims the folder as a fit does (an flock on the file beside it) and holds it.
+HOLD_CLAIM = ("import fcntl, os, sys, time; h = open(sys.argv[1], 'a+'); fcntl.flock(h, fcntl.LOCK_EX); "
+              "h.write(str(os.getpid())); h.flush(); print('holding', flush=True); time.sleep(300)")
 
 
 @pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"])
