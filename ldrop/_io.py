@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import glob
@@ -81,11 +82,16 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes], remove: Iterabl
 
 
 def _temporary_beside(path: Path, suffix: str) -> str:
-    """A new empty hidden file ``.<name>.<random><suffix>`` in ``path``'s folder (what
-    :func:`remove_stale_temporaries` recognises)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    """A new empty hidden file ``.<name>.pid<this process>.<random><suffix>`` in ``path``'s folder (what
+    :func:`remove_stale_temporaries` recognises, and leaves alone while this process runs)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=suffix)
     os.close(fd)
     return tmp
+
+
+def temporary_prefix(path: Path) -> str:
+    """The name of a temporary of ``path`` up to its random part, as :func:`remove_stale_temporaries` reads it."""
+    return f".{path.name}.pid{os.getpid()}."
 
 
 def _write_synced(tmp: str, data: bytes) -> None:
@@ -127,10 +133,12 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
     """Delete the temporaries killed atomic writes left in ``folder`` (of ``names``, or every hidden
-    ``.*.tmp``)."""
+    ``.*.tmp``); not those of a process that still runs (another ldrop command writing the same files)."""
     folder = Path(folder)
-    patterns = [".*.tmp"] if names is None else [f".{glob.escape(name)}.*" for name in names]
-    removed = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    patterns = {".*.tmp": ".tmp"} if names is None else {
+        f".{glob.escape(name)}.*": (".tmp", Path(name).suffix or ".tmp") for name in names}
+    removed = sorted({p for pattern, ends in patterns.items() for p in folder.glob(pattern)
+                      if p.name.endswith(ends) and p.is_file() and _stale(p)})  # not an editor's .swp
     for path in removed:
         path.unlink(missing_ok=True)
     if removed:
@@ -138,8 +146,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | N
     return removed
 
 
+def _stale(temporary: Path) -> bool:
+    """Whether the process that made ``temporary`` (:func:`_temporary_beside`) has ended; one without a process
+    id in its name is stale."""
+    pid = re.search(r"\.pid(\d+)\.[A-Za-z0-9_]+\.[A-Za-z0-9]+$", temporary.name)
+    return pid is None or not _running(int(pid[1]))
+
+
 def _running(pid: int) -> bool:
     """Whether a process ``pid`` runs (or runs as another user)."""
+    if not 0 < pid < 2**31:  # no such process id (0 and -1 would ask about process groups)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -269,6 +286,80 @@ def check_new_folder(out_dir: str | os.PathLike, error: type[Exception] = FileEx
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise error(f"{str(out_dir)!r} already exists and is not an empty folder: choose a new folder")
     return out_dir
+
+
+#: The folders this process has claimed (:func:`claim_folder`): ``(lock file, its open handle, folders it made)``.
+_CLAIMS: list[tuple[Path, Any, list[Path]]] = []
+#: The lock file beside a claimed folder ``<name>``, named ``.<name><CLAIM_SUFFIX>`` (it holds the claiming
+#: process's id, for the message): outside the folder, which may have to be empty (Lightning warns about a
+#: checkpoint folder that is not).
+CLAIM_SUFFIX = ".ldrop-run.pid"
+
+
+def claim_folder(folder: str | os.PathLike, what: str, error: type[Exception] = FileExistsError) -> None:
+    """Claim ``folder`` for this process until :func:`release_claims` (or its exit): raises ``error`` naming the
+    process if another one holds it. The claim is an advisory lock (``flock``) on a hidden file beside the folder,
+    which the system releases when the process ends, killed or not; on a filesystem without locks (or a system
+    without ``flock``) there is no claim. The folders this makes are removed again on release if left empty."""
+    folder = Path(folder).absolute()
+    lock = folder.parent / f".{folder.name}{CLAIM_SUFFIX}"
+    if any(claimed == lock for claimed, _, _ in _CLAIMS):
+        return
+    try:
+        import fcntl
+    except ImportError:
+        return
+    made = _missing_parents(folder.parent)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open for as long as the claim
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read(32).strip()
+            handle.close()
+            _remove_empty(made)
+            raise error(f"{folder} is in use by another {what} (process {holder if holder.isdigit() else '?'}) "
+                        f"that writes there: wait for it, or give this one its own folder") from None
+        except OSError:  # a filesystem without locks
+            handle.close()
+            return
+        try:  # the file this locked is still the one at that path (not one a releasing claim just removed)
+            same = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            _CLAIMS.append((lock, handle, made))
+            return
+        handle.close()
+    raise error(f"{folder}: could not claim it for this {what} (others keep claiming it)")
+
+
+def release_claims() -> None:
+    """Release every folder this process claimed (and remove the folders the claims made that are left empty)."""
+    while _CLAIMS:
+        lock, handle, made = _CLAIMS.pop()
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still locked: a process that opened it before retries on the new file
+        handle.close()
+        _remove_empty(made)
+
+
+atexit.register(release_claims)
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and each parent of it that does not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 @contextlib.contextmanager

@@ -66,6 +66,18 @@ def distributed_env() -> Iterator[None]:
             os.environ[name] = value
 
 
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """The id of another process that runs for the test's length (another ldrop command writing the same files)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
 @pytest.fixture(params=LAYOUTS, ids=layout_id)
 def backbone(request):
     """A tiny backbone of every family and norm layout, in eval mode."""

@@ -52,6 +52,25 @@ def test_a_set_of_files_removes_the_temporaries_a_killed_write_of_them_left(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.c3d4.tmp", "compare.json", "compare.md"]
 
 
+def test_temporaries_of_a_process_that_still_runs_are_not_stale(tmp_path, live_pid):
+    from ldrop._io import remove_stale_temporaries
+
+    dead = 2**22 + 12345  # above Linux's largest process id: no process has it
+    live = tmp_path / f".compare.json.pid{live_pid}.k3j2x_q1.tmp"  # another command writing it right now
+    for name in (live.name, f".compare.json.pid{dead}.a1b2c3d4.tmp", ".compare.json.x9y8.tmp", f".fig.png.pid{dead}.z.png"):
+        (tmp_path / name).write_text("{")
+    atomic_write_files({tmp_path / "compare.md": b"table\n", tmp_path / "compare.json": b"{}\n"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, f".fig.png.pid{dead}.z.png", "compare.json", "compare.md"])
+    assert remove_stale_temporaries(tmp_path, ["fig.png"]) == [tmp_path / f".fig.png.pid{dead}.z.png"]
+    assert remove_stale_temporaries(tmp_path) == [] and live.exists()  # every hidden .tmp: the live one stays
+    (tmp_path / ".compare.json.swp").write_text("an editor's")  # not a temporary of ldrop's
+    (tmp_path / ".compare.json.pid99999999999999999999.a1b2.tmp").write_text("{")  # no process has such an id
+    assert remove_stale_temporaries(tmp_path, ["compare.json"]) == [
+        tmp_path / ".compare.json.pid99999999999999999999.a1b2.tmp"]
+    assert (tmp_path / ".compare.json.swp").is_file()
+
+
 def test_a_staged_folder_removes_only_killed_runs_staging_of_the_same_name(tmp_path):
     import os
 

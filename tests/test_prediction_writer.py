@@ -54,6 +54,16 @@ def test_a_complete_run_writes_every_record_and_replaces_an_old_partial(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("pred", ".pred"))) == ["pred.jsonl"]
 
 
+def test_a_run_writing_the_same_output_at_the_same_time_keeps_its_temporary(tmp_path, live_pid):
+    # another ldrop predict with this --predictions.output is writing it: its temporary is not a killed run's
+    output = tmp_path / "pred.jsonl"
+    other = tmp_path / f".pred.jsonl.pid{live_pid}.q7t7yi2w.tmp"
+    other.write_text('{"id": "another run"}\n')
+    writer = _predict(tmp_path, output)
+    assert writer.count == 16 and len(output.read_text().splitlines()) == 16
+    assert other.read_text() == '{"id": "another run"}\n'  # which the other run then moves onto the output
+
+
 def test_an_output_in_a_file_path_fails_at_setup_naming_it(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match="file"):

@@ -33,6 +33,7 @@ from ldrop._io import (
     load_checkpoint_file,
     raise_if_disk_full,
     remove_stale_temporaries,
+    temporary_prefix,
 )
 from ldrop._lightning import (
     CheckpointSteps,
@@ -440,7 +441,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self._target = self.check_writable(trainer)
         self._target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self._target.parent, [self._target.name])
-        fd, tmp = tempfile.mkstemp(dir=self._target.parent, prefix=f".{self._target.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self._target.parent, prefix=temporary_prefix(self._target), suffix=".tmp")
         self._tmp, self._handle, self.count, self.written = Path(tmp), os.fdopen(fd, "w", encoding="utf-8"), 0, None
         self._whole = 0
         self.nonfinite = 0

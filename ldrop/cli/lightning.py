@@ -28,7 +28,7 @@ import ldrop.data  # noqa: F401
 import ldrop.selectors  # noqa: F401
 import ldrop.tasks  # noqa: F401
 from ldrop import __version__
-from ldrop._io import CheckpointError, load_checkpoint_file
+from ldrop._io import CheckpointError, claim_folder, load_checkpoint_file, release_claims
 from ldrop._lightning import CLISteps, describe_method_options, set_subcommand_help, subcommand_parsers
 from ldrop.budgets import budget_list
 from ldrop.cli.callbacks import (
@@ -262,14 +262,17 @@ class LdropCLI(CLISteps):
         self._model_takes_labels = init_args is not None and "labels" in init_args
         trainer = config["trainer"]
         logger = trainer.get("logger")
-        if self.subcommand == "fit" and not config.get("ckpt_path") and not logger and not trainer.get("fast_dev_run"):
+        dirpath = config["checkpoint"].get("dirpath") if self.subcommand == "fit" else None
+        if self.subcommand == "fit" and (not logger or dirpath) and not trainer.get("fast_dev_run"):
             # without a logger every run shares one checkpoint folder: a new fit would overwrite the last one's
             root = Path(trainer.get("default_root_dir") or ".")
-            folder = Path(config["checkpoint"].get("dirpath") or root / "checkpoints")
-            if any(folder.glob("*.ckpt")):
+            folder = Path(dirpath or root / "checkpoints")
+            if not logger and not config.get("ckpt_path") and any(folder.glob("*.ckpt")):
                 raise ConfigError(f"{folder} already holds the checkpoints of a run that a new fit would overwrite "
                                   "(--trainer.logger is off, so runs share it): choose another "
                                   f"--trainer.default_root_dir, or resume with --ckpt_path {folder / 'last.ckpt'}")
+            if _first_process():
+                claim_folder(folder, "ldrop fit", ConfigError)  # ... and not by two fits started at once
         default_logger = TRAINER_DEFAULTS["logger"]
         if logger is None or isinstance(logger, bool | list) or logger.get("class_path") != default_logger["class_path"]:
             return  # not the default logger
@@ -517,6 +520,17 @@ def sigterm_stops() -> Iterator[None]:
 BOOKKEEPING_FILES = ("config.yaml", "*_config.yaml", "hparams.yaml", "events.out.tfevents.*")
 
 
+#: Environment variables of a process's rank that launchers and cluster managers set (torchrun, Lightning's own
+#: launcher, SLURM, LSF, MPI): a process where any is not 0 is a worker of a run that another process started.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK",
+                  "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def _first_process() -> bool:
+    """Whether this is the first process of a run (before the trainer exists to say its global rank)."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
+
+
 def remove_if_no_outputs(folder: Path, also_empty: Sequence[Path] = ()) -> bool:
     """Delete a run folder that holds only bookkeeping files (no checkpoint, sweep or prediction file), then
     the folders of ``also_empty`` (deepest first) that are left empty."""
@@ -582,6 +596,13 @@ class LdropArgumentParser(LightningArgumentParser):
 def run_lightning(args: Sequence[str] | None = None, own_commands: Mapping[str, str] = {}) -> LdropCLI:  # noqa: B006
     """Run the LightningCLI part (``fit``, ``validate``, ``test``, ``predict``); ``own_commands`` (name ->
     summary) are listed in its help."""
+    try:
+        return _ldrop_cli(own_commands, args)
+    finally:
+        release_claims()  # a checkpoint folder this fit claimed
+
+
+def _ldrop_cli(own_commands: Mapping[str, str], args: Sequence[str] | None) -> LdropCLI:
     return LdropCLI(
         LayerDropTask,
         AudioDataModule,

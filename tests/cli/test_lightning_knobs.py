@@ -140,6 +140,63 @@ def test_without_a_logger_a_new_fit_never_overwrites_the_checkpoints_of_the_last
     assert "is damaged or not a checkpoint" in one_error_line(capsys)  # the file is read, not refused unread
 
 
+def test_a_checkpoint_folder_that_another_running_fit_writes_is_refused_and_a_killed_ones_is_taken_over(
+        tmp_path, capsys):
+    # two fits started at once without a logger (or with one --checkpoint.dirpath) would mix their checkpoints
+    import subprocess
+    import sys
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    claim = tmp_path / "run" / ".checkpoints.ldrop-run.pid"  # beside the folder: Lightning wants it empty
+    claim.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(claim)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"  # another fit, which has not saved yet
+        argv = ["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(tmp_path / "run")]
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert f"{checkpoints} is in use by another ldrop fit (process {holder.pid})" in line, line
+        assert sorted(p.name for p in claim.parent.iterdir()) == [claim.name]  # the other's claim, untouched
+        assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--checkpoint.dirpath", str(checkpoints),
+                     "--trainer.default_root_dir", str(tmp_path / "logged")]) == 2  # a logger, one dirpath: the same
+        assert f"{checkpoints} is in use by another ldrop fit" in one_error_line(capsys)
+    finally:
+        holder.kill()  # killed: its claim file stays, its lock goes with it
+        holder.wait()
+    assert claim.is_file()
+    assert main(argv) == 0
+    assert (checkpoints / "last.ckpt").is_file() and not claim.exists()  # released when the fit ended
+    claim.write_text("99999999999999999999")  # whatever a claim file holds, only a held lock counts
+    assert main([*argv, "--ckpt_path", str(checkpoints / "last.ckpt"), "--trainer.max_steps", "2"]) == 0
+
+
+#: A process that claims the folder as a fit does (an flock on the file beside it) and holds it.
+HOLD_CLAIM = ("import fcntl, os, sys, time; h = open(sys.argv[1], 'a+'); fcntl.flock(h, fcntl.LOCK_EX); "
+              "h.write(str(os.getpid())); h.flush(); print('holding', flush=True); time.sleep(300)")
+
+
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"])
+def test_only_the_first_process_of_a_ddp_run_claims_the_folder(variable, monkeypatch):
+    from ldrop.cli.lightning import RANK_VARIABLES, _first_process
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert _first_process()
+    monkeypatch.setenv(variable, "0")
+    assert _first_process()
+    monkeypatch.setenv(variable, "1")  # a worker its launcher or cluster started: rank 0 holds the claim
+    assert not _first_process()
+
+
+def test_a_fit_that_fails_before_its_first_checkpoint_leaves_no_claimed_folder(tmp_path, capsys):
+    root = tmp_path / "new" / "run"
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger", "false", "--trainer.default_root_dir",
+                 str(root), "--model.init_args.optimization.lr", "-1"]) == 2
+    one_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("directory", [[], ["--sweep.directory", "sweep"]], ids=["run-folder", "sweep-directory"])
 def test_fast_dev_run_prints_the_budget_sweep_and_writes_no_file(tmp_path, capsys, directory):
     directory = [directory[0], str(tmp_path / directory[1])] if directory else []
