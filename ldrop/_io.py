@@ -309,7 +309,7 @@ def claim_folder(folder: str | os.PathLike, what: str, error: type[Exception] = 
         import fcntl
     except ImportError:
         return
-    made = _missing_parents(folder.parent)
+    made = missing_folders(folder.parent)
     folder.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(10):
         handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open for as long as the claim
@@ -353,8 +353,8 @@ def release_claims() -> None:
 atexit.register(release_claims)
 
 
-def _missing_parents(folder: Path) -> list[Path]:
-    """``folder`` and each parent of it that does not exist yet, deepest first."""
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and each of its parents that does not exist yet (what writing there creates), deepest first."""
     missing = []
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)

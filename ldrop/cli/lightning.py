@@ -28,7 +28,7 @@ import ldrop.data  # noqa: F401
 import ldrop.selectors  # noqa: F401
 import ldrop.tasks  # noqa: F401
 from ldrop import __version__
-from ldrop._io import CheckpointError, claim_folder, load_checkpoint_file, release_claims
+from ldrop._io import CheckpointError, claim_folder, load_checkpoint_file, missing_folders, release_claims
 from ldrop._lightning import CLISteps, describe_method_options, set_subcommand_help, subcommand_parsers
 from ldrop.budgets import budget_list
 from ldrop.cli.callbacks import (
@@ -352,7 +352,7 @@ class LdropCLI(CLISteps):
             # not an error: a pre-trained backbone may be evaluated on purpose
             verb = {"test": "testing", "validate": "validating", "predict": "predicting with"}.get(subcommand, subcommand)
             log.warning("no --ckpt_path: %s the model as initialised, not a trained checkpoint", verb)
-        new_folders = _missing_folders(Path(log_dir)) if log_dir is not None else []
+        new_folders = missing_folders(Path(log_dir)) if log_dir is not None else []
         try:
             super().run_subcommand(subcommand)
             if self.trainer.received_sigterm:  # it arrived as the run ended, its outputs complete: still no exit 0
@@ -544,15 +544,6 @@ def remove_if_no_outputs(folder: Path, also_empty: Sequence[Path] = ()) -> bool:
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
     return True
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and each of its parents that does not exist yet (what a run creates), deepest first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
 
 
 TRAINER_DEFAULTS: dict[str, Any] = {
