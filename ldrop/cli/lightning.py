@@ -303,7 +303,7 @@ class LdropCLI(CLISteps):
                     (root / f"version_{version}").mkdir(parents=True)
                     break
             _RESERVED[:0] = [root / f"version_{version}", *made]
-            args["version"] = version
+            args["version"] = self._reserved = version  # for the logger only: the saved config keeps None
 
     def instantiate_classes(self) -> None:
         try:
@@ -315,6 +315,8 @@ class LdropCLI(CLISteps):
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected
             # keyword argument). The model never received it, so it is not one of its hyper-parameters.
             self.model.hparams.pop("labels", None)
+        if getattr(self, "_reserved", None) is not None:  # a run from the saved config gets a new folder of its own
+            self._command_config()["trainer"]["logger"]["init_args"]["version"] = None
 
     def _command_config(self, instantiated: bool = False) -> Any:
         """This subcommand's config (``instantiated``: with the classes built from it, e.g. ``sweep``)."""
@@ -562,7 +564,7 @@ def remove_if_no_outputs(folder: Path, also_empty: Sequence[Path] = ()) -> bool:
         return False
     shutil.rmtree(folder)
     for parent in sorted(also_empty, key=lambda p: len(p.parts), reverse=True):
-        if parent.is_dir() and not any(parent.iterdir()):
+        with contextlib.suppress(OSError):  # not empty (any more: another run's folder), or gone
             parent.rmdir()
     return True
 
