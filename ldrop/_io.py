@@ -172,6 +172,21 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def usual_permissions(folder: Path) -> Iterator[None]:
+    """Give the files that the block writes into ``folder`` (new, or replaced by a rename) the usual permissions
+    (0o666 less the umask): writers that stage through owner-only temporaries (``save_pretrained``'s weights,
+    through ``mkstemp``) leave them unreadable to the group and others."""
+    def inodes() -> dict[str, int]:
+        return {p.name: p.stat().st_ino for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+
+    before = inodes()
+    yield
+    for name, inode in inodes().items():
+        if before.get(name) != inode:
+            os.chmod(folder / name, 0o666 & ~_umask())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically, synced to disk before the rename."""
     return atomic_write(path, lambda tmp: _write_synced(tmp, text.encode("utf-8")))

@@ -32,6 +32,7 @@ from transformers import (
 )
 from transformers.masking_utils import create_bidirectional_mask
 
+from ldrop._io import usual_permissions
 from ldrop.backbones import geometry
 
 log = logging.getLogger(__name__)
@@ -268,8 +269,9 @@ class SpeechBackbone(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the encoder and its input preprocessing (``preprocessor_config.json``)."""
-        self.model.save_pretrained(directory)
-        self.input_processor().save_pretrained(directory)
+        with usual_permissions(Path(directory)):  # not owner-only weights (Hugging Face's), as other files
+            self.model.save_pretrained(directory)
+            self.input_processor().save_pretrained(directory)
 
     def input_processor(self) -> Wav2Vec2FeatureExtractor:
         """The input preprocessing in use (a 16 kHz default for models built from a config)."""

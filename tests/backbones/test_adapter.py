@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import BertConfig, WavLMConfig, WavLMModel
@@ -77,6 +79,19 @@ def test_save_pretrained_directory_round_trips_without_missing_keys(tmp_path, la
     waves, lengths = padded_batch([4000, 2400])
     with torch.no_grad():
         assert torch.equal(original(waves, lengths)[0], loaded(waves, lengths)[0])
+
+
+def test_saved_weights_are_readable_by_others_as_the_umask_allows(tmp_path):
+    """Hugging Face stages the weights through an owner-only temporary: a shared model folder was unreadable."""
+    old = os.umask(0o022)
+    try:
+        make_backbone("wav2vec2").save_pretrained(tmp_path / "model")
+        (tmp_path / "model" / "model.safetensors").chmod(0o600)  # an earlier save's, replaced below
+        make_backbone("hubert").save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "model").iterdir()}
+    assert modes and set(modes.values()) == {oct(0o644)}, modes
 
 
 def test_local_directory_without_config_is_a_clear_error(tmp_path):
