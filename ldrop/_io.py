@@ -399,9 +399,15 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
             log.info("removed %s, the staging folder of an interrupted run", stale)
     try:
         yield staging
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(staging, out_dir)
+        try:
+            if out_dir.exists():
+                out_dir.rmdir()  # empty, checked above
+            os.replace(staging, out_dir)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            raise error(f"{str(out_dir)!r} was written by another process while this one staged its files (kept "
+                        "none of them): give each its own folder") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(made)

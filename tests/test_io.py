@@ -85,6 +85,24 @@ def test_a_staged_folder_removes_only_killed_runs_staging_of_the_same_name(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "ex[p]1"]
 
 
+@pytest.mark.parametrize("other", ["folder", "file"])
+def test_a_folder_another_process_filled_meanwhile_is_one_line_and_kept_as_it_wrote_it(tmp_path, other):
+    from ldrop._io import staged_folder
+
+    out = tmp_path / "export"
+    with pytest.raises(FileExistsError, match="'.*export' was written by another process") as raised, \
+            staged_folder(out) as staging:
+        (staging / "mine").write_text("mine")
+        if other == "folder":  # another export that finished first
+            out.mkdir()
+            (out / "theirs").write_text("theirs")
+        else:
+            out.write_text("theirs")
+    assert "\n" not in str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging folder left
+    assert (out / "theirs" if other == "folder" else out).read_text() == "theirs"
+
+
 def test_a_staged_folder_gets_the_usual_permissions_and_leaves_no_folder_it_made_on_failure(tmp_path, monkeypatch):
     import os
 

@@ -488,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = settings.skip - set(PHASES)
     if unknown:
         parser.error(f"--skip: unknown phase(s) {sorted(unknown)}; phases are {', '.join(PHASES)}")
+    if "quickstart" not in settings.skip and not settings.quickstart_config.is_file():  # not after the GPU phases
+        parser.error(f"--quickstart-config: no file at {settings.quickstart_config} (run from the repository's "
+                     "folder, give its path, or --skip quickstart)")
     if settings.dtype == "bf16" and settings.device == "cpu":
         print("note: bf16 on CPU is slow; the CUDA figures are the point of this benchmark", file=sys.stderr)
     with torch_threads(settings.threads or None):

@@ -479,8 +479,12 @@ def _raised_in_ldrop(err: BaseException) -> bool:
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
+    return tb is not None and _in_ldrop(tb.tb_frame.f_code.co_filename)
+
+
+def _in_ldrop(filename: str) -> bool:
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # ldrop/, not ldrop/cli/
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+    return os.path.abspath(filename).startswith(package + os.sep)
 
 
 def _from_worker(err: BaseException) -> str | None:
@@ -489,7 +493,9 @@ def _from_worker(err: BaseException) -> str | None:
     text = str(err)
     match = re.match(r"Caught (\w+) in DataLoader worker process", text)
     names = {cls.__name__ for cls in (*USER_ERRORS, FileNotFoundError, DatasetLayoutError)}
-    if not match or match.group(1) not in names | {"AudioFileNotFoundError"}:
+    raised_at = re.findall(r'^  File "([^"]+)"', text, flags=re.MULTILINE)[-1:]  # as _raised_in_ldrop reads it
+    own = match and match.group(1) in ("ValueError", "RuntimeError") and raised_at and _in_ldrop(raised_at[0])
+    if not match or match.group(1) not in names | {"AudioFileNotFoundError"} and not own:
         return None
     last = text.rstrip().splitlines()[-1]
     return last.split(": ", 1)[1] if ": " in last else last

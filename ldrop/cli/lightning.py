@@ -4,6 +4,7 @@ sweep and prediction writer; the task's labels are linked from the datamodule.""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -288,6 +289,21 @@ class LdropCLI(CLISteps):
             logger["init_args"]["save_dir"] = str(run.parent.parent)
             logger["init_args"]["name"] = run.parent.name
             logger["init_args"]["version"] = int(run.name.removeprefix("version_"))
+        # A new run's version_N is made now, not only numbered (Lightning lists the folders as the run starts and
+        # makes the next one later): two runs started at once took the same one. First process only: Lightning
+        # gives the other ranks rank 0's folder (broadcast), and they make none.
+        args = logger["init_args"]
+        if (self.subcommand and args.get("version") is None and _first_process() and not trainer.get("fast_dev_run")
+                and "://" not in str(args["save_dir"])):
+            root = Path(args["save_dir"], args.get("name") or "")
+            taken = [int(p.name[8:]) for p in root.glob("version_*") if re.fullmatch(r"version_\d+", p.name) and p.is_dir()]
+            made = missing_folders(root)
+            for version in itertools.count(max(taken, default=-1) + 1):
+                with contextlib.suppress(FileExistsError):
+                    (root / f"version_{version}").mkdir(parents=True)
+                    break
+            _RESERVED[:0] = [root / f"version_{version}", *made]
+            args["version"] = self._reserved = version  # for the logger only: the saved config keeps None
 
     def instantiate_classes(self) -> None:
         try:
@@ -299,6 +315,8 @@ class LdropCLI(CLISteps):
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected
             # keyword argument). The model never received it, so it is not one of its hyper-parameters.
             self.model.hparams.pop("labels", None)
+        if getattr(self, "_reserved", None) is not None:  # a run from the saved config gets a new folder of its own
+            self._command_config()["trainer"]["logger"]["init_args"]["version"] = None
 
     def _command_config(self, instantiated: bool = False) -> Any:
         """This subcommand's config (``instantiated``: with the classes built from it, e.g. ``sweep``)."""
@@ -352,7 +370,7 @@ class LdropCLI(CLISteps):
             # not an error: a pre-trained backbone may be evaluated on purpose
             verb = {"test": "testing", "validate": "validating", "predict": "predicting with"}.get(subcommand, subcommand)
             log.warning("no --ckpt_path: %s the model as initialised, not a trained checkpoint", verb)
-        new_folders = missing_folders(Path(log_dir)) if log_dir is not None else []
+        new_folders = missing_folders(Path(log_dir)) + _RESERVED if log_dir is not None else []
         try:
             super().run_subcommand(subcommand)
             if self.trainer.received_sigterm:  # it arrived as the run ended, its outputs complete: still no exit 0
@@ -516,6 +534,11 @@ def sigterm_stops() -> Iterator[None]:
             signal.signal(signal.SIGINT, interrupt)
 
 
+#: The version_N folder this process made for its run (:meth:`LdropCLI.before_instantiate_classes`), then the
+#: folders above it that this made, deepest first.
+_RESERVED: list[Path] = []
+
+
 #: What every run folder gets before it produces anything: the config, the hyper-parameters, an event file.
 BOOKKEEPING_FILES = ("config.yaml", "*_config.yaml", "hparams.yaml", "events.out.tfevents.*")
 
@@ -541,7 +564,7 @@ def remove_if_no_outputs(folder: Path, also_empty: Sequence[Path] = ()) -> bool:
         return False
     shutil.rmtree(folder)
     for parent in sorted(also_empty, key=lambda p: len(p.parts), reverse=True):
-        if parent.is_dir() and not any(parent.iterdir()):
+        with contextlib.suppress(OSError):  # not empty (any more: another run's folder), or gone
             parent.rmdir()
     return True
 
@@ -591,6 +614,9 @@ def run_lightning(args: Sequence[str] | None = None, own_commands: Mapping[str, 
         return _ldrop_cli(own_commands, args)
     finally:
         release_claims()  # a checkpoint folder this fit claimed
+        while _RESERVED:  # a version_N folder reserved for a run that failed before it wrote there (if empty)
+            with contextlib.suppress(OSError):
+                _RESERVED.pop(0).rmdir()
 
 
 def _ldrop_cli(own_commands: Mapping[str, str], args: Sequence[str] | None) -> LdropCLI:

@@ -142,6 +142,11 @@ class AudioDataModule(LightningDataModule):
         self.num_bad_files: dict[str, int] = {}
         self._failed_at_load: dict[str, set[str]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # An own collate pickles this module into each DataLoader worker under spawn/forkserver (macOS, Windows):
+        # without its trainer, which holds the model (as LightningModule drops it); the trainer attaches it again.
+        return {**self.__dict__, "trainer": None}
+
     def __str__(self) -> str:
         # Lightning's lists the size of every split, building (reading) each of them; jsonargparse prints the
         # datamodule in the message of a failed link.

@@ -16,7 +16,14 @@ import pytest
 import torch
 
 from ldrop.bench import __main__ as bench_cli
-from ldrop.bench.gpu import _SMALL_QUICKSTART, Run, build_parser, settings_for, summary_markdown
+from ldrop.bench.gpu import (
+    _SMALL_QUICKSTART,
+    Run,
+    build_parser,
+    run_quickstart,
+    settings_for,
+    summary_markdown,
+)
 
 #: The command's own default: the quickstart at bf16-mixed, as on a GPU.
 PRECISION = "bf16-mixed"
@@ -140,24 +147,31 @@ def test_phases_past_the_time_limit_are_skipped_and_recorded(tmp_path):
     assert run.report["phases"][0]["status"] == "skipped" and "time limit" in run.report["phases"][0]["error"]
 
 
-def test_a_missing_quickstart_config_fails_only_that_phase(tmp_path):
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        status = bench_cli.main(["gpu", "--small", "--device", "cpu", "--out", str(tmp_path), "--skip",
-                                 "speedup,syncs,profile", "--quickstart-config", str(tmp_path / "absent.yaml")])
-    report = json.loads((tmp_path / "gpu.json").read_text())
-    assert status == 1
-    assert [(p["name"], p["status"]) for p in report["phases"]] == [("machine", "ok"), ("quickstart", "failed")]
-    assert "absent.yaml" in report["phases"][1]["error"] and report["finished"] is True
+def test_a_missing_quickstart_config_is_one_line_before_any_phase(tmp_path, capsys):
+    # it was the last phase's failure, after the GPU phases had run (minutes of a lent machine)
+    with pytest.raises(SystemExit) as exit_:
+        bench_cli.main(["gpu", "--small", "--device", "cpu", "--out", str(tmp_path / "out"), "--quickstart-config",
+                        str(tmp_path / "absent.yaml")])
+    assert exit_.value.code == 2 and not (tmp_path / "out").exists()
+    assert f"--quickstart-config: no file at {tmp_path / 'absent.yaml'}" in capsys.readouterr().err
 
 
-def test_the_default_quickstart_config_is_the_current_folders_not_the_installed_packages(tmp_path, monkeypatch):
+def test_the_quickstart_phase_records_a_config_that_went_missing(tmp_path):
+    config = tmp_path / "quickstart.yaml"
+    config.write_text("{}")
+    settings = settings_for(build_parser().parse_args(
+        ["--small", "--device", "cpu", "--out", str(tmp_path), "--quickstart-config", str(config)]))
+    config.unlink()  # removed while the earlier phases ran
+    with pytest.raises(FileNotFoundError, match="no quickstart config at .*quickstart.yaml"):
+        run_quickstart(settings, print)
+
+
+def test_the_default_quickstart_config_is_the_current_folders_not_the_installed_packages(tmp_path, monkeypatch, capsys):
     # an installed wheel has no configs/ beside the package: the default is read from where the command runs
     monkeypatch.chdir(tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()):
-        status = bench_cli.main(["gpu", "--small", "--device", "cpu", "--out", "out", "--skip", "speedup,syncs,profile"])
-    error = json.loads((tmp_path / "out" / "gpu.json").read_text())["phases"][1]["error"]
-    assert status == 1 and "at configs/quickstart.yaml (--quickstart-config)" in error, error
+    with pytest.raises(SystemExit):
+        bench_cli.main(["gpu", "--small", "--device", "cpu", "--out", "out"])
+    assert "no file at configs/quickstart.yaml" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ldrop.cli import main
 from ldrop.runtime.checkpoints import load_task_checkpoint
@@ -23,7 +24,8 @@ from tests.cli.common import fit_quickstart as _fit
 def test_fit_writes_best_and_last_checkpoints_and_the_resolved_config(trained):
     names = {p.name for p in (trained / "checkpoints").iterdir()}
     assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
-    assert (trained / "config.yaml").is_file()
+    # its logger's version is the run's own: a new fit from this config gets a new folder, not this one
+    assert yaml.safe_load((trained / "config.yaml").read_text())["trainer"]["logger"]["init_args"]["version"] is None
     assert not list((trained / "checkpoints").glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
