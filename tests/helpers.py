@@ -73,3 +73,36 @@ def quiet_trainer(tmp_path, **overrides):
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
+
+
+def offline_hub_cache(monkeypatch, root, repos: dict[str, SpeechBackbone], skip=()) -> list[str]:
+    """A local Hugging Face cache at ``root`` holding ``{hub id: backbone}`` (``save_pretrained``, less the files
+    named in ``skip``), with the hub unreachable and ``HF_HUB_OFFLINE`` unset: returns the list of the URLs that
+    requests for a model's files asked for (each one fails at once, where Hugging Face retries for half a minute)."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    import ldrop.backbones.adapter as adapter
+
+    for repo_id, backbone in repos.items():
+        repo, commit = root / f"models--{repo_id.replace('/', '--')}", "a" * 40
+        backbone.save_pretrained(repo / "snapshots" / commit)
+        for name in skip:
+            (repo / "snapshots" / commit / name).unlink()
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+    requests: list[str] = []
+
+    def refuse(request):
+        if request.url.path == "/api/agent-harnesses":  # huggingface_hub's own user-agent lookup: once, no retries
+            return httpx2.Response(404)
+        requests.append(str(request.url))
+        raise RuntimeError(f"the test asked the hub for {request.url}")
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(adapter, "_hub_reachable", lambda endpoint: False, raising=False)
+    monkeypatch.setattr(_http, "_GLOBAL_CLIENT", None)  # huggingface_hub's shared client, made by this factory
+    monkeypatch.setattr(_http, "_GLOBAL_CLIENT_FACTORY", lambda: httpx2.Client(transport=httpx2.MockTransport(refuse)))
+    return requests

@@ -9,10 +9,12 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -120,15 +122,63 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     return str(path)
 
 
-def load_feature_extractor(name_or_path: str | os.PathLike) -> Wav2Vec2FeatureExtractor | None:
-    """The checkpoint's ``preprocessor_config.json`` as a feature extractor, or ``None`` without one."""
+def _hub_reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    """Whether the hub's host answers at all (a machine offline fails at once, in its name lookup); behind a
+    proxy (``HTTPS_PROXY``, ...) only a download can tell, so it is assumed to."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                              "all_proxy")):
+        return True
+    url = urlparse(endpoint)
     try:
-        return Wav2Vec2FeatureExtractor.from_pretrained(str(name_or_path))
+        socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_hub_id_readable(backbone: str) -> bool:
+    """``FileNotFoundError`` (one line) at once for a hub id that is neither in the local Hugging Face cache nor
+    downloadable (offline: ``HF_HUB_OFFLINE``, or the hub cannot be reached), rather than a minute of retries.
+
+    Returns whether to read ``backbone`` from the cache alone (``local_files_only``): a cached hub id offline, for
+    which Hugging Face would otherwise ask the hub, with retries, for each file the cache lacks.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if _is_local_reference(backbone):  # a folder: resolve_checkpoint checks it
+        return False
+    try:
+        cached = isinstance(try_to_load_from_cache(backbone, "config.json"), str)
+    except ValueError:  # not a valid hub id: from_pretrained says so
+        return False
+    offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else (
+        None if _hub_reachable(constants.ENDPOINT) else f"{constants.ENDPOINT} cannot be reached")
+    if offline and not cached:
+        raise FileNotFoundError(
+            f"backbone {backbone!r}: no such local folder, and no such hub id in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}), the only place a hub id is read from offline ({offline}); give a folder "
+            "written by save_pretrained / ldrop export, or download the model while online")
+    return bool(offline)
+
+
+def load_feature_extractor(name_or_path: str | os.PathLike,
+                           local_files_only: bool = False) -> Wav2Vec2FeatureExtractor | None:
+    """The checkpoint's ``preprocessor_config.json`` as a feature extractor, or ``None`` without one."""
+    name = str(name_or_path)
+    try:
+        return Wav2Vec2FeatureExtractor.from_pretrained(name, local_files_only=local_files_only)
     except OSError as err:
-        log.warning(
-            "no preprocessor_config.json for backbone %r (%s): waveforms are passed on unnormalised; set "
-            "normalize_waveforms to choose explicitly", str(name_or_path), str(err).splitlines()[0][:200],
-        )
+        # Hugging Face's message (one for every reason) says neither whether the file is there nor why it was not read
+        if _is_local_reference(name):
+            absent = None if (Path(name).expanduser() / "preprocessor_config.json").is_file() else "the folder has none"
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            absent = None if isinstance(try_to_load_from_cache(name, "preprocessor_config.json"), str) else (
+                "none in the local Hugging Face cache, the only place read offline" if local_files_only else
+                "the hub has none, or it could not be downloaded")
+        log.warning("no preprocessor_config.json for backbone %r (%s): waveforms are passed on unnormalised; set "
+                    "normalize_waveforms to choose explicitly", name, absent or str(err).splitlines()[0])
         return None
 
 
@@ -233,17 +283,19 @@ class SpeechBackbone(nn.Module):
         Weights must load with no missing keys; unused keys (a CTC head) are ignored. Called on
         :class:`SpeechBackbone`, it returns the adapter registered for the family. ``overrides`` change config
         attributes before loading; ``**kwargs`` go to the adapter's constructor. Raises ``FileNotFoundError``
-        (no such folder) or ``ValueError`` (unsupported model type, missing weights).
+        (no such folder; a hub id offline that is not cached) or ``ValueError`` (unsupported model type, missing weights).
         """
+        local_only = check_hub_id_readable(str(name_or_path))  # a hub id offline: cached, or FileNotFoundError
         name_or_path = resolve_checkpoint(name_or_path)
-        config = AutoConfig.from_pretrained(name_or_path, **(overrides or {}))
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only, **(overrides or {}))
         try:
             family = family_of(config)
         except ValueError as err:
             raise ValueError(f"backbone {str(name_or_path)!r}: {err}") from None
         model_cls = FAMILIES[family][1]
         # Hugging Face randomly initialises weights the checkpoint lacks and only reports them here.
-        model, info = model_cls.from_pretrained(name_or_path, config=config, output_loading_info=True)
+        model, info = model_cls.from_pretrained(name_or_path, config=config, output_loading_info=True,
+                                                local_files_only=local_only)
         if info.get("missing_keys"):
             raise ValueError(
                 f"checkpoint {str(name_or_path)!r} lacks weights {sorted(info['missing_keys'])[:8]}... "
@@ -252,7 +304,7 @@ class SpeechBackbone(nn.Module):
         if info.get("unexpected_keys"):
             log.info("ignoring %d checkpoint keys not used by the encoder", len(info["unexpected_keys"]))
         model.train()
-        kwargs.setdefault("feature_extractor", load_feature_extractor(name_or_path))
+        kwargs.setdefault("feature_extractor", load_feature_extractor(name_or_path, local_only))
         return cls._adapter_for(family)(model, **kwargs)
 
     @classmethod

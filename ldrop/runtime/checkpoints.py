@@ -66,15 +66,26 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
         cls = _task_class(class_path)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from err
+    pretrained = (checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}).get("pretrained", True)
     del checkpoint
-    try:
-        return cls.load_from_checkpoint(path, map_location="cpu")
+    try:  # not pretrained: the backbone's weights come from the checkpoint, not the hub (a download)
+        task = cls.load_from_checkpoint(path, map_location="cpu", pretrained=False)
     except CheckpointError as err:
         if repr(path) in str(err):  # it names the file already
             raise
         raise CheckpointError(f"{path}: {err}") from err
     except TypeError as err:  # hyper-parameters the class does not take (e.g. a renamed argument)
         raise CheckpointError(f"{path}: the hyper-parameters it stores do not fit {cls.__name__}: {err}") from err
+    except Exception as err:  # a backbone not found (FileNotFoundError), maybe wrapped by Lightning's jsonargparse
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, FileNotFoundError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise CheckpointError(f"{path}: {cause}") from err
+    if "pretrained" in task.hparams:  # what training used, for a checkpoint or export written from this task
+        task.hparams["pretrained"] = pretrained
+    return task
 
 
 def refuse_onnx_export(path: str | os.PathLike, instead: str) -> None:

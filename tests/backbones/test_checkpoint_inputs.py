@@ -11,7 +11,7 @@ from transformers import Wav2Vec2FeatureExtractor
 
 from ldrop.backbones import SpeechBackbone, load_backbone, tiny_config
 from ldrop.tasks import BudgetSampling, ClassificationTask
-from tests.helpers import padded_batch
+from tests.helpers import offline_hub_cache, padded_batch
 
 LENGTHS = [8000, 5600, 3300]
 
@@ -73,7 +73,8 @@ def test_missing_preprocessor_config_keeps_raw_input_and_logs(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ldrop.backbones.adapter"):
         backbone = load_backbone(str(folder))
     assert not backbone.normalize_waveforms
-    assert "preprocessor_config.json" in caplog.text
+    assert "no preprocessor_config.json for backbone" in caplog.text and "(the folder has none)" in caplog.text
+    assert "huggingface.co" not in caplog.text  # Hugging Face's message, cut at 200 characters, was about the hub
     waves, lengths = _batch()
     assert backbone.prepare_waveforms(waves, lengths) is waves
 
@@ -133,3 +134,30 @@ def test_a_checkpoint_keeps_the_normalisation_it_was_trained_with(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="ldrop.tasks.base"):
         loaded = ClassificationTask.load_from_checkpoint(path, normalize_waveforms=False)
     assert loaded.backbone.normalize_waveforms and "trained with waveform normalisation" in caplog.text
+
+
+@pytest.mark.parametrize("skip", [(), ("preprocessor_config.json",)], ids=["all-files", "no-preprocessor-config"])
+def test_a_cached_hub_id_is_read_from_the_cache_alone_when_the_hub_cannot_be_reached(tmp_path, monkeypatch, caplog,
+                                                                                    skip):
+    """Hugging Face asked the hub for each file the cache lacks (processor_config.json, preprocessor_config.json),
+    retrying for 23 s each, before using the cache."""
+    torch.manual_seed(0)
+    saved = SpeechBackbone.from_config(tiny_config("wavlm"), normalize_waveforms=True)
+    requests = offline_hub_cache(monkeypatch, tmp_path, {"org/name": saved}, skip)
+    with caplog.at_level(logging.WARNING, logger="ldrop.backbones.adapter"):
+        loaded, random_init = SpeechBackbone.from_pretrained("org/name"), load_backbone("org/name", pretrained=False)
+    assert requests == []
+    assert loaded.normalize_waveforms == random_init.normalize_waveforms == (not skip)
+    assert all(torch.equal(value, saved.model.state_dict()[key]) for key, value in loaded.model.state_dict().items())
+    assert ("(none in the local Hugging Face cache, the only place read offline)" in caplog.text) == bool(skip)
+
+
+@pytest.mark.parametrize("hub_offline", [True, False], ids=["HF_HUB_OFFLINE", "unreachable"])
+def test_from_pretrained_names_a_hub_id_that_cannot_be_read_offline(tmp_path, monkeypatch, hub_offline):
+    from huggingface_hub import constants
+
+    requests = offline_hub_cache(monkeypatch, tmp_path, {})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", hub_offline)
+    with pytest.raises(FileNotFoundError, match="backbone 'org/absent': no such local folder, and no such hub id"):
+        SpeechBackbone.from_pretrained("org/absent")
+    assert requests == []

@@ -182,3 +182,60 @@ def test_an_export_folder_under_a_file_names_the_file(tiny_checkpoint, tmp_path,
     (tmp_path / "afile").write_text("")
     assert main(["export", str(tiny_checkpoint), str(tmp_path / "afile" / "out")]) == 2
     assert f"'{tmp_path / 'afile'}' is a file, not a folder" in capsys.readouterr().err  # not "File exists"
+
+
+def _hub_checkpoint(tiny_checkpoint, path: Path) -> Path:
+    """``tiny_checkpoint`` as ``ldrop fit`` writes it (built by jsonargparse) with the hub id ``org/name`` as its
+    backbone (of the same layout: ``tiny_config('wavlm')``)."""
+    import torch
+
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    checkpoint["ldrop_hyper_parameters"].update(
+        backbone="org/name", _instantiator="lightning.pytorch.cli.instantiate_module",
+        _class_path="ldrop.tasks.ClassificationTask")
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_exporting_a_checkpoint_whose_hub_backbone_cannot_be_read_is_one_line(tiny_checkpoint, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Lightning's jsonargparse wrapped the backbone's one-line error in 'Does not validate against any of the Union
+    subtypes': 86 lines of traceback."""
+    from tests.cli.common import one_error_line
+    from tests.helpers import offline_hub_cache
+
+    requests = offline_hub_cache(monkeypatch, tmp_path / "hub", {})
+    path = _hub_checkpoint(tiny_checkpoint, tmp_path / "hub.ckpt")
+    assert main(["export", str(path), str(tmp_path / "model")]) == 2
+    line = one_error_line(capsys)
+    assert f"{path}: backbone 'org/name': no such local folder, and no such hub id in the local" in line, line
+    assert requests == [] and not (tmp_path / "model").exists()
+
+
+def test_a_checkpoint_loads_its_hub_backbone_without_its_pretrained_weights(tiny_checkpoint, tmp_path, monkeypatch):
+    """The checkpoint holds every weight: the hub's (a download on a new machine) were read, then overwritten. Built
+    from the config alone, the model is the same, bit for bit, and records the ``pretrained`` it was trained with."""
+    import torch
+
+    from ldrop.backbones import SpeechBackbone, tiny_config
+    from ldrop.runtime import load_model
+    from ldrop.tasks import ClassificationTask
+    from tests.helpers import offline_hub_cache, padded_batch
+
+    torch.manual_seed(1)  # other weights than the checkpoint's
+    requests = offline_hub_cache(monkeypatch, tmp_path / "hub", {"org/name": SpeechBackbone.from_config(
+        tiny_config("wavlm"))})
+    path = _hub_checkpoint(tiny_checkpoint, tmp_path / "hub.ckpt")
+    pretrained = ClassificationTask.load_from_checkpoint(path, map_location="cpu").eval()  # as before: hub weights
+    (tmp_path / "hub" / "models--org--name" / "snapshots" / ("a" * 40) / "model.safetensors").unlink()
+    task = load_model(path).eval()
+    assert requests == [] and task.hparams.pretrained is True and task.hparams.backbone == "org/name"
+    stored = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    assert task.state_dict().keys() == stored.keys() == pretrained.state_dict().keys()
+    for key, value in stored.items():  # uncalibrated thresholds are NaN
+        torch.testing.assert_close(task.state_dict()[key], value, rtol=0, atol=0, equal_nan=True)
+    waves, lengths = padded_batch([8000, 5000], seed=2)
+    with torch.no_grad():
+        for budget in (1, 2, 4):
+            (logits, keep), (expected, expected_keep) = task(waves, lengths, budget), pretrained(waves, lengths, budget)
+            assert torch.equal(logits, expected) and torch.equal(keep, expected_keep)
