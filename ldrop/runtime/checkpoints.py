@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,14 @@ from typing import Any
 from ldrop._io import CheckpointError, load_checkpoint_file
 from ldrop.tasks import LayerDropTask
 from ldrop.tasks.calibration import has_validation_split
-from ldrop.tasks.checkpointing import EXPORT_STATE_FILE
+from ldrop.tasks.checkpointing import BACKBONE_FILES_KEY, EXPORT_STATE_FILE
 from ldrop.tasks.uncalibrated import (  # noqa: F401 - the warning and its check, ldrop.runtime's names
     UncalibratedSelectorWarning,
     warn_if_uncalibrated,
     warn_when_used_uncalibrated,
 )
+
+log = logging.getLogger(__name__)
 
 #: Hyper-parameters that only describe how a model was built or trained, not what it is.
 _BUILD_ONLY = ("_class_path", "_instantiator", "init_from", "backbone_overrides")
@@ -53,6 +57,8 @@ def _task_class(class_path: str) -> type[LayerDropTask]:
 def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
     """Load any ldrop task from a ``ldrop fit`` checkpoint (the task class is recorded in it).
 
+    The backbone's weights come from the checkpoint, not from the folder or hub id it was trained from; where that
+    is not here (another machine), its config comes from the checkpoint too (a warning says so).
     ``FileNotFoundError`` without a file; :class:`CheckpointError` (one line) for a damaged file or one that
     does not fit its task class.
     """
@@ -66,10 +72,31 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
         cls = _task_class(class_path)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from err
-    pretrained = (checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}).get("pretrained", True)
+    hparams, files = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}, checkpoint.get(BACKBONE_FILES_KEY)
+    # not pretrained: the backbone's weights come from the checkpoint, not the hub (a download)
+    kept, overrides = {k: hparams[k] for k in ("pretrained", "backbone") if k in hparams}, loadable_budget(hparams, path)
     del checkpoint
-    try:  # not pretrained: the backbone's weights come from the checkpoint, not the hub (a download)
-        task = cls.load_from_checkpoint(path, map_location="cpu", pretrained=False)
+    try:
+        task = _load_from_checkpoint(cls, path, pretrained=False, **overrides)
+    except _BackboneNotFound as err:
+        if not files:
+            raise
+        log.warning("%s; the backbone is built from the config the checkpoint holds", err)
+        with tempfile.TemporaryDirectory(prefix="ldrop-backbone-") as folder:
+            for name, text in files.items():
+                Path(folder, name).write_text(text, encoding="utf-8")
+            task = _load_from_checkpoint(cls, path, pretrained=False, backbone=folder, **overrides)
+    task.hparams.update({k: v for k, v in kept.items() if k in task.hparams})  # what training used, for a re-save
+    return task
+
+
+class _BackboneNotFound(CheckpointError):
+    """The folder or hub id of a checkpoint's backbone is not here."""
+
+
+def _load_from_checkpoint(cls: type[LayerDropTask], path: str, **overrides: Any) -> LayerDropTask:
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu", **overrides)
     except CheckpointError as err:
         if repr(path) in str(err):  # it names the file already
             raise
@@ -82,10 +109,19 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        raise CheckpointError(f"{path}: {cause}") from err
-    if "pretrained" in task.hparams:  # what training used, for a checkpoint or export written from this task
-        task.hparams["pretrained"] = pretrained
-    return task
+        raise _BackboneNotFound(f"{path}: {cause}") from err
+
+
+def loadable_budget(hparams: Mapping[str, Any], source: str | os.PathLike) -> dict[str, Any]:
+    """``{"predict_budget": <the target without its profile>}`` when the device profile that ``hparams``' target
+    names is not here (the model was moved): a warning says so, and a time target measures a quick profile."""
+    budget = hparams.get("predict_budget")
+    if not isinstance(budget, Mapping) or not budget.get("profile") or Path(str(budget["profile"])).is_file():
+        return {}
+    target = {k: v for k, v in budget.items() if k != "profile"}
+    log.warning("%s: its predict_budget's device profile %s is not here: the target %s is kept without it (measure "
+                "one here with 'ldrop profile')", source, budget["profile"], target)
+    return {"predict_budget": target}
 
 
 def refuse_onnx_export(path: str | os.PathLike, instead: str) -> None:
@@ -116,7 +152,7 @@ def load_exported(directory: str | os.PathLike) -> LayerDropTask:
                               "export the checkpoint again with 'ldrop export'")
     hparams = {k: v for k, v in payload.get("hparams", {}).items() if k not in _BUILD_ONLY}
     # The folder's config.json already holds any overrides; its weights come from the state dict below.
-    hparams.update(backbone=str(directory), pretrained=False)
+    hparams.update(backbone=str(directory), pretrained=False, **loadable_budget(hparams, state_file))
     try:
         cls = _task_class(class_path)
     except CheckpointError as err:

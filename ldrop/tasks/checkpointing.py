@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 #: Checkpoint key recording whether the weights were trained on normalised waveforms.
 NORMALIZE_KEY = "ldrop_normalize_waveforms"
 
+#: Checkpoint key holding the backbone's ``config.json`` and ``preprocessor_config.json`` (text): the checkpoint
+#: loads where the folder or hub id it was trained from is not.
+BACKBONE_FILES_KEY = "ldrop_backbone_files"
+
 #: File written beside an exported backbone: the task head(s) and the selector state.
 EXPORT_STATE_FILE = "ldrop_task_state.pt"
 
@@ -135,6 +139,8 @@ def record_checkpoint(task: Any, checkpoint: dict[str, Any]) -> None:
     if isinstance(checkpoint.get(task.CHECKPOINT_HYPER_PARAMS_KEY), MutableMapping):
         serialisable_hparams(checkpoint[task.CHECKPOINT_HYPER_PARAMS_KEY])
     checkpoint[NORMALIZE_KEY] = bool(task.backbone.normalize_waveforms)
+    checkpoint[BACKBONE_FILES_KEY] = {"config.json": task.backbone.model.config.to_json_string(use_diff=False),
+                                      "preprocessor_config.json": task.backbone.input_processor().to_json_string()}
     check_finite_weights(task)
 
 

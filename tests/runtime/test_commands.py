@@ -184,28 +184,82 @@ def test_an_export_folder_under_a_file_names_the_file(tiny_checkpoint, tmp_path,
     assert f"'{tmp_path / 'afile'}' is a file, not a folder" in capsys.readouterr().err  # not "File exists"
 
 
-def _hub_checkpoint(tiny_checkpoint, path: Path) -> Path:
+def _hub_checkpoint(tiny_checkpoint, path: Path, backbone: str = "org/name", stored_config: bool = True) -> Path:
     """``tiny_checkpoint`` as ``ldrop fit`` writes it (built by jsonargparse) with the hub id ``org/name`` as its
-    backbone (of the same layout: ``tiny_config('wavlm')``)."""
+    backbone (of the same layout: ``tiny_config('wavlm')``); without ``stored_config``, as checkpoints were before
+    they held the backbone's config."""
     import torch
+
+    from ldrop.tasks.checkpointing import BACKBONE_FILES_KEY
 
     checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
     checkpoint["ldrop_hyper_parameters"].update(
-        backbone="org/name", _instantiator="lightning.pytorch.cli.instantiate_module",
+        backbone=backbone, _instantiator="lightning.pytorch.cli.instantiate_module",
         _class_path="ldrop.tasks.ClassificationTask")
+    assert checkpoint.pop(BACKBONE_FILES_KEY)["config.json"]  # every checkpoint holds it
+    if stored_config:
+        checkpoint[BACKBONE_FILES_KEY] = torch.load(tiny_checkpoint, weights_only=False)[BACKBONE_FILES_KEY]
     torch.save(checkpoint, path)
     return path
+
+
+@pytest.mark.parametrize("backbone", ["org/name", "/cluster/models/wavlm-tiny"])
+def test_a_checkpoint_whose_backbone_is_not_here_loads_with_the_config_it_holds(tiny_checkpoint, tmp_path, caplog,
+                                                                                monkeypatch, backbone):
+    """Trained from a folder or hub id that the machine it moved to lacks: ``ldrop export`` and ``load_model``
+    failed (a 90-line traceback); its weights and now its backbone's config are in the checkpoint."""
+    import torch
+
+    from ldrop.runtime import load_model
+    from tests.helpers import offline_hub_cache, padded_batch
+
+    offline_hub_cache(monkeypatch, tmp_path / "hub", {})
+    path = _hub_checkpoint(tiny_checkpoint, tmp_path / "moved.ckpt", backbone)
+    with caplog.at_level("WARNING"):
+        task = load_model(path).eval()
+    assert f"{path}: " in caplog.text and "built from the config the checkpoint holds" in caplog.text
+    assert task.hparams.backbone == backbone and task.hparams.pretrained is True  # as trained, for a re-save
+    waves, lengths = padded_batch([8000, 5000], seed=2)
+    with torch.no_grad():
+        expected = load_model(tiny_checkpoint).eval()(waves, lengths, 2)
+        assert all(torch.equal(a, b) for a, b in zip(task(waves, lengths, 2), expected, strict=True))
+    assert main(["export", str(path), str(tmp_path / "model")]) == 0
+    assert main(["export", str(path), str(tmp_path / "onnx"), "--format", "onnx"]) == 0
+
+
+def test_a_moved_models_missing_target_profile_is_a_warning_not_a_failure(tiny_checkpoint, tmp_path, caplog):
+    """A target's device profile path (``predict_budget: {rtf: 0.1, profile: ...}``) is stored with the model: where
+    it is not (another machine), the checkpoint and its export did not load at all."""
+    import torch
+
+    from ldrop.runtime import load_model
+    from tests.runtime.conftest import synthetic_profile
+
+    profile = tmp_path / "cluster" / "profile.json"
+    profile.parent.mkdir()
+    synthetic_profile().save(profile)
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    checkpoint["ldrop_hyper_parameters"]["predict_budget"] = {"rtf": 0.1, "profile": str(profile)}
+    torch.save(checkpoint, tmp_path / "target.ckpt")
+    assert main(["export", str(tmp_path / "target.ckpt"), str(tmp_path / "model")]) == 0
+    profile.unlink()
+    for source in (tmp_path / "target.ckpt", tmp_path / "model"):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            task = load_model(source)
+        assert task.hparams.predict_budget == {"rtf": 0.1}, source
+        assert f"device profile {profile} is not here" in caplog.text, source
 
 
 def test_exporting_a_checkpoint_whose_hub_backbone_cannot_be_read_is_one_line(tiny_checkpoint, tmp_path, capsys,
                                                                               monkeypatch):
     """Lightning's jsonargparse wrapped the backbone's one-line error in 'Does not validate against any of the Union
-    subtypes': 86 lines of traceback."""
+    subtypes': 86 lines of traceback (a checkpoint that does not hold its backbone's config)."""
     from tests.cli.common import one_error_line
     from tests.helpers import offline_hub_cache
 
     requests = offline_hub_cache(monkeypatch, tmp_path / "hub", {})
-    path = _hub_checkpoint(tiny_checkpoint, tmp_path / "hub.ckpt")
+    path = _hub_checkpoint(tiny_checkpoint, tmp_path / "hub.ckpt", stored_config=False)
     assert main(["export", str(path), str(tmp_path / "model")]) == 2
     line = one_error_line(capsys)
     assert f"{path}: backbone 'org/name': no such local folder, and no such hub id in the local" in line, line
