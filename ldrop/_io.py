@@ -245,6 +245,9 @@ def damaged_checkpoint_error(path: str | os.PathLike, err: BaseException) -> Che
     that holds a pickled class: :func:`pickled_class_error`)."""
     if (pickled := pickled_class_error(path, err)) is not None:
         return pickled
+    if re.search(r"deserialize object on (a )?CUDA device", str(err)):  # a map_location that keeps its device
+        return CheckpointError(f"checkpoint {str(path)!r} was saved on a CUDA device, which this machine lacks "
+                               "or numbers otherwise: load it with map_location='cpu'")
     path = Path(path)
     size = path.stat().st_size if path.is_file() else None
     if size == 0:

@@ -21,6 +21,7 @@ from torch import Tensor
 from ldrop.backbones.geometry import frame_lengths
 from ldrop.budgets.cost import DeviceProfile, as_array, cost_facts
 from ldrop.budgets.loop import BudgetDecision, ControlLoop, UnmeetableTargetWarning
+from ldrop.budgets.machine import machine_info
 from ldrop.budgets.profile import model_precision, profile_model
 from ldrop.budgets.targets import Target
 from ldrop.engine.flops import count_forward_flops, decision_flops, passed_head_flops
@@ -30,15 +31,19 @@ QUICK_GRID: dict[str, Any] = {"seconds": (0.5, 1.0, 2.0, 4.0), "batch_sizes": (1
                               "validation_batches": 0}
 
 
-def torch_profile_warning(profile: DeviceProfile, precision: str | None) -> str | None:
+def torch_profile_warning(profile: DeviceProfile, precision: str | None, device: torch.device | str | None = None
+                          ) -> str | None:
     """Why ``profile``'s times may not be those of a PyTorch model running at ``precision`` (``32-true``,
-    ``bf16-mixed``, ...; ``None``: not judged), or ``None``: it was measured on ONNX Runtime, or at another
-    precision (:meth:`~ldrop.budgets.cost.DeviceProfile.precision_warning`)."""
+    ``bf16-mixed``, ...; ``None``: not judged) on ``device`` of this machine (``None``: not judged), or ``None``:
+    it was measured on ONNX Runtime, on other hardware (:meth:`~ldrop.budgets.cost.DeviceProfile.machine_warning`)
+    or at another precision (:meth:`~ldrop.budgets.cost.DeviceProfile.precision_warning`)."""
     if profile.device.get("runtime") == "onnxruntime":
         name = "this device profile" if profile.path is None else f"device profile {str(profile.path)!r}"
         return (f"{name} was measured on ONNX Runtime: its times are another runtime's (only a closed loop "
                 "corrects them, as it runs): profile the model on PyTorch with 'ldrop profile'")
-    return profile.precision_warning(precision) if precision else None
+    found = (device is not None and profile.machine_warning(machine_info(device)),
+             precision and profile.precision_warning(precision))
+    return "; ".join(w for w in found if w) or None
 
 
 class BudgetController(ControlLoop):
@@ -54,6 +59,7 @@ class BudgetController(ControlLoop):
             (:func:`~ldrop.engine.flops.passed_head_flops`); a runtime binds its model's (:meth:`bind`).
         precision: how the model runs (``32-true``, ``bf16-mixed``, ...; :func:`~ldrop.budgets.profile.model_precision`),
             for :meth:`profile_warning` (:func:`torch_profile_warning`); ``None``: not judged.
+        device: where the model runs, for :meth:`profile_warning`; ``None``: not judged.
         **options: :class:`~ldrop.budgets.loop.ControlLoop`'s.
     """
 
@@ -61,9 +67,10 @@ class BudgetController(ControlLoop):
 
     def __init__(self, num_layers: int, profile: DeviceProfile | None = None, flops_config: Any = None,
                  extra_fixed_flops: Callable[[Tensor], Tensor] | None = None, precision: str | None = None,
-                 budget_flops: Callable[[Tensor], Tensor | None] | None = None, **options: Any) -> None:
+                 budget_flops: Callable[[Tensor], Tensor | None] | None = None,
+                 device: torch.device | str | None = None, **options: Any) -> None:
         super().__init__(num_layers, **options)
-        self.precision = precision
+        self.precision, self.device = precision, device
         if flops_config is not None:  # a profile must be of this model
             self.model_facts = cost_facts(getattr(flops_config, "config", flops_config))
         self.profile = profile
@@ -77,7 +84,7 @@ class BudgetController(ControlLoop):
             self.budget_flops = functools.partial(passed_head_flops, model)
 
     def profile_warning(self, profile: DeviceProfile) -> str | None:
-        return torch_profile_warning(profile, self.precision)
+        return torch_profile_warning(profile, self.precision, self.device)
 
     def as_result(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(array)
@@ -124,7 +131,8 @@ class TargetResolver:
             if needs_profile:
                 if target.profile:  # checked against the model by the controller
                     profile = DeviceProfile.load(target.profile)
-                    if warning := torch_profile_warning(profile, model_precision(model)):
+                    device = next(model.parameters()).device
+                    if warning := torch_profile_warning(profile, model_precision(model), device):
                         warnings.warn(warning, stacklevel=3)
                 else:
                     warnings.warn("a time target without a profile: measuring a quick one now (pass "

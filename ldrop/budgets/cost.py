@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,18 @@ def cost_facts(source: Any) -> dict[str, Any]:
         if value is not None:
             facts[name] = list(value) if isinstance(value, tuple | list) else value
     return facts
+
+
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` where there is one, else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def as_array(values: Any, dtype: Any = None) -> np.ndarray:
@@ -165,6 +178,22 @@ class DeviceProfile:
         how = PROFILE_PRECISION_OPTIONS.get(precision, "")
         return (f"{name} was measured at {measured} precision but the model runs at {precision}: its times are "
                 f"another precision's (measure one with 'ldrop profile{how and ' ' + how}')")
+
+    def machine_warning(self, here: dict[str, Any] | None = None, how: str = "") -> str | None:
+        """Why the times of this profile may be another machine's: the hardware it records (the device's kind
+        and name; the CPU where it names no device, as ONNX Runtime's) is not ``here``'s (fields of
+        :func:`~ldrop.budgets.machine.machine_info`; ``None``: this CPU), or ``None``; a field either lacks (an
+        older profile) is not compared. ``how``: the options of 'ldrop profile' that measure one here."""
+        here = {"cpu": cpu_name()} if here is None else here
+        keys = ("device", "device_name") if "device_name" in self.device and "device_name" in here else ("cpu",)
+        keys = [k for k in keys if self.device.get(k) is not None and here.get(k) is not None]
+        sides = [[" ".join(str(side[k]).split()) for k in keys] for side in (self.device, here)]
+        if sides[0] == sides[1]:
+            return None
+        there, mine = (v[0] if len(set(v)) == 1 else f"{v[0]} ({', '.join(v[1:])})" for v in sides)
+        name = "the device profile" if self.path is None else f"device profile {str(self.path)!r}"
+        return (f"{name} was measured on {there}, this is {mine}: its timings may not hold; measure one here with "
+                f"'ldrop profile{how and ' ' + how}'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,23 +9,13 @@ from typing import Any
 import torch
 import transformers
 
+from ldrop.budgets.cost import cpu_name
+
 #: Environment variables that change CPU timings a lot (spin-waiting OpenMP threads on a busy machine).
 THREAD_ENV = (
     "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MKL_NUM_THREADS",
     "CUDA_VISIBLE_DEVICES",
 )
-
-
-def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` where there is one, else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:

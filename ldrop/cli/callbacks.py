@@ -57,8 +57,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, path)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool | None = None
                         ) -> dict[str, Any]:
+        # on the CPU, as Lightning's own default: its strategy moves the state to the device (a GPU's checkpoint
+        # then loads on a machine without one)
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except DAMAGED_CHECKPOINT_ERRORS as err:

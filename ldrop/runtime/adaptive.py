@@ -127,7 +127,8 @@ class AdaptiveModel(ClosedLoopModel):
             extra_fixed_flops=functools.partial(decision_flops, model), closed_loop=closed_loop,
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate,
             min_budget=max(1, getattr(model, "prefix_layers", 0)),
-            precision=precision_name(next(model.parameters()).dtype, autocast), **controller_options,
+            precision=precision_name(next(model.parameters()).dtype, autocast),
+            device=next(model.parameters()).device, **controller_options,
         )
         if profile is not None and (warning := self.controller.profile_warning(profile)):
             warnings.warn(warning, stacklevel=2)

@@ -104,7 +104,7 @@ class OnnxBudgetController(ControlLoop):
 
     def profile_warning(self, profile: DeviceProfile) -> str | None:
         if profile.device.get("runtime") == "onnxruntime":
-            return None
+            return profile.machine_warning(how="--runtime onnx")
         return ("this device profile was not measured on ONNX Runtime ('ldrop profile --runtime onnx'): its times are "
                 "another runtime's, only the closed loop will correct them")
 

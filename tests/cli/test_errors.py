@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,49 @@ def test_load_model_and_adaptive_model_name_a_damaged_checkpoint(trained, tmp_pa
     for load in (load_model, AdaptiveModel.from_pretrained):
         with pytest.raises(CheckpointError, match=f"{damaged}.*damaged or not a checkpoint"):
             load(damaged)
+
+
+# ------------------------------------------------------------------------------- a checkpoint saved on a GPU
+def _saved_on_a_gpu(good: Path, folder: Path, monkeypatch) -> Path:
+    """``good`` saved again with every tensor tagged ``cuda:0``, as a fit on a GPU saves it (on any machine)."""
+    checkpoint = torch.load(good, map_location="cpu", weights_only=False)
+    path = folder / "cuda.ckpt"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "_package_registry",
+                      [(1, lambda obj: "cuda:0", lambda obj, location: None), *torch.serialization._package_registry])
+        torch.save(checkpoint, path)
+    with zipfile.ZipFile(path) as archive:
+        assert b"cuda:0" in archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    return path
+
+
+@pytest.mark.parametrize("command", ["test", "fit"])
+def test_a_checkpoint_saved_on_a_gpu_is_tested_and_resumed_on_the_cpu(trained, tmp_path, capsys, monkeypatch,
+                                                                       command):
+    cuda = _saved_on_a_gpu(trained / "checkpoints" / "last.ckpt", tmp_path, monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, also where CI has a GPU
+    before = sorted(p.name for p in trained.rglob("*"))
+    more = ["--sweep.budgets", "[1]"] if command == "test" else ["--trainer.max_epochs", "2"]
+    code = main([command, "--config", QUICKSTART, *SMALL, *more, "--ckpt_path", str(cuda), "--trainer.accelerator",
+                 "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    assert code in (0, None), capsys.readouterr().err[-3000:]
+    run = next((tmp_path / "logs" / "ldrop").glob("version_*"))
+    if command == "test":
+        assert (run / "budget_sweep.csv").is_file()
+    else:
+        steps = [torch.load(c, "cpu", weights_only=True)["global_step"] for c in (cuda, run / "checkpoints" / "last.ckpt")]
+        assert steps[1] == 2 * steps[0] > 0  # the second epoch trained on from the GPU's weights
+    assert sorted(p.name for p in trained.rglob("*")) == before  # the shared run is left as it was
+
+
+def test_a_cuda_checkpoint_loaded_to_its_device_on_a_cpu_is_named_so_not_damaged(trained, tmp_path, monkeypatch):
+    from ldrop._io import CheckpointError, load_checkpoint_file
+
+    cuda = _saved_on_a_gpu(trained / "checkpoints" / "last.ckpt", tmp_path, monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CheckpointError, match="saved on a CUDA device") as caught:
+        load_checkpoint_file(cuda, map_location=None)
+    assert "damaged" not in str(caught.value) and "map_location" in str(caught.value)
 
 
 # ------------------------------------------------------------------------------- another configuration

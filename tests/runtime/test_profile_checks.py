@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ldrop.budgets import Target, TargetResolver, UnmeetableTargetWarning
+from ldrop.budgets.machine import cpu_name
 from ldrop.budgets.profile import model_summary
 from ldrop.cli import main
 from ldrop.runtime import AdaptiveModel, load_model
@@ -25,10 +26,11 @@ TINY_GRID = ["--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1", "--
 
 
 def write_profile(path: Path, slow: bool = False, runtime: str | None = "onnxruntime", num_layers: int = 4,
-                  **model) -> Path:
-    """A 4-layer profile of the tiny CNN: ``slow`` (10 s a layer) or fast (1 us); ``model`` facts as recorded."""
+                  machine: dict | None = None, **model) -> Path:
+    """A 4-layer profile of the tiny CNN: ``slow`` (10 s a layer) or fast (1 us); the ``machine`` (device
+    fields) and ``model`` facts as recorded."""
     profile = synthetic_profile(num_layers, fixed=(1e-6, 0.0, 0.0), layer=(10.0 if slow else 1e-6, 0.0, 0.0))
-    profile.device, profile.model = ({"runtime": runtime} if runtime else {}), model
+    profile.device, profile.model = {**({"runtime": runtime} if runtime else {}), **(machine or {})}, model
     return profile.save(path)
 
 
@@ -158,3 +160,54 @@ def test_a_predict_target_with_another_models_profile_fails_before_any_model_run
                  "--model.init_args.predict_budget", f"{{rtf: 0.1, profile: {six}}}",
                  "--predictions.output", str(tmp_path / "p.jsonl")]) == 2
     assert "is of another model (num_layers 6, not 4)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- a profile of another machine
+def _machine_warnings(make) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+    return [str(w.message) for w in caught if "its timings may not hold" in str(w.message)]
+
+
+@pytest.mark.parametrize(("runtime", "machine", "there", "here"), [
+    (None, {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "cpu": "AMD EPYC 9654"},
+     "cuda (NVIDIA H100 80GB HBM3)", "cpu ({cpu})"),
+    (None, {"device": "cpu", "device_name": "ARM Cortex-A76", "cpu": "ARM Cortex-A76"}, "cpu (ARM Cortex-A76)",
+     "cpu ({cpu})"),
+    ("onnxruntime", {"cpu": "ARM Cortex-A76", "threads": 4}, "ARM Cortex-A76", "{cpu}"),
+], ids=["torch-gpu", "torch-arm", "onnx-arm"])
+def test_a_profile_measured_on_other_hardware_is_warned_of_once(task, onnx_folder, tmp_path, runtime, machine, there,
+                                                                 here):
+    from ldrop.runtime import OnnxAdaptiveModel
+
+    assert cpu_name() != "ARM Cortex-A76"
+    path = write_profile(tmp_path / "there.json", runtime=runtime, machine=machine)
+    expected = (f"device profile '{path}' was measured on {there}, this is {here.format(cpu=cpu_name())}: its timings "
+                f"may not hold; measure one here with 'ldrop profile{' --runtime onnx' if runtime else ''}'")
+    if runtime:
+        model, wave = OnnxAdaptiveModel(onnx_folder, closed_loop=False), np.zeros(16000, dtype=np.float32)
+        assert _machine_warnings(lambda: OnnxAdaptiveModel(onnx_folder, profile=path)) == [expected]
+    else:
+        model, wave = AdaptiveModel(task, closed_loop=False), torch.zeros(16000)
+        assert _machine_warnings(lambda: AdaptiveModel(task, profile=path)) == [expected]
+        resolver = TargetResolver()
+        assert _machine_warnings(lambda: resolver.controller(task, Target.parse({"rtf": 1, "profile": str(path)})))
+    # a target's own profile: once, not again on the next call with the same file
+    assert _machine_warnings(lambda: [model(wave, {"rtf": 1.0, "profile": str(path)}) for _ in range(2)]) == [expected]
+
+
+def test_a_profile_measured_here_or_naming_no_hardware_gives_no_machine_warning(task, onnx_folder, tmp_path):
+    from ldrop.budgets import profile_model
+    from ldrop.runtime import OnnxAdaptiveModel
+    from ldrop.runtime.onnx_profile import profile_onnx
+
+    grid = {"seconds": (0.5, 1.0), "batch_sizes": (1, 2), "repeats": 1, "warmup": 0, "validation_batches": 0}
+    here = profile_model(task, **grid).save(tmp_path / "here.json")
+    onnx_here = profile_onnx(onnx_folder, **grid).save(tmp_path / "onnx-here.json")
+    older = write_profile(tmp_path / "older.json", runtime=None)  # written before ldrop recorded the machine
+    onnx_older = write_profile(tmp_path / "onnx-older.json")
+    makers = [lambda: AdaptiveModel(task, profile=here), lambda: AdaptiveModel(task, profile=older),
+              lambda: OnnxAdaptiveModel(onnx_folder, profile=onnx_here),
+              lambda: OnnxAdaptiveModel(onnx_folder, profile=onnx_older)]
+    assert [_machine_warnings(make) for make in makers] == [[]] * 4
