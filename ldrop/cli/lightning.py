@@ -87,9 +87,11 @@ def harmless_warnings(args: Sequence[str]) -> tuple[str, ...]:
 
 
 def _run_folder(ckpt_path: str | None) -> Path | None:
-    """The run folder (``<save_dir>/<name>/version_N``) that holds ``ckpt_path``, if it is in one."""
+    """The run folder (``<save_dir>/<name>/version_N``, or one renamed: it holds the run's ``config.yaml``) that
+    holds ``ckpt_path``, if it is in one."""
     folder = Path(ckpt_path).resolve().parent if ckpt_path and Path(ckpt_path).is_file() else None
-    in_run = folder is not None and folder.name == "checkpoints" and re.fullmatch(r"version_\d+", folder.parent.name)
+    in_run = folder is not None and folder.name == "checkpoints" and (
+        re.fullmatch(r"version_\d+", folder.parent.name) or (folder.parent / "config.yaml").is_file())
     return folder.parent if in_run else None
 
 
@@ -288,7 +290,8 @@ class LdropCLI(CLISteps):
         if run is not None and logger["init_args"].get("version") is None:
             logger["init_args"]["save_dir"] = str(run.parent.parent)
             logger["init_args"]["name"] = run.parent.name
-            logger["init_args"]["version"] = int(run.name.removeprefix("version_"))
+            numbered = re.fullmatch(r"version_(\d+)", run.name)
+            logger["init_args"]["version"] = int(numbered[1]) if numbered else run.name
         # A new run's version_N is made now, not only numbered (Lightning lists the folders as the run starts and
         # makes the next one later): two runs started at once took the same one. First process only: Lightning
         # gives the other ranks rank 0's folder (broadcast), and they make none.

@@ -249,8 +249,9 @@ def test_a_layer_dropping_run_starts_from_a_full_depth_checkpoint(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_interrupted_fit_resumes_from_last_checkpoint(trained, tmp_path):
-    run = tmp_path / "ldrop" / "version_3"
+@pytest.mark.parametrize("folder", ["ldrop/version_3", "moved/my run ü"])  # a run folder renamed or moved
+def test_interrupted_fit_resumes_from_last_checkpoint(trained, tmp_path, folder):
+    run = tmp_path / folder
     shutil.copytree(trained, run)
     main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "2",
           "--trainer.logger.init_args.save_dir", str(tmp_path / "other"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
