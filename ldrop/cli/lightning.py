@@ -279,6 +279,8 @@ class LdropCLI(CLISteps):
         default_logger = TRAINER_DEFAULTS["logger"]
         if logger is None or isinstance(logger, bool | list) or logger.get("class_path") != default_logger["class_path"]:
             return  # not the default logger
+        # what the saved config keeps: the run folder is this run's, settled below again for a run from that config
+        self._given = {key: logger["init_args"].get(key) for key in ("save_dir", "name", "version")}
         # --trainer.default_root_dir moves the default logger (and so checkpoints and sweep files) with it.
         root = trainer.get("default_root_dir")
         if root and root != TRAINER_DEFAULTS["default_root_dir"] and (
@@ -306,7 +308,7 @@ class LdropCLI(CLISteps):
                     (root / f"version_{version}").mkdir(parents=True)
                     break
             _RESERVED[:0] = [root / f"version_{version}", *made]
-            args["version"] = self._reserved = version  # for the logger only: the saved config keeps None
+            args["version"] = version
 
     def instantiate_classes(self) -> None:
         try:
@@ -318,8 +320,11 @@ class LdropCLI(CLISteps):
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected
             # keyword argument). The model never received it, so it is not one of its hyper-parameters.
             self.model.hparams.pop("labels", None)
-        if getattr(self, "_reserved", None) is not None:  # a run from the saved config gets a new folder of its own
-            self._command_config()["trainer"]["logger"]["init_args"]["version"] = None
+        if getattr(self, "_given", None):  # a run from the saved config gets a folder of its own, not this one's
+            for key, value in self._given.items():
+                self._command_config()["trainer"]["logger"]["init_args"][key] = value
+        if self.subcommand == "fit":  # ... and is a new run, not a resumed one
+            self._command_config()["ckpt_path"] = None
 
     def _command_config(self, instantiated: bool = False) -> Any:
         """This subcommand's config (``instantiated``: with the classes built from it, e.g. ``sweep``)."""

@@ -258,6 +258,12 @@ def test_interrupted_fit_resumes_from_last_checkpoint(trained, tmp_path, folder)
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 1  # continued from the first run's epoch 0, in the same run folder
     assert not (tmp_path / "other").exists()
+    # its config is the one given: a run from it is a new one in a folder of its own (it was pinned to this folder,
+    # resumed it again or, with --ckpt_path null, overwrote its checkpoints)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["ckpt_path"] is None and saved["trainer"]["max_epochs"] == 2
+    assert saved["trainer"]["logger"]["init_args"] == {**saved["trainer"]["logger"]["init_args"], "version": None,
+                                                       "save_dir": str(tmp_path / "other"), "name": "ldrop"}
 
 
 def test_help_is_readable(capsys):
