@@ -202,6 +202,26 @@ def parse_command(parser: ArgumentParser, argv: Sequence[str]) -> Any:
         raise ConfigError(argument_error_line(str(err), list(argv), option_strings(parser))) from err
 
 
+def nested_option_line(err: BaseException, line: str, argv: Sequence[str] = ()) -> str:
+    """``line``, or where it only says that a class option's value is not a class (``--model "{...}": expected a
+    LayerDropTask or null``), the option inside it that the class does not take, from the reason jsonargparse keeps
+    in ``err``'s chain (a typo inside a typed group such as ``optimization``: ``--model.init_args.optimization.lrr``)."""
+    owner = re.match(r"--(\w+)[\w.]* .*: expected an? \w+ or null$", line)
+    seen: BaseException | None = err
+    while owner and seen is not None:
+        problem = re.match(r"Problem with given class_path '([^']+)':\s+(.+)", str(seen), flags=re.S)
+        reason = problem and (re.match(r"Group '([\w.]+)' does not accept option '([\w.]+)'", problem[2])
+                              or re.match(r"unrecognized arguments: --([\w.]+)()", problem[2]))
+        if reason:
+            key = ".".join(filter(None, reason.groups()))
+            command = argv[0] if argv and not str(argv[0]).startswith("-") else "fit"
+            name = problem[1].rsplit(".", 1)[-1]
+            return (f"--{owner[1]}.init_args.{key}: {name} has no option {key!r} (its options: 'ldrop {command} "
+                    f"--{owner[1]}.help {name}')")
+        seen = seen.__cause__ or seen.__context__
+    return line
+
+
 def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequence[str] = ()) -> str:
     """jsonargparse's nested parse error as one line: the option as typed, its value, and what is accepted.
 

@@ -46,6 +46,7 @@ from ldrop.cli.errors import (
     checkpoint_folder_problem,
     command_parser,
     instantiation_error_line,
+    nested_option_line,
     option_strings,
     os_error_line,
 )
@@ -213,7 +214,8 @@ class LdropCLI(CLISteps):
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             _check_yaml_files(argv)  # what jsonargparse could not read may be a YAML file given as a value
-            raise ConfigError(argument_error_line(str(err), argv, option_strings(parser))) from err
+            line = argument_error_line(str(err), argv, option_strings(parser))
+            raise ConfigError(nested_option_line(err, line, argv)) from err
         finally:
             LdropArgumentParser.typed = ()
         subcommand = self.config.get("subcommand")

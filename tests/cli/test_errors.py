@@ -416,10 +416,15 @@ def test_a_backbone_neither_a_folder_nor_cached_offline_is_one_line_at_once(tmp_
                                                    "mean EarlyStopping?"),
     (["--model.help", "ldrop.tasks.ClasificationTask"],
      "ldrop.tasks has no class ClasificationTask; did you mean ldrop.tasks.ClassificationTask?"),
+    (["--model.init_args.optimization.lrr", "0.1"],  # inside a typed group: 'expected a LayerDropTask or null'
+     "--model.init_args.optimization.lrr: ClassificationTask has no option 'optimization.lrr' (its options: 'ldrop "
+     "fit --model.help ClassificationTask')"),
+    (["--config", "{model: {init_args: {budgets: {validaton: [1.0]}}}}"],  # ... in a config
+     "--model.init_args.budgets.validaton: ClassificationTask has no option 'budgets.validaton'"),
 ], ids=["unknown-key", "wrong-type", "misspelt-class", "budget", "choice", "abbreviation", "predict-only",
         "misspelt-class-path", "misspelt-nested-class-path", "class-its-module-lacks", "module-not-importable",
         "misspelt-help-class", "misspelt-nested-help-class", "help-class-of-another-kind", "misspelt-help-datamodule",
-        "misspelt-help-callback", "misspelt-help-dotted-path"])
+        "misspelt-help-callback", "misspelt-help-dotted-path", "unknown-key-in-a-group", "unknown-key-in-a-config"])
 def test_a_bad_argument_is_one_line_with_the_option_the_value_and_what_is_accepted(tmp_path, capsys, monkeypatch,
                                                                                    args, expected):
     argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path), *args]
