@@ -101,15 +101,23 @@ def _write_synced(tmp: str, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def exception_chain(err: BaseException) -> Iterator[BaseException]:
+    """``err``, then what it was raised from (``__cause__``, else ``__context__``), each once."""
+    seen: BaseException | None = err
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
 def raise_if_disk_full(err: BaseException, path: Path) -> None:
     """Re-raise a full disk or exceeded quota as one ``OSError`` naming the folder (also as a context:
     ``torch.save`` raises "unexpected pos")."""
     full = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-    seen: BaseException | None = err
-    while seen is not None:
+    for seen in exception_chain(err):
         if isinstance(seen, OSError) and seen.errno in full:
             raise OSError(seen.errno, f"no space left on {path.parent}", str(path)) from err
-        seen = seen.__cause__ or seen.__context__
 
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:

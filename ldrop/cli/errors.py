@@ -25,7 +25,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 import ldrop.data
 import ldrop.selectors
 import ldrop.tasks
-from ldrop._io import CheckpointError
+from ldrop._io import CheckpointError, exception_chain
 from ldrop._lightning import parser_actions
 from ldrop.data.audio import AudioReadError
 from ldrop.data.base import DatasetLayoutError
@@ -56,13 +56,11 @@ LINK_FAILURE = re.compile(r"Call to compute_fn of link '([^']*)' with args \(")
 def linked_cause(err: BaseException) -> tuple[str, BaseException] | None:
     """``(link, error)`` when ``err`` is, or was raised from, the failure of a link's function (jsonargparse
     wraps whatever it raised); the innermost such failure."""
-    found, seen, visited = None, err, set()
-    while seen is not None and id(seen) not in visited:
-        visited.add(id(seen))
+    found = None
+    for seen in exception_chain(err):
         match = LINK_FAILURE.match(str(seen))
         if match and seen.__cause__ is not None:
             found = (match.group(1), seen.__cause__)
-        seen = seen.__cause__ or seen.__context__
     return found
 
 
@@ -207,8 +205,7 @@ def nested_option_line(err: BaseException, line: str, argv: Sequence[str] = ()) 
     LayerDropTask or null``), the option inside it that the class does not take, from the reason jsonargparse keeps
     in ``err``'s chain (a typo inside a typed group such as ``optimization``: ``--model.init_args.optimization.lrr``)."""
     owner = re.match(r"--(\w+)[\w.]* .*: expected an? \w+ or null$", line)
-    seen: BaseException | None = err
-    while owner and seen is not None:
+    for seen in exception_chain(err) if owner else ():
         problem = re.match(r"Problem with given class_path '([^']+)':\s+(.+)", str(seen), flags=re.S)
         reason = problem and (re.match(r"Group '([\w.]+)' does not accept option '([\w.]+)'", problem[2])
                               or re.match(r"unrecognized arguments: --([\w.]+)()", problem[2]))
@@ -218,7 +215,6 @@ def nested_option_line(err: BaseException, line: str, argv: Sequence[str] = ()) 
             name = problem[1].rsplit(".", 1)[-1]
             return (f"--{owner[1]}.init_args.{key}: {name} has no option {key!r} (its options: 'ldrop {command} "
                     f"--{owner[1]}.help {name}')")
-        seen = seen.__cause__ or seen.__context__
     return line
 
 

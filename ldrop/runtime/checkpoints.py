@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ldrop._io import CheckpointError, load_checkpoint_file
+from ldrop._io import CheckpointError, exception_chain, load_checkpoint_file
 from ldrop.tasks import LayerDropTask
 from ldrop.tasks.calibration import has_validation_split
 from ldrop.tasks.checkpointing import BACKBONE_FILES_KEY, EXPORT_STATE_FILE
@@ -104,9 +104,7 @@ def _load_from_checkpoint(cls: type[LayerDropTask], path: str, **overrides: Any)
     except TypeError as err:  # hyper-parameters the class does not take (e.g. a renamed argument)
         raise CheckpointError(f"{path}: the hyper-parameters it stores do not fit {cls.__name__}: {err}") from err
     except Exception as err:  # a backbone not found (FileNotFoundError), maybe wrapped by Lightning's jsonargparse
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, FileNotFoundError):
-            cause = cause.__cause__ or cause.__context__
+        cause = next((e for e in exception_chain(err) if isinstance(e, FileNotFoundError)), None)
         if cause is None:
             raise
         raise _BackboneNotFound(f"{path}: {cause}") from err
