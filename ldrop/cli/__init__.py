@@ -3,24 +3,21 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
-
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from collections.abc import Sequence
 
 from ldrop import __version__
-from ldrop.cli import compare, export
-from ldrop.cli.errors import user_error_line
-from ldrop.cli.lightning import harmless_warnings, run_lightning, sigterm_stops, stop_signal
-from ldrop.cli.profile import main as profile_main
 
-#: ldrop's own commands, run before LightningCLI: name -> (``main(argv)``, summary for ``ldrop --help``).
-COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int | None], str]] = {
-    "compare": (compare.main, "Overlay budget sweeps (run folders or sweep files) in one plot and one Markdown table."),
-    "export": (export.main, "Write a trained checkpoint as a Hugging Face save_pretrained folder, or as ONNX graphs."),
-    "profile": (profile_main, "Measure a device cost model (the input of ms / rtf budget targets)."),
+#: ldrop's own commands, run before LightningCLI: name -> summary for ``ldrop --help``; each is the ``main(argv)``
+#: of the module ``ldrop.cli.<name>``, imported when it runs (so ``ldrop --version`` imports neither Lightning nor
+#: torch).
+COMMANDS: dict[str, str] = {
+    "compare": "Overlay budget sweeps (run folders or sweep files) in one plot and one Markdown table.",
+    "export": "Write a trained checkpoint as a Hugging Face save_pretrained folder, or as ONNX graphs.",
+    "profile": "Measure a device cost model (the input of ms / rtf budget targets).",
 }
 
 
@@ -37,14 +34,19 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     if args and args[0] in ("--version", "-V"):
         print(f"ldrop {__version__}")
         return 0
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from ldrop.cli.errors import user_error_line
+    from ldrop.cli.lightning import harmless_warnings, run_lightning, sigterm_stops, stop_signal
+
     try:
         if args and args[0] in COMMANDS:
             with sigterm_stops():  # a staged export folder is removed, not left behind
-                return COMMANDS[args[0]][0](args[1:])
+                return importlib.import_module(f"ldrop.cli.{args[0]}").main(args[1:])
         with warnings.catch_warnings(), sigterm_stops():
             for message in harmless_warnings(args):
                 warnings.filterwarnings("ignore", message=message)
-            run_lightning(None if argv is None else args, {name: summary for name, (_, summary) in COMMANDS.items()})
+            run_lightning(None if argv is None else args, COMMANDS)
         return 0
     except (SIGTERMException, KeyboardInterrupt) as err:
         # a fit keeps last.ckpt at the step it reached; evaluation outputs are complete or absent

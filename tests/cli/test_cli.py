@@ -78,6 +78,16 @@ def test_version_and_test_help_name_what_they_should(capsys):
     assert "budget sweep" in " ".join(capsys.readouterr().out.split())
 
 
+def test_version_imports_neither_torch_nor_lightning():
+    # the console script's module is light: `ldrop --version` answers without loading the training stack
+    code = ("import sys; from ldrop.cli import main; assert main(['--version']) == 0; "
+            "print(sorted(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2]).stdout
+    version, loaded = out.splitlines()
+    assert version.startswith("ldrop ") and loaded == "[]"
+
+
 def test_default_root_dir_moves_the_default_logger_and_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
