@@ -6,6 +6,7 @@ from ldrop.backbones.adapter import (
     SpeechBackbone,
     WavLMBackbone,
     adapter_class_for,
+    backbone_problem,
     family_of,
     load_feature_extractor,
     register_family,
@@ -16,7 +17,7 @@ from ldrop.backbones.adapter import (
 from ldrop.backbones.build import load_backbone
 
 __all__ = [
-    "FAMILIES", "LayerContext", "SpeechBackbone", "WavLMBackbone", "adapter_class_for", "family_of",
+    "FAMILIES", "LayerContext", "SpeechBackbone", "WavLMBackbone", "adapter_class_for", "backbone_problem", "family_of",
     "load_backbone", "load_feature_extractor", "register_family", "resolve_checkpoint", "tiny_config",
     "zero_mean_unit_var",
 ]

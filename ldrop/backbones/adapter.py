@@ -161,6 +161,18 @@ def check_hub_id_readable(backbone: str) -> bool:
     return bool(offline)
 
 
+def backbone_problem(backbone: str) -> FileNotFoundError | None:
+    """Why ``backbone`` (a folder or hub id) cannot be read here, or ``None`` (``tiny:``/``random:`` always can)."""
+    if backbone.startswith(("tiny:", "random:")):
+        return None
+    try:
+        check_hub_id_readable(backbone)
+        resolve_checkpoint(backbone)
+    except FileNotFoundError as err:
+        return err
+    return None
+
+
 def load_feature_extractor(name_or_path: str | os.PathLike,
                            local_files_only: bool = False) -> Wav2Vec2FeatureExtractor | None:
     """The checkpoint's ``preprocessor_config.json`` as a feature extractor, or ``None`` without one."""

@@ -52,7 +52,7 @@ from ldrop.cli.errors import (
 )
 from ldrop.data import AudioDataModule, Task
 from ldrop.runtime import TargetBudgets
-from ldrop.runtime.checkpoints import read_config_file
+from ldrop.runtime.checkpoints import read_config_file, weights_from_checkpoint
 from ldrop.selectors import LayerSelector
 from ldrop.sweeps import BudgetSweep
 from ldrop.tasks import LayerDropTask, model_labels
@@ -265,6 +265,7 @@ class LdropCLI(CLISteps):
         init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
         # jsonargparse resolves the task's signature (its **kwargs included): no 'labels' there, no link
         self._model_takes_labels = init_args is not None and "labels" in init_args
+        self._model_args = init_args
         trainer = config["trainer"]
         logger = trainer.get("logger")
         dirpath = config["checkpoint"].get("dirpath") if self.subcommand == "fit" else None
@@ -313,10 +314,20 @@ class LdropCLI(CLISteps):
             args["version"] = version
 
     def instantiate_classes(self) -> None:
-        try:
-            super().instantiate_classes()
-        except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
-            raise InstantiationError(instantiation_error_line(err)) from err
+        ckpt_path = self._command_config().get("ckpt_path") if self.subcommand in ("validate", "test", "predict") else None
+        with contextlib.ExitStack() as stack:
+            # the checkpoint holds every weight: none are read from the backbone's source, which may not be here
+            built_from = (weights_from_checkpoint(self._model_args, ckpt_path, stack)
+                          if ckpt_path and getattr(self, "_model_args", None) is not None and Path(ckpt_path).is_file()
+                          else {})
+            try:
+                super().instantiate_classes()
+            except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
+                raise InstantiationError(instantiation_error_line(err)) from err
+        for key, value in built_from.items():  # the saved config and the logged hyper-parameters: as given
+            self._model_args[key] = value
+            if key in self.model.hparams:
+                self.model.hparams[key] = value
         if not getattr(self, "_model_takes_labels", True):
             # jsonargparse skips the labels link for a task without 'labels', but LightningCLI still records the
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected

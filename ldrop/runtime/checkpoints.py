@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ldrop._io import CheckpointError, exception_chain, load_checkpoint_file
+from ldrop.backbones import backbone_problem
 from ldrop.tasks import LayerDropTask
 from ldrop.tasks.calibration import has_validation_split
 from ldrop.tasks.checkpointing import BACKBONE_FILES_KEY, EXPORT_STATE_FILE
@@ -82,12 +84,39 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
         if not files:
             raise
         log.warning("%s; the backbone is built from the config the checkpoint holds", err)
-        with tempfile.TemporaryDirectory(prefix="ldrop-backbone-") as folder:
-            for name, text in files.items():
-                Path(folder, name).write_text(text, encoding="utf-8")
+        with stored_backbone(files) as folder:
             task = _load_from_checkpoint(cls, path, pretrained=False, backbone=folder, **overrides)
     task.hparams.update({k: v for k, v in kept.items() if k in task.hparams})  # what training used, for a re-save
     return task
+
+
+@contextlib.contextmanager
+def stored_backbone(files: Mapping[str, str]) -> Iterator[str]:
+    """A temporary folder holding the backbone files a checkpoint stores (``config.json``,
+    ``preprocessor_config.json``): a backbone to build, randomly initialised, before the checkpoint's weights."""
+    with tempfile.TemporaryDirectory(prefix="ldrop-backbone-") as folder:
+        for name, text in files.items():
+            Path(folder, name).write_text(text, encoding="utf-8")
+        yield folder
+
+
+def weights_from_checkpoint(init_args: Any, path: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Set a task's arguments (``init_args``, as a config gives them) for a model whose weights all come from the
+    checkpoint ``path``: no pretrained weights to read (a download on a new machine), no ``init_from``, and, where
+    the backbone's folder or hub id is not here, the backbone config the checkpoint holds (a warning says so; the
+    folder lives as long as ``stack``). Returns the arguments as given, to record what the model was built from."""
+    given = {key: init_args[key] for key in ("pretrained", "init_from", "backbone") if key in init_args}
+    if "pretrained" not in given:  # a task of its own, without ldrop's backbone arguments
+        return {}
+    init_args["pretrained"] = False
+    if given.get("init_from"):
+        init_args["init_from"] = None
+    problem = backbone_problem(given["backbone"]) if isinstance(given.get("backbone"), str) else None
+    files = problem and load_checkpoint_file(path, mmap=True).get(BACKBONE_FILES_KEY)
+    if files:
+        log.warning("%s; the backbone is built from the config %s holds", problem, path)
+        init_args["backbone"] = stack.enter_context(stored_backbone(files))
+    return given
 
 
 class _BackboneNotFound(CheckpointError):
