@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import csv
+import warnings
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -11,6 +14,7 @@ from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 collect_rng_states = _collect_rng_states  # (include_cuda) -> torch, CUDA, NumPy and Python random states
 set_rng_states = _set_rng_states  # restores what collect_rng_states returned
@@ -20,6 +24,22 @@ def attached_trainer(module: Any) -> L.Trainer | None:
     """The trainer ``module`` is attached to, or ``None`` (``LightningModule.trainer`` raises when detached; a
     plain ``nn.Module`` has none)."""
     return getattr(module, "_trainer", None)
+
+
+def keep_csv_metrics(logger: Any) -> None:
+    """Lightning's ``CSVLogger`` deletes the ``metrics.csv`` of a folder it continues (a resumed fit's): put it back,
+    its columns known to the logger's writer, so that a resumed run's metrics stay one file. Rank 0, before logging."""
+    path = Path(logger.log_dir, "metrics.csv") if isinstance(logger, CSVLogger) else None
+    if path is None or not path.is_file():
+        return
+    kept = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "... Previous log files in this directory will be deleted ..."
+        writer = logger.experiment
+    path.write_bytes(kept)
+    with path.open(newline="", encoding="utf-8") as file:
+        header = next(csv.reader(file), [])
+    writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
 
 
 def restore_train_loader_states(trainer: L.Trainer, states: list[dict[str, Any]]) -> None:

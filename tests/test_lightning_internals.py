@@ -28,7 +28,7 @@ def _require(owner: object, name: str, where: str) -> None:
         pytest.fail(f"{where}.{name} is gone in {VERSIONS}: update ldrop/_lightning.py", pytrace=False)
 
 
-def test_every_wrapped_private_name_exists_in_the_installed_versions():
+def test_every_wrapped_private_name_exists_in_the_installed_versions(tmp_path):
     from lightning.fabric.utilities import seed
 
     for name in ("_collect_rng_states", "_set_rng_states"):
@@ -55,6 +55,9 @@ def test_every_wrapped_private_name_exists_in_the_installed_versions():
             pytest.fail(f"the fit loop's state has no {key} with {fields} in {VERSIONS}: update "
                         "ldrop/_lightning.py's rerun_validation", pytrace=False)
     _require(lightning.LightningModule(), "_trainer", "LightningModule")
+    from lightning.pytorch.loggers import CSVLogger
+
+    _require(CSVLogger(str(tmp_path)).experiment, "metrics_keys", "CSVLogger.experiment")  # keep_csv_metrics
     parser = jsonargparse.ArgumentParser()
     _require(parser, "_actions", "jsonargparse.ArgumentParser")
     parser.add_subcommands()

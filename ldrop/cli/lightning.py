@@ -4,6 +4,7 @@ sweep and prediction writer; the task's labels are linked from the datamodule.""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import logging
 import os
@@ -21,6 +22,7 @@ from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -30,7 +32,13 @@ import ldrop.selectors  # noqa: F401
 import ldrop.tasks  # noqa: F401
 from ldrop import __version__
 from ldrop._io import CheckpointError, claim_folder, load_checkpoint_file, missing_folders, release_claims
-from ldrop._lightning import CLISteps, describe_method_options, set_subcommand_help, subcommand_parsers
+from ldrop._lightning import (
+    CLISteps,
+    describe_method_options,
+    keep_csv_metrics,
+    set_subcommand_help,
+    subcommand_parsers,
+)
 from ldrop.budgets import budget_list
 from ldrop.cli.callbacks import (
     AtomicCheckpointIO,
@@ -279,39 +287,39 @@ class LdropCLI(CLISteps):
                                   f"--trainer.default_root_dir, or resume with --ckpt_path {folder / 'last.ckpt'}")
             if _first_process():
                 claim_folder(folder, "ldrop fit", ConfigError)  # ... and not by two fits started at once
-        default_logger = TRAINER_DEFAULTS["logger"]
-        if logger is None or isinstance(logger, bool | list) or logger.get("class_path") != default_logger["class_path"]:
-            return  # not the default logger
-        # what the saved config keeps: the run folder is this run's, settled below again for a run from that config
-        self._given = {key: logger["init_args"].get(key) for key in ("save_dir", "name", "version")}
-        # --trainer.default_root_dir moves the default logger (and so checkpoints and sweep files) with it.
-        root = trainer.get("default_root_dir")
-        if root and root != TRAINER_DEFAULTS["default_root_dir"] and (
-            logger["init_args"].get("save_dir") == default_logger["init_args"]["save_dir"]
-        ):
-            logger["init_args"]["save_dir"] = root
-        # fit --ckpt_path <run>/checkpoints/last.ckpt continues in that run folder, not in a new version_N.
+        loggers = [lg for lg in (logger if isinstance(logger, list) else [logger]) if _writes_version_folders(lg)]
+        # what the saved config keeps: the run folders are this run's, settled below again for a run from that config
+        self._given = [(lg["init_args"], {key: lg["init_args"].get(key) for key in ("save_dir", "name", "version")})
+                       for lg in loggers]
+        root, first = trainer.get("default_root_dir"), logger[0] if isinstance(logger, list) and logger else logger
         run = _run_folder(config.get("ckpt_path")) if self.subcommand == "fit" else None
-        if run is not None and logger["init_args"].get("version") is None:
-            logger["init_args"]["save_dir"] = str(run.parent.parent)
-            logger["init_args"]["name"] = run.parent.name
-            numbered = re.fullmatch(r"version_(\d+)", run.name)
-            logger["init_args"]["version"] = int(numbered[1]) if numbered else run.name
-        # A new run's version_N is made now, not only numbered (Lightning lists the folders as the run starts and
-        # makes the next one later): two runs started at once took the same one. First process only: Lightning
-        # gives the other ranks rank 0's folder (broadcast), and they make none.
-        args = logger["init_args"]
-        if (self.subcommand and args.get("version") is None and _first_process() and not trainer.get("fast_dev_run")
-                and "://" not in str(args["save_dir"])):
-            root = Path(args["save_dir"], args.get("name") or "")
-            taken = [int(p.name[8:]) for p in root.glob("version_*") if re.fullmatch(r"version_\d+", p.name) and p.is_dir()]
-            made = missing_folders(root)
-            for version in itertools.count(max(taken, default=-1) + 1):
-                with contextlib.suppress(FileExistsError):
-                    (root / f"version_{version}").mkdir(parents=True)
-                    break
-            _RESERVED[:0] = [root / f"version_{version}", *made]
-            args["version"] = version
+        for lg in loggers:
+            args = lg["init_args"]
+            # --trainer.default_root_dir moves a logger left at the default folder (and so checkpoints and sweep files)
+            if root and root != TRAINER_DEFAULTS["default_root_dir"] and (
+                    args.get("save_dir") == TRAINER_DEFAULTS["logger"]["init_args"]["save_dir"]):
+                args["save_dir"] = root
+            # fit --ckpt_path <run>/checkpoints/last.ckpt continues in that run folder (the first logger's, where the
+            # checkpoints are), not in a new version_N
+            if run is not None and args.get("version") is None and lg is first:
+                args["save_dir"], args["name"] = str(run.parent.parent), run.parent.name
+                numbered = re.fullmatch(r"version_(\d+)", run.name)
+                args["version"] = int(numbered[1]) if numbered else run.name
+            # A new run's version_N is made now, not only numbered (Lightning lists the folders as the run starts and
+            # makes the next one later): two runs started at once took the same one. First process only: Lightning
+            # gives the other ranks rank 0's folder (broadcast), and they make none.
+            if (self.subcommand and args.get("version") is None and _first_process() and not trainer.get("fast_dev_run")
+                    and "://" not in str(args["save_dir"])):
+                folder = Path(args["save_dir"], args.get("name") or "")
+                taken = [int(p.name[8:]) for p in folder.glob("version_*")
+                         if re.fullmatch(r"version_\d+", p.name) and p.is_dir()]
+                made = missing_folders(folder)
+                for version in itertools.count(max(taken, default=-1) + 1):
+                    with contextlib.suppress(FileExistsError):
+                        (folder / f"version_{version}").mkdir(parents=True)
+                        break
+                _RESERVED[:0] = [folder / f"version_{version}", *made]
+                args["version"] = version
 
     def instantiate_classes(self) -> None:
         ckpt_path = self._command_config().get("ckpt_path") if self.subcommand in ("validate", "test", "predict") else None
@@ -333,9 +341,9 @@ class LdropCLI(CLISteps):
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected
             # keyword argument). The model never received it, so it is not one of its hyper-parameters.
             self.model.hparams.pop("labels", None)
-        if getattr(self, "_given", None):  # a run from the saved config gets a folder of its own, not this one's
-            for key, value in self._given.items():
-                self._command_config()["trainer"]["logger"]["init_args"][key] = value
+        for args, given in getattr(self, "_given", ()):  # a run from the saved config gets folders of its own
+            for key, value in given.items():
+                args[key] = value
         if self.subcommand == "fit":  # ... and is a new run, not a resumed one
             self._command_config()["ckpt_path"] = None
 
@@ -410,13 +418,21 @@ class LdropCLI(CLISteps):
                 elif config_file is not None:
                     config_file.write_bytes(previous)
                 if new_folders:
-                    remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
+                    self._remove_unused_folders(Path(log_dir), new_folders)
             if isinstance(err, SIGTERMException) and not isinstance(err, StoppedBySigterm):
                 raise StoppedBySigterm(self.sigterm_line(subcommand)) from err
             raise
         if new_folders and subcommand == "predict":
             # the predictions went to --predictions.output elsewhere
-            remove_if_no_outputs(Path(log_dir), also_empty=new_folders)
+            self._remove_unused_folders(Path(log_dir), new_folders)
+
+    def _remove_unused_folders(self, log_dir: Path, new_folders: list[Path]) -> None:
+        """The run folder, and each other logger's version_N that this run made, where they hold no outputs."""
+        remove_if_no_outputs(log_dir, also_empty=new_folders)
+        for logger in self.trainer.loggers[1:]:
+            folder = getattr(logger, "log_dir", None)
+            if folder and Path(folder) in new_folders:
+                remove_if_no_outputs(Path(folder), also_empty=new_folders)
 
     def sigterm_line(self, subcommand: str) -> str:
         """What a SIGTERM or SIGINT (Ctrl+C) stopped in this run and what it left (the line ``ldrop`` prints, exit
@@ -448,8 +464,16 @@ class LdropCLI(CLISteps):
                 else "no predictions were written"))
         return f"stopped by {name} during 'ldrop {subcommand}'"
 
+    def before_fit(self) -> None:
+        if self._command_config(True).get("ckpt_path") and self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:  # a resumed run's metrics.csv is continued, not replaced
+                keep_csv_metrics(logger)
+
     def after_fit(self) -> None:
         trainer = self.trainer
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if folder and trainer.is_global_zero and not trainer.fast_dev_run:
+            print(f"checkpoints written to {folder}")
         resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
         if (resume is not None and trainer.is_global_zero and trainer.global_step == resume.resumed_step
                 and not resume.validation_rerun):
@@ -568,6 +592,19 @@ BOOKKEEPING_FILES = ("config.yaml", "*_config.yaml", "hparams.yaml", "events.out
 #: launcher, SLURM, LSF, MPI): a process where any is not 0 is a worker of a run that another process started.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK",
                   "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def _writes_version_folders(logger: Any) -> bool:
+    """Whether a logger's config is of Lightning's TensorBoard or CSV logger (or a subclass): one that writes to
+    ``<save_dir>/<name>/version_N``, which ldrop settles (a resumed run's, a new run's reserved)."""
+    if not hasattr(logger, "get") or logger.get("init_args") is None:
+        return False
+    module, _, name = str(logger.get("class_path")).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, TensorBoardLogger | CSVLogger)
 
 
 def _first_process() -> bool:

@@ -25,7 +25,7 @@ from torchmetrics import Metric, MetricCollection
 
 from ldrop._lightning import attached_trainer
 from ldrop.backbones import load_backbone
-from ldrop.budgets import Target, budget_list, budget_to_layers, is_target
+from ldrop.budgets import budget_list
 from ldrop.selectors import SelectorFactory, build_selector, selector_spec
 from ldrop.tasks import calibration, checkpointing, gating, hooks, training
 from ldrop.tasks.allocation import AllocatedLayers, AllocationConfig, DepthHead
@@ -40,7 +40,7 @@ from ldrop.tasks.config import (
 from ldrop.tasks.depth import DepthPolicy, SelectedLayers
 from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.gating import EncodedBatch, GatingMixin
-from ldrop.tasks.prediction import PredictionMixin
+from ldrop.tasks.prediction import PredictionMixin, check_chunking, check_predict_budget
 from ldrop.tasks.statistics import SelectorStatistics
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
                             allocation=as_dict(allocation), budgets=as_dict(self.budgets),
                             distillation=as_dict(self.distillation), optimization=as_dict(self.optimization))
         check_method(selector is not None, early_exit, allocation)
-        if predict_chunk_seconds is not None and predict_chunk_seconds <= predict_chunk_overlap_seconds:
-            raise ValueError(
-                f"predict_chunk_seconds ({predict_chunk_seconds}) must exceed predict_chunk_overlap_seconds "
-                f"({predict_chunk_overlap_seconds}), or be None (no chunking)"
-            )
-        if predict_chunk_overlap_seconds < 0:
-            raise ValueError(f"predict_chunk_overlap_seconds must be >= 0, got {predict_chunk_overlap_seconds}")
+        check_chunking(predict_chunk_seconds, predict_chunk_overlap_seconds)
         backbone_module = load_backbone(backbone, pretrained, backbone_overrides, freeze != "none",
                                         normalize_waveforms, batch_independent)
         training.freeze_backbone(backbone_module, freeze)
@@ -138,13 +132,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         )
         self.train_budget_choices = budget_list(self.budgets.train, num_layers, "budgets.train")
         self.val_budget_list = budget_list(self.budgets.validation, num_layers, "budgets.validation")
-        try:  # validate early, a target's profile against this model (no model has run yet in ldrop predict)
-            if is_target(predict_budget):
-                Target.parse(predict_budget).check_model(backbone_module.config, num_layers)
-            else:
-                budget_to_layers(predict_budget, num_layers)
-        except ValueError as err:
-            raise ValueError(f"predict_budget: {err}") from None
+        check_predict_budget(predict_budget, backbone_module.config, num_layers)
         self.depth: DepthPolicy  # who decides the depth
         if early_exit is not None:
             self.depth = EarlyExit(early_exit, num_layers, self.configure_head)

@@ -109,10 +109,11 @@ class OptimizerConfig:
         backbone_ids = {id(p) for p in backbone.parameters()}
         selector_ids = {id(p) for p in selector.parameters()} if selector is not None else set()
         trainable = [p for p in module.parameters() if p.requires_grad]
-        groups = [{"params": params, "lr": lr} for params, lr in (
-            ([p for p in trainable if id(p) in backbone_ids], self.lr),
-            ([p for p in trainable if id(p) not in backbone_ids and id(p) not in selector_ids], head_lr),
-            ([p for p in trainable if id(p) in selector_ids], head_lr if self.selector_lr is None else self.selector_lr),
+        groups = [{"params": params, "lr": lr, "name": name} for name, params, lr in (  # lr-AdamW/<name> in the logs
+            ("backbone", [p for p in trainable if id(p) in backbone_ids], self.lr),
+            ("head", [p for p in trainable if id(p) not in backbone_ids and id(p) not in selector_ids], head_lr),
+            ("selector", [p for p in trainable if id(p) in selector_ids],
+             head_lr if self.selector_lr is None else self.selector_lr),
         ) if params]
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         warmup_steps = int(round(self.warmup * total_steps)) if isinstance(self.warmup, float) else int(self.warmup)

@@ -16,6 +16,27 @@ from ldrop.budgets.loop import full_depth_warning
 from ldrop.tasks.cost import BatchCost
 
 
+def check_chunking(chunk_seconds: float | None, overlap_seconds: float) -> None:
+    """``ValueError`` for ``predict_chunk_seconds`` / ``predict_chunk_overlap_seconds`` that cannot chunk."""
+    if chunk_seconds is not None and chunk_seconds <= overlap_seconds:
+        raise ValueError(f"predict_chunk_seconds ({chunk_seconds}) must exceed predict_chunk_overlap_seconds "
+                         f"({overlap_seconds}), or be None (no chunking)")
+    if overlap_seconds < 0:
+        raise ValueError(f"predict_chunk_overlap_seconds must be >= 0, got {overlap_seconds}")
+
+
+def check_predict_budget(budget: Budget | dict[str, Any], config: Any, num_layers: int) -> None:
+    """``ValueError`` naming ``predict_budget`` for a budget this model cannot predict at: a number of layers or a
+    fraction out of range, or a target whose device profile is of another model (checked before any model runs)."""
+    try:
+        if is_target(budget):
+            Target.parse(budget).check_model(config, num_layers)
+        else:
+            budget_to_layers(budget, num_layers)
+    except ValueError as err:
+        raise ValueError(f"predict_budget: {err}") from None
+
+
 class PredictionMixin:
     """The predict side of :class:`~ldrop.tasks.LayerDropTask` (mixed into it)."""
 
@@ -54,6 +75,16 @@ class PredictionMixin:
             records[i] = self.predict_long(batch.waveforms[i, : int(batch.lengths[i])], batch.ids[i],
                                            chunks_per_pass=len(batch))
         return [records[i] for i in range(len(batch))]
+
+    @property
+    def predict_budget(self) -> Budget | dict[str, Any]:
+        """The budget of ``predict`` (``hparams.predict_budget``); set it to predict at another (checked)."""
+        return self.hparams.predict_budget
+
+    @predict_budget.setter
+    def predict_budget(self, budget: Budget | dict[str, Any]) -> None:
+        check_predict_budget(budget, self.backbone.config, self.num_layers)
+        self.hparams.predict_budget = budget
 
     def predict_target(self) -> Target | None:
         """``predict_budget`` as a :class:`~ldrop.budgets.Target` (its profile file is read once), or ``None``."""

@@ -290,6 +290,25 @@ def test_predict_step_reports_output_layers_and_flops():
     assert [r["id"] for r in records] == batch.ids
 
 
+def test_setting_predict_budget_on_the_model_changes_what_it_predicts_at():
+    """``model.predict_budget = 1`` set an attribute that nothing read: predict still ran the budget given at
+    construction, silently. It is now the budget (``hparams.predict_budget``), checked as the argument is."""
+    model = _classifier(selector=InputConditionedSelector, predict_budget=3).eval()
+    data = tiny_classification_data()
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    model.predict_budget = 1
+    assert model.hparams.predict_budget == 1 == model.predict_budget  # what a checkpoint of it saves
+    with torch.no_grad():
+        assert {len(r["executed_layers"]) for r in model.predict_step(batch, 0)} == {1}
+    for bad, says in ((9, "predict_budget: "), ({"rtf": 0.1, "profile": "/no/such.json"}, "/no/such.json")):
+        with pytest.raises((ValueError, FileNotFoundError), match=says):
+            model.predict_budget = bad
+    assert model.predict_budget == 1  # a refused budget leaves the last one
+    with pytest.raises(ValueError, match="predict_chunk_seconds"):
+        _classifier(selector=InputConditionedSelector, predict_chunk_seconds=1.0, predict_chunk_overlap_seconds=2.0)
+
+
 def test_ctc_decoding_collapses_repeats_and_drops_blanks():
     model = CTCTask(labels=list(" ab"), backbone="tiny:wavlm")
     # frames: a a blank a b b blank space b  -> "aab b"
