@@ -323,9 +323,10 @@ class LdropCLI(CLISteps):
                 args["version"] = version
 
     def instantiate_classes(self) -> None:
-        ckpt_path = self._command_config().get("ckpt_path") if self.subcommand in ("validate", "test", "predict") else None
+        ckpt_path = self._command_config().get("ckpt_path") if self.subcommand else None
         with contextlib.ExitStack() as stack:
-            # the checkpoint holds every weight: none are read from the backbone's source, which may not be here
+            # the checkpoint holds every weight (fit: resumes it): none are read from the backbone's source or an
+            # init_from file, which may not be here
             built_from = (weights_from_checkpoint(self._model_args, ckpt_path, stack)
                           if ckpt_path and getattr(self, "_model_args", None) is not None and Path(ckpt_path).is_file()
                           else {})
