@@ -30,7 +30,7 @@ from ldrop._lightning import parser_actions
 from ldrop.data.audio import AudioReadError
 from ldrop.data.base import DatasetLayoutError
 from ldrop.data.batch import AudioBatch, BatchTypeError, batch_type_problem
-from ldrop.runtime.checkpoints import import_failure
+from ldrop.runtime.checkpoints import import_failure, read_config_file
 from ldrop.runtime.onnx_runtime import MissingExtraError
 from ldrop.sweeps.report import IncompleteSweepError
 
@@ -213,7 +213,9 @@ def nested_option_line(err: BaseException, line: str, argv: Sequence[str] = ()) 
             key = ".".join(filter(None, reason.groups()))
             command = argv[0] if argv and not str(argv[0]).startswith("-") else "fit"
             name = problem[1].rsplit(".", 1)[-1]
-            return (f"--{owner[1]}.init_args.{key}: {name} has no option {key!r} (its options: 'ldrop {command} "
+            where = _option_as_typed(f"{owner[1]}.init_args.{key}", argv)  # '--...' as typed, or the config file's
+            where = f"--{owner[1]}.init_args.{key}" if where.startswith("--") else where
+            return (f"{where}: {name} has no option {key!r} (its options: 'ldrop {command} "
                     f"--{owner[1]}.help {name}')")
     return line
 
@@ -254,6 +256,10 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
             return f"{predict_only[0]} applies to 'ldrop predict' only"
         guesses = difflib.get_close_matches(given[0], options, n=1, cutoff=0.8) if given else []
         return lines[0] + (f"; did you mean {guesses[0]}? (options are never abbreviated)" if guesses else "")
+    unknown = re.match(r"Subcommand '(\w+)' does not accept option '([\w.]+)'$", lines[0])
+    if unknown and (located := _in_config_file(unknown[2], argv)):  # an unknown key in a config file
+        guesses = difflib.get_close_matches(f"--{unknown[2]}", options, n=1, cutoff=0.8)
+        return f"{located}: not an option of {unknown[1]}" + (f" (did you mean {guesses[0][2:]}?)" if guesses else "")
     keys = re.findall(r'Parser key "([^"]+)"', message)
     if not keys:
         return " ".join(lines[:2])[:300]
@@ -261,8 +267,10 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
     values = re.findall(r"^\s*Given value: (?!NestedArg\(|Namespace\()(.*)$", message, flags=re.M)
     # the outermost level names the whole key (model + selector.init_args.mode) and the value as given
     key, value = (f"{keys[0]}.{nested[-1][0]}", nested[-1][1]) if nested else (keys[0], values[-1] if values else None)
-    option = _option_as_typed(key, argv)
+    option = _option_as_typed(key, argv, value)
     given = f"{option} {value!r}" if value is not None else option
+    # a section of a config file (a dict): the key inside it, as written in the file
+    section = not nested and value is not None and value.startswith("{")
     classes = re.findall(r"class_path[ =]'([^']+)'", message)
     if key.endswith(".help") and "." in key.removesuffix(".help") and not classes:  # --model.selector.help X
         return (f"{given}: choose the class of --{keys[0]} first (--{keys[0]} CLASS {option} ..., "
@@ -286,6 +294,8 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
         owner = ([direct[1]] if direct else re.findall(r"class_path[ =]'([^']+)'", message[
             not_accepted.start() - 400: not_accepted.end() + 400]) or classes or [keys[0]])[-1].rsplit(".", 1)[-1]
         bases = set(re.findall(r"(\w+)'>", message))
+        if section and (deep := _key_in_section(message[:not_accepted.start()], not_accepted[1], None, argv)):
+            key, given = deep
         chain = _help_chain(key.removeprefix("trainer."), [c for c in classes if c.rsplit(".", 1)[-1] not in bases])
         helps = " ".join(f"--{'trainer.' * key.startswith('trainer.')}{k}.help {_help_name(c)}" for k, c in chain)
         return f"{given}: {owner} has no option {not_accepted.group(1)!r} (its options: 'ldrop {command} {helps}')"
@@ -308,6 +318,8 @@ def argument_error_line(message: str, argv: Sequence[str] = (), options: Sequenc
             return f"{_option_as_typed(path_key, argv)} {class_path!r}: {problem}"
     innermost = re.search(r"Expected an? (.+?)\. Got value: (.*?)(?:\. Got value: .*)?$", message, flags=re.M)
     subtypes = re.findall(r"Subtypes: \[(.*)\]$", message, flags=re.M)
+    if innermost and section and (deep := _key_in_section(message[:innermost.start()], None, innermost[2], argv)):
+        given = f"{deep[1]} {innermost[2]!r}"
     if innermost or subtypes:
         return f"{given}: expected {_accepted([innermost.group(1)] if innermost else _split_types(subtypes[-1]))}"
     return f"{given}: " + lines[-1][:200]
@@ -387,15 +399,54 @@ def _option_value(argv: Sequence[str], key: str) -> str | None:
     return None
 
 
-def _option_as_typed(key: str, argv: Sequence[str]) -> str:
+def _option_as_typed(key: str, argv: Sequence[str], value: str | None = None) -> str:
     """The command-line option that set ``key`` (``model.predict_budget`` may have been typed as
-    ``--model.init_args.predict_budget``), else ``--key`` (it came from a config file)."""
+    ``--model.init_args.predict_budget``), else the ``--config`` file that sets it (to ``value``, where given)
+    and the key as written there (:func:`_in_config_file`), else ``--key``."""
     parts = [p for p in key.split(".") if p != "init_args"]
     for token in argv:
         name = str(token).split("=", 1)[0]
         if name.startswith("--") and [p for p in name[2:].split(".") if p != "init_args"] == parts:
             return name
-    return "--" + key
+    return _in_config_file(key, argv, value) or "--" + key
+
+
+def _in_config_file(key: str, argv: Sequence[str], value: str | None = None) -> str | None:
+    """``"my.yaml: trainer.max_epochs"``: the last ``--config``/``-c`` file in ``argv`` that sets ``key`` (to
+    ``value``, as jsonargparse prints it, where given; not to a section, a dict), and the key as written there
+    (``init_args`` levels included or left out, a subcommand's section); ``None`` where none does."""
+    parts = [p for p in key.split(".") if p != "init_args"]
+
+    def find(node: Any, rest: list[str], written: list[str]) -> list[str] | None:
+        if not rest:
+            return written if not isinstance(node, dict) and (value is None or str(node) == value) else None
+        for name, sub in node.items() if isinstance(node, dict) else ():
+            own = [p for p in str(name).split(".") if p != "init_args"]
+            if own == rest[: len(own)] and (found := find(sub, rest[len(own):], [*written, str(name)])):
+                return found
+        return None
+
+    files = [given or following for token, following in zip(argv, [*argv[1:], None], strict=True)
+             for option, _, given in [str(token).partition("=")] if option in ("--config", "-c")]
+    for file in reversed([f for f in files if f and os.path.isfile(f)]):  # the last one wins
+        try:
+            config = read_config_file(file)
+        except (OSError, ValueError):
+            continue
+        found = find(config, parts, []) or next(filter(None, (find(config[c], parts, [c]) for c in (
+            "fit", "validate", "test", "predict") if c in config)), None)  # given before the subcommand
+        if found:
+            return f"{file}: {'.'.join(found)}"
+    return None
+
+
+def _key_in_section(message: str, option: str | None, value: str | None, argv: Sequence[str]) -> tuple[str, str] | None:
+    """``(key, "my.yaml: model.init_args.x")`` for the option (``option``, else the innermost parser key,
+    set to ``value``) that jsonargparse found wrong inside a section of a config file (it names only the
+    section, ``model``, and prints it as a dict): the key along the parser keys in ``message``."""
+    key = ".".join([*re.findall(r'Parser key "([^"]+)"', message), *filter(None, [option])])
+    located = _in_config_file(key, argv, value)
+    return (key, located) if located else None
 
 
 def _split_types(text: str) -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
@@ -322,9 +323,10 @@ class LdropCLI(CLISteps):
                 args["version"] = version
 
     def instantiate_classes(self) -> None:
-        ckpt_path = self._command_config().get("ckpt_path") if self.subcommand in ("validate", "test", "predict") else None
+        ckpt_path = self._command_config().get("ckpt_path") if self.subcommand else None
         with contextlib.ExitStack() as stack:
-            # the checkpoint holds every weight: none are read from the backbone's source, which may not be here
+            # the checkpoint holds every weight (fit: resumes it): none are read from the backbone's source or an
+            # init_from file, which may not be here
             built_from = (weights_from_checkpoint(self._model_args, ckpt_path, stack)
                           if ckpt_path and getattr(self, "_model_args", None) is not None and Path(ckpt_path).is_file()
                           else {})
@@ -465,9 +467,34 @@ class LdropCLI(CLISteps):
         return f"stopped by {name} during 'ldrop {subcommand}'"
 
     def before_fit(self) -> None:
-        if self._command_config(True).get("ckpt_path") and self.trainer.is_global_zero:
+        ckpt_path = self._command_config(True).get("ckpt_path")
+        if ckpt_path and self.trainer.is_global_zero:
             for logger in self.trainer.loggers:  # a resumed run's metrics.csv is continued, not replaced
                 keep_csv_metrics(logger)
+            self._keep_earlier_config(str(ckpt_path))
+
+    def _keep_earlier_config(self, ckpt_path: str) -> None:
+        """A fit resumed with other arguments than its run's ``config.yaml``: that file is kept as
+        ``config.until-step-N.yaml`` (the run's steps up to N were trained with it), and a warning says what changed."""
+        path = Path(self.trainer.log_dir or self.trainer.default_root_dir, self.save_config_kwargs["config_filename"])
+        if not path.is_file():
+            return
+        try:
+            earlier = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            earlier = None  # not a config this run wrote: it is replaced, as before
+        now = yaml.safe_load(self.parser.dump(self.config, skip_none=False)).get(self.subcommand)
+        changed = _changed_values(earlier, now) if isinstance(earlier, dict) else []
+        if not changed:
+            return
+        step = load_checkpoint_file(ckpt_path, mmap=True).get("global_step", "N")
+        kept = path.with_name(f"{path.stem}.until-step-{step}{path.suffix}")
+        path.replace(kept)
+        schedule = any(key in ("trainer.max_epochs", "trainer.max_steps") for key, _, _ in changed)
+        log.warning("resumed with other arguments than the run's %s (%s): it is kept as %s%s", path.name,
+                    "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in changed[:5]) + ("; ..." if changed[5:] else ""),
+                    kept, ", and the learning-rate schedule is recomputed for the new length (the weights differ from "
+                    "an uninterrupted run of either length)" if schedule else "")
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -592,6 +619,14 @@ BOOKKEEPING_FILES = ("config.yaml", "*_config.yaml", "hparams.yaml", "events.out
 #: launcher, SLURM, LSF, MPI): a process where any is not 0 is a worker of a run that another process started.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK",
                   "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def _changed_values(earlier: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, earlier, now)`` for each value that differs between two configs (nested mappings)."""
+    if isinstance(earlier, dict) and isinstance(now, dict):
+        return [change for name in dict.fromkeys([*earlier, *now])
+                for change in _changed_values(earlier.get(name), now.get(name), f"{key}.{name}" if key else name)]
+    return [] if earlier == now else [(key, earlier, now)]
 
 
 def _writes_version_folders(logger: Any) -> bool:

@@ -125,7 +125,7 @@ class AudioDataModule(LightningDataModule):
             )
         if sample_rate <= 0 or min_samples < 1:
             raise ValueError("sample_rate and min_samples must be positive")
-        self.root = os.path.expanduser(os.fspath(root)) if root is not None else None
+        self.root = os.path.expandvars(os.path.expanduser(os.fspath(root))) if root is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.max_batch_seconds = max_batch_seconds
@@ -384,5 +384,7 @@ def find_corpus(root: str | None, name: str, markers: Sequence[str], what: str, 
 
 
 def layout_error(what: str, path: str, layout: str) -> DatasetLayoutError:
-    """A :class:`DatasetLayoutError` saying what is missing where, and the layout that was expected."""
-    return DatasetLayoutError(f"{what} not found: {path}\nExpected layout:\n{layout.rstrip()}")
+    """A :class:`DatasetLayoutError` saying what is missing where (a relative path: relative to what), and the
+    layout that was expected."""
+    where = path if os.path.isabs(path) else f"{path} (relative to {os.getcwd()})"
+    return DatasetLayoutError(f"{what} not found: {where}\nExpected layout:\n{layout.rstrip()}")

@@ -75,8 +75,12 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from err
     hparams, files = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}, checkpoint.get(BACKBONE_FILES_KEY)
-    # not pretrained: the backbone's weights come from the checkpoint, not the hub (a download)
-    kept, overrides = {k: hparams[k] for k in ("pretrained", "backbone") if k in hparams}, loadable_budget(hparams, path)
+    # not pretrained, no init_from: every weight comes from the checkpoint, not the hub (a download) or the file an
+    # earlier stage left (which another machine lacks)
+    kept, overrides = ({k: hparams[k] for k in ("pretrained", "backbone", "init_from") if k in hparams},
+                       loadable_budget(hparams, path))
+    if hparams.get("init_from"):
+        overrides["init_from"] = None
     del checkpoint
     try:
         task = _load_from_checkpoint(cls, path, pretrained=False, **overrides)

@@ -230,8 +230,9 @@ class LayerSelector(nn.Module, ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no counterfactual objective")
 
-    def reseed(self, seed: int) -> None:
-        """Restart the random draws of evaluation from ``seed`` (no-op unless :attr:`random_at_eval`)."""
+    def reseed(self, *draw: int) -> None:
+        """Restart the random draws of evaluation (no-op unless :attr:`random_at_eval`): for ``draw`` (a sweep's
+        repeat and batch) of the selector's own seed, or without ``draw`` from that seed as built."""
 
     def reset_statistics(self) -> None:
         """Forget running statistics (no-op unless :attr:`tracks_statistics`)."""

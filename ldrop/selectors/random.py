@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,7 +18,7 @@ class RandomSelector(LayerSelector):
 
     Training draws from the global RNG (so ``seed_everything`` governs it); inference draws from an explicit
     ``torch.Generator`` seeded with ``seed``, so a sweep can repeat an evaluation with :meth:`reseed` and
-    report the spread over seeds. No parameters.
+    report the spread over draws; another ``seed`` gives other draws. No parameters.
 
     Args:
         num_layers: number of encoder layers ``N``.
@@ -49,13 +50,14 @@ class RandomSelector(LayerSelector):
             raise ValueError(f"eval_mode must be 'random' or 'evenly_spaced', got {eval_mode!r}")
         self.train_mode = train_mode
         self.eval_mode = eval_mode
-        self.generator = torch.Generator()
-        self.reseed(seed)
-
-    def reseed(self, seed: int) -> None:
-        """Restart the inference generator from ``seed``."""
         self.seed = int(seed)
-        self.generator.manual_seed(self.seed)
+        self.generator = torch.Generator()
+        self.reseed()
+
+    def reseed(self, *draw: int) -> None:
+        """Restart the inference generator: for ``draw`` (a sweep's repeat and batch) of ``seed``, or from ``seed``."""
+        state = np.random.SeedSequence([self.seed, *draw]).generate_state(2) if draw else None
+        self.generator.manual_seed(self.seed if state is None else int(state[0]) << 32 | int(state[1]))
 
     def forward(
         self,

@@ -99,7 +99,7 @@ class BudgetScorer(Scorer):
         for k in self.budgets:
             for r in range(self.repeats):
                 if selector is not None:
-                    selector.reseed(1000 * r + step.index)
+                    selector.reseed(r, step.index)  # of the selector's own seed: another seed, other draws
                 logits, cost = step.run(k, cost=r == 0)  # repeats score the metric only
                 if cost is not None:
                     step.logits[k], step.costs[k] = logits, cost

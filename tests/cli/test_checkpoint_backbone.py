@@ -69,3 +69,19 @@ def test_a_checkpoint_without_its_backbones_config_still_names_the_missing_folde
     assert main(["test", "--config", QUICKSTART, *SMALL, "--model.init_args.backbone", str(folder),
                  "--ckpt_path", str(last), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]) == 2
     assert f"backbone checkpoint folder '{folder}' does not exist" in one_error_line(capsys)
+
+
+def test_a_run_started_from_an_init_from_checkpoint_resumes_and_tests_without_that_file(tmp_path):
+    """``init_from`` (an earlier stage's checkpoint) was read again at every resume, test and predict, whose
+    checkpoint holds every weight: on another machine, or once the earlier stage was cleaned up, they failed."""
+    full = fit_quickstart(tmp_path / "full", "--model.init_args.selector", "null")
+    stage1 = str(full / "checkpoints" / "last.ckpt")
+    run = fit_quickstart(tmp_path / "drop", "--model.init_args.init_from", stage1)
+    shutil.rmtree(tmp_path / "full")
+    last = str(run / "checkpoints" / "last.ckpt")
+    given = ["--config", QUICKSTART, *SMALL, "--model.init_args.init_from", stage1,
+             "--trainer.logger.init_args.save_dir", str(tmp_path / "drop")]
+    assert main(["fit", *given, "--trainer.max_epochs", "2", "--ckpt_path", last]) == 0
+    assert main(["test", *given, "--ckpt_path", last]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
+    assert saved["init_from"] == stage1  # the run's config says how it started

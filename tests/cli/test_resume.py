@@ -181,3 +181,25 @@ def test_resuming_a_finished_run_says_it_is_complete(relative_run, tmp_path, cap
     assert main(["fit", "--config", QUICKSTART, *SMALL, *SHORT, "--trainer.max_epochs", "1", "--ckpt_path", str(last)]) == 0
     assert "the run was already complete" in capsys.readouterr().out
     assert torch.load(last, weights_only=True)["global_step"] == before
+
+
+def test_resuming_with_other_arguments_keeps_the_runs_earlier_config(tmp_path, caplog):
+    """The run's config.yaml was replaced by the resumed arguments (``max_epochs: 2``): the config its first part
+    was trained with was lost, and nothing said the learning-rate schedule is recomputed for the new length."""
+    import yaml
+
+    from tests.cli.common import fit_quickstart
+
+    run = fit_quickstart(tmp_path)
+    last = str(run / "checkpoints" / "last.ckpt")
+    resume = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
+              "--ckpt_path", last]
+    assert main([*resume, "--trainer.max_epochs", "1"]) == 0  # the same arguments: nothing to keep
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
+    with caplog.at_level("WARNING"):
+        assert main([*resume, "--trainer.max_epochs", "2"]) == 0
+    kept = sorted(run.glob("config.until-step-*.yaml"))
+    assert len(kept) == 1 and yaml.safe_load(kept[0].read_text())["trainer"]["max_epochs"] == 1
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+    assert f"trainer.max_epochs: 1 -> 2): it is kept as {kept[0]}" in caplog.text
+    assert "learning-rate schedule is recomputed" in caplog.text

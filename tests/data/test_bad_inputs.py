@@ -221,3 +221,15 @@ def test_generated_data_modules_skip_bad_predict_files_with_skip_bad_files(tmp_p
         assert dm.dataset("predict").ids == [str(good)]
     assert dm.num_bad_files["predict"] == 1 and "skipped 1 bad item(s) of 2 in split 'predict'" in caplog.text
     assert "cut.wav" in caplog.text
+
+
+def test_a_relative_or_variable_root_is_named_as_the_datamodule_reads_it(tmp_path, monkeypatch):
+    """A missing file under a relative root was named relative to a folder the message did not give, and ``$VAR`` in
+    a config's root was read literally."""
+    from ldrop.data import DatasetLayoutError, SpeechCommandsDataModule
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetLayoutError, match=f"not found: nodata/sc/validation_list.txt \\(relative to {tmp_path}\\)"):
+        SpeechCommandsDataModule(root="nodata/sc").setup("fit")
+    monkeypatch.setenv("LDROP_TEST_DATA", str(tmp_path / "data"))
+    assert SpeechCommandsDataModule(root="$LDROP_TEST_DATA/sc").root == str(tmp_path / "data" / "sc")

@@ -227,6 +227,26 @@ def test_a_checkpoint_whose_backbone_is_not_here_loads_with_the_config_it_holds(
     assert main(["export", str(path), str(tmp_path / "onnx"), "--format", "onnx"]) == 0
 
 
+def test_a_checkpoint_whose_init_from_file_is_gone_loads_without_it(tiny_checkpoint, tmp_path):
+    """A model trained from an earlier stage (``init_from``) re-read that file at load, then replaced its weights:
+    ``load_model`` and ``ldrop export`` failed where it was gone (another machine, a cleaned-up stage)."""
+    import torch
+
+    from ldrop.runtime import load_model
+    from tests.helpers import padded_batch
+
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    checkpoint["ldrop_hyper_parameters"]["init_from"] = str(tmp_path / "stage1" / "last.ckpt")  # not here
+    torch.save(checkpoint, tmp_path / "stage2.ckpt")
+    task = load_model(tmp_path / "stage2.ckpt").eval()
+    assert task.hparams.init_from == str(tmp_path / "stage1" / "last.ckpt")  # as trained, for a re-save
+    waves, lengths = padded_batch([8000, 5000], seed=2)
+    with torch.no_grad():
+        expected = load_model(tiny_checkpoint).eval()(waves, lengths, 2)
+        assert all(torch.equal(a, b) for a, b in zip(task(waves, lengths, 2), expected, strict=True))
+    assert main(["export", str(tmp_path / "stage2.ckpt"), str(tmp_path / "model")]) == 0
+
+
 def test_a_moved_models_missing_target_profile_is_a_warning_not_a_failure(tiny_checkpoint, tmp_path, caplog):
     """A target's device profile path (``predict_budget: {rtf: 0.1, profile: ...}``) is stored with the model: where
     it is not (another machine), the checkpoint and its export did not load at all."""

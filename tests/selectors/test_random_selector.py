@@ -36,10 +36,18 @@ def test_eval_masks_are_random_subsets_of_exactly_budget_layers() -> None:
 def test_reseed_changes_the_masks_and_restores_them() -> None:
     selector = RandomSelector(NUM_LAYERS, FEATURE_DIM, seed=0)
     original = eval_masks(selector, 4)
-    selector.reseed(1)
-    assert not torch.equal(eval_masks(selector, 4), original)
-    selector.reseed(0)
+    selector.reseed(0, 1)  # a sweep's repeat 0, batch 1
+    drawn = eval_masks(selector, 4)
+    assert not torch.equal(drawn, original)
+    selector.reseed()
     assert torch.equal(eval_masks(selector, 4), original)
+    selector.reseed(0, 1)
+    assert torch.equal(eval_masks(selector, 4), drawn)
+    selector.reseed(1, 0)  # not the same draw as (0, 1), nor (0, 1000) as (1, 0)
+    assert not torch.equal(eval_masks(selector, 4), drawn)
+    other = RandomSelector(NUM_LAYERS, FEATURE_DIM, seed=5)
+    other.reseed(0, 1)
+    assert not torch.equal(eval_masks(other, 4), drawn) and selector.seed == 0 and other.seed == 5
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,21 @@ def test_repeats_of_a_random_selector_report_a_spread(tmp_path):
     assert [row["utterances"] for row in rows] == [16, 16]  # repeats are not counted as more utterances
 
 
+def test_a_random_selectors_seed_decides_the_masks_a_sweep_draws(tmp_path):
+    """The sweep reseeded the selector from (repeat, batch) alone: every seed drew the same masks, so a sweep over
+    seeds had no spread, and the seed a run's config recorded was never used."""
+    def usage(seed: int, name: str) -> torch.Tensor:
+        sweep = BudgetSweep(budgets=[1, 2], directory=str(tmp_path / name))
+        model = ClassificationTask(labels=["a", "b", "c", "d"], backbone="tiny:wavlm",
+                                   selector=functools.partial(RandomSelector, seed=seed))
+        quiet_trainer(tmp_path, callbacks=[sweep], limit_test_batches=2).test(model, tiny_classification_data())
+        return torch.cat([sweep.budget_scorer.usage(model, k) for k in (1, 2)])
+
+    first = usage(0, "a")
+    assert first.shape == (32, 4) and torch.equal(usage(0, "b"), first)  # a seed repeats its draws
+    assert (usage(5, "c") != first).any(dim=1).sum() >= 8  # another seed: other masks for many of the 32 inputs
+
+
 def test_a_random_selectors_item_errors_pool_to_its_rows_metric_the_mean_of_its_repeats(tmp_path):
     # the paired intervals of ldrop compare read these errors: they must be of the metric printed beside them
     import json
