@@ -26,6 +26,15 @@ def attached_trainer(module: Any) -> L.Trainer | None:
     return getattr(module, "_trainer", None)
 
 
+def restore_initial_hparams(module: L.LightningModule, values: dict[str, Any]) -> None:
+    """Put ``values`` back into the hyper-parameters a module was built with (``hparams_initial``, what the loggers
+    record), where they are among them: for a model built with other arguments than the ones given."""
+    initial = getattr(module, "_hparams_initial", None)
+    for key, value in values.items():
+        if initial is not None and key in initial:
+            initial[key] = value
+
+
 def keep_csv_metrics(logger: Any) -> None:
     """Lightning's ``CSVLogger`` deletes the ``metrics.csv`` of a folder it continues (a resumed fit's): put it back,
     its columns known to the logger's writer, so that a resumed run's metrics stay one file. Rank 0, before logging."""

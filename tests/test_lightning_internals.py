@@ -55,6 +55,13 @@ def test_every_wrapped_private_name_exists_in_the_installed_versions(tmp_path):
             pytest.fail(f"the fit loop's state has no {key} with {fields} in {VERSIONS}: update "
                         "ldrop/_lightning.py's rerun_validation", pytrace=False)
     _require(lightning.LightningModule(), "_trainer", "LightningModule")
+
+    class Saved(lightning.LightningModule):
+        def __init__(self, width: int = 1) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    _require(Saved(), "_hparams_initial", "LightningModule")  # restore_initial_hparams
     from lightning.pytorch.loggers import CSVLogger
 
     _require(CSVLogger(str(tmp_path)).experiment, "metrics_keys", "CSVLogger.experiment")  # keep_csv_metrics

@@ -37,6 +37,7 @@ from ldrop._lightning import (
     CLISteps,
     describe_method_options,
     keep_csv_metrics,
+    restore_initial_hparams,
     set_subcommand_help,
     subcommand_parsers,
 )
@@ -338,6 +339,7 @@ class LdropCLI(CLISteps):
             self._model_args[key] = value
             if key in self.model.hparams:
                 self.model.hparams[key] = value
+        restore_initial_hparams(self.model, built_from)
         if not getattr(self, "_model_takes_labels", True):
             # jsonargparse skips the labels link for a task without 'labels', but LightningCLI still records the
             # linked value among its hyper-parameters: the checkpoint would then fail to load (an unexpected
@@ -489,11 +491,13 @@ class LdropCLI(CLISteps):
             return
         step = load_checkpoint_file(ckpt_path, mmap=True).get("global_step", "N")
         kept = path.with_name(f"{path.stem}.until-step-{step}{path.suffix}")
-        path.replace(kept)
+        if not kept.exists():  # else an earlier resume from this step (that failed) kept it: config.yaml is its own
+            path.replace(kept)
         schedule = any(key in ("trainer.max_epochs", "trainer.max_steps") for key, _, _ in changed)
-        log.warning("resumed with other arguments than the run's %s (%s): it is kept as %s%s", path.name,
+        log.warning("resumed with other arguments than the run's %s (%s): the config of its steps up to %s is kept in "
+                    "%s%s", path.name,
                     "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in changed[:5]) + ("; ..." if changed[5:] else ""),
-                    kept, ", and the learning-rate schedule is recomputed for the new length (the weights differ from "
+                    step, kept, ", and the learning-rate schedule is recomputed for the new length (the weights differ from "
                     "an uninterrupted run of either length)" if schedule else "")
 
     def after_fit(self) -> None:
@@ -622,10 +626,11 @@ RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID
 
 
 def _changed_values(earlier: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, earlier, now)`` for each value that differs between two configs (nested mappings)."""
+    """``(dotted key, earlier, now)`` for each value that differs between two configs (nested mappings); a key that
+    only one of them has (an option that a newer ldrop or Lightning added) is not a change."""
     if isinstance(earlier, dict) and isinstance(now, dict):
-        return [change for name in dict.fromkeys([*earlier, *now])
-                for change in _changed_values(earlier.get(name), now.get(name), f"{key}.{name}" if key else name)]
+        return [change for name in earlier if name in now
+                for change in _changed_values(earlier[name], now[name], f"{key}.{name}" if key else name)]
     return [] if earlier == now else [(key, earlier, now)]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from functools import partial, partialmethod
@@ -386,5 +387,7 @@ def find_corpus(root: str | None, name: str, markers: Sequence[str], what: str, 
 def layout_error(what: str, path: str, layout: str) -> DatasetLayoutError:
     """A :class:`DatasetLayoutError` saying what is missing where (a relative path: relative to what), and the
     layout that was expected."""
-    where = path if os.path.isabs(path) else f"{path} (relative to {os.getcwd()})"
+    unset = [name for name in re.findall(r"\$\{?(\w+)", path) if name not in os.environ]
+    where = (f"{path} (${unset[0]} is not set)" if unset else path if os.path.isabs(path)
+             else f"{path} (relative to {os.getcwd()})")
     return DatasetLayoutError(f"{what} not found: {where}\nExpected layout:\n{layout.rstrip()}")

@@ -56,7 +56,7 @@ class RandomSelector(LayerSelector):
 
     def reseed(self, *draw: int) -> None:
         """Restart the inference generator: for ``draw`` (a sweep's repeat and batch) of ``seed``, or from ``seed``."""
-        state = np.random.SeedSequence([self.seed, *draw]).generate_state(2) if draw else None
+        state = np.random.SeedSequence([self.seed % 2**64, *draw]).generate_state(2) if draw else None
         self.generator.manual_seed(self.seed if state is None else int(state[0]) << 32 | int(state[1]))
 
     def forward(

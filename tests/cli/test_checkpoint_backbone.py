@@ -45,10 +45,13 @@ def test_a_checkpoint_is_tested_and_predicted_without_its_backbones_weights_or_f
     assert outputs == [swept, predicted] and "built from the config" not in log
     saved = yaml.safe_load((run_without_weights / "config.yaml").read_text())["model"]["init_args"]
     assert saved["pretrained"] is True and saved["backbone"] == str(folder)  # the run's config: as given
+    logged = yaml.safe_load((run_without_weights / "hparams.yaml").read_text())  # ... and its logged hparams
+    assert logged["pretrained"] is True and logged["backbone"] == str(folder)
 
     shutil.rmtree(tmp_path / "cluster")  # moved to a machine without the backbone's folder
-    _, *outputs, log = test_and_predict()
+    moved_run, *outputs, log = test_and_predict()
     assert outputs == [swept, predicted]
+    assert yaml.safe_load((moved_run / "hparams.yaml").read_text())["backbone"] == str(folder)  # not the temporary
     assert f"the backbone is built from the config {last} holds" in log and str(folder) in log
 
 

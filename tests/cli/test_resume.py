@@ -195,11 +195,18 @@ def test_resuming_with_other_arguments_keeps_the_runs_earlier_config(tmp_path, c
     resume = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.logger.init_args.save_dir", str(tmp_path),
               "--ckpt_path", last]
     assert main([*resume, "--trainer.max_epochs", "1"]) == 0  # the same arguments: nothing to keep
+    config = run / "config.yaml"  # ... nor an option a newer version added, absent from the run's config
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if "persistent_workers" not in line))
+    assert main([*resume, "--trainer.max_epochs", "1"]) == 0
     assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
+    # a resume that fails (other weights) before a checkpoint, then one that works: the first config is the one kept
+    assert main([*resume, "--trainer.max_epochs", "2", "--model.init_args.selector.init_args.hidden_dim", "64"]) == 2
     with caplog.at_level("WARNING"):
         assert main([*resume, "--trainer.max_epochs", "2"]) == 0
     kept = sorted(run.glob("config.until-step-*.yaml"))
     assert len(kept) == 1 and yaml.safe_load(kept[0].read_text())["trainer"]["max_epochs"] == 1
+    assert yaml.safe_load(kept[0].read_text())["model"]["init_args"]["selector"]["init_args"]["hidden_dim"] == 32
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
-    assert f"trainer.max_epochs: 1 -> 2): it is kept as {kept[0]}" in caplog.text
+    assert "model.init_args.selector.init_args.hidden_dim: 64 -> 32): the config of its steps up to " in caplog.text
+    assert f" is kept in {kept[0]}" in caplog.text
     assert "learning-rate schedule is recomputed" in caplog.text

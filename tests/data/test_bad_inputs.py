@@ -233,3 +233,6 @@ def test_a_relative_or_variable_root_is_named_as_the_datamodule_reads_it(tmp_pat
         SpeechCommandsDataModule(root="nodata/sc").setup("fit")
     monkeypatch.setenv("LDROP_TEST_DATA", str(tmp_path / "data"))
     assert SpeechCommandsDataModule(root="$LDROP_TEST_DATA/sc").root == str(tmp_path / "data" / "sc")
+    monkeypatch.delenv("LDROP_UNSET", raising=False)
+    with pytest.raises(DatasetLayoutError, match="not found: \\$LDROP_UNSET/sc/validation_list.txt \\(\\$LDROP_UNSET is not set\\)"):
+        SpeechCommandsDataModule(root="$LDROP_UNSET/sc").setup("fit")

@@ -48,6 +48,9 @@ def test_reseed_changes_the_masks_and_restores_them() -> None:
     other = RandomSelector(NUM_LAYERS, FEATURE_DIM, seed=5)
     other.reseed(0, 1)
     assert not torch.equal(eval_masks(other, 4), drawn) and selector.seed == 0 and other.seed == 5
+    negative = RandomSelector(NUM_LAYERS, FEATURE_DIM, seed=-1)  # any int the constructor takes
+    negative.reseed(0, 1)
+    assert eval_masks(negative, 4).sum(-1).eq(4).all()
 
 
 @pytest.mark.parametrize(
