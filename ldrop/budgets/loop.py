@@ -35,6 +35,8 @@ class BudgetDecision:
     predicted_seconds: Any
     allowance: Any
     meets_target: Any
+    #: the correction this decision planned with (time targets in closed loop; else the controller's)
+    planned_correction: float = 1.0
 
 
 class ControlLoop:
@@ -101,6 +103,7 @@ class ControlLoop:
         #: and the correction its layers were planned with (at least :attr:`correction`).
         self.probe: float | None = None
         self.planned = 1.0
+        self._warned: set[str] = set()  # the target kinds whose unmeetable inputs were warned about
 
     @property
     def profile(self) -> Any:
@@ -177,13 +180,16 @@ class ControlLoop:
         """
         target = Target.parse(target)
         fixed, layer, allowance = (np.asarray(x, dtype=np.float64) for x in self.costs(sample_lengths, target))
-        self.probe, self.planned = None, self.correction
+        # this call's own values (a controller shared by threads: another call may set the attributes meanwhile)
+        probe, correction = None, self.correction
+        planned = correction
         if spent is not None and self.closed_loop and target.kind in ("ms", "rtf"):
-            predicted = float(fixed.sum() + spent[1] * layer.sum()) / self.correction
-            self.probe = spent[0] / max(predicted, 1e-30)
-            jumped = self.probe > self.jump * self.correction
-            scale = min(self.correction_bounds[1], self.probe) / self.correction if jumped else 1.0
-            fixed, layer, self.planned = fixed * scale, layer * scale, self.correction * scale
+            predicted = float(fixed.sum() + spent[1] * layer.sum()) / correction
+            probe = spent[0] / max(predicted, 1e-30)
+            jumped = probe > self.jump * correction
+            scale = min(self.correction_bounds[1], probe) / correction if jumped else 1.0
+            fixed, layer, planned = fixed * scale, layer * scale, correction * scale
+        self.probe, self.planned = probe, planned  # the last call's, to inspect
         extra = self.budget_costs(as_array(sample_lengths, np.int64), target)
         if extra is None:
             affordable = np.floor((allowance - fixed) / np.maximum(layer, 1e-30) + 1e-9)
@@ -204,13 +210,15 @@ class ControlLoop:
                        f"with {self.min_budget} layer(s)")
             if self.on_unmeetable == "raise":
                 raise ValueError(message)
-            if warn:
-                warnings.warn(f"{message}: they run the minimum budget ({self.min_budget} layer(s))",
+            if warn and target.kind not in self._warned:  # once per kind: a service's varying targets, no spam
+                self._warned.add(target.kind)
+                warnings.warn(f"{message}: they run the minimum budget ({self.min_budget} layer(s)); later calls "
+                              f"that miss a {target.kind} target are not warned again (see meets_target)",
                               UnmeetableTargetWarning, stacklevel=_stacklevel)
         predicted = fixed + budget.astype(np.float64) * layer
         if extra is not None:
             predicted = predicted + extra[np.arange(len(budget)), budget - 1]
-        return BudgetDecision(*(self.as_result(a) for a in (budget, predicted, allowance, meets)))
+        return BudgetDecision(*(self.as_result(a) for a in (budget, predicted, allowance, meets)), planned)
 
     def budgets(self, sample_lengths: Any, target: Target | dict | str) -> Any:
         """``[batch]`` int64: :meth:`decide`'s budget only."""
@@ -370,12 +378,13 @@ class ClosedLoopModel:
         time; ``guarded``: whether the model's layers can be guarded (not early exit)."""
         controller = self.controller
         decision = controller.decide(lengths, target, spent=(clock() - start, prefix_layers), _stacklevel=4)
+        planned = decision.planned_correction
         if not (self.guard and controller.closed_loop and guarded):
             self._check_skips(decision.budget, target, stacklevel=4)
-            return decision.budget, controller.planned, None
+            return decision.budget, planned, None
         deadline = start + float(decision.allowance.sum()) / (1.0 - controller.margin)
-        guard = DeadlineGuard(deadline, controller.profile.layer_seconds, controller.planned, clock=clock)
-        return decision.budget, controller.planned, guard
+        guard = DeadlineGuard(deadline, controller.profile.layer_seconds, planned, clock=clock)
+        return decision.budget, planned, guard
 
     def _feedback(self, lengths: Any, keep: Any, measured: float, correction: float) -> float | None:
         """The call's ``predicted_ms`` (``None`` without a profile) at ``correction``; its ``measured`` seconds

@@ -126,7 +126,7 @@ class AdaptiveModel(ClosedLoopModel):
             model.num_layers, profile, flops_config=model.backbone.config,
             extra_fixed_flops=functools.partial(decision_flops, model), closed_loop=closed_loop,
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=sample_rate,
-            min_budget=max(1, getattr(model, "prefix_layers", 0)),
+            min_budget=max(1, getattr(model, "prefix_layers", 0), int(controller_options.pop("min_budget", 1))),
             precision=precision_name(next(model.parameters()).dtype, autocast),
             device=next(model.parameters()).device, **controller_options,
         )

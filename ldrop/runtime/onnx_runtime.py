@@ -326,13 +326,14 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         spinning: let idle threads spin; off by default, as each part's session has its own threads and
             spinning ones slow the next part (1.7x on 2 cores).
         guard: as :class:`~ldrop.runtime.AdaptiveModel`'s.
+        sample_rate: of the waveforms given; ``ValueError`` unless it is the export's (it does not resample).
     """
 
     def __init__(
         self, folder: str | os.PathLike, profile: DeviceProfile | str | os.PathLike | Literal[False] | None = None,
         closed_loop: bool = True, margin: float = 0.1, on_unmeetable: Literal["min", "raise"] = "min",
         threads: int | None = None, providers: Sequence[str] | None = None, spinning: bool = False,
-        guard: bool = True, **controller_options: Any,
+        guard: bool = True, sample_rate: int | None = None, **controller_options: Any,
     ) -> None:
         require_onnx_extra("running an ONNX export (OnnxAdaptiveModel)")
         import onnxruntime
@@ -343,6 +344,9 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         self.num_layers = int(backbone["num_layers"])
         self.receptive_field = int(backbone["receptive_field"])
         self.sample_rate = int(manifest["preprocessing"]["sample_rate"])
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            raise ValueError(f"sample_rate={sample_rate}, but the export reads {self.sample_rate} Hz audio and "
+                             f"OnnxAdaptiveModel does not resample: resample the waveforms to {self.sample_rate} Hz")
         selector = manifest["selector"]
         self.prefix_layers = int(selector.get("prefix_layers", 0))
         self._selector = selector
@@ -350,6 +354,8 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         if threads:
             options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        # no memory plan kept per input shape: each new length added one, and a service's memory grew for good
+        options.enable_mem_pattern = False
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = list(providers or ["CPUExecutionProvider"])
@@ -389,7 +395,7 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         controller = OnnxBudgetController(
             self.num_layers, profile, flops=FlopsLaw(**flops) if flops else None, closed_loop=closed_loop,
             margin=margin, on_unmeetable=on_unmeetable, sample_rate=self.sample_rate,
-            min_budget=max(1, self.prefix_layers), **options,
+            min_budget=max(1, self.prefix_layers, int(options.pop("min_budget", 1))), **options,
         )
         if profile is not None and (warning := controller.profile_warning(profile) or self._graphs_warning(profile)):
             warnings.warn(warning, stacklevel=3)

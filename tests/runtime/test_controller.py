@@ -135,6 +135,31 @@ def test_an_unmeetable_target_runs_one_layer_and_warns():
     assert decision.meets_target.tolist() == [True, False]
 
 
+def test_an_unmeetable_target_is_warned_once_per_kind_however_often_it_varies():
+    """A service that passes each request's time left as ``{"ms": ...}`` got one warning per call: the message
+    held the value and the counts, so Python's once-per-message rule never held it back."""
+    ctl = controller()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for ms in (10.0, 9.0, 8.5, 7.0):
+            assert ctl.decide(torch.tensor([160000]), {"ms": ms}).meets_target.tolist() == [False]
+        ctl.decide(torch.tensor([160000]), {"rtf": 1e-4})
+    messages = [str(w.message) for w in caught if issubclass(w.category, UnmeetableTargetWarning)]
+    assert len(messages) == 2 and "ms=10 cannot be met" in messages[0] and "not warned again" in messages[0]
+    assert "rtf=0.0001" in messages[1]
+
+
+def test_a_decision_carries_the_correction_it_planned_with():
+    """Planned on the controller only: another thread's call could replace it before this one read it."""
+    lengths = torch.tensor([32000])
+    fixed = float(controller().costs(lengths, Target("ms", 14.0))[0][0])
+    ctl = controller()
+    slow = ctl.decide(lengths, {"ms": 14.0}, spent=(3.0 * fixed, 0))
+    calm = ctl.decide(lengths, {"ms": 14.0}, spent=(fixed, 0))
+    assert slow.planned_correction == pytest.approx(3.0) and calm.planned_correction == pytest.approx(1.0)
+    assert ctl.planned == pytest.approx(1.0)  # the last call's, for inspection
+
+
 def test_an_unmeetable_target_can_be_an_error_instead():
     ctl = controller(on_unmeetable="raise")
     with pytest.raises(ValueError, match="cannot be met"):

@@ -188,6 +188,25 @@ def test_the_folder_holds_one_graph_per_part_and_a_manifest(exports):
     assert read_manifest(exports["hubert"][1])["graphs"]["context"] is None  # only WavLM shares a context
 
 
+def test_a_service_loop_keeps_no_memory_plan_per_length_and_its_options_are_its_own(exports):
+    """ONNX Runtime kept a memory plan for every input shape it saw: a service fed inputs of many lengths grew by
+    about 1.6 MB per 1000 calls for good. ``sample_rate`` and ``min_budget`` collided with the controller's own
+    (a TypeError naming OnnxBudgetController)."""
+    folder = exports["wavlm"][1]
+    model = OnnxAdaptiveModel(folder, sample_rate=16000, min_budget=2)
+    assert model._fixed.get_session_options().enable_mem_pattern is False
+    unmeetable = {"gflops_per_second": 1e-9}
+    with pytest.warns(UnmeetableTargetWarning):
+        assert int(model(np.zeros(16000, dtype=np.float32), unmeetable).budget[0]) == 2  # at least min_budget
+    with pytest.raises(ValueError, match="sample_rate=8000, but the export reads 16000 Hz audio"):
+        OnnxAdaptiveModel(folder, sample_rate=8000)
+    task = exports["wavlm"][0]
+    from ldrop.runtime import AdaptiveModel
+
+    with pytest.warns(UnmeetableTargetWarning):
+        assert int(AdaptiveModel(task, min_budget=3)(torch.zeros(16000), unmeetable).budget[0]) == 3
+
+
 def test_graphs_take_any_batch_and_length(exports):
     import onnxruntime
 
