@@ -44,6 +44,7 @@ from ldrop._lightning import (
     set_rng_states,
     validation_due,
 )
+from ldrop._progress import note
 from ldrop.data.base import AUDIO_EXTENSIONS
 from ldrop.tasks.base import metric_properties
 
@@ -528,3 +529,40 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, torch.Tensor | np.ndarray | np.generic):
         return value.tolist()
     raise TypeError(f"an object of type {type(value).__qualname__}")
+
+
+class ProgressLines(Callback):
+    """Progress as lines (``ldrop.progress``) for a run without a progress bar (``--trainer.enable_progress_bar
+    false``, as in a batch job's log): training and prediction say where they are every ``interval`` seconds, and
+    each validation of a fit its metrics, so that a log is never minutes of silence."""
+
+    def __init__(self, interval: float = 30.0) -> None:
+        self.interval = float(interval)
+        self._last = time.perf_counter()
+
+    def _due(self) -> bool:
+        now = time.perf_counter()
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._due():
+            loss = trainer.callback_metrics.get("train/loss")
+            note(f"training: epoch {trainer.current_epoch}, step {trainer.global_step} of "
+                 f"{trainer.estimated_stepping_batches}" + (f", train/loss {float(loss):.4g}" if loss is not None else ""))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+        note(f"validation at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+             + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._due():
+            total = trainer.num_predict_batches[dataloader_idx] if trainer.num_predict_batches else None
+            note(f"predicting: {batch_idx + 1}" + (f" of {total}" if isinstance(total, int) else "") + " batches")

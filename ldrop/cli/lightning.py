@@ -46,6 +46,7 @@ from ldrop.cli.callbacks import (
     AtomicCheckpointIO,
     ExactResume,
     JsonlPredictionWriter,
+    ProgressLines,
     StopOnSigterm,
     TaskCheckpoint,
 )
@@ -524,6 +525,7 @@ class LdropCLI(CLISteps):
         existing = [*callbacks, *(config.get("callbacks") or [])]
         defaults = [
             (ProgressBar, RichProgressBar, config.get("enable_progress_bar", True) is not False),
+            (ProgressLines, ProgressLines, config.get("enable_progress_bar", True) is False),  # lines instead
             (LearningRateMonitor, lambda: LearningRateMonitor(logging_interval="step"),
              config.get("logger", True) not in (False, None)),
             (ExactResume, ExactResume, True),  # a resumed fit draws the same random numbers
