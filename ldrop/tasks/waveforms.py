@@ -24,7 +24,7 @@ def as_batch(waveforms: Tensor | Sequence[Any] | Any, lengths: Tensor | Sequence
     if waveforms.dim() == 1:
         waveforms = waveforms[None]
     if waveforms.dim() != 2:
-        raise ValueError(f"waveforms must be [samples] or [batch, samples], got {tuple(waveforms.shape)}")
+        raise ValueError(f"waveforms must be [samples] or [batch, samples], got shape {tuple(waveforms.shape)}")
     if lengths is None:
         check_not_channels(tuple(waveforms.shape))
         lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device)
