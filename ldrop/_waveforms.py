@@ -77,11 +77,21 @@ def check_lengths(lengths: Any, batch: int, samples: int) -> None:
         raise ValueError(f"lengths must be [batch={batch}] values <= {samples}, got {lengths.tolist()}")
 
 
+def plain(values: Any) -> Any:
+    """A torch tensor as a numpy array (detached, on the CPU; bfloat16, which numpy lacks, as float32), without
+    importing torch; anything else as given."""
+    if not (hasattr(values, "detach") and hasattr(values, "numpy")):
+        return values
+    values = values.detach().cpu()
+    return (values.float() if str(values.dtype) == "torch.bfloat16" else values).numpy()
+
+
 def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> tuple[np.ndarray, np.ndarray]:
     """``(waveforms [batch, samples] float32, lengths [batch] int64)`` from one utterance ``[samples]``, a
-    zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths."""
+    zero-padded batch (with ``lengths``), or a list of 1-D clips or audio file paths (arrays or tensors)."""
     if isinstance(waveforms, str | os.PathLike):
         waveforms = [waveforms]
+    waveforms, lengths = plain(waveforms), plain(lengths)
     clips = list_of_clips(waveforms, lengths)
     if clips is None:
         check_float_audio(np.asarray(waveforms).dtype)
@@ -97,7 +107,7 @@ def as_batch(waveforms: Any, lengths: Any = None, sample_rate: int = 16_000) -> 
         check_lengths(lengths, *waves.shape)
         waves = np.ascontiguousarray(waves)
     else:
-        clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike) else np.asarray(w)
+        clips = [read_audio_file(w, sample_rate) if isinstance(w, str | os.PathLike) else np.asarray(plain(w))
                  for w in clips]
         for index, clip in enumerate(clips):
             check_float_audio(clip.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,16 +16,16 @@ Budget = int | float | Sequence[int | float] | Tensor
 def budget_to_layers(budget: int | float, num_layers: int) -> int:
     """One budget as layers in ``1..num_layers``: an ``int`` counts layers, a ``float`` in ``(0, 1]`` is a
     fraction (rounded, at least one)."""
-    if isinstance(budget, bool):
+    if isinstance(budget, bool | np.bool_):
         raise ValueError(f"budget must be an int (layers) or a float (fraction), got {budget!r}")
-    if isinstance(budget, int):
+    if isinstance(budget, numbers.Integral):  # numpy's integers too
         if not 1 <= budget <= num_layers:
             raise ValueError(f"budget must be between 1 and {num_layers} layers, got {budget}")
-        return budget
-    if isinstance(budget, float):
+        return int(budget)
+    if isinstance(budget, numbers.Real):  # numpy's floats too
         if not (0.0 < budget <= 1.0) or math.isnan(budget):
             raise ValueError(f"a fractional budget must be in (0, 1], got {budget}")
-        return max(1, min(num_layers, int(round(budget * num_layers))))
+        return max(1, min(num_layers, int(round(float(budget) * num_layers))))
     raise ValueError(f"budget must be an int, a float, a list or a tensor of them, got {type(budget).__name__}")
 
 

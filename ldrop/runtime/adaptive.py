@@ -72,6 +72,9 @@ class AdaptiveModel(ClosedLoopModel):
     ) -> None:
         if autocast is not None and not isinstance(autocast, torch.dtype):
             raise ValueError(f"autocast must be a torch dtype (e.g. torch.bfloat16) or None, got {autocast!r}")
+        if isinstance(model, str | os.PathLike):
+            raise ValueError(f"AdaptiveModel takes a loaded model: AdaptiveModel.from_pretrained({str(model)!r}) "
+                             "loads one from its file")
         self.autocast = autocast
         self.model = model.eval()
         if profile is not None and not isinstance(profile, DeviceProfile):
@@ -133,12 +136,13 @@ class AdaptiveModel(ClosedLoopModel):
 
     def __call__(self, waveforms: Tensor | Sequence[Any], target: Any = None,
                  lengths: Tensor | None = None) -> AdaptiveOutput:
-        """Run one utterance, a padded batch (with ``lengths``) or a list of clips under ``target``.
+        """Run one utterance, a padded batch (with ``lengths``) or a list of clips or audio file paths under
+        ``target``.
 
         ``target``: ``{"ms": 80}``, ``{"rtf": 0.1}``, ``{"gflops_per_second": 2.0}`` (or ``"rtf=0.1"``) or a
         plain budget; ``None`` runs every layer.
         """
-        waves, lengths = as_batch(waveforms, lengths)
+        waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
         parsed = self._parse_target(target)
         model = self.model
         param = next(model.parameters())

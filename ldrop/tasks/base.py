@@ -42,6 +42,7 @@ from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.gating import EncodedBatch, GatingMixin
 from ldrop.tasks.prediction import PredictionMixin, check_chunking, check_predict_budget
 from ldrop.tasks.statistics import SelectorStatistics
+from ldrop.tasks.waveforms import as_batch
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,10 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
     # ------------------------------------------------------------------ forward
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None, budget: int | float | Tensor | None = None):
         """``(logits, keep_mask [batch, layers])`` of ``waveforms`` (``[batch, samples]`` zero-padded with
-        ``lengths``, or one utterance ``[samples]``) under ``budget`` (layers, a fraction, a ``[batch]`` tensor;
-        ``None``: every layer)."""
-        encoded = self.encode(waveforms, lengths)
+        ``lengths``, one utterance ``[samples]``, or arrays, lists of clips or audio files, as ``AdaptiveModel``
+        takes them) under ``budget`` (layers, a fraction, a ``[batch]`` tensor; ``None``: every layer)."""
+        waveforms, lengths = as_batch(waveforms, lengths, self.sample_rate)
+        encoded = self.encode(waveforms.to(self.device, self.dtype), lengths.to(self.device))
         logits, keep, _ = self.logits_at_budget(encoded, self.num_layers if budget is None else budget)
         return logits, keep
 

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -84,7 +85,7 @@ class PredictionMixin:
     @predict_budget.setter
     def predict_budget(self, budget: Budget | dict[str, Any]) -> None:
         check_predict_budget(budget, self.backbone.config, self.num_layers)
-        self.hparams.predict_budget = budget
+        self.hparams.predict_budget = budget.item() if isinstance(budget, np.generic) else budget  # a YAML number
 
     def predict_target(self) -> Target | None:
         """``predict_budget`` as a :class:`~ldrop.budgets.Target` (its profile file is read once), or ``None``."""
