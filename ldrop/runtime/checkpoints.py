@@ -8,7 +8,7 @@ import importlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +82,11 @@ def load_task_checkpoint(path: str | os.PathLike) -> LayerDropTask:
     if hparams.get("init_from"):
         overrides["init_from"] = None
     del checkpoint
-    try:
+    with contextlib.ExitStack() as stack:
+        backbone = backbone_here(hparams.get("backbone"), path, lambda: files, stack)
+        if backbone != hparams.get("backbone"):
+            overrides["backbone"] = backbone
         task = _load_from_checkpoint(cls, path, pretrained=False, **overrides)
-    except _BackboneNotFound as err:
-        if not files:
-            raise
-        log.warning("%s; the backbone is built from the config the checkpoint holds", err)
-        with stored_backbone(files) as folder:
-            task = _load_from_checkpoint(cls, path, pretrained=False, backbone=folder, **overrides)
     task.hparams.update({k: v for k, v in kept.items() if k in task.hparams})  # what training used, for a re-save
     return task
 
@@ -104,6 +101,19 @@ def stored_backbone(files: Mapping[str, str]) -> Iterator[str]:
         yield folder
 
 
+def backbone_here(backbone: Any, path: str, files: Callable[[], Mapping[str, str] | None],
+                  stack: contextlib.ExitStack) -> Any:
+    """``backbone`` (a folder or hub id), or where it is not here (a model moved to another machine), a folder
+    with the backbone files the checkpoint ``path`` stores (``files()`` reads them), which lives as long as
+    ``stack`` (a warning says so). A checkpoint without them keeps ``backbone``: loading it names what is missing."""
+    problem = backbone_problem(backbone) if isinstance(backbone, str) else None
+    stored = files() if problem else None
+    if not stored:
+        return backbone
+    log.warning("%s; the backbone is built from the config %s holds", problem, path)
+    return stack.enter_context(stored_backbone(stored))
+
+
 def weights_from_checkpoint(init_args: Any, path: str, stack: contextlib.ExitStack) -> dict[str, Any]:
     """Set a task's arguments (``init_args``, as a config gives them) for a model whose weights all come from the
     checkpoint ``path``: no pretrained weights to read (a download on a new machine), no ``init_from``, and, where
@@ -115,16 +125,10 @@ def weights_from_checkpoint(init_args: Any, path: str, stack: contextlib.ExitSta
     init_args["pretrained"] = False
     if given.get("init_from"):
         init_args["init_from"] = None
-    problem = backbone_problem(given["backbone"]) if isinstance(given.get("backbone"), str) else None
-    files = problem and load_checkpoint_file(path, mmap=True).get(BACKBONE_FILES_KEY)
-    if files:
-        log.warning("%s; the backbone is built from the config %s holds", problem, path)
-        init_args["backbone"] = stack.enter_context(stored_backbone(files))
+    if "backbone" in given:
+        init_args["backbone"] = backbone_here(
+            given["backbone"], path, lambda: load_checkpoint_file(path, mmap=True).get(BACKBONE_FILES_KEY), stack)
     return given
-
-
-class _BackboneNotFound(CheckpointError):
-    """The folder or hub id of a checkpoint's backbone is not here."""
 
 
 def _load_from_checkpoint(cls: type[LayerDropTask], path: str, **overrides: Any) -> LayerDropTask:
@@ -140,7 +144,7 @@ def _load_from_checkpoint(cls: type[LayerDropTask], path: str, **overrides: Any)
         cause = next((e for e in exception_chain(err) if isinstance(e, FileNotFoundError)), None)
         if cause is None:
             raise
-        raise _BackboneNotFound(f"{path}: {cause}") from err
+        raise CheckpointError(f"{path}: {cause}") from err
 
 
 def loadable_budget(hparams: Mapping[str, Any], source: str | os.PathLike) -> dict[str, Any]:
