@@ -212,6 +212,10 @@ def test_export_fits_the_selector_on_the_runs_validation_split_as_predict_does(t
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())["selector"]
     assert manifest["uses_input"] == reference.selector.fallback.uses_input.tolist()
     assert manifest["blind_masks"] == reference.selector.fallback.blind_masks.int().tolist()
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "exported"), str(tmp_path / "again"), "--format", "onnx", "--no-check"]) == 0
+    assert "fitting" not in capsys.readouterr().out  # the folder holds its fit, as the README says
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text())["selector"] == manifest
 
 
 @pytest.mark.parametrize("args, message", [
