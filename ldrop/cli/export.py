@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from jsonargparse import ArgumentParser
 
 from ldrop._io import check_new_folder
@@ -42,11 +43,29 @@ def build_parser() -> ArgumentParser:
                              "fitted on its datamodule's validation split first, so the export decides as predict does")
     parser.add_argument("--no-fit", action="store_true",
                         help="export the checkpoint's decisions as they are, without that fit")
+    parser.add_argument("--device", default="cpu",
+                        help="where that fit runs: cpu, cuda or cuda:N (it runs the model many times over the "
+                             "validation split, minutes on a CPU at real size; the export itself runs on the CPU)")
     return parser
 
 
-def _fitted(model: LayerDropTask, checkpoint: str, config: str | None, no_fit: bool) -> LayerDropTask:
-    """``model``, fitted on the run's validation data where ``ldrop predict`` would fit it first."""
+def _fit_device(device: str, no_fit: bool) -> torch.device:
+    """``--device`` as a torch device, or a ConfigError naming it (before the model is loaded)."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device}: not a device (cpu, cuda or cuda:N)") from None
+    if parsed.type != "cpu" and no_fit:
+        raise ConfigError(f"--device {device} is where the validation fit runs, and --no-fit skips it")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False)")
+    return parsed
+
+
+def _fitted(model: LayerDropTask, checkpoint: str, config: str | None, no_fit: bool,
+            device: torch.device) -> LayerDropTask:
+    """``model``, fitted on the run's validation data (on ``device``, then back on the CPU) where ``ldrop
+    predict`` would fit it first."""
     depth = model.eval().depth
     if no_fit or depth.calibrated_for(range(1, model.num_layers + 1)):  # fitted already, or nothing to fit
         return model
@@ -58,8 +77,8 @@ def _fitted(model: LayerDropTask, checkpoint: str, config: str | None, no_fit: b
                       f"the checkpoint ({path}): the export keeps its unfitted decisions; give the run's config.yaml "
                       "with --config", UserWarning, stacklevel=2)
         return model
-    fit_on_run_validation_data(model, path, say=lambda line: print(line, flush=True))
-    return model
+    fit_on_run_validation_data(model.to(device), path, say=lambda line: print(line, flush=True))
+    return model.cpu()
 
 
 def main(argv: Sequence[str]) -> int:
@@ -70,15 +89,16 @@ def main(argv: Sequence[str]) -> int:
     if ns.format == "hf" and (problem := checkpoint_folder_problem(ns.checkpoint, "CHECKPOINT")):
         raise ConfigError(problem)
     check_new_folder(ns.out_dir, ConfigError)  # before the model is loaded and fitted
+    device = _fit_device(ns.device, ns.no_fit)
     if ns.format == "onnx":
         from ldrop.runtime.onnx_export import EXPORT_MODULES, export_onnx, load_task, require_onnx_extra
 
         require_onnx_extra("an ONNX export", EXPORT_MODULES)  # before a selector is fitted for it
-        model = _fitted(load_task(ns.checkpoint), ns.checkpoint, ns.config, ns.no_fit)
+        model = _fitted(load_task(ns.checkpoint), ns.checkpoint, ns.config, ns.no_fit, device)
         export_onnx(model, ns.out_dir, quantize=ns.quantize, check=not ns.no_check,
                     progress=lambda line: print(line, flush=True))
         return 0
-    model = _fitted(load_task_checkpoint(ns.checkpoint), ns.checkpoint, ns.config, ns.no_fit)
+    model = _fitted(load_task_checkpoint(ns.checkpoint), ns.checkpoint, ns.config, ns.no_fit, device)
     out = model.export_pretrained(ns.out_dir)
     print(f"exported {type(model).__name__} backbone to {out}")
     return 0

@@ -31,6 +31,7 @@ from ldrop.runtime.checkpoints import load_model
 from ldrop.runtime.onnx_runtime import RunOutput
 from ldrop.tasks import LayerDropTask
 from ldrop.tasks.cost import own_flops
+from ldrop.tasks.uncalibrated import warn_if_uncalibrated
 from ldrop.tasks.waveforms import as_batch
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class AdaptiveModel(ClosedLoopModel):
         waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
         parsed = self._parse_target(target)
         model = self.model
+        warn_if_uncalibrated(model, target)  # a loaded model's warning: its forward, which arms it, is not called
         param = next(model.parameters())
         waves_d, lengths_d = waves.to(param.device, param.dtype), lengths.to(param.device)
         correction, guard = self.controller.correction, None

@@ -277,8 +277,8 @@ def selector_description(task: LayerDropTask) -> dict[str, Any]:
         return {"kind": "full", "class": None, "prefix_layers": 0}
     name = f"{type(selector).__module__}.{type(selector).__qualname__}"
     if selector.needs_calibration and not selector.calibrated:
-        warnings.warn(f"exporting a {type(selector).__name__} that has not been calibrated on validation data: the "
-                      "export has its uncalibrated decisions", UserWarning, stacklevel=3)
+        warnings.warn(f"exporting {type(selector).__name__}, which has not been fitted on validation data: the "
+                      "export has its unfitted decisions", UserWarning, stacklevel=3)
     # a scoring selector with threshold calibration and the input-blind fallback (the input-conditioned one)
     if selector.input_dependent and all(hasattr(selector, a) for a in ("score", "calibration", "fallback", "mode")):
         thresholds = [None if math.isnan(t) else float(t) for t in selector.calibration.thresholds.tolist()]

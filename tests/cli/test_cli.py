@@ -212,6 +212,37 @@ def test_export_fits_the_selector_on_the_runs_validation_split_as_predict_does(t
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())["selector"]
     assert manifest["uses_input"] == reference.selector.fallback.uses_input.tolist()
     assert manifest["blind_masks"] == reference.selector.fallback.blind_masks.int().tolist()
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "exported"), str(tmp_path / "again"), "--format", "onnx", "--no-check"]) == 0
+    assert "fitting" not in capsys.readouterr().out  # the folder holds its fit, as the README says
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text())["selector"] == manifest
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "gpu"], "--device gpu: not a device (cpu, cuda or cuda:N)"),
+    (["--device", "cuda:0", "--no-fit"], "--device cuda:0 is where the validation fit runs, and --no-fit skips it"),
+])
+def test_a_bad_export_device_is_one_line_before_anything_is_loaded(trained, tmp_path, capsys, args, message):
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_the_exports_validation_fit_runs_on_the_device_asked_for_and_the_export_on_the_cpu(trained, tmp_path,
+                                                                                          monkeypatch):
+    """At real size the fit takes minutes on a CPU (a base model, 35 clips: 3.3 min): ``--device cuda`` moves it."""
+    import ldrop.cli.export as export
+    from ldrop.tasks import LayerDropTask
+
+    moves, fitted_on = [], []
+    monkeypatch.setattr(export.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(LayerDropTask, "to", lambda self, *a, **k: moves.append(("to", *a)) or self)
+    monkeypatch.setattr(LayerDropTask, "cpu", lambda self: moves.append(("cpu",)) or self)
+    monkeypatch.setattr(export, "fit_on_run_validation_data",
+                        lambda model, config, say: fitted_on.append(list(moves)) or True)
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "out"), "--device", "cuda"]) == 0
+    [before_fit] = fitted_on
+    assert before_fit[-1] == ("to", torch.device("cuda")) and moves[-1] == ("cpu",)
 
 
 def test_export_of_a_checkpoint_away_from_its_run_warns_and_takes_the_config_as_an_option(trained, tmp_path):

@@ -61,3 +61,19 @@ def _line_after() -> int:
     import sys
 
     return sys._getframe(1).f_lineno + 1
+
+
+def test_adaptive_model_from_a_checkpoint_warns_as_the_loaded_model_does(tiny_checkpoint):
+    """``AdaptiveModel`` runs the model's parts, not its forward, where the warning was armed: it never warned."""
+    from ldrop.runtime import AdaptiveModel
+
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(WAVES)  # every layer: the fit changes nothing
+        assert not _unfitted(caught)
+        line = _line_after()
+        model(WAVES, 2)
+        model(WAVES, {"gflops_per_second": 1.0})
+    [warning] = _unfitted(caught)
+    assert (warning.filename, warning.lineno) == (__file__, line)
