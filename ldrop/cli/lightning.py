@@ -523,9 +523,15 @@ class LdropCLI(CLISteps):
         # Rich progress bar and a learning-rate monitor by default, unless the user turned them off or chose
         # their own (a default callback list in trainer_defaults would be replaced by any user list).
         existing = [*callbacks, *(config.get("callbacks") or [])]
+        bar = config.get("enable_progress_bar")
+        if bar is None and not any(isinstance(c, ProgressBar) for c in existing):
+            # a bar is drawn in a terminal only: in a log file (a batch job, nohup, a pipe) it would print nothing
+            # until the end, so lines instead, unless asked for (--trainer.enable_progress_bar true)
+            bar = sys.stdout.isatty()
+            config = {**config, "enable_progress_bar": bar}
         defaults = [
-            (ProgressBar, RichProgressBar, config.get("enable_progress_bar", True) is not False),
-            (ProgressLines, ProgressLines, config.get("enable_progress_bar", True) is False),  # lines instead
+            (ProgressBar, RichProgressBar, bar is not False),
+            (ProgressLines, ProgressLines, bar is False),  # lines instead
             (LearningRateMonitor, lambda: LearningRateMonitor(logging_interval="step"),
              config.get("logger", True) not in (False, None)),
             (ExactResume, ExactResume, True),  # a resumed fit draws the same random numbers

@@ -218,6 +218,15 @@ def _open_error(path: PathLike, err: BaseException) -> AudioReadError:
     return AudioReadError(path, str(err) or type(err).__name__)
 
 
+def _has_header(path: PathLike) -> bool:
+    """Whether libsndfile reads the header of ``path`` (a file whose audio then fails to decode is corrupt)."""
+    try:
+        sf.info(os.fspath(path))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return False
+    return True
+
+
 def _is_shorten_sphere(path: PathLike) -> bool:
     try:
         with open(path, "rb") as f:
@@ -259,7 +268,11 @@ def read_audio(
     try:
         data, sr = sf.read(os.fspath(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-        raise _open_error(path, err) from err
+        problem = _open_error(path, err)
+        if isinstance(err, sf.LibsndfileError) and problem.reason.startswith("not a readable") and _has_header(path):
+            problem = AudioReadError(path, f"corrupt: its header reads, but decoding frames [{start}, {stop}) "
+                                           f"failed (libsndfile: {err.error_string.strip().rstrip('.')})")
+        raise problem from err
     if data.shape[0] == 0:
         raise AudioReadError(path, f"no audio frames in frames [{start}, {stop})")
     if data.shape[0] < stop - start:

@@ -40,6 +40,7 @@ class CTCTask(LayerDropTask):
     metric_names = ("wer", "cer")
     higher_is_better = False
     has_item_errors = True
+    _said_unalignable = False  # whether an utterance too short for its transcript was reported (once)
 
     def __init__(self, labels: list[str] | str = "english", lowercase: bool = True, **kwargs: Any) -> None:
         chars = ENGLISH_CHARACTERS if labels == "english" else list(labels)
@@ -90,6 +91,8 @@ class CTCTask(LayerDropTask):
         targets = torch.cat(encoded).to(logits.device) if encoded else torch.zeros(0, dtype=torch.long)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # [frames, batch, vocab]
         input_lengths = frame_mask.sum(1)
+        if not self._said_unalignable:
+            _say_unalignable(self, encoded, input_lengths, batch)
         loss = F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction=reduction,
                           zero_infinity=True)
         return loss if reduction == "mean" else (loss, target_lengths)
@@ -121,3 +124,20 @@ class CTCTask(LayerDropTask):
 
 
 __all__ = ["CTCTask", "ENGLISH_CHARACTERS", "build_vocabulary"]
+
+
+def _say_unalignable(task: CTCTask, encoded: list[Tensor], frames: Tensor, batch: Any) -> None:
+    """Warn once if an utterance has fewer frames than CTC needs for its transcript (its characters, plus a blank
+    between repeated ones): its loss is infinite, which ``zero_infinity`` makes 0, so it would train nothing,
+    silently."""
+    needed = torch.tensor([len(t) + int((t[1:] == t[:-1]).sum()) for t in encoded], dtype=torch.long)
+    frames = frames.cpu()  # a host sync, until the first warning
+    short = (frames < needed).nonzero().flatten().tolist()
+    if short:
+        task._said_unalignable = True
+        ids, i = getattr(batch, "ids", None), short[0]
+        name = f"{ids[i]!r}" if ids else f"item {i} of the batch"
+        log.warning("%d of %d utterances in a batch are too short for their transcripts (e.g. %s: %d frames, %d "
+                    "needed): CTC cannot align them, so their loss is 0 and they train nothing; check their audio "
+                    "and transcripts (said once)", len(short), len(encoded), name, int(frames[i]), int(needed[i]))
+

@@ -204,3 +204,16 @@ def test_shorten_compressed_sphere_says_so_and_how_to_decompress_it(tmp_path):
     path.write_bytes(header[:1024].encode("latin1") + data[1024:])
     with pytest.raises(AudioReadError, match=r"talk\.sph: Shorten-compressed NIST SPHERE.*sph2pipe"):
         check_audio(path)
+
+
+def test_a_file_whose_header_reads_but_whose_audio_does_not_decode_is_called_corrupt(tmp_path):
+    """It passes the setup's header check and fails mid-run: "not a readable audio file" sent users to the format."""
+    path = tmp_path / "garbled.flac"
+    sf.write(path, np.random.default_rng(0).standard_normal(32000).astype("float32") * 0.1, 16000)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 2000] = bytes(2000)  # frames lost mid-file, the header intact
+    path.write_bytes(bytes(data))
+    assert sf.info(path).frames == 32000
+    with pytest.raises(AudioReadError, match=r"garbled.flac: corrupt: its header reads, but decoding frames "
+                                             r"\[0, 32000\) failed \(libsndfile: .+\)$"):
+        read_audio(path)
