@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,11 +17,11 @@ def budget_to_layers(budget: int | float, num_layers: int) -> int:
     fraction (rounded, at least one)."""
     if isinstance(budget, bool | np.bool_):
         raise ValueError(f"budget must be an int (layers) or a float (fraction), got {budget!r}")
-    if isinstance(budget, numbers.Integral):  # numpy's integers too
+    if isinstance(budget, int | np.integer):  # numpy's integers too
         if not 1 <= budget <= num_layers:
             raise ValueError(f"budget must be between 1 and {num_layers} layers, got {budget}")
         return int(budget)
-    if isinstance(budget, numbers.Real):  # numpy's floats too
+    if isinstance(budget, float | np.floating):  # numpy's floats too
         if not (0.0 < budget <= 1.0) or math.isnan(budget):
             raise ValueError(f"a fractional budget must be in (0, 1], got {budget}")
         return max(1, min(num_layers, int(round(float(budget) * num_layers))))

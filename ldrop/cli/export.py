@@ -55,10 +55,14 @@ def _fit_device(device: str, no_fit: bool) -> torch.device:
         parsed = torch.device(device)
     except RuntimeError:
         raise ConfigError(f"--device {device}: not a device (cpu, cuda or cuda:N)") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: the fit runs on cpu, cuda or cuda:N")
     if parsed.type != "cpu" and no_fit:
         raise ConfigError(f"--device {device} is where the validation fit runs, and --no-fit skips it")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False)")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
     return parsed
 
 

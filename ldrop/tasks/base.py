@@ -42,7 +42,7 @@ from ldrop.tasks.early_exit import EarlyExit, EarlyExitConfig
 from ldrop.tasks.gating import EncodedBatch, GatingMixin
 from ldrop.tasks.prediction import PredictionMixin, check_chunking, check_predict_budget
 from ldrop.tasks.statistics import SelectorStatistics
-from ldrop.tasks.waveforms import as_batch
+from ldrop.tasks.waveforms import model_batch
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         """``(logits, keep_mask [batch, layers])`` of ``waveforms`` (``[batch, samples]`` zero-padded with
         ``lengths``, one utterance ``[samples]``, or arrays, lists of clips or audio files, as ``AdaptiveModel``
         takes them) under ``budget`` (layers, a fraction, a ``[batch]`` tensor; ``None``: every layer)."""
-        waveforms, lengths = as_batch(waveforms, lengths, self.sample_rate)
-        encoded = self.encode(waveforms.to(self.device, self.dtype), lengths.to(self.device))
+        encoded = self.encode(*model_batch(self, waveforms, lengths, self.sample_rate))
         logits, keep, _ = self.logits_at_budget(encoded, self.num_layers if budget is None else budget)
         return logits, keep
 

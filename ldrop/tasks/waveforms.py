@@ -34,3 +34,13 @@ def as_batch(waveforms: Tensor | Sequence[Any] | Any, lengths: Tensor | Sequence
     if not bool(finite.all()):  # a host sync (as the lengths check): a NaN input would give a confident wrong answer
         raise ValueError(f"waveforms {(~finite).nonzero().flatten().tolist()} hold NaN or inf samples")
     return waveforms, lengths
+
+
+def model_batch(model: torch.nn.Module, waveforms: Any, lengths: Any = None,
+                sample_rate: int = 16_000) -> tuple[Tensor, Tensor]:
+    """:func:`as_batch` on ``model``'s device, the waveforms in its parameters' dtype (``model.bfloat16()`` leaves
+    a LightningModule's ``dtype`` as it was)."""
+    waveforms, lengths = as_batch(waveforms, lengths, sample_rate)
+    param = next(model.parameters())
+    return waveforms.to(param.device, param.dtype), lengths.to(param.device)
+

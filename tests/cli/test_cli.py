@@ -220,6 +220,7 @@ def test_export_fits_the_selector_on_the_runs_validation_split_as_predict_does(t
 
 @pytest.mark.parametrize("args, message", [
     (["--device", "gpu"], "--device gpu: not a device (cpu, cuda or cuda:N)"),
+    (["--device", "mps"], "--device mps: the fit runs on cpu, cuda or cuda:N"),  # a torch device, not one here
     (["--device", "cuda:0", "--no-fit"], "--device cuda:0 is where the validation fit runs, and --no-fit skips it"),
 ])
 def test_a_bad_export_device_is_one_line_before_anything_is_loaded(trained, tmp_path, capsys, args, message):
@@ -236,6 +237,7 @@ def test_the_exports_validation_fit_runs_on_the_device_asked_for_and_the_export_
 
     moves, fitted_on = [], []
     monkeypatch.setattr(export.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(export.torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(LayerDropTask, "to", lambda self, *a, **k: moves.append(("to", *a)) or self)
     monkeypatch.setattr(LayerDropTask, "cpu", lambda self: moves.append(("cpu",)) or self)
     monkeypatch.setattr(export, "fit_on_run_validation_data",
@@ -485,3 +487,12 @@ def test_predict_to_an_explicit_file_leaves_no_run_folder(trained, tmp_path):
     assert out.is_file()
     assert not list((tmp_path / "logs").rglob("version_*"))
     assert not [w for w in caught if "custom batch sampler" in str(w.message)]
+
+
+def test_an_export_device_past_the_last_gpu_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    import ldrop.cli.export as export
+
+    monkeypatch.setattr(export.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(export.torch.cuda, "device_count", lambda: 2)
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "out"), "--device", "cuda:2"]) == 2
+    assert "--device cuda:2: there are 2 CUDA devices (cuda:0 ...)" in capsys.readouterr().err

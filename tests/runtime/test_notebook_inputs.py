@@ -5,6 +5,7 @@ numpy budgets, tensors that need grad. Each entry point (the task that ``load_mo
 from __future__ import annotations
 
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -85,8 +86,9 @@ def test_numpy_budgets_are_numbers_everywhere(task, clips):
         assert task.predict_budget == 3 and type(task.hparams.predict_budget) is int  # saved as a YAML number
         with pytest.raises(ValueError, match="predict_budget: budget must be between 1 and 4 layers, got 5"):
             task.predict_budget = np.int64(5)
-        with pytest.raises(ValueError, match="budget must be an int"):
-            task.predict_budget = np.bool_(True)
+        for refused in (np.bool_(True), Fraction(1, 2)):  # a Fraction would make the checkpoint unloadable
+            with pytest.raises(ValueError, match="budget must be an int"):
+                task.predict_budget = refused
     finally:
         task.predict_budget = before
 
@@ -117,3 +119,14 @@ def test_the_onnx_runtime_takes_tensors_that_need_grad_and_bfloat16(tiny_checkpo
     expected = model(waves.bfloat16().float().numpy(), 2, lengths=lengths.numpy())
     np.testing.assert_allclose(bf16.logits, expected.logits, atol=1e-6)
     assert listed.logits.shape == plain.logits.shape
+
+
+def test_a_model_converted_with_bfloat16_takes_float32_input(tiny_checkpoint, clips):
+    """``model.bfloat16()`` leaves Lightning's ``dtype`` at float32: the input was cast to it, and the conv failed."""
+    waves, lengths = clips
+    model = load_model(tiny_checkpoint).bfloat16()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logits, keep = model(waves, lengths, 4)
+        expected, _ = model(waves.bfloat16(), lengths, 4)
+    assert logits.dtype == torch.bfloat16 and torch.equal(logits, expected) and keep.sum(1).tolist() == [4, 4]
