@@ -146,7 +146,7 @@ class AdaptiveModel(ClosedLoopModel):
         waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
         parsed = self._parse_target(target)
         model = self.model
-        warn_if_uncalibrated(model, target)  # a loaded model's warning: its forward, which arms it, is not called
+        warn_if_uncalibrated(model, target)  # a loaded model warns in its forward, which this call does not run
         param = next(model.parameters())
         waves_d, lengths_d = waves.to(param.device, param.dtype), lengths.to(param.device)
         correction, guard = self.controller.correction, None
