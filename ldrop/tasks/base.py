@@ -309,11 +309,11 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
         primary = self.metric_names[0]
         values = []
         for k, metrics in self._val_metrics.items():
-            results = metrics.compute()  # {"val/<metric>@<k>": value}, synchronised across processes
-            self.log_dict(results, sync_dist=False)
+            results = metrics.compute()  # {"val/<metric>@<k>": value}, synchronised: the same on every process
+            self.log_dict(results, sync_dist=True)  # a mean of equal values; unsynced, Lightning warns under DDP
             values.append(results[f"val/{primary}@{k}"])
         # Mean over the validation budgets: what checkpointing monitors ("val/<metric>").
-        self.log(f"val/{primary}", torch.stack(values).mean(), prog_bar=True)
+        self.log(f"val/{primary}", torch.stack(values).mean(), prog_bar=True, sync_dist=True)
 
     # ------------------------------------------------------------------ fitting on validation data
     def calibrate_on_dataloader(self, dataloader: Iterable[Any], budgets: Sequence[int] | None = None,
