@@ -89,9 +89,9 @@ class BudgetController(ControlLoop):
     def as_result(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(array)
 
-    def costs(self, sample_lengths: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
+    def costs(self, sample_lengths: Tensor, target: Target, profile: Any = None) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`ControlLoop.costs <ldrop.budgets.loop.ControlLoop.costs>` as CPU tensors."""
-        return tuple(torch.from_numpy(np.asarray(part)) for part in super().costs(sample_lengths, target))
+        return tuple(torch.from_numpy(np.asarray(part)) for part in super().costs(sample_lengths, target, profile))
 
     def flops_costs(self, sample_lengths: np.ndarray) -> tuple[Tensor, Tensor]:
         if self.flops_config is None:

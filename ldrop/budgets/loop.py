@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -133,19 +134,20 @@ class ControlLoop:
     #: How to get a profile, in the error of a time target without one.
     profile_hint = ": run 'ldrop profile' and pass it"
 
-    def costs(self, sample_lengths: Any, target: Target) -> tuple[Any, Any, Any]:
+    def costs(self, sample_lengths: Any, target: Target, profile: Any = None) -> tuple[Any, Any, Any]:
         """``(fixed [batch], per layer [batch], allowance [batch])`` float64 in the target's unit: time targets'
-        seconds from :attr:`profile` times the correction (the allowance ``(1 - margin)`` of the target), or
-        GFLOPs (:meth:`flops_costs`)."""
+        seconds from ``profile`` (default :attr:`profile`) times the correction (the allowance ``(1 - margin)`` of
+        the target), or GFLOPs (:meth:`flops_costs`)."""
+        profile = self.profile if profile is None else profile
         lengths = as_array(sample_lengths, np.int64)
         seconds = lengths.astype(np.float64) / self.sample_rate
         if target.kind == "gflops_per_second":
             return (*self.flops_costs(lengths), target.value * seconds)
         if target.kind not in ("ms", "rtf"):
             raise ValueError(f"unknown target kind {target.kind!r}")
-        if self.profile is None:
+        if profile is None:
             raise ValueError(f"a {target.kind} target needs a device profile of this model{self.profile_hint}")
-        fixed, layer = self.profile.per_input(lengths)
+        fixed, layer = profile.per_input(lengths)
         allowance = (target.value / 1000.0) * np.ones_like(seconds) if target.kind == "ms" else target.value * seconds
         return fixed * self.correction, layer * self.correction, allowance * (1.0 - self.margin)
 
@@ -168,18 +170,21 @@ class ControlLoop:
         return array
 
     def decide(self, sample_lengths: Any, target: Target | dict | str, *, spent: tuple[float, int] | None = None,
-               warn: bool = True, _stacklevel: int = 2) -> BudgetDecision:
+               warn: bool = True, profile: Any = None, _stacklevel: int = 2) -> BudgetDecision:
         """The largest budget each input can afford under ``target`` (at least ``min_budget``).
 
         ``spent``: ``(seconds, layers)`` this call has already spent on its budget-independent part (and that
         many prefix layers). In closed loop, when that part ran more than ``jump`` times slower than the
         correction predicts, the call plans at the measured ratio (:attr:`probe`): a load that starts between
         calls is seen before the budget is chosen. ``warn=False`` leaves counting inputs that cannot meet the
-        target to the caller. ``ValueError`` for an invalid target, a missing profile or config, or
-        (``on_unmeetable="raise"``) an unmeetable target.
+        target to the caller. ``profile``: the device profile this call plans with (default :attr:`profile`; a
+        runtime passes the one it resolved for the call, which threads sharing the controller cannot switch under
+        it). ``ValueError`` for an invalid target, a missing profile or config, or (``on_unmeetable="raise"``) an
+        unmeetable target.
         """
         target = Target.parse(target)
-        fixed, layer, allowance = (np.asarray(x, dtype=np.float64) for x in self.costs(sample_lengths, target))
+        costs = self.costs(sample_lengths, target, profile)
+        fixed, layer, allowance = (np.asarray(x, dtype=np.float64) for x in costs)
         # this call's own values (a controller shared by threads: another call may set the attributes meanwhile)
         probe, correction = None, self.correction
         planned = correction
@@ -299,8 +304,14 @@ def full_depth_warning(num_layers: int, budget: Any) -> str:
 class ClosedLoopModel:
     """What both runtimes (``AdaptiveModel``, ``OnnxAdaptiveModel``) do around a forward under a target. A
     runtime sets ``controller``, ``num_layers``, ``guard``, ``clock``, its array type's ``_resolve_budget`` (a
-    static method), ``ensure_profile()`` and ``skips_layers``, and has its ``model`` (PyTorch) or export
-    ``manifest`` (ONNX)."""
+    static method), ``_measure_profile(**grid)`` and ``skips_layers``, and has its ``model`` (PyTorch) or export
+    ``manifest`` (ONNX).
+
+    Threads may share a runtime: each call plans with the profile it resolved (its target's, else the model's),
+    and a profile is loaded or measured by one thread at a time; the controller's correction is shared."""
+
+    #: One profile load or measurement at a time, across runtimes (a measurement under another's load is wrong).
+    _profile_lock = threading.RLock()
 
     #: Whether a call has run: the first pays one-time costs (allocations, lazy initialisation), never learnt.
     _warm = False
@@ -327,15 +338,22 @@ class ClosedLoopModel:
     def profile(self) -> DeviceProfile | None:
         return self.controller.profile
 
+    def ensure_profile(self, **grid: Any) -> DeviceProfile:
+        """The profile, measured now (``QUICK_GRID``, or ``grid``) if there is none yet."""
+        with self._profile_lock:  # threads' first calls: one measures, the others wait for it
+            if self.controller.profile is None:
+                self.controller.profile = self._measure_profile(**grid)
+            return self.controller.profile
+
     def budget_for(self, lengths: Any, target: Any, spent: tuple[float, int] | None = None
                    ) -> tuple[Any, Target | None]:
         """``(budget [batch], the parsed target or None)`` for a call (``spent``: see
         :meth:`ControlLoop.decide`)."""
-        parsed = self._parse_target(target)
+        parsed, profile = self._parse_target(target)
         if parsed is None:  # a plain budget; None runs every layer
             budget = self._resolve_budget(self.num_layers if target is None else target, self.num_layers, len(lengths))
         else:
-            budget = self.controller.decide(lengths, parsed, spent=spent, _stacklevel=4).budget
+            budget = self.controller.decide(lengths, parsed, spent=spent, profile=profile, _stacklevel=4).budget
         self._check_skips(budget, target, stacklevel=4)
         return budget, parsed
 
@@ -347,51 +365,58 @@ class ClosedLoopModel:
         self._said_full_depth = True
         warnings.warn(full_depth_warning(self.num_layers, target), stacklevel=stacklevel)
 
-    def _parse_target(self, target: Any) -> Target | None:
-        """The parsed target (its profile loaded or measured now), ``None`` for a plain budget."""
+    def _parse_target(self, target: Any) -> tuple[Target | None, DeviceProfile | None]:
+        """``(the parsed target, the profile this call plans with)``: ``(None, None)`` for a plain budget; a time
+        target's profile is its own (loaded now), else the model's (measured now if there is none)."""
         if not is_target(target):
-            return None
+            return None, None
         parsed = Target.parse(target)
-        if parsed.kind in ("ms", "rtf"):
-            if parsed.profile:
-                self._use_profile(parsed.profile)
-            self.ensure_profile()
-        return parsed
+        if parsed.kind not in ("ms", "rtf"):
+            return parsed, None
+        return parsed, self._use_profile(parsed.profile) if parsed.profile else self.ensure_profile()
 
-    def _use_profile(self, path: str) -> None:
-        """Make the profile at ``path`` (a target's) the model's from now on, checked and warned about as a
+    def _use_profile(self, path: str) -> DeviceProfile:
+        """The profile at ``path`` (a target's), made the model's from now on, checked and warned about as a
         constructor's is; the correction restarts from it. The file already in use is kept, with its correction."""
-        current = getattr(self.controller.profile, "path", None)
-        if current is not None and os.path.realpath(current) == os.path.realpath(path):
-            return
-        profile = DeviceProfile.load(path)
-        warning = self.controller.profile_warning(profile)
-        if warning:
-            warnings.warn(warning, stacklevel=4)  # the caller of the model
-        self.controller.profile = profile
-        self.controller.reset()
+        with self._profile_lock:
+            current = self.controller.profile
+            known = getattr(current, "path", None)
+            if known is not None and os.path.realpath(known) == os.path.realpath(path):
+                return current
+            profile = DeviceProfile.load(path)
+            warning = self.controller.profile_warning(profile)
+            if warning:
+                warnings.warn(warning, stacklevel=4)  # the caller of the model
+            self.controller.profile = profile
+            self.controller.reset()
+            return profile
 
-    def _plan(self, lengths: Any, target: Target, start: float, clock: Callable[[], float], prefix_layers: int,
-              guarded: bool) -> tuple[Any, float, DeadlineGuard | None]:
-        """A time target's ``(budget, correction planned with, DeadlineGuard or None)``, decided once the
-        budget-independent part (begun at ``clock()`` time ``start``, with ``prefix_layers``) has run, from its
-        time; ``guarded``: whether the model's layers can be guarded (not early exit)."""
+    def _plan(self, lengths: Any, target: Target, profile: DeviceProfile, start: float, clock: Callable[[], float],
+              prefix_layers: int, guarded: bool) -> tuple[Any, float, DeadlineGuard | None]:
+        """A time target's ``(budget, correction planned with, DeadlineGuard or None)`` under the call's
+        ``profile``, decided once the budget-independent part (begun at ``clock()`` time ``start``, with
+        ``prefix_layers``) has run, from its time; ``guarded``: whether the model's layers can be guarded (not
+        early exit)."""
         controller = self.controller
-        decision = controller.decide(lengths, target, spent=(clock() - start, prefix_layers), _stacklevel=4)
+        decision = controller.decide(lengths, target, spent=(clock() - start, prefix_layers), profile=profile,
+                                     _stacklevel=4)
         planned = decision.planned_correction
         if not (self.guard and controller.closed_loop and guarded):
             self._check_skips(decision.budget, target, stacklevel=4)
             return decision.budget, planned, None
         deadline = start + float(decision.allowance.sum()) / (1.0 - controller.margin)
-        guard = DeadlineGuard(deadline, controller.profile.layer_seconds, planned, clock=clock)
+        guard = DeadlineGuard(deadline, profile.layer_seconds, planned, clock=clock)
         return decision.budget, planned, guard
 
-    def _feedback(self, lengths: Any, keep: Any, measured: float, correction: float) -> float | None:
-        """The call's ``predicted_ms`` (``None`` without a profile) at ``correction``; its ``measured`` seconds
-        are fed back (:meth:`ControlLoop.observe`) from the second call on."""
+    def _feedback(self, lengths: Any, keep: Any, measured: float, correction: float,
+                  profile: DeviceProfile | None) -> float | None:
+        """The call's ``predicted_ms`` by ``profile`` (the call's; default the model's; ``None`` without one) at
+        ``correction``; its ``measured`` seconds are fed back (:meth:`ControlLoop.observe`) from the second call
+        on."""
         predicted_ms = None
-        if self.controller.profile is not None:
-            predicted = self.controller.profile.predict(lengths, keep)
+        profile = self.controller.profile if profile is None else profile
+        if profile is not None:
+            predicted = profile.predict(lengths, keep)
             predicted_ms = 1000.0 * predicted * correction
             if self._warm:
                 self.controller.observe(predicted, measured)

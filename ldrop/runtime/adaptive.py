@@ -114,14 +114,12 @@ class AdaptiveModel(ClosedLoopModel):
     def skips_layers(self) -> bool:
         return self.model.depth.skips_layers
 
-    def ensure_profile(self, **grid: Any) -> DeviceProfile:
-        """The profile, measured now (``QUICK_GRID``, or ``grid``) if there is none yet."""
-        if self.controller.profile is None:
-            options = {**QUICK_GRID, **grid}
-            log.info("no device profile given: measuring a quick one (%s)", options)
-            with self._precision(next(self.model.parameters()).device):
-                self.controller.profile = profile_model(self.model, sample_rate=self.sample_rate, **options)
-        return self.controller.profile
+    def _measure_profile(self, **grid: Any) -> DeviceProfile:
+        """A quick profile of this model (``QUICK_GRID``, or ``grid``), measured now (:meth:`ensure_profile`)."""
+        options = {**QUICK_GRID, **grid}
+        log.info("no device profile given: measuring a quick one (%s)", options)
+        with self._precision(next(self.model.parameters()).device):
+            return profile_model(self.model, sample_rate=self.sample_rate, **options)
 
     def _precision(self, device: torch.device) -> contextlib.AbstractContextManager:
         """``torch.autocast`` with :attr:`autocast` on ``device``, or nothing."""
@@ -144,7 +142,7 @@ class AdaptiveModel(ClosedLoopModel):
         plain budget; ``None`` runs every layer.
         """
         waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
-        parsed = self._parse_target(target)
+        parsed, profile = self._parse_target(target)
         model = self.model
         warn_if_uncalibrated(model, target)  # a loaded model warns in its forward, which this call does not run
         param = next(model.parameters())
@@ -155,7 +153,7 @@ class AdaptiveModel(ClosedLoopModel):
             start = clock()
             encoded = model.encode(waves_d, lengths_d)
             if parsed is not None and parsed.kind in ("ms", "rtf"):  # the fixed part's time: the speed now
-                budget, correction, guard = self._plan(lengths, parsed, start, clock,
+                budget, correction, guard = self._plan(lengths, parsed, profile, start, clock,
                                                        int(getattr(model, "prefix_layers", 0)), not model.depth.exit_layers)
             else:
                 budget = self.budget_for(lengths, target)[0]
@@ -167,7 +165,7 @@ class AdaptiveModel(ClosedLoopModel):
         keep = (keep.detach() > 0.5).float().cpu()
         if guard is not None:
             keep[:, guard.skipped] = 0.0
-        predicted_ms = self._feedback(lengths, keep, measured, correction)
+        predicted_ms = self._feedback(lengths, keep, measured, correction, profile)
         return AdaptiveOutput(outputs, logits, encoded.frame_mask, keep, keep.sum(1).long(), budget, predicted_ms, 1000.0 * measured,
                               self.controller.correction, parsed)
 

@@ -550,19 +550,17 @@ class OnnxAdaptiveModel(ClosedLoopModel):
     # ------------------------------------------------------------------ budgets and the closed loop
     _resolve_budget = staticmethod(resolve_budget)
 
-    def ensure_profile(self, **grid: Any) -> DeviceProfile:
-        """The profile, measured now on this runtime with a quick grid if there is none yet (needs torch)."""
-        if self.controller.profile is None:
-            try:
-                from ldrop.budgets.controller import QUICK_GRID
-                from ldrop.runtime.onnx_profile import profile_onnx
-            except ImportError as error:
-                raise ValueError(
-                    "a time target needs a device profile of this model on ONNX Runtime: run 'ldrop profile --runtime "
-                    f"onnx {self.folder} --out {self.folder / PROFILE_FILE}' (measuring one here needs torch: {error})"
-                ) from None
-            self.controller.profile = profile_onnx(self, **{**QUICK_GRID, **grid})
-        return self.controller.profile
+    def _measure_profile(self, **grid: Any) -> DeviceProfile:
+        """A profile measured now on this runtime with a quick grid (:meth:`ensure_profile`; needs torch)."""
+        try:
+            from ldrop.budgets.controller import QUICK_GRID
+            from ldrop.runtime.onnx_profile import profile_onnx
+        except ImportError as error:
+            raise ValueError(
+                "a time target needs a device profile of this model on ONNX Runtime: run 'ldrop profile --runtime "
+                f"onnx {self.folder} --out {self.folder / PROFILE_FILE}' (measuring one here needs torch: {error})"
+            ) from None
+        return profile_onnx(self, **{**QUICK_GRID, **grid})
 
     def __call__(self, waveforms: Any, target: Any = None, lengths: Any = None) -> OnnxOutput:
         """Run one utterance, a padded batch (with ``lengths``) or a list of clips or paths under ``target``.
@@ -571,19 +569,19 @@ class OnnxAdaptiveModel(ClosedLoopModel):
         plain budget; ``None`` runs every layer (see :meth:`ldrop.runtime.AdaptiveModel.__call__`).
         """
         waves, lengths = as_batch(waveforms, lengths, self.sample_rate)
-        parsed = self._parse_target(target)
+        parsed, profile = self._parse_target(target)
         correction, guard = self.controller.correction, None
         start = self.clock()
         if parsed is not None and parsed.kind in ("ms", "rtf"):  # decided after the fixed part, from its time
             encoded = self.encode(waves, lengths)
-            budget, correction, guard = self._plan(lengths, parsed, start, self.clock, self.prefix_layers,
+            budget, correction, guard = self._plan(lengths, parsed, profile, start, self.clock, self.prefix_layers,
                                                    self.depth["kind"] != "early_exit")
         else:
             encoded, budget = None, self.budget_for(lengths, target)[0]
         logits, keep, frame_mask = self.forward(waves, lengths, budget, encoded, guard)
         measured = self.clock() - start
         outputs = self.decode(logits, frame_mask)
-        predicted_ms = self._feedback(lengths, keep, measured, correction)
+        predicted_ms = self._feedback(lengths, keep, measured, correction, profile)
         keep_mask = keep.astype(np.float32)
         return OnnxOutput(outputs, logits, frame_mask, keep_mask, keep.sum(1).astype(np.int64), budget, predicted_ms,
                           1000.0 * measured, self.controller.correction, parsed)

@@ -337,3 +337,58 @@ def test_the_sweeps_flops_misses_count_what_the_controller_counts_the_selector_t
     with pytest.warns(UnmeetableTargetWarning, match="cannot be met"):
         rows = model.sweep(batches, [{"gflops_per_second": target}])
     assert rows[0]["miss_rate"] > 0
+
+
+def _switching_clock(model, wave, other_target):
+    """A clock that, at this call's first reading, runs another call naming another profile: what a thread
+    sharing the model does between this call's choice of profile and its plan."""
+    import time
+
+    switched = []
+
+    def clock() -> float:
+        if not switched:
+            switched.append(True)
+            model(wave, other_target)
+        return time.perf_counter()
+
+    return clock
+
+
+@pytest.mark.filterwarnings("ignore:.*not been fitted")
+def test_a_call_plans_with_its_targets_profile_while_another_call_switches_the_models(tiny_checkpoint, tmp_path):
+    fast = str(synthetic_profile(fixed=(0.001, 0, 0), layer=(0.001, 0, 0)).save(tmp_path / "fast.json"))
+    slow = str(synthetic_profile(fixed=(0.001, 0, 0), layer=(0.010, 0, 0)).save(tmp_path / "slow.json"))
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint, closed_loop=False, margin=0.0)
+    wave = torch.randn(8000)
+    fast_target, slow_target = {"ms": 20.0, "profile": fast}, {"ms": 20.0, "profile": slow}
+    alone = int(model(wave, fast_target).budget[0]), int(model(wave, slow_target).budget[0])
+    assert alone == (4, 1)  # 1 ms + k x 1 ms, or 1 ms + k x 10 ms, within 20 ms
+    model.clock = _switching_clock(model, wave, slow_target)
+    out = model(wave, fast_target)
+    assert int(out.budget[0]) == 4 and model.profile.path == slow  # planned with its own; the other's installed
+    assert out.predicted_ms == pytest.approx(1.0 + 4 * 1.0, rel=1e-6)  # predicted by its own profile too
+
+
+@pytest.mark.filterwarnings("ignore:.*not been fitted")
+def test_threads_first_time_target_calls_measure_one_profile(tiny_checkpoint, monkeypatch):
+    import threading
+    import time
+
+    model = AdaptiveModel.from_pretrained(tiny_checkpoint)
+    measured = []
+
+    def measure(*args, **kwargs):  # a quick profile takes a while: the other threads' first calls come meanwhile
+        measured.append(True)
+        time.sleep(0.3)
+        return synthetic_profile()
+
+    monkeypatch.setattr("ldrop.runtime.adaptive.profile_model", measure)
+    outputs = []
+    threads = [threading.Thread(target=lambda: outputs.append(model(torch.randn(8000), {"rtf": 1.0})))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outputs) == 4 and len(measured) == 1

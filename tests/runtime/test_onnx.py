@@ -716,3 +716,19 @@ def test_the_onnx_parity_accuracy_loop_shows_progress_per_test_batch(tiny_checkp
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test accuracy at ")]
     assert not sized or any("2/2 test batches" in line for line in lines), lines  # without a length: no last step
     assert lines[-1].split(": ")[1].startswith("done in ")
+
+
+def test_an_onnx_call_plans_with_its_targets_profile_while_another_call_switches_the_models(exports, tmp_path):
+    from tests.runtime.test_adaptive import _switching_clock
+
+    _, folder = exports["wavlm"]
+    fast = str(_cost(synthetic_profile(fixed=(0.001, 0, 0), layer=(0.001, 0, 0)), True).save(tmp_path / "f.json"))
+    slow = str(_cost(synthetic_profile(fixed=(0.001, 0, 0), layer=(0.010, 0, 0)), True).save(tmp_path / "s.json"))
+    model = OnnxAdaptiveModel(folder, closed_loop=False, margin=0.0)
+    wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    fast_target, slow_target = {"ms": 20.0, "profile": fast}, {"ms": 20.0, "profile": slow}
+    assert (int(model(wave, fast_target).budget[0]), int(model(wave, slow_target).budget[0])) == (4, 1)
+    model.clock = _switching_clock(model, wave, slow_target)
+    out = model(wave, fast_target)
+    assert int(out.budget[0]) == 4 and model.profile.path == slow
+    assert out.predicted_ms == pytest.approx(5.0, rel=1e-6)
