@@ -111,13 +111,35 @@ def exception_chain(err: BaseException) -> Iterator[BaseException]:
         seen = seen.__cause__ or seen.__context__
 
 
-def raise_if_disk_full(err: BaseException, path: Path) -> None:
-    """Re-raise a full disk or exceeded quota as one ``OSError`` naming the folder (also as a context:
-    ``torch.save`` raises "unexpected pos")."""
-    full = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+#: A full disk, an exceeded quota, a file over the size limit (``ulimit -f``).
+DISK_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+
+
+def disk_errno(err: BaseException) -> int | None:
+    """The errno of :data:`DISK_ERRNOS` that ``err`` (or what it was raised from: ``torch.save`` raises "unexpected
+    pos") is: an ``OSError``'s, or the "(os error N)" of a Rust I/O error (safetensors' ``SafetensorError``)."""
     for seen in exception_chain(err):
-        if isinstance(seen, OSError) and seen.errno in full:
-            raise OSError(seen.errno, f"no space left on {path.parent}", str(path)) from err
+        code = seen.errno if isinstance(seen, OSError) else (
+            int(found[1]) if (found := re.search(r"\(os error (\d+)\)", str(seen))) else None)
+        if code in DISK_ERRNOS:
+            return code
+    return None
+
+
+def disk_error_message(code: int, folder: Path | None) -> str:
+    """``"no space left on <folder>"``, or for ``EFBIG`` ``"file too large for <folder> (the file size limit,
+    ulimit -f)"``."""
+    if code == errno.EFBIG:
+        return f"file too large{'' if folder is None else f' for {folder}'} (the file size limit, ulimit -f)"
+    return f"no space left on {folder if folder is not None else 'the device'}"
+
+
+def raise_if_disk_full(err: BaseException, path: Path | None, folder: Path | None = None) -> None:
+    """Re-raise a full disk, an exceeded quota or a file over the size limit (:func:`disk_errno`) as one
+    ``OSError`` naming ``folder`` (default: ``path``'s) and the file ``path`` (if known)."""
+    if (code := disk_errno(err)) is not None:
+        folder = path.parent if folder is None else folder
+        raise OSError(code, disk_error_message(code, folder), None if path is None else str(path)) from err
 
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:
@@ -134,8 +156,8 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
     try:
         Path(_temporary_beside(probe, ".tmp")).unlink()
     except OSError as err:
-        raise_if_disk_full(err, probe)
-        raise
+        raise_if_disk_full(err, None, existing)
+        raise OSError(err.errno, err.strerror, str(existing)) from err  # the folder, not the random probe file
     return folder
 
 
@@ -419,10 +441,21 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception] = FileExist
                 raise
             raise error(f"{str(out_dir)!r} was written by another process while this one staged its files (kept "
                         "none of them): give each its own folder") from err
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(made)
+        # a full disk names the folder asked for (and the file in it), not the hidden staging folder (gone now)
+        raise_if_disk_full(err, _as_written(err, staging, out_dir), out_dir)
         raise
+
+
+def _as_written(err: BaseException, staging: Path, out_dir: Path) -> Path | None:
+    """The file of ``out_dir`` that ``err`` names in ``staging`` (as the failed write named it), if any."""
+    for seen in exception_chain(err):
+        name = getattr(seen, "filename", None)
+        if isinstance(name, str) and Path(name) != staging and Path(name).is_relative_to(staging):
+            return out_dir / Path(name).relative_to(staging)
+    return None
 
 
 def _new_hidden_sibling(out_dir: Path) -> Path:

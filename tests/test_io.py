@@ -137,3 +137,67 @@ def test_a_staged_folder_gets_the_usual_permissions_and_leaves_no_folder_it_made
         pass
     assert raised.value.filename == str(tmp_path / "c" / "export")  # the folder asked for, not the hidden sibling
     assert not (tmp_path / "c").exists()
+
+
+def _rust_io_error(code: int) -> Exception:
+    """What safetensors raises on a full disk: not an ``OSError``, the errno only in its message."""
+    from safetensors import SafetensorError
+
+    reason = {28: "No space left on device", 27: "File too large"}[code]
+    return SafetensorError(f"Error while serializing: I/O error: {reason} (os error {code})")
+
+
+@pytest.mark.parametrize("raised", ["ENOSPC", "EFBIG", "safetensors ENOSPC", "safetensors EFBIG"])
+def test_a_full_disk_or_a_file_over_the_size_limit_names_the_folder(tmp_path, raised):
+    import errno
+
+    from ldrop._io import raise_if_disk_full
+
+    code = errno.EFBIG if raised.endswith("EFBIG") else errno.ENOSPC
+    err = _rust_io_error(code) if raised.startswith("safetensors") else OSError(code, "from the writer")
+    with pytest.raises(OSError) as named:
+        raise_if_disk_full(err, tmp_path / "model.safetensors")
+    says = (f"file too large for {tmp_path} (the file size limit, ulimit -f)" if code == errno.EFBIG
+            else f"no space left on {tmp_path}")
+    assert (named.value.errno, named.value.strerror, named.value.filename) == (code, says, str(tmp_path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("raised", ["onnx.save", "atomic write", "safetensors"])
+def test_a_full_disk_in_a_staged_folder_names_the_folder_asked_for_not_the_staging_one(tmp_path, monkeypatch, raised):
+    """onnx.save's OSError names no file; ldrop's atomic writes name the file in the (hidden, removed) staging
+    folder; safetensors' error is no OSError."""
+    import errno
+
+    import ldrop._io as io_module
+    from ldrop._io import staged_folder
+
+    def full(tmp, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_module, "_write_synced", full)
+    out = tmp_path / "d" / "model"
+    with pytest.raises(OSError) as named, staged_folder(out) as staging:
+        (staging / "config.json").write_text("{}")
+        if raised == "onnx.save":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if raised == "safetensors":
+            raise _rust_io_error(28)
+        io_module.atomic_write_files({staging / "ldrop_task_state.pt": b"state"})
+    assert named.value.strerror == f"no space left on {out}", named.value
+    assert named.value.filename == (str(out / "ldrop_task_state.pt") if raised == "atomic write" else None)
+    assert list(tmp_path.iterdir()) == []  # no staging folder, no parent it made
+
+
+def test_a_folder_that_cannot_be_written_is_named_not_the_probe_file(tmp_path, monkeypatch):
+    import errno
+
+    import ldrop._io as io_module
+    from ldrop._io import check_writable_folder
+
+    def read_only(path, suffix):  # as mkstemp fails: naming the random temporary
+        raise OSError(errno.EROFS, "Read-only file system", str(path.parent / f".{path.name}.pid1.x7k2{suffix}"))
+
+    monkeypatch.setattr(io_module, "_temporary_beside", read_only)
+    with pytest.raises(OSError) as named:
+        check_writable_folder(tmp_path / "new" / "sub")
+    assert (named.value.errno, named.value.filename) == (errno.EROFS, str(tmp_path))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -36,9 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         return 0
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from ldrop.cli.errors import user_error_line
+    from ldrop.cli.errors import quiet_kept_disk_errors, user_error_line
     from ldrop.cli.lightning import harmless_warnings, run_lightning, sigterm_stops, stop_signal
 
+    debug = os.environ.get("LDROP_DEBUG", "0") not in ("", "0")
+    thread_hook = threading.excepthook
+    if not debug:  # a full disk in TensorBoard's writer thread: the one line below, not that thread's traceback
+        threading.excepthook = quiet_kept_disk_errors(thread_hook)
     try:
         if args and args[0] in COMMANDS:
             with sigterm_stops():  # a staged export folder is removed, not left behind
@@ -54,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         return 128 + stop_signal()
     except Exception as err:
         line = user_error_line(err)
-        if line is None or os.environ.get("LDROP_DEBUG", "0") not in ("", "0"):
+        if line is None or debug:
             raise
         print(f"ldrop: error: {line} (LDROP_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
+    finally:
+        threading.excepthook = thread_hook

@@ -7,7 +7,6 @@ import ast
 import contextlib
 import dataclasses
 import difflib
-import errno
 import importlib
 import inspect
 import os
@@ -25,7 +24,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 import ldrop.data
 import ldrop.selectors
 import ldrop.tasks
-from ldrop._io import CheckpointError, exception_chain
+from ldrop._io import DISK_ERRNOS, CheckpointError, disk_errno, disk_error_message, exception_chain
 from ldrop._lightning import parser_actions
 from ldrop.data.audio import AudioReadError
 from ldrop.data.base import DatasetLayoutError
@@ -523,13 +522,32 @@ def checkpoint_folder_problem(path: str | os.PathLike, what: str) -> str | None:
 
 def os_error_line(err: OSError) -> str:
     """``"no space left on runs/ldrop (writing last.ckpt)"``, ``"Read-only file system: /mnt/x"``."""
-    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        reason = err.strerror if err.strerror and err.strerror.startswith("no space left") else (
-            f"no space left on {Path(err.filename).parent}" if err.filename else "no space left on the device")
+    if err.errno in DISK_ERRNOS:
+        if not err.filename and not _names_its_folder(err):  # a writer's that knew no path (a TensorBoard flush
+            # in Lightning's clean-up after ldrop named it): the one it was raised while handling, if that names one
+            err = next((e for e in exception_chain(err) if isinstance(e, OSError) and e.errno in DISK_ERRNOS and
+                        (e.filename or _names_its_folder(e))), err)
+        reason = err.strerror if _names_its_folder(err) else disk_error_message(
+            err.errno, Path(err.filename).parent if err.filename else None)
         return reason + (f" (writing {err.filename})" if err.filename else "")
     if err.strerror and err.filename:
         return f"{err.strerror}: {err.filename}"
     return str(err)
+
+
+def quiet_kept_disk_errors(original: Any) -> Any:
+    """A ``threading.excepthook`` that prints no traceback for a full disk in a thread that keeps its exception
+    for the thread it writes for (TensorBoard's event writer: its next write, flush or close raises it, which is
+    then reported as one line); anything else goes to ``original``."""
+    def hook(args: Any) -> None:
+        if getattr(args.thread, "exception", None) is not args.exc_value or disk_errno(args.exc_value) is None:
+            original(args)
+    return hook
+
+
+def _names_its_folder(err: OSError) -> bool:
+    """Whether ``err`` is one that :func:`~ldrop._io.raise_if_disk_full` made (its message names the folder)."""
+    return bool(err.strerror) and err.strerror.startswith(("no space left on ", "file too large for "))
 
 
 #: The fields of an AudioBatch a task reads: an AttributeError for one of them on another object is a batch of

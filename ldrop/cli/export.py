@@ -10,8 +10,14 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser
 
-from ldrop._io import check_new_folder
-from ldrop.cli.errors import ConfigError, checkpoint_folder_problem, command_parser, parse_command
+from ldrop._io import check_new_folder, check_writable_folder
+from ldrop.cli.errors import (
+    ConfigError,
+    checkpoint_folder_problem,
+    command_parser,
+    os_error_line,
+    parse_command,
+)
 from ldrop.runtime.checkpoints import (
     fit_on_run_validation_data,
     load_task_checkpoint,
@@ -92,7 +98,11 @@ def main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{'--quantize' if ns.quantize else '--no-check'} applies to --format onnx only")
     if ns.format == "hf" and (problem := checkpoint_folder_problem(ns.checkpoint, "CHECKPOINT")):
         raise ConfigError(problem)
-    check_new_folder(ns.out_dir, ConfigError)  # before the model is loaded and fitted
+    out_dir = check_new_folder(ns.out_dir, ConfigError)  # before the model is loaded and fitted
+    try:
+        check_writable_folder(out_dir.parent)  # where the export is staged
+    except OSError as err:
+        raise ConfigError(f"{str(out_dir)!r} cannot be made: {os_error_line(err)}") from err
     device = _fit_device(ns.device, ns.no_fit)
     if ns.format == "onnx":
         from ldrop.runtime.onnx_export import EXPORT_MODULES, export_onnx, load_task, require_onnx_extra

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ldrop._io import check_writable_folder
+from ldrop._io import check_writable_folder, raise_if_disk_full
 from ldrop._progress import Phase
 from ldrop.budgets import Target, budget_list
 from ldrop.budgets.profile import synchronize
@@ -228,8 +228,12 @@ class BudgetSweep(L.Callback):
                              f"{rows[0]['method']} under targets")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):  # the plots and the table beside the curves
-                add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=trainer.global_step,
-                                         higher_is_better=pl_module.higher_is_better)
+                try:
+                    add_sweep_to_tensorboard(logger.experiment, rows, usage, table, step=trainer.global_step,
+                                             higher_is_better=pl_module.higher_is_better)
+                except OSError as err:  # its writer thread's, which knows no path
+                    raise_if_disk_full(err, None, Path(logger.log_dir))
+                    raise
 
     @staticmethod
     def print_table(rows: list[dict[str, Any]], columns: list[str], method: str) -> None:

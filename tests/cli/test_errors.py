@@ -7,6 +7,7 @@ import errno
 import gc
 import hashlib
 import json
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -226,6 +227,99 @@ def test_a_real_full_disk_during_fit_says_no_space_left_on_the_folder(tmp_path, 
         assert not list((disk / "ckpt").iterdir())
 
 
+@pytest.mark.parametrize(("code", "filename", "says"), [
+    (errno.EFBIG, "/runs/x/last.ckpt", "file too large for /runs/x (the file size limit, ulimit -f) (writing /runs/x/last.ckpt)"),
+    (errno.EFBIG, None, "file too large (the file size limit, ulimit -f)"),
+    (errno.ENOSPC, "/runs/x/last.ckpt", "no space left on /runs/x (writing /runs/x/last.ckpt)"),
+    (errno.ENOSPC, None, "no space left on the device"),
+], ids=["EFBIG", "EFBIG-no-path", "ENOSPC", "ENOSPC-no-path"])
+def test_a_file_over_the_size_limit_is_a_disk_error_like_a_full_disk(code, filename, says):
+    from ldrop.cli.errors import os_error_line
+
+    assert os_error_line(OSError(code, os.strerror(code), filename)) == says
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG], ids=["ENOSPC", "EFBIG"])
+def test_a_full_disk_during_an_export_names_the_folder_in_one_line(trained, tmp_path, capsys, monkeypatch, code):
+    """safetensors' error on a full disk (or a file over ``ulimit -f``) is no OSError: its "(os error N)" is read."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    reason = {errno.ENOSPC: "No space left on device", errno.EFBIG: "File too large"}[code]
+
+    def full_disk_save(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"part of the weights")
+        raise SafetensorError(f"Error while serializing: I/O error: {reason} (os error {code})")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_disk_save)
+    out = tmp_path / "d" / "model"
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(out), "--no-fit"]) == 2
+    says = f"file too large for {out} (the file size limit, ulimit -f)" if code == errno.EFBIG else f"no space left on {out}"
+    assert one_error_line(capsys) == f"ldrop: error: {says} (LDROP_DEBUG=1 shows the traceback)"
+    assert list(tmp_path.iterdir()) == []  # no folder, no staging folder
+
+
+def test_a_full_disk_during_an_onnx_export_names_the_folder_in_one_line(trained, tmp_path, capsys, monkeypatch):
+    def full_disk_save(self, destination, *args, **kwargs):  # onnx.save's OSError names no file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", full_disk_save)
+    out = tmp_path / "onnx"
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(out), "--format", "onnx", "--no-fit"]) == 2
+    assert one_error_line(capsys) == f"ldrop: error: no space left on {out} (LDROP_DEBUG=1 shows the traceback)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_in_the_tensorboard_writer_names_the_log_folder_without_a_thread_traceback(trained, tmp_path, capsys,
+                                                                                                monkeypatch):
+    """TensorBoard writes in a thread of its own, which keeps the error for the next flush (and Lightning's
+    clean-up flushes again): one line naming the log folder, and no traceback of that thread."""
+    import threading
+
+    import tensorboard.summary.writer.record_writer as record_writer
+
+    import ldrop.sweeps.callback as callback
+
+    full, thread_errors = [], []
+    real_write, real_add = record_writer.RecordWriter.write, callback.add_sweep_to_tensorboard
+
+    def write(self, data):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, data)
+
+    def add_sweep(*args, **kwargs):  # the sweep's plots are what fill the disk
+        full.append(True)
+        real_add(*args, **kwargs)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    monkeypatch.setattr(callback, "add_sweep_to_tensorboard", add_sweep)
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    code = main(["test", "--config", QUICKSTART, *SMALL, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])
+    line = one_error_line(capsys)
+    log_dir = tmp_path / "logs" / "ldrop" / "version_0"
+    assert code == 2 and full and line == f"ldrop: error: no space left on {log_dir} (LDROP_DEBUG=1 shows the traceback)"
+    assert thread_errors == [] and threading.excepthook == thread_errors.append  # put back as it was
+
+
+def test_an_export_into_a_folder_that_cannot_be_written_fails_before_the_model_is_loaded(trained, tmp_path, capsys,
+                                                                                           monkeypatch):
+    import ldrop._io
+    import ldrop.cli.export
+
+    def read_only(path, suffix):
+        raise OSError(errno.EROFS, "Read-only file system", str(path.parent / f".{path.name}.pid1.x7k2{suffix}"))
+
+    monkeypatch.setattr(ldrop._io, "_temporary_beside", read_only)
+    monkeypatch.setattr(ldrop.cli.export, "load_task_checkpoint", lambda *a: pytest.fail("loaded before the check"))
+    (tmp_path / "ro").mkdir()
+    out = tmp_path / "ro" / "model"
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(out)]) == 2
+    assert one_error_line(capsys) == (f"ldrop: error: '{out}' cannot be made: Read-only file system: {tmp_path / 'ro'} "
+                                      "(LDROP_DEBUG=1 shows the traceback)")
+
+
 def test_a_read_only_predictions_output_fails_before_any_inference(trained, tmp_path, capsys, monkeypatch):
     from ldrop.tasks import LayerDropTask
 
@@ -237,6 +331,7 @@ def test_a_read_only_predictions_output_fails_before_any_inference(trained, tmp_
                      "--predictions.output", str(folder / "pred.jsonl")])
         line = one_error_line(capsys)
     assert code == 2 and line.startswith(f"ldrop: error: --predictions.output: cannot write {folder / 'pred.jsonl'}")
+    assert line.endswith(f": {folder} (LDROP_DEBUG=1 shows the traceback)"), line  # not the probe file in it
     assert not predicted
 
 
