@@ -586,9 +586,10 @@ class ProgressLines(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._due():
-            loss = trainer.callback_metrics.get("train/loss")
-            note(f"training: epoch {trainer.current_epoch}, step {trainer.global_step} of "
-                 f"{trainer.estimated_stepping_batches}" + (f", train/loss {float(loss):.4g}" if loss is not None else ""))
+            loss, total = trainer.callback_metrics.get("train/loss"), trainer.estimated_stepping_batches
+            note(f"training: epoch {trainer.current_epoch}, step {trainer.global_step}"
+                 + (f" of {total}" if math.isfinite(total) else "")  # inf: --trainer.max_epochs -1
+                 + (f", train/loss {float(loss):.4g}" if loss is not None else ""))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:

@@ -248,3 +248,22 @@ def test_persistent_workers_without_workers_is_refused_in_one_line(tmp_path, cap
                  "--data.init_args.persistent_workers", "true"]) == 2
     assert "persistent_workers=True needs num_workers > 0" in one_error_line(capsys)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_fit_without_a_set_length_needs_max_steps_for_its_schedule_or_trains_with_a_constant_one(tmp_path, capsys,
+                                                                                                      caplog):
+    """--trainer.max_epochs -1 without --trainer.max_steps: a raw OverflowError traceback (int(inf)) in
+    configure_optimizers, even with the constant schedule, which needs no length."""
+    from tests.cli.test_signals import _signal_at
+
+    endless = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "-1",
+               "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    assert main(endless) == 2
+    line = one_error_line(capsys)
+    assert "optimization.schedule 'linear' and warmup 0.05 (a fraction of all steps) need the fit's length" in line
+    assert "give --trainer.max_steps N" in line
+    constant = ["--model.init_args.optimization.schedule", "constant", "--model.init_args.optimization.warmup", "2"]
+    with caplog.at_level("WARNING"):
+        assert main([*endless, *constant, *_signal_at("train", 3)]) == 143  # trains until stopped
+    assert "InputConditionedSelector's training progress stays at 0" in caplog.text
+    assert "at step 3" in capsys.readouterr().err
