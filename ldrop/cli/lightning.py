@@ -280,7 +280,8 @@ class LdropCLI(CLISteps):
         trainer = config["trainer"]
         logger = trainer.get("logger")
         dirpath = config["checkpoint"].get("dirpath") if self.subcommand == "fit" else None
-        if self.subcommand == "fit" and (not logger or dirpath) and not trainer.get("fast_dev_run"):
+        if (self.subcommand == "fit" and (not logger or dirpath) and not trainer.get("fast_dev_run")
+                and trainer.get("enable_checkpointing") is not False):
             # without a logger every run shares one checkpoint folder: a new fit would overwrite the last one's
             root = Path(trainer.get("default_root_dir") or ".")
             folder = Path(dirpath or root / "checkpoints")
@@ -455,7 +456,8 @@ class LdropCLI(CLISteps):
                         f"arguments and --ckpt_path {path}")
             if trainer.global_step == 0:
                 return f"stopped by {name} before the first training step: nothing was trained, no checkpoint written"
-            reason = " (--checkpoint.save_last is false)" if checkpoint is not None and not checkpoint.save_last else ""
+            reason = (" (--trainer.enable_checkpointing is false)" if checkpoint is None and not trainer.checkpoint_callbacks
+                      else " (--checkpoint.save_last is false)" if checkpoint is not None and not checkpoint.save_last else "")
             return f"stopped by {name} {where}; no checkpoint was written{reason}"
         if not trainer.interrupted:
             return f"stopped by {name} as 'ldrop {subcommand}' ended; its outputs are complete"
@@ -522,6 +524,9 @@ class LdropCLI(CLISteps):
     def build_trainer(self, config: dict[str, Any], callbacks: list[Any]):
         # Rich progress bar and a learning-rate monitor by default, unless the user turned them off or chose
         # their own (a default callback list in trainer_defaults would be replaced by any user list).
+        if config.get("enable_checkpointing") is False:
+            # no checkpoints: without ldrop's checkpoint callback (Lightning refuses one with checkpointing off)
+            callbacks = [c for c in callbacks if not isinstance(c, TaskCheckpoint)]
         existing = [*callbacks, *(config.get("callbacks") or [])]
         bar = config.get("enable_progress_bar")
         if bar is None and not any(isinstance(c, ProgressBar) for c in existing):

@@ -267,3 +267,16 @@ def test_a_fit_without_a_set_length_needs_max_steps_for_its_schedule_or_trains_w
         assert main([*endless, *constant, *_signal_at("train", 3)]) == 143  # trains until stopped
     assert "InputConditionedSelector's training progress stays at 0" in caplog.text
     assert "at step 3" in capsys.readouterr().err
+
+
+def test_enable_checkpointing_false_fits_without_checkpoints_and_evaluates(tmp_path, capsys, trained):
+    """Refused with Lightning's "found ModelCheckpoint in callbacks list" (ldrop's own checkpoint callback), for
+    every subcommand."""
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.enable_checkpointing", "false",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "fit")]) == 0
+    assert not list((tmp_path / "fit").rglob("*.ckpt")) and "checkpoints written" not in capsys.readouterr().out
+    checkpoint = str(trained / "checkpoints" / "last.ckpt")
+    for command in ("validate", "test", "predict"):
+        extra = ["--sweep.headroom", "false"] if command == "test" else []
+        assert main([command, "--config", QUICKSTART, *SMALL, "--trainer.enable_checkpointing", "false", *extra,
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / command), "--ckpt_path", checkpoint]) == 0
