@@ -280,3 +280,38 @@ def test_enable_checkpointing_false_fits_without_checkpoints_and_evaluates(tmp_p
         extra = ["--sweep.headroom", "false"] if command == "test" else []
         assert main([command, "--config", QUICKSTART, *SMALL, "--trainer.enable_checkpointing", "false", *extra,
                      "--trainer.logger.init_args.save_dir", str(tmp_path / command), "--ckpt_path", checkpoint]) == 0
+
+
+@pytest.mark.parametrize("limit, batches, said", [
+    ([], 4, "(4 batches)"),
+    (["--trainer.fast_dev_run", "true"], 1, "(1 of 4 batches, --trainer.fast_dev_run)"),
+    (["--trainer.limit_val_batches", "2"], 2, "(2 of 4 batches, --trainer.limit_val_batches 2)"),
+    (["--trainer.limit_val_batches", "0.5"], 2, "(2 of 4 batches, --trainer.limit_val_batches 0.5)"),
+    (["--trainer.limit_val_batches", "0"], 0, None),
+], ids=["all", "fast_dev_run", "int", "fraction", "none"])
+def test_the_fit_on_validation_data_before_test_takes_the_batches_the_trainer_validates(
+        trained, tmp_path, caplog, monkeypatch, limit, batches, said):
+    """It took the whole validation split whatever --trainer.fast_dev_run or --trainer.limit_val_batches said (and so
+    did the sweep's validation headroom); its progress line now says how many batches."""
+    from ldrop.tasks import calibration
+
+    seen, fit = [], calibration.calibrate_on_batches
+
+    def counting(task, batches, budgets, **kwargs):
+        seen.append(sum(1 for _ in batches()))
+        return fit(task, batches, budgets, **kwargs)
+
+    monkeypatch.setattr(calibration, "calibrate_on_batches", counting)
+    headroom = ["--sweep.headroom", "true" if limit[:1] == ["--trainer.fast_dev_run"] else "false"]
+    with caplog.at_level("INFO"):
+        assert main(["test", "--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4", *limit, *headroom,
+                     "--trainer.logger.init_args.save_dir", str(tmp_path),
+                     "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")]) == 0
+    assert seen == ([batches] if batches else [])
+    if said is not None:
+        assert f"fitting InputConditionedSelector on validation data {said}: done in" in caplog.text
+    else:
+        assert ("no validation data to fit it on (--trainer.limit_val_batches 0: no validation batch): it runs "
+                "unfitted") in caplog.text
+    if headroom[1] == "true":
+        assert "headroom on the validation split (sweep.headroom: false skips it): 1/1 validation batch" in caplog.text

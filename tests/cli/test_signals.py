@@ -118,7 +118,7 @@ def test_sigterm_stops_ldrop_test_without_a_sweep(tmp_path, capsys, hook, sent):
     assert "no budget sweep was written" in _stop_line(err, sent)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no sweep file, and no empty run folder
     if hook == "test_start":  # the fit on validation data stopped at its first batch
-        assert "fitting InputConditionedSelector on validation data: done" not in err
+        assert "fitting InputConditionedSelector on validation data (4 batches): done" not in err
 
 
 @pytest.mark.parametrize("sent, code", [("SIGTERM", 143), ("SIGINT", 130)])
