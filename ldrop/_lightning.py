@@ -129,7 +129,15 @@ def parser_actions(parser: ArgumentParser) -> list[Any]:
 
 
 class CheckpointSteps(ModelCheckpoint):
-    """``ModelCheckpoint`` with its private steps under public names; override :meth:`write_last`."""
+    """``ModelCheckpoint`` with its private steps under public names; override :meth:`write_last` and
+    :meth:`on_written`."""
+
+    def on_written(self, trainer: L.Trainer, filepath: str) -> None:
+        """Called after each checkpoint file this callback writes."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.on_written(trainer, filepath)
 
     @property
     def every_n_train_steps(self) -> int:

@@ -35,7 +35,7 @@ def test_every_wrapped_private_name_exists_in_the_installed_versions(tmp_path):
         _require(seed, name, "lightning.fabric.utilities.seed")
     checkpoint = ModelCheckpoint(every_n_train_steps=1)
     for name in ("_every_n_train_steps", "_train_time_interval", "_last_time_checked", "_monitor_candidates",
-                 "_save_topk_checkpoint", "_save_last_checkpoint"):
+                 "_save_topk_checkpoint", "_save_last_checkpoint", "_save_checkpoint"):
         _require(checkpoint, name, "ModelCheckpoint")
     for name in ("_run_subcommand", "_instantiate_trainer"):
         _require(LightningCLI, name, "LightningCLI")
@@ -102,7 +102,7 @@ def test_random_states_round_trip_through_the_wrappers():
 
 def test_no_other_module_names_a_private_lightning_name():
     wrapped = ("_collect_rng_states", "_set_rng_states", "_every_n_train_steps", "_train_time_interval",
-               "_last_time_checked", "_monitor_candidates", "_save_topk_checkpoint", "_save_last_checkpoint",
+               "_last_time_checked", "_monitor_candidates", "_save_topk_checkpoint", "_save_last_checkpoint", "_save_checkpoint",
                "_run_subcommand", "_instantiate_trainer", "_combined_loader", "_load_state_dicts",
                "_subcommands_action", "_trainer", "_should_accumulate", "_signal_connector")
     pattern = re.compile(r"\b(" + "|".join(wrapped) + r")\b|from lightning[\w.]* import _")

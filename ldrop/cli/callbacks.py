@@ -103,6 +103,8 @@ class TaskCheckpoint(CheckpointSteps):
         self._resumed: tuple[int, Path, str] | None = None  # (step, file, run id) of the checkpoint a fit resumes from
         #: the checkpoint that holds the step a stopped (SIGTERM) fit reached, to resume from
         self.stop_checkpoint: Path | None = None
+        #: the checkpoint files this run wrote (in the order written; some may be replaced since)
+        self.written: list[Path] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if hasattr(pl_module, "metric_names"):
@@ -113,6 +115,7 @@ class TaskCheckpoint(CheckpointSteps):
                 self.mode, self.kth_value = mode, torch.tensor(float("inf") if mode == "min" else -float("inf"))
         super().setup(trainer, pl_module, stage)
         self._stage = stage
+        self.written = []
         self.run_id = uuid.uuid4().hex if stage == "fit" else None  # a resumed fit takes its checkpoint's
         if self.dirpath:
             # absolute: the state saved in a checkpoint then names the folder whatever the working directory
@@ -264,6 +267,9 @@ class TaskCheckpoint(CheckpointSteps):
             self.write_last(trainer, self.monitor_candidates(trainer))
         if trainer.global_step > 0 and self._last_saved_step == trainer.global_step and self.last_model_path:
             self.stop_checkpoint = Path(self.last_model_path)
+
+    def on_written(self, trainer: L.Trainer, filepath: str) -> None:
+        self.written.append(Path(filepath))
 
     def write_last(self, trainer, monitor_candidates) -> None:
         if self.save_last and not self.last_model_path:

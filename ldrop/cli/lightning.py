@@ -15,13 +15,14 @@ import sys
 import threading
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar, Timer
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -505,21 +506,33 @@ class LdropCLI(CLISteps):
 
     def after_fit(self) -> None:
         trainer = self.trainer
-        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if folder and trainer.is_global_zero and not trainer.fast_dev_run:
-            print(f"checkpoints written to {folder}")
+        checkpoint = next((c for c in trainer.callbacks if isinstance(c, TaskCheckpoint)), None)
+        if checkpoint is not None and checkpoint.written and trainer.is_global_zero:  # (none under fast_dev_run)
+            print(f"checkpoints written to {checkpoint.dirpath}")
         resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
         if (resume is not None and trainer.is_global_zero and trainer.global_step == resume.resumed_step
                 and not resume.validation_rerun):
-            print(f"the run was already complete at its checkpoint (epoch {trainer.current_epoch}, step "
-                  f"{trainer.global_step}; max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): "
-                  "nothing was trained; raise --trainer.max_epochs or --trainer.max_steps to train further")
+            timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+            remaining = timer.time_remaining() if timer is not None else None
+            where = f"at its checkpoint (epoch {trainer.current_epoch}, step {trainer.global_step}"
+            if remaining is not None and remaining <= 0:  # the restored Timer stopped it again at once
+                elapsed = timedelta(seconds=int(timer.time_elapsed()))
+                print(f"the run's --trainer.max_time {self._command_config()['trainer'].get('max_time')} had run out "
+                      f"{where}; {elapsed} trained): nothing was trained; raise --trainer.max_time to train further")
+            else:
+                print(f"the run was already complete {where}; max_epochs={trainer.max_epochs}, max_steps="
+                      f"{trainer.max_steps}): nothing was trained; raise --trainer.max_epochs or --trainer.max_steps "
+                      "to train further")
 
     def after_test(self) -> None:
-        sweep = self._command_config(True).get("sweep")
-        folder = sweep.folder(self.trainer) if sweep is not None else None
-        if folder and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
-            print(f"budget sweep written to {folder}")
+        sweep, trainer = self._command_config(True).get("sweep"), self.trainer
+        if sweep is None or not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        if sweep.rows:  # the sweep ran to its end, where it writes its files
+            print(f"budget sweep written to {sweep.folder(trainer)}")
+        else:
+            print("no test batch was scored" + (" (--trainer.limit_test_batches 0)" if trainer.limit_test_batches == 0
+                                                else "") + ": no budget sweep was written")
 
     def build_trainer(self, config: dict[str, Any], callbacks: list[Any]):
         # Rich progress bar and a learning-rate monitor by default, unless the user turned them off or chose
