@@ -526,10 +526,11 @@ class LdropCLI(CLISteps):
 
     def after_test(self) -> None:
         sweep, trainer = self._command_config(True).get("sweep"), self.trainer
-        if sweep is None or not trainer.is_global_zero or trainer.fast_dev_run:
+        folder = sweep.folder(trainer) if sweep is not None else None  # on every rank: log_dir is a collective
+        if folder is None or not trainer.is_global_zero or trainer.fast_dev_run:
             return
         if sweep.rows:  # the sweep ran to its end, where it writes its files
-            print(f"budget sweep written to {sweep.folder(trainer)}")
+            print(f"budget sweep written to {folder}")
         else:
             print("no test batch was scored" + (" (--trainer.limit_test_batches 0)" if trainer.limit_test_batches == 0
                                                 else "") + ": no budget sweep was written")
