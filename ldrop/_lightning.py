@@ -63,6 +63,19 @@ def validation_due(trainer: L.Trainer) -> bool:
     return trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
+def accumulating(trainer: L.Trainer) -> bool:
+    """Whether the training batch that is ending only accumulated its gradients (``accumulate_grad_batches``): the
+    optimizer steps at a later batch (asked in ``on_train_batch_end``, or in a validation that the fit loop runs
+    after it)."""
+    return trainer.fit_loop.epoch_loop._should_accumulate()
+
+
+def hold_stop(trainer: L.Trainer, held: bool) -> None:
+    """Clear (``held``) or set again the flag a SIGTERM set (``trainer.received_sigterm``), which Lightning's loops
+    stop at: a held stop is not seen until it is set again."""
+    trainer._signal_connector.received_sigterm = not held
+
+
 def log_train_step(trainer: L.Trainer) -> None:
     """Send the ending training step's logged metrics to the loggers (when ``log_every_n_steps`` says so), as the
     fit loop does after ``on_train_batch_end``: for a fit that stops inside that hook, whose resume does not train
@@ -116,7 +129,15 @@ def parser_actions(parser: ArgumentParser) -> list[Any]:
 
 
 class CheckpointSteps(ModelCheckpoint):
-    """``ModelCheckpoint`` with its private steps under public names; override :meth:`write_last`."""
+    """``ModelCheckpoint`` with its private steps under public names; override :meth:`write_last` and
+    :meth:`on_written`."""
+
+    def on_written(self, trainer: L.Trainer, filepath: str) -> None:
+        """Called after each checkpoint file this callback writes."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.on_written(trainer, filepath)
 
     @property
     def every_n_train_steps(self) -> int:

@@ -35,7 +35,7 @@ def test_every_wrapped_private_name_exists_in_the_installed_versions(tmp_path):
         _require(seed, name, "lightning.fabric.utilities.seed")
     checkpoint = ModelCheckpoint(every_n_train_steps=1)
     for name in ("_every_n_train_steps", "_train_time_interval", "_last_time_checked", "_monitor_candidates",
-                 "_save_topk_checkpoint", "_save_last_checkpoint"):
+                 "_save_topk_checkpoint", "_save_last_checkpoint", "_save_checkpoint"):
         _require(checkpoint, name, "ModelCheckpoint")
     for name in ("_run_subcommand", "_instantiate_trainer"):
         _require(LightningCLI, name, "LightningCLI")
@@ -45,6 +45,9 @@ def test_every_wrapped_private_name_exists_in_the_installed_versions(tmp_path):
     _require(trainer.fit_loop, "_combined_loader", "Trainer.fit_loop")
     _require(trainer.fit_loop, "_data_fetcher", "Trainer.fit_loop")
     _require(trainer.fit_loop.epoch_loop, "_should_check_val_fx", "Trainer.fit_loop.epoch_loop")
+    _require(trainer.fit_loop.epoch_loop, "_should_accumulate", "Trainer.fit_loop.epoch_loop")  # accumulating
+    _require(trainer, "_signal_connector", "Trainer")  # hold_stop
+    _require(trainer._signal_connector, "received_sigterm", "Trainer._signal_connector")
     _require(trainer, "_logger_connector", "Trainer")
     for name in ("on_batch_end", "update_train_step_metrics"):  # log_train_step
         _require(trainer._logger_connector, name, "Trainer._logger_connector")
@@ -81,6 +84,15 @@ def test_attached_trainer_is_none_detached_and_the_trainer_once_attached():
     assert _lightning.attached_trainer(module) is trainer
 
 
+def test_a_held_stop_is_not_seen_until_it_is_set_again():
+    trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False)
+    _lightning.hold_stop(trainer, False)
+    assert trainer.received_sigterm
+    _lightning.hold_stop(trainer, True)
+    assert not trainer.received_sigterm
+
+
 def test_random_states_round_trip_through_the_wrappers():
     states = _lightning.collect_rng_states(include_cuda=False)
     first = torch.rand(3)
@@ -90,9 +102,9 @@ def test_random_states_round_trip_through_the_wrappers():
 
 def test_no_other_module_names_a_private_lightning_name():
     wrapped = ("_collect_rng_states", "_set_rng_states", "_every_n_train_steps", "_train_time_interval",
-               "_last_time_checked", "_monitor_candidates", "_save_topk_checkpoint", "_save_last_checkpoint",
+               "_last_time_checked", "_monitor_candidates", "_save_topk_checkpoint", "_save_last_checkpoint", "_save_checkpoint",
                "_run_subcommand", "_instantiate_trainer", "_combined_loader", "_load_state_dicts",
-               "_subcommands_action", "_trainer")
+               "_subcommands_action", "_trainer", "_should_accumulate", "_signal_connector")
     pattern = re.compile(r"\b(" + "|".join(wrapped) + r")\b|from lightning[\w.]* import _")
     package = Path(ldrop.__file__).parent
     offenders = [f"{path.relative_to(package.parent)}:{number}"

@@ -37,7 +37,9 @@ from ldrop._io import (
 )
 from ldrop._lightning import (
     CheckpointSteps,
+    accumulating,
     collect_rng_states,
+    hold_stop,
     log_train_step,
     rerun_validation,
     restore_train_loader_states,
@@ -101,6 +103,8 @@ class TaskCheckpoint(CheckpointSteps):
         self._resumed: tuple[int, Path, str] | None = None  # (step, file, run id) of the checkpoint a fit resumes from
         #: the checkpoint that holds the step a stopped (SIGTERM) fit reached, to resume from
         self.stop_checkpoint: Path | None = None
+        #: the checkpoint files this run wrote (in the order written; some may be replaced since)
+        self.written: list[Path] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if hasattr(pl_module, "metric_names"):
@@ -111,6 +115,7 @@ class TaskCheckpoint(CheckpointSteps):
                 self.mode, self.kth_value = mode, torch.tensor(float("inf") if mode == "min" else -float("inf"))
         super().setup(trainer, pl_module, stage)
         self._stage = stage
+        self.written = []
         self.run_id = uuid.uuid4().hex if stage == "fit" else None  # a resumed fit takes its checkpoint's
         if self.dirpath:
             # absolute: the state saved in a checkpoint then names the folder whatever the working directory
@@ -263,6 +268,9 @@ class TaskCheckpoint(CheckpointSteps):
         if trainer.global_step > 0 and self._last_saved_step == trainer.global_step and self.last_model_path:
             self.stop_checkpoint = Path(self.last_model_path)
 
+    def on_written(self, trainer: L.Trainer, filepath: str) -> None:
+        self.written.append(Path(filepath))
+
     def write_last(self, trainer, monitor_candidates) -> None:
         if self.save_last and not self.last_model_path:
             # last.ckpt already in the folder (a resumed run that was copied or moved) is replaced, not kept
@@ -278,10 +286,13 @@ class StopOnSigterm(Callback):
     batch included, by raising Lightning's ``SIGTERMException`` (Lightning's evaluation loop lets the last batch
     finish, its prediction loop never stops); callbacks' ``on_exception`` then run as on any failure, so outputs
     stay complete or absent. In ``fit``, :class:`TaskCheckpoint` stops training steps (after writing
-    ``last.ckpt``), and this callback the validation passes."""
+    ``last.ckpt``), and this callback the validation passes.
+
+    In ``fit``, a stop between two batches whose gradients are accumulated is left to :class:`ExactResume`, which
+    holds it until the optimizer step."""
 
     def _stop(self, trainer: L.Trainer) -> None:
-        if trainer.received_sigterm:
+        if trainer.received_sigterm and not _accumulating_in_fit(trainer):
             raise SIGTERMException
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
@@ -317,6 +328,13 @@ class ExactResume(Callback):
     when the task asked for ``trainer.estimated_stepping_batches``. A checkpoint written before the validation due at
     its step completed (at the training batch's end, or stopped during the validation) says so, and the resumed fit
     runs that validation first, as the uninterrupted run did.
+
+    A stop (SIGTERM) that arrives while the training batches only accumulate gradients
+    (``--trainer.accumulate_grad_batches``), or during a validation run between two such batches, is held until the
+    batch that steps the optimizer (at the latest the epoch's last): a checkpoint written between the two would lose
+    the accumulated gradients, and its resume would differ from the uninterrupted run. (This callback's training
+    batch hook runs after the user's callbacks and before the checkpoint callbacks', which write ``last.ckpt`` at a
+    stop.)
     """
 
     KEY = "ldrop_rng_states"
@@ -332,15 +350,29 @@ class ExactResume(Callback):
         self.validation_pending = False
         #: the resumed fit ran the validation its checkpoint's step was due
         self.validation_rerun = False
+        #: a stop that arrived between two accumulated batches, held until the optimizer steps
+        self.stop_held = False
+
+    def _hold_stop(self, trainer: L.Trainer, held: bool) -> None:
+        self.stop_held = held
+        hold_stop(trainer, held)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.validation_pending = validation_due(trainer)  # before the checkpoint callbacks' hooks
+        # before the checkpoint callbacks' hooks
+        if trainer.received_sigterm or self.stop_held:
+            self._hold_stop(trainer, accumulating(trainer))  # released at the batch that steps the optimizer
+        self.validation_pending = validation_due(trainer)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.validation_pending = not trainer.sanity_checking
 
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.received_sigterm and _accumulating_in_fit(trainer):
+            self._hold_stop(trainer, True)  # the validation completes, and the training batches up to the step
+
     def on_validation_end(self, trainer, pl_module) -> None:
         self.validation_pending = False  # complete: the checkpoint callbacks write best-*.ckpt and last.ckpt next
+        self.on_validation_batch_end(trainer, pl_module, None, None, 0)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         states = collect_rng_states(include_cuda=torch.cuda.is_available())
@@ -361,7 +393,12 @@ class ExactResume(Callback):
         fit_loop_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         self._loader_states = fit_loop_state.get("combined_loader")
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.stop_held:  # the fit ended between two accumulated batches (a Timer, EarlyStopping): still a stop
+            self._hold_stop(trainer, False)
+
     def on_train_start(self, trainer, pl_module) -> None:
+        self.stop_held = False
         loader_states, self._loader_states = self._loader_states, None
         if loader_states:
             restore_train_loader_states(trainer, loader_states)  # before the first batch is drawn
@@ -378,6 +415,11 @@ class ExactResume(Callback):
         for name, generator in _module_generators(pl_module).items():
             if name in modules:
                 generator.set_state(modules[name])
+
+
+def _accumulating_in_fit(trainer: L.Trainer) -> bool:
+    """Fitting (past the sanity check), between two training batches whose gradients are accumulated."""
+    return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and accumulating(trainer)
 
 
 def _module_generators(module: torch.nn.Module) -> dict[str, torch.Generator]:
@@ -550,9 +592,10 @@ class ProgressLines(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._due():
-            loss = trainer.callback_metrics.get("train/loss")
-            note(f"training: epoch {trainer.current_epoch}, step {trainer.global_step} of "
-                 f"{trainer.estimated_stepping_batches}" + (f", train/loss {float(loss):.4g}" if loss is not None else ""))
+            loss, total = trainer.callback_metrics.get("train/loss"), trainer.estimated_stepping_batches
+            note(f"training: epoch {trainer.current_epoch}, step {trainer.global_step}"
+                 + (f" of {total}" if math.isfinite(total) else "")  # inf: --trainer.max_epochs -1
+                 + (f", train/loss {float(loss):.4g}" if loss is not None else ""))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:

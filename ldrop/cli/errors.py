@@ -554,6 +554,10 @@ def _names_its_folder(err: OSError) -> bool:
 #: the wrong type.
 BATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(AudioBatch))
 
+#: Lightning's ValueError for an int ``val_check_interval`` above an epoch's training batches.
+VAL_CHECK_INTERVAL = re.compile(r"`val_check_interval` \((\d+)\) must be less than or equal to the number of the "
+                                r"training batches \((\d+)\)")
+
 #: Exceptions ldrop raises for what a user can fix, printed as one line whatever raised them.
 USER_ERRORS = (ConfigError, CheckpointError, AudioReadError, IncompleteSweepError, FloatingPointError,
                MisconfigurationException, BatchTypeError, MissingExtraError)
@@ -611,6 +615,10 @@ def user_error_line(err: BaseException) -> str | None:
         return _first_line(err)
     if isinstance(err, RuntimeError) and str(err).startswith("Early stopping conditioned on metric"):
         return _first_line(err)  # a monitor the task does not log; Lightning lists those it does
+    if isinstance(err, ValueError) and (interval := VAL_CHECK_INTERVAL.search(str(err))):
+        return (f"--trainer.val_check_interval {interval[1]}: more than the {interval[2]} training batches of an "
+                f"epoch; give at most {interval[2]}, or --trainer.check_val_every_n_epoch null to count them across "
+                "epochs (--trainer.limit_val_batches 0 turns validation off)")
     return None
 
 

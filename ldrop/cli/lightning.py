@@ -15,13 +15,14 @@ import sys
 import threading
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar, Timer
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -280,7 +281,8 @@ class LdropCLI(CLISteps):
         trainer = config["trainer"]
         logger = trainer.get("logger")
         dirpath = config["checkpoint"].get("dirpath") if self.subcommand == "fit" else None
-        if self.subcommand == "fit" and (not logger or dirpath) and not trainer.get("fast_dev_run"):
+        if (self.subcommand == "fit" and (not logger or dirpath) and not trainer.get("fast_dev_run")
+                and trainer.get("enable_checkpointing") is not False):
             # without a logger every run shares one checkpoint folder: a new fit would overwrite the last one's
             root = Path(trainer.get("default_root_dir") or ".")
             folder = Path(dirpath or root / "checkpoints")
@@ -455,7 +457,8 @@ class LdropCLI(CLISteps):
                         f"arguments and --ckpt_path {path}")
             if trainer.global_step == 0:
                 return f"stopped by {name} before the first training step: nothing was trained, no checkpoint written"
-            reason = " (--checkpoint.save_last is false)" if checkpoint is not None and not checkpoint.save_last else ""
+            reason = (" (--trainer.enable_checkpointing is false)" if checkpoint is None and not trainer.checkpoint_callbacks
+                      else " (--checkpoint.save_last is false)" if checkpoint is not None and not checkpoint.save_last else "")
             return f"stopped by {name} {where}; no checkpoint was written{reason}"
         if not trainer.interrupted:
             return f"stopped by {name} as 'ldrop {subcommand}' ended; its outputs are complete"
@@ -503,25 +506,41 @@ class LdropCLI(CLISteps):
 
     def after_fit(self) -> None:
         trainer = self.trainer
-        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if folder and trainer.is_global_zero and not trainer.fast_dev_run:
-            print(f"checkpoints written to {folder}")
+        checkpoint = next((c for c in trainer.callbacks if isinstance(c, TaskCheckpoint)), None)
+        if checkpoint is not None and checkpoint.written and trainer.is_global_zero:  # (none under fast_dev_run)
+            print(f"checkpoints written to {checkpoint.dirpath}")
         resume = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
         if (resume is not None and trainer.is_global_zero and trainer.global_step == resume.resumed_step
                 and not resume.validation_rerun):
-            print(f"the run was already complete at its checkpoint (epoch {trainer.current_epoch}, step "
-                  f"{trainer.global_step}; max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}): "
-                  "nothing was trained; raise --trainer.max_epochs or --trainer.max_steps to train further")
+            timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+            remaining = timer.time_remaining() if timer is not None else None
+            where = f"at its checkpoint (epoch {trainer.current_epoch}, step {trainer.global_step}"
+            if remaining is not None and remaining <= 0:  # the restored Timer stopped it again at once
+                elapsed = timedelta(seconds=int(timer.time_elapsed()))
+                print(f"the run's --trainer.max_time {self._command_config()['trainer'].get('max_time')} had run out "
+                      f"{where}; {elapsed} trained): nothing was trained; raise --trainer.max_time to train further")
+            else:
+                print(f"the run was already complete {where}; max_epochs={trainer.max_epochs}, max_steps="
+                      f"{trainer.max_steps}): nothing was trained; raise --trainer.max_epochs or --trainer.max_steps "
+                      "to train further")
 
     def after_test(self) -> None:
-        sweep = self._command_config(True).get("sweep")
-        folder = sweep.folder(self.trainer) if sweep is not None else None
-        if folder and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+        sweep, trainer = self._command_config(True).get("sweep"), self.trainer
+        folder = sweep.folder(trainer) if sweep is not None else None  # on every rank: log_dir is a collective
+        if folder is None or not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        if sweep.rows:  # the sweep ran to its end, where it writes its files
             print(f"budget sweep written to {folder}")
+        else:
+            print("no test batch was scored" + (" (--trainer.limit_test_batches 0)" if trainer.limit_test_batches == 0
+                                                else "") + ": no budget sweep was written")
 
     def build_trainer(self, config: dict[str, Any], callbacks: list[Any]):
         # Rich progress bar and a learning-rate monitor by default, unless the user turned them off or chose
         # their own (a default callback list in trainer_defaults would be replaced by any user list).
+        if config.get("enable_checkpointing") is False:
+            # no checkpoints: without ldrop's checkpoint callback (Lightning refuses one with checkpointing off)
+            callbacks = [c for c in callbacks if not isinstance(c, TaskCheckpoint)]
         existing = [*callbacks, *(config.get("callbacks") or [])]
         bar = config.get("enable_progress_bar")
         if bar is None and not any(isinstance(c, ProgressBar) for c in existing):

@@ -21,7 +21,7 @@ from ldrop._progress import Phase, heartbeat
 from ldrop.selectors.candidates import candidate_masks
 from ldrop.sweeps.paired import depth_oracle_metric, metric_from_errors
 from ldrop.sweeps.scorers import Scorer, SweepBatch, _sum, fixed_item_errors
-from ldrop.tasks.calibration import validation_datamodule
+from ldrop.tasks.calibration import validation_datamodule, validation_limit
 from ldrop.tasks.precision import precision_context, to_model_precision
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,15 @@ class HeadroomScorer(Scorer):
             return
         datamodule.setup("validate")
         loader = datamodule.val_dataloader()
-        total = len(loader) if hasattr(loader, "__len__") else None
+        count, _ = validation_limit(trainer, loader)  # as many batches as the trainer validates
+        if count == 0:
+            log.warning("headroom: --trainer.limit_val_batches %s: scored on the test split only, without the *_val "
+                        "columns", trainer.limit_val_batches)
+            return
+        total = count if count is not None else len(loader) if hasattr(loader, "__len__") else None
         with Phase("headroom on the validation split (sweep.headroom: false skips it)", total=total,
                    unit="validation batch") as phase:
-            for batch_idx, batch in enumerate(loader):
+            for batch_idx, batch in enumerate(itertools.islice(loader, count)):
                 batch = to_model_precision(task, task.transfer_batch_to_device(batch, task.device, 0))
                 with precision_context(task):
                     encoded = task.encode(batch.waveforms, batch.lengths)

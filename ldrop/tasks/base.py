@@ -247,8 +247,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.selector is not None and self.trainer is not None:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            self.selector.set_progress(min(1.0, self.global_step / total))
+            self.selector.set_progress(min(1.0, self.global_step / training.fit_steps(self)))
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any] | Tensor | None:
         """``{"loss": loss, "encoded": encoded batch}``: callbacks read ``outputs["encoded"]`` (the selector's
@@ -275,8 +274,7 @@ class LayerDropTask(PredictionMixin, GatingMixin, L.LightningModule, ABC):
     def configure_optimizers(self):
         """AdamW with three groups: backbone (``lr``), selector (``selector_lr``) and every other trainable
         parameter (``head_lr``: the head(s) and any module a subclass adds), then the warm-up/decay schedule."""
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if attached_trainer(self) is not None else 1
-        return self.optimization.configure(self, self.backbone, self.selector, total)
+        return self.optimization.configure(self, self.backbone, self.selector, training.optimizer_steps(self))
 
     # ------------------------------------------------------------------ validation
     def configure_callbacks(self) -> list[L.Callback]:

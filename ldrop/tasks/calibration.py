@@ -38,10 +38,11 @@ def stop_if_sigterm(task: LayerDropTask) -> None:
 
 @torch.no_grad()
 def calibrate_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any]], budgets: Sequence[int],
-                   at_validation: bool = False) -> None:
+                   at_validation: bool = False, source: str = "validation data") -> None:
     """Fit the task's depth policy for ``budgets`` on ``batches()`` (a fresh iterable per call).
     ``at_validation``: before a validation pass in training, only what refits each validation (a selector's
-    ``calibrates_at_validation``); such a fit does not count for evaluation."""
+    ``calibrates_at_validation``); such a fit does not count for evaluation. ``source``: what the progress lines
+    say the batches are."""
     budgets = [int(k) for k in budgets]
     if at_validation:
         task.calibrated_budgets.clear()
@@ -50,7 +51,7 @@ def calibrate_on_batches(task: LayerDropTask, batches: Callable[[], Iterable[Any
         return
     # Before each validation pass in training it is one quick calibration: no lines; before test and
     # predict it can take minutes (several passes per budget, a greedy search): progress lines.
-    phase = Phase(f"fitting {policy} on validation data", unit="validation batch") if not at_validation else None
+    phase = Phase(f"fitting {policy} on {source}", unit="validation batch") if not at_validation else None
 
     def model_batches() -> Iterator[Any]:  # on the model's device, in the trainer's precision
         for batch in batches():
@@ -83,16 +84,43 @@ def validation_datamodule(trainer: L.Trainer | None) -> Any:
     return datamodule if has_validation_split(datamodule) else None
 
 
+def validation_limit(trainer: L.Trainer | None, loader: Any) -> tuple[int | None, str]:
+    """How many of ``loader``'s batches a pass over the validation split outside a fit takes (the fit before test
+    and predict, the sweep's validation headroom), as the trainer limits validation: ``--trainer.fast_dev_run`` (its
+    batches), ``--trainer.limit_val_batches`` (an int: that many; a float: that fraction of the loader's length, at
+    least one batch; 0: none). ``None``: all of them. Also how to say it: ``"4 batches"``, ``"2 of 20 batches
+    (--trainer.limit_val_batches 0.1)"``, ``""`` for all of a loader without a length."""
+    limit = getattr(trainer, "limit_val_batches", None)
+    limit = 1.0 if limit is None else limit
+    try:
+        length: int | None = len(loader)
+    except TypeError:  # an iterable loader
+        length = None
+    if limit == 0:
+        count = 0
+    elif isinstance(limit, int):
+        count = limit if length is None else min(limit, length)
+    else:  # a fraction; of a loader without a length: all of it (Lightning's loops refuse it there)
+        count = None if limit >= 1.0 or length is None else max(1, int(length * limit))
+    option = "--trainer.fast_dev_run" if getattr(trainer, "fast_dev_run", False) else f"--trainer.limit_val_batches {limit}"
+    if count is None or count == length:
+        return count, "" if length is None else f"{length} {'batch' if length == 1 else 'batches'}"
+    return count, f"{count} of {length if length is not None else 'its'} batches, {option}"
+
+
 def calibrate_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | None = None) -> None:
     """Fit what is not fitted yet for ``budgets`` (default: every ``k``) on the validation split of the
-    trainer's datamodule. Without one, state the model holds is used (a fit that only refines the selector is
+    trainer's datamodule, as many batches as the trainer validates (:func:`validation_limit`). Without one (or
+    with ``--trainer.limit_val_batches 0``), state the model holds is used (a fit that only refines the selector is
     skipped with a warning), else a RuntimeError says to call ``calibrate_on_dataloader`` first."""
     budgets = [int(k) for k in (range(1, task.num_layers + 1) if budgets is None else budgets)]
     missing = [k for k in budgets if k not in task.calibrated_budgets]
     policy = task.depth
     if not policy.needs_calibration() or not missing:
         return
-    datamodule = validation_datamodule(attached_trainer(task))
+    trainer = attached_trainer(task)
+    datamodule = validation_datamodule(trainer)
+    why, fix = "a trainer without a datamodule with a validation split", "pass datamodule=... to the trainer"
     if datamodule is not None:
         datamodule.setup("validate")
         loader = datamodule.val_dataloader()
@@ -101,24 +129,24 @@ def calibrate_on_validation_data(task: LayerDropTask, budgets: Sequence[int] | N
                 sampler.num_replicas, sampler.rank = 1, 0
                 if hasattr(sampler, "total_size"):  # torch's DistributedSampler sized itself for one shard
                     sampler.num_samples = sampler.total_size = len(sampler.dataset)
-        calibrate_on_batches(task, lambda: loader, missing)
-        if task.trainer.world_size > 1:  # then takes rank 0's fit: float noise cannot break a tie apart
-            fitted = task.trainer.strategy.broadcast({name: b.cpu() for name, b in task.named_buffers()})
-            task.load_state_dict(fitted, strict=False)
-        return
+        count, described = validation_limit(trainer, loader)
+        if count != 0:
+            calibrate_on_batches(task, lambda: itertools.islice(loader, count), missing,
+                                 source=f"validation data ({described})" if described else "validation data")
+            if task.trainer.world_size > 1:  # then takes rank 0's fit: float noise cannot break a tie apart
+                fitted = task.trainer.strategy.broadcast({name: b.cpu() for name, b in task.named_buffers()})
+                task.load_state_dict(fitted, strict=False)
+            return
+        why = f"--trainer.limit_val_batches {trainer.limit_val_batches}: no validation batch"
+        fix = "give --trainer.limit_val_batches at least one batch"
     if policy.calibrated_for(missing):
         return
     if policy.calibration_is_optional:
-        log.warning(
-            "%s: no validation data to fit it on (a trainer without a datamodule with a validation split): it "
-            "runs unfitted, as with fallback: false; to fit it, call model.calibrate_on_dataloader(val_loader) "
-            "first or pass a datamodule", policy)
+        log.warning("%s: no validation data to fit it on (%s): it runs unfitted, as with fallback: false; to fit it, "
+                    "call model.calibrate_on_dataloader(val_loader) first or %s", policy, why, fix)
         return
-    raise RuntimeError(
-        f"{policy} must be fitted on validation data before test and predict (budgets {missing}), and the trainer "
-        "has no datamodule with a validation split: call model.calibrate_on_dataloader(val_loader) first, or pass "
-        "datamodule=... to the trainer"
-    )
+    raise RuntimeError(f"{policy} must be fitted on validation data before test and predict (budgets {missing}), and "
+                       f"there is none ({why}): call model.calibrate_on_dataloader(val_loader) first, or {fix}")
 
 
 def calibrate_before_validation(task: LayerDropTask) -> None:

@@ -102,9 +102,13 @@ class OptimizerConfig:
                              f"in [0, 1]), got {self.warmup!r}")
 
     def configure(self, module: nn.Module, backbone: nn.Module, selector: nn.Module | None,
-                  total_steps: int) -> dict[str, Any]:
+                  total_steps: float) -> dict[str, Any]:
         """Lightning's ``configure_optimizers`` answer: three parameter groups (backbone, selector, the rest)
-        and the per-step warm-up/decay schedule over ``total_steps``."""
+        and the per-step warm-up/decay schedule over ``total_steps`` (``math.inf``: a fit without a set length, for
+        which only the ``constant`` schedule with a warm-up in steps works; else a ``ValueError`` naming
+        ``--trainer.max_steps``)."""
+        if math.isinf(total_steps):
+            self._check_open_ended()
         head_lr = self.lr if self.head_lr is None else self.head_lr  # 0 freezes, as the backbone's lr 0 does
         backbone_ids = {id(p) for p in backbone.parameters()}
         selector_ids = {id(p) for p in selector.parameters()} if selector is not None else set()
@@ -121,6 +125,17 @@ class OptimizerConfig:
         # schedules exactly (chained LinearLR multiplies per step and drifts), and tri_stage has no built-in.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(self.schedule, warmup_steps, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _check_open_ended(self) -> None:
+        fraction = isinstance(self.warmup, float) and self.warmup > 0
+        needs = [f"schedule {self.schedule!r}"] * (self.schedule != "constant")
+        needs += [f"warmup {self.warmup} (a fraction of all steps)"] * fraction
+        if needs:
+            fixes = ["--trainer.max_steps N (the optimizer steps)", *["schedule constant"] * (self.schedule != "constant"),
+                     *["a warmup in steps (an int)"] * fraction]
+            raise ValueError(f"optimization.{' and '.join(needs)} {'needs' if len(needs) == 1 else 'need'} the fit's "
+                             "length, which --trainer.max_epochs -1 without --trainer.max_steps leaves open: give "
+                             + ", or ".join(fixes))
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,21 @@ weights, and what keeps DDP's gradient all-reduce complete (empty batches, layer
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from ldrop._lightning import attached_trainer
 from ldrop.backbones import SpeechBackbone
+from ldrop.selectors import LayerSelector
 
 if TYPE_CHECKING:
     from ldrop.tasks.base import LayerDropTask
+
+log = logging.getLogger(__name__)
 
 
 def freeze_backbone(backbone: SpeechBackbone, freeze: str) -> None:
@@ -35,6 +41,27 @@ def check_fit_options(task: LayerDropTask) -> None:
     if diversity > 0 and not getattr(task.selector, "differentiable", True):
         raise ValueError(f"the selector's diversity_weight {diversity} does nothing with objective 'counterfactual', "
                          "which has no relaxed mask: set it to 0 or use objective 'both'")
+
+
+def fit_steps(task: LayerDropTask) -> float:
+    """The fit's optimizer steps (Lightning's estimate, at least 1; 1 without a trainer), ``math.inf`` for a fit
+    without a set length (``--trainer.max_epochs -1`` and no ``--trainer.max_steps``)."""
+    trainer = attached_trainer(task)
+    total = trainer.estimated_stepping_batches if trainer is not None else 1
+    return max(1, int(total)) if math.isfinite(total) else math.inf
+
+
+def optimizer_steps(task: LayerDropTask) -> float:
+    """:func:`fit_steps`, for the learning-rate schedule (which refuses a fit without a set length unless it needs
+    none); a selector whose training progress (its temperature annealing) needs the length then stays at its start,
+    and a warning says so."""
+    total = fit_steps(task)
+    if math.isinf(total) and task.selector is not None and (
+            type(task.selector).set_progress is not LayerSelector.set_progress):
+        log.warning("the fit has no set length (--trainer.max_epochs -1 without --trainer.max_steps): %s's training "
+                    "progress stays at 0 (its temperature is not annealed); give --trainer.max_steps to anneal it",
+                    type(task.selector).__name__)
+    return total
 
 
 def check_finite_loss(task: LayerDropTask, loss: Tensor, losses: dict[str, Tensor], batch: Any) -> None:

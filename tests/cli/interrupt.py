@@ -74,7 +74,8 @@ class SaveSelectorStatistics(Callback):
 class SignalAt(Callback):
     """Sends its own process ``signal`` (default SIGTERM) once, at ``hook``: ``test_start`` (before the budget
     sweep's own ``on_test_start``), or ``train``, ``validation``, ``test``, ``predict``: at the end of that batch,
-    the training one at global step ``step``, the others at batch ``step``; never in the sanity check. The
+    the training one at global step ``step``, the others at batch ``step``; ``train_batch``: at the end of the training
+    batch ``step`` (of the epoch: one that only accumulates gradients too); never in the sanity check. The
     trainer's run has installed Lightning's SIGTERM handler by then, so an in-process test is not killed."""
 
     def __init__(self, hook: str, step: int = 0, signal: str = "SIGTERM") -> None:
@@ -94,6 +95,7 @@ class SignalAt(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._send("train", trainer.global_step, trainer)
+        self._send("train_batch", batch_idx, trainer)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._send("validation", batch_idx, trainer)

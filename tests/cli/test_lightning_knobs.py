@@ -104,6 +104,16 @@ def test_early_stopping_on_a_metric_the_task_does_not_log_is_one_line_listing_th
     assert "`train/loss`" in line  # Lightning's list of the metrics logged
 
 
+def test_a_val_check_interval_above_an_epochs_batches_is_one_line(tmp_path, capsys):
+    """A raw ValueError traceback from Lightning (via estimated_stepping_batches in configure_optimizers)."""
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "1", "--trainer.val_check_interval",
+                 "3", "--trainer.logger.init_args.save_dir", str(tmp_path)]) == 2  # 32 clips in batches of 16
+    assert one_error_line(capsys).startswith(
+        "ldrop: error: --trainer.val_check_interval 3: more than the 2 training batches of an epoch; give at most 2, "
+        "or --trainer.check_val_every_n_epoch null to count them across epochs (--trainer.limit_val_batches 0 turns "
+        "validation off)")
+
+
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_accumulate_grad_batches_below_one_is_refused_before_anything_is_built(tmp_path, capsys, value):
     assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
@@ -248,3 +258,111 @@ def test_persistent_workers_without_workers_is_refused_in_one_line(tmp_path, cap
                  "--data.init_args.persistent_workers", "true"]) == 2
     assert "persistent_workers=True needs num_workers > 0" in one_error_line(capsys)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_fit_without_a_set_length_needs_max_steps_for_its_schedule_or_trains_with_a_constant_one(tmp_path, capsys,
+                                                                                                      caplog):
+    """--trainer.max_epochs -1 without --trainer.max_steps: a raw OverflowError traceback (int(inf)) in
+    configure_optimizers, even with the constant schedule, which needs no length."""
+    from tests.cli.test_signals import _signal_at
+
+    endless = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "-1",
+               "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    assert main(endless) == 2
+    line = one_error_line(capsys)
+    assert "optimization.schedule 'linear' and warmup 0.05 (a fraction of all steps) need the fit's length" in line
+    assert "give --trainer.max_steps N" in line
+    constant = ["--model.init_args.optimization.schedule", "constant", "--model.init_args.optimization.warmup", "2"]
+    with caplog.at_level("WARNING"):
+        assert main([*endless, *constant, *_signal_at("train", 3)]) == 143  # trains until stopped
+    assert "InputConditionedSelector's training progress stays at 0" in caplog.text
+    assert "at step 3" in capsys.readouterr().err
+
+
+def test_enable_checkpointing_false_fits_without_checkpoints_and_evaluates(tmp_path, capsys, trained):
+    """Refused with Lightning's "found ModelCheckpoint in callbacks list" (ldrop's own checkpoint callback), for
+    every subcommand."""
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.enable_checkpointing", "false",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "fit")]) == 0
+    assert not list((tmp_path / "fit").rglob("*.ckpt")) and "checkpoints written" not in capsys.readouterr().out
+    checkpoint = str(trained / "checkpoints" / "last.ckpt")
+    for command in ("validate", "test", "predict"):
+        extra = ["--sweep.headroom", "false"] if command == "test" else []
+        assert main([command, "--config", QUICKSTART, *SMALL, "--trainer.enable_checkpointing", "false", *extra,
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / command), "--ckpt_path", checkpoint]) == 0
+
+
+@pytest.mark.parametrize("limit, batches, said", [
+    ([], 4, "(4 batches)"),
+    (["--trainer.fast_dev_run", "true"], 1, "(1 of 4 batches, --trainer.fast_dev_run)"),
+    (["--trainer.limit_val_batches", "2"], 2, "(2 of 4 batches, --trainer.limit_val_batches 2)"),
+    (["--trainer.limit_val_batches", "0.5"], 2, "(2 of 4 batches, --trainer.limit_val_batches 0.5)"),
+    (["--trainer.limit_val_batches", "0"], 0, None),
+], ids=["all", "fast_dev_run", "int", "fraction", "none"])
+def test_the_fit_on_validation_data_before_test_takes_the_batches_the_trainer_validates(
+        trained, tmp_path, caplog, monkeypatch, limit, batches, said):
+    """It took the whole validation split whatever --trainer.fast_dev_run or --trainer.limit_val_batches said (and so
+    did the sweep's validation headroom); its progress line now says how many batches."""
+    from ldrop.tasks import calibration
+
+    seen, fit = [], calibration.calibrate_on_batches
+
+    def counting(task, batches, budgets, **kwargs):
+        seen.append(sum(1 for _ in batches()))
+        return fit(task, batches, budgets, **kwargs)
+
+    monkeypatch.setattr(calibration, "calibrate_on_batches", counting)
+    headroom = ["--sweep.headroom", "true" if limit[:1] == ["--trainer.fast_dev_run"] else "false"]
+    with caplog.at_level("INFO"):
+        assert main(["test", "--config", QUICKSTART, *SMALL, "--data.init_args.batch_size", "4", *limit, *headroom,
+                     "--trainer.logger.init_args.save_dir", str(tmp_path),
+                     "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")]) == 0
+    assert seen == ([batches] if batches else [])
+    if said is not None:
+        assert f"fitting InputConditionedSelector on validation data {said}: done in" in caplog.text
+    else:
+        assert ("no validation data to fit it on (--trainer.limit_val_batches 0: no validation batch): it runs "
+                "unfitted") in caplog.text
+    if headroom[1] == "true":
+        assert "headroom on the validation split (sweep.headroom: false skips it): 1/1 validation batch" in caplog.text
+
+
+@pytest.mark.parametrize("extra", [["--trainer.max_steps", "0"], ["--trainer.limit_train_batches", "0"],
+                                   ["--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false"]],
+                         ids=["max_steps-0", "limit_train_batches-0", "save-nothing"])
+def test_a_fit_that_writes_no_checkpoint_does_not_say_it_wrote_some(tmp_path, capsys, extra):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger.init_args.save_dir", str(tmp_path),
+                 *extra]) == 0
+    assert not list(tmp_path.rglob("*.ckpt"))
+    assert "checkpoints written" not in capsys.readouterr().out
+
+
+def test_the_checkpoints_line_names_ldrops_folder_not_an_extra_model_checkpoints(tmp_path, capsys):
+    assert main(["fit", "--config", QUICKSTART, *SMALL, *TINY_RUN, "--trainer.logger.init_args.save_dir",
+                 str(tmp_path / "runs"), "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath",
+                 str(tmp_path / "extra")]) == 0
+    assert list((tmp_path / "extra").glob("*.ckpt"))
+    assert f"checkpoints written to {tmp_path / 'runs' / 'ldrop' / 'version_0' / 'checkpoints'}\n" in capsys.readouterr().out
+
+
+def test_a_test_that_scores_no_batch_says_no_sweep_was_written(trained, tmp_path, capsys):
+    assert main(["test", "--config", QUICKSTART, *SMALL, "--trainer.limit_test_batches", "0",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path),
+                 "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert "budget sweep written" not in out and not list(tmp_path.rglob("budget_sweep*"))
+    assert "no test batch was scored (--trainer.limit_test_batches 0): no budget sweep was written" in out
+
+
+def test_resuming_a_run_that_max_time_stopped_names_max_time(tmp_path, capsys):
+    """The restored Timer stops the resumed run at once, and the line said "raise --trainer.max_epochs or
+    --trainer.max_steps", which would train nothing either."""
+    argv = ["fit", "--config", QUICKSTART, *SMALL, "--trainer.max_epochs", "1000", "--trainer.max_time", "00:00:00:01",
+            "--trainer.limit_val_batches", "0", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    assert main(argv) == 0
+    last = tmp_path / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    assert main([*argv, "--ckpt_path", str(last)]) == 0
+    out = capsys.readouterr().out
+    assert "the run's --trainer.max_time 00:00:00:01 had run out at its checkpoint (epoch " in out
+    assert "raise --trainer.max_time to train further" in out and "max_epochs" not in out

@@ -118,7 +118,7 @@ def test_sigterm_stops_ldrop_test_without_a_sweep(tmp_path, capsys, hook, sent):
     assert "no budget sweep was written" in _stop_line(err, sent)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no sweep file, and no empty run folder
     if hook == "test_start":  # the fit on validation data stopped at its first batch
-        assert "fitting InputConditionedSelector on validation data: done" not in err
+        assert "fitting InputConditionedSelector on validation data (4 batches): done" not in err
 
 
 @pytest.mark.parametrize("sent, code", [("SIGTERM", 143), ("SIGINT", 130)])
@@ -140,3 +140,31 @@ def test_sigterm_stops_ldrop_validate(tmp_path, capsys):
                  *_signal_at("validation", 0)])
     assert code == 143
     assert "during 'ldrop validate'" in _stop_line(capsys.readouterr().err)
+
+
+# gradients summed over 2 batches: 4 optimizer steps (after batches 1, 3, 5, 7); a validation after batch 2 (between
+# two accumulated batches) with --trainer.val_check_interval 3
+ACCUMULATE = [*FIT, "--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "3"]
+
+
+@pytest.fixture(scope="module")
+def accumulated(tmp_path_factory) -> Path:
+    save_dir = tmp_path_factory.mktemp("accumulated")
+    assert main([*ACCUMULATE, "--trainer.logger.init_args.save_dir", str(save_dir)]) == 0
+    return save_dir / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("hook", ["train_batch", "validation"], ids=["accumulated-batch", "validation-in-between"])
+def test_a_stop_between_accumulated_batches_waits_for_the_optimizer_step_and_resumes_exactly(accumulated, tmp_path,
+                                                                                              capsys, hook):
+    """Stopped after batch 2, whose gradients were only accumulated: last.ckpt was written there and its resume
+    lost them (105 tensors differed from the uninterrupted run). The stop now waits for the step after batch 3."""
+    save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    assert main([*ACCUMULATE, *save_dir, *_signal_at(hook, 2 if hook == "train_batch" else 0)]) == 143
+    last = tmp_path / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+    assert "at step 2" in _stop_line(capsys.readouterr().err)
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    assert main([*ACCUMULATE, *save_dir, "--ckpt_path", str(last)]) == 0
+    expected, resumed = _weights(accumulated), _weights(last)
+    different = [name for name in expected if not _identical(expected[name], resumed[name])]
+    assert expected.keys() == resumed.keys() and not different, f"{len(different)} tensors differ, e.g. {different[:3]}"

@@ -66,9 +66,9 @@ def test_the_validation_fit_reads_the_whole_split_when_the_users_loader_shards_i
     seen = []
     fit = calibration.calibrate_on_batches
 
-    def counting(task, batches, budgets):
+    def counting(task, batches, budgets, **kwargs):
         seen.append(sum(len(batch) for batch in batches()))
-        return fit(task, batches, budgets)
+        return fit(task, batches, budgets, **kwargs)
 
     monkeypatch.setattr(calibration, "calibrate_on_batches", counting)
     data = ShardedValidation(num_classes=4, num_train=8, num_val=10, num_test=4, batch_size=4,
