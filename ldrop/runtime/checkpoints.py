@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import tempfile
+import types
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from ldrop._io import CheckpointError, exception_chain, load_checkpoint_file
 from ldrop.backbones import backbone_problem
 from ldrop.tasks import LayerDropTask
-from ldrop.tasks.calibration import has_validation_split
+from ldrop.tasks.calibration import has_validation_split, validation_limit
 from ldrop.tasks.checkpointing import BACKBONE_FILES_KEY, EXPORT_STATE_FILE
 from ldrop.tasks.uncalibrated import (  # noqa: F401 - the warning and its check, ldrop.runtime's names
     UncalibratedSelectorWarning,
@@ -293,9 +294,17 @@ def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
     if not has_validation_split(datamodule):
         raise ValueError(f"{config}: its datamodule has no validation split to fit {depth} on")
     datamodule.setup("validate")
-    say(f"fitting {depth} on the validation split of {type(datamodule).__name__} ({config}), as 'ldrop test' "
-        "and 'ldrop predict' do")
-    model.calibrate_on_dataloader(datamodule.val_dataloader())
+    loader = datamodule.val_dataloader()
+    # as many batches as 'ldrop test' and 'ldrop predict' with this config take: its trainer's limit_val_batches
+    trainer = read_config_file(config).get("trainer")
+    limit = trainer.get("limit_val_batches") if isinstance(trainer, Mapping) else None
+    count, described = validation_limit(types.SimpleNamespace(limit_val_batches=limit), loader)
+    if count == 0:
+        raise ValueError(f"{config}: its trainer.limit_val_batches is 0, which leaves no validation batch to fit "
+                         f"{depth} on: give --no-fit to export its unfitted decisions")
+    say(f"fitting {depth} on the validation split of {type(datamodule).__name__} ({config}"
+        f"{'; ' + described if described else ''}), as 'ldrop test' and 'ldrop predict' do")
+    model.calibrate_on_dataloader(loader, max_batches=count)
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -497,3 +498,29 @@ def test_an_export_device_past_the_last_gpu_is_one_line(trained, tmp_path, capsy
     monkeypatch.setattr(export.torch.cuda, "device_count", lambda: 2)
     assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(tmp_path / "out"), "--device", "cuda:2"]) == 2
     assert "--device cuda:2: there are 2 CUDA devices (cuda:0 ...)" in capsys.readouterr().err
+
+
+def test_exports_validation_fit_takes_the_batches_its_run_config_validates_as_predict_does(trained, tmp_path, capsys):
+    from ldrop.runtime import load_model
+    from ldrop.runtime.checkpoints import config_datamodule
+
+    # a run fitted with --trainer.limit_val_batches 1 (batches of 4): 'ldrop predict' with its config fits on one
+    config = tmp_path / "config.yaml"
+    settings = yaml.safe_load((trained / "config.yaml").read_text())
+    settings["trainer"]["limit_val_batches"], settings["data"]["init_args"]["batch_size"] = 1, 4
+    config.write_text(yaml.safe_dump(settings))
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    assert main(["export", str(checkpoint), str(tmp_path / "exported"), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"1 of [2-9] batches, --trainer.limit_val_batches 1\)", out), out
+    data = config_datamodule(config)
+    data.setup("validate")
+    one, every = load_model(checkpoint), load_model(checkpoint)
+    one.calibrate_on_dataloader(data.val_dataloader(), max_batches=1)
+    every.calibrate_on_dataloader(data.val_dataloader())
+    assert one.selector.report() != every.selector.report()  # one batch fits otherwise than all
+    assert load_model(tmp_path / "exported").selector.report() == one.selector.report()
+    settings["trainer"]["limit_val_batches"] = 0
+    config.write_text(yaml.safe_dump(settings))
+    assert main(["export", str(checkpoint), str(tmp_path / "none"), "--config", str(config)]) == 2
+    assert "limit_val_batches is 0" in capsys.readouterr().err and not (tmp_path / "none").exists()
