@@ -28,8 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     A failure a user can fix is printed as one ``ldrop: error: ...`` line with exit status 2
     (:func:`~ldrop.cli.errors.user_error_line`); ``LDROP_DEBUG=1`` raises it with the full traceback instead.
     SIGTERM or Ctrl+C (SIGINT) stops ``fit``/``validate``/``test``/``predict`` at the end of the batch, as one
-    ``ldrop: stopped by SIGTERM|SIGINT ...`` line with exit status 143 or 130; ``fit`` first writes ``last.ckpt`` at
-    the step reached. ldrop's own commands stop at once, their outputs absent.
+    ``ldrop: stopped by SIGTERM|SIGINT ...`` line with exit status 143 or 130 (SIGUSR1 under SLURM too: 138); ``fit``
+    first writes ``last.ckpt`` at the step reached. ldrop's own commands stop at once, their outputs absent.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("--version", "-V"):

@@ -13,7 +13,9 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import typing
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +23,11 @@ from typing import Any
 
 import yaml
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins.environments import (
+    ClusterEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar, Timer
 from lightning.pytorch.cli import LightningArgumentParser
@@ -129,6 +136,37 @@ def _checkpoint_keyword_line(keyword: str, trainer: Mapping[str, Any]) -> str:
     return (f"--ckpt_path {keyword}: a new 'ldrop' process tracks no checkpoints (Lightning's '{keyword}' is "
             f"one this process's own fit wrote); pass the file" + (
                 f": --ckpt_path {found}" if found else f" (no {pattern} under {', '.join(roots)})"))
+
+
+def under_slurm() -> bool:
+    """Whether Lightning takes this process for a SLURM task (``SLURMEnvironment.detect``: ``SLURM_NTASKS`` set, not
+    an interactive ``bash`` job), without its hint that ``srun`` was not used (Lightning's trainer gives that)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SLURMEnvironment.detect()
+
+
+def _hpc_checkpoint_line(trainer: Mapping[str, Any]) -> str | None:
+    """Under SLURM, Lightning restores the newest ``hpc_ckpt_N.ckpt`` in ``default_root_dir`` when no
+    ``--ckpt_path`` is given: what its auto-requeue saved on SIGUSR1 mid-step (another run's too, in a shared
+    folder). The line that refuses it, if there is one."""
+    root = trainer.get("default_root_dir") or "."
+    found = _newest([root], "hpc_ckpt_*.ckpt", deep=False) if under_slurm() else None
+    if found is None:
+        return None
+    return (f"{found}: without --ckpt_path Lightning would restore this SLURM auto-requeue checkpoint (saved mid-step: "
+            "not an exact resume; maybe another run's); pass --ckpt_path <run>/checkpoints/last.ckpt to resume exactly "
+            f"(or the checkpoint to use), --ckpt_path hpc to restore it anyway, or move it out of {root}")
+
+
+def _slurm_ntasks_line(err: RuntimeError) -> str | None:
+    """The line for Lightning's refusal of ``#SBATCH --ntasks=N`` without ``--ntasks-per-node`` (``None`` for any
+    other error)."""
+    found = re.match(r"You set `--ntasks=(\d+)` in your SLURM", str(err))
+    return None if found is None else (
+        f"SLURM's --ntasks={found[1]} without --ntasks-per-node: Lightning needs the tasks per node; use #SBATCH "
+        "--ntasks-per-node (one task per device: --trainer.devices) and --nodes (--trainer.num_nodes) instead, e.g. "
+        f"--nodes=1 --ntasks-per-node={found[1]}")
 
 
 def _check_yaml_files(argv: Sequence[str], options: Sequence[str] | None = None) -> None:
@@ -244,6 +282,8 @@ class LdropCLI(CLISteps):
         if ckpt_path in ("best", "last") or ckpt_path == "hpc" and not _newest(
                 [config["trainer"].get("default_root_dir") or "."], "hpc_ckpt_*.ckpt", deep=False):
             raise ConfigError(_checkpoint_keyword_line(ckpt_path, config["trainer"]))
+        if subcommand and ckpt_path is None and (line := _hpc_checkpoint_line(config["trainer"])):
+            raise ConfigError(line)  # Lightning would restore it, silently
         if ckpt_path and (problem := checkpoint_folder_problem(ckpt_path, "--ckpt_path")):
             raise ConfigError(problem)
         if ckpt_path and Path(ckpt_path).is_file():
@@ -338,6 +378,10 @@ class LdropCLI(CLISteps):
                 super().instantiate_classes()
             except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
                 raise InstantiationError(instantiation_error_line(err)) from err
+            except RuntimeError as err:  # only Lightning's refusal of SLURM's --ntasks without --ntasks-per-node
+                if (line := _slurm_ntasks_line(err)) is None:
+                    raise
+                raise InstantiationError(line) from err
         for key, value in built_from.items():  # the saved config and the logged hyper-parameters: as given
             self._model_args[key] = value
             if key in self.model.hparams:
@@ -567,7 +611,13 @@ class LdropCLI(CLISteps):
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             # Checkpoints are written to a temporary file and renamed: a crash never truncates one.
-            config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
+            plugins.append(AtomicCheckpointIO())
+        if under_slurm() and not TorchElasticEnvironment.detect() and not any(isinstance(p, ClusterEnvironment)
+                                                                              for p in plugins):
+            # SLURM without Lightning's auto-requeue: no hpc_ckpt_N.ckpt saved in the middle of a step and no
+            # 'scontrol requeue' on SIGUSR1, which stops the run as SIGTERM does (stop_signals: last.ckpt, exact)
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+        config = {**config, "plugins": plugins}
         # Without a logger every run writes its config to --trainer.default_root_dir: validate, test and predict
         # name theirs after themselves, so that fit's config.yaml (which 'ldrop export' reads) is never replaced.
         name = "config.yaml" if self.subcommand in (None, "fit") or config.get("logger") else f"{self.subcommand}_config.yaml"
@@ -576,8 +626,8 @@ class LdropCLI(CLISteps):
 
 
 class StoppedBySigterm(SIGTERMException):
-    """A run that SIGTERM (or SIGINT) stopped; ``line`` says where and what it left. Exit status 143 (128 + SIGTERM),
-    130 for SIGINT."""
+    """A run that a stop signal (:func:`stop_signals`) stopped; ``line`` says where and what it left. Exit status
+    128 + the signal: 143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1."""
 
     def __init__(self, line: str) -> None:
         super().__init__(128 + stop_signal())
@@ -588,20 +638,103 @@ _received: list[signal.Signals] = []  # the stop signals received in the current
 
 
 def stop_signal() -> signal.Signals:
-    """The signal that stopped the current ``ldrop`` command: SIGINT (Ctrl+C) if it came first, else SIGTERM."""
+    """The signal that stopped the current ``ldrop`` command: the first one received, else SIGTERM."""
     return _received[0] if _received else signal.SIGTERM
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop an ``ldrop`` command: SIGTERM, SIGINT (Ctrl+C) and, under SLURM, SIGUSR1 (``#SBATCH
+    --signal=USR1@90``; ldrop turns Lightning's auto-requeue off, see :meth:`LdropCLI.build_trainer`)."""
+    usr1 = getattr(signal, "SIGUSR1", None)
+    return (signal.SIGTERM, signal.SIGINT, *([usr1] if usr1 is not None and under_slurm() else []))
+
+
+#: Seconds a stop signal may go unhandled (the main thread waits in C code: a DDP start-up for ranks that never
+#: come) before a second stop signal ends the process at once; a handler run within ``_LAG`` of a signal's read
+#: (the watching thread may read it late) counts as handling it.
+FORCE_AFTER, _LAG = 3.0, 1.0
+_WATCH: list[int] = []  # the wakeup pipe's two ends while a sigterm_stops block watches it
+
+
+def _close_watch_in_child() -> None:
+    """In a forked child (a DataLoader worker): its signals are not the parent's stop signals."""
+    if _WATCH:
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        for fd in _WATCH:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _WATCH.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_watch_in_child)
+
+
+def _force_second_stop(fd: int, stops: Sequence[int], handled: list[float], done: list[bool]) -> None:
+    """Read the signal numbers Python's C-level handler writes to the wakeup pipe ``fd`` (even while the main thread
+    cannot run Python): a second stop signal after one the main thread left unhandled for :data:`FORCE_AFTER` s
+    (``handled[0]``: when it last ran the handler) ends the process at once with one line."""
+    pending: tuple[float, int] | None = None  # (when read, signal) of a stop signal not yet seen handled
+    while data := os.read(fd, 64):
+        for signum in data:
+            if signum not in stops:
+                continue
+            now = time.monotonic()
+            if pending is None or handled[0] >= pending[0] - _LAG:
+                pending = (now, signum)
+                continue
+            time.sleep(max(0.0, pending[0] + FORCE_AFTER - now))
+            if handled[0] < pending[0] - _LAG and not done[0]:
+                name = signal.Signals(pending[1]).name
+                os.write(2, f"ldrop: stopped by {name} at once: a second stop signal came while the first went "
+                            f"unhandled for {FORCE_AFTER:g} s (the process waited in C code, e.g. a DDP start-up for "
+                            "ranks that never came); no checkpoint was written\n".encode())
+                _release_folders()  # the main thread is stuck: it cannot
+                os._exit(128 + pending[1])
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def _second_stop_forces(stops: Sequence[int], handled: list[float]) -> Iterator[None]:
+    """While in the block, :func:`_force_second_stop` watches the signals (POSIX; unless the wakeup fd is already
+    someone else's, an event loop's)."""
+    if os.name != "posix":
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    earlier = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    if earlier != -1:
+        signal.set_wakeup_fd(earlier)
+        os.close(read_end)
+        os.close(write_end)
+        yield
+        return
+    _WATCH[:], done = [read_end, write_end], [False]
+    threading.Thread(target=_force_second_stop, args=(read_end, stops, handled, done), daemon=True,
+                     name="ldrop-second-stop").start()
+    try:
+        yield
+    finally:
+        done[0] = True
+        signal.set_wakeup_fd(-1)
+        _WATCH.clear()
+        os.close(write_end)  # the thread reads the pipe's end and closes its own
 
 
 @contextlib.contextmanager
 def sigterm_stops() -> Iterator[None]:
-    """While in the block, SIGTERM and SIGINT (Ctrl+C) raise Lightning's ``SIGTERMException`` at once outside a
-    trainer's run (once: then a SIGTERM is ignored, a second Ctrl+C raises ``KeyboardInterrupt``); during a run,
-    Lightning's SIGTERM handler flags either (it calls this one back, which leaves it at that), and the loops and
-    ldrop's callbacks stop at the end of the batch, as for SIGTERM. :func:`stop_signal` names the first."""
+    """While in the block, the :func:`stop_signals` (SIGTERM, Ctrl+C's SIGINT, SLURM's SIGUSR1) raise Lightning's
+    ``SIGTERMException`` at once outside a trainer's run (once: then a SIGTERM is ignored, a second Ctrl+C raises
+    ``KeyboardInterrupt``); during a run, Lightning's SIGTERM handler flags any (it calls this one back, which
+    leaves it at that), and the loops and ldrop's callbacks stop at the end of the batch, as for SIGTERM.
+    :func:`stop_signal` names the first. A second one while the first could not be handled (the main thread waits in
+    C code) for :data:`FORCE_AFTER` seconds ends the process at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    forwarding, owner = False, os.getpid()
+    forwarding, owner, stops, handled = False, os.getpid(), stop_signals(), [float("-inf")]
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal forwarding
@@ -609,6 +742,7 @@ def sigterm_stops() -> Iterator[None]:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
+        handled[0] = time.monotonic()
         if forwarding:  # Lightning's handler calling this one back
             return
         _received.append(signal.Signals(signum))
@@ -617,7 +751,7 @@ def sigterm_stops() -> Iterator[None]:
         running = signal.getsignal(signal.SIGTERM)
         if running is handler and len(_received) == 1:  # outside a trainer's run
             raise SIGTERMException
-        if signum == signal.SIGINT and callable(running) and running is not handler:
+        if signum != signal.SIGTERM and callable(running) and running is not handler:
             forwarding = True
             try:
                 running(signum, frame)  # a trainer's: it flags the stop
@@ -625,16 +759,17 @@ def sigterm_stops() -> Iterator[None]:
                 forwarding = False
 
     _received.clear()
-    previous = signal.signal(signal.SIGTERM, handler)
-    interrupt = signal.getsignal(signal.SIGINT)
-    if interrupt is not signal.SIG_IGN:  # a background job's Ctrl+C stays ignored
-        signal.signal(signal.SIGINT, handler)
+    previous = {signum: signal.getsignal(signum) for signum in stops}
+    for signum in stops:
+        if signum == signal.SIGTERM or previous[signum] is not signal.SIG_IGN:  # a background job's Ctrl+C: ignored
+            signal.signal(signum, handler)
     try:
-        yield
+        with _second_stop_forces(stops, handled):
+            yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if interrupt is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, interrupt)
+        for signum in stops:
+            if signum == signal.SIGTERM or previous[signum] is not signal.SIG_IGN:
+                signal.signal(signum, previous[signum])
 
 
 #: The version_N folder this process made for its run (:meth:`LdropCLI.before_instantiate_classes`), then the
@@ -738,10 +873,15 @@ def run_lightning(args: Sequence[str] | None = None, own_commands: Mapping[str, 
     try:
         return _ldrop_cli(own_commands, args)
     finally:
-        release_claims()  # a checkpoint folder this fit claimed
-        while _RESERVED:  # a version_N folder reserved for a run that failed before it wrote there (if empty)
-            with contextlib.suppress(OSError):
-                _RESERVED.pop(0).rmdir()
+        _release_folders()
+
+
+def _release_folders() -> None:
+    """What a run leaves to release however it ended (also a forced stop, :func:`_force_second_stop`)."""
+    release_claims()  # a checkpoint folder this fit claimed
+    while _RESERVED:  # a version_N folder reserved for a run that failed before it wrote there (if empty)
+        with contextlib.suppress(OSError):
+            _RESERVED.pop(0).rmdir()
 
 
 def _ldrop_cli(own_commands: Mapping[str, str], args: Sequence[str] | None) -> LdropCLI:

@@ -10,6 +10,9 @@ process group's (else 1 and 0); ``shuffle=False`` gives a fixed order.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +124,8 @@ class ResumableDataLoader(DataLoader):
         self.on_skipped = on_skipped
         self.drop_empty = drop_empty
         super().__init__(*args, **kwargs)
+        if not isinstance(self.worker_init_fn, _StopSignalsIgnored):
+            self.worker_init_fn = _StopSignalsIgnored(self.worker_init_fn)
         if self.batch_sampler is not None:  # batches are collated lists of examples (not single examples)
             self.collate_fn = _SkippingCollate(self.collate_fn, collate_empty=not drop_empty)
 
@@ -151,6 +156,37 @@ class ResumableDataLoader(DataLoader):
         """Resume the batch sampler from :meth:`state_dict` (ignored for other samplers or empty states)."""
         if state and isinstance(self.batch_sampler, _ShardedBatchSampler):
             self.batch_sampler.load_state_dict(state)
+
+
+class _StopSignalsIgnored:
+    """A worker's ``worker_init_fn``: SIGTERM and SIGUSR1 ignored but for a SIGTERM from the main process, then
+    ``chained`` (the loader's own, if any).
+
+    A stop signal sent to the whole process group (``scancel``, a preemption, systemd, ``kill -- -PGID``) is the main
+    process's to act on (``ldrop`` ends the batch and writes ``last.ckpt``); torch's worker handler let it end the
+    workers, and the run failed ("DataLoader worker ... is killed by signal: Terminated"). The main process's own
+    SIGTERM (``multiprocessing``'s terminate at exit) still ends the worker as torch's handler does, and the worker
+    ends with the main process (torch's watchdog). Where Python cannot tell the sender (no ``sigwaitinfo``: macOS,
+    Windows) the signals are left to torch."""
+
+    def __init__(self, chained: Callable[[int], None] | None) -> None:
+        self.chained = chained
+
+    def __call__(self, worker_id: int) -> None:
+        if hasattr(signal, "sigwaitinfo"):
+            stops = {signal.SIGTERM, signal.SIGUSR1}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # every thread of the worker: taken by sigwaitinfo only
+            threading.Thread(target=_end_on_parents_sigterm, args=(stops, os.getppid()), daemon=True,
+                             name="ldrop-worker-signals").start()
+        if self.chained is not None:
+            self.chained(worker_id)
+
+
+def _end_on_parents_sigterm(stops: set[signal.Signals], parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo(stops)
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)  # as torch's own handler: the main process terminating its worker
 
 
 @dataclass

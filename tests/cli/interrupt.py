@@ -76,10 +76,12 @@ class SignalAt(Callback):
     sweep's own ``on_test_start``), or ``train``, ``validation``, ``test``, ``predict``: at the end of that batch,
     the training one at global step ``step``, the others at batch ``step``; ``train_batch``: at the end of the training
     batch ``step`` (of the epoch: one that only accumulates gradients too); never in the sanity check. The
-    trainer's run has installed Lightning's SIGTERM handler by then, so an in-process test is not killed."""
+    trainer's run has installed Lightning's SIGTERM handler by then, so an in-process test is not killed. With
+    ``group``, another process sends it to this process's whole group (as ``scancel`` or ``kill -- -PGID`` do, to
+    the DataLoader workers too): only for a run in a session of its own."""
 
-    def __init__(self, hook: str, step: int = 0, signal: str = "SIGTERM") -> None:
-        self.hook, self.step, self.signal, self.sent = hook, step, signal, False
+    def __init__(self, hook: str, step: int = 0, signal: str = "SIGTERM", group: bool = False) -> None:
+        self.hook, self.step, self.signal, self.sent, self.group = hook, step, signal, False, group
 
     def _send(self, hook: str, step: int, trainer=None) -> None:
         import os
@@ -88,7 +90,14 @@ class SignalAt(Callback):
         if self.sent or hook != self.hook or step != self.step or (trainer is not None and trainer.sanity_checking):
             return
         self.sent = True
-        os.kill(os.getpid(), getattr(signal, self.signal))
+        if self.group:
+            import subprocess
+            import sys
+
+            subprocess.run([sys.executable, "-c", f"import os; os.killpg({os.getpgid(0)}, {int(getattr(signal, self.signal))})"],
+                           check=True, start_new_session=True)
+        else:
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._send("test_start", self.step)  # before the sweep fits the selector on validation data

@@ -9,8 +9,11 @@ signal stops the run, never pytest.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +171,85 @@ def test_a_stop_between_accumulated_batches_waits_for_the_optimizer_step_and_res
     expected, resumed = _weights(accumulated), _weights(last)
     different = [name for name in expected if not _identical(expected[name], resumed[name])]
     assert expected.keys() == resumed.keys() and not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="workers tell the sender with sigwaitinfo (Linux)")
+def test_a_sigterm_to_the_whole_process_group_with_dataloader_workers_stops_the_fit_with_a_last_ckpt(tmp_path):
+    """``scancel``, a preemption or systemd signal the whole process group: the DataLoader workers died of it
+    ("DataLoader worker (pid ...) is killed by signal: Terminated"), exit status 1, a traceback, no last.ckpt."""
+    run = subprocess.run([sys.executable, "-m", "ldrop.cli", *FIT, "--data.init_args.num_workers", "2",
+                          "--trainer.logger.init_args.save_dir", str(tmp_path), *_signal_at("train", 3),
+                          "--trainer.callbacks.init_args.group", "true"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300, start_new_session=True)
+    last = tmp_path / "ldrop" / "version_0" / "checkpoints" / "last.ckpt"
+    assert run.returncode == 143, run.stderr[-3000:]
+    assert f"--ckpt_path {last}" in _stop_line(run.stderr)
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="workers tell the sender with sigwaitinfo (Linux)")
+def test_a_script_that_fails_with_dataloader_workers_alive_still_exits(tmp_path):
+    """The workers ignore a stop signal that their main process did not send, but still end on its own SIGTERM: at
+    exit, with an iterator left alive by an uncaught error, multiprocessing terminates them and joins (a worker
+    that ignored every SIGTERM hung the exit)."""
+    script = ("from ldrop.data.samplers import ResumableDataLoader\n"
+              "batches = iter(ResumableDataLoader(list(range(64)), batch_size=2, num_workers=2))\n"
+              "next(batches)\n"
+              "raise RuntimeError('failed with workers alive')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "failed with workers alive" in run.stderr
+
+
+#: A script that waits in C code inside ``sigterm_stops``, where no Python signal handler runs: a TCPStore client of
+#: a port nobody listens on, retried for 60 s (as a DDP start-up waiting for ranks that never come).
+BLOCKED_IN_C = ("import datetime, socket\n"
+                "from torch.distributed import TCPStore\n"
+                "from ldrop.cli.lightning import sigterm_stops\n"
+                "s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()\n"
+                "with sigterm_stops():\n"
+                "    print('waiting', flush=True)\n"
+                "    TCPStore('127.0.0.1', port, 2, False, timeout=datetime.timedelta(seconds=60))\n")
+
+
+def _signal_twice(script: str, pause: float) -> tuple[int, str, str]:
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout.readline() == "waiting\n", process.stderr.read()[-3000:]
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(pause)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        return process.returncode, out, err
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the wakeup pipe is watched on POSIX")
+def test_a_second_sigterm_ends_a_process_that_waits_in_c_code_at_once():
+    """A SIGTERM while DDP's start-up waited for missing ranks (SLURM_NTASKS=2, one process) was not acted on for the
+    store's 30 min, and later ones were ignored."""
+    code, _, err = _signal_twice(BLOCKED_IN_C, 0.5)
+    assert code == 143, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("ldrop: ")]
+    assert len(lines) == 1 and lines[0].startswith("ldrop: stopped by SIGTERM at once"), err[-3000:]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the wakeup pipe is watched on POSIX")
+def test_a_second_sigterm_right_after_the_first_does_not_end_a_process_that_acts_on_it():
+    """One stop delivered twice (to the process group, and forwarded by Lightning's launcher to its ranks): a process
+    whose main thread runs Python stops at the end of its batch as for one."""
+    script = ("import time\n"
+              "from lightning.pytorch.utilities.exceptions import SIGTERMException\n"
+              "from ldrop.cli.lightning import FORCE_AFTER, sigterm_stops\n"
+              "with sigterm_stops():\n"
+              "    try:\n"
+              "        print('waiting', flush=True)\n"
+              "        time.sleep(60)\n"
+              "    except SIGTERMException:\n"
+              "        time.sleep(FORCE_AFTER + 1)  # the batch's end: the second signal is not forced\n"
+              "        print('stopped at the end of the batch', flush=True)\n")
+    code, out, err = _signal_twice(script, 0.01)
+    assert code == 0 and "stopped at the end of the batch" in out, err[-3000:]
