@@ -302,8 +302,8 @@ def fit_on_run_validation_data(model: LayerDropTask, config: str | os.PathLike,
     if count == 0:
         raise ValueError(f"{config}: its trainer.limit_val_batches is 0, which leaves no validation batch to fit "
                          f"{depth} on: give --no-fit to export its unfitted decisions")
-    say(f"fitting {depth} on the validation split of {type(datamodule).__name__} ({config}"
-        f"{'; ' + described if described else ''}), as 'ldrop test' and 'ldrop predict' do")
+    say(f"fitting {depth} on the validation split of {type(datamodule).__name__} ({config})"
+        f"{f' [{described}]' if described else ''}, as 'ldrop test' and 'ldrop predict' do")
     model.calibrate_on_dataloader(loader, max_batches=count)
     return True
 

@@ -512,7 +512,7 @@ def test_exports_validation_fit_takes_the_batches_its_run_config_validates_as_pr
     checkpoint = trained / "checkpoints" / "last.ckpt"
     assert main(["export", str(checkpoint), str(tmp_path / "exported"), "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"1 of [2-9] batches, --trainer.limit_val_batches 1\)", out), out
+    assert re.search(r"\[1 of [2-9] batches, --trainer.limit_val_batches 1\]", out), out
     data = config_datamodule(config)
     data.setup("validate")
     one, every = load_model(checkpoint), load_model(checkpoint)
