@@ -378,6 +378,11 @@ class LdropCLI(CLISteps):
                 super().instantiate_classes()
             except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
                 raise InstantiationError(instantiation_error_line(err)) from err
+            except ModuleNotFoundError as err:  # Lightning's for a package a trainer option needs
+                if not str(err).startswith("Requirement "):
+                    raise
+                raise InstantiationError(f"a --trainer option (its precision, strategy or plugins) needs a package "
+                                         f"that is not installed: {err}") from err
             except RuntimeError as err:  # only Lightning's refusal of SLURM's --ntasks without --ntasks-per-node
                 if (line := _slurm_ntasks_line(err)) is None:
                     raise
