@@ -28,7 +28,7 @@ REMEDY = "'ldrop profile' ('ldrop profile --runtime onnx' for an ONNX export)"
 
 #: The ``ldrop profile`` options that measure at a Lightning precision.
 PROFILE_PRECISION_OPTIONS = {"32-true": "", "bf16-mixed": "--autocast bf16", "16-mixed": "--autocast fp16",
-                             "bf16-true": "--dtype bf16", "16-true": "--dtype fp16"}
+                             "bf16-true": "--dtype bf16", "16-true": "--dtype fp16", "64-true": "--dtype fp64"}
 #: The precision of a profile from before ``device.precision`` was recorded, from its weights' ``device.dtype``
 #: (``ldrop profile`` then had no ``--autocast``: the weights' dtype ran).
 DTYPE_PRECISIONS = {"float32": "32-true", "bfloat16": "bf16-true", "float16": "16-true", "float64": "64-true"}

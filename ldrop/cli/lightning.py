@@ -169,6 +169,18 @@ def _slurm_ntasks_line(err: RuntimeError) -> str | None:
         f"--nodes=1 --ntasks-per-node={found[1]}")
 
 
+def _building_error_line(err: Exception) -> str | None:
+    """The one line for an error building the configured classes, ``None`` for one to show as a traceback: of a
+    ``ModuleNotFoundError`` only Lightning's for a package a trainer option needs, of a ``RuntimeError`` only its
+    refusal of SLURM's ``--ntasks`` without ``--ntasks-per-node``."""
+    if isinstance(err, ModuleNotFoundError):
+        return (f"a --trainer option (its precision, strategy or plugins) needs a package that is not installed: {err}"
+                if str(err).startswith("Requirement ") else None)
+    if isinstance(err, RuntimeError):
+        return _slurm_ntasks_line(err)
+    return instantiation_error_line(err)
+
+
 def _check_yaml_files(argv: Sequence[str], options: Sequence[str] | None = None) -> None:
     """A one-line :class:`ConfigError` (the option, the file, the line and column) for a file on the command line
     that is not UTF-8 or not YAML: those given to ``options`` (``--config``: whatever their name), or (``None``)
@@ -376,10 +388,9 @@ class LdropCLI(CLISteps):
                           else {})
             try:
                 super().instantiate_classes()
-            except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
-                raise InstantiationError(instantiation_error_line(err)) from err
-            except RuntimeError as err:  # only Lightning's refusal of SLURM's --ntasks without --ntasks-per-node
-                if (line := _slurm_ntasks_line(err)) is None:
+            except (ValueError, TypeError, FileNotFoundError, MisconfigurationException, ModuleNotFoundError,
+                    RuntimeError) as err:
+                if (line := _building_error_line(err)) is None:
                     raise
                 raise InstantiationError(line) from err
         for key, value in built_from.items():  # the saved config and the logged hyper-parameters: as given

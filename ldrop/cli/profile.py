@@ -34,7 +34,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before them")
     parser.add_argument("--validate", type=int, default=12, help="held-out random batches to check the fit on")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (--runtime torch; onnx runs on the CPU)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16", "fp64"),
                         help="the model's dtype: its weights are converted, so every activation is in it (bf16: as "
                         "bf16-true, or AdaptiveModel on a model converted with .to(torch.bfloat16))")
     parser.add_argument("--autocast", default=None, choices=("bf16", "fp16"),
@@ -137,7 +137,7 @@ def _measure(ns: Any, seconds: list[float], batch_sizes: list[int], overrides: d
 
         model = ClassificationTask(labels=["a", "b"], backbone=ns.backbone, pretrained=False,
                                    backbone_overrides=overrides, selector=InputConditionedSelector)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
     if ns.autocast and ns.dtype != "fp32":
         raise ValueError(f"--autocast {ns.autocast} runs float32 weights: leave --dtype at fp32, not {ns.dtype}")
     device = torch.device(ns.device)

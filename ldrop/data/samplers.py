@@ -124,8 +124,6 @@ class ResumableDataLoader(DataLoader):
         self.on_skipped = on_skipped
         self.drop_empty = drop_empty
         super().__init__(*args, **kwargs)
-        if not isinstance(self.worker_init_fn, _StopSignalsIgnored):
-            self.worker_init_fn = _StopSignalsIgnored(self.worker_init_fn)
         if self.batch_sampler is not None:  # batches are collated lists of examples (not single examples)
             self.collate_fn = _SkippingCollate(self.collate_fn, collate_empty=not drop_empty)
 
@@ -136,7 +134,16 @@ class ResumableDataLoader(DataLoader):
         if stateful:
             seed = np.random.default_rng([sampler.seed, sampler.epoch]).integers(2**62)
             self.generator = torch.Generator().manual_seed(int(seed))
-        for batch in super().__iter__():
+        init = self.worker_init_fn
+        if self.num_workers > 0 and not isinstance(init, _StopSignalsIgnored):
+            # wrapped as the workers start, not in __init__: Lightning adds its rank-aware worker seeding to a
+            # loader whose worker_init_fn is None, and it must still find None
+            self.worker_init_fn = _StopSignalsIgnored(init)
+        try:
+            batches = super().__iter__()
+        finally:
+            self.worker_init_fn = init
+        for batch in batches:
             self._batches_done += 1  # handed out, even when all its examples were skipped
             if isinstance(batch, _PartlyLoadedBatch):
                 (self.on_skipped or _log_skipped)(batch.skipped)

@@ -657,7 +657,7 @@ def test_own_commands_refuse_abbreviated_options(tmp_path, capsys):
     (["export", "a", "b", "--formt", "onnx"], "--formt onnx; did you mean --format?"),
     (["compare", "a", "--metrc", "acc"], "--metrc acc; did you mean --metric?"),
     (["compare", "a", "--oracles=yes"], "--oracles: ignored explicit argument 'yes'"),
-    (["profile", "m.ckpt", "--dtype", "fp64"], "--dtype: invalid choice: 'fp64'"),
+    (["profile", "m.ckpt", "--dtype", "fp8"], "--dtype: invalid choice: 'fp8'"),
     (["profile", "m.ckpt", "--seconds", "abc"], "--seconds 'abc': expected a comma-separated list of numbers"),
     (["profile", "m.ckpt", "--sec", "1"], "unrecognized arguments: --sec 1"),
     (["profile", "--out", "p.json"], "give either MODEL (a checkpoint or exported folder) or --backbone NAME"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import re
 from pathlib import Path
 
@@ -366,3 +367,14 @@ def test_resuming_a_run_that_max_time_stopped_names_max_time(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "the run's --trainer.max_time 00:00:00:01 had run out at its checkpoint (epoch " in out
     assert "raise --trainer.max_time to train further" in out and "max_epochs" not in out
+
+
+@pytest.mark.parametrize("precision", ["transformer-engine", "transformer-engine-float16"])
+def test_a_precision_whose_package_is_missing_is_one_line_naming_it(tmp_path, capsys, precision):
+    if importlib.util.find_spec("transformer_engine") is not None:
+        pytest.skip("transformer_engine is installed here")
+    assert main(["fit", "--config", QUICKSTART, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.precision", precision]) == 2
+    line = one_error_line(capsys)
+    assert "needs a package that is not installed" in line and "transformer_engine" in line
+    assert not list(tmp_path.iterdir())

@@ -257,3 +257,36 @@ def test_random_crops_depend_on_the_epoch_and_clip_only_not_on_workers_or_a_resu
     assert len(resumed) == 24 and all(crops[i] == offset for i, offset in resumed.items())
     other_epoch = _crops(num_workers=0, epoch=1)
     assert sum(other_epoch[i] != crops[i] for i in crops) > 30  # a new crop each epoch
+
+
+class _Draws(torch.utils.data.Dataset):
+    """A project's augmentation drawing from numpy's global generator, and whether SIGTERM is blocked there."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[float, bool]:
+        import signal
+
+        blocked = hasattr(signal, "pthread_sigmask") and signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        return float(np.random.rand()), blocked
+
+
+def test_workers_keep_lightnings_rank_aware_seeding_and_leave_stop_signals_to_the_main_process():
+    import functools
+
+    from lightning.fabric.utilities.seed import pl_worker_init_function, seed_everything
+
+    from ldrop.data.samplers import ResumableDataLoader
+
+    seed_everything(0, workers=True)  # as LightningCLI does on every rank
+    loaders = [ResumableDataLoader(_Draws(), batch_size=2, num_workers=2) for _ in range(2)]
+    assert all(loader.worker_init_fn is None for loader in loaders)  # where Lightning adds its seeding
+    for rank, loader in enumerate(loaders):  # what the trainer adds on each rank
+        loader.worker_init_fn = functools.partial(pl_worker_init_function, rank=rank)
+    items = [[item for draws, blocked in loader for item in zip(draws.tolist(), blocked.tolist(), strict=True)]
+             for loader in loaders]
+    assert [draw for draw, _ in items[0]] != [draw for draw, _ in items[1]]  # each rank's workers draw their own
+    if hasattr(__import__("signal"), "sigwaitinfo"):
+        assert all(blocked for rank_items in items for _, blocked in rank_items)
+    assert all(loader.worker_init_fn.func is pl_worker_init_function for loader in loaders)  # put back

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from ldrop.budgets import profile_model
+from ldrop.budgets import DeviceProfile, profile_model
 from ldrop.cli import main
 from ldrop.runtime import AdaptiveModel, TargetBudgets
 from ldrop.selectors import InputConditionedSelector
@@ -153,3 +153,17 @@ def test_a_target_profile_is_warned_of_with_no_controller_built_only_to_word_it(
             assert torch_profile_warning(profile, precision) == controller.BudgetController(
                 4, precision=precision).profile_warning(profile)
     assert torch_profile_warning(onnx, None) and torch_profile_warning(DeviceProfile.load(fp32), "32-true") is None
+
+
+def test_a_64_true_model_is_told_a_profile_command_that_measures_at_its_precision(tmp_path):
+    # a 64-true run warns about a 32-true profile: the command it names must measure a 64-true one
+    grid = ["--seconds", "0.5,1", "--batch-sizes", "1,2", "--repeats", "1", "--warmup", "0", "--validate", "0"]
+    fp32 = synthetic_profile()
+    fp32.device = {"dtype": "float32", "precision": "32-true"}
+    warning = fp32.precision_warning("64-true")
+    assert warning is not None and "'ldrop profile --dtype fp64'" in warning
+    out = tmp_path / "p64.json"
+    assert main(["profile", "--backbone", "tiny:wavlm", *grid, "--dtype", "fp64", "--out", str(out)]) == 0
+    device = json.loads(out.read_text())["device"]
+    assert (device["dtype"], device["precision"]) == ("float64", "64-true")
+    assert DeviceProfile.load(out).precision_warning("64-true") is None

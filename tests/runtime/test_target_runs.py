@@ -72,3 +72,21 @@ def test_a_long_input_predicted_in_chunks_sums_its_predicted_time(model, tmp_pat
     assert len(chunks) > 1 and all(1 <= chunk["budget"] <= model.num_layers for chunk in chunks)
     assert record["budget"] == min(chunk["budget"] for chunk in chunks) and record["target"] == "rtf=10"
     assert record["predicted_ms"] > 0 and record["meets_target"] is True
+
+
+def test_a_quick_profile_measured_for_a_target_sweep_is_not_timed_as_its_first_batch(model, tmp_path, monkeypatch):
+    import time
+
+    def measure(*args, **kwargs):  # a quick profile takes seconds on a real model
+        time.sleep(2.0)
+        return synthetic_profile()
+
+    monkeypatch.setattr("ldrop.budgets.controller.profile_model", measure)
+    sweep = BudgetSweep(budgets=[4], targets=[{"rtf": 1.0}, {"rtf": 1.0}], directory=str(tmp_path / "s"),
+                        headroom=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "a time target without a profile: measuring a quick one now"
+        quiet_trainer(tmp_path, callbacks=[sweep]).test(model, datamodule=tiny_classification_data())
+    first, second = (row["ms_per_utterance"] for row in sweep.target_rows)
+    # the same target twice: the 2 s measurement would add 125 ms to each of the first row's 16 utterances
+    assert abs(first - second) < 60.0, (first, second)
